@@ -1,0 +1,3 @@
+"""A dynamic, allowance-based carbon exchange engine."""
+
+__version__ = "0.1.0"

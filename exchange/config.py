@@ -1,0 +1,138 @@
+"""Settings: ``config/default.toml`` loaded into pydantic models.
+
+Human-facing values (prices in CNY as decimal strings, percentages) are converted to the core's
+integers (fen, basis points) by :mod:`exchange.core.units` and nowhere else.
+"""
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .core.units import parse_price
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "default.toml"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SegmentConfig(Strict):
+    name: str = Field(description="main, sme, or chain (the template of every chain:<id> book)")
+    tick: int = Field(1, gt=0, description="price tick in fen")
+    lot: int = Field(1, gt=0, description="quantity lot in tonnes")
+    max_order_qty: int = Field(99_999, gt=0, description="largest order in tonnes")
+    fee_bps: int = Field(0, ge=0, le=10_000, description="fee per side, basis points of notional")
+    access: Literal["all", "sme_sell_any_buy", "sme_only", "members"] = "all"
+
+
+class InstrumentConfig(Strict):
+    symbol: str
+    kind: Literal["allowance", "offset"] = "allowance"
+    vintage: int = 0
+    offset_type: str | None = None
+    reference_price: str = Field("0", description="previous close in CNY, e.g. \"85.00\"")
+
+    @field_validator("reference_price")
+    @classmethod
+    def _price(cls, v: str) -> str:
+        parse_price(v)
+        return v
+
+    @property
+    def reference_price_fen(self) -> int:
+        return parse_price(self.reference_price)
+
+
+class MarketConfig(Strict):
+    price_band_bps: int = Field(1000, ge=0, le=10_000, description="+- band around reference")
+    segments: list[SegmentConfig]
+    instruments: list[InstrumentConfig]
+
+
+class FirmConfig(Strict):
+    firm_id: str
+    name: str = ""
+    sector: str = ""
+    product: str = ""
+    size_class: Literal["large", "sme"] = "large"
+    stp_policy: Literal["cancel_resting", "cancel_incoming", "cancel_both"] = "cancel_resting"
+    cash: str = Field("0", description="opening cash deposit in CNY")
+    holdings: dict[str, int] = Field(default_factory=dict, description="instrument -> tonnes")
+    api_key: str | None = Field(None, description="demo API key (demo market only)")
+
+    @property
+    def cash_fen(self) -> int:
+        return parse_price(self.cash)
+
+
+class ChainMemberConfig(Strict):
+    firm: str
+    tier: int = Field(ge=0)
+
+
+class ChainEdgeConfig(Strict):
+    supplier: str
+    customer: str
+    weight: str = Field("1", description="edge weight as a decimal, e.g. transaction share")
+
+
+class ChainConfig(Strict):
+    chain_id: str
+    members: list[ChainMemberConfig]
+    edges: list[ChainEdgeConfig] = Field(default_factory=list)
+
+
+class SubQuotaConfig(Strict):
+    parent: str
+    sme: str
+    instrument: str
+    qty: int = Field(gt=0)
+    revenue_share: str = Field("0.5", description="SME's share of sale proceeds in [0, 1]")
+    surplus_rule: Literal["revert", "bank"] = "revert"
+    shortfall_rule: Literal["sme", "parent"] = "sme"
+    chain_id: str | None = None
+
+
+class DemoOrderConfig(Strict):
+    firm: str
+    instrument: str
+    segment: str = "main"
+    side: Literal["buy", "sell"]
+    price: str
+    qty: int
+
+
+class DemoConfig(Strict):
+    firms: list[FirmConfig] = Field(default_factory=list)
+    chains: list[ChainConfig] = Field(default_factory=list)
+    sub_quotas: list[SubQuotaConfig] = Field(default_factory=list)
+    orders: list[DemoOrderConfig] = Field(default_factory=list)
+    operator_key: str = "operator-demo-key"
+    verifier_key: str = "verifier-demo-key"
+
+
+class JournalConfig(Strict):
+    data_dir: str = "data"
+    snapshot_every_commands: int = Field(100_000, gt=0)
+    snapshot_every_seconds: float = Field(300.0, gt=0)
+
+
+class Settings(BaseModel):
+    """The whole configuration file. Sections owned by later modules (server, rules,
+    compliance) are added here as fields with defaults, so an older file stays valid."""
+
+    model_config = ConfigDict(extra="forbid")
+    market: MarketConfig
+    demo: DemoConfig = Field(default_factory=DemoConfig)
+    journal: JournalConfig = Field(default_factory=JournalConfig)
+
+
+def load_settings(path: str | Path | None = None) -> Settings:
+    p = Path(path) if path is not None else DEFAULT_CONFIG
+    with open(p, "rb") as f:
+        data = tomllib.load(f)
+    return Settings.model_validate(data)

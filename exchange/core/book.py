@@ -1,0 +1,274 @@
+"""Price-time priority order book on sortedcontainers.
+
+One book per (instrument, segment). Each side is a ``SortedDict`` from a signed key to a
+price level: asks are keyed by ``price``, bids by ``-price``, so the best level of either side is
+the smallest key and "crosses" is the same test ``key <= limit_key`` for both sides. A level is
+an ``OrderedDict`` from order id to order (FIFO; O(1) removal of any order by id, no scan of the
+level) that also carries the level's total quantity.
+
+The book knows nothing about cash, holdings or fees: it matches and reports fills. The core
+(:mod:`exchange.core.exchange`) wraps it with risk and settlement; the benchmark also drives it
+alone as the "book-only" matcher.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from sortedcontainers import SortedDict
+
+BUY = "buy"
+SELL = "sell"
+
+# self-trade prevention policies
+STP_CANCEL_RESTING = "cancel_resting"
+STP_CANCEL_INCOMING = "cancel_incoming"
+STP_CANCEL_BOTH = "cancel_both"
+STP_POLICIES = (STP_CANCEL_RESTING, STP_CANCEL_INCOMING, STP_CANCEL_BOTH)
+
+_INF = float("inf")
+
+
+class Order:
+    """A working order. ``leaves`` is what still rests or may still trade."""
+
+    __slots__ = (
+        "order_id", "account", "client_order_id", "instrument", "segment", "side", "price",
+        "qty", "leaves", "cum_qty", "tif", "post_only", "reserved", "status", "seq",
+    )
+
+    def __init__(self, order_id, account, client_order_id, instrument, segment, side, price,
+                 qty, tif, post_only=False, seq=0):
+        self.order_id = order_id
+        self.account = account
+        self.client_order_id = client_order_id
+        self.instrument = instrument
+        self.segment = segment
+        self.side = side
+        self.price = price
+        self.qty = qty
+        self.leaves = qty
+        self.cum_qty = 0
+        self.tif = tif
+        self.post_only = post_only
+        self.reserved = 0  # cash (buy) or units (sell) still reserved for this order
+        self.status = "new"
+        self.seq = seq
+
+    def to_state(self) -> list:
+        return [self.order_id, self.account, self.client_order_id, self.side, self.price,
+                self.qty, self.leaves, self.cum_qty, self.tif, self.post_only, self.reserved,
+                self.status, self.seq]
+
+    @classmethod
+    def from_state(cls, s: list, instrument: str, segment: str) -> "Order":
+        (oid, acct, coid, side, price, qty, leaves, cum, tif, post_only, reserved, status,
+         seq) = s
+        o = cls(oid, acct, coid, instrument, segment, side, price, qty, tif, post_only, seq)
+        o.leaves = leaves
+        o.cum_qty = cum
+        o.reserved = reserved
+        o.status = status
+        return o
+
+
+class Level(OrderedDict):
+    """Orders at one price in arrival order, plus their total leaves quantity (``qty``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.qty = 0
+
+
+class OrderBook:
+    __slots__ = ("instrument", "segment", "bids", "asks", "orders", "changes", "seq")
+
+    def __init__(self, instrument: str = "", segment: str = "main"):
+        self.instrument = instrument
+        self.segment = segment
+        self.bids: SortedDict = SortedDict()  # -price -> Level
+        self.asks: SortedDict = SortedDict()  # price -> Level
+        self.orders: dict[int, Order] = {}  # resting orders by id
+        self.changes: dict[tuple[str, int], None] = {}  # levels touched since last drain
+        self.seq = 0  # L2 update sequence number
+
+    # ------------------------------------------------------------------ queries
+    def best_bid(self) -> int | None:
+        b = self.bids
+        return -b.keys()[0] if b else None
+
+    def best_ask(self) -> int | None:
+        a = self.asks
+        return a.keys()[0] if a else None
+
+    def level_qty(self, side: str, price: int) -> int:
+        if side == BUY:
+            lv = self.bids.get(-price)
+        else:
+            lv = self.asks.get(price)
+        return lv.qty if lv is not None else 0
+
+    def depth(self, levels: int = 10) -> dict:
+        """L2 depth: ``{"bids": [[price, qty], ...], "asks": [...]}`` best first."""
+        bids = [[-k, lv.qty] for k, lv in self.bids.items()[:levels]]
+        asks = [[k, lv.qty] for k, lv in self.asks.items()[:levels]]
+        return {"bids": bids, "asks": asks}
+
+    def crosses(self, side: str, price: int | None) -> bool:
+        """Would an order on ``side`` at ``price`` (None = any price) trade immediately?"""
+        if side == BUY:
+            if not self.asks:
+                return False
+            return price is None or self.asks.keys()[0] <= price
+        if not self.bids:
+            return False
+        return price is None or -self.bids.keys()[0] >= price
+
+    # ------------------------------------------------------------------ mutations
+    def add(self, order: Order) -> None:
+        """Rest ``order`` at the back of its price level."""
+        if order.side == BUY:
+            side_map, k = self.bids, -order.price
+        else:
+            side_map, k = self.asks, order.price
+        level = side_map.get(k)
+        if level is None:
+            level = Level()
+            side_map[k] = level
+        level[order.order_id] = order
+        level.qty += order.leaves
+        self.orders[order.order_id] = order
+        self.changes[(order.side, order.price)] = None
+
+    def remove(self, order_id: int) -> Order:
+        """Take a resting order out of the book (cancel/expire/replace). KeyError if absent."""
+        order = self.orders.pop(order_id)
+        if order.side == BUY:
+            side_map, k = self.bids, -order.price
+        else:
+            side_map, k = self.asks, order.price
+        level = side_map[k]
+        del level[order_id]
+        level.qty -= order.leaves
+        if not level:
+            del side_map[k]
+        self.changes[(order.side, order.price)] = None
+        return order
+
+    def reduce(self, order: Order, new_leaves: int) -> None:
+        """Lower a resting order's leaves in place: it keeps its time priority."""
+        level = self.bids[-order.price] if order.side == BUY else self.asks[order.price]
+        level.qty -= order.leaves - new_leaves
+        order.leaves = new_leaves
+        self.changes[(order.side, order.price)] = None
+
+    def fillable(self, side: str, limit: int | None, account: str, stp: str, need: int) -> int:
+        """How much an incoming order could fill now (stops counting once ``need`` is reached).
+        Own orders are skipped under cancel_resting and end matching under the other policies."""
+        if side == BUY:
+            opp, klimit = self.asks, (_INF if limit is None else limit)
+        else:
+            opp, klimit = self.bids, (_INF if limit is None else -limit)
+        got = 0
+        for k in opp.irange(maximum=klimit if klimit != _INF else None):
+            for maker in opp[k].values():
+                if maker.account == account:
+                    if stp == STP_CANCEL_RESTING:
+                        continue
+                    return got
+                got += maker.leaves
+                if got >= need:
+                    return got
+        return got
+
+    def match(self, order: Order, limit: int | None, stp: str, fills: list,
+              stp_cancels: list) -> bool:
+        """Match ``order`` (not resting) against the opposite side at prices no worse than
+        ``limit`` (None = any). Appends ``(maker, qty, price)`` to ``fills`` and each resting
+        order cancelled by self-trade prevention to ``stp_cancels``. Updates the makers'
+        leaves/cum_qty; the incoming order is left untouched so the caller can account for each
+        fill in turn. Returns True when self-trade prevention cancels the incoming remainder."""
+        if order.side == BUY:
+            opp, klimit, sign, opp_side = self.asks, (_INF if limit is None else limit), 1, SELL
+        else:
+            opp, klimit, sign, opp_side = self.bids, (_INF if limit is None else -limit), -1, BUY
+        remaining = order.leaves
+        account = order.account
+        orders = self.orders
+        changes = self.changes
+        keys = opp.keys()
+        killed = False
+        while remaining and opp:
+            k = keys[0]
+            if k > klimit:
+                break
+            level = opp[k]
+            price = k * sign
+            changes[(opp_side, price)] = None
+            while True:
+                maker = next(iter(level.values()))
+                if maker.account == account:
+                    if stp == STP_CANCEL_INCOMING:
+                        killed = True
+                        break
+                    level.popitem(last=False)
+                    level.qty -= maker.leaves
+                    del orders[maker.order_id]
+                    stp_cancels.append(maker)
+                    if stp == STP_CANCEL_BOTH:
+                        killed = True
+                        break
+                else:
+                    ml = maker.leaves
+                    if ml <= remaining:
+                        q = ml
+                        level.popitem(last=False)
+                        del orders[maker.order_id]
+                    else:
+                        q = remaining
+                    maker.leaves = ml - q
+                    maker.cum_qty += q
+                    level.qty -= q
+                    remaining -= q
+                    fills.append((maker, q, price))
+                if not level:
+                    del opp[k]
+                    break
+                if not remaining:
+                    break
+            if killed:
+                break
+        return killed
+
+    def drain_changes(self) -> tuple:
+        """L2 changes since the last drain as ``((side, price, level_qty), ...)``."""
+        ch = self.changes
+        if not ch:
+            return ()
+        bids, asks = self.bids, self.asks
+        out = []
+        for side, price in ch:
+            lv = bids.get(-price) if side == BUY else asks.get(price)
+            out.append((side, price, lv.qty if lv is not None else 0))
+        ch.clear()
+        return tuple(out)
+
+    # ------------------------------------------------------------------ state
+    def iter_orders(self):
+        """Resting orders, bids best-first then asks best-first, FIFO within a level."""
+        for lv in self.bids.values():
+            yield from lv.values()
+        for lv in self.asks.values():
+            yield from lv.values()
+
+    def to_state(self) -> dict:
+        return {"seq": self.seq, "orders": [o.to_state() for o in self.iter_orders()]}
+
+    def load_state(self, s: dict) -> list[Order]:
+        self.seq = s["seq"]
+        loaded = []
+        for os_ in s["orders"]:
+            o = Order.from_state(os_, self.instrument, self.segment)
+            self.add(o)
+            loaded.append(o)
+        self.changes.clear()
+        return loaded

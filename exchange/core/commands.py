@@ -1,0 +1,270 @@
+"""Commands: the only way state changes.
+
+A command is a small slotted dataclass. The envelope fields ``seq`` (strictly increasing
+sequence number assigned by the sequencer/journal) and ``ts`` (integer nanoseconds since the
+epoch, assigned by the gateway) travel on every command, so the core never reads a clock.
+
+Commands are registered by name with :func:`command`; :func:`encode_command` and
+:func:`decode_command` turn them into plain JSON-able dicts for the journal. The rules and
+compliance modules register their own commands the same way.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+COMMAND_TYPES: dict[str, type] = {}
+
+
+def command(name: str):
+    """Class decorator: make ``cls`` a slotted kw-only dataclass command called ``name``."""
+
+    def wrap(cls):
+        cls = dataclass(slots=True, kw_only=True)(cls)
+        if name in COMMAND_TYPES and COMMAND_TYPES[name] is not cls:
+            raise RuntimeError(f"command name {name!r} registered twice")
+        cls.TYPE = name
+        cls._FIELDS = tuple(f.name for f in fields(cls) if f.name not in ("seq", "ts"))
+        COMMAND_TYPES[name] = cls
+        return cls
+
+    return wrap
+
+
+class Command:
+    """Base of every command. ``seq`` and ``ts`` form the envelope."""
+
+    __slots__ = ()
+    TYPE = "command"
+    _FIELDS: tuple[str, ...] = ()
+    seq: int
+    ts: int
+
+
+def encode_command(cmd) -> dict[str, Any]:
+    """Command -> plain dict (``type`` plus its fields, without the envelope)."""
+    d = {"type": cmd.TYPE}
+    for f in cmd._FIELDS:
+        v = getattr(cmd, f)
+        if isinstance(v, tuple):
+            v = [list(x) if isinstance(x, tuple) else x for x in v]
+        d[f] = v
+    return d
+
+
+def decode_command(d: dict[str, Any], seq: int = 0, ts: int = 0):
+    """Plain dict -> command. Raises KeyError for an unknown type, TypeError for bad fields."""
+    cls = COMMAND_TYPES[d["type"]]
+    kw = {k: v for k, v in d.items() if k != "type"}
+    for k, v in kw.items():
+        if isinstance(v, list):
+            kw[k] = tuple(tuple(x) if isinstance(x, list) else x for x in v)
+    return cls(seq=seq, ts=ts, **kw)
+
+
+# --------------------------------------------------------------------------- orders
+
+BUY = "buy"
+SELL = "sell"
+LIMIT = "limit"
+MARKET = "market"
+GTC = "GTC"
+DAY = "DAY"
+IOC = "IOC"
+FOK = "FOK"
+
+
+@command("place_order")
+class PlaceOrder(Command):
+    account: str
+    instrument: str
+    segment: str = "main"
+    side: str  # "buy" | "sell"
+    qty: int
+    price: int | None = None  # fen; for market orders the optional protection price
+    order_type: str = LIMIT  # "limit" | "market"
+    tif: str = GTC  # GTC | DAY | IOC | FOK
+    post_only: bool = False
+    client_order_id: str | None = None
+    seq: int = 0
+    ts: int = 0
+
+
+@command("cancel_order")
+class CancelOrder(Command):
+    account: str
+    order_id: int | None = None
+    client_order_id: str | None = None
+    seq: int = 0
+    ts: int = 0
+
+
+@command("amend_order")
+class AmendOrder(Command):
+    """Change an order's total quantity and/or price. A quantity decrease keeps time priority;
+    a price change or quantity increase loses it."""
+
+    account: str
+    order_id: int | None = None
+    client_order_id: str | None = None
+    qty: int | None = None  # new total order quantity (cum_qty + new leaves)
+    price: int | None = None
+    seq: int = 0
+    ts: int = 0
+
+
+@command("cancel_all")
+class CancelAll(Command):
+    account: str
+    instrument: str | None = None
+    segment: str | None = None
+    seq: int = 0
+    ts: int = 0
+
+
+# --------------------------------------------------------------------------- operator
+
+@command("register_firm")
+class RegisterFirm(Command):
+    firm_id: str
+    name: str = ""
+    sector: str = ""
+    product: str = ""
+    size_class: str = "large"  # "large" | "sme"
+    stp_policy: str = "cancel_resting"  # cancel_resting | cancel_incoming | cancel_both
+    can_trade: bool = True
+    seq: int = 0
+    ts: int = 0
+
+
+@command("set_firm_trading")
+class SetFirmTrading(Command):
+    firm_id: str
+    can_trade: bool
+    seq: int = 0
+    ts: int = 0
+
+
+@command("add_instrument")
+class AddInstrument(Command):
+    symbol: str
+    kind: str = "allowance"  # "allowance" | "offset"
+    vintage: int = 0
+    offset_type: str | None = None  # e.g. "CCER", "PHCER" for offsets
+    reference_price: int = 0  # fen
+    seq: int = 0
+    ts: int = 0
+
+
+@command("register_supply_chain")
+class RegisterSupplyChain(Command):
+    """A supply-chain network: members as (firm, tier) pairs (tier 0 = core firm) and directed
+    edges (supplier, customer, weight_ppm). Opens a ``chain:<id>`` book for every allowance."""
+
+    chain_id: str
+    members: tuple = ()  # ((firm_id, tier), ...)
+    edges: tuple = ()  # ((supplier_id, customer_id, weight_ppm), ...)
+    seq: int = 0
+    ts: int = 0
+
+
+@command("deposit_cash")
+class DepositCash(Command):
+    account: str
+    amount: int
+    seq: int = 0
+    ts: int = 0
+
+
+@command("withdraw_cash")
+class WithdrawCash(Command):
+    account: str
+    amount: int
+    seq: int = 0
+    ts: int = 0
+
+
+@command("issue_units")
+class IssueUnits(Command):
+    """Issue allowances or offset credits into an account as a new lot with provenance."""
+
+    account: str
+    instrument: str
+    qty: int
+    source: str = "allocation"  # allocation | offset_project | ...
+    ref: str = ""  # e.g. period "2026" or offset project id
+    seq: int = 0
+    ts: int = 0
+
+
+@command("transfer_units")
+class TransferUnits(Command):
+    from_account: str
+    to_account: str
+    instrument: str
+    qty: int
+    seq: int = 0
+    ts: int = 0
+
+
+@command("create_sub_quota")
+class CreateSubQuota(Command):
+    """Move ``qty`` units from a parent's free holding into an SME's holding as a sub-quota lot.
+    Sales of that lot split the seller's net proceeds ``revenue_share_ppm`` to the SME and the
+    rest to the parent, in the same settlement."""
+
+    parent: str
+    sme: str
+    instrument: str
+    qty: int
+    revenue_share_ppm: int
+    surplus_rule: str = "revert"  # "revert" to parent | "bank" with the SME
+    shortfall_rule: str = "sme"  # who covers a shortfall: "sme" | "parent"
+    chain_id: str | None = None
+    seq: int = 0
+    ts: int = 0
+
+
+@command("set_price_band")
+class SetPriceBand(Command):
+    instrument: str
+    band_bps: int | None = None  # half-width, e.g. 1000 = +-10 %
+    reference_price: int | None = None
+    seq: int = 0
+    ts: int = 0
+
+
+@command("halt")
+class Halt(Command):
+    """Halt trading: the whole market (no instrument), an instrument, or one book."""
+
+    instrument: str | None = None
+    segment: str | None = None
+    seq: int = 0
+    ts: int = 0
+
+
+@command("resume")
+class Resume(Command):
+    instrument: str | None = None
+    segment: str | None = None
+    seq: int = 0
+    ts: int = 0
+
+
+@command("end_of_day")
+class EndOfDay(Command):
+    """Close the trading day: expire DAY orders, set each instrument's reference price to the
+    day's VWAP (unchanged when nothing traded), reset the day's statistics."""
+
+    seq: int = 0
+    ts: int = 0
+
+
+@command("snapshot_marker")
+class SnapshotMarker(Command):
+    """Taken in the stream so a snapshot is consistent: the journal snapshots state right after
+    applying it. It changes nothing in the core but the sequence number."""
+
+    seq: int = 0
+    ts: int = 0

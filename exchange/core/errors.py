@@ -1,0 +1,53 @@
+"""Stable reject reason codes.
+
+Every reject, whether it comes from the core, the gateway or the admin API, carries one of
+these codes. Codes are part of the public protocol (docs/PROTOCOL.md): never rename one.
+"""
+from __future__ import annotations
+
+
+class Reject(Exception):
+    """A business rule refused a command. Raised *before* any state changes."""
+
+    def __init__(self, code: str, message: str = ""):
+        super().__init__(f"{code}: {message}" if message else code)
+        self.code = code
+        self.message = message or code.replace("_", " ").lower()
+
+
+# Orders
+INSUFFICIENT_FUNDS = "INSUFFICIENT_FUNDS"
+INSUFFICIENT_HOLDINGS = "INSUFFICIENT_HOLDINGS"
+OUTSIDE_PRICE_BAND = "OUTSIDE_PRICE_BAND"
+BAD_TICK = "BAD_TICK"
+BAD_LOT = "BAD_LOT"
+BAD_QUANTITY = "BAD_QUANTITY"
+BAD_PRICE = "BAD_PRICE"
+OVER_MAX_ORDER_SIZE = "OVER_MAX_ORDER_SIZE"
+HALTED = "HALTED"
+NOT_PERMITTED_IN_SEGMENT = "NOT_PERMITTED_IN_SEGMENT"
+TRADING_NOT_PERMITTED = "TRADING_NOT_PERMITTED"
+UNKNOWN_INSTRUMENT = "UNKNOWN_INSTRUMENT"
+UNKNOWN_SEGMENT = "UNKNOWN_SEGMENT"
+UNKNOWN_ORDER = "UNKNOWN_ORDER"
+UNKNOWN_ACCOUNT = "UNKNOWN_ACCOUNT"
+DUPLICATE_CLIENT_ORDER_ID = "DUPLICATE_CLIENT_ORDER_ID"
+POST_ONLY_WOULD_CROSS = "POST_ONLY_WOULD_CROSS"
+FOK_NOT_FILLED = "FOK_NOT_FILLED"
+BAD_ORDER_TYPE = "BAD_ORDER_TYPE"
+NO_LIQUIDITY = "NO_LIQUIDITY"
+NO_CHANGE = "NO_CHANGE"
+SELF_TRADE_PREVENTED = "SELF_TRADE_PREVENTED"
+
+# Operator / accounts
+DUPLICATE_ACCOUNT = "DUPLICATE_ACCOUNT"
+DUPLICATE_INSTRUMENT = "DUPLICATE_INSTRUMENT"
+DUPLICATE_CHAIN = "DUPLICATE_CHAIN"
+UNKNOWN_CHAIN = "UNKNOWN_CHAIN"
+BAD_AMOUNT = "BAD_AMOUNT"
+BAD_PARAMETER = "BAD_PARAMETER"
+NOT_AN_SME = "NOT_AN_SME"
+NOT_IN_CHAIN = "NOT_IN_CHAIN"
+BAD_REVENUE_SHARE = "BAD_REVENUE_SHARE"
+SYSTEM_ACCOUNT = "SYSTEM_ACCOUNT"
+UNKNOWN_COMMAND = "UNKNOWN_COMMAND"

@@ -1,0 +1,970 @@
+"""The exchange core: a deterministic state machine.
+
+``Exchange.apply(command) -> list[event]``. No I/O, no wall clock, no randomness: the command
+envelope (``seq``, ``ts``) is the only notion of order and time. The same command log always
+gives the same state, and :meth:`Exchange.state_hash` proves it.
+
+Business rejects never raise out of ``apply``: every check runs *before* the first mutation,
+and a refused command yields a reject event (an ``ExecutionReport`` with ``exec_type`` rejected
+for orders, ``RequestRejected``-style ``CommandRejected`` for the rest) and changes nothing but
+the sequence number.
+
+The rules and compliance modules plug in as :class:`Module` s: they register their own
+commands, handlers and state (see :func:`exchange.engine.build_exchange`).
+
+Rounding (not one fen is created or lost):
+
+* fee on a fill = floor(notional x fee_bps / 10,000), charged to buyer and to seller;
+* a buy order reserves price x leaves + ceil(price x leaves x fee_bps / 10,000); each fill
+  releases exactly the difference between the old and the new reservation, which always covers
+  what the fill costs (price improvement and fee rounding only ever free cash);
+* a sale of sub-quota units: the seller's net proceeds (notional - seller fee) are cut per lot
+  in proportion to the units, floor; of each lot's portion the SME keeps
+  floor(portion x revenue_share_ppm / 1,000,000) and the parent gets the rest; the seller (SME)
+  receives the net minus what the parents get, so the parts sum exactly to the net.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Callable
+
+from . import errors as E
+from .accounts import (
+    BANK, CASH, EXCHANGE_ACCOUNT, ISSUER, LOT_PURCHASE, LOT_SUB_QUOTA, LOT_TRANSFER, RETIRED,
+    SYSTEM_ACCOUNTS, Account, post_cash, put_units, take_units,
+)
+from .book import BUY, SELL, STP_POLICIES, Order, OrderBook
+from .commands import (
+    DAY, FOK, GTC, IOC, LIMIT, MARKET, AddInstrument, AmendOrder, CancelAll, CancelOrder,
+    CreateSubQuota, DepositCash, EndOfDay, Halt, IssueUnits, PlaceOrder, RegisterFirm,
+    RegisterSupplyChain, Resume, SetFirmTrading, SetPriceBand, SnapshotMarker, TransferUnits,
+    WithdrawCash, command, Command,
+)
+from .events import (
+    EXEC_CANCELED, EXEC_EXPIRED, EXEC_NEW, EXEC_REJECTED, EXEC_REPLACED, EXEC_TRADE,
+    ST_CANCELED, ST_EXPIRED, ST_FILLED, ST_NEW, ST_PARTIAL, ST_REJECTED, AccountUpdated,
+    BookUpdate, CommandRejected, DayEnded, ExecutionReport, FirmRegistered, InstrumentAdded,
+    MarketState, Posting, SubQuotaCreated, SupplyChainRegistered, Trade,
+)
+from .units import PPM, fee_ceil, fee_floor
+
+_TIFS = (GTC, DAY, IOC, FOK)
+SEGMENT_ACCESS = ("all", "sme_sell_any_buy", "sme_only", "members")
+
+
+@command("add_segment")
+class AddSegment(Command):
+    """Define a segment's rules. ``name`` is ``main``, ``sme`` or ``chain`` (the template every
+    ``chain:<id>`` book takes). Applies to books opened from now on and to existing books of
+    that segment."""
+
+    name: str
+    tick: int = 1  # fen
+    lot: int = 1  # tonnes
+    max_order_qty: int = 99_999  # listed trading: under 100,000 t
+    fee_bps: int = 0
+    access: str = "all"
+    seq: int = 0
+    ts: int = 0
+
+
+class SegmentRules:
+    __slots__ = ("name", "tick", "lot", "max_order_qty", "fee_bps", "access")
+
+    def __init__(self, name, tick, lot, max_order_qty, fee_bps, access):
+        self.name = name
+        self.tick = tick
+        self.lot = lot
+        self.max_order_qty = max_order_qty
+        self.fee_bps = fee_bps
+        self.access = access
+
+    def to_state(self):
+        return [self.tick, self.lot, self.max_order_qty, self.fee_bps, self.access]
+
+
+class Instrument:
+    __slots__ = ("symbol", "kind", "vintage", "offset_type", "reference_price", "band_bps",
+                 "halted", "day_open", "day_high", "day_low", "last", "day_volume",
+                 "day_notional", "day_trades")
+
+    def __init__(self, symbol, kind, vintage, offset_type, reference_price, band_bps):
+        self.symbol = symbol
+        self.kind = kind
+        self.vintage = vintage
+        self.offset_type = offset_type
+        self.reference_price = reference_price
+        self.band_bps = band_bps
+        self.halted = False
+        self.reset_day()
+        self.last = 0
+
+    def reset_day(self):
+        self.day_open = 0
+        self.day_high = 0
+        self.day_low = 0
+        self.day_volume = 0
+        self.day_notional = 0
+        self.day_trades = 0
+
+    def band(self) -> tuple[int, int] | None:
+        """(lowest, highest) allowed price, or None when no reference price is set yet."""
+        ref = self.reference_price
+        if ref <= 0 or self.band_bps <= 0:
+            return None
+        half = ref * self.band_bps // 10_000
+        return ref - half, ref + half
+
+    def vwap(self) -> int | None:
+        if not self.day_volume:
+            return None
+        return (self.day_notional + self.day_volume // 2) // self.day_volume
+
+    _STATE = ("kind", "vintage", "offset_type", "reference_price", "band_bps", "halted",
+              "day_open", "day_high", "day_low", "last", "day_volume", "day_notional",
+              "day_trades")
+
+    def to_state(self):
+        return [getattr(self, f) for f in self._STATE]
+
+    @classmethod
+    def from_state(cls, symbol, s):
+        i = cls(symbol, s[0], s[1], s[2], s[3], s[4])
+        for f, v in zip(cls._STATE, s):
+            setattr(i, f, v)
+        return i
+
+
+class Module:
+    """A pluggable part of the state machine (rules, compliance). Subclasses set ``name`` and
+    implement ``handlers``; state must round-trip through ``to_state``/``load_state``."""
+
+    name = "module"
+
+    def __init__(self, ex: "Exchange"):
+        self.ex = ex
+
+    def handlers(self) -> dict[type, Callable[[Any], list]]:
+        return {}
+
+    def to_state(self) -> Any:
+        return None
+
+    def load_state(self, state: Any) -> None:
+        pass
+
+
+class SequenceError(Exception):
+    """A command arrived out of sequence: a sequencer bug, not a business reject."""
+
+
+class Exchange:
+    """The whole market state and the rules that change it."""
+
+    DEFAULT_BAND_BPS = 1000
+
+    def __init__(self, modules: tuple = (), emit_book_updates: bool = True):
+        self.last_seq = 0
+        self.now = 0
+        self.day = 0
+        self.next_order_id = 1
+        self.next_trade_id = 1
+        self.next_lot_id = 1
+        self.market_halted = False
+        self.emit_book_updates = emit_book_updates
+        self.segments: dict[str, SegmentRules] = {}
+        self.instruments: dict[str, Instrument] = {}
+        self.books: dict[tuple[str, str], OrderBook] = {}
+        self.halted_books: set[tuple[str, str]] = set()
+        self.accounts: dict[str, Account] = {
+            a: Account(a, system=True, can_trade=False) for a in SYSTEM_ACCOUNTS}
+        self.chains: dict[str, dict] = {}
+        self.sub_quotas: dict[int, dict] = {}
+        self._handlers: dict[type, Callable] = {
+            PlaceOrder: self._place, CancelOrder: self._cancel, AmendOrder: self._amend,
+            CancelAll: self._cancel_all, AddSegment: self._add_segment,
+            AddInstrument: self._add_instrument, RegisterFirm: self._register_firm,
+            SetFirmTrading: self._set_firm_trading,
+            RegisterSupplyChain: self._register_chain, DepositCash: self._deposit,
+            WithdrawCash: self._withdraw, IssueUnits: self._issue,
+            TransferUnits: self._transfer, CreateSubQuota: self._create_sub_quota,
+            SetPriceBand: self._set_band, Halt: self._halt, Resume: self._resume,
+            EndOfDay: self._end_of_day, SnapshotMarker: lambda c: [],
+        }
+        self.modules: dict[str, Module] = {}
+        for mod_cls in modules:
+            mod = mod_cls(self)
+            self.modules[mod.name] = mod
+            self._handlers.update(mod.handlers())
+        self._eod_hooks: list[Callable[[], list]] = []
+
+    # ================================================================== entry point
+    def apply(self, cmd) -> list:
+        seq = cmd.seq
+        if seq <= self.last_seq:
+            raise SequenceError(f"command seq {seq} after {self.last_seq}")
+        self.last_seq = seq
+        self.now = cmd.ts
+        handler = self._handlers.get(type(cmd))
+        if handler is None:
+            return [CommandRejected(getattr(cmd, "TYPE", "?"), E.UNKNOWN_COMMAND,
+                                    "unknown command")]
+        try:
+            return handler(cmd)
+        except E.Reject as r:
+            if isinstance(cmd, PlaceOrder):
+                return [self._reject_er(cmd, r.code, r.message)]
+            return [CommandRejected(cmd.TYPE, r.code, r.message)]
+
+    # ================================================================== helpers
+    def account(self, firm_id: str) -> Account:
+        a = self.accounts.get(firm_id)
+        if a is None:
+            raise E.Reject(E.UNKNOWN_ACCOUNT, f"unknown account {firm_id!r}")
+        return a
+
+    def firm(self, firm_id: str) -> Account:
+        a = self.account(firm_id)
+        if a.system:
+            raise E.Reject(E.SYSTEM_ACCOUNT, f"{firm_id!r} is a system account")
+        return a
+
+    def instrument(self, symbol: str) -> Instrument:
+        i = self.instruments.get(symbol)
+        if i is None:
+            raise E.Reject(E.UNKNOWN_INSTRUMENT, f"unknown instrument {symbol!r}")
+        return i
+
+    def segment_rules(self, segment: str) -> SegmentRules:
+        name = "chain" if segment.startswith("chain:") else segment
+        return self.segments[name]
+
+    def _reject_er(self, cmd: PlaceOrder, code: str, message: str = "") -> ExecutionReport:
+        return ExecutionReport(
+            cmd.account, 0, cmd.client_order_id, cmd.instrument, cmd.segment, cmd.side,
+            EXEC_REJECTED, ST_REJECTED, cmd.price, cmd.qty if isinstance(cmd.qty, int) else 0,
+            0, 0, 0, 0, code, 0, 0, None, cmd.ts)
+
+    def _er(self, o: Order, exec_type: str, reason: str | None = None) -> ExecutionReport:
+        return ExecutionReport(
+            o.account, o.order_id, o.client_order_id, o.instrument, o.segment, o.side,
+            exec_type, o.status, o.price, o.qty, 0, 0, o.cum_qty, o.leaves, reason, 0, 0,
+            None, self.now)
+
+    def _book_update(self, book: OrderBook, events: list) -> None:
+        ch = book.drain_changes()
+        if ch and self.emit_book_updates:
+            book.seq += 1
+            events.append(BookUpdate(book.instrument, book.segment, book.seq, ch))
+
+    def check_price(self, instr: Instrument, rules: SegmentRules, price) -> None:
+        if type(price) is not int or price <= 0:
+            raise E.Reject(E.BAD_PRICE, "price must be a positive number of fen")
+        if price % rules.tick:
+            raise E.Reject(E.BAD_TICK, f"price must be a multiple of the tick ({rules.tick} fen)")
+        band = instr.band()
+        if band is not None and not band[0] <= price <= band[1]:
+            raise E.Reject(E.OUTSIDE_PRICE_BAND,
+                           f"price {price} outside the band [{band[0]}, {band[1]}] fen")
+
+    def check_qty(self, rules: SegmentRules, qty) -> None:
+        if type(qty) is not int or qty <= 0:
+            raise E.Reject(E.BAD_QUANTITY, "quantity must be a positive whole number of tonnes")
+        if qty % rules.lot:
+            raise E.Reject(E.BAD_LOT, f"quantity must be a multiple of the lot ({rules.lot} t)")
+        if qty > rules.max_order_qty:
+            raise E.Reject(E.OVER_MAX_ORDER_SIZE,
+                           f"quantity over the maximum order size ({rules.max_order_qty} t)")
+
+    def is_halted(self, instrument: str, segment: str) -> bool:
+        return (self.market_halted or self.instruments[instrument].halted
+                or (instrument, segment) in self.halted_books)
+
+    def check_access(self, acct: Account, segment: str, side: str, rules: SegmentRules):
+        access = rules.access
+        if access == "all":
+            return
+        if access == "members":
+            chain_id = segment[6:]
+            if chain_id not in acct.chains:
+                raise E.Reject(E.NOT_PERMITTED_IN_SEGMENT,
+                               f"only members of supply chain {chain_id!r} trade in {segment}")
+            return
+        is_sme = acct.size_class == "sme"
+        if access == "sme_only" and not is_sme:
+            raise E.Reject(E.NOT_PERMITTED_IN_SEGMENT, f"only SMEs trade in {segment}")
+        if access == "sme_sell_any_buy" and side == SELL and not is_sme:
+            raise E.Reject(E.NOT_PERMITTED_IN_SEGMENT,
+                           f"only SMEs sell in {segment}; anyone may buy from them")
+
+    @staticmethod
+    def buy_reserve(price: int, qty: int, fee_bps: int) -> int:
+        n = price * qty
+        return n + fee_ceil(n, fee_bps)
+
+    # ================================================================== orders
+    def _place(self, cmd: PlaceOrder) -> list:
+        acct = self.accounts.get(cmd.account)
+        if acct is None or acct.system:
+            raise E.Reject(E.UNKNOWN_ACCOUNT, f"unknown account {cmd.account!r}")
+        if not acct.can_trade:
+            raise E.Reject(E.TRADING_NOT_PERMITTED, "account may not trade")
+        instr = self.instruments.get(cmd.instrument)
+        if instr is None:
+            raise E.Reject(E.UNKNOWN_INSTRUMENT, f"unknown instrument {cmd.instrument!r}")
+        key = (cmd.instrument, cmd.segment)
+        book = self.books.get(key)
+        if book is None:
+            raise E.Reject(E.UNKNOWN_SEGMENT,
+                           f"no {cmd.segment!r} book for {cmd.instrument}")
+        side = cmd.side
+        if side != BUY and side != SELL:
+            raise E.Reject(E.BAD_ORDER_TYPE, "side must be buy or sell")
+        tif = cmd.tif
+        otype = cmd.order_type
+        if tif not in _TIFS or (otype != LIMIT and otype != MARKET):
+            raise E.Reject(E.BAD_ORDER_TYPE, "unknown order type or time in force")
+        if cmd.post_only and (otype == MARKET or tif == IOC or tif == FOK):
+            raise E.Reject(E.BAD_ORDER_TYPE, "post-only orders must be GTC or DAY limits")
+        if self.market_halted or instr.halted or key in self.halted_books:
+            raise E.Reject(E.HALTED, f"trading in {cmd.instrument}/{cmd.segment} is halted")
+        rules = self.segment_rules(cmd.segment)
+        self.check_access(acct, cmd.segment, side, rules)
+        qty = cmd.qty
+        self.check_qty(rules, qty)
+        if otype == MARKET:
+            band = instr.band()
+            if cmd.price is None:
+                if band is None:
+                    raise E.Reject(E.BAD_PRICE, "a market order needs a protection price "
+                                                "while the instrument has no reference price")
+                price = band[1] if side == BUY else band[0]
+            else:
+                self.check_price(instr, rules, cmd.price)
+                price = cmd.price
+            tif = IOC if tif != FOK else FOK
+        else:
+            price = cmd.price
+            self.check_price(instr, rules, price)
+        coid = cmd.client_order_id
+        if coid is not None and coid in acct.coids:
+            raise E.Reject(E.DUPLICATE_CLIENT_ORDER_ID,
+                           f"client_order_id {coid!r} is already used by a live order")
+        fee_bps = rules.fee_bps
+        if side == BUY:
+            need = self.buy_reserve(price, qty, fee_bps)
+            if need > acct.cash - acct.cash_reserved:
+                raise E.Reject(E.INSUFFICIENT_FUNDS,
+                               f"needs {need} fen, {acct.cash - acct.cash_reserved} available")
+        else:
+            h = acct.holdings.get(cmd.instrument)
+            if h is None or qty > h.total - h.reserved:
+                have = 0 if h is None else h.total - h.reserved
+                raise E.Reject(E.INSUFFICIENT_HOLDINGS,
+                               f"needs {qty} t of {cmd.instrument}, {have} available")
+        if cmd.post_only and book.crosses(side, price):
+            raise E.Reject(E.POST_ONLY_WOULD_CROSS, "post-only order would trade on arrival")
+        stp = acct.stp_policy
+        if tif == FOK and book.fillable(side, price, acct.firm_id, stp, qty) < qty:
+            raise E.Reject(E.FOK_NOT_FILLED, "fill-or-kill order cannot be filled in full")
+
+        # ---- accepted: from here on nothing may raise
+        oid = self.next_order_id
+        self.next_order_id = oid + 1
+        o = Order(oid, acct.firm_id, coid, cmd.instrument, cmd.segment, side, price, qty,
+                  tif, cmd.post_only, cmd.seq)
+        if side == BUY:
+            o.reserved = need
+            acct.cash_reserved += need
+        else:
+            o.reserved = qty
+            h.reserved += qty
+        acct.orders[oid] = o
+        if coid is not None:
+            acct.coids[coid] = oid
+        events = [self._er(o, EXEC_NEW)]
+        self._execute(o, book, instr, rules, acct, events)
+        if o.leaves:
+            if tif == GTC or tif == DAY:
+                book.add(o)
+            else:
+                o.status = ST_CANCELED
+                self._release(o, acct)
+                self._forget(o, acct)
+                events.append(self._er(o, EXEC_CANCELED,
+                                       "UNFILLED_MARKET" if otype == MARKET else "UNFILLED_IOC"))
+        self._book_update(book, events)
+        return events
+
+    def _execute(self, o: Order, book: OrderBook, instr: Instrument, rules: SegmentRules,
+                 acct: Account, events: list) -> None:
+        """Match ``o`` as the aggressor and settle every fill."""
+        fills: list = []
+        stp_cancels: list = []
+        killed = book.match(o, o.price, acct.stp_policy, fills, stp_cancels)
+        accounts = self.accounts
+        for maker in stp_cancels:
+            maker.status = ST_CANCELED
+            self._release(maker, accounts[maker.account])
+            self._forget(maker, accounts[maker.account])
+            events.append(self._er(maker, EXEC_CANCELED, E.SELF_TRADE_PREVENTED))
+        if fills:
+            fee_bps = rules.fee_bps
+            for maker, q, px in fills:
+                o.leaves -= q
+                o.cum_qty += q
+                self._settle(o, maker, q, px, acct, accounts[maker.account], instr, fee_bps,
+                             events)
+        if killed and o.leaves:
+            o.status = ST_CANCELED
+            self._release(o, acct)
+            self._forget(o, acct)
+            events.append(self._er(o, EXEC_CANCELED, E.SELF_TRADE_PREVENTED))
+
+    def _settle(self, taker: Order, maker: Order, q: int, px: int, tacct: Account,
+                macct: Account, instr: Instrument, fee_bps: int, events: list) -> None:
+        """One fill, settled atomically: units seller->buyer, cash buyer->seller, fees to the
+        exchange, sub-quota proceeds to parents, reservations released."""
+        if taker.side == BUY:
+            bo, so, bacct, sacct = taker, maker, tacct, macct
+        else:
+            bo, so, bacct, sacct = maker, taker, macct, tacct
+        notional = px * q
+        bfee = notional * fee_bps // 10_000
+        sfee = bfee
+        symbol = instr.symbol
+        exch = self.accounts[EXCHANGE_ACCOUNT]
+        # buyer: pay notional + fee out of the order's reservation
+        new_res = self.buy_reserve(bo.price, bo.leaves, fee_bps) if bo.leaves else 0
+        bacct.cash_reserved -= bo.reserved - new_res
+        bo.reserved = new_res
+        post_cash(bacct, sacct, notional)
+        if bfee:
+            post_cash(bacct, exch, bfee)
+            post_cash(sacct, exch, sfee)
+        # seller: units out of the reservation, FIFO over lots
+        sh = sacct.holdings[symbol]
+        sh.reserved -= q
+        so.reserved -= q
+        taken = take_units(sacct, symbol, q)
+        split = ()
+        if len(taken) > 1 or taken[0][0].startswith(LOT_SUB_QUOTA):
+            split = self._split_proceeds(sacct, taken, q, notional - sfee)
+        put_units(bacct, symbol, q, LOT_PURCHASE)
+        # order states and reports
+        tid = self.next_trade_id
+        self.next_trade_id = tid + 1
+        now = self.now
+        for o, a, fee, liq in ((maker, macct, bfee if maker is bo else sfee, "maker"),
+                               (taker, tacct, bfee if taker is bo else sfee, "taker")):
+            if o.leaves:
+                o.status = ST_PARTIAL
+            else:
+                o.status = ST_FILLED
+                self._forget(o, a)
+            events.append(ExecutionReport(
+                o.account, o.order_id, o.client_order_id, o.instrument, o.segment, o.side,
+                EXEC_TRADE, o.status, o.price, o.qty, q, px, o.cum_qty, o.leaves, None, tid,
+                fee, liq, now))
+        events.append(Trade(tid, symbol, taker.segment, px, q, bacct.firm_id, sacct.firm_id,
+                            bo.order_id, so.order_id, taker.side, bfee, sfee, split, now))
+        # day statistics
+        if not instr.day_trades:
+            instr.day_open = instr.day_high = instr.day_low = px
+        elif px > instr.day_high:
+            instr.day_high = px
+        elif px < instr.day_low:
+            instr.day_low = px
+        instr.last = px
+        instr.day_trades += 1
+        instr.day_volume += q
+        instr.day_notional += notional
+
+    def _split_proceeds(self, seller: Account, taken: list, q: int, net: int) -> tuple:
+        """Pay each sub-quota lot's parent its share of the seller's net proceeds."""
+        out = []
+        for key, lq in taken:
+            if not key.startswith(LOT_SUB_QUOTA):
+                continue
+            lot = self.sub_quotas[int(key.split(":", 1)[1])]
+            portion = net * lq // q
+            sme_part = portion * lot["revenue_share_ppm"] // PPM
+            parent_part = portion - sme_part
+            parent = self.accounts[lot["parent"]]
+            post_cash(seller, parent, parent_part)
+            lot["sold"] += lq
+            lot["held"] -= lq
+            lot["sme_proceeds"] += sme_part
+            lot["parent_proceeds"] += parent_part
+            out.append((lot["parent"], parent_part))
+            out.append((seller.firm_id, sme_part))
+        return tuple(out)
+
+    def _release(self, o: Order, acct: Account) -> None:
+        """Give back whatever the order still has reserved."""
+        if o.side == BUY:
+            acct.cash_reserved -= o.reserved
+        else:
+            acct.holdings[o.instrument].reserved -= o.reserved
+        o.reserved = 0
+
+    @staticmethod
+    def _forget(o: Order, acct: Account) -> None:
+        acct.orders.pop(o.order_id, None)
+        if o.client_order_id is not None:
+            acct.coids.pop(o.client_order_id, None)
+
+    def _find_order(self, acct: Account, order_id, client_order_id) -> Order:
+        if order_id is None and client_order_id is not None:
+            order_id = acct.coids.get(client_order_id)
+        o = acct.orders.get(order_id) if order_id is not None else None
+        if o is None:
+            raise E.Reject(E.UNKNOWN_ORDER, "no live order with that id on this account")
+        return o
+
+    def _cancel(self, cmd: CancelOrder) -> list:
+        acct = self.firm(cmd.account)
+        o = self._find_order(acct, cmd.order_id, cmd.client_order_id)
+        book = self.books[(o.instrument, o.segment)]
+        book.remove(o.order_id)
+        o.status = ST_CANCELED
+        self._release(o, acct)
+        self._forget(o, acct)
+        events = [self._er(o, EXEC_CANCELED, "CANCELED_BY_CLIENT")]
+        self._book_update(book, events)
+        return events
+
+    def _cancel_all(self, cmd: CancelAll) -> list:
+        acct = self.firm(cmd.account)
+        events: list = []
+        books = set()
+        for o in sorted(acct.orders.values(), key=lambda o: o.order_id):
+            if cmd.instrument is not None and o.instrument != cmd.instrument:
+                continue
+            if cmd.segment is not None and o.segment != cmd.segment:
+                continue
+            book = self.books[(o.instrument, o.segment)]
+            book.remove(o.order_id)
+            books.add((o.instrument, o.segment))
+            o.status = ST_CANCELED
+            self._release(o, acct)
+            self._forget(o, acct)
+            events.append(self._er(o, EXEC_CANCELED, "CANCELED_BY_CLIENT"))
+        for key in sorted(books):
+            self._book_update(self.books[key], events)
+        return events
+
+    def _amend(self, cmd: AmendOrder) -> list:
+        acct = self.firm(cmd.account)
+        o = self._find_order(acct, cmd.order_id, cmd.client_order_id)
+        instr = self.instruments[o.instrument]
+        rules = self.segment_rules(o.segment)
+        book = self.books[(o.instrument, o.segment)]
+        if self.is_halted(o.instrument, o.segment):
+            raise E.Reject(E.HALTED, "trading is halted")
+        new_qty = o.qty if cmd.qty is None else cmd.qty
+        new_price = o.price if cmd.price is None else cmd.price
+        if new_qty == o.qty and new_price == o.price:
+            raise E.Reject(E.NO_CHANGE, "amend changes neither price nor quantity")
+        self.check_qty(rules, new_qty)
+        if new_qty <= o.cum_qty:
+            raise E.Reject(E.BAD_QUANTITY,
+                           f"new quantity must exceed the filled quantity ({o.cum_qty} t)")
+        if new_price != o.price:
+            self.check_price(instr, rules, new_price)
+        new_leaves = new_qty - o.cum_qty
+        if o.side == BUY:
+            new_res = self.buy_reserve(new_price, new_leaves, rules.fee_bps)
+            extra = new_res - o.reserved
+            if extra > acct.cash - acct.cash_reserved:
+                raise E.Reject(E.INSUFFICIENT_FUNDS, f"amend needs {extra} fen more")
+        else:
+            new_res = new_leaves
+            extra = new_res - o.reserved
+            h = acct.holdings[o.instrument]
+            if extra > h.total - h.reserved:
+                raise E.Reject(E.INSUFFICIENT_HOLDINGS, f"amend needs {extra} t more")
+        if o.post_only and new_price != o.price and book.crosses(o.side, new_price):
+            raise E.Reject(E.POST_ONLY_WOULD_CROSS, "post-only order would trade")
+        # ---- accepted
+        if o.side == BUY:
+            acct.cash_reserved += extra
+        else:
+            acct.holdings[o.instrument].reserved += extra
+        o.reserved = new_res
+        events: list = []
+        if new_price == o.price and new_qty < o.qty:
+            book.reduce(o, new_leaves)  # keeps time priority
+            o.qty = new_qty
+            events.append(self._er(o, EXEC_REPLACED))
+        else:
+            book.remove(o.order_id)  # loses time priority
+            o.qty = new_qty
+            o.price = new_price
+            o.leaves = new_leaves
+            o.seq = cmd.seq
+            events.append(self._er(o, EXEC_REPLACED))
+            self._execute(o, book, instr, rules, acct, events)
+            if o.leaves and o.status != ST_CANCELED:
+                book.add(o)
+        self._book_update(book, events)
+        return events
+
+    # ================================================================== operator
+    def _add_segment(self, c: AddSegment) -> list:
+        if c.access not in SEGMENT_ACCESS:
+            raise E.Reject(E.BAD_PARAMETER, f"access must be one of {SEGMENT_ACCESS}")
+        for v in (c.tick, c.lot, c.max_order_qty):
+            if type(v) is not int or v <= 0:
+                raise E.Reject(E.BAD_PARAMETER, "tick, lot and max_order_qty must be positive")
+        if type(c.fee_bps) is not int or not 0 <= c.fee_bps <= 10_000:
+            raise E.Reject(E.BAD_PARAMETER, "fee_bps must be in [0, 10000]")
+        self.segments[c.name] = SegmentRules(c.name, c.tick, c.lot, c.max_order_qty, c.fee_bps,
+                                             c.access)
+        if c.name != "chain":
+            for sym in self.instruments:
+                self._open_book(sym, c.name)
+        return []
+
+    def _open_book(self, symbol: str, segment: str) -> None:
+        if (symbol, segment) not in self.books:
+            self.books[(symbol, segment)] = OrderBook(symbol, segment)
+
+    def _add_instrument(self, c: AddInstrument) -> list:
+        if c.symbol in self.instruments:
+            raise E.Reject(E.DUPLICATE_INSTRUMENT, f"instrument {c.symbol!r} exists")
+        if c.kind not in ("allowance", "offset"):
+            raise E.Reject(E.BAD_PARAMETER, "kind must be allowance or offset")
+        if c.kind == "offset" and not c.offset_type:
+            raise E.Reject(E.BAD_PARAMETER, "an offset instrument needs an offset_type")
+        if type(c.reference_price) is not int or c.reference_price < 0:
+            raise E.Reject(E.BAD_PARAMETER, "reference_price must be >= 0 fen")
+        self.instruments[c.symbol] = Instrument(c.symbol, c.kind, c.vintage, c.offset_type,
+                                                c.reference_price, self.DEFAULT_BAND_BPS)
+        for seg in self.segments:
+            if seg != "chain":
+                self._open_book(c.symbol, seg)
+        if c.kind == "allowance" and "chain" in self.segments:
+            for chain_id in self.chains:
+                self._open_book(c.symbol, f"chain:{chain_id}")
+        return [InstrumentAdded(c.symbol, c.kind)]
+
+    def _register_firm(self, c: RegisterFirm) -> list:
+        if not c.firm_id or c.firm_id in self.accounts or c.firm_id.startswith("@"):
+            raise E.Reject(E.DUPLICATE_ACCOUNT, f"account {c.firm_id!r} exists or is reserved")
+        if c.size_class not in ("large", "sme"):
+            raise E.Reject(E.BAD_PARAMETER, "size_class must be large or sme")
+        if c.stp_policy not in STP_POLICIES:
+            raise E.Reject(E.BAD_PARAMETER, f"stp_policy must be one of {STP_POLICIES}")
+        self.accounts[c.firm_id] = Account(c.firm_id, c.name, c.sector, c.product,
+                                           c.size_class, c.stp_policy, c.can_trade)
+        return [FirmRegistered(c.firm_id, c.size_class)]
+
+    def _set_firm_trading(self, c: SetFirmTrading) -> list:
+        acct = self.firm(c.firm_id)
+        acct.can_trade = bool(c.can_trade)
+        return [AccountUpdated(c.firm_id, acct.can_trade)]
+
+    def _register_chain(self, c: RegisterSupplyChain) -> list:
+        if not c.chain_id or c.chain_id in self.chains or ":" in c.chain_id:
+            raise E.Reject(E.DUPLICATE_CHAIN, f"supply chain {c.chain_id!r} exists or is invalid")
+        members = {}
+        for m in c.members:
+            firm_id, tier = m[0], m[1]
+            self.firm(firm_id)
+            if type(tier) is not int or tier < 0:
+                raise E.Reject(E.BAD_PARAMETER, "tier must be an integer >= 0")
+            members[firm_id] = tier
+        if sum(1 for t in members.values() if t == 0) != 1:
+            raise E.Reject(E.BAD_PARAMETER, "a supply chain has exactly one core firm (tier 0)")
+        edges = []
+        for e in c.edges:
+            sup, cust, w = e[0], e[1], e[2]
+            if sup not in members or cust not in members:
+                raise E.Reject(E.NOT_IN_CHAIN, f"edge {sup}->{cust} names a non-member")
+            if type(w) is not int or w < 0:
+                raise E.Reject(E.BAD_PARAMETER, "edge weight_ppm must be an integer >= 0")
+            edges.append([sup, cust, w])
+        self.chains[c.chain_id] = {
+            "core_firm": next(f for f, t in members.items() if t == 0),
+            "members": members, "edges": edges}
+        for firm_id, tier in members.items():
+            self.accounts[firm_id].chains[c.chain_id] = tier
+        if "chain" in self.segments:
+            for sym, ins in self.instruments.items():
+                if ins.kind == "allowance":
+                    self._open_book(sym, f"chain:{c.chain_id}")
+        return [SupplyChainRegistered(c.chain_id, tuple(sorted(members.items())))]
+
+    @staticmethod
+    def _positive(amount) -> None:
+        if type(amount) is not int or amount <= 0:
+            raise E.Reject(E.BAD_AMOUNT, "amount must be a positive integer")
+
+    def _deposit(self, c: DepositCash) -> list:
+        acct = self.firm(c.account)
+        self._positive(c.amount)
+        post_cash(self.accounts[BANK], acct, c.amount)
+        return [Posting(CASH, BANK, acct.firm_id, c.amount, "deposit")]
+
+    def _withdraw(self, c: WithdrawCash) -> list:
+        acct = self.firm(c.account)
+        self._positive(c.amount)
+        if c.amount > acct.cash_available:
+            raise E.Reject(E.INSUFFICIENT_FUNDS,
+                           f"withdrawal of {c.amount} fen, {acct.cash_available} available")
+        post_cash(acct, self.accounts[BANK], c.amount)
+        return [Posting(CASH, acct.firm_id, BANK, c.amount, "withdrawal")]
+
+    def move_units(self, src: Account, dst: Account, instrument: str, qty: int,
+                   lot_key: str, reason: str, prefer: str | None = None) -> list:
+        """The one way units move between accounts (checked by the caller). Returns the lots
+        taken from ``src`` and appends nothing: callers emit the Posting."""
+        taken = take_units(src, instrument, qty, prefer)
+        put_units(dst, instrument, qty, lot_key)
+        return taken
+
+    def _issue(self, c: IssueUnits) -> list:
+        acct = self.firm(c.account)
+        self.instrument(c.instrument)
+        self._positive(c.qty)
+        self.move_units(self.accounts[ISSUER], acct, c.instrument, c.qty,
+                        f"{c.source}:{c.ref}", "issue")
+        return [Posting(c.instrument, ISSUER, acct.firm_id, c.qty, f"issue:{c.source}:{c.ref}")]
+
+    def _transfer(self, c: TransferUnits) -> list:
+        src = self.firm(c.from_account)
+        dst = self.firm(c.to_account)
+        self.instrument(c.instrument)
+        self._positive(c.qty)
+        h = src.holdings.get(c.instrument)
+        if h is None or c.qty > h.available:
+            raise E.Reject(E.INSUFFICIENT_HOLDINGS, "transfer exceeds the free holding")
+        self.move_units(src, dst, c.instrument, c.qty, f"{LOT_TRANSFER}:{src.firm_id}",
+                        "transfer")
+        return [Posting(c.instrument, src.firm_id, dst.firm_id, c.qty, "transfer")]
+
+    def _create_sub_quota(self, c: CreateSubQuota) -> list:
+        parent = self.firm(c.parent)
+        sme = self.firm(c.sme)
+        instr = self.instrument(c.instrument)
+        if instr.kind != "allowance":
+            raise E.Reject(E.BAD_PARAMETER, "sub-quotas are split from allowances")
+        self._positive(c.qty)
+        if sme.size_class != "sme":
+            raise E.Reject(E.NOT_AN_SME, f"{c.sme!r} is not an SME")
+        if type(c.revenue_share_ppm) is not int or not 0 <= c.revenue_share_ppm <= PPM:
+            raise E.Reject(E.BAD_REVENUE_SHARE, "revenue share must be within [0, 1]")
+        if c.surplus_rule not in ("revert", "bank") or c.shortfall_rule not in ("sme", "parent"):
+            raise E.Reject(E.BAD_PARAMETER,
+                           "surplus_rule is revert|bank, shortfall_rule is sme|parent")
+        if c.chain_id is not None:
+            if c.chain_id not in self.chains:
+                raise E.Reject(E.UNKNOWN_CHAIN, f"unknown supply chain {c.chain_id!r}")
+            shared = c.chain_id in parent.chains and c.chain_id in sme.chains
+        else:
+            shared = bool(set(parent.chains) & set(sme.chains))
+        if not shared:
+            raise E.Reject(E.NOT_IN_CHAIN, f"{c.sme!r} is not in a supply chain of {c.parent!r}")
+        h = parent.holdings.get(c.instrument)
+        if h is None or c.qty > h.available:
+            raise E.Reject(E.INSUFFICIENT_HOLDINGS,
+                           f"split of {c.qty} t exceeds the parent's free holding")
+        lot_id = self.next_lot_id
+        self.next_lot_id = lot_id + 1
+        self.sub_quotas[lot_id] = {
+            "parent": parent.firm_id, "sme": sme.firm_id, "instrument": c.instrument,
+            "granted": c.qty, "held": c.qty, "sold": 0, "revenue_share_ppm": c.revenue_share_ppm,
+            "surplus_rule": c.surplus_rule, "shortfall_rule": c.shortfall_rule,
+            "chain_id": c.chain_id, "sme_proceeds": 0, "parent_proceeds": 0,
+            "created_seq": c.seq}
+        self.move_units(parent, sme, c.instrument, c.qty, f"{LOT_SUB_QUOTA}:{lot_id}",
+                        "sub_quota")
+        return [Posting(c.instrument, parent.firm_id, sme.firm_id, c.qty, f"sub_quota:{lot_id}"),
+                SubQuotaCreated(lot_id, parent.firm_id, sme.firm_id, c.instrument, c.qty,
+                                c.revenue_share_ppm, c.surplus_rule, c.shortfall_rule)]
+
+    def _set_band(self, c: SetPriceBand) -> list:
+        instr = self.instrument(c.instrument)
+        if c.band_bps is not None and (type(c.band_bps) is not int
+                                       or not 0 <= c.band_bps <= 10_000):
+            raise E.Reject(E.BAD_PARAMETER, "band_bps must be in [0, 10000] (0 = no band)")
+        if c.reference_price is not None and (type(c.reference_price) is not int
+                                              or c.reference_price < 0):
+            raise E.Reject(E.BAD_PARAMETER, "reference_price must be >= 0 fen")
+        if c.band_bps is not None:
+            instr.band_bps = c.band_bps
+        if c.reference_price is not None:
+            instr.reference_price = c.reference_price
+        return [MarketState(instr.symbol, instr.halted, instr.reference_price, instr.band_bps)]
+
+    def _scope(self, instrument, segment) -> str:
+        if instrument is None:
+            return "*"
+        self.instrument(instrument)
+        if segment is None:
+            return instrument
+        if (instrument, segment) not in self.books:
+            raise E.Reject(E.UNKNOWN_SEGMENT, f"no {segment!r} book for {instrument}")
+        return f"{instrument}:{segment}"
+
+    def _set_halt(self, instrument, segment, halted: bool) -> list:
+        scope = self._scope(instrument, segment)
+        if instrument is None:
+            self.market_halted = halted
+        elif segment is None:
+            self.instruments[instrument].halted = halted
+        elif halted:
+            self.halted_books.add((instrument, segment))
+        else:
+            self.halted_books.discard((instrument, segment))
+        return [MarketState(scope, halted)]
+
+    def _halt(self, c: Halt) -> list:
+        return self._set_halt(c.instrument, c.segment, True)
+
+    def _resume(self, c: Resume) -> list:
+        return self._set_halt(c.instrument, c.segment, False)
+
+    def _end_of_day(self, c: EndOfDay) -> list:
+        events: list = []
+        expired = 0
+        for key in sorted(self.books):
+            book = self.books[key]
+            day_orders = [o for o in book.iter_orders() if o.tif == DAY]
+            for o in sorted(day_orders, key=lambda o: o.order_id):
+                book.remove(o.order_id)
+                acct = self.accounts[o.account]
+                o.status = ST_EXPIRED
+                self._release(o, acct)
+                self._forget(o, acct)
+                events.append(self._er(o, EXEC_EXPIRED, "END_OF_DAY"))
+                expired += 1
+            self._book_update(book, events)
+        refs = []
+        for sym in sorted(self.instruments):
+            ins = self.instruments[sym]
+            vwap = ins.vwap()
+            if vwap is not None:
+                ins.reference_price = vwap
+            ins.reset_day()
+            refs.append((sym, ins.reference_price))
+        self.day += 1
+        events.append(DayEnded(self.day, tuple(refs), expired))
+        for hook in self._eod_hooks:
+            events.extend(hook())
+        return events
+
+    # ================================================================== state
+    def to_state(self) -> dict:
+        """Everything that defines the market, as plain JSON-able data (canonical order)."""
+        return {
+            "last_seq": self.last_seq, "now": self.now, "day": self.day,
+            "next_order_id": self.next_order_id, "next_trade_id": self.next_trade_id,
+            "next_lot_id": self.next_lot_id, "market_halted": self.market_halted,
+            "segments": {k: v.to_state() for k, v in sorted(self.segments.items())},
+            "instruments": {k: v.to_state() for k, v in sorted(self.instruments.items())},
+            "books": [[k[0], k[1], b.to_state()] for k, b in sorted(self.books.items())],
+            "halted_books": sorted([list(k) for k in self.halted_books]),
+            "accounts": {k: a.to_state() for k, a in sorted(self.accounts.items())},
+            "chains": {k: v for k, v in sorted(self.chains.items())},
+            "sub_quotas": [[k, v] for k, v in sorted(self.sub_quotas.items())],
+            "modules": {k: m.to_state() for k, m in sorted(self.modules.items())},
+        }
+
+    def load_state(self, s: dict) -> None:
+        """Replace this exchange's state with ``s`` (from :meth:`to_state`)."""
+        self.last_seq, self.now, self.day = s["last_seq"], s["now"], s["day"]
+        self.next_order_id = s["next_order_id"]
+        self.next_trade_id = s["next_trade_id"]
+        self.next_lot_id = s["next_lot_id"]
+        self.market_halted = s["market_halted"]
+        self.segments = {k: SegmentRules(k, *v) for k, v in s["segments"].items()}
+        self.instruments = {k: Instrument.from_state(k, v) for k, v in s["instruments"].items()}
+        self.accounts = {k: Account.from_state(k, v) for k, v in s["accounts"].items()}
+        self.books = {}
+        for sym, seg, bs in s["books"]:
+            book = OrderBook(sym, seg)
+            for o in book.load_state(bs):
+                acct = self.accounts[o.account]
+                acct.orders[o.order_id] = o
+                if o.client_order_id is not None:
+                    acct.coids[o.client_order_id] = o.order_id
+            self.books[(sym, seg)] = book
+        self.halted_books = {tuple(k) for k in s["halted_books"]}
+        self.chains = dict(s["chains"])
+        self.sub_quotas = {k: v for k, v in s["sub_quotas"]}
+        for name, ms in s["modules"].items():
+            if name in self.modules:
+                self.modules[name].load_state(ms)
+
+    def snapshot(self) -> bytes:
+        return json.dumps(self.to_state(), sort_keys=True, separators=(",", ":")).encode()
+
+    def restore(self, data: bytes) -> None:
+        self.load_state(json.loads(data))
+
+    def state_hash(self) -> str:
+        """SHA-256 of the canonical state: equal hashes, equal markets."""
+        return hashlib.sha256(self.snapshot()).hexdigest()
+
+    # ================================================================== read side
+    def balances(self, firm_id: str) -> dict:
+        a = self.accounts[firm_id]
+        return {
+            "cash": a.cash, "cash_reserved": a.cash_reserved,
+            "holdings": {k: {"total": h.total, "reserved": h.reserved,
+                             "lots": dict(h.lots)} for k, h in sorted(a.holdings.items())},
+        }
+
+    def open_orders(self, firm_id: str) -> list[Order]:
+        return sorted(self.accounts[firm_id].orders.values(), key=lambda o: o.order_id)
+
+    def check_invariants(self) -> None:
+        """Raise AssertionError when a ledger or book invariant is broken (used by tests,
+        the journal's recovery check and ``journal verify``)."""
+        cash_total = sum(a.cash for a in self.accounts.values())
+        assert cash_total == 0, f"cash does not balance: {cash_total}"
+        per_instr: dict[str, int] = {}
+        for a in self.accounts.values():
+            if not a.system:
+                assert a.cash >= a.cash_reserved >= 0, f"{a.firm_id} cash below reserved"
+            for sym, h in a.holdings.items():
+                per_instr[sym] = per_instr.get(sym, 0) + h.total
+                if not a.system:
+                    assert h.total >= h.reserved >= 0, f"{a.firm_id} {sym} below reserved"
+                    assert sum(h.lots.values()) == h.total, f"{a.firm_id} {sym} lots != total"
+        for sym, t in per_instr.items():
+            assert t == 0, f"{sym} does not balance: {t}"
+        need_cash: dict[str, int] = {}
+        need_units: dict[tuple, int] = {}
+        for (sym, seg), book in self.books.items():
+            bb, ba = book.best_bid(), book.best_ask()
+            assert bb is None or ba is None or bb < ba, f"book {sym}/{seg} crossed"
+            for side_map in (book.bids, book.asks):
+                for lv in side_map.values():
+                    assert lv.qty == sum(o.leaves for o in lv.values()), "level qty"
+                    prev = 0
+                    for o in lv.values():
+                        assert o.seq >= prev, "FIFO broken"
+                        prev = o.seq
+            for o in book.iter_orders():
+                assert o.leaves > 0 and o.cum_qty + o.leaves == o.qty
+                rules = self.segment_rules(seg)
+                if o.side == BUY:
+                    assert o.reserved == self.buy_reserve(o.price, o.leaves, rules.fee_bps)
+                    need_cash[o.account] = need_cash.get(o.account, 0) + o.reserved
+                else:
+                    assert o.reserved == o.leaves
+                    need_units[(o.account, sym)] = need_units.get((o.account, sym), 0) + o.leaves
+        for a in self.accounts.values():
+            if a.system:
+                continue
+            assert a.cash_reserved == need_cash.get(a.firm_id, 0), f"{a.firm_id} cash reserve"
+            for sym, h in a.holdings.items():
+                assert h.reserved == need_units.get((a.firm_id, sym), 0), f"{a.firm_id} units"
+            live = {o.order_id for o in a.orders.values()}
+            resting = {o.order_id for b in self.books.values() for o in b.orders.values()
+                       if o.account == a.firm_id}
+            assert live == resting, f"{a.firm_id} live orders != resting orders"

@@ -1,0 +1,76 @@
+"""The one place where human-facing decimals become the core's integers and back.
+
+Quantities are whole tonnes of CO2e (``int``). Prices and cash are integer fen
+(0.01 CNY). Rates are integer basis points (1 bp = 0.01 %) or parts per million.
+Nothing in the ledger, the book or settlement is ever a ``float``.
+"""
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation, ROUND_FLOOR
+
+FEN_PER_CNY = 100
+BPS = 10_000
+PPM = 1_000_000
+
+
+class UnitError(ValueError):
+    """A value that cannot be converted exactly to the core's integer units."""
+
+
+def parse_price(text: str | int | Decimal) -> int:
+    """``"85.50"`` -> ``8550`` fen. Rejects more than two decimals, floats and junk."""
+    if isinstance(text, bool) or isinstance(text, float):
+        raise UnitError("prices travel as decimal strings, e.g. \"85.50\"")
+    try:
+        d = Decimal(str(text).strip())
+    except (InvalidOperation, ValueError):
+        raise UnitError(f"not a decimal price: {text!r}") from None
+    if not d.is_finite():
+        raise UnitError(f"not a finite price: {text!r}")
+    fen = d * FEN_PER_CNY
+    if fen != fen.to_integral_value():
+        raise UnitError(f"price {text!r} has more than two decimals (1 fen = 0.01 CNY)")
+    return int(fen)
+
+
+def format_price(fen: int) -> str:
+    """``8550`` -> ``"85.50"``."""
+    sign = "-" if fen < 0 else ""
+    fen = abs(fen)
+    return f"{sign}{fen // FEN_PER_CNY}.{fen % FEN_PER_CNY:02d}"
+
+
+def fee_floor(notional: int, bps: int) -> int:
+    """Fee charged on a fill: floor(notional x bps / 10,000). The exchange never rounds up."""
+    return notional * bps // BPS
+
+
+def fee_ceil(notional: int, bps: int) -> int:
+    """Upper bound reserved for a fee before the fill: ceil(notional x bps / 10,000)."""
+    return -((-notional * bps) // BPS)
+
+
+def share_floor(amount: int, ppm: int) -> int:
+    """floor(amount x ppm / 1,000,000): the share of an amount at a rate in parts per million."""
+    return amount * ppm // PPM
+
+
+def ratio_to_ppm(value: str | Decimal | int) -> int:
+    """``"0.35"`` -> 350000 ppm. Accepts a Decimal-compatible string in [0, 1] or beyond."""
+    try:
+        d = Decimal(str(value))
+    except (InvalidOperation, ValueError):
+        raise UnitError(f"not a decimal ratio: {value!r}") from None
+    return int((d * PPM).to_integral_value(rounding=ROUND_FLOOR))
+
+
+def ppm_to_decimal(ppm: int) -> Decimal:
+    return Decimal(ppm) / PPM
+
+
+def percent_to_bps(value: str | Decimal | int) -> int:
+    """``"10"`` (percent) -> 1000 bps."""
+    d = Decimal(str(value)) * 100
+    if d != d.to_integral_value():
+        raise UnitError(f"percentage {value!r} is finer than one basis point")
+    return int(d)

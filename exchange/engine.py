@@ -1,0 +1,36 @@
+"""The one way to build the full state machine: the core plus its rule modules."""
+from __future__ import annotations
+
+from .core.exchange import Exchange
+
+# Modules register here (rules, compliance). Order matters only for deterministic iteration.
+MODULES: list[type] = []
+
+
+def build_exchange(**kw) -> Exchange:
+    return Exchange(modules=tuple(MODULES), **kw)
+
+
+class Sequencer:
+    """Stamps commands with the next sequence number and a timestamp, then applies them.
+    In-process users (demo, simulation, tests) use it where the server uses the journal."""
+
+    def __init__(self, ex: Exchange | None = None, ts_step_ns: int = 1_000_000,
+                 start_ts: int = 1_767_225_600_000_000_000):
+        self.ex = ex if ex is not None else build_exchange()
+        self.ts = max(start_ts, self.ex.now)
+        self.step = ts_step_ns
+        self.log: list = []
+
+    def __call__(self, cmd, ts: int | None = None) -> list:
+        cmd.seq = self.ex.last_seq + 1
+        self.ts = ts if ts is not None else self.ts + self.step
+        cmd.ts = self.ts
+        self.log.append(cmd)
+        return self.ex.apply(cmd)
+
+    def run(self, cmds) -> list:
+        out = []
+        for c in cmds:
+            out.extend(self(c))
+        return out

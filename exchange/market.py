@@ -1,0 +1,78 @@
+"""Building a market from configuration, as commands.
+
+The market's rules (segments, instruments, bands) and the demo market (firms, cash,
+allocations, supply chains, sub-quotas, resting orders) are turned into ordinary commands, so
+they go through the journal like everything else and a replay of the log rebuilds them.
+"""
+from __future__ import annotations
+
+from decimal import Decimal
+
+from .config import Settings
+from .core.commands import (
+    AddInstrument, CreateSubQuota, DepositCash, IssueUnits, PlaceOrder, RegisterFirm,
+    RegisterSupplyChain, SetPriceBand,
+)
+from .core.exchange import AddSegment
+from .core.units import PPM, parse_price, ratio_to_ppm
+
+
+def market_commands(settings: Settings) -> list:
+    """Segments, instruments and price bands."""
+    m = settings.market
+    cmds: list = []
+    for s in m.segments:
+        cmds.append(AddSegment(name=s.name, tick=s.tick, lot=s.lot,
+                               max_order_qty=s.max_order_qty, fee_bps=s.fee_bps,
+                               access=s.access))
+    for i in m.instruments:
+        cmds.append(AddInstrument(symbol=i.symbol, kind=i.kind, vintage=i.vintage,
+                                  offset_type=i.offset_type,
+                                  reference_price=i.reference_price_fen))
+        cmds.append(SetPriceBand(instrument=i.symbol, band_bps=m.price_band_bps))
+    return cmds
+
+
+def demo_commands(settings: Settings, with_orders: bool = True) -> list:
+    """The demo market: firms with cash and allowances, supply chains, sub-quotas, orders."""
+    d = settings.demo
+    cmds: list = []
+    for f in d.firms:
+        cmds.append(RegisterFirm(firm_id=f.firm_id, name=f.name, sector=f.sector,
+                                 product=f.product, size_class=f.size_class,
+                                 stp_policy=f.stp_policy))
+        if f.cash_fen:
+            cmds.append(DepositCash(account=f.firm_id, amount=f.cash_fen))
+        for sym, qty in f.holdings.items():
+            if qty:
+                kind = next((i.kind for i in settings.market.instruments if i.symbol == sym),
+                            "allowance")
+                cmds.append(IssueUnits(account=f.firm_id, instrument=sym, qty=qty,
+                                       source="allocation" if kind == "allowance"
+                                       else "offset_project", ref="demo"))
+    for c in d.chains:
+        total = sum(Decimal(e.weight) for e in c.edges) or Decimal(1)
+        edges = tuple((e.supplier, e.customer, int(Decimal(e.weight) / total * PPM))
+                      for e in c.edges)
+        cmds.append(RegisterSupplyChain(chain_id=c.chain_id,
+                                        members=tuple((m.firm, m.tier) for m in c.members),
+                                        edges=edges))
+    for s in d.sub_quotas:
+        cmds.append(CreateSubQuota(parent=s.parent, sme=s.sme, instrument=s.instrument,
+                                   qty=s.qty, revenue_share_ppm=ratio_to_ppm(s.revenue_share),
+                                   surplus_rule=s.surplus_rule, shortfall_rule=s.shortfall_rule,
+                                   chain_id=s.chain_id))
+    if with_orders:
+        for i, o in enumerate(d.orders):
+            cmds.append(PlaceOrder(account=o.firm, instrument=o.instrument, segment=o.segment,
+                                   side=o.side, price=parse_price(o.price), qty=o.qty,
+                                   client_order_id=f"demo-{i}"))
+    return cmds
+
+
+def genesis_commands(settings: Settings, demo: bool = True) -> list:
+    """Everything a new market starts with."""
+    cmds = market_commands(settings)
+    if demo:
+        cmds += demo_commands(settings)
+    return cmds
