@@ -121,6 +121,27 @@ class JournalConfig(Strict):
     snapshot_every_seconds: float = Field(300.0, gt=0)
 
 
+class ServerConfig(Strict):
+    """The websocket gateway and operator HTTP API (exchange/server)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    rate_limit_per_second: float = Field(
+        5000.0, gt=0, description="requests per second per connection (token bucket refill)")
+    rate_limit_burst: int = Field(10000, gt=0, description="token bucket size per connection")
+    send_queue_max: int = Field(
+        10000, gt=0, description="queued outgoing messages per connection before the "
+                                 "connection is closed as a slow consumer")
+    max_frame_bytes: int = Field(
+        262144, gt=0, description="larger frames get FRAME_TOO_LARGE; 4x this closes the socket")
+    heartbeat_seconds: float = Field(
+        15.0, gt=0, description="websocket ping interval; no pong within half of it closes")
+    auth_timeout_seconds: float = Field(10.0, gt=0, description="close if not authenticated")
+    idempotency_window: int = Field(
+        200000, gt=0, description="(firm, client_order_id) results remembered for retries")
+    uvloop: bool = Field(True, description="run on uvloop when it is installed")
+
+
 class Settings(BaseModel):
     """The whole configuration file. Sections owned by later modules (server, rules,
     compliance) are added here as fields with defaults, so an older file stays valid."""
@@ -129,6 +150,7 @@ class Settings(BaseModel):
     market: MarketConfig
     demo: DemoConfig = Field(default_factory=DemoConfig)
     journal: JournalConfig = Field(default_factory=JournalConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
 
 
 def load_settings(path: str | Path | None = None) -> Settings:

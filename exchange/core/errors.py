@@ -51,3 +51,27 @@ NOT_IN_CHAIN = "NOT_IN_CHAIN"
 BAD_REVENUE_SHARE = "BAD_REVENUE_SHARE"
 SYSTEM_ACCOUNT = "SYSTEM_ACCOUNT"
 UNKNOWN_COMMAND = "UNKNOWN_COMMAND"
+
+# ---------------------------------------------------------------- gateway (exchange/server)
+# Codes of the websocket gateway and the operator HTTP API (docs/PROTOCOL.md, "Error codes").
+BAD_JSON = "BAD_JSON"  # frame is not valid UTF-8 JSON
+BAD_REQUEST = "BAD_REQUEST"  # not a {"req_id", "method", "params"} envelope
+BINARY_NOT_SUPPORTED = "BINARY_NOT_SUPPORTED"  # binary frame; the protocol is JSON text
+FRAME_TOO_LARGE = "FRAME_TOO_LARGE"  # frame over server.max_frame_bytes
+UNKNOWN_METHOD = "UNKNOWN_METHOD"
+INVALID_PARAMS = "INVALID_PARAMS"  # wrong types, missing or extra fields
+NOT_AUTHENTICATED = "NOT_AUTHENTICATED"  # auth first
+AUTH_FAILED = "AUTH_FAILED"  # unknown or revoked API key
+ALREADY_AUTHENTICATED = "ALREADY_AUTHENTICATED"
+FORBIDDEN = "FORBIDDEN"  # the credential's role may not do this
+RATE_LIMITED = "RATE_LIMITED"  # over server.rate_limit_per_second
+UNKNOWN_CHANNEL = "UNKNOWN_CHANNEL"
+NOT_SUBSCRIBED = "NOT_SUBSCRIBED"
+SLOW_CONSUMER = "SLOW_CONSUMER"  # send queue over server.send_queue_max: disconnected
+SHUTTING_DOWN = "SHUTTING_DOWN"
+NOT_FOUND = "NOT_FOUND"  # HTTP: no such resource
+INTERNAL_ERROR = "INTERNAL_ERROR"
+# credentials module (exchange/server/credentials.py)
+DUPLICATE_KEY = "DUPLICATE_KEY"
+UNKNOWN_KEY = "UNKNOWN_KEY"
+BAD_ROLE = "BAD_ROLE"
