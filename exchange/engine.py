@@ -6,6 +6,9 @@ from .core.exchange import Exchange
 # Modules register here (rules, compliance). Order matters only for deterministic iteration.
 MODULES: list[type] = []
 
+from .server.credentials import Credentials  # noqa: E402  (issue 4: hashed API keys)
+MODULES.append(Credentials)
+
 
 def build_exchange(**kw) -> Exchange:
     return Exchange(modules=tuple(MODULES), **kw)
