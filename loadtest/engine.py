@@ -1,0 +1,306 @@
+"""Engine micro-benchmark: one seeded stream through the book-only matcher, the full core and
+the peer engines, in one run.
+
+    python -m loadtest.engine --commands 200000 --seed 42 --json FILE
+
+(a) ``book_only``: :class:`exchange.core.book.OrderBook` driven directly (no risk, no
+    settlement, no events): create the order, match it, rest the remainder; cancel by id.
+(b) ``full_core``: ``build_exchange()`` applying ``PlaceOrder``/``CancelOrder`` commands, with
+    pre-trade risk, settlement of every fill, execution reports and L2 book updates.
+(c) peers, book-only: ``lightmatchingengine`` (pure Python) and ``liquibook`` (C++ via SWIG),
+    the latter twice: with no listener (matching stays in C++, fills are not surfaced to
+    Python) and with an order listener that receives every accept/fill/cancel in Python (the
+    same work our engines do when they hand fills back).
+
+Fairness: every engine gets the same stream (generated once, outside the timing), does the same
+adds, cancels and matches, and is cross-checked against the generator's own count of fills,
+traded quantity and resting orders; each figure is the median of ``--repeat`` runs, each on a
+fresh book. Setup (market, accounts, command objects) is outside the timing.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+from .streams import ADD, INSTRUMENT, SEGMENT, Stream, core_commands, generate, \
+    market_setup_commands
+
+
+def _timed(fn, *args):
+    gc.collect()
+    t0 = time.perf_counter()
+    result = fn(*args)
+    return time.perf_counter() - t0, result
+
+
+# --------------------------------------------------------------------------- (a) book only
+
+def run_book_only(ops: list):
+    from exchange.core.book import STP_CANCEL_RESTING, Order, OrderBook
+
+    book = OrderBook(INSTRUMENT, SEGMENT)
+    match, add, remove, changes = book.match, book.add, book.remove, book.changes
+    fills_n = traded = 0
+    for op in ops:
+        if op[0] == ADD:
+            _, oid, side, price, qty, acct = op
+            o = Order(oid, acct, None, INSTRUMENT, SEGMENT, side, price, qty, "GTC")
+            fills: list = []
+            match(o, price, STP_CANCEL_RESTING, fills, [])
+            for _maker, q, _px in fills:
+                o.leaves -= q
+                o.cum_qty += q
+                traded += q
+            fills_n += len(fills)
+            if o.leaves:
+                add(o)
+        else:
+            remove(op[1])
+        changes.clear()
+    return fills_n, traded, len(book.orders)
+
+
+# --------------------------------------------------------------------------- (b) full core
+
+def run_full_core(ex, cmds: list):
+    from exchange.core.events import Trade
+
+    apply = ex.apply
+    fills_n = traded = 0
+    for c in cmds:
+        for ev in apply(c):
+            if type(ev) is Trade:
+                fills_n += 1
+                traded += ev.qty
+    resting = len(ex.books[(INSTRUMENT, SEGMENT)].orders)
+    return fills_n, traded, resting
+
+
+def fresh_core(setup: list):
+    from exchange.engine import Sequencer, build_exchange
+
+    seqr = Sequencer(build_exchange())
+    seqr.run(setup)
+    return seqr.ex
+
+
+# --------------------------------------------------------------------------- (c) peers
+
+def run_lightmatchingengine(ops: list):
+    from lightmatchingengine.lightmatchingengine import LightMatchingEngine, Side
+
+    lme = LightMatchingEngine()
+    add, cancel = lme.add_order, lme.cancel_order
+    fills_n = traded = 0
+    for op in ops:
+        if op[0] == ADD:
+            _, oid, side, price, qty, acct = op
+            s = Side.BUY if side == "buy" else Side.SELL
+            order, trades = add(INSTRUMENT, price, qty, s)
+            for t in trades:
+                if t.order_id != order.order_id:  # one passive fill per maker
+                    fills_n += 1
+                    traded += t.trade_qty
+        else:
+            cancel(op[1], INSTRUMENT)
+    resting = len(lme.order_books[INSTRUMENT].order_id_map) if lme.order_books else 0
+    # lightmatchingengine never removes filled makers from order_id_map: count live ones
+    ob = lme.order_books.get(INSTRUMENT)
+    if ob is not None:
+        resting = sum(len(lv) for lv in ob.bids.values()) + sum(len(lv) for lv in ob.asks.values())
+    return fills_n, traded, resting
+
+
+def _liquibook_listener():
+    import liquibook
+
+    class Listener(liquibook.OrderListener):
+        def __init__(self):
+            liquibook.OrderListener.__init__(self)
+            self.fills = 0
+            self.qty = 0
+
+        def on_accept(self, order):
+            pass
+
+        def on_reject(self, order, reason):
+            pass
+
+        def on_fill(self, order, matched_order, fill_qty, fill_cost):
+            self.fills += 1
+            self.qty += fill_qty
+
+        def on_cancel(self, order):
+            pass
+
+        def on_cancel_reject(self, order, reason):
+            pass
+
+        def on_replace(self, order, size_delta, new_price):
+            pass
+
+        def on_replace_reject(self, order, reason):
+            pass
+
+    return Listener()
+
+
+def make_liquibook_orders(ops: list) -> dict:
+    """SimpleOrder objects for every add, created outside the timing (like the core's command
+    objects)."""
+    import liquibook
+
+    return {op[1]: liquibook.SimpleOrder(op[2] == "buy", op[3], op[4])
+            for op in ops if op[0] == ADD}
+
+
+def run_liquibook(ops: list, orders: dict, listen: bool):
+    import liquibook
+
+    book = liquibook.DepthOrderBook()
+    book.set_symbol(INSTRUMENT)
+    listener = None
+    if listen:
+        listener = _liquibook_listener()
+        book.set_order_listener(listener)
+    add, cancel = book.add, book.cancel
+    for op in ops:
+        if op[0] == ADD:
+            add(orders[op[1]])
+        else:
+            cancel(orders[op[1]])
+    if listener is None:
+        return None, None, None
+    return listener.fills, listener.qty, None
+
+
+# --------------------------------------------------------------------------- driver
+
+def _median_rate(n: int, times: list[float]) -> float:
+    return n / statistics.median(times)
+
+
+def bench(commands: int, seed: int, repeat: int, peers: bool = True, log=print) -> dict:
+    t0 = time.perf_counter()
+    stream: Stream = generate(commands, seed)
+    ops = stream.ops
+    expect = (stream.expected_fills, stream.expected_traded_qty, stream.expected_resting)
+    log(f"stream: {len(ops)} commands, seed {seed}: {stream.counts}, "
+        f"{stream.expected_fills} fills, {stream.expected_traded_qty} t traded, "
+        f"{stream.expected_resting} orders resting at the end "
+        f"(generated in {time.perf_counter() - t0:.2f} s, not timed)")
+    setup = market_setup_commands(stream)
+    n = len(ops)
+    results: dict = {}
+
+    def check(name, got):
+        for label, g, e in zip(("fills", "traded qty", "resting orders"), got, expect):
+            if g is not None and g != e:
+                raise SystemExit(f"{name}: {label} {g} != {e} expected: not the same work")
+
+    # (a) book only
+    times = []
+    for _ in range(repeat):
+        dt, got = _timed(run_book_only, ops)
+        check("book_only", got)
+        times.append(dt)
+    results["book_only"] = _median_rate(n, times)
+    log(f"  book_only        {results['book_only']:>12,.0f} cmds/s  "
+        f"(runs: {', '.join(f'{t:.3f}s' for t in times)})")
+
+    # (b) full core
+    times = []
+    state_hash = None
+    for _ in range(repeat):
+        ex = fresh_core(setup)
+        cmds = core_commands(stream, first_seq=ex.last_seq + 1, first_ts=ex.now + 1_000)
+        dt, got = _timed(run_full_core, ex, cmds)
+        check("full_core", got)
+        times.append(dt)
+        h = ex.state_hash()
+        if state_hash is not None and h != state_hash:
+            raise SystemExit("full_core: state hash differs between repetitions")
+        state_hash = h
+        del ex, cmds
+    ex_final = None
+    results["full_core"] = _median_rate(n, times)
+    log(f"  full_core        {results['full_core']:>12,.0f} cmds/s  "
+        f"(runs: {', '.join(f'{t:.3f}s' for t in times)})")
+
+    peer_rates: dict = {}
+    if peers:
+        try:
+            import lightmatchingengine  # noqa: F401
+            times = []
+            for _ in range(repeat):
+                dt, got = _timed(run_lightmatchingengine, ops)
+                check("lightmatchingengine", got)
+                times.append(dt)
+            peer_rates["lightmatchingengine"] = _median_rate(n, times)
+        except ImportError:
+            log("  lightmatchingengine not installed: skipped")
+        try:
+            import liquibook  # noqa: F401
+            for name, listen in (("liquibook", False), ("liquibook+listener", True)):
+                times = []
+                for _ in range(repeat):
+                    orders = make_liquibook_orders(ops)
+                    dt, got = _timed(run_liquibook, ops, orders, listen)
+                    check(name, got)
+                    times.append(dt)
+                    del orders
+                peer_rates[name] = _median_rate(n, times)
+        except ImportError:
+            log("  liquibook not installed: skipped")
+        for name, rate in peer_rates.items():
+            log(f"  {name:<16} {rate:>12,.0f} cmds/s")
+    del ex_final
+    return {
+        "commands": n,
+        "seed": seed,
+        "repeat": repeat,
+        "book_only_cmds_per_s": round(results["book_only"]),
+        "full_core_cmds_per_s": round(results["full_core"]),
+        "peers": {k: round(v) for k, v in peer_rates.items()},
+        "state_hash": state_hash,
+        "stream": {**stream.counts, "fills": stream.expected_fills,
+                   "traded_qty": stream.expected_traded_qty,
+                   "resting_at_end": stream.expected_resting},
+        "machine": {"nproc": os.cpu_count(), "python": platform.python_version(),
+                    "implementation": platform.python_implementation(),
+                    "platform": platform.platform()},
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m loadtest.engine", description=__doc__.split(
+        "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--commands", type=int, default=200_000)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--repeat", type=int, default=3, help="runs per engine; the median counts")
+    p.add_argument("--no-peers", action="store_true", help="skip the peer engines")
+    p.add_argument("--json", metavar="FILE", help="write the figures as JSON here")
+    a = p.parse_args(argv)
+    out = bench(a.commands, a.seed, max(1, a.repeat), peers=not a.no_peers)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(out, f, indent=2, sort_keys=True)
+            f.write("\n")
+    peers = out["peers"]
+    for key, target in (("book_only_cmds_per_s", 250_000), ("full_core_cmds_per_s", 100_000)):
+        v = out[key]
+        beaten = [k for k, r in peers.items() if r >= v]
+        print(f"{key}: {v:,} (target {target:,}: {'met' if v >= target else 'NOT met'}; "
+              f"{'faster than every peer' if not beaten else 'slower than ' + ', '.join(beaten)})")
+    print(f"state_hash {out['state_hash']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
