@@ -1,0 +1,42 @@
+"""Durable command journal: hash-chained log, snapshots, recovery, group commit.
+
+    open_journal(target) -> Journal
+        "path/to/file.sqlite" or "sqlite:///abs/path"  -> SQLiteJournal (embedded default)
+        "postgresql://..." / "postgres://..."           -> PostgresJournal (production)
+    CoreRunner(exchange, journal, ...)                 -> sequencing + group commit
+
+See :mod:`exchange.journal.base` for the interface and the hash chain, and
+``docs/adr/0002-journal.md`` for the design.
+"""
+from __future__ import annotations
+
+from .base import (
+    GENESIS_HASH, Journal, JournalCorruptError, JournalError, VerifyReport, record_hash,
+)
+from .runner import CoreRunner, RunnerFailed, replay_into
+
+__all__ = [
+    "open_journal", "Journal", "JournalError", "JournalCorruptError", "CoreRunner",
+    "RunnerFailed", "replay_into", "record_hash", "GENESIS_HASH", "VerifyReport",
+]
+
+
+def open_journal(target: str, **options) -> Journal:
+    """A journal for ``target`` (not yet opened: ``await journal.open()``, or let
+    :meth:`CoreRunner.start` do it). Options go to the backend (e.g. ``keep_snapshots``,
+    PostgreSQL ``schema``)."""
+    t = str(target)
+    if t.startswith(("postgresql://", "postgres://")):
+        from .postgres import PostgresJournal
+        return PostgresJournal(t, **options)
+    if t.startswith("sqlite://"):
+        path = t[len("sqlite://"):]
+        if not path.startswith("/"):
+            raise ValueError(f"sqlite URL needs an absolute path (sqlite:///abs/path): {t!r}")
+        from .sqlite import SQLiteJournal
+        return SQLiteJournal(path, **options)
+    if "://" in t:
+        raise ValueError(f"unknown journal target {t!r}: use a .sqlite path, sqlite:///path "
+                         "or postgresql://...")
+    from .sqlite import SQLiteJournal
+    return SQLiteJournal(t, **options)

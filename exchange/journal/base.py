@@ -1,0 +1,231 @@
+"""The journal interface, the hash chain and the errors every backend shares.
+
+A record is ``(seq, ts, payload)``: the command's sequence number, its timestamp (int ns) and
+``encode_command(cmd)`` serialised with orjson. Each stored record also carries
+
+    hash = SHA-256(prev_hash || seq (8 bytes, big-endian) || ts (8 bytes, big-endian, signed)
+                   || payload bytes)
+
+with ``prev_hash`` = 32 zero bytes for seq 1, so changing, removing or reordering any record
+breaks every hash after it. A snapshot stores the chain hash of the record it was taken at,
+which binds it to the log.
+
+Backends implement a few primitive coroutines (``_append_rows``, ``_read_rows``, ...); the
+chain arithmetic, verification and decoding live here, once.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import struct
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Iterable
+
+import orjson
+
+log = logging.getLogger("exchange.journal")
+
+GENESIS_HASH = bytes(32)
+_ENVELOPE = struct.Struct(">Qq")
+READ_CHUNK = 20_000
+
+_sha256 = hashlib.sha256
+_pack = _ENVELOPE.pack
+dumps = orjson.dumps
+loads = orjson.loads
+
+
+class JournalError(Exception):
+    """The journal cannot do what was asked (bad batch, closed journal, I/O failure)."""
+
+
+class JournalCorruptError(JournalError):
+    """The log is not what was written: a record was modified, removed or reordered, or a
+    snapshot does not match the log. ``seq`` names the first record found wrong."""
+
+    def __init__(self, seq: int, reason: str):
+        self.seq = seq
+        self.reason = reason
+        super().__init__(f"journal corrupt at seq {seq}: {reason}")
+
+
+def record_hash(prev_hash: bytes, seq: int, ts: int, payload: bytes) -> bytes:
+    return _sha256(prev_hash + _pack(seq, ts) + payload).digest()
+
+
+def chain_rows(records: Iterable[tuple[int, int, dict]], last_seq: int, last_hash: bytes
+               ) -> list[tuple[int, int, bytes, bytes]]:
+    """Encode and hash a batch: ``(seq, ts, dict)`` -> ``(seq, ts, payload, hash)`` rows.
+    Raises :class:`JournalError` unless the seqs continue ``last_seq`` without a gap."""
+    rows = []
+    h = last_hash
+    expect = last_seq + 1
+    append = rows.append
+    for seq, ts, d in records:
+        if seq != expect:
+            raise JournalError(f"append out of sequence: got seq {seq}, expected {expect}")
+        p = dumps(d)
+        h = _sha256(h + _pack(seq, ts) + p).digest()
+        append((seq, ts, p, h))
+        expect += 1
+    return rows
+
+
+def verify_rows(rows, expect_seq: int, prev_hash: bytes) -> bytes:
+    """Check a run of stored rows ``(seq, ts, payload, hash)`` continues the chain at
+    ``expect_seq`` / ``prev_hash``; return the last hash. Raises JournalCorruptError."""
+    h = prev_hash
+    for seq, ts, p, stored in rows:
+        if seq != expect_seq:
+            if seq > expect_seq:
+                raise JournalCorruptError(
+                    expect_seq, f"record missing (next record present is seq {seq})")
+            raise JournalCorruptError(seq, f"record out of order (expected seq {expect_seq})")
+        h = _sha256(h + _pack(seq, ts) + p).digest()
+        if h != stored:
+            raise JournalCorruptError(seq, "hash chain broken: record modified, or an "
+                                           "earlier record changed")
+        expect_seq += 1
+    return h
+
+
+@dataclass
+class VerifyReport:
+    records: int = 0
+    first_seq: int = 0
+    last_seq: int = 0
+    last_hash: str = ""
+    snapshots: list[int] = field(default_factory=list)
+
+
+class Journal:
+    """A durable, hash-chained command log with snapshots.
+
+    Use::
+
+        j = open_journal("data/journal.sqlite")      # or "postgresql://..."
+        await j.open()
+        await j.append([(seq, ts, encode_command(cmd)), ...])   # durable on return
+        async for seq, ts, d in j.read(from_seq):                # async iterator
+            cmd = decode_command(d, seq, ts)
+        await j.write_snapshot(seq, ex.snapshot())
+        snap = await j.latest_snapshot()                          # (seq, bytes) | None
+        await j.close()
+
+    ``read`` is an **async** iterator for every backend (PostgreSQL has no sync driver here);
+    it verifies the hash chain as it goes and raises :class:`JournalCorruptError` on a
+    modified, missing or reordered record. ``last_seq`` / ``last_hash`` describe the durable
+    end of the log after :meth:`open`.
+    """
+
+    target: str = ""
+
+    def __init__(self) -> None:
+        self.last_seq = 0
+        self.last_hash = GENESIS_HASH
+        self.first_seq = 1
+        self.truncated: list[int] = []  # seqs of torn records dropped on open
+
+    # ---------------------------------------------------------------- backend primitives
+    async def open(self) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def _append_rows(self, records: list) -> tuple[int, bytes]:
+        """Chain, write and make durable ``records``; return the new (last_seq, last_hash)."""
+        raise NotImplementedError
+
+    async def _read_rows(self, from_seq: int, limit: int, to_seq: int | None = None) -> list:
+        """Up to ``limit`` stored rows ``(seq, ts, payload, hash)`` with seq >= from_seq
+        (and <= to_seq), in seq order."""
+        raise NotImplementedError
+
+    async def _hash_at(self, seq: int) -> bytes | None:
+        raise NotImplementedError
+
+    async def _snapshot_rows(self) -> list:
+        """``(seq, chain_hash, data_hash, data)`` for every stored snapshot, newest first."""
+        raise NotImplementedError
+
+    async def write_snapshot(self, seq: int, data: bytes) -> None:
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- the interface
+    async def append(self, records: list[tuple[int, int, dict]]) -> None:
+        """Append ``(seq, ts, encode_command(cmd))`` records; they continue ``last_seq``
+        without a gap. Durable (fsynced / committed) when this returns."""
+        if not records:
+            return
+        self.last_seq, self.last_hash = await self._append_rows(records)
+
+    async def prev_hash(self, seq: int) -> bytes:
+        """The chain hash a record at ``seq`` must extend (of seq - 1)."""
+        if seq <= 1:
+            return GENESIS_HASH
+        h = await self._hash_at(seq - 1)
+        if h is None:
+            raise JournalCorruptError(seq - 1, "record missing")
+        return h
+
+    async def read_rows(self, from_seq: int = 1, to_seq: int | None = None,
+                        chunk: int = READ_CHUNK) -> AsyncIterator[list]:
+        """Verified stored rows ``(seq, ts, payload_bytes, hash)`` in chunks."""
+        from_seq = max(from_seq, 1)
+        end = self.last_seq if to_seq is None else min(to_seq, self.last_seq)
+        if from_seq > end:
+            return
+        h = await self.prev_hash(from_seq)
+        expect = from_seq
+        while expect <= end:
+            rows = await self._read_rows(expect, chunk, end)
+            if not rows:
+                raise JournalCorruptError(expect, "record missing (log ends early)")
+            h = verify_rows(rows, expect, h)
+            expect = rows[-1][0] + 1
+            yield rows
+
+    async def read(self, from_seq: int = 1, to_seq: int | None = None
+                   ) -> AsyncIterator[tuple[int, int, dict]]:
+        """``(seq, ts, encode_command dict)`` from ``from_seq`` on, chain-verified."""
+        async for rows in self.read_rows(from_seq, to_seq):
+            for seq, ts, p, _h in rows:
+                yield seq, ts, loads(p)
+
+    async def latest_snapshot(self) -> tuple[int, bytes] | None:
+        """The newest snapshot that matches the log: its data hash is right and it sits on
+        the chain (its stored chain hash equals the record's). Others are skipped with a
+        warning; None when there is none."""
+        for seq, chain_hash, data_hash, data in await self._snapshot_rows():
+            if seq > self.last_seq:
+                log.warning("journal %s: snapshot at seq %d is past the end of the log (%d); "
+                            "ignored", self.target, seq, self.last_seq)
+                continue
+            if _sha256(data).digest() != data_hash:
+                log.warning("journal %s: snapshot at seq %d is damaged; ignored",
+                            self.target, seq)
+                continue
+            if await self._hash_at(seq) != chain_hash:
+                raise JournalCorruptError(seq, "snapshot does not match the log's hash chain")
+            return seq, bytes(data)
+        return None
+
+    async def snapshot_seqs(self) -> list[int]:
+        return sorted(r[0] for r in await self._snapshot_rows())
+
+    async def verify_chain(self, from_seq: int = 1, to_seq: int | None = None) -> VerifyReport:
+        """Check the whole chain (or a range) without decoding; raise JournalCorruptError."""
+        rep = VerifyReport(first_seq=from_seq)
+        async for rows in self.read_rows(from_seq, to_seq):
+            rep.records += len(rows)
+            rep.last_seq = rows[-1][0]
+            rep.last_hash = rows[-1][3].hex()
+        return rep
+
+    async def __aenter__(self):
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.close()

@@ -1,0 +1,215 @@
+"""SQLite journal: the embedded default (one file, nothing to start).
+
+WAL mode with ``synchronous=FULL``: a batch is one transaction (``executemany`` of the chained
+rows) and is fsynced when its COMMIT returns. Every call on the connection runs on one
+dedicated worker thread, so the event loop keeps applying commands while a batch commits
+(sqlite3 releases the GIL while it writes and syncs).
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+
+from .base import (
+    GENESIS_HASH, Journal, JournalCorruptError, JournalError, chain_rows, loads, log,
+    record_hash,
+)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS journal (
+    seq     INTEGER PRIMARY KEY,
+    ts      INTEGER NOT NULL,
+    payload BLOB    NOT NULL,
+    hash    BLOB    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS snapshots (
+    seq        INTEGER PRIMARY KEY,
+    chain_hash BLOB NOT NULL,
+    data_hash  BLOB NOT NULL,
+    data       BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
+FORMAT_VERSION = "1"
+
+
+class SQLiteJournal(Journal):
+    def __init__(self, path: str, *, keep_snapshots: int = 3, repair_tail: bool = True):
+        super().__init__()
+        self.path = path
+        self.repair_tail = repair_tail
+        self.target = path
+        self.keep_snapshots = keep_snapshots
+        self._con: sqlite3.Connection | None = None
+        self._pool: ThreadPoolExecutor | None = None
+
+    # ---------------------------------------------------------------- thread plumbing
+    async def _call(self, fn, *args):
+        if self._pool is None:
+            raise JournalError(f"journal {self.path} is not open")
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    # ---------------------------------------------------------------- open / close
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal-sqlite")
+        try:
+            await self._call(self._open_sync)
+        except BaseException:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+            raise
+
+    def _open_sync(self) -> None:
+        d = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(d, exist_ok=True)
+        con = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._con = con
+        mode = con.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            raise JournalError(f"{self.path}: cannot switch SQLite to WAL mode (got {mode})")
+        con.execute("PRAGMA synchronous=FULL")
+        con.executescript(SCHEMA)
+        con.execute("INSERT OR IGNORE INTO meta VALUES ('format', ?)", (FORMAT_VERSION,))
+        fmt = con.execute("SELECT value FROM meta WHERE key='format'").fetchone()[0]
+        if fmt != FORMAT_VERSION:
+            raise JournalError(f"{self.path}: journal format {fmt}, expected {FORMAT_VERSION}")
+        self._drop_torn_tail()
+        n, lo, hi = con.execute("SELECT count(*), min(seq), max(seq) FROM journal").fetchone()
+        if n:
+            if lo != 1:
+                raise JournalCorruptError(1, f"record missing (log starts at seq {lo})")
+            if hi - lo + 1 != n:
+                missing = self._first_gap()
+                raise JournalCorruptError(missing, "record missing from the middle of the log")
+            self.last_seq = hi
+            self.last_hash = bytes(con.execute(
+                "SELECT hash FROM journal WHERE seq=?", (hi,)).fetchone()[0])
+
+    def _drop_torn_tail(self) -> None:
+        """A last record whose hash or payload is wrong is what a crash mid-write leaves:
+        drop it with a warning. (SQLite commits are atomic, so in practice this is a torn
+        page or a partial copy; anything wrong further back is corruption, not a tear.)"""
+        con = self._con
+        rows = con.execute(
+            "SELECT seq, ts, payload, hash FROM journal ORDER BY seq DESC LIMIT 2").fetchall()
+        if not rows:
+            return
+        seq, ts, p, h = rows[0]
+        prev = GENESIS_HASH if seq == 1 else (
+            bytes(rows[1][3]) if len(rows) > 1 and rows[1][0] == seq - 1 else None)
+        ok = prev is not None and isinstance(p, bytes) and isinstance(h, bytes) \
+            and record_hash(prev, seq, ts, p) == h
+        if ok:
+            try:
+                d = loads(p)
+                ok = isinstance(d, dict) and "type" in d
+            except Exception:
+                ok = False
+        if not ok and prev is not None:
+            if not self.repair_tail:
+                raise JournalCorruptError(seq, "last record torn (incomplete or damaged "
+                                               "write); a start would truncate it")
+            log.warning("journal %s: last record seq %d is torn (incomplete or damaged "
+                        "write); truncated", self.path, seq)
+            con.execute("BEGIN IMMEDIATE")
+            con.execute("DELETE FROM journal WHERE seq=?", (seq,))
+            con.execute("DELETE FROM snapshots WHERE seq>=?", (seq,))
+            con.execute("COMMIT")
+            self.truncated.append(seq)
+
+    def _first_gap(self) -> int:
+        prev = 0
+        for (s,) in self._con.execute("SELECT seq FROM journal ORDER BY seq"):
+            if s != prev + 1:
+                return prev + 1
+            prev = s
+        return prev + 1
+
+    async def close(self) -> None:
+        if self._pool is None:
+            return
+        try:
+            await self._call(self._close_sync)
+        finally:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def _close_sync(self) -> None:
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
+    # ---------------------------------------------------------------- writes
+    async def _append_rows(self, records: list) -> tuple[int, bytes]:
+        return await self._call(self._append_sync, records)
+
+    def _append_sync(self, records: list) -> tuple[int, bytes]:
+        rows = chain_rows(records, self.last_seq, self.last_hash)
+        con = self._con
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            con.executemany("INSERT INTO journal (seq, ts, payload, hash) VALUES (?,?,?,?)",
+                            rows)
+            con.execute("COMMIT")
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
+        return rows[-1][0], rows[-1][3]
+
+    async def write_snapshot(self, seq: int, data: bytes) -> None:
+        await self._call(self._snapshot_sync, seq, bytes(data))
+
+    def _snapshot_sync(self, seq: int, data: bytes) -> None:
+        con = self._con
+        row = con.execute("SELECT hash FROM journal WHERE seq=?", (seq,)).fetchone()
+        if row is None:
+            raise JournalError(f"snapshot at seq {seq}: no such record in the log")
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            con.execute("INSERT OR REPLACE INTO snapshots VALUES (?,?,?,?)",
+                        (seq, row[0], hashlib.sha256(data).digest(), data))
+            if self.keep_snapshots > 0:
+                con.execute("DELETE FROM snapshots WHERE seq NOT IN "
+                            "(SELECT seq FROM snapshots ORDER BY seq DESC LIMIT ?)",
+                            (self.keep_snapshots,))
+            con.execute("COMMIT")
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
+
+    # ---------------------------------------------------------------- reads
+    async def _read_rows(self, from_seq: int, limit: int, to_seq: int | None = None) -> list:
+        return await self._call(self._read_sync, from_seq, limit, to_seq)
+
+    def _read_sync(self, from_seq: int, limit: int, to_seq: int | None) -> list:
+        if to_seq is None:
+            to_seq = 1 << 62
+        return self._con.execute(
+            "SELECT seq, ts, payload, hash FROM journal WHERE seq >= ? AND seq <= ? "
+            "ORDER BY seq LIMIT ?", (from_seq, to_seq, limit)).fetchall()
+
+    async def _hash_at(self, seq: int) -> bytes | None:
+        return await self._call(self._hash_sync, seq)
+
+    def _hash_sync(self, seq: int) -> bytes | None:
+        row = self._con.execute("SELECT hash FROM journal WHERE seq=?", (seq,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    async def _snapshot_rows(self) -> list:
+        return await self._call(lambda: self._con.execute(
+            "SELECT seq, chain_hash, data_hash, data FROM snapshots ORDER BY seq DESC"
+        ).fetchall())
+
+    async def snapshot_seqs(self) -> list[int]:
+        return await self._call(lambda: [r[0] for r in self._con.execute(
+            "SELECT seq FROM snapshots ORDER BY seq")])
