@@ -1,0 +1,230 @@
+"""Unit tests of the order book alone (exchange.core.book): price-time priority, levels,
+cancel by id, reduce in place, self-trade prevention inside the matcher, L2 changes, state."""
+from __future__ import annotations
+
+import pytest
+
+from exchange.core.book import (
+    BUY, SELL, STP_CANCEL_BOTH, STP_CANCEL_INCOMING, STP_CANCEL_RESTING, Order, OrderBook,
+)
+
+_next = iter(range(1, 10**9))
+
+
+def mk(side, price, qty, account="A", oid=None):
+    oid = next(_next) if oid is None else oid
+    return Order(oid, account, None, "CEA-2026", "main", side, price, qty, "GTC", seq=oid)
+
+
+def rest(book, side, price, qty, account="A"):
+    o = mk(side, price, qty, account)
+    book.add(o)
+    return o
+
+
+def take(book, side, price, qty, account="T", stp=STP_CANCEL_RESTING):
+    """Match an incoming order the way the core does; returns (order, fills, stp_cancels,
+    killed)."""
+    o = mk(side, price, qty, account)
+    fills, cancels = [], []
+    killed = book.match(o, price, stp, fills, cancels)
+    for _m, q, _p in fills:
+        o.leaves -= q
+        o.cum_qty += q
+    return o, fills, cancels, killed
+
+
+def test_empty_book():
+    b = OrderBook()
+    assert b.best_bid() is None and b.best_ask() is None
+    assert b.depth() == {"bids": [], "asks": []}
+    assert not b.crosses(BUY, None) and not b.crosses(SELL, 1)
+
+
+def test_best_prices_and_depth_sorted_best_first():
+    b = OrderBook()
+    for p in (100, 102, 101):
+        rest(b, BUY, p, 5)
+    for p in (105, 103, 104, 103):
+        rest(b, SELL, p, 2)
+    assert b.best_bid() == 102 and b.best_ask() == 103
+    assert b.depth() == {"bids": [[102, 5], [101, 5], [100, 5]],
+                         "asks": [[103, 4], [104, 2], [105, 2]]}
+    assert b.depth(1) == {"bids": [[102, 5]], "asks": [[103, 4]]}
+    assert b.level_qty(SELL, 103) == 4 and b.level_qty(BUY, 999) == 0
+
+
+def test_crosses():
+    b = OrderBook()
+    rest(b, BUY, 100, 1)
+    rest(b, SELL, 102, 1)
+    assert b.crosses(BUY, 102) and b.crosses(BUY, 103) and not b.crosses(BUY, 101)
+    assert b.crosses(SELL, 100) and b.crosses(SELL, 99) and not b.crosses(SELL, 101)
+    assert b.crosses(BUY, None) and b.crosses(SELL, None)
+
+
+def test_price_priority_then_time_priority():
+    b = OrderBook()
+    a1 = rest(b, SELL, 101, 3, "M1")
+    a2 = rest(b, SELL, 100, 3, "M2")
+    a3 = rest(b, SELL, 100, 3, "M3")
+    _, fills, _, _ = take(b, BUY, 101, 8)
+    # best price first (100), FIFO within it (a2 before a3), then 101
+    assert [(m.order_id, q, p) for m, q, p in fills] == [
+        (a2.order_id, 3, 100), (a3.order_id, 3, 100), (a1.order_id, 2, 101)]
+    assert a1.leaves == 1 and a1.cum_qty == 2
+    assert b.depth() == {"bids": [], "asks": [[101, 1]]}
+    assert set(b.orders) == {a1.order_id}
+
+
+def test_trade_at_maker_price_and_limit_respected():
+    b = OrderBook()
+    rest(b, BUY, 100, 5, "M")
+    rest(b, BUY, 98, 5, "M")
+    o, fills, _, _ = take(b, SELL, 99, 20)
+    assert [(q, p) for _, q, p in fills] == [(5, 100)]  # 98 is below the limit
+    assert o.leaves == 15
+    assert b.best_bid() == 98
+
+
+def test_market_sweep_with_no_limit():
+    b = OrderBook()
+    for p in (100, 101, 102):
+        rest(b, SELL, p, 1, "M")
+    o = mk(BUY, None, 10, "T")
+    fills = []
+    b.match(o, None, STP_CANCEL_RESTING, fills, [])
+    assert [p for _, _, p in fills] == [100, 101, 102]
+    assert not b.asks
+
+
+def test_partially_filled_maker_keeps_its_place():
+    b = OrderBook()
+    first = rest(b, SELL, 100, 10, "M1")
+    second = rest(b, SELL, 100, 10, "M2")
+    take(b, BUY, 100, 4)
+    _, fills, _, _ = take(b, BUY, 100, 7)
+    assert [(m.order_id, q) for m, q, _ in fills] == [(first.order_id, 6), (second.order_id, 1)]
+    assert b.level_qty(SELL, 100) == 9
+
+
+def test_remove_from_middle_of_level_keeps_fifo_of_the_rest():
+    b = OrderBook()
+    os_ = [rest(b, BUY, 100, i + 1, f"M{i}") for i in range(4)]
+    removed = b.remove(os_[1].order_id)
+    assert removed is os_[1]
+    assert b.level_qty(BUY, 100) == 1 + 3 + 4
+    _, fills, _, _ = take(b, SELL, 100, 100)
+    assert [m.order_id for m, _, _ in fills] == [os_[0].order_id, os_[2].order_id,
+                                                os_[3].order_id]
+    with pytest.raises(KeyError):
+        b.remove(os_[1].order_id)
+
+
+def test_remove_last_order_deletes_level():
+    b = OrderBook()
+    o = rest(b, SELL, 100, 1)
+    b.remove(o.order_id)
+    assert not b.asks and b.best_ask() is None and not b.orders
+
+
+def test_reduce_keeps_time_priority():
+    b = OrderBook()
+    first = rest(b, BUY, 100, 10, "M1")
+    second = rest(b, BUY, 100, 10, "M2")
+    b.reduce(first, 3)
+    assert first.leaves == 3 and b.level_qty(BUY, 100) == 13
+    _, fills, _, _ = take(b, SELL, 100, 5)
+    assert [(m.order_id, q) for m, q, _ in fills] == [(first.order_id, 3), (second.order_id, 2)]
+
+
+def test_stp_cancel_resting_skips_own_and_continues():
+    b = OrderBook()
+    own = rest(b, SELL, 100, 5, "T")
+    other = rest(b, SELL, 100, 5, "M")
+    o, fills, cancels, killed = take(b, BUY, 100, 5, "T", STP_CANCEL_RESTING)
+    assert not killed
+    assert cancels == [own]
+    assert [(m.order_id, q) for m, q, _ in fills] == [(other.order_id, 5)]
+    assert not b.orders and not b.asks
+
+
+def test_stp_cancel_incoming_stops_before_own_order():
+    b = OrderBook()
+    other = rest(b, SELL, 100, 2, "M")
+    own = rest(b, SELL, 100, 5, "T")
+    rest(b, SELL, 100, 5, "M")
+    o, fills, cancels, killed = take(b, BUY, 100, 10, "T", STP_CANCEL_INCOMING)
+    assert killed and cancels == []
+    assert [(m.order_id, q) for m, q, _ in fills] == [(other.order_id, 2)]
+    assert own.order_id in b.orders and b.level_qty(SELL, 100) == 10
+
+
+def test_stp_cancel_both():
+    b = OrderBook()
+    own = rest(b, SELL, 100, 5, "T")
+    rest(b, SELL, 100, 5, "M")
+    o, fills, cancels, killed = take(b, BUY, 100, 10, "T", STP_CANCEL_BOTH)
+    assert killed and cancels == [own] and fills == []
+    assert own.order_id not in b.orders and b.level_qty(SELL, 100) == 5
+
+
+@pytest.mark.parametrize("stp,expect", [
+    (STP_CANCEL_RESTING, 7),  # own order skipped
+    (STP_CANCEL_INCOMING, 2),  # counting stops at the own order
+    (STP_CANCEL_BOTH, 2),
+])
+def test_fillable_matches_stp_policy(stp, expect):
+    b = OrderBook()
+    rest(b, SELL, 100, 2, "M")
+    rest(b, SELL, 100, 5, "T")
+    rest(b, SELL, 101, 5, "M")
+    rest(b, SELL, 105, 50, "M")
+    assert b.fillable(BUY, 101, "T", stp, 100) == expect
+
+
+def test_fillable_stops_at_need_and_limit():
+    b = OrderBook()
+    rest(b, BUY, 100, 5, "M")
+    rest(b, BUY, 99, 5, "M")
+    assert b.fillable(SELL, 100, "T", STP_CANCEL_RESTING, 100) == 5
+    assert b.fillable(SELL, 99, "T", STP_CANCEL_RESTING, 6) >= 6
+    assert b.fillable(SELL, None, "T", STP_CANCEL_RESTING, 100) == 10
+
+
+def test_drain_changes_reports_new_level_qty_and_zero_for_removed():
+    b = OrderBook()
+    rest(b, BUY, 100, 5, "M")
+    rest(b, SELL, 101, 3, "M")
+    b.drain_changes()
+    take(b, BUY, 101, 3)
+    rest(b, BUY, 100, 2, "M")
+    ch = dict(((s, p), q) for s, p, q in b.drain_changes())
+    assert ch == {("sell", 101): 0, ("buy", 100): 7}
+    assert b.drain_changes() == ()
+
+
+def test_state_round_trip_preserves_priority():
+    b = OrderBook("CEA-2026", "main")
+    rest(b, BUY, 100, 5, "A")
+    x = rest(b, BUY, 100, 6, "B")
+    rest(b, SELL, 102, 7, "C")
+    take(b, SELL, 100, 2)
+    state = b.to_state()
+    c = OrderBook("CEA-2026", "main")
+    loaded = c.load_state(state)
+    assert [o.order_id for o in loaded] == [o.order_id for o in b.iter_orders()]
+    assert c.depth() == b.depth() and c.to_state() == state
+    _, fills, _, _ = take(c, SELL, 100, 10)
+    assert [q for _, q, _ in fills] == [3, 6] and fills[1][0].order_id == x.order_id
+
+
+def test_iter_orders_bids_then_asks_best_first_fifo():
+    b = OrderBook()
+    a = rest(b, BUY, 99, 1)
+    c = rest(b, BUY, 100, 1)
+    d = rest(b, BUY, 100, 1)
+    e = rest(b, SELL, 103, 1)
+    f = rest(b, SELL, 101, 1)
+    assert [o.order_id for o in b.iter_orders()] == [c.order_id, d.order_id, a.order_id,
+                                                    f.order_id, e.order_id]
