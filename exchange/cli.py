@@ -11,6 +11,7 @@ import sys
 
 CLI_MODULES = [
     "exchange.demo",
+    "exchange.journal.cli",
 ]
 
 

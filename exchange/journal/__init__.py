@@ -16,9 +16,18 @@ from .base import (
 from .runner import CoreRunner, RunnerFailed, replay_into
 
 __all__ = [
-    "open_journal", "Journal", "JournalError", "JournalCorruptError", "CoreRunner",
+    "open_journal", "default_target", "Journal", "JournalError", "JournalCorruptError", "CoreRunner",
     "RunnerFailed", "replay_into", "record_hash", "GENESIS_HASH", "VerifyReport",
 ]
+
+
+def default_target(settings=None) -> str:
+    """The embedded journal of a deployment: ``<journal.data_dir>/journal.sqlite``."""
+    import os
+    if settings is None:
+        from ..config import load_settings
+        settings = load_settings()
+    return os.path.join(settings.journal.data_dir, "journal.sqlite")
 
 
 def open_journal(target: str, **options) -> Journal:

@@ -193,11 +193,13 @@ class Journal:
             for seq, ts, p, _h in rows:
                 yield seq, ts, loads(p)
 
-    async def latest_snapshot(self) -> tuple[int, bytes] | None:
-        """The newest snapshot that matches the log: its data hash is right and it sits on
-        the chain (its stored chain hash equals the record's). Others are skipped with a
-        warning; None when there is none."""
+    async def latest_snapshot(self, max_seq: int | None = None) -> tuple[int, bytes] | None:
+        """The newest snapshot (at or before ``max_seq``) that matches the log: its data hash
+        is right and it sits on the chain (its stored chain hash equals the record's). A
+        damaged one is skipped with a warning; None when there is none."""
         for seq, chain_hash, data_hash, data in await self._snapshot_rows():
+            if max_seq is not None and seq > max_seq:
+                continue
             if seq > self.last_seq:
                 log.warning("journal %s: snapshot at seq %d is past the end of the log (%d); "
                             "ignored", self.target, seq, self.last_seq)

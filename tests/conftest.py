@@ -1,0 +1,17 @@
+"""Shared fixtures. Service helpers (skip, or fail with REQUIRE_SERVICES=1) are in services.py."""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from services import postgres_dsn as _postgres_dsn  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn() -> str:
+    """DSN of the test PostgreSQL (``TEST_POSTGRES_DSN``, default 127.0.0.1:5432/test)."""
+    return _postgres_dsn()

@@ -1,0 +1,58 @@
+"""External services for tests (PostgreSQL, ...): skip with a clear reason when one does not
+answer, fail instead when ``REQUIRE_SERVICES=1`` (set by ``.ci/run``).
+
+    from services import postgres_dsn
+    dsn = postgres_dsn()          # skips / fails when PostgreSQL does not answer
+
+or use the ``postgres_dsn`` fixture from ``conftest.py``.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+
+import pytest
+
+POSTGRES_DSN = os.environ.get("TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def services_required() -> bool:
+    return os.environ.get("REQUIRE_SERVICES", "") not in ("", "0")
+
+
+def unavailable(service: str, reason: str):
+    """Skip (or, with REQUIRE_SERVICES=1, fail) the current test: ``service`` is down."""
+    msg = f"{service} not available: {reason}"
+    if services_required():
+        pytest.fail(msg + " (REQUIRE_SERVICES=1)", pytrace=False)
+    pytest.skip(msg + " (set REQUIRE_SERVICES=1 to make this a failure)")
+
+
+@functools.lru_cache(maxsize=None)
+def _probe_postgres(dsn: str) -> str | None:
+    """None when ``dsn`` answers ``SELECT 1``, else the reason."""
+    try:
+        import asyncpg
+    except ImportError as e:
+        return f"asyncpg not installed ({e})"
+
+    async def probe():
+        con = await asyncpg.connect(dsn, timeout=3)
+        try:
+            await con.fetchval("SELECT 1")
+        finally:
+            await con.close()
+
+    try:
+        asyncio.run(probe())
+    except Exception as e:  # refused, timeout, auth, missing database
+        return f"{dsn} does not answer ({type(e).__name__}: {e})"
+    return None
+
+
+def postgres_dsn(dsn: str = POSTGRES_DSN) -> str:
+    reason = _probe_postgres(dsn)
+    if reason is not None:
+        unavailable("PostgreSQL", reason)
+    return dsn
