@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import threading
 
 import pytest
 
@@ -44,11 +45,19 @@ def _probe_postgres(dsn: str) -> str | None:
         finally:
             await con.close()
 
-    try:
-        asyncio.run(probe())
-    except Exception as e:  # refused, timeout, auth, missing database
-        return f"{dsn} does not answer ({type(e).__name__}: {e})"
-    return None
+    result: list = []
+
+    def run():  # own thread and loop: callers may be inside a running event loop
+        try:
+            asyncio.run(probe())
+            result.append(None)
+        except Exception as e:  # refused, timeout, auth, missing database
+            result.append(f"{dsn} does not answer ({type(e).__name__}: {e})")
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(10)
+    return result[0] if result else f"{dsn} does not answer (probe timed out)"
 
 
 def postgres_dsn(dsn: str = POSTGRES_DSN) -> str:

@@ -81,7 +81,10 @@ def verify_rows(rows, expect_seq: int, prev_hash: bytes) -> bytes:
                 raise JournalCorruptError(
                     expect_seq, f"record missing (next record present is seq {seq})")
             raise JournalCorruptError(seq, f"record out of order (expected seq {expect_seq})")
-        h = _sha256(h + _pack(seq, ts) + p).digest()
+        try:
+            h = _sha256(h + _pack(seq, ts) + p).digest()
+        except (TypeError, struct.error):
+            raise JournalCorruptError(seq, "record damaged (wrong field types)") from None
         if h != stored:
             raise JournalCorruptError(seq, "hash chain broken: record modified, or an "
                                            "earlier record changed")

@@ -1,0 +1,415 @@
+"""The durable command journal: SQLite and PostgreSQL backends, CoreRunner group commit,
+snapshots + replay, corruption handling and the verify/replay CLI."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sqlite3
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from exchange.core.commands import PlaceOrder, SnapshotMarker, encode_command
+from exchange.engine import Sequencer, build_exchange
+from exchange.journal import (
+    CoreRunner, JournalCorruptError, JournalError, RunnerFailed, open_journal, replay_into,
+)
+from exchange.journal.base import GENESIS_HASH, Journal
+from exchange.journal.runner import fast_decode
+from exchange.core.commands import decode_command
+from loadtest.streams import core_commands, generate, market_setup_commands
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def stream_commands(n: int = 2000, seed: int = 7) -> list:
+    st = generate(n, seed)
+    return market_setup_commands(st) + core_commands(st)
+
+
+def clock_from(start: int = 1_767_225_600_000_000_000, step: int = 1000):
+    t = [start]
+
+    def clock():
+        t[0] += step
+        return t[0]
+    return clock
+
+
+async def run_commands(journal, cmds, *, snapshot_every=100_000, stop_snapshot=True,
+                       concurrent=False):
+    r = CoreRunner(build_exchange(), journal, snapshot_every_commands=snapshot_every,
+                   clock=clock_from())
+    await r.start()
+    if concurrent:
+        futs = []
+        for i, c in enumerate(cmds):
+            futs.append(r.submit_nowait(c)[1])
+            if i % 100 == 0:
+                await asyncio.sleep(0)
+        await asyncio.gather(*futs)
+    else:
+        for c in cmds:
+            await r.submit(c)
+    await r.stop(snapshot=stop_snapshot)
+    return r
+
+
+async def full_replay_hash(journal) -> tuple[str, int]:
+    await journal.open()
+    try:
+        ex = build_exchange()
+        n = await replay_into(ex, journal, 1)
+        ex.check_invariants()
+        return ex.state_hash(), n
+    finally:
+        await journal.close()
+
+
+@pytest.fixture
+def sqlite_path(tmp_path):
+    return str(tmp_path / "journal.sqlite")
+
+
+# ------------------------------------------------------------------- unit: the chain
+
+def test_fast_decode_equals_decode_command():
+    from exchange.core.commands import RegisterSupplyChain
+    cmds = stream_commands(300)[:200] + [
+        RegisterSupplyChain(chain_id="c1", members=(("A", 0), ("B", 1)),
+                            edges=(("B", "A", 1_000_000),))]
+    import orjson
+    for c in cmds:
+        d = orjson.loads(orjson.dumps(encode_command(c)))
+        assert fast_decode(dict(d), 5, 6) == decode_command(d, 5, 6)
+
+
+def test_open_journal_targets(tmp_path):
+    from exchange.journal.sqlite import SQLiteJournal
+    assert isinstance(open_journal(str(tmp_path / "x.sqlite")), SQLiteJournal)
+    j = open_journal(f"sqlite://{tmp_path}/y.sqlite")
+    assert isinstance(j, SQLiteJournal) and j.path == f"{tmp_path}/y.sqlite"
+    assert type(open_journal("postgresql://u@h/db")).__name__ == "PostgresJournal"
+    with pytest.raises(ValueError):
+        open_journal("kafka://broker/topic")
+
+
+async def test_sqlite_append_read_reopen(sqlite_path):
+    j = open_journal(sqlite_path)
+    await j.open()
+    recs = [(i, 1000 + i, {"type": "snapshot_marker"}) for i in range(1, 6)]
+    await j.append(recs[:3])
+    await j.append(recs[3:])
+    with pytest.raises(JournalError, match="out of sequence"):
+        await j.append([(9, 1, {"type": "snapshot_marker"})])
+    assert [r async for r in j.read()] == recs
+    assert [r async for r in j.read(4)] == recs[3:]
+    head = j.last_hash
+    await j.close()
+    j2 = open_journal(sqlite_path)
+    await j2.open()
+    assert (j2.last_seq, j2.last_hash) == (5, head) and head != GENESIS_HASH
+    con = sqlite3.connect(sqlite_path)
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    con.close()
+    await j2.close()
+
+
+# ------------------------------------------------------------------- runner
+
+async def test_runner_group_commit_and_durability(sqlite_path):
+    """Events come back only after the batch is durable; many commands share a batch;
+    listeners see every command once, in seq order, after durability."""
+    j = open_journal(sqlite_path)
+    appended: list[list[int]] = []
+    real_append = j._append_rows
+
+    async def spy(records):
+        out = await real_append(records)
+        appended.append([r[0] for r in records])
+        return out
+    j._append_rows = spy
+    r = CoreRunner(build_exchange(), j, clock=clock_from())
+    await r.start()
+    assert r.is_empty
+    seen = []
+    r.add_listener(lambda cmd, events: seen.append((cmd.seq, r.durable_seq >= cmd.seq)))
+    cmds = stream_commands(600)
+    setup, orders = cmds[:210], cmds[210:]
+    for c in setup:
+        await r.submit(c)
+    assert not r.is_empty
+
+    async def client(c):
+        ev = await r.submit(c)
+        assert r.durable_seq >= c.seq  # acknowledged only when durable
+        return ev
+    results = await asyncio.gather(*(client(c) for c in orders))
+    assert all(isinstance(ev, list) for ev in results)
+    assert r.journal_lag == 0
+    n = r.exchange.last_seq
+    assert [s for s, _ in seen] == list(range(1, n + 1))
+    assert all(durable for _, durable in seen)
+    concurrent_batches = [b for b in appended if b[0] > len(setup)]
+    assert len(concurrent_batches) < len(orders) / 10, "group commit should batch"
+    await r.stop()
+    j2 = open_journal(sqlite_path)
+    await j2.open()
+    rows = [(s, t) async for s, t, _ in j2.read()]
+    await j2.close()
+    assert [s for s, _ in rows] == list(range(1, n + 2))  # + the final snapshot marker
+    # ts strictly increasing    assert all(a[1] < b[1] for a, b in zip(rows, rows[1:]))
+
+
+async def test_runner_restart_recovers_same_state(sqlite_path):
+    cmds = stream_commands(1500)
+    r = await run_commands(open_journal(sqlite_path), cmds, snapshot_every=400,
+                           stop_snapshot=False, concurrent=True)
+    live_hash, last = r.exchange.state_hash(), r.exchange.last_seq
+    r2 = CoreRunner(build_exchange(), open_journal(sqlite_path), snapshot_every_commands=400)
+    await r2.start()
+    assert r2.recovery["snapshot_seq"] > 0 and r2.recovery["replayed"] > 0
+    assert r2.exchange.last_seq == last and r2.exchange.state_hash() == live_hash
+    assert not r2.is_empty
+    r2.exchange.check_invariants()
+    # it goes on from where it stopped: seq continues, ts never goes back
+    ev = await r2.submit(PlaceOrder(account="B000", instrument="CEA-2026", side="buy",
+                                    price=8400, qty=1))
+    assert r2.exchange.last_seq == last + 1 and ev
+    await r2.stop()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_snapshot_plus_replay_equals_full_replay(backend, tmp_path, request):
+    if backend == "sqlite":
+        target, opts = str(tmp_path / "j.sqlite"), {}
+    else:
+        target = request.getfixturevalue("postgres_dsn")
+        opts = {"schema": "t_" + uuid.uuid4().hex[:12]}
+    cmds = stream_commands(2500, seed=11)
+    try:
+        r = await run_commands(open_journal(target, **opts), cmds, snapshot_every=700,
+                               stop_snapshot=False, concurrent=True)
+        live = r.exchange.state_hash()
+        # recovery: latest snapshot + the log after it
+        r2 = CoreRunner(build_exchange(), open_journal(target, **opts))
+        await r2.start()
+        rec = r2.recovery
+        assert rec["snapshot_seq"] > 0 and rec["replayed"] > 0, rec
+        snap_hash = r2.exchange.state_hash()
+        await r2.stop(snapshot=False)
+        full, n = await full_replay_hash(open_journal(target, **opts))
+        assert n == r.exchange.last_seq
+        assert snap_hash == full == live
+        # and every stored snapshot equals the state replayed to its seq
+        j = open_journal(target, **opts)
+        await j.open()
+        seqs = await j.snapshot_seqs()
+        assert seqs
+        for s in seqs:
+            ex = build_exchange()
+            await replay_into(ex, j, 1, s)
+            snap = await j.latest_snapshot(max_seq=s)
+            assert snap[0] == s and snap[1] == ex.snapshot()
+        await j.close()
+    finally:
+        if backend == "postgres":
+            import asyncpg
+            con = await asyncpg.connect(target)
+            await con.execute(f'DROP SCHEMA IF EXISTS "{opts["schema"]}" CASCADE')
+            await con.close()
+
+
+async def test_time_based_snapshot(sqlite_path):
+    r = CoreRunner(build_exchange(), open_journal(sqlite_path), snapshot_every_commands=10**9,
+                   snapshot_every_seconds=0.05, clock=clock_from())
+    await r.start()
+    cmds = stream_commands(300)
+    for c in cmds[:50]:
+        await r.submit(c)
+    await asyncio.sleep(0.08)
+    for c in cmds[50:60]:
+        await r.submit(c)
+    await r.stop(snapshot=False)
+    j = open_journal(sqlite_path)
+    await j.open()
+    markers = [s async for s, _, d in j.read() if d["type"] == SnapshotMarker.TYPE]
+    assert markers and markers == await j.snapshot_seqs()
+    await j.close()
+
+
+class FailingJournal(Journal):
+    """Accepts the first batch, then fails like a full disk."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    async def open(self):
+        pass
+
+    async def close(self):
+        pass
+
+    async def _append_rows(self, records):
+        self.calls += 1
+        if self.calls > 1:
+            raise OSError(28, "No space left on device")
+        return records[-1][0], b"x" * 32
+
+    async def _snapshot_rows(self):
+        return []
+
+    async def write_snapshot(self, seq, data):
+        pass
+
+
+async def test_journal_failure_stops_accepting():
+    r = CoreRunner(build_exchange(), FailingJournal(), clock=clock_from())
+    await r.start()
+    cmds = stream_commands(100)
+    await r.submit(cmds[0])
+    with pytest.raises(RunnerFailed, match="No space left"):
+        await r.submit(cmds[1])
+    with pytest.raises(RunnerFailed):
+        await r.submit(cmds[2])
+    await r.stop()
+
+
+# ------------------------------------------------------------------- corruption
+
+async def _small_log(path, n=300):
+    cmds = stream_commands(n)
+    r = await run_commands(open_journal(path), cmds, stop_snapshot=False)
+    return r.exchange.last_seq, r.exchange.state_hash()
+
+
+async def test_torn_last_record_is_truncated_with_warning(sqlite_path, caplog):
+    last, _ = await _small_log(sqlite_path)
+    con = sqlite3.connect(sqlite_path)
+    con.execute("UPDATE journal SET payload = substr(payload, 1, 7) WHERE seq = ?", (last,))
+    con.commit()
+    con.close()
+    with caplog.at_level(logging.WARNING, logger="exchange.journal"):
+        r = CoreRunner(build_exchange(), open_journal(sqlite_path))
+        await r.start()
+    assert f"last record seq {last} is torn" in caplog.text
+    assert r.exchange.last_seq == last - 1 and r.recovery["truncated"] == [last]
+    r.exchange.check_invariants()
+    await r.stop(snapshot=False)
+
+
+@pytest.mark.parametrize("damage", ["modify", "delete"])
+async def test_middle_record_damage_is_refused(sqlite_path, damage):
+    last, _ = await _small_log(sqlite_path)
+    bad = last // 2
+    con = sqlite3.connect(sqlite_path)
+    if damage == "modify":
+        con.execute("UPDATE journal SET payload = replace(payload, 'buy', 'sel') "
+                    "WHERE seq = ?", (bad,))
+        con.execute("UPDATE journal SET payload = replace(payload, '\"qty\":', '\"qty\":9') "
+                    "WHERE seq = ?", (bad,))
+    else:
+        con.execute("DELETE FROM journal WHERE seq = ?", (bad,))
+    con.commit()
+    con.close()
+    r = CoreRunner(build_exchange(), open_journal(sqlite_path))
+    with pytest.raises(JournalCorruptError, match=f"seq {bad}\\b") as ei:
+        await r.start()
+    assert ei.value.seq == bad
+    await r.journal.close()
+
+
+async def test_rehashed_tamper_is_caught_at_the_next_record(sqlite_path):
+    """Modifying a record and recomputing its own hash still breaks the chain after it."""
+    from exchange.journal.base import record_hash
+    last, _ = await _small_log(sqlite_path)
+    bad = last // 2
+    con = sqlite3.connect(sqlite_path)
+    (prev,) = con.execute("SELECT hash FROM journal WHERE seq=?", (bad - 1,)).fetchone()
+    ts, p = con.execute("SELECT ts, payload FROM journal WHERE seq=?", (bad,)).fetchone()
+    p2 = p.replace(b'"qty":', b'"qty":1')
+    con.execute("UPDATE journal SET payload=?, hash=? WHERE seq=?",
+                (p2, record_hash(prev, bad, ts, p2), bad))
+    con.commit()
+    con.close()
+    j = open_journal(sqlite_path)
+    await j.open()
+    with pytest.raises(JournalCorruptError) as ei:
+        await j.verify_chain()
+    assert ei.value.seq == bad + 1
+    await j.close()
+
+
+# ------------------------------------------------------------------- CLI
+
+def cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "exchange", "journal", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+async def test_cli_verify_and_tamper_detection(sqlite_path):
+    cmds = stream_commands(800)
+    r = await run_commands(open_journal(sqlite_path), cmds, snapshot_every=300)
+    out = cli("verify", sqlite_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert lines[-1] == f"state_hash {r.exchange.state_hash()}"
+    assert "equals the replayed state" in out.stdout
+    bad = r.exchange.last_seq // 2
+    con = sqlite3.connect(sqlite_path)
+    con.execute("UPDATE journal SET payload = replace(payload, '\"qty\":', '\"qty\":1') "
+                "WHERE seq = ?", (bad,))
+    con.commit()
+    con.close()
+    out = cli("verify", sqlite_path)
+    assert out.returncode != 0
+    assert f"seq {bad}:" in out.stdout and "state_hash" not in out.stdout
+
+
+async def test_cli_replay_to_seq(sqlite_path):
+    cmds = stream_commands(800)
+    await run_commands(open_journal(sqlite_path), cmds, snapshot_every=300)
+    to = 650  # past a snapshot: the replay starts from the one at or before it
+    ref = Sequencer(build_exchange())
+    j = open_journal(sqlite_path)
+    await j.open()
+    async for seq, ts, d in j.read(1, to):
+        ref.ex.apply(decode_command(d, seq, ts))
+    await j.close()
+    out = cli("replay", sqlite_path, "--to", str(to), "--book", "CEA-2026/main")
+    assert out.returncode == 0, out.stderr
+    assert "snapshot seq 6" in out.stdout  # the marker at 6xx
+    assert out.stdout.strip().splitlines()[-1] == f"state_hash {ref.ex.state_hash()}"
+    assert "CEA-2026 / main" in out.stdout
+
+
+# ------------------------------------------------------------------- PostgreSQL
+
+async def test_postgres_roundtrip_and_tamper(postgres_dsn):
+    schema = "t_" + uuid.uuid4().hex[:12]
+    j = open_journal(postgres_dsn, schema=schema)
+    try:
+        cmds = stream_commands(400)
+        r = await run_commands(j, cmds, snapshot_every=150)
+        full, n = await full_replay_hash(open_journal(postgres_dsn, schema=schema))
+        assert full == r.exchange.state_hash() and n == r.exchange.last_seq
+        out = cli("verify", postgres_dsn, "--schema", schema)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert out.stdout.strip().splitlines()[-1] == f"state_hash {full}"
+        import asyncpg
+        con = await asyncpg.connect(postgres_dsn)
+        bad = n // 2
+        await con.execute(f'UPDATE "{schema}".journal_commands SET payload = '
+                          f"payload || '\\x20'::bytea WHERE seq = $1", bad)
+        await con.close()
+        out = cli("verify", postgres_dsn, "--schema", schema)
+        assert out.returncode == 1 and f"seq {bad}:" in out.stdout
+    finally:
+        import asyncpg
+        con = await asyncpg.connect(postgres_dsn)
+        await con.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        await con.close()
