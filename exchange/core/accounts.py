@@ -125,6 +125,14 @@ def take_units(acct: Account, instrument: str, qty: int, prefer: str | None = No
     if acct.system:
         return [("", qty)]
     lots = h.lots
+    if prefer is None:
+        # fast path: the oldest lot covers it all
+        for key in lots:
+            have = lots[key]
+            if have > qty:
+                lots[key] = have - qty
+                return [(key, qty)]
+            break
     taken = []
     left = qty
     keys = list(lots)
