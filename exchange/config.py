@@ -11,7 +11,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .compliance.config import ComplianceConfig
 from .core.units import parse_price
+from .rules.config import RulesConfig
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "default.toml"
 
@@ -150,6 +152,8 @@ class Settings(BaseModel):
     market: MarketConfig
     demo: DemoConfig = Field(default_factory=DemoConfig)
     journal: JournalConfig = Field(default_factory=JournalConfig)
+    rules: RulesConfig = Field(default_factory=RulesConfig)  # [rules] (exchange/rules/config.py)
+    compliance: ComplianceConfig | None = None  # [compliance] (exchange/compliance/config.py)
     server: ServerConfig = Field(default_factory=ServerConfig)
 
 

@@ -1,13 +1,18 @@
 """The one way to build the full state machine: the core plus its rule modules."""
 from __future__ import annotations
 
+from .compliance.module import ComplianceModule
 from .core.exchange import Exchange
 
 # Modules register here (rules, compliance). Order matters only for deterministic iteration.
-MODULES: list[type] = []
+MODULES: list[type] = [ComplianceModule]
 
 from .server.credentials import Credentials  # noqa: E402  (issue 4: hashed API keys)
 MODULES.append(Credentials)
+
+
+from .rules.module import RulesModule  # noqa: E402  (issue 5: rules)
+MODULES.append(RulesModule)
 
 
 def build_exchange(**kw) -> Exchange:

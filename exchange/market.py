@@ -73,6 +73,15 @@ def demo_commands(settings: Settings, with_orders: bool = True) -> list:
 def genesis_commands(settings: Settings, demo: bool = True) -> list:
     """Everything a new market starts with."""
     cmds = market_commands(settings)
+    # ---- compliance (exchange/compliance): parameters, periods, verifiers --------------
+    from .compliance.config import compliance_commands
+    cmds += compliance_commands(settings.compliance,
+                                [getattr(settings.demo, "verifier", None)] if demo else [])
+    # ---- end compliance -----------------------------------------------------------------
+    # ---- rules (exchange/rules): parameters and benchmarks ------------------------------
+    from .rules.config import rules_commands
+    cmds += rules_commands(settings.rules)
+    # ---- end rules ----------------------------------------------------------------------
     if demo:
         cmds += demo_commands(settings)
     return cmds

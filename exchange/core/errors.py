@@ -75,3 +75,36 @@ INTERNAL_ERROR = "INTERNAL_ERROR"
 DUPLICATE_KEY = "DUPLICATE_KEY"
 UNKNOWN_KEY = "UNKNOWN_KEY"
 BAD_ROLE = "BAD_ROLE"
+
+# ---- compliance (exchange/compliance): MRV, surrender, offset caps, deadline ----------------
+COMPLIANCE_NOT_CONFIGURED = "COMPLIANCE_NOT_CONFIGURED"
+UNKNOWN_PERIOD = "UNKNOWN_PERIOD"
+UNKNOWN_FUEL = "UNKNOWN_FUEL"
+BAD_ACTIVITY_DATA = "BAD_ACTIVITY_DATA"
+ALREADY_VERIFIED = "ALREADY_VERIFIED"
+NO_SUBMISSION = "NO_SUBMISSION"
+NOT_A_VERIFIER = "NOT_A_VERIFIER"
+DUPLICATE_VERIFIER = "DUPLICATE_VERIFIER"
+REASON_REQUIRED = "REASON_REQUIRED"
+NO_OBLIGATION = "NO_OBLIGATION"
+INELIGIBLE_VINTAGE = "INELIGIBLE_VINTAGE"
+INELIGIBLE_OFFSET_TYPE = "INELIGIBLE_OFFSET_TYPE"
+OFFSET_CAP_EXCEEDED = "OFFSET_CAP_EXCEEDED"
+OFFSET_SUBCAP_EXCEEDED = "OFFSET_SUBCAP_EXCEEDED"
+EXCEEDS_OBLIGATION = "EXCEEDS_OBLIGATION"
+CAP_OUT_OF_RANGE = "CAP_OUT_OF_RANGE"
+CAP_EFFECTIVE_IN_PAST = "CAP_EFFECTIVE_IN_PAST"
+PERIOD_CLOSED = "PERIOD_CLOSED"
+DEADLINE_NOT_REACHED = "DEADLINE_NOT_REACHED"
+# ---- end compliance --------------------------------------------------------------------------
+
+# ---- rules (exchange/rules): benchmarks, allocation factor, allocation runs, sub-quota splits --
+PERIOD_ALREADY_OPEN = "PERIOD_ALREADY_OPEN"  # pre_allocate of a period already pre-allocated
+PERIOD_NOT_OPEN = "PERIOD_NOT_OPEN"  # close/settle a period that was never pre-allocated
+PERIOD_ALREADY_CLOSED = "PERIOD_ALREADY_CLOSED"  # the rules already closed that period
+NO_BENCHMARK = "NO_BENCHMARK"  # the firm's product has no benchmark
+UNKNOWN_STRATEGY = "UNKNOWN_STRATEGY"  # split strategy not one of the five
+NO_SPLIT_BASIS = "NO_SPLIT_BASIS"  # the strategy's weights are all zero (no data)
+RESPONSIBILITY_DIVERGES = "RESPONSIBILITY_DIVERGES"  # input network is not productive
+BAD_VERIFIED_DATA = "BAD_VERIFIED_DATA"  # emissions/output not whole numbers >= 0
+# ---- end rules ---------------------------------------------------------------------------------

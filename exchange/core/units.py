@@ -74,3 +74,30 @@ def percent_to_bps(value: str | Decimal | int) -> int:
     if d != d.to_integral_value():
         raise UnitError(f"percentage {value!r} is finer than one basis point")
     return int(d)
+
+
+# ------------------------------------------------------------------ rules: exact ratios -> ints
+# The rules module computes factors exactly (fractions.Fraction) and quantizes here, once.
+
+def floor_int(value) -> int:
+    """Round an exact rational (Fraction/int) down to an integer (allocations: whole tonnes)."""
+    from fractions import Fraction
+    v = Fraction(value)
+    return v.numerator // v.denominator
+
+
+def ppm_half_even(value) -> int:
+    """An exact ratio (Fraction/Decimal/int) -> integer ppm, nearest, half to even."""
+    from fractions import Fraction
+    return round(Fraction(value) * PPM)
+
+
+def ppm_toward(value, anchor_ppm: int) -> int:
+    """An exact ratio -> integer ppm, rounded toward ``anchor_ppm`` (the previous value), so a
+    value that respects a clamp or a step limit still respects it after rounding."""
+    from fractions import Fraction
+    v = Fraction(value) * PPM
+    lo = v.numerator // v.denominator
+    if lo == v:
+        return lo
+    return lo + 1 if lo < anchor_ppm else lo

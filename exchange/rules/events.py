@@ -1,0 +1,118 @@
+"""Events of the rules module. Ratios are integer ppm; the ``terms``/``inputs`` dicts of a
+factor change are the explanation a firm reads (docs/RULES.md lists every key)."""
+from __future__ import annotations
+
+from ..core.events import event
+
+
+@event("rules_params_set")
+class RulesParamsSet:
+    effective_from: int  # first period the parameters apply to (0 = all)
+    params: dict  # the full parameter set from that period on
+
+
+@event("benchmark_set")
+class BenchmarkSet:
+    product: str
+    intensity_ppm: int
+    previous_ppm: int | None
+
+
+@event("benchmark_updated")
+class BenchmarkUpdated:
+    """The gradient step after a period: inputs (weighted intensity, outputs) and terms."""
+
+    product: str
+    period: int
+    before_ppm: int
+    after_ppm: int
+    inputs: dict
+    terms: dict
+
+
+@event("factor_changed")
+class FactorChanged:
+    """A firm's allocation factor moved (``reason`` assessment | verification)."""
+
+    firm_id: str
+    period: int
+    reason: str
+    phi_before_ppm: int
+    phi_after_ppm: int
+    inputs: dict
+    terms: dict
+
+
+@event("output_history_set")
+class OutputHistorySet:
+    firm_id: str
+    periods: tuple
+
+
+@event("input_use_set")
+class InputUseSet:
+    firm_id: str
+    period: int
+    inputs: tuple
+
+
+@event("verified_recorded")
+class VerifiedRecorded:
+    firm_id: str
+    period: int
+    emissions: int
+    output: int
+
+
+@event("allocation_changed")
+class AllocationChanged:
+    """One allocation step of a firm and period (``kind`` pre_allocation | true_up |
+    deduction). ``issued`` units were issued (or, negative, clawed back from free holdings);
+    ``to_obligation`` could not be clawed back and was added to the compliance obligation."""
+
+    firm_id: str
+    period: int
+    kind: str
+    instrument: str
+    issued: int
+    to_obligation: int
+    allocation: dict  # the firm's allocation record after the step
+
+
+@event("period_opened")
+class PeriodOpened:
+    period: int
+    instrument: str
+    firms: int
+    pre_allocated: int  # tonnes
+
+
+@event("period_closed")
+class PeriodClosed:
+    period: int
+    factors_updated: int
+    benchmarks_updated: int
+    unverified: tuple  # covered firms without verified data: phi unchanged
+    responsibility: dict  # product -> responsibility factor (ppm t/unit)
+    responsibility_iterations: int
+
+
+@event("sub_quotas_split")
+class SubQuotasSplit:
+    parent: str
+    instrument: str
+    strategy: str
+    amount: int
+    parts: tuple  # ((sme, qty, weight_text, lot_id), ...); lot_id 0 for a zero part
+
+
+@event("sub_quota_settled")
+class SubQuotaSettled:
+    lot_id: int
+    period: int
+    sme: str
+    parent: str
+    surplus: int  # free units of the lot left with the SME at period end
+    action: str  # "revert" | "bank"
+    moved: int  # units moved back to the parent
+    reserved_left: int  # units of the lot in resting sell orders, left untouched

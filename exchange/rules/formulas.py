@@ -1,0 +1,212 @@
+"""The rules' formulas as pure functions of integers (docs/RULES.md has the maths).
+
+Arithmetic and rounding — one policy, applied in one place:
+
+* Every input is an integer: tonnes, output units, or a ratio in parts per million (ppm,
+  1.0 = 1,000,000). Intensities and benchmarks are ppm of a tonne per unit of output.
+* Every formula is evaluated *exactly* in rational arithmetic (:class:`fractions.Fraction`),
+  so no intermediate rounding, no float, no platform dependence.
+* A result is quantized once, at the end, by a helper of :mod:`exchange.core.units`:
+  an allocation factor or a benchmark to whole ppm *toward its previous value*
+  (:func:`~exchange.core.units.ppm_toward`, so rounding can never push a value past a clamp
+  or a step limit); an allocation to whole tonnes *down* (:func:`~exchange.core.units.floor_int`,
+  the regulator never issues a fraction of a tonne); explanatory terms in events to the nearest
+  ppm, half to even (:func:`~exchange.core.units.ppm_half_even`), display only.
+* The responsibility-factor iteration is the one place that is not exact (it is an infinite
+  series): it runs in :class:`decimal.Decimal` with the explicit context ``RESP_CONTEXT``
+  (34 digits, half-even) and its fixed point is quantized to ppm, half to even.
+
+Same integers in, same integers out, on every replay.
+"""
+from __future__ import annotations
+
+from decimal import Context, Decimal, ROUND_HALF_EVEN
+from fractions import Fraction
+
+from ..core.units import PPM, floor_int, ppm_half_even, ppm_toward
+
+ONE = Fraction(1)
+
+# ---------------------------------------------------------------------------------- allocation
+
+
+def allocation_tonnes(benchmark_ppm: int, output: int, phi_ppm: int,
+                      ratio_ppm: int = PPM) -> int:
+    """``A = ratio x B x Y x phi``, floored to whole tonnes."""
+    return floor_int(Fraction(ratio_ppm * benchmark_ppm * output * phi_ppm, PPM ** 3))
+
+
+# ---------------------------------------------------------------------------------- gap, phi
+
+
+def intensity(emissions: int | Fraction, output: int) -> Fraction:
+    """Verified intensity in tonnes per unit of output (exact)."""
+    return Fraction(emissions) / output
+
+
+def gap(intensity_t: Fraction, benchmark_ppm: int) -> Fraction:
+    """Performance gap ``g = 1 - I / B`` (positive: the firm beat its benchmark)."""
+    return ONE - intensity_t / Fraction(benchmark_ppm, PPM)
+
+
+def own_term(g: Fraction, alpha_up_ppm: int, alpha_down_ppm: int) -> Fraction:
+    """``alpha_up x g`` for g > 0, ``alpha_down x g`` for g < 0 (then negative)."""
+    if g > 0:
+        return Fraction(alpha_up_ppm, PPM) * g
+    return Fraction(alpha_down_ppm, PPM) * g
+
+
+def coupling_term(partners: list[tuple[Fraction, Fraction]], kappa_ppm: int,
+                  kappa_max_ppm: int) -> tuple[Fraction, Fraction]:
+    """``min(kappa x sum_j w_fj x max(0, g_j), kappa_max)`` over ``[(w_fj, g_j), ...]``.
+    Returns ``(uncapped, capped)``."""
+    raw = Fraction(kappa_ppm, PPM) * sum((w * max(g, Fraction(0)) for w, g in partners),
+                                         Fraction(0))
+    return raw, min(raw, Fraction(kappa_max_ppm, PPM))
+
+
+def update_phi(phi_ppm: int, own: Fraction, coupling: Fraction, phi_min_ppm: int,
+               phi_max_ppm: int, max_step_ppm: int) -> dict:
+    """``phi' = phi x (1 + own + coupling)``; limited to ``phi x (1 +- max_step)``; clamped to
+    ``[phi_min, phi_max]``; rounded to whole ppm toward the old phi. Returns the new phi and
+    every intermediate value (exact Fractions)."""
+    phi = Fraction(phi_ppm, PPM)
+    mult = ONE + own + coupling
+    raw = phi * mult
+    step = Fraction(max_step_ppm, PPM)
+    lo, hi = phi * (ONE - step), phi * (ONE + step)
+    stepped = min(max(raw, lo), hi)
+    bounded = min(max(stepped, Fraction(phi_min_ppm, PPM)), Fraction(phi_max_ppm, PPM))
+    new = ppm_toward(bounded, phi_ppm)
+    return {"multiplier": mult, "raw": raw, "step_limited": stepped != raw,
+            "bound_limited": bounded != stepped, "phi_ppm": new}
+
+
+def initial_phi(technology_ppm: int, efficiency_ppm: int, hist_intensity_ppm: int,
+                benchmark_ppm: int, w_tech_ppm: int, w_eff_ppm: int, w_hist_ppm: int,
+                base_ppm: int, phi_min_ppm: int, phi_max_ppm: int) -> dict:
+    """Assessment: ``phi0 = base + w_tech (2 tau - 1) + w_eff (2 eta - 1) + w_hist (1 - H/B)``
+    with technology level tau and energy efficiency eta in [0, 1]; clamped to the bounds and
+    rounded to whole ppm toward ``base``."""
+    tech = Fraction(w_tech_ppm, PPM) * (Fraction(2 * technology_ppm, PPM) - 1)
+    eff = Fraction(w_eff_ppm, PPM) * (Fraction(2 * efficiency_ppm, PPM) - 1)
+    hist_gap = ONE - Fraction(hist_intensity_ppm, benchmark_ppm)
+    hist = Fraction(w_hist_ppm, PPM) * hist_gap
+    raw = Fraction(base_ppm, PPM) + tech + eff + hist
+    bounded = min(max(raw, Fraction(phi_min_ppm, PPM)), Fraction(phi_max_ppm, PPM))
+    return {"tech": tech, "eff": eff, "hist_gap": hist_gap, "hist": hist, "raw": raw,
+            "bound_limited": bounded != raw, "phi_ppm": ppm_toward(bounded, base_ppm)}
+
+
+# ---------------------------------------------------------------------------------- benchmarks
+
+
+def benchmark_step(benchmark_ppm: int, target: Fraction, step_ppm: int,
+                   max_tightening_ppm: int, allow_loosening: bool,
+                   max_loosening_ppm: int) -> dict:
+    """Gradient step on ``L(B) = 1/2 (B - I)^2``: ``B' = B - eta (B - I)``, with I the
+    output-weighted average verified intensity (t/unit). The move down is at most
+    ``max_tightening x B``; a move up is dropped unless loosening is allowed, then at most
+    ``max_loosening x B``. Rounded to whole ppm toward the old benchmark."""
+    b = Fraction(benchmark_ppm, PPM)
+    grad = b - target
+    raw = b - Fraction(step_ppm, PPM) * grad
+    lo = b * (ONE - Fraction(max_tightening_ppm, PPM))
+    hi = b * (ONE + Fraction(max_loosening_ppm, PPM)) if allow_loosening else b
+    new = min(max(raw, lo), hi)
+    return {"gradient": grad, "raw": raw, "limited": new != raw,
+            "benchmark_ppm": ppm_toward(new, benchmark_ppm)}
+
+
+def weighted_intensity(rows: list[tuple[Fraction, int]]) -> Fraction:
+    """Output-weighted average intensity ``sum(I_f Y_f) / sum(Y_f)`` of ``[(I_f, Y_f)]``."""
+    total = sum(y for _, y in rows)
+    return sum((i * y for i, y in rows), Fraction(0)) / total
+
+
+# ---------------------------------------------------------------------------------- responsibility
+
+RESP_CONTEXT = Context(prec=34, rounding=ROUND_HALF_EVEN)
+RESP_TOLERANCE = Decimal("1e-12")  # stop when no factor moves by more than this (t/unit)
+RESP_MAX_ITER = 10_000
+
+
+class Diverges(ArithmeticError):
+    """The responsibility iteration did not converge (the input network is not productive)."""
+
+
+def responsibility_system(producers: dict[str, list[tuple[int, int, dict[str, int]]]]
+                          ) -> tuple[list[str], dict[str, Fraction], dict[str, dict[str, Fraction]]]:
+    """Build ``beta = c + A beta`` from ``{product: [(emissions, output, {input: qty}), ...]}``:
+    ``c_p = sum_f E_f / sum_f Y_f`` and ``A_pi = sum_f in_fi / sum_f Y_f`` (output-weighted
+    average over the producers of p). Products used as inputs but not produced here have no
+    row: their factor is 0 (their emissions are outside the system). Exact Fractions."""
+    products = sorted(producers)
+    c: dict[str, Fraction] = {}
+    a: dict[str, dict[str, Fraction]] = {}
+    for p in products:
+        rows = producers[p]
+        y = sum(r[1] for r in rows)
+        c[p] = Fraction(sum(r[0] for r in rows), y)
+        row: dict[str, Fraction] = {}
+        for _, _, inputs in rows:
+            for i, q in inputs.items():
+                if i in producers:
+                    row[i] = row.get(i, Fraction(0)) + Fraction(q, y)
+        a[p] = dict(sorted(row.items()))
+    return products, c, a
+
+
+def responsibility_factors(producers: dict[str, list[tuple[int, int, dict[str, int]]]],
+                           tol: Decimal = RESP_TOLERANCE, max_iter: int = RESP_MAX_ITER
+                           ) -> tuple[dict[str, int], int]:
+    """Solve ``beta_p = (sum_i in_pi x beta_i + E_p) / Y_p`` for every product by the Jacobi
+    iteration ``beta^(k+1) = c + A beta^(k)``, ``beta^(0) = c``, in :data:`RESP_CONTEXT`.
+    Returns ``({product: beta_ppm}, iterations)``; raises :class:`Diverges`."""
+    products, c, a = responsibility_system(producers)
+    ctx = RESP_CONTEXT
+    cd = {p: ctx.divide(Decimal(v.numerator), Decimal(v.denominator)) for p, v in c.items()}
+    ad = {p: [(i, ctx.divide(Decimal(v.numerator), Decimal(v.denominator)))
+              for i, v in row.items()] for p, row in a.items()}
+    beta = dict(cd)
+    for k in range(1, max_iter + 1):
+        new = {}
+        delta = Decimal(0)
+        for p in products:
+            s = cd[p]
+            for i, w in ad[p]:
+                s = ctx.add(s, ctx.multiply(w, beta[i]))
+            new[p] = s
+            d = abs(ctx.subtract(s, beta[p]))
+            if d > delta:
+                delta = d
+        beta = new
+        if delta <= tol:
+            return {p: ppm_half_even(Fraction(beta[p])) for p in products}, k
+        if delta > Decimal(10) ** 12:
+            break
+    raise Diverges("responsibility factors do not converge: the inputs per unit of output "
+                   "form a non-productive network")
+
+
+# ---------------------------------------------------------------------------------- splitting
+
+STRATEGIES = ("equal", "output", "baseline_emissions", "responsibility", "abatement")
+
+
+def split_amounts(amount: int, weights: list[Fraction | int]) -> list[int]:
+    """Split ``amount`` tonnes in proportion to ``weights`` by the largest-remainder method:
+    each gets ``floor(amount x w / W)``, then the tonnes left go one each to the largest
+    fractional remainders, ties to the earlier entry. The parts sum exactly to ``amount``.
+    All-zero weights raise ZeroDivisionError (the caller rejects)."""
+    ws = [Fraction(w) for w in weights]
+    total = sum(ws, Fraction(0))
+    if total <= 0:
+        raise ZeroDivisionError("no weight")
+    exact = [amount * w / total for w in ws]
+    parts = [floor_int(x) for x in exact]
+    left = amount - sum(parts)
+    order = sorted(range(len(ws)), key=lambda k: (-(exact[k] - parts[k]), k))
+    for k in order[:left]:
+        parts[k] += 1
+    return parts

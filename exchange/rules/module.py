@@ -1,0 +1,762 @@
+"""The rules module: benchmarks, the dynamic allocation factor, supply-chain coupling,
+allocation runs (pre-allocation, true-up, claw-back, deductions) and SME sub-quota splitting.
+
+It is a :class:`~exchange.core.exchange.Module` of the deterministic core: state is plain
+integers and strings, every change is a command, every formula lives in
+:mod:`exchange.rules.formulas` (exact rationals, quantized once; see docs/RULES.md).
+
+Interface for the compliance module (found as ``ex.modules.get("rules")``); each method checks
+its input and raises :class:`~exchange.core.errors.Reject` *before* it changes anything:
+
+``on_verified(firm_id, period, emissions, output) -> list[event]``
+    Record a firm's verified emissions (t) and output (units) for ``period`` and true it up:
+    the allocation becomes ``B x Y_verified x phi`` (benchmark and phi as fixed when the
+    period's allocation was created) less deductions; a positive true-up is issued, a negative
+    one clawed back from the free holding of the period's allowance, and what cannot be clawed
+    back is added to the obligation with ``compliance.add_obligation(firm_id, period, qty)``.
+``add_allocation_deduction(firm_id, period, qty) -> None``
+    Deduct ``qty`` t from the firm's allocation of ``period`` (a shortfall penalty). It is
+    recorded now and takes effect at the next allocation step of that period: pre-allocation,
+    true-up, ``close_period`` or ``settle_allocations`` (all of which emit the events).
+``allocation(firm_id, period) -> dict``
+    ``pre_allocation``, ``true_up``, ``deduction``, ``total`` (= pre + true-up - deduction) and
+    the details (benchmark, phi, outputs, issued, clawed back, added to the obligation).
+``factor_history(firm_id) -> list[dict]``
+    Every change of the firm's allocation factor with its inputs and terms.
+``shortfall_cover(sme_id, period) -> str``
+    Who covers an SME's shortfall for ``period``: the parent's firm id when the SME holds a
+    sub-quota of that period's allowance whose ``shortfall_rule`` is ``parent``, else the SME.
+"""
+from __future__ import annotations
+
+from fractions import Fraction
+from typing import Any
+
+from ..core import errors as E
+from ..core.accounts import ISSUER, LOT_SUB_QUOTA
+from ..core.commands import CreateSubQuota, IssueUnits
+from ..core.events import Posting
+from ..core.exchange import Module
+from ..core.units import PPM, ppm_half_even
+from . import formulas as F
+from .commands import (
+    PARAM_FIELDS, AssessFirm, ClosePeriod, PreAllocate, RecordVerified, SetBenchmark,
+    SetInputUse, SetOutputHistory, SetRulesParams, SettleAllocations, SettleSubQuotas,
+    SplitSubQuotas,
+)
+from .events import (
+    AllocationChanged, BenchmarkSet, BenchmarkUpdated, FactorChanged, InputUseSet,
+    OutputHistorySet, PeriodClosed, PeriodOpened, RulesParamsSet, SubQuotaSettled,
+    SubQuotasSplit, VerifiedRecorded,
+)
+
+DEFAULT_PARAMS: dict[str, Any] = {
+    "pre_ratio_ppm": 700_000,
+    "initial_phi_ppm": 1_000_000,
+    "phi_min_ppm": 500_000,
+    "phi_max_ppm": 1_500_000,
+    "max_step_ppm": 100_000,
+    "alpha_up_ppm": 500_000,
+    "alpha_down_ppm": 1_000_000,
+    "kappa_ppm": 200_000,
+    "kappa_max_ppm": 50_000,
+    "coupling_weights": "edges",
+    "w_tech_ppm": 50_000,
+    "w_eff_ppm": 50_000,
+    "w_hist_ppm": 500_000,
+    "benchmark_step_ppm": 500_000,
+    "max_tightening_ppm": 50_000,
+    "allow_loosening": False,
+    "max_loosening_ppm": 20_000,
+    "instrument_pattern": "CEA-{period}",
+}
+assert tuple(DEFAULT_PARAMS) == PARAM_FIELDS
+
+MAX_RATIO_PPM = 100 * PPM  # no ratio parameter may exceed 100
+
+
+def _ppm(v) -> int:
+    """An exact ratio -> integer ppm for explanations (nearest, half to even)."""
+    return ppm_half_even(v)
+
+
+def validate_params(p: dict) -> None:
+    """Raise Reject(BAD_PARAMETER) unless ``p`` is a consistent full parameter set."""
+    for k, v in p.items():
+        if k.endswith("_ppm") and (type(v) is not int or not 0 <= v <= MAX_RATIO_PPM):
+            raise E.Reject(E.BAD_PARAMETER, f"{k} must be an integer in [0, {MAX_RATIO_PPM}]")
+    for k in ("pre_ratio_ppm", "max_step_ppm", "max_tightening_ppm", "benchmark_step_ppm",
+              "w_tech_ppm", "w_eff_ppm", "w_hist_ppm", "kappa_max_ppm"):
+        if p[k] > PPM:
+            raise E.Reject(E.BAD_PARAMETER, f"{k} must be within [0, 1] (ppm <= 1000000)")
+    if not 0 < p["phi_min_ppm"] <= p["initial_phi_ppm"] <= p["phi_max_ppm"]:
+        raise E.Reject(E.BAD_PARAMETER, "need 0 < phi_min <= initial_phi <= phi_max")
+    if p["coupling_weights"] not in ("edges", "tier"):
+        raise E.Reject(E.BAD_PARAMETER, "coupling_weights is edges or tier")
+    if type(p["allow_loosening"]) is not bool:
+        raise E.Reject(E.BAD_PARAMETER, "allow_loosening is true or false")
+    pat = p["instrument_pattern"]
+    if type(pat) is not str or "{period}" not in pat:
+        raise E.Reject(E.BAD_PARAMETER, "instrument_pattern must contain {period}")
+    try:
+        pat.format(period=2026)
+    except (KeyError, IndexError, ValueError):
+        raise E.Reject(E.BAD_PARAMETER, "instrument_pattern may only use {period}") from None
+
+
+def _int(v, name: str, code: str = E.BAD_PARAMETER, minimum: int = 0) -> int:
+    if type(v) is not int or v < minimum:
+        raise E.Reject(code, f"{name} must be an integer >= {minimum}")
+    return v
+
+
+class RulesModule(Module):
+    name = "rules"
+
+    def __init__(self, ex):
+        super().__init__(ex)
+        # [(effective_from_period, full params)], ascending; entry 0 applies from period 0
+        self.schedule: list[tuple[int, dict]] = [(0, dict(DEFAULT_PARAMS))]
+        self.benchmarks: dict[str, int] = {}  # product -> ppm t/unit, for the next allocation
+        self.phi: dict[str, int] = {}  # firm -> current allocation factor (ppm)
+        self.assessments: dict[str, dict] = {}  # firm -> assessment inputs
+        self.history: dict[str, dict[int, list]] = {}  # firm -> period -> [output, emissions|None]
+        self.inputs: dict[str, dict[int, dict[str, int]]] = {}  # firm -> period -> {product: q}
+        self.verified: dict[int, dict[str, list]] = {}  # period -> firm -> [emissions, output]
+        self.allocs: dict[str, dict[int, dict]] = {}  # firm -> period -> allocation record
+        self.periods: dict[int, str] = {}  # period -> "open" | "closed"
+        self.factors: dict[str, list[dict]] = {}  # firm -> factor history
+        self.bench_history: dict[str, list[dict]] = {}  # product -> benchmark history
+        self.resp: dict[int, dict[str, int]] = {}  # period -> product -> beta (ppm t/unit)
+        self.firm_resp: dict[str, list] = {}  # firm -> [period, firm intensity ppm, output]
+        self.settled_lots: dict[int, dict] = {}  # sub-quota lot -> period-end settlement
+
+    # ================================================================== plumbing
+    def handlers(self):
+        return {
+            SetRulesParams: self._set_params, SetBenchmark: self._set_benchmark,
+            AssessFirm: self._assess, SetOutputHistory: self._set_history,
+            SetInputUse: self._set_inputs, PreAllocate: self._pre_allocate,
+            RecordVerified: self._record_verified, ClosePeriod: self._close_period,
+            SettleAllocations: self._settle_allocations, SplitSubQuotas: self._split,
+            SettleSubQuotas: self._settle_sub_quotas,
+        }
+
+    def to_state(self) -> dict:
+        def per(d):  # {int: x} -> [[int, x]] sorted (JSON object keys must be strings)
+            return [[k, d[k]] for k in sorted(d)]
+        return {
+            "schedule": [[p, dict(sorted(v.items()))] for p, v in self.schedule],
+            "benchmarks": dict(sorted(self.benchmarks.items())),
+            "phi": dict(sorted(self.phi.items())),
+            "assessments": dict(sorted(self.assessments.items())),
+            "history": {f: per(d) for f, d in sorted(self.history.items())},
+            "inputs": {f: per({p: dict(sorted(q.items())) for p, q in d.items()})
+                       for f, d in sorted(self.inputs.items())},
+            "verified": per({p: dict(sorted(d.items())) for p, d in self.verified.items()}),
+            "allocs": {f: per(d) for f, d in sorted(self.allocs.items())},
+            "periods": per(self.periods),
+            "factors": dict(sorted(self.factors.items())),
+            "bench_history": dict(sorted(self.bench_history.items())),
+            "resp": per({p: dict(sorted(d.items())) for p, d in self.resp.items()}),
+            "firm_resp": dict(sorted(self.firm_resp.items())),
+            "settled_lots": per(self.settled_lots),
+        }
+
+    def load_state(self, s: dict) -> None:
+        def per(rows):
+            return {int(k): v for k, v in rows}
+        self.schedule = [(int(p), dict(v)) for p, v in s["schedule"]]
+        self.benchmarks = dict(s["benchmarks"])
+        self.phi = dict(s["phi"])
+        self.assessments = dict(s["assessments"])
+        self.history = {f: per(d) for f, d in s["history"].items()}
+        self.inputs = {f: per(d) for f, d in s["inputs"].items()}
+        self.verified = per(s["verified"])
+        self.allocs = {f: per(d) for f, d in s["allocs"].items()}
+        self.periods = per(s["periods"])
+        self.factors = {f: list(v) for f, v in s["factors"].items()}
+        self.bench_history = {p: list(v) for p, v in s["bench_history"].items()}
+        self.resp = per(s["resp"])
+        self.firm_resp = dict(s["firm_resp"])
+        self.settled_lots = per(s["settled_lots"])
+
+    # ================================================================== read side
+    def params(self, period: int | None = None) -> dict:
+        """The parameters that apply to ``period`` (default: the next period to open)."""
+        if period is None:
+            period = self.next_effective_period()
+        cur = self.schedule[0][1]
+        for p, v in self.schedule:
+            if p <= period:
+                cur = v
+        return dict(cur)
+
+    def next_effective_period(self) -> int:
+        """First period a parameter change made now applies to."""
+        return max(self.periods) + 1 if self.periods else 0
+
+    def instrument_for(self, period: int) -> str:
+        return self.params(period)["instrument_pattern"].format(period=period)
+
+    def allocation(self, firm_id: str, period: int) -> dict:
+        rec = self.allocs.get(firm_id, {}).get(period)
+        if rec is None:
+            return {"firm_id": firm_id, "period": period, "pre_allocation": 0, "true_up": 0,
+                    "deduction": 0, "total": 0, "exists": False}
+        return self._view(firm_id, period, rec)
+
+    def factor_history(self, firm_id: str) -> list[dict]:
+        return [dict(h) for h in self.factors.get(firm_id, [])]
+
+    def benchmark_history(self, product: str) -> list[dict]:
+        return [dict(h) for h in self.bench_history.get(product, [])]
+
+    def shortfall_cover(self, sme_id: str, period: int) -> str:
+        sym = self.instrument_for(period)
+        for lot_id in sorted(self.ex.sub_quotas):
+            lot = self.ex.sub_quotas[lot_id]
+            if lot["sme"] == sme_id and lot["instrument"] == sym \
+                    and lot["shortfall_rule"] == "parent":
+                return lot["parent"]
+        return sme_id
+
+    @staticmethod
+    def _view(firm_id: str, period: int, rec: dict) -> dict:
+        true_up = rec["final"] - rec["pre"] if rec["verified"] else 0
+        return {"firm_id": firm_id, "period": period, "exists": True,
+                "instrument": rec["instrument"], "pre_allocation": rec["pre"],
+                "true_up": true_up, "deduction": rec["deduction"],
+                "total": rec["pre"] + true_up - rec["deduction"],
+                "benchmark_ppm": rec["benchmark_ppm"], "phi_ppm": rec["phi_ppm"],
+                "base_output": rec["base_output"], "verified_output": rec["verified_output"],
+                "verified": rec["verified"], "opened": rec["opened"],
+                "issued": rec["issued"], "clawed_back": rec["clawed_back"],
+                "to_obligation": rec["to_obligation"]}
+
+    # ================================================================== helpers
+    def _covered(self, acct) -> bool:
+        return not acct.system and acct.product in self.benchmarks
+
+    def _phi_of(self, firm_id: str, params: dict) -> int:
+        return self.phi.get(firm_id, params["initial_phi_ppm"])
+
+    def _latest(self, firm_id: str, before: int | None = None) -> tuple[int, int, int | None] | None:
+        """Latest (period, output, emissions|None): verified data first, then the history."""
+        best = None
+        for p in sorted(self.verified, reverse=True):
+            if before is not None and p >= before:
+                continue
+            v = self.verified[p].get(firm_id)
+            if v is not None:
+                best = (p, v[1], v[0])
+                break
+        for p in sorted(self.history.get(firm_id, {}), reverse=True):
+            if before is not None and p >= before:
+                continue
+            if best is None or p > best[0]:
+                out, em = self.history[firm_id][p]
+                best = (p, out, em)
+            break
+        return best
+
+    def _new_record(self, firm_id: str, period: int) -> dict:
+        """An allocation record fixes the benchmark and phi used for that period."""
+        acct = self.ex.accounts[firm_id]
+        params = self.params(period)
+        base = self._latest(firm_id, before=period)
+        return {"instrument": self.instrument_for(period),
+                "benchmark_ppm": self.benchmarks.get(acct.product, 0),
+                "phi_ppm": self._phi_of(firm_id, params),
+                "pre_ratio_ppm": params["pre_ratio_ppm"],
+                "base_output": base[1] if base else 0, "opened": False, "pre": 0,
+                "verified": False, "verified_output": 0, "final": 0, "deduction": 0,
+                "issued": 0, "clawed_back": 0, "to_obligation": 0}
+
+    @staticmethod
+    def _target(rec: dict) -> int:
+        if rec["verified"]:
+            return rec["final"] - rec["deduction"]
+        if rec["opened"]:
+            return max(0, rec["pre"] - rec["deduction"])
+        return 0
+
+    def _check_settle(self, rec: dict) -> None:
+        """What a settlement needs, checked before any change."""
+        if self._target(rec) != self._position(rec) and rec["instrument"] not in self.ex.instruments:
+            raise E.Reject(E.UNKNOWN_INSTRUMENT,
+                           f"allowance instrument {rec['instrument']!r} does not exist")
+
+    @staticmethod
+    def _position(rec: dict) -> int:
+        return rec["issued"] - rec["clawed_back"] + rec["to_obligation"]
+
+    def _settle(self, firm_id: str, period: int, rec: dict, kind: str) -> list:
+        """Issue or claw back the difference between the record's target and what was
+        delivered; what cannot be clawed back goes to the compliance obligation."""
+        delta = self._target(rec) - self._position(rec)
+        if delta == 0:
+            return []
+        ex = self.ex
+        sym = rec["instrument"]
+        acct = ex.accounts[firm_id]
+        events: list = []
+        issued = to_obl = 0
+        if delta > 0:
+            events.extend(ex._issue(IssueUnits(account=firm_id, instrument=sym, qty=delta,
+                                               source="allocation", ref=str(period))))
+            rec["issued"] += delta
+            issued = delta
+        else:
+            want = -delta
+            h = acct.holdings.get(sym)
+            take = min(want, h.available if h is not None else 0)
+            if take:
+                ex.move_units(acct, ex.accounts[ISSUER], sym, take, "", "clawback",
+                              prefer=f"allocation:{period}")
+                events.append(Posting(sym, firm_id, ISSUER, take, f"clawback:allocation:{period}"))
+                rec["clawed_back"] += take
+            to_obl = want - take
+            if to_obl:
+                rec["to_obligation"] += to_obl
+                comp = ex.modules.get("compliance")
+                if comp is not None and hasattr(comp, "add_obligation"):
+                    events.extend(comp.add_obligation(firm_id, period, to_obl) or [])
+            issued = -take
+        events.append(AllocationChanged(firm_id, period, kind, sym, issued, to_obl,
+                                        self._view(firm_id, period, rec)))
+        return events
+
+    # ================================================================== parameters, data
+    def _set_params(self, c: SetRulesParams) -> list:
+        eff = self.next_effective_period()
+        new = self.params(eff)
+        changed = False
+        for k in PARAM_FIELDS:
+            v = getattr(c, k)
+            if v is not None:
+                new[k] = v
+                changed = True
+        if not changed:
+            raise E.Reject(E.NO_CHANGE, "set_rules_params names no parameter")
+        validate_params(new)
+        self.schedule = [(p, v) for p, v in self.schedule if p < eff] + [(eff, new)]
+        return [RulesParamsSet(eff, dict(sorted(new.items())))]
+
+    def _set_benchmark(self, c: SetBenchmark) -> list:
+        if not c.product or type(c.product) is not str:
+            raise E.Reject(E.BAD_PARAMETER, "product must be a non-empty name")
+        _int(c.intensity_ppm, "intensity_ppm", minimum=1)
+        prev = self.benchmarks.get(c.product)
+        self.benchmarks[c.product] = c.intensity_ppm
+        self.bench_history.setdefault(c.product, []).append(
+            {"seq": c.seq, "period": None, "reason": "set", "before_ppm": prev,
+             "after_ppm": c.intensity_ppm})
+        return [BenchmarkSet(c.product, c.intensity_ppm, prev)]
+
+    def _assess(self, c: AssessFirm) -> list:
+        acct = self.ex.firm(c.firm_id)
+        b = self.benchmarks.get(acct.product)
+        if b is None:
+            raise E.Reject(E.NO_BENCHMARK, f"no benchmark for product {acct.product!r}")
+        for name in ("technology_ppm", "efficiency_ppm"):
+            if _int(getattr(c, name), name) > PPM:
+                raise E.Reject(E.BAD_PARAMETER, f"{name} must be within [0, 1]")
+        _int(c.hist_intensity_ppm, "hist_intensity_ppm")
+        p = self.params()
+        r = F.initial_phi(c.technology_ppm, c.efficiency_ppm, c.hist_intensity_ppm, b,
+                          p["w_tech_ppm"], p["w_eff_ppm"], p["w_hist_ppm"],
+                          p["initial_phi_ppm"], p["phi_min_ppm"], p["phi_max_ppm"])
+        before = self._phi_of(c.firm_id, p)
+        inputs = {"technology_ppm": c.technology_ppm, "efficiency_ppm": c.efficiency_ppm,
+                  "hist_intensity_ppm": c.hist_intensity_ppm, "benchmark_ppm": b,
+                  "w_tech_ppm": p["w_tech_ppm"], "w_eff_ppm": p["w_eff_ppm"],
+                  "w_hist_ppm": p["w_hist_ppm"], "base_ppm": p["initial_phi_ppm"],
+                  "phi_min_ppm": p["phi_min_ppm"], "phi_max_ppm": p["phi_max_ppm"]}
+        terms = {"tech_ppm": _ppm(r["tech"]), "eff_ppm": _ppm(r["eff"]),
+                 "hist_gap_ppm": _ppm(r["hist_gap"]), "hist_ppm": _ppm(r["hist"]),
+                 "raw_ppm": _ppm(r["raw"]), "bound_limited": r["bound_limited"]}
+        self.assessments[c.firm_id] = {"technology_ppm": c.technology_ppm,
+                                       "efficiency_ppm": c.efficiency_ppm,
+                                       "hist_intensity_ppm": c.hist_intensity_ppm}
+        return [self._record_factor(c.firm_id, self.next_effective_period(), "assessment",
+                                    before, r["phi_ppm"], inputs, terms, c.seq)]
+
+    def _record_factor(self, firm_id, period, reason, before, after, inputs, terms, seq):
+        self.phi[firm_id] = after
+        self.factors.setdefault(firm_id, []).append(
+            {"seq": seq, "period": period, "reason": reason, "phi_before_ppm": before,
+             "phi_after_ppm": after, "inputs": inputs, "terms": terms})
+        return FactorChanged(firm_id, period, reason, before, after, inputs, terms)
+
+    def _set_history(self, c: SetOutputHistory) -> list:
+        self.ex.firm(c.firm_id)
+        rows = {}
+        for r in c.rows:
+            if not isinstance(r, (tuple, list)) or len(r) not in (2, 3):
+                raise E.Reject(E.BAD_PARAMETER, "rows are (period, output[, emissions])")
+            period = _int(r[0], "period")
+            out = _int(r[1], "output")
+            em = _int(r[2], "emissions") if len(r) == 3 and r[2] is not None else None
+            rows[period] = [out, em]
+        if not rows:
+            raise E.Reject(E.BAD_PARAMETER, "no rows")
+        self.history.setdefault(c.firm_id, {}).update(rows)
+        return [OutputHistorySet(c.firm_id, tuple(sorted(rows)))]
+
+    def _set_inputs(self, c: SetInputUse) -> list:
+        self.ex.firm(c.firm_id)
+        _int(c.period, "period")
+        inputs = {}
+        for r in c.inputs:
+            if not isinstance(r, (tuple, list)) or len(r) != 2 or type(r[0]) is not str:
+                raise E.Reject(E.BAD_PARAMETER, "inputs are (product, quantity)")
+            inputs[r[0]] = _int(r[1], "input quantity")
+        if self.periods.get(c.period) == "closed":
+            raise E.Reject(E.PERIOD_ALREADY_CLOSED, f"period {c.period} is closed")
+        self.inputs.setdefault(c.firm_id, {})[c.period] = inputs
+        return [InputUseSet(c.firm_id, c.period, tuple(sorted(inputs.items())))]
+
+    # ================================================================== allocation runs
+    def _pre_allocate(self, c: PreAllocate) -> list:
+        period = _int(c.period, "period", minimum=1)
+        if period in self.periods:
+            raise E.Reject(E.PERIOD_ALREADY_OPEN, f"period {period} was already pre-allocated")
+        sym = self.instrument_for(period)
+        ins = self.ex.instruments.get(sym)
+        if ins is None or ins.kind != "allowance":
+            raise E.Reject(E.UNKNOWN_INSTRUMENT, f"no allowance instrument {sym!r}")
+        firms = [a for fid, a in sorted(self.ex.accounts.items()) if self._covered(a)]
+        # ---- accepted
+        events: list = []
+        total = 0
+        for a in firms:
+            recs = self.allocs.setdefault(a.firm_id, {})
+            rec = recs.get(period)
+            if rec is None:
+                rec = recs[period] = self._new_record(a.firm_id, period)
+            rec["opened"] = True
+            rec["pre"] = F.allocation_tonnes(rec["benchmark_ppm"], rec["base_output"],
+                                             rec["phi_ppm"], rec["pre_ratio_ppm"])
+            before = rec["issued"] - rec["clawed_back"]
+            events.extend(self._settle(a.firm_id, period, rec, "pre_allocation"))
+            total += rec["issued"] - rec["clawed_back"] - before
+        self.periods[period] = "open"
+        return [PeriodOpened(period, sym, len(firms), total)] + events
+
+    def on_verified(self, firm_id: str, period: int, emissions: int, output: int) -> list:
+        acct = self.ex.firm(firm_id)
+        _int(period, "period", minimum=1)
+        _int(emissions, "emissions", E.BAD_VERIFIED_DATA)
+        _int(output, "output", E.BAD_VERIFIED_DATA)
+        rec = self.allocs.get(firm_id, {}).get(period)
+        if rec is None and self._covered(acct):
+            rec = self._new_record(firm_id, period)
+            new = True
+        else:
+            new = False
+        if rec is not None:
+            trial = dict(rec, verified=True, verified_output=output,
+                         final=F.allocation_tonnes(rec["benchmark_ppm"], output,
+                                                   rec["phi_ppm"]))
+            self._check_settle(trial)
+        # ---- accepted
+        self.verified.setdefault(period, {})[firm_id] = [emissions, output]
+        events: list = [VerifiedRecorded(firm_id, period, emissions, output)]
+        if rec is not None:
+            if new:
+                self.allocs.setdefault(firm_id, {})[period] = rec
+            rec.update(verified=True, verified_output=output, final=trial["final"])
+            events.extend(self._settle(firm_id, period, rec, "true_up"))
+        return events
+
+    def _record_verified(self, c: RecordVerified) -> list:
+        if "compliance" in self.ex.modules:
+            raise E.Reject(E.BAD_PARAMETER, "verified data comes from the compliance module")
+        return self.on_verified(c.firm_id, c.period, c.emissions, c.output)
+
+    def add_allocation_deduction(self, firm_id: str, period: int, qty: int) -> None:
+        acct = self.ex.firm(firm_id)
+        _int(period, "period", minimum=1)
+        _int(qty, "qty", E.BAD_AMOUNT, minimum=1)
+        recs = self.allocs.setdefault(acct.firm_id, {})
+        rec = recs.get(period)
+        if rec is None:
+            rec = recs[period] = self._new_record(firm_id, period)
+        rec["deduction"] += qty
+
+    def settle_allocation(self, firm_id: str, period: int) -> list:
+        """Apply what is pending for one firm and period now (e.g. a fresh deduction)."""
+        rec = self.allocs.get(firm_id, {}).get(period)
+        if rec is None:
+            return []
+        self._check_settle(rec)
+        return self._settle(firm_id, period, rec, "deduction")
+
+    def _settle_period(self, period: int) -> list:
+        recs = [(f, d[period]) for f, d in sorted(self.allocs.items()) if period in d]
+        for _, rec in recs:
+            self._check_settle(rec)
+        events: list = []
+        for f, rec in recs:
+            events.extend(self._settle(f, period, rec, "deduction"))
+        return events
+
+    def _settle_allocations(self, c: SettleAllocations) -> list:
+        if c.period not in self.periods:
+            raise E.Reject(E.PERIOD_NOT_OPEN, f"period {c.period} was never opened")
+        return self._settle_period(c.period)
+
+    # ================================================================== period close
+    def _partners(self, firm_id: str, mode: str) -> list[tuple[str, Fraction]]:
+        """Chain partners of a firm with coupling weights w_fj (docs/RULES.md)."""
+        acct = self.ex.accounts[firm_id]
+        weights: dict[str, Fraction] = {}
+        for chain_id in sorted(acct.chains):
+            ch = self.ex.chains[chain_id]
+            if mode == "edges":
+                for sup, cust, w in ch["edges"]:
+                    other = cust if sup == firm_id else sup if cust == firm_id else None
+                    if other is not None and other != firm_id:
+                        weights[other] = weights.get(other, Fraction(0)) + Fraction(w, PPM)
+            else:
+                tier = ch["members"][firm_id]
+                for other, t in ch["members"].items():
+                    if other != firm_id:
+                        w = Fraction(1, 1 + abs(t - tier))
+                        weights[other] = max(weights.get(other, Fraction(0)), w)
+        if mode == "tier" and weights:
+            total = sum(weights.values())
+            weights = {k: v / total for k, v in weights.items()}
+        return sorted(weights.items())
+
+    def _close_period(self, c: ClosePeriod) -> list:
+        period = c.period
+        state = self.periods.get(period)
+        if state is None:
+            raise E.Reject(E.PERIOD_NOT_OPEN, f"period {period} was never pre-allocated")
+        if state == "closed":
+            raise E.Reject(E.PERIOD_ALREADY_CLOSED, f"period {period} is already closed")
+        params = self.params(period)
+        ex = self.ex
+        verified = self.verified.get(period, {})
+        # 1. responsibility factors of products (only when input data exists)
+        producers: dict[str, list] = {}
+        for f in sorted(verified):
+            em, out = verified[f]
+            prod = ex.accounts[f].product
+            if out > 0 and prod:
+                producers.setdefault(prod, []).append(
+                    (em, out, self.inputs.get(f, {}).get(period, {})))
+        has_inputs = any(r[2] for rows in producers.values() for r in rows)
+        beta: dict[str, int] = {}
+        iters = 0
+        if has_inputs:
+            try:
+                beta, iters = F.responsibility_factors(producers)
+            except F.Diverges as d:
+                raise E.Reject(E.RESPONSIBILITY_DIVERGES, str(d)) from None
+        # 2. each verified firm's intensity (direct + embodied in inputs) and gap
+        inten: dict[str, Fraction] = {}
+        embodied: dict[str, Fraction] = {}
+        for f in sorted(verified):
+            em, out = verified[f]
+            if out <= 0:
+                continue
+            emb = sum((Fraction(q * beta[i], PPM) for i, q in
+                       sorted(self.inputs.get(f, {}).get(period, {}).items()) if i in beta),
+                      Fraction(0))
+            embodied[f] = emb
+            inten[f] = F.intensity(em + emb, out)
+        gaps: dict[str, tuple[Fraction, int]] = {}
+        for f, i in inten.items():
+            rec = self.allocs.get(f, {}).get(period)
+            b = rec["benchmark_ppm"] if rec else self.benchmarks.get(ex.accounts[f].product, 0)
+            if b > 0:
+                gaps[f] = (F.gap(i, b), b)
+        # 3. new allocation factors (covered firms with a gap)
+        updates = []
+        for f in sorted(gaps):
+            if not self._covered(ex.accounts[f]) and f not in self.allocs:
+                continue
+            g, b = gaps[f]
+            partners = []
+            for j, w in self._partners(f, params["coupling_weights"]):
+                gj = gaps.get(j, (Fraction(0), 0))[0]
+                partners.append((j, w, gj))
+            own = F.own_term(g, params["alpha_up_ppm"], params["alpha_down_ppm"])
+            c_raw, c_cap = F.coupling_term([(w, gj) for _, w, gj in partners],
+                                           params["kappa_ppm"], params["kappa_max_ppm"])
+            before = self._phi_of(f, params)
+            r = F.update_phi(before, own, c_cap, params["phi_min_ppm"], params["phi_max_ppm"],
+                             params["max_step_ppm"])
+            em, out = verified[f]
+            inputs = {"emissions": em, "output": out, "embodied_ppm": _ppm(embodied[f]),
+                      "intensity_ppm": _ppm(inten[f]), "benchmark_ppm": b,
+                      "partners": [[j, _ppm(w), _ppm(gj)] for j, w, gj in partners],
+                      "alpha_up_ppm": params["alpha_up_ppm"],
+                      "alpha_down_ppm": params["alpha_down_ppm"],
+                      "kappa_ppm": params["kappa_ppm"], "kappa_max_ppm": params["kappa_max_ppm"],
+                      "phi_min_ppm": params["phi_min_ppm"], "phi_max_ppm": params["phi_max_ppm"],
+                      "max_step_ppm": params["max_step_ppm"]}
+            terms = {"gap_ppm": _ppm(g), "own_ppm": _ppm(own), "coupling_raw_ppm": _ppm(c_raw),
+                     "coupling_ppm": _ppm(c_cap), "multiplier_ppm": _ppm(r["multiplier"]),
+                     "phi_raw_ppm": _ppm(r["raw"]), "step_limited": r["step_limited"],
+                     "bound_limited": r["bound_limited"]}
+            updates.append((f, before, r["phi_ppm"], inputs, terms))
+        # 4. benchmark gradient step per product
+        by_product: dict[str, list] = {}
+        for f, i in inten.items():
+            prod = ex.accounts[f].product
+            if prod in self.benchmarks:
+                by_product.setdefault(prod, []).append((i, verified[f][1]))
+        bench_updates = []
+        for prod in sorted(by_product):
+            target = F.weighted_intensity(by_product[prod])
+            b = self.benchmarks[prod]
+            r = F.benchmark_step(b, target, params["benchmark_step_ppm"],
+                                 params["max_tightening_ppm"], params["allow_loosening"],
+                                 params["max_loosening_ppm"])
+            inputs = {"weighted_intensity_ppm": _ppm(target), "firms": len(by_product[prod]),
+                      "output": sum(y for _, y in by_product[prod]),
+                      "step_ppm": params["benchmark_step_ppm"],
+                      "max_tightening_ppm": params["max_tightening_ppm"],
+                      "allow_loosening": params["allow_loosening"],
+                      "max_loosening_ppm": params["max_loosening_ppm"]}
+            terms = {"gradient_ppm": _ppm(r["gradient"]), "raw_ppm": _ppm(r["raw"]),
+                     "limited": r["limited"]}
+            bench_updates.append((prod, b, r["benchmark_ppm"], inputs, terms))
+        # pending deductions must be settleable too
+        for f, d in sorted(self.allocs.items()):
+            if period in d:
+                self._check_settle(d[period])
+        # ---- accepted
+        events: list = []
+        for f, before, after, inputs, terms in updates:
+            events.append(self._record_factor(f, period, "verification", before, after,
+                                              inputs, terms, c.seq))
+        for prod, before, after, inputs, terms in bench_updates:
+            self.benchmarks[prod] = after
+            self.bench_history.setdefault(prod, []).append(
+                {"seq": c.seq, "period": period, "reason": "gradient_step",
+                 "before_ppm": before, "after_ppm": after, "inputs": inputs, "terms": terms})
+            events.append(BenchmarkUpdated(prod, period, before, after, inputs, terms))
+        if beta:
+            self.resp[period] = dict(sorted(beta.items()))
+        for f, i in inten.items():
+            self.firm_resp[f] = [period, _ppm(i), verified[f][1]]
+        unverified = tuple(sorted(f for f, d in self.allocs.items()
+                                  if period in d and d[period]["opened"]
+                                  and f not in verified))
+        self.periods[period] = "closed"
+        events.extend(self._settle_period(period))
+        events.insert(0, PeriodClosed(period, len(updates), len(bench_updates), unverified,
+                                      dict(sorted(beta.items())), iters))
+        return events
+
+    # ================================================================== sub-quotas
+    def split_weight(self, sme_id: str, strategy: str) -> Fraction:
+        """The weight of one SME under a strategy (docs/RULES.md, "Split strategies")."""
+        if strategy == "equal":
+            return Fraction(1)
+        acct = self.ex.accounts[sme_id]
+        latest = self._latest(sme_id)
+        out = latest[1] if latest else 0
+        em = latest[2] if latest else None
+        if em is None:
+            a = self.assessments.get(sme_id)
+            em = Fraction(a["hist_intensity_ppm"] * out, PPM) if a else Fraction(0)
+        em = Fraction(em)
+        if strategy == "output":
+            return Fraction(out)
+        if strategy == "baseline_emissions":
+            return em
+        if strategy == "responsibility":
+            fr = self.firm_resp.get(sme_id)
+            if fr is not None:
+                return Fraction(fr[1] * fr[2], PPM)
+            return em
+        if strategy == "abatement":
+            b = self.benchmarks.get(acct.product)
+            if b is None:
+                return Fraction(0)
+            return max(Fraction(0), em - Fraction(b * out, PPM))
+        raise E.Reject(E.UNKNOWN_STRATEGY, f"unknown split strategy {strategy!r}")
+
+    def _split(self, c: SplitSubQuotas) -> list:
+        ex = self.ex
+        parent = ex.firm(c.parent)
+        if c.strategy not in F.STRATEGIES:
+            raise E.Reject(E.UNKNOWN_STRATEGY,
+                           f"strategy must be one of {', '.join(F.STRATEGIES)}")
+        ex._positive(c.amount)
+        smes = list(c.smes)
+        if not smes or len(set(smes)) != len(smes) or not all(type(s) is str for s in smes):
+            raise E.Reject(E.BAD_PARAMETER, "smes must be a non-empty list of distinct firm ids")
+        h = parent.holdings.get(c.instrument)
+        ex.instrument(c.instrument)
+        if h is None or c.amount > h.available:
+            raise E.Reject(E.INSUFFICIENT_HOLDINGS,
+                           f"split of {c.amount} t exceeds the parent's free holding "
+                           f"({0 if h is None else h.available} t)")
+        for s in smes:  # every per-SME check, with one tonne, before any weight is computed
+            ex.check_sub_quota(self._cmd(c, s, 1))
+        weights = [self.split_weight(s, c.strategy) for s in smes]
+        try:
+            parts = F.split_amounts(c.amount, weights)
+        except ZeroDivisionError:
+            raise E.Reject(E.NO_SPLIT_BASIS,
+                           f"no data for strategy {c.strategy!r}: every weight is zero") from None
+        # ---- accepted: each create_sub_quota re-runs the core's checks, which hold
+        events: list = []
+        out = []
+        for s, q, w in zip(smes, parts, weights):
+            lot_id = 0
+            if q:
+                lot_id = ex.next_lot_id
+                events.extend(ex._create_sub_quota(self._cmd(c, s, q)))
+            out.append((s, q, str(w), lot_id))
+        return [SubQuotasSplit(parent.firm_id, c.instrument, c.strategy, c.amount,
+                               tuple(out))] + events
+
+    @staticmethod
+    def _cmd(c: SplitSubQuotas, sme: str, qty: int) -> CreateSubQuota:
+        return CreateSubQuota(parent=c.parent, sme=sme, instrument=c.instrument, qty=qty,
+                              revenue_share_ppm=c.revenue_share_ppm,
+                              surplus_rule=c.surplus_rule, shortfall_rule=c.shortfall_rule,
+                              chain_id=c.chain_id, seq=c.seq, ts=c.ts)
+
+    def _settle_sub_quotas(self, c: SettleSubQuotas) -> list:
+        period = _int(c.period, "period", minimum=1)
+        if period not in self.periods:
+            raise E.Reject(E.PERIOD_NOT_OPEN, f"period {period} was never opened")
+        sym = self.instrument_for(period)
+        ex = self.ex
+        events: list = []
+        for lot_id in sorted(ex.sub_quotas):
+            lot = ex.sub_quotas[lot_id]
+            if lot["instrument"] != sym or lot_id in self.settled_lots:
+                continue
+            sme = ex.accounts[lot["sme"]]
+            key = f"{LOT_SUB_QUOTA}:{lot_id}"
+            h = sme.holdings.get(sym)
+            in_lot = h.lots.get(key, 0) if h is not None else 0
+            free = min(in_lot, h.available) if h is not None else 0
+            moved = 0
+            if lot["surplus_rule"] == "revert" and free:
+                parent = ex.accounts[lot["parent"]]
+                # the lot was created before any later sub-quota lot of this holding, so the
+                # prefix-preferred FIFO takes exactly from it (checked)
+                taken = ex.move_units(sme, parent, sym, free, f"sub_quota_return:{lot_id}",
+                                      "sub_quota_return", prefer=key)
+                assert taken == [(key, free)], taken
+                events.append(Posting(sym, sme.firm_id, parent.firm_id, free,
+                                      f"sub_quota_return:{lot_id}"))
+                lot["held"] = max(0, lot["held"] - free)
+                moved = free
+            self.settled_lots[lot_id] = {"period": period, "surplus": free,
+                                         "action": lot["surplus_rule"], "moved": moved,
+                                         "reserved_left": in_lot - free}
+            events.append(SubQuotaSettled(lot_id, period, sme.firm_id, lot["parent"], free,
+                                          lot["surplus_rule"], moved, in_lot - free))
+        return events
