@@ -12,6 +12,7 @@ import sys
 CLI_MODULES = [
     "exchange.demo",
     "exchange.journal.cli",
+    "exchange.server.cli",
 ]
 
 

@@ -1,0 +1,622 @@
+"""Operator HTTP API (``/api/v1/...``): a route registry, its OpenAPI document, built-in routes.
+
+Adding endpoints from another module
+------------------------------------
+A rules or compliance package puts its endpoints in ``exchange/<package>/api.py``; the server
+imports every such module at start (:func:`load_extensions`), so registering is all it takes::
+
+    from pydantic import BaseModel
+    from exchange.server.api import ApiContext, route
+
+    class FactorBody(BaseModel):
+        firm_id: str
+        factor: str
+
+    @route("POST", "/rules/factors", body=FactorBody, summary="Override an allocation factor",
+           tag="rules")                               # roles default to ("operator",)
+    async def set_factor(ctx: ApiContext, body: FactorBody) -> dict:
+        return await ctx.command(SetFactor(firm_id=body.firm_id, ...))
+
+The same ``api.py`` may add websocket methods with :func:`exchange.server.protocol.ws_method`.
+
+* ``path`` is relative to ``/api/v1`` and may hold ``{name}`` parameters
+  (``ctx.path["name"]``); the query string is ``ctx.query``.
+* ``roles``: the credential roles allowed (``operator``, ``verifier``, ``firm``); ``None``
+  makes the route public. Credentials travel as ``Authorization: Bearer <api key>``.
+* ``body``: a pydantic model; the JSON body is validated against it (422 INVALID_PARAMS).
+  ``response``: a pydantic model documenting the result (optional).
+* A handler returns a JSON-able result (status 200, or ``status=`` of the route) or raises
+  :class:`~exchange.server.protocol.ProtocolError` / :class:`~exchange.core.errors.Reject`.
+  Errors have the websocket's error body: ``{"ok": false, "error": {"code", "message"}}``.
+* ``ctx.command(cmd)`` submits a command through the journal and returns
+  ``{"seq": ..., "events": [...]}`` (core events, integer fen), raising on CommandRejected.
+
+The OpenAPI 3.1 document at ``/api/v1/openapi.json`` is generated from this registry and the
+pydantic models (:func:`openapi`): nothing in it is written by hand.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
+from pydantic.json_schema import models_json_schema
+
+from ..core import errors as E
+from ..core.commands import (
+    AddInstrument, CreateSubQuota, DepositCash, EndOfDay, Halt, IssueUnits, RegisterFirm,
+    RegisterSupplyChain, Resume, SetFirmTrading, SetPriceBand, TransferUnits, WithdrawCash,
+)
+from ..core.events import CommandRejected, encode_event
+from ..core.exchange import AddSegment
+from ..core.units import format_price
+from .credentials import ROLE_FIRM, ROLE_OPERATOR, ROLE_VERIFIER, ROLES, IssueApiKey, \
+    RevokeApiKey, hash_key, new_key
+from .gateway import GATEWAY_KEY
+from .protocol import Price, ProtocolError, validation_message, wire_depth, wire_order, \
+    wire_ticker
+
+PREFIX = "/api/v1"
+
+
+@dataclass(slots=True)
+class Route:
+    method: str
+    path: str
+    handler: Callable
+    summary: str
+    body: type[BaseModel] | None
+    response: Any
+    roles: tuple[str, ...] | None
+    tag: str
+    status: int
+    description: str
+
+
+ROUTES: list[Route] = []
+
+
+def route(method: str, path: str, *, summary: str, body: type[BaseModel] | None = None,
+          response: Any = None, roles: tuple[str, ...] | None = (ROLE_OPERATOR,),
+          tag: str = "operator", status: int = 200):
+    """Register ``handler(ctx, body) -> result`` for ``METHOD /api/v1<path>``."""
+
+    def deco(fn):
+        for r in ROUTES:
+            if r.method == method.upper() and r.path == path:
+                if r.handler is fn:
+                    return fn
+                raise RuntimeError(f"route {method} {path} registered twice")
+        ROUTES.append(Route(method.upper(), path, fn, summary, body, response, roles, tag,
+                            status, (fn.__doc__ or "").strip()))
+        return fn
+
+    return deco
+
+
+class ApiContext:
+    """What a route handler gets: the exchange (read side), the gateway, the caller."""
+
+    __slots__ = ("request", "gateway", "ex", "cred", "path", "query")
+
+    def __init__(self, request, gateway, cred):
+        self.request = request
+        self.gateway = gateway
+        self.ex = gateway.ex
+        self.cred = cred
+        self.path = request.match_info
+        self.query = request.query
+
+    async def submit(self, cmd) -> list:
+        return await self.gateway.submit(cmd)
+
+    async def command(self, cmd) -> dict:
+        events = await self.gateway.submit(cmd)
+        for ev in events:
+            if type(ev) is CommandRejected:
+                raise ProtocolError(ev.code, ev.message, 400)
+        return {"seq": cmd.seq, "events": [encode_event(ev) for ev in events]}
+
+
+def error_response(code: str, message: str, status: int) -> web.Response:
+    return web.Response(body=orjson.dumps({"ok": False, "error": {"code": code,
+                                                                   "message": message}}),
+                        status=status, content_type="application/json")
+
+
+def _json(result, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(result), status=status,
+                        content_type="application/json")
+
+
+_REJECT_STATUS = {E.UNKNOWN_ACCOUNT: 404, E.UNKNOWN_INSTRUMENT: 404, E.UNKNOWN_KEY: 404,
+                  E.UNKNOWN_SEGMENT: 404, E.UNKNOWN_CHAIN: 404, E.NOT_FOUND: 404,
+                  E.DUPLICATE_ACCOUNT: 409, E.DUPLICATE_INSTRUMENT: 409, E.DUPLICATE_KEY: 409,
+                  E.DUPLICATE_CHAIN: 409, E.SHUTTING_DOWN: 503}
+
+
+def _make_handler(r: Route):
+    roles = r.roles
+    body_model = r.body
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        gw = request.app[GATEWAY_KEY]
+        cred = None
+        if roles is not None:
+            auth = request.headers.get("Authorization", "")
+            scheme, _, token = auth.partition(" ")
+            cred = (gw.credentials.lookup(token.strip())
+                    if scheme.lower() == "bearer" else None)
+            if cred is None:
+                return error_response(E.AUTH_FAILED, "missing, unknown or revoked API key "
+                                                      "(Authorization: Bearer <key>)", 401)
+            if cred.role not in roles:
+                return error_response(E.FORBIDDEN, f"needs role {' or '.join(roles)}", 403)
+        body = None
+        if body_model is not None:
+            raw = await request.read()
+            try:
+                data = orjson.loads(raw) if raw else {}
+            except orjson.JSONDecodeError:
+                return error_response(E.BAD_JSON, "body is not valid JSON", 400)
+            try:
+                body = body_model.model_validate(data)
+            except ValidationError as exc:
+                return error_response(E.INVALID_PARAMS, validation_message(exc), 422)
+            except (TypeError, ValueError) as exc:
+                return error_response(E.INVALID_PARAMS, str(exc)[:200], 422)
+        try:
+            result = await r.handler(ApiContext(request, gw, cred), body)
+        except ProtocolError as exc:
+            status = exc.status if exc.status != 400 else _REJECT_STATUS.get(exc.code, 400)
+            return error_response(exc.code, exc.message, status)
+        except E.Reject as exc:
+            return error_response(exc.code, exc.message, _REJECT_STATUS.get(exc.code, 400))
+        if isinstance(result, BaseModel):
+            result = result.model_dump(mode="json")
+        return _json(result, r.status)
+
+    return handler
+
+
+def add_routes(app: web.Application) -> None:
+    for r in ROUTES:
+        app.router.add_route(r.method, PREFIX + r.path, _make_handler(r))
+    app.router.add_get(PREFIX + "/openapi.json", _openapi_handler)
+
+
+_OPENAPI_CACHE: dict[int, bytes] = {}
+
+
+async def _openapi_handler(request: web.Request) -> web.Response:
+    doc = _OPENAPI_CACHE.get(len(ROUTES))
+    if doc is None:
+        doc = _OPENAPI_CACHE[len(ROUTES)] = orjson.dumps(openapi())
+    return web.Response(body=doc, content_type="application/json")
+
+
+def load_extensions() -> list[str]:
+    """Import ``exchange.<package>.api`` for every package that has one (and the gateway's
+    ``protocol``), so their routes and websocket methods register. Returns the names."""
+    import exchange
+
+    loaded = []
+    for info in pkgutil.iter_modules(exchange.__path__):
+        if not info.ispkg or info.name == "server":
+            continue
+        name = f"exchange.{info.name}.api"
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        loaded.append(name)
+    return loaded
+
+
+# ====================================================================== OpenAPI
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="stable error code (docs/PROTOCOL.md)")
+    message: str
+
+
+class ErrorBody(BaseModel):
+    ok: Literal[False] = False
+    error: ErrorDetail
+
+
+class CommandResult(BaseModel):
+    seq: int = Field(description="sequence number the command got in the journal")
+    events: list[dict[str, Any]] = Field(description="core events (integer fen, tonnes)")
+
+
+def openapi() -> dict:
+    """The OpenAPI 3.1 document of every registered route."""
+    models: list = [ErrorBody]
+    for r in ROUTES:
+        for m in (r.body, r.response):
+            if isinstance(m, type) and issubclass(m, BaseModel) and m not in models:
+                models.append(m)
+    _, top = models_json_schema([(m, "validation") for m in models],
+                                ref_template="#/components/schemas/{model}")
+    schemas = top.get("$defs", {})
+
+    def ref(m):
+        if m is None:
+            return {"type": "object"}
+        if isinstance(m, type) and issubclass(m, BaseModel):
+            return {"$ref": f"#/components/schemas/{m.__name__}"}
+        if isinstance(m, dict):
+            return m
+        return {"type": "object"}
+
+    paths: dict = {}
+    err = {"description": "error", "content": {"application/json": {"schema": ref(ErrorBody)}}}
+    for r in ROUTES:
+        op: dict = {"summary": r.summary, "tags": [r.tag],
+                    "operationId": f"{r.method.lower()}_{re.sub(r'[^a-z0-9]+', '_', r.path.lower()).strip('_')}"}
+        if r.description:
+            op["description"] = r.description
+        params = [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
+                  for n in re.findall(r"{(\w+)}", r.path)]
+        if params:
+            op["parameters"] = params
+        if r.body is not None:
+            op["requestBody"] = {"required": True, "content": {
+                "application/json": {"schema": ref(r.body)}}}
+        op["responses"] = {str(r.status): {"description": "OK", "content": {
+            "application/json": {"schema": ref(r.response)}}}}
+        if r.body is not None:
+            op["responses"]["422"] = err
+        op["responses"]["400"] = err
+        if r.roles is not None:
+            op["security"] = [{"apiKey": []}]
+            op["responses"]["401"] = err
+            op["responses"]["403"] = err
+            op["x-roles"] = list(r.roles)
+        paths.setdefault(PREFIX + r.path, {})[r.method.lower()] = op
+    paths[PREFIX + "/openapi.json"] = {"get": {
+        "summary": "This document", "tags": ["meta"], "operationId": "get_openapi",
+        "responses": {"200": {"description": "OpenAPI 3.1 document"}}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Carbon allowance exchange: operator API", "version": "1",
+                 "description": "Prices and cash travel as decimal CNY strings (\"85.50\"); "
+                                "quantities as whole tonnes. Command results carry the core's "
+                                "events in integer fen. See docs/PROTOCOL.md."},
+        "paths": paths,
+        "components": {"schemas": schemas, "securitySchemes": {"apiKey": {
+            "type": "http", "scheme": "bearer",
+            "description": "API key; roles: " + ", ".join(ROLES)}}},
+    }
+
+
+# ====================================================================== request bodies
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+Ident = Field(min_length=1, max_length=64)
+
+
+class RegisterFirmBody(Body):
+    firm_id: str = Ident
+    name: str = ""
+    sector: str = ""
+    product: str = ""
+    size_class: Literal["large", "sme"] = "large"
+    stp_policy: Literal["cancel_resting", "cancel_incoming", "cancel_both"] = "cancel_resting"
+    can_trade: StrictBool = True
+
+
+class FirmTradingBody(Body):
+    can_trade: StrictBool
+
+
+class IssueKeyBody(Body):
+    role: Literal["firm", "operator", "verifier"]
+    firm_id: str | None = Field(None, description="required for role firm")
+    label: str = Field("", max_length=128)
+
+
+class IssuedKey(BaseModel):
+    key_id: str
+    api_key: str = Field(description="shown once: only its SHA-256 hash is stored")
+    role: str
+    firm_id: str | None
+    seq: int
+
+
+class KeyInfo(BaseModel):
+    key_id: str
+    role: str
+    firm_id: str | None
+    label: str
+    issued_seq: int
+    revoked: bool
+
+
+class AddInstrumentBody(Body):
+    symbol: str = Ident
+    kind: Literal["allowance", "offset"] = "allowance"
+    vintage: StrictInt = 0
+    offset_type: str | None = None
+    reference_price: Price = Field("0", description="previous close, CNY")
+
+
+class AddSegmentBody(Body):
+    name: str = Ident
+    tick: StrictInt = Field(1, gt=0, description="fen")
+    lot: StrictInt = Field(1, gt=0, description="tonnes")
+    max_order_qty: StrictInt = Field(99_999, gt=0)
+    fee_bps: StrictInt = Field(0, ge=0, le=10_000)
+    access: Literal["all", "sme_sell_any_buy", "sme_only", "members"] = "all"
+
+
+class CashBody(Body):
+    account: str = Ident
+    amount: Price = Field(description="CNY, decimal string")
+
+
+class IssueUnitsBody(Body):
+    account: str = Ident
+    instrument: str = Ident
+    qty: StrictInt = Field(gt=0)
+    source: str = Field("allocation", max_length=64)
+    ref: str = Field("", max_length=64)
+
+
+class TransferBody(Body):
+    from_account: str = Ident
+    to_account: str = Ident
+    instrument: str = Ident
+    qty: StrictInt = Field(gt=0)
+
+
+class BandBody(Body):
+    band_bps: StrictInt | None = Field(None, ge=0, le=10_000, description="half-width, bps")
+    reference_price: Price | None = None
+
+
+class ScopeBody(Body):
+    instrument: str | None = None
+    segment: str | None = None
+
+
+class EmptyBody(Body):
+    pass
+
+
+class ChainMember(Body):
+    firm: str
+    tier: StrictInt = Field(ge=0)
+
+
+class ChainEdge(Body):
+    supplier: str
+    customer: str
+    weight_ppm: StrictInt = Field(ge=0)
+
+
+class SupplyChainBody(Body):
+    chain_id: str = Ident
+    members: list[ChainMember]
+    edges: list[ChainEdge] = Field(default_factory=list)
+
+
+class SubQuotaBody(Body):
+    parent: str
+    sme: str
+    instrument: str
+    qty: StrictInt = Field(gt=0)
+    revenue_share_ppm: StrictInt = Field(ge=0, le=1_000_000)
+    surplus_rule: Literal["revert", "bank"] = "revert"
+    shortfall_rule: Literal["sme", "parent"] = "sme"
+    chain_id: str | None = None
+
+
+class StateInfo(BaseModel):
+    last_seq: int
+    state_hash: str
+    day: int
+    journal_lag: int
+
+
+# ====================================================================== built-in routes
+
+def _firm_info(a) -> dict:
+    return {"firm_id": a.firm_id, "name": a.name, "sector": a.sector, "product": a.product,
+            "size_class": a.size_class, "can_trade": a.can_trade,
+            "chains": dict(sorted(a.chains.items()))}
+
+
+@route("GET", "/firms", summary="List firms", tag="firms")
+async def list_firms(ctx: ApiContext, body) -> dict:
+    return {"firms": [_firm_info(a) for _, a in sorted(ctx.ex.accounts.items())
+                      if not a.system]}
+
+
+@route("POST", "/firms", summary="Register a firm", body=RegisterFirmBody,
+       response=CommandResult, tag="firms")
+async def register_firm(ctx: ApiContext, b: RegisterFirmBody) -> dict:
+    return await ctx.command(RegisterFirm(**b.model_dump()))
+
+
+@route("GET", "/firms/{firm_id}", summary="A firm with balances and live orders", tag="firms",
+       roles=(ROLE_OPERATOR, ROLE_VERIFIER))
+async def get_firm(ctx: ApiContext, body) -> dict:
+    from .protocol import wire_balances
+
+    a = ctx.ex.accounts.get(ctx.path["firm_id"])
+    if a is None or a.system:
+        raise ProtocolError(E.UNKNOWN_ACCOUNT, "no such firm", 404)
+    out = _firm_info(a)
+    out["balances"] = wire_balances(ctx.ex, a.firm_id)
+    out["open_orders"] = [wire_order(o) for o in ctx.ex.open_orders(a.firm_id)]
+    return out
+
+
+@route("POST", "/firms/{firm_id}/trading", summary="Allow or stop a firm's trading",
+       body=FirmTradingBody, response=CommandResult, tag="firms")
+async def firm_trading(ctx: ApiContext, b: FirmTradingBody) -> dict:
+    return await ctx.command(SetFirmTrading(firm_id=ctx.path["firm_id"], can_trade=b.can_trade))
+
+
+@route("GET", "/api-keys", summary="List API keys (never the keys themselves)", tag="keys",
+       response={"type": "object", "properties": {"keys": {
+           "type": "array", "items": {"$ref": "#/components/schemas/KeyInfo"}}}})
+async def list_keys(ctx: ApiContext, body) -> dict:
+    creds = ctx.gateway.credentials
+    return {"keys": [c.public() for _, c in sorted(creds.keys.items())]}
+
+
+@route("POST", "/api-keys", summary="Issue an API key (returned once; stored hashed)",
+       body=IssueKeyBody, response=IssuedKey, tag="keys", status=201)
+async def issue_key(ctx: ApiContext, b: IssueKeyBody) -> dict:
+    if b.role == ROLE_FIRM and not b.firm_id:
+        raise ProtocolError(E.INVALID_PARAMS, "a firm key needs firm_id", 422)
+    key = new_key()
+    h = hash_key(key)
+    key_id = "k-" + new_key()[:16]
+    cmd = IssueApiKey(key_id=key_id, role=b.role, key_hash=h,
+                      firm_id=b.firm_id if b.role == ROLE_FIRM else None, label=b.label)
+    await ctx.command(cmd)
+    return {"key_id": key_id, "api_key": key, "role": b.role, "firm_id": cmd.firm_id,
+            "seq": cmd.seq}
+
+
+@route("DELETE", "/api-keys/{key_id}", summary="Revoke an API key (its sessions are closed)",
+       response=CommandResult, tag="keys")
+async def revoke_key(ctx: ApiContext, body) -> dict:
+    return await ctx.command(RevokeApiKey(key_id=ctx.path["key_id"]))
+
+
+@route("GET", "/api-keys/{key_id}", summary="One API key's record", response=KeyInfo,
+       tag="keys")
+async def get_key(ctx: ApiContext, body) -> dict:
+    c = ctx.gateway.credentials.keys.get(ctx.path["key_id"])
+    if c is None:
+        raise ProtocolError(E.UNKNOWN_KEY, "no such key", 404)
+    return c.public()
+
+
+@route("GET", "/instruments", summary="Instruments with their day statistics",
+       tag="market", roles=None)
+async def list_instruments(ctx: ApiContext, body) -> dict:
+    ex = ctx.ex
+    out = []
+    for sym, ins in sorted(ex.instruments.items()):
+        t = wire_ticker(ex, sym)
+        t.update({"kind": ins.kind, "vintage": ins.vintage, "offset_type": ins.offset_type,
+                  "band_bps": ins.band_bps,
+                  "segments": sorted(seg for (s, seg) in ex.books if s == sym)})
+        out.append(t)
+    return {"instruments": out}
+
+
+@route("POST", "/instruments", summary="Add an instrument", body=AddInstrumentBody,
+       response=CommandResult, tag="market")
+async def add_instrument(ctx: ApiContext, b: AddInstrumentBody) -> dict:
+    return await ctx.command(AddInstrument(**b.model_dump()))
+
+
+@route("GET", "/segments", summary="Segments and their rules", tag="market", roles=None)
+async def list_segments(ctx: ApiContext, body) -> dict:
+    return {"segments": [
+        {"name": s.name, "tick": format_price(s.tick), "lot": s.lot,
+         "max_order_qty": s.max_order_qty, "fee_bps": s.fee_bps, "access": s.access}
+        for _, s in sorted(ctx.ex.segments.items())]}
+
+
+@route("POST", "/segments", summary="Add or change a segment's rules", body=AddSegmentBody,
+       response=CommandResult, tag="market")
+async def add_segment(ctx: ApiContext, b: AddSegmentBody) -> dict:
+    return await ctx.command(AddSegment(**b.model_dump()))
+
+
+@route("PUT", "/instruments/{symbol}/band", summary="Set the price band and/or reference price",
+       body=BandBody, response=CommandResult, tag="market")
+async def set_band(ctx: ApiContext, b: BandBody) -> dict:
+    return await ctx.command(SetPriceBand(instrument=ctx.path["symbol"], band_bps=b.band_bps,
+                                          reference_price=b.reference_price))
+
+
+@route("POST", "/halt", summary="Halt the market, an instrument or one book", body=ScopeBody,
+       response=CommandResult, tag="market")
+async def halt(ctx: ApiContext, b: ScopeBody) -> dict:
+    return await ctx.command(Halt(instrument=b.instrument, segment=b.segment))
+
+
+@route("POST", "/resume", summary="Resume trading", body=ScopeBody, response=CommandResult,
+       tag="market")
+async def resume(ctx: ApiContext, b: ScopeBody) -> dict:
+    return await ctx.command(Resume(instrument=b.instrument, segment=b.segment))
+
+
+@route("POST", "/end-of-day", summary="Close the trading day", body=EmptyBody,
+       response=CommandResult, tag="market")
+async def end_of_day(ctx: ApiContext, b) -> dict:
+    return await ctx.command(EndOfDay())
+
+
+@route("POST", "/deposits", summary="Deposit cash into a firm's account", body=CashBody,
+       response=CommandResult, tag="ledger")
+async def deposit(ctx: ApiContext, b: CashBody) -> dict:
+    return await ctx.command(DepositCash(account=b.account, amount=b.amount))
+
+
+@route("POST", "/withdrawals", summary="Withdraw free cash from a firm's account",
+       body=CashBody, response=CommandResult, tag="ledger")
+async def withdraw(ctx: ApiContext, b: CashBody) -> dict:
+    return await ctx.command(WithdrawCash(account=b.account, amount=b.amount))
+
+
+@route("POST", "/issuance", summary="Issue allowances or offset credits", body=IssueUnitsBody,
+       response=CommandResult, tag="ledger")
+async def issue_units(ctx: ApiContext, b: IssueUnitsBody) -> dict:
+    return await ctx.command(IssueUnits(**b.model_dump()))
+
+
+@route("POST", "/transfers", summary="Transfer units between firms", body=TransferBody,
+       response=CommandResult, tag="ledger")
+async def transfer(ctx: ApiContext, b: TransferBody) -> dict:
+    return await ctx.command(TransferUnits(**b.model_dump()))
+
+
+@route("POST", "/supply-chains", summary="Register a supply chain", body=SupplyChainBody,
+       response=CommandResult, tag="firms")
+async def supply_chain(ctx: ApiContext, b: SupplyChainBody) -> dict:
+    return await ctx.command(RegisterSupplyChain(
+        chain_id=b.chain_id, members=tuple((m.firm, m.tier) for m in b.members),
+        edges=tuple((e.supplier, e.customer, e.weight_ppm) for e in b.edges)))
+
+
+@route("POST", "/sub-quotas", summary="Split a sub-quota to an SME", body=SubQuotaBody,
+       response=CommandResult, tag="firms")
+async def sub_quota(ctx: ApiContext, b: SubQuotaBody) -> dict:
+    return await ctx.command(CreateSubQuota(**b.model_dump()))
+
+
+@route("GET", "/books/{instrument}/{segment}", summary="Full-depth L2 book", tag="market",
+       roles=(ROLE_OPERATOR, ROLE_VERIFIER, ROLE_FIRM))
+async def get_book(ctx: ApiContext, body) -> dict:
+    book = ctx.ex.books.get((ctx.path["instrument"], ctx.path["segment"]))
+    if book is None:
+        raise ProtocolError(E.UNKNOWN_SEGMENT, "no such book", 404)
+    return wire_depth(book)
+
+
+@route("GET", "/state", summary="Sequence number and state hash", response=StateInfo,
+       tag="meta", roles=(ROLE_OPERATOR, ROLE_VERIFIER))
+async def state(ctx: ApiContext, body) -> dict:
+    ex = ctx.ex
+    return {"last_seq": ex.last_seq, "state_hash": ex.state_hash(), "day": ex.day,
+            "journal_lag": int(getattr(ctx.gateway.runner, "journal_lag", 0) or 0)}

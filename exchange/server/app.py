@@ -1,0 +1,185 @@
+"""The aiohttp application: journal + core runner, websocket gateway, operator API, health.
+
+    app = create_app(settings, data_dir)         # web.Application
+    # on start-up: open the SQLite journal in data_dir, recover (snapshot + replay), and on
+    # the first start submit the genesis commands (market, demo firms, demo API keys)
+    # on clean-up: stop accepting, close the websockets, flush, final snapshot
+
+Routes: ``/ws`` (firms), ``/api/v1/...`` (operators, see :mod:`exchange.server.api`),
+``/healthz``, ``/readyz``, ``/metrics`` (Prometheus text format 0.0.4).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from aiohttp import web
+
+from ..config import Settings
+from ..engine import build_exchange
+from ..market import genesis_commands
+from .api import add_routes, load_extensions
+from .credentials import demo_key_commands, demo_keys
+from .gateway import GATEWAY_KEY, Gateway, websocket_handler
+
+log = logging.getLogger("exchange.server")
+
+STATE_KEY = web.AppKey("state", object)  # app[STATE_KEY] -> ServerState
+
+
+class ServerState:
+    """What the app holds besides the gateway (for the CLI and tests)."""
+
+    def __init__(self, settings: Settings, data_dir: Path | None, in_memory: bool, demo: bool):
+        self.settings = settings
+        self.data_dir = data_dir
+        self.in_memory = in_memory
+        self.demo = demo
+        self.exchange = None
+        self.runner = None
+        self.gateway: Gateway | None = None
+        self.first_start = False
+        self.ready = False
+        self.recovery: dict = {}
+
+
+def make_runner(settings: Settings, data_dir: Path | None, in_memory: bool):
+    ex = build_exchange()
+    if in_memory:
+        from .memory import MemoryRunner
+        return ex, MemoryRunner(ex)
+    from ..journal import CoreRunner, open_journal
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    journal = open_journal(str(data_dir / "journal.sqlite"))
+    runner = CoreRunner(ex, journal,
+                        snapshot_every_commands=settings.journal.snapshot_every_commands,
+                        snapshot_every_seconds=settings.journal.snapshot_every_seconds)
+    return ex, runner
+
+
+async def _submit_all(runner, cmds) -> None:
+    futs = [runner.submit(c) for c in cmds]
+    await asyncio.gather(*futs)
+
+
+def create_app(settings: Settings, data_dir: str | Path | None = None, *,
+               in_memory: bool = False, demo: bool = True) -> web.Application:
+    """The whole server as an aiohttp application (start it with AppRunner or TestServer)."""
+    load_extensions()
+    st = ServerState(settings, Path(data_dir) if data_dir is not None
+                     else Path(settings.journal.data_dir), in_memory, demo)
+    app = web.Application(client_max_size=1 << 20)
+    app[STATE_KEY] = st
+    ex, runner = make_runner(settings, st.data_dir, in_memory)
+    st.exchange, st.runner = ex, runner
+    # listeners only see live commands (recovery replays without them)
+    gw = st.gateway = app[GATEWAY_KEY] = Gateway(ex, runner, settings.server, log)
+
+    async def on_startup(app: web.Application) -> None:
+        await runner.start()
+        st.recovery = dict(getattr(runner, "recovery", {}) or {})
+        if runner.is_empty:
+            st.first_start = True
+            await _submit_all(runner, genesis_commands(settings, demo=demo)
+                              + demo_key_commands(settings))
+        st.ready = True
+
+    async def on_shutdown(app: web.Application) -> None:
+        st.ready = False
+        gw = st.gateway
+        if gw is None:
+            return
+        gw.accepting = False
+        for s in list(gw.sessions):
+            s.kill(1001, "SHUTTING_DOWN: server going away")
+        await asyncio.sleep(0)
+
+    async def on_cleanup(app: web.Application) -> None:
+        if st.runner is not None:
+            await st.runner.stop()
+
+    app.on_startup.append(on_startup)
+    app.on_shutdown.append(on_shutdown)
+    app.on_cleanup.append(on_cleanup)
+    app.router.add_get("/ws", websocket_handler)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    add_routes(app)
+    return app
+
+
+def printable_demo_keys(app: web.Application) -> list[tuple[str, str | None, str]]:
+    st: ServerState = app[STATE_KEY]
+    return demo_keys(st.settings, st.exchange.modules["credentials"])
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    st: ServerState = request.app[STATE_KEY]
+    ok = st.ready and st.gateway is not None and st.gateway.accepting
+    body = {"ok": ok, "last_seq": st.exchange.last_seq if st.exchange else 0,
+            "journal_lag": int(getattr(st.runner, "journal_lag", 0) or 0)}
+    return web.json_response(body, status=200 if ok else 503)
+
+
+def _esc(v: str) -> str:
+    return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text exposition format 0.0.4."""
+    st: ServerState = request.app[STATE_KEY]
+    gw = st.gateway
+    out: list[str] = []
+
+    def metric(name, kind, help_, samples):
+        out.append(f"# HELP {name} {help_}")
+        out.append(f"# TYPE {name} {kind}")
+        for labels, v in samples:
+            lab = ("{" + ",".join(f'{k}="{_esc(str(x))}"' for k, x in labels.items()) + "}"
+                   if labels else "")
+            out.append(f"{name}{lab} {v}")
+
+    if gw is not None:
+        m = gw.metrics
+        metric("exchange_orders_total", "counter", "place_order commands journaled",
+               [({}, m.orders)])
+        metric("exchange_orders_rejected_total", "counter", "orders rejected by the core",
+               [({}, m.orders_rejected)])
+        metric("exchange_trades_total", "counter", "trades", [({}, m.trades)])
+        metric("exchange_commands_total", "counter", "commands made durable since start",
+               [({}, m.commands)])
+        metric("exchange_rejects_total", "counter", "rejects by reason code and source",
+               [({"reason": k, "source": "core"}, v) for k, v in sorted(m.rejects.items())]
+               + [({"reason": k, "source": "gateway"}, v)
+                  for k, v in sorted(m.gateway_errors.items())])
+        metric("exchange_ws_connections", "gauge", "open websocket connections",
+               [({}, m.connections)])
+        metric("exchange_ws_connections_total", "counter", "websocket connections accepted",
+               [({}, m.connections_total)])
+        metric("exchange_ws_messages_in_total", "counter", "requests received",
+               [({}, m.messages_in)])
+        metric("exchange_ws_messages_out_total", "counter", "replies and pushes sent",
+               [({}, m.messages_out)])
+        metric("exchange_ws_frames_out_total", "counter", "websocket frames sent",
+               [({}, m.frames_out)])
+        metric("exchange_ws_slow_consumer_disconnects_total", "counter",
+               "connections closed for a full send queue",
+               [({}, m.slow_consumer_disconnects)])
+        metric("exchange_idempotent_replays_total", "counter",
+               "place_order retries answered from the first result",
+               [({}, m.idempotent_replays)])
+    if st.exchange is not None:
+        metric("exchange_last_seq", "gauge", "last applied command sequence number",
+               [({}, st.exchange.last_seq)])
+    metric("exchange_journal_lag", "gauge", "commands applied but not yet durable",
+           [({}, int(getattr(st.runner, "journal_lag", 0) or 0))])
+    return web.Response(text="\n".join(out) + "\n",
+                        content_type="text/plain", charset="utf-8",
+                        headers={"X-Content-Type-Options": "nosniff"})

@@ -1,0 +1,104 @@
+"""``python -m exchange serve``: run the exchange server.
+
+    python -m exchange serve [--config config/default.toml] [--host 127.0.0.1] [--port 8080]
+                             [--data-dir DIR] [--in-memory] [--no-demo] [--no-uvloop]
+
+Starts the aiohttp application with the SQLite journal in the data directory (default: the
+config's ``journal.data_dir``), builds the market (and the demo market) on the first start,
+recovers on every later start, prints the demo API keys once, and on SIGINT/SIGTERM stops
+accepting, flushes the journal and writes a final snapshot.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from aiohttp import web
+
+from ..config import load_settings
+
+
+async def serve(args) -> int:
+    from .app import STATE_KEY, create_app, printable_demo_keys
+
+    settings = load_settings(args.config)
+    host = args.host or settings.server.host
+    port = settings.server.port if args.port is None else args.port
+    data_dir = args.data_dir or settings.journal.data_dir
+    app = create_app(settings, data_dir, in_memory=args.in_memory, demo=not args.no_demo)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()  # runs on_startup: journal recovery / genesis
+    st = app[STATE_KEY]
+    site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
+    await site.start()
+    bound = port
+    for s in (site._server.sockets if site._server else []):  # the real port for --port 0
+        bound = s.getsockname()[1]
+        break
+    ex = st.exchange
+    rec = st.recovery
+    where = "in memory (nothing is kept)" if args.in_memory else f"{data_dir}/journal.sqlite"
+    print(f"Carbon exchange serving on http://{host}:{bound}  (websocket ws://{host}:{bound}/ws,"
+          f" operator API http://{host}:{bound}/api/v1, OpenAPI /api/v1/openapi.json)")
+    if st.first_start:
+        print(f"New market built from {args.config or 'config/default.toml'}; journal {where}")
+    else:
+        print(f"Recovered from {where}: last seq {ex.last_seq} (snapshot seq "
+              f"{rec.get('snapshot_seq', 0)}, {rec.get('replayed', 0)} commands replayed in "
+              f"{rec.get('seconds', 0.0):.2f} s)")
+    keys = printable_demo_keys(app)
+    if keys:
+        print("Demo API keys (stored only as SHA-256 hashes; send as {\"method\": \"auth\", "
+              "\"params\": {\"api_key\": ...}} or Authorization: Bearer):")
+        for role, firm, key in keys:
+            print(f"  {role:<9} {firm or '':<9} {key}")
+    print(f"listening on {host}:{bound}", flush=True)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+    await stop.wait()
+    print("shutting down: closing connections, flushing the journal, final snapshot",
+          flush=True)
+    await runner.cleanup()
+    print(f"stopped at seq {ex.last_seq}", flush=True)
+    return 0
+
+
+def run(args) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: "
+                                                      "%(message)s")
+    settings = load_settings(args.config)
+    use_uvloop = settings.server.uvloop and not args.no_uvloop
+    if use_uvloop:
+        try:
+            import uvloop
+        except ImportError:
+            use_uvloop = False
+    if use_uvloop:
+        return uvloop.run(serve(args))
+    return asyncio.run(serve(args))
+
+
+def register(sub) -> None:
+    p = sub.add_parser("serve", help="run the exchange server (websocket, operator API)")
+    p.add_argument("--config", default=None, help="settings file (default config/default.toml)")
+    p.add_argument("--host", default=None, help="listen address (default server.host)")
+    p.add_argument("--port", type=int, default=None, help="port (default server.port; 0: any)")
+    p.add_argument("--data-dir", default=None, help="journal directory (default journal.data_dir)")
+    p.add_argument("--in-memory", action="store_true",
+                   help="no journal: nothing survives a restart (tests, gateway benchmarks)")
+    p.add_argument("--no-demo", action="store_true",
+                   help="first start builds the market without the demo firms")
+    p.add_argument("--no-uvloop", action="store_true", help="use the default asyncio loop")
+    p.set_defaults(func=run)
+
+
+if __name__ == "__main__":
+    sys.exit(run(sys.argv[1:]))

@@ -1,0 +1,823 @@
+"""The websocket gateway: sessions, the built-in methods, subscriptions and fan-out.
+
+Per message the path is: one ``orjson.loads``, a hand-checked envelope, a token-bucket rate
+check, one pydantic ``model_validate`` of the params, the handler. Order commands go to the
+runner (journal + core); their replies and every push are queued on the session and written by
+one writer task per connection, so a burst of messages costs one wake-up per tick (and, with
+``batch`` on, one frame per tick). Nothing on this path logs.
+
+Fan-out runs in the runner's listener (after durability, in seq order): each event is encoded
+once and appended to the subscribed sessions' queues; balances and tickers are marked dirty and
+sent once per tick. A session whose queue passes ``server.send_queue_max`` is closed
+(code 4008, ``SLOW_CONSUMER``) and its queue dropped, so memory stays bounded.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+
+import orjson
+from aiohttp import WSMsgType, web
+from pydantic import ValidationError
+
+from ..core import errors as E
+from ..core.commands import AmendOrder, CancelAll, CancelOrder, PlaceOrder
+from ..core.events import (
+    EXEC_REJECTED, BookUpdate, CommandRejected, DayEnded, ExecutionReport, MarketState, Posting,
+    Trade,
+)
+from .credentials import ROLE_FIRM, ApiKeyRevoked
+from .protocol import (
+    METHODS, AmendOrderParams, AuthParams, CancelAllParams, CancelOrderParams, ChannelParams,
+    EmptyParams, PlaceOrderParams, ProtocolError, validation_message, wire_balances, wire_depth,
+    wire_er, wire_order, wire_ticker, wire_trade, ws_method,
+)
+
+TEXT = WSMsgType.TEXT
+_dumps = orjson.dumps
+_loads = orjson.loads
+_JSONDecodeError = orjson.JSONDecodeError
+
+GATEWAY_KEY = web.AppKey("gateway", object)  # app[GATEWAY_KEY] -> Gateway
+
+CLOSE_AUTH = 4001  # auth timeout / failed header auth
+CLOSE_REVOKED = 4003  # the API key was revoked
+CLOSE_SLOW = 4008  # slow consumer
+INT64 = 1 << 63
+
+
+def _err_bytes(req_id, code: str, message: str) -> bytes:
+    return _dumps({"req_id": req_id, "ok": False, "error": {"code": code, "message": message}})
+
+
+class Metrics:
+    """Counters for /metrics (Prometheus text). Plain ints: the hot path only adds."""
+
+    def __init__(self):
+        self.orders = 0
+        self.orders_rejected = 0
+        self.trades = 0
+        self.commands = 0
+        self.rejects: dict[str, int] = {}
+        self.gateway_errors: dict[str, int] = {}
+        self.messages_in = 0
+        self.messages_out = 0
+        self.frames_out = 0
+        self.connections = 0
+        self.connections_total = 0
+        self.slow_consumer_disconnects = 0
+        self.idempotent_replays = 0
+
+
+class Session:
+    """One websocket connection."""
+
+    __slots__ = ("gw", "ws", "cred", "firm_id", "role", "key_id", "batch", "cod", "subs",
+                 "out", "wake", "closed", "tokens", "refill_at", "placed", "writer", "peer",
+                 "__weakref__")
+
+    def __init__(self, gw: "Gateway", ws, peer: str = ""):
+        self.gw = gw
+        self.ws = ws
+        self.cred = None
+        self.firm_id: str | None = None
+        self.role: str | None = None
+        self.key_id: str | None = None
+        self.batch = False
+        self.cod = False
+        self.subs: dict[str, int] = {}  # channel -> last seq sent
+        self.out: list[bytes] = []
+        self.wake = asyncio.Event()
+        self.closed = False
+        self.tokens = float(gw.cfg.rate_limit_burst)
+        self.refill_at = time.monotonic()
+        self.placed: set[int] = set()  # order ids placed here (cancel-on-disconnect)
+        self.writer: asyncio.Task | None = None
+        self.peer = peer
+
+    @property
+    def gateway(self) -> "Gateway":
+        return self.gw
+
+    # ---------------------------------------------------------------- output
+    def send(self, data: bytes) -> None:
+        """Queue one message; close the connection when the queue is over its bound."""
+        if self.closed:
+            return
+        out = self.out
+        out.append(data)
+        if len(out) > self.gw.cfg.send_queue_max:
+            self.gw.metrics.slow_consumer_disconnects += 1
+            self.kill(CLOSE_SLOW, f"{E.SLOW_CONSUMER}: more than "
+                                  f"{self.gw.cfg.send_queue_max} messages queued")
+            return
+        if len(out) == 1:
+            self.wake.set()
+
+    def push(self, channel: str, data: bytes) -> None:
+        """A push on a per-session sequenced channel (everything but books)."""
+        seq = self.subs.get(channel)
+        if seq is None:
+            return
+        seq += 1
+        self.subs[channel] = seq
+        self.send(b'{"channel":"' + channel.encode() + b'","seq":' + str(seq).encode()
+                  + b',"data":' + data + b"}")
+
+    def reply(self, req_id, result) -> None:
+        self.send(_dumps({"req_id": req_id, "ok": True, "result": result}))
+
+    def error(self, req_id, code: str, message: str) -> None:
+        ge = self.gw.metrics.gateway_errors
+        ge[code] = ge.get(code, 0) + 1
+        self.send(_err_bytes(req_id, code, message))
+
+    async def write_loop(self) -> None:
+        ws = self.ws
+        metrics = self.gw.metrics
+        try:
+            while True:
+                await self.wake.wait()
+                self.wake.clear()
+                out = self.out
+                if not out:
+                    if self.closed:
+                        return
+                    continue
+                self.out = []
+                metrics.messages_out += len(out)
+                if self.batch:
+                    metrics.frames_out += 1
+                    await ws.send_frame(b"[" + b",".join(out) + b"]", TEXT)
+                else:
+                    metrics.frames_out += len(out)
+                    for m in out:
+                        await ws.send_frame(m, TEXT)
+                if self.closed:
+                    return
+        except (ConnectionError, RuntimeError, asyncio.CancelledError):
+            return
+
+    def kill(self, code: int, reason: str) -> None:
+        """Close now: drop queued output, send a close frame with the reason."""
+        if self.closed:
+            return
+        self.closed = True
+        self.out = []
+        self.wake.set()
+        self.gw.detach(self)
+        asyncio.get_running_loop().create_task(self._close(code, reason))
+
+    async def _close(self, code: int, reason: str) -> None:
+        try:
+            await asyncio.wait_for(self.ws.close(code=code, message=reason.encode()[:120]), 2.0)
+        except Exception:
+            pass
+        if not self.ws.closed:
+            tr = getattr(self.ws, "_req", None)
+            tr = tr.transport if tr is not None else None
+            if tr is not None:
+                tr.abort()
+
+    # ---------------------------------------------------------------- input
+    def on_text(self, data: str) -> None:
+        gw = self.gw
+        if len(data) > gw.cfg.max_frame_bytes:
+            self.error(None, E.FRAME_TOO_LARGE,
+                       f"frame over {gw.cfg.max_frame_bytes} bytes")
+            return
+        try:
+            obj = _loads(data)
+        except _JSONDecodeError:
+            self.error(None, E.BAD_JSON, "frame is not valid JSON")
+            return
+        if type(obj) is list:
+            if not obj:
+                self.error(None, E.BAD_REQUEST, "empty batch")
+            for item in obj:
+                self.on_request(item)
+        else:
+            self.on_request(obj)
+
+    def on_request(self, obj) -> None:
+        gw = self.gw
+        gw.metrics.messages_in += 1
+        if type(obj) is not dict:
+            self.error(None, E.BAD_REQUEST, "a request is a JSON object")
+            return
+        req_id = obj.get("req_id")
+        if type(req_id) is not int or not -INT64 <= req_id < INT64:
+            self.error(None, E.BAD_REQUEST, "req_id must be a 64-bit integer")
+            return
+        # token bucket
+        tokens = self.tokens
+        if tokens < 1.0:
+            now = time.monotonic()
+            tokens = min(tokens + (now - self.refill_at) * gw.cfg.rate_limit_per_second,
+                         float(gw.cfg.rate_limit_burst))
+            self.refill_at = now
+            if tokens < 1.0:
+                self.tokens = tokens
+                self.error(req_id, E.RATE_LIMITED,
+                           f"over {gw.cfg.rate_limit_per_second:g} requests/s "
+                           f"(burst {gw.cfg.rate_limit_burst}); request dropped")
+                return
+        self.tokens = tokens - 1.0
+        method = obj.get("method")
+        m = METHODS.get(method) if type(method) is str else None
+        if m is None:
+            if type(method) is not str:
+                self.error(req_id, E.BAD_REQUEST, "method must be a string")
+            else:
+                self.error(req_id, E.UNKNOWN_METHOD, f"unknown method {method[:64]!r}")
+            return
+        if len(obj) > 3 and any(k not in ("req_id", "method", "params") for k in obj):
+            self.error(req_id, E.BAD_REQUEST, "a request has only req_id, method and params")
+            return
+        if m.auth and self.cred is None:
+            self.error(req_id, E.NOT_AUTHENTICATED, "authenticate first (method auth)")
+            return
+        if m.roles is not None and self.role not in m.roles:
+            self.error(req_id, E.FORBIDDEN, f"{method} needs role {' or '.join(m.roles)}")
+            return
+        params = obj.get("params", {})
+        if params is None:
+            params = {}
+        try:
+            p = m.params.model_validate(params)
+        except ValidationError as exc:
+            self.error(req_id, E.INVALID_PARAMS, validation_message(exc))
+            return
+        except (TypeError, ValueError) as exc:  # model_post_init checks
+            self.error(req_id, E.INVALID_PARAMS, str(exc)[:200])
+            return
+        try:
+            r = m.handler(self, p)
+        except ProtocolError as exc:
+            self.error(req_id, exc.code, exc.message)
+            return
+        except E.Reject as exc:
+            self.error(req_id, exc.code, exc.message)
+            return
+        except Exception as exc:
+            gw.log_exception(exc)
+            self.error(req_id, E.INTERNAL_ERROR, "internal error")
+            return
+        if hasattr(r, "__await__"):
+            task = asyncio.ensure_future(r)
+            task.add_done_callback(lambda t, rid=req_id: self._done(rid, t))
+        else:
+            self.reply(req_id, r)
+
+    def _done(self, req_id, task: asyncio.Task) -> None:
+        if task.cancelled():
+            self.error(req_id, E.SHUTTING_DOWN, "the server is shutting down")
+            return
+        exc = task.exception()
+        if exc is None:
+            self.reply(req_id, task.result())
+        elif isinstance(exc, (ProtocolError, E.Reject)):
+            self.error(req_id, exc.code, exc.message)
+        else:
+            self.gw.log_exception(exc)
+            self.error(req_id, E.INTERNAL_ERROR, "internal error; the request may not "
+                                                 "have been applied")
+
+
+class Idempotency:
+    """(firm, client_order_id) -> the first place_order outcome, bounded (oldest dropped)."""
+
+    __slots__ = ("done", "inflight", "window")
+
+    def __init__(self, window: int):
+        self.done: OrderedDict = OrderedDict()
+        self.inflight: dict = {}
+        self.window = window
+
+    def remember(self, key, outcome) -> None:
+        d = self.done
+        d[key] = outcome
+        if len(d) > self.window:
+            d.popitem(last=False)
+
+
+class Gateway:
+    """Sessions, subscriptions and fan-out over one exchange + runner."""
+
+    def __init__(self, exchange, runner, cfg, logger=None):
+        self.ex = exchange
+        self.runner = runner
+        self.cfg = cfg
+        self.log = logger
+        self.metrics = Metrics()
+        self.idem = Idempotency(cfg.idempotency_window)
+        self.sessions: set[Session] = set()
+        self.exec_subs: dict[str, set[Session]] = {}
+        self.bal_subs: dict[str, set[Session]] = {}
+        self.book_subs: dict[tuple[str, str], set[Session]] = {}
+        self.trade_subs: dict[str, set[Session]] = {}
+        self.ticker_subs: dict[str, set[Session]] = {}
+        self._dirty_bal: set[str] = set()
+        self._dirty_tick: set[str] = set()
+        self._flush_scheduled = False
+        self.accepting = True
+        runner.add_listener(self.on_commit)
+
+    @property
+    def credentials(self):
+        return self.ex.modules["credentials"]
+
+    def log_exception(self, exc) -> None:
+        if self.log is not None:
+            self.log.error("internal error", exc_info=exc)
+
+    # ---------------------------------------------------------------- commands
+    async def submit(self, cmd) -> list:
+        if not self.accepting:
+            raise ProtocolError(E.SHUTTING_DOWN, "the server is shutting down", 503)
+        return await self.runner.submit(cmd)
+
+    async def submit_checked(self, cmd) -> list:
+        """Submit; a CommandRejected becomes a ProtocolError with its code."""
+        events = await self.submit(cmd)
+        for ev in events:
+            if type(ev) is CommandRejected:
+                raise ProtocolError(ev.code, ev.message)
+        return events
+
+    # ---------------------------------------------------------------- sessions
+    def attach(self, s: Session) -> None:
+        self.sessions.add(s)
+        self.metrics.connections = len(self.sessions)
+        self.metrics.connections_total += 1
+
+    def detach(self, s: Session) -> None:
+        if s not in self.sessions:
+            return
+        self.sessions.discard(s)
+        self.metrics.connections = len(self.sessions)
+        for ch in list(s.subs):
+            self._unsub(s, ch)
+        if s.cod and s.firm_id is not None and s.placed and self.accepting:
+            acct = self.ex.accounts.get(s.firm_id)
+            live = sorted(oid for oid in s.placed if acct is not None and oid in acct.orders)
+            s.placed = set()
+            if live:
+                asyncio.get_running_loop().create_task(self._cancel_orders(s.firm_id, live))
+
+    async def _cancel_orders(self, firm_id: str, order_ids: list[int]) -> None:
+        try:
+            await asyncio.gather(*(self.submit(CancelOrder(account=firm_id, order_id=oid))
+                                   for oid in order_ids))
+        except Exception as exc:  # shutting down
+            self.log_exception(exc)
+
+    def authenticate(self, s: Session, api_key: str, cod: bool = False,
+                     batch: bool = False) -> dict:
+        if s.cred is not None:
+            raise ProtocolError(E.ALREADY_AUTHENTICATED, "this connection is authenticated")
+        cred = self.credentials.lookup(api_key)
+        if cred is None:
+            raise ProtocolError(E.AUTH_FAILED, "unknown or revoked API key", 401)
+        s.cred = cred
+        s.role = cred.role
+        s.firm_id = cred.firm_id
+        s.key_id = cred.key_id
+        s.cod = bool(cod) and cred.role == ROLE_FIRM
+        s.batch = bool(batch)
+        return {"key_id": cred.key_id, "role": cred.role, "firm_id": cred.firm_id,
+                "cancel_on_disconnect": s.cod, "batch": s.batch,
+                "heartbeat_seconds": self.cfg.heartbeat_seconds,
+                "rate_limit_per_second": self.cfg.rate_limit_per_second}
+
+    # ---------------------------------------------------------------- subscriptions
+    def subscribe(self, s: Session, channel: str) -> dict:
+        ex = self.ex
+        if channel == "executions" or channel == "balances":
+            if s.firm_id is None:
+                raise ProtocolError(E.FORBIDDEN, f"{channel} is a firm channel")
+            table = self.exec_subs if channel == "executions" else self.bal_subs
+            table.setdefault(s.firm_id, set()).add(s)
+            s.subs.setdefault(channel, 0)
+            out = {"channel": channel, "seq": s.subs[channel]}
+            if channel == "balances":
+                out["snapshot"] = wire_balances(ex, s.firm_id)
+            else:
+                out["open_orders"] = [wire_order(o) for o in ex.open_orders(s.firm_id)]
+            return out
+        kind, _, rest = channel.partition(":")
+        if kind == "book":
+            instr, _, seg = rest.partition(":")
+            book = ex.books.get((instr, seg))
+            if book is None:
+                raise ProtocolError(E.UNKNOWN_CHANNEL, f"no book {rest!r} (book:<instrument>:"
+                                                       f"<segment>)")
+            self.book_subs.setdefault((instr, seg), set()).add(s)
+            s.subs[channel] = book.seq
+            return {"channel": channel, "seq": book.seq, "snapshot": wire_depth(book)}
+        if kind in ("trades", "ticker") and rest in ex.instruments:
+            table = self.trade_subs if kind == "trades" else self.ticker_subs
+            table.setdefault(rest, set()).add(s)
+            s.subs.setdefault(channel, 0)
+            out = {"channel": channel, "seq": s.subs[channel]}
+            if kind == "ticker":
+                out["snapshot"] = wire_ticker(ex, rest)
+            return out
+        raise ProtocolError(E.UNKNOWN_CHANNEL, f"unknown channel {channel[:80]!r}")
+
+    def _unsub(self, s: Session, channel: str) -> bool:
+        if s.subs.pop(channel, None) is None:
+            return False
+        if channel == "executions":
+            table, key = self.exec_subs, s.firm_id
+        elif channel == "balances":
+            table, key = self.bal_subs, s.firm_id
+        else:
+            kind, _, rest = channel.partition(":")
+            if kind == "book":
+                instr, _, seg = rest.partition(":")
+                table, key = self.book_subs, (instr, seg)
+            elif kind == "trades":
+                table, key = self.trade_subs, rest
+            else:
+                table, key = self.ticker_subs, rest
+        subs = table.get(key)
+        if subs is not None:
+            subs.discard(s)
+            if not subs:
+                del table[key]
+        return True
+
+    def unsubscribe(self, s: Session, channel: str) -> dict:
+        if not self._unsub(s, channel):
+            raise ProtocolError(E.NOT_SUBSCRIBED, f"not subscribed to {channel[:80]!r}")
+        return {"channel": channel, "subscribed": False}
+
+    # ---------------------------------------------------------------- fan-out
+    def on_commit(self, cmd, events) -> None:
+        """Runner listener: after durability, in seq order."""
+        m = self.metrics
+        m.commands += 1
+        exec_subs = self.exec_subs
+        bal_subs = self.bal_subs
+        dirty_bal = self._dirty_bal
+        for ev in events:
+            t = type(ev)
+            if t is ExecutionReport:
+                acct = ev.account
+                if ev.exec_type == EXEC_REJECTED:
+                    r = ev.reason or "?"
+                    m.rejects[r] = m.rejects.get(r, 0) + 1
+                    m.orders_rejected += 1
+                elif acct in bal_subs:
+                    dirty_bal.add(acct)
+                subs = exec_subs.get(acct)
+                if subs:
+                    data = _dumps(wire_er(ev))
+                    for s in tuple(subs):
+                        s.push("executions", data)
+            elif t is BookUpdate:
+                key = (ev.instrument, ev.segment)
+                subs = self.book_subs.get(key)
+                if subs:
+                    ch = f"book:{ev.instrument}:{ev.segment}"
+                    bs = ev.book_seq
+                    msg = _dumps({"channel": ch, "seq": bs, "data": {
+                        "instrument": ev.instrument, "segment": ev.segment, "book_seq": bs,
+                        "changes": [[c[0], _fmt(c[1]), c[2]] for c in ev.changes]}})
+                    for s in tuple(subs):
+                        if s.subs.get(ch, bs) < bs:
+                            s.subs[ch] = bs
+                            s.send(msg)
+                if ev.segment == "main" and ev.instrument in self.ticker_subs:
+                    self._dirty_tick.add(ev.instrument)
+            elif t is Trade:
+                m.trades += 1
+                subs = self.trade_subs.get(ev.instrument)
+                if subs:
+                    data = _dumps(wire_trade(ev))
+                    for s in tuple(subs):
+                        s.push(f"trades:{ev.instrument}", data)
+                if ev.instrument in self.ticker_subs:
+                    self._dirty_tick.add(ev.instrument)
+                for who, _amt in ev.proceeds_split:
+                    if who in bal_subs:
+                        dirty_bal.add(who)
+            elif t is Posting:
+                if ev.debit in bal_subs:
+                    dirty_bal.add(ev.debit)
+                if ev.credit in bal_subs:
+                    dirty_bal.add(ev.credit)
+            elif t is CommandRejected:
+                m.rejects[ev.code] = m.rejects.get(ev.code, 0) + 1
+            elif t is ApiKeyRevoked:
+                for s in [s for s in self.sessions if s.key_id == ev.key_id]:
+                    s.kill(CLOSE_REVOKED, "KEY_REVOKED: the API key was revoked")
+            elif t is MarketState or t is DayEnded:
+                self._dirty_tick.update(self.ticker_subs)
+        if type(cmd) is PlaceOrder:
+            m.orders += 1
+        if (dirty_bal or self._dirty_tick) and not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_dirty)
+
+    def _flush_dirty(self) -> None:
+        self._flush_scheduled = False
+        ex = self.ex
+        if self._dirty_bal:
+            dirty, self._dirty_bal = self._dirty_bal, set()
+            for firm in dirty:
+                subs = self.bal_subs.get(firm)
+                if subs:
+                    data = _dumps(wire_balances(ex, firm))
+                    for s in tuple(subs):
+                        s.push("balances", data)
+        if self._dirty_tick:
+            dirty, self._dirty_tick = self._dirty_tick, set()
+            for sym in dirty:
+                subs = self.ticker_subs.get(sym)
+                if subs:
+                    data = _dumps(wire_ticker(ex, sym))
+                    ch = f"ticker:{sym}"
+                    for s in tuple(subs):
+                        s.push(ch, data)
+
+    # ---------------------------------------------------------------- orders
+    def submit_nowait(self, cmd):
+        """Apply ``cmd`` now; return ``(events, durable_future)`` (see CoreRunner)."""
+        if not self.accepting:
+            raise ProtocolError(E.SHUTTING_DOWN, "the server is shutting down", 503)
+        try:
+            return self.runner.submit_nowait(cmd)
+        except Exception as exc:  # RunnerFailed: stopped or journal write failed
+            raise ProtocolError(E.SHUTTING_DOWN, f"not accepting commands: {exc}", 503) \
+                from None
+
+    def place(self, s: Session, cmd: PlaceOrder):
+        """place_order: a future of the reply result (resolved once durable)."""
+        loop = asyncio.get_running_loop()
+        coid = cmd.client_order_id
+        key = None
+        if coid is not None:
+            key = (cmd.account, coid)
+            idem = self.idem
+            hit = idem.done.get(key)
+            if hit is not None:
+                self.metrics.idempotent_replays += 1
+                return self._replay(hit)
+            fut = idem.inflight.get(key)
+            if fut is not None:
+                self.metrics.idempotent_replays += 1
+                return self._await_replay(fut)
+            acct = self.ex.accounts.get(cmd.account)
+            oid = acct.coids.get(coid) if acct is not None else None
+            if oid is not None:
+                # placed before a restart (so durable) and still working: its current state
+                self.metrics.idempotent_replays += 1
+                o = acct.orders[oid]
+                return {"order_id": oid, "client_order_id": coid, "order_status": o.status,
+                        "cum_qty": o.cum_qty, "leaves_qty": o.leaves, "replayed": True}
+        events, durable = self.submit_nowait(cmd)
+        fut = loop.create_future()
+        if key is not None:
+            self.idem.inflight[key] = fut
+
+        def done(d, events=events, fut=fut, key=key):
+            if key is not None:
+                self.idem.inflight.pop(key, None)
+            if d.cancelled() or d.exception() is not None:
+                fut.set_exception(ProtocolError(E.SHUTTING_DOWN, "journal not available"))
+                return
+            if isinstance(events, Exception):
+                outcome = ("err", E.INTERNAL_ERROR, "internal error (journaled)")
+            else:
+                try:
+                    outcome = ("ok", self._order_outcome(s, cmd, events))
+                except ProtocolError as exc:
+                    outcome = ("err", exc.code, exc.message)
+            if key is not None:
+                self.idem.remember(key, outcome)
+            if outcome[0] == "ok":
+                fut.set_result(outcome[1])
+            else:
+                fut.set_exception(ProtocolError(outcome[1], outcome[2]))
+
+        durable.add_done_callback(done)
+        return fut
+
+    async def _await_replay(self, fut) -> dict:
+        try:
+            r = await asyncio.shield(fut)
+        except ProtocolError:
+            raise
+        r = dict(r)
+        r["replayed"] = True
+        return r
+
+    @staticmethod
+    def _replay(outcome, first: bool = False) -> dict:
+        if outcome[0] == "err":
+            raise ProtocolError(outcome[1], outcome[2])
+        if first:
+            return outcome[1]
+        r = dict(outcome[1])
+        r["replayed"] = True
+        return r
+
+    def _order_outcome(self, s: Session, cmd: PlaceOrder, events: list) -> dict:
+        first = None
+        last = None
+        for ev in events:
+            if type(ev) is ExecutionReport and ev.account == cmd.account:
+                if first is None:
+                    first = last = ev
+                elif ev.order_id == first.order_id:
+                    last = ev
+        if first is None:  # cannot happen: the core always reports
+            raise ProtocolError(E.INTERNAL_ERROR, "no execution report")
+        if first.exec_type == EXEC_REJECTED:
+            raise ProtocolError(first.reason or E.BAD_PARAMETER,
+                                _reason_text(first.reason))
+        if s.cod and last.leaves_qty:
+            s.placed.add(first.order_id)
+        return {"order_id": first.order_id, "client_order_id": first.client_order_id,
+                "order_status": last.order_status, "cum_qty": last.cum_qty,
+                "leaves_qty": last.leaves_qty, "seq": cmd.seq}
+
+
+def _fmt(fen: int) -> str:
+    return f"{fen // 100}.{fen % 100:02d}" if fen >= 0 else "-" + _fmt(-fen)
+
+
+def _reason_text(code: str | None) -> str:
+    return (code or "rejected").replace("_", " ").lower()
+
+
+def _report_result(events: list, account: str, kind: str) -> dict:
+    """Result of cancel/amend: the last execution report of the order, or the reject."""
+    last = None
+    for ev in events:
+        t = type(ev)
+        if t is CommandRejected:
+            raise ProtocolError(ev.code, ev.message)
+        if t is ExecutionReport and ev.account == account:
+            if last is None or ev.order_id == last.order_id:
+                last = ev
+    if last is None:
+        raise ProtocolError(E.UNKNOWN_ORDER, f"{kind}: no report")
+    return {"order_id": last.order_id, "client_order_id": last.client_order_id,
+            "exec_type": last.exec_type, "order_status": last.order_status,
+            "qty": last.qty, "price": None if last.price is None else _fmt(last.price),
+            "cum_qty": last.cum_qty, "leaves_qty": last.leaves_qty}
+
+
+# ====================================================================== built-in methods
+
+@ws_method("auth", AuthParams, auth=False)
+def m_auth(s: Session, p: AuthParams) -> dict:
+    """Authenticate with an API key (or send ``Authorization: Bearer`` on the handshake)."""
+    return s.gw.authenticate(s, p.api_key, p.cancel_on_disconnect, p.batch)
+
+
+@ws_method("ping", EmptyParams, auth=False)
+def m_ping(s: Session, p) -> dict:
+    """Application-level heartbeat: returns the server time and the last sequence number."""
+    return {"pong": True, "ts": time.time_ns(), "seq": s.gw.ex.last_seq}
+
+
+@ws_method("place_order", PlaceOrderParams, roles=(ROLE_FIRM,))
+def m_place(s: Session, p: PlaceOrderParams):
+    """Place an order for the session's firm. Idempotent by client_order_id."""
+    return s.gw.place(s, PlaceOrder(
+        account=s.firm_id, instrument=p.instrument, segment=p.segment, side=p.side, qty=p.qty,
+        price=p.price, order_type=p.order_type, tif=p.tif, post_only=p.post_only,
+        client_order_id=p.client_order_id))
+
+
+async def _cancel(s: Session, p: CancelOrderParams) -> dict:
+    events = await s.gw.submit(CancelOrder(account=s.firm_id, order_id=p.order_id,
+                                           client_order_id=p.client_order_id))
+    return _report_result(events, s.firm_id, "cancel_order")
+
+
+@ws_method("cancel_order", CancelOrderParams, roles=(ROLE_FIRM,))
+def m_cancel(s: Session, p: CancelOrderParams):
+    """Cancel one of the firm's live orders by order_id or client_order_id."""
+    return _cancel(s, p)
+
+
+async def _amend(s: Session, p: AmendOrderParams) -> dict:
+    events = await s.gw.submit(AmendOrder(account=s.firm_id, order_id=p.order_id,
+                                          client_order_id=p.client_order_id, qty=p.qty,
+                                          price=p.price))
+    return _report_result(events, s.firm_id, "amend_order")
+
+
+@ws_method("amend_order", AmendOrderParams, roles=(ROLE_FIRM,))
+def m_amend(s: Session, p: AmendOrderParams):
+    """Change a live order's total quantity and/or price."""
+    return _amend(s, p)
+
+
+async def _cancel_all(s: Session, p: CancelAllParams) -> dict:
+    events = await s.gw.submit(CancelAll(account=s.firm_id, instrument=p.instrument,
+                                         segment=p.segment))
+    n = 0
+    for ev in events:
+        if type(ev) is CommandRejected:
+            raise ProtocolError(ev.code, ev.message)
+        if type(ev) is ExecutionReport and ev.account == s.firm_id:
+            n += 1
+    return {"canceled": n}
+
+
+@ws_method("cancel_all", CancelAllParams, roles=(ROLE_FIRM,))
+def m_cancel_all(s: Session, p: CancelAllParams):
+    """Cancel all the firm's live orders (optionally of one instrument and/or segment)."""
+    return _cancel_all(s, p)
+
+
+@ws_method("open_orders", EmptyParams, roles=(ROLE_FIRM,))
+def m_open_orders(s: Session, p) -> dict:
+    """The firm's live orders (state as of the last applied command)."""
+    ex = s.gw.ex
+    return {"as_of_seq": ex.last_seq, "orders": [wire_order(o) for o in
+                                                 ex.open_orders(s.firm_id)]}
+
+
+@ws_method("subscribe", ChannelParams)
+def m_subscribe(s: Session, p: ChannelParams) -> dict:
+    """Subscribe to a channel; the result carries its snapshot where it has one."""
+    return s.gw.subscribe(s, p.channel)
+
+
+@ws_method("unsubscribe", ChannelParams)
+def m_unsubscribe(s: Session, p: ChannelParams) -> dict:
+    """Stop a subscription."""
+    return s.gw.unsubscribe(s, p.channel)
+
+
+# ====================================================================== the handler
+
+async def websocket_handler(request: web.Request) -> web.StreamResponse:
+    gw: Gateway = request.app[GATEWAY_KEY]
+    cfg = gw.cfg
+    header_key = None
+    auth = request.headers.get("Authorization")
+    if auth is not None:
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() != "bearer" or gw.credentials.lookup(token.strip()) is None:
+            gw.metrics.gateway_errors[E.AUTH_FAILED] = (
+                gw.metrics.gateway_errors.get(E.AUTH_FAILED, 0) + 1)
+            return web.json_response(
+                {"ok": False, "error": {"code": E.AUTH_FAILED,
+                                        "message": "unknown or revoked API key"}}, status=401)
+        header_key = token.strip()
+    if not gw.accepting:
+        return web.json_response({"ok": False, "error": {
+            "code": E.SHUTTING_DOWN, "message": "the server is shutting down"}}, status=503)
+    ws = web.WebSocketResponse(heartbeat=cfg.heartbeat_seconds,
+                               max_msg_size=4 * cfg.max_frame_bytes, compress=False,
+                               timeout=2.0)
+    await ws.prepare(request)
+    s = Session(gw, ws, request.remote or "")
+    gw.attach(s)
+    if header_key is not None:
+        gw.authenticate(s, header_key,
+                        request.query.get("cancel_on_disconnect", "") in ("1", "true"),
+                        request.query.get("batch", "") in ("1", "true"))
+    s.writer = asyncio.get_running_loop().create_task(s.write_loop())
+    loop = asyncio.get_running_loop()
+    timer = loop.call_later(cfg.auth_timeout_seconds, _auth_timeout, s)
+    try:
+        async for msg in ws:
+            t = msg.type
+            if t is TEXT:
+                s.on_text(msg.data)
+            elif t is WSMsgType.BINARY:
+                s.error(None, E.BINARY_NOT_SUPPORTED,
+                        "binary frames are not supported; send JSON text frames")
+            elif t is WSMsgType.ERROR:
+                break
+            if s.closed:
+                break
+    finally:
+        timer.cancel()
+        s.closed = True
+        s.wake.set()
+        gw.detach(s)
+        if not ws.closed:
+            try:
+                await asyncio.wait_for(ws.close(), 2.0)
+            except Exception:
+                pass
+        w = s.writer
+        if w is not None and not w.done():
+            w.cancel()
+    return ws
+
+
+def _auth_timeout(s: Session) -> None:
+    if s.cred is None and not s.closed:
+        s.kill(CLOSE_AUTH, f"{E.NOT_AUTHENTICATED}: no auth within the time limit")

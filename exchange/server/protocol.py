@@ -1,0 +1,255 @@
+"""The websocket protocol: envelopes, per-method parameter models, wire encoders.
+
+Requests  ``{"req_id": <int>, "method": "<name>", "params": {...}}``
+Replies   ``{"req_id": <int>, "ok": true, "result": {...}}`` or
+          ``{"req_id": <int>, "ok": false, "error": {"code": "<STABLE_CODE>", "message": "..."}}``
+Pushes    ``{"channel": "<name>", "seq": <int>, "data": {...}}``
+
+Prices travel as decimal strings (``"85.50"``) and are converted with
+:func:`exchange.core.units.parse_price` / :func:`~exchange.core.units.format_price` only;
+quantities are integers. Parameter models are pydantic v2 models with ``extra="forbid"`` and
+strict integers, so ``"qty": "5"`` or ``"qty": 5.0`` is ``INVALID_PARAMS``, never a guess.
+
+Method table
+------------
+Every websocket method lives in :data:`METHODS`, filled with :func:`ws_method`. A rules or
+compliance module adds its own methods from its ``api.py`` (imported by the server at start,
+see :mod:`exchange.server.api`)::
+
+    from pydantic import BaseModel
+    from exchange.server.protocol import ws_method
+
+    class ActivityParams(BaseModel):
+        period: str
+
+    @ws_method("submit_activity", ActivityParams, roles=("firm",))
+    async def submit_activity(session, p: ActivityParams) -> dict:
+        events = await session.gateway.submit_checked(SubmitActivity(firm=session.firm_id, ...))
+        return {"accepted": True}
+
+A handler gets the :class:`~exchange.server.gateway.Session` and the validated params and
+returns the ``result`` dict (sync or async). Raising :class:`ProtocolError` (or a core
+:class:`~exchange.core.errors.Reject`) becomes an error reply with its code.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, Callable, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic.functional_validators import BeforeValidator
+
+from ..core import errors as E
+from ..core.units import UnitError, format_price, parse_price
+
+
+class ProtocolError(Exception):
+    """An error reply: stable ``code`` plus a human message."""
+
+    def __init__(self, code: str, message: str = "", status: int = 400):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message or code.replace("_", " ").lower()
+        self.status = status
+
+
+def _price(v: Any) -> int:
+    if not isinstance(v, str):
+        raise ValueError('prices travel as decimal strings, e.g. "85.50"')
+    if len(v) > 32:
+        raise ValueError("price string too long")
+    try:
+        return parse_price(v)
+    except UnitError as e:
+        raise ValueError(str(e)) from None
+
+
+Price = Annotated[int, BeforeValidator(_price), Field(json_schema_extra={
+    "type": "string", "pattern": r"^\d+(\.\d{1,2})?$", "examples": ["85.50"]})]
+"""A price on the wire: a decimal string in CNY with at most two decimals -> int fen."""
+
+Name = Annotated[str, Field(min_length=1, max_length=64)]
+ClientOrderId = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AuthParams(Params):
+    api_key: str = Field(min_length=1, max_length=512)
+    cancel_on_disconnect: StrictBool = Field(
+        False, description="cancel the orders placed on this connection when it closes")
+    batch: StrictBool = Field(
+        False, description="send replies and pushes as JSON arrays, one frame per tick")
+
+
+class PlaceOrderParams(Params):
+    instrument: Name
+    segment: Name = "main"
+    side: Literal["buy", "sell"]
+    qty: StrictInt = Field(description="whole tonnes")
+    price: Price | None = Field(None, description="limit (or market protection) price, CNY")
+    order_type: Literal["limit", "market"] = "limit"
+    tif: Literal["GTC", "DAY", "IOC", "FOK"] = "GTC"
+    post_only: StrictBool = False
+    client_order_id: ClientOrderId | None = Field(
+        None, description="makes place_order idempotent: a retry returns the first result")
+
+
+class OrderRef(Params):
+    order_id: StrictInt | None = None
+    client_order_id: ClientOrderId | None = None
+
+    def model_post_init(self, __context) -> None:
+        if self.order_id is None and self.client_order_id is None:
+            raise ValueError("give order_id or client_order_id")
+
+
+class CancelOrderParams(OrderRef):
+    pass
+
+
+class AmendOrderParams(OrderRef):
+    qty: StrictInt | None = Field(None, description="new total order quantity")
+    price: Price | None = None
+
+
+class CancelAllParams(Params):
+    instrument: Name | None = None
+    segment: Name | None = None
+
+
+class ChannelParams(Params):
+    channel: str = Field(min_length=1, max_length=128, description=(
+        "executions | balances | book:<instrument>:<segment> | trades:<instrument> | "
+        "ticker:<instrument>"))
+
+
+class EmptyParams(Params):
+    pass
+
+
+# ------------------------------------------------------------------ the method table
+
+@dataclass(slots=True)
+class Method:
+    name: str
+    params: type[BaseModel]
+    handler: Callable
+    roles: tuple[str, ...] | None  # None: any authenticated credential
+    auth: bool  # False: allowed before auth
+    doc: str
+
+
+METHODS: dict[str, Method] = {}
+
+
+def ws_method(name: str, params: type[BaseModel] = EmptyParams, *,
+              roles: tuple[str, ...] | None = None, auth: bool = True):
+    """Register a websocket method handler ``fn(session, params) -> dict | awaitable``."""
+
+    def deco(fn):
+        if name in METHODS and METHODS[name].handler is not fn:
+            raise RuntimeError(f"websocket method {name!r} registered twice")
+        METHODS[name] = Method(name, params, fn, roles, auth, (fn.__doc__ or "").strip())
+        return fn
+
+    return deco
+
+
+def validation_message(exc) -> str:
+    """A short, stable message from a pydantic ValidationError."""
+    parts = []
+    for err in exc.errors()[:3]:
+        loc = ".".join(str(x) for x in err.get("loc", ())) or "params"
+        msg = err.get("msg", "invalid")
+        if msg.startswith("Value error, "):
+            msg = msg[13:]
+        parts.append(f"{loc}: {msg}")
+    return "; ".join(parts)
+
+
+# ------------------------------------------------------------------ wire encoders
+
+def px(v: int | None) -> str | None:
+    return None if v is None else format_price(v)
+
+
+def wire_er(ev) -> dict:
+    """ExecutionReport -> wire dict (FIX names; prices and fees as decimal strings)."""
+    return {
+        "account": ev.account, "order_id": ev.order_id, "client_order_id": ev.client_order_id,
+        "instrument": ev.instrument, "segment": ev.segment, "side": ev.side,
+        "exec_type": ev.exec_type, "order_status": ev.order_status,
+        "price": None if ev.price is None else format_price(ev.price),
+        "qty": ev.qty, "last_qty": ev.last_qty,
+        "last_px": format_price(ev.last_px) if ev.last_qty else None,
+        "cum_qty": ev.cum_qty, "leaves_qty": ev.leaves_qty, "reason": ev.reason,
+        "trade_id": ev.trade_id or None, "fee": format_price(ev.fee),
+        "liquidity": ev.liquidity, "ts": ev.ts,
+    }
+
+
+def wire_trade(ev) -> dict:
+    """Public trade: no counterparties."""
+    return {"trade_id": ev.trade_id, "instrument": ev.instrument, "segment": ev.segment,
+            "price": format_price(ev.price), "qty": ev.qty, "aggressor": ev.aggressor,
+            "ts": ev.ts}
+
+
+def wire_book_changes(changes) -> list:
+    return [[c[0], format_price(c[1]), c[2]] for c in changes]
+
+
+def wire_depth(book) -> dict:
+    """Full-depth L2 snapshot of an OrderBook (consistent with its ``seq``)."""
+    bids = [[format_price(-k), lv.qty] for k, lv in book.bids.items()]
+    asks = [[format_price(k), lv.qty] for k, lv in book.asks.items()]
+    return {"instrument": book.instrument, "segment": book.segment, "book_seq": book.seq,
+            "bids": bids, "asks": asks}
+
+
+def wire_balances(ex, firm_id: str) -> dict:
+    a = ex.accounts[firm_id]
+    return {
+        "account": firm_id, "as_of_seq": ex.last_seq,
+        "cash": format_price(a.cash), "cash_reserved": format_price(a.cash_reserved),
+        "cash_available": format_price(a.cash - a.cash_reserved),
+        "holdings": {k: {"total": h.total, "reserved": h.reserved,
+                         "available": h.total - h.reserved}
+                     for k, h in sorted(a.holdings.items())},
+    }
+
+
+def wire_order(o) -> dict:
+    return {"order_id": o.order_id, "client_order_id": o.client_order_id,
+            "instrument": o.instrument, "segment": o.segment, "side": o.side,
+            "price": px(o.price), "qty": o.qty, "cum_qty": o.cum_qty, "leaves_qty": o.leaves,
+            "tif": o.tif, "post_only": o.post_only, "order_status": o.status}
+
+
+def wire_ticker(ex, symbol: str, segment: str = "main") -> dict:
+    ins = ex.instruments[symbol]
+    book = ex.books.get((symbol, segment))
+    bb = book.best_bid() if book is not None else None
+    ba = book.best_ask() if book is not None else None
+    band = ins.band()
+    return {
+        "instrument": symbol, "segment": segment, "last": px(ins.last or None),
+        "best_bid": px(bb), "best_ask": px(ba),
+        "day_open": px(ins.day_open or None), "day_high": px(ins.day_high or None),
+        "day_low": px(ins.day_low or None), "vwap": px(ins.vwap()),
+        "volume": ins.day_volume, "trades": ins.day_trades,
+        "reference_price": px(ins.reference_price or None),
+        "band": None if band is None else [format_price(band[0]), format_price(band[1])],
+        "halted": ex.is_halted(symbol, segment) if book is not None else ins.halted,
+    }
+
+
+__all__ = [
+    "ProtocolError", "Price", "Params", "AuthParams", "PlaceOrderParams", "CancelOrderParams",
+    "AmendOrderParams", "CancelAllParams", "ChannelParams", "EmptyParams", "Method", "METHODS",
+    "ws_method", "validation_message", "wire_er", "wire_trade", "wire_book_changes",
+    "wire_depth", "wire_balances", "wire_order", "wire_ticker", "E",
+]
