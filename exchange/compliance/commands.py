@@ -1,0 +1,245 @@
+"""Compliance commands and events: MRV, surrender, offset caps, deadline processing.
+
+All quantities are whole tonnes (CO2e, or tce for fuel), all money integer fen, all rates integer
+basis points (caps) or parts per million (coefficients, multiples); the conversions from the
+human-facing config and API happen in :mod:`exchange.core.units` only.
+
+Pairs travel as tuples of tuples (``((fuel, tce), ...)``) so a command round-trips through the
+journal's JSON unchanged.
+"""
+from __future__ import annotations
+
+from ..core.commands import Command, command
+from ..core.events import event
+
+
+# =========================================================================== commands
+@command("configure_compliance")
+class ConfigureCompliance(Command):
+    """Market-wide compliance parameters (genesis; a later one replaces them for what follows)."""
+
+    carbon_coefficients_ppm: tuple = ()  # ((fuel, t C per tce x 1e6), ...)
+    co2_per_c: tuple = (44, 12)  # (numerator, denominator): t CO2 per t C
+    offset_types: tuple = ("CCER", "PHCER")
+    banking: bool = True
+    penalty_mode: str = "both"  # fixed | multiple | both | greater
+    penalty_fixed_fine: int = 0  # fen per non-compliant firm-period
+    penalty_multiple_ppm: int = 0  # x period average allowance price x shortfall tonnes
+    late_fine: int = 0  # fen per late firm-period
+    penalty_fallback_price: int = 0  # fen/t when the period had no allowance trade
+    seq: int = 0
+    ts: int = 0
+
+
+@command("configure_compliance_period")
+class ConfigureCompliancePeriod(Command):
+    """A compliance period (e.g. 2026): when it starts (trades from then on count to it), the
+    surrender deadline, eligible vintages and the initial offset cap and sub-caps."""
+
+    period: int
+    start_ts: int = 0
+    deadline_ts: int | None = None  # None: deadline processing whenever the operator runs it
+    eligible_vintages: tuple = ()  # allowance vintages; () = by the banking rule
+    offset_vintages: tuple = ()  # offset vintages; () = any vintage <= period
+    offset_cap_bps: int = 500
+    offset_sub_caps_bps: tuple = ()  # ((offset_type, bps), ...), each inside the cap
+    seq: int = 0
+    ts: int = 0
+
+
+@command("register_verifier")
+class RegisterVerifier(Command):
+    verifier: str
+    name: str = ""
+    seq: int = 0
+    ts: int = 0
+
+
+@command("submit_activity_data")
+class SubmitActivityData(Command):
+    """A firm's activity data for a period: fuel use by type in whole tce, process emissions in
+    t CO2, output in the product's unit. Replaces a pending or rejected submission."""
+
+    firm_id: str
+    period: int
+    fuels: tuple = ()  # ((fuel, tce), ...)
+    process_emissions: int = 0
+    output: int = 0
+    seq: int = 0
+    ts: int = 0
+
+
+@command("verify_emissions")
+class VerifyEmissions(Command):
+    firm_id: str
+    period: int
+    verifier: str
+    seq: int = 0
+    ts: int = 0
+
+
+@command("reject_submission")
+class RejectSubmission(Command):
+    firm_id: str
+    period: int
+    verifier: str
+    reason: str = ""
+    seq: int = 0
+    ts: int = 0
+
+
+@command("surrender_units")
+class SurrenderUnits(Command):
+    """Surrender ``qty`` units of ``instrument`` against ``firm_id``'s obligation for
+    ``period``; the units are retired. Offsets count against the cap in effect at ``ts``."""
+
+    firm_id: str
+    period: int
+    instrument: str
+    qty: int
+    seq: int = 0
+    ts: int = 0
+
+
+@command("set_offset_cap")
+class SetOffsetCap(Command):
+    """Change a period's offset cap (and sub-caps) from ``effective_ts`` (default: the command's
+    ts) on. Never earlier than the command: a surrender already made is never rewritten."""
+
+    period: int
+    cap_bps: int
+    sub_caps_bps: tuple = ()  # ((offset_type, bps), ...)
+    effective_ts: int | None = None
+    operator: str = ""
+    seq: int = 0
+    ts: int = 0
+
+
+@command("process_compliance_deadline")
+class ProcessComplianceDeadline(Command):
+    """Close a period: settle SME sub-quotas per their terms, compute every firm's shortfall,
+    status, penalty and next period's allocation deduction; expire surplus without banking."""
+
+    period: int
+    operator: str = ""
+    seq: int = 0
+    ts: int = 0
+
+
+# =========================================================================== events
+@event("compliance_configured")
+class ComplianceConfigured:
+    fuels: tuple
+    offset_types: tuple
+    banking: bool
+
+
+@event("compliance_period_configured")
+class CompliancePeriodConfigured:
+    period: int
+    start_ts: int
+    deadline_ts: int | None
+    offset_cap_bps: int
+    offset_sub_caps_bps: tuple
+
+
+@event("verifier_registered")
+class VerifierRegistered:
+    verifier: str
+
+
+@event("activity_data_submitted")
+class ActivityDataSubmitted:
+    firm_id: str
+    period: int
+    version: int
+    fuel_emissions: int
+    process_emissions: int
+    emissions: int
+    output: int
+
+
+@event("emissions_verified")
+class EmissionsVerified:
+    firm_id: str
+    period: int
+    verifier: str
+    emissions: int
+    obligation: int
+
+
+@event("submission_rejected")
+class SubmissionRejected:
+    firm_id: str
+    period: int
+    verifier: str
+    reason: str
+
+
+@event("obligation_added")
+class ObligationAdded:
+    firm_id: str
+    period: int
+    qty: int
+    obligation: int
+
+
+@event("units_surrendered")
+class UnitsSurrendered:
+    firm_id: str
+    period: int
+    instrument: str
+    qty: int
+    kind: str  # allowance | offset
+    offset_type: str | None
+    by: str  # the firm itself, "sub_quota" (auto at deadline) or "parent:<id>"
+    cap_bps: int  # offset cap in effect for this surrender
+    surrendered: int  # total surrendered for the period after this one
+    offsets: int  # offsets surrendered for the period after this one
+    obligation: int
+
+
+@event("offset_cap_changed")
+class OffsetCapChanged:
+    period: int
+    cap_bps: int
+    sub_caps_bps: tuple
+    effective_ts: int
+    operator: str
+
+
+@event("sub_quota_compliance")
+class SubQuotaCompliance:
+    """What the deadline did with an SME's sub-quota: ``surrendered`` from the lot against the
+    SME's obligation, ``covered_by_parent`` (the parent surrendered for the SME's shortfall), and
+    only without the rules module (which owns it: ``settle_sub_quotas``) ``reverted`` or
+    ``banked`` surplus."""
+
+    lot_id: int
+    sme: str
+    parent: str
+    action: str
+    qty: int
+
+
+@event("compliance_settled")
+class ComplianceSettled:
+    firm_id: str
+    period: int
+    obligation: int
+    surrendered: int
+    shortfall: int
+    status: str  # compliant | late | non_compliant
+    penalty: int  # fen assessed
+    penalty_paid: int  # fen collected from the firm's free cash
+    deduction: int  # tonnes deducted from next period's allocation
+
+
+@event("compliance_deadline_processed")
+class ComplianceDeadlineProcessed:
+    period: int
+    average_price: int
+    compliant: int
+    late: int
+    non_compliant: int
+    unverified: int
