@@ -228,3 +228,29 @@ def test_iter_orders_bids_then_asks_best_first_fifo():
     f = rest(b, SELL, 101, 1)
     assert [o.order_id for o in b.iter_orders()] == [c.order_id, d.order_id, a.order_id,
                                                     f.order_id, e.order_id]
+
+
+def test_first_key_pins_sortedcontainers_internals():
+    """book.first_key reads SortedDict internals (``_list._lists[0][0]``) on the hot path; pin it
+    against the public ``keys()[0]`` through inserts and deletes that split and merge the
+    internal sublists (load factor 1,000)."""
+    import random
+
+    from sortedcontainers import SortedDict
+
+    import exchange.core.book as bookmod
+
+    first_key = getattr(bookmod, "first_key", None)
+    if first_key is None:
+        pytest.skip("book.first_key not present")
+    rng = random.Random(3)
+    sd = SortedDict()
+    for i in range(6_000):
+        if sd and rng.random() < 0.4:
+            k = sd.keys()[0] if rng.random() < 0.3 else sd.keys()[rng.randrange(len(sd))]
+            del sd[k]
+        else:
+            sd[rng.randint(-50_000, 50_000)] = i
+        if sd:
+            assert first_key(sd) == sd.keys()[0]
+    assert len(sd._list._lists) > 1
