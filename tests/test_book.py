@@ -245,12 +245,15 @@ def test_first_key_pins_sortedcontainers_internals():
         pytest.skip("book.first_key not present")
     rng = random.Random(3)
     sd = SortedDict()
-    for i in range(6_000):
-        if sd and rng.random() < 0.4:
-            k = sd.keys()[0] if rng.random() < 0.3 else sd.keys()[rng.randrange(len(sd))]
-            del sd[k]
-        else:
-            sd[rng.randint(-50_000, 50_000)] = i
-        if sd:
-            assert first_key(sd) == sd.keys()[0]
-    assert len(sd._list._lists) > 1
+    split = False
+    for phase_delete in (0.1, 0.7):  # grow to several sublists, then shrink (merges)
+        for i in range(5_000):
+            if sd and rng.random() < phase_delete:
+                k = sd.keys()[0] if rng.random() < 0.3 else sd.keys()[rng.randrange(len(sd))]
+                del sd[k]
+            else:
+                sd[rng.randint(-50_000, 50_000)] = i
+            if sd:
+                assert first_key(sd) == sd.keys()[0]
+            split = split or len(sd._list._lists) > 1
+    assert split
