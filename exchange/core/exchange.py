@@ -128,6 +128,10 @@ class Instrument:
         self._set_band()
 
     def _set_band(self) -> None:
+        """Cache the band edges; with no reference price or no band, any price passes."""
+        if self._ref <= 0 or self._band_bps <= 0:
+            self.band_lo, self.band_hi = 1, 1 << 62
+            return
         half = self._ref * self._band_bps // 10_000
         self.band_lo = self._ref - half
         self.band_hi = self._ref + half
@@ -384,8 +388,7 @@ class Exchange:
             if tif != FOK:
                 tif = IOC
         elif (type(price) is not int or price <= 0 or price % rules.tick
-              or (instr.band_bps and instr.reference_price
-                  and not instr.band_lo <= price <= instr.band_hi)):
+              or not instr.band_lo <= price <= instr.band_hi):
             self.check_price(instr, rules, price)  # raises with the precise code
         coid = cmd.client_order_id
         if coid is not None and coid in acct.coids:
