@@ -1,0 +1,319 @@
+"""Scenario files: TOML validated by pydantic, with errors a human can act on.
+
+A scenario describes a population of firms (generated per sector, listed one by one, or grown
+along supply chains), the market rules the simulation trades under, the allocation rule, the
+offset supply and cap, and the compliance penalty. Human-facing numbers are decimal strings or
+plain numbers; the simulation converts prices to integer fen once, at the command boundary.
+
+``load_scenario(path)`` raises :class:`ScenarioError` whose message lists every problem with
+its location in the file (``sectors[1].mac.slope: Input should be greater than 0``).
+"""
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+SPLIT_STRATEGIES = ("equal", "by_output", "by_baseline_emissions", "by_responsibility",
+                    "by_abatement_potential")
+
+
+class ScenarioError(ValueError):
+    """A scenario file that cannot be run, with a message that says why and where."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class MacConfig(Strict):
+    """A marginal abatement cost curve, MAC(a) in CNY per tonne at abatement a.
+
+    ``linear``: MAC(a) = slope x a (slope in CNY/t per t abated), abatement up to
+    ``max_abatement_share`` of baseline emissions.
+    ``piecewise``: points (share of baseline emissions abated, CNY/t), joined linearly; the
+    first point is usually (0, 0); abatement stops at the last point's share.
+    Generated firms draw a lognormal multiplier with ``dispersion`` (sigma) around the curve.
+    """
+
+    kind: Literal["linear", "piecewise"] = "linear"
+    slope: float | None = Field(None, gt=0, description="linear: CNY/t per tonne abated")
+    full_abatement_cost: float | None = Field(
+        None, gt=0, description="linear, scaled to firm size: MAC in CNY/t were the firm to "
+                                "abate 100 % of its baseline, i.e. slope = this / baseline")
+    points: list[tuple[float, float]] | None = None
+    max_abatement_share: float = Field(0.6, gt=0, le=1)
+    dispersion: float = Field(0.3, ge=0, le=2, description="lognormal sigma across firms")
+
+    @model_validator(mode="after")
+    def _shape(self):
+        if self.kind == "linear":
+            if (self.slope is None) == (self.full_abatement_cost is None):
+                raise ValueError("a linear MAC needs exactly one of slope (CNY/t per t) "
+                                 "or full_abatement_cost (CNY/t at 100 % abatement)")
+            if self.points is not None:
+                raise ValueError("points belong to a piecewise MAC, not a linear one")
+        else:
+            pts = self.points
+            if not pts or len(pts) < 2:
+                raise ValueError("a piecewise MAC needs at least two points [share, CNY/t]")
+            for (a0, m0), (a1, m1) in zip(pts, pts[1:]):
+                if not a1 > a0:
+                    raise ValueError("piecewise MAC shares must strictly increase")
+                if m1 < m0:
+                    raise ValueError("piecewise MAC costs must not decrease")
+            if pts[0][0] < 0 or pts[-1][0] > 1 or pts[0][1] < 0:
+                raise ValueError("piecewise MAC shares lie in [0, 1] and costs are >= 0")
+        return self
+
+
+class SectorConfig(Strict):
+    name: str = Field(min_length=1)
+    intensity: float = Field(gt=0, description="baseline t CO2 per 10,000 CNY of output")
+    benchmark: float | None = Field(None, gt=0, description="initial benchmark intensity; "
+                                    "default intensity x (1 - market.benchmark_stringency)")
+    firms: int = Field(0, ge=0, description="generated firms of this sector (outside chains)")
+    sme_share: float = Field(0.0, ge=0, le=1, description="share of generated firms that are SMEs")
+    output_mean: float = Field(10_000, gt=0, description="mean output, 10,000 CNY per period")
+    output_dispersion: float = Field(0.5, ge=0, le=3, description="lognormal sigma of output")
+    output_growth: float = Field(0.03, gt=-1, lt=1, description="mean output growth per period")
+    output_growth_sd: float = Field(0.01, ge=0, lt=1)
+    intensity_dispersion: float = Field(0.15, ge=0, le=2)
+    autonomous_improvement: float = Field(0.0, ge=0, lt=1,
+                                          description="baseline intensity fall per period")
+    mac: MacConfig
+
+
+class FirmConfig(Strict):
+    """One firm given explicitly (the analytic scenario)."""
+
+    id: str = Field(min_length=1)
+    sector: str
+    size_class: Literal["large", "sme"] = "large"
+    baseline_emissions: float | None = Field(None, gt=0, description="t per period")
+    output: float | None = Field(None, gt=0, description="10,000 CNY per period")
+    allocation: float | None = Field(None, ge=0, description="fixed allocation, t per period")
+    mac: MacConfig | None = None
+
+
+class TierConfig(Strict):
+    tier: int = Field(ge=1)
+    firms: int = Field(ge=1)
+    sector: str
+    size_class: Literal["large", "sme"] = "large"
+    output_scale: float = Field(1.0, gt=0, description="output relative to the sector mean")
+
+
+class ChainConfig(Strict):
+    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_\-]+$")
+    count: int = Field(1, ge=1, le=10_000, description="chains of this shape")
+    core_sector: str
+    core_output_scale: float = Field(5.0, gt=0)
+    tiers: list[TierConfig] = Field(min_length=1)
+    sub_quota_share: float = Field(
+        1.0, ge=0, le=1, description="share of the SMEs' benchmark allocation the core firm "
+                                      "receives for them and splits as sub-quotas")
+    split_strategy: Literal[SPLIT_STRATEGIES] = "equal"  # type: ignore[valid-type]
+    revenue_share: float = Field(0.5, ge=0, le=1, description="SME share of sale proceeds")
+    surplus_rule: Literal["revert", "bank"] = "revert"
+    shortfall_rule: Literal["sme", "parent"] = "sme"
+
+    @model_validator(mode="after")
+    def _tiers(self):
+        seen = sorted(t.tier for t in self.tiers)
+        if seen != list(range(1, len(seen) + 1)):
+            raise ValueError(f"tiers must be 1, 2, ... without gaps, got {seen}")
+        return self
+
+
+class MarketConfig(Strict):
+    initial_price: float = Field(60.0, gt=0, description="reference price in CNY/t at start")
+    price_band_bps: int = Field(1000, ge=0, le=10_000, description="0 = no price band")
+    fee_bps: int = Field(0, ge=0, le=1000)
+    rounds_per_period: int = Field(6, ge=1, le=100, description="call rounds before MRV")
+    settlement_rounds: int = Field(2, ge=0, le=20, description="rounds after the true-up")
+    levels: int = Field(5, ge=1, le=21, description="price levels per order ladder")
+    initial_width: float = Field(0.08, gt=0, le=0.9, description="grid half-width, fraction")
+    min_width: float = Field(0.002, gt=0, le=0.5)
+    price_cap: float = Field(1000.0, gt=0, description="highest price any agent bids, CNY/t")
+    cash_per_tonne: float = Field(0.0, ge=0, description="opening cash per t of baseline "
+                                  "emissions in CNY; 0 = 2 x price_cap")
+    benchmark_stringency: float = Field(0.05, ge=0, lt=1)
+    use_sme_board: bool = Field(False, description="SMEs sell on the sme segment")
+
+
+class AllocationConfig(Strict):
+    mode: Literal["intensity", "fixed"] = "intensity"
+    pre_ratio: float = Field(0.7, gt=0, le=1, description="pre-allocation share")
+    reduction: float = Field(0.1, ge=0, lt=1, description="fixed mode: cap = (1 - reduction) "
+                             "x baseline emissions of period 1, split pro rata")
+    cap_decline: float = Field(0.0, ge=0, lt=1, description="fixed mode: cap cut per period")
+
+
+class RulesConfig(Strict):
+    """Allocation-factor and benchmark updates (seed 000 / DESIGN §2)."""
+
+    update_factors: bool = True
+    update_benchmarks: bool = True
+    phi_initial: float = Field(1.0, gt=0)
+    phi_min: float = Field(0.8, gt=0)
+    phi_max: float = Field(1.2, gt=0)
+    alpha_up: float = Field(0.5, ge=0)
+    alpha_down: float = Field(0.5, ge=0)
+    max_step: float = Field(0.05, ge=0, le=1)
+    kappa: float = Field(0.1, ge=0, description="supply-chain coupling")
+    benchmark_step: float = Field(0.5, ge=0, le=1)
+    max_tightening: float = Field(0.05, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _range(self):
+        if not self.phi_min <= self.phi_initial <= self.phi_max:
+            raise ValueError("need phi_min <= phi_initial <= phi_max")
+        return self
+
+
+class OffsetConfig(Strict):
+    enabled: bool = True
+    cap: float = Field(0.05, ge=0, le=1, description="offsets cover at most this share "
+                                                   "of the obligation")
+    price: float = Field(40.0, gt=0, description="offset ask price, CNY/t")
+    supply_per_period: int = Field(0, ge=0, description="t of CCER offered per period; "
+                                   "0 = unlimited (cap-bound)")
+    offset_type: str = "CCER"
+
+
+class ComplianceConfig(Strict):
+    penalty_multiple: float = Field(3.0, ge=0, description="x average price per t short")
+    fixed_fine: float = Field(0.0, ge=0, description="CNY per non-compliant firm")
+    banking: bool = True
+
+
+class ScenarioMeta(Strict):
+    name: str = Field(min_length=1)
+    description: str = ""
+    periods: int = Field(5, ge=1, le=200)
+    seed: int = 0
+    start_year: int = Field(2026, ge=2000, le=2200)
+    analytic: bool = Field(False, description="report the closed-form price p* = R / sum(1/c)")
+    sme_strategy_comparison: bool = Field(
+        True, description="when SMEs hold sub-quotas, rerun every split strategy for the "
+                          "'SME revenue by split strategy' plot")
+
+
+class Scenario(Strict):
+    scenario: ScenarioMeta
+    market: MarketConfig = Field(default_factory=MarketConfig)
+    allocation: AllocationConfig = Field(default_factory=AllocationConfig)
+    rules: RulesConfig = Field(default_factory=RulesConfig)
+    offsets: OffsetConfig = Field(default_factory=OffsetConfig)
+    compliance: ComplianceConfig = Field(default_factory=ComplianceConfig)
+    sectors: list[SectorConfig] = Field(min_length=1)
+    firms: list[FirmConfig] = Field(default_factory=list)
+    chains: list[ChainConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _references(self):
+        names = [s.name for s in self.sectors]
+        if len(set(names)) != len(names):
+            raise ValueError(f"sector names must be unique, got {names}")
+        known = set(names)
+        for i, f in enumerate(self.firms):
+            if f.sector not in known:
+                raise ValueError(f"firms[{i}] ({f.id}): unknown sector {f.sector!r}; "
+                                 f"known: {sorted(known)}")
+            if f.baseline_emissions is None and f.output is None:
+                raise ValueError(f"firms[{i}] ({f.id}): give baseline_emissions or output")
+        ids = [f.id for f in self.firms]
+        if len(set(ids)) != len(ids):
+            raise ValueError("firm ids must be unique")
+        for i, c in enumerate(self.chains):
+            for s in [c.core_sector] + [t.sector for t in c.tiers]:
+                if s not in known:
+                    raise ValueError(f"chains[{i}] ({c.id}): unknown sector {s!r}; "
+                                     f"known: {sorted(known)}")
+        if len({c.id for c in self.chains}) != len(self.chains):
+            raise ValueError("chain ids must be unique")
+        n = sum(s.firms for s in self.sectors) + len(self.firms) + sum(
+            c.count * (1 + sum(t.firms for t in c.tiers)) for c in self.chains)
+        if n == 0:
+            raise ValueError("the scenario has no firms: set sectors[].firms, firms or chains")
+        if self.allocation.mode == "fixed" and any(
+                f.allocation is None for f in self.firms) and self.firms and any(
+                f.allocation is not None for f in self.firms):
+            raise ValueError("fixed allocation: give every listed firm an allocation, or none")
+        return self
+
+    @property
+    def n_firms(self) -> int:
+        return sum(s.firms for s in self.sectors) + len(self.firms) + sum(
+            c.count * (1 + sum(t.firms for t in c.tiers)) for c in self.chains)
+
+
+def _fmt_errors(e: ValidationError) -> str:
+    lines = []
+    for err in e.errors():
+        loc = ""
+        for part in err.get("loc", ()):
+            loc += f"[{part}]" if isinstance(part, int) else (f".{part}" if loc else str(part))
+        msg = err.get("msg", "invalid")
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        if err.get("type") == "extra_forbidden":
+            msg = "unknown key (typo?)"
+        lines.append(f"  {loc or '<top level>'}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_scenario(data: dict[str, Any], source: str = "<scenario>") -> Scenario:
+    try:
+        return Scenario.model_validate(data)
+    except ValidationError as e:
+        raise ScenarioError(f"bad scenario {source}:\n{_fmt_errors(e)}") from None
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    p = Path(path)
+    if not p.is_file():
+        raise ScenarioError(f"scenario file not found: {p}")
+    try:
+        with open(p, "rb") as f:
+            data = tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ScenarioError(f"bad scenario {p}: not valid TOML: {e}") from None
+    return parse_scenario(data, str(p))
+
+
+def scenario_to_dict(sc: Scenario) -> dict:
+    return sc.model_dump(mode="json")
+
+
+def apply_override(data: dict, key: str, value: Any) -> dict:
+    """Set ``key`` in scenario data. ``key`` is a dotted path (``offsets.cap``,
+    ``market.rounds_per_period``); a list along the path sets every element
+    (``chains.split_strategy``). Short names: ``split_strategy``, ``offset_cap``."""
+    aliases = {"split_strategy": "chains.split_strategy", "offset_cap": "offsets.cap",
+               "offset_price": "offsets.price", "periods": "scenario.periods",
+               "seed": "scenario.seed", "pre_ratio": "allocation.pre_ratio",
+               "kappa": "rules.kappa", "reduction": "allocation.reduction"}
+    path = aliases.get(key, key).split(".")
+
+    def put(node, parts):
+        if isinstance(node, list):
+            if not node:
+                raise ScenarioError(f"--vary {key}: the scenario has no {parts[0]!r} entries")
+            for x in node:
+                put(x, parts)
+            return
+        if not isinstance(node, dict):
+            raise ScenarioError(f"--vary {key}: cannot descend into a value")
+        if len(parts) == 1:
+            node[parts[0]] = value
+            return
+        if parts[0] not in node:
+            node[parts[0]] = {}
+        put(node[parts[0]], parts[1:])
+
+    put(data, path)
+    return data
