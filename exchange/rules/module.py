@@ -128,7 +128,7 @@ class RulesModule(Module):
         self.factors: dict[str, list[dict]] = {}  # firm -> factor history
         self.bench_history: dict[str, list[dict]] = {}  # product -> benchmark history
         self.resp: dict[int, dict[str, int]] = {}  # period -> product -> beta (ppm t/unit)
-        self.firm_resp: dict[str, list] = {}  # firm -> [period, firm intensity ppm, output]
+        self.firm_resp: dict[str, list] = {}  # firm -> latest responsibility (see _close_period)
         self.settled_lots: dict[int, dict] = {}  # sub-quota lot -> period-end settlement
 
     # ================================================================== plumbing
@@ -644,7 +644,9 @@ class RulesModule(Module):
         if beta:
             self.resp[period] = dict(sorted(beta.items()))
         for f, i in inten.items():
-            self.firm_resp[f] = [period, _ppm(i), verified[f][1]]
+            # [period, intensity (ppm t/unit), output, emissions incl. embodied (ppm t)]
+            self.firm_resp[f] = [period, _ppm(i), verified[f][1],
+                                 _ppm(verified[f][0] + embodied[f])]
         unverified = tuple(sorted(f for f, d in self.allocs.items()
                                   if period in d and d[period]["opened"]
                                   and f not in verified))
@@ -674,7 +676,7 @@ class RulesModule(Module):
         if strategy == "responsibility":
             fr = self.firm_resp.get(sme_id)
             if fr is not None:
-                return Fraction(fr[1] * fr[2], PPM)
+                return Fraction(fr[3], PPM)
             return em
         if strategy == "abatement":
             b = self.benchmarks.get(acct.product)

@@ -1,0 +1,570 @@
+"""Rules module: every formula against hand-computed numbers, the allocation cycle, deductions,
+claw-back, parameter scheduling, sub-quota splits and period-end settlement, and rejects that
+change nothing. Property tests: test_rules_props.py; responsibility factors vs numpy:
+test_rules_responsibility.py."""
+from __future__ import annotations
+
+from fractions import Fraction as Fr
+
+import pytest
+
+from exchange.core import errors as E
+from exchange.core.commands import (
+    AddInstrument, CreateSubQuota, DepositCash, IssueUnits, PlaceOrder, RegisterFirm,
+    RegisterSupplyChain,
+)
+from exchange.core.events import CommandRejected, Trade
+from exchange.core.exchange import AddSegment, Exchange
+from exchange.core.units import PPM, floor_int, ppm_half_even, ppm_toward
+from exchange.engine import Sequencer
+from exchange.rules import RulesModule
+from exchange.rules import formulas as F
+from exchange.rules.commands import (
+    AssessFirm, ClosePeriod, PreAllocate, RecordVerified, SetBenchmark, SetInputUse,
+    SetOutputHistory, SetRulesParams, SettleAllocations, SettleSubQuotas, SplitSubQuotas,
+)
+from exchange.rules.events import (
+    AllocationChanged, BenchmarkUpdated, FactorChanged, PeriodClosed, SubQuotaSettled,
+)
+
+CEA26, CEA27 = "CEA-2026", "CEA-2027"
+
+
+class Market:
+    """A small market with the rules module only: steel firms A (core) and B, SMEs S1, S2."""
+
+    def __init__(self, modules=(RulesModule,), chain=True):
+        self.ex = Exchange(modules=modules)
+        self.seq = Sequencer(self.ex)
+        self.rules: RulesModule = self.ex.modules["rules"]
+        self.run(AddSegment(name="main", fee_bps=5), AddSegment(name="sme", fee_bps=0,
+                                                               access="sme_sell_any_buy"),
+                 AddSegment(name="chain", access="members"),
+                 AddInstrument(symbol=CEA26, vintage=2026, reference_price=8500),
+                 AddInstrument(symbol=CEA27, vintage=2027, reference_price=8500),
+                 SetBenchmark(product="steel", intensity_ppm=1_800_000),
+                 RegisterFirm(firm_id="A", product="steel"),
+                 RegisterFirm(firm_id="B", product="steel"),
+                 RegisterFirm(firm_id="S1", product="parts", size_class="sme"),
+                 RegisterFirm(firm_id="S2", product="parts", size_class="sme"),
+                 RegisterFirm(firm_id="X", product="parts", size_class="sme"))
+        if chain:
+            self.run(RegisterSupplyChain(
+                chain_id="c1", members=(("A", 0), ("B", 1), ("S1", 1), ("S2", 2)),
+                edges=(("B", "A", 600_000), ("S1", "A", 400_000), ("S2", "S1", 1_000_000))))
+
+    def run(self, *cmds) -> list:
+        out = []
+        for c in cmds:
+            out.extend(self.seq(c))
+        return out
+
+    def ok(self, cmd) -> list:
+        evs = self.run(cmd)
+        rej = [e for e in evs if isinstance(e, CommandRejected)]
+        assert not rej, rej
+        return evs
+
+    def held(self, firm: str, sym: str = CEA26) -> int:
+        h = self.ex.accounts[firm].holdings.get(sym)
+        return h.total if h else 0
+
+
+def assert_rejected_unchanged(m: Market, cmd, code: str) -> None:
+    ex = m.ex
+    last, now = ex.last_seq, ex.now
+    before = ex.state_hash()
+    evs = m.run(cmd)
+    assert len(evs) == 1 and isinstance(evs[0], CommandRejected), evs
+    assert evs[0].code == code, evs[0]
+    seq2, now2 = ex.last_seq, ex.now
+    ex.last_seq, ex.now = last, now
+    try:
+        assert ex.state_hash() == before, f"{cmd.TYPE} changed state"
+    finally:
+        ex.last_seq, ex.now = seq2, now2
+
+
+def cycle_2026(m: Market) -> None:
+    """The worked example of docs/RULES.md."""
+    m.ok(AssessFirm(firm_id="A", technology_ppm=800_000, efficiency_ppm=600_000,
+                    hist_intensity_ppm=1_700_000))
+    m.ok(SetOutputHistory(firm_id="A", rows=((2025, 100_000, 170_000),)))
+    m.ok(SetOutputHistory(firm_id="B", rows=((2025, 50_000),)))
+    m.ok(SetOutputHistory(firm_id="S1", rows=((2025, 1_000, 900),)))
+    m.ok(SetOutputHistory(firm_id="S2", rows=((2025, 3_000, 1_200),)))
+    m.ok(PreAllocate(period=2026))
+
+
+# ============================================================================ formulas
+
+
+def test_units_quantization_helpers():
+    assert floor_int(Fr(7, 2)) == 3 and floor_int(Fr(-7, 2)) == -4 and floor_int(5) == 5
+    assert ppm_half_even(Fr(1, 2 * PPM)) == 0  # 0.5 ppm -> even (0)
+    assert ppm_half_even(Fr(3, 2 * PPM)) == 2  # 1.5 ppm -> even (2)
+    assert ppm_toward(Fr(10_000_005, 10 * PPM), 0) == 1_000_000  # down toward 0
+    assert ppm_toward(Fr(10_000_005, 10 * PPM), 2 * PPM) == 1_000_001  # up toward 2
+    assert ppm_toward(Fr(1), 5) == PPM
+
+
+def test_allocation_formula_hand_computed():
+    # 0.7 x 1.8 t/unit x 100,000 units x 1.067777 = 134,539.902 -> 134,539 (floor)
+    assert F.allocation_tonnes(1_800_000, 100_000, 1_067_777, 700_000) == 134_539
+    # 1.8 x 100,000 x 1.067777 = 192,199.86 -> 192,199
+    assert F.allocation_tonnes(1_800_000, 100_000, 1_067_777) == 192_199
+    assert F.allocation_tonnes(800_000, 1_000, 1_000_000) == 800
+
+
+def test_gap_and_own_term_hand_computed():
+    g = F.gap(F.intensity(160_000, 100_000), 1_800_000)  # 1 - 1.6/1.8 = 1/9
+    assert g == Fr(1, 9)
+    assert F.own_term(g, 500_000, 1_000_000) == Fr(1, 18)
+    g2 = F.gap(F.intensity(100_000, 50_000), 1_800_000)  # 1 - 2.0/1.8 = -1/9
+    assert g2 == Fr(-1, 9)
+    assert F.own_term(g2, 500_000, 1_000_000) == Fr(-1, 9)
+    assert F.own_term(Fr(0), 500_000, 1_000_000) == 0
+
+
+def test_coupling_term_and_cap():
+    # kappa 0.2 x (0.6 x 1/9 + 0.4 x max(0, -0.3)) = 0.2 x 0.0667 = 0.01333
+    raw, cap = F.coupling_term([(Fr(6, 10), Fr(1, 9)), (Fr(4, 10), Fr(-3, 10))],
+                               200_000, 50_000)
+    assert raw == cap == Fr(2, 10) * Fr(6, 10) * Fr(1, 9)
+    raw, cap = F.coupling_term([(Fr(1), Fr(1, 2))], 200_000, 50_000)  # 0.1 capped at 0.05
+    assert raw == Fr(1, 10) and cap == Fr(5, 100)
+
+
+def test_phi_update_hand_computed_rounding_toward_old():
+    # 1.067777 x (1 + 1/18) = 1.127097944... -> rounded toward the old phi: 1,127,097
+    r = F.update_phi(1_067_777, Fr(1, 18), Fr(0), 500_000, 1_500_000, 100_000)
+    assert r["phi_ppm"] == 1_127_097 and not r["step_limited"] and not r["bound_limited"]
+    # 1.0 x (1 - 1/9 + 0.2 x 0.6 x 1/9) = 0.902222... -> toward 1.0: 902,223
+    r = F.update_phi(1_000_000, Fr(-1, 9), Fr(2, 10) * Fr(6, 10) * Fr(1, 9), 500_000,
+                     1_500_000, 100_000)
+    assert r["phi_ppm"] == 902_223
+
+
+def test_phi_update_step_and_bounds():
+    # gap 0.5 -> x1.25 raw, limited to +10 %: 1.1
+    r = F.update_phi(1_000_000, Fr(1, 4), Fr(0), 500_000, 1_500_000, 100_000)
+    assert r["phi_ppm"] == 1_100_000 and r["step_limited"]
+    # near the top: 1.45 x 1.1 = 1.595 -> clamped to 1.5
+    r = F.update_phi(1_450_000, Fr(1, 4), Fr(0), 500_000, 1_500_000, 100_000)
+    assert r["phi_ppm"] == 1_500_000 and r["bound_limited"]
+    # near the bottom: 0.52 x 0.9 = 0.468 -> 0.5
+    r = F.update_phi(520_000, Fr(-1), Fr(0), 500_000, 1_500_000, 100_000)
+    assert r["phi_ppm"] == 500_000
+
+
+def test_initial_phi_hand_computed():
+    # 1 + 0.05 (1.6 - 1) + 0.05 (1.2 - 1) + 0.5 (1 - 1.7/1.8) = 1.0677777... -> 1,067,777
+    r = F.initial_phi(800_000, 600_000, 1_700_000, 1_800_000, 50_000, 50_000, 500_000,
+                      1_000_000, 500_000, 1_500_000)
+    assert r["tech"] == Fr(3, 100) and r["eff"] == Fr(1, 100)
+    assert r["hist"] == Fr(1, 2) * Fr(1, 18)
+    assert r["phi_ppm"] == 1_067_777 and not r["bound_limited"]
+    # very poor: 1 - 0.05 - 0.05 + 0.5 (1 - 3.6/1.8) = 0.4 -> phi_min 0.5
+    r = F.initial_phi(0, 0, 3_600_000, 1_800_000, 50_000, 50_000, 500_000, 1_000_000,
+                      500_000, 1_500_000)
+    assert r["phi_ppm"] == 500_000 and r["bound_limited"]
+
+
+def test_benchmark_step_hand_computed():
+    # I = (1.6 x 100k + 2.0 x 50k) / 150k = 1.7333...; B' = 1.8 - 0.5 (1.8 - 1.7333) = 1.76667
+    target = F.weighted_intensity([(Fr(16, 10), 100_000), (Fr(2), 50_000)])
+    assert target == Fr(26, 15)
+    r = F.benchmark_step(1_800_000, target, 500_000, 50_000, False, 20_000)
+    assert r["benchmark_ppm"] == 1_766_667 and not r["limited"]  # toward the old: up
+    # far below: at most -5 % -> 1.71
+    r = F.benchmark_step(1_800_000, Fr(1), 500_000, 50_000, False, 20_000)
+    assert r["benchmark_ppm"] == 1_710_000 and r["limited"]
+    # above: no loosening...
+    r = F.benchmark_step(1_800_000, Fr(2), 500_000, 50_000, False, 20_000)
+    assert r["benchmark_ppm"] == 1_800_000
+    # ...unless allowed, then at most +2 %: 1.8 + 0.5 x 0.2 = 1.9 -> 1.836
+    r = F.benchmark_step(1_800_000, Fr(2), 500_000, 50_000, True, 20_000)
+    assert r["benchmark_ppm"] == 1_836_000
+
+
+def test_split_amounts_largest_remainder():
+    assert F.split_amounts(1000, [1000, 3000]) == [250, 750]
+    assert F.split_amounts(100, [1, 1, 1]) == [34, 33, 33]  # ties go to the earlier SME
+    assert F.split_amounts(10, [Fr(1, 3), Fr(2, 3)]) == [3, 7]
+    assert F.split_amounts(7, [0, 5]) == [0, 7]
+    with pytest.raises(ZeroDivisionError):
+        F.split_amounts(7, [0, 0])
+
+
+def test_responsibility_hand_computed():
+    # iron: 1,000 t CO2 for 1,000 t -> 1.0; steel: (500 + 1,500 t iron x 1.0) / 1,000 = 2.0
+    beta, _ = F.responsibility_factors({"iron": [(1_000, 1_000, {})],
+                                        "steel": [(500, 1_000, {"iron": 1_500})]})
+    assert beta == {"iron": 1_000_000, "steel": 2_000_000}
+    # a cycle: power uses 0.1 t coal... e = (E + A e): power = 0.5 + 0.2 x steel,
+    # steel = 1 + 0.5 x power -> power = 0.5 + 0.2 + 0.1 power -> 0.7/0.9 = 0.777778
+    beta, _ = F.responsibility_factors({"power": [(500, 1_000, {"steel": 200})],
+                                        "steel": [(1_000, 1_000, {"power": 500})]})
+    assert beta["power"] == 777_778 and beta["steel"] == 1_388_889
+    with pytest.raises(F.Diverges):
+        F.responsibility_factors({"a": [(1, 1, {"b": 2})], "b": [(1, 1, {"a": 2})]})
+
+
+# ============================================================================ the allocation cycle
+
+
+def test_full_cycle_matches_hand_computation():
+    m = Market()
+    cycle_2026(m)
+    r = m.rules
+    # A: assessed phi 1.067777, pre = floor(0.7 x 1.8 x 100,000 x 1.067777) = 134,539
+    # B: phi 1.0, pre = 0.7 x 1.8 x 50,000 = 63,000. SMEs have no benchmark: not covered.
+    assert r.allocation("A", 2026)["pre_allocation"] == 134_539 == m.held("A")
+    assert r.allocation("B", 2026)["pre_allocation"] == 63_000 == m.held("B")
+    assert not r.allocation("S1", 2026)["exists"]
+    evs = m.ok(RecordVerified(firm_id="A", period=2026, emissions=160_000, output=100_000))
+    a = r.allocation("A", 2026)
+    assert (a["true_up"], a["total"]) == (57_660, 192_199) and m.held("A") == 192_199
+    assert any(isinstance(e, AllocationChanged) and e.kind == "true_up" for e in evs)
+    m.ok(RecordVerified(firm_id="B", period=2026, emissions=100_000, output=50_000))
+    assert r.allocation("B", 2026)["total"] == 90_000
+    evs = m.ok(ClosePeriod(period=2026))
+    fc = {e.firm_id: e for e in evs if isinstance(e, FactorChanged)}
+    assert fc["A"].phi_after_ppm == 1_127_097 and fc["A"].terms["gap_ppm"] == 111_111
+    assert fc["A"].terms["coupling_ppm"] == 0  # partner B did worse than its benchmark
+    assert fc["B"].phi_after_ppm == 902_223
+    assert fc["B"].terms["coupling_ppm"] == 13_333  # 0.2 x 0.6 x 1/9
+    assert fc["B"].inputs["partners"] == [["A", 600_000, 111_111]]
+    bu = [e for e in evs if isinstance(e, BenchmarkUpdated)][0]
+    assert (bu.before_ppm, bu.after_ppm) == (1_800_000, 1_766_667)
+    assert r.benchmarks["steel"] == 1_766_667
+    hist = r.factor_history("A")
+    assert [h["reason"] for h in hist] == ["assessment", "verification"]
+    assert hist[1]["terms"]["own_ppm"] == 55_556
+    # 2027 uses the new phi and benchmark; the base is 2026's verified output
+    m.ok(PreAllocate(period=2027))
+    a27 = r.allocation("A", 2027)
+    assert (a27["phi_ppm"], a27["benchmark_ppm"], a27["base_output"]) == (
+        1_127_097, 1_766_667, 100_000)
+    assert a27["pre_allocation"] == floor_int(Fr(7, 10) * Fr(1_766_667, PPM) * 100_000
+                                              * Fr(1_127_097, PPM))
+    m.ex.check_invariants()
+
+
+def test_negative_true_up_claws_back_then_adds_to_obligation():
+    calls = []
+
+    class FakeCompliance(RulesModule.__mro__[1]):  # a Module
+        name = "compliance"
+
+        def add_obligation(self, firm_id, period, qty):
+            calls.append((firm_id, period, qty))
+            return []
+
+    m = Market(modules=(RulesModule, FakeCompliance))
+    cycle_2026(m)
+    # B got 63,000; it gives 60,000 away, keeps 3,000 free
+    m.ok(RegisterFirm(firm_id="C", product="none"))
+    from exchange.core.commands import TransferUnits
+    m.ok(TransferUnits(from_account="B", to_account="C", instrument=CEA26, qty=60_000))
+    # verified output 10,000 -> total 18,000; true-up -45,000: claw back 3,000, 42,000 owed
+    evs = m.rules.on_verified("B", 2026, 15_000, 10_000)
+    b = m.rules.allocation("B", 2026)
+    assert b["true_up"] == -45_000 and b["total"] == 18_000
+    assert b["clawed_back"] == 3_000 and b["to_obligation"] == 42_000
+    assert calls == [("B", 2026, 42_000)] and m.held("B") == 0
+    ac = [e for e in evs if isinstance(e, AllocationChanged)][0]
+    assert (ac.issued, ac.to_obligation) == (-3_000, 42_000)
+    m.ex.check_invariants()
+
+
+def test_record_verified_command_refused_when_compliance_is_loaded():
+    class FakeCompliance(RulesModule.__mro__[1]):
+        name = "compliance"
+
+    m = Market(modules=(RulesModule, FakeCompliance))
+    assert_rejected_unchanged(m, RecordVerified(firm_id="A", period=2026, emissions=1,
+                                                output=1), E.BAD_PARAMETER)
+
+
+def test_deduction_before_and_after_verification():
+    m = Market()
+    cycle_2026(m)
+    m.rules.add_allocation_deduction("B", 2026, 1_000)
+    # recorded; takes effect at the true-up: 90,000 - 1,000
+    assert m.held("B") == 63_000
+    m.ok(RecordVerified(firm_id="B", period=2026, emissions=100_000, output=50_000))
+    b = m.rules.allocation("B", 2026)
+    assert (b["deduction"], b["total"]) == (1_000, 89_000) and m.held("B") == 89_000
+    # a deduction after verification is applied by close_period (claw-back)
+    m.rules.add_allocation_deduction("B", 2026, 500)
+    m.ok(ClosePeriod(period=2026))
+    assert m.held("B") == 88_500
+    # and after the close by settle_allocations
+    m.rules.add_allocation_deduction("B", 2026, 500)
+    evs = m.ok(SettleAllocations(period=2026))
+    assert m.held("B") == 88_000 and any(isinstance(e, AllocationChanged) for e in evs)
+    # a deduction for a period not yet opened reduces its pre-allocation
+    m.rules.add_allocation_deduction("B", 2027, 2_000)
+    m.ok(PreAllocate(period=2027))
+    b27 = m.rules.allocation("B", 2027)
+    assert m.held("B", CEA27) == b27["pre_allocation"] - 2_000
+    with pytest.raises(E.Reject) as ei:
+        m.rules.add_allocation_deduction("B", 2027, 0)
+    assert ei.value.code == E.BAD_AMOUNT
+    m.ex.check_invariants()
+
+
+def test_params_apply_from_next_period_never_retroactive():
+    m = Market()
+    cycle_2026(m)  # 2026 open
+    evs = m.ok(SetRulesParams(alpha_up_ppm=1_000_000, pre_ratio_ppm=500_000))
+    assert evs[0].effective_from == 2027
+    assert m.rules.params(2026)["alpha_up_ppm"] == 500_000
+    assert m.rules.params(2027)["alpha_up_ppm"] == 1_000_000
+    m.ok(RecordVerified(firm_id="A", period=2026, emissions=160_000, output=100_000))
+    evs = m.ok(ClosePeriod(period=2026))
+    fc = [e for e in evs if isinstance(e, FactorChanged) and e.firm_id == "A"][0]
+    assert fc.inputs["alpha_up_ppm"] == 500_000 and fc.phi_after_ppm == 1_127_097
+    m.ok(PreAllocate(period=2027))
+    assert m.rules.allocation("A", 2027)["phi_ppm"] == 1_127_097
+    a = m.rules.allocation("A", 2027)
+    assert a["pre_allocation"] == F.allocation_tonnes(a["benchmark_ppm"], 100_000,
+                                                      1_127_097, 500_000)
+
+
+def test_tier_weights_and_coupling_gain():
+    m = Market()
+    m.ok(SetRulesParams(coupling_weights="tier", kappa_ppm=300_000, kappa_max_ppm=100_000))
+    cycle_2026(m)
+    # A and B both beat the benchmark
+    m.ok(RecordVerified(firm_id="A", period=2026, emissions=162_000, output=100_000))  # g=0.1
+    m.ok(RecordVerified(firm_id="B", period=2026, emissions=72_000, output=50_000))  # g=0.2
+    evs = m.ok(ClosePeriod(period=2026))
+    fa = [e for e in evs if isinstance(e, FactorChanged) and e.firm_id == "A"][0]
+    # A (tier 0): partners B (tier 1, 1/2), S1 (tier 1, 1/2), S2 (tier 2, 1/3); normalized by 4/3
+    assert fa.inputs["partners"] == [["B", 375_000, 200_000], ["S1", 375_000, 0],
+                                     ["S2", 250_000, 0]]
+    # coupling = 0.3 x 0.375 x 0.2 = 0.0225; own = 0.5 x 0.1 = 0.05; phi = 1.067777 x 1.0725
+    assert fa.terms["coupling_ppm"] == 22_500 and fa.terms["own_ppm"] == 50_000
+    assert fa.phi_after_ppm == ppm_toward(Fr(1_067_777, PPM) * Fr(10725, 10000), 1_067_777)
+
+
+def test_responsibility_flows_into_intensity_and_benchmark():
+    m = Market()
+    m.ok(SetBenchmark(product="parts", intensity_ppm=900_000))
+    cycle_2026(m)
+    # S1 makes parts: 900 t for 1,000 parts -> beta_parts = 0.9 (no inputs)
+    # A makes steel using 1,000 parts: embodied 900 t, intensity (160,000 + 900) / 100,000
+    m.ok(SetInputUse(firm_id="A", period=2026, inputs=(("parts", 1_000),)))
+    m.ok(RecordVerified(firm_id="S1", period=2026, emissions=900, output=1_000))
+    m.ok(RecordVerified(firm_id="A", period=2026, emissions=160_000, output=100_000))
+    evs = m.ok(ClosePeriod(period=2026))
+    pc = [e for e in evs if isinstance(e, PeriodClosed)][0]
+    assert pc.responsibility == {"parts": 900_000, "steel": 1_609_000}
+    fa = [e for e in evs if isinstance(e, FactorChanged) and e.firm_id == "A"][0]
+    assert fa.inputs["embodied_ppm"] == 900 * PPM and fa.inputs["intensity_ppm"] == 1_609_000
+    assert fa.terms["gap_ppm"] == ppm_half_even(1 - Fr(1_609_000, 1_800_000))
+
+
+# ============================================================================ sub-quotas
+
+
+def test_split_strategies_amounts():
+    m = Market()
+    m.ok(SetBenchmark(product="parts", intensity_ppm=300_000))
+    cycle_2026(m)
+    # S1: output 1,000, emissions 900; S2: output 3,000, emissions 1,200
+    w = {s: m.rules.split_weight("S1", s) for s in F.STRATEGIES}
+    assert w == {"equal": 1, "output": 1_000, "baseline_emissions": 900,
+                 "responsibility": 900, "abatement": 900 - 300}
+    assert m.rules.split_weight("S2", "abatement") == 1_200 - 900
+    cases = {"equal": (500, 500), "output": (250, 750), "baseline_emissions": (429, 571),
+             "abatement": (667, 333)}
+    for strategy, (q1, q2) in cases.items():
+        before = m.held("A")
+        s1, s2 = m.held("S1"), m.held("S2")
+        m.ok(SplitSubQuotas(parent="A", instrument=CEA26, amount=1_000, smes=("S1", "S2"),
+                            strategy=strategy, revenue_share_ppm=700_000, chain_id="c1"))
+        assert (m.held("S1") - s1, m.held("S2") - s2) == (q1, q2), strategy
+        assert m.held("A") == before - 1_000
+    m.ex.check_invariants()
+
+
+def test_split_by_responsibility_uses_last_closed_period():
+    m = Market()
+    m.ok(SetBenchmark(product="parts", intensity_ppm=300_000))
+    cycle_2026(m)
+    m.ok(SetInputUse(firm_id="S2", period=2026, inputs=(("parts", 1_000),)))
+    m.ok(RecordVerified(firm_id="S1", period=2026, emissions=900, output=1_000))
+    m.ok(RecordVerified(firm_id="S2", period=2026, emissions=600, output=3_000))
+    m.ok(ClosePeriod(period=2026))
+    # parts: (900 + 600 + 1,000 x beta) / 4,000 -> beta = 1500 / 3000 = 0.5
+    # S1 responsibility = 0.9 x 1,000 = 900; S2 = (600 + 500) = 1,100
+    assert m.rules.split_weight("S1", "responsibility") == 900
+    assert m.rules.split_weight("S2", "responsibility") == 1_100
+
+
+def test_proceeds_split_on_sale_and_period_end_settlement():
+    m = Market()
+    cycle_2026(m)
+    m.ok(DepositCash(account="B", amount=10_000_000))
+    m.ok(SplitSubQuotas(parent="A", instrument=CEA26, amount=1_000, smes=("S1",),
+                        strategy="equal", revenue_share_ppm=700_000, surplus_rule="revert",
+                        shortfall_rule="parent", chain_id="c1"))
+    cash_a = m.ex.accounts["A"].cash
+    evs = m.run(PlaceOrder(account="S1", instrument=CEA26, segment="sme", side="sell",
+                           price=8_501, qty=300),
+                PlaceOrder(account="B", instrument=CEA26, segment="sme", side="buy",
+                           price=8_501, qty=300))
+    t = [e for e in evs if isinstance(e, Trade)][0]
+    net = 8_501 * 300 - t.seller_fee
+    parts = dict(t.proceeds_split)
+    assert parts["S1"] == net * 700_000 // PPM and parts["A"] == net - parts["S1"]
+    assert m.ex.accounts["A"].cash - cash_a == parts["A"]
+    assert m.rules.shortfall_cover("S1", 2026) == "A"
+    assert m.rules.shortfall_cover("S2", 2026) == "S2"
+    # period end: 700 unsold revert to A, 100 of them resting in a sell order stay
+    m.run(PlaceOrder(account="S1", instrument=CEA26, segment="sme", side="sell",
+                     price=8_600, qty=100))
+    a_before = m.held("A")
+    evs = m.ok(SettleSubQuotas(period=2026))
+    st = [e for e in evs if isinstance(e, SubQuotaSettled)][0]
+    assert (st.surplus, st.moved, st.reserved_left, st.action) == (600, 600, 100, "revert")
+    assert m.held("A") == a_before + 600 and m.held("S1") == 100
+    # settled once only
+    assert not [e for e in m.ok(SettleSubQuotas(period=2026)) if isinstance(e, SubQuotaSettled)]
+    m.ex.check_invariants()
+
+
+def test_bank_surplus_stays_with_sme():
+    m = Market()
+    cycle_2026(m)
+    m.ok(SplitSubQuotas(parent="A", instrument=CEA26, amount=500, smes=("S1", "S2"),
+                        surplus_rule="bank"))
+    evs = m.ok(SettleSubQuotas(period=2026))
+    assert [(e.action, e.moved, e.surplus) for e in evs] == [("bank", 0, 250)] * 2
+    assert m.held("S1") == 250 and m.held("S2") == 250
+
+
+# ============================================================================ rejects change nothing
+
+
+def test_rejects_change_nothing():
+    m = Market()
+    cycle_2026(m)
+    split = dict(parent="A", instrument=CEA26, amount=100, smes=("S1",), chain_id="c1")
+    assert_rejected_unchanged(m, SplitSubQuotas(**dict(split, amount=10**9)),
+                              E.INSUFFICIENT_HOLDINGS)
+    assert_rejected_unchanged(m, SplitSubQuotas(**dict(split, smes=("S1", "X"))), E.NOT_IN_CHAIN)
+    assert_rejected_unchanged(m, SplitSubQuotas(**dict(split, smes=("S1", "NOPE"))),
+                              E.UNKNOWN_ACCOUNT)
+    assert_rejected_unchanged(m, SplitSubQuotas(**dict(split, smes=("B",))), E.NOT_AN_SME)
+    assert_rejected_unchanged(m, SplitSubQuotas(**dict(split, revenue_share_ppm=1_000_001)),
+                              E.BAD_REVENUE_SHARE)
+    assert_rejected_unchanged(m, SplitSubQuotas(**dict(split, revenue_share_ppm=-1)),
+                              E.BAD_REVENUE_SHARE)
+    assert_rejected_unchanged(m, SplitSubQuotas(**dict(split, strategy="lottery")),
+                              E.UNKNOWN_STRATEGY)
+    assert_rejected_unchanged(m, SplitSubQuotas(**dict(split, strategy="abatement")),
+                              E.NO_SPLIT_BASIS)  # parts has no benchmark
+    assert_rejected_unchanged(m, SplitSubQuotas(**dict(split, parent="NOPE")), E.UNKNOWN_ACCOUNT)
+    assert_rejected_unchanged(m, SplitSubQuotas(**dict(split, amount=0)), E.BAD_AMOUNT)
+    assert_rejected_unchanged(m, SplitSubQuotas(**dict(split, smes=("S1", "S1"))),
+                              E.BAD_PARAMETER)
+    assert_rejected_unchanged(m, AssessFirm(firm_id="NOPE", technology_ppm=0, efficiency_ppm=0,
+                                            hist_intensity_ppm=1), E.UNKNOWN_ACCOUNT)
+    assert_rejected_unchanged(m, AssessFirm(firm_id="S1", technology_ppm=0, efficiency_ppm=0,
+                                            hist_intensity_ppm=1), E.NO_BENCHMARK)
+    assert_rejected_unchanged(m, AssessFirm(firm_id="A", technology_ppm=2 * PPM,
+                                            efficiency_ppm=0, hist_intensity_ppm=1),
+                              E.BAD_PARAMETER)
+    assert_rejected_unchanged(m, PreAllocate(period=2026), E.PERIOD_ALREADY_OPEN)
+    assert_rejected_unchanged(m, PreAllocate(period=2030), E.UNKNOWN_INSTRUMENT)
+    assert_rejected_unchanged(m, ClosePeriod(period=2030), E.PERIOD_NOT_OPEN)
+    assert_rejected_unchanged(m, SetRulesParams(phi_min_ppm=2 * PPM), E.BAD_PARAMETER)
+    assert_rejected_unchanged(m, SetRulesParams(coupling_weights="random"), E.BAD_PARAMETER)
+    assert_rejected_unchanged(m, SetRulesParams(instrument_pattern="CEA"), E.BAD_PARAMETER)
+    assert_rejected_unchanged(m, SetRulesParams(), E.NO_CHANGE)
+    assert_rejected_unchanged(m, SetBenchmark(product="steel", intensity_ppm=0), E.BAD_PARAMETER)
+    assert_rejected_unchanged(m, RecordVerified(firm_id="NOPE", period=2026, emissions=1,
+                                                output=1), E.UNKNOWN_ACCOUNT)
+    assert_rejected_unchanged(m, RecordVerified(firm_id="A", period=2026, emissions=-1,
+                                                output=1), E.BAD_VERIFIED_DATA)
+    assert_rejected_unchanged(m, SetOutputHistory(firm_id="A", rows=((2025,),)), E.BAD_PARAMETER)
+    assert_rejected_unchanged(m, SetInputUse(firm_id="A", period=2026, inputs=(("x", -1),)),
+                              E.BAD_PARAMETER)
+    m.ok(RecordVerified(firm_id="A", period=2026, emissions=160_000, output=100_000))
+    m.ok(ClosePeriod(period=2026))
+    assert_rejected_unchanged(m, ClosePeriod(period=2026), E.PERIOD_ALREADY_CLOSED)
+    # the direct method interface raises before changing anything
+    before = m.ex.state_hash()
+    for args in (("NOPE", 2026, 1, 1), ("A", 2026, 1.5, 1), ("A", 0, 1, 1)):
+        with pytest.raises(E.Reject):
+            m.rules.on_verified(*args)
+    assert m.ex.state_hash() == before
+
+
+def test_non_productive_network_rejected_unchanged():
+    m = Market()
+    m.ok(SetBenchmark(product="parts", intensity_ppm=900_000))
+    cycle_2026(m)
+    m.ok(SetInputUse(firm_id="A", period=2026, inputs=(("parts", 200_000),)))
+    m.ok(SetInputUse(firm_id="S1", period=2026, inputs=(("steel", 2_000),)))
+    m.ok(RecordVerified(firm_id="S1", period=2026, emissions=900, output=1_000))
+    m.ok(RecordVerified(firm_id="A", period=2026, emissions=160_000, output=100_000))
+    assert_rejected_unchanged(m, ClosePeriod(period=2026), E.RESPONSIBILITY_DIVERGES)
+
+
+# ============================================================================ state, config
+
+
+def test_snapshot_round_trip_and_replay():
+    m = Market()
+    cycle_2026(m)
+    m.ok(RecordVerified(firm_id="A", period=2026, emissions=160_000, output=100_000))
+    m.ok(ClosePeriod(period=2026))
+    m.ok(SplitSubQuotas(parent="A", instrument=CEA26, amount=100, smes=("S1", "S2")))
+    ex2 = Exchange(modules=(RulesModule,))
+    ex2.restore(m.ex.snapshot())
+    assert ex2.state_hash() == m.ex.state_hash()
+    assert ex2.modules["rules"].factor_history("A") == m.rules.factor_history("A")
+    # replay of the log gives the same bytes
+    ex3 = Exchange(modules=(RulesModule,))
+    for c in m.seq.log:
+        ex3.apply(c)
+    assert ex3.state_hash() == m.ex.state_hash()
+    # and both continue identically
+    for ex in (ex2, ex3):
+        ex.apply(PreAllocate(period=2027, seq=m.ex.last_seq + 1, ts=m.ex.now + 1))
+    m.ex.apply(PreAllocate(period=2027, seq=m.ex.last_seq + 1, ts=m.ex.now + 1))
+    assert ex2.state_hash() == ex3.state_hash() == m.ex.state_hash()
+
+
+def test_config_table_to_commands():
+    from exchange.config import load_settings
+    from exchange.rules.config import RulesConfig, rules_commands
+    s = load_settings()
+    cmds = rules_commands(s.rules)
+    assert cmds[0].TYPE == "set_rules_params" and cmds[0].pre_ratio_ppm == 700_000
+    assert {c.product: c.intensity_ppm for c in cmds[1:]} == {
+        "electricity": 800_000, "clinker": 860_000, "crude_steel": 1_800_000}
+    from exchange.rules.module import DEFAULT_PARAMS
+    assert RulesConfig().params() == DEFAULT_PARAMS
+    with pytest.raises(ValueError):
+        RulesConfig(phi_min="2")
+    with pytest.raises(ValueError):
+        RulesConfig(pre_ratio="0.0000001")
+
+
+def test_genesis_builds_rules_from_config():
+    from exchange.config import load_settings
+    from exchange.engine import build_exchange
+    from exchange.market import genesis_commands
+    seq = Sequencer(build_exchange())
+    evs = seq.run(genesis_commands(load_settings()))
+    assert not [e for e in evs if isinstance(e, CommandRejected)], \
+        [e for e in evs if isinstance(e, CommandRejected)]
+    rules = seq.ex.modules["rules"]
+    assert rules.benchmarks["crude_steel"] == 1_800_000
+    assert rules.params(2026)["kappa_ppm"] == 200_000
