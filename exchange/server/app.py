@@ -108,6 +108,10 @@ def create_app(settings: Settings, data_dir: str | Path | None = None, *,
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     add_routes(app)
+    # ---- dashboard (issue 9): the console at / and its candle read model -------------------
+    from ..dashboard import setup as setup_dashboard
+    setup_dashboard(app)
+    # ---- end dashboard -----------------------------------------------------------------------
     return app
 
 

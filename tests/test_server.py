@@ -1,0 +1,355 @@
+"""Integration tests: the real server (SQLite journal) on a free loopback port, real websocket
+clients. The helpers here (``running_server``, ``op``) are reused by tests/test_server_*.py."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+
+from exchange.client import ExchangeClient, ExchangeError
+from exchange.config import load_settings
+from exchange.server.app import STATE_KEY, create_app
+
+OPERATOR = "operator-demo-key"
+POWER, CEMENT, STEEL, SME1 = ("demo-key-power1", "demo-key-cement1", "demo-key-steel1",
+                              "demo-key-sme1")
+I = "CEA-2026"
+
+
+def settings_with(**server):
+    s = load_settings()
+    return s.model_copy(update={"server": s.server.model_copy(update=server)})
+
+
+@contextlib.asynccontextmanager
+async def running_server(tmp_path, **server):
+    app = create_app(settings_with(**server), tmp_path / "data")
+    srv = TestServer(app, host="127.0.0.1", port=0)
+    await srv.start_server()
+    srv.ws_url = f"ws://127.0.0.1:{srv.port}/ws"
+    srv.http = f"http://127.0.0.1:{srv.port}"
+    srv.st = app[STATE_KEY]
+    try:
+        yield srv
+    finally:
+        await srv.close()
+
+
+async def op(srv, method, path, body=None, key=OPERATOR):
+    """An operator HTTP call: (status, json)."""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    async with aiohttp.ClientSession() as s:
+        async with s.request(method, srv.http + "/api/v1" + path, json=body,
+                             headers=headers) as r:
+            return r.status, await r.json(content_type=None)
+
+
+async def eventually(pred, timeout=3.0):
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while loop.time() < end:
+        if pred():
+            return True
+        await asyncio.sleep(0.01)
+    return pred()
+
+
+@pytest.fixture
+async def server(tmp_path):
+    async with running_server(tmp_path) as srv:
+        yield srv
+
+
+# ------------------------------------------------------------------------------ trading
+
+async def test_two_firms_trade_and_see_reports_and_balances(server):
+    url = server.ws_url
+    async with ExchangeClient(url, POWER) as seller, ExchangeClient(url, CEMENT) as buyer, \
+            ExchangeClient(url, STEEL) as watcher:
+        for c in (seller, buyer):
+            await c.subscribe("executions")
+            await c.subscribe("balances")
+        book = await watcher.subscribe_book(I, "main")
+        await watcher.subscribe(f"trades:{I}")
+        tick = await watcher.subscribe(f"ticker:{I}")
+        assert tick["snapshot"]["instrument"] == I
+
+        s = await seller.place_order(I, "sell", 300, "85.30", client_order_id="s-1")
+        assert s["order_status"] == "new" and s["leaves_qty"] == 300
+        b = await buyer.place_order(I, "buy", 200, "85.35", client_order_id="b-1")
+        assert b["order_status"] == "filled" and b["cum_qty"] == 200
+
+        # seller: new, then a maker fill at its own price
+        _, _, new = await seller.next_push("executions")
+        _, seq, fill = await seller.next_push("executions")
+        assert (new["exec_type"], fill["exec_type"], fill["liquidity"]) == ("new", "trade",
+                                                                            "maker")
+        assert fill["last_qty"] == 200 and fill["last_px"] == "85.30" and seq == 2
+        assert fill["account"] == "POWER1" and fill["order_status"] == "partially_filled"
+        # buyer: new then taker fill
+        reports = [await buyer.next_push("executions") for _ in range(2)]
+        assert [r[2]["exec_type"] for r in reports] == ["new", "trade"]
+        assert reports[1][2]["liquidity"] == "taker" and reports[1][2]["order_status"] == "filled"
+        # balances reflect the fill (CEA holdings 48000 + 200 for the buyer)
+        _, _, bal = await buyer.next_push("balances")
+        assert bal["holdings"][I]["total"] == 48_200
+        pushes = [await seller.next_push("balances") for _ in range(2)]  # after s-1, after fill
+        assert [p[1] for p in pushes] == [1, 2] and pushes[1][2]["account"] == "POWER1"
+        assert pushes[0][2]["holdings"][I]["reserved"] == 1000 + 2500 + 300
+        assert pushes[1][2]["holdings"][I]["reserved"] == 1000 + 2500 + 100
+        # public trade has no counterparties
+        _, _, tr = await watcher.next_push(f"trades:{I}")
+        assert tr["qty"] == 200 and tr["price"] == "85.30" and "buyer" not in tr
+        _, _, t1 = await watcher.next_push(f"ticker:{I}")  # after s-1 rested
+        assert t1["best_ask"] == "85.30" and t1["last"] is None
+        _, _, t2 = await watcher.next_push(f"ticker:{I}")  # after the trade
+        assert t2["last"] == "85.30" and t2["volume"] == 200 and t2["vwap"] == "85.30"
+        # the third client's book matches the server's
+        ex = server.st.exchange
+        assert await eventually(lambda: book.book_seq == ex.books[(I, "main")].seq)
+        status, srv_book = await op(server, "GET", f"/books/{I}/main")
+        assert status == 200
+        assert book.bids() == srv_book["bids"] and book.asks() == srv_book["asks"]
+        assert book.asks()[0] == ["85.30", 100]
+        ex.check_invariants()
+
+
+async def test_place_order_is_idempotent_by_client_order_id(server):
+    async with ExchangeClient(server.ws_url, POWER) as c:
+        first = await c.place_order(I, "sell", 10, "86.00", client_order_id="idem-1")
+        again = await c.place_order(I, "sell", 10, "86.00", client_order_id="idem-1")
+        assert again["order_id"] == first["order_id"] and again["replayed"] is True
+        # concurrent duplicates in one frame: one order
+        res = await c.send_batch([("place_order", {"instrument": I, "side": "sell", "qty": 5,
+                                                   "price": "86.10",
+                                                   "client_order_id": "idem-2"})] * 3)
+        assert len({r["order_id"] for r in res}) == 1
+        # a rejected order's retry gets the same reject, not a second attempt
+        for _ in range(2):
+            with pytest.raises(ExchangeError) as e:
+                await c.place_order(I, "sell", 10, "99.99", client_order_id="idem-3")
+            assert e.value.code == "OUTSIDE_PRICE_BAND"
+        # a filled order's retry does not trade again
+        async with ExchangeClient(server.ws_url, CEMENT) as b:
+            f1 = await b.place_order(I, "buy", 10, "86.00", client_order_id="idem-4")
+            f2 = await b.place_order(I, "buy", 10, "86.00", client_order_id="idem-4")
+            assert f1["order_status"] == "filled" and f2["order_id"] == f1["order_id"]
+        ex = server.st.exchange
+        coids = [o.client_order_id for o in ex.open_orders("POWER1")]
+        assert coids.count("idem-1") == 1 and coids.count("idem-2") == 1
+        assert server.st.gateway.metrics.trades == 1
+
+
+async def test_cancel_amend_cancel_all(server):
+    async with ExchangeClient(server.ws_url, CEMENT) as c:
+        r = await c.place_order(I, "buy", 100, "84.00", client_order_id="a-1")
+        a = await c.amend_order(client_order_id="a-1", qty=60)
+        assert a["exec_type"] == "replaced" and a["leaves_qty"] == 60
+        a = await c.amend_order(r["order_id"], price="84.10")
+        assert a["price"] == "84.10"
+        x = await c.cancel_order(r["order_id"])
+        assert x["order_status"] == "canceled"
+        with pytest.raises(ExchangeError) as e:
+            await c.cancel_order(r["order_id"])
+        assert e.value.code == "UNKNOWN_ORDER"
+        await c.place_order(I, "buy", 1, "84.00")
+        n = await c.cancel_all(I)
+        assert n["canceled"] == 2  # the demo bid and the new one
+        assert await c.open_orders() == []
+
+
+async def test_firm_cannot_see_or_cancel_another_firms_order(server):
+    async with ExchangeClient(server.ws_url, POWER) as a, \
+            ExchangeClient(server.ws_url, CEMENT) as b:
+        await a.subscribe("executions")
+        r = await b.place_order(I, "buy", 10, "84.00", client_order_id="mine")
+        with pytest.raises(ExchangeError) as e:
+            await a.cancel_order(r["order_id"])
+        assert e.value.code == "UNKNOWN_ORDER"
+        with pytest.raises(ExchangeError) as e:
+            await a.cancel_order(client_order_id="mine")
+        assert e.value.code == "UNKNOWN_ORDER"
+        with pytest.raises(ExchangeError) as e:
+            await a.amend_order(r["order_id"], qty=5)
+        assert e.value.code == "UNKNOWN_ORDER"
+        await a.cancel_all()
+        assert [o["order_id"] for o in await b.open_orders()][-1] == r["order_id"]
+        assert all(o["order_id"] != r["order_id"] for o in await a.open_orders())
+        await asyncio.sleep(0.05)
+        assert all(d["account"] == "POWER1" for _, _, d in a.drain("executions"))
+        # there is no parameter to name another account
+        with pytest.raises(ExchangeError) as e:
+            await a.request("place_order", {"instrument": I, "side": "buy", "qty": 1,
+                                            "price": "84.00", "account": "CEMENT1"})
+        assert e.value.code == "INVALID_PARAMS"
+
+
+# ------------------------------------------------------------------------------ auth
+
+async def test_auth_failures_and_roles(server):
+    async with ExchangeClient(server.ws_url) as anon:
+        with pytest.raises(ExchangeError) as e:
+            await anon.place_order(I, "buy", 1, "85.00")
+        assert e.value.code == "NOT_AUTHENTICATED"
+        assert (await anon.ping())["pong"] is True
+        with pytest.raises(ExchangeError) as e:
+            await anon.request("auth", {"api_key": "wrong"})
+        assert e.value.code == "AUTH_FAILED"
+        await anon.request("auth", {"api_key": POWER})
+        with pytest.raises(ExchangeError) as e:
+            await anon.request("auth", {"api_key": POWER})
+        assert e.value.code == "ALREADY_AUTHENTICATED"
+    with pytest.raises(ExchangeError) as e:
+        await ExchangeClient(server.ws_url, "nope", header_auth=True).connect()
+    assert e.value.code == "AUTH_FAILED"
+    async with ExchangeClient(server.ws_url, STEEL, header_auth=True) as h:
+        assert (await h.open_orders())[0]["client_order_id"] == "demo-3"
+    async with ExchangeClient(server.ws_url, OPERATOR) as o:
+        with pytest.raises(ExchangeError) as e:
+            await o.place_order(I, "buy", 1, "85.00")
+        assert e.value.code == "FORBIDDEN"
+        with pytest.raises(ExchangeError) as e:
+            await o.subscribe("executions")
+        assert e.value.code == "FORBIDDEN"
+        assert (await o.subscribe(f"book:{I}:main"))["snapshot"]["asks"]
+    # HTTP: no key, wrong role
+    assert (await op(server, "GET", "/firms", key=None))[0] == 401
+    status, body = await op(server, "GET", "/firms", key=POWER)
+    assert status == 403 and body["error"]["code"] == "FORBIDDEN"
+
+
+async def test_issue_and_revoke_api_key_over_http(server):
+    status, firm = await op(server, "POST", "/firms", {"firm_id": "NEWCO", "name": "New Co"})
+    assert status == 200, firm
+    assert (await op(server, "POST", "/deposits", {"account": "NEWCO",
+                                                   "amount": "1000.00"}))[0] == 200
+    status, k = await op(server, "POST", "/api-keys", {"role": "firm", "firm_id": "NEWCO"})
+    assert status == 201 and k["api_key"]
+    _, keys = await op(server, "GET", "/api-keys")
+    assert k["api_key"] not in str(keys)  # never shown again
+    ex = server.st.exchange
+    assert k["api_key"] not in ex.snapshot().decode()
+    async with ExchangeClient(server.ws_url, k["api_key"]) as c:
+        r = await c.place_order(I, "buy", 1, "85.00")
+        assert r["order_status"] == "new"
+        status, _ = await op(server, "DELETE", f"/api-keys/{k['key_id']}")
+        assert status == 200
+        assert await eventually(lambda: not c.connected)
+        assert c.close_code == 4003
+    with pytest.raises(ExchangeError) as e:
+        await ExchangeClient(server.ws_url, k["api_key"]).connect()
+    assert e.value.code == "AUTH_FAILED"
+    status, body = await op(server, "DELETE", f"/api-keys/{k['key_id']}")
+    assert status == 404 and body["error"]["code"] == "UNKNOWN_KEY"
+
+
+async def test_operator_api_validation_halt_and_openapi(server):
+    status, body = await op(server, "POST", "/deposits", {"account": "POWER1", "amount": 5})
+    assert status == 422 and body["error"]["code"] == "INVALID_PARAMS"
+    status, body = await op(server, "POST", "/deposits", {"account": "NOBODY",
+                                                          "amount": "5.00"})
+    assert status == 404 and body["error"]["code"] == "UNKNOWN_ACCOUNT"
+    status, body = await op(server, "POST", "/issuance", {"account": "SME1", "instrument": I,
+                                                          "qty": 100})
+    assert status == 200 and body["events"][0]["type"] == "posting"
+    status, _ = await op(server, "POST", "/halt", {"instrument": I})
+    assert status == 200
+    async with ExchangeClient(server.ws_url, POWER) as c:
+        with pytest.raises(ExchangeError) as e:
+            await c.place_order(I, "sell", 1, "85.00")
+        assert e.value.code == "HALTED"
+        await op(server, "POST", "/resume", {"instrument": I})
+        assert (await c.place_order(I, "sell", 1, "86.00"))["order_status"] == "new"
+    status, band = await op(server, "PUT", f"/instruments/{I}/band", {"band_bps": 500})
+    assert status == 200
+    status, body = await op(server, "POST", "/end-of-day", {})
+    assert status == 200 and body["events"][-1]["type"] == "day_ended"
+    status, doc = await op(server, "GET", "/openapi.json", key=None)
+    assert status == 200 and doc["openapi"].startswith("3.")
+    assert "/api/v1/api-keys" in doc["paths"] and "/api/v1/deposits" in doc["paths"]
+    schema = doc["paths"]["/api/v1/deposits"]["post"]["requestBody"]["content"][
+        "application/json"]["schema"]
+    assert schema["$ref"].split("/")[-1] in doc["components"]["schemas"]
+    assert "ErrorBody" in doc["components"]["schemas"]
+    status, st = await op(server, "GET", "/state")
+    assert st["state_hash"] == server.st.exchange.state_hash()
+
+
+async def test_health_ready_metrics(server):
+    async with aiohttp.ClientSession() as s:
+        async with s.get(server.http + "/healthz") as r:
+            assert r.status == 200
+        async with s.get(server.http + "/readyz") as r:
+            assert r.status == 200 and (await r.json())["ok"]
+        async with ExchangeClient(server.ws_url, POWER) as c:
+            with pytest.raises(ExchangeError):
+                await c.place_order(I, "sell", 10**6, "85.00")
+            async with s.get(server.http + "/metrics") as r:
+                text = await r.text()
+    for name in ("exchange_orders_total", "exchange_trades_total", "exchange_journal_lag",
+                 "exchange_ws_connections", "exchange_rejects_total"):
+        assert f"# TYPE {name} " in text
+    assert 'exchange_rejects_total{reason="OVER_MAX_ORDER_SIZE",source="core"} 1' in text
+
+
+# ------------------------------------------------------------------------------ session options
+
+async def test_cancel_on_disconnect(server):
+    c = ExchangeClient(server.ws_url, POWER, cancel_on_disconnect=True)
+    await c.connect()
+    assert c.auth_result["cancel_on_disconnect"] is True
+    r1 = await c.place_order(I, "sell", 10, "86.50")
+    r2 = await c.place_order(I, "sell", 10, "86.60")
+    await c.cancel_order(r2["order_id"])
+    await c.close()
+    ex = server.st.exchange
+    live = lambda: {o.order_id for o in ex.open_orders("POWER1")}  # noqa: E731
+    assert await eventually(lambda: r1["order_id"] not in live())
+    assert {1, 2} <= live()  # the demo orders placed elsewhere stay
+
+
+async def test_rate_limit(tmp_path):
+    async with running_server(tmp_path, rate_limit_per_second=5, rate_limit_burst=5) as srv:
+        async with ExchangeClient(srv.ws_url, POWER) as c:
+            res = await c.send_batch([("ping", None)] * 12)
+            codes = [getattr(r, "code", "ok") for r in res]
+            assert codes[:4] == ["ok"] * 4 and "RATE_LIMITED" in codes  # auth took one
+            await asyncio.sleep(0.5)
+            assert (await c.ping())["pong"]  # refilled
+
+
+async def test_slow_consumer_is_disconnected(tmp_path):
+    async with running_server(tmp_path, send_queue_max=200) as srv:
+        async with ExchangeClient(srv.ws_url, POWER) as fast:
+            # a deep book, so that each book snapshot is a few kB
+            res = await fast.send_batch([("place_order", {
+                "instrument": I, "side": "sell", "qty": 1, "price": f"{86 + i / 100:.2f}"})
+                for i in range(150)])
+            assert all(isinstance(r, dict) for r in res)
+            # a client that sends requests but never reads its socket
+            async with aiohttp.ClientSession() as http:
+                ws = await http.ws_connect(srv.ws_url, headers={
+                    "Authorization": f"Bearer {STEEL}"})
+                sub = '{"req_id":1,"method":"subscribe","params":{"channel":"book:%s:main"}}' % I
+                gw = srv.st.gateway
+                for _ in range(60):
+                    await ws.send_str("[" + ",".join([sub] * 100) + "]")
+                    await asyncio.sleep(0.005)
+                    if gw.metrics.slow_consumer_disconnects:
+                        break
+                assert await eventually(lambda: gw.metrics.slow_consumer_disconnects == 1)
+                assert await eventually(lambda: len(gw.sessions) == 1)
+                await ws.close()
+            assert (await fast.ping())["pong"]  # the server carries on
+
+
+async def test_batch_mode_frames(server):
+    async with ExchangeClient(server.ws_url, POWER, batch=True) as c:
+        await c.subscribe("executions")
+        res = await c.send_batch([("place_order", {"instrument": I, "side": "sell", "qty": 1,
+                                                   "price": "86.00"})] * 10)
+        assert len({r["order_id"] for r in res}) == 10
+        assert server.st.gateway.metrics.frames_out < server.st.gateway.metrics.messages_out
