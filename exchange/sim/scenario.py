@@ -162,8 +162,9 @@ class RulesConfig(Strict):
     phi_max: float = Field(1.2, gt=0)
     alpha_up: float = Field(0.5, ge=0)
     alpha_down: float = Field(0.5, ge=0)
-    max_step: float = Field(0.05, ge=0, le=1)
+    max_step: float = Field(0.05, ge=0, le=1, description="largest relative phi change")
     kappa: float = Field(0.1, ge=0, description="supply-chain coupling")
+    kappa_max: float = Field(0.05, ge=0, le=1, description="cap of the coupling term")
     benchmark_step: float = Field(0.5, ge=0, le=1)
     max_tightening: float = Field(0.05, ge=0, le=1)
 

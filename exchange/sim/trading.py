@@ -35,7 +35,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..core.commands import CancelAll, EndOfDay, PlaceOrder
-from ..core.events import DayEnded, ExecutionReport, Trade
+from ..core.events import DayEnded, ExecutionReport, Posting, Trade
 from .agents import Curves, abatement_at
 
 MAX_ORDER = 99_999
@@ -52,19 +52,24 @@ class Market:
         self.n = n
         self.sme = pop.sme
         self.instr = ""
+        self.off_instr = ""
         self.ref = 0
-        self.h = np.zeros(n, dtype=np.int64)
-        self.o_held = np.zeros(n, dtype=np.int64)
         self.rejects = 0
-        self.new_period("", int(round(mcfg.initial_price * 100)))
+        # holdings per instrument as the events report them (Posting, Trade)
+        self.hold: dict[str, np.ndarray] = {}
+        self.new_period("", "", int(round(mcfg.initial_price * 100)))
 
     # ------------------------------------------------------------------ bookkeeping
-    def new_period(self, instr: str, ref_fen: int) -> None:
+    def new_period(self, instr: str, off_instr: str, ref_fen: int) -> None:
         n = self.n
         self.instr = instr
+        self.off_instr = off_instr
         self.ref = ref_fen
-        self.h = np.zeros(n, dtype=np.int64)
-        self.o_held = np.zeros(n, dtype=np.int64)
+        for sym in (instr, off_instr):
+            if sym and sym not in self.hold:
+                self.hold[sym] = np.zeros(n, dtype=np.int64)
+        self.h = self.hold.get(instr, np.zeros(n, dtype=np.int64))
+        self.o_held = self.hold.get(off_instr, np.zeros(n, dtype=np.int64))
         self.bought = np.zeros(n, dtype=np.int64)
         self.sold = np.zeros(n, dtype=np.int64)
         self.cash = np.zeros(n, dtype=np.int64)  # fen, trading cash flow this period
@@ -82,16 +87,17 @@ class Market:
                 s = idx.get(ev.seller)
                 notional = px * q
                 filled += q
+                hold = self.hold.get(ev.instrument)
+                if hold is not None:
+                    hold[b] += q
+                    if s is not None:
+                        hold[s] -= q
                 if ev.instrument == self.instr:
-                    self.h[b] += q
-                    self.h[s] -= q
                     self.bought[b] += q
                     self.sold[s] += q
                     acc["volume"] += q
                     acc["notional"] += notional
                     acc["trades"] += 1
-                else:  # offsets
-                    self.o_held[b] += q
                 self.cash[b] -= notional + ev.buyer_fee
                 if s is not None:
                     got = notional - ev.seller_fee
@@ -102,6 +108,15 @@ class Market:
                     self.cash[s] += got
                     if self.sme[s]:
                         self.sme_revenue[s] += got
+            elif tp is Posting:
+                hold = self.hold.get(ev.asset)
+                if hold is not None:
+                    d = idx.get(ev.debit)
+                    if d is not None:
+                        hold[d] -= ev.amount
+                    c = idx.get(ev.credit)
+                    if c is not None:
+                        hold[c] += ev.amount
             elif tp is ExecutionReport:
                 if ev.exec_type == "rejected":
                     self.rejects += 1
@@ -281,3 +296,12 @@ class Market:
         self._send(buys, acc)
         self._send([CancelAll(account=supplier, instrument=off_instr)], acc)
         return self.o_held.copy()
+
+    def bank(self, vintage_of: dict[str, int], year: int) -> np.ndarray:
+        """Allowances of earlier vintages still held (eligible when banking is on)."""
+        out = np.zeros(self.n, dtype=np.int64)
+        for sym, arr in self.hold.items():
+            v = vintage_of.get(sym)
+            if v is not None and v < year:
+                out += arr
+        return out
