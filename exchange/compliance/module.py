@@ -25,17 +25,17 @@ from __future__ import annotations
 import copy
 
 from ..core import errors as E
-from ..core.accounts import BANK, CASH, LOT_SUB_QUOTA, RETIRED
+from ..core.accounts import BANK, CASH, LOT_SUB_QUOTA, RETIRED, post_cash
 from ..core.commands import AmendOrder, PlaceOrder
 from ..core.events import Posting, Trade
 from ..core.exchange import Module
-from ..core.accounts import post_cash
 from ..core.units import BPS
 from . import mrv
 from .commands import (
     ActivityDataSubmitted, ComplianceConfigured, ComplianceDeadlineProcessed,
     CompliancePeriodConfigured, ComplianceSettled, ConfigureCompliance,
-    ConfigureCompliancePeriod, EmissionsVerified, OffsetCapChanged, ProcessComplianceDeadline,
+    ConfigureCompliancePeriod, EmissionsVerified, ObligationAdded, OffsetCapChanged,
+    ProcessComplianceDeadline,
     RegisterVerifier, RejectSubmission, SetOffsetCap, SubmissionRejected, SubmitActivityData,
     SubQuotaCompliance, SurrenderUnits, UnitsSurrendered, VerifierRegistered, VerifyEmissions,
 )
@@ -402,12 +402,14 @@ class ComplianceModule(Module):
         rec["rejections"].append([c.ts, c.verifier, c.reason, rec["version"]])
         return [SubmissionRejected(c.firm_id, c.period, c.verifier, c.reason)]
 
-    def add_obligation(self, firm_id: str, period: int, qty: int) -> None:
+    def add_obligation(self, firm_id: str, period: int, qty: int) -> list:
         """Called by the rules module: a negative true-up it could not claw back from holdings
-        becomes extra obligation for ``period``."""
-        if not _is_int(qty) or qty <= 0:
-            return
-        self._record(firm_id, period)["extra_obligation"] += qty
+        becomes extra obligation for ``period``. Returns the event (rules appends it)."""
+        if not _is_int(qty) or qty <= 0 or not _is_int(period):
+            return []
+        rec = self._record(firm_id, period)
+        rec["extra_obligation"] += qty
+        return [ObligationAdded(firm_id, period, qty, self.obligation_of(rec))]
 
     # ================================================================== surrender
     def _retire(self, src, instr, qty: int, period: int, reason: str,

@@ -1,0 +1,369 @@
+"""Compliance read side: firm statements, the market-wide summary, the offset-cap what-if.
+
+Pure functions of an :class:`~exchange.core.exchange.Exchange` (no I/O, nothing changes), used by
+the CLI (``python -m exchange report ...``), the admin API and the tests. Money is integer fen
+(``*_fen``), quantities whole tonnes, rates basis points (``*_bps``); CSV renderings are
+loss-free flattenings of the same dicts.
+"""
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+from ..core.units import PPM, format_price
+from . import mrv
+from .module import ComplianceModule, STATUS_UNVERIFIED
+
+
+def module(ex) -> ComplianceModule:
+    m = ex.modules.get("compliance")
+    if m is None:
+        raise LookupError("the exchange has no compliance module")
+    return m
+
+
+def _rules(ex):
+    return ex.modules.get("rules")
+
+
+def _coef_text(ppm: int) -> str:
+    return f"{ppm // PPM}.{ppm % PPM:06d}".rstrip("0").rstrip(".")
+
+
+def _offsets_vs_cap(m: ComplianceModule, rec: dict, period: int, ts: int) -> dict:
+    obligation = m.obligation_of(rec)
+    cap_bps, subs = m.cap_at(period, ts)
+    cap = mrv.cap_qty(obligation, cap_bps)
+    used = rec["offsets"]
+    out = {"cap_bps": cap_bps, "cap_qty": cap, "used": used, "remaining": max(0, cap - used),
+           "over_current_cap": max(0, used - cap), "sub_caps": {}}
+    for otype, bps in sorted(subs.items()):
+        q = mrv.cap_qty(obligation, bps)
+        u = rec["offsets_by_type"].get(otype, 0)
+        out["sub_caps"][otype] = {"bps": bps, "cap_qty": q, "used": u,
+                                  "remaining": max(0, min(q - u, cap - used))}
+    for otype, u in sorted(rec["offsets_by_type"].items()):
+        if otype not in subs:
+            out["sub_caps"].setdefault(otype, {"bps": None, "cap_qty": None, "used": u,
+                                               "remaining": None})
+    return out
+
+
+def firm_statement(ex, firm_id: str, period: int) -> dict[str, Any]:
+    """Everything about one firm's compliance for one period."""
+    m = module(ex)
+    if period not in m.periods:
+        raise KeyError(f"no compliance period {period}")
+    acct = ex.accounts.get(firm_id)
+    if acct is None or acct.system:
+        raise KeyError(f"unknown firm {firm_id!r}")
+    p = m.periods[period]
+    rec = m.record(firm_id, period)
+    rules = _rules(ex)
+    coef = m.params["coefficients_ppm"]
+    num, den = m.params["co2_per_c"]
+    st: dict[str, Any] = {
+        "firm_id": firm_id, "name": acct.name, "sector": acct.sector, "product": acct.product,
+        "size_class": acct.size_class, "period": period,
+        "deadline_ts": p["deadline_ts"], "period_closed": p["closed"], "as_of_ts": ex.now,
+    }
+    if rec is None:
+        st["submission"] = {"status": "none"}
+        st["obligation"] = {"verified_emissions": 0, "added_by_rules": 0, "total": 0}
+        st["surrenders"] = []
+        st["surrendered"] = {"allowances": 0, "offsets": 0, "total": 0, "offsets_by_type": {}}
+        st["offsets_vs_cap"] = None
+        st["settlement"] = ({"status": "not_reported"} if p["closed"] else None)
+    else:
+        st["submission"] = {
+            "status": rec["status"], "version": rec["version"],
+            "fuels": [{"fuel": f, "tce": q, "carbon_coefficient_t_c_per_tce":
+                       _coef_text(coef.get(f, 0)),
+                       "emissions_t_co2_exact": f"{q * coef.get(f, 0) * num}/"
+                                                f"{den * PPM}"} for f, q in rec["fuels"]],
+            "fuel_emissions": rec["fuel_emissions"],
+            "process_emissions": rec["process_emissions"], "emissions": rec["emissions"],
+            "output": rec["output"], "submitted_ts": rec["submitted_ts"],
+            "verifier": rec["verifier"], "verified_ts": rec["verified_ts"],
+            "rejections": [{"ts": r[0], "verifier": r[1], "reason": r[2], "version": r[3]}
+                           for r in rec["rejections"]],
+        }
+        verified = rec["emissions"] if rec["status"] == "verified" else 0
+        st["obligation"] = {"verified_emissions": verified,
+                            "added_by_rules": rec["extra_obligation"],
+                            "total": m.obligation_of(rec)}
+        st["surrenders"] = [
+            {"seq": s[0], "ts": s[1], "instrument": s[2], "kind": s[3], "offset_type": s[4],
+             "qty": s[5], "by": s[6], "cap_bps_in_effect": s[7]} for s in rec["surrenders"]]
+        st["surrendered"] = {"allowances": rec["surrendered"] - rec["offsets"],
+                             "offsets": rec["offsets"], "total": rec["surrendered"],
+                             "offsets_by_type": dict(sorted(rec["offsets_by_type"].items()))}
+        ts = p["closed_ts"] if p["closed"] else ex.now
+        st["offsets_vs_cap"] = _offsets_vs_cap(m, rec, period, ts)
+        st["settlement"] = dict(rec["settlement"]) if rec["settlement"] else None
+    st["outstanding"] = max(0, st["obligation"]["total"] - st["surrendered"]["total"])
+    st["status"] = (st["settlement"]["status"] if st["settlement"]
+                    else "open" if rec is not None else "none")
+    # allocation and factor history come from the rules module when it is loaded
+    st["allocation"] = rules.allocation(firm_id, period) if rules is not None \
+        and hasattr(rules, "allocation") else None
+    st["next_period_allocation"] = rules.allocation(firm_id, period + 1) \
+        if rules is not None and hasattr(rules, "allocation") else None
+    st["factor_history"] = rules.factor_history(firm_id) if rules is not None \
+        and hasattr(rules, "factor_history") else []
+    st["holdings"] = {sym: {"total": h.total, "reserved": h.reserved, "lots": dict(h.lots)}
+                      for sym, h in sorted(acct.holdings.items()) if h.total or h.reserved}
+    st["cash"] = {"cash_fen": acct.cash, "reserved_fen": acct.cash_reserved}
+    st["trades"] = [
+        {"instrument": sym, "bought": a[0], "buy_notional_fen": a[1], "sold": a[2],
+         "sell_notional_fen": a[3], "trades": a[4], "fees_fen": a[5]}
+        for sym, a in sorted(m.trades.get(firm_id, {}).get(period, {}).items())]
+    st["sub_quotas"] = [
+        {"lot_id": lid, "role": "sme" if lot["sme"] == firm_id else "parent",
+         "parent": lot["parent"], "sme": lot["sme"], "instrument": lot["instrument"],
+         "granted": lot["granted"], "held": lot["held"], "sold": lot["sold"],
+         "revenue_share_ppm": lot["revenue_share_ppm"], "surplus_rule": lot["surplus_rule"],
+         "shortfall_rule": lot["shortfall_rule"], "sme_proceeds_fen": lot["sme_proceeds"],
+         "parent_proceeds_fen": lot["parent_proceeds"],
+         "compliance": dict(sorted(m.sub_quota_use.get(lid, {}).items()))}
+        for lid, lot in sorted(ex.sub_quotas.items())
+        if firm_id in (lot["sme"], lot["parent"])]
+    return st
+
+
+def compliance_summary(ex, period: int) -> dict[str, Any]:
+    """Market-wide compliance for one period: one row per firm with a record, totals."""
+    m = module(ex)
+    if period not in m.periods:
+        raise KeyError(f"no compliance period {period}")
+    p = m.periods[period]
+    rows = []
+    totals = {"emissions": 0, "obligation": 0, "surrendered": 0, "allowances": 0,
+              "offsets": 0, "shortfall": 0, "penalty_fen": 0, "penalty_paid_fen": 0,
+              "deduction": 0}
+    counts: dict[str, int] = {}
+    for firm_id in sorted(ex.accounts):
+        acct = ex.accounts[firm_id]
+        if acct.system:
+            continue
+        rec = m.record(firm_id, period)
+        if rec is None:
+            status = "not_reported" if p["closed"] else "none"
+            row = {"firm_id": firm_id, "size_class": acct.size_class, "submission": "none",
+                   "emissions": 0, "obligation": 0, "surrendered": 0, "allowances": 0,
+                   "offsets": 0, "shortfall": 0, "penalty_fen": 0, "penalty_paid_fen": 0,
+                   "deduction": 0, "status": status}
+        else:
+            s = rec["settlement"]
+            obligation = m.obligation_of(rec)
+            outstanding = max(0, obligation - rec["surrendered"])
+            row = {"firm_id": firm_id, "size_class": acct.size_class,
+                   "submission": rec["status"],
+                   "emissions": rec["emissions"] if rec["status"] == "verified" else 0,
+                   "obligation": obligation, "surrendered": rec["surrendered"],
+                   "allowances": rec["surrendered"] - rec["offsets"], "offsets": rec["offsets"],
+                   "shortfall": s["shortfall"] if s else outstanding,
+                   "penalty_fen": s["penalty"] if s else 0,
+                   "penalty_paid_fen": s["penalty_paid"] if s else 0,
+                   "deduction": s["deduction"] if s else 0,
+                   "status": s["status"] if s else "open"}
+        for k in totals:
+            totals[k] += row[k]
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+        rows.append(row)
+    cap_bps, subs = m.cap_at(period, p["closed_ts"] if p["closed"] else ex.now)
+    return {
+        "period": period, "start_ts": p["start_ts"], "deadline_ts": p["deadline_ts"],
+        "closed": p["closed"], "closed_ts": p["closed_ts"],
+        "average_price_fen": p["average_price"] if p["closed"] else m.average_price(period),
+        "offset_cap_bps": cap_bps, "offset_sub_caps_bps": dict(sorted(subs.items())),
+        "cap_history": [{"effective_ts": c[0], "seq": c[1], "cap_bps": c[2],
+                         "sub_caps_bps": {k: v for k, v in c[3]}, "operator": c[4]}
+                        for c in p["caps"]],
+        "counts": dict(sorted(counts.items())), "totals": totals, "firms": rows,
+    }
+
+
+def what_if_cap(ex, period: int, cap_bps: int, sub_caps_bps: dict[str, int] | None = None
+                ) -> dict[str, Any]:
+    """Which firms' offsets would exceed a proposed cap, and by how much (nothing changes).
+
+    Per firm with an obligation: offsets already surrendered (they stay valid: a cap change
+    never rewrites a surrender) and eligible offsets still held that they could no longer use.
+    ``exceeds_by = max(0, surrendered + held - proposed cap)`` split into
+    ``surrendered_over`` and ``holdings_over``; the same per offset type for the sub-caps.
+    """
+    m = module(ex)
+    if period not in m.periods:
+        raise KeyError(f"no compliance period {period}")
+    if type(cap_bps) is not int or not 0 <= cap_bps <= 10_000:
+        raise ValueError("cap must be within [0, 10000] bps")
+    subs = dict(sub_caps_bps or {})
+    for k, v in subs.items():
+        if type(v) is not int or not 0 <= v <= cap_bps:
+            raise ValueError(f"sub-cap {k} must be within [0, cap] bps")
+    p = m.periods[period]
+    now = p["closed_ts"] if p["closed"] else ex.now
+    cur_bps, cur_subs = m.cap_at(period, now)
+    firms = []
+    for firm_id in sorted(m.records):
+        rec = m.records[firm_id].get(period)
+        if rec is None or rec["status"] != "verified":
+            continue
+        acct = ex.accounts.get(firm_id)
+        obligation = m.obligation_of(rec)
+        held: dict[str, int] = {}
+        for sym, h in sorted(acct.holdings.items()) if acct is not None else ():
+            ins = ex.instruments.get(sym)
+            if ins is None or ins.kind != "offset" or h.available <= 0:
+                continue
+            if m.is_eligible(period, ins)[0]:
+                held[ins.offset_type] = held.get(ins.offset_type, 0) + h.available
+        used = rec["offsets"]
+        held_total = sum(held.values())
+        new_cap = mrv.cap_qty(obligation, cap_bps)
+        cur_cap = mrv.cap_qty(obligation, cur_bps)
+        exceed = max(0, used + held_total - new_cap)
+        surrendered_over = max(0, used - new_cap)
+        by_type = {}
+        for otype in sorted(set(held) | set(rec["offsets_by_type"]) | set(subs)):
+            u = rec["offsets_by_type"].get(otype, 0)
+            hq = held.get(otype, 0)
+            if otype in subs:
+                q = mrv.cap_qty(obligation, subs[otype])
+                by_type[otype] = {"proposed_sub_cap_qty": q, "surrendered": u, "held": hq,
+                                  "exceeds_by": max(0, u + hq - q),
+                                  "surrendered_over": max(0, u - q)}
+            else:
+                by_type[otype] = {"proposed_sub_cap_qty": None, "surrendered": u, "held": hq,
+                                  "exceeds_by": 0, "surrendered_over": 0}
+        firms.append({
+            "firm_id": firm_id, "obligation": obligation,
+            "current_cap_qty": cur_cap, "proposed_cap_qty": new_cap,
+            "offsets_surrendered": used, "offsets_held": held_total,
+            "exceeds": exceed > 0 or any(t["exceeds_by"] for t in by_type.values()),
+            "exceeds_by": exceed, "surrendered_over": surrendered_over,
+            "holdings_over": exceed - surrendered_over,
+            "room_now": max(0, cur_cap - used), "room_proposed": max(0, new_cap - used),
+            "by_type": by_type,
+        })
+    return {"period": period, "as_of_ts": now, "current_cap_bps": cur_bps,
+            "current_sub_caps_bps": dict(sorted(cur_subs.items())),
+            "proposed_cap_bps": cap_bps, "proposed_sub_caps_bps": dict(sorted(subs.items())),
+            "firms": firms, "firms_exceeding": [f["firm_id"] for f in firms if f["exceeds"]]}
+
+
+# --------------------------------------------------------------------------- CSV / text
+def _flatten(prefix: str, v, out: list) -> None:
+    if isinstance(v, dict):
+        for k in v:
+            _flatten(f"{prefix}.{k}" if prefix else str(k), v[k], out)
+    elif isinstance(v, list):
+        if not v:
+            out.append((prefix, ""))
+        for i, x in enumerate(v):
+            _flatten(f"{prefix}[{i}]", x, out)
+    else:
+        out.append((prefix, "" if v is None else v))
+
+
+def statement_csv(st: dict) -> str:
+    """A statement as two-column CSV (``field,value``), every figure of the JSON."""
+    rows: list = []
+    _flatten("", st, rows)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["field", "value"])
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+SUMMARY_COLUMNS = ("firm_id", "size_class", "submission", "emissions", "obligation",
+                   "surrendered", "allowances", "offsets", "shortfall", "penalty_fen",
+                   "penalty_paid_fen", "deduction", "status")
+
+
+def summary_csv(summary: dict) -> str:
+    """The summary as CSV: one row per firm, then a TOTAL row."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(SUMMARY_COLUMNS)
+    for r in summary["firms"]:
+        w.writerow([r[c] for c in SUMMARY_COLUMNS])
+    t = summary["totals"]
+    w.writerow(["TOTAL", "", ""] + [t[c] for c in SUMMARY_COLUMNS[3:-1]] + [""])
+    return buf.getvalue()
+
+
+def statement_text(st: dict) -> str:
+    """A human-readable statement for the terminal."""
+    L = [f"Compliance statement  {st['firm_id']} ({st['name'] or st['size_class']})  "
+         f"period {st['period']}  status: {st['status']}"]
+    sub = st["submission"]
+    if sub["status"] != "none":
+        L.append(f"  MRV: submission v{sub['version']} {sub['status']}"
+                 + (f" by {sub['verifier']}" if sub["verifier"] else ""))
+        for f in sub["fuels"]:
+            L.append(f"    {f['fuel']:<12} {f['tce']:>10} tce x {f['carbon_coefficient_t_c_per_tce']}"
+                     f" t C/tce x 44/12")
+        L.append(f"    fuel {sub['fuel_emissions']} t + process {sub['process_emissions']} t"
+                 f" = {sub['emissions']} t CO2; output {sub['output']}")
+    o = st["obligation"]
+    L.append(f"  Obligation: {o['total']} t (verified {o['verified_emissions']}"
+             f" + from true-up {o['added_by_rules']})")
+    a = st["allocation"]
+    if a:
+        L.append(f"  Allocation: pre {a.get('pre_allocation', 0)} + true-up {a.get('true_up', 0)}"
+                 f" - deduction {a.get('deduction', 0)} = {a.get('total', 0)} t")
+    n = st["next_period_allocation"]
+    if n and n.get("deduction"):
+        L.append(f"  Next period ({st['period'] + 1}) allocation deduction: {n['deduction']} t")
+    for fh in st["factor_history"]:
+        L.append(f"  Factor: {fh}")
+    for t in st["trades"]:
+        L.append(f"  Trades {t['instrument']}: bought {t['bought']} t"
+                 f" ({format_price(t['buy_notional_fen'])} CNY), sold {t['sold']} t"
+                 f" ({format_price(t['sell_notional_fen'])} CNY), fees"
+                 f" {format_price(t['fees_fen'])}")
+    for s in st["surrenders"]:
+        L.append(f"  Surrendered {s['qty']:>8} t {s['instrument']:<12} ({s['kind']}"
+                 f"{', cap ' + str(s['cap_bps_in_effect']) + ' bps' if s['kind'] == 'offset' else ''}"
+                 f") by {s['by']}")
+    su = st["surrendered"]
+    L.append(f"  Surrendered total {su['total']} t = allowances {su['allowances']}"
+             f" + offsets {su['offsets']}; outstanding {st['outstanding']} t")
+    c = st["offsets_vs_cap"]
+    if c:
+        L.append(f"  Offsets vs cap: {c['used']} / {c['cap_qty']} t ({c['cap_bps']} bps)")
+        for k, v in c["sub_caps"].items():
+            if v["bps"] is not None:
+                L.append(f"    {k}: {v['used']} / {v['cap_qty']} t ({v['bps']} bps)")
+    s = st["settlement"]
+    if s and s.get("status") not in (None, "not_reported", STATUS_UNVERIFIED):
+        L.append(f"  Deadline: shortfall {s['shortfall']} t, penalty"
+                 f" {format_price(s['penalty'])} CNY (paid {format_price(s['penalty_paid'])},"
+                 f" average price {format_price(s['average_price'])}),"
+                 f" deduction {s['deduction']} t from {st['period'] + 1}")
+    for h, v in st["holdings"].items():
+        L.append(f"  Holding {h:<12} {v['total']:>10} t (reserved {v['reserved']})")
+    L.append(f"  Cash {format_price(st['cash']['cash_fen'])} CNY")
+    return "\n".join(L)
+
+
+def summary_text(sm: dict) -> str:
+    L = [f"Compliance summary  period {sm['period']}  "
+         f"{'closed' if sm['closed'] else 'open'}  offset cap {sm['offset_cap_bps']} bps "
+         f"{sm['offset_sub_caps_bps'] or ''}  average price "
+         f"{format_price(sm['average_price_fen'])} CNY",
+         f"  {'firm':<10} {'status':<14} {'obligation':>10} {'surrendered':>11} "
+         f"{'offsets':>8} {'shortfall':>9} {'penalty CNY':>14}"]
+    for r in sm["firms"]:
+        L.append(f"  {r['firm_id']:<10} {r['status']:<14} {r['obligation']:>10} "
+                 f"{r['surrendered']:>11} {r['offsets']:>8} {r['shortfall']:>9} "
+                 f"{format_price(r['penalty_fen']):>14}")
+    t = sm["totals"]
+    L.append(f"  {'TOTAL':<10} {'':<14} {t['obligation']:>10} {t['surrendered']:>11} "
+             f"{t['offsets']:>8} {t['shortfall']:>9} {format_price(t['penalty_fen']):>14}")
+    L.append(f"  counts: {sm['counts']}")
+    return "\n".join(L)
