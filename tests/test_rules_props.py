@@ -1,0 +1,168 @@
+"""Property tests of the rules: phi stays within its bounds and max_step; a split conserves
+allowances; sub-quota proceeds splits sum exactly to the trade's cash; same inputs give the
+same factors (and the same state, byte for byte)."""
+from __future__ import annotations
+
+from fractions import Fraction as Fr
+
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from exchange.core.commands import DepositCash, PlaceOrder
+from exchange.core.events import CommandRejected, Trade, encode_event
+from exchange.core.units import PPM
+from exchange.rules import formulas as F
+from exchange.rules.commands import (
+    ClosePeriod, PreAllocate, RecordVerified, SetRulesParams, SplitSubQuotas,
+)
+from exchange.rules.events import FactorChanged
+
+from test_rules import CEA26, Market, cycle_2026
+
+FAST = settings(max_examples=60, deadline=None,
+                suppress_health_check=[HealthCheck.too_slow])
+SLOW = settings(max_examples=25, deadline=None,
+                suppress_health_check=[HealthCheck.too_slow])
+
+ppm = st.integers(min_value=0, max_value=PPM)
+
+
+@st.composite
+def phi_case(draw):
+    lo = draw(st.integers(min_value=1, max_value=PPM))
+    hi = draw(st.integers(min_value=lo, max_value=3 * PPM))
+    phi = draw(st.integers(min_value=lo, max_value=hi))
+    step = draw(ppm)
+    own = Fr(draw(st.integers(-3 * PPM, 3 * PPM)), PPM)
+    coup = Fr(draw(st.integers(0, PPM)), PPM)
+    return phi, own, coup, lo, hi, step
+
+
+@FAST
+@given(phi_case())
+def test_phi_within_bounds_and_max_step(case):
+    phi, own, coup, lo, hi, step = case
+    new = F.update_phi(phi, own, coup, lo, hi, step)["phi_ppm"]
+    assert lo <= new <= hi
+    assert abs(new - phi) * PPM <= step * phi  # |phi' - phi| <= max_step x phi, exactly
+
+
+@SLOW
+@given(st.lists(st.tuples(st.integers(0, 400_000), st.integers(1, 200_000),
+                          st.integers(0, 200_000), st.integers(1, 100_000)),
+                min_size=1, max_size=3),
+       ppm, ppm, st.integers(1, 300_000))
+def test_phi_bounds_and_step_over_periods(years, alpha_up, kappa, max_step):
+    m = Market()
+    m.ok(SetRulesParams(alpha_up_ppm=alpha_up, alpha_down_ppm=2 * PPM, kappa_ppm=kappa,
+                        kappa_max_ppm=PPM // 10, max_step_ppm=max_step,
+                        coupling_weights="edges"))
+    cycle_2026(m)
+    p = m.rules.params(2026)
+    period = 2026
+    for ea, ya, eb, yb in years:
+        if period > 2026:
+            from exchange.core.commands import AddInstrument
+            if f"CEA-{period}" not in m.ex.instruments:
+                m.ok(AddInstrument(symbol=f"CEA-{period}", vintage=period))
+            m.ok(PreAllocate(period=period))
+        m.ok(RecordVerified(firm_id="A", period=period, emissions=ea, output=ya))
+        m.ok(RecordVerified(firm_id="B", period=period, emissions=eb, output=yb))
+        evs = m.ok(ClosePeriod(period=period))
+        for e in evs:
+            if isinstance(e, FactorChanged):
+                assert p["phi_min_ppm"] <= e.phi_after_ppm <= p["phi_max_ppm"]
+                assert abs(e.phi_after_ppm - e.phi_before_ppm) * PPM <= max_step * e.phi_before_ppm
+        period += 1
+    m.ex.check_invariants()
+
+
+@FAST
+@given(st.integers(0, 10**9), st.lists(st.integers(0, 10**6), min_size=1, max_size=12))
+def test_split_amounts_conserve(amount, weights):
+    if not any(weights):
+        return
+    parts = F.split_amounts(amount, weights)
+    assert sum(parts) == amount and all(q >= 0 for q in parts)
+    total = sum(weights)
+    for q, w in zip(parts, weights):  # never more than one tonne from the exact share
+        assert abs(q - Fr(amount * w, total)) < 1
+
+
+@SLOW
+@given(st.integers(1, 134_000), st.sampled_from(F.STRATEGIES),
+       st.lists(st.integers(1, 10_000), min_size=2, max_size=2), st.booleans())
+def test_split_conserves_allowances(amount, strategy, outputs, both):
+    m = Market()
+    from exchange.rules.commands import SetBenchmark, SetOutputHistory
+    m.ok(SetBenchmark(product="parts", intensity_ppm=100_000))
+    cycle_2026(m)
+    m.ok(SetOutputHistory(firm_id="S1", rows=((2025, outputs[0], outputs[0]),)))
+    m.ok(SetOutputHistory(firm_id="S2", rows=((2025, outputs[1], 2 * outputs[1]),)))
+    smes = ("S1", "S2") if both else ("S1",)
+    before = {f: m.held(f) for f in ("A", "S1", "S2")}
+    evs = m.run(SplitSubQuotas(parent="A", instrument=CEA26, amount=amount, smes=smes,
+                               strategy=strategy))
+    assert not [e for e in evs if isinstance(e, CommandRejected)]
+    after = {f: m.held(f) for f in ("A", "S1", "S2")}
+    assert sum(after.values()) == sum(before.values())  # parent + SMEs unchanged
+    assert before["A"] - after["A"] == amount
+    m.ex.check_invariants()
+
+
+@SLOW
+@given(st.integers(0, PPM), st.integers(7_650, 9_350), st.integers(1, 400),
+       st.integers(0, 300), st.integers(0, 50), st.sampled_from(["main", "sme"]))
+def test_proceeds_split_sums_exactly(share, price, qty_sub, qty_own, fee_bps, segment):
+    """A sale mixing sub-quota units and the SME's own units: the seller's net proceeds
+    (notional - seller fee) are split per lot, floor, SME share floor(portion x r); the parts
+    sum exactly to the net, and cash is conserved to the fen."""
+    from exchange.core.commands import IssueUnits
+    from exchange.core.exchange import AddSegment
+    m = Market()
+    m.ok(AddSegment(name=segment, fee_bps=fee_bps,
+                    access="all" if segment == "main" else "sme_sell_any_buy"))
+    cycle_2026(m)
+    if qty_own:
+        m.ok(IssueUnits(account="S1", instrument=CEA26, qty=qty_own, ref="own"))
+    m.ok(SplitSubQuotas(parent="A", instrument=CEA26, amount=qty_sub, smes=("S1",),
+                        revenue_share_ppm=share))
+    m.ok(DepositCash(account="B", amount=10**9))
+    qty = qty_own + qty_sub
+    cash0 = {f: m.ex.accounts[f].cash for f in ("A", "B", "S1", "EXCHANGE")}
+    evs = m.run(PlaceOrder(account="S1", instrument=CEA26, segment=segment, side="sell",
+                           price=price, qty=qty),
+                PlaceOrder(account="B", instrument=CEA26, segment=segment, side="buy",
+                           price=price, qty=qty))
+    trades = [e for e in evs if isinstance(e, Trade)]
+    assert len(trades) == 1
+    t = trades[0]
+    notional = price * qty
+    net = notional - t.seller_fee
+    d = {f: m.ex.accounts[f].cash - cash0[f] for f in cash0}
+    assert d["S1"] + d["A"] == net  # the split sums exactly to the seller's net
+    assert d["S1"] + d["A"] + d["EXCHANGE"] + d["B"] == 0  # no fen created or lost
+    portion = net * qty_sub // qty
+    sme_part = portion * share // PPM
+    assert d["A"] == portion - sme_part
+    assert dict(t.proceeds_split) == {"A": portion - sme_part, "S1": sme_part}
+    m.ex.check_invariants()
+
+
+def _run_scenario(data):
+    m = Market()
+    cycle_2026(m)
+    for firm, em, out in data:
+        m.run(RecordVerified(firm_id=firm, period=2026, emissions=em, output=out))
+    evs = m.run(ClosePeriod(period=2026))
+    return m, [encode_event(e) for e in evs]
+
+
+@SLOW
+@given(st.lists(st.tuples(st.sampled_from(["A", "B", "S1", "S2"]), st.integers(0, 300_000),
+                          st.integers(0, 200_000)), max_size=6))
+def test_same_inputs_same_factors(data):
+    m1, e1 = _run_scenario(data)
+    m2, e2 = _run_scenario(data)
+    assert e1 == e2
+    assert m1.ex.state_hash() == m2.ex.state_hash()
+    assert m1.rules.factor_history("A") == m2.rules.factor_history("A")
