@@ -1,0 +1,217 @@
+"""``python -m exchange simulate``: run a scenario, or compare variants of one.
+
+    python -m exchange simulate config/scenarios/three_sectors.toml --out out/three [--seed N]
+        [--periods K] [--networked URL]
+    python -m exchange simulate --compare config/scenarios/supply_chain_smes.toml \\
+        --vary split_strategy=equal,by_output,by_responsibility --out out/cmp
+"""
+from __future__ import annotations
+
+import copy
+import json
+import shlex
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+from .scenario import (
+    SPLIT_STRATEGIES, ScenarioError, apply_override, load_scenario, parse_scenario,
+)
+
+
+def _parse_value(v: str):
+    lv = v.strip().lower()
+    if lv in ("true", "false"):
+        return lv == "true"
+    for conv in (int, float):
+        try:
+            return conv(v)
+        except ValueError:
+            pass
+    return v.strip()
+
+
+def _parse_vary(spec: str) -> tuple[str, list]:
+    if "=" not in spec:
+        raise ScenarioError(f"--vary expects key=v1,v2,... (got {spec!r})")
+    key, vals = spec.split("=", 1)
+    values = [_parse_value(v) for v in vals.split(",") if v.strip()]
+    if not key.strip() or not values:
+        raise ScenarioError(f"--vary expects key=v1,v2,... (got {spec!r})")
+    return key.strip(), values
+
+
+def _load_raw(path: str) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ScenarioError(f"scenario file not found: {p}")
+    try:
+        with open(p, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ScenarioError(f"bad scenario {p}: not valid TOML: {e}") from None
+
+
+def _gateway(args):
+    if args.networked:
+        from .networked import NetworkedGateway
+        return NetworkedGateway(args.networked, operator_key=args.operator_key)
+    return None
+
+
+def run_one(args) -> int:
+    from .report import sme_stats, write_report
+    from .runner import run_scenario
+    sc = load_scenario(args.scenario)
+    out = Path(args.out)
+    progress = not args.quiet
+    res = run_scenario(sc, seed=args.seed, periods=args.periods, gateway=_gateway(args),
+                       progress=progress)
+    strategies = None
+    has_smes = any(s == "sme" for s, c in zip(res.size_class, res.chain) if c)
+    if has_smes and sc.scenario.sme_strategy_comparison and not args.networked:
+        strategies = {}
+        raw = sc.model_dump(mode="json")
+        for strat in SPLIT_STRATEGIES:
+            if all(c["split_strategy"] == strat for c in raw["chains"]):
+                r = res
+            else:
+                v = parse_scenario(apply_override(copy.deepcopy(raw), "split_strategy", strat))
+                r = run_scenario(v, seed=res.seed, periods=args.periods, progress=progress,
+                                 label=f"strategy {strat}")
+            strategies[strat] = dict(sme_stats(r), final_price=r.summary["final_price"])
+    cmd = "python -m exchange simulate " + " ".join(shlex.quote(a) for a in sys.argv[2:]) \
+        if len(sys.argv) > 2 and sys.argv[1] == "simulate" else ""
+    write_report(res, out, strategies, command=cmd)
+    s = res.summary
+    print(f"{sc.scenario.name}: {s['firms']} firms x {s['periods']} periods, "
+          f"{s['commands']:,} commands, {s['trades']:,} trades in {s['runtime_s']:.1f} s; "
+          f"final price {s['final_price']:.2f} CNY/t"
+          + (f" (analytic p* {s['analytic_price']:.2f})" if s.get("analytic_price") else "")
+          + f"; abatement cost {s['total_abatement_cost']:,.0f} vs no-trade "
+            f"{s['no_trade_abatement_cost']:,.0f} CNY")
+    print(f"wrote {out}/report.md, summary.json, firms.csv and plots")
+    return 0
+
+
+def run_compare(args) -> int:
+    from .report import sme_stats
+    from .runner import run_scenario
+    raw = _load_raw(args.compare)
+    parse_scenario(copy.deepcopy(raw), args.compare)  # the base must be valid
+    if not args.vary:
+        raise ScenarioError("--compare needs --vary key=v1,v2,...")
+    key, values = _parse_vary(args.vary)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    results = {}
+    for v in values:
+        data = apply_override(copy.deepcopy(raw), key, v)
+        sc = parse_scenario(data, f"{args.compare} with {key}={v}")
+        res = run_scenario(sc, seed=args.seed, periods=args.periods,
+                           progress=not args.quiet, label=f"{key}={v}")
+        s = res.summary
+        row = {"variant": f"{key}={v}", key: v, "final_price": s["final_price"],
+               "mean_price": s["mean_price"], "total_emissions": s["total_emissions"],
+               "total_allocation": s["total_allocation"],
+               "total_abatement_cost": s["total_abatement_cost"],
+               "no_trade_abatement_cost": s["no_trade_abatement_cost"],
+               "offset_share_used": s["offset_share_used"],
+               "total_penalties": s["total_penalties"], "sme_revenue": s["sme_revenue"],
+               "volume": s["volume"]}
+        row.update({k: v2 for k, v2 in sme_stats(res).items() if k != "sme_revenue"})
+        rows.append(row)
+        results[str(v)] = res
+        vdir = out / "variants" / f"{key}={v}"
+        vdir.mkdir(parents=True, exist_ok=True)
+        (vdir / "summary.json").write_text(json.dumps(s, indent=2, default=float) + "\n")
+    _write_compare(out, key, rows, results)
+    print(f"compared {len(rows)} variants of {key}; wrote {out}/compare.md, compare.json, "
+          f"compare.csv, compare.png")
+    return 0
+
+
+def _write_compare(out: Path, key: str, rows: list[dict], results: dict) -> None:
+    import csv
+
+    import numpy as np
+
+    from .report import _plt, _table
+    (out / "compare.json").write_text(json.dumps(rows, indent=2, default=float) + "\n")
+    with open(out / "compare.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    cols = ["final_price", "total_abatement_cost", "offset_share_used", "total_penalties",
+            "sme_revenue", "total_emissions"]
+    md = [f"# Comparison: {key}", "",
+          _table(["variant"] + cols, [[r["variant"]] + [
+              round(r[c] * 100, 3) if c == "offset_share_used" else r[c] for c in cols]
+              for r in rows]),
+          "", "(offset_share_used in %)", "", "![comparison](compare.png)", ""]
+    (out / "compare.md").write_text("\n".join(md))
+    plt = _plt()
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.8))
+    names = [str(r[key]) for r in rows]
+    x = np.arange(len(rows))
+    for ax, (c, label) in zip(axes[:3], [("total_abatement_cost", "abatement cost, M CNY"),
+                                         ("sme_revenue", "SME revenue, k CNY"),
+                                         ("offset_share_used", "offset share, %")]):
+        scale = {"total_abatement_cost": 1e-6, "sme_revenue": 1e-3, "offset_share_used": 100}[c]
+        ax.bar(x, [r[c] * scale for r in rows])
+        ax.set_xticks(x, names, rotation=20, fontsize=8)
+        ax.set_title(label, fontsize=10)
+    ax = axes[3]
+    for name, res in results.items():
+        ax.plot([p["year"] for p in res.period_rows],
+                [p["close_price"] for p in res.period_rows], "o-", label=name)
+    ax.set_title("closing price, CNY/t", fontsize=10)
+    ax.legend(fontsize=7)
+    fig.suptitle(f"Variants of {key}")
+    fig.tight_layout()
+    fig.savefig(out / "compare.png", dpi=110)
+    plt.close(fig)
+
+
+def main(args) -> int:
+    t0 = time.perf_counter()
+    try:
+        if args.compare:
+            rc = run_compare(args)
+        elif args.scenario:
+            rc = run_one(args)
+        else:
+            print("simulate: give a SCENARIO.toml, or --compare SCENARIO.toml --vary k=v1,v2",
+                  file=sys.stderr)
+            return 2
+    except ScenarioError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not args.quiet:
+        print(f"done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    return rc
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "simulate", help="multi-period agent-based simulation through the exchange core",
+        description="Run a scenario (firms with marginal abatement cost curves trading "
+                    "allowances, MRV, allocation rules, compliance) and write report.md, "
+                    "summary.json, firms.csv and plots to --out.")
+    p.add_argument("scenario", nargs="?", help="scenario file (config/scenarios/*.toml)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: scenario's)")
+    p.add_argument("--periods", type=int, default=None, help="override the number of periods")
+    p.add_argument("--networked", metavar="URL", default=None,
+                   help="drive a running server (http://HOST:PORT) instead of an in-process core")
+    p.add_argument("--operator-key", default="operator-demo-key",
+                   help="operator API key for --networked")
+    p.add_argument("--compare", metavar="SCENARIO", default=None,
+                   help="compare variants of this scenario (with --vary)")
+    p.add_argument("--vary", metavar="KEY=V1,V2", default=None,
+                   help="scenario key and values, e.g. split_strategy=equal,by_output or "
+                        "offset_cap=0,0.05,0.1 (dotted paths like market.fee_bps work too)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=main)
