@@ -13,6 +13,7 @@ CLI_MODULES = [
     "exchange.demo",
     "exchange.journal.cli",
     "exchange.server.cli",
+    "exchange.compliance.cli",
     "exchange.sim.cli",
 ]
 

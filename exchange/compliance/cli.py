@@ -1,0 +1,132 @@
+"""``python -m exchange report firm FIRM --period P`` and ``report compliance --period P``.
+
+The state is read from the journal (latest snapshot + replay of the log after it, read only):
+``--journal PATH_OR_DSN`` or the config's ``<journal.data_dir>/journal.sqlite``. ``--demo``
+instead builds the demo market in process and runs one scripted compliance period through it
+(:func:`exchange.compliance.scenario.demo_period`), so the reports can be seen without a server.
+
+Output: ``--format text`` (default), ``json`` or ``csv``. The figures are the pure functions of
+:mod:`exchange.compliance.reports`, the same the admin API serves.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+from . import reports as R
+
+
+async def _load_from_journal(target: str | None, config: str | None):
+    from ..engine import build_exchange
+    from ..journal import default_target, open_journal
+    from ..journal.runner import replay_into
+    if target is None:
+        from ..config import load_settings
+        target = default_target(load_settings(config))
+    opts = {"repair_tail": False}
+    j = open_journal(target, **opts)
+    await j.open()
+    try:
+        ex = build_exchange()
+        start = 0
+        snap = await j.latest_snapshot()
+        if snap is not None:
+            start = snap[0]
+            ex.restore(snap[1])
+        await replay_into(ex, j, start + 1)
+        return ex
+    finally:
+        await j.close()
+
+
+def load_exchange(args):
+    if args.demo:
+        from .scenario import demo_period
+        return demo_period(args.config)
+    return asyncio.run(_load_from_journal(args.journal, args.config))
+
+
+def _out(args, data: dict, csv_fn, text_fn) -> None:
+    if args.format == "json":
+        print(json.dumps(data, indent=1, sort_keys=True))
+    elif args.format == "csv":
+        sys.stdout.write(csv_fn(data))
+    else:
+        print(text_fn(data))
+
+
+def _firm(args) -> int:
+    ex = load_exchange(args)
+    try:
+        st = R.firm_statement(ex, args.firm, args.period)
+    except KeyError as e:
+        print(f"error: {e.args[0]}", file=sys.stderr)
+        return 2
+    _out(args, st, R.statement_csv, R.statement_text)
+    return 0
+
+
+def _summary(args) -> int:
+    ex = load_exchange(args)
+    try:
+        sm = R.compliance_summary(ex, args.period)
+    except KeyError as e:
+        print(f"error: {e.args[0]}", file=sys.stderr)
+        return 2
+    _out(args, sm, R.summary_csv, R.summary_text)
+    return 0
+
+
+def _what_if(args) -> int:
+    from ..core.units import percent_to_bps
+    ex = load_exchange(args)
+    subs = {}
+    for s in args.sub_cap or ():
+        k, _, v = s.partition("=")
+        subs[k] = percent_to_bps(v)
+    try:
+        wi = R.what_if_cap(ex, args.period, percent_to_bps(args.cap_pct), subs)
+    except (KeyError, ValueError) as e:
+        print(f"error: {e.args[0]}", file=sys.stderr)
+        return 2
+    if args.format == "text":
+        print(f"What if the {args.period} offset cap were {args.cap_pct} % {subs or ''} "
+              f"(now {wi['current_cap_bps']} bps)")
+        for f in wi["firms"]:
+            mark = "EXCEEDS" if f["exceeds"] else "ok"
+            print(f"  {f['firm_id']:<10} {mark:<8} obligation {f['obligation']:>9}  cap "
+                  f"{f['current_cap_qty']:>7} -> {f['proposed_cap_qty']:>7} t  surrendered "
+                  f"{f['offsets_surrendered']:>6} (over {f['surrendered_over']})  held "
+                  f"{f['offsets_held']:>6} (over {f['holdings_over']})")
+    else:
+        print(json.dumps(wi, indent=1, sort_keys=True))
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("report", help="compliance statements and summaries (issue 6)")
+    rsub = p.add_subparsers(dest="report_command", metavar="{firm,compliance,what-if}")
+
+    def common(q, formats=("text", "json", "csv")):
+        q.add_argument("--period", type=int, required=True, help="compliance period, e.g. 2026")
+        q.add_argument("--journal", default=None,
+                       help="journal path or DSN (default: <journal.data_dir>/journal.sqlite)")
+        q.add_argument("--config", default=None, help="settings file")
+        q.add_argument("--demo", action="store_true",
+                       help="no journal: build the demo market and run a scripted period")
+        q.add_argument("--format", choices=formats, default="text")
+
+    f = rsub.add_parser("firm", help="one firm's statement for a period")
+    f.add_argument("firm")
+    common(f)
+    f.set_defaults(func=_firm)
+    c = rsub.add_parser("compliance", help="market-wide compliance summary for a period")
+    common(c)
+    c.set_defaults(func=_summary)
+    w = rsub.add_parser("what-if", help="which firms a proposed offset cap would put over")
+    common(w, ("text", "json"))
+    w.add_argument("--cap-pct", required=True, help="proposed cap, percent (e.g. 3)")
+    w.add_argument("--sub-cap", action="append", help="TYPE=PCT, e.g. PHCER=1")
+    w.set_defaults(func=_what_if)
+    p.set_defaults(func=lambda a: (p.print_help(), 0)[1])

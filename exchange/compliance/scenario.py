@@ -1,0 +1,77 @@
+"""One scripted compliance period on the demo market (``report ... --demo``, docs examples).
+
+Everything goes through ordinary commands on a :class:`~exchange.engine.Sequencer`, with
+timestamps inside the period: the demo market of ``config/default.toml`` trades in 2026, the firms
+submit activity data in February 2027, the verifier verifies, the firms surrender, and the
+operator runs deadline processing after the 2026 deadline.
+"""
+from __future__ import annotations
+
+from ..config import load_settings
+from ..core.commands import EndOfDay, PlaceOrder
+from ..core.events import CommandRejected
+from ..engine import Sequencer
+from ..market import genesis_commands
+from .commands import ProcessComplianceDeadline, SubmitActivityData, SurrenderUnits, VerifyEmissions
+from .config import to_ns
+
+# (firm, fuels, process emissions, output, surrenders ((instrument, qty), ...))
+DEMO_SUBMISSIONS = (
+    # 70,000 tce coal x 0.7476 x 44/12 = 191,884 t
+    ("POWER1", (("coal", 70_000),), 0, 10_000,
+     (("CCER-2026", 5_000), ("CEA-2025", 20_000), ("CEA-2026", 166_884))),
+    # 15,000 tce coal -> 41,118 t + 8,000 t process = 49,118 t
+    ("CEMENT1", (("coal", 15_000),), 8_000, 1_000, (("CEA-2026", 49_118),)),
+    # coal 40,000 + gas 2,000 tce -> 30,791 t C -> 112,900 t + 10,000 t process = 122,900 t;
+    # surrenders 2,000 PHCER + 116,180 CEA-2026: 4,720 t short
+    ("STEEL1", (("coal", 40_000), ("natural_gas", 2_000)), 10_000, 100,
+     (("PHCER-2026", 2_000), ("CEA-2026", 116_180))),
+    # SMEs: covered from their sub-quotas at the deadline
+    ("SME1", (), 2_500, 50, ()),
+    ("SME2", (), 2_400, 40, ()),
+)
+
+
+def demo_period(config: str | None = None, period: int = 2026):
+    """Build the demo market and run one compliance period through it; return the exchange."""
+    settings = load_settings(config)
+    seq = Sequencer(start_ts=to_ns(f"{period}-01-01"))
+    ok = _checked(seq)
+    for c in genesis_commands(settings):
+        ok(c)
+    for cmd in (
+        PlaceOrder(account="CEMENT1", instrument=f"CEA-{period}", side="buy", price=8_550,
+                   qty=1_800, client_order_id="c-1"),
+        PlaceOrder(account="STEEL1", instrument=f"CEA-{period}", side="sell", price=8_480,
+                   qty=1_000, client_order_id="s-1"),
+        PlaceOrder(account="POWER1", instrument=f"CEA-{period}", segment="sme", side="buy",
+                   price=8_520, qty=300, client_order_id="p-1"),
+        EndOfDay(),
+    ):
+        ok(cmd)
+    verifier = sorted(seq.ex.modules["compliance"].verifiers)[0]
+    seq.ts = max(seq.ts, to_ns(f"{period + 1}-02-01"))
+    for firm, fuels, process, output, _ in DEMO_SUBMISSIONS:
+        ok(SubmitActivityData(firm_id=firm, period=period, fuels=fuels,
+                              process_emissions=process, output=output))
+    for firm, *_ in DEMO_SUBMISSIONS:
+        ok(VerifyEmissions(firm_id=firm, period=period, verifier=verifier))
+    for firm, *_, surrenders in DEMO_SUBMISSIONS:
+        for sym, q in surrenders:
+            ok(SurrenderUnits(firm_id=firm, period=period, instrument=sym, qty=q))
+    deadline = seq.ex.modules["compliance"].periods[period]["deadline_ts"] or seq.ts
+    seq.ts = max(seq.ts, deadline)
+    ok(ProcessComplianceDeadline(period=period, operator="demo"))
+    seq.ex.check_invariants()
+    return seq.ex
+
+
+def _checked(seq: Sequencer):
+    def ok(cmd):
+        evs = seq(cmd)
+        rej = [e for e in evs if isinstance(e, CommandRejected)]
+        if rej:
+            raise RuntimeError(f"demo period: {cmd.TYPE} rejected: {rej[0].code} "
+                               f"{rej[0].message}")
+        return evs
+    return ok
