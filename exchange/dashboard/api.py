@@ -1,0 +1,30 @@
+"""The dashboard's HTTP endpoint, registered in the operator API's route registry (imported by
+:func:`exchange.server.api.load_extensions` at start)."""
+from __future__ import annotations
+
+from ..core import errors as E
+from ..core.units import format_price
+from ..server.api import ApiContext, route
+from ..server.protocol import ProtocolError
+
+
+@route("GET", "/market/candles/{instrument}", roles=None, tag="market",
+       summary="Daily open/high/low/close of an instrument (all segments), oldest first")
+async def candles(ctx: ApiContext, body) -> dict:
+    """``?limit=N`` (default 120, at most 750) most recent trading days. A candle of the
+    current day is still open (``closed: false``). Prices are decimal CNY strings."""
+    from . import CANDLES_KEY
+
+    sym = ctx.path["instrument"]
+    ins = ctx.ex.instruments.get(sym)
+    if ins is None:
+        raise ProtocolError(E.UNKNOWN_INSTRUMENT, f"no instrument {sym[:64]!r}", 404)
+    try:
+        limit = max(1, min(750, int(ctx.query.get("limit", "120"))))
+    except ValueError:
+        raise ProtocolError(E.INVALID_PARAMS, "limit must be an integer", 422) from None
+    store = ctx.request.app.get(CANDLES_KEY)
+    series = store.series(sym, limit) if store is not None else []
+    return {"instrument": sym, "day": ctx.ex.day,
+            "reference_price": format_price(ins.reference_price) if ins.reference_price
+            else None, "candles": series}

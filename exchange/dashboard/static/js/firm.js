@@ -1,0 +1,240 @@
+// Firm view: a firm's balances, open orders and executions; place and cancel orders.
+// Everything goes through the websocket with the firm's own API key.
+import { $, el, setRows, qty, money, px, nsToTime, showError, clearMsg, toast, ApiError } from "./util.js";
+import { WsClient } from "./wsclient.js";
+
+const LIVE = new Set(["new", "partially_filled"]);
+
+export class FirmView {
+  constructor({ keys, market, setConn }) {
+    this.keys = keys;
+    this.market = market;
+    this.setConn = setConn;
+    this.client = null;
+    this.firm = null;
+    this.orders = new Map(); // order_id -> order
+    this.execs = [];
+    this.coidSeq = 0;
+  }
+
+  start() {
+    $("#firm-key-form").addEventListener("submit", (e) => {
+      e.preventDefault();
+      const k = $("#firm-key").value.trim();
+      if (k) this.signIn(k, true);
+    });
+    $("#firm-signout").addEventListener("click", () => this.signOut());
+    $("#order-form").addEventListener("submit", (e) => { e.preventDefault(); this.placeOrder(); });
+    $("#cancel-all").addEventListener("click", () => this.cancelAll());
+    for (const r of document.querySelectorAll("#order-form input[name=side]")) {
+      r.addEventListener("change", () => this.updateTicketLabel());
+    }
+    $("#ord-type").addEventListener("change", () => {
+      $("#ord-price").placeholder = $("#ord-type").value === "market" ? "protection price (optional)" : "85.00";
+      this.updateTicketLabel();
+    });
+    $("#ord-instrument").addEventListener("change", () => this.fillSegments());
+    this.market.listeners.add((what) => { if (what === "instruments") this.fillInstruments(); });
+    this.fillInstruments();
+    const k = this.keys.get("firm");
+    if (k) this.signIn(k, false);
+  }
+
+  fillInstruments() {
+    const sel = $("#ord-instrument");
+    const cur = sel.value;
+    sel.replaceChildren(...this.market.instruments.map((i) => el("option", { value: i.instrument, text: i.instrument })));
+    if (cur) sel.value = cur;
+    this.fillSegments();
+  }
+
+  fillSegments() {
+    const sel = $("#ord-segment");
+    const cur = sel.value;
+    const segs = this.market.segmentsOf($("#ord-instrument").value);
+    sel.replaceChildren(...segs.map((s) => el("option", { value: s, text: s })));
+    if (segs.includes(cur)) sel.value = cur; else if (segs.includes("main")) sel.value = "main";
+  }
+
+  updateTicketLabel() {
+    const side = document.querySelector("#order-form input[name=side]:checked").value;
+    const b = $("#ord-submit");
+    b.textContent = `Place ${side} order`;
+    b.dataset.side = side;
+  }
+
+  async signIn(key, remember) {
+    const err = $("#firm-signin-error");
+    clearMsg(err);
+    if (this.client) this.client.close();
+    const c = new WsClient(key, { onStatus: (s, d) => this.onStatus(s, d) });
+    let me;
+    try {
+      me = await c.connect();
+    } catch (e) {
+      showError(err, e, "Sign-in failed");
+      if (!remember) this.keys.set("firm", null);
+      return;
+    }
+    if (me.role !== "firm" || !me.firm_id) {
+      c.close();
+      showError(err, new ApiError("NOT_A_FIRM_KEY", `this key has role ${me.role}; the firm view needs a firm's API key`));
+      return;
+    }
+    this.client = c;
+    this.firm = me.firm_id;
+    if (remember) this.keys.set("firm", key);
+    $("#firm-whoami").textContent = me.firm_id;
+    $("#firm-signin").hidden = true;
+    $("#firm-main").hidden = false;
+    this.market.useKey(key, null);
+    try {
+      await c.subscribe("executions", (er) => this.onExec(er), (r) => this.loadOpenOrders(r.open_orders));
+      await c.subscribe("balances", (b) => this.renderBalances(b), (r) => this.renderBalances(r.snapshot));
+    } catch (e) {
+      showError(null, e, "Subscribing to the firm's channels failed");
+    }
+    this.updateTicketLabel();
+  }
+
+  signOut() {
+    if (this.client) this.client.close();
+    this.client = null;
+    this.firm = null;
+    this.keys.set("firm", null);
+    this.orders.clear();
+    this.execs = [];
+    $("#firm-main").hidden = true;
+    $("#firm-signin").hidden = false;
+    $("#firm-key").value = "";
+  }
+
+  onStatus(state, detail) {
+    this.setConn(state, detail);
+    if (state === "reconnecting") toast(`Firm session lost — ${detail}; reconnecting`, "warn", 4000);
+    else if (state === "online" && detail && detail.includes(":")) toast(detail, "error");
+  }
+
+  loadOpenOrders(list) {
+    this.orders.clear();
+    for (const o of list || []) this.orders.set(o.order_id, o);
+    this.renderOrders();
+  }
+
+  onExec(er) {
+    this.execs.unshift(er);
+    if (this.execs.length > 200) this.execs.length = 200;
+    if (LIVE.has(er.order_status) && er.leaves_qty > 0) {
+      const o = this.orders.get(er.order_id) || {};
+      this.orders.set(er.order_id, {
+        ...o, order_id: er.order_id, client_order_id: er.client_order_id, instrument: er.instrument,
+        segment: er.segment, side: er.side, price: er.price, qty: er.qty, cum_qty: er.cum_qty,
+        leaves_qty: er.leaves_qty, order_status: er.order_status, tif: o.tif || "",
+      });
+    } else {
+      this.orders.delete(er.order_id);
+    }
+    if (er.exec_type === "rejected") toast(`Order ${er.client_order_id || er.order_id} rejected — ${er.reason}`, "error");
+    if (er.exec_type === "trade") toast(`${er.side === "buy" ? "Bought" : "Sold"} ${qty(er.last_qty)} t ${er.instrument} @ ${er.last_px}`, "ok", 4000);
+    this.renderOrders();
+    this.renderExecs();
+  }
+
+  async placeOrder() {
+    const errBox = $("#order-error"), okBox = $("#order-ok");
+    clearMsg(errBox, okBox);
+    if (!this.client) { showError(errBox, new ApiError("NOT_SIGNED_IN", "sign in with a firm key first")); return; }
+    const side = document.querySelector("#order-form input[name=side]:checked").value;
+    const qtyText = $("#ord-qty").value.trim();
+    if (!/^\d+$/.test(qtyText)) {
+      showError(errBox, new ApiError("INVALID_QTY", "quantity must be a whole number of tonnes"));
+      return;
+    }
+    const type = $("#ord-type").value;
+    const priceText = $("#ord-price").value.trim();
+    if (type === "limit" && !priceText) {
+      showError(errBox, new ApiError("PRICE_REQUIRED", "a limit order needs a price"));
+      return;
+    }
+    const params = {
+      instrument: $("#ord-instrument").value, segment: $("#ord-segment").value, side,
+      qty: parseInt(qtyText, 10), order_type: type, tif: $("#ord-tif").value,
+      post_only: $("#ord-postonly").checked,
+      client_order_id: `ui-${Date.now().toString(36)}-${++this.coidSeq}`,
+    };
+    if (priceText) params.price = priceText;
+    const btn = $("#ord-submit");
+    btn.disabled = true;
+    try {
+      const r = await this.client.request("place_order", params);
+      okBox.textContent = `Order ${r.order_id} ${r.order_status.replace("_", " ")}: ${qty(r.cum_qty)} t filled, ${qty(r.leaves_qty)} t working`;
+      okBox.dataset.orderId = r.order_id;
+    } catch (e) {
+      showError(errBox, e, "Order rejected");
+    } finally {
+      btn.disabled = false;
+    }
+  }
+
+  async cancel(orderId) {
+    const errBox = $("#order-error");
+    clearMsg(errBox);
+    try {
+      const r = await this.client.request("cancel_order", { order_id: orderId });
+      toast(`Order ${r.order_id} ${r.order_status}`, "ok", 3000);
+    } catch (e) {
+      showError(errBox, e, `Cancel of order ${orderId} failed`);
+    }
+  }
+
+  async cancelAll() {
+    if (!this.client) return;
+    try {
+      const r = await this.client.request("cancel_all", {});
+      toast(`${r.canceled} order(s) canceled`, "ok", 3000);
+    } catch (e) {
+      showError($("#order-error"), e, "Cancel all failed");
+    }
+  }
+
+  renderBalances(b) {
+    if (!b) return;
+    $("#bal-cash").textContent = money(b.cash);
+    $("#bal-cash-res").textContent = money(b.cash_reserved);
+    $("#bal-cash-avail").textContent = money(b.cash_available);
+    $("#bal-meta").textContent = `CNY · as of seq ${b.as_of_seq}`;
+    const rows = Object.entries(b.holdings || {}).map(([sym, h]) => el("tr", { dataset: { instrument: sym } },
+      el("td", { text: sym }), el("td", { class: "num", text: qty(h.total) }),
+      el("td", { class: "num", text: qty(h.reserved) }), el("td", { class: "num", text: qty(h.available) })));
+    setRows($("#holdings tbody"), rows, "No holdings", 4);
+  }
+
+  renderOrders() {
+    const list = [...this.orders.values()].sort((a, b) => b.order_id - a.order_id);
+    const rows = list.map((o) => el("tr", { dataset: { orderId: o.order_id } },
+      el("td", { class: "mono", text: String(o.order_id) }),
+      el("td", { text: o.instrument }), el("td", { text: o.segment }),
+      el("td", { class: o.side === "buy" ? "bid" : "ask", text: o.side.toUpperCase() }),
+      el("td", { class: "num", text: px(o.price) }), el("td", { class: "num", text: qty(o.qty) }),
+      el("td", { class: "num", text: qty(o.cum_qty) }), el("td", { class: "num", text: qty(o.leaves_qty) }),
+      el("td", { text: o.tif || "" }),
+      el("td", {}, el("span", { class: `status ${o.order_status}`, text: o.order_status.replace("_", " ") })),
+      el("td", {}, el("button", { class: "btn small ghost", text: "Cancel", "aria-label": `Cancel order ${o.order_id}`,
+        onclick: () => this.cancel(o.order_id) }))));
+    setRows($("#open-orders tbody"), rows, "No open orders", 11);
+  }
+
+  renderExecs() {
+    const rows = this.execs.map((e) => el("tr", {},
+      el("td", { text: nsToTime(e.ts) }), el("td", { class: "mono", text: String(e.order_id) }),
+      el("td", { text: `${e.instrument} · ${e.segment}` }),
+      el("td", { class: e.side === "buy" ? "bid" : "ask", text: e.side.toUpperCase() }),
+      el("td", { text: e.exec_type }), el("td", { text: e.order_status.replace("_", " ") }),
+      el("td", { class: "num", text: e.last_qty ? qty(e.last_qty) : "" }),
+      el("td", { class: "num", text: e.last_px || "" }),
+      el("td", { class: "num", text: qty(e.cum_qty) }), el("td", { class: "num", text: qty(e.leaves_qty) }),
+      el("td", { class: "num", text: e.fee && e.fee !== "0.00" ? e.fee : "" }),
+      el("td", { class: "muted", text: e.reason || "" })));
+    setRows($("#executions tbody"), rows, "No executions yet", 12);
+  }
+}

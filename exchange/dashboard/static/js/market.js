@@ -1,0 +1,276 @@
+// Market view: instruments and segments, live L2 depth, recent trades, tickers, daily OHLC.
+import { $, el, setRows, qty, px, nsToTime, toFen, fenToStr, showError, toast, errorText } from "./util.js";
+import { publicApi } from "./api.js";
+import { WsClient } from "./wsclient.js";
+import { CandleChart } from "./chart.js";
+
+const DEPTH_LEVELS = 12;
+const TRADES_KEPT = 60;
+
+export class MarketView {
+  constructor({ keys, setConn }) {
+    this.keys = keys;
+    this.setConn = setConn;
+    this.instruments = []; // from /api/v1/instruments
+    this.sel = { instrument: null, segment: "main" };
+    this.books = new Map(); // "SYM:seg" -> LocalBook
+    this.trades = new Map(); // SYM -> [trade, ...] newest first
+    this.tickers = new Map(); // SYM -> ticker
+    this.days = new Map(); // SYM -> current trading day (from the candle endpoint)
+    this.client = null;
+    this.chart = new CandleChart($("#chart"));
+    this.listeners = new Set(); // other views that want instrument / ticker updates
+  }
+
+  async start() {
+    $("#market-key-form").addEventListener("submit", (e) => {
+      e.preventDefault();
+      const k = $("#market-key").value.trim();
+      if (k) this.useKey(k, "market");
+    });
+    try {
+      await this.loadInstruments();
+    } catch (e) {
+      showError(null, e, "Could not load instruments");
+    }
+    const key = this.keys.get("market") || this.keys.get("operator") || this.keys.get("firm");
+    if (key) this.useKey(key, null);
+    else $("#market-signin").hidden = false;
+    setInterval(() => this.refreshCandles(), 60000);
+  }
+
+  async loadInstruments() {
+    const r = await publicApi.get("/instruments");
+    this.instruments = r.instruments;
+    for (const t of r.instruments) if (!this.tickers.has(t.instrument)) this.tickers.set(t.instrument, t);
+    if (!this.sel.instrument && this.instruments.length) this.sel.instrument = this.instruments[0].instrument;
+    this.renderChips();
+    this.renderTicker();
+    this.renderOverview();
+    for (const fn of this.listeners) fn("instruments", this.instruments);
+    this.refreshCandles();
+  }
+
+  segmentsOf(sym) {
+    const i = this.instruments.find((x) => x.instrument === sym);
+    return i ? i.segments : [];
+  }
+
+  /** Connect the market-data session with a key (any role). */
+  async useKey(key, remember) {
+    if (this.client && this.client.state === "online") return;
+    if (this.client) this.client.close();
+    const c = new WsClient(key, { onStatus: (s, d) => this.onStatus(s, d) });
+    this.client = c;
+    try {
+      await c.connect();
+    } catch (e) {
+      if (remember) showError(null, e, "Market data sign-in failed");
+      $("#market-signin").hidden = false;
+      return;
+    }
+    if (remember) this.keys.set(remember, key);
+    $("#market-signin").hidden = true;
+    await this.subscribeAll();
+  }
+
+  onStatus(state, detail) {
+    this.setConn(state, detail);
+    if (state === "reconnecting") toast(`Market data connection lost — ${detail}; reconnecting`, "warn", 4000);
+    else if (detail && state === "online" && detail.includes(":")) toast(detail, "error");
+  }
+
+  async subscribeAll() {
+    const c = this.client;
+    const subs = [];
+    for (const ins of this.instruments) {
+      const sym = ins.instrument;
+      subs.push(c.subscribe(`ticker:${sym}`, (data) => this.onTicker(data),
+        (r) => { if (r.snapshot) this.onTicker(r.snapshot); }));
+      subs.push(c.subscribe(`trades:${sym}`, (data) => this.onTrade(data)));
+      for (const seg of ins.segments) {
+        subs.push(c.subscribeBook(sym, seg, (book) => this.onBook(book)));
+      }
+    }
+    const results = await Promise.allSettled(subs);
+    for (const r of results) if (r.status === "rejected") showError(null, r.reason, "Subscription failed");
+  }
+
+  onBook(book) {
+    const key = `${book.instrument}:${book.segment}`;
+    this.books.set(key, book);
+    this.scheduleRender(key);
+  }
+
+  scheduleRender(key) {
+    this.dirty = this.dirty || new Set();
+    this.dirty.add(key);
+    if (this.raf) return;
+    this.raf = requestAnimationFrame(() => {
+      this.raf = null;
+      const d = this.dirty; this.dirty = new Set();
+      if (d.has(`${this.sel.instrument}:${this.sel.segment}`)) this.renderDepth();
+      this.renderOverview();
+    });
+  }
+
+  onTicker(t) {
+    this.tickers.set(t.instrument, t);
+    if (t.instrument === this.sel.instrument) this.renderTicker();
+    const halted = [...this.tickers.values()].some((x) => x.halted);
+    const ms = $("#market-state");
+    ms.textContent = halted ? "HALT ACTIVE" : "TRADING";
+    ms.dataset.state = halted ? "halted" : "open";
+    for (const fn of this.listeners) fn("ticker", t);
+  }
+
+  onTrade(tr) {
+    const list = this.trades.get(tr.instrument) || [];
+    list.unshift(tr);
+    if (list.length > TRADES_KEPT) list.length = TRADES_KEPT;
+    this.trades.set(tr.instrument, list);
+    if (tr.instrument === this.sel.instrument) {
+      this.renderTrades(tr.trade_id);
+      const day = this.days.get(tr.instrument);
+      if (day !== undefined) this.chart.trade(day, tr.price, tr.qty);
+    }
+  }
+
+  select(sym, seg) {
+    const segs = this.segmentsOf(sym);
+    this.sel = { instrument: sym, segment: segs.includes(seg) ? seg : (segs.includes("main") ? "main" : segs[0]) };
+    this.renderChips();
+    this.renderTicker();
+    this.renderDepth();
+    this.renderTrades();
+    this.renderOverview();
+    this.refreshCandles();
+  }
+
+  async refreshCandles() {
+    const sym = this.sel.instrument;
+    if (!sym) return;
+    try {
+      const r = await publicApi.get(`/market/candles/${encodeURIComponent(sym)}?limit=90`);
+      this.days.set(sym, r.day);
+      if (sym === this.sel.instrument) {
+        this.chart.set(r.candles, r.reference_price);
+        $("#chart-meta").textContent = `${sym} · all segments · trading day ${r.day}`;
+      }
+    } catch (e) {
+      $("#chart-meta").textContent = `chart unavailable — ${errorText(e)}`;
+    }
+  }
+
+  // ------------------------------------------------------------------ rendering
+  renderChips() {
+    const box = $("#instrument-chips");
+    box.replaceChildren(...this.instruments.map((i) => {
+      const t = this.tickers.get(i.instrument) || i;
+      return el("button", {
+        class: "chip" + (i.instrument === this.sel.instrument ? " active" : ""),
+        dataset: { instrument: i.instrument }, onclick: () => this.select(i.instrument, this.sel.segment),
+      }, el("span", { class: "chip-sym", text: i.instrument }),
+      el("span", { class: "chip-kind", text: i.kind === "offset" ? `offset · ${i.offset_type || ""}` : "allowance" }),
+      el("span", { class: "chip-last", text: px(t.last || t.reference_price) }));
+    }));
+    const segs = this.segmentsOf(this.sel.instrument);
+    $("#segment-chips").replaceChildren(...segs.map((s) => el("button", {
+      class: "chip seg" + (s === this.sel.segment ? " active" : ""), dataset: { segment: s },
+      onclick: () => this.select(this.sel.instrument, s), text: s,
+    })));
+  }
+
+  renderTicker() {
+    const t = this.tickers.get(this.sel.instrument);
+    if (!t) return;
+    $("#tk-last").textContent = px(t.last);
+    const chg = $("#tk-chg");
+    const last = toFen(t.last), ref = toFen(t.reference_price);
+    if (last !== null && ref) {
+      const d = last - ref;
+      const pct = ((d / ref) * 100).toFixed(2);
+      chg.textContent = `${d >= 0 ? "+" : ""}${fenToStr(d)} (${d >= 0 ? "+" : ""}${pct}%)`;
+      chg.dataset.dir = d > 0 ? "up" : d < 0 ? "down" : "flat";
+    } else { chg.textContent = ""; }
+    $("#tk-bid").textContent = px(t.best_bid);
+    $("#tk-ask").textContent = px(t.best_ask);
+    $("#tk-open").textContent = px(t.day_open);
+    $("#tk-high").textContent = px(t.day_high);
+    $("#tk-low").textContent = px(t.day_low);
+    $("#tk-vwap").textContent = px(t.vwap);
+    $("#tk-vol").textContent = qty(t.volume);
+    $("#tk-band").textContent = t.band ? `${px(t.reference_price)} · ${t.band[0]}–${t.band[1]}` : px(t.reference_price);
+    const st = $("#tk-status");
+    st.textContent = t.halted ? "HALTED" : "TRADING";
+    st.dataset.state = t.halted ? "halted" : "open";
+  }
+
+  renderDepth() {
+    const key = `${this.sel.instrument}:${this.sel.segment}`;
+    const book = this.books.get(key);
+    const body = $("#depth-body");
+    if (!book) {
+      setRows(body, [], this.client ? "Loading…" : "Sign in to see live depth", 4);
+      $("#depth-meta").textContent = "";
+      $("#depth-spread").textContent = "";
+      return;
+    }
+    const bids = book.bidLevels().slice(0, DEPTH_LEVELS);
+    const asks = book.askLevels().slice(0, DEPTH_LEVELS);
+    const cum = (lv) => { let s = 0; return lv.map(([, q]) => (s += q)); };
+    const cb = cum(bids), ca = cum(asks);
+    const max = Math.max(cb[cb.length - 1] || 0, ca[ca.length - 1] || 0, 1);
+    const rows = [];
+    const n = Math.max(bids.length, asks.length);
+    for (let i = 0; i < n; i++) {
+      const b = bids[i], a = asks[i];
+      const tdBq = el("td", { class: "num bidq depthbar", text: b ? qty(b[1]) : "" });
+      const tdB = el("td", { class: "num bid", text: b ? b[0] : "" });
+      const tdA = el("td", { class: "num ask", text: a ? a[0] : "" });
+      const tdAq = el("td", { class: "num askq depthbar", text: a ? qty(a[1]) : "" });
+      if (b) { tdBq.style.setProperty("--w", `${(cb[i] / max) * 100}%`); tdB.dataset.price = b[0]; tdB.dataset.qty = b[1]; tdB.dataset.side = "bid"; }
+      if (a) { tdAq.style.setProperty("--w", `${(ca[i] / max) * 100}%`); tdA.dataset.price = a[0]; tdA.dataset.qty = a[1]; tdA.dataset.side = "ask"; }
+      rows.push(el("tr", {}, tdBq, tdB, tdA, tdAq));
+    }
+    setRows(body, rows, "Empty book", 4);
+    const bb = bids[0] && toFen(bids[0][0]), ba = asks[0] && toFen(asks[0][0]);
+    $("#depth-spread").textContent = bb && ba ? `Spread ${fenToStr(ba - bb)} · mid ${fenToStr(Math.round((ba + bb) / 2))}` : "";
+    $("#depth-meta").textContent = `${key.replace(":", " · ")} · book seq ${book.seq}${book.resyncs ? ` · ${book.resyncs} resync(s)` : ""}`;
+  }
+
+  renderTrades(newId) {
+    const list = (this.trades.get(this.sel.instrument) || []);
+    const rows = list.map((t) => el("tr", { class: t.trade_id === newId ? "flash" : "" },
+      el("td", { text: nsToTime(t.ts) }),
+      el("td", { text: t.segment }),
+      el("td", { class: `num ${t.aggressor === "buy" ? "bid" : "ask"}`, text: t.price }),
+      el("td", { class: "num", text: qty(t.qty) })));
+    setRows($("#trades-body"), rows, "No trades since connecting", 4);
+    $("#trades-meta").textContent = `${this.sel.instrument} · all segments`;
+  }
+
+  renderOverview() {
+    const rows = [];
+    for (const ins of this.instruments) {
+      for (const seg of ins.segments) {
+        const key = `${ins.instrument}:${seg}`;
+        const b = this.books.get(key);
+        const bid = b ? b.bidLevels()[0] : null, ask = b ? b.askLevels()[0] : null;
+        const sum = (m) => { let s = 0; for (const q of m.values()) s += q; return s; };
+        const sel = ins.instrument === this.sel.instrument && seg === this.sel.segment;
+        rows.push(el("tr", { class: "clickable" + (sel ? " selected" : ""), dataset: { book: key },
+          onclick: () => this.select(ins.instrument, seg) },
+        el("td", { text: ins.instrument }), el("td", { text: seg }),
+        el("td", { class: "num", text: bid ? qty(bid[1]) : "—" }),
+        el("td", { class: "num bid", text: bid ? bid[0] : "—" }),
+        el("td", { class: "num ask", text: ask ? ask[0] : "—" }),
+        el("td", { class: "num", text: ask ? qty(ask[1]) : "—" }),
+        el("td", { class: "num", text: b ? qty(sum(b.bids)) : "—" }),
+        el("td", { class: "num", text: b ? qty(sum(b.asks)) : "—" }),
+        el("td", { class: "num muted", text: b ? String(b.seq) : "—" })));
+      }
+    }
+    setRows($("#books-body"), rows, "No instruments", 9);
+  }
+}
