@@ -19,7 +19,8 @@ its input and raises :class:`~exchange.core.errors.Reject` *before* it changes a
     recorded now and takes effect at the next allocation step of that period: pre-allocation,
     true-up, ``close_period`` or ``settle_allocations`` (all of which emit the events).
 ``allocation(firm_id, period) -> dict``
-    ``pre_allocation``, ``true_up``, ``deduction``, ``total`` (= pre + true-up - deduction) and
+    ``pre_allocation``, ``true_up``, ``deduction``, ``total`` (= max(0, pre + true-up -
+    deduction); a deduction beyond the allocation is shown as ``deduction_unapplied``) and
     the details (benchmark, phi, outputs, issued, clawed back, added to the obligation).
 ``factor_history(firm_id) -> list[dict]``
     Every change of the firm's allocation factor with its inputs and terms.
@@ -227,7 +228,8 @@ class RulesModule(Module):
         return {"firm_id": firm_id, "period": period, "exists": True,
                 "instrument": rec["instrument"], "pre_allocation": rec["pre"],
                 "true_up": true_up, "deduction": rec["deduction"],
-                "total": rec["pre"] + true_up - rec["deduction"],
+                "total": max(0, rec["pre"] + true_up - rec["deduction"]),
+                "deduction_unapplied": max(0, rec["deduction"] - rec["pre"] - true_up),
                 "benchmark_ppm": rec["benchmark_ppm"], "phi_ppm": rec["phi_ppm"],
                 "base_output": rec["base_output"], "verified_output": rec["verified_output"],
                 "verified": rec["verified"], "opened": rec["opened"],
@@ -276,7 +278,7 @@ class RulesModule(Module):
     @staticmethod
     def _target(rec: dict) -> int:
         if rec["verified"]:
-            return rec["final"] - rec["deduction"]
+            return max(0, rec["final"] - rec["deduction"])
         if rec["opened"]:
             return max(0, rec["pre"] - rec["deduction"])
         return 0

@@ -1,0 +1,394 @@
+"""Admin HTTP endpoints and websocket methods of the rules module (loaded by the server at
+start: see :mod:`exchange.server.api`).
+
+HTTP (``/api/v1``; ratios travel as decimal strings, e.g. ``"0.7"``, and are converted to the
+core's ppm by :func:`exchange.core.units.ratio_to_ppm`; responses carry both)::
+
+    GET  /rules/params                      parameters now and their schedule by period
+    POST /rules/params                      set_rules_params (effective from the next period)
+    GET  /rules/benchmarks                  benchmarks with their history
+    POST /rules/benchmarks                  set_benchmark
+    POST /rules/assessments                 assess_firm (initial allocation factor)
+    POST /rules/output-history              set_output_history
+    POST /rules/input-use                   set_input_use (supply-chain data, responsibility)
+    GET  /rules/chains                      supply chains with members' tiers, phi, weights
+    GET  /rules/chains/{chain_id}           one chain
+    GET  /rules/periods                     periods and their state, responsibility factors
+    POST /rules/allocation-runs             pre_allocate | close_period | settle_allocations |
+                                            settle_sub_quotas for a period
+    GET  /rules/allocations/{period}        every firm's allocation of a period
+    GET  /rules/allocations/{period}/{firm_id}
+    POST /rules/splits                      split_sub_quotas by a strategy
+    POST /rules/splits/preview              the amounts a split would give, changing nothing
+    GET  /rules/sub-quotas                  sub-quota lots with their period-end settlement
+    GET  /rules/factors/{firm_id}           a firm's allocation-factor history (firm: own only)
+
+Websocket methods (role firm, for the session's own firm): ``factor_history`` and
+``allocation`` (``{"period": 2026}``).
+"""
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
+
+from ..core import errors as E
+from ..core.units import ppm_half_even, ppm_to_decimal, ratio_to_ppm
+from ..server.api import ApiContext, CommandResult, route
+from ..server.credentials import ROLE_FIRM, ROLE_OPERATOR, ROLE_VERIFIER
+from ..server.protocol import ProtocolError, ws_method
+from . import formulas as F
+from .commands import (
+    AssessFirm, ClosePeriod, PreAllocate, SetBenchmark, SetInputUse, SetOutputHistory,
+    SetRulesParams, SettleAllocations, SettleSubQuotas, SplitSubQuotas,
+)
+from .config import _ratio
+
+READERS = (ROLE_OPERATOR, ROLE_VERIFIER, ROLE_FIRM)
+TAG = "rules"
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _dec(ppm: int | None) -> str | None:
+    return None if ppm is None else str(ppm_to_decimal(ppm).normalize())
+
+
+def _ppm_of(v: str, name: str, hi: str | None = None) -> int:
+    try:
+        _ratio(v, "0", hi)
+    except ValueError as exc:
+        raise ProtocolError(E.INVALID_PARAMS, f"{name}: {exc}", 422) from None
+    return ratio_to_ppm(v)
+
+
+def _rules(ctx_or_ex):
+    ex = getattr(ctx_or_ex, "ex", ctx_or_ex)
+    r = ex.modules.get("rules")
+    if r is None:
+        raise ProtocolError(E.NOT_FOUND, "the rules module is not loaded", 404)
+    return r
+
+
+def _params_view(p: dict) -> dict:
+    return {k[:-4] if k.endswith("_ppm") else k: (_dec(v) if k.endswith("_ppm") else v)
+            for k, v in sorted(p.items())}
+
+
+def _int_path(ctx: ApiContext, name: str) -> int:
+    try:
+        return int(ctx.path[name])
+    except ValueError:
+        raise ProtocolError(E.INVALID_PARAMS, f"{name} must be an integer", 422) from None
+
+
+def _own(ctx: ApiContext, firm_id: str) -> None:
+    if ctx.cred is not None and ctx.cred.role == ROLE_FIRM and ctx.cred.firm_id != firm_id:
+        raise ProtocolError(E.FORBIDDEN, "a firm reads only its own rules data", 403)
+
+
+# ====================================================================== parameters
+
+class ParamsBody(Body):
+    pre_ratio: str | None = None
+    initial_phi: str | None = None
+    phi_min: str | None = None
+    phi_max: str | None = None
+    max_step: str | None = None
+    alpha_up: str | None = None
+    alpha_down: str | None = None
+    kappa: str | None = None
+    kappa_max: str | None = None
+    coupling_weights: Literal["edges", "tier"] | None = None
+    w_tech: str | None = None
+    w_eff: str | None = None
+    w_hist: str | None = None
+    benchmark_step: str | None = None
+    max_tightening: str | None = None
+    allow_loosening: StrictBool | None = None
+    max_loosening: str | None = None
+    instrument_pattern: str | None = None
+
+
+@route("GET", "/rules/params", summary="Rules parameters now and by period", tag=TAG,
+       roles=READERS)
+async def get_params(ctx: ApiContext, body) -> dict:
+    r = _rules(ctx)
+    return {"next_period": r.next_effective_period(), "params": _params_view(r.params()),
+            "schedule": [{"effective_from": p, "params": _params_view(v)}
+                         for p, v in r.schedule]}
+
+
+@route("POST", "/rules/params", summary="Change rules parameters from the next period",
+       body=ParamsBody, response=CommandResult, tag=TAG)
+async def set_params(ctx: ApiContext, b: ParamsBody) -> dict:
+    """Journaled as ``set_rules_params``; applies from the period after the latest
+    pre-allocated one, never to a period already open."""
+    kw = {}
+    for k, v in b.model_dump(exclude_none=True).items():
+        if k in ("coupling_weights", "allow_loosening", "instrument_pattern"):
+            kw[k] = v
+        else:
+            kw[f"{k}_ppm"] = _ppm_of(v, k, "100")
+    return await ctx.command(SetRulesParams(**kw))
+
+
+# ====================================================================== benchmarks, firm data
+
+class BenchmarkBody(Body):
+    product: str = Field(min_length=1, max_length=64)
+    intensity: str = Field(description="t CO2e per unit of output, decimal string")
+
+
+@route("GET", "/rules/benchmarks", summary="Benchmarks with their history", tag=TAG,
+       roles=READERS)
+async def get_benchmarks(ctx: ApiContext, body) -> dict:
+    r = _rules(ctx)
+    return {p: {"intensity": _dec(v), "intensity_ppm": v, "history": r.benchmark_history(p)}
+            for p, v in sorted(r.benchmarks.items())}
+
+
+@route("POST", "/rules/benchmarks", summary="Set a product's benchmark", body=BenchmarkBody,
+       response=CommandResult, tag=TAG)
+async def set_benchmark(ctx: ApiContext, b: BenchmarkBody) -> dict:
+    return await ctx.command(SetBenchmark(product=b.product,
+                                          intensity_ppm=_ppm_of(b.intensity, "intensity")))
+
+
+class AssessmentBody(Body):
+    firm_id: str
+    technology: str = Field(description="technology level in [0, 1]")
+    efficiency: str = Field(description="energy efficiency in [0, 1]")
+    hist_intensity: str = Field(description="historical t CO2e per unit of output")
+
+
+@route("POST", "/rules/assessments", summary="Assess a firm: initial allocation factor",
+       body=AssessmentBody, response=CommandResult, tag=TAG)
+async def assess(ctx: ApiContext, b: AssessmentBody) -> dict:
+    return await ctx.command(AssessFirm(
+        firm_id=b.firm_id, technology_ppm=_ppm_of(b.technology, "technology", "1"),
+        efficiency_ppm=_ppm_of(b.efficiency, "efficiency", "1"),
+        hist_intensity_ppm=_ppm_of(b.hist_intensity, "hist_intensity")))
+
+
+class HistoryRow(Body):
+    period: StrictInt
+    output: StrictInt = Field(ge=0)
+    emissions: StrictInt | None = Field(None, ge=0)
+
+
+class OutputHistoryBody(Body):
+    firm_id: str
+    rows: list[HistoryRow] = Field(min_length=1)
+
+
+@route("POST", "/rules/output-history", summary="Set a firm's historical output",
+       body=OutputHistoryBody, response=CommandResult, tag=TAG)
+async def output_history(ctx: ApiContext, b: OutputHistoryBody) -> dict:
+    return await ctx.command(SetOutputHistory(
+        firm_id=b.firm_id, rows=tuple((r.period, r.output, r.emissions) for r in b.rows)))
+
+
+class InputRow(Body):
+    product: str
+    qty: StrictInt = Field(ge=0)
+
+
+class InputUseBody(Body):
+    firm_id: str
+    period: StrictInt
+    inputs: list[InputRow]
+
+
+@route("POST", "/rules/input-use", summary="Set a firm's input use (responsibility factors)",
+       body=InputUseBody, response=CommandResult, tag=TAG)
+async def input_use(ctx: ApiContext, b: InputUseBody) -> dict:
+    return await ctx.command(SetInputUse(firm_id=b.firm_id, period=b.period,
+                                         inputs=tuple((i.product, i.qty) for i in b.inputs)))
+
+
+# ====================================================================== chains
+
+def _chain_view(ex, rules, chain_id: str) -> dict:
+    ch = ex.chains[chain_id]
+    p = rules.params()
+    members = []
+    for firm_id, tier in sorted(ch["members"].items(), key=lambda x: (x[1], x[0])):
+        phi = rules.phi.get(firm_id, p["initial_phi_ppm"])
+        members.append({
+            "firm_id": firm_id, "tier": tier, "size_class": ex.accounts[firm_id].size_class,
+            "product": ex.accounts[firm_id].product, "phi": _dec(phi), "phi_ppm": phi,
+            "coupling_weights": {j: _dec(ppm_half_even(w))
+                                 for j, w in rules._partners(firm_id, p["coupling_weights"])}})
+    return {"chain_id": chain_id, "core_firm": ch["core_firm"], "members": members,
+            "edges": [{"supplier": s, "customer": c, "weight": _dec(w), "weight_ppm": w}
+                      for s, c, w in ch["edges"]],
+            "coupling_weights_mode": p["coupling_weights"]}
+
+
+@route("GET", "/rules/chains", summary="Supply chains with tiers, factors and weights",
+       tag=TAG, roles=READERS)
+async def get_chains(ctx: ApiContext, body) -> dict:
+    r = _rules(ctx)
+    return {"chains": [_chain_view(ctx.ex, r, c) for c in sorted(ctx.ex.chains)]}
+
+
+@route("GET", "/rules/chains/{chain_id}", summary="One supply chain", tag=TAG, roles=READERS)
+async def get_chain(ctx: ApiContext, body) -> dict:
+    r = _rules(ctx)
+    cid = ctx.path["chain_id"]
+    if cid not in ctx.ex.chains:
+        raise ProtocolError(E.UNKNOWN_CHAIN, f"unknown supply chain {cid!r}", 404)
+    return _chain_view(ctx.ex, r, cid)
+
+
+# ====================================================================== periods, allocation runs
+
+class AllocationRunBody(Body):
+    period: StrictInt
+    step: Literal["pre_allocate", "close_period", "settle_allocations", "settle_sub_quotas"]
+
+
+_STEPS = {"pre_allocate": PreAllocate, "close_period": ClosePeriod,
+          "settle_allocations": SettleAllocations, "settle_sub_quotas": SettleSubQuotas}
+
+
+@route("GET", "/rules/periods", summary="Periods, their state and responsibility factors",
+       tag=TAG, roles=READERS)
+async def get_periods(ctx: ApiContext, body) -> dict:
+    r = _rules(ctx)
+    return {"periods": [{"period": p, "state": s, "instrument": r.instrument_for(p),
+                         "responsibility": {k: _dec(v) for k, v in r.resp.get(p, {}).items()}}
+                        for p, s in sorted(r.periods.items())]}
+
+
+@route("POST", "/rules/allocation-runs", summary="Run an allocation step for a period",
+       body=AllocationRunBody, response=CommandResult, tag=TAG)
+async def allocation_run(ctx: ApiContext, b: AllocationRunBody) -> dict:
+    """``pre_allocate`` opens the period; ``close_period`` (after all verifications) updates
+    factors and benchmarks; ``settle_allocations`` applies late deductions;
+    ``settle_sub_quotas`` reverts or banks sub-quota surplus (after the compliance deadline)."""
+    return await ctx.command(_STEPS[b.step](period=b.period))
+
+
+@route("GET", "/rules/allocations/{period}", summary="Every firm's allocation of a period",
+       tag=TAG, roles=(ROLE_OPERATOR, ROLE_VERIFIER))
+async def get_allocations(ctx: ApiContext, body) -> dict:
+    r = _rules(ctx)
+    period = _int_path(ctx, "period")
+    firms = sorted(f for f, d in r.allocs.items() if period in d)
+    return {"period": period, "allocations": [r.allocation(f, period) for f in firms]}
+
+
+@route("GET", "/rules/allocations/{period}/{firm_id}", summary="A firm's allocation",
+       tag=TAG, roles=READERS)
+async def get_allocation(ctx: ApiContext, body) -> dict:
+    r = _rules(ctx)
+    firm_id = ctx.path["firm_id"]
+    _own(ctx, firm_id)
+    if firm_id not in ctx.ex.accounts:
+        raise ProtocolError(E.UNKNOWN_ACCOUNT, f"unknown firm {firm_id!r}", 404)
+    return r.allocation(firm_id, _int_path(ctx, "period"))
+
+
+# ====================================================================== splits, sub-quotas
+
+class SplitBody(Body):
+    parent: str
+    instrument: str
+    amount: StrictInt = Field(gt=0)
+    smes: list[str] = Field(min_length=1)
+    strategy: Literal["equal", "output", "baseline_emissions", "responsibility",
+                      "abatement"] = "equal"
+    revenue_share: str = Field("0.5", description="SME's share of sale proceeds, [0, 1]")
+    surplus_rule: Literal["revert", "bank"] = "revert"
+    shortfall_rule: Literal["sme", "parent"] = "sme"
+    chain_id: str | None = None
+
+    @field_validator("revenue_share")
+    @classmethod
+    def _share(cls, v):
+        return _ratio(v, "0", "1")
+
+    def command(self) -> SplitSubQuotas:
+        return SplitSubQuotas(parent=self.parent, instrument=self.instrument,
+                              amount=self.amount, smes=tuple(self.smes),
+                              strategy=self.strategy,
+                              revenue_share_ppm=ratio_to_ppm(self.revenue_share),
+                              surplus_rule=self.surplus_rule,
+                              shortfall_rule=self.shortfall_rule, chain_id=self.chain_id)
+
+
+@route("POST", "/rules/splits", summary="Split sub-quotas to SMEs by a strategy",
+       body=SplitBody, response=CommandResult, tag=TAG)
+async def split(ctx: ApiContext, b: SplitBody) -> dict:
+    return await ctx.command(b.command())
+
+
+@route("POST", "/rules/splits/preview", summary="Amounts a split would give (no change)",
+       body=SplitBody, tag=TAG)
+async def split_preview(ctx: ApiContext, b: SplitBody) -> dict:
+    r = _rules(ctx)
+    for s in b.smes:
+        if s not in ctx.ex.accounts:
+            raise ProtocolError(E.UNKNOWN_ACCOUNT, f"unknown firm {s!r}", 404)
+    weights = [r.split_weight(s, b.strategy) for s in b.smes]
+    try:
+        parts = F.split_amounts(b.amount, weights)
+    except ZeroDivisionError:
+        raise ProtocolError(E.NO_SPLIT_BASIS, "every weight is zero") from None
+    return {"strategy": b.strategy, "amount": b.amount,
+            "parts": [{"sme": s, "qty": q, "weight": str(Decimal(w.numerator) / w.denominator)}
+                      for s, q, w in zip(b.smes, parts, weights)]}
+
+
+@route("GET", "/rules/sub-quotas", summary="Sub-quota lots and their period-end settlement",
+       tag=TAG, roles=(ROLE_OPERATOR, ROLE_VERIFIER))
+async def get_sub_quotas(ctx: ApiContext, body) -> dict:
+    r = _rules(ctx)
+    return {"sub_quotas": [dict(lot, lot_id=k, revenue_share=_dec(lot["revenue_share_ppm"]),
+                                settlement=r.settled_lots.get(k))
+                           for k, lot in sorted(ctx.ex.sub_quotas.items())]}
+
+
+# ====================================================================== factor history
+
+@route("GET", "/rules/factors/{firm_id}", summary="A firm's allocation-factor history",
+       tag=TAG, roles=READERS)
+async def get_factors(ctx: ApiContext, body) -> dict:
+    """Every change of the factor with its inputs and terms (docs/RULES.md lists the keys).
+    A firm key reads only its own."""
+    firm_id = ctx.path["firm_id"]
+    _own(ctx, firm_id)
+    if firm_id not in ctx.ex.accounts:
+        raise ProtocolError(E.UNKNOWN_ACCOUNT, f"unknown firm {firm_id!r}", 404)
+    return factor_view(_rules(ctx), firm_id)
+
+
+def factor_view(rules, firm_id: str) -> dict:
+    phi = rules.phi.get(firm_id, rules.params()["initial_phi_ppm"])
+    return {"firm_id": firm_id, "phi": _dec(phi), "phi_ppm": phi,
+            "history": rules.factor_history(firm_id)}
+
+
+class NoParams(Body):
+    pass
+
+
+class PeriodParams(Body):
+    period: StrictInt
+
+
+@ws_method("factor_history", NoParams, roles=(ROLE_FIRM,))
+def ws_factor_history(session, p) -> dict:
+    """The session firm's allocation factor and every change with its inputs and terms."""
+    return factor_view(_rules(session.gw.ex), session.firm_id)
+
+
+@ws_method("allocation", PeriodParams, roles=(ROLE_FIRM,))
+def ws_allocation(session, p: PeriodParams) -> dict:
+    """The session firm's allocation of a period (pre-allocation, true-up, deduction, total)."""
+    return _rules(session.gw.ex).allocation(session.firm_id, p.period)
