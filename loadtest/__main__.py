@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     _common(p)
     p.add_argument("--clients", type=int, default=1000)
     p.add_argument("--client-procs", type=int, default=1)
-    p.add_argument("--rate", type=float, default=200.0, help="order flow meanwhile")
+    p.add_argument("--rate", type=float, default=50.0,
+                   help="orders/s meanwhile (every order is a book update to every client)")
     p.add_argument("--duration", type=float, default=60.0)
     p.add_argument("--channel", default="book:CEA-2026:main")
     p.set_defaults(func=cmd_memory)

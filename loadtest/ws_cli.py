@@ -9,8 +9,8 @@ import time
 from .ws_run import ladder_run, log, one_line, run_step, sustained, write_json
 from .ws_target import Target
 
-DEFAULT_RATES = [1000, 2000, 5000, 8000, 12000, 16000, 20000, 25000, 30000, 40000]
-DEFAULT_ECHO_RATES = [5000, 10000, 20000, 30000, 40000, 50000, 60000, 80000]
+DEFAULT_RATES = [500, 1000, 2000, 3000, 4000, 5000, 6000, 8000, 10000, 12000, 15000, 20000]
+DEFAULT_ECHO_RATES = [2000, 5000, 10000, 15000, 20000, 25000, 30000, 40000, 50000, 60000]
 
 
 def _env() -> dict:
@@ -116,6 +116,9 @@ def cmd_memory(a) -> int:
             "close_codes": sorted({c for x in p for c in x.get("close_codes", [])}),
             "push_frames_received": sum(x.get("frames", 0) for x in p),
             "push_messages_received": sum(x.get("pushes", 0) for x in p),
+            "subscriber_cpu_seconds": round(sum(x.get("cpu_seconds", 0) for x in p), 2),
+            "subscriber_connect_seconds": max((x.get("connect_seconds", 0) for x in p),
+                                              default=None),
             "server_peak_rss_mb": s.get("server_rss_mb", {}).get("peak_hwm"),
             "server_rss_first_mb": round(rss[0][1] / 1024, 1) if rss else None,
             "server_rss_last_mb": round(rss[-1][1] / 1024, 1) if rss else None,

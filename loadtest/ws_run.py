@@ -57,18 +57,18 @@ class RssSampler(threading.Thread):
         self.pid = pid
         self.every = every
         self.samples: list[tuple[float, int]] = []
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self):
         t0 = time.monotonic()
-        while not self._stop.is_set() and self.pid:
+        while not self._halt.is_set() and self.pid:
             st = proc_status(self.pid)
             if "VmRSS" in st:
                 self.samples.append((round(time.monotonic() - t0, 1), st["VmRSS"]))
-            self._stop.wait(self.every)
+            self._halt.wait(self.every)
 
     def stop(self):
-        self._stop.set()
+        self._halt.set()
         self.join(5)
 
 
@@ -217,12 +217,33 @@ def one_line(s: dict) -> str:
             f" us/order")
 
 
+def wait_idle(pid: int | None, below: float = 0.15, window: float = 0.5,
+              timeout: float = 60.0) -> float:
+    """Wait until the server's CPU use over ``window`` s drops below ``below`` cores (an
+    overloaded step leaves a backlog the server works off after the generator stops), at most
+    ``timeout`` s. Returns the seconds waited."""
+    if not pid:
+        return 0.0
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        c0 = proc_cpu_seconds(pid)
+        time.sleep(window)
+        c1 = proc_cpu_seconds(pid)
+        if c0 is None or c1 is None or (c1 - c0) / window < below:
+            break
+    return round(time.monotonic() - t0, 1)
+
+
 def ladder_run(target: Target, keys: list[str], rates: list[float], duration: float,
                stop_after: int = 2, **kw) -> list[dict]:
-    """Run the rates in order; stop after ``stop_after`` consecutive unsustained steps."""
+    """Run the rates in order; stop after ``stop_after`` consecutive unsustained steps.
+    Before each step, wait until the server is idle (an overloaded step leaves a backlog)."""
     steps = []
     misses = 0
     for r in rates:
+        waited = wait_idle(target.pid)
+        if waited > 1:
+            log(f"[{target.kind}] waited {waited}s for the server to go idle")
         log(f"[{target.kind}] offering {r:.0f}/s for {duration:.0f}s ...")
         s = run_step(target, keys, r, duration, **kw)
         s["sustained"] = sustained(s)
