@@ -177,6 +177,8 @@ def _make_handler(r: Route):
             return error_response(exc.code, exc.message, status)
         except E.Reject as exc:
             return error_response(exc.code, exc.message, _REJECT_STATUS.get(exc.code, 400))
+        if isinstance(result, web.StreamResponse):  # compliance: CSV statements as-is
+            return result
         if isinstance(result, BaseModel):
             result = result.model_dump(mode="json")
         return _json(result, r.status)

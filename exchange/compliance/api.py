@@ -1,0 +1,252 @@
+"""Compliance endpoints of the operator HTTP API (``/api/v1/compliance/...``).
+
+Registered with :func:`exchange.server.api.route` (the server imports this module at start).
+Who may do what:
+
+* ``firm``: submit its activity data, surrender its units, read its own statement (a firm
+  key acts for its own firm only; an operator may act for any firm by naming ``firm_id``);
+* ``verifier``: list submissions, verify or reject one (with a reason). The verifier id the core
+  checks against its registry is ``verifier`` in the body, or the credential's label;
+* ``operator``: read and change the offset cap (journaled, with an effective time), the
+  what-if of a proposed cap, deadline processing, statements and the market summary.
+
+Percentages travel as decimal strings (``"5"``, ``"0.5"``) and become basis points in
+:mod:`exchange.core.units`; fuel use is whole tce, quantities whole tonnes. Statements and the
+summary are JSON, or CSV with ``?format=csv``.
+"""
+from __future__ import annotations
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
+
+from ..core import errors as E
+from ..core.units import UnitError, percent_to_bps
+from ..server.api import ApiContext, route
+from ..server.credentials import ROLE_FIRM, ROLE_OPERATOR, ROLE_VERIFIER
+from ..server.protocol import ProtocolError
+from . import reports as R
+from .commands import (
+    ProcessComplianceDeadline, RejectSubmission, SetOffsetCap, SubmitActivityData,
+    SurrenderUnits, VerifyEmissions,
+)
+
+TAG = "compliance"
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SubmissionBody(_Body):
+    period: StrictInt = Field(description="compliance period, e.g. 2026")
+    fuels: dict[str, StrictInt] = Field(default_factory=dict,
+                                        description="fuel -> whole tce, e.g. {\"coal\": 10000}")
+    process_emissions: StrictInt = Field(0, description="t CO2")
+    output: StrictInt = Field(0, description="output in the product's unit")
+    firm_id: str | None = Field(None, description="operators only: the firm acted for")
+
+
+class VerifyBody(_Body):
+    verifier: str | None = Field(None, description="verifier id (default: the key's label)")
+
+
+class RejectBody(_Body):
+    verifier: str | None = None
+    reason: str = Field(min_length=1, max_length=500)
+
+
+class SurrenderBody(_Body):
+    period: StrictInt
+    instrument: str = Field(min_length=1, max_length=64)
+    qty: StrictInt = Field(description="whole tonnes")
+    firm_id: str | None = Field(None, description="operators only: the firm acted for")
+
+
+class CapBody(_Body):
+    cap_pct: str = Field(description="offset cap, percent of the obligation, e.g. \"5\"")
+    sub_caps_pct: dict[str, str] = Field(default_factory=dict,
+                                         description="per offset type, e.g. {\"PHCER\": \"2\"}")
+    effective_ts: StrictInt | None = Field(
+        None, description="ns since the epoch; default: when the change is journaled")
+
+
+class EmptyBody(_Body):
+    pass
+
+
+def _period(ctx: ApiContext) -> int:
+    try:
+        return int(ctx.path["period"])
+    except (KeyError, ValueError):
+        raise ProtocolError(E.INVALID_PARAMS, "period must be an integer, e.g. 2026",
+                            422) from None
+
+
+def _acting_firm(ctx: ApiContext, firm_id: str | None) -> str:
+    cred = ctx.cred
+    if cred.role == ROLE_FIRM:
+        if firm_id not in (None, cred.firm_id):
+            raise ProtocolError(E.FORBIDDEN, "a firm key acts for its own firm only", 403)
+        return cred.firm_id
+    if not firm_id:
+        raise ProtocolError(E.INVALID_PARAMS, "firm_id is required for an operator", 422)
+    return firm_id
+
+
+def _bps(pct: str) -> int:
+    try:
+        return percent_to_bps(pct)
+    except (UnitError, ValueError, ArithmeticError):
+        raise ProtocolError(E.INVALID_PARAMS, f"not a percentage: {pct!r}", 422) from None
+
+
+def _caps(b: CapBody) -> tuple[int, dict[str, int]]:
+    return _bps(b.cap_pct), {k: _bps(v) for k, v in sorted(b.sub_caps_pct.items())}
+
+
+def _verifier(ctx: ApiContext, given: str | None) -> str:
+    return given or ctx.cred.label or ctx.cred.key_id
+
+
+def _csv(text: str, name: str) -> web.Response:
+    return web.Response(text=text, content_type="text/csv", charset="utf-8",
+                        headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+
+def _module(ctx: ApiContext):
+    m = ctx.ex.modules.get("compliance")
+    if m is None:
+        raise ProtocolError(E.COMPLIANCE_NOT_CONFIGURED, "no compliance module", 400)
+    return m
+
+
+# ------------------------------------------------------------------------------ MRV
+@route("POST", "/compliance/submissions", body=SubmissionBody, tag=TAG,
+       roles=(ROLE_FIRM, ROLE_OPERATOR), summary="Submit activity data for a period")
+async def submit(ctx: ApiContext, b: SubmissionBody) -> dict:
+    """Emissions = sum(fuel tce x carbon coefficient x 44/12) + process emissions; replaces a
+    pending or rejected submission; ALREADY_VERIFIED once the period is verified."""
+    firm = _acting_firm(ctx, b.firm_id)
+    return await ctx.command(SubmitActivityData(
+        firm_id=firm, period=b.period, fuels=tuple(sorted(b.fuels.items())),
+        process_emissions=b.process_emissions, output=b.output))
+
+
+@route("GET", "/compliance/periods/{period}/submissions", tag=TAG,
+       roles=(ROLE_VERIFIER, ROLE_OPERATOR), summary="Submissions of a period (verifier queue)")
+async def submissions(ctx: ApiContext, _b) -> dict:
+    m = _module(ctx)
+    period = _period(ctx)
+    out = []
+    for firm_id in sorted(m.records):
+        rec = m.records[firm_id].get(period)
+        if rec is None or rec["status"] == "none":
+            continue
+        out.append({"firm_id": firm_id, "status": rec["status"], "version": rec["version"],
+                    "fuels": dict(rec["fuels"]), "process_emissions": rec["process_emissions"],
+                    "fuel_emissions": rec["fuel_emissions"], "emissions": rec["emissions"],
+                    "output": rec["output"], "verifier": rec["verifier"],
+                    "rejections": rec["rejections"]})
+    return {"period": period, "submissions": out}
+
+
+@route("POST", "/compliance/submissions/{firm_id}/{period}/verify", body=VerifyBody, tag=TAG,
+       roles=(ROLE_VERIFIER,), summary="Verify a pending submission (sets the obligation)")
+async def verify(ctx: ApiContext, b: VerifyBody) -> dict:
+    return await ctx.command(VerifyEmissions(firm_id=ctx.path["firm_id"], period=_period(ctx),
+                                             verifier=_verifier(ctx, b.verifier)))
+
+
+@route("POST", "/compliance/submissions/{firm_id}/{period}/reject", body=RejectBody, tag=TAG,
+       roles=(ROLE_VERIFIER,), summary="Reject a pending submission, with a reason")
+async def reject(ctx: ApiContext, b: RejectBody) -> dict:
+    return await ctx.command(RejectSubmission(firm_id=ctx.path["firm_id"], period=_period(ctx),
+                                              verifier=_verifier(ctx, b.verifier),
+                                              reason=b.reason))
+
+
+# ------------------------------------------------------------------------------ surrender
+@route("POST", "/compliance/surrenders", body=SurrenderBody, tag=TAG,
+       roles=(ROLE_FIRM, ROLE_OPERATOR), summary="Surrender allowances or offsets")
+async def surrender(ctx: ApiContext, b: SurrenderBody) -> dict:
+    """Retires the units against the firm's obligation; offsets count against the cap in
+    effect now (OFFSET_CAP_EXCEEDED, OFFSET_SUBCAP_EXCEEDED, INELIGIBLE_VINTAGE, ...)."""
+    firm = _acting_firm(ctx, b.firm_id)
+    return await ctx.command(SurrenderUnits(firm_id=firm, period=b.period,
+                                            instrument=b.instrument, qty=b.qty))
+
+
+# ------------------------------------------------------------------------------ caps
+@route("GET", "/compliance/periods/{period}/cap", tag=TAG,
+       roles=(ROLE_OPERATOR, ROLE_FIRM, ROLE_VERIFIER), summary="Offset cap now and its history")
+async def get_cap(ctx: ApiContext, _b) -> dict:
+    m = _module(ctx)
+    period = _period(ctx)
+    if period not in m.periods:
+        raise ProtocolError(E.UNKNOWN_PERIOD, f"no compliance period {period}", 404)
+    cap, subs = m.cap_at(period, ctx.ex.now)
+    return {"period": period, "cap_bps": cap, "sub_caps_bps": dict(sorted(subs.items())),
+            "history": [{"effective_ts": c[0], "seq": c[1], "cap_bps": c[2],
+                         "sub_caps_bps": {k: v for k, v in c[3]}, "operator": c[4]}
+                        for c in m.periods[period]["caps"]]}
+
+
+@route("PUT", "/compliance/periods/{period}/cap", body=CapBody, tag=TAG,
+       summary="Change the offset cap (journaled; applies to surrenders after it)")
+async def set_cap(ctx: ApiContext, b: CapBody) -> dict:
+    """Never rewrites a surrender already made; CAP_OUT_OF_RANGE outside [0, 100 %]."""
+    cap, subs = _caps(b)
+    return await ctx.command(SetOffsetCap(
+        period=_period(ctx), cap_bps=cap, sub_caps_bps=tuple(subs.items()),
+        effective_ts=b.effective_ts, operator=ctx.cred.label or ctx.cred.key_id))
+
+
+@route("POST", "/compliance/periods/{period}/cap/what-if", body=CapBody, tag=TAG,
+       summary="Which firms' surrenders and holdings a proposed cap would exceed (no change)")
+async def what_if(ctx: ApiContext, b: CapBody) -> dict:
+    cap, subs = _caps(b)
+    try:
+        return R.what_if_cap(ctx.ex, _period(ctx), cap, subs)
+    except KeyError as e:
+        raise ProtocolError(E.UNKNOWN_PERIOD, str(e.args[0]), 404) from None
+    except ValueError as e:
+        raise ProtocolError(E.CAP_OUT_OF_RANGE, str(e), 400) from None
+
+
+# ------------------------------------------------------------------------------ deadline
+@route("POST", "/compliance/periods/{period}/deadline", body=EmptyBody, tag=TAG,
+       summary="Deadline processing: shortfalls, penalties, deductions, statuses")
+async def deadline(ctx: ApiContext, _b: EmptyBody) -> dict:
+    return await ctx.command(ProcessComplianceDeadline(
+        period=_period(ctx), operator=ctx.cred.label or ctx.cred.key_id))
+
+
+# ------------------------------------------------------------------------------ reports
+@route("GET", "/compliance/statements/{firm_id}/{period}", tag=TAG,
+       roles=(ROLE_OPERATOR, ROLE_FIRM),
+       summary="A firm's compliance statement (JSON, or CSV with ?format=csv)")
+async def statement(ctx: ApiContext, _b):
+    firm_id = ctx.path["firm_id"]
+    if ctx.cred.role == ROLE_FIRM and ctx.cred.firm_id != firm_id:
+        raise ProtocolError(E.FORBIDDEN, "a firm reads its own statement only", 403)
+    period = _period(ctx)
+    try:
+        st = R.firm_statement(ctx.ex, firm_id, period)
+    except KeyError as e:
+        raise ProtocolError(E.NOT_FOUND, str(e.args[0]), 404) from None
+    if ctx.query.get("format") == "csv":
+        return _csv(R.statement_csv(st), f"statement-{firm_id}-{period}.csv")
+    return st
+
+
+@route("GET", "/compliance/periods/{period}/summary", tag=TAG,
+       summary="Market-wide compliance summary (JSON, or CSV with ?format=csv)")
+async def summary(ctx: ApiContext, _b):
+    period = _period(ctx)
+    try:
+        sm = R.compliance_summary(ctx.ex, period)
+    except KeyError as e:
+        raise ProtocolError(E.NOT_FOUND, str(e.args[0]), 404) from None
+    if ctx.query.get("format") == "csv":
+        return _csv(R.summary_csv(sm), f"compliance-{period}.csv")
+    return sm
