@@ -568,3 +568,15 @@ def test_genesis_builds_rules_from_config():
     rules = seq.ex.modules["rules"]
     assert rules.benchmarks["crude_steel"] == 1_800_000
     assert rules.params(2026)["kappa_ppm"] == 200_000
+
+
+def test_deduction_never_below_zero():
+    m = Market()
+    cycle_2026(m)
+    m.rules.add_allocation_deduction("B", 2026, 100_000)
+    m.ok(RecordVerified(firm_id="B", period=2026, emissions=100_000, output=50_000))
+    b = m.rules.allocation("B", 2026)
+    # total 90,000 - 100,000 -> 0; 10,000 unapplied; the 63,000 pre-allocated are clawed back
+    assert (b["total"], b["deduction_unapplied"], b["clawed_back"]) == (0, 10_000, 63_000)
+    assert m.held("B") == 0
+    m.ex.check_invariants()
