@@ -257,3 +257,23 @@ def test_first_key_pins_sortedcontainers_internals():
                 assert first_key(sd) == sd.keys()[0]
             split = split or len(sd._list._lists) > 1
     assert split
+
+
+STP_BOTH_EMPTY_LEVEL_BUG = (
+    "CORE BUG (book.py OrderBook.match): under cancel_both, when the cancelled resting order "
+    "was the last one of its level, match breaks out before `if not level: del opp[k]`, so an "
+    "empty level stays in the SortedDict: best_bid/best_ask and depth() report it (qty 0) and "
+    "the next order that reaches it crashes with StopIteration at next(iter(level.values())).")
+
+
+@pytest.mark.xfail(strict=True, reason=STP_BOTH_EMPTY_LEVEL_BUG)
+def test_stp_cancel_both_removes_emptied_level():
+    b = OrderBook()
+    rest(b, BUY, 100, 5, "T")
+    rest(b, BUY, 99, 5, "M")
+    _, fills, cancels, killed = take(b, SELL, 100, 5, "T", STP_CANCEL_BOTH)
+    assert killed and len(cancels) == 1 and fills == []
+    assert b.best_bid() == 99
+    assert b.depth()["bids"] == [[99, 5]]
+    _, fills, _, _ = take(b, SELL, 99, 5, "M2")  # crashes with StopIteration today
+    assert [q for _, q, _ in fills] == [5]
