@@ -42,7 +42,7 @@ def write_firms_csv(res: RunResult, out: Path) -> None:
             rows = np.stack([c[t] for c in cols], axis=1)
             ints = np.all(rows == np.round(rows), axis=0)
             for i, fid in enumerate(res.ids):
-                vals = [int(v) if ints[j] else round(float(v), 4)
+                vals = [int(v) if ints[j] else ("" if v != v else round(float(v), 4))
                         for j, v in enumerate(rows[i])]
                 w.writerow([t + 1, year0 + t, fid, res.sector[i], res.size_class[i],
                             res.chain[i], res.tier[i] if res.tier[i] >= 0 else ""] + vals)
@@ -233,32 +233,30 @@ def write_report(res: RunResult, out: Path, strategies: dict[str, dict] | None =
            f"{s['volume']:,} t traded; run time {s['runtime_s']:.1f} s.",
            f"Reproduce: `{command}`" if command else "", "", "## Summary", ""]
     rows = [["mean price (CNY/t, volume-weighted)", s["mean_price"] or 0.0],
-            ["final price (CNY/t, last call)", s["final_price"]],
-            ["total verified emissions (t)", s["total_emissions"]],
-            ["total allocation (t)", s["total_allocation"]],
-            ["total abatement (t)", s["total_abatement"]],
-            ["total abatement cost (CNY)", s["total_abatement_cost"]],
-            ["least-cost abatement cost (CNY)", s["least_cost_abatement_cost"]],
-            ["no-trade abatement cost (CNY)", s["no_trade_abatement_cost"]],
-            ["offset share of obligations", f"{s['offset_share_used'] * 100:.2f} %"],
-            ["penalties (CNY)", s["total_penalties"]],
-            ["shortfall (t)", s["total_shortfall"]],
-            ["SME sales revenue (CNY)", s["sme_revenue"]],
-            ["Σ ΔQ = 0 every period (bought = sold)", "yes" if s["conservation_ok"] else "NO"]]
+            ["final price (CNY/t, last call)", s["final_price"]]]
     if s.get("analytic_price") is not None:
         ap = s["analytic_price"]
-        rows.insert(2, ["analytic price p* = R / Σ(1/c_i) (CNY/t)", ap])
-        rows.insert(3, ["final price vs p*", f"{(s['final_price'] / ap - 1) * 100:+.3f} %"])
+        rows += [["analytic price p* = R / Σ(1/c_i) (CNY/t)", ap],
+                 ["final price vs p*", f"{(s['final_price'] / ap - 1) * 100:+.3f} %"]]
+    rows += [["total verified emissions (t)", s["total_emissions"]],
+             ["total allocation (t)", s["total_allocation"]],
+             ["total abatement (t)", s["total_abatement"]],
+             ["total abatement cost (CNY)", s["total_abatement_cost"]],
+             ["least-cost abatement cost (CNY)", s["least_cost_abatement_cost"]]]
     if s["least_cost_abatement_cost"]:
-        rows.insert(8, ["abatement cost vs least-cost",
-                        f"{(s['total_abatement_cost'] / s['least_cost_abatement_cost'] - 1) * 100:+.3f} %"])
+        rows.append(["abatement cost vs least-cost", f"{(s['total_abatement_cost'] / s['least_cost_abatement_cost'] - 1) * 100:+.3f} %"])
+    rows.append(["no-trade abatement cost (CNY)", s["no_trade_abatement_cost"]])
     if s["no_trade_abatement_cost"]:
-        rows.insert(9, ["saving from trading vs no trade",
-                        f"{(1 - s['total_abatement_cost'] / s['no_trade_abatement_cost']) * 100:.1f} %"])
+        rows.append(["saving from trading vs no trade", f"{(1 - s['total_abatement_cost'] / s['no_trade_abatement_cost']) * 100:.1f} %"])
+    rows += [["offset share of obligations", f"{s['offset_share_used'] * 100:.2f} %"],
+             ["penalties (CNY)", s["total_penalties"]],
+             ["shortfall (t)", s["total_shortfall"]],
+             ["SME sales revenue (CNY)", s["sme_revenue"]],
+             ["Σ ΔQ = 0 every period (bought = sold)", "yes" if s["conservation_ok"] else "NO"]]
     md += [_table(["measure", "value"], rows), "", "## By period", ""]
     prow = []
     for p in res.period_rows:
-        prow.append([p["year"], p["close_price"], p["least_cost_price"], p["vwap"], p["volume"],
+        prow.append([str(p["year"]), p["close_price"], p["least_cost_price"], p["vwap"], p["volume"],
                      p["emissions"], p["allocation"], p["abatement_cost"],
                      p["no_trade_abatement_cost"], p["offsets_used"], p["shortfall"],
                      p["non_compliant"], p["net_bought_sum"]])

@@ -50,7 +50,10 @@ from ..rules.commands import (
 )
 from ..rules.events import AllocationChanged, BenchmarkUpdated, FactorChanged
 from ..rules.formulas import allocation_tonnes
-from .agents import Curves, abatement_at, abatement_cost, build_population, least_cost_price
+from .agents import (
+    Curves, abatement_cost, build_population, cover_need, least_cost_price,
+    technical_abatement_at,
+)
 from .gateway import InProcessGateway
 from .progress import Progress
 from .scenario import Scenario
@@ -372,27 +375,19 @@ class Simulation:
             rec["sub_quota_out"][t] = sq_out
             pending = final - pre_issued  # expected true-up
 
-            # 3. offsets
+            # 3. offsets are one more way to cover a need: up to the cap at the offset price
             bank = market.bank(vintage_of, year) if sc.compliance.banking else 0
-            o_held = np.zeros(n, dtype=np.int64)
-            if sc.offsets.enabled and cap > 0 and price > sc.offsets.price:
-                exp_em = np.maximum(base - abatement_at(cv, price), 0.0)
-                want = np.floor(cap * exp_em).astype(np.int64)
-                supply = sc.offsets.supply_per_period or int(want.sum())
-                if supply > 0:
-                    self.send(IssueUnits(account=OFFSET_SUPPLIER, instrument=off_instr,
-                                         qty=int(supply), source="offset_project",
-                                         ref=f"{year}"))
-                    o_held = market.buy_offsets(off_instr, _fen(sc.offsets.price), supply, want,
-                                                OFFSET_SUPPLIER)
-            rec["offsets_bought"][t] = o_held
-            o_use_est = np.minimum(o_held, np.floor(cap * np.maximum(
-                base - abatement_at(cv, price), 0.0)).astype(np.int64))
+            if sc.offsets.enabled and cap > 0:
+                room = np.floor(cap * base)
+                supply = sc.offsets.supply_per_period
+                if supply and room.sum() > supply:
+                    room = np.floor(room * supply / room.sum())
+                cv.off_price, cv.off_cap = float(sc.offsets.price), room
 
             # 4. trading rounds on the MAC (a new year: reopen the grid around the last close)
             width = max(width, m.initial_width / 2)
             for r in range(m.rounds_per_period):
-                need = base - market.h - bank - pending - o_use_est
+                need = base - market.h - bank - pending
                 info = market.call_round(cv, need, price, width)
                 price, width = info["next_price"], info["next_width"]
                 info.update(period=t + 1, round=r + 1, phase="trading")
@@ -400,9 +395,25 @@ class Simulation:
                 self.progress.update(1, f"period {t + 1}/{T} price {price:8.2f}")
             close_price = price
 
-            # 5. abatement
-            need = base - market.h - bank - pending - o_use_est
-            abate = np.clip(need, 0.0, cv.a_max)
+            # 5. cover what is still needed: offsets where cheaper than abating, then abate
+            need = base - market.h - bank - pending
+            o_held = np.zeros(n, dtype=np.int64)
+            if cv.off_price is not None:
+                # o <= cap x emissions, emissions >= base - need + o
+                room_final = np.floor(cap * np.maximum(base - need, 0.0) / (1 - cap))
+                if sc.offsets.supply_per_period:
+                    room_final = np.minimum(room_final, cv.off_cap)
+                _, want = cover_need(cv, need, room_final)
+                want = want.astype(np.int64)
+                if want.sum() > 0:
+                    supply = sc.offsets.supply_per_period or int(want.sum())
+                    self.send(IssueUnits(account=OFFSET_SUPPLIER, instrument=off_instr,
+                                         qty=int(supply), source="offset_project",
+                                         ref=f"{year}"))
+                    o_held = market.buy_offsets(off_instr, _fen(sc.offsets.price), supply, want,
+                                                OFFSET_SUPPLIER)
+            rec["offsets_bought"][t] = o_held
+            abate = np.clip(need - o_held, 0.0, cv.a_max)
             verified = np.round(np.maximum(base - abate, 0.0)).astype(np.int64)
             rec["abatement"][t] = abate
             rec["emissions"][t] = verified
@@ -481,11 +492,13 @@ class Simulation:
             # counterfactuals: no trade, and the least-cost split of the same reduction
             held_no_trade = final + sq_in - sq_out + (bank if isinstance(bank, np.ndarray)
                                                       else 0)
-            nt = np.clip(base - held_no_trade - o_use_est, 0.0, cv.a_max)
+            own = base - held_no_trade
+            nt, _ = cover_need(cv, own, None if cv.off_cap is None else np.floor(
+                cap * np.maximum(base - own, 0.0) / (1 - cap)))
             rec["no_trade_abatement_cost"][t] = abatement_cost(cv, nt)
-            required = float((base - held_no_trade - o_use_est).sum())
+            required = float(own.sum())
             lc_price = least_cost_price(cv, required, m.price_cap)
-            lc_cost = float(abatement_cost(cv, abatement_at(cv, lc_price)).sum())
+            lc_cost = float(abatement_cost(cv, technical_abatement_at(cv, lc_price)).sum())
             row = dict(period=t + 1, year=year, close_price=round(close_price, 4),
                        vwap=round(avg_price, 4), volume=int(vol),
                        trades=sum(x["trades"] for x in rounds if x["period"] == t + 1),
