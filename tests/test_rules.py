@@ -10,8 +10,7 @@ import pytest
 
 from exchange.core import errors as E
 from exchange.core.commands import (
-    AddInstrument, CreateSubQuota, DepositCash, IssueUnits, PlaceOrder, RegisterFirm,
-    RegisterSupplyChain,
+    AddInstrument, DepositCash, PlaceOrder, RegisterFirm, RegisterSupplyChain,
 )
 from exchange.core.events import CommandRejected, Trade
 from exchange.core.exchange import AddSegment, Exchange
