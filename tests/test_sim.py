@@ -1,0 +1,208 @@
+"""Simulation: analytic equilibrium, conservation, reproducibility, scenario validation, outputs."""
+from __future__ import annotations
+
+import csv
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from exchange.cli import main as cli_main
+from exchange.sim.agents import (
+    Curves, abatement_at, abatement_cost, build_population, cover_need, mac_at,
+)
+from exchange.sim.runner import run_scenario
+from exchange.sim.scenario import ScenarioError, load_scenario, parse_scenario
+
+ROOT = Path(__file__).resolve().parent.parent
+SCEN = ROOT / "config" / "scenarios"
+
+SMALL = """
+[scenario]
+name = "small"
+periods = 2
+seed = 3
+
+[market]
+initial_price = 50.0
+rounds_per_period = 6
+settlement_rounds = 1
+use_sme_board = true
+
+[offsets]
+enabled = true
+cap = 0.05
+price = 45.0
+
+[[sectors]]
+name = "steel"
+intensity = 2.0
+firms = 6
+output_mean = 5000
+mac = { kind = "piecewise", points = [[0.0, 0.0], [0.05, 40.0], [0.2, 300.0]] }
+
+[[sectors]]
+name = "parts"
+intensity = 0.5
+output_mean = 2000
+mac = { kind = "linear", full_abatement_cost = 800.0, max_abatement_share = 0.5 }
+
+[[chains]]
+id = "C"
+core_sector = "steel"
+tiers = [{ tier = 1, firms = 2, sector = "parts" },
+         { tier = 2, firms = 3, sector = "parts", size_class = "sme", output_scale = 0.3 }]
+split_strategy = "by_output"
+revenue_share = 0.6
+shortfall_rule = "parent"
+"""
+
+
+@pytest.fixture(scope="module")
+def analytic():
+    return run_scenario(load_scenario(SCEN / "analytic.toml"), periods=2)
+
+
+def test_analytic_price_and_cost_match_the_closed_form(analytic):
+    rec = analytic.records
+    for t, row in enumerate(analytic.period_rows):
+        # independent of the simulation's own bookkeeping: c_i from each firm's cost and
+        # abatement (C = c a^2 / 2), R from baseline minus allocation
+        a = rec["abatement"][t]
+        c = 2 * rec["abatement_cost"][t] / a ** 2
+        R = rec["baseline_emissions"][t].sum() - rec["allocation"][t].sum()
+        p_star = R / np.sum(1 / c)
+        assert row["analytic_price"] == pytest.approx(p_star, rel=1e-6)
+        assert abs(row["close_price"] / p_star - 1) < 0.05
+        least = np.sum(p_star ** 2 / (2 * c))  # sum c_i (p*/c_i)^2 / 2
+        assert abs(rec["abatement_cost"][t].sum() / least - 1) < 0.05
+        assert rec["abatement_cost"][t].sum() < rec["no_trade_abatement_cost"][t].sum()
+        # every firm abates to (nearly) the same marginal cost: the least-cost condition
+        assert np.all(np.abs(c * a / p_star - 1) < 0.05)
+    s = analytic.summary
+    assert abs(s["final_price"] / s["analytic_price"] - 1) < 0.05
+    assert s["total_abatement_cost"] < s["no_trade_abatement_cost"]
+    assert s["total_shortfall"] == 0
+
+
+def test_net_bought_equals_net_sold_every_period(analytic):
+    res = run_scenario(parse_scenario(_toml(SMALL)))
+    for r in (analytic, res):
+        rec = r.records
+        for t in range(r.periods):
+            assert rec["net_bought"][t].sum() == 0
+            assert rec["bought"][t].sum() == rec["sold"][t].sum()
+            assert r.period_rows[t]["net_bought_sum"] == 0
+        assert r.summary["conservation_ok"]
+    # SMEs held sub-quotas, and offsets never exceeded the cap of the obligation
+    rec = res.records
+    assert rec["sub_quota_in"].sum() > 0
+    assert np.all(rec["offsets_used"] <= np.floor(rec["obligation"] * 0.05))
+    assert res.summary["order_rejects"] == 0
+
+
+def test_same_seed_same_run_and_other_seed_differs():
+    sc = load_scenario(SCEN / "three_sectors.toml")
+    a = run_scenario(sc, seed=9, periods=2)
+    b = run_scenario(sc, seed=9, periods=2)
+    c = run_scenario(sc, seed=10, periods=2)
+    assert a.state_hash == b.state_hash
+    strip = lambda s: {k: v for k, v in s.items() if k != "runtime_s"}  # noqa: E731
+    assert strip(a.summary) == strip(b.summary)
+    for k in a.records:
+        np.testing.assert_array_equal(a.records[k], b.records[k])
+    assert a.state_hash != c.state_hash
+
+
+@pytest.mark.parametrize("text, expect", [
+    ("[scenario]\nname='x'\n", "sectors: Field required"),
+    (SMALL.replace('intensity = 2.0', 'intensity = -2.0'), "sectors[0].intensity"),
+    (SMALL.replace('core_sector = "steel"', 'core_sector = "stele"'), "unknown sector 'stele'"),
+    (SMALL.replace('[market]', '[market]\nrounds = 3'), "market.rounds: unknown key"),
+    (SMALL.replace('split_strategy = "by_output"', 'split_strategy = "random"'),
+     "chains[0].split_strategy"),
+    (SMALL.replace('[0.05, 40.0], [0.2, 300.0]', '[0.05, 40.0], [0.04, 300.0]'),
+     "shares must strictly increase"),
+])
+def test_bad_scenario_gives_a_clear_error(tmp_path, text, expect):
+    p = tmp_path / "bad.toml"
+    p.write_text(text)
+    with pytest.raises(ScenarioError) as e:
+        load_scenario(p)
+    assert expect in str(e.value)
+    assert str(p) in str(e.value)
+
+
+def test_cli_bad_scenario_exits_2(tmp_path, capsys):
+    p = tmp_path / "bad.toml"
+    p.write_text("[scenario\nname=")
+    assert cli_main(["simulate", str(p), "--out", str(tmp_path / "o")]) == 2
+    assert "not valid TOML" in capsys.readouterr().err
+    assert cli_main(["simulate", str(tmp_path / "missing.toml"), "--out", "x"]) == 2
+
+
+def test_small_run_writes_all_outputs(tmp_path):
+    scen = tmp_path / "small.toml"
+    scen.write_text(SMALL)
+    out = tmp_path / "out"
+    assert cli_main(["simulate", str(scen), "--out", str(out), "--seed", "4", "--periods", "1",
+                     "--quiet"]) == 0
+    for f in ("report.md", "summary.json", "firms.csv", "periods.csv", "rounds.csv",
+              "price_path.png", "emissions_vs_allocation.png", "intensity_by_sector.png",
+              "allocation_factors.png", "sme_revenue_by_strategy.png"):
+        assert (out / f).is_file() and (out / f).stat().st_size > 0, f
+    s = json.loads((out / "summary.json").read_text())
+    for k in ("periods", "mean_price", "final_price", "total_emissions", "total_allocation",
+              "total_abatement_cost", "no_trade_abatement_cost", "offset_share_used"):
+        assert k in s
+    assert s["periods"] == 1 and s["seed"] == 4
+    rows = list(csv.DictReader(open(out / "firms.csv")))
+    assert len(rows) == s["firms"]
+    net = defaultdict(int)
+    for r in rows:
+        net[r["period"]] += int(r["net_bought"])
+    assert set(net.values()) == {0}
+    md = (out / "report.md").read_text()
+    assert "SME revenue by split strategy" in md and "| by_abatement_potential |" in md
+
+
+def test_compare_mode(tmp_path):
+    scen = tmp_path / "small.toml"
+    scen.write_text(SMALL)
+    out = tmp_path / "cmp"
+    assert cli_main(["simulate", "--compare", str(scen), "--vary", "offset_cap=0,0.1",
+                     "--periods", "1", "--out", str(out), "--quiet"]) == 0
+    rows = json.loads((out / "compare.json").read_text())
+    assert [r["variant"] for r in rows] == ["offset_cap=0", "offset_cap=0.1"]
+    assert rows[0]["offset_share_used"] == 0
+    assert (out / "compare.png").stat().st_size > 0 and (out / "compare.md").is_file()
+    assert cli_main(["simulate", "--compare", str(scen), "--vary", "offsets.cap=2",
+                     "--out", str(out), "--quiet"]) == 2
+
+
+def test_mac_curves_inverse_and_integral():
+    sc = parse_scenario(_toml(SMALL))
+    pop = build_population(sc, np.random.default_rng(1))
+    base = pop.intensity * pop.output
+    cv = Curves.for_period(pop, base)
+    for p in (0.0, 10.0, 40.0, 120.0, 1e4):
+        a = abatement_at(cv, p)
+        assert np.all(a >= 0) and np.all(a <= cv.a_max + 1e-9)
+        inside = (a > 0) & (a < cv.a_max)
+        np.testing.assert_allclose(mac_at(cv, a)[inside], p, rtol=1e-9)
+    x = 0.37 * cv.a_max
+    ks = np.linspace(0, 1, 2001)
+    vals = np.stack([mac_at(cv, k * x) for k in ks], axis=1)
+    trap = getattr(np, "trapezoid", None) or np.trapz
+    numeric = trap(vals, ks[None, :] * x[:, None], axis=1)
+    np.testing.assert_allclose(abatement_cost(cv, x), numeric, rtol=1e-4)
+    cv.off_price, cv.off_cap = 45.0, np.full(pop.n, 10.0)
+    a, o = cover_need(cv, np.full(pop.n, 50.0), np.full(pop.n, 10.0))
+    assert np.all(a + o == 50.0) and np.all(o <= 10.0)
+
+
+def _toml(text: str) -> dict:
+    import tomllib
+    return tomllib.loads(text)
