@@ -107,27 +107,48 @@ def test_fok_not_fillable_is_rejected_and_changes_nothing(m):
 
 def test_market_buy_protection_is_the_band_top(m):
     m.sell("SELLER", 8_500, 5)
-    m.sell("SELLER", 9_300, 5)
-    # the reference price drops: the band is now [7,200, 8,800] and 9,300 rests outside it
-    m.apply(SetPriceBand(instrument=CEA, reference_price=8_000))
-    evs = m.buy("BUYER", None, 10, order_type="market")
-    assert [(t.qty, t.price) for t in trades(evs)] == [(5, 8_500)]
+    m.sell("SELLER", BAND_HI, 5)  # the band top itself is allowed
+    evs = m.buy("BUYER", None, 20, order_type="market")
+    assert [(t.qty, t.price) for t in trades(evs)] == [(5, 8_500), (5, BAND_HI)]
     last = reports(evs, "BUYER")[-1]
     assert last.exec_type == "canceled" and last.reason == "UNFILLED_MARKET"
-    assert last.price == 8_800  # the protection price reported on the order
-    assert m.book().depth()["asks"] == [[9_300, 5]]
+    assert last.price == BAND_HI and last.cum_qty == 10  # the protection price on the order
+    assert not m.book().orders
     assert m.cash_reserved("BUYER") == 0
     check_invariants(m)
 
 
-def test_market_sell_never_trades_below_the_band(m):
+def test_market_sell_protection_is_the_band_bottom(m):
     m.buy("BUYER", 8_400, 5)
-    m.buy("BUYER", 7_700, 5)
-    m.apply(SetPriceBand(instrument=CEA, reference_price=9_000))  # band [8,100, 9,900]
-    evs = m.sell("SELLER", None, 10, order_type="market")
-    assert [(t.qty, t.price) for t in trades(evs)] == [(5, 8_400)]
-    assert m.book().depth()["bids"] == [[7_700, 5]]
+    m.buy("BUYER", BAND_LO, 5)
+    evs = m.sell("SELLER", None, 20, order_type="market")
+    assert [(t.qty, t.price) for t in trades(evs)] == [(5, 8_400), (5, BAND_LO)]
+    assert reports(evs, "SELLER")[-1].price == BAND_LO
     assert m.units_reserved("SELLER") == 0
+    check_invariants(m)
+
+
+def test_band_change_cancels_resting_orders_outside_the_new_band(m):
+    inside = order_id(m.buy("BUYER", 8_400, 5))
+    outside = order_id(m.buy("BUYER", 9_300, 5))  # inside [7,650, 9,350] when placed
+    ask = order_id(m.sell("SELLER", 9_340, 5))
+    evs = m.apply(SetPriceBand(instrument=CEA, reference_price=8_000))  # [7,200, 8,800]
+    cx = reports(evs, exec_type="canceled")
+    assert sorted((e.order_id, e.reason) for e in cx) == [
+        (outside, E.OUTSIDE_PRICE_BAND), (ask, E.OUTSIDE_PRICE_BAND)]
+    assert set(m.book().orders) == {inside}
+    assert m.cash_reserved("BUYER") == Exchange.buy_reserve(8_400, 5, 5)
+    assert m.units_reserved("SELLER") == 0
+    check_invariants(m)
+
+
+def test_end_of_day_vwap_band_cancels_orders_outside_it(m):
+    low = order_id(m.buy("BUYER", 7_700, 5, tif="GTC"))
+    _trade(m, 9_000, 10)  # VWAP 9,000: tomorrow's band is [8,100, 9,900]
+    evs = m.apply(EndOfDay())
+    assert [(e.order_id, e.reason) for e in reports(evs, exec_type="canceled")] == \
+        [(low, E.OUTSIDE_PRICE_BAND)]
+    assert not m.book().orders and m.cash_reserved("BUYER") == 0
     check_invariants(m)
 
 
@@ -346,15 +367,6 @@ def test_stp_cancel_resting():
     m.ex.check_invariants()
 
 
-STP_INCOMING_BUG = (
-    "CORE BUG: when self-trade prevention cancels the incoming order (cancel_incoming, "
-    "cancel_both), Exchange._execute reports it canceled and releases its reservation but "
-    "leaves o.leaves > 0, and Exchange._place then runs `if o.leaves:` without looking at "
-    "o.status: a GTC/DAY order is rested in the book anyway (a phantom order with nothing "
-    "reserved, the book crossed); an IOC/FOK/market order gets a second canceled report "
-    "(UNFILLED_IOC) after the SELF_TRADE_PREVENTED one. _amend has the status check.")
-
-
 @pytest.mark.parametrize("tif", ["IOC", "GTC"])
 def test_stp_cancel_incoming(tif):
     m = _stp_market("cancel_incoming")
@@ -388,6 +400,8 @@ def test_stp_cancel_both(tif):
 @pytest.mark.parametrize("tif", ["GTC", "DAY", "IOC"])
 @pytest.mark.parametrize("policy", ["cancel_incoming", "cancel_both"])
 def test_stp_cancelled_incoming_order_is_final(policy, tif):
+    """Regression: the incoming order cancelled by STP used to rest anyway (GTC/DAY) or get a
+    second canceled report (IOC)."""
     m = _stp_market(policy)
     m.sell("F", 8_500, 5)
     evs = m.buy("F", 8_500, 10, tif=tif)
@@ -796,17 +810,10 @@ def test_fix_cum_plus_leaves_in_every_report_of_a_busy_session(m):
     m.ex.check_invariants()
 
 
-# =========================================================================== known core bugs
-
-BAND_BUG = (
-    "CORE BUG: a resting order left outside the price band by a reference price change "
-    "(SetPriceBand, or the end-of-day VWAP) still trades at its own price: an incoming market "
-    "sell (protection = band low) or any sell limit matches a bid above the band top, printing a "
-    "trade outside the band. Either cancel resting orders outside a new band, or stop matching "
-    "at levels outside it.")
-
+# =========================================================================== regressions
 
 def test_market_order_never_trades_outside_band_against_stale_resting_order(m):
+    """Regression: a bid left above the band by a reference price change used to trade."""
     m.buy("BUYER", 9_300, 5)  # inside the band [7,650, 9,350] when placed
     m.apply(SetPriceBand(instrument=CEA, reference_price=8_000))  # band now [7,200, 8,800]
     lo, hi = m.ex.instruments[CEA].band()
@@ -815,6 +822,7 @@ def test_market_order_never_trades_outside_band_against_stale_resting_order(m):
 
 
 def test_amend_refused_when_trading_not_permitted(m):
+    """Regression: _amend did not check can_trade, so a blocked firm could re-price and trade."""
     m.sell("SELLER", 8_500, 5)
     b = order_id(m.buy("BUYER", 8_400, 5))
     m.apply(SetFirmTrading(firm_id="BUYER", can_trade=False))
