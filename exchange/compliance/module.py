@@ -102,7 +102,9 @@ class ComplianceModule(Module):
     def _observing(self, prev):
         def handler(cmd):
             evs = prev(cmd)
-            if self._period_starts:
+            # a fill produces at least two execution reports and a trade: cheaper to skip
+            # the scan for the usual order that only rests (new + book update)
+            if len(evs) > 2 and self._period_starts:
                 for ev in evs:
                     if type(ev) is Trade:
                         self._record_trade(ev)
