@@ -28,3 +28,13 @@ async def candles(ctx: ApiContext, body) -> dict:
     return {"instrument": sym, "day": ctx.ex.day,
             "reference_price": format_price(ins.reference_price) if ins.reference_price
             else None, "candles": series}
+
+
+@route("GET", "/dashboard/compliance-periods", tag="compliance",
+       roles=("operator", "verifier"),
+       summary="Compliance periods known to the compliance module (for the console's selectors)")
+async def compliance_periods(ctx: ApiContext, body) -> dict:
+    m = ctx.ex.modules.get("compliance")
+    periods = getattr(m, "periods", None) or {}
+    return {"periods": [{"period": p, "closed": bool(v.get("closed"))}
+                        for p, v in sorted(periods.items())]}

@@ -30,8 +30,9 @@ export class CandleChart {
       last = { day, open: price, high: price, low: price, close: price, volume: 0, o: p, h: p, l: p, c: p };
       this.candles.push(last);
     }
-    last.h = Math.max(last.h, p); last.l = Math.min(last.l, p); last.c = p;
-    last.close = price; last.volume += qty;
+    if (p > last.h) { last.h = p; last.high = price; }
+    if (p < last.l) { last.l = p; last.low = price; }
+    last.c = p; last.close = price; last.volume += qty;
     this.draw();
   }
 
@@ -62,9 +63,10 @@ export class CandleChart {
     const pad = (hi - lo) * 0.08; hi += pad; lo -= pad;
     const y = (p) => padT + (hi - p) / (hi - lo) * priceH;
     const plotW = W - padL - padR;
-    const slot = plotW / Math.max(cs.length, 20);
-    const bw = Math.max(2, Math.min(14, slot * 0.62));
-    const x = (i) => padL + slot * (i + 0.5) + (plotW - slot * Math.max(cs.length, 20));
+    // latest day at the right edge; a short history keeps readable candle widths
+    const slot = plotW / Math.max(cs.length, 16);
+    const bw = Math.max(2, Math.min(18, slot * 0.6));
+    const x = (i) => W - padR - slot * (cs.length - i - 0.5);
     // grid + price axis
     g.strokeStyle = C.grid; g.lineWidth = 1; g.fillStyle = C.axis; g.textAlign = "left";
     const steps = 5;

@@ -41,7 +41,13 @@ export class MarketView {
 
   async loadInstruments() {
     const r = await publicApi.get("/instruments");
-    this.instruments = r.instruments;
+    // allowances first (latest vintage first), then offsets
+    const rank = (i) => [i.kind === "allowance" ? 0 : 1, -(i.vintage || 0), i.instrument];
+    this.instruments = r.instruments.slice().sort((a, b) => {
+      const ra = rank(a), rb = rank(b);
+      for (let k = 0; k < ra.length; k++) if (ra[k] !== rb[k]) return ra[k] < rb[k] ? -1 : 1;
+      return 0;
+    });
     for (const t of r.instruments) if (!this.tickers.has(t.instrument)) this.tickers.set(t.instrument, t);
     if (!this.sel.instrument && this.instruments.length) this.sel.instrument = this.instruments[0].instrument;
     this.renderChips();
@@ -263,8 +269,8 @@ export class MarketView {
           onclick: () => this.select(ins.instrument, seg) },
         el("td", { text: ins.instrument }), el("td", { text: seg }),
         el("td", { class: "num", text: bid ? qty(bid[1]) : "—" }),
-        el("td", { class: "num bid", text: bid ? bid[0] : "—" }),
-        el("td", { class: "num ask", text: ask ? ask[0] : "—" }),
+        el("td", { class: bid ? "num bid" : "num muted", text: bid ? bid[0] : "—" }),
+        el("td", { class: ask ? "num ask" : "num muted", text: ask ? ask[0] : "—" }),
         el("td", { class: "num", text: ask ? qty(ask[1]) : "—" }),
         el("td", { class: "num", text: b ? qty(sum(b.bids)) : "—" }),
         el("td", { class: "num", text: b ? qty(sum(b.asks)) : "—" }),

@@ -1,0 +1,326 @@
+"""The web dashboard in a real browser (issue 9): Playwright for Python driving Debian's chromium
+against the real server (``python -m exchange serve`` on a free loopback port, its own data
+directory). Skipped with a clear reason when chromium or Playwright is missing, a failure with
+REQUIRE_SERVICES=1. Screenshots of each view go to ``artifacts/screenshots/``.
+
+The checks go through the server's own state (operator API), not only the DOM:
+
+* orders placed with :mod:`exchange.client` appear in the depth view;
+* a firm places an order from the page and it rests in the book; it cancels it from the page;
+* a server error (a price outside the band) is shown in words;
+* an operator previews an offset cap change, applies it, and the new cap is in force.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from services import unavailable
+
+ROOT = Path(__file__).resolve().parent.parent
+SHOTS = ROOT / "artifacts" / "screenshots"
+OPERATOR_KEY = "operator-demo-key"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run"]
+TIMEOUT_MS = 10_000
+
+pytestmark = pytest.mark.slow
+
+
+# ------------------------------------------------------------------ helpers
+def http(base: str, method: str, path: str, body=None, key: str | None = OPERATOR_KEY):
+    req = urllib.request.Request(base + "/api/v1" + path, method=method,
+                                 data=None if body is None else json.dumps(body).encode())
+    if body is not None:
+        req.add_header("Content-Type", "application/json")
+    if key:
+        req.add_header("Authorization", f"Bearer {key}")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
+def run_async(coro):
+    """Run a coroutine on a fresh loop in a worker thread (Playwright's sync API owns this one)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result(timeout=60)
+
+
+async def _orders(ws_url: str, key: str, orders: list[dict]) -> list[dict]:
+    from exchange.client import ExchangeClient
+
+    out = []
+    async with ExchangeClient(ws_url, key) as c:
+        for o in orders:
+            out.append(await c.place_order(**o))
+    return out
+
+
+def place(server, key: str, *orders: dict) -> list[dict]:
+    return run_async(_orders(server["ws"], key, list(orders)))
+
+
+# ------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def chromium_path() -> str:
+    path = shutil.which("chromium")
+    if path is None:
+        unavailable("chromium", "no `chromium` on PATH (install it: apt-get install -y chromium)")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError as e:
+        unavailable("playwright", f"the playwright Python package is not installed ({e})")
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, chromium_path):
+    data = tmp_path_factory.mktemp("dashboard-data")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "exchange", "serve", "--host", "127.0.0.1", "--port", "0",
+         "--data-dir", str(data), "--no-uvloop"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    port = None
+    lines = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        m = re.search(r"listening on [\d.]+:(\d+)", line)
+        if m:
+            port = int(m.group(1))
+            break
+    if port is None:
+        proc.kill()
+        pytest.fail("server did not start:\n" + "".join(lines)[-3000:])
+    # keep draining the server's output so it never blocks on a full pipe
+    import threading
+    threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
+    base = f"http://127.0.0.1:{port}"
+    info = {"base": base, "ws": f"ws://127.0.0.1:{port}/ws", "proc": proc, "data": data}
+    _seed_history(info)
+    yield info
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def _seed_history(server) -> None:
+    """A few trading days of CEA-2026 so the chart has candles: STEEL1 sells, CEMENT1 buys IOC
+    at the same price (inside the demo book's 84.90 / 85.40 spread), then end of day."""
+    days = [["85.10", "85.30", "85.00", "85.20"], ["85.20", "85.35", "85.05", "85.30"],
+            ["85.25", "85.10", "85.38", "85.15"], ["85.15", "85.32", "84.96", "85.28"]]
+    n = 0
+    for d, prices in enumerate(days):
+        for p in prices:
+            n += 1
+            qty = 100 + 37 * n
+            place(server, "demo-key-steel1",
+                  dict(instrument="CEA-2026", side="sell", qty=qty, price=p,
+                       client_order_id=f"seed-s-{n}"))
+            place(server, "demo-key-cement1",
+                  dict(instrument="CEA-2026", side="buy", qty=qty, price=p, tif="IOC",
+                       client_order_id=f"seed-b-{n}"))
+        if d < len(days) - 1:
+            status, r = http(server["base"], "POST", "/end-of-day", {})
+            assert status == 200, r
+
+
+@pytest.fixture(scope="module")
+def browser(chromium_path):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    ctx = browser.new_context(viewport={"width": 1480, "height": 940}, device_scale_factor=1)
+    pg = ctx.new_page()
+    pg.set_default_timeout(TIMEOUT_MS)
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.goto(server["base"] + "/")
+    yield pg
+    ctx.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def shot(pg, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    pg.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+# ------------------------------------------------------------------ tests
+def test_page_served_with_assets(server):
+    with urllib.request.urlopen(server["base"] + "/") as r:
+        html = r.read().decode()
+        assert r.headers["Content-Type"].startswith("text/html")
+        assert "default-src 'self'" in r.headers["Content-Security-Policy"]
+    assert '<script type="module" src="/ui/js/app.js">' in html
+    for asset in re.findall(r'(?:src|href)="(/ui/[^"]+)"', html):
+        with urllib.request.urlopen(server["base"] + asset) as r:
+            assert r.status == 200, asset
+    status, body = http(server["base"], "GET", "/market/candles/CEA-2026", key=None)
+    assert status == 200
+    assert len(body["candles"]) == 4 and body["candles"][0]["open"] == "85.10"
+    assert body["candles"][0]["high"] == "85.30" and body["candles"][0]["low"] == "85.00"
+    assert body["candles"][0]["close"] == "85.20" and body["candles"][0]["closed"] is True
+
+
+def test_market_view_shows_client_orders_in_depth(page, server):
+    from playwright.sync_api import expect
+
+    page.fill("#market-key", "demo-key-power1")
+    page.click("#market-key-form button[type=submit]")
+    expect(page.locator("#conn-status")).to_have_attribute("data-state", "online")
+    # the demo book's resting orders are there
+    expect(page.locator('#depth-body td[data-side="ask"][data-price="85.40"]')).to_be_visible()
+    # orders placed through exchange.client appear in the depth view, live
+    place(server, "demo-key-steel1",
+          dict(instrument="CEA-2026", side="buy", qty=777, price="84.20", client_order_id="d-1"),
+          dict(instrument="CEA-2026", side="buy", qty=223, price="84.20", client_order_id="d-2"))
+    place(server, "demo-key-power1",
+          dict(instrument="CEA-2026", side="sell", qty=450, price="86.10", client_order_id="d-3"))
+    bid = page.locator('#depth-body td[data-side="bid"][data-price="84.20"]')
+    expect(bid).to_have_attribute("data-qty", "1000")
+    expect(page.locator('#depth-body td[data-side="ask"][data-price="86.10"]')).to_have_attribute(
+        "data-qty", "450")
+    # ... consistent with the server's book
+    status, book = http(server["base"], "GET", "/books/CEA-2026/main")
+    assert status == 200 and ["84.20", 1000] in book["bids"] and ["86.10", 450] in book["asks"]
+    # a trade shows in recent trades and the other books are listed
+    place(server, "demo-key-cement1",
+          dict(instrument="CEA-2026", side="buy", qty=50, price="85.40", tif="IOC",
+               client_order_id="d-4"))
+    expect(page.locator("#trades-body tr").first).to_contain_text("85.40")
+    expect(page.locator('#books-body tr[data-book="CCER-2026:main"]')).to_be_visible()
+    expect(page.locator("#chart-meta")).to_contain_text("trading day 3")
+    page.wait_for_timeout(150)
+    shot(page, "market")
+
+
+def test_firm_places_and_cancels_order_from_page(page, server):
+    from playwright.sync_api import expect
+
+    page.click("#tab-firm")
+    # a wrong key is an error in words
+    page.fill("#firm-key", "no-such-key")
+    page.click("#firm-key-form button[type=submit]")
+    expect(page.locator("#firm-signin-error")).to_contain_text("AUTH_FAILED")
+    page.fill("#firm-key", "demo-key-sme1")
+    page.click("#firm-key-form button[type=submit]")
+    expect(page.locator("#firm-whoami")).to_have_text("SME1")
+    expect(page.locator("#bal-cash")).to_have_text("200,000.00")
+
+    page.select_option("#ord-instrument", "CEA-2026")
+    page.select_option("#ord-segment", "main")
+    page.check("#side-buy", force=True)
+    page.fill("#ord-qty", "123")
+    page.fill("#ord-price", "83.70")
+    page.click("#ord-submit")
+    ok = page.locator("#order-ok")
+    expect(ok).to_contain_text("new")
+    order_id = int(ok.get_attribute("data-order-id"))
+    row = page.locator(f'#open-orders tr[data-order-id="{order_id}"]')
+    expect(row).to_contain_text("83.70")
+    # it rests in the book: the server's state, not only the page
+    status, firm = http(server["base"], "GET", "/firms/SME1")
+    assert status == 200
+    mine = [o for o in firm["open_orders"] if o["order_id"] == order_id]
+    assert mine and mine[0]["price"] == "83.70" and mine[0]["leaves_qty"] == 123
+    status, book = http(server["base"], "GET", "/books/CEA-2026/main")
+    assert ["83.70", 123] in book["bids"]
+    # cash reserved for it shows in the balances
+    expect(page.locator("#bal-cash-res")).not_to_have_text("0.00")
+    # a server reject is shown in words (price outside the band)
+    page.fill("#ord-qty", "10")
+    page.fill("#ord-price", "200.00")
+    page.click("#ord-submit")
+    expect(page.locator("#order-error")).to_contain_text("Order rejected")
+    expect(page.locator("#order-error")).to_contain_text("BAND")
+    expect(page.locator(".toast.error").first).to_be_visible()
+    expect(page.locator("#executions tbody tr").first).to_be_visible()
+    shot(page, "firm")
+
+    page.click(f'#open-orders tr[data-order-id="{order_id}"] button')
+    expect(row).to_have_count(0)
+    status, firm = http(server["base"], "GET", "/firms/SME1")
+    assert order_id not in [o["order_id"] for o in firm["open_orders"]]
+
+
+def test_operator_previews_and_applies_offset_cap(page, server):
+    from playwright.sync_api import expect
+
+    page.click("#tab-operator")
+    page.fill("#operator-key", "demo-key-power1")
+    page.click("#operator-key-form button[type=submit]")
+    expect(page.locator("#operator-signin-error")).to_contain_text("FORBIDDEN")
+    page.fill("#operator-key", OPERATOR_KEY)
+    page.click("#operator-key-form button[type=submit]")
+    expect(page.locator("#operator-main")).to_be_visible()
+    expect(page.locator('#op-instruments tr[data-instrument="CEA-2026"]')).to_be_visible()
+    expect(page.locator('#op-firms tr[data-firm="POWER1"]')).to_be_visible()
+
+    expect(page.locator('#cap-table tr[data-period="2026"]')).to_be_visible()
+    status, before = http(server["base"], "GET", "/compliance/periods/2026/summary")
+    assert status == 200 and before["offset_cap_bps"] == 500
+    page.select_option("#cap-period", "2026")
+    page.fill("#cap-pct", "8")
+    expect(page.locator("#cap-apply-btn")).to_be_disabled()
+    page.click("#cap-preview-btn")
+    expect(page.locator("#cap-preview")).to_be_visible()
+    expect(page.locator("#cap-preview-head")).to_contain_text("5 % → 8 %")
+    # nothing changed yet
+    status, still = http(server["base"], "GET", "/compliance/periods/2026/summary")
+    assert still["offset_cap_bps"] == 500
+    expect(page.locator("#cap-apply-btn")).to_be_enabled()
+    page.click("#cap-apply-btn")
+    expect(page.locator("#cap-ok")).to_contain_text("set to 8 %")
+    expect(page.locator('#cap-table tr[data-period="2026"] .cap-value')).to_have_text("8 %")
+    status, after = http(server["base"], "GET", "/compliance/periods/2026/summary")
+    assert status == 200 and after["offset_cap_bps"] == 800
+    status, cap = http(server["base"], "GET", "/compliance/periods/2026/cap")
+    assert status == 200 and cap["cap_bps"] == 800 and cap["history"][-1]["cap_bps"] == 800
+    # a bad cap is refused by the server and explained
+    page.fill("#cap-pct", "8")
+    sub = page.locator('#cap-subcaps input[data-type="PHCER"]')
+    sub.fill("9")
+    page.click("#cap-preview-btn")
+    expect(page.locator("#cap-error")).to_contain_text("Preview failed — CAP_OUT_OF_RANGE")
+
+    # halt and resume one instrument from the page; the server agrees
+    page.once("dialog", lambda d: d.accept())
+    page.click('#op-instruments tr[data-instrument="CCER-2026"] button')
+    expect(page.locator('#op-instruments tr[data-instrument="CCER-2026"] .badge')).to_have_text(
+        "HALTED")
+    status, inst = http(server["base"], "GET", "/instruments", key=None)
+    assert [i for i in inst["instruments"] if i["instrument"] == "CCER-2026"][0]["halted"]
+    shot(page, "operator")
+    page.click('#op-instruments tr[data-instrument="CCER-2026"] button')
+    expect(page.locator('#op-instruments tr[data-instrument="CCER-2026"] .badge')).to_have_text(
+        "TRADING")
