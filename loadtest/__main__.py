@@ -6,6 +6,7 @@
     python -m loadtest sweep --json out/sweep.json                    # + out/sweep.md, .png
     python -m loadtest memory --clients 1000 --duration 60 --json out/memory.json
     python -m loadtest echo --port 8765                               # serve the baseline
+    python -m loadtest costs                        # per-message costs of the order path
 
 See docs/LOADTEST.md. (The engine micro-benchmarks are ``python -m loadtest.engine``.)
 """
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "_worker":
         from .ws_worker import worker_main
         return worker_main()
-    from . import ws_echo
+    from . import ws_costs, ws_echo
     from .ws_cli import cmd_memory, cmd_run, cmd_sweep
 
     ap = argparse.ArgumentParser(prog="python -m loadtest",
@@ -82,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_memory)
 
     ws_echo.register(sub)
+    ws_costs.register(sub)
     args = ap.parse_args(argv)
     if not getattr(args, "func", None):
         ap.print_help()

@@ -1,0 +1,172 @@
+"""Per-message CPU costs of the served exchange's order path, piece by piece, in process.
+
+The websocket load test shows what the whole server carries; this shows where one order's
+microseconds go, using the server's own modules (no network, no journal I/O):
+
+    python -m loadtest costs [--n 20000] [--json FILE]
+
+Each line is the median over ``--repeat`` runs of ``--n`` calls, in microseconds per call.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import statistics
+import struct
+import sys
+import time
+
+import orjson
+
+
+def _timeit(fn, n: int, repeat: int) -> float:
+    runs = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn(n)
+        runs.append((time.perf_counter() - t) / n * 1e6)
+    return round(statistics.median(runs), 2)
+
+
+def measure(n: int = 20000, repeat: int = 5) -> dict:
+    from exchange.config import load_settings
+    from exchange.core.commands import CancelOrder, PlaceOrder
+    from exchange.core.events import ExecutionReport
+    from exchange.core.commands import encode_command
+    from exchange.engine import Sequencer
+    from exchange.market import genesis_commands
+    from exchange.server.protocol import PlaceOrderParams, wire_er
+
+    out: dict[str, float] = {}
+    req = (b'{"req_id":123456,"method":"place_order","params":{"instrument":"CEA-2026",'
+           b'"segment":"main","side":"buy","qty":5,"price":"84.90","client_order_id":'
+           b'"w0-123456"}}')
+    params = orjson.loads(req)["params"]
+
+    def f_loads(k):
+        loads = orjson.loads
+        for _ in range(k):
+            loads(req)
+    out["orjson.loads(request)"] = _timeit(f_loads, n, repeat)
+
+    def f_validate(k):
+        mv = PlaceOrderParams.model_validate
+        for _ in range(k):
+            mv(params)
+    out["PlaceOrderParams.model_validate"] = _timeit(f_validate, n, repeat)
+
+    p = PlaceOrderParams.model_validate(params)
+
+    def f_cmd(k):
+        for _ in range(k):
+            PlaceOrder(account="F", instrument=p.instrument, segment=p.segment, side=p.side,
+                       qty=p.qty, price=p.price, order_type=p.order_type, tif=p.tif,
+                       post_only=p.post_only, client_order_id=p.client_order_id)
+    out["PlaceOrder(...) construction"] = _timeit(f_cmd, n, repeat)
+
+    # the core: a demo market with resting orders; place a passive order then cancel it
+    seq = Sequencer()
+    seq.run(genesis_commands(load_settings(None)))
+    ex = seq.ex
+    counter = [0]
+
+    def f_apply(k):
+        for _ in range(k // 2):
+            counter[0] += 1
+            c = f"x{counter[0]}"
+            seq(PlaceOrder(account="STEEL1", instrument="CEA-2026", side="buy",
+                           price=8400 + counter[0] % 20, qty=5, client_order_id=c))
+            seq(CancelOrder(account="STEEL1", client_order_id=c))
+    out["Exchange.apply (place or cancel, mean)"] = _timeit(f_apply, n, repeat)
+
+    cmd = PlaceOrder(account="STEEL1", instrument="CEA-2026", side="buy", price=8450, qty=5,
+                     client_order_id="w0-1", seq=1, ts=1)
+    pack = struct.Struct("<qq").pack
+    sha = hashlib.sha256
+
+    def f_journal(k):
+        h = b"\0" * 32
+        for i in range(k):
+            d = encode_command(cmd)
+            pl = orjson.dumps(d)
+            h = sha(h + pack(i, i) + pl).digest()
+    out["journal record: encode_command + dumps + sha256"] = _timeit(f_journal, n, repeat)
+
+    er = ExecutionReport(account="STEEL1", order_id=1, client_order_id="w0-1",
+                         instrument="CEA-2026", segment="main", side="buy", exec_type="new",
+                         order_status="new", price=8450, qty=5, last_qty=0, last_px=0,
+                         cum_qty=0, leaves_qty=5, ts=1)
+
+    def f_er(k):
+        d = orjson.dumps
+        for _ in range(k):
+            d(wire_er(er))
+    out["execution report: wire_er + dumps"] = _timeit(f_er, n, repeat)
+
+    async def tasks(k):
+        loop = asyncio.get_running_loop()
+
+        async def coro(f):
+            await asyncio.shield(f)
+            return 1
+        done = []
+        futs = []
+        for _ in range(k):
+            f = loop.create_future()
+            futs.append(f)
+            t = asyncio.ensure_future(coro(f))
+            t.add_done_callback(done.append)
+        for f in futs:
+            f.set_result(None)
+        while len(done) < k:
+            await asyncio.sleep(0)
+
+    async def futures(k):
+        loop = asyncio.get_running_loop()
+        done = []
+        futs = []
+        for _ in range(k):
+            f = loop.create_future()
+            futs.append(f)
+            g = loop.create_future()
+            f.add_done_callback(lambda _f, g=g: g.set_result(1))
+            g.add_done_callback(done.append)
+        for f in futs:
+            f.set_result(None)
+        while len(done) < k:
+            await asyncio.sleep(0)
+
+    try:
+        import uvloop
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    out["await path per request: coroutine + Task + shield (cancel/amend today)"] = _timeit(
+        lambda k: runner(tasks(k)), n, repeat)
+    out["await path per request: future + done callback (place_order today)"] = _timeit(
+        lambda k: runner(futures(k)), n, repeat)
+    return out
+
+
+def register(sub) -> None:
+    p = sub.add_parser("costs", help="per-message CPU costs of the server's order path, "
+                                     "in process")
+    p.add_argument("--n", type=int, default=20000)
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--json", default=None)
+
+    def run(a):
+        res = measure(a.n, a.repeat)
+        w = max(len(k) for k in res)
+        for k, v in res.items():
+            print(f"{k:<{w}}  {v:8.2f} us")
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump({"us_per_call": res, "n": a.n, "repeat": a.repeat,
+                           "command": "python -m loadtest " + " ".join(sys.argv[1:])}, f,
+                          indent=2)
+        return 0
+
+    p.set_defaults(func=run)
