@@ -32,8 +32,9 @@ DEMO_SUBMISSIONS = (
 )
 
 
-def demo_period(config: str | None = None, period: int = 2026):
-    """Build the demo market and run one compliance period through it; return the exchange."""
+def demo_period(config: str | None = None, period: int = 2026, sequencer: bool = False):
+    """Build the demo market and run one compliance period through it; return the exchange
+    (or, with ``sequencer``, the :class:`Sequencer` whose ``log`` holds every command)."""
     settings = load_settings(config)
     seq = Sequencer(start_ts=to_ns(f"{period}-01-01"))
     ok = _checked(seq)
@@ -63,7 +64,7 @@ def demo_period(config: str | None = None, period: int = 2026):
     seq.ts = max(seq.ts, deadline)
     ok(ProcessComplianceDeadline(period=period, operator="demo"))
     seq.ex.check_invariants()
-    return seq.ex
+    return seq if sequencer else seq.ex
 
 
 def _checked(seq: Sequencer):
