@@ -1,0 +1,362 @@
+"""Journal benchmark: the full core in memory vs with the durable journal, replay, recovery.
+
+    python -m loadtest.journal --commands 200000 --json FILE [--seed 42]
+                               [--recovery-commands 1000000] [--postgres DSN | --no-postgres]
+
+One seeded stream (:mod:`loadtest.streams`: limit orders and cancels against funded accounts)
+is run, each time on a fresh ``build_exchange()``:
+
+* ``in_memory_cmds_per_s``: ``Exchange.apply`` over pre-stamped commands, no journal (the
+  core's own speed, the baseline);
+* ``durable_cmds_per_s``: the same commands through :class:`CoreRunner` with the SQLite
+  journal (WAL, synchronous=FULL, group commit). The driver is pipelined like a gateway with
+  many connections: it submits with ``submit_nowait`` and yields to the event loop every 256
+  commands; the clock stops when the last command is durable. Every command is stamped,
+  applied, encoded, hashed and fsynced in a batch; snapshots are taken at the configured
+  interval (``[journal]`` in config/default.toml) inside the timing. ``durable_ratio`` =
+  durable / in-memory;
+* ``durable_clients_cmds_per_s``: the same with 64 client tasks, each awaiting ``submit``
+  (acknowledged only when durable) before sending its next command;
+* ``postgres_durable_cmds_per_s``: the pipelined run against PostgreSQL, where it answers;
+* ``replay_cmds_per_s``: a fresh core rebuilt from the SQLite log written above: read, verify
+  the hash chain, decode, apply (the core's apply is most of it); ``replay_decode_cmds_per_s``
+  is the journal's part alone (read + verify + decode, no apply);
+* ``recovery_s_per_million``: ``CoreRunner.start()`` on a log of ``--recovery-commands``
+  commands (default 1,000,000) with a snapshot every ``snapshot_every_commands`` and the worst
+  case tail (the log ends just before the next snapshot is due): open, full hash-chain check,
+  snapshot load, tail replay. With ``--recovery-commands 0`` it is instead the recovery time of
+  the durable run's log scaled linearly to a million (labelled ``recovery_estimated``).
+
+Figures are wall-clock on a shared machine; the JSON records the machine and settings.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+
+from .streams import ADD, INSTRUMENT, SEGMENT, generate, market_setup_commands
+
+TARGETS = {"durable_ratio": 0.70, "replay_cmds_per_s": 200_000, "recovery_s_per_million": 10.0}
+
+
+def iter_commands(stream, first_seq: int = 1, first_ts: int = 1_767_225_600 * 10**9,
+                  ts_step: int = 1_000):
+    """The stream as stamped core commands, made lazily (a million at once is a lot of RAM)."""
+    from exchange.core.commands import CancelOrder, PlaceOrder
+    seq, ts = first_seq, first_ts
+    for op in stream.ops:
+        if op[0] == ADD:
+            _, _oid, side, price, qty, acct = op
+            c = PlaceOrder(account=acct, instrument=INSTRUMENT, segment=SEGMENT, side=side,
+                           price=price, qty=qty, seq=seq, ts=ts)
+        else:
+            c = CancelOrder(account=op[2], order_id=op[1], seq=seq, ts=ts)
+        yield c
+        seq += 1
+        ts += ts_step
+
+
+def _clock():
+    t = [1_767_225_600 * 10**9]
+
+    def clock():
+        t[0] += 1_000
+        return t[0]
+    return clock
+
+
+# --------------------------------------------------------------------------- in memory
+
+def run_in_memory(stream) -> dict:
+    from exchange.engine import build_exchange
+    ex = build_exchange()
+    setup = market_setup_commands(stream)
+    for i, c in enumerate(setup, 1):
+        c.seq, c.ts = i, i
+        ex.apply(c)
+    cmds = list(iter_commands(stream, first_seq=len(setup) + 1, first_ts=len(setup) + 1))
+    apply = ex.apply
+    gc.collect()
+    t0 = time.perf_counter()
+    for c in cmds:
+        apply(c)
+    dt = time.perf_counter() - t0
+    return {"cmds_per_s": len(cmds) / dt, "seconds": dt, "state_hash": ex.state_hash()}
+
+
+# --------------------------------------------------------------------------- durable
+
+async def run_durable(stream, target: str, *, snapshot_every: int, snapshot_seconds: float,
+                      clients: int = 0, **opts) -> dict:
+    from exchange.engine import build_exchange
+    from exchange.journal import CoreRunner, open_journal
+    r = CoreRunner(build_exchange(), open_journal(target, **opts),
+                   snapshot_every_commands=snapshot_every,
+                   snapshot_every_seconds=snapshot_seconds, clock=_clock())
+    await r.start()
+    for c in market_setup_commands(stream):
+        await r.submit(c)
+    cmds = list(iter_commands(stream))
+    b0, n0 = r.batches, r.batched_records
+    gc.collect()
+    t0 = time.perf_counter()
+    if clients:
+        async def client(k):
+            for c in cmds[k::clients]:
+                await r.submit(c)
+        await asyncio.gather(*(client(k) for k in range(clients)))
+    else:
+        submit = r.submit_nowait
+        fut = None
+        for i, c in enumerate(cmds):
+            _ev, fut = submit(c)
+            if not i & 255:
+                await asyncio.sleep(0)
+        await fut
+    dt = time.perf_counter() - t0
+    batches = r.batches - b0
+    out = {"cmds_per_s": len(cmds) / dt, "seconds": dt, "batches": batches,
+           "mean_batch": (r.batched_records - n0) / max(batches, 1),
+           "last_seq": r.exchange.last_seq, "state_hash": r.exchange.state_hash()}
+    await r.stop(snapshot=False)
+    return out
+
+
+# --------------------------------------------------------------------------- replay
+
+async def run_replay(target: str) -> dict:
+    from exchange.engine import build_exchange
+    from exchange.journal import open_journal, replay_into
+    from exchange.journal.base import loads
+    j = open_journal(target)
+    await j.open()
+    try:
+        gc.collect()
+        t0 = time.perf_counter()
+        n = 0
+        async for rows in j.read_rows(1):
+            for _s, _t, p, _h in rows:
+                loads(p)
+            n += len(rows)
+        t_dec = time.perf_counter() - t0
+        ex = build_exchange()
+        gc.collect()
+        t0 = time.perf_counter()
+        n2 = await replay_into(ex, j, 1)
+        dt = time.perf_counter() - t0
+        return {"commands": n2, "cmds_per_s": n2 / dt, "seconds": dt,
+                "decode_cmds_per_s": n / t_dec, "state_hash": ex.state_hash()}
+    finally:
+        await j.close()
+
+
+async def recover(target: str) -> dict:
+    from exchange.engine import build_exchange
+    from exchange.journal import CoreRunner, open_journal
+    gc.collect()
+    t0 = time.perf_counter()
+    r = CoreRunner(build_exchange(), open_journal(target))
+    await r.start()
+    dt = time.perf_counter() - t0
+    rec = dict(r.recovery, seconds=dt, state_hash=r.exchange.state_hash())
+    await r.stop(snapshot=False)
+    return rec
+
+
+async def build_recovery_log(target: str, commands: int, seed: int, every: int) -> dict:
+    """A ``commands``-record log written in large batches straight to the journal (the core
+    applies every command; snapshot markers every ``every``), ending with the worst-case tail:
+    ``every - 1`` commands after the last snapshot."""
+    from exchange.core.commands import SnapshotMarker, encode_command
+    from exchange.engine import build_exchange
+    from exchange.journal import open_journal
+    from exchange.journal.runner import snapshot_bytes
+    stream = generate(commands, seed)
+    ex = build_exchange()
+    j = open_journal(target)
+    await j.open()
+    seq = 0
+    batch: list = []
+    t0 = time.perf_counter()
+
+    async def put(cmd, snapshot=False):
+        nonlocal seq
+        seq += 1
+        cmd.seq, cmd.ts = seq, 1_767_225_600 * 10**9 + seq * 1000
+        ex.apply(cmd)
+        batch.append((seq, cmd.ts, encode_command(cmd)))
+        if snapshot or len(batch) >= 20_000:
+            await j.append(batch)
+            batch.clear()
+        if snapshot:
+            await j.write_snapshot(seq, snapshot_bytes(ex))
+
+    for c in market_setup_commands(stream):
+        await put(c)
+    for c in iter_commands(stream):
+        if seq + 1 >= commands:
+            break
+        if (seq + 1) % every == 0:
+            await put(SnapshotMarker(), snapshot=True)
+            if seq + 1 >= commands:
+                break
+        await put(c)
+    if batch:
+        await j.append(batch)
+    await j.close()
+    return {"records": seq, "build_s": time.perf_counter() - t0,
+            "state_hash": ex.state_hash()}
+
+
+# --------------------------------------------------------------------------- main
+
+def _pg_available(dsn: str) -> str | None:
+    async def probe():
+        import asyncpg
+        con = await asyncpg.connect(dsn, timeout=3)
+        await con.close()
+    try:
+        asyncio.run(probe())
+        return None
+    except Exception as e:
+        return f"{type(e).__name__}: {e}"
+
+
+async def _drop_schema(dsn: str, schema: str) -> None:
+    import asyncpg
+    con = await asyncpg.connect(dsn)
+    await con.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    await con.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    from exchange.config import load_settings
+    p = argparse.ArgumentParser(prog="python -m loadtest.journal", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--commands", type=int, default=200_000)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--json", default=None, help="write the figures here")
+    p.add_argument("--dir", default=None, help="directory for the SQLite files (default: a "
+                   "temporary directory on the local disk, removed afterwards)")
+    p.add_argument("--recovery-commands", type=int, default=1_000_000,
+                   help="size of the recovery log (0: scale the durable run's recovery)")
+    p.add_argument("--postgres", default=os.environ.get(
+        "TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"))
+    p.add_argument("--no-postgres", action="store_true")
+    p.add_argument("--clients", type=int, default=64)
+    a = p.parse_args(argv)
+    jc = load_settings().journal
+    every, every_s = jc.snapshot_every_commands, jc.snapshot_every_seconds
+
+    def say(msg):
+        print(msg, flush=True)
+
+    d = a.dir or tempfile.mkdtemp(prefix="journal-bench-", dir=os.environ.get("TMPDIR"))
+    os.makedirs(d, exist_ok=True)
+    res: dict = {"commands": a.commands, "seed": a.seed, "snapshot_every_commands": every,
+                 "python": sys.version.split()[0], "machine": platform.machine(),
+                 "cpus": os.cpu_count(), "platform": platform.platform()}
+    try:
+        say(f"generating a seeded stream of {a.commands} commands (seed {a.seed})")
+        stream = generate(a.commands, a.seed)
+
+        mem = run_in_memory(stream)
+        res["in_memory_cmds_per_s"] = round(mem["cmds_per_s"])
+        say(f"in memory          {mem['cmds_per_s']:>10,.0f} cmds/s  ({mem['seconds']:.2f} s)")
+
+        path = os.path.join(d, f"bench-{uuid.uuid4().hex[:8]}.sqlite")
+        dur = asyncio.run(run_durable(stream, path, snapshot_every=every,
+                                      snapshot_seconds=every_s))
+        res["durable_cmds_per_s"] = round(dur["cmds_per_s"])
+        res["durable_ratio"] = round(dur["cmds_per_s"] / mem["cmds_per_s"], 3)
+        res["durable_batches"] = dur["batches"]
+        res["durable_mean_batch"] = round(dur["mean_batch"], 1)
+        say(f"durable SQLite     {dur['cmds_per_s']:>10,.0f} cmds/s  ({dur['seconds']:.2f} s, "
+            f"{dur['batches']} fsynced batches, mean {dur['mean_batch']:.0f} cmds) "
+            f"= {res['durable_ratio']:.0%} of in memory")
+
+        path2 = os.path.join(d, f"bench-{uuid.uuid4().hex[:8]}.sqlite")
+        cl = asyncio.run(run_durable(stream, path2, snapshot_every=every,
+                                     snapshot_seconds=every_s, clients=a.clients))
+        res["durable_clients"] = a.clients
+        res["durable_clients_cmds_per_s"] = round(cl["cmds_per_s"])
+        say(f"durable, {a.clients} clients {cl['cmds_per_s']:>8,.0f} cmds/s  (each awaits its "
+            f"ack; mean batch {cl['mean_batch']:.0f})")
+
+        res["postgres_durable_cmds_per_s"] = None
+        if not a.no_postgres:
+            why = _pg_available(a.postgres)
+            if why is None:
+                schema = "bench_" + uuid.uuid4().hex[:10]
+                try:
+                    pg = asyncio.run(run_durable(stream, a.postgres, snapshot_every=every,
+                                                 snapshot_seconds=every_s, schema=schema))
+                finally:
+                    asyncio.run(_drop_schema(a.postgres, schema))
+                res["postgres_durable_cmds_per_s"] = round(pg["cmds_per_s"])
+                res["postgres_durable_ratio"] = round(pg["cmds_per_s"] / mem["cmds_per_s"], 3)
+                say(f"durable PostgreSQL {pg['cmds_per_s']:>10,.0f} cmds/s  "
+                    f"(mean batch {pg['mean_batch']:.0f}) = {res['postgres_durable_ratio']:.0%}")
+            else:
+                res["postgres_skipped"] = why
+                say(f"PostgreSQL skipped: {why}")
+
+        rep = asyncio.run(run_replay(path))
+        res["replay_cmds_per_s"] = round(rep["cmds_per_s"])
+        res["replay_decode_cmds_per_s"] = round(rep["decode_cmds_per_s"])
+        res["replay_equals_live"] = rep["state_hash"] == dur["state_hash"]
+        say(f"replay (read+verify+decode+apply) {rep['cmds_per_s']:>10,.0f} cmds/s; "
+            f"read+verify+decode alone {rep['decode_cmds_per_s']:,.0f} cmds/s; "
+            f"state equal: {res['replay_equals_live']}")
+
+        if a.recovery_commands > 0:
+            rpath = os.path.join(d, f"recovery-{uuid.uuid4().hex[:8]}.sqlite")
+            say(f"building a {a.recovery_commands:,}-command log (snapshot every {every:,}, "
+                f"worst-case tail) ...")
+            built = asyncio.run(build_recovery_log(rpath, a.recovery_commands, a.seed + 1,
+                                                   every))
+            rec = asyncio.run(recover(rpath))
+            assert rec["state_hash"] == built["state_hash"], "recovery != the built state"
+            res["recovery_log_commands"] = built["records"]
+            res["recovery_s"] = round(rec["seconds"], 3)
+            res["recovery_s_per_million"] = round(rec["seconds"] * 1e6 / built["records"], 3)
+            res["recovery_estimated"] = False
+        else:
+            rec = asyncio.run(recover(path))
+            res["recovery_log_commands"] = rec["last_seq"]
+            res["recovery_s"] = round(rec["seconds"], 3)
+            res["recovery_s_per_million"] = round(rec["seconds"] * 1e6 / rec["last_seq"], 3)
+            res["recovery_estimated"] = True
+        res["recovery_detail"] = {k: (round(v, 3) if isinstance(v, float) else v)
+                                  for k, v in rec.items() if k != "state_hash"}
+        say(f"recovery           {res['recovery_s']:.2f} s for {res['recovery_log_commands']:,} "
+            f"commands (snapshot seq {rec['snapshot_seq']:,}, {rec['replayed']:,} replayed) "
+            f"-> {res['recovery_s_per_million']:.2f} s per million"
+            + (" (scaled)" if res["recovery_estimated"] else ""))
+        res["targets"] = {k: {"target": v, "met": (res[k] <= v if k.startswith("recovery")
+                                                   else res[k] >= v)}
+                          for k, v in TARGETS.items()}
+        for k, t in res["targets"].items():
+            say(f"target {k}: {t['target']} -> {res[k]} {'met' if t['met'] else 'NOT met'}")
+    finally:
+        if a.dir is None:
+            shutil.rmtree(d, ignore_errors=True)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(res, f, indent=2, sort_keys=True)
+            f.write("\n")
+        say(f"wrote {a.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
