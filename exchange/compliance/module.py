@@ -50,6 +50,28 @@ def _is_int(v) -> bool:
     return type(v) is int
 
 
+def _seq(v, what: str, code: str = E.BAD_PARAMETER) -> tuple:
+    """A list/tuple field (as decoded from the journal), or a reject: bad input never raises
+    anything but a Reject out of a handler."""
+    if not isinstance(v, (tuple, list)):
+        raise E.Reject(code, f"{what} must be a list")
+    return tuple(v)
+
+
+def _pairs(v, what: str, code: str = E.BAD_PARAMETER) -> tuple:
+    out = _seq(v, what, code)
+    for p in out:
+        if not isinstance(p, (tuple, list)) or len(p) != 2 or not isinstance(p[0], str):
+            raise E.Reject(code, f"{what} must be a list of (name, number) pairs")
+    return out
+
+
+def _ident(v, code: str, what: str) -> str:
+    if not isinstance(v, str) or not v:
+        raise E.Reject(code, f"{what} must be a non-empty string, got {v!r}"[:200])
+    return v
+
+
 def new_record() -> dict:
     return {
         "status": "none",  # none | pending | rejected | verified
@@ -243,14 +265,17 @@ class ComplianceModule(Module):
     # ================================================================== configuration
     def _configure(self, c: ConfigureCompliance) -> list:
         coef = {}
-        for pair in c.carbon_coefficients_ppm:
+        for pair in _pairs(c.carbon_coefficients_ppm, "carbon_coefficients_ppm"):
             fuel, ppm = pair[0], pair[1]
             if not isinstance(fuel, str) or not fuel or not _is_int(ppm) or ppm < 0:
                 raise E.Reject(E.BAD_PARAMETER, "carbon coefficients are (fuel, ppm >= 0)")
             coef[fuel] = ppm
         if not coef:
             raise E.Reject(E.BAD_PARAMETER, "at least one carbon coefficient is needed")
-        num, den = c.co2_per_c
+        co2 = _seq(c.co2_per_c, "co2_per_c")
+        if len(co2) != 2:
+            raise E.Reject(E.BAD_PARAMETER, "co2_per_c is (numerator, denominator)")
+        num, den = co2
         if not (_is_int(num) and _is_int(den) and num > 0 and den > 0):
             raise E.Reject(E.BAD_PARAMETER, "co2_per_c is (numerator, denominator) > 0")
         if c.penalty_mode not in mrv.PENALTY_MODES:
@@ -259,9 +284,12 @@ class ComplianceModule(Module):
                   c.penalty_fallback_price):
             if not _is_int(v) or v < 0:
                 raise E.Reject(E.BAD_PARAMETER, "fines, multiples and prices are integers >= 0")
-        types = sorted(set(c.offset_types))
+        types = _seq(c.offset_types, "offset_types")
         if not all(isinstance(t, str) and t for t in types):
             raise E.Reject(E.BAD_PARAMETER, "offset types are non-empty strings")
+        types = sorted(set(types))
+        if type(c.banking) is not bool:
+            raise E.Reject(E.BAD_PARAMETER, "banking is true or false")
         self.params = {
             "coefficients_ppm": dict(sorted(coef.items())), "co2_per_c": [num, den],
             "offset_types": types, "banking": bool(c.banking),
@@ -276,7 +304,7 @@ class ComplianceModule(Module):
             raise E.Reject(E.CAP_OUT_OF_RANGE,
                            f"offset cap must be within [0, 100 %] (0..10000 bps), got {cap_bps!r}")
         out = {}
-        for pair in sub_caps:
+        for pair in _pairs(sub_caps, "sub_caps_bps", E.CAP_OUT_OF_RANGE):
             otype, bps = pair[0], pair[1]
             if otype not in self.params["offset_types"]:
                 raise E.Reject(E.INELIGIBLE_OFFSET_TYPE, f"unknown offset type {otype!r}")
@@ -295,7 +323,8 @@ class ComplianceModule(Module):
                            f"period {c.period} is configured; change caps with set_offset_cap")
         if not _is_int(c.start_ts) or (c.deadline_ts is not None and not _is_int(c.deadline_ts)):
             raise E.Reject(E.BAD_PARAMETER, "start_ts and deadline_ts are integer ns")
-        for v in tuple(c.eligible_vintages) + tuple(c.offset_vintages):
+        for v in _seq(c.eligible_vintages, "eligible_vintages") + _seq(c.offset_vintages,
+                                                                        "offset_vintages"):
             if not _is_int(v):
                 raise E.Reject(E.BAD_PARAMETER, "vintages are integers")
         subs = self._check_caps(c.offset_cap_bps, c.offset_sub_caps_bps)
@@ -311,8 +340,9 @@ class ComplianceModule(Module):
                                            tuple(tuple(s) for s in subs))]
 
     def _register_verifier(self, c: RegisterVerifier) -> list:
-        if not isinstance(c.verifier, str) or not c.verifier:
-            raise E.Reject(E.BAD_PARAMETER, "verifier id must be a non-empty string")
+        _ident(c.verifier, E.BAD_PARAMETER, "verifier id")
+        if not isinstance(c.name, str):
+            raise E.Reject(E.BAD_PARAMETER, "name must be a string")
         if c.verifier in self.verifiers:
             raise E.Reject(E.DUPLICATE_VERIFIER, f"verifier {c.verifier!r} is registered")
         self.verifiers[c.verifier] = c.name or ""
@@ -321,6 +351,8 @@ class ComplianceModule(Module):
     def _set_cap(self, c: SetOffsetCap) -> list:
         p = self._open_period(c.period)
         subs = self._check_caps(c.cap_bps, c.sub_caps_bps)
+        if not isinstance(c.operator, str):
+            raise E.Reject(E.BAD_PARAMETER, "operator must be a string")
         eff = c.ts if c.effective_ts is None else c.effective_ts
         if not _is_int(eff) or eff < c.ts:
             raise E.Reject(E.CAP_EFFECTIVE_IN_PAST,
@@ -335,16 +367,14 @@ class ComplianceModule(Module):
     def _submit(self, c: SubmitActivityData) -> list:
         params = self._need_params()
         self._open_period(c.period)
-        self.ex.firm(c.firm_id)
+        self.ex.firm(_ident(c.firm_id, E.UNKNOWN_ACCOUNT, "firm_id"))
         rec = self.record(c.firm_id, c.period)
         if rec is not None and rec["status"] == "verified":
             raise E.Reject(E.ALREADY_VERIFIED,
                            f"{c.firm_id}'s emissions for {c.period} are verified; "
                            "a second submission is not accepted")
         fuels: dict[str, int] = {}
-        for pair in c.fuels:
-            if len(pair) != 2:
-                raise E.Reject(E.BAD_ACTIVITY_DATA, "fuels are (fuel, tce) pairs")
+        for pair in _pairs(c.fuels, "fuels (fuel, tce)", E.BAD_ACTIVITY_DATA):
             fuel, tce = pair
             if fuel not in params["coefficients_ppm"]:
                 raise E.Reject(E.UNKNOWN_FUEL, f"no carbon coefficient for fuel {fuel!r}; "
@@ -368,10 +398,11 @@ class ComplianceModule(Module):
                                       c.process_emissions, total, c.output)]
 
     def _check_verifier(self, verifier) -> None:
-        if verifier not in self.verifiers:
+        if not isinstance(verifier, str) or verifier not in self.verifiers:
             raise E.Reject(E.NOT_A_VERIFIER, f"{verifier!r} is not a registered verifier")
 
     def _pending(self, firm_id, period) -> dict:
+        _ident(firm_id, E.UNKNOWN_ACCOUNT, "firm_id")
         rec = self.record(firm_id, period)
         if rec is not None and rec["status"] == "verified":
             raise E.Reject(E.ALREADY_VERIFIED, f"{firm_id}'s {period} emissions are verified")
@@ -444,8 +475,8 @@ class ComplianceModule(Module):
 
     def _surrender(self, c: SurrenderUnits) -> list:
         p = self._open_period(c.period)
-        acct = self.ex.firm(c.firm_id)
-        instr = self.ex.instrument(c.instrument)
+        acct = self.ex.firm(_ident(c.firm_id, E.UNKNOWN_ACCOUNT, "firm_id"))
+        instr = self.ex.instrument(_ident(c.instrument, E.UNKNOWN_INSTRUMENT, "instrument"))
         if not _is_int(c.qty) or c.qty <= 0:
             raise E.Reject(E.BAD_QUANTITY, "quantity must be a positive whole number of tonnes")
         rec = self.record(c.firm_id, c.period)
