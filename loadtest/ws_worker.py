@@ -289,7 +289,11 @@ class Worker:
                 return text_frame(b'{"req_id":%d,"method":"amend_order","params":'
                                   b'{"client_order_id":"%s","qty":%d}}' % (i, coid, qty))
             off = int(rng.random() * self.depth_ticks) + 1
-            price = self.mid - off if side == "buy" else self.mid + off
+            new_price = self.mid - off if side == "buy" else self.mid + off
+            if new_price == price:  # an amend that changes nothing is refused (NO_CHANGE)
+                new_price = new_price + 1 if off > 1 and side == "buy" or \
+                    off == 1 and side == "sell" else new_price - 1
+            price = new_price
             live[coid] = (side, price, qty)
             return text_frame(b'{"req_id":%d,"method":"amend_order","params":'
                               b'{"client_order_id":"%s","price":"%s"}}'
