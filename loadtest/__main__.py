@@ -7,6 +7,7 @@
     python -m loadtest memory --clients 1000 --duration 60 --json out/memory.json
     python -m loadtest echo --port 8765                               # serve the baseline
     python -m loadtest costs                        # per-message costs of the order path
+    python -m loadtest profile --rate 3000          # py-spy the server under load, summarised
 
 See docs/LOADTEST.md. (The engine micro-benchmarks are ``python -m loadtest.engine``.)
 """
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "_worker":
         from .ws_worker import worker_main
         return worker_main()
-    from . import ws_costs, ws_echo
+    from . import ws_costs, ws_echo, ws_profile
     from .ws_cli import cmd_memory, cmd_run, cmd_sweep
 
     ap = argparse.ArgumentParser(prog="python -m loadtest",
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ws_echo.register(sub)
     ws_costs.register(sub)
+    ws_profile.register(sub)
     args = ap.parse_args(argv)
     if not getattr(args, "func", None):
         ap.print_help()
