@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 
 import aiohttp
 
-from exchange.client import ExchangeClient
+from exchange.client import ExchangeClient, ExchangeError
 from exchange.compliance.config import CompliancePeriodConfig
 from exchange.config import load_settings
 from exchange.server.app import STATE_KEY, create_app
@@ -85,7 +85,17 @@ async def test_compliance_period_through_the_served_api(tmp_path):
         await ok(srv, "POST", sub, {"period": 2026, "fuels": {"oil": 5_000,
                                                               "natural_gas": 3_000}}, CEMENT)
         await ok(srv, "POST", sub, {"period": 2026, "fuels": {"coal": 1_000}}, STEEL)
-        await ok(srv, "POST", sub, {"period": 2026, "process_emissions": 2_500}, SME1)
+        # SME1 does it over its websocket session
+        async with ExchangeClient(f"ws://127.0.0.1:{srv.port}/ws", SME1) as sme:
+            r = await sme.request("submit_activity_data", {"period": 2026,
+                                                           "process_emissions": 2_500})
+            assert r["events"][0]["emissions"] == 2_500
+            try:
+                await sme.request("surrender", {"period": 2026, "instrument": "CEA-2026",
+                                                "qty": 1})
+                raise AssertionError("surrender before verification was accepted")
+            except ExchangeError as e:
+                assert e.code == "NO_OBLIGATION"
         await ok(srv, "POST", sub, {"period": 2026, "process_emissions": 2_399}, SME2)
         await refused(srv, "POST", sub, {"period": 2026, "fuels": {"peat": 1}}, STEEL, 400,
                       "UNKNOWN_FUEL")
@@ -192,6 +202,11 @@ async def test_compliance_period_through_the_served_api(tmp_path):
         assert {r[0]: r[-1] for r in rows[1:-1]} == {
             "CEMENT1": "non_compliant", "POWER1": "compliant", "SME1": "compliant",
             "SME2": "non_compliant", "STEEL1": "late"}
+        async with ExchangeClient(f"ws://127.0.0.1:{srv.port}/ws", SME1) as sme:
+            st1 = await sme.request("compliance_statement", {"period": 2026})
+        # SME1's 2,500 t came out of its sub-quota at the deadline
+        assert st1["status"] == "compliant"
+        assert [(x["qty"], x["by"]) for x in st1["surrenders"]] == [(2_500, "sub_quota")]
         sm = await ok(srv, "GET", "/compliance/periods/2026/summary")
         assert sm["totals"]["shortfall"] == 958
         ex.check_invariants()

@@ -23,7 +23,7 @@ from ..core import errors as E
 from ..core.units import UnitError, percent_to_bps
 from ..server.api import ApiContext, route
 from ..server.credentials import ROLE_FIRM, ROLE_OPERATOR, ROLE_VERIFIER
-from ..server.protocol import ProtocolError
+from ..server.protocol import ProtocolError, ws_method
 from . import reports as R
 from .commands import (
     ProcessComplianceDeadline, RejectSubmission, SetOffsetCap, SubmitActivityData,
@@ -250,3 +250,53 @@ async def summary(ctx: ApiContext, _b):
     if ctx.query.get("format") == "csv":
         return _csv(R.summary_csv(sm), f"compliance-{period}.csv")
     return sm
+
+
+# ------------------------------------------------------------------------------ websocket
+# Firms that trade over the websocket do their compliance on the same session.
+class WsSubmitParams(_Body):
+    period: StrictInt
+    fuels: dict[str, StrictInt] = Field(default_factory=dict)
+    process_emissions: StrictInt = 0
+    output: StrictInt = 0
+
+
+class WsSurrenderParams(_Body):
+    period: StrictInt
+    instrument: str = Field(min_length=1, max_length=64)
+    qty: StrictInt
+
+
+class WsPeriodParams(_Body):
+    period: StrictInt
+
+
+def _events(events) -> list:
+    from ..core.events import encode_event
+    return [encode_event(ev) for ev in events]
+
+
+@ws_method("submit_activity_data", WsSubmitParams, roles=(ROLE_FIRM,))
+async def ws_submit(session, p: WsSubmitParams) -> dict:
+    """Submit the session firm's activity data for a period (see POST /compliance/submissions)."""
+    events = await session.gw.submit_checked(SubmitActivityData(
+        firm_id=session.firm_id, period=p.period, fuels=tuple(sorted(p.fuels.items())),
+        process_emissions=p.process_emissions, output=p.output))
+    return {"events": _events(events)}
+
+
+@ws_method("surrender", WsSurrenderParams, roles=(ROLE_FIRM,))
+async def ws_surrender(session, p: WsSurrenderParams) -> dict:
+    """Surrender the session firm's units against its obligation for a period."""
+    events = await session.gw.submit_checked(SurrenderUnits(
+        firm_id=session.firm_id, period=p.period, instrument=p.instrument, qty=p.qty))
+    return {"events": _events(events)}
+
+
+@ws_method("compliance_statement", WsPeriodParams, roles=(ROLE_FIRM,))
+def ws_statement(session, p: WsPeriodParams) -> dict:
+    """The session firm's compliance statement for a period (same as the HTTP statement)."""
+    try:
+        return R.firm_statement(session.gw.ex, session.firm_id, p.period)
+    except KeyError as e:
+        raise ProtocolError(E.NOT_FOUND, str(e.args[0])) from None

@@ -115,6 +115,12 @@ def firm_statement(ex, firm_id: str, period: int) -> dict[str, Any]:
     st["holdings"] = {sym: {"total": h.total, "reserved": h.reserved, "lots": dict(h.lots)}
                       for sym, h in sorted(acct.holdings.items()) if h.total or h.reserved}
     st["cash"] = {"cash_fen": acct.cash, "reserved_fen": acct.cash_reserved}
+    # allowances still held that count for this period: with banking they carry forward
+    st["banking"] = m.params["banking"]
+    st["eligible_allowances_held"] = {
+        sym: h.total for sym, h in sorted(acct.holdings.items())
+        if h.total and ex.instruments[sym].kind == "allowance"
+        and m.is_eligible(period, ex.instruments[sym])[0]}
     st["trades"] = [
         {"instrument": sym, "bought": a[0], "buy_notional_fen": a[1], "sold": a[2],
          "sell_notional_fen": a[3], "trades": a[4], "fees_fen": a[5]}
