@@ -32,6 +32,7 @@ from services import unavailable
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "artifacts" / "screenshots"
 OPERATOR_KEY = "operator-demo-key"
+VERIFIER_KEY = "verifier-demo-key"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run"]
 TIMEOUT_MS = 10_000
@@ -145,6 +146,16 @@ def _seed_history(server) -> None:
         if d < len(days) - 1:
             status, r = http(server["base"], "POST", "/end-of-day", {})
             assert status == 200, r
+    # verified emissions for 2026, so the offset-cap what-if has obligations to weigh:
+    # POWER1 50,000 t (holds 5,000 t CCER), CEMENT1 30,000 t (no offsets)
+    for firm, emissions, output in (("POWER1", 50_000, 60_000), ("CEMENT1", 30_000, 35_000)):
+        status, r = http(server["base"], "POST", "/compliance/submissions",
+                         {"period": 2026, "firm_id": firm, "process_emissions": emissions,
+                          "output": output})
+        assert status == 200, r
+        status, r = http(server["base"], "POST", f"/compliance/submissions/{firm}/2026/verify",
+                         {"verifier": "VERIFIER1"}, key=VERIFIER_KEY)
+        assert status == 200, r
 
 
 @pytest.fixture(scope="module")
@@ -172,6 +183,7 @@ def page(browser, server):
 
 def shot(pg, name: str) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
+    pg.evaluate("document.getElementById('toasts').replaceChildren()")  # notifications cover the view
     pg.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
@@ -295,10 +307,17 @@ def test_operator_previews_and_applies_offset_cap(page, server):
     page.click("#cap-preview-btn")
     expect(page.locator("#cap-preview")).to_be_visible()
     expect(page.locator("#cap-preview-head")).to_contain_text("5 % → 8 %")
+    # POWER1: obligation 50,000 t, 8 % = 4,000 t, holds 5,000 t CCER -> over by 1,000 t
+    power = page.locator('#cap-preview-table tr[data-firm="POWER1"]')
+    expect(power.locator("td")).to_have_text(
+        ["POWER1", "50,000", "2,500", "4,000", "0", "5,000", "1,000", "—"])
+    expect(page.locator("#cap-preview-head")).to_contain_text("1 firm(s) would exceed: POWER1")
+    shot(page, "operator-cap-preview")
     # nothing changed yet
     status, still = http(server["base"], "GET", "/compliance/periods/2026/summary")
     assert still["offset_cap_bps"] == 500
     expect(page.locator("#cap-apply-btn")).to_be_enabled()
+    page.once("dialog", lambda d: d.accept())  # "1 firm(s) would exceed the new cap. Apply?"
     page.click("#cap-apply-btn")
     expect(page.locator("#cap-ok")).to_contain_text("set to 8 %")
     expect(page.locator('#cap-table tr[data-period="2026"] .cap-value')).to_have_text("8 %")

@@ -29,6 +29,16 @@ function capBody({ cap_bps, sub_caps_bps }) {
   };
 }
 
+const STATUS_TEXT = { none: "no record", open: "open", compliant: "compliant", late: "late",
+  non_compliant: "non-compliant", not_reported: "not reported" };
+
+/** "1" -> "1.0000", "0.98765" -> "0.98765": a decimal string with at least 4 decimals. */
+function fixed4(d) {
+  if (d === null || d === undefined) return null;
+  const [i, f = ""] = String(d).split(".");
+  return `${i}.${f.padEnd(4, "0")}`;
+}
+
 export class OperatorView {
   constructor({ keys, market }) {
     this.keys = keys;
@@ -310,6 +320,9 @@ export class OperatorView {
       r = await this.api.post(ENDPOINTS.capWhatIf(prop.period), capBody(prop));
     } catch (e) {
       showError(errBox, e, "Preview failed");
+      this.preview = null;
+      $("#cap-preview").hidden = true;
+      $("#cap-apply-btn").disabled = true;
       return;
     }
     this.preview = { ...prop, result: r };
@@ -354,6 +367,8 @@ export class OperatorView {
       toast(okBox.textContent, "ok", 4000);
       this.preview = null;
       $("#cap-apply-btn").disabled = true;
+      $("#cap-preview").classList.add("stale");
+      $("#cap-hint").textContent = "Applied. Preview another change to apply it.";
       $("#cap-pct").value = "";
       for (const inp of $("#cap-subcaps").querySelectorAll("input")) inp.value = "";
     } catch (e) {
@@ -385,7 +400,7 @@ export class OperatorView {
     const rows = firms.map((f) => {
       const fac = factors && factors[f.firm_id];
       const c = comp && comp[f.firm_id];
-      const phi = fac ? fac.phi : null;
+      const phi = fac ? fixed4(fac.phi) : null;
       const moves = fac && fac.history ? fac.history.length : 0;
       return el("tr", { dataset: { firm: f.firm_id } },
         el("td", { class: "strong", text: f.firm_id }), el("td", { text: f.name }),
@@ -395,7 +410,7 @@ export class OperatorView {
         el("td", { class: "num mono", title: moves ? `${moves} change(s); see /api/v1/rules/factors/${f.firm_id}` : "initial factor", text: phi === null || phi === undefined ? "—" : String(phi) }),
         el("td", { class: "num", text: c ? qty(c.obligation) : "—" }),
         el("td", { class: "num", text: c ? qty(c.surrendered) : "—" }),
-        el("td", {}, c ? el("span", { class: `status ${c.status}`, text: c.status.replace("_", " ") }) : "—"));
+        el("td", {}, c ? el("span", { class: `status ${c.status}`, title: `submission: ${c.submission}`, text: STATUS_TEXT[c.status] || c.status.replace("_", " ") }) : "—"));
     });
     setRows($("#op-firms tbody"), rows, "No firms", 9);
     $("#op-firms-note").textContent = notes.join(" · ");
