@@ -212,6 +212,8 @@ def test_market_view_shows_client_orders_in_depth(page, server):
     expect(page.locator("#conn-status")).to_have_attribute("data-state", "online")
     # the demo book's resting orders are there
     expect(page.locator('#depth-body td[data-side="ask"][data-price="85.40"]')).to_be_visible()
+    # trades from before the page opened are listed (the seeded history: 16 trades)
+    expect(page.locator("#trades-body tr")).to_have_count(16)
     # orders placed through exchange.client appear in the depth view, live
     place(server, "demo-key-steel1",
           dict(instrument="CEA-2026", side="buy", qty=777, price="84.20", client_order_id="d-1"),
@@ -248,6 +250,7 @@ def test_firm_places_and_cancels_order_from_page(page, server):
     page.click("#firm-key-form button[type=submit]")
     expect(page.locator("#firm-whoami")).to_have_text("SME1")
     expect(page.locator("#bal-cash")).to_have_text("200,000.00")
+    expect(page.locator("#ticket-quote .q.ask")).to_contain_text("85.40")
 
     page.select_option("#ord-instrument", "CEA-2026")
     page.select_option("#ord-segment", "main")

@@ -30,6 +30,25 @@ async def candles(ctx: ApiContext, body) -> dict:
             else None, "candles": series}
 
 
+@route("GET", "/market/trades/{instrument}", roles=None, tag="market",
+       summary="Latest public trades of an instrument (all segments), newest first")
+async def recent_trades(ctx: ApiContext, body) -> dict:
+    """``?limit=N`` (default 50, at most 100). Trades since the server process started; the
+    live feed is the websocket channel ``trades:<instrument>``. No counterparties."""
+    from . import CANDLES_KEY
+
+    sym = ctx.path["instrument"]
+    if sym not in ctx.ex.instruments:
+        raise ProtocolError(E.UNKNOWN_INSTRUMENT, f"no instrument {sym[:64]!r}", 404)
+    try:
+        limit = max(1, min(100, int(ctx.query.get("limit", "50"))))
+    except ValueError:
+        raise ProtocolError(E.INVALID_PARAMS, "limit must be an integer", 422) from None
+    store = ctx.request.app.get(CANDLES_KEY)
+    return {"instrument": sym,
+            "trades": store.recent_trades(sym, limit) if store is not None else []}
+
+
 @route("GET", "/dashboard/compliance-periods", tag="compliance",
        roles=("operator", "verifier"),
        summary="Compliance periods known to the compliance module (for the console's selectors)")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections import deque
 from pathlib import Path
 
 from ..core.events import DayEnded, Trade
@@ -21,6 +22,7 @@ from ..core.units import format_price
 log = logging.getLogger("exchange.dashboard")
 
 MAX_DAYS = 750  # candles kept per instrument (about three trading years)
+RECENT_TRADES = 100  # public trades kept per instrument for a page that has just opened
 
 
 class CandleStore:
@@ -30,6 +32,8 @@ class CandleStore:
         self.day = 0
         # instrument -> {day: [open, high, low, close, volume, trades, first_ts]}
         self.candles: dict[str, dict[int, list[int]]] = {}
+        # instrument -> the latest public trades since this process started (not persisted)
+        self.recent: dict[str, deque] = {}
         self.dirty = False
 
     # ------------------------------------------------------------------ persistence
@@ -76,6 +80,10 @@ class CandleStore:
             t = type(ev)
             if t is Trade:
                 self.add_trade(ev.instrument, ev.price, ev.qty, getattr(cmd, "ts", 0))
+                q = self.recent.get(ev.instrument)
+                if q is None:
+                    q = self.recent[ev.instrument] = deque(maxlen=RECENT_TRADES)
+                q.append(ev)
             elif t is DayEnded:
                 self.day = ev.day
                 self.dirty = True
@@ -109,3 +117,10 @@ class CandleStore:
                         "low": format_price(lo), "close": format_price(c), "volume": v,
                         "trades": n, "closed": d < self.day, "first_ts": ts})
         return out
+
+    def recent_trades(self, instrument: str, limit: int = 50) -> list[dict]:
+        """The latest public trades, newest first, in the ``trades:<instrument>`` wire form."""
+        from ..server.protocol import wire_trade
+
+        q = self.recent.get(instrument) or ()
+        return [wire_trade(ev) for ev in list(q)[::-1][:limit]]

@@ -15,6 +15,7 @@ export class FirmView {
     this.orders = new Map(); // order_id -> order
     this.execs = [];
     this.coidSeq = 0;
+    this.placedTif = new Map(); // client_order_id -> tif of orders placed from this page
   }
 
   start() {
@@ -33,7 +34,9 @@ export class FirmView {
       $("#ord-price").placeholder = $("#ord-type").value === "market" ? "protection price (optional)" : "85.00";
       this.updateTicketLabel();
     });
-    $("#ord-instrument").addEventListener("change", () => this.fillSegments());
+    $("#ord-instrument").addEventListener("change", () => { this.fillSegments(); this.renderQuote(); });
+    $("#ord-segment").addEventListener("change", () => this.renderQuote());
+    this.market.listeners.add((what) => { if (what === "book") this.renderQuote(); });
     this.market.listeners.add((what) => { if (what === "instruments") this.fillInstruments(); });
     this.fillInstruments();
     const k = this.keys.get("firm");
@@ -54,6 +57,7 @@ export class FirmView {
     const segs = this.market.segmentsOf($("#ord-instrument").value);
     sel.replaceChildren(...segs.map((s) => el("option", { value: s, text: s })));
     if (segs.includes(cur)) sel.value = cur; else if (segs.includes("main")) sel.value = "main";
+    this.renderQuote();
   }
 
   updateTicketLabel() {
@@ -95,6 +99,7 @@ export class FirmView {
       showError(null, e, "Subscribing to the firm's channels failed");
     }
     this.updateTicketLabel();
+    this.renderQuote();
   }
 
   signOut() {
@@ -129,7 +134,8 @@ export class FirmView {
       this.orders.set(er.order_id, {
         ...o, order_id: er.order_id, client_order_id: er.client_order_id, instrument: er.instrument,
         segment: er.segment, side: er.side, price: er.price, qty: er.qty, cum_qty: er.cum_qty,
-        leaves_qty: er.leaves_qty, order_status: er.order_status, tif: o.tif || "",
+        leaves_qty: er.leaves_qty, order_status: er.order_status,
+        tif: o.tif || this.placedTif.get(er.client_order_id) || "",
       });
     } else {
       this.orders.delete(er.order_id);
@@ -163,6 +169,7 @@ export class FirmView {
       client_order_id: `ui-${Date.now().toString(36)}-${++this.coidSeq}`,
     };
     if (priceText) params.price = priceText;
+    this.placedTif.set(params.client_order_id, params.tif);
     const btn = $("#ord-submit");
     btn.disabled = true;
     try {
@@ -195,6 +202,20 @@ export class FirmView {
     } catch (e) {
       showError($("#order-error"), e, "Cancel all failed");
     }
+  }
+
+  /** Best bid / ask of the ticket's book, live; clicking a side fills the price. */
+  renderQuote() {
+    const book = this.market.books.get(`${$("#ord-instrument").value}:${$("#ord-segment").value}`);
+    const bid = book ? book.bidLevels()[0] : null, ask = book ? book.askLevels()[0] : null;
+    const q = $("#ticket-quote");
+    q.replaceChildren(
+      el("button", { type: "button", class: "q bid", disabled: !bid, title: "Use the best bid",
+        onclick: () => { if (bid) $("#ord-price").value = bid[0]; } },
+      el("span", { class: "q-label", text: "Bid" }), bid ? `${bid[0]} × ${qty(bid[1])}` : "—"),
+      el("button", { type: "button", class: "q ask", disabled: !ask, title: "Use the best ask",
+        onclick: () => { if (ask) $("#ord-price").value = ask[0]; } },
+      el("span", { class: "q-label", text: "Ask" }), ask ? `${ask[0]} × ${qty(ask[1])}` : "—"));
   }
 
   renderBalances(b) {

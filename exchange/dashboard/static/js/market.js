@@ -100,12 +100,33 @@ export class MarketView {
     }
     const results = await Promise.allSettled(subs);
     for (const r of results) if (r.status === "rejected") showError(null, r.reason, "Subscription failed");
+    await this.loadRecentTrades();
+  }
+
+  /** Trades from before this page subscribed (the server keeps the latest per instrument). */
+  async loadRecentTrades() {
+    await Promise.all(this.instruments.map(async (ins) => {
+      const sym = ins.instrument;
+      try {
+        const r = await publicApi.get(`/market/trades/${encodeURIComponent(sym)}?limit=${TRADES_KEPT}`);
+        const byId = new Map((this.trades.get(sym) || []).map((t) => [t.trade_id, t]));
+        for (const t of r.trades) if (!byId.has(t.trade_id)) byId.set(t.trade_id, t);
+        this.trades.set(sym, [...byId.values()].sort((a, b) => b.trade_id - a.trade_id).slice(0, TRADES_KEPT));
+      } catch (e) {
+        showError(null, e, `Recent trades of ${sym}`);
+      }
+    }));
+    this.renderTrades();
   }
 
   onBook(book) {
     const key = `${book.instrument}:${book.segment}`;
     this.books.set(key, book);
     this.scheduleRender(key);
+  }
+
+  notify(what, data) {
+    for (const fn of this.listeners) fn(what, data);
   }
 
   scheduleRender(key) {
@@ -117,11 +138,15 @@ export class MarketView {
       const d = this.dirty; this.dirty = new Set();
       if (d.has(`${this.sel.instrument}:${this.sel.segment}`)) this.renderDepth();
       this.renderOverview();
+      this.notify("book", d);
     });
   }
 
   onTicker(t) {
+    const prev = this.tickers.get(t.instrument);
     this.tickers.set(t.instrument, t);
+    // a new trading day (end of day resets the day's statistics): reload the candles
+    if (prev && t.instrument === this.sel.instrument && (t.trades ?? 0) < (prev.trades ?? 0)) this.refreshCandles();
     if (t.instrument === this.sel.instrument) this.renderTicker();
     const halted = [...this.tickers.values()].some((x) => x.halted);
     const ms = $("#market-state");
