@@ -15,7 +15,11 @@ the peer engines, in one run.
 Fairness: every engine gets the same stream (generated once, outside the timing), does the same
 adds, cancels and matches, and is cross-checked against the generator's own count of fills,
 traded quantity and resting orders; each figure is the median of ``--repeat`` runs, each on a
-fresh book. Setup (market, accounts, command objects) is outside the timing.
+fresh book, and every repetition runs all the engines in turn (so load from other processes
+hits them alike). Setup (market, accounts, command objects, liquibook's order objects) is
+outside the timing. The book-only driver skips ``match`` when the order does not cross (the
+core does the same check before matching) and drops the L2 change list (market data, not
+matching); the peers do no L2 work either, except liquibook's depth book.
 """
 from __future__ import annotations
 
@@ -45,19 +49,23 @@ def run_book_only(ops: list):
     from exchange.core.book import STP_CANCEL_RESTING, Order, OrderBook
 
     book = OrderBook(INSTRUMENT, SEGMENT)
-    match, add, remove, changes = book.match, book.add, book.remove, book.changes
+    match, add, remove, crosses = book.match, book.add, book.remove, book.crosses
+    changes = book.changes  # L2 changes are market data, not matching: dropped
+    fills: list = []
+    cancels: list = []
     fills_n = traded = 0
     for op in ops:
         if op[0] == ADD:
             _, oid, side, price, qty, acct = op
             o = Order(oid, acct, None, INSTRUMENT, SEGMENT, side, price, qty, "GTC")
-            fills: list = []
-            match(o, price, STP_CANCEL_RESTING, fills, [])
-            for _maker, q, _px in fills:
-                o.leaves -= q
-                o.cum_qty += q
-                traded += q
-            fills_n += len(fills)
+            if crosses(side, price):
+                match(o, price, STP_CANCEL_RESTING, fills, cancels)
+                for _maker, q, _px in fills:
+                    o.leaves -= q
+                    o.cum_qty += q
+                    traded += q
+                fills_n += len(fills)
+                fills.clear()
             if o.leaves:
                 add(o)
         else:
@@ -187,6 +195,7 @@ def _median_rate(n: int, times: list[float]) -> float:
 
 
 def bench(commands: int, seed: int, repeat: int, peers: bool = True, log=print) -> dict:
+    load_before = os.getloadavg()
     t0 = time.perf_counter()
     stream: Stream = generate(commands, seed)
     ops = stream.ops
@@ -204,63 +213,49 @@ def bench(commands: int, seed: int, repeat: int, peers: bool = True, log=print) 
             if g is not None and g != e:
                 raise SystemExit(f"{name}: {label} {g} != {e} expected: not the same work")
 
-    # (a) book only
-    times = []
-    for _ in range(repeat):
-        dt, got = _timed(run_book_only, ops)
-        check("book_only", got)
-        times.append(dt)
-    results["book_only"] = _median_rate(n, times)
-    log(f"  book_only        {results['book_only']:>12,.0f} cmds/s  "
-        f"(runs: {', '.join(f'{t:.3f}s' for t in times)})")
-
-    # (b) full core
-    times = []
-    state_hash = None
-    for _ in range(repeat):
-        ex = fresh_core(setup)
-        cmds = core_commands(stream, first_seq=ex.last_seq + 1, first_ts=ex.now + 1_000)
-        dt, got = _timed(run_full_core, ex, cmds)
-        check("full_core", got)
-        times.append(dt)
-        h = ex.state_hash()
-        if state_hash is not None and h != state_hash:
-            raise SystemExit("full_core: state hash differs between repetitions")
-        state_hash = h
-        del ex, cmds
-    ex_final = None
-    results["full_core"] = _median_rate(n, times)
-    log(f"  full_core        {results['full_core']:>12,.0f} cmds/s  "
-        f"(runs: {', '.join(f'{t:.3f}s' for t in times)})")
-
-    peer_rates: dict = {}
+    # One repetition runs every engine once, in turn, so that load from other processes on the
+    # machine hits all of them alike; each figure is the median over the repetitions.
+    engines = ["book_only", "full_core"]
     if peers:
-        try:
-            import lightmatchingengine  # noqa: F401
-            times = []
-            for _ in range(repeat):
+        for mod, names in (("lightmatchingengine", ["lightmatchingengine"]),
+                           ("liquibook", ["liquibook", "liquibook+listener"])):
+            try:
+                __import__(mod)
+                engines += names
+            except ImportError:
+                log(f"  {mod} not installed: skipped")
+    times: dict = {e: [] for e in engines}
+    state_hash = None
+    for rep in range(repeat):
+        for eng in engines:
+            if eng == "book_only":
+                dt, got = _timed(run_book_only, ops)
+            elif eng == "full_core":
+                ex = fresh_core(setup)
+                cmds = core_commands(stream, first_seq=ex.last_seq + 1, first_ts=ex.now + 1_000)
+                dt, got = _timed(run_full_core, ex, cmds)
+                h = ex.state_hash()
+                if state_hash is not None and h != state_hash:
+                    raise SystemExit("full_core: state hash differs between repetitions")
+                state_hash = h
+                del ex, cmds
+            elif eng == "lightmatchingengine":
                 dt, got = _timed(run_lightmatchingengine, ops)
-                check("lightmatchingengine", got)
-                times.append(dt)
-            peer_rates["lightmatchingengine"] = _median_rate(n, times)
-        except ImportError:
-            log("  lightmatchingengine not installed: skipped")
-        try:
-            import liquibook  # noqa: F401
-            for name, listen in (("liquibook", False), ("liquibook+listener", True)):
-                times = []
-                for _ in range(repeat):
-                    orders = make_liquibook_orders(ops)
-                    dt, got = _timed(run_liquibook, ops, orders, listen)
-                    check(name, got)
-                    times.append(dt)
-                    del orders
-                peer_rates[name] = _median_rate(n, times)
-        except ImportError:
-            log("  liquibook not installed: skipped")
-        for name, rate in peer_rates.items():
-            log(f"  {name:<16} {rate:>12,.0f} cmds/s")
-    del ex_final
+            else:
+                orders = make_liquibook_orders(ops)
+                dt, got = _timed(run_liquibook, ops, orders, eng == "liquibook+listener")
+                del orders
+            check(eng, got)
+            times[eng].append(dt)
+        log(f"  repetition {rep + 1}/{repeat}: " + ", ".join(
+            f"{e} {n / times[e][-1]:,.0f}" for e in engines))
+    rates = {e: _median_rate(n, times[e]) for e in engines}
+    results["book_only"] = rates["book_only"]
+    results["full_core"] = rates["full_core"]
+    peer_rates = {e: r for e, r in rates.items() if e not in ("book_only", "full_core")}
+    for e in engines:
+        log(f"  {e:<20} {rates[e]:>12,.0f} cmds/s  (median of "
+            f"{', '.join(f'{t:.3f}s' for t in times[e])})")
     return {
         "commands": n,
         "seed": seed,
@@ -274,7 +269,9 @@ def bench(commands: int, seed: int, repeat: int, peers: bool = True, log=print) 
                    "resting_at_end": stream.expected_resting},
         "machine": {"nproc": os.cpu_count(), "python": platform.python_version(),
                     "implementation": platform.python_implementation(),
-                    "platform": platform.platform()},
+                    "platform": platform.platform(),
+                    "loadavg_1m_before_after": [round(load_before[0], 2),
+                                                round(os.getloadavg()[0], 2)]},
     }
 
 
@@ -283,7 +280,7 @@ def main(argv=None) -> int:
         "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--commands", type=int, default=200_000)
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--repeat", type=int, default=3, help="runs per engine; the median counts")
+    p.add_argument("--repeat", type=int, default=5, help="runs per engine; the median counts")
     p.add_argument("--no-peers", action="store_true", help="skip the peer engines")
     p.add_argument("--json", metavar="FILE", help="write the figures as JSON here")
     a = p.parse_args(argv)
