@@ -16,12 +16,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
+from functools import partial
 
 import orjson
 from aiohttp import WSMsgType, web
 from pydantic import ValidationError
 
 from ..core import errors as E
+from ..core.units import format_price
 from ..core.commands import AmendOrder, CancelAll, CancelOrder, PlaceOrder
 from ..core.events import (
     EXEC_REJECTED, BookUpdate, CommandRejected, DayEnded, ExecutionReport, MarketState, Posting,
@@ -29,7 +31,7 @@ from ..core.events import (
 )
 from .credentials import ROLE_FIRM, ApiKeyRevoked
 from .protocol import (
-    METHODS, AmendOrderParams, AuthParams, CancelAllParams, CancelOrderParams, ChannelParams,
+    DEFERRED, METHODS, AmendOrderParams, AuthParams, CancelAllParams, CancelOrderParams, ChannelParams,
     EmptyParams, PlaceOrderParams, ProtocolError, validation_message, wire_balances, wire_depth,
     wire_er, wire_order, wire_ticker, wire_trade, ws_method,
 )
@@ -74,7 +76,7 @@ class Session:
     """One websocket connection."""
 
     __slots__ = ("gw", "ws", "cred", "firm_id", "role", "key_id", "batch", "cod", "subs",
-                 "out", "wake", "closed", "tokens", "refill_at", "placed", "writer", "peer",
+                 "out", "wake", "closed", "tokens", "refill_at", "placed", "writer", "peer", "req_id",
                  "__weakref__")
 
     def __init__(self, gw: "Gateway", ws, peer: str = ""):
@@ -95,6 +97,7 @@ class Session:
         self.placed: set[int] = set()  # order ids placed here (cancel-on-disconnect)
         self.writer: asyncio.Task | None = None
         self.peer = peer
+        self.req_id = None  # of the request being handled
 
     @property
     def gateway(self) -> "Gateway":
@@ -245,13 +248,14 @@ class Session:
         if params is None:
             params = {}
         try:
-            p = m.params.model_validate(params)
+            p = m.validate(params)
         except ValidationError as exc:
             self.error(req_id, E.INVALID_PARAMS, validation_message(exc))
             return
         except (TypeError, ValueError) as exc:  # model_post_init checks
             self.error(req_id, E.INVALID_PARAMS, str(exc)[:200])
             return
+        self.req_id = req_id
         try:
             r = m.handler(self, p)
         except ProtocolError as exc:
@@ -263,6 +267,8 @@ class Session:
         except Exception as exc:
             gw.log_exception(exc)
             self.error(req_id, E.INTERNAL_ERROR, "internal error")
+            return
+        if r is DEFERRED:
             return
         if hasattr(r, "__await__"):
             task = asyncio.ensure_future(r)
@@ -321,6 +327,8 @@ class Gateway:
         self._dirty_bal: set[str] = set()
         self._dirty_tick: set[str] = set()
         self._flush_scheduled = False
+        self._batch_future = None  # the journal batch the current place_orders ride in
+        self._batch: list = []
         self.accepting = True
         runner.add_listener(self.on_commit)
 
@@ -485,7 +493,7 @@ class Gateway:
                     bs = ev.book_seq
                     msg = _dumps({"channel": ch, "seq": bs, "data": {
                         "instrument": ev.instrument, "segment": ev.segment, "book_seq": bs,
-                        "changes": [[c[0], _fmt(c[1]), c[2]] for c in ev.changes]}})
+                        "changes": [[c[0], format_price(c[1]), c[2]] for c in ev.changes]}})
                     for s in tuple(subs):
                         if s.subs.get(ch, bs) < bs:
                             s.subs[ch] = bs
@@ -554,22 +562,25 @@ class Gateway:
             raise ProtocolError(E.SHUTTING_DOWN, f"not accepting commands: {exc}", 503) \
                 from None
 
-    def place(self, s: Session, cmd: PlaceOrder):
-        """place_order: a future of the reply result (resolved once durable)."""
-        loop = asyncio.get_running_loop()
+    def place(self, s: Session, cmd: PlaceOrder, req_id):
+        """place_order. Applied now; the reply is queued when the command's journal batch is
+        durable (one callback per batch, not per order). Idempotent by client_order_id."""
         coid = cmd.client_order_id
         key = None
+        idem = self.idem
         if coid is not None:
             key = (cmd.account, coid)
-            idem = self.idem
             hit = idem.done.get(key)
             if hit is not None:
                 self.metrics.idempotent_replays += 1
                 return self._replay(hit)
-            fut = idem.inflight.get(key)
-            if fut is not None:
+            inflight = idem.inflight.get(key)
+            if inflight is not None:  # the first is not durable yet: answer when it is
                 self.metrics.idempotent_replays += 1
-                return self._await_replay(fut)
+                outcome, durable = inflight
+                durable.add_done_callback(
+                    lambda f: s.send(_outcome_bytes(req_id, outcome, True, f)))
+                return DEFERRED
             acct = self.ex.accounts.get(cmd.account)
             oid = acct.coids.get(coid) if acct is not None else None
             if oid is not None:
@@ -579,41 +590,33 @@ class Gateway:
                 return {"order_id": oid, "client_order_id": coid, "order_status": o.status,
                         "cum_qty": o.cum_qty, "leaves_qty": o.leaves, "replayed": True}
         events, durable = self.submit_nowait(cmd)
-        fut = loop.create_future()
+        if isinstance(events, Exception):  # a core bug, journaled; replay reproduces it
+            outcome = ("err", E.INTERNAL_ERROR, "internal error")
+        else:
+            try:
+                outcome = ("ok", self._order_outcome(s, cmd, events))
+            except ProtocolError as exc:
+                outcome = ("err", exc.code, exc.message)
         if key is not None:
-            self.idem.inflight[key] = fut
+            idem.inflight[key] = (outcome, durable)
+        if durable is not self._batch_future:
+            self._batch_future = durable
+            self._batch = []
+            durable.add_done_callback(partial(self._batch_durable, self._batch))
+        self._batch.append((s, req_id, outcome, key))
+        return DEFERRED
 
-        def done(d, events=events, fut=fut, key=key):
+    def _batch_durable(self, batch: list, fut) -> None:
+        if self._batch_future is fut:
+            self._batch_future = None
+        failed = fut.cancelled() or fut.exception() is not None
+        idem = self.idem
+        for s, req_id, outcome, key in batch:
             if key is not None:
-                self.idem.inflight.pop(key, None)
-            if d.cancelled() or d.exception() is not None:
-                fut.set_exception(ProtocolError(E.SHUTTING_DOWN, "journal not available"))
-                return
-            if isinstance(events, Exception):
-                outcome = ("err", E.INTERNAL_ERROR, "internal error (journaled)")
-            else:
-                try:
-                    outcome = ("ok", self._order_outcome(s, cmd, events))
-                except ProtocolError as exc:
-                    outcome = ("err", exc.code, exc.message)
-            if key is not None:
-                self.idem.remember(key, outcome)
-            if outcome[0] == "ok":
-                fut.set_result(outcome[1])
-            else:
-                fut.set_exception(ProtocolError(outcome[1], outcome[2]))
-
-        durable.add_done_callback(done)
-        return fut
-
-    async def _await_replay(self, fut) -> dict:
-        try:
-            r = await asyncio.shield(fut)
-        except ProtocolError:
-            raise
-        r = dict(r)
-        r["replayed"] = True
-        return r
+                idem.inflight.pop(key, None)
+                if not failed:
+                    idem.remember(key, outcome)
+            s.send(_outcome_bytes(req_id, outcome, False, fut))
 
     @staticmethod
     def _replay(outcome, first: bool = False) -> dict:
@@ -646,8 +649,17 @@ class Gateway:
                 "leaves_qty": last.leaves_qty, "seq": cmd.seq}
 
 
-def _fmt(fen: int) -> str:
-    return f"{fen // 100}.{fen % 100:02d}" if fen >= 0 else "-" + _fmt(-fen)
+def _outcome_bytes(req_id, outcome, replayed: bool, durable) -> bytes:
+    if durable.cancelled() or durable.exception() is not None:
+        return _err_bytes(req_id, E.SHUTTING_DOWN,
+                          "the journal could not make the order durable; it may be lost")
+    if outcome[0] == "err":
+        return _err_bytes(req_id, outcome[1], outcome[2])
+    r = outcome[1]
+    if replayed:
+        r = dict(r)
+        r["replayed"] = True
+    return _dumps({"req_id": req_id, "ok": True, "result": r})
 
 
 def _reason_text(code: str | None) -> str:
@@ -668,7 +680,7 @@ def _report_result(events: list, account: str, kind: str) -> dict:
         raise ProtocolError(E.UNKNOWN_ORDER, f"{kind}: no report")
     return {"order_id": last.order_id, "client_order_id": last.client_order_id,
             "exec_type": last.exec_type, "order_status": last.order_status,
-            "qty": last.qty, "price": None if last.price is None else _fmt(last.price),
+            "qty": last.qty, "price": None if last.price is None else format_price(last.price),
             "cum_qty": last.cum_qty, "leaves_qty": last.leaves_qty}
 
 
@@ -687,12 +699,14 @@ def m_ping(s: Session, p) -> dict:
 
 
 @ws_method("place_order", PlaceOrderParams, roles=(ROLE_FIRM,))
-def m_place(s: Session, p: PlaceOrderParams):
+def m_place(s: Session, p: dict):
     """Place an order for the session's firm. Idempotent by client_order_id."""
+    g = p.get
     return s.gw.place(s, PlaceOrder(
-        account=s.firm_id, instrument=p.instrument, segment=p.segment, side=p.side, qty=p.qty,
-        price=p.price, order_type=p.order_type, tif=p.tif, post_only=p.post_only,
-        client_order_id=p.client_order_id))
+        account=s.firm_id, instrument=p["instrument"], segment=g("segment", "main"),
+        side=p["side"], qty=p["qty"], price=g("price"), order_type=g("order_type", "limit"),
+        tif=g("tif", "GTC"), post_only=g("post_only", False),
+        client_order_id=g("client_order_id")), s.req_id)
 
 
 async def _cancel(s: Session, p: CancelOrderParams) -> dict:
