@@ -547,3 +547,21 @@ def test_penalty_larger_than_free_cash_is_partly_outstanding():
     assert s["penalty_paid"] == 1_000_000 and s["penalty_outstanding"] == 6_295_000
     assert m.cash("A") == 0
     m.ex.check_invariants()
+
+
+def test_statement_carries_the_factor_history_with_its_terms(period_run):
+    """After the rules close 2026, B's statement explains its allocation factor: verified
+    intensity 15,558 / 20,000 = 0.7779 t/MWh against the 0.8 benchmark, gap
+    g = 1 - 0.7779 / 0.8 = 0.027625, phi = 1 x (1 + 0.5 x g) = 1.0138125."""
+    m, _ = period_run
+    from exchange.rules.commands import ClosePeriod
+    m.ok(ClosePeriod(period=2026))
+    st = R.firm_statement(m.ex, "B", 2026)
+    assert len(st["factor_history"]) == 1
+    h = st["factor_history"][0]
+    assert h["period"] == 2026
+    assert h["phi_after_ppm"] == 1_013_812  # 1.0138125 rounded toward the previous value
+    assert h["inputs"]["intensity_ppm"] == 777_900 and h["inputs"]["benchmark_ppm"] == 800_000
+    assert h["terms"]["gap_ppm"] == 27_625
+    assert "phi_after_ppm,1013812" in R.statement_csv(st).replace("factor_history[0].", "")
+    m.ex.check_invariants()
