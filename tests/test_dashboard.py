@@ -91,7 +91,7 @@ def chromium_path() -> str:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, chromium_path):
+def server(tmp_path_factory):
     data = tmp_path_factory.mktemp("dashboard-data")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
