@@ -142,6 +142,10 @@ class MarketConfig(Strict):
                                   "emissions in CNY; 0 = 2 x price_cap")
     benchmark_stringency: float = Field(0.05, ge=0, lt=1)
     use_sme_board: bool = Field(False, description="SMEs sell on the sme segment")
+    early_stop: bool = Field(True, description="end a period's rounds once the market has "
+                             "settled: a round moved the call price by < 0.5 % and traded < "
+                             "stop_volume_share of the period's first round")
+    stop_volume_share: float = Field(0.01, ge=0, le=1)
 
 
 class AllocationConfig(Strict):

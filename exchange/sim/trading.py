@@ -215,12 +215,13 @@ class Market:
         # indicative clearing price from the ladders
         nxt, w = price, width
         if D.any():
+            wmax = max(self.m.initial_width, self.m.price_band_bps / 10_000 or 0.5)
             if D[-1] > 0:  # excess demand on the whole grid: move up, widen
                 nxt = lv_cny[-1]
-                w = min(2 * width, max(self.m.initial_width, 0.02))
+                w = min(2 * width, wmax)
             elif D[0] < 0:  # excess supply on the whole grid: move down, widen
                 nxt = lv_cny[0]
-                w = min(2 * width, max(self.m.initial_width, 0.02))
+                w = min(2 * width, wmax)
             else:
                 k = int(np.argmax(D <= 0))
                 if k == 0:
