@@ -227,6 +227,15 @@ def test_market_view_shows_client_orders_in_depth(page, server):
     # ... consistent with the server's book
     status, book = http(server["base"], "GET", "/books/CEA-2026/main")
     assert status == 200 and ["84.20", 1000] in book["bids"] and ["86.10", 450] in book["asks"]
+    # a book update that skips a sequence number is a gap: the page resubscribes and rebuilds
+    # the book from a fresh snapshot (the bogus level of the gapped update never shows)
+    page.evaluate("""() => {
+        const c = window.cx.market.client, b = c.books.get('book:CEA-2026:main').book;
+        c._onPush('book:CEA-2026:main', b.seq + 3, {changes: [['buy', '10.00', 5]]});
+    }""")
+    expect(page.locator("#depth-meta")).to_contain_text("1 resync(s)")
+    expect(page.locator('#depth-body td[data-price="10.00"]')).to_have_count(0)
+    expect(bid).to_have_attribute("data-qty", "1000")
     # a trade shows in recent trades and the other books are listed
     place(server, "demo-key-cement1",
           dict(instrument="CEA-2026", side="buy", qty=50, price="85.40", tif="IOC",
