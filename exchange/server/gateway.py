@@ -629,22 +629,27 @@ class Gateway:
         return r
 
     def _order_outcome(self, s: Session, cmd: PlaceOrder, events: list) -> dict:
-        first = None
-        last = None
-        for ev in events:
-            if type(ev) is ExecutionReport and ev.account == cmd.account:
-                if first is None:
-                    first = last = ev
-                elif ev.order_id == first.order_id:
-                    last = ev
-        if first is None:  # cannot happen: the core always reports
-            raise ProtocolError(E.INTERNAL_ERROR, "no execution report")
+        # the incoming order's reports: the first event is its new (or rejected) report; the
+        # last report with its order id (searching from the end) has its final state
+        first = events[0] if events else None
+        if type(first) is not ExecutionReport or first.account != cmd.account:
+            # a module put something first: take the first report of this account
+            first = next((ev for ev in events if type(ev) is ExecutionReport
+                          and ev.account == cmd.account), None)
+            if first is None:
+                raise ProtocolError(E.INTERNAL_ERROR, "no execution report")
         if first.exec_type == EXEC_REJECTED:
-            raise ProtocolError(first.reason or E.BAD_PARAMETER,
-                                _reason_text(first.reason))
+            raise ProtocolError(first.reason or E.BAD_PARAMETER, _reason_text(first.reason))
+        oid = first.order_id
+        last = first
+        for i in range(len(events) - 1, 0, -1):
+            ev = events[i]
+            if type(ev) is ExecutionReport and ev.order_id == oid:
+                last = ev
+                break
         if s.cod and last.leaves_qty:
-            s.placed.add(first.order_id)
-        return {"order_id": first.order_id, "client_order_id": first.client_order_id,
+            s.placed.add(oid)
+        return {"order_id": oid, "client_order_id": first.client_order_id,
                 "order_status": last.order_status, "cum_qty": last.cum_qty,
                 "leaves_qty": last.leaves_qty, "seq": cmd.seq}
 

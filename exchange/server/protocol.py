@@ -182,7 +182,7 @@ def ws_method(name: str, params: Any = EmptyParams, *,
         if isinstance(params, type) and issubclass(params, BaseModel):
             validate = params.model_validate
         else:
-            validate = TypeAdapter(params).validate_python
+            validate = TypeAdapter(params).validator.validate_python  # skip the Python wrapper
         METHODS[name] = Method(name, params, validate, fn, roles, auth,
                                (fn.__doc__ or "").strip())
         return fn
