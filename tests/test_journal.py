@@ -321,7 +321,6 @@ async def test_middle_record_damage_is_refused(sqlite_path, damage):
     with pytest.raises(JournalCorruptError, match=f"seq {bad}\\b") as ei:
         await r.start()
     assert ei.value.seq == bad
-    await r.journal.close()
 
 
 async def test_rehashed_tamper_is_caught_at_the_next_record(sqlite_path):

@@ -189,10 +189,24 @@ class CoreRunner:
 
     # ---------------------------------------------------------------- start / recovery
     async def start(self) -> None:
+        """Open the journal and recover: the newest valid snapshot, then the log after it.
+        Raises :class:`JournalCorruptError` (journal closed again) on a damaged log."""
+        await self.journal.open()
+        try:
+            await self._recover()
+        except BaseException:
+            await self.journal.close()
+            raise
+        loop = asyncio.get_running_loop()
+        self._batch = _Batch(loop)
+        self._wake = asyncio.Event()
+        self._accepting = True
+        self._task = asyncio.create_task(self._commit_loop(), name="journal-commit")
+
+    async def _recover(self) -> None:
         t0 = time.perf_counter()
         j = self.journal
         ex = self.exchange
-        await j.open()
         if ex.last_seq != 0:
             raise JournalError("CoreRunner needs a fresh Exchange (last_seq 0) to recover into")
         snap = await j.latest_snapshot()
@@ -218,11 +232,6 @@ class CoreRunner:
         log.info("journal %s recovered: snapshot seq %d, %d commands replayed, last seq %d "
                  "(%.2f s)", j.target, snap_seq, replayed, ex.last_seq,
                  self.recovery["seconds"])
-        loop = asyncio.get_running_loop()
-        self._batch = _Batch(loop)
-        self._wake = asyncio.Event()
-        self._accepting = True
-        self._task = asyncio.create_task(self._commit_loop(), name="journal-commit")
 
     # ---------------------------------------------------------------- submit
     def submit_nowait(self, cmd) -> tuple[list, asyncio.Future]:
