@@ -95,6 +95,8 @@ def cmd_memory(a) -> int:
     with Target("exchange", url=a.url, config=a.config, operator_key=a.operator_key,
                 keep_dir=a.keep) as t:
         keys = t.provision(a.firms)
+        from .ws_target import proc_status
+        idle_kb = proc_status(t.pid).get("VmRSS") if t.pid else None
         per = max(1, a.clients // max(a.client_procs, 1))
         passive = []
         for w in range(a.client_procs):
@@ -120,6 +122,8 @@ def cmd_memory(a) -> int:
             "subscriber_connect_seconds": max((x.get("connect_seconds", 0) for x in p),
                                               default=None),
             "server_peak_rss_mb": s.get("server_rss_mb", {}).get("peak_hwm"),
+            "server_rss_before_clients_mb": round(idle_kb / 1024, 1) if idle_kb else None,
+            "server_rss_with_clients_idle_mb": s.get("server_rss_mb", {}).get("before"),
             "server_rss_first_mb": round(rss[0][1] / 1024, 1) if rss else None,
             "server_rss_last_mb": round(rss[-1][1] / 1024, 1) if rss else None,
             "server_rss_max_sampled_mb": round(max(v for _, v in rss) / 1024, 1) if rss
