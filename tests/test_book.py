@@ -266,7 +266,6 @@ STP_BOTH_EMPTY_LEVEL_BUG = (
     "the next order that reaches it crashes with StopIteration at next(iter(level.values())).")
 
 
-@pytest.mark.xfail(strict=True, reason=STP_BOTH_EMPTY_LEVEL_BUG)
 def test_stp_cancel_both_removes_emptied_level():
     b = OrderBook()
     rest(b, BUY, 100, 5, "T")

@@ -99,7 +99,9 @@ class OrderBook:
         self.bids: SortedDict = SortedDict()  # -price -> Level
         self.asks: SortedDict = SortedDict()  # price -> Level
         self.orders: dict[int, Order] = {}  # resting orders by id
-        self.changes: dict[tuple[str, int], None] = {}  # levels touched since last drain
+        # L2 changes since the last drain, in order: (side, price, new level qty); a level may
+        # appear more than once, the last entry wins (consumers apply them in order)
+        self.changes: list[tuple[str, int, int]] = []
         self.seq = 0  # L2 update sequence number
 
     # ------------------------------------------------------------------ queries
@@ -148,7 +150,7 @@ class OrderBook:
         level[order.order_id] = order
         level.qty += order.leaves
         self.orders[order.order_id] = order
-        self.changes[(order.side, order.price)] = None
+        self.changes.append((order.side, order.price, level.qty))
 
     def remove(self, order_id: int) -> Order:
         """Take a resting order out of the book (cancel/expire/replace). KeyError if absent."""
@@ -162,7 +164,7 @@ class OrderBook:
         level.qty -= order.leaves
         if not level:
             del side_map[k]
-        self.changes[(order.side, order.price)] = None
+        self.changes.append((order.side, order.price, level.qty))
         return order
 
     def reduce(self, order: Order, new_leaves: int) -> None:
@@ -170,7 +172,7 @@ class OrderBook:
         level = self.bids[-order.price] if order.side == BUY else self.asks[order.price]
         level.qty -= order.leaves - new_leaves
         order.leaves = new_leaves
-        self.changes[(order.side, order.price)] = None
+        self.changes.append((order.side, order.price, level.qty))
 
     def fillable(self, side: str, limit: int | None, account: str, stp: str, need: int) -> int:
         """How much an incoming order could fill now (stops counting once ``need`` is reached).
@@ -213,7 +215,6 @@ class OrderBook:
                 break
             level = opp[k]
             price = k * sign
-            changes[(opp_side, price)] = None
             while True:
                 maker = next(iter(level.values()))
                 if maker.account == account:
@@ -225,8 +226,7 @@ class OrderBook:
                     del orders[maker.order_id]
                     stp_cancels.append(maker)
                     if stp == STP_CANCEL_BOTH:
-                        killed = True
-                        break
+                        killed = True  # stop after the emptiness check below
                 else:
                     ml = maker.leaves
                     if ml <= remaining:
@@ -243,24 +243,20 @@ class OrderBook:
                 if not level:
                     del opp[k]
                     break
-                if not remaining:
+                if not remaining or killed:
                     break
+            changes.append((opp_side, price, level.qty))
             if killed:
                 break
         return killed
 
     def drain_changes(self) -> tuple:
-        """L2 changes since the last drain as ``((side, price, level_qty), ...)``."""
+        """L2 changes since the last drain as ``((side, price, level_qty), ...)`` in the order
+        they happened (a level may repeat; the last entry is its current quantity)."""
         ch = self.changes
-        if not ch:
-            return ()
-        bids, asks = self.bids, self.asks
-        out = []
-        for side, price in ch:
-            lv = bids.get(-price) if side == BUY else asks.get(price)
-            out.append((side, price, lv.qty if lv is not None else 0))
+        out = tuple(ch)
         ch.clear()
-        return tuple(out)
+        return out
 
     # ------------------------------------------------------------------ state
     def iter_orders(self):

@@ -280,9 +280,12 @@ class Exchange:
             0, 0, 0, 0, code, 0, 0, None, cmd.ts)
 
     def _er(self, o: Order, exec_type: str, reason: str | None = None) -> ExecutionReport:
+        """A report on ``o``. Once an order stops working (canceled, expired) its leaves_qty
+        is 0, as in FIX; while it works cum_qty + leaves_qty = qty."""
+        leaves = 0 if exec_type == EXEC_CANCELED or exec_type == EXEC_EXPIRED else o.leaves
         return ExecutionReport(
             o.account, o.order_id, o.client_order_id, o.instrument, o.segment, o.side,
-            exec_type, o.status, o.price, o.qty, 0, 0, o.cum_qty, o.leaves, reason, 0, 0,
+            exec_type, o.status, o.price, o.qty, 0, 0, o.cum_qty, leaves, reason, 0, 0,
             None, self.now)
 
     def _book_update(self, book: OrderBook, events: list) -> None:
@@ -435,7 +438,7 @@ class Exchange:
             crosses = opp and -opp._list._lists[0][0] >= price
         if crosses:
             self._execute(o, book, instr, rules, acct, events)
-        if o.leaves:
+        if o.leaves and o.status != ST_CANCELED:  # not cancelled by self-trade prevention
             if tif == GTC or tif == DAY:
                 book.add(o)
             else:
@@ -593,15 +596,36 @@ class Exchange:
         return o
 
     def _cancel(self, cmd: CancelOrder) -> list:
-        acct = self.firm(cmd.account)
-        o = self._find_order(acct, cmd.order_id, cmd.client_order_id)
+        # hot path: firm(), _find_order(), _release(), _forget() and _er() inlined
+        acct = self.accounts.get(cmd.account)
+        if acct is None or acct.system:
+            acct = self.firm(cmd.account)  # raises with the precise code
+        oid = cmd.order_id
+        if oid is None and cmd.client_order_id is not None:
+            oid = acct.coids.get(cmd.client_order_id)
+        o = acct.orders.pop(oid, None)
+        if o is None:
+            raise E.Reject(E.UNKNOWN_ORDER, "no live order with that id on this account")
+        if o.client_order_id is not None:
+            del acct.coids[o.client_order_id]
         book = self.books[(o.instrument, o.segment)]
-        book.remove(o.order_id)
+        book.remove(oid)
         o.status = ST_CANCELED
-        self._release(o, acct)
-        self._forget(o, acct)
-        events = [self._er(o, EXEC_CANCELED, "CANCELED_BY_CLIENT")]
-        self._book_update(book, events)
+        if o.side == BUY:
+            acct.cash_reserved -= o.reserved
+        else:
+            acct.holdings[o.instrument].reserved -= o.reserved
+        o.reserved = 0
+        events = [ExecutionReport(
+            o.account, oid, o.client_order_id, o.instrument, o.segment, o.side, EXEC_CANCELED,
+            ST_CANCELED, o.price, o.qty, 0, 0, o.cum_qty, 0, "CANCELED_BY_CLIENT", 0, 0,
+            None, cmd.ts)]
+        if self.emit_book_updates:
+            book.seq += 1
+            events.append(BookUpdate(book.instrument, book.segment, book.seq,
+                                     book.drain_changes()))
+        else:
+            book.changes.clear()
         return events
 
     def _cancel_all(self, cmd: CancelAll) -> list:
@@ -627,6 +651,8 @@ class Exchange:
     def _amend(self, cmd: AmendOrder) -> list:
         acct = self.firm(cmd.account)
         o = self._find_order(acct, cmd.order_id, cmd.client_order_id)
+        if not acct.can_trade:
+            raise E.Reject(E.TRADING_NOT_PERMITTED, "account may not trade (cancels allowed)")
         instr = self.instruments[o.instrument]
         rules = self.segment_rules(o.segment)
         book = self.books[(o.instrument, o.segment)]
@@ -874,7 +900,25 @@ class Exchange:
             instr.band_bps = c.band_bps
         if c.reference_price is not None:
             instr.reference_price = c.reference_price
-        return [MarketState(instr.symbol, instr.halted, instr.reference_price, instr.band_bps)]
+        events = [MarketState(instr.symbol, instr.halted, instr.reference_price, instr.band_bps)]
+        self._cancel_outside_band(instr, events)
+        return events
+
+    def _cancel_outside_band(self, instr: Instrument, events: list) -> None:
+        """After the band moved, cancel resting orders now outside it (reason
+        OUTSIDE_PRICE_BAND), so nothing can ever trade outside the band."""
+        lo, hi = instr.band_lo, instr.band_hi
+        for key in sorted(k for k in self.books if k[0] == instr.symbol):
+            book = self.books[key]
+            out = [o for o in book.iter_orders() if not lo <= o.price <= hi]
+            for o in sorted(out, key=lambda o: o.order_id):
+                book.remove(o.order_id)
+                acct = self.accounts[o.account]
+                o.status = ST_CANCELED
+                self._release(o, acct)
+                self._forget(o, acct)
+                events.append(self._er(o, EXEC_CANCELED, E.OUTSIDE_PRICE_BAND))
+            self._book_update(book, events)
 
     def _scope(self, instrument, segment) -> str:
         if instrument is None:
@@ -925,6 +969,7 @@ class Exchange:
             vwap = ins.vwap()
             if vwap is not None:
                 ins.reference_price = vwap
+                self._cancel_outside_band(ins, events)
             ins.reset_day()
             refs.append((sym, ins.reference_price))
         self.day += 1
