@@ -397,6 +397,10 @@ def test_cap_change_never_rewrites_and_what_if(period_run):
                                            "held": 442, "exceeds_by": 861,
                                            "surrendered_over": 419}
     assert not by["B"]["exceeds"] and not by["S"]["exceeds"]
+    # P's resubmission is pending: coal 2,001 tce -> 1,495.9476 t C -> 5,485.14 -> 5,485 t,
+    # a provisional obligation
+    assert by["P"]["provisional"] and by["P"]["obligation"] == 5_485
+    assert not by["A"]["provisional"]
     assert wi["firms_exceeding"] == ["A", "C"]
 
 

@@ -160,6 +160,13 @@ async def test_compliance_period_through_the_served_api(tmp_path):
         assert c["cap_bps"] == 100 and [h["cap_bps"] for h in c["history"]] == [500, 100]
         await refused(srv, "POST", sur, {"period": 2026, "instrument": "PHCER-2026", "qty": 1},
                       STEEL, 400, "OFFSET_CAP_EXCEEDED")
+        # a change scheduled ahead, by date: 2027's cap becomes 8 % from 1 March 2027
+        await ok(srv, "PUT", "/compliance/periods/2027/cap", {"cap_pct": "8",
+                                                              "effective": "2027-03-01"})
+        c27 = await ok(srv, "GET", "/compliance/periods/2027/cap")
+        assert c27["cap_bps"] == 500  # not yet in effect
+        assert [(h["effective_ts"], h["cap_bps"]) for h in c27["history"]][1] == (
+            1_803_859_200_000_000_000, 800)
         # ---- deadline ------------------------------------------------------------------------
         await refused(srv, "POST", "/compliance/periods/2026/deadline", {}, OPERATOR, 400,
                       "DEADLINE_NOT_REACHED")

@@ -25,6 +25,7 @@ from ..server.api import ApiContext, route
 from ..server.credentials import ROLE_FIRM, ROLE_OPERATOR, ROLE_VERIFIER
 from ..server.protocol import ProtocolError, ws_method
 from . import reports as R
+from .config import to_ns
 from .commands import (
     ProcessComplianceDeadline, RejectSubmission, SetOffsetCap, SubmitActivityData,
     SurrenderUnits, VerifyEmissions,
@@ -68,6 +69,8 @@ class CapBody(_Body):
                                          description="per offset type, e.g. {\"PHCER\": \"2\"}")
     effective_ts: StrictInt | None = Field(
         None, description="ns since the epoch; default: when the change is journaled")
+    effective: str | None = Field(
+        None, description="ISO date or timestamp (UTC unless given), instead of effective_ts")
 
 
 class EmptyBody(_Body):
@@ -196,9 +199,18 @@ async def get_cap(ctx: ApiContext, _b) -> dict:
 async def set_cap(ctx: ApiContext, b: CapBody) -> dict:
     """Never rewrites a surrender already made; CAP_OUT_OF_RANGE outside [0, 100 %]."""
     cap, subs = _caps(b)
+    eff = b.effective_ts
+    if b.effective is not None:
+        if eff is not None:
+            raise ProtocolError(E.INVALID_PARAMS, "give effective or effective_ts, not both", 422)
+        try:
+            eff = to_ns(b.effective)
+        except ValueError:
+            raise ProtocolError(E.INVALID_PARAMS, f"not an ISO date/time: {b.effective!r}",
+                                422) from None
     return await ctx.command(SetOffsetCap(
         period=_period(ctx), cap_bps=cap, sub_caps_bps=tuple(subs.items()),
-        effective_ts=b.effective_ts, operator=ctx.cred.label or ctx.cred.key_id))
+        effective_ts=eff, operator=ctx.cred.label or ctx.cred.key_id))
 
 
 @route("POST", "/compliance/periods/{period}/cap/what-if", body=CapBody, tag=TAG,

@@ -195,7 +195,8 @@ def what_if_cap(ex, period: int, cap_bps: int, sub_caps_bps: dict[str, int] | No
                 ) -> dict[str, Any]:
     """Which firms' offsets would exceed a proposed cap, and by how much (nothing changes).
 
-    Per firm with an obligation: offsets already surrendered (they stay valid: a cap change
+    Per firm with an obligation (verified, or provisional from a pending submission's
+    computed emissions): offsets already surrendered (they stay valid: a cap change
     never rewrites a surrender) and eligible offsets still held that they could no longer use.
     ``exceeds_by = max(0, surrendered + held - proposed cap)`` split into
     ``surrendered_over`` and ``holdings_over``; the same per offset type for the sub-caps.
@@ -215,10 +216,13 @@ def what_if_cap(ex, period: int, cap_bps: int, sub_caps_bps: dict[str, int] | No
     firms = []
     for firm_id in sorted(m.records):
         rec = m.records[firm_id].get(period)
-        if rec is None or rec["status"] != "verified":
+        if rec is None or rec["status"] not in ("verified", "pending"):
             continue
         acct = ex.accounts.get(firm_id)
-        obligation = m.obligation_of(rec)
+        # a pending submission gives a provisional obligation (its computed emissions)
+        provisional = rec["status"] == "pending"
+        obligation = rec["emissions"] + rec["extra_obligation"] if provisional \
+            else m.obligation_of(rec)
         held: dict[str, int] = {}
         for sym, h in sorted(acct.holdings.items()) if acct is not None else ():
             ins = ex.instruments.get(sym)
@@ -245,7 +249,7 @@ def what_if_cap(ex, period: int, cap_bps: int, sub_caps_bps: dict[str, int] | No
                 by_type[otype] = {"proposed_sub_cap_qty": None, "surrendered": u, "held": hq,
                                   "exceeds_by": 0, "surrendered_over": 0}
         firms.append({
-            "firm_id": firm_id, "obligation": obligation,
+            "firm_id": firm_id, "obligation": obligation, "provisional": provisional,
             "current_cap_qty": cur_cap, "proposed_cap_qty": new_cap,
             "offsets_surrendered": used, "offsets_held": held_total,
             "exceeds": exceed > 0 or any(t["exceeds_by"] for t in by_type.values()),
