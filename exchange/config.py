@@ -129,8 +129,8 @@ class ServerConfig(Strict):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     rate_limit_per_second: float = Field(
-        5000.0, gt=0, description="requests per second per connection (token bucket refill)")
-    rate_limit_burst: int = Field(10000, gt=0, description="token bucket size per connection")
+        10000.0, gt=0, description="requests per second per connection (token bucket refill)")
+    rate_limit_burst: int = Field(20000, gt=0, description="token bucket size per connection")
     send_queue_max: int = Field(
         10000, gt=0, description="queued outgoing messages per connection before the "
                                  "connection is closed as a slow consumer")
