@@ -55,8 +55,9 @@ def _load_raw(path: str) -> dict:
 
 def _gateway(args):
     if args.networked:
-        from .networked import NetworkedGateway
-        return NetworkedGateway(args.networked, operator_key=args.operator_key)
+        raise ScenarioError(
+            "--networked is not implemented yet: the simulation runs in process only "
+            "(see docs/SIMULATION.md, 'Networked mode')")
     return None
 
 
