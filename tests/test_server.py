@@ -353,3 +353,24 @@ async def test_batch_mode_frames(server):
                                                    "price": "86.00"})] * 10)
         assert len({r["order_id"] for r in res}) == 10
         assert server.st.gateway.metrics.frames_out < server.st.gateway.metrics.messages_out
+
+
+def test_protocol_doc_lists_every_method_and_gateway_code():
+    from pathlib import Path
+
+    from exchange.server.protocol import METHODS
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "PROTOCOL.md").read_text()
+    src = (Path(__file__).resolve().parent.parent / "exchange" / "core" / "errors.py").read_text()
+    block = src.split("# ---------------------------------------------------------------- gateway")[1]
+    block = block.split("# ----")[0]
+    import re
+
+    codes = re.findall(r'^[A-Z_]+ = "([A-Z_]+)"', block, re.M)
+    assert len(codes) >= 20
+    missing = [c for c in codes if f"`{c}`" not in doc]
+    assert not missing, missing
+    builtin = ("auth", "ping", "place_order", "cancel_order", "amend_order", "cancel_all",
+               "open_orders", "subscribe", "unsubscribe")
+    assert set(builtin) <= set(METHODS)
+    assert [m for m in builtin if f"`{m}`" not in doc] == []
