@@ -157,10 +157,13 @@ def _write_compare(out: Path, key: str, rows: list[dict], results: dict) -> None
     fig, axes = plt.subplots(1, 4, figsize=(15, 3.8))
     names = [str(r[key]) for r in rows]
     x = np.arange(len(rows))
+    middle = ("sme_revenue", "SME revenue, k CNY") if any(r["sme_revenue"] for r in rows) \
+        else ("total_emissions", "verified emissions, Mt")
     for ax, (c, label) in zip(axes[:3], [("total_abatement_cost", "abatement cost, M CNY"),
-                                         ("sme_revenue", "SME revenue, k CNY"),
+                                         middle,
                                          ("offset_share_used", "offset share, %")]):
-        scale = {"total_abatement_cost": 1e-6, "sme_revenue": 1e-3, "offset_share_used": 100}[c]
+        scale = {"total_abatement_cost": 1e-6, "sme_revenue": 1e-3, "offset_share_used": 100,
+                 "total_emissions": 1e-6}[c]
         ax.bar(x, [r[c] * scale for r in rows])
         ax.set_xticks(x, names, rotation=20, fontsize=8)
         ax.set_title(label, fontsize=10)
@@ -169,6 +172,7 @@ def _write_compare(out: Path, key: str, rows: list[dict], results: dict) -> None
         ax.plot([p["year"] for p in res.period_rows],
                 [p["close_price"] for p in res.period_rows], "o-", label=name)
     ax.set_title("closing price, CNY/t", fontsize=10)
+    ax.set_xticks([p["year"] for p in next(iter(results.values())).period_rows])
     ax.legend(fontsize=7)
     fig.suptitle(f"Variants of {key}")
     fig.tight_layout()
