@@ -255,11 +255,14 @@ def test_firm_places_and_cancels_order_from_page(page, server):
     page.fill("#firm-key", "no-such-key")
     page.click("#firm-key-form button[type=submit]")
     expect(page.locator("#firm-signin-error")).to_contain_text("AUTH_FAILED")
-    page.fill("#firm-key", "demo-key-sme1")
+    page.fill("#firm-key", "demo-key-power1")
     page.click("#firm-key-form button[type=submit]")
-    expect(page.locator("#firm-whoami")).to_have_text("SME1")
-    expect(page.locator("#bal-cash")).to_have_text("200,000.00")
+    expect(page.locator("#firm-whoami")).to_have_text("POWER1")
+    expect(page.locator('#holdings tr[data-instrument="CCER-2026"]')).to_contain_text("5,000")
     expect(page.locator("#ticket-quote .q.ask")).to_contain_text("85.40")
+    expect(page.locator('#firm-compliance tr[data-period="2026"] td')).to_have_text(
+        ["2026", "open", "50,000", "0", "0", "2,500", "50,000", "48,000"])
+    expect(page.locator("#firm-phi")).to_contain_text("allocation factor φ 1")
 
     page.select_option("#ord-instrument", "CEA-2026")
     page.select_option("#ord-segment", "main")
@@ -273,7 +276,7 @@ def test_firm_places_and_cancels_order_from_page(page, server):
     row = page.locator(f'#open-orders tr[data-order-id="{order_id}"]')
     expect(row).to_contain_text("83.70")
     # it rests in the book: the server's state, not only the page
-    status, firm = http(server["base"], "GET", "/firms/SME1")
+    status, firm = http(server["base"], "GET", "/firms/POWER1")
     assert status == 200
     mine = [o for o in firm["open_orders"] if o["order_id"] == order_id]
     assert mine and mine[0]["price"] == "83.70" and mine[0]["leaves_qty"] == 123
@@ -293,7 +296,7 @@ def test_firm_places_and_cancels_order_from_page(page, server):
 
     page.click(f'#open-orders tr[data-order-id="{order_id}"] button')
     expect(row).to_have_count(0)
-    status, firm = http(server["base"], "GET", "/firms/SME1")
+    status, firm = http(server["base"], "GET", "/firms/POWER1")
     assert order_id not in [o["order_id"] for o in firm["open_orders"]]
 
 

@@ -50,7 +50,7 @@ async def recent_trades(ctx: ApiContext, body) -> dict:
 
 
 @route("GET", "/dashboard/compliance-periods", tag="compliance",
-       roles=("operator", "verifier"),
+       roles=("operator", "verifier", "firm"),
        summary="Compliance periods known to the compliance module (for the console's selectors)")
 async def compliance_periods(ctx: ApiContext, body) -> dict:
     m = ctx.ex.modules.get("compliance")

@@ -2,6 +2,7 @@
 // Everything goes through the websocket with the firm's own API key.
 import { $, el, setRows, qty, money, px, nsToTime, showError, clearMsg, toast, ApiError } from "./util.js";
 import { WsClient } from "./wsclient.js";
+import { HttpApi } from "./api.js";
 
 const LIVE = new Set(["new", "partially_filled"]);
 
@@ -100,6 +101,49 @@ export class FirmView {
     }
     this.updateTicketLabel();
     this.renderQuote();
+    this.http = new HttpApi(key);
+    this.loadCompliance();
+  }
+
+  /** The firm's allocation factor and, per compliance period, its statement's key figures. */
+  async loadCompliance() {
+    const firm = this.firm;
+    const enc = encodeURIComponent(firm);
+    try {
+      const f = await this.http.get(`/rules/factors/${enc}`);
+      const n = (f.history || []).length;
+      $("#firm-phi").textContent = `allocation factor φ ${f.phi}${n ? ` · ${n} change(s)` : " · initial"}`;
+    } catch (e) {
+      $("#firm-phi").textContent = `allocation factor unavailable — ${e.text || e.message}`;
+    }
+    let periods = [];
+    try {
+      periods = (await this.http.get("/dashboard/compliance-periods")).periods.map((p) => p.period);
+    } catch (e) {
+      setRows($("#firm-compliance tbody"), [], `Compliance unavailable — ${e.text || e.message}`, 8);
+      return;
+    }
+    const rows = [];
+    for (const p of periods) {
+      let st;
+      try { st = await this.http.get(`/compliance/statements/${enc}/${p}`); } catch (e) {
+        rows.push(el("tr", {}, el("td", { text: String(p) }), el("td", { colspan: 7, class: "neg", text: e.text || e.message })));
+        continue;
+      }
+      const cap = st.offsets_vs_cap;
+      const alloc = st.allocation && st.allocation.exists ? st.allocation.total : null;
+      rows.push(el("tr", { dataset: { period: p } },
+        el("td", { class: "strong", text: String(p) }),
+        el("td", {}, el("span", { class: `status ${st.status}`, title: `submission: ${st.submission.status}`,
+          text: st.status === "none" ? "no record" : st.status.replace("_", " ") })),
+        el("td", { class: "num", text: qty(st.obligation.total) }),
+        el("td", { class: "num", text: qty(st.surrendered.total) }),
+        el("td", { class: "num", text: qty(st.surrendered.offsets) }),
+        el("td", { class: "num", title: cap ? `cap ${cap.cap_bps / 100} % = ${cap.cap_qty} t` : "", text: cap ? qty(cap.remaining) : "—" }),
+        el("td", { class: "num", text: qty(st.outstanding) }),
+        el("td", { class: "num", text: alloc === null || alloc === undefined ? "—" : qty(alloc) })));
+    }
+    setRows($("#firm-compliance tbody"), rows, "No compliance periods", 8);
   }
 
   signOut() {
