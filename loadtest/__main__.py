@@ -81,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="orders/s meanwhile (every order is a book update to every client)")
     p.add_argument("--duration", type=float, default=60.0)
     p.add_argument("--channel", default="book:CEA-2026:main")
+    p.add_argument("--stall", action="store_true",
+                   help="subscribers stop reading after subscribing (slow consumers): the "
+                        "server must bound its queues and disconnect them")
     p.set_defaults(func=cmd_memory)
 
     ws_echo.register(sub)

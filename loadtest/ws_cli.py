@@ -105,6 +105,7 @@ def cmd_memory(a) -> int:
                 "url": t.ws_url, "api_keys": [keys[(w * per + i) % len(keys)] for i in range(n)],
                 "rate": 0, "duration": a.duration, "worker_id": 100 + w, "passive": True,
                 "subscribe": [a.channel], "drain": a.drain, "batch": a.batch,
+                "stall": a.stall,
             })
         s = run_step(t, keys, a.rate, a.duration, extra_workers=passive, sample_rss=True,
                      **_step_kw(a))
@@ -112,9 +113,11 @@ def cmd_memory(a) -> int:
         p = s.pop("passive", [])
         rss = s.get("server_rss_samples_kb", [])
         s["memory"] = {
-            "clients": a.clients, "channel": a.channel,
+            "clients": a.clients, "channel": a.channel, "stalled_clients": a.stall,
             "clients_connected": sum(x.get("connections", 0) for x in p),
             "clients_closed_by_server": sum(x.get("closed", 0) for x in p),
+            "server_slow_consumer_disconnects": s.get("server_metrics_delta", {}).get(
+                "ws_slow_consumer_disconnects_total"),
             "close_codes": sorted({c for x in p for c in x.get("close_codes", [])}),
             "push_frames_received": sum(x.get("frames", 0) for x in p),
             "push_messages_received": sum(x.get("pushes", 0) for x in p),

@@ -92,6 +92,7 @@ def run_step(target: Target, keys: list[str], rate: float, duration: float, proc
     try:
         for p in workers + passive:
             _read_line(p, "READY", 180)
+        m0 = target.metrics()
         cpu0 = proc_cpu_seconds(target.pid) if target.pid else None
         rss0 = proc_status(target.pid) if target.pid else {}
         sampler = RssSampler(target.pid) if sample_rss else None
@@ -128,6 +129,7 @@ def run_step(target: Target, keys: list[str], rate: float, duration: float, proc
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait(5)
+    m1 = target.metrics()
     bad = [r["error"] for r in results + passive_results if "error" in r]
     if bad:
         raise RuntimeError("worker failed: " + "; ".join(bad))
@@ -143,6 +145,13 @@ def run_step(target: Target, keys: list[str], rate: float, duration: float, proc
                                 "peak_hwm": round(rss1.get("VmHWM", 0) / 1024, 1)}
     if sampler:
         out["server_rss_samples_kb"] = sampler.samples
+    if m0 and m1:
+        keep = ("exchange_ws_messages_in_total", "exchange_ws_messages_out_total",
+                "exchange_ws_frames_out_total", "exchange_ws_slow_consumer_disconnects_total",
+                "exchange_commands_total", "exchange_orders_total", "exchange_trades_total",
+                "exchange_rejects_total")
+        out["server_metrics_delta"] = {k.replace("exchange_", ""): m1[k] - m0.get(k, 0)
+                                       for k in keep if k in m1}
     if passive_results:
         out["passive"] = passive_results
     return out

@@ -184,6 +184,28 @@ class Target:
         except OSError:
             return ""
 
+    def metrics(self) -> dict[str, float]:
+        """The server's /metrics (Prometheus text), each metric summed over its labels;
+        empty for the echo baseline or when unavailable."""
+        if self.kind != "exchange":
+            return {}
+        try:
+            with urllib.request.urlopen(self.http_base + "/metrics", timeout=5) as r:
+                text = r.read().decode()
+        except Exception:
+            return {}
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            if not line or line.startswith("#"):
+                continue
+            name_labels, _, value = line.rpartition(" ")
+            name = name_labels.split("{", 1)[0]
+            try:
+                out[name] = out.get(name, 0.0) + float(value)
+            except ValueError:
+                pass
+        return out
+
     def _write_config(self) -> str:
         """The default config plus a ``[server]`` section whose per-connection limits do not
         throttle the load (the load test measures the server, not its rate limiter)."""

@@ -254,6 +254,9 @@ class Worker:
                 r = await self.ctrl(conn, "subscribe", {"channel": ch})
                 if not r.get("ok"):
                     raise RuntimeError(f"subscribe {ch} failed: {r}")
+            if self.passive and self.spec.get("stall"):
+                # a subscriber that stops reading: the server must bound what it queues
+                conn.proto.transport.pause_reading()
 
     # ------------------------------------------------------------------ sending
     def build(self, i: int, conn: Conn) -> bytes:
