@@ -103,6 +103,19 @@ def test_net_bought_equals_net_sold_every_period(analytic):
     assert res.summary["order_rejects"] == 0
 
 
+def test_positions_read_from_events_match_the_ledger():
+    """The simulation tracks holdings only from the events it gets back (Posting, Trade);
+    at the end they equal the core's ledger for every firm and instrument."""
+    from exchange.sim.runner import Simulation
+    sim = Simulation(parse_scenario(_toml(SMALL)), periods=2)
+    sim.run()
+    ex = sim.gw.exchange
+    for sym, held in sim.market.hold.items():
+        for i, fid in enumerate(sim.pop.ids):
+            h = ex.accounts[fid].holdings.get(sym)
+            assert held[i] == (h.total if h else 0), (sym, fid)
+
+
 def test_same_seed_same_run_and_other_seed_differs():
     sc = load_scenario(SCEN / "three_sectors.toml")
     a = run_scenario(sc, seed=9, periods=2)

@@ -182,6 +182,9 @@ def _write_compare(out: Path, key: str, rows: list[dict], results: dict) -> None
 
 def main(args) -> int:
     t0 = time.perf_counter()
+    if args.periods is not None and not 1 <= args.periods <= 1000:
+        print("error: --periods must be between 1 and 1000", file=sys.stderr)
+        return 2
     try:
         if args.compare:
             rc = run_compare(args)
