@@ -262,7 +262,7 @@ def test_firm_places_and_cancels_order_from_page(page, server):
     expect(page.locator("#ticket-quote .q.ask")).to_contain_text("85.40")
     expect(page.locator('#firm-compliance tr[data-period="2026"] td')).to_have_text(
         ["2026", "open", "50,000", "0", "0", "2,500", "50,000", "48,000"])
-    expect(page.locator("#firm-phi")).to_contain_text("allocation factor φ 1")
+    expect(page.locator("#firm-phi")).to_contain_text("allocation factor φ 1.0000")
 
     page.select_option("#ord-instrument", "CEA-2026")
     page.select_option("#ord-segment", "main")

@@ -95,7 +95,8 @@ export class FirmView {
     this.market.useKey(key, null);
     try {
       await c.subscribe("executions", (er) => this.onExec(er), (r) => this.loadOpenOrders(r.open_orders));
-      await c.subscribe("balances", (b) => this.renderBalances(b), (r) => this.renderBalances(r.snapshot));
+      await c.subscribe("balances", (b) => { this.renderBalances(b); this.scheduleCompliance(); },
+        (r) => this.renderBalances(r.snapshot));
     } catch (e) {
       showError(null, e, "Subscribing to the firm's channels failed");
     }
@@ -105,6 +106,12 @@ export class FirmView {
     this.loadCompliance();
   }
 
+  /** Holdings moved (a surrender, an allocation, a trade): refresh compliance, at most every 5 s. */
+  scheduleCompliance() {
+    if (this.compTimer) return;
+    this.compTimer = setTimeout(() => { this.compTimer = null; if (this.http) this.loadCompliance(); }, 5000);
+  }
+
   /** The firm's allocation factor and, per compliance period, its statement's key figures. */
   async loadCompliance() {
     const firm = this.firm;
@@ -112,7 +119,8 @@ export class FirmView {
     try {
       const f = await this.http.get(`/rules/factors/${enc}`);
       const n = (f.history || []).length;
-      $("#firm-phi").textContent = `allocation factor φ ${f.phi}${n ? ` · ${n} change(s)` : " · initial"}`;
+      const [i, d = ""] = String(f.phi).split(".");
+      $("#firm-phi").textContent = `allocation factor φ ${i}.${d.padEnd(4, "0")}${n ? ` · ${n} change(s)` : " · initial"}`;
     } catch (e) {
       $("#firm-phi").textContent = `allocation factor unavailable — ${e.text || e.message}`;
     }
@@ -149,6 +157,7 @@ export class FirmView {
   signOut() {
     if (this.client) this.client.close();
     this.client = null;
+    this.http = null;
     this.firm = null;
     this.keys.set("firm", null);
     this.orders.clear();
