@@ -49,6 +49,19 @@ CLOSE_SLOW = 4008  # slow consumer
 INT64 = 1 << 63
 
 
+WRITE_HIGH = 1 << 20  # bytes buffered in the socket's transport before the writer waits
+
+
+def _text_frame(payload: bytes) -> bytes:
+    """A final, unmasked, uncompressed websocket text frame (RFC 6455 server frame)."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 65536:
+        return b"\x81\x7e" + n.to_bytes(2, "big") + payload
+    return b"\x81\x7f" + n.to_bytes(8, "big") + payload
+
+
 def _err_bytes(req_id, code: str, message: str) -> bytes:
     return _dumps({"req_id": req_id, "ok": False, "error": {"code": code, "message": message}})
 
@@ -136,13 +149,22 @@ class Session:
         ge[code] = ge.get(code, 0) + 1
         self.send(_err_bytes(req_id, code, message))
 
-    async def write_loop(self) -> None:
+    async def write_loop(self, transport=None) -> None:
+        """Drain the queue once per wake-up. With the connection's transport (uncompressed
+        websocket, as the server negotiates), every queued message becomes a complete text
+        frame and the lot goes out in one ``transport.write`` (one syscall per tick, not per
+        message); while the socket's buffer is over WRITE_HIGH the queue waits (and grows
+        towards the slow-consumer bound). Without it, aiohttp's ``send_frame`` per frame."""
         ws = self.ws
         metrics = self.gw.metrics
         try:
             while True:
                 await self.wake.wait()
                 self.wake.clear()
+                if transport is not None:
+                    while (transport.get_write_buffer_size() > WRITE_HIGH
+                           and not transport.is_closing() and not self.closed):
+                        await asyncio.sleep(0.002)
                 out = self.out
                 if not out:
                     if self.closed:
@@ -152,11 +174,22 @@ class Session:
                 metrics.messages_out += len(out)
                 if self.batch:
                     metrics.frames_out += 1
-                    await ws.send_frame(b"[" + b",".join(out) + b"]", TEXT)
+                    payload = b"[" + b",".join(out) + b"]"
+                    if transport is not None:
+                        if transport.is_closing():
+                            return
+                        transport.write(_text_frame(payload))
+                    else:
+                        await ws.send_frame(payload, TEXT)
                 else:
                     metrics.frames_out += len(out)
-                    for m in out:
-                        await ws.send_frame(m, TEXT)
+                    if transport is not None:
+                        if transport.is_closing():
+                            return
+                        transport.write(b"".join([_text_frame(m) for m in out]))
+                    else:
+                        for m in out:
+                            await ws.send_frame(m, TEXT)
                 if self.closed:
                     return
         except (ConnectionError, RuntimeError, asyncio.CancelledError):
@@ -590,21 +623,34 @@ class Gateway:
                 return {"order_id": oid, "client_order_id": coid, "order_status": o.status,
                         "cum_qty": o.cum_qty, "leaves_qty": o.leaves, "replayed": True}
         events, durable = self.submit_nowait(cmd)
-        if isinstance(events, Exception):  # a core bug, journaled; replay reproduces it
-            outcome = ("err", E.INTERNAL_ERROR, "internal error")
-        else:
-            try:
-                outcome = ("ok", self._order_outcome(s, cmd, events))
-            except ProtocolError as exc:
-                outcome = ("err", exc.code, exc.message)
+        outcome = self._outcome(events, self._order_outcome, s, cmd)
         if key is not None:
             idem.inflight[key] = (outcome, durable)
+        self._enqueue(durable, s, req_id, outcome, key)
+        return DEFERRED
+
+    def command(self, s: Session, req_id, cmd, result_fn) -> object:
+        """Submit ``cmd`` now; reply ``result_fn(events)`` (or its ProtocolError) once the
+        command is durable. Returns DEFERRED (for handlers)."""
+        events, durable = self.submit_nowait(cmd)
+        self._enqueue(durable, s, req_id, self._outcome(events, result_fn), None)
+        return DEFERRED
+
+    @staticmethod
+    def _outcome(events, fn, *args) -> tuple:
+        if isinstance(events, Exception):  # a core bug, journaled; replay reproduces it
+            return ("err", E.INTERNAL_ERROR, "internal error")
+        try:
+            return ("ok", fn(*args, events) if args else fn(events))
+        except ProtocolError as exc:
+            return ("err", exc.code, exc.message)
+
+    def _enqueue(self, durable, s, req_id, outcome, key) -> None:
         if durable is not self._batch_future:
             self._batch_future = durable
             self._batch = []
             durable.add_done_callback(partial(self._batch_durable, self._batch))
         self._batch.append((s, req_id, outcome, key))
-        return DEFERRED
 
     def _batch_durable(self, batch: list, fut) -> None:
         if self._batch_future is fut:
@@ -714,39 +760,30 @@ def m_place(s: Session, p: dict):
         client_order_id=g("client_order_id")), s.req_id)
 
 
-async def _cancel(s: Session, p: CancelOrderParams) -> dict:
-    events = await s.gw.submit(CancelOrder(account=s.firm_id, order_id=p.order_id,
-                                           client_order_id=p.client_order_id))
-    return _report_result(events, s.firm_id, "cancel_order")
-
-
 @ws_method("cancel_order", CancelOrderParams, roles=(ROLE_FIRM,))
 def m_cancel(s: Session, p: CancelOrderParams):
     """Cancel one of the firm's live orders by order_id or client_order_id."""
-    return _cancel(s, p)
-
-
-async def _amend(s: Session, p: AmendOrderParams) -> dict:
-    events = await s.gw.submit(AmendOrder(account=s.firm_id, order_id=p.order_id,
-                                          client_order_id=p.client_order_id, qty=p.qty,
-                                          price=p.price))
-    return _report_result(events, s.firm_id, "amend_order")
+    firm = s.firm_id
+    return s.gw.command(s, s.req_id, CancelOrder(
+        account=firm, order_id=p.order_id, client_order_id=p.client_order_id),
+        lambda events: _report_result(events, firm, "cancel_order"))
 
 
 @ws_method("amend_order", AmendOrderParams, roles=(ROLE_FIRM,))
 def m_amend(s: Session, p: AmendOrderParams):
     """Change a live order's total quantity and/or price."""
-    return _amend(s, p)
+    firm = s.firm_id
+    return s.gw.command(s, s.req_id, AmendOrder(
+        account=firm, order_id=p.order_id, client_order_id=p.client_order_id, qty=p.qty,
+        price=p.price), lambda events: _report_result(events, firm, "amend_order"))
 
 
-async def _cancel_all(s: Session, p: CancelAllParams) -> dict:
-    events = await s.gw.submit(CancelAll(account=s.firm_id, instrument=p.instrument,
-                                         segment=p.segment))
+def _canceled(events: list, firm: str) -> dict:
     n = 0
     for ev in events:
         if type(ev) is CommandRejected:
             raise ProtocolError(ev.code, ev.message)
-        if type(ev) is ExecutionReport and ev.account == s.firm_id:
+        if type(ev) is ExecutionReport and ev.account == firm:
             n += 1
     return {"canceled": n}
 
@@ -754,7 +791,10 @@ async def _cancel_all(s: Session, p: CancelAllParams) -> dict:
 @ws_method("cancel_all", CancelAllParams, roles=(ROLE_FIRM,))
 def m_cancel_all(s: Session, p: CancelAllParams):
     """Cancel all the firm's live orders (optionally of one instrument and/or segment)."""
-    return _cancel_all(s, p)
+    firm = s.firm_id
+    return s.gw.command(s, s.req_id, CancelAll(account=firm, instrument=p.instrument,
+                                               segment=p.segment),
+                        lambda events: _canceled(events, firm))
 
 
 @ws_method("open_orders", EmptyParams, roles=(ROLE_FIRM,))
@@ -806,7 +846,11 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         gw.authenticate(s, header_key,
                         request.query.get("cancel_on_disconnect", "") in ("1", "true"),
                         request.query.get("batch", "") in ("1", "true"))
-    s.writer = asyncio.get_running_loop().create_task(s.write_loop())
+    # write frames straight to the transport when the websocket is uncompressed (it is:
+    # compress=False) and the transport is a plain asyncio one
+    tr = request.transport
+    direct = (tr is not None and not ws.compress and hasattr(tr, "get_write_buffer_size"))
+    s.writer = asyncio.get_running_loop().create_task(s.write_loop(tr if direct else None))
     loop = asyncio.get_running_loop()
     timer = loop.call_later(cfg.auth_timeout_seconds, _auth_timeout, s)
     try:
