@@ -207,6 +207,10 @@ def test_page_served_with_assets(server):
 def test_market_view_shows_client_orders_in_depth(page, server):
     from playwright.sync_api import expect
 
+    # without a key: public data (recent trades, chart) and a prompt for live depth
+    expect(page.locator("#market-signin")).to_be_visible()
+    expect(page.locator("#trades-body tr")).to_have_count(16)
+    expect(page.locator("#depth-body")).to_contain_text("Sign in to see live depth")
     page.fill("#market-key", "demo-key-power1")
     page.click("#market-key-form button[type=submit]")
     expect(page.locator("#conn-status")).to_have_attribute("data-state", "online")

@@ -35,7 +35,12 @@ export class MarketView {
     }
     const key = this.keys.get("market") || this.keys.get("operator") || this.keys.get("firm");
     if (key) this.useKey(key, null);
-    else $("#market-signin").hidden = false;
+    else {
+      // public data (instruments, candles, recent trades) needs no key; live depth does
+      $("#market-signin").hidden = false;
+      this.renderDepth();
+      this.loadRecentTrades();
+    }
     setInterval(() => this.refreshCandles(), 60000);
   }
 
@@ -53,6 +58,7 @@ export class MarketView {
     this.renderChips();
     this.renderTicker();
     this.renderOverview();
+    this.renderMarketState();
     for (const fn of this.listeners) fn("instruments", this.instruments);
     this.refreshCandles();
   }
@@ -148,11 +154,16 @@ export class MarketView {
     // a new trading day (end of day resets the day's statistics): reload the candles
     if (prev && t.instrument === this.sel.instrument && (t.trades ?? 0) < (prev.trades ?? 0)) this.refreshCandles();
     if (t.instrument === this.sel.instrument) this.renderTicker();
-    const halted = [...this.tickers.values()].some((x) => x.halted);
-    const ms = $("#market-state");
-    ms.textContent = halted ? "HALT ACTIVE" : "TRADING";
-    ms.dataset.state = halted ? "halted" : "open";
+    this.renderMarketState();
     for (const fn of this.listeners) fn("ticker", t);
+  }
+
+  renderMarketState() {
+    const halted = [...this.tickers.values()].filter((x) => x.halted).map((x) => x.instrument);
+    const ms = $("#market-state");
+    ms.textContent = halted.length ? "HALT ACTIVE" : "TRADING";
+    ms.title = halted.length ? `halted: ${halted.join(", ")}` : "all instruments trading";
+    ms.dataset.state = halted.length ? "halted" : "open";
   }
 
   onTrade(tr) {
@@ -277,8 +288,8 @@ export class MarketView {
       el("td", { text: t.segment }),
       el("td", { class: `num ${t.aggressor === "buy" ? "bid" : "ask"}`, text: t.price }),
       el("td", { class: "num", text: qty(t.qty) })));
-    setRows($("#trades-body"), rows, "No trades since connecting", 4);
-    $("#trades-meta").textContent = `${this.sel.instrument} · all segments`;
+    setRows($("#trades-body"), rows, "No recent trades", 4);
+    $("#trades-meta").textContent = this.sel.instrument || "";
   }
 
   renderOverview() {
