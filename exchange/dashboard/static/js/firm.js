@@ -88,6 +88,8 @@ export class FirmView {
     }
     this.client = c;
     this.firm = me.firm_id;
+    this.orders.clear();
+    this.execs = [];
     if (remember) this.keys.set("firm", key);
     $("#firm-whoami").textContent = me.firm_id;
     $("#firm-signin").hidden = true;
@@ -102,6 +104,7 @@ export class FirmView {
     }
     this.updateTicketLabel();
     this.renderQuote();
+    this.renderExecs();
     this.http = new HttpApi(key);
     this.loadCompliance();
   }
