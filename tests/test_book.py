@@ -259,14 +259,9 @@ def test_first_key_pins_sortedcontainers_internals():
     assert split
 
 
-STP_BOTH_EMPTY_LEVEL_BUG = (
-    "CORE BUG (book.py OrderBook.match): under cancel_both, when the cancelled resting order "
-    "was the last one of its level, match breaks out before `if not level: del opp[k]`, so an "
-    "empty level stays in the SortedDict: best_bid/best_ask and depth() report it (qty 0) and "
-    "the next order that reaches it crashes with StopIteration at next(iter(level.values())).")
-
-
 def test_stp_cancel_both_removes_emptied_level():
+    """Regression: under cancel_both an emptied level stayed in the SortedDict (best_bid showed
+    it, and the next order reaching it raised StopIteration out of the core)."""
     b = OrderBook()
     rest(b, BUY, 100, 5, "T")
     rest(b, BUY, 99, 5, "M")

@@ -123,17 +123,7 @@ class RefBook:
         return [(o.oid, o.side, o.price, o.leaves) for o in bids + asks]
 
 
-def _cancel_both_bug_present() -> bool:
-    """See tests/test_book.py STP_BOTH_EMPTY_LEVEL_BUG. While it is open the streams give no
-    account the cancel_both policy (the strict xfail unit tests keep it visible)."""
-    b = OrderBook()
-    b.add(Order(1, "T", None, CEA, "main", "buy", 100, 1, "GTC"))
-    b.match(Order(2, "T", None, CEA, "main", "sell", 100, 1, "GTC"), 100, "cancel_both", [], [])
-    return bool(b.bids)
-
-
-POLICIES = ["cancel_resting", "cancel_incoming"] + \
-    ([] if _cancel_both_bug_present() else ["cancel_both"])
+POLICIES = ["cancel_resting", "cancel_incoming", "cancel_both"]
 
 
 # =========================================================================== book alone

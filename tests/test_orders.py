@@ -790,6 +790,22 @@ def test_fix_fields_through_a_sweep(m):
     assert sorted(e.trade_id for e in reports(evs, "SELLER")) == tids
 
 
+def test_fix_terminal_reports_have_zero_leaves(m):
+    """FIX: once an order stops working (canceled, expired) leaves_qty is 0; cum_qty stays."""
+    b = order_id(m.buy("BUYER", 8_400, 10))
+    m.sell("SELLER", 8_400, 4)
+    (cx,) = reports(m.cancel("BUYER", order_id=b))
+    assert (cx.order_status, cx.qty, cx.cum_qty, cx.leaves_qty) == ("canceled", 10, 4, 0)
+    m.sell("SELLER", 8_450, 3)
+    evs = m.buy("BUYER", 8_450, 10, tif="IOC")
+    last = reports(evs, "BUYER")[-1]
+    assert (last.exec_type, last.cum_qty, last.leaves_qty) == ("canceled", 3, 0)
+    m.buy("BUYER", 8_300, 6, tif="DAY")
+    m.sell("SELLER", 8_300, 1)
+    (ex,) = reports(m.apply(EndOfDay()), exec_type="expired")
+    assert (ex.qty, ex.cum_qty, ex.leaves_qty) == (6, 1, 0)
+
+
 def test_fix_cum_plus_leaves_in_every_report_of_a_busy_session(m):
     import random
     rng = random.Random(7)
@@ -806,6 +822,8 @@ def test_fix_cum_plus_leaves_in_every_report_of_a_busy_session(m):
             assert e.cum_qty + e.leaves_qty == e.qty, e
         if e.order_status == "filled":
             assert e.leaves_qty == 0 and e.cum_qty == e.qty
+        if e.exec_type in ("canceled", "expired"):
+            assert e.leaves_qty == 0 and e.cum_qty < e.qty
     m.ex.check_invariants()
 
 
