@@ -35,7 +35,7 @@ def scale_scenario(firms: int, periods: int, seed: int) -> dict:
         "scenario": {"name": f"scale_{firms}", "periods": periods, "seed": seed,
                      "sme_strategy_comparison": False},
         "market": {"initial_price": 40.0, "rounds_per_period": 4, "settlement_rounds": 1,
-                   "levels": 3, "initial_width": 0.06, "fee_bps": 5},
+                   "levels": 2, "initial_width": 0.06, "fee_bps": 5},
         "allocation": {"mode": "intensity", "pre_ratio": 0.7},
         "offsets": {"enabled": True, "cap": 0.05, "price": 40.0},
         "sectors": [
