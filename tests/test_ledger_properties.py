@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from exchange.core.accounts import RETIRED
 from exchange.core.commands import (
     AmendOrder, CancelAll, CancelOrder, CreateSubQuota, DepositCash, EndOfDay, Halt, PlaceOrder,
-    Resume, WithdrawCash,
+    Resume, SetPriceBand, WithdrawCash,
 )
 from exchange.core.events import ExecutionReport, Trade
 from exchange.engine import build_exchange
@@ -70,6 +70,8 @@ _others = [
     (4, st.tuples(st.just("deposit"), acct, st.integers(1, 10**6))),
     (4, st.tuples(st.just("withdraw"), acct, st.integers(1, 2 * 10**6))),
     (2, st.tuples(st.just("halt"), st.sampled_from([None, "main", "sme"]))),
+    # a moved or narrowed band cancels resting orders outside it
+    (1, st.tuples(st.just("band"), st.integers(8_495, 8_505), st.sampled_from([10, 1000]))),
 ]
 
 
@@ -188,6 +190,8 @@ def to_command(m: Market, model: Model, o: tuple):
         return DepositCash(account=o[1], amount=o[2])
     if kind == "withdraw":
         return WithdrawCash(account=o[1], amount=o[2])
+    if kind == "band":
+        return SetPriceBand(instrument=CEA, reference_price=o[1], band_bps=o[2])
     if kind == "halt":
         seg = o[1]
         scope = dict(instrument=CEA, segment=seg) if seg else dict()
