@@ -362,7 +362,7 @@ def test_protocol_doc_lists_every_method_and_gateway_code():
 
     doc = (Path(__file__).resolve().parent.parent / "docs" / "PROTOCOL.md").read_text()
     src = (Path(__file__).resolve().parent.parent / "exchange" / "core" / "errors.py").read_text()
-    block = src.split("# ---------------------------------------------------------------- gateway")[1]
+    block = src.split("# " + "-" * 64 + " gateway")[1]
     block = block.split("# ----")[0]
     import re
 

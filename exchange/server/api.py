@@ -262,8 +262,9 @@ def openapi() -> dict:
     paths: dict = {}
     err = {"description": "error", "content": {"application/json": {"schema": ref(ErrorBody)}}}
     for r in ROUTES:
+        slug = re.sub(r"[^a-z0-9]+", "_", r.path.lower()).strip("_")
         op: dict = {"summary": r.summary, "tags": [r.tag],
-                    "operationId": f"{r.method.lower()}_{re.sub(r'[^a-z0-9]+', '_', r.path.lower()).strip('_')}"}
+                    "operationId": f"{r.method.lower()}_{slug}"}
         if r.description:
             op["description"] = r.description
         params = [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}}

@@ -31,9 +31,9 @@ from ..core.events import (
 )
 from .credentials import ROLE_FIRM, ApiKeyRevoked
 from .protocol import (
-    DEFERRED, METHODS, AmendOrderParams, AuthParams, CancelAllParams, CancelOrderParams, ChannelParams,
-    EmptyParams, PlaceOrderParams, ProtocolError, validation_message, wire_balances, wire_depth,
-    wire_er, wire_order, wire_ticker, wire_trade, ws_method,
+    DEFERRED, METHODS, AmendOrderParams, AuthParams, CancelAllParams, CancelOrderParams,
+    ChannelParams, EmptyParams, PlaceOrderParams, ProtocolError, fmt_px, validation_message,
+    wire_balances, wire_depth, wire_er, wire_order, wire_ticker, wire_trade, ws_method,
 )
 
 TEXT = WSMsgType.TEXT
@@ -49,6 +49,7 @@ CLOSE_SLOW = 4008  # slow consumer
 INT64 = 1 << 63
 
 
+_HEADS: dict[str, bytes] = {}  # channel -> b'{"channel":"...","seq":' (few distinct)
 WRITE_HIGH = 1 << 20  # bytes buffered in the socket's transport before the writer waits
 
 
@@ -89,8 +90,8 @@ class Session:
     """One websocket connection."""
 
     __slots__ = ("gw", "ws", "cred", "firm_id", "role", "key_id", "batch", "cod", "subs",
-                 "out", "wake", "closed", "tokens", "refill_at", "placed", "writer", "peer", "req_id",
-                 "__weakref__")
+                 "out", "wake", "closed", "tokens", "refill_at", "placed", "writer", "peer",
+                 "req_id", "__weakref__")
 
     def __init__(self, gw: "Gateway", ws, peer: str = ""):
         self.gw = gw
@@ -138,8 +139,10 @@ class Session:
             return
         seq += 1
         self.subs[channel] = seq
-        self.send(b'{"channel":"' + channel.encode() + b'","seq":' + str(seq).encode()
-                  + b',"data":' + data + b"}")
+        head = _HEADS.get(channel)
+        if head is None:
+            head = _HEADS[channel] = b'{"channel":' + _dumps(channel) + b',"seq":'
+        self.send(b"%s%d,\"data\":%s}" % (head, seq, data))
 
     def reply(self, req_id, result) -> None:
         self.send(_dumps({"req_id": req_id, "ok": True, "result": result}))
@@ -526,7 +529,7 @@ class Gateway:
                     bs = ev.book_seq
                     msg = _dumps({"channel": ch, "seq": bs, "data": {
                         "instrument": ev.instrument, "segment": ev.segment, "book_seq": bs,
-                        "changes": [[c[0], format_price(c[1]), c[2]] for c in ev.changes]}})
+                        "changes": [[c[0], fmt_px(c[1]), c[2]] for c in ev.changes]}})
                     for s in tuple(subs):
                         if s.subs.get(ch, bs) < bs:
                             s.subs[ch] = bs

@@ -204,21 +204,35 @@ def validation_message(exc) -> str:
 
 # ------------------------------------------------------------------ wire encoders
 
+_PX_TEXT: dict[int, str] = {}  # fen -> "85.50" (format_price), bounded
+
+
+def fmt_px(fen: int) -> str:
+    """``format_price`` with a cache: the hot encoders format the same prices over and over."""
+    t = _PX_TEXT.get(fen)
+    if t is None:
+        if len(_PX_TEXT) >= 100_000:
+            _PX_TEXT.clear()
+        t = _PX_TEXT[fen] = format_price(fen)
+    return t
+
+
 def px(v: int | None) -> str | None:
-    return None if v is None else format_price(v)
+    return None if v is None else fmt_px(v)
 
 
 def wire_er(ev) -> dict:
     """ExecutionReport -> wire dict (FIX names; prices and fees as decimal strings)."""
+    p = ev.price
     return {
         "account": ev.account, "order_id": ev.order_id, "client_order_id": ev.client_order_id,
         "instrument": ev.instrument, "segment": ev.segment, "side": ev.side,
         "exec_type": ev.exec_type, "order_status": ev.order_status,
-        "price": None if ev.price is None else format_price(ev.price),
+        "price": None if p is None else fmt_px(p),
         "qty": ev.qty, "last_qty": ev.last_qty,
-        "last_px": format_price(ev.last_px) if ev.last_qty else None,
+        "last_px": fmt_px(ev.last_px) if ev.last_qty else None,
         "cum_qty": ev.cum_qty, "leaves_qty": ev.leaves_qty, "reason": ev.reason,
-        "trade_id": ev.trade_id or None, "fee": format_price(ev.fee),
+        "trade_id": ev.trade_id or None, "fee": fmt_px(ev.fee) if ev.fee else "0.00",
         "liquidity": ev.liquidity, "ts": ev.ts,
     }
 
@@ -226,12 +240,12 @@ def wire_er(ev) -> dict:
 def wire_trade(ev) -> dict:
     """Public trade: no counterparties."""
     return {"trade_id": ev.trade_id, "instrument": ev.instrument, "segment": ev.segment,
-            "price": format_price(ev.price), "qty": ev.qty, "aggressor": ev.aggressor,
+            "price": fmt_px(ev.price), "qty": ev.qty, "aggressor": ev.aggressor,
             "ts": ev.ts}
 
 
 def wire_book_changes(changes) -> list:
-    return [[c[0], format_price(c[1]), c[2]] for c in changes]
+    return [[c[0], fmt_px(c[1]), c[2]] for c in changes]
 
 
 def wire_depth(book) -> dict:
@@ -283,5 +297,5 @@ __all__ = [
     "ProtocolError", "Price", "Params", "AuthParams", "PlaceOrderParams", "CancelOrderParams",
     "AmendOrderParams", "CancelAllParams", "ChannelParams", "EmptyParams", "Method", "METHODS",
     "ws_method", "DEFERRED", "validation_message", "wire_er", "wire_trade", "wire_book_changes",
-    "wire_depth", "wire_balances", "wire_order", "wire_ticker", "E",
+    "wire_depth", "wire_balances", "wire_order", "wire_ticker", "fmt_px", "E",
 ]
