@@ -413,3 +413,25 @@ async def test_postgres_roundtrip_and_tamper(postgres_dsn):
         con = await asyncpg.connect(postgres_dsn)
         await con.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         await con.close()
+
+
+async def test_chain_check_in_child_process_refuses_damage_before_the_snapshot(sqlite_path):
+    """Records the snapshot stands for are still checked on start (here by the child)."""
+    cmds = stream_commands(600)
+    await run_commands(open_journal(sqlite_path), cmds, snapshot_every=500,
+                       stop_snapshot=False)
+    r = CoreRunner(build_exchange(), open_journal(sqlite_path))
+    r.child_check_min = 0
+    await r.start()
+    assert r.recovery["chain_check"] == "child process" and r.recovery["snapshot_seq"] > 200
+    await r.stop(snapshot=False)
+    con = sqlite3.connect(sqlite_path)
+    con.execute("UPDATE journal SET payload = replace(payload, '\"qty\":', '\"qty\":1') "
+                "WHERE seq = 200")
+    con.commit()
+    con.close()
+    r = CoreRunner(build_exchange(), open_journal(sqlite_path))
+    r.child_check_min = 0
+    with pytest.raises(JournalCorruptError, match="seq 200:") as ei:
+        await r.start()
+    assert ei.value.seq == 200

@@ -37,15 +37,19 @@ def open_journal(target: str, **options) -> Journal:
     t = str(target)
     if t.startswith(("postgresql://", "postgres://")):
         from .postgres import PostgresJournal
-        return PostgresJournal(t, **options)
-    if t.startswith("sqlite://"):
+        j = PostgresJournal(t, **options)
+    elif t.startswith("sqlite://"):
         path = t[len("sqlite://"):]
         if not path.startswith("/"):
             raise ValueError(f"sqlite URL needs an absolute path (sqlite:///abs/path): {t!r}")
         from .sqlite import SQLiteJournal
-        return SQLiteJournal(path, **options)
-    if "://" in t:
+        j = SQLiteJournal(path, **options)
+    elif "://" in t:
         raise ValueError(f"unknown journal target {t!r}: use a .sqlite path, sqlite:///path "
                          "or postgresql://...")
-    from .sqlite import SQLiteJournal
-    return SQLiteJournal(t, **options)
+    else:
+        from .sqlite import SQLiteJournal
+        import os
+        j = SQLiteJournal(os.path.abspath(t), **options)
+    j.spec = (t if "://" in t else j.path, dict(options))  # to reopen it in another process
+    return j

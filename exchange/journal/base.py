@@ -48,6 +48,9 @@ class JournalCorruptError(JournalError):
         self.reason = reason
         super().__init__(f"journal corrupt at seq {seq}: {reason}")
 
+    def __reduce__(self):  # survives the trip back from a checking child process
+        return (type(self), (self.seq, self.reason))
+
 
 def record_hash(prev_hash: bytes, seq: int, ts: int, payload: bytes) -> bytes:
     return _sha256(prev_hash + _pack(seq, ts) + payload).digest()
@@ -122,6 +125,7 @@ class Journal:
     """
 
     target: str = ""
+    spec: tuple[str, dict] | None = None  # (target, options) to reopen it elsewhere
 
     def __init__(self) -> None:
         self.last_seq = 0

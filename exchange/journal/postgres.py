@@ -26,8 +26,10 @@ def _ident(name: str) -> str:
 
 class PostgresJournal(Journal):
     def __init__(self, dsn: str, *, schema: str = "public", keep_snapshots: int = 3,
-                 repair_tail: bool = True, connect_timeout: float = 10.0):
+                 repair_tail: bool = True, connect_timeout: float = 10.0,
+                 readonly: bool = False):
         super().__init__()
+        repair_tail = repair_tail and not readonly
         self.dsn = dsn
         self.schema = schema
         self.target = f"{_redact(dsn)} (schema {schema})"

@@ -54,10 +54,12 @@ def _insert_sql(k: int) -> str:
 
 
 class SQLiteJournal(Journal):
-    def __init__(self, path: str, *, keep_snapshots: int = 3, repair_tail: bool = True):
+    def __init__(self, path: str, *, keep_snapshots: int = 3, repair_tail: bool = True,
+                 readonly: bool = False):
         super().__init__()
         self.path = path
-        self.repair_tail = repair_tail
+        self.repair_tail = repair_tail and not readonly
+        self.readonly = readonly
         self.target = path
         self.keep_snapshots = keep_snapshots
         self._con: sqlite3.Connection | None = None
@@ -92,9 +94,13 @@ class SQLiteJournal(Journal):
             raise JournalError(f"{self.path}: cannot switch SQLite to WAL mode (got {mode})")
         con.execute("PRAGMA synchronous=FULL")
         con.execute("PRAGMA cache_size=-65536")  # 64 MiB: a big batch never spills mid-way
-        con.executescript(SCHEMA)
-        con.execute("INSERT OR IGNORE INTO meta VALUES ('format', ?)", (FORMAT_VERSION,))
-        fmt = con.execute("SELECT value FROM meta WHERE key='format'").fetchone()[0]
+        if not self.readonly:
+            con.executescript(SCHEMA)
+            con.execute("INSERT OR IGNORE INTO meta VALUES ('format', ?)", (FORMAT_VERSION,))
+        try:
+            fmt = con.execute("SELECT value FROM meta WHERE key='format'").fetchone()[0]
+        except (sqlite3.OperationalError, TypeError):
+            raise JournalError(f"{self.path}: not a journal") from None
         if fmt != FORMAT_VERSION:
             raise JournalError(f"{self.path}: journal format {fmt}, expected {FORMAT_VERSION}")
         self._drop_torn_tail()
