@@ -362,3 +362,22 @@ def test_operator_previews_and_applies_offset_cap(page, server):
     page.click('#op-instruments tr[data-instrument="CCER-2026"] button')
     expect(page.locator('#op-instruments tr[data-instrument="CCER-2026"] .badge')).to_have_text(
         "TRADING")
+
+
+def test_revoked_key_is_reported_in_words(page, server):
+    from playwright.sync_api import expect
+
+    status, issued = http(server["base"], "POST", "/api-keys",
+                          {"role": "firm", "firm_id": "SME2", "label": "dashboard test"})
+    assert status == 201, issued
+    page.click("#tab-firm")
+    page.fill("#firm-key", issued["api_key"])
+    page.click("#firm-key-form button[type=submit]")
+    expect(page.locator("#firm-whoami")).to_have_text("SME2")
+    expect(page.locator("#firm-conn")).to_have_attribute("data-state", "online")
+    status, _ = http(server["base"], "DELETE", f"/api-keys/{issued['key_id']}")
+    assert status == 200
+    # the server closes the session; the page says why, tries again, and says why that failed
+    expect(page.locator(".toasts")).to_contain_text("KEY_REVOKED")
+    expect(page.locator("#firm-conn")).to_have_attribute("data-state", "error", timeout=15_000)
+    expect(page.locator(".toasts")).to_contain_text("AUTH_FAILED")

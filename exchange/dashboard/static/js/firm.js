@@ -172,7 +172,8 @@ export class FirmView {
 
   onStatus(state, detail) {
     this.setConn(state, detail);
-    if (state === "reconnecting") toast(`Firm session lost — ${detail}; reconnecting`, "warn", 4000);
+    if (state === "error" && detail && this.client && this.client._hadSession) toast(`Connection lost — ${detail}`, "error");
+    else if (state === "reconnecting") toast(`Firm session lost — ${detail}; reconnecting`, "warn", 4000);
     else if (state === "online" && detail && detail.includes(":")) toast(detail, "error");
   }
 

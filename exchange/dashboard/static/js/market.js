@@ -88,7 +88,8 @@ export class MarketView {
 
   onStatus(state, detail) {
     this.setConn(state, detail);
-    if (state === "reconnecting") toast(`Market data connection lost — ${detail}; reconnecting`, "warn", 4000);
+    if (state === "error" && detail && this.client && this.client._hadSession) toast(`Connection lost — ${detail}`, "error");
+    else if (state === "reconnecting") toast(`Market data connection lost — ${detail}; reconnecting`, "warn", 4000);
     else if (detail && state === "online" && detail.includes(":")) toast(detail, "error");
   }
 

@@ -107,22 +107,28 @@ export class WsClient {
         if (this.ws !== ws) return;
         if (!settled) {
           settled = true;
-          this._status("error", why);
           reject(new ApiError("DISCONNECTED", why));
+          if (this._hadSession && !this.closedByUser) this._retry(why); // keep trying
+          else this._status("error", why);
           return;
         }
         if (this.closedByUser) {
-          this._status("offline");
+          if (this.state !== "error") this._status("offline"); // keep a failed auth visible
           return;
         }
-        this._status("reconnecting", why);
-        const delay = this.backoff;
-        this.backoff = Math.min(this.backoff * 2, 8000);
-        setTimeout(() => {
-          if (!this.closedByUser) this.connect().catch(() => {});
-        }, delay);
+        this._retry(why);
       };
     });
+  }
+
+  /** Re-open after a drop, with exponential back-off (0.5 s doubling to 8 s). */
+  _retry(why) {
+    this._status("reconnecting", why);
+    const delay = this.backoff;
+    this.backoff = Math.min(this.backoff * 2, 8000);
+    setTimeout(() => {
+      if (!this.closedByUser) this.connect().catch(() => {});
+    }, delay);
   }
 
   close() {
