@@ -138,14 +138,14 @@ export class OperatorView {
       el("td", { class: "strong", text: i.instrument }),
       el("td", { text: i.kind === "offset" ? `offset · ${i.offset_type}` : `allowance · ${i.vintage}` }),
       el("td", { class: "num", text: px(i.reference_price) }),
-      el("td", { class: "num", text: bpsToPct(i.band_bps) }),
-      el("td", { class: "num", text: i.band ? `${i.band[0]} – ${i.band[1]}` : "—" }),
+      el("td", { class: "num", title: `half-width ${bpsToPct(i.band_bps)} around the reference price`,
+        text: i.band ? `±${bpsToPct(i.band_bps).replace(" ", "")} · ${i.band[0]}–${i.band[1]}` : bpsToPct(i.band_bps) }),
       el("td", { class: "num", text: px(i.last) }),
       el("td", {}, el("span", { class: "badge", dataset: { state: i.halted ? "halted" : "open" }, text: i.halted ? "HALTED" : "TRADING" })),
       el("td", { class: "actions" }, i.halted
         ? el("button", { class: "btn small ok", text: "Resume", onclick: () => this.halt(i.instrument, false) })
         : el("button", { class: "btn small danger", text: "Halt", onclick: () => this.halt(i.instrument, true) }))));
-    setRows($("#op-instruments tbody"), rows, "No instruments", 8);
+    setRows($("#op-instruments tbody"), rows, "No instruments", 7);
     const sel = $("#band-instrument");
     const cur = sel.value;
     if (sel.options.length !== this.instruments.length) {
@@ -320,6 +320,7 @@ export class OperatorView {
       r = await this.api.post(ENDPOINTS.capWhatIf(prop.period), capBody(prop));
     } catch (e) {
       showError(errBox, e, "Preview failed");
+      $("#cap-hint").textContent = "Fix the proposal and preview it again.";
       this.preview = null;
       $("#cap-preview").hidden = true;
       $("#cap-apply-btn").disabled = true;
