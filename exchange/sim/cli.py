@@ -55,9 +55,12 @@ def _load_raw(path: str) -> dict:
 
 def _gateway(args):
     if args.networked:
-        raise ScenarioError(
-            "--networked is not implemented yet: the simulation runs in process only "
-            "(see docs/SIMULATION.md, 'Networked mode')")
+        from .networked import NetworkedGateway
+        try:
+            return NetworkedGateway(args.networked, operator_key=args.operator_key,
+                                    verifier_key=args.verifier_key)
+        except Exception as e:  # noqa: BLE001 - connection refused, bad key, ...
+            raise ScenarioError(f"cannot reach the server at {args.networked}: {e}") from None
     return None
 
 
@@ -67,8 +70,13 @@ def run_one(args) -> int:
     sc = load_scenario(args.scenario)
     out = Path(args.out)
     progress = not args.quiet
-    res = run_scenario(sc, seed=args.seed, periods=args.periods, gateway=_gateway(args),
-                       progress=progress)
+    gw = _gateway(args)
+    try:
+        res = run_scenario(sc, seed=args.seed, periods=args.periods, gateway=gw,
+                           progress=progress)
+    finally:
+        if gw is not None:
+            gw.close()
     strategies = None
     has_smes = any(s == "sme" for s, c in zip(res.size_class, res.chain) if c)
     if has_smes and sc.scenario.sme_strategy_comparison and not args.networked:
@@ -216,6 +224,8 @@ def register(sub) -> None:
                    help="drive a running server (http://HOST:PORT) instead of an in-process core")
     p.add_argument("--operator-key", default="operator-demo-key",
                    help="operator API key for --networked")
+    p.add_argument("--verifier-key", default="verifier-demo-key",
+                   help="verifier API key for --networked (MRV verification)")
     p.add_argument("--compare", metavar="SCENARIO", default=None,
                    help="compare variants of this scenario (with --vary)")
     p.add_argument("--vary", metavar="KEY=V1,V2", default=None,

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -129,6 +130,7 @@ class Simulation:
         self.bench: dict[str, float] = {}
         self._ev: dict[str, np.ndarray] = {}
         self.timers: dict[str, float] = {}
+        self.tolerated: Counter = Counter()
         self._t = time.perf_counter()
         self.verify_state = True
 
@@ -143,12 +145,15 @@ class Simulation:
             return []
         acc = dict(volume=0, notional=0, trades=0, rejects=0)
         out = self.gw.send_all(cmds)
+        tolerated = getattr(self.gw, "tolerated", ())
         for cmd, evs in zip(cmds, out):
             self.market._events(evs, acc)
             self._collect(evs)
             if strict:
                 for ev in evs:
-                    if isinstance(ev, CommandRejected) or (
+                    if isinstance(ev, CommandRejected) and ev.code in tolerated:
+                        self.tolerated[f"{cmd.TYPE}:{ev.code}"] += 1
+                    elif isinstance(ev, CommandRejected) or (
                             isinstance(ev, ExecutionReport) and ev.exec_type == "rejected"):
                         raise SimulationError(
                             f"{cmd.TYPE} refused: {getattr(ev, 'code', None) or ev.reason} "
@@ -301,7 +306,7 @@ class Simulation:
             band = m.price_band_bps
             cmds = [AddInstrument(symbol=instr, kind="allowance", vintage=year,
                                   reference_price=_fen(price)),
-                    SetPriceBand(instrument=instr, band_bps=band)]
+                    SetPriceBand(instrument=instr, band_bps=band, reference_price=_fen(price))]
             vintage_of[instr] = year
             if sc.offsets.enabled:
                 cmds += [AddInstrument(symbol=off_instr, kind="offset", vintage=year,
@@ -591,6 +596,13 @@ class Simulation:
             ex.check_invariants()
             state_hash = ex.state_hash()
             summary["state_hash"] = state_hash
+        elif ex is None and hasattr(self.gw, "state_hash"):
+            state_hash = summary["state_hash"] = self.gw.state_hash()
+        summary["gateway"] = getattr(self.gw, "name", "in-process")
+        if self.tolerated:
+            summary["tolerated_rejects"] = dict(sorted(self.tolerated.items()))
+        if getattr(self.gw, "skipped", None):
+            summary["skipped_commands"] = dict(sorted(self.gw.skipped.items()))
         chain_names = [pop.chain_ids[c] if c >= 0 else "" for c in pop.chain]
         return RunResult(
             scenario=sc, seed=self.seed, periods=self.T, ids=pop.ids,

@@ -89,21 +89,27 @@ class Market:
                 filled += q
                 hold = self.hold.get(ev.instrument)
                 if hold is not None:
-                    hold[b] += q
+                    if b is not None:
+                        hold[b] += q
                     if s is not None:
                         hold[s] -= q
                 if ev.instrument == self.instr:
-                    self.bought[b] += q
-                    self.sold[s] += q
+                    if b is not None:
+                        self.bought[b] += q
+                    if s is not None:
+                        self.sold[s] += q
                     acc["volume"] += q
                     acc["notional"] += notional
                     acc["trades"] += 1
-                self.cash[b] -= notional + ev.buyer_fee
+                if b is not None:
+                    self.cash[b] -= notional + ev.buyer_fee
                 if s is not None:
                     got = notional - ev.seller_fee
                     for ben, amt in ev.proceeds_split:
                         if ben != ev.seller:
-                            self.cash[idx[ben]] += amt
+                            j = idx.get(ben)
+                            if j is not None:
+                                self.cash[j] += amt
                             got -= amt
                     self.cash[s] += got
                     if self.sme[s]:
