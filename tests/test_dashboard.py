@@ -96,7 +96,7 @@ def server(tmp_path_factory):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
         [sys.executable, "-m", "exchange", "serve", "--host", "127.0.0.1", "--port", "0",
-         "--data-dir", str(data), "--no-uvloop"],
+         "--data-dir", str(data)],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     port = None
     lines = []
