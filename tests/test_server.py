@@ -374,3 +374,21 @@ def test_protocol_doc_lists_every_method_and_gateway_code():
                "open_orders", "subscribe", "unsubscribe")
     assert set(builtin) <= set(METHODS)
     assert [m for m in builtin if f"`{m}`" not in doc] == []
+
+
+async def test_heartbeat_closes_a_silent_peer(tmp_path):
+    async with running_server(tmp_path, heartbeat_seconds=0.3) as srv:
+        async with aiohttp.ClientSession() as http, ExchangeClient(srv.ws_url) as alive:
+            silent = await http.ws_connect(srv.ws_url, autoping=False)
+            kinds = []
+            loop = asyncio.get_running_loop()
+            end = loop.time() + 3
+            while loop.time() < end:
+                msg = await silent.receive(timeout=3)
+                kinds.append(msg.type)
+                if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
+                                aiohttp.WSMsgType.ERROR):
+                    break
+            assert aiohttp.WSMsgType.PING in kinds and kinds[-1] != aiohttp.WSMsgType.PING
+            assert alive.connected and (await alive.ping())["pong"]  # it answers pings
+            await silent.close()
