@@ -16,10 +16,12 @@ Fairness: every engine gets the same stream (generated once, outside the timing)
 adds, cancels and matches, and is cross-checked against the generator's own count of fills,
 traded quantity and resting orders; each figure is the median of ``--repeat`` runs, each on a
 fresh book, and every repetition runs all the engines in turn (so load from other processes
-hits them alike). Setup (market, accounts, command objects, liquibook's order objects) is
-outside the timing. The book-only driver skips ``match`` when the order does not cross (the
-core does the same check before matching) and drops the L2 change list (market data, not
-matching); the peers do no L2 work either, except liquibook's depth book.
+hits them alike). Setup (market, accounts, the core's command objects) is outside the timing;
+each engine builds its own order objects inside it. The book-only driver skips ``match`` when
+the order does not cross (the core does the same check before matching) and drops the L2
+change list (market data, not matching); the peers do no L2 work either, except liquibook's
+depth book. Figures: the median, the best run (least disturbed by other processes) and the
+median over this process's CPU time (the machine is shared: wall time counts other load).
 """
 from __future__ import annotations
 
@@ -163,16 +165,9 @@ def _liquibook_listener():
     return Listener()
 
 
-def make_liquibook_orders(ops: list) -> dict:
-    """SimpleOrder objects for every add, created outside the timing (like the core's command
-    objects)."""
-    import liquibook
-
-    return {op[1]: liquibook.SimpleOrder(op[2] == "buy", op[3], op[4])
-            for op in ops if op[0] == ADD}
-
-
-def run_liquibook(ops: list, orders: dict, listen: bool):
+def run_liquibook(ops: list, listen: bool):
+    """Each add builds liquibook's own order object from the stream's tuple inside the timing,
+    as the other engines build theirs; the id -> order map is what cancels need."""
     import liquibook
 
     book = liquibook.DepthOrderBook()
@@ -181,12 +176,15 @@ def run_liquibook(ops: list, orders: dict, listen: bool):
     if listen:
         listener = _liquibook_listener()
         book.set_order_listener(listener)
-    add, cancel = book.add, book.cancel
+    add, cancel, SimpleOrder = book.add, book.cancel, liquibook.SimpleOrder
+    live: dict = {}
     for op in ops:
         if op[0] == ADD:
-            add(orders[op[1]])
+            o = SimpleOrder(op[2] == "buy", op[3], op[4])
+            live[op[1]] = o
+            add(o)
         else:
-            cancel(orders[op[1]])
+            cancel(live.pop(op[1]))
     if listener is None:
         return None, None, None
     return listener.fills, listener.qty, None
@@ -247,9 +245,7 @@ def bench(commands: int, seed: int, repeat: int, peers: bool = True, log=print) 
             elif eng == "lightmatchingengine":
                 dt, ct, got = _timed(run_lightmatchingengine, ops)
             else:
-                orders = make_liquibook_orders(ops)
-                dt, ct, got = _timed(run_liquibook, ops, orders, eng == "liquibook+listener")
-                del orders
+                dt, ct, got = _timed(run_liquibook, ops, eng == "liquibook+listener")
             check(eng, got)
             times[eng].append(dt)
             cpu[eng].append(ct)
