@@ -220,3 +220,44 @@ def test_mac_curves_inverse_and_integral():
 def _toml(text: str) -> dict:
     import tomllib
     return tomllib.loads(text)
+
+
+def test_networked_mode_matches_in_process(tmp_path):
+    """The same scenario through a running server (operator HTTP API + one websocket session
+    per firm) gives the same market as in process."""
+    import re
+    import subprocess
+    import sys
+    import time
+
+    log = tmp_path / "serve.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "exchange", "serve", "--port", "0", "--in-memory", "--no-demo"],
+        cwd=ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    try:
+        port = None
+        for _ in range(200):
+            m = re.search(r"listening on [\d.]+:(\d+)", log.read_text())
+            if m:
+                port = int(m.group(1))
+                break
+            if proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert port, log.read_text()
+        from exchange.sim.networked import NetworkedGateway
+        sc = parse_scenario(_toml(SMALL.replace("use_sme_board = true", "")))
+        gw = NetworkedGateway(f"http://127.0.0.1:{port}")
+        try:
+            net = run_scenario(sc, periods=1, gateway=gw)
+        finally:
+            gw.close()
+        local = run_scenario(sc, periods=1)
+        for k in ("final_price", "mean_price", "volume", "trades", "total_emissions",
+                  "total_allocation", "total_abatement_cost", "conservation_ok"):
+            assert net.summary[k] == local.summary[k], k
+        assert net.summary["gateway"] == "networked"
+        assert "configure_compliance_period" in net.summary["skipped_commands"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -58,7 +58,8 @@ def _gateway(args):
         from .networked import NetworkedGateway
         try:
             return NetworkedGateway(args.networked, operator_key=args.operator_key,
-                                    verifier_key=args.verifier_key)
+                                    verifier_key=args.verifier_key,
+                                    verifier_id=args.verifier_id or None)
         except Exception as e:  # noqa: BLE001 - connection refused, bad key, ...
             raise ScenarioError(f"cannot reach the server at {args.networked}: {e}") from None
     return None
@@ -226,6 +227,8 @@ def register(sub) -> None:
                    help="operator API key for --networked")
     p.add_argument("--verifier-key", default="verifier-demo-key",
                    help="verifier API key for --networked (MRV verification)")
+    p.add_argument("--verifier-id", default="VERIFIER1",
+                   help="registered verifier id the verifications are made as (--networked)")
     p.add_argument("--compare", metavar="SCENARIO", default=None,
                    help="compare variants of this scenario (with --vary)")
     p.add_argument("--vary", metavar="KEY=V1,V2", default=None,

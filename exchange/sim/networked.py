@@ -74,7 +74,8 @@ class NetworkedGateway:
     exchange = None
 
     def __init__(self, url: str, operator_key: str = "operator-demo-key",
-                 verifier_key: str = "verifier-demo-key", timeout: float = 30.0):
+                 verifier_key: str = "verifier-demo-key", verifier_id: str | None = "VERIFIER1",
+                 timeout: float = 30.0):
         base = url.rstrip("/")
         if base.endswith("/api/v1"):
             base = base[: -len("/api/v1")]
@@ -83,6 +84,7 @@ class NetworkedGateway:
         self.ws_url = ("ws" + base[4:] if base.startswith("http") else base) + "/ws"
         self.operator_key = operator_key
         self.verifier_key = verifier_key
+        self.verifier_id = verifier_id  # registered verification body (None: the key's label)
         self.timeout = timeout
         self.commands = 0
         self.skipped: Counter = Counter()
@@ -297,7 +299,8 @@ class NetworkedGateway:
                 "firm_id": c.firm_id}, c)
         if isinstance(c, VerifyEmissions):
             return await self._http(
-                "POST", f"/compliance/submissions/{c.firm_id}/{c.period}/verify", {}, c,
+                "POST", f"/compliance/submissions/{c.firm_id}/{c.period}/verify",
+                {"verifier": self.verifier_id} if self.verifier_id else {}, c,
                 key=self.verifier_key)
         if isinstance(c, SurrenderUnits):
             return await self._http("POST", "/compliance/surrenders", {
