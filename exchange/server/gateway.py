@@ -658,22 +658,33 @@ class Gateway:
     def _batch_durable(self, batch: list, fut) -> None:
         if self._batch_future is fut:
             self._batch_future = None
-        failed = fut.cancelled() or fut.exception() is not None
+        if fut.cancelled() or fut.exception() is not None:
+            for s, req_id, outcome, key in batch:
+                if key is not None:
+                    self.idem.inflight.pop(key, None)
+                s.send(_outcome_bytes(req_id, outcome, False, fut))
+            return
         idem = self.idem
         for s, req_id, outcome, key in batch:
-            if key is not None:
-                idem.inflight.pop(key, None)
-                if not failed:
+            if outcome[0] == "ok":
+                rb = _dumps(outcome[1])
+                data = b'{"req_id":%d,"ok":true,"result":%s}' % (req_id, rb)
+                if key is not None:
+                    idem.inflight.pop(key, None)
+                    idem.remember(key, ("okb", rb))  # compact: the encoded result
+            else:
+                data = _err_bytes(req_id, outcome[1], outcome[2])
+                if key is not None:
+                    idem.inflight.pop(key, None)
                     idem.remember(key, outcome)
-            s.send(_outcome_bytes(req_id, outcome, False, fut))
+            s.send(data)
 
     @staticmethod
-    def _replay(outcome, first: bool = False) -> dict:
-        if outcome[0] == "err":
+    def _replay(outcome) -> dict:
+        kind = outcome[0]
+        if kind == "err":
             raise ProtocolError(outcome[1], outcome[2])
-        if first:
-            return outcome[1]
-        r = dict(outcome[1])
+        r = _loads(outcome[1]) if kind == "okb" else dict(outcome[1])
         r["replayed"] = True
         return r
 
