@@ -269,13 +269,19 @@ def write_report(res: RunResult, out: Path, strategies: dict[str, dict] | None =
     inten = sector_intensity(res)
     years = [p["year"] for p in res.period_rows]
     md += [_table(["sector"] + [str(y) for y in years],
-                  [[k] + [round(v, 4) for v in vals] for k, vals in inten.items()]), "",
+                  [[k] + [f"{v:.4f}" for v in vals] for k, vals in inten.items()]), "",
            "![intensity by sector](intensity_by_sector.png)", "",
            "## Allocation factors", ""]
     rec = res.records
-    phi = rec["phi"][-1]
-    md += [f"phi at the start of period {res.periods}: min {phi.min():.4f}, "
-           f"median {np.median(phi):.4f}, max {phi.max():.4f}.", "",
+    covered = (rec["pre_allocation"].sum(axis=0) + rec["true_up"].sum(axis=0)) != 0
+    frows = []
+    for t, p in enumerate(res.period_rows):
+        ph = rec["phi"][t, covered] if covered.any() else rec["phi"][t]
+        frows.append([str(p["year"]), f"{ph.mean():.4f}", f"{ph.min():.4f}",
+                      f"{ph.max():.4f}", int((ph > 1).sum()), int((ph < 1).sum())])
+    md += ["φ of firms allocated by the rules, at the start of each period (it changes at "
+           "ClosePeriod from the verified gap to the benchmark and the supply-chain coupling):",
+           "", _table(["period", "mean φ", "min", "max", "φ > 1", "φ < 1"], frows), "",
            "![allocation factors](allocation_factors.png)", ""]
     if strategies:
         md += ["## SME revenue by split strategy", "",
