@@ -392,3 +392,21 @@ async def test_heartbeat_closes_a_silent_peer(tmp_path):
             assert aiohttp.WSMsgType.PING in kinds and kinds[-1] != aiohttp.WSMsgType.PING
             assert alive.connected and (await alive.ping())["pong"]  # it answers pings
             await silent.close()
+
+
+async def test_shutdown_cancels_cancel_on_disconnect_orders(tmp_path):
+    async with running_server(tmp_path) as srv:
+        c = ExchangeClient(srv.ws_url, POWER, cancel_on_disconnect=True)
+        await c.connect()
+        keep = ExchangeClient(srv.ws_url, POWER)
+        await keep.connect()
+        r1 = await c.place_order(I, "sell", 10, "86.50")
+        r2 = await keep.place_order(I, "sell", 10, "86.60")
+        ex = srv.st.exchange
+        await srv.st.gateway.shutdown()
+        live = {o.order_id for o in ex.open_orders("POWER1")}
+        assert r1["order_id"] not in live and r2["order_id"] in live
+        assert await eventually(lambda: not c.connected and not keep.connected)
+        assert c.close_code == 1001
+        await c.close()
+        await keep.close()

@@ -88,13 +88,8 @@ def create_app(settings: Settings, data_dir: str | Path | None = None, *,
 
     async def on_shutdown(app: web.Application) -> None:
         st.ready = False
-        gw = st.gateway
-        if gw is None:
-            return
-        gw.accepting = False
-        for s in list(gw.sessions):
-            s.kill(1001, "SHUTTING_DOWN: server going away")
-        await asyncio.sleep(0)
+        if st.gateway is not None:
+            await st.gateway.shutdown()
 
     async def on_cleanup(app: web.Application) -> None:
         if st.runner is not None:

@@ -410,6 +410,24 @@ class Gateway:
             if live:
                 asyncio.get_running_loop().create_task(self._cancel_orders(s.firm_id, live))
 
+    async def shutdown(self) -> None:
+        """Stop accepting; cancel the live orders of cancel-on-disconnect sessions (journaled,
+        before the runner stops); close every connection with 1001."""
+        jobs = []
+        for s in list(self.sessions):
+            if s.cod and s.firm_id is not None and s.placed:
+                acct = self.ex.accounts.get(s.firm_id)
+                live = sorted(o for o in s.placed if acct is not None and o in acct.orders)
+                s.placed = set()
+                if live:
+                    jobs.append(self._cancel_orders(s.firm_id, live))
+        if jobs:
+            await asyncio.gather(*jobs)
+        self.accepting = False
+        for s in list(self.sessions):
+            s.kill(1001, f"{E.SHUTTING_DOWN}: server going away")
+        await asyncio.sleep(0)
+
     async def _cancel_orders(self, firm_id: str, order_ids: list[int]) -> None:
         try:
             await asyncio.gather(*(self.submit(CancelOrder(account=firm_id, order_id=oid))
