@@ -347,3 +347,50 @@ def test_core_matches_reference_long_stream():
     policies = [POLICIES[i % len(POLICIES)] for i in range(len(FIRMS))]
     m, ref = run_core_stream(policies, ops)
     assert len(ref.resting) > 30
+
+
+# =========================================================================== benchmark stream
+
+def test_benchmark_stream_agrees_with_its_generator_and_the_reference():
+    """loadtest.streams tracks live orders with its own heap matcher: the full core (every
+    command accepted, no self-trade), the book alone and the list reference must all see the
+    same fills on that stream, and the stream must be the same for the same seed."""
+    from loadtest.streams import ADD, core_commands, generate, market_setup_commands
+
+    from exchange.engine import Sequencer, build_exchange
+
+    stream = generate(3_000, seed=5, depth_ticks=40)
+    assert generate(3_000, seed=5, depth_ticks=40).ops == stream.ops
+    assert generate(3_000, seed=6, depth_ticks=40).ops != stream.ops
+    seqr = Sequencer(build_exchange())
+    seqr.run(market_setup_commands(stream))
+    ex = seqr.ex
+    fills = traded = 0
+    for cmd in core_commands(stream, first_seq=ex.last_seq + 1, first_ts=ex.now + 1):
+        for ev in ex.apply(cmd):
+            assert not (isinstance(ev, ExecutionReport) and ev.exec_type == "rejected"), ev
+            assert getattr(ev, "TYPE", "") != "command_rejected", ev
+            if isinstance(ev, Trade):
+                fills += 1
+                traded += ev.qty
+    assert (fills, traded) == (stream.expected_fills, stream.expected_traded_qty) != (0, 0)
+    assert sum(len(b.orders) for b in ex.books.values()) == stream.expected_resting
+    ex.check_invariants()
+    # the same stream through the book alone and the reference, fill by fill
+    book, ref = OrderBook(CEA, "main"), RefBook()
+    for op in stream.ops:
+        if op[0] != ADD:
+            book.remove(op[1])
+            ref.resting.remove(ref.find(op[1]))
+            continue
+        _, oid, side, price, qty, acct = op
+        o = Order(oid, acct, None, CEA, "main", side, price, qty, "GTC", seq=oid)
+        got: list = []
+        book.match(o, price, "cancel_resting", got, [])
+        rf, _, _, left = ref.match(side, price, qty, acct, "cancel_resting")
+        assert [(m.order_id, q, p) for m, q, p in got] == rf
+        o.leaves, o.cum_qty = left, qty - left
+        if left:
+            book.add(o)
+            ref.rest(oid, acct, side, price, qty, leaves=left)
+    assert book_view(book) == ref.view()
