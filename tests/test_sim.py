@@ -261,3 +261,38 @@ def test_networked_mode_matches_in_process(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_mac_functions_properties():
+    """For random piecewise-linear curves: a(p) is non-decreasing in p, MAC(a(p)) = p inside
+    the curve, the cost is the integral (convex: cost(a) <= a x MAC(a))."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    seg = st.tuples(st.floats(0.01, 0.3), st.floats(0.0, 200.0))
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.lists(st.lists(seg, min_size=1, max_size=4), min_size=1, max_size=6),
+           st.floats(0.0, 900.0), st.floats(0.0, 900.0))
+    def check(curves, p1, p2):
+        K = max(len(c) for c in curves) + 1
+        a = np.zeros((len(curves), K))
+        m = np.zeros((len(curves), K))
+        for i, c in enumerate(curves):
+            xs, ms = [0.0], [0.0]
+            for dx, dm in c:
+                xs.append(xs[-1] + dx * 1000)
+                ms.append(ms[-1] + dm)
+            xs += [xs[-1]] * (K - len(xs))
+            ms += [ms[-1]] * (K - len(ms))
+            a[i], m[i] = xs, ms
+        cv = Curves(a, m)
+        lo, hi = sorted((p1, p2))
+        alo, ahi = abatement_at(cv, lo), abatement_at(cv, hi)
+        assert np.all(alo <= ahi + 1e-9)
+        inside = (ahi > 1e-9) & (ahi < cv.a_max - 1e-9)
+        np.testing.assert_allclose(mac_at(cv, ahi)[inside], hi, rtol=1e-7, atol=1e-7)
+        c = abatement_cost(cv, ahi)
+        assert np.all(c >= -1e-9) and np.all(c <= ahi * mac_at(cv, ahi) + 1e-6)
+
+    check()
