@@ -185,9 +185,10 @@ def run_liquibook(ops: list, listen: bool):
             add(o)
         else:
             cancel(live.pop(op[1]))
+    resting = len(book.bids()) + len(book.asks())  # one entry per resting order
     if listener is None:
-        return None, None, None
-    return listener.fills, listener.qty, None
+        return None, None, resting  # fills stay inside C++: only the book can be checked
+    return listener.fills, listener.qty, resting
 
 
 # --------------------------------------------------------------------------- driver
