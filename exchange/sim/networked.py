@@ -94,7 +94,12 @@ class NetworkedGateway:
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True,
                                         name="sim-networked")
         self._thread.start()
-        self.session = self._run(self._open())
+        try:
+            self.session = self._run(self._open())
+        except BaseException:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout=5)
+            raise
 
     # ------------------------------------------------------------------ plumbing
     def _run(self, coro):
@@ -102,12 +107,15 @@ class NetworkedGateway:
 
     async def _open(self):
         s = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
-        async with s.get(self.api + "/state",
-                         headers={"Authorization": f"Bearer {self.operator_key}"}) as r:
-            if r.status != 200:
-                await s.close()
-                raise ConnectionError(f"{self.api}/state answered {r.status}: "
-                                      f"{(await r.text())[:200]}")
+        try:
+            async with s.get(self.api + "/state",
+                             headers={"Authorization": f"Bearer {self.operator_key}"}) as r:
+                if r.status != 200:
+                    raise ConnectionError(f"{self.api}/state answered {r.status}: "
+                                          f"{(await r.text())[:200]}")
+        except BaseException:
+            await s.close()
+            raise
         return s
 
     async def _http(self, method: str, path: str, body: dict | None, cmd,
