@@ -12,10 +12,12 @@ import hashlib
 import itertools
 import os
 import sqlite3
+import struct
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 from .base import (
-    GENESIS_HASH, Journal, JournalCorruptError, JournalError, chain_rows, loads, log,
+    GENESIS_HASH, Journal, JournalCorruptError, JournalError, chain_rows, dumps, loads, log,
     record_hash,
 )
 
@@ -40,6 +42,9 @@ CREATE TABLE IF NOT EXISTS meta (
 FORMAT_VERSION = "1"
 
 
+_HEAD = struct.Struct(">BI")
+_REC = struct.Struct(">QqI")
+_LAST = struct.Struct(">Q")
 _MAX_CHUNK = 4096  # rows per INSERT: 4 x 4096 parameters, under SQLite's 32766 limit
 _SQL: dict[int, str] = {}
 _flatten = itertools.chain.from_iterable
@@ -55,8 +60,16 @@ def _insert_sql(k: int) -> str:
 
 class SQLiteJournal(Journal):
     def __init__(self, path: str, *, keep_snapshots: int = 3, repair_tail: bool = True,
-                 readonly: bool = False):
+                 readonly: bool = False, writer: str | None = None):
+        """``writer``: "process" (default) - hashing, INSERT and COMMIT in a writer process
+        on the other core, see :mod:`exchange.journal.writer`; "thread" - chain and INSERT
+        on the event loop, COMMIT on a worker thread (env ``JOURNAL_WRITER`` sets the
+        default)."""
         super().__init__()
+        self.writer = writer or os.environ.get("JOURNAL_WRITER", "process")
+        if self.writer not in ("process", "thread"):
+            raise ValueError(f"writer must be 'process' or 'thread', not {self.writer!r}")
+        self._proc = None
         self.path = path
         self.repair_tail = repair_tail and not readonly
         self.readonly = readonly
@@ -79,10 +92,36 @@ class SQLiteJournal(Journal):
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal-sqlite")
         try:
             await self._call(self._open_sync)
+            if self.writer == "process" and not self.readonly:
+                await self._start_writer()
         except BaseException:
+            if self._con is not None:
+                await self._call(self._close_sync)
             self._pool.shutdown(wait=True)
             self._pool = None
             raise
+
+    async def _start_writer(self) -> None:
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p),
+                   JOURNAL_KEEP_SNAPSHOTS=str(self.keep_snapshots))
+        self._proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "exchange.journal.writer", self.path,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env)
+
+    async def _send(self, kind: bytes, body: bytes) -> bytes:
+        proc = self._proc
+        try:
+            proc.stdin.write(_HEAD.pack(kind[0], len(body)))
+            proc.stdin.write(body)
+            await proc.stdin.drain()
+            k, n = _HEAD.unpack(await proc.stdout.readexactly(_HEAD.size))
+            resp = await proc.stdout.readexactly(n)
+        except (ConnectionError, asyncio.IncompleteReadError) as e:
+            raise JournalError(f"journal writer process for {self.path} died "
+                               f"(exit {proc.returncode}): {e!r}") from None
+        if k != ord("K"):
+            raise JournalError(f"journal writer: {resp.decode(errors='replace')}")
+        return resp
 
     def _open_sync(self) -> None:
         d = os.path.dirname(os.path.abspath(self.path))
@@ -158,6 +197,18 @@ class SQLiteJournal(Journal):
     async def close(self) -> None:
         if self._pool is None:
             return
+        if self._proc is not None:
+            proc, self._proc = self._proc, None
+            try:
+                if proc.returncode is None:
+                    proc.stdin.write(_HEAD.pack(ord("Q"), 0))
+                    await proc.stdin.drain()
+                    proc.stdin.close()
+                    await asyncio.wait_for(proc.wait(), 30)
+            except Exception:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
         try:
             await self._call(self._close_sync)
         finally:
@@ -179,6 +230,21 @@ class SQLiteJournal(Journal):
         did everything."""
         if self._pool is None:
             raise JournalError(f"journal {self.path} is not open")
+        if self._proc is not None:
+            parts = []
+            add = parts.append
+            expect = self.last_seq + 1
+            for seq, ts, d in records:
+                if seq != expect:
+                    raise JournalError(f"append out of sequence: got seq {seq}, "
+                                       f"expected {expect}")
+                p = dumps(d)
+                add(_REC.pack(seq, ts, len(p)))
+                add(p)
+                expect += 1
+            async with self._lock:
+                resp = await self._send(b"A", b"".join(parts))
+            return _LAST.unpack_from(resp)[0], resp[8:40]
         async with self._lock:
             rows = chain_rows(records, self.last_seq, self.last_hash)
             con = self._con
@@ -197,6 +263,10 @@ class SQLiteJournal(Journal):
         return rows[-1][0], rows[-1][3]
 
     async def write_snapshot(self, seq: int, data: bytes) -> None:
+        if self._proc is not None:
+            async with self._lock:
+                await self._send(b"S", _LAST.pack(seq) + bytes(data))
+            return
         async with self._lock:
             await self._call(self._snapshot_sync, seq, bytes(data))
 

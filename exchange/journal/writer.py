@@ -1,0 +1,141 @@
+"""The SQLite journal's writer process: ``python -m exchange.journal.writer PATH``.
+
+The core's process only encodes a batch (orjson payloads, framed) and pipes it here; this
+process checks the sequence, computes the hash chain, INSERTs and COMMITs (fsync) on the other
+CPU core - the work PostgreSQL's server does for the PostgreSQL backend. With the GIL, a writer
+*thread* could overlap only the fsync; the hashing and B-tree inserts competed with the core.
+
+Protocol on stdin/stdout, every message ``kind (1 byte) + length (4 bytes, BE) + body``:
+
+    parent -> writer  b"A" append: records, each seq (8) ts (8, signed) len (4) payload
+                      b"S" snapshot: seq (8) + data
+                      b"Q" quit
+    writer -> parent  b"K" ok: last_seq (8) + last_hash (32)
+                      b"E" error: utf-8 message (the transaction was rolled back)
+
+The writer dies with its parent (PR_SET_PDEATHSIG on Linux), so an unacknowledged batch it was
+committing when the core was killed is either committed whole or rolled back - never half -
+and a restarted core never races a stale writer.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import sqlite3
+import struct
+import sys
+
+HEAD = struct.Struct(">BI")
+REC = struct.Struct(">QqI")
+ENV = struct.Struct(">Qq")
+MAX_CHUNK = 4096
+
+
+def _die_with_parent() -> None:
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the parent is already gone
+            os._exit(1)
+    except Exception:
+        pass
+
+
+def _read_exact(f, n: int) -> bytes:
+    b = f.read(n)
+    if len(b) != n:
+        raise EOFError
+    return b
+
+
+def main(path: str) -> int:
+    _die_with_parent()
+    inp, out = sys.stdin.buffer, sys.stdout.buffer
+    con = sqlite3.connect(path, isolation_level=None)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("PRAGMA synchronous=FULL")
+    con.execute("PRAGMA cache_size=-65536")
+    row = con.execute("SELECT seq, hash FROM journal ORDER BY seq DESC LIMIT 1").fetchone()
+    last_seq, last_hash = (row[0], bytes(row[1])) if row else (0, bytes(32))
+    sha = hashlib.sha256
+    sql: dict[int, str] = {}
+
+    def reply(kind: bytes, body: bytes) -> None:
+        out.write(HEAD.pack(kind[0], len(body)) + body)
+        out.flush()
+
+    while True:
+        try:
+            kind, n = HEAD.unpack(_read_exact(inp, HEAD.size))
+            body = _read_exact(inp, n)
+        except EOFError:
+            break
+        if kind == ord("Q"):
+            break
+        try:
+            if kind == ord("A"):
+                rows = []
+                h, expect, i, mv = last_hash, last_seq + 1, 0, memoryview(body)
+                while i < n:
+                    seq, ts, ln = REC.unpack_from(body, i)
+                    i += REC.size
+                    p = bytes(mv[i:i + ln])
+                    i += ln
+                    if seq != expect:
+                        raise ValueError(f"append out of sequence: got seq {seq}, "
+                                         f"expected {expect}")
+                    h = sha(h + ENV.pack(seq, ts) + p).digest()
+                    rows.append((seq, ts, p, h))
+                    expect += 1
+                con.execute("BEGIN IMMEDIATE")
+                try:
+                    j = 0
+                    while j < len(rows):
+                        k = min(MAX_CHUNK, 1 << ((len(rows) - j).bit_length() - 1))
+                        s = sql.get(k)
+                        if s is None:
+                            s = sql[k] = ("INSERT INTO journal (seq, ts, payload, hash) VALUES "
+                                          + ",".join(["(?,?,?,?)"] * k))
+                        con.execute(s, [v for r in rows[j:j + k] for v in r])
+                        j += k
+                    con.execute("COMMIT")
+                except BaseException:
+                    if con.in_transaction:
+                        con.execute("ROLLBACK")
+                    raise
+                if rows:
+                    last_seq, last_hash = rows[-1][0], rows[-1][3]
+                reply(b"K", struct.pack(">Q", last_seq) + last_hash)
+            elif kind == ord("S"):
+                (seq,) = struct.unpack_from(">Q", body)
+                data = body[8:]
+                r = con.execute("SELECT hash FROM journal WHERE seq=?", (seq,)).fetchone()
+                if r is None:
+                    raise ValueError(f"snapshot at seq {seq}: no such record in the log")
+                keep = int(os.environ.get("JOURNAL_KEEP_SNAPSHOTS", "3"))
+                con.execute("BEGIN IMMEDIATE")
+                try:
+                    con.execute("INSERT OR REPLACE INTO snapshots VALUES (?,?,?,?)",
+                                (seq, r[0], sha(data).digest(), data))
+                    if keep > 0:
+                        con.execute("DELETE FROM snapshots WHERE seq NOT IN "
+                                    "(SELECT seq FROM snapshots ORDER BY seq DESC LIMIT ?)",
+                                    (keep,))
+                    con.execute("COMMIT")
+                except BaseException:
+                    if con.in_transaction:
+                        con.execute("ROLLBACK")
+                    raise
+                reply(b"K", struct.pack(">Q", last_seq) + last_hash)
+            else:
+                raise ValueError(f"unknown message kind {kind}")
+        except Exception as e:
+            reply(b"E", f"{type(e).__name__}: {e}".encode())
+    con.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
