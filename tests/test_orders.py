@@ -863,3 +863,43 @@ def test_stp_cancel_both_leaves_no_empty_level_and_no_crash():
     assert m.book().best_bid() is None and m.book().depth()["bids"] == []
     evs = m.sell("Z", 8_500, 1)
     assert reports(evs)[0].exec_type == "new"
+
+
+def test_no_band_cancels_nothing_and_allows_any_price(m):
+    a = order_id(m.buy("BUYER", 8_400, 5))
+    b = order_id(m.sell("SELLER", 9_300, 5))
+    resting = {a, b}
+    for cmd in (SetPriceBand(instrument=CEA, band_bps=0),
+                SetPriceBand(instrument=CEA, band_bps=1000, reference_price=0)):
+        evs = m.apply(cmd)
+        assert not reports(evs)  # nothing cancelled
+        assert set(m.book().orders) == resting
+        assert m.ex.instruments[CEA].band() is None
+        resting.add(order_id(m.buy("BUYER", 1, 1)))  # any price passes
+    check_invariants(m)
+
+
+def test_cancel_all_frees_client_order_ids(m):
+    m.buy("BUYER", 8_400, 1, client_order_id="a")
+    m.buy("BUYER", 8_300, 1, client_order_id="b")
+    m.apply(CancelAll(account="BUYER"))
+    assert reports(m.buy("BUYER", 8_400, 1, client_order_id="a"))[0].exec_type == "new"
+    assert reports(m.buy("BUYER", 8_400, 1, client_order_id="b"))[0].exec_type == "new"
+
+
+@pytest.mark.parametrize("kw,code", [
+    (dict(price=8_500, qty=True), E.BAD_QUANTITY),
+    (dict(price=True, qty=1), E.BAD_PRICE),
+    (dict(price=8_500, qty=10**30), E.OVER_MAX_ORDER_SIZE),
+])
+def test_odd_values_are_rejected_cleanly(m, kw, code):
+    assert reject_code(m.buy("BUYER", **kw)) == code
+
+
+def test_amend_respects_the_lot():
+    m = Market(sme_lot=10)
+    m.firm("S", size_class="sme", cash=BIG)
+    b = order_id(m.buy("S", 8_400, 20, segment="sme"))
+    assert reject_code(m.apply(AmendOrder(account="S", order_id=b, qty=15))) == E.BAD_LOT
+    assert reports(m.apply(AmendOrder(account="S", order_id=b, qty=10)))[0].exec_type == \
+        "replaced"
