@@ -235,6 +235,8 @@ class Session:
             if not obj:
                 self.error(None, E.BAD_REQUEST, "empty batch")
             for item in obj:
+                if self.closed:  # killed mid-batch (slow consumer, revoked key): stop here
+                    break
                 self.on_request(item)
         else:
             self.on_request(obj)
