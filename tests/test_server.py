@@ -410,3 +410,31 @@ async def test_shutdown_cancels_cancel_on_disconnect_orders(tmp_path):
         assert c.close_code == 1001
         await c.close()
         await keep.close()
+
+
+def test_openapi_document_is_closed_under_refs():
+    from exchange.server.api import ROUTES, load_extensions, openapi
+
+    load_extensions()
+    doc = openapi()
+    refs = []
+
+    def walk(x):
+        if isinstance(x, dict):
+            for k, v in x.items():
+                if k == "$ref":
+                    refs.append(v)
+                else:
+                    walk(v)
+        elif isinstance(x, list):
+            for v in x:
+                walk(v)
+
+    walk(doc)
+    schemas = doc["components"]["schemas"]
+    assert refs and all(r.split("/")[-1] in schemas for r in refs)
+    ops = [(m.upper(), p) for p, item in doc["paths"].items() for m in item]
+    for r in ROUTES:
+        assert (r.method, "/api/v1" + r.path) in ops
+    ids = [op["operationId"] for item in doc["paths"].values() for op in item.values()]
+    assert len(ids) == len(set(ids))
