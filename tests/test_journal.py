@@ -264,6 +264,9 @@ class FailingJournal(Journal):
     async def _snapshot_rows(self):
         return []
 
+    async def _snapshot_data(self, seq):
+        return None
+
     async def write_snapshot(self, seq, data):
         pass
 

@@ -153,7 +153,10 @@ class Journal:
         raise NotImplementedError
 
     async def _snapshot_rows(self) -> list:
-        """``(seq, chain_hash, data_hash, data)`` for every stored snapshot, newest first."""
+        """``(seq, chain_hash, data_hash)`` for every stored snapshot, newest first."""
+        raise NotImplementedError
+
+    async def _snapshot_data(self, seq: int) -> bytes | None:
         raise NotImplementedError
 
     async def write_snapshot(self, seq: int, data: bytes) -> None:
@@ -204,18 +207,19 @@ class Journal:
         """The newest snapshot (at or before ``max_seq``) that matches the log: its data hash
         is right and it sits on the chain (its stored chain hash equals the record's). A
         damaged one is skipped with a warning; None when there is none."""
-        for seq, chain_hash, data_hash, data in await self._snapshot_rows():
+        for seq, chain_hash, data_hash in await self._snapshot_rows():
             if max_seq is not None and seq > max_seq:
                 continue
             if seq > self.last_seq:
                 log.warning("journal %s: snapshot at seq %d is past the end of the log (%d); "
                             "ignored", self.target, seq, self.last_seq)
                 continue
-            if _sha256(data).digest() != data_hash:
+            data = await self._snapshot_data(seq)
+            if data is None or _sha256(data).digest() != bytes(data_hash):
                 log.warning("journal %s: snapshot at seq %d is damaged; ignored",
                             self.target, seq)
                 continue
-            if await self._hash_at(seq) != chain_hash:
+            if await self._hash_at(seq) != bytes(chain_hash):
                 raise JournalCorruptError(seq, "snapshot does not match the log's hash chain")
             return seq, bytes(data)
         return None

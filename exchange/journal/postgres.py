@@ -167,7 +167,13 @@ class PostgresJournal(Journal):
         con = self._need()
         async with self._lock:
             return await con.fetch(
-                f"SELECT seq, chain_hash, data_hash, data FROM {self._s} ORDER BY seq DESC")
+                f"SELECT seq, chain_hash, data_hash FROM {self._s} ORDER BY seq DESC")
+
+    async def _snapshot_data(self, seq: int) -> bytes | None:
+        con = self._need()
+        async with self._lock:
+            d = await con.fetchval(f"SELECT data FROM {self._s} WHERE seq=$1", seq)
+        return None if d is None else bytes(d)
 
     async def snapshot_seqs(self) -> list[int]:
         con = self._need()

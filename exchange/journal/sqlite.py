@@ -311,8 +311,12 @@ class SQLiteJournal(Journal):
 
     async def _snapshot_rows(self) -> list:
         return await self._call(lambda: self._con.execute(
-            "SELECT seq, chain_hash, data_hash, data FROM snapshots ORDER BY seq DESC"
-        ).fetchall())
+            "SELECT seq, chain_hash, data_hash FROM snapshots ORDER BY seq DESC").fetchall())
+
+    async def _snapshot_data(self, seq: int) -> bytes | None:
+        row = await self._call(lambda: self._con.execute(
+            "SELECT data FROM snapshots WHERE seq=?", (seq,)).fetchone())
+        return None if row is None else bytes(row[0])
 
     async def snapshot_seqs(self) -> list[int]:
         return await self._call(lambda: [r[0] for r in self._con.execute(
