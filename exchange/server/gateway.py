@@ -91,7 +91,7 @@ class Session:
 
     __slots__ = ("gw", "ws", "cred", "firm_id", "role", "key_id", "batch", "cod", "subs",
                  "out", "wake", "closed", "tokens", "refill_at", "placed", "writer", "peer",
-                 "req_id", "__weakref__")
+                 "req_id", "transport", "flushing", "__weakref__")
 
     def __init__(self, gw: "Gateway", ws, peer: str = ""):
         self.gw = gw
@@ -112,6 +112,8 @@ class Session:
         self.writer: asyncio.Task | None = None
         self.peer = peer
         self.req_id = None  # of the request being handled
+        self.transport = None  # set: frames are written straight to it (see flush)
+        self.flushing = False  # a flush of this session is scheduled
 
     @property
     def gateway(self) -> "Gateway":
@@ -129,8 +131,12 @@ class Session:
             self.kill(CLOSE_SLOW, f"{E.SLOW_CONSUMER}: more than "
                                   f"{self.gw.cfg.send_queue_max} messages queued")
             return
-        if len(out) == 1:
-            self.wake.set()
+        if not self.flushing:
+            self.flushing = True
+            if self.transport is not None:
+                self.gw.want_flush(self)
+            else:
+                self.wake.set()
 
     def push(self, channel: str, data: bytes) -> None:
         """A push on a per-session sequenced channel (everything but books)."""
@@ -152,22 +158,39 @@ class Session:
         ge[code] = ge.get(code, 0) + 1
         self.send(_err_bytes(req_id, code, message))
 
-    async def write_loop(self, transport=None) -> None:
-        """Drain the queue once per wake-up. With the connection's transport (uncompressed
-        websocket, as the server negotiates), every queued message becomes a complete text
-        frame and the lot goes out in one ``transport.write`` (one syscall per tick, not per
-        message); while the socket's buffer is over WRITE_HIGH the queue waits (and grows
-        towards the slow-consumer bound). Without it, aiohttp's ``send_frame`` per frame."""
+    def flush(self) -> None:
+        """Write the queue to the transport: every message becomes a complete text frame
+        (unmasked, uncompressed — the server never negotiates compression) and the lot goes out
+        in one ``transport.write`` (one syscall per connection per tick). While the socket's
+        buffer is over WRITE_HIGH the queue waits and grows towards the slow-consumer bound."""
+        tr = self.transport
+        out = self.out
+        if self.closed or not out or tr is None or tr.is_closing():
+            self.flushing = False
+            return
+        if tr.get_write_buffer_size() > WRITE_HIGH:  # the peer is not reading: try later
+            asyncio.get_running_loop().call_later(0.002, self.flush)
+            return
+        self.flushing = False
+        self.out = []
+        m = self.gw.metrics
+        m.messages_out += len(out)
+        if self.batch:
+            m.frames_out += 1
+            tr.write(_text_frame(b"[" + b",".join(out) + b"]"))
+        else:
+            m.frames_out += len(out)
+            tr.write(b"".join([_text_frame(x) for x in out]))
+
+    async def write_loop(self) -> None:
+        """Without a usable transport: drain the queue with aiohttp's ``send_frame``."""
         ws = self.ws
         metrics = self.gw.metrics
         try:
             while True:
                 await self.wake.wait()
                 self.wake.clear()
-                if transport is not None:
-                    while (transport.get_write_buffer_size() > WRITE_HIGH
-                           and not transport.is_closing() and not self.closed):
-                        await asyncio.sleep(0.002)
+                self.flushing = False
                 out = self.out
                 if not out:
                     if self.closed:
@@ -177,22 +200,11 @@ class Session:
                 metrics.messages_out += len(out)
                 if self.batch:
                     metrics.frames_out += 1
-                    payload = b"[" + b",".join(out) + b"]"
-                    if transport is not None:
-                        if transport.is_closing():
-                            return
-                        transport.write(_text_frame(payload))
-                    else:
-                        await ws.send_frame(payload, TEXT)
+                    await ws.send_frame(b"[" + b",".join(out) + b"]", TEXT)
                 else:
                     metrics.frames_out += len(out)
-                    if transport is not None:
-                        if transport.is_closing():
-                            return
-                        transport.write(b"".join([_text_frame(m) for m in out]))
-                    else:
-                        for m in out:
-                            await ws.send_frame(m, TEXT)
+                    for m in out:
+                        await ws.send_frame(m, TEXT)
                 if self.closed:
                     return
         except (ConnectionError, RuntimeError, asyncio.CancelledError):
@@ -367,6 +379,8 @@ class Gateway:
         self._flush_scheduled = False
         self._batch_future = None  # the journal batch the current place_orders ride in
         self._batch: list = []
+        self._to_flush: list[Session] = []
+        self._flush_out_scheduled = False
         self.accepting = True
         runner.add_listener(self.on_commit)
 
@@ -377,6 +391,25 @@ class Gateway:
     def log_exception(self, exc) -> None:
         if self.log is not None:
             self.log.error("internal error", exc_info=exc)
+
+    # ---------------------------------------------------------------- output
+    def want_flush(self, s: Session) -> None:
+        """Flush ``s`` late in the next tick. Two hops: the first callback runs behind
+        whatever this tick already scheduled (a journal batch's replies are scheduled right
+        after its pushes), the second writes, so pushes and replies share one write."""
+        self._to_flush.append(s)
+        if not self._flush_out_scheduled:
+            self._flush_out_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_hop)
+
+    def _flush_hop(self) -> None:
+        asyncio.get_running_loop().call_soon(self._flush_out)
+
+    def _flush_out(self) -> None:
+        self._flush_out_scheduled = False
+        todo, self._to_flush = self._to_flush, []
+        for s in todo:
+            s.flush()
 
     # ---------------------------------------------------------------- commands
     async def submit(self, cmd) -> list:
@@ -881,10 +914,15 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
                         request.query.get("cancel_on_disconnect", "") in ("1", "true"),
                         request.query.get("batch", "") in ("1", "true"))
     # write frames straight to the transport when the websocket is uncompressed (it is:
-    # compress=False) and the transport is a plain asyncio one
+    # compress=False) and the transport is a plain asyncio one; else a writer task
     tr = request.transport
-    direct = (tr is not None and not ws.compress and hasattr(tr, "get_write_buffer_size"))
-    s.writer = asyncio.get_running_loop().create_task(s.write_loop(tr if direct else None))
+    if tr is not None and not ws.compress and hasattr(tr, "get_write_buffer_size"):
+        s.transport = tr
+        if s.out:
+            s.flushing = True
+            gw.want_flush(s)
+    else:
+        s.writer = asyncio.get_running_loop().create_task(s.write_loop())
     loop = asyncio.get_running_loop()
     timer = loop.call_later(cfg.auth_timeout_seconds, _auth_timeout, s)
     try:
