@@ -307,8 +307,9 @@ def main(argv=None) -> int:
             key = f"{name}_cmds_per_{suffix}"
             v = out[key]
             beaten = [k for k, r in peers.items() if r >= v]
+            vs = "faster than every peer" if not beaten else "slower than " + ", ".join(beaten)
             print(f"{key}: {v:,} (target {target:,}: {'met' if v >= target else 'NOT met'}; "
-                  f"{'faster than every peer' if not beaten else 'slower than ' + ', '.join(beaten)})")
+                  f"{vs})")
     print(f"load average (1 min) before/after: {out['machine']['loadavg_1m_before_after']}")
     print(f"state_hash {out['state_hash']}")
     return 0

@@ -64,7 +64,8 @@ place = st.tuples(
     st.sampled_from(["main", "main", "main", "sme", "chain:sc"]),
     st.sampled_from([None, None, None, "x", "y"]))
 _others = [
-    (15, st.tuples(st.just("cancel"), st.integers(0, 10**6), st.sampled_from([True] * 5 + [False]))),
+    (15, st.tuples(st.just("cancel"), st.integers(0, 10**6),
+                   st.sampled_from([True] * 5 + [False]))),  # False: another firm tries
     (8, st.tuples(st.just("amend"), st.integers(0, 10**6), st.sampled_from([None, -5, -1, 1, 7]),
                   st.sampled_from([None, -3, 0, 2]))),
     (2, st.tuples(st.just("cancel_all"), acct)),

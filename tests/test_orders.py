@@ -7,7 +7,7 @@ import pytest
 
 from exchange.core import errors as E
 from exchange.core.commands import (
-    AmendOrder, CancelAll, CancelOrder, CreateSubQuota, DepositCash, EndOfDay, Halt,
+    AmendOrder, CancelAll, CreateSubQuota, DepositCash, EndOfDay, Halt,
     IssueUnits, PlaceOrder, RegisterFirm, Resume, SetFirmTrading, SetPriceBand, TransferUnits,
     WithdrawCash,
 )
