@@ -276,6 +276,10 @@ async def test_operator_api_validation_halt_and_openapi(server):
     assert "ErrorBody" in doc["components"]["schemas"]
     status, st = await op(server, "GET", "/state")
     assert st["state_hash"] == server.st.exchange.state_hash()
+    status, body = await op(server, "GET", "/no/such/thing")
+    assert status == 404 and body["error"]["code"] == "NOT_FOUND"
+    status, body = await op(server, "DELETE", "/firms")
+    assert status == 405 and body["error"]["code"] == "NOT_FOUND"
 
 
 async def test_health_ready_metrics(server):

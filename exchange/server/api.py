@@ -186,6 +186,22 @@ def _make_handler(r: Route):
     return handler
 
 
+@web.middleware
+async def api_errors(request: web.Request, handler):
+    """Unknown ``/api/`` paths and methods get the JSON error body too (404 / 405)."""
+    try:
+        return await handler(request)
+    except web.HTTPMethodNotAllowed:
+        if not request.path.startswith("/api/"):
+            raise
+        return error_response(E.NOT_FOUND, f"{request.method} is not allowed on "
+                                            f"{request.path}", 405)
+    except web.HTTPNotFound:
+        if not request.path.startswith("/api/"):
+            raise
+        return error_response(E.NOT_FOUND, f"no such endpoint {request.path}", 404)
+
+
 def add_routes(app: web.Application) -> None:
     for r in ROUTES:
         app.router.add_route(r.method, PREFIX + r.path, _make_handler(r))

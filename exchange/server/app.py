@@ -19,7 +19,7 @@ from aiohttp import web
 from ..config import Settings
 from ..engine import build_exchange
 from ..market import genesis_commands
-from .api import add_routes, load_extensions
+from .api import add_routes, api_errors, load_extensions
 from .credentials import demo_key_commands, demo_keys
 from .gateway import GATEWAY_KEY, Gateway, websocket_handler
 
@@ -70,7 +70,7 @@ def create_app(settings: Settings, data_dir: str | Path | None = None, *,
     load_extensions()
     st = ServerState(settings, Path(data_dir) if data_dir is not None
                      else Path(settings.journal.data_dir), in_memory, demo)
-    app = web.Application(client_max_size=1 << 20)
+    app = web.Application(client_max_size=1 << 20, middlewares=[api_errors])
     app[STATE_KEY] = st
     ex, runner = make_runner(settings, st.data_dir, in_memory)
     st.exchange, st.runner = ex, runner
