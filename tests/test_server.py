@@ -442,3 +442,27 @@ def test_openapi_document_is_closed_under_refs():
         assert (r.method, "/api/v1" + r.path) in ops
     ids = [op["operationId"] for item in doc["paths"].values() for op in item.values()]
     assert len(ids) == len(set(ids))
+
+
+async def test_journal_failure_turns_requests_away_and_readyz_red(server):
+    from exchange.journal import RunnerFailed
+
+    def refuse(cmd):
+        raise RunnerFailed("journal write failed: disk full")
+
+    runner = server.st.runner
+    async with ExchangeClient(server.ws_url, POWER) as c:
+        runner.submit_nowait = refuse
+        try:
+            with pytest.raises(ExchangeError) as e:
+                await c.place_order(I, "sell", 1, "86.00")
+            assert e.value.code == "SHUTTING_DOWN"
+            status, body = await op(server, "POST", "/deposits", {"account": "POWER1",
+                                                                  "amount": "1.00"})
+            assert status == 503 and body["error"]["code"] == "SHUTTING_DOWN"
+            async with aiohttp.ClientSession() as s:
+                async with s.get(server.http + "/readyz") as r:
+                    assert r.status == 503
+            assert (await c.ping())["pong"]  # the connection and the server stay up
+        finally:
+            del runner.submit_nowait

@@ -121,9 +121,12 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     st: ServerState = request.app[STATE_KEY]
-    ok = st.ready and st.gateway is not None and st.gateway.accepting
+    gw = st.gateway
+    ok = st.ready and gw is not None and gw.accepting and gw.failed is None
     body = {"ok": ok, "last_seq": st.exchange.last_seq if st.exchange else 0,
             "journal_lag": int(getattr(st.runner, "journal_lag", 0) or 0)}
+    if gw is not None and gw.failed is not None:
+        body["error"] = {"code": "SHUTTING_DOWN", "message": gw.failed}
     return web.json_response(body, status=200 if ok else 503)
 
 

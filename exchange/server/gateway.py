@@ -381,6 +381,7 @@ class Gateway:
         self._batch: list = []
         self._to_flush: list[Session] = []
         self._flush_out_scheduled = False
+        self.failed: str | None = None  # set when the runner refused a command
         self.accepting = True
         runner.add_listener(self.on_commit)
 
@@ -413,9 +414,19 @@ class Gateway:
 
     # ---------------------------------------------------------------- commands
     async def submit(self, cmd) -> list:
-        if not self.accepting:
-            raise ProtocolError(E.SHUTTING_DOWN, "the server is shutting down", 503)
-        return await self.runner.submit(cmd)
+        """Apply ``cmd``; return its events once durable. Journal trouble and core bugs become
+        ProtocolErrors (SHUTTING_DOWN 503 / INTERNAL_ERROR 500)."""
+        events, durable = self.submit_nowait(cmd)
+        try:
+            await asyncio.shield(durable)
+        except Exception as exc:
+            self.failed = str(exc)[:200]
+            raise ProtocolError(E.SHUTTING_DOWN, "the journal could not make the command "
+                                                 "durable", 503) from None
+        if isinstance(events, Exception):
+            raise ProtocolError(E.INTERNAL_ERROR, "internal error (the command is journaled)",
+                                500)
+        return events
 
     async def submit_checked(self, cmd) -> list:
         """Submit; a CommandRejected becomes a ProtocolError with its code."""
@@ -648,6 +659,7 @@ class Gateway:
         try:
             return self.runner.submit_nowait(cmd)
         except Exception as exc:  # RunnerFailed: stopped or journal write failed
+            self.failed = str(exc)[:200]  # /readyz turns 503
             raise ProtocolError(E.SHUTTING_DOWN, f"not accepting commands: {exc}", 503) \
                 from None
 
