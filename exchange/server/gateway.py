@@ -91,7 +91,7 @@ class Session:
 
     __slots__ = ("gw", "ws", "cred", "firm_id", "role", "key_id", "batch", "cod", "subs",
                  "out", "wake", "closed", "tokens", "refill_at", "placed", "writer", "peer",
-                 "req_id", "transport", "flushing", "__weakref__")
+                 "req_id", "transport", "flushing", "backoff", "__weakref__")
 
     def __init__(self, gw: "Gateway", ws, peer: str = ""):
         self.gw = gw
@@ -114,6 +114,7 @@ class Session:
         self.req_id = None  # of the request being handled
         self.transport = None  # set: frames are written straight to it (see flush)
         self.flushing = False  # a flush of this session is scheduled
+        self.backoff = 0.0  # retry delay while the socket's buffer is full (2 ms .. 100 ms)
 
     @property
     def gateway(self) -> "Gateway":
@@ -169,8 +170,10 @@ class Session:
             self.flushing = False
             return
         if tr.get_write_buffer_size() > WRITE_HIGH:  # the peer is not reading: try later
-            asyncio.get_running_loop().call_later(0.002, self.flush)
+            self.backoff = min(max(self.backoff * 2, 0.002), 0.1)
+            asyncio.get_running_loop().call_later(self.backoff, self.flush)
             return
+        self.backoff = 0.0
         self.flushing = False
         self.out = []
         m = self.gw.metrics
