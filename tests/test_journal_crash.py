@@ -18,7 +18,7 @@ from exchange.engine import build_exchange
 from exchange.journal import CoreRunner, open_journal, replay_into
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RUNS = int(os.environ.get("JOURNAL_CRASH_RUNS", "12"))
+RUNS = int(os.environ.get("JOURNAL_CRASH_RUNS", "10"))
 
 CHILD = r"""
 import asyncio, os, sys
@@ -34,7 +34,7 @@ def out(line):
 async def main():
     r = CoreRunner(build_exchange(), open_journal(path), snapshot_every_commands=700)
     await r.start()
-    st = generate(4000, seed=1000 + run)
+    st = generate(3000, seed=1000 + run)
     if r.is_empty:
         for c in market_setup_commands(st):
             await r.submit(c)
@@ -73,7 +73,7 @@ async def test_sigkill_at_random_moments_loses_nothing_acknowledged(tmp_path):
     for run in range(RUNS):
         child = subprocess.Popen([sys.executable, "-c", CHILD, path, str(run)], cwd=ROOT,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        time.sleep(rng.uniform(0.3, 1.6))
+        time.sleep(rng.uniform(0.3, 1.4))
         child.send_signal(signal.SIGKILL)
         stdout, stderr = child.communicate(timeout=30)
         text = stdout.decode()

@@ -67,7 +67,7 @@ def chain_rows(records: Iterable[tuple[int, int, dict]], last_seq: int, last_has
     for seq, ts, d in records:
         if seq != expect:
             raise JournalError(f"append out of sequence: got seq {seq}, expected {expect}")
-        p = dumps(d)
+        p = d if d.__class__ is bytes else dumps(d)
         h = _sha256(h + _pack(seq, ts) + p).digest()
         append((seq, ts, p, h))
         expect += 1
@@ -165,7 +165,8 @@ class Journal:
     # ---------------------------------------------------------------- the interface
     async def append(self, records: list[tuple[int, int, dict]]) -> None:
         """Append ``(seq, ts, encode_command(cmd))`` records; they continue ``last_seq``
-        without a gap. Durable (fsynced / committed) when this returns."""
+        without a gap. Durable (fsynced / committed) when this returns. The payload may
+        also be given already serialised (orjson bytes of that dict), as CoreRunner does."""
         if not records:
             return
         self.last_seq, self.last_hash = await self._append_rows(records)
