@@ -115,6 +115,8 @@ class DemoConfig(Strict):
     orders: list[DemoOrderConfig] = Field(default_factory=list)
     operator_key: str = "operator-demo-key"
     verifier_key: str = "verifier-demo-key"
+    verifier_id: str = Field("VERIFIER1", description="the verification body the demo "
+                             "verifier key acts as (its credential label)")
 
 
 class JournalConfig(Strict):

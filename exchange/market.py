@@ -76,7 +76,7 @@ def genesis_commands(settings: Settings, demo: bool = True) -> list:
     # ---- compliance (exchange/compliance): parameters, periods, verifiers --------------
     from .compliance.config import compliance_commands
     cmds += compliance_commands(settings.compliance,
-                                [getattr(settings.demo, "verifier", None)] if demo else [])
+                                [settings.demo.verifier_id] if demo else [])
     # ---- end compliance -----------------------------------------------------------------
     # ---- rules (exchange/rules): parameters and benchmarks ------------------------------
     from .rules.config import rules_commands

@@ -106,11 +106,11 @@ async def test_compliance_period_through_the_served_api(tmp_path):
             "POWER1": 27_912, "CEMENT1": 15_558, "STEEL1": 2_741, "SME1": 2_500,
             "SME2": 2_399}
         v = "/compliance/submissions/{}/2026/verify"
-        # verification by a non-verifier: a firm key is refused by role, an unregistered
-        # verifier id by the core
+        # verification by a non-verifier: a firm key is refused by role; a verifier key may
+        # not act as another verifier than the one its credential names
         await refused(srv, "POST", v.format("POWER1"), {}, POWER, 403, "FORBIDDEN")
-        await refused(srv, "POST", v.format("POWER1"), {"verifier": "NOBODY"}, VERIFIER, 400,
-                      "NOT_A_VERIFIER")
+        await refused(srv, "POST", v.format("POWER1"), {"verifier": "NOBODY"}, VERIFIER, 403,
+                      "FORBIDDEN")
         await ok(srv, "POST", "/compliance/submissions/SME2/2026/reject",
                  {"verifier": "VERIFIER1", "reason": "process emissions not metered"}, VERIFIER)
         await ok(srv, "POST", sub, {"period": 2026, "process_emissions": 2_400}, SME2)

@@ -6,7 +6,7 @@ Who may do what:
 * ``firm``: submit its activity data, surrender its units, read its own statement (a firm
   key acts for its own firm only; an operator may act for any firm by naming ``firm_id``);
 * ``verifier``: list submissions, verify or reject one (with a reason). The verifier id the core
-  checks against its registry is ``verifier`` in the body, or the credential's label;
+  checks against its registry is the credential's label (a body ``verifier`` must match it);
 * ``operator``: read and change the offset cap (journaled, with an effective time), the
   what-if of a proposed cap, deadline processing, statements and the market summary.
 
@@ -48,11 +48,11 @@ class SubmissionBody(_Body):
 
 
 class VerifyBody(_Body):
-    verifier: str | None = Field(None, description="verifier id (default: the key's label)")
+    verifier: str | None = Field(None, description="verifier id; must equal the key's label")
 
 
 class RejectBody(_Body):
-    verifier: str | None = None
+    verifier: str | None = Field(None, description="verifier id; must equal the key's label")
     reason: str = Field(min_length=1, max_length=500)
 
 
@@ -108,7 +108,13 @@ def _caps(b: CapBody) -> tuple[int, dict[str, int]]:
 
 
 def _verifier(ctx: ApiContext, given: str | None) -> str:
-    return given or ctx.cred.label or ctx.cred.key_id
+    """The verifier id is bound to the credential: a verifier key acts as the verifier named by
+    its label, and may not claim another one in the body."""
+    ident = ctx.cred.label or ctx.cred.key_id
+    if given is not None and given != ident:
+        raise ProtocolError(E.FORBIDDEN, f"this key acts as verifier {ident!r}, not {given!r}",
+                            403)
+    return ident
 
 
 def _csv(text: str, name: str) -> web.Response:

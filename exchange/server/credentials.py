@@ -192,8 +192,9 @@ def demo_key_commands(settings) -> list:
     for role, key in ((ROLE_OPERATOR, d.operator_key), (ROLE_VERIFIER, d.verifier_key)):
         if key:
             h = hash_key(key)
-            cmds.append(IssueApiKey(key_id=key_id_for(h), role=role, key_hash=h,
-                                    label=f"demo {role}"))
+            # a verifier key's label is the verifier id it acts as (see compliance/api.py)
+            label = d.verifier_id if role == ROLE_VERIFIER else f"demo {role}"
+            cmds.append(IssueApiKey(key_id=key_id_for(h), role=role, key_hash=h, label=label))
     return cmds
 
 
