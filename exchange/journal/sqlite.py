@@ -96,6 +96,11 @@ class SQLiteJournal(Journal):
             if self.writer == "process" and not self.readonly:
                 await self._start_writer()
         except BaseException:
+            if self._proc is not None:
+                if self._proc.returncode is None:
+                    self._proc.kill()
+                await self._proc.wait()
+                self._proc = None
             if self._con is not None:
                 await self._call(self._close_sync)
             self._pool.shutdown(wait=True)
@@ -109,6 +114,17 @@ class SQLiteJournal(Journal):
         self._proc = await asyncio.create_subprocess_exec(
             sys.executable, _WRITER_SCRIPT, self.path,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env)
+        try:
+            k, n = _HEAD.unpack(await self._proc.stdout.readexactly(_HEAD.size))
+            hello = await self._proc.stdout.readexactly(n)
+        except (ConnectionError, asyncio.IncompleteReadError) as e:
+            raise JournalError(f"journal writer process for {self.path} did not start: "
+                               f"{e!r}") from None
+        if k != ord("K"):
+            raise JournalError(f"journal writer: {hello.decode(errors='replace')}")
+        if (_LAST.unpack_from(hello)[0], hello[8:40]) != (self.last_seq, self.last_hash):
+            raise JournalError(f"journal writer for {self.path} sees a different end of the "
+                               f"log (seq {_LAST.unpack_from(hello)[0]}, not {self.last_seq})")
 
     async def _send(self, kind: bytes, body: bytes) -> bytes:
         proc = self._proc

@@ -53,6 +53,11 @@ def _read_exact(f, n: int) -> bytes:
 def main(path: str) -> int:
     _die_with_parent()
     inp, out = sys.stdin.buffer, sys.stdout.buffer
+    if not os.path.exists(path):
+        msg = f"no journal at {path}".encode()
+        out.write(HEAD.pack(ord("E"), len(msg)) + msg)
+        out.flush()
+        return 1
     con = sqlite3.connect(path, isolation_level=None)
     con.execute("PRAGMA journal_mode=WAL")
     con.execute("PRAGMA synchronous=FULL")
@@ -65,6 +70,8 @@ def main(path: str) -> int:
     def reply(kind: bytes, body: bytes) -> None:
         out.write(HEAD.pack(kind[0], len(body)) + body)
         out.flush()
+
+    reply(b"K", struct.pack(">Q", last_seq) + last_hash)  # ready: where the log ends
 
     while True:
         try:
