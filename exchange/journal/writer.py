@@ -27,8 +27,8 @@ import struct
 import sys
 
 HEAD = struct.Struct(">BI")
-REC = struct.Struct(">QqI")
-ENV = struct.Struct(">Qq")
+REC = struct.Struct(">QqI")  # seq, ts, payload length: the first 16 bytes are the envelope
+assert REC.size == 20
 MAX_CHUNK = 4096
 
 
@@ -83,37 +83,41 @@ def main(path: str) -> int:
             break
         try:
             if kind == ord("A"):
-                rows = []
-                h, expect, i, mv = last_hash, last_seq + 1, 0, memoryview(body)
+                params: list = []  # seq, ts, payload, hash, seq, ts, ...
+                add = params.extend
+                unpack = REC.unpack_from
+                h, expect, i = last_hash, last_seq + 1, 0
                 while i < n:
-                    seq, ts, ln = REC.unpack_from(body, i)
-                    i += REC.size
-                    p = bytes(mv[i:i + ln])
+                    seq, ts, ln = unpack(body, i)
+                    env = body[i:i + 16]  # the frame's seq and ts are the hashed envelope
+                    i += 20
+                    p = body[i:i + ln]
                     i += ln
                     if seq != expect:
                         raise ValueError(f"append out of sequence: got seq {seq}, "
                                          f"expected {expect}")
-                    h = sha(h + ENV.pack(seq, ts) + p).digest()
-                    rows.append((seq, ts, p, h))
+                    h = sha(h + env + p).digest()
+                    add((seq, ts, p, h))
                     expect += 1
+                count = len(params) // 4
                 con.execute("BEGIN IMMEDIATE")
                 try:
                     j = 0
-                    while j < len(rows):
-                        k = min(MAX_CHUNK, 1 << ((len(rows) - j).bit_length() - 1))
+                    while j < count:
+                        k = min(MAX_CHUNK, 1 << ((count - j).bit_length() - 1))
                         s = sql.get(k)
                         if s is None:
                             s = sql[k] = ("INSERT INTO journal (seq, ts, payload, hash) VALUES "
                                           + ",".join(["(?,?,?,?)"] * k))
-                        con.execute(s, [v for r in rows[j:j + k] for v in r])
+                        con.execute(s, params[4 * j:4 * (j + k)])
                         j += k
                     con.execute("COMMIT")
                 except BaseException:
                     if con.in_transaction:
                         con.execute("ROLLBACK")
                     raise
-                if rows:
-                    last_seq, last_hash = rows[-1][0], rows[-1][3]
+                if count:
+                    last_seq, last_hash = expect - 1, h
                 reply(b"K", struct.pack(">Q", last_seq) + last_hash)
             elif kind == ord("S"):
                 (seq,) = struct.unpack_from(">Q", body)
