@@ -144,13 +144,14 @@ class _Batch:
 class CoreRunner:
     def __init__(self, exchange, journal: Journal, *, snapshot_every_commands: int = 100_000,
                  snapshot_every_seconds: float = 300.0, clock: Callable[[], int] = time.time_ns,
-                 verify: str = "full", gc_freeze: bool = True):
+                 verify: str = "full", gc_freeze: bool = False):
         """``verify``: "full" checks the whole hash chain on start (default); "tail" only the
         records replayed after the snapshot (the snapshot is still checked to sit on the
         chain). ``gc_freeze``: move the recovered state - and, after each snapshot, everything
-        alive - out of the cyclic GC's reach (``gc.freeze``): the market is long-lived and
-        acyclic, and full collections walking a book of 10^5 orders were a third of the
-        durable path's time (see ADR 0002)."""
+        alive - out of the cyclic GC's reach (``gc.freeze``), so full collections do not
+        walk a book of 10^5 orders. Off by default: it is process-wide, and cyclic garbage
+        alive at a freeze (an Exchange and its modules reference each other) is never
+        collected - for a server with one runner per process only."""
         self.exchange = exchange
         self.journal = journal
         self.snapshot_every_commands = snapshot_every_commands
