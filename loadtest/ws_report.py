@@ -15,7 +15,7 @@ def _fmt(v, nd=2):
 def table(steps: list[dict], exec_cols: bool = True) -> str:
     head = ("| offered /s | achieved /s | ack p50 | p90 | p99 | p99.9 | max (ms) |"
             + (" exec p50 | exec p99 (ms) |" if exec_cols else "")
-            + " errors | rejects | server CPU | gen. CPU us/msg | sustained |")
+            + " errors | rejects | server CPU | server us/msg | gen. CPU us/msg | sustained |")
     sep = "|" + "---|" * (head.count("|") - 1)
     rows = [head, sep]
     for s in steps:
@@ -26,7 +26,8 @@ def table(steps: list[dict], exec_cols: bool = True) -> str:
             f"{_fmt(a['p90'])} | {_fmt(a['p99'])} | {_fmt(a['p999'])} | {_fmt(a['max'])} |"
             + (f" {_fmt(e['p50'])} | {_fmt(e['p99'])} |" if exec_cols else "")
             + f" {s['errors']} | {s['rejects']} | "
-            f"{_fmt(s.get('server_cpu_util'))} | {_fmt(s['generator_cpu_us_per_order'], 1)} | "
+            f"{_fmt(s.get('server_cpu_util'))} | {_fmt(s.get('server_cpu_us_per_order'), 1)} | "
+            f"{_fmt(s['generator_cpu_us_per_order'], 1)} | "
             f"{'yes' if s.get('sustained') else 'no'} |")
     return "\n".join(rows)
 
