@@ -144,10 +144,11 @@ async def run_replay(target: str) -> dict:
     from exchange.journal import open_journal, replay_into
     from exchange.journal.base import loads
     from exchange.journal.runner import fast_decode
-    j = open_journal(target)
+    j = open_journal(target, readonly=True)
     await j.open()
     try:
         gc.collect()
+        c0 = time.process_time()
         t0 = time.perf_counter()
         n = 0
         async for rows in j.read_rows(1):
@@ -155,13 +156,17 @@ async def run_replay(target: str) -> dict:
                 fast_decode(loads(p), seq, ts)
             n += len(rows)
         t_dec = time.perf_counter() - t0
+        c_dec = time.process_time() - c0
         ex = build_exchange()
         gc.collect()
+        c0 = time.process_time()
         t0 = time.perf_counter()
         n2 = await replay_into(ex, j, 1)
         dt = time.perf_counter() - t0
-        return {"commands": n2, "cmds_per_s": n2 / dt, "seconds": dt,
-                "decode_cmds_per_s": n / t_dec, "state_hash": ex.state_hash()}
+        cpu = time.process_time() - c0
+        return {"commands": n2, "cmds_per_s": n2 / dt, "seconds": dt, "cpu_s": cpu,
+                "decode_cmds_per_s": n / t_dec, "decode_cpu_s": c_dec,
+                "state_hash": ex.state_hash()}
     finally:
         await j.close()
 
@@ -335,6 +340,17 @@ def main(argv: list[str] | None = None) -> int:
         res["replay_with_apply_ratio_to_in_memory"] = round(
             rep["cmds_per_s"] / mem["cmds_per_s"], 3)
         res["replay_equals_live"] = rep["state_hash"] == dur["state_hash"]
+        res["cmds_per_cpu_s"] = {
+            "in_memory": round(a.commands / mem["cpu_s"]),
+            "durable_core_process": round(a.commands / dur["cpu_s"]),
+            "replay_journal_side": round(rep["commands"] / rep["decode_cpu_s"]),
+            "replay_with_apply": round(rep["commands"] / rep["cpu_s"]),
+        }
+        say(f"per CPU-second: in memory {res['cmds_per_cpu_s']['in_memory']:,}, durable "
+            f"(core's process; the writer runs on the other core) "
+            f"{res['cmds_per_cpu_s']['durable_core_process']:,}, replay journal side "
+            f"{res['cmds_per_cpu_s']['replay_journal_side']:,}, replay with apply "
+            f"{res['cmds_per_cpu_s']['replay_with_apply']:,}")
         say(f"replay: journal side (read, verify chain, decode to commands) "
             f"{rep['decode_cmds_per_s']:,.0f} cmds/s; with the core applying them "
             f"{rep['cmds_per_s']:,.0f} cmds/s (core-bound); state equal: "
@@ -371,8 +387,11 @@ def main(argv: list[str] | None = None) -> int:
             "replay_with_apply_cmds_per_s": "full rebuild: the above plus Exchange.apply",
             "durable_cmds_per_s": "pipelined submit through CoreRunner + SQLite, clock stops "
                                   "when the last command is durable",
-            "durable_ratio_cpu": "process CPU seconds in memory / durable (both threads): the "
-                                 "ratio without the shared machine's scheduling noise",
+            "durable_ratio_cpu": "process CPU seconds in memory / durable (the core's "
+                                 "process, all threads; the SQLite writer process runs on "
+                                 "the other core): the ratio without the shared machine's "
+                                 "scheduling noise",
+            "cmds_per_cpu_s": "commands per CPU-second of this process, per phase",
             "recovery_s_per_million": "CoreRunner.start() on a log of recovery_log_commands "
                                       "(full chain check + latest snapshot + worst-case tail), "
                                       "per million commands",
