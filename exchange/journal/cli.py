@@ -30,7 +30,7 @@ def _open(args):
     if target is None:
         from ..config import load_settings
         target = default_target(load_settings(args.config))
-    opts = {"repair_tail": False}
+    opts = {"readonly": True}
     if target.startswith(("postgresql://", "postgres://")):
         opts["schema"] = args.schema
     return target, open_journal(target, **opts)

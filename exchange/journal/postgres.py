@@ -30,6 +30,7 @@ class PostgresJournal(Journal):
                  readonly: bool = False):
         super().__init__()
         repair_tail = repair_tail and not readonly
+        self.readonly = readonly
         self.dsn = dsn
         self.schema = schema
         self.target = f"{_redact(dsn)} (schema {schema})"
@@ -56,15 +57,12 @@ class PostgresJournal(Journal):
             if self.repair_tail and not await con.fetchval(
                     "SELECT pg_try_advisory_lock($1)", lock_key):
                 raise JournalError(f"journal {self.target} is open by another writer")
-            await con.execute(f"""
-                CREATE SCHEMA IF NOT EXISTS {_ident(self.schema)};
-                CREATE TABLE IF NOT EXISTS {self._t} (
-                    seq bigint PRIMARY KEY, ts bigint NOT NULL,
-                    payload bytea NOT NULL, hash bytea NOT NULL);
-                CREATE TABLE IF NOT EXISTS {self._s} (
-                    seq bigint PRIMARY KEY, chain_hash bytea NOT NULL,
-                    data_hash bytea NOT NULL, data bytea NOT NULL);
-            """)
+            if self.readonly:
+                name = f"{_ident(self.schema)}.journal_commands"
+                if await con.fetchval("SELECT to_regclass($1)", name) is None:
+                    raise JournalError(f"no journal at {self.target}")
+            else:
+                await self._create()
             await self._drop_torn_tail()
             n, lo, hi = await con.fetchrow(f"SELECT count(*), min(seq), max(seq) FROM {self._t}")
             if n:
@@ -82,6 +80,17 @@ class PostgresJournal(Journal):
             await con.close()
             self._con = None
             raise
+
+    async def _create(self) -> None:
+        await self._con.execute(f"""
+            CREATE SCHEMA IF NOT EXISTS {_ident(self.schema)};
+            CREATE TABLE IF NOT EXISTS {self._t} (
+                seq bigint PRIMARY KEY, ts bigint NOT NULL,
+                payload bytea NOT NULL, hash bytea NOT NULL);
+            CREATE TABLE IF NOT EXISTS {self._s} (
+                seq bigint PRIMARY KEY, chain_hash bytea NOT NULL,
+                data_hash bytea NOT NULL, data bytea NOT NULL);
+        """)
 
     async def _drop_torn_tail(self) -> None:
         rows = await self._con.fetch(

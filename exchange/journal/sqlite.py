@@ -142,6 +142,8 @@ class SQLiteJournal(Journal):
         return resp
 
     def _open_sync(self) -> None:
+        if self.readonly and not os.path.exists(self.path):
+            raise JournalError(f"no journal at {self.path}")
         d = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(d, exist_ok=True)
         con = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
