@@ -16,9 +16,9 @@ Interfaces with the rules module (``ex.modules.get("rules")``, optional):
 * rules calls :meth:`ComplianceModule.add_obligation` back.
 
 Trades are not compliance commands, but a statement lists them and the penalty uses the
-period's average allowance price, so the module wraps the core's order handlers (place, amend)
-and keeps per firm/period/instrument aggregates of the trades they produce (the wrapper chains
-to whatever handler was registered before it).
+period's average allowance price, so the module listens to the core's trades
+(``Exchange.trade_listeners``, called as each fill settles) and keeps per firm/period/instrument
+aggregates of them.
 """
 from __future__ import annotations
 
@@ -26,7 +26,6 @@ import copy
 
 from ..core import errors as E
 from ..core.accounts import BANK, CASH, LOT_SUB_QUOTA, RETIRED, post_cash
-from ..core.commands import AmendOrder, PlaceOrder
 from ..core.events import Posting, Trade
 from ..core.exchange import Module
 from ..core.units import BPS
@@ -101,6 +100,7 @@ class ComplianceModule(Module):
         # sub-quota lot id -> what compliance did with it
         self.sub_quota_use: dict[int, dict] = {}
         self._period_starts: list[tuple[int, int]] = []
+        ex.trade_listeners.append(self._on_trade)
 
     # ================================================================== wiring
     def handlers(self):
@@ -115,23 +115,11 @@ class ComplianceModule(Module):
             SetOffsetCap: self._set_cap,
             ProcessComplianceDeadline: self._deadline,
         }
-        for cls in (PlaceOrder, AmendOrder):
-            prev = self.ex._handlers.get(cls)
-            if prev is not None:
-                h[cls] = self._observing(prev)
         return h
 
-    def _observing(self, prev):
-        def handler(cmd):
-            evs = prev(cmd)
-            # a fill produces at least two execution reports and a trade: cheaper to skip
-            # the scan for the usual order that only rests (new + book update)
-            if len(evs) > 2 and self._period_starts:
-                for ev in evs:
-                    if type(ev) is Trade:
-                        self._record_trade(ev)
-            return evs
-        return handler
+    def _on_trade(self, t: Trade) -> None:
+        if self._period_starts:
+            self._record_trade(t)
 
     def _record_trade(self, t: Trade) -> None:
         period = self.period_of(t.ts)

@@ -32,9 +32,9 @@ from typing import Any, Callable
 from . import errors as E
 from .accounts import (
     BANK, CASH, EXCHANGE_ACCOUNT, ISSUER, LOT_PURCHASE, LOT_SUB_QUOTA, LOT_TRANSFER, RETIRED,
-    SYSTEM_ACCOUNTS, Account, post_cash, put_units, take_units,
+    SYSTEM_ACCOUNTS, Account, Holding, post_cash, put_units, take_units,
 )
-from .book import BUY, SELL, STP_POLICIES, Order, OrderBook
+from .book import BUY, SELL, STP_POLICIES, Level, Order, OrderBook
 from .commands import (
     DAY, FOK, GTC, IOC, LIMIT, MARKET, AddInstrument, AmendOrder, CancelAll, CancelOrder,
     CreateSubQuota, DepositCash, EndOfDay, Halt, IssueUnits, PlaceOrder, RegisterFirm,
@@ -51,6 +51,34 @@ from .units import PPM, fee_ceil, fee_floor
 
 _TIFS = (GTC, DAY, IOC, FOK)
 SEGMENT_ACCESS = ("all", "sme_sell_any_buy", "sme_only", "members")
+
+_new = object.__new__  # hot-path object construction without a class call (see _place)
+
+
+def _check_fast_construction() -> None:
+    """The hot paths build these objects slot by slot; a field added to one of them must be
+    added there too. Checked at import (not with assert: it must hold under ``python -O``)."""
+    expected = {
+        Order: ("order_id", "account", "client_order_id", "instrument", "segment", "side",
+                "price", "qty", "leaves", "cum_qty", "tif", "post_only", "reserved", "status",
+                "seq"),
+        ExecutionReport: ("account", "order_id", "client_order_id", "instrument", "segment",
+                          "side", "exec_type", "order_status", "price", "qty", "last_qty",
+                          "last_px", "cum_qty", "leaves_qty", "reason", "trade_id", "fee",
+                          "liquidity", "ts"),
+        Trade: ("trade_id", "instrument", "segment", "price", "qty", "buyer", "seller",
+                "buy_order_id", "sell_order_id", "aggressor", "buyer_fee", "seller_fee",
+                "proceeds_split", "ts"),
+        BookUpdate: ("instrument", "segment", "book_seq", "changes"),
+    }
+    for cls, names in expected.items():
+        have = cls.__slots__ if cls is Order else cls._FIELDS
+        if tuple(have) != names:
+            raise RuntimeError(f"{cls.__name__} fields changed: update the object.__new__ "
+                               f"construction in exchange/core/exchange.py")
+
+
+_check_fast_construction()
 
 
 @command("add_segment")
@@ -208,6 +236,9 @@ class Exchange:
             a: Account(a, system=True, can_trade=False) for a in SYSTEM_ACCOUNTS}
         self.chains: dict[str, dict] = {}
         self.sub_quotas: dict[int, dict] = {}
+        # called with each Trade as it settles (modules that observe trades, e.g. compliance):
+        # cheaper than wrapping the order handlers, and costs nothing for orders that only rest
+        self.trade_listeners: list[Callable[[Trade], None]] = []
         self._handlers: dict[type, Callable] = {
             PlaceOrder: self._place, CancelOrder: self._cancel, AmendOrder: self._amend,
             CancelAll: self._cancel_all, AddSegment: self._add_segment,
@@ -415,10 +446,28 @@ class Exchange:
             raise E.Reject(E.FOK_NOT_FILLED, "fill-or-kill order cannot be filled in full")
 
         # ---- accepted: from here on nothing may raise
+        # Order, ExecutionReport, Trade and BookUpdate objects on the hot paths are made with
+        # object.__new__ and direct slot stores: same class, same attributes, but without the
+        # class call into a Python __init__ (about 40 % of the object's cost, measured).
+        # _check_fast_construction() below pins the field lists these blocks fill in.
         oid = self.next_order_id
         self.next_order_id = oid + 1
-        o = Order(oid, acct.firm_id, coid, symbol, segment, side, price, qty, tif, post_only,
-                  cmd.seq)
+        firm_id = acct.firm_id
+        o = _new(Order)  # Order(oid, firm_id, coid, symbol, segment, side, price, qty, tif, ...)
+        o.order_id = oid
+        o.account = firm_id
+        o.client_order_id = coid
+        o.instrument = symbol
+        o.segment = segment
+        o.side = side
+        o.price = price
+        o.qty = qty
+        o.leaves = qty
+        o.cum_qty = 0
+        o.tif = tif
+        o.post_only = post_only
+        o.status = ST_NEW
+        o.seq = cmd.seq
         if side == BUY:
             o.reserved = need
             acct.cash_reserved += need
@@ -428,8 +477,27 @@ class Exchange:
         acct.orders[oid] = o
         if coid is not None:
             acct.coids[coid] = oid
-        events = [ExecutionReport(acct.firm_id, oid, coid, symbol, segment, side, EXEC_NEW,
-                                  ST_NEW, price, qty, 0, 0, 0, qty, None, 0, 0, None, cmd.ts)]
+        er = _new(ExecutionReport)
+        er.account = firm_id
+        er.order_id = oid
+        er.client_order_id = coid
+        er.instrument = symbol
+        er.segment = segment
+        er.side = side
+        er.exec_type = EXEC_NEW
+        er.order_status = ST_NEW
+        er.price = price
+        er.qty = qty
+        er.last_qty = 0
+        er.last_px = 0
+        er.cum_qty = 0
+        er.leaves_qty = qty
+        er.reason = None
+        er.trade_id = 0
+        er.fee = 0
+        er.liquidity = None
+        er.ts = cmd.ts
+        events = [er]
         if side == BUY:  # book.crosses(side, price), inlined
             opp = book.asks
             crosses = opp and opp._list._lists[0][0] <= price
@@ -438,26 +506,50 @@ class Exchange:
             crosses = opp and -opp._list._lists[0][0] >= price
         if crosses:
             self._execute(o, book, instr, rules, acct, events)
+        changes = book.changes
         if o.leaves and o.status != ST_CANCELED:  # not cancelled by self-trade prevention
             if tif == GTC or tif == DAY:
-                book.add(o)
+                # book.add(o), inlined
+                if side == BUY:
+                    side_map = book.bids
+                    k = -price
+                else:
+                    side_map = book.asks
+                    k = price
+                level = side_map.get(k)
+                if level is None:
+                    level = Level()
+                    level.qty = 0
+                    side_map[k] = level
+                level[oid] = o
+                lq = level.qty + o.leaves
+                level.qty = lq
+                book.orders[oid] = o
+                changes.append((side, price, lq))
             else:
                 o.status = ST_CANCELED
                 self._release(o, acct)
                 self._forget(o, acct)
                 events.append(self._er(o, EXEC_CANCELED,
                                        "UNFILLED_MARKET" if otype == MARKET else "UNFILLED_IOC"))
-        if book.changes:
+        if changes:
             if self.emit_book_updates:
-                book.seq += 1
-                events.append(BookUpdate(symbol, segment, book.seq, book.drain_changes()))
-            else:
-                book.changes.clear()
+                bseq = book.seq + 1
+                book.seq = bseq
+                bu = _new(BookUpdate)  # BookUpdate(symbol, segment, bseq, book.drain_changes())
+                bu.instrument = symbol
+                bu.segment = segment
+                bu.book_seq = bseq
+                bu.changes = tuple(changes)
+                events.append(bu)
+            changes.clear()
         return events
 
     def _execute(self, o: Order, book: OrderBook, instr: Instrument, rules: SegmentRules,
                  acct: Account, events: list) -> None:
-        """Match ``o`` as the aggressor and settle every fill."""
+        """Match ``o`` as the aggressor and settle every fill, atomically per fill: units
+        seller->buyer, cash buyer->seller, fees to the exchange, sub-quota proceeds to parents,
+        reservations released; then the two execution reports and the trade."""
         fills: list = []
         stp_cancels: list = []
         killed = book.match(o, o.price, acct.stp_policy, fills, stp_cancels)
@@ -468,90 +560,162 @@ class Exchange:
             self._forget(maker, accounts[maker.account])
             events.append(self._er(maker, EXEC_CANCELED, E.SELF_TRADE_PREVENTED))
         if fills:
+            # per-command constants of the settlement loop (formerly _settle, one call per fill)
             fee_bps = rules.fee_bps
+            symbol = instr.symbol
+            segment = o.segment
+            taker_side = o.side
+            taker_buys = taker_side == BUY
+            now = self.now
+            listeners = self.trade_listeners
+            append = events.append
             for maker, q, px in fills:
                 o.leaves -= q
                 o.cum_qty += q
-                self._settle(o, maker, q, px, acct, accounts[maker.account], instr, fee_bps,
-                             events)
+                macct = accounts[maker.account]
+                if taker_buys:
+                    bo, so, bacct, sacct = o, maker, acct, macct
+                else:
+                    bo, so, bacct, sacct = maker, o, macct, acct
+                notional = px * q
+                bfee = sfee = notional * fee_bps // 10_000  # same rate both sides: see fee_floor
+                # buyer: pay notional + fee out of the order's reservation
+                bl = bo.leaves
+                if bl:
+                    n = bo.price * bl
+                    new_res = n - ((-n * fee_bps) // 10_000)  # buy_reserve, inlined
+                else:
+                    new_res = 0
+                bacct.cash_reserved -= bo.reserved - new_res
+                bo.reserved = new_res
+                bacct.cash -= notional  # post_cash(bacct, sacct, notional), inlined
+                sacct.cash += notional
+                if bfee:
+                    exch = accounts[EXCHANGE_ACCOUNT]
+                    bacct.cash -= bfee
+                    exch.cash += bfee
+                    sacct.cash -= sfee
+                    exch.cash += sfee
+                # seller: units out of the reservation, FIFO over lots
+                sh = sacct.holdings[symbol]
+                sh.reserved -= q
+                so.reserved -= q
+                lots = sh.lots
+                for lot_key in lots:  # the oldest lot
+                    break
+                else:
+                    lot_key = ""
+                have = lots.get(lot_key, 0)
+                if have > q and not lot_key.startswith(LOT_SUB_QUOTA):
+                    # take_units' fast path, inlined: the oldest lot covers the fill
+                    sh.total -= q
+                    lots[lot_key] = have - q
+                    split = ()
+                else:
+                    taken = take_units(sacct, symbol, q)
+                    split = ()
+                    if len(taken) > 1 or taken[0][0].startswith(LOT_SUB_QUOTA):
+                        split = self._split_proceeds(sacct, taken, q, notional - sfee)
+                # put_units(bacct, symbol, q, LOT_PURCHASE), inlined
+                bh = bacct.holdings.get(symbol)
+                if bh is None:
+                    bh = bacct.holdings[symbol] = Holding()
+                bh.total += q
+                blots = bh.lots
+                blots[LOT_PURCHASE] = blots.get(LOT_PURCHASE, 0) + q
+                # order states and reports
+                tid = self.next_trade_id
+                self.next_trade_id = tid + 1
+                if maker.leaves:
+                    maker.status = ST_PARTIAL
+                else:
+                    maker.status = ST_FILLED
+                    del macct.orders[maker.order_id]
+                    if maker.client_order_id is not None:
+                        del macct.coids[maker.client_order_id]
+                if o.leaves:
+                    o.status = ST_PARTIAL
+                else:
+                    o.status = ST_FILLED
+                    del acct.orders[o.order_id]
+                    if o.client_order_id is not None:
+                        del acct.coids[o.client_order_id]
+                er = _new(ExecutionReport)  # the maker's report
+                er.account = maker.account
+                er.order_id = maker.order_id
+                er.client_order_id = maker.client_order_id
+                er.instrument = maker.instrument
+                er.segment = maker.segment
+                er.side = maker.side
+                er.exec_type = EXEC_TRADE
+                er.order_status = maker.status
+                er.price = maker.price
+                er.qty = maker.qty
+                er.last_qty = q
+                er.last_px = px
+                er.cum_qty = maker.cum_qty
+                er.leaves_qty = maker.leaves
+                er.reason = None
+                er.trade_id = tid
+                er.fee = bfee
+                er.liquidity = "maker"
+                er.ts = now
+                append(er)
+                er = _new(ExecutionReport)  # the taker's report
+                er.account = o.account
+                er.order_id = o.order_id
+                er.client_order_id = o.client_order_id
+                er.instrument = o.instrument
+                er.segment = segment
+                er.side = taker_side
+                er.exec_type = EXEC_TRADE
+                er.order_status = o.status
+                er.price = o.price
+                er.qty = o.qty
+                er.last_qty = q
+                er.last_px = px
+                er.cum_qty = o.cum_qty
+                er.leaves_qty = o.leaves
+                er.reason = None
+                er.trade_id = tid
+                er.fee = bfee
+                er.liquidity = "taker"
+                er.ts = now
+                append(er)
+                t = _new(Trade)
+                t.trade_id = tid
+                t.instrument = symbol
+                t.segment = segment
+                t.price = px
+                t.qty = q
+                t.buyer = bacct.firm_id
+                t.seller = sacct.firm_id
+                t.buy_order_id = bo.order_id
+                t.sell_order_id = so.order_id
+                t.aggressor = taker_side
+                t.buyer_fee = bfee
+                t.seller_fee = sfee
+                t.proceeds_split = split
+                t.ts = now
+                append(t)
+                for listener in listeners:
+                    listener(t)
+                # day statistics
+                if not instr.day_trades:
+                    instr.day_open = instr.day_high = instr.day_low = px
+                elif px > instr.day_high:
+                    instr.day_high = px
+                elif px < instr.day_low:
+                    instr.day_low = px
+                instr.last = px
+                instr.day_trades += 1
+                instr.day_volume += q
+                instr.day_notional += notional
         if killed and o.leaves:
             o.status = ST_CANCELED
             self._release(o, acct)
             self._forget(o, acct)
             events.append(self._er(o, EXEC_CANCELED, E.SELF_TRADE_PREVENTED))
-
-    def _settle(self, taker: Order, maker: Order, q: int, px: int, tacct: Account,
-                macct: Account, instr: Instrument, fee_bps: int, events: list) -> None:
-        """One fill, settled atomically: units seller->buyer, cash buyer->seller, fees to the
-        exchange, sub-quota proceeds to parents, reservations released."""
-        if taker.side == BUY:
-            bo, so, bacct, sacct = taker, maker, tacct, macct
-        else:
-            bo, so, bacct, sacct = maker, taker, macct, tacct
-        notional = px * q
-        bfee = sfee = notional * fee_bps // 10_000  # same rate both sides: see fee_floor
-        symbol = instr.symbol
-        exch = self.accounts[EXCHANGE_ACCOUNT]
-        # buyer: pay notional + fee out of the order's reservation
-        if bo.leaves:
-            n = bo.price * bo.leaves
-            new_res = n - ((-n * fee_bps) // 10_000)  # buy_reserve, inlined
-        else:
-            new_res = 0
-        bacct.cash_reserved -= bo.reserved - new_res
-        bo.reserved = new_res
-        post_cash(bacct, sacct, notional)
-        if bfee:
-            post_cash(bacct, exch, bfee)
-            post_cash(sacct, exch, sfee)
-        # seller: units out of the reservation, FIFO over lots
-        sh = sacct.holdings[symbol]
-        sh.reserved -= q
-        so.reserved -= q
-        taken = take_units(sacct, symbol, q)
-        split = ()
-        if len(taken) > 1 or taken[0][0].startswith(LOT_SUB_QUOTA):
-            split = self._split_proceeds(sacct, taken, q, notional - sfee)
-        put_units(bacct, symbol, q, LOT_PURCHASE)
-        # order states and reports
-        tid = self.next_trade_id
-        self.next_trade_id = tid + 1
-        now = self.now
-        if maker.leaves:
-            maker.status = ST_PARTIAL
-        else:
-            maker.status = ST_FILLED
-            del macct.orders[maker.order_id]
-            if maker.client_order_id is not None:
-                del macct.coids[maker.client_order_id]
-        if taker.leaves:
-            taker.status = ST_PARTIAL
-        else:
-            taker.status = ST_FILLED
-            del tacct.orders[taker.order_id]
-            if taker.client_order_id is not None:
-                del tacct.coids[taker.client_order_id]
-        events.append(ExecutionReport(
-            maker.account, maker.order_id, maker.client_order_id, maker.instrument,
-            maker.segment, maker.side, EXEC_TRADE, maker.status, maker.price, maker.qty, q, px,
-            maker.cum_qty, maker.leaves, None, tid, bfee, "maker", now))
-        events.append(ExecutionReport(
-            taker.account, taker.order_id, taker.client_order_id, taker.instrument,
-            taker.segment, taker.side, EXEC_TRADE, taker.status, taker.price, taker.qty, q, px,
-            taker.cum_qty, taker.leaves, None, tid, bfee, "taker", now))
-        events.append(Trade(tid, symbol, taker.segment, px, q, bacct.firm_id, sacct.firm_id,
-                            bo.order_id, so.order_id, taker.side, bfee, sfee, split, now))
-        # day statistics
-        if not instr.day_trades:
-            instr.day_open = instr.day_high = instr.day_low = px
-        elif px > instr.day_high:
-            instr.day_high = px
-        elif px < instr.day_low:
-            instr.day_low = px
-        instr.last = px
-        instr.day_trades += 1
-        instr.day_volume += q
-        instr.day_notional += notional
 
     def _split_proceeds(self, seller: Account, taken: list, q: int, net: int) -> tuple:
         """Pay each sub-quota lot's parent its share of the seller's net proceeds."""
@@ -609,23 +773,61 @@ class Exchange:
         if o.client_order_id is not None:
             del acct.coids[o.client_order_id]
         book = self.books[(o.instrument, o.segment)]
-        book.remove(oid)
+        # book.remove(oid), inlined
+        del book.orders[oid]
+        side = o.side
+        price = o.price
+        if side == BUY:
+            side_map = book.bids
+            k = -price
+        else:
+            side_map = book.asks
+            k = price
+        level = side_map[k]
+        del level[oid]
+        lq = level.qty - o.leaves
+        level.qty = lq
+        if not level:
+            del side_map[k]
+        changes = book.changes
+        changes.append((side, price, lq))
         o.status = ST_CANCELED
-        if o.side == BUY:
+        if side == BUY:
             acct.cash_reserved -= o.reserved
         else:
             acct.holdings[o.instrument].reserved -= o.reserved
         o.reserved = 0
-        events = [ExecutionReport(
-            o.account, oid, o.client_order_id, o.instrument, o.segment, o.side, EXEC_CANCELED,
-            ST_CANCELED, o.price, o.qty, 0, 0, o.cum_qty, 0, "CANCELED_BY_CLIENT", 0, 0,
-            None, cmd.ts)]
+        er = _new(ExecutionReport)
+        er.account = o.account
+        er.order_id = oid
+        er.client_order_id = o.client_order_id
+        er.instrument = o.instrument
+        er.segment = o.segment
+        er.side = side
+        er.exec_type = EXEC_CANCELED
+        er.order_status = ST_CANCELED
+        er.price = price
+        er.qty = o.qty
+        er.last_qty = 0
+        er.last_px = 0
+        er.cum_qty = o.cum_qty
+        er.leaves_qty = 0
+        er.reason = "CANCELED_BY_CLIENT"
+        er.trade_id = 0
+        er.fee = 0
+        er.liquidity = None
+        er.ts = cmd.ts
+        events = [er]
         if self.emit_book_updates:
-            book.seq += 1
-            events.append(BookUpdate(book.instrument, book.segment, book.seq,
-                                     book.drain_changes()))
-        else:
-            book.changes.clear()
+            bseq = book.seq + 1
+            book.seq = bseq
+            bu = _new(BookUpdate)
+            bu.instrument = book.instrument
+            bu.segment = book.segment
+            bu.book_seq = bseq
+            bu.changes = tuple(changes)
+            events.append(bu)
+        changes.clear()
         return events
 
     def _cancel_all(self, cmd: CancelAll) -> list:
