@@ -903,3 +903,31 @@ def test_amend_respects_the_lot():
     assert reject_code(m.apply(AmendOrder(account="S", order_id=b, qty=15))) == E.BAD_LOT
     assert reports(m.apply(AmendOrder(account="S", order_id=b, qty=10)))[0].exec_type == \
         "replaced"
+
+
+def test_sub_quota_split_two_parents_by_hand():
+    """Units from two parents' sub-quota lots in one fill: each lot's portion of the net is
+    floor(net x lot units / fill units); the fen the floors leave over stays with the seller."""
+    m = Market(sme_fee_bps=3)
+    m.firm("P1", units=100)
+    m.firm("P2", units=100)
+    m.firm("SME", size_class="sme")
+    m.firm("BUYER", cash=BIG)
+    m.chain("c1", "P1", "SME")
+    m.chain("c2", "P2", "SME")
+    m.apply(CreateSubQuota(parent="P1", sme="SME", instrument=CEA, qty=6,
+                           revenue_share_ppm=500_000, chain_id="c1"))
+    m.apply(CreateSubQuota(parent="P2", sme="SME", instrument=CEA, qty=4,
+                           revenue_share_ppm=250_000, chain_id="c2"))
+    m.sell("SME", 8_003, 7, segment="sme")
+    (t,) = trades(m.buy("BUYER", 8_003, 7, segment="sme"))
+    # notional 56,021; fee floor(16.8063) = 16; net 56,005
+    # lot 1 (6 t): portion floor(56,005 x 6 / 7) = 48,004 -> SME 24,002, P1 24,002
+    # lot 2 (1 t): portion floor(56,005 / 7) = 8,000 -> SME 2,000, P2 6,000
+    assert t.seller_fee == 16
+    assert t.proceeds_split == (("P1", 24_002), ("SME", 24_002), ("P2", 6_000), ("SME", 2_000))
+    assert m.cash("P1") == 24_002 and m.cash("P2") == 6_000
+    assert m.cash("SME") == 56_005 - 24_002 - 6_000 == 26_003  # 1 fen of floors stays
+    lots = m.ex.sub_quotas
+    assert (lots[1]["sold"], lots[1]["held"], lots[2]["sold"], lots[2]["held"]) == (6, 0, 1, 3)
+    m.ex.check_invariants()
