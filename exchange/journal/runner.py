@@ -25,6 +25,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
+import sys
 import time
 
 import orjson
@@ -144,7 +146,8 @@ class _Batch:
 class CoreRunner:
     def __init__(self, exchange, journal: Journal, *, snapshot_every_commands: int = 100_000,
                  snapshot_every_seconds: float = 300.0, clock: Callable[[], int] = time.time_ns,
-                 verify: str = "full", gc_freeze: bool = False):
+                 verify: str = "full", gc_freeze: bool = False,
+                 fork_snapshots: bool | None = None):
         """``verify``: "full" checks the whole hash chain on start (default); "tail" only the
         records replayed after the snapshot (the snapshot is still checked to sit on the
         chain). ``gc_freeze``: move the recovered state - and, after each snapshot, everything
@@ -159,6 +162,9 @@ class CoreRunner:
         self.clock = clock
         self.verify = verify
         self.gc_freeze = gc_freeze
+        # serialise snapshots in a forked child (Linux): no pause of the event loop
+        self.fork_snapshots = (hasattr(os, "fork") and sys.platform.startswith("linux")
+                               if fork_snapshots is None else fork_snapshots)
         self._listeners: list[Callable] = []
         self._last_ts = 0
         self._durable_seq = 0
@@ -323,13 +329,43 @@ class CoreRunner:
         b.records.append((m.seq, m.ts, _dumps(fast_encode(m))))
         if self._listeners:
             b.applied.append((m, []))
-        b.snapshot = (m.seq, snapshot_bytes(ex))
+        data = self._fork_snapshot(ex) if self.fork_snapshots else None
+        b.snapshot = (m.seq, data if data is not None else snapshot_bytes(ex))
         if b.snapshot_written is None:
             b.snapshot_written = asyncio.get_running_loop().create_future()
         if len(b.records) == 1:
             self._wake.set()
         self._since_snapshot = 0
         self._snapshot_at = time.monotonic()
+
+    def _fork_snapshot(self, ex):
+        """Serialise the state in a forked child (a copy-on-write image of this instant), so
+        the event loop does not pause for it: returns a future of the bytes, or None when
+        fork is not possible (then the caller serialises inline)."""
+        try:
+            r, w = os.pipe()
+        except OSError:
+            return None
+        try:
+            pid = os.fork()
+        except OSError as e:
+            os.close(r)
+            os.close(w)
+            log.warning("fork for a snapshot failed (%r); serialising inline", e)
+            return None
+        if pid == 0:  # the child: serialise, write, leave without any clean-up
+            code = 1
+            try:
+                os.close(r)
+                gc.disable()
+                view = memoryview(snapshot_bytes(ex))
+                while view:
+                    view = view[os.write(w, view):]
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(w)
+        return asyncio.get_running_loop().run_in_executor(None, _collect_child, pid, r)
 
     async def snapshot(self) -> int:
         """Take a snapshot now (a marker in the stream); return its seq once it is stored."""
@@ -383,7 +419,10 @@ class CoreRunner:
             b.future.set_result(None)
             if b.snapshot is not None:
                 try:
-                    await j.write_snapshot(*b.snapshot)
+                    seq, data = b.snapshot
+                    if not isinstance(data, bytes):
+                        data = await data  # from the forked child
+                    await j.write_snapshot(seq, data)
                     b.snapshot_written.set_result(None)
                     if self.gc_freeze:
                         gc.freeze()
@@ -442,6 +481,23 @@ async def _finish_chain_check(proc) -> None:
         raise JournalCorruptError(res["corrupt_seq"], res["reason"])
     if "error" in res:
         raise JournalError(res["error"])
+
+
+def _collect_child(pid: int, fd: int) -> bytes:
+    """Read a forked snapshot child's output to EOF and reap it (on an executor thread)."""
+    chunks = []
+    try:
+        while True:
+            c = os.read(fd, 1 << 20)
+            if not c:
+                break
+            chunks.append(c)
+    finally:
+        os.close(fd)
+        _, status = os.waitpid(pid, 0)
+    if not os.WIFEXITED(status) or os.WEXITSTATUS(status) != 0:
+        raise JournalError(f"snapshot child {pid} failed (status {status})")
+    return b"".join(chunks)
 
 
 async def replay_into(ex, journal: Journal, from_seq: int = 1, to_seq: int | None = None) -> int:
