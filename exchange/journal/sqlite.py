@@ -13,6 +13,7 @@ import itertools
 import os
 import sqlite3
 import struct
+import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
@@ -40,6 +41,22 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 """
 FORMAT_VERSION = "1"
+
+
+def _read_exact(f, n: int) -> bytes | None:
+    buf = bytearray()
+    while len(buf) < n:
+        c = f.read(n - len(buf))
+        if not c:
+            return None
+        buf += c
+    return bytes(buf)
+
+
+def _write_all(f, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[f.write(view):]
 
 
 _WRITER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "writer.py")
@@ -97,9 +114,11 @@ class SQLiteJournal(Journal):
                 await self._start_writer()
         except BaseException:
             if self._proc is not None:
-                if self._proc.returncode is None:
+                if self._proc.poll() is None:
                     self._proc.kill()
-                await self._proc.wait()
+                self._proc.wait()
+                self._proc.stdin.close()
+                self._proc.stdout.close()
                 self._proc = None
             if self._con is not None:
                 await self._call(self._close_sync)
@@ -109,37 +128,44 @@ class SQLiteJournal(Journal):
 
     async def _start_writer(self) -> None:
         # the script by path, not ``-m``: it needs only the standard library, and skipping
-        # the package import keeps its start-up to a few tens of milliseconds
+        # the package import keeps its start-up to a few tens of milliseconds. Plain pipes
+        # written and read by the journal's worker thread (blocking, GIL released): asyncio's
+        # pipe transport re-copied its buffer on every partial write of a multi-MB batch.
         env = dict(os.environ, JOURNAL_KEEP_SNAPSHOTS=str(self.keep_snapshots))
-        self._proc = await asyncio.create_subprocess_exec(
-            sys.executable, _WRITER_SCRIPT, self.path,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env)
+        self._proc = subprocess.Popen([sys.executable, _WRITER_SCRIPT, self.path],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      bufsize=0, env=env, close_fds=True)
         try:
-            k, n = _HEAD.unpack(await self._proc.stdout.readexactly(_HEAD.size))
-            hello = await self._proc.stdout.readexactly(n)
-        except (ConnectionError, asyncio.IncompleteReadError) as e:
+            hello = await self._call(self._recv_sync)
+        except JournalError as e:
             raise JournalError(f"journal writer process for {self.path} did not start: "
-                               f"{e!r}") from None
-        if k != ord("K"):
-            raise JournalError(f"journal writer: {hello.decode(errors='replace')}")
+                               f"{e}") from None
         if (_LAST.unpack_from(hello)[0], hello[8:40]) != (self.last_seq, self.last_hash):
             raise JournalError(f"journal writer for {self.path} sees a different end of the "
                                f"log (seq {_LAST.unpack_from(hello)[0]}, not {self.last_seq})")
 
-    async def _send(self, kind: bytes, body: bytes) -> bytes:
+    def _recv_sync(self) -> bytes:
         proc = self._proc
-        try:
-            proc.stdin.write(_HEAD.pack(kind[0], len(body)))
-            proc.stdin.write(body)
-            await proc.stdin.drain()
-            k, n = _HEAD.unpack(await proc.stdout.readexactly(_HEAD.size))
-            resp = await proc.stdout.readexactly(n)
-        except (ConnectionError, asyncio.IncompleteReadError) as e:
+        head = _read_exact(proc.stdout, _HEAD.size)
+        k, n = _HEAD.unpack(head) if head is not None else (None, 0)
+        resp = _read_exact(proc.stdout, n) if k is not None else None
+        if k is None or resp is None:
             raise JournalError(f"journal writer process for {self.path} died "
-                               f"(exit {proc.returncode}): {e!r}") from None
+                               f"(exit {proc.poll()})")
         if k != ord("K"):
             raise JournalError(f"journal writer: {resp.decode(errors='replace')}")
         return resp
+
+    def _send_sync(self, frame: bytes) -> bytes:
+        try:
+            _write_all(self._proc.stdin, frame)
+        except (BrokenPipeError, ValueError, OSError) as e:
+            raise JournalError(f"journal writer process for {self.path} died "
+                               f"(exit {self._proc.poll()}): {e!r}") from None
+        return self._recv_sync()
+
+    async def _send(self, kind: bytes, body: bytes) -> bytes:
+        return await self._call(self._send_sync, _HEAD.pack(kind[0], len(body)) + body)
 
     def _open_sync(self) -> None:
         if self.readonly and not os.path.exists(self.path):
@@ -218,22 +244,34 @@ class SQLiteJournal(Journal):
         if self._pool is None:
             return
         if self._proc is not None:
-            proc, self._proc = self._proc, None
+            proc = self._proc
             try:
-                if proc.returncode is None:
-                    proc.stdin.write(_HEAD.pack(ord("Q"), 0))
-                    await proc.stdin.drain()
-                    proc.stdin.close()
-                    await asyncio.wait_for(proc.wait(), 30)
+                async with self._lock:
+                    await self._call(self._quit_sync)
             except Exception:
-                if proc.returncode is None:
+                if proc.poll() is None:
                     proc.kill()
-                    await proc.wait()
+                await self._call(proc.wait)
+            self._proc = None
         try:
             await self._call(self._close_sync)
         finally:
             self._pool.shutdown(wait=True)
             self._pool = None
+
+    def _quit_sync(self) -> None:
+        proc = self._proc
+        try:
+            if proc.poll() is None:
+                _write_all(proc.stdin, _HEAD.pack(ord("Q"), 0))
+                proc.stdin.close()
+                proc.wait(30)
+        finally:
+            for f in (proc.stdin, proc.stdout):
+                try:
+                    f.close()
+                except OSError:
+                    pass
 
     def _close_sync(self) -> None:
         if self._con is not None:
