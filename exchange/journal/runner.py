@@ -19,6 +19,11 @@ durable. Nothing is acknowledged that a restart could lose.
 
 If the journal fails to write, the runner stops accepting commands (:class:`RunnerFailed`):
 the core has applied commands the log does not hold, so the process must restart and recover.
+
+Listeners see the commands submitted while they are registered: add them before the first
+submit. Do not mutate a command after submitting it. Snapshots are serialised in a forked
+child on Linux (``fork_snapshots``); ``snapshot_bytes``/``restore_bytes`` are the snapshot
+format (orjson of ``Exchange.to_state()``; ``Exchange.restore`` reads it too).
 """
 from __future__ import annotations
 
