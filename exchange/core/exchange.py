@@ -507,6 +507,7 @@ class Exchange:
         if crosses:
             self._execute(o, book, instr, rules, acct, events)
         changes = book.changes
+        rested = None  # the L2 change of a resting remainder when it is the command's only one
         if o.leaves and o.status != ST_CANCELED:  # not cancelled by self-trade prevention
             if tif == GTC or tif == DAY:
                 # book.add(o), inlined
@@ -525,14 +526,17 @@ class Exchange:
                 lq = level.qty + o.leaves
                 level.qty = lq
                 book.orders[oid] = o
-                changes.append((side, price, lq))
+                rested = (side, price, lq)
+                if changes:
+                    changes.append(rested)
+                    rested = None
             else:
                 o.status = ST_CANCELED
                 self._release(o, acct)
                 self._forget(o, acct)
                 events.append(self._er(o, EXEC_CANCELED,
                                        "UNFILLED_MARKET" if otype == MARKET else "UNFILLED_IOC"))
-        if changes:
+        if rested is not None or changes:
             if self.emit_book_updates:
                 bseq = book.seq + 1
                 book.seq = bseq
@@ -540,7 +544,7 @@ class Exchange:
                 bu.instrument = symbol
                 bu.segment = segment
                 bu.book_seq = bseq
-                bu.changes = tuple(changes)
+                bu.changes = (rested,) if rested is not None else tuple(changes)
                 events.append(bu)
             changes.clear()
         return events
@@ -789,8 +793,6 @@ class Exchange:
         level.qty = lq
         if not level:
             del side_map[k]
-        changes = book.changes
-        changes.append((side, price, lq))
         o.status = ST_CANCELED
         if side == BUY:
             acct.cash_reserved -= o.reserved
@@ -818,6 +820,7 @@ class Exchange:
         er.liquidity = None
         er.ts = cmd.ts
         events = [er]
+        changes = book.changes
         if self.emit_book_updates:
             bseq = book.seq + 1
             book.seq = bseq
@@ -825,9 +828,15 @@ class Exchange:
             bu.instrument = book.instrument
             bu.segment = book.segment
             bu.book_seq = bseq
-            bu.changes = tuple(changes)
+            if changes:  # changes left by an earlier mutation go first, as drain_changes() would
+                changes.append((side, price, lq))
+                bu.changes = tuple(changes)
+                changes.clear()
+            else:
+                bu.changes = ((side, price, lq),)
             events.append(bu)
-        changes.clear()
+        else:
+            changes.clear()
         return events
 
     def _cancel_all(self, cmd: CancelAll) -> list:
