@@ -12,6 +12,7 @@ alone as the "book-only" matcher.
 """
 from __future__ import annotations
 
+from bisect import insort
 from collections import OrderedDict
 
 from sortedcontainers import SortedDict
@@ -37,6 +38,44 @@ def first_key(side_map: SortedDict):
     smallest key is ``_lists[0][0]``. tests/test_book.py pins this against ``keys()[0]``.
     """
     return side_map._list._lists[0][0]
+
+
+# Opening and closing a price level. SortedDict.__setitem__/__delitem__ go through three
+# Python-level calls (SortedDict, SortedList.add/_expand or remove/_delete), about 100 bytecodes;
+# a level is opened or closed by about one command in ten. While the keys fit in one sublist
+# (fewer than 2 x load = 2,000 levels a side) and no positional index has been built, the same
+# update is a few list operations, inlined in OrderBook.add, OrderBook.match and Exchange._place
+# (guarded exactly like this; anything else takes the public path). tests/test_book.py and the
+# differential matcher test exercise both paths against the public API.
+_dict_setitem = dict.__setitem__
+_dict_delitem = dict.__delitem__
+
+
+def open_level(side_map: SortedDict, k, level) -> None:
+    """``side_map[k] = level`` for a key not yet in ``side_map`` (the inlined fast path)."""
+    sl = side_map._list
+    keys = sl._lists
+    if len(keys) == 1 and not sl._index and len(keys[0]) < sl._load << 1:
+        first = keys[0]
+        insort(first, k)
+        sl._maxes[0] = first[-1]
+        sl._len += 1
+        _dict_setitem(side_map, k, level)
+    else:
+        side_map[k] = level
+
+
+def close_first_level(side_map: SortedDict, k) -> None:
+    """``del side_map[k]`` where ``k`` is the smallest key (the inlined fast path)."""
+    sl = side_map._list
+    keys = sl._lists
+    first = keys[0]
+    if len(keys) == 1 and len(first) > 1 and not sl._index:
+        del first[0]  # the largest key, sl._maxes[0], stays
+        sl._len -= 1
+        _dict_delitem(side_map, k)
+    else:
+        del side_map[k]
 
 
 class Order:
@@ -163,7 +202,16 @@ class OrderBook:
         if level is None:
             level = Level()
             level.qty = 0
-            side_map[k] = level
+            sl = side_map._list  # open_level(side_map, k, level), inlined
+            keys = sl._lists
+            if len(keys) == 1 and not sl._index and len(keys[0]) < sl._load << 1:
+                first = keys[0]
+                insort(first, k)
+                sl._maxes[0] = first[-1]
+                sl._len += 1
+                _dict_setitem(side_map, k, level)
+            else:
+                side_map[k] = level
         level[oid] = order
         lq = level.qty + order.leaves
         level.qty = lq
@@ -266,7 +314,15 @@ class OrderBook:
                     remaining -= q
                     fills.append((maker, q, price))
                 if not level:
-                    del opp[k]
+                    sl = opp._list  # close_first_level(opp, k), inlined
+                    keys = sl._lists
+                    first = keys[0]
+                    if len(keys) == 1 and len(first) > 1 and not sl._index:
+                        del first[0]
+                        sl._len -= 1
+                        _dict_delitem(opp, k)
+                    else:
+                        del opp[k]
                     break
                 if not remaining or killed:
                     break

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from bisect import insort
 from typing import Any, Callable
 
 from . import errors as E
@@ -34,7 +35,7 @@ from .accounts import (
     BANK, CASH, EXCHANGE_ACCOUNT, ISSUER, LOT_PURCHASE, LOT_SUB_QUOTA, LOT_TRANSFER, RETIRED,
     SYSTEM_ACCOUNTS, Account, Holding, post_cash, put_units, take_units,
 )
-from .book import BUY, SELL, STP_POLICIES, Level, Order, OrderBook
+from .book import BUY, SELL, STP_POLICIES, Level, Order, OrderBook, _dict_setitem
 from .commands import (
     DAY, FOK, GTC, IOC, LIMIT, MARKET, AddInstrument, AmendOrder, CancelAll, CancelOrder,
     CreateSubQuota, DepositCash, EndOfDay, Halt, IssueUnits, PlaceOrder, RegisterFirm,
@@ -521,7 +522,16 @@ class Exchange:
                 if level is None:
                     level = Level()
                     level.qty = 0
-                    side_map[k] = level
+                    sl = side_map._list  # book.open_level(side_map, k, level), inlined
+                    keys = sl._lists
+                    if len(keys) == 1 and not sl._index and len(keys[0]) < sl._load << 1:
+                        first = keys[0]
+                        insort(first, k)
+                        sl._maxes[0] = first[-1]
+                        sl._len += 1
+                        _dict_setitem(side_map, k, level)
+                    else:
+                        side_map[k] = level
                 level[oid] = o
                 lq = level.qty + o.leaves
                 level.qty = lq
