@@ -78,6 +78,7 @@ def run_step(target: Target, keys: list[str], rate: float, duration: float, proc
              sample_rss: bool = False) -> dict:
     """Offer ``rate`` orders/s for ``duration`` s from ``len(keys)`` connections."""
     procs = max(1, min(procs, len(keys)))
+    run_tag = os.urandom(3).hex()  # unique client_order_ids per step (see ws_worker)
     per = [keys[w::procs] for w in range(procs)]
     specs = []
     for w in range(procs):
@@ -85,7 +86,7 @@ def run_step(target: Target, keys: list[str], rate: float, duration: float, proc
             "url": target.ws_url, "api_keys": per[w], "rate": rate / procs,
             "duration": duration, "worker_id": w, "seed": seed, "mix": mix or {},
             "subscribe": subscribe if subscribe is not None else ["executions"],
-            "batch": batch, "drain": drain,
+            "batch": batch, "drain": drain, "run_tag": run_tag,
         })
     workers = [_spawn_worker(s) for s in specs]
     passive = [_spawn_worker(s) for s in (extra_workers or [])]

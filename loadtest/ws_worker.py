@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import random
 import resource
 import sys
@@ -132,7 +133,12 @@ class Worker:
         self.last_ack = 0.0
         self.first_ack = 0.0
         self._ctrl_id = CTRL_BASE + self.wid * 100_000
-        self.coid_prefix = f"w{self.wid}-".encode()
+        # client_order_id = <run tag><worker>-<schedule index>: unique per run, because the
+        # exchange makes place_order idempotent by (firm, client_order_id) - a sweep reuses
+        # the same firms, and a repeated id would be answered from the idempotency window
+        # instead of placing an order
+        tag = spec.get("run_tag") or os.urandom(3).hex()
+        self.coid_prefix = f"{tag}w{self.wid}-".encode()
         # pre-encoded fragments
         ins, seg = self.instrument, self.segment
         self._place_head = (b',"method":"place_order","params":{"instrument":"' + ins
