@@ -498,55 +498,39 @@ class Exchange:
         er.fee = 0
         er.liquidity = None
         er.ts = cmd.ts
-        events = [er]
         if side == BUY:  # book.crosses(side, price), inlined
             opp = book.asks
             crosses = opp and opp._list._lists[0][0] <= price
         else:
             opp = book.bids
             crosses = opp and -opp._list._lists[0][0] >= price
-        if crosses:
-            self._execute(o, book, instr, rules, acct, events)
-        changes = book.changes
-        rested = None  # the L2 change of a resting remainder when it is the command's only one
-        if o.leaves and o.status != ST_CANCELED:  # not cancelled by self-trade prevention
-            if tif == GTC or tif == DAY:
-                # book.add(o), inlined
-                if side == BUY:
-                    side_map = book.bids
-                    k = -price
-                else:
-                    side_map = book.asks
-                    k = price
-                level = side_map.get(k)
-                if level is None:
-                    level = Level()
-                    level.qty = 0
-                    sl = side_map._list  # book.open_level(side_map, k, level), inlined
-                    keys = sl._lists
-                    if len(keys) == 1 and not sl._index and len(keys[0]) < sl._load << 1:
-                        first = keys[0]
-                        insort(first, k)
-                        sl._maxes[0] = first[-1]
-                        sl._len += 1
-                        _dict_setitem(side_map, k, level)
-                    else:
-                        side_map[k] = level
-                level[oid] = o
-                lq = level.qty + o.leaves
-                level.qty = lq
-                book.orders[oid] = o
-                rested = (side, price, lq)
-                if changes:
-                    changes.append(rested)
-                    rested = None
+        if not crosses and (tif == GTC or tif == DAY):
+            # The usual case: nothing trades and the whole order rests. book.add(o), inlined.
+            if side == BUY:
+                side_map = book.bids
+                k = -price
             else:
-                o.status = ST_CANCELED
-                self._release(o, acct)
-                self._forget(o, acct)
-                events.append(self._er(o, EXEC_CANCELED,
-                                       "UNFILLED_MARKET" if otype == MARKET else "UNFILLED_IOC"))
-        if rested is not None or changes:
+                side_map = book.asks
+                k = price
+            level = side_map.get(k)
+            if level is None:
+                level = Level()
+                level.qty = 0
+                sl = side_map._list  # book.open_level(side_map, k, level), inlined
+                keys = sl._lists
+                if len(keys) == 1 and not sl._index and len(keys[0]) < sl._load << 1:
+                    first = keys[0]
+                    insort(first, k)
+                    sl._maxes[0] = first[-1]
+                    sl._len += 1
+                    _dict_setitem(side_map, k, level)
+                else:
+                    side_map[k] = level
+            level[oid] = o
+            lq = level.qty + qty
+            level.qty = lq
+            book.orders[oid] = o
+            changes = book.changes
             if self.emit_book_updates:
                 bseq = book.seq + 1
                 book.seq = bseq
@@ -554,7 +538,37 @@ class Exchange:
                 bu.instrument = symbol
                 bu.segment = segment
                 bu.book_seq = bseq
-                bu.changes = (rested,) if rested is not None else tuple(changes)
+                if changes:  # changes left by an earlier mutation go first, as drain_changes()
+                    changes.append((side, price, lq))
+                    bu.changes = tuple(changes)
+                    changes.clear()
+                else:
+                    bu.changes = ((side, price, lq),)
+                return [er, bu]
+            changes.clear()
+            return [er]
+        events = [er]
+        if crosses:
+            self._execute(o, book, instr, rules, acct, events)
+        if o.leaves and o.status != ST_CANCELED:  # not cancelled by self-trade prevention
+            if tif == GTC or tif == DAY:
+                book.add(o)
+            else:
+                o.status = ST_CANCELED
+                self._release(o, acct)
+                self._forget(o, acct)
+                events.append(self._er(o, EXEC_CANCELED,
+                                       "UNFILLED_MARKET" if otype == MARKET else "UNFILLED_IOC"))
+        changes = book.changes
+        if changes:
+            if self.emit_book_updates:
+                bseq = book.seq + 1
+                book.seq = bseq
+                bu = _new(BookUpdate)  # BookUpdate(symbol, segment, bseq, book.drain_changes())
+                bu.instrument = symbol
+                bu.segment = segment
+                bu.book_seq = bseq
+                bu.changes = tuple(changes)
                 events.append(bu)
             changes.clear()
         return events
@@ -829,7 +843,6 @@ class Exchange:
         er.fee = 0
         er.liquidity = None
         er.ts = cmd.ts
-        events = [er]
         changes = book.changes
         if self.emit_book_updates:
             bseq = book.seq + 1
@@ -844,10 +857,9 @@ class Exchange:
                 changes.clear()
             else:
                 bu.changes = ((side, price, lq),)
-            events.append(bu)
-        else:
-            changes.clear()
-        return events
+            return [er, bu]
+        changes.clear()
+        return [er]
 
     def _cancel_all(self, cmd: CancelAll) -> list:
         acct = self.firm(cmd.account)
