@@ -13,6 +13,7 @@ after every command: first against ``OrderBook`` alone, then against the full ``
 """
 from __future__ import annotations
 
+import bisect
 import copy
 import random
 
@@ -394,3 +395,93 @@ def test_benchmark_stream_agrees_with_its_generator_and_the_reference():
             book.add(o)
             ref.rest(oid, acct, side, price, qty, leaves=left)
     assert book_view(book) == ref.view()
+
+
+# =========================================================================== thousands of levels
+
+class BisectRef:
+    """A second plain reference for books far too deep for linear scans: each side one sorted
+    Python list of (price key, priority, order id), kept with bisect; best = element 0."""
+
+    def __init__(self):
+        self.side = {"buy": [], "sell": []}
+        self.orders: dict[int, list] = {}  # oid -> [side, price, leaves, prio]
+
+    @staticmethod
+    def key(side, price):
+        return -price if side == "buy" else price
+
+    def match(self, side, price, qty):
+        opp_side = "sell" if side == "buy" else "buy"
+        opp = self.side[opp_side]
+        fills = []
+        while qty and opp:
+            k, _prio, oid = opp[0]
+            mp = -k if opp_side == "buy" else k
+            if (side == "buy" and mp > price) or (side == "sell" and mp < price):
+                break
+            o = self.orders[oid]
+            q = min(qty, o[2])
+            o[2] -= q
+            qty -= q
+            fills.append((oid, q, mp))
+            if not o[2]:
+                opp.pop(0)
+                del self.orders[oid]
+        return fills, qty
+
+    def rest(self, oid, side, price, leaves, prio):
+        bisect.insort(self.side[side], (self.key(side, price), prio, oid))
+        self.orders[oid] = [side, price, leaves, prio]
+
+    def cancel(self, oid):
+        side, price, _leaves, prio = self.orders.pop(oid)
+        lst = self.side[side]
+        lst.pop(bisect.bisect_left(lst, (self.key(side, price), prio, oid)))
+
+    def view(self):
+        return [(oid, s, self.orders[oid][1], self.orders[oid][2])
+                for s in ("buy", "sell") for _k, _p, oid in self.side[s]]
+
+
+def test_book_with_thousands_of_levels_matches_reference():
+    """Over 1,000 price levels a side (the SortedDict splits its key list into several
+    sublists), levels opened and closed deep in the book and at the top, sweeps across many
+    levels: fills compared on every command, the whole book at checkpoints."""
+    rng = random.Random(21)
+    book, ref = OrderBook(CEA, "main"), BisectRef()
+    live: list[int] = []
+    max_levels = max_sublists = 0
+    for oid in range(1, 12_001):
+        r = rng.random()
+        if r < 0.2 and live:
+            victim = live.pop(rng.randrange(len(live)))
+            if victim in ref.orders:
+                book.remove(victim)
+                ref.cancel(victim)
+        side = rng.choice(["buy", "sell"])
+        if r > 0.97:  # a sweep through many levels
+            price = rng.randint(4_000, 6_000)
+            qty = rng.randint(200, 3_000)
+        else:
+            price = rng.randint(1, 4_990) if side == "buy" else rng.randint(5_010, 10_000)
+            qty = rng.randint(1, 20)
+        o = Order(oid, f"F{oid}", None, CEA, "main", side, price, qty, "GTC", seq=oid)
+        got: list = []
+        book.match(o, price, "cancel_resting", got, [])
+        rf, left = ref.match(side, price, qty)
+        assert [(m.order_id, q, p) for m, q, p in got] == rf, oid
+        o.leaves, o.cum_qty = left, qty - left
+        if left:
+            book.add(o)
+            ref.rest(oid, side, price, left, oid)
+            live.append(oid)
+        assert book.best_bid() == (-ref.side["buy"][0][0] if ref.side["buy"] else None)
+        assert book.best_ask() == (ref.side["sell"][0][0] if ref.side["sell"] else None)
+        max_levels = max(max_levels, len(book.bids), len(book.asks))
+        max_sublists = max(max_sublists, len(book.bids._list._lists), len(book.asks._list._lists))
+        if oid % 2_000 == 0:
+            assert book_view(book) == ref.view()
+    assert book_view(book) == ref.view()
+    assert max_levels > 2_000
+    assert max_sublists > 1  # book.py's one-sublist fast path and its fallback both ran
