@@ -289,10 +289,15 @@ def run_core_stream(policies, ops):
             new_price = o.price + dp
             if new_qty == o.qty and new_price == o.price:
                 continue
+            cum_before = core_o.cum_qty  # the core updates its order in place
             evs = m.apply(AmendOrder(account=o.account, order_id=o.oid, qty=new_qty,
                                      price=new_price))
+            if core_o.post_only and new_price != o.price and ref.crosses(o.side, new_price):
+                assert [getattr(e, "code", None) for e in evs] == ["POST_ONLY_WOULD_CROSS"], op
+                assert book_view(m.book()) == ref.view()
+                continue
             assert [e.exec_type for e in evs if isinstance(e, ExecutionReport)][0] == "replaced"
-            new_leaves = new_qty - core_o.cum_qty
+            new_leaves = new_qty - cum_before
             if new_price == o.price and new_qty < o.qty:
                 o.qty, o.leaves = new_qty, new_leaves  # keeps priority
                 assert not [e for e in evs if isinstance(e, Trade)]
