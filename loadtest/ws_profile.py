@@ -67,6 +67,52 @@ def summarise(path: str, top: int = 25) -> dict:
     return out
 
 
+STARTUP_MARKERS = ("_find_and_load", "build_parser", "load_default_certs", "_make_ssl_context",
+                   "_compile_bytecode")
+IDLE_LEAVES = ("_worker (concurrent/futures/thread.py", "_read_exact (")
+CATEGORIES = (  # (label, frame substrings: a sample counts where the first match is found)
+    ("core: Exchange.apply", ("Exchange.apply (",)),
+    ("params validation (pydantic)", ("model_validate", "validate_python")),
+    ("gateway: socket writes (Session.flush / write loop)", ("Session.flush", "write_loop")),
+    ("gateway: fan-out after durability (on_commit: encode, queue per subscriber; replies)",
+     ("Gateway.on_commit", "_batch_durable")),
+    ("journal (runner commit loop, writer thread)", ("CoreRunner._commit_loop",
+                                                     "_worker (concurrent")),
+    ("gateway: request handling (rest of on_text)", ("Session.on_text",)),
+    ("aiohttp: frame reading and dispatch", ("RequestHandler.data_received",
+                                              "WebSocketResponse.receive", "__anext__")),
+)
+
+
+def steady_state_breakdown(path: str, process_substr: str = "exchange serve") -> dict:
+    """Server samples after start-up (stacks with import/start-up frames dropped, and
+    threads blocked in a queue get or a pipe read), split into
+    the CATEGORIES (a sample goes to the first category, in that order, whose frame is on its
+    stack; the rest is the event loop itself: polling, syscalls, callbacks)."""
+    cats: collections.Counter = collections.Counter()
+    total = 0
+    with open(path) as f:
+        for line in f:
+            stack, _, n = line.rstrip("\n").rpartition(" ")
+            if process_substr not in stack:
+                continue
+            if any(m in stack for m in STARTUP_MARKERS):
+                continue
+            leaf = stack.rsplit(";", 1)[-1]
+            if leaf.startswith(IDLE_LEAVES):
+                continue  # a thread blocked waiting (py-spy counts blocking reads as active)
+            n = int(n)
+            total += n
+            for label, keys in CATEGORIES:
+                if any(k in stack for k in keys):
+                    cats[label] += n
+                    break
+            else:
+                cats["event loop and other (uvloop run, syscalls, timers)"] += n
+    return {"samples": total,
+            "pct": {k: round(100 * v / max(total, 1), 1) for k, v in cats.most_common()}}
+
+
 def print_summary(s: dict, top: int = 25) -> None:
     for label, d in s.items():
         print(f"\n=== {label[:110]}\n    samples {d['samples']}")
@@ -96,6 +142,10 @@ def register(sub) -> None:
         if a.summarise:
             s = summarise(a.summarise, a.top)
             print_summary(s, a.top)
+            b = steady_state_breakdown(a.summarise)
+            print(f"\n=== server, steady state ({b['samples']} samples)")
+            for k, v in b["pct"].items():
+                print(f"    {v:5.1f}%  {k}")
             return 0
         spy = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
         if not os.path.exists(spy):
@@ -118,9 +168,13 @@ def register(sub) -> None:
         subprocess.run(cmd, check=True)
         s = summarise(raw, a.top)
         print_summary(s, a.top)
+        b = steady_state_breakdown(raw)
+        print(f"\n=== server, steady state ({b['samples']} samples)")
+        for k, v in b["pct"].items():
+            print(f"    {v:5.1f}%  {k}")
         with open(a.out + ".json", "w") as f:
             json.dump({"command": "python -m loadtest " + " ".join(sys.argv[1:]),
-                       "summary": s}, f, indent=1)
+                       "summary": s, "server_steady_state": b}, f, indent=1)
         return 0
 
     p.set_defaults(func=run)
