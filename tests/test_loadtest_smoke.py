@@ -55,6 +55,11 @@ def test_run_against_served_exchange(tmp_path):
     assert s["offered_rate"] == 300
     assert s["target"] == "exchange"
     assert "server_cpu_seconds" in s and "server_rss_mb" in s
+    # every place_order the generator sent became an order in the core (none was answered
+    # from the idempotency window, e.g. because of a repeated client_order_id)
+    placed = s["by_method"]["place_order"] + s["by_method"]["place_order_crossing"]
+    if s["errors"] == 0:
+        assert s["server_metrics_delta"]["orders_total"] == placed
 
 
 @pytest.mark.slow
@@ -67,6 +72,7 @@ def test_sweep_writes_report_and_plot(tmp_path):
         assert k in r, k
     assert len(r["steps"]) == 1 and len(r["echo_steps"]) == 1
     _check_step(r["steps"][0], exchange=True)
+    assert 0 <= r["ratio_to_echo"]
     _check_step(r["echo_steps"][0], exchange=False)
     md = Path(r["report"]).read_text()
     assert "| offered /s |" in md and "Echo baseline" in md
