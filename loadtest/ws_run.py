@@ -14,7 +14,10 @@ import threading
 import time
 
 from .ws_hist import merge, summary_ms
-from .ws_target import REPO, Target, child_env, proc_cpu_seconds, proc_status
+from .ws_target import (
+    REPO, Target, child_env, proc_cpu_seconds, proc_descendants, proc_status,
+    proc_tree_cpu_seconds,
+)
 
 
 def log(*a):
@@ -95,6 +98,7 @@ def run_step(target: Target, keys: list[str], rate: float, duration: float, proc
             _read_line(p, "READY", 180)
         m0 = target.metrics()
         cpu0 = proc_cpu_seconds(target.pid) if target.pid else None
+        tree0 = proc_tree_cpu_seconds(target.pid) if target.pid else None
         rss0 = proc_status(target.pid) if target.pid else {}
         sampler = RssSampler(target.pid) if sample_rss else None
         if sampler:
@@ -112,6 +116,9 @@ def run_step(target: Target, keys: list[str], rate: float, duration: float, proc
             line = _read_line(p, "RESULT ", duration + drain + 120)
             results.append(json.loads(line[len("RESULT "):]))
         cpu1 = proc_cpu_seconds(target.pid) if target.pid else None
+        tree1 = proc_tree_cpu_seconds(target.pid) if target.pid else None
+        kids = proc_descendants(target.pid) if target.pid else []
+        kids_rss = {k: proc_status(k) for k in kids}
         passive_results = []
         for p in passive:
             line = _read_line(p, "RESULT ", duration + drain + 120)
@@ -140,6 +147,13 @@ def run_step(target: Target, keys: list[str], rate: float, duration: float, proc
         out["server_cpu_seconds"] = round(cpu1 - cpu0, 2)
         out["server_cpu_util"] = round((cpu1 - cpu0) / span, 3)
         out["server_cpu_us_per_order"] = round((cpu1 - cpu0) / max(out["acked"], 1) * 1e6, 1)
+        if tree0 is not None and tree1 is not None and kids:
+            # with its child processes (the SQLite journal's writer process)
+            out["server_tree_cpu_util"] = round((tree1 - tree0) / span, 3)
+            out["server_tree_cpu_us_per_order"] = round(
+                (tree1 - tree0) / max(out["acked"], 1) * 1e6, 1)
+            out["server_children_rss_mb"] = {
+                str(k): round(v.get("VmHWM", 0) / 1024, 1) for k, v in kids_rss.items()}
     if rss1:
         out["server_rss_mb"] = {"before": round(rss0.get("VmRSS", 0) / 1024, 1),
                                 "after": round(rss1.get("VmRSS", 0) / 1024, 1),

@@ -110,6 +110,37 @@ def proc_cpu_seconds(pid: int) -> float | None:
         return None
 
 
+def proc_descendants(pid: int) -> list[int]:
+    """``pid``'s child processes, recursively (e.g. the journal's writer process)."""
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            tids = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{p}/task/{tid}/children") as f:
+                    kids = [int(x) for x in f.read().split()]
+            except OSError:
+                continue
+            out.extend(kids)
+            todo.extend(kids)
+    return out
+
+
+def proc_tree_cpu_seconds(pid: int) -> float | None:
+    """CPU seconds of ``pid`` plus its live descendants."""
+    total = proc_cpu_seconds(pid)
+    if total is None:
+        return None
+    for c in proc_descendants(pid):
+        total += proc_cpu_seconds(c) or 0.0
+    return total
+
+
 class Target:
     """A server to load: ``kind`` is ``exchange`` or ``echo``. Use as a context manager."""
 
