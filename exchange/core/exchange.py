@@ -594,6 +594,16 @@ class Exchange:
             segment = o.segment
             taker_side = o.side
             taker_buys = taker_side == BUY
+            if taker_buys:
+                bo, bacct = o, acct
+            else:
+                so, sacct = o, acct
+            # day statistics, kept in locals over the fills and stored back after the loop
+            day_trades = instr.day_trades
+            day_high = instr.day_high
+            day_low = instr.day_low
+            day_volume = 0
+            day_notional = 0
             now = self.now
             listeners = self.trade_listeners
             append = events.append
@@ -602,9 +612,11 @@ class Exchange:
                 o.cum_qty += q
                 macct = accounts[maker.account]
                 if taker_buys:
-                    bo, so, bacct, sacct = o, maker, acct, macct
+                    so = maker
+                    sacct = macct
                 else:
-                    bo, so, bacct, sacct = maker, o, macct, acct
+                    bo = maker
+                    bacct = macct
                 notional = px * q
                 bfee = sfee = notional * fee_bps // 10_000  # same rate both sides: see fee_floor
                 # buyer: pay notional + fee out of the order's reservation
@@ -729,16 +741,21 @@ class Exchange:
                 for listener in listeners:
                     listener(t)
                 # day statistics
-                if not instr.day_trades:
-                    instr.day_open = instr.day_high = instr.day_low = px
-                elif px > instr.day_high:
-                    instr.day_high = px
-                elif px < instr.day_low:
-                    instr.day_low = px
-                instr.last = px
-                instr.day_trades += 1
-                instr.day_volume += q
-                instr.day_notional += notional
+                if not day_trades:
+                    instr.day_open = day_high = day_low = px
+                elif px > day_high:
+                    day_high = px
+                elif px < day_low:
+                    day_low = px
+                day_trades += 1
+                day_volume += q
+                day_notional += notional
+            instr.day_high = day_high
+            instr.day_low = day_low
+            instr.last = px
+            instr.day_trades = day_trades
+            instr.day_volume += day_volume
+            instr.day_notional += day_notional
         if killed and o.leaves:
             o.status = ST_CANCELED
             self._release(o, acct)
