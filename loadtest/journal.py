@@ -44,26 +44,9 @@ import tempfile
 import time
 import uuid
 
-from .streams import ADD, INSTRUMENT, SEGMENT, generate, market_setup_commands
+from .streams import generate, iter_core_commands, market_setup_commands
 
 TARGETS = {"durable_ratio": 0.70, "replay_cmds_per_s": 200_000, "recovery_s_per_million": 10.0}
-
-
-def iter_commands(stream, first_seq: int = 1, first_ts: int = 1_767_225_600 * 10**9,
-                  ts_step: int = 1_000):
-    """The stream as stamped core commands, made lazily (a million at once is a lot of RAM)."""
-    from exchange.core.commands import CancelOrder, PlaceOrder
-    seq, ts = first_seq, first_ts
-    for op in stream.ops:
-        if op[0] == ADD:
-            _, _oid, side, price, qty, acct = op
-            c = PlaceOrder(account=acct, instrument=INSTRUMENT, segment=SEGMENT, side=side,
-                           price=price, qty=qty, seq=seq, ts=ts)
-        else:
-            c = CancelOrder(account=op[2], order_id=op[1], seq=seq, ts=ts)
-        yield c
-        seq += 1
-        ts += ts_step
 
 
 def _clock():
@@ -84,7 +67,7 @@ def run_in_memory(stream) -> dict:
     for i, c in enumerate(setup, 1):
         c.seq, c.ts = i, i
         ex.apply(c)
-    cmds = list(iter_commands(stream, first_seq=len(setup) + 1, first_ts=len(setup) + 1))
+    cmds = list(iter_core_commands(stream, first_seq=len(setup) + 1, first_ts=len(setup) + 1))
     apply = ex.apply
     gc.collect()
     c0 = time.process_time()
@@ -109,7 +92,7 @@ async def run_durable(stream, target: str, *, snapshot_every: int, snapshot_seco
     await r.start()
     for c in market_setup_commands(stream):
         await r.submit(c)
-    cmds = list(iter_commands(stream))
+    cmds = list(iter_core_commands(stream))
     b0, n0 = r.batches, r.batched_records
     gc.collect()
     c0 = time.process_time()
@@ -214,7 +197,7 @@ async def build_recovery_log(target: str, commands: int, seed: int, every: int) 
 
     for c in market_setup_commands(stream):
         await put(c)
-    for c in iter_commands(stream):
+    for c in iter_core_commands(stream):
         if seq + 1 >= commands:
             break
         if (seq + 1) % every == 0:

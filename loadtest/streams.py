@@ -176,22 +176,26 @@ def market_setup_commands(stream: Stream, *, cash_fen: int = 10**12,
     return cmds
 
 
-def core_commands(stream: Stream, first_seq: int = 1, first_ts: int = 1_767_225_600 * 10**9,
-                  ts_step: int = 1_000) -> list:
+def iter_core_commands(stream: Stream, first_seq: int = 1,
+                       first_ts: int = 1_767_225_600 * 10**9, ts_step: int = 1_000):
     """The stream as core commands (``PlaceOrder`` / ``CancelOrder``) stamped with ``seq`` from
-    ``first_seq`` and ``ts`` every ``ts_step`` ns, ready for ``Exchange.apply``."""
+    ``first_seq`` and ``ts`` every ``ts_step`` ns, ready for ``Exchange.apply``; made lazily
+    (a million at once is a lot of RAM)."""
     from exchange.core.commands import CancelOrder, PlaceOrder
 
-    out = []
     seq, ts = first_seq, first_ts
     for op in stream.ops:
         if op[0] == ADD:
-            _, oid, side, price, qty, acct = op
-            c = PlaceOrder(account=acct, instrument=INSTRUMENT, segment=SEGMENT, side=side,
-                           price=price, qty=qty, seq=seq, ts=ts)
+            _, _oid, side, price, qty, acct = op
+            yield PlaceOrder(account=acct, instrument=INSTRUMENT, segment=SEGMENT, side=side,
+                             price=price, qty=qty, seq=seq, ts=ts)
         else:
-            c = CancelOrder(account=op[2], order_id=op[1], seq=seq, ts=ts)
-        out.append(c)
+            yield CancelOrder(account=op[2], order_id=op[1], seq=seq, ts=ts)
         seq += 1
         ts += ts_step
-    return out
+
+
+def core_commands(stream: Stream, first_seq: int = 1, first_ts: int = 1_767_225_600 * 10**9,
+                  ts_step: int = 1_000) -> list:
+    """:func:`iter_core_commands` as a list."""
+    return list(iter_core_commands(stream, first_seq, first_ts, ts_step))
