@@ -56,6 +56,31 @@ def record_hash(prev_hash: bytes, seq: int, ts: int, payload: bytes) -> bytes:
     return _sha256(prev_hash + _pack(seq, ts) + payload).digest()
 
 
+def torn_tail_seq(rows) -> int | None:
+    """``rows``: the last two records ``(seq, ts, payload, hash)``, newest first. Returns the
+    last record's seq when it is torn (its hash or payload is wrong: what a crash mid-write
+    leaves), else None. A last record that does not follow its predecessor is a gap, not a
+    tear: the chain check reports that."""
+    if not rows:
+        return None
+    seq, ts, p, h = rows[0]
+    prev = GENESIS_HASH if seq == 1 else (
+        bytes(rows[1][3]) if len(rows) > 1 and rows[1][0] == seq - 1 else None)
+    if prev is None:
+        return None
+    try:
+        if not isinstance(p, (bytes, bytearray, memoryview)):
+            return seq
+        p, h = bytes(p), bytes(h)
+        if record_hash(prev, seq, ts, p) == h:
+            d = loads(p)
+            if isinstance(d, dict) and "type" in d:
+                return None
+    except Exception:
+        pass
+    return seq
+
+
 def chain_rows(records: Iterable[tuple[int, int, dict]], last_seq: int, last_hash: bytes
                ) -> list[tuple[int, int, bytes, bytes]]:
     """Encode and hash a batch: ``(seq, ts, dict)`` -> ``(seq, ts, payload, hash)`` rows.

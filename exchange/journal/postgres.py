@@ -13,8 +13,7 @@ import hashlib
 import zlib
 
 from .base import (
-    GENESIS_HASH, Journal, JournalCorruptError, JournalError, chain_rows, loads, log,
-    record_hash,
+    Journal, JournalCorruptError, JournalError, chain_rows, log, torn_tail_seq,
 )
 
 
@@ -95,21 +94,8 @@ class PostgresJournal(Journal):
     async def _drop_torn_tail(self) -> None:
         rows = await self._con.fetch(
             f"SELECT seq, ts, payload, hash FROM {self._t} ORDER BY seq DESC LIMIT 2")
-        if not rows:
-            return
-        seq, ts, p, h = rows[0]
-        prev = GENESIS_HASH if seq == 1 else (
-            bytes(rows[1][3]) if len(rows) > 1 and rows[1][0] == seq - 1 else None)
-        if prev is None:
-            return
-        ok = record_hash(prev, seq, ts, bytes(p)) == bytes(h)
-        if ok:
-            try:
-                d = loads(p)
-                ok = isinstance(d, dict) and "type" in d
-            except Exception:
-                ok = False
-        if ok:
+        seq = torn_tail_seq(rows)
+        if seq is None:
             return
         if not self.repair_tail:
             raise JournalCorruptError(seq, "last record torn (incomplete or damaged write); "

@@ -18,8 +18,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 from .base import (
-    GENESIS_HASH, Journal, JournalCorruptError, JournalError, chain_rows, dumps, loads, log,
-    record_hash,
+    Journal, JournalCorruptError, JournalError, chain_rows, dumps, log, torn_tail_seq,
 )
 
 SCHEMA = """
@@ -207,20 +206,8 @@ class SQLiteJournal(Journal):
         con = self._con
         rows = con.execute(
             "SELECT seq, ts, payload, hash FROM journal ORDER BY seq DESC LIMIT 2").fetchall()
-        if not rows:
-            return
-        seq, ts, p, h = rows[0]
-        prev = GENESIS_HASH if seq == 1 else (
-            bytes(rows[1][3]) if len(rows) > 1 and rows[1][0] == seq - 1 else None)
-        ok = prev is not None and isinstance(p, bytes) and isinstance(h, bytes) \
-            and record_hash(prev, seq, ts, p) == h
-        if ok:
-            try:
-                d = loads(p)
-                ok = isinstance(d, dict) and "type" in d
-            except Exception:
-                ok = False
-        if not ok and prev is not None:
+        seq = torn_tail_seq(rows)
+        if seq is not None:
             if not self.repair_tail:
                 raise JournalCorruptError(seq, "last record torn (incomplete or damaged "
                                                "write); a start would truncate it")
