@@ -259,7 +259,7 @@ class FailingJournal(Journal):
         self.calls += 1
         if self.calls > 1:
             raise OSError(28, "No space left on device")
-        return records[-1][0], b"x" * 32
+        return list(records)[-1][0], b"x" * 32
 
     async def _snapshot_rows(self):
         return []

@@ -52,6 +52,49 @@ class JournalCorruptError(JournalError):
         return (type(self), (self.seq, self.reason))
 
 
+FRAME = struct.Struct(">QqI")  # a framed record: seq, ts, payload length, then the payload
+_frame_pack = FRAME.pack
+_frame_unpack = FRAME.unpack_from
+
+
+class Frames:
+    """A batch of records ``(seq, ts, payload bytes)`` framed back to back in one buffer
+    (:data:`FRAME` header, then the payload): what :class:`CoreRunner` builds as it applies
+    commands, and what the SQLite writer process reads. One buffer instead of a tuple and a
+    bytes object per record: nothing per record for the allocator or the GC to keep, and the
+    SQLite backend sends it as it is. Iterating gives the ``(seq, ts, payload)`` records, so
+    any backend takes it where it takes a list of records."""
+
+    __slots__ = ("buf", "first_seq", "last_seq", "count")
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.first_seq = 0
+        self.last_seq = 0
+        self.count = 0
+
+    def add(self, seq: int, ts: int, payload: bytes) -> None:
+        if not self.count:
+            self.first_seq = seq
+        buf = self.buf
+        buf += _frame_pack(seq, ts, len(payload))
+        buf += payload
+        self.last_seq = seq
+        self.count += 1
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self):
+        buf = self.buf
+        i, n = 0, len(buf)
+        while i < n:
+            seq, ts, ln = _frame_unpack(buf, i)
+            i += 20
+            yield seq, ts, bytes(buf[i:i + ln])
+            i += ln
+
+
 def record_hash(prev_hash: bytes, seq: int, ts: int, payload: bytes) -> bytes:
     return _sha256(prev_hash + _pack(seq, ts) + payload).digest()
 
@@ -165,8 +208,9 @@ class Journal:
     async def close(self) -> None:
         raise NotImplementedError
 
-    async def _append_rows(self, records: list) -> tuple[int, bytes]:
-        """Chain, write and make durable ``records``; return the new (last_seq, last_hash)."""
+    async def _append_rows(self, records) -> tuple[int, bytes]:
+        """Chain, write and make durable ``records`` (a list of ``(seq, ts, payload)`` or a
+        :class:`Frames`; iterate, don't index); return the new (last_seq, last_hash)."""
         raise NotImplementedError
 
     async def _read_rows(self, from_seq: int, limit: int, to_seq: int | None = None) -> list:
@@ -188,11 +232,12 @@ class Journal:
         raise NotImplementedError
 
     # ---------------------------------------------------------------- the interface
-    async def append(self, records: list[tuple[int, int, dict]]) -> None:
+    async def append(self, records: "list[tuple[int, int, dict]] | Frames") -> None:
         """Append ``(seq, ts, encode_command(cmd))`` records; they continue ``last_seq``
         without a gap. Durable (fsynced / committed) when this returns. The payload may
-        also be given already serialised (orjson bytes of that dict), as CoreRunner does."""
-        if not records:
+        also be given already serialised (orjson bytes of that dict), and the batch as
+        :class:`Frames`, as CoreRunner does."""
+        if not len(records):
             return
         self.last_seq, self.last_hash = await self._append_rows(records)
 

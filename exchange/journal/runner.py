@@ -39,7 +39,7 @@ from typing import Callable
 
 from ..core.commands import COMMAND_TYPES, SnapshotMarker, decode_command, encode_command
 from ..core.exchange import SequenceError
-from .base import Journal, JournalCorruptError, JournalError
+from .base import Frames, Journal, JournalCorruptError, JournalError
 
 log = logging.getLogger("exchange.journal.runner")
 
@@ -138,10 +138,14 @@ def fast_encode(cmd) -> dict:
 
 
 class _Batch:
-    __slots__ = ("records", "applied", "future", "snapshot", "snapshot_written")
+    __slots__ = ("frames", "applied", "future", "snapshot", "snapshot_written")
 
     def __init__(self, loop):
-        self.records: list = []  # (seq, ts, encoded dict)
+        # the records, framed into one buffer as they are submitted. Not a list of bytes:
+        # orjson returns a 1 KiB block from the C allocator shrunk in place, and keeping
+        # thousands of them alive fragmented the heap so that every further dumps paid
+        # ~2-3 us in malloc (measured; 0.3 us when each result is dropped at once)
+        self.frames = Frames()
         self.applied: list = []  # (cmd, events)
         self.future = loop.create_future()
         self.snapshot: tuple[int, bytes] | None = None
@@ -303,12 +307,10 @@ class CoreRunner:
             log.exception("core raised on seq %d (%s)", cmd.seq, cmd.TYPE)
             result = e
         b = self._batch
-        # encoded to bytes now: the dict dies young and bytes are not tracked by the GC,
-        # so a batch in flight adds little for the cyclic collector to walk
-        b.records.append((cmd.seq, ts, _dumps(fast_encode(cmd))))
+        b.frames.add(cmd.seq, ts, _dumps(fast_encode(cmd)))
         if self._listeners:
             b.applied.append((cmd, result))
-        if len(b.records) == 1:
+        if b.frames.count == 1:
             self._wake.set()
         self._since_snapshot += 1
         if (self._since_snapshot >= self.snapshot_every_commands
@@ -331,14 +333,14 @@ class CoreRunner:
         m.ts = self._last_ts = self._last_ts + 1
         ex.apply(m)
         b = self._batch
-        b.records.append((m.seq, m.ts, _dumps(fast_encode(m))))
+        b.frames.add(m.seq, m.ts, _dumps(fast_encode(m)))
         if self._listeners:
             b.applied.append((m, []))
         data = self._fork_snapshot(ex) if self.fork_snapshots else None
         b.snapshot = (m.seq, data if data is not None else snapshot_bytes(ex))
         if b.snapshot_written is None:
             b.snapshot_written = asyncio.get_running_loop().create_future()
-        if len(b.records) == 1:
+        if b.frames.count == 1:
             self._wake.set()
         self._since_snapshot = 0
         self._snapshot_at = time.monotonic()
@@ -387,7 +389,7 @@ class CoreRunner:
         j = self.journal
         while True:
             b = self._batch
-            if not b.records:
+            if not b.frames.count:
                 if self._stopping:
                     return
                 await self._wake.wait()
@@ -395,7 +397,7 @@ class CoreRunner:
                 continue
             self._batch = _Batch(loop)
             try:
-                await j.append(b.records)
+                await j.append(b.frames)
             except BaseException as e:
                 self._accepting = False
                 self._failed = e
@@ -408,9 +410,9 @@ class CoreRunner:
                 if isinstance(e, asyncio.CancelledError):
                     raise
                 return
-            self._durable_seq = b.records[-1][0]
+            self._durable_seq = b.frames.last_seq
             self.batches += 1
-            self.batched_records += len(b.records)
+            self.batched_records += b.frames.count
             listeners = self._listeners
             if listeners:
                 for cmd, events in b.applied:

@@ -18,7 +18,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 from .base import (
-    Journal, JournalCorruptError, JournalError, chain_rows, dumps, log, torn_tail_seq,
+    Frames, Journal, JournalCorruptError, JournalError, chain_rows, dumps, log, torn_tail_seq,
 )
 
 SCHEMA = """
@@ -60,7 +60,6 @@ def _write_all(f, data: bytes) -> None:
 
 _WRITER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "writer.py")
 _HEAD = struct.Struct(">BI")
-_REC = struct.Struct(">QqI")
 _LAST = struct.Struct(">Q")
 _MAX_CHUNK = 4096  # rows per INSERT: 4 x 4096 parameters, under SQLite's 32766 limit
 _SQL: dict[int, str] = {}
@@ -155,16 +154,17 @@ class SQLiteJournal(Journal):
             raise JournalError(f"journal writer: {resp.decode(errors='replace')}")
         return resp
 
-    def _send_sync(self, frame: bytes) -> bytes:
+    def _send_sync(self, head: bytes, body) -> bytes:
         try:
-            _write_all(self._proc.stdin, frame)
+            _write_all(self._proc.stdin, head)
+            _write_all(self._proc.stdin, body)
         except (BrokenPipeError, ValueError, OSError) as e:
             raise JournalError(f"journal writer process for {self.path} died "
                                f"(exit {self._proc.poll()}): {e!r}") from None
         return self._recv_sync()
 
-    async def _send(self, kind: bytes, body: bytes) -> bytes:
-        return await self._call(self._send_sync, _HEAD.pack(kind[0], len(body)) + body)
+    async def _send(self, kind: bytes, body) -> bytes:
+        return await self._call(self._send_sync, _HEAD.pack(kind[0], len(body)), body)
 
     def _open_sync(self) -> None:
         if self.readonly and not os.path.exists(self.path):
@@ -276,19 +276,16 @@ class SQLiteJournal(Journal):
         if self._pool is None:
             raise JournalError(f"journal {self.path} is not open")
         if self._proc is not None:
-            parts = []
-            add = parts.append
-            expect = self.last_seq + 1
-            for seq, ts, d in records:
-                if seq != expect:
-                    raise JournalError(f"append out of sequence: got seq {seq}, "
-                                       f"expected {expect}")
-                p = d if d.__class__ is bytes else dumps(d)
-                add(_REC.pack(seq, ts, len(p)))
-                add(p)
-                expect += 1
+            if records.__class__ is not Frames:
+                frames = Frames()
+                for seq, ts, d in records:
+                    frames.add(seq, ts, d if d.__class__ is bytes else dumps(d))
+                records = frames
+            if records.first_seq != self.last_seq + 1:
+                raise JournalError(f"append out of sequence: got seq {records.first_seq}, "
+                                   f"expected {self.last_seq + 1}")
             async with self._lock:
-                resp = await self._send(b"A", b"".join(parts))
+                resp = await self._send(b"A", records.buf)
             return _LAST.unpack_from(resp)[0], resp[8:40]
         async with self._lock:
             rows = chain_rows(records, self.last_seq, self.last_hash)
