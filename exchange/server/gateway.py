@@ -37,11 +37,28 @@ from .protocol import (
 )
 
 TEXT = WSMsgType.TEXT
+BINARY = WSMsgType.BINARY
 _dumps = orjson.dumps
 _loads = orjson.loads
 _JSONDecodeError = orjson.JSONDecodeError
 
 GATEWAY_KEY = web.AppKey("gateway", object)  # app[GATEWAY_KEY] -> Gateway
+
+try:  # aiohttp's frame parser and message queue (C), for _DirectWS
+    import inspect as _inspect
+
+    from aiohttp._websocket.reader import (
+        WebSocketDataQueue, WebSocketReader as _DirectReader,
+    )
+    from aiohttp.helpers import DEFAULT_CHUNK_SIZE as _CHUNK
+    # text frames as bytes: orjson parses UTF-8 bytes directly (no str decode first)
+    _WS_KW = ({"decode_text": False} if "decode_text" in _inspect.signature(
+        web.WebSocketResponse.__init__).parameters else {})
+except ImportError:  # pragma: no cover - an older aiohttp: the plain path
+    WebSocketDataQueue = object
+    _DirectReader = None
+    _CHUNK = 0
+    _WS_KW = {}
 
 CLOSE_AUTH = 4001  # auth timeout / failed header auth
 CLOSE_REVOKED = 4003  # the API key was revoked
@@ -244,6 +261,12 @@ class Session:
         try:
             obj = _loads(data)
         except _JSONDecodeError:
+            if type(data) is not str:  # bytes (decode_text off): RFC 6455 wants 1007
+                try:
+                    bytes(data).decode("utf-8")
+                except UnicodeDecodeError:
+                    self.kill(1007, "invalid UTF-8 in a text frame")
+                    return
             self.error(None, E.BAD_JSON, "frame is not valid JSON")
             return
         if type(obj) is list:
@@ -918,11 +941,11 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     if not gw.accepting:
         return web.json_response({"ok": False, "error": {
             "code": E.SHUTTING_DOWN, "message": "the server is shutting down"}}, status=503)
-    ws = web.WebSocketResponse(heartbeat=cfg.heartbeat_seconds,
-                               max_msg_size=4 * cfg.max_frame_bytes, compress=False,
-                               timeout=2.0)
-    await ws.prepare(request)
+    ws = _DirectWS(heartbeat=cfg.heartbeat_seconds, max_msg_size=4 * cfg.max_frame_bytes,
+                   compress=False, timeout=2.0, **_WS_KW)
     s = Session(gw, ws, request.remote or "")
+    ws.session = s
+    await ws.prepare(request)
     gw.attach(s)
     if header_key is not None:
         gw.authenticate(s, header_key,
@@ -937,15 +960,18 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             s.flushing = True
             gw.want_flush(s)
     else:
+        s.transport = None
         s.writer = asyncio.get_running_loop().create_task(s.write_loop())
     loop = asyncio.get_running_loop()
     timer = loop.call_later(cfg.auth_timeout_seconds, _auth_timeout, s)
     try:
+        # with ``ws.direct`` text frames are handled in the transport's data_received (see
+        # _DirectQueue) and only control frames and errors arrive here
         async for msg in ws:
             t = msg.type
             if t is TEXT:
                 s.on_text(msg.data)
-            elif t is WSMsgType.BINARY:
+            elif t is BINARY:
                 s.error(None, E.BINARY_NOT_SUPPORTED,
                         "binary frames are not supported; send JSON text frames")
             elif t is WSMsgType.ERROR:
@@ -966,6 +992,68 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         if w is not None and not w.done():
             w.cancel()
     return ws
+
+
+class _DirectQueue(WebSocketDataQueue):
+    """aiohttp's queue of parsed websocket messages, short-circuited for text frames: the
+    frame parser (aiohttp's, in C) hands each complete text message straight to the session
+    inside the transport's ``data_received``, instead of queueing a message object, waking
+    the handler task and going through ``receive()`` and ``async for`` per message. Control
+    frames (close, ping, pong) and errors take aiohttp's normal path."""
+
+    def __init__(self, protocol, limit, *, loop, session):
+        super().__init__(protocol, limit, loop=loop)
+        self.session = session
+
+    def feed_data(self, data, size) -> None:
+        s = self.session
+        t = data[0]
+        if (t is TEXT or t is BINARY) and s.transport is not None:
+            if not s.closed:
+                try:
+                    if t is TEXT:
+                        s.on_text(data[1])
+                    else:
+                        s.error(None, E.BINARY_NOT_SUPPORTED,
+                                "binary frames are not supported; send JSON text frames")
+                except Exception as exc:  # on_text answers errors itself; a bug must not
+                    s.gw.log_exception(exc)  # reach the frame parser
+            return
+        WebSocketDataQueue.feed_data(self, data, size)
+
+
+class _DirectWS(web.WebSocketResponse):
+    """A WebSocketResponse whose text frames go straight to ``session.on_text`` (see
+    _DirectQueue). Falls back to aiohttp's own queue when its internals are not what this
+    was written against (``direct`` is then False)."""
+
+    session: Session | None = None
+    direct = False
+
+    def _post_start(self, request, protocol, writer) -> None:
+        s = self.session
+        if s is None or _DirectReader is None:
+            return super()._post_start(request, protocol, writer)
+        try:
+            self._ws_protocol = protocol
+            self._writer = writer
+            self._reset_heartbeat()
+            tr = request.transport
+            if tr is not None and hasattr(tr, "get_write_buffer_size"):
+                s.transport = tr  # frames that arrive with the handshake are answered
+            self._reader = _DirectQueue(request._protocol, _CHUNK, loop=self._loop,
+                                        session=s)
+            self._parser = _DirectReader(self._reader, self._max_msg_size,
+                                         compress=bool(self._compress),
+                                         decode_text=self._decode_text)
+        except Exception:  # not the aiohttp this was written for
+            s.transport = None
+            self._reader = self._parser = None
+            return super()._post_start(request, protocol, writer)
+        self.direct = True
+        cb = None if self._heartbeat is None else self._on_data_received
+        request.protocol.set_parser(self._parser, data_received_cb=cb)
+        request.protocol.keep_alive(False)
 
 
 def _auth_timeout(s: Session) -> None:
