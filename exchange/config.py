@@ -145,6 +145,12 @@ class ServerConfig(Strict):
         20000, gt=0, description="(firm, client_order_id) results remembered for retries "
         "(~4 KB of memory each, measured)")
     uvloop: bool = Field(True, description="run on uvloop when it is installed")
+    gc_freeze: bool = Field(
+        True, description="after start-up (recovery, genesis) move every live object out of "
+                          "the cyclic GC's reach (gc.freeze), so collections do not walk them")
+    gc_threshold: tuple[int, int, int] = Field(
+        (50000, 20, 100), description="gc.set_threshold for the server process: allocations "
+                                      "before a young collection, then the older generations")
 
 
 class Settings(BaseModel):

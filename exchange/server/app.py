@@ -110,6 +110,19 @@ def create_app(settings: Settings, data_dir: str | Path | None = None, *,
     return app
 
 
+def tune_gc(cfg) -> None:
+    """The cyclic GC for a long-running server: collect once, freeze what start-up left alive
+    (modules, the recovered market: never garbage) and collect less often. With Python's
+    defaults the collector walked the whole heap every few seconds under load, pausing the
+    event loop up to ~200 ms (docs/BENCHMARKS.md). Process-wide: called by ``serve``, not
+    by ``create_app`` (tests build many apps in one process)."""
+    import gc
+    if cfg.gc_freeze:
+        gc.collect()
+        gc.freeze()
+    gc.set_threshold(*cfg.gc_threshold)
+
+
 def printable_demo_keys(app: web.Application) -> list[tuple[str, str | None, str]]:
     st: ServerState = app[STATE_KEY]
     return demo_keys(st.settings, st.exchange.modules["credentials"])

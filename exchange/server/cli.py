@@ -21,7 +21,7 @@ from ..config import load_settings
 
 
 async def serve(args) -> int:
-    from .app import STATE_KEY, create_app, printable_demo_keys
+    from .app import STATE_KEY, create_app, printable_demo_keys, tune_gc
 
     settings = load_settings(args.config)
     host = args.host or settings.server.host
@@ -31,6 +31,7 @@ async def serve(args) -> int:
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()  # runs on_startup: journal recovery / genesis
     st = app[STATE_KEY]
+    tune_gc(settings.server)
     site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
     await site.start()
     bound = port
