@@ -145,6 +145,12 @@ class ServerConfig(Strict):
         20000, gt=0, description="(firm, client_order_id) results remembered for retries "
         "(~4 KB of memory each, measured)")
     uvloop: bool = Field(True, description="run on uvloop when it is installed")
+    max_commands_in_flight: int = Field(
+        2000, gt=0, description="place_order/amend_order are refused with OVERLOADED while "
+                                "this many commands are applied but not yet durable")
+    overload_send_queue: int = Field(
+        1000, gt=0, description="place_order/amend_order of a connection are refused with "
+                                "OVERLOADED while this many messages wait for its socket")
     gc_freeze: bool = Field(
         True, description="after start-up (recovery, genesis) move every live object out of "
                           "the cyclic GC's reach (gc.freeze), so collections do not walk them")

@@ -325,6 +325,40 @@ async def test_rate_limit(tmp_path):
             assert (await c.ping())["pong"]  # refilled
 
 
+async def test_overload_refuses_new_orders_with_one_reply_each(tmp_path):
+    """Past max_commands_in_flight (applied, not yet durable) place_order and amend_order are
+    refused with OVERLOADED before the core sees them; cancels pass; every request gets
+    exactly one reply; once the journal has caught up orders are accepted again."""
+    async with running_server(tmp_path, max_commands_in_flight=3) as srv:
+        ex = srv.st.exchange
+        async with ExchangeClient(srv.ws_url, POWER) as c:
+            live = await c.place_order(instrument=I, side="sell", qty=1, price="86.50",
+                                       client_order_id="keep")
+            seq = ex.last_seq
+            # one frame: all of it is handled in one go, before any journal batch is durable
+            reqs = [("place_order", {"instrument": I, "side": "sell", "qty": 1,
+                                     "price": "86.00", "client_order_id": f"o{i}"})
+                    for i in range(6)]
+            reqs.append(("amend_order", {"order_id": live["order_id"], "qty": 1,
+                                         "price": "86.40"}))
+            reqs.append(("cancel_order", {"order_id": live["order_id"]}))
+            res = await c.send_batch(reqs)
+            assert len(res) == len(reqs)
+            codes = [getattr(r, "code", "ok") for r in res]
+            assert codes[:3] == ["ok"] * 3, codes
+            assert codes[3:7] == ["OVERLOADED"] * 4, codes
+            assert codes[7] == "ok" and res[7]["exec_type"] == "canceled"
+            assert ex.last_seq == seq + 4  # 3 orders + the cancel reached the core
+            assert srv.st.gateway.metrics.overloaded == 4
+            # a refused client_order_id was not remembered: the retry is a new order
+            again = await c.place_order(instrument=I, side="sell", qty=1, price="86.00",
+                                        client_order_id="o4")
+            assert again["client_order_id"] == "o4" and "replayed" not in again
+        async with aiohttp.ClientSession() as http:
+            async with http.get(srv.http + "/metrics") as r:
+                assert "exchange_overloaded_total 4" in await r.text()
+
+
 async def test_slow_consumer_is_disconnected(tmp_path):
     async with running_server(tmp_path, send_queue_max=200) as srv:
         async with ExchangeClient(srv.ws_url, POWER) as fast:

@@ -187,6 +187,9 @@ async def metrics(request: web.Request) -> web.Response:
         metric("exchange_ws_slow_consumer_disconnects_total", "counter",
                "connections closed for a full send queue",
                [({}, m.slow_consumer_disconnects)])
+        metric("exchange_overloaded_total", "counter",
+               "place_order/amend_order refused with OVERLOADED (server behind)",
+               [({}, m.overloaded)])
         metric("exchange_idempotent_replays_total", "counter",
                "place_order retries answered from the first result",
                [({}, m.idempotent_replays)])

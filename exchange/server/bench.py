@@ -96,6 +96,8 @@ def bench_core(n: int) -> float:
 class _StubRunner:
     """Answers every command with one 'new' execution report; commits once per tick."""
 
+    journal_lag = 0
+
     def __init__(self):
         self._fut = None
         self._seq = 0

@@ -31,7 +31,7 @@ from ..core.events import (
 )
 from .credentials import ROLE_FIRM, ApiKeyRevoked
 from .protocol import (
-    DEFERRED, METHODS, AmendOrderParams, AuthParams, CancelAllParams, CancelOrderParams,
+    DEFERRED, METHODS, OVERLOADED, AmendOrderParams, AuthParams, CancelAllParams, CancelOrderParams,
     ChannelParams, EmptyParams, PlaceOrderParams, ProtocolError, fmt_px, validation_message,
     wire_balances, wire_depth, wire_er, wire_order, wire_ticker, wire_trade, ws_method,
 )
@@ -101,6 +101,7 @@ class Metrics:
         self.connections_total = 0
         self.slow_consumer_disconnects = 0
         self.idempotent_replays = 0
+        self.overloaded = 0  # order entry refused with OVERLOADED
 
 
 class Session:
@@ -716,12 +717,30 @@ class Gateway:
                 o = acct.orders[oid]
                 return {"order_id": oid, "client_order_id": coid, "order_status": o.status,
                         "cum_qty": o.cum_qty, "leaves_qty": o.leaves, "replayed": True}
+        self.admit(s)
         events, durable = self.submit_nowait(cmd)
         outcome = self._outcome(events, self._order_outcome, s, cmd)
         if key is not None:
             idem.inflight[key] = (outcome, durable)
         self._enqueue(durable, s, req_id, outcome, key)
         return DEFERRED
+
+    def admit(self, s: Session) -> None:
+        """Admission control for new risk (place_order, amend_order): refuse with OVERLOADED,
+        before the core or the journal see the request, while the server is behind - more
+        than ``max_commands_in_flight`` commands applied but not durable (the journal or the
+        event loop lags), or more than ``overload_send_queue`` messages waiting for this
+        connection's socket (its client does not keep up). A refusal costs a fraction of an
+        order, so past saturation the server keeps answering every request promptly instead
+        of queueing replies until the slow-consumer rule drops the connection. Cancels are
+        never refused for load: a firm can always take risk off."""
+        cfg = self.cfg
+        lag = self.runner.journal_lag
+        if lag >= cfg.max_commands_in_flight or len(s.out) >= cfg.overload_send_queue:
+            self.metrics.overloaded += 1
+            raise ProtocolError(OVERLOADED, f"server busy ({lag} commands in flight, "
+                                            f"{len(s.out)} messages queued for this "
+                                            f"connection); not applied, retry later", 503)
 
     def command(self, s: Session, req_id, cmd, result_fn) -> object:
         """Submit ``cmd`` now; reply ``result_fn(events)`` (or its ProtocolError) once the
@@ -878,6 +897,7 @@ def m_cancel(s: Session, p: CancelOrderParams):
 def m_amend(s: Session, p: AmendOrderParams):
     """Change a live order's total quantity and/or price."""
     firm = s.firm_id
+    s.gw.admit(s)
     return s.gw.command(s, s.req_id, AmendOrder(
         account=firm, order_id=p.order_id, client_order_id=p.client_order_id, qty=p.qty,
         price=p.price), lambda events: _report_result(events, firm, "amend_order"))

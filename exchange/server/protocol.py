@@ -54,6 +54,10 @@ class ProtocolError(Exception):
         self.status = status
 
 
+# Gateway codes defined here rather than in exchange/core/errors.py (they never come from
+# the core): order entry refused because the server is behind (docs/PROTOCOL.md, section 6).
+OVERLOADED = "OVERLOADED"
+
 _PRICES: dict[str, int] = {}  # wire string -> fen: prices repeat (a tick grid), parse once
 
 
@@ -296,6 +300,6 @@ def wire_ticker(ex, symbol: str, segment: str = "main") -> dict:
 __all__ = [
     "ProtocolError", "Price", "Params", "AuthParams", "PlaceOrderParams", "CancelOrderParams",
     "AmendOrderParams", "CancelAllParams", "ChannelParams", "EmptyParams", "Method", "METHODS",
-    "ws_method", "DEFERRED", "validation_message", "wire_er", "wire_trade", "wire_book_changes",
+    "ws_method", "DEFERRED", "OVERLOADED", "validation_message", "wire_er", "wire_trade", "wire_book_changes",
     "wire_depth", "wire_balances", "wire_order", "wire_ticker", "fmt_px", "E",
 ]
