@@ -116,25 +116,30 @@ def restore_bytes(ex, data: bytes) -> None:
     ex.load_state(orjson.loads(data))
 
 
-_ENCODERS: dict[type, Callable] = {}
+def _make_payload_encoder(cls) -> Callable:
+    """The journal payload encoder of one command class: a generated function that builds
+    the ``encode_command`` dict directly and serialises it. Tuples stay tuples (orjson writes
+    them as JSON arrays), so the bytes are exactly ``orjson.dumps(encode_command(cmd))``."""
+    if not all(f.isidentifier() for f in cls._FIELDS):
+        return lambda c: _dumps(encode_command(c))
+    body = ", ".join(f"{f!r}: c.{f}" for f in cls._FIELDS)
+    ns: dict = {"dumps": _dumps}
+    exec(f"def enc(c):\n    return dumps({{'type': {cls.TYPE!r}, {body}}})", ns)
+    return ns["enc"]
 
 
-def fast_encode(cmd) -> dict:
-    """``encode_command`` for the submit hot path: one generated function per command class
-    that builds the dict directly. Tuples stay tuples (orjson writes them as JSON arrays), so
-    the stored payload is byte-for-byte what ``encode_command`` would give."""
-    enc = _ENCODERS.get(cmd.__class__)
-    if enc is None:
-        cls = cmd.__class__
-        if not all(f.isidentifier() for f in cls._FIELDS):
-            enc = encode_command
-        else:
-            body = ", ".join(f"{f!r}: c.{f}" for f in cls._FIELDS)
-            ns: dict = {}
-            exec(f"def enc(c):\n    return {{'type': {cls.TYPE!r}, {body}}}", ns)
-            enc = ns["enc"]
-        _ENCODERS[cls] = enc
-    return enc(cmd)
+class _PayloadEncoders(dict):
+    def __missing__(self, cls):
+        enc = self[cls] = _make_payload_encoder(cls)
+        return enc
+
+
+_PAYLOAD = _PayloadEncoders()
+
+
+def encode_payload(cmd) -> bytes:
+    """The journal payload of ``cmd`` (``orjson.dumps(encode_command(cmd))``), fast."""
+    return _PAYLOAD[cmd.__class__](cmd)
 
 
 class _Batch:
@@ -178,7 +183,7 @@ class CoreRunner:
         self._last_ts = 0
         self._durable_seq = 0
         self._since_snapshot = 0
-        self._snapshot_at = time.monotonic()
+        self._snapshot_timer: asyncio.TimerHandle | None = None
         self._batch: _Batch | None = None
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
@@ -230,6 +235,7 @@ class CoreRunner:
         self._wake = asyncio.Event()
         self._accepting = True
         self._task = asyncio.create_task(self._commit_loop(), name="journal-commit")
+        self._arm_snapshot_timer()
 
     async def _recover(self) -> None:
         t0 = time.perf_counter()
@@ -272,7 +278,6 @@ class CoreRunner:
         self._durable_seq = ex.last_seq
         self._last_ts = ex.now
         self._since_snapshot = replayed
-        self._snapshot_at = time.monotonic()
         self.recovery = {"snapshot_seq": snap_seq, "replayed": replayed,
                          "last_seq": ex.last_seq, "truncated": list(j.truncated),
                          "snapshot_load_s": t1 - t0, "replay_s": time.perf_counter() - t1,
@@ -307,14 +312,13 @@ class CoreRunner:
             log.exception("core raised on seq %d (%s)", cmd.seq, cmd.TYPE)
             result = e
         b = self._batch
-        b.frames.add(cmd.seq, ts, _dumps(fast_encode(cmd)))
+        b.frames.add(cmd.seq, ts, _PAYLOAD[cmd.__class__](cmd))
         if self._listeners:
             b.applied.append((cmd, result))
         if b.frames.count == 1:
             self._wake.set()
         self._since_snapshot += 1
-        if (self._since_snapshot >= self.snapshot_every_commands
-                or time.monotonic() - self._snapshot_at >= self.snapshot_every_seconds):
+        if self._since_snapshot >= self.snapshot_every_commands:
             self._snapshot_now()
         return result, b.future
 
@@ -333,7 +337,7 @@ class CoreRunner:
         m.ts = self._last_ts = self._last_ts + 1
         ex.apply(m)
         b = self._batch
-        b.frames.add(m.seq, m.ts, _dumps(fast_encode(m)))
+        b.frames.add(m.seq, m.ts, encode_payload(m))
         if self._listeners:
             b.applied.append((m, []))
         data = self._fork_snapshot(ex) if self.fork_snapshots else None
@@ -343,7 +347,26 @@ class CoreRunner:
         if b.frames.count == 1:
             self._wake.set()
         self._since_snapshot = 0
-        self._snapshot_at = time.monotonic()
+        self._arm_snapshot_timer()
+
+    def _arm_snapshot_timer(self) -> None:
+        """Time-based snapshots: ``snapshot_every_seconds`` after the last snapshot (or the
+        start), one is taken if any command came in since. A timer, not a clock read per
+        command on the submit path."""
+        if self._snapshot_timer is not None:
+            self._snapshot_timer.cancel()
+            self._snapshot_timer = None
+        secs = self.snapshot_every_seconds
+        if self._accepting and secs and 0 < secs < float("inf"):
+            self._snapshot_timer = asyncio.get_running_loop().call_later(
+                secs, self._snapshot_timer_fired)
+
+    def _snapshot_timer_fired(self) -> None:
+        self._snapshot_timer = None
+        if self._accepting and self._since_snapshot > 0:
+            self._snapshot_now()
+        else:
+            self._arm_snapshot_timer()
 
     def _fork_snapshot(self, ex):
         """Serialise the state in a forked child (a copy-on-write image of this instant), so
@@ -447,6 +470,7 @@ class CoreRunner:
         if self._accepting and snapshot and self._since_snapshot > 0 and not self._failed:
             self._snapshot_now()
         self._accepting = False
+        self._arm_snapshot_timer()  # cancels it
         self._stopping = True
         self._wake.set()
         try:

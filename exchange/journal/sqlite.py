@@ -8,6 +8,8 @@ dedicated worker thread, so the event loop keeps applying commands while a batch
 from __future__ import annotations
 
 import asyncio
+import collections
+import fcntl
 import hashlib
 import itertools
 import os
@@ -42,16 +44,6 @@ CREATE TABLE IF NOT EXISTS meta (
 FORMAT_VERSION = "1"
 
 
-def _read_exact(f, n: int) -> bytes | None:
-    buf = bytearray()
-    while len(buf) < n:
-        c = f.read(n - len(buf))
-        if not c:
-            return None
-        buf += c
-    return bytes(buf)
-
-
 def _write_all(f, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -74,6 +66,132 @@ def _insert_sql(k: int) -> str:
     return sql
 
 
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)  # Linux
+
+
+class _WriterLink:
+    """The core process's end of the writer process's pipes, driven by the event loop:
+    non-blocking writes (continued by ``add_writer`` when the pipe is full) and replies read
+    by ``add_reader``. No thread: a worker thread doing blocking pipe I/O needed the GIL back
+    after every write and read, and the busy event loop gave it up only at the 5 ms switch
+    interval - several such waits per batch, on every batch's way to durability. The pipe
+    is widened to 1 MiB where the kernel allows, so a batch usually goes in one ``writev``.
+    One request at a time (the journal's lock)."""
+
+    def __init__(self, proc, path: str):
+        self.proc = proc
+        self.path = path
+        self.loop = asyncio.get_running_loop()
+        self.wfd = proc.stdin.fileno()
+        self.rfd = proc.stdout.fileno()
+        os.set_blocking(self.wfd, False)
+        os.set_blocking(self.rfd, False)
+        try:
+            fcntl.fcntl(self.wfd, _F_SETPIPE_SZ, 1 << 20)
+        except OSError:
+            pass  # not Linux, or over /proc/sys/fs/pipe-max-size: the default 64 KiB
+        self._in = bytearray()
+        self._msgs: collections.deque = collections.deque()
+        self._waiter: asyncio.Future | None = None
+        self._out: list = []  # memoryviews still to write
+        self._error: JournalError | None = None
+        self._attached = True
+        self.loop.add_reader(self.rfd, self._readable)
+
+    def _died(self, why: str = "") -> JournalError:
+        return JournalError(f"journal writer process for {self.path} died "
+                            f"(exit {self.proc.poll()}){why}")
+
+    def _fail(self, err: JournalError) -> None:
+        if self._error is None:
+            self._error = err
+        self._stop_io()
+        w, self._waiter = self._waiter, None
+        if w is not None and not w.done():
+            w.set_exception(self._error)
+
+    def _stop_io(self) -> None:
+        if self._attached:
+            self._attached = False
+            self.loop.remove_reader(self.rfd)
+            self.loop.remove_writer(self.wfd)
+        self._out = []
+
+    def _readable(self) -> None:
+        try:
+            data = os.read(self.rfd, 1 << 16)
+        except BlockingIOError:
+            return
+        except OSError as e:
+            self._fail(self._died(f": {e!r}"))
+            return
+        if not data:
+            self._fail(self._died())
+            return
+        buf = self._in
+        buf += data
+        while len(buf) >= _HEAD.size:
+            k, n = _HEAD.unpack_from(buf)
+            if len(buf) < _HEAD.size + n:
+                break
+            msg = bytes(buf[_HEAD.size:_HEAD.size + n])
+            del buf[:_HEAD.size + n]
+            self._msgs.append((k, msg))
+        w = self._waiter
+        if self._msgs and w is not None:
+            self._waiter = None
+            if not w.done():
+                w.set_result(None)
+
+    def _flush(self) -> None:
+        out = self._out
+        try:
+            while out:
+                n = os.writev(self.wfd, out)
+                while out and n >= len(out[0]):
+                    n -= len(out[0])
+                    out.pop(0)
+                if out and n:
+                    out[0] = out[0][n:]
+        except BlockingIOError:
+            pass
+        except OSError as e:  # EPIPE: the writer is gone
+            self._fail(self._died(f": {e!r}"))
+            return
+        if out:
+            self.loop.add_writer(self.wfd, self._flush)
+        else:
+            self.loop.remove_writer(self.wfd)
+
+    async def receive(self) -> bytes:
+        """The next reply's body; JournalError on an error reply or a dead writer."""
+        while not self._msgs:
+            if self._error is not None:
+                raise self._error
+            self._waiter = self.loop.create_future()
+            await self._waiter
+        k, msg = self._msgs.popleft()
+        if k != ord("K"):
+            raise JournalError(f"journal writer: {msg.decode(errors='replace')}")
+        return msg
+
+    async def request(self, head: bytes, body) -> bytes:
+        if self._error is not None:
+            raise self._error
+        self._out = [memoryview(head), memoryview(body)]
+        self._flush()
+        return await self.receive()
+
+    def detach(self) -> None:
+        """Give the pipes back to blocking use (closing, killing)."""
+        self._stop_io()
+        for fd in (self.wfd, self.rfd):
+            try:
+                os.set_blocking(fd, True)
+            except OSError:
+                pass
+
+
 class SQLiteJournal(Journal):
     def __init__(self, path: str, *, keep_snapshots: int = 3, repair_tail: bool = True,
                  readonly: bool = False, writer: str | None = None):
@@ -86,6 +204,7 @@ class SQLiteJournal(Journal):
         if self.writer not in ("process", "thread"):
             raise ValueError(f"writer must be 'process' or 'thread', not {self.writer!r}")
         self._proc = None
+        self._link: _WriterLink | None = None
         self.path = path
         self.repair_tail = repair_tail and not readonly
         self.readonly = readonly
@@ -112,6 +231,7 @@ class SQLiteJournal(Journal):
                 await self._start_writer()
         except BaseException:
             if self._proc is not None:
+                self._link.detach()
                 if self._proc.poll() is None:
                     self._proc.kill()
                 self._proc.wait()
@@ -126,15 +246,14 @@ class SQLiteJournal(Journal):
 
     async def _start_writer(self) -> None:
         # the script by path, not ``-m``: it needs only the standard library, and skipping
-        # the package import keeps its start-up to a few tens of milliseconds. Plain pipes
-        # written and read by the journal's worker thread (blocking, GIL released): asyncio's
-        # pipe transport re-copied its buffer on every partial write of a multi-MB batch.
+        # the package import keeps its start-up to a few tens of milliseconds.
         env = dict(os.environ, JOURNAL_KEEP_SNAPSHOTS=str(self.keep_snapshots))
         self._proc = subprocess.Popen([sys.executable, _WRITER_SCRIPT, self.path],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       bufsize=0, env=env, close_fds=True)
+        self._link = _WriterLink(self._proc, self.path)
         try:
-            hello = await self._call(self._recv_sync)
+            hello = await self._link.receive()
         except JournalError as e:
             raise JournalError(f"journal writer process for {self.path} did not start: "
                                f"{e}") from None
@@ -142,29 +261,8 @@ class SQLiteJournal(Journal):
             raise JournalError(f"journal writer for {self.path} sees a different end of the "
                                f"log (seq {_LAST.unpack_from(hello)[0]}, not {self.last_seq})")
 
-    def _recv_sync(self) -> bytes:
-        proc = self._proc
-        head = _read_exact(proc.stdout, _HEAD.size)
-        k, n = _HEAD.unpack(head) if head is not None else (None, 0)
-        resp = _read_exact(proc.stdout, n) if k is not None else None
-        if k is None or resp is None:
-            raise JournalError(f"journal writer process for {self.path} died "
-                               f"(exit {proc.poll()})")
-        if k != ord("K"):
-            raise JournalError(f"journal writer: {resp.decode(errors='replace')}")
-        return resp
-
-    def _send_sync(self, head: bytes, body) -> bytes:
-        try:
-            _write_all(self._proc.stdin, head)
-            _write_all(self._proc.stdin, body)
-        except (BrokenPipeError, ValueError, OSError) as e:
-            raise JournalError(f"journal writer process for {self.path} died "
-                               f"(exit {self._proc.poll()}): {e!r}") from None
-        return self._recv_sync()
-
     async def _send(self, kind: bytes, body) -> bytes:
-        return await self._call(self._send_sync, _HEAD.pack(kind[0], len(body)), body)
+        return await self._link.request(_HEAD.pack(kind[0], len(body)), body)
 
     def _open_sync(self) -> None:
         if self.readonly and not os.path.exists(self.path):
@@ -232,6 +330,7 @@ class SQLiteJournal(Journal):
             return
         if self._proc is not None:
             proc = self._proc
+            self._link.detach()
             try:
                 async with self._lock:
                     await self._call(self._quit_sync)
