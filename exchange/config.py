@@ -151,6 +151,10 @@ class ServerConfig(Strict):
     overload_send_queue: int = Field(
         1000, gt=0, description="place_order/amend_order of a connection are refused with "
                                 "OVERLOADED while this many messages wait for its socket")
+    book_push_interval_ms: float = Field(
+        50.0, ge=0, description="book updates are sent to subscribers in one go at most this "
+                                "often (every update, in order; one socket write per "
+                                "subscriber per interval); 0 sends each update at once")
     gc_freeze: bool = Field(
         True, description="after start-up (recovery, genesis) move every live object out of "
                           "the cyclic GC's reach (gc.freeze), so collections do not walk them")

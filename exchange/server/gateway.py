@@ -157,6 +157,24 @@ class Session:
             else:
                 self.wake.set()
 
+    def send_many(self, msgs: list) -> None:
+        """Queue several messages (one bound check, one flush)."""
+        if self.closed or not msgs:
+            return
+        out = self.out
+        out.extend(msgs)
+        if len(out) > self.gw.cfg.send_queue_max:
+            self.gw.metrics.slow_consumer_disconnects += 1
+            self.kill(CLOSE_SLOW, f"{E.SLOW_CONSUMER}: more than "
+                                  f"{self.gw.cfg.send_queue_max} messages queued")
+            return
+        if not self.flushing:
+            self.flushing = True
+            if self.transport is not None:
+                self.gw.want_flush(self)
+            else:
+                self.wake.set()
+
     def push(self, channel: str, data: bytes) -> None:
         """A push on a per-session sequenced channel (everything but books)."""
         seq = self.subs.get(channel)
@@ -407,6 +425,11 @@ class Gateway:
         self._batch_future = None  # the journal batch the current place_orders ride in
         self._batch: list = []
         self._to_flush: list[Session] = []
+        # book updates held back for _push_books: (instrument, segment) -> (channel, [(seq,
+        # message)]); server.book_push_interval_ms 0 sends each update at once
+        self._book_interval = cfg.book_push_interval_ms / 1000.0
+        self._book_pending: dict = {}
+        self._book_timer = False
         self._flush_out_scheduled = False
         self.failed: str | None = None  # set when the runner refused a command
         self.accepting = True
@@ -621,10 +644,20 @@ class Gateway:
                     msg = _dumps({"channel": ch, "seq": bs, "data": {
                         "instrument": ev.instrument, "segment": ev.segment, "book_seq": bs,
                         "changes": [[c[0], fmt_px(c[1]), c[2]] for c in ev.changes]}})
-                    for s in tuple(subs):
-                        if s.subs.get(ch, bs) < bs:
-                            s.subs[ch] = bs
-                            s.send(msg)
+                    if self._book_interval > 0:  # held back, sent to all in one go
+                        pend = self._book_pending.get(key)
+                        if pend is None:
+                            pend = self._book_pending[key] = (ch, [])
+                        pend[1].append((bs, msg))
+                        if not self._book_timer:
+                            self._book_timer = True
+                            asyncio.get_running_loop().call_later(self._book_interval,
+                                                                  self._push_books)
+                    else:
+                        for s in tuple(subs):
+                            if s.subs.get(ch, bs) < bs:
+                                s.subs[ch] = bs
+                                s.send(msg)
                 if ev.segment == "main" and ev.instrument in self.ticker_subs:
                     self._dirty_tick.add(ev.instrument)
             elif t is Trade:
@@ -656,6 +689,30 @@ class Gateway:
         if (dirty_bal or self._dirty_tick) and not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush_dirty)
+
+    def _push_books(self) -> None:
+        """Every ``book_push_interval_ms``: the book updates made durable since the last
+        call, each still its own message in seq order, queued to each subscriber at once -
+        so a subscriber's socket gets one write per interval, not one per update (the
+        fan-out to 1,000 subscribers was one syscall per subscriber per update). A session
+        gets only the updates after the ``book_seq`` it already has (its snapshot)."""
+        self._book_timer = False
+        pending, self._book_pending = self._book_pending, {}
+        for key, (ch, items) in pending.items():
+            subs = self.book_subs.get(key)
+            if not subs:
+                continue
+            first = items[0][0]
+            last = items[-1][0]
+            for s in tuple(subs):
+                seen = s.subs.get(ch)
+                if seen is None or seen >= last:
+                    continue
+                s.subs[ch] = last
+                if seen < first:
+                    s.send_many([m for _, m in items])
+                else:
+                    s.send_many([m for bs, m in items if bs > seen])
 
     def _flush_dirty(self) -> None:
         self._flush_scheduled = False
