@@ -33,6 +33,7 @@ returns the ``result`` dict (sync or async). Raising :class:`ProtocolError` (or 
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Callable, Literal
 
@@ -58,6 +59,7 @@ class ProtocolError(Exception):
 # the core): order entry refused because the server is behind (docs/PROTOCOL.md, section 6).
 OVERLOADED = "OVERLOADED"
 
+_PRICE_RE = re.compile(r"[0-9]{1,15}(\.[0-9]{1,16})?")  # < 10^15 CNY: fen fit in 64 bits
 _PRICES: dict[str, int] = {}  # wire string -> fen: prices repeat (a tick grid), parse once
 
 
@@ -69,6 +71,11 @@ def _price(v: Any) -> int:
         raise ValueError('prices travel as decimal strings, e.g. "85.50"')
     if len(v) > 32:
         raise ValueError("price string too long")
+    # plain digits first (no sign, exponent - "1e400000" would make a huge int - or "_"),
+    # then parse_price's own checks (at most two decimals, ...)
+    if _PRICE_RE.fullmatch(v) is None:
+        raise ValueError('a price is a decimal string of digits, under 10^15, with at most '
+                         'two decimals, e.g. "85.50"')
     try:
         fen = parse_price(v)
     except UnitError as e:
@@ -118,13 +125,15 @@ class PlaceOrderParams(TypedDict):
         description="makes place_order idempotent: a retry returns the first result")]]
 
 
-class OrderRef(Params):
-    order_id: StrictInt | None = None
-    client_order_id: ClientOrderId | None = None
+class OrderRef(TypedDict):
+    """Names one of the firm's orders: ``order_id`` or ``client_order_id`` (the handlers
+    refuse a request with neither: INVALID_PARAMS). TypedDicts, like place_order's params:
+    cancels and amends are a third of the order flow, and validate in a fifth of the time
+    of a model."""
 
-    def model_post_init(self, __context) -> None:
-        if self.order_id is None and self.client_order_id is None:
-            raise ValueError("give order_id or client_order_id")
+    __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
+    order_id: NotRequired[StrictInt | None]
+    client_order_id: NotRequired[ClientOrderId | None]
 
 
 class CancelOrderParams(OrderRef):
@@ -132,8 +141,17 @@ class CancelOrderParams(OrderRef):
 
 
 class AmendOrderParams(OrderRef):
-    qty: StrictInt | None = Field(None, description="new total order quantity")
-    price: Price | None = None
+    qty: NotRequired[Annotated[StrictInt | None, Field(description="new total order quantity")]]
+    price: NotRequired[Price | None]
+
+
+def order_ref(p: dict) -> tuple:
+    """``(order_id, client_order_id)`` of validated OrderRef params; one of them is given."""
+    oid = p.get("order_id")
+    coid = p.get("client_order_id")
+    if oid is None and coid is None:
+        raise ProtocolError(E.INVALID_PARAMS, "give order_id or client_order_id")
+    return oid, coid
 
 
 class CancelAllParams(Params):
@@ -299,7 +317,7 @@ def wire_ticker(ex, symbol: str, segment: str = "main") -> dict:
 
 __all__ = [
     "ProtocolError", "Price", "Params", "AuthParams", "PlaceOrderParams", "CancelOrderParams",
-    "AmendOrderParams", "CancelAllParams", "ChannelParams", "EmptyParams", "Method", "METHODS",
+    "AmendOrderParams", "order_ref", "CancelAllParams", "ChannelParams", "EmptyParams", "Method", "METHODS",
     "ws_method", "DEFERRED", "OVERLOADED", "validation_message", "wire_er", "wire_trade", "wire_book_changes",
     "wire_depth", "wire_balances", "wire_order", "wire_ticker", "fmt_px", "E",
 ]
