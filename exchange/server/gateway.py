@@ -23,7 +23,6 @@ from aiohttp import WSMsgType, web
 from pydantic import ValidationError
 
 from ..core import errors as E
-from ..core.units import format_price
 from ..core.commands import AmendOrder, CancelAll, CancelOrder, PlaceOrder
 from ..core.events import (
     EXEC_REJECTED, BookUpdate, CommandRejected, DayEnded, ExecutionReport, MarketState, Posting,
@@ -31,9 +30,10 @@ from ..core.events import (
 )
 from .credentials import ROLE_FIRM, ApiKeyRevoked
 from .protocol import (
-    DEFERRED, METHODS, OVERLOADED, AmendOrderParams, AuthParams, CancelAllParams, CancelOrderParams,
-    ChannelParams, EmptyParams, PlaceOrderParams, ProtocolError, fmt_px, validation_message,
-    wire_balances, wire_depth, wire_er, wire_order, wire_ticker, wire_trade, ws_method,
+    DEFERRED, METHODS, OVERLOADED, AmendOrderParams, AuthParams, CancelAllParams,
+    CancelOrderParams, ChannelParams, EmptyParams, PlaceOrderParams, ProtocolError, fmt_px,
+    order_ref, validation_message, wire_balances, wire_depth, wire_er, wire_order, wire_ticker,
+    wire_trade, ws_method,
 )
 
 TEXT = WSMsgType.TEXT
@@ -912,7 +912,7 @@ def _report_result(events: list, account: str, kind: str) -> dict:
         raise ProtocolError(E.UNKNOWN_ORDER, f"{kind}: no report")
     return {"order_id": last.order_id, "client_order_id": last.client_order_id,
             "exec_type": last.exec_type, "order_status": last.order_status,
-            "qty": last.qty, "price": None if last.price is None else format_price(last.price),
+            "qty": last.qty, "price": None if last.price is None else fmt_px(last.price),
             "cum_qty": last.cum_qty, "leaves_qty": last.leaves_qty}
 
 
@@ -942,22 +942,24 @@ def m_place(s: Session, p: dict):
 
 
 @ws_method("cancel_order", CancelOrderParams, roles=(ROLE_FIRM,))
-def m_cancel(s: Session, p: CancelOrderParams):
+def m_cancel(s: Session, p: dict):
     """Cancel one of the firm's live orders by order_id or client_order_id."""
     firm = s.firm_id
+    oid, coid = order_ref(p)
     return s.gw.command(s, s.req_id, CancelOrder(
-        account=firm, order_id=p.order_id, client_order_id=p.client_order_id),
+        account=firm, order_id=oid, client_order_id=coid),
         lambda events: _report_result(events, firm, "cancel_order"))
 
 
 @ws_method("amend_order", AmendOrderParams, roles=(ROLE_FIRM,))
-def m_amend(s: Session, p: AmendOrderParams):
+def m_amend(s: Session, p: dict):
     """Change a live order's total quantity and/or price."""
     firm = s.firm_id
+    oid, coid = order_ref(p)
     s.gw.admit(s)
     return s.gw.command(s, s.req_id, AmendOrder(
-        account=firm, order_id=p.order_id, client_order_id=p.client_order_id, qty=p.qty,
-        price=p.price), lambda events: _report_result(events, firm, "amend_order"))
+        account=firm, order_id=oid, client_order_id=coid, qty=p.get("qty"),
+        price=p.get("price")), lambda events: _report_result(events, firm, "amend_order"))
 
 
 def _canceled(events: list, firm: str) -> dict:
