@@ -109,7 +109,8 @@ class Session:
 
     __slots__ = ("gw", "ws", "cred", "firm_id", "role", "key_id", "batch", "cod", "subs",
                  "out", "wake", "closed", "tokens", "refill_at", "placed", "writer", "peer",
-                 "req_id", "transport", "flushing", "backoff", "__weakref__")
+                 "req_id", "transport", "flushing", "backoff", "rx", "idle", "ping_at",
+                 "__weakref__")
 
     def __init__(self, gw: "Gateway", ws, peer: str = ""):
         self.gw = gw
@@ -133,6 +134,9 @@ class Session:
         self.transport = None  # set: frames are written straight to it (see flush)
         self.flushing = False  # a flush of this session is scheduled
         self.backoff = 0.0  # retry delay while the socket's buffer is full (2 ms .. 100 ms)
+        self.rx = False  # a frame arrived since the last heartbeat round
+        self.idle = 0  # heartbeat rounds (half a heartbeat each) without a frame
+        self.ping_at: float | None = None  # when the heartbeat ping was sent
 
     @property
     def gateway(self) -> "Gateway":
@@ -430,6 +434,8 @@ class Gateway:
         self._book_interval = cfg.book_push_interval_ms / 1000.0
         self._book_pending: dict = {}
         self._book_timer = False
+        self._hb_sessions: set[Session] = set()
+        self._hb_interval: float | None = None
         self._flush_out_scheduled = False
         self.failed: str | None = None  # set when the runner refused a command
         self.accepting = True
@@ -442,6 +448,45 @@ class Gateway:
     def log_exception(self, exc) -> None:
         if self.log is not None:
             self.log.error("internal error", exc_info=exc)
+
+    # ---------------------------------------------------------------- heartbeat
+    def watch_heartbeat(self, s: Session, interval: float) -> None:
+        """Heartbeat ``s`` (on the direct path): one timer for all sessions, every half
+        interval. A session silent for about ``interval`` gets a ping; one that sends
+        nothing (no pong) within half an interval after it is closed - the rule aiohttp's
+        heartbeat implements with a timer reset per received chunk."""
+        self._hb_sessions.add(s)
+        if self._hb_interval is None:
+            self._hb_interval = interval
+            asyncio.get_running_loop().call_later(interval / 2, self._heartbeat)
+
+    def _heartbeat(self) -> None:
+        hb = self._hb_interval
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for s in tuple(self._hb_sessions):
+            if s.closed:
+                self._hb_sessions.discard(s)
+                continue
+            if s.rx:
+                s.rx = False
+                s.idle = 0
+                s.ping_at = None
+                continue
+            s.idle += 1
+            if s.ping_at is not None:
+                if now - s.ping_at >= hb / 2 - 1e-3:
+                    self._hb_sessions.discard(s)
+                    s.ws.heartbeat_timeout()
+            elif s.idle >= 2:
+                tr = s.transport
+                if tr is not None and not tr.is_closing():
+                    tr.write(b"\x89\x00")  # ping, empty payload
+                    s.ping_at = now
+        if self._hb_sessions:
+            loop.call_later(hb / 2, self._heartbeat)
+        else:
+            self._hb_interval = None
 
     # ---------------------------------------------------------------- output
     def want_flush(self, s: Session) -> None:
@@ -496,6 +541,7 @@ class Gateway:
         if s not in self.sessions:
             return
         self.sessions.discard(s)
+        self._hb_sessions.discard(s)
         self.metrics.connections = len(self.sessions)
         for ch in list(s.subs):
             self._unsub(s, ch)
@@ -1086,6 +1132,7 @@ class _DirectQueue(WebSocketDataQueue):
 
     def feed_data(self, data, size) -> None:
         s = self.session
+        s.rx = True  # anything from the peer counts for the heartbeat
         t = data[0]
         if (t is TEXT or t is BINARY) and s.transport is not None:
             if not s.closed:
@@ -1109,14 +1156,26 @@ class _DirectWS(web.WebSocketResponse):
     session: Session | None = None
     direct = False
 
+    def __init__(self, *, heartbeat=None, **kw):
+        # the gateway's own heartbeat (Gateway._heartbeat: one timer for all sessions) is
+        # used on the direct path; aiohttp's - a call_soon and a timer reset per received
+        # chunk - only if we fall back to it
+        super().__init__(heartbeat=None, **kw)
+        self.hb = heartbeat
+
+    def _aiohttp_heartbeat(self) -> None:
+        if self.hb:
+            self._heartbeat = self.hb
+            self._pong_heartbeat = self.hb / 2.0
+
     def _post_start(self, request, protocol, writer) -> None:
         s = self.session
         if s is None or _DirectReader is None:
+            self._aiohttp_heartbeat()
             return super()._post_start(request, protocol, writer)
         try:
             self._ws_protocol = protocol
             self._writer = writer
-            self._reset_heartbeat()
             tr = request.transport
             if tr is not None and hasattr(tr, "get_write_buffer_size"):
                 s.transport = tr  # frames that arrive with the handshake are answered
@@ -1128,11 +1187,23 @@ class _DirectWS(web.WebSocketResponse):
         except Exception:  # not the aiohttp this was written for
             s.transport = None
             self._reader = self._parser = None
+            self._aiohttp_heartbeat()
             return super()._post_start(request, protocol, writer)
         self.direct = True
-        cb = None if self._heartbeat is None else self._on_data_received
-        request.protocol.set_parser(self._parser, data_received_cb=cb)
+        request.protocol.set_parser(self._parser)
         request.protocol.keep_alive(False)
+        if self.hb:
+            s.gw.watch_heartbeat(s, self.hb)
+
+    def heartbeat_timeout(self) -> None:
+        """No pong in time: close the connection as aiohttp's own heartbeat does."""
+        try:
+            self._handle_ping_pong_exception(
+                asyncio.TimeoutError("no PONG received within the heartbeat"))
+        except Exception:
+            tr = self.session.transport if self.session is not None else None
+            if tr is not None:
+                tr.abort()
 
 
 def _auth_timeout(s: Session) -> None:
