@@ -359,6 +359,39 @@ async def test_overload_refuses_new_orders_with_one_reply_each(tmp_path):
                 assert "exchange_overloaded_total 4" in await r.text()
 
 
+async def test_book_updates_are_grouped_per_interval_and_complete(tmp_path):
+    """server.book_push_interval_ms: updates are held back and sent together, yet each is its
+    own message with seq = previous + 1 from the subscriber's snapshot on - also for a
+    subscriber that joins while updates are held back; the reply does not wait for them."""
+    async with running_server(tmp_path, book_push_interval_ms=300) as srv:
+        ch = f"book:{I}:main"
+        ex = srv.st.exchange
+        async with ExchangeClient(srv.ws_url, POWER) as trader, \
+                ExchangeClient(srv.ws_url, STEEL) as early, \
+                ExchangeClient(srv.ws_url, CEMENT) as late:
+            snap_early = (await early.subscribe(ch))["seq"]
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            res = await trader.send_batch([("place_order", {
+                "instrument": I, "side": "sell", "qty": 1, "price": f"{87 + i / 100:.2f}"})
+                for i in range(5)])
+            assert all(isinstance(r, dict) for r in res)
+            assert loop.time() - t0 < 0.25  # replies are not held back with the book
+            assert ex.books[(I, "main")].seq == snap_early + 5
+            snap_late = (await late.subscribe(ch))["seq"]  # while the 5 are held back
+            res = await trader.send_batch([("place_order", {
+                "instrument": I, "side": "sell", "qty": 1, "price": f"{88 + i / 100:.2f}"})
+                for i in range(3)])
+            last = ex.books[(I, "main")].seq
+            for client, first in ((early, snap_early), (late, snap_late)):
+                seqs = []
+                while not seqs or seqs[-1] < last:
+                    seqs.append((await client.next_push(ch, timeout=3))[1])
+                assert seqs == list(range(first + 1, last + 1)), (first, seqs)
+                assert client.books[ch].book_seq == last and client.resyncs == 0
+            assert early.books[ch].asks() == late.books[ch].asks()
+
+
 async def test_slow_consumer_is_disconnected(tmp_path):
     async with running_server(tmp_path, send_queue_max=200) as srv:
         async with ExchangeClient(srv.ws_url, POWER) as fast:
