@@ -13,7 +13,7 @@ def _fmt(v, nd=2):
 
 
 def table(steps: list[dict], exec_cols: bool = True) -> str:
-    head = ("| offered /s | achieved /s | ack p50 | p90 | p99 | p99.9 | max (ms) |"
+    head = ("| offered /s | achieved /s | served /s | ack p50 | p90 | p99 | p99.9 | max (ms) |"
             + (" exec p50 | exec p99 (ms) |" if exec_cols else "")
             + " errors | rejects | server CPU | server us/msg | gen. CPU us/msg | sustained |")
     sep = "|" + "---|" * (head.count("|") - 1)
@@ -22,7 +22,8 @@ def table(steps: list[dict], exec_cols: bool = True) -> str:
         a = s["ack_latency_ms"]
         e = s["exec_latency_ms"]
         rows.append(
-            f"| {s['offered_rate']:.0f} | {s['achieved_rate']:.0f} | {_fmt(a['p50'])} | "
+            f"| {s['offered_rate']:.0f} | {s['achieved_rate']:.0f} | "
+            f"{s.get('served_rate', s['achieved_rate']):.0f} | {_fmt(a['p50'])} | "
             f"{_fmt(a['p90'])} | {_fmt(a['p99'])} | {_fmt(a['p999'])} | {_fmt(a['max'])} |"
             + (f" {_fmt(e['p50'])} | {_fmt(e['p99'])} |" if exec_cols else "")
             + f" {s['errors']} | {s['rejects']} | "

@@ -197,6 +197,9 @@ def aggregate(rate: float, duration: float, results: list[dict]) -> dict:
         "duration_seconds": duration,
         "achieved_rate": round(acked / elapsed, 1),
         "ok_rate": round(tot("ok") / elapsed, 1),
+        # handled by the exchange: accepted or refused on business grounds (rejects), not
+        # turned away by the gateway (OVERLOADED, ...) - the throughput that counts
+        "served_rate": round((tot("ok") + sum(rejects.values())) / elapsed, 1),
         "elapsed_seconds": round(elapsed, 3),
         "scheduled": tot("scheduled"),
         "sent": tot("sent"),
