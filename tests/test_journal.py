@@ -18,7 +18,7 @@ from exchange.journal import (
     CoreRunner, JournalCorruptError, JournalError, RunnerFailed, open_journal, replay_into,
 )
 from exchange.journal.base import GENESIS_HASH, Journal
-from exchange.journal.runner import encode_payload, fast_decode, snapshot_bytes
+from exchange.journal.runner import fast_decode, payload_line, snapshot_bytes
 from exchange.core.commands import decode_command
 from loadtest.streams import core_commands, generate, market_setup_commands
 
@@ -85,7 +85,7 @@ def test_fast_decode_equals_decode_command():
     for c in cmds:
         d = orjson.loads(orjson.dumps(encode_command(c)))
         assert fast_decode(dict(d), 5, 6) == decode_command(d, 5, 6)
-        assert encode_payload(c) == orjson.dumps(encode_command(c))
+        assert payload_line(c) == orjson.dumps(encode_command(c)) + b"\n"
 
 
 def test_open_journal_targets(tmp_path):

@@ -20,7 +20,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 from .base import (
-    Frames, Journal, JournalCorruptError, JournalError, chain_rows, dumps, log, torn_tail_seq,
+    Frames, Journal, JournalCorruptError, JournalError, chain_rows, log, torn_tail_seq,
 )
 
 SCHEMA = """
@@ -175,10 +175,10 @@ class _WriterLink:
             raise JournalError(f"journal writer: {msg.decode(errors='replace')}")
         return msg
 
-    async def request(self, head: bytes, body) -> bytes:
+    async def request(self, head: bytes, *parts) -> bytes:
         if self._error is not None:
             raise self._error
-        self._out = [memoryview(head), memoryview(body)]
+        self._out = [memoryview(x).cast("B") for x in (head, *parts) if len(x)]
         self._flush()
         return await self.receive()
 
@@ -261,8 +261,9 @@ class SQLiteJournal(Journal):
             raise JournalError(f"journal writer for {self.path} sees a different end of the "
                                f"log (seq {_LAST.unpack_from(hello)[0]}, not {self.last_seq})")
 
-    async def _send(self, kind: bytes, body) -> bytes:
-        return await self._link.request(_HEAD.pack(kind[0], len(body)), body)
+    async def _send(self, kind: bytes, *parts) -> bytes:
+        n = sum(memoryview(x).nbytes for x in parts)
+        return await self._link.request(_HEAD.pack(kind[0], n), *parts)
 
     def _open_sync(self) -> None:
         if self.readonly and not os.path.exists(self.path):
@@ -375,16 +376,12 @@ class SQLiteJournal(Journal):
         if self._pool is None:
             raise JournalError(f"journal {self.path} is not open")
         if self._proc is not None:
-            if records.__class__ is not Frames:
-                frames = Frames()
-                for seq, ts, d in records:
-                    frames.add(seq, ts, d if d.__class__ is bytes else dumps(d))
-                records = frames
+            records = Frames.of(records)
             if records.first_seq != self.last_seq + 1:
                 raise JournalError(f"append out of sequence: got seq {records.first_seq}, "
                                    f"expected {self.last_seq + 1}")
             async with self._lock:
-                resp = await self._send(b"A", records.buf)
+                resp = await self._send(b"A", *records.wire())
             return _LAST.unpack_from(resp)[0], resp[8:40]
         async with self._lock:
             rows = chain_rows(records, self.last_seq, self.last_hash)
@@ -406,7 +403,7 @@ class SQLiteJournal(Journal):
     async def write_snapshot(self, seq: int, data: bytes) -> None:
         if self._proc is not None:
             async with self._lock:
-                await self._send(b"S", _LAST.pack(seq) + bytes(data))
+                await self._send(b"S", _LAST.pack(seq), data)
             return
         async with self._lock:
             await self._call(self._snapshot_sync, seq, bytes(data))

@@ -7,7 +7,8 @@ CPU core - the work PostgreSQL's server does for the PostgreSQL backend. With th
 
 Protocol on stdin/stdout, every message ``kind (1 byte) + length (4 bytes, BE) + body``:
 
-    parent -> writer  b"A" append: records, each seq (8) ts (8, signed) len (4) payload
+    parent -> writer  b"A" append: first seq (8), count n (4), n timestamps (8 each, native
+                      order), n payloads each followed by a newline (Frames.wire)
                       b"S" snapshot: seq (8) + data
                       b"Q" quit
     writer -> parent  b"K" ok: last_seq (8) + last_hash (32)
@@ -21,14 +22,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+from array import array
 import signal
 import sqlite3
 import struct
 import sys
 
 HEAD = struct.Struct(">BI")
-REC = struct.Struct(">QqI")  # seq, ts, payload length: the first 16 bytes are the envelope
-assert REC.size == 20
+FRAMES_HEAD = struct.Struct(">QI")  # as exchange.journal.base.Frames.wire
+ENVELOPE = struct.Struct(">Qq")  # seq, ts: hashed before the payload
 MAX_CHUNK = 4096
 
 
@@ -90,22 +92,26 @@ def main(path: str) -> int:
             break
         try:
             if kind == ord("A"):
+                first, count = FRAMES_HEAD.unpack_from(body)
+                i = FRAMES_HEAD.size + 8 * count
+                tss = array("q")
+                tss.frombytes(body[FRAMES_HEAD.size:i])
+                payloads = body[i:].split(b"\n")
+                if len(payloads) != count + 1 or payloads[-1]:
+                    raise ValueError(f"batch of {count} records holds {len(payloads) - 1} "
+                                     f"payload lines")
+                if count and first != last_seq + 1:
+                    raise ValueError(f"append out of sequence: got seq {first}, "
+                                     f"expected {last_seq + 1}")
                 params: list = []  # seq, ts, payload, hash, seq, ts, ...
                 add = params.extend
-                unpack = REC.unpack_from
-                h, expect, i = last_hash, last_seq + 1, 0
-                while i < n:
-                    seq, ts, ln = unpack(body, i)
-                    env = body[i:i + 16]  # the frame's seq and ts are the hashed envelope
-                    i += 20
-                    p = body[i:i + ln]
-                    i += ln
-                    if seq != expect:
-                        raise ValueError(f"append out of sequence: got seq {seq}, "
-                                         f"expected {expect}")
-                    h = sha(h + env + p).digest()
+                pack = ENVELOPE.pack
+                h, seq = last_hash, first
+                for ts, p in zip(tss, payloads):
+                    h = sha(h + pack(seq, ts) + p).digest()
                     add((seq, ts, p, h))
-                    expect += 1
+                    seq += 1
+                expect = seq
                 count = len(params) // 4
                 con.execute("BEGIN IMMEDIATE")
                 try:
