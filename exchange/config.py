@@ -146,7 +146,7 @@ class ServerConfig(Strict):
         "(~4 KB of memory each, measured)")
     uvloop: bool = Field(True, description="run on uvloop when it is installed")
     max_commands_in_flight: int = Field(
-        2000, gt=0, description="place_order/amend_order are refused with OVERLOADED while "
+        5000, gt=0, description="place_order/amend_order are refused with OVERLOADED while "
                                 "this many commands are applied but not yet durable")
     overload_send_queue: int = Field(
         1000, gt=0, description="place_order/amend_order of a connection are refused with "
