@@ -118,7 +118,7 @@ async def run_replay(target: str) -> dict:
     from exchange.engine import build_exchange
     from exchange.journal import open_journal, replay_into
     from exchange.journal.base import loads
-    from exchange.journal.runner import fast_decode
+    from exchange.journal.codec import decode_payload
     j = open_journal(target, readonly=True)
     await j.open()
     try:
@@ -128,7 +128,7 @@ async def run_replay(target: str) -> dict:
         n = 0
         async for rows in j.read_rows(1):
             for seq, ts, p, _h in rows:
-                fast_decode(loads(p), seq, ts)
+                decode_payload(loads(p), seq, ts)
             n += len(rows)
         t_dec = time.perf_counter() - t0
         c_dec = time.process_time() - c0
@@ -163,7 +163,8 @@ async def build_recovery_log(target: str, commands: int, seed: int, every: int) 
     """A ``commands``-record log written in large batches straight to the journal (the core
     applies every command; snapshot markers every ``every``), ending with the worst-case tail:
     ``every - 1`` commands after the last snapshot."""
-    from exchange.core.commands import SnapshotMarker, encode_command
+    from exchange.core.commands import SnapshotMarker
+    from exchange.journal.codec import payload_bytes
     from exchange.engine import build_exchange
     from exchange.journal import open_journal
     from exchange.journal.runner import snapshot_bytes
@@ -180,7 +181,7 @@ async def build_recovery_log(target: str, commands: int, seed: int, every: int) 
         seq += 1
         cmd.seq, cmd.ts = seq, 1_767_225_600 * 10**9 + seq * 1000
         ex.apply(cmd)
-        batch.append((seq, cmd.ts, encode_command(cmd)))
+        batch.append((seq, cmd.ts, payload_bytes(cmd)))
         if snapshot or len(batch) >= 20_000:
             await j.append(batch)
             batch.clear()

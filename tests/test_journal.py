@@ -3,6 +3,7 @@ snapshots + replay, corruption handling and the verify/replay CLI."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import sqlite3
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import uuid
 
+import orjson
 import pytest
 
 from exchange.core.commands import PlaceOrder, SnapshotMarker, encode_command
@@ -18,7 +20,10 @@ from exchange.journal import (
     CoreRunner, JournalCorruptError, JournalError, RunnerFailed, open_journal, replay_into,
 )
 from exchange.journal.base import GENESIS_HASH, Journal
-from exchange.journal.runner import fast_decode, payload_line, snapshot_bytes
+from exchange.journal.codec import (
+    decode_payload, dict_payload, payload_bytes, payload_dict, payload_line,
+)
+from exchange.journal.runner import snapshot_bytes
 from exchange.core.commands import decode_command
 from loadtest.streams import core_commands, generate, market_setup_commands
 
@@ -76,16 +81,143 @@ def sqlite_path(tmp_path):
 
 # ------------------------------------------------------------------- unit: the chain
 
-def test_fast_decode_equals_decode_command():
+def _codec_samples():
     from exchange.core.commands import RegisterSupplyChain
-    cmds = stream_commands(300)[:200] + [
+    return stream_commands(300)[:200] + [
         RegisterSupplyChain(chain_id="c1", members=(("A", 0), ("B", 1)),
-                            edges=(("B", "A", 1_000_000),))]
-    import orjson
-    for c in cmds:
-        d = orjson.loads(orjson.dumps(encode_command(c)))
-        assert fast_decode(dict(d), 5, 6) == decode_command(d, 5, 6)
-        assert payload_line(c) == orjson.dumps(encode_command(c)) + b"\n"
+                            edges=(("B", "A", 1_000_000),)),
+        SnapshotMarker(),
+        PlaceOrder(account="A\nB \"q\" \u00e9", instrument="CEA-2026", side="buy", qty=1,
+                   price=100, client_order_id="x\ny")]
+
+
+def test_payload_codec_round_trip_and_old_object_records():
+    for c in _codec_samples():
+        wire = orjson.loads(orjson.dumps(encode_command(c)))  # what JSON gives back
+        want = decode_command(wire, 5, 6)
+        p = payload_bytes(c)
+        assert payload_line(c) == p + b"\n" and b"\n" not in p
+        assert orjson.loads(p)[0] == c.TYPE  # positional: [type, fields...]
+        assert decode_payload(orjson.loads(p), 5, 6) == want
+        assert payload_dict(orjson.loads(p)) == wire
+        assert dict_payload(encode_command(c)) == p
+        # records written before the positional format: the encode_command object
+        assert decode_payload(dict(wire), 5, 6) == want
+        assert payload_dict(dict(wire)) == wire
+
+
+def test_payload_of_an_older_shorter_record_takes_the_new_fields_defaults():
+    c = PlaceOrder(account="A", instrument="CEA-2026", side="sell", qty=3, price=100,
+                   client_order_id="k1")
+    old = orjson.loads(payload_bytes(c))[:-1]  # as if client_order_id came later
+    got = decode_payload(old, 7, 8)
+    assert got.client_order_id is None and got.qty == 3 and (got.seq, got.ts) == (7, 8)
+    with pytest.raises(ValueError, match="fields"):
+        decode_payload(orjson.loads(payload_bytes(c)) + [1], 7, 8)
+
+
+# Journal records are positional (exchange/journal/codec.py): a command's fields may only be
+# added at the end, with a default. Reordering, renaming or removing one would misread every
+# record already written - this list makes such a change fail here first.
+COMMAND_FIELDS = {
+    'add_instrument': ('symbol', 'kind', 'vintage', 'offset_type', 'reference_price'),
+    'add_segment': ('name', 'tick', 'lot', 'max_order_qty', 'fee_bps', 'access'),
+    'amend_order': ('account', 'order_id', 'client_order_id', 'qty', 'price'),
+    'assess_firm': ('firm_id', 'technology_ppm', 'efficiency_ppm', 'hist_intensity_ppm'),
+    'cancel_all': ('account', 'instrument', 'segment'),
+    'cancel_order': ('account', 'order_id', 'client_order_id'),
+    'close_period': ('period',),
+    'configure_compliance': (
+        'carbon_coefficients_ppm', 'co2_per_c', 'offset_types', 'banking', 'penalty_mode',
+        'penalty_fixed_fine', 'penalty_multiple_ppm', 'late_fine', 'penalty_fallback_price'),
+    'configure_compliance_period': (
+        'period', 'start_ts', 'deadline_ts', 'eligible_vintages', 'offset_vintages',
+        'offset_cap_bps', 'offset_sub_caps_bps'),
+    'create_sub_quota': (
+        'parent', 'sme', 'instrument', 'qty', 'revenue_share_ppm', 'surplus_rule',
+        'shortfall_rule', 'chain_id'),
+    'deposit_cash': ('account', 'amount'),
+    'end_of_day': (),
+    'halt': ('instrument', 'segment'),
+    'issue_api_key': ('key_id', 'role', 'key_hash', 'firm_id', 'label'),
+    'issue_units': ('account', 'instrument', 'qty', 'source', 'ref'),
+    'place_order': (
+        'account', 'instrument', 'segment', 'side', 'qty', 'price', 'order_type', 'tif',
+        'post_only', 'client_order_id'),
+    'pre_allocate': ('period',),
+    'process_compliance_deadline': ('period', 'operator'),
+    'record_verified': ('firm_id', 'period', 'emissions', 'output'),
+    'register_firm': (
+        'firm_id', 'name', 'sector', 'product', 'size_class', 'stp_policy', 'can_trade'),
+    'register_supply_chain': ('chain_id', 'members', 'edges'),
+    'register_verifier': ('verifier', 'name'),
+    'reject_submission': ('firm_id', 'period', 'verifier', 'reason'),
+    'resume': ('instrument', 'segment'),
+    'revoke_api_key': ('key_id',),
+    'set_benchmark': ('product', 'intensity_ppm'),
+    'set_firm_trading': ('firm_id', 'can_trade'),
+    'set_input_use': ('firm_id', 'period', 'inputs'),
+    'set_offset_cap': ('period', 'cap_bps', 'sub_caps_bps', 'effective_ts', 'operator'),
+    'set_output_history': ('firm_id', 'rows'),
+    'set_price_band': ('instrument', 'band_bps', 'reference_price'),
+    'set_rules_params': (
+        'pre_ratio_ppm', 'initial_phi_ppm', 'phi_min_ppm', 'phi_max_ppm', 'max_step_ppm',
+        'alpha_up_ppm', 'alpha_down_ppm', 'kappa_ppm', 'kappa_max_ppm', 'coupling_weights',
+        'w_tech_ppm', 'w_eff_ppm', 'w_hist_ppm', 'benchmark_step_ppm', 'max_tightening_ppm',
+        'allow_loosening', 'max_loosening_ppm', 'instrument_pattern'),
+    'settle_allocations': ('period',),
+    'settle_sub_quotas': ('period',),
+    'snapshot_marker': (),
+    'split_sub_quotas': (
+        'parent', 'instrument', 'amount', 'smes', 'strategy', 'revenue_share_ppm', 'surplus_rule',
+        'shortfall_rule', 'chain_id'),
+    'submit_activity_data': ('firm_id', 'period', 'fuels', 'process_emissions', 'output'),
+    'surrender_units': ('firm_id', 'period', 'instrument', 'qty'),
+    'transfer_units': ('from_account', 'to_account', 'instrument', 'qty'),
+    'verify_emissions': ('firm_id', 'period', 'verifier'),
+    'withdraw_cash': ('account', 'amount'),
+}
+
+
+def test_command_fields_are_append_only():
+    build_exchange()  # registers the modules' commands
+    from exchange.core.commands import COMMAND_TYPES
+    for name, fields in COMMAND_FIELDS.items():
+        now = COMMAND_TYPES[name]._FIELDS
+        assert now[:len(fields)] == fields, f"{name}: fields {now}, journal records {fields}"
+        extra = now[len(fields):]
+        defaults = {f.name for f in dataclasses.fields(COMMAND_TYPES[name])
+                    if f.default is not dataclasses.MISSING
+                    or f.default_factory is not dataclasses.MISSING}
+        assert set(extra) <= defaults, f"{name}: new fields {extra} need defaults"
+    missing = set(COMMAND_TYPES) - set(COMMAND_FIELDS)
+    assert not missing, f"add the new command types to COMMAND_FIELDS: {sorted(missing)}"
+
+
+async def test_log_with_older_object_records_recovers(sqlite_path):
+    """A log whose first records hold the object form (written before the positional
+    format) and the rest the positional form replays to the same state."""
+    cmds = stream_commands(400)
+    ex = build_exchange()
+    j = open_journal(sqlite_path)
+    await j.open()
+    for i, c in enumerate(cmds[:200], 1):
+        c.seq, c.ts = i, 1000 + i
+        ex.apply(c)
+    await j.append([(c.seq, c.ts, orjson.dumps(encode_command(c))) for c in cmds[:200]])
+    await j.close()
+    r = CoreRunner(build_exchange(), open_journal(sqlite_path), clock=clock_from(10**6))
+    await r.start()
+    assert r.exchange.state_hash() == ex.state_hash()
+    for c in cmds[200:]:
+        await r.submit(c)
+        ex.apply(c)
+    await r.stop(snapshot=False)
+    assert r.exchange.state_hash() == ex.state_hash()
+    r2 = CoreRunner(build_exchange(), open_journal(sqlite_path))
+    await r2.start()
+    assert r2.exchange.state_hash() == ex.state_hash()
+    await r2.stop(snapshot=False)
 
 
 def test_open_journal_targets(tmp_path):
@@ -312,9 +444,8 @@ async def test_middle_record_damage_is_refused(sqlite_path, damage):
     bad = last // 2
     con = sqlite3.connect(sqlite_path)
     if damage == "modify":
-        con.execute("UPDATE journal SET payload = replace(payload, 'buy', 'sel') "
-                    "WHERE seq = ?", (bad,))
-        con.execute("UPDATE journal SET payload = replace(payload, '\"qty\":', '\"qty\":9') "
+        # one more byte: still valid JSON, a different record
+        con.execute("UPDATE journal SET payload = CAST(payload || ' ' AS BLOB) "
                     "WHERE seq = ?", (bad,))
     else:
         con.execute("DELETE FROM journal WHERE seq = ?", (bad,))
@@ -334,7 +465,7 @@ async def test_rehashed_tamper_is_caught_at_the_next_record(sqlite_path):
     con = sqlite3.connect(sqlite_path)
     (prev,) = con.execute("SELECT hash FROM journal WHERE seq=?", (bad - 1,)).fetchone()
     ts, p = con.execute("SELECT ts, payload FROM journal WHERE seq=?", (bad,)).fetchone()
-    p2 = p.replace(b'"qty":', b'"qty":1')
+    p2 = p.replace(b",", b", ", 1)  # still valid JSON, a different record
     con.execute("UPDATE journal SET payload=?, hash=? WHERE seq=?",
                 (p2, record_hash(prev, bad, ts, p2), bad))
     con.commit()

@@ -1,7 +1,8 @@
 """The journal interface, the hash chain and the errors every backend shares.
 
 A record is ``(seq, ts, payload)``: the command's sequence number, its timestamp (int ns) and
-``encode_command(cmd)`` serialised with orjson. Each stored record also carries
+the command serialised as :mod:`.codec` describes (a JSON array ``[type, fields...]``; older
+records an ``encode_command`` object). Each stored record also carries
 
     hash = SHA-256(prev_hash || seq (8 bytes, big-endian) || ts (8 bytes, big-endian, signed)
                    || payload bytes)
@@ -23,6 +24,8 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator, Iterable
 
 import orjson
+
+from .codec import dict_payload, is_payload, payload_dict
 
 log = logging.getLogger("exchange.journal")
 
@@ -82,7 +85,7 @@ class Frames:
             return records
         f = cls()
         for seq, ts, d in records:
-            p = d if d.__class__ is bytes else dumps(d)
+            p = d if d.__class__ is bytes else dict_payload(d)
             if b"\n" in p:
                 raise JournalError(f"payload of seq {seq} holds a newline (not orjson output)")
             f.add(seq, ts, p + b"\n")
@@ -145,8 +148,7 @@ def torn_tail_seq(rows) -> int | None:
             return seq
         p, h = bytes(p), bytes(h)
         if record_hash(prev, seq, ts, p) == h:
-            d = loads(p)
-            if isinstance(d, dict) and "type" in d:
+            if is_payload(loads(p)):
                 return None
     except Exception:
         pass
@@ -164,7 +166,7 @@ def chain_rows(records: Iterable[tuple[int, int, dict]], last_seq: int, last_has
     for seq, ts, d in records:
         if seq != expect:
             raise JournalError(f"append out of sequence: got seq {seq}, expected {expect}")
-        p = d if d.__class__ is bytes else dumps(d)
+        p = d if d.__class__ is bytes else dict_payload(d)
         h = _sha256(h + _pack(seq, ts) + p).digest()
         append((seq, ts, p, h))
         expect += 1
@@ -301,7 +303,7 @@ class Journal:
         """``(seq, ts, encode_command dict)`` from ``from_seq`` on, chain-verified."""
         async for rows in self.read_rows(from_seq, to_seq):
             for seq, ts, p, _h in rows:
-                yield seq, ts, loads(p)
+                yield seq, ts, payload_dict(loads(p))
 
     async def latest_snapshot(self, max_seq: int | None = None) -> tuple[int, bytes] | None:
         """The newest snapshot (at or before ``max_seq``) that matches the log: its data hash

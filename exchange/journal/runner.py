@@ -37,65 +37,16 @@ import time
 import orjson
 from typing import Callable
 
-from ..core.commands import COMMAND_TYPES, SnapshotMarker, decode_command, encode_command
+from ..core.commands import SnapshotMarker
 from ..core.exchange import SequenceError
 from .base import Frames, Journal, JournalCorruptError, JournalError
+from .codec import LINE_ENCODERS as _LINE, decode_payload, payload_line
 
 log = logging.getLogger("exchange.journal.runner")
 
 
 class RunnerFailed(JournalError):
     """The runner cannot accept commands: it is stopped, or a journal write failed."""
-
-
-_DECODERS: dict[str, Callable] = {}
-_SCALAR = {"str", "int", "bool", "float", "str | None", "int | None", "bool | None",
-           "float | None", "None | str", "None | int"}
-
-
-def _make_decoder(name: str) -> Callable:
-    """A generated decoder for one command type: set the fields on a bare instance instead
-    of going through the dataclass ``__init__`` with ``**kwargs`` (several times faster -
-    decoding is the replay hot path). Lists become tuples, as in ``decode_command``, for
-    every field not annotated as a scalar. Anything unusual (missing or extra fields, a
-    ``__post_init__``) goes to ``decode_command``."""
-    cls = COMMAND_TYPES[name]
-    fields = cls._FIELDS
-    if hasattr(cls, "__post_init__") or not all(f.isidentifier() for f in fields):
-        return lambda d, seq, ts: decode_command(d, seq, ts)
-    ann: dict = {}
-    for klass in reversed(cls.__mro__):
-        ann.update(getattr(klass, "__annotations__", {}))
-    lines = [f"def dec(d, seq, ts):",
-             f"    if len(d) != {len(fields) + 1}:",
-             f"        return slow(d, seq, ts)",
-             f"    c = new(cls)"]
-    for f in fields:
-        if str(ann.get(f, "")).strip() in _SCALAR:
-            lines.append(f"    c.{f} = d[{f!r}]")
-        else:
-            lines.append(f"    v = d[{f!r}]")
-            lines.append(f"    c.{f} = tup(v) if v.__class__ is list else v")
-    lines += ["    c.seq = seq", "    c.ts = ts", "    return c"]
-    ns = {"new": object.__new__, "cls": cls, "slow": decode_command,
-          "tup": lambda v: tuple(tuple(x) if isinstance(x, list) else x for x in v)}
-    exec("\n".join(lines), ns)
-    dec = ns["dec"]
-
-    def safe(d, seq, ts):
-        try:
-            return dec(d, seq, ts)
-        except KeyError:
-            return decode_command(d, seq, ts)
-    return safe
-
-
-def fast_decode(d: dict, seq: int, ts: int):
-    """``decode_command`` for the replay hot path. Same result."""
-    dec = _DECODERS.get(d["type"])
-    if dec is None:
-        dec = _DECODERS[d["type"]] = _make_decoder(d["type"])
-    return dec(d, seq, ts)
 
 
 _dumps = orjson.dumps
@@ -114,36 +65,6 @@ def snapshot_bytes(ex) -> bytes:
 def restore_bytes(ex, data: bytes) -> None:
     """Load a snapshot written by :func:`snapshot_bytes` (or ``Exchange.snapshot``)."""
     ex.load_state(orjson.loads(data))
-
-
-_NL = orjson.OPT_APPEND_NEWLINE
-
-
-def _make_line_encoder(cls) -> Callable:
-    """The journal line encoder of one command class: a generated function that builds the
-    ``encode_command`` dict directly and serialises it with a newline appended (what
-    :class:`Frames` holds). Tuples stay tuples (orjson writes them as JSON arrays), so the
-    payload is exactly ``orjson.dumps(encode_command(cmd))``."""
-    if not all(f.isidentifier() for f in cls._FIELDS):
-        return lambda c: _dumps(encode_command(c), option=_NL)
-    body = ", ".join(f"{f!r}: c.{f}" for f in cls._FIELDS)
-    ns: dict = {"dumps": _dumps, "NL": _NL}
-    exec(f"def enc(c):\n    return dumps({{'type': {cls.TYPE!r}, {body}}}, option=NL)", ns)
-    return ns["enc"]
-
-
-class _LineEncoders(dict):
-    def __missing__(self, cls):
-        enc = self[cls] = _make_line_encoder(cls)
-        return enc
-
-
-_LINE = _LineEncoders()
-
-
-def payload_line(cmd) -> bytes:
-    """``cmd``'s journal payload (``orjson.dumps(encode_command(cmd))``) and a newline."""
-    return _LINE[cmd.__class__](cmd)
 
 
 class _Batch:
@@ -539,7 +460,7 @@ async def replay_into(ex, journal: Journal, from_seq: int = 1, to_seq: int | Non
     loads = orjson.loads
     async for rows in journal.read_rows(from_seq, to_seq):
         for seq, ts, p, _h in rows:
-            cmd = fast_decode(loads(p), seq, ts)
+            cmd = decode_payload(loads(p), seq, ts)
             try:
                 apply(cmd)
             except SequenceError:
