@@ -28,6 +28,7 @@ format (orjson of ``Exchange.to_state()``; ``Exchange.restore`` reads it too).
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import gc
 import logging
 import os
@@ -105,6 +106,7 @@ class CoreRunner:
         self._durable_seq = 0
         self._since_snapshot = 0
         self._snapshot_timer: asyncio.TimerHandle | None = None
+        self._snapshot_task: asyncio.Task | None = None  # the latest snapshot being stored
         self._batch: _Batch | None = None
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
@@ -316,7 +318,7 @@ class CoreRunner:
             finally:
                 os._exit(code)
         os.close(w)
-        return asyncio.get_running_loop().run_in_executor(None, _collect_child, pid, r)
+        return _collect_child(pid, r)
 
     async def snapshot(self) -> int:
         """Take a snapshot now (a marker in the stream); return its seq once it is stored."""
@@ -369,18 +371,28 @@ class CoreRunner:
                             log.exception("journal listener %r failed on seq %d", fn, cmd.seq)
             b.future.set_result(None)
             if b.snapshot is not None:
-                try:
-                    seq, data = b.snapshot
-                    if not isinstance(data, bytes):
-                        data = await data  # from the forked child
-                    await j.write_snapshot(seq, data)
-                    b.snapshot_written.set_result(None)
-                    if self.gc_freeze:
-                        gc.freeze()
-                except Exception as e:
-                    log.exception("snapshot at seq %d not written", b.snapshot[0])
-                    b.snapshot_written.set_exception(e)
-                    b.snapshot_written.exception()
+                # stored beside the commit loop, not in it: the next batches need not wait
+                # for the forked child to serialise the state
+                self._snapshot_task = asyncio.create_task(
+                    self._store_snapshot(b, self._snapshot_task), name="journal-snapshot")
+
+    async def _store_snapshot(self, b: _Batch, previous: asyncio.Task | None) -> None:
+        """Write ``b``'s snapshot once its batch is durable (it is: the commit loop starts
+        this after), in order after ``previous``."""
+        if previous is not None:
+            await asyncio.wait([previous])
+        try:
+            seq, data = b.snapshot
+            if not isinstance(data, bytes):
+                data = await data  # from the forked child
+            await self.journal.write_snapshot(seq, data)
+            b.snapshot_written.set_result(None)
+            if self.gc_freeze:
+                gc.freeze()
+        except Exception as e:
+            log.exception("snapshot at seq %d not written", b.snapshot[0])
+            b.snapshot_written.set_exception(e)
+            b.snapshot_written.exception()
 
     # ---------------------------------------------------------------- stop
     async def stop(self, snapshot: bool = True) -> None:
@@ -398,6 +410,9 @@ class CoreRunner:
             await self._task
         finally:
             self._task = None
+            if self._snapshot_task is not None:
+                await asyncio.wait([self._snapshot_task])
+                self._snapshot_task = None
             await self.journal.close()
 
 
@@ -435,21 +450,46 @@ async def _finish_chain_check(proc) -> None:
         raise JournalError(res["error"])
 
 
-def _collect_child(pid: int, fd: int) -> bytes:
-    """Read a forked snapshot child's output to EOF and reap it (on an executor thread)."""
-    chunks = []
+def _collect_child(pid: int, fd: int) -> asyncio.Future:
+    """A future of a forked snapshot child's output: the pipe read to EOF by the event loop
+    (``add_reader``; not a thread, which would need the GIL back after every read), then the
+    child reaped. Fails with JournalError if the child did not exit cleanly."""
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+    chunks: list = []
     try:
-        while True:
-            c = os.read(fd, 1 << 20)
-            if not c:
-                break
-            chunks.append(c)
-    finally:
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
+    except OSError:
+        pass
+    os.set_blocking(fd, False)
+
+    def done(err: BaseException | None) -> None:
+        loop.remove_reader(fd)
         os.close(fd)
-        _, status = os.waitpid(pid, 0)
-    if not os.WIFEXITED(status) or os.WEXITSTATUS(status) != 0:
-        raise JournalError(f"snapshot child {pid} failed (status {status})")
-    return b"".join(chunks)
+        _, status = os.waitpid(pid, 0)  # the child closed its end: it is exiting
+        if err is None and (not os.WIFEXITED(status) or os.WEXITSTATUS(status) != 0):
+            err = JournalError(f"snapshot child {pid} failed (status {status})")
+        if not fut.done():
+            if err is None:
+                fut.set_result(b"".join(chunks))
+            else:
+                fut.set_exception(err)
+
+    def readable() -> None:
+        try:
+            while True:
+                c = os.read(fd, 1 << 20)
+                if not c:
+                    done(None)
+                    return
+                chunks.append(c)
+        except BlockingIOError:
+            pass
+        except OSError as e:
+            done(JournalError(f"reading snapshot child {pid}: {e!r}"))
+
+    loop.add_reader(fd, readable)
+    return fut
 
 
 async def replay_into(ex, journal: Journal, from_seq: int = 1, to_seq: int | None = None) -> int:
