@@ -91,8 +91,9 @@ class Frames:
             f.add(seq, ts, p + b"\n")
         return f
 
-    def add(self, seq: int, ts: int, line: bytes) -> None:
-        """Append a record; ``line`` is its payload followed by ``b"\\n"``."""
+    def add(self, seq: int, ts: int, line: bytes) -> int:
+        """Append a record; ``line`` is its payload followed by ``b"\\n"``. Returns the
+        number of records now held."""
         n = len(self.ts)
         if not n:
             self.first_seq = seq
@@ -101,6 +102,7 @@ class Frames:
                                f"{self.first_seq + n}")
         self.lines += line
         self.ts.append(ts)
+        return n + 1
 
     @property
     def count(self) -> int:

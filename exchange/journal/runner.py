@@ -235,11 +235,10 @@ class CoreRunner:
             log.exception("core raised on seq %d (%s)", cmd.seq, cmd.TYPE)
             result = e
         b = self._batch
-        b.frames.add(cmd.seq, ts, _LINE[cmd.__class__](cmd))
+        if b.frames.add(cmd.seq, ts, _LINE[cmd.__class__](cmd)) == 1:
+            self._wake.set()
         if self._listeners:
             b.applied.append((cmd, result))
-        if b.frames.count == 1:
-            self._wake.set()
         self._since_snapshot += 1
         if self._since_snapshot >= self.snapshot_every_commands:
             self._snapshot_now()
