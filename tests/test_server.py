@@ -392,6 +392,40 @@ async def test_book_updates_are_grouped_per_interval_and_complete(tmp_path):
             assert early.books[ch].asks() == late.books[ch].asks()
 
 
+async def test_overload_when_the_connections_queue_is_long(server):
+    """A connection whose client does not keep up (more than overload_send_queue messages
+    waiting for its socket) gets OVERLOADED for new orders and amends, not for cancels."""
+    from exchange.server.gateway import Session
+    from exchange.server.protocol import ProtocolError
+
+    gw = server.st.gateway
+    s = Session(gw, ws=None)
+    gw.authenticate(s, POWER)
+    s.out = [b"{}"] * gw.cfg.overload_send_queue  # as if its socket were not drained
+    with pytest.raises(ProtocolError) as e:
+        gw.admit(s)
+    assert e.value.code == "OVERLOADED"
+    s.out = []
+    gw.admit(s)  # accepted again once the queue drained
+
+
+async def test_text_frames_take_the_direct_path(server, monkeypatch):
+    """With this aiohttp the gateway's direct text-frame path is in use (a silent fallback to
+    aiohttp's queue would cost CPU per request); the fallback still serves requests."""
+    from exchange.server import gateway as G
+
+    gw = server.st.gateway
+    async with ExchangeClient(server.ws_url, POWER) as c:
+        assert (await c.ping())["pong"]
+        assert [s.ws.direct for s in gw.sessions] == [True]
+    monkeypatch.setattr(G, "_DirectReader", None)
+    async with ExchangeClient(server.ws_url, POWER) as c:
+        assert (await c.ping())["pong"]
+        assert [s.ws.direct for s in gw.sessions] == [False]
+        r = await c.place_order(I, "sell", 1, "86.00")
+        assert r["order_status"] == "new"
+
+
 async def test_slow_consumer_is_disconnected(tmp_path):
     async with running_server(tmp_path, send_queue_max=200) as srv:
         async with ExchangeClient(srv.ws_url, POWER) as fast:
