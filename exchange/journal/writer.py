@@ -32,6 +32,16 @@ HEAD = struct.Struct(">BI")
 FRAMES_HEAD = struct.Struct(">QI")  # as exchange.journal.base.Frames.wire
 ENVELOPE = struct.Struct(">Qq")  # seq, ts: hashed before the payload
 MAX_CHUNK = 4096
+WAL_KEEP_BYTES = 64 << 20  # journal_size_limit: the WAL file is cut back to this on a reset
+# a WAL grown past this gets a blocking checkpoint between batches
+WAL_MAX_BYTES = int(os.environ.get("JOURNAL_WAL_MAX_BYTES", 256 << 20))
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
 
 
 def _die_with_parent() -> None:
@@ -70,6 +80,7 @@ def main(path: str) -> int:
     # sqlite3 releases the GIL while it works, so parsing, hashing and INSERTing the next
     # batch go on meanwhile; a PASSIVE checkpoint never blocks the writer.
     con.execute("PRAGMA wal_autocheckpoint=0")
+    con.execute(f"PRAGMA journal_size_limit={WAL_KEEP_BYTES}")  # WAL file kept after a reset
     checkpointer = _Checkpointer(path)
     row = con.execute("SELECT seq, hash FROM journal ORDER BY seq DESC LIMIT 1").fetchone()
     last_seq, last_hash = (row[0], bytes(row[1])) if row else (0, bytes(32))
@@ -133,6 +144,11 @@ def main(path: str) -> int:
                     last_seq, last_hash = expect - 1, h
                 reply(b"K", struct.pack(">Q", last_seq) + last_hash)
                 checkpointer.written(count)
+                if _size(path + "-wal") > WAL_MAX_BYTES:
+                    # the passive checkpoints never caught up with a continuous stream of
+                    # commits (the WAL restarts only after one has copied every frame):
+                    # one blocking checkpoint here, between batches, resets it
+                    con.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
             elif kind == ord("S"):
                 (seq,) = struct.unpack_from(">Q", body)
                 data = body[8:]
