@@ -1,9 +1,11 @@
 """SQLite journal: the embedded default (one file, nothing to start).
 
-WAL mode with ``synchronous=FULL``: a batch is one transaction (``executemany`` of the chained
-rows) and is fsynced when its COMMIT returns. Every call on the connection runs on one
-dedicated worker thread, so the event loop keeps applying commands while a batch commits
-(sqlite3 releases the GIL while it writes and syncs).
+WAL mode with ``synchronous=FULL``: a batch is one transaction (multi-row INSERTs of the
+chained rows) and is fsynced when its COMMIT returns. By default (``writer="process"``) the
+batch goes as one :class:`~.base.Frames` buffer over a pipe, driven by the event loop, to
+:mod:`exchange.journal.writer`, a process on the other core that hashes, INSERTs and COMMITs;
+``writer="thread"`` chains and INSERTs on the event loop and COMMITs on a worker thread. Reads
+(replay, snapshots) use this process's own connection on one dedicated worker thread.
 """
 from __future__ import annotations
 
@@ -180,7 +182,13 @@ class _WriterLink:
             raise self._error
         self._out = [memoryview(x).cast("B") for x in (head, *parts) if len(x)]
         self._flush()
-        return await self.receive()
+        try:
+            return await self.receive()
+        except asyncio.CancelledError:
+            # its reply may still come and would answer the next request: no next request
+            self._fail(JournalError(f"journal writer link for {self.path}: a request was "
+                                    f"cancelled"))
+            raise
 
     def detach(self) -> None:
         """Give the pipes back to blocking use (closing, killing)."""
@@ -366,13 +374,13 @@ class SQLiteJournal(Journal):
             self._con = None
 
     # ---------------------------------------------------------------- writes
-    async def _append_rows(self, records: list) -> tuple[int, bytes]:
-        """Encode, chain and INSERT on the calling (event-loop) thread - CPU work that holds
-        the GIL wherever it runs, and the INSERT only fills SQLite's page cache - then COMMIT
-        (write the WAL, fsync) on the worker thread, which holds no GIL while it waits for
-        the disk. One GIL hand-over per batch instead of one per row: two busy threads
-        trading the GIL thousands of times per batch was the bottleneck when the writer
-        did everything."""
+    async def _append_rows(self, records) -> tuple[int, bytes]:
+        """Process mode: send the batch's Frames to the writer process and wait for its
+        reply (chained, INSERTed, COMMITted). Thread mode: chain and INSERT on the calling
+        (event-loop) thread - CPU work that holds the GIL wherever it runs, and the INSERT
+        only fills SQLite's page cache - then COMMIT (write the WAL, fsync) on the worker
+        thread, which holds no GIL while it waits for the disk: one GIL hand-over per batch
+        instead of one per row."""
         if self._pool is None:
             raise JournalError(f"journal {self.path} is not open")
         if self._proc is not None:
