@@ -567,3 +567,15 @@ async def test_journal_failure_turns_requests_away_and_readyz_red(server):
             assert (await c.ping())["pong"]  # the connection and the server stay up
         finally:
             del runner.submit_nowait
+
+
+async def test_gateway_bench_loadmix_answers_everything():
+    """The in-process benchmark of the load test's mix (exchange.server.bench, case loadmix)
+    runs the real gateway path: every request is answered, execution reports are pushed."""
+    from exchange.server import bench
+
+    stats: dict = {}
+    assert await bench._loadmix(400, warmup=200, stats=stats) > 0
+    assert stats["messages_in"] == 600 and stats["queued"] == 0
+    assert stats["gateway_errors"] == {} and stats["orders"] > 0 and stats["trades"] > 0
+    assert stats["messages_out"] > 600 and stats["bytes_written"] > 0

@@ -14,7 +14,12 @@ machine shared with other jobs, unlike wall time). Cases:
 * ``gateway_memory``: the real core behind :class:`~exchange.server.memory.MemoryRunner`
   (no journal), no subscriptions;
 * ``gateway_memory_subscribed``: the same with both firms on ``executions`` and
-  ``balances`` and one on the book channel (every report and book update is pushed).
+  ``balances`` and one on the book channel (every report and book update is pushed);
+* ``loadmix``: what ``python -m loadtest run`` sends, without the network: 20 firms, one
+  session each, subscribed to ``executions``, unbatched (one frame per message, written to
+  a transport stand-in through ``Session.flush``), one request per frame, the load test's
+  mix (50 % resting limit orders, 10 % crossing IOC, 25 % cancels of the oldest live order,
+  15 % amends of the newest, by ``client_order_id``), 20 requests per event-loop tick.
 
 The figures are per order; ``gateway_overhead_us`` is ``gateway_memory - core``.
 """
@@ -26,11 +31,13 @@ import json
 import time
 
 from ..config import load_settings
-from ..core.commands import DepositCash, IssueUnits, PlaceOrder
+import random
+
+from ..core.commands import DepositCash, IssueUnits, PlaceOrder, RegisterFirm
 from ..core.events import ExecutionReport
 from ..engine import Sequencer, build_exchange
 from ..market import genesis_commands
-from .credentials import demo_key_commands
+from .credentials import ROLE_FIRM, IssueApiKey, demo_key_commands, hash_key, key_id_for
 from .gateway import Gateway, Session
 from .memory import MemoryRunner
 
@@ -161,11 +168,143 @@ async def _gateway(n: int, stub: bool, subscribe: bool) -> float:
     return await _drive(gw, n, subscribe)
 
 
+class _Transport:
+    """Stands in for a socket transport: counts what is written."""
+
+    def __init__(self):
+        self.written = 0
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def is_closing(self) -> bool:
+        return False
+
+    def write(self, data) -> None:
+        self.written += len(data)
+
+
+MIX_FIRMS = 20
+MIX_PER_TICK = 20  # requests per event-loop tick (20,000/s at a 1 ms tick)
+MID = 8500  # fen
+
+
+def _mix_market(settings):
+    seq = Sequencer(build_exchange())
+    cmds = genesis_commands(settings) + demo_key_commands(settings)
+    keys = []
+    for i in range(MIX_FIRMS):
+        fid = f"LTBENCH{i:04d}"
+        key = f"bench-key-{i}"
+        h = hash_key(key)
+        cmds += [RegisterFirm(firm_id=fid, name=fid, sector="power", size_class="large"),
+                 DepositCash(account=fid, amount=10 ** 10),
+                 IssueUnits(account=fid, instrument="CEA-2026", qty=10 ** 7,
+                            source="allocation", ref="bench"),
+                 IssueApiKey(key_id=key_id_for(h), role=ROLE_FIRM, key_hash=h, firm_id=fid,
+                             label="bench")]
+        keys.append(key)
+    seq.run(cmds)
+    return seq.ex, keys
+
+
+def _mix_frames(n: int, seed: int = 1) -> list[tuple[int, bytes]]:
+    """(firm index, request frame) in the load test's mix (loadtest/ws_worker.py)."""
+    rng = random.Random(seed)
+    live: list[dict] = [{} for _ in range(MIX_FIRMS)]
+    out = []
+    head = b',"method":"place_order","params":{"instrument":"CEA-2026","segment":"main","side":"'
+    for i in range(n):
+        f = i % MIX_FIRMS
+        lv = live[f]
+        r = rng.random()
+        kind = 0 if r < 0.5 else 1 if r < 0.6 else 2 if r < 0.85 else 3
+        if kind >= 2 and not lv:
+            kind = 0
+        elif kind == 0 and len(lv) >= 100:
+            kind = 2
+        if kind == 2:
+            coid = next(iter(lv))
+            del lv[coid]
+            out.append((f, b'{"req_id":%d,"method":"cancel_order","params":'
+                            b'{"client_order_id":"%s"}}' % (i, coid)))
+            continue
+        if kind == 3:
+            coid = next(reversed(lv))
+            side, price, qty = lv[coid]
+            if qty > 1 and rng.random() < 0.5:
+                lv[coid] = (side, price, qty - 1)
+                out.append((f, b'{"req_id":%d,"method":"amend_order","params":'
+                                b'{"client_order_id":"%s","qty":%d}}' % (i, coid, qty - 1)))
+                continue
+            off = int(rng.random() * 20) + 1
+            price = MID - off if side == b"buy" else MID + off
+            lv[coid] = (side, price, qty)
+            out.append((f, b'{"req_id":%d,"method":"amend_order","params":'
+                            b'{"client_order_id":"%s","price":"%d.%02d"}}'
+                            % (i, coid, price // 100, price % 100)))
+            continue
+        coid = b"bench-%d" % i
+        side = b"buy" if rng.random() < 0.5 else b"sell"
+        qty = int(rng.random() * 10) + 1
+        if kind == 1:
+            price = MID + 5 if side == b"buy" else MID - 5
+            out.append((f, b'{"req_id":%d%s%s","qty":%d,"price":"%d.%02d","tif":"IOC",'
+                            b'"client_order_id":"%s"}}'
+                            % (i, head, side, qty, price // 100, price % 100, coid)))
+            continue
+        off = int(rng.random() * 20) + 1
+        price = MID - off if side == b"buy" else MID + off
+        lv[coid] = (side, price, qty)
+        out.append((f, b'{"req_id":%d%s%s","qty":%d,"price":"%d.%02d","client_order_id":"%s"}}'
+                        % (i, head, side, qty, price // 100, price % 100, coid)))
+    return out
+
+
+async def _loadmix(n: int, warmup: int = 10_000, stats: dict | None = None) -> float:
+    settings = _settings()
+    ex, keys = _mix_market(settings)
+    gw = Gateway(ex, MemoryRunner(ex), settings.server)
+    sessions = []
+    for key in keys:
+        s = Session(gw, _Sink())
+        gw.attach(s)
+        s.transport = _Transport()
+        gw.authenticate(s, key)
+        gw.subscribe(s, "executions")
+        sessions.append(s)
+    frames = _mix_frames(warmup + n)
+
+    async def feed(part) -> None:
+        for k in range(0, len(part), MIX_PER_TICK):
+            for f, data in part[k:k + MIX_PER_TICK]:
+                sessions[f].on_text(data)
+            for _ in range(3):  # commit, replies, flush
+                await asyncio.sleep(0)
+
+    await feed(frames[:warmup])  # books filled to the load test's steady state
+    t0 = time.process_time()
+    await feed(frames[warmup:])
+    el = time.process_time() - t0
+    if stats is not None:
+        m = gw.metrics
+        stats.update(messages_in=m.messages_in, messages_out=m.messages_out,
+                     orders=m.orders, trades=m.trades, gateway_errors=dict(m.gateway_errors),
+                     queued=sum(len(s.out) for s in sessions),
+                     bytes_written=sum(s.transport.written for s in sessions))
+    for s in sessions:
+        s.closed = True
+    return el / n * 1e6
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m exchange.server.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--orders", type=int, default=20_000)
     p.add_argument("--repeat", type=int, default=3, help="best of N runs per case")
+    p.add_argument("--case", action="append", default=None,
+                   help="run only this case (repeatable): core, gateway_stub_core, "
+                        "gateway_memory, gateway_memory_subscribed, loadmix")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     n = a.orders - a.orders % (2 * BATCH)
@@ -175,12 +314,16 @@ def main(argv=None) -> int:
         "gateway_stub_core": lambda: asyncio.run(_gateway(n, True, False)),
         "gateway_memory": lambda: asyncio.run(_gateway(n, False, False)),
         "gateway_memory_subscribed": lambda: asyncio.run(_gateway(n, False, True)),
+        "loadmix": lambda: asyncio.run(_loadmix(n)),
     }
+    if a.case:
+        cases = {k: v for k, v in cases.items() if k in a.case}
     for name, fn in cases.items():
         res[f"{name}_us"] = round(min(fn() for _ in range(a.repeat)), 2)
         print(f"{name:>28}: {res[f'{name}_us']:7.2f} us CPU per order", flush=True)
-    res["gateway_overhead_us"] = round(res["gateway_memory_us"] - res["core_us"], 2)
-    print(f"{'gateway_overhead':>28}: {res['gateway_overhead_us']:7.2f} us CPU per order")
+    if "gateway_memory_us" in res and "core_us" in res:
+        res["gateway_overhead_us"] = round(res["gateway_memory_us"] - res["core_us"], 2)
+        print(f"{'gateway_overhead':>28}: {res['gateway_overhead_us']:7.2f} us CPU per order")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(res, f, indent=2)
