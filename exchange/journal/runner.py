@@ -50,7 +50,6 @@ class RunnerFailed(JournalError):
     """The runner cannot accept commands: it is stopped, or a journal write failed."""
 
 
-_dumps = orjson.dumps
 _SNAP_OPTS = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
 
 
@@ -259,14 +258,14 @@ class CoreRunner:
         m.ts = self._last_ts = self._last_ts + 1
         ex.apply(m)
         b = self._batch
-        b.frames.add(m.seq, m.ts, payload_line(m))
+        first = b.frames.add(m.seq, m.ts, payload_line(m)) == 1
         if self._listeners:
             b.applied.append((m, []))
         data = self._fork_snapshot(ex) if self.fork_snapshots else None
         b.snapshot = (m.seq, data if data is not None else snapshot_bytes(ex))
         if b.snapshot_written is None:
             b.snapshot_written = asyncio.get_running_loop().create_future()
-        if b.frames.count == 1:
+        if first:
             self._wake.set()
         self._since_snapshot = 0
         self._arm_snapshot_timer()
