@@ -589,3 +589,20 @@ async def test_chain_check_in_child_process_refuses_damage_before_the_snapshot(s
     with pytest.raises(JournalCorruptError, match="seq 200:") as ei:
         await r.start()
     assert ei.value.seq == 200
+
+
+def test_journal_benchmark_smoke(tmp_path):
+    """`python -m loadtest.journal` runs end to end on a small stream and writes every key
+    (no timing is asserted)."""
+    out = tmp_path / "journal.json"
+    subprocess.run([sys.executable, "-m", "loadtest.journal", "--commands", "3000",
+                    "--repeat", "2", "--no-postgres", "--recovery-commands", "0",
+                    "--dir", str(tmp_path), "--json", str(out)],
+                   cwd=ROOT, check=True, capture_output=True, timeout=300)
+    import json
+    res = json.loads(out.read_text())
+    for key in ("in_memory_cmds_per_s", "durable_cmds_per_s", "durable_ratio",
+                "durable_ratio_pairs", "replay_cmds_per_s", "recovery_s_per_million"):
+        assert key in res, key
+    assert len(res["durable_ratio_pairs"]) == 2
+    assert res["replay_equals_live"] is True
