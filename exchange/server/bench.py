@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import time
 
@@ -274,6 +275,13 @@ async def _loadmix(n: int, warmup: int = 10_000, stats: dict | None = None) -> f
         gw.subscribe(s, "executions")
         sessions.append(s)
     frames = _mix_frames(warmup + n)
+    # the server's GC settings (exchange/server/app.py): start-up heap frozen, thresholds
+    cfg = settings.server
+    old_threshold = gc.get_threshold()
+    if cfg.gc_freeze:
+        gc.collect()
+        gc.freeze()
+    gc.set_threshold(*cfg.gc_threshold)
 
     async def feed(part) -> None:
         for k in range(0, len(part), MIX_PER_TICK):
@@ -294,6 +302,8 @@ async def _loadmix(n: int, warmup: int = 10_000, stats: dict | None = None) -> f
                      bytes_written=sum(s.transport.written for s in sessions))
     for s in sessions:
         s.closed = True
+    gc.set_threshold(*old_threshold)
+    gc.unfreeze()
     return el / n * 1e6
 
 
