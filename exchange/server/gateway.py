@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict
+from collections import deque
 from functools import partial
 
 import orjson
@@ -30,10 +30,10 @@ from ..core.events import (
 )
 from .credentials import ROLE_FIRM, ApiKeyRevoked
 from .protocol import (
-    DEFERRED, METHODS, OVERLOADED, AmendOrderParams, AuthParams, CancelAllParams,
-    CancelOrderParams, ChannelParams, EmptyParams, PlaceOrderParams, ProtocolError, fmt_px,
-    order_ref, validation_message, wire_balances, wire_depth, wire_er, wire_order, wire_ticker,
-    wire_trade, ws_method,
+    DEFERRED, JSON_STR, METHODS, OVERLOADED, PX_JSON, AmendOrderParams, AuthParams,
+    CancelAllParams, CancelOrderParams, ChannelParams, EmptyParams, PlaceOrderParams,
+    ProtocolError, fmt_px, order_ref, validation_message, wire_balances, wire_depth, wire_er,
+    wire_order, wire_ticker, wire_trade, ws_method,
 )
 
 TEXT = WSMsgType.TEXT
@@ -391,20 +391,25 @@ class Session:
 
 
 class Idempotency:
-    """(firm, client_order_id) -> the first place_order outcome, bounded (oldest dropped)."""
+    """(firm, client_order_id) -> the first place_order outcome of the last ``window``
+    orders: the reply as sent (bytes, exact size - an ``orjson.dumps`` result would keep its
+    4 KiB buffer) or ``("err", code, message)``. A ring of keys drops the oldest."""
 
-    __slots__ = ("done", "inflight", "window")
+    __slots__ = ("done", "inflight", "window", "ring")
 
     def __init__(self, window: int):
-        self.done: OrderedDict = OrderedDict()
-        self.inflight: dict = {}
+        self.done: dict = {}
+        self.inflight: dict = {}  # key -> (outcome, durable future) until durable
         self.window = window
+        self.ring: deque = deque()
 
     def remember(self, key, outcome) -> None:
         d = self.done
+        if key not in d:
+            self.ring.append(key)
         d[key] = outcome
         if len(d) > self.window:
-            d.popitem(last=False)
+            d.pop(self.ring.popleft(), None)
 
 
 class Gateway:
@@ -427,7 +432,9 @@ class Gateway:
         self._dirty_tick: set[str] = set()
         self._flush_scheduled = False
         self._batch_future = None  # the journal batch the current place_orders ride in
-        self._batch: list = []
+        self._batch: list = []  # (session, req_id, reply, idempotency key, outcome)
+        self._max_in_flight = cfg.max_commands_in_flight
+        self._overload_queue = cfg.overload_send_queue
         self._to_flush: list[Session] = []
         # book updates held back for _push_books: (instrument, segment) -> (channel, [(seq,
         # message)]); server.book_push_interval_ms 0 sends each update at once
@@ -794,23 +801,23 @@ class Gateway:
                 from None
 
     def place(self, s: Session, cmd: PlaceOrder, req_id):
-        """place_order. Applied now; the reply is queued when the command's journal batch is
-        durable (one callback per batch, not per order). Idempotent by client_order_id."""
+        """place_order. Applied now, and its reply built now (bytes); the reply is queued when
+        the command's journal batch is durable (one callback per batch, not per order).
+        Idempotent by client_order_id."""
         coid = cmd.client_order_id
         key = None
-        idem = self.idem
         if coid is not None:
             key = (cmd.account, coid)
+            idem = self.idem
             hit = idem.done.get(key)
             if hit is not None:
                 self.metrics.idempotent_replays += 1
-                return self._replay(hit)
+                return _replay(hit)
             inflight = idem.inflight.get(key)
             if inflight is not None:  # the first is not durable yet: answer when it is
                 self.metrics.idempotent_replays += 1
                 outcome, durable = inflight
-                durable.add_done_callback(
-                    lambda f: s.send(_outcome_bytes(req_id, outcome, True, f)))
+                durable.add_done_callback(partial(_send_replayed, s, req_id, outcome))
                 return DEFERRED
             acct = self.ex.accounts.get(cmd.account)
             oid = acct.coids.get(coid) if acct is not None else None
@@ -820,12 +827,16 @@ class Gateway:
                 o = acct.orders[oid]
                 return {"order_id": oid, "client_order_id": coid, "order_status": o.status,
                         "cum_qty": o.cum_qty, "leaves_qty": o.leaves, "replayed": True}
-        self.admit(s)
+        if self.runner.journal_lag >= self._max_in_flight or \
+                len(s.out) >= self._overload_queue:
+            self.admit(s)  # raises OVERLOADED
         events, durable = self.submit_nowait(cmd)
-        outcome = self._outcome(events, self._order_outcome, s, cmd)
+        data, outcome = self._place_reply(s, cmd, req_id, events)
         if key is not None:
-            idem.inflight[key] = (outcome, durable)
-        self._enqueue(durable, s, req_id, outcome, key)
+            self.idem.inflight[key] = (outcome, durable)
+        if durable is not self._batch_future:
+            self._new_batch(durable)
+        self._batch.append((s, req_id, data, key, outcome))
         return DEFERRED
 
     def admit(self, s: Session) -> None:
@@ -837,71 +848,73 @@ class Gateway:
         order, so past saturation the server keeps answering every request promptly instead
         of queueing replies until the slow-consumer rule drops the connection. Cancels are
         never refused for load: a firm can always take risk off."""
-        cfg = self.cfg
         lag = self.runner.journal_lag
-        if lag >= cfg.max_commands_in_flight or len(s.out) >= cfg.overload_send_queue:
+        if lag >= self._max_in_flight or len(s.out) >= self._overload_queue:
             self.metrics.overloaded += 1
             raise ProtocolError(OVERLOADED, f"server busy ({lag} commands in flight, "
                                             f"{len(s.out)} messages queued for this "
                                             f"connection); not applied, retry later", 503)
 
+    def order_command(self, s: Session, req_id, cmd, admit: bool = False) -> object:
+        """cancel_order / amend_order: submit ``cmd`` now (after admission control when
+        ``admit``); the reply - the order's last execution report, or the reject - is built
+        now as bytes and queued once the command is durable. Returns DEFERRED."""
+        if admit and (self.runner.journal_lag >= self._max_in_flight or
+                      len(s.out) >= self._overload_queue):
+            self.admit(s)  # raises OVERLOADED
+        events, durable = self.submit_nowait(cmd)
+        data = _report_reply(req_id, events, cmd.account, cmd.TYPE)
+        if durable is not self._batch_future:
+            self._new_batch(durable)
+        self._batch.append((s, req_id, data, None, None))
+        return DEFERRED
+
     def command(self, s: Session, req_id, cmd, result_fn) -> object:
         """Submit ``cmd`` now; reply ``result_fn(events)`` (or its ProtocolError) once the
         command is durable. Returns DEFERRED (for handlers)."""
         events, durable = self.submit_nowait(cmd)
-        self._enqueue(durable, s, req_id, self._outcome(events, result_fn), None)
+        if isinstance(events, Exception):  # a core bug, journaled; replay reproduces it
+            data = _err_bytes(req_id, E.INTERNAL_ERROR, "internal error")
+        else:
+            try:
+                data = _dumps({"req_id": req_id, "ok": True, "result": result_fn(events)})
+            except ProtocolError as exc:
+                data = _err_bytes(req_id, exc.code, exc.message)
+        if durable is not self._batch_future:
+            self._new_batch(durable)
+        self._batch.append((s, req_id, data, None, None))
         return DEFERRED
 
-    @staticmethod
-    def _outcome(events, fn, *args) -> tuple:
-        if isinstance(events, Exception):  # a core bug, journaled; replay reproduces it
-            return ("err", E.INTERNAL_ERROR, "internal error")
-        try:
-            return ("ok", fn(*args, events) if args else fn(events))
-        except ProtocolError as exc:
-            return ("err", exc.code, exc.message)
-
-    def _enqueue(self, durable, s, req_id, outcome, key) -> None:
-        if durable is not self._batch_future:
-            self._batch_future = durable
-            self._batch = []
-            durable.add_done_callback(partial(self._batch_durable, self._batch))
-        self._batch.append((s, req_id, outcome, key))
+    def _new_batch(self, durable) -> None:
+        self._batch_future = durable
+        self._batch = []
+        durable.add_done_callback(partial(self._batch_durable, self._batch))
 
     def _batch_durable(self, batch: list, fut) -> None:
+        """A journal batch is durable: queue its replies (built at submit time) and remember
+        the place_order outcomes for retries."""
         if self._batch_future is fut:
             self._batch_future = None
         if fut.cancelled() or fut.exception() is not None:
-            for s, req_id, outcome, key in batch:
+            for s, req_id, _data, key, _outcome in batch:
                 if key is not None:
                     self.idem.inflight.pop(key, None)
-                s.send(_outcome_bytes(req_id, outcome, False, fut))
+                s.send(_err_bytes(req_id, E.SHUTTING_DOWN, _NOT_DURABLE))
             return
         idem = self.idem
-        for s, req_id, outcome, key in batch:
-            if outcome[0] == "ok":
-                rb = _dumps(outcome[1])
-                data = b'{"req_id":%d,"ok":true,"result":%s}' % (req_id, rb)
-                if key is not None:
-                    idem.inflight.pop(key, None)
-                    idem.remember(key, ("okb", rb))  # compact: the encoded result
-            else:
-                data = _err_bytes(req_id, outcome[1], outcome[2])
-                if key is not None:
-                    idem.inflight.pop(key, None)
-                    idem.remember(key, outcome)
+        forget = idem.inflight.pop
+        remember = idem.remember
+        for s, _req_id, data, key, outcome in batch:
+            if key is not None:
+                forget(key, None)
+                remember(key, outcome)
             s.send(data)
 
-    @staticmethod
-    def _replay(outcome) -> dict:
-        kind = outcome[0]
-        if kind == "err":
-            raise ProtocolError(outcome[1], outcome[2])
-        r = _loads(outcome[1]) if kind == "okb" else dict(outcome[1])
-        r["replayed"] = True
-        return r
-
-    def _order_outcome(self, s: Session, cmd: PlaceOrder, events: list) -> dict:
+    def _place_reply(self, s: Session, cmd: PlaceOrder, req_id, events) -> tuple:
+        """``(reply bytes, outcome to remember)`` of a place_order from its events."""
+        if isinstance(events, Exception):  # a core bug, journaled; replay reproduces it
+            outcome = ("err", E.INTERNAL_ERROR, "internal error")
+            return _err_bytes(req_id, outcome[1], outcome[2]), outcome
         # the incoming order's reports: the first event is its new (or rejected) report; the
         # last report with its order id (searching from the end) has its final state
         first = events[0] if events else None
@@ -910,9 +923,11 @@ class Gateway:
             first = next((ev for ev in events if type(ev) is ExecutionReport
                           and ev.account == cmd.account), None)
             if first is None:
-                raise ProtocolError(E.INTERNAL_ERROR, "no execution report")
+                outcome = ("err", E.INTERNAL_ERROR, "no execution report")
+                return _err_bytes(req_id, outcome[1], outcome[2]), outcome
         if first.exec_type == EXEC_REJECTED:
-            raise ProtocolError(first.reason or E.BAD_PARAMETER, _reason_text(first.reason))
+            outcome = ("err", first.reason or E.BAD_PARAMETER, _reason_text(first.reason))
+            return _err_bytes(req_id, outcome[1], outcome[2]), outcome
         oid = first.order_id
         last = first
         for i in range(len(events) - 1, 0, -1):
@@ -922,44 +937,65 @@ class Gateway:
                 break
         if s.cod and last.leaves_qty:
             s.placed.add(oid)
-        return {"order_id": oid, "client_order_id": first.client_order_id,
-                "order_status": last.order_status, "cum_qty": last.cum_qty,
-                "leaves_qty": last.leaves_qty, "seq": cmd.seq}
+        coid = first.client_order_id
+        data = _PLACE_OK % (req_id, oid, b"null" if coid is None else _dumps(coid),
+                            JSON_STR[last.order_status], last.cum_qty, last.leaves_qty,
+                            cmd.seq)
+        return data, data
 
 
-def _outcome_bytes(req_id, outcome, replayed: bool, durable) -> bytes:
+# replies built from templates (compact JSON, keys in the order the protocol documents);
+# strings from open sets (client order ids) go through orjson, the rest through caches
+_PLACE_OK = (b'{"req_id":%d,"ok":true,"result":{"order_id":%d,"client_order_id":%s,'
+             b'"order_status":%s,"cum_qty":%d,"leaves_qty":%d,"seq":%d}}')
+_REPORT_OK = (b'{"req_id":%d,"ok":true,"result":{"order_id":%d,"client_order_id":%s,'
+              b'"exec_type":%s,"order_status":%s,"qty":%d,"price":%s,"cum_qty":%d,'
+              b'"leaves_qty":%d}}')
+_NOT_DURABLE = "the journal could not make the order durable; it may be lost"
+
+
+def _replay(outcome) -> dict:
+    """The result of a remembered place_order (or its error) for a retry."""
+    if type(outcome) is tuple:  # ("err", code, message)
+        raise ProtocolError(outcome[1], outcome[2])
+    r = _loads(outcome)["result"]
+    r["replayed"] = True
+    return r
+
+
+def _send_replayed(s: Session, req_id, outcome, durable) -> None:
+    """Answer a retry that arrived while the first place_order was not yet durable."""
     if durable.cancelled() or durable.exception() is not None:
-        return _err_bytes(req_id, E.SHUTTING_DOWN,
-                          "the journal could not make the order durable; it may be lost")
-    if outcome[0] == "err":
-        return _err_bytes(req_id, outcome[1], outcome[2])
-    r = outcome[1]
-    if replayed:
-        r = dict(r)
-        r["replayed"] = True
-    return _dumps({"req_id": req_id, "ok": True, "result": r})
+        s.send(_err_bytes(req_id, E.SHUTTING_DOWN, _NOT_DURABLE))
+    elif type(outcome) is tuple:
+        s.send(_err_bytes(req_id, outcome[1], outcome[2]))
+    else:
+        s.send(_dumps({"req_id": req_id, "ok": True, "result": _replay(outcome)}))
 
 
 def _reason_text(code: str | None) -> str:
     return (code or "rejected").replace("_", " ").lower()
 
 
-def _report_result(events: list, account: str, kind: str) -> dict:
-    """Result of cancel/amend: the last execution report of the order, or the reject."""
+def _report_reply(req_id, events, account: str, kind: str) -> bytes:
+    """Reply to cancel/amend: the order's last execution report, or the reject."""
+    if isinstance(events, Exception):  # a core bug, journaled; replay reproduces it
+        return _err_bytes(req_id, E.INTERNAL_ERROR, "internal error")
     last = None
     for ev in events:
         t = type(ev)
         if t is CommandRejected:
-            raise ProtocolError(ev.code, ev.message)
+            return _err_bytes(req_id, ev.code, ev.message)
         if t is ExecutionReport and ev.account == account:
             if last is None or ev.order_id == last.order_id:
                 last = ev
     if last is None:
-        raise ProtocolError(E.UNKNOWN_ORDER, f"{kind}: no report")
-    return {"order_id": last.order_id, "client_order_id": last.client_order_id,
-            "exec_type": last.exec_type, "order_status": last.order_status,
-            "qty": last.qty, "price": None if last.price is None else fmt_px(last.price),
-            "cum_qty": last.cum_qty, "leaves_qty": last.leaves_qty}
+        return _err_bytes(req_id, E.UNKNOWN_ORDER, f"{kind}: no report")
+    coid = last.client_order_id
+    p = last.price
+    return _REPORT_OK % (req_id, last.order_id, b"null" if coid is None else _dumps(coid),
+                         JSON_STR[last.exec_type], JSON_STR[last.order_status], last.qty,
+                         b"null" if p is None else PX_JSON[p], last.cum_qty, last.leaves_qty)
 
 
 # ====================================================================== built-in methods
@@ -979,33 +1015,22 @@ def m_ping(s: Session, p) -> dict:
 @ws_method("place_order", PlaceOrderParams, roles=(ROLE_FIRM,))
 def m_place(s: Session, p: dict):
     """Place an order for the session's firm. Idempotent by client_order_id."""
-    g = p.get
-    return s.gw.place(s, PlaceOrder(
-        account=s.firm_id, instrument=p["instrument"], segment=g("segment", "main"),
-        side=p["side"], qty=p["qty"], price=g("price"), order_type=g("order_type", "limit"),
-        tif=g("tif", "GTC"), post_only=g("post_only", False),
-        client_order_id=g("client_order_id")), s.req_id)
+    # the validated params' keys are PlaceOrder's fields; absent ones take its defaults
+    return s.gw.place(s, PlaceOrder(account=s.firm_id, **p), s.req_id)
 
 
 @ws_method("cancel_order", CancelOrderParams, roles=(ROLE_FIRM,))
 def m_cancel(s: Session, p: dict):
     """Cancel one of the firm's live orders by order_id or client_order_id."""
-    firm = s.firm_id
-    oid, coid = order_ref(p)
-    return s.gw.command(s, s.req_id, CancelOrder(
-        account=firm, order_id=oid, client_order_id=coid),
-        lambda events: _report_result(events, firm, "cancel_order"))
+    order_ref(p)
+    return s.gw.order_command(s, s.req_id, CancelOrder(account=s.firm_id, **p))
 
 
 @ws_method("amend_order", AmendOrderParams, roles=(ROLE_FIRM,))
 def m_amend(s: Session, p: dict):
     """Change a live order's total quantity and/or price."""
-    firm = s.firm_id
-    oid, coid = order_ref(p)
-    s.gw.admit(s)
-    return s.gw.command(s, s.req_id, AmendOrder(
-        account=firm, order_id=oid, client_order_id=coid, qty=p.get("qty"),
-        price=p.get("price")), lambda events: _report_result(events, firm, "amend_order"))
+    order_ref(p)
+    return s.gw.order_command(s, s.req_id, AmendOrder(account=s.firm_id, **p), admit=True)
 
 
 def _canceled(events: list, firm: str) -> dict:

@@ -37,6 +37,7 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Callable, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, TypeAdapter
 from pydantic.functional_validators import BeforeValidator
 from typing_extensions import NotRequired, TypedDict
@@ -239,6 +240,32 @@ def fmt_px(fen: int) -> str:
     return t
 
 
+class _JsonStrCache(dict):
+    """str (or None) -> its JSON text as bytes, for values from small sets (statuses, exec
+    types, reason codes, firm and instrument ids): one dict probe instead of an encoder
+    call. Bounded; exact-size bytes (an ``orjson.dumps`` result keeps a 4 KiB buffer)."""
+
+    def __missing__(self, k):
+        if len(self) >= 10_000:
+            self.clear()
+        v = self[k] = b"null" if k is None else bytes(memoryview(orjson.dumps(k)))
+        return v
+
+
+class _PxJsonCache(dict):
+    """fen -> the price as a JSON string, b'"85.50"'. Bounded."""
+
+    def __missing__(self, fen):
+        if len(self) >= 100_000:
+            self.clear()
+        v = self[fen] = b'"%s"' % format_price(fen).encode()
+        return v
+
+
+JSON_STR: dict = _JsonStrCache()
+PX_JSON: dict = _PxJsonCache()
+
+
 def px(v: int | None) -> str | None:
     return None if v is None else fmt_px(v)
 
@@ -319,5 +346,5 @@ __all__ = [
     "ProtocolError", "Price", "Params", "AuthParams", "PlaceOrderParams", "CancelOrderParams",
     "AmendOrderParams", "order_ref", "CancelAllParams", "ChannelParams", "EmptyParams", "Method", "METHODS",
     "ws_method", "DEFERRED", "OVERLOADED", "validation_message", "wire_er", "wire_trade", "wire_book_changes",
-    "wire_depth", "wire_balances", "wire_order", "wire_ticker", "fmt_px", "E",
+    "wire_depth", "wire_balances", "wire_order", "wire_ticker", "fmt_px", "JSON_STR", "PX_JSON", "E",
 ]
