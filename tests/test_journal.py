@@ -606,3 +606,28 @@ def test_journal_benchmark_smoke(tmp_path):
         assert key in res, key
     assert len(res["durable_ratio_pairs"]) == 2
     assert res["replay_equals_live"] is True
+
+
+async def test_writer_process_death_stops_the_runner(sqlite_path):
+    """The SQLite writer process dies (say, the OOM killer): the next batch fails, nothing
+    more is acknowledged, the runner refuses further commands, and a restart recovers
+    exactly what was acknowledged."""
+    cmds = stream_commands(300)
+    r = CoreRunner(build_exchange(), open_journal(sqlite_path), clock=clock_from())
+    await r.start()
+    for c in cmds[:100]:
+        await r.submit(c)
+    acked = r.exchange.last_seq
+    ex = build_exchange()
+    j = open_journal(sqlite_path)
+    r.journal._proc.kill()
+    r.journal._proc.wait()
+    with pytest.raises(RunnerFailed, match="died"):
+        await r.submit(cmds[100])
+    with pytest.raises(RunnerFailed):
+        await r.submit(cmds[101])
+    await r.stop()
+    r2 = CoreRunner(ex, j)
+    await r2.start()
+    assert r2.exchange.last_seq == acked
+    await r2.stop(snapshot=False)
