@@ -579,3 +579,42 @@ async def test_gateway_bench_loadmix_answers_everything():
     assert stats["messages_in"] == 600 and stats["queued"] == 0
     assert stats["gateway_errors"] == {} and stats["orders"] > 0 and stats["trades"] > 0
     assert stats["messages_out"] > 600 and stats["bytes_written"] > 0
+
+
+def test_execution_report_bytes_are_wire_er():
+    """The gateway formats execution reports from templates (head cached per order); the
+    bytes are exactly orjson.dumps(wire_er(ev)), also for odd strings and empty fields."""
+    import orjson
+
+    from exchange.core.events import ExecutionReport
+    from exchange.server.protocol import ER_BODY, ER_PUSH, er_head, er_tail_args, wire_er
+
+    evs = [
+        ExecutionReport("F1", 7, "c-1", I, "main", "buy", "new", "new", 8540, 10, 0, 0, 0, 10),
+        ExecutionReport("F1", 7, "c-1", I, "main", "buy", "trade", "partially_filled", 8540,
+                        10, 4, 8530, 4, 6, None, 12, 1706, "maker", 1795378000000000001),
+        ExecutionReport("F\"2", 0, 'q"\\\u00e9\u2028\x01', "X", "sme", "sell", "rejected",
+                        "rejected", None, 5, 0, 0, 0, 0, "INSUFFICIENT_FUNDS"),
+        ExecutionReport("F1", 8, None, I, "main", "sell", "canceled", "canceled", 1, 3, 0, 0,
+                        0, 0, "CANCELED_BY_CLIENT", 0, 0, None, 5),
+    ]
+    for ev in evs:
+        args = er_tail_args(ev, er_head(ev))
+        assert ER_BODY % args == orjson.dumps(wire_er(ev))
+        push = orjson.loads(ER_PUSH % ((3,) + args))
+        assert push == {"channel": "executions", "seq": 3, "data": wire_er(ev)}
+
+
+async def test_two_sessions_of_a_firm_get_the_same_execution_reports(server):
+    async with ExchangeClient(server.ws_url, POWER) as a, \
+            ExchangeClient(server.ws_url, POWER) as b:
+        await a.subscribe("executions")
+        await b.subscribe("executions")
+        await a.place_order(I, "sell", 2, "86.10", client_order_id="two-1")
+        await a.cancel_order(client_order_id="two-1")
+        got = []
+        for c in (a, b):
+            got.append([(await c.next_push("executions", timeout=3)) for _ in range(2)])
+        assert got[0] == got[1]
+        assert [r[2]["exec_type"] for r in got[0]] == ["new", "canceled"]
+        assert [r[1] for r in got[0]] == [1, 2]

@@ -223,3 +223,98 @@ def test_limits_that_close_the_connection(thread_server):
         assert await state_hash(thread_server) == before
 
     asyncio.run(run())
+
+
+# ------------------------------------------------- order entry validators: fast path = pydantic
+def _param_values(valid):
+    """A key's value: absent (None returned as a marker), one of ``valid``, or anything."""
+    return st.sampled_from([_ABSENT]) | st.sampled_from(valid) | json_values
+
+
+_ABSENT = object()
+_PRICES_OK = ["86.00", "85.1", "0.01", "999999999999999.99", "1", "86.001", "1e3", None]
+
+
+@st.composite
+def order_params(draw, fields):
+    p = {}
+    for key, valid in fields.items():
+        v = draw(_param_values(valid))
+        if v is not _ABSENT:
+            p[key] = v
+    if draw(st.integers(0, 9)) == 0:
+        p[draw(st.text(min_size=1, max_size=8))] = draw(json_values)
+    return p
+
+
+_PLACE_FIELDS = {"instrument": ["CEA-2026", "", "x" * 64, "x" * 65], "side": ["buy", "sell", "BUY"],
+                 "qty": [1, 0, -5, 10 ** 12, True, 1.0], "segment": ["main", "sme", ""],
+                 "price": _PRICES_OK, "order_type": ["limit", "market", "stop"],
+                 "tif": ["GTC", "DAY", "IOC", "FOK", "gtc"], "post_only": [True, False, 0],
+                 "client_order_id": ["c-1", "", "x" * 64, "x" * 65, None]}
+_REF_FIELDS = {"order_id": [1, 0, None, True, "1"],
+               "client_order_id": ["c-1", "", "x" * 64, "x" * 65, None]}
+_AMEND_FIELDS = dict(_REF_FIELDS, qty=[1, 0, None, True, 2.5], price=_PRICES_OK)
+
+
+def _outcome(fn, p):
+    from pydantic import ValidationError
+    try:
+        return fn(p)
+    except (ValidationError, TypeError, ValueError) as e:
+        return type(e).__name__
+
+
+def _check_fast_equals_pydantic(p, fast, model, cls):
+    from pydantic import TypeAdapter
+    slow = TypeAdapter(model).validator.validate_python
+    want = _outcome(lambda q: cls(account=None, **slow(q)), p)  # (parses and caches prices)
+    got = _outcome(fast, p)
+    assert got == want, (p, got, want)
+
+
+@settings(max_examples=400, deadline=None)
+@given(order_params(_PLACE_FIELDS))
+def test_place_order_fast_validator_agrees_with_the_model(p):
+    from exchange.core.commands import PlaceOrder
+    from exchange.server.protocol import PlaceOrderParams, validate_place_order
+    _check_fast_equals_pydantic(p, validate_place_order, PlaceOrderParams, PlaceOrder)
+
+
+@settings(max_examples=300, deadline=None)
+@given(order_params(_REF_FIELDS))
+def test_cancel_order_fast_validator_agrees_with_the_model(p):
+    from exchange.core.commands import CancelOrder
+    from exchange.server.protocol import CancelOrderParams, validate_cancel_order
+    _check_fast_equals_pydantic(p, validate_cancel_order, CancelOrderParams, CancelOrder)
+
+
+@settings(max_examples=300, deadline=None)
+@given(order_params(_AMEND_FIELDS))
+def test_amend_order_fast_validator_agrees_with_the_model(p):
+    from exchange.core.commands import AmendOrder
+    from exchange.server.protocol import AmendOrderParams, validate_amend_order
+    _check_fast_equals_pydantic(p, validate_amend_order, AmendOrderParams, AmendOrder)
+
+
+def test_order_entry_fast_paths_are_taken(monkeypatch):
+    """The load test's requests take the hand-checked paths (the agreement tests above would
+    pass vacuously if everything fell through to pydantic)."""
+    from exchange.server import protocol as P
+
+    P.validate_place_order({"instrument": "CEA-2026", "side": "buy", "qty": 1,
+                            "price": "85.55"})  # parses and caches the price
+    for name in ("_place_slow", "_cancel_slow", "_amend_slow"):
+        monkeypatch.setattr(P, name, None)  # calling it would fail
+    c = P.validate_place_order({"instrument": "CEA-2026", "segment": "main", "side": "buy",
+                                "qty": 3, "price": "85.55", "tif": "IOC",
+                                "client_order_id": "w0-1"})
+    assert (c.instrument, c.side, c.qty, c.price, c.tif, c.client_order_id, c.order_type,
+            c.post_only) == ("CEA-2026", "buy", 3, 8555, "IOC", "w0-1", "limit", False)
+    c = P.validate_cancel_order({"client_order_id": "w0-1"})
+    assert (c.order_id, c.client_order_id) == (None, "w0-1")
+    assert P.validate_cancel_order({"order_id": 7}).order_id == 7
+    c = P.validate_amend_order({"client_order_id": "w0-1", "qty": 2})
+    assert (c.client_order_id, c.qty, c.price) == ("w0-1", 2, None)
+    c = P.validate_amend_order({"client_order_id": "w0-1", "price": "85.55"})
+    assert (c.qty, c.price) == (None, 8555)

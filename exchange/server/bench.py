@@ -19,7 +19,8 @@ machine shared with other jobs, unlike wall time). Cases:
   session each, subscribed to ``executions``, unbatched (one frame per message, written to
   a transport stand-in through ``Session.flush``), one request per frame, the load test's
   mix (50 % resting limit orders, 10 % crossing IOC, 25 % cancels of the oldest live order,
-  15 % amends of the newest, by ``client_order_id``), 20 requests per event-loop tick.
+  15 % amends of the newest, by ``client_order_id``), 20 requests per event-loop tick, on
+  uvloop and with the GC settings of the server.
 
 The figures are per order; ``gateway_overhead_us`` is ``gateway_memory - core``.
 """
@@ -307,6 +308,18 @@ async def _loadmix(n: int, warmup: int = 10_000, stats: dict | None = None) -> f
     return el / n * 1e6
 
 
+def _run_loop(coro):
+    """Run on uvloop when the server would (``server.uvloop`` and installed)."""
+    if _settings().server.uvloop:
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover
+            pass
+        else:
+            return uvloop.run(coro)
+    return asyncio.run(coro)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m exchange.server.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -324,7 +337,7 @@ def main(argv=None) -> int:
         "gateway_stub_core": lambda: asyncio.run(_gateway(n, True, False)),
         "gateway_memory": lambda: asyncio.run(_gateway(n, False, False)),
         "gateway_memory_subscribed": lambda: asyncio.run(_gateway(n, False, True)),
-        "loadmix": lambda: asyncio.run(_loadmix(n)),
+        "loadmix": lambda: _run_loop(_loadmix(n)),
     }
     if a.case:
         cases = {k: v for k, v in cases.items() if k in a.case}

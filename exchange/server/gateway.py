@@ -30,10 +30,11 @@ from ..core.events import (
 )
 from .credentials import ROLE_FIRM, ApiKeyRevoked
 from .protocol import (
-    DEFERRED, JSON_STR, METHODS, OVERLOADED, PX_JSON, AmendOrderParams, AuthParams,
+    DEFERRED, ER_BODY, ER_PUSH, JSON_STR, METHODS, OVERLOADED, PX_JSON, AmendOrderParams, AuthParams,
     CancelAllParams, CancelOrderParams, ChannelParams, EmptyParams, PlaceOrderParams,
-    ProtocolError, fmt_px, order_ref, validation_message, wire_balances, wire_depth, wire_er,
-    wire_order, wire_ticker, wire_trade, ws_method,
+    ProtocolError, er_head, er_tail_args, fmt_px, validate_amend_order, validate_cancel_order, validate_place_order,
+    validation_message, wire_balances, wire_depth, wire_er, wire_order, wire_ticker, wire_trade,
+    ws_method,
 )
 
 TEXT = WSMsgType.TEXT
@@ -67,17 +68,34 @@ INT64 = 1 << 63
 
 
 _HEADS: dict[str, bytes] = {}  # channel -> b'{"channel":"...","seq":' (few distinct)
+_EXEC_PUSH = b'{"channel":"executions","seq":%d,"data":%s}'
+ER_HEADS_MAX = 200_000  # execution report heads kept (orders working); past it, start over
 WRITE_HIGH = 1 << 20  # bytes buffered in the socket's transport before the writer waits
 
 
 def _text_frame(payload: bytes) -> bytes:
     """A final, unmasked, uncompressed websocket text frame (RFC 6455 server frame)."""
-    n = len(payload)
-    if n < 126:
-        return bytes((0x81, n)) + payload
-    if n < 65536:
-        return b"\x81\x7e" + n.to_bytes(2, "big") + payload
-    return b"\x81\x7f" + n.to_bytes(8, "big") + payload
+    return _FRAME_HEAD[len(payload)] + payload
+
+
+class _FrameHeads(dict):
+    """payload length -> the header of a final, unmasked, uncompressed text frame (RFC 6455
+    server frame), computed once per length (messages come in few sizes); bounded."""
+
+    def __missing__(self, n: int) -> bytes:
+        if n < 126:
+            h = bytes((0x81, n))
+        elif n < 65536:
+            h = b"\x81\x7e" + n.to_bytes(2, "big")
+        else:
+            return b"\x81\x7f" + n.to_bytes(8, "big")  # large: not kept
+        if len(self) >= 65536:
+            self.clear()
+        self[n] = h
+        return h
+
+
+_FRAME_HEAD: dict = _FrameHeads()
 
 
 def _err_bytes(req_id, code: str, message: str) -> bytes:
@@ -110,7 +128,7 @@ class Session:
     __slots__ = ("gw", "ws", "cred", "firm_id", "role", "key_id", "batch", "cod", "subs",
                  "out", "wake", "closed", "tokens", "refill_at", "placed", "writer", "peer",
                  "req_id", "transport", "flushing", "backoff", "rx", "idle", "ping_at",
-                 "__weakref__")
+                 "qmax", "__weakref__")
 
     def __init__(self, gw: "Gateway", ws, peer: str = ""):
         self.gw = gw
@@ -137,6 +155,7 @@ class Session:
         self.rx = False  # a frame arrived since the last heartbeat round
         self.idle = 0  # heartbeat rounds (half a heartbeat each) without a frame
         self.ping_at: float | None = None  # when the heartbeat ping was sent
+        self.qmax = gw.cfg.send_queue_max  # past this many queued messages: SLOW_CONSUMER
 
     @property
     def gateway(self) -> "Gateway":
@@ -149,10 +168,8 @@ class Session:
             return
         out = self.out
         out.append(data)
-        if len(out) > self.gw.cfg.send_queue_max:
-            self.gw.metrics.slow_consumer_disconnects += 1
-            self.kill(CLOSE_SLOW, f"{E.SLOW_CONSUMER}: more than "
-                                  f"{self.gw.cfg.send_queue_max} messages queued")
+        if len(out) > self.qmax:
+            self._slow()
             return
         if not self.flushing:
             self.flushing = True
@@ -167,10 +184,8 @@ class Session:
             return
         out = self.out
         out.extend(msgs)
-        if len(out) > self.gw.cfg.send_queue_max:
-            self.gw.metrics.slow_consumer_disconnects += 1
-            self.kill(CLOSE_SLOW, f"{E.SLOW_CONSUMER}: more than "
-                                  f"{self.gw.cfg.send_queue_max} messages queued")
+        if len(out) > self.qmax:
+            self._slow()
             return
         if not self.flushing:
             self.flushing = True
@@ -179,13 +194,18 @@ class Session:
             else:
                 self.wake.set()
 
+    def _slow(self) -> None:
+        self.gw.metrics.slow_consumer_disconnects += 1
+        self.kill(CLOSE_SLOW, f"{E.SLOW_CONSUMER}: more than {self.qmax} messages queued")
+
     def push(self, channel: str, data: bytes) -> None:
         """A push on a per-session sequenced channel (everything but books)."""
-        seq = self.subs.get(channel)
+        subs = self.subs
+        seq = subs.get(channel)
         if seq is None:
             return
         seq += 1
-        self.subs[channel] = seq
+        subs[channel] = seq
         head = _HEADS.get(channel)
         if head is None:
             head = _HEADS[channel] = b'{"channel":' + _dumps(channel) + b',"seq":'
@@ -222,8 +242,16 @@ class Session:
             m.frames_out += 1
             tr.write(_text_frame(b"[" + b",".join(out) + b"]"))
         else:
-            m.frames_out += len(out)
-            tr.write(b"".join([_text_frame(x) for x in out]))
+            n = len(out)
+            m.frames_out += n
+            if n == 1:
+                x = out[0]
+                tr.write(_FRAME_HEAD[len(x)] + x)
+            else:  # header, message, header, message, ...: built by C loops, one join
+                parts = [b""] * (2 * n)
+                parts[::2] = map(_FRAME_HEAD.__getitem__, map(len, out))
+                parts[1::2] = out
+                tr.write(b"".join(parts))
 
     async def write_loop(self) -> None:
         """Without a usable transport: drain the queue with aiohttp's ``send_frame``."""
@@ -276,10 +304,9 @@ class Session:
 
     # ---------------------------------------------------------------- input
     def on_text(self, data: str) -> None:
-        gw = self.gw
-        if len(data) > gw.cfg.max_frame_bytes:
+        if len(data) > self.gw.max_frame:
             self.error(None, E.FRAME_TOO_LARGE,
-                       f"frame over {gw.cfg.max_frame_bytes} bytes")
+                       f"frame over {self.gw.max_frame} bytes")
             return
         try:
             obj = _loads(data)
@@ -433,6 +460,8 @@ class Gateway:
         self._flush_scheduled = False
         self._batch_future = None  # the journal batch the current place_orders ride in
         self._batch: list = []  # (session, req_id, reply, idempotency key, outcome)
+        self._er_heads: dict = {}  # order id -> er_head() while the order works
+        self.max_frame = cfg.max_frame_bytes
         self._max_in_flight = cfg.max_commands_in_flight
         self._overload_queue = cfg.overload_send_queue
         self._to_flush: list[Session] = []
@@ -673,6 +702,7 @@ class Gateway:
         exec_subs = self.exec_subs
         bal_subs = self.bal_subs
         dirty_bal = self._dirty_bal
+        heads = self._er_heads
         for ev in events:
             t = type(ev)
             if t is ExecutionReport:
@@ -685,9 +715,34 @@ class Gateway:
                     dirty_bal.add(acct)
                 subs = exec_subs.get(acct)
                 if subs:
-                    data = _dumps(wire_er(ev))
-                    for s in tuple(subs):
-                        s.push("executions", data)
+                    # the order's fixed fields, formatted once while it works
+                    oid = ev.order_id
+                    if ev.leaves_qty:
+                        head = heads.get(oid)
+                        if head is None:
+                            if len(heads) >= ER_HEADS_MAX:
+                                heads.clear()
+                            head = heads[oid] = er_head(ev)
+                    else:  # its last report (or a reject, order id 0)
+                        head = heads.pop(oid, None) or er_head(ev)
+                    args = er_tail_args(ev, head)
+                    if len(subs) == 1:  # (usual) one format for the whole push
+                        for s in subs:
+                            ss = s.subs
+                            seq = ss.get("executions")
+                            if seq is not None:
+                                seq += 1
+                                ss["executions"] = seq
+                                s.send(ER_PUSH % ((seq,) + args))
+                    else:
+                        data = ER_BODY % args
+                        for s in tuple(subs):  # (a send may close a session: copy)
+                            ss = s.subs
+                            seq = ss.get("executions")
+                            if seq is not None:
+                                seq += 1
+                                ss["executions"] = seq
+                                s.send(_EXEC_PUSH % (seq, data))
             elif t is BookUpdate:
                 key = (ev.instrument, ev.segment)
                 subs = self.book_subs.get(key)
@@ -726,10 +781,11 @@ class Gateway:
                     if who in bal_subs:
                         dirty_bal.add(who)
             elif t is Posting:
-                if ev.debit in bal_subs:
-                    dirty_bal.add(ev.debit)
-                if ev.credit in bal_subs:
-                    dirty_bal.add(ev.credit)
+                if bal_subs:
+                    if ev.debit in bal_subs:
+                        dirty_bal.add(ev.debit)
+                    if ev.credit in bal_subs:
+                        dirty_bal.add(ev.credit)
             elif t is CommandRejected:
                 m.rejects[ev.code] = m.rejects.get(ev.code, 0) + 1
             elif t is ApiKeyRevoked:
@@ -1012,25 +1068,31 @@ def m_ping(s: Session, p) -> dict:
     return {"pong": True, "ts": time.time_ns(), "seq": s.gw.ex.last_seq}
 
 
-@ws_method("place_order", PlaceOrderParams, roles=(ROLE_FIRM,))
-def m_place(s: Session, p: dict):
+@ws_method("place_order", PlaceOrderParams, roles=(ROLE_FIRM,), validate=validate_place_order)
+def m_place(s: Session, cmd: PlaceOrder):
     """Place an order for the session's firm. Idempotent by client_order_id."""
-    # the validated params' keys are PlaceOrder's fields; absent ones take its defaults
-    return s.gw.place(s, PlaceOrder(account=s.firm_id, **p), s.req_id)
+    cmd.account = s.firm_id
+    return s.gw.place(s, cmd, s.req_id)
 
 
-@ws_method("cancel_order", CancelOrderParams, roles=(ROLE_FIRM,))
-def m_cancel(s: Session, p: dict):
+@ws_method("cancel_order", CancelOrderParams, roles=(ROLE_FIRM,),
+           validate=validate_cancel_order)
+def m_cancel(s: Session, cmd: CancelOrder):
     """Cancel one of the firm's live orders by order_id or client_order_id."""
-    order_ref(p)
-    return s.gw.order_command(s, s.req_id, CancelOrder(account=s.firm_id, **p))
+    if cmd.order_id is None and cmd.client_order_id is None:
+        raise ProtocolError(E.INVALID_PARAMS, "give order_id or client_order_id")
+    cmd.account = s.firm_id
+    return s.gw.order_command(s, s.req_id, cmd)
 
 
-@ws_method("amend_order", AmendOrderParams, roles=(ROLE_FIRM,))
-def m_amend(s: Session, p: dict):
+@ws_method("amend_order", AmendOrderParams, roles=(ROLE_FIRM,),
+           validate=validate_amend_order)
+def m_amend(s: Session, cmd: AmendOrder):
     """Change a live order's total quantity and/or price."""
-    order_ref(p)
-    return s.gw.order_command(s, s.req_id, AmendOrder(account=s.firm_id, **p), admit=True)
+    if cmd.order_id is None and cmd.client_order_id is None:
+        raise ProtocolError(E.INVALID_PARAMS, "give order_id or client_order_id")
+    cmd.account = s.firm_id
+    return s.gw.order_command(s, s.req_id, cmd, admit=True)
 
 
 def _canceled(events: list, firm: str) -> dict:
