@@ -162,7 +162,8 @@ def run_step(target: Target, keys: list[str], rate: float, duration: float, proc
         out["server_rss_samples_kb"] = sampler.samples
     if m0 and m1:
         keep = ("exchange_ws_messages_in_total", "exchange_ws_messages_out_total",
-                "exchange_ws_frames_out_total", "exchange_ws_slow_consumer_disconnects_total",
+                "exchange_ws_frames_out_total", "exchange_ws_writes_total",
+                "exchange_ws_slow_consumer_disconnects_total",
                 "exchange_commands_total", "exchange_orders_total", "exchange_trades_total",
                 "exchange_rejects_total", "exchange_overloaded_total")
         out["server_metrics_delta"] = {k.replace("exchange_", ""): m1[k] - m0.get(k, 0)

@@ -184,6 +184,8 @@ async def metrics(request: web.Request) -> web.Response:
                [({}, m.messages_out)])
         metric("exchange_ws_frames_out_total", "counter", "websocket frames sent",
                [({}, m.frames_out)])
+        metric("exchange_ws_writes_total", "counter", "socket writes (frames of a connection "
+               "are written together)", [({}, m.writes)])
         metric("exchange_ws_slow_consumer_disconnects_total", "counter",
                "connections closed for a full send queue",
                [({}, m.slow_consumer_disconnects)])

@@ -115,6 +115,7 @@ class Metrics:
         self.messages_in = 0
         self.messages_out = 0
         self.frames_out = 0
+        self.writes = 0  # socket writes (one per connection per flush)
         self.connections = 0
         self.connections_total = 0
         self.slow_consumer_disconnects = 0
@@ -238,6 +239,7 @@ class Session:
         self.out = []
         m = self.gw.metrics
         m.messages_out += len(out)
+        m.writes += 1
         if self.batch:
             m.frames_out += 1
             tr.write(_text_frame(b"[" + b",".join(out) + b"]"))
@@ -269,6 +271,7 @@ class Session:
                     continue
                 self.out = []
                 metrics.messages_out += len(out)
+                metrics.writes += 1 if self.batch else len(out)
                 if self.batch:
                     metrics.frames_out += 1
                     await ws.send_frame(b"[" + b",".join(out) + b"]", TEXT)
