@@ -373,8 +373,8 @@ class Session:
         if m.roles is not None and self.role not in m.roles:
             self.error(req_id, E.FORBIDDEN, f"{method} needs role {' or '.join(m.roles)}")
             return
-        params = obj.get("params", {})
-        if params is None:
+        params = obj.get("params")
+        if params is None:  # omitted or null
             params = {}
         try:
             p = m.validate(params)
@@ -706,6 +706,8 @@ class Gateway:
         bal_subs = self.bal_subs
         dirty_bal = self._dirty_bal
         heads = self._er_heads
+        book_subs = self.book_subs
+        ticker_subs = self.ticker_subs
         for ev in events:
             t = type(ev)
             if t is ExecutionReport:
@@ -747,8 +749,10 @@ class Gateway:
                                 ss["executions"] = seq
                                 s.send(_EXEC_PUSH % (seq, data))
             elif t is BookUpdate:
+                if not book_subs and not ticker_subs:
+                    continue
                 key = (ev.instrument, ev.segment)
-                subs = self.book_subs.get(key)
+                subs = book_subs.get(key)
                 if subs:
                     ch = f"book:{ev.instrument}:{ev.segment}"
                     bs = ev.book_seq
@@ -769,7 +773,7 @@ class Gateway:
                             if s.subs.get(ch, bs) < bs:
                                 s.subs[ch] = bs
                                 s.send(msg)
-                if ev.segment == "main" and ev.instrument in self.ticker_subs:
+                if ev.segment == "main" and ev.instrument in ticker_subs:
                     self._dirty_tick.add(ev.instrument)
             elif t is Trade:
                 m.trades += 1
