@@ -1,15 +1,20 @@
 """The websocket gateway: sessions, the built-in methods, subscriptions and fan-out.
 
-Per message the path is: one ``orjson.loads``, a hand-checked envelope, a token-bucket rate
-check, one pydantic ``model_validate`` of the params, the handler. Order commands go to the
-runner (journal + core); their replies and every push are queued on the session and written by
-one writer task per connection, so a burst of messages costs one wake-up per tick (and, with
-``batch`` on, one frame per tick). Nothing on this path logs.
+Text frames come straight from aiohttp's frame parser to :meth:`Session.on_text` (see
+``_DirectQueue``). Per message: one ``orjson.loads``, a hand-checked envelope, a token-bucket
+rate check, the method's validator (order entry: hand-checked fast paths that build the core
+command, falling back to the pydantic models), the handler. Order commands go to the runner
+(journal + core); their replies are built as bytes at once and queued, with every push, on the
+session once the journal batch is durable; one callback per tick frames each session's queue
+and writes it in one ``transport.write`` (with ``batch`` on, as one frame). Nothing on this
+path logs.
 
 Fan-out runs in the runner's listener (after durability, in seq order): each event is encoded
-once and appended to the subscribed sessions' queues; balances and tickers are marked dirty and
-sent once per tick. A session whose queue passes ``server.send_queue_max`` is closed
-(code 4008, ``SLOW_CONSUMER``) and its queue dropped, so memory stays bounded.
+once and appended to the subscribed sessions' queues; book updates are sent every
+``server.book_push_interval_ms``, balances and tickers once per tick. A session whose queue
+passes ``server.send_queue_max`` is closed (code 4008, ``SLOW_CONSUMER``) and its queue
+dropped, so memory stays bounded; place_order/amend_order get ``OVERLOADED`` while the server
+is behind (``Gateway.admit``).
 """
 from __future__ import annotations
 
