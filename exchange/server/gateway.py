@@ -172,25 +172,19 @@ class Session:
         """Queue one message; close the connection when the queue is over its bound."""
         if self.closed:
             return
-        out = self.out
-        out.append(data)
-        if len(out) > self.qmax:
-            self._slow()
-            return
-        if not self.flushing:
-            self.flushing = True
-            if self.transport is not None:
-                self.gw.want_flush(self)
-            else:
-                self.wake.set()
+        self.out.append(data)
+        self._queued()
 
     def send_many(self, msgs: list) -> None:
         """Queue several messages (one bound check, one flush)."""
         if self.closed or not msgs:
             return
-        out = self.out
-        out.extend(msgs)
-        if len(out) > self.qmax:
+        self.out.extend(msgs)
+        self._queued()
+
+    def _queued(self) -> None:
+        """After queueing: the slow-consumer bound, then a flush unless one is due."""
+        if len(self.out) > self.qmax:
             self._slow()
             return
         if not self.flushing:
