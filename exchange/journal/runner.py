@@ -28,7 +28,6 @@ format (orjson of ``Exchange.to_state()``; ``Exchange.restore`` reads it too).
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import gc
 import logging
 import os
@@ -40,7 +39,7 @@ from typing import Callable
 
 from ..core.commands import SnapshotMarker
 from ..core.exchange import SequenceError
-from .base import Frames, Journal, JournalCorruptError, JournalError
+from .base import Frames, Journal, JournalCorruptError, JournalError, widen_pipe
 from .codec import LINE_ENCODERS as _LINE, decode_payload, payload_line
 
 log = logging.getLogger("exchange.journal.runner")
@@ -455,10 +454,7 @@ def _collect_child(pid: int, fd: int) -> asyncio.Future:
     loop = asyncio.get_running_loop()
     fut = loop.create_future()
     chunks: list = []
-    try:
-        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
-    except OSError:
-        pass
+    widen_pipe(fd)
     os.set_blocking(fd, False)
 
     def done(err: BaseException | None) -> None:

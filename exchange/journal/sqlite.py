@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import fcntl
 import hashlib
 import itertools
 import os
@@ -23,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from .base import (
     Frames, Journal, JournalCorruptError, JournalError, chain_rows, log, torn_tail_seq,
+    widen_pipe,
 )
 
 SCHEMA = """
@@ -68,9 +68,6 @@ def _insert_sql(k: int) -> str:
     return sql
 
 
-_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)  # Linux
-
-
 class _WriterLink:
     """The core process's end of the writer process's pipes, driven by the event loop:
     non-blocking writes (continued by ``add_writer`` when the pipe is full) and replies read
@@ -88,10 +85,7 @@ class _WriterLink:
         self.rfd = proc.stdout.fileno()
         os.set_blocking(self.wfd, False)
         os.set_blocking(self.rfd, False)
-        try:
-            fcntl.fcntl(self.wfd, _F_SETPIPE_SZ, 1 << 20)
-        except OSError:
-            pass  # not Linux, or over /proc/sys/fs/pipe-max-size: the default 64 KiB
+        widen_pipe(self.wfd)
         self._in = bytearray()
         self._msgs: collections.deque = collections.deque()
         self._waiter: asyncio.Future | None = None
