@@ -143,7 +143,7 @@ def main(path: str) -> int:
                 if count:
                     last_seq, last_hash = expect - 1, h
                 reply(b"K", struct.pack(">Q", last_seq) + last_hash)
-                checkpointer.written(count)
+                checkpointer.written(n + 40 * count)  # the rows' bytes: + seq and hash
                 if _size(path + "-wal") > WAL_MAX_BYTES:
                     # the passive checkpoints never caught up with a continuous stream of
                     # commits (the WAL restarts only after one has copied every frame):
@@ -180,9 +180,10 @@ def main(path: str) -> int:
 
 
 class _Checkpointer:
-    """Run ``PRAGMA wal_checkpoint(PASSIVE)`` on a thread after every ``PAGES`` of WAL."""
+    """Run ``PRAGMA wal_checkpoint(PASSIVE)`` on a thread after about ``WAL_BYTES`` of rows
+    have been committed."""
 
-    PAGES = 1000  # SQLite's own default interval (pages of 4 KiB); records ~ pages * 20
+    WAL_BYTES = 1000 * 4096  # SQLite's own default interval: 1,000 pages of 4 KiB
 
     def __init__(self, path: str):
         import threading
@@ -193,9 +194,9 @@ class _Checkpointer:
         self._thread = threading.Thread(target=self._run, name="wal-checkpoint", daemon=True)
         self._thread.start()
 
-    def written(self, records: int) -> None:
-        self._since += records
-        if self._since >= self.PAGES * 20:
+    def written(self, nbytes: int) -> None:
+        self._since += nbytes
+        if self._since >= self.WAL_BYTES:
             self._since = 0
             self._due.set()
 
