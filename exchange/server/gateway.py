@@ -38,7 +38,7 @@ from .protocol import (
     DEFERRED, ER_BODY, ER_PUSH, JSON_STR, METHODS, OVERLOADED, PX_JSON, AmendOrderParams, AuthParams,
     CancelAllParams, CancelOrderParams, ChannelParams, EmptyParams, PlaceOrderParams,
     ProtocolError, er_head, er_tail_args, fmt_px, validate_amend_order, validate_cancel_order, validate_place_order,
-    validation_message, wire_balances, wire_depth, wire_er, wire_order, wire_ticker, wire_trade,
+    validation_message, wire_balances, wire_depth, wire_order, wire_ticker, wire_trade,
     ws_method,
 )
 
@@ -1085,20 +1085,23 @@ def m_place(s: Session, cmd: PlaceOrder):
            validate=validate_cancel_order)
 def m_cancel(s: Session, cmd: CancelOrder):
     """Cancel one of the firm's live orders by order_id or client_order_id."""
-    if cmd.order_id is None and cmd.client_order_id is None:
-        raise ProtocolError(E.INVALID_PARAMS, "give order_id or client_order_id")
-    cmd.account = s.firm_id
-    return s.gw.order_command(s, s.req_id, cmd)
+    return s.gw.order_command(s, s.req_id, _own_order_ref(s, cmd))
 
 
 @ws_method("amend_order", AmendOrderParams, roles=(ROLE_FIRM,),
            validate=validate_amend_order)
 def m_amend(s: Session, cmd: AmendOrder):
     """Change a live order's total quantity and/or price."""
+    return s.gw.order_command(s, s.req_id, _own_order_ref(s, cmd), admit=True)
+
+
+def _own_order_ref(s: Session, cmd):
+    """A cancel/amend naming an order (by order_id or client_order_id) of the session's
+    firm."""
     if cmd.order_id is None and cmd.client_order_id is None:
         raise ProtocolError(E.INVALID_PARAMS, "give order_id or client_order_id")
     cmd.account = s.firm_id
-    return s.gw.order_command(s, s.req_id, cmd, admit=True)
+    return cmd
 
 
 def _canceled(events: list, firm: str) -> dict:
