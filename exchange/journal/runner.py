@@ -220,7 +220,7 @@ class CoreRunner:
             raise RunnerFailed("runner not accepting commands" + (
                 f": journal write failed: {self._failed!r}" if self._failed else ""))
         ex = self.exchange
-        cmd.seq = ex.last_seq + 1
+        seq = cmd.seq = ex.last_seq + 1
         ts = self.clock()
         if ts <= self._last_ts:
             ts = self._last_ts + 1
@@ -230,10 +230,17 @@ class CoreRunner:
         except SequenceError:
             raise
         except Exception as e:  # a core bug: journal it anyway, replay reproduces it
-            log.exception("core raised on seq %d (%s)", cmd.seq, cmd.TYPE)
+            log.exception("core raised on seq %d (%s)", seq, cmd.TYPE)
             result = e
         b = self._batch
-        if b.frames.add(cmd.seq, ts, _LINE[cmd.__class__](cmd)) == 1:
+        # Frames.add, inlined (this is every command's path); no sequence check needed:
+        # seq is last_seq + 1 by construction and apply() moved last_seq to it
+        frames = b.frames
+        frames.lines += _LINE[cmd.__class__](cmd)
+        stamps = frames.ts
+        stamps.append(ts)
+        if len(stamps) == 1:
+            frames.first_seq = seq
             self._wake.set()
         if self._listeners:
             b.applied.append((cmd, result))
