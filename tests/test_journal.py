@@ -335,8 +335,14 @@ async def test_runner_restart_recovers_same_state(sqlite_path):
     await r2.stop()
 
 
+@pytest.mark.parametrize("serialise", ["forked child", "inline"])
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
-async def test_snapshot_plus_replay_equals_full_replay(backend, tmp_path, request):
+async def test_snapshot_plus_replay_equals_full_replay(backend, serialise, tmp_path, request,
+                                                        monkeypatch):
+    # the runner serialises a small state inline and a large one in a forked child
+    # (CoreRunner.fork_min_orders); both paths must store the same bytes
+    monkeypatch.setattr(CoreRunner, "fork_min_orders", 0 if serialise == "forked child"
+                        else 10**9)
     if backend == "sqlite":
         target, opts = str(tmp_path / "j.sqlite"), {}
     else:
@@ -347,6 +353,8 @@ async def test_snapshot_plus_replay_equals_full_replay(backend, tmp_path, reques
         r = await run_commands(open_journal(target, **opts), cmds, snapshot_every=700,
                                stop_snapshot=False, concurrent=True)
         live = r.exchange.state_hash()
+        forked = serialise == "forked child"
+        assert (r.snapshots_forked > 0) == forked and (r.snapshots_inline > 0) != forked
         # recovery: latest snapshot + the log after it
         r2 = CoreRunner(build_exchange(), open_journal(target, **opts))
         await r2.start()
@@ -374,6 +382,25 @@ async def test_snapshot_plus_replay_equals_full_replay(backend, tmp_path, reques
             con = await asyncpg.connect(target)
             await con.execute(f'DROP SCHEMA IF EXISTS "{opts["schema"]}" CASCADE')
             await con.close()
+
+
+def test_snapshot_serialised_in_a_child_only_when_the_state_is_large(sqlite_path):
+    r = CoreRunner(build_exchange(), open_journal(sqlite_path), fork_snapshots=True)
+    ex = build_exchange()
+    for i, c in enumerate(stream_commands(600, seed=3), 1):
+        c.seq, c.ts = i, i
+        ex.apply(c)
+    resting = sum(len(b.orders) for b in ex.books.values())
+    assert resting > 0
+    r.fork_min_orders = resting + 1
+    assert not r._snapshot_in_child(ex)  # small: inline
+    r.fork_min_orders = resting
+    assert r._snapshot_in_child(ex)  # as many resting orders as the threshold: a child
+    r.fork_min_orders = 10**9
+    r._last_snapshot_size = r.fork_min_bytes  # the previous snapshot was large: a child
+    assert r._snapshot_in_child(ex)
+    r.fork_snapshots = False  # where fork is unavailable, always inline
+    assert not r._snapshot_in_child(ex)
 
 
 async def test_time_based_snapshot(sqlite_path):
