@@ -193,6 +193,10 @@ def aggregate(rate: float, duration: float, results: list[dict]) -> dict:
     exe = merge([r["exec_lat_us"] for r in results])
     lag = merge([r["send_lag_us"] for r in results])
     gen_cpu = tot("cpu_seconds")
+    # the workers' schedules interleave over the same span: the step's worst latency per
+    # bucket is the worst of any worker's
+    lines = [r.get("ack_timeline_max_us") or [] for r in results]
+    timeline = [max(v) / 1000 for v in zip(*lines)] if lines and all(lines) else []
     return {
         "offered_rate": rate,
         "duration_seconds": duration,
@@ -211,6 +215,8 @@ def aggregate(rate: float, duration: float, results: list[dict]) -> dict:
         "ack_latency_ms": summary_ms(ack),
         "exec_latency_ms": summary_ms(exe),
         "send_lag_ms": summary_ms(lag),
+        # worst ack latency (ms) of the requests due in each 100 ms of the schedule
+        "ack_timeline_max_ms": {"bucket_s": 0.1, "max": timeline},
         "errors": sum(errors.values()),
         "errors_by_code": errors,
         "rejects": sum(rejects.values()),

@@ -56,6 +56,7 @@ from .ws_proto import text_frame, ws_connect
 M_PLACE, M_CROSS, M_CANCEL, M_AMEND = 1, 2, 3, 4
 METHOD_NAMES = {M_PLACE: "place_order", M_CROSS: "place_order_crossing",
                 M_CANCEL: "cancel_order", M_AMEND: "amend_order"}
+TIMELINE_S = 0.1  # bucket of the acknowledgement-latency timeline, seconds
 CTRL_BASE = 1_000_000_000  # req_ids of control messages (auth, subscribe, cancel_all)
 
 # Reply error codes that are the exchange refusing the business request (the request was
@@ -119,6 +120,9 @@ class Worker:
         self.acked = bytearray(self.total)
         self.exec_seen = bytearray(self.total)
         self.ack_lat = array("q")
+        # worst acknowledgement latency per TIMELINE_S of intended send time: where in the
+        # run the tail came from (a stall shows as a spike, queueing as a rising slope)
+        self.ack_timeline = array("q", bytes(8 * (int(self.duration / TIMELINE_S) + 1)))
         self.exec_lat = array("q")
         self.send_lag = array("q")
         self.errors: dict[str, int] = {}
@@ -155,6 +159,8 @@ class Worker:
         methods = self.methods
         exec_seen = self.exec_seen
         ack_lat = self.ack_lat
+        timeline = self.ack_timeline
+        per_bucket = rate * TIMELINE_S
         exec_lat = self.exec_lat
         live = conn.live
         prefix = self.coid_prefix
@@ -172,7 +178,11 @@ class Worker:
                     acked[rid] = 1
                     self.n_ack += 1
                     self.last_ack = now
-                    ack_lat.append(int((now - self.t0 - rid / rate) * 1e6))
+                    lat = int((now - self.t0 - rid / rate) * 1e6)
+                    ack_lat.append(lat)
+                    b = int(rid / per_bucket)
+                    if lat > timeline[b]:
+                        timeline[b] = lat
                     if m.get("ok"):
                         self.n_ok += 1
                     else:
@@ -442,6 +452,7 @@ class Worker:
             "by_method": by_method,
             "cpu_seconds": (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime),
             "ack_lat_us": encode_samples(self.ack_lat),
+            "ack_timeline_max_us": self.ack_timeline.tolist(),
             "exec_lat_us": encode_samples(self.exec_lat),
             "send_lag_us": encode_samples(self.send_lag),
             "closed": sum(1 for c in self.conns if c.proto is None

@@ -36,6 +36,12 @@ def _check_step(s: dict, exchange: bool) -> None:
     assert s["sent"] > 0 and s["acked"] > 0
     assert s["ack_latency_ms"]["p50"] is not None
     assert s["ack_latency_ms"]["p50"] <= s["ack_latency_ms"]["p99"] <= s["ack_latency_ms"]["max"]
+    # the timeline: one worst latency per 100 ms of the schedule; its worst is the step's
+    # worst (the histogram rounds to 3 significant digits)
+    tl = s["ack_timeline_max_ms"]
+    assert tl["bucket_s"] == 0.1
+    assert len(tl["max"]) == int(s["duration_seconds"] / 0.1) + 1
+    assert max(tl["max"]) == pytest.approx(s["ack_latency_ms"]["max"], rel=0.01)
     if exchange:
         # the orders reached the core: execution reports came back, and every request was
         # answered with a reply (an order the exchange refuses is a reject, not an error)
