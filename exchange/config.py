@@ -158,6 +158,10 @@ class ServerConfig(Strict):
     gc_freeze: bool = Field(
         True, description="after start-up (recovery, genesis) move every live object out of "
                           "the cyclic GC's reach (gc.freeze), so collections do not walk them")
+    stall_warn_ms: float = Field(
+        100.0, ge=0, description="log a warning, with the stack of the code holding it, when "
+                                 "the event loop does not turn for this long (every firm "
+                                 "waits meanwhile); counted in /metrics; 0 turns it off")
     gc_threshold: tuple[int, int, int] = Field(
         (50000, 20, 100), description="gc.set_threshold for the server process: allocations "
                                       "before a young collection, then the older generations")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import time
 
 import aiohttp
 import pytest
@@ -297,6 +299,30 @@ async def test_health_ready_metrics(server):
                  "exchange_ws_connections", "exchange_rejects_total"):
         assert f"# TYPE {name} " in text
     assert 'exchange_rejects_total{reason="OVER_MAX_ORDER_SIZE",source="core"} 1' in text
+    assert "# TYPE exchange_snapshots_total counter" in text
+
+
+def _hold_the_loop(seconds: float) -> None:
+    time.sleep(seconds)  # a blocking call on the event loop: what the watchdog is for
+
+
+async def test_loop_watchdog_logs_a_stall_with_the_stack_holding_the_loop(caplog):
+    from exchange.server.watchdog import LoopWatchdog
+    wd = LoopWatchdog(threshold=0.05)
+    wd.start()
+    try:
+        await asyncio.sleep(0.1)
+        assert wd.stalls == 0  # an idle loop turns on time
+        with caplog.at_level(logging.WARNING, logger="exchange.server.watchdog"):
+            _hold_the_loop(0.3)
+            await asyncio.sleep(0.1)  # the loop turns again: the stall is reported
+    finally:
+        wd.stop()
+    assert wd.stalls == 1
+    assert 0.2 <= wd.stall_seconds_max < 1.0
+    assert "_hold_the_loop" in wd.last_stall["stack"]
+    msgs = [r.getMessage() for r in caplog.records if "stalled" in r.getMessage()]
+    assert len(msgs) == 1 and "_hold_the_loop" in msgs[0] and "time.sleep" in msgs[0]
 
 
 # ------------------------------------------------------------------------------ session options

@@ -42,6 +42,7 @@ class ServerState:
         self.first_start = False
         self.ready = False
         self.recovery: dict = {}
+        self.watchdog = None  # LoopWatchdog, started by ``serve``
 
 
 def make_runner(settings: Settings, data_dir: Path | None, in_memory: bool):
@@ -200,6 +201,18 @@ async def metrics(request: web.Request) -> web.Response:
                [({}, st.exchange.last_seq)])
     metric("exchange_journal_lag", "gauge", "commands applied but not yet durable",
            [({}, int(getattr(st.runner, "journal_lag", 0) or 0))])
+    if st.runner is not None:
+        metric("exchange_snapshots_total", "counter", "snapshots taken since start, by where "
+               "the state was serialised", [({"serialised": "forked child"},
+                                             st.runner.snapshots_forked),
+                                            ({"serialised": "inline"},
+                                             st.runner.snapshots_inline)])
+    wd = st.watchdog
+    if wd is not None:
+        metric("exchange_loop_stalls_total", "counter", "event-loop stalls of at least "
+               "server.stall_warn_ms (each logged with its stack)", [({}, wd.stalls)])
+        metric("exchange_loop_stall_seconds_max", "gauge", "longest event-loop stall since "
+               "start", [({}, round(wd.stall_seconds_max, 4))])
     return web.Response(text="\n".join(out) + "\n",
                         content_type="text/plain", charset="utf-8",
                         headers={"X-Content-Type-Options": "nosniff"})

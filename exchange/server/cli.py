@@ -32,6 +32,10 @@ async def serve(args) -> int:
     await runner.setup()  # runs on_startup: journal recovery / genesis
     st = app[STATE_KEY]
     tune_gc(settings.server)
+    if settings.server.stall_warn_ms > 0:
+        from .watchdog import LoopWatchdog
+        st.watchdog = LoopWatchdog(settings.server.stall_warn_ms / 1000)
+        st.watchdog.start()
     site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
     await site.start()
     bound = port
@@ -67,6 +71,8 @@ async def serve(args) -> int:
     await stop.wait()
     print("shutting down: closing connections, flushing the journal, final snapshot",
           flush=True)
+    if st.watchdog is not None:
+        st.watchdog.stop()
     await runner.cleanup()
     print(f"stopped at seq {ex.last_seq}", flush=True)
     return 0
