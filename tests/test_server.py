@@ -325,6 +325,22 @@ async def test_loop_watchdog_logs_a_stall_with_the_stack_holding_the_loop(caplog
     assert len(msgs) == 1 and "_hold_the_loop" in msgs[0] and "time.sleep" in msgs[0]
 
 
+async def test_loop_watchdog_warns_at_most_once_per_interval(caplog):
+    from exchange.server.watchdog import LoopWatchdog
+    wd = LoopWatchdog(threshold=0.03)
+    wd.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="exchange.server.watchdog"):
+            for _ in range(3):
+                _hold_the_loop(0.1)
+                await asyncio.sleep(0.05)
+    finally:
+        wd.stop()
+    assert wd.stalls == 3  # every stall is counted ...
+    msgs = [r.getMessage() for r in caplog.records if "stalled" in r.getMessage()]
+    assert len(msgs) == 1  # ... one is logged within log_every (5 s)
+
+
 # ------------------------------------------------------------------------------ session options
 
 async def test_cancel_on_disconnect(server):

@@ -9,8 +9,11 @@ visible to the operator instead of leaving them to be guessed from the clients' 
 * a daemon thread checks it; when the loop has not turned for ``threshold`` seconds it takes
   the main thread's stack at that moment (``sys._current_frames``) - the code that is
   holding the loop, or the line it is blocked in;
-* when the loop turns again it logs one warning with the stall's length and that stack, and
-  counts it (``stalls``, ``stall_seconds_max``; ``/metrics`` exports them).
+* when the loop turns again it logs a warning with the stall's length and that stack (at most
+  one per ``log_every`` seconds, with the count of the others), and counts it (``stalls``,
+  ``stall_seconds_max``; ``/metrics`` exports them). A stack that ends in the event loop's
+  own code means no single callback held it: the iteration was long because much was ready
+  (an overloaded server), which the warning says instead of printing that stack.
 
 The thread needs the GIL only to check the heartbeat (a few times per ``threshold``) and to
 read the stack; a stalled loop that holds the GIL gives it up within the interpreter's switch
@@ -27,6 +30,10 @@ import traceback
 
 log = logging.getLogger("exchange.server.watchdog")
 
+# the innermost Python frame while the loop runs its own C code (uvloop's uv_run, the
+# selector): the stall was the loop's own work, not one callback
+_LOOP_FRAMES = {"run_until_complete", "run_forever", "_run_once", "select"}
+
 
 class LoopWatchdog:
     def __init__(self, threshold: float = 0.1, interval: float | None = None):
@@ -42,6 +49,10 @@ class LoopWatchdog:
         self._halt = threading.Event()
         self._main_id = threading.main_thread().ident
         self._stack: str | None = None  # taken by the thread during the current stall
+        self._where: str | None = None  # the innermost function of that stack
+        self.log_every = 5.0  # seconds between two stall warnings, at most one per ...
+        self._quiet_until = 0.0
+        self._unlogged = 0
         self._stall_from = 0.0
 
     # ------------------------------------------------------------------ loop side
@@ -71,17 +82,29 @@ class LoopWatchdog:
         self._timer = self._loop.call_later(self.interval, self._tick)
 
     def _report(self, late: float) -> None:
-        stack = self._stack
-        self._stack = None
+        stack, where = self._stack, self._where
+        self._stack = self._where = None
         self.stalls += 1
         if late > self.stall_seconds_max:
             self.stall_seconds_max = late
         self.last_stall = {"seconds": round(late, 4), "stack": stack}
-        log.warning("event loop stalled for %.0f ms (threshold %.0f ms)%s", late * 1000,
-                    self.threshold * 1000,
-                    f"; the loop's thread was at:\n{stack}" if stack else
-                    " (no stack: the stall ended before the watchdog looked, or the whole "
-                    "process was not running - CPU contention, a fork, a page-fault storm)")
+        now = time.monotonic()
+        if now < self._quiet_until:  # an overloaded server stalls often: one warning per
+            self._unlogged += 1      # log_every seconds, with the count of the others
+            return
+        self._quiet_until = now + self.log_every
+        more = (f" ({self._unlogged} more since the last warning)" if self._unlogged else "")
+        self._unlogged = 0
+        if stack is None:
+            detail = (" (no stack: the stall ended before the watchdog looked, or the whole "
+                      "process was not running - CPU contention, a fork, a page-fault storm)")
+        elif where in _LOOP_FRAMES:
+            detail = ("; the thread was in the event loop itself, between callbacks (a long "
+                      "iteration: many ready sockets and callbacks - load, not one long call)")
+        else:
+            detail = f"; the loop's thread was at:\n{stack}"
+        log.warning("event loop stalled for %.0f ms (threshold %.0f ms)%s%s", late * 1000,
+                    self.threshold * 1000, more, detail)
 
     # ------------------------------------------------------------------ thread side
     def _watch(self) -> None:
@@ -93,4 +116,5 @@ class LoopWatchdog:
                 taken_for = beat  # one stack per stall, taken while it lasts
                 frame = sys._current_frames().get(self._main_id)
                 if frame is not None:
+                    self._where = frame.f_code.co_name
                     self._stack = "".join(traceback.format_stack(frame, limit=12))
