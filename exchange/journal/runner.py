@@ -286,11 +286,12 @@ class CoreRunner:
         self._since_snapshot = 0
         self._arm_snapshot_timer()
 
-    # A fork is not free: every page the core writes afterwards takes a fault, and a copy
-    # while the child lives - with reference counting that is nearly every page it touches,
-    # ~25-60 ms of CPU over the next 100 ms for a 100 MB process here. Serialising ~2,000
-    # resting orders (~190 KB) inline takes ~1.5-3 ms; 14,000 (~1 MB) take ~30 ms. So small
-    # states are serialised inline and large ones in a child.
+    # A fork is not free: fork() blocked ~4-6 ms for a ~120 MB process here, and every page
+    # the core writes afterwards takes a fault (and a copy while the child lives) - with
+    # reference counting nearly every page it touches: +10-60 ms of CPU to touch those
+    # 120 MB once. Serialising ~2,000 resting orders (~190 KB) inline takes ~1.5-3 ms;
+    # 14,000 (~1 MB) take ~30 ms. So small states are serialised inline, large ones in a
+    # child (ADR 0002).
     fork_min_orders = 4_000  # resting orders at which a snapshot is serialised in a child
     fork_min_bytes = 512 << 10  # ... or when the previous snapshot was at least this large
 

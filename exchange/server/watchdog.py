@@ -15,8 +15,8 @@ visible to the operator instead of leaving them to be guessed from the clients' 
   own code means no single callback held it: the iteration was long because much was ready
   (an overloaded server), which the warning says instead of printing that stack.
 
-The thread needs the GIL only to check the heartbeat (a few times per ``threshold``) and to
-read the stack; a stalled loop that holds the GIL gives it up within the interpreter's switch
+The thread needs the GIL only to check the heartbeat (four times per ``threshold``, at most
+every 25 ms) and to read the stack; a stalled loop that holds the GIL gives it up within the interpreter's switch
 interval (5 ms), so the stack is taken while the stall lasts.
 """
 from __future__ import annotations
@@ -53,7 +53,6 @@ class LoopWatchdog:
         self.log_every = 5.0  # seconds between two stall warnings, at most one per ...
         self._quiet_until = 0.0
         self._unlogged = 0
-        self._stall_from = 0.0
 
     # ------------------------------------------------------------------ loop side
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
@@ -108,7 +107,8 @@ class LoopWatchdog:
 
     # ------------------------------------------------------------------ thread side
     def _watch(self) -> None:
-        check = min(self.threshold / 2, 0.05)
+        # looking every quarter threshold, any stall of 1.25 thresholds or more gets its stack
+        check = min(self.threshold / 4, 0.025)
         taken_for = None
         while not self._halt.wait(check):
             beat = self._beat
