@@ -84,3 +84,15 @@ def test_sweep_writes_report_and_plot(tmp_path):
     assert "| offered /s |" in md and "Echo baseline" in md
     png = Path(r["plot"]).read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_engine_benchmark_engines_do_the_generators_work():
+    """``python -m loadtest.engine`` in process on a small stream: book-only and the full core
+    must produce the fills, traded quantity and resting orders of the generator's own matcher
+    (``bench`` exits otherwise), and the core's state hash is the same in every repetition."""
+    from loadtest.engine import bench
+    out = bench(3000, seed=5, repeat=2, peers=False, log=lambda *a: None)
+    assert out["commands"] == 3000
+    assert out["book_only_cmds_per_s"] > 0 and out["full_core_cmds_per_s"] > 0
+    assert out["stream"]["fills"] > 0 and out["stream"]["resting_at_end"] > 0
+    assert len(out["state_hash"]) == 64
