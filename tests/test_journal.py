@@ -632,6 +632,8 @@ def test_journal_benchmark_smoke(tmp_path):
                 "durable_ratio_pairs", "replay_cmds_per_s", "recovery_s_per_million"):
         assert key in res, key
     assert len(res["durable_ratio_pairs"]) == 2
+    assert len(res["durable_no_snapshots_ratio_pairs"]) == 2
+    assert res["durable_no_snapshots_cmds_per_s"] > 0
     assert res["replay_equals_live"] is True
 
 
