@@ -185,6 +185,29 @@ _cancel_slow = _adapter(CancelOrderParams)
 _amend_slow = _adapter(AmendOrderParams)
 
 
+def _opt_price(get) -> tuple:
+    """An optional ``price`` param for the fast paths: ``(fen or None, 1)`` when given,
+    ``(None, 0)`` when absent, ``(None, -1)`` when the fast path cannot take it (not a price
+    string parsed before: the pydantic path parses or refuses it)."""
+    price = get("price", _MISSING)
+    if price is _MISSING:
+        return None, 0
+    if price is None:
+        return None, 1
+    fen = _PRICES.get(price) if type(price) is str else None
+    return (None, -1) if fen is None else (fen, 1)
+
+
+def _opt_coid(get) -> tuple:
+    """An optional ``client_order_id`` param for the fast paths, as :func:`_opt_price`."""
+    coid = get("client_order_id", _MISSING)
+    if coid is _MISSING:
+        return None, 0
+    if coid is None or type(coid) is str and 0 < len(coid) <= 64:
+        return coid, 1
+    return None, -1
+
+
 def validate_place_order(p) -> PlaceOrder:
     """place_order params -> a PlaceOrder (account None). Raises ValidationError."""
     if type(p) is dict and _FAST_PLACE:
@@ -202,16 +225,8 @@ def validate_place_order(p) -> PlaceOrder:
                 n += 1
             else:
                 n = -1
-            price = get("price", _MISSING)
-            if price is _MISSING:
-                price = None
-            elif price is None:
-                n += 1
-            else:
-                n += 1
-                price = _PRICES.get(price) if type(price) is str else None
-                if price is None:  # not a string parsed before: the slow path parses it
-                    n = -1
+            price, k = _opt_price(get)
+            n = -1 if k < 0 else n + k
             ot = get("order_type", _MISSING)
             if ot is _MISSING:
                 ot = "limit"
@@ -233,14 +248,11 @@ def validate_place_order(p) -> PlaceOrder:
                 n += 1
             else:
                 n = -1
-            coid = get("client_order_id", _MISSING)
-            if coid is _MISSING:
-                coid = None
-            elif coid is None or type(coid) is str and 0 < len(coid) <= 64:
-                n += 1
-            else:
-                n = -1
-            if len(p) == n:  # (no other keys; n is -1 after anything not accepted)
+            coid, k = _opt_coid(get)
+            n = -1 if k < 0 else n + k
+            # no other keys: anything not accepted set n to -1, which the keys after it
+            # cannot bring back up to len(p)
+            if len(p) == n:
                 cmd = _new(PlaceOrder)
                 cmd.account = None
                 cmd.instrument = ins
@@ -294,13 +306,8 @@ def validate_amend_order(p) -> AmendOrder:
             n += 1
         else:
             n = -1
-        coid = get("client_order_id", _MISSING)
-        if coid is _MISSING:
-            coid = None
-        elif coid is None or type(coid) is str and 0 < len(coid) <= 64:
-            n += 1
-        else:
-            n = -1
+        coid, k = _opt_coid(get)
+        n = -1 if k < 0 else n + k
         qty = get("qty", _MISSING)
         if qty is _MISSING:
             qty = None
@@ -308,16 +315,8 @@ def validate_amend_order(p) -> AmendOrder:
             n += 1
         else:
             n = -1
-        price = get("price", _MISSING)
-        if price is _MISSING:
-            price = None
-        elif price is None:
-            n += 1
-        else:
-            n += 1
-            price = _PRICES.get(price) if type(price) is str else None
-            if price is None:
-                n = -1
+        price, k = _opt_price(get)
+        n = -1 if k < 0 else n + k
         if len(p) == n:
             cmd = _new(AmendOrder)
             cmd.account = None
