@@ -889,27 +889,23 @@ class Gateway:
                 o = acct.orders[oid]
                 return {"order_id": oid, "client_order_id": coid, "order_status": o.status,
                         "cum_qty": o.cum_qty, "leaves_qty": o.leaves, "replayed": True}
-        if self.runner.journal_lag >= self._max_in_flight or \
-                len(s.out) >= self._overload_queue:
-            self.admit(s)  # raises OVERLOADED
+        self.admit(s)
         events, durable = self.submit_nowait(cmd)
         data, outcome = self._place_reply(s, cmd, req_id, events)
         if key is not None:
             self.idem.inflight[key] = (outcome, durable)
-        if durable is not self._batch_future:
-            self._new_batch(durable)
-        self._batch.append((s, req_id, data, key, outcome))
+        self._enqueue(durable, s, req_id, data, key, outcome)
         return DEFERRED
 
     def admit(self, s: Session) -> None:
         """Admission control for new risk (place_order, amend_order): refuse with OVERLOADED,
-        before the core or the journal see the request, while the server is behind - more
-        than ``max_commands_in_flight`` commands applied but not durable (the journal or the
-        event loop lags), or more than ``overload_send_queue`` messages waiting for this
+        before the core or the journal see the request, while the server is behind -
+        ``max_commands_in_flight`` or more commands applied but not durable (the journal or
+        the event loop lags), or ``overload_send_queue`` or more messages waiting for this
         connection's socket (its client does not keep up). A refusal costs a fraction of an
         order, so past saturation the server keeps answering every request promptly instead
         of queueing replies until the slow-consumer rule drops the connection. Cancels are
-        never refused for load: a firm can always take risk off."""
+        never refused for load: a firm can always take risk off. Returns when admitted."""
         lag = self.runner.journal_lag
         if lag >= self._max_in_flight or len(s.out) >= self._overload_queue:
             self.metrics.overloaded += 1
@@ -921,14 +917,10 @@ class Gateway:
         """cancel_order / amend_order: submit ``cmd`` now (after admission control when
         ``admit``); the reply - the order's last execution report, or the reject - is built
         now as bytes and queued once the command is durable. Returns DEFERRED."""
-        if admit and (self.runner.journal_lag >= self._max_in_flight or
-                      len(s.out) >= self._overload_queue):
-            self.admit(s)  # raises OVERLOADED
+        if admit:
+            self.admit(s)
         events, durable = self.submit_nowait(cmd)
-        data = _report_reply(req_id, events, cmd.account, cmd.TYPE)
-        if durable is not self._batch_future:
-            self._new_batch(durable)
-        self._batch.append((s, req_id, data, None, None))
+        self._enqueue(durable, s, req_id, _report_reply(req_id, events, cmd.account, cmd.TYPE))
         return DEFERRED
 
     def command(self, s: Session, req_id, cmd, result_fn) -> object:
@@ -942,15 +934,18 @@ class Gateway:
                 data = _dumps({"req_id": req_id, "ok": True, "result": result_fn(events)})
             except ProtocolError as exc:
                 data = _err_bytes(req_id, exc.code, exc.message)
-        if durable is not self._batch_future:
-            self._new_batch(durable)
-        self._batch.append((s, req_id, data, None, None))
+        self._enqueue(durable, s, req_id, data)
         return DEFERRED
 
-    def _new_batch(self, durable) -> None:
-        self._batch_future = durable
-        self._batch = []
-        durable.add_done_callback(partial(self._batch_durable, self._batch))
+    def _enqueue(self, durable, s: Session, req_id, data: bytes, key=None,
+                 outcome=None) -> None:
+        """Queue ``data`` (the reply, built now) for ``s`` once ``durable`` - the command's
+        journal batch - is done: one done-callback per batch, not per command."""
+        if durable is not self._batch_future:
+            self._batch_future = durable
+            self._batch = []
+            durable.add_done_callback(partial(self._batch_durable, self._batch))
+        self._batch.append((s, req_id, data, key, outcome))
 
     def _batch_durable(self, batch: list, fut) -> None:
         """A journal batch is durable: queue its replies (built at submit time) and remember
