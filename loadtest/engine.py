@@ -51,11 +51,6 @@ def _timed(fn, *args):
 
 # --------------------------------------------------------------------------- (a) book only
 
-_ORDER_SLOTS = ("order_id", "account", "client_order_id", "instrument", "segment", "side",
-                "price", "qty", "leaves", "cum_qty", "tif", "post_only", "reserved", "status",
-                "seq")
-
-
 def run_book_only(ops: list):
     from exchange.core.book import STP_CANCEL_RESTING, Order, OrderBook
 
@@ -65,30 +60,10 @@ def run_book_only(ops: list):
     fills: list = []
     cancels: list = []
     fills_n = traded = 0
-    new = object.__new__
-    if Order.__slots__ != _ORDER_SLOTS:  # the block below sets each of them
-        raise RuntimeError("Order's slots changed: update run_book_only's construction block")
     for op in ops:
         if op[0] == ADD:
             _, oid, side, price, qty, acct = op
-            # built as the core builds its orders (Exchange._place, ADR 0007 decision 1):
-            # object.__new__ and the slot stores of Order.__init__, without the class call
-            o = new(Order)
-            o.order_id = oid
-            o.account = acct
-            o.client_order_id = None
-            o.instrument = INSTRUMENT
-            o.segment = SEGMENT
-            o.side = side
-            o.price = price
-            o.qty = qty
-            o.leaves = qty
-            o.cum_qty = 0
-            o.tif = "GTC"
-            o.post_only = False
-            o.reserved = 0
-            o.status = "new"
-            o.seq = 0
+            o = Order(oid, acct, None, INSTRUMENT, SEGMENT, side, price, qty, "GTC")
             if crosses(side, price):
                 match(o, price, STP_CANCEL_RESTING, fills, cancels)
                 for _maker, q, _px in fills:
