@@ -28,7 +28,12 @@ def ensure_venv() -> None:
     if not PY.exists():
         print("[dev] creating .venv", flush=True)
         sh(sys.executable, "-m", "venv", str(VENV))
-    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    # reinstall when the package definition or a C source changes (the editable install
+    # compiles exchange/journal/_hotpath.c in place)
+    h = hashlib.sha256((ROOT / "pyproject.toml").read_bytes())
+    for src in sorted((ROOT / "exchange").rglob("*.c")):
+        h.update(src.read_bytes())
+    digest = h.hexdigest()
     if not STAMP.exists() or STAMP.read_text() != digest:
         print("[dev] installing the project and its dev dependencies into .venv", flush=True)
         sh(str(PY), "-m", "pip", "install", "--quiet", "--upgrade", "pip")

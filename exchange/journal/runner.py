@@ -40,7 +40,12 @@ from typing import Callable
 from ..core.commands import SnapshotMarker
 from ..core.exchange import SequenceError
 from .base import Frames, Journal, JournalCorruptError, JournalError, widen_pipe
-from .codec import LINE_ENCODERS as _LINE, decode_payload, payload_line
+from .codec import append_line as _append_line, decode_payload, payload_line
+
+try:  # the submit path in C (_hotpath.c), built with the package where a compiler is
+    from ._hotpath import Submitter as _CSubmitter
+except ImportError:  # pragma: no cover - an install without the extension
+    _CSubmitter = None
 
 log = logging.getLogger("exchange.journal.runner")
 
@@ -77,20 +82,84 @@ class _Batch:
         self.snapshot_written: asyncio.Future | None = None
 
 
+class _PySubmitter:
+    """The submit path: stamp, apply and frame each command. The pure-Python reference of
+    ``_hotpath.Submitter``, which does the same steps in C (tests run both); the runner uses
+    the C one where the extension is built (``C_SUBMITTER``).
+
+    The runner sets the callables once and the batch fields whenever it opens a batch; it
+    reads and writes the counters (``last_ts``, ``since_snapshot``, ``accepting``)."""
+
+    __slots__ = ("ex", "apply", "clock", "fallback_line", "on_first", "on_snapshot",
+                 "on_error", "refuse", "seq_error", "frames", "lines", "stamps", "future",
+                 "applied", "last_ts", "since_snapshot", "snapshot_every", "accepting")
+
+    def __init__(self) -> None:
+        self.last_ts = self.since_snapshot = self.snapshot_every = 0
+        self.accepting = False
+
+    def submit(self, cmd) -> tuple:
+        if not self.accepting:
+            self.refuse()
+            raise RuntimeError("runner not accepting commands")
+        seq = cmd.seq = self.ex.last_seq + 1
+        ts = self.clock()
+        if ts <= self.last_ts:
+            ts = self.last_ts + 1
+        self.last_ts = cmd.ts = ts
+        try:
+            result = self.apply(cmd)
+        except self.seq_error:
+            raise
+        except Exception as e:  # a core bug: journal it anyway, replay reproduces it
+            self.on_error(cmd, e)
+            result = e
+        lines = self.lines
+        if not _append_line(lines, cmd):
+            lines += self.fallback_line(cmd)
+        stamps = self.stamps
+        stamps.append(ts)
+        if len(stamps) == 1:  # the batch's first record
+            self.frames.first_seq = seq
+            self.on_first()
+        if self.applied is not None:
+            self.applied.append((cmd, result))
+        future = self.future
+        self.since_snapshot += 1
+        if self.since_snapshot >= self.snapshot_every:
+            self.on_snapshot()
+        return result, future
+
+
+C_SUBMITTER = _CSubmitter is not None
+
+
 class CoreRunner:
     def __init__(self, exchange, journal: Journal, *, snapshot_every_commands: int = 100_000,
                  snapshot_every_seconds: float = 300.0, clock: Callable[[], int] = time.time_ns,
                  verify: str = "full", gc_freeze: bool = False,
-                 fork_snapshots: bool | None = None):
+                 fork_snapshots: bool | None = None, c_submitter: bool = True):
         """``verify``: "full" checks the whole hash chain on start (default); "tail" only the
         records replayed after the snapshot (the snapshot is still checked to sit on the
         chain). ``gc_freeze``: move the recovered state - and, after each snapshot, everything
         alive - out of the cyclic GC's reach (``gc.freeze``), so full collections do not
         walk a book of 10^5 orders. Off by default: it is process-wide, and cyclic garbage
         alive at a freeze (an Exchange and its modules reference each other) is never
-        collected - for a server with one runner per process only."""
+        collected - for a server with one runner per process only. ``c_submitter``: use the
+        submit path in C where it is built (False: the pure-Python reference, for tests)."""
         self.exchange = exchange
         self.journal = journal
+        # The submit path's state lives in the submitter: the counters below (_last_ts,
+        # _since_snapshot, _accepting, snapshot_every_commands) are views of it.
+        sub = self._sub = (_CSubmitter if c_submitter and _CSubmitter else _PySubmitter)()
+        sub.ex, sub.apply, sub.clock = exchange, exchange.apply, clock
+        sub.fallback_line, sub.seq_error = payload_line, SequenceError
+        sub.on_first, sub.on_snapshot = self._wake_commit_loop, self._snapshot_now
+        sub.on_error, sub.refuse = self._core_raised, self._refuse
+        sub.applied = None
+        # the instance attribute skips a Python frame per command; the method below is the
+        # same call, documented
+        self.submit_nowait = sub.submit
         self.snapshot_every_commands = snapshot_every_commands
         self.snapshot_every_seconds = snapshot_every_seconds
         self.clock = clock
@@ -100,16 +169,13 @@ class CoreRunner:
         self.fork_snapshots = (hasattr(os, "fork") and sys.platform.startswith("linux")
                                if fork_snapshots is None else fork_snapshots)
         self._listeners: list[Callable] = []
-        self._last_ts = 0
         self._durable_seq = 0
-        self._since_snapshot = 0
         self._snapshot_timer: asyncio.TimerHandle | None = None
         self._snapshot_task: asyncio.Task | None = None  # the latest snapshot being stored
         self._batch: _Batch | None = None
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._failed: BaseException | None = None
-        self._accepting = False
         self._stopping = False
         self.recovery: dict = {}
         self._last_snapshot_size = 0  # bytes of the latest snapshot serialised (or loaded)
@@ -119,6 +185,39 @@ class CoreRunner:
         self.batched_records = 0
 
     # ---------------------------------------------------------------- properties
+    # views of the submitter's state (the submit path reads and writes it there)
+    @property
+    def _last_ts(self) -> int:
+        return self._sub.last_ts
+
+    @_last_ts.setter
+    def _last_ts(self, v: int) -> None:
+        self._sub.last_ts = v
+
+    @property
+    def _since_snapshot(self) -> int:
+        return self._sub.since_snapshot
+
+    @_since_snapshot.setter
+    def _since_snapshot(self, v: int) -> None:
+        self._sub.since_snapshot = v
+
+    @property
+    def _accepting(self) -> bool:
+        return self._sub.accepting
+
+    @_accepting.setter
+    def _accepting(self, v: bool) -> None:
+        self._sub.accepting = v
+
+    @property
+    def snapshot_every_commands(self) -> int:
+        return self._sub.snapshot_every
+
+    @snapshot_every_commands.setter
+    def snapshot_every_commands(self, v: int) -> None:
+        self._sub.snapshot_every = min(int(v), 2**62)
+
     # logs with at least this many records before the snapshot are chain-checked in a child
     # process, in parallel with the restore and the replay of the tail
     child_check_min = 50_000
@@ -141,6 +240,28 @@ class CoreRunner:
         """``fn(cmd, events)`` for every command (snapshot markers included) once it is
         durable, in seq order, on the event loop. Exceptions are logged, not raised."""
         self._listeners.append(fn)
+        if self._batch is not None and self._sub.applied is None:
+            self._sub.applied = self._batch.applied
+
+    def _open_batch(self, loop) -> _Batch:
+        """A new current batch; the submitter frames into it from now on."""
+        b = self._batch = _Batch(loop)
+        sub = self._sub
+        sub.frames, sub.lines, sub.stamps = b.frames, b.frames.lines, b.frames.ts
+        sub.future = b.future
+        sub.applied = b.applied if self._listeners else None
+        return b
+
+    def _wake_commit_loop(self) -> None:
+        self._wake.set()
+
+    def _refuse(self) -> None:
+        raise RunnerFailed("runner not accepting commands" + (
+            f": journal write failed: {self._failed!r}" if self._failed else ""))
+
+    @staticmethod
+    def _core_raised(cmd, exc: BaseException) -> None:
+        log.error("core raised on seq %d (%s)", cmd.seq, cmd.TYPE, exc_info=exc)
 
     # ---------------------------------------------------------------- start / recovery
     async def start(self) -> None:
@@ -155,8 +276,8 @@ class CoreRunner:
         if self.gc_freeze:
             gc.freeze()
         loop = asyncio.get_running_loop()
-        self._batch = _Batch(loop)
         self._wake = asyncio.Event()
+        self._open_batch(loop)
         self._accepting = True
         self._task = asyncio.create_task(self._commit_loop(), name="journal-commit")
         self._arm_snapshot_timer()
@@ -218,40 +339,12 @@ class CoreRunner:
     def submit_nowait(self, cmd) -> tuple[list, asyncio.Future]:
         """Stamp, apply and enqueue ``cmd``; return ``(events, durable)`` where ``durable``
         is a future resolved when the command's batch is durable. The events must not be
-        acknowledged before that. Raises the core's exception (after journaling the
-        command) only via :meth:`submit`; here it is returned in place of the events."""
-        if not self._accepting:
-            raise RunnerFailed("runner not accepting commands" + (
-                f": journal write failed: {self._failed!r}" if self._failed else ""))
-        ex = self.exchange
-        seq = cmd.seq = ex.last_seq + 1
-        ts = self.clock()
-        if ts <= self._last_ts:
-            ts = self._last_ts + 1
-        self._last_ts = cmd.ts = ts
-        try:
-            result = ex.apply(cmd)
-        except SequenceError:
-            raise
-        except Exception as e:  # a core bug: journal it anyway, replay reproduces it
-            log.exception("core raised on seq %d (%s)", seq, cmd.TYPE)
-            result = e
-        b = self._batch
-        # Frames.add, inlined (this is every command's path); no sequence check needed:
-        # seq is last_seq + 1 by construction and apply() moved last_seq to it
-        frames = b.frames
-        frames.lines += _LINE[cmd.__class__](cmd)
-        stamps = frames.ts
-        stamps.append(ts)
-        if len(stamps) == 1:
-            frames.first_seq = seq
-            self._wake.set()
-        if self._listeners:
-            b.applied.append((cmd, result))
-        self._since_snapshot += 1
-        if self._since_snapshot >= self.snapshot_every_commands:
-            self._snapshot_now()
-        return result, b.future
+        acknowledged before that. If the core raises (other than a SequenceError), the
+        command is journaled anyway (replay reproduces it), the error is logged and returned
+        in place of the events; :meth:`submit` raises it. RunnerFailed when the runner is
+        not accepting commands. (Each instance binds this name to its submitter's
+        ``submit``, which does exactly this without a Python frame: _PySubmitter.)"""
+        return self._sub.submit(cmd)
 
     async def submit(self, cmd) -> list:
         """Apply ``cmd`` and return its events once it is durable."""
@@ -371,7 +464,7 @@ class CoreRunner:
                 await self._wake.wait()
                 self._wake.clear()
                 continue
-            self._batch = _Batch(loop)
+            self._open_batch(loop)
             try:
                 await j.append(b.frames)
             except BaseException as e:

@@ -1,0 +1,580 @@
+/* exchange.journal._hotpath: the runner's submit path in C - the record encoder and the
+ * Submitter. Both have a pure-Python reference implementation that gives the same results
+ * (exchange/journal/codec.py: payload_line; exchange/journal/runner.py: _PySubmitter), used
+ * where this extension is not built; tests run both.
+ *
+ * append_line(buf, cmd) -> bool
+ *     Append cmd's journal payload and a newline to the bytearray buf, exactly the bytes
+ *     exchange.journal.codec.payload_line(cmd) returns (orjson of the tuple
+ *     (TYPE, field1, field2, ...) plus b"\n"), and return True. Return False, with buf
+ *     untouched, when this encoder does not take the command: its class is not registered
+ *     here, or one of its values is not one of the plain kinds below. The caller then uses
+ *     payload_line, the reference implementation (codec.py).
+ *
+ * register(cls, head, names)
+ *     head: the bytes '["<type>"' that open every payload of cls; names: cls._FIELDS as a
+ *     tuple of str. codec.py registers every command class.
+ *
+ * Values written here, each in the form orjson writes it: None -> null, True/False ->
+ * true/false, an exact int that fits in 64 bits signed -> its decimal digits, an exact str of
+ * printable ASCII other than '"' and '\\' -> the characters in quotes. Anything else (a
+ * tuple, a float, a non-ASCII or escaped string, an int subclass, a big int) is left to
+ * orjson through the fallback, so no JSON rule is re-implemented here beyond those.
+ *
+ * Submitter: CoreRunner.submit_nowait (stamp, apply, frame the record) - see _PySubmitter in
+ * runner.py for what each step does; this is the same, step for step.
+ *
+ * Why it exists: both run once for every command the exchange accepts, on the core's
+ * thread, and in Python they cost the core ~0.65 us a command against ~3.7 us for apply
+ * itself (ADR 0002, "The submit path in C").
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <string.h>
+
+#define MAX_FIELDS 32
+
+/* dict: class -> bytes: a struct entry. The fields of a registered class are slots (member
+ * descriptors of kind T_OBJECT_EX), read and written at their offsets, as the interpreter's
+ * own specialised LOAD_ATTR_SLOT does; the generic attribute API costs ~25 ns a field. */
+static PyObject *registry;
+static PyObject *str_last_seq, *str_seq, *str_ts, *str_append, *str_first_seq;
+
+typedef struct {
+    Py_ssize_t nfields;
+    Py_ssize_t seq_off, ts_off; /* 0: not a slot; the generic attribute API then */
+    Py_ssize_t head_len;
+    Py_ssize_t off[MAX_FIELDS];
+    char head[]; /* '["<type>"' */
+} entry_t;
+
+static const entry_t *
+entry_of(PyObject *cmd)
+{
+    /* the registered entry of cmd's exact class, or NULL (no error set unless one occurred) */
+    PyObject *e = PyDict_GetItemWithError(registry, (PyObject *)Py_TYPE(cmd));
+    return e == NULL ? NULL : (const entry_t *)PyBytes_AS_STRING(e);
+}
+
+static Py_ssize_t
+slot_offset(PyTypeObject *cls, PyObject *name)
+{
+    /* the offset of cls's slot called name, or 0 when it is not a plain object slot */
+    PyObject *d = _PyType_Lookup(cls, name); /* borrowed */
+    if (d == NULL || Py_TYPE(d) != &PyMemberDescr_Type)
+        return 0;
+    PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
+    if (m->type != T_OBJECT_EX || (m->flags & READONLY))
+        return 0;
+    return m->offset;
+}
+
+static int
+digits_of(long long v, char *out)
+{
+    /* the decimal form of v into out (no terminator); returns its length */
+    char tmp[24];
+    int n = 0, len = 0;
+    unsigned long long u;
+    if (v < 0) {
+        out[len++] = '-';
+        u = (unsigned long long)(-(v + 1)) + 1u;
+    }
+    else {
+        u = (unsigned long long)v;
+    }
+    do {
+        tmp[n++] = (char)('0' + (u % 10u));
+        u /= 10u;
+    } while (u);
+    while (n)
+        out[len++] = tmp[--n];
+    return len;
+}
+
+/* One value's kind, found in the first pass; the second pass writes it. */
+enum { K_NULL, K_TRUE, K_FALSE, K_INT, K_STR };
+
+typedef struct {
+    int kind;
+    long long i;
+    const char *s;
+    Py_ssize_t n;
+} item;
+
+static int
+classify(PyObject *v, item *it)
+{
+    /* 1: taken (it filled in, it->n is the bytes it will write); 0: not taken */
+    if (v == Py_None) {
+        it->kind = K_NULL;
+        it->n = 4;
+        return 1;
+    }
+    if (v == Py_True) {
+        it->kind = K_TRUE;
+        it->n = 4;
+        return 1;
+    }
+    if (v == Py_False) {
+        it->kind = K_FALSE;
+        it->n = 5;
+        return 1;
+    }
+    if (PyLong_CheckExact(v)) {
+        int overflow = 0;
+        long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+        if (overflow || (x == -1 && PyErr_Occurred())) {
+            PyErr_Clear();
+            return 0;
+        }
+        char d[24];
+        it->kind = K_INT;
+        it->i = x;
+        it->n = digits_of(x, d);
+        return 1;
+    }
+    if (PyUnicode_CheckExact(v) && PyUnicode_IS_ASCII(v)) {
+        Py_ssize_t n = PyUnicode_GET_LENGTH(v);
+        const unsigned char *s = (const unsigned char *)PyUnicode_DATA(v);
+        for (Py_ssize_t k = 0; k < n; k++) {
+            unsigned char c = s[k];
+            if (c < 0x20 || c == '"' || c == '\\' || c == 0x7f)
+                return 0;
+        }
+        it->kind = K_STR;
+        it->s = (const char *)s;
+        it->n = n + 2;
+        return 1;
+    }
+    return 0;
+}
+
+/* 1: appended; 0: not taken (buf untouched); -1: error set */
+static int
+append_line_impl(PyObject *buf, PyObject *cmd)
+{
+    const entry_t *e = entry_of(cmd);
+    if (e == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    Py_ssize_t nf = e->nfields;
+    item items[MAX_FIELDS];
+    Py_ssize_t total = e->head_len + 2; /* head ... "]\n" */
+    for (Py_ssize_t k = 0; k < nf; k++) {
+        /* borrowed: cmd holds it, and nothing below runs Python code before the copy */
+        PyObject *v = *(PyObject **)((char *)cmd + e->off[k]);
+        if (v == NULL || !classify(v, &items[k]))
+            return 0; /* unset (the reference encoder raises), or not a plain value */
+        total += items[k].n + 1; /* the value and its comma */
+    }
+    {
+        Py_ssize_t start = PyByteArray_GET_SIZE(buf);
+        if (PyByteArray_Resize(buf, start + total) < 0)
+            return -1;
+        char *p = PyByteArray_AS_STRING(buf) + start;
+        memcpy(p, e->head, e->head_len);
+        p += e->head_len;
+        for (Py_ssize_t k = 0; k < nf; k++) {
+            item *it = &items[k];
+            *p++ = ',';
+            switch (it->kind) {
+            case K_NULL:
+                memcpy(p, "null", 4);
+                break;
+            case K_TRUE:
+                memcpy(p, "true", 4);
+                break;
+            case K_FALSE:
+                memcpy(p, "false", 5);
+                break;
+            case K_INT:
+                digits_of(it->i, p);
+                break;
+            default:
+                p[0] = '"';
+                memcpy(p + 1, it->s, it->n - 2);
+                p[it->n - 1] = '"';
+            }
+            p += it->n;
+        }
+        p[0] = ']';
+        p[1] = '\n';
+    }
+    return 1;
+}
+
+static PyObject *
+append_line(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "append_line(buf, cmd) takes two arguments");
+        return NULL;
+    }
+    if (!PyByteArray_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "append_line: buf must be a bytearray");
+        return NULL;
+    }
+    int r = append_line_impl(args[0], args[1]);
+    if (r < 0)
+        return NULL;
+    return PyBool_FromLong(r);
+}
+
+static PyObject *
+reg(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *cls, *head, *names;
+    if (!PyArg_ParseTuple(args, "O!SO!:register", &PyType_Type, &cls, &head, &PyTuple_Type,
+                          &names))
+        return NULL;
+    Py_ssize_t n = PyTuple_GET_SIZE(names);
+    if (n > MAX_FIELDS) /* not taken here: the reference encoder serves such a class */
+        Py_RETURN_FALSE;
+    PyObject *blob = PyBytes_FromStringAndSize(NULL, sizeof(entry_t) + PyBytes_GET_SIZE(head));
+    if (blob == NULL)
+        return NULL;
+    entry_t *e = (entry_t *)PyBytes_AS_STRING(blob);
+    e->nfields = n;
+    e->head_len = PyBytes_GET_SIZE(head);
+    memcpy(e->head, PyBytes_AS_STRING(head), e->head_len);
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *name = PyTuple_GET_ITEM(names, k);
+        if (!PyUnicode_CheckExact(name)) {
+            Py_DECREF(blob);
+            PyErr_SetString(PyExc_TypeError, "register: names must be a tuple of str");
+            return NULL;
+        }
+        e->off[k] = slot_offset((PyTypeObject *)cls, name);
+        if (e->off[k] == 0) { /* not a plain slot: the reference encoder serves this class */
+            Py_DECREF(blob);
+            Py_RETURN_FALSE;
+        }
+    }
+    e->seq_off = slot_offset((PyTypeObject *)cls, str_seq);
+    e->ts_off = slot_offset((PyTypeObject *)cls, str_ts);
+    int r = PyDict_SetItem(registry, cls, blob);
+    Py_DECREF(blob);
+    if (r < 0)
+        return NULL;
+    Py_RETURN_TRUE;
+}
+
+/* ------------------------------------------------------------------------- Submitter */
+
+typedef struct {
+    PyObject_HEAD
+    /* set once by the runner */
+    PyObject *ex;            /* the Exchange: its last_seq is read for every command */
+    PyObject *apply;         /* ex.apply */
+    PyObject *clock;         /* () -> int nanoseconds */
+    PyObject *fallback_line; /* cmd -> bytes: the reference encoder (codec.payload_line) */
+    PyObject *on_first;      /* () : the first record entered the batch (wakes the commit loop) */
+    PyObject *on_snapshot;   /* () : since_snapshot reached snapshot_every */
+    PyObject *on_error;      /* (cmd, exc) : apply raised an Exception (logged; journaled anyway) */
+    PyObject *refuse;        /* () : raises RunnerFailed (not accepting) */
+    PyObject *seq_error;     /* SequenceError: re-raised, not journaled */
+    /* the current batch, set by the runner each time it opens one */
+    PyObject *frames;        /* Frames: first_seq is set on its first record */
+    PyObject *lines;         /* frames.lines (bytearray) */
+    PyObject *stamps;        /* frames.ts (array('q')) */
+    PyObject *future;        /* the batch's durability future */
+    PyObject *applied;       /* list of (cmd, events) for the listeners, or None */
+    /* counters */
+    long long last_ts;
+    long long since_snapshot;
+    long long snapshot_every;
+    char accepting;
+} Submitter;
+
+
+static int
+sub_traverse(Submitter *s, visitproc visit, void *arg)
+{
+    Py_VISIT(s->ex);
+    Py_VISIT(s->apply);
+    Py_VISIT(s->clock);
+    Py_VISIT(s->fallback_line);
+    Py_VISIT(s->on_first);
+    Py_VISIT(s->on_snapshot);
+    Py_VISIT(s->on_error);
+    Py_VISIT(s->refuse);
+    Py_VISIT(s->seq_error);
+    Py_VISIT(s->frames);
+    Py_VISIT(s->lines);
+    Py_VISIT(s->stamps);
+    Py_VISIT(s->future);
+    Py_VISIT(s->applied);
+    return 0;
+}
+
+static int
+sub_clear(Submitter *s)
+{
+    Py_CLEAR(s->ex);
+    Py_CLEAR(s->apply);
+    Py_CLEAR(s->clock);
+    Py_CLEAR(s->fallback_line);
+    Py_CLEAR(s->on_first);
+    Py_CLEAR(s->on_snapshot);
+    Py_CLEAR(s->on_error);
+    Py_CLEAR(s->refuse);
+    Py_CLEAR(s->seq_error);
+    Py_CLEAR(s->frames);
+    Py_CLEAR(s->lines);
+    Py_CLEAR(s->stamps);
+    Py_CLEAR(s->future);
+    Py_CLEAR(s->applied);
+    return 0;
+}
+
+static void
+sub_dealloc(Submitter *s)
+{
+    PyObject_GC_UnTrack(s);
+    sub_clear(s);
+    Py_TYPE(s)->tp_free((PyObject *)s);
+}
+
+static int
+sub_ready(Submitter *s)
+{
+    if (!s->ex || !s->apply || !s->clock || !s->fallback_line || !s->on_first ||
+        !s->on_snapshot || !s->on_error || !s->refuse || !s->seq_error || !s->frames ||
+        !s->lines || !s->stamps || !s->future || !s->applied) {
+        PyErr_SetString(PyExc_RuntimeError, "Submitter used before the runner set it up");
+        return 0;
+    }
+    if (!PyByteArray_CheckExact(s->lines)) {
+        PyErr_SetString(PyExc_TypeError, "Submitter.lines must be a bytearray");
+        return 0;
+    }
+    return 1;
+}
+
+static int
+set_slot(PyObject *obj, Py_ssize_t off, PyObject *name, PyObject *v)
+{
+    /* obj.<name> = v, at the slot's offset when known */
+    if (off == 0)
+        return PyObject_SetAttr(obj, name, v);
+    PyObject **slot = (PyObject **)((char *)obj + off);
+    PyObject *old = *slot;
+    Py_INCREF(v);
+    *slot = v;
+    Py_XDECREF(old);
+    return 0;
+}
+
+/* submit(cmd) -> (events, future): the steps of _PySubmitter.submit, in the same order */
+static PyObject *
+sub_submit(Submitter *s, PyObject *cmd)
+{
+    if (!s->accepting) {
+        if (s->refuse) {
+            PyObject *r = PyObject_CallNoArgs(s->refuse);
+            Py_XDECREF(r);
+            if (r == NULL)
+                return NULL;
+        }
+        PyErr_SetString(PyExc_RuntimeError, "runner not accepting commands");
+        return NULL;
+    }
+    if (!sub_ready(s))
+        return NULL;
+    /* seq = cmd.seq = ex.last_seq + 1 */
+    PyObject *last = PyObject_GetAttr(s->ex, str_last_seq);
+    if (last == NULL)
+        return NULL;
+    long long last_seq = PyLong_AsLongLong(last);
+    Py_DECREF(last);
+    if (last_seq == -1 && PyErr_Occurred())
+        return NULL;
+    PyObject *seq = PyLong_FromLongLong(last_seq + 1);
+    if (seq == NULL)
+        return NULL;
+    const entry_t *e = entry_of(cmd);
+    if (e == NULL && PyErr_Occurred())
+        goto fail_seq;
+    Py_ssize_t seq_off = e ? e->seq_off : 0, ts_off = e ? e->ts_off : 0;
+    if (set_slot(cmd, seq_off, str_seq, seq) < 0)
+        goto fail_seq;
+    /* ts = clock(), strictly after the last one */
+    PyObject *t = PyObject_CallNoArgs(s->clock);
+    if (t == NULL)
+        goto fail_seq;
+    long long ts = PyLong_AsLongLong(t);
+    Py_DECREF(t);
+    if (ts == -1 && PyErr_Occurred())
+        goto fail_seq;
+    if (ts <= s->last_ts)
+        ts = s->last_ts + 1;
+    s->last_ts = ts;
+    PyObject *tso = PyLong_FromLongLong(ts);
+    if (tso == NULL)
+        goto fail_seq;
+    if (set_slot(cmd, ts_off, str_ts, tso) < 0)
+        goto fail_ts;
+    /* result = apply(cmd); an Exception other than SequenceError is logged and journaled */
+    PyObject *result = PyObject_CallOneArg(s->apply, cmd);
+    if (result == NULL) {
+        if (PyErr_ExceptionMatches(s->seq_error) || !PyErr_ExceptionMatches(PyExc_Exception))
+            goto fail_ts;
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyErr_NormalizeException(&type, &value, &tb);
+        if (tb != NULL)
+            PyException_SetTraceback(value, tb);
+        Py_XDECREF(type);
+        Py_XDECREF(tb);
+        result = value; /* the exception stands in for the events */
+        PyObject *r = PyObject_CallFunctionObjArgs(s->on_error, cmd, result, NULL);
+        if (r == NULL) {
+            Py_DECREF(result);
+            goto fail_ts;
+        }
+        Py_DECREF(r);
+    }
+    /* the record: payload line and timestamp */
+    PyObject *lines = s->lines;
+    int took = append_line_impl(lines, cmd);
+    if (took < 0)
+        goto fail_result;
+    if (!took) {
+        PyObject *line = PyObject_CallOneArg(s->fallback_line, cmd);
+        if (line == NULL)
+            goto fail_result;
+        PyObject *grown = PySequence_InPlaceConcat(lines, line);
+        Py_DECREF(line);
+        if (grown == NULL)
+            goto fail_result;
+        Py_DECREF(grown);
+    }
+    PyObject *stamps = s->stamps;
+    PyObject *r = PyObject_CallMethodOneArg(stamps, str_append, tso);
+    if (r == NULL)
+        goto fail_result;
+    Py_DECREF(r);
+    if (Py_SIZE(stamps) == 1) { /* the batch's first record */
+        if (PyObject_SetAttr(s->frames, str_first_seq, seq) < 0)
+            goto fail_result;
+        r = PyObject_CallNoArgs(s->on_first);
+        if (r == NULL)
+            goto fail_result;
+        Py_DECREF(r);
+    }
+    if (s->applied != Py_None) {
+        PyObject *pair = PyTuple_Pack(2, cmd, result);
+        if (pair == NULL)
+            goto fail_result;
+        int a = PyList_Append(s->applied, pair);
+        Py_DECREF(pair);
+        if (a < 0)
+            goto fail_result;
+    }
+    /* the future of this batch, taken before a snapshot (which may not swap it anyway) */
+    PyObject *future = s->future;
+    Py_INCREF(future);
+    s->since_snapshot += 1;
+    if (s->since_snapshot >= s->snapshot_every) {
+        r = PyObject_CallNoArgs(s->on_snapshot);
+        if (r == NULL) {
+            Py_DECREF(future);
+            goto fail_result;
+        }
+        Py_DECREF(r);
+    }
+    Py_DECREF(seq);
+    Py_DECREF(tso);
+    PyObject *out = PyTuple_New(2);
+    if (out == NULL) {
+        Py_DECREF(result);
+        Py_DECREF(future);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(out, 0, result);
+    PyTuple_SET_ITEM(out, 1, future);
+    return out;
+
+fail_result:
+    Py_DECREF(result);
+fail_ts:
+    Py_DECREF(tso);
+fail_seq:
+    Py_DECREF(seq);
+    return NULL;
+}
+
+static PyMethodDef sub_methods[] = {
+    {"submit", (PyCFunction)sub_submit, METH_O,
+     "submit(cmd) -> (events, durable_future): stamp, apply and frame cmd."},
+    {NULL, NULL, 0, NULL},
+};
+
+#define OBJ_MEMBER(name) {#name, T_OBJECT_EX, offsetof(Submitter, name), 0, NULL}
+static PyMemberDef sub_members[] = {
+    OBJ_MEMBER(ex), OBJ_MEMBER(apply), OBJ_MEMBER(clock), OBJ_MEMBER(fallback_line),
+    OBJ_MEMBER(on_first), OBJ_MEMBER(on_snapshot), OBJ_MEMBER(on_error), OBJ_MEMBER(refuse),
+    OBJ_MEMBER(seq_error), OBJ_MEMBER(frames), OBJ_MEMBER(lines), OBJ_MEMBER(stamps),
+    OBJ_MEMBER(future), OBJ_MEMBER(applied),
+    {"last_ts", T_LONGLONG, offsetof(Submitter, last_ts), 0, NULL},
+    {"since_snapshot", T_LONGLONG, offsetof(Submitter, since_snapshot), 0, NULL},
+    {"snapshot_every", T_LONGLONG, offsetof(Submitter, snapshot_every), 0, NULL},
+    {"accepting", T_BOOL, offsetof(Submitter, accepting), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject SubmitterType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "exchange.journal._hotpath.Submitter",
+    .tp_doc = "CoreRunner's submit path: stamp, apply and frame each command (see "
+              "runner._PySubmitter, the reference implementation).",
+    .tp_basicsize = sizeof(Submitter),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_traverse = (traverseproc)sub_traverse,
+    .tp_clear = (inquiry)sub_clear,
+    .tp_dealloc = (destructor)sub_dealloc,
+    .tp_methods = sub_methods,
+    .tp_members = sub_members,
+};
+
+static PyMethodDef methods[] = {
+    {"append_line", (PyCFunction)(void (*)(void))append_line, METH_FASTCALL,
+     "append_line(buf, cmd) -> bool: append cmd's payload line to buf, or return False "
+     "(buf untouched) when the reference encoder must do it."},
+    {"register", reg, METH_VARARGS,
+     "register(cls, head, names) -> bool: take cls's commands (head: b'[\"<type>\"')."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_hotpath", "The runner's submit path in C: the record encoder and the Submitter.", -1,
+    methods,
+};
+
+PyMODINIT_FUNC
+PyInit__hotpath(void)
+{
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    registry = PyDict_New();
+    if (registry == NULL || PyModule_AddObjectRef(m, "registry", registry) < 0)
+        goto fail;
+    if (!(str_last_seq = PyUnicode_InternFromString("last_seq")) ||
+        !(str_seq = PyUnicode_InternFromString("seq")) ||
+        !(str_ts = PyUnicode_InternFromString("ts")) ||
+        !(str_append = PyUnicode_InternFromString("append")) ||
+        !(str_first_seq = PyUnicode_InternFromString("first_seq")))
+        goto fail;
+    if (PyType_Ready(&SubmitterType) < 0 ||
+        PyModule_AddObjectRef(m, "Submitter", (PyObject *)&SubmitterType) < 0)
+        goto fail;
+    return m;
+fail:
+    Py_DECREF(m);
+    return NULL;
+}
