@@ -222,3 +222,65 @@ def test_submitter_journals_a_core_error_and_reraises_a_sequence_error(tmp_path,
         with pytest.raises(RunnerFailed):
             r.submit_nowait(SnapshotMarker())
     asyncio.run(go())
+
+
+def test_submitter_reads_time_ns_itself_and_keeps_the_stamps_increasing(tmp_path):
+    import time
+
+    async def go():
+        r = CoreRunner(build_exchange(), open_journal(str(tmp_path / "j.sqlite")),
+                       clock=time.time_ns)
+        await r.start()
+        before = time.time_ns()
+        stamps = []
+        for _ in range(500):
+            m = SnapshotMarker()
+            _events, fut = r.submit_nowait(m)
+            stamps.append(m.ts)
+        after = time.time_ns()
+        await fut
+        await r.stop(snapshot=False)
+        assert before <= stamps[0] and stamps[-1] <= after + 500
+        assert all(b > a for a, b in zip(stamps, stamps[1:]))  # strictly increasing
+    asyncio.run(go())
+
+
+# ------------------------------------------------------------------- the snapshot's orders
+
+def _market(n: int = 3000, seed: int = 5):
+    ex = build_exchange()
+    st_ = generate(n, seed)
+    for i, c in enumerate(market_setup_commands(st_) + core_commands(st_), 1):
+        c.seq, c.ts = i, i
+        ex.apply(c)
+    return ex
+
+
+def test_snapshot_orders_in_c_are_the_python_bytes(monkeypatch):
+    ex = _market()
+    assert sum(len(b.orders) for b in ex.books.values()) > 100
+    fast = runner_mod.snapshot_bytes(ex)
+    monkeypatch.setattr(runner_mod, "_rows_json", None)
+    slow = runner_mod.snapshot_bytes(ex)
+    assert fast == slow
+    assert orjson.loads(fast) == orjson.loads(orjson.dumps(ex.to_state()))
+    # Order.STATE_FIELDS names to_state's values in order
+    o = next(iter(next(b for b in ex.books.values() if b.orders).orders.values()))
+    assert [getattr(o, f) for f in o.STATE_FIELDS] == o.to_state()
+
+
+def test_snapshot_orders_fall_back_to_python_for_a_value_c_does_not_write():
+    from exchange.core.book import Order
+    ex = _market()
+    book = next(b for b in ex.books.values() if b.orders)
+    o = next(iter(book.orders.values()))
+    o.client_order_id = "caf\u00e9 \"1\""  # written by orjson, not by C
+    got = runner_mod._orders_json(book)
+    assert isinstance(got, list) and got[0] == next(book.iter_orders()).to_state()
+    assert orjson.loads(runner_mod.snapshot_bytes(ex)) == orjson.loads(
+        orjson.dumps(ex.to_state()))
+    from exchange.journal._hotpath import rows_json
+    assert rows_json([[o]], Order, ("order_id", "no_such_slot")) is None
+    assert rows_json([], Order, Order.STATE_FIELDS) == b"[]"
+    assert rows_json([[], [o]], Order, ("order_id", "seq")) == orjson.dumps(
+        [[o.order_id, o.seq]])

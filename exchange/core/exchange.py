@@ -1229,15 +1229,17 @@ class Exchange:
         return events
 
     # ================================================================== state
-    def to_state(self) -> dict:
-        """Everything that defines the market, as plain JSON-able data (canonical order)."""
+    def to_state(self, *, encode_orders=None) -> dict:
+        """Everything that defines the market, as plain JSON-able data (canonical order).
+        ``encode_orders``: see :meth:`OrderBook.to_state`."""
         return {
             "last_seq": self.last_seq, "now": self.now, "day": self.day,
             "next_order_id": self.next_order_id, "next_trade_id": self.next_trade_id,
             "next_lot_id": self.next_lot_id, "market_halted": self.market_halted,
             "segments": {k: v.to_state() for k, v in sorted(self.segments.items())},
             "instruments": {k: v.to_state() for k, v in sorted(self.instruments.items())},
-            "books": [[k[0], k[1], b.to_state()] for k, b in sorted(self.books.items())],
+            "books": [[k[0], k[1], b.to_state(encode_orders)]
+                      for k, b in sorted(self.books.items())],
             "halted_books": sorted([list(k) for k in self.halted_books]),
             "accounts": {k: a.to_state() for k, a in sorted(self.accounts.items())},
             "chains": {k: v for k, v in sorted(self.chains.items())},

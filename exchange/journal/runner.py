@@ -33,19 +33,22 @@ import logging
 import os
 import sys
 import time
+from collections import OrderedDict
+from itertools import chain
 
 import orjson
 from typing import Callable
 
+from ..core.book import Order
 from ..core.commands import SnapshotMarker
 from ..core.exchange import SequenceError
 from .base import Frames, Journal, JournalCorruptError, JournalError, widen_pipe
 from .codec import append_line as _append_line, decode_payload, payload_line
 
 try:  # the submit path in C (_hotpath.c), built with the package where a compiler is
-    from ._hotpath import Submitter as _CSubmitter
+    from ._hotpath import Submitter as _CSubmitter, rows_json as _rows_json
 except ImportError:  # pragma: no cover - an install without the extension
-    _CSubmitter = None
+    _CSubmitter = _rows_json = None
 
 log = logging.getLogger("exchange.journal.runner")
 
@@ -57,11 +60,27 @@ class RunnerFailed(JournalError):
 _SNAP_OPTS = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
 
 
+_values = OrderedDict.values
+
+
+def _orders_json(book):
+    """A book's resting orders for the snapshot: the JSON of ``[o.to_state() for o in
+    book.iter_orders()]``, written by C straight from the orders' slots (no list per order;
+    ~10x faster on a deep book) - or those lists, where C does not take a value."""
+    rows = _rows_json(map(_values, chain(book.bids.values(), book.asks.values())), Order,
+                      Order.STATE_FIELDS)
+    if rows is None:
+        return [o.to_state() for o in book.iter_orders()]
+    return orjson.Fragment(rows)
+
+
 def snapshot_bytes(ex) -> bytes:
     """The core's state (``Exchange.to_state``) as canonical JSON, via orjson (several
-    times faster than ``Exchange.snapshot``'s json.dumps on a large book)."""
+    times faster than ``Exchange.snapshot``'s json.dumps on a large book), the orders
+    encoded by C where the extension is built: the same bytes either way."""
     try:
-        return orjson.dumps(ex.to_state(), option=_SNAP_OPTS)
+        return orjson.dumps(ex.to_state(encode_orders=_orders_json if _rows_json else None),
+                            option=_SNAP_OPTS)
     except TypeError:  # something orjson cannot write: the core's own encoder
         return ex.snapshot()
 
