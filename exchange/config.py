@@ -121,7 +121,7 @@ class DemoConfig(Strict):
 
 class JournalConfig(Strict):
     data_dir: str = "data"
-    snapshot_every_commands: int = Field(50_000, gt=0)
+    snapshot_every_commands: int = Field(200_000, gt=0)
     snapshot_every_seconds: float = Field(300.0, gt=0)
 
 

@@ -244,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--postgres", default=os.environ.get(
         "TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"))
     p.add_argument("--no-postgres", action="store_true")
+    p.add_argument("--snapshot-every", type=int, default=None, metavar="N",
+                   help="snapshot every N commands (default: [journal] "
+                        "snapshot_every_commands of config/default.toml)")
     p.add_argument("--clients", type=int, default=64)
     p.add_argument("--repeat", type=int, default=1,
                    help="run in-memory and durable SQLite this many times, interleaved; keep the "
@@ -252,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     jc = load_settings().journal
     every, every_s = jc.snapshot_every_commands, jc.snapshot_every_seconds
+    if a.snapshot_every is not None:
+        every = a.snapshot_every
 
     def say(msg):
         print(msg, flush=True)
