@@ -218,7 +218,22 @@ def test_submitter_journals_a_core_error_and_reraises_a_sequence_error(tmp_path,
         events, fut = r.submit_nowait(SnapshotMarker())
         await fut
         assert calls == [1, 2] and r.durable_seq == 2  # the refused seq 2 was not journaled
+        # a command the journal cannot encode is refused before the core sees it
+        before = r.exchange.state_hash()
+        big = PlaceOrder(account="POWER1", instrument="CEA-2026", side="buy", qty=2**64,
+                         price=1)
+        with pytest.raises(TypeError):
+            r.submit_nowait(big)
+        assert r.exchange.last_seq == 2 and r.exchange.state_hash() == before
+        events, fut = r.submit_nowait(SnapshotMarker())
+        await fut
+        assert r.durable_seq == 3
         await r.stop(snapshot=False)
+        con = sqlite3.connect(str(tmp_path / "j.sqlite"))
+        rows = con.execute("SELECT seq, payload FROM journal ORDER BY seq").fetchall()
+        con.close()
+        assert [q for q, _ in rows] == [1, 2, 3]  # payloads and stamps stayed in step
+        assert all(p == b'["snapshot_marker"]' for _, p in rows)
         with pytest.raises(RunnerFailed):
             r.submit_nowait(SnapshotMarker())
     asyncio.run(go())

@@ -599,11 +599,29 @@ sub_submit(Submitter *s, PyObject *cmd)
         goto fail_seq;
     if (set_slot(cmd, ts_off, str_ts, tso) < 0)
         goto fail_ts;
-    /* result = apply(cmd); an Exception other than SequenceError is logged and journaled */
+    /* the record's payload first: a command that cannot be encoded is refused before the
+     * core sees it, and the journal holds the command as submitted */
+    PyObject *lines = s->lines;
+    Py_ssize_t lines_before = PyByteArray_GET_SIZE(lines);
+    int took = append_line_impl(lines, cmd);
+    if (took < 0)
+        goto fail_ts;
+    if (!took) {
+        PyObject *line = PyObject_CallOneArg(s->fallback_line, cmd);
+        if (line == NULL)
+            goto fail_ts;
+        PyObject *grown = PySequence_InPlaceConcat(lines, line);
+        Py_DECREF(line);
+        if (grown == NULL)
+            goto fail_ts;
+        Py_DECREF(grown);
+    }
+    /* result = apply(cmd); an Exception other than SequenceError is logged and journaled;
+     * a SequenceError (or a BaseException) takes the payload back out and propagates */
     PyObject *result = PyObject_CallOneArg(s->apply, cmd);
     if (result == NULL) {
         if (PyErr_ExceptionMatches(s->seq_error) || !PyErr_ExceptionMatches(PyExc_Exception))
-            goto fail_ts;
+            goto fail_unframe;
         PyObject *type, *value, *tb;
         PyErr_Fetch(&type, &value, &tb);
         PyErr_NormalizeException(&type, &value, &tb);
@@ -615,29 +633,16 @@ sub_submit(Submitter *s, PyObject *cmd)
         PyObject *r = PyObject_CallFunctionObjArgs(s->on_error, cmd, result, NULL);
         if (r == NULL) {
             Py_DECREF(result);
-            goto fail_ts;
+            goto fail_unframe;
         }
         Py_DECREF(r);
     }
-    /* the record: payload line and timestamp */
-    PyObject *lines = s->lines;
-    int took = append_line_impl(lines, cmd);
-    if (took < 0)
-        goto fail_result;
-    if (!took) {
-        PyObject *line = PyObject_CallOneArg(s->fallback_line, cmd);
-        if (line == NULL)
-            goto fail_result;
-        PyObject *grown = PySequence_InPlaceConcat(lines, line);
-        Py_DECREF(line);
-        if (grown == NULL)
-            goto fail_result;
-        Py_DECREF(grown);
-    }
     PyObject *stamps = s->stamps;
     PyObject *r = PyObject_CallMethodOneArg(stamps, str_append, tso);
-    if (r == NULL)
-        goto fail_result;
+    if (r == NULL) {
+        Py_DECREF(result);
+        goto fail_unframe;
+    }
     Py_DECREF(r);
     if (Py_SIZE(stamps) == 1) { /* the batch's first record */
         if (PyObject_SetAttr(s->frames, str_first_seq, seq) < 0)
@@ -682,6 +687,15 @@ sub_submit(Submitter *s, PyObject *cmd)
 
 fail_result:
     Py_DECREF(result);
+    goto fail_ts;
+fail_unframe: {
+    /* keep the batch's payloads and stamps in step: drop this command's payload */
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    if (PyByteArray_Resize(lines, lines_before) < 0)
+        PyErr_Clear(); /* a shrink; the error being raised is the one to report */
+    PyErr_Restore(type, value, tb);
+}
 fail_ts:
     Py_DECREF(tso);
 fail_seq:

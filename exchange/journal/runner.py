@@ -126,16 +126,27 @@ class _PySubmitter:
         if ts <= self.last_ts:
             ts = self.last_ts + 1
         self.last_ts = cmd.ts = ts
+        # the payload first: a command that cannot be encoded is refused before the core
+        # sees it, and the journal holds the command as submitted
+        lines = self.lines
+        before = len(lines)
+        if not _append_line(lines, cmd):
+            lines += self.fallback_line(cmd)
         try:
             result = self.apply(cmd)
         except self.seq_error:
+            del lines[before:]
             raise
         except Exception as e:  # a core bug: journal it anyway, replay reproduces it
-            self.on_error(cmd, e)
+            try:
+                self.on_error(cmd, e)
+            except BaseException:
+                del lines[before:]
+                raise
             result = e
-        lines = self.lines
-        if not _append_line(lines, cmd):
-            lines += self.fallback_line(cmd)
+        except BaseException:
+            del lines[before:]
+            raise
         stamps = self.stamps
         stamps.append(ts)
         if len(stamps) == 1:  # the batch's first record
