@@ -299,3 +299,5 @@ def test_snapshot_orders_fall_back_to_python_for_a_value_c_does_not_write():
     assert rows_json([], Order, Order.STATE_FIELDS) == b"[]"
     assert rows_json([[], [o]], Order, ("order_id", "seq")) == orjson.dumps(
         [[o.order_id, o.seq]])
+    assert rows_json([[o, o]], Order, ()) == b"[[],[]]"
+    assert rows_json([[o, "not an order"]], Order, ("order_id",)) is None

@@ -177,6 +177,57 @@ classify(PyObject *v, item *it)
     return 0;
 }
 
+static void
+write_item(char *p, const item *it)
+{
+    switch (it->kind) {
+    case K_NULL:
+        memcpy(p, "null", 4);
+        break;
+    case K_TRUE:
+        memcpy(p, "true", 4);
+        break;
+    case K_FALSE:
+        memcpy(p, "false", 5);
+        break;
+    case K_INT:
+        write_int(it->i, p, (int)it->n);
+        break;
+    default:
+        p[0] = '"';
+        memcpy(p + 1, it->s, it->n - 2);
+        p[it->n - 1] = '"';
+    }
+}
+
+static Py_ssize_t
+classify_slots(PyObject *obj, const Py_ssize_t *off, Py_ssize_t nf, item *items)
+{
+    /* obj's nf slots at off[] classified into items (borrowed: obj holds the values); the
+     * bytes their JSON takes, or -1 when one is unset or not a plain value */
+    Py_ssize_t len = 0;
+    for (Py_ssize_t k = 0; k < nf; k++) {
+        PyObject *v = *(PyObject **)((char *)obj + off[k]);
+        if (v == NULL || !classify(v, &items[k]))
+            return -1;
+        len += items[k].n;
+    }
+    return len;
+}
+
+static char *
+write_values(char *p, const item *items, Py_ssize_t nf)
+{
+    /* "v1,v2,...,vn" at p; returns the end */
+    for (Py_ssize_t k = 0; k < nf; k++) {
+        if (k)
+            *p++ = ',';
+        write_item(p, &items[k]);
+        p += items[k].n;
+    }
+    return p;
+}
+
 /* 1: appended; 0: not taken (buf untouched); -1: error set */
 static int
 append_line_impl(PyObject *buf, PyObject *cmd)
@@ -186,47 +237,21 @@ append_line_impl(PyObject *buf, PyObject *cmd)
         return PyErr_Occurred() ? -1 : 0;
     Py_ssize_t nf = e->nfields;
     item items[MAX_FIELDS];
-    Py_ssize_t total = e->head_len + 2; /* head ... "]\n" */
-    for (Py_ssize_t k = 0; k < nf; k++) {
-        /* borrowed: cmd holds it, and nothing below runs Python code before the copy */
-        PyObject *v = *(PyObject **)((char *)cmd + e->off[k]);
-        if (v == NULL || !classify(v, &items[k]))
-            return 0; /* unset (the reference encoder raises), or not a plain value */
-        total += items[k].n + 1; /* the value and its comma */
-    }
-    {
-        Py_ssize_t start = PyByteArray_GET_SIZE(buf);
-        if (PyByteArray_Resize(buf, start + total) < 0)
-            return -1;
-        char *p = PyByteArray_AS_STRING(buf) + start;
-        memcpy(p, e->head, e->head_len);
-        p += e->head_len;
-        for (Py_ssize_t k = 0; k < nf; k++) {
-            item *it = &items[k];
-            *p++ = ',';
-            switch (it->kind) {
-            case K_NULL:
-                memcpy(p, "null", 4);
-                break;
-            case K_TRUE:
-                memcpy(p, "true", 4);
-                break;
-            case K_FALSE:
-                memcpy(p, "false", 5);
-                break;
-            case K_INT:
-                write_int(it->i, p, (int)it->n);
-                break;
-            default:
-                p[0] = '"';
-                memcpy(p + 1, it->s, it->n - 2);
-                p[it->n - 1] = '"';
-            }
-            p += it->n;
-        }
-        p[0] = ']';
-        p[1] = '\n';
-    }
+    Py_ssize_t vlen = classify_slots(cmd, e->off, nf, items);
+    if (vlen < 0)
+        return 0; /* unset (the reference encoder raises), or not a plain value */
+    /* head, a comma before the values (when there are any), the values, "]\n" */
+    Py_ssize_t start = PyByteArray_GET_SIZE(buf);
+    if (PyByteArray_Resize(buf, start + e->head_len + nf + vlen + 2) < 0)
+        return -1;
+    char *p = PyByteArray_AS_STRING(buf) + start;
+    memcpy(p, e->head, e->head_len);
+    p += e->head_len;
+    if (nf)
+        *p++ = ',';
+    p = write_values(p, items, nf);
+    p[0] = ']';
+    p[1] = '\n';
     return 1;
 }
 
@@ -313,29 +338,6 @@ sbuf_reserve(sbuf *b, Py_ssize_t more)
     return 0;
 }
 
-static void
-write_item(char *p, const item *it)
-{
-    switch (it->kind) {
-    case K_NULL:
-        memcpy(p, "null", 4);
-        break;
-    case K_TRUE:
-        memcpy(p, "true", 4);
-        break;
-    case K_FALSE:
-        memcpy(p, "false", 5);
-        break;
-    case K_INT:
-        write_int(it->i, p, (int)it->n);
-        break;
-    default:
-        p[0] = '"';
-        memcpy(p + 1, it->s, it->n - 2);
-        p[it->n - 1] = '"';
-    }
-}
-
 /* rows_json(groups, cls, names) -> bytes | None
  *     The JSON array of [obj.<name> for name in names] for every obj of every iterable in
  *     groups, in order - orjson's bytes for that list of lists - or None when an object is
@@ -380,33 +382,23 @@ rows_json(PyObject *self, PyObject *args)
         PyObject *obj;
         while ((obj = PyIter_Next(inner)) != NULL) {
             item items[MAX_FIELDS];
-            Py_ssize_t len = 2 + nf; /* brackets, commas (one spare) */
-            if ((PyObject *)Py_TYPE(obj) != cls)
+            Py_ssize_t vlen = -1;
+            if ((PyObject *)Py_TYPE(obj) == cls)
+                vlen = classify_slots(obj, off, nf, items);
+            if (vlen < 0) {
                 plain = 0;
-            for (Py_ssize_t k = 0; plain && k < nf; k++) {
-                PyObject *v = *(PyObject **)((char *)obj + off[k]);
-                if (v == NULL || !classify(v, &items[k]))
-                    plain = 0;
-                else
-                    len += items[k].n;
-            }
-            if (!plain) {
                 Py_DECREF(obj);
                 break;
             }
-            if (sbuf_reserve(&b, len + 1) < 0) {
+            /* "[values]," (commas between the values, one after the row) */
+            if (sbuf_reserve(&b, vlen + nf + 3) < 0) {
                 Py_DECREF(obj);
                 Py_DECREF(inner);
                 goto error;
             }
             char *p = b.p + b.n;
             *p++ = '[';
-            for (Py_ssize_t k = 0; k < nf; k++) {
-                if (k)
-                    *p++ = ',';
-                write_item(p, &items[k]);
-                p += items[k].n;
-            }
+            p = write_values(p, items, nf);
             *p++ = ']';
             *p++ = ',';
             b.n = p - b.p;
@@ -426,6 +418,8 @@ rows_json(PyObject *self, PyObject *args)
     }
     if (b.p[b.n - 1] == ',')
         b.n--; /* the last row's comma */
+    if (sbuf_reserve(&b, 1) < 0)
+        goto error;
     b.p[b.n++] = ']';
     PyObject *out = PyBytes_FromStringAndSize(b.p, b.n);
     PyMem_Free(b.p);

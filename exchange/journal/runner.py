@@ -133,18 +133,14 @@ class _PySubmitter:
         if not _append_line(lines, cmd):
             lines += self.fallback_line(cmd)
         try:
-            result = self.apply(cmd)
-        except self.seq_error:
-            del lines[before:]
-            raise
-        except Exception as e:  # a core bug: journal it anyway, replay reproduces it
             try:
-                self.on_error(cmd, e)
-            except BaseException:
-                del lines[before:]
+                result = self.apply(cmd)
+            except self.seq_error:
                 raise
-            result = e
-        except BaseException:
+            except Exception as e:  # a core bug: journal it anyway, replay reproduces it
+                self.on_error(cmd, e)
+                result = e
+        except BaseException:  # not journaled: keep the batch's payloads and stamps in step
             del lines[before:]
             raise
         stamps = self.stamps
@@ -162,6 +158,12 @@ class _PySubmitter:
 
 
 C_SUBMITTER = _CSubmitter is not None
+
+
+def _submitter_field(name: str) -> property:
+    """A CoreRunner attribute that is its submitter's ``name``."""
+    return property(lambda self: getattr(self._sub, name),
+                    lambda self, v: setattr(self._sub, name, v))
 
 
 class CoreRunner:
@@ -216,29 +218,9 @@ class CoreRunner:
 
     # ---------------------------------------------------------------- properties
     # views of the submitter's state (the submit path reads and writes it there)
-    @property
-    def _last_ts(self) -> int:
-        return self._sub.last_ts
-
-    @_last_ts.setter
-    def _last_ts(self, v: int) -> None:
-        self._sub.last_ts = v
-
-    @property
-    def _since_snapshot(self) -> int:
-        return self._sub.since_snapshot
-
-    @_since_snapshot.setter
-    def _since_snapshot(self, v: int) -> None:
-        self._sub.since_snapshot = v
-
-    @property
-    def _accepting(self) -> bool:
-        return self._sub.accepting
-
-    @_accepting.setter
-    def _accepting(self, v: bool) -> None:
-        self._sub.accepting = v
+    _last_ts = _submitter_field("last_ts")
+    _since_snapshot = _submitter_field("since_snapshot")
+    _accepting = _submitter_field("accepting")
 
     @property
     def snapshot_every_commands(self) -> int:
