@@ -9,7 +9,6 @@ Each line is the median over ``--repeat`` runs of ``--n`` calls, in microseconds
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -70,7 +69,6 @@ def measure(n: int = 20000, repeat: int = 5) -> dict:
     # the core: a demo market with resting orders; place a passive order then cancel it
     seq = Sequencer()
     seq.run(genesis_commands(load_settings(None)))
-    ex = seq.ex
     counter = [0]
 
     def f_apply(k):
