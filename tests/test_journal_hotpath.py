@@ -22,16 +22,16 @@ from exchange.journal import codec, runner as runner_mod
 from exchange.journal.codec import LINE_ENCODERS, payload_line
 from loadtest.streams import core_commands, generate, market_setup_commands
 
-if not (codec.C_ENCODER and runner_mod.C_SUBMITTER):
+HAVE_C = codec.C_ENCODER and runner_mod.C_SUBMITTER
+if not HAVE_C and os.environ.get("REQUIRE_SERVICES") == "1":
     # The extension is built by `pip install -e .` wherever a C compiler is (dev.py test does
     # that); CI requires it, like it requires its services.
-    if os.environ.get("REQUIRE_SERVICES") == "1":
-        raise RuntimeError("exchange.journal._hotpath is not built (REQUIRE_SERVICES=1): "
-                           "reinstall with a C compiler: pip install -e .")
-    pytest.skip("exchange.journal._hotpath is not built (no C compiler at install time)",
-                allow_module_level=True)
-
-from exchange.journal._hotpath import append_line as c_append_line  # noqa: E402
+    raise RuntimeError("exchange.journal._hotpath is not built (REQUIRE_SERVICES=1): "
+                       "reinstall with a C compiler: pip install -e .")
+needs_c = pytest.mark.skipif(not HAVE_C, reason="exchange.journal._hotpath is not built (no "
+                             "C compiler at install time)")
+if HAVE_C:
+    from exchange.journal._hotpath import append_line as c_append_line, rows_json
 
 
 def reference_line(cmd) -> bytes:
@@ -52,6 +52,7 @@ def c_line(cmd) -> bytes | None:
 
 # ------------------------------------------------------------------- the encoder
 
+@needs_c
 def test_c_encoder_writes_orjsons_bytes_for_the_order_flow():
     st_ = generate(2000, 3)
     cmds = market_setup_commands(st_) + core_commands(st_)
@@ -65,6 +66,7 @@ def test_c_encoder_writes_orjsons_bytes_for_the_order_flow():
     assert taken >= sum(1 for c in cmds if isinstance(c, (PlaceOrder, CancelOrder)))
 
 
+@needs_c
 def test_c_encoder_leaves_what_it_does_not_write_plainly_to_orjson():
     odd = [
         PlaceOrder(account="A\nB", instrument="CEA-2026", side="buy", qty=1, price=1),
@@ -86,6 +88,7 @@ def test_c_encoder_leaves_what_it_does_not_write_plainly_to_orjson():
         reference_line(big)
 
 
+@needs_c
 def test_c_encoder_edge_values():
     for qty in (0, 1, -1, 9, 10, 2**63 - 1, -(2**63), 123456789012345678):
         c = PlaceOrder(account="A", instrument="CEA-2026", side="sell", qty=qty, price=None,
@@ -97,6 +100,7 @@ def test_c_encoder_edge_values():
     assert c_line(m) == reference_line(m)
 
 
+@needs_c
 def test_c_encoder_refuses_an_unset_field_and_a_subclass():
     bare = object.__new__(PlaceOrder)  # no field set: the reference encoder raises
     payload_line(PlaceOrder(account="A", instrument="I", side="buy", qty=1))
@@ -118,6 +122,7 @@ _scalar = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**70), ma
                     _text, st.floats(allow_nan=False, allow_infinity=False))
 
 
+@needs_c
 @settings(max_examples=300, deadline=None)
 @given(st.sampled_from(sorted(COMMAND_TYPES)), st.data())
 def test_c_encoder_matches_orjson_on_any_values(name, data):
@@ -171,6 +176,7 @@ def _rows(path: str) -> list:
         con.close()
 
 
+@needs_c
 def test_c_and_python_submitters_write_the_same_journal(tmp_path):
     st_ = generate(1500, 11)
     out = {}
@@ -188,7 +194,8 @@ def test_c_and_python_submitters_write_the_same_journal(tmp_path):
     assert any(r[2].startswith(b'["snapshot_marker"') for r in out[True][3])
 
 
-@pytest.mark.parametrize("c", [True, False], ids=["c", "python"])
+@pytest.mark.parametrize("c", [pytest.param(True, marks=needs_c), False],
+                         ids=["c", "python"])
 def test_submitter_journals_a_core_error_and_reraises_a_sequence_error(tmp_path, caplog, c):
     async def go():
         r = CoreRunner(build_exchange(), open_journal(str(tmp_path / "j.sqlite")),
@@ -271,6 +278,7 @@ def _market(n: int = 3000, seed: int = 5):
     return ex
 
 
+@needs_c
 def test_snapshot_orders_in_c_are_the_python_bytes(monkeypatch):
     ex = _market()
     assert sum(len(b.orders) for b in ex.books.values()) > 100
@@ -284,6 +292,7 @@ def test_snapshot_orders_in_c_are_the_python_bytes(monkeypatch):
     assert [getattr(o, f) for f in o.STATE_FIELDS] == o.to_state()
 
 
+@needs_c
 def test_snapshot_orders_fall_back_to_python_for_a_value_c_does_not_write():
     from exchange.core.book import Order
     ex = _market()
@@ -294,7 +303,6 @@ def test_snapshot_orders_fall_back_to_python_for_a_value_c_does_not_write():
     assert isinstance(got, list) and got[0] == next(book.iter_orders()).to_state()
     assert orjson.loads(runner_mod.snapshot_bytes(ex)) == orjson.loads(
         orjson.dumps(ex.to_state()))
-    from exchange.journal._hotpath import rows_json
     assert rows_json([[o]], Order, ("order_id", "no_such_slot")) is None
     assert rows_json([], Order, Order.STATE_FIELDS) == b"[]"
     assert rows_json([[], [o]], Order, ("order_id", "seq")) == orjson.dumps(
