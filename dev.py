@@ -29,7 +29,7 @@ def ensure_venv() -> None:
         print("[dev] creating .venv", flush=True)
         sh(sys.executable, "-m", "venv", str(VENV))
     # reinstall when the package definition or a C source changes (the editable install
-    # compiles exchange/journal/_hotpath.c in place)
+    # compiles exchange/_hotpath.c in place)
     h = hashlib.sha256((ROOT / "pyproject.toml").read_bytes())
     for src in sorted((ROOT / "exchange").rglob("*.c")):
         h.update(src.read_bytes())

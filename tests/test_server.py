@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
+from hypothesis import given, settings, strategies as st
 
 from exchange.client import ExchangeClient, ExchangeError
 from exchange.config import load_settings
@@ -645,6 +647,59 @@ def test_execution_report_bytes_are_wire_er():
         assert ER_BODY % args == orjson.dumps(wire_er(ev))
         push = orjson.loads(ER_PUSH % ((3,) + args))
         assert push == {"channel": "executions", "seq": 3, "data": wire_er(ev)}
+
+
+_ER_TEXT = st.one_of(st.none(), st.text(max_size=8), st.sampled_from(["new", "trade",
+                                                                          "maker", "filled"]))
+_ER_INT = st.one_of(st.integers(min_value=-(2**63), max_value=2**63 - 1),
+                    st.integers(min_value=-99999, max_value=99999))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.tuples(_ER_TEXT, _ER_TEXT), st.one_of(st.none(), _ER_INT),
+       st.lists(_ER_INT, min_size=8, max_size=8), st.tuples(_ER_TEXT, _ER_TEXT),
+       st.integers(min_value=0, max_value=2**40), st.sampled_from([None, "c-1", 'q"\u00e9']))
+def test_executions_push_in_c_is_the_reference_bytes(strs, price, ints, rl, seq, coid):
+    """er_push_c writes ER_PUSH's bytes from the report's slots, or leaves the report to the
+    reference format (None) - never different bytes."""
+    from exchange.core.events import ExecutionReport
+    from exchange.server.protocol import ER_PUSH, er_head, er_push_c, er_tail_args
+
+    qty, last_qty, last_px, cum, leaves, tid, fee, ts = ints
+    ev = ExecutionReport("F1", 7, coid, I, "main", "buy", strs[0], strs[1], price, qty,
+                         last_qty, last_px, cum, leaves, rl[0], tid, fee, rl[1], ts)
+    head = er_head(ev)
+    want = ER_PUSH % ((seq,) + er_tail_args(ev, head))
+    got = er_push_c(seq, head, ev)
+    if got is not None:
+        assert got == want
+
+
+def test_executions_push_in_c_takes_the_usual_reports():
+    from exchange.server import protocol
+    if protocol._c_er_push is None:  # the extension (exchange/_hotpath.c) is not built
+        if os.environ.get("REQUIRE_SERVICES") == "1":
+            pytest.fail("exchange._hotpath is not built (REQUIRE_SERVICES=1)")
+        pytest.skip("exchange._hotpath is not built (no C compiler at install time)")
+    from exchange.core.events import ExecutionReport
+    from exchange.server.protocol import ER_PUSH, er_head, er_push_c, er_tail_args
+
+    evs = [
+        ExecutionReport("F1", 7, "c-1", I, "main", "buy", "new", "new", 8540, 10, 0, 0, 0, 10),
+        ExecutionReport("F1", 7, "c-1", I, "main", "buy", "trade", "partially_filled", 8540,
+                        10, 4, 8530, 4, 6, None, 12, 1706, "maker", 1795378000000000001),
+        ExecutionReport("F1", 8, None, I, "main", "sell", "canceled", "canceled", 1, 3, 0, 0,
+                        0, 0, "CANCELED_BY_CLIENT", 0, 0, None, 5),
+        ExecutionReport("F1", 0, None, I, "main", "sell", "rejected", "rejected", -5, 3, 0, 0,
+                        0, 0, "OUTSIDE_BAND", 0, 0, None, 5),
+    ]
+    for ev in evs:
+        head = er_head(ev)
+        assert er_push_c(41, head, ev) == ER_PUSH % ((41,) + er_tail_args(ev, head))
+    odd = ExecutionReport("F1", 7, None, I, "main", "buy", "new", "new", 8540, 10, 0, 0, 0,
+                          10, "caf\u00e9")
+    assert er_push_c(1, er_head(odd), odd) is None  # not plain: the reference formats it
+    assert er_push_c(1, b"x", object()) is None
 
 
 async def test_two_sessions_of_a_firm_get_the_same_execution_reports(server):

@@ -52,7 +52,7 @@ def _make_line_encoder(cls) -> Callable:
 
 
 try:  # the same encoder in C (_hotpath.c), built with the package where a compiler is
-    from ._hotpath import append_line as _c_append_line, register as _c_register
+    from .._hotpath import append_line as _c_append_line, register as _c_register
 except ImportError:  # pragma: no cover - an install without the extension
     _c_append_line = _c_register = None
 

@@ -46,7 +46,7 @@ from .base import Frames, Journal, JournalCorruptError, JournalError, widen_pipe
 from .codec import append_line as _append_line, decode_payload, payload_line
 
 try:  # the submit path in C (_hotpath.c), built with the package where a compiler is
-    from ._hotpath import Submitter as _CSubmitter, rows_json as _rows_json
+    from .._hotpath import Submitter as _CSubmitter, rows_json as _rows_json
 except ImportError:  # pragma: no cover - an install without the extension
     _CSubmitter = _rows_json = None
 

@@ -37,7 +37,7 @@ from .credentials import ROLE_FIRM, ApiKeyRevoked
 from .protocol import (
     DEFERRED, ER_BODY, ER_PUSH, JSON_STR, METHODS, OVERLOADED, PX_JSON, AmendOrderParams, AuthParams,
     CancelAllParams, CancelOrderParams, ChannelParams, EmptyParams, PlaceOrderParams,
-    ProtocolError, er_head, er_tail_args, fmt_px, validate_amend_order, validate_cancel_order, validate_place_order,
+    ProtocolError, er_head, er_push_c, er_tail_args, fmt_px, validate_amend_order, validate_cancel_order, validate_place_order,
     validation_message, wire_balances, wire_depth, wire_order, wire_ticker, wire_trade,
     ws_method,
 )
@@ -729,7 +729,6 @@ class Gateway:
                             head = heads[oid] = er_head(ev)
                     else:  # its last report (or a reject, order id 0)
                         head = heads.pop(oid, None) or er_head(ev)
-                    args = er_tail_args(ev, head)
                     if len(subs) == 1:  # (usual) one format for the whole push
                         for s in subs:
                             ss = s.subs
@@ -737,9 +736,12 @@ class Gateway:
                             if seq is not None:
                                 seq += 1
                                 ss["executions"] = seq
-                                s.send(ER_PUSH % ((seq,) + args))
+                                data = er_push_c(seq, head, ev)
+                                if data is None:  # not plain values: the reference format
+                                    data = ER_PUSH % ((seq,) + er_tail_args(ev, head))
+                                s.send(data)
                     else:
-                        data = ER_BODY % args
+                        data = ER_BODY % er_tail_args(ev, head)
                         for s in tuple(subs):  # (a send may close a session: copy)
                             ss = s.subs
                             seq = ss.get("executions")

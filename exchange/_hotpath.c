@@ -1,4 +1,4 @@
-/* exchange.journal._hotpath: the runner's submit path in C - the record encoder and the
+/* exchange._hotpath: the runner's submit path in C - the record encoder and the
  * Submitter. Both have a pure-Python reference implementation that gives the same results
  * (exchange/journal/codec.py: payload_line; exchange/journal/runner.py: _PySubmitter), used
  * where this extension is not built; tests run both.
@@ -430,6 +430,191 @@ error:
     return NULL;
 }
 
+/* ------------------------------------------------------------------------- er_push */
+
+/* The execution report's fields after the order's fixed ones, in the order of
+ * exchange.server.protocol.ER_TAIL. */
+enum { ER_EXEC_TYPE, ER_ORDER_STATUS, ER_PRICE, ER_QTY, ER_LAST_QTY, ER_LAST_PX, ER_CUM_QTY,
+       ER_LEAVES_QTY, ER_REASON, ER_TRADE_ID, ER_FEE, ER_LIQUIDITY, ER_TS, ER_N };
+static const char *const er_names[ER_N] = {
+    "exec_type", "order_status", "price", "qty", "last_qty", "last_px", "cum_qty",
+    "leaves_qty", "reason", "trade_id", "fee", "liquidity", "ts"};
+static PyTypeObject *er_cls; /* the class er_off belongs to (a reference held) */
+static Py_ssize_t er_off[ER_N];
+
+static int
+er_offsets(PyTypeObject *cls)
+{
+    /* er_off for cls (cached for the last class seen); 0: not slots (not taken) */
+    if (cls == er_cls)
+        return 1;
+    for (int k = 0; k < ER_N; k++) {
+        PyObject *name = PyUnicode_InternFromString(er_names[k]);
+        if (name == NULL)
+            return -1;
+        er_off[k] = slot_offset(cls, name);
+        Py_DECREF(name);
+        if (er_off[k] == 0) {
+            Py_CLEAR(er_cls);
+            return 0;
+        }
+    }
+    Py_INCREF(cls);
+    Py_XSETREF(er_cls, cls); /* held, so its address cannot be reused by another class */
+    return 1;
+}
+
+static int
+str_or_null(PyObject *v, item *it)
+{
+    /* JSON_STR's bytes: null, or a plain string (classify's rule); 0 when not plain */
+    if (v == Py_None) {
+        it->kind = K_NULL;
+        it->n = 4;
+        return 1;
+    }
+    return PyUnicode_CheckExact(v) && classify(v, it);
+}
+
+static int
+exact_int(PyObject *v, long long *out)
+{
+    /* an exact int within 64 bits signed */
+    if (!PyLong_CheckExact(v))
+        return 0;
+    int overflow = 0;
+    *out = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (overflow || (*out == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        return 0;
+    }
+    return 1;
+}
+
+static char *
+write_px(char *p, long long fen)
+{
+    /* format_price(fen) in quotes: "-12.05" */
+    unsigned long long u = fen < 0 ? 0ull - (unsigned long long)fen : (unsigned long long)fen;
+    *p++ = '"';
+    if (fen < 0)
+        *p++ = '-';
+    long long whole = (long long)(u / 100u);
+    int n = int_len(whole);
+    write_int(whole, p, n);
+    p += n;
+    *p++ = '.';
+    memcpy(p, DIGITS2 + 2 * (u % 100u), 2);
+    p += 2;
+    *p++ = '"';
+    return p;
+}
+
+#define PX_MAX 26 /* quotes, sign, 20 digits, point, 2 decimals */
+
+/* er_push(seq, head, ev) -> bytes | None
+ *     ER_PUSH % ((seq,) + er_tail_args(ev, head)) of exchange.server.protocol - the
+ *     executions push of one report, head being er_head(ev) - or None when a value is not
+ *     a plain one (then the caller formats it in Python, the reference). */
+static PyObject *
+er_push(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    long long seq;
+    if (nargs != 3 || !exact_int(args[0], &seq) || !PyBytes_CheckExact(args[1])) {
+        if (PyErr_Occurred())
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    PyObject *head = args[1], *ev = args[2];
+    int r = er_offsets(Py_TYPE(ev));
+    if (r < 0)
+        return NULL;
+    if (r == 0)
+        Py_RETURN_NONE;
+    PyObject *v[ER_N];
+    for (int k = 0; k < ER_N; k++) {
+        v[k] = *(PyObject **)((char *)ev + er_off[k]);
+        if (v[k] == NULL)
+            Py_RETURN_NONE;
+    }
+    item exec_type, status, reason, liquidity;
+    long long price = 0, qty, last_qty, last_px = 0, cum, leaves, tid, fee, ts;
+    int has_price = v[ER_PRICE] != Py_None;
+    if (!str_or_null(v[ER_EXEC_TYPE], &exec_type) || !str_or_null(v[ER_ORDER_STATUS], &status) ||
+        !str_or_null(v[ER_REASON], &reason) || !str_or_null(v[ER_LIQUIDITY], &liquidity) ||
+        (has_price && !exact_int(v[ER_PRICE], &price)) || !exact_int(v[ER_QTY], &qty) ||
+        !exact_int(v[ER_LAST_QTY], &last_qty) || !exact_int(v[ER_CUM_QTY], &cum) ||
+        !exact_int(v[ER_LEAVES_QTY], &leaves) || !exact_int(v[ER_TRADE_ID], &tid) ||
+        !exact_int(v[ER_FEE], &fee) || !exact_int(v[ER_TS], &ts) ||
+        (last_qty && !exact_int(v[ER_LAST_PX], &last_px))) {
+        if (PyErr_Occurred())
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    static const char pre[] = "{\"channel\":\"executions\",\"seq\":";
+    /* an upper bound: the fixed text (~200 bytes), the strings, 9 numbers, 3 prices */
+    Py_ssize_t cap = 256 + PyBytes_GET_SIZE(head) + exec_type.n + status.n + reason.n +
+                     liquidity.n + 9 * 21 + 3 * PX_MAX;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, cap);
+    if (out == NULL)
+        return NULL;
+    char *p = PyBytes_AS_STRING(out);
+#define LIT(s) (memcpy(p, s, sizeof(s) - 1), p += sizeof(s) - 1)
+#define INT(x) do { int n_ = int_len(x); write_int((x), p, n_); p += n_; } while (0)
+#define ITEM(it) (write_item(p, &(it)), p += (it).n)
+    LIT(pre);
+    INT(seq);
+    LIT(",\"data\":");
+    memcpy(p, PyBytes_AS_STRING(head), PyBytes_GET_SIZE(head));
+    p += PyBytes_GET_SIZE(head);
+    LIT("\"exec_type\":");
+    ITEM(exec_type);
+    LIT(",\"order_status\":");
+    ITEM(status);
+    LIT(",\"price\":");
+    if (has_price)
+        p = write_px(p, price);
+    else
+        LIT("null");
+    LIT(",\"qty\":");
+    INT(qty);
+    LIT(",\"last_qty\":");
+    INT(last_qty);
+    LIT(",\"last_px\":");
+    if (last_qty)
+        p = write_px(p, last_px);
+    else
+        LIT("null");
+    LIT(",\"cum_qty\":");
+    INT(cum);
+    LIT(",\"leaves_qty\":");
+    INT(leaves);
+    LIT(",\"reason\":");
+    ITEM(reason);
+    LIT(",\"trade_id\":");
+    if (tid)
+        INT(tid);
+    else
+        LIT("null");
+    LIT(",\"fee\":");
+    if (fee)
+        p = write_px(p, fee);
+    else
+        LIT("\"0.00\"");
+    LIT(",\"liquidity\":");
+    ITEM(liquidity);
+    LIT(",\"ts\":");
+    INT(ts);
+    LIT("}}");
+#undef LIT
+#undef INT
+#undef ITEM
+    if (_PyBytes_Resize(&out, p - PyBytes_AS_STRING(out)) < 0)
+        return NULL;
+    return out;
+}
+
 /* ------------------------------------------------------------------------- Submitter */
 
 typedef struct {
@@ -718,7 +903,7 @@ static PyMemberDef sub_members[] = {
 
 static PyTypeObject SubmitterType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "exchange.journal._hotpath.Submitter",
+    .tp_name = "exchange._hotpath.Submitter",
     .tp_doc = "CoreRunner's submit path: stamp, apply and frame each command (see "
               "runner._PySubmitter, the reference implementation).",
     .tp_basicsize = sizeof(Submitter),
@@ -735,6 +920,9 @@ static PyMethodDef methods[] = {
     {"append_line", (PyCFunction)(void (*)(void))append_line, METH_FASTCALL,
      "append_line(buf, cmd) -> bool: append cmd's payload line to buf, or return False "
      "(buf untouched) when the reference encoder must do it."},
+    {"er_push", (PyCFunction)(void (*)(void))er_push, METH_FASTCALL,
+     "er_push(seq, head, ev) -> bytes | None: the executions push of one execution report "
+     "(exchange.server.protocol.ER_PUSH), or None: format it in Python."},
     {"rows_json", rows_json, METH_VARARGS,
      "rows_json(groups, cls, names) -> bytes | None: the JSON list of [obj.<name>, ...] for "
      "every obj of every iterable in groups (None: not plain; build it in Python)."},
