@@ -78,7 +78,7 @@ def _py_append_line(buf: bytearray, cmd) -> bool:
 #: ``LINE_ENCODERS[cmd.__class__](cmd)`` itself (the runner inlines that on the submit path).
 #: The C version takes plain values (str, int, bool, None) of a class seen once by
 #: ``LINE_ENCODERS`` and leaves the rest to orjson; its output is byte for byte orjson's
-#: (tests/test_journal.py). ``C_ENCODER`` says which one this process has.
+#: (tests/test_journal_hotpath.py). ``C_ENCODER`` says which one this process has.
 append_line = _c_append_line if _c_append_line is not None else _py_append_line
 C_ENCODER = _c_append_line is not None
 
@@ -193,5 +193,5 @@ def is_payload(obj) -> bool:
     return isinstance(obj, dict) and "type" in obj
 
 
-__all__ = ["payload_line", "append_line", "payload_bytes", "dict_payload", "decode_payload", "payload_dict",
-           "is_payload"]
+__all__ = ["payload_line", "append_line", "payload_bytes", "dict_payload", "decode_payload",
+           "payload_dict", "is_payload"]

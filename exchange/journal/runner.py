@@ -10,11 +10,13 @@
     events = await runner.submit(PlaceOrder(...))   # returns once the command is durable
     await runner.stop()                  # flush, final snapshot, close
 
-``submit`` stamps ``seq`` (last + 1) and ``ts`` (the clock, strictly increasing), applies the
-command to the core at once (so the next command sees its effect) and adds it to the current
-batch. The commit loop writes one batch at a time; everything submitted while a batch is being
-written goes into the next one (group commit: at least one batch per event-loop tick, larger
-under load). A command's events are returned - and listeners called - only after its batch is
+``submit`` stamps ``seq`` (last + 1) and ``ts`` (the clock, strictly increasing), encodes its
+record into the current batch (a command that cannot be encoded is refused here, before the
+core sees it) and applies it to the core at once (so the next command sees its effect). That
+per-command path is the submitter's: ``_hotpath.Submitter`` in C where the extension is built,
+``_PySubmitter`` (the reference, the same steps) otherwise. The commit loop writes one batch
+at a time; everything submitted while a batch is being written goes into the next one (group
+commit: at least one batch per event-loop tick, larger under load). A command's events are returned - and listeners called - only after its batch is
 durable. Nothing is acknowledged that a restart could lose.
 
 If the journal fails to write, the runner stops accepting commands (:class:`RunnerFailed`):
@@ -349,9 +351,9 @@ class CoreRunner:
 
     # ---------------------------------------------------------------- submit
     def submit_nowait(self, cmd) -> tuple[list, asyncio.Future]:
-        """Stamp, apply and enqueue ``cmd``; return ``(events, durable)`` where ``durable``
-        is a future resolved when the command's batch is durable. The events must not be
-        acknowledged before that. If the core raises (other than a SequenceError), the
+        """Stamp, encode, apply and enqueue ``cmd``; return ``(events, durable)`` where
+        ``durable`` is a future resolved when the command's batch is durable. The events must
+        not be acknowledged before that. If the core raises (other than a SequenceError), the
         command is journaled anyway (replay reproduces it), the error is logged and returned
         in place of the events; :meth:`submit` raises it. RunnerFailed when the runner is
         not accepting commands. (Each instance binds this name to its submitter's

@@ -515,7 +515,7 @@ except ImportError:  # pragma: no cover - an install without the extension
 #: ``er_push_c(seq, head, ev) -> bytes | None``: ``ER_PUSH % ((seq,) + er_tail_args(ev,
 #: head))``, the executions push of one report, written by C from the report's slots (about
 #: a sixth of the %-format's cost), or None where a value is not a plain one (or the extension
-#: is not built): then format it with ER_PUSH, the reference (tests/test_server_wire.py).
+#: is not built): then format it with ER_PUSH, the reference (tests/test_server.py).
 er_push_c = _c_er_push if _c_er_push is not None else _not_in_c
 
 
@@ -580,5 +580,6 @@ __all__ = [
     "AmendOrderParams", "order_ref", "validate_place_order", "validate_cancel_order",
     "validate_amend_order", "CancelAllParams", "ChannelParams", "EmptyParams", "Method", "METHODS",
     "ws_method", "DEFERRED", "OVERLOADED", "validation_message", "wire_er", "wire_trade", "wire_book_changes",
-    "wire_depth", "wire_balances", "wire_order", "wire_ticker", "fmt_px", "JSON_STR", "PX_JSON", "er_head", "er_tail_args", "er_push_c", "ER_BODY", "ER_PUSH", "E",
+    "wire_depth", "wire_balances", "wire_order", "wire_ticker", "fmt_px", "JSON_STR", "PX_JSON",
+    "er_head", "er_tail_args", "er_push_c", "ER_BODY", "ER_PUSH", "E",
 ]
