@@ -1,7 +1,9 @@
-/* exchange._hotpath: the runner's submit path in C - the record encoder and the
- * Submitter. Both have a pure-Python reference implementation that gives the same results
- * (exchange/journal/codec.py: payload_line; exchange/journal/runner.py: _PySubmitter), used
- * where this extension is not built; tests run both.
+/* exchange._hotpath: the hot paths in C - the journal's record encoder and Submitter, the
+ * snapshot's orders (rows_json) and the executions push (er_push). Each has a pure-Python
+ * reference implementation that gives the same results (exchange/journal/codec.py:
+ * payload_line; exchange/journal/runner.py: _PySubmitter, Order.to_state;
+ * exchange/server/protocol.py: ER_PUSH), used where this extension is not built or a value
+ * is not a plain one; tests compare them.
  *
  * append_line(buf, cmd) -> bool
  *     Append cmd's journal payload and a newline to the bytearray buf, exactly the bytes
@@ -21,12 +23,15 @@
  * tuple, a float, a non-ASCII or escaped string, an int subclass, a big int) is left to
  * orjson through the fallback, so no JSON rule is re-implemented here beyond those.
  *
- * Submitter: CoreRunner.submit_nowait (stamp, apply, frame the record) - see _PySubmitter in
- * runner.py for what each step does; this is the same, step for step.
+ * Submitter: CoreRunner.submit_nowait (stamp, encode the record, apply, frame) - see
+ * _PySubmitter in runner.py for what each step does; this is the same, step for step.
  *
- * Why it exists: both run once for every command the exchange accepts, on the core's
- * thread, and in Python they cost the core ~0.65 us a command against ~3.7 us for apply
- * itself (ADR 0002, "The submit path in C").
+ * rows_json(groups, cls, names) and er_push(seq, head, ev): below, where they are defined.
+ *
+ * Why it exists: the encoder and the Submitter run once for every command the exchange
+ * accepts, on the core's thread, and in Python they cost the core ~0.65 us a command against
+ * ~3.7 us for apply itself (ADR 0002, "The submit path in C"); the executions push is the
+ * gateway's costliest formatting step (ADR 0003).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -932,8 +937,10 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_hotpath", "The runner's submit path in C: the record encoder and the Submitter.", -1,
-    methods,
+    PyModuleDef_HEAD_INIT, "_hotpath",
+    "The hot paths in C: the journal's record encoder and Submitter, the snapshot's orders, "
+    "the executions push.",
+    -1, methods,
 };
 
 PyMODINIT_FUNC

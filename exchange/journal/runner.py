@@ -16,8 +16,9 @@ core sees it) and applies it to the core at once (so the next command sees its e
 per-command path is the submitter's: ``_hotpath.Submitter`` in C where the extension is built,
 ``_PySubmitter`` (the reference, the same steps) otherwise. The commit loop writes one batch
 at a time; everything submitted while a batch is being written goes into the next one (group
-commit: at least one batch per event-loop tick, larger under load). A command's events are returned - and listeners called - only after its batch is
-durable. Nothing is acknowledged that a restart could lose.
+commit: at least one batch per event-loop tick, larger under load). A command's events are
+returned - and listeners called - only after its batch is durable. Nothing is acknowledged
+that a restart could lose.
 
 If the journal fails to write, the runner stops accepting commands (:class:`RunnerFailed`):
 the core has applied commands the log does not hold, so the process must restart and recover.
