@@ -25,11 +25,14 @@ class ServerProcess:
         self.port = 0
         self.output: list[str] = []
 
-    def start(self, timeout: float = 30.0) -> None:
+    def start(self, timeout: float = 30.0, new_group: bool = False) -> None:
+        """``new_group``: in a process group of its own, as a terminal runs a command, so that
+        ``kill_group`` reaches it the way Ctrl-C does (the whole foreground group)."""
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "exchange", "serve", "--port", "0", "--data-dir",
              str(self.data_dir)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            process_group=0 if new_group else None)
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             line = self.proc.stdout.readline()
@@ -48,6 +51,12 @@ class ServerProcess:
 
     def kill(self, sig=signal.SIGKILL) -> int:
         self.proc.send_signal(sig)
+        rc = self.proc.wait(20)
+        self.output.extend(self.proc.stdout.readlines())
+        return rc
+
+    def kill_group(self, sig=signal.SIGINT) -> int:
+        os.killpg(self.proc.pid, sig)
         rc = self.proc.wait(20)
         self.output.extend(self.proc.stdout.readlines())
         return rc
@@ -112,3 +121,26 @@ def test_restart_keeps_every_acknowledged_order(tmp_path):
     asyncio.run(check())
     assert srv.kill(signal.SIGTERM) == 0
     assert "stopped at seq" in "".join(srv.output)
+
+
+def test_ctrl_c_stops_gracefully_with_a_final_snapshot(tmp_path):
+    """Ctrl-C signals the terminal's whole foreground process group. The journal's writer
+    process must not die of it before the server has flushed and written its final snapshot
+    (it runs in a group of its own; it still dies with the server, PR_SET_PDEATHSIG)."""
+    srv = ServerProcess(tmp_path / "data")
+    srv.start(new_group=True)
+
+    async def order():
+        async with ExchangeClient(srv.ws_url, "demo-key-power1") as a:
+            return await a.place_order(I, "sell", 1, "86.20", client_order_id="c-1")
+
+    ack = asyncio.run(order())
+    assert srv.kill_group(signal.SIGINT) == 0
+    out = "".join(srv.output)
+    assert "journal write failed" not in out and "Traceback" not in out, out[-2000:]
+    m = re.search(r"stopped at seq (\d+)", out)
+    assert m and int(m.group(1)) > ack["seq"]
+    srv.start()
+    recovered = "".join(srv.output[-12:])
+    assert f"snapshot seq {m.group(1)}, 0 commands replayed" in recovered, recovered
+    assert srv.kill(signal.SIGTERM) == 0

@@ -249,10 +249,14 @@ class SQLiteJournal(Journal):
     async def _start_writer(self) -> None:
         # the script by path, not ``-m``: it needs only the standard library, and skipping
         # the package import keeps its start-up to a few tens of milliseconds.
+        # A process group of its own: Ctrl-C (SIGINT to the terminal's foreground group) and
+        # a group-wide SIGTERM reach the server, which then flushes and writes its final
+        # snapshot through this writer - they must not kill the writer first. It still dies
+        # with the server (PR_SET_PDEATHSIG, writer.py) and exits when its pipe closes.
         env = dict(os.environ, JOURNAL_KEEP_SNAPSHOTS=str(self.keep_snapshots))
         self._proc = subprocess.Popen([sys.executable, _WRITER_SCRIPT, self.path],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      bufsize=0, env=env, close_fds=True)
+                                      bufsize=0, env=env, close_fds=True, process_group=0)
         self._link = _WriterLink(self._proc, self.path)
         try:
             hello = await self._link.receive()

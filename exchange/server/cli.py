@@ -59,8 +59,8 @@ async def serve(args) -> int:
               "\"params\": {\"api_key\": ...}} or Authorization: Bearer):")
         for role, firm, key in keys:
             print(f"  {role:<9} {firm or '':<9} {key}")
-    print(f"listening on {host}:{bound}", flush=True)
-
+    # the stop signals are handled before "listening on" is printed: whoever waits for that
+    # line may stop the server at once, and gets the graceful stop
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -68,6 +68,7 @@ async def serve(args) -> int:
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):
             pass
+    print(f"listening on {host}:{bound}", flush=True)
     await stop.wait()
     print("shutting down: closing connections, flushing the journal, final snapshot",
           flush=True)
