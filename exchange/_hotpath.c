@@ -136,6 +136,21 @@ typedef struct {
 } item;
 
 static int
+exact_int(PyObject *v, long long *out)
+{
+    /* an exact int within 64 bits signed */
+    if (!PyLong_CheckExact(v))
+        return 0;
+    int overflow = 0;
+    *out = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (overflow || (*out == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        return 0;
+    }
+    return 1;
+}
+
+static int
 classify(PyObject *v, item *it)
 {
     /* 1: taken (it filled in, it->n is the bytes it will write); 0: not taken */
@@ -155,15 +170,10 @@ classify(PyObject *v, item *it)
         return 1;
     }
     if (PyLong_CheckExact(v)) {
-        int overflow = 0;
-        long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
-        if (overflow || (x == -1 && PyErr_Occurred())) {
-            PyErr_Clear();
+        if (!exact_int(v, &it->i))
             return 0;
-        }
         it->kind = K_INT;
-        it->i = x;
-        it->n = int_len(x);
+        it->n = int_len(it->i);
         return 1;
     }
     if (PyUnicode_CheckExact(v) && PyUnicode_IS_ASCII(v)) {
@@ -233,6 +243,27 @@ write_values(char *p, const item *items, Py_ssize_t nf)
     return p;
 }
 
+static int
+names_offsets(PyTypeObject *cls, PyObject *names, Py_ssize_t *off, const char *who)
+{
+    /* off[k]: the slot offset of cls's names[k] (a tuple of at most MAX_FIELDS str);
+     * 1: all plain slots; 0: not (not taken here); -1: error set */
+    Py_ssize_t n = PyTuple_GET_SIZE(names);
+    if (n > MAX_FIELDS)
+        return 0;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *name = PyTuple_GET_ITEM(names, k);
+        if (!PyUnicode_CheckExact(name)) {
+            PyErr_Format(PyExc_TypeError, "%s: names must be a tuple of str", who);
+            return -1;
+        }
+        off[k] = slot_offset(cls, name);
+        if (off[k] == 0)
+            return 0;
+    }
+    return 1;
+}
+
 /* 1: appended; 0: not taken (buf untouched); -1: error set */
 static int
 append_line_impl(PyObject *buf, PyObject *cmd)
@@ -286,28 +317,19 @@ reg(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "O!SO!:register", &PyType_Type, &cls, &head, &PyTuple_Type,
                           &names))
         return NULL;
-    Py_ssize_t n = PyTuple_GET_SIZE(names);
-    if (n > MAX_FIELDS) /* not taken here: the reference encoder serves such a class */
-        Py_RETURN_FALSE;
     PyObject *blob = PyBytes_FromStringAndSize(NULL, sizeof(entry_t) + PyBytes_GET_SIZE(head));
     if (blob == NULL)
         return NULL;
     entry_t *e = (entry_t *)PyBytes_AS_STRING(blob);
-    e->nfields = n;
+    e->nfields = PyTuple_GET_SIZE(names);
     e->head_len = PyBytes_GET_SIZE(head);
     memcpy(e->head, PyBytes_AS_STRING(head), e->head_len);
-    for (Py_ssize_t k = 0; k < n; k++) {
-        PyObject *name = PyTuple_GET_ITEM(names, k);
-        if (!PyUnicode_CheckExact(name)) {
-            Py_DECREF(blob);
-            PyErr_SetString(PyExc_TypeError, "register: names must be a tuple of str");
+    int plain = names_offsets((PyTypeObject *)cls, names, e->off, "register");
+    if (plain <= 0) { /* not plain slots: the reference encoder serves this class */
+        Py_DECREF(blob);
+        if (plain < 0)
             return NULL;
-        }
-        e->off[k] = slot_offset((PyTypeObject *)cls, name);
-        if (e->off[k] == 0) { /* not a plain slot: the reference encoder serves this class */
-            Py_DECREF(blob);
-            Py_RETURN_FALSE;
-        }
+        Py_RETURN_FALSE;
     }
     e->seq_off = slot_offset((PyTypeObject *)cls, str_seq);
     e->ts_off = slot_offset((PyTypeObject *)cls, str_ts);
@@ -358,18 +380,11 @@ rows_json(PyObject *self, PyObject *args)
         return NULL;
     Py_ssize_t nf = PyTuple_GET_SIZE(names);
     Py_ssize_t off[MAX_FIELDS];
-    if (nf > MAX_FIELDS)
+    int r = names_offsets((PyTypeObject *)cls, names, off, "rows_json");
+    if (r < 0)
+        return NULL;
+    if (r == 0)
         Py_RETURN_NONE;
-    for (Py_ssize_t k = 0; k < nf; k++) {
-        PyObject *name = PyTuple_GET_ITEM(names, k);
-        if (!PyUnicode_CheckExact(name)) {
-            PyErr_SetString(PyExc_TypeError, "rows_json: names must be a tuple of str");
-            return NULL;
-        }
-        off[k] = slot_offset((PyTypeObject *)cls, name);
-        if (off[k] == 0)
-            Py_RETURN_NONE;
-    }
     PyObject *outer = PyObject_GetIter(groups);
     if (outer == NULL)
         return NULL;
@@ -473,27 +488,7 @@ static int
 str_or_null(PyObject *v, item *it)
 {
     /* JSON_STR's bytes: null, or a plain string (classify's rule); 0 when not plain */
-    if (v == Py_None) {
-        it->kind = K_NULL;
-        it->n = 4;
-        return 1;
-    }
-    return PyUnicode_CheckExact(v) && classify(v, it);
-}
-
-static int
-exact_int(PyObject *v, long long *out)
-{
-    /* an exact int within 64 bits signed */
-    if (!PyLong_CheckExact(v))
-        return 0;
-    int overflow = 0;
-    *out = PyLong_AsLongLongAndOverflow(v, &overflow);
-    if (overflow || (*out == -1 && PyErr_Occurred())) {
-        PyErr_Clear();
-        return 0;
-    }
-    return 1;
+    return (v == Py_None || PyUnicode_CheckExact(v)) && classify(v, it);
 }
 
 static char *

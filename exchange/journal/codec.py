@@ -51,10 +51,11 @@ def _make_line_encoder(cls) -> Callable:
     return ns["enc"]
 
 
-try:  # the same encoder in C (_hotpath.c), built with the package where a compiler is
-    from .._hotpath import append_line as _c_append_line, register as _c_register
+try:  # the same encoder in C (_hotpath.c: append_line, used by its Submitter), built with
+    # the package where a compiler is; it takes the classes registered here
+    from .._hotpath import register as _c_register
 except ImportError:  # pragma: no cover - an install without the extension
-    _c_append_line = _c_register = None
+    _c_register = None
 
 
 class _LineEncoders(dict):
@@ -68,19 +69,8 @@ class _LineEncoders(dict):
 LINE_ENCODERS = _LineEncoders()  # class -> fn(cmd) -> payload + b"\n"
 
 
-def _py_append_line(buf: bytearray, cmd) -> bool:
-    buf += LINE_ENCODERS[cmd.__class__](cmd)
-    return True
-
-
-#: ``append_line(buf, cmd) -> bool``: append ``payload_line(cmd)`` to the bytearray ``buf``
-#: and return True, or return False with ``buf`` untouched - then the caller appends
-#: ``LINE_ENCODERS[cmd.__class__](cmd)`` itself (the runner inlines that on the submit path).
-#: The C version takes plain values (str, int, bool, None) of a class seen once by
-#: ``LINE_ENCODERS`` and leaves the rest to orjson; its output is byte for byte orjson's
-#: (tests/test_journal_hotpath.py). ``C_ENCODER`` says which one this process has.
-append_line = _c_append_line if _c_append_line is not None else _py_append_line
-C_ENCODER = _c_append_line is not None
+#: whether the C encoder (byte for byte this module's, tests/test_journal_hotpath.py) is built
+C_ENCODER = _c_register is not None
 
 
 def payload_line(cmd) -> bytes:
@@ -193,5 +183,5 @@ def is_payload(obj) -> bool:
     return isinstance(obj, dict) and "type" in obj
 
 
-__all__ = ["payload_line", "append_line", "payload_bytes", "dict_payload", "decode_payload",
+__all__ = ["payload_line", "payload_bytes", "dict_payload", "decode_payload",
            "payload_dict", "is_payload"]

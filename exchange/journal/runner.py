@@ -46,7 +46,7 @@ from ..core.book import Order
 from ..core.commands import SnapshotMarker
 from ..core.exchange import SequenceError
 from .base import Frames, Journal, JournalCorruptError, JournalError, widen_pipe
-from .codec import append_line as _append_line, decode_payload, payload_line
+from .codec import decode_payload, payload_line
 
 try:  # the submit path in C (_hotpath.c), built with the package where a compiler is
     from .._hotpath import Submitter as _CSubmitter, rows_json as _rows_json
@@ -133,8 +133,7 @@ class _PySubmitter:
         # sees it, and the journal holds the command as submitted
         lines = self.lines
         before = len(lines)
-        if not _append_line(lines, cmd):
-            lines += self.fallback_line(cmd)
+        lines += self.fallback_line(cmd)  # the orjson encoder: this is the reference path
         try:
             try:
                 result = self.apply(cmd)
