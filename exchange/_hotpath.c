@@ -931,6 +931,8 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+int corepath_init(PyObject *m); /* _corepath.c: CorePath, the core's order path */
+
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_hotpath",
     "The hot paths in C: the journal's record encoder and Submitter, the snapshot's orders, "
@@ -962,6 +964,8 @@ PyInit__hotpath(void)
         goto fail;
     if (PyType_Ready(&SubmitterType) < 0 ||
         PyModule_AddObjectRef(m, "Submitter", (PyObject *)&SubmitterType) < 0)
+        goto fail;
+    if (corepath_init(m) < 0)
         goto fail;
     return m;
 fail:

@@ -82,6 +82,33 @@ def _check_fast_construction() -> None:
 _check_fast_construction()
 
 
+def _core_path():
+    """The compiled order path (exchange._hotpath.CorePath), told the classes and constants
+    it works with; None where the extension is not built."""
+    try:
+        from exchange import _hotpath
+    except ImportError:
+        return None
+    from . import book
+    _hotpath.core_setup({
+        "Account": Account, "Holding": Holding, "Instrument": Instrument,
+        "SegmentRules": SegmentRules, "OrderBook": OrderBook, "Order": Order,
+        "ExecutionReport": ExecutionReport, "Trade": Trade, "BookUpdate": BookUpdate,
+        "PlaceOrder": PlaceOrder, "CancelOrder": CancelOrder, "Level": Level,
+        "BUY": BUY, "SELL": SELL, "GTC": GTC, "DAY": DAY, "LIMIT": LIMIT, "ST_NEW": ST_NEW,
+        "ST_PARTIAL": ST_PARTIAL, "ST_FILLED": ST_FILLED, "ST_CANCELED": ST_CANCELED,
+        "EXEC_NEW": EXEC_NEW, "EXEC_TRADE": EXEC_TRADE, "EXEC_CANCELED": EXEC_CANCELED,
+        "MAKER": "maker", "TAKER": "taker", "CANCELED_BY_CLIENT": "CANCELED_BY_CLIENT",
+        "SELF_TRADE_PREVENTED": E.SELF_TRADE_PREVENTED,
+        "STP_CANCEL_RESTING": book.STP_CANCEL_RESTING,
+        "STP_CANCEL_INCOMING": book.STP_CANCEL_INCOMING, "STP_CANCEL_BOTH": book.STP_CANCEL_BOTH,
+        "ACCESS_ALL": "all", "LOT_SUB_QUOTA": LOT_SUB_QUOTA, "LOT_PURCHASE": LOT_PURCHASE,
+        "EXCHANGE_ACCOUNT": EXCHANGE_ACCOUNT, "take_units": take_units,
+        "SequenceError": SequenceError, "Reject": E.Reject,
+    })
+    return _hotpath.CorePath
+
+
 @command("add_segment")
 class AddSegment(Command):
     """Define a segment's rules. ``name`` is ``main``, ``sme`` or ``chain`` (the template every
@@ -214,12 +241,16 @@ class SequenceError(Exception):
     """A command arrived out of sequence: a sequencer bug, not a business reject."""
 
 
+_CorePath = _core_path()
+
+
 class Exchange:
     """The whole market state and the rules that change it."""
 
     DEFAULT_BAND_BPS = 1000
 
-    def __init__(self, modules: tuple = (), emit_book_updates: bool = True):
+    def __init__(self, modules: tuple = (), emit_book_updates: bool = True,
+                 accelerate: bool = True):
         self.last_seq = 0
         self.now = 0
         self.day = 0
@@ -257,6 +288,17 @@ class Exchange:
             self.modules[mod.name] = mod
             self._handlers.update(mod.handlers())
         self._eod_hooks: list[Callable[[], list]] = []
+        # The order path in C (exchange/_corepath.c, ADR 0007): apply, _place and _cancel
+        # done step for step on these same objects, handing everything unusual back to the
+        # methods below, which stay the reference. Only where nothing has replaced them.
+        self.accelerated = False
+        if (accelerate and _CorePath is not None and self._handlers[PlaceOrder] == self._place
+                and self._handlers[CancelOrder] == self._cancel):
+            fast = _CorePath(self)
+            self._handlers[PlaceOrder] = fast.place
+            self._handlers[CancelOrder] = fast.cancel
+            self.apply = fast.apply  # the instance attribute shadows Exchange.apply
+            self.accelerated = True
 
     # ================================================================== entry point
     def apply(self, cmd) -> list:
@@ -267,14 +309,20 @@ class Exchange:
         self.now = cmd.ts
         handler = self._handlers.get(type(cmd))
         if handler is None:
-            return [CommandRejected(getattr(cmd, "TYPE", "?"), E.UNKNOWN_COMMAND,
-                                    "unknown command")]
+            return self._unknown_command(cmd)
         try:
             return handler(cmd)
         except E.Reject as r:
-            if isinstance(cmd, PlaceOrder):
-                return [self._reject_er(cmd, r.code, r.message)]
-            return [CommandRejected(cmd.TYPE, r.code, r.message)]
+            return self._rejected(cmd, r)
+
+    def _unknown_command(self, cmd) -> list:
+        return [CommandRejected(getattr(cmd, "TYPE", "?"), E.UNKNOWN_COMMAND, "unknown command")]
+
+    def _rejected(self, cmd, r: E.Reject) -> list:
+        """The events of a command a handler refused (raised ``r`` before changing state)."""
+        if isinstance(cmd, PlaceOrder):
+            return [self._reject_er(cmd, r.code, r.message)]
+        return [CommandRejected(cmd.TYPE, r.code, r.message)]
 
     # ================================================================== helpers
     def account(self, firm_id: str) -> Account:

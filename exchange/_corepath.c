@@ -1,0 +1,1754 @@
+/* exchange._hotpath.CorePath: the core's order path in C (ADR 0007, "The order path in C").
+ *
+ * Exchange.apply, Exchange._place and Exchange._cancel (exchange/core/exchange.py) are the
+ * reference implementation; this file does the same, step for step, on the same Python
+ * objects (the Exchange's dicts, the sortedcontainers books, the slotted Order, Account,
+ * ExecutionReport, ... classes), so the state, the events and state_hash are identical
+ * whichever path ran. Exchange(accelerate=True) installs it when this extension is built;
+ * tests/test_core_accelerated.py compares the two command by command.
+ *
+ * What it takes, and what it leaves to Python:
+ *   apply(cmd)    the sequence check, the dispatch and the reject events, for every command;
+ *                 handlers other than place/cancel are called as they are.
+ *   place(cmd)    a limit GTC or DAY order (post-only included) that passes every check, in a
+ *                 segment open to all, resting or crossing: matching, self-trade prevention,
+ *                 settlement of each fill, the trade listeners. Everything else - market, IOC
+ *                 and FOK orders, every reject, restricted segments, prices or quantities of
+ *                 2**31 or more, a value of an unexpected type - goes to Exchange._place
+ *                 before anything has changed. Rare steps inside a fill (units from a
+ *                 sub-quota lot or from several lots, self-trade cancels) call the same Python
+ *                 helpers the reference calls.
+ *   cancel(cmd)   a cancel of a live order; anything else goes to Exchange._cancel.
+ *
+ * The checks run in the reference's order and decide only "take it or hand it over"; the
+ * reference then decides the reject. So every reject code and message comes from Python.
+ *
+ * Numbers: the checks read Python ints as int64 and hand anything else to Python. Inside a
+ * fill, amounts are computed in 128 bits from int64 inputs and stored back as Python ints;
+ * a balance that does not fit int64 is updated with Python's own arithmetic.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+/* ------------------------------------------------------------------ classes and slots */
+
+typedef struct {
+    PyTypeObject *type;
+    int n;
+    const char *const *names;
+    Py_ssize_t *off;
+} cls_t;
+
+#define SLOT(o, off) (*(PyObject **)((char *)(o) + (off)))
+
+enum { A_FIRM, A_STP, A_CAN_TRADE, A_SYSTEM, A_CASH, A_CASH_RES, A_HOLDINGS, A_ORDERS,
+       A_COIDS, A_N };
+static const char *const acct_names[A_N] = {"firm_id", "stp_policy", "can_trade", "system",
+                                            "cash", "cash_reserved", "holdings", "orders",
+                                            "coids"};
+enum { H_TOTAL, H_RESERVED, H_LOTS, H_N };
+static const char *const hold_names[H_N] = {"total", "reserved", "lots"};
+enum { I_SYMBOL, I_BAND_LO, I_BAND_HI, I_HALTED, I_DAY_OPEN, I_DAY_HIGH, I_DAY_LOW, I_LAST,
+       I_DAY_VOLUME, I_DAY_NOTIONAL, I_DAY_TRADES, I_N };
+static const char *const instr_names[I_N] = {"symbol", "band_lo", "band_hi", "halted",
+                                             "day_open", "day_high", "day_low", "last",
+                                             "day_volume", "day_notional", "day_trades"};
+enum { R_TICK, R_LOT, R_MAX_QTY, R_FEE_BPS, R_ACCESS, R_N };
+static const char *const rules_names[R_N] = {"tick", "lot", "max_order_qty", "fee_bps",
+                                             "access"};
+enum { B_INSTRUMENT, B_SEGMENT, B_BIDS, B_ASKS, B_ORDERS, B_CHANGES, B_SEQ, B_N };
+static const char *const book_names[B_N] = {"instrument", "segment", "bids", "asks", "orders",
+                                            "changes", "seq"};
+enum { O_ID, O_ACCOUNT, O_COID, O_INSTRUMENT, O_SEGMENT, O_SIDE, O_PRICE, O_QTY, O_LEAVES,
+       O_CUM, O_TIF, O_POST_ONLY, O_RESERVED, O_STATUS, O_SEQ, O_N };
+static const char *const order_names[O_N] = {
+    "order_id", "account", "client_order_id", "instrument", "segment", "side", "price", "qty",
+    "leaves", "cum_qty", "tif", "post_only", "reserved", "status", "seq"};
+enum { E_ACCOUNT, E_ORDER_ID, E_COID, E_INSTRUMENT, E_SEGMENT, E_SIDE, E_EXEC_TYPE, E_STATUS,
+       E_PRICE, E_QTY, E_LAST_QTY, E_LAST_PX, E_CUM, E_LEAVES, E_REASON, E_TRADE_ID, E_FEE,
+       E_LIQUIDITY, E_TS, E_N };
+static const char *const er_names[E_N] = {
+    "account", "order_id", "client_order_id", "instrument", "segment", "side", "exec_type",
+    "order_status", "price", "qty", "last_qty", "last_px", "cum_qty", "leaves_qty", "reason",
+    "trade_id", "fee", "liquidity", "ts"};
+enum { T_ID, T_INSTRUMENT, T_SEGMENT, T_PRICE, T_QTY, T_BUYER, T_SELLER, T_BUY_OID,
+       T_SELL_OID, T_AGGRESSOR, T_BUYER_FEE, T_SELLER_FEE, T_SPLIT, T_TS, T_N };
+static const char *const trade_names[T_N] = {
+    "trade_id", "instrument", "segment", "price", "qty", "buyer", "seller", "buy_order_id",
+    "sell_order_id", "aggressor", "buyer_fee", "seller_fee", "proceeds_split", "ts"};
+enum { U_INSTRUMENT, U_SEGMENT, U_BOOK_SEQ, U_CHANGES, U_N };
+static const char *const bu_names[U_N] = {"instrument", "segment", "book_seq", "changes"};
+enum { P_ACCOUNT, P_INSTRUMENT, P_SEGMENT, P_SIDE, P_QTY, P_PRICE, P_TYPE, P_TIF, P_POST_ONLY,
+       P_COID, P_SEQ, P_TS, P_N };
+static const char *const place_names[P_N] = {
+    "account", "instrument", "segment", "side", "qty", "price", "order_type", "tif",
+    "post_only", "client_order_id", "seq", "ts"};
+enum { C_ACCOUNT, C_ORDER_ID, C_COID, C_SEQ, C_TS, C_N };
+static const char *const cancel_names[C_N] = {"account", "order_id", "client_order_id", "seq",
+                                              "ts"};
+enum { L_QTY, L_N };
+static const char *const level_names[L_N] = {"qty"};
+
+static Py_ssize_t acct_off[A_N], hold_off[H_N], instr_off[I_N], rules_off[R_N], book_off[B_N],
+    order_off[O_N], er_off[E_N], trade_off[T_N], bu_off[U_N], place_off[P_N],
+    cancel_off[C_N], level_off[L_N];
+
+enum { K_ACCOUNT, K_HOLDING, K_INSTRUMENT, K_RULES, K_BOOK, K_ORDER, K_ER, K_TRADE, K_BU,
+       K_PLACE, K_CANCEL, K_LEVEL, K_N };
+static cls_t classes[K_N] = {
+    {NULL, A_N, acct_names, acct_off},     {NULL, H_N, hold_names, hold_off},
+    {NULL, I_N, instr_names, instr_off},   {NULL, R_N, rules_names, rules_off},
+    {NULL, B_N, book_names, book_off},     {NULL, O_N, order_names, order_off},
+    {NULL, E_N, er_names, er_off},         {NULL, T_N, trade_names, trade_off},
+    {NULL, U_N, bu_names, bu_off},         {NULL, P_N, place_names, place_off},
+    {NULL, C_N, cancel_names, cancel_off}, {NULL, L_N, level_names, level_off},
+};
+/* the configuration keys of the classes, in the order of K_* */
+static const char *const class_keys[K_N] = {
+    "Account", "Holding", "Instrument", "SegmentRules", "OrderBook", "Order",
+    "ExecutionReport", "Trade", "BookUpdate", "PlaceOrder", "CancelOrder", "Level"};
+
+#define TYPE(k) (classes[k].type)
+
+/* ------------------------------------------------------------------ constants */
+
+/* strings and objects taken from the Python modules, so that what is stored is what the
+ * reference stores */
+enum { S_BUY, S_SELL, S_GTC, S_DAY, S_LIMIT, S_ST_NEW, S_ST_PARTIAL, S_ST_FILLED,
+       S_ST_CANCELED, S_EXEC_NEW, S_EXEC_TRADE, S_EXEC_CANCELED, S_MAKER, S_TAKER,
+       S_CANCELED_BY_CLIENT, S_SELF_TRADE_PREVENTED, S_STP_RESTING, S_STP_INCOMING,
+       S_STP_BOTH, S_ACCESS_ALL, S_LOT_SUB_QUOTA, S_LOT_PURCHASE, S_EXCHANGE_ACCOUNT,
+       S_TAKE_UNITS, S_SEQUENCE_ERROR, S_REJECT, S_N };
+static const char *const const_keys[S_N] = {
+    "BUY", "SELL", "GTC", "DAY", "LIMIT", "ST_NEW", "ST_PARTIAL", "ST_FILLED", "ST_CANCELED",
+    "EXEC_NEW", "EXEC_TRADE", "EXEC_CANCELED", "MAKER", "TAKER", "CANCELED_BY_CLIENT",
+    "SELF_TRADE_PREVENTED", "STP_CANCEL_RESTING", "STP_CANCEL_INCOMING", "STP_CANCEL_BOTH",
+    "ACCESS_ALL", "LOT_SUB_QUOTA", "LOT_PURCHASE", "EXCHANGE_ACCOUNT", "take_units",
+    "SequenceError", "Reject"};
+static PyObject *K[S_N];
+static int configured;
+
+/* names looked up in the Exchange's __dict__ and on sortedcontainers objects */
+enum { D_LAST_SEQ, D_NOW, D_ACCOUNTS, D_INSTRUMENTS, D_BOOKS, D_HALTED_BOOKS,
+       D_MARKET_HALTED, D_RULES, D_NEXT_ORDER_ID, D_NEXT_TRADE_ID, D_EMIT_BOOK_UPDATES,
+       D_TRADE_LISTENERS, D_HANDLERS, N_LIST, N_LISTS, N_MAXES, N_LEN, N_INDEX, N_LOAD,
+       N_PLACE, N_CANCEL, N_REJECTED, N_UNKNOWN, N_RELEASE, N_FORGET, N_ER, N_SPLIT,
+       N_STARTSWITH, N_TYPE, N_N };
+static const char *const name_strs[N_N] = {
+    "last_seq", "now", "accounts", "instruments", "books", "halted_books", "market_halted",
+    "_rules", "next_order_id", "next_trade_id", "emit_book_updates", "trade_listeners",
+    "_handlers", "_list", "_lists", "_maxes", "_len", "_index", "_load", "_place", "_cancel",
+    "_rejected", "_unknown_command", "_release", "_forget", "_er", "_split_proceeds",
+    "startswith", "TYPE"};
+static PyObject *N[N_N];
+static PyObject *zero; /* the int 0 */
+
+#define I31 (1LL << 31)
+
+/* ------------------------------------------------------------------ small helpers */
+
+static inline int
+rd64(PyObject *v, long long *out)
+{
+    /* v as int64: 0, or -1 (no error set) when v is not an exact int that fits */
+    if (v == NULL || !PyLong_CheckExact(v))
+        return -1;
+    int ovf;
+    long long x = PyLong_AsLongLongAndOverflow(v, &ovf);
+    if (ovf)
+        return -1;
+    *out = x;
+    return 0;
+}
+
+static PyObject *
+from128(__int128 v)
+{
+    if (v >= LLONG_MIN && v <= LLONG_MAX)
+        return PyLong_FromLongLong((long long)v);
+    unsigned char b[16];
+    for (int i = 0; i < 16; i++)
+        b[i] = (unsigned char)((unsigned __int128)v >> (8 * i));
+    return _PyLong_FromByteArray(b, 16, 1, 1);
+}
+
+static int
+rd128(PyObject *v, __int128 *out)
+{
+    /* an int of up to 128 bits; -1 with an error set otherwise */
+    long long x;
+    if (rd64(v, &x) == 0) {
+        *out = x;
+        return 0;
+    }
+    if (!PyLong_Check(v)) {
+        PyErr_SetString(PyExc_TypeError, "CorePath: an amount is not an int");
+        return -1;
+    }
+    unsigned char b[16];
+    if (_PyLong_AsByteArray((PyLongObject *)v, b, 16, 1, 1) < 0)
+        return -1;
+    unsigned __int128 u = 0;
+    for (int i = 15; i >= 0; i--)
+        u = (u << 8) | b[i];
+    *out = (__int128)u;
+    return 0;
+}
+
+static inline void
+set_slot(PyObject *o, Py_ssize_t off, PyObject *v)
+{
+    /* store v (a new reference, stolen) in o's slot */
+    PyObject *old = SLOT(o, off);
+    SLOT(o, off) = v;
+    Py_XDECREF(old);
+}
+
+static inline void
+set_ref(PyObject *o, Py_ssize_t off, PyObject *v)
+{
+    Py_INCREF(v);
+    set_slot(o, off, v);
+}
+
+static int
+set_i(PyObject *o, Py_ssize_t off, __int128 v)
+{
+    PyObject *x = from128(v);
+    if (x == NULL)
+        return -1;
+    set_slot(o, off, x);
+    return 0;
+}
+
+static int
+slot_add(PyObject *o, Py_ssize_t off, __int128 delta)
+{
+    /* o.<slot> += delta, for an int of any size */
+    PyObject *cur = SLOT(o, off);
+    long long x;
+    if (rd64(cur, &x) == 0)
+        return set_i(o, off, (__int128)x + delta);
+    if (cur == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "CorePath: slot not set");
+        return -1;
+    }
+    PyObject *d = from128(delta);
+    if (d == NULL)
+        return -1;
+    PyObject *r = PyNumber_Add(cur, d);
+    Py_DECREF(d);
+    if (r == NULL)
+        return -1;
+    set_slot(o, off, r);
+    return 0;
+}
+
+static inline int
+is_str(PyObject *v, PyObject *k)
+{
+    /* v == k for the str constant k (v may be an equal str that is not the same object) */
+    if (v == k)
+        return 1;
+    return PyUnicode_CheckExact(v) && PyUnicode_GET_LENGTH(v) == PyUnicode_GET_LENGTH(k) &&
+           PyUnicode_Compare(v, k) == 0;
+}
+
+static inline int
+is_str_noerr(PyObject *v, PyObject *k)
+{
+    int r = is_str(v, k);
+    if (PyErr_Occurred())
+        PyErr_Clear();
+    return r;
+}
+
+static PyObject *
+alloc(int k)
+{
+    PyTypeObject *t = TYPE(k);
+    return t->tp_alloc(t, 0);
+}
+
+static int
+list_append_new(PyObject *list, PyObject *item)
+{
+    /* append item (a new reference, stolen) */
+    if (item == NULL)
+        return -1;
+    int r = PyList_Append(list, item);
+    Py_DECREF(item);
+    return r;
+}
+
+static PyObject *
+new_er(PyObject *account, PyObject *oid, PyObject *coid, PyObject *instrument,
+       PyObject *segment, PyObject *side, PyObject *exec_type, PyObject *status,
+       PyObject *price, PyObject *qty, PyObject *last_qty, PyObject *last_px, PyObject *cum,
+       PyObject *leaves, PyObject *reason, PyObject *trade_id, PyObject *fee,
+       PyObject *liquidity, PyObject *ts)
+{
+    /* ExecutionReport(...) built as the reference builds it (object.__new__ + slot stores);
+     * borrowed arguments */
+    PyObject *er = alloc(K_ER);
+    if (er == NULL)
+        return NULL;
+    PyObject *v[E_N] = {account, oid, coid, instrument, segment, side, exec_type, status,
+                        price, qty, last_qty, last_px, cum, leaves, reason, trade_id, fee,
+                        liquidity, ts};
+    for (int i = 0; i < E_N; i++) {
+        Py_INCREF(v[i]);
+        SLOT(er, er_off[i]) = v[i];
+    }
+    return er;
+}
+
+static PyObject *
+new_bu(PyObject *instrument, PyObject *segment, PyObject *seq, PyObject *changes)
+{
+    /* BookUpdate: borrowed arguments except changes (stolen) */
+    PyObject *bu = alloc(K_BU);
+    if (bu == NULL) {
+        Py_DECREF(changes);
+        return NULL;
+    }
+    Py_INCREF(instrument);
+    SLOT(bu, bu_off[U_INSTRUMENT]) = instrument;
+    Py_INCREF(segment);
+    SLOT(bu, bu_off[U_SEGMENT]) = segment;
+    Py_INCREF(seq);
+    SLOT(bu, bu_off[U_BOOK_SEQ]) = seq;
+    SLOT(bu, bu_off[U_CHANGES]) = changes;
+    return bu;
+}
+
+static PyObject *
+change(PyObject *side, PyObject *price, long long lq)
+{
+    PyObject *q = PyLong_FromLongLong(lq);
+    if (q == NULL)
+        return NULL;
+    PyObject *t = PyTuple_Pack(3, side, price, q);
+    Py_DECREF(q);
+    return t;
+}
+
+static int
+emit_book_update(PyObject *d, PyObject *book, PyObject *last_change, PyObject *events)
+{
+    /* the reference's tail of _place/_cancel: pending L2 changes (plus last_change, a new
+     * reference or NULL, stolen) become one BookUpdate when book updates are on, and the
+     * book's change list is cleared either way */
+    PyObject *changes = SLOT(book, book_off[B_CHANGES]);
+    int r = -1;
+    if (last_change != NULL && PyList_Append(changes, last_change) < 0)
+        goto done;
+    PyObject *emit = PyDict_GetItemWithError(d, N[D_EMIT_BOOK_UPDATES]);
+    if (emit == NULL && PyErr_Occurred())
+        goto done;
+    int on = emit == NULL ? 0 : PyObject_IsTrue(emit);
+    if (on < 0)
+        goto done;
+    if (on && PyList_GET_SIZE(changes)) {
+        long long bseq;
+        if (rd64(SLOT(book, book_off[B_SEQ]), &bseq) < 0) {
+            PyErr_SetString(PyExc_TypeError, "CorePath: book.seq is not an int");
+            goto done;
+        }
+        PyObject *s = PyLong_FromLongLong(bseq + 1);
+        if (s == NULL)
+            goto done;
+        set_slot(book, book_off[B_SEQ], s);
+        PyObject *tup = PyList_AsTuple(changes);
+        if (tup == NULL)
+            goto done;
+        if (list_append_new(events, new_bu(SLOT(book, book_off[B_INSTRUMENT]),
+                                           SLOT(book, book_off[B_SEGMENT]), s, tup)) < 0)
+            goto done;
+    }
+    r = PyList_SetSlice(changes, 0, PY_SSIZE_T_MAX, NULL);
+done:
+    Py_XDECREF(last_change);
+    return r;
+}
+
+/* ------------------------------------------------------------------ sortedcontainers */
+
+/* A book side is a SortedDict: a dict (key -> Level) plus a SortedList of its keys in
+ * _list._lists. These mirror book.first_key, open_level and close_first_level: the same
+ * guarded fast path on the single-sublist case, the public API otherwise. */
+
+static PyObject *
+first_sublist(PyObject *side_map, PyObject **sl_out)
+{
+    /* borrowed: the first sublist of keys (non-empty side); *sl_out: the SortedList (new) */
+    PyObject *sl = PyObject_GetAttr(side_map, N[N_LIST]);
+    if (sl == NULL)
+        return NULL;
+    PyObject *lists = PyObject_GetAttr(sl, N[N_LISTS]);
+    if (lists == NULL) {
+        Py_DECREF(sl);
+        return NULL;
+    }
+    if (!PyList_CheckExact(lists) || PyList_GET_SIZE(lists) == 0) {
+        Py_DECREF(lists);
+        Py_DECREF(sl);
+        PyErr_SetString(PyExc_TypeError, "CorePath: unexpected SortedList layout");
+        return NULL;
+    }
+    PyObject *first = PyList_GET_ITEM(lists, 0);
+    Py_DECREF(lists); /* the SortedList keeps it alive */
+    *sl_out = sl;
+    return first;
+}
+
+static int
+best_key(PyObject *side_map, PyObject **key)
+{
+    /* 1: *key (borrowed) is the smallest key; 0: the side is empty; -1: error */
+    if (PyDict_GET_SIZE(side_map) == 0)
+        return 0;
+    PyObject *sl;
+    PyObject *first = first_sublist(side_map, &sl);
+    if (first == NULL)
+        return -1;
+    Py_DECREF(sl);
+    if (!PyList_CheckExact(first) || PyList_GET_SIZE(first) == 0) {
+        PyErr_SetString(PyExc_TypeError, "CorePath: unexpected SortedList layout");
+        return -1;
+    }
+    *key = PyList_GET_ITEM(first, 0);
+    return 1;
+}
+
+static int
+sl_fast(PyObject *sl, PyObject **first, Py_ssize_t *load)
+{
+    /* 1 when the SortedList is one sublist with no positional index (the fast path's guard);
+     * *first borrowed */
+    PyObject *lists = PyObject_GetAttr(sl, N[N_LISTS]);
+    if (lists == NULL)
+        return -1;
+    int ok = PyList_CheckExact(lists) && PyList_GET_SIZE(lists) == 1;
+    if (ok) {
+        *first = PyList_GET_ITEM(lists, 0);
+        ok = PyList_CheckExact(*first);
+    }
+    Py_DECREF(lists);
+    if (!ok)
+        return 0;
+    PyObject *index = PyObject_GetAttr(sl, N[N_INDEX]);
+    if (index == NULL)
+        return -1;
+    int has_index = PyObject_IsTrue(index);
+    Py_DECREF(index);
+    if (has_index)
+        return has_index < 0 ? -1 : 0;
+    PyObject *lo = PyObject_GetAttr(sl, N[N_LOAD]);
+    if (lo == NULL)
+        return -1;
+    *load = PyLong_AsSsize_t(lo);
+    Py_DECREF(lo);
+    if (*load == -1 && PyErr_Occurred())
+        return -1;
+    return 1;
+}
+
+static int
+sl_len_add(PyObject *sl, long long delta)
+{
+    PyObject *n = PyObject_GetAttr(sl, N[N_LEN]);
+    if (n == NULL)
+        return -1;
+    long long x;
+    int bad = rd64(n, &x);
+    Py_DECREF(n);
+    if (bad) {
+        PyErr_SetString(PyExc_TypeError, "CorePath: SortedList._len is not an int");
+        return -1;
+    }
+    PyObject *v = PyLong_FromLongLong(x + delta);
+    if (v == NULL)
+        return -1;
+    int r = PyObject_SetAttr(sl, N[N_LEN], v);
+    Py_DECREF(v);
+    return r;
+}
+
+static int
+open_level(PyObject *side_map, PyObject *k, long long kv, PyObject *level)
+{
+    /* book.open_level(side_map, k, level) */
+    PyObject *sl = PyObject_GetAttr(side_map, N[N_LIST]);
+    if (sl == NULL)
+        return -1;
+    PyObject *first = NULL;
+    Py_ssize_t load = 0;
+    int r = sl_fast(sl, &first, &load);
+    if (r > 0 && PyList_GET_SIZE(first) < (load << 1)) {
+        /* insort(first, k): the keys are exact ints (int64, checked by the caller for k) */
+        Py_ssize_t lo = 0, hi = PyList_GET_SIZE(first);
+        while (lo < hi) {
+            Py_ssize_t mid = (lo + hi) / 2;
+            long long m;
+            if (rd64(PyList_GET_ITEM(first, mid), &m) < 0) {
+                int lt = PyObject_RichCompareBool(k, PyList_GET_ITEM(first, mid), Py_LT);
+                if (lt < 0)
+                    goto fail;
+                if (lt)
+                    hi = mid;
+                else
+                    lo = mid + 1;
+                continue;
+            }
+            if (kv < m)
+                hi = mid;
+            else
+                lo = mid + 1;
+        }
+        if (PyList_Insert(first, lo, k) < 0)
+            goto fail;
+        PyObject *maxes = PyObject_GetAttr(sl, N[N_MAXES]);
+        if (maxes == NULL)
+            goto fail;
+        PyObject *last = PyList_GET_ITEM(first, PyList_GET_SIZE(first) - 1);
+        Py_INCREF(last);
+        int e = PyList_Check(maxes) && PyList_GET_SIZE(maxes) >= 1
+                    ? PyList_SetItem(maxes, 0, last)
+                    : (Py_DECREF(last), PyObject_SetItem(maxes, zero, last));
+        Py_DECREF(maxes);
+        if (e < 0 || sl_len_add(sl, 1) < 0 || PyDict_SetItem(side_map, k, level) < 0)
+            goto fail;
+        Py_DECREF(sl);
+        return 0;
+    }
+    Py_DECREF(sl);
+    if (r < 0)
+        return -1;
+    return PyObject_SetItem(side_map, k, level);
+fail:
+    Py_DECREF(sl);
+    return -1;
+}
+
+static int
+close_first_level(PyObject *side_map, PyObject *k)
+{
+    /* book.close_first_level(side_map, k): k is the smallest key */
+    PyObject *sl = PyObject_GetAttr(side_map, N[N_LIST]);
+    if (sl == NULL)
+        return -1;
+    PyObject *first = NULL;
+    Py_ssize_t load = 0;
+    int r = sl_fast(sl, &first, &load);
+    if (r > 0 && PyList_GET_SIZE(first) > 1) {
+        Py_INCREF(k); /* first[0] may hold the only other reference */
+        int e = PyList_SetSlice(first, 0, 1, NULL) < 0 || sl_len_add(sl, -1) < 0 ||
+                PyDict_DelItem(side_map, k) < 0;
+        Py_DECREF(k);
+        Py_DECREF(sl);
+        return e ? -1 : 0;
+    }
+    Py_DECREF(sl);
+    if (r < 0)
+        return -1;
+    return PyObject_DelItem(side_map, k);
+}
+
+static int
+book_rest(PyObject *book, PyObject *o, PyObject *side, PyObject *price, long long pv,
+          long long leaves, PyObject *oid, long long *lq_out)
+{
+    /* OrderBook.add(o) without the L2 change (the caller records it); *lq_out: the level's
+     * new quantity */
+    int buy = side == K[S_BUY] || is_str_noerr(side, K[S_BUY]);
+    PyObject *side_map = SLOT(book, book_off[buy ? B_BIDS : B_ASKS]);
+    long long kv = buy ? -pv : pv;
+    PyObject *k = PyLong_FromLongLong(kv);
+    if (k == NULL)
+        return -1;
+    PyObject *level = PyDict_GetItemWithError(side_map, k);
+    if (level == NULL) {
+        if (PyErr_Occurred())
+            goto fail;
+        level = PyObject_CallNoArgs((PyObject *)TYPE(K_LEVEL));
+        if (level == NULL)
+            goto fail;
+        Py_INCREF(zero);
+        set_slot(level, level_off[L_QTY], zero);
+        int e = open_level(side_map, k, kv, level);
+        Py_DECREF(level); /* the side map holds it */
+        if (e < 0)
+            goto fail;
+    }
+    Py_DECREF(k);
+    if (PyObject_SetItem(level, oid, o) < 0)
+        return -1;
+    long long lq;
+    if (rd64(SLOT(level, level_off[L_QTY]), &lq) < 0) {
+        PyErr_SetString(PyExc_TypeError, "CorePath: level.qty is not an int");
+        return -1;
+    }
+    lq += leaves;
+    PyObject *q = PyLong_FromLongLong(lq);
+    if (q == NULL)
+        return -1;
+    set_slot(level, level_off[L_QTY], q);
+    if (PyDict_SetItem(SLOT(book, book_off[B_ORDERS]), oid, o) < 0)
+        return -1;
+    *lq_out = lq;
+    (void)price;
+    return 0;
+fail:
+    Py_DECREF(k);
+    return -1;
+}
+
+/* ------------------------------------------------------------------ the CorePath object */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *ex; /* the Exchange */
+    PyObject *d;  /* its __dict__ */
+} CorePath;
+
+static PyObject *call_method(CorePath *self, int name, PyObject *a, PyObject *b, PyObject *c)
+{
+    /* ex.<name>(a[, b[, c]]) */
+    return PyObject_CallMethodObjArgs(self->ex, N[name], a, b, c, NULL);
+}
+
+static inline PyObject *
+dget(CorePath *self, int name)
+{
+    /* borrowed; NULL with an error when missing */
+    PyObject *v = PyDict_GetItemWithError(self->d, N[name]);
+    if (v == NULL && !PyErr_Occurred())
+        PyErr_SetObject(PyExc_AttributeError, N[name]);
+    return v;
+}
+
+/* a fill found by the matcher */
+typedef struct {
+    PyObject *maker; /* a reference */
+    long long q, px;
+} fill_t;
+
+typedef struct {
+    fill_t *v;
+    Py_ssize_t n, cap;
+} fills_t;
+
+static int
+fills_push(fills_t *f, PyObject *maker, long long q, long long px)
+{
+    if (f->n == f->cap) {
+        Py_ssize_t cap = f->cap ? f->cap * 2 : 16;
+        fill_t *v = PyMem_Realloc(f->v, cap * sizeof(fill_t));
+        if (v == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        f->v = v;
+        f->cap = cap;
+    }
+    Py_INCREF(maker);
+    f->v[f->n++] = (fill_t){maker, q, px};
+    return 0;
+}
+
+static void
+fills_free(fills_t *f)
+{
+    for (Py_ssize_t i = 0; i < f->n; i++)
+        Py_DECREF(f->v[i].maker);
+    PyMem_Free(f->v);
+}
+
+static PyObject *
+first_order(PyObject *level, PyObject **key)
+{
+    /* the level's first order (borrowed) and its key (borrowed); NULL and no error: empty */
+    PyObject *it = PyObject_GetIter(level);
+    if (it == NULL)
+        return NULL;
+    PyObject *k = PyIter_Next(it);
+    Py_DECREF(it);
+    if (k == NULL)
+        return NULL;
+    PyObject *o = PyDict_GetItemWithError(level, k);
+    Py_DECREF(k); /* the level holds the key */
+    if (o == NULL && !PyErr_Occurred())
+        PyErr_SetString(PyExc_KeyError, "CorePath: level order vanished");
+    *key = k;
+    return o;
+}
+
+static int
+match(PyObject *book, PyObject *o, int taker_buys, long long limit, long long remaining,
+      PyObject *account, PyObject *stp, fills_t *fills, PyObject *stp_cancels, int *killed)
+{
+    /* OrderBook.match(o, limit, stp, fills, stp_cancels), step for step */
+    PyObject *opp = SLOT(book, book_off[taker_buys ? B_ASKS : B_BIDS]);
+    long long klimit = taker_buys ? limit : -limit, sign = taker_buys ? 1 : -1;
+    PyObject *opp_side = K[taker_buys ? S_SELL : S_BUY];
+    PyObject *orders = SLOT(book, book_off[B_ORDERS]);
+    PyObject *changes = SLOT(book, book_off[B_CHANGES]);
+    int incoming = is_str_noerr(stp, K[S_STP_INCOMING]);
+    int both = is_str_noerr(stp, K[S_STP_BOTH]);
+    *killed = 0;
+    while (remaining) {
+        PyObject *k;
+        int r = best_key(opp, &k);
+        if (r <= 0) {
+            if (r < 0)
+                return -1;
+            break;
+        }
+        long long kv;
+        if (rd64(k, &kv) < 0) {
+            PyErr_SetString(PyExc_OverflowError, "CorePath: book key out of range");
+            return -1;
+        }
+        if (kv > klimit)
+            break;
+        Py_INCREF(k);
+        PyObject *level = PyDict_GetItemWithError(opp, k);
+        if (level == NULL) {
+            if (!PyErr_Occurred())
+                PyErr_SetObject(PyExc_KeyError, k);
+            Py_DECREF(k);
+            return -1;
+        }
+        Py_INCREF(level);
+        long long px = kv * sign;
+        PyObject *price = PyLong_FromLongLong(px);
+        long long lq;
+        if (price == NULL || rd64(SLOT(level, level_off[L_QTY]), &lq) < 0)
+            goto fail;
+        for (;;) {
+            PyObject *mkey;
+            PyObject *maker = first_order(level, &mkey);
+            if (maker == NULL) {
+                if (!PyErr_Occurred())
+                    PyErr_SetString(PyExc_KeyError, "CorePath: empty level in the book");
+                goto fail;
+            }
+            Py_INCREF(maker);
+            Py_INCREF(mkey);
+            long long ml;
+            if (Py_TYPE(maker) != TYPE(K_ORDER) ||
+                rd64(SLOT(maker, order_off[O_LEAVES]), &ml) < 0) {
+                PyErr_SetString(PyExc_TypeError, "CorePath: unexpected order in the book");
+                goto fail_m;
+            }
+            int same = PyObject_RichCompareBool(SLOT(maker, order_off[O_ACCOUNT]), account,
+                                                Py_EQ);
+            if (same < 0)
+                goto fail_m;
+            if (same) {
+                if (incoming) {
+                    *killed = 1;
+                    Py_DECREF(maker);
+                    Py_DECREF(mkey);
+                    break;
+                }
+                if (PyObject_DelItem(level, mkey) < 0)
+                    goto fail_m;
+                lq -= ml;
+                if (PyDict_DelItem(orders, SLOT(maker, order_off[O_ID])) < 0 ||
+                    PyList_Append(stp_cancels, maker) < 0)
+                    goto fail_m;
+                if (both)
+                    *killed = 1;
+            }
+            else {
+                long long q;
+                if (ml <= remaining) {
+                    q = ml;
+                    if (PyObject_DelItem(level, mkey) < 0 ||
+                        PyDict_DelItem(orders, SLOT(maker, order_off[O_ID])) < 0)
+                        goto fail_m;
+                }
+                else
+                    q = remaining;
+                if (set_i(maker, order_off[O_LEAVES], ml - q) < 0 ||
+                    slot_add(maker, order_off[O_CUM], q) < 0 ||
+                    fills_push(fills, maker, q, px) < 0)
+                    goto fail_m;
+                lq -= q;
+                remaining -= q;
+            }
+            Py_DECREF(maker);
+            Py_DECREF(mkey);
+            if (PyDict_GET_SIZE(level) == 0) {
+                if (close_first_level(opp, k) < 0)
+                    goto fail;
+                break;
+            }
+            if (!remaining || *killed)
+                break;
+            continue;
+        fail_m:
+            Py_DECREF(maker);
+            Py_DECREF(mkey);
+            goto fail;
+        }
+        if (set_i(level, level_off[L_QTY], lq) < 0 ||
+            list_append_new(changes, change(opp_side, price, lq)) < 0)
+            goto fail;
+        Py_DECREF(price);
+        Py_DECREF(level);
+        Py_DECREF(k);
+        if (*killed)
+            break;
+        continue;
+    fail:
+        Py_XDECREF(price);
+        Py_DECREF(level);
+        Py_DECREF(k);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *
+get_account(PyObject *accounts, PyObject *firm)
+{
+    PyObject *a = PyDict_GetItemWithError(accounts, firm);
+    if (a == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetObject(PyExc_KeyError, firm);
+        return NULL;
+    }
+    if (Py_TYPE(a) != TYPE(K_ACCOUNT)) {
+        PyErr_SetString(PyExc_TypeError, "CorePath: unexpected account object");
+        return NULL;
+    }
+    return a;
+}
+
+static int
+read_i(PyObject *o, Py_ssize_t off, __int128 *v)
+{
+    PyObject *x = SLOT(o, off);
+    if (x == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "CorePath: slot not set");
+        return -1;
+    }
+    return rd128(x, v);
+}
+
+
+static inline __int128
+floordiv10k(__int128 m)
+{
+    return m >= 0 ? m / 10000 : -((-m + 9999) / 10000);
+}
+
+/* the per-command constants of the settlement loop and the day statistics it keeps */
+typedef struct {
+    CorePath *self;
+    PyObject *o, *acct, *accounts, *instr, *symbol, *segment, *taker_side, *now, *listeners,
+        *events;
+    int taker_buys;
+    long long fee_bps;
+    __int128 day_trades, day_high, day_low, day_volume, day_notional, last_px;
+} settle_t;
+
+static int
+order_done(PyObject *ord, PyObject *acct)
+{
+    /* the status after a fill; a filled order leaves its account's live orders */
+    long long leaves;
+    if (rd64(SLOT(ord, order_off[O_LEAVES]), &leaves) < 0) {
+        PyErr_SetString(PyExc_TypeError, "CorePath: leaves is not an int");
+        return -1;
+    }
+    if (leaves) {
+        set_ref(ord, order_off[O_STATUS], K[S_ST_PARTIAL]);
+        return 0;
+    }
+    set_ref(ord, order_off[O_STATUS], K[S_ST_FILLED]);
+    if (PyDict_DelItem(SLOT(acct, acct_off[A_ORDERS]), SLOT(ord, order_off[O_ID])) < 0)
+        return -1;
+    PyObject *coid = SLOT(ord, order_off[O_COID]);
+    if (coid != Py_None && PyDict_DelItem(SLOT(acct, acct_off[A_COIDS]), coid) < 0)
+        return -1;
+    return 0;
+}
+
+static int
+settle_fill(settle_t *s, PyObject *maker, long long q, long long px)
+{
+    /* one iteration of _execute's fill loop */
+    PyObject *o = s->o, *acct = s->acct;
+    PyObject *feeo = NULL, *split = NULL, *qo = NULL, *pxo = NULL, *tid = NULL, *taken = NULL;
+    PyObject *bo, *bacct, *so, *sacct;
+    int r = -1;
+    if (slot_add(o, order_off[O_LEAVES], -q) < 0 || slot_add(o, order_off[O_CUM], q) < 0)
+        goto done;
+    PyObject *macct = get_account(s->accounts, SLOT(maker, order_off[O_ACCOUNT]));
+    if (macct == NULL)
+        goto done;
+    if (s->taker_buys) {
+        bo = o, bacct = acct, so = maker, sacct = macct;
+    }
+    else {
+        bo = maker, bacct = macct, so = o, sacct = acct;
+    }
+    __int128 notional = (__int128)px * q;
+    __int128 fee = floordiv10k(notional * s->fee_bps); /* same rate both sides */
+    /* buyer: pay notional + fee out of the order's reservation */
+    __int128 bl, bres, bprice, new_res = 0;
+    if (read_i(bo, order_off[O_LEAVES], &bl) < 0 || read_i(bo, order_off[O_RESERVED], &bres) < 0)
+        goto done;
+    if (bl) {
+        if (read_i(bo, order_off[O_PRICE], &bprice) < 0)
+            goto done;
+        __int128 n = bprice * bl;
+        new_res = n - floordiv10k(-n * s->fee_bps); /* buy_reserve */
+    }
+    if (slot_add(bacct, acct_off[A_CASH_RES], -(bres - new_res)) < 0 ||
+        set_i(bo, order_off[O_RESERVED], new_res) < 0 ||
+        slot_add(bacct, acct_off[A_CASH], -notional) < 0 ||
+        slot_add(sacct, acct_off[A_CASH], notional) < 0)
+        goto done;
+    if (fee) {
+        PyObject *exch = get_account(s->accounts, K[S_EXCHANGE_ACCOUNT]);
+        if (exch == NULL || slot_add(bacct, acct_off[A_CASH], -fee) < 0 ||
+            slot_add(exch, acct_off[A_CASH], fee) < 0 ||
+            slot_add(sacct, acct_off[A_CASH], -fee) < 0 ||
+            slot_add(exch, acct_off[A_CASH], fee) < 0)
+            goto done;
+    }
+    /* seller: units out of the reservation, FIFO over lots */
+    PyObject *sh = PyDict_GetItemWithError(SLOT(sacct, acct_off[A_HOLDINGS]), s->symbol);
+    if (sh == NULL || Py_TYPE(sh) != TYPE(K_HOLDING)) {
+        if (!PyErr_Occurred())
+            PyErr_SetObject(PyExc_KeyError, s->symbol);
+        goto done;
+    }
+    if (slot_add(sh, hold_off[H_RESERVED], -q) < 0 || slot_add(so, order_off[O_RESERVED], -q) < 0)
+        goto done;
+    PyObject *lots = SLOT(sh, hold_off[H_LOTS]);
+    PyObject *lot_key = NULL, *lv;
+    Py_ssize_t pos = 0;
+    long long have = 0;
+    int fast = 0;
+    if (PyDict_CheckExact(lots) && PyDict_Next(lots, &pos, &lot_key, &lv) &&
+        rd64(lv, &have) == 0 && have > q && PyUnicode_Check(lot_key)) {
+        int sub = PyUnicode_Tailmatch(lot_key, K[S_LOT_SUB_QUOTA], 0, PY_SSIZE_T_MAX, -1);
+        if (sub < 0)
+            goto done;
+        fast = !sub;
+    }
+    if ((qo = PyLong_FromLongLong(q)) == NULL || (split = PyTuple_New(0)) == NULL)
+        goto done;
+    if (fast) {
+        /* take_units' fast path, as inlined in the reference: the oldest lot covers it */
+        PyObject *left = PyLong_FromLongLong(have - q);
+        if (left == NULL)
+            goto done;
+        Py_INCREF(lot_key);
+        int e = slot_add(sh, hold_off[H_TOTAL], -q) < 0 || PyDict_SetItem(lots, lot_key, left) < 0;
+        Py_DECREF(lot_key);
+        Py_DECREF(left);
+        if (e)
+            goto done;
+    }
+    else {
+        taken = PyObject_CallFunctionObjArgs(K[S_TAKE_UNITS], sacct, s->symbol, qo, NULL);
+        if (taken == NULL)
+            goto done;
+        Py_ssize_t nt = PySequence_Size(taken);
+        if (nt < 0)
+            goto done;
+        int need = nt > 1;
+        if (!need) {
+            PyObject *t0 = PySequence_GetItem(taken, 0);
+            PyObject *k0 = t0 ? PySequence_GetItem(t0, 0) : NULL;
+            Py_XDECREF(t0);
+            PyObject *sw = k0 ? PyObject_CallMethodOneArg(k0, N[N_STARTSWITH],
+                                                           K[S_LOT_SUB_QUOTA]) : NULL;
+            Py_XDECREF(k0);
+            if (sw == NULL)
+                goto done;
+            need = PyObject_IsTrue(sw);
+            Py_DECREF(sw);
+            if (need < 0)
+                goto done;
+        }
+        if (need) {
+            PyObject *net = from128(notional - fee);
+            if (net == NULL)
+                goto done;
+            Py_SETREF(split, PyObject_CallMethodObjArgs(s->self->ex, N[N_SPLIT], sacct, taken,
+                                                       qo, net, NULL));
+            Py_DECREF(net);
+            if (split == NULL)
+                goto done;
+        }
+    }
+    /* put_units(bacct, symbol, q, LOT_PURCHASE), as inlined in the reference */
+    PyObject *holdings = SLOT(bacct, acct_off[A_HOLDINGS]);
+    PyObject *bh = PyDict_GetItemWithError(holdings, s->symbol);
+    if (bh == NULL) {
+        if (PyErr_Occurred())
+            goto done;
+        bh = PyObject_CallNoArgs((PyObject *)TYPE(K_HOLDING));
+        if (bh == NULL)
+            goto done;
+        int e = PyDict_SetItem(holdings, s->symbol, bh);
+        Py_DECREF(bh);
+        if (e < 0)
+            goto done;
+    }
+    if (Py_TYPE(bh) != TYPE(K_HOLDING)) {
+        PyErr_SetString(PyExc_TypeError, "CorePath: unexpected holding object");
+        goto done;
+    }
+    if (slot_add(bh, hold_off[H_TOTAL], q) < 0)
+        goto done;
+    PyObject *blots = SLOT(bh, hold_off[H_LOTS]);
+    PyObject *bq = PyDict_GetItemWithError(blots, K[S_LOT_PURCHASE]);
+    if (bq == NULL && PyErr_Occurred())
+        goto done;
+    __int128 bqv = 0;
+    if (bq != NULL && rd128(bq, &bqv) < 0)
+        goto done;
+    PyObject *nb = from128(bqv + q);
+    if (nb == NULL)
+        goto done;
+    int e = PyDict_SetItem(blots, K[S_LOT_PURCHASE], nb);
+    Py_DECREF(nb);
+    if (e < 0)
+        goto done;
+    /* order states and reports */
+    PyObject *tido = dget(s->self, D_NEXT_TRADE_ID);
+    long long tidv;
+    if (tido == NULL || rd64(tido, &tidv) < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "CorePath: next_trade_id is not an int");
+        goto done;
+    }
+    tid = tido;
+    Py_INCREF(tid);
+    PyObject *next = PyLong_FromLongLong(tidv + 1);
+    if (next == NULL)
+        goto done;
+    e = PyDict_SetItem(s->self->d, N[D_NEXT_TRADE_ID], next);
+    Py_DECREF(next);
+    if (e < 0 || order_done(maker, macct) < 0 || order_done(o, acct) < 0)
+        goto done;
+    if ((feeo = from128(fee)) == NULL || (pxo = PyLong_FromLongLong(px)) == NULL)
+        goto done;
+    if (list_append_new(s->events, new_er(
+            SLOT(maker, order_off[O_ACCOUNT]), SLOT(maker, order_off[O_ID]),
+            SLOT(maker, order_off[O_COID]), SLOT(maker, order_off[O_INSTRUMENT]),
+            SLOT(maker, order_off[O_SEGMENT]), SLOT(maker, order_off[O_SIDE]),
+            K[S_EXEC_TRADE], SLOT(maker, order_off[O_STATUS]), SLOT(maker, order_off[O_PRICE]),
+            SLOT(maker, order_off[O_QTY]), qo, pxo, SLOT(maker, order_off[O_CUM]),
+            SLOT(maker, order_off[O_LEAVES]), Py_None, tid, feeo, K[S_MAKER], s->now))
+        < 0)
+        goto done;
+    if (list_append_new(s->events, new_er(
+            SLOT(o, order_off[O_ACCOUNT]), SLOT(o, order_off[O_ID]), SLOT(o, order_off[O_COID]),
+            SLOT(o, order_off[O_INSTRUMENT]), s->segment, s->taker_side, K[S_EXEC_TRADE],
+            SLOT(o, order_off[O_STATUS]), SLOT(o, order_off[O_PRICE]), SLOT(o, order_off[O_QTY]),
+            qo, pxo, SLOT(o, order_off[O_CUM]), SLOT(o, order_off[O_LEAVES]), Py_None, tid,
+            feeo, K[S_TAKER], s->now))
+        < 0)
+        goto done;
+    PyObject *t = alloc(K_TRADE);
+    if (t == NULL)
+        goto done;
+    PyObject *tv[T_N] = {tid, s->symbol, s->segment, pxo, qo, SLOT(bacct, acct_off[A_FIRM]),
+                         SLOT(sacct, acct_off[A_FIRM]), SLOT(bo, order_off[O_ID]),
+                         SLOT(so, order_off[O_ID]), s->taker_side, feeo, feeo, split, s->now};
+    for (int i = 0; i < T_N; i++) {
+        Py_INCREF(tv[i]);
+        SLOT(t, trade_off[i]) = tv[i];
+    }
+    if (PyList_Append(s->events, t) < 0) {
+        Py_DECREF(t);
+        goto done;
+    }
+    Py_ssize_t nl = PyList_GET_SIZE(s->listeners);
+    for (Py_ssize_t i = 0; i < nl && i < PyList_GET_SIZE(s->listeners); i++) {
+        PyObject *fn = PyList_GET_ITEM(s->listeners, i);
+        Py_INCREF(fn);
+        PyObject *res = PyObject_CallOneArg(fn, t);
+        Py_DECREF(fn);
+        if (res == NULL) {
+            Py_DECREF(t);
+            goto done;
+        }
+        Py_DECREF(res);
+    }
+    Py_DECREF(t);
+    /* day statistics */
+    if (!s->day_trades) {
+        set_ref(s->instr, instr_off[I_DAY_OPEN], pxo);
+        s->day_high = s->day_low = px;
+    }
+    else if (px > s->day_high)
+        s->day_high = px;
+    else if (px < s->day_low)
+        s->day_low = px;
+    s->day_trades += 1;
+    s->day_volume += q;
+    s->day_notional += notional;
+    s->last_px = px;
+    r = 0;
+done:
+    Py_XDECREF(feeo);
+    Py_XDECREF(split);
+    Py_XDECREF(qo);
+    Py_XDECREF(pxo);
+    Py_XDECREF(tid);
+    Py_XDECREF(taken);
+    return r;
+}
+
+static int
+execute(CorePath *self, PyObject *o, PyObject *book, PyObject *instr, PyObject *rules,
+        PyObject *acct, PyObject *events, int taker_buys, long long price, long long qty)
+{
+    /* Exchange._execute(o, book, instr, rules, acct, events), step for step */
+    fills_t fills = {NULL, 0, 0};
+    PyObject *stp_cancels = PyList_New(0);
+    PyObject *accounts = dget(self, D_ACCOUNTS);
+    settle_t s = {0};
+    int killed, r = -1;
+    if (stp_cancels == NULL || accounts == NULL)
+        goto done;
+    if (match(book, o, taker_buys, price, qty, SLOT(acct, acct_off[A_FIRM]),
+              SLOT(acct, acct_off[A_STP]), &fills, stp_cancels, &killed) < 0)
+        goto done;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(stp_cancels); i++) {
+        PyObject *maker = PyList_GET_ITEM(stp_cancels, i);
+        PyObject *macct = get_account(accounts, SLOT(maker, order_off[O_ACCOUNT]));
+        if (macct == NULL)
+            goto done;
+        set_ref(maker, order_off[O_STATUS], K[S_ST_CANCELED]);
+        PyObject *x = call_method(self, N_RELEASE, maker, macct, NULL);
+        if (x == NULL)
+            goto done;
+        Py_DECREF(x);
+        if ((x = call_method(self, N_FORGET, maker, macct, NULL)) == NULL)
+            goto done;
+        Py_DECREF(x);
+        if (list_append_new(events, call_method(self, N_ER, maker, K[S_EXEC_CANCELED],
+                                                K[S_SELF_TRADE_PREVENTED])) < 0)
+            goto done;
+    }
+    if (fills.n) {
+        s.self = self;
+        s.o = o;
+        s.acct = acct;
+        s.accounts = accounts;
+        s.instr = instr;
+        s.symbol = SLOT(instr, instr_off[I_SYMBOL]);
+        s.segment = SLOT(o, order_off[O_SEGMENT]);
+        s.taker_side = SLOT(o, order_off[O_SIDE]);
+        s.events = events;
+        s.taker_buys = taker_buys;
+        if (rd64(SLOT(rules, rules_off[R_FEE_BPS]), &s.fee_bps) < 0) {
+            PyErr_SetString(PyExc_TypeError, "CorePath: fee_bps is not an int");
+            goto done;
+        }
+        if ((s.now = dget(self, D_NOW)) == NULL || (s.listeners = dget(self, D_TRADE_LISTENERS))
+            == NULL)
+            goto done;
+        if (!PyList_Check(s.listeners)) {
+            PyErr_SetString(PyExc_TypeError, "CorePath: trade_listeners is not a list");
+            goto done;
+        }
+        Py_INCREF(s.now);
+        Py_INCREF(s.listeners);
+        int ok = read_i(instr, instr_off[I_DAY_TRADES], &s.day_trades) == 0 &&
+                 read_i(instr, instr_off[I_DAY_HIGH], &s.day_high) == 0 &&
+                 read_i(instr, instr_off[I_DAY_LOW], &s.day_low) == 0;
+        for (Py_ssize_t i = 0; ok && i < fills.n; i++)
+            ok = settle_fill(&s, fills.v[i].maker, fills.v[i].q, fills.v[i].px) == 0;
+        if (ok) {
+            __int128 vol, notl;
+            ok = set_i(instr, instr_off[I_DAY_HIGH], s.day_high) == 0 &&
+                 set_i(instr, instr_off[I_DAY_LOW], s.day_low) == 0 &&
+                 set_i(instr, instr_off[I_LAST], s.last_px) == 0 &&
+                 set_i(instr, instr_off[I_DAY_TRADES], s.day_trades) == 0 &&
+                 read_i(instr, instr_off[I_DAY_VOLUME], &vol) == 0 &&
+                 set_i(instr, instr_off[I_DAY_VOLUME], vol + s.day_volume) == 0 &&
+                 read_i(instr, instr_off[I_DAY_NOTIONAL], &notl) == 0 &&
+                 set_i(instr, instr_off[I_DAY_NOTIONAL], notl + s.day_notional) == 0;
+        }
+        Py_DECREF(s.now);
+        Py_DECREF(s.listeners);
+        if (!ok)
+            goto done;
+    }
+    if (killed) {
+        long long leaves;
+        if (rd64(SLOT(o, order_off[O_LEAVES]), &leaves) < 0) {
+            PyErr_SetString(PyExc_TypeError, "CorePath: leaves is not an int");
+            goto done;
+        }
+        if (leaves) {
+            set_ref(o, order_off[O_STATUS], K[S_ST_CANCELED]);
+            PyObject *x = call_method(self, N_RELEASE, o, acct, NULL);
+            if (x == NULL)
+                goto done;
+            Py_DECREF(x);
+            if ((x = call_method(self, N_FORGET, o, acct, NULL)) == NULL)
+                goto done;
+            Py_DECREF(x);
+            if (list_append_new(events, call_method(self, N_ER, o, K[S_EXEC_CANCELED],
+                                                    K[S_SELF_TRADE_PREVENTED])) < 0)
+                goto done;
+        }
+    }
+    r = 0;
+done:
+    fills_free(&fills);
+    Py_XDECREF(stp_cancels);
+    return r;
+}
+
+/* ------------------------------------------------------------------ place, cancel, apply */
+
+static PyObject *
+to_python(CorePath *self, int name, PyObject *cmd)
+{
+    /* hand cmd to the reference handler (nothing has changed yet) */
+    if (PyErr_Occurred())
+        PyErr_Clear();
+    return PyObject_CallMethodOneArg(self->ex, N[name], cmd);
+}
+
+static inline int
+exact_bool(PyObject *v)
+{
+    /* 1 True, 0 False, -1 anything else */
+    return v == Py_True ? 1 : v == Py_False ? 0 : -1;
+}
+
+static PyObject *
+cp_place(CorePath *self, PyObject *cmd)
+{
+    PyObject *key = NULL;
+    if (!configured || Py_TYPE(cmd) != TYPE(K_PLACE))
+        goto python;
+    PyObject *f[P_N];
+    for (int i = 0; i < P_N; i++)
+        if ((f[i] = SLOT(cmd, place_off[i])) == NULL)
+            goto python;
+    /* the checks of Exchange._place, in its order; any doubt hands the command over */
+    PyObject *accounts = dget(self, D_ACCOUNTS);
+    PyObject *acct = accounts ? PyDict_GetItemWithError(accounts, f[P_ACCOUNT]) : NULL;
+    if (acct == NULL || Py_TYPE(acct) != TYPE(K_ACCOUNT) ||
+        SLOT(acct, acct_off[A_SYSTEM]) != Py_False || SLOT(acct, acct_off[A_CAN_TRADE]) != Py_True)
+        goto python;
+    PyObject *symbol = f[P_INSTRUMENT], *segment = f[P_SEGMENT];
+    PyObject *instruments = dget(self, D_INSTRUMENTS);
+    PyObject *instr = instruments ? PyDict_GetItemWithError(instruments, symbol) : NULL;
+    if (instr == NULL || Py_TYPE(instr) != TYPE(K_INSTRUMENT))
+        goto python;
+    PyObject *books = dget(self, D_BOOKS);
+    if (books == NULL || (key = PyTuple_Pack(2, symbol, segment)) == NULL)
+        goto python;
+    PyObject *book = PyDict_GetItemWithError(books, key);
+    if (book == NULL || Py_TYPE(book) != TYPE(K_BOOK))
+        goto python;
+    PyObject *side = f[P_SIDE];
+    int buy = is_str(side, K[S_BUY]);
+    if (!buy && !is_str(side, K[S_SELL]))
+        goto python;
+    PyObject *tif = f[P_TIF];
+    if (!(is_str(tif, K[S_GTC]) || is_str(tif, K[S_DAY])) || !is_str(f[P_TYPE], K[S_LIMIT]))
+        goto python; /* IOC, FOK, market orders, unknown kinds */
+    int post_only = exact_bool(f[P_POST_ONLY]);
+    if (post_only < 0)
+        goto python;
+    PyObject *mh = dget(self, D_MARKET_HALTED);
+    PyObject *halted_books = dget(self, D_HALTED_BOOKS);
+    if (mh == NULL || halted_books == NULL || exact_bool(mh) != 0 ||
+        exact_bool(SLOT(instr, instr_off[I_HALTED])) != 0 || !PyAnySet_CheckExact(halted_books)
+        || PySet_Contains(halted_books, key) != 0)
+        goto python;
+    Py_CLEAR(key);
+    PyObject *all_rules = dget(self, D_RULES);
+    PyObject *rules = all_rules ? PyDict_GetItemWithError(all_rules, segment) : NULL;
+    if (rules == NULL || Py_TYPE(rules) != TYPE(K_RULES) ||
+        !is_str(SLOT(rules, rules_off[R_ACCESS]), K[S_ACCESS_ALL]))
+        goto python;
+    long long qty, lot, max_qty, price, tick, lo, hi;
+    if (rd64(f[P_QTY], &qty) < 0 || qty <= 0 || qty >= I31 ||
+        rd64(SLOT(rules, rules_off[R_LOT]), &lot) < 0 || lot <= 0 || qty % lot ||
+        rd64(SLOT(rules, rules_off[R_MAX_QTY]), &max_qty) < 0 || qty > max_qty)
+        goto python;
+    if (rd64(f[P_PRICE], &price) < 0 || price <= 0 || price >= I31 ||
+        rd64(SLOT(rules, rules_off[R_TICK]), &tick) < 0 || tick <= 0 || price % tick ||
+        rd64(SLOT(instr, instr_off[I_BAND_LO]), &lo) < 0 ||
+        rd64(SLOT(instr, instr_off[I_BAND_HI]), &hi) < 0 || price < lo || price > hi)
+        goto python;
+    PyObject *coid = f[P_COID];
+    PyObject *coids = SLOT(acct, acct_off[A_COIDS]);
+    if (coid != Py_None && (!PyDict_CheckExact(coids) || PyDict_Contains(coids, coid) != 0))
+        goto python;
+    __int128 need = 0;
+    PyObject *h = NULL;
+    if (buy) {
+        long long fee_bps, cash, cash_res;
+        if (rd64(SLOT(rules, rules_off[R_FEE_BPS]), &fee_bps) < 0 || fee_bps < 0 ||
+            fee_bps > 10000 || rd64(SLOT(acct, acct_off[A_CASH]), &cash) < 0 ||
+            rd64(SLOT(acct, acct_off[A_CASH_RES]), &cash_res) < 0)
+            goto python;
+        __int128 n = (__int128)price * qty;
+        need = n - floordiv10k(-n * fee_bps); /* price x qty + ceil(fee) */
+        if (need > (__int128)cash - cash_res)
+            goto python;
+    }
+    else {
+        h = PyDict_GetItemWithError(SLOT(acct, acct_off[A_HOLDINGS]), symbol);
+        long long total, reserved;
+        if (h == NULL || Py_TYPE(h) != TYPE(K_HOLDING) ||
+            rd64(SLOT(h, hold_off[H_TOTAL]), &total) < 0 ||
+            rd64(SLOT(h, hold_off[H_RESERVED]), &reserved) < 0 ||
+            (__int128)qty > (__int128)total - reserved)
+            goto python;
+    }
+    PyObject *opp = SLOT(book, book_off[buy ? B_ASKS : B_BIDS]);
+    if (opp == NULL || !PyDict_Check(opp))
+        goto python;
+    PyObject *bk;
+    int any = best_key(opp, &bk);
+    long long bkv = 0;
+    if (any < 0 || (any && (rd64(bk, &bkv) < 0 || bkv <= -I31 || bkv >= I31)))
+        goto python; /* a sell's fills are at bid prices: < 2**31 keeps every product exact */
+    int crosses = any && (buy ? bkv <= price : -bkv >= price);
+    if (crosses && (post_only || !(is_str(SLOT(acct, acct_off[A_STP]), K[S_STP_RESTING]) ||
+                                   is_str(SLOT(acct, acct_off[A_STP]), K[S_STP_INCOMING]) ||
+                                   is_str(SLOT(acct, acct_off[A_STP]), K[S_STP_BOTH]))))
+        goto python;
+    PyObject *oid = dget(self, D_NEXT_ORDER_ID);
+    long long oidv;
+    if (oid == NULL || rd64(oid, &oidv) < 0 || oidv >= LLONG_MAX)
+        goto python;
+
+    /* ---- accepted: from here on an error is an error, as in the reference */
+    Py_INCREF(oid);
+    PyObject *o = NULL, *er = NULL, *events = NULL;
+    PyObject *next = PyLong_FromLongLong(oidv + 1);
+    if (next == NULL)
+        goto fail;
+    int e = PyDict_SetItem(self->d, N[D_NEXT_ORDER_ID], next);
+    Py_DECREF(next);
+    if (e < 0 || (o = alloc(K_ORDER)) == NULL)
+        goto fail;
+    PyObject *firm_id = SLOT(acct, acct_off[A_FIRM]);
+    PyObject *ov[O_N] = {oid, firm_id, coid, symbol, segment, side, f[P_PRICE], f[P_QTY],
+                         f[P_QTY], zero, tif, f[P_POST_ONLY], zero, K[S_ST_NEW], f[P_SEQ]};
+    for (int i = 0; i < O_N; i++) {
+        Py_INCREF(ov[i]);
+        SLOT(o, order_off[i]) = ov[i];
+    }
+    if (buy) {
+        if (set_i(o, order_off[O_RESERVED], need) < 0 ||
+            slot_add(acct, acct_off[A_CASH_RES], need) < 0)
+            goto fail;
+    }
+    else {
+        set_ref(o, order_off[O_RESERVED], f[P_QTY]);
+        if (slot_add(h, hold_off[H_RESERVED], qty) < 0)
+            goto fail;
+    }
+    if (PyDict_SetItem(SLOT(acct, acct_off[A_ORDERS]), oid, o) < 0 ||
+        (coid != Py_None && PyDict_SetItem(coids, coid, oid) < 0))
+        goto fail;
+    er = new_er(firm_id, oid, coid, symbol, segment, side, K[S_EXEC_NEW], K[S_ST_NEW],
+                f[P_PRICE], f[P_QTY], zero, zero, zero, f[P_QTY], Py_None, zero, zero, Py_None,
+                f[P_TS]);
+    if (er == NULL || (events = PyList_New(1)) == NULL)
+        goto fail;
+    PyList_SET_ITEM(events, 0, er);
+    er = NULL;
+    long long lq;
+    if (!crosses) {
+        /* the usual case: nothing trades and the whole order rests */
+        if (book_rest(book, o, side, f[P_PRICE], price, qty, oid, &lq) < 0 ||
+            emit_book_update(self->d, book, change(side, f[P_PRICE], lq), events) < 0)
+            goto fail;
+    }
+    else {
+        if (execute(self, o, book, instr, rules, acct, events, buy, price, qty) < 0)
+            goto fail;
+        long long leaves;
+        if (rd64(SLOT(o, order_off[O_LEAVES]), &leaves) < 0) {
+            PyErr_SetString(PyExc_TypeError, "CorePath: leaves is not an int");
+            goto fail;
+        }
+        PyObject *last = NULL;
+        if (leaves && SLOT(o, order_off[O_STATUS]) != K[S_ST_CANCELED]) {
+            if (book_rest(book, o, side, f[P_PRICE], price, leaves, oid, &lq) < 0 ||
+                (last = change(side, f[P_PRICE], lq)) == NULL)
+                goto fail;
+        }
+        if (emit_book_update(self->d, book, last, events) < 0)
+            goto fail;
+    }
+    Py_DECREF(o);
+    Py_DECREF(oid);
+    return events;
+fail:
+    Py_XDECREF(o);
+    Py_XDECREF(er);
+    Py_XDECREF(events);
+    Py_DECREF(oid);
+    return NULL;
+python:
+    Py_XDECREF(key);
+    return to_python(self, N_PLACE, cmd);
+}
+
+static PyObject *
+cp_cancel(CorePath *self, PyObject *cmd)
+{
+    PyObject *key = NULL, *k = NULL;
+    if (!configured || Py_TYPE(cmd) != TYPE(K_CANCEL))
+        goto python;
+    PyObject *accounts = dget(self, D_ACCOUNTS);
+    PyObject *acct = accounts ? PyDict_GetItemWithError(accounts,
+                                                        SLOT(cmd, cancel_off[C_ACCOUNT]))
+                              : NULL;
+    if (acct == NULL || Py_TYPE(acct) != TYPE(K_ACCOUNT) ||
+        SLOT(acct, acct_off[A_SYSTEM]) != Py_False)
+        goto python;
+    PyObject *coids = SLOT(acct, acct_off[A_COIDS]), *orders = SLOT(acct, acct_off[A_ORDERS]);
+    if (!PyDict_CheckExact(coids) || !PyDict_CheckExact(orders))
+        goto python;
+    PyObject *oid = SLOT(cmd, cancel_off[C_ORDER_ID]);
+    PyObject *ccoid = SLOT(cmd, cancel_off[C_COID]);
+    if (oid == NULL || ccoid == NULL)
+        goto python;
+    if (oid == Py_None && ccoid != Py_None)
+        oid = PyDict_GetItemWithError(coids, ccoid);
+    PyObject *o = oid ? PyDict_GetItemWithError(orders, oid) : NULL;
+    if (o == NULL || Py_TYPE(o) != TYPE(K_ORDER))
+        goto python; /* unknown order: the reference rejects it */
+    PyObject *ocoid = SLOT(o, order_off[O_COID]);
+    if (ocoid != Py_None && PyDict_Contains(coids, ocoid) != 1)
+        goto python;
+    PyObject *books = dget(self, D_BOOKS);
+    if (books == NULL ||
+        (key = PyTuple_Pack(2, SLOT(o, order_off[O_INSTRUMENT]), SLOT(o, order_off[O_SEGMENT])))
+            == NULL)
+        goto python;
+    PyObject *book = PyDict_GetItemWithError(books, key);
+    Py_CLEAR(key);
+    if (book == NULL || Py_TYPE(book) != TYPE(K_BOOK) ||
+        !PyDict_CheckExact(SLOT(book, book_off[B_ORDERS])) ||
+        PyDict_Contains(SLOT(book, book_off[B_ORDERS]), oid) != 1)
+        goto python;
+    PyObject *side = SLOT(o, order_off[O_SIDE]);
+    int buy = is_str(side, K[S_BUY]);
+    if (!buy && !is_str(side, K[S_SELL]))
+        goto python;
+    long long price, leaves, lq;
+    if (rd64(SLOT(o, order_off[O_PRICE]), &price) < 0 || price <= -(1LL << 62) ||
+        price >= (1LL << 62) || rd64(SLOT(o, order_off[O_LEAVES]), &leaves) < 0)
+        goto python;
+    PyObject *side_map = SLOT(book, book_off[buy ? B_BIDS : B_ASKS]);
+    long long kv = buy ? -price : price;
+    if (!PyDict_Check(side_map) || (k = PyLong_FromLongLong(kv)) == NULL)
+        goto python;
+    PyObject *level = PyDict_GetItemWithError(side_map, k);
+    if (level == NULL || Py_TYPE(level) != TYPE(K_LEVEL) || PyDict_Contains(level, oid) != 1 ||
+        rd64(SLOT(level, level_off[L_QTY]), &lq) < 0)
+        goto python;
+    PyObject *h = NULL;
+    __int128 reserved;
+    if (read_i(o, order_off[O_RESERVED], &reserved) < 0)
+        goto python;
+    if (!buy) {
+        h = PyDict_GetItemWithError(SLOT(acct, acct_off[A_HOLDINGS]),
+                                    SLOT(o, order_off[O_INSTRUMENT]));
+        if (h == NULL || Py_TYPE(h) != TYPE(K_HOLDING))
+            goto python;
+    }
+
+    /* ---- accepted */
+    PyObject *events = NULL, *er = NULL;
+    Py_INCREF(o);
+    Py_INCREF(oid);
+    Py_INCREF(level);
+    if (PyDict_DelItem(orders, oid) < 0 ||
+        (ocoid != Py_None && PyDict_DelItem(coids, ocoid) < 0) ||
+        PyDict_DelItem(SLOT(book, book_off[B_ORDERS]), oid) < 0 ||
+        PyObject_DelItem(level, oid) < 0)
+        goto fail;
+    lq -= leaves;
+    if (set_i(level, level_off[L_QTY], lq) < 0)
+        goto fail;
+    if (PyDict_GET_SIZE(level) == 0) {
+        PyObject *fk;
+        int r = best_key(side_map, &fk);
+        long long fkv;
+        if (r < 0)
+            goto fail;
+        if (r && rd64(fk, &fkv) == 0 && fkv == kv)
+            r = close_first_level(side_map, k);
+        else
+            r = PyObject_DelItem(side_map, k);
+        if (r < 0)
+            goto fail;
+    }
+    set_ref(o, order_off[O_STATUS], K[S_ST_CANCELED]);
+    if (buy ? slot_add(acct, acct_off[A_CASH_RES], -reserved) < 0
+            : slot_add(h, hold_off[H_RESERVED], -reserved) < 0)
+        goto fail;
+    set_ref(o, order_off[O_RESERVED], zero);
+    er = new_er(SLOT(o, order_off[O_ACCOUNT]), oid, SLOT(o, order_off[O_COID]),
+                SLOT(o, order_off[O_INSTRUMENT]), SLOT(o, order_off[O_SEGMENT]), side,
+                K[S_EXEC_CANCELED], K[S_ST_CANCELED], SLOT(o, order_off[O_PRICE]),
+                SLOT(o, order_off[O_QTY]), zero, zero, SLOT(o, order_off[O_CUM]), zero,
+                K[S_CANCELED_BY_CLIENT], zero, zero, Py_None, SLOT(cmd, cancel_off[C_TS]));
+    if (er == NULL || (events = PyList_New(1)) == NULL)
+        goto fail;
+    PyList_SET_ITEM(events, 0, er);
+    er = NULL;
+    if (emit_book_update(self->d, book, change(side, SLOT(o, order_off[O_PRICE]), lq), events)
+        < 0)
+        goto fail;
+    Py_DECREF(o);
+    Py_DECREF(oid);
+    Py_DECREF(level);
+    Py_DECREF(k);
+    return events;
+fail:
+    Py_XDECREF(er);
+    Py_XDECREF(events);
+    Py_DECREF(o);
+    Py_DECREF(oid);
+    Py_DECREF(level);
+    Py_DECREF(k);
+    return NULL;
+python:
+    Py_XDECREF(key);
+    Py_XDECREF(k);
+    return to_python(self, N_CANCEL, cmd);
+}
+
+static PyObject *cp_place_m(PyObject *self, PyObject *cmd) { return cp_place((CorePath *)self, cmd); }
+static PyObject *cp_cancel_m(PyObject *self, PyObject *cmd) { return cp_cancel((CorePath *)self, cmd); }
+
+static inline int
+is_own(PyObject *h, CorePath *self, PyCFunction fn)
+{
+    return PyCFunction_Check(h) && PyCFunction_GET_SELF(h) == (PyObject *)self &&
+           PyCFunction_GET_FUNCTION(h) == fn;
+}
+
+static PyObject *
+cp_apply(PyObject *self_, PyObject *cmd)
+{
+    /* Exchange.apply, step for step */
+    CorePath *self = (CorePath *)self_;
+    PyTypeObject *tp = Py_TYPE(cmd);
+    PyObject *seq, *ts;
+    if (configured && tp == TYPE(K_PLACE) && SLOT(cmd, place_off[P_SEQ]) &&
+        SLOT(cmd, place_off[P_TS])) {
+        seq = Py_NewRef(SLOT(cmd, place_off[P_SEQ]));
+        ts = Py_NewRef(SLOT(cmd, place_off[P_TS]));
+    }
+    else if (configured && tp == TYPE(K_CANCEL) && SLOT(cmd, cancel_off[C_SEQ]) &&
+             SLOT(cmd, cancel_off[C_TS])) {
+        seq = Py_NewRef(SLOT(cmd, cancel_off[C_SEQ]));
+        ts = Py_NewRef(SLOT(cmd, cancel_off[C_TS]));
+    }
+    else {
+        if ((seq = PyObject_GetAttrString(cmd, "seq")) == NULL)
+            return NULL;
+        ts = NULL;
+    }
+    PyObject *res = NULL;
+    PyObject *last = dget(self, D_LAST_SEQ);
+    int le = last ? PyObject_RichCompareBool(seq, last, Py_LE) : -1;
+    if (le != 0) {
+        if (le > 0)
+            PyErr_Format(K[S_SEQUENCE_ERROR], "command seq %S after %S", seq, last);
+        goto done;
+    }
+    if (PyDict_SetItem(self->d, N[D_LAST_SEQ], seq) < 0)
+        goto done;
+    if (ts == NULL && (ts = PyObject_GetAttrString(cmd, "ts")) == NULL)
+        goto done;
+    if (PyDict_SetItem(self->d, N[D_NOW], ts) < 0)
+        goto done;
+    PyObject *handlers = dget(self, D_HANDLERS);
+    if (handlers == NULL)
+        goto done;
+    PyObject *h = PyDict_GetItemWithError(handlers, (PyObject *)tp);
+    if (h == NULL) {
+        if (!PyErr_Occurred())
+            res = PyObject_CallMethodOneArg(self->ex, N[N_UNKNOWN], cmd);
+        goto done;
+    }
+    if (is_own(h, self, cp_place_m))
+        res = cp_place(self, cmd);
+    else if (is_own(h, self, cp_cancel_m))
+        res = cp_cancel(self, cmd);
+    else {
+        Py_INCREF(h);
+        res = PyObject_CallOneArg(h, cmd);
+        Py_DECREF(h);
+    }
+    if (res == NULL && PyErr_ExceptionMatches(K[S_REJECT])) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyErr_NormalizeException(&type, &value, &tb);
+        if (tb != NULL && value != NULL)
+            PyException_SetTraceback(value, tb);
+        res = PyObject_CallMethodObjArgs(self->ex, N[N_REJECTED], cmd, value, NULL);
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(tb);
+    }
+done:
+    Py_DECREF(seq);
+    Py_XDECREF(ts);
+    return res;
+}
+
+static int
+cp_init(CorePath *self, PyObject *args, PyObject *kw)
+{
+    PyObject *ex;
+    if (!PyArg_ParseTuple(args, "O:CorePath", &ex))
+        return -1;
+    if (!configured) {
+        PyErr_SetString(PyExc_RuntimeError, "CorePath: core_setup() was not called");
+        return -1;
+    }
+    PyObject *d = PyObject_GenericGetDict(ex, NULL);
+    if (d == NULL)
+        return -1;
+    Py_XSETREF(self->d, d);
+    Py_XSETREF(self->ex, Py_NewRef(ex));
+    return 0;
+}
+
+static int
+cp_traverse(CorePath *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->ex);
+    Py_VISIT(self->d);
+    return 0;
+}
+
+static int
+cp_clear(CorePath *self)
+{
+    Py_CLEAR(self->ex);
+    Py_CLEAR(self->d);
+    return 0;
+}
+
+static void
+cp_dealloc(CorePath *self)
+{
+    PyObject_GC_UnTrack(self);
+    cp_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *cp_apply_m(PyObject *self, PyObject *cmd)
+{
+    if (((CorePath *)self)->ex == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "CorePath: not initialised");
+        return NULL;
+    }
+    return cp_apply(self, cmd);
+}
+
+static PyMethodDef cp_methods[] = {
+    {"apply", (PyCFunction)cp_apply_m, METH_O, "apply(cmd) -> events: Exchange.apply."},
+    {"place", (PyCFunction)cp_place_m, METH_O, "place(cmd) -> events: Exchange._place."},
+    {"cancel", (PyCFunction)cp_cancel_m, METH_O, "cancel(cmd) -> events: Exchange._cancel."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject CorePathType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "exchange._hotpath.CorePath",
+    .tp_doc = "CorePath(exchange): the core's order path in C (Exchange.apply, _place and "
+              "_cancel are the reference).",
+    .tp_basicsize = sizeof(CorePath),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)cp_init,
+    .tp_traverse = (traverseproc)cp_traverse,
+    .tp_clear = (inquiry)cp_clear,
+    .tp_dealloc = (destructor)cp_dealloc,
+    .tp_methods = cp_methods,
+};
+
+/* ------------------------------------------------------------------ set-up */
+
+static PyObject *
+core_setup(PyObject *mod, PyObject *cfg)
+{
+    /* core_setup(cfg: dict): the classes and constants of exchange.core (see exchange.py) */
+    if (!PyDict_Check(cfg)) {
+        PyErr_SetString(PyExc_TypeError, "core_setup(cfg): cfg must be a dict");
+        return NULL;
+    }
+    for (int k = 0; k < K_N; k++) {
+        PyObject *t = PyDict_GetItemString(cfg, class_keys[k]);
+        if (t == NULL || !PyType_Check(t))
+            return PyErr_Format(PyExc_KeyError, "core_setup: class %s missing", class_keys[k]);
+        for (int i = 0; i < classes[k].n; i++) {
+            PyObject *name = PyUnicode_InternFromString(classes[k].names[i]);
+            if (name == NULL)
+                return NULL;
+            PyObject *dsc = _PyType_Lookup((PyTypeObject *)t, name);
+            Py_DECREF(name);
+            if (dsc == NULL || Py_TYPE(dsc) != &PyMemberDescr_Type ||
+                ((PyMemberDescrObject *)dsc)->d_member->type != T_OBJECT_EX)
+                return PyErr_Format(PyExc_TypeError, "core_setup: %s.%s is not a slot",
+                                    class_keys[k], classes[k].names[i]);
+            classes[k].off[i] = ((PyMemberDescrObject *)dsc)->d_member->offset;
+        }
+        Py_XSETREF(classes[k].type, (PyTypeObject *)Py_NewRef(t));
+    }
+    for (int i = 0; i < S_N; i++) {
+        PyObject *v = PyDict_GetItemString(cfg, const_keys[i]);
+        if (v == NULL)
+            return PyErr_Format(PyExc_KeyError, "core_setup: %s missing", const_keys[i]);
+        Py_XSETREF(K[i], Py_NewRef(v));
+    }
+    configured = 1;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef corepath_functions[] = {
+    {"core_setup", core_setup, METH_O,
+     "core_setup(cfg) -> None: tell CorePath the core's classes and constants."},
+    {NULL, NULL, 0, NULL},
+};
+
+int
+corepath_init(PyObject *m)
+{
+    /* called from PyInit__hotpath */
+    for (int i = 0; i < N_N; i++)
+        if ((N[i] = PyUnicode_InternFromString(name_strs[i])) == NULL)
+            return -1;
+    if ((zero = PyLong_FromLong(0)) == NULL)
+        return -1;
+    if (PyType_Ready(&CorePathType) < 0 ||
+        PyModule_AddObjectRef(m, "CorePath", (PyObject *)&CorePathType) < 0)
+        return -1;
+    return PyModule_AddFunctions(m, corepath_functions);
+}
