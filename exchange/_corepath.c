@@ -89,13 +89,20 @@ static const char *const cancel_names[C_N] = {"account", "order_id", "client_ord
                                               "ts"};
 enum { L_QTY, L_N };
 static const char *const level_names[L_N] = {"qty"};
+enum { X_LAST_SEQ, X_NOW, X_NEXT_ORDER_ID, X_NEXT_TRADE_ID, X_MARKET_HALTED,
+       X_EMIT_BOOK_UPDATES, X_RULES, X_INSTRUMENTS, X_BOOKS, X_HALTED_BOOKS, X_ACCOUNTS,
+       X_TRADE_LISTENERS, X_HANDLERS, X_N };
+static const char *const ex_names[X_N] = {
+    "last_seq", "now", "next_order_id", "next_trade_id", "market_halted", "emit_book_updates",
+    "_rules", "instruments", "books", "halted_books", "accounts", "trade_listeners",
+    "_handlers"};
 
 static Py_ssize_t acct_off[A_N], hold_off[H_N], instr_off[I_N], rules_off[R_N], book_off[B_N],
     order_off[O_N], er_off[E_N], trade_off[T_N], bu_off[U_N], place_off[P_N],
-    cancel_off[C_N], level_off[L_N];
+    cancel_off[C_N], level_off[L_N], ex_off[X_N];
 
 enum { K_ACCOUNT, K_HOLDING, K_INSTRUMENT, K_RULES, K_BOOK, K_ORDER, K_ER, K_TRADE, K_BU,
-       K_PLACE, K_CANCEL, K_LEVEL, K_N };
+       K_PLACE, K_CANCEL, K_LEVEL, K_EXCHANGE, K_N };
 static cls_t classes[K_N] = {
     {NULL, A_N, acct_names, acct_off},     {NULL, H_N, hold_names, hold_off},
     {NULL, I_N, instr_names, instr_off},   {NULL, R_N, rules_names, rules_off},
@@ -103,11 +110,13 @@ static cls_t classes[K_N] = {
     {NULL, E_N, er_names, er_off},         {NULL, T_N, trade_names, trade_off},
     {NULL, U_N, bu_names, bu_off},         {NULL, P_N, place_names, place_off},
     {NULL, C_N, cancel_names, cancel_off}, {NULL, L_N, level_names, level_off},
+    {NULL, X_N, ex_names, ex_off},
 };
 /* the configuration keys of the classes, in the order of K_* */
 static const char *const class_keys[K_N] = {
     "Account", "Holding", "Instrument", "SegmentRules", "OrderBook", "Order",
-    "ExecutionReport", "Trade", "BookUpdate", "PlaceOrder", "CancelOrder", "Level"};
+    "ExecutionReport", "Trade", "BookUpdate", "PlaceOrder", "CancelOrder", "Level",
+    "Exchange"};
 
 #define TYPE(k) (classes[k].type)
 
@@ -129,18 +138,12 @@ static const char *const const_keys[S_N] = {
 static PyObject *K[S_N];
 static int configured;
 
-/* names looked up in the Exchange's __dict__ and on sortedcontainers objects */
-enum { D_LAST_SEQ, D_NOW, D_ACCOUNTS, D_INSTRUMENTS, D_BOOKS, D_HALTED_BOOKS,
-       D_MARKET_HALTED, D_RULES, D_NEXT_ORDER_ID, D_NEXT_TRADE_ID, D_EMIT_BOOK_UPDATES,
-       D_TRADE_LISTENERS, D_HANDLERS, N_LIST, N_LISTS, N_MAXES, N_LEN, N_INDEX, N_LOAD,
-       N_PLACE, N_CANCEL, N_REJECTED, N_UNKNOWN, N_RELEASE, N_FORGET, N_ER, N_SPLIT,
-       N_STARTSWITH, N_TYPE, N_N };
+/* names of attributes and methods */
+enum { N_LIST, N_LISTS, N_MAXES, N_LEN, N_INDEX, N_LOAD, N_PLACE, N_CANCEL, N_REJECTED,
+       N_UNKNOWN, N_RELEASE, N_FORGET, N_ER, N_SPLIT, N_STARTSWITH, N_N };
 static const char *const name_strs[N_N] = {
-    "last_seq", "now", "accounts", "instruments", "books", "halted_books", "market_halted",
-    "_rules", "next_order_id", "next_trade_id", "emit_book_updates", "trade_listeners",
-    "_handlers", "_list", "_lists", "_maxes", "_len", "_index", "_load", "_place", "_cancel",
-    "_rejected", "_unknown_command", "_release", "_forget", "_er", "_split_proceeds",
-    "startswith", "TYPE"};
+    "_list", "_lists", "_maxes", "_len", "_index", "_load", "_place", "_cancel", "_rejected",
+    "_unknown_command", "_release", "_forget", "_er", "_split_proceeds", "startswith"};
 static PyObject *N[N_N];
 static PyObject *zero; /* the int 0 */
 
@@ -267,8 +270,24 @@ is_str_noerr(PyObject *v, PyObject *k)
 static PyObject *
 alloc(int k)
 {
+    /* object.__new__(cls) for Order and the events. They hold only str, int, bool, None and
+     * tuples of those, so they can never be part of a reference cycle: like CPython's own
+     * untracking of such tuples and dicts, they are left out of the cyclic GC, which then
+     * does not walk every resting order and every report (it was ~25 % of the time). */
     PyTypeObject *t = TYPE(k);
-    return t->tp_alloc(t, 0);
+    PyObject *o = t->tp_alloc(t, 0);
+    if (o != NULL && PyObject_GC_IsTracked(o))
+        PyObject_GC_UnTrack(o);
+    return o;
+}
+
+static PyObject *
+untracked(PyObject *t)
+{
+    /* a tuple of atomic values (or of such tuples): see alloc */
+    if (t != NULL && PyObject_GC_IsTracked(t))
+        PyObject_GC_UnTrack(t);
+    return t;
 }
 
 static int
@@ -329,46 +348,58 @@ change(PyObject *side, PyObject *price, long long lq)
     PyObject *q = PyLong_FromLongLong(lq);
     if (q == NULL)
         return NULL;
-    PyObject *t = PyTuple_Pack(3, side, price, q);
+    PyObject *t = untracked(PyTuple_Pack(3, side, price, q));
     Py_DECREF(q);
     return t;
 }
 
 static int
-emit_book_update(PyObject *d, PyObject *book, PyObject *last_change, PyObject *events)
+emit_book_update(PyObject *ex, PyObject *book, PyObject *last_change, PyObject *events)
 {
-    /* the reference's tail of _place/_cancel: pending L2 changes (plus last_change, a new
+    /* the reference's tail of _place/_cancel: pending L2 changes (then last_change, a new
      * reference or NULL, stolen) become one BookUpdate when book updates are on, and the
      * book's change list is cleared either way */
     PyObject *changes = SLOT(book, book_off[B_CHANGES]);
+    PyObject *tup = NULL;
     int r = -1;
-    if (last_change != NULL && PyList_Append(changes, last_change) < 0)
+    if (!PyList_Check(changes)) {
+        PyErr_SetString(PyExc_TypeError, "CorePath: book.changes is not a list");
         goto done;
-    PyObject *emit = PyDict_GetItemWithError(d, N[D_EMIT_BOOK_UPDATES]);
-    if (emit == NULL && PyErr_Occurred())
-        goto done;
+    }
+    PyObject *emit = SLOT(ex, ex_off[X_EMIT_BOOK_UPDATES]);
     int on = emit == NULL ? 0 : PyObject_IsTrue(emit);
     if (on < 0)
         goto done;
-    if (on && PyList_GET_SIZE(changes)) {
-        long long bseq;
-        if (rd64(SLOT(book, book_off[B_SEQ]), &bseq) < 0) {
-            PyErr_SetString(PyExc_TypeError, "CorePath: book.seq is not an int");
+    Py_ssize_t pending = PyList_GET_SIZE(changes);
+    if (!on || (pending == 0 && last_change == NULL)) {
+        r = pending ? PyList_SetSlice(changes, 0, PY_SSIZE_T_MAX, NULL) : 0;
+        goto done;
+    }
+    if (pending == 0) /* the usual case: the command's own change is the only one */
+        tup = untracked(PyTuple_Pack(1, last_change));
+    else {
+        if (last_change != NULL && PyList_Append(changes, last_change) < 0)
             goto done;
-        }
-        PyObject *s = PyLong_FromLongLong(bseq + 1);
-        if (s == NULL)
-            goto done;
-        set_slot(book, book_off[B_SEQ], s);
-        PyObject *tup = PyList_AsTuple(changes);
-        if (tup == NULL)
-            goto done;
-        if (list_append_new(events, new_bu(SLOT(book, book_off[B_INSTRUMENT]),
-                                           SLOT(book, book_off[B_SEGMENT]), s, tup)) < 0)
+        tup = untracked(PyList_AsTuple(changes));
+        if (tup == NULL || PyList_SetSlice(changes, 0, PY_SSIZE_T_MAX, NULL) < 0)
             goto done;
     }
-    r = PyList_SetSlice(changes, 0, PY_SSIZE_T_MAX, NULL);
+    if (tup == NULL)
+        goto done;
+    long long bseq;
+    if (rd64(SLOT(book, book_off[B_SEQ]), &bseq) < 0) {
+        PyErr_SetString(PyExc_TypeError, "CorePath: book.seq is not an int");
+        goto done;
+    }
+    PyObject *sq = PyLong_FromLongLong(bseq + 1);
+    if (sq == NULL)
+        goto done;
+    set_slot(book, book_off[B_SEQ], sq);
+    r = list_append_new(events, new_bu(SLOT(book, book_off[B_INSTRUMENT]),
+                                       SLOT(book, book_off[B_SEGMENT]), sq, tup));
+    tup = NULL;
 done:
+    Py_XDECREF(tup);
     Py_XDECREF(last_change);
     return r;
 }
@@ -610,7 +641,6 @@ fail:
 typedef struct {
     PyObject_HEAD
     PyObject *ex; /* the Exchange */
-    PyObject *d;  /* its __dict__ */
 } CorePath;
 
 static PyObject *call_method(CorePath *self, int name, PyObject *a, PyObject *b, PyObject *c)
@@ -620,13 +650,20 @@ static PyObject *call_method(CorePath *self, int name, PyObject *a, PyObject *b,
 }
 
 static inline PyObject *
-dget(CorePath *self, int name)
+xget(CorePath *self, int name)
 {
-    /* borrowed; NULL with an error when missing */
-    PyObject *v = PyDict_GetItemWithError(self->d, N[name]);
-    if (v == NULL && !PyErr_Occurred())
-        PyErr_SetObject(PyExc_AttributeError, N[name]);
+    /* the Exchange's attribute (a slot), borrowed; NULL with an error when unset */
+    PyObject *v = SLOT(self->ex, ex_off[name]);
+    if (v == NULL)
+        PyErr_Format(PyExc_AttributeError, "Exchange.%s is not set", ex_names[name]);
     return v;
+}
+
+static inline void
+xset(CorePath *self, int name, PyObject *v)
+{
+    /* store v (a new reference, stolen) */
+    set_slot(self->ex, ex_off[name], v);
 }
 
 /* a fill found by the matcher */
@@ -1026,7 +1063,7 @@ settle_fill(settle_t *s, PyObject *maker, long long q, long long px)
     if (e < 0)
         goto done;
     /* order states and reports */
-    PyObject *tido = dget(s->self, D_NEXT_TRADE_ID);
+    PyObject *tido = xget(s->self, X_NEXT_TRADE_ID);
     long long tidv;
     if (tido == NULL || rd64(tido, &tidv) < 0) {
         if (!PyErr_Occurred())
@@ -1038,9 +1075,8 @@ settle_fill(settle_t *s, PyObject *maker, long long q, long long px)
     PyObject *next = PyLong_FromLongLong(tidv + 1);
     if (next == NULL)
         goto done;
-    e = PyDict_SetItem(s->self->d, N[D_NEXT_TRADE_ID], next);
-    Py_DECREF(next);
-    if (e < 0 || order_done(maker, macct) < 0 || order_done(o, acct) < 0)
+    xset(s->self, X_NEXT_TRADE_ID, next);
+    if (order_done(maker, macct) < 0 || order_done(o, acct) < 0)
         goto done;
     if ((feeo = from128(fee)) == NULL || (pxo = PyLong_FromLongLong(px)) == NULL)
         goto done;
@@ -1119,7 +1155,7 @@ execute(CorePath *self, PyObject *o, PyObject *book, PyObject *instr, PyObject *
     /* Exchange._execute(o, book, instr, rules, acct, events), step for step */
     fills_t fills = {NULL, 0, 0};
     PyObject *stp_cancels = PyList_New(0);
-    PyObject *accounts = dget(self, D_ACCOUNTS);
+    PyObject *accounts = xget(self, X_ACCOUNTS);
     settle_t s = {0};
     int killed, r = -1;
     if (stp_cancels == NULL || accounts == NULL)
@@ -1159,7 +1195,7 @@ execute(CorePath *self, PyObject *o, PyObject *book, PyObject *instr, PyObject *
             PyErr_SetString(PyExc_TypeError, "CorePath: fee_bps is not an int");
             goto done;
         }
-        if ((s.now = dget(self, D_NOW)) == NULL || (s.listeners = dget(self, D_TRADE_LISTENERS))
+        if ((s.now = xget(self, X_NOW)) == NULL || (s.listeners = xget(self, X_TRADE_LISTENERS))
             == NULL)
             goto done;
         if (!PyList_Check(s.listeners)) {
@@ -1245,17 +1281,17 @@ cp_place(CorePath *self, PyObject *cmd)
         if ((f[i] = SLOT(cmd, place_off[i])) == NULL)
             goto python;
     /* the checks of Exchange._place, in its order; any doubt hands the command over */
-    PyObject *accounts = dget(self, D_ACCOUNTS);
+    PyObject *accounts = xget(self, X_ACCOUNTS);
     PyObject *acct = accounts ? PyDict_GetItemWithError(accounts, f[P_ACCOUNT]) : NULL;
     if (acct == NULL || Py_TYPE(acct) != TYPE(K_ACCOUNT) ||
         SLOT(acct, acct_off[A_SYSTEM]) != Py_False || SLOT(acct, acct_off[A_CAN_TRADE]) != Py_True)
         goto python;
     PyObject *symbol = f[P_INSTRUMENT], *segment = f[P_SEGMENT];
-    PyObject *instruments = dget(self, D_INSTRUMENTS);
+    PyObject *instruments = xget(self, X_INSTRUMENTS);
     PyObject *instr = instruments ? PyDict_GetItemWithError(instruments, symbol) : NULL;
     if (instr == NULL || Py_TYPE(instr) != TYPE(K_INSTRUMENT))
         goto python;
-    PyObject *books = dget(self, D_BOOKS);
+    PyObject *books = xget(self, X_BOOKS);
     if (books == NULL || (key = PyTuple_Pack(2, symbol, segment)) == NULL)
         goto python;
     PyObject *book = PyDict_GetItemWithError(books, key);
@@ -1271,14 +1307,14 @@ cp_place(CorePath *self, PyObject *cmd)
     int post_only = exact_bool(f[P_POST_ONLY]);
     if (post_only < 0)
         goto python;
-    PyObject *mh = dget(self, D_MARKET_HALTED);
-    PyObject *halted_books = dget(self, D_HALTED_BOOKS);
+    PyObject *mh = xget(self, X_MARKET_HALTED);
+    PyObject *halted_books = xget(self, X_HALTED_BOOKS);
     if (mh == NULL || halted_books == NULL || exact_bool(mh) != 0 ||
         exact_bool(SLOT(instr, instr_off[I_HALTED])) != 0 || !PyAnySet_CheckExact(halted_books)
         || PySet_Contains(halted_books, key) != 0)
         goto python;
     Py_CLEAR(key);
-    PyObject *all_rules = dget(self, D_RULES);
+    PyObject *all_rules = xget(self, X_RULES);
     PyObject *rules = all_rules ? PyDict_GetItemWithError(all_rules, segment) : NULL;
     if (rules == NULL || Py_TYPE(rules) != TYPE(K_RULES) ||
         !is_str(SLOT(rules, rules_off[R_ACCESS]), K[S_ACCESS_ALL]))
@@ -1332,7 +1368,7 @@ cp_place(CorePath *self, PyObject *cmd)
                                    is_str(SLOT(acct, acct_off[A_STP]), K[S_STP_INCOMING]) ||
                                    is_str(SLOT(acct, acct_off[A_STP]), K[S_STP_BOTH]))))
         goto python;
-    PyObject *oid = dget(self, D_NEXT_ORDER_ID);
+    PyObject *oid = xget(self, X_NEXT_ORDER_ID);
     long long oidv;
     if (oid == NULL || rd64(oid, &oidv) < 0 || oidv >= LLONG_MAX)
         goto python;
@@ -1343,9 +1379,8 @@ cp_place(CorePath *self, PyObject *cmd)
     PyObject *next = PyLong_FromLongLong(oidv + 1);
     if (next == NULL)
         goto fail;
-    int e = PyDict_SetItem(self->d, N[D_NEXT_ORDER_ID], next);
-    Py_DECREF(next);
-    if (e < 0 || (o = alloc(K_ORDER)) == NULL)
+    xset(self, X_NEXT_ORDER_ID, next);
+    if ((o = alloc(K_ORDER)) == NULL)
         goto fail;
     PyObject *firm_id = SLOT(acct, acct_off[A_FIRM]);
     PyObject *ov[O_N] = {oid, firm_id, coid, symbol, segment, side, f[P_PRICE], f[P_QTY],
@@ -1378,7 +1413,7 @@ cp_place(CorePath *self, PyObject *cmd)
     if (!crosses) {
         /* the usual case: nothing trades and the whole order rests */
         if (book_rest(book, o, side, f[P_PRICE], price, qty, oid, &lq) < 0 ||
-            emit_book_update(self->d, book, change(side, f[P_PRICE], lq), events) < 0)
+            emit_book_update(self->ex, book, change(side, f[P_PRICE], lq), events) < 0)
             goto fail;
     }
     else {
@@ -1395,7 +1430,7 @@ cp_place(CorePath *self, PyObject *cmd)
                 (last = change(side, f[P_PRICE], lq)) == NULL)
                 goto fail;
         }
-        if (emit_book_update(self->d, book, last, events) < 0)
+        if (emit_book_update(self->ex, book, last, events) < 0)
             goto fail;
     }
     Py_DECREF(o);
@@ -1418,7 +1453,7 @@ cp_cancel(CorePath *self, PyObject *cmd)
     PyObject *key = NULL, *k = NULL;
     if (!configured || Py_TYPE(cmd) != TYPE(K_CANCEL))
         goto python;
-    PyObject *accounts = dget(self, D_ACCOUNTS);
+    PyObject *accounts = xget(self, X_ACCOUNTS);
     PyObject *acct = accounts ? PyDict_GetItemWithError(accounts,
                                                         SLOT(cmd, cancel_off[C_ACCOUNT]))
                               : NULL;
@@ -1440,7 +1475,7 @@ cp_cancel(CorePath *self, PyObject *cmd)
     PyObject *ocoid = SLOT(o, order_off[O_COID]);
     if (ocoid != Py_None && PyDict_Contains(coids, ocoid) != 1)
         goto python;
-    PyObject *books = dget(self, D_BOOKS);
+    PyObject *books = xget(self, X_BOOKS);
     if (books == NULL ||
         (key = PyTuple_Pack(2, SLOT(o, order_off[O_INSTRUMENT]), SLOT(o, order_off[O_SEGMENT])))
             == NULL)
@@ -1518,7 +1553,7 @@ cp_cancel(CorePath *self, PyObject *cmd)
         goto fail;
     PyList_SET_ITEM(events, 0, er);
     er = NULL;
-    if (emit_book_update(self->d, book, change(side, SLOT(o, order_off[O_PRICE]), lq), events)
+    if (emit_book_update(self->ex, book, change(side, SLOT(o, order_off[O_PRICE]), lq), events)
         < 0)
         goto fail;
     Py_DECREF(o);
@@ -1573,20 +1608,21 @@ cp_apply(PyObject *self_, PyObject *cmd)
         ts = NULL;
     }
     PyObject *res = NULL;
-    PyObject *last = dget(self, D_LAST_SEQ);
-    int le = last ? PyObject_RichCompareBool(seq, last, Py_LE) : -1;
+    PyObject *last = xget(self, X_LAST_SEQ);
+    long long sv, lv;
+    int le = last == NULL ? -1
+             : rd64(seq, &sv) == 0 && rd64(last, &lv) == 0 ? sv <= lv
+                                                          : PyObject_RichCompareBool(seq, last, Py_LE);
     if (le != 0) {
         if (le > 0)
             PyErr_Format(K[S_SEQUENCE_ERROR], "command seq %S after %S", seq, last);
         goto done;
     }
-    if (PyDict_SetItem(self->d, N[D_LAST_SEQ], seq) < 0)
-        goto done;
+    xset(self, X_LAST_SEQ, Py_NewRef(seq));
     if (ts == NULL && (ts = PyObject_GetAttrString(cmd, "ts")) == NULL)
         goto done;
-    if (PyDict_SetItem(self->d, N[D_NOW], ts) < 0)
-        goto done;
-    PyObject *handlers = dget(self, D_HANDLERS);
+    xset(self, X_NOW, Py_NewRef(ts));
+    PyObject *handlers = xget(self, X_HANDLERS);
     if (handlers == NULL)
         goto done;
     PyObject *h = PyDict_GetItemWithError(handlers, (PyObject *)tp);
@@ -1631,10 +1667,10 @@ cp_init(CorePath *self, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_RuntimeError, "CorePath: core_setup() was not called");
         return -1;
     }
-    PyObject *d = PyObject_GenericGetDict(ex, NULL);
-    if (d == NULL)
+    if (!PyObject_TypeCheck(ex, TYPE(K_EXCHANGE))) {
+        PyErr_SetString(PyExc_TypeError, "CorePath(ex): ex must be an Exchange");
         return -1;
-    Py_XSETREF(self->d, d);
+    }
     Py_XSETREF(self->ex, Py_NewRef(ex));
     return 0;
 }
@@ -1643,7 +1679,6 @@ static int
 cp_traverse(CorePath *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->ex);
-    Py_VISIT(self->d);
     return 0;
 }
 
@@ -1651,7 +1686,6 @@ static int
 cp_clear(CorePath *self)
 {
     Py_CLEAR(self->ex);
-    Py_CLEAR(self->d);
     return 0;
 }
 

@@ -104,7 +104,7 @@ def _core_path():
         "STP_CANCEL_INCOMING": book.STP_CANCEL_INCOMING, "STP_CANCEL_BOTH": book.STP_CANCEL_BOTH,
         "ACCESS_ALL": "all", "LOT_SUB_QUOTA": LOT_SUB_QUOTA, "LOT_PURCHASE": LOT_PURCHASE,
         "EXCHANGE_ACCOUNT": EXCHANGE_ACCOUNT, "take_units": take_units,
-        "SequenceError": SequenceError, "Reject": E.Reject,
+        "SequenceError": SequenceError, "Reject": E.Reject, "Exchange": Exchange,
     })
     return _hotpath.CorePath
 
@@ -241,13 +241,16 @@ class SequenceError(Exception):
     """A command arrived out of sequence: a sequencer bug, not a business reject."""
 
 
-_CorePath = _core_path()
-
-
 class Exchange:
     """The whole market state and the rules that change it."""
 
     DEFAULT_BAND_BPS = 1000
+
+    # The attributes every order reads are slots (a fixed offset for the compiled order path
+    # and the interpreter alike, no dict lookup); everything else lives in __dict__.
+    __slots__ = ("last_seq", "now", "next_order_id", "next_trade_id", "market_halted",
+                 "emit_book_updates", "_rules", "instruments", "books", "halted_books",
+                 "accounts", "trade_listeners", "_handlers", "__dict__", "__weakref__")
 
     def __init__(self, modules: tuple = (), emit_book_updates: bool = True,
                  accelerate: bool = True):
@@ -1391,3 +1394,6 @@ class Exchange:
             resting = {o.order_id for b in self.books.values() for o in b.orders.values()
                        if o.account == a.firm_id}
             assert live == resting, f"{a.firm_id} live orders != resting orders"
+
+
+_CorePath = _core_path()
