@@ -564,22 +564,47 @@ fail:
 }
 
 static int
-close_first_level(PyObject *side_map, PyObject *k)
+del_level(PyObject *side_map, PyObject *k, long long kv)
 {
-    /* book.close_first_level(side_map, k): k is the smallest key */
+    /* del side_map[k]: SortedDict.__delitem__, and while the keys are one sublist with no
+     * positional index the same steps SortedList.remove/_delete take there (bisect, delete,
+     * length, maximum) without its three Python-level calls; book.close_first_level is the
+     * first-key case of this */
     PyObject *sl = PyObject_GetAttr(side_map, N[N_LIST]);
     if (sl == NULL)
         return -1;
     PyObject *first = NULL;
-    Py_ssize_t load = 0;
+    Py_ssize_t load = 0, n;
     int r = sl_fast(sl, &first, &load);
-    if (r > 0 && PyList_GET_SIZE(first) > 1) {
-        Py_INCREF(k); /* first[0] may hold the only other reference */
-        int e = PyList_SetSlice(first, 0, 1, NULL) < 0 || sl_len_add(sl, -1) < 0 ||
-                PyDict_DelItem(side_map, k) < 0;
-        Py_DECREF(k);
-        Py_DECREF(sl);
-        return e ? -1 : 0;
+    if (r > 0 && (n = PyList_GET_SIZE(first)) > 1) {
+        Py_ssize_t lo = 0, hi = n;
+        while (lo < hi) { /* bisect_left */
+            Py_ssize_t mid = (lo + hi) / 2;
+            long long m;
+            if (rd64(PyList_GET_ITEM(first, mid), &m) < 0) {
+                lo = -1;
+                break;
+            }
+            if (m < kv)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        long long at;
+        if (lo >= 0 && lo < n && rd64(PyList_GET_ITEM(first, lo), &at) == 0 && at == kv) {
+            Py_INCREF(k); /* first[lo] may hold the only other reference */
+            int e = PyList_SetSlice(first, lo, lo + 1, NULL) < 0 || sl_len_add(sl, -1) < 0;
+            if (!e) {
+                PyObject *maxes = PyObject_GetAttr(sl, N[N_MAXES]);
+                PyObject *last = PyList_GET_ITEM(first, PyList_GET_SIZE(first) - 1);
+                e = maxes == NULL || PyObject_SetItem(maxes, zero, last) < 0 ||
+                    PyDict_DelItem(side_map, k) < 0;
+                Py_XDECREF(maxes);
+            }
+            Py_DECREF(k);
+            Py_DECREF(sl);
+            return e ? -1 : 0;
+        }
     }
     Py_DECREF(sl);
     if (r < 0)
@@ -820,7 +845,7 @@ match(PyObject *book, PyObject *o, int taker_buys, long long limit, long long re
             Py_DECREF(maker);
             Py_DECREF(mkey);
             if (PyDict_GET_SIZE(level) == 0) {
-                if (close_first_level(opp, k) < 0)
+                if (del_level(opp, k, kv) < 0)
                     goto fail;
                 break;
             }
@@ -1526,19 +1551,8 @@ cp_cancel(CorePath *self, PyObject *cmd)
     lq -= leaves;
     if (set_i(level, level_off[L_QTY], lq) < 0)
         goto fail;
-    if (PyDict_GET_SIZE(level) == 0) {
-        PyObject *fk;
-        int r = best_key(side_map, &fk);
-        long long fkv;
-        if (r < 0)
-            goto fail;
-        if (r && rd64(fk, &fkv) == 0 && fkv == kv)
-            r = close_first_level(side_map, k);
-        else
-            r = PyObject_DelItem(side_map, k);
-        if (r < 0)
-            goto fail;
-    }
+    if (PyDict_GET_SIZE(level) == 0 && del_level(side_map, k, kv) < 0)
+        goto fail;
     set_ref(o, order_off[O_STATUS], K[S_ST_CANCELED]);
     if (buy ? slot_add(acct, acct_off[A_CASH_RES], -reserved) < 0
             : slot_add(h, hold_off[H_RESERVED], -reserved) < 0)
