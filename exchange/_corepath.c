@@ -157,6 +157,18 @@ rd64(PyObject *v, long long *out)
     /* v as int64: 0, or -1 (no error set) when v is not an exact int that fits */
     if (v == NULL || !PyLong_CheckExact(v))
         return -1;
+#if PY_VERSION_HEX < 0x030C0000
+    /* 3.11's int layout: a sign-carrying digit count and 30-bit digits (longintrepr.h) */
+    Py_ssize_t size = Py_SIZE(v);
+    const digit *dg = ((PyLongObject *)v)->ob_digit;
+    if (size >= -2 && size <= 2) {
+        long long x = size == 0 ? 0
+                      : size == 1 || size == -1 ? (long long)dg[0]
+                                                : (long long)dg[0] | (long long)dg[1] << PyLong_SHIFT;
+        *out = size < 0 ? -x : x;
+        return 0;
+    }
+#endif
     int ovf;
     long long x = PyLong_AsLongLongAndOverflow(v, &ovf);
     if (ovf)
@@ -666,7 +678,39 @@ fail:
 typedef struct {
     PyObject_HEAD
     PyObject *ex; /* the Exchange */
+    /* the last book looked up: valid while ex.books is the same dict at the same version */
+    PyObject *c_books, *c_symbol, *c_segment, *c_book;
+    uint64_t c_version;
 } CorePath;
+
+static PyObject *
+find_book(CorePath *self, PyObject *books, PyObject *symbol, PyObject *segment)
+{
+    /* books.get((symbol, segment)), borrowed; NULL (error set or not) when absent. The
+     * one-entry cache saves building, hashing and comparing the key tuple; a dict's
+     * ma_version_tag changes with every change to it, so the cache cannot go stale. */
+#if PY_VERSION_HEX < 0x030C0000
+    if (self->c_books == books && self->c_version == ((PyDictObject *)books)->ma_version_tag &&
+        (symbol == self->c_symbol || is_str(symbol, self->c_symbol)) &&
+        (segment == self->c_segment || is_str(segment, self->c_segment)))
+        return self->c_book;
+#endif
+    PyObject *key = PyTuple_Pack(2, symbol, segment);
+    if (key == NULL)
+        return NULL;
+    PyObject *book = PyDict_GetItemWithError(books, key);
+    Py_DECREF(key);
+#if PY_VERSION_HEX < 0x030C0000
+    if (book != NULL && PyUnicode_CheckExact(symbol) && PyUnicode_CheckExact(segment)) {
+        Py_XSETREF(self->c_books, Py_NewRef(books));
+        Py_XSETREF(self->c_symbol, Py_NewRef(symbol));
+        Py_XSETREF(self->c_segment, Py_NewRef(segment));
+        Py_XSETREF(self->c_book, Py_NewRef(book));
+        self->c_version = ((PyDictObject *)books)->ma_version_tag;
+    }
+#endif
+    return book;
+}
 
 static PyObject *call_method(CorePath *self, int name, PyObject *a, PyObject *b, PyObject *c)
 {
@@ -1317,9 +1361,8 @@ cp_place(CorePath *self, PyObject *cmd)
     if (instr == NULL || Py_TYPE(instr) != TYPE(K_INSTRUMENT))
         goto python;
     PyObject *books = xget(self, X_BOOKS);
-    if (books == NULL || (key = PyTuple_Pack(2, symbol, segment)) == NULL)
-        goto python;
-    PyObject *book = PyDict_GetItemWithError(books, key);
+    PyObject *book = books && PyDict_CheckExact(books) ? find_book(self, books, symbol, segment)
+                                                       : NULL;
     if (book == NULL || Py_TYPE(book) != TYPE(K_BOOK))
         goto python;
     PyObject *side = f[P_SIDE];
@@ -1336,7 +1379,9 @@ cp_place(CorePath *self, PyObject *cmd)
     PyObject *halted_books = xget(self, X_HALTED_BOOKS);
     if (mh == NULL || halted_books == NULL || exact_bool(mh) != 0 ||
         exact_bool(SLOT(instr, instr_off[I_HALTED])) != 0 || !PyAnySet_CheckExact(halted_books)
-        || PySet_Contains(halted_books, key) != 0)
+        || (PySet_GET_SIZE(halted_books) != 0 &&
+            ((key = PyTuple_Pack(2, symbol, segment)) == NULL ||
+             PySet_Contains(halted_books, key) != 0)))
         goto python;
     Py_CLEAR(key);
     PyObject *all_rules = xget(self, X_RULES);
@@ -1501,12 +1546,10 @@ cp_cancel(CorePath *self, PyObject *cmd)
     if (ocoid != Py_None && PyDict_Contains(coids, ocoid) != 1)
         goto python;
     PyObject *books = xget(self, X_BOOKS);
-    if (books == NULL ||
-        (key = PyTuple_Pack(2, SLOT(o, order_off[O_INSTRUMENT]), SLOT(o, order_off[O_SEGMENT])))
-            == NULL)
-        goto python;
-    PyObject *book = PyDict_GetItemWithError(books, key);
-    Py_CLEAR(key);
+    PyObject *book = books && PyDict_CheckExact(books)
+                         ? find_book(self, books, SLOT(o, order_off[O_INSTRUMENT]),
+                                     SLOT(o, order_off[O_SEGMENT]))
+                         : NULL;
     if (book == NULL || Py_TYPE(book) != TYPE(K_BOOK) ||
         !PyDict_CheckExact(SLOT(book, book_off[B_ORDERS])) ||
         PyDict_Contains(SLOT(book, book_off[B_ORDERS]), oid) != 1)
@@ -1693,6 +1736,8 @@ static int
 cp_traverse(CorePath *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->ex);
+    Py_VISIT(self->c_books);
+    Py_VISIT(self->c_book);
     return 0;
 }
 
@@ -1700,6 +1745,10 @@ static int
 cp_clear(CorePath *self)
 {
     Py_CLEAR(self->ex);
+    Py_CLEAR(self->c_books);
+    Py_CLEAR(self->c_symbol);
+    Py_CLEAR(self->c_segment);
+    Py_CLEAR(self->c_book);
     return 0;
 }
 
