@@ -422,42 +422,64 @@ done:
  * _list._lists. These mirror book.first_key, open_level and close_first_level: the same
  * guarded fast path on the single-sublist case, the public API otherwise. */
 
-static PyObject *
-first_sublist(PyObject *side_map, PyObject **sl_out)
+/* Each book side's SortedList is found once: SortedDict._list and the SortedList's _lists,
+ * _maxes and _index lists are created in their __init__ and only changed in place afterwards
+ * (sortedcontainers 2.x, which book.py already relies on); _len and _load are ints in the
+ * SortedList's __dict__. The table holds references, so an address cannot be reused. */
+typedef struct {
+    PyObject *map, *sl_dict, *lists, *maxes, *index;
+} side_t;
+#define SIDES 32
+static side_t sides[SIDES];
+static int sides_next;
+
+static side_t *
+side_of(PyObject *map)
 {
-    /* borrowed: the first sublist of keys (non-empty side); *sl_out: the SortedList (new) */
-    PyObject *sl = PyObject_GetAttr(side_map, N[N_LIST]);
+    for (int i = 0; i < SIDES; i++)
+        if (sides[i].map == map)
+            return &sides[i];
+    PyObject *sl = PyObject_GetAttr(map, N[N_LIST]);
     if (sl == NULL)
         return NULL;
+    PyObject *sl_dict = PyObject_GenericGetDict(sl, NULL);
     PyObject *lists = PyObject_GetAttr(sl, N[N_LISTS]);
-    if (lists == NULL) {
-        Py_DECREF(sl);
+    PyObject *maxes = PyObject_GetAttr(sl, N[N_MAXES]);
+    PyObject *index = PyObject_GetAttr(sl, N[N_INDEX]);
+    Py_DECREF(sl);
+    if (sl_dict == NULL || lists == NULL || maxes == NULL || index == NULL ||
+        !PyDict_CheckExact(sl_dict) || !PyList_CheckExact(lists) || !PyList_CheckExact(maxes)
+        || !PyList_CheckExact(index)) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "CorePath: unexpected SortedList layout");
+        Py_XDECREF(sl_dict);
+        Py_XDECREF(lists);
+        Py_XDECREF(maxes);
+        Py_XDECREF(index);
         return NULL;
     }
-    if (!PyList_CheckExact(lists) || PyList_GET_SIZE(lists) == 0) {
-        Py_DECREF(lists);
-        Py_DECREF(sl);
-        PyErr_SetString(PyExc_TypeError, "CorePath: unexpected SortedList layout");
-        return NULL;
-    }
-    PyObject *first = PyList_GET_ITEM(lists, 0);
-    Py_DECREF(lists); /* the SortedList keeps it alive */
-    *sl_out = sl;
-    return first;
+    side_t *e = &sides[sides_next];
+    sides_next = (sides_next + 1) % SIDES;
+    Py_XSETREF(e->map, Py_NewRef(map));
+    Py_XSETREF(e->sl_dict, sl_dict);
+    Py_XSETREF(e->lists, lists);
+    Py_XSETREF(e->maxes, maxes);
+    Py_XSETREF(e->index, index);
+    return e;
 }
 
 static int
 best_key(PyObject *side_map, PyObject **key)
 {
-    /* 1: *key (borrowed) is the smallest key; 0: the side is empty; -1: error */
+    /* 1: *key (borrowed) is the smallest key (book.first_key); 0: the side is empty */
     if (PyDict_GET_SIZE(side_map) == 0)
         return 0;
-    PyObject *sl;
-    PyObject *first = first_sublist(side_map, &sl);
-    if (first == NULL)
+    side_t *s = side_of(side_map);
+    if (s == NULL)
         return -1;
-    Py_DECREF(sl);
-    if (!PyList_CheckExact(first) || PyList_GET_SIZE(first) == 0) {
+    PyObject *first;
+    if (PyList_GET_SIZE(s->lists) == 0 || !PyList_CheckExact(first = PyList_GET_ITEM(s->lists, 0))
+        || PyList_GET_SIZE(first) == 0) {
         PyErr_SetString(PyExc_TypeError, "CorePath: unexpected SortedList layout");
         return -1;
     }
@@ -465,114 +487,87 @@ best_key(PyObject *side_map, PyObject **key)
     return 1;
 }
 
-static int
-sl_fast(PyObject *sl, PyObject **first, Py_ssize_t *load)
+static PyObject *
+sl_fast(side_t *s, Py_ssize_t *load)
 {
-    /* 1 when the SortedList is one sublist with no positional index (the fast path's guard);
-     * *first borrowed */
-    PyObject *lists = PyObject_GetAttr(sl, N[N_LISTS]);
-    if (lists == NULL)
-        return -1;
-    int ok = PyList_CheckExact(lists) && PyList_GET_SIZE(lists) == 1;
-    if (ok) {
-        *first = PyList_GET_ITEM(lists, 0);
-        ok = PyList_CheckExact(*first);
-    }
-    Py_DECREF(lists);
-    if (!ok)
-        return 0;
-    PyObject *index = PyObject_GetAttr(sl, N[N_INDEX]);
-    if (index == NULL)
-        return -1;
-    int has_index = PyObject_IsTrue(index);
-    Py_DECREF(index);
-    if (has_index)
-        return has_index < 0 ? -1 : 0;
-    PyObject *lo = PyObject_GetAttr(sl, N[N_LOAD]);
-    if (lo == NULL)
-        return -1;
-    *load = PyLong_AsSsize_t(lo);
-    Py_DECREF(lo);
-    if (*load == -1 && PyErr_Occurred())
-        return -1;
-    return 1;
+    /* the one sublist when the SortedList is one sublist with no positional index (the
+     * guard of book.open_level/close_first_level), borrowed; NULL (no error) otherwise */
+    PyObject *first;
+    if (PyList_GET_SIZE(s->lists) != 1 || PyList_GET_SIZE(s->index) != 0 ||
+        !PyList_CheckExact(first = PyList_GET_ITEM(s->lists, 0)))
+        return NULL;
+    long long lo;
+    if (rd64(PyDict_GetItemWithError(s->sl_dict, N[N_LOAD]), &lo) < 0)
+        return NULL;
+    *load = (Py_ssize_t)lo;
+    return first;
 }
 
 static int
-sl_len_add(PyObject *sl, long long delta)
+sl_len_add(side_t *s, long long delta)
 {
-    PyObject *n = PyObject_GetAttr(sl, N[N_LEN]);
-    if (n == NULL)
-        return -1;
     long long x;
-    int bad = rd64(n, &x);
-    Py_DECREF(n);
-    if (bad) {
-        PyErr_SetString(PyExc_TypeError, "CorePath: SortedList._len is not an int");
+    if (rd64(PyDict_GetItemWithError(s->sl_dict, N[N_LEN]), &x) < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "CorePath: SortedList._len is not an int");
         return -1;
     }
     PyObject *v = PyLong_FromLongLong(x + delta);
     if (v == NULL)
         return -1;
-    int r = PyObject_SetAttr(sl, N[N_LEN], v);
+    int r = PyDict_SetItem(s->sl_dict, N[N_LEN], v);
     Py_DECREF(v);
     return r;
 }
 
 static int
+set_max(side_t *s, PyObject *first)
+{
+    /* _maxes[0] = first[-1] */
+    if (PyList_GET_SIZE(s->maxes) < 1) {
+        PyErr_SetString(PyExc_TypeError, "CorePath: unexpected SortedList layout");
+        return -1;
+    }
+    PyObject *last = PyList_GET_ITEM(first, PyList_GET_SIZE(first) - 1);
+    return PyList_SetItem(s->maxes, 0, Py_NewRef(last));
+}
+
+static Py_ssize_t
+bisect(PyObject *first, long long kv, int right)
+{
+    /* bisect_left/right over int64 keys; -1 if a key is not one */
+    Py_ssize_t lo = 0, hi = PyList_GET_SIZE(first);
+    while (lo < hi) {
+        Py_ssize_t mid = (lo + hi) / 2;
+        long long m;
+        if (rd64(PyList_GET_ITEM(first, mid), &m) < 0)
+            return -1;
+        if (m < kv || (right && m == kv))
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+static int
 open_level(PyObject *side_map, PyObject *k, long long kv, PyObject *level)
 {
-    /* book.open_level(side_map, k, level) */
-    PyObject *sl = PyObject_GetAttr(side_map, N[N_LIST]);
-    if (sl == NULL)
+    /* side_map[k] = level for a new key: book.open_level */
+    side_t *s = side_of(side_map);
+    if (s == NULL)
         return -1;
-    PyObject *first = NULL;
-    Py_ssize_t load = 0;
-    int r = sl_fast(sl, &first, &load);
-    if (r > 0 && PyList_GET_SIZE(first) < (load << 1)) {
-        /* insort(first, k): the keys are exact ints (int64, checked by the caller for k) */
-        Py_ssize_t lo = 0, hi = PyList_GET_SIZE(first);
-        while (lo < hi) {
-            Py_ssize_t mid = (lo + hi) / 2;
-            long long m;
-            if (rd64(PyList_GET_ITEM(first, mid), &m) < 0) {
-                int lt = PyObject_RichCompareBool(k, PyList_GET_ITEM(first, mid), Py_LT);
-                if (lt < 0)
-                    goto fail;
-                if (lt)
-                    hi = mid;
-                else
-                    lo = mid + 1;
-                continue;
-            }
-            if (kv < m)
-                hi = mid;
-            else
-                lo = mid + 1;
-        }
-        if (PyList_Insert(first, lo, k) < 0)
-            goto fail;
-        PyObject *maxes = PyObject_GetAttr(sl, N[N_MAXES]);
-        if (maxes == NULL)
-            goto fail;
-        PyObject *last = PyList_GET_ITEM(first, PyList_GET_SIZE(first) - 1);
-        Py_INCREF(last);
-        int e = PyList_Check(maxes) && PyList_GET_SIZE(maxes) >= 1
-                    ? PyList_SetItem(maxes, 0, last)
-                    : (Py_DECREF(last), PyObject_SetItem(maxes, zero, last));
-        Py_DECREF(maxes);
-        if (e < 0 || sl_len_add(sl, 1) < 0 || PyDict_SetItem(side_map, k, level) < 0)
-            goto fail;
-        Py_DECREF(sl);
-        return 0;
+    Py_ssize_t load = 0, at;
+    PyObject *first = sl_fast(s, &load);
+    if (first != NULL && PyList_GET_SIZE(first) < (load << 1) &&
+        (at = bisect(first, kv, 1)) >= 0) { /* insort = insort_right */
+        if (PyList_Insert(first, at, k) < 0 || set_max(s, first) < 0 || sl_len_add(s, 1) < 0)
+            return -1;
+        return PyDict_SetItem(side_map, k, level);
     }
-    Py_DECREF(sl);
-    if (r < 0)
+    if (PyErr_Occurred())
         return -1;
     return PyObject_SetItem(side_map, k, level);
-fail:
-    Py_DECREF(sl);
-    return -1;
 }
 
 static int
@@ -582,44 +577,22 @@ del_level(PyObject *side_map, PyObject *k, long long kv)
      * positional index the same steps SortedList.remove/_delete take there (bisect, delete,
      * length, maximum) without its three Python-level calls; book.close_first_level is the
      * first-key case of this */
-    PyObject *sl = PyObject_GetAttr(side_map, N[N_LIST]);
-    if (sl == NULL)
+    side_t *s = side_of(side_map);
+    if (s == NULL)
         return -1;
-    PyObject *first = NULL;
-    Py_ssize_t load = 0, n;
-    int r = sl_fast(sl, &first, &load);
-    if (r > 0 && (n = PyList_GET_SIZE(first)) > 1) {
-        Py_ssize_t lo = 0, hi = n;
-        while (lo < hi) { /* bisect_left */
-            Py_ssize_t mid = (lo + hi) / 2;
-            long long m;
-            if (rd64(PyList_GET_ITEM(first, mid), &m) < 0) {
-                lo = -1;
-                break;
-            }
-            if (m < kv)
-                lo = mid + 1;
-            else
-                hi = mid;
-        }
-        long long at;
-        if (lo >= 0 && lo < n && rd64(PyList_GET_ITEM(first, lo), &at) == 0 && at == kv) {
-            Py_INCREF(k); /* first[lo] may hold the only other reference */
-            int e = PyList_SetSlice(first, lo, lo + 1, NULL) < 0 || sl_len_add(sl, -1) < 0;
-            if (!e) {
-                PyObject *maxes = PyObject_GetAttr(sl, N[N_MAXES]);
-                PyObject *last = PyList_GET_ITEM(first, PyList_GET_SIZE(first) - 1);
-                e = maxes == NULL || PyObject_SetItem(maxes, zero, last) < 0 ||
-                    PyDict_DelItem(side_map, k) < 0;
-                Py_XDECREF(maxes);
-            }
-            Py_DECREF(k);
-            Py_DECREF(sl);
-            return e ? -1 : 0;
-        }
+    Py_ssize_t load = 0, at;
+    PyObject *first = sl_fast(s, &load);
+    long long found;
+    if (first != NULL && PyList_GET_SIZE(first) > 1 && (at = bisect(first, kv, 0)) >= 0 &&
+        at < PyList_GET_SIZE(first) && rd64(PyList_GET_ITEM(first, at), &found) == 0 &&
+        found == kv) {
+        Py_INCREF(k); /* first[at] may hold the only other reference */
+        int e = PyList_SetSlice(first, at, at + 1, NULL) < 0 || sl_len_add(s, -1) < 0 ||
+                set_max(s, first) < 0 || PyDict_DelItem(side_map, k) < 0;
+        Py_DECREF(k);
+        return e ? -1 : 0;
     }
-    Py_DECREF(sl);
-    if (r < 0)
+    if (PyErr_Occurred())
         return -1;
     return PyObject_DelItem(side_map, k);
 }
