@@ -370,7 +370,8 @@ emit_book_update(PyObject *ex, PyObject *book, PyObject *last_change, PyObject *
 {
     /* the reference's tail of _place/_cancel: pending L2 changes (then last_change, a new
      * reference or NULL, stolen) become one BookUpdate when book updates are on, and the
-     * book's change list is cleared either way */
+     * book's change list is cleared either way. The BookUpdate goes into the last item of
+     * events when the caller left it empty (NULL) for it, which is removed otherwise. */
     PyObject *changes = SLOT(book, book_off[B_CHANGES]);
     PyObject *tup = NULL;
     int r = -1;
@@ -407,12 +408,22 @@ emit_book_update(PyObject *ex, PyObject *book, PyObject *last_change, PyObject *
     if (sq == NULL)
         goto done;
     set_slot(book, book_off[B_SEQ], sq);
-    r = list_append_new(events, new_bu(SLOT(book, book_off[B_INSTRUMENT]),
-                                       SLOT(book, book_off[B_SEGMENT]), sq, tup));
+    PyObject *bu = new_bu(SLOT(book, book_off[B_INSTRUMENT]), SLOT(book, book_off[B_SEGMENT]),
+                          sq, tup);
     tup = NULL;
+    Py_ssize_t n = PyList_GET_SIZE(events);
+    if (bu != NULL && n && PyList_GET_ITEM(events, n - 1) == NULL) {
+        PyList_SET_ITEM(events, n - 1, bu); /* the slot the caller reserved */
+        r = 0;
+    }
+    else
+        r = list_append_new(events, bu);
 done:
     Py_XDECREF(tup);
     Py_XDECREF(last_change);
+    if (r == 0 && PyList_GET_SIZE(events) && PyList_GET_ITEM(events, PyList_GET_SIZE(events) - 1)
+        == NULL)
+        r = PyList_SetSlice(events, PyList_GET_SIZE(events) - 1, PyList_GET_SIZE(events), NULL);
     return r;
 }
 
@@ -1448,7 +1459,7 @@ cp_place(CorePath *self, PyObject *cmd)
     er = new_er(firm_id, oid, coid, symbol, segment, side, K[S_EXEC_NEW], K[S_ST_NEW],
                 f[P_PRICE], f[P_QTY], zero, zero, zero, f[P_QTY], Py_None, zero, zero, Py_None,
                 f[P_TS]);
-    if (er == NULL || (events = PyList_New(1)) == NULL)
+    if (er == NULL || (events = PyList_New(crosses ? 1 : 2)) == NULL)
         goto fail;
     PyList_SET_ITEM(events, 0, er);
     er = NULL;
@@ -1516,7 +1527,10 @@ cp_cancel(CorePath *self, PyObject *cmd)
     if (o == NULL || Py_TYPE(o) != TYPE(K_ORDER))
         goto python; /* unknown order: the reference rejects it */
     PyObject *ocoid = SLOT(o, order_off[O_COID]);
-    if (ocoid != Py_None && PyDict_Contains(coids, ocoid) != 1)
+    /* the order's own id object is the key in every dict that holds it (one identity
+     * check per lookup instead of an int comparison) */
+    PyObject *okey = SLOT(o, order_off[O_ID]);
+    if (okey == NULL)
         goto python;
     PyObject *books = xget(self, X_BOOKS);
     PyObject *book = books && PyDict_CheckExact(books)
@@ -1524,8 +1538,7 @@ cp_cancel(CorePath *self, PyObject *cmd)
                                      SLOT(o, order_off[O_SEGMENT]))
                          : NULL;
     if (book == NULL || Py_TYPE(book) != TYPE(K_BOOK) ||
-        !PyDict_CheckExact(SLOT(book, book_off[B_ORDERS])) ||
-        PyDict_Contains(SLOT(book, book_off[B_ORDERS]), oid) != 1)
+        !PyDict_CheckExact(SLOT(book, book_off[B_ORDERS])))
         goto python;
     PyObject *side = SLOT(o, order_off[O_SIDE]);
     int buy = is_str(side, K[S_BUY]);
@@ -1540,7 +1553,7 @@ cp_cancel(CorePath *self, PyObject *cmd)
     if (!PyDict_Check(side_map) || (k = PyLong_FromLongLong(kv)) == NULL)
         goto python;
     PyObject *level = PyDict_GetItemWithError(side_map, k);
-    if (level == NULL || Py_TYPE(level) != TYPE(K_LEVEL) || PyDict_Contains(level, oid) != 1 ||
+    if (level == NULL || Py_TYPE(level) != TYPE(K_LEVEL) ||
         rd64(SLOT(level, level_off[L_QTY]), &lq) < 0)
         goto python;
     PyObject *h = NULL;
@@ -1554,15 +1567,18 @@ cp_cancel(CorePath *self, PyObject *cmd)
             goto python;
     }
 
-    /* ---- accepted */
+    /* ---- accepted: as in the reference, an inconsistent book raises KeyError from here */
     PyObject *events = NULL, *er = NULL;
     Py_INCREF(o);
     Py_INCREF(oid);
     Py_INCREF(level);
-    if (PyDict_DelItem(orders, oid) < 0 ||
-        (ocoid != Py_None && PyDict_DelItem(coids, ocoid) < 0) ||
-        PyDict_DelItem(SLOT(book, book_off[B_ORDERS]), oid) < 0 ||
-        PyObject_DelItem(level, oid) < 0)
+    Py_INCREF(okey);
+    int gone = PyDict_DelItem(orders, okey) < 0 ||
+               (ocoid != Py_None && PyDict_DelItem(coids, ocoid) < 0) ||
+               PyDict_DelItem(SLOT(book, book_off[B_ORDERS]), okey) < 0 ||
+               PyObject_DelItem(level, okey) < 0;
+    Py_DECREF(okey);
+    if (gone)
         goto fail;
     lq -= leaves;
     if (set_i(level, level_off[L_QTY], lq) < 0)
@@ -1579,7 +1595,7 @@ cp_cancel(CorePath *self, PyObject *cmd)
                 K[S_EXEC_CANCELED], K[S_ST_CANCELED], SLOT(o, order_off[O_PRICE]),
                 SLOT(o, order_off[O_QTY]), zero, zero, SLOT(o, order_off[O_CUM]), zero,
                 K[S_CANCELED_BY_CLIENT], zero, zero, Py_None, SLOT(cmd, cancel_off[C_TS]));
-    if (er == NULL || (events = PyList_New(1)) == NULL)
+    if (er == NULL || (events = PyList_New(2)) == NULL)
         goto fail;
     PyList_SET_ITEM(events, 0, er);
     er = NULL;
