@@ -237,23 +237,48 @@ set_i(PyObject *o, Py_ssize_t off, __int128 v)
     return 0;
 }
 
+static PyObject *
+num_add(PyObject *cur, __int128 delta)
+{
+    /* cur + delta, a new reference, for an int cur of any size */
+    long long x;
+    if (rd64(cur, &x) == 0)
+        return from128((__int128)x + delta);
+    if (cur == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "CorePath: slot not set");
+        return NULL;
+    }
+    PyObject *d = from128(delta);
+    if (d == NULL)
+        return NULL;
+    PyObject *r = PyNumber_Add(cur, d);
+    Py_DECREF(d);
+    return r;
+}
+
 static int
 slot_add(PyObject *o, Py_ssize_t off, __int128 delta)
 {
     /* o.<slot> += delta, for an int of any size */
-    PyObject *cur = SLOT(o, off);
+    PyObject *r = num_add(SLOT(o, off), delta);
+    if (r == NULL)
+        return -1;
+    set_slot(o, off, r);
+    return 0;
+}
+
+static int
+slot_sub(PyObject *o, Py_ssize_t off, PyObject *v)
+{
+    /* o.<slot> -= v, for ints of any size */
     long long x;
-    if (rd64(cur, &x) == 0)
-        return set_i(o, off, (__int128)x + delta);
-    if (cur == NULL) {
+    if (rd64(v, &x) == 0)
+        return slot_add(o, off, -(__int128)x);
+    if (SLOT(o, off) == NULL) {
         PyErr_SetString(PyExc_AttributeError, "CorePath: slot not set");
         return -1;
     }
-    PyObject *d = from128(delta);
-    if (d == NULL)
-        return -1;
-    PyObject *r = PyNumber_Add(cur, d);
-    Py_DECREF(d);
+    PyObject *r = PyNumber_Subtract(SLOT(o, off), v);
     if (r == NULL)
         return -1;
     set_slot(o, off, r);
@@ -776,17 +801,23 @@ first_order(PyObject *level, PyObject **key)
 }
 
 static int
-match(PyObject *book, PyObject *o, int taker_buys, long long limit, long long remaining,
-      PyObject *account, PyObject *stp, fills_t *fills, PyObject *stp_cancels, int *killed)
+match(PyObject *book, PyObject *o, int taker_buys, int has_limit, long long limit,
+      long long remaining, PyObject *account, PyObject *stp, fills_t *fills,
+      PyObject *stp_cancels, int *killed)
 {
-    /* OrderBook.match(o, limit, stp, fills, stp_cancels), step for step */
+    /* OrderBook.match(o, limit, stp, fills, stp_cancels), step for step. -2: not taken (a
+     * book price beyond 64 bits where it would trade) and nothing changed. A maker's leaves
+     * and the level's quantity may be ints of any size (orders the Python path let in);
+     * remaining, each fill and every price here fit in 64 bits. */
     PyObject *opp = SLOT(book, book_off[taker_buys ? B_ASKS : B_BIDS]);
-    long long klimit = taker_buys ? limit : -limit, sign = taker_buys ? 1 : -1;
+    long long klimit = !has_limit ? LLONG_MAX : taker_buys ? limit : -limit;
+    long long sign = taker_buys ? 1 : -1;
     PyObject *opp_side = K[taker_buys ? S_SELL : S_BUY];
     PyObject *orders = SLOT(book, book_off[B_ORDERS]);
     PyObject *changes = SLOT(book, book_off[B_CHANGES]);
     int incoming = is_str_noerr(stp, K[S_STP_INCOMING]);
     int both = is_str_noerr(stp, K[S_STP_BOTH]);
+    int touched = 0;
     *killed = 0;
     while (remaining) {
         PyObject *k;
@@ -797,12 +828,18 @@ match(PyObject *book, PyObject *o, int taker_buys, long long limit, long long re
             break;
         }
         long long kv;
-        if (rd64(k, &kv) < 0) {
-            PyErr_SetString(PyExc_OverflowError, "CorePath: book key out of range");
+        if (rd64(k, &kv) < 0 || kv == LLONG_MIN) {
+            int beyond = PyLong_CheckExact(k) && _PyLong_Sign(k) > 0; /* a key above int64 */
+            if (beyond && has_limit)
+                break; /* above any limit */
+            if (!touched)
+                return -2;
+            PyErr_SetString(PyExc_OverflowError, "CorePath: book price beyond 64 bits");
             return -1;
         }
         if (kv > klimit)
             break;
+        touched = 1;
         Py_INCREF(k);
         PyObject *level = PyDict_GetItemWithError(opp, k);
         if (level == NULL) {
@@ -814,8 +851,7 @@ match(PyObject *book, PyObject *o, int taker_buys, long long limit, long long re
         Py_INCREF(level);
         long long px = kv * sign;
         PyObject *price = PyLong_FromLongLong(px);
-        long long lq;
-        if (price == NULL || rd64(SLOT(level, level_off[L_QTY]), &lq) < 0)
+        if (price == NULL)
             goto fail;
         for (;;) {
             PyObject *mkey;
@@ -827,12 +863,15 @@ match(PyObject *book, PyObject *o, int taker_buys, long long limit, long long re
             }
             Py_INCREF(maker);
             Py_INCREF(mkey);
-            long long ml;
-            if (Py_TYPE(maker) != TYPE(K_ORDER) ||
-                rd64(SLOT(maker, order_off[O_LEAVES]), &ml) < 0) {
+            PyObject *mlo = SLOT(maker, order_off[O_LEAVES]);
+            long long ml = 0;
+            int ml_big = 0;
+            if (Py_TYPE(maker) != TYPE(K_ORDER) || mlo == NULL || !PyLong_CheckExact(mlo)) {
                 PyErr_SetString(PyExc_TypeError, "CorePath: unexpected order in the book");
                 goto fail_m;
             }
+            if (rd64(mlo, &ml) < 0)
+                ml_big = 1; /* beyond int64: more than remaining */
             int same = PyObject_RichCompareBool(SLOT(maker, order_off[O_ACCOUNT]), account,
                                                 Py_EQ);
             if (same < 0)
@@ -844,9 +883,9 @@ match(PyObject *book, PyObject *o, int taker_buys, long long limit, long long re
                     Py_DECREF(mkey);
                     break;
                 }
-                if (PyObject_DelItem(level, mkey) < 0)
+                if (PyObject_DelItem(level, mkey) < 0 || slot_sub(level, level_off[L_QTY], mlo)
+                    < 0)
                     goto fail_m;
-                lq -= ml;
                 if (PyDict_DelItem(orders, SLOT(maker, order_off[O_ID])) < 0 ||
                     PyList_Append(stp_cancels, maker) < 0)
                     goto fail_m;
@@ -855,7 +894,7 @@ match(PyObject *book, PyObject *o, int taker_buys, long long limit, long long re
             }
             else {
                 long long q;
-                if (ml <= remaining) {
+                if (!ml_big && ml <= remaining) {
                     q = ml;
                     if (PyObject_DelItem(level, mkey) < 0 ||
                         PyDict_DelItem(orders, SLOT(maker, order_off[O_ID])) < 0)
@@ -863,11 +902,11 @@ match(PyObject *book, PyObject *o, int taker_buys, long long limit, long long re
                 }
                 else
                     q = remaining;
-                if (set_i(maker, order_off[O_LEAVES], ml - q) < 0 ||
+                if (slot_add(maker, order_off[O_LEAVES], -q) < 0 ||
                     slot_add(maker, order_off[O_CUM], q) < 0 ||
-                    fills_push(fills, maker, q, px) < 0)
+                    fills_push(fills, maker, q, px) < 0 ||
+                    slot_add(level, level_off[L_QTY], -q) < 0)
                     goto fail_m;
-                lq -= q;
                 remaining -= q;
             }
             Py_DECREF(maker);
@@ -885,8 +924,9 @@ match(PyObject *book, PyObject *o, int taker_buys, long long limit, long long re
             Py_DECREF(mkey);
             goto fail;
         }
-        if (set_i(level, level_off[L_QTY], lq) < 0 ||
-            list_append_new(changes, change(opp_side, price, lq)) < 0)
+        PyObject *lq = SLOT(level, level_off[L_QTY]);
+        PyObject *ch = lq ? untracked(PyTuple_Pack(3, opp_side, price, lq)) : NULL;
+        if (list_append_new(changes, ch) < 0)
             goto fail;
         Py_DECREF(price);
         Py_DECREF(level);
@@ -944,16 +984,23 @@ typedef struct {
         *events;
     int taker_buys;
     long long fee_bps;
-    __int128 day_trades, day_high, day_low, day_volume, day_notional, last_px;
+    /* day statistics as _execute keeps them in locals: the high and the low (references,
+     * ints of any size), whether the day has traded, and this command's sums */
+    PyObject *day_high, *day_low;
+    int traded;
+    long long trades, last_px;
+    __int128 day_volume, day_notional;
 } settle_t;
 
 static int
 order_done(PyObject *ord, PyObject *acct)
 {
     /* the status after a fill; a filled order leaves its account's live orders */
-    long long leaves;
-    if (rd64(SLOT(ord, order_off[O_LEAVES]), &leaves) < 0) {
-        PyErr_SetString(PyExc_TypeError, "CorePath: leaves is not an int");
+    PyObject *lv = SLOT(ord, order_off[O_LEAVES]);
+    int leaves = lv == NULL ? -1 : PyObject_IsTrue(lv);
+    if (leaves < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_AttributeError, "CorePath: leaves is not set");
         return -1;
     }
     if (leaves) {
@@ -967,6 +1014,58 @@ order_done(PyObject *ord, PyObject *acct)
     if (coid != Py_None && PyDict_DelItem(SLOT(acct, acct_off[A_COIDS]), coid) < 0)
         return -1;
     return 0;
+}
+
+static int
+int_cmp(long long a, PyObject *b)
+{
+    /* sign of a - b for an int b of any size */
+    long long x;
+    if (rd64(b, &x) == 0)
+        return a < x ? -1 : a > x;
+    return PyLong_Check(b) && _PyLong_Sign(b) > 0 ? -1 : 1;
+}
+
+static int
+release_big(PyObject *bo, PyObject *bacct, long long fee_bps)
+{
+    /* the buyer's reservation step of a fill with Python's ints: new = buy_reserve(price,
+     * leaves, fee_bps) if leaves else 0; cash_reserved -= reserved - new; reserved = new */
+    PyObject *n = NULL, *m = NULL, *fl = NULL, *new_res = NULL, *diff = NULL, *res2 = NULL;
+    PyObject *fee = PyLong_FromLongLong(fee_bps), *tenk = PyLong_FromLong(10000);
+    int r = -1, bl;
+    if (fee == NULL || tenk == NULL || (bl = PyObject_IsTrue(SLOT(bo, order_off[O_LEAVES]))) < 0)
+        goto done;
+    if (bl) {
+        PyObject *neg;
+        if ((n = PyNumber_Multiply(SLOT(bo, order_off[O_PRICE]), SLOT(bo, order_off[O_LEAVES])))
+                == NULL || (neg = PyNumber_Negative(n)) == NULL)
+            goto done;
+        m = PyNumber_Multiply(neg, fee);
+        Py_DECREF(neg);
+        if (m == NULL || (fl = PyNumber_FloorDivide(m, tenk)) == NULL ||
+            (new_res = PyNumber_Subtract(n, fl)) == NULL)
+            goto done;
+    }
+    else
+        new_res = Py_NewRef(zero);
+    if ((diff = PyNumber_Subtract(SLOT(bo, order_off[O_RESERVED]), new_res)) == NULL ||
+        (res2 = PyNumber_Subtract(SLOT(bacct, acct_off[A_CASH_RES]), diff)) == NULL)
+        goto done;
+    set_slot(bacct, acct_off[A_CASH_RES], res2);
+    res2 = NULL;
+    set_ref(bo, order_off[O_RESERVED], new_res);
+    r = 0;
+done:
+    Py_XDECREF(fee);
+    Py_XDECREF(tenk);
+    Py_XDECREF(n);
+    Py_XDECREF(m);
+    Py_XDECREF(fl);
+    Py_XDECREF(new_res);
+    Py_XDECREF(diff);
+    Py_XDECREF(res2);
+    return r;
 }
 
 static int
@@ -991,18 +1090,22 @@ settle_fill(settle_t *s, PyObject *maker, long long q, long long px)
     __int128 notional = (__int128)px * q;
     __int128 fee = floordiv10k(notional * s->fee_bps); /* same rate both sides */
     /* buyer: pay notional + fee out of the order's reservation */
-    __int128 bl, bres, bprice, new_res = 0;
-    if (read_i(bo, order_off[O_LEAVES], &bl) < 0 || read_i(bo, order_off[O_RESERVED], &bres) < 0)
-        goto done;
-    if (bl) {
-        if (read_i(bo, order_off[O_PRICE], &bprice) < 0)
+    long long bl, bres, bprice;
+    if (rd64(SLOT(bo, order_off[O_LEAVES]), &bl) == 0 && bl >= 0 && bl < I31 &&
+        rd64(SLOT(bo, order_off[O_RESERVED]), &bres) == 0 &&
+        rd64(SLOT(bo, order_off[O_PRICE]), &bprice) == 0 && bprice > -I31 && bprice < I31) {
+        __int128 new_res = 0;
+        if (bl) {
+            __int128 n = (__int128)bprice * bl;
+            new_res = n - floordiv10k(-n * s->fee_bps); /* buy_reserve */
+        }
+        if (slot_add(bacct, acct_off[A_CASH_RES], -((__int128)bres - new_res)) < 0 ||
+            set_i(bo, order_off[O_RESERVED], new_res) < 0)
             goto done;
-        __int128 n = bprice * bl;
-        new_res = n - floordiv10k(-n * s->fee_bps); /* buy_reserve */
     }
-    if (slot_add(bacct, acct_off[A_CASH_RES], -(bres - new_res)) < 0 ||
-        set_i(bo, order_off[O_RESERVED], new_res) < 0 ||
-        slot_add(bacct, acct_off[A_CASH], -notional) < 0 ||
+    else if (release_big(bo, bacct, s->fee_bps) < 0) /* an order the Python path let in */
+        goto done;
+    if (slot_add(bacct, acct_off[A_CASH], -notional) < 0 ||
         slot_add(sacct, acct_off[A_CASH], notional) < 0)
         goto done;
     if (fee) {
@@ -1105,10 +1208,7 @@ settle_fill(settle_t *s, PyObject *maker, long long q, long long px)
     PyObject *bq = PyDict_GetItemWithError(blots, K[S_LOT_PURCHASE]);
     if (bq == NULL && PyErr_Occurred())
         goto done;
-    __int128 bqv = 0;
-    if (bq != NULL && rd128(bq, &bqv) < 0)
-        goto done;
-    PyObject *nb = from128(bqv + q);
+    PyObject *nb = num_add(bq != NULL ? bq : zero, q);
     if (nb == NULL)
         goto done;
     int e = PyDict_SetItem(blots, K[S_LOT_PURCHASE], nb);
@@ -1178,15 +1278,17 @@ settle_fill(settle_t *s, PyObject *maker, long long q, long long px)
     }
     Py_DECREF(t);
     /* day statistics */
-    if (!s->day_trades) {
+    if (!s->traded) {
         set_ref(s->instr, instr_off[I_DAY_OPEN], pxo);
-        s->day_high = s->day_low = px;
+        Py_XSETREF(s->day_high, Py_NewRef(pxo));
+        Py_XSETREF(s->day_low, Py_NewRef(pxo));
+        s->traded = 1;
     }
-    else if (px > s->day_high)
-        s->day_high = px;
-    else if (px < s->day_low)
-        s->day_low = px;
-    s->day_trades += 1;
+    else if (int_cmp(px, s->day_high) > 0)
+        Py_XSETREF(s->day_high, Py_NewRef(pxo));
+    else if (int_cmp(px, s->day_low) < 0)
+        Py_XSETREF(s->day_low, Py_NewRef(pxo));
+    s->trades += 1;
     s->day_volume += q;
     s->day_notional += notional;
     s->last_px = px;
@@ -1213,9 +1315,13 @@ execute(CorePath *self, PyObject *o, PyObject *book, PyObject *instr, PyObject *
     int killed, r = -1;
     if (stp_cancels == NULL || accounts == NULL)
         goto done;
-    if (match(book, o, taker_buys, price, qty, SLOT(acct, acct_off[A_FIRM]),
-              SLOT(acct, acct_off[A_STP]), &fills, stp_cancels, &killed) < 0)
+    int m = match(book, o, taker_buys, 1, price, qty, SLOT(acct, acct_off[A_FIRM]),
+                  SLOT(acct, acct_off[A_STP]), &fills, stp_cancels, &killed);
+    if (m < 0) {
+        if (m == -2) /* cp_place checked the best bid: cannot happen */
+            PyErr_SetString(PyExc_SystemError, "CorePath: book price beyond 64 bits");
         goto done;
+    }
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(stp_cancels); i++) {
         PyObject *maker = PyList_GET_ITEM(stp_cancels, i);
         PyObject *macct = get_account(accounts, SLOT(maker, order_off[O_ACCOUNT]));
@@ -1257,22 +1363,22 @@ execute(CorePath *self, PyObject *o, PyObject *book, PyObject *instr, PyObject *
         }
         Py_INCREF(s.now);
         Py_INCREF(s.listeners);
-        int ok = read_i(instr, instr_off[I_DAY_TRADES], &s.day_trades) == 0 &&
-                 read_i(instr, instr_off[I_DAY_HIGH], &s.day_high) == 0 &&
-                 read_i(instr, instr_off[I_DAY_LOW], &s.day_low) == 0;
+        s.traded = PyObject_IsTrue(SLOT(instr, instr_off[I_DAY_TRADES]));
+        s.day_high = Py_XNewRef(SLOT(instr, instr_off[I_DAY_HIGH]));
+        s.day_low = Py_XNewRef(SLOT(instr, instr_off[I_DAY_LOW]));
+        int ok = s.traded >= 0 && s.day_high != NULL && s.day_low != NULL;
         for (Py_ssize_t i = 0; ok && i < fills.n; i++)
             ok = settle_fill(&s, fills.v[i].maker, fills.v[i].q, fills.v[i].px) == 0;
         if (ok) {
-            __int128 vol, notl;
-            ok = set_i(instr, instr_off[I_DAY_HIGH], s.day_high) == 0 &&
-                 set_i(instr, instr_off[I_DAY_LOW], s.day_low) == 0 &&
-                 set_i(instr, instr_off[I_LAST], s.last_px) == 0 &&
-                 set_i(instr, instr_off[I_DAY_TRADES], s.day_trades) == 0 &&
-                 read_i(instr, instr_off[I_DAY_VOLUME], &vol) == 0 &&
-                 set_i(instr, instr_off[I_DAY_VOLUME], vol + s.day_volume) == 0 &&
-                 read_i(instr, instr_off[I_DAY_NOTIONAL], &notl) == 0 &&
-                 set_i(instr, instr_off[I_DAY_NOTIONAL], notl + s.day_notional) == 0;
+            set_ref(instr, instr_off[I_DAY_HIGH], s.day_high);
+            set_ref(instr, instr_off[I_DAY_LOW], s.day_low);
+            ok = set_i(instr, instr_off[I_LAST], s.last_px) == 0 &&
+                 slot_add(instr, instr_off[I_DAY_TRADES], s.trades) == 0 &&
+                 slot_add(instr, instr_off[I_DAY_VOLUME], s.day_volume) == 0 &&
+                 slot_add(instr, instr_off[I_DAY_NOTIONAL], s.day_notional) == 0;
         }
+        Py_XDECREF(s.day_high);
+        Py_XDECREF(s.day_low);
         Py_DECREF(s.now);
         Py_DECREF(s.listeners);
         if (!ok)
@@ -1507,6 +1613,9 @@ cp_cancel(CorePath *self, PyObject *cmd)
     PyObject *key = NULL, *k = NULL;
     if (!configured || Py_TYPE(cmd) != TYPE(K_CANCEL))
         goto python;
+    for (int i = 0; i < C_N; i++)
+        if (SLOT(cmd, cancel_off[i]) == NULL)
+            goto python; /* an unset field: the reference raises AttributeError */
     PyObject *accounts = xget(self, X_ACCOUNTS);
     PyObject *acct = accounts ? PyDict_GetItemWithError(accounts,
                                                         SLOT(cmd, cancel_off[C_ACCOUNT]))
@@ -1710,7 +1819,7 @@ cp_init(CorePath *self, PyObject *args, PyObject *kw)
     if (!PyArg_ParseTuple(args, "O:CorePath", &ex))
         return -1;
     if (!configured) {
-        PyErr_SetString(PyExc_RuntimeError, "CorePath: core_setup() was not called");
+        PyErr_SetString(PyExc_RuntimeError, "CorePath: setup() has not had every class");
         return -1;
     }
     if (!PyObject_TypeCheck(ex, TYPE(K_EXCHANGE))) {
@@ -1782,18 +1891,24 @@ static PyTypeObject CorePathType = {
 
 /* ------------------------------------------------------------------ set-up */
 
+static unsigned long long have_cls, have_const; /* bit masks of what setup() was given */
+
 static PyObject *
-core_setup(PyObject *mod, PyObject *cfg)
+setup(PyObject *mod, PyObject *cfg)
 {
-    /* core_setup(cfg: dict): the classes and constants of exchange.core (see exchange.py) */
+    /* setup(cfg: dict): the core's classes and constants, by the names in class_keys and
+     * const_keys; each call may give some of them (book.py gives the book's, exchange.py the
+     * rest) */
     if (!PyDict_Check(cfg)) {
-        PyErr_SetString(PyExc_TypeError, "core_setup(cfg): cfg must be a dict");
+        PyErr_SetString(PyExc_TypeError, "setup(cfg): cfg must be a dict");
         return NULL;
     }
     for (int k = 0; k < K_N; k++) {
         PyObject *t = PyDict_GetItemString(cfg, class_keys[k]);
-        if (t == NULL || !PyType_Check(t))
-            return PyErr_Format(PyExc_KeyError, "core_setup: class %s missing", class_keys[k]);
+        if (t == NULL)
+            continue;
+        if (!PyType_Check(t))
+            return PyErr_Format(PyExc_TypeError, "setup: %s is not a class", class_keys[k]);
         for (int i = 0; i < classes[k].n; i++) {
             PyObject *name = PyUnicode_InternFromString(classes[k].names[i]);
             if (name == NULL)
@@ -1802,25 +1917,237 @@ core_setup(PyObject *mod, PyObject *cfg)
             Py_DECREF(name);
             if (dsc == NULL || Py_TYPE(dsc) != &PyMemberDescr_Type ||
                 ((PyMemberDescrObject *)dsc)->d_member->type != T_OBJECT_EX)
-                return PyErr_Format(PyExc_TypeError, "core_setup: %s.%s is not a slot",
+                return PyErr_Format(PyExc_TypeError, "setup: %s.%s is not a slot",
                                     class_keys[k], classes[k].names[i]);
             classes[k].off[i] = ((PyMemberDescrObject *)dsc)->d_member->offset;
         }
         Py_XSETREF(classes[k].type, (PyTypeObject *)Py_NewRef(t));
+        have_cls |= 1ull << k;
     }
     for (int i = 0; i < S_N; i++) {
         PyObject *v = PyDict_GetItemString(cfg, const_keys[i]);
         if (v == NULL)
-            return PyErr_Format(PyExc_KeyError, "core_setup: %s missing", const_keys[i]);
+            continue;
         Py_XSETREF(K[i], Py_NewRef(v));
+        have_const |= 1ull << i;
     }
-    configured = 1;
+    configured = have_cls == (1ull << K_N) - 1 && have_const == (1ull << S_N) - 1;
     Py_RETURN_NONE;
 }
 
+/* ------------------------------------------------------------------ OrderBook methods */
+
+/* OrderBook.add, remove, crosses and match (book.py), the same steps as there. Each takes
+ * what it can and calls the Python method (book.PY_METHODS, the reference) for anything
+ * else - a subclass, a value that is not an int64 - before changing anything. */
+
+static PyObject *py_book[4]; /* add, remove, crosses, match: the Python functions */
+enum { PB_ADD, PB_REMOVE, PB_CROSSES, PB_MATCH };
+
+static int
+book_ready(PyObject *book)
+{
+    return (have_cls & (1ull << K_BOOK | 1ull << K_ORDER | 1ull << K_LEVEL)) ==
+               (1ull << K_BOOK | 1ull << K_ORDER | 1ull << K_LEVEL) &&
+           K[S_BUY] && K[S_SELL] && K[S_STP_INCOMING] && K[S_STP_BOTH] &&
+           Py_TYPE(book) == TYPE(K_BOOK);
+}
+
+static PyObject *
+py_book_call(int which, PyObject *book, PyObject *const *args, Py_ssize_t n)
+{
+    if (PyErr_Occurred())
+        PyErr_Clear();
+    PyObject *a[8];
+    a[0] = book;
+    for (Py_ssize_t i = 0; i < n && i < 7; i++)
+        a[i + 1] = args[i];
+    return PyObject_Vectorcall(py_book[which], a, n + 1, NULL);
+}
+
+static PyObject *
+ob_add(PyObject *book, PyObject *order)
+{
+    long long price, leaves, lq;
+    PyObject *side, *oid;
+    if (!book_ready(book) || Py_TYPE(order) != TYPE(K_ORDER) ||
+        (side = SLOT(order, order_off[O_SIDE])) == NULL ||
+        (oid = SLOT(order, order_off[O_ID])) == NULL ||
+        rd64(SLOT(order, order_off[O_PRICE]), &price) < 0 || price <= -(1LL << 62) ||
+        price >= (1LL << 62) || rd64(SLOT(order, order_off[O_LEAVES]), &leaves) < 0 ||
+        !(is_str(side, K[S_BUY]) || is_str(side, K[S_SELL])) ||
+        !PyList_Check(SLOT(book, book_off[B_CHANGES])) ||
+        !PyDict_CheckExact(SLOT(book, book_off[B_ORDERS])))
+        return py_book_call(PB_ADD, book, &order, 1);
+    PyObject *p = SLOT(order, order_off[O_PRICE]);
+    Py_INCREF(p);
+    Py_INCREF(side);
+    int e = book_rest(book, order, side, p, price, leaves, oid, &lq) < 0 ||
+            list_append_new(SLOT(book, book_off[B_CHANGES]), change(side, p, lq)) < 0;
+    Py_DECREF(p);
+    Py_DECREF(side);
+    if (e)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+ob_remove(PyObject *book, PyObject *order_id)
+{
+    PyObject *orders, *o = NULL, *side, *okey, *level = NULL, *k = NULL;
+    long long price, leaves, lq;
+    int buy;
+    if (!book_ready(book) || !PyDict_CheckExact(orders = SLOT(book, book_off[B_ORDERS])) ||
+        !PyList_Check(SLOT(book, book_off[B_CHANGES])) ||
+        (o = PyDict_GetItemWithError(orders, order_id)) == NULL || Py_TYPE(o) != TYPE(K_ORDER) ||
+        (okey = SLOT(o, order_off[O_ID])) == NULL || (side = SLOT(o, order_off[O_SIDE])) == NULL
+        || rd64(SLOT(o, order_off[O_PRICE]), &price) < 0 || price <= -(1LL << 62) ||
+        price >= (1LL << 62) || rd64(SLOT(o, order_off[O_LEAVES]), &leaves) < 0)
+        return py_book_call(PB_REMOVE, book, &order_id, 1); /* KeyError for an unknown id */
+    buy = is_str(side, K[S_BUY]);
+    if (!buy && !is_str(side, K[S_SELL]))
+        return py_book_call(PB_REMOVE, book, &order_id, 1);
+    PyObject *side_map = SLOT(book, book_off[buy ? B_BIDS : B_ASKS]);
+    long long kv = buy ? -price : price;
+    if (!PyDict_Check(side_map) || (k = PyLong_FromLongLong(kv)) == NULL ||
+        (level = PyDict_GetItemWithError(side_map, k)) == NULL ||
+        Py_TYPE(level) != TYPE(K_LEVEL) || rd64(SLOT(level, level_off[L_QTY]), &lq) < 0) {
+        Py_XDECREF(k);
+        return py_book_call(PB_REMOVE, book, &order_id, 1);
+    }
+    Py_INCREF(o);
+    Py_INCREF(okey);
+    Py_INCREF(level);
+    PyObject *price_o = Py_NewRef(SLOT(o, order_off[O_PRICE]));
+    Py_INCREF(side);
+    int e = PyDict_DelItem(orders, okey) < 0 || PyObject_DelItem(level, okey) < 0 ||
+            set_i(level, level_off[L_QTY], lq - leaves) < 0 ||
+            (PyDict_GET_SIZE(level) == 0 && del_level(side_map, k, kv) < 0) ||
+            list_append_new(SLOT(book, book_off[B_CHANGES]), change(side, price_o, lq - leaves))
+                < 0;
+    Py_DECREF(price_o);
+    Py_DECREF(side);
+    Py_DECREF(okey);
+    Py_DECREF(level);
+    Py_DECREF(k);
+    if (e) {
+        Py_DECREF(o);
+        return NULL;
+    }
+    return o;
+}
+
+static PyObject *
+ob_crosses(PyObject *book, PyObject *const *args, Py_ssize_t n)
+{
+    long long price = 0, kv;
+    PyObject *key;
+    if (n != 2 || !book_ready(book) || (args[1] != Py_None && rd64(args[1], &price) < 0))
+        return py_book_call(PB_CROSSES, book, args, n);
+    int buy = is_str(args[0], K[S_BUY]);
+    PyObject *opp = SLOT(book, book_off[buy ? B_ASKS : B_BIDS]);
+    if (!PyDict_Check(opp))
+        return py_book_call(PB_CROSSES, book, args, n);
+    int r = best_key(opp, &key);
+    if (r < 0)
+        return NULL;
+    if (r == 0)
+        Py_RETURN_FALSE;
+    if (args[1] == Py_None)
+        Py_RETURN_TRUE;
+    if (rd64(key, &kv) < 0 || kv == LLONG_MIN)
+        return py_book_call(PB_CROSSES, book, args, n);
+    return PyBool_FromLong(buy ? kv <= price : -kv >= price);
+}
+
+static PyObject *
+ob_match(PyObject *book, PyObject *const *args, Py_ssize_t n)
+{
+    /* match(order, limit, stp, fills, stp_cancels) -> killed */
+    long long limit = 0, leaves;
+    PyObject *o, *side, *account;
+    if (n != 5 || !book_ready(book) || Py_TYPE(o = args[0]) != TYPE(K_ORDER) ||
+        (args[1] != Py_None && (rd64(args[1], &limit) < 0 || limit <= -(1LL << 62) ||
+                                limit >= (1LL << 62))) ||
+        !PyUnicode_Check(args[2]) || !PyList_Check(args[3]) || !PyList_Check(args[4]) ||
+        (side = SLOT(o, order_off[O_SIDE])) == NULL ||
+        (account = SLOT(o, order_off[O_ACCOUNT])) == NULL ||
+        rd64(SLOT(o, order_off[O_LEAVES]), &leaves) < 0 ||
+        !PyDict_CheckExact(SLOT(book, book_off[B_ORDERS])) ||
+        !PyList_Check(SLOT(book, book_off[B_CHANGES])) ||
+        !PyDict_Check(SLOT(book, book_off[B_BIDS])) || !PyDict_Check(SLOT(book, book_off[B_ASKS])))
+        return py_book_call(PB_MATCH, book, args, n);
+    int buy = is_str(side, K[S_BUY]); /* anything but "buy" matches as a sell, as in Python */
+    fills_t fills = {NULL, 0, 0};
+    int killed = 0;
+    int r = match(book, o, buy, args[1] != Py_None, limit, leaves, account, args[2], &fills,
+                  args[4], &killed);
+    if (r < 0) {
+        fills_free(&fills);
+        return r == -2 ? py_book_call(PB_MATCH, book, args, n) : NULL;
+    }
+    for (Py_ssize_t i = 0; i < fills.n; i++) {
+        PyObject *q = PyLong_FromLongLong(fills.v[i].q);
+        PyObject *px = q ? PyLong_FromLongLong(fills.v[i].px) : NULL;
+        PyObject *t = px ? PyTuple_Pack(3, fills.v[i].maker, q, px) : NULL;
+        Py_XDECREF(q);
+        Py_XDECREF(px);
+        if (list_append_new(args[3], t) < 0) {
+            fills_free(&fills);
+            return NULL;
+        }
+    }
+    fills_free(&fills);
+    return PyBool_FromLong(killed);
+}
+
+static PyMethodDef book_defs[] = {
+    {"add", (PyCFunction)ob_add, METH_O, "Rest order at the back of its price level."},
+    {"remove", (PyCFunction)ob_remove, METH_O,
+     "Take a resting order out of the book (cancel/expire/replace). KeyError if absent."},
+    {"crosses", (PyCFunction)(void (*)(void))ob_crosses, METH_FASTCALL,
+     "Would an order on side at price (None = any price) trade immediately?"},
+    {"match", (PyCFunction)(void (*)(void))ob_match, METH_FASTCALL,
+     "Match order against the opposite side (see book.OrderBook.match)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyObject *
+book_methods(PyObject *mod, PyObject *py)
+{
+    /* book_methods(py: dict name -> the Python function) -> dict name -> method descriptor
+     * of OrderBook (after setup() was given OrderBook, Order, Level and the constants) */
+    if (!PyDict_Check(py) || !(have_cls & (1ull << K_BOOK))) {
+        PyErr_SetString(PyExc_TypeError, "book_methods(py): setup() the book classes first");
+        return NULL;
+    }
+    PyObject *out = PyDict_New();
+    if (out == NULL)
+        return NULL;
+    for (int i = 0; book_defs[i].ml_name; i++) {
+        PyObject *f = PyDict_GetItemString(py, book_defs[i].ml_name);
+        if (f == NULL) {
+            Py_DECREF(out);
+            return PyErr_Format(PyExc_KeyError, "book_methods: %s missing", book_defs[i].ml_name);
+        }
+        Py_XSETREF(py_book[i], Py_NewRef(f));
+        PyObject *d = PyDescr_NewMethod(TYPE(K_BOOK), &book_defs[i]);
+        if (d == NULL || PyDict_SetItemString(out, book_defs[i].ml_name, d) < 0) {
+            Py_XDECREF(d);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(d);
+    }
+    return out;
+}
+
 static PyMethodDef corepath_functions[] = {
-    {"core_setup", core_setup, METH_O,
-     "core_setup(cfg) -> None: tell CorePath the core's classes and constants."},
+    {"setup", setup, METH_O,
+     "setup(cfg) -> None: tell CorePath (some of) the core's classes and constants."},
+    {"book_methods", book_methods, METH_O,
+     "book_methods(py) -> {name: method descriptor}: OrderBook's add, remove, crosses and "
+     "match in C (py: the Python functions, the reference and fallback)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -369,3 +369,38 @@ class OrderBook:
             loaded.append(o)
         self.changes.clear()
         return loaded
+
+
+# ---------------------------------------------------------------------------- compiled methods
+# exchange/_corepath.c has add, remove, crosses and match step for step as above, on the same
+# objects; where the extension is built they replace the methods above, which stay the
+# reference (PY_METHODS) and which the compiled ones call for anything unusual (a subclass, a
+# number beyond 64 bits). use_compiled(False) puts the Python methods back (tests compare them).
+PY_METHODS = {name: OrderBook.__dict__[name] for name in ("add", "remove", "crosses", "match")}
+
+
+def _compiled_methods() -> dict:
+    try:
+        from exchange import _hotpath
+    except ImportError:
+        return {}
+    _hotpath.setup({"OrderBook": OrderBook, "Order": Order, "Level": Level, "BUY": BUY,
+                    "SELL": SELL, "STP_CANCEL_RESTING": STP_CANCEL_RESTING,
+                    "STP_CANCEL_INCOMING": STP_CANCEL_INCOMING,
+                    "STP_CANCEL_BOTH": STP_CANCEL_BOTH})
+    return _hotpath.book_methods(PY_METHODS)
+
+
+COMPILED_METHODS = _compiled_methods()
+
+
+def use_compiled(on: bool = True) -> bool:
+    """Install the compiled OrderBook methods (``on``, where built) or the Python ones; returns
+    whether the compiled ones were installed before."""
+    before = OrderBook.__dict__["add"] is COMPILED_METHODS.get("add")
+    for name, fn in (COMPILED_METHODS if on and COMPILED_METHODS else PY_METHODS).items():
+        setattr(OrderBook, name, fn)
+    return before
+
+
+use_compiled(True)

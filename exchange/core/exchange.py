@@ -90,7 +90,7 @@ def _core_path():
     except ImportError:
         return None
     from . import book
-    _hotpath.core_setup({
+    _hotpath.setup({
         "Account": Account, "Holding": Holding, "Instrument": Instrument,
         "SegmentRules": SegmentRules, "OrderBook": OrderBook, "Order": Order,
         "ExecutionReport": ExecutionReport, "Trade": Trade, "BookUpdate": BookUpdate,
