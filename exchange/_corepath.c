@@ -380,6 +380,17 @@ new_bu(PyObject *instrument, PyObject *segment, PyObject *seq, PyObject *changes
 }
 
 static PyObject *
+change_obj(PyObject *side, PyObject *price, PyObject *lq)
+{
+    /* (side, price, lq), untracked; lq: a new reference, stolen */
+    if (lq == NULL)
+        return NULL;
+    PyObject *t = untracked(PyTuple_Pack(3, side, price, lq));
+    Py_DECREF(lq);
+    return t;
+}
+
+static PyObject *
 change(PyObject *side, PyObject *price, long long lq)
 {
     PyObject *q = PyLong_FromLongLong(lq);
@@ -635,7 +646,7 @@ del_level(PyObject *side_map, PyObject *k, long long kv)
 
 static int
 book_rest(PyObject *book, PyObject *o, PyObject *side, PyObject *price, long long pv,
-          long long leaves, PyObject *oid, long long *lq_out)
+          long long leaves, PyObject *oid, PyObject **lq_out)
 {
     /* OrderBook.add(o) without the L2 change (the caller records it); *lq_out: the level's
      * new quantity */
@@ -662,19 +673,11 @@ book_rest(PyObject *book, PyObject *o, PyObject *side, PyObject *price, long lon
     Py_DECREF(k);
     if (PyObject_SetItem(level, oid, o) < 0)
         return -1;
-    long long lq;
-    if (rd64(SLOT(level, level_off[L_QTY]), &lq) < 0) {
-        PyErr_SetString(PyExc_TypeError, "CorePath: level.qty is not an int");
+    if (slot_add(level, level_off[L_QTY], leaves) < 0) /* any size: see match */
         return -1;
-    }
-    lq += leaves;
-    PyObject *q = PyLong_FromLongLong(lq);
-    if (q == NULL)
-        return -1;
-    set_slot(level, level_off[L_QTY], q);
     if (PyDict_SetItem(SLOT(book, book_off[B_ORDERS]), oid, o) < 0)
         return -1;
-    *lq_out = lq;
+    *lq_out = Py_NewRef(SLOT(level, level_off[L_QTY]));
     (void)price;
     return 0;
 fail:
@@ -1569,11 +1572,11 @@ cp_place(CorePath *self, PyObject *cmd)
         goto fail;
     PyList_SET_ITEM(events, 0, er);
     er = NULL;
-    long long lq;
+    PyObject *lq;
     if (!crosses) {
         /* the usual case: nothing trades and the whole order rests */
         if (book_rest(book, o, side, f[P_PRICE], price, qty, oid, &lq) < 0 ||
-            emit_book_update(self->ex, book, change(side, f[P_PRICE], lq), events) < 0)
+            emit_book_update(self->ex, book, change_obj(side, f[P_PRICE], lq), events) < 0)
             goto fail;
     }
     else {
@@ -1587,7 +1590,7 @@ cp_place(CorePath *self, PyObject *cmd)
         PyObject *last = NULL;
         if (leaves && SLOT(o, order_off[O_STATUS]) != K[S_ST_CANCELED]) {
             if (book_rest(book, o, side, f[P_PRICE], price, leaves, oid, &lq) < 0 ||
-                (last = change(side, f[P_PRICE], lq)) == NULL)
+                (last = change_obj(side, f[P_PRICE], lq)) == NULL)
                 goto fail;
         }
         if (emit_book_update(self->ex, book, last, events) < 0)
@@ -1968,7 +1971,7 @@ py_book_call(int which, PyObject *book, PyObject *const *args, Py_ssize_t n)
 static PyObject *
 ob_add(PyObject *book, PyObject *order)
 {
-    long long price, leaves, lq;
+    long long price, leaves;
     PyObject *side, *oid;
     if (!book_ready(book) || Py_TYPE(order) != TYPE(K_ORDER) ||
         (side = SLOT(order, order_off[O_SIDE])) == NULL ||
@@ -1982,8 +1985,9 @@ ob_add(PyObject *book, PyObject *order)
     PyObject *p = SLOT(order, order_off[O_PRICE]);
     Py_INCREF(p);
     Py_INCREF(side);
-    int e = book_rest(book, order, side, p, price, leaves, oid, &lq) < 0 ||
-            list_append_new(SLOT(book, book_off[B_CHANGES]), change(side, p, lq)) < 0;
+    PyObject *lqo;
+    int e = book_rest(book, order, side, p, price, leaves, oid, &lqo) < 0 ||
+            list_append_new(SLOT(book, book_off[B_CHANGES]), change_obj(side, p, lqo)) < 0;
     Py_DECREF(p);
     Py_DECREF(side);
     if (e)

@@ -271,3 +271,129 @@ def test_stp_cancel_both_removes_emptied_level():
     assert b.depth()["bids"] == [[99, 5]]
     _, fills, _, _ = take(b, SELL, 99, 5, "M2")  # crashes with StopIteration today
     assert [q for _, q, _ in fills] == [5]
+
+
+# ------------------------------------------------------------------ compiled methods
+# exchange/_corepath.c installs OrderBook.add/remove/crosses/match in C where the extension is
+# built; book.PY_METHODS keeps the Python functions (the reference). Same operations, two
+# books, one per implementation: everything observable must agree after every step.
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from exchange.core import book as book_mod  # noqa: E402
+
+needs_compiled = pytest.mark.skipif(
+    not book_mod.COMPILED_METHODS, reason="exchange._hotpath is not built (no compiler)")
+
+
+def _snapshot(b: OrderBook):
+    levels = [(k, lv.qty, [(o.order_id, o.leaves, o.cum_qty) for o in lv.values()])
+              for side in (b.bids, b.asks) for k, lv in side.items()]
+    for side in (b.bids, b.asks):
+        side._list._check()  # sortedcontainers' own consistency check
+        assert list(side.keys()) == sorted(side.keys())
+    return levels, sorted(b.orders), list(b.changes)
+
+
+class _Pair:
+    """The same book twice: compiled methods on one, PY_METHODS on the other."""
+
+    def __init__(self, load=None):
+        self.c, self.p = OrderBook(), OrderBook()
+        if load is not None:  # a small sublist load: the public SortedList paths
+            for b in (self.c, self.p):
+                b.bids._reset(load)
+                b.asks._reset(load)
+        self.live: list[int] = []
+        self.oid = 0
+
+    def both(self, name, *args_for):
+        """Call ``name`` on both books; args_for(book) gives each one its own arguments."""
+        out = []
+        for b, fn in ((self.c, getattr(self.c, name)),
+                      (self.p, lambda *a, b=None, _n=name: book_mod.PY_METHODS[_n](self.p, *a))):
+            args = args_for[0](b) if args_for else ()
+            try:
+                out.append(("ok", fn(*args)))
+            except Exception as e:  # noqa: BLE001 - the same exception type is the contract
+                out.append(("raised", type(e)))
+        return out
+
+    def check(self):
+        assert _snapshot(self.c) == _snapshot(self.p)
+
+
+def _order(oid, side, price, qty, account):
+    return Order(oid, account, None, "CEA-2026", "main", side, price, qty, "GTC", seq=oid)
+
+
+ops = st.lists(st.one_of(
+    st.tuples(st.just("add"), st.sampled_from([BUY, SELL]), st.integers(95, 105),
+              st.sampled_from([1, 2, 5, 10, 2**40, 2**70]), st.sampled_from("ABC")),
+    st.tuples(st.just("match"), st.sampled_from([BUY, SELL]),
+              st.one_of(st.none(), st.integers(90, 110)), st.integers(1, 40),
+              st.sampled_from("ABCT"),
+              st.sampled_from([STP_CANCEL_RESTING, STP_CANCEL_INCOMING, STP_CANCEL_BOTH])),
+    st.tuples(st.just("remove"), st.integers(0, 60)),
+    st.tuples(st.just("crosses"), st.sampled_from([BUY, SELL]),
+              st.one_of(st.none(), st.integers(90, 110), st.just(2**70))),
+), max_size=60)
+
+
+@needs_compiled
+@settings(max_examples=150, deadline=None)
+@given(ops=ops, load=st.sampled_from([None, 4]))
+def test_compiled_book_methods_agree_with_the_python_ones(ops, load):
+    pr = _Pair(load)
+    for op in ops:
+        if op[0] == "add":
+            _, side, price, qty, acct = op
+            pr.oid += 1
+            oid = pr.oid
+            r = pr.both("add", lambda b: (_order(oid, side, price, qty, acct),))
+            assert r[0] == r[1]
+            pr.live.append(oid)
+        elif op[0] == "match":
+            _, side, limit, qty, acct, stp = op
+            pr.oid += 1
+            oid = pr.oid
+            seen = []
+
+            def args(b):
+                fills, cancels = [], []
+                seen.append((fills, cancels))
+                return (_order(oid, side, limit or 100, qty, acct), limit, stp, fills, cancels)
+
+            r = pr.both("match", args)
+            assert r[0] == r[1]
+            (fc, cc), (fp, cp) = seen
+            assert [(m.order_id, q, px) for m, q, px in fc] == \
+                [(m.order_id, q, px) for m, q, px in fp]
+            assert [m.order_id for m in cc] == [m.order_id for m in cp]
+        elif op[0] == "remove":
+            i = op[1]
+            oid = pr.live[i % len(pr.live)] if pr.live and i < 50 else 10**6 + i
+            r = pr.both("remove", lambda b: (oid,))
+            assert [x[0] for x in r] == [r[1][0]] * 2
+            if r[0][0] == "ok":
+                assert r[0][1].order_id == r[1][1].order_id == oid
+            else:
+                assert r[0] == r[1] == ("raised", KeyError)
+        else:
+            _, side, price = op
+            r = pr.both("crosses", lambda b: (side, price))
+            assert r[0] == r[1]
+        pr.check()
+
+
+@needs_compiled
+def test_compiled_methods_are_installed_and_can_be_switched_off():
+    assert OrderBook.__dict__["match"] is book_mod.COMPILED_METHODS["match"]
+    was = book_mod.use_compiled(False)
+    try:
+        assert was is True
+        assert OrderBook.__dict__["match"] is book_mod.PY_METHODS["match"]
+        test_stp_cancel_both()  # the Python methods still pass the unit tests
+    finally:
+        book_mod.use_compiled(True)
+    assert OrderBook.__dict__["add"] is book_mod.COMPILED_METHODS["add"]
