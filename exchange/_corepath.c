@@ -10,10 +10,10 @@
  * What it takes, and what it leaves to Python:
  *   apply(cmd)    the sequence check, the dispatch and the reject events, for every command;
  *                 handlers other than place/cancel are called as they are.
- *   place(cmd)    a limit GTC or DAY order (post-only included) that passes every check, in a
- *                 segment open to all, resting or crossing: matching, self-trade prevention,
- *                 settlement of each fill, the trade listeners. Everything else - market, IOC
- *                 and FOK orders, every reject, restricted segments, prices or quantities of
+ *   place(cmd)    a limit GTC, DAY or IOC order (post-only included) that passes every
+ *                 check, in a segment open to all, resting or crossing: matching, self-trade
+ *                 prevention, settlement of each fill, the trade listeners. Everything else - market and
+ *                 FOK orders, every reject, restricted segments, prices or quantities of
  *                 2**31 or more, a value of an unexpected type - goes to Exchange._place
  *                 before anything has changed. Rare steps inside a fill (units from a
  *                 sub-quota lot or from several lots, self-trade cancels) call the same Python
@@ -128,13 +128,13 @@ enum { S_BUY, S_SELL, S_GTC, S_DAY, S_LIMIT, S_ST_NEW, S_ST_PARTIAL, S_ST_FILLED
        S_ST_CANCELED, S_EXEC_NEW, S_EXEC_TRADE, S_EXEC_CANCELED, S_MAKER, S_TAKER,
        S_CANCELED_BY_CLIENT, S_SELF_TRADE_PREVENTED, S_STP_RESTING, S_STP_INCOMING,
        S_STP_BOTH, S_ACCESS_ALL, S_LOT_SUB_QUOTA, S_LOT_PURCHASE, S_EXCHANGE_ACCOUNT,
-       S_TAKE_UNITS, S_SEQUENCE_ERROR, S_REJECT, S_N };
+       S_TAKE_UNITS, S_SEQUENCE_ERROR, S_REJECT, S_IOC, S_UNFILLED_IOC, S_N };
 static const char *const const_keys[S_N] = {
     "BUY", "SELL", "GTC", "DAY", "LIMIT", "ST_NEW", "ST_PARTIAL", "ST_FILLED", "ST_CANCELED",
     "EXEC_NEW", "EXEC_TRADE", "EXEC_CANCELED", "MAKER", "TAKER", "CANCELED_BY_CLIENT",
     "SELF_TRADE_PREVENTED", "STP_CANCEL_RESTING", "STP_CANCEL_INCOMING", "STP_CANCEL_BOTH",
     "ACCESS_ALL", "LOT_SUB_QUOTA", "LOT_PURCHASE", "EXCHANGE_ACCOUNT", "take_units",
-    "SequenceError", "Reject"};
+    "SequenceError", "Reject", "IOC", "UNFILLED_IOC"};
 static PyObject *K[S_N];
 static int configured;
 
@@ -1463,10 +1463,12 @@ cp_place(CorePath *self, PyObject *cmd)
     if (!buy && !is_str(side, K[S_SELL]))
         goto python;
     PyObject *tif = f[P_TIF];
-    if (!(is_str(tif, K[S_GTC]) || is_str(tif, K[S_DAY])) || !is_str(f[P_TYPE], K[S_LIMIT]))
-        goto python; /* IOC, FOK, market orders, unknown kinds */
+    int ioc = is_str(tif, K[S_IOC]);
+    if (!(ioc || is_str(tif, K[S_GTC]) || is_str(tif, K[S_DAY])) ||
+        !is_str(f[P_TYPE], K[S_LIMIT]))
+        goto python; /* FOK, market orders, unknown kinds */
     int post_only = exact_bool(f[P_POST_ONLY]);
-    if (post_only < 0)
+    if (post_only < 0 || (post_only && ioc))
         goto python;
     PyObject *mh = xget(self, X_MARKET_HALTED);
     PyObject *halted_books = xget(self, X_HALTED_BOOKS);
@@ -1568,19 +1570,19 @@ cp_place(CorePath *self, PyObject *cmd)
     er = new_er(firm_id, oid, coid, symbol, segment, side, K[S_EXEC_NEW], K[S_ST_NEW],
                 f[P_PRICE], f[P_QTY], zero, zero, zero, f[P_QTY], Py_None, zero, zero, Py_None,
                 f[P_TS]);
-    if (er == NULL || (events = PyList_New(crosses ? 1 : 2)) == NULL)
+    if (er == NULL || (events = PyList_New(crosses || ioc ? 1 : 2)) == NULL)
         goto fail;
     PyList_SET_ITEM(events, 0, er);
     er = NULL;
     PyObject *lq;
-    if (!crosses) {
+    if (!crosses && !ioc) {
         /* the usual case: nothing trades and the whole order rests */
         if (book_rest(book, o, side, f[P_PRICE], price, qty, oid, &lq) < 0 ||
             emit_book_update(self->ex, book, change_obj(side, f[P_PRICE], lq), events) < 0)
             goto fail;
     }
     else {
-        if (execute(self, o, book, instr, rules, acct, events, buy, price, qty) < 0)
+        if (crosses && execute(self, o, book, instr, rules, acct, events, buy, price, qty) < 0)
             goto fail;
         long long leaves;
         if (rd64(SLOT(o, order_off[O_LEAVES]), &leaves) < 0) {
@@ -1589,9 +1591,24 @@ cp_place(CorePath *self, PyObject *cmd)
         }
         PyObject *last = NULL;
         if (leaves && SLOT(o, order_off[O_STATUS]) != K[S_ST_CANCELED]) {
-            if (book_rest(book, o, side, f[P_PRICE], price, leaves, oid, &lq) < 0 ||
-                (last = change_obj(side, f[P_PRICE], lq)) == NULL)
-                goto fail;
+            if (!ioc) {
+                if (book_rest(book, o, side, f[P_PRICE], price, leaves, oid, &lq) < 0 ||
+                    (last = change_obj(side, f[P_PRICE], lq)) == NULL)
+                    goto fail;
+            }
+            else { /* the unfilled rest of an IOC order is cancelled, as in the reference */
+                set_ref(o, order_off[O_STATUS], K[S_ST_CANCELED]);
+                PyObject *x = call_method(self, N_RELEASE, o, acct, NULL);
+                if (x == NULL)
+                    goto fail;
+                Py_DECREF(x);
+                if ((x = call_method(self, N_FORGET, o, acct, NULL)) == NULL)
+                    goto fail;
+                Py_DECREF(x);
+                if (list_append_new(events, call_method(self, N_ER, o, K[S_EXEC_CANCELED],
+                                                        K[S_UNFILLED_IOC])) < 0)
+                    goto fail;
+            }
         }
         if (emit_book_update(self->ex, book, last, events) < 0)
             goto fail;

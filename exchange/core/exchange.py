@@ -104,7 +104,8 @@ def _core_path():
         "STP_CANCEL_INCOMING": book.STP_CANCEL_INCOMING, "STP_CANCEL_BOTH": book.STP_CANCEL_BOTH,
         "ACCESS_ALL": "all", "LOT_SUB_QUOTA": LOT_SUB_QUOTA, "LOT_PURCHASE": LOT_PURCHASE,
         "EXCHANGE_ACCOUNT": EXCHANGE_ACCOUNT, "take_units": take_units,
-        "SequenceError": SequenceError, "Reject": E.Reject, "Exchange": Exchange,
+        "SequenceError": SequenceError, "Reject": E.Reject, "Exchange": Exchange, "IOC": IOC,
+        "UNFILLED_IOC": "UNFILLED_IOC",
     })
     return _hotpath.CorePath
 
