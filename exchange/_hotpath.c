@@ -45,7 +45,7 @@
  * descriptors of kind T_OBJECT_EX), read and written at their offsets, as the interpreter's
  * own specialised LOAD_ATTR_SLOT does; the generic attribute API costs ~25 ns a field. */
 static PyObject *registry;
-static PyObject *str_last_seq, *str_seq, *str_ts, *str_append, *str_first_seq;
+static PyObject *str_last_seq, *str_seq, *str_ts, *str_first_seq;
 static PyObject *time_ns; /* time.time_ns: a Submitter whose clock it is reads the clock itself */
 
 typedef struct {
@@ -632,7 +632,7 @@ typedef struct {
     /* the current batch, set by the runner each time it opens one */
     PyObject *frames;        /* Frames: first_seq is set on its first record */
     PyObject *lines;         /* frames.lines (bytearray) */
-    PyObject *stamps;        /* frames.ts (array('q')) */
+    PyObject *stamps;        /* frames.ts (a bytearray of native int64s) */
     PyObject *future;        /* the batch's durability future */
     PyObject *applied;       /* list of (cmd, events) for the listeners, or None */
     /* counters */
@@ -700,8 +700,8 @@ sub_ready(Submitter *s)
         PyErr_SetString(PyExc_RuntimeError, "Submitter used before the runner set it up");
         return 0;
     }
-    if (!PyByteArray_CheckExact(s->lines)) {
-        PyErr_SetString(PyExc_TypeError, "Submitter.lines must be a bytearray");
+    if (!PyByteArray_CheckExact(s->lines) || !PyByteArray_CheckExact(s->stamps)) {
+        PyErr_SetString(PyExc_TypeError, "Submitter.lines and .stamps must be bytearrays");
         return 0;
     }
     return 1;
@@ -816,14 +816,15 @@ sub_submit(Submitter *s, PyObject *cmd)
         }
         Py_DECREF(r);
     }
-    PyObject *stamps = s->stamps;
-    PyObject *r = PyObject_CallMethodOneArg(stamps, str_append, tso);
-    if (r == NULL) {
+    /* the stamp: 8 native bytes at the end of the bytearray Frames.ts */
+    PyObject *stamps = s->stamps, *r;
+    Py_ssize_t ns = PyByteArray_GET_SIZE(stamps);
+    if (PyByteArray_Resize(stamps, ns + 8) < 0) {
         Py_DECREF(result);
         goto fail_unframe;
     }
-    Py_DECREF(r);
-    if (Py_SIZE(stamps) == 1) { /* the batch's first record */
+    memcpy(PyByteArray_AS_STRING(stamps) + ns, &ts, 8);
+    if (ns == 0) { /* the batch's first record */
         if (PyObject_SetAttr(s->frames, str_first_seq, seq) < 0)
             goto fail_result;
         r = PyObject_CallNoArgs(s->on_first);
@@ -952,7 +953,6 @@ PyInit__hotpath(void)
     if (!(str_last_seq = PyUnicode_InternFromString("last_seq")) ||
         !(str_seq = PyUnicode_InternFromString("seq")) ||
         !(str_ts = PyUnicode_InternFromString("ts")) ||
-        !(str_append = PyUnicode_InternFromString("append")) ||
         !(str_first_seq = PyUnicode_InternFromString("first_seq")))
         goto fail;
     PyObject *time_mod = PyImport_ImportModule("time");

@@ -57,14 +57,17 @@ class JournalCorruptError(JournalError):
 
 
 _FRAMES_HEAD = struct.Struct(">QI")  # first seq, record count
+_STAMP = struct.Struct("=q")  # a record's timestamp in Frames.ts: int64, native order
 
 
 class Frames:
     """A batch of consecutive records as :class:`CoreRunner` builds it while it applies
     commands, and as the SQLite writer process reads it: the payloads, each followed by a
-    newline (orjson never writes a raw one), back to back in one buffer; the timestamps in an
-    ``array('q')``; the seqs implied, ``first_seq`` onwards without a gap. Per record that is
-    one buffer append and one array append - nothing for the allocator or the GC to keep
+    newline (orjson never writes a raw one), back to back in one buffer; the timestamps as
+    native int64s, 8 bytes each, in a second ``bytearray`` (the writer's wire format; the C
+    submitter appends them without a method call); the seqs implied, ``first_seq`` onwards
+    without a gap. Per record that is two buffer appends - nothing for the allocator or the GC
+    to keep
     (holding each record's own bytes object until its batch was durable fragmented the C
     heap: orjson allocates 1 KiB and shrinks it in place, and every later ``dumps`` paid
     ~2-3 us in malloc). Iterating gives ``(seq, ts, payload)`` records, so every backend
@@ -74,7 +77,7 @@ class Frames:
 
     def __init__(self) -> None:
         self.lines = bytearray()
-        self.ts = array("q")
+        self.ts = bytearray()  # native int64 stamps (_STAMP), 8 bytes a record
         self.first_seq = 0
 
     @classmethod
@@ -94,37 +97,39 @@ class Frames:
     def add(self, seq: int, ts: int, line: bytes) -> int:
         """Append a record; ``line`` is its payload followed by ``b"\\n"``. Returns the
         number of records now held."""
-        n = len(self.ts)
+        n = len(self.ts) >> 3
         if not n:
             self.first_seq = seq
         elif seq != self.first_seq + n:
             raise JournalError(f"append out of sequence: got seq {seq}, expected "
                                f"{self.first_seq + n}")
         self.lines += line
-        self.ts.append(ts)
+        self.ts += _STAMP.pack(ts)
         return n + 1
 
     @property
     def count(self) -> int:
-        return len(self.ts)
+        return len(self.ts) >> 3
 
     @property
     def last_seq(self) -> int:
-        return self.first_seq + len(self.ts) - 1
+        return self.first_seq + (len(self.ts) >> 3) - 1
 
     def __len__(self) -> int:
-        return len(self.ts)
+        return len(self.ts) >> 3
 
     def wire(self) -> tuple:
         """The batch as the SQLite writer process reads it: first seq (8 bytes BE), count
         (4), the timestamps (8 bytes each, native order: both ends are one machine), the
         newline-terminated payloads."""
-        return _FRAMES_HEAD.pack(self.first_seq, len(self.ts)), self.ts, self.lines
+        return _FRAMES_HEAD.pack(self.first_seq, len(self.ts) >> 3), self.ts, self.lines
 
     def __iter__(self):
         payloads = bytes(self.lines).split(b"\n")
+        stamps = array("q")
+        stamps.frombytes(self.ts)  # a copy: the buffers may still grow while this runs
         seq = self.first_seq
-        for ts, p in zip(self.ts, payloads):
+        for ts, p in zip(stamps, payloads):
             yield seq, ts, p
             seq += 1
 

@@ -45,7 +45,7 @@ from typing import Callable
 from ..core.book import Order
 from ..core.commands import SnapshotMarker
 from ..core.exchange import SequenceError
-from .base import Frames, Journal, JournalCorruptError, JournalError, widen_pipe
+from .base import _STAMP, Frames, Journal, JournalCorruptError, JournalError, widen_pipe
 from .codec import decode_payload, payload_line
 
 try:  # the submit path in C (_hotpath.c), built with the package where a compiler is
@@ -146,8 +146,8 @@ class _PySubmitter:
             del lines[before:]
             raise
         stamps = self.stamps
-        stamps.append(ts)
-        if len(stamps) == 1:  # the batch's first record
+        stamps += _STAMP.pack(ts)
+        if len(stamps) == 8:  # the batch's first record
             self.frames.first_seq = seq
             self.on_first()
         if self.applied is not None:
