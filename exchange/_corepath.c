@@ -1,7 +1,7 @@
 /* exchange._hotpath.CorePath: the core's order path in C (ADR 0007, "The order path in C").
  *
- * Exchange.apply, Exchange._place and Exchange._cancel (exchange/core/exchange.py) are the
- * reference implementation; this file does the same, step for step, on the same Python
+ * Exchange.apply, _place, _cancel and _amend (exchange/core/exchange.py) and OrderBook's
+ * add, remove, crosses and match (exchange/core/book.py) are the reference implementation; this file does the same, step for step, on the same Python
  * objects (the Exchange's dicts, the sortedcontainers books, the slotted Order, Account,
  * ExecutionReport, ... classes), so the state, the events and state_hash are identical
  * whichever path ran. Exchange(accelerate=True) installs it when this extension is built;
@@ -19,6 +19,9 @@
  *                 sub-quota lot or from several lots, self-trade cancels) call the same Python
  *                 helpers the reference calls.
  *   cancel(cmd)   a cancel of a live order; anything else goes to Exchange._cancel.
+ *   amend(cmd)    an amend of a live order that passes every check, in place (a smaller
+ *                 quantity at the same price) or out of the book and back through the
+ *                 matcher; anything else goes to Exchange._amend.
  *
  * The checks run in the reference's order and decide only "take it or hand it over"; the
  * reference then decides the reject. So every reject code and message comes from Python.
@@ -87,6 +90,9 @@ static const char *const place_names[P_N] = {
 enum { C_ACCOUNT, C_ORDER_ID, C_COID, C_SEQ, C_TS, C_N };
 static const char *const cancel_names[C_N] = {"account", "order_id", "client_order_id", "seq",
                                               "ts"};
+enum { M_ACCOUNT, M_ORDER_ID, M_COID, M_QTY, M_PRICE, M_SEQ, M_TS, M_N };
+static const char *const amend_names[M_N] = {"account", "order_id", "client_order_id", "qty",
+                                             "price", "seq", "ts"};
 enum { L_QTY, L_N };
 static const char *const level_names[L_N] = {"qty"};
 enum { X_LAST_SEQ, X_NOW, X_NEXT_ORDER_ID, X_NEXT_TRADE_ID, X_MARKET_HALTED,
@@ -99,10 +105,10 @@ static const char *const ex_names[X_N] = {
 
 static Py_ssize_t acct_off[A_N], hold_off[H_N], instr_off[I_N], rules_off[R_N], book_off[B_N],
     order_off[O_N], er_off[E_N], trade_off[T_N], bu_off[U_N], place_off[P_N],
-    cancel_off[C_N], level_off[L_N], ex_off[X_N];
+    cancel_off[C_N], level_off[L_N], ex_off[X_N], amend_off[M_N];
 
 enum { K_ACCOUNT, K_HOLDING, K_INSTRUMENT, K_RULES, K_BOOK, K_ORDER, K_ER, K_TRADE, K_BU,
-       K_PLACE, K_CANCEL, K_LEVEL, K_EXCHANGE, K_N };
+       K_PLACE, K_CANCEL, K_LEVEL, K_EXCHANGE, K_AMEND, K_N };
 static cls_t classes[K_N] = {
     {NULL, A_N, acct_names, acct_off},     {NULL, H_N, hold_names, hold_off},
     {NULL, I_N, instr_names, instr_off},   {NULL, R_N, rules_names, rules_off},
@@ -110,13 +116,13 @@ static cls_t classes[K_N] = {
     {NULL, E_N, er_names, er_off},         {NULL, T_N, trade_names, trade_off},
     {NULL, U_N, bu_names, bu_off},         {NULL, P_N, place_names, place_off},
     {NULL, C_N, cancel_names, cancel_off}, {NULL, L_N, level_names, level_off},
-    {NULL, X_N, ex_names, ex_off},
+    {NULL, X_N, ex_names, ex_off},         {NULL, M_N, amend_names, amend_off},
 };
 /* the configuration keys of the classes, in the order of K_* */
 static const char *const class_keys[K_N] = {
     "Account", "Holding", "Instrument", "SegmentRules", "OrderBook", "Order",
     "ExecutionReport", "Trade", "BookUpdate", "PlaceOrder", "CancelOrder", "Level",
-    "Exchange"};
+    "Exchange", "AmendOrder"};
 
 #define TYPE(k) (classes[k].type)
 
@@ -128,22 +134,23 @@ enum { S_BUY, S_SELL, S_GTC, S_DAY, S_LIMIT, S_ST_NEW, S_ST_PARTIAL, S_ST_FILLED
        S_ST_CANCELED, S_EXEC_NEW, S_EXEC_TRADE, S_EXEC_CANCELED, S_MAKER, S_TAKER,
        S_CANCELED_BY_CLIENT, S_SELF_TRADE_PREVENTED, S_STP_RESTING, S_STP_INCOMING,
        S_STP_BOTH, S_ACCESS_ALL, S_LOT_SUB_QUOTA, S_LOT_PURCHASE, S_EXCHANGE_ACCOUNT,
-       S_TAKE_UNITS, S_SEQUENCE_ERROR, S_REJECT, S_IOC, S_UNFILLED_IOC, S_N };
+       S_TAKE_UNITS, S_SEQUENCE_ERROR, S_REJECT, S_IOC, S_UNFILLED_IOC, S_EXEC_REPLACED, S_N };
 static const char *const const_keys[S_N] = {
     "BUY", "SELL", "GTC", "DAY", "LIMIT", "ST_NEW", "ST_PARTIAL", "ST_FILLED", "ST_CANCELED",
     "EXEC_NEW", "EXEC_TRADE", "EXEC_CANCELED", "MAKER", "TAKER", "CANCELED_BY_CLIENT",
     "SELF_TRADE_PREVENTED", "STP_CANCEL_RESTING", "STP_CANCEL_INCOMING", "STP_CANCEL_BOTH",
     "ACCESS_ALL", "LOT_SUB_QUOTA", "LOT_PURCHASE", "EXCHANGE_ACCOUNT", "take_units",
-    "SequenceError", "Reject", "IOC", "UNFILLED_IOC"};
+    "SequenceError", "Reject", "IOC", "UNFILLED_IOC", "EXEC_REPLACED"};
 static PyObject *K[S_N];
 static int configured;
 
 /* names of attributes and methods */
 enum { N_LIST, N_LISTS, N_MAXES, N_LEN, N_INDEX, N_LOAD, N_PLACE, N_CANCEL, N_REJECTED,
-       N_UNKNOWN, N_RELEASE, N_FORGET, N_ER, N_SPLIT, N_STARTSWITH, N_N };
+       N_UNKNOWN, N_RELEASE, N_FORGET, N_ER, N_SPLIT, N_STARTSWITH, N_AMEND, N_N };
 static const char *const name_strs[N_N] = {
     "_list", "_lists", "_maxes", "_len", "_index", "_load", "_place", "_cancel", "_rejected",
-    "_unknown_command", "_release", "_forget", "_er", "_split_proceeds", "startswith"};
+    "_unknown_command", "_release", "_forget", "_er", "_split_proceeds", "startswith",
+    "_amend"};
 static PyObject *N[N_N];
 static PyObject *zero; /* the int 0 */
 
@@ -1750,6 +1757,218 @@ python:
     return to_python(self, N_CANCEL, cmd);
 }
 
+static PyObject *
+cp_amend(CorePath *self, PyObject *cmd)
+{
+    /* Exchange._amend, step for step: a quantity decrease at the same price keeps time
+     * priority (book.reduce); anything else leaves the book and comes back through
+     * _execute, as a new order would. */
+    PyObject *key = NULL, *k = NULL;
+    if (!configured || Py_TYPE(cmd) != TYPE(K_AMEND))
+        goto python;
+    PyObject *f[M_N];
+    for (int i = 0; i < M_N; i++)
+        if ((f[i] = SLOT(cmd, amend_off[i])) == NULL)
+            goto python;
+    /* the checks of _amend, in its order; any doubt hands the command over */
+    PyObject *accounts = xget(self, X_ACCOUNTS);
+    PyObject *acct = accounts ? PyDict_GetItemWithError(accounts, f[M_ACCOUNT]) : NULL;
+    if (acct == NULL || Py_TYPE(acct) != TYPE(K_ACCOUNT) ||
+        SLOT(acct, acct_off[A_SYSTEM]) != Py_False)
+        goto python;
+    PyObject *coids = SLOT(acct, acct_off[A_COIDS]), *orders = SLOT(acct, acct_off[A_ORDERS]);
+    if (!PyDict_CheckExact(coids) || !PyDict_CheckExact(orders))
+        goto python;
+    PyObject *oid = f[M_ORDER_ID];
+    if (oid == Py_None && f[M_COID] != Py_None)
+        oid = PyDict_GetItemWithError(coids, f[M_COID]);
+    PyObject *o = oid && oid != Py_None ? PyDict_GetItemWithError(orders, oid) : NULL;
+    if (o == NULL || Py_TYPE(o) != TYPE(K_ORDER) || SLOT(acct, acct_off[A_CAN_TRADE]) != Py_True)
+        goto python;
+    PyObject *symbol = SLOT(o, order_off[O_INSTRUMENT]), *segment = SLOT(o, order_off[O_SEGMENT]);
+    PyObject *instruments = xget(self, X_INSTRUMENTS), *all_rules = xget(self, X_RULES);
+    PyObject *books = xget(self, X_BOOKS);
+    PyObject *instr = instruments && symbol ? PyDict_GetItemWithError(instruments, symbol) : NULL;
+    PyObject *rules = all_rules && segment ? PyDict_GetItemWithError(all_rules, segment) : NULL;
+    PyObject *book = instr && rules && books && PyDict_CheckExact(books)
+                         ? find_book(self, books, symbol, segment) : NULL;
+    if (book == NULL || Py_TYPE(book) != TYPE(K_BOOK) || Py_TYPE(instr) != TYPE(K_INSTRUMENT) ||
+        Py_TYPE(rules) != TYPE(K_RULES))
+        goto python;
+    PyObject *mh = xget(self, X_MARKET_HALTED), *halted_books = xget(self, X_HALTED_BOOKS);
+    if (mh == NULL || halted_books == NULL || exact_bool(mh) != 0 ||
+        exact_bool(SLOT(instr, instr_off[I_HALTED])) != 0 || !PyAnySet_CheckExact(halted_books)
+        || (PySet_GET_SIZE(halted_books) != 0 &&
+            ((key = PyTuple_Pack(2, symbol, segment)) == NULL ||
+             PySet_Contains(halted_books, key) != 0)))
+        goto python;
+    Py_CLEAR(key);
+    long long oqty, oprice, ocum, oleaves, ores, nqty, nprice, lot, max_qty, tick, lo, hi;
+    if (rd64(SLOT(o, order_off[O_QTY]), &oqty) < 0 || rd64(SLOT(o, order_off[O_PRICE]), &oprice)
+        < 0 || rd64(SLOT(o, order_off[O_CUM]), &ocum) < 0 ||
+        rd64(SLOT(o, order_off[O_LEAVES]), &oleaves) < 0 ||
+        rd64(SLOT(o, order_off[O_RESERVED]), &ores) < 0 || oprice <= 0 || oprice >= I31 ||
+        oqty <= 0 || oqty >= I31)
+        goto python;
+    PyObject *qty_o = f[M_QTY] == Py_None ? SLOT(o, order_off[O_QTY]) : f[M_QTY];
+    PyObject *price_o = f[M_PRICE] == Py_None ? SLOT(o, order_off[O_PRICE]) : f[M_PRICE];
+    if (rd64(qty_o, &nqty) < 0 || rd64(price_o, &nprice) < 0 || (nqty == oqty && nprice == oprice))
+        goto python; /* not an int of 64 bits, or no change (NO_CHANGE) */
+    if (nqty <= 0 || nqty >= I31 || rd64(SLOT(rules, rules_off[R_LOT]), &lot) < 0 || lot <= 0 ||
+        nqty % lot || rd64(SLOT(rules, rules_off[R_MAX_QTY]), &max_qty) < 0 || nqty > max_qty ||
+        nqty <= ocum)
+        goto python;
+    if (nprice != oprice &&
+        (nprice <= 0 || nprice >= I31 || rd64(SLOT(rules, rules_off[R_TICK]), &tick) < 0 ||
+         tick <= 0 || nprice % tick || rd64(SLOT(instr, instr_off[I_BAND_LO]), &lo) < 0 ||
+         rd64(SLOT(instr, instr_off[I_BAND_HI]), &hi) < 0 || nprice < lo || nprice > hi))
+        goto python;
+    long long new_leaves = nqty - ocum;
+    PyObject *side = SLOT(o, order_off[O_SIDE]);
+    int buy = side && is_str(side, K[S_BUY]);
+    if (!buy && !(side && is_str(side, K[S_SELL])))
+        goto python;
+    __int128 new_res, extra;
+    PyObject *h = NULL;
+    if (buy) {
+        long long fee_bps, cash, cash_res;
+        if (rd64(SLOT(rules, rules_off[R_FEE_BPS]), &fee_bps) < 0 || fee_bps < 0 ||
+            fee_bps > 10000 || rd64(SLOT(acct, acct_off[A_CASH]), &cash) < 0 ||
+            rd64(SLOT(acct, acct_off[A_CASH_RES]), &cash_res) < 0)
+            goto python;
+        __int128 n = (__int128)nprice * new_leaves;
+        new_res = n - floordiv10k(-n * fee_bps);
+        extra = new_res - ores;
+        if (extra > (__int128)cash - cash_res)
+            goto python;
+    }
+    else {
+        long long total, reserved;
+        h = PyDict_GetItemWithError(SLOT(acct, acct_off[A_HOLDINGS]), symbol);
+        if (h == NULL || Py_TYPE(h) != TYPE(K_HOLDING) ||
+            rd64(SLOT(h, hold_off[H_TOTAL]), &total) < 0 ||
+            rd64(SLOT(h, hold_off[H_RESERVED]), &reserved) < 0)
+            goto python;
+        new_res = new_leaves;
+        extra = new_res - ores;
+        if (extra > (__int128)total - reserved)
+            goto python;
+    }
+    int keeps = nprice == oprice && nqty < oqty; /* book.reduce: keeps time priority */
+    PyObject *opp = SLOT(book, book_off[buy ? B_ASKS : B_BIDS]);
+    PyObject *bk;
+    long long bkv = 0;
+    int any = opp && PyDict_Check(opp) ? best_key(opp, &bk) : -1;
+    if (any < 0 || (any && (rd64(bk, &bkv) < 0 || bkv <= -I31 || bkv >= I31)))
+        goto python;
+    int crosses = any && (buy ? bkv <= nprice : -bkv >= nprice);
+    int post_only = PyObject_IsTrue(SLOT(o, order_off[O_POST_ONLY]));
+    if (post_only < 0 || (post_only && nprice != oprice && crosses))
+        goto python; /* POST_ONLY_WOULD_CROSS */
+    if (!keeps && crosses && !(is_str(SLOT(acct, acct_off[A_STP]), K[S_STP_RESTING]) ||
+                               is_str(SLOT(acct, acct_off[A_STP]), K[S_STP_INCOMING]) ||
+                               is_str(SLOT(acct, acct_off[A_STP]), K[S_STP_BOTH])))
+        goto python;
+    PyObject *side_map = SLOT(book, book_off[buy ? B_BIDS : B_ASKS]);
+    long long kv = buy ? -oprice : oprice;
+    PyObject *level;
+    if (!PyDict_Check(side_map) || (k = PyLong_FromLongLong(kv)) == NULL ||
+        (level = PyDict_GetItemWithError(side_map, k)) == NULL || Py_TYPE(level) != TYPE(K_LEVEL)
+        || !PyList_Check(SLOT(book, book_off[B_CHANGES])) ||
+        !PyDict_CheckExact(SLOT(book, book_off[B_ORDERS])))
+        goto python;
+
+    /* ---- accepted */
+    PyObject *events = NULL, *okey = SLOT(o, order_off[O_ID]);
+    PyObject *changes = SLOT(book, book_off[B_CHANGES]);
+    Py_INCREF(o);
+    Py_INCREF(level);
+    Py_INCREF(side);
+    Py_INCREF(qty_o);
+    Py_INCREF(price_o);
+    PyObject *old_price = Py_NewRef(SLOT(o, order_off[O_PRICE]));
+    Py_XINCREF(okey);
+    if (okey == NULL || (buy ? slot_add(acct, acct_off[A_CASH_RES], extra)
+                             : slot_add(h, hold_off[H_RESERVED], extra)) < 0 ||
+        set_i(o, order_off[O_RESERVED], new_res) < 0 || (events = PyList_New(0)) == NULL)
+        goto fail;
+    PyObject *now = xget(self, X_NOW);
+    if (now == NULL)
+        goto fail;
+    if (keeps) {
+        if (slot_add(level, level_off[L_QTY], -((__int128)oleaves - new_leaves)) < 0 ||
+            set_i(o, order_off[O_LEAVES], new_leaves) < 0 ||
+            list_append_new(changes, change_obj(side, old_price,
+                                                Py_NewRef(SLOT(level, level_off[L_QTY])))) < 0)
+            goto fail;
+        set_ref(o, order_off[O_QTY], qty_o);
+    }
+    else {
+        /* book.remove(o.order_id) */
+        if (PyDict_DelItem(SLOT(book, book_off[B_ORDERS]), okey) < 0 ||
+            PyObject_DelItem(level, okey) < 0 || slot_add(level, level_off[L_QTY], -oleaves) < 0)
+            goto fail;
+        PyObject *lq = Py_NewRef(SLOT(level, level_off[L_QTY]));
+        if ((PyDict_GET_SIZE(level) == 0 && del_level(side_map, k, kv) < 0) ||
+            list_append_new(changes, change_obj(side, old_price, lq)) < 0)
+            goto fail;
+        set_ref(o, order_off[O_QTY], qty_o);
+        set_ref(o, order_off[O_PRICE], price_o);
+        if (set_i(o, order_off[O_LEAVES], new_leaves) < 0)
+            goto fail;
+        set_ref(o, order_off[O_SEQ], f[M_SEQ]);
+    }
+    if (list_append_new(events, new_er(
+            SLOT(o, order_off[O_ACCOUNT]), SLOT(o, order_off[O_ID]), SLOT(o, order_off[O_COID]),
+            symbol, segment, side, K[S_EXEC_REPLACED], SLOT(o, order_off[O_STATUS]),
+            SLOT(o, order_off[O_PRICE]), SLOT(o, order_off[O_QTY]), zero, zero,
+            SLOT(o, order_off[O_CUM]), SLOT(o, order_off[O_LEAVES]), Py_None, zero, zero,
+            Py_None, now)) < 0)
+        goto fail;
+    if (!keeps) {
+        if (execute(self, o, book, instr, rules, acct, events, buy, nprice, new_leaves) < 0)
+            goto fail;
+        long long leaves;
+        if (rd64(SLOT(o, order_off[O_LEAVES]), &leaves) < 0) {
+            PyErr_SetString(PyExc_TypeError, "CorePath: leaves is not an int");
+            goto fail;
+        }
+        if (leaves && SLOT(o, order_off[O_STATUS]) != K[S_ST_CANCELED]) {
+            PyObject *lq;
+            if (book_rest(book, o, side, price_o, nprice, leaves, okey, &lq) < 0 ||
+                list_append_new(changes, change_obj(side, price_o, lq)) < 0)
+                goto fail;
+        }
+    }
+    if (emit_book_update(self->ex, book, NULL, events) < 0)
+        goto fail;
+    Py_DECREF(o);
+    Py_DECREF(level);
+    Py_DECREF(side);
+    Py_DECREF(qty_o);
+    Py_DECREF(price_o);
+    Py_DECREF(old_price);
+    Py_DECREF(okey);
+    Py_DECREF(k);
+    return events;
+fail:
+    Py_XDECREF(events);
+    Py_DECREF(o);
+    Py_DECREF(level);
+    Py_DECREF(side);
+    Py_DECREF(qty_o);
+    Py_DECREF(price_o);
+    Py_DECREF(old_price);
+    Py_XDECREF(okey);
+    Py_DECREF(k);
+    return NULL;
+python:
+    Py_XDECREF(key);
+    Py_XDECREF(k);
+    return to_python(self, N_AMEND, cmd);
+}
+
+static PyObject *cp_amend_m(PyObject *self, PyObject *cmd) { return cp_amend((CorePath *)self, cmd); }
 static PyObject *cp_place_m(PyObject *self, PyObject *cmd) { return cp_place((CorePath *)self, cmd); }
 static PyObject *cp_cancel_m(PyObject *self, PyObject *cmd) { return cp_cancel((CorePath *)self, cmd); }
 
@@ -1810,6 +2029,8 @@ cp_apply(PyObject *self_, PyObject *cmd)
         res = cp_place(self, cmd);
     else if (is_own(h, self, cp_cancel_m))
         res = cp_cancel(self, cmd);
+    else if (is_own(h, self, cp_amend_m))
+        res = cp_amend(self, cmd);
     else {
         Py_INCREF(h);
         res = PyObject_CallOneArg(h, cmd);
@@ -1891,6 +2112,7 @@ static PyMethodDef cp_methods[] = {
     {"apply", (PyCFunction)cp_apply_m, METH_O, "apply(cmd) -> events: Exchange.apply."},
     {"place", (PyCFunction)cp_place_m, METH_O, "place(cmd) -> events: Exchange._place."},
     {"cancel", (PyCFunction)cp_cancel_m, METH_O, "cancel(cmd) -> events: Exchange._cancel."},
+    {"amend", (PyCFunction)cp_amend_m, METH_O, "amend(cmd) -> events: Exchange._amend."},
     {NULL, NULL, 0, NULL},
 };
 

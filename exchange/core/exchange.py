@@ -105,7 +105,7 @@ def _core_path():
         "ACCESS_ALL": "all", "LOT_SUB_QUOTA": LOT_SUB_QUOTA, "LOT_PURCHASE": LOT_PURCHASE,
         "EXCHANGE_ACCOUNT": EXCHANGE_ACCOUNT, "take_units": take_units,
         "SequenceError": SequenceError, "Reject": E.Reject, "Exchange": Exchange, "IOC": IOC,
-        "UNFILLED_IOC": "UNFILLED_IOC",
+        "UNFILLED_IOC": "UNFILLED_IOC", "AmendOrder": AmendOrder, "EXEC_REPLACED": EXEC_REPLACED,
     })
     return _hotpath.CorePath
 
@@ -292,15 +292,17 @@ class Exchange:
             self.modules[mod.name] = mod
             self._handlers.update(mod.handlers())
         self._eod_hooks: list[Callable[[], list]] = []
-        # The order path in C (exchange/_corepath.c, ADR 0007): apply, _place and _cancel
-        # done step for step on these same objects, handing everything unusual back to the
-        # methods below, which stay the reference. Only where nothing has replaced them.
+        # The order path in C (exchange/_corepath.c, ADR 0007): apply, _place, _cancel and
+        # _amend done step for step on these same objects, handing everything unusual back to
+        # the methods below, which stay the reference. Only where nothing has replaced them.
         self.accelerated = False
         if (accelerate and _CorePath is not None and self._handlers[PlaceOrder] == self._place
-                and self._handlers[CancelOrder] == self._cancel):
+                and self._handlers[CancelOrder] == self._cancel
+                and self._handlers[AmendOrder] == self._amend):
             fast = _CorePath(self)
             self._handlers[PlaceOrder] = fast.place
             self._handlers[CancelOrder] = fast.cancel
+            self._handlers[AmendOrder] = fast.amend
             self.apply = fast.apply  # the instance attribute shadows Exchange.apply
             self.accelerated = True
 
