@@ -1,15 +1,16 @@
 /* exchange._hotpath.CorePath: the core's order path in C (ADR 0007, "The order path in C").
  *
  * Exchange.apply, _place, _cancel and _amend (exchange/core/exchange.py) and OrderBook's
- * add, remove, crosses and match (exchange/core/book.py) are the reference implementation; this file does the same, step for step, on the same Python
- * objects (the Exchange's dicts, the sortedcontainers books, the slotted Order, Account,
- * ExecutionReport, ... classes), so the state, the events and state_hash are identical
- * whichever path ran. Exchange(accelerate=True) installs it when this extension is built;
- * tests/test_core_accelerated.py compares the two command by command.
+ * add, remove, crosses and match (exchange/core/book.py) are the reference implementation;
+ * this file does the same, step for step, on the same Python objects (the Exchange's dicts,
+ * the sortedcontainers books, the slotted Order, Account, ExecutionReport, ... classes), so
+ * the state, the events and state_hash are identical whichever path ran.
+ * Exchange(accelerate=True) installs it when this extension is built; tests/test_book.py and
+ * tests/test_core_accelerated.py compare the two command by command.
  *
  * What it takes, and what it leaves to Python:
  *   apply(cmd)    the sequence check, the dispatch and the reject events, for every command;
- *                 handlers other than place/cancel are called as they are.
+ *                 handlers other than place/cancel/amend are called as they are.
  *   place(cmd)    a limit GTC, DAY or IOC order (post-only included) that passes every
  *                 check, in a segment open to all, resting or crossing: matching, self-trade
  *                 prevention, settlement of each fill, the trade listeners. Everything else - market and
