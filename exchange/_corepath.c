@@ -13,12 +13,13 @@
  *                 handlers other than place/cancel/amend are called as they are.
  *   place(cmd)    a limit GTC, DAY or IOC order (post-only included) that passes every
  *                 check, in a segment open to all, resting or crossing: matching, self-trade
- *                 prevention, settlement of each fill, the trade listeners. Everything else - market and
- *                 FOK orders, every reject, restricted segments, prices or quantities of
- *                 2**31 or more, a value of an unexpected type - goes to Exchange._place
- *                 before anything has changed. Rare steps inside a fill (units from a
- *                 sub-quota lot or from several lots, self-trade cancels) call the same Python
- *                 helpers the reference calls.
+ *                 prevention, settlement of each fill, the trade listeners. Everything
+ *                 else - market and FOK orders, every reject, restricted segments, prices
+ *                 or quantities of 2**31 or more, a value of an unexpected type - goes to
+ *                 Exchange._place before anything has changed. Rare steps inside a fill
+ *                 (units from a sub-quota lot or from several lots, self-trade cancels, an
+ *                 IOC order's unfilled rest) call the same Python helpers the reference
+ *                 calls.
  *   cancel(cmd)   a cancel of a live order; anything else goes to Exchange._cancel.
  *   amend(cmd)    an amend of a live order that passes every check, in place (a smaller
  *                 quantity at the same price) or out of the book and back through the
@@ -170,9 +171,9 @@ rd64(PyObject *v, long long *out)
     Py_ssize_t size = Py_SIZE(v);
     const digit *dg = ((PyLongObject *)v)->ob_digit;
     if (size >= -2 && size <= 2) {
-        long long x = size == 0 ? 0
+        long long x = size == 0                 ? 0
                       : size == 1 || size == -1 ? (long long)dg[0]
-                                                : (long long)dg[0] | (long long)dg[1] << PyLong_SHIFT;
+                      : (long long)dg[0] | (long long)dg[1] << PyLong_SHIFT;
         *out = size < 0 ? -x : x;
         return 0;
     }
@@ -1969,9 +1970,22 @@ python:
     return to_python(self, N_AMEND, cmd);
 }
 
-static PyObject *cp_amend_m(PyObject *self, PyObject *cmd) { return cp_amend((CorePath *)self, cmd); }
-static PyObject *cp_place_m(PyObject *self, PyObject *cmd) { return cp_place((CorePath *)self, cmd); }
-static PyObject *cp_cancel_m(PyObject *self, PyObject *cmd) { return cp_cancel((CorePath *)self, cmd); }
+static PyObject *
+cp_amend_m(PyObject *self, PyObject *cmd)
+{
+    return cp_amend((CorePath *)self, cmd);
+}
+static PyObject *
+cp_place_m(PyObject *self, PyObject *cmd)
+{
+    return cp_place((CorePath *)self, cmd);
+}
+
+static PyObject *
+cp_cancel_m(PyObject *self, PyObject *cmd)
+{
+    return cp_cancel((CorePath *)self, cmd);
+}
 
 static inline int
 is_own(PyObject *h, CorePath *self, PyCFunction fn)
@@ -2005,9 +2019,9 @@ cp_apply(PyObject *self_, PyObject *cmd)
     PyObject *res = NULL;
     PyObject *last = xget(self, X_LAST_SEQ);
     long long sv, lv;
-    int le = last == NULL ? -1
+    int le = last == NULL                                  ? -1
              : rd64(seq, &sv) == 0 && rd64(last, &lv) == 0 ? sv <= lv
-                                                          : PyObject_RichCompareBool(seq, last, Py_LE);
+             : PyObject_RichCompareBool(seq, last, Py_LE);
     if (le != 0) {
         if (le > 0)
             PyErr_Format(K[S_SEQUENCE_ERROR], "command seq %S after %S", seq, last);
