@@ -1316,6 +1316,23 @@ done:
 }
 
 static int
+cancel_in_python(CorePath *self, PyObject *o, PyObject *acct, PyObject *reason,
+                 PyObject *events)
+{
+    /* an order stops working here (self-trade prevention, an IOC order's unfilled rest): as
+     * the reference does it - status canceled, _release, _forget, and _er's report */
+    set_ref(o, order_off[O_STATUS], K[S_ST_CANCELED]);
+    PyObject *x = call_method(self, N_RELEASE, o, acct, NULL);
+    if (x == NULL)
+        return -1;
+    Py_DECREF(x);
+    if ((x = call_method(self, N_FORGET, o, acct, NULL)) == NULL)
+        return -1;
+    Py_DECREF(x);
+    return list_append_new(events, call_method(self, N_ER, o, K[S_EXEC_CANCELED], reason));
+}
+
+static int
 execute(CorePath *self, PyObject *o, PyObject *book, PyObject *instr, PyObject *rules,
         PyObject *acct, PyObject *events, int taker_buys, long long price, long long qty)
 {
@@ -1337,18 +1354,8 @@ execute(CorePath *self, PyObject *o, PyObject *book, PyObject *instr, PyObject *
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(stp_cancels); i++) {
         PyObject *maker = PyList_GET_ITEM(stp_cancels, i);
         PyObject *macct = get_account(accounts, SLOT(maker, order_off[O_ACCOUNT]));
-        if (macct == NULL)
-            goto done;
-        set_ref(maker, order_off[O_STATUS], K[S_ST_CANCELED]);
-        PyObject *x = call_method(self, N_RELEASE, maker, macct, NULL);
-        if (x == NULL)
-            goto done;
-        Py_DECREF(x);
-        if ((x = call_method(self, N_FORGET, maker, macct, NULL)) == NULL)
-            goto done;
-        Py_DECREF(x);
-        if (list_append_new(events, call_method(self, N_ER, maker, K[S_EXEC_CANCELED],
-                                                K[S_SELF_TRADE_PREVENTED])) < 0)
+        if (macct == NULL ||
+            cancel_in_python(self, maker, macct, K[S_SELF_TRADE_PREVENTED], events) < 0)
             goto done;
     }
     if (fills.n) {
@@ -1402,19 +1409,8 @@ execute(CorePath *self, PyObject *o, PyObject *book, PyObject *instr, PyObject *
             PyErr_SetString(PyExc_TypeError, "CorePath: leaves is not an int");
             goto done;
         }
-        if (leaves) {
-            set_ref(o, order_off[O_STATUS], K[S_ST_CANCELED]);
-            PyObject *x = call_method(self, N_RELEASE, o, acct, NULL);
-            if (x == NULL)
-                goto done;
-            Py_DECREF(x);
-            if ((x = call_method(self, N_FORGET, o, acct, NULL)) == NULL)
-                goto done;
-            Py_DECREF(x);
-            if (list_append_new(events, call_method(self, N_ER, o, K[S_EXEC_CANCELED],
-                                                    K[S_SELF_TRADE_PREVENTED])) < 0)
-                goto done;
-        }
+        if (leaves && cancel_in_python(self, o, acct, K[S_SELF_TRADE_PREVENTED], events) < 0)
+            goto done;
     }
     r = 0;
 done:
@@ -1605,19 +1601,8 @@ cp_place(CorePath *self, PyObject *cmd)
                     (last = change_obj(side, f[P_PRICE], lq)) == NULL)
                     goto fail;
             }
-            else { /* the unfilled rest of an IOC order is cancelled, as in the reference */
-                set_ref(o, order_off[O_STATUS], K[S_ST_CANCELED]);
-                PyObject *x = call_method(self, N_RELEASE, o, acct, NULL);
-                if (x == NULL)
-                    goto fail;
-                Py_DECREF(x);
-                if ((x = call_method(self, N_FORGET, o, acct, NULL)) == NULL)
-                    goto fail;
-                Py_DECREF(x);
-                if (list_append_new(events, call_method(self, N_ER, o, K[S_EXEC_CANCELED],
-                                                        K[S_UNFILLED_IOC])) < 0)
-                    goto fail;
-            }
+            else if (cancel_in_python(self, o, acct, K[S_UNFILLED_IOC], events) < 0)
+                goto fail; /* the unfilled rest of an IOC order is cancelled */
         }
         if (emit_book_update(self->ex, book, last, events) < 0)
             goto fail;
