@@ -425,7 +425,7 @@ emit_book_update(PyObject *ex, PyObject *book, PyObject *last_change, PyObject *
         goto done;
     }
     PyObject *emit = SLOT(ex, ex_off[X_EMIT_BOOK_UPDATES]);
-    int on = emit == NULL ? 0 : PyObject_IsTrue(emit);
+    int on = emit == Py_True ? 1 : emit == NULL || emit == Py_False ? 0 : PyObject_IsTrue(emit);
     if (on < 0)
         goto done;
     Py_ssize_t pending = PyList_GET_SIZE(changes);
@@ -653,6 +653,14 @@ del_level(PyObject *side_map, PyObject *k, long long kv)
     return PyObject_DelItem(side_map, k);
 }
 
+static inline PyObject *
+side_key(PyObject *price, long long pv, int buy)
+{
+    /* a book side's key for price (a new reference): -price for bids; for asks the price
+     * object itself, as OrderBook.add keys them */
+    return buy ? PyLong_FromLongLong(-pv) : Py_NewRef(price);
+}
+
 static int
 book_rest(PyObject *book, PyObject *o, PyObject *side, PyObject *price, long long pv,
           long long leaves, PyObject *oid, PyObject **lq_out)
@@ -662,7 +670,7 @@ book_rest(PyObject *book, PyObject *o, PyObject *side, PyObject *price, long lon
     int buy = side == K[S_BUY] || is_str_noerr(side, K[S_BUY]);
     PyObject *side_map = SLOT(book, book_off[buy ? B_BIDS : B_ASKS]);
     long long kv = buy ? -pv : pv;
-    PyObject *k = PyLong_FromLongLong(kv);
+    PyObject *k = side_key(price, pv, buy);
     if (k == NULL)
         return -1;
     PyObject *level = PyDict_GetItemWithError(side_map, k);
@@ -687,7 +695,6 @@ book_rest(PyObject *book, PyObject *o, PyObject *side, PyObject *price, long lon
     if (PyDict_SetItem(SLOT(book, book_off[B_ORDERS]), oid, o) < 0)
         return -1;
     *lq_out = Py_NewRef(SLOT(level, level_off[L_QTY]));
-    (void)price;
     return 0;
 fail:
     Py_DECREF(k);
@@ -1673,7 +1680,8 @@ cp_cancel(CorePath *self, PyObject *cmd)
         goto python;
     PyObject *side_map = SLOT(book, book_off[buy ? B_BIDS : B_ASKS]);
     long long kv = buy ? -price : price;
-    if (!PyDict_Check(side_map) || (k = PyLong_FromLongLong(kv)) == NULL)
+    if (!PyDict_Check(side_map) ||
+        (k = side_key(SLOT(o, order_off[O_PRICE]), price, buy)) == NULL)
         goto python;
     PyObject *level = PyDict_GetItemWithError(side_map, k);
     if (level == NULL || Py_TYPE(level) != TYPE(K_LEVEL) ||
@@ -1859,7 +1867,8 @@ cp_amend(CorePath *self, PyObject *cmd)
     PyObject *side_map = SLOT(book, book_off[buy ? B_BIDS : B_ASKS]);
     long long kv = buy ? -oprice : oprice;
     PyObject *level;
-    if (!PyDict_Check(side_map) || (k = PyLong_FromLongLong(kv)) == NULL ||
+    if (!PyDict_Check(side_map) ||
+        (k = side_key(SLOT(o, order_off[O_PRICE]), oprice, buy)) == NULL ||
         (level = PyDict_GetItemWithError(side_map, k)) == NULL || Py_TYPE(level) != TYPE(K_LEVEL)
         || !PyList_Check(SLOT(book, book_off[B_CHANGES])) ||
         !PyDict_CheckExact(SLOT(book, book_off[B_ORDERS])))
@@ -2252,7 +2261,8 @@ ob_remove(PyObject *book, PyObject *order_id)
         return py_book_call(PB_REMOVE, book, &order_id, 1);
     PyObject *side_map = SLOT(book, book_off[buy ? B_BIDS : B_ASKS]);
     long long kv = buy ? -price : price;
-    if (!PyDict_Check(side_map) || (k = PyLong_FromLongLong(kv)) == NULL ||
+    if (!PyDict_Check(side_map) ||
+        (k = side_key(SLOT(o, order_off[O_PRICE]), price, buy)) == NULL ||
         (level = PyDict_GetItemWithError(side_map, k)) == NULL ||
         Py_TYPE(level) != TYPE(K_LEVEL) || rd64(SLOT(level, level_off[L_QTY]), &lq) < 0) {
         Py_XDECREF(k);
