@@ -1124,17 +1124,13 @@ settle_fill(settle_t *s, PyObject *maker, long long q, long long px)
     }
     else if (release_big(bo, bacct, s->fee_bps) < 0) /* an order the Python path let in */
         goto done;
-    if (slot_add(bacct, acct_off[A_CASH], -notional) < 0 ||
-        slot_add(sacct, acct_off[A_CASH], notional) < 0)
+    /* the postings of post_cash and the two fees, each account's net in one step (nothing
+     * can look in between, so the balances end as the reference's sequence leaves them) */
+    PyObject *exch = fee ? get_account(s->accounts, K[S_EXCHANGE_ACCOUNT]) : NULL;
+    if ((fee && exch == NULL) || slot_add(bacct, acct_off[A_CASH], -(notional + fee)) < 0 ||
+        slot_add(sacct, acct_off[A_CASH], notional - fee) < 0 ||
+        (fee && slot_add(exch, acct_off[A_CASH], 2 * fee) < 0))
         goto done;
-    if (fee) {
-        PyObject *exch = get_account(s->accounts, K[S_EXCHANGE_ACCOUNT]);
-        if (exch == NULL || slot_add(bacct, acct_off[A_CASH], -fee) < 0 ||
-            slot_add(exch, acct_off[A_CASH], fee) < 0 ||
-            slot_add(sacct, acct_off[A_CASH], -fee) < 0 ||
-            slot_add(exch, acct_off[A_CASH], fee) < 0)
-            goto done;
-    }
     /* seller: units out of the reservation, FIFO over lots */
     PyObject *sh = PyDict_GetItemWithError(SLOT(sacct, acct_off[A_HOLDINGS]), s->symbol);
     if (sh == NULL || Py_TYPE(sh) != TYPE(K_HOLDING)) {
