@@ -211,7 +211,11 @@ rd128(PyObject *v, __int128 *out)
         return -1;
     }
     unsigned char b[16];
+#if PY_VERSION_HEX >= 0x030D0000 /* 3.13 added with_exceptions */
+    if (_PyLong_AsByteArray((PyLongObject *)v, b, 16, 1, 1, 1) < 0)
+#else
     if (_PyLong_AsByteArray((PyLongObject *)v, b, 16, 1, 1) < 0)
+#endif
         return -1;
     unsigned __int128 u = 0;
     for (int i = 15; i >= 0; i--)
