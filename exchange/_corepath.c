@@ -148,11 +148,11 @@ static int configured;
 
 /* names of attributes and methods */
 enum { N_LIST, N_LISTS, N_MAXES, N_LEN, N_INDEX, N_LOAD, N_PLACE, N_CANCEL, N_REJECTED,
-       N_UNKNOWN, N_RELEASE, N_FORGET, N_ER, N_SPLIT, N_STARTSWITH, N_AMEND, N_N };
+       N_UNKNOWN, N_RELEASE, N_FORGET, N_ER, N_SPLIT, N_STARTSWITH, N_AMEND, N_SEQ, N_TS, N_N };
 static const char *const name_strs[N_N] = {
     "_list", "_lists", "_maxes", "_len", "_index", "_load", "_place", "_cancel", "_rejected",
     "_unknown_command", "_release", "_forget", "_er", "_split_proceeds", "startswith",
-    "_amend"};
+    "_amend", "seq", "ts"};
 static PyObject *N[N_N];
 static PyObject *zero; /* the int 0 */
 
@@ -393,24 +393,13 @@ new_bu(PyObject *instrument, PyObject *segment, PyObject *seq, PyObject *changes
 }
 
 static PyObject *
-change_obj(PyObject *side, PyObject *price, PyObject *lq)
+change(PyObject *side, PyObject *price, PyObject *lq)
 {
     /* (side, price, lq), untracked; lq: a new reference, stolen */
     if (lq == NULL)
         return NULL;
     PyObject *t = untracked(PyTuple_Pack(3, side, price, lq));
     Py_DECREF(lq);
-    return t;
-}
-
-static PyObject *
-change(PyObject *side, PyObject *price, long long lq)
-{
-    PyObject *q = PyLong_FromLongLong(lq);
-    if (q == NULL)
-        return NULL;
-    PyObject *t = untracked(PyTuple_Pack(3, side, price, q));
-    Py_DECREF(q);
     return t;
 }
 
@@ -705,6 +694,25 @@ fail:
     return -1;
 }
 
+static PyObject *
+unrest(PyObject *book, PyObject *okey, PyObject *side_map, PyObject *k, long long kv,
+       PyObject *level, long long leaves)
+{
+    /* OrderBook.remove's steps on the book, without the L2 change (the caller records it):
+     * the order leaves the book's index and its level, the level's quantity drops by its
+     * leaves and an emptied level leaves the side. The level's new quantity (a new
+     * reference), or NULL with an error (KeyError for a missing entry, as in Python). */
+    if (PyDict_DelItem(SLOT(book, book_off[B_ORDERS]), okey) < 0 ||
+        PyObject_DelItem(level, okey) < 0 || slot_add(level, level_off[L_QTY], -leaves) < 0)
+        return NULL;
+    PyObject *lq = Py_NewRef(SLOT(level, level_off[L_QTY]));
+    if (PyDict_GET_SIZE(level) == 0 && del_level(side_map, k, kv) < 0) {
+        Py_DECREF(lq);
+        return NULL;
+    }
+    return lq;
+}
+
 /* ------------------------------------------------------------------ the CorePath object */
 
 typedef struct {
@@ -947,9 +955,8 @@ match(PyObject *book, PyObject *o, int taker_buys, int has_limit, long long limi
             Py_DECREF(mkey);
             goto fail;
         }
-        PyObject *lq = SLOT(level, level_off[L_QTY]);
-        PyObject *ch = lq ? untracked(PyTuple_Pack(3, opp_side, price, lq)) : NULL;
-        if (list_append_new(changes, ch) < 0)
+        if (list_append_new(changes, change(opp_side, price,
+                                            Py_XNewRef(SLOT(level, level_off[L_QTY])))) < 0)
             goto fail;
         Py_DECREF(price);
         Py_DECREF(level);
@@ -1444,21 +1451,142 @@ exact_bool(PyObject *v)
     return v == Py_True ? 1 : v == Py_False ? 0 : -1;
 }
 
+/* The checks place and amend share, as Exchange.check_qty, check_price, is_halted and the
+ * reservation arithmetic do in Python. Each decides only "this path takes it" (1) or "hand
+ * it over" (0); the reference then decides the reject. */
+
+static int
+trading(CorePath *self, PyObject *instr, PyObject *symbol, PyObject *segment)
+{
+    /* not is_halted(symbol, segment), read as exact bools and a set */
+    PyObject *mh = xget(self, X_MARKET_HALTED), *hb = xget(self, X_HALTED_BOOKS);
+    if (mh == NULL || hb == NULL || exact_bool(mh) != 0 ||
+        exact_bool(SLOT(instr, instr_off[I_HALTED])) != 0 || !PyAnySet_CheckExact(hb))
+        return 0;
+    if (PySet_GET_SIZE(hb) == 0)
+        return 1;
+    PyObject *key = PyTuple_Pack(2, symbol, segment);
+    int r = key != NULL && PySet_Contains(hb, key) == 0;
+    Py_XDECREF(key);
+    return r;
+}
+
+static int
+qty_ok(PyObject *rules, long long qty)
+{
+    /* check_qty passes, and qty < 2**31 */
+    long long lot, max_qty;
+    return qty > 0 && qty < I31 && rd64(SLOT(rules, rules_off[R_LOT]), &lot) == 0 && lot > 0 &&
+           qty % lot == 0 && rd64(SLOT(rules, rules_off[R_MAX_QTY]), &max_qty) == 0 &&
+           qty <= max_qty;
+}
+
+static int
+price_ok(PyObject *rules, PyObject *instr, long long price)
+{
+    /* check_price passes (the cached band edges are (1, 2**62) without a reference price),
+     * and price < 2**31 */
+    long long tick, lo, hi;
+    return price > 0 && price < I31 && rd64(SLOT(rules, rules_off[R_TICK]), &tick) == 0 &&
+           tick > 0 && price % tick == 0 &&
+           rd64(SLOT(instr, instr_off[I_BAND_LO]), &lo) == 0 &&
+           rd64(SLOT(instr, instr_off[I_BAND_HI]), &hi) == 0 && price >= lo && price <= hi;
+}
+
+static int
+covered(PyObject *acct, PyObject *rules, PyObject *symbol, int buy, long long price,
+        long long leaves, long long held, __int128 *new_res, PyObject **h)
+{
+    /* the reservation leaves at price need (buy: buy_reserve, price x leaves + ceil(fee);
+     * sell: the units), in *new_res, and whether the account covers what it adds to the
+     * held reservation; *h: the seller's holding */
+    *h = NULL;
+    if (buy) {
+        long long fee_bps, cash, cash_res;
+        if (rd64(SLOT(rules, rules_off[R_FEE_BPS]), &fee_bps) < 0 || fee_bps < 0 ||
+            fee_bps > 10000 || rd64(SLOT(acct, acct_off[A_CASH]), &cash) < 0 ||
+            rd64(SLOT(acct, acct_off[A_CASH_RES]), &cash_res) < 0)
+            return 0;
+        __int128 n = (__int128)price * leaves;
+        *new_res = n - floordiv10k(-n * fee_bps);
+        return *new_res - held <= (__int128)cash - cash_res;
+    }
+    long long total, reserved;
+    PyObject *hd = PyDict_GetItemWithError(SLOT(acct, acct_off[A_HOLDINGS]), symbol);
+    if (hd == NULL || Py_TYPE(hd) != TYPE(K_HOLDING) ||
+        rd64(SLOT(hd, hold_off[H_TOTAL]), &total) < 0 ||
+        rd64(SLOT(hd, hold_off[H_RESERVED]), &reserved) < 0)
+        return 0;
+    *h = hd;
+    *new_res = leaves;
+    return (__int128)leaves - held <= (__int128)total - reserved;
+}
+
+static int
+crossing(PyObject *book, PyObject *acct, int buy, long long price, int *crosses)
+{
+    /* book.crosses(side, price) in *crosses; 0 when a best price of 2**31 or more (a sell's
+     * fills are at bid prices: below 2**31 every product stays exact) or, for an order that
+     * crosses, a self-trade policy this path does not know */
+    PyObject *opp = SLOT(book, book_off[buy ? B_ASKS : B_BIDS]), *bk;
+    long long bkv = 0;
+    int any = opp && PyDict_Check(opp) ? best_key(opp, &bk) : -1;
+    if (any < 0 || (any && (rd64(bk, &bkv) < 0 || bkv <= -I31 || bkv >= I31)))
+        return 0;
+    *crosses = any && (buy ? bkv <= price : -bkv >= price);
+    PyObject *stp = SLOT(acct, acct_off[A_STP]);
+    return !*crosses || is_str(stp, K[S_STP_RESTING]) || is_str(stp, K[S_STP_INCOMING]) ||
+           is_str(stp, K[S_STP_BOTH]);
+}
+
+static int
+fields(PyObject *cmd, int k, PyObject **f)
+{
+    /* cmd (a class K_*) read into f, its fields in the class's order; 0 when one is unset
+     * (the reference raises AttributeError) or cmd is not exactly that class */
+    if (!configured || Py_TYPE(cmd) != TYPE(k))
+        return 0;
+    for (int i = 0; i < classes[k].n; i++)
+        if ((f[i] = SLOT(cmd, classes[k].off[i])) == NULL)
+            return 0;
+    return 1;
+}
+
+static PyObject *
+firm(CorePath *self, PyObject *firm_id)
+{
+    /* Exchange.firm(firm_id): an Account that is not a system account (borrowed), or NULL */
+    PyObject *accounts = xget(self, X_ACCOUNTS);
+    PyObject *acct = accounts ? PyDict_GetItemWithError(accounts, firm_id) : NULL;
+    return acct && Py_TYPE(acct) == TYPE(K_ACCOUNT) && SLOT(acct, acct_off[A_SYSTEM]) == Py_False
+               ? acct : NULL;
+}
+
+static PyObject *
+live_order(PyObject *acct, PyObject *order_id, PyObject *coid, PyObject **oid)
+{
+    /* _find_order: the account's live Order by id, or by client order id when the id is
+     * None (borrowed; *oid the id it was found by); NULL (maybe an error set) otherwise */
+    PyObject *coids = SLOT(acct, acct_off[A_COIDS]), *orders = SLOT(acct, acct_off[A_ORDERS]);
+    if (!PyDict_CheckExact(coids) || !PyDict_CheckExact(orders))
+        return NULL;
+    if (order_id == Py_None && coid != Py_None)
+        order_id = PyDict_GetItemWithError(coids, coid);
+    PyObject *o = order_id && order_id != Py_None ? PyDict_GetItemWithError(orders, order_id)
+                                                  : NULL;
+    if (o == NULL || Py_TYPE(o) != TYPE(K_ORDER))
+        return NULL;
+    *oid = order_id;
+    return o;
+}
+
 static PyObject *
 cp_place(CorePath *self, PyObject *cmd)
 {
-    PyObject *key = NULL;
-    if (!configured || Py_TYPE(cmd) != TYPE(K_PLACE))
-        goto python;
-    PyObject *f[P_N];
-    for (int i = 0; i < P_N; i++)
-        if ((f[i] = SLOT(cmd, place_off[i])) == NULL)
-            goto python;
+    PyObject *f[P_N], *acct;
     /* the checks of Exchange._place, in its order; any doubt hands the command over */
-    PyObject *accounts = xget(self, X_ACCOUNTS);
-    PyObject *acct = accounts ? PyDict_GetItemWithError(accounts, f[P_ACCOUNT]) : NULL;
-    if (acct == NULL || Py_TYPE(acct) != TYPE(K_ACCOUNT) ||
-        SLOT(acct, acct_off[A_SYSTEM]) != Py_False || SLOT(acct, acct_off[A_CAN_TRADE]) != Py_True)
+    if (!fields(cmd, K_PLACE, f) || (acct = firm(self, f[P_ACCOUNT])) == NULL ||
+        SLOT(acct, acct_off[A_CAN_TRADE]) != Py_True)
         goto python;
     PyObject *symbol = f[P_INSTRUMENT], *segment = f[P_SEGMENT];
     PyObject *instruments = xget(self, X_INSTRUMENTS);
@@ -1482,68 +1610,26 @@ cp_place(CorePath *self, PyObject *cmd)
     int post_only = exact_bool(f[P_POST_ONLY]);
     if (post_only < 0 || (post_only && ioc))
         goto python;
-    PyObject *mh = xget(self, X_MARKET_HALTED);
-    PyObject *halted_books = xget(self, X_HALTED_BOOKS);
-    if (mh == NULL || halted_books == NULL || exact_bool(mh) != 0 ||
-        exact_bool(SLOT(instr, instr_off[I_HALTED])) != 0 || !PyAnySet_CheckExact(halted_books)
-        || (PySet_GET_SIZE(halted_books) != 0 &&
-            ((key = PyTuple_Pack(2, symbol, segment)) == NULL ||
-             PySet_Contains(halted_books, key) != 0)))
+    if (!trading(self, instr, symbol, segment))
         goto python;
-    Py_CLEAR(key);
     PyObject *all_rules = xget(self, X_RULES);
     PyObject *rules = all_rules ? PyDict_GetItemWithError(all_rules, segment) : NULL;
     if (rules == NULL || Py_TYPE(rules) != TYPE(K_RULES) ||
         !is_str(SLOT(rules, rules_off[R_ACCESS]), K[S_ACCESS_ALL]))
         goto python;
-    long long qty, lot, max_qty, price, tick, lo, hi;
-    if (rd64(f[P_QTY], &qty) < 0 || qty <= 0 || qty >= I31 ||
-        rd64(SLOT(rules, rules_off[R_LOT]), &lot) < 0 || lot <= 0 || qty % lot ||
-        rd64(SLOT(rules, rules_off[R_MAX_QTY]), &max_qty) < 0 || qty > max_qty)
-        goto python;
-    if (rd64(f[P_PRICE], &price) < 0 || price <= 0 || price >= I31 ||
-        rd64(SLOT(rules, rules_off[R_TICK]), &tick) < 0 || tick <= 0 || price % tick ||
-        rd64(SLOT(instr, instr_off[I_BAND_LO]), &lo) < 0 ||
-        rd64(SLOT(instr, instr_off[I_BAND_HI]), &hi) < 0 || price < lo || price > hi)
+    long long qty, price;
+    if (rd64(f[P_QTY], &qty) < 0 || !qty_ok(rules, qty) || rd64(f[P_PRICE], &price) < 0 ||
+        !price_ok(rules, instr, price))
         goto python;
     PyObject *coid = f[P_COID];
     PyObject *coids = SLOT(acct, acct_off[A_COIDS]);
     if (coid != Py_None && (!PyDict_CheckExact(coids) || PyDict_Contains(coids, coid) != 0))
         goto python;
-    __int128 need = 0;
-    PyObject *h = NULL;
-    if (buy) {
-        long long fee_bps, cash, cash_res;
-        if (rd64(SLOT(rules, rules_off[R_FEE_BPS]), &fee_bps) < 0 || fee_bps < 0 ||
-            fee_bps > 10000 || rd64(SLOT(acct, acct_off[A_CASH]), &cash) < 0 ||
-            rd64(SLOT(acct, acct_off[A_CASH_RES]), &cash_res) < 0)
-            goto python;
-        __int128 n = (__int128)price * qty;
-        need = n - floordiv10k(-n * fee_bps); /* price x qty + ceil(fee) */
-        if (need > (__int128)cash - cash_res)
-            goto python;
-    }
-    else {
-        h = PyDict_GetItemWithError(SLOT(acct, acct_off[A_HOLDINGS]), symbol);
-        long long total, reserved;
-        if (h == NULL || Py_TYPE(h) != TYPE(K_HOLDING) ||
-            rd64(SLOT(h, hold_off[H_TOTAL]), &total) < 0 ||
-            rd64(SLOT(h, hold_off[H_RESERVED]), &reserved) < 0 ||
-            (__int128)qty > (__int128)total - reserved)
-            goto python;
-    }
-    PyObject *opp = SLOT(book, book_off[buy ? B_ASKS : B_BIDS]);
-    if (opp == NULL || !PyDict_Check(opp))
-        goto python;
-    PyObject *bk;
-    int any = best_key(opp, &bk);
-    long long bkv = 0;
-    if (any < 0 || (any && (rd64(bk, &bkv) < 0 || bkv <= -I31 || bkv >= I31)))
-        goto python; /* a sell's fills are at bid prices: < 2**31 keeps every product exact */
-    int crosses = any && (buy ? bkv <= price : -bkv >= price);
-    if (crosses && (post_only || !(is_str(SLOT(acct, acct_off[A_STP]), K[S_STP_RESTING]) ||
-                                   is_str(SLOT(acct, acct_off[A_STP]), K[S_STP_INCOMING]) ||
-                                   is_str(SLOT(acct, acct_off[A_STP]), K[S_STP_BOTH]))))
+    __int128 need;
+    PyObject *h;
+    int crosses;
+    if (!covered(acct, rules, symbol, buy, price, qty, 0, &need, &h) ||
+        !crossing(book, acct, buy, price, &crosses) || (crosses && post_only))
         goto python;
     PyObject *oid = xget(self, X_NEXT_ORDER_ID);
     long long oidv;
@@ -1590,7 +1676,7 @@ cp_place(CorePath *self, PyObject *cmd)
     if (!crosses && !ioc) {
         /* the usual case: nothing trades and the whole order rests */
         if (book_rest(book, o, side, f[P_PRICE], price, qty, oid, &lq) < 0 ||
-            emit_book_update(self->ex, book, change_obj(side, f[P_PRICE], lq), events) < 0)
+            emit_book_update(self->ex, book, change(side, f[P_PRICE], lq), events) < 0)
             goto fail;
     }
     else {
@@ -1605,7 +1691,7 @@ cp_place(CorePath *self, PyObject *cmd)
         if (leaves && SLOT(o, order_off[O_STATUS]) != K[S_ST_CANCELED]) {
             if (!ioc) {
                 if (book_rest(book, o, side, f[P_PRICE], price, leaves, oid, &lq) < 0 ||
-                    (last = change_obj(side, f[P_PRICE], lq)) == NULL)
+                    (last = change(side, f[P_PRICE], lq)) == NULL)
                     goto fail;
             }
             else if (cancel_in_python(self, o, acct, K[S_UNFILLED_IOC], events) < 0)
@@ -1624,38 +1710,21 @@ fail:
     Py_DECREF(oid);
     return NULL;
 python:
-    Py_XDECREF(key);
     return to_python(self, N_PLACE, cmd);
 }
 
 static PyObject *
 cp_cancel(CorePath *self, PyObject *cmd)
 {
-    PyObject *key = NULL, *k = NULL;
-    if (!configured || Py_TYPE(cmd) != TYPE(K_CANCEL))
-        goto python;
-    for (int i = 0; i < C_N; i++)
-        if (SLOT(cmd, cancel_off[i]) == NULL)
-            goto python; /* an unset field: the reference raises AttributeError */
-    PyObject *accounts = xget(self, X_ACCOUNTS);
-    PyObject *acct = accounts ? PyDict_GetItemWithError(accounts,
-                                                        SLOT(cmd, cancel_off[C_ACCOUNT]))
-                              : NULL;
-    if (acct == NULL || Py_TYPE(acct) != TYPE(K_ACCOUNT) ||
-        SLOT(acct, acct_off[A_SYSTEM]) != Py_False)
-        goto python;
-    PyObject *coids = SLOT(acct, acct_off[A_COIDS]), *orders = SLOT(acct, acct_off[A_ORDERS]);
-    if (!PyDict_CheckExact(coids) || !PyDict_CheckExact(orders))
-        goto python;
-    PyObject *oid = SLOT(cmd, cancel_off[C_ORDER_ID]);
-    PyObject *ccoid = SLOT(cmd, cancel_off[C_COID]);
-    if (oid == NULL || ccoid == NULL)
-        goto python;
-    if (oid == Py_None && ccoid != Py_None)
-        oid = PyDict_GetItemWithError(coids, ccoid);
-    PyObject *o = oid ? PyDict_GetItemWithError(orders, oid) : NULL;
-    if (o == NULL || Py_TYPE(o) != TYPE(K_ORDER))
+    PyObject *k = NULL;
+    PyObject *f[C_N], *acct;
+    if (!fields(cmd, K_CANCEL, f) || (acct = firm(self, f[C_ACCOUNT])) == NULL)
+        goto python; /* an unset field: the reference raises AttributeError */
+    PyObject *oid;
+    PyObject *o = live_order(acct, f[C_ORDER_ID], f[C_COID], &oid);
+    if (o == NULL)
         goto python; /* unknown order: the reference rejects it */
+    PyObject *coids = SLOT(acct, acct_off[A_COIDS]), *orders = SLOT(acct, acct_off[A_ORDERS]);
     PyObject *ocoid = SLOT(o, order_off[O_COID]);
     /* the order's own id object is the key in every dict that holds it (one identity
      * check per lookup instead of an int comparison) */
@@ -1674,7 +1743,7 @@ cp_cancel(CorePath *self, PyObject *cmd)
     int buy = is_str(side, K[S_BUY]);
     if (!buy && !is_str(side, K[S_SELL]))
         goto python;
-    long long price, leaves, lq;
+    long long price, leaves;
     if (rd64(SLOT(o, order_off[O_PRICE]), &price) < 0 || price <= -(1LL << 62) ||
         price >= (1LL << 62) || rd64(SLOT(o, order_off[O_LEAVES]), &leaves) < 0)
         goto python;
@@ -1684,8 +1753,7 @@ cp_cancel(CorePath *self, PyObject *cmd)
         (k = side_key(SLOT(o, order_off[O_PRICE]), price, buy)) == NULL)
         goto python;
     PyObject *level = PyDict_GetItemWithError(side_map, k);
-    if (level == NULL || Py_TYPE(level) != TYPE(K_LEVEL) ||
-        rd64(SLOT(level, level_off[L_QTY]), &lq) < 0)
+    if (level == NULL || Py_TYPE(level) != TYPE(K_LEVEL))
         goto python;
     PyObject *h = NULL;
     __int128 reserved;
@@ -1699,22 +1767,13 @@ cp_cancel(CorePath *self, PyObject *cmd)
     }
 
     /* ---- accepted: as in the reference, an inconsistent book raises KeyError from here */
-    PyObject *events = NULL, *er = NULL;
+    PyObject *events = NULL, *er = NULL, *lq = NULL;
     Py_INCREF(o);
     Py_INCREF(oid);
     Py_INCREF(level);
-    Py_INCREF(okey);
-    int gone = PyDict_DelItem(orders, okey) < 0 ||
-               (ocoid != Py_None && PyDict_DelItem(coids, ocoid) < 0) ||
-               PyDict_DelItem(SLOT(book, book_off[B_ORDERS]), okey) < 0 ||
-               PyObject_DelItem(level, okey) < 0;
-    Py_DECREF(okey);
-    if (gone)
-        goto fail;
-    lq -= leaves;
-    if (set_i(level, level_off[L_QTY], lq) < 0)
-        goto fail;
-    if (PyDict_GET_SIZE(level) == 0 && del_level(side_map, k, kv) < 0)
+    if (PyDict_DelItem(orders, okey) < 0 ||
+        (ocoid != Py_None && PyDict_DelItem(coids, ocoid) < 0) ||
+        (lq = unrest(book, okey, side_map, k, kv, level, leaves)) == NULL)
         goto fail;
     set_ref(o, order_off[O_STATUS], K[S_ST_CANCELED]);
     if (buy ? slot_add(acct, acct_off[A_CASH_RES], -reserved) < 0
@@ -1725,13 +1784,14 @@ cp_cancel(CorePath *self, PyObject *cmd)
                 SLOT(o, order_off[O_INSTRUMENT]), SLOT(o, order_off[O_SEGMENT]), side,
                 K[S_EXEC_CANCELED], K[S_ST_CANCELED], SLOT(o, order_off[O_PRICE]),
                 SLOT(o, order_off[O_QTY]), zero, zero, SLOT(o, order_off[O_CUM]), zero,
-                K[S_CANCELED_BY_CLIENT], zero, zero, Py_None, SLOT(cmd, cancel_off[C_TS]));
+                K[S_CANCELED_BY_CLIENT], zero, zero, Py_None, f[C_TS]);
     if (er == NULL || (events = PyList_New(2)) == NULL)
         goto fail;
     PyList_SET_ITEM(events, 0, er);
     er = NULL;
-    if (emit_book_update(self->ex, book, change(side, SLOT(o, order_off[O_PRICE]), lq), events)
-        < 0)
+    PyObject *ch = change(side, SLOT(o, order_off[O_PRICE]), lq);
+    lq = NULL;
+    if (emit_book_update(self->ex, book, ch, events) < 0)
         goto fail;
     Py_DECREF(o);
     Py_DECREF(oid);
@@ -1739,6 +1799,7 @@ cp_cancel(CorePath *self, PyObject *cmd)
     Py_DECREF(k);
     return events;
 fail:
+    Py_XDECREF(lq);
     Py_XDECREF(er);
     Py_XDECREF(events);
     Py_DECREF(o);
@@ -1747,7 +1808,6 @@ fail:
     Py_DECREF(k);
     return NULL;
 python:
-    Py_XDECREF(key);
     Py_XDECREF(k);
     return to_python(self, N_CANCEL, cmd);
 }
@@ -1758,27 +1818,14 @@ cp_amend(CorePath *self, PyObject *cmd)
     /* Exchange._amend, step for step: a quantity decrease at the same price keeps time
      * priority (book.reduce); anything else leaves the book and comes back through
      * _execute, as a new order would. */
-    PyObject *key = NULL, *k = NULL;
-    if (!configured || Py_TYPE(cmd) != TYPE(K_AMEND))
-        goto python;
-    PyObject *f[M_N];
-    for (int i = 0; i < M_N; i++)
-        if ((f[i] = SLOT(cmd, amend_off[i])) == NULL)
-            goto python;
+    PyObject *k = NULL;
+    PyObject *f[M_N], *acct;
     /* the checks of _amend, in its order; any doubt hands the command over */
-    PyObject *accounts = xget(self, X_ACCOUNTS);
-    PyObject *acct = accounts ? PyDict_GetItemWithError(accounts, f[M_ACCOUNT]) : NULL;
-    if (acct == NULL || Py_TYPE(acct) != TYPE(K_ACCOUNT) ||
-        SLOT(acct, acct_off[A_SYSTEM]) != Py_False)
+    if (!fields(cmd, K_AMEND, f) || (acct = firm(self, f[M_ACCOUNT])) == NULL)
         goto python;
-    PyObject *coids = SLOT(acct, acct_off[A_COIDS]), *orders = SLOT(acct, acct_off[A_ORDERS]);
-    if (!PyDict_CheckExact(coids) || !PyDict_CheckExact(orders))
-        goto python;
-    PyObject *oid = f[M_ORDER_ID];
-    if (oid == Py_None && f[M_COID] != Py_None)
-        oid = PyDict_GetItemWithError(coids, f[M_COID]);
-    PyObject *o = oid && oid != Py_None ? PyDict_GetItemWithError(orders, oid) : NULL;
-    if (o == NULL || Py_TYPE(o) != TYPE(K_ORDER) || SLOT(acct, acct_off[A_CAN_TRADE]) != Py_True)
+    PyObject *oid;
+    PyObject *o = live_order(acct, f[M_ORDER_ID], f[M_COID], &oid);
+    if (o == NULL || SLOT(acct, acct_off[A_CAN_TRADE]) != Py_True)
         goto python;
     PyObject *symbol = SLOT(o, order_off[O_INSTRUMENT]), *segment = SLOT(o, order_off[O_SEGMENT]);
     PyObject *instruments = xget(self, X_INSTRUMENTS), *all_rules = xget(self, X_RULES);
@@ -1790,15 +1837,9 @@ cp_amend(CorePath *self, PyObject *cmd)
     if (book == NULL || Py_TYPE(book) != TYPE(K_BOOK) || Py_TYPE(instr) != TYPE(K_INSTRUMENT) ||
         Py_TYPE(rules) != TYPE(K_RULES))
         goto python;
-    PyObject *mh = xget(self, X_MARKET_HALTED), *halted_books = xget(self, X_HALTED_BOOKS);
-    if (mh == NULL || halted_books == NULL || exact_bool(mh) != 0 ||
-        exact_bool(SLOT(instr, instr_off[I_HALTED])) != 0 || !PyAnySet_CheckExact(halted_books)
-        || (PySet_GET_SIZE(halted_books) != 0 &&
-            ((key = PyTuple_Pack(2, symbol, segment)) == NULL ||
-             PySet_Contains(halted_books, key) != 0)))
+    if (!trading(self, instr, symbol, segment))
         goto python;
-    Py_CLEAR(key);
-    long long oqty, oprice, ocum, oleaves, ores, nqty, nprice, lot, max_qty, tick, lo, hi;
+    long long oqty, oprice, ocum, oleaves, ores, nqty, nprice;
     if (rd64(SLOT(o, order_off[O_QTY]), &oqty) < 0 || rd64(SLOT(o, order_off[O_PRICE]), &oprice)
         < 0 || rd64(SLOT(o, order_off[O_CUM]), &ocum) < 0 ||
         rd64(SLOT(o, order_off[O_LEAVES]), &oleaves) < 0 ||
@@ -1809,61 +1850,24 @@ cp_amend(CorePath *self, PyObject *cmd)
     PyObject *price_o = f[M_PRICE] == Py_None ? SLOT(o, order_off[O_PRICE]) : f[M_PRICE];
     if (rd64(qty_o, &nqty) < 0 || rd64(price_o, &nprice) < 0 || (nqty == oqty && nprice == oprice))
         goto python; /* not an int of 64 bits, or no change (NO_CHANGE) */
-    if (nqty <= 0 || nqty >= I31 || rd64(SLOT(rules, rules_off[R_LOT]), &lot) < 0 || lot <= 0 ||
-        nqty % lot || rd64(SLOT(rules, rules_off[R_MAX_QTY]), &max_qty) < 0 || nqty > max_qty ||
-        nqty <= ocum)
-        goto python;
-    if (nprice != oprice &&
-        (nprice <= 0 || nprice >= I31 || rd64(SLOT(rules, rules_off[R_TICK]), &tick) < 0 ||
-         tick <= 0 || nprice % tick || rd64(SLOT(instr, instr_off[I_BAND_LO]), &lo) < 0 ||
-         rd64(SLOT(instr, instr_off[I_BAND_HI]), &hi) < 0 || nprice < lo || nprice > hi))
+    if (!qty_ok(rules, nqty) || nqty <= ocum ||
+        (nprice != oprice && !price_ok(rules, instr, nprice)))
         goto python;
     long long new_leaves = nqty - ocum;
     PyObject *side = SLOT(o, order_off[O_SIDE]);
     int buy = side && is_str(side, K[S_BUY]);
     if (!buy && !(side && is_str(side, K[S_SELL])))
         goto python;
-    __int128 new_res, extra;
-    PyObject *h = NULL;
-    if (buy) {
-        long long fee_bps, cash, cash_res;
-        if (rd64(SLOT(rules, rules_off[R_FEE_BPS]), &fee_bps) < 0 || fee_bps < 0 ||
-            fee_bps > 10000 || rd64(SLOT(acct, acct_off[A_CASH]), &cash) < 0 ||
-            rd64(SLOT(acct, acct_off[A_CASH_RES]), &cash_res) < 0)
-            goto python;
-        __int128 n = (__int128)nprice * new_leaves;
-        new_res = n - floordiv10k(-n * fee_bps);
-        extra = new_res - ores;
-        if (extra > (__int128)cash - cash_res)
-            goto python;
-    }
-    else {
-        long long total, reserved;
-        h = PyDict_GetItemWithError(SLOT(acct, acct_off[A_HOLDINGS]), symbol);
-        if (h == NULL || Py_TYPE(h) != TYPE(K_HOLDING) ||
-            rd64(SLOT(h, hold_off[H_TOTAL]), &total) < 0 ||
-            rd64(SLOT(h, hold_off[H_RESERVED]), &reserved) < 0)
-            goto python;
-        new_res = new_leaves;
-        extra = new_res - ores;
-        if (extra > (__int128)total - reserved)
-            goto python;
-    }
+    __int128 new_res;
+    PyObject *h;
+    int crosses;
     int keeps = nprice == oprice && nqty < oqty; /* book.reduce: keeps time priority */
-    PyObject *opp = SLOT(book, book_off[buy ? B_ASKS : B_BIDS]);
-    PyObject *bk;
-    long long bkv = 0;
-    int any = opp && PyDict_Check(opp) ? best_key(opp, &bk) : -1;
-    if (any < 0 || (any && (rd64(bk, &bkv) < 0 || bkv <= -I31 || bkv >= I31)))
-        goto python;
-    int crosses = any && (buy ? bkv <= nprice : -bkv >= nprice);
     int post_only = PyObject_IsTrue(SLOT(o, order_off[O_POST_ONLY]));
-    if (post_only < 0 || (post_only && nprice != oprice && crosses))
-        goto python; /* POST_ONLY_WOULD_CROSS */
-    if (!keeps && crosses && !(is_str(SLOT(acct, acct_off[A_STP]), K[S_STP_RESTING]) ||
-                               is_str(SLOT(acct, acct_off[A_STP]), K[S_STP_INCOMING]) ||
-                               is_str(SLOT(acct, acct_off[A_STP]), K[S_STP_BOTH])))
+    if (!covered(acct, rules, symbol, buy, nprice, new_leaves, ores, &new_res, &h) ||
+        post_only < 0 || !crossing(book, acct, buy, nprice, &crosses) ||
+        (post_only && nprice != oprice && crosses)) /* POST_ONLY_WOULD_CROSS */
         goto python;
+    __int128 extra = new_res - ores;
     PyObject *side_map = SLOT(book, book_off[buy ? B_BIDS : B_ASKS]);
     long long kv = buy ? -oprice : oprice;
     PyObject *level;
@@ -1894,19 +1898,15 @@ cp_amend(CorePath *self, PyObject *cmd)
     if (keeps) {
         if (slot_add(level, level_off[L_QTY], -((__int128)oleaves - new_leaves)) < 0 ||
             set_i(o, order_off[O_LEAVES], new_leaves) < 0 ||
-            list_append_new(changes, change_obj(side, old_price,
+            list_append_new(changes, change(side, old_price,
                                                 Py_NewRef(SLOT(level, level_off[L_QTY])))) < 0)
             goto fail;
         set_ref(o, order_off[O_QTY], qty_o);
     }
     else {
         /* book.remove(o.order_id) */
-        if (PyDict_DelItem(SLOT(book, book_off[B_ORDERS]), okey) < 0 ||
-            PyObject_DelItem(level, okey) < 0 || slot_add(level, level_off[L_QTY], -oleaves) < 0)
-            goto fail;
-        PyObject *lq = Py_NewRef(SLOT(level, level_off[L_QTY]));
-        if ((PyDict_GET_SIZE(level) == 0 && del_level(side_map, k, kv) < 0) ||
-            list_append_new(changes, change_obj(side, old_price, lq)) < 0)
+        PyObject *lq = unrest(book, okey, side_map, k, kv, level, oleaves);
+        if (lq == NULL || list_append_new(changes, change(side, old_price, lq)) < 0)
             goto fail;
         set_ref(o, order_off[O_QTY], qty_o);
         set_ref(o, order_off[O_PRICE], price_o);
@@ -1932,7 +1932,7 @@ cp_amend(CorePath *self, PyObject *cmd)
         if (leaves && SLOT(o, order_off[O_STATUS]) != K[S_ST_CANCELED]) {
             PyObject *lq;
             if (book_rest(book, o, side, price_o, nprice, leaves, okey, &lq) < 0 ||
-                list_append_new(changes, change_obj(side, price_o, lq)) < 0)
+                list_append_new(changes, change(side, price_o, lq)) < 0)
                 goto fail;
         }
     }
@@ -1959,7 +1959,6 @@ fail:
     Py_DECREF(k);
     return NULL;
 python:
-    Py_XDECREF(key);
     Py_XDECREF(k);
     return to_python(self, N_AMEND, cmd);
 }
@@ -2006,7 +2005,7 @@ cp_apply(PyObject *self_, PyObject *cmd)
         ts = Py_NewRef(SLOT(cmd, cancel_off[C_TS]));
     }
     else {
-        if ((seq = PyObject_GetAttrString(cmd, "seq")) == NULL)
+        if ((seq = PyObject_GetAttr(cmd, N[N_SEQ])) == NULL)
             return NULL;
         ts = NULL;
     }
@@ -2022,7 +2021,7 @@ cp_apply(PyObject *self_, PyObject *cmd)
         goto done;
     }
     xset(self, X_LAST_SEQ, Py_NewRef(seq));
-    if (ts == NULL && (ts = PyObject_GetAttrString(cmd, "ts")) == NULL)
+    if (ts == NULL && (ts = PyObject_GetAttr(cmd, N[N_TS])) == NULL)
         goto done;
     xset(self, X_NOW, Py_NewRef(ts));
     PyObject *handlers = xget(self, X_HANDLERS);
@@ -2235,7 +2234,7 @@ ob_add(PyObject *book, PyObject *order)
     Py_INCREF(side);
     PyObject *lqo;
     int e = book_rest(book, order, side, p, price, leaves, oid, &lqo) < 0 ||
-            list_append_new(SLOT(book, book_off[B_CHANGES]), change_obj(side, p, lqo)) < 0;
+            list_append_new(SLOT(book, book_off[B_CHANGES]), change(side, p, lqo)) < 0;
     Py_DECREF(p);
     Py_DECREF(side);
     if (e)
@@ -2247,7 +2246,7 @@ static PyObject *
 ob_remove(PyObject *book, PyObject *order_id)
 {
     PyObject *orders, *o = NULL, *side, *okey, *level = NULL, *k = NULL;
-    long long price, leaves, lq;
+    long long price, leaves;
     int buy;
     if (!book_ready(book) || !PyDict_CheckExact(orders = SLOT(book, book_off[B_ORDERS])) ||
         !PyList_Check(SLOT(book, book_off[B_CHANGES])) ||
@@ -2264,7 +2263,7 @@ ob_remove(PyObject *book, PyObject *order_id)
     if (!PyDict_Check(side_map) ||
         (k = side_key(SLOT(o, order_off[O_PRICE]), price, buy)) == NULL ||
         (level = PyDict_GetItemWithError(side_map, k)) == NULL ||
-        Py_TYPE(level) != TYPE(K_LEVEL) || rd64(SLOT(level, level_off[L_QTY]), &lq) < 0) {
+        Py_TYPE(level) != TYPE(K_LEVEL)) {
         Py_XDECREF(k);
         return py_book_call(PB_REMOVE, book, &order_id, 1);
     }
@@ -2273,11 +2272,9 @@ ob_remove(PyObject *book, PyObject *order_id)
     Py_INCREF(level);
     PyObject *price_o = Py_NewRef(SLOT(o, order_off[O_PRICE]));
     Py_INCREF(side);
-    int e = PyDict_DelItem(orders, okey) < 0 || PyObject_DelItem(level, okey) < 0 ||
-            set_i(level, level_off[L_QTY], lq - leaves) < 0 ||
-            (PyDict_GET_SIZE(level) == 0 && del_level(side_map, k, kv) < 0) ||
-            list_append_new(SLOT(book, book_off[B_CHANGES]), change(side, price_o, lq - leaves))
-                < 0;
+    PyObject *lq = unrest(book, okey, side_map, k, kv, level, leaves);
+    int e = lq == NULL ||
+            list_append_new(SLOT(book, book_off[B_CHANGES]), change(side, price_o, lq)) < 0;
     Py_DECREF(price_o);
     Py_DECREF(side);
     Py_DECREF(okey);

@@ -84,28 +84,25 @@ _check_fast_construction()
 
 def _core_path():
     """The compiled order path (exchange._hotpath.CorePath), told the classes and constants
-    it works with; None where the extension is not built."""
+    it works with (book.py has told it the book's); None where the extension is not built."""
     try:
         from exchange import _hotpath
     except ImportError:
         return None
-    from . import book
     _hotpath.setup({
         "Account": Account, "Holding": Holding, "Instrument": Instrument,
-        "SegmentRules": SegmentRules, "OrderBook": OrderBook, "Order": Order,
-        "ExecutionReport": ExecutionReport, "Trade": Trade, "BookUpdate": BookUpdate,
-        "PlaceOrder": PlaceOrder, "CancelOrder": CancelOrder, "Level": Level,
-        "BUY": BUY, "SELL": SELL, "GTC": GTC, "DAY": DAY, "LIMIT": LIMIT, "ST_NEW": ST_NEW,
+        "SegmentRules": SegmentRules, "ExecutionReport": ExecutionReport, "Trade": Trade,
+        "BookUpdate": BookUpdate, "PlaceOrder": PlaceOrder, "CancelOrder": CancelOrder,
+        "AmendOrder": AmendOrder, "Exchange": Exchange,
+        "GTC": GTC, "DAY": DAY, "IOC": IOC, "LIMIT": LIMIT, "ST_NEW": ST_NEW,
         "ST_PARTIAL": ST_PARTIAL, "ST_FILLED": ST_FILLED, "ST_CANCELED": ST_CANCELED,
         "EXEC_NEW": EXEC_NEW, "EXEC_TRADE": EXEC_TRADE, "EXEC_CANCELED": EXEC_CANCELED,
-        "MAKER": "maker", "TAKER": "taker", "CANCELED_BY_CLIENT": "CANCELED_BY_CLIENT",
-        "SELF_TRADE_PREVENTED": E.SELF_TRADE_PREVENTED,
-        "STP_CANCEL_RESTING": book.STP_CANCEL_RESTING,
-        "STP_CANCEL_INCOMING": book.STP_CANCEL_INCOMING, "STP_CANCEL_BOTH": book.STP_CANCEL_BOTH,
-        "ACCESS_ALL": "all", "LOT_SUB_QUOTA": LOT_SUB_QUOTA, "LOT_PURCHASE": LOT_PURCHASE,
+        "EXEC_REPLACED": EXEC_REPLACED, "MAKER": "maker", "TAKER": "taker",
+        "CANCELED_BY_CLIENT": "CANCELED_BY_CLIENT", "UNFILLED_IOC": "UNFILLED_IOC",
+        "SELF_TRADE_PREVENTED": E.SELF_TRADE_PREVENTED, "ACCESS_ALL": "all",
+        "LOT_SUB_QUOTA": LOT_SUB_QUOTA, "LOT_PURCHASE": LOT_PURCHASE,
         "EXCHANGE_ACCOUNT": EXCHANGE_ACCOUNT, "take_units": take_units,
-        "SequenceError": SequenceError, "Reject": E.Reject, "Exchange": Exchange, "IOC": IOC,
-        "UNFILLED_IOC": "UNFILLED_IOC", "AmendOrder": AmendOrder, "EXEC_REPLACED": EXEC_REPLACED,
+        "SequenceError": SequenceError, "Reject": E.Reject,
     })
     return _hotpath.CorePath
 
