@@ -66,10 +66,10 @@ enum { B_INSTRUMENT, B_SEGMENT, B_BIDS, B_ASKS, B_ORDERS, B_CHANGES, B_SEQ, B_N 
 static const char *const book_names[B_N] = {"instrument", "segment", "bids", "asks", "orders",
                                             "changes", "seq"};
 enum { O_ID, O_ACCOUNT, O_COID, O_INSTRUMENT, O_SEGMENT, O_SIDE, O_PRICE, O_QTY, O_LEAVES,
-       O_CUM, O_TIF, O_POST_ONLY, O_RESERVED, O_STATUS, O_SEQ, O_N };
+       O_CUM, O_TIF, O_POST_ONLY, O_RESERVED, O_STATUS, O_SEQ, O_PREV, O_NEXT, O_N };
 static const char *const order_names[O_N] = {
     "order_id", "account", "client_order_id", "instrument", "segment", "side", "price", "qty",
-    "leaves", "cum_qty", "tif", "post_only", "reserved", "status", "seq"};
+    "leaves", "cum_qty", "tif", "post_only", "reserved", "status", "seq", "prev", "next"};
 enum { E_ACCOUNT, E_ORDER_ID, E_COID, E_INSTRUMENT, E_SEGMENT, E_SIDE, E_EXEC_TYPE, E_STATUS,
        E_PRICE, E_QTY, E_LAST_QTY, E_LAST_PX, E_CUM, E_LEAVES, E_REASON, E_TRADE_ID, E_FEE,
        E_LIQUIDITY, E_TS, E_N };
@@ -95,8 +95,8 @@ static const char *const cancel_names[C_N] = {"account", "order_id", "client_ord
 enum { M_ACCOUNT, M_ORDER_ID, M_COID, M_QTY, M_PRICE, M_SEQ, M_TS, M_N };
 static const char *const amend_names[M_N] = {"account", "order_id", "client_order_id", "qty",
                                              "price", "seq", "ts"};
-enum { L_QTY, L_N };
-static const char *const level_names[L_N] = {"qty"};
+enum { L_QTY, L_HEAD, L_TAIL, L_N };
+static const char *const level_names[L_N] = {"qty", "head", "tail"};
 enum { X_LAST_SEQ, X_NOW, X_NEXT_ORDER_ID, X_NEXT_TRADE_ID, X_MARKET_HALTED,
        X_EMIT_BOOK_UPDATES, X_RULES, X_INSTRUMENTS, X_BOOKS, X_HALTED_BOOKS, X_ACCOUNTS,
        X_TRADE_LISTENERS, X_HANDLERS, X_N };
@@ -654,6 +654,44 @@ side_key(PyObject *price, long long pv, int buy)
     return buy ? PyLong_FromLongLong(-pv) : Py_NewRef(price);
 }
 
+/* A level's queue: a doubly linked list from level.head to level.tail through the orders'
+ * prev/next slots (book.append and book.unlink). An unset slot reads as None. */
+
+static inline PyObject *
+lnk(PyObject *o, Py_ssize_t off)
+{
+    PyObject *v = SLOT(o, off);
+    return v ? v : Py_None;
+}
+
+static void
+lv_append(PyObject *level, PyObject *o)
+{
+    PyObject *tail = lnk(level, level_off[L_TAIL]);
+    set_ref(o, order_off[O_PREV], tail);
+    set_ref(o, order_off[O_NEXT], Py_None);
+    set_ref(tail == Py_None ? level : tail,
+            tail == Py_None ? level_off[L_HEAD] : order_off[O_NEXT], o);
+    set_ref(level, level_off[L_TAIL], o);
+}
+
+static void
+lv_unlink(PyObject *level, PyObject *o)
+{
+    /* the caller holds a reference to o; o's slots hold p and n until they are cleared */
+    PyObject *p = lnk(o, order_off[O_PREV]), *n = lnk(o, order_off[O_NEXT]);
+    set_ref(p == Py_None ? level : p, p == Py_None ? level_off[L_HEAD] : order_off[O_NEXT], n);
+    set_ref(n == Py_None ? level : n, n == Py_None ? level_off[L_TAIL] : order_off[O_PREV], p);
+    set_ref(o, order_off[O_PREV], Py_None);
+    set_ref(o, order_off[O_NEXT], Py_None);
+}
+
+static inline int
+lv_empty(PyObject *level)
+{
+    return lnk(level, level_off[L_HEAD]) == Py_None;
+}
+
 static int
 book_rest(PyObject *book, PyObject *o, PyObject *side, PyObject *price, long long pv,
           long long leaves, PyObject *oid, PyObject **lq_out)
@@ -673,16 +711,16 @@ book_rest(PyObject *book, PyObject *o, PyObject *side, PyObject *price, long lon
         level = PyObject_CallNoArgs((PyObject *)TYPE(K_LEVEL));
         if (level == NULL)
             goto fail;
-        Py_INCREF(zero);
-        set_slot(level, level_off[L_QTY], zero);
+        set_ref(level, level_off[L_QTY], zero);
+        set_ref(level, level_off[L_HEAD], Py_None);
+        set_ref(level, level_off[L_TAIL], Py_None);
         int e = open_level(side_map, k, kv, level);
         Py_DECREF(level); /* the side map holds it */
         if (e < 0)
             goto fail;
     }
     Py_DECREF(k);
-    if (PyObject_SetItem(level, oid, o) < 0)
-        return -1;
+    lv_append(level, o);
     if (slot_add(level, level_off[L_QTY], leaves) < 0) /* any size: see match */
         return -1;
     if (PyDict_SetItem(SLOT(book, book_off[B_ORDERS]), oid, o) < 0)
@@ -695,18 +733,21 @@ fail:
 }
 
 static PyObject *
-unrest(PyObject *book, PyObject *okey, PyObject *side_map, PyObject *k, long long kv,
-       PyObject *level, long long leaves)
+unrest(PyObject *book, PyObject *o, PyObject *okey, PyObject *side_map, PyObject *k,
+       long long kv, PyObject *level, long long leaves)
 {
     /* OrderBook.remove's steps on the book, without the L2 change (the caller records it):
-     * the order leaves the book's index and its level, the level's quantity drops by its
-     * leaves and an emptied level leaves the side. The level's new quantity (a new
-     * reference), or NULL with an error (KeyError for a missing entry, as in Python). */
-    if (PyDict_DelItem(SLOT(book, book_off[B_ORDERS]), okey) < 0 ||
-        PyObject_DelItem(level, okey) < 0 || slot_add(level, level_off[L_QTY], -leaves) < 0)
+     * the order (o, its id okey; the caller holds both) leaves the book's index and its
+     * level, the level's quantity drops by its leaves and an emptied level leaves the side.
+     * The level's new quantity (a new reference), or NULL with an error (KeyError for a
+     * missing entry, as in Python). */
+    if (PyDict_DelItem(SLOT(book, book_off[B_ORDERS]), okey) < 0)
+        return NULL;
+    lv_unlink(level, o);
+    if (slot_add(level, level_off[L_QTY], -leaves) < 0)
         return NULL;
     PyObject *lq = Py_NewRef(SLOT(level, level_off[L_QTY]));
-    if (PyDict_GET_SIZE(level) == 0 && del_level(side_map, k, kv) < 0) {
+    if (lv_empty(level) && del_level(side_map, k, kv) < 0) {
         Py_DECREF(lq);
         return NULL;
     }
@@ -812,25 +853,6 @@ fills_free(fills_t *f)
     PyMem_Free(f->v);
 }
 
-static PyObject *
-first_order(PyObject *level, PyObject **key)
-{
-    /* the level's first order (borrowed) and its key (borrowed); NULL and no error: empty */
-    PyObject *it = PyObject_GetIter(level);
-    if (it == NULL)
-        return NULL;
-    PyObject *k = PyIter_Next(it);
-    Py_DECREF(it);
-    if (k == NULL)
-        return NULL;
-    PyObject *o = PyDict_GetItemWithError(level, k);
-    Py_DECREF(k); /* the level holds the key */
-    if (o == NULL && !PyErr_Occurred())
-        PyErr_SetString(PyExc_KeyError, "CorePath: level order vanished");
-    *key = k;
-    return o;
-}
-
 static int
 match(PyObject *book, PyObject *o, int taker_buys, int has_limit, long long limit,
       long long remaining, PyObject *account, PyObject *stp, fills_t *fills,
@@ -885,15 +907,12 @@ match(PyObject *book, PyObject *o, int taker_buys, int has_limit, long long limi
         if (price == NULL)
             goto fail;
         for (;;) {
-            PyObject *mkey;
-            PyObject *maker = first_order(level, &mkey);
-            if (maker == NULL) {
-                if (!PyErr_Occurred())
-                    PyErr_SetString(PyExc_KeyError, "CorePath: empty level in the book");
+            PyObject *maker = lnk(level, level_off[L_HEAD]);
+            if (maker == Py_None) {
+                PyErr_SetString(PyExc_KeyError, "CorePath: empty level in the book");
                 goto fail;
             }
             Py_INCREF(maker);
-            Py_INCREF(mkey);
             PyObject *mlo = SLOT(maker, order_off[O_LEAVES]);
             long long ml = 0;
             int ml_big = 0;
@@ -911,11 +930,10 @@ match(PyObject *book, PyObject *o, int taker_buys, int has_limit, long long limi
                 if (incoming) {
                     *killed = 1;
                     Py_DECREF(maker);
-                    Py_DECREF(mkey);
                     break;
                 }
-                if (PyObject_DelItem(level, mkey) < 0 || slot_sub(level, level_off[L_QTY], mlo)
-                    < 0)
+                lv_unlink(level, maker);
+                if (slot_sub(level, level_off[L_QTY], mlo) < 0)
                     goto fail_m;
                 if (PyDict_DelItem(orders, SLOT(maker, order_off[O_ID])) < 0 ||
                     PyList_Append(stp_cancels, maker) < 0)
@@ -927,8 +945,8 @@ match(PyObject *book, PyObject *o, int taker_buys, int has_limit, long long limi
                 long long q;
                 if (!ml_big && ml <= remaining) {
                     q = ml;
-                    if (PyObject_DelItem(level, mkey) < 0 ||
-                        PyDict_DelItem(orders, SLOT(maker, order_off[O_ID])) < 0)
+                    lv_unlink(level, maker);
+                    if (PyDict_DelItem(orders, SLOT(maker, order_off[O_ID])) < 0)
                         goto fail_m;
                 }
                 else
@@ -941,8 +959,7 @@ match(PyObject *book, PyObject *o, int taker_buys, int has_limit, long long limi
                 remaining -= q;
             }
             Py_DECREF(maker);
-            Py_DECREF(mkey);
-            if (PyDict_GET_SIZE(level) == 0) {
+            if (lv_empty(level)) {
                 if (del_level(opp, k, kv) < 0)
                     goto fail;
                 break;
@@ -952,7 +969,6 @@ match(PyObject *book, PyObject *o, int taker_buys, int has_limit, long long limi
             continue;
         fail_m:
             Py_DECREF(maker);
-            Py_DECREF(mkey);
             goto fail;
         }
         if (list_append_new(changes, change(opp_side, price,
@@ -1647,7 +1663,8 @@ cp_place(CorePath *self, PyObject *cmd)
         goto fail;
     PyObject *firm_id = SLOT(acct, acct_off[A_FIRM]);
     PyObject *ov[O_N] = {oid, firm_id, coid, symbol, segment, side, f[P_PRICE], f[P_QTY],
-                         f[P_QTY], zero, tif, f[P_POST_ONLY], zero, K[S_ST_NEW], f[P_SEQ]};
+                         f[P_QTY], zero, tif, f[P_POST_ONLY], zero, K[S_ST_NEW], f[P_SEQ],
+                         Py_None, Py_None};
     for (int i = 0; i < O_N; i++) {
         Py_INCREF(ov[i]);
         SLOT(o, order_off[i]) = ov[i];
@@ -1773,7 +1790,7 @@ cp_cancel(CorePath *self, PyObject *cmd)
     Py_INCREF(level);
     if (PyDict_DelItem(orders, okey) < 0 ||
         (ocoid != Py_None && PyDict_DelItem(coids, ocoid) < 0) ||
-        (lq = unrest(book, okey, side_map, k, kv, level, leaves)) == NULL)
+        (lq = unrest(book, o, okey, side_map, k, kv, level, leaves)) == NULL)
         goto fail;
     set_ref(o, order_off[O_STATUS], K[S_ST_CANCELED]);
     if (buy ? slot_add(acct, acct_off[A_CASH_RES], -reserved) < 0
@@ -1905,7 +1922,7 @@ cp_amend(CorePath *self, PyObject *cmd)
     }
     else {
         /* book.remove(o.order_id) */
-        PyObject *lq = unrest(book, okey, side_map, k, kv, level, oleaves);
+        PyObject *lq = unrest(book, o, okey, side_map, k, kv, level, oleaves);
         if (lq == NULL || list_append_new(changes, change(side, old_price, lq)) < 0)
             goto fail;
         set_ref(o, order_off[O_QTY], qty_o);
@@ -2272,7 +2289,7 @@ ob_remove(PyObject *book, PyObject *order_id)
     Py_INCREF(level);
     PyObject *price_o = Py_NewRef(SLOT(o, order_off[O_PRICE]));
     Py_INCREF(side);
-    PyObject *lq = unrest(book, okey, side_map, k, kv, level, leaves);
+    PyObject *lq = unrest(book, o, okey, side_map, k, kv, level, leaves);
     int e = lq == NULL ||
             list_append_new(SLOT(book, book_off[B_CHANGES]), change(side, price_o, lq)) < 0;
     Py_DECREF(price_o);

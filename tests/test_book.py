@@ -287,8 +287,16 @@ needs_compiled = pytest.mark.skipif(
 
 
 def _snapshot(b: OrderBook):
-    levels = [(k, lv.qty, [(o.order_id, o.leaves, o.cum_qty) for o in lv.values()])
+    levels = [(k, lv.qty, [(o.order_id, o.leaves, o.cum_qty) for o in lv])
               for side in (b.bids, b.asks) for k, lv in side.items()]
+    for side in (b.bids, b.asks):  # the queue's links agree both ways
+        for lv in side.values():
+            back = []
+            o = lv.tail
+            while o is not None:
+                back.append(o)
+                o = o.prev
+            assert back[::-1] == list(lv) and lv.head.prev is None
     for side in (b.bids, b.asks):
         side._list._check()  # sortedcontainers' own consistency check
         assert list(side.keys()) == sorted(side.keys())

@@ -217,9 +217,10 @@ def check(m: Market, model: Model) -> None:
         assert bb is None or ba is None or bb < ba, f"{sym}/{seg} crossed {bb} >= {ba}"
         for side_map in (book.bids, book.asks):
             for lv in side_map.values():
-                prios = [live[oid]["prio"] for oid in lv]  # KeyError: rests but not live
+                oids = [o.order_id for o in lv]
+                prios = [live[oid]["prio"] for oid in oids]  # KeyError: rests but not live
                 assert prios == sorted(prios) and len(set(prios)) == len(prios), "FIFO"
-                assert lv.qty == sum(live[oid]["leaves"] for oid in lv)
+                assert lv.qty == sum(live[oid]["leaves"] for oid in oids)
         for oid, o in book.orders.items():
             resting[oid] = o
     # every accepted order is exactly one of resting / filled / cancelled / expired

@@ -35,7 +35,7 @@ from .accounts import (
     BANK, CASH, EXCHANGE_ACCOUNT, ISSUER, LOT_PURCHASE, LOT_SUB_QUOTA, LOT_TRANSFER, RETIRED,
     SYSTEM_ACCOUNTS, Account, Holding, post_cash, put_units, take_units,
 )
-from .book import BUY, SELL, STP_POLICIES, Level, Order, OrderBook, _dict_setitem
+from .book import BUY, SELL, STP_POLICIES, Level, Order, OrderBook, _dict_setitem, unlink
 from .commands import (
     DAY, FOK, GTC, IOC, LIMIT, MARKET, AddInstrument, AmendOrder, CancelAll, CancelOrder,
     CreateSubQuota, DepositCash, EndOfDay, Halt, IssueUnits, PlaceOrder, RegisterFirm,
@@ -62,7 +62,7 @@ def _check_fast_construction() -> None:
     expected = {
         Order: ("order_id", "account", "client_order_id", "instrument", "segment", "side",
                 "price", "qty", "leaves", "cum_qty", "tif", "post_only", "reserved", "status",
-                "seq"),
+                "seq", "prev", "next"),
         ExecutionReport: ("account", "order_id", "client_order_id", "instrument", "segment",
                           "side", "exec_type", "order_status", "price", "qty", "last_qty",
                           "last_px", "cum_qty", "leaves_qty", "reason", "trade_id", "fee",
@@ -520,6 +520,7 @@ class Exchange:
         o.post_only = post_only
         o.status = ST_NEW
         o.seq = cmd.seq
+        o.prev = o.next = None
         if side == BUY:
             o.reserved = need
             acct.cash_reserved += need
@@ -565,8 +566,9 @@ class Exchange:
                 k = price
             level = side_map.get(k)
             if level is None:
-                level = Level()
+                level = Level()  # book.new_level(), inlined
                 level.qty = 0
+                level.head = level.tail = None
                 sl = side_map._list  # book.open_level(side_map, k, level), inlined
                 keys = sl._lists
                 if len(keys) == 1 and not sl._index and len(keys[0]) < sl._load << 1:
@@ -577,7 +579,14 @@ class Exchange:
                     _dict_setitem(side_map, k, level)
                 else:
                     side_map[k] = level
-            level[oid] = o
+            tail = level.tail  # book.append(level, o), inlined
+            o.prev = tail
+            o.next = None
+            if tail is None:
+                level.head = o
+            else:
+                tail.next = o
+            level.tail = o
             lq = level.qty + qty
             level.qty = lq
             book.orders[oid] = o
@@ -880,10 +889,10 @@ class Exchange:
             side_map = book.asks
             k = price
         level = side_map[k]
-        del level[oid]
+        unlink(level, o)
         lq = level.qty - o.leaves
         level.qty = lq
-        if not level:
+        if level.head is None:
             del side_map[k]
         o.status = ST_CANCELED
         if side == BUY:
@@ -1370,11 +1379,16 @@ class Exchange:
             assert bb is None or ba is None or bb < ba, f"book {sym}/{seg} crossed"
             for side_map in (book.bids, book.asks):
                 for lv in side_map.values():
-                    assert lv.qty == sum(o.leaves for o in lv.values()), "level qty"
+                    assert lv.qty == sum(o.leaves for o in lv), "level qty"
                     prev = 0
-                    for o in lv.values():
+                    last = None
+                    for o in lv:
+                        assert o.prev is last and book.orders[o.order_id] is o, "level links"
+                        last = o
                         assert o.seq >= prev, "FIFO broken"
                         prev = o.seq
+                    assert last is lv.tail and last is not None, "level links"
+            assert len(book.orders) == sum(1 for _ in book.iter_orders()), "book index"
             for o in book.iter_orders():
                 assert o.leaves > 0 and o.cum_qty + o.leaves == o.qty
                 rules = self.segment_rules(seg)

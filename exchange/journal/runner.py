@@ -36,7 +36,6 @@ import logging
 import os
 import sys
 import time
-from collections import OrderedDict
 from itertools import chain
 
 import orjson
@@ -63,15 +62,11 @@ class RunnerFailed(JournalError):
 _SNAP_OPTS = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
 
 
-_values = OrderedDict.values
-
-
 def _orders_json(book):
     """A book's resting orders for the snapshot: the JSON of ``[o.to_state() for o in
     book.iter_orders()]``, written by C straight from the orders' slots (no list per order;
     ~10x faster on a deep book) - or those lists, where C does not take a value."""
-    rows = _rows_json(map(_values, chain(book.bids.values(), book.asks.values())), Order,
-                      Order.STATE_FIELDS)
+    rows = _rows_json(chain(book.bids.values(), book.asks.values()), Order, Order.STATE_FIELDS)
     if rows is None:
         return [o.to_state() for o in book.iter_orders()]
     return orjson.Fragment(rows)
