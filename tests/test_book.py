@@ -121,6 +121,37 @@ def test_remove_from_middle_of_level_keeps_fifo_of_the_rest():
         b.remove(os_[1].order_id)
 
 
+def test_level_is_a_linked_fifo_that_unlinks_what_leaves():
+    """A level is head..tail through the orders' prev/next; an order that leaves it (cancel
+    from the front, middle or back, or a full fill) keeps no links, so it holds nothing."""
+    b = OrderBook()
+    os_ = [rest(b, SELL, 100, 1, f"M{i}") for i in range(5)]
+    lv = b.asks[100]
+    assert lv.head is os_[0] and lv.tail is os_[4] and list(lv) == os_ and len(lv) == 5
+    assert [o.prev for o in os_] == [None] + os_[:4] and [o.next for o in os_] == os_[1:] + [None]
+    for i in (2, 4, 0):  # middle, back, front
+        b.remove(os_[i].order_id)
+        assert os_[i].prev is None and os_[i].next is None
+    assert list(lv) == [os_[1], os_[3]] and lv.head is os_[1] and lv.tail is os_[3]
+    assert os_[1].prev is None and os_[1].next is os_[3] and os_[3].prev is os_[1]
+    _, fills, _, _ = take(b, BUY, 100, 1)  # fills the head, which leaves the level
+    assert fills[0][0] is os_[1] and os_[1].next is None and lv.head is lv.tail is os_[3]
+    assert os_[3].prev is None and os_[3].next is None and len(lv) == 1
+
+
+def test_a_dropped_book_unlinks_its_resting_orders():
+    """Resting orders link to each other (a reference cycle), and the compiled core makes
+    orders outside the cyclic GC; a book that goes away unlinks them (OrderBook.__del__)."""
+    import sys
+
+    b = OrderBook()
+    os_ = [rest(b, side, 100 if side == BUY else 101, 1) for side in (BUY, SELL) for _ in range(3)]
+    held = os_[1]
+    del b, os_
+    assert held.prev is None and held.next is None
+    assert sys.getrefcount(held) == 2  # this name and getrefcount's argument
+
+
 def test_remove_last_order_deletes_level():
     b = OrderBook()
     o = rest(b, SELL, 100, 1)

@@ -591,6 +591,27 @@ def test_accelerated_by_default_when_the_extension_is_built():
     assert build_exchange(accelerate=True, emit_book_updates=False).accelerated is True
 
 
+@needs_c
+def test_resting_orders_made_in_c_are_freed_with_their_exchange():
+    """The C core makes orders outside the cyclic GC, and resting orders link to each other
+    (prev/next): dropping the exchange must still free them (OrderBook.__del__ unlinks)."""
+    import gc
+    import sys
+
+    duo = new_duo()
+    ex = duo.acc.ex
+    for px in (8_400, 8_400, 8_400, 8_395):
+        duo.run(PlaceOrder(account="A", instrument=CEA, side="buy", qty=3, price=px))
+    book = ex.books[(CEA, "main")]
+    held = book.bids[-8_400].head.next  # a middle order: linked both ways
+    assert not gc.is_tracked(held), "not an order made by the C core"
+    assert held.prev is not None and held.next is not None
+    del duo, ex, book
+    gc.collect()
+    assert held.prev is None and held.next is None
+    assert sys.getrefcount(held) == 2  # this name and getrefcount's argument
+
+
 # =========================================================================== random streams
 
 @needs_c
