@@ -280,14 +280,7 @@ class OrderBook:
                 _dict_setitem(side_map, k, level)
             else:
                 side_map[k] = level
-        tail = level.tail  # append(level, order), inlined
-        order.prev = tail
-        order.next = None
-        if tail is None:
-            level.head = order
-        else:
-            tail.next = order
-        level.tail = order
+        append(level, order)
         lq = level.qty + order.leaves
         level.qty = lq
         self.orders[oid] = order

@@ -35,7 +35,8 @@ from .accounts import (
     BANK, CASH, EXCHANGE_ACCOUNT, ISSUER, LOT_PURCHASE, LOT_SUB_QUOTA, LOT_TRANSFER, RETIRED,
     SYSTEM_ACCOUNTS, Account, Holding, post_cash, put_units, take_units,
 )
-from .book import BUY, SELL, STP_POLICIES, Level, Order, OrderBook, _dict_setitem, unlink
+from .book import (BUY, SELL, STP_POLICIES, Level, Order, OrderBook, _dict_setitem, append,
+                   unlink)
 from .commands import (
     DAY, FOK, GTC, IOC, LIMIT, MARKET, AddInstrument, AmendOrder, CancelAll, CancelOrder,
     CreateSubQuota, DepositCash, EndOfDay, Halt, IssueUnits, PlaceOrder, RegisterFirm,
@@ -579,14 +580,7 @@ class Exchange:
                     _dict_setitem(side_map, k, level)
                 else:
                     side_map[k] = level
-            tail = level.tail  # book.append(level, o), inlined
-            o.prev = tail
-            o.next = None
-            if tail is None:
-                level.head = o
-            else:
-                tail.next = o
-            level.tail = o
+            append(level, o)
             lq = level.qty + qty
             level.qty = lq
             book.orders[oid] = o
