@@ -1,0 +1,756 @@
+/* exchange._hotpath.gate: the websocket gateway's order requests in C.
+ *
+ * gate(session, request) -> bool
+ *     Session.on_request's work for a well-formed place_order, cancel_order or amend_order
+ *     from an authenticated firm (exchange/server/gateway.py: on_request, the method's
+ *     validator in protocol.py, m_place/m_cancel/m_amend, Gateway.place, admit,
+ *     order_command, submit_nowait, _place_reply, _report_reply, _enqueue), step for step:
+ *     the command is built, submitted to the runner, its reply built now and queued for when
+ *     the command's journal batch is durable. Returns True when it did that, False - having
+ *     changed nothing - for anything else: another method, a request or params that are not
+ *     plainly well-formed (every error message is the Python path's), a session over its
+ *     rate limit, a client order id seen before (the idempotency rules), admission control
+ *     refusing the order, a runner not accepting. on_request then handles the request in
+ *     Python, the reference, as if this had not been called.
+ *
+ *     After the command is submitted nothing falls back: a reply that is not plain (a string
+ *     that needs escaping, a number beyond 64 bits, events of an unusual shape) is built by
+ *     the Python function itself (Gateway._place_reply, gateway._report_reply), and a refused
+ *     submit is reported by Gateway.submit_failed, as in Python.
+ *
+ * gate_setup(cfg: dict) names the classes and constants (gateway.py calls it at import).
+ *
+ * Why it exists: ADR 0003, "the order requests in C". The Python path is ~10 function calls
+ * and ~40 attribute reads a request on the server's one thread, which is what limits the
+ * served exchange's throughput once the core and the journal's submit path are compiled.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include "_jsonw.h"
+
+/* ------------------------------------------------------------------ configuration */
+
+enum { S_CRED, S_FIRM, S_ROLE, S_COD, S_OUT, S_CLOSED, S_TOKENS, S_PLACED, S_REQ_ID, S_GW,
+       S_N };
+static const char *const sess_names[S_N] = {"cred", "firm_id", "role", "cod", "out", "closed",
+                                            "tokens", "placed", "req_id", "gw"};
+enum { PL_ACCOUNT, PL_INSTRUMENT, PL_SEGMENT, PL_SIDE, PL_QTY, PL_PRICE, PL_TYPE, PL_TIF,
+       PL_POST_ONLY, PL_COID, PL_SEQ, PL_TS, PL_N };
+static const char *const place_names[PL_N] = {
+    "account", "instrument", "segment", "side", "qty", "price", "order_type", "tif",
+    "post_only", "client_order_id", "seq", "ts"};
+enum { CA_ACCOUNT, CA_OID, CA_COID, CA_SEQ, CA_TS, CA_N };
+static const char *const cancel_names[CA_N] = {"account", "order_id", "client_order_id", "seq",
+                                               "ts"};
+enum { AM_ACCOUNT, AM_OID, AM_COID, AM_QTY, AM_PRICE, AM_SEQ, AM_TS, AM_N };
+static const char *const amend_names[AM_N] = {"account", "order_id", "client_order_id", "qty",
+                                              "price", "seq", "ts"};
+enum { R_ACCOUNT, R_OID, R_COID, R_EXEC_TYPE, R_STATUS, R_QTY, R_PRICE, R_CUM, R_LEAVES, R_N };
+static const char *const er_names[R_N] = {"account", "order_id", "client_order_id",
+                                          "exec_type", "order_status", "qty", "price",
+                                          "cum_qty", "leaves_qty"};
+
+static PyTypeObject *sess_t, *place_t, *cancel_t, *amend_t, *er_t, *rejected_t;
+static Py_ssize_t sess_off[S_N], place_off[PL_N], cancel_off[CA_N], amend_off[AM_N],
+    er_off[R_N];
+static PyObject *prices;     /* protocol._PRICES: price string -> fen */
+static PyObject *role_firm;  /* credentials.ROLE_FIRM */
+static PyObject *exec_rejected; /* events.EXEC_REJECTED */
+static PyObject *report_reply;  /* gateway._report_reply (the reference, for the odd cases) */
+static PyObject *zero;          /* 0: a new command's seq and ts until the runner stamps it */
+static int ready;
+
+/* interned names and constants */
+enum { I_REQ_ID, I_METHOD, I_PARAMS, I_PLACE, I_CANCEL, I_AMEND, I_INSTRUMENT, I_SIDE, I_QTY,
+       I_SEGMENT, I_PRICE, I_ORDER_TYPE, I_TIF, I_POST_ONLY, I_COID, I_OID, I_BUY, I_SELL,
+       I_MAIN, I_LIMIT, I_MARKET, I_GTC, I_DAY, I_IOC, I_FOK, I_ACCEPTING, I_RUNNER, I_IDEM,
+       I_METRICS, I_EX, I_MAX_IN_FLIGHT, I_OVERLOAD_QUEUE, I_BATCH_FUTURE, I_BATCH,
+       I_JOURNAL_LAG, I_SUBMIT_NOWAIT, I_DONE, I_INFLIGHT, I_ACCOUNTS, I_COIDS,
+       I_MESSAGES_IN, I_SUBMIT_FAILED, I_ERROR, I_CODE, I_MESSAGE, I_PLACE_REPLY, I_ENQUEUE,
+       I_TYPE, I_N };
+static const char *const inames[I_N] = {
+    "req_id", "method", "params", "place_order", "cancel_order", "amend_order", "instrument",
+    "side", "qty", "segment", "price", "order_type", "tif", "post_only", "client_order_id",
+    "order_id", "buy", "sell", "main", "limit", "market", "GTC", "DAY", "IOC", "FOK",
+    "accepting", "runner", "idem", "metrics", "ex", "_max_in_flight", "_overload_queue",
+    "_batch_future", "_batch", "journal_lag", "submit_nowait", "done", "inflight", "accounts",
+    "coids", "messages_in", "submit_failed", "error", "code", "message", "_place_reply",
+    "_enqueue", "TYPE"};
+static PyObject *I[I_N];
+
+#define SL(o, off) (*(PyObject **)((char *)(o) + (off)))
+
+static int
+offsets(PyTypeObject *t, const char *const *names, int n, Py_ssize_t *off)
+{
+    for (int k = 0; k < n; k++) {
+        PyObject *name = PyUnicode_InternFromString(names[k]);
+        if (name == NULL)
+            return -1;
+        off[k] = slot_offset(t, name);
+        Py_DECREF(name);
+        if (off[k] == 0) {
+            PyErr_Format(PyExc_TypeError, "gate_setup: %s.%s is not a slot", t->tp_name,
+                         names[k]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static PyObject *
+gate_setup(PyObject *self, PyObject *cfg)
+{
+    (void)self;
+    static const char *const keys[] = {"Session", "PlaceOrder", "CancelOrder", "AmendOrder",
+                                       "ExecutionReport", "CommandRejected", "prices",
+                                       "ROLE_FIRM", "EXEC_REJECTED", "report_reply"};
+    PyObject *v[10];
+    if (!PyDict_Check(cfg)) {
+        PyErr_SetString(PyExc_TypeError, "gate_setup(dict)");
+        return NULL;
+    }
+    for (int k = 0; k < 10; k++) {
+        v[k] = PyDict_GetItemString(cfg, keys[k]);
+        if (v[k] == NULL || (k < 6 && !PyType_Check(v[k]))) {
+            PyErr_Format(PyExc_KeyError, "gate_setup: %s", keys[k]);
+            return NULL;
+        }
+    }
+    if (!PyDict_Check(v[6])) {
+        PyErr_SetString(PyExc_TypeError, "gate_setup: prices is not a dict");
+        return NULL;
+    }
+    if (zero == NULL && (zero = PyLong_FromLong(0)) == NULL)
+        return NULL;
+    for (int k = 0; k < I_N; k++)
+        if (I[k] == NULL && (I[k] = PyUnicode_InternFromString(inames[k])) == NULL)
+            return NULL;
+    ready = 0;
+    if (offsets((PyTypeObject *)v[0], sess_names, S_N, sess_off) < 0 ||
+        offsets((PyTypeObject *)v[1], place_names, PL_N, place_off) < 0 ||
+        offsets((PyTypeObject *)v[2], cancel_names, CA_N, cancel_off) < 0 ||
+        offsets((PyTypeObject *)v[3], amend_names, AM_N, amend_off) < 0 ||
+        offsets((PyTypeObject *)v[4], er_names, R_N, er_off) < 0)
+        return NULL;
+    PyTypeObject **types[] = {&sess_t, &place_t, &cancel_t, &amend_t, &er_t, &rejected_t};
+    for (int k = 0; k < 6; k++)
+        Py_XSETREF(*types[k], (PyTypeObject *)Py_NewRef(v[k]));
+    Py_XSETREF(prices, Py_NewRef(v[6]));
+    Py_XSETREF(role_firm, Py_NewRef(v[7]));
+    Py_XSETREF(exec_rejected, Py_NewRef(v[8]));
+    Py_XSETREF(report_reply, Py_NewRef(v[9]));
+    ready = 1;
+    Py_RETURN_NONE;
+}
+
+/* ------------------------------------------------------------------ small helpers */
+
+static inline int
+str_is(PyObject *v, PyObject *s)
+{
+    /* v is the exact str s (== for an exact str, as Python compares them) */
+    return v == s || (PyUnicode_CheckExact(v) && _PyUnicode_EQ(v, s));
+}
+
+static inline int
+short_str(PyObject *v)
+{
+    /* type(v) is str and 0 < len(v) <= 64 */
+    return PyUnicode_CheckExact(v) && PyUnicode_GET_LENGTH(v) > 0 &&
+           PyUnicode_GET_LENGTH(v) <= 64;
+}
+
+static inline PyObject *
+dget(PyObject *d, int name)
+{
+    /* d.get(name), borrowed; NULL: absent (an error is cleared: str keys cannot raise) */
+    PyObject *v = PyDict_GetItemWithError(d, I[name]);
+    if (v == NULL && PyErr_Occurred())
+        PyErr_Clear();
+    return v;
+}
+
+static PyObject *
+attr(PyObject *o, int name)
+{
+    /* o.<name>, a new reference; NULL with no error (an AttributeError cleared) */
+    PyObject *v = PyObject_GetAttr(o, I[name]);
+    if (v == NULL)
+        PyErr_Clear();
+    return v;
+}
+
+static int
+opt_price(PyObject *p, PyObject **out)
+{
+    /* protocol._opt_price: 1 given (*out the fen or None), 0 absent (None), -1 not taken */
+    PyObject *v = dget(p, I_PRICE);
+    *out = Py_None;
+    if (v == NULL)
+        return 0;
+    if (v == Py_None)
+        return 1;
+    if (!PyUnicode_CheckExact(v))
+        return -1;
+    PyObject *fen = PyDict_GetItemWithError(prices, v);
+    if (fen == NULL) {
+        PyErr_Clear();
+        return -1;
+    }
+    *out = fen;
+    return 1;
+}
+
+static int
+opt_coid(PyObject *p, PyObject **out)
+{
+    /* protocol._opt_coid, as opt_price */
+    PyObject *v = dget(p, I_COID);
+    *out = Py_None;
+    if (v == NULL)
+        return 0;
+    if (v == Py_None)
+        return 1;
+    if (!short_str(v))
+        return -1;
+    *out = v;
+    return 1;
+}
+
+static int
+opt_int(PyObject *p, int name, PyObject **out)
+{
+    /* an optional int-or-None param of amend_order, as opt_price */
+    PyObject *v = dget(p, name);
+    *out = Py_None;
+    if (v == NULL)
+        return 0;
+    if (v != Py_None && !PyLong_CheckExact(v))
+        return -1;
+    *out = v;
+    return 1;
+}
+
+static PyObject *
+new_cmd(PyTypeObject *t, const Py_ssize_t *off, PyObject *const *vals, int n)
+{
+    /* object.__new__(t) with its n slots set from vals (the fast validators' construction) */
+    PyObject *c = t->tp_alloc(t, 0);
+    if (c == NULL)
+        return NULL;
+    for (int k = 0; k < n; k++)
+        SL(c, off[k]) = Py_NewRef(vals[k]);
+    return c;
+}
+
+/* ------------------------------------------------------------------ validation */
+
+static PyObject *
+place_cmd(PyObject *p, PyObject *firm)
+{
+    /* validate_place_order's fast path (and m_place's account): the PlaceOrder, or NULL
+     * with no error when not taken */
+    PyObject *ins = dget(p, I_INSTRUMENT), *side = dget(p, I_SIDE), *qty = dget(p, I_QTY);
+    if (ins == NULL || side == NULL || qty == NULL || !short_str(ins) ||
+        !PyLong_CheckExact(qty) || !(str_is(side, I[I_BUY]) || str_is(side, I[I_SELL])))
+        return NULL;
+    Py_ssize_t n = 3;
+    PyObject *seg = dget(p, I_SEGMENT), *ot = dget(p, I_ORDER_TYPE), *tif = dget(p, I_TIF),
+             *po = dget(p, I_POST_ONLY), *price, *coid;
+    if (seg == NULL)
+        seg = I[I_MAIN];
+    else if (short_str(seg))
+        n++;
+    else
+        return NULL;
+    if (ot == NULL)
+        ot = I[I_LIMIT];
+    else if (str_is(ot, I[I_LIMIT]) || str_is(ot, I[I_MARKET]))
+        n++;
+    else
+        return NULL;
+    if (tif == NULL)
+        tif = I[I_GTC];
+    else if (str_is(tif, I[I_GTC]) || str_is(tif, I[I_DAY]) || str_is(tif, I[I_IOC]) ||
+             str_is(tif, I[I_FOK]))
+        n++;
+    else
+        return NULL;
+    if (po == NULL)
+        po = Py_False;
+    else if (PyBool_Check(po))
+        n++;
+    else
+        return NULL;
+    int k1 = opt_price(p, &price), k2 = opt_coid(p, &coid);
+    if (k1 < 0 || k2 < 0 || PyDict_GET_SIZE(p) != n + k1 + k2)
+        return NULL;
+    PyObject *vals[PL_N] = {firm, ins, seg, side, qty, price, ot, tif, po, coid, zero, zero};
+    PyObject *c = new_cmd(place_t, place_off, vals, PL_N);
+    return c;
+}
+
+static PyObject *
+cancel_cmd(PyObject *p, PyObject *firm)
+{
+    /* validate_cancel_order's fast path and _own_order_ref */
+    if (PyDict_GET_SIZE(p) != 1)
+        return NULL;
+    PyObject *coid = dget(p, I_COID), *oid = Py_None;
+    if (coid == NULL) {
+        coid = Py_None;
+        oid = dget(p, I_OID);
+        if (oid == NULL || !PyLong_CheckExact(oid))
+            return NULL;
+    }
+    else if (!short_str(coid))
+        return NULL;
+    PyObject *vals[CA_N] = {firm, oid, coid, zero, zero};
+    PyObject *c = new_cmd(cancel_t, cancel_off, vals, CA_N);
+    return c;
+}
+
+static PyObject *
+amend_cmd(PyObject *p, PyObject *firm)
+{
+    /* validate_amend_order's fast path and _own_order_ref (an order must be named) */
+    PyObject *oid, *coid, *qty, *price;
+    int k1 = opt_int(p, I_OID, &oid), k2 = opt_coid(p, &coid), k3 = opt_int(p, I_QTY, &qty),
+        k4 = opt_price(p, &price);
+    if (k1 < 0 || k2 < 0 || k3 < 0 || k4 < 0 || PyDict_GET_SIZE(p) != k1 + k2 + k3 + k4 ||
+        (oid == Py_None && coid == Py_None))
+        return NULL;
+    PyObject *vals[AM_N] = {firm, oid, coid, qty, price, zero, zero};
+    PyObject *c = new_cmd(amend_t, amend_off, vals, AM_N);
+    return c;
+}
+
+/* ------------------------------------------------------------------ replies */
+
+static PyObject *
+place_ok(PyObject *session, PyObject *cmd, long long req_id, PyObject *events)
+{
+    /* Gateway._place_reply's usual case: the reply bytes, or NULL with no error when it is
+     * not the usual case or a value is not plain (nothing done: the caller calls the Python
+     * function). */
+    if (!PyList_CheckExact(events) || PyList_GET_SIZE(events) == 0)
+        return NULL;
+    PyObject *first = PyList_GET_ITEM(events, 0);
+    if (Py_TYPE(first) != er_t || SL(first, er_off[R_ACCOUNT]) == NULL ||
+        !str_is(SL(first, er_off[R_ACCOUNT]), SL(cmd, place_off[PL_ACCOUNT])) ||
+        SL(first, er_off[R_EXEC_TYPE]) == NULL ||
+        str_is(SL(first, er_off[R_EXEC_TYPE]), exec_rejected))
+        return NULL;
+    PyObject *oid_o = SL(first, er_off[R_OID]);
+    long long oid, cum, leaves, seq;
+    if (oid_o == NULL || !exact_int(oid_o, &oid))
+        return NULL;
+    PyObject *last = first;
+    for (Py_ssize_t i = PyList_GET_SIZE(events) - 1; i > 0; i--) {
+        PyObject *ev = PyList_GET_ITEM(events, i);
+        long long o;
+        if (Py_TYPE(ev) != er_t)
+            continue;
+        if (SL(ev, er_off[R_OID]) == NULL || !exact_int(SL(ev, er_off[R_OID]), &o))
+            return NULL;
+        if (o == oid) {
+            last = ev;
+            break;
+        }
+    }
+    item coid, status;
+    PyObject *c = SL(first, er_off[R_COID]), *st = SL(last, er_off[R_STATUS]);
+    PyObject *cum_o = SL(last, er_off[R_CUM]), *leaves_o = SL(last, er_off[R_LEAVES]);
+    if (c == NULL || st == NULL || cum_o == NULL || leaves_o == NULL ||
+        !(c == Py_None || PyUnicode_CheckExact(c)) || !classify(c, &coid) ||
+        !PyUnicode_CheckExact(st) || !classify(st, &status) || !exact_int(cum_o, &cum) ||
+        !exact_int(leaves_o, &leaves) || SL(cmd, place_off[PL_SEQ]) == NULL ||
+        !exact_int(SL(cmd, place_off[PL_SEQ]), &seq))
+        return NULL;
+    PyObject *cod = SL(session, sess_off[S_COD]), *placed = SL(session, sess_off[S_PLACED]);
+    if (cod == NULL || placed == NULL || !PyBool_Check(cod) || !PySet_CheckExact(placed))
+        return NULL;
+    if (cod == Py_True && leaves && PySet_Add(placed, oid_o) < 0)
+        return NULL; /* an error (no memory): the caller reports it */
+    static const char a[] = "{\"req_id\":", b[] = ",\"ok\":true,\"result\":{\"order_id\":",
+                      c1[] = ",\"client_order_id\":", d[] = ",\"order_status\":",
+                      e[] = ",\"cum_qty\":", f[] = ",\"leaves_qty\":", g[] = ",\"seq\":";
+    Py_ssize_t cap = 160 + 5 * 21 + coid.n + status.n;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, cap);
+    if (out == NULL)
+        return NULL;
+    char *p = PyBytes_AS_STRING(out);
+#define LIT(s) (memcpy(p, s, sizeof(s) - 1), p += sizeof(s) - 1)
+#define INT(x) do { int n_ = int_len(x); write_int((x), p, n_); p += n_; } while (0)
+#define ITEM(it) (write_item(p, &(it)), p += (it).n)
+    LIT(a);
+    INT(req_id);
+    LIT(b);
+    INT(oid);
+    LIT(c1);
+    ITEM(coid);
+    LIT(d);
+    ITEM(status);
+    LIT(e);
+    INT(cum);
+    LIT(f);
+    INT(leaves);
+    LIT(g);
+    INT(seq);
+    LIT("}}");
+    if (_PyBytes_Resize(&out, p - PyBytes_AS_STRING(out)) < 0)
+        return NULL;
+    return out;
+}
+
+static PyObject *
+report_ok(long long req_id, PyObject *events, PyObject *account)
+{
+    /* gateway._report_reply's usual case (the order's last report), as place_ok */
+    if (!PyList_CheckExact(events))
+        return NULL;
+    PyObject *last = NULL;
+    long long last_oid = 0;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(events); i++) {
+        PyObject *ev = PyList_GET_ITEM(events, i);
+        if (Py_TYPE(ev) == rejected_t)
+            return NULL;
+        if (Py_TYPE(ev) != er_t)
+            continue;
+        PyObject *acct = SL(ev, er_off[R_ACCOUNT]), *oid_o = SL(ev, er_off[R_OID]);
+        long long oid;
+        if (acct == NULL || oid_o == NULL || !exact_int(oid_o, &oid))
+            return NULL;
+        if (str_is(acct, account) && (last == NULL || oid == last_oid)) {
+            last = ev;
+            last_oid = oid;
+        }
+        else if (!PyUnicode_CheckExact(acct))
+            return NULL; /* a comparison Python might make otherwise */
+    }
+    if (last == NULL)
+        return NULL;
+    item coid, et, st;
+    long long qty, cum, leaves, px = 0;
+    PyObject *c = SL(last, er_off[R_COID]), *e_o = SL(last, er_off[R_EXEC_TYPE]),
+             *s_o = SL(last, er_off[R_STATUS]), *q = SL(last, er_off[R_QTY]),
+             *p_o = SL(last, er_off[R_PRICE]), *cu = SL(last, er_off[R_CUM]),
+             *l = SL(last, er_off[R_LEAVES]);
+    if (c == NULL || e_o == NULL || s_o == NULL || q == NULL || p_o == NULL || cu == NULL ||
+        l == NULL || !(c == Py_None || PyUnicode_CheckExact(c)) || !classify(c, &coid) ||
+        !PyUnicode_CheckExact(e_o) || !classify(e_o, &et) || !PyUnicode_CheckExact(s_o) ||
+        !classify(s_o, &st) || !exact_int(q, &qty) || !exact_int(cu, &cum) ||
+        !exact_int(l, &leaves) || (p_o != Py_None && !exact_int(p_o, &px)))
+        return NULL;
+    static const char a[] = "{\"req_id\":", b[] = ",\"ok\":true,\"result\":{\"order_id\":",
+                      c1[] = ",\"client_order_id\":", d[] = ",\"exec_type\":",
+                      e[] = ",\"order_status\":", f[] = ",\"qty\":", g[] = ",\"price\":",
+                      h[] = ",\"cum_qty\":", k[] = ",\"leaves_qty\":";
+    Py_ssize_t cap = 200 + 5 * 21 + PX_MAX + coid.n + et.n + st.n;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, cap);
+    if (out == NULL)
+        return NULL;
+    char *p = PyBytes_AS_STRING(out);
+    LIT(a);
+    INT(req_id);
+    LIT(b);
+    INT(last_oid);
+    LIT(c1);
+    ITEM(coid);
+    LIT(d);
+    ITEM(et);
+    LIT(e);
+    ITEM(st);
+    LIT(f);
+    INT(qty);
+    LIT(g);
+    if (p_o == Py_None)
+        LIT("null");
+    else
+        p = write_px(p, px);
+    LIT(h);
+    INT(cum);
+    LIT(k);
+    INT(leaves);
+    LIT("}}");
+#undef LIT
+#undef INT
+#undef ITEM
+    if (_PyBytes_Resize(&out, p - PyBytes_AS_STRING(out)) < 0)
+        return NULL;
+    return out;
+}
+
+/* ------------------------------------------------------------------ gate */
+
+static int
+admitted(PyObject *gw, PyObject *runner, PyObject *session)
+{
+    /* Gateway.admit would let it in: 1; 0 (no error) otherwise */
+    PyObject *lag = attr(runner, I_JOURNAL_LAG), *mx = attr(gw, I_MAX_IN_FLIGHT),
+             *oq = attr(gw, I_OVERLOAD_QUEUE), *out = SL(session, sess_off[S_OUT]);
+    long long l, m, q;
+    int ok = lag && mx && oq && out && PyList_CheckExact(out) && exact_int(lag, &l) &&
+             exact_int(mx, &m) && exact_int(oq, &q) && l < m && PyList_GET_SIZE(out) < q;
+    Py_XDECREF(lag);
+    Py_XDECREF(mx);
+    Py_XDECREF(oq);
+    return ok;
+}
+
+static int
+seen_coid(PyObject *gw, PyObject *firm, PyObject *coid)
+{
+    /* Gateway.place's idempotency lookups: 1 when the (firm, coid) was seen (done, in
+     * flight, or a live order of the firm), or when it cannot tell; 0 when new */
+    PyObject *idem = attr(gw, I_IDEM), *ex = attr(gw, I_EX), *key = PyTuple_Pack(2, firm, coid);
+    PyObject *done = idem ? attr(idem, I_DONE) : NULL, *inflight = idem ? attr(idem, I_INFLIGHT)
+                                                                      : NULL;
+    PyObject *accounts = ex ? attr(ex, I_ACCOUNTS) : NULL;
+    int seen = 1;
+    if (key && done && inflight && accounts && PyDict_CheckExact(done) &&
+        PyDict_CheckExact(inflight) && PyDict_CheckExact(accounts) &&
+        PyDict_GetItemWithError(done, key) == NULL && !PyErr_Occurred() &&
+        PyDict_GetItemWithError(inflight, key) == NULL && !PyErr_Occurred()) {
+        PyObject *acct = PyDict_GetItemWithError(accounts, firm);
+        PyObject *coids = acct ? attr(acct, I_COIDS) : NULL;
+        if (acct == NULL && !PyErr_Occurred())
+            seen = 0;
+        else if (coids && PyDict_CheckExact(coids))
+            seen = PyDict_GetItemWithError(coids, coid) != NULL || PyErr_Occurred();
+        Py_XDECREF(coids);
+    }
+    if (PyErr_Occurred())
+        PyErr_Clear();
+    Py_XDECREF(idem);
+    Py_XDECREF(ex);
+    Py_XDECREF(key);
+    Py_XDECREF(done);
+    Py_XDECREF(inflight);
+    Py_XDECREF(accounts);
+    return seen;
+}
+
+static int
+bump(PyObject *o, int name)
+{
+    /* o.<name> += 1 */
+    PyObject *v = PyObject_GetAttr(o, I[name]);
+    if (v == NULL)
+        return -1;
+    PyObject *one = PyLong_FromLong(1);
+    PyObject *w = one ? PyNumber_Add(v, one) : NULL;
+    Py_DECREF(v);
+    Py_XDECREF(one);
+    if (w == NULL)
+        return -1;
+    int r = PyObject_SetAttr(o, I[name], w);
+    Py_DECREF(w);
+    return r;
+}
+
+static int
+enqueue(PyObject *gw, PyObject *durable, PyObject *session, PyObject *req_id, PyObject *data,
+        PyObject *key, PyObject *outcome)
+{
+    /* Gateway._enqueue: appended to the open batch when durable is its future; otherwise
+     * (once a batch) the Python method opens the batch */
+    PyObject *bf = attr(gw, I_BATCH_FUTURE), *batch = NULL;
+    int r;
+    if (bf == durable && (batch = attr(gw, I_BATCH)) != NULL && PyList_CheckExact(batch)) {
+        PyObject *t = PyTuple_Pack(5, session, req_id, data, key, outcome);
+        r = t == NULL ? -1 : PyList_Append(batch, t);
+        Py_XDECREF(t);
+    }
+    else {
+        PyObject *res = PyObject_CallMethodObjArgs(gw, I[I_ENQUEUE], durable, session, req_id,
+                                                   data, key, outcome, NULL);
+        r = res == NULL ? -1 : 0;
+        Py_XDECREF(res);
+    }
+    Py_XDECREF(bf);
+    Py_XDECREF(batch);
+    return r;
+}
+
+static int
+refused(PyObject *gw, PyObject *session, PyObject *req_id)
+{
+    /* the runner raised out of submit_nowait: Gateway.submit_failed(exc) gives the
+     * ProtocolError, answered as on_request answers one. An exception that is not an
+     * Exception (KeyboardInterrupt) propagates, as in Python. */
+    if (!PyErr_ExceptionMatches(PyExc_Exception))
+        return -1;
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    PyObject *pe = PyObject_CallMethodOneArg(gw, I[I_SUBMIT_FAILED], value);
+    Py_XDECREF(value);
+    if (pe == NULL)
+        return -1;
+    PyObject *code = PyObject_GetAttr(pe, I[I_CODE]), *msg = PyObject_GetAttr(pe, I[I_MESSAGE]);
+    Py_DECREF(pe);
+    PyObject *res = code && msg ? PyObject_CallMethodObjArgs(session, I[I_ERROR], req_id, code,
+                                                             msg, NULL)
+                                : NULL;
+    Py_XDECREF(code);
+    Py_XDECREF(msg);
+    Py_XDECREF(res);
+    return res == NULL ? -1 : 0;
+}
+
+static PyObject *
+gate(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 2)
+        Py_RETURN_FALSE;
+    PyObject *s = args[0], *obj = args[1];
+    if (!ready || Py_TYPE(s) != sess_t || !PyDict_CheckExact(obj) || PyDict_GET_SIZE(obj) != 3)
+        Py_RETURN_FALSE;
+    /* the envelope: exactly req_id (a 64-bit int), method and params (a dict) */
+    PyObject *rid = dget(obj, I_REQ_ID), *method = dget(obj, I_METHOD),
+             *params = dget(obj, I_PARAMS);
+    long long req_id;
+    if (rid == NULL || method == NULL || params == NULL || !exact_int(rid, &req_id) ||
+        !PyDict_CheckExact(params))
+        Py_RETURN_FALSE;
+    int which = str_is(method, I[I_PLACE]) ? I_PLACE : str_is(method, I[I_CANCEL]) ? I_CANCEL
+                : str_is(method, I[I_AMEND]) ? I_AMEND : -1;
+    if (which < 0)
+        Py_RETURN_FALSE;
+    /* the session: authenticated as a firm, not closed, a token left */
+    PyObject *firm = SL(s, sess_off[S_FIRM]), *cred = SL(s, sess_off[S_CRED]),
+             *role = SL(s, sess_off[S_ROLE]), *tokens = SL(s, sess_off[S_TOKENS]),
+             *gw = SL(s, sess_off[S_GW]);
+    if (firm == NULL || !PyUnicode_CheckExact(firm) || cred == NULL || cred == Py_None ||
+        role == NULL || !str_is(role, role_firm) || SL(s, sess_off[S_CLOSED]) != Py_False ||
+        tokens == NULL || !PyFloat_CheckExact(tokens) || PyFloat_AS_DOUBLE(tokens) < 1.0 ||
+        gw == NULL)
+        Py_RETURN_FALSE;
+    PyObject *cmd = which == I_PLACE    ? place_cmd(params, firm)
+                    : which == I_CANCEL ? cancel_cmd(params, firm)
+                                        : amend_cmd(params, firm);
+    if (cmd == NULL) {
+        if (PyErr_Occurred())
+            return NULL;
+        Py_RETURN_FALSE;
+    }
+    PyObject *runner = NULL, *accepting = NULL, *metrics = NULL, *key = NULL;
+    PyObject *coid = which == I_PLACE ? SL(cmd, place_off[PL_COID]) : Py_None;
+    int take = (runner = attr(gw, I_RUNNER)) != NULL &&
+               (accepting = attr(gw, I_ACCEPTING)) == Py_True &&
+               (metrics = attr(gw, I_METRICS)) != NULL &&
+               (which == I_CANCEL || admitted(gw, runner, s)) &&
+               (coid == Py_None || !seen_coid(gw, firm, coid));
+    if (take && coid != Py_None && (key = PyTuple_Pack(2, firm, coid)) == NULL)
+        take = 0;
+    Py_XDECREF(accepting);
+    if (!take) {
+        Py_DECREF(cmd);
+        Py_XDECREF(runner);
+        Py_XDECREF(metrics);
+        Py_XDECREF(key);
+        if (PyErr_Occurred())
+            PyErr_Clear();
+        Py_RETURN_FALSE;
+    }
+
+    /* ---- taken: from here on the request is this function's */
+    PyObject *res = NULL, *data = NULL, *ret = NULL, *t = NULL;
+    PyObject *ntokens = PyFloat_FromDouble(PyFloat_AS_DOUBLE(tokens) - 1.0);
+    if (ntokens == NULL || bump(metrics, I_MESSAGES_IN) < 0)
+        goto done;
+    Py_SETREF(SL(s, sess_off[S_TOKENS]), ntokens);
+    ntokens = NULL;
+    Py_XSETREF(SL(s, sess_off[S_REQ_ID]), Py_NewRef(rid));
+    res = PyObject_CallMethodOneArg(runner, I[I_SUBMIT_NOWAIT], cmd);
+    if (res == NULL) {
+        if (refused(gw, s, rid) == 0)
+            ret = Py_NewRef(Py_True);
+        goto done;
+    }
+    if (!PyTuple_CheckExact(res) || PyTuple_GET_SIZE(res) != 2) {
+        PyErr_SetString(PyExc_TypeError, "gate: submit_nowait did not return (events, future)");
+        goto done;
+    }
+    PyObject *events = PyTuple_GET_ITEM(res, 0), *durable = PyTuple_GET_ITEM(res, 1);
+    if (which == I_PLACE) {
+        data = place_ok(s, cmd, req_id, events);
+        if (data == NULL && PyErr_Occurred())
+            goto done;
+        PyObject *outcome;
+        if (data == NULL) { /* the reference builds it: (data, outcome) */
+            t = PyObject_CallMethodObjArgs(gw, I[I_PLACE_REPLY], s, cmd, rid, events, NULL);
+            if (t == NULL)
+                goto done;
+            if (!PyTuple_CheckExact(t) || PyTuple_GET_SIZE(t) != 2) {
+                PyErr_SetString(PyExc_TypeError, "gate: _place_reply did not return a pair");
+                goto done;
+            }
+            data = Py_NewRef(PyTuple_GET_ITEM(t, 0));
+            outcome = PyTuple_GET_ITEM(t, 1);
+        }
+        else
+            outcome = data;
+        if (key != NULL) {
+            PyObject *idem = attr(gw, I_IDEM), *inflight = idem ? attr(idem, I_INFLIGHT) : NULL;
+            PyObject *v = inflight ? PyTuple_Pack(2, outcome, durable) : NULL;
+            int e = v == NULL || PyObject_SetItem(inflight, key, v) < 0;
+            Py_XDECREF(idem);
+            Py_XDECREF(inflight);
+            Py_XDECREF(v);
+            if (e) {
+                if (!PyErr_Occurred())
+                    PyErr_SetString(PyExc_AttributeError, "gate: Gateway.idem.inflight");
+                goto done;
+            }
+        }
+        if (enqueue(gw, durable, s, rid, data, key ? key : Py_None, outcome) < 0)
+            goto done;
+    }
+    else {
+        data = report_ok(req_id, events, firm);
+        if (data == NULL) {
+            PyObject *kind = PyObject_GetAttr(cmd, I[I_TYPE]);
+            data = kind ? PyObject_CallFunctionObjArgs(report_reply, rid, events, firm, kind,
+                                                       NULL)
+                        : NULL;
+            Py_XDECREF(kind);
+            if (data == NULL)
+                goto done;
+        }
+        if (enqueue(gw, durable, s, rid, data, Py_None, Py_None) < 0)
+            goto done;
+    }
+    ret = Py_NewRef(Py_True);
+done:
+    Py_XDECREF(ntokens);
+    Py_XDECREF(res);
+    Py_XDECREF(data);
+    Py_XDECREF(t);
+    Py_DECREF(cmd);
+    Py_DECREF(runner);
+    Py_DECREF(metrics);
+    Py_XDECREF(key);
+    return ret;
+}
+
+static PyMethodDef gate_defs[] = {
+    {"gate", (PyCFunction)(void (*)(void))gate, METH_FASTCALL,
+     "gate(session, request) -> bool: a plain place/cancel/amend order request handled as "
+     "Session.on_request would (False: not taken, nothing changed)."},
+    {"gate_setup", gate_setup, METH_O, "gate_setup(cfg: dict): the classes and constants."},
+    {NULL, NULL, 0, NULL},
+};
+
+int
+gatepath_init(PyObject *m)
+{
+    /* called from PyInit__hotpath */
+    return PyModule_AddFunctions(m, gate_defs);
+}

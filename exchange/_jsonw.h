@@ -1,0 +1,185 @@
+/* exchange/_jsonw.h: writing the plain JSON values the extension writes itself (ints, ASCII
+ * strings that need no escape, null/true/false, prices in fen as "12.05"), each exactly as
+ * orjson writes it, and reading slots by offset. Shared by _hotpath.c (the journal record,
+ * the snapshot's orders, the executions push) and _gatepath.c (the order requests'
+ * replies). Everything else is left to orjson by the callers' fallbacks. */
+#ifndef EXCHANGE_JSONW_H
+#define EXCHANGE_JSONW_H
+
+#include <Python.h>
+#include <structmember.h>
+#include <string.h>
+
+static inline Py_ssize_t
+slot_offset(PyTypeObject *cls, PyObject *name)
+{
+    /* the offset of cls's slot called name, or 0 when it is not a plain object slot */
+    PyObject *d = _PyType_Lookup(cls, name); /* borrowed */
+    if (d == NULL || Py_TYPE(d) != &PyMemberDescr_Type)
+        return 0;
+    PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
+    if (m->type != T_OBJECT_EX || (m->flags & READONLY))
+        return 0;
+    return m->offset;
+}
+
+static const char DIGITS2[] =
+    "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+    "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+    "8081828384858687888990919293949596979899";
+
+static inline int
+int_len(long long v)
+{
+    /* the length of v's decimal form, its sign included */
+    unsigned long long u = v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v;
+    int n = v < 0 ? 2 : 1;
+    for (;;) {
+        if (u < 10)
+            return n;
+        if (u < 100)
+            return n + 1;
+        if (u < 1000)
+            return n + 2;
+        if (u < 10000)
+            return n + 3;
+        u /= 10000;
+        n += 4;
+    }
+}
+
+static inline void
+write_int(long long v, char *out, int len)
+{
+    /* v's decimal form into out[0:len] (len from int_len), two digits at a time */
+    unsigned long long u = v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v;
+    char *p = out + len;
+    if (v < 0)
+        out[0] = '-';
+    while (u >= 100) {
+        unsigned r = (unsigned)(u % 100u);
+        u /= 100u;
+        p -= 2;
+        memcpy(p, DIGITS2 + 2 * r, 2);
+    }
+    if (u >= 10) {
+        p -= 2;
+        memcpy(p, DIGITS2 + 2 * u, 2);
+    }
+    else {
+        *--p = (char)('0' + u);
+    }
+}
+
+/* One value's kind, found in the first pass; the second pass writes it. */
+enum { K_NULL, K_TRUE, K_FALSE, K_INT, K_STR };
+
+typedef struct {
+    int kind;
+    long long i;
+    const char *s;
+    Py_ssize_t n;
+} item;
+
+static inline int
+exact_int(PyObject *v, long long *out)
+{
+    /* an exact int within 64 bits signed */
+    if (!PyLong_CheckExact(v))
+        return 0;
+    int overflow = 0;
+    *out = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (overflow || (*out == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        return 0;
+    }
+    return 1;
+}
+
+static inline int
+classify(PyObject *v, item *it)
+{
+    /* 1: taken (it filled in, it->n is the bytes it will write); 0: not taken */
+    if (v == Py_None) {
+        it->kind = K_NULL;
+        it->n = 4;
+        return 1;
+    }
+    if (v == Py_True) {
+        it->kind = K_TRUE;
+        it->n = 4;
+        return 1;
+    }
+    if (v == Py_False) {
+        it->kind = K_FALSE;
+        it->n = 5;
+        return 1;
+    }
+    if (PyLong_CheckExact(v)) {
+        if (!exact_int(v, &it->i))
+            return 0;
+        it->kind = K_INT;
+        it->n = int_len(it->i);
+        return 1;
+    }
+    if (PyUnicode_CheckExact(v) && PyUnicode_IS_ASCII(v)) {
+        Py_ssize_t n = PyUnicode_GET_LENGTH(v);
+        const unsigned char *s = (const unsigned char *)PyUnicode_DATA(v);
+        for (Py_ssize_t k = 0; k < n; k++) {
+            unsigned char c = s[k];
+            if (c < 0x20 || c == '"' || c == '\\' || c == 0x7f)
+                return 0;
+        }
+        it->kind = K_STR;
+        it->s = (const char *)s;
+        it->n = n + 2;
+        return 1;
+    }
+    return 0;
+}
+
+static inline void
+write_item(char *p, const item *it)
+{
+    switch (it->kind) {
+    case K_NULL:
+        memcpy(p, "null", 4);
+        break;
+    case K_TRUE:
+        memcpy(p, "true", 4);
+        break;
+    case K_FALSE:
+        memcpy(p, "false", 5);
+        break;
+    case K_INT:
+        write_int(it->i, p, (int)it->n);
+        break;
+    default:
+        p[0] = '"';
+        memcpy(p + 1, it->s, it->n - 2);
+        p[it->n - 1] = '"';
+    }
+}
+
+static inline char *
+write_px(char *p, long long fen)
+{
+    /* format_price(fen) in quotes: "-12.05" */
+    unsigned long long u = fen < 0 ? 0ull - (unsigned long long)fen : (unsigned long long)fen;
+    *p++ = '"';
+    if (fen < 0)
+        *p++ = '-';
+    long long whole = (long long)(u / 100u);
+    int n = int_len(whole);
+    write_int(whole, p, n);
+    p += n;
+    *p++ = '.';
+    memcpy(p, DIGITS2 + 2 * (u % 100u), 2);
+    p += 2;
+    *p++ = '"';
+    return p;
+}
+
+#define PX_MAX 26 /* quotes, sign, 20 digits, point, 2 decimals */
+
+#endif

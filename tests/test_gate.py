@@ -1,0 +1,347 @@
+"""The gateway's order requests in C (exchange/_gatepath.c, ``gateway._gate``) against the
+Python path they stand in for (Session.on_request and what it calls).
+
+The same request frames go through two gateways, each over its own copy of the same market:
+one with the C gate, one with ``_gate`` switched off. Everything observable must be the same:
+every byte written to every connection (replies, error replies, execution pushes, batched
+arrays), the metrics, the idempotency memory, the sessions' rate-limit tokens and
+cancel-on-disconnect sets, and the exchange's state hash. The frames are drawn by hypothesis
+from well-formed and malformed requests alike (every parameter's odd values, extra and missing
+keys, reused client order ids, unknown orders, batches, an unauthenticated session, admission
+control refusing orders), so both what C takes and what it hands back to Python are covered.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import types
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import exchange.server.gateway as gateway_mod
+import exchange.server.memory as memory_mod
+from exchange.server.bench import _mix_frames, _mix_market, _settings
+from exchange.server.gateway import Gateway, Session
+from exchange.server.memory import MemoryRunner
+
+HAVE_GATE = gateway_mod._gate is not gateway_mod._gate_off
+needs_gate = pytest.mark.skipif(not HAVE_GATE, reason="exchange._hotpath is not built")
+
+
+class _Sink:
+    closed = False
+    compress = False
+
+    async def send_frame(self, data, opcode) -> None:
+        raise AssertionError("the sessions write to their transport")
+
+
+class _Recorder:
+    """A socket transport that keeps what is written."""
+
+    def __init__(self):
+        self.chunks: list[bytes] = []
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def is_closing(self) -> bool:
+        return False
+
+    def write(self, data) -> None:
+        self.chunks.append(bytes(data))
+
+
+# sessions: 0 and 1 one firm (1 with cancel-on-disconnect and batched replies), 2 another
+# firm, 3 never authenticated
+N_SESSIONS = 4
+
+
+async def _run(frames: list[list[tuple[int, bytes]]], use_gate: bool, max_in_flight: int,
+               fail_submit_at: int | None = None) -> dict:
+    clock = itertools.count(1_800_000_000_000_000_000)
+    memory_mod_time = memory_mod.time
+    memory_mod.time = types.SimpleNamespace(time_ns=lambda: next(clock))  # deterministic ts
+    gate_before = gateway_mod._gate
+    gateway_mod._gate = gate_before if use_gate else gateway_mod._gate_off
+    try:
+        cfg = _settings()
+        ex, keys = _mix_market(cfg)
+        gw = Gateway(ex, MemoryRunner(ex), cfg.server)
+        gw._max_in_flight = max_in_flight
+        if fail_submit_at is not None:  # the runner refuses from the n-th submit on
+            real = gw.runner.submit_nowait
+            calls = itertools.count()
+
+            def submit_nowait(cmd):
+                if next(calls) >= fail_submit_at:
+                    raise RuntimeError("journal write failed: disk full")
+                return real(cmd)
+
+            gw.runner.submit_nowait = submit_nowait
+        sessions = []
+        for i in range(N_SESSIONS):
+            s = Session(gw, _Sink())
+            gw.attach(s)
+            s.transport = _Recorder()
+            if i < 3:
+                gw.authenticate(s, keys[0 if i < 2 else 1], cod=(i == 1), batch=(i == 1))
+                if i != 1:
+                    gw.subscribe(s, "executions")
+            sessions.append(s)
+        for tick in frames:
+            for i, data in tick:
+                sessions[i].on_text(data)
+            for _ in range(4):  # commit, replies, flush hops
+                await asyncio.sleep(0)
+        m = gw.metrics
+        return {
+            "written": [s.transport.chunks for s in sessions],
+            "metrics": {k: v for k, v in vars(m).items()},
+            "idem_done": dict(gw.idem.done), "idem_inflight": sorted(gw.idem.inflight),
+            "tokens": [s.tokens for s in sessions],
+            "placed": [sorted(s.placed) for s in sessions],
+            "failed": getattr(gw, "failed", None),
+            "state_hash": ex.state_hash(),
+        }
+    finally:
+        memory_mod.time = memory_mod_time
+        gateway_mod._gate = gate_before
+
+
+def _both(frames, max_in_flight=10 ** 6, fail_submit_at=None) -> tuple[dict, dict]:
+    got = [asyncio.run(_run(frames, g, max_in_flight, fail_submit_at)) for g in (True, False)]
+    return got[0], got[1]
+
+
+def _same(c: dict, py: dict) -> None:
+    for i, (a, b) in enumerate(zip(c["written"], py["written"])):
+        assert b"".join(a) == b"".join(b), f"session {i} was sent different bytes"
+    for k in c:
+        assert c[k] == py[k], f"{k} differs"
+
+
+# ----------------------------------------------------------------------------- strategies
+
+GOOD_COIDS = [f"c{i}" for i in range(60)] + [None]
+ODD_COIDS = ["", "x" * 65, "x" * 64, 'q"uote', "ü-id", "back\\sl", 7]
+GOOD_PRICES = ["85.00", "85.05", "84.95", "85.10", "84.90", "85.20", "84.80"]
+ODD_PRICES = ["85.001", "1e2", 8500, None, "abc", "-1.00", "0.00", "99999999999999999999.00"]
+
+
+def _field(key, good, odd, present=0.5, good_share=0.93):
+    """{key: value} or {}: present with probability ``present``, the value mostly from
+    ``good`` (what a client sends) and otherwise from ``odd`` (what it should not)."""
+    value = st.sampled_from(good) if not odd else \
+        st.floats(0, 1).flatmap(lambda r: st.sampled_from(good if r < good_share else odd))
+    return st.floats(0, 1).flatmap(
+        lambda r: value.map(lambda v: {key: v}) if r < present else st.just({}))
+
+
+def _merge(*parts):
+    return st.tuples(*parts).map(lambda ds: {k: v for d in ds for k, v in d.items()})
+
+
+place_params = _merge(
+    _field("instrument", ["CEA-2026"], ["NOPE", "", "x" * 65, 5], present=0.97),
+    _field("side", ["buy", "sell"], ["BUY", None, 1], present=0.97),
+    _field("qty", [1, 2, 3, 5, 8, 10], [0, -1, 2 ** 70, 1.5, "3", True], present=0.97),
+    _field("segment", ["main"], ["sme", "nosuch", "", None, 3]),
+    _field("price", GOOD_PRICES, ODD_PRICES, present=0.9),
+    _field("order_type", ["limit"], ["market", "stop", None], present=0.3),
+    _field("tif", ["GTC", "DAY", "IOC"], ["FOK", "gtc", None], present=0.4),
+    _field("post_only", [False, True], [0, None], present=0.2),
+    _field("client_order_id", GOOD_COIDS, ODD_COIDS, present=0.8),
+    _field("extra", [1], [], present=0.02),
+)
+ref_params = _merge(
+    _field("order_id", [41, 42, 43, 44, 45, 46, 47, 48, 10 ** 6], [2 ** 70, None, "5", True],
+           present=0.4),
+    _field("client_order_id", GOOD_COIDS, ODD_COIDS, present=0.7),
+    _field("qty", [1, 2, 4, 9, 20, None], [0, -3, 2 ** 70, "2"], present=0.4),
+    _field("price", GOOD_PRICES, ODD_PRICES, present=0.3),
+    _field("extra", [1], [], present=0.02),
+)
+req_ids = st.floats(0, 1).flatmap(lambda r: st.integers(0, 10 ** 6) if r < 0.9 else
+                                 st.sampled_from([2 ** 63 - 1, 2 ** 63, -(2 ** 63),
+                                                  -(2 ** 63) - 1, True, "1", None, 1.0]))
+
+
+@st.composite
+def requests(draw):
+    method = draw(st.sampled_from(["place_order"] * 16 + ["cancel_order"] * 6 +
+                                  ["amend_order"] * 6 + ["open_orders", "nope", 5]))
+    params = draw(place_params if method == "place_order" else ref_params)
+    req = {"req_id": draw(req_ids), "method": method, "params": params}
+    tweak = draw(st.sampled_from([None] * 40 + ["no_req_id", "no_params", "null_params",
+                                                "list_params", "extra_key"]))
+    if tweak == "no_req_id":
+        del req["req_id"]
+    elif tweak == "no_params":
+        del req["params"]
+    elif tweak == "null_params":
+        req["params"] = None
+    elif tweak == "list_params":
+        req["params"] = [params]
+    elif tweak == "extra_key":
+        req["id"] = 1
+    return req
+
+
+@st.composite
+def ticks(draw):
+    out = []
+    for _ in range(draw(st.integers(1, 12))):
+        tick = []
+        for _ in range(draw(st.integers(1, 6))):
+            who = draw(st.sampled_from([0, 0, 0, 1, 1, 2, 2, 2, 3]))
+            reqs = draw(st.lists(requests(), min_size=1, max_size=3))
+            if len(reqs) == 1 and draw(st.booleans()):
+                data = json.dumps(reqs[0])
+            else:
+                data = json.dumps(reqs)  # a batch
+            tick.append((who, data.encode() if draw(st.booleans()) else data))
+        out.append(tick)
+    return out
+
+
+# ----------------------------------------------------------------------------- the tests
+
+@needs_gate
+@settings(max_examples=80, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(frames=ticks())
+def test_the_gate_answers_as_the_python_path_does(frames):
+    c, py = _both(frames)
+    _same(c, py)
+
+
+@needs_gate
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(frames=ticks())
+def test_the_gate_answers_as_the_python_path_does_under_admission_control(frames):
+    c, py = _both(frames, max_in_flight=2)  # the third order of a tick is OVERLOADED
+    _same(c, py)
+
+
+@needs_gate
+def test_the_load_tests_mix_is_answered_alike():
+    """4,000 requests of the load test's mix (resting orders, crossing IOCs, cancels and
+    amends by client order id; bench.py's loadmix), 20 a tick over three sessions: nearly
+    all taken by C, every byte the same."""
+    mix = _mix_frames(4_000)
+    frames = [[(f % 3, data) for f, data in mix[k:k + 20]] for k in range(0, len(mix), 20)]
+    calls = []
+    real = gateway_mod._gate
+
+    def counting(s, obj):
+        r = real(s, obj)
+        calls.append(r)
+        return r
+
+    gateway_mod._gate = counting
+    try:
+        c = asyncio.run(_run(frames, True, 10 ** 6))
+    finally:
+        gateway_mod._gate = real
+    py = asyncio.run(_run(frames, False, 10 ** 6))
+    _same(c, py)
+    assert calls.count(True) > 0.95 * len(mix)
+    assert c["metrics"]["trades"] > 100
+
+
+def _place(rid, coid, side="buy", price="85.00", qty=3, tif=None):
+    p = {"instrument": "CEA-2026", "side": side, "qty": qty, "price": price,
+         "client_order_id": coid}
+    if tif:
+        p["tif"] = tif
+    return json.dumps({"req_id": rid, "method": "place_order", "params": p})
+
+
+@needs_gate
+def test_the_usual_orders_are_taken_by_the_gate_and_answered_alike():
+    """Resting orders, a crossing IOC, a cancel and amends by client order id, a retry of a
+    known client order id, an unknown order: the C path takes the plain ones (messages_in
+    moves only through C when the Python on_request is not reached) and the bytes match."""
+    frames = [
+        [(0, _place(1, "a1")), (0, _place(2, "a2", price="85.05")), (2, _place(3, "b1",
+                                                                               "sell", "85.10"))],
+        [(2, _place(4, "b2", "sell", "85.00", qty=2, tif="IOC"))],
+        [(0, json.dumps({"req_id": 5, "method": "cancel_order",
+                         "params": {"client_order_id": "a2"}}))],
+        [(0, json.dumps({"req_id": 6, "method": "amend_order",
+                         "params": {"client_order_id": "a1", "qty": 0}})),
+         (0, json.dumps({"req_id": 7, "method": "amend_order",
+                         "params": {"client_order_id": "nope", "qty": 2}}))],
+        [(0, _place(8, "a1")), (1, _place(9, "cod-1", price="84.90"))],
+        [(1, json.dumps([{"req_id": 10, "method": "cancel_order",
+                          "params": {"client_order_id": "cod-1"}},
+                         {"req_id": 11, "method": "cancel_order",
+                          "params": {"order_id": 10 ** 6}}]))],
+    ]
+    calls = []
+    real = gateway_mod._gate
+
+    def counting(s, obj):
+        r = real(s, obj)
+        calls.append(r)
+        return r
+
+    gateway_mod._gate = counting
+    try:
+        c = asyncio.run(_run(frames, True, 10 ** 6))
+    finally:
+        gateway_mod._gate = real
+    py = asyncio.run(_run(frames, False, 10 ** 6))
+    _same(c, py)
+    # taken: 4 new orders, a cancel, 2 amends, the cod order, 2 cancels; declined: the retry
+    # of a1 (idempotency is Python's), and nothing else
+    assert calls.count(True) == 10 and calls.count(False) == 1
+    assert b'"replayed":true' in b"".join(c["written"][0])
+
+
+@needs_gate
+def test_a_refused_submit_is_answered_as_in_python():
+    """The runner refuses (a journal write failed): SHUTTING_DOWN to the request, /readyz's
+    reason set - from C as from Python."""
+    frames = [[(0, _place(1, "a1")), (0, _place(2, "a2"))],
+              [(0, json.dumps({"req_id": 3, "method": "cancel_order",
+                               "params": {"client_order_id": "a1"}}))]]
+    c, py = _both(frames, fail_submit_at=1)
+    _same(c, py)
+    assert c["failed"] and b"SHUTTING_DOWN" in b"".join(c["written"][0])
+
+
+@needs_gate
+def test_the_gate_declines_without_touching_anything():
+    """What C does not take (over the rate limit, not a firm, a closed session, another
+    method) leaves the session and the gateway as they were."""
+    async def go():
+        cfg = _settings()
+        ex, keys = _mix_market(cfg)
+        gw = Gateway(ex, MemoryRunner(ex), cfg.server)
+        s = Session(gw, _Sink())
+        gw.attach(s)
+        s.transport = _Recorder()
+        req = {"req_id": 1, "method": "place_order",
+               "params": {"instrument": "CEA-2026", "side": "buy", "qty": 1, "price": "85.00"}}
+        assert gateway_mod._gate(s, req) is False  # not authenticated
+        gw.authenticate(s, keys[0])
+        s.tokens = 0.5
+        assert gateway_mod._gate(s, req) is False  # the refill is Python's
+        assert s.tokens == 0.5 and gw.metrics.messages_in == 0 and ex.last_seq == before
+        s.tokens = 5.0
+        assert gateway_mod._gate(s, dict(req, method="open_orders")) is False
+        assert gateway_mod._gate(s, dict(req, id=2)) is False
+        s.closed = True
+        assert gateway_mod._gate(s, req) is False
+        s.closed = False
+        assert gateway_mod._gate(s, req) is True
+        assert s.tokens == 4.0 and gw.metrics.messages_in == 1 and ex.last_seq == before + 1
+
+    cfg = _settings()
+    before = _mix_market(cfg)[0].last_seq
+    asyncio.run(go())
