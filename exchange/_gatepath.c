@@ -68,7 +68,7 @@ enum { I_REQ_ID, I_METHOD, I_PARAMS, I_PLACE, I_CANCEL, I_AMEND, I_INSTRUMENT, I
        I_METRICS, I_EX, I_MAX_IN_FLIGHT, I_OVERLOAD_QUEUE, I_BATCH_FUTURE, I_BATCH,
        I_JOURNAL_LAG, I_SUBMIT_NOWAIT, I_DONE, I_INFLIGHT, I_ACCOUNTS, I_COIDS,
        I_MESSAGES_IN, I_SUBMIT_FAILED, I_ERROR, I_CODE, I_MESSAGE, I_PLACE_REPLY, I_ENQUEUE,
-       I_TYPE, I_N };
+       I_TYPE, I_JOURNAL_LAG_SECONDS, I_MAX_LAG_S, I_N };
 static const char *const inames[I_N] = {
     "req_id", "method", "params", "place_order", "cancel_order", "amend_order", "instrument",
     "side", "qty", "segment", "price", "order_type", "tif", "post_only", "client_order_id",
@@ -76,7 +76,7 @@ static const char *const inames[I_N] = {
     "accepting", "runner", "idem", "metrics", "ex", "_max_in_flight", "_overload_queue",
     "_batch_future", "_batch", "journal_lag", "submit_nowait", "done", "inflight", "accounts",
     "coids", "messages_in", "submit_failed", "error", "code", "message", "_place_reply",
-    "_enqueue", "TYPE"};
+    "_enqueue", "TYPE", "journal_lag_seconds", "_max_lag_s"};
 static PyObject *I[I_N];
 
 #define SL(o, off) (*(PyObject **)((char *)(o) + (off)))
@@ -124,9 +124,14 @@ gate_setup(PyObject *self, PyObject *cfg)
     }
     if (zero == NULL && (zero = PyLong_FromLong(0)) == NULL)
         return NULL;
-    for (int k = 0; k < I_N; k++)
+    for (int k = 0; k < I_N; k++) {
+        if (inames[k] == NULL) { /* the enum and the names drifted apart */
+            PyErr_SetString(PyExc_SystemError, "gate_setup: a name is missing");
+            return NULL;
+        }
         if (I[k] == NULL && (I[k] = PyUnicode_InternFromString(inames[k])) == NULL)
             return NULL;
+    }
     ready = 0;
     if (offsets((PyTypeObject *)v[0], sess_names, S_N, sess_off) < 0 ||
         offsets((PyTypeObject *)v[1], place_names, PL_N, place_off) < 0 ||
@@ -494,6 +499,13 @@ admitted(PyObject *gw, PyObject *runner, PyObject *session)
     long long l, m, q;
     int ok = lag && mx && oq && out && PyList_CheckExact(out) && exact_int(lag, &l) &&
              exact_int(mx, &m) && exact_int(oq, &q) && l < m && PyList_GET_SIZE(out) < q;
+    if (ok && l) { /* commands in flight: how long the oldest has waited */
+        PyObject *age = attr(runner, I_JOURNAL_LAG_SECONDS), *mx_s = attr(gw, I_MAX_LAG_S);
+        ok = age && mx_s && PyFloat_CheckExact(age) && PyFloat_CheckExact(mx_s) &&
+             PyFloat_AS_DOUBLE(age) < PyFloat_AS_DOUBLE(mx_s);
+        Py_XDECREF(age);
+        Py_XDECREF(mx_s);
+    }
     Py_XDECREF(lag);
     Py_XDECREF(mx);
     Py_XDECREF(oq);

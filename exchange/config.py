@@ -146,8 +146,13 @@ class ServerConfig(Strict):
         "(~0.4 KB of memory each, measured)")
     uvloop: bool = Field(True, description="run on uvloop when it is installed")
     max_commands_in_flight: int = Field(
-        5000, gt=0, description="place_order/amend_order are refused with OVERLOADED while "
-                                "this many commands are applied but not yet durable")
+        50000, gt=0, description="place_order/amend_order are refused with OVERLOADED while "
+                                 "this many commands are applied but not yet durable (a bound "
+                                 "on the backlog's memory)")
+    max_journal_lag_ms: float = Field(
+        250.0, gt=0, description="place_order/amend_order are refused with OVERLOADED while "
+                                 "the oldest command applied but not yet durable has waited "
+                                 "this long (a bound on how late acknowledgements get)")
     overload_send_queue: int = Field(
         1000, gt=0, description="place_order/amend_order of a connection are refused with "
                                 "OVERLOADED while this many messages wait for its socket")

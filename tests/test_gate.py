@@ -60,10 +60,15 @@ N_SESSIONS = 4
 
 
 async def _run(frames: list[list[tuple[int, bytes]]], use_gate: bool, max_in_flight: int,
-               fail_submit_at: int | None = None) -> dict:
+               fail_submit_at: int | None = None, slow_journal: bool = False) -> dict:
     clock = itertools.count(1_800_000_000_000_000_000)
+    seconds = itertools.count()
     memory_mod_time = memory_mod.time
-    memory_mod.time = types.SimpleNamespace(time_ns=lambda: next(clock))  # deterministic ts
+    # deterministic stamps; the journal lag in time is 0, or with slow_journal a second more
+    # at every look (so an order finding commands in flight is refused)
+    memory_mod.time = types.SimpleNamespace(
+        time_ns=lambda: next(clock),
+        monotonic=(lambda: float(next(seconds))) if slow_journal else (lambda: 0.0))
     gate_before = gateway_mod._gate
     gateway_mod._gate = gate_before if use_gate else gateway_mod._gate_off
     try:
@@ -251,6 +256,24 @@ def test_the_load_tests_mix_is_answered_alike():
     _same(c, py)
     assert calls.count(True) > 0.95 * len(mix)
     assert c["metrics"]["trades"] > 100
+
+
+@needs_gate
+def test_orders_are_refused_while_the_journal_lags_in_time_from_c_as_from_python():
+    """max_journal_lag_ms: with commands in flight for longer than that, place_order and
+    amend_order get OVERLOADED (cancels pass); the first order of a tick finds nothing in
+    flight and is taken."""
+    frames = [[(0, _place(1, "a1")), (0, _place(2, "a2")),
+               (0, json.dumps({"req_id": 3, "method": "cancel_order",
+                               "params": {"client_order_id": "a1"}}))],
+              [(0, _place(4, "a3")), (0, json.dumps({"req_id": 5, "method": "amend_order",
+                                                     "params": {"client_order_id": "a3",
+                                                                "qty": 1}}))]]
+    got = [asyncio.run(_run(frames, g, 10 ** 6, slow_journal=True)) for g in (True, False)]
+    _same(*got)
+    out = b"".join(got[0]["written"][0])
+    assert out.count(b"OVERLOADED") == 2 and got[0]["metrics"]["overloaded"] == 2
+    assert b'"req_id":3,"ok":true' in out and b'"req_id":4,"ok":true' in out
 
 
 def _place(rid, coid, side="buy", price="85.00", qty=3, tif=None):

@@ -273,6 +273,36 @@ async def test_sqlite_append_read_reopen(sqlite_path):
 
 # ------------------------------------------------------------------- runner
 
+async def test_runner_journal_lag_in_commands_and_in_time(sqlite_path):
+    """journal_lag counts the commands applied but not durable, journal_lag_seconds is how
+    long the oldest of them has waited (admission control refuses orders on either): both
+    grow while a write is slow and go back to 0 once it is durable."""
+    j = open_journal(sqlite_path)
+    gate = asyncio.Event()
+    real_append = j._append_rows
+
+    async def slow(records):
+        await gate.wait()
+        return await real_append(records)
+    j._append_rows = slow
+    r = CoreRunner(build_exchange(), j, clock=clock_from())
+    await r.start()
+    assert r.journal_lag == 0 and r.journal_lag_seconds == 0.0
+    cmds = stream_commands(30)
+    futs = []
+    for c in cmds[:10]:
+        futs.append(r.submit_nowait(c)[1])
+    await asyncio.sleep(0.05)  # the first batch is being written, held by the gate
+    assert r.journal_lag == 10 and r.journal_lag_seconds >= 0.05
+    for c in cmds[10:20]:
+        futs.append(r.submit_nowait(c)[1])
+    assert r.journal_lag == 20 and r.journal_lag_seconds >= 0.05  # still the oldest's wait
+    gate.set()
+    await asyncio.gather(*futs)
+    assert r.journal_lag == 0 and r.journal_lag_seconds == 0.0
+    await r.stop()
+
+
 async def test_runner_group_commit_and_durability(sqlite_path):
     """Events come back only after the batch is durable; many commands share a batch;
     listeners see every command once, in seq order, after durability."""

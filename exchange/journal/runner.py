@@ -89,10 +89,11 @@ def restore_bytes(ex, data: bytes) -> None:
 
 
 class _Batch:
-    __slots__ = ("frames", "applied", "future", "snapshot", "snapshot_written")
+    __slots__ = ("frames", "applied", "future", "snapshot", "snapshot_written", "t0")
 
     def __init__(self, loop):
         self.frames = Frames()  # the records, appended as they are submitted
+        self.t0 = 0.0  # time.monotonic() when its first record came in
         self.applied: list = []  # (cmd, events)
         self.future = loop.create_future()
         self.snapshot: tuple[int, bytes] | None = None
@@ -199,6 +200,7 @@ class CoreRunner:
                                if fork_snapshots is None else fork_snapshots)
         self._listeners: list[Callable] = []
         self._durable_seq = 0
+        self._writing: _Batch | None = None  # the batch the journal is making durable
         self._snapshot_timer: asyncio.TimerHandle | None = None
         self._snapshot_task: asyncio.Task | None = None  # the latest snapshot being stored
         self._batch: _Batch | None = None
@@ -242,6 +244,17 @@ class CoreRunner:
         return self.exchange.last_seq - self._durable_seq
 
     @property
+    def journal_lag_seconds(self) -> float:
+        """How long the oldest command applied but not yet durable has waited (0.0: none):
+        the batch being written, else the one filling up."""
+        b = self._writing
+        if b is None:
+            b = self._batch
+            if b is None or not b.frames.count:
+                return 0.0
+        return time.monotonic() - b.t0
+
+    @property
     def durable_seq(self) -> int:
         return self._durable_seq
 
@@ -262,6 +275,8 @@ class CoreRunner:
         return b
 
     def _wake_commit_loop(self) -> None:
+        """The submitter's ``on_first``: the first record entered the current batch."""
+        self._batch.t0 = time.monotonic()
         self._wake.set()
 
     def _refuse(self) -> None:
@@ -474,6 +489,7 @@ class CoreRunner:
                 self._wake.clear()
                 continue
             self._open_batch(loop)
+            self._writing = b
             try:
                 await j.append(b.frames)
             except BaseException as e:
@@ -489,6 +505,7 @@ class CoreRunner:
                     raise
                 return
             self._durable_seq = b.frames.last_seq
+            self._writing = None
             self.batches += 1
             self.batched_records += b.frames.count
             listeners = self._listeners

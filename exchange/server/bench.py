@@ -106,6 +106,7 @@ class _StubRunner:
     """Answers every command with one 'new' execution report; commits once per tick."""
 
     journal_lag = 0
+    journal_lag_seconds = 0.0
 
     def __init__(self):
         self._fut = None

@@ -467,6 +467,7 @@ class Gateway:
         self._er_heads: dict = {}  # order id -> er_head() while the order works
         self.max_frame = cfg.max_frame_bytes
         self._max_in_flight = cfg.max_commands_in_flight
+        self._max_lag_s = cfg.max_journal_lag_ms / 1000.0
         self._overload_queue = cfg.overload_send_queue
         self._to_flush: list[Session] = []
         # book updates held back for _push_books: (instrument, segment) -> (channel, [(seq,
@@ -907,17 +908,26 @@ class Gateway:
 
     def admit(self, s: Session) -> None:
         """Admission control for new risk (place_order, amend_order): refuse with OVERLOADED,
-        before the core or the journal see the request, while the server is behind -
-        ``max_commands_in_flight`` or more commands applied but not durable (the journal or
-        the event loop lags), or ``overload_send_queue`` or more messages waiting for this
-        connection's socket (its client does not keep up). A refusal costs a fraction of an
-        order, so past saturation the server keeps answering every request promptly instead
-        of queueing replies until the slow-consumer rule drops the connection. Cancels are
-        never refused for load: a firm can always take risk off. Returns when admitted."""
-        lag = self.runner.journal_lag
-        if lag >= self._max_in_flight or len(s.out) >= self._overload_queue:
+        before the core or the journal see the request, while the server is behind: the
+        oldest command applied but not yet durable has waited ``max_journal_lag_ms`` or
+        longer, or ``max_commands_in_flight`` or more are (the journal or the event loop
+        lags), or ``overload_send_queue`` or more messages wait for this connection's socket
+        (its client does not keep up). A refusal costs a fraction of an order, so past
+        saturation the server keeps answering every request promptly instead of queueing
+        replies until the slow-consumer rule drops the connection. Cancels are never refused
+        for load: a firm can always take risk off. Returns when admitted.
+
+        The bound on time is what keeps acknowledgements prompt whatever the rate; a bound on
+        the count alone (5,000 until 2026-12-06) refused orders the server had the CPU for
+        once it got faster: the same ~100 ms of journal lag holds more commands at a higher
+        rate (docs/BENCHMARKS.md, run 11)."""
+        runner = self.runner
+        lag = runner.journal_lag
+        if lag and (lag >= self._max_in_flight or
+                    runner.journal_lag_seconds >= self._max_lag_s) or \
+                len(s.out) >= self._overload_queue:
             self.metrics.overloaded += 1
-            raise ProtocolError(OVERLOADED, f"server busy ({lag} commands in flight, "
+            raise ProtocolError(OVERLOADED, f"server busy ({lag} commands not yet durable, "
                                             f"{len(s.out)} messages queued for this "
                                             f"connection); not applied, retry later", 503)
 

@@ -20,6 +20,7 @@ class MemoryRunner:
         self._last_ts = 0
         self.is_empty = True
         self.journal_lag = 0
+        self._t0 = 0.0  # when the first pending command came in
 
     async def start(self) -> None:
         self.is_empty = self.exchange.last_seq == 0
@@ -45,9 +46,14 @@ class MemoryRunner:
         if self._future is None:
             self._future = loop.create_future()
             loop.call_soon(self._commit)
+            self._t0 = time.monotonic()
         self._pending.append((cmd, events))
         self.journal_lag = len(self._pending)
         return events, self._future
+
+    @property
+    def journal_lag_seconds(self) -> float:
+        return time.monotonic() - self._t0 if self._pending else 0.0
 
     def _commit(self) -> None:
         batch, self._pending = self._pending, []
