@@ -84,19 +84,11 @@ static PyObject *I[I_N];
 static int
 offsets(PyTypeObject *t, const char *const *names, int n, Py_ssize_t *off)
 {
-    for (int k = 0; k < n; k++) {
-        PyObject *name = PyUnicode_InternFromString(names[k]);
-        if (name == NULL)
-            return -1;
-        off[k] = slot_offset(t, name);
-        Py_DECREF(name);
-        if (off[k] == 0) {
-            PyErr_Format(PyExc_TypeError, "gate_setup: %s.%s is not a slot", t->tp_name,
-                         names[k]);
-            return -1;
-        }
-    }
-    return 0;
+    int r = slot_offsets(t, names, n, off);
+    if (r == 0)
+        PyErr_Format(PyExc_TypeError, "gate_setup: %s has a field that is not a slot",
+                     t->tp_name);
+    return r > 0 ? 0 : -1;
 }
 
 static PyObject *
@@ -187,52 +179,28 @@ attr(PyObject *o, int name)
     return v;
 }
 
-static int
-opt_price(PyObject *p, PyObject **out)
-{
-    /* protocol._opt_price: 1 given (*out the fen or None), 0 absent (None), -1 not taken */
-    PyObject *v = dget(p, I_PRICE);
-    *out = Py_None;
-    if (v == NULL)
-        return 0;
-    if (v == Py_None)
-        return 1;
-    if (!PyUnicode_CheckExact(v))
-        return -1;
-    PyObject *fen = PyDict_GetItemWithError(prices, v);
-    if (fen == NULL) {
-        PyErr_Clear();
-        return -1;
-    }
-    *out = fen;
-    return 1;
-}
+enum { OPT_PRICE, OPT_COID, OPT_INT };
 
 static int
-opt_coid(PyObject *p, PyObject **out)
+opt(PyObject *p, int name, int kind, PyObject **out)
 {
-    /* protocol._opt_coid, as opt_price */
-    PyObject *v = dget(p, I_COID);
-    *out = Py_None;
-    if (v == NULL)
-        return 0;
-    if (v == Py_None)
-        return 1;
-    if (!short_str(v))
-        return -1;
-    *out = v;
-    return 1;
-}
-
-static int
-opt_int(PyObject *p, int name, PyObject **out)
-{
-    /* an optional int-or-None param of amend_order, as opt_price */
+    /* an optional param of the fast validators - protocol._opt_price (a price string seen
+     * before: *out its fen), _opt_coid (a short str), or an int of amend_order - or null:
+     * 1 given (*out its value, None for null), 0 absent (*out None), -1 not taken */
     PyObject *v = dget(p, name);
     *out = Py_None;
     if (v == NULL)
         return 0;
-    if (v != Py_None && !PyLong_CheckExact(v))
+    if (v == Py_None)
+        return 1;
+    if (kind == OPT_PRICE) {
+        v = PyUnicode_CheckExact(v) ? PyDict_GetItemWithError(prices, v) : NULL;
+        if (v == NULL) {
+            PyErr_Clear();
+            return -1;
+        }
+    }
+    else if (kind == OPT_COID ? !short_str(v) : !PyLong_CheckExact(v))
         return -1;
     *out = v;
     return 1;
@@ -289,7 +257,7 @@ place_cmd(PyObject *p, PyObject *firm)
         n++;
     else
         return NULL;
-    int k1 = opt_price(p, &price), k2 = opt_coid(p, &coid);
+    int k1 = opt(p, I_PRICE, OPT_PRICE, &price), k2 = opt(p, I_COID, OPT_COID, &coid);
     if (k1 < 0 || k2 < 0 || PyDict_GET_SIZE(p) != n + k1 + k2)
         return NULL;
     PyObject *vals[PL_N] = {firm, ins, seg, side, qty, price, ot, tif, po, coid, zero, zero};
@@ -322,8 +290,8 @@ amend_cmd(PyObject *p, PyObject *firm)
 {
     /* validate_amend_order's fast path and _own_order_ref (an order must be named) */
     PyObject *oid, *coid, *qty, *price;
-    int k1 = opt_int(p, I_OID, &oid), k2 = opt_coid(p, &coid), k3 = opt_int(p, I_QTY, &qty),
-        k4 = opt_price(p, &price);
+    int k1 = opt(p, I_OID, OPT_INT, &oid), k2 = opt(p, I_COID, OPT_COID, &coid),
+        k3 = opt(p, I_QTY, OPT_INT, &qty), k4 = opt(p, I_PRICE, OPT_PRICE, &price);
     if (k1 < 0 || k2 < 0 || k3 < 0 || k4 < 0 || PyDict_GET_SIZE(p) != k1 + k2 + k3 + k4 ||
         (oid == Py_None && coid == Py_None))
         return NULL;
@@ -333,6 +301,38 @@ amend_cmd(PyObject *p, PyObject *firm)
 }
 
 /* ------------------------------------------------------------------ replies */
+
+static char *
+reply_open(PyObject **out, Py_ssize_t more, long long req_id, long long oid, const item *coid)
+{
+    /* *out: new bytes holding the replies' common head,
+     * '{"req_id":R,"ok":true,"result":{"order_id":O,"client_order_id":C', with room for the
+     * rest: every literal of either reply (under 140 bytes with the closing '}}' of
+     * reply_close) and ``more``, the caller's bound on its numbers and strings. Returns where
+     * to go on writing (NULL: no memory). */
+    *out = PyBytes_FromStringAndSize(NULL, 256 + 2 * 21 + coid->n + more);
+    if (*out == NULL)
+        return NULL;
+    char *p = PyBytes_AS_STRING(*out);
+    JW_LIT("{\"req_id\":");
+    JW_INT(req_id);
+    JW_LIT(",\"ok\":true,\"result\":{\"order_id\":");
+    JW_INT(oid);
+    JW_LIT(",\"client_order_id\":");
+    JW_ITEM(*coid);
+    return p;
+}
+
+static PyObject *
+reply_close(PyObject *out, char *p)
+{
+    JW_LIT("}}");
+    if (p - PyBytes_AS_STRING(out) > PyBytes_GET_SIZE(out))
+        Py_FatalError("gate: a reply outgrew its buffer (reply_open's bound)");
+    if (_PyBytes_Resize(&out, p - PyBytes_AS_STRING(out)) < 0)
+        return NULL;
+    return out;
+}
 
 static PyObject *
 place_ok(PyObject *session, PyObject *cmd, long long req_id, PyObject *events)
@@ -379,35 +379,19 @@ place_ok(PyObject *session, PyObject *cmd, long long req_id, PyObject *events)
         return NULL;
     if (cod == Py_True && leaves && PySet_Add(placed, oid_o) < 0)
         return NULL; /* an error (no memory): the caller reports it */
-    static const char a[] = "{\"req_id\":", b[] = ",\"ok\":true,\"result\":{\"order_id\":",
-                      c1[] = ",\"client_order_id\":", d[] = ",\"order_status\":",
-                      e[] = ",\"cum_qty\":", f[] = ",\"leaves_qty\":", g[] = ",\"seq\":";
-    Py_ssize_t cap = 160 + 5 * 21 + coid.n + status.n;
-    PyObject *out = PyBytes_FromStringAndSize(NULL, cap);
-    if (out == NULL)
+    PyObject *out;
+    char *p = reply_open(&out, 3 * 21 + status.n, req_id, oid, &coid);
+    if (p == NULL)
         return NULL;
-    char *p = PyBytes_AS_STRING(out);
-#define LIT(s) (memcpy(p, s, sizeof(s) - 1), p += sizeof(s) - 1)
-#define INT(x) do { int n_ = int_len(x); write_int((x), p, n_); p += n_; } while (0)
-#define ITEM(it) (write_item(p, &(it)), p += (it).n)
-    LIT(a);
-    INT(req_id);
-    LIT(b);
-    INT(oid);
-    LIT(c1);
-    ITEM(coid);
-    LIT(d);
-    ITEM(status);
-    LIT(e);
-    INT(cum);
-    LIT(f);
-    INT(leaves);
-    LIT(g);
-    INT(seq);
-    LIT("}}");
-    if (_PyBytes_Resize(&out, p - PyBytes_AS_STRING(out)) < 0)
-        return NULL;
-    return out;
+    JW_LIT(",\"order_status\":");
+    JW_ITEM(status);
+    JW_LIT(",\"cum_qty\":");
+    JW_INT(cum);
+    JW_LIT(",\"leaves_qty\":");
+    JW_INT(leaves);
+    JW_LIT(",\"seq\":");
+    JW_INT(seq);
+    return reply_close(out, p);
 }
 
 static PyObject *
@@ -449,43 +433,26 @@ report_ok(long long req_id, PyObject *events, PyObject *account)
         !classify(s_o, &st) || !exact_int(q, &qty) || !exact_int(cu, &cum) ||
         !exact_int(l, &leaves) || (p_o != Py_None && !exact_int(p_o, &px)))
         return NULL;
-    static const char a[] = "{\"req_id\":", b[] = ",\"ok\":true,\"result\":{\"order_id\":",
-                      c1[] = ",\"client_order_id\":", d[] = ",\"exec_type\":",
-                      e[] = ",\"order_status\":", f[] = ",\"qty\":", g[] = ",\"price\":",
-                      h[] = ",\"cum_qty\":", k[] = ",\"leaves_qty\":";
-    Py_ssize_t cap = 200 + 5 * 21 + PX_MAX + coid.n + et.n + st.n;
-    PyObject *out = PyBytes_FromStringAndSize(NULL, cap);
-    if (out == NULL)
+    PyObject *out;
+    char *p = reply_open(&out, 3 * 21 + PX_MAX + et.n + st.n, req_id, last_oid, &coid);
+    if (p == NULL)
         return NULL;
-    char *p = PyBytes_AS_STRING(out);
-    LIT(a);
-    INT(req_id);
-    LIT(b);
-    INT(last_oid);
-    LIT(c1);
-    ITEM(coid);
-    LIT(d);
-    ITEM(et);
-    LIT(e);
-    ITEM(st);
-    LIT(f);
-    INT(qty);
-    LIT(g);
+    JW_LIT(",\"exec_type\":");
+    JW_ITEM(et);
+    JW_LIT(",\"order_status\":");
+    JW_ITEM(st);
+    JW_LIT(",\"qty\":");
+    JW_INT(qty);
+    JW_LIT(",\"price\":");
     if (p_o == Py_None)
-        LIT("null");
+        JW_LIT("null");
     else
         p = write_px(p, px);
-    LIT(h);
-    INT(cum);
-    LIT(k);
-    INT(leaves);
-    LIT("}}");
-#undef LIT
-#undef INT
-#undef ITEM
-    if (_PyBytes_Resize(&out, p - PyBytes_AS_STRING(out)) < 0)
-        return NULL;
-    return out;
+    JW_LIT(",\"cum_qty\":");
+    JW_INT(cum);
+    JW_LIT(",\"leaves_qty\":");
+    JW_INT(leaves);
+    return reply_close(out, p);
 }
 
 /* ------------------------------------------------------------------ gate */

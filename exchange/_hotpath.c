@@ -319,16 +319,10 @@ er_offsets(PyTypeObject *cls)
     /* er_off for cls (cached for the last class seen); 0: not slots (not taken) */
     if (cls == er_cls)
         return 1;
-    for (int k = 0; k < ER_N; k++) {
-        PyObject *name = PyUnicode_InternFromString(er_names[k]);
-        if (name == NULL)
-            return -1;
-        er_off[k] = slot_offset(cls, name);
-        Py_DECREF(name);
-        if (er_off[k] == 0) {
-            Py_CLEAR(er_cls);
-            return 0;
-        }
+    int r = slot_offsets(cls, er_names, ER_N, er_off);
+    if (r <= 0) {
+        Py_CLEAR(er_cls);
+        return r;
     }
     Py_INCREF(cls);
     Py_XSETREF(er_cls, cls); /* held, so its address cannot be reused by another class */
@@ -391,56 +385,50 @@ er_push(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (out == NULL)
         return NULL;
     char *p = PyBytes_AS_STRING(out);
-#define LIT(s) (memcpy(p, s, sizeof(s) - 1), p += sizeof(s) - 1)
-#define INT(x) do { int n_ = int_len(x); write_int((x), p, n_); p += n_; } while (0)
-#define ITEM(it) (write_item(p, &(it)), p += (it).n)
-    LIT(pre);
-    INT(seq);
-    LIT(",\"data\":");
+    JW_LIT(pre);
+    JW_INT(seq);
+    JW_LIT(",\"data\":");
     memcpy(p, PyBytes_AS_STRING(head), PyBytes_GET_SIZE(head));
     p += PyBytes_GET_SIZE(head);
-    LIT("\"exec_type\":");
-    ITEM(exec_type);
-    LIT(",\"order_status\":");
-    ITEM(status);
-    LIT(",\"price\":");
+    JW_LIT("\"exec_type\":");
+    JW_ITEM(exec_type);
+    JW_LIT(",\"order_status\":");
+    JW_ITEM(status);
+    JW_LIT(",\"price\":");
     if (has_price)
         p = write_px(p, price);
     else
-        LIT("null");
-    LIT(",\"qty\":");
-    INT(qty);
-    LIT(",\"last_qty\":");
-    INT(last_qty);
-    LIT(",\"last_px\":");
+        JW_LIT("null");
+    JW_LIT(",\"qty\":");
+    JW_INT(qty);
+    JW_LIT(",\"last_qty\":");
+    JW_INT(last_qty);
+    JW_LIT(",\"last_px\":");
     if (last_qty)
         p = write_px(p, last_px);
     else
-        LIT("null");
-    LIT(",\"cum_qty\":");
-    INT(cum);
-    LIT(",\"leaves_qty\":");
-    INT(leaves);
-    LIT(",\"reason\":");
-    ITEM(reason);
-    LIT(",\"trade_id\":");
+        JW_LIT("null");
+    JW_LIT(",\"cum_qty\":");
+    JW_INT(cum);
+    JW_LIT(",\"leaves_qty\":");
+    JW_INT(leaves);
+    JW_LIT(",\"reason\":");
+    JW_ITEM(reason);
+    JW_LIT(",\"trade_id\":");
     if (tid)
-        INT(tid);
+        JW_INT(tid);
     else
-        LIT("null");
-    LIT(",\"fee\":");
+        JW_LIT("null");
+    JW_LIT(",\"fee\":");
     if (fee)
         p = write_px(p, fee);
     else
-        LIT("\"0.00\"");
-    LIT(",\"liquidity\":");
-    ITEM(liquidity);
-    LIT(",\"ts\":");
-    INT(ts);
-    LIT("}}");
-#undef LIT
-#undef INT
-#undef ITEM
+        JW_LIT("\"0.00\"");
+    JW_LIT(",\"liquidity\":");
+    JW_ITEM(liquidity);
+    JW_LIT(",\"ts\":");
+    JW_INT(ts);
+    JW_LIT("}}");
     if (_PyBytes_Resize(&out, p - PyBytes_AS_STRING(out)) < 0)
         return NULL;
     return out;

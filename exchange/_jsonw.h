@@ -23,6 +23,23 @@ slot_offset(PyTypeObject *cls, PyObject *name)
     return m->offset;
 }
 
+static inline int
+slot_offsets(PyTypeObject *cls, const char *const *names, int n, Py_ssize_t *off)
+{
+    /* off[k]: the offset of cls's slot names[k]; 1, or 0 when one is not a plain object slot,
+     * -1 with an error */
+    for (int k = 0; k < n; k++) {
+        PyObject *name = PyUnicode_InternFromString(names[k]);
+        if (name == NULL)
+            return -1;
+        off[k] = slot_offset(cls, name);
+        Py_DECREF(name);
+        if (off[k] == 0)
+            return 0;
+    }
+    return 1;
+}
+
 static const char DIGITS2[] =
     "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
     "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
@@ -181,5 +198,11 @@ write_px(char *p, long long fen)
 }
 
 #define PX_MAX 26 /* quotes, sign, 20 digits, point, 2 decimals */
+
+/* Appending to a buffer through a char *p the caller holds (and sized beforehand): a string
+ * literal, an int64's digits, a classified item. */
+#define JW_LIT(s) (memcpy(p, s, sizeof(s) - 1), p += sizeof(s) - 1)
+#define JW_INT(x) do { int n_ = int_len(x); write_int((x), p, n_); p += n_; } while (0)
+#define JW_ITEM(it) (write_item(p, &(it)), p += (it).n)
 
 #endif

@@ -121,6 +121,23 @@ def _both(frames, max_in_flight=10 ** 6, fail_submit_at=None) -> tuple[dict, dic
     return got[0], got[1]
 
 
+def _run_counting(frames) -> tuple[dict, list[bool]]:
+    """_run with the gate, and what the gate answered for each request (True: taken)."""
+    calls = []
+    real = gateway_mod._gate
+
+    def counting(s, obj):
+        r = real(s, obj)
+        calls.append(r)
+        return r
+
+    gateway_mod._gate = counting
+    try:
+        return asyncio.run(_run(frames, True, 10 ** 6)), calls
+    finally:
+        gateway_mod._gate = real
+
+
 def _same(c: dict, py: dict) -> None:
     for i, (a, b) in enumerate(zip(c["written"], py["written"])):
         assert b"".join(a) == b"".join(b), f"session {i} was sent different bytes"
@@ -239,19 +256,7 @@ def test_the_load_tests_mix_is_answered_alike():
     all taken by C, every byte the same."""
     mix = _mix_frames(4_000)
     frames = [[(f % 3, data) for f, data in mix[k:k + 20]] for k in range(0, len(mix), 20)]
-    calls = []
-    real = gateway_mod._gate
-
-    def counting(s, obj):
-        r = real(s, obj)
-        calls.append(r)
-        return r
-
-    gateway_mod._gate = counting
-    try:
-        c = asyncio.run(_run(frames, True, 10 ** 6))
-    finally:
-        gateway_mod._gate = real
+    c, calls = _run_counting(frames)
     py = asyncio.run(_run(frames, False, 10 ** 6))
     _same(c, py)
     assert calls.count(True) > 0.95 * len(mix)
@@ -305,19 +310,7 @@ def test_the_usual_orders_are_taken_by_the_gate_and_answered_alike():
                          {"req_id": 11, "method": "cancel_order",
                           "params": {"order_id": 10 ** 6}}]))],
     ]
-    calls = []
-    real = gateway_mod._gate
-
-    def counting(s, obj):
-        r = real(s, obj)
-        calls.append(r)
-        return r
-
-    gateway_mod._gate = counting
-    try:
-        c = asyncio.run(_run(frames, True, 10 ** 6))
-    finally:
-        gateway_mod._gate = real
+    c, calls = _run_counting(frames)
     py = asyncio.run(_run(frames, False, 10 ** 6))
     _same(c, py)
     # taken: 4 new orders, a cancel, 2 amends, the cod order, 2 cancels; declined: the retry
