@@ -626,6 +626,10 @@ gate(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                (metrics = attr(gw, I_METRICS)) != NULL &&
                (which == I_CANCEL || admitted(gw, runner, s)) &&
                (coid == Py_None || !seen_coid(gw, firm, coid));
+    /* the token read again: the checks above ran properties (journal_lag) */
+    tokens = SL(s, sess_off[S_TOKENS]);
+    take = take && tokens != NULL && PyFloat_CheckExact(tokens) &&
+           PyFloat_AS_DOUBLE(tokens) >= 1.0;
     if (take && coid != Py_None && (key = PyTuple_Pack(2, firm, coid)) == NULL)
         take = 0;
     Py_XDECREF(accepting);
@@ -639,8 +643,11 @@ gate(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         Py_RETURN_FALSE;
     }
 
-    /* ---- taken: from here on the request is this function's */
+    /* ---- taken: from here on the request is this function's. The session's firm and
+     * gateway are held: submitting runs the core's listeners (Python). */
     PyObject *res = NULL, *data = NULL, *ret = NULL, *t = NULL;
+    Py_INCREF(firm);
+    Py_INCREF(gw);
     PyObject *ntokens = PyFloat_FromDouble(PyFloat_AS_DOUBLE(tokens) - 1.0);
     if (ntokens == NULL || bump(metrics, I_MESSAGES_IN) < 0)
         goto done;
@@ -716,6 +723,8 @@ done:
     Py_DECREF(runner);
     Py_DECREF(metrics);
     Py_XDECREF(key);
+    Py_DECREF(firm);
+    Py_DECREF(gw);
     return ret;
 }
 
