@@ -167,6 +167,8 @@ def run_step(target: Target, keys: list[str], rate: float, duration: float, proc
                 "exchange_commands_total", "exchange_orders_total", "exchange_trades_total",
                 "exchange_rejects_total", "exchange_overloaded_total",
                 "exchange_snapshots_total", "exchange_loop_stalls_total")
+        # OVERLOADED by the bound that refused it (journal_lag, in_flight, send_queue)
+        keep += tuple(k for k in m1 if k.startswith("exchange_overloaded_total{"))
         out["server_metrics_delta"] = {k.replace("exchange_", ""): m1[k] - m0.get(k, 0)
                                        for k in keep if k in m1}
     if passive_results:

@@ -216,8 +216,9 @@ class Target:
             return ""
 
     def metrics(self) -> dict[str, float]:
-        """The server's /metrics (Prometheus text), each metric summed over its labels;
-        empty for the echo baseline or when unavailable."""
+        """The server's /metrics (Prometheus text), each metric summed over its labels (and
+        each labelled series under its full name too); empty for the echo baseline or when
+        unavailable."""
         if self.kind != "exchange":
             return {}
         try:
@@ -232,9 +233,12 @@ class Target:
             name_labels, _, value = line.rpartition(" ")
             name = name_labels.split("{", 1)[0]
             try:
-                out[name] = out.get(name, 0.0) + float(value)
+                v = float(value)
             except ValueError:
-                pass
+                continue
+            out[name] = out.get(name, 0.0) + v
+            if name_labels != name:
+                out[name_labels] = v
         return out
 
     def _write_config(self) -> str:

@@ -278,6 +278,7 @@ def test_orders_are_refused_while_the_journal_lags_in_time_from_c_as_from_python
     _same(*got)
     out = b"".join(got[0]["written"][0])
     assert out.count(b"OVERLOADED") == 2 and got[0]["metrics"]["overloaded"] == 2
+    assert got[0]["metrics"]["overloaded_by"] == {"journal_lag": 2}
     assert b'"req_id":3,"ok":true' in out and b'"req_id":4,"ok":true' in out
 
 

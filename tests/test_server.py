@@ -394,13 +394,14 @@ async def test_overload_refuses_new_orders_with_one_reply_each(tmp_path):
             assert codes[7] == "ok" and res[7]["exec_type"] == "canceled"
             assert ex.last_seq == seq + 4  # 3 orders + the cancel reached the core
             assert srv.st.gateway.metrics.overloaded == 4
+            assert srv.st.gateway.metrics.overloaded_by == {"in_flight": 4}
             # a refused client_order_id was not remembered: the retry is a new order
             again = await c.place_order(instrument=I, side="sell", qty=1, price="86.00",
                                         client_order_id="o4")
             assert again["client_order_id"] == "o4" and "replayed" not in again
         async with aiohttp.ClientSession() as http:
             async with http.get(srv.http + "/metrics") as r:
-                assert "exchange_overloaded_total 4" in await r.text()
+                assert 'exchange_overloaded_total{reason="in_flight"} 4' in await r.text()
 
 
 async def test_book_updates_are_grouped_per_interval_and_complete(tmp_path):

@@ -191,8 +191,10 @@ async def metrics(request: web.Request) -> web.Response:
                "connections closed for a full send queue",
                [({}, m.slow_consumer_disconnects)])
         metric("exchange_overloaded_total", "counter",
-               "place_order/amend_order refused with OVERLOADED (server behind)",
-               [({}, m.overloaded)])
+               "place_order/amend_order refused with OVERLOADED (server behind), by the bound "
+               "that refused them: journal_lag, in_flight, send_queue",
+               [({"reason": k}, v) for k, v in sorted(m.overloaded_by.items())] or
+               [({"reason": "journal_lag"}, 0)])
         metric("exchange_idempotent_replays_total", "counter",
                "place_order retries answered from the first result",
                [({}, m.idempotent_replays)])

@@ -126,6 +126,9 @@ class Metrics:
         self.slow_consumer_disconnects = 0
         self.idempotent_replays = 0
         self.overloaded = 0  # order entry refused with OVERLOADED
+        # ... by the bound that refused it: journal_lag (in time), in_flight (in commands),
+        # send_queue (the connection's)
+        self.overloaded_by: dict[str, int] = {}
 
 
 class Session:
@@ -923,11 +926,18 @@ class Gateway:
         rate (docs/BENCHMARKS.md, run 11)."""
         runner = self.runner
         lag = runner.journal_lag
-        if lag and (lag >= self._max_in_flight or
-                    runner.journal_lag_seconds >= self._max_lag_s) or \
-                len(s.out) >= self._overload_queue:
-            self.metrics.overloaded += 1
-            raise ProtocolError(OVERLOADED, f"server busy ({lag} commands not yet durable, "
+        if lag and lag >= self._max_in_flight:
+            why = "in_flight"
+        elif lag and runner.journal_lag_seconds >= self._max_lag_s:
+            why = "journal_lag"
+        elif len(s.out) >= self._overload_queue:
+            why = "send_queue"
+        else:
+            return
+        m = self.metrics
+        m.overloaded += 1
+        m.overloaded_by[why] = m.overloaded_by.get(why, 0) + 1
+        raise ProtocolError(OVERLOADED, f"server busy ({lag} commands not yet durable, "
                                             f"{len(s.out)} messages queued for this "
                                             f"connection); not applied, retry later", 503)
 
