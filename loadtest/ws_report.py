@@ -90,7 +90,8 @@ def write_report(out: dict, md_path: str, png_path: str) -> None:
         f"{out['firms']} firms (one connection each), {out['generator_procs']} generator "
         f"process(es), {out['duration_seconds']:.0f} s per step.",
         "",
-        f"* saturation rate (highest served: answered without OVERLOADED): **{out['saturation_rate']:.0f} orders/s**",
+        f"* saturation rate (highest served: answered without OVERLOADED): "
+        f"**{out['saturation_rate']:.0f} orders/s**",
         f"* echo ceiling (same client, same schedule): **{_fmt(out['echo_ceiling_rate'], 0)} "
         f"msgs/s**; ratio **{_fmt(out['ratio_to_echo'], 3)}**",
         f"* highest offered rate sustained with p99 ack <= 10 ms: "
