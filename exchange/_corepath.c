@@ -1596,6 +1596,31 @@ live_order(PyObject *acct, PyObject *order_id, PyObject *coid, PyObject **oid)
     return o;
 }
 
+static int
+rest_left(CorePath *self, PyObject *o, PyObject *book, PyObject *acct, PyObject *side,
+          PyObject *price, long long pv, PyObject *oid, int ioc, PyObject *events,
+          PyObject **last)
+{
+    /* after matching (_place's and _amend's tails): what is left of o rests, unless o was
+     * cancelled - an IOC order's rest is cancelled instead. *last: the rest's L2 change (a
+     * new reference), or NULL. */
+    long long leaves;
+    *last = NULL;
+    if (rd64(SLOT(o, order_off[O_LEAVES]), &leaves) < 0) {
+        PyErr_SetString(PyExc_TypeError, "CorePath: leaves is not an int");
+        return -1;
+    }
+    if (!leaves || SLOT(o, order_off[O_STATUS]) == K[S_ST_CANCELED])
+        return 0;
+    if (ioc) /* the unfilled rest of an IOC order is cancelled */
+        return cancel_in_python(self, o, acct, K[S_UNFILLED_IOC], events);
+    PyObject *lq;
+    if (book_rest(book, o, side, price, pv, leaves, oid, &lq) < 0 ||
+        (*last = change(side, price, lq)) == NULL)
+        return -1;
+    return 0;
+}
+
 static PyObject *
 cp_place(CorePath *self, PyObject *cmd)
 {
@@ -1697,24 +1722,10 @@ cp_place(CorePath *self, PyObject *cmd)
             goto fail;
     }
     else {
-        if (crosses && execute(self, o, book, instr, rules, acct, events, buy, price, qty) < 0)
-            goto fail;
-        long long leaves;
-        if (rd64(SLOT(o, order_off[O_LEAVES]), &leaves) < 0) {
-            PyErr_SetString(PyExc_TypeError, "CorePath: leaves is not an int");
-            goto fail;
-        }
-        PyObject *last = NULL;
-        if (leaves && SLOT(o, order_off[O_STATUS]) != K[S_ST_CANCELED]) {
-            if (!ioc) {
-                if (book_rest(book, o, side, f[P_PRICE], price, leaves, oid, &lq) < 0 ||
-                    (last = change(side, f[P_PRICE], lq)) == NULL)
-                    goto fail;
-            }
-            else if (cancel_in_python(self, o, acct, K[S_UNFILLED_IOC], events) < 0)
-                goto fail; /* the unfilled rest of an IOC order is cancelled */
-        }
-        if (emit_book_update(self->ex, book, last, events) < 0)
+        PyObject *last;
+        if ((crosses && execute(self, o, book, instr, rules, acct, events, buy, price, qty) < 0)
+            || rest_left(self, o, book, acct, side, f[P_PRICE], price, oid, ioc, events, &last)
+            < 0 || emit_book_update(self->ex, book, last, events) < 0)
             goto fail;
     }
     Py_DECREF(o);
@@ -1938,22 +1949,11 @@ cp_amend(CorePath *self, PyObject *cmd)
             SLOT(o, order_off[O_CUM]), SLOT(o, order_off[O_LEAVES]), Py_None, zero, zero,
             Py_None, now)) < 0)
         goto fail;
-    if (!keeps) {
-        if (execute(self, o, book, instr, rules, acct, events, buy, nprice, new_leaves) < 0)
-            goto fail;
-        long long leaves;
-        if (rd64(SLOT(o, order_off[O_LEAVES]), &leaves) < 0) {
-            PyErr_SetString(PyExc_TypeError, "CorePath: leaves is not an int");
-            goto fail;
-        }
-        if (leaves && SLOT(o, order_off[O_STATUS]) != K[S_ST_CANCELED]) {
-            PyObject *lq;
-            if (book_rest(book, o, side, price_o, nprice, leaves, okey, &lq) < 0 ||
-                list_append_new(changes, change(side, price_o, lq)) < 0)
-                goto fail;
-        }
-    }
-    if (emit_book_update(self->ex, book, NULL, events) < 0)
+    PyObject *last = NULL;
+    if ((!keeps &&
+         (execute(self, o, book, instr, rules, acct, events, buy, nprice, new_leaves) < 0 ||
+          rest_left(self, o, book, acct, side, price_o, nprice, okey, 0, events, &last) < 0))
+        || emit_book_update(self->ex, book, last, events) < 0)
         goto fail;
     Py_DECREF(o);
     Py_DECREF(level);
