@@ -7,6 +7,8 @@ reference price), so a test reads like the trade: ``m.firm("A", cash=...)``,
 """
 from __future__ import annotations
 
+from hypothesis import HealthCheck, settings
+
 from exchange.core.commands import (
     AddInstrument, CancelOrder, DepositCash, IssueUnits, PlaceOrder, RegisterFirm,
     RegisterSupplyChain,
@@ -18,6 +20,13 @@ from exchange.engine import Sequencer, build_exchange
 CEA = "CEA-2026"
 REF = 8_500  # 85.00 CNY, the reference price of CEA in the test market
 BAND_LO, BAND_HI = 7_650, 9_350  # +-10 %
+
+
+def streams_settings(examples: int):
+    """hypothesis settings for long command streams: no deadline, no too-slow or
+    too-much-data health checks (a stream is long on purpose)."""
+    return settings(max_examples=examples, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
 class Market:

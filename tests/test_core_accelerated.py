@@ -27,7 +27,7 @@ import random
 from contextlib import contextmanager
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from exchange.core import book as book_mod
@@ -40,6 +40,7 @@ from exchange.core.commands import (
 from exchange.core.events import ExecutionReport
 from exchange.core.exchange import AddSegment, SequenceError
 from exchange.engine import Sequencer, build_exchange
+from helpers import streams_settings
 
 try:
     importlib.import_module("exchange._hotpath")
@@ -615,8 +616,7 @@ def test_resting_orders_made_in_c_are_freed_with_their_exchange():
 # =========================================================================== random streams
 
 @needs_c
-@settings(max_examples=120, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@streams_settings(120)
 @given(ops=streams(op_s))
 def test_random_streams_agree_command_by_command(ops):
     duo = new_duo()
@@ -626,8 +626,7 @@ def test_random_streams_agree_command_by_command(ops):
 
 
 @needs_c
-@settings(max_examples=40, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@streams_settings(40)
 @given(ops=streams(op_s, 6))
 def test_random_streams_agree_without_book_updates(ops):
     duo = new_duo(emit_book_updates=False)
@@ -650,8 +649,7 @@ dense_op = st.one_of(dense_place, dense_place, dense_place, cancel_op, amend_op)
 
 
 @needs_c
-@settings(max_examples=80, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@streams_settings(80)
 @given(ops=streams(dense_op))
 def test_dense_books_sweeps_and_self_trades_agree(ops):
     duo = new_duo()
@@ -660,8 +658,7 @@ def test_dense_books_sweeps_and_self_trades_agree(ops):
 
 
 @needs_c
-@settings(max_examples=30, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@streams_settings(30)
 @given(ops=streams(op_s, 6), split=st.floats(0, 1))
 def test_restore_mid_stream_then_continue_agrees(ops, split):
     """load_state replaces every account, book and order object: the accelerated path must
@@ -897,8 +894,7 @@ def run_big(duo: Duo, ops) -> None:
 
 
 @needs_c
-@settings(max_examples=60, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@streams_settings(60)
 @given(ops=streams(big_op, 6, 15))
 def test_prices_quantities_and_cash_beyond_64_bits_agree(ops):
     duo = Duo()

@@ -18,13 +18,14 @@ import json
 import types
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import given, strategies as st
 
 import exchange.server.gateway as gateway_mod
 import exchange.server.memory as memory_mod
 from exchange.server.bench import _mix_frames, _mix_market, _settings
 from exchange.server.gateway import Gateway, Session
 from exchange.server.memory import MemoryRunner
+from helpers import streams_settings
 
 HAVE_GATE = gateway_mod._gate is not gateway_mod._gate_off
 needs_gate = pytest.mark.skipif(not HAVE_GATE, reason="exchange._hotpath is not built")
@@ -232,8 +233,7 @@ def ticks(draw):
 # ----------------------------------------------------------------------------- the tests
 
 @needs_gate
-@settings(max_examples=80, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@streams_settings(80)
 @given(frames=ticks())
 def test_the_gate_answers_as_the_python_path_does(frames):
     c, py = _both(frames)
@@ -241,8 +241,7 @@ def test_the_gate_answers_as_the_python_path_does(frames):
 
 
 @needs_gate
-@settings(max_examples=30, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@streams_settings(30)
 @given(frames=ticks())
 def test_the_gate_answers_as_the_python_path_does_under_admission_control(frames):
     c, py = _both(frames, max_in_flight=2)  # the third order of a tick is OVERLOADED
