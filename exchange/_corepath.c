@@ -36,6 +36,8 @@
 #include <Python.h>
 #include <structmember.h>
 
+#include "_jsonw.h" /* is_str */
+
 /* ------------------------------------------------------------------ classes and slots */
 
 typedef struct {
@@ -296,16 +298,6 @@ slot_sub(PyObject *o, Py_ssize_t off, PyObject *v)
         return -1;
     set_slot(o, off, r);
     return 0;
-}
-
-static inline int
-is_str(PyObject *v, PyObject *k)
-{
-    /* v == k for the str constant k (v may be an equal str that is not the same object) */
-    if (v == k)
-        return 1;
-    return PyUnicode_CheckExact(v) && PyUnicode_GET_LENGTH(v) == PyUnicode_GET_LENGTH(k) &&
-           PyUnicode_Compare(v, k) == 0;
 }
 
 static inline int

@@ -145,13 +145,6 @@ gate_setup(PyObject *self, PyObject *cfg)
 /* ------------------------------------------------------------------ small helpers */
 
 static inline int
-str_is(PyObject *v, PyObject *s)
-{
-    /* v is the exact str s (== for an exact str, as Python compares them) */
-    return v == s || (PyUnicode_CheckExact(v) && _PyUnicode_EQ(v, s));
-}
-
-static inline int
 short_str(PyObject *v)
 {
     /* type(v) is str and 0 < len(v) <= 64 */
@@ -227,7 +220,7 @@ place_cmd(PyObject *p, PyObject *firm)
      * with no error when not taken */
     PyObject *ins = dget(p, I_INSTRUMENT), *side = dget(p, I_SIDE), *qty = dget(p, I_QTY);
     if (ins == NULL || side == NULL || qty == NULL || !short_str(ins) ||
-        !PyLong_CheckExact(qty) || !(str_is(side, I[I_BUY]) || str_is(side, I[I_SELL])))
+        !PyLong_CheckExact(qty) || !(is_str(side, I[I_BUY]) || is_str(side, I[I_SELL])))
         return NULL;
     Py_ssize_t n = 3;
     PyObject *seg = dget(p, I_SEGMENT), *ot = dget(p, I_ORDER_TYPE), *tif = dget(p, I_TIF),
@@ -240,14 +233,14 @@ place_cmd(PyObject *p, PyObject *firm)
         return NULL;
     if (ot == NULL)
         ot = I[I_LIMIT];
-    else if (str_is(ot, I[I_LIMIT]) || str_is(ot, I[I_MARKET]))
+    else if (is_str(ot, I[I_LIMIT]) || is_str(ot, I[I_MARKET]))
         n++;
     else
         return NULL;
     if (tif == NULL)
         tif = I[I_GTC];
-    else if (str_is(tif, I[I_GTC]) || str_is(tif, I[I_DAY]) || str_is(tif, I[I_IOC]) ||
-             str_is(tif, I[I_FOK]))
+    else if (is_str(tif, I[I_GTC]) || is_str(tif, I[I_DAY]) || is_str(tif, I[I_IOC]) ||
+             is_str(tif, I[I_FOK]))
         n++;
     else
         return NULL;
@@ -344,9 +337,9 @@ place_ok(PyObject *session, PyObject *cmd, long long req_id, PyObject *events)
         return NULL;
     PyObject *first = PyList_GET_ITEM(events, 0);
     if (Py_TYPE(first) != er_t || SL(first, er_off[R_ACCOUNT]) == NULL ||
-        !str_is(SL(first, er_off[R_ACCOUNT]), SL(cmd, place_off[PL_ACCOUNT])) ||
+        !is_str(SL(first, er_off[R_ACCOUNT]), SL(cmd, place_off[PL_ACCOUNT])) ||
         SL(first, er_off[R_EXEC_TYPE]) == NULL ||
-        str_is(SL(first, er_off[R_EXEC_TYPE]), exec_rejected))
+        is_str(SL(first, er_off[R_EXEC_TYPE]), exec_rejected))
         return NULL;
     PyObject *oid_o = SL(first, er_off[R_OID]);
     long long oid, cum, leaves, seq;
@@ -412,7 +405,7 @@ report_ok(long long req_id, PyObject *events, PyObject *account)
         long long oid;
         if (acct == NULL || oid_o == NULL || !exact_int(oid_o, &oid))
             return NULL;
-        if (str_is(acct, account) && (last == NULL || oid == last_oid)) {
+        if (is_str(acct, account) && (last == NULL || oid == last_oid)) {
             last = ev;
             last_oid = oid;
         }
@@ -480,16 +473,16 @@ admitted(PyObject *gw, PyObject *runner, PyObject *session)
 }
 
 static int
-seen_coid(PyObject *gw, PyObject *firm, PyObject *coid)
+seen_coid(PyObject *gw, PyObject *firm, PyObject *coid, PyObject *key)
 {
-    /* Gateway.place's idempotency lookups: 1 when the (firm, coid) was seen (done, in
-     * flight, or a live order of the firm), or when it cannot tell; 0 when new */
-    PyObject *idem = attr(gw, I_IDEM), *ex = attr(gw, I_EX), *key = PyTuple_Pack(2, firm, coid);
+    /* Gateway.place's idempotency lookups of key, (firm, coid): 1 when it was seen (done, in
+     * flight, or coid is a live order of the firm), or when it cannot tell; 0 when new */
+    PyObject *idem = attr(gw, I_IDEM), *ex = attr(gw, I_EX);
     PyObject *done = idem ? attr(idem, I_DONE) : NULL, *inflight = idem ? attr(idem, I_INFLIGHT)
                                                                       : NULL;
     PyObject *accounts = ex ? attr(ex, I_ACCOUNTS) : NULL;
     int seen = 1;
-    if (key && done && inflight && accounts && PyDict_CheckExact(done) &&
+    if (done && inflight && accounts && PyDict_CheckExact(done) &&
         PyDict_CheckExact(inflight) && PyDict_CheckExact(accounts) &&
         PyDict_GetItemWithError(done, key) == NULL && !PyErr_Occurred() &&
         PyDict_GetItemWithError(inflight, key) == NULL && !PyErr_Occurred()) {
@@ -505,7 +498,6 @@ seen_coid(PyObject *gw, PyObject *firm, PyObject *coid)
         PyErr_Clear();
     Py_XDECREF(idem);
     Py_XDECREF(ex);
-    Py_XDECREF(key);
     Py_XDECREF(done);
     Py_XDECREF(inflight);
     Py_XDECREF(accounts);
@@ -598,8 +590,8 @@ gate(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (rid == NULL || method == NULL || params == NULL || !exact_int(rid, &req_id) ||
         !PyDict_CheckExact(params))
         Py_RETURN_FALSE;
-    int which = str_is(method, I[I_PLACE]) ? I_PLACE : str_is(method, I[I_CANCEL]) ? I_CANCEL
-                : str_is(method, I[I_AMEND]) ? I_AMEND : -1;
+    int which = is_str(method, I[I_PLACE]) ? I_PLACE : is_str(method, I[I_CANCEL]) ? I_CANCEL
+                : is_str(method, I[I_AMEND]) ? I_AMEND : -1;
     if (which < 0)
         Py_RETURN_FALSE;
     /* the session: authenticated as a firm, not closed, a token left */
@@ -607,7 +599,7 @@ gate(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
              *role = SL(s, sess_off[S_ROLE]), *tokens = SL(s, sess_off[S_TOKENS]),
              *gw = SL(s, sess_off[S_GW]);
     if (firm == NULL || !PyUnicode_CheckExact(firm) || cred == NULL || cred == Py_None ||
-        role == NULL || !str_is(role, role_firm) || SL(s, sess_off[S_CLOSED]) != Py_False ||
+        role == NULL || !is_str(role, role_firm) || SL(s, sess_off[S_CLOSED]) != Py_False ||
         tokens == NULL || !PyFloat_CheckExact(tokens) || PyFloat_AS_DOUBLE(tokens) < 1.0 ||
         gw == NULL)
         Py_RETURN_FALSE;
@@ -625,13 +617,12 @@ gate(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                (accepting = attr(gw, I_ACCEPTING)) == Py_True &&
                (metrics = attr(gw, I_METRICS)) != NULL &&
                (which == I_CANCEL || admitted(gw, runner, s)) &&
-               (coid == Py_None || !seen_coid(gw, firm, coid));
+               (coid == Py_None ||
+                ((key = PyTuple_Pack(2, firm, coid)) != NULL && !seen_coid(gw, firm, coid, key)));
     /* the token read again: the checks above ran properties (journal_lag) */
     tokens = SL(s, sess_off[S_TOKENS]);
     take = take && tokens != NULL && PyFloat_CheckExact(tokens) &&
            PyFloat_AS_DOUBLE(tokens) >= 1.0;
-    if (take && coid != Py_None && (key = PyTuple_Pack(2, firm, coid)) == NULL)
-        take = 0;
     Py_XDECREF(accepting);
     if (!take) {
         Py_DECREF(cmd);

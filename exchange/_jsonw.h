@@ -1,8 +1,9 @@
 /* exchange/_jsonw.h: writing the plain JSON values the extension writes itself (ints, ASCII
  * strings that need no escape, null/true/false, prices in fen as "12.05"), each exactly as
- * orjson writes it, and reading slots by offset. Shared by _hotpath.c (the journal record,
- * the snapshot's orders, the executions push) and _gatepath.c (the order requests'
- * replies). Everything else is left to orjson by the callers' fallbacks. */
+ * orjson writes it, reading slots by offset, and comparing with a str constant. Shared by
+ * _hotpath.c (the journal record, the snapshot's orders, the executions push), _corepath.c
+ * and _gatepath.c (the order requests' replies). Everything else is left to orjson by the
+ * callers' fallbacks. */
 #ifndef EXCHANGE_JSONW_H
 #define EXCHANGE_JSONW_H
 
@@ -21,6 +22,16 @@ slot_offset(PyTypeObject *cls, PyObject *name)
     if (m->type != T_OBJECT_EX || (m->flags & READONLY))
         return 0;
     return m->offset;
+}
+
+static inline int
+is_str(PyObject *v, PyObject *k)
+{
+    /* v == k for the str constant k (v may be an equal str that is not the same object) */
+    if (v == k)
+        return 1;
+    return PyUnicode_CheckExact(v) && PyUnicode_GET_LENGTH(v) == PyUnicode_GET_LENGTH(k) &&
+           PyUnicode_Compare(v, k) == 0;
 }
 
 static inline int

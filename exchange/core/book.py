@@ -267,9 +267,7 @@ class OrderBook:
             k = price
         level = side_map.get(k)
         if level is None:
-            level = Level()  # new_level(), inlined
-            level.qty = 0
-            level.head = level.tail = None
+            level = new_level()
             sl = side_map._list  # open_level(side_map, k, level), inlined
             keys = sl._lists
             if len(keys) == 1 and not sl._index and len(keys[0]) < sl._load << 1:

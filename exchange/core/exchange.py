@@ -35,7 +35,7 @@ from .accounts import (
     BANK, CASH, EXCHANGE_ACCOUNT, ISSUER, LOT_PURCHASE, LOT_SUB_QUOTA, LOT_TRANSFER, RETIRED,
     SYSTEM_ACCOUNTS, Account, Holding, post_cash, put_units, take_units,
 )
-from .book import (BUY, SELL, STP_POLICIES, Level, Order, OrderBook, _dict_setitem, append,
+from .book import (BUY, SELL, STP_POLICIES, Order, OrderBook, _dict_setitem, append, new_level,
                    unlink)
 from .commands import (
     DAY, FOK, GTC, IOC, LIMIT, MARKET, AddInstrument, AmendOrder, CancelAll, CancelOrder,
@@ -567,9 +567,7 @@ class Exchange:
                 k = price
             level = side_map.get(k)
             if level is None:
-                level = Level()  # book.new_level(), inlined
-                level.qty = 0
-                level.head = level.tail = None
+                level = new_level()
                 sl = side_map._list  # book.open_level(side_map, k, level), inlined
                 keys = sl._lists
                 if len(keys) == 1 and not sl._index and len(keys[0]) < sl._load << 1:
