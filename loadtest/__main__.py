@@ -64,8 +64,14 @@ def main(argv: list[str] | None = None) -> int:
                                      "included; JSON + markdown report + plot")
     _common(p)
     p.add_argument("--rates", default=None,
-                   help="comma-separated offered rates (default 1000,2000,5000,...)")
-    p.add_argument("--echo-rates", default=None, help="rates for the echo baseline")
+                   help="comma-separated offered rates (default 1000,5000,10000,...,50000)")
+    p.add_argument("--echo-rates", default=None,
+                   help="rates for the echo baseline (default 10000,30000,...,120000)")
+    p.add_argument("--climb", type=float, default=1.2,
+                   help="after the listed rates, while the last step was sustained, offer "
+                        "this many times more per step until two steps miss (0: no climb)")
+    p.add_argument("--max-rate", type=float, default=1_000_000,
+                   help="the climb's highest offered rate")
     p.add_argument("--duration", type=float, default=10.0, help="seconds per step")
     p.add_argument("--report", default=None, help="markdown report (default: JSON path .md)")
     p.add_argument("--plot", default=None, help="PNG plot (default: JSON path .png)")

@@ -9,14 +9,19 @@ import time
 from .ws_run import ladder_run, log, one_line, run_step, sustained, write_json
 from .ws_target import Target
 
-DEFAULT_RATES = [500, 1000, 2000, 3000, 4000, 5000, 6000, 8000, 10000, 12000, 15000, 20000]
-DEFAULT_ECHO_RATES = [2000, 5000, 10000, 15000, 20000, 25000, 30000, 40000, 50000, 60000]
+# the first rungs; a sweep climbs on from the last (``--climb``) until the target saturates
+DEFAULT_RATES = [1000, 5000, 10000, 20000, 30000, 40000, 50000]
+DEFAULT_ECHO_RATES = [10000, 30000, 60000, 90000, 120000]
 
 
 def _env() -> dict:
     return {"python": sys.version.split()[0], "platform": platform.platform(),
             "cpus": os.cpu_count(), "loadavg_before": os.getloadavg(),
             "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def _ladder_kw(a) -> dict:
+    return {"climb": a.climb, "max_rate": a.max_rate}
 
 
 def _step_kw(a) -> dict:
@@ -53,17 +58,19 @@ def cmd_sweep(a) -> int:
     env = _env()
     kw = _step_kw(a)
     out = {"command": "python -m loadtest " + " ".join(sys.argv[1:]), "environment": env,
-           "duration_seconds": a.duration, "firms": a.firms, "generator_procs": a.procs}
+           "duration_seconds": a.duration, "firms": a.firms, "generator_procs": a.procs,
+           "climb": a.climb}
     echo_steps: list[dict] = []
     if not a.skip_echo:
         with Target("echo") as t:
             keys = t.provision(a.firms)
             echo_steps = ladder_run(t, keys, _rates(a.echo_rates, DEFAULT_ECHO_RATES),
-                                    a.duration, **kw)
+                                    a.duration, **_ladder_kw(a), **kw)
     with Target("exchange", url=a.url, config=a.config, operator_key=a.operator_key,
                 keep_dir=a.keep) as t:
         keys = t.provision(a.firms)
-        steps = ladder_run(t, keys, _rates(a.rates, DEFAULT_RATES), a.duration, **kw)
+        steps = ladder_run(t, keys, _rates(a.rates, DEFAULT_RATES), a.duration,
+                           **_ladder_kw(a), **kw)
     out["steps"] = steps
     out["echo_steps"] = echo_steps
     # served, not achieved: past saturation the exchange answers some requests at once with

@@ -272,12 +272,18 @@ def wait_idle(pid: int | None, below: float = 0.15, window: float = 0.5,
 
 
 def ladder_run(target: Target, keys: list[str], rates: list[float], duration: float,
-               stop_after: int = 2, **kw) -> list[dict]:
-    """Run the rates in order; stop after ``stop_after`` consecutive unsustained steps.
-    Before each step, wait until the server is idle (an overloaded step leaves a backlog)."""
+               stop_after: int = 2, climb: float = 0.0, max_rate: float = 1e6,
+               **kw) -> list[dict]:
+    """Run the rates in order; stop after ``stop_after`` consecutive unsustained steps. With
+    ``climb`` > 1, a ladder whose last step was still sustained goes on, each step ``climb``
+    times the one before (up to ``max_rate``), until that happens: the top of a fixed ladder
+    is not the saturation of a server that carried it. Before each step, wait until the
+    server is idle (an overloaded step leaves a backlog)."""
     steps = []
     misses = 0
-    for r in rates:
+    todo = list(rates)
+    while todo:
+        r = todo.pop(0)
         waited = wait_idle(target.pid)
         if waited > 1:
             log(f"[{target.kind}] waited {waited}s for the server to go idle")
@@ -289,6 +295,8 @@ def ladder_run(target: Target, keys: list[str], rates: list[float], duration: fl
         misses = 0 if s["sustained"] else misses + 1
         if misses >= stop_after:
             break
+        if not todo and climb > 1 and r * climb <= max_rate:
+            todo.append(float(round(r * climb)))  # on until stop_after misses
     return steps
 
 

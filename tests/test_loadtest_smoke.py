@@ -71,15 +71,20 @@ def test_run_against_served_exchange(tmp_path):
 @pytest.mark.slow
 def test_sweep_writes_report_and_plot(tmp_path):
     out = tmp_path / "sweep.json"
-    _run(["sweep", "--rates", "200", "--echo-rates", "200", "--duration", "2", "--firms", "3",
-          "--drain", "10", "--json", str(out)])
+    # one listed rate, then the climb (x1.5) while sustained, up to --max-rate
+    _run(["sweep", "--rates", "200", "--echo-rates", "200", "--climb", "1.5", "--max-rate", "300",
+          "--duration", "2", "--firms", "3", "--drain", "10", "--json", str(out)])
     r = json.loads(out.read_text())
     for k in ("saturation_rate", "echo_ceiling_rate", "ratio_to_echo", "steps", "echo_steps"):
         assert k in r, k
-    assert len(r["steps"]) == 1 and len(r["echo_steps"]) == 1
-    _check_step(r["steps"][0], exchange=True)
+    assert [s["offered_rate"] for s in r["steps"]] == [200, 300]
+    assert [s["offered_rate"] for s in r["echo_steps"]] == [200, 300]
+    for s in r["steps"]:
+        _check_step(s, exchange=True)
+    for s in r["echo_steps"]:
+        _check_step(s, exchange=False)
+    assert r["saturation_rate"] == max(s["served_rate"] for s in r["steps"])
     assert 0 <= r["ratio_to_echo"]
-    _check_step(r["echo_steps"][0], exchange=False)
     md = Path(r["report"]).read_text()
     assert "| offered /s |" in md and "Echo baseline" in md
     png = Path(r["plot"]).read_bytes()
