@@ -35,9 +35,9 @@ from ..core.events import (
 )
 from .credentials import ROLE_FIRM, ApiKeyRevoked
 from .protocol import (
-    DEFERRED, ER_BODY, ER_PUSH, JSON_STR, METHODS, OVERLOADED, PX_JSON, AmendOrderParams, AuthParams,
+    DEFERRED, ER_BODY, JSON_STR, METHODS, OVERLOADED, PX_JSON, AmendOrderParams, AuthParams,
     CancelAllParams, CancelOrderParams, ChannelParams, EmptyParams, PlaceOrderParams,
-    ProtocolError, er_head, er_push_c, er_tail_args, fmt_px, validate_amend_order, validate_cancel_order, validate_place_order,
+    ProtocolError, er_head, er_push, er_tail_args, fmt_px, validate_amend_order, validate_cancel_order, validate_place_order,
     validation_message, wire_balances, wire_depth, wire_order, wire_ticker, wire_trade,
     ws_method,
 )
@@ -704,112 +704,129 @@ class Gateway:
 
     # ---------------------------------------------------------------- fan-out
     def on_commit(self, cmd, events) -> None:
-        """Runner listener: after durability, in seq order."""
-        m = self.metrics
-        m.commands += 1
-        exec_subs = self.exec_subs
-        bal_subs = self.bal_subs
-        dirty_bal = self._dirty_bal
-        heads = self._er_heads
-        book_subs = self.book_subs
-        ticker_subs = self.ticker_subs
+        """Runner listener: after durability, in seq order. The reference of ``_fanout``
+        (exchange/_gatepath.c), which the runner calls instead where the extension is built:
+        it does the usual reports and events itself and calls ``_on_report``/``_on_event``
+        for the rest."""
+        self.metrics.commands += 1
         for ev in events:
-            t = type(ev)
-            if t is ExecutionReport:
-                acct = ev.account
-                if ev.exec_type == EXEC_REJECTED:
-                    r = ev.reason or "?"
-                    m.rejects[r] = m.rejects.get(r, 0) + 1
-                    m.orders_rejected += 1
-                elif acct in bal_subs:
-                    dirty_bal.add(acct)
-                subs = exec_subs.get(acct)
-                if subs:
-                    # the order's fixed fields, formatted once while it works
-                    oid = ev.order_id
-                    if ev.leaves_qty:
-                        head = heads.get(oid)
-                        if head is None:
-                            if len(heads) >= ER_HEADS_MAX:
-                                heads.clear()
-                            head = heads[oid] = er_head(ev)
-                    else:  # its last report (or a reject, order id 0)
-                        head = heads.pop(oid, None) or er_head(ev)
-                    if len(subs) == 1:  # (usual) one format for the whole push
-                        for s in subs:
-                            ss = s.subs
-                            seq = ss.get("executions")
-                            if seq is not None:
-                                seq += 1
-                                ss["executions"] = seq
-                                data = er_push_c(seq, head, ev)
-                                if data is None:  # not plain values: the reference format
-                                    data = ER_PUSH % ((seq,) + er_tail_args(ev, head))
-                                s.send(data)
-                    else:
-                        data = ER_BODY % er_tail_args(ev, head)
-                        for s in tuple(subs):  # (a send may close a session: copy)
-                            ss = s.subs
-                            seq = ss.get("executions")
-                            if seq is not None:
-                                seq += 1
-                                ss["executions"] = seq
-                                s.send(_EXEC_PUSH % (seq, data))
-            elif t is BookUpdate:
-                if not book_subs and not ticker_subs:
-                    continue
-                key = (ev.instrument, ev.segment)
-                subs = book_subs.get(key)
-                if subs:
-                    ch = f"book:{ev.instrument}:{ev.segment}"
-                    bs = ev.book_seq
-                    msg = _dumps({"channel": ch, "seq": bs, "data": {
-                        "instrument": ev.instrument, "segment": ev.segment, "book_seq": bs,
-                        "changes": [[c[0], fmt_px(c[1]), c[2]] for c in ev.changes]}})
-                    if self._book_interval > 0:  # held back, sent to all in one go
-                        pend = self._book_pending.get(key)
-                        if pend is None:
-                            pend = self._book_pending[key] = (ch, [])
-                        pend[1].append((bs, msg))
-                        if not self._book_timer:
-                            self._book_timer = True
-                            asyncio.get_running_loop().call_later(self._book_interval,
-                                                                  self._push_books)
-                    else:
-                        for s in tuple(subs):
-                            if s.subs.get(ch, bs) < bs:
-                                s.subs[ch] = bs
-                                s.send(msg)
-                if ev.segment == "main" and ev.instrument in ticker_subs:
-                    self._dirty_tick.add(ev.instrument)
-            elif t is Trade:
-                m.trades += 1
-                subs = self.trade_subs.get(ev.instrument)
-                if subs:
-                    data = _dumps(wire_trade(ev))
+            if type(ev) is ExecutionReport:
+                self._on_report(ev)
+            else:
+                self._on_event(ev)
+        self._after_commit(cmd)
+
+    def _on_report(self, ev) -> None:
+        """One durable execution report: reject counts, balances to push, the executions
+        push to the account's subscribers."""
+        acct = ev.account
+        if ev.exec_type == EXEC_REJECTED:
+            m = self.metrics
+            r = ev.reason or "?"
+            m.rejects[r] = m.rejects.get(r, 0) + 1
+            m.orders_rejected += 1
+        elif acct in self.bal_subs:
+            self._dirty_bal.add(acct)
+        subs = self.exec_subs.get(acct)
+        if subs:
+            # the order's fixed fields, formatted once while it works
+            heads = self._er_heads
+            oid = ev.order_id
+            if ev.leaves_qty:
+                head = heads.get(oid)
+                if head is None:
+                    if len(heads) >= ER_HEADS_MAX:
+                        heads.clear()
+                    head = heads[oid] = er_head(ev)
+            else:  # its last report (or a reject, order id 0)
+                head = heads.pop(oid, None) or er_head(ev)
+            if len(subs) == 1:  # (usual) one format for the whole push
+                for s in subs:
+                    ss = s.subs
+                    seq = ss.get("executions")
+                    if seq is not None:
+                        seq += 1
+                        ss["executions"] = seq
+                        s.send(er_push(seq, head, ev))
+            else:
+                data = ER_BODY % er_tail_args(ev, head)
+                for s in tuple(subs):  # (a send may close a session: copy)
+                    ss = s.subs
+                    seq = ss.get("executions")
+                    if seq is not None:
+                        seq += 1
+                        ss["executions"] = seq
+                        s.send(_EXEC_PUSH % (seq, data))
+
+    def _on_event(self, ev) -> None:
+        """One durable event other than an execution report."""
+        t = type(ev)
+        bal_subs = self.bal_subs
+        if t is BookUpdate:
+            book_subs = self.book_subs
+            ticker_subs = self.ticker_subs
+            if not book_subs and not ticker_subs:
+                return
+            key = (ev.instrument, ev.segment)
+            subs = book_subs.get(key)
+            if subs:
+                ch = f"book:{ev.instrument}:{ev.segment}"
+                bs = ev.book_seq
+                msg = _dumps({"channel": ch, "seq": bs, "data": {
+                    "instrument": ev.instrument, "segment": ev.segment, "book_seq": bs,
+                    "changes": [[c[0], fmt_px(c[1]), c[2]] for c in ev.changes]}})
+                if self._book_interval > 0:  # held back, sent to all in one go
+                    pend = self._book_pending.get(key)
+                    if pend is None:
+                        pend = self._book_pending[key] = (ch, [])
+                    pend[1].append((bs, msg))
+                    if not self._book_timer:
+                        self._book_timer = True
+                        asyncio.get_running_loop().call_later(self._book_interval,
+                                                              self._push_books)
+                else:
                     for s in tuple(subs):
-                        s.push(f"trades:{ev.instrument}", data)
-                if ev.instrument in self.ticker_subs:
-                    self._dirty_tick.add(ev.instrument)
-                for who, _amt in ev.proceeds_split:
-                    if who in bal_subs:
-                        dirty_bal.add(who)
-            elif t is Posting:
-                if bal_subs:
-                    if ev.debit in bal_subs:
-                        dirty_bal.add(ev.debit)
-                    if ev.credit in bal_subs:
-                        dirty_bal.add(ev.credit)
-            elif t is CommandRejected:
-                m.rejects[ev.code] = m.rejects.get(ev.code, 0) + 1
-            elif t is ApiKeyRevoked:
-                for s in [s for s in self.sessions if s.key_id == ev.key_id]:
-                    s.kill(CLOSE_REVOKED, "KEY_REVOKED: the API key was revoked")
-            elif t is MarketState or t is DayEnded:
-                self._dirty_tick.update(self.ticker_subs)
+                        if s.subs.get(ch, bs) < bs:
+                            s.subs[ch] = bs
+                            s.send(msg)
+            if ev.segment == "main" and ev.instrument in ticker_subs:
+                self._dirty_tick.add(ev.instrument)
+        elif t is Trade:
+            self.metrics.trades += 1
+            subs = self.trade_subs.get(ev.instrument)
+            if subs:
+                data = _dumps(wire_trade(ev))
+                for s in tuple(subs):
+                    s.push(f"trades:{ev.instrument}", data)
+            if ev.instrument in self.ticker_subs:
+                self._dirty_tick.add(ev.instrument)
+            for who, _amt in ev.proceeds_split:
+                if who in bal_subs:
+                    self._dirty_bal.add(who)
+        elif t is Posting:
+            if bal_subs:
+                if ev.debit in bal_subs:
+                    self._dirty_bal.add(ev.debit)
+                if ev.credit in bal_subs:
+                    self._dirty_bal.add(ev.credit)
+        elif t is CommandRejected:
+            m = self.metrics
+            m.rejects[ev.code] = m.rejects.get(ev.code, 0) + 1
+        elif t is ApiKeyRevoked:
+            for s in [s for s in self.sessions if s.key_id == ev.key_id]:
+                s.kill(CLOSE_REVOKED, "KEY_REVOKED: the API key was revoked")
+        elif t is MarketState or t is DayEnded:
+            self._dirty_tick.update(self.ticker_subs)
+
+    def _after_commit(self, cmd) -> None:
         if type(cmd) is PlaceOrder:
-            m.orders += 1
-        if (dirty_bal or self._dirty_tick) and not self._flush_scheduled:
+            self.metrics.orders += 1
+        if self._dirty_bal or self._dirty_tick:
+            self._dirty_soon()
+
+    def _dirty_soon(self) -> None:
+        """Balances or tickers changed: push them once this round of commits is done."""
+        if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush_dirty)
 
