@@ -32,9 +32,10 @@
 /* ------------------------------------------------------------------ configuration */
 
 enum { S_CRED, S_FIRM, S_ROLE, S_COD, S_OUT, S_CLOSED, S_TOKENS, S_PLACED, S_REQ_ID, S_GW,
-       S_N };
+       S_SUBS, S_FLUSHING, S_QMAX, S_N };
 static const char *const sess_names[S_N] = {"cred", "firm_id", "role", "cod", "out", "closed",
-                                            "tokens", "placed", "req_id", "gw"};
+                                            "tokens", "placed", "req_id", "gw", "subs",
+                                            "flushing", "qmax"};
 enum { PL_ACCOUNT, PL_INSTRUMENT, PL_SEGMENT, PL_SIDE, PL_QTY, PL_PRICE, PL_TYPE, PL_TIF,
        PL_POST_ONLY, PL_COID, PL_SEQ, PL_TS, PL_N };
 static const char *const place_names[PL_N] = {
@@ -719,11 +720,315 @@ done:
     return ret;
 }
 
+/* ------------------------------------------------------------------ the executions fan-out */
+
+/* fanout(gateway, cmd, events)
+ *     Gateway.on_commit(cmd, events) - the runner's listener, after durability - for the
+ *     usual events: an execution report of an account with at most one executions
+ *     subscriber (its push written by er_push), a book update or a trade nobody subscribed
+ *     to. Any other event goes to the Python method for it (Gateway._on_report /
+ *     _on_event), in its turn, so the order of the pushes is the reference's.
+ *
+ * fanout_setup(cfg: dict) names what it needs beyond gate_setup's (gateway.py, at import).
+ *
+ * Why: after the order requests moved to C (gate), this per-command loop was the gateway's
+ * largest piece of Python at saturation (ADR 0003, "The fan-out in C"). */
+
+enum { F_EXEC_SUBS, F_BAL_SUBS, F_DIRTY_BAL, F_ER_HEADS, F_BOOK_SUBS, F_TICKER_SUBS,
+       F_TRADE_SUBS, F_DIRTY_TICK, F_METRICS, F_COMMANDS, F_TRADES, F_ORDERS, F_ON_REPORT,
+       F_ON_EVENT, F_ON_COMMIT, F_DIRTY_SOON, F_QUEUED, F_SEND, F_EXECUTIONS,
+       F_PROCEEDS_SPLIT, F_N };
+static const char *const fnames[F_N] = {
+    "exec_subs", "bal_subs", "_dirty_bal", "_er_heads", "book_subs", "ticker_subs",
+    "trade_subs", "_dirty_tick", "metrics", "commands", "trades", "orders", "_on_report",
+    "_on_event", "on_commit", "_dirty_soon", "_queued", "send", "executions",
+    "proceeds_split"};
+static PyObject *F[F_N];
+static PyTypeObject *bu_t, *trade_t;
+static PyObject *er_head_fn, *er_push_fn; /* protocol.er_head, protocol.er_push */
+static PyObject *one;
+static Py_ssize_t heads_max;
+static int fan_ready;
+
+PyObject *hp_er_push(PyObject *seq, PyObject *head, PyObject *ev); /* _hotpath.c */
+
+static PyObject *
+fanout_setup(PyObject *self, PyObject *cfg)
+{
+    (void)self;
+    static const char *const keys[] = {"BookUpdate", "Trade", "er_head", "er_push",
+                                       "ER_HEADS_MAX"};
+    PyObject *v[5];
+    if (!ready) {
+        PyErr_SetString(PyExc_RuntimeError, "fanout_setup: gate_setup first");
+        return NULL;
+    }
+    if (!PyDict_Check(cfg)) {
+        PyErr_SetString(PyExc_TypeError, "fanout_setup(dict)");
+        return NULL;
+    }
+    for (int k = 0; k < 5; k++) {
+        v[k] = PyDict_GetItemString(cfg, keys[k]);
+        if (v[k] == NULL || (k < 2 && !PyType_Check(v[k])) || (k >= 2 && k < 4 &&
+                                                               !PyCallable_Check(v[k]))) {
+            PyErr_Format(PyExc_KeyError, "fanout_setup: %s", keys[k]);
+            return NULL;
+        }
+    }
+    Py_ssize_t hm = PyLong_AsSsize_t(v[4]);
+    if (hm == -1 && PyErr_Occurred())
+        return NULL;
+    if (one == NULL && (one = PyLong_FromLong(1)) == NULL)
+        return NULL;
+    for (int k = 0; k < F_N; k++)
+        if (F[k] == NULL && (F[k] = PyUnicode_InternFromString(fnames[k])) == NULL)
+            return NULL;
+    Py_XSETREF(bu_t, (PyTypeObject *)Py_NewRef(v[0]));
+    Py_XSETREF(trade_t, (PyTypeObject *)Py_NewRef(v[1]));
+    Py_XSETREF(er_head_fn, Py_NewRef(v[2]));
+    Py_XSETREF(er_push_fn, Py_NewRef(v[3]));
+    heads_max = hm;
+    fan_ready = 1;
+    Py_RETURN_NONE;
+}
+
+static int
+fbump(PyObject *o, int name)
+{
+    /* o.<name> += 1 */
+    PyObject *v = PyObject_GetAttr(o, F[name]);
+    if (v == NULL)
+        return -1;
+    PyObject *w = PyNumber_Add(v, one);
+    Py_DECREF(v);
+    if (w == NULL)
+        return -1;
+    int r = PyObject_SetAttr(o, F[name], w);
+    Py_DECREF(w);
+    return r;
+}
+
+static int
+fcall(PyObject *o, int name, PyObject *a)
+{
+    /* o.<name>(a) (or o.<name>() when a is NULL), the result dropped */
+    PyObject *r = a ? PyObject_CallMethodOneArg(o, F[name], a)
+                    : PyObject_CallMethodNoArgs(o, F[name]);
+    Py_XDECREF(r);
+    return r == NULL ? -1 : 0;
+}
+
+static int
+sess_send(PyObject *s, PyObject *data)
+{
+    /* Session.send(data): queued; Session._queued (the slow-consumer bound, a flush) only
+     * when it has something to do. s is a Session. */
+    PyObject *closed = SL(s, sess_off[S_CLOSED]), *out = SL(s, sess_off[S_OUT]);
+    if (closed == NULL || out == NULL || !PyBool_Check(closed) || !PyList_CheckExact(out))
+        return fcall(s, F_SEND, data);
+    if (closed == Py_True)
+        return 0;
+    if (PyList_Append(out, data) < 0)
+        return -1;
+    PyObject *flushing = SL(s, sess_off[S_FLUSHING]), *qmax = SL(s, sess_off[S_QMAX]);
+    long long qm;
+    if (flushing == Py_True && qmax != NULL && PyLong_CheckExact(qmax) &&
+        (qm = PyLong_AsLongLong(qmax)) != -1 && PyList_GET_SIZE(out) <= qm)
+        return 0;
+    if (PyErr_Occurred())
+        PyErr_Clear();
+    return fcall(s, F_QUEUED, NULL);
+}
+
+static PyObject *
+report_head(PyObject *ev, PyObject *heads, PyObject *oid, int leaves)
+{
+    /* _on_report's head: kept in heads while the order works, dropped with its last
+     * report; a new reference */
+    PyObject *head = PyDict_GetItemWithError(heads, oid);
+    if (head == NULL && PyErr_Occurred())
+        return NULL;
+    if (leaves) {
+        if (head != NULL)
+            return Py_NewRef(head);
+        if (PyDict_GET_SIZE(heads) >= heads_max)
+            PyDict_Clear(heads);
+        head = PyObject_CallOneArg(er_head_fn, ev);
+        if (head != NULL && PyDict_SetItem(heads, oid, head) < 0)
+            Py_CLEAR(head);
+        return head;
+    }
+    if (head != NULL) { /* heads.pop(oid, None) or er_head(ev) */
+        Py_INCREF(head);
+        if (PyDict_DelItem(heads, oid) < 0) {
+            Py_DECREF(head);
+            return NULL;
+        }
+        int t = PyObject_IsTrue(head);
+        if (t != 0) {
+            if (t < 0)
+                Py_CLEAR(head);
+            return head;
+        }
+        Py_DECREF(head);
+    }
+    return PyObject_CallOneArg(er_head_fn, ev);
+}
+
+static PyObject *
+only_member(PyObject *set)
+{
+    /* the member of a one-member set, borrowed (the set holds it) */
+#if PY_VERSION_HEX < 0x030d0000
+    Py_ssize_t pos = 0;
+    Py_hash_t h;
+    PyObject *m;
+    return _PySet_NextEntry(set, &pos, &m, &h) ? m : NULL;
+#else
+    PyObject *it = PyObject_GetIter(set), *m = it ? PyIter_Next(it) : NULL;
+    Py_XDECREF(it);
+    Py_XDECREF(m); /* still held by the set */
+    if (PyErr_Occurred())
+        PyErr_Clear();
+    return m;
+#endif
+}
+
+static int
+fan_report(PyObject *ev, PyObject *exec_subs, PyObject *bal_subs, PyObject *dirty_bal,
+           PyObject *heads)
+{
+    /* Gateway._on_report(ev) for a report that is not a reject, of an account with at most
+     * one executions subscriber: 1 done, 0 not taken (nothing changed), -1 an error */
+    PyObject *acct = SL(ev, er_off[R_ACCOUNT]), *et = SL(ev, er_off[R_EXEC_TYPE]),
+             *oid = SL(ev, er_off[R_OID]), *lv = SL(ev, er_off[R_LEAVES]);
+    if (acct == NULL || et == NULL || oid == NULL || lv == NULL ||
+        !PyUnicode_CheckExact(acct) || !PyUnicode_CheckExact(et) || is_str(et, exec_rejected) ||
+        !PyLong_CheckExact(lv))
+        return 0;
+    PyObject *subs = PyDict_GetItemWithError(exec_subs, acct), *s = NULL;
+    if (subs == NULL && PyErr_Occurred())
+        return -1;
+    if (subs != NULL) {
+        if (!PyAnySet_CheckExact(subs) || PySet_GET_SIZE(subs) > 1)
+            return 0;
+        if (PySet_GET_SIZE(subs) == 1) {
+            if ((s = only_member(subs)) == NULL || Py_TYPE(s) != sess_t)
+                return 0;
+            PyObject *ss = SL(s, sess_off[S_SUBS]);
+            if (ss == NULL || !PyDict_CheckExact(ss))
+                return 0;
+        }
+    }
+    /* taken: from here on as _on_report */
+    int bal = PyDict_Contains(bal_subs, acct);
+    if (bal < 0 || (bal && PySet_Add(dirty_bal, acct) < 0))
+        return -1;
+    if (s == NULL)
+        return 1;
+    Py_INCREF(s); /* a send may close the session */
+    int r = -1;
+    PyObject *head = report_head(ev, heads, oid, lv != Py_False && _PyLong_Sign(lv) != 0);
+    PyObject *nseq = NULL, *data = NULL;
+    if (head == NULL)
+        goto done;
+    PyObject *ss = SL(s, sess_off[S_SUBS]);
+    PyObject *seq = ss ? PyDict_GetItemWithError(ss, F[F_EXECUTIONS]) : NULL;
+    if (seq == NULL) {
+        r = PyErr_Occurred() ? -1 : 1;
+        goto done;
+    }
+    if ((nseq = PyNumber_Add(seq, one)) == NULL ||
+        PyDict_SetItem(ss, F[F_EXECUTIONS], nseq) < 0 ||
+        (data = hp_er_push(nseq, head, ev)) == NULL)
+        goto done;
+    if (data == Py_None) { /* not plain: the reference formats it */
+        Py_DECREF(data);
+        if ((data = PyObject_CallFunctionObjArgs(er_push_fn, nseq, head, ev, NULL)) == NULL)
+            goto done;
+    }
+    r = sess_send(s, data) < 0 ? -1 : 1;
+done:
+    Py_XDECREF(data);
+    Py_XDECREF(nseq);
+    Py_XDECREF(head);
+    Py_DECREF(s);
+    return r;
+}
+
+static PyObject *
+fanout(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "fanout(gateway, cmd, events)");
+        return NULL;
+    }
+    PyObject *gw = args[0], *cmd = args[1], *events = args[2];
+    if (!fan_ready || !PyList_CheckExact(events))
+        return PyObject_CallMethodObjArgs(gw, F[F_ON_COMMIT], cmd, events, NULL);
+    PyObject *a[F_METRICS + 1] = {NULL};
+    PyObject *ret = NULL;
+    for (int k = 0; k <= F_METRICS; k++)
+        if ((a[k] = PyObject_GetAttr(gw, F[k])) == NULL)
+            goto done;
+    if (!PyDict_CheckExact(a[F_EXEC_SUBS]) || !PyDict_CheckExact(a[F_BAL_SUBS]) ||
+        !PyAnySet_CheckExact(a[F_DIRTY_BAL]) || !PyDict_CheckExact(a[F_ER_HEADS]) ||
+        !PyAnySet_CheckExact(a[F_DIRTY_TICK])) {
+        ret = PyObject_CallMethodObjArgs(gw, F[F_ON_COMMIT], cmd, events, NULL);
+        goto done;
+    }
+    if (fbump(a[F_METRICS], F_COMMANDS) < 0)
+        goto done;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(events); i++) {
+        PyObject *ev = Py_NewRef(PyList_GET_ITEM(events, i));
+        PyTypeObject *t = Py_TYPE(ev);
+        int r = 0, quiet;
+        if (t == er_t) {
+            r = fan_report(ev, a[F_EXEC_SUBS], a[F_BAL_SUBS], a[F_DIRTY_BAL], a[F_ER_HEADS]);
+            if (r == 0)
+                r = fcall(gw, F_ON_REPORT, ev);
+        }
+        else if (t == bu_t && (quiet = !PyObject_IsTrue(a[F_BOOK_SUBS]) &&
+                                       !PyObject_IsTrue(a[F_TICKER_SUBS]))) {
+            r = PyErr_Occurred() ? -1 : 0; /* nobody to tell */
+        }
+        else if (t == trade_t && !PyObject_IsTrue(a[F_TRADE_SUBS]) &&
+                 !PyObject_IsTrue(a[F_TICKER_SUBS]) && !PyErr_Occurred()) {
+            PyObject *split = PyObject_GetAttr(ev, F[F_PROCEEDS_SPLIT]);
+            int plain = split != NULL && PyTuple_CheckExact(split) &&
+                        (PyTuple_GET_SIZE(split) == 0 || PyDict_GET_SIZE(a[F_BAL_SUBS]) == 0);
+            Py_XDECREF(split);
+            r = split == NULL ? -1
+                : plain       ? fbump(a[F_METRICS], F_TRADES)
+                              : fcall(gw, F_ON_EVENT, ev);
+        }
+        else
+            r = PyErr_Occurred() ? -1 : fcall(gw, F_ON_EVENT, ev);
+        Py_DECREF(ev);
+        if (r < 0)
+            goto done;
+    }
+    if (Py_TYPE(cmd) == place_t && fbump(a[F_METRICS], F_ORDERS) < 0)
+        goto done;
+    if ((PySet_GET_SIZE(a[F_DIRTY_BAL]) || PySet_GET_SIZE(a[F_DIRTY_TICK])) &&
+        fcall(gw, F_DIRTY_SOON, NULL) < 0)
+        goto done;
+    ret = Py_NewRef(Py_None);
+done:
+    for (int k = 0; k <= F_METRICS; k++)
+        Py_XDECREF(a[k]);
+    return ret;
+}
+
 static PyMethodDef gate_defs[] = {
     {"gate", (PyCFunction)(void (*)(void))gate, METH_FASTCALL,
      "gate(session, request) -> bool: a plain place/cancel/amend order request handled as "
      "Session.on_request would (False: not taken, nothing changed)."},
     {"gate_setup", gate_setup, METH_O, "gate_setup(cfg: dict): the classes and constants."},
+    {"fanout", (PyCFunction)(void (*)(void))fanout, METH_FASTCALL,
+     "fanout(gateway, cmd, events): Gateway.on_commit, the usual events in C."},
+    {"fanout_setup", fanout_setup, METH_O, "fanout_setup(cfg: dict): what fanout needs."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -736,6 +736,14 @@ static PyTypeObject SubmitterType = {
     .tp_members = sub_members,
 };
 
+PyObject *
+hp_er_push(PyObject *seq, PyObject *head, PyObject *ev)
+{
+    /* er_push for _gatepath.c's fan-out */
+    PyObject *args[3] = {seq, head, ev};
+    return er_push(NULL, args, 3);
+}
+
 static PyMethodDef methods[] = {
     {"append_line", (PyCFunction)(void (*)(void))append_line, METH_FASTCALL,
      "append_line(buf, cmd) -> bool: append cmd's payload line to buf, or return False "

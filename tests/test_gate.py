@@ -27,7 +27,7 @@ from exchange.server.gateway import Gateway, Session
 from exchange.server.memory import MemoryRunner
 from helpers import streams_settings
 
-HAVE_GATE = gateway_mod._gate is not gateway_mod._gate_off
+HAVE_GATE = gateway_mod._gate is not gateway_mod._gate_off and gateway_mod._fanout is not None
 needs_gate = pytest.mark.skipif(not HAVE_GATE, reason="exchange._hotpath is not built")
 
 
@@ -61,7 +61,13 @@ N_SESSIONS = 4
 
 
 async def _run(frames: list[list[tuple[int, bytes]]], use_gate: bool, max_in_flight: int,
-               fail_submit_at: int | None = None, slow_journal: bool = False) -> dict:
+               fail_submit_at: int | None = None, slow_journal: bool = False,
+               use_fanout: bool | None = None, rich_subs: bool = False) -> dict:
+    """The frames through a gateway: with the C gate or not, with the C fan-out or not
+    (default: as the gate). ``rich_subs``: session 1 subscribes to its firm's balances, the
+    book, trades and the ticker, and session 3 is authenticated as the second firm with an
+    executions subscription of its own (that firm has two subscribers): the cases the
+    fan-out hands to Python, and the balances it marks itself."""
     clock = itertools.count(1_800_000_000_000_000_000)
     seconds = itertools.count()
     memory_mod_time = memory_mod.time
@@ -71,12 +77,17 @@ async def _run(frames: list[list[tuple[int, bytes]]], use_gate: bool, max_in_fli
         time_ns=lambda: next(clock),
         monotonic=(lambda: float(next(seconds))) if slow_journal else (lambda: 0.0))
     gate_before = gateway_mod._gate
+    fanout_before = gateway_mod._fanout
     gateway_mod._gate = gate_before if use_gate else gateway_mod._gate_off
+    if not (use_gate if use_fanout is None else use_fanout):
+        gateway_mod._fanout = None
     try:
         cfg = _settings()
         ex, keys = _mix_market(cfg)
         gw = Gateway(ex, MemoryRunner(ex), cfg.server)
         gw._max_in_flight = max_in_flight
+        if rich_subs:  # book updates pushed at once, not on a wall-clock timer
+            gw._book_interval = 0.0
         if fail_submit_at is not None:  # the runner refuses from the n-th submit on
             real = gw.runner.submit_nowait
             calls = itertools.count()
@@ -92,10 +103,14 @@ async def _run(frames: list[list[tuple[int, bytes]]], use_gate: bool, max_in_fli
             s = Session(gw, _Sink())
             gw.attach(s)
             s.transport = _Recorder()
-            if i < 3:
+            if i < 3 or rich_subs:
                 gw.authenticate(s, keys[0 if i < 2 else 1], cod=(i == 1), batch=(i == 1))
                 if i != 1:
                     gw.subscribe(s, "executions")
+                elif rich_subs:
+                    for ch in ("balances", "book:CEA-2026:main", "trades:CEA-2026",
+                               "ticker:CEA-2026"):
+                        gw.subscribe(s, ch)
             sessions.append(s)
         for tick in frames:
             for i, data in tick:
@@ -115,6 +130,7 @@ async def _run(frames: list[list[tuple[int, bytes]]], use_gate: bool, max_in_fli
     finally:
         memory_mod.time = memory_mod_time
         gateway_mod._gate = gate_before
+        gateway_mod._fanout = fanout_before
 
 
 def _both(frames, max_in_flight=10 ** 6, fail_submit_at=None) -> tuple[dict, dict]:
@@ -361,3 +377,58 @@ def test_the_gate_declines_without_touching_anything():
     cfg = _settings()
     before = _mix_market(cfg)[0].last_seq
     asyncio.run(go())
+
+
+# ----------------------------------------------------------------------------- the fan-out
+
+def _fan_pair(frames, **kw) -> tuple[dict, dict]:
+    """The frames with the C fan-out and without it (the gate off in both: the requests take
+    the Python path, so the fan-out is all that differs)."""
+    got = [asyncio.run(_run(frames, False, 10 ** 6, use_fanout=f, **kw)) for f in (True, False)]
+    return got[0], got[1]
+
+
+@needs_gate
+@streams_settings(40)
+@given(frames=ticks())
+def test_the_fan_out_pushes_as_on_commit_does(frames):
+    """Gateway.on_commit against its C stand-in (_gatepath.c: fanout), with a second
+    executions subscriber of one firm and subscribers to balances, the book, trades and the
+    ticker (see _run's rich_subs)."""
+    _same(*_fan_pair(frames, rich_subs=True))
+
+
+@needs_gate
+@streams_settings(40)
+@given(frames=ticks())
+def test_gate_and_fan_out_together_answer_as_python_does(frames):
+    c, py = (asyncio.run(_run(frames, g, 10 ** 6, rich_subs=True)) for g in (True, False))
+    _same(c, py)
+
+
+@needs_gate
+def test_the_fan_out_takes_the_usual_reports_itself(monkeypatch):
+    """The load test's mix, one executions subscriber a firm: the C fan-out pushes every
+    report but rejects itself (Gateway._on_report is called only for those), every byte
+    as on_commit's; with a second subscriber of the firm, the firm's reports go to Python."""
+    mix = _mix_frames(2_000)
+    frames = [[(f % 3, data) for f, data in mix[k:k + 20]] for k in range(0, len(mix), 20)]
+    handed = []
+    real = Gateway._on_report
+
+    def counting(self, ev):
+        handed.append(ev.exec_type)
+        return real(self, ev)
+
+    monkeypatch.setattr(Gateway, "_on_report", counting)
+    c, py = _fan_pair(frames)
+    _same(c, py)
+    assert c["metrics"]["commands"] > 1_000 and c["metrics"]["trades"] > 50
+    handed.clear()
+    asyncio.run(_run(frames, False, 10 ** 6, use_fanout=True))
+    assert set(handed) <= {"rejected"}, set(handed)
+    handed.clear()
+    c2, py2 = _fan_pair(frames, rich_subs=True)
+    _same(c2, py2)
+    assert "new" in handed  # the firm with two subscribers went to Python
+    assert b'"channel":"balances"' in b"".join(c2["written"][1])

@@ -483,7 +483,8 @@ class Gateway:
         self._flush_out_scheduled = False
         self.failed: str | None = None  # set when the runner refused a command
         self.accepting = True
-        runner.add_listener(self.on_commit)
+        # the fan-out in C where the extension is built (on_commit is its reference)
+        runner.add_listener(self.on_commit if _fanout is None else partial(_fanout, self))
 
     @property
     def credentials(self):
@@ -1367,3 +1368,13 @@ else:
                  "CommandRejected": CommandRejected, "prices": _PRICES,
                  "ROLE_FIRM": ROLE_FIRM, "EXEC_REJECTED": EXEC_REJECTED,
                  "report_reply": _report_reply})
+
+# Gateway.on_commit's usual events in C (exchange/_gatepath.c: fanout): None where the
+# extension is not built. Read when a Gateway is made.
+try:
+    from .._hotpath import fanout as _fanout, fanout_setup as _fanout_setup
+except ImportError:  # pragma: no cover - an install without the extension
+    _fanout = None
+else:
+    _fanout_setup({"BookUpdate": BookUpdate, "Trade": Trade, "er_head": er_head,
+                   "er_push": er_push, "ER_HEADS_MAX": ER_HEADS_MAX})
