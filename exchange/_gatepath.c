@@ -9,9 +9,11 @@
  *     the command's journal batch is durable. Returns True when it did that, False - having
  *     changed nothing - for anything else: another method, a request or params that are not
  *     plainly well-formed (every error message is the Python path's), a session over its
- *     rate limit, a client order id seen before (the idempotency rules), admission control
- *     refusing the order, a runner not accepting. on_request then handles the request in
- *     Python, the reference, as if this had not been called.
+ *     rate limit, a client order id seen before (the idempotency rules), a runner not
+ *     accepting. on_request then handles the request in Python, the reference, as if this
+ *     had not been called. A well-formed order that admission control refuses is answered
+ *     here (Gateway.overloaded gives the error): past saturation a refusal that cost more
+ *     than an order would leave the server ever further behind.
  *
  *     After the command is submitted nothing falls back: a reply that is not plain (a string
  *     that needs escaping, a number beyond 64 bits, events of an unusual shape) is built by
@@ -69,7 +71,7 @@ enum { I_REQ_ID, I_METHOD, I_PARAMS, I_PLACE, I_CANCEL, I_AMEND, I_INSTRUMENT, I
        I_METRICS, I_EX, I_MAX_IN_FLIGHT, I_OVERLOAD_QUEUE, I_BATCH_FUTURE, I_BATCH,
        I_JOURNAL_LAG, I_SUBMIT_NOWAIT, I_DONE, I_INFLIGHT, I_ACCOUNTS, I_COIDS,
        I_MESSAGES_IN, I_SUBMIT_FAILED, I_ERROR, I_CODE, I_MESSAGE, I_PLACE_REPLY, I_ENQUEUE,
-       I_TYPE, I_JOURNAL_LAG_SECONDS, I_MAX_LAG_S, I_N };
+       I_TYPE, I_JOURNAL_LAG_SECONDS, I_MAX_LAG_S, I_OVERLOADED, I_N };
 static const char *const inames[I_N] = {
     "req_id", "method", "params", "place_order", "cancel_order", "amend_order", "instrument",
     "side", "qty", "segment", "price", "order_type", "tif", "post_only", "client_order_id",
@@ -77,7 +79,7 @@ static const char *const inames[I_N] = {
     "accepting", "runner", "idem", "metrics", "ex", "_max_in_flight", "_overload_queue",
     "_batch_future", "_batch", "journal_lag", "submit_nowait", "done", "inflight", "accounts",
     "coids", "messages_in", "submit_failed", "error", "code", "message", "_place_reply",
-    "_enqueue", "TYPE", "journal_lag_seconds", "_max_lag_s"};
+    "_enqueue", "TYPE", "journal_lag_seconds", "_max_lag_s", "overloaded"};
 static PyObject *I[I_N];
 
 #define SL(o, off) (*(PyObject **)((char *)(o) + (off)))
@@ -451,26 +453,41 @@ report_ok(long long req_id, PyObject *events, PyObject *account)
 
 /* ------------------------------------------------------------------ gate */
 
+enum { ADMIT_OK, ADMIT_IN_FLIGHT, ADMIT_JOURNAL_LAG, ADMIT_SEND_QUEUE };
+static const char *const admit_why[] = {NULL, "in_flight", "journal_lag", "send_queue"};
+
 static int
-admitted(PyObject *gw, PyObject *runner, PyObject *session)
+admission(PyObject *gw, PyObject *runner, PyObject *session)
 {
-    /* Gateway.admit would let it in: 1; 0 (no error) otherwise */
+    /* what Gateway.admit decides: ADMIT_OK, or the bound that refuses (ADMIT_IN_FLIGHT,
+     * ADMIT_JOURNAL_LAG, ADMIT_SEND_QUEUE, as in admit's order); -1 (no error) when it
+     * cannot tell */
     PyObject *lag = attr(runner, I_JOURNAL_LAG), *mx = attr(gw, I_MAX_IN_FLIGHT),
              *oq = attr(gw, I_OVERLOAD_QUEUE), *out = SL(session, sess_off[S_OUT]);
     long long l, m, q;
-    int ok = lag && mx && oq && out && PyList_CheckExact(out) && exact_int(lag, &l) &&
-             exact_int(mx, &m) && exact_int(oq, &q) && l < m && PyList_GET_SIZE(out) < q;
-    if (ok && l) { /* commands in flight: how long the oldest has waited */
-        PyObject *age = attr(runner, I_JOURNAL_LAG_SECONDS), *mx_s = attr(gw, I_MAX_LAG_S);
-        ok = age && mx_s && PyFloat_CheckExact(age) && PyFloat_CheckExact(mx_s) &&
-             PyFloat_AS_DOUBLE(age) < PyFloat_AS_DOUBLE(mx_s);
-        Py_XDECREF(age);
-        Py_XDECREF(mx_s);
+    int r = -1;
+    if (lag && mx && oq && out && PyList_CheckExact(out) && exact_int(lag, &l) &&
+        exact_int(mx, &m) && exact_int(oq, &q)) {
+        r = l && l >= m ? ADMIT_IN_FLIGHT : ADMIT_OK;
+        if (r == ADMIT_OK && l) { /* commands in flight: how long the oldest has waited */
+            PyObject *age = attr(runner, I_JOURNAL_LAG_SECONDS), *mx_s = attr(gw, I_MAX_LAG_S);
+            if (age && mx_s && PyFloat_CheckExact(age) && PyFloat_CheckExact(mx_s))
+                r = PyFloat_AS_DOUBLE(age) >= PyFloat_AS_DOUBLE(mx_s) ? ADMIT_JOURNAL_LAG
+                                                                       : ADMIT_OK;
+            else
+                r = -1;
+            Py_XDECREF(age);
+            Py_XDECREF(mx_s);
+        }
+        if (r == ADMIT_OK && PyList_GET_SIZE(out) >= q)
+            r = ADMIT_SEND_QUEUE;
     }
+    if (PyErr_Occurred())
+        PyErr_Clear();
     Py_XDECREF(lag);
     Py_XDECREF(mx);
     Py_XDECREF(oq);
-    return ok;
+    return r;
 }
 
 static int
@@ -547,6 +564,8 @@ enqueue(PyObject *gw, PyObject *durable, PyObject *session, PyObject *req_id, Py
     return r;
 }
 
+static int answer_error(PyObject *pe, PyObject *session, PyObject *req_id);
+
 static int
 refused(PyObject *gw, PyObject *session, PyObject *req_id)
 {
@@ -562,6 +581,14 @@ refused(PyObject *gw, PyObject *session, PyObject *req_id)
     Py_XDECREF(tb);
     PyObject *pe = PyObject_CallMethodOneArg(gw, I[I_SUBMIT_FAILED], value);
     Py_XDECREF(value);
+    return answer_error(pe, session, req_id);
+}
+
+static int
+answer_error(PyObject *pe, PyObject *session, PyObject *req_id)
+{
+    /* on_request's answer to a ProtocolError pe (a new reference, or NULL with an error):
+     * session.error(req_id, pe.code, pe.message) */
     if (pe == NULL)
         return -1;
     PyObject *code = PyObject_GetAttr(pe, I[I_CODE]), *msg = PyObject_GetAttr(pe, I[I_MESSAGE]);
@@ -614,10 +641,11 @@ gate(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
     PyObject *runner = NULL, *accepting = NULL, *metrics = NULL, *key = NULL;
     PyObject *coid = which == I_PLACE ? SL(cmd, place_off[PL_COID]) : Py_None;
+    int adm = ADMIT_OK; /* cancels are never refused for load */
     int take = (runner = attr(gw, I_RUNNER)) != NULL &&
                (accepting = attr(gw, I_ACCEPTING)) == Py_True &&
                (metrics = attr(gw, I_METRICS)) != NULL &&
-               (which == I_CANCEL || admitted(gw, runner, s)) &&
+               (which == I_CANCEL || (adm = admission(gw, runner, s)) >= 0) &&
                (coid == Py_None ||
                 ((key = PyTuple_Pack(2, firm, coid)) != NULL && !seen_coid(gw, firm, coid, key)));
     /* the token read again: the checks above ran properties (journal_lag) */
@@ -646,6 +674,15 @@ gate(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_SETREF(SL(s, sess_off[S_TOKENS]), ntokens);
     ntokens = NULL;
     Py_XSETREF(SL(s, sess_off[S_REQ_ID]), Py_NewRef(rid));
+    if (adm != ADMIT_OK) { /* refused by admission control: answered here, as admit's error */
+        PyObject *why = PyUnicode_FromString(admit_why[adm]);
+        PyObject *pe = why ? PyObject_CallMethodObjArgs(gw, I[I_OVERLOADED], s, why, NULL)
+                           : NULL;
+        Py_XDECREF(why);
+        if (answer_error(pe, s, rid) == 0)
+            ret = Py_NewRef(Py_True);
+        goto done;
+    }
     res = PyObject_CallMethodOneArg(runner, I[I_SUBMIT_NOWAIT], cmd);
     if (res == NULL) {
         if (refused(gw, s, rid) == 0)

@@ -138,7 +138,7 @@ def _both(frames, max_in_flight=10 ** 6, fail_submit_at=None) -> tuple[dict, dic
     return got[0], got[1]
 
 
-def _run_counting(frames) -> tuple[dict, list[bool]]:
+def _run_counting(frames, max_in_flight: int = 10 ** 6) -> tuple[dict, list[bool]]:
     """_run with the gate, and what the gate answered for each request (True: taken)."""
     calls = []
     real = gateway_mod._gate
@@ -150,7 +150,7 @@ def _run_counting(frames) -> tuple[dict, list[bool]]:
 
     gateway_mod._gate = counting
     try:
-        return asyncio.run(_run(frames, True, 10 ** 6)), calls
+        return asyncio.run(_run(frames, True, max_in_flight)), calls
     finally:
         gateway_mod._gate = real
 
@@ -295,6 +295,23 @@ def test_orders_are_refused_while_the_journal_lags_in_time_from_c_as_from_python
     assert out.count(b"OVERLOADED") == 2 and got[0]["metrics"]["overloaded"] == 2
     assert got[0]["metrics"]["overloaded_by"] == {"journal_lag": 2}
     assert b'"req_id":3,"ok":true' in out and b'"req_id":4,"ok":true' in out
+
+
+@needs_gate
+def test_the_gate_answers_refusals_by_admission_control_itself():
+    """Past saturation a refusal must cost less than an order: the gate answers OVERLOADED
+    for well-formed orders itself (every byte as Python's), and hands a retry of a known
+    client order id to Python, which answers it from the idempotency memory first."""
+    frames = [[(0, _place(3 * t + k, f"o{t}-{k}")) for k in range(3)] for t in range(5)]
+    frames.append([(0, _place(100, "o0-0"))])  # a retry of a durable order: replayed
+    c, calls = _run_counting(frames, max_in_flight=2)  # the third of a tick is refused
+    py = asyncio.run(_run(frames, False, 2))
+    _same(c, py)
+    assert c["metrics"]["overloaded_by"] == {"in_flight": 5}
+    # (the first order's price string may be new to the process: then Python parses it and
+    # caches it for C)
+    assert calls[1:] == [True] * 14 + [False]
+    assert c["metrics"]["idempotent_replays"] == 1
 
 
 def _place(rid, coid, side="buy", price="85.00", qty=3, tif=None):

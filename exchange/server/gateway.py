@@ -952,12 +952,20 @@ class Gateway:
             why = "send_queue"
         else:
             return
+        raise self.overloaded(s, why)
+
+    def overloaded(self, s: Session, why: str) -> ProtocolError:
+        """A refusal by admission control (``why``: the bound), counted; the error to answer.
+        Also called by the C gate, which answers well-formed orders' refusals itself: a
+        refusal must cost less than an order, or past saturation the server falls further
+        behind with every refusal and serves ever fewer orders (it did: 27,000/s at
+        84,000/s offered, docs/BENCHMARKS.md run 12)."""
         m = self.metrics
         m.overloaded += 1
         m.overloaded_by[why] = m.overloaded_by.get(why, 0) + 1
-        raise ProtocolError(OVERLOADED, f"server busy ({lag} commands not yet durable, "
-                                            f"{len(s.out)} messages queued for this "
-                                            f"connection); not applied, retry later", 503)
+        return ProtocolError(OVERLOADED, f"server busy ({self.runner.journal_lag} commands not "
+                                         f"yet durable, {len(s.out)} messages queued for this "
+                                         f"connection); not applied, retry later", 503)
 
     def order_command(self, s: Session, req_id, cmd, admit: bool = False) -> object:
         """cancel_order / amend_order: submit ``cmd`` now (after admission control when
