@@ -99,6 +99,8 @@ static const char *const amend_names[M_N] = {"account", "order_id", "client_orde
                                              "price", "seq", "ts"};
 enum { L_QTY, L_HEAD, L_TAIL, L_N };
 static const char *const level_names[L_N] = {"qty", "head", "tail"};
+enum { J_COMMAND, J_CODE, J_MESSAGE, J_N };
+static const char *const rej_names[J_N] = {"command", "code", "message"};
 enum { X_LAST_SEQ, X_NOW, X_NEXT_ORDER_ID, X_NEXT_TRADE_ID, X_MARKET_HALTED,
        X_EMIT_BOOK_UPDATES, X_RULES, X_INSTRUMENTS, X_BOOKS, X_HALTED_BOOKS, X_ACCOUNTS,
        X_TRADE_LISTENERS, X_HANDLERS, X_N };
@@ -109,10 +111,10 @@ static const char *const ex_names[X_N] = {
 
 static Py_ssize_t acct_off[A_N], hold_off[H_N], instr_off[I_N], rules_off[R_N], book_off[B_N],
     order_off[O_N], er_off[E_N], trade_off[T_N], bu_off[U_N], place_off[P_N],
-    cancel_off[C_N], level_off[L_N], ex_off[X_N], amend_off[M_N];
+    cancel_off[C_N], level_off[L_N], ex_off[X_N], amend_off[M_N], rej_off[J_N];
 
 enum { K_ACCOUNT, K_HOLDING, K_INSTRUMENT, K_RULES, K_BOOK, K_ORDER, K_ER, K_TRADE, K_BU,
-       K_PLACE, K_CANCEL, K_LEVEL, K_EXCHANGE, K_AMEND, K_N };
+       K_PLACE, K_CANCEL, K_LEVEL, K_EXCHANGE, K_AMEND, K_REJECTED, K_N };
 static cls_t classes[K_N] = {
     {NULL, A_N, acct_names, acct_off},     {NULL, H_N, hold_names, hold_off},
     {NULL, I_N, instr_names, instr_off},   {NULL, R_N, rules_names, rules_off},
@@ -121,12 +123,13 @@ static cls_t classes[K_N] = {
     {NULL, U_N, bu_names, bu_off},         {NULL, P_N, place_names, place_off},
     {NULL, C_N, cancel_names, cancel_off}, {NULL, L_N, level_names, level_off},
     {NULL, X_N, ex_names, ex_off},         {NULL, M_N, amend_names, amend_off},
+    {NULL, J_N, rej_names, rej_off},
 };
 /* the configuration keys of the classes, in the order of K_* */
 static const char *const class_keys[K_N] = {
     "Account", "Holding", "Instrument", "SegmentRules", "OrderBook", "Order",
     "ExecutionReport", "Trade", "BookUpdate", "PlaceOrder", "CancelOrder", "Level",
-    "Exchange", "AmendOrder"};
+    "Exchange", "AmendOrder", "CommandRejected"};
 
 #define TYPE(k) (classes[k].type)
 
@@ -138,13 +141,15 @@ enum { S_BUY, S_SELL, S_GTC, S_DAY, S_LIMIT, S_ST_NEW, S_ST_PARTIAL, S_ST_FILLED
        S_ST_CANCELED, S_EXEC_NEW, S_EXEC_TRADE, S_EXEC_CANCELED, S_MAKER, S_TAKER,
        S_CANCELED_BY_CLIENT, S_SELF_TRADE_PREVENTED, S_STP_RESTING, S_STP_INCOMING,
        S_STP_BOTH, S_ACCESS_ALL, S_LOT_SUB_QUOTA, S_LOT_PURCHASE, S_EXCHANGE_ACCOUNT,
-       S_TAKE_UNITS, S_SEQUENCE_ERROR, S_REJECT, S_IOC, S_UNFILLED_IOC, S_EXEC_REPLACED, S_N };
+       S_TAKE_UNITS, S_SEQUENCE_ERROR, S_REJECT, S_IOC, S_UNFILLED_IOC, S_EXEC_REPLACED,
+       S_UNKNOWN_ORDER, S_NO_LIVE_ORDER, S_CANCEL_TYPE, S_N };
 static const char *const const_keys[S_N] = {
     "BUY", "SELL", "GTC", "DAY", "LIMIT", "ST_NEW", "ST_PARTIAL", "ST_FILLED", "ST_CANCELED",
     "EXEC_NEW", "EXEC_TRADE", "EXEC_CANCELED", "MAKER", "TAKER", "CANCELED_BY_CLIENT",
     "SELF_TRADE_PREVENTED", "STP_CANCEL_RESTING", "STP_CANCEL_INCOMING", "STP_CANCEL_BOTH",
     "ACCESS_ALL", "LOT_SUB_QUOTA", "LOT_PURCHASE", "EXCHANGE_ACCOUNT", "take_units",
-    "SequenceError", "Reject", "IOC", "UNFILLED_IOC", "EXEC_REPLACED"};
+    "SequenceError", "Reject", "IOC", "UNFILLED_IOC", "EXEC_REPLACED", "UNKNOWN_ORDER",
+    "NO_LIVE_ORDER", "CANCEL_TYPE"};
 static PyObject *K[S_N];
 static int configured;
 
@@ -1589,6 +1594,48 @@ live_order(PyObject *acct, PyObject *order_id, PyObject *coid, PyObject **oid)
 }
 
 static int
+no_such_order(PyObject *acct, PyObject *order_id, PyObject *coid)
+{
+    /* _cancel finds no live order (live_order found none): the account's dicts are plain
+     * and hold no entry for the id (or the client order id names none). 0: cannot tell. */
+    PyObject *coids = SLOT(acct, acct_off[A_COIDS]), *orders = SLOT(acct, acct_off[A_ORDERS]);
+    if (!PyDict_CheckExact(coids) || !PyDict_CheckExact(orders))
+        return 0;
+    if (order_id == Py_None && coid != Py_None) {
+        if (!PyUnicode_CheckExact(coid))
+            return 0;
+        order_id = PyDict_GetItemWithError(coids, coid);
+        if (order_id == NULL)
+            return !PyErr_Occurred();
+    }
+    if (order_id == Py_None)
+        return 1;
+    if (!PyLong_CheckExact(order_id))
+        return 0;
+    PyObject *o = PyDict_GetItemWithError(orders, order_id);
+    return o == NULL && !PyErr_Occurred();
+}
+
+static PyObject *
+reject_events(PyObject *command, PyObject *code, PyObject *message)
+{
+    /* _rejected's [CommandRejected(command, code, message)] */
+    PyObject *r = alloc(K_REJECTED);
+    if (r == NULL)
+        return NULL;
+    set_ref(r, rej_off[J_COMMAND], command);
+    set_ref(r, rej_off[J_CODE], code);
+    set_ref(r, rej_off[J_MESSAGE], message);
+    PyObject *events = PyList_New(1);
+    if (events == NULL) {
+        Py_DECREF(r);
+        return NULL;
+    }
+    PyList_SET_ITEM(events, 0, r);
+    return events;
+}
+
+static int
 rest_left(CorePath *self, PyObject *o, PyObject *book, PyObject *acct, PyObject *side,
           PyObject *price, long long pv, PyObject *oid, int ioc, PyObject *events,
           PyObject **last)
@@ -1742,8 +1789,12 @@ cp_cancel(CorePath *self, PyObject *cmd)
         goto python; /* an unset field: the reference raises AttributeError */
     PyObject *oid;
     PyObject *o = live_order(acct, f[C_ORDER_ID], f[C_COID], &oid);
-    if (o == NULL)
-        goto python; /* unknown order: the reference rejects it */
+    if (o == NULL) {
+        if (PyErr_Occurred() || !no_such_order(acct, f[C_ORDER_ID], f[C_COID]))
+            goto python;
+        /* the reference's Reject(UNKNOWN_ORDER) in _cancel, as apply turns it into events */
+        return reject_events(K[S_CANCEL_TYPE], K[S_UNKNOWN_ORDER], K[S_NO_LIVE_ORDER]);
+    }
     PyObject *coids = SLOT(acct, acct_off[A_COIDS]), *orders = SLOT(acct, acct_off[A_ORDERS]);
     PyObject *ocoid = SLOT(o, order_off[O_COID]);
     /* the order's own id object is the key in every dict that holds it (one identity

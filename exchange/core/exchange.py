@@ -83,6 +83,9 @@ def _check_fast_construction() -> None:
 _check_fast_construction()
 
 
+NO_LIVE_ORDER = "no live order with that id on this account"  # UNKNOWN_ORDER's message
+
+
 def _core_path():
     """The compiled order path (exchange._hotpath.CorePath), told the classes and constants
     it works with (book.py has told it the book's); None where the extension is not built."""
@@ -104,6 +107,8 @@ def _core_path():
         "LOT_SUB_QUOTA": LOT_SUB_QUOTA, "LOT_PURCHASE": LOT_PURCHASE,
         "EXCHANGE_ACCOUNT": EXCHANGE_ACCOUNT, "take_units": take_units,
         "SequenceError": SequenceError, "Reject": E.Reject,
+        "CommandRejected": CommandRejected, "UNKNOWN_ORDER": E.UNKNOWN_ORDER,
+        "NO_LIVE_ORDER": NO_LIVE_ORDER, "CANCEL_TYPE": CancelOrder.TYPE,
     })
     return _hotpath.CorePath
 
@@ -853,7 +858,7 @@ class Exchange:
             order_id = acct.coids.get(client_order_id)
         o = acct.orders.get(order_id) if order_id is not None else None
         if o is None:
-            raise E.Reject(E.UNKNOWN_ORDER, "no live order with that id on this account")
+            raise E.Reject(E.UNKNOWN_ORDER, NO_LIVE_ORDER)
         return o
 
     def _cancel(self, cmd: CancelOrder) -> list:
@@ -866,7 +871,7 @@ class Exchange:
             oid = acct.coids.get(cmd.client_order_id)
         o = acct.orders.pop(oid, None)
         if o is None:
-            raise E.Reject(E.UNKNOWN_ORDER, "no live order with that id on this account")
+            raise E.Reject(E.UNKNOWN_ORDER, NO_LIVE_ORDER)
         if o.client_order_id is not None:
             del acct.coids[o.client_order_id]
         book = self.books[(o.instrument, o.segment)]
