@@ -62,6 +62,7 @@ static PyObject *role_firm;  /* credentials.ROLE_FIRM */
 static PyObject *exec_rejected; /* events.EXEC_REJECTED */
 static PyObject *report_reply;  /* gateway._report_reply (the reference, for the odd cases) */
 static PyObject *zero;          /* 0: a new command's seq and ts until the runner stamps it */
+static PyObject *one_;          /* 1 */
 static int ready;
 
 /* interned names and constants */
@@ -71,7 +72,8 @@ enum { I_REQ_ID, I_METHOD, I_PARAMS, I_PLACE, I_CANCEL, I_AMEND, I_INSTRUMENT, I
        I_METRICS, I_EX, I_MAX_IN_FLIGHT, I_OVERLOAD_QUEUE, I_BATCH_FUTURE, I_BATCH,
        I_JOURNAL_LAG, I_SUBMIT_NOWAIT, I_DONE, I_INFLIGHT, I_ACCOUNTS, I_COIDS,
        I_MESSAGES_IN, I_SUBMIT_FAILED, I_ERROR, I_CODE, I_MESSAGE, I_PLACE_REPLY, I_ENQUEUE,
-       I_TYPE, I_JOURNAL_LAG_SECONDS, I_MAX_LAG_S, I_OVERLOADED, I_N };
+       I_TYPE, I_JOURNAL_LAG_SECONDS, I_MAX_LAG_S, I_OVERLOADED, I_OVERLOADED_BY,
+       I_GATEWAY_ERRORS, I_REJECTS, I_N };
 static const char *const inames[I_N] = {
     "req_id", "method", "params", "place_order", "cancel_order", "amend_order", "instrument",
     "side", "qty", "segment", "price", "order_type", "tif", "post_only", "client_order_id",
@@ -79,7 +81,8 @@ static const char *const inames[I_N] = {
     "accepting", "runner", "idem", "metrics", "ex", "_max_in_flight", "_overload_queue",
     "_batch_future", "_batch", "journal_lag", "submit_nowait", "done", "inflight", "accounts",
     "coids", "messages_in", "submit_failed", "error", "code", "message", "_place_reply",
-    "_enqueue", "TYPE", "journal_lag_seconds", "_max_lag_s", "overloaded"};
+    "_enqueue", "TYPE", "journal_lag_seconds", "_max_lag_s", "overloaded", "overloaded_by",
+    "gateway_errors", "rejects"};
 static PyObject *I[I_N];
 
 #define SL(o, off) (*(PyObject **)((char *)(o) + (off)))
@@ -117,7 +120,8 @@ gate_setup(PyObject *self, PyObject *cfg)
         PyErr_SetString(PyExc_TypeError, "gate_setup: prices is not a dict");
         return NULL;
     }
-    if (zero == NULL && (zero = PyLong_FromLong(0)) == NULL)
+    if ((zero == NULL && (zero = PyLong_FromLong(0)) == NULL) ||
+        (one_ == NULL && (one_ = PyLong_FromLong(1)) == NULL))
         return NULL;
     for (int k = 0; k < I_N; k++) {
         if (inames[k] == NULL) { /* the enum and the names drifted apart */
@@ -391,6 +395,34 @@ place_ok(PyObject *session, PyObject *cmd, long long req_id, PyObject *events)
 }
 
 static PyObject *
+err_bytes(long long req_id, PyObject *code, PyObject *message)
+{
+    /* gateway._err_bytes(req_id, code, message) for plain strings (new bytes); NULL with no
+     * error otherwise */
+    item c, m;
+    if (code == NULL || message == NULL || !PyUnicode_CheckExact(code) ||
+        !PyUnicode_CheckExact(message) || !classify(code, &c) || !classify(message, &m))
+        return NULL;
+    static const char a[] = "{\"req_id\":", b[] = ",\"ok\":false,\"error\":{\"code\":",
+                      d[] = ",\"message\":";
+    PyObject *out = PyBytes_FromStringAndSize(NULL, sizeof(a) + sizeof(b) + sizeof(d) + 21 +
+                                                        c.n + m.n + 2);
+    if (out == NULL)
+        return NULL;
+    char *p = PyBytes_AS_STRING(out);
+    JW_LIT(a);
+    JW_INT(req_id);
+    JW_LIT(b);
+    JW_ITEM(c);
+    JW_LIT(d);
+    JW_ITEM(m);
+    JW_LIT("}}");
+    if (_PyBytes_Resize(&out, p - PyBytes_AS_STRING(out)) < 0)
+        return NULL;
+    return out;
+}
+
+static PyObject *
 report_ok(long long req_id, PyObject *events, PyObject *account)
 {
     /* gateway._report_reply's usual case (the order's last report), as place_ok */
@@ -400,8 +432,16 @@ report_ok(long long req_id, PyObject *events, PyObject *account)
     long long last_oid = 0;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(events); i++) {
         PyObject *ev = PyList_GET_ITEM(events, i);
-        if (Py_TYPE(ev) == rejected_t)
-            return NULL;
+        if (Py_TYPE(ev) == rejected_t) { /* the reject: its error */
+            PyObject *code = PyObject_GetAttr(ev, I[I_CODE]);
+            PyObject *msg = code ? PyObject_GetAttr(ev, I[I_MESSAGE]) : NULL;
+            PyObject *data = err_bytes(req_id, code, msg);
+            Py_XDECREF(code);
+            Py_XDECREF(msg);
+            if (PyErr_Occurred())
+                PyErr_Clear();
+            return data;
+        }
         if (Py_TYPE(ev) != er_t)
             continue;
         PyObject *acct = SL(ev, er_off[R_ACCOUNT]), *oid_o = SL(ev, er_off[R_OID]);
@@ -602,6 +642,73 @@ answer_error(PyObject *pe, PyObject *session, PyObject *req_id)
     return res == NULL ? -1 : 0;
 }
 
+static int sess_send(PyObject *s, PyObject *data);
+
+static int
+dict_count(PyObject *o, int name, PyObject *k)
+{
+    /* o.<name>[k] = o.<name>.get(k, 0) + 1 */
+    PyObject *d = PyObject_GetAttr(o, I[name]), *n = NULL;
+    int r = -1;
+    if (d != NULL && PyDict_Check(d)) {
+        PyObject *v = PyDict_GetItemWithError(d, k);
+        if (v == NULL && !PyErr_Occurred())
+            v = zero;
+        if (v != NULL && (n = PyNumber_Add(v, one_)) != NULL)
+            r = PyDict_SetItem(d, k, n);
+    }
+    else if (d != NULL)
+        PyErr_SetString(PyExc_TypeError, "gate: a counter that is not a dict");
+    Py_XDECREF(n);
+    Py_XDECREF(d);
+    return r;
+}
+
+static int
+dict_count_s(PyObject *o, int name, const char *key)
+{
+    PyObject *k = PyUnicode_InternFromString(key);
+    int r = k == NULL ? -1 : dict_count(o, name, k);
+    Py_XDECREF(k);
+    return r;
+}
+
+static int
+overloaded(PyObject *gw, PyObject *metrics, PyObject *runner, PyObject *s, int why,
+           long long req_id, PyObject *rid)
+{
+    /* Gateway.overloaded(s, why) answered as on_request answers its ProtocolError
+     * (Session.error): counted, and the error queued for s */
+    long long lag;
+    PyObject *lag_o = attr(runner, I_JOURNAL_LAG), *out = SL(s, sess_off[S_OUT]);
+    int ok = lag_o != NULL && exact_int(lag_o, &lag) && out != NULL && PyList_CheckExact(out);
+    Py_XDECREF(lag_o);
+    if (!ok) { /* the reference */
+        PyObject *w = PyUnicode_FromString(admit_why[why]);
+        PyObject *pe = w ? PyObject_CallMethodObjArgs(gw, I[I_OVERLOADED], s, w, NULL) : NULL;
+        Py_XDECREF(w);
+        return answer_error(pe, s, rid);
+    }
+    char msg[200];
+    snprintf(msg, sizeof msg, "server busy (%lld commands not yet durable, %zd messages "
+             "queued for this connection); not applied, retry later", lag,
+             PyList_GET_SIZE(out));
+    PyObject *code = PyUnicode_InternFromString("OVERLOADED"), *m = PyUnicode_FromString(msg);
+    PyObject *data = code && m ? err_bytes(req_id, code, m) : NULL;
+    Py_XDECREF(code);
+    Py_XDECREF(m);
+    int r = data != NULL && bump(metrics, I_OVERLOADED) == 0 &&
+                    dict_count_s(metrics, I_OVERLOADED_BY, admit_why[why]) == 0 &&
+                    dict_count_s(metrics, I_GATEWAY_ERRORS, "OVERLOADED") == 0 &&
+                    sess_send(s, data) == 0
+                ? 0
+                : -1;
+    if (r < 0 && !PyErr_Occurred())
+        PyErr_SetString(PyExc_SystemError, "gate: could not write an OVERLOADED reply");
+    Py_XDECREF(data);
+    return r;
+}
+
 static PyObject *
 gate(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -675,11 +782,7 @@ gate(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     ntokens = NULL;
     Py_XSETREF(SL(s, sess_off[S_REQ_ID]), Py_NewRef(rid));
     if (adm != ADMIT_OK) { /* refused by admission control: answered here, as admit's error */
-        PyObject *why = PyUnicode_FromString(admit_why[adm]);
-        PyObject *pe = why ? PyObject_CallMethodObjArgs(gw, I[I_OVERLOADED], s, why, NULL)
-                           : NULL;
-        Py_XDECREF(why);
-        if (answer_error(pe, s, rid) == 0)
+        if (overloaded(gw, metrics, runner, s, adm, req_id, rid) == 0)
             ret = Py_NewRef(Py_True);
         goto done;
     }
@@ -1039,6 +1142,13 @@ fanout(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             r = split == NULL ? -1
                 : plain       ? fbump(a[F_METRICS], F_TRADES)
                               : fcall(gw, F_ON_EVENT, ev);
+        }
+        else if (t == rejected_t && !PyErr_Occurred()) { /* a refused command: counted */
+            PyObject *code = PyObject_GetAttr(ev, I[I_CODE]);
+            r = code == NULL ? -1
+                : PyUnicode_CheckExact(code) ? dict_count(a[F_METRICS], I_REJECTS, code)
+                                             : fcall(gw, F_ON_EVENT, ev);
+            Py_XDECREF(code);
         }
         else
             r = PyErr_Occurred() ? -1 : fcall(gw, F_ON_EVENT, ev);
