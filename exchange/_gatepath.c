@@ -563,21 +563,25 @@ seen_coid(PyObject *gw, PyObject *firm, PyObject *coid, PyObject *key)
 }
 
 static int
-bump(PyObject *o, int name)
+incr_attr(PyObject *o, PyObject *name)
 {
     /* o.<name> += 1 */
-    PyObject *v = PyObject_GetAttr(o, I[name]);
+    PyObject *v = PyObject_GetAttr(o, name);
     if (v == NULL)
         return -1;
-    PyObject *one = PyLong_FromLong(1);
-    PyObject *w = one ? PyNumber_Add(v, one) : NULL;
+    PyObject *w = PyNumber_Add(v, one_);
     Py_DECREF(v);
-    Py_XDECREF(one);
     if (w == NULL)
         return -1;
-    int r = PyObject_SetAttr(o, I[name], w);
+    int r = PyObject_SetAttr(o, name, w);
     Py_DECREF(w);
     return r;
+}
+
+static inline int
+bump(PyObject *o, int name)
+{
+    return incr_attr(o, I[name]);
 }
 
 static int
@@ -886,7 +890,6 @@ static const char *const fnames[F_N] = {
 static PyObject *F[F_N];
 static PyTypeObject *bu_t, *trade_t;
 static PyObject *er_head_fn, *er_push_fn; /* protocol.er_head, protocol.er_push */
-static PyObject *one;
 static Py_ssize_t heads_max;
 static int fan_ready;
 
@@ -918,8 +921,6 @@ fanout_setup(PyObject *self, PyObject *cfg)
     Py_ssize_t hm = PyLong_AsSsize_t(v[4]);
     if (hm == -1 && PyErr_Occurred())
         return NULL;
-    if (one == NULL && (one = PyLong_FromLong(1)) == NULL)
-        return NULL;
     for (int k = 0; k < F_N; k++)
         if (F[k] == NULL && (F[k] = PyUnicode_InternFromString(fnames[k])) == NULL)
             return NULL;
@@ -932,20 +933,10 @@ fanout_setup(PyObject *self, PyObject *cfg)
     Py_RETURN_NONE;
 }
 
-static int
+static inline int
 fbump(PyObject *o, int name)
 {
-    /* o.<name> += 1 */
-    PyObject *v = PyObject_GetAttr(o, F[name]);
-    if (v == NULL)
-        return -1;
-    PyObject *w = PyNumber_Add(v, one);
-    Py_DECREF(v);
-    if (w == NULL)
-        return -1;
-    int r = PyObject_SetAttr(o, F[name], w);
-    Py_DECREF(w);
-    return r;
+    return incr_attr(o, F[name]);
 }
 
 static int
@@ -1078,7 +1069,7 @@ fan_report(PyObject *ev, PyObject *exec_subs, PyObject *bal_subs, PyObject *dirt
         r = PyErr_Occurred() ? -1 : 1;
         goto done;
     }
-    if ((nseq = PyNumber_Add(seq, one)) == NULL ||
+    if ((nseq = PyNumber_Add(seq, one_)) == NULL ||
         PyDict_SetItem(ss, F[F_EXECUTIONS], nseq) < 0 ||
         (data = hp_er_push(nseq, head, ev)) == NULL)
         goto done;
