@@ -892,6 +892,11 @@ static PyTypeObject *bu_t, *trade_t;
 static PyObject *er_head_fn, *er_push_fn; /* protocol.er_head, protocol.er_push */
 static Py_ssize_t heads_max;
 static int fan_ready;
+/* replies' names (below) */
+enum { D_DONE, D_INFLIGHT, D_RING, D_WINDOW, D_N };
+static const char *const dnames[D_N] = {"done", "inflight", "ring", "window"};
+static PyObject *D[D_N], *s_cancelled, *s_exception, *s_append, *s_popleft, *s_idem,
+    *s_batch_durable;
 
 PyObject *hp_er_push(PyObject *seq, PyObject *head, PyObject *ev); /* _hotpath.c */
 
@@ -923,6 +928,16 @@ fanout_setup(PyObject *self, PyObject *cfg)
         return NULL;
     for (int k = 0; k < F_N; k++)
         if (F[k] == NULL && (F[k] = PyUnicode_InternFromString(fnames[k])) == NULL)
+            return NULL;
+    for (int k = 0; k < D_N; k++)
+        if (D[k] == NULL && (D[k] = PyUnicode_InternFromString(dnames[k])) == NULL)
+            return NULL;
+    PyObject **names[] = {&s_cancelled, &s_exception, &s_append, &s_popleft, &s_idem,
+                          &s_batch_durable};
+    const char *strs[] = {"cancelled", "exception", "append", "popleft", "idem",
+                          "_batch_durable"};
+    for (int k = 0; k < 6; k++)
+        if (*names[k] == NULL && (*names[k] = PyUnicode_InternFromString(strs[k])) == NULL)
             return NULL;
     Py_XSETREF(bu_t, (PyTypeObject *)Py_NewRef(v[0]));
     Py_XSETREF(trade_t, (PyTypeObject *)Py_NewRef(v[1]));
@@ -1159,6 +1174,118 @@ done:
     return ret;
 }
 
+/* ------------------------------------------------------------------ the durable replies */
+
+/* replies(gateway, batch, future)
+ *     Gateway._batch_durable(batch, future): a journal batch is durable, so its replies (built
+ *     at submit time) are queued and the place_order outcomes remembered for retries
+ *     (Idempotency.remember). A failed or cancelled batch, or a batch of an unusual shape,
+ *     goes to the Python method, the reference. */
+
+static int
+remember(PyObject *done, PyObject *inflight, PyObject *ring, Py_ssize_t window, PyObject *key,
+         PyObject *outcome)
+{
+    /* inflight.pop(key, None); Idempotency.remember(key, outcome) */
+    PyObject *r;
+    if (PyDict_GetItemWithError(inflight, key) != NULL) {
+        if (PyDict_DelItem(inflight, key) < 0)
+            return -1;
+    }
+    else if (PyErr_Occurred())
+        return -1;
+    int known = PyDict_Contains(done, key);
+    if (known < 0)
+        return -1;
+    if (!known) {
+        if ((r = PyObject_CallMethodOneArg(ring, s_append, key)) == NULL)
+            return -1;
+        Py_DECREF(r);
+    }
+    if (PyDict_SetItem(done, key, outcome) < 0)
+        return -1;
+    if (PyDict_GET_SIZE(done) > window) { /* d.pop(ring.popleft(), None) */
+        if ((r = PyObject_CallMethodNoArgs(ring, s_popleft)) == NULL)
+            return -1;
+        int has = PyDict_Contains(done, r);
+        int e = has < 0 || (has && PyDict_DelItem(done, r) < 0);
+        Py_DECREF(r);
+        if (e)
+            return -1;
+    }
+    return 0;
+}
+
+static int
+batch_plain(PyObject *batch)
+{
+    /* a list of (Session, req_id, bytes, key, outcome) */
+    if (!PyList_CheckExact(batch))
+        return 0;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(batch); i++) {
+        PyObject *t = PyList_GET_ITEM(batch, i);
+        if (!PyTuple_CheckExact(t) || PyTuple_GET_SIZE(t) != 5 ||
+            Py_TYPE(PyTuple_GET_ITEM(t, 0)) != sess_t || !PyBytes_CheckExact(PyTuple_GET_ITEM(t, 2)))
+            return 0;
+    }
+    return 1;
+}
+
+static PyObject *
+replies(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "replies(gateway, batch, future)");
+        return NULL;
+    }
+    PyObject *gw = args[0], *batch = args[1], *fut = args[2];
+    PyObject *d[D_N] = {NULL}, *idem = NULL, *ret = NULL, *x = NULL;
+    Py_ssize_t window = -1;
+    int plain = fan_ready;
+    if (plain) { /* a durable batch of the usual shape, and the idempotency memory's parts */
+        PyObject *bf = attr(gw, I_BATCH_FUTURE);
+        int mine = bf == fut;
+        Py_XDECREF(bf);
+        if (mine && PyObject_SetAttr(gw, I[I_BATCH_FUTURE], Py_None) < 0)
+            return NULL;
+        plain = (x = PyObject_CallMethodNoArgs(fut, s_cancelled)) == Py_False;
+        Py_CLEAR(x);
+        plain = plain && (x = PyObject_CallMethodNoArgs(fut, s_exception)) == Py_None;
+        Py_CLEAR(x);
+        if (PyErr_Occurred())
+            return NULL;
+        plain = plain && batch_plain(batch) && (idem = PyObject_GetAttr(gw, s_idem)) != NULL;
+        for (int k = 0; plain && k < D_N; k++)
+            plain = (d[k] = PyObject_GetAttr(idem, D[k])) != NULL;
+        plain = plain && PyDict_CheckExact(d[D_DONE]) && PyDict_CheckExact(d[D_INFLIGHT]) &&
+                PyLong_CheckExact(d[D_WINDOW]) &&
+                (window = PyLong_AsSsize_t(d[D_WINDOW])) >= 0;
+        if (PyErr_Occurred())
+            goto done;
+    }
+    if (!plain) {
+        ret = PyObject_CallMethodObjArgs(gw, s_batch_durable, batch, fut, NULL);
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(batch); i++) {
+        PyObject *t = Py_NewRef(PyList_GET_ITEM(batch, i));
+        PyObject *key = PyTuple_GET_ITEM(t, 3);
+        int e = (key != Py_None && remember(d[D_DONE], d[D_INFLIGHT], d[D_RING], window, key,
+                                            PyTuple_GET_ITEM(t, 4)) < 0) ||
+                sess_send(PyTuple_GET_ITEM(t, 0), PyTuple_GET_ITEM(t, 2)) < 0;
+        Py_DECREF(t);
+        if (e)
+            goto done;
+    }
+    ret = Py_NewRef(Py_None);
+done:
+    for (int k = 0; k < D_N; k++)
+        Py_XDECREF(d[k]);
+    Py_XDECREF(idem);
+    return ret;
+}
+
 static PyMethodDef gate_defs[] = {
     {"gate", (PyCFunction)(void (*)(void))gate, METH_FASTCALL,
      "gate(session, request) -> bool: a plain place/cancel/amend order request handled as "
@@ -1167,6 +1294,8 @@ static PyMethodDef gate_defs[] = {
     {"fanout", (PyCFunction)(void (*)(void))fanout, METH_FASTCALL,
      "fanout(gateway, cmd, events): Gateway.on_commit, the usual events in C."},
     {"fanout_setup", fanout_setup, METH_O, "fanout_setup(cfg: dict): what fanout needs."},
+    {"replies", (PyCFunction)(void (*)(void))replies, METH_FASTCALL,
+     "replies(gateway, batch, future): Gateway._batch_durable."},
     {NULL, NULL, 0, NULL},
 };
 

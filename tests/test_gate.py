@@ -27,7 +27,8 @@ from exchange.server.gateway import Gateway, Session
 from exchange.server.memory import MemoryRunner
 from helpers import streams_settings
 
-HAVE_GATE = gateway_mod._gate is not gateway_mod._gate_off and gateway_mod._fanout is not None
+HAVE_GATE = (gateway_mod._gate is not gateway_mod._gate_off and
+             gateway_mod._fanout is not None and gateway_mod._replies is not None)
 needs_gate = pytest.mark.skipif(not HAVE_GATE, reason="exchange._hotpath is not built")
 
 
@@ -62,12 +63,14 @@ N_SESSIONS = 4
 
 async def _run(frames: list[list[tuple[int, bytes]]], use_gate: bool, max_in_flight: int,
                fail_submit_at: int | None = None, slow_journal: bool = False,
-               use_fanout: bool | None = None, rich_subs: bool = False) -> dict:
-    """The frames through a gateway: with the C gate or not, with the C fan-out or not
-    (default: as the gate). ``rich_subs``: session 1 subscribes to its firm's balances, the
+               use_fanout: bool | None = None, rich_subs: bool = False,
+               window: int | None = None, fail_batch_at: int | None = None) -> dict:
+    """The frames through a gateway: with the C gate or not, with the C fan-out and durable
+    replies or not (default: as the gate). ``rich_subs``: session 1 subscribes to its firm's balances, the
     book, trades and the ticker, and session 3 is authenticated as the second firm with an
     executions subscription of its own (that firm has two subscribers): the cases the
-    fan-out hands to Python, and the balances it marks itself."""
+    fan-out hands to Python, and the balances it marks itself. ``window``: the idempotency
+    memory's size; ``fail_batch_at``: the n-th batch's durable future fails."""
     clock = itertools.count(1_800_000_000_000_000_000)
     seconds = itertools.count()
     memory_mod_time = memory_mod.time
@@ -77,10 +80,10 @@ async def _run(frames: list[list[tuple[int, bytes]]], use_gate: bool, max_in_fli
         time_ns=lambda: next(clock),
         monotonic=(lambda: float(next(seconds))) if slow_journal else (lambda: 0.0))
     gate_before = gateway_mod._gate
-    fanout_before = gateway_mod._fanout
+    fanout_before, replies_before = gateway_mod._fanout, gateway_mod._replies
     gateway_mod._gate = gate_before if use_gate else gateway_mod._gate_off
     if not (use_gate if use_fanout is None else use_fanout):
-        gateway_mod._fanout = None
+        gateway_mod._fanout = gateway_mod._replies = None
     try:
         cfg = _settings()
         ex, keys = _mix_market(cfg)
@@ -88,6 +91,18 @@ async def _run(frames: list[list[tuple[int, bytes]]], use_gate: bool, max_in_fli
         gw._max_in_flight = max_in_flight
         if rich_subs:  # book updates pushed at once, not on a wall-clock timer
             gw._book_interval = 0.0
+        if window is not None:
+            gw.idem.window = window
+        if fail_batch_at is not None:
+            runner, real_commit, batches = gw.runner, gw.runner._commit, itertools.count()
+
+            def commit():
+                if next(batches) == fail_batch_at and runner._future is not None:
+                    runner._future.set_exception(RuntimeError("journal write failed"))
+                    runner._future.exception()  # retrieved
+                real_commit()
+
+            runner._commit = commit
         if fail_submit_at is not None:  # the runner refuses from the n-th submit on
             real = gw.runner.submit_nowait
             calls = itertools.count()
@@ -130,7 +145,7 @@ async def _run(frames: list[list[tuple[int, bytes]]], use_gate: bool, max_in_fli
     finally:
         memory_mod.time = memory_mod_time
         gateway_mod._gate = gate_before
-        gateway_mod._fanout = fanout_before
+        gateway_mod._fanout, gateway_mod._replies = fanout_before, replies_before
 
 
 def _both(frames, max_in_flight=10 ** 6, fail_submit_at=None) -> tuple[dict, dict]:
@@ -449,3 +464,17 @@ def test_the_fan_out_takes_the_usual_reports_itself(monkeypatch):
     _same(c2, py2)
     assert "new" in handed  # the firm with two subscribers went to Python
     assert b'"channel":"balances"' in b"".join(c2["written"][1])
+
+
+@needs_gate
+def test_durable_replies_remember_and_fail_as_python_does():
+    """Gateway._batch_durable against its C stand-in (replies): the load test's mix with an
+    idempotency memory of 50 (the C evicts as remember does) and a batch whose journal write
+    fails (its orders answered SHUTTING_DOWN, by the Python method the C hands it to)."""
+    mix = _mix_frames(1_500)
+    frames = [[(f % 3, data) for f, data in mix[k:k + 20]] for k in range(0, len(mix), 20)]
+    for kw in ({"window": 50}, {"window": 50, "fail_batch_at": 3}):
+        c, py = (asyncio.run(_run(frames, g, 10 ** 6, **kw)) for g in (True, False))
+        _same(c, py)
+        assert len(c["idem_done"]) == 50
+    assert b"SHUTTING_DOWN" in b"".join(c["written"][0])

@@ -998,12 +998,16 @@ class Gateway:
         if durable is not self._batch_future:
             self._batch_future = durable
             self._batch = []
-            durable.add_done_callback(partial(self._batch_durable, self._batch))
+            durable.add_done_callback(partial(self._batch_durable, self._batch)
+                                      if _replies is None else
+                                      partial(_replies, self, self._batch))
         self._batch.append((s, req_id, data, key, outcome))
 
     def _batch_durable(self, batch: list, fut) -> None:
         """A journal batch is durable: queue its replies (built at submit time) and remember
-        the place_order outcomes for retries."""
+        the place_order outcomes for retries. The reference of ``_replies``
+        (exchange/_gatepath.c), which does this where the extension is built and calls this
+        method for a failed batch."""
         if self._batch_future is fut:
             self._batch_future = None
         if fut.cancelled() or fut.exception() is not None:
@@ -1377,12 +1381,14 @@ else:
                  "ROLE_FIRM": ROLE_FIRM, "EXEC_REJECTED": EXEC_REJECTED,
                  "report_reply": _report_reply})
 
-# Gateway.on_commit's usual events in C (exchange/_gatepath.c: fanout): None where the
-# extension is not built. Read when a Gateway is made.
+# Gateway.on_commit's usual events in C (exchange/_gatepath.c: fanout; read when a Gateway is
+# made), and Gateway._batch_durable (replies; read per batch): None where the extension is
+# not built.
 try:
-    from .._hotpath import fanout as _fanout, fanout_setup as _fanout_setup
+    from .._hotpath import fanout as _fanout, fanout_setup as _fanout_setup, \
+        replies as _replies
 except ImportError:  # pragma: no cover - an install without the extension
-    _fanout = None
+    _fanout = _replies = None
 else:
     _fanout_setup({"BookUpdate": BookUpdate, "Trade": Trade, "er_head": er_head,
                    "er_push": er_push, "ER_HEADS_MAX": ER_HEADS_MAX})
