@@ -32,7 +32,12 @@ HEAD = struct.Struct(">BI")
 FRAMES_HEAD = struct.Struct(">QI")  # as exchange.journal.base.Frames.wire
 ENVELOPE = struct.Struct(">Qq")  # seq, ts: hashed before the payload
 MAX_CHUNK = 4096
-WAL_KEEP_BYTES = 64 << 20  # journal_size_limit: the WAL file is cut back to this on a reset
+# journal_size_limit: -1, the WAL file is never cut back when it restarts. Cutting it (to 64
+# MiB, until 2026-12-06) ran inside the COMMIT that restarted the WAL, in this process's main
+# thread: an ftruncate that dropped tens of MB of page cache stalled every acknowledgement
+# for 90-120 ms, about every 21 s at 20,000 orders/s (docs/BENCHMARKS.md, run 12). The file's
+# size stays bounded by WAL_MAX_BYTES (plus a batch), the high-water mark it is reused from.
+WAL_KEEP_BYTES = -1
 # a WAL grown past this gets a blocking checkpoint between batches
 WAL_MAX_BYTES = int(os.environ.get("JOURNAL_WAL_MAX_BYTES", 256 << 20))
 
@@ -80,7 +85,7 @@ def main(path: str) -> int:
     # sqlite3 releases the GIL while it works, so parsing, hashing and INSERTing the next
     # batch go on meanwhile; a PASSIVE checkpoint never blocks the writer.
     con.execute("PRAGMA wal_autocheckpoint=0")
-    con.execute(f"PRAGMA journal_size_limit={WAL_KEEP_BYTES}")  # WAL file kept after a reset
+    con.execute(f"PRAGMA journal_size_limit={WAL_KEEP_BYTES}")  # see WAL_KEEP_BYTES
     checkpointer = _Checkpointer(path)
     row = con.execute("SELECT seq, hash FROM journal ORDER BY seq DESC LIMIT 1").fetchone()
     last_seq, last_hash = (row[0], bytes(row[1])) if row else (0, bytes(32))
