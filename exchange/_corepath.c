@@ -1576,44 +1576,37 @@ firm(CorePath *self, PyObject *firm_id)
 }
 
 static PyObject *
-live_order(PyObject *acct, PyObject *order_id, PyObject *coid, PyObject **oid)
+live_order(PyObject *acct, PyObject *order_id, PyObject *coid, PyObject **oid, int *absent)
 {
     /* _find_order: the account's live Order by id, or by client order id when the id is
-     * None (borrowed; *oid the id it was found by); NULL (maybe an error set) otherwise */
+     * None (borrowed; *oid the id it was found by); NULL (maybe an error set) otherwise,
+     * with *absent (when given) 1 if it is certain that no live order has that id: the
+     * account's dicts are plain and hold no entry for it (or the client order id names
+     * none), as _cancel's lookups would find */
     PyObject *coids = SLOT(acct, acct_off[A_COIDS]), *orders = SLOT(acct, acct_off[A_ORDERS]);
+    if (absent != NULL)
+        *absent = 0;
     if (!PyDict_CheckExact(coids) || !PyDict_CheckExact(orders))
         return NULL;
-    if (order_id == Py_None && coid != Py_None)
+    int keyed = 1; /* the key is of a type whose lookup cannot surprise */
+    if (order_id == Py_None && coid != Py_None) {
+        keyed = PyUnicode_CheckExact(coid);
         order_id = PyDict_GetItemWithError(coids, coid);
+    }
+    else
+        keyed = order_id == Py_None || PyLong_CheckExact(order_id);
     PyObject *o = order_id && order_id != Py_None ? PyDict_GetItemWithError(orders, order_id)
                                                   : NULL;
-    if (o == NULL || Py_TYPE(o) != TYPE(K_ORDER))
+    if (o == NULL) {
+        if (absent != NULL && keyed && !PyErr_Occurred() &&
+            (order_id == NULL || order_id == Py_None || PyLong_CheckExact(order_id)))
+            *absent = 1;
+        return NULL;
+    }
+    if (Py_TYPE(o) != TYPE(K_ORDER))
         return NULL;
     *oid = order_id;
     return o;
-}
-
-static int
-no_such_order(PyObject *acct, PyObject *order_id, PyObject *coid)
-{
-    /* _cancel finds no live order (live_order found none): the account's dicts are plain
-     * and hold no entry for the id (or the client order id names none). 0: cannot tell. */
-    PyObject *coids = SLOT(acct, acct_off[A_COIDS]), *orders = SLOT(acct, acct_off[A_ORDERS]);
-    if (!PyDict_CheckExact(coids) || !PyDict_CheckExact(orders))
-        return 0;
-    if (order_id == Py_None && coid != Py_None) {
-        if (!PyUnicode_CheckExact(coid))
-            return 0;
-        order_id = PyDict_GetItemWithError(coids, coid);
-        if (order_id == NULL)
-            return !PyErr_Occurred();
-    }
-    if (order_id == Py_None)
-        return 1;
-    if (!PyLong_CheckExact(order_id))
-        return 0;
-    PyObject *o = PyDict_GetItemWithError(orders, order_id);
-    return o == NULL && !PyErr_Occurred();
 }
 
 static PyObject *
@@ -1788,9 +1781,10 @@ cp_cancel(CorePath *self, PyObject *cmd)
     if (!fields(cmd, K_CANCEL, f) || (acct = firm(self, f[C_ACCOUNT])) == NULL)
         goto python; /* an unset field: the reference raises AttributeError */
     PyObject *oid;
-    PyObject *o = live_order(acct, f[C_ORDER_ID], f[C_COID], &oid);
+    int absent;
+    PyObject *o = live_order(acct, f[C_ORDER_ID], f[C_COID], &oid, &absent);
     if (o == NULL) {
-        if (PyErr_Occurred() || !no_such_order(acct, f[C_ORDER_ID], f[C_COID]))
+        if (!absent)
             goto python;
         /* the reference's Reject(UNKNOWN_ORDER) in _cancel, as apply turns it into events */
         return reject_events(K[S_CANCEL_TYPE], K[S_UNKNOWN_ORDER], K[S_NO_LIVE_ORDER]);
@@ -1895,7 +1889,7 @@ cp_amend(CorePath *self, PyObject *cmd)
     if (!fields(cmd, K_AMEND, f) || (acct = firm(self, f[M_ACCOUNT])) == NULL)
         goto python;
     PyObject *oid;
-    PyObject *o = live_order(acct, f[M_ORDER_ID], f[M_COID], &oid);
+    PyObject *o = live_order(acct, f[M_ORDER_ID], f[M_COID], &oid, NULL);
     if (o == NULL || SLOT(acct, acct_off[A_CAN_TRADE]) != Py_True)
         goto python;
     PyObject *symbol = SLOT(o, order_off[O_INSTRUMENT]), *segment = SLOT(o, order_off[O_SEGMENT]);

@@ -497,14 +497,14 @@ enum { ADMIT_OK, ADMIT_IN_FLIGHT, ADMIT_JOURNAL_LAG, ADMIT_SEND_QUEUE };
 static const char *const admit_why[] = {NULL, "in_flight", "journal_lag", "send_queue"};
 
 static int
-admission(PyObject *gw, PyObject *runner, PyObject *session)
+admission(PyObject *gw, PyObject *runner, PyObject *session, long long *lag_out)
 {
     /* what Gateway.admit decides: ADMIT_OK, or the bound that refuses (ADMIT_IN_FLIGHT,
      * ADMIT_JOURNAL_LAG, ADMIT_SEND_QUEUE, as in admit's order); -1 (no error) when it
-     * cannot tell */
+     * cannot tell. *lag_out: runner.journal_lag, as read (for the refusal's message). */
     PyObject *lag = attr(runner, I_JOURNAL_LAG), *mx = attr(gw, I_MAX_IN_FLIGHT),
              *oq = attr(gw, I_OVERLOAD_QUEUE), *out = SL(session, sess_off[S_OUT]);
-    long long l, m, q;
+    long long l = 0, m, q;
     int r = -1;
     if (lag && mx && oq && out && PyList_CheckExact(out) && exact_int(lag, &l) &&
         exact_int(mx, &m) && exact_int(oq, &q)) {
@@ -521,6 +521,7 @@ admission(PyObject *gw, PyObject *runner, PyObject *session)
         }
         if (r == ADMIT_OK && PyList_GET_SIZE(out) >= q)
             r = ADMIT_SEND_QUEUE;
+        *lag_out = l;
     }
     if (PyErr_Occurred())
         PyErr_Clear();
@@ -678,16 +679,13 @@ dict_count_s(PyObject *o, int name, const char *key)
 }
 
 static int
-overloaded(PyObject *gw, PyObject *metrics, PyObject *runner, PyObject *s, int why,
+overloaded(PyObject *gw, PyObject *metrics, long long lag, PyObject *s, int why,
            long long req_id, PyObject *rid)
 {
     /* Gateway.overloaded(s, why) answered as on_request answers its ProtocolError
-     * (Session.error): counted, and the error queued for s */
-    long long lag;
-    PyObject *lag_o = attr(runner, I_JOURNAL_LAG), *out = SL(s, sess_off[S_OUT]);
-    int ok = lag_o != NULL && exact_int(lag_o, &lag) && out != NULL && PyList_CheckExact(out);
-    Py_XDECREF(lag_o);
-    if (!ok) { /* the reference */
+     * (Session.error): counted, and the error queued for s; lag: runner.journal_lag */
+    PyObject *out = SL(s, sess_off[S_OUT]);
+    if (out == NULL || !PyList_CheckExact(out)) { /* the reference */
         PyObject *w = PyUnicode_FromString(admit_why[why]);
         PyObject *pe = w ? PyObject_CallMethodObjArgs(gw, I[I_OVERLOADED], s, w, NULL) : NULL;
         Py_XDECREF(w);
@@ -753,10 +751,11 @@ gate(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     PyObject *runner = NULL, *accepting = NULL, *metrics = NULL, *key = NULL;
     PyObject *coid = which == I_PLACE ? SL(cmd, place_off[PL_COID]) : Py_None;
     int adm = ADMIT_OK; /* cancels are never refused for load */
+    long long lag = 0;
     int take = (runner = attr(gw, I_RUNNER)) != NULL &&
                (accepting = attr(gw, I_ACCEPTING)) == Py_True &&
                (metrics = attr(gw, I_METRICS)) != NULL &&
-               (which == I_CANCEL || (adm = admission(gw, runner, s)) >= 0) &&
+               (which == I_CANCEL || (adm = admission(gw, runner, s, &lag)) >= 0) &&
                (coid == Py_None ||
                 ((key = PyTuple_Pack(2, firm, coid)) != NULL && !seen_coid(gw, firm, coid, key)));
     /* the token read again: the checks above ran properties (journal_lag) */
@@ -786,7 +785,7 @@ gate(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     ntokens = NULL;
     Py_XSETREF(SL(s, sess_off[S_REQ_ID]), Py_NewRef(rid));
     if (adm != ADMIT_OK) { /* refused by admission control: answered here, as admit's error */
-        if (overloaded(gw, metrics, runner, s, adm, req_id, rid) == 0)
+        if (overloaded(gw, metrics, lag, s, adm, req_id, rid) == 0)
             ret = Py_NewRef(Py_True);
         goto done;
     }
@@ -889,7 +888,7 @@ static const char *const fnames[F_N] = {
     "proceeds_split"};
 static PyObject *F[F_N];
 static PyTypeObject *bu_t, *trade_t;
-static PyObject *er_head_fn, *er_push_fn; /* protocol.er_head, protocol.er_push */
+static PyObject *er_head_fn, *er_push_fn; /* protocol.er_head, protocol.er_push_ref */
 static Py_ssize_t heads_max;
 static int fan_ready;
 /* replies' names (below) */
@@ -1129,14 +1128,14 @@ fanout(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(events); i++) {
         PyObject *ev = Py_NewRef(PyList_GET_ITEM(events, i));
         PyTypeObject *t = Py_TYPE(ev);
-        int r = 0, quiet;
+        int r = 0;
         if (t == er_t) {
             r = fan_report(ev, a[F_EXEC_SUBS], a[F_BAL_SUBS], a[F_DIRTY_BAL], a[F_ER_HEADS]);
             if (r == 0)
                 r = fcall(gw, F_ON_REPORT, ev);
         }
-        else if (t == bu_t && (quiet = !PyObject_IsTrue(a[F_BOOK_SUBS]) &&
-                                       !PyObject_IsTrue(a[F_TICKER_SUBS]))) {
+        else if (t == bu_t && !PyObject_IsTrue(a[F_BOOK_SUBS]) &&
+                 !PyObject_IsTrue(a[F_TICKER_SUBS])) {
             r = PyErr_Occurred() ? -1 : 0; /* nobody to tell */
         }
         else if (t == trade_t && !PyObject_IsTrue(a[F_TRADE_SUBS]) &&

@@ -1390,5 +1390,7 @@ try:
 except ImportError:  # pragma: no cover - an install without the extension
     _fanout = _replies = None
 else:
+    from .protocol import er_push_ref
+
     _fanout_setup({"BookUpdate": BookUpdate, "Trade": Trade, "er_head": er_head,
-                   "er_push": er_push, "ER_HEADS_MAX": ER_HEADS_MAX})
+                   "er_push": er_push_ref, "ER_HEADS_MAX": ER_HEADS_MAX})

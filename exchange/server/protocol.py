@@ -519,10 +519,15 @@ except ImportError:  # pragma: no cover - an install without the extension
 er_push_c = _c_er_push if _c_er_push is not None else _not_in_c
 
 
+def er_push_ref(seq: int, head: bytes, ev) -> bytes:
+    """The executions push of one report, formatted by ER_PUSH: the reference."""
+    return ER_PUSH % ((seq,) + er_tail_args(ev, head))
+
+
 def er_push(seq: int, head: bytes, ev) -> bytes:
     """The executions push of one report: written by C where its values are plain."""
     data = er_push_c(seq, head, ev)
-    return data if data is not None else ER_PUSH % ((seq,) + er_tail_args(ev, head))
+    return data if data is not None else er_push_ref(seq, head, ev)
 
 
 def wire_trade(ev) -> dict:
@@ -587,5 +592,5 @@ __all__ = [
     "validate_amend_order", "CancelAllParams", "ChannelParams", "EmptyParams", "Method", "METHODS",
     "ws_method", "DEFERRED", "OVERLOADED", "validation_message", "wire_er", "wire_trade", "wire_book_changes",
     "wire_depth", "wire_balances", "wire_order", "wire_ticker", "fmt_px", "JSON_STR", "PX_JSON",
-    "er_head", "er_tail_args", "er_push_c", "er_push", "ER_BODY", "ER_PUSH", "E",
+    "er_head", "er_tail_args", "er_push_c", "er_push", "er_push_ref", "ER_BODY", "ER_PUSH", "E",
 ]
