@@ -314,6 +314,103 @@ is_str_noerr(PyObject *v, PyObject *k)
     return r;
 }
 
+/* A free list per class for Order and the events, as CPython keeps for its own tuples,
+ * lists and floats: a report lives for one command, so most of the time went to pymalloc,
+ * to zeroing a fresh object and to the GC header's bookkeeping (ADR 0007, "a free list for
+ * the events"). The classes' tp_dealloc becomes pooled_dealloc (pool_install, from setup),
+ * which does what subtype_dealloc does for a slotted class without __dict__, __weakref__
+ * or finalizer - untrack, clear the slots, free, drop the class reference - except that up
+ * to POOL_MAX objects of each class are kept, with their slots cleared and their class
+ * reference held, for alloc to hand out again. Compiled for CPython 3.11 only
+ * (_Py_NewReference). */
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
+#define POOL 1
+#define POOL_MAX 256
+static PyObject *pool[K_N][POOL_MAX];
+static int pool_n[K_N];
+static PyTypeObject *pooled[K_N]; /* the class pool[k] holds (borrowed: TYPE(k) holds it) */
+
+static void
+pooled_dealloc(PyObject *o)
+{
+    PyTypeObject *t = Py_TYPE(o), *b = t;
+    /* the class whose slots these are: o's own, or the nearest base with this dealloc (a
+     * subclass's subtype_dealloc has cleared its own slots and __dict__ and calls us) */
+    while (b->tp_dealloc != pooled_dealloc)
+        b = b->tp_base;
+    if (PyObject_GC_IsTracked(o))
+        PyObject_GC_UnTrack(o);
+    for (Py_ssize_t off = sizeof(PyObject); off < b->tp_basicsize; off += sizeof(PyObject *))
+        Py_CLEAR(SLOT(o, off));
+    if (t == b) {
+        for (int k = 0; k < K_N; k++)
+            if (pooled[k] == t) {
+                if (pool_n[k] < POOL_MAX) {
+                    pool[k][pool_n[k]++] = o; /* keeps its reference to t */
+                    return;
+                }
+                break;
+            }
+    }
+    t->tp_free(o);
+    Py_DECREF(t);
+}
+
+static int
+pool_install(int k)
+{
+    /* pool TYPE(k)'s objects when its layout is what pooled_dealloc clears: a heap class,
+     * GC, no items, no __dict__/__weakref__/finalizer, only object slots (T_OBJECT_EX
+     * members: setup checked the ones it knows), its tp_dealloc still CPython's */
+    PyTypeObject *t = TYPE(k);
+    if (t == pooled[k])
+        return 0;
+    /* a new class for k (setup called again): the old one's objects are freed, and it
+     * keeps pooled_dealloc, which frees its objects from now on */
+    while (pool_n[k] > 0) {
+        PyObject *o = pool[k][--pool_n[k]];
+        PyTypeObject *ot = Py_TYPE(o);
+        ot->tp_free(o);
+        Py_DECREF(ot);
+    }
+    pooled[k] = NULL;
+    if (t == NULL)
+        return 0;
+    if (t->tp_dealloc == pooled_dealloc) {
+        pooled[k] = t;
+        return 0;
+    }
+    static destructor subtype_dealloc;
+    if (subtype_dealloc == NULL) {
+        /* CPython's subtype_dealloc, found on a class made for the purpose */
+        PyObject *probe = PyObject_CallFunction((PyObject *)&PyType_Type, "s(O){}",
+                                                "_probe", (PyObject *)&PyBaseObject_Type);
+        if (probe == NULL)
+            return -1;
+        subtype_dealloc = ((PyTypeObject *)probe)->tp_dealloc;
+        Py_DECREF(probe);
+    }
+    Py_ssize_t n = 0;
+    for (PyTypeObject *b = t; b != &PyBaseObject_Type; b = b->tp_base) {
+        if (b == NULL || !(b->tp_flags & Py_TPFLAGS_HEAPTYPE) ||
+            b->tp_dealloc != subtype_dealloc || b->tp_dictoffset || b->tp_weaklistoffset ||
+            b->tp_itemsize || b->tp_finalize || b->tp_del)
+            return 0;
+        PyMemberDef *m = ((PyHeapTypeObject *)b)->ht_type.tp_members;
+        for (; m != NULL && m->name != NULL; m++) {
+            if (m->type != T_OBJECT_EX)
+                return 0;
+            n++;
+        }
+    }
+    if (!PyType_IS_GC(t) || t->tp_basicsize != (Py_ssize_t)(sizeof(PyObject) + n * sizeof(PyObject *)))
+        return 0;
+    t->tp_dealloc = pooled_dealloc;
+    pooled[k] = t;
+    return 0;
+}
+#endif
+
 static PyObject *
 alloc(int k)
 {
@@ -321,6 +418,13 @@ alloc(int k)
      * tuples of those, so they can never be part of a reference cycle: like CPython's own
      * untracking of such tuples and dicts, they are left out of the cyclic GC, which then
      * does not walk every resting order and every report (it was ~25 % of the time). */
+#ifdef POOL
+    if (pool_n[k] > 0) { /* the pool holds objects of TYPE(k) only: see pool_install */
+        PyObject *o = pool[k][--pool_n[k]];
+        _Py_NewReference(o);
+        return o;
+    }
+#endif
     PyTypeObject *t = TYPE(k);
     PyObject *o = t->tp_alloc(t, 0);
     if (o != NULL && PyObject_GC_IsTracked(o))
@@ -2236,6 +2340,12 @@ setup(PyObject *mod, PyObject *cfg)
         have_const |= 1ull << i;
     }
     configured = have_cls == (1ull << K_N) - 1 && have_const == (1ull << S_N) - 1;
+#ifdef POOL
+    static const int pooled_kinds[] = {K_ORDER, K_ER, K_TRADE, K_BU, K_REJECTED};
+    for (size_t i = 0; i < sizeof pooled_kinds / sizeof *pooled_kinds; i++)
+        if (pool_install(pooled_kinds[i]) < 0)
+            return NULL;
+#endif
     Py_RETURN_NONE;
 }
 

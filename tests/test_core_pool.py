@@ -1,0 +1,141 @@
+"""The compiled core's free list for ``Order`` and the events (``exchange/_corepath.c``:
+``pooled_dealloc``, ``pool_install``; ADR 0007, "a free list for the events").
+
+When the extension is set up, those classes are freed by ``pooled_dealloc``, which keeps up to
+256 objects of each class for the C core to hand out again. What must hold whatever the pool
+does: an object's slot values are released when it dies, the class's reference count does not
+drift (every object holds one reference to its class, pooled or not), a subclass (with its own
+slots and ``__dict__``) is freed through the same function without leaking either, and the
+objects the core hands out again are fresh: no value of an earlier object shows through.
+"""
+from __future__ import annotations
+
+import ctypes
+import gc
+import importlib
+import sys
+
+import pytest
+
+from exchange.core import book as book_mod
+from exchange.core.commands import CancelOrder, PlaceOrder
+from exchange.core.events import BookUpdate, CommandRejected, ExecutionReport, Trade
+from exchange.engine import Sequencer, build_exchange
+
+try:
+    _hotpath = importlib.import_module("exchange._hotpath")
+except ImportError:
+    _hotpath = None
+
+POOLED = [book_mod.Order, ExecutionReport, Trade, BookUpdate, CommandRejected]
+pytestmark = pytest.mark.skipif(_hotpath is None, reason="exchange._hotpath is not built")
+
+N = 2_000  # well beyond the pool's 256 per class
+
+
+def _blank(cls):
+    return object.__new__(cls)
+
+
+def _fill(obj, value, cls=None):
+    for name in (cls or type(obj)).__slots__:
+        setattr(obj, name, value)
+
+
+@pytest.mark.parametrize("cls", POOLED, ids=lambda c: c.__name__)
+def test_dealloc_releases_every_slot_value_and_keeps_the_class_count(cls):
+    sentinel = object()
+    # warm: fill the pool, so the counts below do not move by what it takes in
+    for _ in range(N):
+        _fill(_blank(cls), sentinel)
+    gc.collect()
+    before_sentinel = sys.getrefcount(sentinel)
+    before_cls = sys.getrefcount(cls)
+    objs = [_blank(cls) for _ in range(N)]
+    for o in objs:
+        _fill(o, sentinel)
+    assert sys.getrefcount(sentinel) == before_sentinel + N * len(cls.__slots__)
+    del objs, o
+    assert sys.getrefcount(sentinel) == before_sentinel
+    assert sys.getrefcount(cls) == before_cls
+
+
+@pytest.mark.parametrize("cls", POOLED, ids=lambda c: c.__name__)
+def test_a_subclass_with_a_dict_is_freed_through_the_same_function(cls):
+    sub = type("Sub" + cls.__name__, (cls,), {"__slots__": ("extra", "__dict__")})
+    sentinel = object()
+    before_sentinel = sys.getrefcount(sentinel)
+    before_cls, before_sub = sys.getrefcount(cls), sys.getrefcount(sub)
+    for _ in range(N):
+        o = _blank(sub)
+        _fill(o, sentinel, cls)  # the base class's slots
+        o.extra = sentinel
+        o.note = sentinel  # in __dict__
+    del o
+    assert sys.getrefcount(sentinel) == before_sentinel
+    assert sys.getrefcount(cls) == before_cls
+    assert sys.getrefcount(sub) == before_sub
+
+
+def _tp_dealloc(cls) -> int:
+    """The class's tp_dealloc pointer (PyTypeObject: refcnt, type, size, name, basicsize,
+    itemsize, then tp_dealloc)."""
+    return ctypes.c_void_p.from_address(id(cls) + 6 * ctypes.sizeof(ctypes.c_void_p)).value
+
+
+def test_the_classes_are_pooled():
+    """The free list is installed on each class (CPython 3.11): their tp_dealloc is one
+    function, and not CPython's, which a slotted class that is not set up keeps."""
+    if sys.version_info[:2] != (3, 11) or sys.implementation.name != "cpython":
+        pytest.skip("the free list is compiled for CPython 3.11 only")
+    plain = type("Plain", (), {"__slots__": ("a",)})
+    pooled = {_tp_dealloc(cls) for cls in POOLED}
+    assert len(pooled) == 1
+    assert pooled != {_tp_dealloc(plain)}
+    # a subclass keeps CPython's dealloc, which calls the pooled one for the base's slots
+    assert _tp_dealloc(type("Sub", (ExecutionReport,), {})) == _tp_dealloc(plain)
+
+
+def _market(accelerate: bool) -> Sequencer:
+    from exchange.config import load_settings
+    from exchange.core.commands import DepositCash, IssueUnits, RegisterFirm, SetPriceBand
+    from exchange.market import market_commands
+
+    seqr = Sequencer(build_exchange(accelerate=accelerate))
+    seqr.run(market_commands(load_settings()) + [
+        SetPriceBand(instrument="CEA-2026", reference_price=5000),
+        RegisterFirm(firm_id="A"), RegisterFirm(firm_id="B"),
+        DepositCash(account="A", amount=10**12), DepositCash(account="B", amount=10**12),
+        IssueUnits(account="B", instrument="CEA-2026", qty=10**6)])
+    return seqr
+
+
+def test_reports_handed_out_again_carry_no_earlier_value():
+    """Objects freed from Python with a marker in every slot fill the pools; the compiled
+    core's events afterwards (resting, crossing, cancelled, an unknown order's cancel) equal
+    the pure-Python core's, field by field, and none holds the marker."""
+    junk = ("junk",)
+    fast, slow = _market(True), _market(False)
+    assert fast.ex.accelerated and not slow.ex.accelerated
+    for _ in range(3):
+        for cls in POOLED:
+            objs = [_blank(cls) for _ in range(300)]
+            for o in objs:
+                _fill(o, junk)
+            del objs
+        cmds = []
+        for i in range(40):
+            cmds.append(PlaceOrder(account="B", instrument="CEA-2026", side="sell",
+                                   price=5000 + i % 5, qty=10))
+            cmds.append(PlaceOrder(account="A", instrument="CEA-2026", side="buy", price=5002,
+                                   qty=7))
+        got = [fast.run(cmds), slow.run(cmds)]
+        live = sorted(fast.ex.accounts["A"].orders)[:5] + [10**9]
+        for k, s in enumerate((fast, slow)):
+            got[k] += s.run([CancelOrder(account="A", order_id=oid) for oid in live])
+        assert got[0] == got[1]
+        assert any(type(ev) is Trade for ev in got[0])
+        assert any(type(ev) is CommandRejected for ev in got[0])
+        for ev in got[0]:
+            assert junk not in [getattr(ev, f) for f in type(ev).__slots__]
+        assert fast.ex.state_hash() == slow.ex.state_hash()
