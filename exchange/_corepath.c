@@ -528,12 +528,26 @@ new_bu(PyObject *instrument, PyObject *segment, PyObject *seq, PyObject *changes
 }
 
 static PyObject *
+tuple_of(Py_ssize_t n, PyObject *a, PyObject *b, PyObject *c)
+{
+    /* (a,) or (a, b, c), untracked (see alloc): PyTuple_Pack without its va_list; borrowed
+     * items */
+    PyObject *t = PyTuple_New(n);
+    if (t == NULL)
+        return NULL;
+    PyObject *v[3] = {a, b, c};
+    for (Py_ssize_t i = 0; i < n; i++)
+        PyTuple_SET_ITEM(t, i, Py_NewRef(v[i]));
+    return untracked(t);
+}
+
+static PyObject *
 change(PyObject *side, PyObject *price, PyObject *lq)
 {
     /* (side, price, lq), untracked; lq: a new reference, stolen */
     if (lq == NULL)
         return NULL;
-    PyObject *t = untracked(PyTuple_Pack(3, side, price, lq));
+    PyObject *t = tuple_of(3, side, price, lq);
     Py_DECREF(lq);
     return t;
 }
@@ -562,7 +576,7 @@ emit_book_update(PyObject *ex, PyObject *book, PyObject *last_change, PyObject *
         goto done;
     }
     if (pending == 0) /* the usual case: the command's own change is the only one */
-        tup = untracked(PyTuple_Pack(1, last_change));
+        tup = tuple_of(1, last_change, NULL, NULL);
     else {
         if (last_change != NULL && PyList_Append(changes, last_change) < 0)
             goto done;
@@ -891,12 +905,45 @@ unrest(PyObject *book, PyObject *o, PyObject *okey, PyObject *side_map, PyObject
 /* ------------------------------------------------------------------ the CorePath object */
 
 typedef struct {
+    PyObject *dict, *key, *value;
+    uint64_t version;
+} memo_t;
+enum { MEMO_INSTR, MEMO_RULES, MEMO_N };
+
+typedef struct {
     PyObject_HEAD
     PyObject *ex; /* the Exchange */
     /* the last book looked up: valid while ex.books is the same dict at the same version */
     PyObject *c_books, *c_symbol, *c_segment, *c_book;
     uint64_t c_version;
+    memo_t memo[MEMO_N]; /* instruments[symbol] and _rules[segment] (find) */
 } CorePath;
+
+static PyObject *
+find(CorePath *self, int which, PyObject *dict, PyObject *key)
+{
+    /* dict.get(key) for a str key, borrowed; NULL (error set or not) when absent. A
+     * one-entry cache per dict, valid while the dict is the same at the same version, as in
+     * find_book: an order names the same instrument and segment as the one before it nearly
+     * always, and a lookup with an equal but not identical str (every command's own) cost
+     * ~180 instructions. */
+#if PY_VERSION_HEX < 0x030C0000
+    memo_t *m = &self->memo[which];
+    if (m->dict == dict && m->version == ((PyDictObject *)dict)->ma_version_tag &&
+        (key == m->key || is_str(key, m->key)))
+        return m->value;
+#endif
+    PyObject *v = PyDict_GetItemWithError(dict, key);
+#if PY_VERSION_HEX < 0x030C0000
+    if (v != NULL && PyDict_CheckExact(dict) && PyUnicode_CheckExact(key)) {
+        Py_XSETREF(m->dict, Py_NewRef(dict));
+        Py_XSETREF(m->key, Py_NewRef(key));
+        Py_XSETREF(m->value, Py_NewRef(v));
+        m->version = ((PyDictObject *)dict)->ma_version_tag;
+    }
+#endif
+    return v;
+}
 
 static PyObject *
 find_book(CorePath *self, PyObject *books, PyObject *symbol, PyObject *segment)
@@ -1800,7 +1847,8 @@ cp_place(CorePath *self, PyObject *cmd)
         goto python;
     PyObject *symbol = f[P_INSTRUMENT], *segment = f[P_SEGMENT];
     PyObject *instruments = xget(self, X_INSTRUMENTS);
-    PyObject *instr = instruments ? PyDict_GetItemWithError(instruments, symbol) : NULL;
+    PyObject *instr = instruments && PyDict_Check(instruments)
+                          ? find(self, MEMO_INSTR, instruments, symbol) : NULL;
     if (instr == NULL || Py_TYPE(instr) != TYPE(K_INSTRUMENT))
         goto python;
     PyObject *books = xget(self, X_BOOKS);
@@ -1823,7 +1871,8 @@ cp_place(CorePath *self, PyObject *cmd)
     if (!trading(self, instr, symbol, segment))
         goto python;
     PyObject *all_rules = xget(self, X_RULES);
-    PyObject *rules = all_rules ? PyDict_GetItemWithError(all_rules, segment) : NULL;
+    PyObject *rules = all_rules && PyDict_Check(all_rules)
+                          ? find(self, MEMO_RULES, all_rules, segment) : NULL;
     if (rules == NULL || Py_TYPE(rules) != TYPE(K_RULES) ||
         !is_str(SLOT(rules, rules_off[R_ACCESS]), K[S_ACCESS_ALL]))
         goto python;
@@ -2032,8 +2081,10 @@ cp_amend(CorePath *self, PyObject *cmd)
     PyObject *symbol = SLOT(o, order_off[O_INSTRUMENT]), *segment = SLOT(o, order_off[O_SEGMENT]);
     PyObject *instruments = xget(self, X_INSTRUMENTS), *all_rules = xget(self, X_RULES);
     PyObject *books = xget(self, X_BOOKS);
-    PyObject *instr = instruments && symbol ? PyDict_GetItemWithError(instruments, symbol) : NULL;
-    PyObject *rules = all_rules && segment ? PyDict_GetItemWithError(all_rules, segment) : NULL;
+    PyObject *instr = instruments && symbol && PyDict_Check(instruments)
+                          ? find(self, MEMO_INSTR, instruments, symbol) : NULL;
+    PyObject *rules = all_rules && segment && PyDict_Check(all_rules)
+                          ? find(self, MEMO_RULES, all_rules, segment) : NULL;
     PyObject *book = instr && rules && books && PyDict_CheckExact(books)
                          ? find_book(self, books, symbol, segment) : NULL;
     if (book == NULL || Py_TYPE(book) != TYPE(K_BOOK) || Py_TYPE(instr) != TYPE(K_INSTRUMENT) ||
@@ -2276,6 +2327,10 @@ cp_traverse(CorePath *self, visitproc visit, void *arg)
     Py_VISIT(self->ex);
     Py_VISIT(self->c_books);
     Py_VISIT(self->c_book);
+    for (int i = 0; i < MEMO_N; i++) {
+        Py_VISIT(self->memo[i].dict);
+        Py_VISIT(self->memo[i].value);
+    }
     return 0;
 }
 
@@ -2287,6 +2342,11 @@ cp_clear(CorePath *self)
     Py_CLEAR(self->c_symbol);
     Py_CLEAR(self->c_segment);
     Py_CLEAR(self->c_book);
+    for (int i = 0; i < MEMO_N; i++) {
+        Py_CLEAR(self->memo[i].dict);
+        Py_CLEAR(self->memo[i].key);
+        Py_CLEAR(self->memo[i].value);
+    }
     return 0;
 }
 

@@ -187,3 +187,42 @@ def test_an_int_someone_holds_is_never_changed():
         assert [int(str(v)) for v in held] == values, n
         del held, got
     assert fast.ex.state_hash() == slow.ex.state_hash()
+
+
+def test_the_instrument_and_rules_lookups_follow_changes():
+    """The compiled core remembers the last instrument and segment rules it looked up
+    (``find``). Redefining the segment, or halting and re-banding the instrument, between two
+    orders must show in the second, exactly as in the pure-Python core."""
+    from exchange.core.commands import Halt, Resume, SetPriceBand
+    from exchange.core.exchange import AddSegment
+
+    fast, slow = _market(True), _market(False)
+    order = dict(account="A", instrument="CEA-2026", side="buy", price=5000, qty=15)
+    steps = [
+        [PlaceOrder(**order)],  # accepted: lot 1
+        [AddSegment(name="main", tick=1, lot=10, max_order_qty=99_999, fee_bps=5),
+         PlaceOrder(**order)],  # BAD_LOT now
+        [PlaceOrder(**{**order, "qty": 20})],  # accepted with the new rules
+        [SetPriceBand(instrument="CEA-2026", reference_price=9000),
+         PlaceOrder(**{**order, "qty": 20})],  # outside the new band
+        [Halt(instrument="CEA-2026"), PlaceOrder(**{**order, "qty": 20, "price": 9000})],
+        [Resume(instrument="CEA-2026"), PlaceOrder(**{**order, "qty": 20, "price": 9000})],
+    ]
+    outcome = []
+    for cmds in steps:
+        got = fast.run(cmds)
+        assert got == slow.run([__import__("copy").copy(c) for c in cmds])
+        er = [ev for ev in got if isinstance(ev, ExecutionReport)][-1]
+        outcome.append((er.exec_type, er.reason))
+    assert outcome == [("new", None), ("rejected", "BAD_LOT"), ("new", None),
+                       ("rejected", "OUTSIDE_PRICE_BAND"), ("rejected", "HALTED"),
+                       ("new", None)]
+    # the same dicts changed in place (as a module or an operator tool might): the cached
+    # entries are checked against the dict's version, not only its identity
+    from exchange.core.exchange import SegmentRules
+    for s in (fast, slow):
+        s.ex._rules["main"] = SegmentRules("main", 1, 7, 99_999, 5, "all")
+    got = fast.run([PlaceOrder(**{**order, "qty": 20, "price": 9000})])
+    assert got == slow.run([PlaceOrder(**{**order, "qty": 20, "price": 9000})])
+    assert [ev.reason for ev in got if isinstance(ev, ExecutionReport)] == ["BAD_LOT"]
+    assert fast.ex.state_hash() == slow.ex.state_hash()
