@@ -905,72 +905,79 @@ unrest(PyObject *book, PyObject *o, PyObject *okey, PyObject *side_map, PyObject
 /* ------------------------------------------------------------------ the CorePath object */
 
 typedef struct {
-    PyObject *dict, *key, *value;
+    PyObject *dict, *key, *key2, *value; /* key2: NULL for a dict keyed by one str */
     uint64_t version;
 } memo_t;
-enum { MEMO_INSTR, MEMO_RULES, MEMO_N };
+enum { MEMO_INSTR, MEMO_RULES, MEMO_BOOK, MEMO_N };
 
 typedef struct {
     PyObject_HEAD
     PyObject *ex; /* the Exchange */
-    /* the last book looked up: valid while ex.books is the same dict at the same version */
-    PyObject *c_books, *c_symbol, *c_segment, *c_book;
-    uint64_t c_version;
-    memo_t memo[MEMO_N]; /* instruments[symbol] and _rules[segment] (find) */
+    /* the last instrument, segment rules and book looked up (find, find_book) */
+    memo_t memo[MEMO_N];
 } CorePath;
+
+/* One-entry caches of dict lookups by str keys (memo_t): valid while the dict is the same
+ * object at the same ma_version_tag, which changes with every change to the dict, so an
+ * entry cannot go stale. Each command carries its own str objects, equal to the dicts' keys
+ * but not the same objects: a hit costs one or two string comparisons, a lookup a hash
+ * probe and the same comparison (and for the books, a key tuple). On Python 3.12+, where
+ * the version tag is deprecated, the caches are compiled out. */
+
+static inline int
+memo_hit(memo_t *m, PyObject *dict, PyObject *k1, PyObject *k2)
+{
+#if PY_VERSION_HEX < 0x030C0000
+    return m->dict == dict && m->version == ((PyDictObject *)dict)->ma_version_tag &&
+           (k1 == m->key || is_str(k1, m->key)) &&
+           (k2 == m->key2 || (k2 != NULL && is_str(k2, m->key2)));
+#else
+    return 0;
+#endif
+}
+
+static void
+memo_set(memo_t *m, PyObject *dict, PyObject *k1, PyObject *k2, PyObject *v)
+{
+    /* remember dict[k1] (or dict[(k1, k2)]) = v, for str keys of an exact dict */
+#if PY_VERSION_HEX < 0x030C0000
+    if (v == NULL || !PyDict_CheckExact(dict) || !PyUnicode_CheckExact(k1) ||
+        (k2 != NULL && !PyUnicode_CheckExact(k2)))
+        return;
+    Py_XSETREF(m->dict, Py_NewRef(dict));
+    Py_XSETREF(m->key, Py_NewRef(k1));
+    Py_XSETREF(m->key2, Py_XNewRef(k2));
+    Py_XSETREF(m->value, Py_NewRef(v));
+    m->version = ((PyDictObject *)dict)->ma_version_tag;
+#endif
+}
 
 static PyObject *
 find(CorePath *self, int which, PyObject *dict, PyObject *key)
 {
-    /* dict.get(key) for a str key, borrowed; NULL (error set or not) when absent. A
-     * one-entry cache per dict, valid while the dict is the same at the same version, as in
-     * find_book: an order names the same instrument and segment as the one before it nearly
-     * always, and a lookup with an equal but not identical str (every command's own) cost
-     * ~180 instructions. */
-#if PY_VERSION_HEX < 0x030C0000
+    /* dict.get(key) for instruments[symbol] and _rules[segment], borrowed; NULL (error set
+     * or not) when absent */
     memo_t *m = &self->memo[which];
-    if (m->dict == dict && m->version == ((PyDictObject *)dict)->ma_version_tag &&
-        (key == m->key || is_str(key, m->key)))
+    if (memo_hit(m, dict, key, NULL))
         return m->value;
-#endif
     PyObject *v = PyDict_GetItemWithError(dict, key);
-#if PY_VERSION_HEX < 0x030C0000
-    if (v != NULL && PyDict_CheckExact(dict) && PyUnicode_CheckExact(key)) {
-        Py_XSETREF(m->dict, Py_NewRef(dict));
-        Py_XSETREF(m->key, Py_NewRef(key));
-        Py_XSETREF(m->value, Py_NewRef(v));
-        m->version = ((PyDictObject *)dict)->ma_version_tag;
-    }
-#endif
+    memo_set(m, dict, key, NULL, v);
     return v;
 }
 
 static PyObject *
 find_book(CorePath *self, PyObject *books, PyObject *symbol, PyObject *segment)
 {
-    /* books.get((symbol, segment)), borrowed; NULL (error set or not) when absent. The
-     * one-entry cache saves building, hashing and comparing the key tuple; a dict's
-     * ma_version_tag changes with every change to it, so the cache cannot go stale. */
-#if PY_VERSION_HEX < 0x030C0000
-    if (self->c_books == books && self->c_version == ((PyDictObject *)books)->ma_version_tag &&
-        (symbol == self->c_symbol || is_str(symbol, self->c_symbol)) &&
-        (segment == self->c_segment || is_str(segment, self->c_segment)))
-        return self->c_book;
-#endif
+    /* books.get((symbol, segment)), borrowed; NULL (error set or not) when absent */
+    memo_t *m = &self->memo[MEMO_BOOK];
+    if (memo_hit(m, books, symbol, segment))
+        return m->value;
     PyObject *key = PyTuple_Pack(2, symbol, segment);
     if (key == NULL)
         return NULL;
     PyObject *book = PyDict_GetItemWithError(books, key);
     Py_DECREF(key);
-#if PY_VERSION_HEX < 0x030C0000
-    if (book != NULL && PyUnicode_CheckExact(symbol) && PyUnicode_CheckExact(segment)) {
-        Py_XSETREF(self->c_books, Py_NewRef(books));
-        Py_XSETREF(self->c_symbol, Py_NewRef(symbol));
-        Py_XSETREF(self->c_segment, Py_NewRef(segment));
-        Py_XSETREF(self->c_book, Py_NewRef(book));
-        self->c_version = ((PyDictObject *)books)->ma_version_tag;
-    }
-#endif
+    memo_set(m, books, symbol, segment, book);
     return book;
 }
 
@@ -2325,8 +2332,6 @@ static int
 cp_traverse(CorePath *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->ex);
-    Py_VISIT(self->c_books);
-    Py_VISIT(self->c_book);
     for (int i = 0; i < MEMO_N; i++) {
         Py_VISIT(self->memo[i].dict);
         Py_VISIT(self->memo[i].value);
@@ -2338,13 +2343,10 @@ static int
 cp_clear(CorePath *self)
 {
     Py_CLEAR(self->ex);
-    Py_CLEAR(self->c_books);
-    Py_CLEAR(self->c_symbol);
-    Py_CLEAR(self->c_segment);
-    Py_CLEAR(self->c_book);
     for (int i = 0; i < MEMO_N; i++) {
         Py_CLEAR(self->memo[i].dict);
         Py_CLEAR(self->memo[i].key);
+        Py_CLEAR(self->memo[i].key2);
         Py_CLEAR(self->memo[i].value);
     }
     return 0;
