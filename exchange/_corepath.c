@@ -374,20 +374,27 @@ pooled_dealloc(PyObject *o)
         b = b->tp_base;
     if (PyObject_GC_IsTracked(o))
         PyObject_GC_UnTrack(o);
+    /* as subtype_dealloc: a long chain of objects freeing each other (orders linked through
+     * prev/next) is freed iteratively, not by recursion as deep as the chain */
+    Py_TRASHCAN_BEGIN(o, pooled_dealloc)
     for (Py_ssize_t off = sizeof(PyObject); off < b->tp_basicsize; off += sizeof(PyObject *))
         Py_CLEAR(SLOT(o, off));
+    int kept = 0;
     if (t == b) {
         for (int k = 0; k < K_N; k++)
             if (pooled[k] == t) {
                 if (pool_n[k] < POOL_MAX) {
                     pool[k][pool_n[k]++] = o; /* keeps its reference to t */
-                    return;
+                    kept = 1;
                 }
                 break;
             }
     }
-    t->tp_free(o);
-    Py_DECREF(t);
+    if (!kept) {
+        t->tp_free(o);
+        Py_DECREF(t);
+    }
+    Py_TRASHCAN_END
 }
 
 static int

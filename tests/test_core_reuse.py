@@ -226,3 +226,19 @@ def test_the_instrument_and_rules_lookups_follow_changes():
     assert got == slow.run([PlaceOrder(**{**order, "qty": 20, "price": 9000})])
     assert [ev.reason for ev in got if isinstance(ev, ExecutionReport)] == ["BAD_LOT"]
     assert fast.ex.state_hash() == slow.ex.state_hash()
+
+
+def test_a_long_chain_of_orders_is_freed_without_deep_recursion():
+    """Orders link to each other (prev/next). Freeing the head of a chain of 300,000 frees
+    them all; CPython's subtype_dealloc does it through its "trashcan", iteratively, and so
+    must pooled_dealloc (without it this crashed the interpreter: a C stack overflow)."""
+    head = None
+    for _ in range(300_000):
+        o = _blank(book_mod.Order)
+        o.next = head
+        head = o
+    sentinel = object()
+    o.prev = sentinel  # the head of the chain, the last made
+    before = sys.getrefcount(sentinel)
+    del head, o
+    assert sys.getrefcount(sentinel) == before - 1
