@@ -14,9 +14,11 @@ no one can see it change: every int someone else holds keeps its value.
 """
 from __future__ import annotations
 
+import copy
 import ctypes
 import gc
 import importlib
+import random
 import sys
 
 import pytest
@@ -170,7 +172,7 @@ def test_an_int_someone_holds_is_never_changed():
     and book sequence; after it, each held object still has the value it had. The values the
     exchange ends with equal the pure-Python core's."""
     fast, slow = _market(True), _market(False)
-    rng = __import__("random").Random(7)
+    rng = random.Random(7)
     for n in range(400):
         r = rng.random()
         acct = rng.choice("AB")
@@ -183,7 +185,7 @@ def test_an_int_someone_holds_is_never_changed():
         held = _ints(fast.ex)
         values = [int(str(v)) for v in held]
         got = fast(cmd)
-        assert slow(__import__("copy").copy(cmd)) == got
+        assert slow(copy.copy(cmd)) == got
         assert [int(str(v)) for v in held] == values, n
         del held, got
     assert fast.ex.state_hash() == slow.ex.state_hash()
@@ -211,7 +213,7 @@ def test_the_instrument_and_rules_lookups_follow_changes():
     outcome = []
     for cmds in steps:
         got = fast.run(cmds)
-        assert got == slow.run([__import__("copy").copy(c) for c in cmds])
+        assert got == slow.run([copy.copy(c) for c in cmds])
         er = [ev for ev in got if isinstance(ev, ExecutionReport)][-1]
         outcome.append((er.exec_type, er.reason))
     assert outcome == [("new", None), ("rejected", "BAD_LOT"), ("new", None),
