@@ -311,10 +311,15 @@ static int
 slot_add(PyObject *o, Py_ssize_t off, __int128 delta)
 {
     /* o.<slot> += delta, for an int of any size */
+    PyObject *cur = SLOT(o, off), *r;
     long long x;
-    if (rd64(SLOT(o, off), &x) == 0 && int_reuse(SLOT(o, off), (__int128)x + delta))
-        return 0;
-    PyObject *r = num_add(SLOT(o, off), delta);
+    if (rd64(cur, &x) == 0) { /* read once: in place if it may be, else a new int */
+        if (int_reuse(cur, (__int128)x + delta))
+            return 0;
+        r = from128((__int128)x + delta);
+    }
+    else
+        r = num_add(cur, delta);
     if (r == NULL)
         return -1;
     set_slot(o, off, r);
