@@ -157,6 +157,39 @@ def test_end_of_day_vwap_band_cancels_orders_outside_it(m):
     check_invariants(m)
 
 
+def _ref(m):
+    return m.ex.instruments[CEA].reference_price
+
+
+def test_limit_locked_up_day_rolls_the_reference_to_the_upper_limit(m):
+    m.buy("BUYER", BAND_HI, 10, tif="DAY")      # buyers at the limit, nobody sells in band
+    (de,) = [e for e in m.apply(EndOfDay()) if isinstance(e, DayEnded)]
+    assert de.limit_locked == ((CEA, "up"),)
+    assert _ref(m) == BAND_HI and dict(de.reference_prices)[CEA] == BAND_HI
+    # the band walks: the next day's upper limit is 10 % above the old limit
+    assert m.ex.instruments[CEA].band() == (BAND_HI - BAND_HI // 10, BAND_HI + BAND_HI // 10)
+    check_invariants(m)
+
+
+def test_limit_locked_down_day_rolls_the_reference_to_the_lower_limit(m):
+    m.sell("SELLER", BAND_LO, 10, tif="DAY")
+    (de,) = [e for e in m.apply(EndOfDay()) if isinstance(e, DayEnded)]
+    assert de.limit_locked == ((CEA, "down"),) and _ref(m) == BAND_LO
+    check_invariants(m)
+
+
+def test_quiet_day_inside_the_band_or_a_traded_day_is_not_locked(m):
+    m.buy("BUYER", BAND_HI - 1, 10, tif="DAY")   # one fen inside the limit: not locked
+    (de,) = [e for e in m.apply(EndOfDay()) if isinstance(e, DayEnded)]
+    assert de.limit_locked == () and _ref(m) == REF
+    # a day that traded (even at the limit) keeps the VWAP rule
+    m.buy("BUYER", BAND_HI, 20, tif="DAY")
+    m.sell("SELLER", BAND_HI, 5, tif="DAY")
+    (de,) = [e for e in m.apply(EndOfDay()) if isinstance(e, DayEnded)]
+    assert de.limit_locked == () and _ref(m) == BAND_HI
+    check_invariants(m)
+
+
 def test_market_with_explicit_protection_price(m):
     for p in (8_500, 8_510, 8_520):
         m.sell("SELLER", p, 5)

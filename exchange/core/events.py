@@ -167,6 +167,9 @@ class DayEnded:
     day: int
     reference_prices: tuple  # ((instrument, price), ...)
     expired_orders: int
+    # ((instrument, "up" | "down"), ...): no trade and the main book bid at the upper limit
+    # (or offered at the lower one); the reference rolled to that limit price
+    limit_locked: tuple = ()
 
 
 @event("account_updated")

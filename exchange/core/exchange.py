@@ -1258,6 +1258,7 @@ class Exchange:
     def _end_of_day(self, c: EndOfDay) -> list:
         events: list = []
         expired = 0
+        locked = self._limit_locked()
         for key in sorted(self.books):
             book = self.books[key]
             day_orders = [o for o in book.iter_orders() if o.tif == DAY]
@@ -1274,16 +1275,41 @@ class Exchange:
         for sym in sorted(self.instruments):
             ins = self.instruments[sym]
             vwap = ins.vwap()
+            lock = locked.get(sym)
             if vwap is not None:
                 ins.reference_price = vwap
+                self._cancel_outside_band(ins, events)
+            elif lock is not None:
+                ins.reference_price = lock[1]
                 self._cancel_outside_band(ins, events)
             ins.reset_day()
             refs.append((sym, ins.reference_price))
         self.day += 1
-        events.append(DayEnded(self.day, tuple(refs), expired))
+        events.append(DayEnded(self.day, tuple(refs), expired,
+                               tuple((sym, d) for sym, (d, _) in sorted(locked.items()))))
         for hook in self._eod_hooks:
             events.extend(hook())
         return events
+
+    def _limit_locked(self) -> dict[str, tuple[str, int]]:
+        """Instruments whose main board was locked at a daily limit: no trade all day, and
+        buyers still bid at the upper limit (nobody would sell inside the band) or sellers
+        still offer at the lower one. As on exchanges with daily price limits, the day then
+        settles at the limit, so the band walks toward a clearing price that lies outside it
+        instead of freezing the market. ``{symbol: ("up" | "down", limit price)}``."""
+        out = {}
+        for sym in sorted(self.instruments):
+            ins = self.instruments[sym]
+            band = ins.band()
+            book = self.books.get((sym, "main"))
+            if band is None or book is None or ins.day_volume:
+                continue
+            bid, ask = book.best_bid(), book.best_ask()
+            if bid is not None and bid >= band[1]:
+                out[sym] = ("up", band[1])
+            elif ask is not None and ask <= band[0]:
+                out[sym] = ("down", band[0])
+        return out
 
     # ================================================================== state
     def to_state(self, *, encode_orders=None) -> dict:
