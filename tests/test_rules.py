@@ -250,6 +250,29 @@ def test_full_cycle_matches_hand_computation():
     m.ex.check_invariants()
 
 
+def test_record_made_before_the_period_opens_takes_the_values_at_opening():
+    """A deduction for 2027 recorded before 2026 closes creates the 2027 record early; the
+    period must still be allocated with the phi and benchmark it opens with (after the
+    close), exactly as when the deduction arrives after the close."""
+    def run(early: bool) -> Market:
+        m = Market()
+        cycle_2026(m)
+        m.ok(RecordVerified(firm_id="A", period=2026, emissions=160_000, output=100_000))
+        m.ok(RecordVerified(firm_id="B", period=2026, emissions=100_000, output=50_000))
+        if early:
+            m.rules.add_allocation_deduction("B", 2027, 10)
+        m.ok(ClosePeriod(period=2026))
+        if not early:
+            m.rules.add_allocation_deduction("B", 2027, 10)
+        m.ok(PreAllocate(period=2027))
+        return m
+    early, late = run(True), run(False)
+    b = early.rules.allocation("B", 2027)
+    assert (b["phi_ppm"], b["benchmark_ppm"], b["deduction"]) == (902_223, 1_766_667, 10)
+    assert b == late.rules.allocation("B", 2027)
+    assert early.held("B", CEA27) == late.held("B", CEA27) == b["pre_allocation"] - 10
+
+
 def test_negative_true_up_claws_back_then_adds_to_obligation():
     calls = []
 

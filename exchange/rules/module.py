@@ -275,6 +275,25 @@ class RulesModule(Module):
                 "verified": False, "verified_output": 0, "final": 0, "deduction": 0,
                 "issued": 0, "clawed_back": 0, "to_obligation": 0}
 
+    def _open_record(self, firm_id: str, period: int) -> dict:
+        """The record a period opens with. A record made earlier (a deduction recorded before
+        the previous period closed, a verification before the pre-allocation) fixed B, phi
+        and the base output of that moment; the period takes the values at its opening, so
+        such a record is renewed, keeping what was recorded on it (deduction, verified data,
+        deliveries)."""
+        recs = self.allocs.setdefault(firm_id, {})
+        old = recs.get(period)
+        rec = self._new_record(firm_id, period)
+        if old is not None:
+            for k in ("deduction", "verified", "verified_output", "issued", "clawed_back",
+                      "to_obligation"):
+                rec[k] = old[k]
+            if rec["verified"]:
+                rec["final"] = F.allocation_tonnes(rec["benchmark_ppm"], rec["verified_output"],
+                                                   rec["phi_ppm"])
+        recs[period] = rec
+        return rec
+
     @staticmethod
     def _target(rec: dict) -> int:
         if rec["verified"]:
@@ -433,10 +452,7 @@ class RulesModule(Module):
         events: list = []
         total = 0
         for a in firms:
-            recs = self.allocs.setdefault(a.firm_id, {})
-            rec = recs.get(period)
-            if rec is None:
-                rec = recs[period] = self._new_record(a.firm_id, period)
+            rec = self._open_record(a.firm_id, period)
             rec["opened"] = True
             rec["pre"] = F.allocation_tonnes(rec["benchmark_ppm"], rec["base_output"],
                                              rec["phi_ppm"], rec["pre_ratio_ppm"])
