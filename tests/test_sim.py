@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 
 from exchange.cli import main as cli_main
-from exchange.sim.agents import (
-    Curves, abatement_at, abatement_cost, build_population, cover_need, mac_at,
-)
+from exchange.sim.agents import Curves, abatement_at, abatement_cost, build_population, mac_at
+from exchange.sim.equilibrium import OffsetRule, OffsetType, cover
 from exchange.sim.runner import run_scenario
 from exchange.sim.scenario import ScenarioError, load_scenario, parse_scenario
 
@@ -212,9 +211,16 @@ def test_mac_curves_inverse_and_integral():
     trap = getattr(np, "trapezoid", None) or np.trapz
     numeric = trap(vals, ks[None, :] * x[:, None], axis=1)
     np.testing.assert_allclose(abatement_cost(cv, x), numeric, rtol=1e-4)
-    cv.off_price, cv.off_cap = 45.0, np.full(pop.n, 10.0)
-    a, o = cover_need(cv, np.full(pop.n, 50.0), np.full(pop.n, 10.0))
-    assert np.all(a + o == 50.0) and np.all(o <= 10.0)
+    # covering a gap of 50 t with 950 t held and a 5 % offset cap at 45 CNY/t: offsets fill
+    # at most 5 % of verified emissions (950 + o), abatement the rest
+    rule = OffsetRule(cap=0.05, types=[OffsetType("CCER", 45.0, 0.05)])
+    held = np.full(pop.n, 950.0)
+    a, o = cover(cv, rule, held + 50.0, held)
+    o = o[:, 0]
+    assert np.all(np.minimum(a, cv.a_max) + o <= 50.0 + 1e-9)
+    assert np.all(o <= np.floor(0.05 * (held + o)))
+    cheap = abatement_at(cv, 45.0) >= 50.0  # abating all 50 t costs less than an offset
+    assert np.all(o[cheap] == 0) and np.all(o[~cheap] > 0)
 
 
 def _toml(text: str) -> dict:

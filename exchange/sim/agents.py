@@ -165,17 +165,11 @@ def build_population(sc: Scenario, rng: np.random.Generator) -> Population:
 
 @dataclass
 class Curves:
-    """MAC curves in tonnes for one period: points (a, m) per firm, shape (n, K).
-
-    ``off_price``/``off_cap``: offsets as one more compliance option — ``off_cap[i]`` tonnes at
-    a flat ``off_price`` CNY/t (the offset cap). :func:`abatement_at` includes them (a firm
-    covers need with offsets once the price reaches their price); :func:`abatement_cost` and
-    :func:`mac_at` are about technical abatement only."""
+    """MAC curves in tonnes for one period: points (a, m) per firm, shape (n, K). Technical
+    abatement only: offsets are a compliance option priced in :mod:`exchange.sim.equilibrium`."""
 
     a: np.ndarray
     m: np.ndarray
-    off_price: float | None = None
-    off_cap: np.ndarray | None = None
 
     @classmethod
     def for_period(cls, pop: Population, baseline: np.ndarray) -> "Curves":
@@ -198,17 +192,7 @@ class Curves:
 
 def abatement_at(cv: Curves, p) -> np.ndarray:
     """a_i(p) = the largest abatement whose MAC is <= p (0 below the curve's start, a_max at
-    or above its end), plus the firm's offset cap once p reaches the offset price.
-    ``p`` is a scalar or a per-firm array."""
-    res = technical_abatement_at(cv, p)
-    if cv.off_price is not None:
-        p = np.broadcast_to(np.asarray(p, dtype=float), res.shape)
-        res = res + np.where(p >= cv.off_price, cv.off_cap, 0.0)
-    return res
-
-
-def technical_abatement_at(cv: Curves, p) -> np.ndarray:
-    """a_i(p) without offsets: where MAC_i reaches p."""
+    or above its end). ``p`` is a scalar or a per-firm array."""
     a, m = cv.a, cv.m
     n, K = a.shape
     p = np.broadcast_to(np.asarray(p, dtype=float), (n,))
@@ -251,34 +235,3 @@ def abatement_cost(cv: Curves, x) -> np.ndarray:
         slope = np.where(width > 0, (m[:, k + 1] - m[:, k]) / np.where(width > 0, width, 1), 0)
         total += seg * (m[:, k] + 0.5 * slope * seg)
     return total
-
-
-def least_cost_price(cv: Curves, required: float, hi: float) -> float:
-    """The uniform price p at which sum a_i(p) = required (bisection), clipped to [0, hi]."""
-    if required <= 0:
-        return 0.0
-    if abatement_at(cv, hi).sum() < required:
-        return hi
-    lo = 0.0
-    for _ in range(100):
-        mid = 0.5 * (lo + hi)
-        if abatement_at(cv, mid).sum() < required:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo < 1e-9:
-            break
-    return 0.5 * (lo + hi)
-
-
-def cover_need(cv: Curves, need: np.ndarray, off_room: np.ndarray | None) -> tuple:
-    """How a firm covers ``need`` tonnes at least cost, given at most ``off_room`` t of
-    offsets at ``cv.off_price``: abate while the MAC is below the offset price, then offsets,
-    then abate the rest. Returns (technical abatement, offsets)."""
-    need = np.maximum(need, 0.0)
-    if cv.off_price is None or off_room is None:
-        return np.minimum(need, cv.a_max), np.zeros_like(need)
-    cheap = np.minimum(technical_abatement_at(cv, cv.off_price), need)
-    off = np.clip(np.minimum(off_room, need - cheap), 0.0, None)
-    off = np.floor(off)
-    return np.minimum(need - off, cv.a_max), off

@@ -30,6 +30,7 @@ import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import numpy as np
 
@@ -50,11 +51,10 @@ from ..rules.commands import (
     SettleSubQuotas, SplitSubQuotas,
 )
 from ..rules.events import AllocationChanged, BenchmarkUpdated, FactorChanged
-from ..rules.formulas import allocation_tonnes
-from .agents import (
-    Curves, abatement_cost, build_population, cover_need, least_cost_price,
-    technical_abatement_at,
-)
+from ..core.units import floor_int
+from ..rules.formulas import allocation_tonnes, split_amounts
+from .agents import Curves, abatement_cost, build_population
+from .equilibrium import OffsetRule, OffsetType, closed_form, cover, least_cost
 from .gateway import InProcessGateway
 from .progress import Progress
 from .scenario import Scenario
@@ -76,7 +76,8 @@ RECORD_FIELDS = (
     "allocation", "deduction", "sub_quota_in", "sub_quota_out", "bought", "sold",
     "net_bought", "abatement", "emissions", "obligation", "verified_intensity",
     "offsets_bought", "offsets_used", "allowances_surrendered", "shortfall", "penalty",
-    "banked", "abatement_cost", "no_trade_abatement_cost", "trade_cash", "sme_revenue",
+    "banked", "abatement_cost", "offset_cost", "no_trade_abatement_cost",
+    "no_trade_offset_cost", "trade_cash", "sme_revenue",
 )
 
 
@@ -126,6 +127,12 @@ class Simulation:
         self.progress = Progress(self.T * rounds, label, enabled=progress)
         n = self.pop.n
         self.phi = np.full(n, sc.rules.phi_initial)
+        off = sc.offsets
+        self.offset_rule = OffsetRule(
+            cap=off.cap if off.enabled else 0.0,
+            types=[OffsetType(name, price, sub, float(supply))
+                   for name, price, sub, supply in off.all_types()]
+            if off.enabled and off.cap > 0 else [])
         self.alloc_rec: dict[int, dict] = {}
         self.bench: dict[str, float] = {}
         self._ev: dict[str, np.ndarray] = {}
@@ -208,7 +215,8 @@ class Simulation:
             ConfigureCompliance(
                 carbon_coefficients_ppm=(("coal", COAL_PPM), ("natural_gas", 443_500),
                                          ("oil", 582_500)),
-                offset_types=(sc.offsets.offset_type,), banking=sc.compliance.banking,
+                offset_types=tuple(t.name for t in self.offset_rule.types) or (
+                    sc.offsets.offset_type,), banking=sc.compliance.banking,
                 penalty_mode="both", penalty_fixed_fine=_fen(sc.compliance.fixed_fine)
                 if sc.compliance.fixed_fine else 0,
                 penalty_multiple_ppm=_ppm(sc.compliance.penalty_multiple),
@@ -222,7 +230,7 @@ class Simulation:
                 kappa_ppm=_ppm(r.kappa), kappa_max_ppm=_ppm(r.kappa_max),
                 benchmark_step_ppm=_ppm(r.benchmark_step) if r.update_benchmarks else 0,
                 max_tightening_ppm=_ppm(r.max_tightening),
-                instrument_pattern="CEA-{period}"),
+                instrument_pattern="CEA-{period}", **self._total_param()),
         ]
         if sc.allocation.mode == "intensity":
             for s in sc.sectors:
@@ -234,7 +242,7 @@ class Simulation:
             sec = pop.sector_names[pop.sector[i]]
             cmds.append(RegisterFirm(firm_id=fid, name=fid, sector=sec, product=self._product(i),
                                      size_class="sme" if pop.sme[i] else "large"))
-        if sc.offsets.enabled:
+        if self.offset_rule.types:
             cmds.append(RegisterFirm(firm_id=OFFSET_SUPPLIER, name="offset project developer",
                                      sector="offsets", size_class="large"))
         per_t = m.cash_per_tonne or 2.0 * m.price_cap
@@ -252,6 +260,13 @@ class Simulation:
             edges = tuple((pop.ids[s], pop.ids[t], PPM // outdeg[s]) for s, t in pop.edges[c])
             cmds.append(RegisterSupplyChain(chain_id=cid, members=members, edges=edges))
         self.send_all(cmds)
+
+    def _total_param(self) -> dict:
+        """The rules' allocation total: the scenario's choice (intensity mode holds the
+        total at sum B x Y; floating lets phi move it, an explicit opt-in)."""
+        if "allocation_total" not in SetRulesParams.__dataclass_fields__:
+            return {}
+        return {"allocation_total": self.sc.rules.allocation_total}
 
     def _baseline(self, output: np.ndarray, t: int) -> np.ndarray:
         pop = self.pop
@@ -276,8 +291,9 @@ class Simulation:
         width = float(m.initial_width)
         rounds: list[dict] = []
         period_rows: list[dict] = []
-        cap = sc.offsets.cap if sc.offsets.enabled else 0.0
-        cap_bps = int(round(cap * 10_000))
+        rule = self.offset_rule
+        cap_bps = int(round(rule.cap * 10_000))
+        sub_bps = [int(round(t.sub_cap * 10_000)) for t in rule.types]
         vintage_of: dict[str, int] = {}
         growth_draw = np.random.default_rng(self.seed + 7)
         fixed_alloc = None
@@ -286,7 +302,7 @@ class Simulation:
         for t in range(T):
             year = sc.scenario.start_year + t
             instr = f"CEA-{year}"
-            off_instr = f"{sc.offsets.offset_type}-{year}"
+            off_instrs = [f"{ot.name}-{year}" for ot in rule.types]
             ev = self._ev = {k: np.zeros(n, dtype=np.int64) for k in (
                 "pre_allocation", "true_up", "obligation", "shortfall", "deduction_next")}
             ev["penalty"] = np.zeros(n)
@@ -308,14 +324,15 @@ class Simulation:
                                   reference_price=_fen(price)),
                     SetPriceBand(instrument=instr, band_bps=band, reference_price=_fen(price))]
             vintage_of[instr] = year
-            if sc.offsets.enabled:
-                cmds += [AddInstrument(symbol=off_instr, kind="offset", vintage=year,
-                                       offset_type=sc.offsets.offset_type,
-                                       reference_price=_fen(sc.offsets.price)),
-                         SetPriceBand(instrument=off_instr, band_bps=band)]
-            market.new_period(instr, off_instr if sc.offsets.enabled else "", _fen(price))
-            cmds.append(ConfigureCompliancePeriod(period=year, start_ts=self._now() + 1,
-                                                  offset_cap_bps=cap_bps))
+            for ot, sym in zip(rule.types, off_instrs):
+                cmds += [AddInstrument(symbol=sym, kind="offset", vintage=year,
+                                       offset_type=ot.name, reference_price=_fen(ot.price)),
+                         SetPriceBand(instrument=sym, band_bps=band)]
+            market.new_period(instr, off_instrs, _fen(price))
+            cmds.append(ConfigureCompliancePeriod(
+                period=year, start_ts=self._now() + 1, offset_cap_bps=cap_bps,
+                offset_sub_caps_bps=tuple((ot.name, b) for ot, b in zip(rule.types, sub_bps)
+                                          if b < cap_bps)))
             self.send_all(cmds)
 
             # 2. allocation
@@ -336,113 +353,68 @@ class Simulation:
                                           source="allocation", ref=f"{year}:pre")
                                for i in np.nonzero(pre > 0)[0]])
                 ev["pre_allocation"] += pre
+                target = int(final.sum())
             else:
-                # a firm forecasts its own allocation from the rules' record: B x Y x phi
-                final = np.zeros(n, dtype=np.int64)
-                for i, a in self.alloc_rec.items():
-                    final[i] = allocation_tonnes(a["benchmark_ppm"], int(output[i]),
-                                                 a["phi_ppm"]) - a["deduction"]
+                final, target = self._forecast_allocation(output)
             pre_issued = ev["pre_allocation"].copy()
-            # SME pools: the core firm receives its SMEs' benchmark allocation and splits it
-            sq_in = np.zeros(n, dtype=np.int64)
-            sq_out = np.zeros(n, dtype=np.int64)
-            pool_in = np.zeros(n, dtype=np.int64)
-            for c, cid in enumerate(pop.chain_ids):
-                spec = sc.chains[pop.chain_spec[c]]
-                smes = np.nonzero((pop.chain == c) & pop.sme)[0]
-                if len(smes) == 0 or spec.sub_quota_share <= 0:
-                    continue
-                core = int(pop.core_of_chain[c])
-                bm = np.array([self.bench.get(pop.sector_names[pop.sector[i]], 0.0)
-                               if self.bench else last_emissions[i] / max(last_output[i], 1)
-                               * (1 - sc.allocation.reduction) for i in smes])
-                pool = int(math.floor(spec.sub_quota_share * (bm * last_output[smes]).sum()))
-                if pool <= 0:
-                    continue
-                self.send(IssueUnits(account=pop.ids[core], instrument=instr, qty=pool,
-                                     source="allocation", ref=f"{year}:sme-pool:{cid}"))
-                terms = dict(revenue_share_ppm=_ppm(spec.revenue_share),
-                             surplus_rule=spec.surplus_rule, shortfall_rule=spec.shortfall_rule,
-                             chain_id=cid)
-                if spec.split_strategy in RULES_STRATEGY:
-                    evs = self.send(SplitSubQuotas(
-                        parent=pop.ids[core], instrument=instr, amount=pool,
-                        smes=tuple(pop.ids[i] for i in smes),
-                        strategy=RULES_STRATEGY[spec.split_strategy], **terms))
-                    parts = {p[0]: p[1] for e in evs if type(e).__name__ == "SubQuotasSplit"
-                             for p in e.parts}
-                    amounts = np.array([parts.get(pop.ids[i], 0) for i in smes])
-                else:
-                    w = split_weights(spec.split_strategy, smes, pop, output=last_output,
-                                      baseline=last_emissions, curves=cv, price=price, chain=c)
-                    amounts = _largest_remainder(pool, w)
-                    self.send_all([CreateSubQuota(parent=pop.ids[core], sme=pop.ids[i],
-                                                  instrument=instr, qty=int(q), **terms)
-                                   for i, q in zip(smes, amounts) if q > 0])
-                sq_in[smes] += amounts
-                sq_out[core] += int(amounts.sum())
-                pre_issued[core] += pool
-                pool_in[core] += pool
-                final[core] += pool
+            sq_in, sq_out, pool_in = self._sme_pools(
+                t, year, instr, cv, price, final, pre_issued, last_output, last_emissions)
             rec["pre_allocation"][t] = ev["pre_allocation"]
             rec["sub_quota_in"][t] = sq_in
             rec["sub_quota_out"][t] = sq_out
             pending = final - pre_issued  # expected true-up
-
             self._lap("allocation")
-            # 3. offsets are one more way to cover a need: up to the cap at the offset price
-            bank = market.bank(vintage_of, year) if sc.compliance.banking else 0
-            if sc.offsets.enabled and cap > 0:
-                room = np.floor(cap * base)
-                supply = sc.offsets.supply_per_period
-                if supply and room.sum() > supply:
-                    room = np.floor(room * supply / room.sum())
-                cv.off_price, cv.off_cap = float(sc.offsets.price), room
 
-            # 4. trading rounds on the MAC (a new year: reopen the grid around the last close)
+            # 3. trading days until the market clears or the deadline (rounds_per_period)
+            bank = market.bank(vintage_of, year) if sc.compliance.banking else 0
             width = max(width, m.initial_width / 2)
+            locked_days = []
+            first_volume = 1
+            cleared = False
             for r in range(m.rounds_per_period):
-                need = base - market.h - bank - pending
-                info = market.call_round(cv, need, price, width)
+                held = (market.h + bank + pending).astype(float)
+                info = market.call_round(cv, rule, base, held, price, width)
+                moved = abs(info["next_price"] - price) <= price * 0.005
                 price, width = info["next_price"], info["next_width"]
                 info.update(period=t + 1, round=r + 1, phase="trading")
                 rounds.append(info)
+                if info["limit_locked"]:
+                    locked_days.append(r + 1)
                 self.progress.update(1, f"period {t + 1}/{T} price {price:8.2f}")
+                cleared = info["cleared"] and not info["limit_locked"]
                 if r == 0:
                     first_volume = max(info["volume"], 1)
-                elif (m.early_stop and info["volume"] <= m.stop_volume_share * first_volume
-                        and abs(price - info["center"]) <= info["center"] * 0.005):
+                elif (m.early_stop and cleared and moved
+                        and info["volume"] <= m.stop_volume_share * first_volume):
                     self.progress.update(m.rounds_per_period - r - 1)
                     break
             close_price = price
             self._lap("trading")
 
-            # 5. cover what is still needed: offsets where cheaper than abating, then abate
-            need = base - market.h - bank - pending
+            # 4. cover emissions: offsets where cheaper than abating, inside the cap's room
+            held = (market.h + bank + pending).astype(float)
+            _, want = cover(cv, rule, base, held)
             o_held = np.zeros(n, dtype=np.int64)
-            if cv.off_price is not None:
-                # o <= cap x emissions, emissions >= base - need + o
-                room_final = np.floor(cap * np.maximum(base - need, 0.0) / (1 - cap))
-                if sc.offsets.supply_per_period:
-                    room_final = np.minimum(room_final, cv.off_cap)
-                _, want = cover_need(cv, need, room_final)
-                want = want.astype(np.int64)
-                if want.sum() > 0:
-                    supply = sc.offsets.supply_per_period or int(want.sum())
-                    self.send(IssueUnits(account=OFFSET_SUPPLIER, instrument=off_instr,
-                                         qty=int(supply), source="offset_project",
-                                         ref=f"{year}"))
-                    o_held = market.buy_offsets(off_instr, _fen(sc.offsets.price), supply, want,
-                                                OFFSET_SUPPLIER)
+            for k, (ot, sym) in enumerate(zip(rule.types, off_instrs)):
+                wk = want[:, k].astype(np.int64)
+                if wk.sum() > 0:
+                    supply = int(ot.supply) or int(wk.sum())
+                    self.send(IssueUnits(account=OFFSET_SUPPLIER, instrument=sym, qty=supply,
+                                         source="offset_project", ref=f"{year}"))
+                    o_held += market.buy_offsets(sym, _fen(ot.price), supply, wk,
+                                                 OFFSET_SUPPLIER)
+            offset_cost = sum(market.hold[sym] * ot.price
+                              for ot, sym in zip(rule.types, off_instrs)) if rule.types else 0.0
             rec["offsets_bought"][t] = o_held
-            abate = np.clip(need - o_held, 0.0, cv.a_max)
+            abate = np.clip(base - held - o_held, 0.0, cv.a_max)
             verified = np.round(np.maximum(base - abate, 0.0)).astype(np.int64)
             rec["abatement"][t] = abate
             rec["emissions"][t] = verified
             rec["verified_intensity"][t] = verified / np.maximum(output, 1)
             rec["abatement_cost"][t] = abatement_cost(cv, abate)
+            rec["offset_cost"][t] = offset_cost
 
-            # 6. MRV: submit and verify (the rules module trues up), then close the period
+            # 5. MRV: submit and verify (the rules module trues up), then close the period
             mrv = []
             for i in range(n):
                 fuels, process = _activity_data(int(verified[i]))
@@ -465,27 +437,37 @@ class Simulation:
             rec["allocation"][t] = ev["pre_allocation"] + ev["true_up"] + pool_in
             rec["deduction"][t] = deduction_next
 
-            # 7. settlement rounds: cover what is still short, sell what is spare
-            o_use = np.minimum(market.o_held if sc.offsets.enabled else 0,
-                               obligation * cap_bps // 10_000)
+            # 6. settlement rounds: cover what is still short, sell what is spare
+            def offsets_usable():
+                use = np.zeros(n, dtype=np.int64)
+                for sym, b in zip(off_instrs, sub_bps):
+                    use += np.minimum(np.maximum(market.hold[sym], 0), obligation * b // 10_000)
+                return np.minimum(use, obligation * cap_bps // 10_000)
+
             for r in range(m.settlement_rounds):
                 bank = market.bank(vintage_of, year) if sc.compliance.banking else 0
-                need = (obligation - market.h - bank - o_use).astype(float)
+                need = (obligation - market.h - bank - offsets_usable()).astype(float)
                 info = market.settle_round(need, price)
-                info.update(period=t + 1, round=m.rounds_per_period + r + 1, phase="settlement")
+                info.update(period=t + 1, round=m.rounds_per_period + r + 1, phase="settlement",
+                            cleared=True, limit_locked="")
                 rounds.append(info)
                 self.progress.update(1, f"period {t + 1}/{T} price {price:8.2f}")
-
             self._lap("settlement_trading")
-            # 8. compliance: surrender, deadline, sub-quota settlement
+
+            # 7. compliance: surrender (offsets first, each type inside its sub-cap and all
+            # inside the cap), deadline, sub-quota settlement
             held_before = {s: a.copy() for s, a in market.hold.items()}
             sur = []
-            o_use = np.minimum(market.o_held if sc.offsets.enabled else np.zeros(n, np.int64),
-                               obligation * cap_bps // 10_000)
+            room = obligation * cap_bps // 10_000
+            o_use = np.zeros(n, dtype=np.int64)
+            for sym, b in zip(off_instrs, sub_bps):
+                q = np.minimum(np.minimum(np.maximum(market.hold[sym], 0),
+                                          obligation * b // 10_000), room - o_use)
+                for i in np.nonzero(q > 0)[0]:
+                    sur.append(SurrenderUnits(firm_id=pop.ids[i], period=year, instrument=sym,
+                                              qty=int(q[i])))
+                o_use += q
             left = obligation - o_use
-            for i in np.nonzero(o_use > 0)[0]:
-                sur.append(SurrenderUnits(firm_id=pop.ids[i], period=year, instrument=off_instr,
-                                          qty=int(o_use[i])))
             eligible = sorted((v, s) for s, v in vintage_of.items()
                               if v == year or (sc.compliance.banking and v < year))
             for _, sym in eligible:
@@ -515,33 +497,20 @@ class Simulation:
             rec["trade_cash"][t] = market.cash / FEN
             rec["sme_revenue"][t] = market.sme_revenue / FEN
 
-            # counterfactuals: no trade, and the least-cost split of the same reduction
-            held_no_trade = final + sq_in - sq_out + (bank if isinstance(bank, np.ndarray)
-                                                      else 0)
-            own = base - held_no_trade
-            nt, _ = cover_need(cv, own, None if cv.off_cap is None else np.floor(
-                cap * np.maximum(base - own, 0.0) / (1 - cap)))
-            rec["no_trade_abatement_cost"][t] = abatement_cost(cv, nt)
-            required = float(own.sum())
-            lc_price = least_cost_price(cv, required, m.price_cap)
-            lc_cost = float(abatement_cost(cv, technical_abatement_at(cv, lc_price)).sum())
-            row = dict(period=t + 1, year=year, close_price=round(close_price, 4),
-                       vwap=round(avg_price, 4), volume=int(vol),
-                       trades=sum(x["trades"] for x in rounds if x["period"] == t + 1),
-                       baseline_emissions=float(base.sum()), emissions=int(verified.sum()),
-                       allocation=int(rec["allocation"][t].sum()), required_reduction=required,
-                       abatement=float(abate.sum()),
-                       abatement_cost=float(rec["abatement_cost"][t].sum()),
-                       no_trade_abatement_cost=float(rec["no_trade_abatement_cost"][t].sum()),
-                       least_cost_price=round(lc_price, 4), least_cost_abatement_cost=lc_cost,
-                       offsets_used=int(o_use.sum()), shortfall=int(ev["shortfall"].sum()),
-                       penalties=float(ev["penalty"].sum()),
-                       non_compliant=int((ev["shortfall"] > 0).sum()),
-                       net_bought_sum=int((market.bought - market.sold).sum()),
-                       sme_revenue=float(market.sme_revenue.sum() / FEN))
-            if sc.scenario.analytic:
-                row["analytic_price"] = _analytic_price(cv, required)
-            period_rows.append(row)
+            # counterfactuals on the same allocation path: no trade (each firm alone), and
+            # the least-cost solution of the same constrained problem (same allowances, same
+            # offset rule); the closed form where the curves allow one
+            held_no_trade = (final + sq_in - sq_out + bank).astype(float)
+            nt_a, nt_o = cover(cv, rule, base, held_no_trade)
+            rec["no_trade_abatement_cost"][t] = abatement_cost(cv, nt_a)
+            rec["no_trade_offset_cost"][t] = (nt_o * rule.prices()[None, :]).sum(axis=1) \
+                if rule.types else 0.0
+            allowances = float(held_no_trade.sum())
+            lc = least_cost(cv, rule, base, allowances, m.price_cap)
+            cf = closed_form(cv, rule, base, allowances)
+            period_rows.append(self._period_row(
+                t, year, rec, rounds, close_price, avg_price, vol, base, verified, abate,
+                allowances, target, lc, cf, o_use, ev, locked_days, cleared, market))
             last_output = output
             last_emissions = verified.astype(float)
         self.progress.close()
@@ -550,6 +519,117 @@ class Simulation:
         self._lap("final_checks")
         res.summary["phase_seconds"] = {k: round(v, 3) for k, v in self.timers.items()}
         return res
+
+    def _forecast_allocation(self, output: np.ndarray) -> tuple[np.ndarray, int]:
+        """Each firm's expected allocation for the period, read from the rules' records
+        (benchmark and phi fixed at pre-allocation) and normalised as the rules module will
+        normalise it at the close: the period total is sum B x Y (intensity mode) and phi only
+        divides it (docs/RULES.md). Returns (per firm, the period's total)."""
+        n = self.pop.n
+        final = np.zeros(n, dtype=np.int64)
+        rows = sorted(self.alloc_rec.items())
+        if not rows:
+            return final, 0
+        idx = [i for i, _ in rows]
+        bench = [a["benchmark_ppm"] for _, a in rows]
+        phi = [a["phi_ppm"] for _, a in rows]
+        ded = np.array([a["deduction"] for _, a in rows], dtype=np.int64)
+        y = [int(output[i]) for i in idx]
+        if self.sc.rules.allocation_total == "floating":
+            parts = [allocation_tonnes(b, yi, f) for b, yi, f in zip(bench, y, phi)]
+            total = int(sum(parts))
+        else:
+            total = floor_int(sum(Fraction(b * yi, PPM) for b, yi in zip(bench, y)))
+            parts = split_amounts(total, [b * yi * f for b, yi, f in zip(bench, y, phi)])
+        final[idx] = np.maximum(np.array(parts, dtype=np.int64) - ded, 0)
+        return final, total
+
+    def _sme_pools(self, t, year, instr, cv, price, final, pre_issued, last_output,
+                   last_emissions):
+        """The chains' SME pools: the core firm receives its SMEs' benchmark allocation and
+        splits it into sub-quotas by the chain's strategy."""
+        sc, pop = self.sc, self.pop
+        n = pop.n
+        sq_in = np.zeros(n, dtype=np.int64)
+        sq_out = np.zeros(n, dtype=np.int64)
+        pool_in = np.zeros(n, dtype=np.int64)
+        for c, cid in enumerate(pop.chain_ids):
+            spec = sc.chains[pop.chain_spec[c]]
+            smes = np.nonzero((pop.chain == c) & pop.sme)[0]
+            if len(smes) == 0 or spec.sub_quota_share <= 0:
+                continue
+            core = int(pop.core_of_chain[c])
+            bm = np.array([self.bench.get(pop.sector_names[pop.sector[i]], 0.0)
+                           if self.bench else last_emissions[i] / max(last_output[i], 1)
+                           * (1 - sc.allocation.reduction) for i in smes])
+            pool = int(math.floor(spec.sub_quota_share * (bm * last_output[smes]).sum()))
+            if pool <= 0:
+                continue
+            self.send(IssueUnits(account=pop.ids[core], instrument=instr, qty=pool,
+                                 source="allocation", ref=f"{year}:sme-pool:{cid}"))
+            terms = dict(revenue_share_ppm=_ppm(spec.revenue_share),
+                         surplus_rule=spec.surplus_rule, shortfall_rule=spec.shortfall_rule,
+                         chain_id=cid)
+            if spec.split_strategy in RULES_STRATEGY:
+                evs = self.send(SplitSubQuotas(
+                    parent=pop.ids[core], instrument=instr, amount=pool,
+                    smes=tuple(pop.ids[i] for i in smes),
+                    strategy=RULES_STRATEGY[spec.split_strategy], **terms))
+                parts = {p[0]: p[1] for e in evs if type(e).__name__ == "SubQuotasSplit"
+                         for p in e.parts}
+                amounts = np.array([parts.get(pop.ids[i], 0) for i in smes])
+            else:
+                w = split_weights(spec.split_strategy, smes, pop, output=last_output,
+                                  baseline=last_emissions, curves=cv, price=price, chain=c)
+                amounts = _largest_remainder(pool, w)
+                self.send_all([CreateSubQuota(parent=pop.ids[core], sme=pop.ids[i],
+                                              instrument=instr, qty=int(q), **terms)
+                               for i, q in zip(smes, amounts) if q > 0])
+            sq_in[smes] += amounts
+            sq_out[core] += int(amounts.sum())
+            pre_issued[core] += pool
+            pool_in[core] += pool
+            final[core] += pool
+        return sq_in, sq_out, pool_in
+
+    def _period_row(self, t, year, rec, rounds, close_price, avg_price, vol, base, verified,
+                    abate, allowances, target, lc, cf, o_use, ev, locked_days, cleared,
+                    market) -> dict:
+        m = self.sc.market
+        bau = float(base.sum())
+        ac = float(rec["abatement_cost"][t].sum())
+        oc = float(rec["offset_cost"][t].sum())
+        nt_ac = float(rec["no_trade_abatement_cost"][t].sum())
+        nt_oc = float(rec["no_trade_offset_cost"][t].sum())
+        row = dict(period=t + 1, year=year, close_price=round(close_price, 4),
+                   vwap=round(avg_price, 4), volume=int(vol),
+                   trades=sum(x["trades"] for x in rounds if x["period"] == t + 1),
+                   trading_days=sum(1 for x in rounds
+                                    if x["period"] == t + 1 and x["phase"] == "trading"),
+                   limit_locked_days=len(locked_days), cleared=bool(cleared),
+                   baseline_emissions=bau, emissions=int(verified.sum()),
+                   allocation=int(rec["allocation"][t].sum()), allocation_target=int(target),
+                   allowances_available=allowances, required_reduction=bau - allowances,
+                   abatement=float(abate.sum()),
+                   abatement_cost=ac, offset_cost=oc, compliance_cost=ac + oc,
+                   no_trade_abatement_cost=nt_ac, no_trade_offset_cost=nt_oc,
+                   no_trade_compliance_cost=nt_ac + nt_oc,
+                   least_cost_price=round(lc.price, 4), least_cost_mac=round(lc.mac, 4),
+                   least_cost_corner=lc.corner,
+                   least_cost_abatement_cost=lc.abatement_cost,
+                   least_cost_offset_cost=lc.offset_cost,
+                   least_cost_compliance_cost=lc.total_cost,
+                   least_cost_offsets_used=round(lc.offsets_used, 2),
+                   offsets_used=int(o_use.sum()), shortfall=int(ev["shortfall"].sum()),
+                   penalties=float(ev["penalty"].sum()),
+                   non_compliant=int((ev["shortfall"] > 0).sum()),
+                   net_bought_sum=int((market.bought - market.sold).sum()),
+                   sme_revenue=float(market.sme_revenue.sum() / FEN),
+                   price_at_cap=bool(close_price >= m.price_cap * 0.999))
+        if cf is not None:
+            row.update(analytic_price=round(cf["price"], 4), analytic_mac=round(cf["mac"], 4),
+                       analytic_offsets_used=round(cf["offsets_used"], 2))
+        return row
 
     def _now(self) -> int:
         seq = getattr(self.gw, "seq", None)
@@ -572,11 +652,22 @@ class Simulation:
             "total_allocation": int(rec["allocation"].sum()),
             "total_abatement": float(rec["abatement"].sum()),
             "total_abatement_cost": float(rec["abatement_cost"].sum()),
+            "total_offset_cost": float(rec["offset_cost"].sum()),
+            "total_compliance_cost": float(rec["abatement_cost"].sum()
+                                           + rec["offset_cost"].sum()),
             "no_trade_abatement_cost": float(rec["no_trade_abatement_cost"].sum()),
+            "no_trade_compliance_cost": float(rec["no_trade_abatement_cost"].sum()
+                                              + rec["no_trade_offset_cost"].sum()),
             "least_cost_abatement_cost": float(
                 sum(p["least_cost_abatement_cost"] for p in period_rows)),
+            "least_cost_compliance_cost": float(
+                sum(p["least_cost_compliance_cost"] for p in period_rows)),
+            "final_least_cost_price": period_rows[-1]["least_cost_price"],
             "offset_share_used": float(rec["offsets_used"].sum() / obligation)
             if obligation else 0.0,
+            "limit_locked_days": int(sum(p["limit_locked_days"] for p in period_rows)),
+            "allocation_total": sc.rules.allocation_total
+            if sc.allocation.mode == "intensity" else "fixed",
             "total_penalties": float(rec["penalty"].sum()),
             "total_shortfall": int(rec["shortfall"].sum()),
             "sme_revenue": float(rec["sme_revenue"].sum()),
@@ -588,8 +679,8 @@ class Simulation:
             "conservation_ok": all(p["net_bought_sum"] == 0 for p in period_rows),
             "by_period": period_rows,
         }
-        if sc.scenario.analytic:
-            summary["analytic_price"] = period_rows[-1].get("analytic_price")
+        if "analytic_price" in period_rows[-1]:
+            summary["analytic_price"] = period_rows[-1]["analytic_price"]
         ex = getattr(self.gw, "exchange", None)
         state_hash = ""
         if ex is not None and self.verify_state:
@@ -635,15 +726,6 @@ def _largest_remainder(total: int, weights: np.ndarray) -> np.ndarray:
         order = np.argsort(-(raw - base), kind="stable")
         base[order[:left]] += 1
     return base
-
-
-def _analytic_price(cv: Curves, required: float) -> float | None:
-    """p* = R / sum(1/c_i) for linear MACs (two points from 0); None otherwise."""
-    a, m = cv.a, cv.m
-    if a.shape[1] != 2 or np.any(m[:, 0] != 0) or np.any(a[:, 0] != 0):
-        return None
-    c = m[:, 1] / a[:, 1]
-    return float(required / np.sum(1.0 / c))
 
 
 def run_scenario(sc: Scenario, seed: int | None = None, periods: int | None = None,

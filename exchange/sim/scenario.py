@@ -71,7 +71,8 @@ class MacConfig(Strict):
 
 class SectorConfig(Strict):
     name: str = Field(min_length=1)
-    intensity: float = Field(gt=0, description="baseline t CO2 per 10,000 CNY of output")
+    intensity: float = Field(gt=0, description="baseline intensity per 10,000 CNY of output, "
+                             "in scenario.intensity_unit (t CO2 unless t_c)")
     benchmark: float | None = Field(None, gt=0, description="initial benchmark intensity; "
                                     "default intensity x (1 - market.benchmark_stringency)")
     firms: int = Field(0, ge=0, description="generated firms of this sector (outside chains)")
@@ -132,7 +133,9 @@ class MarketConfig(Strict):
     initial_price: float = Field(60.0, gt=0, description="reference price in CNY/t at start")
     price_band_bps: int = Field(1000, ge=0, le=10_000, description="0 = no price band")
     fee_bps: int = Field(0, ge=0, le=1000)
-    rounds_per_period: int = Field(6, ge=1, le=100, description="call rounds before MRV")
+    rounds_per_period: int = Field(20, ge=1, le=200, description="trading days (call "
+                                   "rounds) before MRV, the deadline for price discovery; a "
+                                   "period ends sooner once the market has cleared")
     settlement_rounds: int = Field(2, ge=0, le=20, description="rounds after the true-up")
     levels: int = Field(5, ge=1, le=21, description="price levels per order ladder")
     initial_width: float = Field(0.08, gt=0, le=0.9, description="grid half-width, fraction")
@@ -143,8 +146,10 @@ class MarketConfig(Strict):
     benchmark_stringency: float = Field(0.05, ge=0, lt=1)
     use_sme_board: bool = Field(False, description="SMEs sell on the sme segment")
     early_stop: bool = Field(True, description="end a period's rounds once the market has "
-                             "settled: a round moved the call price by < 0.5 % and traded < "
-                             "stop_volume_share of the period's first round")
+                             "cleared: the excess demand changed sign inside the grid (not at "
+                             "the grid's or the band's edge, not limit-locked), the call price "
+                             "moved by < 0.5 % and the round traded < stop_volume_share of the "
+                             "period's first round")
     stop_volume_share: float = Field(0.01, ge=0, le=1)
 
 
@@ -159,6 +164,11 @@ class AllocationConfig(Strict):
 class RulesConfig(Strict):
     """Allocation-factor and benchmark updates (seed 000 / DESIGN §2)."""
 
+    allocation_total: Literal["intensity", "floating"] = Field(
+        "intensity", description="intensity: the period total is sum benchmark x verified "
+        "output and phi only divides it (China national ETS, Q = G x Y); floating: each firm "
+        "gets B x Y x phi and the total moves with phi (an explicit opt-in, flagged at the top "
+        "of the report)")
     update_factors: bool = True
     update_benchmarks: bool = True
     phi_initial: float = Field(1.0, gt=0)
@@ -179,14 +189,49 @@ class RulesConfig(Strict):
         return self
 
 
+class OffsetTypeConfig(Strict):
+    """One more offset type beside the main one (e.g. carbon-inclusive PHCER)."""
+
+    type: str = Field(min_length=1, pattern=r"^[A-Z][A-Z0-9]*$", description="offset type, "
+                      "instrument <type>-<year>")
+    price: float = Field(gt=0, description="ask price, CNY/t")
+    sub_cap: float = Field(ge=0, le=1, description="share of the verified obligation this "
+                           "type may cover, inside the overall cap")
+    supply_per_period: int = Field(0, ge=0, description="t offered per period; 0 = unlimited")
+
+
 class OffsetConfig(Strict):
+    """Offsets may cover at most ``cap`` x *verified* emissions of each firm (the compliance
+    module's rule); each type at most its sub-cap. Agents price that room by the same rule
+    (docs/SIMULATION.md, "Offsets in the equilibrium")."""
+
     enabled: bool = True
     cap: float = Field(0.05, ge=0, le=1, description="offsets cover at most this share "
-                                                   "of the obligation")
+                                                   "of the verified obligation")
     price: float = Field(40.0, gt=0, description="offset ask price, CNY/t")
     supply_per_period: int = Field(0, ge=0, description="t of CCER offered per period; "
-                                   "0 = unlimited (cap-bound)")
-    offset_type: str = "CCER"
+                                   "0 = unlimited (cap-bound); scarce supply is rationed pro "
+                                   "rata to verified emissions")
+    offset_type: str = Field("CCER", pattern=r"^[A-Z][A-Z0-9]*$")
+    sub_cap: float | None = Field(None, ge=0, le=1, description="sub-cap of the main type; "
+                                  "default the whole cap")
+    types: list[OffsetTypeConfig] = Field(default_factory=list, description="further offset "
+                                          "types, each with its price, sub-cap and supply")
+
+    @model_validator(mode="after")
+    def _types(self):
+        names = [self.offset_type] + [t.type for t in self.types]
+        if len(set(names)) != len(names):
+            raise ValueError(f"offset types must be unique, got {names}")
+        return self
+
+    def all_types(self) -> list[tuple[str, float, float, int]]:
+        """(type, price, sub-cap, supply) of every offset type, the main one first."""
+        main = (self.offset_type, self.price,
+                self.cap if self.sub_cap is None else min(self.sub_cap, self.cap),
+                self.supply_per_period)
+        return [main] + [(t.type, t.price, min(t.sub_cap, self.cap), t.supply_per_period)
+                         for t in self.types]
 
 
 class ComplianceConfig(Strict):
@@ -195,9 +240,16 @@ class ComplianceConfig(Strict):
     banking: bool = True
 
 
+CO2_PER_C = 44 / 12  # t CO2 per t C (molar masses)
+
+
 class ScenarioMeta(Strict):
     name: str = Field(min_length=1)
     description: str = ""
+    intensity_unit: Literal["t_co2", "t_c"] = Field(
+        "t_co2", description="unit of sectors' intensity and benchmark, per 10,000 CNY of "
+        "output: t_co2, or t_c (tonnes of carbon, as seed 004 derives them from energy x t C "
+        "per tce); t_c is converted once, on loading, by 44/12")
     periods: int = Field(5, ge=1, le=200)
     seed: int = 0
     start_year: int = Field(2026, ge=2000, le=2200)
@@ -217,6 +269,17 @@ class Scenario(Strict):
     sectors: list[SectorConfig] = Field(min_length=1)
     firms: list[FirmConfig] = Field(default_factory=list)
     chains: list[ChainConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _units(self):
+        """Everything after loading is t CO2: convert carbon intensities here, once."""
+        if self.scenario.intensity_unit == "t_c":
+            for s in self.sectors:
+                s.intensity *= CO2_PER_C
+                if s.benchmark is not None:
+                    s.benchmark *= CO2_PER_C
+            self.scenario.intensity_unit = "t_co2"
+        return self
 
     @model_validator(mode="after")
     def _references(self):

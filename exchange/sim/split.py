@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .agents import technical_abatement_at
+from .agents import abatement_at
 
 
 def responsibility(pop, chain: int, emissions: np.ndarray) -> dict[int, float]:
@@ -46,5 +46,5 @@ def split_weights(strategy: str, smes: np.ndarray, pop, *, output, baseline, cur
         R = responsibility(pop, chain, baseline)
         return np.array([R[int(i)] for i in smes])
     if strategy == "by_abatement_potential":
-        return technical_abatement_at(curves, price)[smes]
+        return abatement_at(curves, price)[smes]
     raise ValueError(f"unknown split strategy {strategy!r}")

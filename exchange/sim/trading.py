@@ -36,7 +36,8 @@ import numpy as np
 
 from ..core.commands import CancelAll, EndOfDay, PlaceOrder
 from ..core.events import DayEnded, ExecutionReport, Posting, Trade
-from .agents import Curves, abatement_at
+from .agents import Curves
+from .equilibrium import OffsetRule, plan
 
 MAX_ORDER = 99_999
 
@@ -52,24 +53,23 @@ class Market:
         self.n = n
         self.sme = pop.sme
         self.instr = ""
-        self.off_instr = ""
+        self.off_instrs: list[str] = []
         self.ref = 0
         self.rejects = 0
         # holdings per instrument as the events report them (Posting, Trade)
         self.hold: dict[str, np.ndarray] = {}
-        self.new_period("", "", int(round(mcfg.initial_price * 100)))
+        self.new_period("", [], int(round(mcfg.initial_price * 100)))
 
     # ------------------------------------------------------------------ bookkeeping
-    def new_period(self, instr: str, off_instr: str, ref_fen: int) -> None:
+    def new_period(self, instr: str, off_instrs: list[str], ref_fen: int) -> None:
         n = self.n
         self.instr = instr
-        self.off_instr = off_instr
+        self.off_instrs = list(off_instrs)
         self.ref = ref_fen
-        for sym in (instr, off_instr):
+        for sym in [instr] + self.off_instrs:
             if sym and sym not in self.hold:
                 self.hold[sym] = np.zeros(n, dtype=np.int64)
         self.h = self.hold.get(instr, np.zeros(n, dtype=np.int64))
-        self.o_held = self.hold.get(off_instr, np.zeros(n, dtype=np.int64))
         self.bought = np.zeros(n, dtype=np.int64)
         self.sold = np.zeros(n, dtype=np.int64)
         self.cash = np.zeros(n, dtype=np.int64)  # fen, trading cash flow this period
@@ -131,6 +131,9 @@ class Market:
                 for sym, ref in ev.reference_prices:
                     if sym == self.instr:
                         self.ref = ref
+                for sym, direction in ev.limit_locked:
+                    if sym == self.instr:
+                        acc["limit_locked"] = direction
         return filled
 
     def band(self) -> tuple[int, int]:
@@ -196,12 +199,17 @@ class Market:
         return lambda i: "main"
 
     # ------------------------------------------------------------------ rounds
-    def call_round(self, cv: Curves, need: np.ndarray, price: float, width: float) -> dict:
+    def call_round(self, cv: Curves, rule: OffsetRule, base: np.ndarray, held: np.ndarray,
+                   price: float, width: float) -> dict:
+        """One trading day. ``held``: allowances each firm holds, is still to be issued and
+        has banked; at level L a firm wants ``x(L) = (1 - S(L)) (B - a(e(L))) - held``
+        (:func:`exchange.sim.equilibrium.plan`: offsets cheaper than L cover their share of
+        verified emissions, and the firm abates to the effective cost e(L))."""
         levels = self._grid(price, width)
         nl = len(levels)
         lv_cny = levels / 100.0
-        a = np.stack([abatement_at(cv, p) for p in lv_cny], axis=1)  # (n, nl)
-        x = need[:, None] - a
+        x = np.stack([plan(cv, rule, base, float(p)).allowances for p in lv_cny],
+                     axis=1) - held[:, None]  # (n, nl)
         B = np.floor(np.clip(x, 0, None)).astype(np.int64)
         avail = np.maximum(self.h, 0)[:, None]
         S = np.minimum(np.floor(np.clip(-x, 0, None)).astype(np.int64), avail)
@@ -238,8 +246,12 @@ class Market:
                 w = max(self.m.min_width, width * 0.5)
         else:
             w = max(self.m.min_width, width * 0.5)
+        # cleared: the excess demand changes sign on the grid, so the call price is a
+        # clearing price and not just the edge of the grid or of the band
+        cleared = bool(not D.any() or (D[-1] <= 0 <= D[0]))
         return dict(center=round(price, 4), width=round(width, 5), levels=nl,
                     lowest=float(lv_cny[0]), highest=float(lv_cny[-1]),
+                    cleared=cleared, limit_locked=acc.get("limit_locked", ""),
                     orders=len(buys) + int(ask_inc.astype(bool).sum()),
                     volume=acc["volume"], notional=acc["notional"] / 100.0,
                     trades=acc["trades"], rejects=acc["rejects"],
@@ -302,7 +314,7 @@ class Market:
                 q -= c
         self._send(buys, acc)
         self._send([CancelAll(account=supplier, instrument=off_instr)], acc)
-        return self.o_held.copy()
+        return self.hold[off_instr].copy()
 
     def bank(self, vintage_of: dict[str, int], year: int) -> np.ndarray:
         """Allowances of earlier vintages still held (eligible when banking is on)."""

@@ -1,0 +1,160 @@
+"""The simulated market against closed-form equilibria.
+
+Each scenario has linear MACs ``MAC_i(a) = c_i a`` (``c_i = F_i / E0_i``, F log-uniform), a
+fixed cap ``A = (1 - r) sum E0`` and an offset rule; the expected equilibrium is computed here
+from the scenario's inputs alone, independently of the simulation's own solver:
+
+* no offsets:                       p* = R / sum 1/c_i
+* one offset type at price p_o < p* with cap s (room = s x verified emissions):
+      m* = (R - s E0) / ((1 - s) sum 1/c_i),   p* = (m* - s p_o) / (1 - s)
+  (a tonne emitted needs 1 - s allowances and adds s of offset room, so firms abate to
+  m* = (1 - s) p* + s p_o; offsets used = s (E0 - m* sum 1/c));
+* offsets dearer than the no-offset price: unused, p* as without offsets.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from exchange.sim.agents import Curves, build_population
+from exchange.sim.equilibrium import OffsetRule, OffsetType, closed_form, least_cost
+from exchange.sim.runner import run_scenario
+from exchange.sim.scenario import parse_scenario
+
+
+def firms(n: int, seed: int, f_lo: float = 100.0, f_hi: float = 10_000.0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    e0 = rng.uniform(5_000, 50_000, n)
+    full = np.exp(rng.uniform(np.log(f_lo), np.log(f_hi), n))  # MAC at 100 % abatement
+    return [dict(id=f"F{i:04d}", sector="ind", baseline_emissions=float(e0[i]),
+                 mac=dict(kind="linear", full_abatement_cost=float(full[i]),
+                          max_abatement_share=0.9))
+            for i in range(n)]
+
+
+def expected(fs: list[dict], reduction: float, cap: float = 0.0,
+             p_off: float | None = None) -> dict:
+    e0 = np.array([f["baseline_emissions"] for f in fs])
+    c = np.array([f["mac"]["full_abatement_cost"] for f in fs]) / e0
+    inv = np.sum(1 / c)
+    E0 = e0.sum()
+    A = np.floor(e0 * (1 - reduction)).sum()
+    R = E0 - A
+    p0 = R / inv
+    if p_off is None or cap == 0 or p_off >= p0:
+        return dict(price=p0, mac=p0, offsets=0.0, cost=np.sum(c * (p0 / c) ** 2 / 2))
+    mac = (R - cap * E0) / ((1 - cap) * inv)
+    p = (mac - cap * p_off) / (1 - cap)
+    assert p > p_off, "the test scenario must leave offsets cheaper than allowances"
+    offsets = cap * (E0 - mac * inv)
+    return dict(price=p, mac=mac, offsets=offsets,
+                cost=np.sum(c * (mac / c) ** 2 / 2) + p_off * offsets)
+
+
+def scenario(fs, reduction=0.10, offsets=None, initial_price=None, periods=3, seed=1):
+    exp = expected(fs, reduction, **({} if not offsets or not offsets.get("enabled") else
+                                     dict(cap=offsets["cap"], p_off=offsets["price"])))
+    return parse_scenario({
+        "scenario": {"name": "closed_form", "periods": periods, "seed": seed},
+        "market": {"initial_price": initial_price or round(exp["price"] * 0.9, 2),
+                   "fee_bps": 0, "rounds_per_period": 20, "settlement_rounds": 1,
+                   "levels": 7},
+        "allocation": {"mode": "fixed", "pre_ratio": 1.0, "reduction": reduction},
+        "offsets": offsets or {"enabled": False},
+        "sectors": [{"name": "ind", "intensity": 1.0,
+                     "mac": {"kind": "linear", "slope": 1.0}}],
+        "firms": fs}), exp
+
+
+def check(res, exp, *, band_walk: bool = False) -> None:
+    rows = res.period_rows
+    reached = False
+    for row in rows:
+        # the simulation's own closed form and its numerical least-cost solver
+        assert row["analytic_price"] == pytest.approx(exp["price"], rel=0.005)
+        assert row["least_cost_price"] == pytest.approx(exp["price"], rel=0.005)
+        assert row["least_cost_compliance_cost"] == pytest.approx(exp["cost"], rel=0.01)
+        assert row["least_cost_offsets_used"] == pytest.approx(exp["offsets"], rel=0.001,
+                                                               abs=1)
+        # the market: within 2 % once the band has reached the equilibrium
+        reached = reached or row["cleared"]
+        if reached:
+            assert abs(row["close_price"] / exp["price"] - 1) < 0.02, row
+        # offsets: the cap's room is used when offsets are cheaper, never more
+        assert row["offsets_used"] <= exp["offsets"] + 1
+        assert row["offsets_used"] == pytest.approx(exp["offsets"], rel=0.002, abs=1)
+        # conservation and the cap
+        assert row["net_bought_sum"] == 0
+        assert row["allocation"] == row["allocation_target"]
+        assert row["shortfall"] == 0
+    assert abs(rows[-1]["close_price"] / exp["price"] - 1) < 0.01
+    assert rows[-1]["compliance_cost"] == pytest.approx(exp["cost"], rel=0.01)
+    if band_walk:
+        assert rows[0]["limit_locked_days"] + rows[0]["trading_days"] > 1
+        assert not rows[0]["cleared"] or rows[0]["trading_days"] > 3
+
+
+def test_a_no_offsets_slopes_spread_100x():
+    fs = firms(40, seed=11, f_lo=100.0, f_hi=10_000.0)
+    sc, exp = scenario(fs)
+    check(run_scenario(sc), exp)
+
+
+def test_b_cheap_offsets_binding_cap():
+    fs = firms(40, seed=12)
+    sc, exp = scenario(fs, reduction=0.12,
+                       offsets={"enabled": True, "cap": 0.05, "price": 20.0})
+    assert exp["offsets"] > 0 and exp["price"] > 20.0
+    res = run_scenario(sc)
+    check(res, exp)
+    # the old error: pricing offset room on baseline emissions lands 5-12 % off
+    wrong = expected(fs, 0.12)["price"]
+    assert abs(res.period_rows[-1]["close_price"] / wrong - 1) > 0.05
+
+
+def test_c_offsets_dearer_than_the_price_stay_unused():
+    fs = firms(40, seed=13)
+    p0 = expected(fs, 0.10)["price"]
+    sc, exp = scenario(fs, offsets={"enabled": True, "cap": 0.05, "price": round(p0 * 1.5, 2)})
+    res = run_scenario(sc)
+    check(res, exp)
+    assert all(r["offsets_used"] == 0 for r in res.period_rows)
+
+
+def test_d_five_hundred_firms():
+    fs = firms(500, seed=14)
+    sc, exp = scenario(fs, offsets={"enabled": True, "cap": 0.05, "price": 15.0}, periods=2)
+    check(run_scenario(sc), exp)
+
+
+def test_e_band_must_walk_from_a_price_far_from_the_equilibrium():
+    fs = firms(40, seed=15)
+    p = expected(fs, 0.10)["price"]
+    sc, exp = scenario(fs, initial_price=round(p * 0.6, 2))  # 40 % below p*
+    res = run_scenario(sc)
+    first = [r for r in res.rounds if r["period"] == 1 and r["phase"] == "trading"]
+    # the band (+-10 %) walked: the reference rose day after day past the start's band
+    assert first[-1]["reference"] > p * 0.6 * 1.3
+    check(res, exp, band_walk=True)
+
+
+def test_least_cost_solver_corner_at_the_offset_price():
+    """Offsets so plentiful that using all their room would overshoot: the price sits at the
+    offset price and offsets are used only as far as the cap's need requires."""
+    fs = firms(30, seed=16)
+    e0 = np.array([f["baseline_emissions"] for f in fs])
+    c = np.array([f["mac"]["full_abatement_cost"] for f in fs]) / e0
+    p_off = 0.5 * expected(fs, 0.08)["price"]
+    sc = parse_scenario({"scenario": {"name": "x"}, "sectors": [
+        {"name": "ind", "intensity": 1.0, "mac": {"kind": "linear", "slope": 1.0}}],
+        "firms": fs, "allocation": {"mode": "fixed"}})
+    pop = build_population(sc, np.random.default_rng(0))
+    cv = Curves.for_period(pop, e0)
+    A = float(np.floor(e0 * 0.92).sum())
+    rule = OffsetRule(cap=0.5, types=[OffsetType("CCER", p_off, 0.5)])
+    eq = least_cost(cv, rule, e0, A, 1000.0)
+    assert eq.corner == "offset_price" and eq.price == pytest.approx(p_off)
+    used = (e0.sum() - A) - p_off * np.sum(1 / c)
+    assert eq.offsets_used == pytest.approx(used, rel=1e-6)
+    cf = closed_form(cv, rule, e0, A)
+    assert cf["price"] == pytest.approx(p_off) and cf["offsets_used"] == pytest.approx(used)
