@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import resource
 import sys
 import time
 from pathlib import Path
@@ -33,11 +34,11 @@ def scale_scenario(firms: int, periods: int, seed: int) -> dict:
     srv = rest - ind - agr
     return {
         "scenario": {"name": f"scale_{firms}", "periods": periods, "seed": seed,
-                     "sme_strategy_comparison": False},
-        "market": {"initial_price": 40.0, "rounds_per_period": 4, "settlement_rounds": 1,
-                   "levels": 2, "initial_width": 0.06, "fee_bps": 5},
+                     "sme_strategy_comparison": False, "intensity_unit": "t_c"},
+        # the default trading settings (levels, days, widths): no coarse grid
+        "market": {"initial_price": 40.0, "fee_bps": 5, "benchmark_stringency": 0.12},
         "allocation": {"mode": "intensity", "pre_ratio": 0.7},
-        "offsets": {"enabled": True, "cap": 0.05, "price": 40.0},
+        "offsets": {"enabled": True, "cap": 0.05, "price": 30.0},
         "sectors": [
             {"name": "industry", "intensity": 1.977, "firms": ind, "output_mean": 50000,
              "output_growth": 0.02, "mac": {"kind": "piecewise", "points": [
@@ -84,11 +85,15 @@ def main(argv=None) -> int:
            "load_avg_1m": round(__import__("os").getloadavg()[0], 2), "commands": s["commands"], "orders": orders,
            "trades": s["trades"], "volume_t": s["volume"],
            "commands_per_s": round(s["commands"] / wall),
+           "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
            "final_price": s["final_price"], "least_cost_price_last":
                res.period_rows[-1]["least_cost_price"],
-           "abatement_cost_vs_least_cost": round(
-               s["total_abatement_cost"] / s["least_cost_abatement_cost"], 5)
-           if s["least_cost_abatement_cost"] else None,
+           "final_price_vs_least_cost": round(
+               s["final_price"] / res.period_rows[-1]["least_cost_price"] - 1, 5),
+           "compliance_cost_vs_least_cost": round(
+               s["total_compliance_cost"] / s["least_cost_compliance_cost"] - 1, 5)
+           if s["least_cost_compliance_cost"] else None,
+           "trading_days": [r["trading_days"] for r in res.period_rows],
            "conservation_ok": s["conservation_ok"], "phase_seconds": s["phase_seconds"],
            "python": platform.python_version(),
            "machine": platform.machine()}

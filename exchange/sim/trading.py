@@ -170,9 +170,12 @@ class Market:
                 q -= c
         return out
 
-    def _send(self, cmds, acc) -> None:
-        for evs in self.gw.send_all(cmds):
-            self._events(evs, acc)
+    def _send(self, cmds, acc, chunk: int = 2048) -> None:
+        # in chunks: a day's orders for 10,000 firms return millions of event objects, and
+        # holding them all at once set the run's peak memory
+        for k in range(0, len(cmds), chunk):
+            for evs in self.gw.send_all(cmds[k:k + chunk]):
+                self._events(evs, acc)
 
     def _send_buys(self, cmds, acc) -> None:
         """Buy orders; with the SME board on, each first takes what SMEs offer there (IOC)
