@@ -23,7 +23,8 @@ from exchange.rules.commands import (
     SetOutputHistory, SetRulesParams, SettleAllocations, SettleSubQuotas, SplitSubQuotas,
 )
 from exchange.rules.events import (
-    AllocationChanged, BenchmarkUpdated, FactorChanged, PeriodClosed, SubQuotaSettled,
+    AllocationChanged, AllocationNormalised, BenchmarkUpdated, FactorChanged, PeriodClosed,
+    SubQuotaSettled,
 )
 
 CEA26, CEA27 = "CEA-2026", "CEA-2027"
@@ -216,18 +217,41 @@ def test_full_cycle_matches_hand_computation():
     m = Market()
     cycle_2026(m)
     r = m.rules
-    # A: assessed phi 1.067777, pre = floor(0.7 x 1.8 x 100,000 x 1.067777) = 134,539
-    # B: phi 1.0, pre = 0.7 x 1.8 x 50,000 = 63,000. SMEs have no benchmark: not covered.
-    assert r.allocation("A", 2026)["pre_allocation"] == 134_539 == m.held("A")
-    assert r.allocation("B", 2026)["pre_allocation"] == 63_000 == m.held("B")
+    # intensity mode: T_last = 1.8 x (100,000 + 50,000) = 270,000, pre total 0.7 x T = 189,000,
+    # shared by B x Y_last x phi: A 1.8 x 100,000 x 1.067777 = 192,199.86, B 90,000 (sum
+    # 282,199.86). A 189,000 x 192,199.86 / 282,199.86 = 128,723.570, B 60,276.430: floors
+    # 128,723 + 60,276 leave 1 t, to the larger remainder (A). SMEs have no benchmark.
+    assert r.allocation("A", 2026)["pre_allocation"] == 128_724 == m.held("A")
+    assert r.allocation("B", 2026)["pre_allocation"] == 60_276 == m.held("B")
     assert not r.allocation("S1", 2026)["exists"]
+    # k_pre = 270,000 / 282,199.86 = 1,500,000 / 1,567,777 = 0.956769
+    a = r.allocation("A", 2026)
+    assert (a["scale_num"], a["scale_den"], a["scale_ppm"], a["pre_scale_ppm"]) == (
+        1_500_000, 1_567_777, 956_769, 956_769)
+    assert (a["allocation_total"], a["raw_allocation"], a["normalised"]) == (
+        "intensity", 192_199, False)
+    assert r.period_totals(2026)["pre_total"] == 189_000
     evs = m.ok(RecordVerified(firm_id="A", period=2026, emissions=160_000, output=100_000))
     a = r.allocation("A", 2026)
-    assert (a["true_up"], a["total"]) == (57_660, 192_199) and m.held("A") == 192_199
+    # provisional: floor(192,199.86 x k_pre) = floor(183,890.81) = 183,890
+    assert (a["true_up"], a["total"]) == (55_166, 183_890) and m.held("A") == 183_890
     assert any(isinstance(e, AllocationChanged) and e.kind == "true_up" for e in evs)
     m.ok(RecordVerified(firm_id="B", period=2026, emissions=100_000, output=50_000))
-    assert r.allocation("B", 2026)["total"] == 90_000
+    assert r.allocation("B", 2026)["total"] == 86_109  # floor(90,000 x k_pre) = 86,109.19
     evs = m.ok(ClosePeriod(period=2026))
+    # the close shares T = 1.8 x 150,000 = 270,000 exactly: A 183,890.81, B 86,109.19 ->
+    # 183,890 + 86,109 = 269,999, the last tonne to A's larger remainder
+    an = [e for e in evs if isinstance(e, AllocationNormalised)]
+    assert len(an) == 1 and (an[0].mode, an[0].total, an[0].raw_total, an[0].scale_ppm,
+                             an[0].firms) == ("intensity", 270_000, 282_199, 956_769, 2)
+    norm = [e for e in evs if isinstance(e, AllocationChanged) and e.kind == "normalisation"]
+    assert [(e.firm_id, e.issued) for e in norm] == [("A", 1)]  # B's share did not move
+    assert evs.index(an[0]) < evs.index(norm[0]) < min(
+        evs.index(e) for e in evs if isinstance(e, FactorChanged))
+    assert (r.allocation("A", 2026)["total"], r.allocation("B", 2026)["total"]) == (
+        183_891, 86_109)
+    assert m.held("A") + m.held("B") == 270_000
+    assert r.allocation("A", 2026)["normalised"] and r.period_totals(2026)["total"] == 270_000
     fc = {e.firm_id: e for e in evs if isinstance(e, FactorChanged)}
     assert fc["A"].phi_after_ppm == 1_127_097 and fc["A"].terms["gap_ppm"] == 111_111
     assert fc["A"].terms["coupling_ppm"] == 0  # partner B did worse than its benchmark
@@ -240,14 +264,244 @@ def test_full_cycle_matches_hand_computation():
     hist = r.factor_history("A")
     assert [h["reason"] for h in hist] == ["assessment", "verification"]
     assert hist[1]["terms"]["own_ppm"] == 55_556
-    # 2027 uses the new phi and benchmark; the base is 2026's verified output
+    # 2027 uses the new phi and benchmark; the base is 2026's verified output:
+    # T_last = floor(1.766667 x 150,000) = 265,000, pre total 185,500, shared by
+    # A 1.766667 x 100,000 x 1.127097 and B 1.766667 x 50,000 x 0.902223 -> 132,477 / 53,023
     m.ok(PreAllocate(period=2027))
     a27 = r.allocation("A", 2027)
     assert (a27["phi_ppm"], a27["benchmark_ppm"], a27["base_output"]) == (
         1_127_097, 1_766_667, 100_000)
-    assert a27["pre_allocation"] == floor_int(Fr(7, 10) * Fr(1_766_667, PPM) * 100_000
-                                              * Fr(1_127_097, PPM))
+    assert a27["pre_allocation"] == 132_477
+    assert r.allocation("B", 2027)["pre_allocation"] == 53_023
+    assert m.held("A", CEA27) + m.held("B", CEA27) == 185_500
     m.ex.check_invariants()
+
+
+# ---------------------------------------------------------------------------- the period's total
+
+
+def three_firms(mode: str | None = None, cap: int | None = None) -> Market:
+    """Steel firms A (phi 1.2), B and C (phi 0.9), last outputs 100,000 / 50,000 / 50,000:
+    the worked example of docs/RULES.md, section 2. Pre-allocated for 2026."""
+    m = Market(chain=False)
+    m.ok(RegisterFirm(firm_id="C", product="steel"))
+    kw = {}
+    if mode is not None:
+        kw["allocation_total"] = mode
+    if cap is not None:
+        kw["cap_tonnes"] = cap
+    if kw:
+        m.ok(SetRulesParams(**kw))
+    # phi0 = 1 + 0.5 x (1 - H / 1.8) at average technology and efficiency:
+    # H = 1.08 -> 1.2, H = 2.16 -> 0.9
+    for f, h in (("A", 1_080_000), ("B", 2_160_000), ("C", 2_160_000)):
+        m.ok(AssessFirm(firm_id=f, technology_ppm=500_000, efficiency_ppm=500_000,
+                        hist_intensity_ppm=h))
+    assert m.rules.phi == {"A": 1_200_000, "B": 900_000, "C": 900_000}
+    for f, y in (("A", 100_000), ("B", 50_000), ("C", 50_000)):
+        m.ok(SetOutputHistory(firm_id=f, rows=((2025, y),)))
+    m.ok(PreAllocate(period=2026))
+    return m
+
+
+FIRMS3 = ("A", "B", "C")
+
+
+def test_worked_example_three_firms():
+    """docs/RULES.md section 2, every number."""
+    m = three_firms()
+    r = m.rules
+    # T_last = 1.8 x 200,000 = 360,000; w = 216,000 / 81,000 / 81,000 (sum 378,000);
+    # k_pre = 360,000 / 378,000 = 20/21; pre total 0.7 x 360,000 = 252,000 -> exact shares
+    assert [r.allocation(f, 2026)["pre_allocation"] for f in FIRMS3] == [144_000, 54_000,
+                                                                         54_000]
+    assert [m.held(f) for f in FIRMS3] == [144_000, 54_000, 54_000]
+    t = r.period_totals(2026)
+    assert (t["pre_basis"], t["pre_total"], t["pre_raw_total"], t["pre_scale"],
+            t["pre_scale_ppm"]) == (360_000, 252_000, 378_000, [20, 21], 952_381)
+    # verified outputs 110,000 / 50,000 / 30,000: provisional floor(B Y phi x 20/21)
+    for f, y in (("A", 110_000), ("B", 50_000), ("C", 30_000)):
+        m.ok(RecordVerified(firm_id=f, period=2026, emissions=y, output=y))
+    # 237,600 x 20/21 = 226,285.71; 81,000 x 20/21 = 77,142.86; 48,600 x 20/21 = 46,285.71
+    assert [r.allocation(f, 2026)["total"] for f in FIRMS3] == [226_285, 77_142, 46_285]
+    assert [r.allocation(f, 2026)["true_up"] for f in FIRMS3] == [82_285, 23_142, -7_715]
+    evs = m.ok(ClosePeriod(period=2026))
+    # T = 1.8 x 190,000 = 342,000; w = 237,600 / 81,000 / 48,600 (sum 367,200);
+    # k = 342,000 / 367,200 = 95/102: 221,294.12 / 75,441.18 / 45,264.71, floors sum to
+    # 341,999, the last tonne to C (remainder 0.71)
+    an = [e for e in evs if isinstance(e, AllocationNormalised)][0]
+    assert (an.total, an.raw_total, an.scale_ppm, an.firms) == (342_000, 367_200, 931_373, 3)
+    assert [r.allocation(f, 2026)["total"] for f in FIRMS3] == [221_294, 75_441, 45_265]
+    assert [m.held(f) for f in FIRMS3] == [221_294, 75_441, 45_265]
+    norm = {e.firm_id: e.issued for e in evs
+            if isinstance(e, AllocationChanged) and e.kind == "normalisation"}
+    assert norm == {"A": -4_991, "B": -1_701, "C": -1_020}
+    a = r.allocation("A", 2026)
+    assert (a["raw_allocation"], a["scale_num"], a["scale_den"], a["scale_ppm"],
+            a["pre_scale_ppm"], a["normalised"]) == (237_600, 95, 102, 931_373, 952_381, True)
+    # against B x Y_verified (198,000 / 90,000 / 54,000): A gains exactly what B and C lose
+    gains = [m.held(f) - by for f, by in zip(FIRMS3, (198_000, 90_000, 54_000))]
+    assert gains == [23_294, -14_559, -8_735] and sum(gains) == 0
+
+
+def test_floating_mode_reproduces_the_old_formula():
+    """Opt-in floating total: each firm floor(B x Y x phi), no normalisation; the numbers of
+    the per-firm formula (A: 0.7 x 1.8 x 100,000 x 1.067777 = 134,539.90 ...)."""
+    m = Market()
+    m.ok(SetRulesParams(allocation_total="floating"))
+    cycle_2026(m)
+    r = m.rules
+    assert (r.allocation("A", 2026)["pre_allocation"], m.held("A")) == (134_539, 134_539)
+    assert (r.allocation("B", 2026)["pre_allocation"], m.held("B")) == (63_000, 63_000)
+    m.ok(RecordVerified(firm_id="A", period=2026, emissions=160_000, output=100_000))
+    a = r.allocation("A", 2026)
+    assert (a["true_up"], a["total"], a["allocation_total"], a["scale_ppm"]) == (
+        57_660, 192_199, "floating", PPM)
+    m.ok(RecordVerified(firm_id="B", period=2026, emissions=100_000, output=50_000))
+    evs = m.ok(ClosePeriod(period=2026))
+    assert not [e for e in evs if isinstance(e, AllocationNormalised)]
+    assert not [e for e in evs if isinstance(e, AllocationChanged)]
+    # the total floats above sum B x Y = 270,000, as the mode says
+    assert m.held("A") + m.held("B") == 192_199 + 90_000
+    t = m.rules.period_totals(2026)
+    assert (t["total"], t["scale"]) == (282_199, [1, 1])
+    # and the three-firm example: 237,600 + 81,000 + 48,600 = 367,200 instead of 342,000
+    m = three_firms("floating")
+    for f, y in (("A", 110_000), ("B", 50_000), ("C", 30_000)):
+        m.ok(RecordVerified(firm_id=f, period=2026, emissions=y, output=y))
+    m.ok(ClosePeriod(period=2026))
+    assert [m.held(f) for f in FIRMS3] == [237_600, 81_000, 48_600]
+
+
+def test_absolute_mode_sums_to_the_cap():
+    m = three_firms("absolute", 300_000)
+    r = m.rules
+    # pre total 0.7 x 300,000 = 210,000 by 216,000 : 81,000 : 81,000 -> 120,000 / 45,000 x 2
+    assert [m.held(f) for f in FIRMS3] == [120_000, 45_000, 45_000]
+    assert r.period_totals(2026)["pre_scale"] == [50, 63]  # 300,000 / 378,000
+    for f, y in (("A", 110_000), ("B", 50_000), ("C", 30_000)):
+        m.ok(RecordVerified(firm_id=f, period=2026, emissions=y, output=y))
+    evs = m.ok(ClosePeriod(period=2026))
+    an = [e for e in evs if isinstance(e, AllocationNormalised)][0]
+    assert (an.mode, an.total) == ("absolute", 300_000)
+    assert sum(m.held(f) for f in FIRMS3) == 300_000
+    # 300,000 x (237,600, 81,000, 48,600) / 367,200 = 194,117.6 / 66,176.5 / 39,705.9
+    assert [m.held(f) for f in FIRMS3] == [194_118, 66_176, 39_706]
+
+
+def test_absolute_mode_unverified_firm_keeps_its_pre_allocation():
+    m = three_firms("absolute", 300_000)
+    for f, y in (("A", 110_000), ("B", 50_000)):
+        m.ok(RecordVerified(firm_id=f, period=2026, emissions=y, output=y))
+    evs = m.ok(ClosePeriod(period=2026))
+    an = [e for e in evs if isinstance(e, AllocationNormalised)][0]
+    # C keeps 45,000; A and B share 255,000 by 237,600 : 81,000
+    assert (an.total, an.firms) == (255_000, 2)
+    assert m.held("C") == 45_000 and sum(m.held(f) for f in FIRMS3) == 300_000
+    assert m.rules.period_totals(2026)["unverified_pre"] == 45_000
+    assert not m.rules.allocation("C", 2026)["normalised"]
+    # verified after the close, C still keeps its pre-allocation: the cap holds
+    m.ok(RecordVerified(firm_id="C", period=2026, emissions=1, output=30_000))
+    c = m.rules.allocation("C", 2026)
+    assert (c["verified"], c["true_up"], c["total"]) == (True, 0, 45_000)
+    assert sum(m.held(f) for f in FIRMS3) == 300_000
+    m.ex.check_invariants()
+
+
+def test_intensity_close_with_an_unverified_firm_and_a_late_verification():
+    m = three_firms()
+    for f, y in (("A", 110_000), ("B", 50_000)):
+        m.ok(RecordVerified(firm_id=f, period=2026, emissions=y, output=y))
+    evs = m.ok(ClosePeriod(period=2026))
+    an = [e for e in evs if isinstance(e, AllocationNormalised)][0]
+    # T over the verified firms: 1.8 x 160,000 = 288,000, shared by 237,600 : 81,000
+    assert (an.total, an.firms) == (288_000, 2)
+    assert m.held("A") + m.held("B") == 288_000 and m.held("C") == 54_000
+    m.ok(RecordVerified(firm_id="C", period=2026, emissions=1, output=30_000))
+    assert m.held("C") == 54_000 and m.rules.allocation("C", 2026)["total"] == 54_000
+    # a re-verification after the close does not move a normalised share either
+    m.ok(RecordVerified(firm_id="A", period=2026, emissions=1, output=1))
+    assert m.held("A") + m.held("B") == 288_000
+
+
+def test_deductions_come_off_after_the_normalisation():
+    """The issued total is T - sum of deductions: a deduction is a penalty on one firm and
+    is not shared with the others."""
+    m = three_firms()
+    m.rules.add_allocation_deduction("B", 2026, 1_000)
+    for f, y in (("A", 110_000), ("B", 50_000), ("C", 30_000)):
+        m.ok(RecordVerified(firm_id=f, period=2026, emissions=y, output=y))
+    m.ok(ClosePeriod(period=2026))
+    assert [m.held(f) for f in FIRMS3] == [221_294, 75_441 - 1_000, 45_265]
+    assert sum(m.held(f) for f in FIRMS3) == 342_000 - 1_000
+
+
+def test_mean_phi_drifting_to_1_2_leaves_the_total_unchanged():
+    """Two periods of verified cuts: A far below its benchmark (phi 1.0 -> 1.2 -> 1.44 at
+    the step limit 0.2), B 10 % below (phi x 1.05 a period -> 1.1025); in 2028 the mean phi
+    is 1.27. Every period's total is still sum B x Y_verified and A's gain is B's loss;
+    the floating mode's total grows with phi."""
+    def run(mode: str) -> Market:
+        m = Market(chain=False)
+        m.ok(SetRulesParams(allocation_total=mode, max_step_ppm=200_000))
+        m.ok(AddInstrument(symbol="CEA-2028", vintage=2028, reference_price=8500))
+        m.ok(SetOutputHistory(firm_id="A", rows=((2025, 100_000),)))
+        m.ok(SetOutputHistory(firm_id="B", rows=((2025, 60_000),)))
+        for period, (ya, yb) in zip((2026, 2027, 2028), ((100_000, 60_000), (90_000, 70_000),
+                                                         (120_000, 50_000))):
+            m.ok(PreAllocate(period=period))
+            b = m.rules.allocation("A", period)["benchmark_ppm"]
+            m.ok(RecordVerified(firm_id="A", period=period, emissions=ya, output=ya))
+            m.ok(RecordVerified(firm_id="B", period=period, output=yb,
+                                emissions=b * yb * 9 // (10 * PPM)))  # gap 0.1
+            m.ok(ClosePeriod(period=period))
+            sym = f"CEA-{period}"
+            m.last = (sym, b, floor_int(Fr(b * (ya + yb), PPM)))
+            if mode == "intensity":
+                assert m.held("A", sym) + m.held("B", sym) == m.last[2], period
+        return m
+    m = run("intensity")
+    phi = [m.rules.allocation(f, 2028)["phi_ppm"] for f in ("A", "B")]
+    assert phi == [1_440_000, 1_102_500] and sum(phi) / 2 >= 1_200_000
+    sym, b, by = m.last
+    assert m.held("A", sym) + m.held("B", sym) == by
+    gain = m.held("A", sym) - floor_int(Fr(b * 120_000, PPM))
+    loss = floor_int(Fr(b * 50_000, PPM)) - m.held("B", sym)
+    assert gain > 0 and loss > 0 and abs(gain - loss) <= 1  # B x Y floored per firm
+    f = run("floating")
+    assert f.held("A", sym) + f.held("B", sym) > by * 12 // 10  # the leak normalisation stops
+    m.ex.check_invariants()
+
+
+def test_allocation_total_parameters_are_checked():
+    m = Market()
+    assert_rejected_unchanged(m, SetRulesParams(allocation_total="absolute"), E.BAD_PARAMETER)
+    assert_rejected_unchanged(m, SetRulesParams(allocation_total="pro_rata"), E.BAD_PARAMETER)
+    assert_rejected_unchanged(m, SetRulesParams(cap_tonnes=-1), E.BAD_PARAMETER)
+    assert_rejected_unchanged(m, SetRulesParams(cap_tonnes=True), E.BAD_PARAMETER)
+    evs = m.ok(SetRulesParams(allocation_total="absolute", cap_tonnes=1_000))
+    assert (evs[0].params["allocation_total"], evs[0].params["cap_tonnes"]) == ("absolute",
+                                                                                1_000)
+    assert_rejected_unchanged(m, SetRulesParams(cap_tonnes=0), E.BAD_PARAMETER)
+    assert m.rules.params()["allocation_total"] == "absolute"
+    assert m.rules.allocation("A", 2026)["allocation_total"] == "absolute"
+
+
+def test_period_allocation_formula():
+    # intensity: T = floor(sum B Y) = floor(1.8 x 3 + 0.8 x 2) = 7; weights 5.4 x 1.5, 1.6
+    r = F.period_allocation("intensity", [(1_800_000, 3, 1_500_000), (800_000, 2, PPM)])
+    assert (r["basis"], r["total"], r["raw"]) == (7, 7, Fr(81, 10) + Fr(16, 10))
+    assert r["parts"] == [6, 1] and r["scale"] == Fr(7) / Fr(97, 10)  # 5.85 / 1.15
+    r = F.period_allocation("absolute", [(1_800_000, 3, 1_500_000), (800_000, 2, PPM)],
+                            cap_tonnes=100, ratio_ppm=500_000, held_outside=10)
+    assert (r["basis"], r["total"], sum(r["parts"])) == (90, 45, 45)
+    r = F.period_allocation("floating", [(1_800_000, 3, 1_500_000), (800_000, 2, PPM)])
+    assert r["parts"] == [8, 1] and r["scale"] == 1
+    r = F.period_allocation("absolute", [(1_800_000, 0, PPM)], cap_tonnes=100)
+    assert (r["total"], r["parts"], r["scale"]) == (0, [0], 1)  # nobody to share it by
+    assert F.scaled_allocation(1_800_000, 100_000, 1_067_777, Fr(20, 21)) == 183_047
+    with pytest.raises(ValueError):
+        F.period_allocation("pro_rata", [])
 
 
 def test_record_made_before_the_period_opens_takes_the_values_at_opening():
@@ -285,18 +539,19 @@ def test_negative_true_up_claws_back_then_adds_to_obligation():
 
     m = Market(modules=(RulesModule, FakeCompliance))
     cycle_2026(m)
-    # B got 63,000; it gives 60,000 away, keeps 3,000 free
+    # B got 60,276; it gives 57,276 away, keeps 3,000 free
     m.ok(RegisterFirm(firm_id="C", product="none"))
     from exchange.core.commands import TransferUnits
-    m.ok(TransferUnits(from_account="B", to_account="C", instrument=CEA26, qty=60_000))
-    # verified output 10,000 -> total 18,000; true-up -45,000: claw back 3,000, 42,000 owed
+    m.ok(TransferUnits(from_account="B", to_account="C", instrument=CEA26, qty=57_276))
+    # verified output 10,000 -> floor(1.8 x 10,000 x k_pre 0.956769) = floor(17,221.84) =
+    # 17,221; true-up -43,055: claw back 3,000, 40,055 owed
     evs = m.rules.on_verified("B", 2026, 15_000, 10_000)
     b = m.rules.allocation("B", 2026)
-    assert b["true_up"] == -45_000 and b["total"] == 18_000
-    assert b["clawed_back"] == 3_000 and b["to_obligation"] == 42_000
-    assert calls == [("B", 2026, 42_000)] and m.held("B") == 0
+    assert b["true_up"] == -43_055 and b["total"] == 17_221
+    assert b["clawed_back"] == 3_000 and b["to_obligation"] == 40_055
+    assert calls == [("B", 2026, 40_055)] and m.held("B") == 0
     ac = [e for e in evs if isinstance(e, AllocationChanged)][0]
-    assert (ac.issued, ac.to_obligation) == (-3_000, 42_000)
+    assert (ac.issued, ac.to_obligation) == (-3_000, 40_055)
     m.ex.check_invariants()
 
 
@@ -313,15 +568,17 @@ def test_deduction_before_and_after_verification():
     m = Market()
     cycle_2026(m)
     m.rules.add_allocation_deduction("B", 2026, 1_000)
-    # recorded; takes effect at the true-up: 90,000 - 1,000
-    assert m.held("B") == 63_000
+    # recorded; takes effect at the true-up: floor(90,000 x k_pre 0.956769) - 1,000
+    assert m.held("B") == 60_276
     m.ok(RecordVerified(firm_id="B", period=2026, emissions=100_000, output=50_000))
     b = m.rules.allocation("B", 2026)
-    assert (b["deduction"], b["total"]) == (1_000, 89_000) and m.held("B") == 89_000
-    # a deduction after verification is applied by close_period (claw-back)
+    assert (b["deduction"], b["total"]) == (1_000, 85_109) and m.held("B") == 85_109
+    # a deduction after verification is applied by close_period, after the normalisation:
+    # B is the only verified firm, so its share is T = 1.8 x 50,000 = 90,000 (A, unverified,
+    # keeps its pre-allocation); 90,000 - 1,500
     m.rules.add_allocation_deduction("B", 2026, 500)
     m.ok(ClosePeriod(period=2026))
-    assert m.held("B") == 88_500
+    assert m.held("B") == 88_500 and m.held("A") == 128_724
     # and after the close by settle_allocations
     m.rules.add_allocation_deduction("B", 2026, 500)
     evs = m.ok(SettleAllocations(period=2026))
@@ -350,9 +607,13 @@ def test_params_apply_from_next_period_never_retroactive():
     assert fc.inputs["alpha_up_ppm"] == 500_000 and fc.phi_after_ppm == 1_127_097
     m.ok(PreAllocate(period=2027))
     assert m.rules.allocation("A", 2027)["phi_ppm"] == 1_127_097
+    # 2027: benchmark 1.8 - 0.5 x (1.8 - 1.6) = 1.7, limited to -5 %: 1.71; T_last =
+    # 1.71 x (100,000 + 50,000, B's 2025 history) = 256,500; the new pre_ratio 0.5 -> 128,250
+    # shared by 1.71 x 100,000 x 1.127097 and 1.71 x 50,000 x 1.0 -> 88,839 / 39,411
     a = m.rules.allocation("A", 2027)
-    assert a["pre_allocation"] == F.allocation_tonnes(a["benchmark_ppm"], 100_000,
-                                                      1_127_097, 500_000)
+    assert a["benchmark_ppm"] == 1_710_000 and a["pre_allocation"] == 88_839
+    assert m.rules.allocation("B", 2027)["pre_allocation"] == 39_411
+    assert m.rules.period_totals(2027)["pre_total"] == 128_250
 
 
 def test_tier_weights_and_coupling_gain():
@@ -545,6 +806,17 @@ def test_snapshot_round_trip_and_replay():
     m = Market()
     cycle_2026(m)
     m.ok(RecordVerified(firm_id="A", period=2026, emissions=160_000, output=100_000))
+    # mid-period: the pre-allocation's scale travels in the snapshot and the verification
+    # after the restore uses it
+    mid = Exchange(modules=(RulesModule,))
+    mid.restore(m.ex.snapshot())
+    assert mid.state_hash() == m.ex.state_hash()
+    assert mid.modules["rules"].allocation("B", 2026) == m.rules.allocation("B", 2026)
+    assert mid.modules["rules"].period_totals(2026)["pre_scale"] == [1_500_000, 1_567_777]
+    m.ok(RecordVerified(firm_id="B", period=2026, emissions=100_000, output=50_000))
+    mid.apply(RecordVerified(firm_id="B", period=2026, emissions=100_000, output=50_000,
+                             seq=m.ex.last_seq, ts=m.ex.now))
+    assert mid.state_hash() == m.ex.state_hash()
     m.ok(ClosePeriod(period=2026))
     m.ok(SplitSubQuotas(parent="A", instrument=CEA26, amount=100, smes=("S1", "S2")))
     ex2 = Exchange(modules=(RulesModule,))
@@ -575,6 +847,16 @@ def test_config_table_to_commands():
         "electricity": 800_000, "clinker": 860_000, "crude_steel": 1_800_000}
     from exchange.rules.module import DEFAULT_PARAMS
     assert RulesConfig().params() == DEFAULT_PARAMS
+    assert (DEFAULT_PARAMS["allocation_total"], DEFAULT_PARAMS["cap_tonnes"]) == ("intensity", 0)
+    assert (s.rules.allocation_total, s.rules.cap_tonnes) == ("intensity", 0)
+    p = RulesConfig(allocation_total="absolute", cap_tonnes=5_000).params()
+    assert (p["allocation_total"], p["cap_tonnes"]) == ("absolute", 5_000)
+    with pytest.raises(ValueError):
+        RulesConfig(allocation_total="absolute")  # needs a cap
+    with pytest.raises(ValueError):
+        RulesConfig(cap_tonnes=-1)
+    with pytest.raises(ValueError):
+        RulesConfig(cap_tonnes="5000")
     with pytest.raises(ValueError):
         RulesConfig(phi_min="2")
     with pytest.raises(ValueError):
@@ -600,7 +882,7 @@ def test_deduction_never_below_zero():
     m.rules.add_allocation_deduction("B", 2026, 100_000)
     m.ok(RecordVerified(firm_id="B", period=2026, emissions=100_000, output=50_000))
     b = m.rules.allocation("B", 2026)
-    # total 90,000 - 100,000 -> 0; 10,000 unapplied; the 63,000 pre-allocated are clawed back
-    assert (b["total"], b["deduction_unapplied"], b["clawed_back"]) == (0, 10_000, 63_000)
+    # total 86,109 - 100,000 -> 0; 13,891 unapplied; the 60,276 pre-allocated are clawed back
+    assert (b["total"], b["deduction_unapplied"], b["clawed_back"]) == (0, 13_891, 60_276)
     assert m.held("B") == 0
     m.ex.check_invariants()

@@ -13,7 +13,8 @@ core's ppm by :func:`exchange.core.units.ratio_to_ppm`; responses carry both)::
     POST /rules/input-use                   set_input_use (supply-chain data, responsibility)
     GET  /rules/chains                      supply chains with members' tiers, phi, weights
     GET  /rules/chains/{chain_id}           one chain
-    GET  /rules/periods                     periods and their state, responsibility factors
+    GET  /rules/periods                     periods, their state, responsibility factors and
+                                            how each period's total was fixed and shared
     POST /rules/allocation-runs             pre_allocate | close_period | settle_allocations |
                                             settle_sub_quotas for a period
     GET  /rules/allocations/{period}        every firm's allocation of a period
@@ -111,6 +112,12 @@ class ParamsBody(Body):
     allow_loosening: StrictBool | None = None
     max_loosening: str | None = None
     instrument_pattern: str | None = None
+    allocation_total: Literal["intensity", "absolute", "floating"] | None = Field(
+        None, description="how the period's total is fixed: intensity (sum of benchmark x "
+        "verified output), absolute (cap_tonnes) or floating (B x Y x phi per firm, the "
+        "total moves with phi)")
+    cap_tonnes: StrictInt | None = Field(None, ge=0,
+                                         description="the absolute cap, tonnes per period")
 
 
 @route("GET", "/rules/params", summary="Rules parameters now and by period", tag=TAG,
@@ -129,7 +136,8 @@ async def set_params(ctx: ApiContext, b: ParamsBody) -> dict:
     pre-allocated one, never to a period already open."""
     kw = {}
     for k, v in b.model_dump(exclude_none=True).items():
-        if k in ("coupling_weights", "allow_loosening", "instrument_pattern"):
+        if k in ("coupling_weights", "allow_loosening", "instrument_pattern",
+                 "allocation_total", "cap_tonnes"):
             kw[k] = v
         else:
             kw[f"{k}_ppm"] = _ppm_of(v, k, "100")
@@ -261,7 +269,8 @@ _STEPS = {"pre_allocate": PreAllocate, "close_period": ClosePeriod,
 async def get_periods(ctx: ApiContext, body) -> dict:
     r = _rules(ctx)
     return {"periods": [{"period": p, "state": s, "instrument": r.instrument_for(p),
-                         "responsibility": {k: _dec(v) for k, v in r.resp.get(p, {}).items()}}
+                         "responsibility": {k: _dec(v) for k, v in r.resp.get(p, {}).items()},
+                         "allocation": r.period_totals(p)}
                         for p, s in sorted(r.periods.items())]}
 
 

@@ -10,7 +10,8 @@ PARAM_FIELDS = (
     "pre_ratio_ppm", "initial_phi_ppm", "phi_min_ppm", "phi_max_ppm", "max_step_ppm",
     "alpha_up_ppm", "alpha_down_ppm", "kappa_ppm", "kappa_max_ppm", "coupling_weights",
     "w_tech_ppm", "w_eff_ppm", "w_hist_ppm", "benchmark_step_ppm", "max_tightening_ppm",
-    "allow_loosening", "max_loosening_ppm", "instrument_pattern",
+    "allow_loosening", "max_loosening_ppm", "instrument_pattern", "allocation_total",
+    "cap_tonnes",
 )
 
 
@@ -37,6 +38,10 @@ class SetRulesParams(Command):
     allow_loosening: bool | None = None
     max_loosening_ppm: int | None = None
     instrument_pattern: str | None = None  # allowance of period P, e.g. "CEA-{period}"
+    # how the period's total is fixed: "intensity" (sum B x Y) | "absolute" (cap_tonnes) |
+    # "floating" (no normalisation: the total moves with phi)
+    allocation_total: str | None = None
+    cap_tonnes: int | None = None  # the absolute cap, tonnes per period
     seq: int = 0
     ts: int = 0
 
@@ -90,8 +95,8 @@ class SetInputUse(Command):
 
 @command("pre_allocate")
 class PreAllocate(Command):
-    """Open a period: issue every covered firm its pre-allocation
-    ``pre_ratio x B x last verified output x phi``."""
+    """Open a period: issue every covered firm its pre-allocation, its share (by
+    ``B x last verified output x phi``) of ``pre_ratio`` x the period's expected total."""
 
     period: int
     seq: int = 0
@@ -114,8 +119,9 @@ class RecordVerified(Command):
 
 @command("close_period")
 class ClosePeriod(Command):
-    """After all verifications of a period: responsibility factors, allocation-factor updates
-    with supply-chain coupling, benchmark gradient step, pending deductions settled."""
+    """After all verifications of a period: the verified firms' allocations normalised to
+    the period's total (with the period's phi), responsibility factors, allocation-factor
+    updates with supply-chain coupling, benchmark gradient step, pending deductions settled."""
 
     period: int
     seq: int = 0

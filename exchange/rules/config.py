@@ -8,7 +8,7 @@ from __future__ import annotations
 from decimal import Decimal, InvalidOperation
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
 from ..core.units import PPM, ratio_to_ppm
 
@@ -66,6 +66,8 @@ class RulesConfig(BaseModel):
     allow_loosening: bool = False
     max_loosening: str = "0.02"
     instrument_pattern: str = "CEA-{period}"
+    allocation_total: Literal["intensity", "absolute", "floating"] = "intensity"
+    cap_tonnes: StrictInt = Field(0, ge=0)
     benchmarks: list[BenchmarkConfig] = Field(default_factory=list)
 
     @field_validator(*_UNIT)
@@ -90,6 +92,8 @@ class RulesConfig(BaseModel):
     def _phi(self):
         if not 0 < Decimal(self.phi_min) <= Decimal(self.initial_phi) <= Decimal(self.phi_max):
             raise ValueError("need 0 < phi_min <= initial_phi <= phi_max")
+        if self.allocation_total == "absolute" and self.cap_tonnes <= 0:
+            raise ValueError("allocation_total = \"absolute\" needs cap_tonnes > 0")
         return self
 
     def params(self) -> dict:
@@ -100,6 +104,8 @@ class RulesConfig(BaseModel):
         out["coupling_weights"] = self.coupling_weights
         out["allow_loosening"] = self.allow_loosening
         out["instrument_pattern"] = self.instrument_pattern
+        out["allocation_total"] = self.allocation_total
+        out["cap_tonnes"] = self.cap_tonnes
         return out
 
 

@@ -67,8 +67,9 @@ class VerifiedRecorded:
 @event("allocation_changed")
 class AllocationChanged:
     """One allocation step of a firm and period (``kind`` pre_allocation | true_up |
-    deduction). ``issued`` units were issued (or, negative, clawed back from free holdings);
-    ``to_obligation`` could not be clawed back and was added to the compliance obligation."""
+    normalisation | deduction). ``issued`` units were issued (or, negative, clawed back from
+    free holdings); ``to_obligation`` could not be clawed back and was added to the
+    compliance obligation."""
 
     firm_id: str
     period: int
@@ -77,6 +78,23 @@ class AllocationChanged:
     issued: int
     to_obligation: int
     allocation: dict  # the firm's allocation record after the step
+
+
+@event("allocation_normalised")
+class AllocationNormalised:
+    """The close of a period shared its total among the verified firms in proportion to
+    B x Y_verified x phi. ``total`` is the period's total for those firms (intensity: their
+    sum B x Y; absolute: the cap less what unverified firms keep), ``raw_total`` the sum of
+    B x Y x phi floored, ``scale_ppm`` = total / raw_total in ppm (display only; the shares
+    are exact, largest remainder). One ``allocation_changed`` of kind ``normalisation``
+    follows per firm whose allocation moved."""
+
+    period: int
+    mode: str  # the period's allocation_total: "intensity" | "absolute"
+    total: int  # tonnes shared (before deductions)
+    raw_total: int  # floor(sum B x Y_verified x phi), tonnes
+    scale_ppm: int
+    firms: int  # verified firms sharing the total
 
 
 @event("period_opened")

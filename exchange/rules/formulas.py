@@ -30,10 +30,65 @@ ONE = Fraction(1)
 # ---------------------------------------------------------------------------------- allocation
 
 
+# how the period's total is fixed (docs/RULES.md, section 2)
+ALLOCATION_TOTALS = ("intensity", "absolute", "floating")
+
+
 def allocation_tonnes(benchmark_ppm: int, output: int, phi_ppm: int,
                       ratio_ppm: int = PPM) -> int:
-    """``A = ratio x B x Y x phi``, floored to whole tonnes."""
+    """``A = ratio x B x Y x phi``, floored to whole tonnes (the ``floating`` mode)."""
     return floor_int(Fraction(ratio_ppm * benchmark_ppm * output * phi_ppm, PPM ** 3))
+
+
+def raw_weight(benchmark_ppm: int, output: int, phi_ppm: int) -> Fraction:
+    """A firm's raw weight ``w = B x Y x phi`` in tonnes, exact: the share of the period's
+    total it is entitled to is ``w / sum(w)``."""
+    return Fraction(benchmark_ppm * output * phi_ppm, PPM ** 2)
+
+
+def intensity_total(rows: list[tuple[int, int]]) -> int:
+    """The intensity-mode total ``T = sum_f B_f x Y_f`` over ``[(benchmark_ppm, output)]``,
+    floored once to whole tonnes (phi plays no part: it only redistributes T)."""
+    return floor_int(Fraction(sum(b * y for b, y in rows), PPM))
+
+
+def scaled_allocation(benchmark_ppm: int, output: int, phi_ppm: int, scale: Fraction) -> int:
+    """``floor(B x Y x phi x k)``: a firm's allocation at a known scale k, before the other
+    firms' data is in (the provisional true-up)."""
+    return floor_int(raw_weight(benchmark_ppm, output, phi_ppm) * scale)
+
+
+def period_allocation(mode: str, rows: list[tuple[int, int, int]], cap_tonnes: int = 0,
+                      ratio_ppm: int = PPM, held_outside: int = 0) -> dict:
+    """Allocate a period's total over ``rows = [(benchmark_ppm, output, phi_ppm), ...]``.
+
+    * ``intensity``: ``basis = floor(sum B x Y)``; ``absolute``: ``basis = cap_tonnes -
+      held_outside`` (what firms outside ``rows`` keep), never below 0. Then
+      ``total = floor(ratio x basis)`` is split in proportion to the raw weights
+      ``w = B x Y x phi`` by the largest-remainder method, so the parts sum to ``total``
+      exactly; the scale is ``k = basis / sum(w)`` (1 when no firm has a weight, and then
+      ``total`` 0: with no basis to share by, nothing is allocated).
+    * ``floating``: each firm ``floor(ratio x B x Y x phi)``, the total moves with phi
+      (``k = 1``).
+
+    Returns ``{"basis", "total", "raw" (sum w, exact), "scale" (exact), "parts"}``."""
+    if mode not in ALLOCATION_TOTALS:
+        raise ValueError(f"unknown allocation_total {mode!r}")
+    weights = [raw_weight(b, y, phi) for b, y, phi in rows]
+    raw = sum(weights, Fraction(0))
+    if mode == "floating":
+        parts = [allocation_tonnes(b, y, phi, ratio_ppm) for b, y, phi in rows]
+        return {"basis": floor_int(raw), "total": sum(parts), "raw": raw, "scale": ONE,
+                "parts": parts}
+    if mode == "intensity":
+        basis = intensity_total([(b, y) for b, y, _ in rows])
+    else:
+        basis = max(0, cap_tonnes - held_outside)
+    total = floor_int(Fraction(ratio_ppm * basis, PPM))
+    if raw == 0:
+        return {"basis": basis, "total": 0, "raw": raw, "scale": ONE, "parts": [0] * len(rows)}
+    return {"basis": basis, "total": total, "raw": raw, "scale": Fraction(basis) / raw,
+            "parts": split_amounts(total, weights)}
 
 
 # ---------------------------------------------------------------------------------- gap, phi

@@ -10,10 +10,12 @@ its input and raises :class:`~exchange.core.errors.Reject` *before* it changes a
 
 ``on_verified(firm_id, period, emissions, output) -> list[event]``
     Record a firm's verified emissions (t) and output (units) for ``period`` and true it up:
-    the allocation becomes ``B x Y_verified x phi`` (benchmark and phi as fixed when the
-    period's allocation was created) less deductions; a positive true-up is issued, a negative
-    one clawed back from the free holding of the period's allowance, and what cannot be clawed
-    back is added to the obligation with ``compliance.add_obligation(firm_id, period, qty)``.
+    the allocation becomes ``floor(B x Y_verified x phi x k_pre)`` (benchmark and phi as fixed
+    when the period's allocation was created, k_pre the scale of the pre-allocation; the close
+    replaces it by the exact share of the period's total) less deductions; a positive true-up
+    is issued, a negative one clawed back from the free holding of the period's allowance, and
+    what cannot be clawed back is added to the obligation with
+    ``compliance.add_obligation(firm_id, period, qty)``.
 ``add_allocation_deduction(firm_id, period, qty) -> None``
     Deduct ``qty`` t from the firm's allocation of ``period`` (a shortfall penalty). It is
     recorded now and takes effect at the next allocation step of that period: pre-allocation,
@@ -21,7 +23,9 @@ its input and raises :class:`~exchange.core.errors.Reject` *before* it changes a
 ``allocation(firm_id, period) -> dict``
     ``pre_allocation``, ``true_up``, ``deduction``, ``total`` (= max(0, pre + true-up -
     deduction); a deduction beyond the allocation is shown as ``deduction_unapplied``) and
-    the details (benchmark, phi, outputs, issued, clawed back, added to the obligation).
+    the details (benchmark, phi, outputs, the period's ``allocation_total`` mode, the
+    ``raw_allocation`` B x Y x phi and the ``scale`` that turned it into the allocation,
+    issued, clawed back, added to the obligation).
 ``factor_history(firm_id) -> list[dict]``
     Every change of the firm's allocation factor with its inputs and terms.
 ``shortfall_cover(sme_id, period) -> str``
@@ -38,7 +42,7 @@ from ..core.accounts import ISSUER, LOT_SUB_QUOTA
 from ..core.commands import CreateSubQuota, IssueUnits
 from ..core.events import Posting
 from ..core.exchange import Module
-from ..core.units import PPM, ppm_half_even
+from ..core.units import PPM, floor_int, ppm_half_even
 from . import formulas as F
 from .commands import (
     PARAM_FIELDS, AssessFirm, ClosePeriod, PreAllocate, RecordVerified, SetBenchmark,
@@ -46,9 +50,9 @@ from .commands import (
     SplitSubQuotas,
 )
 from .events import (
-    AllocationChanged, BenchmarkSet, BenchmarkUpdated, FactorChanged, InputUseSet,
-    OutputHistorySet, PeriodClosed, PeriodOpened, RulesParamsSet, SubQuotaSettled,
-    SubQuotasSplit, VerifiedRecorded,
+    AllocationChanged, AllocationNormalised, BenchmarkSet, BenchmarkUpdated, FactorChanged,
+    InputUseSet, OutputHistorySet, PeriodClosed, PeriodOpened, RulesParamsSet,
+    SubQuotaSettled, SubQuotasSplit, VerifiedRecorded,
 )
 
 DEFAULT_PARAMS: dict[str, Any] = {
@@ -70,6 +74,8 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "allow_loosening": False,
     "max_loosening_ppm": 20_000,
     "instrument_pattern": "CEA-{period}",
+    "allocation_total": "intensity",
+    "cap_tonnes": 0,
 }
 assert tuple(DEFAULT_PARAMS) == PARAM_FIELDS
 
@@ -96,6 +102,13 @@ def validate_params(p: dict) -> None:
         raise E.Reject(E.BAD_PARAMETER, "coupling_weights is edges or tier")
     if type(p["allow_loosening"]) is not bool:
         raise E.Reject(E.BAD_PARAMETER, "allow_loosening is true or false")
+    if p["allocation_total"] not in F.ALLOCATION_TOTALS:
+        raise E.Reject(E.BAD_PARAMETER,
+                       f"allocation_total is one of {', '.join(F.ALLOCATION_TOTALS)}")
+    if type(p["cap_tonnes"]) is not int or p["cap_tonnes"] < 0:
+        raise E.Reject(E.BAD_PARAMETER, "cap_tonnes must be an integer >= 0")
+    if p["allocation_total"] == "absolute" and p["cap_tonnes"] <= 0:
+        raise E.Reject(E.BAD_PARAMETER, "allocation_total absolute needs cap_tonnes > 0")
     pat = p["instrument_pattern"]
     if type(pat) is not str or "{period}" not in pat:
         raise E.Reject(E.BAD_PARAMETER, "instrument_pattern must contain {period}")
@@ -131,6 +144,7 @@ class RulesModule(Module):
         self.resp: dict[int, dict[str, int]] = {}  # period -> product -> beta (ppm t/unit)
         self.firm_resp: dict[str, list] = {}  # firm -> latest responsibility (see _close_period)
         self.settled_lots: dict[int, dict] = {}  # sub-quota lot -> period-end settlement
+        self.totals: dict[int, dict] = {}  # period -> its total and scale (see _pre_allocate)
 
     # ================================================================== plumbing
     def handlers(self):
@@ -162,6 +176,7 @@ class RulesModule(Module):
             "resp": per({p: dict(sorted(d.items())) for p, d in self.resp.items()}),
             "firm_resp": dict(sorted(self.firm_resp.items())),
             "settled_lots": per(self.settled_lots),
+            "totals": per(self.totals),
         }
 
     def load_state(self, s: dict) -> None:
@@ -181,6 +196,17 @@ class RulesModule(Module):
         self.resp = per(s["resp"])
         self.firm_resp = dict(s["firm_resp"])
         self.settled_lots = per(s["settled_lots"])
+        self.totals = per(s.get("totals", []))
+        # a state written before the total was normalised allocated B x Y x phi per firm:
+        # it keeps that meaning ("floating") instead of changing periods already issued
+        for _, v in self.schedule:
+            v.setdefault("allocation_total", "floating")
+            v.setdefault("cap_tonnes", 0)
+        for d in self.allocs.values():
+            for rec in d.values():
+                for k, v in (("mode", "floating"), ("k_pre_num", 1), ("k_pre_den", 1),
+                             ("k_num", 1), ("k_den", 1), ("normalised", False)):
+                    rec.setdefault(k, v)
 
     # ================================================================== read side
     def params(self, period: int | None = None) -> dict:
@@ -204,8 +230,25 @@ class RulesModule(Module):
         rec = self.allocs.get(firm_id, {}).get(period)
         if rec is None:
             return {"firm_id": firm_id, "period": period, "pre_allocation": 0, "true_up": 0,
-                    "deduction": 0, "total": 0, "exists": False}
+                    "deduction": 0, "total": 0, "exists": False,
+                    "allocation_total": self.params(period)["allocation_total"]}
         return self._view(firm_id, period, rec)
+
+    def period_totals(self, period: int) -> dict | None:
+        """How a period's total was fixed and shared (None before it is pre-allocated):
+        ``allocation_total``; the pre-allocation's ``pre_basis`` (T from Y_last, or the cap),
+        ``pre_total`` (pre_ratio x T), ``pre_raw_total`` (sum B x Y_last x phi, floored) and
+        ``pre_scale`` k_pre; after the close ``total``, ``raw_total``, ``scale``, ``firms``
+        (verified firms sharing it) and ``unverified_pre`` (what unverified firms keep).
+        Scales are exact ``[numerator, denominator]`` with a ``*_ppm`` display value."""
+        t = self.totals.get(period)
+        if t is None:
+            return None
+        out = dict(t)
+        for k in ("pre_scale", "scale"):
+            if out.get(k) is not None:
+                out[f"{k}_ppm"] = _ppm(Fraction(*out[k]))
+        return out
 
     def factor_history(self, firm_id: str) -> list[dict]:
         return [dict(h) for h in self.factors.get(firm_id, [])]
@@ -222,9 +265,10 @@ class RulesModule(Module):
                 return lot["parent"]
         return sme_id
 
-    @staticmethod
-    def _view(firm_id: str, period: int, rec: dict) -> dict:
+    def _view(self, firm_id: str, period: int, rec: dict) -> dict:
         true_up = rec["final"] - rec["pre"] if rec["verified"] else 0
+        out = rec["verified_output"] if rec["verified"] else rec["base_output"]
+        scale = Fraction(rec["k_num"], rec["k_den"])
         return {"firm_id": firm_id, "period": period, "exists": True,
                 "instrument": rec["instrument"], "pre_allocation": rec["pre"],
                 "true_up": true_up, "deduction": rec["deduction"],
@@ -234,7 +278,14 @@ class RulesModule(Module):
                 "base_output": rec["base_output"], "verified_output": rec["verified_output"],
                 "verified": rec["verified"], "opened": rec["opened"],
                 "issued": rec["issued"], "clawed_back": rec["clawed_back"],
-                "to_obligation": rec["to_obligation"]}
+                "to_obligation": rec["to_obligation"],
+                # why the allocation is what it is: B x Y x phi, times the period's scale
+                "allocation_total": rec["mode"],
+                "raw_allocation": floor_int(F.raw_weight(rec["benchmark_ppm"], out,
+                                                         rec["phi_ppm"])),
+                "scale_num": rec["k_num"], "scale_den": rec["k_den"], "scale_ppm": _ppm(scale),
+                "pre_scale_ppm": _ppm(Fraction(rec["k_pre_num"], rec["k_pre_den"])),
+                "normalised": rec["normalised"]}
 
     # ================================================================== helpers
     def _covered(self, acct) -> bool:
@@ -263,11 +314,17 @@ class RulesModule(Module):
         return best
 
     def _new_record(self, firm_id: str, period: int) -> dict:
-        """An allocation record fixes the benchmark and phi used for that period."""
+        """An allocation record fixes the benchmark and phi used for that period, and the
+        scale k of its current allocation: k_pre (the pre-allocation's T / sum B Y phi) until
+        the close normalises it (k_num/k_den), 1 in the floating mode."""
         acct = self.ex.accounts[firm_id]
         params = self.params(period)
         base = self._latest(firm_id, before=period)
+        k_pre = self.totals.get(period, {}).get("pre_scale", [1, 1])
         return {"instrument": self.instrument_for(period),
+                "mode": params["allocation_total"],
+                "k_pre_num": k_pre[0], "k_pre_den": k_pre[1],
+                "k_num": k_pre[0], "k_den": k_pre[1], "normalised": False,
                 "benchmark_ppm": self.benchmarks.get(acct.product, 0),
                 "phi_ppm": self._phi_of(firm_id, params),
                 "pre_ratio_ppm": params["pre_ratio_ppm"],
@@ -288,11 +345,19 @@ class RulesModule(Module):
             for k in ("deduction", "verified", "verified_output", "issued", "clawed_back",
                       "to_obligation"):
                 rec[k] = old[k]
-            if rec["verified"]:
-                rec["final"] = F.allocation_tonnes(rec["benchmark_ppm"], rec["verified_output"],
-                                                   rec["phi_ppm"])
         recs[period] = rec
-        return rec
+        return rec  # the caller sets pre, the scale and (when verified) final
+
+    def _provisional(self, rec: dict, period: int, output: int) -> int:
+        """The allocation a verification gives before the close: B x Y x phi at the
+        pre-allocation's scale k_pre (1 when floating)."""
+        if rec["mode"] != "floating" and self.periods.get(period) == "closed":
+            # the close shared the period's total among the firms verified by then; a firm
+            # verified later keeps its pre-allocation (and a re-verified one its share), so
+            # that total is not exceeded
+            return rec["final"] if rec["verified"] else rec["pre"]
+        return F.scaled_allocation(rec["benchmark_ppm"], output, rec["phi_ppm"],
+                                   Fraction(rec["k_pre_num"], rec["k_pre_den"]))
 
     @staticmethod
     def _target(rec: dict) -> int:
@@ -448,14 +513,28 @@ class RulesModule(Module):
         if ins is None or ins.kind != "allowance":
             raise E.Reject(E.UNKNOWN_INSTRUMENT, f"no allowance instrument {sym!r}")
         firms = [a for fid, a in sorted(self.ex.accounts.items()) if self._covered(a)]
+        params = self.params(period)
+        mode = params["allocation_total"]
         # ---- accepted
+        recs = [self._open_record(a.firm_id, period) for a in firms]
+        # the expected total from last outputs, shared by B x Y_last x phi; its scale k_pre
+        # carries the provisional true-ups until the close knows every verified output
+        alloc = F.period_allocation(
+            mode, [(r["benchmark_ppm"], r["base_output"], r["phi_ppm"]) for r in recs],
+            params["cap_tonnes"], params["pre_ratio_ppm"])
+        k = alloc["scale"]
+        self.totals[period] = {
+            "allocation_total": mode, "pre_basis": alloc["basis"], "pre_total": alloc["total"],
+            "pre_raw_total": floor_int(alloc["raw"]), "pre_scale": [k.numerator, k.denominator],
+            "pre_firms": len(recs), "total": None, "raw_total": None, "scale": None,
+            "firms": None, "unverified_pre": None}
         events: list = []
         total = 0
-        for a in firms:
-            rec = self._open_record(a.firm_id, period)
-            rec["opened"] = True
-            rec["pre"] = F.allocation_tonnes(rec["benchmark_ppm"], rec["base_output"],
-                                             rec["phi_ppm"], rec["pre_ratio_ppm"])
+        for a, rec, pre in zip(firms, recs, alloc["parts"]):
+            rec.update(opened=True, pre=pre, k_pre_num=k.numerator, k_pre_den=k.denominator,
+                       k_num=k.numerator, k_den=k.denominator)
+            if rec["verified"]:
+                rec["final"] = self._provisional(rec, period, rec["verified_output"])
             before = rec["issued"] - rec["clawed_back"]
             events.extend(self._settle(a.firm_id, period, rec, "pre_allocation"))
             total += rec["issued"] - rec["clawed_back"] - before
@@ -475,8 +554,7 @@ class RulesModule(Module):
             new = False
         if rec is not None:
             trial = dict(rec, verified=True, verified_output=output,
-                         final=F.allocation_tonnes(rec["benchmark_ppm"], output,
-                                                   rec["phi_ppm"]))
+                         final=self._provisional(rec, period, output))
             self._check_settle(trial)
         # ---- accepted
         self.verified.setdefault(period, {})[firm_id] = [emissions, output]
@@ -644,12 +722,34 @@ class RulesModule(Module):
             terms = {"gradient_ppm": _ppm(r["gradient"]), "raw_ppm": _ppm(r["raw"]),
                      "limited": r["limited"]}
             bench_updates.append((prod, b, r["benchmark_ppm"], inputs, terms))
-        # pending deductions must be settleable too
-        for f, d in sorted(self.allocs.items()):
-            if period in d:
-                self._check_settle(d[period])
+        # 5. the verified firms share the period's total by B x Y_verified x phi, with the phi
+        # fixed in their records (the period's, not the one computed above for the next)
+        mode = params["allocation_total"]
+        recs = [(f, d[period]) for f, d in sorted(self.allocs.items()) if period in d]
+        ver = [(f, r) for f, r in recs if r["verified"]]
+        unverified_pre = sum(r["pre"] for _, r in recs if not r["verified"])
+        alloc = F.period_allocation(
+            mode, [(r["benchmark_ppm"], r["verified_output"], r["phi_ppm"]) for _, r in ver],
+            params["cap_tonnes"], PPM, unverified_pre)
+        shares = dict(zip((f for f, _ in ver), alloc["parts"]))
+        k = alloc["scale"]
+        # every settlement (the shares, pending deductions) must be possible
+        for f, r in recs:
+            self._check_settle(dict(r, final=shares[f]) if f in shares and mode != "floating"
+                               else r)
         # ---- accepted
         events: list = []
+        t = self.totals.setdefault(period, {"allocation_total": mode})
+        t.update(total=alloc["total"], raw_total=floor_int(alloc["raw"]),
+                 scale=[k.numerator, k.denominator], firms=len(ver),
+                 unverified_pre=unverified_pre)
+        if mode != "floating":  # floating: nothing to share, each firm keeps B x Y x phi
+            events.append(AllocationNormalised(period, mode, alloc["total"],
+                                               floor_int(alloc["raw"]), _ppm(k), len(ver)))
+            for f, r in ver:
+                r.update(final=shares[f], k_num=k.numerator, k_den=k.denominator,
+                         normalised=True)
+                events.extend(self._settle(f, period, r, "normalisation"))
         for f, before, after, inputs, terms in updates:
             events.append(self._record_factor(f, period, "verification", before, after,
                                               inputs, terms, c.seq))
