@@ -230,7 +230,9 @@ class Simulation:
                 kappa_ppm=_ppm(r.kappa), kappa_max_ppm=_ppm(r.kappa_max),
                 benchmark_step_ppm=_ppm(r.benchmark_step) if r.update_benchmarks else 0,
                 max_tightening_ppm=_ppm(r.max_tightening),
-                instrument_pattern="CEA-{period}", **self._total_param()),
+                instrument_pattern="CEA-{period}",
+                # intensity mode holds the total at sum B x Y; floating is an explicit opt-in
+                allocation_total=sc.rules.allocation_total),
         ]
         if sc.allocation.mode == "intensity":
             for s in sc.sectors:
@@ -260,13 +262,6 @@ class Simulation:
             edges = tuple((pop.ids[s], pop.ids[t], PPM // outdeg[s]) for s, t in pop.edges[c])
             cmds.append(RegisterSupplyChain(chain_id=cid, members=members, edges=edges))
         self.send_all(cmds)
-
-    def _total_param(self) -> dict:
-        """The rules' allocation total: the scenario's choice (intensity mode holds the
-        total at sum B x Y; floating lets phi move it, an explicit opt-in)."""
-        if "allocation_total" not in SetRulesParams.__dataclass_fields__:
-            return {}
-        return {"allocation_total": self.sc.rules.allocation_total}
 
     def _baseline(self, output: np.ndarray, t: int) -> np.ndarray:
         pop = self.pop
@@ -359,6 +354,7 @@ class Simulation:
             pre_issued = ev["pre_allocation"].copy()
             sq_in, sq_out, pool_in = self._sme_pools(
                 t, year, instr, cv, price, final, pre_issued, last_output, last_emissions)
+            target += int(pool_in.sum())  # SME pools are issued on top (docs/SIMULATION.md)
             rec["pre_allocation"][t] = ev["pre_allocation"]
             rec["sub_quota_in"][t] = sq_in
             rec["sub_quota_out"][t] = sq_out
