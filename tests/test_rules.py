@@ -837,6 +837,34 @@ def test_snapshot_round_trip_and_replay():
     assert ex2.state_hash() == ex3.state_hash() == m.ex.state_hash()
 
 
+def test_state_written_before_normalisation_loads_as_floating():
+    """A snapshot from before allocation_total existed: its periods were issued as
+    B x Y x phi per firm, and they go on that way after the upgrade."""
+    import json
+    m = Market()
+    m.ok(SetRulesParams(allocation_total="floating"))
+    cycle_2026(m)
+    state = json.loads(m.ex.snapshot())
+    rs = state["modules"]["rules"]
+    del rs["totals"]
+    for _, params in rs["schedule"]:
+        del params["allocation_total"], params["cap_tonnes"]
+    for periods in rs["allocs"].values():
+        for _, rec in periods:
+            for k in ("mode", "k_pre_num", "k_pre_den", "k_num", "k_den", "normalised"):
+                del rec[k]
+    ex = Exchange(modules=(RulesModule,))
+    ex.load_state(state)
+    r = ex.modules["rules"]
+    assert r.params(2026)["allocation_total"] == "floating"
+    assert r.allocation("A", 2026)["allocation_total"] == "floating"
+    ex.apply(RecordVerified(firm_id="A", period=2026, emissions=160_000, output=100_000,
+                            seq=m.ex.last_seq + 1, ts=m.ex.now))
+    ex.apply(ClosePeriod(period=2026, seq=m.ex.last_seq + 2, ts=m.ex.now))
+    assert r.allocation("A", 2026)["total"] == 192_199  # floor(1.8 x 100,000 x 1.067777)
+    ex.check_invariants()
+
+
 def test_config_table_to_commands():
     from exchange.config import load_settings
     from exchange.rules.config import RulesConfig, rules_commands
