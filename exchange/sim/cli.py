@@ -98,9 +98,12 @@ def run_one(args) -> int:
     print(f"{sc.scenario.name}: {s['firms']} firms x {s['periods']} periods, "
           f"{s['commands']:,} commands, {s['trades']:,} trades in {s['runtime_s']:.1f} s; "
           f"final price {s['final_price']:.2f} CNY/t"
-          + (f" (analytic p* {s['analytic_price']:.2f})" if s.get("analytic_price") else "")
-          + f"; abatement cost {s['total_abatement_cost']:,.0f} vs no-trade "
-            f"{s['no_trade_abatement_cost']:,.0f} CNY")
+          + f" (least-cost {s['final_least_cost_price']:.2f}"
+          + (f", closed form {s['analytic_price']:.2f}" if s.get("analytic_price") is not None
+             else "") + ")"
+          + f"; compliance cost (abatement + offsets) {s['total_compliance_cost']:,.0f} vs "
+            f"least-cost {s['least_cost_compliance_cost']:,.0f} and no trade on the same "
+            f"allocation {s['no_trade_compliance_cost']:,.0f} CNY")
     print(f"wrote {out}/report.md, summary.json, firms.csv and plots")
     return 0
 
@@ -124,10 +127,15 @@ def run_compare(args) -> int:
                            progress=not args.quiet, label=f"{key}={v}")
         s = res.summary
         row = {"variant": f"{key}={v}", key: v, "final_price": s["final_price"],
+               "final_least_cost_price": s["final_least_cost_price"],
                "mean_price": s["mean_price"], "total_emissions": s["total_emissions"],
                "total_allocation": s["total_allocation"],
                "total_abatement_cost": s["total_abatement_cost"],
-               "no_trade_abatement_cost": s["no_trade_abatement_cost"],
+               "total_offset_cost": s["total_offset_cost"],
+               "total_compliance_cost": s["total_compliance_cost"],
+               "least_cost_compliance_cost": s["least_cost_compliance_cost"],
+               "no_trade_compliance_cost": s["no_trade_compliance_cost"],
+               "limit_locked_days": s["limit_locked_days"],
                "offset_share_used": s["offset_share_used"],
                "total_penalties": s["total_penalties"], "sme_revenue": s["sme_revenue"],
                "volume": s["volume"]}
@@ -154,8 +162,9 @@ def _write_compare(out: Path, key: str, rows: list[dict], results: dict) -> None
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    cols = ["final_price", "total_abatement_cost", "offset_share_used", "total_penalties",
-            "sme_revenue", "total_emissions"]
+    cols = ["final_price", "final_least_cost_price", "total_abatement_cost",
+            "total_offset_cost", "total_compliance_cost", "least_cost_compliance_cost",
+            "offset_share_used", "total_penalties", "sme_revenue", "total_emissions"]
     md = [f"# Comparison: {key}", "",
           _table(["variant"] + cols, [[r["variant"]] + [
               round(r[c] * 100, 3) if c == "offset_share_used" else r[c] for c in cols]
@@ -168,10 +177,11 @@ def _write_compare(out: Path, key: str, rows: list[dict], results: dict) -> None
     x = np.arange(len(rows))
     middle = ("sme_revenue", "SME revenue, k CNY") if any(r["sme_revenue"] for r in rows) \
         else ("total_emissions", "verified emissions, Mt")
-    for ax, (c, label) in zip(axes[:3], [("total_abatement_cost", "abatement cost, M CNY"),
+    for ax, (c, label) in zip(axes[:3], [("total_compliance_cost",
+                                          "compliance cost (abatement + offsets), M CNY"),
                                          middle,
                                          ("offset_share_used", "offset share, %")]):
-        scale = {"total_abatement_cost": 1e-6, "sme_revenue": 1e-3, "offset_share_used": 100,
+        scale = {"total_compliance_cost": 1e-6, "sme_revenue": 1e-3, "offset_share_used": 100,
                  "total_emissions": 1e-6}[c]
         ax.bar(x, [r[c] * scale for r in rows])
         ax.set_xticks(x, names, rotation=20, fontsize=8)

@@ -208,6 +208,8 @@ def closed_form(cv: Curves, rule: OffsetRule, base: np.ndarray, allowances: floa
     inv = float(np.sum(1.0 / c))
     B = float(base.sum())
     R = B - allowances
+    if R <= 0:  # allowances cover business as usual: nothing to abate, the price is zero
+        return dict(price=0.0, mac=0.0, offsets_used=0.0)
     if not rule.active:
         p = R / inv
         res = dict(price=p, mac=p, offsets_used=0.0)
