@@ -523,7 +523,8 @@ class Simulation:
         divides it (docs/RULES.md). Returns (per firm, the period's total)."""
         n = self.pop.n
         final = np.zeros(n, dtype=np.int64)
-        rows = sorted(self.alloc_rec.items())
+        ids = self.pop.ids
+        rows = sorted(self.alloc_rec.items(), key=lambda r: ids[r[0]])  # the engine's order
         if not rows:
             return final, 0
         idx = [i for i, _ in rows]
