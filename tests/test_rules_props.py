@@ -241,3 +241,33 @@ def test_same_inputs_same_factors(data):
     assert e1 == e2
     assert m1.ex.state_hash() == m2.ex.state_hash()
     assert m1.rules.factor_history("A") == m2.rules.factor_history("A")
+
+
+def test_split_amounts_equals_the_rational_largest_remainder():
+    """The integer implementation gives exactly the rational definition's parts."""
+    from fractions import Fraction
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from exchange.core.units import floor_int
+    from exchange.rules.formulas import split_amounts
+
+    weight = st.one_of(st.integers(0, 10**9),
+                       st.fractions(min_value=0, max_value=10**6, max_denominator=10**7))
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.integers(0, 10**9), st.lists(weight, min_size=1, max_size=15))
+    def check(amount, weights):
+        ws = [Fraction(w) for w in weights]
+        total = sum(ws, Fraction(0))
+        if total <= 0:
+            return
+        exact = [amount * w / total for w in ws]
+        parts = [floor_int(x) for x in exact]
+        order = sorted(range(len(ws)), key=lambda k: (-(exact[k] - parts[k]), k))
+        for k in order[:amount - sum(parts)]:
+            parts[k] += 1
+        assert split_amounts(amount, weights) == parts
+
+    check()

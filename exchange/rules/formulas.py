@@ -20,6 +20,7 @@ Same integers in, same integers out, on every replay.
 """
 from __future__ import annotations
 
+import math
 from decimal import Context, Decimal, ROUND_HALF_EVEN
 from fractions import Fraction
 
@@ -254,14 +255,22 @@ def split_amounts(amount: int, weights: list[Fraction | int]) -> list[int]:
     each gets ``floor(amount x w / W)``, then the tonnes left go one each to the largest
     fractional remainders, ties to the earlier entry. The parts sum exactly to ``amount``.
     All-zero weights raise ZeroDivisionError (the caller rejects)."""
-    ws = [Fraction(w) for w in weights]
-    total = sum(ws, Fraction(0))
+    # Exact in integers: over a common denominator the weights are integers w_k, and
+    # amount x w_k / W = q_k + r_k / W, so the floors are q_k and the remainders compare
+    # as r_k (the same result as rational arithmetic, without a Fraction per firm).
+    fr = [w if type(w) is int else Fraction(w) for w in weights]
+    den = math.lcm(*{1 if type(w) is int else w.denominator for w in fr}) if fr else 1
+    ints = [w * den if type(w) is int else w.numerator * (den // w.denominator) for w in fr]
+    total = sum(ints)
     if total <= 0:
         raise ZeroDivisionError("no weight")
-    exact = [amount * w / total for w in ws]
-    parts = [floor_int(x) for x in exact]
+    parts, rems = [], []
+    for w in ints:
+        q, r = divmod(amount * w, total)
+        parts.append(q)
+        rems.append(r)
     left = amount - sum(parts)
-    order = sorted(range(len(ws)), key=lambda k: (-(exact[k] - parts[k]), k))
+    order = sorted(range(len(ints)), key=lambda k: (-rems[k], k))
     for k in order[:left]:
         parts[k] += 1
     return parts

@@ -124,6 +124,32 @@ def _int(v, name: str, code: str = E.BAD_PARAMETER, minimum: int = 0) -> int:
     return v
 
 
+# A factor history holds an explanation per firm and period (its inputs and terms: some twenty
+# named values); as dicts that was a kilobyte each, the largest part of a 10,000-firm market's
+# state. Kept as tuples of values whose key tuples are shared, and given out as the same dicts
+# (to_state, factor_history), so the state and its hash are unchanged.
+_SHAPES: dict[tuple, tuple] = {}
+
+
+def _pack(d: dict) -> tuple:
+    keys = tuple(d)
+    return _SHAPES.setdefault(keys, keys), tuple(d.values())
+
+
+def _unpack(packed: tuple) -> dict:
+    return dict(zip(*packed))
+
+
+def _pack_factor(h: dict) -> tuple:
+    return (h["seq"], h["period"], h["reason"], h["phi_before_ppm"], h["phi_after_ppm"],
+            _pack(h["inputs"]), _pack(h["terms"]))
+
+
+def _unpack_factor(t: tuple) -> dict:
+    return {"seq": t[0], "period": t[1], "reason": t[2], "phi_before_ppm": t[3],
+            "phi_after_ppm": t[4], "inputs": _unpack(t[5]), "terms": _unpack(t[6])}
+
+
 class RulesModule(Module):
     name = "rules"
 
@@ -139,7 +165,7 @@ class RulesModule(Module):
         self.verified: dict[int, dict[str, list]] = {}  # period -> firm -> [emissions, output]
         self.allocs: dict[str, dict[int, dict]] = {}  # firm -> period -> allocation record
         self.periods: dict[int, str] = {}  # period -> "open" | "closed"
-        self.factors: dict[str, list[dict]] = {}  # firm -> factor history
+        self.factors: dict[str, list[tuple]] = {}  # firm -> factor history (_pack_factor)
         self.bench_history: dict[str, list[dict]] = {}  # product -> benchmark history
         self.resp: dict[int, dict[str, int]] = {}  # period -> product -> beta (ppm t/unit)
         self.firm_resp: dict[str, list] = {}  # firm -> latest responsibility (see _close_period)
@@ -171,7 +197,7 @@ class RulesModule(Module):
             "verified": per({p: dict(sorted(d.items())) for p, d in self.verified.items()}),
             "allocs": {f: per(d) for f, d in sorted(self.allocs.items())},
             "periods": per(self.periods),
-            "factors": dict(sorted(self.factors.items())),
+            "factors": {f: [_unpack_factor(h) for h in v] for f, v in sorted(self.factors.items())},
             "bench_history": dict(sorted(self.bench_history.items())),
             "resp": per({p: dict(sorted(d.items())) for p, d in self.resp.items()}),
             "firm_resp": dict(sorted(self.firm_resp.items())),
@@ -191,7 +217,7 @@ class RulesModule(Module):
         self.verified = per(s["verified"])
         self.allocs = {f: per(d) for f, d in s["allocs"].items()}
         self.periods = per(s["periods"])
-        self.factors = {f: list(v) for f, v in s["factors"].items()}
+        self.factors = {f: [_pack_factor(h) for h in v] for f, v in s["factors"].items()}
         self.bench_history = {p: list(v) for p, v in s["bench_history"].items()}
         self.resp = per(s["resp"])
         self.firm_resp = dict(s["firm_resp"])
@@ -251,7 +277,7 @@ class RulesModule(Module):
         return out
 
     def factor_history(self, firm_id: str) -> list[dict]:
-        return [dict(h) for h in self.factors.get(firm_id, [])]
+        return [_unpack_factor(h) for h in self.factors.get(firm_id, [])]
 
     def benchmark_history(self, product: str) -> list[dict]:
         return [dict(h) for h in self.bench_history.get(product, [])]
@@ -470,9 +496,9 @@ class RulesModule(Module):
 
     def _record_factor(self, firm_id, period, reason, before, after, inputs, terms, seq):
         self.phi[firm_id] = after
-        self.factors.setdefault(firm_id, []).append(
+        self.factors.setdefault(firm_id, []).append(_pack_factor(
             {"seq": seq, "period": period, "reason": reason, "phi_before_ppm": before,
-             "phi_after_ppm": after, "inputs": inputs, "terms": terms})
+             "phi_after_ppm": after, "inputs": inputs, "terms": terms}))
         return FactorChanged(firm_id, period, reason, before, after, inputs, terms)
 
     def _set_history(self, c: SetOutputHistory) -> list:

@@ -30,7 +30,6 @@ import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from fractions import Fraction
 
 import numpy as np
 
@@ -51,7 +50,6 @@ from ..rules.commands import (
     SettleSubQuotas, SplitSubQuotas,
 )
 from ..rules.events import AllocationChanged, BenchmarkUpdated, FactorChanged
-from ..core.units import floor_int
 from ..rules.formulas import allocation_tonnes, split_amounts
 from .agents import Curves, abatement_cost, build_population
 from .equilibrium import OffsetRule, OffsetType, closed_form, cover, least_cost
@@ -536,7 +534,7 @@ class Simulation:
             parts = [allocation_tonnes(b, yi, f) for b, yi, f in zip(bench, y, phi)]
             total = int(sum(parts))
         else:
-            total = floor_int(sum(Fraction(b * yi, PPM) for b, yi in zip(bench, y)))
+            total = sum(b * yi for b, yi in zip(bench, y)) // PPM  # floor of sum B x Y
             parts = split_amounts(total, [b * yi * f for b, yi, f in zip(bench, y, phi)])
         final[idx] = np.maximum(np.array(parts, dtype=np.int64) - ded, 0)
         return final, total
