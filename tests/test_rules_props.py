@@ -271,3 +271,23 @@ def test_split_amounts_equals_the_rational_largest_remainder():
         assert split_amounts(amount, weights) == parts
 
     check()
+
+
+def test_ppm_rounding_helpers_equal_their_rational_definitions():
+    from fractions import Fraction
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from exchange.core.units import PPM, floor_int, ppm_half_even
+
+    @settings(max_examples=500, deadline=None)
+    @given(st.fractions(min_value=-10**6, max_value=10**6, max_denominator=10**9)
+           | st.integers(-10**9, 10**9)
+           # exact ties at half a ppm, both parities
+           | st.integers(-10**6, 10**6).map(lambda k: Fraction(2 * k + 1, 2 * PPM)))
+    def check(v):
+        assert ppm_half_even(v) == round(Fraction(v) * PPM)
+        assert floor_int(v) == Fraction(v).numerator // Fraction(v).denominator
+
+    check()

@@ -28,6 +28,7 @@ from ..core import errors as E
 from ..core.accounts import BANK, CASH, LOT_SUB_QUOTA, RETIRED, post_cash
 from ..core.events import Posting, Trade
 from ..core.exchange import Module
+from ..core.records import record_maker
 from ..core.units import BPS
 from . import mrv
 from .commands import (
@@ -71,16 +72,28 @@ def _ident(v, code: str, what: str) -> str:
     return v
 
 
+_record = record_maker("ComplianceRecord", (
+    "status", "version", "fuels", "process_emissions", "output", "fuel_emissions", "emissions",
+    "submitted_ts", "verifier", "verified_ts", "rejections", "extra_obligation", "surrendered",
+    "offsets", "offsets_by_type", "surrenders", "late_surrender", "settlement"))
+_settlement = record_maker("Settlement", (
+    "status", "ts", "shortfall", "penalty", "penalty_paid", "penalty_outstanding", "deduction",
+    "average_price"))
+
+
+def _load_record(r: dict) -> dict:
+    if r.get("settlement") is not None:
+        r["settlement"] = _settlement.load(r["settlement"])
+    return _record.load(r)
+
+
 def new_record() -> dict:
-    return {
-        "status": "none",  # none | pending | rejected | verified
-        "version": 0, "fuels": [], "process_emissions": 0, "output": 0,
-        "fuel_emissions": 0, "emissions": 0, "submitted_ts": None,
-        "verifier": None, "verified_ts": None, "rejections": [],
-        "extra_obligation": 0,
-        "surrendered": 0, "offsets": 0, "offsets_by_type": {}, "surrenders": [],
-        "late_surrender": False, "settlement": None,
-    }
+    return _record(
+        status="none",  # none | pending | rejected | verified
+        version=0, fuels=[], process_emissions=0, output=0, fuel_emissions=0, emissions=0,
+        submitted_ts=None, verifier=None, verified_ts=None, rejections=[], extra_obligation=0,
+        surrendered=0, offsets=0, offsets_by_type={}, surrenders=[], late_surrender=False,
+        settlement=None)
 
 
 class ComplianceModule(Module):
@@ -603,9 +616,9 @@ class ComplianceModule(Module):
                 continue
             if rec["status"] != "verified" and not rec["extra_obligation"]:
                 counts[STATUS_UNVERIFIED] += 1
-                rec["settlement"] = {"status": STATUS_UNVERIFIED, "ts": c.ts, "shortfall": 0,
-                                     "penalty": 0, "penalty_paid": 0, "penalty_outstanding": 0,
-                                     "deduction": 0, "average_price": avg}
+                rec["settlement"] = _settlement(
+                    status=STATUS_UNVERIFIED, ts=c.ts, shortfall=0, penalty=0, penalty_paid=0,
+                    penalty_outstanding=0, deduction=0, average_price=avg)
                 continue
             obligation = self.obligation_of(rec)
             shortfall = max(0, obligation - rec["surrendered"])
@@ -628,10 +641,9 @@ class ComplianceModule(Module):
             if shortfall and deduct is not None:
                 deduct(firm_id, period + 1, shortfall)
             counts[status] += 1
-            rec["settlement"] = {"status": status, "ts": c.ts, "shortfall": shortfall,
-                                 "penalty": pen, "penalty_paid": paid,
-                                 "penalty_outstanding": pen - paid, "deduction": shortfall,
-                                 "average_price": avg}
+            rec["settlement"] = _settlement(
+                status=status, ts=c.ts, shortfall=shortfall, penalty=pen, penalty_paid=paid,
+                penalty_outstanding=pen - paid, deduction=shortfall, average_price=avg)
             events.append(ComplianceSettled(firm_id, period, obligation, rec["surrendered"],
                                             shortfall, status, pen, paid, shortfall))
         # 3. no banking: what is left of the period's allowances expires
@@ -692,7 +704,8 @@ class ComplianceModule(Module):
         self.params = s["params"]
         self.periods = {int(k): v for k, v in s["periods"].items()}
         self.verifiers = dict(s["verifiers"])
-        self.records = {f: {int(p): r for p, r in ps.items()} for f, ps in s["records"].items()}
+        self.records = {f: {int(p): _load_record(r) for p, r in ps.items()}
+                        for f, ps in s["records"].items()}
         self.trades = {f: {int(p): i for p, i in ps.items()} for f, ps in s["trades"].items()}
         self.volume = {int(p): i for p, i in s["volume"].items()}
         self.sub_quota_use = {int(k): v for k, v in s["sub_quota_use"].items()}

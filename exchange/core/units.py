@@ -81,15 +81,25 @@ def percent_to_bps(value: str | Decimal | int) -> int:
 
 def floor_int(value) -> int:
     """Round an exact rational (Fraction/int) down to an integer (allocations: whole tonnes)."""
+    if type(value) is int:
+        return value
     from fractions import Fraction
-    v = Fraction(value)
+    v = value if type(value) is Fraction else Fraction(value)
     return v.numerator // v.denominator
 
 
 def ppm_half_even(value) -> int:
     """An exact ratio (Fraction/Decimal/int) -> integer ppm, nearest, half to even."""
     from fractions import Fraction
-    return round(Fraction(value) * PPM)
+    if type(value) is int:
+        return value * PPM
+    v = value if type(value) is Fraction else Fraction(value)
+    # round(v x PPM) in integers: the rules explain every firm's factor with a dozen of these
+    q, r = divmod(v.numerator * PPM, v.denominator)
+    twice = 2 * r
+    if twice > v.denominator or (twice == v.denominator and q & 1):
+        q += 1
+    return q
 
 
 def ppm_toward(value, anchor_ppm: int) -> int:

@@ -41,6 +41,7 @@ from ..core import errors as E
 from ..core.accounts import ISSUER, LOT_SUB_QUOTA
 from ..core.commands import CreateSubQuota, IssueUnits
 from ..core.events import Posting
+from ..core.records import record_maker
 from ..core.exchange import Module
 from ..core.units import PPM, floor_int, ppm_half_even
 from . import formulas as F
@@ -129,6 +130,10 @@ def _int(v, name: str, code: str = E.BAD_PARAMETER, minimum: int = 0) -> int:
 # state. Kept as tuples of values whose key tuples are shared, and given out as the same dicts
 # (to_state, factor_history), so the state and its hash are unchanged.
 _SHAPES: dict[tuple, tuple] = {}
+_allocation_record = record_maker("AllocationRecord", (
+    "instrument", "mode", "k_pre_num", "k_pre_den", "k_num", "k_den", "normalised",
+    "benchmark_ppm", "phi_ppm", "pre_ratio_ppm", "base_output", "opened", "pre", "verified",
+    "verified_output", "final", "deduction", "issued", "clawed_back", "to_obligation"))
 
 
 def _pack(d: dict) -> tuple:
@@ -215,7 +220,8 @@ class RulesModule(Module):
         self.history = {f: per(d) for f, d in s["history"].items()}
         self.inputs = {f: per(d) for f, d in s["inputs"].items()}
         self.verified = per(s["verified"])
-        self.allocs = {f: per(d) for f, d in s["allocs"].items()}
+        self.allocs = {f: {int(p): _allocation_record.load(r) for p, r in d}
+                       for f, d in s["allocs"].items()}
         self.periods = per(s["periods"])
         self.factors = {f: [_pack_factor(h) for h in v] for f, v in s["factors"].items()}
         self.bench_history = {p: list(v) for p, v in s["bench_history"].items()}
@@ -347,16 +353,13 @@ class RulesModule(Module):
         params = self.params(period)
         base = self._latest(firm_id, before=period)
         k_pre = self.totals.get(period, {}).get("pre_scale", [1, 1])
-        return {"instrument": self.instrument_for(period),
-                "mode": params["allocation_total"],
-                "k_pre_num": k_pre[0], "k_pre_den": k_pre[1],
-                "k_num": k_pre[0], "k_den": k_pre[1], "normalised": False,
-                "benchmark_ppm": self.benchmarks.get(acct.product, 0),
-                "phi_ppm": self._phi_of(firm_id, params),
-                "pre_ratio_ppm": params["pre_ratio_ppm"],
-                "base_output": base[1] if base else 0, "opened": False, "pre": 0,
-                "verified": False, "verified_output": 0, "final": 0, "deduction": 0,
-                "issued": 0, "clawed_back": 0, "to_obligation": 0}
+        return _allocation_record(
+            instrument=self.instrument_for(period), mode=params["allocation_total"],
+            k_pre_num=k_pre[0], k_pre_den=k_pre[1], k_num=k_pre[0], k_den=k_pre[1],
+            normalised=False, benchmark_ppm=self.benchmarks.get(acct.product, 0),
+            phi_ppm=self._phi_of(firm_id, params), pre_ratio_ppm=params["pre_ratio_ppm"],
+            base_output=base[1] if base else 0, opened=False, pre=0, verified=False,
+            verified_output=0, final=0, deduction=0, issued=0, clawed_back=0, to_obligation=0)
 
     def _open_record(self, firm_id: str, period: int) -> dict:
         """The record a period opens with. A record made earlier (a deduction recorded before
