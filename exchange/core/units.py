@@ -94,10 +94,15 @@ def ppm_half_even(value) -> int:
     if type(value) is int:
         return value * PPM
     v = value if type(value) is Fraction else Fraction(value)
-    # round(v x PPM) in integers: the rules explain every firm's factor with a dozen of these
-    q, r = divmod(v.numerator * PPM, v.denominator)
+    return ratio_ppm(v.numerator, v.denominator)
+
+
+def ratio_ppm(num: int, den: int) -> int:
+    """``num / den`` (den > 0) in integer ppm, nearest, half to even: round(num x PPM / den)
+    in integers (the rules explain every firm's factor and allocation with a dozen of these)."""
+    q, r = divmod(num * PPM, den)
     twice = 2 * r
-    if twice > v.denominator or (twice == v.denominator and q & 1):
+    if twice > den or (twice == den and q & 1):
         q += 1
     return q
 

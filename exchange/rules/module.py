@@ -41,9 +41,9 @@ from ..core import errors as E
 from ..core.accounts import ISSUER, LOT_SUB_QUOTA
 from ..core.commands import CreateSubQuota, IssueUnits
 from ..core.events import Posting
-from ..core.records import record_maker
 from ..core.exchange import Module
-from ..core.units import PPM, floor_int, ppm_half_even
+from ..core.records import record_maker
+from ..core.units import PPM, floor_int, ppm_half_even, ratio_ppm
 from . import formulas as F
 from .commands import (
     PARAM_FIELDS, AssessFirm, ClosePeriod, PreAllocate, RecordVerified, SetBenchmark,
@@ -300,7 +300,6 @@ class RulesModule(Module):
     def _view(self, firm_id: str, period: int, rec: dict) -> dict:
         true_up = rec["final"] - rec["pre"] if rec["verified"] else 0
         out = rec["verified_output"] if rec["verified"] else rec["base_output"]
-        scale = Fraction(rec["k_num"], rec["k_den"])
         return {"firm_id": firm_id, "period": period, "exists": True,
                 "instrument": rec["instrument"], "pre_allocation": rec["pre"],
                 "true_up": true_up, "deduction": rec["deduction"],
@@ -313,10 +312,10 @@ class RulesModule(Module):
                 "to_obligation": rec["to_obligation"],
                 # why the allocation is what it is: B x Y x phi, times the period's scale
                 "allocation_total": rec["mode"],
-                "raw_allocation": floor_int(F.raw_weight(rec["benchmark_ppm"], out,
-                                                         rec["phi_ppm"])),
-                "scale_num": rec["k_num"], "scale_den": rec["k_den"], "scale_ppm": _ppm(scale),
-                "pre_scale_ppm": _ppm(Fraction(rec["k_pre_num"], rec["k_pre_den"])),
+                "raw_allocation": rec["benchmark_ppm"] * out * rec["phi_ppm"] // PPM ** 2,
+                "scale_num": rec["k_num"], "scale_den": rec["k_den"],
+                "scale_ppm": ratio_ppm(rec["k_num"], rec["k_den"]),
+                "pre_scale_ppm": ratio_ppm(rec["k_pre_num"], rec["k_pre_den"]),
                 "normalised": rec["normalised"]}
 
     # ================================================================== helpers

@@ -652,7 +652,6 @@ def write_report(res: RunResult, out: Path, strategies: dict[str, dict] | None =
            f"{s['volume']:,} t traded; allocation total: {s.get('allocation_total', '?')}"
            + (f"; state hash `{s['state_hash'][:16]}`" if s.get("state_hash") else "") + ".",
            ] + ([f"Reproduce: `{command}`"] if command else []) + ["", "## Summary", ""]
-    last = rows[-1]
     srows = [["mean price (CNY/t, volume-weighted)",
               s["mean_price"] if s["mean_price"] is not None else "— (no trades)"],
              ["final close price (CNY/t, last call)", s["final_price"]],
