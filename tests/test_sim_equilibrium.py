@@ -158,3 +158,47 @@ def test_least_cost_solver_corner_at_the_offset_price():
     assert eq.offsets_used == pytest.approx(used, rel=1e-6)
     cf = closed_form(cv, rule, e0, A)
     assert cf["price"] == pytest.approx(p_off) and cf["offsets_used"] == pytest.approx(used)
+
+
+def _intensity_scenario(kappa: float, total: str = "intensity"):
+    return parse_scenario({
+        "scenario": {"name": "cap", "periods": 4, "seed": 21, "sme_strategy_comparison": False},
+        "market": {"initial_price": 50.0, "benchmark_stringency": 0.1},
+        "rules": {"kappa": kappa, "kappa_max": 0.2, "max_step": 0.1, "alpha_up": 2.0,
+                  "allocation_total": total},
+        "offsets": {"enabled": True, "cap": 0.05, "price": 20.0},
+        "sectors": [
+            {"name": "steel", "intensity": 2.0, "firms": 12, "intensity_dispersion": 0.3,
+             "mac": {"kind": "linear", "full_abatement_cost": 600.0,
+                     "max_abatement_share": 0.6}},
+            {"name": "parts", "intensity": 0.5, "firms": 6,
+             "mac": {"kind": "linear", "full_abatement_cost": 900.0,
+                     "max_abatement_share": 0.6}}],
+        "chains": [{"id": "C", "core_sector": "steel",
+                    "tiers": [{"tier": 1, "firms": 3, "sector": "parts"}]}]})
+
+
+def test_phi_and_coupling_move_allowances_never_create_them():
+    """Intensity mode: every period's allocation is exactly sum B x Y, however far phi and the
+    supply-chain coupling move; so the coupling strength does not move the price."""
+    runs = {k: run_scenario(_intensity_scenario(k)) for k in (0.0, 0.5)}
+    for res in runs.values():
+        phi = res.records["phi"]
+        assert phi[-1].max() > 1.15 and phi[-1].min() < 0.9  # phi did move, both ways
+        for row in res.period_rows:
+            assert row["allocation"] == row["allocation_target"]
+            assert row["net_bought_sum"] == 0
+            assert abs(row["close_price"] / row["least_cost_price"] - 1) < 0.02
+    # coupling redistributes between partners: allocations differ, totals and prices do not
+    a0, a5 = (runs[k].records["allocation"] for k in (0.0, 0.5))
+    assert (a0 != a5).any()
+    assert list(a0.sum(axis=1)) == list(a5.sum(axis=1))
+    p0, p5 = (runs[k].period_rows[-1]["close_price"] for k in (0.0, 0.5))
+    assert abs(p0 / p5 - 1) < 0.01
+
+
+def test_floating_total_is_an_opt_in_that_moves_the_cap():
+    res = run_scenario(_intensity_scenario(0.5, total="floating"))
+    last = res.period_rows[-1]
+    assert res.summary["allocation_total"] == "floating"
+    assert last["allocation"] != last["allocation_target"]

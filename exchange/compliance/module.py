@@ -22,6 +22,7 @@ aggregates of them.
 """
 from __future__ import annotations
 
+import bisect
 import copy
 
 from ..core import errors as E
@@ -79,6 +80,9 @@ _record = record_maker("ComplianceRecord", (
 _settlement = record_maker("Settlement", (
     "status", "ts", "shortfall", "penalty", "penalty_paid", "penalty_outstanding", "deduction",
     "average_price"))
+
+
+_AFTER_ANY_PERIOD = float("inf")  # sorts after every (start_ts, period) with the same start
 
 
 def _load_record(r: dict) -> dict:
@@ -139,12 +143,28 @@ class ComplianceModule(Module):
         if period is None:
             return
         notional = t.price * t.qty
-        v = self.volume.setdefault(period, {}).setdefault(t.instrument, [0, 0])
+        sym = t.instrument
+        per = self.volume.get(period)
+        if per is None:
+            per = self.volume[period] = {}
+        v = per.get(sym)
+        if v is None:
+            v = per[sym] = [0, 0]
         v[0] += t.qty
         v[1] += notional
+        trades = self.trades
         for firm, buy, fee in ((t.buyer, True, t.buyer_fee), (t.seller, False, t.seller_fee)):
-            a = (self.trades.setdefault(firm, {}).setdefault(period, {})
-                 .setdefault(t.instrument, [0, 0, 0, 0, 0, 0]))
+            # get before set: a trade is the commonest event, and setdefault would build
+            # the empty containers each time only to throw them away
+            by_period = trades.get(firm)
+            if by_period is None:
+                by_period = trades[firm] = {}
+            by_sym = by_period.get(period)
+            if by_sym is None:
+                by_sym = by_period[period] = {}
+            a = by_sym.get(sym)
+            if a is None:
+                a = by_sym[sym] = [0, 0, 0, 0, 0, 0]
             if buy:
                 a[0] += t.qty
                 a[1] += notional
@@ -157,13 +177,9 @@ class ComplianceModule(Module):
     # ================================================================== lookups
     def period_of(self, ts: int) -> int | None:
         """The compliance period a timestamp falls in: the latest period started by then."""
-        found = None
-        for start, period in self._period_starts:
-            if start <= ts:
-                found = period
-            else:
-                break
-        return found
+        starts = self._period_starts
+        k = bisect.bisect_right(starts, (ts, _AFTER_ANY_PERIOD))
+        return starts[k - 1][1] if k else None
 
     def _reindex(self) -> None:
         self._period_starts = sorted((p["start_ts"], k) for k, p in self.periods.items())

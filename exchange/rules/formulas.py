@@ -56,7 +56,8 @@ def intensity_total(rows: list[tuple[int, int]]) -> int:
 def scaled_allocation(benchmark_ppm: int, output: int, phi_ppm: int, scale: Fraction) -> int:
     """``floor(B x Y x phi x k)``: a firm's allocation at a known scale k, before the other
     firms' data is in (the provisional true-up)."""
-    return floor_int(raw_weight(benchmark_ppm, output, phi_ppm) * scale)
+    scale = Fraction(scale)  # in integers: one call per firm at each verification
+    return (benchmark_ppm * output * phi_ppm * scale.numerator) // (PPM ** 2 * scale.denominator)
 
 
 def period_allocation(mode: str, rows: list[tuple[int, int, int]], cap_tonnes: int = 0,

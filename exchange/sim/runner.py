@@ -530,11 +530,12 @@ class Simulation:
         phi = [a["phi_ppm"] for _, a in rows]
         ded = np.array([a["deduction"] for _, a in rows], dtype=np.int64)
         y = [int(output[i]) for i in idx]
+        total = sum(b * yi for b, yi in zip(bench, y)) // PPM  # floor of sum B x Y
         if self.sc.rules.allocation_total == "floating":
+            # each firm B x Y x phi: the total moves with phi; the target stays sum B x Y so
+            # the report can say by how much
             parts = [allocation_tonnes(b, yi, f) for b, yi, f in zip(bench, y, phi)]
-            total = int(sum(parts))
         else:
-            total = sum(b * yi for b, yi in zip(bench, y)) // PPM  # floor of sum B x Y
             parts = split_amounts(total, [b * yi * f for b, yi, f in zip(bench, y, phi)])
         final[idx] = np.maximum(np.array(parts, dtype=np.int64) - ded, 0)
         return final, total
