@@ -164,7 +164,7 @@ def test_small_run_writes_all_outputs(tmp_path):
                      "--quiet"]) == 0
     for f in ("report.md", "summary.json", "firms.csv", "periods.csv", "rounds.csv",
               "price_path.png", "emissions_vs_allocation.png", "intensity_by_sector.png",
-              "allocation_factors.png", "sme_revenue_by_strategy.png"):
+              "allocation_factors.png", "sme_revenue_by_strategy.png", "smes.csv"):
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f
     s = json.loads((out / "summary.json").read_text())
     for k in ("periods", "mean_price", "final_price", "total_emissions", "total_allocation",
@@ -178,7 +178,9 @@ def test_small_run_writes_all_outputs(tmp_path):
         net[r["period"]] += int(r["net_bought"])
     assert set(net.values()) == {0}
     md = (out / "report.md").read_text()
-    assert "SME revenue by split strategy" in md and "| by_abatement_potential |" in md
+    assert "### By split strategy" in md and "| by_abatement_potential |" in md
+    smes = list(csv.DictReader(open(out / "smes.csv")))
+    assert len(smes) == 3 and {r["strategy"] for r in smes} == {"by_output"}
 
 
 def test_compare_mode(tmp_path):

@@ -202,3 +202,30 @@ def test_floating_total_is_an_opt_in_that_moves_the_cap():
     last = res.period_rows[-1]
     assert res.summary["allocation_total"] == "floating"
     assert last["allocation"] != last["allocation_target"]
+
+
+def test_sub_quotas_are_carved_from_the_core_firm_inside_the_cap(tmp_path):
+    """SMEs' sub-quotas come out of the core firm's allocation: the period's issuance is
+    exactly sum B x Y of the covered firms, and every sub-quota tonne left a core firm."""
+    from exchange.sim.report import sme_rows, write_report
+
+    data = _intensity_scenario(0.2).model_dump(mode="json")
+    data["chains"][0]["tiers"].append({"tier": 2, "firms": 4, "sector": "parts",
+                                       "size_class": "sme", "output_scale": 0.3})
+    data["chains"][0]["split_strategy"] = "equal"
+    res = run_scenario(parse_scenario(data))
+    rec = res.records
+    for t, row in enumerate(res.period_rows):
+        assert row["allocation"] == row["allocation_target"]   # nothing issued on top
+        assert rec["sub_quota_in"][t].sum() > 0
+        assert rec["sub_quota_in"][t].sum() == rec["sub_quota_out"][t].sum()
+        sme = np.array([s == "sme" for s in res.size_class])
+        assert rec["allocation"][t][sme].sum() == 0             # SMEs get no allocation
+    write_report(res, tmp_path)
+    rows = sme_rows(res)
+    assert (tmp_path / "smes.csv").read_text().splitlines()[0].split(",")[:4] == \
+        ["period", "year", "sme", "chain"]
+    assert len(rows) == 4 * res.periods
+    for r in rows:  # the scheme's and the direct allocation's net cost side by side
+        assert r["benefit_vs_direct"] == pytest.approx(r["direct_net_cost"] - r["net_cost"],
+                                                       abs=0.02)

@@ -535,19 +535,34 @@ def plot_factors(res: RunResult, path: Path) -> None:
 
 
 def plot_sme_strategies(strategies: dict[str, dict], path: Path) -> None:
+    """Left: SMEs' total net cost in the scheme and allocated directly, per strategy. Right:
+    each SME's benefit against direct allocation (winners above zero, losers below)."""
     plt = _plt()
     names = list(strategies)
-    rev = [strategies[k]["sme_revenue"] / 1e3 for k in names]
-    pen = [strategies[k]["sme_penalties"] / 1e3 for k in names]
     x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(8, 4.2))
-    ax.bar(x - 0.2, rev, 0.4, label="SME sales revenue (their share)")
-    ax.bar(x + 0.2, pen, 0.4, label="SME penalties")
-    ax.set_xticks(x, names, rotation=15)
-    _zero_floor(ax)
-    ax.set_ylabel("thousand CNY")
-    ax.set_title("SME revenue by sub-quota split strategy")
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.4))
+    ax.bar(x - 0.2, [strategies[k]["sme_net_cost"] / 1e3 for k in names], 0.4,
+           label="net cost with sub-quotas")
+    ax.bar(x + 0.2, [strategies[k]["sme_direct_net_cost"] / 1e3 for k in names], 0.4,
+           label="net cost if allocated directly")
+    ax.set_xticks(x, names, rotation=15, fontsize=8)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_ylabel("thousand CNY (all SMEs, all periods)")
+    ax.set_title("SMEs' net compliance cost by split strategy")
     ax.legend(fontsize=8)
+    rng = np.random.default_rng(0)  # jitter only; the same picture every run
+    for k, name in enumerate(names):
+        b = np.asarray(strategies[name]["sme_benefits"]) / 1e3
+        jit = k + rng.uniform(-0.15, 0.15, len(b))
+        bx.scatter(jit[b > 0], b[b > 0], s=14, color="tab:green", label="winner" if k == 0
+                   else None)
+        bx.scatter(jit[b <= 0], b[b <= 0], s=14, color="tab:red", label="loser" if k == 0
+                   else None)
+    bx.axhline(0, color="black", lw=0.8)
+    bx.set_xticks(x, names, rotation=15, fontsize=8)
+    bx.set_ylabel("thousand CNY, direct minus scheme")
+    bx.set_title("Each SME's benefit against direct allocation")
+    bx.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -566,15 +581,108 @@ def _table(headers: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+def _chain_smes(res: RunResult) -> np.ndarray:
+    return np.array([s == "sme" for s in res.size_class]) & np.array([c != "" for c in res.chain])
+
+
+SME_FIELDS = ("period", "year", "sme", "chain", "strategy", "sub_quota", "emissions",
+              "surplus", "abatement_cost", "offset_cost", "trading_cash", "penalty",
+              "net_cost", "direct_allocation", "direct_net_cost", "benefit_vs_direct")
+
+
+def sme_rows(res: RunResult) -> list[dict]:
+    """One row per chain SME and period: what the scheme gave and cost it, and what the same
+    SME would have paid allocated directly (its sector's benchmark x output, the same price).
+    net cost = abatement + offsets + penalties - trading cash; benefit = direct - scheme."""
+    rec, sme = res.records, _chain_smes(res)
+    strategy = {c.id: c.split_strategy for c in res.scenario.chains}
+    out = []
+    for t, p in enumerate(res.period_rows):
+        for i in np.nonzero(sme)[0]:
+            chain = res.chain[i]
+            spec = next((v for k, v in strategy.items() if chain.startswith(k)), "")
+            net, direct = float(rec["net_cost"][t, i]), float(rec["direct_net_cost"][t, i])
+            out.append({"period": p["period"], "year": p["year"], "sme": res.ids[i],
+                        "chain": chain, "strategy": spec,
+                        "sub_quota": int(rec["sub_quota_in"][t, i]),
+                        "emissions": int(rec["emissions"][t, i]),
+                        "surplus": int(rec["sub_quota_in"][t, i] - rec["emissions"][t, i]),
+                        "abatement_cost": round(float(rec["abatement_cost"][t, i]), 2),
+                        "offset_cost": round(float(rec["offset_cost"][t, i]), 2),
+                        "trading_cash": round(float(rec["trade_cash"][t, i]), 2),
+                        "penalty": round(float(rec["penalty"][t, i]), 2),
+                        "net_cost": round(net, 2),
+                        "direct_allocation": int(rec["direct_allocation"][t, i]),
+                        "direct_net_cost": round(direct, 2),
+                        "benefit_vs_direct": round(direct - net, 2)})
+    return out
+
+
 def sme_stats(res: RunResult) -> dict:
-    sme = np.array([s == "sme" for s in res.size_class]) & np.array([c != "" for c in res.chain])
+    sme = _chain_smes(res)
     rec = res.records
+    net = rec["net_cost"][:, sme].sum(axis=0)
+    direct = rec["direct_net_cost"][:, sme].sum(axis=0) if sme.any() else np.zeros(0)
+    benefit = direct - net  # per SME over the run
+    surplus = (rec["sub_quota_in"][:, sme] > rec["emissions"][:, sme]).any(axis=0)
     return {"sme_revenue": float(rec["sme_revenue"][:, sme].sum()),
             "sme_penalties": float(rec["penalty"][:, sme].sum()),
             "sme_shortfall": int(rec["shortfall"][:, sme].sum()),
             "sme_sub_quota": int(rec["sub_quota_in"][:, sme].sum()),
+            "sme_direct_allocation": int(np.nan_to_num(rec["direct_allocation"][:, sme]).sum()),
             "sme_abatement_cost": float(rec["abatement_cost"][:, sme].sum()),
+            "sme_net_cost": float(net.sum()),
+            "sme_direct_net_cost": float(direct.sum()),
+            "sme_benefit_vs_direct": float(benefit.sum()),
+            "sme_winners": int((benefit > 0).sum()),
+            "sme_winners_with_surplus": int(((benefit > 0) & surplus).sum()),
+            "sme_benefits": [round(float(b), 2) for b in benefit],
             "smes": int(sme.sum())}
+
+
+def _sme_section(res: RunResult, strategies: dict[str, dict] | None) -> list[str]:
+    st = sme_stats(res)
+    md = ["## SMEs", "",
+          "Each chain's core firm carves the SMEs' sub-quotas out of its own allocation (no new "
+          "issuance). An SME's *net cost* is abatement + offsets + penalties − cash from "
+          "trading; *direct* is the same SME allocated its sector's benchmark × output and "
+          "trading at the same price. Benefit = direct − scheme (`smes.csv` per SME and period).",
+          "",
+          _table(["", "this run"], [
+              ["SMEs", st["smes"]],
+              ["sub-quota received (t)", st["sme_sub_quota"]],
+              ["direct allocation instead (t)", st["sme_direct_allocation"]],
+              ["net cost with sub-quotas (CNY)", st["sme_net_cost"]],
+              ["net cost if allocated directly (CNY)", st["sme_direct_net_cost"]],
+              ["SMEs better off than direct", f"{st['sme_winners']} of {st['smes']}"]]), ""]
+    if strategies:
+        ranked = sorted(strategies.items(), key=lambda kv: -kv[1]["sme_benefit_vs_direct"])
+        md += ["### By split strategy", "",
+               "The scenario rerun once per strategy (same seed), best for SMEs first:", "",
+               _table(["strategy", "sub-quota (t)", "direct allocation (t)", "net cost (CNY)",
+                       "direct net cost (CNY)", "benefit (CNY)", "winners", "sales (CNY)",
+                       "penalties (CNY)", "final price"],
+                      [[k, v["sme_sub_quota"], v["sme_direct_allocation"], v["sme_net_cost"],
+                        v["sme_direct_net_cost"], v["sme_benefit_vs_direct"],
+                        f"{v['sme_winners']} of {v['smes']}", v["sme_revenue"],
+                        v["sme_penalties"], v["final_price"]] for k, v in ranked]), ""]
+        why = []
+        for k, v in ranked:
+            gap = v["sme_sub_quota"] - v["sme_direct_allocation"]
+            why.append(
+                f"- **{k}**: SMEs received {v['sme_sub_quota']:,} t against "
+                f"{v['sme_direct_allocation']:,} t of direct allocation ({gap:+,} t); "
+                f"{v['sme_winners']} of "
+                f"{v['smes']} SMEs end better off, {v['sme_winners_with_surplus']} of them "
+                f"with a surplus they could sell.")
+        md += ["Why they rank so: the pool is about the same size under every strategy (the "
+               "core firm carves the same share out of its allocation), so a strategy decides "
+               "*which* SMEs get it. An SME whose share covers its emissions after abating to "
+               "the price keeps and sells the rest and gains; one whose share falls short "
+               "buys at the price; surplus left unsold reverts to the core firm when the "
+               "terms say so.", ""] + why + [
+               "", "![SMEs by strategy](sme_revenue_by_strategy.png)", ""]
+    return md
 
 
 def _t(v: float) -> str:
@@ -624,6 +732,9 @@ def write_report(res: RunResult, out: Path, strategies: dict[str, dict] | None =
     out.mkdir(parents=True, exist_ok=True)
     write_summary(res, out)
     write_firms_csv(res, out)
+    smes = sme_rows(res)
+    if smes:
+        _write_dicts(out / "smes.csv", smes)
     _write_dicts(out / "periods.csv", res.period_rows)
     _write_dicts(out / "rounds.csv", res.rounds)
     plot_price_path(res, out / "price_path.png")
@@ -768,17 +879,14 @@ def write_report(res: RunResult, out: Path, strategies: dict[str, dict] | None =
            "", _table(["period", "mean φ", "min", "max", "φ > 1", "φ < 1",
                        f"at φ_min {r.phi_min:g}", f"at φ_max {r.phi_max:g}"], frows), "",
            "![allocation factors](allocation_factors.png)", ""]
-    if strategies:
-        md += ["## SME revenue by split strategy", "",
-               "The scenario rerun once per sub-quota split strategy (same seed):", "",
-               _table(["strategy", "SME revenue (CNY)", "SME penalties (CNY)",
-                       "SME shortfall (t)", "sub-quota granted (t)", "final price"],
-                      [[k, v["sme_revenue"], v["sme_penalties"], v["sme_shortfall"],
-                        v["sme_sub_quota"], v["final_price"]] for k, v in strategies.items()]),
-               "", "![SME revenue by strategy](sme_revenue_by_strategy.png)", ""]
+    if smes:
+        md += _sme_section(res, strategies)
     md += ["## Files", "",
            "- `summary.json` — headline figures, a per-period breakdown and the run's timings",
            "- `firms.csv` — one row per firm and period",
+           "- `smes.csv` — one row per chain SME and period: sub-quota, emissions, costs, "
+           "trading cash, net cost and the same SME's net cost under direct allocation"
+           if smes else "",
            "- `periods.csv`, `rounds.csv` — per period and per trading round",
            "- PNG plots referenced above", ""]
     (out / "report.md").write_text("\n".join(md))

@@ -52,7 +52,7 @@ from ..rules.commands import (
 from ..rules.events import AllocationChanged, BenchmarkUpdated, FactorChanged
 from ..rules.formulas import allocation_tonnes, split_amounts
 from .agents import Curves, abatement_cost, build_population
-from .equilibrium import OffsetRule, OffsetType, closed_form, cover, least_cost
+from .equilibrium import OffsetRule, OffsetType, closed_form, cover, least_cost, plan
 from .gateway import InProcessGateway
 from .progress import Progress
 from .scenario import Scenario
@@ -75,7 +75,8 @@ RECORD_FIELDS = (
     "net_bought", "abatement", "emissions", "obligation", "verified_intensity",
     "offsets_bought", "offsets_used", "allowances_surrendered", "shortfall", "penalty",
     "banked", "abatement_cost", "offset_cost", "no_trade_abatement_cost",
-    "no_trade_offset_cost", "trade_cash", "sme_revenue",
+    "no_trade_offset_cost", "trade_cash", "sme_revenue", "net_cost", "direct_allocation",
+    "direct_net_cost",
 )
 
 
@@ -350,9 +351,8 @@ class Simulation:
             else:
                 final, target = self._forecast_allocation(output)
             pre_issued = ev["pre_allocation"].copy()
-            sq_in, sq_out, pool_in = self._sme_pools(
-                t, year, instr, cv, price, final, pre_issued, last_output, last_emissions)
-            target += int(pool_in.sum())  # SME pools are issued on top (docs/SIMULATION.md)
+            sq_in, sq_out = self._sme_pools(t, year, instr, cv, price, last_output,
+                                            last_emissions)
             rec["pre_allocation"][t] = ev["pre_allocation"]
             rec["sub_quota_in"][t] = sq_in
             rec["sub_quota_out"][t] = sq_out
@@ -428,7 +428,7 @@ class Simulation:
             obligation = ev["obligation"].copy()
             rec["obligation"][t] = obligation
             rec["true_up"][t] = ev["true_up"]
-            rec["allocation"][t] = ev["pre_allocation"] + ev["true_up"] + pool_in
+            rec["allocation"][t] = ev["pre_allocation"] + ev["true_up"]
             rec["deduction"][t] = deduction_next
 
             # 6. settlement rounds: cover what is still short, sell what is spare
@@ -490,6 +490,11 @@ class Simulation:
             rec["net_bought"][t] = market.bought - market.sold
             rec["trade_cash"][t] = market.cash / FEN
             rec["sme_revenue"][t] = market.sme_revenue / FEN
+            # what compliance cost each firm, net of its trading: abatement + offsets +
+            # penalties - cash from trading (sales minus purchases)
+            rec["net_cost"][t] = (rec["abatement_cost"][t] + rec["offset_cost"][t]
+                                  + rec["penalty"][t] - rec["trade_cash"][t])
+            self._direct_counterfactual(t, rec, cv, rule, base, output, close_price)
 
             # counterfactuals on the same allocation path: no trade (each firm alone), and
             # the least-cost solution of the same constrained problem (same allowances, same
@@ -540,15 +545,34 @@ class Simulation:
         final[idx] = np.maximum(np.array(parts, dtype=np.int64) - ded, 0)
         return final, total
 
-    def _sme_pools(self, t, year, instr, cv, price, final, pre_issued, last_output,
-                   last_emissions):
-        """The chains' SME pools: the core firm receives its SMEs' benchmark allocation and
-        splits it into sub-quotas by the chain's strategy."""
+    def _direct_counterfactual(self, t, rec, cv, rule, base, output, price) -> None:
+        """The same SMEs allocated directly instead of through sub-quotas: each gets its
+        sector's benchmark allocation B x Y, faces the same market price and offset rule, and
+        abates, buys or sells to the price: net cost = C(a) + offsets + p x (allowances needed
+        - B x Y). ``direct_net_cost`` beside ``net_cost`` is what the scheme did for it."""
+        pop = self.pop
+        smes = np.nonzero(pop.sme & (pop.chain >= 0))[0]
+        rec["direct_allocation"][t] = np.nan
+        rec["direct_net_cost"][t] = np.nan
+        if not len(smes) or not self.bench:
+            return
+        b = np.array([self.bench.get(pop.sector_names[pop.sector[i]], 0.0) for i in smes])
+        alloc = np.floor(b * output[smes])
+        pl = plan(cv, rule, base, price)
+        off = (pl.offsets[smes] * rule.prices()[None, :]).sum(axis=1) if rule.types else 0.0
+        rec["direct_allocation"][t, smes] = alloc
+        rec["direct_net_cost"][t, smes] = (abatement_cost(cv, pl.abatement)[smes] + off
+                                           + price * (pl.allowances[smes] - alloc))
+
+    def _sme_pools(self, t, year, instr, cv, price, last_output, last_emissions):
+        """Sub-quotas carved out of each chain's core firm: the core firm splits part of its
+        own pre-allocation (``sub_quota_share`` x its SMEs' benchmark allocation, at most what
+        it holds) into sub-quotas by the chain's strategy. Nothing is issued: the core firm's
+        holding falls by exactly what its SMEs receive, inside the period's total."""
         sc, pop = self.sc, self.pop
         n = pop.n
         sq_in = np.zeros(n, dtype=np.int64)
         sq_out = np.zeros(n, dtype=np.int64)
-        pool_in = np.zeros(n, dtype=np.int64)
         for c, cid in enumerate(pop.chain_ids):
             spec = sc.chains[pop.chain_spec[c]]
             smes = np.nonzero((pop.chain == c) & pop.sme)[0]
@@ -559,10 +583,9 @@ class Simulation:
                            if self.bench else last_emissions[i] / max(last_output[i], 1)
                            * (1 - sc.allocation.reduction) for i in smes])
             pool = int(math.floor(spec.sub_quota_share * (bm * last_output[smes]).sum()))
+            pool = min(pool, int(self.market.h[core]))
             if pool <= 0:
                 continue
-            self.send(IssueUnits(account=pop.ids[core], instrument=instr, qty=pool,
-                                 source="allocation", ref=f"{year}:sme-pool:{cid}"))
             terms = dict(revenue_share_ppm=_ppm(spec.revenue_share),
                          surplus_rule=spec.surplus_rule, shortfall_rule=spec.shortfall_rule,
                          chain_id=cid)
@@ -583,10 +606,7 @@ class Simulation:
                                for i, q in zip(smes, amounts) if q > 0])
             sq_in[smes] += amounts
             sq_out[core] += int(amounts.sum())
-            pre_issued[core] += pool
-            pool_in[core] += pool
-            final[core] += pool
-        return sq_in, sq_out, pool_in
+        return sq_in, sq_out
 
     def _period_row(self, t, year, rec, rounds, close_price, avg_price, vol, base, verified,
                     abate, allowances, target, lc, cf, o_use, ev, locked_days, cleared,

@@ -117,7 +117,9 @@ class ChainConfig(Strict):
         1.0, ge=0, le=1, description="share of the SMEs' benchmark allocation the core firm "
                                       "receives for them and splits as sub-quotas")
     split_strategy: Literal[SPLIT_STRATEGIES] = "equal"  # type: ignore[valid-type]
-    revenue_share: float = Field(0.5, ge=0, le=1, description="SME share of sale proceeds")
+    revenue_share: float = Field(1.0, ge=0, le=1, description="SME's share of the proceeds "
+                                 "when it sells sub-quota units; 1.0 (the source model): an "
+                                 "SME that emits less than its sub-quota keeps what it saves")
     surplus_rule: Literal["revert", "bank"] = "revert"
     shortfall_rule: Literal["sme", "parent"] = "sme"
 
