@@ -115,7 +115,8 @@ class ChainConfig(Strict):
     tiers: list[TierConfig] = Field(min_length=1)
     sub_quota_share: float = Field(
         1.0, ge=0, le=1, description="share of the SMEs' benchmark allocation the core firm "
-                                      "receives for them and splits as sub-quotas")
+                                      "carves out of its own allocation and splits as "
+                                      "sub-quotas")
     split_strategy: Literal[SPLIT_STRATEGIES] = "equal"  # type: ignore[valid-type]
     revenue_share: float = Field(1.0, ge=0, le=1, description="SME's share of the proceeds "
                                  "when it sells sub-quota units; 1.0 (the source model): an "
