@@ -647,7 +647,10 @@ def test_responsibility_flows_into_intensity_and_benchmark():
     assert pc.responsibility == {"parts": 900_000, "steel": 1_609_000}
     fa = [e for e in evs if isinstance(e, FactorChanged) and e.firm_id == "A"][0]
     assert fa.inputs["embodied_ppm"] == 900 * PPM and fa.inputs["intensity_ppm"] == 1_609_000
-    assert fa.terms["gap_ppm"] == ppm_half_even(1 - Fr(1_609_000, 1_800_000))
+    # steel has input data, so A's gap is against beta_steel, not B = 1.8: A is the only
+    # steel producer, so it is the product's average and its gap is 0
+    assert (fa.inputs["reference"], fa.inputs["reference_ppm"]) == ("responsibility", 1_609_000)
+    assert fa.inputs["benchmark_ppm"] == 1_800_000 and fa.terms["gap_ppm"] == 0
 
 
 # ============================================================================ sub-quotas

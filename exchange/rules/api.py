@@ -23,6 +23,9 @@ core's ppm by :func:`exchange.core.units.ratio_to_ppm`; responses carry both)::
     POST /rules/splits/preview              the amounts a split would give, changing nothing
     GET  /rules/sub-quotas                  sub-quota lots with their period-end settlement
     GET  /rules/factors/{firm_id}           a firm's allocation-factor history (firm: own only)
+    GET  /rules/responsibility              what every firm answers for at the latest close
+                                            (its emissions + its inputs x their factors)
+    GET  /rules/responsibility/{firm_id}    one firm's (firm: own only)
 
 Websocket methods (role firm, for the session's own firm): ``factor_history`` and
 ``allocation`` (``{"period": 2026}``).
@@ -381,6 +384,37 @@ def factor_view(rules, firm_id: str) -> dict:
     phi = rules.phi.get(firm_id, rules.params()["initial_phi_ppm"])
     return {"firm_id": firm_id, "phi": _dec(phi), "phi_ppm": phi,
             "history": rules.factor_history(firm_id)}
+
+
+# ====================================================================== responsibility
+
+def responsibility_view(rules, firm_id: str) -> dict:
+    """``responsibility_t`` = emissions + sum of inputs x their products' responsibility factors
+    (t CO2, decimal string); a final consumer (no output) bears only the latter."""
+    fr = rules.responsibility(firm_id)
+    if fr is None:
+        return {"firm_id": firm_id, "period": None, "responsibility_t": None}
+    out = dict(fr)
+    for k in ("responsibility", "embodied", "intensity"):
+        out[f"{k}_t" if k != "intensity" else k] = _dec(fr[f"{k}_ppm"])
+    return out
+
+
+@route("GET", "/rules/responsibility", summary="What every firm answers for (t CO2)",
+       tag=TAG, roles=(ROLE_OPERATOR, ROLE_VERIFIER))
+async def get_responsibilities(ctx: ApiContext, body) -> dict:
+    r = _rules(ctx)
+    return {"firms": [responsibility_view(r, f) for f in sorted(r.firm_resp)]}
+
+
+@route("GET", "/rules/responsibility/{firm_id}", summary="What a firm answers for (t CO2)",
+       tag=TAG, roles=READERS)
+async def get_responsibility(ctx: ApiContext, body) -> dict:
+    firm_id = ctx.path["firm_id"]
+    _own(ctx, firm_id)
+    if firm_id not in ctx.ex.accounts:
+        raise ProtocolError(E.UNKNOWN_ACCOUNT, f"unknown firm {firm_id!r}", 404)
+    return responsibility_view(_rules(ctx), firm_id)
 
 
 class NoParams(Body):

@@ -189,7 +189,12 @@ RESP_MAX_ITER = 10_000
 
 
 class Diverges(ArithmeticError):
-    """The responsibility iteration did not converge (the input network is not productive)."""
+    """The responsibility factors have no finite solution (or the iteration did not reach it):
+    the input network is not productive. ``products`` names the products involved."""
+
+    def __init__(self, message: str, products: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.products = tuple(products)
 
 
 def responsibility_system(producers: dict[str, list[tuple[int, int, dict[str, int]]]]
@@ -197,7 +202,8 @@ def responsibility_system(producers: dict[str, list[tuple[int, int, dict[str, in
     """Build ``beta = c + A beta`` from ``{product: [(emissions, output, {input: qty}), ...]}``:
     ``c_p = sum_f E_f / sum_f Y_f`` and ``A_pi = sum_f in_fi / sum_f Y_f`` (output-weighted
     average over the producers of p). Products used as inputs but not produced here have no
-    row: their factor is 0 (their emissions are outside the system). Exact Fractions."""
+    row: their factor is 0 (their emissions are outside the system, see
+    :func:`outside_inputs`). Exact Fractions."""
     products = sorted(producers)
     c: dict[str, Fraction] = {}
     a: dict[str, dict[str, Fraction]] = {}
@@ -214,13 +220,106 @@ def responsibility_system(producers: dict[str, list[tuple[int, int, dict[str, in
     return products, c, a
 
 
+def outside_inputs(producers: dict[str, list[tuple[int, int, dict[str, int]]]],
+                   consumers: list[dict[str, int]] = ()) -> list[str]:
+    """Input products that nobody in the system makes: their factor is 0, so what they embody
+    is outside the scheme. Reported, never silently dropped."""
+    used = {i for rows in producers.values() for _, _, inputs in rows for i in inputs}
+    used.update(i for inputs in consumers for i in inputs)
+    return sorted(used - set(producers))
+
+
+def _components(products: list[str], a: dict[str, dict[str, Fraction]]) -> list[list[str]]:
+    """Strongly connected components of the input graph (p -> i when p uses i), each sorted,
+    in the order of their smallest member (Tarjan, iterative: the graph may be long)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[list[str]] = []
+    for root in products:
+        if root in index:
+            continue
+        work = [(root, iter(sorted(k for k, v in a[root].items() if v > 0)))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on.add(root)
+        while work:
+            v, it = work[-1]
+            nxt = next(it, None)
+            if nxt is not None:
+                if nxt not in index:
+                    index[nxt] = low[nxt] = len(index)
+                    stack.append(nxt)
+                    on.add(nxt)
+                    work.append((nxt, iter(sorted(k for k, w in a[nxt].items() if w > 0))))
+                elif nxt in on:
+                    low[v] = min(low[v], index[nxt])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[v])
+            if low[v] == index[v]:
+                comp = []
+                while True:
+                    w = stack.pop()
+                    on.discard(w)
+                    comp.append(w)
+                    if w == v:
+                        break
+                out.append(sorted(comp))
+    return sorted(out)
+
+
+def non_productive(products: list[str], a: dict[str, dict[str, Fraction]]) -> list[str]:
+    """The products of every cycle of the input network that takes, directly and through its
+    inputs, at least one unit of itself per unit made (spectral radius of its block of A >= 1;
+    (I - A) is then singular or has no non-negative inverse). Empty for a productive network.
+
+    Exact: the network splits into strongly connected components (A is block triangular over
+    them, so its spectral radius is the largest of theirs); for one component, I - A_S is a
+    Z-matrix, and such a matrix is a non-singular M-matrix (rho(A_S) < 1) exactly when every
+    leading principal minor is positive, i.e. when Gaussian elimination without pivoting
+    finds only positive pivots (each pivot is a ratio of two successive minors)."""
+    bad: list[str] = []
+    for comp in _components(products, a):
+        if len(comp) == 1 and a[comp[0]].get(comp[0], 0) == 0:
+            continue  # no cycle through it: its factor is a finite sum
+        n = len(comp)
+        pos = {p: k for k, p in enumerate(comp)}
+        m = [[(ONE if r == k else Fraction(0)) for k in range(n)] for r in range(n)]
+        for p in comp:
+            for i, v in a[p].items():
+                if i in pos:
+                    m[pos[p]][pos[i]] -= v
+        for k in range(n):
+            piv = m[k][k]
+            if piv <= 0:
+                bad.extend(comp)
+                break
+            for r in range(k + 1, n):
+                if m[r][k]:
+                    f = m[r][k] / piv
+                    row_k, row_r = m[k], m[r]
+                    for j in range(k, n):
+                        row_r[j] -= f * row_k[j]
+    return sorted(bad)
+
+
 def responsibility_factors(producers: dict[str, list[tuple[int, int, dict[str, int]]]],
                            tol: Decimal = RESP_TOLERANCE, max_iter: int = RESP_MAX_ITER
                            ) -> tuple[dict[str, int], int]:
     """Solve ``beta_p = (sum_i in_pi x beta_i + E_p) / Y_p`` for every product by the Jacobi
     iteration ``beta^(k+1) = c + A beta^(k)``, ``beta^(0) = c``, in :data:`RESP_CONTEXT`.
-    Returns ``({product: beta_ppm}, iterations)``; raises :class:`Diverges`."""
+    Returns ``({product: beta_ppm}, iterations)``; raises :class:`Diverges` naming the
+    products of a non-productive cycle (checked exactly first, see :func:`non_productive`),
+    or when the iteration has not settled after ``max_iter`` steps."""
     products, c, a = responsibility_system(producers)
+    bad = non_productive(products, a)
+    if bad:
+        raise Diverges("the inputs per unit of output form a non-productive network: "
+                       f"{', '.join(bad)} take, directly and through their inputs, at least "
+                       "one unit of themselves per unit made", tuple(bad))
     ctx = RESP_CONTEXT
     cd = {p: ctx.divide(Decimal(v.numerator), Decimal(v.denominator)) for p, v in c.items()}
     ad = {p: [(i, ctx.divide(Decimal(v.numerator), Decimal(v.denominator)))
@@ -240,10 +339,38 @@ def responsibility_factors(producers: dict[str, list[tuple[int, int, dict[str, i
         beta = new
         if delta <= tol:
             return {p: ppm_half_even(Fraction(beta[p])) for p in products}, k
-        if delta > Decimal(10) ** 12:
-            break
-    raise Diverges("responsibility factors do not converge: the inputs per unit of output "
-                   "form a non-productive network")
+    cyc = [p for comp in _components(products, a) for p in comp
+           if len(comp) > 1 or a[p].get(p, 0)]
+    raise Diverges(f"responsibility factors not settled after {max_iter} iterations: the "
+                   f"cycle through {', '.join(cyc)} is barely productive (it takes almost "
+                   "one unit of itself per unit made)", tuple(cyc))
+
+
+def embodied(inputs: dict[str, int], beta_ppm: dict[str, int]) -> Fraction:
+    """``sum_i in_i x beta_i`` in tonnes, exact: what a firm's inputs embody. Inputs without a
+    factor (made outside the system) count 0."""
+    return sum((Fraction(q * beta_ppm[i], PPM) for i, q in sorted(inputs.items())
+                if i in beta_ppm), Fraction(0))
+
+
+def responsibility_tonnes(emissions: int, inputs: dict[str, int],
+                          beta_ppm: dict[str, int]) -> Fraction:
+    """A firm's responsibility ``R_f = E_f + sum_i in_fi x beta_i`` (t CO2, exact): its own
+    emissions plus the average of what it buys. A final consumer (no output) bears exactly
+    the average of the products it uses."""
+    return emissions + embodied(inputs, beta_ppm)
+
+
+def gap_reference(benchmark_ppm: int, beta_ppm: int | None) -> tuple[str, int] | None:
+    """The intensity a firm's gap is measured against: its product's responsibility factor
+    beta_p when the product's producers reported input use (a producer below the product's
+    average gains, one above answers for the excess), else the direct benchmark B; ``None``
+    when neither is positive."""
+    if beta_ppm is not None and beta_ppm > 0:
+        return "responsibility", beta_ppm
+    if benchmark_ppm > 0:
+        return "benchmark", benchmark_ppm
+    return None
 
 
 # ---------------------------------------------------------------------------------- splitting

@@ -136,6 +136,17 @@ _allocation_record = record_maker("AllocationRecord", (
     "verified_output", "final", "deduction", "issued", "clawed_back", "to_obligation"))
 
 
+def _firm_resp(v) -> dict:
+    """A firm's responsibility record; a state from before final consumers were counted kept
+    ``[period, intensity_ppm, output, responsibility_ppm]``."""
+    if isinstance(v, dict):
+        return dict(v)
+    period, inten, out, resp = v
+    return {"period": period, "verified": True, "emissions": None, "output": out,
+            "embodied_ppm": None, "responsibility_ppm": resp, "intensity_ppm": inten,
+            "outside_inputs": []}
+
+
 def _pack(d: dict) -> tuple:
     keys = tuple(d)
     return _SHAPES.setdefault(keys, keys), tuple(d.values())
@@ -173,7 +184,7 @@ class RulesModule(Module):
         self.factors: dict[str, list[tuple]] = {}  # firm -> factor history (_pack_factor)
         self.bench_history: dict[str, list[dict]] = {}  # product -> benchmark history
         self.resp: dict[int, dict[str, int]] = {}  # period -> product -> beta (ppm t/unit)
-        self.firm_resp: dict[str, list] = {}  # firm -> latest responsibility (see _close_period)
+        self.firm_resp: dict[str, dict] = {}  # firm -> latest responsibility (_close_period)
         self.settled_lots: dict[int, dict] = {}  # sub-quota lot -> period-end settlement
         self.totals: dict[int, dict] = {}  # period -> its total and scale (see _pre_allocate)
 
@@ -226,7 +237,7 @@ class RulesModule(Module):
         self.factors = {f: [_pack_factor(h) for h in v] for f, v in s["factors"].items()}
         self.bench_history = {p: list(v) for p, v in s["bench_history"].items()}
         self.resp = per(s["resp"])
-        self.firm_resp = dict(s["firm_resp"])
+        self.firm_resp = {f: _firm_resp(v) for f, v in s["firm_resp"].items()}
         self.settled_lots = per(s["settled_lots"])
         self.totals = per(s.get("totals", []))
         # a state written before the total was normalised allocated B x Y x phi per firm:
@@ -284,6 +295,15 @@ class RulesModule(Module):
 
     def factor_history(self, firm_id: str) -> list[dict]:
         return [_unpack_factor(h) for h in self.factors.get(firm_id, [])]
+
+    def responsibility(self, firm_id: str) -> dict | None:
+        """What the firm answers for at the latest close that had data on it:
+        ``responsibility_ppm`` = its emissions + sum of its inputs x their products'
+        responsibility factors (ppm t), with ``emissions``, ``embodied_ppm``, ``output``,
+        ``intensity_ppm`` (None without output: a final consumer), ``verified`` and the
+        ``outside_inputs`` nobody in the scheme makes (counted 0). None before any close."""
+        fr = self.firm_resp.get(firm_id)
+        return None if fr is None else dict(fr, firm_id=firm_id)
 
     def benchmark_history(self, product: str) -> list[dict]:
         return [dict(h) for h in self.bench_history.get(product, [])]
@@ -665,45 +685,45 @@ class RulesModule(Module):
         ex = self.ex
         verified = self.verified.get(period, {})
         # 1. responsibility factors of products (only when input data exists)
+        used = {f: d[period] for f, d in sorted(self.inputs.items()) if d.get(period)}
         producers: dict[str, list] = {}
         for f in sorted(verified):
             em, out = verified[f]
             prod = ex.accounts[f].product
             if out > 0 and prod:
-                producers.setdefault(prod, []).append(
-                    (em, out, self.inputs.get(f, {}).get(period, {})))
-        has_inputs = any(r[2] for rows in producers.values() for r in rows)
+                producers.setdefault(prod, []).append((em, out, used.get(f, {})))
         beta: dict[str, int] = {}
         iters = 0
-        if has_inputs:
+        if used and producers:
             try:
                 beta, iters = F.responsibility_factors(producers)
             except F.Diverges as d:
                 raise E.Reject(E.RESPONSIBILITY_DIVERGES, str(d)) from None
+        # products whose producers reported input use: their gap is measured against beta_p,
+        # the product's average including what its inputs embody (seed 003)
+        chained = {p for p, rows in producers.items() if any(r[2] for r in rows)}
         # 2. each verified firm's intensity (direct + embodied in inputs) and gap
         inten: dict[str, Fraction] = {}
         embodied: dict[str, Fraction] = {}
         for f in sorted(verified):
             em, out = verified[f]
-            if out <= 0:
-                continue
-            emb = sum((Fraction(q * beta[i], PPM) for i, q in
-                       sorted(self.inputs.get(f, {}).get(period, {}).items()) if i in beta),
-                      Fraction(0))
-            embodied[f] = emb
-            inten[f] = F.intensity(em + emb, out)
-        gaps: dict[str, tuple[Fraction, int]] = {}
+            embodied[f] = F.embodied(used.get(f, {}), beta)
+            if out > 0:
+                inten[f] = F.intensity(em + embodied[f], out)
+        gaps: dict[str, tuple[Fraction, int, str, int]] = {}
         for f, i in inten.items():
             rec = self.allocs.get(f, {}).get(period)
-            b = rec["benchmark_ppm"] if rec else self.benchmarks.get(ex.accounts[f].product, 0)
-            if b > 0:
-                gaps[f] = (F.gap(i, b), b)
+            prod = ex.accounts[f].product
+            b = rec["benchmark_ppm"] if rec else self.benchmarks.get(prod, 0)
+            ref = F.gap_reference(b, beta.get(prod) if prod in chained else None)
+            if ref is not None:
+                gaps[f] = (F.gap(i, ref[1]), b, ref[0], ref[1])
         # 3. new allocation factors (covered firms with a gap)
         updates = []
         for f in sorted(gaps):
             if not self._covered(ex.accounts[f]) and f not in self.allocs:
                 continue
-            g, b = gaps[f]
+            g, b, ref, ref_ppm = gaps[f]
             partners = []
             for j, w in self._partners(f, params["coupling_weights"]):
                 gj = gaps.get(j, (Fraction(0), 0))[0]
@@ -717,6 +737,9 @@ class RulesModule(Module):
             em, out = verified[f]
             inputs = {"emissions": em, "output": out, "embodied_ppm": _ppm(embodied[f]),
                       "intensity_ppm": _ppm(inten[f]), "benchmark_ppm": b,
+                      # what the gap was measured against: "responsibility" (beta_p, the
+                      # product's average with its inputs) or "benchmark" (B)
+                      "reference": ref, "reference_ppm": ref_ppm,
                       "partners": [[j, _ppm(w), _ppm(gj)] for j, w, gj in partners],
                       "alpha_up_ppm": params["alpha_up_ppm"],
                       "alpha_down_ppm": params["alpha_down_ppm"],
@@ -789,10 +812,18 @@ class RulesModule(Module):
             events.append(BenchmarkUpdated(prod, period, before, after, inputs, terms))
         if beta:
             self.resp[period] = dict(sorted(beta.items()))
-        for f, i in inten.items():
-            # [period, intensity (ppm t/unit), output, emissions incl. embodied (ppm t)]
-            self.firm_resp[f] = [period, _ppm(i), verified[f][1],
-                                 _ppm(verified[f][0] + embodied[f])]
+        # what each firm answers for: its own emissions plus the average of what it buys
+        # (final consumers, with no output, bear exactly the latter)
+        outside = F.outside_inputs(producers, list(used.values()))
+        for f in sorted(set(verified) | set(used)):
+            em, out = verified.get(f, (0, 0))
+            q = used.get(f, {})
+            emb = embodied[f] if f in embodied else F.embodied(q, beta)
+            self.firm_resp[f] = {
+                "period": period, "verified": f in verified, "emissions": em, "output": out,
+                "embodied_ppm": _ppm(emb), "responsibility_ppm": _ppm(em + emb),
+                "intensity_ppm": _ppm(inten[f]) if f in inten else None,
+                "outside_inputs": [i for i in sorted(q) if i in outside]}
         unverified = tuple(sorted(f for f, d in self.allocs.items()
                                   if period in d and d[period]["opened"]
                                   and f not in verified))
@@ -822,7 +853,7 @@ class RulesModule(Module):
         if strategy == "responsibility":
             fr = self.firm_resp.get(sme_id)
             if fr is not None:
-                return Fraction(fr[3], PPM)
+                return Fraction(fr["responsibility_ppm"], PPM)
             return em
         if strategy == "abatement":
             b = self.benchmarks.get(acct.product)
