@@ -15,6 +15,10 @@ from .rules.module import RulesModule  # noqa: E402  (issue 5: rules)
 MODULES.append(RulesModule)
 
 
+from .compliance.fund import SmeFundModule  # noqa: E402  (the SME fund: grants to SMEs)
+MODULES.append(SmeFundModule)
+
+
 def build_exchange(**kw) -> Exchange:
     return Exchange(modules=tuple(MODULES), **kw)
 

@@ -123,6 +123,9 @@ COMMAND_FIELDS = {
     'add_instrument': ('symbol', 'kind', 'vintage', 'offset_type', 'reference_price'),
     'add_segment': ('name', 'tick', 'lot', 'max_order_qty', 'fee_bps', 'access'),
     'amend_order': ('account', 'order_id', 'client_order_id', 'qty', 'price'),
+    'apply_for_grant': (
+        'sme', 'period', 'amount', 'project', 'verified_abatement_t', 'applicant'),
+    'approve_grant': ('application_id', 'operator'),
     'assess_firm': ('firm_id', 'technology_ppm', 'efficiency_ppm', 'hist_intensity_ppm'),
     'cancel_all': ('account', 'instrument', 'segment'),
     'cancel_order': ('account', 'order_id', 'client_order_id'),
@@ -133,11 +136,16 @@ COMMAND_FIELDS = {
     'configure_compliance_period': (
         'period', 'start_ts', 'deadline_ts', 'eligible_vintages', 'offset_vintages',
         'offset_cap_bps', 'offset_sub_caps_bps'),
+    'configure_sme_fund': (
+        'penalty_to_fund_bps', 'auction_to_fund_bps', 'sme_period_limit', 'period_limit',
+        'operator'),
     'create_sub_quota': (
         'parent', 'sme', 'instrument', 'qty', 'revenue_share_ppm', 'surplus_rule',
         'shortfall_rule', 'chain_id'),
     'deposit_cash': ('account', 'amount'),
+    'disburse_grant': ('application_id', 'operator'),
     'end_of_day': (),
+    'fund_deposit': ('amount', 'period', 'ref', 'operator'),
     'halt': ('instrument', 'segment'),
     'issue_api_key': ('key_id', 'role', 'key_hash', 'firm_id', 'label'),
     'issue_units': ('account', 'instrument', 'qty', 'source', 'ref'),
@@ -151,6 +159,7 @@ COMMAND_FIELDS = {
         'firm_id', 'name', 'sector', 'product', 'size_class', 'stp_policy', 'can_trade'),
     'register_supply_chain': ('chain_id', 'members', 'edges'),
     'register_verifier': ('verifier', 'name'),
+    'reject_grant': ('application_id', 'reason', 'operator'),
     'reject_submission': ('firm_id', 'period', 'verifier', 'reason'),
     'resume': ('instrument', 'segment'),
     'revoke_api_key': ('key_id',),

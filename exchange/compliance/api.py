@@ -318,3 +318,8 @@ def ws_statement(session, p: WsPeriodParams) -> dict:
         return R.firm_statement(session.gw.ex, session.firm_id, p.period)
     except KeyError as e:
         raise ProtocolError(E.NOT_FOUND, str(e.args[0])) from None
+
+
+# ------------------------------------------------------------------------------ SME fund
+# The fund's endpoints live in their own module; importing it registers them with the server.
+from . import fund_api  # noqa: E402,F401

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..core.units import parse_price, percent_to_bps, ratio_to_ppm
 from .commands import ConfigureCompliance, ConfigureCompliancePeriod, RegisterVerifier
+from .fund import ConfigureSmeFund
 from .mrv import PENALTY_MODES
 
 
@@ -71,6 +72,41 @@ class PenaltyConfig(_Strict):
         return v
 
 
+class SmeFundConfig(_Strict):
+    """``[compliance.sme_fund]``: the SME fund (exchange/compliance/fund.py). Operators change
+    these at runtime with configure_sme_fund (PUT /compliance/sme-fund/params)."""
+
+    penalty_to_fund_pct: str = Field(
+        "0", description="% of each penalty collected at the deadline paid to the fund")
+    auction_to_fund_pct: str = Field(
+        "0", description="% of allowance auction proceeds, once the exchange holds auctions")
+    sme_period_limit: str | None = Field(
+        None, description="CNY one SME may receive per period; none = no limit")
+    period_limit: str | None = Field(
+        None, description="CNY all SMEs together may receive per period; none = no limit")
+
+    @field_validator("penalty_to_fund_pct", "auction_to_fund_pct")
+    @classmethod
+    def _pct(cls, v):
+        return _pct_ok(v)
+
+    @field_validator("sme_period_limit", "period_limit")
+    @classmethod
+    def _money(cls, v):
+        if v is not None and parse_price(v) < 0:
+            raise ValueError("limits are >= 0")
+        return v
+
+    def command(self) -> ConfigureSmeFund:
+        return ConfigureSmeFund(
+            penalty_to_fund_bps=percent_to_bps(self.penalty_to_fund_pct),
+            auction_to_fund_bps=percent_to_bps(self.auction_to_fund_pct),
+            sme_period_limit=None if self.sme_period_limit is None
+            else parse_price(self.sme_period_limit),
+            period_limit=None if self.period_limit is None else parse_price(self.period_limit),
+            operator="config")
+
+
 class CompliancePeriodConfig(_Strict):
     period: int = Field(gt=0, description="compliance year, e.g. 2026")
     start: str = Field(description="date trades start counting to this period (UTC)")
@@ -110,6 +146,8 @@ class ComplianceConfig(_Strict):
     penalty: PenaltyConfig = Field(default_factory=PenaltyConfig)
     verifiers: list[str] = Field(default_factory=list, description="registered verifier ids")
     periods: list[CompliancePeriodConfig] = Field(default_factory=list)
+    sme_fund: SmeFundConfig | None = Field(
+        None, description="the SME fund; absent = no fund (penalties all go to the bank)")
 
     @field_validator("carbon_coefficients")
     @classmethod
@@ -167,6 +205,8 @@ def compliance_commands(cfg: ComplianceConfig | None, verifiers: list[str] = ())
             eligible_vintages=tuple(per.eligible_vintages),
             offset_vintages=tuple(per.offset_vintages), offset_cap_bps=percent_to_bps(cap),
             offset_sub_caps_bps=_sub_caps(subs)))
+    if cfg.sme_fund is not None:
+        cmds.append(cfg.sme_fund.command())
     seen = set()
     for v in list(cfg.verifiers) + [v for v in verifiers if v]:
         if v not in seen:

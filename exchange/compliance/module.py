@@ -15,6 +15,10 @@ Interfaces with the rules module (``ex.modules.get("rules")``, optional):
 * at the deadline, for a shortfall: ``rules.add_allocation_deduction(firm_id, period + 1, qty)``;
 * rules calls :meth:`ComplianceModule.add_obligation` back.
 
+With the SME fund (``ex.modules.get("sme_fund")``, :mod:`exchange.compliance.fund`), the
+fund's configured share of each penalty collected at the deadline goes to ``@sme_fund``
+(``fund.credit``) and the rest to ``@bank``.
+
 Trades are not compliance commands, but a statement lists them and the penalty uses the
 period's average allowance price, so the module listens to the core's trades
 (``Exchange.trade_listeners``, called as each fill settles) and keeps per firm/period/instrument
@@ -40,6 +44,7 @@ from .commands import (
     RegisterVerifier, RejectSubmission, SetOffsetCap, SubmissionRejected, SubmitActivityData,
     SubQuotaCompliance, SurrenderUnits, UnitsSurrendered, VerifierRegistered, VerifyEmissions,
 )
+from .fund import fund_part
 
 STATUS_COMPLIANT = "compliant"
 STATUS_LATE = "late"
@@ -626,6 +631,7 @@ class ComplianceModule(Module):
                   STATUS_UNVERIFIED: 0}
         rules = ex.modules.get("rules")
         deduct = getattr(rules, "add_allocation_deduction", None)
+        fund = ex.modules.get("sme_fund")
         for firm_id in sorted(self.records):
             rec = self.records[firm_id].get(period)
             if rec is None:
@@ -652,8 +658,15 @@ class ComplianceModule(Module):
             if pen and acct is not None:
                 paid = min(pen, max(0, acct.cash_available))
                 if paid:
-                    post_cash(acct, ex.accounts[BANK], paid)
-                    events.append(Posting(CASH, firm_id, BANK, paid, f"penalty:{period}"))
+                    # the SME fund's configured share goes to it (fund.py); the rest, the
+                    # rounding included, to the bank as before
+                    to_fund = fund_part(paid, fund.share_bps("penalty")) if fund else 0
+                    if paid - to_fund:
+                        post_cash(acct, ex.accounts[BANK], paid - to_fund)
+                        events.append(Posting(CASH, firm_id, BANK, paid - to_fund,
+                                              f"penalty:{period}"))
+                    if to_fund:
+                        events += fund.credit(acct, paid, "penalty", period, firm_id)
             if shortfall and deduct is not None:
                 deduct(firm_id, period + 1, shortfall)
             counts[status] += 1

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..core.units import PPM, format_price
 from . import mrv
+from .fund import firm_grants
 from .module import ComplianceModule, STATUS_UNVERIFIED
 
 
@@ -135,6 +136,9 @@ def firm_statement(ex, firm_id: str, period: int) -> dict[str, Any]:
          "compliance": dict(sorted(m.sub_quota_use.get(lid, {}).items()))}
         for lid, lot in sorted(ex.sub_quotas.items())
         if firm_id in (lot["sme"], lot["parent"])]
+    # the SME fund: the firm's grant applications for the period, what it received, and
+    # what of its penalty went to the fund
+    st["sme_fund"] = firm_grants(ex, firm_id, period)
     return st
 
 
@@ -358,6 +362,14 @@ def statement_text(st: dict) -> str:
     for h, v in st["holdings"].items():
         L.append(f"  Holding {h:<12} {v['total']:>10} t (reserved {v['reserved']})")
     L.append(f"  Cash {format_price(st['cash']['cash_fen'])} CNY")
+    f = st.get("sme_fund")
+    for g in (f or {}).get("applications", ()):
+        L.append(f"  SME fund grant #{g['application_id']} {g['status']}: "
+                 f"{format_price(g['amount_fen'])} CNY for {g['project']!r} "
+                 f"({g['verified_abatement_t']} t abated)")
+    if f and f["penalty_to_fund_fen"]:
+        L.append(f"  Of the penalty, {format_price(f['penalty_to_fund_fen'])} CNY went to the "
+                 f"SME fund")
     return "\n".join(L)
 
 

@@ -96,6 +96,15 @@ CAP_OUT_OF_RANGE = "CAP_OUT_OF_RANGE"
 CAP_EFFECTIVE_IN_PAST = "CAP_EFFECTIVE_IN_PAST"
 PERIOD_CLOSED = "PERIOD_CLOSED"
 DEADLINE_NOT_REACHED = "DEADLINE_NOT_REACHED"
+# SME fund (exchange/compliance/fund.py)
+SME_FUND_NOT_CONFIGURED = "SME_FUND_NOT_CONFIGURED"  # no configure_sme_fund yet
+UNKNOWN_GRANT_APPLICATION = "UNKNOWN_GRANT_APPLICATION"
+GRANT_NOT_PENDING = "GRANT_NOT_PENDING"  # approve: already approved, rejected or paid
+GRANT_NOT_APPROVED = "GRANT_NOT_APPROVED"  # disburse: pending, rejected or already paid
+GRANT_CLOSED = "GRANT_CLOSED"  # reject: already rejected or paid
+SME_FUND_INSUFFICIENT = "SME_FUND_INSUFFICIENT"  # the grant exceeds the fund's balance
+GRANT_SME_LIMIT_EXCEEDED = "GRANT_SME_LIMIT_EXCEEDED"  # over the limit per SME and period
+GRANT_PERIOD_LIMIT_EXCEEDED = "GRANT_PERIOD_LIMIT_EXCEEDED"  # over the limit per period
 # ---- end compliance --------------------------------------------------------------------------
 
 # ---- rules (exchange/rules): benchmarks, allocation factor, allocation runs, sub-quota splits --
