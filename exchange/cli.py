@@ -14,6 +14,7 @@ CLI_MODULES = [
     "exchange.journal.cli",
     "exchange.server.cli",
     "exchange.compliance.cli",
+    "exchange.rules.cli",
     "exchange.sim.cli",
 ]
 

@@ -58,7 +58,8 @@ class Body(BaseModel):
 
 
 def _dec(ppm: int | None) -> str | None:
-    return None if ppm is None else str(ppm_to_decimal(ppm).normalize())
+    # fixed point, never an exponent: 1200 t is "1200", not "1.2E+3"
+    return None if ppm is None else format(ppm_to_decimal(ppm).normalize(), "f")
 
 
 def _ppm_of(v: str, name: str, hi: str | None = None) -> int:
