@@ -1,21 +1,79 @@
-"""Settings: ``config/default.toml`` loaded into pydantic models.
+"""Settings: a TOML file loaded into pydantic models; the shipped files it comes with.
+
+Which settings file: ``--config FILE``, else the file named by ``$CARBON_EXCHANGE_CONFIG``,
+else the packaged default (:func:`config_path`). The packaged default and the shipped scenarios
+are the repository's ``config/default.toml`` and ``config/scenarios/*.toml``, installed as the
+package ``exchange.defaults``; they are read here, through :mod:`importlib.resources`, and
+nowhere else, so a wheel, a zip and an editable install behave alike.
 
 Human-facing values (prices in CNY as decimal strings, percentages) are converted to the core's
 integers (fen, basis points) by :mod:`exchange.core.units` and nowhere else.
 """
 from __future__ import annotations
 
+import os
 import tomllib
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .compliance.config import ComplianceConfig
 from .core.units import parse_price
 from .rules.config import RulesConfig
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "default.toml"
+DEFAULTS_PACKAGE = "exchange.defaults"
+CONFIG_ENV = "CARBON_EXCHANGE_CONFIG"
+PACKAGED_DEFAULT = "the packaged default settings (exchange.defaults/default.toml)"
+
+
+class ConfigError(Exception):
+    """A settings file that is missing, not TOML, or not valid settings; the message names it."""
+
+
+def defaults() -> Traversable:
+    """The shipped configuration directory (``config/`` of the repository)."""
+    return resources.files(DEFAULTS_PACKAGE)
+
+
+def default_config_text() -> str:
+    """The packaged ``default.toml``, comments and all (what ``init-config`` writes)."""
+    return defaults().joinpath("default.toml").read_text(encoding="utf-8")
+
+
+def shipped_scenarios() -> dict[str, Traversable]:
+    """The shipped simulation scenarios by name (``three_sectors`` -> its TOML file)."""
+    found = {}
+    for f in defaults().joinpath("scenarios").iterdir():
+        if f.name.endswith(".toml") and f.is_file():
+            found[f.name[:-len(".toml")]] = f
+    return dict(sorted(found.items()))
+
+
+def config_path(explicit: str | os.PathLike | None = None) -> str | None:
+    """The operator's settings file: ``explicit`` (``--config``), else ``$CARBON_EXCHANGE_CONFIG``,
+    else ``None``, which :func:`load_settings` takes as the packaged default."""
+    if explicit:
+        return os.fspath(explicit)
+    return os.environ.get(CONFIG_ENV) or None
+
+
+def config_origin(path: str | os.PathLike | None) -> str:
+    """Where settings loaded from ``path`` came from, in words for a start-up log."""
+    if path is None:
+        return PACKAGED_DEFAULT
+    how = f" (${CONFIG_ENV})" if os.environ.get(CONFIG_ENV) == os.fspath(path) else ""
+    return f"{os.path.abspath(path)}{how}"
+
+
+def add_config_argument(parser) -> None:
+    """``--config FILE`` as every command that reads settings spells it."""
+    parser.add_argument(
+        "--config", metavar="FILE", default=None,
+        help=f"settings file (default: ${CONFIG_ENV} if set, else the packaged default; "
+             "`init-config FILE` writes a commented copy to edit)")
 
 
 class Strict(BaseModel):
@@ -186,7 +244,24 @@ class Settings(BaseModel):
 
 
 def load_settings(path: str | Path | None = None) -> Settings:
-    p = Path(path) if path is not None else DEFAULT_CONFIG
-    with open(p, "rb") as f:
-        data = tomllib.load(f)
-    return Settings.model_validate(data)
+    """Settings from ``path``, or the packaged default when it is ``None`` (the environment is
+    not consulted here: pass :func:`config_path` of the command line for that)."""
+    if path is None:
+        where, text = PACKAGED_DEFAULT, default_config_text()
+    else:
+        where = os.fspath(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"settings file not found: {where} (write one with "
+                              "`init-config FILE`)") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"cannot read settings file {where}: {e}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"settings file {where} is not valid TOML: {e}") from None
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"settings file {where} is not valid: {e}") from None

@@ -1,7 +1,7 @@
 """``python -m exchange demo``: build the demo market in process, trade, print the result."""
 from __future__ import annotations
 
-from .config import load_settings
+from .config import add_config_argument, config_path, load_settings
 from .core.commands import PlaceOrder
 from .core.events import Trade
 from .core.units import format_price, parse_price
@@ -21,7 +21,7 @@ def render_book(ex, instrument: str, segment: str = "main", levels: int = 5) -> 
 
 
 def run_demo(config: str | None = None) -> int:
-    settings = load_settings(config)
+    settings = load_settings(config_path(config))
     seq = Sequencer()
     seq.run(genesis_commands(settings))
     ex = seq.ex
@@ -58,5 +58,5 @@ def run_demo(config: str | None = None) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("demo", help="build the demo market in process, trade, print the book")
-    p.add_argument("--config", default=None, help="settings file (default config/default.toml)")
+    add_config_argument(p)
     p.set_defaults(func=lambda a: run_demo(a.config))

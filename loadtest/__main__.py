@@ -22,7 +22,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="target a running server (ws://127.0.0.1:PORT/ws) instead of starting "
                         "`python -m exchange serve` on a free port with a temporary data dir")
     p.add_argument("--config", default=None,
-                   help="server config for a started server (default: config/default.toml "
+                   help="server config for a started server (default: the packaged default "
                         "with per-connection rate limits lifted)")
     p.add_argument("--operator-key", default="operator-demo-key")
     p.add_argument("--firms", type=int, default=20,

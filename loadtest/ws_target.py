@@ -20,7 +20,6 @@ import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG = REPO / "config" / "default.toml"
 OPERATOR_KEY = "operator-demo-key"
 
 
@@ -244,8 +243,8 @@ class Target:
     def _write_config(self) -> str:
         """The default config plus a ``[server]`` section whose per-connection limits do not
         throttle the load (the load test measures the server, not its rate limiter)."""
-        src = Path(self.config) if self.config else DEFAULT_CONFIG
-        text = src.read_text()
+        from exchange.config import default_config_text
+        text = Path(self.config).read_text() if self.config else default_config_text()
         if self.config is None and "\n[server]" not in text:
             text += ("\n[server]\nrate_limit_per_second = 1000000\n"
                      "rate_limit_burst = 1000000\n")

@@ -7,6 +7,8 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
+# the tests expect the packaged default settings (the demo market), whatever the shell says
+os.environ.pop("CARBON_EXCHANGE_CONFIG", None)
 
 from services import postgres_dsn as _postgres_dsn  # noqa: E402
 

@@ -93,11 +93,19 @@ def chromium_path() -> str:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     data = tmp_path_factory.mktemp("dashboard-data")
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "exchange", "serve", "--host", "127.0.0.1", "--port", "0",
-         "--data-dir", str(data)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    info = start_server([sys.executable, "-m", "exchange", "serve", "--host", "127.0.0.1",
+                         "--port", "0", "--data-dir", str(data)], cwd=ROOT, data=data)
+    yield info
+    stop_server(info)
+
+
+def start_server(cmd: list[str], cwd, data, env: dict | None = None) -> dict:
+    """Start a server with ``cmd`` (which prints "listening on HOST:PORT"), seed its trading
+    history (:func:`_seed_history`) and return what the tests use. Also used on an installed
+    wheel by tests/test_packaging.py."""
+    env = dict(os.environ if env is None else env, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
     port = None
     lines = []
     deadline = time.monotonic() + 30
@@ -117,14 +125,21 @@ def server(tmp_path_factory):
     import threading
     threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
     base = f"http://127.0.0.1:{port}"
-    info = {"base": base, "ws": f"ws://127.0.0.1:{port}/ws", "proc": proc, "data": data}
+    info = {"base": base, "ws": f"ws://127.0.0.1:{port}/ws", "proc": proc, "data": data,
+            "output": lines}
     _seed_history(info)
-    yield info
+    return info
+
+
+def stop_server(info: dict) -> int | None:
+    """SIGTERM (the graceful stop), then kill if it hangs; the exit code."""
+    proc = info["proc"]
     proc.send_signal(signal.SIGTERM)
     try:
-        proc.wait(timeout=15)
+        return proc.wait(timeout=15)
     except subprocess.TimeoutExpired:
         proc.kill()
+        return None
 
 
 def _seed_history(server) -> None:

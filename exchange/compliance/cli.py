@@ -22,8 +22,8 @@ async def _load_from_journal(target: str | None, config: str | None):
     from ..journal import default_target, open_journal
     from ..journal.runner import replay_into
     if target is None:
-        from ..config import load_settings
-        target = default_target(load_settings(config))
+        from ..config import config_path, load_settings
+        target = default_target(load_settings(config_path(config)))
     opts = {"repair_tail": False}
     j = open_journal(target, **opts)
     await j.open()
@@ -42,8 +42,9 @@ async def _load_from_journal(target: str | None, config: str | None):
 
 def load_exchange(args):
     if args.demo:
+        from ..config import config_path
         from .scenario import demo_period
-        return demo_period(args.config)
+        return demo_period(config_path(args.config))
     return asyncio.run(_load_from_journal(args.journal, args.config))
 
 
@@ -105,6 +106,7 @@ def _what_if(args) -> int:
 
 
 def register(sub) -> None:
+    from ..config import add_config_argument
     p = sub.add_parser("report", help="compliance statements and summaries (issue 6)")
     rsub = p.add_subparsers(dest="report_command", metavar="{firm,compliance,what-if}")
 
@@ -112,7 +114,7 @@ def register(sub) -> None:
         q.add_argument("--period", type=int, required=True, help="compliance period, e.g. 2026")
         q.add_argument("--journal", default=None,
                        help="journal path or DSN (default: <journal.data_dir>/journal.sqlite)")
-        q.add_argument("--config", default=None, help="settings file")
+        add_config_argument(q)
         q.add_argument("--demo", action="store_true",
                        help="no journal: build the demo market and run a scripted period")
         q.add_argument("--format", choices=formats, default="text")

@@ -17,13 +17,18 @@ holds no market state of its own except the candle read model (:mod:`.candles`).
 """
 from __future__ import annotations
 
+import hashlib
+import mimetypes
+from importlib import resources
 from pathlib import Path
 
 from aiohttp import web
 
 from .candles import CandleStore
 
-STATIC_DIR = Path(__file__).parent / "static"
+# Read through importlib.resources, not the file system, so an installed wheel, a zip and an
+# editable install all serve the same files (aiohttp's add_static needs a real directory).
+STATIC = resources.files(__package__).joinpath("static")
 CANDLES_KEY = web.AppKey("dashboard_candles", CandleStore)
 
 # The page may load only its own scripts and styles and talk only to its own origin.
@@ -31,10 +36,40 @@ _CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'
         "connect-src 'self' ws: wss:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
 
 
+# Module scripts must come with a JavaScript type; the platform's mime.types is not relied on.
+_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css",
+          ".svg": "image/svg+xml", ".png": "image/png", ".ico": "image/x-icon",
+          ".json": "application/json"}
+
+
+def _static_response(request: web.Request, parts: list[str], headers: dict) -> web.Response:
+    if not parts or any(p in ("", ".", "..") or p.startswith(".") or "\\" in p for p in parts):
+        raise web.HTTPNotFound()
+    node = STATIC.joinpath(*parts)
+    if not node.is_file():
+        raise web.HTTPNotFound()
+    body = node.read_bytes()
+    etag = hashlib.sha1(body).hexdigest()[:20]
+    # no-cache: the browser revalidates (a 304 while the file is unchanged), so an upgraded
+    # package is picked up on the next load
+    headers = {**headers, "ETag": f'"{etag}"', "Cache-Control": "no-cache",
+               "X-Content-Type-Options": "nosniff"}
+    if etag in request.headers.get("If-None-Match", ""):
+        return web.Response(status=304, headers=headers)
+    suffix = Path(parts[-1]).suffix.lower()
+    ctype = _TYPES.get(suffix) or mimetypes.guess_type(parts[-1])[0] or "application/octet-stream"
+    charset = "utf-8" if ctype.startswith("text/") or ctype in (
+        "image/svg+xml", "application/json") else None
+    return web.Response(body=body, content_type=ctype, charset=charset, headers=headers)
+
+
 async def _index(request: web.Request) -> web.StreamResponse:
-    return web.FileResponse(STATIC_DIR / "index.html", headers={
-        "Cache-Control": "no-cache", "Content-Security-Policy": _CSP,
-        "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"})
+    return _static_response(request, ["index.html"], {
+        "Content-Security-Policy": _CSP, "Referrer-Policy": "no-referrer"})
+
+
+async def _asset(request: web.Request) -> web.StreamResponse:
+    return _static_response(request, request.match_info["path"].split("/"), {})
 
 
 def setup(app: web.Application) -> None:
@@ -42,7 +77,7 @@ def setup(app: web.Application) -> None:
     from ..server.app import STATE_KEY
 
     app.router.add_get("/", _index)
-    app.router.add_static("/ui/", STATIC_DIR, append_version=False)
+    app.router.add_get("/ui/{path:.+}", _asset)
     st = app[STATE_KEY]
     path = None if st.in_memory or st.data_dir is None else Path(st.data_dir) / "candles.json"
     store = app[CANDLES_KEY] = CandleStore(path)

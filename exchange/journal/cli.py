@@ -28,8 +28,8 @@ def _open(args):
     from . import default_target, open_journal
     target = args.target
     if target is None:
-        from ..config import load_settings
-        target = default_target(load_settings(args.config))
+        from ..config import config_path, load_settings
+        target = default_target(load_settings(config_path(args.config)))
     opts = {"readonly": True}
     if target.startswith(("postgresql://", "postgres://")):
         opts["schema"] = args.schema
@@ -121,6 +121,7 @@ async def _replay(args) -> int:
 
 
 def register(sub) -> None:
+    from ..config import add_config_argument
     p = sub.add_parser("journal", help="verify or replay a command journal (audit)")
     jsub = p.add_subparsers(dest="journal_command", metavar="{verify,replay}")
 
@@ -128,7 +129,7 @@ def register(sub) -> None:
         q.add_argument("target", nargs="?", default=None,
                        help="SQLite path, sqlite:///abs/path or postgresql://... "
                             "(default: <journal.data_dir>/journal.sqlite)")
-        q.add_argument("--config", default=None, help="settings file")
+        add_config_argument(q)
         q.add_argument("--schema", default="public", help="PostgreSQL schema of the journal")
 
     v = jsub.add_parser("verify", help="check the hash chain, replay, print state_hash")

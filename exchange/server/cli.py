@@ -1,7 +1,10 @@
 """``python -m exchange serve``: run the exchange server.
 
-    python -m exchange serve [--config config/default.toml] [--host 127.0.0.1] [--port 8080]
+    python -m exchange serve [--config FILE] [--host 127.0.0.1] [--port 8080]
                              [--data-dir DIR] [--in-memory] [--no-demo] [--no-uvloop]
+
+The settings come from ``--config FILE``, else ``$CARBON_EXCHANGE_CONFIG``, else the packaged
+default (:func:`exchange.config.config_path`); the start-up output says which.
 
 Starts the aiohttp application with the SQLite journal in the data directory (default: the
 config's ``journal.data_dir``), builds the market (and the demo market) on the first start,
@@ -17,7 +20,7 @@ import sys
 
 from aiohttp import web
 
-from ..config import load_settings
+from ..config import add_config_argument, config_origin, config_path, load_settings
 
 
 async def serve(args) -> int:
@@ -47,8 +50,9 @@ async def serve(args) -> int:
     where = "in memory (nothing is kept)" if args.in_memory else f"{data_dir}/journal.sqlite"
     print(f"Carbon exchange serving on http://{host}:{bound}  (websocket ws://{host}:{bound}/ws,"
           f" operator API http://{host}:{bound}/api/v1, OpenAPI /api/v1/openapi.json)")
+    print(f"Settings: {config_origin(args.config)}")
     if st.first_start:
-        print(f"New market built from {args.config or 'config/default.toml'}; journal {where}")
+        print(f"New market built from these settings; journal {where}")
     else:
         print(f"Recovered from {where}: last seq {ex.last_seq} (snapshot seq "
               f"{rec.get('snapshot_seq', 0)}, {rec.get('replayed', 0)} commands replayed in "
@@ -82,6 +86,7 @@ async def serve(args) -> int:
 def run(args) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: "
                                                       "%(message)s")
+    args.config = config_path(args.config)  # resolved once: serve() loads and reports the same
     settings = load_settings(args.config)
     use_uvloop = settings.server.uvloop and not args.no_uvloop
     if use_uvloop:
@@ -96,7 +101,7 @@ def run(args) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("serve", help="run the exchange server (websocket, operator API)")
-    p.add_argument("--config", default=None, help="settings file (default config/default.toml)")
+    add_config_argument(p)
     p.add_argument("--host", default=None, help="listen address (default server.host)")
     p.add_argument("--port", type=int, default=None, help="port (default server.port; 0: any)")
     p.add_argument("--data-dir", default=None, help="journal directory (default journal.data_dir)")

@@ -1,9 +1,12 @@
 """``python -m exchange simulate``: run a scenario, or compare variants of one.
 
-    python -m exchange simulate config/scenarios/three_sectors.toml --out out/three [--seed N]
+    python -m exchange simulate three_sectors --out out/three [--seed N]
         [--periods K] [--networked URL]
-    python -m exchange simulate --compare config/scenarios/supply_chain_smes.toml \\
+    python -m exchange simulate --compare supply_chain_smes \\
         --vary split_strategy=equal,by_output,by_responsibility --out out/cmp
+
+A scenario is a TOML file's path, or the name of a shipped scenario (``config/scenarios/`` of
+the repository, installed with the package: :func:`exchange.config.shipped_scenarios`).
 """
 from __future__ import annotations
 
@@ -15,9 +18,8 @@ import time
 import tomllib
 from pathlib import Path
 
-from .scenario import (
-    SPLIT_STRATEGIES, ScenarioError, apply_override, load_scenario, parse_scenario,
-)
+from ..config import shipped_scenarios
+from .scenario import SPLIT_STRATEGIES, ScenarioError, apply_override, parse_scenario
 
 
 def _parse_value(v: str):
@@ -42,15 +44,25 @@ def _parse_vary(spec: str) -> tuple[str, list]:
     return key.strip(), values
 
 
-def _load_raw(path: str) -> dict:
-    p = Path(path)
-    if not p.is_file():
-        raise ScenarioError(f"scenario file not found: {p}")
+def _load_raw(ref: str) -> tuple[dict, str]:
+    """A scenario's TOML data and a name for it in messages: ``ref`` is a file's path, else the
+    name of a shipped scenario (``three_sectors`` or ``three_sectors.toml``). A path wins over
+    a shipped name, so an operator's own file is never shadowed."""
+    p = Path(ref)
+    if p.is_file():
+        source, read = str(p), p.read_bytes
+    else:
+        shipped = shipped_scenarios()
+        name = ref[:-len(".toml")] if ref.endswith(".toml") else ref
+        if "/" in ref or "\\" in ref or name not in shipped:
+            raise ScenarioError(
+                f"scenario not found: {ref!r} is neither a file nor a shipped scenario "
+                f"(shipped: {', '.join(shipped) or 'none'})")
+        source, read = f"{name} (shipped)", shipped[name].read_bytes
     try:
-        with open(p, "rb") as f:
-            return tomllib.load(f)
-    except tomllib.TOMLDecodeError as e:
-        raise ScenarioError(f"bad scenario {p}: not valid TOML: {e}") from None
+        return tomllib.loads(read().decode("utf-8")), source
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ScenarioError(f"bad scenario {source}: not valid TOML: {e}") from None
 
 
 def _gateway(args):
@@ -68,7 +80,7 @@ def _gateway(args):
 def run_one(args) -> int:
     from .report import sme_stats, write_report
     from .runner import run_scenario
-    sc = load_scenario(args.scenario)
+    sc = parse_scenario(*_load_raw(args.scenario))
     out = Path(args.out)
     progress = not args.quiet
     gw = _gateway(args)
@@ -111,8 +123,8 @@ def run_one(args) -> int:
 def run_compare(args) -> int:
     from .report import sme_stats
     from .runner import run_scenario
-    raw = _load_raw(args.compare)
-    parse_scenario(copy.deepcopy(raw), args.compare)  # the base must be valid
+    raw, source = _load_raw(args.compare)
+    parse_scenario(copy.deepcopy(raw), source)  # the base must be valid
     if not args.vary:
         raise ScenarioError("--compare needs --vary key=v1,v2,...")
     key, values = _parse_vary(args.vary)
@@ -122,7 +134,7 @@ def run_compare(args) -> int:
     results = {}
     for v in values:
         data = apply_override(copy.deepcopy(raw), key, v)
-        sc = parse_scenario(data, f"{args.compare} with {key}={v}")
+        sc = parse_scenario(data, f"{source} with {key}={v}")
         res = run_scenario(sc, seed=args.seed, periods=args.periods,
                            progress=not args.quiet, label=f"{key}={v}")
         s = res.summary
@@ -210,7 +222,8 @@ def main(args) -> int:
         elif args.scenario:
             rc = run_one(args)
         else:
-            print("simulate: give a SCENARIO.toml, or --compare SCENARIO.toml --vary k=v1,v2",
+            print("simulate: give a SCENARIO (a .toml file or a shipped name: "
+                  f"{', '.join(shipped_scenarios())}), or --compare SCENARIO --vary k=v1,v2",
                   file=sys.stderr)
             return 2
     except ScenarioError as e:
@@ -227,7 +240,9 @@ def register(sub) -> None:
         description="Run a scenario (firms with marginal abatement cost curves trading "
                     "allowances, MRV, allocation rules, compliance) and write report.md, "
                     "summary.json, firms.csv and plots to --out.")
-    p.add_argument("scenario", nargs="?", help="scenario file (config/scenarios/*.toml)")
+    p.add_argument("scenario", nargs="?",
+                   help="scenario file, or a shipped scenario's name (" +
+                        ", ".join(shipped_scenarios()) + ")")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: scenario's)")
     p.add_argument("--periods", type=int, default=None, help="override the number of periods")
@@ -240,7 +255,8 @@ def register(sub) -> None:
     p.add_argument("--verifier-id", default="VERIFIER1",
                    help="registered verifier id the verifications are made as (--networked)")
     p.add_argument("--compare", metavar="SCENARIO", default=None,
-                   help="compare variants of this scenario (with --vary)")
+                   help="compare variants of this scenario, a file or a shipped name "
+                        "(with --vary)")
     p.add_argument("--vary", metavar="KEY=V1,V2", default=None,
                    help="scenario key and values, e.g. split_strategy=equal,by_output or "
                         "offset_cap=0,0.05,0.1 (dotted paths like market.fee_bps work too)")
