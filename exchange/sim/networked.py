@@ -42,7 +42,7 @@ from ..core.events import EVENT_TYPES, CommandRejected, ExecutionReport, Trade
 from ..core.exchange import AddSegment
 from ..core.units import format_price, parse_price
 from ..rules.commands import (
-    ClosePeriod, PreAllocate, SetBenchmark, SetOutputHistory, SetRulesParams,
+    ClosePeriod, PreAllocate, SetBenchmark, SetInputUse, SetOutputHistory, SetRulesParams,
     SettleAllocations, SettleSubQuotas, SplitSubQuotas,
 )
 
@@ -291,6 +291,10 @@ class NetworkedGateway:
                 "firm_id": c.firm_id, "rows": [
                     {"period": r[0], "output": r[1],
                      "emissions": r[2] if len(r) > 2 else None} for r in c.rows]}, c)
+        if isinstance(c, SetInputUse):
+            return await self._http("POST", "/rules/input-use", {
+                "firm_id": c.firm_id, "period": c.period,
+                "inputs": [{"product": p, "qty": q} for p, q in c.inputs]}, c)
         if type(c) in STEPS:
             return await self._http("POST", "/rules/allocation-runs",
                                     {"period": c.period, "step": STEPS[type(c)]}, c)

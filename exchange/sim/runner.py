@@ -46,7 +46,7 @@ from ..core.commands import (
 from ..core.events import CommandRejected, ExecutionReport
 from ..core.exchange import AddSegment
 from ..rules.commands import (
-    ClosePeriod, PreAllocate, SetBenchmark, SetOutputHistory, SetRulesParams,
+    ClosePeriod, PreAllocate, SetBenchmark, SetInputUse, SetOutputHistory, SetRulesParams,
     SettleSubQuotas, SplitSubQuotas,
 )
 from ..rules.events import AllocationChanged, BenchmarkUpdated, FactorChanged
@@ -262,6 +262,24 @@ class Simulation:
             cmds.append(RegisterSupplyChain(chain_id=cid, members=members, edges=edges))
         self.send_all(cmds)
 
+    def _input_use(self, year: int, output: np.ndarray) -> list:
+        """Each chain customer's input use for the period, so the close computes the
+        responsibility factors (docs/RULES.md §5) and the ``by_responsibility`` split weighs
+        what an SME embodies: a supplier's output goes to its customers in the shares of the
+        chain's edges (1 / its out-degree), as units of the supplier's product."""
+        pop = self.pop
+        used: dict[int, dict[str, int]] = {}
+        for es in pop.edges:
+            outdeg: dict[int, int] = {}
+            for s, _ in es:
+                outdeg[s] = outdeg.get(s, 0) + 1
+            for s, c in es:
+                q = used.setdefault(c, {})
+                prod = self._product(s)
+                q[prod] = q.get(prod, 0) + int(output[s]) // outdeg[s]
+        return [SetInputUse(firm_id=pop.ids[c], period=year, inputs=tuple(sorted(q.items())))
+                for c, q in sorted(used.items())]
+
     def _baseline(self, output: np.ndarray, t: int) -> np.ndarray:
         pop = self.pop
         decay = np.array([(1 - s.autonomous_improvement) ** t for s in self.sc.sectors])
@@ -416,6 +434,7 @@ class Simulation:
                                               process_emissions=process, output=int(output[i])))
                 mrv.append(VerifyEmissions(firm_id=pop.ids[i], period=year, verifier=VERIFIER))
             self.send_all(mrv)
+            self.send_all(self._input_use(year, output))  # chain data for the close
             if sc.allocation.mode == "fixed":
                 tu = final - pre
                 self.send_all([IssueUnits(account=pop.ids[i], instrument=instr,

@@ -1,15 +1,16 @@
-"""SME sub-quota split strategies: how a core firm's SME pool is divided.
+"""SME sub-quota split weights the simulation computes itself.
 
-Weights per SME from what is known at pre-allocation (last verified data):
+Every other strategy is the rules module's (``SplitSubQuotas``; ``RULES_STRATEGY`` in
+:mod:`exchange.sim.runner` maps the names), so each is computed one way only, by the engine:
+``equal``, ``by_output``, ``by_baseline_emissions`` and ``by_responsibility`` (what the SME
+answers for at the last close: its emissions plus the responsibility its inputs embody,
+docs/RULES.md §5, from the input use the simulation sends for every chain customer).
 
-* ``equal``                   the same for every SME;
-* ``by_output``               last verified output;
-* ``by_baseline_emissions``   last verified emissions;
-* ``by_responsibility``       responsibility embodied along the chain: an SME's own emissions
-                              plus its suppliers' responsibility in proportion to the share of
-                              their output it takes, R_i = E_i + sum_j w_ji R_j (solved on the
-                              chain's edges, suppliers first);
-* ``by_abatement_potential``  what the SME can abate at the last price, a_i(p).
+What the rules module cannot know is here:
+
+* ``by_abatement_potential``  what the SME can abate at the last price, a_i(p), from its MAC
+                              curve (the rules' ``abatement`` strategy weighs emissions above a
+                              product benchmark, and SMEs' products have none).
 """
 from __future__ import annotations
 
@@ -17,34 +18,13 @@ import numpy as np
 
 from .agents import abatement_at
 
-
-def responsibility(pop, chain: int, emissions: np.ndarray) -> dict[int, float]:
-    """R_i = E_i + sum over suppliers j of w_ji R_j, w_ji = 1 / out-degree of j."""
-    edges = pop.edges[chain]
-    members = [int(i) for i in np.nonzero(pop.chain == chain)[0]]
-    outdeg: dict[int, int] = {}
-    sup_of: dict[int, list[int]] = {}
-    for s, c in edges:
-        outdeg[s] = outdeg.get(s, 0) + 1
-        sup_of.setdefault(c, []).append(s)
-    R: dict[int, float] = {}
-    # deepest tier first: suppliers are always one tier further from the core
-    for i in sorted(members, key=lambda i: -pop.tier[i]):
-        R[i] = float(emissions[i]) + sum(R[j] / outdeg[j] for j in sup_of.get(i, ()))
-    return R
+SIM_STRATEGIES = ("by_abatement_potential",)
 
 
 def split_weights(strategy: str, smes: np.ndarray, pop, *, output, baseline, curves, price,
                   chain: int) -> np.ndarray:
-    if strategy == "equal":
-        return np.ones(len(smes))
-    if strategy == "by_output":
-        return np.asarray(output[smes], dtype=float)
-    if strategy == "by_baseline_emissions":
-        return np.asarray(baseline[smes], dtype=float)
-    if strategy == "by_responsibility":
-        R = responsibility(pop, chain, baseline)
-        return np.array([R[int(i)] for i in smes])
+    """Weights of ``smes`` for a strategy the simulation computes (``SIM_STRATEGIES``)."""
     if strategy == "by_abatement_potential":
         return abatement_at(curves, price)[smes]
-    raise ValueError(f"unknown split strategy {strategy!r}")
+    raise ValueError(f"split strategy {strategy!r} is computed by the rules module "
+                     "(SplitSubQuotas), not by the simulation")
