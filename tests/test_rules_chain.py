@@ -333,6 +333,34 @@ def test_without_input_data_the_gap_is_against_the_benchmark():
     assert m.rules.responsibility("C")["responsibility_ppm"] == 100 * PPM
 
 
+def test_partial_input_data_compares_direct_intensity_with_the_benchmark():
+    """S2 does not report what it buys: beta_steel would set S1 (inputs declared) against S2
+    (none), and reward not declaring. Steel then falls back to direct intensity against B;
+    power (every producer reported) stays on beta_power."""
+    m = Market()
+    evs = m.ok(*[RecordVerified(firm_id=f["id"], period=2026, emissions=f["direct_emissions"],
+                                output=f["output"]) for f in WORKED],
+               *[SetInputUse(firm_id=f["id"], period=2026, inputs=tuple(f["inputs"].items()))
+                 for f in WORKED if f["id"] != "S2"],
+               ClosePeriod(period=2026))
+    fc = {e.firm_id: e for e in evs if isinstance(e, FactorChanged)}
+    s1 = fc["S1"]
+    assert (s1.inputs["reference"], s1.inputs["reference_ppm"]) == ("benchmark", 2_200_000)
+    assert s1.inputs["intensity_ppm"] == 1_600_000  # 800 / 500, not (800 + embodied) / 500
+    assert s1.inputs["embodied_ppm"] > 0  # still computed and shown
+    assert fc["P1"].inputs["reference"] == "responsibility"
+    # S2 then declares it used nothing it reports: an empty record is a report, steel is whole
+    m = Market()
+    evs = m.ok(*[RecordVerified(firm_id=f["id"], period=2026, emissions=f["direct_emissions"],
+                                output=f["output"]) for f in WORKED],
+               *[SetInputUse(firm_id=f["id"], period=2026,
+                             inputs=() if f["id"] == "S2" else tuple(f["inputs"].items()))
+                 for f in WORKED],
+               ClosePeriod(period=2026))
+    fc = {e.firm_id: e for e in evs if isinstance(e, FactorChanged)}
+    assert fc["S1"].inputs["reference"] == fc["S2"].inputs["reference"] == "responsibility"
+
+
 def test_consumer_with_input_use_but_no_verification_bears_its_inputs():
     m = Market()
     m.ok(SetInputUse(firm_id="C", period=2026, inputs=(("steel", 400), ("power", 100))),

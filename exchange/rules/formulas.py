@@ -363,9 +363,9 @@ def responsibility_tonnes(emissions: int, inputs: dict[str, int],
 
 def gap_reference(benchmark_ppm: int, beta_ppm: int | None) -> tuple[str, int] | None:
     """The intensity a firm's gap is measured against: its product's responsibility factor
-    beta_p when the product's producers reported input use (a producer below the product's
-    average gains, one above answers for the excess), else the direct benchmark B; ``None``
-    when neither is positive."""
+    beta_p when the product has supply-chain data (pass ``beta_ppm`` then; a producer below
+    the product's average gains, one above answers for the excess), else the direct benchmark
+    B; ``None`` when neither is positive."""
     if beta_ppm is not None and beta_ppm > 0:
         return "responsibility", beta_ppm
     if benchmark_ppm > 0:

@@ -684,24 +684,32 @@ class RulesModule(Module):
         params = self.params(period)
         ex = self.ex
         verified = self.verified.get(period, {})
-        # 1. responsibility factors of products (only when input data exists)
-        used = {f: d[period] for f, d in sorted(self.inputs.items()) if d.get(period)}
+        # 1. responsibility factors of products (only when input data exists); an empty
+        # input-use record is a firm's report that it used no inputs
+        used = {f: d[period] for f, d in sorted(self.inputs.items()) if period in d}
         producers: dict[str, list] = {}
+        made_by: dict[str, list[str]] = {}
         for f in sorted(verified):
             em, out = verified[f]
             prod = ex.accounts[f].product
             if out > 0 and prod:
                 producers.setdefault(prod, []).append((em, out, used.get(f, {})))
+                made_by.setdefault(prod, []).append(f)
         beta: dict[str, int] = {}
         iters = 0
-        if used and producers:
+        if any(used.values()) and producers:
             try:
                 beta, iters = F.responsibility_factors(producers)
             except F.Diverges as d:
                 raise E.Reject(E.RESPONSIBILITY_DIVERGES, str(d)) from None
-        # products whose producers reported input use: their gap is measured against beta_p,
-        # the product's average including what its inputs embody (seed 003)
-        chained = {p for p, rows in producers.items() if any(r[2] for r in rows)}
+        # products with supply-chain data: some producer used inputs and every producer
+        # reported its input use. Their gap is measured against beta_p, the product's average
+        # with what its inputs embody (seed 003: a producer answers only for the excess).
+        # With part of the producers reporting, beta_p would set firms that declared what
+        # they buy against firms that did not (and reward not declaring): those products,
+        # like products without input data, compare direct intensity with the direct B.
+        chained = {p for p, fs in made_by.items()
+                   if all(f in used for f in fs) and any(used[f] for f in fs)}
         # 2. each verified firm's intensity (direct + embodied in inputs) and gap
         inten: dict[str, Fraction] = {}
         embodied: dict[str, Fraction] = {}
@@ -710,20 +718,24 @@ class RulesModule(Module):
             embodied[f] = F.embodied(used.get(f, {}), beta)
             if out > 0:
                 inten[f] = F.intensity(em + embodied[f], out)
-        gaps: dict[str, tuple[Fraction, int, str, int]] = {}
+        gaps: dict[str, tuple[Fraction, int, str, int, Fraction]] = {}
         for f, i in inten.items():
             rec = self.allocs.get(f, {}).get(period)
             prod = ex.accounts[f].product
             b = rec["benchmark_ppm"] if rec else self.benchmarks.get(prod, 0)
             ref = F.gap_reference(b, beta.get(prod) if prod in chained else None)
-            if ref is not None:
-                gaps[f] = (F.gap(i, ref[1]), b, ref[0], ref[1])
+            if ref is None:
+                continue
+            # like with like: beta_p includes embodied emissions, B is a direct intensity
+            i_gap = i if ref[0] == "responsibility" else F.intensity(verified[f][0],
+                                                                       verified[f][1])
+            gaps[f] = (F.gap(i_gap, ref[1]), b, ref[0], ref[1], i_gap)
         # 3. new allocation factors (covered firms with a gap)
         updates = []
         for f in sorted(gaps):
             if not self._covered(ex.accounts[f]) and f not in self.allocs:
                 continue
-            g, b, ref, ref_ppm = gaps[f]
+            g, b, ref, ref_ppm, i_gap = gaps[f]
             partners = []
             for j, w in self._partners(f, params["coupling_weights"]):
                 gj = gaps.get(j, (Fraction(0), 0))[0]
@@ -736,7 +748,7 @@ class RulesModule(Module):
                              params["max_step_ppm"])
             em, out = verified[f]
             inputs = {"emissions": em, "output": out, "embodied_ppm": _ppm(embodied[f]),
-                      "intensity_ppm": _ppm(inten[f]), "benchmark_ppm": b,
+                      "intensity_ppm": _ppm(i_gap), "benchmark_ppm": b,
                       # what the gap was measured against: "responsibility" (beta_p, the
                       # product's average with its inputs) or "benchmark" (B)
                       "reference": ref, "reference_ppm": ref_ppm,
@@ -815,7 +827,7 @@ class RulesModule(Module):
         # what each firm answers for: its own emissions plus the average of what it buys
         # (final consumers, with no output, bear exactly the latter)
         outside = F.outside_inputs(producers, list(used.values()))
-        for f in sorted(set(verified) | set(used)):
+        for f in sorted(set(verified) | {f for f, q in used.items() if q}):
             em, out = verified.get(f, (0, 0))
             q = used.get(f, {})
             emb = embodied[f] if f in embodied else F.embodied(q, beta)
