@@ -71,7 +71,12 @@ class EmptyBody(_Body):
 
 
 # ------------------------------------------------------------------------------ responses
-class FundParams(BaseModel):
+class _Out(BaseModel):
+    # closed, so a statement field the models do not describe fails the tests, not the reader
+    model_config = ConfigDict(extra="forbid")
+
+
+class FundParams(_Out):
     effective_seq: int = Field(description="applies to commands from this sequence number on")
     effective_ts: int
     penalty_to_fund_bps: int
@@ -81,7 +86,7 @@ class FundParams(BaseModel):
     operator: str
 
 
-class FundInflow(BaseModel):
+class FundInflow(_Out):
     seq: int
     ts: int
     source: str = Field(description="penalty | auction | budget")
@@ -92,7 +97,7 @@ class FundInflow(BaseModel):
     ref: str = Field(description="the paying firm (penalty), the budget line (budget)")
 
 
-class FundInflowPeriod(BaseModel):
+class FundInflowPeriod(_Out):
     period: int
     total_fen: int
     penalty: int
@@ -100,14 +105,14 @@ class FundInflowPeriod(BaseModel):
     budget: int
 
 
-class FundInflows(BaseModel):
+class FundInflows(_Out):
     total_fen: int
     by_source: dict[str, int]
     by_period: list[FundInflowPeriod]
     entries: list[FundInflow]
 
 
-class GrantApplication(BaseModel):
+class GrantApplication(_Out):
     application_id: int
     sme: str
     period: int
@@ -126,13 +131,13 @@ class GrantApplication(BaseModel):
     disbursed_ts: int | None
 
 
-class SmeGrantPeriod(BaseModel):
+class SmeGrantPeriod(_Out):
     period: int
     amount_fen: int
     limit_fen: int | None = Field(description="the limit per SME and period now")
 
 
-class SmeGrants(BaseModel):
+class SmeGrants(_Out):
     sme: str
     total_fen: int
     grants: int
@@ -140,7 +145,7 @@ class SmeGrants(BaseModel):
     by_period: list[SmeGrantPeriod]
 
 
-class GrantPeriod(BaseModel):
+class GrantPeriod(_Out):
     period: int
     total_fen: int
     grants: int
@@ -148,7 +153,7 @@ class GrantPeriod(BaseModel):
     limit_fen: int | None = Field(description="the limit per period now")
 
 
-class FundGrants(BaseModel):
+class FundGrants(_Out):
     total_fen: int
     count: int
     by_sme: list[SmeGrants]
@@ -156,17 +161,16 @@ class FundGrants(BaseModel):
     paid: list[GrantApplication]
 
 
-class BalanceCheck(BaseModel):
+class BalanceCheck(_Out):
     inflows_fen: int
     grants_fen: int
     balance_fen: int
     ok: bool = Field(description="balance = inflows - grants")
 
 
-class FundStatement(BaseModel):
+class FundStatement(_Out):
     """The SME fund's public statement (integer fen)."""
 
-    model_config = ConfigDict(extra="forbid")
     account: str
     configured: bool
     period: int | None = Field(description="inflows and grants of this period only, or all")
@@ -181,7 +185,7 @@ class FundStatement(BaseModel):
     balance_check: BalanceCheck
 
 
-class GrantApplications(BaseModel):
+class GrantApplications(_Out):
     applications: list[GrantApplication]
 
 
