@@ -137,6 +137,54 @@ def test_engine_close_equals_the_chain_tool_and_numpy(seed):
         assert abs(pc.responsibility[p] / PPM - b) <= 0.6e-6 * max(1.0, b)
 
 
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2 ** 32 - 1))
+def test_below_the_product_average_gains_above_loses(seed):
+    """Random chains, every producer reporting (an empty record when it used nothing): each
+    producer's gap is against beta_p, its sign is that of beta_p - I_f, phi moves that way, and
+    a product's output-weighted gaps sum to zero (up to beta's ppm)."""
+    firms = [f for f in random_chain(np.random.default_rng(seed)) if f["output"] > 0]
+    ex = Exchange(modules=(RulesModule,))
+    seq = Sequencer(ex)
+    products = sorted({f["product"] for f in firms})
+    run = [AddInstrument(symbol="CEA-2026", vintage=2026, reference_price=8500)]
+    run += [SetBenchmark(product=p, intensity_ppm=1_000_000) for p in products]
+    run += [RegisterFirm(firm_id=f["id"], product=f["product"]) for f in firms]
+    run += [PreAllocate(period=2026)]
+    run += [SetInputUse(firm_id=f["id"], period=2026, inputs=tuple(f["inputs"].items()))
+            for f in firms]
+    run += [RecordVerified(firm_id=f["id"], period=2026, emissions=f["direct_emissions"],
+                           output=f["output"]) for f in firms]
+    evs = []
+    for c in run + [ClosePeriod(period=2026)]:
+        evs.extend(seq(c))
+    assert not [e for e in evs if isinstance(e, CommandRejected)]
+    beta = [e for e in evs if isinstance(e, PeriodClosed)][0].responsibility
+    fc = {e.firm_id: e for e in evs if isinstance(e, FactorChanged)}
+    weighted: dict[str, int] = {}
+    for f in firms:
+        e = fc[f["id"]]
+        p = f["product"]
+        if not any(x["inputs"] for x in firms if x["product"] == p) or beta[p] == 0:
+            assert e.inputs["reference"] == "benchmark"
+            continue
+        assert (e.inputs["reference"], e.inputs["reference_ppm"]) == ("responsibility", beta[p])
+        g = e.terms["gap_ppm"]
+        i = Fr(e.inputs["intensity_ppm"], PPM)
+        b = Fr(beta[p], PPM)
+        if abs(i - b) > 3 * b / PPM + Fr(1, PPM):  # clear of the ppm roundings
+            assert (g > 0) == (i < b)
+            assert (e.phi_after_ppm > e.phi_before_ppm) == (g > 0) or e.phi_after_ppm == \
+                e.phi_before_ppm
+        weighted[p] = weighted.get(p, 0) + f["output"] * g
+    for p, w in weighted.items():
+        y = sum(f["output"] for f in firms if f["product"] == p)
+        # exact beta would give 0; beta to the ppm moves sum R_f / sum Y by up to 1e-6 t/unit
+        # (its own rounding and its inputs'), that is 1e-6 / beta of each gap, plus the gaps'
+        # own rounding to the ppm
+        assert abs(w) <= y * (1 + 2 * PPM / beta[p]), (p, w, y)
+
+
 # ============================================================================ non-productive
 
 
