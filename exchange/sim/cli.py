@@ -151,7 +151,8 @@ def run_compare(args) -> int:
                "offset_share_used": s["offset_share_used"],
                "total_penalties": s["total_penalties"], "sme_revenue": s["sme_revenue"],
                "volume": s["volume"]}
-        row.update({k: v2 for k, v2 in sme_stats(res).items() if k != "sme_revenue"})
+        row.update({k: v2 for k, v2 in sme_stats(res).items()
+                    if k not in ("sme_revenue", "sme_benefits")})
         rows.append(row)
         results[str(v)] = res
         vdir = out / "variants" / f"{key}={v}"
@@ -168,7 +169,7 @@ def _write_compare(out: Path, key: str, rows: list[dict], results: dict) -> None
 
     import numpy as np
 
-    from .report import _plt, _table
+    from .report import _plt, _table, plot_sme_strategies, sme_stats
     (out / "compare.json").write_text(json.dumps(rows, indent=2, default=float) + "\n")
     with open(out / "compare.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -182,6 +183,19 @@ def _write_compare(out: Path, key: str, rows: list[dict], results: dict) -> None
               round(r[c] * 100, 3) if c == "offset_share_used" else r[c] for c in cols]
               for r in rows]),
           "", "(offset_share_used in %)", "", "![comparison](compare.png)", ""]
+    if any(r.get("smes") for r in rows):
+        # the SMEs' side of each variant: their net cost with sub-quotas and allocated
+        # directly (benefit = direct - scheme), and how many end better off
+        sme_cols = ["sme_sub_quota", "sme_direct_allocation", "sme_net_cost",
+                    "sme_direct_net_cost", "sme_benefit_vs_direct", "sme_winners", "smes",
+                    "sme_penalties"]
+        md += ["## SMEs", "", _table(["variant"] + sme_cols,
+                                     [[r["variant"]] + [r[c] for c in sme_cols] for r in rows]),
+               "", "Net cost = abatement + offsets + penalties - trading cash; direct = the "
+               "same SMEs allocated their sector's benchmark x output at the same price.", "",
+               "![SMEs by variant](compare_smes.png)", ""]
+        plot_sme_strategies({str(r[key]): sme_stats(results[str(r[key])]) for r in rows},
+                            out / "compare_smes.png")
     (out / "compare.md").write_text("\n".join(md))
     plt = _plt()
     fig, axes = plt.subplots(1, 4, figsize=(15, 3.8))
