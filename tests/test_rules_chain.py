@@ -473,3 +473,25 @@ def test_cli_table_and_errors(tmp_path):
     assert r.returncode == 2 and "non-productive network: a, b" in r.stderr
     r = _cli(str(tmp_path / "missing.toml"))
     assert r.returncode == 2 and "cannot read" in r.stderr
+
+
+# ============================================================================ HTTP
+
+
+async def test_responsibility_endpoints(tmp_path):
+    from test_server import POWER, STEEL, op, running_server
+    async with running_server(tmp_path) as srv:
+        st, body = await op(srv, "POST", "/rules/input-use", {
+            "firm_id": "STEEL1", "period": 2026, "inputs": [{"product": "power", "qty": 10}]})
+        assert st == 200, body
+        st, body = await op(srv, "GET", "/rules/responsibility")
+        assert st == 200 and body == {"firms": []}  # nothing closed yet
+        st, body = await op(srv, "GET", "/rules/responsibility/STEEL1", key=STEEL)
+        assert st == 200 and body == {"firm_id": "STEEL1", "period": None,
+                                      "responsibility_t": None}
+        st, body = await op(srv, "GET", "/rules/responsibility/STEEL1", key=POWER)
+        assert st == 403
+        st, body = await op(srv, "GET", "/rules/responsibility/NOPE")
+        assert st == 404
+        st, body = await op(srv, "GET", "/rules/responsibility", key=STEEL)
+        assert st == 403  # every firm's: operators and verifiers only
