@@ -13,6 +13,8 @@ from the scenario's inputs alone, independently of the simulation's own solver:
 """
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 
@@ -229,3 +231,29 @@ def test_sub_quotas_are_carved_from_the_core_firm_inside_the_cap(tmp_path):
     for r in rows:  # the scheme's and the direct allocation's net cost side by side
         assert r["benefit_vs_direct"] == pytest.approx(r["direct_net_cost"] - r["net_cost"],
                                                        abs=0.02)
+
+
+def test_sme_fund_grants_lower_smes_net_cost_by_what_they_received():
+    """A regulator's budget in the SME fund: SMEs that abated apply per tonne, grants are paid
+    while the fund lasts, and each SME's net cost falls by exactly its grants."""
+    data = _intensity_scenario(0.2).model_dump(mode="json")
+    data["chains"][0]["tiers"].append({"tier": 2, "firms": 4, "sector": "parts",
+                                       "size_class": "sme", "output_scale": 0.3})
+    runs = {}
+    for budget in (0.0, 5_000.0):
+        d = copy.deepcopy(data)
+        d["sme_fund"] = {"budget_per_period": budget, "grant_per_tonne": 40.0,
+                         "sme_period_limit": 2_000.0}
+        runs[budget] = run_scenario(parse_scenario(d))
+    without, with_fund = runs[0.0].records, runs[5_000.0].records
+    sme = np.array([s == "sme" for s in runs[0.0].size_class])
+    grants = with_fund["fund_grants"]
+    assert without["fund_grants"].sum() == 0
+    assert grants[:, sme].sum() > 0 and grants[:, ~sme].sum() == 0
+    assert (grants[:, sme] <= 2_000.0).all()                      # the per-SME limit
+    # never more than the fund holds: what is not granted stays in it for later periods
+    paid = np.cumsum(grants.sum(axis=1))
+    assert (paid <= 5_000.0 * np.arange(1, len(paid) + 1) + 1e-9).all()
+    # the fund does not touch the market: same trades, same costs, less net cost
+    np.testing.assert_allclose(with_fund["abatement_cost"], without["abatement_cost"])
+    np.testing.assert_allclose(with_fund["net_cost"], without["net_cost"] - grants)

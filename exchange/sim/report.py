@@ -587,13 +587,14 @@ def _chain_smes(res: RunResult) -> np.ndarray:
 
 SME_FIELDS = ("period", "year", "sme", "chain", "strategy", "sub_quota", "emissions",
               "surplus", "abatement_cost", "offset_cost", "trading_cash", "penalty",
-              "net_cost", "direct_allocation", "direct_net_cost", "benefit_vs_direct")
+              "fund_grants", "net_cost", "direct_allocation", "direct_net_cost", "benefit_vs_direct")
 
 
 def sme_rows(res: RunResult) -> list[dict]:
     """One row per chain SME and period: what the scheme gave and cost it, and what the same
     SME would have paid allocated directly (its sector's benchmark x output, the same price).
-    net cost = abatement + offsets + penalties - trading cash; benefit = direct - scheme."""
+    net cost = abatement + offsets + penalties - trading cash - fund grants; benefit =
+    direct - scheme."""
     rec, sme = res.records, _chain_smes(res)
     strategy = {c.id: c.split_strategy for c in res.scenario.chains}
     out = []
@@ -611,6 +612,7 @@ def sme_rows(res: RunResult) -> list[dict]:
                         "offset_cost": round(float(rec["offset_cost"][t, i]), 2),
                         "trading_cash": round(float(rec["trade_cash"][t, i]), 2),
                         "penalty": round(float(rec["penalty"][t, i]), 2),
+                        "fund_grants": round(float(rec["fund_grants"][t, i]), 2),
                         "net_cost": round(net, 2),
                         "direct_allocation": int(rec["direct_allocation"][t, i]),
                         "direct_net_cost": round(direct, 2),
@@ -631,6 +633,7 @@ def sme_stats(res: RunResult) -> dict:
             "sme_sub_quota": int(rec["sub_quota_in"][:, sme].sum()),
             "sme_direct_allocation": int(np.nan_to_num(rec["direct_allocation"][:, sme]).sum()),
             "sme_abatement_cost": float(rec["abatement_cost"][:, sme].sum()),
+            "sme_fund_grants": float(rec["fund_grants"][:, sme].sum()),
             "sme_net_cost": float(net.sum()),
             "sme_direct_net_cost": float(direct.sum()),
             "sme_benefit_vs_direct": float(benefit.sum()),
@@ -645,13 +648,15 @@ def _sme_section(res: RunResult, strategies: dict[str, dict] | None) -> list[str
     md = ["## SMEs", "",
           "Each chain's core firm carves the SMEs' sub-quotas out of its own allocation (no new "
           "issuance). An SME's *net cost* is abatement + offsets + penalties − cash from "
-          "trading; *direct* is the same SME allocated its sector's benchmark × output and "
-          "trading at the same price. Benefit = direct − scheme (`smes.csv` per SME and period).",
+          "trading − SME fund grants; *direct* is the same SME allocated its sector's "
+          "benchmark × output and trading at the same price. Benefit = direct − scheme "
+          "(`smes.csv` per SME and period).",
           "",
           _table(["", "this run"], [
               ["SMEs", st["smes"]],
               ["sub-quota received (t)", st["sme_sub_quota"]],
               ["direct allocation instead (t)", st["sme_direct_allocation"]],
+              ["SME fund grants received (CNY)", st["sme_fund_grants"]],
               ["net cost with sub-quotas (CNY)", st["sme_net_cost"]],
               ["net cost if allocated directly (CNY)", st["sme_direct_net_cost"]],
               ["SMEs better off than direct", f"{st['sme_winners']} of {st['smes']}"]]), ""]

@@ -38,6 +38,10 @@ from ..compliance.commands import (
     ProcessComplianceDeadline, RegisterVerifier, SubmitActivityData, SurrenderUnits,
     VerifyEmissions,
 )
+from ..compliance.fund import (
+    ApplyForGrant, ApproveGrant, ConfigureSmeFund, DisburseGrant, FundDeposit, GrantApplied,
+    GrantDisbursed,
+)
 from ..compliance.mrv import fuel_emissions
 from ..core.commands import (
     AddInstrument, CreateSubQuota, DepositCash, IssueUnits, RegisterFirm, RegisterSupplyChain,
@@ -60,6 +64,9 @@ from .split import split_weights
 from .trading import Market
 
 OFFSET_SUPPLIER = "OFFSET-SUPPLY"
+OPERATOR = "SIM-OPERATOR"
+# the fund has run out or a limit is reached: the grant waits, as it would for a real SME
+FUND_DRY = ("SME_FUND_INSUFFICIENT", "GRANT_SME_LIMIT_EXCEEDED", "GRANT_PERIOD_LIMIT_EXCEEDED")
 VERIFIER = "SIM-VERIFIER"
 FEN = 100
 PPM = 1_000_000
@@ -75,8 +82,8 @@ RECORD_FIELDS = (
     "net_bought", "abatement", "emissions", "obligation", "verified_intensity",
     "offsets_bought", "offsets_used", "allowances_surrendered", "shortfall", "penalty",
     "banked", "abatement_cost", "offset_cost", "no_trade_abatement_cost",
-    "no_trade_offset_cost", "trade_cash", "sme_revenue", "net_cost", "direct_allocation",
-    "direct_net_cost",
+    "no_trade_offset_cost", "trade_cash", "sme_revenue", "fund_grants", "net_cost",
+    "direct_allocation", "direct_net_cost",
 )
 
 
@@ -221,6 +228,12 @@ class Simulation:
                 penalty_multiple_ppm=_ppm(sc.compliance.penalty_multiple),
                 penalty_fallback_price=_fen(m.initial_price)),
             RegisterVerifier(verifier=VERIFIER, name="simulation verifier"),
+            *([ConfigureSmeFund(
+                penalty_to_fund_bps=int(round(sc.sme_fund.penalty_share * 10_000)),
+                sme_period_limit=_fen(sc.sme_fund.sme_period_limit)
+                if sc.sme_fund.sme_period_limit else None,
+                period_limit=_fen(sc.sme_fund.period_limit) if sc.sme_fund.period_limit
+                else None, operator=OPERATOR)] if sc.sme_fund.enabled else []),
             SetRulesParams(
                 pre_ratio_ppm=_ppm(sc.allocation.pre_ratio), initial_phi_ppm=_ppm(r.phi_initial),
                 phi_min_ppm=_ppm(r.phi_min), phi_max_ppm=_ppm(r.phi_max),
@@ -493,6 +506,7 @@ class Simulation:
             surrendered_allow = sum(held_before[s] - market.hold[s] for _, s in eligible)
             self.send(ProcessComplianceDeadline(period=year))
             self.send(SettleSubQuotas(period=year))
+            grants = self._fund_grants(year, base - verified)
             deduction_next = ev["deduction_next"].copy()
             self._lap("compliance")
             bank_after = market.bank(vintage_of, year + 1)
@@ -511,8 +525,9 @@ class Simulation:
             rec["sme_revenue"][t] = market.sme_revenue / FEN
             # what compliance cost each firm, net of its trading: abatement + offsets +
             # penalties - cash from trading (sales minus purchases)
+            rec["fund_grants"][t] = grants
             rec["net_cost"][t] = (rec["abatement_cost"][t] + rec["offset_cost"][t]
-                                  + rec["penalty"][t] - rec["trade_cash"][t])
+                                  + rec["penalty"][t] - rec["trade_cash"][t] - grants)
             self._direct_counterfactual(t, rec, cv, rule, base, output, close_price)
 
             # counterfactuals on the same allocation path: no trade (each firm alone), and
@@ -563,6 +578,37 @@ class Simulation:
             parts = split_amounts(total, [b * yi * f for b, yi, f in zip(bench, y, phi)])
         final[idx] = np.maximum(np.array(parts, dtype=np.int64) - ded, 0)
         return final, total
+
+    def _fund_grants(self, year: int, abated: np.ndarray) -> np.ndarray:
+        """The SME fund's round after the deadline (penalties have flowed in): the
+        regulator's budget is deposited, every chain SME that abated applies for
+        grant_per_tonne x its verified abatement, the operator approves and pays in firm order
+        while the fund's balance and limits allow (a refused payment is the fund running
+        dry, not an error). Returns the CNY each firm received."""
+        cfg, pop = self.sc.sme_fund, self.pop
+        got = np.zeros(pop.n)
+        if not cfg.enabled:
+            return got
+        if cfg.budget_per_period > 0:
+            self.send(FundDeposit(amount=_fen(cfg.budget_per_period), period=year,
+                                  ref=f"budget:{year}", operator=OPERATOR))
+        smes = [i for i in np.nonzero(pop.sme & (pop.chain >= 0))[0]
+                if cfg.grant_per_tonne > 0 and abated[i] >= 1]
+        cap = cfg.sme_period_limit or float("inf")  # nobody applies for more than the limit
+        apps = self.send_all([ApplyForGrant(
+            sme=pop.ids[i], period=year, amount=_fen(min(cfg.grant_per_tonne * abated[i], cap)),
+            project=f"abatement {year}", verified_abatement_t=int(abated[i]),
+            applicant=pop.ids[i]) for i in smes])
+        ids = [e.application_id for evs in apps for e in evs if type(e) is GrantApplied]
+        self.send_all([ApproveGrant(application_id=a, operator=OPERATOR) for a in ids])
+        for evs in self.send_all([DisburseGrant(application_id=a, operator=OPERATOR)
+                                  for a in ids], strict=False):
+            for e in evs:
+                if type(e) is GrantDisbursed:
+                    got[self.idx[e.sme]] += e.amount / FEN
+                elif isinstance(e, CommandRejected) and e.code not in FUND_DRY:
+                    raise SimulationError(f"disburse_grant refused: {e.code} {e.message}")
+        return got
 
     def _direct_counterfactual(self, t, rec, cv, rule, base, output, price) -> None:
         """The same SMEs allocated directly instead of through sub-quotas: each gets its

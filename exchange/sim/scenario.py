@@ -243,6 +243,29 @@ class ComplianceConfig(Strict):
     banking: bool = True
 
 
+class SmeFundConfig(Strict):
+    """The SME fund (docs/COMPLIANCE.md), present when something finances it: a share of
+    penalties and/or a regulator's budget per period; after each period's deadline every chain SME that abated applies for
+    ``grant_per_tonne`` x its verified abatement, the operator approves, and grants are paid in
+    firm order while the fund and the limits allow."""
+
+    penalty_share: float = Field(0.0, ge=0, le=1, description="share of collected penalties "
+                                 "paid into the fund")
+    budget_per_period: float = Field(0.0, ge=0, description="CNY the regulator deposits "
+                                     "each period")
+    grant_per_tonne: float = Field(30.0, ge=0, description="CNY an SME applies for per tonne "
+                                   "of verified abatement")
+    sme_period_limit: float = Field(0.0, ge=0, description="CNY one SME may receive per "
+                                    "period; 0 = no limit")
+    period_limit: float = Field(0.0, ge=0, description="CNY all SMEs may receive per period; "
+                                "0 = no limit")
+
+    @property
+    def enabled(self) -> bool:
+        """A fund exists when something finances it."""
+        return self.penalty_share > 0 or self.budget_per_period > 0
+
+
 CO2_PER_C = 44 / 12  # t CO2 per t C (molar masses)
 
 
@@ -269,6 +292,7 @@ class Scenario(Strict):
     rules: RulesConfig = Field(default_factory=RulesConfig)
     offsets: OffsetConfig = Field(default_factory=OffsetConfig)
     compliance: ComplianceConfig = Field(default_factory=ComplianceConfig)
+    sme_fund: SmeFundConfig = Field(default_factory=SmeFundConfig)
     sectors: list[SectorConfig] = Field(min_length=1)
     firms: list[FirmConfig] = Field(default_factory=list)
     chains: list[ChainConfig] = Field(default_factory=list)
@@ -367,7 +391,9 @@ def apply_override(data: dict, key: str, value: Any) -> dict:
     aliases = {"split_strategy": "chains.split_strategy", "offset_cap": "offsets.cap",
                "offset_price": "offsets.price", "periods": "scenario.periods",
                "seed": "scenario.seed", "pre_ratio": "allocation.pre_ratio",
-               "kappa": "rules.kappa", "reduction": "allocation.reduction"}
+               "kappa": "rules.kappa", "reduction": "allocation.reduction",
+               "sme_fund_budget": "sme_fund.budget_per_period",
+               "revenue_share": "chains.revenue_share"}
     path = aliases.get(key, key).split(".")
 
     def put(node, parts):
