@@ -917,3 +917,60 @@ def test_deduction_never_below_zero():
     assert (b["total"], b["deduction_unapplied"], b["clawed_back"]) == (0, 13_891, 60_276)
     assert m.held("B") == 0
     m.ex.check_invariants()
+
+
+def test_core_firm_shares_its_coupling_gain_with_the_sme_that_cut():
+    """S1 emits 600 t against its 1,000 t sub-quota: its cut (g = 1 - 600/1000 = 0.4) counts
+    as a partner's cut, raises A's factor through the coupling (w = 0.4), and A pays S1
+    gain_share of that gain's value at the period's price; S2, which missed its sub-quota,
+    gets nothing."""
+    from exchange.rules.events import GainShared
+
+    m = Market()
+    m.ok(SetRulesParams(kappa_ppm=200_000, kappa_max_ppm=50_000, gain_share_ppm=500_000))
+    cycle_2026(m)
+    m.ok(DepositCash(account="A", amount=10**9))
+    for sme in ("S1", "S2"):
+        m.ok(SplitSubQuotas(parent="A", instrument=CEA26, amount=1_000, smes=(sme,),
+                            strategy="equal", revenue_share_ppm=PPM, surplus_rule="revert",
+                            shortfall_rule="parent", chain_id="c1"))
+    m.ok(RecordVerified(firm_id="A", period=2026, emissions=170_000, output=100_000))
+    m.ok(RecordVerified(firm_id="B", period=2026, emissions=95_000, output=50_000))  # above B
+    m.ok(RecordVerified(firm_id="S1", period=2026, emissions=600, output=1_000))
+    m.ok(RecordVerified(firm_id="S2", period=2026, emissions=1_300, output=3_000))
+    phi_a = m.rules.allocs["A"][2026]["phi_ppm"]
+    cash = {f: m.ex.accounts[f].cash for f in ("A", "S1", "S2")}
+    evs = m.ok(ClosePeriod(period=2026))
+    shared = [e for e in evs if isinstance(e, GainShared)]
+    # coupling of A: kappa x w_S1 x g_S1 = 0.2 x 0.4 x 0.4 (B missed its benchmark, S2 its
+    # sub-quota); its gain c x phi x B x Y valued at the reference price 85.00, half of it paid
+    c = Fr(2, 10) * Fr(4, 10) * Fr(4, 10)
+    gain_t = c * Fr(phi_a, PPM) * Fr(1_800_000, PPM) * 100_000
+    expected = floor_int(gain_t * 8_500 * Fr(1, 2))
+    assert [(e.core, e.sme, e.amount, e.price) for e in shared] == [("A", "S1", expected, 8_500)]
+    assert expected > 0
+    assert m.ex.accounts["S1"].cash - cash["S1"] == expected
+    assert cash["A"] - m.ex.accounts["A"].cash == expected
+    assert m.ex.accounts["S2"].cash == cash["S2"]
+    assert m.rules.gain_share_history("S1")[0]["amount"] == expected
+    fa = [e for e in evs if isinstance(e, FactorChanged) and e.firm_id == "A"][0]
+    assert ["S1", 400_000, 400_000] in fa.inputs["partners"]
+    m.ex.check_invariants()
+
+
+@pytest.mark.parametrize("share", [0, 500_000])
+def test_no_gain_share_by_default_and_none_without_cash(share):
+    """gain_share 0 (the default) pays nothing; a core firm without free cash pays nothing
+    (it never goes negative)."""
+    m = Market()
+    m.ok(SetRulesParams(kappa_ppm=200_000, gain_share_ppm=share))
+    cycle_2026(m)
+    m.ok(SplitSubQuotas(parent="A", instrument=CEA26, amount=1_000, smes=("S1",),
+                        strategy="equal", revenue_share_ppm=PPM, surplus_rule="revert",
+                        shortfall_rule="parent", chain_id="c1"))
+    for f, e, y in (("A", 170_000, 100_000), ("S1", 600, 1_000)):
+        m.ok(RecordVerified(firm_id=f, period=2026, emissions=e, output=y))
+    evs = m.ok(ClosePeriod(period=2026))
+    assert not [e for e in evs if type(e).__name__ == "GainShared"]
+    assert m.ex.accounts["A"].cash == 0
+    m.ex.check_invariants()

@@ -21,7 +21,10 @@ core's ppm by :func:`exchange.core.units.ratio_to_ppm`; responses carry both)::
     GET  /rules/allocations/{period}/{firm_id}
     POST /rules/splits                      split_sub_quotas by a strategy
     POST /rules/splits/preview              the amounts a split would give, changing nothing
-    GET  /rules/sub-quotas                  sub-quota lots with their period-end settlement
+    GET  /rules/sub-quotas                  sub-quota lots with their terms and period-end
+                                            settlement
+    GET  /rules/sub-quotas/{firm_id}        the lots a firm received (an SME) or split out (a
+                                            core firm), with their terms (firm: own only)
     GET  /rules/factors/{firm_id}           a firm's allocation-factor history (firm: own only)
     GET  /rules/responsibility              what every firm answers for at the latest close
                                             (its emissions + its inputs x their factors)
@@ -122,6 +125,9 @@ class ParamsBody(Body):
         "total moves with phi)")
     cap_tonnes: StrictInt | None = Field(None, ge=0,
                                          description="the absolute cap, tonnes per period")
+    gain_share: str | None = Field(
+        None, description="share, in [0, 1], of the value of a core firm's coupling gain it "
+        "pays the SMEs whose verified cuts made it, at the period close")
 
 
 @route("GET", "/rules/params", summary="Rules parameters now and by period", tag=TAG,
@@ -358,13 +364,112 @@ async def split_preview(ctx: ApiContext, b: SplitBody) -> dict:
                       for s, q, w in zip(b.smes, parts, weights)]}
 
 
+class _Out(BaseModel):
+    # closed, so a field the view adds without describing it fails the tests, not the reader
+    model_config = ConfigDict(extra="forbid")
+
+
+class SubQuotaSettlement(_Out):
+    """What ``settle_sub_quotas`` did with the lot at its period's end."""
+
+    period: int
+    surplus: int = Field(description="units of the lot still free with the SME, t")
+    action: Literal["revert", "bank"]
+    moved: int = Field(description="t moved back to the parent (revert)")
+    reserved_left: int = Field(description="t of the lot in resting sell orders, left as is")
+
+
+class SubQuotaLot(_Out):
+    """A sub-quota lot with its terms (docs/RULES.md section 6)."""
+
+    lot_id: int
+    period: int | None = Field(description="the allowance's vintage (compliance period)")
+    instrument: str
+    parent: str = Field(description="the core firm it was split from")
+    sme: str = Field(description="the SME it was split to")
+    chain_id: str | None = Field(description="the supply chain the split was made in")
+    granted: int = Field(description="t split to the SME")
+    held: int = Field(description="t of the lot the SME still holds (sales, surrenders and a "
+                                  "reverted surplus leave it)")
+    sold: int = Field(description="t of the lot the SME sold")
+    revenue_share: str = Field(description="the SME's share of the net sale proceeds, e.g. "
+                                           "\"0.7\"; the parent gets the rest")
+    revenue_share_ppm: int
+    surplus_rule: Literal["revert", "bank"] = Field(
+        description="at the period's end the free rest reverts to the parent, or stays banked "
+                    "with the SME")
+    shortfall_rule: Literal["sme", "parent"] = Field(
+        description="who covers the SME's shortfall at the deadline beyond the lot")
+    sme_proceeds: int = Field(description="fen the SME kept from sales of the lot")
+    parent_proceeds: int = Field(description="fen the parent received from sales of the lot")
+    created_seq: int
+    settlement: SubQuotaSettlement | None = Field(
+        description="the period-end settlement, once settle_sub_quotas ran")
+    compliance: dict[str, int] = Field(
+        description="what compliance did with the lot: surrendered, covered_by_parent, "
+                    "reverted, banked (t), settled_period")
+
+
+class SubQuotaLots(_Out):
+    sub_quotas: list[SubQuotaLot]
+
+
+class FirmSubQuotas(_Out):
+    firm_id: str
+    size_class: str
+    received: list[SubQuotaLot] = Field(description="lots split to this firm (an SME)")
+    split_out: list[SubQuotaLot] = Field(description="lots this firm split to SMEs")
+
+
+def sub_quota_view(ex, lot_id: int) -> dict:
+    """One lot as :class:`SubQuotaLot`: its figures, its terms, and what the period end
+    (rules: settlement; compliance: surrenders, cover by the parent) did with it."""
+    lot = ex.sub_quotas[lot_id]
+    ins = ex.instruments.get(lot["instrument"])
+    rules = ex.modules.get("rules")
+    comp = ex.modules.get("compliance")
+    settled = getattr(rules, "settled_lots", {}).get(lot_id)
+    use = getattr(comp, "sub_quota_use", {}).get(lot_id, {})
+    return {
+        "lot_id": lot_id, "period": getattr(ins, "vintage", None),
+        "instrument": lot["instrument"], "parent": lot["parent"], "sme": lot["sme"],
+        "chain_id": lot.get("chain_id"), "granted": lot["granted"], "held": lot["held"],
+        "sold": lot["sold"], "revenue_share": _dec(lot["revenue_share_ppm"]),
+        "revenue_share_ppm": lot["revenue_share_ppm"], "surplus_rule": lot["surplus_rule"],
+        "shortfall_rule": lot["shortfall_rule"], "sme_proceeds": lot["sme_proceeds"],
+        "parent_proceeds": lot["parent_proceeds"], "created_seq": lot["created_seq"],
+        "settlement": dict(settled) if settled is not None else None,
+        "compliance": dict(sorted(use.items())),
+    }
+
+
 @route("GET", "/rules/sub-quotas", summary="Sub-quota lots and their period-end settlement",
-       tag=TAG, roles=(ROLE_OPERATOR, ROLE_VERIFIER))
+       tag=TAG, roles=(ROLE_OPERATOR, ROLE_VERIFIER), response=SubQuotaLots)
 async def get_sub_quotas(ctx: ApiContext, body) -> dict:
-    r = _rules(ctx)
-    return {"sub_quotas": [dict(lot, lot_id=k, revenue_share=_dec(lot["revenue_share_ppm"]),
-                                settlement=r.settled_lots.get(k))
-                           for k, lot in sorted(ctx.ex.sub_quotas.items())]}
+    _rules(ctx)
+    return {"sub_quotas": [sub_quota_view(ctx.ex, k) for k in sorted(ctx.ex.sub_quotas)]}
+
+
+@route("GET", "/rules/sub-quotas/{firm_id}", tag=TAG, roles=READERS, response=FirmSubQuotas,
+       summary="The sub-quotas a firm received (an SME) or split out (a core firm), with terms")
+async def get_firm_sub_quotas(ctx: ApiContext, body) -> dict:
+    """``?period=P``: lots of period P's allowance only. A firm key reads only its own."""
+    firm_id = ctx.path["firm_id"]
+    _own(ctx, firm_id)
+    acct = ctx.ex.accounts.get(firm_id)
+    if acct is None or acct.system:
+        raise ProtocolError(E.UNKNOWN_ACCOUNT, f"unknown firm {firm_id[:64]!r}", 404)
+    period = None
+    if "period" in ctx.query:
+        try:
+            period = int(ctx.query["period"])
+        except ValueError:
+            raise ProtocolError(E.INVALID_PARAMS, "period must be an integer", 422) from None
+    lots = [sub_quota_view(ctx.ex, k) for k in sorted(ctx.ex.sub_quotas)]
+    lots = [v for v in lots if period is None or v["period"] == period]
+    return {"firm_id": firm_id, "size_class": acct.size_class,
+            "received": [v for v in lots if v["sme"] == firm_id],
+            "split_out": [v for v in lots if v["parent"] == firm_id]}
 
 
 # ====================================================================== factor history

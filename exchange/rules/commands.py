@@ -11,7 +11,7 @@ PARAM_FIELDS = (
     "alpha_up_ppm", "alpha_down_ppm", "kappa_ppm", "kappa_max_ppm", "coupling_weights",
     "w_tech_ppm", "w_eff_ppm", "w_hist_ppm", "benchmark_step_ppm", "max_tightening_ppm",
     "allow_loosening", "max_loosening_ppm", "instrument_pattern", "allocation_total",
-    "cap_tonnes",
+    "cap_tonnes", "gain_share_ppm",
 )
 
 
@@ -42,6 +42,9 @@ class SetRulesParams(Command):
     # "floating" (no normalisation: the total moves with phi)
     allocation_total: str | None = None
     cap_tonnes: int | None = None  # the absolute cap, tonnes per period
+    # share of the value of a core firm's coupling gain it pays to the SMEs whose verified
+    # cuts made it, at the period close (docs/RULES.md, "Gains shared along the chain")
+    gain_share_ppm: int | None = None
     seq: int = 0
     ts: int = 0
 

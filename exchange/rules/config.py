@@ -40,7 +40,7 @@ class BenchmarkConfig(BaseModel):
 
 
 _UNIT = ("pre_ratio", "max_step", "w_tech", "w_eff", "w_hist", "benchmark_step",
-         "max_tightening", "max_loosening", "kappa_max")
+         "max_tightening", "max_loosening", "kappa_max", "gain_share")
 _ANY = ("initial_phi", "phi_min", "phi_max", "alpha_up", "alpha_down", "kappa")
 
 
@@ -68,6 +68,7 @@ class RulesConfig(BaseModel):
     instrument_pattern: str = "CEA-{period}"
     allocation_total: Literal["intensity", "absolute", "floating"] = "intensity"
     cap_tonnes: StrictInt = Field(0, ge=0)
+    gain_share: str = "0"
     benchmarks: list[BenchmarkConfig] = Field(default_factory=list)
 
     @field_validator(*_UNIT)

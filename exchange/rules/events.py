@@ -134,3 +134,18 @@ class SubQuotaSettled:
     action: str  # "revert" | "bank"
     moved: int  # units moved back to the parent
     reserved_left: int  # units of the lot in resting sell orders, left untouched
+
+
+@event("gain_shared")
+class GainShared:
+    """A core firm paid an SME its share of the value of the coupling gain that the SME's
+    verified cut helped make (at the period close; the cash moves in a Posting beside it)."""
+
+    period: int
+    core: str
+    sme: str
+    amount: int  # fen paid
+    gain_t_ppm: int  # the core firm's coupling gain, ppm of a tonne (c x phi x B x Y)
+    price: int  # fen per tonne it was valued at (the period's VWAP, else the reference)
+    share_ppm: int  # gain_share in force
+    weight_ppm: int  # this SME's part of the SMEs' w x g

@@ -38,7 +38,7 @@ from fractions import Fraction
 from typing import Any
 
 from ..core import errors as E
-from ..core.accounts import ISSUER, LOT_SUB_QUOTA
+from ..core.accounts import CASH, ISSUER, LOT_SUB_QUOTA, post_cash
 from ..core.commands import CreateSubQuota, IssueUnits
 from ..core.events import Posting
 from ..core.exchange import Module
@@ -52,7 +52,7 @@ from .commands import (
 )
 from .events import (
     AllocationChanged, AllocationNormalised, BenchmarkSet, BenchmarkUpdated, FactorChanged,
-    InputUseSet, OutputHistorySet, PeriodClosed, PeriodOpened, RulesParamsSet,
+    GainShared, InputUseSet, OutputHistorySet, PeriodClosed, PeriodOpened, RulesParamsSet,
     SubQuotaSettled, SubQuotasSplit, VerifiedRecorded,
 )
 
@@ -77,6 +77,7 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "instrument_pattern": "CEA-{period}",
     "allocation_total": "intensity",
     "cap_tonnes": 0,
+    "gain_share_ppm": 0,
 }
 assert tuple(DEFAULT_PARAMS) == PARAM_FIELDS
 
@@ -94,7 +95,7 @@ def validate_params(p: dict) -> None:
         if k.endswith("_ppm") and (type(v) is not int or not 0 <= v <= MAX_RATIO_PPM):
             raise E.Reject(E.BAD_PARAMETER, f"{k} must be an integer in [0, {MAX_RATIO_PPM}]")
     for k in ("pre_ratio_ppm", "max_step_ppm", "max_tightening_ppm", "benchmark_step_ppm",
-              "w_tech_ppm", "w_eff_ppm", "w_hist_ppm", "kappa_max_ppm"):
+              "w_tech_ppm", "w_eff_ppm", "w_hist_ppm", "kappa_max_ppm", "gain_share_ppm"):
         if p[k] > PPM:
             raise E.Reject(E.BAD_PARAMETER, f"{k} must be within [0, 1] (ppm <= 1000000)")
     if not 0 < p["phi_min_ppm"] <= p["initial_phi_ppm"] <= p["phi_max_ppm"]:
@@ -186,6 +187,7 @@ class RulesModule(Module):
         self.resp: dict[int, dict[str, int]] = {}  # period -> product -> beta (ppm t/unit)
         self.firm_resp: dict[str, dict] = {}  # firm -> latest responsibility (_close_period)
         self.settled_lots: dict[int, dict] = {}  # sub-quota lot -> period-end settlement
+        self.gain_shares: dict[int, list] = {}  # period -> [[core, sme, fen, explanation]]
         self.totals: dict[int, dict] = {}  # period -> its total and scale (see _pre_allocate)
 
     # ================================================================== plumbing
@@ -219,6 +221,7 @@ class RulesModule(Module):
             "firm_resp": dict(sorted(self.firm_resp.items())),
             "settled_lots": per(self.settled_lots),
             "totals": per(self.totals),
+            "gain_shares": per(self.gain_shares),
         }
 
     def load_state(self, s: dict) -> None:
@@ -240,11 +243,13 @@ class RulesModule(Module):
         self.firm_resp = {f: _firm_resp(v) for f, v in s["firm_resp"].items()}
         self.settled_lots = per(s["settled_lots"])
         self.totals = per(s.get("totals", []))
+        self.gain_shares = per(s.get("gain_shares", []))
         # a state written before the total was normalised allocated B x Y x phi per firm:
         # it keeps that meaning ("floating") instead of changing periods already issued
         for _, v in self.schedule:
             v.setdefault("allocation_total", "floating")
             v.setdefault("cap_tonnes", 0)
+            v.setdefault("gain_share_ppm", 0)  # no sharing before the parameter existed
         for d in self.allocs.values():
             for rec in d.values():
                 for k, v in (("mode", "floating"), ("k_pre_num", 1), ("k_pre_den", 1),
@@ -730,8 +735,21 @@ class RulesModule(Module):
             i_gap = i if ref[0] == "responsibility" else F.intensity(verified[f][0],
                                                                        verified[f][1])
             gaps[f] = (F.gap(i_gap, ref[1]), b, ref[0], ref[1], i_gap)
+        # an SME has no benchmark: its sub-quota is its indicator (seed 000's sub-indicator),
+        # so its verified cut is g = 1 - E / sub-quota granted, and counts as a partner's cut
+        sym = self.instrument_for(period)
+        granted: dict[str, int] = {}
+        for lot in ex.sub_quotas.values():
+            if lot["instrument"] == sym:
+                granted[lot["sme"]] = granted.get(lot["sme"], 0) + lot["granted"]
+        for f in sorted(verified):
+            if f not in gaps and granted.get(f, 0) > 0:
+                em = verified[f][0]
+                gaps[f] = (1 - Fraction(em, granted[f]), 0, "sub_quota", granted[f],
+                           Fraction(em))
         # 3. new allocation factors (covered firms with a gap)
         updates = []
+        shares_due = []  # core firms whose partners' cuts raised their factor
         for f in sorted(gaps):
             if not self._covered(ex.accounts[f]) and f not in self.allocs:
                 continue
@@ -763,6 +781,9 @@ class RulesModule(Module):
                      "phi_raw_ppm": _ppm(r["raw"]), "step_limited": r["step_limited"],
                      "bound_limited": r["bound_limited"]}
             updates.append((f, before, r["phi_ppm"], inputs, terms))
+            if c_cap > 0 and params["gain_share_ppm"]:
+                shares_due.append((f, before, b, out, c_cap, partners))
+        gain_payments = self._gain_payments(period, sym, params, shares_due, gaps)
         # 4. benchmark gradient step per product
         by_product: dict[str, list] = {}
         for f, i in inten.items():
@@ -816,6 +837,12 @@ class RulesModule(Module):
         for f, before, after, inputs, terms in updates:
             events.append(self._record_factor(f, period, "verification", before, after,
                                               inputs, terms, c.seq))
+        for core, sme, amount, info in gain_payments:
+            post_cash(ex.accounts[core], ex.accounts[sme], amount)
+            self.gain_shares.setdefault(period, []).append([core, sme, amount, info])
+            events.append(Posting(CASH, core, sme, amount, f"gain_share:{period}"))
+            events.append(GainShared(period, core, sme, amount, info["gain_t_ppm"],
+                                     info["price"], info["share_ppm"], info["weight_ppm"]))
         for prod, before, after, inputs, terms in bench_updates:
             self.benchmarks[prod] = after
             self.bench_history.setdefault(prod, []).append(
@@ -844,6 +871,44 @@ class RulesModule(Module):
         events.insert(0, PeriodClosed(period, len(updates), len(bench_updates), unverified,
                                       dict(sorted(beta.items())), iters))
         return events
+
+    def _gain_payments(self, period: int, sym: str, params: dict, due: list,
+                       gaps: dict) -> list:
+        """What each core firm owes the SMEs whose verified cuts raised its factor: the
+        coupling term c adds c x phi x B x Y tonnes to its raw weight; valued at the period's
+        volume-weighted price of its allowance (the reference price on a day without trades),
+        ``gain_share`` of it goes to its SME partners in proportion to w_fj x g_j (cuts only;
+        an SME that missed its sub-quota gets nothing). Paid from free cash, never more.
+        Returns [(core, sme, fen, explanation)], computed before anything moves."""
+        ex = self.ex
+        comp = ex.modules.get("compliance")
+        vol = getattr(comp, "volume", {}).get(period, {}).get(sym) if comp else None
+        ins = ex.instruments.get(sym)
+        price = (vol[1] // vol[0]) if vol and vol[0] else (ins.reference_price if ins else 0)
+        out = []
+        for f, phi, b, y, c, partners in due:
+            gain_t = Fraction(c) * F.raw_weight(b, y, phi)
+            owed = floor_int(gain_t * price * Fraction(params["gain_share_ppm"], PPM))
+            smes = [(j, w * gj) for j, w, gj in partners
+                    if gj > 0 and ex.accounts[j].size_class == "sme" and gaps.get(j, ())[2:3]
+                    == ("sub_quota",)]
+            owed = min(owed, max(0, ex.accounts[f].cash_available))
+            if owed <= 0 or not smes:
+                continue
+            total_w = sum(w for _, w in smes)
+            for (j, w), amt in zip(smes, F.split_amounts(owed, [w for _, w in smes])):
+                if amt > 0:
+                    out.append((f, j, amt, {"gain_t_ppm": _ppm(gain_t), "price": price,
+                                            "share_ppm": params["gain_share_ppm"],
+                                            "weight_ppm": _ppm(w / total_w)}))
+        return out
+
+    def gain_share_history(self, firm_id: str | None = None) -> list[dict]:
+        """Gain-share payments, per period: [{period, core, sme, amount, ...}]."""
+        return [{"period": p, "core": core, "sme": sme, "amount": amt, **info}
+                for p, rows in sorted(self.gain_shares.items())
+                for core, sme, amt, info in rows
+                if firm_id is None or firm_id in (core, sme)]
 
     # ================================================================== sub-quotas
     def split_weight(self, sme_id: str, strategy: str) -> Fraction:

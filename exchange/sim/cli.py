@@ -188,11 +188,12 @@ def _write_compare(out: Path, key: str, rows: list[dict], results: dict) -> None
         # directly (benefit = direct - scheme), and how many end better off
         sme_cols = ["sme_sub_quota", "sme_direct_allocation", "sme_net_cost",
                     "sme_direct_net_cost", "sme_benefit_vs_direct", "sme_winners", "smes",
-                    "sme_fund_grants", "sme_penalties"]
+                    "sme_gain_share", "sme_fund_grants", "sme_penalties"]
         md += ["## SMEs", "", _table(["variant"] + sme_cols,
                                      [[r["variant"]] + [r[c] for c in sme_cols] for r in rows]),
-               "", "Net cost = abatement + offsets + penalties - trading cash - fund grants; "
-               "direct = the same SMEs allocated their sector's benchmark x output at the same price.", "",
+               "", "Net cost = abatement + offsets + penalties - trading cash - gain share - "
+               "fund grants; direct = the same SMEs allocated their sector's benchmark x "
+               "output at the same price.", "",
                "![SMEs by variant](compare_smes.png)", ""]
         plot_sme_strategies({str(r[key]): sme_stats(results[str(r[key])]) for r in rows},
                             out / "compare_smes.png")

@@ -585,16 +585,11 @@ def _chain_smes(res: RunResult) -> np.ndarray:
     return np.array([s == "sme" for s in res.size_class]) & np.array([c != "" for c in res.chain])
 
 
-SME_FIELDS = ("period", "year", "sme", "chain", "strategy", "sub_quota", "emissions",
-              "surplus", "abatement_cost", "offset_cost", "trading_cash", "penalty",
-              "fund_grants", "net_cost", "direct_allocation", "direct_net_cost", "benefit_vs_direct")
-
-
 def sme_rows(res: RunResult) -> list[dict]:
     """One row per chain SME and period: what the scheme gave and cost it, and what the same
     SME would have paid allocated directly (its sector's benchmark x output, the same price).
-    net cost = abatement + offsets + penalties - trading cash - fund grants; benefit =
-    direct - scheme."""
+    net cost = abatement + offsets + penalties - trading cash - gain share - fund grants;
+    benefit = direct - scheme."""
     rec, sme = res.records, _chain_smes(res)
     strategy = {c.id: c.split_strategy for c in res.scenario.chains}
     out = []
@@ -612,6 +607,7 @@ def sme_rows(res: RunResult) -> list[dict]:
                         "offset_cost": round(float(rec["offset_cost"][t, i]), 2),
                         "trading_cash": round(float(rec["trade_cash"][t, i]), 2),
                         "penalty": round(float(rec["penalty"][t, i]), 2),
+                        "gain_share": round(float(rec["gain_share"][t, i]), 2),
                         "fund_grants": round(float(rec["fund_grants"][t, i]), 2),
                         "net_cost": round(net, 2),
                         "direct_allocation": int(rec["direct_allocation"][t, i]),
@@ -634,6 +630,7 @@ def sme_stats(res: RunResult) -> dict:
             "sme_direct_allocation": int(np.nan_to_num(rec["direct_allocation"][:, sme]).sum()),
             "sme_abatement_cost": float(rec["abatement_cost"][:, sme].sum()),
             "sme_fund_grants": float(rec["fund_grants"][:, sme].sum()),
+            "sme_gain_share": float(rec["gain_share"][:, sme].sum()),
             "sme_net_cost": float(net.sum()),
             "sme_direct_net_cost": float(direct.sum()),
             "sme_benefit_vs_direct": float(benefit.sum()),
@@ -656,6 +653,7 @@ def _sme_section(res: RunResult, strategies: dict[str, dict] | None) -> list[str
               ["SMEs", st["smes"]],
               ["sub-quota received (t)", st["sme_sub_quota"]],
               ["direct allocation instead (t)", st["sme_direct_allocation"]],
+              ["gain share received from core firms (CNY)", st["sme_gain_share"]],
               ["SME fund grants received (CNY)", st["sme_fund_grants"]],
               ["net cost with sub-quotas (CNY)", st["sme_net_cost"]],
               ["net cost if allocated directly (CNY)", st["sme_direct_net_cost"]],

@@ -53,7 +53,7 @@ from ..rules.commands import (
     ClosePeriod, PreAllocate, SetBenchmark, SetInputUse, SetOutputHistory, SetRulesParams,
     SettleSubQuotas, SplitSubQuotas,
 )
-from ..rules.events import AllocationChanged, BenchmarkUpdated, FactorChanged
+from ..rules.events import AllocationChanged, BenchmarkUpdated, FactorChanged, GainShared
 from ..rules.formulas import allocation_tonnes, split_amounts
 from .agents import Curves, abatement_cost, build_population
 from .equilibrium import OffsetRule, OffsetType, closed_form, cover, least_cost, plan
@@ -82,7 +82,8 @@ RECORD_FIELDS = (
     "net_bought", "abatement", "emissions", "obligation", "verified_intensity",
     "offsets_bought", "offsets_used", "allowances_surrendered", "shortfall", "penalty",
     "banked", "abatement_cost", "offset_cost", "no_trade_abatement_cost",
-    "no_trade_offset_cost", "trade_cash", "sme_revenue", "fund_grants", "net_cost",
+    "no_trade_offset_cost", "trade_cash", "sme_revenue", "fund_grants", "gain_share",
+    "net_cost",
     "direct_allocation", "direct_net_cost",
 )
 
@@ -199,6 +200,10 @@ class Simulation:
                 i = idx.get(e.firm_id)
                 if i is not None and "obligation" in ev:
                     ev["obligation"][i] = e.obligation
+            elif tp is GainShared:
+                if "gain_share" in ev:  # + received by the SME, - paid by the core firm
+                    ev["gain_share"][idx[e.sme]] += e.amount / FEN
+                    ev["gain_share"][idx[e.core]] -= e.amount / FEN
             elif tp is ComplianceSettled:
                 i = idx.get(e.firm_id)
                 if i is not None and "shortfall" in ev:
@@ -242,7 +247,7 @@ class Simulation:
                 kappa_ppm=_ppm(r.kappa), kappa_max_ppm=_ppm(r.kappa_max),
                 benchmark_step_ppm=_ppm(r.benchmark_step) if r.update_benchmarks else 0,
                 max_tightening_ppm=_ppm(r.max_tightening),
-                instrument_pattern="CEA-{period}",
+                instrument_pattern="CEA-{period}", gain_share_ppm=_ppm(r.gain_share),
                 # intensity mode holds the total at sum B x Y; floating is an explicit opt-in
                 allocation_total=sc.rules.allocation_total),
         ]
@@ -331,6 +336,7 @@ class Simulation:
             ev = self._ev = {k: np.zeros(n, dtype=np.int64) for k in (
                 "pre_allocation", "true_up", "obligation", "shortfall", "deduction_next")}
             ev["penalty"] = np.zeros(n)
+            ev["gain_share"] = np.zeros(n)
             # 1. output, baseline emissions, MAC curves
             g = pop.growth + np.where(np.isnan(pop.fixed_emissions), 1.0, 0.0) * \
                 growth_draw.normal(0.0, 1.0, n) * np.array(
@@ -526,8 +532,10 @@ class Simulation:
             # what compliance cost each firm, net of its trading: abatement + offsets +
             # penalties - cash from trading (sales minus purchases)
             rec["fund_grants"][t] = grants
+            rec["gain_share"][t] = ev["gain_share"]
             rec["net_cost"][t] = (rec["abatement_cost"][t] + rec["offset_cost"][t]
-                                  + rec["penalty"][t] - rec["trade_cash"][t] - grants)
+                                  + rec["penalty"][t] - rec["trade_cash"][t] - grants
+                                  - ev["gain_share"])
             self._direct_counterfactual(t, rec, cv, rule, base, output, close_price)
 
             # counterfactuals on the same allocation path: no trade (each firm alone), and

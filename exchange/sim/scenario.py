@@ -182,6 +182,9 @@ class RulesConfig(Strict):
     max_step: float = Field(0.05, ge=0, le=1, description="largest relative phi change")
     kappa: float = Field(0.1, ge=0, description="supply-chain coupling")
     kappa_max: float = Field(0.05, ge=0, le=1, description="cap of the coupling term")
+    gain_share: float = Field(0.5, ge=0, le=1, description="share of the value of a core "
+                              "firm's coupling gain it pays the SMEs whose verified cuts "
+                              "(emissions below their sub-quota) made it, at the period close")
     benchmark_step: float = Field(0.5, ge=0, le=1)
     max_tightening: float = Field(0.05, ge=0, le=1)
 
@@ -245,9 +248,10 @@ class ComplianceConfig(Strict):
 
 class SmeFundConfig(Strict):
     """The SME fund (docs/COMPLIANCE.md), present when something finances it: a share of
-    penalties and/or a regulator's budget per period; after each period's deadline every chain SME that abated applies for
-    ``grant_per_tonne`` x its verified abatement, the operator approves, and grants are paid in
-    firm order while the fund and the limits allow."""
+    penalties and/or a regulator's budget per period. After each period's deadline every
+    chain SME that abated applies for ``grant_per_tonne`` x its verified abatement, the
+    operator approves, and grants are paid in firm order while the fund and the limits
+    allow."""
 
     penalty_share: float = Field(0.0, ge=0, le=1, description="share of collected penalties "
                                  "paid into the fund")
