@@ -1,9 +1,14 @@
 """Rules admin API and websocket methods against the real server (loopback, SQLite journal)."""
 from __future__ import annotations
 
+import aiohttp
+
 from exchange.client import ExchangeClient, ExchangeError
 
-from test_server import OPERATOR, POWER, STEEL, op, running_server
+from test_server import CEMENT, OPERATOR, POWER, SME1, STEEL, op, running_server
+
+SME2 = "demo-key-sme2"
+VERIFIER = "verifier-demo-key"
 
 
 async def test_rules_endpoints_and_factor_history(tmp_path):
@@ -116,3 +121,113 @@ async def test_rules_endpoints_and_factor_history(tmp_path):
             except ExchangeError as exc:
                 assert exc.code == "INVALID_PARAMS"
     assert OPERATOR
+
+
+SPLIT = {"parent": "STEEL1", "instrument": "CEA-2026", "amount": 1234, "smes": ["SME1"],
+         "strategy": "equal", "revenue_share": "0.65", "surplus_rule": "bank",
+         "shortfall_rule": "parent", "chain_id": "steelchain"}
+
+
+async def test_firm_sub_quotas_endpoint(tmp_path):
+    """GET /rules/sub-quotas/{firm}: what an SME received and a core firm split out, with the
+    terms; who may read it; its model in the OpenAPI document; the statement's form."""
+    from exchange.rules.api import FirmSubQuotas, SubQuotaLots
+
+    async with running_server(tmp_path) as srv:
+        st, body = await op(srv, "POST", "/rules/splits", SPLIT)
+        assert st == 200, body
+        lot_id = [e for e in body["events"] if e["type"] == "sub_quota_created"][0]["lot_id"]
+        created_seq = body["seq"]
+
+        st, mine = await op(srv, "GET", "/rules/sub-quotas/SME1", key=SME1)
+        assert st == 200, mine
+        FirmSubQuotas.model_validate(mine)  # closed: an undescribed field fails here
+        assert (mine["firm_id"], mine["size_class"], mine["split_out"]) == ("SME1", "sme", [])
+        # the demo's genesis lot (3,000 t, 70 %, revert, parent) and the one just split
+        assert [(q["parent"], q["granted"], q["revenue_share"]) for q in mine["received"]] == [
+            ("STEEL1", 3000, "0.7"), ("STEEL1", 1234, "0.65")]
+        assert mine["received"][1] == {
+            "lot_id": lot_id, "period": 2026, "instrument": "CEA-2026", "parent": "STEEL1",
+            "sme": "SME1", "chain_id": "steelchain", "granted": 1234, "held": 1234, "sold": 0,
+            "revenue_share": "0.65", "revenue_share_ppm": 650_000, "surplus_rule": "bank",
+            "shortfall_rule": "parent", "sme_proceeds": 0, "parent_proceeds": 0,
+            "created_seq": created_seq, "settlement": None, "compliance": {}}
+        # the core firm sees what it split out, to whom, with the same terms
+        st, steel = await op(srv, "GET", "/rules/sub-quotas/STEEL1", key=STEEL)
+        assert st == 200 and steel["received"] == []
+        assert steel["split_out"] == mine["received"]
+        st, cement = await op(srv, "GET", "/rules/sub-quotas/CEMENT1", key=CEMENT)
+        assert [(q["sme"], q["granted"], q["surplus_rule"], q["shortfall_rule"])
+                for q in cement["split_out"]] == [("SME2", 2000, "bank", "sme")]
+        # operator and verifier read any firm's; a firm only its own; nobody without a key
+        st, body = await op(srv, "GET", "/rules/sub-quotas/SME1")
+        assert st == 200 and body == mine
+        st, body = await op(srv, "GET", "/rules/sub-quotas/SME1", key=VERIFIER)
+        assert st == 200 and body == mine
+        for key, firm in ((SME1, "STEEL1"), (STEEL, "SME1"), (SME2, "SME1")):
+            st, body = await op(srv, "GET", f"/rules/sub-quotas/{firm}", key=key)
+            assert st == 403 and body["error"]["code"] == "FORBIDDEN", (key, firm)
+        st, body = await op(srv, "GET", "/rules/sub-quotas/SME1", key=None)
+        assert st == 401 and body["error"]["code"] == "AUTH_FAILED"
+        for firm in ("NOPE", "@sme_fund"):
+            st, body = await op(srv, "GET", f"/rules/sub-quotas/{firm}")
+            assert st == 404 and body["error"]["code"] == "UNKNOWN_ACCOUNT", firm
+        # ?period=: the lots of that period's allowance only
+        st, body = await op(srv, "GET", "/rules/sub-quotas/SME1?period=2026", key=SME1)
+        assert st == 200 and len(body["received"]) == 2
+        st, body = await op(srv, "GET", "/rules/sub-quotas/SME1?period=2027", key=SME1)
+        assert st == 200 and body["received"] == []
+        st, body = await op(srv, "GET", "/rules/sub-quotas/SME1?period=x", key=SME1)
+        assert st == 422 and body["error"]["code"] == "INVALID_PARAMS"
+        # the operator's list has the same rows, in the same model
+        st, every = await op(srv, "GET", "/rules/sub-quotas")
+        SubQuotaLots.model_validate(every)
+        assert [q for q in every["sub_quotas"] if q["sme"] == "SME1"] == mine["received"]
+        st, body = await op(srv, "GET", "/rules/sub-quotas", key=SME1)
+        assert st == 403
+
+        # the period end: the settlement shows on the lot
+        for step in ("pre_allocate", "settle_sub_quotas"):
+            st, body = await op(srv, "POST", "/rules/allocation-runs",
+                                {"period": 2026, "step": step})
+            assert st == 200, body
+        st, body = await op(srv, "GET", "/rules/sub-quotas/SME1", key=SME1)
+        FirmSubQuotas.model_validate(body)
+        assert [(q["settlement"]["period"], q["settlement"]["action"])
+                for q in body["received"]] == [(2026, "revert"), (2026, "bank")]
+
+        # the OpenAPI document: firm-readable, with its response model
+        st, doc = await op(srv, "GET", "/openapi.json", key=None)
+        get = doc["paths"]["/api/v1/rules/sub-quotas/{firm_id}"]["get"]
+        assert get["responses"]["200"]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/FirmSubQuotas"}
+        assert set(get["x-roles"]) == {"operator", "verifier", "firm"}
+        lst = doc["paths"]["/api/v1/rules/sub-quotas"]["get"]
+        assert lst["responses"]["200"]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/SubQuotaLots"}
+        props = doc["components"]["schemas"]["SubQuotaLot"]["properties"]
+        assert {"revenue_share", "surplus_rule", "shortfall_rule", "chain_id", "parent",
+                "granted", "held", "sold", "settlement"} <= set(props)
+        assert props["surplus_rule"]["enum"] == ["revert", "bank"]
+
+        # the firm statement (HTTP form) has the same terms, in JSON and CSV
+        st, stmt = await op(srv, "GET", "/compliance/statements/SME1/2026", key=SME1)
+        assert st == 200, stmt
+        q = [x for x in stmt["sub_quotas"] if x["lot_id"] == lot_id][0]
+        assert {k: q[k] for k in ("role", "parent", "period", "chain_id", "granted",
+                                  "revenue_share", "surplus_rule", "shortfall_rule")} == {
+            "role": "sme", "parent": "STEEL1", "period": 2026, "chain_id": "steelchain",
+            "granted": 1234, "revenue_share": "0.65", "surplus_rule": "bank",
+            "shortfall_rule": "parent"}
+        assert q["settlement"]["action"] == "bank"
+        async with aiohttp.ClientSession() as s:
+            async with s.get(srv.http + "/api/v1/compliance/statements/STEEL1/2026?format=csv",
+                             headers={"Authorization": f"Bearer {STEEL}"}) as r:
+                csv_text = await r.text()
+        st, steel_stmt = await op(srv, "GET", "/compliance/statements/STEEL1/2026", key=STEEL)
+        i = [x["lot_id"] for x in steel_stmt["sub_quotas"]].index(lot_id)
+        for line in (f"sub_quotas[{i}].role,parent", f"sub_quotas[{i}].sme,SME1",
+                     f"sub_quotas[{i}].revenue_share,0.65",
+                     f"sub_quotas[{i}].chain_id,steelchain",
+                     f"sub_quotas[{i}].settlement.action,bank"):
+            assert line in csv_text.splitlines(), line

@@ -32,6 +32,50 @@ def _coef_text(ppm: int) -> str:
     return f"{ppm // PPM}.{ppm % PPM:06d}".rstrip("0").rstrip(".")
 
 
+def _share_text(ppm: int) -> str:
+    """A ratio in ppm as a decimal string, fixed point: 700,000 -> "0.7", 1,000,000 -> "1"."""
+    return _coef_text(ppm)
+
+
+def _pct_text(ppm: int) -> str:
+    """A ratio in ppm as a percentage: 700,000 -> "70 %", 333,333 -> "33.3333 %"."""
+    return f"{ppm // 10_000}.{ppm % 10_000:04d}".rstrip("0").rstrip(".") + " %"
+
+
+_SURPLUS_TEXT = {"revert": "surplus reverts to the parent", "bank": "surplus stays banked "
+                 "with the SME"}
+_SHORTFALL_TEXT = {"sme": "shortfall borne by the SME", "parent": "shortfall covered by the "
+                   "parent"}
+
+
+def _sub_quota_lines(st: dict) -> list[str]:
+    L = []
+    for q in st["sub_quotas"]:
+        head = (f"received from {q['parent']}" if q["role"] == "sme"
+                else f"split to {q['sme']}")
+        chain = f" in chain {q['chain_id']}" if q.get("chain_id") else ""
+        L.append(f"  Sub-quota #{q['lot_id']} {head}{chain}: {q['instrument']} granted "
+                 f"{q['granted']} t, held {q['held']} t, sold {q['sold']} t")
+        share = q["revenue_share_ppm"]
+        surplus = _SURPLUS_TEXT.get(q["surplus_rule"], q["surplus_rule"])
+        shortfall = _SHORTFALL_TEXT.get(q["shortfall_rule"], q["shortfall_rule"])
+        L.append(f"    terms: SME keeps {_pct_text(share)} of proceeds (parent "
+                 f"{_pct_text(PPM - share)}); {surplus}; {shortfall}")
+        if q["sold"]:
+            L.append(f"    proceeds: SME {format_price(q['sme_proceeds_fen'])} CNY, parent "
+                     f"{format_price(q['parent_proceeds_fen'])} CNY")
+        use = {k: v for k, v in q["compliance"].items() if k != "settled_period" and v}
+        if use:
+            L.append("    at the deadline: " + ", ".join(
+                f"{k.replace('_', ' ')} {v} t" for k, v in use.items()))
+        s = q.get("settlement")
+        if s:
+            left = f", {s['reserved_left']} t in orders left" if s["reserved_left"] else ""
+            L.append(f"    period end {s['period']}: surplus {s['surplus']} t "
+                     f"{'reverted' if s['action'] == 'revert' else 'banked'}{left}")
+    return L
+
+
 def _offsets_vs_cap(m: ComplianceModule, rec: dict, period: int, ts: int) -> dict:
     obligation = m.obligation_of(rec)
     cap_bps, subs = m.cap_at(period, ts)
@@ -126,13 +170,20 @@ def firm_statement(ex, firm_id: str, period: int) -> dict[str, Any]:
         {"instrument": sym, "bought": a[0], "buy_notional_fen": a[1], "sold": a[2],
          "sell_notional_fen": a[3], "trades": a[4], "fees_fen": a[5]}
         for sym, a in sorted(m.trades.get(firm_id, {}).get(period, {}).items())]
+    # sub-quotas the firm received (an SME) or split out (a core firm), with their terms; the
+    # period-end settlement of the surplus is the rules module's (settle_sub_quotas)
+    settled = getattr(rules, "settled_lots", None) or {}
     st["sub_quotas"] = [
         {"lot_id": lid, "role": "sme" if lot["sme"] == firm_id else "parent",
          "parent": lot["parent"], "sme": lot["sme"], "instrument": lot["instrument"],
+         "period": getattr(ex.instruments.get(lot["instrument"]), "vintage", None),
+         "chain_id": lot.get("chain_id"), "created_seq": lot.get("created_seq"),
          "granted": lot["granted"], "held": lot["held"], "sold": lot["sold"],
+         "revenue_share": _share_text(lot["revenue_share_ppm"]),
          "revenue_share_ppm": lot["revenue_share_ppm"], "surplus_rule": lot["surplus_rule"],
          "shortfall_rule": lot["shortfall_rule"], "sme_proceeds_fen": lot["sme_proceeds"],
          "parent_proceeds_fen": lot["parent_proceeds"],
+         "settlement": dict(settled[lid]) if lid in settled else None,
          "compliance": dict(sorted(m.sub_quota_use.get(lid, {}).items()))}
         for lid, lot in sorted(ex.sub_quotas.items())
         if firm_id in (lot["sme"], lot["parent"])]
@@ -362,11 +413,16 @@ def statement_text(st: dict) -> str:
     for h, v in st["holdings"].items():
         L.append(f"  Holding {h:<12} {v['total']:>10} t (reserved {v['reserved']})")
     L.append(f"  Cash {format_price(st['cash']['cash_fen'])} CNY")
+    L.extend(_sub_quota_lines(st))
     f = st.get("sme_fund")
     for g in (f or {}).get("applications", ()):
+        why = f": {g['reason']}" if g["status"] == "rejected" and g.get("reason") else ""
         L.append(f"  SME fund grant #{g['application_id']} {g['status']}: "
                  f"{format_price(g['amount_fen'])} CNY for {g['project']!r} "
-                 f"({g['verified_abatement_t']} t abated)")
+                 f"({g['verified_abatement_t']} t abated){why}")
+    if f and (f["received_fen"] or f["applications"]):
+        L.append(f"  SME fund: received {format_price(f['received_fen'])} CNY in grants for "
+                 f"{st['period']}")
     if f and f["penalty_to_fund_fen"]:
         L.append(f"  Of the penalty, {format_price(f['penalty_to_fund_fen'])} CNY went to the "
                  f"SME fund")

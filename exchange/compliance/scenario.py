@@ -2,8 +2,9 @@
 
 Everything goes through ordinary commands on a :class:`~exchange.engine.Sequencer`, with
 timestamps inside the period: the demo market of ``config/default.toml`` trades in 2026, the firms
-submit activity data in February 2027, the verifier verifies, the firms surrender, and the
-operator runs deadline processing after the 2026 deadline.
+submit activity data in February 2027, the verifier verifies, the firms surrender, the
+operator runs deadline processing after the 2026 deadline, and the SME fund (fed by the
+penalties) pays SME1 a grant while SME2's application is still pending.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from ..engine import Sequencer
 from ..market import genesis_commands
 from .commands import ProcessComplianceDeadline, SubmitActivityData, SurrenderUnits, VerifyEmissions
 from .config import to_ns
+from .fund import ApplyForGrant, ApproveGrant, DisburseGrant
 
 # (firm, fuels, process emissions, output, surrenders ((instrument, qty), ...))
 DEMO_SUBMISSIONS = (
@@ -63,6 +65,16 @@ def demo_period(config: str | None = None, period: int = 2026, sequencer: bool =
     deadline = seq.ex.modules["compliance"].periods[period]["deadline_ts"] or seq.ts
     seq.ts = max(seq.ts, deadline)
     ok(ProcessComplianceDeadline(period=period, operator="demo"))
+    if "sme_fund" in seq.ex.modules and seq.ex.modules["sme_fund"].configured:
+        # the penalties fed the SME fund: one grant paid, one application still pending, so
+        # the SMEs' statements show the fund's side too
+        app_id = ok(ApplyForGrant(sme="SME1", period=period, amount=8_000_000,
+                                  project="waste-heat recovery",
+                                  verified_abatement_t=120))[0].application_id
+        ok(ApproveGrant(application_id=app_id, operator="demo"))
+        ok(DisburseGrant(application_id=app_id, operator="demo"))
+        ok(ApplyForGrant(sme="SME2", period=period, amount=5_000_000, project="kiln insulation",
+                         verified_abatement_t=60))
     seq.ex.check_invariants()
     return seq if sequencer else seq.ex
 
