@@ -396,3 +396,169 @@ def test_revoked_key_is_reported_in_words(page, server):
     expect(page.locator(".toasts")).to_contain_text("KEY_REVOKED")
     expect(page.locator("#firm-conn")).to_have_attribute("data-state", "error", timeout=15_000)
     expect(page.locator(".toasts")).to_contain_text("AUTH_FAILED")
+
+
+# ------------------------------------------------------------------ SME sub-quotas and the fund
+SME_SPLIT = {"parent": "STEEL1", "instrument": "CEA-2026", "amount": 1234, "smes": ["SME1"],
+             "strategy": "equal", "revenue_share": "0.65", "surplus_rule": "bank",
+             "shortfall_rule": "parent", "chain_id": "steelchain"}
+
+
+@pytest.fixture(scope="module")
+def sme_setup(server):
+    """Through the operator API: STEEL1 splits 1,234 t of CEA-2026 to SME1 (65 % revenue
+    share, surplus banked, shortfall covered by the parent); the budget deposits 100,000.00
+    into the SME fund; SME1 applies (with its own key) for 80,000.00, which is approved and
+    paid, and for 30,000.00 more, which is rejected with a reason. Then SME1 sells 100 t of
+    its older sub-quota on the SME board."""
+    base = server["base"]
+    status, r = http(base, "POST", "/rules/splits", SME_SPLIT)
+    assert status == 200, r
+    lot = [e for e in r["events"] if e["type"] == "sub_quota_created"][0]["lot_id"]
+    f = "/compliance/sme-fund"
+    status, r = http(base, "POST", f + "/deposits",
+                     {"amount": "100000.00", "period": 2026, "ref": "MEE budget 2026"})
+    assert status == 200, r
+    ids = []
+    for amount, project, tonnes in (("80000.00", "waste-heat recovery", 120),
+                                    ("30000.00", "kiln insulation", 45)):
+        status, r = http(base, "POST", f + "/applications",
+                         {"period": 2026, "amount": amount, "project": project,
+                          "verified_abatement_t": tonnes}, key="demo-key-sme1")
+        assert status == 200, r
+        ids.append(r["events"][0]["application_id"])
+    paid, refused = ids
+    # POWER1 buys 100 t of the demo's resting SME-board offer (SME1, 85.20, from its genesis
+    # lot #1, no fee): of 8,520.00 the SME keeps 70 % = 5,964.00, STEEL1 gets 2,556.00
+    (fill,) = place(server, "demo-key-power1",
+                    dict(instrument="CEA-2026", segment="sme", side="buy", qty=100,
+                         price="85.20", tif="IOC", client_order_id="sme-buy-1"))
+    assert fill["cum_qty"] == 100, fill
+    for path, body in ((f"/applications/{paid}/approve", {}),
+                       (f"/applications/{paid}/disburse", {}),
+                       (f"/applications/{refused}/reject",
+                        {"reason": "no verification report attached"})):
+        status, r = http(base, "POST", f + path, body)
+        assert status == 200, r
+    return {"lot": lot, "paid": paid, "refused": refused}
+
+
+def shot_of(locator, name: str) -> None:
+    """A screenshot of one panel (the full page is long once the SME panels are in it)."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    locator.page.evaluate("document.getElementById('toasts').replaceChildren()")
+    locator.screenshot(path=str(SHOTS / f"{name}.png"))
+
+
+def test_sme_sees_its_sub_quotas_and_grants_and_core_firm_what_it_split(page, server,
+                                                                          sme_setup):
+    from playwright.sync_api import expect
+
+    lot, paid, refused = sme_setup["lot"], sme_setup["paid"], sme_setup["refused"]
+    page.click("#tab-firm")
+    page.fill("#firm-key", "demo-key-sme1")
+    page.click("#firm-key-form button[type=submit]")
+    expect(page.locator("#firm-whoami")).to_have_text("SME1")
+    # the sub-quota the operator just split, from STEEL1, with its terms in words
+    row = page.locator(f'#firm-sq-received tr[data-lot="{lot}"] td')
+    expect(row).to_have_text([f"#{lot}", "2026", "CEA-2026", "STEEL1", "steelchain", "1,234",
+                              "1,234", "0", "SME 65 % · parent 35 %", "banked by SME",
+                              "parent covers", "—", "open"])
+    # the demo's genesis lot: 3,000 t, 70 %, reverts; 100 t of it sold, the proceeds split
+    expect(page.locator('#firm-sq-received tr[data-lot="1"] td')).to_have_text(
+        ["#1", "2026", "CEA-2026", "STEEL1", "steelchain", "3,000", "2,900", "100",
+         "SME 70 % · parent 30 %", "reverts to parent", "parent covers", "5,964.00 / 2,556.00",
+         "open"])
+    expect(page.locator("#firm-sq-meta")).to_have_text("received 4,234 t in 2 lot(s)")
+    expect(page.locator("#firm-sq-split-box")).to_be_hidden()  # an SME split nothing out
+    # the same figures on the server
+    status, mine = http(server["base"], "GET", "/rules/sub-quotas/SME1", key="demo-key-sme1")
+    assert status == 200
+    assert [(q["lot_id"], q["granted"], q["revenue_share"]) for q in mine["received"]] == [
+        (1, 3000, "0.7"), (lot, 1234, "0.65")]
+    assert (mine["received"][0]["sme_proceeds"], mine["received"][0]["parent_proceeds"]) == (
+        596_400, 255_600)
+    # its grants: one paid, one rejected with the reason
+    expect(page.locator("#firm-fund-panel")).to_be_visible()
+    expect(page.locator(f'#firm-grants tr[data-application="{paid}"] td')).to_have_text(
+        [f"#{paid}", "2026", "waste-heat recovery", "120", "80,000.00", "disbursed",
+         re.compile(r"^\d{4}-\d\d-\d\d$"), re.compile(r"^paid \d{4}-\d\d-\d\d · seq \d+$")])
+    expect(page.locator(f'#firm-grants tr[data-application="{refused}"] td')).to_have_text(
+        [f"#{refused}", "2026", "kiln insulation", "45", "30,000.00", "rejected",
+         re.compile(r"^\d{4}-\d\d-\d\d$"),
+         "rejected by demo operator: no verification report attached"])
+    expect(page.locator("#firm-fund-meta")).to_have_text(
+        "received 80,000.00 CNY for 2026 of 200,000.00 per period")
+    status, apps = http(server["base"], "GET", "/compliance/sme-fund/applications",
+                        key="demo-key-sme1")
+    assert status == 200 and [(a["application_id"], a["status"]) for a in
+                              apps["applications"]] == [(paid, "disbursed"),
+                                                        (refused, "rejected")]
+    page.wait_for_timeout(150)
+    shot(page, "firm-sme")
+    shot_of(page.locator("#firm-sq-panel"), "firm-sme-sub-quotas")
+    shot_of(page.locator("#firm-fund-panel"), "firm-sme-grants")
+    # a sale while the page is open moves the holdings: the panel follows (refresh <= 5 s)
+    place(server, "demo-key-power1",
+          dict(instrument="CEA-2026", segment="sme", side="buy", qty=50, price="85.20",
+               tif="IOC", client_order_id="sme-buy-2"))
+    cells = page.locator('#firm-sq-received tr[data-lot="1"] td')
+    expect(cells.nth(7)).to_have_text("150", timeout=15_000)
+    expect(cells.nth(11)).to_have_text("8,946.00 / 3,834.00")
+
+    # the core firm sees what it split out, to whom, on the same terms; no fund panel
+    page.click("#firm-signout")
+    page.fill("#firm-key", "demo-key-steel1")
+    page.click("#firm-key-form button[type=submit]")
+    expect(page.locator("#firm-whoami")).to_have_text("STEEL1")
+    expect(page.locator(f'#firm-sq-split tr[data-lot="{lot}"] td')).to_have_text(
+        [f"#{lot}", "2026", "CEA-2026", "SME1", "steelchain", "1,234", "1,234", "0",
+         "SME 65 % · parent 35 %", "banked by SME", "parent covers", "—", "open"])
+    expect(page.locator('#firm-sq-split tr[data-lot="1"] td')).to_have_text(
+        ["#1", "2026", "CEA-2026", "SME1", "steelchain", "3,000", "2,850", "150",
+         "SME 70 % · parent 30 %", "reverts to parent", "parent covers", "8,946.00 / 3,834.00",
+         "open"])
+    expect(page.locator("#firm-sq-split tbody tr")).to_have_count(2)  # not CEMENT1's lot
+    expect(page.locator("#firm-sq-received-box")).to_be_hidden()
+    expect(page.locator("#firm-fund-panel")).to_be_hidden()
+    expect(page.locator("#firm-sq-meta")).to_have_text("split out 4,234 t in 2 lot(s)")
+    shot_of(page.locator("#firm-sq-panel"), "firm-core-sub-quotas")
+
+
+def test_operator_sees_sme_fund_statement_and_sub_quotas(page, server, sme_setup):
+    from playwright.sync_api import expect
+
+    lot, paid = sme_setup["lot"], sme_setup["paid"]
+    page.click("#tab-operator")
+    page.fill("#operator-key", OPERATOR_KEY)
+    page.click("#operator-key-form button[type=submit]")
+    expect(page.locator("#operator-main")).to_be_visible()
+    # the public statement: 100,000.00 from the budget, 80,000.00 paid, 20,000.00 left
+    status, fund = http(server["base"], "GET", "/compliance/sme-fund", key=None)
+    assert status == 200 and fund["balance_fen"] == 2_000_000
+    kpi = page.locator("#fund-kpis")
+    expect(kpi.locator('[data-kpi="balance"] span')).to_have_text("20,000.00")
+    expect(kpi.locator('[data-kpi="budget"] span')).to_have_text("100,000.00")
+    expect(kpi.locator('[data-kpi="penalty"] span')).to_have_text("0.00")
+    expect(kpi.locator('[data-kpi="grants"] span')).to_have_text("80,000.00 · 1")
+    expect(kpi.locator('[data-kpi="applications"] span')).to_have_text(
+        "0 pending · 0 approved · 1 rejected")
+    expect(page.locator("#fund-params")).to_contain_text(
+        "30 % of each penalty · 10 % of auction proceeds · per SME and period 200,000.00 CNY"
+        " · per period 1,000,000.00 CNY")
+    expect(page.locator('#fund-periods tr[data-period="2026"] td')).to_have_text(
+        ["2026", "0.00", "100,000.00", "0.00", "100,000.00", "80,000.00 (1)"])
+    expect(page.locator(f'#fund-grants tr[data-application="{paid}"] td')).to_have_text(
+        [f"#{paid}", "SME1", "2026", "waste-heat recovery", "120", "80,000.00",
+         re.compile(r"^\d{4}-\d\d-\d\d · seq \d+$")])
+    expect(page.locator("#fund-grants tbody tr")).to_have_count(1)  # paid grants only
+    # every lot, both sides and the terms
+    expect(page.locator(f'#op-sq tr[data-lot="{lot}"] td')).to_have_text(
+        [f"#{lot}", "2026", "CEA-2026", "STEEL1", "SME1", "steelchain", "1,234", "1,234", "0",
+         "SME 65 % · parent 35 %", "banked by SME", "parent covers", "—", "open"])
+    expect(page.locator('#op-sq tr[data-lot="2"] td').nth(4)).to_have_text("SME2")
+    status, lots = http(server["base"], "GET", "/rules/sub-quotas")
+    expect(page.locator("#op-sq tbody tr")).to_have_count(len(lots["sub_quotas"]))
+    page.wait_for_timeout(150)
+    shot_of(page.locator("#fund-panel"), "operator-sme-fund")
+    shot_of(page.locator("#op-sq-panel"), "operator-sub-quotas")

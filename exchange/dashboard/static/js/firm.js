@@ -2,7 +2,8 @@
 // Everything goes through the websocket with the firm's own API key.
 import { $, el, setRows, qty, money, px, nsToTime, showError, clearMsg, toast, ApiError } from "./util.js";
 import { WsClient } from "./wsclient.js";
-import { HttpApi } from "./api.js";
+import { HttpApi, publicApi } from "./api.js";
+import { cny, grantRows, renderLots } from "./sme.js";
 
 const LIVE = new Set(["new", "partially_filled"]);
 
@@ -107,12 +108,78 @@ export class FirmView {
     this.renderExecs();
     this.http = new HttpApi(key);
     this.loadCompliance();
+    this.loadSme();
   }
 
   /** Holdings moved (a surrender, an allocation, a trade): refresh compliance, at most every 5 s. */
   scheduleCompliance() {
     if (this.compTimer) return;
-    this.compTimer = setTimeout(() => { this.compTimer = null; if (this.http) this.loadCompliance(); }, 5000);
+    this.compTimer = setTimeout(() => {
+      this.compTimer = null;
+      // a sale of sub-quota units, a grant paid or a lot reverted also moves the holdings
+      if (this.http) { this.loadCompliance(); this.loadSme(); }
+    }, 5000);
+  }
+
+  /**
+   * Sub-quotas the firm received (an SME: from which core firm, on what terms) or split out
+   * (a core firm: to whom, on the same terms), and an SME's grant applications to the SME fund.
+   */
+  async loadSme() {
+    const firm = this.firm;
+    const enc = encodeURIComponent(firm);
+    const recvBox = $("#firm-sq-received-box"), splitBox = $("#firm-sq-split-box");
+    let sq = null;
+    try {
+      sq = await this.http.get(`/rules/sub-quotas/${enc}`);
+    } catch (e) {
+      recvBox.hidden = false;
+      splitBox.hidden = true;
+      renderLots($("#firm-sq-received"), [], "received", `Sub-quotas unavailable — ${e.text || e.message}`);
+    }
+    if (firm !== this.firm) return; // signed out or switched firm meanwhile
+    const isSme = sq ? sq.size_class === "sme" : false;
+    if (sq) {
+      // an SME always sees what it received, a core firm what it split out; the other side
+      // only when there is something on it
+      recvBox.hidden = !(isSme || sq.received.length);
+      splitBox.hidden = !(!isSme || sq.split_out.length);
+      renderLots($("#firm-sq-received"), sq.received, "received", "No sub-quotas received");
+      renderLots($("#firm-sq-split"), sq.split_out, "split_out", "No sub-quotas split out");
+      const out = sq.split_out.reduce((n, q) => n + q.granted, 0);
+      const got = sq.received.reduce((n, q) => n + q.granted, 0);
+      $("#firm-sq-meta").textContent = [
+        sq.received.length ? `received ${qty(got)} t in ${sq.received.length} lot(s)` : "",
+        sq.split_out.length ? `split out ${qty(out)} t in ${sq.split_out.length} lot(s)` : ""]
+        .filter(Boolean).join(" · ");
+    }
+    await this.loadGrants(isSme);
+  }
+
+  /** The firm's own grant applications (GET /compliance/sme-fund/applications, firm key). */
+  async loadGrants(isSme) {
+    const panel = $("#firm-fund-panel");
+    let apps;
+    try {
+      apps = (await this.http.get("/compliance/sme-fund/applications")).applications;
+    } catch (e) {
+      panel.hidden = !isSme;
+      setRows($("#firm-grants tbody"), [], `Grant applications unavailable — ${e.text || e.message}`, 8);
+      return;
+    }
+    // grants are for SMEs: a large firm's console shows the panel only if it has applications
+    panel.hidden = !(isSme || apps.length);
+    setRows($("#firm-grants tbody"), grantRows(apps), "No grant applications", 8);
+    const received = {};
+    for (const a of apps) if (a.status === "disbursed") received[a.period] = (received[a.period] || 0) + a.amount_fen;
+    let limit = null;
+    try {
+      const p = (await publicApi.get("/compliance/sme-fund")).params;
+      limit = p ? p.sme_period_limit_fen : null;
+    } catch { /* the limit is a hint only; the applications above are what matters */ }
+    const parts = Object.entries(received).sort().map(([per, fen]) =>
+      `received ${cny(fen)} CNY for ${per}${limit !== null && limit !== undefined ? ` of ${cny(limit)} per period` : ""}`);
+    $("#firm-fund-meta").textContent = parts.join(" · ") || (apps.length ? "nothing paid yet" : "");
   }
 
   /** The firm's allocation factor and, per compliance period, its statement's key figures. */

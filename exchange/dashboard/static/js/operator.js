@@ -1,7 +1,8 @@
 // Operator view (operator credential): market control (halt / resume, price bands), firms with
 // allocation factors and compliance status, offset caps with a what-if preview before a change.
 import { $, el, setRows, qty, px, bpsToPct, pctToBps, showError, clearMsg, toast, errorText, ApiError } from "./util.js";
-import { HttpApi } from "./api.js";
+import { HttpApi, publicApi } from "./api.js";
+import { cny, paidGrantRows, renderLots } from "./sme.js";
 
 // The operator API endpoints this view uses (exchange/server/api.py, exchange/compliance/api.py,
 // exchange/rules/api.py). Kept in one place so a route change is a one-line change here.
@@ -17,6 +18,8 @@ export const ENDPOINTS = {
   capWhatIf: (p) => `/compliance/periods/${p}/cap/what-if`,
   capSet: (p) => `/compliance/periods/${p}/cap`,
   factor: (firm) => `/rules/factors/${encodeURIComponent(firm)}`,
+  fund: "/compliance/sme-fund", // public: read without the operator's key
+  subQuotas: "/rules/sub-quotas",
 };
 
 const bpsToPctText = (b) => (b % 100 ? `${Math.floor(b / 100)}.${String(b % 100).padStart(2, "0")}` : String(b / 100));
@@ -109,7 +112,7 @@ export class OperatorView {
   async refresh() {
     if (!this.api) return;
     await Promise.all([this.loadState(), this.loadInstruments(), this.loadPeriods()]);
-    await Promise.all([this.loadFirms(), this.loadCaps()]);
+    await Promise.all([this.loadFirms(), this.loadCaps(), this.loadFund(), this.loadSubQuotas()]);
   }
 
   async loadState() {
@@ -415,5 +418,68 @@ export class OperatorView {
     });
     setRows($("#op-firms tbody"), rows, "No firms", 9);
     $("#op-firms-note").textContent = notes.join(" · ");
+  }
+
+  // ------------------------------------------------------------------ SME fund, sub-quotas
+  /** The fund's public statement: balance, inflows by source and period, grants paid. */
+  async loadFund() {
+    let f;
+    try {
+      f = await publicApi.get(ENDPOINTS.fund);
+    } catch (e) {
+      $("#fund-kpis").replaceChildren(el("div", { class: "neg small", text: `SME fund statement unavailable — ${errorText(e)}` }));
+      $("#fund-params").textContent = "";
+      setRows($("#fund-periods tbody"), [], "—", 6);
+      setRows($("#fund-grants tbody"), [], "—", 7);
+      return;
+    }
+    const src = f.inflows.by_source;
+    const apps = f.applications || {};
+    const kpi = (label, value, opts = {}) => el("div", { class: "kpi", dataset: { kpi: opts.key || label } },
+      el("label", { text: label }), el("span", { class: opts.cls || "", title: opts.title || "", text: value }));
+    $("#fund-kpis").replaceChildren(
+      kpi("Balance (CNY)", cny(f.balance_fen), { key: "balance", cls: "strong",
+        title: f.balance_check.ok ? "balance = inflows − grants (checked)" : "balance check FAILED" }),
+      kpi("Inflows", cny(f.inflows.total_fen), { key: "inflows" }),
+      kpi("from penalties", cny(src.penalty), { key: "penalty" }),
+      kpi("from the budget", cny(src.budget), { key: "budget" }),
+      kpi("from auctions", cny(src.auction), { key: "auction" }),
+      kpi("Grants paid", `${cny(f.grants.total_fen)} · ${f.grants.count}`, { key: "grants", title: "total CNY · number of grants" }),
+      kpi("Applications", `${apps.pending || 0} pending · ${apps.approved || 0} approved · ${apps.rejected || 0} rejected`, { key: "applications" }));
+    const p = f.params;
+    const limit = (v) => (v === null || v === undefined ? "no limit" : `${cny(v)} CNY`);
+    $("#fund-params").textContent = !f.configured || !p ? "The fund is not configured."
+      : `${bpsToPct(p.penalty_to_fund_bps)} of each penalty · ${bpsToPct(p.auction_to_fund_bps)} of auction proceeds · `
+        + `per SME and period ${limit(p.sme_period_limit_fen)} · per period ${limit(p.period_limit_fen)}`
+        + ` · set ${p.operator ? `by ${p.operator} ` : ""}at seq ${p.effective_seq}`;
+    $("#fund-meta").textContent = `public statement · as of seq ${f.as_of_seq}${f.balance_check.ok ? "" : " · BALANCE CHECK FAILED"}`;
+    const paidBy = Object.fromEntries(f.grants.by_period.map((g) => [g.period, g]));
+    const periods = [...new Set([...f.inflows.by_period.map((r) => r.period), ...Object.keys(paidBy).map(Number)])].sort();
+    const inBy = Object.fromEntries(f.inflows.by_period.map((r) => [r.period, r]));
+    setRows($("#fund-periods tbody"), periods.map((per) => {
+      const r = inBy[per] || { penalty: 0, budget: 0, auction: 0, total_fen: 0 };
+      const g = paidBy[per];
+      return el("tr", { dataset: { period: per } },
+        el("td", { class: "strong", text: String(per) }),
+        el("td", { class: "num", text: cny(r.penalty) }), el("td", { class: "num", text: cny(r.budget) }),
+        el("td", { class: "num", text: cny(r.auction) }), el("td", { class: "num", text: cny(r.total_fen) }),
+        el("td", { class: "num", title: g && g.limit_fen !== null ? `limit ${cny(g.limit_fen)} CNY` : "",
+          text: g ? `${cny(g.total_fen)} (${g.grants})` : "—" }));
+    }), "No inflows yet", 6);
+    setRows($("#fund-grants tbody"), paidGrantRows(f.grants.paid), "No grants paid yet", 7);
+  }
+
+  /** Every sub-quota lot with its terms (operator/verifier list). */
+  async loadSubQuotas() {
+    let lots;
+    try {
+      lots = (await this.api.get(ENDPOINTS.subQuotas)).sub_quotas;
+    } catch (e) {
+      renderLots($("#op-sq"), [], "all", `Sub-quotas unavailable — ${errorText(e)}`);
+      return;
+    }
+    renderLots($("#op-sq"), lots, "all", "No sub-quotas have been split");
+    const granted = lots.reduce((n, q) => n + q.granted, 0);
+    $("#op-sq-meta").textContent = `${lots.length} lot(s) · ${qty(granted)} t granted`;
   }
 }
