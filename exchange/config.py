@@ -179,6 +179,10 @@ class DemoConfig(Strict):
 
 class JournalConfig(Strict):
     data_dir: str = "data"
+    url: str = Field("", description="journal target: empty for <data_dir>/journal.sqlite, "
+                     "else sqlite:///abs/path or postgresql://user@host/db")
+    schema_name: str = Field("public", alias="schema",
+                             description="PostgreSQL schema of the journal's tables")
     snapshot_every_commands: int = Field(200_000, gt=0)
     snapshot_every_seconds: float = Field(300.0, gt=0)
 

@@ -19,8 +19,9 @@ I = "CEA-2026"
 
 
 class ServerProcess:
-    def __init__(self, data_dir: Path):
+    def __init__(self, data_dir: Path, extra: list[str] | None = None):
         self.data_dir = data_dir
+        self.extra = list(extra or [])  # more `serve` arguments (--journal, --config)
         self.proc: subprocess.Popen | None = None
         self.port = 0
         self.output: list[str] = []
@@ -30,7 +31,7 @@ class ServerProcess:
         ``kill_group`` reaches it the way Ctrl-C does (the whole foreground group)."""
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "exchange", "serve", "--port", "0", "--data-dir",
-             str(self.data_dir)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+             str(self.data_dir), *self.extra], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
             process_group=0 if new_group else None)
         end = time.monotonic() + timeout

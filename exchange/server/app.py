@@ -45,15 +45,31 @@ class ServerState:
         self.watchdog = None  # LoopWatchdog, started by ``serve``
 
 
-def make_runner(settings: Settings, data_dir: Path | None, in_memory: bool):
+def journal_target(settings: Settings, data_dir: Path | None,
+                   journal: str | None = None) -> tuple[str, dict]:
+    """Which journal the server runs on, and its options: ``journal`` (``serve --journal``),
+    else the config's ``[journal] url``, else ``<data_dir>/journal.sqlite``. PostgreSQL
+    takes the schema from ``[journal] schema``."""
+    target = journal or settings.journal.url
+    if not target:
+        return str(Path(data_dir) / "journal.sqlite"), {}
+    if target.startswith(("postgresql://", "postgres://")):
+        return target, {"schema": settings.journal.schema_name}
+    return target, {}
+
+
+def make_runner(settings: Settings, data_dir: Path | None, in_memory: bool,
+                journal: str | None = None):
     ex = build_exchange()
     if in_memory:
         from .memory import MemoryRunner
         return ex, MemoryRunner(ex)
     from ..journal import CoreRunner, open_journal
 
-    data_dir.mkdir(parents=True, exist_ok=True)
-    journal = open_journal(str(data_dir / "journal.sqlite"))
+    target, options = journal_target(settings, data_dir, journal)
+    if "://" not in target:  # the data directory only matters to the embedded journal
+        data_dir.mkdir(parents=True, exist_ok=True)
+    journal = open_journal(target, **options)
     runner = CoreRunner(ex, journal,
                         snapshot_every_commands=settings.journal.snapshot_every_commands,
                         snapshot_every_seconds=settings.journal.snapshot_every_seconds)
@@ -66,14 +82,15 @@ async def _submit_all(runner, cmds) -> None:
 
 
 def create_app(settings: Settings, data_dir: str | Path | None = None, *,
-               in_memory: bool = False, demo: bool = True) -> web.Application:
+               in_memory: bool = False, demo: bool = True,
+               journal: str | None = None) -> web.Application:
     """The whole server as an aiohttp application (start it with AppRunner or TestServer)."""
     load_extensions()
     st = ServerState(settings, Path(data_dir) if data_dir is not None
                      else Path(settings.journal.data_dir), in_memory, demo)
     app = web.Application(client_max_size=1 << 20, middlewares=[api_errors])
     app[STATE_KEY] = st
-    ex, runner = make_runner(settings, st.data_dir, in_memory)
+    ex, runner = make_runner(settings, st.data_dir, in_memory, journal)
     st.exchange, st.runner = ex, runner
     # listeners only see live commands (recovery replays without them)
     gw = st.gateway = app[GATEWAY_KEY] = Gateway(ex, runner, settings.server, log)

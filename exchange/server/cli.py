@@ -1,13 +1,15 @@
 """``python -m exchange serve``: run the exchange server.
 
     python -m exchange serve [--config FILE] [--host 127.0.0.1] [--port 8080]
-                             [--data-dir DIR] [--in-memory] [--no-demo] [--no-uvloop]
+                             [--data-dir DIR] [--journal TARGET] [--journal-schema S]
+                             [--in-memory] [--no-demo] [--no-uvloop]
 
 The settings come from ``--config FILE``, else ``$CARBON_EXCHANGE_CONFIG``, else the packaged
 default (:func:`exchange.config.config_path`); the start-up output says which.
 
-Starts the aiohttp application with the SQLite journal in the data directory (default: the
-config's ``journal.data_dir``), builds the market (and the demo market) on the first start,
+Starts the aiohttp application with its journal: ``--journal`` (or the config's
+``[journal] url``: ``postgresql://...`` or ``sqlite:///abs/path``), else the SQLite journal in
+the data directory (default: the config's ``journal.data_dir``), builds the market (and the demo market) on the first start,
 recovers on every later start, prints the demo API keys once, and on SIGINT/SIGTERM stops
 accepting, flushes the journal and writes a final snapshot.
 """
@@ -30,7 +32,10 @@ async def serve(args) -> int:
     host = args.host or settings.server.host
     port = settings.server.port if args.port is None else args.port
     data_dir = args.data_dir or settings.journal.data_dir
-    app = create_app(settings, data_dir, in_memory=args.in_memory, demo=not args.no_demo)
+    if args.journal_schema:
+        settings.journal.schema_name = args.journal_schema
+    app = create_app(settings, data_dir, in_memory=args.in_memory, demo=not args.no_demo,
+                     journal=args.journal)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()  # runs on_startup: journal recovery / genesis
     st = app[STATE_KEY]
@@ -47,7 +52,7 @@ async def serve(args) -> int:
         break
     ex = st.exchange
     rec = st.recovery
-    where = "in memory (nothing is kept)" if args.in_memory else f"{data_dir}/journal.sqlite"
+    where = "in memory (nothing is kept)" if args.in_memory else st.runner.journal.target
     print(f"Carbon exchange serving on http://{host}:{bound}  (websocket ws://{host}:{bound}/ws,"
           f" operator API http://{host}:{bound}/api/v1, OpenAPI /api/v1/openapi.json)")
     print(f"Settings: {config_origin(args.config)}")
@@ -105,6 +110,11 @@ def register(sub) -> None:
     p.add_argument("--host", default=None, help="listen address (default server.host)")
     p.add_argument("--port", type=int, default=None, help="port (default server.port; 0: any)")
     p.add_argument("--data-dir", default=None, help="journal directory (default journal.data_dir)")
+    p.add_argument("--journal", default=None, metavar="TARGET",
+                   help="journal: postgresql://user@host/db or sqlite:///abs/path (default "
+                        "journal.url, else DATA_DIR/journal.sqlite)")
+    p.add_argument("--journal-schema", default=None, metavar="SCHEMA",
+                   help="PostgreSQL schema of the journal's tables (default journal.schema)")
     p.add_argument("--in-memory", action="store_true",
                    help="no journal: nothing survives a restart (tests, gateway benchmarks)")
     p.add_argument("--no-demo", action="store_true",

@@ -1,0 +1,87 @@
+"""``serve`` on the PostgreSQL journal: selected by ``--journal postgresql://...`` or by the
+config's ``[journal] url``; an acknowledged order survives a SIGKILL and a restart."""
+from __future__ import annotations
+
+import asyncio
+import signal
+import uuid
+
+import asyncpg
+
+from exchange.client import ExchangeClient
+from test_server_restart import ServerProcess, state
+
+I = "CEA-2026"
+
+
+async def _drop(dsn: str, schema: str) -> None:
+    con = await asyncpg.connect(dsn)
+    try:
+        await con.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await con.close()
+
+
+async def _rows(dsn: str, schema: str) -> int:
+    con = await asyncpg.connect(dsn)
+    try:
+        return await con.fetchval(f'SELECT count(*) FROM "{schema}".journal_commands')
+    finally:
+        await con.close()
+
+
+def _order_survives_restart(srv: ServerProcess, dsn: str, schema: str, tmp_path) -> None:
+    srv.start()
+    out = "".join(srv.output)
+    assert "New market built" in out and "postgresql://" in out, out
+    assert not (tmp_path / "data" / "journal.sqlite").exists()
+
+    async def place():
+        async with ExchangeClient(srv.ws_url, "demo-key-power1") as a:
+            ack = await a.place_order(I, "sell", 3, "88.80", client_order_id="pg-1")
+            return ack, await state(srv.port)
+
+    ack, st_before = asyncio.run(place())
+    assert asyncio.run(_rows(dsn, schema)) == st_before["last_seq"]
+    assert srv.kill(signal.SIGKILL) == -signal.SIGKILL
+
+    srv.start()
+    assert "Recovered from postgresql://" in "".join(srv.output[-12:]), srv.output[-12:]
+
+    async def check():
+        st_after = await state(srv.port)
+        assert st_after["state_hash"] == st_before["state_hash"]
+        async with ExchangeClient(srv.ws_url, "demo-key-power1") as a:
+            live = {o["order_id"]: o for o in await a.open_orders()}
+        assert ack["order_id"] in live and live[ack["order_id"]]["client_order_id"] == "pg-1"
+
+    asyncio.run(check())
+    assert srv.kill(signal.SIGTERM) == 0
+
+
+def test_serve_on_postgresql_from_the_command_line(tmp_path, postgres_dsn):
+    schema = "srv_" + uuid.uuid4().hex[:12]
+    srv = ServerProcess(tmp_path / "data",
+                        extra=["--journal", postgres_dsn, "--journal-schema", schema])
+    try:
+        _order_survives_restart(srv, postgres_dsn, schema, tmp_path)
+    finally:
+        if srv.proc and srv.proc.poll() is None:
+            srv.kill()
+        asyncio.run(_drop(postgres_dsn, schema))
+
+
+def test_serve_on_postgresql_from_the_config(tmp_path, postgres_dsn):
+    from exchange.config import default_config_text
+    schema = "srv_" + uuid.uuid4().hex[:12]
+    text = default_config_text().replace(
+        "[journal]\n", f'[journal]\nurl = "{postgres_dsn}"\nschema = "{schema}"\n', 1)
+    cfg = tmp_path / "exchange.toml"
+    cfg.write_text(text)
+    srv = ServerProcess(tmp_path / "data", extra=["--config", str(cfg)])
+    try:
+        _order_survives_restart(srv, postgres_dsn, schema, tmp_path)
+    finally:
+        if srv.proc and srv.proc.poll() is None:
+            srv.kill()
+        asyncio.run(_drop(postgres_dsn, schema))
