@@ -194,6 +194,28 @@ class _WriterLink:
                 pass
 
 
+def private_files(path: str) -> None:
+    """Make the journal's files readable by their owner only: the log holds every firm's
+    orders, balances and API-key hashes. A missing directory is created 0700; the database
+    is created 0600 before SQLite opens it, and SQLite gives its WAL and shared-memory files
+    the database's mode; files an older version left group/world-readable are tightened.
+    (An existing directory is left alone here: it may be shared, /tmp; the server makes
+    its own data directory 0700.)"""
+    d = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(d):
+        os.makedirs(d, mode=0o700, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+    for p in (path, path + "-wal", path + "-shm"):
+        try:
+            if os.stat(p).st_mode & 0o077:
+                os.chmod(p, 0o600)
+        except FileNotFoundError:
+            pass
+
+
 class SQLiteJournal(Journal):
     def __init__(self, path: str, *, keep_snapshots: int = 3, repair_tail: bool = True,
                  readonly: bool = False, writer: str | None = None):
@@ -274,8 +296,8 @@ class SQLiteJournal(Journal):
     def _open_sync(self) -> None:
         if self.readonly and not os.path.exists(self.path):
             raise JournalError(f"no journal at {self.path}")
-        d = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(d, exist_ok=True)
+        if not self.readonly:
+            private_files(self.path)
         con = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._con = con
         mode = con.execute("PRAGMA journal_mode=WAL").fetchone()[0]

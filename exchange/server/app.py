@@ -68,7 +68,9 @@ def make_runner(settings: Settings, data_dir: Path | None, in_memory: bool,
 
     target, options = journal_target(settings, data_dir, journal)
     if "://" not in target:  # the data directory only matters to the embedded journal
-        data_dir.mkdir(parents=True, exist_ok=True)
+        # private: the journal holds every firm's orders and balances (its files are 0600)
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        data_dir.chmod(0o700)
     journal = open_journal(target, **options)
     runner = CoreRunner(ex, journal,
                         snapshot_every_commands=settings.journal.snapshot_every_commands,
