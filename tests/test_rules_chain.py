@@ -89,7 +89,7 @@ def numpy_solution(firms: list[dict]) -> tuple[dict[str, float], dict[str, float
 @pytest.mark.parametrize("seed", range(16))
 def test_beta_and_responsibility_equal_numpy_solve(seed):
     firms = random_chain(np.random.default_rng(1000 + seed))
-    res = responsibility(parse_chain({"firms": firms}))
+    res = responsibility(parse_chain({"firms": firms, "outside": ["imported"]}))
     beta, resp = numpy_solution(firms)
     got = {p["product"]: p["beta_ppm"] for p in res["products"]}
     assert set(got) == set(beta)
@@ -112,7 +112,7 @@ def test_engine_close_equals_the_chain_tool_and_numpy(seed):
     """The rules module at a close and the chain tool give the same betas and responsibilities
     (one set of formulas), and both equal numpy's solution."""
     firms = random_chain(np.random.default_rng(seed))
-    res = responsibility(parse_chain({"firms": firms}))
+    res = responsibility(parse_chain({"firms": firms, "outside": ["imported"]}))
     ex = Exchange(modules=(RulesModule,))
     seq = Sequencer(ex)
     run = [AddInstrument(symbol="CEA-2026", vintage=2026, reference_price=8500)]
@@ -285,7 +285,10 @@ def test_non_productive_chain_is_an_error_naming_the_products():
 def test_input_nobody_makes_counts_zero_and_is_reported():
     firms = [dict(GOOD, inputs={"diesel": 7, "steel": 1}),
              {"id": "C", "direct_emissions": 0, "output": 0, "inputs": {"diesel": 3}}]
-    res = responsibility(parse_chain({"firms": firms}))
+    # undeclared, a product nobody makes is an error naming the field (usually a typo)
+    with pytest.raises(ChainError, match=r"firms\[0\] \(M\)\.inputs\.diesel: nobody in "):
+        parse_chain({"firms": firms})
+    res = responsibility(parse_chain({"firms": firms, "outside": ["diesel"]}))
     assert res["outside_inputs"] == [{"product": "diesel", "quantity": 10, "used_by": ["M", "C"]}]
     m = res["firms"][0]
     assert m["outside_inputs"] == ["diesel"] and m["embodied_ppm"] == m["responsibility_ppm"] - 10 * PPM
@@ -308,7 +311,7 @@ WORKED = [
 
 
 def test_worked_example_chain_tool():
-    res = responsibility(parse_chain({"firms": WORKED}))
+    res = responsibility(parse_chain({"firms": WORKED, "outside": ["cement"]}))
     # beta_power = (500 + 200 beta_steel) / 1,000, beta_steel = (2,000 + 500 beta_power) / 1,000
     assert {p["product"]: p["beta"] for p in res["products"]} == {"power": "1", "steel": "2.5"}
     rows = {r["id"]: r for r in res["firms"]}

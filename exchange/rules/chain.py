@@ -15,8 +15,9 @@ What comes out: each product's responsibility factor ``beta_p`` (t CO2 per unit:
 direct emissions plus what their inputs embody, over their output) and each firm's
 responsibility ``R_f = E_f + sum_i in_fi x beta_i`` (t CO2): what it answers for. A producer
 is compared with its product's average (``gap = 1 - I_f / beta_p``, as at the close); a final
-consumer bears the average of what it buys. Inputs that nobody in the chain makes count 0 (their
-emissions are outside the system) and are listed. Units and rounding are the engine's: whole
+consumer bears the average of what it buys. An input that nobody in the chain makes must be
+declared in ``outside = ["diesel", ...]`` (bought from outside the system: it counts 0 and is
+listed); an undeclared one is an error naming the field, as it is usually a misspelt product. Units and rounding are the engine's: whole
 tonnes and units in, beta to the ppm (half even), everything else exact from there.
 """
 from __future__ import annotations
@@ -30,7 +31,7 @@ from ..core.units import PPM, ppm_half_even, ppm_to_decimal
 from . import formulas as F
 
 FIRM_FIELDS = ("id", "product", "direct_emissions", "output", "inputs")
-TOP_FIELDS = ("firms", "name", "description")
+TOP_FIELDS = ("firms", "name", "description", "outside")
 
 
 class ChainError(ValueError):
@@ -91,6 +92,16 @@ def parse_chain(data: dict) -> list[dict]:
             q[i] = _whole(v, f"{at}.inputs.{i}")
         out.append({"id": fid, "product": prod, "direct_emissions": em, "output": y,
                     "inputs": dict(sorted(q.items()))})
+    outside = data.get("outside", [])
+    if not isinstance(outside, list) or not all(isinstance(x, str) for x in outside):
+        raise ChainError("outside: must be a list of product names")
+    made = {f["product"] for f in out if f["output"] > 0}
+    for n, f in enumerate(out):
+        for i in f["inputs"]:
+            if i not in made and i not in outside:
+                raise ChainError(
+                    f"firms[{n}] ({f['id']}).inputs.{i}: nobody in the chain makes {i!r}; "
+                    f"declare it in outside = [...] if it is bought from outside the chain")
     return out
 
 
