@@ -16,6 +16,9 @@ summary are JSON, or CSV with ``?format=csv``.
 """
 from __future__ import annotations
 
+import re
+from typing import Annotated
+
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
@@ -23,7 +26,7 @@ from ..core import errors as E
 from ..core.units import UnitError, percent_to_bps
 from ..server.api import ApiContext, route
 from ..server.credentials import ROLE_FIRM, ROLE_OPERATOR, ROLE_VERIFIER
-from ..server.protocol import ProtocolError, ws_method
+from ..server.protocol import INT64_MAX, Int64, ProtocolError, ws_method
 from . import reports as R
 from .config import to_ns
 from .commands import (
@@ -38,12 +41,18 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# A compliance period is a year-like number; anything longer than this is a typo or an attack
+# (a 20-digit period used to reach the journal and stop it).
+MAX_PERIOD = 999_999_999
+Period = Annotated[StrictInt, Field(ge=0, le=MAX_PERIOD)]
+
+
 class SubmissionBody(_Body):
-    period: StrictInt = Field(description="compliance period, e.g. 2026")
-    fuels: dict[str, StrictInt] = Field(default_factory=dict,
-                                        description="fuel -> whole tce, e.g. {\"coal\": 10000}")
-    process_emissions: StrictInt = Field(0, description="t CO2")
-    output: StrictInt = Field(0, description="output in the product's unit")
+    period: Period = Field(description="compliance period, e.g. 2026")
+    fuels: dict[str, Int64] = Field(default_factory=dict,
+                                    description="fuel -> whole tce, e.g. {\"coal\": 10000}")
+    process_emissions: Int64 = Field(0, description="t CO2")
+    output: Int64 = Field(0, description="output in the product's unit")
     firm_id: str | None = Field(None, description="operators only: the firm acted for")
 
 
@@ -57,9 +66,9 @@ class RejectBody(_Body):
 
 
 class SurrenderBody(_Body):
-    period: StrictInt
+    period: Period
     instrument: str = Field(min_length=1, max_length=64)
-    qty: StrictInt = Field(description="whole tonnes")
+    qty: Int64 = Field(description="whole tonnes")
     firm_id: str | None = Field(None, description="operators only: the firm acted for")
 
 
@@ -68,7 +77,8 @@ class CapBody(_Body):
     sub_caps_pct: dict[str, str] = Field(default_factory=dict,
                                          description="per offset type, e.g. {\"PHCER\": \"2\"}")
     effective_ts: StrictInt | None = Field(
-        None, description="ns since the epoch; default: when the change is journaled")
+        None, ge=0, le=INT64_MAX,
+        description="ns since the epoch; default: when the change is journaled")
     effective: str | None = Field(
         None, description="ISO date or timestamp (UTC unless given), instead of effective_ts")
 
@@ -77,12 +87,15 @@ class EmptyBody(_Body):
     pass
 
 
+_PERIOD_RE = re.compile(r"[0-9]{1,9}")
+
+
 def _period(ctx: ApiContext) -> int:
-    try:
-        return int(ctx.path["period"])
-    except (KeyError, ValueError):
-        raise ProtocolError(E.INVALID_PARAMS, "period must be an integer, e.g. 2026",
-                            422) from None
+    text = ctx.path.get("period", "")
+    if _PERIOD_RE.fullmatch(text) is None:
+        raise ProtocolError(E.INVALID_PARAMS, f"period must be a whole number of at most 9 "
+                                              f"digits, e.g. 2026", 422)
+    return int(text)
 
 
 def _acting_firm(ctx: ApiContext, firm_id: str | None) -> str:
@@ -98,9 +111,13 @@ def _acting_firm(ctx: ApiContext, firm_id: str | None) -> str:
 
 def _bps(pct: str) -> int:
     try:
-        return percent_to_bps(pct)
+        bps = percent_to_bps(pct)
     except (UnitError, ValueError, ArithmeticError):
-        raise ProtocolError(E.INVALID_PARAMS, f"not a percentage: {pct!r}", 422) from None
+        raise ProtocolError(E.INVALID_PARAMS, f"not a percentage: {pct[:64]!r}",
+                            422) from None
+    if abs(bps) > INT64_MAX:  # the core answers CAP_OUT_OF_RANGE below this
+        raise ProtocolError(E.INVALID_PARAMS, f"percentage out of range: {pct[:64]!r}", 422)
+    return bps
 
 
 def _caps(b: CapBody) -> tuple[int, dict[str, int]]:
@@ -210,10 +227,13 @@ async def set_cap(ctx: ApiContext, b: CapBody) -> dict:
         if eff is not None:
             raise ProtocolError(E.INVALID_PARAMS, "give effective or effective_ts, not both", 422)
         try:
-            eff = to_ns(b.effective)
-        except ValueError:
-            raise ProtocolError(E.INVALID_PARAMS, f"not an ISO date/time: {b.effective!r}",
-                                422) from None
+            eff = to_ns(b.effective) if len(b.effective) <= 64 else None
+        except (ValueError, OverflowError):
+            eff = None
+        # ns since 1970 in 64 bits: 1970-01-01 .. 2262-04-11 ("0001-01-01" is out of range)
+        if eff is None or not 0 <= eff <= INT64_MAX:
+            raise ProtocolError(E.INVALID_PARAMS, f"not an ISO date/time between 1970 and "
+                                                  f"2262: {b.effective[:64]!r}", 422) from None
     return await ctx.command(SetOffsetCap(
         period=_period(ctx), cap_bps=cap, sub_caps_bps=tuple(subs.items()),
         effective_ts=eff, operator=ctx.cred.label or ctx.cred.key_id))
@@ -273,20 +293,20 @@ async def summary(ctx: ApiContext, _b):
 # ------------------------------------------------------------------------------ websocket
 # Firms that trade over the websocket do their compliance on the same session.
 class WsSubmitParams(_Body):
-    period: StrictInt
-    fuels: dict[str, StrictInt] = Field(default_factory=dict)
-    process_emissions: StrictInt = 0
-    output: StrictInt = 0
+    period: Period
+    fuels: dict[str, Int64] = Field(default_factory=dict)
+    process_emissions: Int64 = 0
+    output: Int64 = 0
 
 
 class WsSurrenderParams(_Body):
-    period: StrictInt
+    period: Period
     instrument: str = Field(min_length=1, max_length=64)
-    qty: StrictInt
+    qty: Int64
 
 
 class WsPeriodParams(_Body):
-    period: StrictInt
+    period: Period
 
 
 def _events(events) -> list:

@@ -6,6 +6,7 @@ Nothing in the ledger, the book or settlement is ever a ``float``.
 """
 from __future__ import annotations
 
+import re
 from decimal import Decimal, InvalidOperation, ROUND_FLOOR
 
 FEN_PER_CNY = 100
@@ -17,16 +18,47 @@ class UnitError(ValueError):
     """A value that cannot be converted exactly to the core's integer units."""
 
 
+# Every decimal a person or a client writes goes through to_decimal: Decimal() itself takes
+# "1E+999990" in no time, but the integer it then becomes has a million digits and converting
+# it stalls the event loop for half a minute. So: at most 40 characters, plain digits, and an
+# exponent of at most two digits - far beyond any price, cash amount, percentage or ratio.
+MAX_DECIMAL_CHARS = 40
+_DECIMAL_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]{1,2})?")
+
+
+def to_decimal(value: str | int | Decimal, what: str = "number") -> Decimal:
+    """A human decimal (``"85.50"``, ``"5"``, ``"0.35"``) -> a finite Decimal of bounded size.
+    Raises UnitError for junk, floats, NaN/Infinity, over-long strings and big exponents."""
+    if isinstance(value, bool):
+        raise UnitError(f"not a decimal {what}: {value!r}")
+    if isinstance(value, float):  # settings and scenarios written by hand: exact via repr
+        value = repr(value)
+    if isinstance(value, int):
+        if value.bit_length() > 128:
+            raise UnitError(f"{what} out of range")
+        return Decimal(value)
+    if isinstance(value, Decimal):
+        if not value.is_finite() or abs(value.adjusted()) > MAX_DECIMAL_CHARS:
+            raise UnitError(f"{what} out of range: {value!r}")
+        return value
+    if not isinstance(value, str):
+        raise UnitError(f"not a decimal {what}: {value!r}")
+    text = value.strip()
+    if len(text) > MAX_DECIMAL_CHARS:
+        raise UnitError(f"{what} too long (at most {MAX_DECIMAL_CHARS} characters)")
+    if _DECIMAL_RE.fullmatch(text) is None:
+        raise UnitError(f"not a decimal {what}: {value!r}")
+    return Decimal(text)
+
+
 def parse_price(text: str | int | Decimal) -> int:
     """``"85.50"`` -> ``8550`` fen. Rejects more than two decimals, floats and junk."""
     if isinstance(text, bool) or isinstance(text, float):
         raise UnitError("prices travel as decimal strings, e.g. \"85.50\"")
     try:
-        d = Decimal(str(text).strip())
-    except (InvalidOperation, ValueError):
+        d = to_decimal(text, "price")
+    except InvalidOperation:
         raise UnitError(f"not a decimal price: {text!r}") from None
-    if not d.is_finite():
-        raise UnitError(f"not a finite price: {text!r}")
     fen = d * FEN_PER_CNY
     if fen != fen.to_integral_value():
         raise UnitError(f"price {text!r} has more than two decimals (1 fen = 0.01 CNY)")
@@ -58,8 +90,8 @@ def share_floor(amount: int, ppm: int) -> int:
 def ratio_to_ppm(value: str | Decimal | int) -> int:
     """``"0.35"`` -> 350000 ppm. Accepts a Decimal-compatible string in [0, 1] or beyond."""
     try:
-        d = Decimal(str(value))
-    except (InvalidOperation, ValueError):
+        d = to_decimal(value, "ratio")
+    except InvalidOperation:
         raise UnitError(f"not a decimal ratio: {value!r}") from None
     return int((d * PPM).to_integral_value(rounding=ROUND_FLOOR))
 
@@ -70,7 +102,7 @@ def ppm_to_decimal(ppm: int) -> Decimal:
 
 def percent_to_bps(value: str | Decimal | int) -> int:
     """``"10"`` (percent) -> 1000 bps."""
-    d = Decimal(str(value)) * 100
+    d = to_decimal(value, "percentage") * 100
     if d != d.to_integral_value():
         raise UnitError(f"percentage {value!r} is finer than one basis point")
     return int(d)

@@ -58,8 +58,8 @@ from ..core.units import format_price
 from .credentials import ROLE_FIRM, ROLE_OPERATOR, ROLE_VERIFIER, ROLES, IssueApiKey, \
     RevokeApiKey, hash_key, new_key
 from .gateway import GATEWAY_KEY
-from .protocol import Price, ProtocolError, validation_message, wire_depth, wire_order, \
-    wire_ticker
+from .protocol import INT64_MAX, INT64_MIN, Price, ProtocolError, validation_message, \
+    wire_depth, wire_order, wire_ticker
 
 PREFIX = "/api/v1"
 
@@ -116,11 +116,38 @@ class ApiContext:
         return await self.gateway.submit(cmd)
 
     async def command(self, cmd) -> dict:
+        check_command_ints(cmd)
         events = await self.gateway.submit(cmd)
         for ev in events:
             if type(ev) is CommandRejected:
                 raise ProtocolError(ev.code, ev.message, 400)
         return {"seq": cmd.seq, "events": [encode_event(ev) for ev in events]}
+
+
+def _bad_int(v, path: str) -> str | None:
+    """The path of the first int outside the 64-bit signed range in a JSON value, or None."""
+    t = type(v)
+    if t is int:
+        return path if not INT64_MIN <= v <= INT64_MAX else None
+    if t is dict:
+        for k, x in v.items():
+            if (bad := _bad_int(x, f"{path}.{k}" if path else str(k))) is not None:
+                return bad
+    elif t is list or t is tuple:
+        for i, x in enumerate(v):
+            if (bad := _bad_int(x, f"{path}.{i}" if path else str(i))) is not None:
+                return bad
+    return None
+
+
+def check_command_ints(cmd) -> None:
+    """The last line before the journal: a command whose integers do not fit in 64 bits can
+    not be journaled, and a journal write that fails stops the runner (/readyz 503 for good).
+    Field-level bounds should refuse such values first; this catches what a route forgot."""
+    for name in cmd._FIELDS:
+        bad = _bad_int(getattr(cmd, name), name)
+        if bad is not None:
+            raise ProtocolError(E.INVALID_PARAMS, f"{bad}: out of range (64-bit integer)", 422)
 
 
 def error_response(code: str, message: str, status: int) -> web.Response:
@@ -164,6 +191,10 @@ def _make_handler(r: Route):
                 data = orjson.loads(raw) if raw else {}
             except orjson.JSONDecodeError:
                 return error_response(E.BAD_JSON, "body is not valid JSON", 400)
+            bad = _bad_int(data, "")
+            if bad is not None:
+                return error_response(E.INVALID_PARAMS,
+                                      f"{bad or 'body'}: out of range (64-bit integer)", 422)
             try:
                 body = body_model.model_validate(data)
             except ValidationError as exc:

@@ -92,6 +92,12 @@ Price = Annotated[int, BeforeValidator(_price), Field(json_schema_extra={
     "type": "string", "pattern": r"^\d+(\.\d{1,2})?$", "examples": ["85.50"]})]
 """A price on the wire: a decimal string in CNY with at most two decimals -> int fen."""
 
+# Every integer a client sends fits in 64 signed bits (the journal's integers); the core
+# checks the business limits (order sizes, balances) on top.
+INT64_MIN, INT64_MAX = -2 ** 63, 2 ** 63 - 1
+Int64 = Annotated[StrictInt, Field(ge=INT64_MIN, le=INT64_MAX)]
+"""A strict JSON integer within the 64-bit signed range."""
+
 Name = Annotated[str, Field(min_length=1, max_length=64)]
 ClientOrderId = Annotated[str, Field(min_length=1, max_length=64)]
 
@@ -117,7 +123,7 @@ class PlaceOrderParams(TypedDict):
     instrument: Name
     segment: NotRequired[Name]
     side: Literal["buy", "sell"]
-    qty: Annotated[StrictInt, Field(description="whole tonnes")]
+    qty: Annotated[Int64, Field(description="whole tonnes")]
     price: NotRequired[Annotated[Price | None, Field(
         description="limit (or market protection) price, CNY decimal string")]]
     order_type: NotRequired[Literal["limit", "market"]]
@@ -134,7 +140,7 @@ class OrderRef(TypedDict):
     of a model."""
 
     __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
-    order_id: NotRequired[StrictInt | None]
+    order_id: NotRequired[Int64 | None]
     client_order_id: NotRequired[ClientOrderId | None]
 
 
@@ -143,7 +149,7 @@ class CancelOrderParams(OrderRef):
 
 
 class AmendOrderParams(OrderRef):
-    qty: NotRequired[Annotated[StrictInt | None, Field(description="new total order quantity")]]
+    qty: NotRequired[Annotated[Int64 | None, Field(description="new total order quantity")]]
     price: NotRequired[Price | None]
 
 
@@ -216,7 +222,7 @@ def validate_place_order(p) -> PlaceOrder:
         side = get("side")
         qty = get("qty")
         if (type(ins) is str and 0 < len(ins) <= 64 and type(qty) is int
-                and (side == "buy" or side == "sell")):
+                and INT64_MIN <= qty <= INT64_MAX and (side == "buy" or side == "sell")):
             n = 3
             seg = get("segment", _MISSING)
             if seg is _MISSING:
@@ -279,7 +285,7 @@ def validate_cancel_order(p) -> CancelOrder:
         if coid is _MISSING:
             coid = None
             oid = p.get("order_id", _MISSING)
-            ok = type(oid) is int
+            ok = type(oid) is int and INT64_MIN <= oid <= INT64_MAX
         else:
             ok = type(coid) is str and 0 < len(coid) <= 64
         if ok:
@@ -302,7 +308,7 @@ def validate_amend_order(p) -> AmendOrder:
         oid = get("order_id", _MISSING)
         if oid is _MISSING:
             oid = None
-        elif oid is None or type(oid) is int:
+        elif oid is None or type(oid) is int and INT64_MIN <= oid <= INT64_MAX:
             n += 1
         else:
             n = -1
@@ -311,7 +317,7 @@ def validate_amend_order(p) -> AmendOrder:
         qty = get("qty", _MISSING)
         if qty is _MISSING:
             qty = None
-        elif qty is None or type(qty) is int:
+        elif qty is None or type(qty) is int and INT64_MIN <= qty <= INT64_MAX:
             n += 1
         else:
             n = -1
@@ -587,7 +593,7 @@ def wire_ticker(ex, symbol: str, segment: str = "main") -> dict:
 
 
 __all__ = [
-    "ProtocolError", "Price", "Params", "AuthParams", "PlaceOrderParams", "CancelOrderParams",
+    "ProtocolError", "Price", "Int64", "INT64_MIN", "INT64_MAX", "Params", "AuthParams", "PlaceOrderParams", "CancelOrderParams",
     "AmendOrderParams", "order_ref", "validate_place_order", "validate_cancel_order",
     "validate_amend_order", "CancelAllParams", "ChannelParams", "EmptyParams", "Method", "METHODS",
     "ws_method", "DEFERRED", "OVERLOADED", "validation_message", "wire_er", "wire_trade", "wire_book_changes",

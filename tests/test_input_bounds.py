@@ -1,0 +1,113 @@
+"""Out-of-range numbers at the boundary: every integer and decimal a client sends over HTTP or
+the websocket is range-checked before it becomes a command, so no request can reach the journal
+with a number it cannot encode (which used to stop the runner: /readyz 503 for good), and no
+decimal string is big enough to stall the event loop while it is parsed."""
+from __future__ import annotations
+
+import time
+
+import aiohttp
+import orjson
+import pytest
+
+from exchange.client import ExchangeClient
+from test_compliance import business_hash
+from test_server import OPERATOR, POWER, CEMENT, I, op, running_server
+
+VERIFIER = "verifier-demo-key"
+
+
+async def readyz(srv) -> int:
+    async with aiohttp.ClientSession() as s:
+        async with s.get(srv.http + "/readyz") as r:
+            return r.status
+
+
+async def ws_call(srv, key, method, params) -> dict:
+    async with aiohttp.ClientSession() as s:
+        async with s.ws_connect(srv.ws_url, headers={"Authorization": f"Bearer {key}"}) as ws:
+            await ws.send_str(orjson.dumps({"req_id": 1, "method": method,
+                                            "params": params}).decode())
+            while True:
+                r = orjson.loads((await ws.receive(timeout=5)).data)
+                if r.get("req_id") == 1:
+                    return r
+
+
+BIG = 99999999999999999999  # over 64 bits
+U64 = 2 ** 64 - 1  # orjson reads it; no int64 column can hold it
+
+HTTP_REQUESTS = [
+    ("PUT", f"/compliance/periods/{BIG}/cap", {"cap_pct": "5"}, OPERATOR),
+    ("PUT", "/compliance/periods/2026/cap", {"cap_pct": "1E+20000"}, OPERATOR),
+    ("PUT", "/compliance/periods/2026/cap", {"cap_pct": "5", "effective": "0001-01-01"},
+     OPERATOR),
+    ("PUT", "/compliance/periods/2026/cap", {"cap_pct": "5", "effective_ts": U64}, OPERATOR),
+    ("PUT", "/compliance/periods/2026/cap", {"cap_pct": "5", "sub_caps_pct": {"CCER": "1E+99"}},
+     OPERATOR),
+    ("POST", f"/compliance/submissions/POWER1/{BIG}/verify", {}, VERIFIER),
+    ("POST", f"/compliance/submissions/POWER1/{BIG}/reject", {"reason": "x"}, VERIFIER),
+    ("POST", f"/compliance/periods/{BIG}/deadline", {}, OPERATOR),
+    ("POST", f"/compliance/periods/{BIG}/cap/what-if", {"cap_pct": "5"}, OPERATOR),
+    ("POST", "/compliance/submissions", {"period": U64, "firm_id": "POWER1"}, OPERATOR),
+    ("POST", "/compliance/submissions", {"period": 2026, "fuels": {"coal": U64},
+                                         "firm_id": "POWER1"}, OPERATOR),
+    ("POST", "/compliance/submissions", {"period": 2026, "output": U64, "firm_id": "POWER1"},
+     OPERATOR),
+    ("POST", "/compliance/submissions", {"period": 2026, "process_emissions": U64,
+                                         "firm_id": "POWER1"}, OPERATOR),
+    ("POST", "/compliance/surrenders", {"period": 2026, "instrument": I, "qty": U64,
+                                        "firm_id": "POWER1"}, OPERATOR),
+    ("POST", "/issuance", {"account": "SME1", "instrument": I, "qty": U64}, OPERATOR),
+    ("POST", "/transfers", {"from_account": "POWER1", "to_account": "SME1", "instrument": I,
+                            "qty": U64}, OPERATOR),
+    ("POST", "/instruments", {"symbol": "X-1", "vintage": U64}, OPERATOR),
+    ("POST", "/segments", {"name": "big", "max_order_qty": U64}, OPERATOR),
+    ("POST", "/segments", {"name": "big", "tick": U64}, OPERATOR),
+    ("POST", "/supply-chains", {"chain_id": "c9", "members": [{"firm": "SME1", "tier": U64}]},
+     OPERATOR),
+    ("POST", "/sub-quotas", {"parent": "STEEL1", "sme": "SME1", "instrument": I, "qty": U64,
+                             "revenue_share_ppm": 0}, OPERATOR),
+]
+
+
+async def test_out_of_range_numbers_get_4xx_and_leave_the_server_ready(tmp_path):
+    async with running_server(tmp_path) as srv:
+        ex = srv.st.exchange
+        hash0 = business_hash(ex)  # rejected commands still advance last_seq
+        for method, path, body, key in HTTP_REQUESTS:
+            st, js = await op(srv, method, path, body, key=key)
+            assert 400 <= st < 500, (method, path, body, st, js)
+            assert js["ok"] is False and js["error"]["code"] in (
+                "INVALID_PARAMS", "QUANTITY_LIMIT", "UNKNOWN_PERIOD", "BAD_JSON"), (path, js)
+            assert await readyz(srv) == 200, (method, path, body, js)
+        for method, params in [
+                ("place_order", {"instrument": I, "side": "buy", "qty": U64, "price": "85.00"}),
+                ("place_order", {"instrument": I, "side": "buy", "qty": 2 ** 63,
+                                 "price": "85.00"}),
+                ("amend_order", {"order_id": U64, "qty": U64}),
+                ("cancel_order", {"order_id": U64}),
+                ("submit_activity_data", {"period": U64}),
+                ("submit_activity_data", {"period": 2026, "fuels": {"coal": U64}}),
+                ("surrender", {"period": 2026, "instrument": I, "qty": U64}),
+                ("compliance_statement", {"period": U64})]:
+            r = await ws_call(srv, POWER, method, params)
+            assert r["ok"] is False, (method, params, r)
+            assert await readyz(srv) == 200, (method, params, r)
+        assert business_hash(ex) == hash0
+        # and the market still takes orders
+        async with ExchangeClient(srv.ws_url, CEMENT) as c:
+            await c.place_order(I, "buy", 1, "80.00", client_order_id="after-1")
+        assert await readyz(srv) == 200
+
+
+@pytest.mark.parametrize("text", ["1E+999990", "9" * 100_000, "1e-999999", "-1E+999999999"])
+async def test_huge_decimals_answer_fast(tmp_path, text):
+    async with running_server(tmp_path) as srv:
+        t0 = time.monotonic()
+        st, js = await op(srv, "POST", "/compliance/periods/2026/cap/what-if", {"cap_pct": text})
+        assert 400 <= st < 500, js
+        st2, js2 = await op(srv, "POST", "/deposits", {"account": "SME1", "amount": text})
+        assert 400 <= st2 < 500, js2
+        assert time.monotonic() - t0 < 0.5
+        assert await readyz(srv) == 200
