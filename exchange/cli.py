@@ -16,6 +16,7 @@ CLI_MODULES = [
     "exchange.config_cli",
     "exchange.journal.cli",
     "exchange.server.cli",
+    "exchange.server.keys_cli",
     "exchange.compliance.cli",
     "exchange.rules.cli",
     "exchange.sim.cli",

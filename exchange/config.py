@@ -171,8 +171,10 @@ class DemoConfig(Strict):
     chains: list[ChainConfig] = Field(default_factory=list)
     sub_quotas: list[SubQuotaConfig] = Field(default_factory=list)
     orders: list[DemoOrderConfig] = Field(default_factory=list)
-    operator_key: str = "operator-demo-key"
-    verifier_key: str = "verifier-demo-key"
+    # no default key: a key everyone knows must be asked for (config/default.toml's demo
+    # market does), and even then only a demo start issues it (serve --no-demo issues none)
+    operator_key: str | None = None
+    verifier_key: str | None = None
     verifier_id: str = Field("VERIFIER1", description="the verification body the demo "
                              "verifier key acts as (its credential label)")
 

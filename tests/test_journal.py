@@ -147,7 +147,7 @@ COMMAND_FIELDS = {
     'end_of_day': (),
     'fund_deposit': ('amount', 'period', 'ref', 'operator'),
     'halt': ('instrument', 'segment'),
-    'issue_api_key': ('key_id', 'role', 'key_hash', 'firm_id', 'label'),
+    'issue_api_key': ('key_id', 'role', 'key_hash', 'firm_id', 'label', 'scheme'),
     'issue_units': ('account', 'instrument', 'qty', 'source', 'ref'),
     'place_order': (
         'account', 'instrument', 'segment', 'side', 'qty', 'price', 'order_type', 'tif',
@@ -158,6 +158,7 @@ COMMAND_FIELDS = {
     'register_firm': (
         'firm_id', 'name', 'sector', 'product', 'size_class', 'stp_policy', 'can_trade'),
     'register_supply_chain': ('chain_id', 'members', 'edges'),
+    'rehash_api_key': ('key_id', 'key_hash', 'scheme'),
     'register_verifier': ('verifier', 'name'),
     'reject_grant': ('application_id', 'reason', 'operator'),
     'reject_submission': ('firm_id', 'period', 'verifier', 'reason'),

@@ -238,10 +238,28 @@ def test_networked_mode_matches_in_process(tmp_path):
     import sys
     import time
 
+    # a production start (--no-demo) has no API key: the first start builds the market, then
+    # `keys create` makes the operator and verifier keys the simulation drives it with
+    data = tmp_path / "data"
+    serve = [sys.executable, "-m", "exchange", "serve", "--port", "0", "--no-demo",
+             "--data-dir", str(data)]
+    keys = {}
+    for role, label in (("operator", "sim"), ("verifier", "VERIFIER1")):
+        if role == "operator":  # the first start (genesis) must come before any key
+            first = subprocess.Popen(serve, cwd=ROOT, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
+            for line in first.stdout:
+                if line.startswith("listening on"):
+                    break
+            first.terminate()
+            assert first.wait(timeout=20) == 0
+        r = subprocess.run([sys.executable, "-m", "exchange", "keys", "create", "--role", role,
+                            "--label", label, "--data-dir", str(data)], cwd=ROOT,
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        keys[role] = r.stdout.strip().splitlines()[-1]
     log = tmp_path / "serve.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "exchange", "serve", "--port", "0", "--in-memory", "--no-demo"],
-        cwd=ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(serve, cwd=ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT)
     try:
         port = None
         for _ in range(200):
@@ -255,7 +273,8 @@ def test_networked_mode_matches_in_process(tmp_path):
         assert port, log.read_text()
         from exchange.sim.networked import NetworkedGateway
         sc = parse_scenario(_toml(SMALL.replace("use_sme_board = true", "")))
-        gw = NetworkedGateway(f"http://127.0.0.1:{port}")
+        gw = NetworkedGateway(f"http://127.0.0.1:{port}", operator_key=keys["operator"],
+                              verifier_key=keys["verifier"])
         try:
             net = run_scenario(sc, periods=1, gateway=gw)
         finally:

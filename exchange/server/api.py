@@ -56,7 +56,7 @@ from ..core.events import CommandRejected, encode_event
 from ..core.exchange import AddSegment
 from ..core.units import format_price
 from .credentials import ROLE_FIRM, ROLE_OPERATOR, ROLE_VERIFIER, ROLES, IssueApiKey, \
-    RevokeApiKey, hash_key, new_key
+    RevokeApiKey, new_key
 from .gateway import GATEWAY_KEY
 from .protocol import INT64_MAX, INT64_MIN, Price, ProtocolError, validation_message, \
     wire_depth, wire_order, wire_ticker
@@ -534,10 +534,11 @@ async def issue_key(ctx: ApiContext, b: IssueKeyBody) -> dict:
     if b.role == ROLE_FIRM and not b.firm_id:
         raise ProtocolError(E.INVALID_PARAMS, "a firm key needs firm_id", 422)
     key = new_key()
-    h = hash_key(key)
+    h, scheme = ctx.gateway.credentials.digest(key)  # keyed under the server secret
     key_id = "k-" + new_key()[:16]
     cmd = IssueApiKey(key_id=key_id, role=b.role, key_hash=h,
-                      firm_id=b.firm_id if b.role == ROLE_FIRM else None, label=b.label)
+                      firm_id=b.firm_id if b.role == ROLE_FIRM else None, label=b.label,
+                      scheme=scheme)
     await ctx.command(cmd)
     return {"key_id": key_id, "api_key": key, "role": b.role, "firm_id": cmd.firm_id,
             "seq": cmd.seq}

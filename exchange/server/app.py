@@ -20,7 +20,7 @@ from ..config import Settings
 from ..engine import build_exchange
 from ..market import genesis_commands
 from .api import add_routes, api_errors, load_extensions
-from .credentials import demo_key_commands, demo_keys
+from .credentials import RehashApiKey, demo_key_commands, demo_keys, load_secret
 from .gateway import GATEWAY_KEY, Gateway, websocket_handler
 
 log = logging.getLogger("exchange.server")
@@ -96,14 +96,17 @@ def create_app(settings: Settings, data_dir: str | Path | None = None, *,
     st.exchange, st.runner = ex, runner
     # listeners only see live commands (recovery replays without them)
     gw = st.gateway = app[GATEWAY_KEY] = Gateway(ex, runner, settings.server, log)
+    _keyed_credentials(ex.modules["credentials"], st, gw)
 
     async def on_startup(app: web.Application) -> None:
         await runner.start()
         st.recovery = dict(getattr(runner, "recovery", {}) or {})
         if runner.is_empty:
             st.first_start = True
+            # the demo keys are public: only the demo market has them, never --no-demo
+            creds = ex.modules["credentials"]
             await _submit_all(runner, genesis_commands(settings, demo=demo)
-                              + demo_key_commands(settings))
+                              + (demo_key_commands(settings, creds.secret) if demo else []))
         st.ready = True
 
     async def on_shutdown(app: web.Application) -> None:
@@ -143,8 +146,31 @@ def tune_gc(cfg) -> None:
     gc.set_threshold(*cfg.gc_threshold)
 
 
+def _keyed_credentials(creds, st: ServerState, gw: Gateway) -> None:
+    """The key-hashing secret (ADR 0008): from the data directory, made there on the first
+    start; a server in memory keeps nothing, so a fresh one each run. A legacy (SHA-256)
+    record presented with its key is rehashed by a journaled command."""
+    import secrets
+    creds.secret = (secrets.token_bytes(32) if st.in_memory else load_secret(st.data_dir))
+
+    def rehash(cred, key_hash: str) -> None:
+        _events, durable = gw.submit_nowait(RehashApiKey(key_id=cred.key_id,
+                                                         key_hash=key_hash))
+        durable.add_done_callback(_quiet)
+
+    creds.on_legacy = rehash
+
+
+def _quiet(fut) -> None:
+    """Consume a rehash's outcome: a failure only means the next use rehashes again."""
+    if not fut.cancelled() and fut.exception() is not None:
+        log.warning("API key rehash not durable: %s", fut.exception())
+
+
 def printable_demo_keys(app: web.Application) -> list[tuple[str, str | None, str]]:
     st: ServerState = app[STATE_KEY]
+    if not st.demo:  # a production start prints no key, even one a demo start left on record
+        return []
     return demo_keys(st.settings, st.exchange.modules["credentials"])
 
 

@@ -10,7 +10,8 @@ default (:func:`exchange.config.config_path`); the start-up output says which.
 Starts the aiohttp application with its journal: ``--journal`` (or the config's
 ``[journal] url``: ``postgresql://...`` or ``sqlite:///abs/path``), else the SQLite journal in
 the data directory (default: the config's ``journal.data_dir``), builds the market (and the demo market) on the first start,
-recovers on every later start, prints the demo API keys once, and on SIGINT/SIGTERM stops
+recovers on every later start, prints the demo API keys (demo market only: ``--no-demo``
+issues and prints none; ``keys create`` makes keys), and on SIGINT/SIGTERM stops
 accepting, flushes the journal and writes a final snapshot.
 """
 from __future__ import annotations
@@ -62,12 +63,15 @@ async def serve(args) -> int:
         print(f"Recovered from {where}: last seq {ex.last_seq} (snapshot seq "
               f"{rec.get('snapshot_seq', 0)}, {rec.get('replayed', 0)} commands replayed in "
               f"{rec.get('seconds', 0.0):.2f} s)")
-    keys = printable_demo_keys(app)
+    keys = printable_demo_keys(app)  # none without the demo market (--no-demo)
     if keys:
-        print("Demo API keys (stored only as SHA-256 hashes; send as {\"method\": \"auth\", "
+        print("Demo API keys (stored only as keyed hashes; send as {\"method\": \"auth\", "
               "\"params\": {\"api_key\": ...}} or Authorization: Bearer):")
         for role, firm, key in keys:
             print(f"  {role:<9} {firm or '':<9} {key}")
+    elif not ex.modules["credentials"].by_hash:
+        print("No API key on record: stop the server and run `python -m exchange keys create "
+              "--role operator --label NAME` (same --data-dir) for the first operator key")
     # the stop signals are handled before "listening on" is printed: whoever waits for that
     # line may stop the server at once, and gets the graceful stop
     stop = asyncio.Event()
@@ -118,7 +122,8 @@ def register(sub) -> None:
     p.add_argument("--in-memory", action="store_true",
                    help="no journal: nothing survives a restart (tests, gateway benchmarks)")
     p.add_argument("--no-demo", action="store_true",
-                   help="first start builds the market without the demo firms")
+                   help="production: the first start builds the market without the demo "
+                        "firms and issues no API key (make one with `keys create`)")
     p.add_argument("--no-uvloop", action="store_true", help="use the default asyncio loop")
     p.set_defaults(func=run)
 
