@@ -111,3 +111,19 @@ async def test_huge_decimals_answer_fast(tmp_path, text):
         assert 400 <= st2 < 500, js2
         assert time.monotonic() - t0 < 0.5
         assert await readyz(srv) == 200
+
+
+async def test_huge_issuance_is_refused_and_the_firm_still_reads(tmp_path):
+    """Issuing 2^63 t twice used to be accepted; GET /firms/SME1 then answered 500."""
+    async with running_server(tmp_path) as srv:
+        for qty in (2 ** 63, 2 ** 63):
+            st, js = await op(srv, "POST", "/issuance", {"account": "SME1", "instrument": I,
+                                                         "qty": qty})
+            assert st == 422 and js["error"]["code"] == "INVALID_PARAMS", js
+        for qty in (2 ** 62, 2 ** 62):
+            st, js = await op(srv, "POST", "/issuance", {"account": "SME1", "instrument": I,
+                                                         "qty": qty})
+            assert st == 400 and js["error"]["code"] == "QUANTITY_LIMIT", js
+        st, js = await op(srv, "GET", "/firms/SME1")
+        assert st == 200, js
+        assert await readyz(srv) == 200

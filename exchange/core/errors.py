@@ -117,3 +117,6 @@ NO_SPLIT_BASIS = "NO_SPLIT_BASIS"  # the strategy's weights are all zero (no dat
 RESPONSIBILITY_DIVERGES = "RESPONSIBILITY_DIVERGES"  # input network is not productive
 BAD_VERIFIED_DATA = "BAD_VERIFIED_DATA"  # emissions/output not whole numbers >= 0
 # ---- end rules ---------------------------------------------------------------------------------
+
+# ---- limits (exchange/core/units.py MAX_QTY, MAX_CASH; docs/CORE.md "Limits") -----------------
+QUANTITY_LIMIT = "QUANTITY_LIMIT"  # would put more than MAX_QTY t outstanding / MAX_CASH deposited

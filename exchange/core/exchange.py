@@ -49,7 +49,7 @@ from .events import (
     BookUpdate, CommandRejected, DayEnded, ExecutionReport, FirmRegistered, InstrumentAdded,
     MarketState, Posting, SubQuotaCreated, SupplyChainRegistered, Trade,
 )
-from .units import PPM, fee_ceil, fee_floor
+from .units import MAX_CASH, MAX_QTY, PPM, fee_ceil, fee_floor
 
 _TIFS = (GTC, DAY, IOC, FOK)
 SEGMENT_ACCESS = ("all", "sme_sell_any_buy", "sme_only", "members")
@@ -284,7 +284,7 @@ class Exchange:
             AddInstrument: self._add_instrument, RegisterFirm: self._register_firm,
             SetFirmTrading: self._set_firm_trading,
             RegisterSupplyChain: self._register_chain, DepositCash: self._deposit,
-            WithdrawCash: self._withdraw, IssueUnits: self._issue,
+            WithdrawCash: self._withdraw, IssueUnits: self._issue_command,
             TransferUnits: self._transfer, CreateSubQuota: self._create_sub_quota,
             SetPriceBand: self._set_band, Halt: self._halt, Resume: self._resume,
             EndOfDay: self._end_of_day, SnapshotMarker: lambda c: [],
@@ -1020,6 +1020,9 @@ class Exchange:
         for v in (c.tick, c.lot, c.max_order_qty):
             if type(v) is not int or v <= 0:
                 raise E.Reject(E.BAD_PARAMETER, "tick, lot and max_order_qty must be positive")
+        if c.lot > MAX_QTY or c.max_order_qty > MAX_QTY or c.tick > MAX_CASH:
+            raise E.Reject(E.QUANTITY_LIMIT, f"lot and max_order_qty are at most {MAX_QTY} t, "
+                                             f"tick at most {MAX_CASH} fen")
         if type(c.fee_bps) is not int or not 0 <= c.fee_bps <= 10_000:
             raise E.Reject(E.BAD_PARAMETER, "fee_bps must be in [0, 10000]")
         self.segments[c.name] = SegmentRules(c.name, c.tick, c.lot, c.max_order_qty, c.fee_bps,
@@ -1043,6 +1046,8 @@ class Exchange:
             raise E.Reject(E.BAD_PARAMETER, "an offset instrument needs an offset_type")
         if type(c.reference_price) is not int or c.reference_price < 0:
             raise E.Reject(E.BAD_PARAMETER, "reference_price must be >= 0 fen")
+        if c.reference_price > MAX_CASH:
+            raise E.Reject(E.QUANTITY_LIMIT, f"reference_price is at most {MAX_CASH} fen")
         self.instruments[c.symbol] = Instrument(c.symbol, c.kind, c.vintage, c.offset_type,
                                                 c.reference_price, self.DEFAULT_BAND_BPS)
         for seg in self.segments:
@@ -1109,6 +1114,12 @@ class Exchange:
     def _deposit(self, c: DepositCash) -> list:
         acct = self.firm(c.account)
         self._positive(c.amount)
+        # @bank holds minus everything on deposit; cash only moves between accounts after that,
+        # so bounding the total bounds every balance and reservation
+        room = MAX_CASH + self.accounts[BANK].cash
+        if c.amount > room:
+            raise E.Reject(E.QUANTITY_LIMIT, f"deposit of {c.amount} fen: at most {MAX_CASH} fen "
+                                             f"may be on deposit in all, {max(room, 0)} left")
         post_cash(self.accounts[BANK], acct, c.amount)
         return [Posting(CASH, BANK, acct.firm_id, c.amount, "deposit")]
 
@@ -1128,6 +1139,20 @@ class Exchange:
         taken = take_units(src, instrument, qty, prefer)
         put_units(dst, instrument, qty, lot_key)
         return taken
+
+    def _issue_command(self, c: IssueUnits) -> list:
+        """IssueUnits: at most MAX_QTY t of an instrument outstanding. @issuer holds minus what
+        was issued (less clawbacks) and units only move between accounts after that, so this
+        bounds every holding and reservation of the instrument."""
+        self.firm(c.account)
+        self.instrument(c.instrument)
+        self._positive(c.qty)
+        h = self.accounts[ISSUER].holdings.get(c.instrument)
+        room = MAX_QTY + (h.total if h is not None else 0)
+        if c.qty > room:
+            raise E.Reject(E.QUANTITY_LIMIT, f"issuance of {c.qty} t: at most {MAX_QTY} t of "
+                                             f"{c.instrument} outstanding, {max(room, 0)} left")
+        return self._issue(c)
 
     def _issue(self, c: IssueUnits) -> list:
         acct = self.firm(c.account)
@@ -1203,6 +1228,8 @@ class Exchange:
         if c.reference_price is not None and (type(c.reference_price) is not int
                                               or c.reference_price < 0):
             raise E.Reject(E.BAD_PARAMETER, "reference_price must be >= 0 fen")
+        if c.reference_price is not None and c.reference_price > MAX_CASH:
+            raise E.Reject(E.QUANTITY_LIMIT, f"reference_price is at most {MAX_CASH} fen")
         if c.band_bps is not None:
             instr.band_bps = c.band_bps
         if c.reference_price is not None:

@@ -13,6 +13,14 @@ FEN_PER_CNY = 100
 BPS = 10_000
 PPM = 1_000_000
 
+# The core's limits (docs/CORE.md, "Limits"). At most MAX_QTY tonnes of an instrument are ever
+# outstanding (issued, less clawed back) and at most MAX_CASH fen are ever on deposit, so no
+# balance, reservation or system account can come near 2**63 - the journal's, the snapshot's
+# and the compiled core's integers - whatever the commands. Both are far above any real market
+# (world emissions are about 4 * 10**10 t a year).
+MAX_QTY = 10 ** 15  # tonnes
+MAX_CASH = 10 ** 18  # fen (10**16 CNY)
+
 
 class UnitError(ValueError):
     """A value that cannot be converted exactly to the core's integer units."""

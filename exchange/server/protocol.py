@@ -93,7 +93,7 @@ Price = Annotated[int, BeforeValidator(_price), Field(json_schema_extra={
 """A price on the wire: a decimal string in CNY with at most two decimals -> int fen."""
 
 # Every integer a client sends fits in 64 signed bits (the journal's integers); the core
-# checks the business limits (order sizes, balances) on top.
+# checks the business limits (order sizes, balances: QUANTITY_LIMIT) on top.
 INT64_MIN, INT64_MAX = -2 ** 63, 2 ** 63 - 1
 Int64 = Annotated[StrictInt, Field(ge=INT64_MIN, le=INT64_MAX)]
 """A strict JSON integer within the 64-bit signed range."""
