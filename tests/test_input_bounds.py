@@ -127,3 +127,19 @@ async def test_huge_issuance_is_refused_and_the_firm_still_reads(tmp_path):
         st, js = await op(srv, "GET", "/firms/SME1")
         assert st == 200, js
         assert await readyz(srv) == 200
+
+
+async def test_activity_data_that_overflows_emissions_is_refused(tmp_path):
+    """Fuel use is multiplied by carbon coefficients into emissions and obligations: inputs
+    within 64 bits could still make those overflow the snapshot's integers."""
+    async with running_server(tmp_path) as srv:
+        for body in ({"period": 2026, "fuels": {"coal": 2 ** 62}, "firm_id": "POWER1"},
+                     {"period": 2026, "process_emissions": 2 ** 62, "firm_id": "POWER1"},
+                     {"period": 2026, "output": 2 ** 62, "firm_id": "POWER1"}):
+            st, js = await op(srv, "POST", "/compliance/submissions", body)
+            assert st == 422 and js["error"]["code"] == "INVALID_PARAMS", (body, js)
+        r = await ws_call(srv, POWER, "surrender", {"period": 2026, "instrument": I,
+                                                     "qty": 2 ** 62})
+        assert r["ok"] is False and r["error"]["code"] == "INVALID_PARAMS", r
+        orjson.dumps(srv.st.exchange.to_state())
+        assert await readyz(srv) == 200

@@ -23,10 +23,10 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from ..core import errors as E
-from ..core.units import UnitError, percent_to_bps
+from ..core.units import MAX_QTY, UnitError, percent_to_bps
 from ..server.api import ApiContext, route
 from ..server.credentials import ROLE_FIRM, ROLE_OPERATOR, ROLE_VERIFIER
-from ..server.protocol import INT64_MAX, Int64, ProtocolError, ws_method
+from ..server.protocol import INT64_MAX, ProtocolError, ws_method
 from . import reports as R
 from .config import to_ns
 from .commands import (
@@ -45,14 +45,18 @@ class _Body(BaseModel):
 # (a 20-digit period used to reach the journal and stop it).
 MAX_PERIOD = 999_999_999
 Period = Annotated[StrictInt, Field(ge=0, le=MAX_PERIOD)]
+# Fuel use, emissions, output and surrendered tonnes within the core's quantity limit: fuel use
+# is multiplied into emissions and obligations, and 64-bit inputs could overflow those. Signs
+# are left to the core (BAD_ACTIVITY_DATA, BAD_QUANTITY).
+Tonnes = Annotated[StrictInt, Field(ge=-MAX_QTY, le=MAX_QTY)]
 
 
 class SubmissionBody(_Body):
     period: Period = Field(description="compliance period, e.g. 2026")
-    fuels: dict[str, Int64] = Field(default_factory=dict,
-                                    description="fuel -> whole tce, e.g. {\"coal\": 10000}")
-    process_emissions: Int64 = Field(0, description="t CO2")
-    output: Int64 = Field(0, description="output in the product's unit")
+    fuels: dict[str, Tonnes] = Field(default_factory=dict,
+                                     description="fuel -> whole tce, e.g. {\"coal\": 10000}")
+    process_emissions: Tonnes = Field(0, description="t CO2")
+    output: Tonnes = Field(0, description="output in the product's unit")
     firm_id: str | None = Field(None, description="operators only: the firm acted for")
 
 
@@ -68,7 +72,7 @@ class RejectBody(_Body):
 class SurrenderBody(_Body):
     period: Period
     instrument: str = Field(min_length=1, max_length=64)
-    qty: Int64 = Field(description="whole tonnes")
+    qty: Tonnes = Field(description="whole tonnes")
     firm_id: str | None = Field(None, description="operators only: the firm acted for")
 
 
@@ -294,15 +298,15 @@ async def summary(ctx: ApiContext, _b):
 # Firms that trade over the websocket do their compliance on the same session.
 class WsSubmitParams(_Body):
     period: Period
-    fuels: dict[str, Int64] = Field(default_factory=dict)
-    process_emissions: Int64 = 0
-    output: Int64 = 0
+    fuels: dict[str, Tonnes] = Field(default_factory=dict)
+    process_emissions: Tonnes = 0
+    output: Tonnes = 0
 
 
 class WsSurrenderParams(_Body):
     period: Period
     instrument: str = Field(min_length=1, max_length=64)
-    qty: Int64
+    qty: Tonnes
 
 
 class WsPeriodParams(_Body):
