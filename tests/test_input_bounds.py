@@ -143,3 +143,24 @@ async def test_activity_data_that_overflows_emissions_is_refused(tmp_path):
         assert r["ok"] is False and r["error"]["code"] == "INVALID_PARAMS", r
         orjson.dumps(srv.st.exchange.to_state())
         assert await readyz(srv) == 200
+
+
+@pytest.mark.parametrize("method,path,body", [
+    ("POST", "/rules/benchmarks", {"product": "power", "intensity": "1E+999990"}),
+    ("POST", "/rules/benchmarks", {"product": "power", "intensity": "9" * 100_000}),
+    ("POST", "/rules/assessments", {"firm_id": "POWER1", "technology": "0.5",
+                                    "efficiency": "0.5", "hist_intensity": "1E+999990"}),
+    ("POST", "/rules/params", {"phi_max": "1E+999990"}),
+    ("POST", "/rules/splits/preview", {"parent": "STEEL1", "instrument": I, "amount": 10,
+                                       "smes": ["SME1"], "revenue_share": "1E-999990"}),
+    ("PUT", "/compliance/sme-fund/params", {"penalty_to_fund_pct": "1E+999990",
+                                            "auction_to_fund_pct": "0"}),
+])
+async def test_huge_decimals_elsewhere_answer_fast(tmp_path, method, path, body):
+    """Every decimal parser has the guard: the rules' ratios and the SME fund's shares too."""
+    async with running_server(tmp_path) as srv:
+        t0 = time.monotonic()
+        st, js = await op(srv, method, path, body)
+        assert 400 <= st < 500, js
+        assert time.monotonic() - t0 < 0.5
+        assert await readyz(srv) == 200

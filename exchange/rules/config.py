@@ -10,14 +10,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
-from ..core.units import PPM, ratio_to_ppm
+from ..core.units import PPM, ratio_to_ppm, to_decimal
 
 
 def _ratio(v: str, lo: str = "0", hi: str | None = None) -> str:
-    try:
-        d = Decimal(str(v))
+    try:  # the units' one guarded parser: no huge strings or exponents (API input too)
+        d = to_decimal(v, "ratio")
     except (InvalidOperation, ValueError):
-        raise ValueError(f"not a decimal: {v!r}") from None
+        raise ValueError(f"not a decimal: {str(v)[:64]!r}") from None
     if not d.is_finite() or d < Decimal(lo) or (hi is not None and d > Decimal(hi)):
         raise ValueError(f"{v!r} outside [{lo}, {hi if hi is not None else 'inf'}]")
     if d * PPM != (d * PPM).to_integral_value():
