@@ -133,3 +133,19 @@ def test_commands_near_the_limits_apply_within_them_or_change_nothing(cmds):
         # the limits themselves: never more outstanding or deposited than the maximum
         assert -ex.accounts[ISSUER].holdings[CEA].total <= MAX_QTY
         assert -ex.accounts[BANK].cash <= MAX_CASH
+
+
+def test_sme_fund_budget_deposits_count_against_the_cash_limit():
+    """The fund's budget deposits are cash from @bank like DepositCash: the same limit."""
+    from exchange.compliance.fund import ConfigureSmeFund, FundDeposit
+    from test_compliance import base_market, firm
+
+    m = base_market()
+    m.ok(ConfigureSmeFund(penalty_to_fund_bps=3_000))
+    firm(m, "L", cash=1_000)
+    room = MAX_CASH + m.ex.accounts[BANK].cash
+    m.rejects(FundDeposit(amount=room + 1, period=2026), E.QUANTITY_LIMIT)
+    m.ok(FundDeposit(amount=room, period=2026))
+    m.rejects(DepositCash(account="L", amount=1), E.QUANTITY_LIMIT)
+    m.rejects(FundDeposit(amount=1, period=2026), E.QUANTITY_LIMIT)
+    check_bounds(m.ex)

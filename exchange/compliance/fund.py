@@ -35,7 +35,7 @@ from ..core.accounts import BANK, CASH, Account, post_cash
 from ..core.commands import Command, command
 from ..core.events import Posting, event
 from ..core.exchange import Module
-from ..core.units import BPS
+from ..core.units import BPS, MAX_CASH
 
 FUND_ACCOUNT = "@sme_fund"
 SOURCES = ("penalty", "auction", "budget")
@@ -329,6 +329,11 @@ class SmeFundModule(Module):
         self._check_period(period)
         ref = _text(c.ref, "ref", False)
         _text(c.operator, "operator", False)
+        # money from outside, like DepositCash: within the core's limit on all cash deposited
+        room = MAX_CASH + self.ex.accounts[BANK].cash
+        if c.amount > room:
+            raise E.Reject(E.QUANTITY_LIMIT, f"deposit of {c.amount} fen: at most {MAX_CASH} "
+                                             f"fen may be on deposit in all, {max(room, 0)} left")
         return self._inflow(self.ex.accounts[BANK], c.amount, c.amount, BPS, "budget", period,
                             ref)
 
