@@ -818,20 +818,33 @@ gate(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         }
         else
             outcome = data;
+        PyObject *entry = NULL; /* what is remembered: Gateway.place's [outcome, cmd, None] */
         if (key != NULL) {
+            /* the command is kept so that a retry naming other terms is refused, and the
+             * last slot takes the order's final state (Gateway._idem_listen) */
+            entry = PyList_New(3);
+            if (entry == NULL)
+                goto done;
+            PyList_SET_ITEM(entry, 0, Py_NewRef(outcome));
+            PyList_SET_ITEM(entry, 1, Py_NewRef(cmd));
+            PyList_SET_ITEM(entry, 2, Py_NewRef(Py_None));
             PyObject *idem = attr(gw, I_IDEM), *inflight = idem ? attr(idem, I_INFLIGHT) : NULL;
-            PyObject *v = inflight ? PyTuple_Pack(2, outcome, durable) : NULL;
+            PyObject *v = inflight ? PyTuple_Pack(2, entry, durable) : NULL;
             int e = v == NULL || PyObject_SetItem(inflight, key, v) < 0;
             Py_XDECREF(idem);
             Py_XDECREF(inflight);
             Py_XDECREF(v);
             if (e) {
+                Py_DECREF(entry);
                 if (!PyErr_Occurred())
                     PyErr_SetString(PyExc_AttributeError, "gate: Gateway.idem.inflight");
                 goto done;
             }
         }
-        if (enqueue(gw, durable, s, rid, data, key ? key : Py_None, outcome) < 0)
+        int e = enqueue(gw, durable, s, rid, data, key ? key : Py_None,
+                        entry ? entry : Py_None);
+        Py_XDECREF(entry);
+        if (e < 0)
             goto done;
     }
     else {

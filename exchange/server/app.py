@@ -101,6 +101,8 @@ def create_app(settings: Settings, data_dir: str | Path | None = None, *,
     async def on_startup(app: web.Application) -> None:
         await runner.start()
         st.recovery = dict(getattr(runner, "recovery", {}) or {})
+        # before any request: a retry of an order from before the restart is not a new order
+        await gw.rebuild_idempotency()
         if runner.is_empty:
             st.first_start = True
             # the demo keys are public: only the demo market has them, never --no-demo

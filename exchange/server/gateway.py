@@ -19,6 +19,7 @@ is behind (``Gateway.admit``).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections import deque
 from functools import partial
@@ -425,9 +426,13 @@ class Session:
 
 
 class Idempotency:
-    """(firm, client_order_id) -> the first place_order outcome of the last ``window``
-    orders: the reply as sent (bytes, exact size - an ``orjson.dumps`` result would keep its
-    4 KiB buffer) or ``("err", code, message)``. A ring of keys drops the oldest."""
+    """(firm, client_order_id) -> the first place_order of the last ``window`` orders, as an
+    entry ``[outcome, command, final]``: the outcome is the reply as sent (bytes, exact size -
+    an ``orjson.dumps`` result would keep its 4 KiB buffer), ``("err", code, message)``, or
+    ``("journal", seq)`` for an order known only from the journal (rebuilt on start); the
+    command (or its terms, :func:`_terms`) is what a retry must repeat; ``final`` is
+    ``(order_id, status, cum_qty)`` once the order is done (``Gateway._idem_listen``). A ring
+    of keys drops the oldest."""
 
     __slots__ = ("done", "inflight", "window", "ring")
 
@@ -485,6 +490,7 @@ class Gateway:
         self.accepting = True
         # the fan-out in C where the extension is built (on_commit is its reference)
         runner.add_listener(self.on_commit if _fanout is None else partial(_fanout, self))
+        runner.add_listener(self._idem_listen)
 
     @property
     def credentials(self):
@@ -904,12 +910,13 @@ class Gateway:
             hit = idem.done.get(key)
             if hit is not None:
                 self.metrics.idempotent_replays += 1
-                return _replay(hit)
+                return self._replay(cmd, hit)
             inflight = idem.inflight.get(key)
             if inflight is not None:  # the first is not durable yet: answer when it is
+                entry, durable = inflight
+                _same_terms(cmd, entry)  # other terms: refused now
                 self.metrics.idempotent_replays += 1
-                outcome, durable = inflight
-                durable.add_done_callback(partial(_send_replayed, s, req_id, outcome))
+                durable.add_done_callback(partial(self._send_replayed, s, req_id, cmd, entry))
                 return DEFERRED
             acct = self.ex.accounts.get(cmd.account)
             oid = acct.coids.get(coid) if acct is not None else None
@@ -922,10 +929,98 @@ class Gateway:
         self.admit(s)
         events, durable = self.submit_nowait(cmd)
         data, outcome = self._place_reply(s, cmd, req_id, events)
-        if key is not None:
-            self.idem.inflight[key] = (outcome, durable)
-        self._enqueue(durable, s, req_id, data, key, outcome)
+        entry = None
+        if key is not None:  # as the C gate remembers it
+            entry = [outcome, cmd, None]
+            self.idem.inflight[key] = (entry, durable)
+        self._enqueue(durable, s, req_id, data, key, entry)
         return DEFERRED
+
+    def _replay(self, cmd: PlaceOrder, entry) -> dict:
+        """The answer to a retry of a remembered place_order: refused when it names other
+        terms than the first, the first's error again, or the order as it is now (its
+        status, not the one the first reply had)."""
+        _same_terms(cmd, entry)
+        outcome, _first, final = entry
+        if type(outcome) is tuple:
+            if outcome[0] == "journal":  # placed before this process started
+                return self._replay_journaled(cmd, outcome[1])
+            raise ProtocolError(outcome[1], outcome[2])  # ("err", code, message)
+        r = _loads(outcome)["result"]
+        oid = r["order_id"]
+        acct = self.ex.accounts.get(cmd.account)
+        o = acct.orders.get(oid) if acct is not None else None
+        if o is not None:  # still working
+            r["order_status"], r["cum_qty"], r["leaves_qty"] = o.status, o.cum_qty, o.leaves
+        elif final is not None and final[0] == oid:  # done since the first reply
+            r["order_status"], r["cum_qty"], r["leaves_qty"] = final[1], final[2], 0
+        r["replayed"] = True
+        return r
+
+    def _replay_journaled(self, cmd: PlaceOrder, seq: int) -> dict:
+        """A retry of an order placed before a restart (the window rebuilt from the journal).
+        Still working: its current state; done (or refused): not placed again - the reply it
+        had is not known without replaying the market, so the retry is refused by name."""
+        acct = self.ex.accounts.get(cmd.account)
+        oid = acct.coids.get(cmd.client_order_id) if acct is not None else None
+        if oid is not None:  # the id's latest use (the window keeps the latest) still works
+            o = acct.orders[oid]
+            return {"order_id": oid, "client_order_id": cmd.client_order_id,
+                    "order_status": o.status, "cum_qty": o.cum_qty, "leaves_qty": o.leaves,
+                    "replayed": True}
+        raise ProtocolError(E.DUPLICATE_CLIENT_ORDER_ID,
+                            f"client_order_id {cmd.client_order_id!r} was used by the order of "
+                            f"seq {seq}, placed before a restart and no longer working; not "
+                            f"placed again")
+
+    def _send_replayed(self, s: Session, req_id, cmd, entry, durable) -> None:
+        """Answer a retry that arrived while the first place_order was not yet durable."""
+        if durable.cancelled() or durable.exception() is not None:
+            s.send(_err_bytes(req_id, E.SHUTTING_DOWN, _NOT_DURABLE))
+            return
+        try:
+            s.send(_dumps({"req_id": req_id, "ok": True, "result": self._replay(cmd, entry)}))
+        except ProtocolError as exc:
+            s.send(_err_bytes(req_id, exc.code, exc.message))
+
+    def _idem_listen(self, cmd, events) -> None:
+        """A durable command's reports: an order remembered for retries that is now done
+        (nothing left to fill) gets its final state in its entry, so that a replay shows it
+        after the order has left the book. Only orders with a client order id are looked up."""
+        idem = self.idem
+        done = idem.done
+        if not done and not idem.inflight:
+            return
+        for ev in events:
+            if (type(ev) is ExecutionReport and not ev.leaves_qty
+                    and ev.client_order_id is not None):
+                key = (ev.account, ev.client_order_id)
+                entry = done.get(key)
+                if entry is None:
+                    x = idem.inflight.get(key)
+                    entry = x[0] if x is not None else None
+                if type(entry) is list:
+                    entry[2] = (ev.order_id, ev.order_status, ev.cum_qty)
+
+    async def rebuild_idempotency(self) -> int:
+        """The idempotency window after a restart: the last ``window`` place_orders with a
+        client order id, read back from the journal (at most ``2 x window`` records, so a
+        start stays bounded), remembered with their terms and seq. Without this a retry of an
+        order that had filled before the restart was placed, and traded, again. Returns how
+        many were remembered."""
+        journal = getattr(self.runner, "journal", None)
+        last = self.ex.last_seq
+        window = self.idem.window
+        if journal is None or not last or window <= 0:
+            return 0
+        found: list = []
+        async for seq, _ts, d in journal.read(max(1, last - 2 * window + 1), last):
+            if d.get("type") == "place_order" and d.get("client_order_id") is not None:
+                found.append(((d["account"], d["client_order_id"]), seq, _dict_terms(d)))
+        remember = self.idem.remember
+        for key, seq, terms in found[-window:]:
+            remember(key, [("journal", seq), terms, None])
+        return len(found[-window:])
 
     def admit(self, s: Session) -> None:
         """Admission control for new risk (place_order, amend_order): refuse with OVERLOADED,
@@ -1069,23 +1164,30 @@ _REPORT_OK = (b'{"req_id":%d,"ok":true,"result":{"order_id":%d,"client_order_id"
 _NOT_DURABLE = "the journal could not make the order durable; it may be lost"
 
 
-def _replay(outcome) -> dict:
-    """The result of a remembered place_order (or its error) for a retry."""
-    if type(outcome) is tuple:  # ("err", code, message)
-        raise ProtocolError(outcome[1], outcome[2])
-    r = _loads(outcome)["result"]
-    r["replayed"] = True
-    return r
+_TERMS = ("instrument", "segment", "side", "qty", "price", "order_type", "tif", "post_only")
+_TERM_DEFAULTS = {f.name: f.default for f in dataclasses.fields(PlaceOrder) if f.name in _TERMS
+                  and f.default is not dataclasses.MISSING}
 
 
-def _send_replayed(s: Session, req_id, outcome, durable) -> None:
-    """Answer a retry that arrived while the first place_order was not yet durable."""
-    if durable.cancelled() or durable.exception() is not None:
-        s.send(_err_bytes(req_id, E.SHUTTING_DOWN, _NOT_DURABLE))
-    elif type(outcome) is tuple:
-        s.send(_err_bytes(req_id, outcome[1], outcome[2]))
-    else:
-        s.send(_dumps({"req_id": req_id, "ok": True, "result": _replay(outcome)}))
+def _terms(cmd) -> tuple:
+    """What a retry of a place_order must repeat: everything but the ids and stamps."""
+    return (cmd.instrument, cmd.segment, cmd.side, cmd.qty, cmd.price, cmd.order_type, cmd.tif,
+            cmd.post_only)
+
+
+def _dict_terms(d: dict) -> tuple:
+    """:func:`_terms` of a journaled place_order (its encode_command dict)."""
+    return tuple(d.get(f, _TERM_DEFAULTS.get(f)) for f in _TERMS)
+
+
+def _same_terms(cmd: PlaceOrder, entry) -> None:
+    """Refuse a retry that reuses a remembered client order id for another order: replaying
+    the first order's reply to it would tell the client an order it never sent was placed."""
+    first = entry[1]
+    if _terms(cmd) != (first if type(first) is tuple else _terms(first)):
+        raise ProtocolError(E.DUPLICATE_CLIENT_ORDER_ID,
+                            f"client_order_id {cmd.client_order_id!r} was used for an order "
+                            f"with other terms (side, price, quantity, ...); use a new id")
 
 
 def _reason_text(code: str | None) -> str:
