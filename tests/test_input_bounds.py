@@ -49,6 +49,8 @@ HTTP_REQUESTS = [
     ("POST", f"/compliance/submissions/POWER1/{BIG}/reject", {"reason": "x"}, VERIFIER),
     ("POST", f"/compliance/periods/{BIG}/deadline", {}, OPERATOR),
     ("POST", f"/compliance/periods/{BIG}/cap/what-if", {"cap_pct": "5"}, OPERATOR),
+    ("GET", f"/rules/allocations/{BIG}", None, OPERATOR),
+    ("GET", f"/rules/allocations/{BIG}/POWER1", None, OPERATOR),
     ("POST", "/compliance/submissions", {"period": U64, "firm_id": "POWER1"}, OPERATOR),
     ("POST", "/compliance/submissions", {"period": 2026, "fuels": {"coal": U64},
                                          "firm_id": "POWER1"}, OPERATOR),
@@ -164,3 +166,28 @@ async def test_huge_decimals_elsewhere_answer_fast(tmp_path, method, path, body)
         assert 400 <= st < 500, js
         assert time.monotonic() - t0 < 0.5
         assert await readyz(srv) == 200
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/rules/output-history", {"firm_id": "POWER1", "rows": [{"period": 2025,
+                                                             "output": 2 ** 62}]}),
+    ("/rules/output-history", {"firm_id": "POWER1", "rows": [{"period": 2025, "output": 1,
+                                                             "emissions": 2 ** 62}]}),
+    ("/rules/output-history", {"firm_id": "POWER1", "rows": [{"period": 10 ** 12,
+                                                             "output": 1}]}),
+    ("/rules/input-use", {"firm_id": "POWER1", "period": 2026,
+                          "inputs": [{"product": "steel", "qty": 2 ** 62}]}),
+    ("/rules/params", {"cap_tonnes": 2 ** 62}),
+    ("/rules/splits/preview", {"parent": "STEEL1", "instrument": I, "amount": 2 ** 62,
+                               "smes": ["SME1"]}),
+    ("/rules/allocation-runs", {"period": 10 ** 12, "step": "pre_allocate"}),
+])
+async def test_rules_inputs_within_the_quantity_limit(tmp_path, path, body):
+    """Output, emissions and input use are multiplied into allocations the rules issue: they
+    stay within the core's quantity limit (10^15), periods within 9 digits."""
+    async with running_server(tmp_path) as srv:
+        ex = srv.st.exchange
+        before = business_hash(ex)
+        st, js = await op(srv, "POST", path, body)
+        assert st == 422 and js["error"]["code"] == "INVALID_PARAMS", js
+        assert business_hash(ex) == before

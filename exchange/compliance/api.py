@@ -26,7 +26,7 @@ from ..core import errors as E
 from ..core.units import MAX_QTY, UnitError, percent_to_bps
 from ..server.api import ApiContext, route
 from ..server.credentials import ROLE_FIRM, ROLE_OPERATOR, ROLE_VERIFIER
-from ..server.protocol import INT64_MAX, ProtocolError, ws_method
+from ..server.protocol import INT64_MAX, Period, ProtocolError, ws_method
 from . import reports as R
 from .config import to_ns
 from .commands import (
@@ -41,10 +41,6 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-# A compliance period is a year-like number; anything longer than this is a typo or an attack
-# (a 20-digit period used to reach the journal and stop it).
-MAX_PERIOD = 999_999_999
-Period = Annotated[StrictInt, Field(ge=0, le=MAX_PERIOD)]
 # Fuel use, emissions, output and surrendered tonnes within the core's quantity limit: fuel use
 # is multiplied into emissions and obligations, and 64-bit inputs could overflow those. Signs
 # are left to the core (BAD_ACTIVITY_DATA, BAD_QUANTITY).

@@ -41,10 +41,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
 
 from ..core import errors as E
-from ..core.units import ppm_half_even, ppm_to_decimal, ratio_to_ppm
+from ..core.units import MAX_QTY, ppm_half_even, ppm_to_decimal, ratio_to_ppm
 from ..server.api import ApiContext, CommandResult, route
 from ..server.credentials import ROLE_FIRM, ROLE_OPERATOR, ROLE_VERIFIER
-from ..server.protocol import ProtocolError, ws_method
+from ..server.protocol import Period, ProtocolError, ws_method
 from . import formulas as F
 from .commands import (
     AssessFirm, ClosePeriod, PreAllocate, SetBenchmark, SetInputUse, SetOutputHistory,
@@ -87,10 +87,12 @@ def _params_view(p: dict) -> dict:
 
 
 def _int_path(ctx: ApiContext, name: str) -> int:
-    try:
-        return int(ctx.path[name])
-    except ValueError:
-        raise ProtocolError(E.INVALID_PARAMS, f"{name} must be an integer", 422) from None
+    text = ctx.path[name]
+    # at most 9 digits, like a body's period: no 20-digit numbers into commands or lookups
+    if not (0 < len(text) <= 9 and text.isascii() and text.isdigit()):
+        raise ProtocolError(E.INVALID_PARAMS, f"{name} must be a whole number of at most 9 "
+                                              f"digits", 422)
+    return int(text)
 
 
 def _own(ctx: ApiContext, firm_id: str) -> None:
@@ -123,7 +125,7 @@ class ParamsBody(Body):
         None, description="how the period's total is fixed: intensity (sum of benchmark x "
         "verified output), absolute (cap_tonnes) or floating (B x Y x phi per firm, the "
         "total moves with phi)")
-    cap_tonnes: StrictInt | None = Field(None, ge=0,
+    cap_tonnes: StrictInt | None = Field(None, ge=0, le=MAX_QTY,
                                          description="the absolute cap, tonnes per period")
     gain_share: str | None = Field(
         None, description="share, in [0, 1], of the value of a core firm's coupling gain it "
@@ -193,9 +195,9 @@ async def assess(ctx: ApiContext, b: AssessmentBody) -> dict:
 
 
 class HistoryRow(Body):
-    period: StrictInt
-    output: StrictInt = Field(ge=0)
-    emissions: StrictInt | None = Field(None, ge=0)
+    period: Period
+    output: StrictInt = Field(ge=0, le=MAX_QTY)
+    emissions: StrictInt | None = Field(None, ge=0, le=MAX_QTY)
 
 
 class OutputHistoryBody(Body):
@@ -212,12 +214,12 @@ async def output_history(ctx: ApiContext, b: OutputHistoryBody) -> dict:
 
 class InputRow(Body):
     product: str
-    qty: StrictInt = Field(ge=0)
+    qty: StrictInt = Field(ge=0, le=MAX_QTY)
 
 
 class InputUseBody(Body):
     firm_id: str
-    period: StrictInt
+    period: Period
     inputs: list[InputRow]
 
 
@@ -266,7 +268,7 @@ async def get_chain(ctx: ApiContext, body) -> dict:
 # ====================================================================== periods, allocation runs
 
 class AllocationRunBody(Body):
-    period: StrictInt
+    period: Period
     step: Literal["pre_allocate", "close_period", "settle_allocations", "settle_sub_quotas"]
 
 
@@ -318,7 +320,7 @@ async def get_allocation(ctx: ApiContext, body) -> dict:
 class SplitBody(Body):
     parent: str
     instrument: str
-    amount: StrictInt = Field(gt=0)
+    amount: StrictInt = Field(gt=0, le=MAX_QTY)
     smes: list[str] = Field(min_length=1)
     strategy: Literal["equal", "output", "baseline_emissions", "responsibility",
                       "abatement"] = "equal"
@@ -528,7 +530,7 @@ class NoParams(Body):
 
 
 class PeriodParams(Body):
-    period: StrictInt
+    period: Period
 
 
 @ws_method("factor_history", NoParams, roles=(ROLE_FIRM,))

@@ -98,6 +98,12 @@ INT64_MIN, INT64_MAX = -2 ** 63, 2 ** 63 - 1
 Int64 = Annotated[StrictInt, Field(ge=INT64_MIN, le=INT64_MAX)]
 """A strict JSON integer within the 64-bit signed range."""
 
+# A compliance or allocation period is a year-like number; anything longer is a typo or an
+# attack (a 20-digit period used to reach the journal and stop it).
+MAX_PERIOD = 999_999_999
+Period = Annotated[StrictInt, Field(ge=0, le=MAX_PERIOD)]
+"""A period number on the wire: 0 .. 999,999,999."""
+
 Name = Annotated[str, Field(min_length=1, max_length=64)]
 ClientOrderId = Annotated[str, Field(min_length=1, max_length=64)]
 
@@ -593,7 +599,7 @@ def wire_ticker(ex, symbol: str, segment: str = "main") -> dict:
 
 
 __all__ = [
-    "ProtocolError", "Price", "Int64", "INT64_MIN", "INT64_MAX", "Params", "AuthParams", "PlaceOrderParams", "CancelOrderParams",
+    "ProtocolError", "Price", "Int64", "INT64_MIN", "INT64_MAX", "Period", "MAX_PERIOD", "Params", "AuthParams", "PlaceOrderParams", "CancelOrderParams",
     "AmendOrderParams", "order_ref", "validate_place_order", "validate_cancel_order",
     "validate_amend_order", "CancelAllParams", "ChannelParams", "EmptyParams", "Method", "METHODS",
     "ws_method", "DEFERRED", "OVERLOADED", "validation_message", "wire_er", "wire_trade", "wire_book_changes",
