@@ -149,3 +149,23 @@ def test_sme_fund_budget_deposits_count_against_the_cash_limit():
     m.rejects(DepositCash(account="L", amount=1), E.QUANTITY_LIMIT)
     m.rejects(FundDeposit(amount=1, period=2026), E.QUANTITY_LIMIT)
     check_bounds(m.ex)
+
+
+def test_a_penalty_at_an_absurd_price_stays_within_the_cash_limit():
+    """A shortfall x an average price x the multiple can pass 64 bits even with every input
+    within its limit (reference prices up to MAX_CASH): the penalty is capped at MAX_CASH."""
+    from exchange.compliance.commands import (
+        ProcessComplianceDeadline, SubmitActivityData, VerifyEmissions,
+    )
+    from exchange.core.commands import SetPriceBand
+    from test_compliance import DEADLINE, base_market, firm
+
+    m = base_market()
+    m.ok(SetPriceBand(instrument="CEA-2026", reference_price=10 ** 17))
+    firm(m, "L", cash=1_000)
+    m.ok(SubmitActivityData(firm_id="L", period=2026, fuels=(("coal", 1_000),)))
+    m.ok(VerifyEmissions(firm_id="L", period=2026, verifier="V1"))
+    m.ok(ProcessComplianceDeadline(period=2026), ts=DEADLINE)
+    st = m.ex.to_state()
+    orjson.dumps(st)  # the snapshot: every int within 64 bits
+    check_bounds(m.ex)

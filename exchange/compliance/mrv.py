@@ -14,7 +14,7 @@ Rounding, chosen once and documented in docs/COMPLIANCE.md:
 """
 from __future__ import annotations
 
-from ..core.units import BPS, PPM
+from ..core.units import BPS, MAX_CASH, PPM
 
 
 def round_half_up_div(num: int, den: int) -> int:
@@ -45,17 +45,21 @@ def cap_qty(obligation: int, bps: int) -> int:
 
 def penalty(mode: str, shortfall: int, fixed_fine: int, multiple_ppm: int,
             average_price: int) -> int:
-    """Penalty in fen for a shortfall: a fixed fine and/or a multiple of the average price."""
+    """Penalty in fen for a shortfall: a fixed fine and/or a multiple of the average price,
+    at most MAX_CASH (the product of a shortfall and a price, each within its limit, can pass
+    64 bits, and the penalty is kept in the state; no firm can hold more cash anyway)."""
     if shortfall <= 0:
         return 0
     price_part = shortfall * average_price * multiple_ppm // PPM
     if mode == "fixed":
-        return fixed_fine
-    if mode == "multiple":
-        return price_part
-    if mode == "greater":
-        return max(fixed_fine, price_part)
-    return fixed_fine + price_part  # "both"
+        pen = fixed_fine
+    elif mode == "multiple":
+        pen = price_part
+    elif mode == "greater":
+        pen = max(fixed_fine, price_part)
+    else:
+        pen = fixed_fine + price_part  # "both"
+    return min(pen, MAX_CASH)
 
 
 PENALTY_MODES = ("fixed", "multiple", "both", "greater")
