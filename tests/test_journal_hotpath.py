@@ -240,7 +240,8 @@ def test_submitter_journals_a_core_error_and_reraises_a_sequence_error(tmp_path,
         rows = con.execute("SELECT seq, payload FROM journal ORDER BY seq").fetchall()
         con.close()
         assert [q for q, _ in rows] == [1, 2, 3]  # payloads and stamps stayed in step
-        assert all(p == b'["snapshot_marker"]' for _, p in rows)
+        # (a marker's seal fields are appended with defaults: of_seq 0, no state hash)
+        assert all(p == b'["snapshot_marker",0,null]' for _, p in rows)
         with pytest.raises(RunnerFailed):
             r.submit_nowait(SnapshotMarker())
     asyncio.run(go())

@@ -20,7 +20,7 @@ from . import reports as R
 async def _load_from_journal(target: str | None, config: str | None):
     from ..engine import build_exchange
     from ..journal import default_target, open_journal
-    from ..journal.runner import replay_into
+    from ..journal.runner import replay_into, restore_proven_snapshot
     if target is None:
         from ..config import config_path, load_settings
         target = default_target(load_settings(config_path(config)))
@@ -29,11 +29,8 @@ async def _load_from_journal(target: str | None, config: str | None):
     await j.open()
     try:
         ex = build_exchange()
-        start = 0
-        snap = await j.latest_snapshot()
-        if snap is not None:
-            start = snap[0]
-            ex.restore(snap[1])
+        # only a snapshot its seal in the hash chain proves (docs/adr/0009)
+        start = await restore_proven_snapshot(ex, j)
         await replay_into(ex, j, start + 1)
         return ex
     finally:

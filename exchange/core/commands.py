@@ -264,7 +264,14 @@ class EndOfDay(Command):
 @command("snapshot_marker")
 class SnapshotMarker(Command):
     """Taken in the stream so a snapshot is consistent: the journal snapshots state right after
-    applying it. It changes nothing in the core but the sequence number."""
+    applying it. It changes nothing in the core but the sequence number.
+
+    With ``of_seq`` set it is the snapshot's *seal*, journaled once the snapshot is
+    serialised: ``state_hash`` is the SHA-256 (hex) of the state at ``of_seq`` as the
+    snapshot holds it. The seal is in the hash chain, the snapshot row is not, so a start
+    proves a snapshot against its seal (docs/adr/0009-recovery-trust.md)."""
 
     seq: int = 0
     ts: int = 0
+    of_seq: int = 0
+    state_hash: str | None = None

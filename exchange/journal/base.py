@@ -326,7 +326,15 @@ class Journal:
     async def latest_snapshot(self, max_seq: int | None = None) -> tuple[int, bytes] | None:
         """The newest snapshot (at or before ``max_seq``) that matches the log: its data hash
         is right and it sits on the chain (its stored chain hash equals the record's). A
-        damaged one is skipped with a warning; None when there is none."""
+        damaged one is skipped with a warning; None when there is none. (This does not
+        prove the data: CoreRunner also checks the snapshot's seal, see ``find_seal``.)"""
+        async for seq, data in self.snapshots(max_seq):
+            return seq, data
+        return None
+
+    async def snapshots(self, max_seq: int | None = None) -> AsyncIterator[tuple[int, bytes]]:
+        """Every snapshot that matches the log, as :meth:`latest_snapshot` checks them,
+        newest first."""
         for seq, chain_hash, data_hash in await self._snapshot_rows():
             if max_seq is not None and seq > max_seq:
                 continue
@@ -341,8 +349,7 @@ class Journal:
                 continue
             if await self._hash_at(seq) != bytes(chain_hash):
                 raise JournalCorruptError(seq, "snapshot does not match the log's hash chain")
-            return seq, bytes(data)
-        return None
+            yield seq, bytes(data)
 
     async def snapshot_seqs(self) -> list[int]:
         return sorted(r[0] for r in await self._snapshot_rows())

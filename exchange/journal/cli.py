@@ -21,7 +21,7 @@ import sys
 import time
 
 from .base import JournalCorruptError, JournalError
-from .runner import replay_into, restore_bytes, snapshot_bytes
+from .runner import replay_into, restore_proven_snapshot, snapshot_bytes
 
 
 def _open(args):
@@ -93,11 +93,8 @@ async def _replay(args) -> int:
             return 2
         ex = build_exchange()
         start = 0
-        if not args.no_snapshot:
-            snap = await j.latest_snapshot(max_seq=to)
-            if snap is not None:
-                start = snap[0]
-                restore_bytes(ex, snap[1])
+        if not args.no_snapshot:  # only a snapshot its seal in the chain proves
+            start = await restore_proven_snapshot(ex, j, to)
         n = await replay_into(ex, j, start + 1, to)
         if args.json:
             print(json.dumps(ex.to_state(), sort_keys=True, indent=1))

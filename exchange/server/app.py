@@ -59,7 +59,7 @@ def journal_target(settings: Settings, data_dir: Path | None,
 
 
 def make_runner(settings: Settings, data_dir: Path | None, in_memory: bool,
-                journal: str | None = None):
+                journal: str | None = None, recover_from_genesis: bool = False):
     ex = build_exchange()
     if in_memory:
         from .memory import MemoryRunner
@@ -74,7 +74,8 @@ def make_runner(settings: Settings, data_dir: Path | None, in_memory: bool,
     journal = open_journal(target, **options)
     runner = CoreRunner(ex, journal,
                         snapshot_every_commands=settings.journal.snapshot_every_commands,
-                        snapshot_every_seconds=settings.journal.snapshot_every_seconds)
+                        snapshot_every_seconds=settings.journal.snapshot_every_seconds,
+                        use_snapshots=not recover_from_genesis)
     return ex, runner
 
 
@@ -85,14 +86,16 @@ async def _submit_all(runner, cmds) -> None:
 
 def create_app(settings: Settings, data_dir: str | Path | None = None, *,
                in_memory: bool = False, demo: bool = True,
-               journal: str | None = None) -> web.Application:
+               journal: str | None = None,
+               recover_from_genesis: bool = False) -> web.Application:
     """The whole server as an aiohttp application (start it with AppRunner or TestServer)."""
     load_extensions()
     st = ServerState(settings, Path(data_dir) if data_dir is not None
                      else Path(settings.journal.data_dir), in_memory, demo)
     app = web.Application(client_max_size=1 << 20, middlewares=[api_errors])
     app[STATE_KEY] = st
-    ex, runner = make_runner(settings, st.data_dir, in_memory, journal)
+    ex, runner = make_runner(settings, st.data_dir, in_memory, journal,
+                             recover_from_genesis)
     st.exchange, st.runner = ex, runner
     # listeners only see live commands (recovery replays without them)
     gw = st.gateway = app[GATEWAY_KEY] = Gateway(ex, runner, settings.server, log)

@@ -24,6 +24,7 @@ import sys
 from aiohttp import web
 
 from ..config import add_config_argument, config_origin, config_path, load_settings
+from ..journal import JournalCorruptError
 
 
 async def serve(args) -> int:
@@ -36,9 +37,16 @@ async def serve(args) -> int:
     if args.journal_schema:
         settings.journal.schema_name = args.journal_schema
     app = create_app(settings, data_dir, in_memory=args.in_memory, demo=not args.no_demo,
-                     journal=args.journal)
+                     journal=args.journal, recover_from_genesis=args.recover_from_genesis)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
-    await runner.setup()  # runs on_startup: journal recovery / genesis
+    try:
+        await runner.setup()  # runs on_startup: journal recovery / genesis
+    except JournalCorruptError as e:
+        # nothing was changed on disk: the operator decides (--recover-from-genesis, or
+        # restore the journal from a copy) - the message names the record or snapshot
+        print(f"refusing to start: {e}", file=sys.stderr, flush=True)
+        await runner.cleanup()
+        return 2
     st = app[STATE_KEY]
     tune_gc(settings.server)
     if settings.server.stall_warn_ms > 0:
@@ -119,6 +127,9 @@ def register(sub) -> None:
                         "journal.url, else DATA_DIR/journal.sqlite)")
     p.add_argument("--journal-schema", default=None, metavar="SCHEMA",
                    help="PostgreSQL schema of the journal's tables (default journal.schema)")
+    p.add_argument("--recover-from-genesis", action="store_true",
+                   help="rebuild the state from the whole log, loading no snapshot (after a "
+                        "start refused a snapshot that does not match its seal)")
     p.add_argument("--in-memory", action="store_true",
                    help="no journal: nothing survives a restart (tests, gateway benchmarks)")
     p.add_argument("--no-demo", action="store_true",
