@@ -16,10 +16,10 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from ..core import errors as E
-from ..core.units import UnitError, percent_to_bps
+from ..core.units import MAX_QTY, UnitError, percent_to_bps
 from ..server.api import ApiContext, CommandResult, route
 from ..server.credentials import ROLE_FIRM, ROLE_OPERATOR
-from ..server.protocol import Price, ProtocolError
+from ..server.protocol import Period, Price, ProtocolError
 from .fund import (
     STATUSES, ApplyForGrant, ApproveGrant, ConfigureSmeFund, DisburseGrant, FundDeposit,
     RejectGrant, fund_module, fund_statement,
@@ -49,16 +49,18 @@ class FundParamsBody(_Body):
 
 class FundDepositBody(_Body):
     amount: Price = Field(description="CNY from the regulator's budget")
-    period: StrictInt | None = Field(
+    period: Period | None = Field(
         None, description="period the inflow counts to; default: the current compliance period")
     ref: str = Field("", max_length=500, description="e.g. the budget line")
 
 
 class GrantApplicationBody(_Body):
-    period: StrictInt = Field(description="compliance period the grant counts to, e.g. 2026")
+    period: Period = Field(description="compliance period the grant counts to, e.g. 2026")
     amount: Price = Field(description="CNY requested")
     project: str = Field(min_length=1, max_length=500, description="the abatement project")
-    verified_abatement_t: StrictInt = Field(gt=0, description="verified abatement, t CO2e")
+    # within the core's quantity limit: abatement is summed per SME and period in statements
+    verified_abatement_t: StrictInt = Field(gt=0, le=MAX_QTY,
+                                            description="verified abatement, t CO2e")
     sme: str | None = Field(None, description="operators only: the SME applied for")
 
 
