@@ -149,28 +149,80 @@ def record_hash(prev_hash: bytes, seq: int, ts: int, payload: bytes) -> bytes:
     return _sha256(prev_hash + _pack(seq, ts) + payload).digest()
 
 
-def torn_tail_seq(rows) -> int | None:
-    """``rows``: the last two records ``(seq, ts, payload, hash)``, newest first. Returns the
-    last record's seq when it is torn (its hash or payload is wrong: what a crash mid-write
-    leaves), else None. A last record that does not follow its predecessor is a gap, not a
-    tear: the chain check reports that."""
+def _row_hash_ok(row, prev_hash: bytes) -> bool:
+    seq, ts, p, h = row
+    try:
+        return record_hash(prev_hash, seq, ts, bytes(p)) == bytes(h)
+    except Exception:
+        return False
+
+
+def _incomplete(p, h) -> bool:
+    """A record cut short by a write that did not finish: its hash is not 32 bytes, or its
+    payload does not end its JSON (every complete payload is an array or an object, and
+    ends with its closing bracket) and does not parse. A changed byte inside a record that
+    still ends its JSON is not an incomplete write: it is a modification."""
+    try:
+        if len(bytes(h)) != 32:
+            return True
+        p = bytes(p)
+    except Exception:
+        return False
+    if p.rstrip().endswith((b"]", b"}")):
+        return False
+    try:
+        loads(p)
+        return False
+    except Exception:
+        return True
+
+
+def tail_damage(rows) -> tuple[str, int, str] | None:
+    """``rows``: the last three records ``(seq, ts, payload, hash)``, newest first. None when
+    the last record is intact (its hash extends its predecessor's and its payload is a
+    command). Else ``("torn", seq, why)`` when it is an incomplete final write on top of an
+    intact predecessor - the one thing a start may trim: SQLite and PostgreSQL commits are
+    atomic, so such a record was never acknowledged unless the disk lied - or
+    ``("corrupt", seq, why)``, naming the first record found wrong: a start must refuse and
+    change nothing (the record may be an acknowledged command, or intact itself while the
+    record before it is damaged). A last record that does not follow its predecessor is a
+    gap, not a tear: the open's count check reports it."""
     if not rows:
         return None
     seq, ts, p, h = rows[0]
-    prev = GENESIS_HASH if seq == 1 else (
-        bytes(rows[1][3]) if len(rows) > 1 and rows[1][0] == seq - 1 else None)
-    if prev is None:
+    prev_row = rows[1] if len(rows) > 1 and rows[1][0] == seq - 1 else None
+    if seq != 1 and prev_row is None:
         return None
-    try:
-        if not isinstance(p, (bytes, bytearray, memoryview)):
-            return seq
-        p, h = bytes(p), bytes(h)
-        if record_hash(prev, seq, ts, p) == h:
-            if is_payload(loads(p)):
+    prev = GENESIS_HASH if seq == 1 else bytes(prev_row[3])
+    if _row_hash_ok(rows[0], prev):
+        try:
+            if is_payload(loads(bytes(p))):
                 return None
-    except Exception:
-        pass
-    return seq
+        except Exception:
+            pass
+        return ("corrupt", seq, "last record's payload is not a command, though its hash "
+                                "matches (written wrong)")
+    if prev_row is not None:  # is the predecessor itself intact? (then the last is at fault)
+        before = GENESIS_HASH if seq - 1 == 1 else (
+            bytes(rows[2][3]) if len(rows) > 2 and rows[2][0] == seq - 2 else None)
+        if before is not None and not _row_hash_ok(prev_row, before):
+            return ("corrupt", seq - 1, f"hash chain broken at the record before the last: "
+                                        f"record {seq - 1} does not match its stored hash "
+                                        f"(record {seq} after it is not to blame)")
+    if _incomplete(p, h):
+        return ("torn", seq, "last record is an incomplete write (cut short)")
+    return ("corrupt", seq, "last record does not match its hash: changed after it was "
+                            "written (it is complete, so not a torn write)")
+
+
+def tail_refusal(target: str, seq: int, why: str) -> "JournalCorruptError":
+    """The start's refusal: what is wrong, that nothing was changed, what the operator can
+    do about it."""
+    return JournalCorruptError(
+        seq, f"{why}; refusing to start, nothing was changed on disk. Restore the journal "
+             f"from a copy, or drop record {seq} and every record after it (acknowledged "
+             f"commands are lost) with: python -m exchange journal truncate {target} "
+             f"--from {seq}")
 
 
 def chain_rows(records: Iterable[tuple[int, int, dict]], last_seq: int, last_hash: bytes
@@ -245,6 +297,7 @@ class Journal:
     spec: tuple[str, dict] | None = None  # (target, options) to reopen it elsewhere
 
     def __init__(self) -> None:
+        self.check_tail = True  # False: open without judging the last record (truncate)
         self.last_seq = 0
         self.last_hash = GENESIS_HASH
         self.first_seq = 1
@@ -353,6 +406,21 @@ class Journal:
 
     async def snapshot_seqs(self) -> list[int]:
         return sorted(r[0] for r in await self._snapshot_rows())
+
+    async def _delete_from(self, seq: int) -> tuple[int, int]:
+        """Delete the records and snapshots at or after ``seq`` in one transaction; return
+        how many of each."""
+        raise NotImplementedError
+
+    async def truncate_from(self, seq: int) -> tuple[int, int]:
+        """The operator's explicit repair (``journal truncate``): drop every record from
+        ``seq`` on, and the snapshots at or after it. Never called by a start."""
+        if seq < 1:
+            raise JournalError("truncate --from must be 1 or more")
+        n = await self._delete_from(seq)
+        self.last_seq = seq - 1
+        self.last_hash = await self.prev_hash(seq) if seq > 1 else GENESIS_HASH
+        return n
 
     async def verify_chain(self, from_seq: int = 1, to_seq: int | None = None) -> VerifyReport:
         """Check the whole chain (or a range) without decoding; raise JournalCorruptError."""

@@ -10,8 +10,15 @@
         rebuild the state as of SEQ (from the newest snapshot at or before it, then the log),
         print the books and ``state_hash <hex>``; ``--json`` prints the whole state instead.
 
-PATH_OR_DSN defaults to ``<journal.data_dir>/journal.sqlite`` from the settings file. Neither
-command writes to the journal (a torn last record is reported, not truncated).
+    python -m exchange journal truncate [PATH_OR_DSN] --from SEQ
+        the operator's explicit repair: delete record SEQ and every record after it (and
+        the snapshots at or after SEQ). A start never deletes a record it cannot show to be
+        an incomplete write; it refuses and names this command instead (ADR 0009). Stop
+        the server first; keep a copy of the journal.
+
+PATH_OR_DSN defaults to ``<journal.data_dir>/journal.sqlite`` from the settings file.
+``verify`` and ``replay`` do not write to the journal (a torn last record is reported, not
+truncated).
 """
 from __future__ import annotations
 
@@ -117,10 +124,36 @@ async def _replay(args) -> int:
         await j.close()
 
 
+async def _truncate(args) -> int:
+    from . import default_target, open_journal
+    target = args.target
+    if target is None:
+        from ..config import config_path, load_settings
+        target = default_target(load_settings(config_path(args.config)))
+    pg = target.startswith(("postgresql://", "postgres://"))
+    j = open_journal(target, **({"schema": args.schema} if pg else {"writer": "thread"}))
+    j.check_tail = False  # the last record is what the operator decided to drop
+    try:
+        await j.open()
+        end = j.last_seq
+        if args.from_seq > end:
+            print(f"nothing to drop: the log ends at seq {end}")
+            return 0
+        n, k = await j.truncate_from(args.from_seq)
+        print(f"journal {j.target}: dropped records {args.from_seq}..{end} ({n} records) and "
+              f"{k} snapshots; the log now ends at seq {j.last_seq}")
+        return 0
+    except JournalError as e:
+        print(f"FAILED: {e}", file=sys.stderr)
+        return 1
+    finally:
+        await j.close()
+
+
 def register(sub) -> None:
     from ..config import add_config_argument
     p = sub.add_parser("journal", help="verify or replay a command journal (audit)")
-    jsub = p.add_subparsers(dest="journal_command", metavar="{verify,replay}")
+    jsub = p.add_subparsers(dest="journal_command", metavar="{verify,replay,truncate}")
 
     def common(q):
         q.add_argument("target", nargs="?", default=None,
@@ -142,4 +175,9 @@ def register(sub) -> None:
     r.add_argument("--json", action="store_true", help="print the whole state as JSON")
     r.add_argument("--no-snapshot", action="store_true", help="replay from seq 1")
     r.set_defaults(func=lambda a: asyncio.run(_replay(a)))
+    t = jsub.add_parser("truncate", help="drop records from SEQ on (explicit repair)")
+    common(t)
+    t.add_argument("--from", dest="from_seq", type=int, required=True,
+                   help="first record to drop; every record after it goes too")
+    t.set_defaults(func=lambda a: asyncio.run(_truncate(a)))
     p.set_defaults(func=lambda a: (p.print_help(), 0)[1])

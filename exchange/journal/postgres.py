@@ -13,7 +13,7 @@ import hashlib
 import zlib
 
 from .base import (
-    Journal, JournalCorruptError, JournalError, chain_rows, log, torn_tail_seq,
+    Journal, JournalCorruptError, JournalError, chain_rows, log, tail_damage, tail_refusal,
 )
 
 
@@ -92,20 +92,38 @@ class PostgresJournal(Journal):
         """)
 
     async def _drop_torn_tail(self) -> None:
-        rows = await self._con.fetch(
-            f"SELECT seq, ts, payload, hash FROM {self._t} ORDER BY seq DESC LIMIT 2")
-        seq = torn_tail_seq(rows)
-        if seq is None:
+        """As SQLite's: trim only an incomplete final write; refuse on anything else."""
+        if not self.check_tail:
             return
+        rows = await self._con.fetch(
+            f"SELECT seq, ts, payload, hash FROM {self._t} ORDER BY seq DESC LIMIT 3")
+        found = tail_damage(rows)
+        if found is None:
+            return
+        kind, seq, why = found
+        if kind != "torn":
+            raise tail_refusal(f"{_redact(self.dsn)} --schema {self.schema}", seq, why)
         if not self.repair_tail:
-            raise JournalCorruptError(seq, "last record torn (incomplete or damaged write); "
-                                           "a start would truncate it")
-        log.warning("journal %s: last record seq %d is torn (incomplete or damaged write); "
-                    "truncated", self.target, seq)
+            raise JournalCorruptError(seq, "last record torn (incomplete write); a start "
+                                           "would truncate it")
+        log.warning("journal %s: last record seq %d is torn (incomplete write); truncated",
+                    self.target, seq)
         async with self._con.transaction():
             await self._con.execute(f"DELETE FROM {self._t} WHERE seq=$1", seq)
             await self._con.execute(f"DELETE FROM {self._s} WHERE seq>=$1", seq)
         self.truncated.append(seq)
+
+    async def _delete_from(self, seq: int) -> tuple[int, int]:
+        con = self._need()
+        async with self._lock:
+            async with con.transaction():
+                n = await con.fetchval(
+                    f"WITH d AS (DELETE FROM {self._t} WHERE seq >= $1 RETURNING 1) "
+                    f"SELECT count(*) FROM d", seq)
+                k = await con.fetchval(
+                    f"WITH d AS (DELETE FROM {self._s} WHERE seq >= $1 RETURNING 1) "
+                    f"SELECT count(*) FROM d", seq)
+        return n, k
 
     async def close(self) -> None:
         if self._con is not None:

@@ -21,8 +21,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 from .base import (
-    Frames, Journal, JournalCorruptError, JournalError, chain_rows, log, torn_tail_seq,
-    widen_pipe,
+    Frames, Journal, JournalCorruptError, JournalError, chain_rows, log, tail_damage,
+    tail_refusal, widen_pipe,
 )
 
 SCHEMA = """
@@ -327,24 +327,45 @@ class SQLiteJournal(Journal):
                 "SELECT hash FROM journal WHERE seq=?", (hi,)).fetchone()[0])
 
     def _drop_torn_tail(self) -> None:
-        """A last record whose hash or payload is wrong is what a crash mid-write leaves:
-        drop it with a warning. (SQLite commits are atomic, so in practice this is a torn
-        page or a partial copy; anything wrong further back is corruption, not a tear.)"""
+        """Judge the last record (:func:`~.base.tail_damage`): an incomplete final write is
+        trimmed with a warning; any other damage refuses the open, changing nothing."""
+        if not self.check_tail:
+            return
         con = self._con
         rows = con.execute(
-            "SELECT seq, ts, payload, hash FROM journal ORDER BY seq DESC LIMIT 2").fetchall()
-        seq = torn_tail_seq(rows)
-        if seq is not None:
-            if not self.repair_tail:
-                raise JournalCorruptError(seq, "last record torn (incomplete or damaged "
-                                               "write); a start would truncate it")
-            log.warning("journal %s: last record seq %d is torn (incomplete or damaged "
-                        "write); truncated", self.path, seq)
+            "SELECT seq, ts, payload, hash FROM journal ORDER BY seq DESC LIMIT 3").fetchall()
+        found = tail_damage(rows)
+        if found is None:
+            return
+        kind, seq, why = found
+        if kind != "torn":
+            raise tail_refusal(self.path, seq, why)
+        if not self.repair_tail:
+            raise JournalCorruptError(seq, "last record torn (incomplete write); a start "
+                                           "would truncate it")
+        log.warning("journal %s: last record seq %d is torn (incomplete write); truncated",
+                    self.path, seq)
+        con.execute("BEGIN IMMEDIATE")
+        con.execute("DELETE FROM journal WHERE seq=?", (seq,))
+        con.execute("DELETE FROM snapshots WHERE seq>=?", (seq,))
+        con.execute("COMMIT")
+        self.truncated.append(seq)
+
+    async def _delete_from(self, seq: int) -> tuple[int, int]:
+        def run():
+            con = self._con
             con.execute("BEGIN IMMEDIATE")
-            con.execute("DELETE FROM journal WHERE seq=?", (seq,))
-            con.execute("DELETE FROM snapshots WHERE seq>=?", (seq,))
-            con.execute("COMMIT")
-            self.truncated.append(seq)
+            try:
+                n = con.execute("DELETE FROM journal WHERE seq>=?", (seq,)).rowcount
+                k = con.execute("DELETE FROM snapshots WHERE seq>=?", (seq,)).rowcount
+                con.execute("COMMIT")
+            except BaseException:
+                if con.in_transaction:
+                    con.execute("ROLLBACK")
+                raise
+            return n, k
+        async with self._lock:
+            return await self._call(run)
 
     def _first_gap(self) -> int:
         prev = 0
