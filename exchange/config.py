@@ -185,6 +185,12 @@ class JournalConfig(Strict):
                      "else sqlite:///abs/path or postgresql://user@host/db")
     schema_name: str = Field("public", alias="schema",
                              description="PostgreSQL schema of the journal's tables")
+    checkpoint_key_file: str = Field(
+        "", description="key for the signed checkpoint of the chain head (keep it away from "
+                        "the journal); empty: no checkpoint")
+    checkpoint_file: str = Field(
+        "", description="where the signed checkpoint goes (default "
+                        "<data_dir>/journal.checkpoint)")
     snapshot_every_commands: int = Field(200_000, gt=0)
     snapshot_every_seconds: float = Field(300.0, gt=0)
 

@@ -170,7 +170,7 @@ class CoreRunner:
                  snapshot_every_seconds: float = 300.0, clock: Callable[[], int] = time.time_ns,
                  verify: str = "full", gc_freeze: bool = False,
                  fork_snapshots: bool | None = None, c_submitter: bool = True,
-                 use_snapshots: bool = True):
+                 use_snapshots: bool = True, checkpoint=None):
         """``verify``: "full" checks the whole hash chain on start (default); "tail" only the
         records replayed after the snapshot (the snapshot is still checked to sit on the
         chain). ``gc_freeze``: move the recovered state - and, after each snapshot, everything
@@ -181,7 +181,8 @@ class CoreRunner:
         submit path in C where it is built (False: the pure-Python reference, for tests).
         ``use_snapshots``: False recovers from genesis, replaying the whole log without
         loading any snapshot (``serve --recover-from-genesis``: the way past a snapshot
-        that fails its proof)."""
+        that fails its proof). ``checkpoint``: a :class:`~.checkpoint.Checkpoint` - the
+        signed chain head, checked on start, written after every snapshot and on stop."""
         self.exchange = exchange
         self.journal = journal
         # The submit path's state lives in the submitter: the counters below (_last_ts,
@@ -200,6 +201,7 @@ class CoreRunner:
         self.clock = clock
         self.verify = verify
         self.use_snapshots = use_snapshots
+        self.checkpoint = checkpoint
         self.gc_freeze = gc_freeze
         # serialise snapshots in a forked child (Linux): no pause of the event loop
         self.fork_snapshots = (hasattr(os, "fork") and sys.platform.startswith("linux")
@@ -338,6 +340,8 @@ class CoreRunner:
         ex = self.exchange
         if ex.last_seq != 0:
             raise JournalError("CoreRunner needs a fresh Exchange (last_seq 0) to recover into")
+        # the signed head first: a log cut short or rewritten must not be trusted at all
+        cp_seq = await self.checkpoint.check(j) if self.checkpoint is not None else None
         snap = await self._choose_snapshot()
         snap_seq = 0
         checker = None
@@ -391,6 +395,7 @@ class CoreRunner:
                              "not used (--recover-from-genesis)" if not self.use_snapshots
                              else "none"),
                          "unsealed_snapshots_skipped": list(self.recovery_skipped),
+                         "checkpoint_seq": cp_seq,
                          "snapshot_load_s": t1 - t0, "replay_s": time.perf_counter() - t1,
                          "chain_check_wait_s": t_verify,
                          "chain_check": ("child process" if checker else "inline")
@@ -587,6 +592,7 @@ class CoreRunner:
                 self._since_snapshot = max(0, self._since_snapshot - 1)  # no new state
                 await asyncio.shield(durable)
             await self.journal.write_snapshot(seq, data)
+            await self._write_checkpoint()
             b.snapshot_written.set_result(None)
             if self.gc_freeze:
                 gc.freeze()
@@ -594,6 +600,15 @@ class CoreRunner:
             log.exception("snapshot at seq %d not written", b.snapshot[0])
             b.snapshot_written.set_exception(e)
             b.snapshot_written.exception()
+
+    async def _write_checkpoint(self) -> None:
+        """Sign the journal's durable end (its last_seq / last_hash are set together when a
+        batch is durable) into the checkpoint file, off the event loop (an fsync)."""
+        cp = self.checkpoint
+        if cp is None:
+            return
+        j = self.journal
+        await asyncio.to_thread(cp.write, j.last_seq, j.last_hash)
 
     # ---------------------------------------------------------------- stop
     async def stop(self, snapshot: bool = True) -> None:
@@ -619,7 +634,11 @@ class CoreRunner:
             if self._snapshot_task is not None:
                 await asyncio.wait([self._snapshot_task])
                 self._snapshot_task = None
-            await self.journal.close()
+            try:
+                if self._failed is None:  # everything submitted is durable: sign the end
+                    await self._write_checkpoint()
+            finally:
+                await self.journal.close()
 
 
 async def _start_chain_check(journal: Journal, to_seq: int, min_records: int):

@@ -72,7 +72,13 @@ def make_runner(settings: Settings, data_dir: Path | None, in_memory: bool,
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         data_dir.chmod(0o700)
     journal = open_journal(target, **options)
-    runner = CoreRunner(ex, journal,
+    checkpoint = None
+    if settings.journal.checkpoint_key_file:  # the signed chain head, outside the journal
+        from ..journal.checkpoint import Checkpoint
+        checkpoint = Checkpoint.from_key_file(
+            settings.journal.checkpoint_file or str(Path(data_dir) / "journal.checkpoint"),
+            settings.journal.checkpoint_key_file)
+    runner = CoreRunner(ex, journal, checkpoint=checkpoint,
                         snapshot_every_commands=settings.journal.snapshot_every_commands,
                         snapshot_every_seconds=settings.journal.snapshot_every_seconds,
                         use_snapshots=not recover_from_genesis)

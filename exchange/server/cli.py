@@ -36,6 +36,8 @@ async def serve(args) -> int:
     data_dir = args.data_dir or settings.journal.data_dir
     if args.journal_schema:
         settings.journal.schema_name = args.journal_schema
+    if args.checkpoint_key_file:
+        settings.journal.checkpoint_key_file = args.checkpoint_key_file
     app = create_app(settings, data_dir, in_memory=args.in_memory, demo=not args.no_demo,
                      journal=args.journal, recover_from_genesis=args.recover_from_genesis)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
@@ -127,6 +129,10 @@ def register(sub) -> None:
                         "journal.url, else DATA_DIR/journal.sqlite)")
     p.add_argument("--journal-schema", default=None, metavar="SCHEMA",
                    help="PostgreSQL schema of the journal's tables (default journal.schema)")
+    p.add_argument("--checkpoint-key-file", default=None, metavar="FILE",
+                   help="sign the chain head into DATA_DIR/journal.checkpoint with this key "
+                        "and refuse a journal behind or diverging from it (default "
+                        "journal.checkpoint_key_file)")
     p.add_argument("--recover-from-genesis", action="store_true",
                    help="rebuild the state from the whole log, loading no snapshot (after a "
                         "start refused a snapshot that does not match its seal)")
