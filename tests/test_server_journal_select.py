@@ -85,3 +85,30 @@ def test_serve_on_postgresql_from_the_config(tmp_path, postgres_dsn):
         if srv.proc and srv.proc.poll() is None:
             srv.kill()
         asyncio.run(_drop(postgres_dsn, schema))
+
+
+def test_journal_verify_follows_the_configured_url(tmp_path, postgres_dsn):
+    """`journal verify --config FILE` audits the journal the server runs on: the config's
+    `[journal] url` and `schema`, not `<data_dir>/journal.sqlite`."""
+    import subprocess
+    import sys
+    from exchange.config import default_config_text
+    from exchange.journal import open_journal
+    from test_journal import run_commands, stream_commands
+    from test_server_restart import ROOT
+    schema = "srv_" + uuid.uuid4().hex[:12]
+    try:
+        r = asyncio.run(run_commands(open_journal(postgres_dsn, schema=schema),
+                                     stream_commands(100)))
+        cfg = tmp_path / "exchange.toml"
+        cfg.write_text(default_config_text().replace(
+            "[journal]\n", f'[journal]\nurl = "{postgres_dsn}"\nschema = "{schema}"\n', 1))
+        out = subprocess.run([sys.executable, "-m", "exchange", "journal", "verify",
+                              "--config", str(cfg)], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=60, env={**__import__("os").environ,
+                                                         "PYTHONPATH": str(ROOT)})
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert f"schema {schema}" in out.stdout
+        assert out.stdout.strip().splitlines()[-1] == f"state_hash {r.exchange.state_hash()}"
+    finally:
+        asyncio.run(_drop(postgres_dsn, schema))

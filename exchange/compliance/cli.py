@@ -19,12 +19,13 @@ from . import reports as R
 
 async def _load_from_journal(target: str | None, config: str | None):
     from ..engine import build_exchange
-    from ..journal import default_target, open_journal
+    from ..journal import default_options, default_target, open_journal
     from ..journal.runner import replay_into, restore_proven_snapshot
+    from ..config import config_path, load_settings
+    settings = load_settings(config_path(config))
     if target is None:
-        from ..config import config_path, load_settings
-        target = default_target(load_settings(config_path(config)))
-    opts = {"repair_tail": False}
+        target = default_target(settings)
+    opts = {"repair_tail": False, **default_options(settings, target)}
     j = open_journal(target, **opts)
     await j.open()
     try:

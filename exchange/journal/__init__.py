@@ -16,18 +16,26 @@ from .base import (
 from .runner import CoreRunner, RunnerFailed, replay_into
 
 __all__ = [
-    "open_journal", "default_target", "Journal", "JournalError", "JournalCorruptError", "CoreRunner",
-    "RunnerFailed", "replay_into", "record_hash", "GENESIS_HASH", "VerifyReport",
+    "open_journal", "default_target", "default_options", "Journal", "JournalError",
+    "JournalCorruptError", "CoreRunner", "RunnerFailed", "replay_into", "record_hash", "GENESIS_HASH", "VerifyReport",
 ]
 
 
 def default_target(settings=None) -> str:
-    """The embedded journal of a deployment: ``<journal.data_dir>/journal.sqlite``."""
+    """The journal of a deployment: the settings' ``[journal] url``, else the embedded
+    ``<journal.data_dir>/journal.sqlite``."""
     import os
     if settings is None:
         from ..config import load_settings
         settings = load_settings()
-    return os.path.join(settings.journal.data_dir, "journal.sqlite")
+    return settings.journal.url or os.path.join(settings.journal.data_dir, "journal.sqlite")
+
+
+def default_options(settings, target: str) -> dict:
+    """Backend options the settings give ``target`` (PostgreSQL: ``[journal] schema``)."""
+    if target.startswith(("postgresql://", "postgres://")):
+        return {"schema": settings.journal.schema_name}
+    return {}
 
 
 def open_journal(target: str, **options) -> Journal:

@@ -31,16 +31,23 @@ from .base import JournalCorruptError, JournalError
 from .runner import replay_into, restore_proven_snapshot, snapshot_bytes
 
 
-def _open(args):
-    from . import default_target, open_journal
-    target = args.target
-    if target is None:
-        from ..config import config_path, load_settings
-        target = default_target(load_settings(config_path(args.config)))
-    opts = {"readonly": True}
-    if target.startswith(("postgresql://", "postgres://")):
+def _target(args) -> tuple[str, dict]:
+    """The journal to open and its options: the argument, else the settings' journal (its
+    ``url`` and ``schema``, or ``<data_dir>/journal.sqlite``); ``--schema`` wins."""
+    from . import default_options, default_target
+    from ..config import config_path, load_settings
+    settings = load_settings(config_path(args.config))
+    target = args.target or default_target(settings)
+    opts = default_options(settings, target)
+    if args.schema and "schema" in opts:
         opts["schema"] = args.schema
-    return target, open_journal(target, **opts)
+    return target, opts
+
+
+def _open(args):
+    from . import open_journal
+    target, opts = _target(args)
+    return target, open_journal(target, readonly=True, **opts)
 
 
 async def _verify(args) -> int:
@@ -125,13 +132,10 @@ async def _replay(args) -> int:
 
 
 async def _truncate(args) -> int:
-    from . import default_target, open_journal
-    target = args.target
-    if target is None:
-        from ..config import config_path, load_settings
-        target = default_target(load_settings(config_path(args.config)))
+    from . import open_journal
+    target, opts = _target(args)
     pg = target.startswith(("postgresql://", "postgres://"))
-    j = open_journal(target, **({"schema": args.schema} if pg else {"writer": "thread"}))
+    j = open_journal(target, **(opts if pg else {"writer": "thread"}))
     j.check_tail = False  # the last record is what the operator decided to drop
     try:
         await j.open()
@@ -160,7 +164,8 @@ def register(sub) -> None:
                        help="SQLite path, sqlite:///abs/path or postgresql://... "
                             "(default: <journal.data_dir>/journal.sqlite)")
         add_config_argument(q)
-        q.add_argument("--schema", default="public", help="PostgreSQL schema of the journal")
+        q.add_argument("--schema", default=None,
+                       help="PostgreSQL schema of the journal (default journal.schema)")
 
     v = jsub.add_parser("verify", help="check the hash chain, replay, print state_hash")
     common(v)
