@@ -5,6 +5,8 @@ After every kill: each acknowledged command is in the log, the recovered state (
 replay) equals a fresh full replay of the log, and the core's invariants hold."""
 from __future__ import annotations
 
+import asyncio
+
 import os
 import random
 import signal
@@ -21,18 +23,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNS = int(os.environ.get("JOURNAL_CRASH_RUNS", "10"))
 
 CHILD = r"""
-import asyncio, os, sys
+import asyncio, json, os, sys
 from exchange.engine import build_exchange
 from exchange.journal import CoreRunner, open_journal
 from loadtest.streams import core_commands, generate, market_setup_commands
 
-path, run = sys.argv[1], int(sys.argv[2])
+path, run, opts = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
 
 def out(line):
     os.write(1, (line + "\n").encode())
 
 async def main():
-    r = CoreRunner(build_exchange(), open_journal(path), snapshot_every_commands=700)
+    r = CoreRunner(build_exchange(), open_journal(path, **opts), snapshot_every_commands=700)
     await r.start()
     st = generate(3000, seed=1000 + run)
     if r.is_empty:
@@ -65,13 +67,33 @@ def _acks(text: str) -> list[tuple[int, str]]:
 
 
 @pytest.mark.slow
-async def test_sigkill_at_random_moments_loses_nothing_acknowledged(tmp_path):
-    path = str(tmp_path / "crash.sqlite")
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_sigkill_at_random_moments_loses_nothing_acknowledged(tmp_path, backend, request):
+    opts: dict = {}
+    if backend == "postgres":  # the production store: a killed client's transaction rolls back
+        import uuid
+        path = request.getfixturevalue("postgres_dsn")
+        opts = {"schema": "crash_" + uuid.uuid4().hex[:12]}
+    else:
+        path = str(tmp_path / "crash.sqlite")
+    try:
+        await _crash_runs(path, opts)
+    finally:
+        if backend == "postgres":
+            import asyncpg
+            con = await asyncpg.connect(path)
+            await con.execute('DROP SCHEMA IF EXISTS "%s" CASCADE' % opts["schema"])
+            await con.close()
+
+
+async def _crash_runs(path: str, opts: dict) -> None:
+    import json
     rng = random.Random(20261122)
     acked: dict[int, str] = {}
     kills_after_ready = 0
     for run in range(RUNS):
-        child = subprocess.Popen([sys.executable, "-c", CHILD, path, str(run)], cwd=ROOT,
+        child = subprocess.Popen([sys.executable, "-c", CHILD, path, str(run),
+                                  json.dumps(opts)], cwd=ROOT,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         time.sleep(rng.uniform(0.3, 1.4))
         child.send_signal(signal.SIGKILL)
@@ -83,7 +105,7 @@ async def test_sigkill_at_random_moments_loses_nothing_acknowledged(tmp_path):
             acked[seq] = typ
 
         # restart: recover exactly as the server does
-        r = CoreRunner(build_exchange(), open_journal(path))
+        r = CoreRunner(build_exchange(), open_journal(path, **opts))
         await r.start()
         recovered = r.exchange.state_hash()
         last = r.exchange.last_seq
@@ -93,7 +115,7 @@ async def test_sigkill_at_random_moments_loses_nothing_acknowledged(tmp_path):
               f"{r.recovery['snapshot_seq']} + {r.recovery['replayed']}, "
               f"truncated {r.recovery['truncated']}")
 
-        j = open_journal(path)
+        j = open_journal(path, **opts)
         await j.open()
         try:
             types = {}
@@ -109,3 +131,34 @@ async def test_sigkill_at_random_moments_loses_nothing_acknowledged(tmp_path):
         finally:
             await j.close()
     assert acked and kills_after_ready >= RUNS // 2
+
+
+async def test_postgres_restart_waits_for_a_killed_writers_lock(postgres_dsn):
+    """A restarted writer may find the killed one's session (and its advisory lock) still
+    alive for a moment: it waits for the lock (``lock_wait``) instead of failing at once,
+    and still refuses a writer that keeps it."""
+    import uuid
+    import zlib
+    import asyncpg
+    from exchange.journal import JournalError
+    schema = "crash_" + uuid.uuid4().hex[:12]
+    key = zlib.crc32(f"exchange.journal:{schema}".encode())
+    holder = await asyncpg.connect(postgres_dsn)
+    try:
+        assert await holder.fetchval("SELECT pg_try_advisory_lock($1)", key)
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.5, lambda: asyncio.ensure_future(holder.close()))  # it goes away
+        j = open_journal(postgres_dsn, schema=schema, lock_wait=10)
+        await j.open()
+        await j.close()
+        holder = await asyncpg.connect(postgres_dsn)
+        assert await holder.fetchval("SELECT pg_try_advisory_lock($1)", key)
+        j = open_journal(postgres_dsn, schema=schema, lock_wait=0.5)
+        with pytest.raises(JournalError, match="another writer"):
+            await j.open()
+    finally:
+        if not holder.is_closed():
+            await holder.close()
+        con = await asyncpg.connect(postgres_dsn)
+        await con.execute('DROP SCHEMA IF EXISTS "%s" CASCADE' % schema)
+        await con.close()

@@ -26,7 +26,11 @@ def _ident(name: str) -> str:
 class PostgresJournal(Journal):
     def __init__(self, dsn: str, *, schema: str = "public", keep_snapshots: int = 3,
                  repair_tail: bool = True, connect_timeout: float = 10.0,
-                 readonly: bool = False):
+                 readonly: bool = False, lock_wait: float = 10.0):
+        """``lock_wait``: seconds to wait for the writer's advisory lock. A writer restarted
+        right after a crash can find the killed one's session - and its lock - still
+        alive for a moment (the crash test hit it within 20 SIGKILLs); only a lock held
+        past this is another writer."""
         super().__init__()
         repair_tail = repair_tail and not readonly
         self.readonly = readonly
@@ -36,6 +40,7 @@ class PostgresJournal(Journal):
         self.keep_snapshots = keep_snapshots
         self.repair_tail = repair_tail
         self.connect_timeout = connect_timeout
+        self.lock_wait = lock_wait
         s = _ident(schema)
         self._t = f"{s}.journal_commands"
         self._s = f"{s}.journal_snapshots"
@@ -53,9 +58,14 @@ class PostgresJournal(Journal):
         try:
             await con.execute("SET synchronous_commit = on")
             lock_key = zlib.crc32(f"exchange.journal:{self.schema}".encode())
-            if self.repair_tail and not await con.fetchval(
-                    "SELECT pg_try_advisory_lock($1)", lock_key):
-                raise JournalError(f"journal {self.target} is open by another writer")
+            if self.repair_tail:
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + self.lock_wait
+                while not await con.fetchval("SELECT pg_try_advisory_lock($1)", lock_key):
+                    if loop.time() >= deadline:
+                        raise JournalError(f"journal {self.target} is open by another writer "
+                                           f"(its lock held for {self.lock_wait:g} s)")
+                    await asyncio.sleep(0.1)
             if self.readonly:
                 name = f"{_ident(self.schema)}.journal_commands"
                 if await con.fetchval("SELECT to_regclass($1)", name) is None:
