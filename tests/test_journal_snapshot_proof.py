@@ -177,3 +177,39 @@ def test_journal_replay_refuses_a_forged_snapshot(tmp_path):
     out = subprocess.run(cmd + ["--no-snapshot"], cwd=ROOT, capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0, out.stderr
+
+
+async def test_postgres_forged_snapshot_is_refused(postgres_dsn):
+    import uuid
+    import asyncpg
+    schema = "t_" + uuid.uuid4().hex[:12]
+    try:
+        r = CoreRunner(build_exchange(), open_journal(postgres_dsn, schema=schema),
+                       snapshot_every_commands=250, clock=clock_from())
+        await r.start()
+        for c in stream_commands(400):
+            await r.submit(c)
+        await r.stop()
+        true_hash = r.exchange.state_hash()
+        con = await asyncpg.connect(postgres_dsn)
+        seq, data = await con.fetchrow(f'SELECT seq, data FROM "{schema}".journal_snapshots '
+                                       f"ORDER BY seq DESC LIMIT 1")
+        st = orjson.loads(data)
+        firm = next(k for k, a in st["accounts"].items() if not a["system"])
+        st["accounts"][firm]["cash"] += FORGED
+        forged = orjson.dumps(st, option=orjson.OPT_SORT_KEYS)
+        await con.execute(f'UPDATE "{schema}".journal_snapshots SET data=$1, data_hash=$2 '
+                          f"WHERE seq=$3", forged, hashlib.sha256(forged).digest(), seq)
+        await con.close()
+        with pytest.raises(JournalCorruptError, match=f"snapshot at seq {seq}"):
+            await CoreRunner(build_exchange(),
+                             open_journal(postgres_dsn, schema=schema)).start()
+        r = CoreRunner(build_exchange(), open_journal(postgres_dsn, schema=schema),
+                       use_snapshots=False)
+        await r.start()
+        assert r.exchange.state_hash() == true_hash
+        await r.stop(snapshot=False)
+    finally:
+        con = await asyncpg.connect(postgres_dsn)
+        await con.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        await con.close()
