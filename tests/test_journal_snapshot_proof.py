@@ -213,3 +213,26 @@ async def test_postgres_forged_snapshot_is_refused(postgres_dsn):
         con = await asyncpg.connect(postgres_dsn)
         await con.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         await con.close()
+
+
+async def test_forked_snapshot_in_flight_at_stop_is_sealed_and_stored(tmp_path):
+    """stop() keeps accepting until the newest snapshot in flight has its seal journaled -
+    also when that snapshot's batch is the one being written, not the current one."""
+    path = str(tmp_path / "j.sqlite")
+    cmds = stream_commands(300)
+    r = CoreRunner(build_exchange(), open_journal(path), clock=clock_from(),
+                   fork_snapshots=True)
+    r.fork_min_orders = 0
+    await r.start()
+    for c in cmds[:200]:
+        await r.submit(c)
+    r._snapshot_now()
+    marker = r.exchange.last_seq
+    await asyncio.sleep(0)  # the commit loop takes the marker's batch: it is being written
+    assert r._writing is not None and r._writing.snapshot is not None
+    r.submit_nowait(cmds[200])
+    await r.stop(snapshot=False)
+    j = open_journal(path)
+    await j.open()
+    assert marker in await j.snapshot_seqs()
+    await j.close()

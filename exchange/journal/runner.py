@@ -619,8 +619,10 @@ class CoreRunner:
         if self._accepting and snapshot and self._since_snapshot > 0 and not self._failed:
             self._snapshot_now()
         # a snapshot being stored still needs its seal journaled: keep accepting until then
-        pending = self._batch.snapshot_written if self._batch.snapshot is not None else (
-            self._snapshot_task)
+        # (the newest one: the current batch's, the one being written, or the stored task's;
+        # they are stored in order, so the newest done means all done)
+        pending = next((b.snapshot_written for b in (self._batch, self._writing)
+                        if b is not None and b.snapshot is not None), self._snapshot_task)
         if pending is not None:  # (or until the commit loop fails: then there is no seal)
             await asyncio.wait([pending, self._task], return_when=asyncio.FIRST_COMPLETED)
         self._accepting = False
