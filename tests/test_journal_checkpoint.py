@@ -120,3 +120,18 @@ def test_server_refuses_a_journal_cut_behind_its_checkpoint(tmp_path):
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2, out.stdout + out.stderr
     assert "behind its signed checkpoint" in out.stderr
+
+
+async def test_missing_checkpoint_with_a_journal_is_warned(tmp_path, caplog):
+    """Without a checkpoint file a start cannot tell a first start from a deleted file: it
+    accepts the journal, but says so (the ADR's documented limit)."""
+    import logging
+    import os
+    path, cp, last = await _log(tmp_path)
+    os.remove(cp)
+    with caplog.at_level(logging.WARNING, logger="exchange.journal"):
+        r = _runner(path, cp, b"k" * 32)
+        await r.start()
+    assert f"no signed checkpoint at {cp}" in caplog.text and f"seq {last}" in caplog.text
+    await r.stop(snapshot=False)
+    assert os.path.exists(cp)  # written again on stop

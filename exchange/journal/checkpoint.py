@@ -20,7 +20,7 @@ import json
 import os
 import struct
 
-from .base import JournalCorruptError, JournalError
+from .base import JournalCorruptError, JournalError, log
 
 _DOMAIN = b"exchange-journal-checkpoint"
 
@@ -88,6 +88,10 @@ class Checkpoint:
         checkpoint yet - a first start, or one before checkpoints were written)."""
         cp = self.read()
         if cp is None:
+            if journal.last_seq:  # a first start with a key, or a deleted checkpoint file
+                log.warning("journal %s: no signed checkpoint at %s; the log (to seq %d) is "
+                            "accepted unchecked against one, and signed from now on",
+                            journal.target, self.path, journal.last_seq)
             return 0
         seq, h = cp
         if journal.last_seq < seq:
