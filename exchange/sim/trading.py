@@ -2,9 +2,11 @@
 
 Why it converges to the least-cost equilibrium
 ----------------------------------------------
-A firm that still lacks ``need`` tonnes (baseline emissions minus what it holds and expects)
-will abate a(p) where its MAC equals the price p, so at price p it wants to buy
-``x(p) = need - a(p)`` tonnes (sell if negative). x falls as p rises.
+A firm holding ``H`` allowances (held, still to be issued, banked) at allowance price p uses
+the offsets cheaper than p up to their room (a share S(p) of its verified emissions), abates
+to the effective cost e(p) = (1 - S) p + sum s_k p_k, and so wants to buy
+``x(p) = (1 - S(p)) (B - a(e(p))) - H`` tonnes (sell if negative); x falls as p rises
+(:mod:`exchange.sim.equilibrium`).
 
 Round r of a period has a centre price p_r and a half-width w_r. The grid holds ``levels``
 prices spread over p_r x [1 - w_r, 1 + w_r] (in fen, inside the price band). Every firm
