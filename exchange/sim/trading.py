@@ -25,12 +25,14 @@ the core sets the next reference price to the day's VWAP).
 
 Price discovery: the submitted ladders give the aggregate excess demand D(L_k) at every level,
 as a call auction's indicative price would. Trades move tonnes between firms but leave
-sum(need) — and so D — unchanged, so the zero of D (linear interpolation between the levels
+sum(H) — and so D — unchanged, so the zero of D (linear interpolation between the levels
 where it changes sign) is the period's clearing price. The next round centres there and halves
 w; when D does not change sign on the grid the centre moves to the edge of the grid (as far
-as the price band allows) and w stays. After a few rounds the grid is a few fen wide around
-p*, positions sit where every MAC is within one grid step of the price, and total abatement
-cost is within a fraction of a percent of the least-cost total (tests check 5 %).
+as the price band allows) and w widens; a day locked at the band's limit rolls the reference
+to it (the core's rule), so the band walks toward a clearing price outside it. Once the grid
+is a few fen wide around p*, every firm's effective cost is within one grid step of the price
+and total compliance cost is within a hundredth of a percent of the least-cost total
+(tests/test_sim_equilibrium.py holds the price to 1 % of the closed form).
 """
 from __future__ import annotations
 
