@@ -169,7 +169,7 @@ def _write_compare(out: Path, key: str, rows: list[dict], results: dict) -> None
 
     import numpy as np
 
-    from .report import _plt, _table, plot_sme_strategies, sme_stats
+    from .report import _plt, _save, _table, plot_sme_strategies, sme_stats
     (out / "compare.json").write_text(json.dumps(rows, indent=2, default=float) + "\n")
     with open(out / "compare.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -221,9 +221,7 @@ def _write_compare(out: Path, key: str, rows: list[dict], results: dict) -> None
     ax.set_xticks([p["year"] for p in next(iter(results.values())).period_rows])
     ax.legend(fontsize=7)
     fig.suptitle(f"Variants of {key}")
-    fig.tight_layout()
-    fig.savefig(out / "compare.png", dpi=110)
-    plt.close(fig)
+    _save(fig, out / "compare.png")
 
 
 def main(args) -> int:

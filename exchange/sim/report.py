@@ -316,6 +316,13 @@ def trends(res: RunResult) -> tuple[list[str], list[str]]:
 
 
 # ---------------------------------------------------------------------- plots
+def _save(fig, path: Path) -> None:
+    """Every plot of a report: laid out, written at one resolution, and released."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+
+
 def _zero_floor(ax) -> None:
     lo, hi = ax.get_ylim()
     ax.set_ylim(0, max(hi, 1e-9))
@@ -381,9 +388,7 @@ def plot_price_path(res: RunResult, path: Path) -> None:
     ax.set_ylabel("CNY / t")
     ax.set_title(f"{res.scenario.scenario.name}: allowance price path")
     ax.legend(fontsize=7.5, loc="upper center", ncol=3, framealpha=0.9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_emissions_vs_allocation(res: RunResult, path: Path) -> None:
@@ -429,9 +434,7 @@ def plot_emissions_vs_allocation(res: RunResult, path: Path) -> None:
     handles = [Line2D([], [], **st) for _, _, _, st in series]
     axes[0].legend(handles, [s[0] for s in series], fontsize=7.5, loc="lower left",
                    framealpha=0.9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_compliance_cost(res: RunResult, path: Path) -> None:
@@ -457,9 +460,7 @@ def plot_compliance_cost(res: RunResult, path: Path) -> None:
     ax.set_ylabel("million CNY")
     ax.set_title("Compliance cost (abatement + offsets) by period")
     ax.legend(fontsize=7, ncol=3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def sector_intensity(res: RunResult) -> dict[str, list[float]]:
@@ -504,9 +505,7 @@ def plot_intensity(res: RunResult, path: Path) -> None:
         bot.set_ylabel(f"change vs {years[0]}, %")
         top.legend(fontsize=7, loc="lower left")
     fig.suptitle("Emission intensity by sector: level (from zero) and change")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_factors(res: RunResult, path: Path) -> None:
@@ -529,9 +528,7 @@ def plot_factors(res: RunResult, path: Path) -> None:
     ax.set_ylabel("firms")
     ax.set_title("Distribution of allocation factors")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_sme_strategies(strategies: dict[str, dict], path: Path) -> None:
@@ -563,9 +560,7 @@ def plot_sme_strategies(strategies: dict[str, dict], path: Path) -> None:
     bx.set_ylabel("thousand CNY, direct minus scheme")
     bx.set_title("Each SME's benefit against direct allocation")
     bx.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 # ---------------------------------------------------------------------- report.md

@@ -54,7 +54,7 @@ from ..rules.commands import (
     SettleSubQuotas, SplitSubQuotas,
 )
 from ..rules.events import AllocationChanged, BenchmarkUpdated, FactorChanged, GainShared
-from ..rules.formulas import allocation_tonnes, split_amounts
+from ..rules.formulas import intensity_total, period_allocation
 from .agents import Curves, abatement_cost, build_population
 from .equilibrium import OffsetRule, OffsetType, closed_form, cover, least_cost, plan
 from .gateway import InProcessGateway
@@ -569,23 +569,17 @@ class Simulation:
         n = self.pop.n
         final = np.zeros(n, dtype=np.int64)
         ids = self.pop.ids
-        rows = sorted(self.alloc_rec.items(), key=lambda r: ids[r[0]])  # the engine's order
-        if not rows:
+        recs = sorted(self.alloc_rec.items(), key=lambda r: ids[r[0]])  # the engine's order
+        if not recs:
             return final, 0
-        idx = [i for i, _ in rows]
-        bench = [a["benchmark_ppm"] for _, a in rows]
-        phi = [a["phi_ppm"] for _, a in rows]
-        ded = np.array([a["deduction"] for _, a in rows], dtype=np.int64)
-        y = [int(output[i]) for i in idx]
-        total = sum(b * yi for b, yi in zip(bench, y)) // PPM  # floor of sum B x Y
-        if self.sc.rules.allocation_total == "floating":
-            # each firm B x Y x phi: the total moves with phi; the target stays sum B x Y so
-            # the report can say by how much
-            parts = [allocation_tonnes(b, yi, f) for b, yi, f in zip(bench, y, phi)]
-        else:
-            parts = split_amounts(total, [b * yi * f for b, yi, f in zip(bench, y, phi)])
-        final[idx] = np.maximum(np.array(parts, dtype=np.int64) - ded, 0)
-        return final, total
+        idx = [i for i, _ in recs]
+        rows = [(a["benchmark_ppm"], int(output[i]), a["phi_ppm"]) for i, a in recs]
+        # the rules' own formula; the target stays sum B x Y even when the scenario lets
+        # phi move the total (floating), so the report can say by how much
+        alloc = period_allocation(self.sc.rules.allocation_total, rows)
+        ded = np.array([a["deduction"] for _, a in recs], dtype=np.int64)
+        final[idx] = np.maximum(np.array(alloc["parts"], dtype=np.int64) - ded, 0)
+        return final, intensity_total([(b, y) for b, y, _ in rows])
 
     def _fund_grants(self, year: int, abated: np.ndarray) -> np.ndarray:
         """The SME fund's round after the deadline (penalties have flowed in): the
