@@ -7,6 +7,7 @@ import signal
 import uuid
 
 import asyncpg
+import pytest
 
 from exchange.client import ExchangeClient
 from test_server_restart import ServerProcess, state
@@ -30,7 +31,23 @@ async def _rows(dsn: str, schema: str) -> int:
         await con.close()
 
 
+@pytest.fixture
+def schema(postgres_dsn):
+    """A fresh schema for one test's journal, dropped afterwards."""
+    name = "srv_" + uuid.uuid4().hex[:12]
+    yield name
+    asyncio.run(_drop(postgres_dsn, name))
+
+
 def _order_survives_restart(srv: ServerProcess, dsn: str, schema: str, tmp_path) -> None:
+    try:
+        _place_kill_restart(srv, dsn, schema, tmp_path)
+    finally:
+        if srv.proc and srv.proc.poll() is None:
+            srv.kill()
+
+
+def _place_kill_restart(srv: ServerProcess, dsn: str, schema: str, tmp_path) -> None:
     srv.start()
     out = "".join(srv.output)
     assert "New market built" in out and "postgresql://" in out, out
@@ -59,35 +76,23 @@ def _order_survives_restart(srv: ServerProcess, dsn: str, schema: str, tmp_path)
     assert srv.kill(signal.SIGTERM) == 0
 
 
-def test_serve_on_postgresql_from_the_command_line(tmp_path, postgres_dsn):
-    schema = "srv_" + uuid.uuid4().hex[:12]
+def test_serve_on_postgresql_from_the_command_line(tmp_path, postgres_dsn, schema):
     srv = ServerProcess(tmp_path / "data",
                         extra=["--journal", postgres_dsn, "--journal-schema", schema])
-    try:
-        _order_survives_restart(srv, postgres_dsn, schema, tmp_path)
-    finally:
-        if srv.proc and srv.proc.poll() is None:
-            srv.kill()
-        asyncio.run(_drop(postgres_dsn, schema))
+    _order_survives_restart(srv, postgres_dsn, schema, tmp_path)
 
 
-def test_serve_on_postgresql_from_the_config(tmp_path, postgres_dsn):
+def test_serve_on_postgresql_from_the_config(tmp_path, postgres_dsn, schema):
     from exchange.config import default_config_text
-    schema = "srv_" + uuid.uuid4().hex[:12]
     text = default_config_text().replace(
         "[journal]\n", f'[journal]\nurl = "{postgres_dsn}"\nschema = "{schema}"\n', 1)
     cfg = tmp_path / "exchange.toml"
     cfg.write_text(text)
     srv = ServerProcess(tmp_path / "data", extra=["--config", str(cfg)])
-    try:
-        _order_survives_restart(srv, postgres_dsn, schema, tmp_path)
-    finally:
-        if srv.proc and srv.proc.poll() is None:
-            srv.kill()
-        asyncio.run(_drop(postgres_dsn, schema))
+    _order_survives_restart(srv, postgres_dsn, schema, tmp_path)
 
 
-def test_journal_verify_follows_the_configured_url(tmp_path, postgres_dsn):
+def test_journal_verify_follows_the_configured_url(tmp_path, postgres_dsn, schema):
     """`journal verify --config FILE` audits the journal the server runs on: the config's
     `[journal] url` and `schema`, not `<data_dir>/journal.sqlite`."""
     import subprocess
@@ -96,19 +101,15 @@ def test_journal_verify_follows_the_configured_url(tmp_path, postgres_dsn):
     from exchange.journal import open_journal
     from test_journal import run_commands, stream_commands
     from test_server_restart import ROOT
-    schema = "srv_" + uuid.uuid4().hex[:12]
-    try:
-        r = asyncio.run(run_commands(open_journal(postgres_dsn, schema=schema),
-                                     stream_commands(100)))
-        cfg = tmp_path / "exchange.toml"
-        cfg.write_text(default_config_text().replace(
-            "[journal]\n", f'[journal]\nurl = "{postgres_dsn}"\nschema = "{schema}"\n', 1))
-        out = subprocess.run([sys.executable, "-m", "exchange", "journal", "verify",
-                              "--config", str(cfg)], cwd=tmp_path, capture_output=True,
-                             text=True, timeout=60, env={**__import__("os").environ,
-                                                         "PYTHONPATH": str(ROOT)})
-        assert out.returncode == 0, out.stdout + out.stderr
-        assert f"schema {schema}" in out.stdout
-        assert out.stdout.strip().splitlines()[-1] == f"state_hash {r.exchange.state_hash()}"
-    finally:
-        asyncio.run(_drop(postgres_dsn, schema))
+    r = asyncio.run(run_commands(open_journal(postgres_dsn, schema=schema),
+                                 stream_commands(100)))
+    cfg = tmp_path / "exchange.toml"
+    cfg.write_text(default_config_text().replace(
+        "[journal]\n", f'[journal]\nurl = "{postgres_dsn}"\nschema = "{schema}"\n', 1))
+    out = subprocess.run([sys.executable, "-m", "exchange", "journal", "verify",
+                          "--config", str(cfg)], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=60, env={**__import__("os").environ,
+                                                     "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"schema {schema}" in out.stdout
+    assert out.stdout.strip().splitlines()[-1] == f"state_hash {r.exchange.state_hash()}"
