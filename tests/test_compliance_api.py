@@ -28,6 +28,18 @@ POWER, CEMENT, STEEL, SME1, SME2 = ("demo-key-power1", "demo-key-cement1", "demo
 DEADLINE_IN = 4.0  # seconds after start
 
 
+def settings_due_in(seconds: float):
+    """The demo market's settings with period 2026's deadline ``seconds`` from now (and 2027
+    after it), so a test can run the deadline on a live server."""
+    s = load_settings()
+    deadline = datetime.fromtimestamp(time.time() + seconds, tz=timezone.utc)
+    periods = [CompliancePeriodConfig(period=2026, start="2026-01-01",
+                                      deadline=deadline.isoformat()),
+               CompliancePeriodConfig(period=2027, start="2027-01-01")]
+    return s.model_copy(update={"compliance": s.compliance.model_copy(
+        update={"periods": periods})})
+
+
 async def call(srv, method, path, body=None, key=OPERATOR, raw=False):
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     async with aiohttp.ClientSession() as s:
@@ -54,12 +66,7 @@ async def refused(srv, method, path, body, key, status, code):
 
 
 async def test_compliance_period_through_the_served_api(tmp_path):
-    s = load_settings()
-    deadline = datetime.fromtimestamp(time.time() + DEADLINE_IN, tz=timezone.utc)
-    periods = [CompliancePeriodConfig(period=2026, start="2026-01-01",
-                                      deadline=deadline.isoformat()),
-               CompliancePeriodConfig(period=2027, start="2027-01-01")]
-    s = s.model_copy(update={"compliance": s.compliance.model_copy(update={"periods": periods})})
+    s = settings_due_in(DEADLINE_IN)
     app = create_app(s, tmp_path / "data")
     srv = TestServer(app, host="127.0.0.1", port=0)
     await srv.start_server()

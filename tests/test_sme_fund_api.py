@@ -7,18 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import datetime, timezone
 
 from aiohttp.test_utils import TestServer
 
-from exchange.compliance.config import CompliancePeriodConfig
 from exchange.compliance.fund import FUND_ACCOUNT
 from exchange.compliance.fund_api import FundStatement
-from exchange.config import load_settings
 from exchange.server.app import STATE_KEY, create_app
 
 from test_compliance import business_hash
-from test_compliance_api import CEMENT, OPERATOR, SME1, STEEL, VERIFIER, call, ok, refused
+from test_compliance_api import (
+    CEMENT, OPERATOR, SME1, STEEL, VERIFIER, call, ok, refused, settings_due_in,
+)
 
 DEADLINE_IN = 3.0  # seconds after start
 F = "/compliance/sme-fund"
@@ -34,12 +33,7 @@ async def start(s, data_dir):
 
 
 async def test_sme_fund_through_the_served_api(tmp_path):
-    s = load_settings()
-    deadline = datetime.fromtimestamp(time.time() + DEADLINE_IN, tz=timezone.utc)
-    periods = [CompliancePeriodConfig(period=2026, start="2026-01-01",
-                                      deadline=deadline.isoformat()),
-               CompliancePeriodConfig(period=2027, start="2027-01-01")]
-    s = s.model_copy(update={"compliance": s.compliance.model_copy(update={"periods": periods})})
+    s = settings_due_in(DEADLINE_IN)
     srv = await start(s, tmp_path / "data")
     t_start = time.monotonic()
     try:
