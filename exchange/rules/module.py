@@ -889,9 +889,10 @@ class RulesModule(Module):
         for f, phi, b, y, c, partners in due:
             gain_t = Fraction(c) * F.raw_weight(b, y, phi)
             owed = floor_int(gain_t * price * Fraction(params["gain_share_ppm"], PPM))
+            # SMEs whose cut was measured against their sub-quota (gaps[j][2] is the reference)
             smes = [(j, w * gj) for j, w, gj in partners
-                    if gj > 0 and ex.accounts[j].size_class == "sme" and gaps.get(j, ())[2:3]
-                    == ("sub_quota",)]
+                    if gj > 0 and ex.accounts[j].size_class == "sme"
+                    and j in gaps and gaps[j][2] == "sub_quota"]
             owed = min(owed, max(0, ex.accounts[f].cash_available))
             if owed <= 0 or not smes:
                 continue
