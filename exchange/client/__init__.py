@@ -26,7 +26,8 @@ from typing import Any, Callable
 import aiohttp
 import orjson
 
-__all__ = ["ExchangeClient", "ExchangeError", "LocalBook"]
+__all__ = ["ExchangeClient", "ExchangeError", "LocalBook", "PlatformClient", "build_batch",
+           "hash_action_id"]
 
 
 class ExchangeError(Exception):
@@ -432,3 +433,7 @@ class ExchangeClient:
 
     async def wait_connected(self, timeout: float = 5.0) -> None:
         await asyncio.wait_for(self._connected.wait(), timeout)
+
+
+# The platform side of carbon-inclusive issuance (keyed action ids, batches): its own module.
+from .platform import PlatformClient, build_batch, hash_action_id  # noqa: E402
