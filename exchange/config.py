@@ -206,6 +206,11 @@ class ServerConfig(Strict):
     send_queue_max: int = Field(
         10000, gt=0, description="queued outgoing messages per connection before the "
                                  "connection is closed as a slow consumer")
+    send_queue_total_max_bytes: int = Field(
+        128 << 20, gt=0, description="bytes waiting for all connections' sockets together "
+                                     "(queued messages + transport buffers of peers that are "
+                                     "behind); past it the connections holding the most are "
+                                     "closed as slow consumers")
     max_frame_bytes: int = Field(
         262144, gt=0, description="larger frames get FRAME_TOO_LARGE; 4x this closes the socket")
     heartbeat_seconds: float = Field(

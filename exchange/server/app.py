@@ -246,6 +246,17 @@ async def metrics(request: web.Request) -> web.Response:
         metric("exchange_ws_slow_consumer_disconnects_total", "counter",
                "connections closed for a full send queue",
                [({}, m.slow_consumer_disconnects)])
+        metric("exchange_ws_send_queue_bytes", "gauge",
+               "bytes waiting for the sockets of connections whose peers are behind (queued "
+               "messages + transport buffers), measured every 50 ms while any is",
+               [({}, gw.queued_bytes)])
+        metric("exchange_ws_send_queue_bytes_limit", "gauge",
+               "server.send_queue_total_max_bytes: over it the largest queues are closed",
+               [({}, gw.queued_bytes_max)])
+        metric("exchange_ws_send_queue_total_disconnects_total", "counter",
+               "connections closed as slow consumers because all send queues together were "
+               "over the limit (also counted in exchange_ws_slow_consumer_disconnects_total)",
+               [({}, m.send_queue_total_disconnects)])
         metric("exchange_overloaded_total", "counter",
                "place_order/amend_order refused with OVERLOADED (server behind), by the bound "
                "that refused them: journal_lag, in_flight, send_queue",

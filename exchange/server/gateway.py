@@ -22,6 +22,7 @@ import asyncio
 import dataclasses
 import time
 from collections import deque
+from itertools import islice
 from functools import partial
 
 import orjson
@@ -77,6 +78,11 @@ _HEADS: dict[str, bytes] = {}  # channel -> b'{"channel":"...","seq":' (few dist
 _EXEC_PUSH = b'{"channel":"executions","seq":%d,"data":%s}'
 ER_HEADS_MAX = 200_000  # execution report heads kept (orders working); past it, start over
 WRITE_HIGH = 1 << 20  # bytes buffered in the socket's transport before the writer waits
+MEASURE_S = 0.05  # how often the bytes of backed-up connections are measured (total bound)
+
+
+def _held(s) -> int:
+    return s.held
 
 
 def _text_frame(payload: bytes) -> bytes:
@@ -125,6 +131,9 @@ class Metrics:
         self.connections = 0
         self.connections_total = 0
         self.slow_consumer_disconnects = 0
+        # of those, closed because all connections' send queues together were over
+        # server.send_queue_total_max_bytes (the largest queues go first)
+        self.send_queue_total_disconnects = 0
         self.idempotent_replays = 0
         self.overloaded = 0  # order entry refused with OVERLOADED
         # ... by the bound that refused it: journal_lag (in time), in_flight (in commands),
@@ -138,7 +147,7 @@ class Session:
     __slots__ = ("gw", "ws", "cred", "firm_id", "role", "key_id", "batch", "cod", "subs",
                  "out", "wake", "closed", "tokens", "refill_at", "placed", "writer", "peer",
                  "req_id", "transport", "flushing", "backoff", "rx", "idle", "ping_at",
-                 "qmax", "__weakref__")
+                 "qmax", "qn", "qbytes", "held", "bucket", "auth_failures", "__weakref__")
 
     def __init__(self, gw: "Gateway", ws, peer: str = ""):
         self.gw = gw
@@ -166,6 +175,14 @@ class Session:
         self.idle = 0  # heartbeat rounds (half a heartbeat each) without a frame
         self.ping_at: float | None = None  # when the heartbeat ping was sent
         self.qmax = gw.cfg.send_queue_max  # past this many queued messages: SLOW_CONSUMER
+        # what the total send-queue bound counts while the socket is backed up
+        # (Gateway._measure): messages of ``out`` counted so far, their bytes, and the last
+        # total (those + the transport's buffer)
+        self.qn = 0
+        self.qbytes = 0
+        self.held = 0
+        self.bucket = None  # the API key's shared token bucket, once authenticated
+        self.auth_failures = 0
 
     @property
     def gateway(self) -> "Gateway":
@@ -233,13 +250,18 @@ class Session:
         if self.closed or not out or tr is None or tr.is_closing():
             self.flushing = False
             return
-        if tr.get_write_buffer_size() > WRITE_HIGH:  # the peer is not reading: try later
-            self.backoff = min(max(self.backoff * 2, 0.002), 0.1)
-            asyncio.get_running_loop().call_later(self.backoff, self.flush)
-            return
+        buffered = tr.get_write_buffer_size()
+        if buffered:  # the peer is behind: counted towards the total bound (Gateway._measure)
+            self.gw.backlogged(self)
+            if buffered > WRITE_HIGH:  # the peer is not reading: try later
+                self.backoff = min(max(self.backoff * 2, 0.002), 0.1)
+                asyncio.get_running_loop().call_later(self.backoff, self.flush)
+                return
         self.backoff = 0.0
         self.flushing = False
         self.out = []
+        if self.qn:
+            self.qn = self.qbytes = 0
         m = self.gw.metrics
         m.messages_out += len(out)
         m.writes += 1
@@ -293,11 +315,18 @@ class Session:
             return
         self.closed = True
         self.out = []
+        self.qn = self.qbytes = 0
         self.wake.set()
         self.gw.detach(self)
         asyncio.get_running_loop().create_task(self._close(code, reason))
 
     async def _close(self, code: int, reason: str) -> None:
+        tr = self.transport
+        if tr is not None and tr.get_write_buffer_size() > WRITE_HIGH:
+            # the peer reads nothing: a close frame would wait behind megabytes that never
+            # leave, and the buffer would stay in memory meanwhile - drop it now
+            tr.abort()
+            return
         try:
             await asyncio.wait_for(self.ws.close(code=code, message=reason.encode()[:120]), 2.0)
         except Exception:
@@ -486,6 +515,12 @@ class Gateway:
         self._hb_sessions: set[Session] = set()
         self._hb_interval: float | None = None
         self._flush_out_scheduled = False
+        # the total send-queue bound: sessions whose socket is backed up (their bytes are
+        # measured every MEASURE_S while any is), and the bytes they hold
+        self._backlog: set[Session] = set()
+        self._measuring = False
+        self.queued_bytes = 0
+        self.queued_bytes_max = cfg.send_queue_total_max_bytes
         self.failed: str | None = None  # set when the runner refused a command
         self.accepting = True
         # the fan-out in C where the extension is built (on_commit is its reference)
@@ -558,6 +593,65 @@ class Gateway:
         for s in todo:
             s.flush()
 
+    # ---------------------------------------------------------------- send-queue memory
+    def backlogged(self, s: Session) -> None:
+        """``s``'s transport holds bytes its peer has not taken: count them (and its queue)
+        towards the total bound until they are gone. Nothing is counted per message: a
+        connection whose peer keeps up never gets here (its transport buffer is empty at every
+        flush), so the order path pays nothing for the bound."""
+        self._backlog.add(s)
+        if not self._measuring:
+            self._measuring = True
+            asyncio.get_running_loop().call_later(MEASURE_S, self._measure)
+
+    def _measure(self) -> None:
+        """Every MEASURE_S while any socket is backed up: the bytes each such connection
+        holds (its transport's buffer + its queue, counted incrementally: a stalled queue only
+        grows) and their total, ``queued_bytes``. Over ``send_queue_total_max_bytes`` the
+        connections holding the most are closed as slow consumers until the total is under
+        the bound again: one client that does not read costs at most its share, and a crowd
+        of them cannot take the server's memory (200 of them took ~460 MB before this). The
+        total can pass the bound between two measurements by what the server writes in
+        MEASURE_S, not more."""
+        backlog = self._backlog
+        total = 0
+        for s in tuple(backlog):
+            tr = s.transport
+            if s.closed or tr is None or tr.is_closing():
+                backlog.discard(s)
+                s.held = 0
+                continue
+            out = s.out
+            n = len(out)
+            if n < s.qn:  # flushed since: count afresh
+                s.qn = s.qbytes = 0
+            if n > s.qn:
+                s.qbytes += sum(map(len, islice(out, s.qn, None)))
+                s.qn = n
+            held = tr.get_write_buffer_size() + s.qbytes
+            s.held = held
+            if not held:
+                backlog.discard(s)
+            total += held
+        limit = self.queued_bytes_max
+        if total > limit:
+            for s in sorted(backlog, key=_held, reverse=True):
+                if total <= limit:
+                    break
+                total -= s.held
+                self.metrics.send_queue_total_disconnects += 1
+                self.metrics.slow_consumer_disconnects += 1
+                s.kill(CLOSE_SLOW, f"{E.SLOW_CONSUMER}: the server's send queues hold over "
+                                   f"{limit} bytes; this connection's ({s.held}) is among "
+                                   f"the largest")
+                backlog.discard(s)
+                s.held = 0
+        self.queued_bytes = total
+        if backlog:
+            asyncio.get_running_loop().call_later(MEASURE_S, self._measure)
+        else:
+            self._measuring = False
+
     # ---------------------------------------------------------------- commands
     async def submit(self, cmd) -> list:
         """Apply ``cmd``; return its events once durable. Journal trouble and core bugs become
@@ -593,6 +687,7 @@ class Gateway:
             return
         self.sessions.discard(s)
         self._hb_sessions.discard(s)
+        self._backlog.discard(s)
         self.metrics.connections = len(self.sessions)
         for ch in list(s.subs):
             self._unsub(s, ch)
