@@ -247,6 +247,15 @@ class ServerConfig(Strict):
                                       "before a young collection, then the older generations")
 
 
+class PrivacyConfig(Strict):
+    """What the exchange publishes about firms and platforms (exchange/privacy.py)."""
+
+    min_contributors: int = Field(
+        3, ge=1, description="a published aggregate (a statistic per product, sector or action "
+                             "type) shows a group only when at least this many firms or "
+                             "platforms contribute to it; fewer: the group is suppressed")
+
+
 class Settings(BaseModel):
     """The whole configuration file. Sections owned by later modules (server, rules,
     compliance) are added here as fields with defaults, so an older file stays valid."""
@@ -258,6 +267,7 @@ class Settings(BaseModel):
     rules: RulesConfig = Field(default_factory=RulesConfig)  # [rules] (exchange/rules/config.py)
     compliance: ComplianceConfig | None = None  # [compliance] (exchange/compliance/config.py)
     server: ServerConfig = Field(default_factory=ServerConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
 
 
 def load_settings(path: str | Path | None = None) -> Settings:

@@ -159,11 +159,12 @@ async def test_firm_sub_quotas_endpoint(tmp_path):
         st, cement = await op(srv, "GET", "/rules/sub-quotas/CEMENT1", key=CEMENT)
         assert [(q["sme"], q["granted"], q["surplus_rule"], q["shortfall_rule"])
                 for q in cement["split_out"]] == [("SME2", 2000, "bank", "sme")]
-        # operator and verifier read any firm's; a firm only its own; nobody without a key
+        # the operator reads any firm's; a verifier only the firms whose submissions it
+        # verified or rejected (none yet); a firm only its own; nobody without a key
         st, body = await op(srv, "GET", "/rules/sub-quotas/SME1")
         assert st == 200 and body == mine
         st, body = await op(srv, "GET", "/rules/sub-quotas/SME1", key=VERIFIER)
-        assert st == 200 and body == mine
+        assert st == 403 and body["error"]["code"] == "FORBIDDEN"
         for key, firm in ((SME1, "STEEL1"), (STEEL, "SME1"), (SME2, "SME1")):
             st, body = await op(srv, "GET", f"/rules/sub-quotas/{firm}", key=key)
             assert st == 403 and body["error"]["code"] == "FORBIDDEN", (key, firm)

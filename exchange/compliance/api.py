@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from ..core import errors as E
 from ..core.units import MAX_QTY, UnitError, percent_to_bps
+from ..privacy import require_firm_reader, verifier_id
 from ..server.api import ApiContext, route
 from ..server.credentials import ROLE_FIRM, ROLE_OPERATOR, ROLE_VERIFIER
 from ..server.protocol import INT64_MAX, Period, ProtocolError, ws_method
@@ -163,11 +164,19 @@ async def submit(ctx: ApiContext, b: SubmissionBody) -> dict:
 async def submissions(ctx: ApiContext, _b) -> dict:
     m = _module(ctx)
     period = _period(ctx)
+    # a verifier's queue: what no verifier has taken yet, and what it verified or rejected
+    # itself - not other verifiers' firms (exchange/privacy.py)
+    me = verifier_id(ctx.cred) if ctx.cred.role == ROLE_VERIFIER else None
     out = []
     for firm_id in sorted(m.records):
         rec = m.records[firm_id].get(period)
         if rec is None or rec["status"] == "none":
             continue
+        if me is not None:
+            handled = {rec["verifier"]} | {r[1] for r in rec["rejections"]}
+            if me not in handled and (rec["status"] != "pending" or rec["verifier"]
+                                      or rec["rejections"]):
+                continue
         out.append({"firm_id": firm_id, "status": rec["status"], "version": rec["version"],
                     "fuels": dict(rec["fuels"]), "process_emissions": rec["process_emissions"],
                     "fuel_emissions": rec["fuel_emissions"], "emissions": rec["emissions"],
@@ -261,13 +270,13 @@ async def deadline(ctx: ApiContext, _b: EmptyBody) -> dict:
 
 # ------------------------------------------------------------------------------ reports
 @route("GET", "/compliance/statements/{firm_id}/{period}", tag=TAG,
-       roles=(ROLE_OPERATOR, ROLE_FIRM),
+       roles=(ROLE_OPERATOR, ROLE_FIRM, ROLE_VERIFIER),
        summary="A firm's compliance statement (JSON, or CSV with ?format=csv)")
 async def statement(ctx: ApiContext, _b):
+    """For the firm itself, the verifier of its submission of the period, and operators."""
     firm_id = ctx.path["firm_id"]
-    if ctx.cred.role == ROLE_FIRM and ctx.cred.firm_id != firm_id:
-        raise ProtocolError(E.FORBIDDEN, "a firm reads its own statement only", 403)
     period = _period(ctx)
+    require_firm_reader(ctx, firm_id, period)
     try:
         st = R.firm_statement(ctx.ex, firm_id, period)
     except KeyError as e:

@@ -96,7 +96,8 @@ class FundInflow(_Out):
     amount_fen: int = Field(description="into the fund")
     gross_fen: int = Field(description="the penalty / proceeds / deposit it is a share of")
     share_bps: int
-    ref: str = Field(description="the paying firm (penalty), the budget line (budget)")
+    ref: str = Field(description="the budget line (budget); empty for a penalty: the paying "
+                                 "firm is withheld from the public statement")
 
 
 class FundInflowPeriod(_Out):
@@ -234,7 +235,13 @@ async def statement(ctx: ApiContext, _b) -> dict:
     """Balance; inflows by source (penalty, auction, budget) and by period, each listed; grants
     paid by SME and by period with their projects; parameters and their history."""
     _module(ctx)
-    return fund_statement(ctx.ex, _int_query(ctx, "period"))
+    st = fund_statement(ctx.ex, _int_query(ctx, "period"))
+    # which firm paid a penalty is that firm's compliance record, not the fund's: the public
+    # statement keeps the amount and withholds the payer (docs/PRIVACY.md)
+    for e in st["inflows"]["entries"]:
+        if e["source"] == "penalty":
+            e["ref"] = ""
+    return st
 
 
 @route("PUT", BASE + "/params", body=FundParamsBody, response=CommandResult, tag=TAG,

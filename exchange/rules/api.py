@@ -42,7 +42,9 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_
 
 from ..core import errors as E
 from ..core.units import MAX_QTY, ppm_half_even, ppm_to_decimal, ratio_to_ppm
+from ..privacy import may_read_firm, min_contributors, require_firm_reader, suppress
 from ..server.api import ApiContext, CommandResult, route
+from ..server.app import STATE_KEY
 from ..server.credentials import ROLE_FIRM, ROLE_OPERATOR, ROLE_VERIFIER
 from ..server.protocol import Period, ProtocolError, ws_method
 from . import formulas as F
@@ -96,8 +98,13 @@ def _int_path(ctx: ApiContext, name: str) -> int:
 
 
 def _own(ctx: ApiContext, firm_id: str) -> None:
-    if ctx.cred is not None and ctx.cred.role == ROLE_FIRM and ctx.cred.firm_id != firm_id:
-        raise ProtocolError(E.FORBIDDEN, "a firm reads only its own rules data", 403)
+    """A firm's rules data is for the firm, its verifier and operators (exchange/privacy.py)."""
+    require_firm_reader(ctx, firm_id)
+
+
+def _readable(ctx: ApiContext, firm_ids) -> set:
+    """The firms of ``firm_ids`` whose rules data the caller may read."""
+    return {f for f in firm_ids if may_read_firm(ctx.ex, ctx.cred, f)}
 
 
 # ====================================================================== parameters
@@ -167,8 +174,27 @@ class BenchmarkBody(Body):
        roles=READERS)
 async def get_benchmarks(ctx: ApiContext, body) -> dict:
     r = _rules(ctx)
-    return {p: {"intensity": _dec(v), "intensity_ppm": v, "history": r.benchmark_history(p)}
-            for p, v in sorted(r.benchmarks.items())}
+    out = {p: {"intensity": _dec(v), "intensity_ppm": v, "history": r.benchmark_history(p)}
+           for p, v in sorted(r.benchmarks.items())}
+    if ctx.cred.role != ROLE_OPERATOR:
+        _suppress_benchmark_inputs(ctx, out)
+    return out
+
+
+def _suppress_benchmark_inputs(ctx: ApiContext, out: dict) -> None:
+    """A gradient step's inputs are a statistic of the product's verified firms (their
+    weighted intensity and output): below ``[privacy] min_contributors`` firms, readers other
+    than operators get the step (the benchmark is public) without its inputs and terms."""
+    k = min_contributors(ctx.request.app[STATE_KEY].settings)
+    for view in out.values():
+        for h in view["history"]:
+            inputs = h.get("inputs")
+            if not inputs:
+                continue
+            g = suppress({0: {"contributors": int(inputs.get("firms", 0))}}, k,
+                         complementary=False)[0]
+            if g["suppressed"]:
+                h["inputs"] = h["terms"] = {"suppressed": True}
 
 
 @route("POST", "/rules/benchmarks", summary="Set a product's benchmark", body=BenchmarkBody,
@@ -253,7 +279,17 @@ def _chain_view(ex, rules, chain_id: str) -> dict:
        tag=TAG, roles=READERS)
 async def get_chains(ctx: ApiContext, body) -> dict:
     r = _rules(ctx)
-    return {"chains": [_chain_view(ctx.ex, r, c) for c in sorted(ctx.ex.chains)]}
+    return {"chains": [_members_readable(ctx, _chain_view(ctx.ex, r, c))
+                       for c in sorted(ctx.ex.chains)]}
+
+
+def _members_readable(ctx: ApiContext, view: dict) -> dict:
+    """A chain's structure is shared with its readers; a member's allocation factor is that
+    firm's record: shown only where the caller may read the firm (exchange/privacy.py)."""
+    for m in view["members"]:
+        if not may_read_firm(ctx.ex, ctx.cred, m["firm_id"]):
+            m["phi"] = m["phi_ppm"] = None
+    return view
 
 
 @route("GET", "/rules/chains/{chain_id}", summary="One supply chain", tag=TAG, roles=READERS)
@@ -262,7 +298,7 @@ async def get_chain(ctx: ApiContext, body) -> dict:
     cid = ctx.path["chain_id"]
     if cid not in ctx.ex.chains:
         raise ProtocolError(E.UNKNOWN_CHAIN, f"unknown supply chain {cid!r}", 404)
-    return _chain_view(ctx.ex, r, cid)
+    return _members_readable(ctx, _chain_view(ctx.ex, r, cid))
 
 
 # ====================================================================== periods, allocation runs
@@ -280,10 +316,36 @@ _STEPS = {"pre_allocate": PreAllocate, "close_period": ClosePeriod,
        tag=TAG, roles=READERS)
 async def get_periods(ctx: ApiContext, body) -> dict:
     r = _rules(ctx)
-    return {"periods": [{"period": p, "state": s, "instrument": r.instrument_for(p),
-                         "responsibility": {k: _dec(v) for k, v in r.resp.get(p, {}).items()},
-                         "allocation": r.period_totals(p)}
-                        for p, s in sorted(r.periods.items())]}
+    out = [{"period": p, "state": s, "instrument": r.instrument_for(p),
+            "responsibility": {k: _dec(v) for k, v in r.resp.get(p, {}).items()},
+            "allocation": r.period_totals(p)}
+           for p, s in sorted(r.periods.items())]
+    if ctx.cred.role != ROLE_OPERATOR:
+        for row in out:
+            _suppress_period_statistics(ctx, r, row)
+    return {"periods": out}
+
+
+def _suppress_period_statistics(ctx: ApiContext, r, row: dict) -> None:
+    """A product's responsibility factor is a statistic of its verified producers, and a
+    period's totals one of its firms: each is shown to readers other than operators only with
+    at least ``[privacy] min_contributors`` contributing firms (exchange/privacy.py)."""
+    k = min_contributors(ctx.request.app[STATE_KEY].settings)
+    p = row["period"]
+    accounts = ctx.ex.accounts
+    in_period = [f for f, d in r.allocs.items() if p in d]
+    verified = [f for f in in_period if r.allocs[f][p].get("verified")]
+    groups = {prod: {"value": v, "contributors": [f for f in verified
+                                                  if accounts[f].product == prod]}
+              for prod, v in row["responsibility"].items()}
+    row["responsibility"] = {prod: g["value"] if not g["suppressed"] else {"suppressed": True}
+                             for prod, g in suppress(groups, k).items()}
+    totals = row["allocation"]
+    if totals is not None:
+        n = totals.get("firms", len(in_period))
+        if suppress({0: {"contributors": int(n)}}, k, complementary=False)[0]["suppressed"]:
+            row["allocation"] = {"allocation_total": totals.get("allocation_total"),
+                                 "suppressed": True}
 
 
 @route("POST", "/rules/allocation-runs", summary="Run an allocation step for a period",
@@ -300,7 +362,7 @@ async def allocation_run(ctx: ApiContext, b: AllocationRunBody) -> dict:
 async def get_allocations(ctx: ApiContext, body) -> dict:
     r = _rules(ctx)
     period = _int_path(ctx, "period")
-    firms = sorted(f for f, d in r.allocs.items() if period in d)
+    firms = sorted(_readable(ctx, (f for f, d in r.allocs.items() if period in d)))
     return {"period": period, "allocations": [r.allocation(f, period) for f in firms]}
 
 
@@ -449,7 +511,9 @@ def sub_quota_view(ex, lot_id: int) -> dict:
        tag=TAG, roles=(ROLE_OPERATOR, ROLE_VERIFIER), response=SubQuotaLots)
 async def get_sub_quotas(ctx: ApiContext, body) -> dict:
     _rules(ctx)
-    return {"sub_quotas": [sub_quota_view(ctx.ex, k) for k in sorted(ctx.ex.sub_quotas)]}
+    lots = [sub_quota_view(ctx.ex, k) for k in sorted(ctx.ex.sub_quotas)]
+    mine = _readable(ctx, {v["sme"] for v in lots} | {v["parent"] for v in lots})
+    return {"sub_quotas": [v for v in lots if v["sme"] in mine or v["parent"] in mine]}
 
 
 @route("GET", "/rules/sub-quotas/{firm_id}", tag=TAG, roles=READERS, response=FirmSubQuotas,
@@ -512,7 +576,7 @@ def responsibility_view(rules, firm_id: str) -> dict:
        tag=TAG, roles=(ROLE_OPERATOR, ROLE_VERIFIER))
 async def get_responsibilities(ctx: ApiContext, body) -> dict:
     r = _rules(ctx)
-    return {"firms": [responsibility_view(r, f) for f in sorted(r.firm_resp)]}
+    return {"firms": [responsibility_view(r, f) for f in sorted(_readable(ctx, r.firm_resp))]}
 
 
 @route("GET", "/rules/responsibility/{firm_id}", summary="What a firm answers for (t CO2)",

@@ -501,10 +501,13 @@ async def register_firm(ctx: ApiContext, b: RegisterFirmBody) -> dict:
 
 
 @route("GET", "/firms/{firm_id}", summary="A firm with balances and live orders", tag="firms",
-       roles=(ROLE_OPERATOR, ROLE_VERIFIER))
+       roles=(ROLE_OPERATOR, ROLE_VERIFIER, ROLE_FIRM))
 async def get_firm(ctx: ApiContext, body) -> dict:
+    """For the firm itself, its verifier and operators (exchange/privacy.py)."""
+    from ..privacy import require_firm_reader
     from .protocol import wire_balances
 
+    require_firm_reader(ctx, ctx.path["firm_id"])
     a = ctx.ex.accounts.get(ctx.path["firm_id"])
     if a is None or a.system:
         raise ProtocolError(E.UNKNOWN_ACCOUNT, "no such firm", 404)
