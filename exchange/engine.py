@@ -19,6 +19,10 @@ from .compliance.fund import SmeFundModule  # noqa: E402  (the SME fund: grants 
 MODULES.append(SmeFundModule)
 
 
+from .registry.module import RegistryModule  # noqa: E402  (serials, removals, carbon-inclusive)
+MODULES.append(RegistryModule)
+
+
 def build_exchange(**kw) -> Exchange:
     return Exchange(modules=tuple(MODULES), **kw)
 

@@ -97,6 +97,7 @@ class SurrenderUnits(Command):
     period: int
     instrument: str
     qty: int
+    serials: tuple = ()  # credits: exactly these serials (registry); () = oldest first
     seq: int = 0
     ts: int = 0
 

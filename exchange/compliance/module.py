@@ -259,6 +259,11 @@ class ComplianceModule(Module):
         if instr.offset_type not in self.params["offset_types"]:
             return False, E.INELIGIBLE_OFFSET_TYPE, (
                 f"offset type {instr.offset_type!r} is not accepted for compliance")
+        registry = self.ex.modules.get("registry")
+        if registry is not None and not registry.counts_as_offset(instr.offset_type):
+            return False, E.INELIGIBLE_OFFSET_TYPE, (
+                f"{instr.offset_type} credits are carbon-inclusive credits not declared "
+                "CCER-equivalent (declare_offset_class)")
         ov = p["offset_vintages"]
         ok = instr.vintage in ov if ov else instr.vintage <= period
         if not ok:
@@ -535,6 +540,13 @@ class ComplianceModule(Module):
                                    f"{instr.offset_type} would reach {used + c.qty} t; its "
                                    f"sub-cap of {sub} bps allows {sub_cap} t "
                                    f"({max(0, sub_cap - used)} t left)")
+        # serials named: the registry checks them (held, never retired) before anything moves
+        registry = self.ex.modules.get("registry")
+        if c.serials:
+            if registry is None or instr.kind != "offset" or registry.params is None:
+                raise E.Reject(E.BAD_SERIAL, "only credits registered with serials are "
+                                             "surrendered by serial")
+            registry.set_pick(registry.pick(c.firm_id, instr.symbol, c.serials, c.qty))
         # ---- accepted
         prefer = LOT_SUB_QUOTA + ":" if acct.size_class == "sme" else None
         posting, _ = self._retire(acct, instr, c.qty, c.period, f"surrender:{c.period}", prefer)
@@ -543,7 +555,8 @@ class ComplianceModule(Module):
             rec["late_surrender"] = True
         return [posting, UnitsSurrendered(
             c.firm_id, c.period, instr.symbol, c.qty, instr.kind, instr.offset_type, c.firm_id,
-            cap_bps, rec["surrendered"], rec["offsets"], obligation)]
+            cap_bps, rec["surrendered"], rec["offsets"], obligation)] \
+            + (registry.drain() if registry is not None else [])
 
     # ================================================================== deadline
     def _deadline(self, c: ProcessComplianceDeadline) -> list:

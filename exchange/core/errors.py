@@ -120,3 +120,17 @@ BAD_VERIFIED_DATA = "BAD_VERIFIED_DATA"  # emissions/output not whole numbers >=
 
 # ---- limits (exchange/core/units.py MAX_QTY, MAX_CASH; docs/CORE.md "Limits") -----------------
 QUANTITY_LIMIT = "QUANTITY_LIMIT"  # would put more than MAX_QTY t outstanding / MAX_CASH deposited
+
+# ---- credit registry (exchange/registry): serials, removals, carbon-inclusive batches ---------
+REGISTRY_NOT_CONFIGURED = "REGISTRY_NOT_CONFIGURED"
+SERIALS_REQUIRED = "SERIALS_REQUIRED"  # issue_units of a credit: issue it through the registry
+DOUBLE_COUNTED = "DOUBLE_COUNTED"  # overlap, claimed action, uncancelled import, second retirement
+BAD_SERIAL = "BAD_SERIAL"  # not ISSUER/PROJECT/VINTAGE/FIRST[-LAST]
+UNKNOWN_SERIAL = "UNKNOWN_SERIAL"  # never issued (or of another instrument)
+SERIAL_NOT_HELD = "SERIAL_NOT_HELD"  # the account does not hold the serials it names
+UNKNOWN_PROJECT = "UNKNOWN_PROJECT"
+UNKNOWN_PLATFORM = "UNKNOWN_PLATFORM"
+UNKNOWN_ACTION_TYPE = "UNKNOWN_ACTION_TYPE"  # not in the conversion table
+BAD_BATCH = "BAD_BATCH"  # a malformed carbon-inclusive batch (nothing of it is kept)
+UNKNOWN_BATCH = "UNKNOWN_BATCH"
+BATCH_NOT_PENDING = "BATCH_NOT_PENDING"

@@ -278,6 +278,10 @@ class Exchange:
         # called with each Trade as it settles (modules that observe trades, e.g. compliance):
         # cheaper than wrapping the order handlers, and costs nothing for orders that only rest
         self.trade_listeners: list[Callable[[Trade], None]] = []
+        # called by move_units, the one other way units move (the credit registry follows
+        # serials with it), and the instrument kinds whose units only a module may issue
+        self.unit_listeners: list[Callable[[Account, Account, str, int, str], None]] = []
+        self.serialised_kinds: frozenset[str] = frozenset()
         self._handlers: dict[type, Callable] = {
             PlaceOrder: self._place, CancelOrder: self._cancel, AmendOrder: self._amend,
             CancelAll: self._cancel_all, AddSegment: self._add_segment,
@@ -1138,6 +1142,8 @@ class Exchange:
         taken from ``src`` and appends nothing: callers emit the Posting."""
         taken = take_units(src, instrument, qty, prefer)
         put_units(dst, instrument, qty, lot_key)
+        for f in self.unit_listeners:
+            f(src, dst, instrument, qty, reason)
         return taken
 
     def _issue_command(self, c: IssueUnits) -> list:
@@ -1145,7 +1151,9 @@ class Exchange:
         was issued (less clawbacks) and units only move between accounts after that, so this
         bounds every holding and reservation of the instrument."""
         self.firm(c.account)
-        self.instrument(c.instrument)
+        if self.instrument(c.instrument).kind in self.serialised_kinds:
+            raise E.Reject(E.SERIALS_REQUIRED, f"{c.instrument} units carry serials: issue "
+                                               "them through the registry (issue_credits)")
         self._positive(c.qty)
         h = self.accounts[ISSUER].holdings.get(c.instrument)
         room = MAX_QTY + (h.total if h is not None else 0)
