@@ -653,14 +653,15 @@ class Gateway:
             self._measuring = False
 
     # ---------------------------------------------------------------- commands
-    async def submit(self, cmd) -> list:
+    async def submit(self, cmd, *, internal: bool = False) -> list:
         """Apply ``cmd``; return its events once durable. Journal trouble and core bugs become
-        ProtocolErrors (SHUTTING_DOWN 503 / INTERNAL_ERROR 500)."""
-        events, durable = self.submit_nowait(cmd)
+        ProtocolErrors (SHUTTING_DOWN 503 / INTERNAL_ERROR 500). ``internal``: the server's
+        own command (a cancel-on-disconnect at shutdown), taken while clients' are not."""
+        events, durable = self.submit_nowait(cmd, internal=internal)
         try:
             await asyncio.shield(durable)
         except Exception as exc:
-            self.failed = str(exc)[:200]
+            self.not_ready(str(exc)[:200])
             raise ProtocolError(E.SHUTTING_DOWN, "the journal could not make the command "
                                                  "durable", 503) from None
         if isinstance(events, Exception):
@@ -700,7 +701,9 @@ class Gateway:
 
     async def shutdown(self) -> None:
         """Stop accepting; cancel the live orders of cancel-on-disconnect sessions (journaled,
-        before the runner stops); close every connection with 1001."""
+        before the runner stops); close every connection with 1001. Orders are refused from
+        the first line on: /readyz is already 503."""
+        self.accepting = False
         jobs = []
         for s in list(self.sessions):
             if s.cod and s.firm_id is not None and s.placed:
@@ -711,15 +714,14 @@ class Gateway:
                     jobs.append(self._cancel_orders(s.firm_id, live))
         if jobs:
             await asyncio.gather(*jobs)
-        self.accepting = False
         for s in list(self.sessions):
             s.kill(1001, f"{E.SHUTTING_DOWN}: server going away")
         await asyncio.sleep(0)
 
     async def _cancel_orders(self, firm_id: str, order_ids: list[int]) -> None:
         try:
-            await asyncio.gather(*(self.submit(CancelOrder(account=firm_id, order_id=oid))
-                                   for oid in order_ids))
+            await asyncio.gather(*(self.submit(CancelOrder(account=firm_id, order_id=oid),
+                                               internal=True) for oid in order_ids))
         except Exception as exc:  # shutting down
             self.log_exception(exc)
 
@@ -978,19 +980,33 @@ class Gateway:
                         s.push(ch, data)
 
     # ---------------------------------------------------------------- orders
-    def submit_nowait(self, cmd):
+    def submit_nowait(self, cmd, *, internal: bool = False):
         """Apply ``cmd`` now; return ``(events, durable_future)`` (see CoreRunner)."""
-        if not self.accepting:
-            raise ProtocolError(E.SHUTTING_DOWN, "the server is shutting down", 503)
+        if not self.accepting and not internal:
+            raise self.not_accepting()
         try:
             return self.runner.submit_nowait(cmd)
         except Exception as exc:  # RunnerFailed: stopped or journal write failed
             raise self.submit_failed(exc) from None
 
+    def not_accepting(self) -> ProtocolError:
+        """The error of a request that would change state while the server is not ready."""
+        if self.failed is not None:
+            return ProtocolError(E.SHUTTING_DOWN, f"not accepting commands: {self.failed}", 503)
+        return ProtocolError(E.SHUTTING_DOWN, "the server is shutting down", 503)
+
+    def not_ready(self, why: str) -> None:
+        """The runner refused or lost a command: /readyz answers 503 from now on, and so does
+        every request that would change state - orders included. ``accepting`` is the one
+        switch the order path (the C gate too) reads, so a load balancer that sees 503 on
+        /readyz never finds orders still being taken."""
+        self.failed = why
+        self.accepting = False
+
     def submit_failed(self, exc: Exception) -> ProtocolError:
         """The runner refused a command (it is stopped, or a journal write failed): /readyz
         turns 503, and this is the error the request gets."""
-        self.failed = str(exc)[:200]
+        self.not_ready(str(exc)[:200])
         return ProtocolError(E.SHUTTING_DOWN, f"not accepting commands: {exc}", 503)
 
     def place(self, s: Session, cmd: PlaceOrder, req_id):
