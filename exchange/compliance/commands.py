@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from ..core.commands import Command, command
 from ..core.events import event
+from .mrv import DEFAULT_COVERED, DEFAULT_GRID_FACTOR_PPM
 
 
 # =========================================================================== commands
@@ -27,6 +28,9 @@ class ConfigureCompliance(Command):
     penalty_multiple_ppm: int = 0  # x period average allowance price x shortfall tonnes
     late_fine: int = 0  # fen per late firm-period
     penalty_fallback_price: int = 0  # fen/t when the period had no allowance trade
+    # appended later, with defaults, so older journals replay unchanged
+    grid_factor_ppm: int = DEFAULT_GRID_FACTOR_PPM  # t CO2 per MWh of electricity x 1e6
+    covered_categories: tuple = DEFAULT_COVERED  # categories that create obligation
     seq: int = 0
     ts: int = 0
 
@@ -57,14 +61,19 @@ class RegisterVerifier(Command):
 
 @command("submit_activity_data")
 class SubmitActivityData(Command):
-    """A firm's activity data for a period: fuel use by type in whole tce, process emissions in
-    t CO2, output in the product's unit. Replaces a pending or rejected submission."""
+    """A firm's activity data for a period, by category: energy (fuel use by type in whole tce,
+    electricity bought in whole MWh), process emissions in t CO2, natural emissions (livestock,
+    land, biological processes) in t CO2e; output in the product's unit. Replaces a pending or
+    rejected submission."""
 
     firm_id: str
     period: int
     fuels: tuple = ()  # ((fuel, tce), ...)
     process_emissions: int = 0
     output: int = 0
+    # appended later, with defaults, so older journals replay unchanged
+    electricity_mwh: int = 0
+    natural_emissions: int = 0
     seq: int = 0
     ts: int = 0
 
@@ -133,6 +142,8 @@ class ComplianceConfigured:
     fuels: tuple
     offset_types: tuple
     banking: bool
+    grid_factor_ppm: int = 0
+    covered_categories: tuple = ()
 
 
 @event("compliance_period_configured")
@@ -151,6 +162,9 @@ class VerifierRegistered:
 
 @event("activity_data_submitted")
 class ActivityDataSubmitted:
+    """``emissions`` is the total over every category; ``covered_emissions`` what the
+    obligation would be once verified (the covered categories' sum)."""
+
     firm_id: str
     period: int
     version: int
@@ -158,15 +172,31 @@ class ActivityDataSubmitted:
     process_emissions: int
     emissions: int
     output: int
+    electricity_mwh: int = 0
+    electricity_emissions: int = 0
+    energy_emissions: int = 0  # fuel + electricity emissions
+    natural_emissions: int = 0
+    covered_categories: tuple = ()
+    covered_emissions: int = 0
 
 
 @event("emissions_verified")
 class EmissionsVerified:
+    """``emissions`` is the total over every category; the obligation counts the covered
+    categories only (plus anything the rules module added)."""
+
     firm_id: str
     period: int
     verifier: str
     emissions: int
     obligation: int
+    fuel_emissions: int = 0
+    electricity_emissions: int = 0
+    energy_emissions: int = 0
+    process_emissions: int = 0
+    natural_emissions: int = 0
+    covered_categories: tuple = ()
+    covered_emissions: int = 0
 
 
 @event("submission_rejected")

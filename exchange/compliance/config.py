@@ -7,14 +7,15 @@ result go through the journal like any other.
 from __future__ import annotations
 
 from datetime import date, datetime, timezone
+from decimal import InvalidOperation
 from fractions import Fraction
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..core.units import parse_price, percent_to_bps, ratio_to_ppm
+from ..core.units import PPM, parse_price, percent_to_bps, ratio_to_ppm, to_decimal
 from .commands import ConfigureCompliance, ConfigureCompliancePeriod, RegisterVerifier
 from .fund import ConfigureSmeFund
-from .mrv import PENALTY_MODES
+from .mrv import CATEGORIES, DEFAULT_COVERED, PENALTY_MODES
 
 
 class _Strict(BaseModel):
@@ -138,6 +139,13 @@ class ComplianceConfig(_Strict):
         default_factory=lambda: {"coal": "0.7476", "oil": "0.5825", "natural_gas": "0.4435"},
         description="t C per tce of each fuel")
     co2_per_carbon: str = Field("44/12", description="t CO2 per t C, an exact fraction")
+    grid_factor_t_per_mwh: str = Field(
+        "0.5703", description="grid emission factor: t CO2 per MWh of electricity bought "
+                              "(exact to the millionth)")
+    covered_categories: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_COVERED),
+        description=f"emission categories that create obligation, of {list(CATEGORIES)}; "
+                    "the others are verified and reported only")
     offset_types: list[str] = Field(default_factory=lambda: ["CCER", "PHCER"])
     offset_cap_pct: str = Field("5", description="offsets may cover this % of the obligation")
     offset_sub_caps_pct: dict[str, str] = Field(
@@ -155,6 +163,28 @@ class ComplianceConfig(_Strict):
         for fuel, c in v.items():
             if ratio_to_ppm(c) < 0:
                 raise ValueError(f"coefficient of {fuel} must be >= 0")
+        return v
+
+    @field_validator("grid_factor_t_per_mwh")
+    @classmethod
+    def _grid(cls, v):
+        try:  # the units' guarded parser: no huge strings or exponents
+            d = to_decimal(v, "grid factor")
+        except (InvalidOperation, ValueError):
+            raise ValueError(f"not a decimal: {str(v)[:64]!r}") from None
+        if d < 0:
+            raise ValueError("the grid emission factor is >= 0")
+        if d * PPM != (d * PPM).to_integral_value():
+            raise ValueError(f"{v!r} is finer than one part per million")
+        return v
+
+    @field_validator("covered_categories")
+    @classmethod
+    def _covered(cls, v):
+        bad = [c for c in v if c not in CATEGORIES]
+        if bad or not v or len(set(v)) != len(v):
+            raise ValueError(f"covered_categories: one or more of {list(CATEGORIES)}, each "
+                             f"once; got {v!r}")
         return v
 
     @field_validator("co2_per_carbon")
@@ -195,7 +225,9 @@ def compliance_commands(cfg: ComplianceConfig | None, verifiers: list[str] = ())
         offset_types=tuple(cfg.offset_types), banking=cfg.banking, penalty_mode=p.mode,
         penalty_fixed_fine=parse_price(p.fixed_fine),
         penalty_multiple_ppm=ratio_to_ppm(p.price_multiple), late_fine=parse_price(p.late_fine),
-        penalty_fallback_price=parse_price(p.fallback_price))]
+        penalty_fallback_price=parse_price(p.fallback_price),
+        grid_factor_ppm=ratio_to_ppm(cfg.grid_factor_t_per_mwh),
+        covered_categories=tuple(c for c in CATEGORIES if c in cfg.covered_categories))]
     for per in cfg.periods:
         cap = per.offset_cap_pct if per.offset_cap_pct is not None else cfg.offset_cap_pct
         subs = per.offset_sub_caps_pct if per.offset_sub_caps_pct is not None \

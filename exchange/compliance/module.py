@@ -5,13 +5,15 @@ A :class:`exchange.core.exchange.Module` of the deterministic core: every change
 the command's ``ts``. State round-trips through ``to_state``/``load_state`` as plain JSON.
 
 Per firm and period it keeps one record: the activity data submission (pending, rejected,
-verified), the obligation (verified emissions plus anything the rules module adds when a
-negative true-up cannot be clawed back), every surrender with the offset cap in effect when it
-was made, and the settlement made at the deadline.
+verified) with its emissions per category (energy: fuels and electricity; process; natural),
+the obligation (the verified emissions of the categories covered when it was submitted, plus
+anything the rules module adds when a negative true-up cannot be clawed back), every surrender
+with the offset cap in effect when it was made, and the settlement made at the deadline.
 
 Interfaces with the rules module (``ex.modules.get("rules")``, optional):
 
-* on verification: ``rules.on_verified(firm_id, period, emissions, output) -> list[event]``;
+* on verification: ``rules.on_verified(firm_id, period, emissions, output) -> list[event]``,
+  with the covered emissions (the scope the obligation and the allocation answer for);
 * at the deadline, for a shortfall: ``rules.add_allocation_deduction(firm_id, period + 1, qty)``;
 * rules calls :meth:`ComplianceModule.add_obligation` back.
 
@@ -80,7 +82,9 @@ def _ident(v, code: str, what: str) -> str:
 
 _record = record_maker("ComplianceRecord", (
     "status", "version", "fuels", "process_emissions", "output", "fuel_emissions", "emissions",
-    "submitted_ts", "verifier", "verified_ts", "rejections", "extra_obligation", "surrendered",
+    "electricity_mwh", "grid_factor_ppm", "electricity_emissions", "natural_emissions",
+    "covered_categories", "covered_emissions", "submitted_ts", "verifier", "verified_ts",
+    "rejections", "extra_obligation", "surrendered",
     "offsets", "offsets_by_type", "surrenders", "late_surrender", "settlement"))
 _settlement = record_maker("Settlement", (
     "status", "ts", "shortfall", "penalty", "penalty_paid", "penalty_outstanding", "deduction",
@@ -91,6 +95,17 @@ _AFTER_ANY_PERIOD = float("inf")  # sorts after every (start_ts, period) with th
 
 
 def _load_record(r: dict) -> dict:
+    if "covered_emissions" not in r:
+        # a snapshot from before emission categories: its emissions are fuel + process under
+        # the rule of the time (energy and process covered), and a journal replayed from the
+        # same commands gives exactly these values (the new command fields default to them)
+        submitted = r.get("version", 0) > 0
+        r.setdefault("electricity_mwh", 0)
+        r.setdefault("grid_factor_ppm", mrv.DEFAULT_GRID_FACTOR_PPM if submitted else None)
+        r.setdefault("electricity_emissions", 0)
+        r.setdefault("natural_emissions", 0)
+        r.setdefault("covered_categories", list(mrv.DEFAULT_COVERED) if submitted else [])
+        r["covered_emissions"] = r.get("emissions", 0)
     if r.get("settlement") is not None:
         r["settlement"] = _settlement.load(r["settlement"])
     return _record.load(r)
@@ -100,7 +115,9 @@ def new_record() -> dict:
     return _record(
         status="none",  # none | pending | rejected | verified
         version=0, fuels=[], process_emissions=0, output=0, fuel_emissions=0, emissions=0,
-        submitted_ts=None, verifier=None, verified_ts=None, rejections=[], extra_obligation=0,
+        electricity_mwh=0, grid_factor_ppm=None, electricity_emissions=0, natural_emissions=0,
+        covered_categories=[], covered_emissions=0, submitted_ts=None, verifier=None,
+        verified_ts=None, rejections=[], extra_obligation=0,
         surrendered=0, offsets=0, offsets_by_type={}, surrenders=[], late_surrender=False,
         settlement=None)
 
@@ -220,7 +237,7 @@ class ComplianceModule(Module):
     def obligation_of(rec: dict | None) -> int:
         if rec is None:
             return 0
-        base = rec["emissions"] if rec["status"] == "verified" else 0
+        base = rec["covered_emissions"] if rec["status"] == "verified" else 0
         return base + rec["extra_obligation"]
 
     def obligation(self, firm_id: str, period: int) -> int:
@@ -317,14 +334,25 @@ class ComplianceModule(Module):
         types = sorted(set(types))
         if type(c.banking) is not bool:
             raise E.Reject(E.BAD_PARAMETER, "banking is true or false")
+        if not _is_int(c.grid_factor_ppm) or c.grid_factor_ppm < 0:
+            raise E.Reject(E.BAD_PARAMETER, "grid_factor_ppm is an integer >= 0 "
+                                            "(t CO2 per MWh x 1,000,000)")
+        covered = _seq(c.covered_categories, "covered_categories")
+        if not covered or not all(x in mrv.CATEGORIES for x in covered) \
+                or len(set(covered)) != len(covered):
+            raise E.Reject(E.BAD_PARAMETER, f"covered_categories: one or more of "
+                                            f"{list(mrv.CATEGORIES)}, each once"[:200])
+        covered = [x for x in mrv.CATEGORIES if x in covered]  # one canonical order
         self.params = {
             "coefficients_ppm": dict(sorted(coef.items())), "co2_per_c": [num, den],
             "offset_types": types, "banking": bool(c.banking),
             "penalty_mode": c.penalty_mode, "penalty_fixed_fine": c.penalty_fixed_fine,
             "penalty_multiple_ppm": c.penalty_multiple_ppm, "late_fine": c.late_fine,
             "penalty_fallback_price": c.penalty_fallback_price,
+            "grid_factor_ppm": c.grid_factor_ppm, "covered_categories": covered,
         }
-        return [ComplianceConfigured(tuple(sorted(coef)), tuple(types), bool(c.banking))]
+        return [ComplianceConfigured(tuple(sorted(coef)), tuple(types), bool(c.banking),
+                                     c.grid_factor_ppm, tuple(covered))]
 
     def _check_caps(self, cap_bps, sub_caps) -> list:
         if not _is_int(cap_bps) or not 0 <= cap_bps <= BPS:
@@ -411,18 +439,32 @@ class ComplianceModule(Module):
             if fuel in fuels:
                 raise E.Reject(E.BAD_ACTIVITY_DATA, f"fuel {fuel!r} listed twice")
             fuels[fuel] = tce
-        for name, v in (("process_emissions", c.process_emissions), ("output", c.output)):
+        for name, v in (("process_emissions", c.process_emissions), ("output", c.output),
+                        ("electricity_mwh", c.electricity_mwh),
+                        ("natural_emissions", c.natural_emissions)):
             if not _is_int(v) or v < 0:
                 raise E.Reject(E.BAD_ACTIVITY_DATA, f"{name} must be a whole number >= 0")
         fl = sorted(fuels.items())
-        fe, total = mrv.emissions(fl, c.process_emissions, params["coefficients_ppm"],
-                                  tuple(params["co2_per_c"]))
+        grid = params["grid_factor_ppm"]
+        covered = params["covered_categories"]
+        by = mrv.category_emissions(fl, c.electricity_mwh, c.process_emissions,
+                                    c.natural_emissions, params["coefficients_ppm"],
+                                    tuple(params["co2_per_c"]), grid)
+        cov = mrv.covered_emissions(by, covered)
         rec = self._record(c.firm_id, c.period)
+        # the factors and the covered categories in force now are kept with the submission: a
+        # later configure_compliance applies to submissions after it, never to this one
         rec.update(status="pending", version=rec["version"] + 1,
                    fuels=[[k, v] for k, v in fl], process_emissions=c.process_emissions,
-                   output=c.output, fuel_emissions=fe, emissions=total, submitted_ts=c.ts)
-        return [ActivityDataSubmitted(c.firm_id, c.period, rec["version"], fe,
-                                      c.process_emissions, total, c.output)]
+                   output=c.output, fuel_emissions=by["fuels"], emissions=by["total"],
+                   electricity_mwh=c.electricity_mwh, grid_factor_ppm=grid,
+                   electricity_emissions=by["electricity"],
+                   natural_emissions=c.natural_emissions, covered_categories=list(covered),
+                   covered_emissions=cov, submitted_ts=c.ts)
+        return [ActivityDataSubmitted(
+            c.firm_id, c.period, rec["version"], by["fuels"], c.process_emissions, by["total"],
+            c.output, c.electricity_mwh, by["electricity"], by["energy"], c.natural_emissions,
+            tuple(covered), cov)]
 
     def _check_verifier(self, verifier) -> None:
         if not isinstance(verifier, str) or verifier not in self.verifiers:
@@ -446,10 +488,14 @@ class ComplianceModule(Module):
         rules = self.ex.modules.get("rules")
         hook = getattr(rules, "on_verified", None)
         if hook is not None:  # may raise Reject: nothing of ours has changed yet
-            events.extend(hook(c.firm_id, c.period, rec["emissions"], rec["output"]) or ())
+            events.extend(hook(c.firm_id, c.period, rec["covered_emissions"], rec["output"])
+                          or ())
         rec.update(status="verified", verifier=c.verifier, verified_ts=c.ts)
-        events.insert(0, EmissionsVerified(c.firm_id, c.period, c.verifier, rec["emissions"],
-                                           self.obligation_of(rec)))
+        fe, ee = rec["fuel_emissions"], rec["electricity_emissions"]
+        events.insert(0, EmissionsVerified(
+            c.firm_id, c.period, c.verifier, rec["emissions"], self.obligation_of(rec), fe, ee,
+            fe + ee, rec["process_emissions"], rec["natural_emissions"],
+            tuple(rec["covered_categories"]), rec["covered_emissions"]))
         return events
 
     def _reject(self, c: RejectSubmission) -> list:
@@ -744,6 +790,11 @@ class ComplianceModule(Module):
             return
         s = copy.deepcopy(s)
         self.params = s["params"]
+        if self.params is not None:
+            # a snapshot from before emission categories: the defaults a replay of its
+            # configure_compliance would give
+            self.params.setdefault("grid_factor_ppm", mrv.DEFAULT_GRID_FACTOR_PPM)
+            self.params.setdefault("covered_categories", list(mrv.DEFAULT_COVERED))
         self.periods = {int(k): v for k, v in s["periods"].items()}
         self.verifiers = dict(s["verifiers"])
         self.records = {f: {int(p): _load_record(r) for p, r in ps.items()}
