@@ -52,9 +52,14 @@ class SubmissionBody(_Body):
     period: Period = Field(description="compliance period, e.g. 2026")
     fuels: dict[str, Tonnes] = Field(default_factory=dict,
                                      description="fuel -> whole tce, e.g. {\"coal\": 10000}")
-    process_emissions: Tonnes = Field(0, description="t CO2")
+    process_emissions: Tonnes = Field(0, description="process emissions, t CO2")
     output: Tonnes = Field(0, description="output in the product's unit")
     firm_id: str | None = Field(None, description="operators only: the firm acted for")
+    electricity_mwh: Tonnes = Field(
+        0, description="energy: electricity bought, whole MWh (x the grid emission factor)")
+    natural_emissions: Tonnes = Field(
+        0, description="natural/biological emissions (livestock, land, biological "
+                       "processes), t CO2e; reported, and covered only where configured")
 
 
 class VerifyBody(_Body):
@@ -151,12 +156,14 @@ def _module(ctx: ApiContext):
 @route("POST", "/compliance/submissions", body=SubmissionBody, tag=TAG,
        roles=(ROLE_FIRM, ROLE_OPERATOR), summary="Submit activity data for a period")
 async def submit(ctx: ApiContext, b: SubmissionBody) -> dict:
-    """Emissions = sum(fuel tce x carbon coefficient x 44/12) + process emissions; replaces a
-    pending or rejected submission; ALREADY_VERIFIED once the period is verified."""
+    """Emissions by category: energy = sum(fuel tce x carbon coefficient x 44/12) + electricity
+    MWh x grid factor; process; natural. The obligation counts the covered categories. Replaces
+    a pending or rejected submission; ALREADY_VERIFIED once the period is verified."""
     firm = _acting_firm(ctx, b.firm_id)
     return await ctx.command(SubmitActivityData(
         firm_id=firm, period=b.period, fuels=tuple(sorted(b.fuels.items())),
-        process_emissions=b.process_emissions, output=b.output))
+        process_emissions=b.process_emissions, output=b.output,
+        electricity_mwh=b.electricity_mwh, natural_emissions=b.natural_emissions))
 
 
 @route("GET", "/compliance/periods/{period}/submissions", tag=TAG,
@@ -181,7 +188,12 @@ async def submissions(ctx: ApiContext, _b) -> dict:
                     "fuels": dict(rec["fuels"]), "process_emissions": rec["process_emissions"],
                     "fuel_emissions": rec["fuel_emissions"], "emissions": rec["emissions"],
                     "output": rec["output"], "verifier": rec["verifier"],
-                    "rejections": rec["rejections"]})
+                    "rejections": rec["rejections"],
+                    "electricity_mwh": rec["electricity_mwh"],
+                    "electricity_emissions": rec["electricity_emissions"],
+                    "natural_emissions": rec["natural_emissions"],
+                    "by_category": R.emissions_by_category(rec),
+                    "covered_emissions": rec["covered_emissions"]})
     return {"period": period, "submissions": out}
 
 
@@ -306,6 +318,8 @@ class WsSubmitParams(_Body):
     fuels: dict[str, Tonnes] = Field(default_factory=dict)
     process_emissions: Tonnes = 0
     output: Tonnes = 0
+    electricity_mwh: Tonnes = 0
+    natural_emissions: Tonnes = 0
 
 
 class WsSurrenderParams(_Body):
@@ -328,7 +342,8 @@ async def ws_submit(session, p: WsSubmitParams) -> dict:
     """Submit the session firm's activity data for a period (see POST /compliance/submissions)."""
     events = await session.gw.submit_checked(SubmitActivityData(
         firm_id=session.firm_id, period=p.period, fuels=tuple(sorted(p.fuels.items())),
-        process_emissions=p.process_emissions, output=p.output))
+        process_emissions=p.process_emissions, output=p.output,
+        electricity_mwh=p.electricity_mwh, natural_emissions=p.natural_emissions))
     return {"events": _events(events)}
 
 

@@ -76,6 +76,29 @@ def _sub_quota_lines(st: dict) -> list[str]:
     return L
 
 
+def emissions_by_category(rec: dict | None, covered=None) -> dict[str, Any]:
+    """A record's emissions per category (t CO2e) and whether each is covered, i.e. counts
+    toward the obligation: ``energy`` (with its ``fuels`` and ``electricity`` parts),
+    ``process``, ``natural``; ``total`` = the three, ``covered_total`` = the covered ones (the
+    obligation's base once verified), ``not_covered_total`` = the rest. The covered categories
+    are the ones in force when the data was submitted; ``covered`` (the market's current ones)
+    labels a firm without a submission."""
+    if rec is not None and rec["version"] > 0:
+        covered = rec["covered_categories"]
+    covered = list(covered or ())
+    r = rec if rec is not None else {}
+    fe, ee = r.get("fuel_emissions", 0), r.get("electricity_emissions", 0)
+    total, cov = r.get("emissions", 0), r.get("covered_emissions", 0)
+    return {
+        "energy": {"emissions": fe + ee, "covered": "energy" in covered, "fuels": fe,
+                   "electricity": ee, "electricity_mwh": r.get("electricity_mwh", 0)},
+        "process": {"emissions": r.get("process_emissions", 0), "covered": "process" in covered},
+        "natural": {"emissions": r.get("natural_emissions", 0), "covered": "natural" in covered},
+        "total": total, "covered_total": cov, "not_covered_total": total - cov,
+        "covered_categories": covered,
+    }
+
+
 def _offsets_vs_cap(m: ComplianceModule, rec: dict, period: int, ts: int) -> dict:
     obligation = m.obligation_of(rec)
     cap_bps, subs = m.cap_at(period, ts)
@@ -113,9 +136,14 @@ def firm_statement(ex, firm_id: str, period: int) -> dict[str, Any]:
         "size_class": acct.size_class, "period": period,
         "deadline_ts": p["deadline_ts"], "period_closed": p["closed"], "as_of_ts": ex.now,
     }
+    covered_now = m.params["covered_categories"]
+    st["emissions_by_category"] = dict(
+        emissions_by_category(rec, covered_now),
+        verified=rec is not None and rec["status"] == "verified")
     if rec is None:
         st["submission"] = {"status": "none"}
-        st["obligation"] = {"verified_emissions": 0, "added_by_rules": 0, "total": 0}
+        st["obligation"] = {"verified_emissions": 0, "added_by_rules": 0, "total": 0,
+                            "covered_categories": list(covered_now)}
         st["surrenders"] = []
         st["surrendered"] = {"allowances": 0, "offsets": 0, "total": 0, "offsets_by_type": {}}
         st["offsets_vs_cap"] = None
@@ -128,16 +156,29 @@ def firm_statement(ex, firm_id: str, period: int) -> dict[str, Any]:
                        "emissions_t_co2_exact": f"{q * coef.get(f, 0) * num}/"
                                                 f"{den * PPM}"} for f, q in rec["fuels"]],
             "fuel_emissions": rec["fuel_emissions"],
-            "process_emissions": rec["process_emissions"], "emissions": rec["emissions"],
+            "electricity_mwh": rec["electricity_mwh"],
+            "grid_factor_t_co2_per_mwh": None if rec["grid_factor_ppm"] is None
+            else _coef_text(rec["grid_factor_ppm"]),
+            "electricity_emissions_t_co2_exact":
+                f"{rec['electricity_mwh'] * (rec['grid_factor_ppm'] or 0)}/{PPM}",
+            "electricity_emissions": rec["electricity_emissions"],
+            "process_emissions": rec["process_emissions"],
+            "natural_emissions": rec["natural_emissions"], "emissions": rec["emissions"],
+            "covered_categories": list(rec["covered_categories"]),
+            "covered_emissions": rec["covered_emissions"],
             "output": rec["output"], "submitted_ts": rec["submitted_ts"],
             "verifier": rec["verifier"], "verified_ts": rec["verified_ts"],
             "rejections": [{"ts": r[0], "verifier": r[1], "reason": r[2], "version": r[3]}
                            for r in rec["rejections"]],
         }
-        verified = rec["emissions"] if rec["status"] == "verified" else 0
+        # the obligation counts the covered categories only; the statement's
+        # emissions_by_category shows the rest
+        verified = rec["covered_emissions"] if rec["status"] == "verified" else 0
         st["obligation"] = {"verified_emissions": verified,
                             "added_by_rules": rec["extra_obligation"],
-                            "total": m.obligation_of(rec)}
+                            "total": m.obligation_of(rec),
+                            "covered_categories": list(
+                                rec["covered_categories"] if rec["version"] else covered_now)}
         st["surrenders"] = [
             {"seq": s[0], "ts": s[1], "instrument": s[2], "kind": s[3], "offset_type": s[4],
              "qty": s[5], "by": s[6], "cap_bps_in_effect": s[7]} for s in rec["surrenders"]]
@@ -193,6 +234,21 @@ def firm_statement(ex, firm_id: str, period: int) -> dict[str, Any]:
     return st
 
 
+# The summary's per-category columns (verified t CO2e): energy and its two parts, process,
+# natural, and the covered sum the obligation is made of.
+CATEGORY_COLUMNS = ("energy_fuels", "energy_electricity", "energy", "process", "natural",
+                    "covered_emissions")
+
+
+def _category_columns(rec: dict | None) -> dict[str, int]:
+    if rec is None:
+        return {k: 0 for k in CATEGORY_COLUMNS}
+    fe, ee = rec["fuel_emissions"], rec["electricity_emissions"]
+    return {"energy_fuels": fe, "energy_electricity": ee, "energy": fe + ee,
+            "process": rec["process_emissions"], "natural": rec["natural_emissions"],
+            "covered_emissions": rec["covered_emissions"]}
+
+
 def compliance_summary(ex, period: int) -> dict[str, Any]:
     """Market-wide compliance for one period: one row per firm with a record, totals."""
     m = module(ex)
@@ -200,9 +256,9 @@ def compliance_summary(ex, period: int) -> dict[str, Any]:
         raise KeyError(f"no compliance period {period}")
     p = m.periods[period]
     rows = []
-    totals = {"emissions": 0, "obligation": 0, "surrendered": 0, "allowances": 0,
-              "offsets": 0, "shortfall": 0, "penalty_fen": 0, "penalty_paid_fen": 0,
-              "deduction": 0}
+    totals = {"emissions": 0, **{k: 0 for k in CATEGORY_COLUMNS}, "obligation": 0,
+              "surrendered": 0, "allowances": 0, "offsets": 0, "shortfall": 0,
+              "penalty_fen": 0, "penalty_paid_fen": 0, "deduction": 0}
     counts: dict[str, int] = {}
     for firm_id in sorted(ex.accounts):
         acct = ex.accounts[firm_id]
@@ -212,16 +268,19 @@ def compliance_summary(ex, period: int) -> dict[str, Any]:
         if rec is None:
             status = "not_reported" if p["closed"] else "none"
             row = {"firm_id": firm_id, "size_class": acct.size_class, "submission": "none",
-                   "emissions": 0, "obligation": 0, "surrendered": 0, "allowances": 0,
+                   "emissions": 0, **{k: 0 for k in CATEGORY_COLUMNS}, "obligation": 0, "surrendered": 0, "allowances": 0,
                    "offsets": 0, "shortfall": 0, "penalty_fen": 0, "penalty_paid_fen": 0,
                    "deduction": 0, "status": status}
         else:
             s = rec["settlement"]
             obligation = m.obligation_of(rec)
             outstanding = max(0, obligation - rec["surrendered"])
+            verified = rec["status"] == "verified"
             row = {"firm_id": firm_id, "size_class": acct.size_class,
                    "submission": rec["status"],
-                   "emissions": rec["emissions"] if rec["status"] == "verified" else 0,
+                   # verified emissions, every category; the obligation counts the covered
+                   "emissions": rec["emissions"] if verified else 0,
+                   **_category_columns(rec if verified else None),
                    "obligation": obligation, "surrendered": rec["surrendered"],
                    "allowances": rec["surrendered"] - rec["offsets"], "offsets": rec["offsets"],
                    "shortfall": s["shortfall"] if s else outstanding,
@@ -242,6 +301,8 @@ def compliance_summary(ex, period: int) -> dict[str, Any]:
         "cap_history": [{"effective_ts": c[0], "seq": c[1], "cap_bps": c[2],
                          "sub_caps_bps": {k: v for k, v in c[3]}, "operator": c[4]}
                         for c in p["caps"]],
+        "covered_categories": list(m.params["covered_categories"]),
+        "grid_factor_t_co2_per_mwh": _coef_text(m.params["grid_factor_ppm"]),
         "counts": dict(sorted(counts.items())), "totals": totals, "firms": rows,
     }
 
@@ -276,7 +337,7 @@ def what_if_cap(ex, period: int, cap_bps: int, sub_caps_bps: dict[str, int] | No
         acct = ex.accounts.get(firm_id)
         # a pending submission gives a provisional obligation (its computed emissions)
         provisional = rec["status"] == "pending"
-        obligation = rec["emissions"] + rec["extra_obligation"] if provisional \
+        obligation = rec["covered_emissions"] + rec["extra_obligation"] if provisional \
             else m.obligation_of(rec)
         held: dict[str, int] = {}
         for sym, h in sorted(acct.holdings.items()) if acct is not None else ():
@@ -344,7 +405,8 @@ def statement_csv(st: dict) -> str:
     return buf.getvalue()
 
 
-SUMMARY_COLUMNS = ("firm_id", "size_class", "submission", "emissions", "obligation",
+SUMMARY_COLUMNS = ("firm_id", "size_class", "submission", "emissions", *CATEGORY_COLUMNS,
+                   "obligation",
                    "surrendered", "allowances", "offsets", "shortfall", "penalty_fen",
                    "penalty_paid_fen", "deduction", "status")
 
@@ -361,6 +423,22 @@ def summary_csv(summary: dict) -> str:
     return buf.getvalue()
 
 
+def _cov(c: dict) -> str:
+    return "covered" if c["covered"] else "not covered"
+
+
+def _category_lines(b: dict) -> list[str]:
+    """The emissions of a statement by category, in words."""
+    e = b["energy"]
+    return [
+        f"    energy  {e['emissions']:>10} t (fuels {e['fuels']} + electricity "
+        f"{e['electricity']})  {_cov(e)}",
+        f"    process {b['process']['emissions']:>10} t  {_cov(b['process'])}",
+        f"    natural {b['natural']['emissions']:>10} t  {_cov(b['natural'])}",
+        f"    total   {b['total']:>10} t CO2e; covered {b['covered_total']} t, not covered "
+        f"{b['not_covered_total']} t"]
+
+
 def statement_text(st: dict) -> str:
     """A human-readable statement for the terminal."""
     L = [f"Compliance statement  {st['firm_id']} ({st['name'] or st['size_class']})  "
@@ -372,10 +450,14 @@ def statement_text(st: dict) -> str:
         for f in sub["fuels"]:
             L.append(f"    {f['fuel']:<12} {f['tce']:>10} tce x {f['carbon_coefficient_t_c_per_tce']}"
                      f" t C/tce x 44/12")
-        L.append(f"    fuel {sub['fuel_emissions']} t + process {sub['process_emissions']} t"
-                 f" = {sub['emissions']} t CO2; output {sub['output']}")
+        if sub["electricity_mwh"]:
+            L.append(f"    {'electricity':<12} {sub['electricity_mwh']:>10} MWh x "
+                     f"{sub['grid_factor_t_co2_per_mwh']} t CO2/MWh")
+        L.extend(_category_lines(st["emissions_by_category"]))
+        L.append(f"    output {sub['output']}")
     o = st["obligation"]
-    L.append(f"  Obligation: {o['total']} t (verified {o['verified_emissions']}"
+    L.append(f"  Obligation: {o['total']} t (verified {o['verified_emissions']} in "
+             f"{' + '.join(o['covered_categories']) or 'no category'}"
              f" + from true-up {o['added_by_rules']})")
     a = st["allocation"]
     if a:
@@ -444,4 +526,13 @@ def summary_text(sm: dict) -> str:
     L.append(f"  {'TOTAL':<10} {'':<14} {t['obligation']:>10} {t['surrendered']:>11} "
              f"{t['offsets']:>8} {t['shortfall']:>9} {format_price(t['penalty_fen']):>14}")
     L.append(f"  counts: {sm['counts']}")
+    cov = sm["covered_categories"]
+    L.append(f"  Verified emissions by category (t CO2e; covered: {', '.join(cov)}; "
+             f"grid factor {sm['grid_factor_t_co2_per_mwh']} t CO2/MWh)")
+    L.append(f"  {'firm':<10} {'fuels':>10} {'electricity':>11} {'energy':>10} {'process':>10} "
+             f"{'natural':>10} {'total':>10} {'covered':>10}")
+    for r in sm["firms"] + [dict(sm["totals"], firm_id="TOTAL")]:
+        L.append(f"  {r['firm_id']:<10} {r['energy_fuels']:>10} {r['energy_electricity']:>11} "
+                 f"{r['energy']:>10} {r['process']:>10} {r['natural']:>10} {r['emissions']:>10} "
+                 f"{r['covered_emissions']:>10}")
     return "\n".join(L)
