@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .compliance.config import ComplianceConfig
 from .core.units import parse_price
+from .registry.config import RegistryConfig
 from .rules.config import RulesConfig
 
 DEFAULTS_PACKAGE = "exchange.defaults"
@@ -166,8 +167,31 @@ class DemoOrderConfig(Strict):
     qty: int
 
 
+class DemoPlatformConfig(Strict):
+    """A carbon-inclusive platform of the demo market (exchange/registry)."""
+
+    platform_id: str
+    name: str = ""
+    api_key: str | None = Field(None, description="demo platform API key (demo market only)")
+
+
+class DemoRemovalConfig(Strict):
+    """A removal project of the demo market, verified for one vintage at genesis."""
+
+    project_id: str
+    removal_type: Literal["natural", "engineered"]
+    owner: str
+    name: str = ""
+    vintage: int | None = None
+    gross_removal: int = Field(0, ge=0)
+    project_emissions: int = Field(0, ge=0)
+    baseline_removal: int = Field(0, ge=0)
+
+
 class DemoConfig(Strict):
     firms: list[FirmConfig] = Field(default_factory=list)
+    platforms: list[DemoPlatformConfig] = Field(default_factory=list)
+    removal_projects: list[DemoRemovalConfig] = Field(default_factory=list)
     chains: list[ChainConfig] = Field(default_factory=list)
     sub_quotas: list[SubQuotaConfig] = Field(default_factory=list)
     orders: list[DemoOrderConfig] = Field(default_factory=list)
@@ -266,6 +290,7 @@ class Settings(BaseModel):
     journal: JournalConfig = Field(default_factory=JournalConfig)
     rules: RulesConfig = Field(default_factory=RulesConfig)  # [rules] (exchange/rules/config.py)
     compliance: ComplianceConfig | None = None  # [compliance] (exchange/compliance/config.py)
+    registry: RegistryConfig | None = None  # [registry] (exchange/registry/config.py)
     server: ServerConfig = Field(default_factory=ServerConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
 

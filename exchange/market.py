@@ -15,6 +15,9 @@ from .core.commands import (
 )
 from .core.exchange import AddSegment
 from .core.units import PPM, parse_price, ratio_to_ppm
+from .registry.commands import (
+    IssueCredits, RegisterPlatform, RegisterRemovalProject, VerifyRemoval,
+)
 
 
 def market_commands(settings: Settings) -> list:
@@ -47,9 +50,26 @@ def demo_commands(settings: Settings, with_orders: bool = True) -> list:
             if qty:
                 kind = next((i.kind for i in settings.market.instruments if i.symbol == sym),
                             "allowance")
+                if kind == "offset" and settings.registry is not None:
+                    # credits carry serials: a demo project per firm, units 1..qty
+                    cmds.append(IssueCredits(account=f.firm_id, instrument=sym, issuer="DEMO",
+                                             project=f"{f.firm_id}-{sym}", first=1, last=qty))
+                    continue
                 cmds.append(IssueUnits(account=f.firm_id, instrument=sym, qty=qty,
                                        source="allocation" if kind == "allowance"
                                        else "offset_project", ref="demo"))
+    if settings.registry is not None:
+        for p in d.platforms:
+            cmds.append(RegisterPlatform(platform_id=p.platform_id, name=p.name))
+        for r in d.removal_projects:
+            cmds.append(RegisterRemovalProject(project_id=r.project_id,
+                                               removal_type=r.removal_type, owner=r.owner,
+                                               name=r.name))
+            if r.vintage is not None:
+                cmds.append(VerifyRemoval(project_id=r.project_id, vintage=r.vintage,
+                                          verifier=d.verifier_id, gross_removal=r.gross_removal,
+                                          project_emissions=r.project_emissions,
+                                          baseline_removal=r.baseline_removal))
     for c in d.chains:
         total = sum(Decimal(e.weight) for e in c.edges) or Decimal(1)
         edges = tuple((e.supplier, e.customer, int(Decimal(e.weight) / total * PPM))
@@ -82,6 +102,8 @@ def genesis_commands(settings: Settings, demo: bool = True) -> list:
     from .rules.config import rules_commands
     cmds += rules_commands(settings.rules)
     # ---- end rules ----------------------------------------------------------------------
+    from .registry.config import registry_commands
+    cmds += registry_commands(settings.registry)
     if demo:
         cmds += demo_commands(settings)
     return cmds

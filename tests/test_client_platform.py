@@ -47,14 +47,30 @@ def test_nfc_normalisation_makes_one_identifier_of_two_spellings():
     assert hash_action_id(KEY_A, "zoé") != hash_action_id(KEY_A, composed)
 
 
-def test_same_person_same_platform_same_id_other_platform_other_id():
+def ident(person, action_type, day, ref=""):
+    return "\x1f".join((person, action_type, day, ref))
+
+
+def test_one_action_one_id_on_every_platform_holding_the_key():
     a1 = build_batch(KEY_A, ROWS, 2026)["records"]
     a2 = build_batch(KEY_A, list(reversed(ROWS)), 2026)["records"]
     b = build_batch(KEY_B, ROWS, 2026)["records"]
-    assert a1[0][0] == a1[2][0]  # the same person twice in one batch
-    assert a1[0][0] != a1[1][0]
-    assert a1[0][0] == a2[2][0]  # and across batches
-    assert {r[0] for r in a1}.isdisjoint({r[0] for r in b})  # another platform's key
+    # an action is the person, its type and its day: the same person's two actions differ
+    assert a1[0][0] != a1[2][0] and a1[0][0] != a1[1][0]
+    # the same action recorded in another batch (or by another platform with the scheme key)
+    # gets the same id, so the registry refuses the second claim
+    assert a1[0][0] == a2[2][0]
+    assert {r[0] for r in a1}.isdisjoint({r[0] for r in b})  # a key outside the scheme
+
+
+def test_rows_of_one_action_are_one_record_with_the_quantities_summed():
+    rows = [dict(ROWS[0]), dict(ROWS[0], quantity=8), dict(ROWS[0], action_ref="T-2")]
+    recs = build_batch(KEY_A, rows, 2026)["records"]
+    assert recs == [
+        [hash_action_id(KEY_A, ident("u-1001", "bus_ride", "2026-03-01")), "bus_ride", 20,
+         "2026-03-01"],
+        [hash_action_id(KEY_A, ident("u-1001", "bus_ride", "2026-03-01", "T-2")), "bus_ride",
+         12, "2026-03-01"]]
 
 
 def test_build_batch_keeps_only_the_hashed_id_type_quantity_and_date():
@@ -62,9 +78,12 @@ def test_build_batch_keeps_only_the_hashed_id_type_quantity_and_date():
     assert list(body) == ["platform_id", "vintage", "records"]
     assert body["platform_id"] == "GREENAPP" and body["vintage"] == 2026
     assert body["records"] == [
-        [hash_action_id(KEY_A, "u-1001"), "bus_ride", 12, "2026-03-01"],
-        [hash_action_id(KEY_A, "u-1002"), "bike_trip", 3, "2026-03-02"],
-        [hash_action_id(KEY_A, "u-1001"), "recycling", 5, "2026-03-03"],
+        [hash_action_id(KEY_A, ident("u-1001", "bus_ride", "2026-03-01")), "bus_ride", 12,
+         "2026-03-01"],
+        [hash_action_id(KEY_A, ident("u-1002", "bike_trip", "2026-03-02")), "bike_trip", 3,
+         "2026-03-02"],
+        [hash_action_id(KEY_A, ident("u-1001", "recycling", "2026-03-03")), "recycling", 5,
+         "2026-03-03"],
     ]
     text = json.dumps(body, ensure_ascii=False)
     for raw in PERSONAL:
@@ -74,7 +93,8 @@ def test_build_batch_keeps_only_the_hashed_id_type_quantity_and_date():
 
 def test_build_batch_can_hash_another_identifier_field():
     body = build_batch(KEY_A, ROWS[:1], 2026, id_field="phone")
-    assert body["records"][0][0] == hash_action_id(KEY_A, "+86 138 0013 8000")
+    assert body["records"][0][0] == hash_action_id(
+        KEY_A, ident("+86 138 0013 8000", "bus_ride", "2026-03-01"))
 
 
 @pytest.mark.parametrize("bad, message", [

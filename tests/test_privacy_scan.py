@@ -90,8 +90,10 @@ async def test_no_raw_identifier_in_journal_snapshots_or_logs(tmp_path, caplog, 
 
         body = build_batch(PLATFORM_KEY, ROWS, 2026, platform_id=PLATFORM)
         assert scan(json.dumps(body, ensure_ascii=False).encode()) == []
-        assert [r[0] for r in body["records"]] == [hash_action_id(PLATFORM_KEY, r["user_id"])
-                                                   for r in ROWS]
+        # an action id is the keyed hash of the action's identity: person, type, day
+        assert [r[0] for r in body["records"]] == [
+            hash_action_id(PLATFORM_KEY, "\x1f".join(
+                (r["user_id"], r["action_type"], str(r["date"]), ""))) for r in ROWS]
         cmd = SubmitActionBatch(platform_id=body["platform_id"], vintage=body["vintage"],
                                 records=tuple(tuple(r) for r in body["records"]))
         await gw.submit_checked(cmd)

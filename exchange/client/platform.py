@@ -1,21 +1,26 @@
 """The platform side of carbon-inclusive issuance: pseudonymous action ids, batches, upload.
 
 A carbon-inclusive platform (an app that records people's low-carbon actions: bus rides, bike
-trips, recycling) submits batches of those actions to the exchange's registry. The exchange
-needs to know that two records are the same person's action on the same platform (so one
-action is never counted twice), and nothing else about the person. So the person's identity
-never leaves the platform: each record carries an *action id*, a keyed hash of the person's
-raw identifier under a key only the platform holds::
+trips, recycling) submits batches of those actions to the exchange's registry. The registry
+must be able to tell that two records are the same action - on this platform or on another one
+- so one action is never credited twice, and must learn nothing else about the person. So the
+person's identity never leaves the platform: each record carries an *action id*, a keyed hash
+of the action's identity (the person, the action type, the day, and the platform's own
+reference of the action when it has one) under a key the platforms hold and the exchange does
+not::
 
-    action_id = HMAC-SHA256(platform_key, PREFIX + NFC(raw_identifier)).hexdigest()
+    action_id = HMAC-SHA256(key, PREFIX + NFC(person US action_type US date US action_ref))
 
-* ``PREFIX`` (:data:`ACTION_ID_PREFIX`) separates this use of the platform key from any other
-  use of it: a digest made for another purpose with the same key never equals an action id.
+* ``PREFIX`` (:data:`ACTION_ID_PREFIX`) separates this use of the key from any other use of
+  it: a digest made for another purpose with the same key never equals an action id.
 * NFC normalisation makes the same name typed on two keyboards (a precomposed "é" or "e" plus a
-  combining accent) one identifier. Nothing else is changed (no case folding, no trimming):
-  the platform picks the identifier, and should pick a stable one (its own user id).
-* Without the key nobody, the exchange included, can test a guessed phone number or name
-  against an action id; with a different platform's key the same person gets an unrelated id.
+  combining accent) one identifier. Nothing else is changed (no case folding, no trimming).
+* The key is the carbon-inclusive scheme's: every accredited platform holds it (so the same
+  action recorded by two platforms hashes to the same id and the second claim is refused as
+  ``DOUBLE_COUNTED``); the exchange never does, so nobody there can test a guessed phone number
+  or name against an action id. A platform outside any scheme uses a key of its own.
+* One record is one person's actions of one type on one day (rows of the same identity are
+  summed): the day is the unit a person's action is credited in.
 
 :func:`build_batch` turns the platform's own rows - which may hold a name, a phone number, an
 e-mail, a user id - into the registry's batch body, keeping only ``[action_id, action_type,
@@ -53,6 +58,8 @@ ACTION_ID_PREFIX = b"carbon-exchange/carbon-inclusive/action-id/v1\x00"
 MIN_KEY_BYTES = 16
 
 BATCHES_PATH = "/api/v1/registry/batches"
+
+US = "\x1f"  # unit separator between the parts of an action's identity
 
 _DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
@@ -92,13 +99,15 @@ def _date_text(v: Any, i: int) -> str:
 def build_batch(key: bytes, rows: Iterable[Mapping[str, Any]], vintage: int, *,
                 platform_id: str | None = None, id_field: str = "user_id",
                 action_type_field: str = "action_type", quantity_field: str = "quantity",
-                date_field: str = "date") -> dict:
+                date_field: str = "date", ref_field: str | None = "action_ref") -> dict:
     """The registry's batch body from the platform's own rows.
 
     Each row is a mapping holding at least ``id_field`` (the person's raw identifier, e.g. the
-    platform's user id), the action type, the quantity (a whole number of the action type's
-    unit) and the date (a :class:`datetime.date` or ``"YYYY-MM-DD"``). Every other field of a
-    row (a name, a phone number, an e-mail, ...) is dropped. The result::
+    scheme's citizen id or a phone number), the action type, the quantity (a whole number of
+    the action type's unit) and the date (a :class:`datetime.date` or ``"YYYY-MM-DD"``), and
+    optionally ``ref_field`` (the action's own reference, e.g. a ticket number). Rows with the
+    same person, type, day and reference are one action: their quantities are summed into one
+    record. Every other field of a row (a name, an e-mail, ...) is dropped. The result::
 
         {"platform_id": ..., "vintage": 2026,
          "records": [[action_id, action_type, quantity, "YYYY-MM-DD"], ...]}
@@ -108,7 +117,8 @@ def build_batch(key: bytes, rows: Iterable[Mapping[str, Any]], vintage: int, *,
     index only, so a log of the error holds no personal data."""
     if isinstance(vintage, bool) or not isinstance(vintage, int):
         raise TypeError("vintage is an int, e.g. 2026")
-    records = []
+    records: list = []
+    index: dict[str, int] = {}
     for i, row in enumerate(rows):
         if not isinstance(row, Mapping):
             raise TypeError(f"row {i}: a row is a mapping of field -> value")
@@ -126,8 +136,17 @@ def build_batch(key: bytes, rows: Iterable[Mapping[str, Any]], vintage: int, *,
         qty = row[quantity_field]
         if isinstance(qty, bool) or not isinstance(qty, int):
             raise ValueError(f"row {i}: {quantity_field!r} is not a whole number")
-        records.append([hash_action_id(key, raw), action_type, qty,
-                        _date_text(row[date_field], i)])
+        day = _date_text(row[date_field], i)
+        ref = row.get(ref_field, "") if ref_field else ""
+        if not isinstance(ref, str):
+            ref = str(ref)
+        ident = US.join((raw, action_type, day, ref))
+        at = index.get(ident)
+        if at is None:
+            index[ident] = len(records)
+            records.append([hash_action_id(key, ident), action_type, qty, day])
+        else:
+            records[at][2] += qty
     body: dict = {"vintage": vintage, "records": records}
     if platform_id is not None:
         body = {"platform_id": platform_id, **body}

@@ -16,7 +16,9 @@ Each credential has a role:
 
 * ``firm``      — trades for one firm (``firm_id``) over the websocket;
 * ``operator``  — runs the market over the HTTP admin API (and may read market data);
-* ``verifier``  — MRV verification (used by the compliance module's endpoints).
+* ``verifier``  — MRV verification (used by the compliance module's endpoints);
+* ``platform``  — a carbon-inclusive platform (``firm_id``: its account) submits batches of
+  recorded actions to the credit registry (exchange/registry/api.py).
 """
 from __future__ import annotations
 
@@ -34,7 +36,9 @@ from ..core.exchange import Module
 ROLE_FIRM = "firm"
 ROLE_OPERATOR = "operator"
 ROLE_VERIFIER = "verifier"
-ROLES = (ROLE_FIRM, ROLE_OPERATOR, ROLE_VERIFIER)
+ROLE_PLATFORM = "platform"
+ROLES = (ROLE_FIRM, ROLE_OPERATOR, ROLE_VERIFIER, ROLE_PLATFORM)
+ROLES_WITH_FIRM = (ROLE_FIRM, ROLE_PLATFORM)  # keys that act for one account (firm_id)
 
 
 SCHEME_SHA256 = "sha256"  # plain SHA-256: records written before the keyed hash (legacy)
@@ -217,9 +221,9 @@ class Credentials(Module):
         if any(k.key_hash == c.key_hash for k in self.keys.values()):
             raise E.Reject(E.DUPLICATE_KEY, "that key is already on record")
         firm_id = c.firm_id
-        if c.role == ROLE_FIRM:
+        if c.role in ROLES_WITH_FIRM:
             if type(firm_id) is not str:
-                raise E.Reject(E.BAD_PARAMETER, "a firm key needs a firm_id")
+                raise E.Reject(E.BAD_PARAMETER, f"a {c.role} key needs a firm_id")
             self.ex.firm(firm_id)  # UNKNOWN_ACCOUNT / SYSTEM_ACCOUNT
         elif firm_id is not None:
             raise E.Reject(E.BAD_PARAMETER, f"a {c.role} key has no firm_id")
@@ -304,6 +308,13 @@ def demo_key_commands(settings, secret: bytes | None = None) -> list:
             cmds.append(IssueApiKey(key_id=key_id_for(hash_key(f.api_key)), role=ROLE_FIRM,
                                     key_hash=h, firm_id=f.firm_id, label=f"demo {f.firm_id}",
                                     scheme=scheme))
+    if settings.registry is not None:
+        for p in d.platforms:
+            if p.api_key:
+                cmds.append(IssueApiKey(key_id=key_id_for(hash_key(p.api_key)),
+                                        role=ROLE_PLATFORM, key_hash=hash_key(p.api_key, secret),
+                                        firm_id=p.platform_id, label=f"demo {p.platform_id}",
+                                        scheme=scheme))
     for role, key in ((ROLE_OPERATOR, d.operator_key), (ROLE_VERIFIER, d.verifier_key)):
         if key:
             h = hash_key(key, secret)
@@ -321,6 +332,9 @@ def demo_keys(settings, creds: Credentials) -> list[tuple[str, str | None, str]]
     for f in d.firms:
         if f.api_key and creds.lookup(f.api_key) is not None:
             out.append((ROLE_FIRM, f.firm_id, f.api_key))
+    for p in d.platforms:
+        if p.api_key and creds.lookup(p.api_key) is not None:
+            out.append((ROLE_PLATFORM, p.platform_id, p.api_key))
     for role, key in ((ROLE_OPERATOR, d.operator_key), (ROLE_VERIFIER, d.verifier_key)):
         if key and creds.lookup(key) is not None:
             out.append((role, None, key))
