@@ -109,13 +109,14 @@ def firms_of_verifier(ex, verifier: str, period: int | None = None) -> set[str]:
 
 def may_read_firm(ex, cred, firm_id: str, period: int | None = None) -> bool:
     """Whether ``cred`` may read ``firm_id``'s records (of ``period``, where they are per
-    period): an operator, the firm's own key, or a verifier of the firm's submissions."""
+    period): an operator, the firm's own key (a platform's, for its account), or a verifier
+    of the firm's submissions."""
     if cred is None:
         return False
     role = cred.role
     if role == "operator":
         return True
-    if role == "firm":
+    if role == "firm" or role == "platform":  # a platform's key acts for its own account
         return cred.firm_id == firm_id
     if role == "verifier":
         return verifier_id(cred) in verifiers_of(ex, firm_id, period)
