@@ -18,6 +18,7 @@ CLI_MODULES = [
     "exchange.server.cli",
     "exchange.server.keys_cli",
     "exchange.compliance.cli",
+    "exchange.registry.cli",
     "exchange.rules.cli",
     "exchange.sim.cli",
 ]
