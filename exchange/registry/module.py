@@ -673,12 +673,14 @@ class RegistryModule(Module):
             if not isinstance(d, str) or len(d) != 10 or not d.startswith(prefix):
                 raise E.Reject(E.BAD_BATCH, f"record {n}: date {d!r} is not a YYYY-MM-DD day "
                                             f"of the vintage {vintage}"[:200])
+            # ASCII digits only: int() and isdigit() also take other scripts' digits
+            md = d[5:7] + d[8:10]
+            if d[7] != "-" or not (md.isascii() and md.isdigit()):
+                raise E.Reject(E.BAD_BATCH, f"record {n}: {d!r} is not a YYYY-MM-DD date")
             try:
                 date(vintage, int(d[5:7]), int(d[8:10]))
             except ValueError:
                 raise E.Reject(E.BAD_BATCH, f"record {n}: {d!r} is not a date") from None
-            if d[4] != "-" or d[7] != "-" or not (d[5:7] + d[8:10]).isdigit():
-                raise E.Reject(E.BAD_BATCH, f"record {n}: {d!r} is not a YYYY-MM-DD date")
             other = claimed.get(aid)
             if other is not None:
                 ob = self.batches[other]
