@@ -370,6 +370,12 @@ class RegistryModule(Module):
             raise E.Reject(E.BAD_PARAMETER, "last must be >= first")
         self._room(instr.symbol, last - first + 1)
         self._check_new_block(issuer, project, instr.vintage, first, last)
+        # this registry's own serials (removals under its issuer code, batches under a
+        # platform's id) are issued by verification and approval only: issued here first, the
+        # same units would be issued twice, or the verified ones could not be issued at all
+        if issuer == self.params["issuer"] or issuer in self.platforms:
+            raise E.Reject(E.BAD_PARAMETER, f"issuer {issuer} is this registry's own (removals, "
+                                            "carbon-inclusive batches): not issued by hand")
         b = self._new_block(issuer, project, instr.vintage, first, last, instr.symbol, "ccer")
         return self._deliver(b, first, last, acct, "ccer")
 
@@ -611,6 +617,10 @@ class RegistryModule(Module):
         pid = _ident(c.platform_id, "platform_id")
         if pid in self.platforms:
             raise E.Reject(E.BAD_PARAMETER, f"platform {pid} is registered")
+        if pid == self.params["issuer"] or any(blk[B_ISSUER] == pid for blk in self.blocks):
+            # its batches' serials would share a namespace with credits already issued
+            raise E.Reject(E.BAD_PARAMETER, f"{pid} is an issuer of credits already: a platform "
+                                            "id names its own serials")
         name = _text(c.name, "name", 200)
         events: list = []
         acct = self.ex.accounts.get(pid)
@@ -732,6 +742,7 @@ class RegistryModule(Module):
         t = batch["reduction_t"]
         if t:
             self._room(batch["instrument"], t)
+            self._check_new_block(batch["platform_id"], c.batch_id, batch["vintage"], 1, t)
             b = self._new_block(batch["platform_id"], c.batch_id, batch["vintage"], 1, t,
                                 batch["instrument"], "carbon_inclusive")
             batch["serial"] = self.serial_of(b, 1, t)
