@@ -144,3 +144,26 @@ def test_legacy_state_without_scheme_loads_as_sha256():
     from exchange.server.credentials import Credential
     c = Credential("k-1", "operator", None, "ab" * 32, "x", 3, 0)
     assert c.scheme == SCHEME_SHA256 and len(c.to_state()) == 6
+
+
+def test_keys_create_refuses_while_the_server_holds_the_journal(tmp_path):
+    """``keys create`` against a running server's journal would append from the end it read
+    while the server appends too: the chain forks. The journal's writer lock refuses it."""
+    data = tmp_path / "data"
+    srv = ServerProcess(data, ["--no-demo"])
+    srv.start()
+    try:
+        journal = data / "journal.sqlite"
+        before = journal.stat().st_size, (data / "journal.sqlite-wal").stat().st_size
+        r = _keys("create", "--role", "operator", "--label", "racer", "--data-dir", str(data))
+        assert r.returncode == 2, (r.stdout, r.stderr)
+        assert "in use by another process" in r.stderr and "Traceback" not in r.stderr
+        assert f"pid {srv.proc.pid}" in r.stderr
+        assert r.stdout == ""  # no key printed: none was made
+        assert (journal.stat().st_size,
+                (data / "journal.sqlite-wal").stat().st_size) == before
+    finally:
+        assert srv.kill(signal.SIGTERM) == 0
+    # the server's lock went with it
+    r = _keys("create", "--role", "operator", "--label", "after", "--data-dir", str(data))
+    assert r.returncode == 0, r.stderr

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import fcntl
 import hashlib
 import itertools
 import os
@@ -216,6 +217,31 @@ def private_files(path: str) -> None:
             pass
 
 
+def writer_lock(path: str) -> int | None:
+    """Take the journal's writer lock - an exclusive ``flock`` on ``<journal>.lock``, held
+    while the journal is open for writing and dropped by the kernel when the process dies -
+    and return its descriptor. SQLite's own locks only serialise transactions: two writers
+    (a running server and ``keys create``, say) would each append from the end they read,
+    and the second's records would fork the hash chain. Raises JournalError naming the
+    holder's pid when another process (or another open journal) has it."""
+    if path == ":memory:" or path.startswith("file:"):
+        return None
+    lock_path = path + ".lock"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        try:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+        finally:
+            os.close(fd)
+        raise JournalError(f"journal {path} is in use by another process (pid {holder}): "
+                           f"stop the server (or the other command) first") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
 class SQLiteJournal(Journal):
     def __init__(self, path: str, *, keep_snapshots: int = 3, repair_tail: bool = True,
                  readonly: bool = False, writer: str | None = None):
@@ -235,6 +261,7 @@ class SQLiteJournal(Journal):
         self.target = path
         self.keep_snapshots = keep_snapshots
         self._con: sqlite3.Connection | None = None
+        self._lock_fd: int | None = None  # the writer lock (writer_lock), while open
         self._pool: ThreadPoolExecutor | None = None
         self._lock = asyncio.Lock()
 
@@ -262,7 +289,7 @@ class SQLiteJournal(Journal):
                 self._proc.stdin.close()
                 self._proc.stdout.close()
                 self._proc = None
-            if self._con is not None:
+            if self._con is not None or self._lock_fd is not None:
                 await self._call(self._close_sync)
             self._pool.shutdown(wait=True)
             self._pool = None
@@ -298,6 +325,7 @@ class SQLiteJournal(Journal):
             raise JournalError(f"no journal at {self.path}")
         if not self.readonly:
             private_files(self.path)
+            self._lock_fd = writer_lock(self.path)  # before anything may change the file
         con = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._con = con
         mode = con.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -413,6 +441,9 @@ class SQLiteJournal(Journal):
         if self._con is not None:
             self._con.close()
             self._con = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the writer lock
+            self._lock_fd = None
 
     # ---------------------------------------------------------------- writes
     async def _append_rows(self, records) -> tuple[int, bytes]:

@@ -11,7 +11,9 @@ HMAC-SHA256 digest under the data directory's secret (docs/adr/0008-api-key-hash
 prints the key once; it is not kept anywhere else. Later keys can come from the same command
 or from ``POST /api/v1/api-keys`` with an operator key.
 
-Run it while the server is stopped: the journal has one writer, the process that holds it.
+Run it while the server is stopped: the journal has one writer, the process that holds its
+writer lock (``<journal>.lock`` for SQLite, an advisory lock for PostgreSQL); while a server
+runs, ``keys`` says so and changes nothing.
 """
 from __future__ import annotations
 
@@ -80,8 +82,19 @@ def run(args) -> int:
         if args.role == "firm" and not args.firm:
             print("error: a firm key needs --firm FIRM_ID", file=sys.stderr)
             return 2
-        return asyncio.run(_create(args))
-    return asyncio.run(_list(args))
+        return _guarded(_create, args)
+    return _guarded(_list, args)
+
+
+def _guarded(fn, args) -> int:
+    """Run ``fn``; a journal that cannot be opened - above all one a running server holds
+    (its writer lock) - is an error message, not a traceback."""
+    from ..journal import JournalError
+    try:
+        return asyncio.run(fn(args))
+    except JournalError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 def register(sub) -> None:
