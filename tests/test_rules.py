@@ -974,3 +974,29 @@ def test_no_gain_share_by_default_and_none_without_cash(share):
     assert not [e for e in evs if type(e).__name__ == "GainShared"]
     assert m.ex.accounts["A"].cash == 0
     m.ex.check_invariants()
+
+
+def test_allocation_runs_stay_under_the_cores_max_qty():
+    """The runs issue through the core's unchecked ``_issue``: a pre-allocation, a true-up or
+    a close that would put more than MAX_QTY t of the allowance outstanding is refused with
+    QUANTITY_LIMIT, as IssueUnits is, and changes nothing."""
+    from exchange.core.units import MAX_QTY
+
+    m = Market(chain=False)
+    # floating mode: each firm gets B x Y x phi, here 1.8 x 0.4 MAX_QTY x 1 per firm - each
+    # within the limit, the run's sum (two firms) over it
+    m.ok(SetRulesParams(allocation_total="floating", pre_ratio_ppm=1_000_000))
+    for f in ("A", "B"):
+        m.ok(SetOutputHistory(firm_id=f, rows=((2025, MAX_QTY * 4 // 10),)))
+    assert_rejected_unchanged(m, PreAllocate(period=2026), E.QUANTITY_LIMIT)
+    # half of that fits
+    m.ok(SetOutputHistory(firm_id="B", rows=((2025, 1_000),)))
+    m.ok(SetOutputHistory(firm_id="A", rows=((2025, MAX_QTY // 4),)))
+    m.ok(PreAllocate(period=2026))
+    issued = -m.ex.accounts["@issuer"].holdings[CEA26].total
+    assert 0 < issued <= MAX_QTY
+    # a true-up past the limit: refused, nothing changed; one within it goes through
+    assert_rejected_unchanged(m, RecordVerified(firm_id="A", period=2026, emissions=1,
+                                                output=MAX_QTY * 6 // 10), E.QUANTITY_LIMIT)
+    m.ok(RecordVerified(firm_id="A", period=2026, emissions=1, output=MAX_QTY // 4 + 10))
+    assert -m.ex.accounts["@issuer"].holdings[CEA26].total <= MAX_QTY

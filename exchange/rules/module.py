@@ -43,7 +43,7 @@ from ..core.commands import CreateSubQuota, IssueUnits
 from ..core.events import Posting
 from ..core.exchange import Module
 from ..core.records import record_maker
-from ..core.units import PPM, floor_int, ppm_half_even, ratio_ppm
+from ..core.units import MAX_QTY, PPM, floor_int, ppm_half_even, ratio_ppm
 from . import formulas as F
 from .commands import (
     PARAM_FIELDS, AssessFirm, ClosePeriod, PreAllocate, RecordVerified, SetBenchmark,
@@ -385,20 +385,21 @@ class RulesModule(Module):
             base_output=base[1] if base else 0, opened=False, pre=0, verified=False,
             verified_output=0, final=0, deduction=0, issued=0, clawed_back=0, to_obligation=0)
 
-    def _open_record(self, firm_id: str, period: int) -> dict:
+    def _open_record(self, firm_id: str, period: int, store: bool = True) -> dict:
         """The record a period opens with. A record made earlier (a deduction recorded before
         the previous period closed, a verification before the pre-allocation) fixed B, phi
         and the base output of that moment; the period takes the values at its opening, so
         such a record is renewed, keeping what was recorded on it (deduction, verified data,
         deliveries)."""
-        recs = self.allocs.setdefault(firm_id, {})
+        recs = self.allocs.setdefault(firm_id, {}) if store else self.allocs.get(firm_id, {})
         old = recs.get(period)
         rec = self._new_record(firm_id, period)
         if old is not None:
             for k in ("deduction", "verified", "verified_output", "issued", "clawed_back",
                       "to_obligation"):
                 rec[k] = old[k]
-        recs[period] = rec
+        if store:
+            recs[period] = rec
         return rec  # the caller sets pre, the scale and (when verified) final
 
     def _provisional(self, rec: dict, period: int, output: int) -> int:
@@ -420,11 +421,29 @@ class RulesModule(Module):
             return max(0, rec["pre"] - rec["deduction"])
         return 0
 
-    def _check_settle(self, rec: dict) -> None:
-        """What a settlement needs, checked before any change."""
-        if self._target(rec) != self._position(rec) and rec["instrument"] not in self.ex.instruments:
+    def _check_settle(self, rec: dict, run: dict | None = None) -> None:
+        """What a settlement needs, checked before any change. Its issue must fit under the
+        core's MAX_QTY t outstanding of the instrument (as IssueUnits must; the run issues
+        through ``ex._issue``, which does not check) - with the issues of the rest of the
+        run when ``run`` (instrument -> tonnes so far) adds them up - or the run is refused
+        with QUANTITY_LIMIT and changes nothing. Clawbacks in the same run are not counted
+        against it: the check may refuse a run that would just fit, never pass one that
+        does not."""
+        delta = self._target(rec) - self._position(rec)
+        sym = rec["instrument"]
+        if delta and sym not in self.ex.instruments:
             raise E.Reject(E.UNKNOWN_INSTRUMENT,
-                           f"allowance instrument {rec['instrument']!r} does not exist")
+                           f"allowance instrument {sym!r} does not exist")
+        if delta > 0:
+            total = delta + (run.get(sym, 0) if run is not None else 0)
+            if run is not None:
+                run[sym] = total
+            h = self.ex.accounts[ISSUER].holdings.get(sym)
+            room = MAX_QTY + (h.total if h is not None else 0)  # @issuer holds minus it
+            if total > room:
+                raise E.Reject(E.QUANTITY_LIMIT,
+                               f"the allocation run would issue {total} t of {sym}: at most "
+                               f"{MAX_QTY} t may be outstanding, {max(room, 0)} t left")
 
     @staticmethod
     def _position(rec: dict) -> int:
@@ -568,14 +587,23 @@ class RulesModule(Module):
         firms = [a for fid, a in sorted(self.ex.accounts.items()) if self._covered(a)]
         params = self.params(period)
         mode = params["allocation_total"]
-        # ---- accepted
-        recs = [self._open_record(a.firm_id, period) for a in firms]
+        recs = [self._open_record(a.firm_id, period, store=False) for a in firms]
         # the expected total from last outputs, shared by B x Y_last x phi; its scale k_pre
         # carries the provisional true-ups until the close knows every verified output
         alloc = F.period_allocation(
             mode, [(r["benchmark_ppm"], r["base_output"], r["phi_ppm"]) for r in recs],
             params["cap_tonnes"], params["pre_ratio_ppm"])
         k = alloc["scale"]
+        run: dict = {}
+        for rec, pre in zip(recs, alloc["parts"]):
+            trial = dict(rec, opened=True, pre=pre, k_pre_num=k.numerator,
+                         k_pre_den=k.denominator, k_num=k.numerator, k_den=k.denominator)
+            if trial["verified"]:
+                trial["final"] = self._provisional(trial, period, trial["verified_output"])
+            self._check_settle(trial, run)
+        # ---- accepted
+        for a, rec in zip(firms, recs):
+            self.allocs.setdefault(a.firm_id, {})[period] = rec
         self.totals[period] = {
             "allocation_total": mode, "pre_basis": alloc["basis"], "pre_total": alloc["total"],
             "pre_raw_total": floor_int(alloc["raw"]), "pre_scale": [k.numerator, k.denominator],
@@ -644,8 +672,9 @@ class RulesModule(Module):
 
     def _settle_period(self, period: int) -> list:
         recs = [(f, d[period]) for f, d in sorted(self.allocs.items()) if period in d]
+        run: dict = {}
         for _, rec in recs:
-            self._check_settle(rec)
+            self._check_settle(rec, run)
         events: list = []
         for f, rec in recs:
             events.extend(self._settle(f, period, rec, "deduction"))
@@ -818,9 +847,10 @@ class RulesModule(Module):
         shares = dict(zip((f for f, _ in ver), alloc["parts"]))
         k = alloc["scale"]
         # every settlement (the shares, pending deductions) must be possible
+        run: dict = {}
         for f, r in recs:
             self._check_settle(dict(r, final=shares[f]) if f in shares and mode != "floating"
-                               else r)
+                               else r, run)
         # ---- accepted
         events: list = []
         t = self.totals.setdefault(period, {"allocation_total": mode})
