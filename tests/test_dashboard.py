@@ -280,7 +280,12 @@ def test_firm_places_and_cancels_order_from_page(page, server):
     expect(page.locator('#holdings tr[data-instrument="CCER-2026"]')).to_contain_text("5,000")
     expect(page.locator("#ticket-quote .q.ask")).to_contain_text("85.40")
     expect(page.locator('#firm-compliance tr[data-period="2026"] td')).to_have_text(
-        ["2026", "open", "50,000", "0", "0", "2,500", "50,000", "48,000"])
+        ["2026", "open", "E 0 · P 50,000 · N 0*", "50,000", "0", "0", "2,500", "50,000",
+         "48,000"])
+    # the emissions by category: natural is reported, not covered (marked, muted)
+    expect(page.locator('#firm-compliance tr[data-period="2026"] td.categories '
+                        'span[data-category="natural"]')).to_have_attribute("data-covered",
+                                                                             "false")
     expect(page.locator("#firm-phi")).to_contain_text("allocation factor φ 1.0000")
 
     page.select_option("#ord-instrument", "CEA-2026")
@@ -331,6 +336,8 @@ def test_operator_previews_and_applies_offset_cap(page, server):
     expect(page.locator("#operator-main")).to_be_visible()
     expect(page.locator('#op-instruments tr[data-instrument="CEA-2026"]')).to_be_visible()
     expect(page.locator('#op-firms tr[data-firm="POWER1"]')).to_be_visible()
+    expect(page.locator('#op-firms tr[data-firm="POWER1"] td.categories')).to_have_text(
+        "E 0 · P 50,000 · N 0*")
 
     expect(page.locator('#cap-table tr[data-period="2026"]')).to_be_visible()
     status, before = http(server["base"], "GET", "/compliance/periods/2026/summary")

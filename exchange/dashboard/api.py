@@ -53,7 +53,14 @@ async def recent_trades(ctx: ApiContext, body) -> dict:
        roles=("operator", "verifier", "firm"),
        summary="Compliance periods known to the compliance module (for the console's selectors)")
 async def compliance_periods(ctx: ApiContext, body) -> dict:
+    """With the emission categories and the ones covered now, for the console's labels: an
+    uncovered category is shown, marked as creating no obligation."""
+    from ..compliance.mrv import CATEGORIES
+
     m = ctx.ex.modules.get("compliance")
     periods = getattr(m, "periods", None) or {}
+    params = getattr(m, "params", None) or {}
     return {"periods": [{"period": p, "closed": bool(v.get("closed"))}
-                        for p, v in sorted(periods.items())]}
+                        for p, v in sorted(periods.items())],
+            "emission_categories": list(CATEGORIES),
+            "covered_categories": list(params.get("covered_categories", ()))}

@@ -4,6 +4,7 @@ import { $, el, setRows, qty, money, px, nsToTime, showError, clearMsg, toast, A
 import { WsClient } from "./wsclient.js";
 import { HttpApi, publicApi } from "./api.js";
 import { cny, grantRows, renderLots } from "./sme.js";
+import { categoryCell } from "./emissions.js";
 
 const LIVE = new Set(["new", "partially_filled"]);
 
@@ -196,16 +197,23 @@ export class FirmView {
     }
     let periods = [];
     try {
-      periods = (await this.http.get("/dashboard/compliance-periods")).periods.map((p) => p.period);
+      const r = await this.http.get("/dashboard/compliance-periods");
+      periods = r.periods.map((p) => p.period);
+      const th = $("#firm-compliance th.categories");
+      if (th && r.covered_categories) {
+        const rest = (r.emission_categories || []).filter((c) => !r.covered_categories.includes(c));
+        th.title = `Verified t CO₂e: E energy (fuels + electricity), P process, N natural. Covered now: ${r.covered_categories.join(", ")}`
+          + (rest.length ? `; ${rest.join(", ")} reported only (*): no obligation` : "");
+      }
     } catch (e) {
-      setRows($("#firm-compliance tbody"), [], `Compliance unavailable — ${e.text || e.message}`, 8);
+      setRows($("#firm-compliance tbody"), [], `Compliance unavailable — ${e.text || e.message}`, 9);
       return;
     }
     const rows = [];
     for (const p of periods) {
       let st;
       try { st = await this.http.get(`/compliance/statements/${enc}/${p}`); } catch (e) {
-        rows.push(el("tr", {}, el("td", { text: String(p) }), el("td", { colspan: 7, class: "neg", text: e.text || e.message })));
+        rows.push(el("tr", {}, el("td", { text: String(p) }), el("td", { colspan: 8, class: "neg", text: e.text || e.message })));
         continue;
       }
       const cap = st.offsets_vs_cap;
@@ -214,6 +222,7 @@ export class FirmView {
         el("td", { class: "strong", text: String(p) }),
         el("td", {}, el("span", { class: `status ${st.status}`, title: `submission: ${st.submission.status}`,
           text: st.status === "none" ? "no record" : st.status.replace("_", " ") })),
+        st.emissions_by_category && st.submission.status !== "none" ? categoryCell(st.emissions_by_category) : el("td", { class: "num", text: "—" }),
         el("td", { class: "num", text: qty(st.obligation.total) }),
         el("td", { class: "num", text: qty(st.surrendered.total) }),
         el("td", { class: "num", text: qty(st.surrendered.offsets) }),
@@ -221,7 +230,7 @@ export class FirmView {
         el("td", { class: "num", text: qty(st.outstanding) }),
         el("td", { class: "num", text: alloc === null || alloc === undefined ? "—" : qty(alloc) })));
     }
-    setRows($("#firm-compliance tbody"), rows, "No compliance periods", 8);
+    setRows($("#firm-compliance tbody"), rows, "No compliance periods", 9);
   }
 
   signOut() {

@@ -3,6 +3,7 @@
 import { $, el, setRows, qty, px, bpsToPct, pctToBps, showError, clearMsg, toast, errorText, ApiError } from "./util.js";
 import { HttpApi, publicApi } from "./api.js";
 import { cny, paidGrantRows, renderLots } from "./sme.js";
+import { categoryCell, fromSummaryRow } from "./emissions.js";
 
 // The operator API endpoints this view uses (exchange/server/api.py, exchange/compliance/api.py,
 // exchange/rules/api.py). Kept in one place so a route change is a one-line change here.
@@ -393,10 +394,12 @@ export class OperatorView {
     if (failed) notes.push(`allocation factors unavailable for some firms — ${errorText(failed.reason)}`);
     const period = $("#firm-period").value;
     let comp = null;
+    let covered = [];
     if (period && this.capsAvailable) {
       try {
         const s = await this.summary(Number(period), true);
         comp = Object.fromEntries((s.firms || []).map((f) => [f.firm_id, f]));
+        covered = s.covered_categories || [];
       } catch (e) { notes.push(`compliance status unavailable — ${errorText(e)}`); }
     } else if (!this.capsAvailable) {
       notes.push(`compliance status unavailable — ${errorText(this.capsError)}`);
@@ -412,11 +415,12 @@ export class OperatorView {
         el("td", { text: f.size_class }),
         el("td", {}, el("span", { class: "badge", dataset: { state: f.can_trade ? "open" : "halted" }, text: f.can_trade ? "enabled" : "stopped" })),
         el("td", { class: "num mono", title: moves ? `${moves} change(s); see /api/v1/rules/factors/${f.firm_id}` : "initial factor", text: phi === null || phi === undefined ? "—" : String(phi) }),
+        c && c.energy !== undefined && c.submission === "verified" ? categoryCell(fromSummaryRow(c, covered)) : el("td", { class: "num", text: "—" }),
         el("td", { class: "num", text: c ? qty(c.obligation) : "—" }),
         el("td", { class: "num", text: c ? qty(c.surrendered) : "—" }),
         el("td", {}, c ? el("span", { class: `status ${c.status}`, title: `submission: ${c.submission}`, text: STATUS_TEXT[c.status] || c.status.replace("_", " ") }) : "—"));
     });
-    setRows($("#op-firms tbody"), rows, "No firms", 9);
+    setRows($("#op-firms tbody"), rows, "No firms", 10);
     $("#op-firms-note").textContent = notes.join(" · ");
   }
 
