@@ -308,6 +308,7 @@ class NetworkedGateway:
             return await self._http("POST", "/compliance/submissions", {
                 "period": c.period, "fuels": {f: q for f, q in c.fuels},
                 "process_emissions": c.process_emissions, "output": c.output,
+                "electricity_mwh": c.electricity_mwh, "natural_emissions": c.natural_emissions,
                 "firm_id": c.firm_id}, c)
         if isinstance(c, VerifyEmissions):
             return await self._http(
