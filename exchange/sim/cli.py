@@ -4,6 +4,13 @@
         [--periods K] [--networked URL]
     python -m exchange simulate --compare supply_chain_smes \\
         --vary split_strategy=equal,by_output,by_responsibility --out out/cmp
+    python -m exchange simulate supply_chain_smes --seeds 32 --out out/bands \\
+        [--workers N | --workers 0 | --scheduler tcp://HOST:8786]
+    python -m exchange simulate offset_cap_sweep --seeds 16 \\
+        --vary offset_cap=0,0.05,0.1 --vary market.fee_bps=0,20 --out out/grid
+
+Many seeds and sweeps run as tasks on Dask (:mod:`exchange.sim.cluster`); ``--workers 0``
+runs them one after another in this process, with the same output bytes.
 
 A scenario is a TOML file's path, or the name of a shipped scenario (``config/scenarios/`` of
 the repository, installed with the package: :func:`exchange.config.shipped_scenarios`).
@@ -120,6 +127,131 @@ def run_one(args) -> int:
     return 0
 
 
+def _command() -> str:
+    """The command that reproduces the outputs, without the options that only say where the
+    runs went (--workers, --scheduler) or how they were shown (--quiet): the outputs do not
+    depend on them, and the report must not either."""
+    if not (len(sys.argv) > 2 and sys.argv[1] == "simulate"):
+        return ""
+    out, skip = [], False
+    for a in sys.argv[2:]:
+        if skip:
+            skip = False
+            continue
+        if a in ("--workers", "--scheduler"):
+            skip = True
+            continue
+        if a == "--quiet" or a.startswith(("--workers=", "--scheduler=")):
+            continue
+        out.append(a)
+    return "python -m exchange simulate " + " ".join(shlex.quote(a) for a in out)
+
+
+def _runner(args, n_tasks: int):
+    """Where the runs go: Dask (a LocalCluster, or --scheduler's cluster), or this process
+    for --workers 0, a single run, or when Dask is not installed (said on stderr)."""
+    from .cluster import Runner, have_dask
+    if args.scheduler:
+        if not have_dask():
+            raise ScenarioError("--scheduler needs dask.distributed: "
+                                "pip install 'carbon-exchange[sim]'")
+        return Runner(scheduler=args.scheduler)
+    workers = args.workers
+    if workers == 0 or n_tasks <= 1:
+        return Runner(workers=0)
+    if not have_dask():
+        print("note: dask.distributed is not installed (pip install 'carbon-exchange[sim]'); "
+              "running the seeds one after another in this process", file=sys.stderr)
+        return Runner(workers=0)
+    from .cluster import default_workers
+    return Runner(workers=min(workers or default_workers(), n_tasks))
+
+
+def _task_key(raw: dict, periods, seed: int) -> str:
+    """A key that names the computation (scenario data, periods, seed): two clients of a
+    shared scheduler that submit the same key mean the same run."""
+    import hashlib
+    h = hashlib.sha256(json.dumps([raw, periods], sort_keys=True, default=str).encode())
+    return f"sim-{h.hexdigest()[:16]}-{seed}"
+
+
+def _run_cells(args, cells, seeds, label: str):
+    from .ensemble import run_task
+    tasks, keys = [], []
+    for c in cells:
+        for s in seeds:
+            k = _task_key(c.raw, args.periods, s)
+            keys.append(k)
+            tasks.append((k, run_task, (c.raw, c.source, s, args.periods)))
+    t0 = time.perf_counter()
+    uniq = list({k: t for k, t in zip(keys, tasks)}.values())
+    with _runner(args, len(uniq)) as r:
+        results = r.run(uniq, progress=not args.quiet, label=label)
+        where = r.where
+    wall = time.perf_counter() - t0
+    runs = []
+    it = iter(keys)
+    for _ in cells:
+        runs.append([results[next(it)] for _ in seeds])
+    timings = {"where": where, "runs": len(uniq), "wall_s": round(wall, 3),
+               "run_s_sum": round(sum(x["runtime_s"] for x in results.values()), 3)}
+    return runs, timings
+
+
+def _base_seed(args, raw, source) -> int:
+    sc = parse_scenario(copy.deepcopy(raw), source)
+    return sc.scenario.seed if args.seed is None else args.seed
+
+
+def run_seeds(args) -> int:
+    from .ensemble import Cell, aggregate, ensemble_seeds
+    from .ensemble_report import write_ensemble
+    raw, source = _load_raw(args.scenario)
+    sc = parse_scenario(copy.deepcopy(raw), source)
+    seeds = ensemble_seeds(_base_seed(args, raw, source), args.seeds)
+    cell = Cell("", {}, raw, source)
+    runs, timings = _run_cells(args, [cell], seeds, f"{sc.scenario.name} seeds")
+    agg = aggregate(cell, runs[0], sc.scenario.name)
+    out = Path(args.out)
+    write_ensemble(agg, runs[0], out, sc.scenario.description, _command(), timings)
+    print(f"{sc.scenario.name}: {len(seeds)} seeds ({timings['where']}) in "
+          f"{timings['wall_s']:.1f} s; final price p50 {agg['final_price_p50']:.2f} "
+          f"[p05 {agg['final_price_p05']:.2f} – p95 {agg['final_price_p95']:.2f}] CNY/t, "
+          f"compliance cost p50 {agg['total_compliance_cost_p50']:,.0f} CNY")
+    print(f"wrote {out}/report.md, summary.json, seeds.csv and plots")
+    return 0
+
+
+def run_sweep(args) -> int:
+    import itertools
+
+    from .ensemble import Cell, aggregate, ensemble_seeds
+    from .ensemble_report import write_sweep
+    raw, source = _load_raw(args.compare or args.scenario)
+    base = parse_scenario(copy.deepcopy(raw), source)
+    axes = [_parse_vary(v) for v in args.vary]
+    keys = [k for k, _ in axes]
+    if len(set(keys)) != len(keys):
+        raise ScenarioError(f"--vary names a key twice: {keys}")
+    cells = []
+    for combo in itertools.product(*[vals for _, vals in axes]):
+        data = copy.deepcopy(raw)
+        for k, v in zip(keys, combo):
+            data = apply_override(data, k, v)
+        label = ",".join(f"{k}={v}" for k, v in zip(keys, combo)).replace("/", "_")
+        parse_scenario(copy.deepcopy(data), f"{source} with {label}")  # fail before running
+        cells.append(Cell(label, dict(zip(keys, combo)), data, f"{source} with {label}"))
+    seeds = ensemble_seeds(_base_seed(args, raw, source), args.seeds or 1)
+    runs, timings = _run_cells(args, cells, seeds, f"{len(cells)} cells x {len(seeds)} seeds")
+    aggs = [aggregate(c, r, base.scenario.name) for c, r in zip(cells, runs)]
+    out = Path(args.out)
+    write_sweep(cells, aggs, runs, out, keys, _command(), timings)
+    print(f"swept {' x '.join(keys)}: {len(cells)} cells x {len(seeds)} seeds "
+          f"({timings['where']}) in {timings['wall_s']:.1f} s; wrote {out}/compare.md, "
+          f"compare.csv, compare.json, compare.png")
+    return 0
+
+
 def run_compare(args) -> int:
     from .report import sme_stats
     from .runner import run_scenario
@@ -127,7 +259,7 @@ def run_compare(args) -> int:
     parse_scenario(copy.deepcopy(raw), source)  # the base must be valid
     if not args.vary:
         raise ScenarioError("--compare needs --vary key=v1,v2,...")
-    key, values = _parse_vary(args.vary)
+    key, values = _parse_vary(args.vary[0])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -229,9 +361,30 @@ def main(args) -> int:
     if args.periods is not None and not 1 <= args.periods <= 1000:
         print("error: --periods must be between 1 and 1000", file=sys.stderr)
         return 2
+    if args.seeds is not None and not 1 <= args.seeds <= 100_000:
+        print("error: --seeds must be between 1 and 100000", file=sys.stderr)
+        return 2
+    if args.workers is not None and args.workers < 0:
+        print("error: --workers must be >= 0 (0: in this process)", file=sys.stderr)
+        return 2
+    many = args.seeds is not None or args.scheduler or args.workers is not None
+    if args.networked and (many or (args.vary and not args.compare)):
+        print("error: --networked runs one seed against one server; it does not combine "
+              "with --seeds, --vary grids or --workers", file=sys.stderr)
+        return 2
     try:
-        if args.compare:
-            rc = run_compare(args)
+        if args.compare or (args.vary and args.scenario):
+            if args.compare and args.scenario:
+                raise ScenarioError("give the scenario once: SCENARIO --vary ..., or "
+                                    "--compare SCENARIO --vary ...")
+            if args.compare and args.vary and len(args.vary) == 1 and not many:
+                rc = run_compare(args)  # one seed, one key: the original comparison
+            else:
+                if not args.vary:
+                    raise ScenarioError("--compare needs --vary key=v1,v2,...")
+                rc = run_sweep(args)
+        elif args.scenario and args.seeds is not None:
+            rc = run_seeds(args)
         elif args.scenario:
             rc = run_one(args)
         else:
@@ -270,8 +423,17 @@ def register(sub) -> None:
     p.add_argument("--compare", metavar="SCENARIO", default=None,
                    help="compare variants of this scenario, a file or a shipped name "
                         "(with --vary)")
-    p.add_argument("--vary", metavar="KEY=V1,V2", default=None,
+    p.add_argument("--vary", metavar="KEY=V1,V2", default=None, action="append",
                    help="scenario key and values, e.g. split_strategy=equal,by_output or "
-                        "offset_cap=0,0.05,0.1 (dotted paths like market.fee_bps work too)")
+                        "offset_cap=0,0.05,0.1 (dotted paths like market.fee_bps work too); "
+                        "repeat it for a grid of every combination")
+    p.add_argument("--seeds", type=int, default=None, metavar="N",
+                   help="run N seeds (the scenario's or --seed's first) and report the median "
+                        "and the 5th-95th percentile band of every figure")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="Dask LocalCluster worker processes for --seeds / --vary (default: "
+                        "one per core; 0: run in this process, no Dask)")
+    p.add_argument("--scheduler", default=None, metavar="tcp://HOST:8786",
+                   help="send the runs to an existing Dask cluster instead")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=main)
