@@ -13,12 +13,13 @@ from __future__ import annotations
 from hypothesis import event, given
 from hypothesis import strategies as st
 
+from exchange.compliance.commands import SurrenderUnits
 from exchange.core.commands import PlaceOrder, TransferUnits
 from exchange.core.events import CommandRejected, Trade
 from exchange.engine import build_exchange
 from exchange.registry.commands import (
-    ConfigureRegistry, RegisterRemovalProject, RemovalVerified, ReportReversal, RetireCredits,
-    ReversalReported, VerifyRemoval,
+    ConfigureRegistry, CreditsRetired, IssueCredits, RegisterRemovalProject, RemovalVerified,
+    ReportReversal, RetireCredits, ReversalReported, VerifyRemoval,
 )
 from exchange.registry.module import BUFFER
 from helpers import streams_settings
@@ -170,3 +171,174 @@ def test_buffer_accounting_under_any_sequence(bps, first, rest):
     assert ex3.state_hash() == m.ex.state_hash()
     ex3.modules["registry"].check()
     ex3.check_invariants()
+
+
+# ==================================================================== serials, unit by unit
+KEYS = (("CCER", "P1"), ("CCER", "P2"), ("VCS", "P1"))
+CREDITS = ("CCER-2026", "CCER-2027")
+unit = st.integers(1, 60)
+serial_ops = st.one_of(
+    st.tuples(st.just("issue"), st.sampled_from(KEYS), st.sampled_from(CREDITS), unit,
+              st.integers(1, 20), st.sampled_from(FIRMS)),
+    # a range starting at an issued unit (the idx-th), by its holder or another firm: most
+    # such ranges are retirable, some run into units retired, held elsewhere or never issued
+    st.tuples(st.just("retire"), st.integers(0, 10**6), st.integers(1, 10),
+              st.sampled_from((None, None, None) + FIRMS), st.booleans(),
+              st.sampled_from((False,) * 5 + (True,))),
+    st.tuples(st.just("retire_any"), st.sampled_from(KEYS), st.sampled_from(CREDITS), unit,
+              st.integers(1, 10), st.sampled_from(FIRMS), st.booleans()),
+    st.tuples(st.just("trade"), st.sampled_from(CREDITS), st.sampled_from(FIRMS),
+              st.sampled_from(FIRMS), st.integers(1, 40)),
+    st.tuples(st.just("transfer"), st.sampled_from(CREDITS), st.sampled_from(FIRMS),
+              st.sampled_from(FIRMS), st.integers(1, 40)),
+    st.tuples(st.just("surrender"), st.sampled_from(CREDITS), st.sampled_from(FIRMS),
+              st.integers(1, 20)),
+)
+
+
+class UnitModel:
+    """Every unit by itself: (issuer, project, vintage, n) -> [block, holder or None,
+    retirement or None], blocks numbered in issuance order as the registry numbers them."""
+
+    def __init__(self):
+        self.units: dict[tuple, list] = {}
+        self.blocks: list[tuple] = []  # (issuer, project, vintage, first, last, symbol)
+
+    def held(self, firm: str, sym: str) -> list[tuple]:
+        """``firm``'s units of ``sym``, oldest first (block, then unit number)."""
+        return sorted((u for u, (b, h, _) in self.units.items()
+                       if h == firm and self.blocks[b][5] == sym),
+                      key=lambda u: (self.units[u][0], u[3]))
+
+    def move_oldest(self, src: str, dst: str | None, sym: str, qty: int, why=None) -> None:
+        for u in self.held(src, sym)[:qty]:
+            self.units[u][1] = dst
+            if dst is None:
+                self.units[u][2] = why
+
+    def serials(self, firm: str, sym: str) -> set[tuple]:
+        return set(self.held(firm, sym))
+
+
+def expand(serial_list: list[str]) -> set[tuple]:
+    out = set()
+    for s in serial_list:
+        issuer, project, vintage, units = s.split("/")
+        lo, _, hi = units.partition("-")
+        out |= {(issuer, project, int(vintage), n) for n in range(int(lo), int(hi or lo) + 1)}
+    return out
+
+
+@streams_settings(60)
+@given(steps=st.lists(serial_ops, min_size=1, max_size=40))
+def test_serials_unit_by_unit_against_a_model(steps):
+    """Issuance refused exactly when a unit was issued before; a retirement naming serials
+    refused exactly when a unit is unknown, retired or not held, with that code; every trade,
+    transfer and surrender moves the oldest units; each firm holds exactly the model's units."""
+    m = Reg()
+    model = UnitModel()
+    vint = {s: int(s[-4:]) for s in CREDITS}
+    for op in steps:
+        kind = op[0]
+        before = stable_hash(m.ex)
+        if kind == "issue":
+            _, (issuer, project), sym, first, n, firm = op
+            us = [(issuer, project, vint[sym], k) for k in range(first, first + n)]
+            evs = m.seq(IssueCredits(account=firm, instrument=sym, issuer=issuer,
+                                     project=project, first=first, last=first + n - 1))
+            event(f"issue: {'overlap' if any(u in model.units for u in us) else 'new'}")
+            if any(u in model.units for u in us):
+                assert [e.code for e in of(evs, CommandRejected)] == ["DOUBLE_COUNTED"]
+                assert stable_hash(m.ex) == before
+            else:
+                assert not of(evs, CommandRejected), evs
+                model.blocks.append((issuer, project, vint[sym], first, first + n - 1, sym))
+                for u in us:
+                    model.units[u] = [len(model.blocks) - 1, firm, None]
+        elif kind in ("retire", "retire_any"):
+            if kind == "retire":
+                if not model.units:
+                    continue
+                _, idx, n, firm, surrender, other_sym = op
+                u = sorted(model.units)[idx % len(model.units)]
+                (issuer, project, _, first), (b, holder, _) = u, model.units[u]
+                sym = model.blocks[b][5]
+                if other_sym:
+                    sym = CREDITS[1 - CREDITS.index(sym)]
+                firm = firm or holder or FIRMS[idx % 3]
+                if n <= 8:  # mostly inside the block; else it may run past its end
+                    n = min(n, model.blocks[b][4] - first + 1)
+            else:
+                _, (issuer, project), sym, first, n, firm, surrender = op
+            us = [(issuer, project, vint[sym], k) for k in range(first, first + n)]
+            serial = f"{issuer}/{project}/{vint[sym]}/{first}-{first + n - 1}"
+            cmd = (SurrenderUnits(firm_id=firm, period=2026, instrument=sym, qty=n,
+                                  serials=(serial,)) if surrender and sym == "CCER-2026"
+                   else RetireCredits(account=firm, instrument=sym, qty=n, serials=(serial,)))
+            n_free = free(m, firm, sym)
+            evs = m.seq(cmd)
+            # the registry reads a serial block by block (oldest first): the first block
+            # with a unit of another instrument, retired, or not held gives the code
+            want = None
+            if isinstance(cmd, SurrenderUnits) and n > n_free:
+                want = "INSUFFICIENT_HOLDINGS"  # compliance checks the holding first
+            elif any(u not in model.units for u in us):
+                want = "UNKNOWN_SERIAL"
+            else:
+                for b in sorted({model.units[u][0] for u in us}):
+                    mine = [model.units[u] for u in us if model.units[u][0] == b]
+                    if model.blocks[b][5] != sym:
+                        want = "UNKNOWN_SERIAL"
+                    elif any(r is not None for _, _, r in mine):
+                        want = "DOUBLE_COUNTED"
+                    elif any(h != firm for _, h, _ in mine):
+                        want = "SERIAL_NOT_HELD"
+                    if want:
+                        break
+            event(f"{type(cmd).__name__} by serial: {want or 'accepted'}")
+            if want:
+                assert [e.code for e in of(evs, CommandRejected)] == [want], (want, evs)
+                assert stable_hash(m.ex) == before
+            else:
+                assert not of(evs, CommandRejected), evs
+                why = "surrender:2026" if isinstance(cmd, SurrenderUnits) else "voluntary"
+                for u in us:
+                    model.units[u][1:] = [None, why]
+                assert sum(e.qty for e in of(evs, CreditsRetired)) == n
+        elif kind in ("trade", "transfer"):
+            _, sym, src, dst, qty = op
+            qty = min(qty, free(m, src, sym))
+            if src == dst or not qty:
+                continue
+            if kind == "transfer":
+                m.ok(TransferUnits(from_account=src, to_account=dst, instrument=sym, qty=qty))
+            else:
+                m.trade(src, dst, sym, qty)
+            model.move_oldest(src, dst, sym, qty)
+        else:
+            _, sym, firm, qty = op
+            qty = min(qty, free(m, firm, sym))
+            if not qty or sym != "CCER-2026":
+                continue
+            evs = m.ok(SurrenderUnits(firm_id=firm, period=2026, instrument=sym, qty=qty))
+            retired = expand([e.serial for e in of(evs, CreditsRetired)])
+            assert retired == set(model.held(firm, sym)[:qty])
+            model.move_oldest(firm, None, sym, qty, "surrender:2026")
+        for firm in FIRMS:
+            for sym in CREDITS:
+                assert expand(m.serials(firm, sym)) == model.serials(firm, sym), (firm, sym)
+        m.check()
+    # the public lookup agrees unit by unit on what is retired, and why
+    for (issuer, project) in KEYS:
+        for sym in CREDITS:
+            look = m.reg.lookup(f"{issuer}/{project}/{vint[sym]}/1-80")
+            got = {}
+            for b in look["blocks"]:
+                for r in b["retirements"]:
+                    for u in expand([r["serial"]]):
+                        got[u] = r["reason"]
+            want = {u: r for u, (_, _, r) in model.units.items()
+                    if r is not None and u[:3] == (issuer, project, vint[sym])}
+            assert got == want
+            assert look["issued_units"] == sum(1 for u in model.units
+                                               if u[:3] == (issuer, project, vint[sym]))
