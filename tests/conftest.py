@@ -10,6 +10,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 # the tests expect the packaged default settings (the demo market), whatever the shell says
 os.environ.pop("CARBON_EXCHANGE_CONFIG", None)
 
+from services import nats_url as _nats_url  # noqa: E402
 from services import postgres_dsn as _postgres_dsn  # noqa: E402
 
 
@@ -17,3 +18,10 @@ from services import postgres_dsn as _postgres_dsn  # noqa: E402
 def postgres_dsn() -> str:
     """DSN of the test PostgreSQL (``TEST_POSTGRES_DSN``, default 127.0.0.1:5432/test)."""
     return _postgres_dsn()
+
+
+@pytest.fixture(scope="session")
+def nats_url() -> str:
+    """URL of the test NATS server with JetStream (``TEST_NATS_URL``, default
+    nats://127.0.0.1:4222)."""
+    return _nats_url()

@@ -65,3 +65,45 @@ def postgres_dsn(dsn: str = POSTGRES_DSN) -> str:
     if reason is not None:
         unavailable("PostgreSQL", reason)
     return dsn
+
+
+NATS_URL = os.environ.get("TEST_NATS_URL", "nats://127.0.0.1:4222")
+
+
+@functools.lru_cache(maxsize=None)
+def _probe_nats(url: str) -> str | None:
+    """None when ``url`` answers with JetStream enabled, else the reason."""
+    try:
+        import nats
+    except ImportError as e:
+        return f"nats-py not installed ({e})"
+
+    async def probe():
+        nc = await nats.connect(url, connect_timeout=3, allow_reconnect=False,
+                                max_reconnect_attempts=0)
+        try:
+            await nc.jetstream().account_info()
+        finally:
+            await nc.close()
+
+    result: list = []
+
+    def run():
+        try:
+            asyncio.run(probe())
+            result.append(None)
+        except Exception as e:  # refused, timeout, JetStream not enabled
+            result.append(f"{url} does not answer with JetStream ({type(e).__name__}: {e})")
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(10)
+    return result[0] if result else f"{url} does not answer (probe timed out)"
+
+
+def nats_url(url: str = NATS_URL) -> str:
+    """The test NATS server with JetStream (``TEST_NATS_URL``, default 127.0.0.1:4222)."""
+    reason = _probe_nats(url)
+    if reason is not None:
+        unavailable("NATS JetStream", reason)
+    return url

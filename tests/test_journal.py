@@ -377,7 +377,7 @@ async def test_runner_restart_recovers_same_state(sqlite_path):
 
 
 @pytest.mark.parametrize("serialise", ["forked child", "inline"])
-@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+@pytest.mark.parametrize("backend", ["sqlite", "postgres", "nats"])
 async def test_snapshot_plus_replay_equals_full_replay(backend, serialise, tmp_path, request,
                                                         monkeypatch):
     # the runner serialises a small state inline and a large one in a forked child
@@ -386,6 +386,8 @@ async def test_snapshot_plus_replay_equals_full_replay(backend, serialise, tmp_p
                         else 10**9)
     if backend == "sqlite":
         target, opts = str(tmp_path / "j.sqlite"), {}
+    elif backend == "nats":
+        target, opts = f"{request.getfixturevalue('nats_url')}/t_{uuid.uuid4().hex[:12]}", {}
     else:
         target = request.getfixturevalue("postgres_dsn")
         opts = {"schema": "t_" + uuid.uuid4().hex[:12]}
@@ -423,6 +425,11 @@ async def test_snapshot_plus_replay_equals_full_replay(backend, serialise, tmp_p
             con = await asyncpg.connect(target)
             await con.execute(f'DROP SCHEMA IF EXISTS "{opts["schema"]}" CASCADE')
             await con.close()
+        elif backend == "nats":  # the server is shared: leave no stream behind
+            j = open_journal(target)
+            await j.open()
+            await j.drop()
+            await j.close()
 
 
 def test_snapshot_serialised_in_a_child_only_when_the_state_is_large(sqlite_path):

@@ -67,26 +67,46 @@ def _acks(text: str) -> list[tuple[int, str]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+@pytest.mark.parametrize("backend", ["sqlite", "postgres", "nats"])
 async def test_sigkill_at_random_moments_loses_nothing_acknowledged(tmp_path, backend, request):
     opts: dict = {}
-    if backend == "postgres":  # the production store: a killed client's transaction rolls back
+    if backend == "nats":  # the replicated log: a killed writer's batch is stored whole or not
+        import uuid
+        path = f"{request.getfixturevalue('nats_url')}/crash_{uuid.uuid4().hex[:12]}"
+    elif backend == "postgres":  # the production store: a killed client's transaction rolls back
         import uuid
         path = request.getfixturevalue("postgres_dsn")
         opts = {"schema": "crash_" + uuid.uuid4().hex[:12]}
     else:
         path = str(tmp_path / "crash.sqlite")
     try:
-        await _crash_runs(path, opts)
+        # the NATS child connects and creates its stream and bucket before its first ack,
+        # which a loaded 2-core machine made take 3-4 s: every other run waits for its
+        # first line, then kills it at a random moment of the next second
+        await _crash_runs(path, opts, after_first_line=backend == "nats")
     finally:
         if backend == "postgres":
             import asyncpg
             con = await asyncpg.connect(path)
             await con.execute('DROP SCHEMA IF EXISTS "%s" CASCADE' % opts["schema"])
             await con.close()
+        elif backend == "nats":
+            j = open_journal(path)
+            await j.open()
+            await j.drop()
+            await j.close()
 
 
-async def _crash_runs(path: str, opts: dict) -> None:
+def _first_line(child: subprocess.Popen, timeout: float) -> bytes:
+    import select
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if select.select([child.stdout], [], [], 0.05)[0]:
+            return child.stdout.readline()
+    return b""
+
+
+async def _crash_runs(path: str, opts: dict, after_first_line: bool = False) -> None:
     import json
     rng = random.Random(20261122)
     acked: dict[int, str] = {}
@@ -95,10 +115,15 @@ async def _crash_runs(path: str, opts: dict) -> None:
         child = subprocess.Popen([sys.executable, "-c", CHILD, path, str(run),
                                   json.dumps(opts)], cwd=ROOT,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        time.sleep(rng.uniform(0.3, 1.4))
+        first = b""
+        if after_first_line and run % 2 == 0:
+            first = _first_line(child, 20.0)
+            time.sleep(rng.uniform(0.0, 1.0))
+        else:
+            time.sleep(rng.uniform(0.3, 1.4))
         child.send_signal(signal.SIGKILL)
         stdout, stderr = child.communicate(timeout=30)
-        text = stdout.decode()
+        text = (first + stdout).decode()
         assert child.returncode == -signal.SIGKILL, stderr.decode()[-2000:]
         kills_after_ready += "ready" in text
         for seq, typ in _acks(text):

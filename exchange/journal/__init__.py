@@ -3,6 +3,7 @@
     open_journal(target) -> Journal
         "path/to/file.sqlite" or "sqlite:///abs/path"  -> SQLiteJournal (embedded default)
         "postgresql://..." / "postgres://..."           -> PostgresJournal (production)
+        "nats://h1:4222[,h2,...]/STREAM[?replicas=3]"   -> JetStreamJournal (replicated)
     CoreRunner(exchange, journal, ...)                 -> sequencing + group commit
 
 See :mod:`exchange.journal.base` for the interface and the hash chain, and
@@ -52,9 +53,12 @@ def open_journal(target: str, **options) -> Journal:
             raise ValueError(f"sqlite URL needs an absolute path (sqlite:///abs/path): {t!r}")
         from .sqlite import SQLiteJournal
         j = SQLiteJournal(path, **options)
+    elif t.startswith(("nats://", "tls://")):
+        from .jetstream import JetStreamJournal
+        j = JetStreamJournal(t, **options)
     elif "://" in t:
-        raise ValueError(f"unknown journal target {t!r}: use a .sqlite path, sqlite:///path "
-                         "or postgresql://...")
+        raise ValueError(f"unknown journal target {t!r}: use a .sqlite path, sqlite:///path, "
+                         "postgresql://... or nats://HOST:4222/STREAM")
     else:
         from .sqlite import SQLiteJournal
         import os

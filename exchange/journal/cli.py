@@ -134,8 +134,8 @@ async def _replay(args) -> int:
 async def _truncate(args) -> int:
     from . import open_journal
     target, opts = _target(args)
-    pg = target.startswith(("postgresql://", "postgres://"))
-    j = open_journal(target, **(opts if pg else {"writer": "thread"}))
+    sqlite = "://" not in target or target.startswith("sqlite://")
+    j = open_journal(target, **({"writer": "thread"} if sqlite else opts))
     j.check_tail = False  # the last record is what the operator decided to drop
     try:
         await j.open()
@@ -161,7 +161,8 @@ def register(sub) -> None:
 
     def common(q):
         q.add_argument("target", nargs="?", default=None,
-                       help="SQLite path, sqlite:///abs/path or postgresql://... "
+                       help="SQLite path, sqlite:///abs/path, postgresql://... or "
+                            "nats://HOST:4222/STREAM "
                             "(default: <journal.data_dir>/journal.sqlite)")
         add_config_argument(q)
         q.add_argument("--schema", default=None,
