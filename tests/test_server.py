@@ -283,7 +283,7 @@ async def test_operator_api_validation_halt_and_openapi(server):
     status, body = await op(server, "GET", "/no/such/thing")
     assert status == 404 and body["error"]["code"] == "NOT_FOUND"
     status, body = await op(server, "DELETE", "/firms")
-    assert status == 405 and body["error"]["code"] == "NOT_FOUND"
+    assert status == 405 and body["error"]["code"] == "METHOD_NOT_ALLOWED"
 
 
 async def test_health_ready_metrics(server):

@@ -40,11 +40,12 @@ import importlib
 import pkgutil
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Annotated, Any, Callable, Literal
 
 import orjson
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, \
+    ValidationError, model_validator
 from pydantic.json_schema import models_json_schema
 
 from ..core import errors as E
@@ -58,10 +59,158 @@ from ..core.units import format_price
 from .credentials import ROLE_FIRM, ROLE_OPERATOR, ROLE_VERIFIER, ROLES, IssueApiKey, \
     RevokeApiKey, new_key
 from .gateway import GATEWAY_KEY
-from .protocol import INT64_MAX, INT64_MIN, Price, ProtocolError, validation_message, \
-    wire_depth, wire_order, wire_ticker
+from .protocol import INT64_MAX, INT64_MIN, MAX_PERIOD, Period, Price, ProtocolError, \
+    validation_message, wire_depth, wire_order, wire_ticker
 
 PREFIX = "/api/v1"
+
+# ====================================================================== wire types
+# One source for the document and the checks: each type below carries the JSON Schema the
+# OpenAPI document shows and the validator the server runs, built from the same pattern and
+# bounds, so a request the document allows is one the server accepts (and the reverse).
+
+IDENT_MAX = 64
+IDENT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,63}$"
+"""An identifier (firm, instrument, segment, chain, product, key id): 1-64 characters of
+ASCII letters, digits and ``. _ : -``, starting with a letter or digit. No spaces, no control
+characters, no ``/``: every identifier can stand in a URL path as it is."""
+
+# free text (names, labels, reasons): printable - no C0/C1 control characters, no line or
+# paragraph separators. (A lone surrogate never gets this far: the JSON parser refuses it,
+# 400 BAD_JSON, and JSON Schema validators cannot compile a surrogate range.)
+TEXT_CHARS = r"[^\x00-\x1f\x7f-\x9f\u2028\u2029]"
+_IDENT_RE = re.compile(IDENT_PATTERN[1:-1])
+
+
+def _pattern_check(pattern: str, what: str):
+    rx = re.compile(pattern[1:-1] if pattern.startswith("^") and pattern.endswith("$")
+                    else pattern)
+
+    def check(v: str) -> str:
+        if rx.fullmatch(v) is None:
+            raise ValueError(f"expected {what} (pattern {pattern}), got {v[:64]!r}")
+        return v
+
+    return check
+
+
+Ident = Annotated[str, Field(min_length=1, max_length=IDENT_MAX, json_schema_extra={
+    "pattern": IDENT_PATTERN, "examples": ["CEA-2026"]}),
+    AfterValidator(_pattern_check(IDENT_PATTERN, "an identifier"))]
+"""An identifier in a request body (see ``IDENT_PATTERN``)."""
+
+IDENT_KEYS = {"propertyNames": {"minLength": 1, "maxLength": IDENT_MAX, "pattern": IDENT_PATTERN}}
+"""``json_schema_extra`` of a ``dict[Ident, ...]`` field: the document states its keys too."""
+
+# JSON Schema's integer is a number with no fraction, so 24.0 is 24: a whole float within
+# the range where floats spell integers exactly is taken as the integer (anything past 2**53,
+# or with a fraction, stays a float and fails an integer field)
+_EXACT_FLOAT_INT = 2 ** 53
+
+
+def _whole_floats(v):
+    t = type(v)
+    if t is float:
+        return int(v) if v.is_integer() and -_EXACT_FLOAT_INT <= v <= _EXACT_FLOAT_INT else v
+    if t is dict:
+        return {k: _whole_floats(x) for k, x in v.items()}
+    if t is list:
+        return [_whole_floats(x) for x in v]
+    return v
+
+
+def Text(max_length: int, *, min_length: int = 0) -> Any:  # noqa: N802 - a type factory
+    """Free text of at most ``max_length`` printable characters."""
+    pattern = f"^{TEXT_CHARS}*$"
+    return Annotated[str, Field(min_length=min_length, max_length=max_length,
+                                json_schema_extra={"pattern": pattern}),
+                     AfterValidator(_pattern_check(pattern, "text (printable characters)"))]
+
+
+def Matching(pattern: str, example: str, what: str) -> Any:  # noqa: N802 - a type factory
+    """A string of the shape ``pattern`` states (for a decimal: its digits and range, no
+    exponent, no sign unless the pattern has one): what it matches, the server parses."""
+    return Annotated[str, Field(json_schema_extra={"pattern": pattern, "examples": [example]}),
+                     AfterValidator(_pattern_check(pattern, what))]
+
+
+# percentages in [0, 100] to the basis point; ratios in [0, 1] and [0, 100] to the ppm
+PERCENT_PATTERN = r"^(100(\.0{1,2})?|[0-9]{1,2}(\.[0-9]{1,2})?)$"
+Percent = Matching(PERCENT_PATTERN, "5", "a percentage in [0, 100], at most two decimals")
+RATIO_PATTERN = r"^(1(\.0{1,6})?|0(\.[0-9]{1,6})?)$"
+Ratio = Matching(RATIO_PATTERN, "0.7", "a ratio in [0, 1], at most six decimals")
+RATIO100_PATTERN = r"^(100(\.0{1,6})?|[0-9]{1,2}(\.[0-9]{1,6})?)$"
+Ratio100 = Matching(RATIO100_PATTERN, "1.05", "a number in [0, 100], at most six decimals")
+MAGNITUDE_PATTERN = r"^[0-9]{1,9}(\.[0-9]{1,6})?$"
+Magnitude = Matching(MAGNITUDE_PATTERN, "2.35",
+                     "a number in [0, 10^9), at most six decimals (e.g. t CO2e per unit)")
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    """A path or query parameter: the JSON Schema the document shows and the parser the
+    server runs on the text (both from the same bounds). ``parse`` raises ValueError."""
+
+    schema: dict
+    parse: Callable[[str], Any]
+    description: str = ""
+    required: bool = False  # query only: a path parameter is always required
+    default: Any = None
+
+
+def int_param(lo: int, hi: int, description: str = "", *, required: bool = False,
+              default: int | None = None) -> Param:
+    """A whole number in [lo, hi] written in plain digits (``-`` allowed when lo < 0)."""
+    rx = re.compile(r"-?[0-9]{1,19}" if lo < 0 else r"[0-9]{1,19}")
+
+    def parse(text: str) -> int:
+        if rx.fullmatch(text) is None or not lo <= int(text) <= hi:
+            raise ValueError(f"must be a whole number in [{lo}, {hi}]")
+        return int(text)
+
+    schema: dict = {"type": "integer", "minimum": lo, "maximum": hi}
+    if default is not None:
+        schema["default"] = default
+    return Param(schema, parse, description, required, default)
+
+
+def enum_param(values: tuple[str, ...], description: str = "", *, required: bool = False,
+               default: str | None = None) -> Param:
+    def parse(text: str) -> str:
+        if text not in values:
+            raise ValueError(f"must be one of {', '.join(values)}")
+        return text
+
+    schema: dict = {"type": "string", "enum": list(values)}
+    if default is not None:
+        schema["default"] = default
+    return Param(schema, parse, description, required, default)
+
+
+def ident_param(description: str = "", *, required: bool = False) -> Param:
+    def parse(text: str) -> str:
+        if _IDENT_RE.fullmatch(text) is None:
+            raise ValueError(f"must be an identifier ({IDENT_PATTERN})")
+        return text
+
+    return Param({"type": "string", "minLength": 1, "maxLength": IDENT_MAX,
+                  "pattern": IDENT_PATTERN}, parse, description, required)
+
+
+PERIOD_PARAM = int_param(0, MAX_PERIOD, "compliance / allocation period, e.g. 2026")
+
+# Path parameters by name: a route's ``{name}`` takes the type registered here (identifiers
+# unless listed), so a module that adds routes gets typed, bounded parameters without a word;
+# ``route(params=...)`` overrides per route, :func:`path_param` adds a name for everyone.
+PATH_PARAMS: dict[str, Param] = {
+    "period": PERIOD_PARAM,
+    "application_id": int_param(0, INT64_MAX, "grant application id"),
+}
+
+
+def path_param(name: str, param: Param) -> None:
+    """Type the path parameter ``{name}`` of every route that has it."""
+    PATH_PARAMS[name] = param
 
 
 @dataclass(slots=True)
@@ -76,41 +225,91 @@ class Route:
     tag: str
     status: int
     description: str
+    params: dict[str, Param]  # path parameters, in path order
+    query: dict[str, Param]
+    errors: dict[int, str]  # status -> when: every error status the route can answer
+    media_types: tuple[str, ...]
 
 
 ROUTES: list[Route] = []
 
+# What each error status means; a route declares those it can answer (see _error_statuses).
+ERROR_STATUSES = {
+    400: "malformed JSON, or a well-formed request the exchange's rules refuse (the code says "
+         "which rule: INSUFFICIENT_FUNDS, OFFSET_CAP_EXCEEDED, ...)",
+    401: "missing, unknown or revoked API key",
+    403: "the key's role (or firm) may not do this",
+    404: "no such resource (firm, instrument, book, key, period, ...)",
+    409: "already exists (DUPLICATE_*)",
+    413: "body over 1 MiB",
+    422: "INVALID_PARAMS: the request does not match this document (parameters, body)",
+    429: "RATE_LIMITED: over the request rate limit; retry later",
+    503: "SHUTTING_DOWN / OVERLOADED: not applied; retry later",
+}
+
+
+def _error_statuses(method: str, params, query, body, roles) -> dict[int, str]:
+    codes = {400, 404, 429, 503}
+    if roles is not None:
+        codes |= {401, 403}
+    if body is not None:
+        codes |= {413, 422}
+    if params or query:
+        codes.add(422)
+    if method != "GET":
+        codes.add(409)
+    return {c: ERROR_STATUSES[c] for c in sorted(codes)}
+
 
 def route(method: str, path: str, *, summary: str, body: type[BaseModel] | None = None,
           response: Any = None, roles: tuple[str, ...] | None = (ROLE_OPERATOR,),
-          tag: str = "operator", status: int = 200):
-    """Register ``handler(ctx, body) -> result`` for ``METHOD /api/v1<path>``."""
+          tag: str = "operator", status: int = 200, params: dict[str, Param] | None = None,
+          query: dict[str, Param] | None = None, errors: dict[int, str] | None = None,
+          media_types: tuple[str, ...] = ("application/json",)):
+    """Register ``handler(ctx, body) -> result`` for ``METHOD /api/v1<path>``.
+
+    Path parameters are typed by name (:data:`PATH_PARAMS`, identifiers by default) or by
+    ``params``; ``query`` declares the query parameters. Both are checked before the handler
+    runs (422) and their typed values are in ``ctx.params``. ``errors`` adds error statuses to
+    the ones every route of its kind declares (``_error_statuses``)."""
+    method = method.upper()
+    names = re.findall(r"{(\w+)}", path)
+    given = params or {}
+    typed = {n: given.get(n) or PATH_PARAMS.get(n) or ident_param() for n in names}
+    query = dict(query or {})
+    declared = _error_statuses(method, typed, query, body, roles)
+    for code, when in (errors or {}).items():
+        declared[code] = when
+    declared = dict(sorted(declared.items()))
 
     def deco(fn):
         for r in ROUTES:
-            if r.method == method.upper() and r.path == path:
+            if r.method == method and r.path == path:
                 if r.handler is fn:
                     return fn
                 raise RuntimeError(f"route {method} {path} registered twice")
-        ROUTES.append(Route(method.upper(), path, fn, summary, body, response, roles, tag,
-                            status, (fn.__doc__ or "").strip()))
+        ROUTES.append(Route(method, path, fn, summary, body, response, roles, tag,
+                            status, (fn.__doc__ or "").strip(), typed, query, declared,
+                            media_types))
         return fn
 
     return deco
 
 
 class ApiContext:
-    """What a route handler gets: the exchange (read side), the gateway, the caller."""
+    """What a route handler gets: the exchange (read side), the gateway, the caller, and the
+    checked path and query parameters (``params``: typed; ``path``, ``query``: their text)."""
 
-    __slots__ = ("request", "gateway", "ex", "cred", "path", "query")
+    __slots__ = ("request", "gateway", "ex", "cred", "path", "query", "params")
 
-    def __init__(self, request, gateway, cred):
+    def __init__(self, request, gateway, cred, params: dict | None = None):
         self.request = request
         self.gateway = gateway
         self.ex = gateway.ex
         self.cred = cred
         self.path = request.match_info
         self.query = request.query
+        self.params = params or {}
 
     async def submit(self, cmd) -> list:
         return await self.gateway.submit(cmd)
@@ -150,10 +349,11 @@ def check_command_ints(cmd) -> None:
             raise ProtocolError(E.INVALID_PARAMS, f"{bad}: out of range (64-bit integer)", 422)
 
 
-def error_response(code: str, message: str, status: int) -> web.Response:
+def error_response(code: str, message: str, status: int,
+                   headers: dict | None = None) -> web.Response:
     return web.Response(body=orjson.dumps({"ok": False, "error": {"code": code,
                                                                    "message": message}}),
-                        status=status, content_type="application/json")
+                        status=status, content_type="application/json", headers=headers)
 
 
 def _json(result, status: int = 200) -> web.Response:
@@ -165,6 +365,33 @@ _REJECT_STATUS = {E.UNKNOWN_ACCOUNT: 404, E.UNKNOWN_INSTRUMENT: 404, E.UNKNOWN_K
                   E.UNKNOWN_SEGMENT: 404, E.UNKNOWN_CHAIN: 404, E.NOT_FOUND: 404,
                   E.DUPLICATE_ACCOUNT: 409, E.DUPLICATE_INSTRUMENT: 409, E.DUPLICATE_KEY: 409,
                   E.DUPLICATE_CHAIN: 409, E.SHUTTING_DOWN: 503}
+
+METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
+
+
+def _check_params(r: Route, request: web.Request) -> dict:
+    """The route's path and query parameters, parsed; ProtocolError 422 naming the first bad
+    one."""
+    out = {}
+    for name, p in r.params.items():
+        try:
+            out[name] = p.parse(request.match_info[name])
+        except ValueError as exc:
+            raise ProtocolError(E.INVALID_PARAMS, f"{name}: {exc}", 422) from None
+    q = request.query
+    for name, p in r.query.items():
+        if name not in q:
+            if p.required:
+                raise ProtocolError(E.INVALID_PARAMS, f"{name}: required", 422)
+            out[name] = p.default
+            continue
+        if len(q.getall(name)) > 1:
+            raise ProtocolError(E.INVALID_PARAMS, f"{name}: given more than once", 422)
+        try:
+            out[name] = p.parse(q[name])
+        except ValueError as exc:
+            raise ProtocolError(E.INVALID_PARAMS, f"{name}: {exc}", 422) from None
+    return out
 
 
 def _make_handler(r: Route):
@@ -184,13 +411,26 @@ def _make_handler(r: Route):
                                                       "(Authorization: Bearer <key>)", 401)
             if cred.role not in roles:
                 return error_response(E.FORBIDDEN, f"needs role {' or '.join(roles)}", 403)
+        try:
+            params = _check_params(r, request)
+        except ProtocolError as exc:
+            return error_response(exc.code, exc.message, exc.status)
         body = None
         if body_model is not None:
-            raw = await request.read()
+            # a route with a body model requires a JSON object, "{}" when every field is
+            # optional: a bare POST (a stray retry, a probe) never halts a market
             try:
-                data = orjson.loads(raw) if raw else {}
+                raw = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                return error_response(E.INVALID_PARAMS, "body over 1 MiB", 413)
+            if not raw.strip():
+                return error_response(E.INVALID_PARAMS, "a JSON object body is required "
+                                                        "({} when no field is needed)", 422)
+            try:
+                data = orjson.loads(raw)
             except orjson.JSONDecodeError:
                 return error_response(E.BAD_JSON, "body is not valid JSON", 400)
+            data = _whole_floats(data)
             bad = _bad_int(data, "")
             if bad is not None:
                 return error_response(E.INVALID_PARAMS,
@@ -202,7 +442,7 @@ def _make_handler(r: Route):
             except (TypeError, ValueError) as exc:
                 return error_response(E.INVALID_PARAMS, str(exc)[:200], 422)
         try:
-            result = await r.handler(ApiContext(request, gw, cred), body)
+            result = await r.handler(ApiContext(request, gw, cred, params), body)
         except ProtocolError as exc:
             status = exc.status if exc.status != 400 else _REJECT_STATUS.get(exc.code, 400)
             return error_response(exc.code, exc.message, status)
@@ -219,14 +459,18 @@ def _make_handler(r: Route):
 
 @web.middleware
 async def api_errors(request: web.Request, handler):
-    """Unknown ``/api/`` paths and methods get the JSON error body too (404 / 405)."""
+    """Unknown ``/api/`` paths get the JSON error body too (404), and a method the path does
+    not have 405 with the ``Allow`` header listing those it has (RFC 9110)."""
     try:
         return await handler(request)
-    except web.HTTPMethodNotAllowed:
+    except web.HTTPMethodNotAllowed as exc:
         if not request.path.startswith("/api/"):
             raise
-        return error_response(E.NOT_FOUND, f"{request.method} is not allowed on "
-                                            f"{request.path}", 405)
+        allowed = sorted(exc.allowed_methods)
+        return error_response(METHOD_NOT_ALLOWED, f"{request.method} is not allowed on "
+                                                  f"{request.path} (allowed: "
+                                                  f"{', '.join(allowed)})", 405,
+                              headers={"Allow": ", ".join(allowed)})
     except web.HTTPNotFound:
         if not request.path.startswith("/api/"):
             raise
@@ -236,7 +480,7 @@ async def api_errors(request: web.Request, handler):
 def add_routes(app: web.Application) -> None:
     for r in ROUTES:
         app.router.add_route(r.method, PREFIX + r.path, _make_handler(r))
-    app.router.add_get(PREFIX + "/openapi.json", _openapi_handler)
+    app.router.add_get(PREFIX + "/openapi.json", _openapi_handler, allow_head=False)
 
 
 _OPENAPI_CACHE: dict[int, bytes] = {}
@@ -286,6 +530,28 @@ class CommandResult(BaseModel):
     events: list[dict[str, Any]] = Field(description="core events (integer fen, tonnes)")
 
 
+def _param_doc(name: str, where: str, p: Param) -> dict:
+    d = {"name": name, "in": where, "required": where == "path" or p.required,
+         "schema": p.schema}
+    if p.description:
+        d["description"] = p.description
+    return d
+
+
+def _int64_bounds(schema) -> None:
+    """Every integer of a body is checked against the 64-bit range at the boundary (_bad_int),
+    whatever its model says: the document states that bound where the model states none."""
+    if isinstance(schema, dict):
+        if schema.get("type") == "integer":
+            schema.setdefault("minimum", INT64_MIN)
+            schema.setdefault("maximum", INT64_MAX)
+        for v in schema.values():
+            _int64_bounds(v)
+    elif isinstance(schema, list):
+        for v in schema:
+            _int64_bounds(v)
+
+
 def openapi() -> dict:
     """The OpenAPI 3.1 document of every registered route."""
     models: list = [ErrorBody]
@@ -296,6 +562,7 @@ def openapi() -> dict:
     _, top = models_json_schema([(m, "validation") for m in models],
                                 ref_template="#/components/schemas/{model}")
     schemas = top.get("$defs", {})
+    _int64_bounds(schemas)
 
     def ref(m):
         if m is None:
@@ -307,40 +574,45 @@ def openapi() -> dict:
         return {"type": "object"}
 
     paths: dict = {}
-    err = {"description": "error", "content": {"application/json": {"schema": ref(ErrorBody)}}}
     for r in ROUTES:
         slug = re.sub(r"[^a-z0-9]+", "_", r.path.lower()).strip("_")
         op: dict = {"summary": r.summary, "tags": [r.tag],
                     "operationId": f"{r.method.lower()}_{slug}"}
         if r.description:
             op["description"] = r.description
-        params = [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
-                  for n in re.findall(r"{(\w+)}", r.path)]
+        params = [_param_doc(n, "path", p) for n, p in r.params.items()]
+        params += [_param_doc(n, "query", p) for n, p in r.query.items()]
         if params:
             op["parameters"] = params
         if r.body is not None:
             op["requestBody"] = {"required": True, "content": {
                 "application/json": {"schema": ref(r.body)}}}
-        op["responses"] = {str(r.status): {"description": "OK", "content": {
-            "application/json": {"schema": ref(r.response)}}}}
-        if r.body is not None:
-            op["responses"]["422"] = err
-        op["responses"]["400"] = err
+        ok = {"description": "OK", "content": {}}
+        for mt in r.media_types:
+            ok["content"][mt] = {"schema": ref(r.response) if mt == "application/json"
+                                 else {"type": "string"}}
+        op["responses"] = {str(r.status): ok}
+        for code, when in r.errors.items():
+            op["responses"][str(code)] = {"description": when, "content": {
+                "application/json": {"schema": ref(ErrorBody)}}}
         if r.roles is not None:
             op["security"] = [{"apiKey": []}]
-            op["responses"]["401"] = err
-            op["responses"]["403"] = err
             op["x-roles"] = list(r.roles)
         paths.setdefault(PREFIX + r.path, {})[r.method.lower()] = op
     paths[PREFIX + "/openapi.json"] = {"get": {
         "summary": "This document", "tags": ["meta"], "operationId": "get_openapi",
-        "responses": {"200": {"description": "OpenAPI 3.1 document"}}}}
+        "responses": {"200": {"description": "OpenAPI 3.1 document",
+                              "content": {"application/json": {"schema": {"type": "object"}}}},
+                      **{str(c): {"description": ERROR_STATUSES[c], "content": {
+                          "application/json": {"schema": ref(ErrorBody)}}}
+                         for c in (429, 503)}}}}
     return {
         "openapi": "3.1.0",
         "info": {"title": "Carbon allowance exchange: operator API", "version": "1",
                  "description": "Prices and cash travel as decimal CNY strings (\"85.50\"); "
                                 "quantities as whole tonnes. Command results carry the core's "
-                                "events in integer fen. See docs/PROTOCOL.md."},
+                                "events in integer fen. Every error has the body ErrorBody. "
+                                "See docs/PROTOCOL.md."},
         "paths": paths,
         "components": {"schemas": schemas, "securitySchemes": {"apiKey": {
             "type": "http", "scheme": "bearer",
@@ -354,14 +626,11 @@ class Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-Ident = Field(min_length=1, max_length=64)
-
-
 class RegisterFirmBody(Body):
-    firm_id: str = Ident
-    name: str = ""
-    sector: str = ""
-    product: str = ""
+    firm_id: Ident
+    name: Text(128) = ""
+    sector: Text(64) = ""
+    product: Text(64) = ""
     size_class: Literal["large", "sme"] = "large"
     stp_policy: Literal["cancel_resting", "cancel_incoming", "cancel_both"] = "cancel_resting"
     can_trade: StrictBool = True
@@ -372,9 +641,24 @@ class FirmTradingBody(Body):
 
 
 class IssueKeyBody(Body):
+    # firm_id goes with role firm and only with it: the document says so with if/then/else,
+    # the validator below checks the same, so a generated client sees the rule
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "if": {"properties": {"role": {"const": "firm"}}, "required": ["role"]},
+        "then": {"required": ["firm_id"], "properties": {"firm_id": {"type": "string"}}},
+        "else": {"properties": {"firm_id": {"type": "null"}}}})
+
     role: Literal["firm", "operator", "verifier"]
-    firm_id: str | None = Field(None, description="required for role firm")
-    label: str = Field("", max_length=128)
+    firm_id: Ident | None = Field(None, description="the firm a firm key trades for: required "
+                                                    "for role firm, null (absent) otherwise")
+    label: Text(128) = Field("", description="free text; a verifier key's label is the "
+                                              "verifier id it acts as")
+
+    @model_validator(mode="after")
+    def _firm_id_with_role(self):
+        if (self.role == ROLE_FIRM) != (self.firm_id is not None):
+            raise ValueError("firm_id is required for role firm and only for it")
+        return self
 
 
 class IssuedKey(BaseModel):
@@ -395,15 +679,15 @@ class KeyInfo(BaseModel):
 
 
 class AddInstrumentBody(Body):
-    symbol: str = Ident
+    symbol: Ident
     kind: Literal["allowance", "offset"] = "allowance"
-    vintage: StrictInt = 0
-    offset_type: str | None = None
+    vintage: Period = 0
+    offset_type: Ident | None = None
     reference_price: Price = Field("0", description="previous close, CNY")
 
 
 class AddSegmentBody(Body):
-    name: str = Ident
+    name: Ident
     tick: StrictInt = Field(1, gt=0, description="fen")
     lot: StrictInt = Field(1, gt=0, description="tonnes")
     max_order_qty: StrictInt = Field(99_999, gt=0)
@@ -412,23 +696,23 @@ class AddSegmentBody(Body):
 
 
 class CashBody(Body):
-    account: str = Ident
+    account: Ident
     amount: Price = Field(description="CNY, decimal string")
 
 
 class IssueUnitsBody(Body):
-    account: str = Ident
-    instrument: str = Ident
-    qty: StrictInt = Field(gt=0)
-    source: str = Field("allocation", max_length=64)
-    ref: str = Field("", max_length=64)
+    account: Ident
+    instrument: Ident
+    qty: StrictInt = Field(gt=0, le=INT64_MAX)
+    source: Text(64) = "allocation"
+    ref: Text(64) = ""
 
 
 class TransferBody(Body):
-    from_account: str = Ident
-    to_account: str = Ident
-    instrument: str = Ident
-    qty: StrictInt = Field(gt=0)
+    from_account: Ident
+    to_account: Ident
+    instrument: Ident
+    qty: StrictInt = Field(gt=0, le=INT64_MAX)
 
 
 class BandBody(Body):
@@ -437,8 +721,8 @@ class BandBody(Body):
 
 
 class ScopeBody(Body):
-    instrument: str | None = None
-    segment: str | None = None
+    instrument: Ident | None = Field(None, description="default: every instrument")
+    segment: Ident | None = Field(None, description="default: every segment")
 
 
 class EmptyBody(Body):
@@ -446,31 +730,31 @@ class EmptyBody(Body):
 
 
 class ChainMember(Body):
-    firm: str
-    tier: StrictInt = Field(ge=0)
+    firm: Ident
+    tier: StrictInt = Field(ge=0, le=1_000)
 
 
 class ChainEdge(Body):
-    supplier: str
-    customer: str
-    weight_ppm: StrictInt = Field(ge=0)
+    supplier: Ident
+    customer: Ident
+    weight_ppm: StrictInt = Field(ge=0, le=INT64_MAX)
 
 
 class SupplyChainBody(Body):
-    chain_id: str = Ident
+    chain_id: Ident
     members: list[ChainMember]
     edges: list[ChainEdge] = Field(default_factory=list)
 
 
 class SubQuotaBody(Body):
-    parent: str
-    sme: str
-    instrument: str
-    qty: StrictInt = Field(gt=0)
+    parent: Ident
+    sme: Ident
+    instrument: Ident
+    qty: StrictInt = Field(gt=0, le=INT64_MAX)
     revenue_share_ppm: StrictInt = Field(ge=0, le=1_000_000)
     surplus_rule: Literal["revert", "bank"] = "revert"
     shortfall_rule: Literal["sme", "parent"] = "sme"
-    chain_id: str | None = None
+    chain_id: Ident | None = None
 
 
 class StateInfo(BaseModel):
@@ -523,7 +807,8 @@ async def firm_trading(ctx: ApiContext, b: FirmTradingBody) -> dict:
     return await ctx.command(SetFirmTrading(firm_id=ctx.path["firm_id"], can_trade=b.can_trade))
 
 
-@route("GET", "/api-keys", summary="List API keys (never the keys themselves)", tag="keys",
+@route("GET", "/api-keys", summary="List API keys, revoked ones too (never the keys)",
+       tag="keys",
        response={"type": "object", "properties": {"keys": {
            "type": "array", "items": {"$ref": "#/components/schemas/KeyInfo"}}}})
 async def list_keys(ctx: ApiContext, body) -> dict:
@@ -534,8 +819,11 @@ async def list_keys(ctx: ApiContext, body) -> dict:
 @route("POST", "/api-keys", summary="Issue an API key (returned once; stored hashed)",
        body=IssueKeyBody, response=IssuedKey, tag="keys", status=201)
 async def issue_key(ctx: ApiContext, b: IssueKeyBody) -> dict:
-    if b.role == ROLE_FIRM and not b.firm_id:
-        raise ProtocolError(E.INVALID_PARAMS, "a firm key needs firm_id", 422)
+    """A firm key needs a registered firm (404 UNKNOWN_ACCOUNT otherwise)."""
+    if b.role == ROLE_FIRM:
+        a = ctx.ex.accounts.get(b.firm_id)
+        if a is None or a.system:
+            raise ProtocolError(E.UNKNOWN_ACCOUNT, f"no firm {b.firm_id!r}", 404)
     key = new_key()
     h, scheme = ctx.gateway.credentials.digest(key)  # keyed under the server secret
     key_id = "k-" + new_key()[:16]
@@ -550,15 +838,19 @@ async def issue_key(ctx: ApiContext, b: IssueKeyBody) -> dict:
 @route("DELETE", "/api-keys/{key_id}", summary="Revoke an API key (its sessions are closed)",
        response=CommandResult, tag="keys")
 async def revoke_key(ctx: ApiContext, body) -> dict:
+    """After it, ``GET /api-keys/{key_id}`` and a second ``DELETE`` answer 404 UNKNOWN_KEY;
+    the revoked record stays in ``GET /api-keys`` (``revoked: true``) and in the journal."""
     return await ctx.command(RevokeApiKey(key_id=ctx.path["key_id"]))
 
 
-@route("GET", "/api-keys/{key_id}", summary="One API key's record", response=KeyInfo,
+@route("GET", "/api-keys/{key_id}", summary="One active API key's record", response=KeyInfo,
        tag="keys")
 async def get_key(ctx: ApiContext, body) -> dict:
+    """404 UNKNOWN_KEY for a key never issued or revoked (see ``GET /api-keys`` for the
+    revoked ones)."""
     c = ctx.gateway.credentials.keys.get(ctx.path["key_id"])
-    if c is None:
-        raise ProtocolError(E.UNKNOWN_KEY, "no such key", 404)
+    if c is None or not c.active:
+        raise ProtocolError(E.UNKNOWN_KEY, "no active key with that id", 404)
     return c.public()
 
 

@@ -88,8 +88,11 @@ def _price(v: Any) -> int:
     return fen
 
 
+# the pattern is exactly what _price accepts (the OpenAPI document shows it): at most 15
+# integer digits, and decimals that are zero after the second ("85.500" is 85.50)
 Price = Annotated[int, BeforeValidator(_price), Field(json_schema_extra={
-    "type": "string", "pattern": r"^\d+(\.\d{1,2})?$", "examples": ["85.50"]})]
+    "type": "string", "pattern": r"^[0-9]{1,15}(\.[0-9]{1,2}0{0,14})?$",
+    "examples": ["85.50"]})]
 """A price on the wire: a decimal string in CNY with at most two decimals -> int fen."""
 
 # Every integer a client sends fits in 64 signed bits (the journal's integers); the core
