@@ -149,8 +149,9 @@ async def test_compliance_period_through_the_served_api(tmp_path):
         await ok(srv, "POST", sur, {"period": 2026, "instrument": "PHCER-2026", "qty": 50},
                  STEEL)
         cap = "/compliance/periods/2026/cap"
-        await refused(srv, "PUT", cap, {"cap_pct": "101"}, OPERATOR, 400, "CAP_OUT_OF_RANGE")
-        await refused(srv, "PUT", cap, {"cap_pct": "-1"}, OPERATOR, 400, "CAP_OUT_OF_RANGE")
+        # outside [0, 100]: refused by the documented pattern of a percentage
+        await refused(srv, "PUT", cap, {"cap_pct": "101"}, OPERATOR, 422, "INVALID_PARAMS")
+        await refused(srv, "PUT", cap, {"cap_pct": "-1"}, OPERATOR, 422, "INVALID_PARAMS")
         await refused(srv, "PUT", cap, {"cap_pct": "1"}, POWER, 403, "FORBIDDEN")
         wi = await ok(srv, "POST", cap + "/what-if", {"cap_pct": "1",
                                                       "sub_caps_pct": {"PHCER": "0.5"}})

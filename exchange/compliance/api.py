@@ -16,16 +16,15 @@ summary are JSON, or CSV with ``?format=csv``.
 """
 from __future__ import annotations
 
-import re
 from typing import Annotated
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 from ..core import errors as E
 from ..core.units import MAX_QTY, UnitError, percent_to_bps
 from ..privacy import require_firm_reader, verifier_id
-from ..server.api import ApiContext, route
+from ..server.api import IDENT_KEYS, ApiContext, Ident, Matching, Percent, Text, enum_param, route
 from ..server.credentials import ROLE_FIRM, ROLE_OPERATOR, ROLE_VERIFIER
 from ..server.protocol import INT64_MAX, Period, ProtocolError, ws_method
 from . import reports as R
@@ -63,45 +62,63 @@ class SubmissionBody(_Body):
 
 
 class VerifyBody(_Body):
-    verifier: str | None = Field(None, description="verifier id; must equal the key's label")
+    verifier: Text(128) | None = Field(None, description="verifier id; must equal the key's "
+                                                        "label")
 
 
 class RejectBody(_Body):
-    verifier: str | None = Field(None, description="verifier id; must equal the key's label")
-    reason: str = Field(min_length=1, max_length=500)
+    verifier: Text(128) | None = Field(None, description="verifier id; must equal the key's "
+                                                        "label")
+    reason: Text(500, min_length=1)
 
 
 class SurrenderBody(_Body):
     period: Period
-    instrument: str = Field(min_length=1, max_length=64)
+    instrument: Ident
     qty: Tonnes = Field(description="whole tonnes")
-    firm_id: str | None = Field(None, description="operators only: the firm acted for")
+    firm_id: Ident | None = Field(None, description="operators only (and required for them): "
+                                                    "the firm acted for")
+
+
+# 1970-01-01 .. 2261-12-31 (ns since the epoch in 64 bits), a time of day and offset optional;
+# a day the calendar does not have (02-30) is refused by the parser (400 BAD_PARAMETER)
+EFFECTIVE_PATTERN = (r"^(19[7-9][0-9]|2[01][0-9]{2}|22[0-5][0-9]|226[01])-(0[1-9]|1[0-2])-"
+                     r"(0[1-9]|[12][0-9]|3[01])(T([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9]"
+                     r"(\.[0-9]{1,6})?)?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])?)?$")
+
+
+Effective = Matching(EFFECTIVE_PATTERN, "2027-01-01", "an ISO date/time, 1970..2261")
 
 
 class CapBody(_Body):
-    cap_pct: str = Field(description="offset cap, percent of the obligation, e.g. \"5\"")
-    sub_caps_pct: dict[str, str] = Field(default_factory=dict,
-                                         description="per offset type, e.g. {\"PHCER\": \"2\"}")
+    # effective and effective_ts are alternatives: the document says "not both" too
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "not": {"required": ["effective", "effective_ts"]}})
+
+    cap_pct: Percent = Field(description="offset cap, percent of the obligation, e.g. \"5\"")
+    sub_caps_pct: dict[Ident, Percent] = Field(
+        default_factory=dict, max_length=64, json_schema_extra=IDENT_KEYS,
+        description="per offset type, e.g. {\"PHCER\": \"2\"}")
     effective_ts: StrictInt | None = Field(
         None, ge=0, le=INT64_MAX,
         description="ns since the epoch; default: when the change is journaled")
-    effective: str | None = Field(
+    effective: Effective | None = Field(
         None, description="ISO date or timestamp (UTC unless given), instead of effective_ts")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_effective(cls, data):
+        if isinstance(data, dict) and "effective" in data and "effective_ts" in data:
+            raise ValueError("give effective or effective_ts, not both")
+        return data
 
 
 class EmptyBody(_Body):
     pass
 
 
-_PERIOD_RE = re.compile(r"[0-9]{1,9}")
-
-
 def _period(ctx: ApiContext) -> int:
-    text = ctx.path.get("period", "")
-    if _PERIOD_RE.fullmatch(text) is None:
-        raise ProtocolError(E.INVALID_PARAMS, f"period must be a whole number of at most 9 "
-                                              f"digits, e.g. 2026", 422)
-    return int(text)
+    return ctx.params["period"]  # typed and bounded by the route (server.api.PATH_PARAMS)
 
 
 def _acting_firm(ctx: ApiContext, firm_id: str | None) -> str:
@@ -111,7 +128,8 @@ def _acting_firm(ctx: ApiContext, firm_id: str | None) -> str:
             raise ProtocolError(E.FORBIDDEN, "a firm key acts for its own firm only", 403)
         return cred.firm_id
     if not firm_id:
-        raise ProtocolError(E.INVALID_PARAMS, "firm_id is required for an operator", 422)
+        # not a schema rule (a firm key may leave it out): a rule of the caller's role
+        raise ProtocolError(E.BAD_PARAMETER, "firm_id is required for an operator key", 400)
     return firm_id
 
 
@@ -138,6 +156,9 @@ def _verifier(ctx: ApiContext, given: str | None) -> str:
         raise ProtocolError(E.FORBIDDEN, f"this key acts as verifier {ident!r}, not {given!r}",
                             403)
     return ident
+
+
+FORMAT_QUERY = {"format": enum_param(("json", "csv"), "the answer's format", default="json")}
 
 
 def _csv(text: str, name: str) -> web.Response:
@@ -244,17 +265,15 @@ async def set_cap(ctx: ApiContext, b: CapBody) -> dict:
     """Never rewrites a surrender already made; CAP_OUT_OF_RANGE outside [0, 100 %]."""
     cap, subs = _caps(b)
     eff = b.effective_ts
-    if b.effective is not None:
-        if eff is not None:
-            raise ProtocolError(E.INVALID_PARAMS, "give effective or effective_ts, not both", 422)
+    if b.effective is not None:  # the shape is checked (EFFECTIVE_PATTERN); the calendar here
         try:
-            eff = to_ns(b.effective) if len(b.effective) <= 64 else None
+            eff = to_ns(b.effective)
         except (ValueError, OverflowError):
             eff = None
-        # ns since 1970 in 64 bits: 1970-01-01 .. 2262-04-11 ("0001-01-01" is out of range)
+        # ns since 1970 in 64 bits (an offset can take 1970-01-01 below zero)
         if eff is None or not 0 <= eff <= INT64_MAX:
-            raise ProtocolError(E.INVALID_PARAMS, f"not an ISO date/time between 1970 and "
-                                                  f"2262: {b.effective[:64]!r}", 422) from None
+            raise ProtocolError(E.BAD_PARAMETER, f"no such date/time, or before 1970: "
+                                                 f"{b.effective!r}", 400) from None
     return await ctx.command(SetOffsetCap(
         period=_period(ctx), cap_bps=cap, sub_caps_bps=tuple(subs.items()),
         effective_ts=eff, operator=ctx.cred.label or ctx.cred.key_id))
@@ -282,7 +301,8 @@ async def deadline(ctx: ApiContext, _b: EmptyBody) -> dict:
 
 # ------------------------------------------------------------------------------ reports
 @route("GET", "/compliance/statements/{firm_id}/{period}", tag=TAG,
-       roles=(ROLE_OPERATOR, ROLE_FIRM, ROLE_VERIFIER),
+       roles=(ROLE_OPERATOR, ROLE_FIRM, ROLE_VERIFIER), query=FORMAT_QUERY,
+       media_types=("application/json", "text/csv"),
        summary="A firm's compliance statement (JSON, or CSV with ?format=csv)")
 async def statement(ctx: ApiContext, _b):
     """For the firm itself, the verifier of its submission of the period, and operators."""
@@ -293,12 +313,13 @@ async def statement(ctx: ApiContext, _b):
         st = R.firm_statement(ctx.ex, firm_id, period)
     except KeyError as e:
         raise ProtocolError(E.NOT_FOUND, str(e.args[0]), 404) from None
-    if ctx.query.get("format") == "csv":
+    if ctx.params["format"] == "csv":
         return _csv(R.statement_csv(st), f"statement-{firm_id}-{period}.csv")
     return st
 
 
-@route("GET", "/compliance/periods/{period}/summary", tag=TAG,
+@route("GET", "/compliance/periods/{period}/summary", tag=TAG, query=FORMAT_QUERY,
+       media_types=("application/json", "text/csv"),
        summary="Market-wide compliance summary (JSON, or CSV with ?format=csv)")
 async def summary(ctx: ApiContext, _b):
     period = _period(ctx)
@@ -306,7 +327,7 @@ async def summary(ctx: ApiContext, _b):
         sm = R.compliance_summary(ctx.ex, period)
     except KeyError as e:
         raise ProtocolError(E.NOT_FOUND, str(e.args[0]), 404) from None
-    if ctx.query.get("format") == "csv":
+    if ctx.params["format"] == "csv":
         return _csv(R.summary_csv(sm), f"compliance-{period}.csv")
     return sm
 

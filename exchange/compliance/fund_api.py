@@ -17,9 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from ..core import errors as E
 from ..core.units import MAX_QTY, UnitError, percent_to_bps
-from ..server.api import ApiContext, CommandResult, route
+from ..server.api import ApiContext, CommandResult, Ident, Percent, Text, enum_param, \
+    ident_param, int_param, route
 from ..server.credentials import ROLE_FIRM, ROLE_OPERATOR
-from ..server.protocol import Period, Price, ProtocolError
+from ..server.protocol import MAX_PERIOD, Period, Price, ProtocolError
 from .fund import (
     STATUSES, ApplyForGrant, ApproveGrant, ConfigureSmeFund, DisburseGrant, FundDeposit,
     RejectGrant, fund_module, fund_statement,
@@ -38,8 +39,9 @@ class FundParamsBody(_Body):
     """All four parameters, every time: a PUT replaces them (an omitted limit would silently
     become no limit)."""
 
-    penalty_to_fund_pct: str = Field(description="% of each penalty paid to the fund, e.g. \"30\"")
-    auction_to_fund_pct: str = Field(
+    penalty_to_fund_pct: Percent = Field(
+        description="% of each penalty paid to the fund, e.g. \"30\"")
+    auction_to_fund_pct: Percent = Field(
         description="% of allowance auction proceeds (applies once the exchange has auctions)")
     sme_period_limit: Price | None = Field(
         description="CNY one SME may receive per period; null = no limit")
@@ -51,21 +53,22 @@ class FundDepositBody(_Body):
     amount: Price = Field(description="CNY from the regulator's budget")
     period: Period | None = Field(
         None, description="period the inflow counts to; default: the current compliance period")
-    ref: str = Field("", max_length=500, description="e.g. the budget line")
+    ref: Text(500) = Field("", description="e.g. the budget line")
 
 
 class GrantApplicationBody(_Body):
     period: Period = Field(description="compliance period the grant counts to, e.g. 2026")
     amount: Price = Field(description="CNY requested")
-    project: str = Field(min_length=1, max_length=500, description="the abatement project")
+    project: Text(500, min_length=1) = Field(description="the abatement project")
     # within the core's quantity limit: abatement is summed per SME and period in statements
     verified_abatement_t: StrictInt = Field(gt=0, le=MAX_QTY,
                                             description="verified abatement, t CO2e")
-    sme: str | None = Field(None, description="operators only: the SME applied for")
+    sme: Ident | None = Field(None, description="operators only (and required for them): "
+                                                "the SME applied for")
 
 
 class GrantRejectBody(_Body):
-    reason: str = Field(min_length=1, max_length=500)
+    reason: Text(500, min_length=1)
 
 
 class EmptyBody(_Body):
@@ -201,24 +204,14 @@ def _bps(pct: str) -> int:
 
 
 def _app_id(ctx: ApiContext) -> int:
-    try:
-        return int(ctx.path["application_id"])
-    except (KeyError, ValueError):
-        raise ProtocolError(E.INVALID_PARAMS, "application_id must be an integer", 422) from None
+    return ctx.params["application_id"]  # typed by the route (server.api.PATH_PARAMS)
 
 
 def _who(ctx: ApiContext) -> str:
     return ctx.cred.label or ctx.cred.key_id
 
 
-def _int_query(ctx: ApiContext, name: str) -> int | None:
-    v = ctx.query.get(name)
-    if v is None:
-        return None
-    try:
-        return int(v)
-    except ValueError:
-        raise ProtocolError(E.INVALID_PARAMS, f"{name} must be an integer", 422) from None
+PERIOD_QUERY = {"period": int_param(0, MAX_PERIOD, "this period only (default: all)")}
 
 
 def _module(ctx: ApiContext):
@@ -229,13 +222,13 @@ def _module(ctx: ApiContext):
 
 
 # ------------------------------------------------------------------------------ routes
-@route("GET", BASE, tag=TAG, roles=None, response=FundStatement,
+@route("GET", BASE, tag=TAG, roles=None, response=FundStatement, query=PERIOD_QUERY,
        summary="The SME fund's public statement: balance, inflows, grants (?period=2026)")
 async def statement(ctx: ApiContext, _b) -> dict:
     """Balance; inflows by source (penalty, auction, budget) and by period, each listed; grants
     paid by SME and by period with their projects; parameters and their history."""
     _module(ctx)
-    st = fund_statement(ctx.ex, _int_query(ctx, "period"))
+    st = fund_statement(ctx.ex, ctx.params["period"])
     # which firm paid a penalty is that firm's compliance record, not the fund's: the public
     # statement keeps the amount and withholds the payer (docs/PRIVACY.md)
     for e in st["inflows"]["entries"]:
@@ -274,7 +267,8 @@ async def apply(ctx: ApiContext, b: GrantApplicationBody) -> dict:
         sme, applicant = ctx.cred.firm_id, ctx.cred.firm_id
     else:
         if not b.sme:
-            raise ProtocolError(E.INVALID_PARAMS, "sme is required for an operator", 422)
+            # a rule of the caller's role, not of the body's shape
+            raise ProtocolError(E.BAD_PARAMETER, "sme is required for an operator key", 400)
         sme, applicant = b.sme, f"operator:{_who(ctx)}"
     return await ctx.command(ApplyForGrant(
         sme=sme, period=b.period, amount=b.amount, project=b.project,
@@ -283,18 +277,18 @@ async def apply(ctx: ApiContext, b: GrantApplicationBody) -> dict:
 
 @route("GET", BASE + "/applications", response=GrantApplications, tag=TAG,
        roles=(ROLE_FIRM, ROLE_OPERATOR),
+       query={**PERIOD_QUERY, "status": enum_param(STATUSES, "only applications in it"),
+              "sme": ident_param("only this SME's (a firm key: its own)")},
        summary="Grant applications (?status=&period=&sme=); a firm sees its own")
 async def applications(ctx: ApiContext, _b) -> dict:
     m = _module(ctx)
-    sme = ctx.query.get("sme")
+    sme = ctx.params["sme"]
     if ctx.cred.role == ROLE_FIRM:
         if sme not in (None, ctx.cred.firm_id):
             raise ProtocolError(E.FORBIDDEN, "a firm sees its own applications only", 403)
         sme = ctx.cred.firm_id
-    status = ctx.query.get("status")
-    if status is not None and status not in STATUSES:
-        raise ProtocolError(E.INVALID_PARAMS, f"status is one of {', '.join(STATUSES)}", 422)
-    return {"applications": m.applications_of(sme, _int_query(ctx, "period"), status)}
+    status = ctx.params["status"]
+    return {"applications": m.applications_of(sme, ctx.params["period"], status)}
 
 
 @route("POST", BASE + "/applications/{application_id}/approve", body=EmptyBody,

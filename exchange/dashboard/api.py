@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from ..core import errors as E
 from ..core.units import format_price
-from ..server.api import ApiContext, route
+from ..server.api import ApiContext, int_param, route
 from ..server.protocol import ProtocolError
 
 
 @route("GET", "/market/candles/{instrument}", roles=None, tag="market",
+       query={"limit": int_param(1, 750, "most recent trading days", default=120)},
        summary="Daily open/high/low/close of an instrument (all segments), oldest first")
 async def candles(ctx: ApiContext, body) -> dict:
     """``?limit=N`` (default 120, at most 750) most recent trading days. A candle of the
@@ -19,10 +20,7 @@ async def candles(ctx: ApiContext, body) -> dict:
     ins = ctx.ex.instruments.get(sym)
     if ins is None:
         raise ProtocolError(E.UNKNOWN_INSTRUMENT, f"no instrument {sym[:64]!r}", 404)
-    try:
-        limit = max(1, min(750, int(ctx.query.get("limit", "120"))))
-    except ValueError:
-        raise ProtocolError(E.INVALID_PARAMS, "limit must be an integer", 422) from None
+    limit = ctx.params["limit"]
     store = ctx.request.app.get(CANDLES_KEY)
     series = store.series(sym, limit) if store is not None else []
     return {"instrument": sym, "day": ctx.ex.day,
@@ -31,6 +29,7 @@ async def candles(ctx: ApiContext, body) -> dict:
 
 
 @route("GET", "/market/trades/{instrument}", roles=None, tag="market",
+       query={"limit": int_param(1, 100, "newest trades", default=50)},
        summary="Latest public trades of an instrument (all segments), newest first")
 async def recent_trades(ctx: ApiContext, body) -> dict:
     """``?limit=N`` (default 50, at most 100). Trades since the server process started; the
@@ -40,10 +39,7 @@ async def recent_trades(ctx: ApiContext, body) -> dict:
     sym = ctx.path["instrument"]
     if sym not in ctx.ex.instruments:
         raise ProtocolError(E.UNKNOWN_INSTRUMENT, f"no instrument {sym[:64]!r}", 404)
-    try:
-        limit = max(1, min(100, int(ctx.query.get("limit", "50"))))
-    except ValueError:
-        raise ProtocolError(E.INVALID_PARAMS, "limit must be an integer", 422) from None
+    limit = ctx.params["limit"]
     store = ctx.request.app.get(CANDLES_KEY)
     return {"instrument": sym,
             "trades": store.recent_trades(sym, limit) if store is not None else []}

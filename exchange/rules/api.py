@@ -43,10 +43,11 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_
 from ..core import errors as E
 from ..core.units import MAX_QTY, ppm_half_even, ppm_to_decimal, ratio_to_ppm
 from ..privacy import may_read_firm, min_contributors, require_firm_reader, suppress
-from ..server.api import ApiContext, CommandResult, route
+from ..server.api import ApiContext, CommandResult, Ident, Magnitude, Ratio, Ratio100, Text, \
+    int_param, route
 from ..server.app import STATE_KEY
 from ..server.credentials import ROLE_FIRM, ROLE_OPERATOR, ROLE_VERIFIER
-from ..server.protocol import Period, ProtocolError, ws_method
+from ..server.protocol import MAX_PERIOD, Period, ProtocolError, ws_method
 from . import formulas as F
 from .commands import (
     AssessFirm, ClosePeriod, PreAllocate, SetBenchmark, SetInputUse, SetOutputHistory,
@@ -89,12 +90,7 @@ def _params_view(p: dict) -> dict:
 
 
 def _int_path(ctx: ApiContext, name: str) -> int:
-    text = ctx.path[name]
-    # at most 9 digits, like a body's period: no 20-digit numbers into commands or lookups
-    if not (0 < len(text) <= 9 and text.isascii() and text.isdigit()):
-        raise ProtocolError(E.INVALID_PARAMS, f"{name} must be a whole number of at most 9 "
-                                              f"digits", 422)
-    return int(text)
+    return ctx.params[name]  # typed and bounded by the route (server.api.PATH_PARAMS)
 
 
 def _own(ctx: ApiContext, firm_id: str) -> None:
@@ -110,31 +106,31 @@ def _readable(ctx: ApiContext, firm_ids) -> set:
 # ====================================================================== parameters
 
 class ParamsBody(Body):
-    pre_ratio: str | None = None
-    initial_phi: str | None = None
-    phi_min: str | None = None
-    phi_max: str | None = None
-    max_step: str | None = None
-    alpha_up: str | None = None
-    alpha_down: str | None = None
-    kappa: str | None = None
-    kappa_max: str | None = None
+    pre_ratio: Ratio100 | None = None
+    initial_phi: Ratio100 | None = None
+    phi_min: Ratio100 | None = None
+    phi_max: Ratio100 | None = None
+    max_step: Ratio100 | None = None
+    alpha_up: Ratio100 | None = None
+    alpha_down: Ratio100 | None = None
+    kappa: Ratio100 | None = None
+    kappa_max: Ratio100 | None = None
     coupling_weights: Literal["edges", "tier"] | None = None
-    w_tech: str | None = None
-    w_eff: str | None = None
-    w_hist: str | None = None
-    benchmark_step: str | None = None
-    max_tightening: str | None = None
+    w_tech: Ratio100 | None = None
+    w_eff: Ratio100 | None = None
+    w_hist: Ratio100 | None = None
+    benchmark_step: Ratio100 | None = None
+    max_tightening: Ratio100 | None = None
     allow_loosening: StrictBool | None = None
-    max_loosening: str | None = None
-    instrument_pattern: str | None = None
+    max_loosening: Ratio100 | None = None
+    instrument_pattern: Text(64) | None = None
     allocation_total: Literal["intensity", "absolute", "floating"] | None = Field(
         None, description="how the period's total is fixed: intensity (sum of benchmark x "
         "verified output), absolute (cap_tonnes) or floating (B x Y x phi per firm, the "
         "total moves with phi)")
     cap_tonnes: StrictInt | None = Field(None, ge=0, le=MAX_QTY,
                                          description="the absolute cap, tonnes per period")
-    gain_share: str | None = Field(
+    gain_share: Ratio | None = Field(
         None, description="share, in [0, 1], of the value of a core firm's coupling gain it "
         "pays the SMEs whose verified cuts made it, at the period close")
 
@@ -166,8 +162,8 @@ async def set_params(ctx: ApiContext, b: ParamsBody) -> dict:
 # ====================================================================== benchmarks, firm data
 
 class BenchmarkBody(Body):
-    product: str = Field(min_length=1, max_length=64)
-    intensity: str = Field(description="t CO2e per unit of output, decimal string")
+    product: Ident
+    intensity: Magnitude = Field(description="t CO2e per unit of output, decimal string")
 
 
 @route("GET", "/rules/benchmarks", summary="Benchmarks with their history", tag=TAG,
@@ -205,10 +201,10 @@ async def set_benchmark(ctx: ApiContext, b: BenchmarkBody) -> dict:
 
 
 class AssessmentBody(Body):
-    firm_id: str
-    technology: str = Field(description="technology level in [0, 1]")
-    efficiency: str = Field(description="energy efficiency in [0, 1]")
-    hist_intensity: str = Field(description="historical t CO2e per unit of output")
+    firm_id: Ident
+    technology: Ratio = Field(description="technology level in [0, 1]")
+    efficiency: Ratio = Field(description="energy efficiency in [0, 1]")
+    hist_intensity: Magnitude = Field(description="historical t CO2e per unit of output")
 
 
 @route("POST", "/rules/assessments", summary="Assess a firm: initial allocation factor",
@@ -227,7 +223,7 @@ class HistoryRow(Body):
 
 
 class OutputHistoryBody(Body):
-    firm_id: str
+    firm_id: Ident
     rows: list[HistoryRow] = Field(min_length=1)
 
 
@@ -239,12 +235,12 @@ async def output_history(ctx: ApiContext, b: OutputHistoryBody) -> dict:
 
 
 class InputRow(Body):
-    product: str
+    product: Ident
     qty: StrictInt = Field(ge=0, le=MAX_QTY)
 
 
 class InputUseBody(Body):
-    firm_id: str
+    firm_id: Ident
     period: Period
     inputs: list[InputRow]
 
@@ -380,16 +376,16 @@ async def get_allocation(ctx: ApiContext, body) -> dict:
 # ====================================================================== splits, sub-quotas
 
 class SplitBody(Body):
-    parent: str
-    instrument: str
+    parent: Ident
+    instrument: Ident
     amount: StrictInt = Field(gt=0, le=MAX_QTY)
-    smes: list[str] = Field(min_length=1)
+    smes: list[Ident] = Field(min_length=1, max_length=1_000)
     strategy: Literal["equal", "output", "baseline_emissions", "responsibility",
                       "abatement"] = "equal"
-    revenue_share: str = Field("0.5", description="SME's share of sale proceeds, [0, 1]")
+    revenue_share: Ratio = Field("0.5", description="SME's share of sale proceeds, [0, 1]")
     surplus_rule: Literal["revert", "bank"] = "revert"
     shortfall_rule: Literal["sme", "parent"] = "sme"
-    chain_id: str | None = None
+    chain_id: Ident | None = None
 
     @field_validator("revenue_share")
     @classmethod
@@ -517,6 +513,7 @@ async def get_sub_quotas(ctx: ApiContext, body) -> dict:
 
 
 @route("GET", "/rules/sub-quotas/{firm_id}", tag=TAG, roles=READERS, response=FirmSubQuotas,
+       query={"period": int_param(0, MAX_PERIOD, "lots of this period's allowance only")},
        summary="The sub-quotas a firm received (an SME) or split out (a core firm), with terms")
 async def get_firm_sub_quotas(ctx: ApiContext, body) -> dict:
     """``?period=P``: lots of period P's allowance only. A firm key reads only its own."""
@@ -525,12 +522,7 @@ async def get_firm_sub_quotas(ctx: ApiContext, body) -> dict:
     acct = ctx.ex.accounts.get(firm_id)
     if acct is None or acct.system:
         raise ProtocolError(E.UNKNOWN_ACCOUNT, f"unknown firm {firm_id[:64]!r}", 404)
-    period = None
-    if "period" in ctx.query:
-        try:
-            period = int(ctx.query["period"])
-        except ValueError:
-            raise ProtocolError(E.INVALID_PARAMS, "period must be an integer", 422) from None
+    period = ctx.params["period"]
     lots = [sub_quota_view(ctx.ex, k) for k in sorted(ctx.ex.sub_quotas)]
     lots = [v for v in lots if period is None or v["period"] == period]
     return {"firm_id": firm_id, "size_class": acct.size_class,
