@@ -401,6 +401,8 @@ class RegistryModule(Module):
         acct = self.ex.firm(c.account if isinstance(c.account, str) else "")
         instr = self._credit_instrument(c.instrument)
         issuer, project = _ident(c.issuer, "issuer"), _ident(c.project, "project")
+        if issuer == LEGACY:  # the units outstanding at configuration, and only those
+            raise E.Reject(E.BAD_PARAMETER, f"issuer {LEGACY} is reserved")
         first, last = _int(c.first, 1, MAX_UNIT, "first"), _int(c.last, 1, MAX_UNIT, "last")
         if last < first:
             raise E.Reject(E.BAD_PARAMETER, "last must be >= first")
@@ -617,7 +619,8 @@ class RegistryModule(Module):
         pid = _ident(c.platform_id, "platform_id")
         if pid in self.platforms:
             raise E.Reject(E.BAD_PARAMETER, f"platform {pid} is registered")
-        if pid == self.params["issuer"] or any(blk[B_ISSUER] == pid for blk in self.blocks):
+        if pid in (self.params["issuer"], LEGACY) or any(blk[B_ISSUER] == pid
+                                                         for blk in self.blocks):
             # its batches' serials would share a namespace with credits already issued
             raise E.Reject(E.BAD_PARAMETER, f"{pid} is an issuer of credits already: a platform "
                                             "id names its own serials")
