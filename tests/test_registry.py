@@ -739,3 +739,16 @@ def test_registry_not_configured():
     m.ok(ConfigureRegistry())
     m.rejects(ConfigureRegistry(), "BAD_PARAMETER", "configured")
     assert m.serials("A", "CCER-2026") == ["LEGACY/CCER-2026/2026/1-5"]
+
+
+def test_legacy_is_reserved_everywhere():
+    """LEGACY serials are the units outstanding when the registry was configured: nothing
+    issued, imported or approved later may appear as one."""
+    m = Reg(mrv=False)  # no legacy block exists here
+    m.ok(RecordExternalCancellation(registry="OTHER", issuer="LEGACY", project="CCER-2026",
+                                    vintage=2026, first=1, last=10, reference="X-9"))
+    m.rejects(ImportCredits(registry="OTHER", account="A", instrument="CCER-2026",
+                            issuer="LEGACY", project="CCER-2026", first=1, last=10),
+              "BAD_PARAMETER", "LEGACY")
+    m.rejects(RegisterPlatform(platform_id="LEGACY"), "BAD_PARAMETER", "LEGACY")
+    assert m.reg.blocks == []
