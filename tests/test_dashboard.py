@@ -162,7 +162,7 @@ def _seed_history(server) -> None:
             status, r = http(server["base"], "POST", "/end-of-day", {})
             assert status == 200, r
     # verified emissions for 2026, so the offset-cap what-if has obligations to weigh:
-    # POWER1 50,000 t (holds 5,000 t CCER), CEMENT1 30,000 t (no offsets)
+    # POWER1 50,000 t (holds 5,000 t CCER, 6,560 t RMN), CEMENT1 30,000 t (no offsets)
     for firm, emissions, output in (("POWER1", 50_000, 60_000), ("CEMENT1", 30_000, 35_000)):
         status, r = http(server["base"], "POST", "/compliance/submissions",
                          {"period": 2026, "firm_id": firm, "process_emissions": emissions,
@@ -348,10 +348,12 @@ def test_operator_previews_and_applies_offset_cap(page, server):
     page.click("#cap-preview-btn")
     expect(page.locator("#cap-preview")).to_be_visible()
     expect(page.locator("#cap-preview-head")).to_contain_text("5 % → 8 %")
-    # POWER1: obligation 50,000 t, 8 % = 4,000 t, holds 5,000 t CCER -> over by 1,000 t
+    # POWER1: obligation 50,000 t, 8 % = 4,000 t; holds 5,000 t CCER and the demo removal
+    # project's 6,560 t RMN = 11,560 t -> over by 7,560 t; RMN alone is over its 3 % sub-cap
+    # (1,500 t) by 5,060 t
     power = page.locator('#cap-preview-table tr[data-firm="POWER1"]')
     expect(power.locator("td")).to_have_text(
-        ["POWER1", "50,000", "2,500", "4,000", "0", "5,000", "1,000", "—"])
+        ["POWER1", "50,000", "2,500", "4,000", "0", "11,560", "7,560", "RMN over by 5,060 t"])
     expect(page.locator("#cap-preview-head")).to_contain_text("1 firm(s) would exceed: POWER1")
     shot(page, "operator-cap-preview")
     # nothing changed yet
