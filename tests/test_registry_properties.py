@@ -21,6 +21,7 @@ from exchange.registry.commands import (
     ConfigureRegistry, CreditsRetired, IssueCredits, RegisterRemovalProject, RemovalVerified,
     ReportReversal, RetireCredits, ReversalReported, VerifyRemoval,
 )
+from exchange.registry import serials as S
 from exchange.registry.module import BUFFER
 from helpers import streams_settings
 from test_registry import PRICE, Reg, of, stable_hash
@@ -361,4 +362,119 @@ def test_serials_unit_by_unit_against_a_model(steps, split):
             assert got == want
             assert look["issued_units"] == sum(1 for u in model.units
                                                if u[:3] == (issuer, project, vint[sym]))
+    assert_replay_and_restart(m, split)
+
+
+# ==================================================================== carbon-inclusive batches
+ACTION_TYPES = ("metro", "bike", "bus")
+PLATFORMS = ("PLAT1", "PLAT2")
+record = st.tuples(st.integers(0, 11), st.sampled_from(ACTION_TYPES * 5 + ("teleport",)),
+                   st.integers(1, 5_000), st.integers(1, 365))
+batch_ops = st.one_of(
+    st.tuples(st.just("factor"), st.sampled_from(ACTION_TYPES), st.integers(0, 2_000_000)),
+    st.tuples(st.just("submit"), st.sampled_from(PLATFORMS),
+              st.lists(record, min_size=1, max_size=6)),
+    st.tuples(st.just("approve"), st.integers(0, 10**6), st.sampled_from(("V1", "V1", "A"))),
+    st.tuples(st.just("reject"), st.integers(0, 10**6)),
+)
+
+
+@streams_settings(50)
+@given(factors=st.lists(st.integers(0, 2_000_000), min_size=3, max_size=3),
+       steps=st.lists(batch_ops, min_size=1, max_size=30), split=st.integers(0, 10**6))
+def test_batches_against_a_model(factors, steps, split):
+    """An action id is claimed by at most one pending or approved batch, across platforms;
+    a batch is refused exactly when it names an id claimed (or twice) or an action type not
+    in the table; a rejected batch frees its ids; an approved batch issues
+    floor(sum(qty x g) / 10^6) t at the table version of its submission, under serials
+    PLATFORM/BATCH/2026/1-N, to the platform."""
+    import datetime
+
+    from exchange.registry.commands import (
+        ActionBatchDecided, ActionBatchSubmitted, ApproveActionBatch, RegisterPlatform,
+        RejectActionBatch, SetConversionFactor, SubmitActionBatch,
+    )
+    m = Reg(mrv=False)
+    for p in PLATFORMS:
+        m.ok(RegisterPlatform(platform_id=p))
+    table: dict[str, int] = {}
+    version = 0
+    claimed: dict[str, str] = {}
+    batches: list[dict] = []  # in submission order
+    counts = {p: 0 for p in PLATFORMS}
+    issued = {p: 0 for p in PLATFORMS}
+    day0 = datetime.date(2026, 1, 1)
+    steps = [("factor", at, g) for at, g in zip(ACTION_TYPES, factors)] + steps
+    for op in steps:
+        kind = op[0]
+        before = stable_hash(m.ex)
+        if kind == "factor":
+            _, at, g = op
+            evs = m.ok(SetConversionFactor(action_type=at, unit="km", g_co2e_per_unit=g))
+            version += 1
+            table[at] = g
+            assert evs[0].version == version
+        elif kind == "submit":
+            _, pid, recs = op
+            records = tuple((f"{i:064x}", at, q, str(day0 + datetime.timedelta(d - 1)))
+                            for i, at, q, d in recs)
+            want = None
+            seen: set = set()
+            for aid_, at, _, _ in records:
+                if at not in table:
+                    want = "UNKNOWN_ACTION_TYPE"
+                elif aid_ in claimed or aid_ in seen:
+                    want = "DOUBLE_COUNTED"
+                if want:
+                    break
+                seen.add(aid_)
+            evs = m.seq(SubmitActionBatch(platform_id=pid, vintage=2026, records=records))
+            event(f"submit: {want or 'accepted'}")
+            if want:
+                assert [e.code for e in of(evs, CommandRejected)] == [want], (want, evs)
+                assert stable_hash(m.ex) == before
+                continue
+            counts[pid] += 1
+            bid = f"{pid}-{counts[pid]:06d}"
+            grams = sum(q * table[at] for _, at, q, _ in records)
+            assert of(evs, ActionBatchSubmitted) == [ActionBatchSubmitted(
+                bid, pid, 2026, len(records), grams // 10**6, version)]
+            batches.append({"id": bid, "pid": pid, "t": grams // 10**6, "status": "pending",
+                            "ids": [r[0] for r in records]})
+            for r in records:
+                claimed[r[0]] = bid
+        else:
+            if not batches:
+                continue
+            b = batches[op[1] % len(batches)]
+            if kind == "approve":
+                cmd = ApproveActionBatch(batch_id=b["id"], verifier=op[2])
+            else:
+                cmd = RejectActionBatch(batch_id=b["id"], verifier="V1", reason="no evidence")
+            evs = m.seq(cmd)
+            want = ("BATCH_NOT_PENDING" if b["status"] != "pending"
+                    else "NOT_A_VERIFIER" if kind == "approve" and op[2] != "V1" else None)
+            event(f"{kind}: {want or 'accepted'}")
+            if want:
+                assert [e.code for e in of(evs, CommandRejected)] == [want], (want, evs)
+                assert stable_hash(m.ex) == before
+                continue
+            d = of(evs, ActionBatchDecided)[0]
+            if kind == "approve":
+                b["status"] = "approved"
+                serial = S.fmt(b["pid"], b["id"], 2026, 1, b["t"]) if b["t"] else ""
+                assert (d.status, d.issued, d.serial) == ("approved", b["t"], serial)
+                issued[b["pid"]] += b["t"]
+            else:
+                b["status"] = "rejected"
+                assert (d.status, d.issued) == ("rejected", 0)
+                for i in b["ids"]:
+                    del claimed[i]
+        assert m.reg.claimed == claimed
+        for p in PLATFORMS:
+            assert m.units(p, "PHCER-2026") == issued[p]
+            assert set(m.serials(p, "PHCER-2026")) == {
+                S.fmt(p, b["id"], 2026, 1, b["t"]) for b in batches
+                if b["pid"] == p and b["status"] == "approved" and b["t"]}
+        m.check()
     assert_replay_and_restart(m, split)
