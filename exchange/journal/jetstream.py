@@ -168,6 +168,29 @@ class JetStreamJournal(Journal):
         self._lock = asyncio.Lock()
         self._closing = False
 
+    async def _retrying(self, fn, what: str, timeout: float | None = None):
+        """``await fn()``, retried while the cluster cannot answer - a request timing out,
+        no responders, 503 while a stream or meta leader is elected after a server died -
+        for up to ``append_timeout``. "Not found" and other refusals are final."""
+        from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
+        from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
+        loop = asyncio.get_running_loop()
+        limit = self.append_timeout if timeout is None else timeout
+        deadline = loop.time() + limit
+        while True:
+            try:
+                return await fn()
+            except NotFoundError:
+                raise
+            except (NatsTimeout, NoRespondersError, NoStreamResponseError,
+                    asyncio.TimeoutError, APIError) as e:
+                if isinstance(e, APIError) and not (e.code and e.code >= 500):
+                    raise
+                if loop.time() >= deadline:
+                    raise JournalError(f"journal {self.target}: {what}: no answer within "
+                                       f"{limit:g} s ({e!r})") from e
+                await asyncio.sleep(0.25)
+
     # ---------------------------------------------------------------- open / close
     async def open(self) -> None:
         if self._nc is not None:
@@ -214,19 +237,21 @@ class JetStreamJournal(Journal):
         from nats.js.errors import NotFoundError
         js = self._js
         try:
-            info = await js.stream_info(self.stream)
+            info = await self._retrying(lambda: js.stream_info(self.stream), "stream info")
         except NotFoundError:
             if self.readonly:
                 raise JournalError(f"no journal at {self.target} (no stream "
                                    f"{self.stream})") from None
-            info = await js.add_stream(api.StreamConfig(
+            info = await self._retrying(lambda: js.add_stream(api.StreamConfig(
                 name=self.stream, subjects=[self.subject],
                 description="exchange command journal (hash-chained batches)",
                 storage=api.StorageType.FILE, num_replicas=self.replicas,
                 retention=api.RetentionPolicy.LIMITS, discard=api.DiscardPolicy.NEW,
                 max_msgs=-1, max_bytes=-1, max_age=0, max_msg_size=-1,
                 deny_delete=True, deny_purge=True, allow_rollup_hdrs=False,
-                duplicate_window=0))
+                duplicate_window=0)), "create stream")
+        except JournalError:
+            raise
         except Exception as e:
             raise JournalError(f"journal {self.target}: stream {self.stream}: {e!r}") from e
         cfg = info.config
@@ -278,16 +303,18 @@ class JetStreamJournal(Journal):
     async def _open_snapshots(self) -> None:
         from nats.js import api
         from nats.js.errors import NotFoundError
+        js = self._js
         try:
-            self._obs = await self._js.object_store(self.bucket)
+            self._obs = await self._retrying(lambda: js.object_store(self.bucket),
+                                             "snapshot bucket")
         except NotFoundError:
             if self.readonly:
                 self._obs = None
                 return
-            self._obs = await self._js.create_object_store(
+            self._obs = await self._retrying(lambda: js.create_object_store(
                 self.bucket, config=api.ObjectStoreConfig(
                     description="exchange journal snapshots", storage=api.StorageType.FILE,
-                    replicas=self.replicas))
+                    replicas=self.replicas)), "create snapshot bucket")
 
     async def close(self) -> None:
         nc, self._nc = self._nc, None
@@ -311,7 +338,8 @@ class JetStreamJournal(Journal):
         c = self._body_cache
         if c is not None and c[0] == sseq:
             return c[1]
-        m = await self._need().get_msg(self.stream, sseq)
+        js = self._need()
+        m = await self._retrying(lambda: js.get_msg(self.stream, sseq), f"message {sseq}")
         body = m.data or b""
         self._body_cache = (sseq, body)
         if m.subject and m.subject != self.subject:
@@ -469,11 +497,21 @@ class JetStreamJournal(Journal):
             md = msg.metadata
             await q.put((md.sequence.stream, msg.data, md.num_pending))
 
-        sub = await js.subscribe(
-            self.subject, stream=self.stream, cb=cb, ordered_consumer=True,
-            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
-            config=api.ConsumerConfig(opt_start_seq=start, ack_policy=api.AckPolicy.NONE),
-            pending_msgs_limit=4096, pending_bytes_limit=256 << 20)
+        try:
+            sub = await self._retrying(lambda: js.subscribe(
+                self.subject, stream=self.stream, cb=cb, ordered_consumer=True,
+                deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+                config=api.ConsumerConfig(opt_start_seq=start, ack_policy=api.AckPolicy.NONE),
+                pending_msgs_limit=4096, pending_bytes_limit=256 << 20), "ordered consumer",
+                timeout=self.timeout)
+        except JournalError as e:
+            # Right after a server died the meta leader may still place a new consumer on
+            # it, and the creation times out until the server is declared offline: read
+            # message by message from the stream leader meanwhile (slower, never stuck).
+            log.warning("journal %s: %s; reading message by message", self.target, e)
+            for sseq in range(start, self._stream_last + 1):
+                yield sseq, await self._body(sseq), self._stream_last - sseq
+            return
         try:
             while True:
                 try:
@@ -513,8 +551,10 @@ class JetStreamJournal(Journal):
             raise JournalError(f"snapshot at seq {seq}: no such record in the log")
         desc = orjson.dumps({"seq": seq, "chain_hash": h.hex(),
                              "data_hash": hashlib.sha256(data).hexdigest()}).decode()
-        await self._obs.put(self._name(seq), data,
-                            meta=api.ObjectMeta(name=self._name(seq), description=desc))
+        obs = self._obs
+        await self._retrying(lambda: obs.put(
+            self._name(seq), data, meta=api.ObjectMeta(name=self._name(seq), description=desc)),
+            f"snapshot {seq}")
         if self.keep_snapshots > 0:
             rows = await self._snapshot_rows()
             for s, _c, _d in rows[self.keep_snapshots:]:
@@ -530,7 +570,9 @@ class JetStreamJournal(Journal):
         if self._obs is None:
             return []
         try:
-            infos = await self._obs.list(ignore_deletes=True)
+            obs = self._obs
+            infos = await self._retrying(lambda: obs.list(ignore_deletes=True),
+                                         "snapshot list")
         except NotFoundError:
             return []
         rows = []
@@ -552,7 +594,9 @@ class JetStreamJournal(Journal):
         if self._obs is None:
             return None
         try:
-            return bytes((await self._obs.get(self._name(seq))).data)
+            obs = self._obs
+            return bytes((await self._retrying(lambda: obs.get(self._name(seq)),
+                                               f"snapshot {seq}")).data)
         except NotFoundError:
             return None
         except Exception as e:  # a digest mismatch: a damaged object
