@@ -683,6 +683,45 @@ def _sme_section(res: RunResult, strategies: dict[str, dict] | None) -> list[str
     return md
 
 
+def _sector_section(res: RunResult) -> list[str]:
+    """Output, intensity and emissions by sector and period; with a supply response, output
+    against its trend and the price firms decided output at."""
+    from .ensemble import sector_table
+    years = [p["year"] for p in res.period_rows]
+    tab = sector_table(res)
+    responds = "supply_response" in res.summary
+    rows = []
+    for name, d in tab.items():
+        for t, y in enumerate(years):
+            r = [name, str(y), _t(d["output"][t])]
+            if responds:
+                r.append(_pct(d["output"][t], d["trend_output"][t]))
+            r += [_t(d["emissions"][t]), f"{d['intensity'][t]:.4f}", _t(d["allocation"][t]),
+                  _t(d["net_cost"][t])]
+            rows.append(r)
+    md = ["## Output, intensity and emissions by sector", "",
+          "Sums over each sector's firms: output in 10,000 CNY, verified emissions in t, "
+          "intensity = Σ emissions / Σ output (t CO2e per 10,000 CNY), allocation received "
+          "(sub-quotas included), net compliance cost (abatement + offsets + penalties − "
+          "trading cash − gain share − grants, CNY).", "",
+          _table(["sector", "period", "output"] + (["output vs trend"] if responds else [])
+                 + ["emissions t", "intensity", "allocation t", "net cost CNY"], rows), ""]
+    if responds:
+        sr = res.summary["supply_response"]
+        sc = res.scenario
+        params = "; ".join(f"{s.name}: margin {s.margin:g}, elasticity {s.supply_elasticity:g}, "
+                           f"largest cut {s.max_output_cut:g}" for s in sc.sectors
+                           if s.margin is not None)
+        md += [f"**Supply response** ({params}): each firm decides its output at the price "
+               f"the period is expected to clear at (p̂: "
+               + ", ".join(f"{p['year']} {p['expected_price']:.2f}" for p in res.period_rows)
+               + " CNY/t), cutting it where its carbon cost per unit of output exceeds its "
+               f"margin. Output against trend over the run: "
+               + ", ".join(f"{k} {v * 100:+.2f} %" for k, v in sr["by_sector"].items())
+               + " (docs/SIMULATION.md, 'Supply response').", ""]
+    return md
+
+
 def _t(v: float) -> str:
     return f"{v:,.0f}"
 
@@ -860,8 +899,9 @@ def write_report(res: RunResult, out: Path, strategies: dict[str, dict] | None =
            _table(["sector"] + [str(y) for y in years] + [f"{years[0]}→{years[-1]}"],
                   [[k] + [f"{v:.4f}" for v in vals] + [_pct(vals[-1], vals[0])]
                    for k, vals in inten.items()]), "",
-           "![intensity by sector](intensity_by_sector.png)", "",
-           "## Allocation factors", ""]
+           "![intensity by sector](intensity_by_sector.png)", ""]
+    md += _sector_section(res)
+    md += ["## Allocation factors", ""]
     rec = res.records
     covered = _covered(res)
     r = sc.rules

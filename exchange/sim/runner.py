@@ -328,6 +328,14 @@ class Simulation:
         growth_draw = np.random.default_rng(self.seed + 7)
         fixed_alloc = None
         deduction_next = np.zeros(n, dtype=np.int64)
+        # output without the supply response (the trend); equal to output when no sector
+        # responds, so such scenarios run exactly as before
+        last_trend = last_output.copy()
+        trend_rec = np.zeros((T, n))
+        cc_rec = np.full((T, n), np.nan)
+        exp_rec = np.full(T, np.nan)
+        respond = self._response_params()
+        base0 = out0 = None
 
         for t in range(T):
             year = sc.scenario.start_year + t
@@ -341,8 +349,27 @@ class Simulation:
             g = pop.growth + np.where(np.isnan(pop.fixed_emissions), 1.0, 0.0) * \
                 growth_draw.normal(0.0, 1.0, n) * np.array(
                     [sc.sectors[s].output_growth_sd for s in pop.sector])
-            output_f = np.where(np.isnan(pop.fixed_emissions), last_output * (1 + g), pop.output)
-            output = np.maximum(1, np.round(output_f)).astype(np.int64)
+            output_f = np.where(np.isnan(pop.fixed_emissions), last_trend * (1 + g), pop.output)
+            trend = np.maximum(1, np.round(output_f)).astype(np.int64)
+            if t == 0:
+                # period 1's business-as-usual: the fixed cap and the period-1 intensities
+                # the equal-intensity cut starts from
+                out0 = trend.astype(float)
+                base0 = self._baseline(out0, 1)
+                if sc.allocation.mode == "fixed":
+                    fa = pop.fixed_allocation.copy()
+                    nofa = np.isnan(fa)
+                    fa[nofa] = base0[nofa] * (1 - sc.allocation.reduction)
+                    fixed_alloc = fa
+            output = trend
+            if respond is not None:
+                free = self._free_allocation_per_output(t, trend, fixed_alloc, base0, out0)
+                avail = self._allowances_for(t, fixed_alloc, deduction_next, market.bank(
+                    vintage_of, year).sum() if sc.compliance.banking else 0)
+                p_exp = self._expected_price(t, trend, free, respond, avail)
+                exp_rec[t] = p_exp
+                output, cc_rec[t] = self._supply_response(t, trend, p_exp, free, respond)
+            trend_rec[t] = trend
             base = self._baseline(output.astype(float), t + 1)
             cv = Curves.for_period(pop, base)
             rec["output"][t] = output
@@ -370,13 +397,19 @@ class Simulation:
             self.alloc_rec = {}
             self.send(PreAllocate(period=year))
             if sc.allocation.mode == "fixed":
-                if fixed_alloc is None:
-                    fa = pop.fixed_allocation.copy()
-                    nofa = np.isnan(fa)
-                    fa[nofa] = base[nofa] * (1 - sc.allocation.reduction)
-                    fixed_alloc = fa
-                final = np.floor(np.where(pop.covered, fixed_alloc * (
-                    1 - sc.allocation.cap_decline) ** t, 0.0)).astype(np.int64)
+                if sc.allocation.sector_cut == "equal_intensity":
+                    # the same total as the proportional cut, shared in proportion to
+                    # I_i,1 x Y_i,t: every firm's allowed intensity is its period-1
+                    # intensity cut by the same percentage
+                    # (the proportional cut's issue, whole tonnes per firm, so the two
+                    # cuts issue exactly the same total)
+                    cap_t = int(np.floor(np.where(pop.covered, fixed_alloc, 0.0)
+                                         * (1 - sc.allocation.cap_decline) ** t).sum())
+                    final = _largest_remainder(
+                        cap_t, np.where(pop.covered, base0 / out0 * output, 0.0))
+                else:
+                    final = np.floor(np.where(pop.covered, fixed_alloc * (
+                        1 - sc.allocation.cap_decline) ** t, 0.0)).astype(np.int64)
                 final = np.maximum(final - deduction_next, 0)
                 pre = np.minimum(np.floor(final * sc.allocation.pre_ratio).astype(np.int64),
                                  final)
@@ -553,13 +586,131 @@ class Simulation:
                 t, year, rec, rounds, close_price, avg_price, vol, base, verified, abate,
                 allowances, target, lc, cf, o_use, ev, locked_days, cleared, market))
             last_output = output
+            last_trend = trend
             last_emissions = verified.astype(float)
         self.progress.close()
         self._lap("records")
         res = self._result(rec, rounds, period_rows, time.perf_counter() - t0)
+        res.extra["trend_output"] = trend_rec
+        if respond is not None:
+            res.extra["carbon_cost_per_output"] = cc_rec
+            res.extra["expected_price"] = exp_rec
+            for row, pe in zip(res.period_rows, exp_rec):
+                row["expected_price"] = round(float(pe), 4)
+            res.summary["supply_response"] = {
+                "output_vs_trend": round(float(rec["output"].sum() / trend_rec.sum() - 1), 6),
+                "by_sector": {
+                    name: round(float(rec["output"][:, sel].sum()
+                                      / max(trend_rec[:, sel].sum(), 1e-12) - 1), 6)
+                    for name, sel in ((nm, pop.sector == k)
+                                      for k, nm in enumerate(pop.sector_names))
+                    if sel.any()}}
         self._lap("final_checks")
         res.summary["phase_seconds"] = {k: round(v, 3) for k, v in self.timers.items()}
         return res
+
+    # ------------------------------------------------------------------ supply response
+    def _response_params(self):
+        """(margin, elasticity, max cut, responds) per firm, or None when no sector has a
+        margin. Listed firms with fixed baseline emissions do not respond (their output does
+        not drive their emissions)."""
+        secs = self.sc.sectors
+        if all(s.margin is None for s in secs):
+            return None
+        k = self.pop.sector
+        margin = np.array([s.margin or 0.0 for s in secs])[k]
+        active = (margin > 0) & np.isnan(self.pop.fixed_emissions)
+        return (np.where(active, margin, 1.0),
+                np.array([s.supply_elasticity for s in secs])[k],
+                np.array([s.max_output_cut for s in secs])[k], active)
+
+    def _free_allocation_per_output(self, t, trend, fixed_alloc, base0, out0) -> np.ndarray:
+        """Allowances one more unit of output brings the firm for free (t per 10,000 CNY):
+        intensity mode B x phi (the rules' allocation before normalisation); a fixed cap cut
+        in equal intensity (1 - x_t) x I_i,1 (the allocation follows output); a fixed cap cut
+        proportionally nothing (the allocation follows period-1 emissions, not output); chain
+        SMEs nothing (their sub-quota pool follows last year's output)."""
+        sc, pop = self.sc, self.pop
+        n = pop.n
+        if sc.allocation.mode == "intensity":
+            b = np.array([self.bench.get(pop.sector_names[pop.sector[i]], 0.0)
+                          for i in range(n)])
+            return np.where(pop.covered, b * self.phi, 0.0)
+        if sc.allocation.sector_cut == "equal_intensity":
+            i0 = base0 / out0
+            cap_t = (np.where(pop.covered, fixed_alloc, 0.0)
+                     * (1 - sc.allocation.cap_decline) ** t).sum()
+            need = float(np.where(pop.covered, i0 * trend, 0.0).sum())
+            return np.where(pop.covered, i0 * cap_t / need if need else 0.0, 0.0)
+        return np.zeros(n)
+
+    def _allowances_for(self, t, fixed_alloc, deduction, bank: int):
+        """The period's allowances as a function of output, for the expected price: a fixed
+        cap is the same whatever the output (both cuts); in intensity mode the total is
+        sum B x Y over covered firms. Plus what is banked."""
+        sc, pop = self.sc, self.pop
+        if sc.allocation.mode == "fixed":
+            cap = float(np.floor(np.where(pop.covered, fixed_alloc, 0.0)
+                                 * (1 - sc.allocation.cap_decline) ** t).sum())
+            total = cap - float(deduction.sum()) + float(bank)
+            return lambda y: total
+        b = np.array([self.bench.get(pop.sector_names[pop.sector[i]], 0.0)
+                      for i in range(pop.n)])
+        b = np.where(pop.covered, b, 0.0)
+        return lambda y: float((b * y).sum()) - float(deduction.sum()) + float(bank)
+
+    def _expected_price(self, t, trend, free, params, allowances) -> float:
+        """The price firms expect the period to clear at, output decisions included: the p
+        at which the allowances firms need — abating to p, using offsets by the cap's rule,
+        with outputs answering p — equal the allowances there are (bisection on that excess
+        demand, which falls as p rises: more abatement, less output). Deciding output on
+        last year's price instead sends the market round a cobweb: a high price cuts output,
+        the cut lowers the price, output comes back, the price rises again."""
+        rule, cap = self.offset_rule, float(self.sc.market.price_cap)
+
+        def excess(p: float) -> float:
+            y, _ = self._supply_response(t, trend, p, free, params)
+            base = self._baseline(y.astype(float), t + 1)
+            cv = Curves.for_period(self.pop, base)
+            return plan(cv, rule, base, p).allowance_demand - allowances(y)
+
+        if excess(0.0) <= 0:
+            return 0.0
+        if excess(cap) > 0:
+            return cap
+        lo, hi = 0.0, cap
+        while hi - lo > 1e-6 * max(1.0, hi):
+            mid = 0.5 * (lo + hi)
+            if excess(mid) > 0:
+                lo = mid
+            else:
+                hi = mid
+        return 0.5 * (lo + hi)
+
+    def _supply_response(self, t, trend, price, free, params):
+        """Output after the supply response (docs/SIMULATION.md, 'Supply response'). At the
+        expected allowance price p (the last close) each firm's carbon cost per unit of
+        output, CNY per 10,000 CNY:
+
+            c_i = [C_i(a_i(p)) + sum_k p_k O_ik + p x (allowances needed)] / Y_i - p x free_i
+
+        its abatement cost, offsets and allowances at p for its trend output, less the free
+        allocation a unit of output brings. MAC curves are shares of baseline emissions, so
+        c_i does not depend on Y_i (marginal = average). With margin m (share of output value,
+        10,000 m CNY per unit): cut_i = min(max_cut, elasticity x max(0, c_i - 10,000 m) /
+        (10,000 m)), output = round(trend x (1 - cut_i))."""
+        margin, eta, max_cut, active = params
+        rule = self.offset_rule
+        base = self._baseline(trend.astype(float), t + 1)
+        cv = Curves.for_period(self.pop, base)
+        pl = plan(cv, rule, base, price)
+        off = (pl.offsets * rule.prices()[None, :]).sum(axis=1) if rule.types else 0.0
+        cost = abatement_cost(cv, pl.abatement) + off + price * pl.allowances
+        c = cost / trend - price * free
+        mu = margin * 10_000.0
+        cut = np.clip(eta * np.maximum(0.0, c - mu) / mu, 0.0, max_cut)
+        out = np.where(active, np.maximum(1, np.round(trend * (1 - cut))), trend)
+        return out.astype(np.int64), np.where(active, c, np.nan)
 
     def _forecast_allocation(self, output: np.ndarray) -> tuple[np.ndarray, int]:
         """Each firm's expected allocation for the period, read from the rules' records

@@ -84,6 +84,15 @@ class SectorConfig(Strict):
     intensity_dispersion: float = Field(0.15, ge=0, le=2)
     autonomous_improvement: float = Field(0.0, ge=0, lt=1,
                                           description="baseline intensity fall per period")
+    margin: float | None = Field(
+        None, gt=0, le=1, description="supply response: profit margin before carbon, share "
+        "of output value; a firm whose carbon cost per unit of output exceeds it cuts output "
+        "(docs/SIMULATION.md, 'Supply response'); unset = output ignores the carbon price")
+    supply_elasticity: float = Field(
+        1.0, ge=0, description="supply response: output cut per unit of relative excess "
+        "carbon cost, cut = elasticity x (c - margin) / margin")
+    max_output_cut: float = Field(0.5, ge=0, le=1, description="supply response: largest "
+                                  "output cut below trend in one period")
     mac: MacConfig
 
 
@@ -162,6 +171,19 @@ class AllocationConfig(Strict):
     reduction: float = Field(0.1, ge=0, lt=1, description="fixed mode: cap = (1 - reduction) "
                              "x baseline emissions of period 1, split pro rata")
     cap_decline: float = Field(0.0, ge=0, lt=1, description="fixed mode: cap cut per period")
+    sector_cut: Literal["proportional", "equal_intensity"] = Field(
+        "proportional", description="fixed mode, how the cap is divided: proportional = every "
+        "firm (so every sector) gets the same percentage cut of its period-1 emissions; "
+        "equal_intensity = the same total, divided so every firm's (so every sector's) "
+        "allowed intensity is its period-1 intensity cut by the same percentage, "
+        "allocation following current output")
+
+    @model_validator(mode="after")
+    def _cut(self):
+        if self.sector_cut != "proportional" and self.mode != "fixed":
+            raise ValueError("sector_cut applies to mode = \"fixed\" (in intensity mode the "
+                             "sectors' benchmarks say how each sector's intensity is cut)")
+        return self
 
 
 class RulesConfig(Strict):
@@ -397,7 +419,8 @@ def apply_override(data: dict, key: str, value: Any) -> dict:
                "seed": "scenario.seed", "pre_ratio": "allocation.pre_ratio",
                "kappa": "rules.kappa", "reduction": "allocation.reduction",
                "sme_fund_budget": "sme_fund.budget_per_period",
-               "revenue_share": "chains.revenue_share"}
+               "revenue_share": "chains.revenue_share",
+               "sector_cut": "allocation.sector_cut"}
     path = aliases.get(key, key).split(".")
 
     def put(node, parts):
