@@ -325,7 +325,16 @@ class RegistryModule(Module):
                     or pair[0] not in REMOVAL_TYPES):
                 raise E.Reject(E.BAD_PARAMETER, f"removal_types are (type, offset_type) pairs, "
                                                 f"type one of {REMOVAL_TYPES}")
-            types[pair[0]] = _ident(pair[1], "removal offset type")
+            otype = _ident(pair[1], "removal offset type")
+            # one pool per removal type, each of its own instruments: a shared offset type
+            # would count one pool's credits in the other's and let a reversal of one type
+            # cancel the other's buffer
+            if (pair[0] in types or otype in types.values()
+                    or otype == c.carbon_inclusive_type):
+                raise E.Reject(E.BAD_PARAMETER, f"removal_types: {pair[0]} -> {otype} repeats a "
+                                                "type or an offset type (each removal type has "
+                                                "its own, not the carbon-inclusive one)")
+            types[pair[0]] = otype
         self.params = {"issuer": c.issuer, "buffer_bps": c.buffer_bps,
                        "removal_types": dict(sorted(types.items())),
                        "carbon_inclusive_type": c.carbon_inclusive_type,
