@@ -752,3 +752,19 @@ def test_legacy_is_reserved_everywhere():
               "BAD_PARAMETER", "LEGACY")
     m.rejects(RegisterPlatform(platform_id="LEGACY"), "BAD_PARAMETER", "LEGACY")
     assert m.reg.blocks == []
+
+
+@pytest.mark.parametrize("kw, needle", [
+    # one offset type for both pools: each pool would count the other's contributions, and a
+    # reversal of one type would cancel the other's buffer credits
+    ({"removal_types": (("natural", "RMN"), ("engineered", "RMN"))}, "RMN"),
+    ({"removal_types": (("natural", "RMN"), ("natural", "RMX"))}, "natural"),
+    ({"removal_types": (("natural", "PHCER"),)}, "PHCER"),
+    ({"removal_types": (("forest", "RMN"),)}, "natural"),
+    ({"buffer_bps": 10_001}, "buffer_bps"),
+    ({"issuer": "A/B"}, "issuer"),
+])
+def test_configure_registry_refuses_mixed_pools(kw, needle):
+    m = Reg(configure=False, mrv=False)
+    m.rejects(ConfigureRegistry(**kw), "BAD_PARAMETER", needle)
+    assert m.reg.params is None
