@@ -456,7 +456,7 @@ def test_serials_follow_trades_transfers_surrenders():
     assert ex3.modules["registry"].holdings("A") == m.reg.holdings("A")
 
 
-def test_surrender_for_sme_beneficiary_and_voluntary_beneficiary():
+def test_voluntary_retirement_oldest_first_for_the_account():
     m = Reg()
     m.issue("A", "CCER-2026", "CCER", "P1", 1, 40)
     evs = m.ok(RetireCredits(account="A", instrument="CCER-2026", qty=15))
@@ -558,6 +558,10 @@ def test_reversal_buffer_first_then_project_with_owner():
     look = m.reg.lookup("CEX/FOREST1/2026/341-700")
     assert retired_for(look) == [("CEX/FOREST1/2026/341-700", "A", "reversal:FOREST1:fire",
                                   None)]
+    # cancelled by the reversal, so never retired again
+    m.rejects(RetireCredits(account="A", instrument="RMN-2026", qty=10,
+                            serials=("CEX/FOREST1/2026/691-700",)),
+              "DOUBLE_COUNTED", "CEX/FOREST1/2026/691-700", "reversal:FOREST1:fire")
     # a reversal with nothing left to cancel records all of it as uncovered
     evs = m.ok(ReportReversal(project_id="FOREST1", qty=5, cause="leakage"))
     assert of(evs, ReversalReported) == [ReversalReported("FOREST1", 5, "leakage", 0, 0, 5)]
