@@ -71,6 +71,7 @@ except ImportError:  # pragma: no cover - an older aiohttp: the plain path
 CLOSE_AUTH = 4001  # auth timeout / failed header auth
 CLOSE_REVOKED = 4003  # the API key was revoked
 CLOSE_SLOW = 4008  # slow consumer
+CLOSE_TOO_MANY = 4029  # over the API key's connection cap (HTTP 429's meaning)
 INT64 = 1 << 63
 
 
@@ -78,6 +79,7 @@ _HEADS: dict[str, bytes] = {}  # channel -> b'{"channel":"...","seq":' (few dist
 _EXEC_PUSH = b'{"channel":"executions","seq":%d,"data":%s}'
 ER_HEADS_MAX = 200_000  # execution report heads kept (orders working); past it, start over
 WRITE_HIGH = 1 << 20  # bytes buffered in the socket's transport before the writer waits
+LEASE_S = 0.02  # a session's lease of its key's rate limit: this many seconds' worth
 MEASURE_S = 0.05  # how often the bytes of backed-up connections are measured (total bound)
 
 
@@ -320,6 +322,12 @@ class Session:
         self.gw.detach(self)
         asyncio.get_running_loop().create_task(self._close(code, reason))
 
+    def close_now(self, code: int, reason: str) -> None:
+        """Close after writing what is queued (an error reply that says why)."""
+        if self.transport is not None and not self.closed:
+            self.flush()
+        self.kill(code, reason)
+
     async def _close(self, code: int, reason: str) -> None:
         tr = self.transport
         if tr is not None and tr.get_write_buffer_size() > WRITE_HIGH:
@@ -376,18 +384,25 @@ class Session:
         if type(req_id) is not int or not -INT64 <= req_id < INT64:
             self.error(None, E.BAD_REQUEST, "req_id must be a 64-bit integer")
             return
-        # token bucket
+        # token bucket: the API key's, shared by its connections (a lease of it is in
+        # self.tokens, which the C gate spends); before auth the connection's own
         tokens = self.tokens
         if tokens < 1.0:
             now = time.monotonic()
-            tokens = min(tokens + (now - self.refill_at) * gw.cfg.rate_limit_per_second,
-                         float(gw.cfg.rate_limit_burst))
-            self.refill_at = now
+            bucket = self.bucket
+            if bucket is not None:
+                tokens += bucket.lease(now)
+            else:
+                tokens = min(tokens + (now - self.refill_at) * gw.cfg.rate_limit_per_second,
+                             float(gw.cfg.rate_limit_burst))
+                self.refill_at = now
             if tokens < 1.0:
                 self.tokens = tokens
                 self.error(req_id, E.RATE_LIMITED,
                            f"over {gw.cfg.rate_limit_per_second:g} requests/s "
-                           f"(burst {gw.cfg.rate_limit_burst}); request dropped")
+                           f"(burst {gw.cfg.rate_limit_burst}) for this "
+                           f"{'API key' if bucket is not None else 'connection'}; "
+                           f"request dropped")
                 return
         self.tokens = tokens - 1.0
         method = obj.get("method")
@@ -480,6 +495,40 @@ class Idempotency:
             d.pop(self.ring.popleft(), None)
 
 
+class KeyBucket:
+    """The rate limit of one API key across all its connections: a token bucket
+    (``rate_limit_per_second``, ``rate_limit_burst``) that lends its tokens to the key's
+    sessions in leases of LEASE_S worth of the rate. A session spends its lease
+    (``Session.tokens``) on the C gate's path as before, and comes back here only when it is
+    used up - once per lease, not per request - so the order path stays as it was while eight
+    connections of one key get what one would, not eight times that. A session gives back what
+    it has not spent when it closes. The long-run rate is the key's exactly (every token enters
+    through this bucket); at any moment the key's sessions may hold up to one lease each."""
+
+    __slots__ = ("tokens", "at", "rate", "burst", "chunk")
+
+    def __init__(self, rate: float, burst: int, now: float):
+        self.rate = rate
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.at = now
+        self.chunk = max(1.0, min(self.burst, rate * LEASE_S))
+
+    def lease(self, now: float) -> float:
+        t = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        take = min(t, self.chunk)
+        if take < 1.0:
+            self.tokens = t
+            return 0.0
+        self.tokens = t - take
+        return take
+
+    def give_back(self, tokens: float) -> None:
+        if tokens > 0:
+            self.tokens = min(self.burst, self.tokens + tokens)
+
+
 class Gateway:
     """Sessions, subscriptions and fan-out over one exchange + runner."""
 
@@ -521,6 +570,8 @@ class Gateway:
         self._measuring = False
         self.queued_bytes = 0
         self.queued_bytes_max = cfg.send_queue_total_max_bytes
+        self.key_buckets: dict[str, KeyBucket] = {}  # key_id -> its rate limit
+        self.key_sessions: dict[str, int] = {}  # key_id -> open authenticated sessions
         self.failed: str | None = None  # set when the runner refused a command
         self.accepting = True
         # the fan-out in C where the extension is built (on_commit is its reference)
@@ -689,6 +740,15 @@ class Gateway:
         self.sessions.discard(s)
         self._hb_sessions.discard(s)
         self._backlog.discard(s)
+        if s.key_id is not None:
+            n = self.key_sessions.get(s.key_id, 1) - 1
+            if n > 0:
+                self.key_sessions[s.key_id] = n
+            else:
+                self.key_sessions.pop(s.key_id, None)
+            if s.bucket is not None:
+                s.bucket.give_back(s.tokens)
+                s.tokens = 0.0
         self.metrics.connections = len(self.sessions)
         for ch in list(s.subs):
             self._unsub(s, ch)
@@ -731,7 +791,28 @@ class Gateway:
             raise ProtocolError(E.ALREADY_AUTHENTICATED, "this connection is authenticated")
         cred = self.credentials.lookup(api_key)
         if cred is None:
+            s.auth_failures += 1
+            limit = self.cfg.max_auth_failures
+            if s.auth_failures >= limit:  # guessing keys: the connection goes
+                why = f"{limit} failed authentications on this connection"
+                s.error(s.req_id, E.AUTH_FAILED, f"unknown or revoked API key; {why}")
+                s.close_now(CLOSE_AUTH, f"{E.AUTH_FAILED}: {why}")
+                return DEFERRED
             raise ProtocolError(E.AUTH_FAILED, "unknown or revoked API key", 401)
+        cap = self.cfg.max_connections_per_key
+        if cap and self.key_sessions.get(cred.key_id, 0) >= cap:
+            why = f"the API key has {cap} connections open"
+            s.error(s.req_id, E.TOO_MANY_CONNECTIONS, why)
+            s.close_now(CLOSE_TOO_MANY, f"{E.TOO_MANY_CONNECTIONS}: {why}")
+            return DEFERRED
+        self.key_sessions[cred.key_id] = self.key_sessions.get(cred.key_id, 0) + 1
+        now = time.monotonic()
+        bucket = self.key_buckets.get(cred.key_id)
+        if bucket is None:
+            bucket = self.key_buckets[cred.key_id] = KeyBucket(
+                self.cfg.rate_limit_per_second, self.cfg.rate_limit_burst, now)
+        s.bucket = bucket
+        s.tokens = bucket.lease(now)  # from now on the key's, not the connection's
         s.cred = cred
         s.role = cred.role
         s.firm_id = cred.firm_id
@@ -1425,6 +1506,15 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
                 {"ok": False, "error": {"code": E.AUTH_FAILED,
                                         "message": "unknown or revoked API key"}}, status=401)
         header_key = token.strip()
+        cap = cfg.max_connections_per_key
+        cred = gw.credentials.lookup(header_key)
+        if cap and gw.key_sessions.get(cred.key_id, 0) >= cap:
+            gw.metrics.gateway_errors[E.TOO_MANY_CONNECTIONS] = (
+                gw.metrics.gateway_errors.get(E.TOO_MANY_CONNECTIONS, 0) + 1)
+            return web.json_response(
+                {"ok": False, "error": {"code": E.TOO_MANY_CONNECTIONS,
+                                        "message": f"the API key has {cap} connections open"}},
+                status=429, headers={"Retry-After": "1"})
     if not gw.accepting:
         return web.json_response({"ok": False, "error": {
             "code": E.SHUTTING_DOWN, "message": "the server is shutting down"}}, status=503)
