@@ -239,6 +239,8 @@ def test_bad_category_data_and_parameters_are_refused():
     for covered in ((), ("energy", "energy"), ("scope3",), "energy"):
         m.rejects(_configure(covered), "BAD_PARAMETER")
     m.rejects(_configure(mrv.DEFAULT_COVERED, grid=-1), "BAD_PARAMETER")
+    m.rejects(_configure(mrv.DEFAULT_COVERED, grid=10_000_001), "BAD_PARAMETER")
+    m.ok(_configure(mrv.DEFAULT_COVERED, grid=10_000_000))
     m.rejects(_configure(mrv.DEFAULT_COVERED, grid="0.5703"), "BAD_PARAMETER")
 
 
@@ -257,6 +259,7 @@ def test_config_grid_factor_and_covered_categories():
     assert c.grid_factor_ppm == 1
     for bad in ({"grid_factor_t_per_mwh": "0.12345678"}, {"grid_factor_t_per_mwh": "-0.5"},
                 {"grid_factor_t_per_mwh": "1E+9999"}, {"grid_factor_t_per_mwh": "abc"},
+                {"grid_factor_t_per_mwh": "10.000001"},
                 {"covered_categories": []}, {"covered_categories": ["energy", "energy"]},
                 {"covered_categories": ["indirect"]}):
         with pytest.raises(ValueError):

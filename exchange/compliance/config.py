@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ..core.units import PPM, parse_price, percent_to_bps, ratio_to_ppm, to_decimal
 from .commands import ConfigureCompliance, ConfigureCompliancePeriod, RegisterVerifier
 from .fund import ConfigureSmeFund
-from .mrv import CATEGORIES, DEFAULT_COVERED, PENALTY_MODES
+from .mrv import CATEGORIES, DEFAULT_COVERED, MAX_GRID_FACTOR_PPM, PENALTY_MODES
 
 
 class _Strict(BaseModel):
@@ -172,8 +172,9 @@ class ComplianceConfig(_Strict):
             d = to_decimal(v, "grid factor")
         except (InvalidOperation, ValueError):
             raise ValueError(f"not a decimal: {str(v)[:64]!r}") from None
-        if d < 0:
-            raise ValueError("the grid emission factor is >= 0")
+        if not 0 <= d * PPM <= MAX_GRID_FACTOR_PPM:
+            raise ValueError(f"the grid emission factor is within [0, "
+                             f"{MAX_GRID_FACTOR_PPM // PPM}] t CO2/MWh")
         if d * PPM != (d * PPM).to_integral_value():
             raise ValueError(f"{v!r} is finer than one part per million")
         return v

@@ -334,9 +334,11 @@ class ComplianceModule(Module):
         types = sorted(set(types))
         if type(c.banking) is not bool:
             raise E.Reject(E.BAD_PARAMETER, "banking is true or false")
-        if not _is_int(c.grid_factor_ppm) or c.grid_factor_ppm < 0:
-            raise E.Reject(E.BAD_PARAMETER, "grid_factor_ppm is an integer >= 0 "
-                                            "(t CO2 per MWh x 1,000,000)")
+        grid = c.grid_factor_ppm
+        if not _is_int(grid) or not 0 <= grid <= mrv.MAX_GRID_FACTOR_PPM:
+            raise E.Reject(E.BAD_PARAMETER, "grid_factor_ppm is an integer within [0, "
+                                            f"{mrv.MAX_GRID_FACTOR_PPM}] (t CO2 per MWh x "
+                                            "1,000,000)")
         covered = _seq(c.covered_categories, "covered_categories")
         if not covered or not all(x in mrv.CATEGORIES for x in covered) \
                 or len(set(covered)) != len(covered):

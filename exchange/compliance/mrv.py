@@ -65,6 +65,9 @@ CATEGORIES = (CATEGORY_ENERGY, CATEGORY_PROCESS, CATEGORY_NATURAL)
 DEFAULT_COVERED = (CATEGORY_ENERGY, CATEGORY_PROCESS)
 # The national average grid emission factor China published for 2022: 0.5703 t CO2 per MWh.
 DEFAULT_GRID_FACTOR_PPM = 570_300
+# No power source emits near 10 t CO2 per MWh (lignite plants about 1.2); the bound keeps the
+# electricity emissions of any submission the API accepts (at most MAX_QTY MWh) within 64 bits.
+MAX_GRID_FACTOR_PPM = 10_000_000
 
 
 def electricity_emissions(mwh: int, grid_factor_ppm: int) -> int:

@@ -268,7 +268,8 @@ def compliance_summary(ex, period: int) -> dict[str, Any]:
         if rec is None:
             status = "not_reported" if p["closed"] else "none"
             row = {"firm_id": firm_id, "size_class": acct.size_class, "submission": "none",
-                   "emissions": 0, **{k: 0 for k in CATEGORY_COLUMNS}, "obligation": 0, "surrendered": 0, "allowances": 0,
+                   "emissions": 0, **{k: 0 for k in CATEGORY_COLUMNS}, "obligation": 0,
+                   "surrendered": 0, "allowances": 0,
                    "offsets": 0, "shortfall": 0, "penalty_fen": 0, "penalty_paid_fen": 0,
                    "deduction": 0, "status": status}
         else:
