@@ -225,8 +225,40 @@ class ServerConfig(Strict):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     rate_limit_per_second: float = Field(
-        10000.0, gt=0, description="requests per second per connection (token bucket refill)")
-    rate_limit_burst: int = Field(20000, gt=0, description="token bucket size per connection")
+        10000.0, gt=0, description="websocket requests per second per API key, shared by all "
+                                   "its connections (token bucket refill); before auth, per "
+                                   "connection")
+    rate_limit_burst: int = Field(20000, gt=0, description="token bucket size per API key "
+                                                           "(before auth: per connection)")
+    max_connections_per_key: int = Field(
+        64, ge=0, description="open websocket connections per API key; one more is refused "
+                              "(TOO_MANY_CONNECTIONS: HTTP 429 on a header auth, close 4029 "
+                              "on the auth method); 0: no cap")
+    max_auth_failures: int = Field(
+        5, gt=0, description="failed authentications on one websocket connection before it "
+                             "is closed (4001)")
+    handshake_timeout_seconds: float = Field(
+        10.0, gt=0, description="a connection whose first HTTP request head (or websocket "
+                                "upgrade) is not complete by then is aborted")
+    max_connections: int = Field(
+        0, ge=0, description="open TCP connections; past it the oldest one still waiting for "
+                             "its first request head is aborted, or the new one refused "
+                             "(503); 0: the descriptor limit (ulimit -n) less 64")
+    max_connections_per_ip: int = Field(
+        256, ge=0, description="open TCP connections per client address; one more gets 429 "
+                               "TOO_MANY_CONNECTIONS; 0: no cap")
+    connection_limit_exempt: list[str] = Field(
+        ["127.0.0.1", "::1"], description="addresses the per-IP limits (connections, HTTP "
+                                          "rate) do not apply to: a local reverse proxy, the "
+                                          "load test")
+    http_rate_limit_per_key: float = Field(
+        500.0, ge=0, description="operator API requests per second per API key (429 "
+                                 "RATE_LIMITED with Retry-After past it); 0: no limit")
+    http_rate_limit_burst: int = Field(1000, gt=0, description="token bucket size per API key "
+                                                               "(operator API)")
+    http_rate_limit_per_ip: float = Field(
+        1000.0, ge=0, description="operator API requests per second per client address "
+                                  "(burst twice that); 0: no limit")
     send_queue_max: int = Field(
         10000, gt=0, description="queued outgoing messages per connection before the "
                                  "connection is closed as a slow consumer")

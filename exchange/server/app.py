@@ -22,6 +22,7 @@ from ..market import genesis_commands
 from .api import add_routes, api_errors, load_extensions
 from .credentials import RehashApiKey, demo_key_commands, demo_keys, load_secret
 from .gateway import GATEWAY_KEY, Gateway, websocket_handler
+from .limits import ConnectionGuard, http_rate_limit
 
 log = logging.getLogger("exchange.server")
 
@@ -43,6 +44,9 @@ class ServerState:
         self.ready = False
         self.recovery: dict = {}
         self.watchdog = None  # LoopWatchdog, started by ``serve``
+        # per-IP caps, the handshake timeout, the descriptor guard: installed on the aiohttp
+        # server by ``serve`` (install_guard)
+        self.guard = None
 
 
 def journal_target(settings: Settings, data_dir: Path | None,
@@ -98,8 +102,10 @@ def create_app(settings: Settings, data_dir: str | Path | None = None, *,
     load_extensions()
     st = ServerState(settings, Path(data_dir) if data_dir is not None
                      else Path(settings.journal.data_dir), in_memory, demo)
-    app = web.Application(client_max_size=1 << 20, middlewares=[api_errors])
+    app = web.Application(client_max_size=1 << 20,
+                          middlewares=[http_rate_limit(settings.server), api_errors])
     app[STATE_KEY] = st
+    st.guard = ConnectionGuard(settings.server)
     ex, runner = make_runner(settings, st.data_dir, in_memory, journal,
                              recover_from_genesis)
     st.exchange, st.runner = ex, runner
@@ -142,6 +148,12 @@ def create_app(settings: Settings, data_dir: str | Path | None = None, *,
     setup_dashboard(app)
     # ---- end dashboard -----------------------------------------------------------------------
     return app
+
+
+def install_guard(app: web.Application, runner: web.AppRunner) -> None:
+    """Put the app's connection guard (exchange/server/limits.py) on ``runner``'s server:
+    after ``runner.setup()``, before a site listens."""
+    app[STATE_KEY].guard.install(runner.server)
 
 
 def tune_gc(cfg) -> None:
@@ -265,6 +277,19 @@ async def metrics(request: web.Request) -> web.Response:
         metric("exchange_idempotent_replays_total", "counter",
                "place_order retries answered from the first result",
                [({}, m.idempotent_replays)])
+    g = st.guard
+    if g is not None:
+        metric("exchange_connections", "gauge", "open TCP connections (HTTP and websocket)",
+               [({}, g.open)])
+        metric("exchange_connections_limit", "gauge", "server.max_connections (or the "
+               "descriptor limit less a reserve)", [({}, g.max_open)])
+        metric("exchange_connections_refused_total", "counter",
+               "connections refused or aborted by the connection limits, by the limit: "
+               "per_ip (429), full (503: no idle connection to make room), evicted (the "
+               "oldest not yet past its handshake, to make room), handshake_timeout",
+               [({"reason": "per_ip"}, g.refused_per_ip), ({"reason": "full"}, g.refused_full),
+                ({"reason": "evicted"}, g.evicted),
+                ({"reason": "handshake_timeout"}, g.handshake_timeouts)])
     if st.exchange is not None:
         metric("exchange_last_seq", "gauge", "last applied command sequence number",
                [({}, st.exchange.last_seq)])

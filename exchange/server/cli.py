@@ -28,7 +28,7 @@ from ..journal import JournalCorruptError
 
 
 async def serve(args) -> int:
-    from .app import STATE_KEY, create_app, printable_demo_keys, tune_gc
+    from .app import STATE_KEY, create_app, install_guard, printable_demo_keys, tune_gc
 
     settings = load_settings(args.config)
     host = args.host or settings.server.host
@@ -55,6 +55,7 @@ async def serve(args) -> int:
         from .watchdog import LoopWatchdog
         st.watchdog = LoopWatchdog(settings.server.stall_warn_ms / 1000)
         st.watchdog.start()
+    install_guard(app, runner)  # connection caps and the handshake timeout
     site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
     await site.start()
     bound = port
