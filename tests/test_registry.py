@@ -179,6 +179,9 @@ def test_double_counting_issuance_overlap():
     m.rejects(IssueCredits(account="A", instrument="CCER-2026", issuer="CCER", project="P1",
                            first=500, last=500), "DOUBLE_COUNTED",
               "CCER/P1/2026/500 ", "CCER/P1/2026/1-500")
+    m.rejects(IssueCredits(account="C", instrument="CCER-2026", issuer="CCER", project="P1",
+                           first=10, last=20), "DOUBLE_COUNTED",
+              "CCER/P1/2026/10-20", "CCER/P1/2026/1-500")
     m.issue("A", "CCER-2026", "CCER", "P1", 501, 600)  # adjacent: no unit shared
     m.rejects(IssueCredits(account="A", instrument="CCER-2026", issuer="CCER", project="P1",
                            first=1, last=10_000), "DOUBLE_COUNTED",
