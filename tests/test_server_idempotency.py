@@ -103,13 +103,13 @@ def test_the_window_is_rebuilt_from_the_journal_after_a_restart(tmp_path):
         async def retry():
             async with ExchangeClient(srv.ws_url, CEMENT) as b, \
                     ExchangeClient(srv.ws_url, POWER) as s:
-                # the filled order's retry is not executed again
-                with pytest.raises(ExchangeError) as e:
-                    await b.place_order(I, "buy", 10, "85.00", client_order_id="rs-buy")
-                assert e.value.code == DUP and str(filled["seq"]) in e.value.message
-                with pytest.raises(ExchangeError) as e:
-                    await s.place_order(I, "sell", 10, "85.00", client_order_id="rs-sell")
-                assert e.value.code == DUP
+                # the filled orders' retries are not executed again: they are answered as
+                # replays, with the state the orders ended in before the restart
+                r = await b.place_order(I, "buy", 10, "85.00", client_order_id="rs-buy")
+                assert r == {**filled, "replayed": True}
+                r = await s.place_order(I, "sell", 10, "85.00", client_order_id="rs-sell")
+                assert (r["order_status"], r["cum_qty"], r["leaves_qty"], r["replayed"]) == (
+                    "filled", 10, 0, True)
                 # other terms under a remembered id: refused too
                 with pytest.raises(ExchangeError) as e:
                     await b.place_order(I, "buy", 1, "85.00", client_order_id="rs-buy")
@@ -123,3 +123,53 @@ def test_the_window_is_rebuilt_from_the_journal_after_a_restart(tmp_path):
         asyncio.run(retry())
     finally:
         assert srv.kill(signal.SIGTERM) == 0
+
+
+def test_orders_done_before_a_restart_replay_their_final_state(tmp_path):
+    """Filled, canceled, partly filled then canceled, refused: after a clean restart (a final
+    snapshot, nothing replayed) and after a crash, a retry of each is answered as before the
+    restart - a replay with the final state, or the refusal again - and changes nothing."""
+    srv = ServerProcess(tmp_path / "data")
+    srv.start()
+
+    async def trade():
+        async with ExchangeClient(srv.ws_url, POWER) as s, \
+                ExchangeClient(srv.ws_url, CEMENT) as b:
+            first = {}
+            first["c-cxl"] = await s.place_order(I, "sell", 5, "89.00", client_order_id="c-cxl")
+            await s.cancel_order(client_order_id="c-cxl")
+            first["c-part"] = await s.place_order(I, "sell", 10, "85.10",
+                                                  client_order_id="c-part")
+            first["c-fill"] = await b.place_order(I, "buy", 4, "85.10",
+                                                  client_order_id="c-fill")
+            await s.cancel_order(client_order_id="c-part")
+            with pytest.raises(ExchangeError) as e:
+                await b.place_order(I, "buy", 1, "50.00", client_order_id="c-band")
+            return first, e.value.code
+
+    first, band_code = asyncio.run(trade())
+    assert band_code == "OUTSIDE_PRICE_BAND"
+    for how in (signal.SIGTERM, signal.SIGKILL):
+        srv.kill(how)
+        srv.start()
+
+        async def retry():
+            async with ExchangeClient(srv.ws_url, POWER) as s, \
+                    ExchangeClient(srv.ws_url, CEMENT) as b:
+                before = await state(srv.port)  # (a clean stop journals its snapshot's seal)
+                r = await s.place_order(I, "sell", 5, "89.00", client_order_id="c-cxl")
+                assert r == {**first["c-cxl"], "order_status": "canceled", "leaves_qty": 0,
+                             "replayed": True}
+                r = await s.place_order(I, "sell", 10, "85.10", client_order_id="c-part")
+                assert r == {**first["c-part"], "order_status": "canceled", "cum_qty": 4,
+                             "leaves_qty": 0, "replayed": True}
+                r = await b.place_order(I, "buy", 4, "85.10", client_order_id="c-fill")
+                assert r == {**first["c-fill"], "replayed": True}
+                with pytest.raises(ExchangeError) as e:
+                    await b.place_order(I, "buy", 1, "50.00", client_order_id="c-band")
+                assert e.value.code == "OUTSIDE_PRICE_BAND"
+                after = await state(srv.port)
+                assert (after["last_seq"], after["state_hash"]) == (before["last_seq"],
+                                                                    before["state_hash"])
+        asyncio.run(retry())
+    assert srv.kill(signal.SIGTERM) == 0

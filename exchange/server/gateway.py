@@ -1136,7 +1136,7 @@ class Gateway:
         outcome, _first, final = entry
         if type(outcome) is tuple:
             if outcome[0] == "journal":  # placed before this process started
-                return self._replay_journaled(cmd, outcome[1])
+                return self._replay_journaled(cmd, outcome[1], final)
             raise ProtocolError(outcome[1], outcome[2])  # ("err", code, message)
         r = _loads(outcome)["result"]
         oid = r["order_id"]
@@ -1149,17 +1149,22 @@ class Gateway:
         r["replayed"] = True
         return r
 
-    def _replay_journaled(self, cmd: PlaceOrder, seq: int) -> dict:
+    def _replay_journaled(self, cmd: PlaceOrder, seq: int, final=None) -> dict:
         """A retry of an order placed before a restart (the window rebuilt from the journal).
-        Still working: its current state; done (or refused): not placed again - the reply it
-        had is not known without replaying the market, so the retry is refused by name."""
+        Still working: its current state; done: its final state (found by replaying the log
+        at start, ``rebuild_idempotency``), never placed again. Only if that replay could not
+        say (a log without the records it needed) is the retry refused by name."""
         acct = self.ex.accounts.get(cmd.account)
         oid = acct.coids.get(cmd.client_order_id) if acct is not None else None
         if oid is not None:  # the id's latest use (the window keeps the latest) still works
             o = acct.orders[oid]
             return {"order_id": oid, "client_order_id": cmd.client_order_id,
                     "order_status": o.status, "cum_qty": o.cum_qty, "leaves_qty": o.leaves,
-                    "replayed": True}
+                    "seq": seq, "replayed": True}
+        if final is not None:
+            return {"order_id": final[0], "client_order_id": cmd.client_order_id,
+                    "order_status": final[1], "cum_qty": final[2], "leaves_qty": 0,
+                    "seq": seq, "replayed": True}
         raise ProtocolError(E.DUPLICATE_CLIENT_ORDER_ID,
                             f"client_order_id {cmd.client_order_id!r} was used by the order of "
                             f"seq {seq}, placed before a restart and no longer working; not "
@@ -1210,9 +1215,28 @@ class Gateway:
             if d.get("type") == "place_order" and d.get("client_order_id") is not None:
                 found.append(((d["account"], d["client_order_id"]), seq, _dict_terms(d)))
         remember = self.idem.remember
-        for key, seq, terms in found[-window:]:
+        kept = found[-window:]
+        for key, seq, terms in kept:
             remember(key, [("journal", seq), terms, None])
-        return len(found[-window:])
+        # the orders no longer working: what became of them is in no state the server keeps
+        # (the core forgets an order once it is done), so the log is replayed to see it
+        accounts = self.ex.accounts
+        gone = {}
+        for key, seq, _terms in kept:
+            acct = accounts.get(key[0])
+            if acct is None or key[1] not in acct.coids:
+                gone[key] = seq
+        if gone:
+            done = self.idem.done
+            for key, outcome in (await _outcomes_from_journal(journal, gone, last)).items():
+                entry = done.get(key)
+                if entry is None:
+                    continue
+                if outcome[0] == "err":  # refused when placed: the retry gets that again
+                    entry[0] = outcome
+                else:
+                    entry[2] = outcome
+        return len(kept)
 
     def admit(self, s: Session) -> None:
         """Admission control for new risk (place_order, amend_order): refuse with OVERLOADED,
@@ -1380,6 +1404,54 @@ def _same_terms(cmd: PlaceOrder, entry) -> None:
         raise ProtocolError(E.DUPLICATE_CLIENT_ORDER_ID,
                             f"client_order_id {cmd.client_order_id!r} was used for an order "
                             f"with other terms (side, price, quantity, ...); use a new id")
+
+
+async def _outcomes_from_journal(journal, wanted: dict, last: int) -> dict:
+    """``{(firm, client_order_id): outcome}`` of the place_orders at the journal seqs
+    ``wanted`` maps them to: ``(order_id, final status, cum_qty)`` for an order that is done,
+    ``("err", code, message)`` for one refused when placed. The log is replayed into a scratch
+    exchange from the newest snapshot before the first of them (or from the start) to
+    ``last``: at most the snapshot interval plus twice the idempotency window of commands,
+    once per start, and only when some order of the window is no longer working. The snapshot
+    is only read for these answers; the live state was proven by the runner."""
+    from ..engine import build_exchange
+    from ..journal.codec import decode_payload
+    from ..journal.runner import restore_bytes
+
+    first = min(wanted.values())
+    scratch = build_exchange()
+    start = 1
+    snap = await journal.latest_snapshot(max_seq=first - 1)
+    if snap is not None:
+        restore_bytes(scratch, snap[1])
+        start = snap[0] + 1
+    by_seq = {seq: key for key, seq in wanted.items()}
+    working: dict = {}  # order id -> key, placed and not yet done
+    out: dict = {}
+    apply = scratch.apply
+    async for rows in journal.read_rows(start, last):
+        for seq, ts, p, _h in rows:
+            try:
+                events = apply(decode_payload(_loads(p), seq, ts))
+            except Exception:  # as it did live (replay_into); the outcome stays unknown
+                continue
+            key = by_seq.get(seq)
+            if key is not None:
+                for ev in events:
+                    if type(ev) is ExecutionReport and ev.account == key[0]:
+                        if ev.exec_type == EXEC_REJECTED:
+                            out[key] = ("err", ev.reason or E.BAD_PARAMETER,
+                                        _reason_text(ev.reason))
+                        else:
+                            working[ev.order_id] = key
+                        break
+            if working:
+                for ev in events:
+                    if type(ev) is ExecutionReport and not ev.leaves_qty:
+                        k = working.pop(ev.order_id, None)
+                        if k is not None:
+                            out[k] = (ev.order_id, ev.order_status, ev.cum_qty)
+    return out
 
 
 def _reason_text(code: str | None) -> str:
