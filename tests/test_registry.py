@@ -428,6 +428,9 @@ def test_serials_follow_trades_transfers_surrenders():
                              serials=("CCER/P1/2026/498-502",)), "UNKNOWN_SERIAL")
     m.rejects(SurrenderUnits(firm_id="A", period=2026, instrument="CCER-2026", qty=4,
                              serials=("CCER/P1/2026/51-55",)), "BAD_QUANTITY")
+    m.issue("A", "RMN-2026", "VCS", "R1", 1, 5)
+    m.rejects(SurrenderUnits(firm_id="A", period=2026, instrument="CCER-2026", qty=5,
+                             serials=("VCS/R1/2026/1-5",)), "UNKNOWN_SERIAL", "not CCER-2026")
     m.ok(IssueUnits(account="A", instrument="CEA-2026", qty=10))
     m.rejects(SurrenderUnits(firm_id="A", period=2026, instrument="CEA-2026", qty=1,
                              serials=("CCER/P1/2026/51",)), "BAD_SERIAL")
