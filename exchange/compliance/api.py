@@ -49,11 +49,13 @@ Tonnes = Annotated[StrictInt, Field(ge=-MAX_QTY, le=MAX_QTY)]
 
 class SubmissionBody(_Body):
     period: Period = Field(description="compliance period, e.g. 2026")
-    fuels: dict[str, Tonnes] = Field(default_factory=dict,
-                                     description="fuel -> whole tce, e.g. {\"coal\": 10000}")
+    fuels: dict[Ident, Tonnes] = Field(default_factory=dict, max_length=64,
+                                       json_schema_extra=IDENT_KEYS,
+                                       description="fuel -> whole tce, e.g. {\"coal\": 10000}")
     process_emissions: Tonnes = Field(0, description="process emissions, t CO2")
     output: Tonnes = Field(0, description="output in the product's unit")
-    firm_id: str | None = Field(None, description="operators only: the firm acted for")
+    firm_id: Ident | None = Field(None, description="operators only (and required for them): "
+                                                    "the firm acted for")
     electricity_mwh: Tonnes = Field(
         0, description="energy: electricity bought, whole MWh (x the grid emission factor)")
     natural_emissions: Tonnes = Field(
