@@ -6,11 +6,12 @@ A rules or compliance package puts its endpoints in ``exchange/<package>/api.py`
 imports every such module at start (:func:`load_extensions`), so registering is all it takes::
 
     from pydantic import BaseModel
-    from exchange.server.api import ApiContext, route
+    from exchange.server.api import ApiContext, Ident, Ratio, int_param, route
 
     class FactorBody(BaseModel):
-        firm_id: str
-        factor: str
+        model_config = ConfigDict(extra="forbid")
+        firm_id: Ident                                # pattern-checked, and documented so
+        factor: Ratio                                 # "0.7": the range is in the pattern
 
     @route("POST", "/rules/factors", body=FactorBody, summary="Override an allocation factor",
            tag="rules")                               # roles default to ("operator",)
@@ -19,20 +20,35 @@ imports every such module at start (:func:`load_extensions`), so registering is 
 
 The same ``api.py`` may add websocket methods with :func:`exchange.server.protocol.ws_method`.
 
-* ``path`` is relative to ``/api/v1`` and may hold ``{name}`` parameters
-  (``ctx.path["name"]``); the query string is ``ctx.query``.
+* ``path`` is relative to ``/api/v1`` and may hold ``{name}`` parameters. Each is typed by its
+  name (:data:`PATH_PARAMS`: ``period`` an integer in [0, 999,999,999], ``application_id`` an
+  integer, anything else an identifier), or by ``params={"name": Param}``; a module can type a
+  name for every route with :func:`path_param`. ``query={"name": Param}`` declares the query
+  parameters (:func:`int_param`, :func:`enum_param`, :func:`ident_param`). Both are checked
+  before the handler runs (422 INVALID_PARAMS) and arrive typed in ``ctx.params`` (absent
+  query parameters: their default); ``ctx.path`` / ``ctx.query`` keep the text.
 * ``roles``: the credential roles allowed (``operator``, ``verifier``, ``firm``); ``None``
   makes the route public. Credentials travel as ``Authorization: Bearer <api key>``.
-* ``body``: a pydantic model; the JSON body is validated against it (422 INVALID_PARAMS).
-  ``response``: a pydantic model documenting the result (optional).
+* ``body``: a pydantic model; the request must carry a JSON object (``{}`` when every field is
+  optional), validated against the model (422 INVALID_PARAMS). Use the wire types here
+  (``Ident``, ``Text(n)``, ``Percent``, ``Ratio``, ``Ratio100``, ``Magnitude``,
+  ``Matching(pattern, ...)``, and ``Price`` / ``Period`` of :mod:`.protocol`): each carries
+  the JSON Schema and the check from one pattern, so the document states what is checked.
+  A rule the schema cannot state (it depends on the caller, or on the market) is a 400 with a
+  stable code, never a 422. ``response``: a model or a JSON Schema of the result (optional);
+  ``media_types`` adds e.g. ``text/csv``.
 * A handler returns a JSON-able result (status 200, or ``status=`` of the route) or raises
   :class:`~exchange.server.protocol.ProtocolError` / :class:`~exchange.core.errors.Reject`.
   Errors have the websocket's error body: ``{"ok": false, "error": {"code", "message"}}``.
+  Every route declares the error statuses its kind can answer (``_error_statuses``: 400, 404,
+  429, 503; 401/403 with roles; 413/422 with a body; 422 with parameters; 409 unless GET);
+  ``errors={status: "when"}`` adds one. A method the path lacks is 405 with ``Allow``.
 * ``ctx.command(cmd)`` submits a command through the journal and returns
   ``{"seq": ..., "events": [...]}`` (core events, integer fen), raising on CommandRejected.
 
 The OpenAPI 3.1 document at ``/api/v1/openapi.json`` is generated from this registry and the
-pydantic models (:func:`openapi`): nothing in it is written by hand.
+pydantic models (:func:`openapi`): nothing in it is written by hand. tests/
+test_openapi_contract.py holds the server to it with schemathesis (docs/PROTOCOL.md 8.1).
 """
 from __future__ import annotations
 
