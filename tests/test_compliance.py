@@ -183,7 +183,7 @@ def test_default_toml_loads_and_genesis_configures_compliance():
     comp = seq.ex.modules["compliance"]
     assert comp.params["coefficients_ppm"] == {"coal": 747_600, "natural_gas": 443_500,
                                                "oil": 582_500}
-    assert comp.cap_at(2026, seq.ex.now) == (500, {"PHCER": 200})
+    assert comp.cap_at(2026, seq.ex.now) == (500, {"PHCER": 200, "RME": 300, "RMN": 300})
     assert "VERIFIER1" in comp.verifiers
     seq.ex.check_invariants()
 

@@ -160,8 +160,9 @@ async def test_compliance_period_through_the_served_api(tmp_path):
         assert (by["STEEL1"]["proposed_cap_qty"], by["STEEL1"]["exceeds_by"],
                 by["STEEL1"]["surrendered_over"], by["STEEL1"]["holdings_over"]) \
             == (27, 1_973, 23, 1_950)
-        # POWER1: 1 % = 279 t; 1,395 surrendered + 3,605 CCER held -> 4,721 over
-        assert (by["POWER1"]["exceeds_by"], by["POWER1"]["surrendered_over"]) == (4_721, 1_116)
+        # POWER1: 1 % = 279 t; 1,395 surrendered + 3,605 CCER and 6,560 RMN (FOREST-YN1's
+        # removal credits) held -> 11,281 over
+        assert (by["POWER1"]["exceeds_by"], by["POWER1"]["surrendered_over"]) == (11_281, 1_116)
         assert wi["firms_exceeding"] == ["POWER1", "STEEL1"]
         await ok(srv, "PUT", cap, {"cap_pct": "1", "sub_caps_pct": {"PHCER": "0.5"}})
         c = await ok(srv, "GET", cap, key=STEEL)

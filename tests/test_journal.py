@@ -187,6 +187,24 @@ COMMAND_FIELDS = {
     'transfer_units': ('from_account', 'to_account', 'instrument', 'qty'),
     'verify_emissions': ('firm_id', 'period', 'verifier'),
     'withdraw_cash': ('account', 'amount'),
+    # the credit registry (exchange/registry)
+    'approve_action_batch': ('batch_id', 'verifier'),
+    'configure_registry': ('issuer', 'buffer_bps', 'removal_types', 'carbon_inclusive_type',
+                           'max_batch_records'),
+    'declare_offset_class': ('offset_type', 'ccer_equivalent', 'operator'),
+    'import_credits': ('registry', 'account', 'instrument', 'issuer', 'project', 'first', 'last'),
+    'issue_credits': ('account', 'instrument', 'issuer', 'project', 'first', 'last'),
+    'record_external_cancellation': ('registry', 'issuer', 'project', 'vintage', 'first',
+                                     'last', 'reference'),
+    'register_platform': ('platform_id', 'name'),
+    'register_removal_project': ('project_id', 'removal_type', 'owner', 'name'),
+    'reject_action_batch': ('batch_id', 'verifier', 'reason'),
+    'report_reversal': ('project_id', 'qty', 'cause', 'reporter'),
+    'retire_credits': ('account', 'instrument', 'qty', 'serials', 'beneficiary', 'reason'),
+    'set_conversion_factor': ('action_type', 'unit', 'g_co2e_per_unit', 'operator'),
+    'submit_action_batch': ('platform_id', 'vintage', 'records'),
+    'verify_removal': ('project_id', 'vintage', 'verifier', 'gross_removal',
+                       'project_emissions', 'baseline_removal'),
 }
 
 

@@ -28,6 +28,7 @@ from ..server.api import IDENT_KEYS, ApiContext, Ident, Matching, Percent, Text,
 from ..server.credentials import ROLE_FIRM, ROLE_OPERATOR, ROLE_VERIFIER
 from ..server.protocol import INT64_MAX, Period, ProtocolError, ws_method
 from . import reports as R
+from ..registry.api import Serial
 from .config import to_ns
 from .commands import (
     ProcessComplianceDeadline, RejectSubmission, SetOffsetCap, SubmitActivityData,
@@ -78,6 +79,10 @@ class SurrenderBody(_Body):
     period: Period
     instrument: Ident
     qty: Tonnes = Field(description="whole tonnes")
+    serials: list[Serial] = Field(
+        default_factory=list, max_length=1000,
+        description="credits only: exactly these serials (ISSUER/PROJECT/VINTAGE/FIRST-LAST); "
+                    "empty: oldest first")
     firm_id: Ident | None = Field(None, description="operators only (and required for them): "
                                                     "the firm acted for")
 
@@ -243,7 +248,8 @@ async def surrender(ctx: ApiContext, b: SurrenderBody) -> dict:
     effect now (OFFSET_CAP_EXCEEDED, OFFSET_SUBCAP_EXCEEDED, INELIGIBLE_VINTAGE, ...)."""
     firm = _acting_firm(ctx, b.firm_id)
     return await ctx.command(SurrenderUnits(firm_id=firm, period=b.period,
-                                            instrument=b.instrument, qty=b.qty))
+                                            instrument=b.instrument, qty=b.qty,
+                                            serials=tuple(b.serials)))
 
 
 # ------------------------------------------------------------------------------ caps

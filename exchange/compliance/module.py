@@ -601,10 +601,11 @@ class ComplianceModule(Module):
         self._add_surrender(rec, c.seq, c.ts, instr, c.qty, c.firm_id, cap_bps)
         if p["deadline_ts"] is not None and c.ts > p["deadline_ts"]:
             rec["late_surrender"] = True
-        return [posting, UnitsSurrendered(
+        # the registry's retirements (which serials, for whom) between the posting and the
+        # surrender's own event, which stays last
+        return [posting] + (registry.drain() if registry is not None else []) + [UnitsSurrendered(
             c.firm_id, c.period, instr.symbol, c.qty, instr.kind, instr.offset_type, c.firm_id,
-            cap_bps, rec["surrendered"], rec["offsets"], obligation)] \
-            + (registry.drain() if registry is not None else [])
+            cap_bps, rec["surrendered"], rec["offsets"], obligation)]
 
     # ================================================================== deadline
     def _deadline(self, c: ProcessComplianceDeadline) -> list:

@@ -260,11 +260,16 @@ def compliance_summary(ex, period: int) -> dict[str, Any]:
               "surrendered": 0, "allowances": 0, "offsets": 0, "shortfall": 0,
               "penalty_fen": 0, "penalty_paid_fen": 0, "deduction": 0}
     counts: dict[str, int] = {}
+    # carbon-inclusive platforms hold credits but are not regulated emitters
+    reg = ex.modules.get("registry")
+    platforms = reg.platforms if reg is not None else {}
     for firm_id in sorted(ex.accounts):
         acct = ex.accounts[firm_id]
         if acct.system:
             continue
         rec = m.record(firm_id, period)
+        if rec is None and firm_id in platforms:
+            continue
         if rec is None:
             status = "not_reported" if p["closed"] else "none"
             row = {"firm_id": firm_id, "size_class": acct.size_class, "submission": "none",
