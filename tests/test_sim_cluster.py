@@ -25,9 +25,10 @@ periods = 2
 seed = 3
 
 [market]
-initial_price = 50.0
+initial_price = 40.0
 rounds_per_period = 6
 settlement_rounds = 1
+benchmark_stringency = 0.15
 
 [offsets]
 enabled = true
@@ -74,6 +75,14 @@ def test_seeds_start_with_the_base_and_share_no_random_stream():
     streams = [x + d for x in s for d in (0, 7, 1_000_003)]
     assert len(set(streams)) == len(streams)
     assert ensemble_seeds(11, 40) == s and ensemble_seeds(12, 3) != s[:3]
+
+
+def test_the_same_warning_with_other_figures_counts_once():
+    from exchange.sim.ensemble import _warning_kind
+    a = "2 firm-periods ended short of allowances in 2029: 2 t in all, penalties 562 CNY"
+    b = "3 firm-periods ended short of allowances in 2026, 2028: 5 t in all, penalties 36 CNY"
+    assert _warning_kind(a) == _warning_kind(b)
+    assert _warning_kind(a) != _warning_kind("the price reached the cap of 1,000 CNY/t in 2027")
 
 
 def test_band_is_numpy_percentiles_of_the_defined_values():

@@ -107,6 +107,10 @@ def reduce_run(res, sme: dict, warnings: list[str]) -> dict:
     scalars = {k: s.get(k) for k, _, _ in HEADLINE}
     if has_smes:
         scalars.update({k: sme[k] for k, _, _ in SME_HEADLINE})
+    sr = s.get("supply_response")
+    if sr:
+        scalars["output_vs_trend"] = sr["output_vs_trend"]
+        scalars.update({f"output_vs_trend_{k}": v for k, v in sr["by_sector"].items()})
     sme_mask = np.array([z == "sme" for z in res.size_class]) & np.array(
         [c != "" for c in res.chain])
     periods = {
@@ -181,9 +185,20 @@ def band(values) -> dict[str, float | None]:
 
 
 def _warning_kind(text: str) -> str:
-    """A warning's kind: its text with the numbers and years taken out, so the same warning
-    with other figures in another seed counts once."""
-    return re.sub(r"[−+-]?\d[\d,.]*\s*%?", "#", text)
+    """A warning's kind: its text with the numbers and years taken out (a list of years is
+    one placeholder), so the same warning with other figures in another seed counts once."""
+    k = re.sub(r"[−+-]?\d[\d,.]*\s*%?", "#", text)
+    return re.sub(r"#(?:[\s,–-]*#)+", "#", k)
+
+
+def supply_headline(keys) -> list[tuple[str, str, str]]:
+    """Figures of the supply response present in a result (scalars or an aggregate's keys):
+    output against trend over all sectors and per sector."""
+    names = sorted({k[:-4] if k.endswith(("_p05", "_p50", "_p95")) else k for k in keys
+                    if k.startswith("output_vs_trend")})
+    return [(k, "output vs trend" + (f", {k[len('output_vs_trend_'):]}" if k !=
+                                     "output_vs_trend" else " (all sectors)"), "share")
+            for k in names]
 
 
 @dataclass

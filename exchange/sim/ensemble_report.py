@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .ensemble import (HEADLINE, PERIOD_SERIES, SME_HEADLINE, bands_overlap,
-                       paired_difference, seed_rows)
+                       paired_difference, seed_rows, supply_headline)
 from .report import _num, _plt, _save, _table, _write_dicts
 
 
@@ -47,7 +47,7 @@ def band_text(d: dict, key: str, unit: str = "") -> str:
 
 
 def _headline(agg: dict) -> list[tuple[str, str, str]]:
-    return [h for h in HEADLINE + SME_HEADLINE if f"{h[0]}_p50" in agg]
+    return [h for h in HEADLINE + SME_HEADLINE if f"{h[0]}_p50" in agg] + supply_headline(agg)
 
 
 # ---------------------------------------------------------------------- many seeds
@@ -279,6 +279,9 @@ def write_sweep(cells: list, aggs: list[dict], runs: list[list[dict]], out: Path
     figs = [(k, lab, u) for k, lab, u in HEADLINE + SME_HEADLINE
             if k in COMPARE_FIGURES and f"{k}_p50" in aggs[0]]
     figs.sort(key=lambda h: COMPARE_FIGURES.index(h[0]))
+    # the supply response's output cuts, where every cell has them
+    figs += [h for h in supply_headline(aggs[0]) if h[0] != "output_vs_trend"
+             and all(f"{h[0]}_p50" in a for a in aggs)]
     ref = runs[0]
     rows = []
     for cell, agg, rr in zip(cells, aggs, runs):
