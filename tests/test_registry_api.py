@@ -158,3 +158,34 @@ async def test_registry_through_the_served_api(tmp_path):
         srv.st.exchange.modules["registry"].check()
     finally:
         await srv.close()
+
+
+async def test_operator_registers_a_platform_and_issues_its_key(tmp_path):
+    srv = await start(tmp_path / "data")
+    try:
+        keys = "/api-keys"
+        # a platform key names a registered platform: not any firm, not an unknown id
+        st, js = await call(srv, "POST", keys, {"role": "platform", "firm_id": "NEWAPP"})
+        assert (st, js["error"]["code"]) == (404, "UNKNOWN_ACCOUNT"), js
+        st, js = await call(srv, "POST", keys, {"role": "platform", "firm_id": "POWER1"})
+        assert (st, js["error"]["code"]) == (404, "UNKNOWN_PLATFORM"), js
+        st, _ = await call(srv, "POST", keys, {"role": "platform"})
+        assert st == 422
+        await ok(srv, "POST", "/registry/platforms", {"platform_id": "NEWAPP",
+                                                      "name": "New App"})
+        st, js = await call(srv, "POST", keys, {"role": "platform", "firm_id": "NEWAPP",
+                                                "label": "NewApp production"})
+        assert st == 201 and js["role"] == "platform" and js["firm_id"] == "NEWAPP", js
+        body = build_batch(SCHEME_KEY, ROWS[:1], 2026)
+        async with PlatformClient(srv.http, js["api_key"]) as pc:
+            res = await pc.submit_batch(body)
+        assert [e["batch_id"] for e in res["events"]
+                if e["type"] == "action_batch_submitted"] == ["NEWAPP-000001"]
+        # a platform key reads its own batches only, and acts for no other platform
+        assert [b["batch_id"] for b in (await ok(srv, "GET", "/registry/batches",
+                                                 key=js["api_key"]))["batches"]] == \
+            ["NEWAPP-000001"]
+        body["platform_id"] = "GREENWAY"
+        await refused(srv, "POST", "/registry/batches", body, js["api_key"], 403, "FORBIDDEN")
+    finally:
+        await srv.close()

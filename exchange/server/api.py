@@ -72,7 +72,8 @@ from ..core.commands import (
 from ..core.events import CommandRejected, encode_event
 from ..core.exchange import AddSegment
 from ..core.units import format_price
-from .credentials import ROLE_FIRM, ROLE_OPERATOR, ROLE_VERIFIER, ROLES, IssueApiKey, \
+from .credentials import ROLE_FIRM, ROLE_OPERATOR, ROLE_PLATFORM, ROLE_VERIFIER, ROLES, \
+    ROLES_WITH_FIRM, IssueApiKey, \
     RevokeApiKey, new_key
 from .gateway import GATEWAY_KEY
 from .protocol import INT64_MAX, INT64_MIN, MAX_PERIOD, Period, Price, ProtocolError, \
@@ -657,23 +658,25 @@ class FirmTradingBody(Body):
 
 
 class IssueKeyBody(Body):
-    # firm_id goes with role firm and only with it: the document says so with if/then/else,
-    # the validator below checks the same, so a generated client sees the rule
+    # firm_id goes with roles firm and platform and only with them: the document says so with
+    # if/then/else, the validator below checks the same, so a generated client sees the rule
     model_config = ConfigDict(extra="forbid", json_schema_extra={
-        "if": {"properties": {"role": {"const": "firm"}}, "required": ["role"]},
+        "if": {"properties": {"role": {"enum": list(ROLES_WITH_FIRM)}}, "required": ["role"]},
         "then": {"required": ["firm_id"], "properties": {"firm_id": {"type": "string"}}},
         "else": {"properties": {"firm_id": {"type": "null"}}}})
 
-    role: Literal["firm", "operator", "verifier"]
-    firm_id: Ident | None = Field(None, description="the firm a firm key trades for: required "
-                                                    "for role firm, null (absent) otherwise")
+    role: Literal["firm", "operator", "verifier", "platform"]
+    firm_id: Ident | None = Field(None, description="the firm a firm key trades for, or the "
+                                                    "carbon-inclusive platform a platform key "
+                                                    "acts for: required for those roles, null "
+                                                    "(absent) otherwise")
     label: Text(128) = Field("", description="free text; a verifier key's label is the "
                                               "verifier id it acts as")
 
     @model_validator(mode="after")
     def _firm_id_with_role(self):
-        if (self.role == ROLE_FIRM) != (self.firm_id is not None):
-            raise ValueError("firm_id is required for role firm and only for it")
+        if (self.role in ROLES_WITH_FIRM) != (self.firm_id is not None):
+            raise ValueError("firm_id is required for roles firm and platform and only for them")
         return self
 
 
@@ -835,16 +838,22 @@ async def list_keys(ctx: ApiContext, body) -> dict:
 @route("POST", "/api-keys", summary="Issue an API key (returned once; stored hashed)",
        body=IssueKeyBody, response=IssuedKey, tag="keys", status=201)
 async def issue_key(ctx: ApiContext, b: IssueKeyBody) -> dict:
-    """A firm key needs a registered firm (404 UNKNOWN_ACCOUNT otherwise)."""
-    if b.role == ROLE_FIRM:
+    """A firm key needs a registered firm, a platform key a registered carbon-inclusive
+    platform (404 UNKNOWN_ACCOUNT / UNKNOWN_PLATFORM otherwise)."""
+    if b.role in ROLES_WITH_FIRM:
         a = ctx.ex.accounts.get(b.firm_id)
         if a is None or a.system:
             raise ProtocolError(E.UNKNOWN_ACCOUNT, f"no firm {b.firm_id!r}", 404)
+    if b.role == ROLE_PLATFORM:
+        reg = ctx.ex.modules.get("registry")
+        if reg is None or b.firm_id not in reg.platforms:
+            raise ProtocolError(E.UNKNOWN_PLATFORM, f"{b.firm_id!r} is not a registered "
+                                                    "carbon-inclusive platform", 404)
     key = new_key()
     h, scheme = ctx.gateway.credentials.digest(key)  # keyed under the server secret
     key_id = "k-" + new_key()[:16]
     cmd = IssueApiKey(key_id=key_id, role=b.role, key_hash=h,
-                      firm_id=b.firm_id if b.role == ROLE_FIRM else None, label=b.label,
+                      firm_id=b.firm_id if b.role in ROLES_WITH_FIRM else None, label=b.label,
                       scheme=scheme)
     await ctx.command(cmd)
     return {"key_id": key_id, "api_key": key, "role": b.role, "firm_id": cmd.firm_id,

@@ -34,7 +34,7 @@ def _open(args):
 
 async def _create(args) -> int:
     from ..core.events import CommandRejected
-    from .credentials import ROLE_FIRM, IssueApiKey, load_secret, new_key
+    from .credentials import ROLES_WITH_FIRM, IssueApiKey, load_secret, new_key
     data_dir, ex, runner = _open(args)
     await runner.start()
     try:
@@ -48,7 +48,7 @@ async def _create(args) -> int:
         key_hash, scheme = creds.digest(key)
         key_id = "k-" + new_key()[:16]
         cmd = IssueApiKey(key_id=key_id, role=args.role, key_hash=key_hash,
-                          firm_id=args.firm if args.role == ROLE_FIRM else None,
+                          firm_id=args.firm if args.role in ROLES_WITH_FIRM else None,
                           label=args.label, scheme=scheme)
         events = await runner.submit(cmd)
         for ev in events:
@@ -79,8 +79,9 @@ async def _list(args) -> int:
 
 def run(args) -> int:
     if args.keys_command == "create":
-        if args.role == "firm" and not args.firm:
-            print("error: a firm key needs --firm FIRM_ID", file=sys.stderr)
+        if args.role in ("firm", "platform") and not args.firm:
+            print(f"error: a {args.role} key needs --firm ID (the firm, or the platform)",
+                  file=sys.stderr)
             return 2
         return _guarded(_create, args)
     return _guarded(_list, args)
@@ -113,5 +114,6 @@ def register(sub) -> None:
         if name == "create":
             q.add_argument("--role", required=True, choices=ROLES)
             q.add_argument("--label", required=True, help="who or what the key is for")
-            q.add_argument("--firm", default=None, help="the firm a firm key trades for")
+            q.add_argument("--firm", default=None, help="the firm a firm key trades for (or the "
+                                                        "platform a platform key acts for)")
     p.set_defaults(func=run)
