@@ -5,6 +5,7 @@ import { WsClient } from "./wsclient.js";
 import { HttpApi, publicApi } from "./api.js";
 import { cny, grantRows, renderLots } from "./sme.js";
 import { categoryCell } from "./emissions.js";
+import { FirmCredits } from "./registry.js";
 
 const LIVE = new Set(["new", "partially_filled"]);
 
@@ -19,6 +20,7 @@ export class FirmView {
     this.execs = [];
     this.coidSeq = 0;
     this.placedTif = new Map(); // client_order_id -> tif of orders placed from this page
+    this.credits = new FirmCredits(() => (this.http ? { http: this.http, firm: this.firm } : null));
   }
 
   start() {
@@ -110,6 +112,7 @@ export class FirmView {
     this.http = new HttpApi(key);
     this.loadCompliance();
     this.loadSme();
+    this.credits.load();
   }
 
   /** Holdings moved (a surrender, an allocation, a trade): refresh compliance, at most every 5 s. */
@@ -118,7 +121,7 @@ export class FirmView {
     this.compTimer = setTimeout(() => {
       this.compTimer = null;
       // a sale of sub-quota units, a grant paid or a lot reverted also moves the holdings
-      if (this.http) { this.loadCompliance(); this.loadSme(); }
+      if (this.http) { this.loadCompliance(); this.loadSme(); this.credits.load(); }
     }, 5000);
   }
 

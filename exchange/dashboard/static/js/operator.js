@@ -4,6 +4,7 @@ import { $, el, setRows, qty, px, bpsToPct, pctToBps, showError, clearMsg, toast
 import { HttpApi, publicApi } from "./api.js";
 import { cny, paidGrantRows, renderLots } from "./sme.js";
 import { categoryCell, fromSummaryRow } from "./emissions.js";
+import { RegistryPanel } from "./registry.js";
 
 // The operator API endpoints this view uses (exchange/server/api.py, exchange/compliance/api.py,
 // exchange/rules/api.py). Kept in one place so a route change is a one-line change here.
@@ -52,6 +53,7 @@ export class OperatorView {
     this.periods = [];
     this.summaries = new Map(); // period -> compliance summary
     this.preview = null; // {period, cap_bps, sub_caps_bps, result}
+    this.registry = new RegistryPanel(() => this.api); // its endpoints: REGISTRY in registry.js
   }
 
   start() {
@@ -113,7 +115,8 @@ export class OperatorView {
   async refresh() {
     if (!this.api) return;
     await Promise.all([this.loadState(), this.loadInstruments(), this.loadPeriods()]);
-    await Promise.all([this.loadFirms(), this.loadCaps(), this.loadFund(), this.loadSubQuotas()]);
+    await Promise.all([this.loadFirms(), this.loadCaps(), this.loadFund(), this.loadSubQuotas(),
+      this.registry.load()]);
   }
 
   async loadState() {
