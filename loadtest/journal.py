@@ -2,6 +2,7 @@
 
     python -m loadtest.journal --commands 200000 --json FILE [--seed 42]
                                [--recovery-commands 1000000] [--postgres DSN | --no-postgres]
+                               [--journal nats://HOST:4222[,...]/STREAM ...] [--nats-cluster]
 
 One seeded stream (:mod:`loadtest.streams`: limit orders and cancels against funded accounts)
 is run, each time on a fresh ``build_exchange()``:
@@ -22,6 +23,12 @@ is run, each time on a fresh ``build_exchange()``:
 * ``durable_clients_cmds_per_s``: the same with 64 client tasks, each awaiting ``submit``
   (acknowledged only when durable) before sending its next command;
 * ``postgres_durable_cmds_per_s``: the pipelined run against PostgreSQL, where it answers;
+* ``journals``: for every ``--journal URL`` (a NATS JetStream stream; a fresh stream named
+  after the URL's is made for each run and deleted afterwards) and, with ``--nats-cluster``,
+  for an R3 stream on a three-node cluster this starts from the ``nats-server`` binary on
+  loopback ports (``sync_interval: always`` where the binary knows it): the pipelined and
+  the 64-client durable runs, and the journal side of replaying what was written - beside
+  the SQLite figures of the same run;
 * ``replay_cmds_per_s``: the journal's side of replaying the SQLite log written above: read
   the rows, verify the hash chain, decode into command objects ready for ``apply``;
   ``replay_with_apply_cmds_per_s`` is a full rebuild of a fresh core from it, which the
@@ -110,9 +117,11 @@ async def run_durable(stream, target: str, *, snapshot_every: int, snapshot_seco
     cpu = time.process_time() - c0
     batches = r.batches - b0
     out = {"cmds_per_s": len(cmds) / dt, "seconds": dt, "cpu_s": cpu, "batches": batches,
-           "mean_batch": (r.batched_records - n0) / max(batches, 1),
-           "last_seq": r.exchange.last_seq, "state_hash": r.exchange.state_hash()}
+           "mean_batch": (r.batched_records - n0) / max(batches, 1)}
+    # the state once stopped: a forked snapshot's seal may be journaled after the last
+    # command (on a loaded machine the child finishes late), and replay applies it too
     await r.stop(snapshot=False)
+    out.update(last_seq=r.exchange.last_seq, state_hash=r.exchange.state_hash())
     return out
 
 
@@ -148,6 +157,73 @@ async def run_replay(target: str) -> dict:
                 "state_hash": ex.state_hash()}
     finally:
         await j.close()
+
+
+def _fresh_stream(url: str) -> str:
+    """``url`` with a stream of its own for one run (the server may be shared)."""
+    head, _, query = url.partition("?")
+    base, _, stream = head.rpartition("/")
+    return f"{base}/{stream or 'bench'}_{uuid.uuid4().hex[:8]}" + (f"?{query}" if query else "")
+
+
+async def _drop_stream(url: str) -> None:
+    from exchange.journal import open_journal
+    j = open_journal(url)
+    await j.open()
+    try:
+        await j.drop()
+    finally:
+        await j.close()
+
+
+def run_other_journals(stream, a, every: int, every_s: float, mem: dict, say) -> list:
+    """The durable runs on each ``--journal`` URL and, with ``--nats-cluster``, on an R3
+    stream of a three-node cluster started (and stopped) here."""
+    targets = [(u, u.split("?")[0], None) for u in a.journal]
+    cluster = None
+    if a.nats_cluster:
+        from .nats_cluster import NatsCluster
+        base = tempfile.mkdtemp(prefix="nats-bench-", dir=os.environ.get("TMPDIR"))
+        cluster = NatsCluster(base, nodes=3).start()
+        targets.append((cluster.journal_url("bench", replicas=3), "3-node cluster, R3",
+                        {"nats_server": ".".join(map(str, cluster.version)),
+                         "sync_interval_always": cluster.sync_always}))
+    out = []
+    try:
+        for url, label, extra in targets:
+            row: dict = {"journal": label, **(extra or {})}
+            u1, u2 = _fresh_stream(url), _fresh_stream(url)
+            try:
+                d = asyncio.run(run_durable(stream, u1, snapshot_every=every,
+                                            snapshot_seconds=every_s))
+                rep = asyncio.run(run_replay(u1))
+                c = asyncio.run(run_durable(stream, u2, snapshot_every=every,
+                                            snapshot_seconds=every_s, clients=a.clients))
+            finally:
+                for u in (u1, u2):
+                    try:
+                        asyncio.run(_drop_stream(u))
+                    except Exception:
+                        pass
+            row.update(durable_cmds_per_s=round(d["cmds_per_s"]),
+                       durable_ratio=round(d["cmds_per_s"] / mem["cmds_per_s"], 3),
+                       batches=d["batches"], mean_batch=round(d["mean_batch"], 1),
+                       durable_clients_cmds_per_s=round(c["cmds_per_s"]),
+                       clients_mean_batch=round(c["mean_batch"], 1),
+                       replay_cmds_per_s=round(rep["decode_cmds_per_s"]),
+                       replay_equals_live=rep["state_hash"] == d["state_hash"])
+            say(f"durable {label}: {d['cmds_per_s']:,.0f} cmds/s pipelined ({d['batches']} "
+                f"batches, mean {d['mean_batch']:.0f}) = {row['durable_ratio']:.0%} of in "
+                f"memory; {a.clients} clients {c['cmds_per_s']:,.0f} cmds/s (mean batch "
+                f"{c['mean_batch']:.0f}); replay journal side "
+                f"{rep['decode_cmds_per_s']:,.0f} cmds/s; state equal: "
+                f"{row['replay_equals_live']}")
+            out.append(row)
+    finally:
+        if cluster is not None:
+            cluster.stop()
+            shutil.rmtree(cluster.base, ignore_errors=True)
+    return out
 
 
 async def recover(target: str) -> dict:
@@ -247,6 +323,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--snapshot-every", type=int, default=None, metavar="N",
                    help="snapshot every N commands (default: [journal] "
                         "snapshot_every_commands of config/default.toml)")
+    p.add_argument("--journal", action="append", default=[], metavar="URL",
+                   help="also run the durable runs on this journal (nats://HOST:4222/STREAM; "
+                        "repeatable)")
+    p.add_argument("--nats-cluster", action="store_true",
+                   help="also run them on an R3 stream of a 3-node NATS cluster started here")
     p.add_argument("--clients", type=int, default=64)
     p.add_argument("--repeat", type=int, default=1,
                    help="run in-memory and durable SQLite this many times, interleaved; keep the "
@@ -342,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 res["postgres_skipped"] = why
                 say(f"PostgreSQL skipped: {why}")
+
+        res["journals"] = run_other_journals(stream, a, every, every_s, mem, say)
 
         rep = asyncio.run(run_replay(path))
         res["replay_cmds_per_s"] = round(rep["decode_cmds_per_s"])

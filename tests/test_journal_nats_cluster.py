@@ -14,7 +14,7 @@ import pytest
 from exchange.client import ExchangeClient
 from exchange.engine import build_exchange
 from exchange.journal import CoreRunner, open_journal
-from nats_cluster import NatsCluster, nats_server_binary
+from loadtest.nats_cluster import NatsCluster, nats_server_binary
 from services import unavailable
 from test_journal import clock_from, full_replay_hash, stream_commands
 from test_server_restart import ServerProcess, state
