@@ -38,6 +38,17 @@ async def serve(args) -> int:
         settings.journal.schema_name = args.journal_schema
     if args.checkpoint_key_file:
         settings.journal.checkpoint_key_file = args.checkpoint_key_file
+    leadership = None
+    if args.standby:  # serve only while holding the journal's leader lease
+        from pathlib import Path
+        from .app import journal_target
+        from .standby import take_leadership
+        target, _ = journal_target(settings, Path(data_dir), args.journal)
+        leadership = await take_leadership(
+            target, node=args.node_id, ttl=args.lease_ttl,
+            address=args.advertise or (f"ws://{host}:{port}/ws" if port else ""))
+        if leadership is None:
+            return 0
     app = create_app(settings, data_dir, in_memory=args.in_memory, demo=not args.no_demo,
                      journal=args.journal, recover_from_genesis=args.recover_from_genesis)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
@@ -48,8 +59,12 @@ async def serve(args) -> int:
         # restore the journal from a copy) - the message names the record or snapshot
         print(f"refusing to start: {e}", file=sys.stderr, flush=True)
         await runner.cleanup()
+        if leadership is not None:
+            await leadership.close()
         return 2
     st = app[STATE_KEY]
+    if leadership is not None:
+        await leadership.fence(st.runner)  # a former leader's next append is refused
     tune_gc(settings.server)
     if settings.server.stall_warn_ms > 0:
         from .watchdog import LoopWatchdog
@@ -92,14 +107,25 @@ async def serve(args) -> int:
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):
             pass
+    if leadership is not None:
+        leadership.watch(st.runner, stop.set)
     print(f"listening on {host}:{bound}", flush=True)
     await stop.wait()
+    lost = leadership is not None and leadership.lost.is_set()
+    if lost:  # stop accepting at once; no final snapshot: another node is the writer
+        print(f"no longer leader: {leadership.why}; stepping down", flush=True)
+        await st.runner.stop(snapshot=False)
     print("shutting down: closing connections, flushing the journal, final snapshot",
           flush=True)
     if st.watchdog is not None:
         st.watchdog.stop()
     await runner.cleanup()
+    if leadership is not None:
+        await leadership.close()
     print(f"stopped at seq {ex.last_seq}", flush=True)
+    if lost:
+        from .standby import LOST_LEADERSHIP_EXIT
+        return LOST_LEADERSHIP_EXIT
     return 0
 
 
@@ -142,6 +168,17 @@ def register(sub) -> None:
     p.add_argument("--no-demo", action="store_true",
                    help="production: the first start builds the market without the demo "
                         "firms and issues no API key (make one with `keys create`)")
+    p.add_argument("--standby", action="store_true",
+                   help="JetStream journal only: serve only while holding the stream's leader "
+                        "lease - wait for it, take over when the leader dies, exit 3 when it "
+                        "is lost (docs/DEPLOYMENT.md)")
+    p.add_argument("--node-id", default=None, help="this node's name in the lease "
+                                                   "(default HOSTNAME-PID)")
+    p.add_argument("--advertise", default=None, metavar="URL",
+                   help="the websocket URL the lease names for clients (default "
+                        "ws://HOST:PORT/ws)")
+    p.add_argument("--lease-ttl", type=float, default=5.0, metavar="S",
+                   help="seconds a leader that stopped renewing keeps the lease (default 5)")
     p.add_argument("--no-uvloop", action="store_true", help="use the default asyncio loop")
     p.set_defaults(func=run)
 

@@ -1,0 +1,196 @@
+"""Leadership of a JetStream journal: a lease in a key-value bucket.
+
+    lease = LeaderLease("nats://h1:4222,h2:4222/MARKET", node="a", address="ws://a:8080/ws")
+    await lease.open()
+    if await lease.acquire():          # compare-and-set: only if nobody holds it
+        lease.start_renewing(on_lost)  # every second; on_lost() when it cannot be kept
+
+The bucket ``STREAM_leader`` holds one key, ``leader``: ``{"node", "address", "since"}``.
+Taking it is a KV *create* (refused while the key exists); keeping it is an *update* that
+names the revision this node last wrote (refused once anyone else wrote). The bucket's
+``ttl`` (max age) removes a value that was not rewritten for ``ttl`` seconds, so a leader
+that died or stalls frees the lease after at most ``ttl``, measured by the NATS servers'
+clocks, not by the exchange nodes'.
+
+A leader that cannot renew for ``ttl`` seconds by its own monotonic clock - a SIGSTOP, a
+partition - counts itself as no longer leader even before it hears so. The lease gives
+liveness and an address to send clients to; the safety of the log does not rest on it: a
+former leader's appends are refused by the stream's expected-last-sequence guard once the
+new leader has appended (the new leader journals a marker as soon as it takes over).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Callable
+
+import orjson
+
+from .base import JournalError
+from .jetstream import _redact, parse_target
+
+log = logging.getLogger("exchange.journal.lease")
+
+KEY = "leader"
+
+
+class LeaderLease:
+    def __init__(self, target: str, *, node: str, address: str = "", ttl: float = 5.0,
+                 renew_every: float = 1.0, replicas: int | None = None,
+                 timeout: float = 2.0):
+        servers, stream, q = parse_target(target)
+        self.servers = servers
+        self.bucket = f"{stream}_leader"
+        self.target = _redact(target)
+        self.node = node
+        self.address = address
+        self.ttl = float(ttl)
+        self.renew_every = float(renew_every)
+        self.replicas = int(replicas or q.get("replicas", 1))
+        self.timeout = timeout
+        self.revision = 0  # of the value this node last wrote (0: not held)
+        self.renewed_at = 0.0  # time.monotonic() of the last successful write
+        self._nc = None
+        self._kv = None
+        self._task: asyncio.Task | None = None
+
+    async def open(self) -> None:
+        import nats
+        from nats.js import api
+        from nats.js.errors import BucketNotFoundError, NotFoundError
+        try:
+            self._nc = await nats.connect(servers=self.servers, name=f"exchange-lease-{self.node}",
+                                          allow_reconnect=True, max_reconnect_attempts=-1,
+                                          reconnect_time_wait=0.25, connect_timeout=self.timeout)
+        except Exception as e:
+            raise JournalError(f"lease {self.target}: cannot connect: {e!r}") from e
+        js = self._nc.jetstream(timeout=self.timeout)
+        try:
+            self._kv = await js.key_value(self.bucket)
+        except (BucketNotFoundError, NotFoundError):
+            self._kv = await js.create_key_value(api.KeyValueConfig(
+                bucket=self.bucket, history=1, ttl=self.ttl, replicas=self.replicas,
+                storage=api.StorageType.FILE, description="exchange leader lease"))
+
+    async def close(self) -> None:
+        self.stop_renewing()
+        nc, self._nc = self._nc, None
+        if nc is not None:
+            try:
+                await nc.close()
+            except Exception:
+                pass
+
+    def _value(self) -> bytes:
+        return orjson.dumps({"node": self.node, "address": self.address,
+                             "since": time.time()})
+
+    @property
+    def held(self) -> bool:
+        """This node holds the lease by its own clock: it wrote it less than ``ttl`` ago."""
+        return bool(self.revision) and time.monotonic() - self.renewed_at < self.ttl
+
+    async def holder(self) -> dict | None:
+        """The current leader's ``{"node", "address", "since"}``, or None (lease free)."""
+        from nats.js.errors import KeyDeletedError, KeyNotFoundError
+        try:
+            e = await self._kv.get(KEY)
+        except (KeyNotFoundError, KeyDeletedError):
+            return None
+        try:
+            return dict(orjson.loads(e.value or b"null") or {}, revision=e.revision)
+        except Exception:
+            return None
+
+    async def acquire(self) -> bool:
+        """Take the lease if nobody holds it (KV create); True when this node now does."""
+        from nats.js.errors import KeyWrongLastSequenceError, APIError
+        t = time.monotonic()
+        try:
+            self.revision = await self._kv.create(KEY, self._value())
+        except KeyWrongLastSequenceError:
+            return False
+        except APIError as e:  # "wrong last sequence" as a plain API error on some servers
+            if e.err_code == 10071:
+                return False
+            raise
+        self.renewed_at = t
+        log.warning("lease %s: node %s is leader (revision %d)", self.target, self.node,
+                    self.revision)
+        return True
+
+    async def renew(self) -> bool:
+        """Rewrite the lease naming the revision this node last wrote; False (and the
+        lease dropped) when someone else wrote since, or this node's clock says it ran
+        out before the write."""
+        from nats.js.errors import KeyWrongLastSequenceError, APIError
+        if not self.revision:
+            return False
+        t = time.monotonic()
+        if t - self.renewed_at >= self.ttl:  # stalled past the lease (SIGSTOP, a pause)
+            self._lost("not renewed for %.1f s" % (t - self.renewed_at))
+            return False
+        try:
+            self.revision = await self._kv.update(KEY, self._value(), last=self.revision)
+        except KeyWrongLastSequenceError:
+            self._lost("another node holds it")
+            return False
+        except APIError as e:
+            if e.err_code == 10071:
+                self._lost("another node holds it")
+                return False
+            raise
+        self.renewed_at = t
+        return True
+
+    def _lost(self, why: str) -> None:
+        log.warning("lease %s: node %s is no longer leader (%s)", self.target, self.node, why)
+        self.revision = 0
+
+    async def release(self) -> None:
+        """Give the lease up (a clean stop), so a standby need not wait for ``ttl``."""
+        self.stop_renewing()
+        if self.revision and self._kv is not None:
+            try:
+                await self._kv.delete(KEY, last=self.revision)
+            except Exception as e:
+                log.warning("lease %s: not released: %r", self.target, e)
+        self.revision = 0
+
+    def start_renewing(self, on_lost: Callable[[], None]) -> None:
+        """Renew every ``renew_every`` seconds in a task; call ``on_lost()`` once, when a
+        renewal is refused or cannot be made within ``ttl``."""
+        self.stop_renewing()
+
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(self.renew_every)
+                try:
+                    ok = await asyncio.wait_for(self.renew(),
+                                                max(0.1, self.ttl - self.renew_every))
+                except Exception as e:  # the cluster did not answer: keep trying until ttl
+                    ok = self.held
+                    if not ok:
+                        self._lost(f"renewal failed: {e!r}")
+                if not ok:
+                    on_lost()
+                    return
+
+        self._task = asyncio.create_task(loop(), name="lease-renew")
+
+    def stop_renewing(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    async def wait_for(self, poll: float = 0.25, stop: asyncio.Event | None = None) -> bool:
+        """Poll until this node takes the lease (True) or ``stop`` is set (False)."""
+        while stop is None or not stop.is_set():
+            try:
+                if await self.acquire():
+                    return True
+            except Exception as e:  # a leader election in the cluster: try again
+                log.warning("lease %s: %r", self.target, e)
+            await asyncio.sleep(poll)
+        return False
