@@ -16,7 +16,8 @@ from .core.commands import (
 from .core.exchange import AddSegment
 from .core.units import PPM, parse_price, ratio_to_ppm
 from .registry.commands import (
-    IssueCredits, RegisterPlatform, RegisterRemovalProject, VerifyRemoval,
+    ImportCredits, IssueCredits, RecordExternalCancellation, RegisterPlatform,
+    RegisterRemovalProject, VerifyRemoval,
 )
 
 
@@ -36,6 +37,24 @@ def market_commands(settings: Settings) -> list:
     return cmds
 
 
+def _demo_credits(settings: Settings, firm_id: str, sym: str, qty: int) -> list:
+    """A demo firm's credits with serials (a DEMO project per firm, units 1..qty): issued here
+    for CCER; carbon-inclusive and removal credits, which this registry issues only from
+    batches and verifications, come in as an import from a demo regional registry that
+    reports them cancelled there."""
+    instr = next(i for i in settings.market.instruments if i.symbol == sym)
+    reg = settings.registry
+    project = f"{firm_id}-{sym}"
+    if instr.offset_type in set(reg.removal_types.values()) | {reg.carbon_inclusive_type}:
+        return [RecordExternalCancellation(registry="DEMO-REGIONAL", issuer="DEMO",
+                                           project=project, vintage=instr.vintage, first=1,
+                                           last=qty, reference=f"demo transfer {project}"),
+                ImportCredits(registry="DEMO-REGIONAL", account=firm_id, instrument=sym,
+                              issuer="DEMO", project=project, first=1, last=qty)]
+    return [IssueCredits(account=firm_id, instrument=sym, issuer="DEMO", project=project,
+                         first=1, last=qty)]
+
+
 def demo_commands(settings: Settings, with_orders: bool = True) -> list:
     """The demo market: firms with cash and allowances, supply chains, sub-quotas, orders."""
     d = settings.demo
@@ -51,9 +70,7 @@ def demo_commands(settings: Settings, with_orders: bool = True) -> list:
                 kind = next((i.kind for i in settings.market.instruments if i.symbol == sym),
                             "allowance")
                 if kind == "offset" and settings.registry is not None:
-                    # credits carry serials: a demo project per firm, units 1..qty
-                    cmds.append(IssueCredits(account=f.firm_id, instrument=sym, issuer="DEMO",
-                                             project=f"{f.firm_id}-{sym}", first=1, last=qty))
+                    cmds += _demo_credits(settings, f.firm_id, sym, qty)
                     continue
                 cmds.append(IssueUnits(account=f.firm_id, instrument=sym, qty=qty,
                                        source="allocation" if kind == "allowance"

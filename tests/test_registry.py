@@ -190,9 +190,15 @@ def test_double_counting_issuance_overlap():
     m.issue("B", "CCER-2026", "CCER", "P2", 1, 500)
     m.issue("B", "CCER-2027", "CCER", "P1", 1, 500)
     m.issue("B", "CCER-2026", "VCS", "P1", 1, 500)
-    # a vintage is the instrument's: P1 2026 numbers through another 2026 instrument clash
+    # removal credits are never issued by hand (only by a verification)
     m.rejects(IssueCredits(account="B", instrument="RMN-2026", issuer="CCER", project="P1",
-                           first=1, last=1), "DOUBLE_COUNTED", "CCER/P1/2026/1-500")
+                           first=1, last=1), "BAD_PARAMETER", "issued by a verified removal")
+    # a vintage is the instrument's: P1 2026 numbers through another 2026 instrument clash
+    m.ok(RecordExternalCancellation(registry="X", issuer="CCER", project="P1", vintage=2026,
+                                    first=1, last=1))
+    m.rejects(ImportCredits(registry="X", account="B", instrument="RMN-2026", issuer="CCER",
+                            project="P1", first=1, last=1), "DOUBLE_COUNTED",
+              "CCER/P1/2026/1-500")
     assert m.units("A", "CCER-2026") == 600 and m.units("B", "CCER-2026") == 1_000
     # two issuances, two blocks: serials of different blocks never merge
     assert m.serials("A", "CCER-2026") == ["CCER/P1/2026/1-500", "CCER/P1/2026/501-600"]
@@ -212,15 +218,23 @@ def test_double_counting_removal_and_batch_serials_cannot_be_squatted():
     m.ok(RegisterRemovalProject(project_id="FOREST1", removal_type="natural", owner="A"))
     m.ok(VerifyRemoval(project_id="FOREST1", vintage=2026, verifier="V1", gross_removal=100))
     m.rejects(IssueCredits(account="B", instrument="RMN-2026", issuer="CEX", project="FOREST1",
-                           first=50, last=60), "DOUBLE_COUNTED", "CEX/FOREST1/2026/1-")
+                           first=50, last=60), "BAD_PARAMETER", "issued by a verified removal")
+    m.ok(RecordExternalCancellation(registry="X", issuer="CEX", project="FOREST1",
+                                    vintage=2026, first=50, last=60))
+    m.rejects(ImportCredits(registry="X", account="B", instrument="RMN-2026", issuer="CEX",
+                            project="FOREST1", first=50, last=60), "DOUBLE_COUNTED",
+              "CEX/FOREST1/2026/1-")
     m.platform("PLAT1")
     m.ok(SetConversionFactor(action_type="metro", unit="km", g_co2e_per_unit=1_000_000))
     m.ok(SubmitActionBatch(platform_id="PLAT1", vintage=2026,
                            records=((aid(1), "metro", 5, "2026-03-01"),)))
     # issued by hand first, approval would issue the same units again: refused
     m.rejects(IssueCredits(account="B", instrument="PHCER-2026", issuer="PLAT1",
+                           project="PLAT1-000001", first=1, last=5), "BAD_PARAMETER",
+              "approved carbon-inclusive batch")
+    m.rejects(IssueCredits(account="B", instrument="CCER-2026", issuer="PLAT1",
                            project="PLAT1-000001", first=1, last=5), "BAD_PARAMETER", "PLAT1")
-    m.rejects(IssueCredits(account="B", instrument="RMN-2026", issuer="CEX", project="FOREST9",
+    m.rejects(IssueCredits(account="B", instrument="CCER-2026", issuer="CEX", project="FOREST9",
                            first=1, last=5), "BAD_PARAMETER", "CEX")
     # nor may a platform take an issuer's name (its batches' serials would be theirs)
     m.issue("A", "CCER-2026", "CCER", "P1", 1, 10)
@@ -428,7 +442,10 @@ def test_serials_follow_trades_transfers_surrenders():
                              serials=("CCER/P1/2026/498-502",)), "UNKNOWN_SERIAL")
     m.rejects(SurrenderUnits(firm_id="A", period=2026, instrument="CCER-2026", qty=4,
                              serials=("CCER/P1/2026/51-55",)), "BAD_QUANTITY")
-    m.issue("A", "RMN-2026", "VCS", "R1", 1, 5)
+    m.ok(RecordExternalCancellation(registry="VERRA", issuer="VCS", project="R1",
+                                    vintage=2026, first=1, last=5))
+    m.ok(ImportCredits(registry="VERRA", account="A", instrument="RMN-2026", issuer="VCS",
+                       project="R1", first=1, last=5))
     m.rejects(SurrenderUnits(firm_id="A", period=2026, instrument="CCER-2026", qty=5,
                              serials=("VCS/R1/2026/1-5",)), "UNKNOWN_SERIAL", "not CCER-2026")
     m.ok(IssueUnits(account="A", instrument="CEA-2026", qty=10))

@@ -271,6 +271,13 @@ class RegistryModule(Module):
         raise E.Reject(E.UNKNOWN_INSTRUMENT,
                        f"no {offset_type} instrument of vintage {vintage}: add it first")
 
+    def _own_types(self) -> dict[str, str]:
+        """Offset types this registry issues itself -> by what."""
+        p = self.params
+        out = {t: "a verified removal" for t in p["removal_types"].values()}
+        out[p["carbon_inclusive_type"]] = "an approved carbon-inclusive batch"
+        return out
+
     def _verifier(self, verifier) -> None:
         comp = self.ex.modules.get("compliance")
         if comp is None or not isinstance(verifier, str) or verifier not in comp.verifiers:
@@ -371,6 +378,15 @@ class RegistryModule(Module):
         self._need()
         acct = self.ex.firm(c.account if isinstance(c.account, str) else "")
         instr = self._credit_instrument(c.instrument)
+        own = self._own_types()
+        if instr.offset_type in own:
+            # removal credits come from a verification (net of the baseline, with the buffer
+            # share), carbon-inclusive ones from an approved batch; the same credits issued
+            # elsewhere come in by import, against the other registry's cancellation
+            raise E.Reject(E.BAD_PARAMETER, (
+                f"{instr.symbol} ({instr.offset_type}) credits are issued by "
+                f"{own[instr.offset_type]} only; units from another registry come in with "
+                "import_credits"))
         issuer, project = _ident(c.issuer, "issuer"), _ident(c.project, "project")
         if issuer == LEGACY:
             raise E.Reject(E.BAD_PARAMETER, f"issuer {LEGACY} is reserved")
