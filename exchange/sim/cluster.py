@@ -70,10 +70,11 @@ def have_dask() -> bool:
 
 
 def local_cluster(workers: int):
-    """A LocalCluster of ``workers`` single-threaded worker processes, no dashboard."""
+    """A LocalCluster of ``workers`` single-threaded worker processes; its HTTP endpoints on
+    a free port (never a clash with another cluster on 8787)."""
     from dask.distributed import LocalCluster
     return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                        dashboard_address=None, silence_logs=logging.ERROR)
+                        dashboard_address=":0", silence_logs=logging.ERROR)
 
 
 class Runner:

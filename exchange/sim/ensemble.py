@@ -42,6 +42,8 @@ HEADLINE: list[tuple[str, str, str]] = [
     ("total_shortfall", "shortfall", "t"),
     ("volume", "volume traded", "t"),
     ("limit_locked_days", "limit-locked trading days", "days"),
+    ("clean_share_last", "clean share of electricity, last period", "share"),
+    ("power_emissions", "power sector's emissions, all periods", "t"),
 ]
 SME_HEADLINE: list[tuple[str, str, str]] = [
     ("sme_net_cost", "SME net cost (scheme)", "CNY"),
@@ -61,6 +63,7 @@ PERIOD_SERIES: list[tuple[str, str, str]] = [
     ("compliance_cost", "compliance cost", "CNY"),
     ("offset_share", "offset share of obligations", "share"),
     ("sme_net_cost", "SME net cost", "CNY"),
+    ("clean_share", "clean share of electricity", "share"),
 ]
 SECTOR_SERIES = ("output", "trend_output", "emissions", "intensity", "allocation", "net_cost")
 
@@ -104,7 +107,7 @@ def run_task(raw: dict, source: str, seed: int, periods: int | None = None) -> d
 def reduce_run(res, sme: dict, warnings: list[str]) -> dict:
     s, rows, rec = res.summary, res.period_rows, res.records
     has_smes = sme["smes"] > 0
-    scalars = {k: s.get(k) for k, _, _ in HEADLINE}
+    scalars = {k: s.get(k) for k, _, _ in HEADLINE if k in s}
     if has_smes:
         scalars.update({k: sme[k] for k, _, _ in SME_HEADLINE})
     sr = s.get("supply_response")
@@ -127,6 +130,10 @@ def reduce_run(res, sme: dict, warnings: list[str]) -> dict:
     if has_smes:
         periods["sme_net_cost"] = [float(rec["net_cost"][t, sme_mask].sum())
                                    for t in range(res.periods)]
+    if "electricity" in s:
+        periods["clean_share"] = [p["clean_share"] for p in rows]
+        scalars["clean_share_last"] = s["electricity"]["clean_share_last"]
+        scalars["power_emissions"] = s["electricity"]["power_emissions"]
     return {"seed": res.seed, "firms": s["firms"], "years": [p["year"] for p in rows],
             "scalars": _clean(scalars), "periods": _clean(periods),
             "sectors": _clean(sector_table(res)), "warnings": list(warnings),
@@ -152,6 +159,9 @@ def sector_table(res) -> dict[str, dict[str, list[float]]]:
                      "intensity": (e / np.maximum(y, 1e-12)).tolist(),
                      "allocation": alloc[:, sel].sum(axis=1).tolist(),
                      "net_cost": rec["net_cost"][:, sel].sum(axis=1).tolist()}
+        if "indirect_emissions" in res.extra:
+            out[name]["indirect_emissions"] = \
+                res.extra["indirect_emissions"][:, sel].sum(axis=1).tolist()
     return out
 
 

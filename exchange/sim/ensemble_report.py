@@ -134,15 +134,22 @@ def sector_md(agg: dict) -> list[str]:
           "trend* is output against what the same firms would have produced without the "
           "supply response (0 % when the scenario has none).", ""]
     rows = []
+    power = any("indirect_emissions" in d for d in agg["by_sector"].values())
     for name, d in agg["by_sector"].items():
         for t, y in enumerate(years):
             o, tr = d["output"][t], d["trend_output"][t]
             cut = ((o["p50"] / tr["p50"] - 1) if tr["p50"] else 0.0)
-            rows.append([name, str(y), _b(o), f"{cut * 100:+.2f} %", _b(d["emissions"][t]),
-                         _b(d["intensity"][t], 4), _b(d["allocation"][t])])
-    md += [_table(["sector", "period", "output", "output vs trend (p50)", "emissions t",
-                   "intensity", "allocation t"], rows), "",
+            rows.append([name, str(y), _b(o), f"{cut * 100:+.2f} %", _b(d["emissions"][t])]
+                        + ([_b(d["indirect_emissions"][t])] if power else [])
+                        + [_b(d["intensity"][t], 4), _b(d["allocation"][t])])
+    md += [_table(["sector", "period", "output", "output vs trend (p50)", "emissions t"]
+                  + (["indirect (electricity) t"] if power else [])
+                  + ["intensity", "allocation t"], rows), "",
            "![sectors](sectors.png)", ""]
+    if power:
+        md += ["Indirect emissions: the sector's electricity × the grid factor (the "
+               "generators' verified emissions per MWh consumed), counted once, at the "
+               "generators; the clean share of supply per period is in the table above.", ""]
     return md
 
 

@@ -690,22 +690,29 @@ def _sector_section(res: RunResult) -> list[str]:
     years = [p["year"] for p in res.period_rows]
     tab = sector_table(res)
     responds = "supply_response" in res.summary
+    power = "electricity" in res.summary
     rows = []
     for name, d in tab.items():
         for t, y in enumerate(years):
             r = [name, str(y), _t(d["output"][t])]
-            if responds:
+            if responds or power:
                 r.append(_pct(d["output"][t], d["trend_output"][t]))
-            r += [_t(d["emissions"][t]), f"{d['intensity'][t]:.4f}", _t(d["allocation"][t]),
-                  _t(d["net_cost"][t])]
+            r += [_t(d["emissions"][t])]
+            if power:
+                r.append(_t(d["indirect_emissions"][t]))
+            r += [f"{d['intensity'][t]:.4f}", _t(d["allocation"][t]), _t(d["net_cost"][t])]
             rows.append(r)
     md = ["## Output, intensity and emissions by sector", "",
           "Sums over each sector's firms: output in 10,000 CNY, verified emissions in t, "
           "intensity = Σ emissions / Σ output (t CO2e per 10,000 CNY), allocation received "
           "(sub-quotas included), net compliance cost (abatement + offsets + penalties − "
           "trading cash − gain share − grants, CNY).", "",
-          _table(["sector", "period", "output"] + (["output vs trend"] if responds else [])
-                 + ["emissions t", "intensity", "allocation t", "net cost CNY"], rows), ""]
+          _table(["sector", "period", "output"]
+                 + (["output vs trend"] if responds or power else []) + ["emissions t"]
+                 + (["indirect (electricity) t"] if power else [])
+                 + ["intensity", "allocation t", "net cost CNY"], rows), ""]
+    if power:
+        md += _electricity_section(res)
     if responds:
         sr = res.summary["supply_response"]
         sc = res.scenario
@@ -720,6 +727,30 @@ def _sector_section(res: RunResult) -> list[str]:
                + ", ".join(f"{k} {v * 100:+.2f} %" for k, v in sr["by_sector"].items())
                + " (docs/SIMULATION.md, 'Supply response').", ""]
     return md
+
+
+def _electricity_section(res: RunResult) -> list[str]:
+    cfg = res.scenario.power
+    rows = [[str(p["year"]), _t(p["power_demand_mwh"]), _t(p["clean_mwh"]), _t(p["fossil_mwh"]),
+             f"{p['clean_share'] * 100:.2f} %", f"{p['power_balance_mwh']:+,.1f}",
+             f"{p['expected_price']:.2f}", f"{p['fossil_cost_with_carbon']:.2f}",
+             _t(p["power_emissions"]), f"{p['grid_factor']:.4f}"] for p in res.period_rows]
+    return [
+        "## Electricity", "",
+        f"The `{cfg.sector}` sector generates the other sectors' electricity (MWh = electricity "
+        f"use × output). Clean generation runs every MWh cheaper than fossil generation's "
+        f"marginal cost with carbon, {cfg.fossil_cost:g} CNY/MWh + p̂ × (emission factor − "
+        f"free allowances per MWh), along a supply curve from {cfg.clean_cost_min:g} to "
+        f"{cfg.clean_cost_max:g} CNY/MWh over a capacity of {cfg.clean_capacity:,.0f} MWh "
+        f"(+{cfg.clean_capacity_growth * 100:g} % a period); fossil generators supply the rest "
+        f"at {cfg.tariff:g} CNY/MWh. Their emissions are counted where generated (the "
+        f"`{cfg.sector}` row above) and shown as each consumer's *indirect* emissions (its MWh × "
+        f"the grid factor, the generators' verified emissions per MWh consumed); the totals "
+        f"count them once. Balance = clean + fossil − demand: the rounding of generation to "
+        f"whole units of output.", "",
+        _table(["period", "demand MWh", "clean MWh", "fossil MWh", "clean share",
+                "balance MWh", "p̂ CNY/t", "fossil cost with carbon CNY/MWh",
+                "generators' emissions t", "grid factor t/MWh"], rows), ""]
 
 
 def _t(v: float) -> str:

@@ -147,6 +147,7 @@ class Simulation:
         self.tolerated: Counter = Counter()
         self._t = time.perf_counter()
         self.verify_state = True
+        self._power_state = None
 
     def _lap(self, phase: str) -> None:
         now = time.perf_counter()
@@ -336,6 +337,9 @@ class Simulation:
         exp_rec = np.full(T, np.nan)
         respond = self._response_params()
         base0 = out0 = None
+        pw = self._power_setup()
+        power_rows: list[dict] = []
+        indirect = np.zeros((T, n))
 
         for t in range(T):
             year = sc.scenario.start_year + t
@@ -351,6 +355,10 @@ class Simulation:
                     [sc.sectors[s].output_growth_sd for s in pop.sector])
             output_f = np.where(np.isnan(pop.fixed_emissions), last_trend * (1 + g), pop.output)
             trend = np.maximum(1, np.round(output_f)).astype(np.int64)
+            if pw is not None:
+                # business as usual for the generators: what demand leaves to fossil
+                # generation with no carbon price
+                trend[pw["mask"]], _ = self._dispatch(t, trend, 0.0, np.zeros(n))
             if t == 0:
                 # period 1's business-as-usual: the fixed cap and the period-1 intensities
                 # the equal-intensity cut starts from
@@ -362,13 +370,14 @@ class Simulation:
                     fa[nofa] = base0[nofa] * (1 - sc.allocation.reduction)
                     fixed_alloc = fa
             output = trend
-            if respond is not None:
+            if respond is not None or pw is not None:
                 free = self._free_allocation_per_output(t, trend, fixed_alloc, base0, out0)
                 avail = self._allowances_for(t, fixed_alloc, deduction_next, market.bank(
                     vintage_of, year).sum() if sc.compliance.banking else 0)
                 p_exp = self._expected_price(t, trend, free, respond, avail)
                 exp_rec[t] = p_exp
-                output, cc_rec[t] = self._supply_response(t, trend, p_exp, free, respond)
+                output, cc_rec[t], power_info = self._outputs_at(t, trend, p_exp, free,
+                                                                 respond)
             trend_rec[t] = trend
             base = self._baseline(output.astype(float), t + 1)
             cv = Curves.for_period(pop, base)
@@ -474,6 +483,9 @@ class Simulation:
             verified = np.round(np.maximum(base - abate, 0.0)).astype(np.int64)
             rec["abatement"][t] = abate
             rec["emissions"][t] = verified
+            if pw is not None:
+                power_rows.append(self._power_row(year, output, verified, power_info, pw))
+                indirect[t] = pw["use"] * output * power_rows[-1]["grid_factor"]
             rec["verified_intensity"][t] = verified / np.maximum(output, 1)
             rec["abatement_cost"][t] = abatement_cost(cv, abate)
             rec["offset_cost"][t] = offset_cost
@@ -592,11 +604,23 @@ class Simulation:
         self._lap("records")
         res = self._result(rec, rounds, period_rows, time.perf_counter() - t0)
         res.extra["trend_output"] = trend_rec
-        if respond is not None:
-            res.extra["carbon_cost_per_output"] = cc_rec
+        if respond is not None or pw is not None:
             res.extra["expected_price"] = exp_rec
             for row, pe in zip(res.period_rows, exp_rec):
                 row["expected_price"] = round(float(pe), 4)
+        if pw is not None:
+            res.extra["indirect_emissions"] = indirect
+            for row, pr in zip(res.period_rows, power_rows):
+                row.update(pr)
+            res.summary["electricity"] = {
+                "demand_mwh": round(sum(r["power_demand_mwh"] for r in power_rows), 1),
+                "clean_mwh": round(sum(r["clean_mwh"] for r in power_rows), 1),
+                "fossil_mwh": round(sum(r["fossil_mwh"] for r in power_rows), 1),
+                "clean_share_first": power_rows[0]["clean_share"],
+                "clean_share_last": power_rows[-1]["clean_share"],
+                "power_emissions": int(sum(r["power_emissions"] for r in power_rows))}
+        if respond is not None:
+            res.extra["carbon_cost_per_output"] = cc_rec
             res.summary["supply_response"] = {
                 "output_vs_trend": round(float(rec["output"].sum() / trend_rec.sum() - 1), 6),
                 "by_sector": {
@@ -659,6 +683,80 @@ class Simulation:
         b = np.where(pop.covered, b, 0.0)
         return lambda y: float((b * y).sum()) - float(deduction.sum()) + float(bank)
 
+    # ------------------------------------------------------------------ electricity
+    def _power_setup(self):
+        """The generators (the power sector's firms), each one's fixed share of fossil
+        generation (its drawn size), and every firm's electricity use per unit of output."""
+        self._power_state = self._power_make()
+        return self._power_state
+
+    def _power_make(self):
+        cfg = self.sc.power
+        if cfg is None:
+            return None
+        pop = self.pop
+        k = pop.sector_names.index(cfg.sector)
+        mask = pop.sector == k
+        share = pop.output[mask] / pop.output[mask].sum()
+        use = np.array([s.electricity_use for s in self.sc.sectors])[pop.sector]
+        return {"cfg": cfg, "mask": mask, "share": share, "use": np.where(mask, 0.0, use),
+                "sector": self.sc.sectors[k]}
+
+    def _dispatch(self, t, output, p, free):
+        """Generation for the period at carbon price p: demand D = sum of electricity use x
+        output of the other sectors; clean generation runs every MWh cheaper than fossil's
+        marginal cost with carbon, fossil_cost + p x (EF - f) (EF the sector's emission
+        factor, f the free allowances a MWh brings): Q_c = min(D, K_t x clip((that -
+        clean_cost_min) / (clean_cost_max - clean_cost_min), 0, 1)); fossil generation
+        D - Q_c, shared among the generators by their fixed shares, as output (10,000 CNY).
+        Returns (generators' outputs, the balance's figures)."""
+        pw = self._power_state
+        cfg, sec = pw["cfg"], pw["sector"]
+        demand = float((pw["use"] * output).sum())
+        cap = cfg.clean_capacity * (1 + cfg.clean_capacity_growth) ** t
+        ef = sec.intensity * (1 - sec.autonomous_improvement) ** (t + 1) * cfg.tariff / 1e4
+        f_mwh = float((free[pw["mask"]] * pw["share"]).sum()) * cfg.tariff / 1e4
+        mf = cfg.fossil_cost + p * (ef - f_mwh)
+        frac = min(1.0, max(0.0, (mf - cfg.clean_cost_min)
+                            / (cfg.clean_cost_max - cfg.clean_cost_min)))
+        clean = min(demand, cap * frac)
+        fossil = demand - clean
+        y = np.maximum(1, np.round(fossil * pw["share"] * cfg.tariff / 1e4)).astype(np.int64)
+        return y, {"power_demand_mwh": demand, "clean_mwh": clean, "fossil_target_mwh": fossil,
+                   "fossil_cost_with_carbon": mf, "emission_factor": ef,
+                   "free_per_mwh": f_mwh}
+
+    def _outputs_at(self, t, trend, p, free, respond):
+        """Every firm's output at carbon price p: the supply response where a sector has a
+        margin, then the generators' dispatch for the resulting demand."""
+        out, cc, info = trend, np.full(len(trend), np.nan), None
+        if respond is not None:
+            out, cc = self._supply_response(t, trend, p, free, respond)
+        if self._power_state is not None:
+            out = out.copy()
+            out[self._power_state["mask"]], info = self._dispatch(t, out, p, free)
+        return out, cc, info
+
+    def _power_row(self, year, output, verified, info, pw) -> dict:
+        """The period's electricity balance. Generation is whole 10,000 CNY of output per
+        generator, so fossil generation is that output x 10,000 / tariff and the balance
+        (clean + fossil - demand) is the rounding, at most half a unit per generator. The
+        grid factor is the generators' verified emissions per MWh consumed."""
+        cfg = pw["cfg"]
+        fossil = float(output[pw["mask"]].sum()) * 1e4 / cfg.tariff
+        demand, clean = info["power_demand_mwh"], info["clean_mwh"]
+        supplied = clean + fossil
+        e_pw = int(verified[pw["mask"]].sum())
+        return {"power_demand_mwh": round(demand, 1), "clean_mwh": round(clean, 1),
+                "fossil_mwh": round(fossil, 1),
+                "clean_share": round(clean / supplied, 6) if supplied else 0.0,
+                "power_balance_mwh": round(supplied - demand, 1),
+                "fossil_cost_with_carbon": round(info["fossil_cost_with_carbon"], 4),
+                "power_emissions": e_pw,
+                # per MWh consumed: the consumers' indirect emissions add up to exactly what
+                # the generators emitted
+                "grid_factor": e_pw / demand if demand else 0.0}
+
     def _expected_price(self, t, trend, free, params, allowances) -> float:
         """The price firms expect the period to clear at, output decisions included: the p
         at which the allowances firms need — abating to p, using offsets by the cap's rule,
@@ -669,7 +767,7 @@ class Simulation:
         rule, cap = self.offset_rule, float(self.sc.market.price_cap)
 
         def excess(p: float) -> float:
-            y, _ = self._supply_response(t, trend, p, free, params)
+            y, _, _ = self._outputs_at(t, trend, p, free, params)
             base = self._baseline(y.astype(float), t + 1)
             cv = Curves.for_period(self.pop, base)
             return plan(cv, rule, base, p).allowance_demand - allowances(y)

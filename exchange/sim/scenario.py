@@ -93,6 +93,8 @@ class SectorConfig(Strict):
         "carbon cost, cut = elasticity x (c - margin) / margin")
     max_output_cut: float = Field(0.5, ge=0, le=1, description="supply response: largest "
                                   "output cut below trend in one period")
+    electricity_use: float = Field(0.0, ge=0, description="with [power]: MWh of electricity "
+                                   "per 10,000 CNY of output, bought from the power sector")
     mac: MacConfig
 
 
@@ -292,6 +294,31 @@ class SmeFundConfig(Strict):
         return self.penalty_share > 0 or self.budget_per_period > 0
 
 
+class PowerConfig(Strict):
+    """The power sector as the other sectors' electricity supplier (docs/SIMULATION.md,
+    'Electricity'). Its firms are the fossil generators: their output is what demand leaves
+    to fossil generation after clean generation, not a trend. The sector's ``intensity``
+    (t CO2 per 10,000 CNY) is its emission factor x 10,000 / tariff."""
+
+    sector: str = Field(min_length=1, description="the sector whose firms generate fossil "
+                        "electricity")
+    tariff: float = Field(400.0, gt=0, description="CNY per MWh: generation <-> output")
+    fossil_cost: float = Field(250.0, ge=0, description="fossil generation's marginal cost "
+                               "before carbon, CNY/MWh")
+    clean_capacity: float = Field(0.0, ge=0, description="MWh clean generation could supply "
+                                  "in period 1")
+    clean_capacity_growth: float = Field(0.0, ge=0, lt=1, description="growth per period")
+    clean_cost_min: float = Field(150.0, ge=0, description="CNY/MWh of the cheapest clean MWh")
+    clean_cost_max: float = Field(450.0, ge=0, description="CNY/MWh of the dearest clean MWh "
+                                  "of the capacity (a linear supply curve between)")
+
+    @model_validator(mode="after")
+    def _costs(self):
+        if not self.clean_cost_max > self.clean_cost_min:
+            raise ValueError("power: clean_cost_max must exceed clean_cost_min")
+        return self
+
+
 CO2_PER_C = 44 / 12  # t CO2 per t C (molar masses)
 
 
@@ -322,6 +349,7 @@ class Scenario(Strict):
     sectors: list[SectorConfig] = Field(min_length=1)
     firms: list[FirmConfig] = Field(default_factory=list)
     chains: list[ChainConfig] = Field(default_factory=list)
+    power: PowerConfig | None = None
 
     @model_validator(mode="after")
     def _units(self):
@@ -356,6 +384,18 @@ class Scenario(Strict):
                                      f"known: {sorted(known)}")
         if len({c.id for c in self.chains}) != len(self.chains):
             raise ValueError("chain ids must be unique")
+        if self.power is not None:
+            pw = self.power.sector
+            if pw not in known:
+                raise ValueError(f"power.sector: unknown sector {pw!r}; known: {sorted(known)}")
+            ps = next(s for s in self.sectors if s.name == pw)
+            if ps.margin is not None or ps.electricity_use:
+                raise ValueError(f"power.sector {pw!r}: its output follows demand; give it no "
+                                 f"margin and no electricity_use")
+            if any(pw in [c.core_sector] + [t.sector for t in c.tiers] for c in self.chains) \
+                    or any(f.sector == pw for f in self.firms) or not ps.firms:
+                raise ValueError(f"power.sector {pw!r}: its firms are generated "
+                                 f"(sectors[].firms > 0), not listed or in chains")
         n = sum(s.firms for s in self.sectors) + len(self.firms) + sum(
             c.count * (1 + sum(t.firms for t in c.tiers)) for c in self.chains)
         if n == 0:
