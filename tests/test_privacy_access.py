@@ -16,22 +16,25 @@ VERIFIER = "verifier-demo-key"  # acts as VERIFIER1, which verifies POWER1 below
 FIRM = "POWER1"
 
 # caller -> key; OTHER_VERIFIER is issued in the test (a verifier that never saw POWER1)
-CALLERS = ("own", "other_firm", "verifier", "other_verifier", "operator", "none")
+CALLERS = ("own", "other_firm", "verifier", "other_verifier", "platform", "operator", "none")
 
 # route (path with POWER1 / period 2026) -> expected status per caller, in CALLERS order
 MATRIX = {
-    "/firms/{firm_id}": ("/firms/POWER1", (200, 403, 200, 403, 200, 401)),
+    "/firms/{firm_id}": ("/firms/POWER1", (200, 403, 200, 403, 403, 200, 401)),
     "/compliance/statements/{firm_id}/{period}":
-        ("/compliance/statements/POWER1/2026", (200, 403, 200, 403, 200, 401)),
+        ("/compliance/statements/POWER1/2026", (200, 403, 200, 403, 403, 200, 401)),
     "/rules/allocations/{period}/{firm_id}":
-        ("/rules/allocations/2026/POWER1", (200, 403, 200, 403, 200, 401)),
-    "/rules/sub-quotas/{firm_id}": ("/rules/sub-quotas/POWER1", (200, 403, 200, 403, 200, 401)),
-    "/rules/factors/{firm_id}": ("/rules/factors/POWER1", (200, 403, 200, 403, 200, 401)),
+        ("/rules/allocations/2026/POWER1", (200, 403, 200, 403, 403, 200, 401)),
+    "/rules/sub-quotas/{firm_id}":
+        ("/rules/sub-quotas/POWER1", (200, 403, 200, 403, 403, 200, 401)),
+    "/rules/factors/{firm_id}": ("/rules/factors/POWER1", (200, 403, 200, 403, 403, 200, 401)),
     "/rules/responsibility/{firm_id}":
-        ("/rules/responsibility/POWER1", (200, 403, 200, 403, 200, 401)),
+        ("/rules/responsibility/POWER1", (200, 403, 200, 403, 403, 200, 401)),
+    "/registry/holdings/{firm_id}":
+        ("/registry/holdings/POWER1", (200, 403, 200, 403, 403, 200, 401)),
     # grant applications are the SME's and the fund's business: no verifier reads them
     "/compliance/sme-fund/applications?sme={firm_id}":
-        ("/compliance/sme-fund/applications?sme=POWER1", (200, 403, 403, 403, 200, 401)),
+        ("/compliance/sme-fund/applications?sme=POWER1", (200, 403, 403, 403, 403, 200, 401)),
 }
 
 
@@ -64,7 +67,8 @@ async def test_access_matrix_over_http(tmp_path):
         other_verifier = (await ok(srv, "POST", "/api-keys", {
             "role": "verifier", "label": "VERIFIER2"}))["api_key"]
         keys = {"own": POWER, "other_firm": CEMENT, "verifier": VERIFIER,
-                "other_verifier": other_verifier, "operator": OPERATOR, "none": None}
+                "other_verifier": other_verifier, "platform": "platform-demo-key",
+                "operator": OPERATOR, "none": None}
         # POWER1 and CEMENT1 submit; VERIFIER1 verifies POWER1's: it is POWER1's verifier
         await ok(srv, "POST", "/compliance/submissions",
                  {"period": 2026, "fuels": {"coal": 1_000}, "output": 10}, POWER)
