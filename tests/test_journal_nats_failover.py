@@ -17,7 +17,7 @@ import uuid
 
 import pytest
 
-from exchange.client import ExchangeClient
+from exchange.client import ExchangeClient, ExchangeError
 from test_server_restart import ROOT, state
 
 pytestmark = pytest.mark.slow
@@ -104,20 +104,51 @@ def test_standby_takes_over_and_a_resumed_leader_steps_down(tmp_path, nats_url):
         pa = a.port
         b = Node(tmp_path, url, "b")
         nodes.append(b)
-        b.wait_for("waiting for the leader lease.*leader now: a")
+        m = b.wait_for(r"waiting for the leader lease.*leader now: a (\S+); answering "
+                       r"NOT_LEADER on [\d.]+:(\d+)")
+        assert m.group(1) == f"ws://127.0.0.1:{pa}/ws"  # the lease names the leader
+        pb_standby = int(m.group(2))
         ack1 = asyncio.run(_place(pa, "fo-1", "88.80"))
         st1 = asyncio.run(state(pa))
 
-        # the leader dies: the standby takes the lease once its ttl ran out
-        a.signal(signal.SIGKILL)
+        async def ask_standby():
+            with pytest.raises(ExchangeError) as e:
+                await _place(pb_standby, "fo-x", "88.70")
+            return e.value
+        e = asyncio.run(ask_standby())
+        assert e.code == "NOT_LEADER" and e.leader == f"ws://127.0.0.1:{pa}/ws"
+
+        # a client given both nodes places orders throughout; the leader dies, the standby
+        # takes the lease once its ttl ran out, the client follows it
+        urls = [f"ws://127.0.0.1:{pb_standby}/ws", f"ws://127.0.0.1:{pa}/ws"]
+        acks: dict = {}
+
+        async def trade_through_failover():
+            async with ExchangeClient(urls, "demo-key-power1", reconnect=True,
+                                      timeout=30) as c:
+                assert c.url.endswith(f":{pa}/ws")  # followed NOT_LEADER to the leader
+                for i in range(40):
+                    if i == 10:
+                        a.signal(signal.SIGKILL)
+                    cid = f"fo-c{i}"
+                    acks[cid] = await c.place_order(I, "sell", 1, "89.00",
+                                                    client_order_id=cid)
+                return c.failover_retries, c.url
+
         t0 = time.monotonic()
+        retries, now_at = asyncio.run(trade_through_failover())
         pb = b.port
+        assert pb == pb_standby and now_at.endswith(f":{pb}/ws")
         failover_s = time.monotonic() - t0
         live = asyncio.run(_orders(pb))
         assert live["fo-1"]["order_id"] == ack1["order_id"]
-        assert asyncio.run(state(pb))["last_seq"] > st1["last_seq"]  # its fencing snapshot
-        print(f"failover after SIGKILL: {failover_s:.1f} s")
-        assert failover_s < 30
+        lost = [cid for cid, ack in acks.items() if live.get(cid, {}).get("order_id")
+                != ack["order_id"]]
+        assert len(acks) == 40 and not lost, lost
+        assert asyncio.run(state(pb))["last_seq"] > st1["last_seq"]
+        print(f"failover after SIGKILL: 40 orders acknowledged in {failover_s:.1f} s, "
+              f"{retries} retries, none lost")
+        assert retries > 0 and failover_s < 30
 
         # the new leader is stopped past its lease; a new standby takes over
         c = Node(tmp_path, url, "c")

@@ -15,6 +15,14 @@
   retrying ``place_order`` with the same ``client_order_id`` is safe (idempotent).
 * ``batch=True`` asks the server for one frame per tick (a JSON array of messages);
   :meth:`send_batch` sends many requests in one frame. Both are for high-rate users.
+* Several URLs (``ExchangeClient(["ws://a/ws", "ws://b/ws"], key, reconnect=True)``): the
+  nodes of a replicated exchange (``serve --standby``). The client connects to the one that
+  leads - a standby answers ``NOT_LEADER`` with the leader's address, which the client
+  follows - and after a drop reconnects to whichever leads then. A ``place_order`` with a
+  ``client_order_id`` (and the read-only requests) that was in flight, or is sent while
+  the client reconnects, is sent again once it is connected, until its timeout: the
+  client_order_id makes the retry return the first order's acknowledgement, never a second
+  order (``failover_retries`` counts them).
 """
 from __future__ import annotations
 
@@ -33,10 +41,17 @@ __all__ = ["ExchangeClient", "ExchangeError", "LocalBook", "PlatformClient", "bu
 class ExchangeError(Exception):
     """An error reply: ``code`` is the stable code, ``message`` the explanation."""
 
-    def __init__(self, code: str, message: str = ""):
+    def __init__(self, code: str, message: str = "", leader: str | None = None):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+        self.leader = leader  # NOT_LEADER: the leader's websocket address, when it is known
+
+
+NOT_LEADER = "NOT_LEADER"
+# requests sent again after a fail-over: a retried place_order returns the first one's ack
+# (client_order_id), the others only read
+_RETRYABLE = frozenset({"ping", "open_orders"})
 
 
 class LocalBook:
@@ -86,12 +101,17 @@ class LocalBook:
 
 
 class ExchangeClient:
-    def __init__(self, url: str, api_key: str | None = None, *,
+    def __init__(self, url: "str | list[str]", api_key: str | None = None, *,
                  cancel_on_disconnect: bool = False, batch: bool = False,
                  reconnect: bool = False, on_push: Callable | None = None,
                  timeout: float = 10.0, header_auth: bool = False,
                  max_queue: int = 100_000):
-        self.url = url
+        self.urls = [url] if isinstance(url, str) else list(url)
+        if not self.urls:
+            raise ValueError("no URL")
+        self.url = self.urls[0]  # the node connected to (or tried last)
+        self.leader_url: str | None = None  # where the last NOT_LEADER pointed
+        self.failover_retries = 0
         self.api_key = api_key
         self.cancel_on_disconnect = cancel_on_disconnect
         self.batch = batch
@@ -121,7 +141,11 @@ class ExchangeClient:
 
     # ---------------------------------------------------------------- lifecycle
     async def __aenter__(self) -> "ExchangeClient":
-        await self.connect()
+        try:
+            await self.connect()
+        except BaseException:
+            await self.close()  # no session or socket left open behind the error
+            raise
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -132,7 +156,46 @@ class ExchangeClient:
         return self._ws is not None and not self._ws.closed
 
     async def connect(self) -> dict | None:
-        """Open the websocket and authenticate (if a key was given)."""
+        """Open the websocket and authenticate (if a key was given). With several URLs,
+        try the leader last pointed to, then each URL in turn from the current one,
+        following ``NOT_LEADER`` answers; raise the last failure if none leads."""
+        if len(self.urls) == 1 and self.leader_url is None:
+            return await self._connect_once()
+        i = self.urls.index(self.url) if self.url in self.urls else 0
+        order = ([self.leader_url] if self.leader_url else []) + self.urls[i:] + self.urls[:i]
+        tried: set[str] = set()
+        last: BaseException | None = None
+        while order:
+            u = order.pop(0)
+            if u in tried:
+                continue
+            tried.add(u)
+            self.url = u
+            try:
+                r = await self._connect_once()
+                self.leader_url = None
+                return r
+            except ExchangeError as e:
+                if e.code != NOT_LEADER:
+                    raise
+                last = e
+                await self._abandon()
+                if e.leader and e.leader not in tried:
+                    self.leader_url = e.leader
+                    order.insert(0, e.leader)
+            except (OSError, aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as e:
+                last = e
+                await self._abandon()
+        raise last if last is not None else ConnectionError("no URL answered")
+
+    async def _abandon(self) -> None:
+        """Close a socket opened to a node that does not lead (no reconnect from it)."""
+        ws, self._ws = self._ws, None
+        self._connected.clear()
+        if ws is not None and not ws.closed:
+            await ws.close()
+
+    async def _connect_once(self) -> dict | None:
         if self._session is None:
             self._session = aiohttp.ClientSession()
         headers = {}
@@ -192,6 +255,31 @@ class ExchangeClient:
 
     async def request(self, method: str, params: dict | None = None,
                       timeout: float | None = None) -> Any:
+        if not (self.reconnect and (method in _RETRYABLE or (
+                method == "place_order" and params and params.get("client_order_id")))):
+            return await self._request_once(method, params, timeout)
+        # fail-over: send again once reconnected (to the new leader) until the timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (timeout or self.timeout)
+        while True:
+            try:
+                if self._ws is None or self._ws.closed:
+                    await asyncio.wait_for(self._connected.wait(),
+                                           max(0.01, deadline - loop.time()))
+                return await self._request_once(method, params,
+                                                max(0.01, deadline - loop.time()))
+            except (ConnectionError, ExchangeError, asyncio.TimeoutError) as e:
+                if isinstance(e, ExchangeError) and e.code != NOT_LEADER:
+                    raise
+                if loop.time() >= deadline:
+                    raise
+                if isinstance(e, ExchangeError) and self._ws is not None:
+                    await self.drop()  # a standby answered: reconnect to the leader
+                self.failover_retries += 1
+                await asyncio.sleep(0.05)
+
+    async def _request_once(self, method: str, params: dict | None,
+                            timeout: float | None) -> Any:
         if self._ws is None or self._ws.closed:
             raise ConnectionError("not connected")
         req_id, data, fut = self._frame(method, params)
@@ -357,9 +445,10 @@ class ExchangeClient:
                     fut.set_exception(err)
             self._pending.clear()
             self._arrived.set()
-            self._connected.clear()
-            if self.reconnect and not self._closing:
-                asyncio.get_running_loop().create_task(self._reconnect_loop())
+            if ws is self._ws:  # not a socket abandoned for another node
+                self._connected.clear()
+                if self.reconnect and not self._closing:
+                    asyncio.get_running_loop().create_task(self._reconnect_loop())
 
     def _dispatch(self, m: dict) -> None:
         if "req_id" in m:
@@ -376,7 +465,8 @@ class ExchangeClient:
                 fut.set_result(r)
             else:
                 e = m.get("error") or {}
-                fut.set_exception(ExchangeError(e.get("code", "?"), e.get("message", "")))
+                fut.set_exception(ExchangeError(e.get("code", "?"), e.get("message", ""),
+                                                e.get("leader")))
             return
         ch = m.get("channel")
         if ch is None:
@@ -426,10 +516,12 @@ class ExchangeClient:
                     await self.subscribe(ch)
                 self.reconnects += 1
                 return
-            except ExchangeError:
-                return  # the key was revoked: do not hammer the server
+            except ExchangeError as e:
+                if e.code != NOT_LEADER:
+                    return  # the key was revoked: do not hammer the server
+                delay = min(delay * 2, 0.5)  # a take-over under way: keep looking
             except Exception:
-                delay = min(delay * 2, 2.0)
+                delay = min(delay * 2, 2.0 if len(self.urls) == 1 else 0.5)
 
     async def wait_connected(self, timeout: float = 5.0) -> None:
         await asyncio.wait_for(self._connected.wait(), timeout)

@@ -45,10 +45,12 @@ async def serve(args) -> int:
         from .standby import take_leadership
         target, _ = journal_target(settings, Path(data_dir), args.journal)
         leadership = await take_leadership(
-            target, node=args.node_id, ttl=args.lease_ttl,
+            target, node=args.node_id, ttl=args.lease_ttl, host=host, port=port,
             address=args.advertise or (f"ws://{host}:{port}/ws" if port else ""))
         if leadership is None:
             return 0
+        if leadership.port is not None:  # --port 0: the port the standby listened on
+            port = leadership.port
     app = create_app(settings, data_dir, in_memory=args.in_memory, demo=not args.no_demo,
                      journal=args.journal, recover_from_genesis=args.recover_from_genesis)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
@@ -108,6 +110,8 @@ async def serve(args) -> int:
         except (NotImplementedError, RuntimeError):
             pass
     if leadership is not None:
+        if not leadership.lease.address:  # --port 0: the lease names the port bound
+            leadership.lease.address = f"ws://{host}:{bound}/ws"
         leadership.watch(st.runner, stop.set)
     print(f"listening on {host}:{bound}", flush=True)
     await stop.wait()

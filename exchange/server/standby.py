@@ -9,9 +9,12 @@ When the lease is lost (a renewal refused, or none possible for ``ttl`` seconds:
 was stopped or cut off) or an append is refused as stale, it stops accepting and exits with
 status 3: a supervisor restarts it, as a standby again.
 
-Not a hot standby yet: while waiting it neither follows the stream nor listens, so a take-over
-costs the lease's ``ttl`` plus a recovery (snapshot + tail), and clients see a refused
-connection rather than ``NOT_LEADER`` until then.
+While it waits, a standby listens on its port and answers every websocket request with the
+error ``NOT_LEADER`` and the leader's address (``{"code": "NOT_LEADER", "message": ...,
+"leader": "ws://..."}``) and every HTTP request (``/readyz`` included, so a load balancer
+leaves it out) with 503 and the same body; on taking over it closes that listener and the
+real server binds the same port. Not a hot standby yet: it does not follow the stream while
+waiting, so a take-over costs the lease's ``ttl`` plus a recovery (snapshot + tail).
 """
 from __future__ import annotations
 
@@ -24,6 +27,83 @@ from ..journal.jetstream import StaleWriterError
 from ..journal.lease import LeaderLease
 
 LOST_LEADERSHIP_EXIT = 3
+NOT_LEADER = "NOT_LEADER"
+
+
+class NotLeaderSite:
+    """The standby's listener: ``NOT_LEADER`` with the leader's address, for every request."""
+
+    def __init__(self) -> None:
+        self.leader = ""  # the leader's websocket address, as its lease names it
+        self.node = ""
+        self.runner = None
+        self.port = 0
+        self.sockets: set = set()
+
+    def error(self) -> dict:
+        return {"code": NOT_LEADER, "leader": self.leader,
+                "message": f"this node is a standby; the leader is {self.node or '?'} at "
+                           f"{self.leader or 'an address it did not advertise'}"}
+
+    async def start(self, host: str, port: int) -> int:
+        import orjson
+        from aiohttp import WSMsgType, web
+
+        async def ws(request):
+            if "Authorization" in request.headers:  # header auth: refuse the upgrade itself
+                return web.json_response({"ok": False, "error": self.error()}, status=503)
+            sock = web.WebSocketResponse(heartbeat=20)
+            await sock.prepare(request)
+            self.sockets.add(sock)
+            try:
+                await serve_one(sock)
+            finally:
+                self.sockets.discard(sock)
+            return sock
+
+        async def serve_one(sock):
+            async for msg in sock:
+                if msg.type != WSMsgType.TEXT:
+                    continue
+                try:
+                    obj = orjson.loads(msg.data)
+                except Exception:
+                    obj = {}
+                reqs = obj if isinstance(obj, list) else [obj]
+                replies = [{"req_id": r.get("req_id") if isinstance(r, dict) else None,
+                            "ok": False, "error": self.error()} for r in reqs]
+                await sock.send_str(orjson.dumps(
+                    replies if isinstance(obj, list) else replies[0]).decode())
+
+        async def other(request):
+            return web.json_response({"ok": False, "error": self.error()}, status=503)
+
+        app = web.Application()
+        app.router.add_get("/ws", ws)
+        app.router.add_route("*", "/{tail:.*}", other)
+        self.runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, host, port, reuse_address=True)
+        await site.start()
+        self.port = port
+        for s in (site._server.sockets if site._server else []):
+            self.port = s.getsockname()[1]
+            break
+        return self.port
+
+    async def stop(self) -> None:
+        """Close every client socket (1012: service restart - they reconnect and find this
+        node leading), then the listener: an open socket would hold the cleanup up."""
+        from aiohttp import WSCloseCode
+        for sock in list(self.sockets):
+            try:
+                await asyncio.wait_for(sock.close(code=WSCloseCode.SERVICE_RESTART,
+                                                  message=b"taking over"), 1.0)
+            except Exception:
+                pass
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
 
 
 class Leadership:
@@ -31,6 +111,7 @@ class Leadership:
         self.lease = lease
         self.lost = asyncio.Event()
         self.why = ""
+        self.port: int | None = None  # the port the standby listener bound
         self._watch: asyncio.Task | None = None
 
     def _lose(self, why: str) -> None:
@@ -73,14 +154,18 @@ class Leadership:
 
 
 async def take_leadership(target: str, *, node: str | None, address: str,
-                          ttl: float) -> Leadership | None:
-    """Wait for the lease of ``target``'s stream (SIGINT/SIGTERM give up: None)."""
+                          ttl: float, host: str = "127.0.0.1",
+                          port: int | None = None) -> Leadership | None:
+    """Wait for the lease of ``target``'s stream (SIGINT/SIGTERM give up: None). With
+    ``port``, answer ``NOT_LEADER`` on it meanwhile; ``Leadership.port`` is the port bound
+    (for ``--port 0``), for the real server to bind in turn."""
     if not target.startswith(("nats://", "tls://")):
         raise SystemExit("serve --standby needs a JetStream journal: --journal "
                          "nats://HOST:4222[,...]/STREAM")
     lease = LeaderLease(target, node=node or f"{socket.gethostname()}-{os.getpid()}",
                         address=address, ttl=ttl)
     await lease.open()
+    site = NotLeaderSite()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -88,15 +173,32 @@ async def take_leadership(target: str, *, node: str | None, address: str,
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):
             pass
+    bound = port
     try:
         if not await lease.acquire():
             h = await lease.holder() or {}
+            site.leader, site.node = h.get("address", ""), h.get("node", "")
+            if port is not None:
+                bound = await site.start(host, port)
+                if not address:  # --port 0: the lease names the port bound
+                    lease.address = f"ws://{host}:{bound}/ws"
             print(f"standby {lease.node}: waiting for the leader lease of {lease.target}; "
-                  f"leader now: {h.get('node', '?')} {h.get('address', '')}".rstrip(),
+                  f"leader now: {site.node or '?'} {site.leader}".rstrip()
+                  + (f"; answering NOT_LEADER on {host}:{bound}" if port is not None else ""),
                   flush=True)
-            if not await lease.wait_for(stop=stop):
-                await lease.close()
-                return None
+            while not await _try(lease):
+                if stop.is_set():
+                    await site.stop()
+                    await lease.close()
+                    return None
+                h = await _holder(lease)
+                if h:
+                    site.leader, site.node = h.get("address", ""), h.get("node", "")
+                try:
+                    await asyncio.wait_for(stop.wait(), 0.25)
+                except asyncio.TimeoutError:
+                    pass
+            await site.stop()
         print(f"node {lease.node} took the leader lease of {lease.target} (ttl {ttl:g} s)",
               flush=True)
     finally:
@@ -107,5 +209,22 @@ async def take_leadership(target: str, *, node: str | None, address: str,
                 pass
     # renew from now on: recovery may take longer than the ttl
     lead = Leadership(lease)
+    lead.port = bound
     lease.start_renewing(lambda: lead._lose("the leader lease was lost"))
     return lead
+
+
+async def _try(lease: LeaderLease) -> bool:
+    try:
+        return await lease.acquire()
+    except Exception as e:  # the cluster is electing a leader: try again
+        import logging
+        logging.getLogger("exchange.server.standby").warning("lease: %r", e)
+        return False
+
+
+async def _holder(lease: LeaderLease) -> dict | None:
+    try:
+        return await lease.holder()
+    except Exception:
+        return None
