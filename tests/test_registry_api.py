@@ -141,6 +141,8 @@ async def test_registry_through_the_served_api(tmp_path):
         st, _ = await call(srv, "GET", "/registry/serials?serial=not-a-serial", key=None)
         assert st == 422
 
+        assert await ok(srv, "GET", "/registry/offset-classes", key=None) == {
+            "carbon_inclusive_type": "PHCER", "ccer_equivalent": True}
         # ---- carbon-inclusive totals: one platform only, so suppressed
         tot = await ok(srv, "GET", "/registry/carbon-inclusive/totals", key=None)
         assert tot["action_types"]["metro_trip_km"] == {"suppressed": True}

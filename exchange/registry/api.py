@@ -182,6 +182,14 @@ async def declare(ctx: ApiContext, b: ClassBody) -> dict:
         operator=ctx.cred.label or ctx.cred.key_id))
 
 
+@route("GET", "/registry/offset-classes", tag=TAG, roles=None,
+       summary="Which carbon-inclusive credits count as CCER-equivalent offsets (public)")
+async def offset_classes(ctx: ApiContext, _b) -> dict:
+    m = _module(ctx)
+    t = m.params["carbon_inclusive_type"]
+    return {"carbon_inclusive_type": t, "ccer_equivalent": t in m.ccer_equivalent}
+
+
 # ------------------------------------------------------------------------------ removals
 class ProjectBody(_Body):
     project_id: Ident

@@ -539,7 +539,8 @@ class RegistryModule(Module):
         owner = self.ex.firm(c.owner if isinstance(c.owner, str) else "")
         self.projects[pid] = {"removal_type": c.removal_type, "owner": owner.firm_id,
                               "name": _text(c.name, "name", 200), "vintages": {},
-                              "reversed": 0, "uncovered": 0}
+                              "reversed": 0, "from_buffer": 0, "from_project": 0,
+                              "uncovered": 0}
         return [RemovalProjectRegistered(pid, c.removal_type, owner.firm_id)]
 
     def _verify_removal(self, c: VerifyRemoval) -> list:
@@ -634,6 +635,8 @@ class RegistryModule(Module):
             events.append(Posting(sym, acct_id, RETIRED, n, f"reversal:{c.project_id}"))
         self.buffer[proj["removal_type"]][1] += from_buffer
         proj["reversed"] += qty
+        proj["from_buffer"] += from_buffer
+        proj["from_project"] += from_project
         proj["uncovered"] += left
         return [ReversalReported(c.project_id, qty, cause, from_buffer, from_project, left)] \
             + events + self.drain()
