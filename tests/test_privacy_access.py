@@ -109,11 +109,19 @@ async def test_access_matrix_over_http(tmp_path):
             for firm in ("POWER1", "CEMENT1", "STEEL1", "SME1", "SME2"):
                 assert firm not in text, (path, firm)
 
-        # a supply chain's members: another member's allocation factor is that firm's record
+        # supply chains are their members' business: CEMENT1 sees cementchain only, and not
+        # SME2's allocation factor (that firm's record); VERIFIER1 the chain of POWER1
         _, chains = await call(srv, "GET", "/rules/chains", key=CEMENT)
-        for ch in chains["chains"]:
-            for m in ch["members"]:
-                if m["firm_id"] != "CEMENT1":
-                    assert m["phi"] is None and m["phi_ppm"] is None, m
+        assert [ch["chain_id"] for ch in chains["chains"]] == ["cementchain"]
+        assert {m["firm_id"]: m["phi"] is None for m in chains["chains"][0]["members"]} == {
+            "CEMENT1": False, "SME2": True}
+        _, chains = await call(srv, "GET", "/rules/chains", key=VERIFIER)
+        assert [ch["chain_id"] for ch in chains["chains"]] == ["steelchain"]
+        _, chains = await call(srv, "GET", "/rules/chains", key=other_verifier)
+        assert chains["chains"] == []
+        assert (await call(srv, "GET", "/rules/chains/steelchain", key=CEMENT))[0] == 403
+        assert (await call(srv, "GET", "/rules/chains/cementchain", key=CEMENT))[0] == 200
+        assert (await call(srv, "GET", "/rules/chains/steelchain", key=POWER))[0] == 200
         _, chains = await call(srv, "GET", "/rules/chains", key=OPERATOR)
+        assert len(chains["chains"]) == 2
         assert all(m["phi"] is not None for ch in chains["chains"] for m in ch["members"])

@@ -274,9 +274,16 @@ def _chain_view(ex, rules, chain_id: str) -> dict:
 @route("GET", "/rules/chains", summary="Supply chains with tiers, factors and weights",
        tag=TAG, roles=READERS)
 async def get_chains(ctx: ApiContext, body) -> dict:
+    """A firm sees the chains it belongs to; a verifier those of the firms it verified."""
     r = _rules(ctx)
     return {"chains": [_members_readable(ctx, _chain_view(ctx.ex, r, c))
-                       for c in sorted(ctx.ex.chains)]}
+                       for c in sorted(ctx.ex.chains) if _chain_reader(ctx, c)]}
+
+
+def _chain_reader(ctx: ApiContext, chain_id: str) -> bool:
+    """A chain's members, tiers and edge weights (transaction shares) are its members'
+    business: readable by operators and by whoever may read one of its members."""
+    return bool(_readable(ctx, ctx.ex.chains[chain_id]["members"]))
 
 
 def _members_readable(ctx: ApiContext, view: dict) -> dict:
@@ -294,6 +301,9 @@ async def get_chain(ctx: ApiContext, body) -> dict:
     cid = ctx.path["chain_id"]
     if cid not in ctx.ex.chains:
         raise ProtocolError(E.UNKNOWN_CHAIN, f"unknown supply chain {cid!r}", 404)
+    if not _chain_reader(ctx, cid):
+        raise ProtocolError(E.FORBIDDEN, "a supply chain is for its members, their verifiers "
+                                         "and operators", 403)
     return _members_readable(ctx, _chain_view(ctx.ex, r, cid))
 
 
