@@ -172,32 +172,16 @@ export class RegistryPanel {
       return;
     }
     this.projects = projects;
-    // how much of each project's reversals came from its own credits: the public lookup of its
-    // serials, whose cancellations say which reversal and from which account (the pool's are
-    // the rest)
-    const own = {};
-    await Promise.all(Object.entries(projects).flatMap(([pid, p]) => Object.values(p.vintages)
-      .filter((v) => v.serial && p.reversed)
-      .map(async (v) => {
-        try {
-          const r = await publicApi.get(REGISTRY.serial(v.serial));
-          for (const b of r.blocks) for (const x of b.retirements) {
-            if (String(x.reason).startsWith(`reversal:${pid}:`) && x.beneficiary !== BUFFER) {
-              own[pid] = (own[pid] || 0) + x.units;
-            }
-          }
-        } catch { own[pid] = null; }
-      })));
     const rows = [];
     for (const [pid, p] of Object.entries(projects)) {
       const vs = Object.entries(p.vintages);
-      const fromOwn = own[pid] === null ? null : (own[pid] || 0);
-      const fromPool = fromOwn === null ? null : p.reversed - fromOwn - p.uncovered;
+      const fromOwn = p.from_project;
+      const fromPool = p.from_buffer;
       const span = Math.max(vs.length, 1);
       const rev = [
         el("td", { class: "num reversed", rowspan: span, text: qty(p.reversed) }),
-        el("td", { class: "num from-pool", rowspan: span, text: fromPool === null ? "?" : qty(fromPool) }),
-        el("td", { class: "num from-own", rowspan: span, text: fromOwn === null ? "?" : qty(fromOwn) }),
+        el("td", { class: "num from-pool", rowspan: span, text: qty(fromPool) }),
+        el("td", { class: "num from-own", rowspan: span, text: qty(fromOwn) }),
         el("td", { class: `num uncovered ${p.uncovered ? "neg" : ""}`, rowspan: span, text: qty(p.uncovered) })];
       const head = [
         el("td", { class: "strong", rowspan: span, title: p.name, text: pid }),
