@@ -6,7 +6,6 @@ four forms of double counting, and a restart that rebuilds the same state from t
 """
 from __future__ import annotations
 
-import aiohttp
 from aiohttp.test_utils import TestServer
 
 from exchange.client import ExchangeError, PlatformClient, build_batch
@@ -14,6 +13,7 @@ from exchange.config import load_settings
 from exchange.server.app import STATE_KEY, create_app
 
 from test_compliance import business_hash
+from test_compliance_api import call, ok
 
 OPERATOR = "operator-demo-key"
 VERIFIER = "verifier-demo-key"
@@ -31,20 +31,6 @@ ROWS = [  # the platform's own rows: personal data that must never leave it
 ]
 # 12,000 km x 72 g + 4,000 km x 90 g + 1,000 kWh x 310 g = 864,000 + 360,000 + 310,000 g
 # = 1,534,000 g = 1.534 t -> 1 t issued (never more than the reduction)
-
-
-async def call(srv, method, path, body=None, key=OPERATOR):
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    async with aiohttp.ClientSession() as s:
-        async with s.request(method, srv.http + "/api/v1" + path, json=body,
-                             headers=headers) as r:
-            return r.status, await r.json(content_type=None)
-
-
-async def ok(srv, method, path, body=None, key=OPERATOR):
-    status, js = await call(srv, method, path, body, key)
-    assert status == 200, (path, status, js)
-    return js
 
 
 async def refused(srv, method, path, body, key, status, code):

@@ -32,7 +32,7 @@ from .commands import (
     RegisterPlatform, RegisterRemovalProject, RejectActionBatch, ReportReversal, RetireCredits,
     SetConversionFactor, SubmitActionBatch, VerifyRemoval,
 )
-from .config import ConversionRow
+from .config import ConversionRow, tonnes_text
 from .module import MAX_RECORD_QTY, MAX_UNIT, RegistryModule
 from . import serials as S
 
@@ -128,14 +128,8 @@ async def cancellation(ctx: ApiContext, b: CancellationBody) -> dict:
     return await ctx.command(RecordExternalCancellation(**b.model_dump()))
 
 
-class ImportBody(_Body):
-    registry: Ident
-    account: Ident
-    instrument: Ident
-    issuer: Ident
-    project: Ident
-    first: Unit
-    last: Unit
+class ImportBody(IssueBody):
+    registry: Ident = Field(description="the registry that issued and cancelled the units")
 
 
 @route("POST", "/registry/imports", body=ImportBody, tag=TAG,
@@ -275,14 +269,8 @@ async def register_platform(ctx: ApiContext, b: PlatformBody) -> dict:
 async def conversion_table(ctx: ApiContext, _b) -> dict:
     m = _module(ctx)
     return {"version": m.table_version,
-            "actions": {at: {"unit": u, "t_co2e_per_unit": _t(g), "version": v}
+            "actions": {at: {"unit": u, "t_co2e_per_unit": tonnes_text(g), "version": v}
                         for at, (u, g, v) in sorted(m.table.items())}}
-
-
-def _t(grams: int) -> str:
-    """Grams as tonnes, exact (6 decimals, trailing zeros dropped)."""
-    whole, frac = divmod(grams, 1_000_000)
-    return f"{whole}.{frac:06d}".rstrip("0").rstrip(".") if frac else str(whole)
 
 
 @route("PUT", "/registry/conversion-table/{action_type}", body=ConversionRow, tag=TAG,
@@ -324,7 +312,7 @@ async def submit_batch(ctx: ApiContext, b: BatchBody) -> dict:
 
 def _batch_view(bid: str, b: dict) -> dict:
     return {"batch_id": bid, **{k: v for k, v in b.items() if k != "action_ids"},
-            "reduction_t_co2e": _t(b["reduction_g"])}
+            "reduction_t_co2e": tonnes_text(b["reduction_g"])}
 
 
 @route("GET", "/registry/batches", tag=TAG, roles=(ROLE_PLATFORM, ROLE_VERIFIER, ROLE_OPERATOR),
@@ -376,7 +364,7 @@ async def reject(ctx: ApiContext, b: RejectBatchBody) -> dict:
 async def totals(ctx: ApiContext, _b) -> dict:
     m = _module(ctx)
     groups = {at: {"records": r["records"], "quantity": r["quantity"],
-                   "t_co2e": _t(r["g_co2e"]), "contributors": r["platforms"]}
+                   "t_co2e": tonnes_text(r["g_co2e"]), "contributors": r["platforms"]}
               for at, r in m.totals_by_action_type().items()}
     k = min_contributors(ctx.request.app[STATE_KEY].settings)
     return {"min_contributors": k, "action_types": suppress(groups, k)}

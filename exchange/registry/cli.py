@@ -16,6 +16,8 @@ import asyncio
 import json
 import sys
 
+from .config import tonnes_text
+
 
 def _load(args):
     if args.demo:
@@ -29,30 +31,27 @@ def _load(args):
     return asyncio.run(_load_from_journal(args.journal, args.config))
 
 
-def _module(args):
-    ex = _load(args)
-    reg = ex.modules.get("registry")
-    if reg is None or reg.params is None:
-        print("error: the credit registry is not configured in this market ([registry] in the "
-              "settings)", file=sys.stderr)
-        return ex, None
-    return ex, reg
-
-
-def _t(grams: int) -> str:
-    whole, frac = divmod(grams, 1_000_000)
-    return f"{whole}.{frac:06d}".rstrip("0").rstrip(".") if frac else str(whole)
+def _command(fn):
+    """``fn(args, ex, registry)`` as a subcommand: the market loaded, an error (exit 2) when
+    it has no configured registry."""
+    def run(args) -> int:
+        ex = _load(args)
+        reg = ex.modules.get("registry")
+        if reg is None or reg.params is None:
+            print("error: the credit registry is not configured in this market ([registry] in "
+                  "the settings)", file=sys.stderr)
+            return 2
+        return fn(args, ex, reg)
+    return run
 
 
 def _json(data) -> None:
     print(json.dumps(data, indent=1, sort_keys=True, ensure_ascii=False))
 
 
-def _serial(args) -> int:
+@_command
+def _serial(args, ex, reg) -> int:
     from ..core.errors import Reject
-    _, reg = _module(args)
-    if reg is None:
-        return 2
     try:
         info = reg.lookup(args.serial)
     except Reject as e:
@@ -75,10 +74,8 @@ def _serial(args) -> int:
     return 0
 
 
-def _holdings(args) -> int:
-    ex, reg = _module(args)
-    if reg is None:
-        return 2
+@_command
+def _holdings(args, ex, reg) -> int:
     if args.firm not in ex.accounts:
         print(f"error: no account {args.firm!r}", file=sys.stderr)
         return 2
@@ -96,10 +93,8 @@ def _holdings(args) -> int:
     return 0
 
 
-def _buffer(args) -> int:
-    _, reg = _module(args)
-    if reg is None:
-        return 2
+@_command
+def _buffer(args, ex, reg) -> int:
     pools = {t: {"offset_type": reg.params["removal_types"][t], "contributed": c,
                  "cancelled": x, "held": c - x} for t, (c, x) in sorted(reg.buffer.items())}
     if args.format == "json":
@@ -112,10 +107,8 @@ def _buffer(args) -> int:
     return 0
 
 
-def _projects(args) -> int:
-    _, reg = _module(args)
-    if reg is None:
-        return 2
+@_command
+def _projects(args, ex, reg) -> int:
     if args.format == "json":
         _json(reg.projects)
         return 0
@@ -131,10 +124,8 @@ def _projects(args) -> int:
     return 0
 
 
-def _batches(args) -> int:
-    _, reg = _module(args)
-    if reg is None:
-        return 2
+@_command
+def _batches(args, ex, reg) -> int:
     rows = [{"batch_id": bid, **{k: v for k, v in b.items() if k != "action_ids"}}
             for bid, b in sorted(reg.batches.items())]
     if args.format == "json":
@@ -144,10 +135,11 @@ def _batches(args) -> int:
         print("no carbon-inclusive batches")
     for b in rows:
         print(f"{b['batch_id']} {b['platform_id']} vintage {b['vintage']}: {b['status']}, "
-              f"{b['records']} records, {_t(b['reduction_g'])} t CO2e -> {b['reduction_t']} t "
+              f"{b['records']} records, {tonnes_text(b['reduction_g'])} t CO2e -> "
+              f"{b['reduction_t']} t "
               f"({b['serial'] or 'no serial'})")
         for at, (n, q, g) in b["totals"].items():
-            print(f"  {at:<18} {n:>8} records  {q:>10} units  {_t(g)} t CO2e")
+            print(f"  {at:<18} {n:>8} records  {q:>10} units  {tonnes_text(g)} t CO2e")
     return 0
 
 

@@ -15,6 +15,12 @@ from .commands import ConfigureRegistry, DeclareOffsetClass, SetConversionFactor
 G_PER_T = 1_000_000
 
 
+def tonnes_text(grams: int) -> str:
+    """Grams CO2e as tonnes for people, exact: ``1_534_000`` -> ``"1.534"``."""
+    whole, frac = divmod(grams, G_PER_T)
+    return f"{whole}.{frac:06d}".rstrip("0").rstrip(".") if frac else str(whole)
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
