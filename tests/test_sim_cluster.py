@@ -58,7 +58,7 @@ split_strategy = "by_output"
 
 # the Dask runs: the shipped chain scenario, two periods (about half a second a run)
 DASK_ARGS = ["simulate", "supply_chain_smes", "--seeds", "4", "--periods", "2", "--quiet"]
-SAME_BYTES = ("summary.json", "seeds.csv", "report.md", "price_path.png",
+SAME_BYTES = ("summary.json", "seeds.csv", "report.md", "report.html", "price_path.png",
               "emissions_vs_allocation.png", "compliance_cost.png", "sectors.png")
 
 
@@ -114,6 +114,10 @@ def test_many_seeds_report_bands_of_every_headline_figure(small, tmp_path):
     assert "p50 [p05 – p95]" in md and "| final close price | CNY/t |" in md
     assert "## Output, intensity and emissions by sector" in md
     assert "--workers" not in md and "--quiet" not in md
+    # report.html: one page, the plots inside it, nothing fetched
+    page = (out / "report.html").read_text()
+    assert page.count('src="data:image/png;base64,') == md.count("![")
+    assert "http" not in page.replace('lang="en"', "") and "<table>" in page
     for f in SAME_BYTES + ("timings.json",):
         assert (out / f).stat().st_size > 0, f
     # the ensemble's first member is the one-seed run
@@ -144,6 +148,7 @@ def test_sweep_grid_with_bands_and_the_noise_rule(small, tmp_path):
     for c in cmp["cells"]:
         assert (out / "cells" / c["cell"] / "summary.json").is_file()
     assert (out / "compare.png").stat().st_size > 0
+    assert 'src="data:image/png;base64,' in (out / "compare.html").read_text()
     assert (out / "compare_price.png").stat().st_size > 0
     assert cli_main(["simulate", str(small), "--vary", "offset_cap=0", "--vary",
                      "offset_cap=1", "--out", str(out), "--quiet"]) == 2

@@ -19,6 +19,7 @@ import numpy as np
 
 from .ensemble import (HEADLINE, PERIOD_SERIES, SME_HEADLINE, bands_overlap,
                        paired_difference, seed_rows, supply_headline)
+from .html import write_html
 from .report import _num, _plt, _save, _table, _write_dicts
 
 
@@ -103,8 +104,10 @@ def write_ensemble(agg: dict, runs: list[dict], out: Path, description: str = ""
            "they occur in, each seed's state hash",
            "- `seeds.csv` — one row per seed", "- `timings.json` — wall times (the only file "
            "that differs between two runs of the same command)",
-           "- PNG plots referenced above", ""]
+           "- PNG plots referenced above",
+           "- `report.html` — this report as one self-contained page (plots embedded)", ""]
     (out / "report.md").write_text("\n".join(md))
+    write_html(out)
 
 
 def _seed_list(seeds: list[int]) -> str:
@@ -341,6 +344,7 @@ def write_sweep(cells: list, aggs: list[dict], runs: list[list[dict]], out: Path
     plot_compare(cells, aggs, rows, figs, out / "compare.png")
     plot_price_bands([(c.label, a) for c, a in zip(cells, aggs)], out / "compare_price.png",
                      f"Close price by cell, median and p05–p95 over {n} seeds")
+    write_html(out, "compare.md", "compare.html")
 
 
 NOISE_RULE = ("Rule: a cell's figure differs from the reference cell's by more than the seed "

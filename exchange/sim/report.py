@@ -957,5 +957,8 @@ def write_report(res: RunResult, out: Path, strategies: dict[str, dict] | None =
            "trading cash, net cost and the same SME's net cost under direct allocation"
            if smes else "",
            "- `periods.csv`, `rounds.csv` — per period and per trading round",
-           "- PNG plots referenced above", ""]
+           "- PNG plots referenced above",
+           "- `report.html` — this report as one self-contained page (plots embedded)", ""]
     (out / "report.md").write_text("\n".join(md))
+    from .html import write_html
+    write_html(out)
