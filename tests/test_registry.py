@@ -268,15 +268,18 @@ def test_double_counting_claimed_action_ids():
     assert of(evs, ActionBatchSubmitted) == [
         ActionBatchSubmitted("PLAT1-000001", "PLAT1", 2026, 2, 4, 1)]
     # pending: by another platform, by the same platform, alone or amid fresh ids
-    m.rejects(SubmitActionBatch(platform_id="PLAT2", vintage=2026, records=(rec(2),)),
-              "DOUBLE_COUNTED", aid(2)[:12], "PLAT1-000001", "PLAT1", "pending")
+    # another platform's claim: refused without naming that platform (every platform holds
+    # the scheme key: a prober must not learn which app a person used)
+    msg = m.rejects(SubmitActionBatch(platform_id="PLAT2", vintage=2026, records=(rec(2),)),
+                    "DOUBLE_COUNTED", aid(2)[:12], "another platform")
+    assert "PLAT1" not in msg
     m.rejects(SubmitActionBatch(platform_id="PLAT1", vintage=2026,
                                 records=(rec(3), rec(1), rec(4))),
               "DOUBLE_COUNTED", "record 1", aid(1)[:12], "PLAT1-000001")
     # approved: the message names the serials the action was issued as
     m.ok(ApproveActionBatch(batch_id="PLAT1-000001", verifier="V1"))
     m.rejects(SubmitActionBatch(platform_id="PLAT2", vintage=2026, records=(rec(1),)),
-              "DOUBLE_COUNTED", "PLAT1-000001", "PLAT1/PLAT1-000001/2026/1-4")
+              "DOUBLE_COUNTED", "another platform")
     m.rejects(SubmitActionBatch(platform_id="PLAT1", vintage=2026, records=(rec(2),)),
               "DOUBLE_COUNTED", "PLAT1/PLAT1-000001/2026/1-4")
     # twice within one batch
@@ -286,7 +289,7 @@ def test_double_counting_claimed_action_ids():
     # a rejected batch frees its actions: they may be claimed again (corrected), once
     m.ok(SubmitActionBatch(platform_id="PLAT1", vintage=2026, records=(rec(7), rec(8))))
     m.rejects(SubmitActionBatch(platform_id="PLAT2", vintage=2026, records=(rec(7),)),
-              "DOUBLE_COUNTED", "PLAT1-000002")
+              "DOUBLE_COUNTED", "another platform")
     m.ok(RejectActionBatch(batch_id="PLAT1-000002", verifier="V1",
                            reason="meter readings missing"))
     evs = m.ok(SubmitActionBatch(platform_id="PLAT2", vintage=2026,
@@ -294,7 +297,9 @@ def test_double_counting_claimed_action_ids():
     assert of(evs, ActionBatchSubmitted)[0].batch_id == "PLAT2-000001"
     assert of(evs, ActionBatchSubmitted)[0].reduction_t == 2  # 4 km x 0.5 t
     m.rejects(SubmitActionBatch(platform_id="PLAT1", vintage=2026, records=(rec(8),)),
-              "DOUBLE_COUNTED", "PLAT2-000001")
+              "DOUBLE_COUNTED", "another platform")
+    m.rejects(SubmitActionBatch(platform_id="PLAT2", vintage=2026, records=(rec(8),)),
+              "DOUBLE_COUNTED", "your batch PLAT2-000001", "(pending)")
     assert m.reg.batches["PLAT1-000002"]["status"] == "rejected"
     assert sorted(m.reg.claimed) == sorted(aid(n) for n in (1, 2, 7, 8))
     # after a snapshot round trip the claims are the same (they are derived from batches)

@@ -725,9 +725,15 @@ class RegistryModule(Module):
             other = claimed.get(aid)
             if other is not None:
                 ob = self.batches[other]
+                if ob["platform_id"] != pid:
+                    # every platform holds the scheme key, so naming the other platform would
+                    # tell a prober which app a guessed person used; the operator sees both
+                    # batches (GET /registry/batches)
+                    raise E.Reject(E.DOUBLE_COUNTED, (
+                        f"record {n}: action {aid[:12]}... is already claimed by another "
+                        "platform (the registry's operator sees which batch)"))
                 raise E.Reject(E.DOUBLE_COUNTED, (
-                    f"record {n}: action {aid[:12]}... is already claimed in batch {other} by "
-                    f"platform {ob['platform_id']}"
+                    f"record {n}: action {aid[:12]}... is already claimed in your batch {other}"
                     + (f" (serials {ob['serial']})" if ob["serial"] else " (pending)")))
             if aid in seen:
                 raise E.Reject(E.DOUBLE_COUNTED, f"record {n}: action {aid[:12]}... is in this "
