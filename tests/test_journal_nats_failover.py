@@ -146,6 +146,10 @@ def test_standby_takes_over_and_a_resumed_leader_steps_down(tmp_path, nats_url):
                 != ack["order_id"]]
         assert len(acks) == 40 and not lost, lost
         assert asyncio.run(state(pb))["last_seq"] > st1["last_seq"]
+        # the standby had followed the stream: it continued that core, no snapshot loaded
+        took = b.wait_for(r"took the leader lease.*continuing the followed core at seq (\d+)")
+        assert int(took.group(1)) >= st1["last_seq"]
+        assert "Recovered from nats://" in "".join(b.lines)
         print(f"failover after SIGKILL: 40 orders acknowledged in {failover_s:.1f} s, "
               f"{retries} retries, none lost")
         assert retries > 0 and failover_s < 30

@@ -288,6 +288,24 @@ class JetStreamJournal(Journal):
                          f"stream cannot drop its tail: restore the journal from a copy "
                          f"(a mirror of stream {self.stream})")
 
+    async def refresh(self) -> int:
+        """Re-read the end of the stream (a follower: another process appends); return
+        the new ``last_seq``. The records are chain-verified when they are read."""
+        js = self._need()
+        info = await self._retrying(lambda: js.stream_info(self.stream), "stream info")
+        last = info.state.last_seq or 0
+        if last != self._stream_last:
+            if last < self._stream_last:
+                raise JournalCorruptError(self.last_seq, f"stream {self.stream} went back "
+                                                         f"from message {self._stream_last} "
+                                                         f"to {last}")
+            self._body_cache = None
+            rows = decode_batch(await self._body(last), last)
+            self._firsts[last] = rows[0][0]
+            self._stream_last = last
+            self.last_seq, self.last_hash = rows[-1][0], bytes(rows[-1][3])
+        return self.last_seq
+
     async def _first_gap(self, first: int, last: int) -> int:
         """The first record seq of the first missing stream message (for the message)."""
         from nats.js.errors import NotFoundError

@@ -170,7 +170,8 @@ class CoreRunner:
                  snapshot_every_seconds: float = 300.0, clock: Callable[[], int] = time.time_ns,
                  verify: str = "full", gc_freeze: bool = False,
                  fork_snapshots: bool | None = None, c_submitter: bool = True,
-                 use_snapshots: bool = True, checkpoint=None):
+                 use_snapshots: bool = True, checkpoint=None,
+                 adopt_hash: bytes | None = None):
         """``verify``: "full" checks the whole hash chain on start (default); "tail" only the
         records replayed after the snapshot (the snapshot is still checked to sit on the
         chain). ``gc_freeze``: move the recovered state - and, after each snapshot, everything
@@ -182,7 +183,11 @@ class CoreRunner:
         ``use_snapshots``: False recovers from genesis, replaying the whole log without
         loading any snapshot (``serve --recover-from-genesis``: the way past a snapshot
         that fails its proof). ``checkpoint``: a :class:`~.checkpoint.Checkpoint` - the
-        signed chain head, checked on start, written after every snapshot and on stop."""
+        signed chain head, checked on start, written after every snapshot and on stop.
+        ``adopt_hash``: ``exchange`` is not fresh but followed this journal up to its
+        ``last_seq`` (a hot standby's :class:`~.follower.Follower`), whose record there has
+        this chain hash; start continues it - the records appended since are replayed -
+        instead of recovering from a snapshot."""
         self.exchange = exchange
         self.journal = journal
         # The submit path's state lives in the submitter: the counters below (_last_ts,
@@ -202,6 +207,7 @@ class CoreRunner:
         self.verify = verify
         self.use_snapshots = use_snapshots
         self.checkpoint = checkpoint
+        self.adopt_hash = adopt_hash
         self.gc_freeze = gc_freeze
         # serialise snapshots in a forked child (Linux): no pause of the event loop
         self.fork_snapshots = (hasattr(os, "fork") and sys.platform.startswith("linux")
@@ -334,7 +340,35 @@ class CoreRunner:
             skipped.append(seq)
         return None
 
+    async def _adopt(self) -> None:
+        """Continue a core that followed this journal: check it sits on the chain, replay
+        what was appended since it last read."""
+        t0 = time.perf_counter()
+        j, ex = self.journal, self.exchange
+        refresh = getattr(j, "refresh", None)
+        if refresh is not None:
+            await refresh()
+        if await j.prev_hash(ex.last_seq + 1) != self.adopt_hash:
+            raise JournalCorruptError(ex.last_seq, "the followed state is not on this "
+                                                   "journal's hash chain")
+        replayed = await replay_into(ex, j, ex.last_seq + 1)
+        self._durable_seq = ex.last_seq
+        self._last_ts = ex.now
+        self._since_snapshot = replayed
+        self.recovery_skipped = []
+        self.recovery = {"snapshot_seq": 0, "replayed": replayed, "last_seq": ex.last_seq,
+                         "truncated": [], "adopted": True,
+                         "snapshot_proof": "followed (state hashes checked at every seal)",
+                         "unsealed_snapshots_skipped": [], "checkpoint_seq": None,
+                         "snapshot_load_s": 0.0, "replay_s": time.perf_counter() - t0,
+                         "chain_check_wait_s": 0.0, "chain_check": "followed",
+                         "seconds": time.perf_counter() - t0}
+        log.info("journal %s: took over a followed core at seq %d (%d replayed, %.2f s)",
+                 j.target, ex.last_seq, replayed, self.recovery["seconds"])
+
     async def _recover(self) -> None:
+        if self.adopt_hash is not None:
+            return await self._adopt()
         t0 = time.perf_counter()
         j = self.journal
         ex = self.exchange

@@ -63,8 +63,11 @@ def journal_target(settings: Settings, data_dir: Path | None,
 
 
 def make_runner(settings: Settings, data_dir: Path | None, in_memory: bool,
-                journal: str | None = None, recover_from_genesis: bool = False):
-    ex = build_exchange()
+                journal: str | None = None, recover_from_genesis: bool = False,
+                follower=None):
+    """``follower``: a hot standby's :class:`~exchange.journal.follower.Follower` taking
+    over - its core and journal are continued, not recovered from a snapshot."""
+    ex = build_exchange() if follower is None else follower.exchange
     if in_memory:
         from .memory import MemoryRunner
         return ex, MemoryRunner(ex)
@@ -75,7 +78,7 @@ def make_runner(settings: Settings, data_dir: Path | None, in_memory: bool,
         # private: the journal holds every firm's orders and balances (its files are 0600)
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         data_dir.chmod(0o700)
-    journal = open_journal(target, **options)
+    journal = open_journal(target, **options) if follower is None else follower.journal
     checkpoint = None
     if settings.journal.checkpoint_key_file:  # the signed chain head, outside the journal
         from ..journal.checkpoint import Checkpoint
@@ -85,7 +88,8 @@ def make_runner(settings: Settings, data_dir: Path | None, in_memory: bool,
     runner = CoreRunner(ex, journal, checkpoint=checkpoint,
                         snapshot_every_commands=settings.journal.snapshot_every_commands,
                         snapshot_every_seconds=settings.journal.snapshot_every_seconds,
-                        use_snapshots=not recover_from_genesis)
+                        use_snapshots=not recover_from_genesis,
+                        adopt_hash=None if follower is None else follower.head_hash)
     return ex, runner
 
 
@@ -97,7 +101,7 @@ async def _submit_all(runner, cmds) -> None:
 def create_app(settings: Settings, data_dir: str | Path | None = None, *,
                in_memory: bool = False, demo: bool = True,
                journal: str | None = None,
-               recover_from_genesis: bool = False) -> web.Application:
+               recover_from_genesis: bool = False, follower=None) -> web.Application:
     """The whole server as an aiohttp application (start it with AppRunner or TestServer)."""
     load_extensions()
     st = ServerState(settings, Path(data_dir) if data_dir is not None
@@ -107,7 +111,7 @@ def create_app(settings: Settings, data_dir: str | Path | None = None, *,
     app[STATE_KEY] = st
     st.guard = ConnectionGuard(settings.server)
     ex, runner = make_runner(settings, st.data_dir, in_memory, journal,
-                             recover_from_genesis)
+                             recover_from_genesis, follower)
     st.exchange, st.runner = ex, runner
     # listeners only see live commands (recovery replays without them)
     gw = st.gateway = app[GATEWAY_KEY] = Gateway(ex, runner, settings.server, log)

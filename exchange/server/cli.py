@@ -43,16 +43,18 @@ async def serve(args) -> int:
         from pathlib import Path
         from .app import journal_target
         from .standby import take_leadership
-        target, _ = journal_target(settings, Path(data_dir), args.journal)
+        target, options = journal_target(settings, Path(data_dir), args.journal)
         leadership = await take_leadership(
             target, node=args.node_id, ttl=args.lease_ttl, host=host, port=port,
-            address=args.advertise or (f"ws://{host}:{port}/ws" if port else ""))
+            options=options, address=args.advertise or (f"ws://{host}:{port}/ws" if port
+                                                        else ""))
         if leadership is None:
             return 0
         if leadership.port is not None:  # --port 0: the port the standby listened on
             port = leadership.port
     app = create_app(settings, data_dir, in_memory=args.in_memory, demo=not args.no_demo,
-                     journal=args.journal, recover_from_genesis=args.recover_from_genesis)
+                     journal=args.journal, recover_from_genesis=args.recover_from_genesis,
+                     follower=leadership.follower if leadership is not None else None)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     try:
         await runner.setup()  # runs on_startup: journal recovery / genesis

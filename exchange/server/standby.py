@@ -13,18 +13,27 @@ While it waits, a standby listens on its port and answers every websocket reques
 error ``NOT_LEADER`` and the leader's address (``{"code": "NOT_LEADER", "message": ...,
 "leader": "ws://..."}``) and every HTTP request (``/readyz`` included, so a load balancer
 leaves it out) with 503 and the same body; on taking over it closes that listener and the
-real server binds the same port. Not a hot standby yet: it does not follow the stream while
-waiting, so a take-over costs the lease's ``ttl`` plus a recovery (snapshot + tail).
+real server binds the same port.
+
+Meanwhile it is a hot standby: a :class:`~exchange.journal.follower.Follower` applies the
+stream to a core of its own every 100 ms, checking its state against every snapshot seal
+the leader journals; on taking over, the server continues that core (replaying only what
+was appended since the last step) instead of recovering from a snapshot. A follower that
+diverges or fails is dropped with a warning, and the take-over recovers from the log as a
+cold start does.
 """
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import socket
 
 from ..journal.jetstream import StaleWriterError
 from ..journal.lease import LeaderLease
+
+log = logging.getLogger("exchange.server.standby")
 
 LOST_LEADERSHIP_EXIT = 3
 NOT_LEADER = "NOT_LEADER"
@@ -112,6 +121,7 @@ class Leadership:
         self.lost = asyncio.Event()
         self.why = ""
         self.port: int | None = None  # the port the standby listener bound
+        self.follower = None  # the core followed while waiting, to continue
         self._watch: asyncio.Task | None = None
 
     def _lose(self, why: str) -> None:
@@ -153,9 +163,37 @@ class Leadership:
         await self.lease.close()
 
 
+async def _start_follower(target: str, options: dict):
+    from ..engine import build_exchange
+    from ..journal import open_journal
+    from ..journal.follower import Follower
+    f = Follower(build_exchange(), open_journal(target, **options))
+    try:
+        await f.start()
+    except Exception as e:
+        log.warning("standby: not following %s (%r); a take-over will recover from the log",
+                    target, e)
+        await f.journal.close()
+        return None
+    return f
+
+
+async def _step(f):
+    """One follower step; None when it must be dropped (diverged, or failing)."""
+    try:
+        await f.step()
+        return f
+    except Exception as e:
+        log.error("standby: follower dropped at seq %d (%s); a take-over will recover from "
+                  "the log", f.exchange.last_seq, e)
+        await f.journal.close()
+        return None
+
+
 async def take_leadership(target: str, *, node: str | None, address: str,
                           ttl: float, host: str = "127.0.0.1",
-                          port: int | None = None) -> Leadership | None:
+                          port: int | None = None, options: dict | None = None,
+                          follow: bool = True) -> Leadership | None:
     """Wait for the lease of ``target``'s stream (SIGINT/SIGTERM give up: None). With
     ``port``, answer ``NOT_LEADER`` on it meanwhile; ``Leadership.port`` is the port bound
     (for ``--port 0``), for the real server to bind in turn."""
@@ -174,8 +212,11 @@ async def take_leadership(target: str, *, node: str | None, address: str,
         except (NotImplementedError, RuntimeError):
             pass
     bound = port
+    follower = None
     try:
         if not await lease.acquire():
+            if follow:
+                follower = await _start_follower(target, options or {})
             h = await lease.holder() or {}
             site.leader, site.node = h.get("address", ""), h.get("node", "")
             if port is not None:
@@ -186,20 +227,29 @@ async def take_leadership(target: str, *, node: str | None, address: str,
                   f"leader now: {site.node or '?'} {site.leader}".rstrip()
                   + (f"; answering NOT_LEADER on {host}:{bound}" if port is not None else ""),
                   flush=True)
+            polls = 0
             while not await _try(lease):
                 if stop.is_set():
                     await site.stop()
+                    if follower is not None:
+                        await follower.journal.close()
                     await lease.close()
                     return None
-                h = await _holder(lease)
-                if h:
-                    site.leader, site.node = h.get("address", ""), h.get("node", "")
+                if follower is not None:
+                    follower = await _step(follower)
+                polls += 1
+                if polls % 4 == 0:
+                    h = await _holder(lease)
+                    if h:
+                        site.leader, site.node = h.get("address", ""), h.get("node", "")
                 try:
-                    await asyncio.wait_for(stop.wait(), 0.25)
+                    await asyncio.wait_for(stop.wait(), 0.1)
                 except asyncio.TimeoutError:
                     pass
             await site.stop()
-        print(f"node {lease.node} took the leader lease of {lease.target} (ttl {ttl:g} s)",
+        print(f"node {lease.node} took the leader lease of {lease.target} (ttl {ttl:g} s)"
+              + (f"; continuing the followed core at seq {follower.exchange.last_seq} "
+                 f"({follower.seals_checked} snapshot seals checked)" if follower else ""),
               flush=True)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -210,6 +260,7 @@ async def take_leadership(target: str, *, node: str | None, address: str,
     # renew from now on: recovery may take longer than the ttl
     lead = Leadership(lease)
     lead.port = bound
+    lead.follower = follower
     lease.start_renewing(lambda: lead._lose("the leader lease was lost"))
     return lead
 
