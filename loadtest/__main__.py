@@ -8,6 +8,7 @@
     python -m loadtest echo --port 8765                               # serve the baseline
     python -m loadtest costs                        # per-message costs of the order path
     python -m loadtest profile --rate 3000          # py-spy the server under load, summarised
+    python -m loadtest failover --runs 5 --json out/failover.json   # kill the leader under load
 
 See docs/LOADTEST.md. (The engine micro-benchmarks are ``python -m loadtest.engine``.)
 """
@@ -44,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "_worker":
         from .ws_worker import worker_main
         return worker_main()
+    if argv and argv[0] == "failover":  # the replicated exchange: its own options
+        from .failover import main as failover_main
+        return failover_main(argv[1:])
     from . import ws_costs, ws_echo, ws_profile
     from .ws_cli import cmd_memory, cmd_run, cmd_sweep
 

@@ -212,11 +212,12 @@ async def take_leadership(target: str, *, node: str | None, address: str,
         except (NotImplementedError, RuntimeError):
             pass
     bound = port
-    follower = None
+    # follow first, lease second: recovering (snapshot + tail) blocks the event loop, and
+    # a leader must not spend its lease's ttl on it - with the core followed, taking over
+    # is a short tail replay
+    follower = await _start_follower(target, options or {}) if follow else None
     try:
         if not await lease.acquire():
-            if follow:
-                follower = await _start_follower(target, options or {})
             h = await lease.holder() or {}
             site.leader, site.node = h.get("address", ""), h.get("node", "")
             if port is not None:
