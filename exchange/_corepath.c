@@ -56,17 +56,18 @@ static const char *const acct_names[A_N] = {"firm_id", "stp_policy", "can_trade"
                                             "coids"};
 enum { H_TOTAL, H_RESERVED, H_LOTS, H_N };
 static const char *const hold_names[H_N] = {"total", "reserved", "lots"};
-enum { I_SYMBOL, I_BAND_LO, I_BAND_HI, I_HALTED, I_DAY_OPEN, I_DAY_HIGH, I_DAY_LOW, I_LAST,
-       I_DAY_VOLUME, I_DAY_NOTIONAL, I_DAY_TRADES, I_N };
-static const char *const instr_names[I_N] = {"symbol", "band_lo", "band_hi", "halted",
-                                             "day_open", "day_high", "day_low", "last",
-                                             "day_volume", "day_notional", "day_trades"};
+enum { I_SYMBOL, I_BAND_LO, I_BAND_HI, I_HALTED, I_N };
+static const char *const instr_names[I_N] = {"symbol", "band_lo", "band_hi", "halted"};
 enum { R_TICK, R_LOT, R_MAX_QTY, R_FEE_BPS, R_ACCESS, R_N };
 static const char *const rules_names[R_N] = {"tick", "lot", "max_order_qty", "fee_bps",
                                              "access"};
-enum { B_INSTRUMENT, B_SEGMENT, B_BIDS, B_ASKS, B_ORDERS, B_CHANGES, B_SEQ, B_N };
+/* the day statistics are the board's (the book's), not the instrument's */
+enum { B_INSTRUMENT, B_SEGMENT, B_BIDS, B_ASKS, B_ORDERS, B_CHANGES, B_SEQ, B_DAY_OPEN,
+       B_DAY_HIGH, B_DAY_LOW, B_LAST, B_DAY_VOLUME, B_DAY_NOTIONAL, B_DAY_TRADES, B_N };
 static const char *const book_names[B_N] = {"instrument", "segment", "bids", "asks", "orders",
-                                            "changes", "seq"};
+                                            "changes", "seq", "day_open", "day_high",
+                                            "day_low", "last", "day_volume", "day_notional",
+                                            "day_trades"};
 enum { O_ID, O_ACCOUNT, O_COID, O_INSTRUMENT, O_SEGMENT, O_SIDE, O_PRICE, O_QTY, O_LEAVES,
        O_CUM, O_TIF, O_POST_ONLY, O_RESERVED, O_STATUS, O_SEQ, O_PREV, O_NEXT, O_N };
 static const char *const order_names[O_N] = {
@@ -1226,7 +1227,7 @@ floordiv10k(__int128 m)
 /* the per-command constants of the settlement loop and the day statistics it keeps */
 typedef struct {
     CorePath *self;
-    PyObject *o, *acct, *accounts, *instr, *symbol, *segment, *taker_side, *now, *listeners,
+    PyObject *o, *acct, *accounts, *book, *symbol, *segment, *taker_side, *now, *listeners,
         *events;
     int taker_buys;
     long long fee_bps;
@@ -1521,7 +1522,7 @@ settle_fill(settle_t *s, PyObject *maker, long long q, long long px)
     Py_DECREF(t);
     /* day statistics */
     if (!s->traded) {
-        set_ref(s->instr, instr_off[I_DAY_OPEN], pxo);
+        set_ref(s->book, book_off[B_DAY_OPEN], pxo);
         Py_XSETREF(s->day_high, Py_NewRef(pxo));
         Py_XSETREF(s->day_low, Py_NewRef(pxo));
         s->traded = 1;
@@ -1593,7 +1594,7 @@ execute(CorePath *self, PyObject *o, PyObject *book, PyObject *instr, PyObject *
         s.o = o;
         s.acct = acct;
         s.accounts = accounts;
-        s.instr = instr;
+        s.book = book;
         s.symbol = SLOT(instr, instr_off[I_SYMBOL]);
         s.segment = SLOT(o, order_off[O_SEGMENT]);
         s.taker_side = SLOT(o, order_off[O_SIDE]);
@@ -1612,19 +1613,19 @@ execute(CorePath *self, PyObject *o, PyObject *book, PyObject *instr, PyObject *
         }
         Py_INCREF(s.now);
         Py_INCREF(s.listeners);
-        s.traded = PyObject_IsTrue(SLOT(instr, instr_off[I_DAY_TRADES]));
-        s.day_high = Py_XNewRef(SLOT(instr, instr_off[I_DAY_HIGH]));
-        s.day_low = Py_XNewRef(SLOT(instr, instr_off[I_DAY_LOW]));
+        s.traded = PyObject_IsTrue(SLOT(book, book_off[B_DAY_TRADES]));
+        s.day_high = Py_XNewRef(SLOT(book, book_off[B_DAY_HIGH]));
+        s.day_low = Py_XNewRef(SLOT(book, book_off[B_DAY_LOW]));
         int ok = s.traded >= 0 && s.day_high != NULL && s.day_low != NULL;
         for (Py_ssize_t i = 0; ok && i < fills.n; i++)
             ok = settle_fill(&s, fills.v[i].maker, fills.v[i].q, fills.v[i].px) == 0;
         if (ok) {
-            set_ref(instr, instr_off[I_DAY_HIGH], s.day_high);
-            set_ref(instr, instr_off[I_DAY_LOW], s.day_low);
-            ok = set_i(instr, instr_off[I_LAST], s.last_px) == 0 &&
-                 slot_add(instr, instr_off[I_DAY_TRADES], s.trades) == 0 &&
-                 slot_add(instr, instr_off[I_DAY_VOLUME], s.day_volume) == 0 &&
-                 slot_add(instr, instr_off[I_DAY_NOTIONAL], s.day_notional) == 0;
+            set_ref(book, book_off[B_DAY_HIGH], s.day_high);
+            set_ref(book, book_off[B_DAY_LOW], s.day_low);
+            ok = set_i(book, book_off[B_LAST], s.last_px) == 0 &&
+                 slot_add(book, book_off[B_DAY_TRADES], s.trades) == 0 &&
+                 slot_add(book, book_off[B_DAY_VOLUME], s.day_volume) == 0 &&
+                 slot_add(book, book_off[B_DAY_NOTIONAL], s.day_notional) == 0;
         }
         Py_XDECREF(s.day_high);
         Py_XDECREF(s.day_low);

@@ -160,9 +160,8 @@ def _ints(ex) -> list:
         out.append(b.seq)
         for side in (b.bids, b.asks):
             out += [lv.qty for lv in side.values()]
-    for i in ex.instruments.values():
-        out += [v for v in (i.day_volume, i.day_notional, i.day_trades, i.last, i.day_high,
-                                      i.day_low)
+        out += [v for v in (b.day_volume, b.day_notional, b.day_trades, b.last, b.day_high,
+                            b.day_low)
                 if type(v) is int]
     return out
 

@@ -195,7 +195,15 @@ def unlink(level: Level, order: Order) -> None:
 
 
 class OrderBook:
-    __slots__ = ("instrument", "segment", "bids", "asks", "orders", "changes", "seq")
+    # The day statistics are the board's own (a book is one board: instrument x segment): a
+    # trade on ``sme`` or ``chain:<id>`` never moves the ``main`` board's figures, and only the
+    # main board's VWAP sets the instrument's reference price at the end of the day.
+    __slots__ = ("instrument", "segment", "bids", "asks", "orders", "changes", "seq",
+                 "day_open", "day_high", "day_low", "last", "day_volume", "day_notional",
+                 "day_trades")
+
+    DAY_STATE = ("day_open", "day_high", "day_low", "last", "day_volume", "day_notional",
+                 "day_trades")
 
     def __init__(self, instrument: str = "", segment: str = "main"):
         self.instrument = instrument
@@ -207,6 +215,22 @@ class OrderBook:
         # appear more than once, the last entry wins (consumers apply them in order)
         self.changes: list[tuple[str, int, int]] = []
         self.seq = 0  # L2 update sequence number
+        self.last = 0  # the last trade's price, kept across days
+        self.reset_day()
+
+    def reset_day(self) -> None:
+        self.day_open = 0
+        self.day_high = 0
+        self.day_low = 0
+        self.day_volume = 0
+        self.day_notional = 0
+        self.day_trades = 0
+
+    def vwap(self) -> int | None:
+        """The day's volume-weighted average price on this board, half up to the fen."""
+        if not self.day_volume:
+            return None
+        return (self.day_notional + self.day_volume // 2) // self.day_volume
 
     def __del__(self):
         """Resting orders link to their neighbours (``prev``/``next``), a reference cycle; the
@@ -418,11 +442,17 @@ class OrderBook:
         ``to_state()`` (in :meth:`iter_orders` order) and must serialise to the same JSON: a
         snapshot writer's faster path (exchange.journal.runner.snapshot_bytes)."""
         if encode_orders is not None:
-            return {"seq": self.seq, "orders": encode_orders(self)}
-        return {"seq": self.seq, "orders": [o.to_state() for o in self.iter_orders()]}
+            out = {"seq": self.seq, "orders": encode_orders(self)}
+        else:
+            out = {"seq": self.seq, "orders": [o.to_state() for o in self.iter_orders()]}
+        if self.last or self.day_trades:
+            out["day"] = [getattr(self, f) for f in self.DAY_STATE]
+        return out
 
     def load_state(self, s: dict) -> list[Order]:
         self.seq = s["seq"]
+        for f, v in zip(self.DAY_STATE, s.get("day", ())):
+            setattr(self, f, v)
         loaded = []
         for os_ in s["orders"]:
             o = Order.from_state(os_, self.instrument, self.segment)

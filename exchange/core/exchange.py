@@ -145,9 +145,11 @@ class SegmentRules:
 
 
 class Instrument:
+    """A tradable unit kind and its price band. The day statistics (open, high, low, last,
+    volume, VWAP) belong to each board, on its :class:`OrderBook`; the reference price is the
+    instrument's and only its ``main`` board's VWAP sets it."""
     __slots__ = ("symbol", "kind", "vintage", "offset_type", "_ref", "_band_bps", "band_lo",
-                 "band_hi", "halted", "day_open", "day_high", "day_low", "last", "day_volume",
-                 "day_notional", "day_trades")
+                 "band_hi", "halted")
 
     def __init__(self, symbol, kind, vintage, offset_type, reference_price, band_bps):
         self.symbol = symbol
@@ -158,16 +160,6 @@ class Instrument:
         self._band_bps = band_bps
         self._set_band()
         self.halted = False
-        self.reset_day()
-        self.last = 0
-
-    def reset_day(self):
-        self.day_open = 0
-        self.day_high = 0
-        self.day_low = 0
-        self.day_volume = 0
-        self.day_notional = 0
-        self.day_trades = 0
 
     @property
     def reference_price(self) -> int:
@@ -202,14 +194,10 @@ class Instrument:
             return None
         return self.band_lo, self.band_hi
 
-    def vwap(self) -> int | None:
-        if not self.day_volume:
-            return None
-        return (self.day_notional + self.day_volume // 2) // self.day_volume
-
-    _STATE = ("kind", "vintage", "offset_type", "reference_price", "band_bps", "halted",
-              "day_open", "day_high", "day_low", "last", "day_volume", "day_notional",
-              "day_trades")
+    _STATE = ("kind", "vintage", "offset_type", "reference_price", "band_bps", "halted")
+    # the day statistics an instrument's state carried before they were per board
+    _LEGACY_DAY = ("day_open", "day_high", "day_low", "last", "day_volume", "day_notional",
+                   "day_trades")
 
     def to_state(self):
         return [getattr(self, f) for f in self._STATE]
@@ -217,8 +205,7 @@ class Instrument:
     @classmethod
     def from_state(cls, symbol, s):
         i = cls(symbol, s[0], s[1], s[2], s[3], s[4])
-        for f, v in zip(cls._STATE, s):
-            setattr(i, f, v)
+        i.halted = s[5]
         return i
 
 
@@ -659,10 +646,11 @@ class Exchange:
                 bo, bacct = o, acct
             else:
                 so, sacct = o, acct
-            # day statistics, kept in locals over the fills and stored back after the loop
-            day_trades = instr.day_trades
-            day_high = instr.day_high
-            day_low = instr.day_low
+            # the board's day statistics, kept in locals over the fills and stored back after
+            # the loop
+            day_trades = book.day_trades
+            day_high = book.day_high
+            day_low = book.day_low
             day_volume = 0
             day_notional = 0
             now = self.now
@@ -803,7 +791,7 @@ class Exchange:
                     listener(t)
                 # day statistics
                 if not day_trades:
-                    instr.day_open = day_high = day_low = px
+                    book.day_open = day_high = day_low = px
                 elif px > day_high:
                     day_high = px
                 elif px < day_low:
@@ -811,12 +799,12 @@ class Exchange:
                 day_trades += 1
                 day_volume += q
                 day_notional += notional
-            instr.day_high = day_high
-            instr.day_low = day_low
-            instr.last = px
-            instr.day_trades = day_trades
-            instr.day_volume += day_volume
-            instr.day_notional += day_notional
+            book.day_high = day_high
+            book.day_low = day_low
+            book.last = px
+            book.day_trades = day_trades
+            book.day_volume += day_volume
+            book.day_notional += day_notional
         if killed and o.leaves:
             o.status = ST_CANCELED
             self._release(o, acct)
@@ -1309,7 +1297,10 @@ class Exchange:
         refs = []
         for sym in sorted(self.instruments):
             ins = self.instruments[sym]
-            vwap = ins.vwap()
+            # only the main board sets the reference: the sme and supply-chain boards are
+            # smaller, restricted markets whose prices are not the instrument's price
+            main = self.books.get((sym, "main"))
+            vwap = main.vwap() if main is not None else None
             lock = locked.get(sym)
             if vwap is not None:
                 ins.reference_price = vwap
@@ -1317,8 +1308,9 @@ class Exchange:
             elif lock is not None:
                 ins.reference_price = lock[1]
                 self._cancel_outside_band(ins, events)
-            ins.reset_day()
             refs.append((sym, ins.reference_price))
+        for key in sorted(self.books):
+            self.books[key].reset_day()
         self.day += 1
         events.append(DayEnded(self.day, tuple(refs), expired,
                                tuple((sym, d) for sym, (d, _) in sorted(locked.items()))))
@@ -1337,7 +1329,7 @@ class Exchange:
             ins = self.instruments[sym]
             band = ins.band()
             book = self.books.get((sym, "main"))
-            if band is None or book is None or ins.day_volume:
+            if band is None or book is None or book.day_volume:
                 continue
             bid, ask = book.best_bid(), book.best_ask()
             if bid is not None and bid >= band[1]:
@@ -1374,6 +1366,10 @@ class Exchange:
         self.market_halted = s["market_halted"]
         self.segments = {k: SegmentRules(k, *v) for k, v in s["segments"].items()}
         self.instruments = {k: Instrument.from_state(k, v) for k, v in s["instruments"].items()}
+        # a state written when the day statistics were the instrument's: they go to its main
+        # board (which is where the reference price comes from)
+        legacy = {k: dict(zip(Instrument._LEGACY_DAY, v[6:])) for k, v in
+                  s["instruments"].items() if len(v) > 6}
         self.accounts = {k: Account.from_state(k, v) for k, v in s["accounts"].items()}
         self.books = {}
         for sym, seg, bs in s["books"]:
@@ -1383,6 +1379,9 @@ class Exchange:
                 acct.orders[o.order_id] = o
                 if o.client_order_id is not None:
                     acct.coids[o.client_order_id] = o.order_id
+            if seg == "main" and sym in legacy and "day" not in bs:
+                for f, v in legacy[sym].items():
+                    setattr(book, f, v)
             self.books[(sym, seg)] = book
         self.halted_books = {tuple(k) for k in s["halted_books"]}
         self.chains = dict(s["chains"])

@@ -4,26 +4,39 @@ from __future__ import annotations
 
 from ..core import errors as E
 from ..core.units import format_price
-from ..server.api import ApiContext, int_param, route
+from ..server.api import ApiContext, Param, ident_param, int_param, route
 from ..server.protocol import ProtocolError
 
 
+# a segment name is an identifier (main, sme, chain:<id>); main unless given
+SEGMENT_PARAM = ident_param("the board: main (default), sme or chain:<id>")
+SEGMENT_PARAM = Param({**SEGMENT_PARAM.schema, "default": "main"}, SEGMENT_PARAM.parse,
+                      SEGMENT_PARAM.description, False, "main")
+
+
 @route("GET", "/market/candles/{instrument}", roles=None, tag="market",
-       query={"limit": int_param(1, 750, "most recent trading days", default=120)},
-       summary="Daily open/high/low/close of an instrument (all segments), oldest first")
+       query={"limit": int_param(1, 750, "most recent trading days", default=120),
+              "segment": SEGMENT_PARAM},
+       summary="Daily open/high/low/close of one board of an instrument, oldest first")
 async def candles(ctx: ApiContext, body) -> dict:
-    """``?limit=N`` (default 120, at most 750) most recent trading days. A candle of the
-    current day is still open (``closed: false``). Prices are decimal CNY strings."""
+    """``?limit=N`` (default 120, at most 750) most recent trading days of one board
+    (``?segment=``, default ``main``: the board whose prices set the reference price). A
+    candle of the current day is still open (``closed: false``). Prices are decimal CNY
+    strings."""
     from . import CANDLES_KEY
+    from .candles import board_key
 
     sym = ctx.path["instrument"]
     ins = ctx.ex.instruments.get(sym)
     if ins is None:
         raise ProtocolError(E.UNKNOWN_INSTRUMENT, f"no instrument {sym[:64]!r}", 404)
+    seg = ctx.params["segment"]
+    if (sym, seg) not in ctx.ex.books:
+        raise ProtocolError(E.UNKNOWN_INSTRUMENT, f"no board {sym[:64]!r} in {seg[:80]!r}", 404)
     limit = ctx.params["limit"]
     store = ctx.request.app.get(CANDLES_KEY)
-    series = store.series(sym, limit) if store is not None else []
-    return {"instrument": sym, "day": ctx.ex.day,
+    series = store.series(board_key(sym, seg), limit) if store is not None else []
+    return {"instrument": sym, "segment": seg, "day": ctx.ex.day,
             "reference_price": format_price(ins.reference_price) if ins.reference_price
             else None, "candles": series}
 

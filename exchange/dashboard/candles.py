@@ -1,7 +1,10 @@
-"""Daily open/high/low/close per instrument: a read model for the dashboard's price chart.
+"""Daily open/high/low/close per board: a read model for the dashboard's price chart.
 
-The core keeps only the current day's statistics (``Instrument.day_open/high/low/last``); the
-chart needs past days too. :class:`CandleStore` is fed by a runner listener (committed commands
+A board is an instrument's book in one segment; its key here is the instrument for the ``main``
+board and ``<instrument>@<segment>`` for the others (as the ticker channels are named), so a
+trade on ``sme`` or ``chain:<id>`` never draws on the main board's candle. The core keeps only
+the current day's statistics (``OrderBook.day_open/high/low/last``); the chart needs past days
+too. :class:`CandleStore` is fed by a runner listener (committed commands
 and their events, in sequence order): every ``Trade`` updates the candle of the current trading
 day, every ``DayEnded`` closes it. It is a *derived* view, not state: nothing in the core depends
 on it, and it is kept in ``<data-dir>/candles.json`` (written at each end of day and at shutdown)
@@ -23,6 +26,11 @@ log = logging.getLogger("exchange.dashboard")
 
 MAX_DAYS = 750  # candles kept per instrument (about three trading years)
 RECENT_TRADES = 100  # public trades kept per instrument for a page that has just opened
+
+
+def board_key(instrument: str, segment: str = "main") -> str:
+    """The main board is the instrument itself; another is ``<instrument>@<segment>``."""
+    return instrument if segment == "main" else f"{instrument}@{segment}"
 
 
 class CandleStore:
@@ -65,12 +73,16 @@ class CandleStore:
     def seed(self, ex) -> None:
         """Take the current day (and its statistics so far) from the core."""
         self.day = ex.day
-        for sym, ins in ex.instruments.items():
-            days = self.candles.setdefault(sym, {})
-            if ins.day_trades:
-                days[self.day] = [ins.day_open, ins.day_high, ins.day_low, ins.last,
-                                  ins.day_volume, ins.day_trades, days.get(self.day, [0] * 7)[6]]
-            else:
+        for (sym, seg), book in ex.books.items():
+            key = board_key(sym, seg)
+            days = self.candles.get(key)
+            if book.day_trades:
+                if days is None:
+                    days = self.candles[key] = {}
+                days[self.day] = [book.day_open, book.day_high, book.day_low, book.last,
+                                  book.day_volume, book.day_trades,
+                                  days.get(self.day, [0] * 7)[6]]
+            elif days is not None:
                 days.pop(self.day, None)
         self.dirty = True
 
@@ -79,7 +91,8 @@ class CandleStore:
         for ev in events:
             t = type(ev)
             if t is Trade:
-                self.add_trade(ev.instrument, ev.price, ev.qty, getattr(cmd, "ts", 0))
+                self.add_trade(board_key(ev.instrument, ev.segment), ev.price, ev.qty,
+                               getattr(cmd, "ts", 0))
                 q = self.recent.get(ev.instrument)
                 if q is None:
                     q = self.recent[ev.instrument] = deque(maxlen=RECENT_TRADES)
@@ -89,8 +102,9 @@ class CandleStore:
                 self.dirty = True
                 self.save()
 
-    def add_trade(self, instrument: str, price: int, qty: int, ts: int = 0) -> None:
-        days = self.candles.setdefault(instrument, {})
+    def add_trade(self, board: str, price: int, qty: int, ts: int = 0) -> None:
+        """``board``: see :func:`board_key`."""
+        days = self.candles.setdefault(board, {})
         c = days.get(self.day)
         if c is None:
             days[self.day] = [price, price, price, price, qty, 1, ts]
@@ -108,8 +122,9 @@ class CandleStore:
         self.dirty = True
 
     # ------------------------------------------------------------------ reading
-    def series(self, instrument: str, limit: int = 120) -> list[dict]:
-        days = self.candles.get(instrument, {})
+    def series(self, board: str, limit: int = 120) -> list[dict]:
+        """``board``: see :func:`board_key`."""
+        days = self.candles.get(board, {})
         out = []
         for d in sorted(days)[-limit:]:
             o, h, lo, c, v, n, ts = days[d]

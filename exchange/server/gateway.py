@@ -41,6 +41,7 @@ from .protocol import (
     CancelAllParams, CancelOrderParams, ChannelParams, EmptyParams, PlaceOrderParams,
     ProtocolError, er_head, er_push, er_tail_args, fmt_px, validate_amend_order, validate_cancel_order, validate_place_order,
     validation_message, wire_balances, wire_depth, wire_order, wire_ticker, wire_trade,
+    ticker_channel,
     ws_method,
 )
 
@@ -81,6 +82,12 @@ ER_HEADS_MAX = 200_000  # execution report heads kept (orders working); past it,
 WRITE_HIGH = 1 << 20  # bytes buffered in the socket's transport before the writer waits
 LEASE_S = 0.02  # a session's lease of its key's rate limit: this many seconds' worth
 MEASURE_S = 0.05  # how often the bytes of backed-up connections are measured (total bound)
+
+
+def _ticker_board(rest: str) -> tuple[str, str]:
+    """``CEA-2026`` -> its main board; ``CEA-2026@sme`` -> ``("CEA-2026", "sme")``."""
+    sym, _, seg = rest.partition("@")
+    return sym, seg or "main"
 
 
 def _held(s) -> int:
@@ -544,9 +551,12 @@ class Gateway:
         self.bal_subs: dict[str, set[Session]] = {}
         self.book_subs: dict[tuple[str, str], set[Session]] = {}
         self.trade_subs: dict[str, set[Session]] = {}
-        self.ticker_subs: dict[str, set[Session]] = {}
+        # tickers per board, (instrument, segment); channel names: protocol.ticker_channel
+        self.ticker_subs: dict[tuple[str, str], set[Session]] = {}
         self._dirty_bal: set[str] = set()
-        self._dirty_tick: set[str] = set()
+        self._dirty_tick: set[tuple[str, str]] = set()
+        # the last ticker pushed per board: a flush whose ticker is the same sends nothing
+        self._last_tick: dict[tuple[str, str], bytes] = {}
         self._flush_scheduled = False
         self._batch_future = None  # the journal batch the current place_orders ride in
         self._batch: list = []  # (session, req_id, reply, idempotency key, outcome)
@@ -849,14 +859,20 @@ class Gateway:
             self.book_subs.setdefault((instr, seg), set()).add(s)
             s.subs[channel] = book.seq
             return {"channel": channel, "seq": book.seq, "snapshot": wire_depth(book)}
-        if kind in ("trades", "ticker") and rest in ex.instruments:
-            table = self.trade_subs if kind == "trades" else self.ticker_subs
-            table.setdefault(rest, set()).add(s)
+        if kind == "trades" and rest in ex.instruments:
+            self.trade_subs.setdefault(rest, set()).add(s)
             s.subs.setdefault(channel, 0)
-            out = {"channel": channel, "seq": s.subs[channel]}
-            if kind == "ticker":
-                out["snapshot"] = wire_ticker(ex, rest)
-            return out
+            return {"channel": channel, "seq": s.subs[channel]}
+        if kind == "ticker":
+            key = _ticker_board(rest)
+            if key in ex.books:
+                self.ticker_subs.setdefault(key, set()).add(s)
+                s.subs.setdefault(channel, 0)
+                return {"channel": channel, "seq": s.subs[channel],
+                        "snapshot": wire_ticker(ex, *key)}
+            if key[0] in ex.instruments:
+                raise ProtocolError(E.UNKNOWN_CHANNEL, f"no board {rest[:80]!r} (ticker:"
+                                                       f"<instrument>[@<segment>])")
         raise ProtocolError(E.UNKNOWN_CHANNEL, f"unknown channel {channel[:80]!r}")
 
     def _unsub(self, s: Session, channel: str) -> bool:
@@ -874,12 +890,14 @@ class Gateway:
             elif kind == "trades":
                 table, key = self.trade_subs, rest
             else:
-                table, key = self.ticker_subs, rest
+                table, key = self.ticker_subs, _ticker_board(rest)
         subs = table.get(key)
         if subs is not None:
             subs.discard(s)
             if not subs:
                 del table[key]
+                if table is self.ticker_subs:
+                    self._last_tick.pop(key, None)
         return True
 
     def unsubscribe(self, s: Session, channel: str) -> dict:
@@ -974,8 +992,8 @@ class Gateway:
                         if s.subs.get(ch, bs) < bs:
                             s.subs[ch] = bs
                             s.send(msg)
-            if ev.segment == "main" and ev.instrument in ticker_subs:
-                self._dirty_tick.add(ev.instrument)
+            if ticker_subs and key in ticker_subs:
+                self._dirty_tick.add(key)
         elif t is Trade:
             self.metrics.trades += 1
             subs = self.trade_subs.get(ev.instrument)
@@ -983,8 +1001,9 @@ class Gateway:
                 data = _dumps(wire_trade(ev))
                 for s in tuple(subs):
                     s.push(f"trades:{ev.instrument}", data)
-            if ev.instrument in self.ticker_subs:
-                self._dirty_tick.add(ev.instrument)
+            key = (ev.instrument, ev.segment)
+            if key in self.ticker_subs:  # the trade's own board only
+                self._dirty_tick.add(key)
             for who, _amt in ev.proceeds_split:
                 if who in bal_subs:
                     self._dirty_bal.add(who)
@@ -1052,11 +1071,15 @@ class Gateway:
                         s.push("balances", data)
         if self._dirty_tick:
             dirty, self._dirty_tick = self._dirty_tick, set()
-            for sym in dirty:
-                subs = self.ticker_subs.get(sym)
+            last = self._last_tick
+            for key in dirty:
+                subs = self.ticker_subs.get(key)
                 if subs:
-                    data = _dumps(wire_ticker(ex, sym))
-                    ch = f"ticker:{sym}"
+                    data = _dumps(wire_ticker(ex, *key))
+                    if last.get(key) == data:
+                        continue  # nothing in it changed (e.g. an order away from the top)
+                    last[key] = data
+                    ch = ticker_channel(*key)
                     for s in tuple(subs):
                         s.push(ch, data)
 

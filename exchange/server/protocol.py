@@ -583,18 +583,34 @@ def wire_order(o) -> dict:
             "tif": o.tif, "post_only": o.post_only, "order_status": o.status}
 
 
+def ticker_channel(symbol: str, segment: str = "main") -> str:
+    """The ticker channel of one board: ``ticker:<instrument>`` for the main board,
+    ``ticker:<instrument>@<segment>`` for the others (``ticker:CEA-2026@sme``,
+    ``ticker:CEA-2026@chain:steel``)."""
+    return f"ticker:{symbol}" if segment == "main" else f"ticker:{symbol}@{segment}"
+
+
 def wire_ticker(ex, symbol: str, segment: str = "main") -> dict:
+    """One board's ticker: its own last price and day statistics; the reference price and
+    band are the instrument's (set by the main board)."""
     ins = ex.instruments[symbol]
     book = ex.books.get((symbol, segment))
     bb = book.best_bid() if book is not None else None
     ba = book.best_ask() if book is not None else None
     band = ins.band()
+    if book is None:
+        last = day_open = day_high = day_low = vwap = None
+        volume = trades = 0
+    else:
+        last, day_open = book.last or None, book.day_open or None
+        day_high, day_low, vwap = book.day_high or None, book.day_low or None, book.vwap()
+        volume, trades = book.day_volume, book.day_trades
     return {
-        "instrument": symbol, "segment": segment, "last": px(ins.last or None),
+        "instrument": symbol, "segment": segment, "last": px(last),
         "best_bid": px(bb), "best_ask": px(ba),
-        "day_open": px(ins.day_open or None), "day_high": px(ins.day_high or None),
-        "day_low": px(ins.day_low or None), "vwap": px(ins.vwap()),
-        "volume": ins.day_volume, "trades": ins.day_trades,
+        "day_open": px(day_open), "day_high": px(day_high),
+        "day_low": px(day_low), "vwap": px(vwap),
+        "volume": volume, "trades": trades,
         "reference_price": px(ins.reference_price or None),
         "band": None if band is None else [format_price(band[0]), format_price(band[1])],
         "halted": ex.is_halted(symbol, segment) if book is not None else ins.halted,
@@ -606,6 +622,6 @@ __all__ = [
     "AmendOrderParams", "order_ref", "validate_place_order", "validate_cancel_order",
     "validate_amend_order", "CancelAllParams", "ChannelParams", "EmptyParams", "Method", "METHODS",
     "ws_method", "DEFERRED", "OVERLOADED", "validation_message", "wire_er", "wire_trade", "wire_book_changes",
-    "wire_depth", "wire_balances", "wire_order", "wire_ticker", "fmt_px", "JSON_STR", "PX_JSON",
+    "wire_depth", "wire_balances", "wire_order", "wire_ticker", "ticker_channel", "fmt_px", "JSON_STR", "PX_JSON",
     "er_head", "er_tail_args", "er_push_c", "er_push", "er_push_ref", "ER_BODY", "ER_PUSH", "E",
 ]
