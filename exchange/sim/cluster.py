@@ -62,11 +62,8 @@ def default_workers() -> int:
 
 
 def have_dask() -> bool:
-    try:
-        import dask.distributed  # noqa: F401
-        return True
-    except ImportError:
-        return False
+    import importlib.util
+    return importlib.util.find_spec("distributed") is not None
 
 
 def local_cluster(workers: int):

@@ -720,10 +720,10 @@ def _sector_section(res: RunResult) -> list[str]:
                            f"largest cut {s.max_output_cut:g}" for s in sc.sectors
                            if s.margin is not None)
         md += [f"**Supply response** ({params}): each firm decides its output at the price "
-               f"the period is expected to clear at (p̂: "
+               "the period is expected to clear at (p̂: "
                + ", ".join(f"{p['year']} {p['expected_price']:.2f}" for p in res.period_rows)
                + " CNY/t), cutting it where its carbon cost per unit of output exceeds its "
-               f"margin. Output against trend over the run: "
+               "margin. Output against trend over the run: "
                + ", ".join(f"{k} {v * 100:+.2f} %" for k, v in sr["by_sector"].items())
                + " (docs/SIMULATION.md, 'Supply response').", ""]
     return md
