@@ -18,7 +18,7 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .compliance.config import ComplianceConfig
 from .core.units import parse_price
@@ -108,10 +108,45 @@ class InstrumentConfig(Strict):
         return parse_price(self.reference_price)
 
 
+class CalendarConfig(Strict):
+    """Trading sessions (exchange/core/calendar.py): the exchange opens and closes by itself,
+    expires DAY orders and rolls the reference price at the day's last close."""
+
+    enabled: bool = Field(False, description="trade only in sessions; off: the market is open "
+                                             "unless halted and the day ends on POST /end-of-day")
+    tz: str = Field("Asia/Shanghai", description="the time zone of the sessions and holidays")
+    sessions: list[tuple[str, str]] = Field(
+        [("09:30", "11:30"), ("13:00", "15:00")],
+        description="[open, close] local times HH:MM, in order, with a break between them")
+    weekdays: list[int] = Field([0, 1, 2, 3, 4], description="trading weekdays, 0 = Monday")
+    holidays: list[str] = Field([], description="local dates YYYY-MM-DD without trading")
+    clock_check_s: float = Field(30.0, gt=0, le=3600,
+                                 description="the server looks at the wall clock at least this "
+                                             "often; it journals a clock command only when a "
+                                             "session opens or closes")
+
+    @model_validator(mode="after")
+    def _valid(self):
+        from .core.calendar import TradingCalendar
+
+        if self.enabled:
+            TradingCalendar.build(self.sessions, self.tz, self.weekdays, self.holidays)
+        return self
+
+    def calendar(self):
+        """The core's calendar, or None when sessions are off."""
+        from .core.calendar import TradingCalendar
+
+        if not self.enabled:
+            return None
+        return TradingCalendar.build(self.sessions, self.tz, self.weekdays, self.holidays)
+
+
 class MarketConfig(Strict):
     price_band_bps: int = Field(1000, ge=0, le=10_000, description="+- band around reference")
     segments: list[SegmentConfig]
     instruments: list[InstrumentConfig]
+    calendar: CalendarConfig = Field(default_factory=CalendarConfig)
 
 
 class FirmConfig(Strict):

@@ -145,6 +145,8 @@ COMMAND_FIELDS = {
     'deposit_cash': ('account', 'amount'),
     'disburse_grant': ('application_id', 'operator'),
     'end_of_day': (),
+    'clock': (),
+    'set_trading_calendar': ('sessions', 'tz', 'weekdays', 'holidays'),
     'fund_deposit': ('amount', 'period', 'ref', 'operator'),
     'halt': ('instrument', 'segment'),
     'issue_api_key': ('key_id', 'role', 'key_hash', 'firm_id', 'label', 'scheme'),

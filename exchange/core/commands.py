@@ -261,6 +261,32 @@ class EndOfDay(Command):
     ts: int = 0
 
 
+@command("set_trading_calendar")
+class SetTradingCalendar(Command):
+    """Trade in sessions: ``sessions`` ``(("09:30", "11:30"), ("13:00", "15:00"))`` local
+    times in ``tz``, on ``weekdays`` (0 = Monday) except ``holidays`` (ISO dates). No
+    sessions: no calendar, the market trades whenever it is not halted (and the day ends only
+    on ``EndOfDay``)."""
+
+    sessions: tuple = ()
+    tz: str = "Asia/Shanghai"
+    weekdays: tuple = (0, 1, 2, 3, 4)
+    holidays: tuple = ()
+    seq: int = 0
+    ts: int = 0
+
+
+@command("clock")
+class Clock(Command):
+    """The time is now ``ts`` (the envelope's): with a trading calendar, open or close the
+    session that starts or ends by then (a close after the day's last session ends the day).
+    The server journals one at each open and close, so a replay opens and closes the market at
+    the same commands."""
+
+    seq: int = 0
+    ts: int = 0
+
+
 @command("snapshot_marker")
 class SnapshotMarker(Command):
     """Taken in the stream so a snapshot is consistent: the journal snapshots state right after

@@ -162,6 +162,30 @@ class MarketState:
     band_bps: int | None = None
 
 
+@event("session_opened")
+class SessionOpened:
+    """The trading calendar opened session ``session`` (0 = the first of the day) of the local
+    trading date ``date``."""
+    date: str
+    session: int
+
+
+@event("session_closed")
+class SessionClosed:
+    """A session ended: at its scheduled close, or ``early`` by an operator's end of day.
+    ``end_of_day``: it was the day's last, and the day's close (``DayEnded``) follows."""
+    date: str
+    session: int
+    end_of_day: bool
+    early: bool = False
+
+
+@event("trading_calendar_set")
+class TradingCalendarSet:
+    """``calendar``: ``{tz, sessions, weekdays, holidays}``, or None (no calendar)."""
+    calendar: dict | None
+
+
 @event("day_ended")
 class DayEnded:
     day: int

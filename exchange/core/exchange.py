@@ -39,15 +39,17 @@ from .book import (BUY, SELL, STP_POLICIES, Order, OrderBook, _dict_setitem, app
                    unlink)
 from .commands import (
     DAY, FOK, GTC, IOC, LIMIT, MARKET, AddInstrument, AmendOrder, CancelAll, CancelOrder,
-    CreateSubQuota, DepositCash, EndOfDay, Halt, IssueUnits, PlaceOrder, RegisterFirm,
-    RegisterSupplyChain, Resume, SetFirmTrading, SetPriceBand, SnapshotMarker, TransferUnits,
-    WithdrawCash, command, Command,
+    Clock, CreateSubQuota, DepositCash, EndOfDay, Halt, IssueUnits, PlaceOrder, RegisterFirm,
+    RegisterSupplyChain, Resume, SetFirmTrading, SetPriceBand, SetTradingCalendar,
+    SnapshotMarker, TransferUnits, WithdrawCash, command, Command,
 )
+from .calendar import TradingCalendar
 from .events import (
     EXEC_CANCELED, EXEC_EXPIRED, EXEC_NEW, EXEC_REJECTED, EXEC_REPLACED, EXEC_TRADE,
     ST_CANCELED, ST_EXPIRED, ST_FILLED, ST_NEW, ST_PARTIAL, ST_REJECTED, AccountUpdated,
     BookUpdate, CommandRejected, DayEnded, ExecutionReport, FirmRegistered, InstrumentAdded,
-    MarketState, Posting, SubQuotaCreated, SupplyChainRegistered, Trade,
+    MarketState, Posting, SessionClosed, SessionOpened, SubQuotaCreated, SupplyChainRegistered,
+    Trade, TradingCalendarSet,
 )
 from .units import MAX_CASH, MAX_QTY, PPM, fee_ceil, fee_floor
 
@@ -251,7 +253,14 @@ class Exchange:
         self.next_order_id = 1
         self.next_trade_id = 1
         self.next_lot_id = 1
+        # market_halted is what the order path reads: an operator's market-wide halt, or the
+        # trading calendar's market closed between sessions (docs/CORE.md, "Trading sessions")
         self.market_halted = False
+        self.operator_halted = False
+        self.calendar: TradingCalendar | None = None
+        # the calendar's position: the session open now (or None), the trading date of the
+        # last session opened, and the last date whose day has ended
+        self.session: dict = {"open": None, "date": None, "closed_date": None}
         self.emit_book_updates = emit_book_updates
         self.segments: dict[str, SegmentRules] = {}
         self._rules: dict[str, SegmentRules] = {}  # book segment name -> its rules (derived)
@@ -278,7 +287,8 @@ class Exchange:
             WithdrawCash: self._withdraw, IssueUnits: self._issue_command,
             TransferUnits: self._transfer, CreateSubQuota: self._create_sub_quota,
             SetPriceBand: self._set_band, Halt: self._halt, Resume: self._resume,
-            EndOfDay: self._end_of_day, SnapshotMarker: lambda c: [],
+            EndOfDay: self._end_of_day_command, SnapshotMarker: lambda c: [],
+            SetTradingCalendar: self._set_calendar, Clock: self._clock,
         }
         self.modules: dict[str, Module] = {}
         for mod_cls in modules:
@@ -451,7 +461,7 @@ class Exchange:
         if post_only and (otype == MARKET or tif == IOC or tif == FOK):
             raise E.Reject(E.BAD_ORDER_TYPE, "post-only orders must be GTC or DAY limits")
         if self.market_halted or instr.halted or key in self.halted_books:
-            raise E.Reject(E.HALTED, f"trading in {symbol}/{segment} is halted")
+            self._halted(f"{symbol}/{segment}")
         rules = self._rules[segment]
         if rules.access != "all":
             self.check_access(acct, segment, side, rules)
@@ -956,7 +966,7 @@ class Exchange:
         rules = self.segment_rules(o.segment)
         book = self.books[(o.instrument, o.segment)]
         if self.is_halted(o.instrument, o.segment):
-            raise E.Reject(E.HALTED, "trading is halted")
+            self._halted(f"{o.instrument}/{o.segment}")
         new_qty = o.qty if cmd.qty is None else cmd.qty
         new_price = o.price if cmd.price is None else cmd.price
         if new_qty == o.qty and new_price == o.price:
@@ -1263,7 +1273,8 @@ class Exchange:
     def _set_halt(self, instrument, segment, halted: bool) -> list:
         scope = self._scope(instrument, segment)
         if instrument is None:
-            self.market_halted = halted
+            self.operator_halted = halted
+            self.market_halted = halted or self._calendar_closed()
         elif segment is None:
             self.instruments[instrument].halted = halted
         elif halted:
@@ -1277,6 +1288,87 @@ class Exchange:
 
     def _resume(self, c: Resume) -> list:
         return self._set_halt(c.instrument, c.segment, False)
+
+    # ================================================================== trading sessions
+    def _halted(self, what: str):
+        """Raise the reject of an order on a halted book: closed between sessions, or halted."""
+        instrument, _, segment = what.partition("/")
+        if (self.market_halted and not self.operator_halted
+                and not self.instruments[instrument].halted
+                and (instrument, segment) not in self.halted_books):
+            raise E.Reject(E.MARKET_CLOSED, "the market is closed: outside the trading sessions")
+        raise E.Reject(E.HALTED, f"trading in {what} is halted")
+
+    def _calendar_closed(self) -> bool:
+        return self.calendar is not None and self.session["open"] is None
+
+    def _sync_market_halt(self, events: list) -> None:
+        halted = self.operator_halted or self._calendar_closed()
+        if halted != self.market_halted:
+            self.market_halted = halted
+            events.append(MarketState("*", halted))
+
+    def _set_calendar(self, c: SetTradingCalendar) -> list:
+        if not c.sessions:
+            cal = None
+        else:
+            try:
+                cal = TradingCalendar.build(c.sessions, c.tz, c.weekdays, c.holidays)
+            except (ValueError, TypeError) as exc:
+                raise E.Reject(E.BAD_PARAMETER, f"trading calendar: {exc}") from None
+        self.calendar = cal
+        events: list = [TradingCalendarSet(None if cal is None else cal.to_state())]
+        if cal is None:
+            self.session["open"] = None
+        # the new calendar applies from now: open or close what it says
+        events.extend(self._clock(c))
+        self._sync_market_halt(events)
+        return events
+
+    def _clock(self, c) -> list:
+        """Open and close sessions as the calendar says at the envelope's time. A session
+        whose close passed is closed (the day's last ends the day, also when the clock missed
+        the close entirely: a server down over it); a session is opened only on a date whose
+        day has not ended (an operator's early close holds until the next trading date)."""
+        cal = self.calendar
+        if cal is None:
+            return []
+        events: list = []
+        sess = self.session
+        date, idx, after_close = cal.locate(self.now)
+        if sess["open"] is not None and (sess["date"] != date or sess["open"] != idx):
+            was = sess["open"]
+            sess["open"] = None
+            last = was == len(cal.sessions) - 1 or sess["date"] != date or after_close
+            events.append(SessionClosed(sess["date"], was, last))
+        pending = sess["date"] if sess["date"] != sess["closed_date"] else None
+        if sess["open"] is None and pending is not None and (pending != date or after_close):
+            self._sync_market_halt(events)
+            events.extend(self._end_of_day(c))
+            sess["closed_date"] = pending
+        if sess["open"] is None and idx is not None and date != sess["closed_date"]:
+            sess["open"] = idx
+            sess["date"] = date
+            events.append(SessionOpened(date, idx))
+        self._sync_market_halt(events)
+        return events
+
+    def _end_of_day_command(self, c: EndOfDay) -> list:
+        """An operator's end of day. With a calendar it closes the session open now (early),
+        and the market stays closed for the rest of the local date: it reopens at the next
+        trading date's first session."""
+        cal = self.calendar
+        if cal is None:
+            return self._end_of_day(c)
+        events: list = []
+        sess = self.session
+        if sess["open"] is not None:
+            events.append(SessionClosed(sess["date"], sess["open"], True, True))
+            sess["open"] = None
+        sess["date"] = sess["closed_date"] = cal.locate(self.now)[0]
+        self._sync_market_halt(events)
+        events.extend(self._end_of_day(c))
+        return events
 
     def _end_of_day(self, c: EndOfDay) -> list:
         events: list = []
@@ -1346,6 +1438,9 @@ class Exchange:
             "last_seq": self.last_seq, "now": self.now, "day": self.day,
             "next_order_id": self.next_order_id, "next_trade_id": self.next_trade_id,
             "next_lot_id": self.next_lot_id, "market_halted": self.market_halted,
+            "operator_halted": self.operator_halted,
+            "calendar": None if self.calendar is None else self.calendar.to_state(),
+            "session": dict(self.session),
             "segments": {k: v.to_state() for k, v in sorted(self.segments.items())},
             "instruments": {k: v.to_state() for k, v in sorted(self.instruments.items())},
             "books": [[k[0], k[1], b.to_state(encode_orders)]
@@ -1364,6 +1459,11 @@ class Exchange:
         self.next_trade_id = s["next_trade_id"]
         self.next_lot_id = s["next_lot_id"]
         self.market_halted = s["market_halted"]
+        self.operator_halted = s.get("operator_halted", self.market_halted)
+        cal = s.get("calendar")
+        self.calendar = None if cal is None else TradingCalendar.from_state(cal)
+        self.session = dict(s.get("session") or {"open": None, "date": None,
+                                                 "closed_date": None})
         self.segments = {k: SegmentRules(k, *v) for k, v in s["segments"].items()}
         self.instruments = {k: Instrument.from_state(k, v) for k, v in s["instruments"].items()}
         # a state written when the day statistics were the instrument's: they go to its main

@@ -23,6 +23,7 @@ from .api import add_routes, api_errors, load_extensions
 from .credentials import RehashApiKey, demo_key_commands, demo_keys, load_secret
 from .gateway import GATEWAY_KEY, Gateway, websocket_handler
 from .limits import ConnectionGuard, http_rate_limit
+from .sessions import start_session_clock
 
 log = logging.getLogger("exchange.server")
 
@@ -47,6 +48,7 @@ class ServerState:
         # per-IP caps, the handshake timeout, the descriptor guard: installed on the aiohttp
         # server by ``serve`` (install_guard)
         self.guard = None
+        self.session_clock = None  # the trading calendar's clock task (server/sessions.py)
 
 
 def journal_target(settings: Settings, data_dir: Path | None,
@@ -128,10 +130,14 @@ def create_app(settings: Settings, data_dir: str | Path | None = None, *,
             creds = ex.modules["credentials"]
             await _submit_all(runner, genesis_commands(settings, demo=demo)
                               + (demo_key_commands(settings, creds.secret) if demo else []))
+        if follower is None:  # a standby journals nothing; its leader keeps the clock
+            st.session_clock = await start_session_clock(runner, ex, settings)
         st.ready = True
 
     async def on_shutdown(app: web.Application) -> None:
         st.ready = False
+        if st.session_clock is not None:
+            st.session_clock.cancel()
         if st.gateway is not None:
             await st.gateway.shutdown()
 
@@ -147,7 +153,7 @@ def create_app(settings: Settings, data_dir: str | Path | None = None, *,
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     add_routes(app)
-    # ---- dashboard (issue 9): the console at / and its candle read model -------------------
+    # ---- dashboard: the console at / and its candle read model -----------------------------
     from ..dashboard import setup as setup_dashboard
     setup_dashboard(app)
     # ---- end dashboard -----------------------------------------------------------------------
