@@ -157,20 +157,23 @@ async def _resting(url: str) -> dict[str, tuple[str, int]]:
     return out
 
 
-async def _state_hash(port: int) -> str:
+async def _state_hash(port: int) -> tuple[str, int]:
     import aiohttp
     async with aiohttp.ClientSession() as s:
         async with s.get(f"http://127.0.0.1:{port}/api/v1/state",
                          headers={"Authorization": "Bearer operator-demo-key"}) as r:
-            return (await r.json())["state_hash"]
+            st = await r.json()
+            return st["state_hash"], st.get("last_seq")
 
 
-def _verify_hash(url: str) -> str | None:
+def _verify_hash(url: str) -> tuple[str | None, str]:
     out = subprocess.run([sys.executable, "-m", "exchange", "journal", "verify", url], cwd=ROOT,
                          capture_output=True, text=True, timeout=300,
                          env={**os.environ, "PYTHONPATH": ROOT})
-    last = (out.stdout.strip().splitlines() or [""])[-1]
-    return last.split()[1] if last.startswith("state_hash ") else None
+    lines = out.stdout.strip().splitlines() or [""]
+    last = lines[-1]
+    return (last.split()[1] if last.startswith("state_hash ") else None,
+            " | ".join(x for x in lines if x.startswith(("records", "FAILED"))) + out.stderr[-300:])
 
 
 def one_run(cluster, run: int, a, base: str, config: str, rng: random.Random) -> dict:
@@ -216,11 +219,19 @@ def one_run(cluster, run: int, a, base: str, config: str, rng: random.Random) ->
                 rc = None
             res["old_leader_exit"] = rc
             res["old_leader_stepped_down"] = rc == 3
-        resting = asyncio.run(_resting(f"ws://127.0.0.1:{final}/ws"))
+        try:
+            resting = asyncio.run(_resting(f"ws://127.0.0.1:{final}/ws"))
+        except Exception as e:  # the node that should lead does not answer: say why
+            res.update(error=f"final leader {final} unreachable: {e!r}",
+                       **{f"node_{n.name}_exit": n.proc.poll() for n in nodes},
+                       **{f"node_{n.name}_tail": "".join(n.lines[-8:]) for n in nodes},
+                       acks=len(load["acks"]), acks_lost=None, state_hash_equal=False)
+            return res
         lost = [cid for cid, (key, oid, _t) in load["acks"].items()
                 if resting.get(cid) != (key, oid)]
-        live = asyncio.run(_state_hash(final))
-        replayed = _verify_hash(url)
+        live, live_seq = asyncio.run(_state_hash(final))
+        replayed, verify_out = _verify_hash(url)
+        res["live_last_seq"], res["verify"] = live_seq, verify_out
         res.update(sent=load["sent"], acks=len(load["acks"]), acks_lost=len(lost),
                    lost_sample=lost[:10], rejects=len(load["rejects"]),
                    reject_codes=sorted(set(load["rejects"].values())),
@@ -292,10 +303,12 @@ def main(argv: list[str]) -> int:
     fo = [r["failover_s"] for r in runs if r.get("failover_s") is not None]
     summary = {
         "fault": a.fault, "runs": len(runs), "rate_offered": a.rate,
-        "acks": sum(r["acks"] for r in runs), "acks_lost": sum(r["acks_lost"] for r in runs),
+        "acks": sum(r["acks"] for r in runs),
+        "acks_lost": sum(r["acks_lost"] or 0 for r in runs),
+        "runs_failed": sum(r.get("error") is not None for r in runs),
         "failover_s": fo, "failover_s_median": statistics.median(fo) if fo else None,
         "state_hash_equal": all(r["state_hash_equal"] for r in runs),
-        "acked_per_s_median": statistics.median(r["acked_per_s"] for r in runs),
+        "acked_per_s_median": statistics.median(r.get("acked_per_s", 0) for r in runs),
         "nats_server": ".".join(map(str, cluster.version)),
         "sync_interval_always": cluster.sync_always, "lease_ttl_s": a.lease_ttl,
         "load_average": os.getloadavg(), "cpus": os.cpu_count(),
@@ -308,7 +321,8 @@ def main(argv: list[str]) -> int:
         os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
         with open(a.json, "w") as f:
             json.dump({"summary": summary, "runs": runs}, f, indent=1)
-    ok = summary["acks_lost"] == 0 and summary["state_hash_equal"]
+    ok = (summary["acks_lost"] == 0 and summary["state_hash_equal"]
+          and not summary["runs_failed"])
     return 0 if ok else 1
 
 

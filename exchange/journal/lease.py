@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from typing import Callable
 
@@ -53,7 +54,8 @@ class LeaderLease:
         self.renewed_at = 0.0  # time.monotonic() of the last successful write
         self._nc = None
         self._kv = None
-        self._task: asyncio.Task | None = None
+        self._thread: threading.Thread | None = None
+        self._renew_stop: threading.Event | None = None
 
     async def open(self) -> None:
         import nats
@@ -120,10 +122,10 @@ class LeaderLease:
                     self.revision)
         return True
 
-    async def renew(self) -> bool:
+    async def renew(self, kv=None) -> bool:
         """Rewrite the lease naming the revision this node last wrote; False (and the
         lease dropped) when someone else wrote since, or this node's clock says it ran
-        out before the write."""
+        out before the write. ``kv``: the bucket handle of the calling thread's loop."""
         from nats.js.errors import KeyWrongLastSequenceError, APIError
         if not self.revision:
             return False
@@ -132,7 +134,8 @@ class LeaderLease:
             self._lost("not renewed for %.1f s" % (t - self.renewed_at))
             return False
         try:
-            self.revision = await self._kv.update(KEY, self._value(), last=self.revision)
+            self.revision = await (kv or self._kv).update(KEY, self._value(),
+                                                          last=self.revision)
         except KeyWrongLastSequenceError:
             self._lost("another node holds it")
             return False
@@ -159,30 +162,63 @@ class LeaderLease:
         self.revision = 0
 
     def start_renewing(self, on_lost: Callable[[], None]) -> None:
-        """Renew every ``renew_every`` seconds in a task; call ``on_lost()`` once, when a
-        renewal is refused or cannot be made within ``ttl``."""
+        """Renew every ``renew_every`` seconds on a thread of its own (its own event loop and
+        NATS connection): a leader whose event loop is saturated by orders, or blocked by a
+        recovery, must not lose the lease to its own stalls. ``on_lost()`` is called once,
+        on the caller's loop, when a renewal is refused or cannot be made within ``ttl``. A
+        stopped process (SIGSTOP) stops this thread too: it cannot renew through a pause."""
         self.stop_renewing()
+        loop = asyncio.get_running_loop()
+        done = self._renew_stop = threading.Event()
 
-        async def loop() -> None:
-            while True:
-                await asyncio.sleep(self.renew_every)
-                try:
-                    ok = await asyncio.wait_for(self.renew(),
-                                                max(0.1, self.ttl - self.renew_every))
-                except Exception as e:  # the cluster did not answer: keep trying until ttl
-                    ok = self.held
+        def lost() -> None:
+            if not done.is_set():
+                loop.call_soon_threadsafe(on_lost)
+
+        async def renew_loop() -> None:
+            import nats
+            nc = await nats.connect(servers=self.servers, name=f"exchange-lease-{self.node}",
+                                    allow_reconnect=True, max_reconnect_attempts=-1,
+                                    reconnect_time_wait=0.25, connect_timeout=self.timeout)
+            try:
+                kv = await nc.jetstream(timeout=self.timeout).key_value(self.bucket)
+                while not done.is_set():
+                    t_next = time.monotonic() + self.renew_every
+                    while time.monotonic() < t_next:  # a stop is seen within 50 ms
+                        if done.is_set():
+                            return
+                        await asyncio.sleep(0.05)
+                    try:
+                        ok = await asyncio.wait_for(self.renew(kv),
+                                                    max(0.1, self.ttl - self.renew_every))
+                    except Exception as e:  # no answer: keep trying until the ttl is out
+                        ok = self.held
+                        if not ok:
+                            self._lost(f"renewal failed: {e!r}")
                     if not ok:
-                        self._lost(f"renewal failed: {e!r}")
-                if not ok:
-                    on_lost()
-                    return
+                        lost()
+                        return
+            finally:
+                await nc.close()
 
-        self._task = asyncio.create_task(loop(), name="lease-renew")
+        def run() -> None:
+            try:
+                asyncio.run(renew_loop())
+            except Exception as e:
+                log.error("lease %s: renewal thread failed: %r", self.target, e)
+                self._lost(f"renewal thread failed: {e!r}")
+                lost()
+
+        self._thread = threading.Thread(target=run, name="lease-renew", daemon=True)
+        self._thread.start()
 
     def stop_renewing(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
+        ev, t = getattr(self, "_renew_stop", None), getattr(self, "_thread", None)
+        if ev is not None:
+            ev.set()
+        if t is not None and t is not threading.current_thread():
+            t.join(self.renew_every + self.timeout + 1)
+        self._thread = self._renew_stop = None
 
     async def wait_for(self, poll: float = 0.25, stop: asyncio.Event | None = None) -> bool:
         """Poll until this node takes the lease (True) or ``stop`` is set (False)."""
