@@ -7,11 +7,11 @@ from .core.exchange import Exchange
 # Modules register here (rules, compliance). Order matters only for deterministic iteration.
 MODULES: list[type] = [ComplianceModule]
 
-from .server.credentials import Credentials  # noqa: E402  (issue 4: hashed API keys)
+from .server.credentials import Credentials  # noqa: E402  (hashed API keys)
 MODULES.append(Credentials)
 
 
-from .rules.module import RulesModule  # noqa: E402  (issue 5: rules)
+from .rules.module import RulesModule  # noqa: E402  (the rules module)
 MODULES.append(RulesModule)
 
 

@@ -288,6 +288,16 @@ def bench(commands: int, seed: int, repeat: int, peers: bool = True, log=print) 
     }
 
 
+def peer_verdict(v: float, peers: dict, ran: bool = True) -> str:
+    """How ``v`` compares with the peers that ran; no claim at all when none did."""
+    if not ran:
+        return "peers skipped"
+    if not peers:
+        return "no peers installed"
+    beaten = [k for k, r in peers.items() if r >= v]
+    return "faster than every peer" if not beaten else "slower than " + ", ".join(beaten)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m loadtest.engine", description=__doc__.split(
         "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -306,8 +316,7 @@ def main(argv=None) -> int:
         for name, target in (("book_only", 250_000), ("full_core", 100_000)):
             key = f"{name}_cmds_per_{suffix}"
             v = out[key]
-            beaten = [k for k, r in peers.items() if r >= v]
-            vs = "faster than every peer" if not beaten else "slower than " + ", ".join(beaten)
+            vs = peer_verdict(v, peers, ran=not a.no_peers)
             print(f"{key}: {v:,} (target {target:,}: {'met' if v >= target else 'NOT met'}; "
                   f"{vs})")
     print(f"load average (1 min) before/after: {out['machine']['loadavg_1m_before_after']}")

@@ -25,3 +25,24 @@ def nats_url() -> str:
     """URL of the test NATS server with JetStream (``TEST_NATS_URL``, default
     nats://127.0.0.1:4222)."""
     return _nats_url()
+
+
+BROWSER_SKIPS = ("chromium not available", "playwright not available")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """One line at the end when the browser tests were skipped for want of chromium or
+    Playwright, with how to install them (the skip reasons alone scroll past)."""
+    n = 0
+    why = set()
+    for rep in terminalreporter.stats.get("skipped", []):
+        reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+        for svc in BROWSER_SKIPS:
+            if svc in reason:
+                n += 1
+                why.add(svc.split()[0])
+    if n:
+        terminalreporter.write_line(
+            f"{n} browser test(s) skipped: {' and '.join(sorted(why))} missing - install with "
+            f"`apt-get install -y chromium` and `.venv/bin/pip install playwright` "
+            f"(REQUIRE_SERVICES=1 makes this a failure)", yellow=True, bold=True)

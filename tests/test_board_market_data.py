@@ -144,3 +144,21 @@ async def test_the_main_ticker_ignores_an_sme_trade_and_each_board_has_its_own(t
             status, body = await op(srv, "POST", "/end-of-day", {})
             assert status == 200, body
             assert srv.st.exchange.instruments[I].reference_price != 8_520
+
+
+async def test_a_ticker_is_pushed_only_when_something_in_it_changed(tmp_path):
+    from exchange.client import ExchangeClient
+
+    async with running_server(tmp_path) as srv:
+        async with ExchangeClient(srv.ws_url, STEEL) as c:
+            snap = (await c.subscribe(f"ticker:{I}"))["snapshot"]
+            lo = snap["band"][0]
+            # a bid at the bottom of the band: the book changes, its top and the ticker do not
+            await c.place_order(I, "buy", 1, lo)
+            await asyncio.sleep(0.3)
+            assert c.drain(f"ticker:{I}") == []
+            bid = "%.2f" % (float(snap["best_bid"]) + 0.01)
+            assert bid < snap["best_ask"]
+            await c.place_order(I, "buy", 1, bid)
+            _, _, t = await c.next_push(f"ticker:{I}")
+            assert t["best_bid"] == bid

@@ -1,4 +1,4 @@
-"""Compliance (issue 6): MRV, surrender with offset caps, runtime cap changes, deadline
+"""Compliance: MRV, surrender with offset caps, runtime cap changes, deadline
 processing, statements. Every figure is checked against numbers computed by hand in the
 comments; every bad input is rejected with its code and leaves the market unchanged.
 """

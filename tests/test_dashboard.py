@@ -1,4 +1,4 @@
-"""The web dashboard in a real browser (issue 9): Playwright for Python driving Debian's chromium
+"""The web dashboard in a real browser: Playwright for Python driving Debian's chromium
 against the real server (``python -m exchange serve`` on a free loopback port, its own data
 directory). Skipped with a clear reason when chromium or Playwright is missing, a failure with
 REQUIRE_SERVICES=1. Screenshots of each view go to ``artifacts/screenshots/``.

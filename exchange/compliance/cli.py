@@ -105,7 +105,7 @@ def _what_if(args) -> int:
 
 def register(sub) -> None:
     from ..config import add_config_argument
-    p = sub.add_parser("report", help="compliance statements and summaries (issue 6)")
+    p = sub.add_parser("report", help="compliance statements and summaries")
     rsub = p.add_subparsers(dest="report_command", metavar="{firm,compliance,what-if}")
 
     def common(q, formats=("text", "json", "csv")):

@@ -1,4 +1,4 @@
-"""The web dashboard (issue 9): a static console served by the exchange's aiohttp application.
+"""The web dashboard: a static console served by the exchange's aiohttp application.
 
     from exchange.dashboard import setup
     setup(app)          # called once from exchange.server.app.create_app

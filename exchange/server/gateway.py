@@ -866,10 +866,14 @@ class Gateway:
         if kind == "ticker":
             key = _ticker_board(rest)
             if key in ex.books:
-                self.ticker_subs.setdefault(key, set()).add(s)
+                subs = self.ticker_subs.get(key)
+                snap = wire_ticker(ex, *key)
+                if not subs:  # the first subscriber has exactly this: push only a change
+                    subs = self.ticker_subs[key] = set()
+                    self._last_tick[key] = _dumps(snap)
+                subs.add(s)
                 s.subs.setdefault(channel, 0)
-                return {"channel": channel, "seq": s.subs[channel],
-                        "snapshot": wire_ticker(ex, *key)}
+                return {"channel": channel, "seq": s.subs[channel], "snapshot": snap}
             if key[0] in ex.instruments:
                 raise ProtocolError(E.UNKNOWN_CHANNEL, f"no board {rest[:80]!r} (ticker:"
                                                        f"<instrument>[@<segment>])")

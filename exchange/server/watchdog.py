@@ -9,8 +9,10 @@ visible to the operator instead of leaving them to be guessed from the clients' 
 * a daemon thread checks it; when the loop has not turned for ``threshold`` seconds it takes
   the main thread's stack at that moment (``sys._current_frames``) - the code that is
   holding the loop, or the line it is blocked in;
-* when the loop turns again it logs a warning with the stall's length and that stack (at most
-  one per ``log_every`` seconds, with the count of the others), and counts it (``stalls``,
+* when the loop turns again it logs a one-line warning with the stall's length and where the
+  loop's thread was (the innermost frames, ``file:line function``; the whole stack is in
+  ``last_stall`` and at DEBUG level), at most one per ``log_every`` seconds, with the count of
+  the others, and counts it (``stalls``,
   ``stall_seconds_max``; ``/metrics`` exports them). A stack that ends in the event loop's
   own code means no single callback held it: the iteration was long because much was ready
   (an overloaded server), which the warning says instead of printing that stack.
@@ -35,6 +37,17 @@ log = logging.getLogger("exchange.server.watchdog")
 _LOOP_FRAMES = {"run_until_complete", "run_forever", "_run_once", "select"}
 
 
+def _where_line(frame, depth: int = 3) -> str:
+    """The innermost ``depth`` frames on one line: ``gateway.py:412 _flush_dirty <
+    events.py:80 _run``."""
+    out = []
+    while frame is not None and len(out) < depth:
+        code = frame.f_code
+        out.append(f"{code.co_filename.rsplit('/', 1)[-1]}:{frame.f_lineno} {code.co_name}")
+        frame = frame.f_back
+    return " < ".join(out)
+
+
 class LoopWatchdog:
     def __init__(self, threshold: float = 0.1, interval: float | None = None):
         self.threshold = threshold
@@ -50,6 +63,7 @@ class LoopWatchdog:
         self._main_id = threading.main_thread().ident
         self._stack: str | None = None  # taken by the thread during the current stall
         self._where: str | None = None  # the innermost function of that stack
+        self._at: str | None = None  # that stack's innermost frames, on one line
         self.log_every = 5.0  # seconds between two stall warnings, at most one per ...
         self._quiet_until = 0.0
         self._unlogged = 0
@@ -81,8 +95,8 @@ class LoopWatchdog:
         self._timer = self._loop.call_later(self.interval, self._tick)
 
     def _report(self, late: float) -> None:
-        stack, where = self._stack, self._where
-        self._stack = self._where = None
+        stack, where, at = self._stack, self._where, self._at
+        self._stack = self._where = self._at = None
         self.stalls += 1
         if late > self.stall_seconds_max:
             self.stall_seconds_max = late
@@ -101,9 +115,12 @@ class LoopWatchdog:
             detail = ("; the thread was in the event loop itself, between callbacks (a long "
                       "iteration: many ready sockets and callbacks - load, not one long call)")
         else:
-            detail = f"; the loop's thread was at:\n{stack}"
+            detail = f"; the loop's thread was at {at}"
+        # one line: an operator reads the figure and the place, not a 12-line traceback
         log.warning("event loop stalled for %.0f ms (threshold %.0f ms)%s%s", late * 1000,
                     self.threshold * 1000, more, detail)
+        if stack is not None and where not in _LOOP_FRAMES:
+            log.debug("the stalled loop's stack:\n%s", stack)
 
     # ------------------------------------------------------------------ thread side
     def _watch(self) -> None:
@@ -118,3 +135,4 @@ class LoopWatchdog:
                 if frame is not None:
                     self._where = frame.f_code.co_name
                     self._stack = "".join(traceback.format_stack(frame, limit=12))
+                    self._at = _where_line(frame)
