@@ -105,7 +105,10 @@ class CapBody(_Body):
     cap_pct: Percent = Field(description="offset cap, percent of the obligation, e.g. \"5\"")
     sub_caps_pct: dict[Ident, Percent] = Field(
         default_factory=dict, max_length=64, json_schema_extra=IDENT_KEYS,
-        description="per offset type, e.g. {\"PHCER\": \"2\"}")
+        description="sub-caps per offset type, e.g. {\"PHCER\": \"2\"}. Omitted: the "
+                    "sub-caps in force when the change takes effect are kept (each at most "
+                    "the new cap); {} clears "
+                    "every sub-cap; given: these replace them all")
     effective_ts: StrictInt | None = Field(
         None, ge=0, le=INT64_MAX,
         description="ns since the epoch; default: when the change is journaled")
@@ -151,8 +154,26 @@ def _bps(pct: str) -> int:
     return bps
 
 
-def _caps(b: CapBody) -> tuple[int, dict[str, int]]:
+def _caps(b: CapBody) -> tuple[int, dict[str, int] | None]:
+    """(cap, sub-caps), the sub-caps None when the body leaves them out (keep them)."""
+    if "sub_caps_pct" not in b.model_fields_set:
+        return _bps(b.cap_pct), None
     return _bps(b.cap_pct), {k: _bps(v) for k, v in sorted(b.sub_caps_pct.items())}
+
+
+def _effective(b: CapBody) -> int | None:
+    """The body's effective time in ns (None: when journaled)."""
+    eff = b.effective_ts
+    if b.effective is not None:  # the shape is checked (EFFECTIVE_PATTERN); the calendar here
+        try:
+            eff = to_ns(b.effective)
+        except (ValueError, OverflowError):
+            eff = None
+        # ns since 1970 in 64 bits (an offset can take 1970-01-01 below zero)
+        if eff is None or not 0 <= eff <= INT64_MAX:
+            raise ProtocolError(E.BAD_PARAMETER, f"no such date/time, or before 1970: "
+                                                 f"{b.effective!r}", 400) from None
+    return eff
 
 
 def _verifier(ctx: ApiContext, given: str | None) -> str:
@@ -272,18 +293,10 @@ async def get_cap(ctx: ApiContext, _b) -> dict:
 async def set_cap(ctx: ApiContext, b: CapBody) -> dict:
     """Never rewrites a surrender already made; CAP_OUT_OF_RANGE outside [0, 100 %]."""
     cap, subs = _caps(b)
-    eff = b.effective_ts
-    if b.effective is not None:  # the shape is checked (EFFECTIVE_PATTERN); the calendar here
-        try:
-            eff = to_ns(b.effective)
-        except (ValueError, OverflowError):
-            eff = None
-        # ns since 1970 in 64 bits (an offset can take 1970-01-01 below zero)
-        if eff is None or not 0 <= eff <= INT64_MAX:
-            raise ProtocolError(E.BAD_PARAMETER, f"no such date/time, or before 1970: "
-                                                 f"{b.effective!r}", 400) from None
+    eff = _effective(b)
     return await ctx.command(SetOffsetCap(
-        period=_period(ctx), cap_bps=cap, sub_caps_bps=tuple(subs.items()),
+        period=_period(ctx), cap_bps=cap,
+        sub_caps_bps=None if subs is None else tuple(subs.items()),
         effective_ts=eff, operator=ctx.cred.label or ctx.cred.key_id))
 
 
@@ -291,6 +304,12 @@ async def set_cap(ctx: ApiContext, b: CapBody) -> dict:
        summary="Which firms' surrenders and holdings a proposed cap would exceed (no change)")
 async def what_if(ctx: ApiContext, b: CapBody) -> dict:
     cap, subs = _caps(b)
+    if subs is None:  # as the change would: keep the sub-caps in force when it takes effect
+        m, period = _module(ctx), _period(ctx)
+        if period in m.periods:
+            eff = _effective(b)
+            subs = {k: min(v, cap) for k, v in
+                    m.cap_at(period, ctx.ex.now if eff is None else eff)[1].items()}
     try:
         return R.what_if_cap(ctx.ex, _period(ctx), cap, subs)
     except KeyError as e:

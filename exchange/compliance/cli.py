@@ -81,10 +81,15 @@ def _what_if(args) -> int:
     from ..core.units import percent_to_bps
     ex = load_exchange(args)
     subs = {}
-    for s in args.sub_cap or ():
-        k, _, v = s.partition("=")
-        subs[k] = percent_to_bps(v)
     try:
+        for s in args.sub_cap or ():
+            k, _, v = s.partition("=")
+            subs[k] = percent_to_bps(v)
+        m = R.module(ex)
+        if not args.sub_cap and args.period in m.periods:
+            # no --sub-cap: the sub-caps in force now stay, as PUT .../cap keeps them
+            cap = percent_to_bps(args.cap_pct)
+            subs = {k: min(v, cap) for k, v in m.cap_at(args.period, ex.now)[1].items()}
         wi = R.what_if_cap(ex, args.period, percent_to_bps(args.cap_pct), subs)
     except (KeyError, ValueError) as e:
         print(f"error: {e.args[0]}", file=sys.stderr)

@@ -118,7 +118,8 @@ class SetOffsetCap(Command):
 
     period: int
     cap_bps: int
-    sub_caps_bps: tuple = ()  # ((offset_type, bps), ...)
+    # ((offset_type, bps), ...); None keeps the sub-caps in force at effective_ts, () clears
+    sub_caps_bps: tuple | None = ()
     effective_ts: int | None = None
     operator: str = ""
     seq: int = 0

@@ -407,10 +407,18 @@ class ComplianceModule(Module):
 
     def _set_cap(self, c: SetOffsetCap) -> list:
         p = self._open_period(c.period)
-        subs = self._check_caps(c.cap_bps, c.sub_caps_bps)
+        eff = c.ts if c.effective_ts is None else c.effective_ts
+        sub = c.sub_caps_bps
+        if sub is None and _is_int(eff):
+            # no sub-caps given: keep those in force when the change takes effect (an empty
+            # tuple clears them), each at most the new cap - a sub-cap above the cap would
+            # allow nothing more than the cap does
+            cap = c.cap_bps if _is_int(c.cap_bps) else 0
+            sub = tuple((k, min(v, cap)) for k, v in sorted(self.cap_at(c.period, eff)[1]
+                                                            .items()))
+        subs = self._check_caps(c.cap_bps, sub if sub is not None else ())
         if not isinstance(c.operator, str):
             raise E.Reject(E.BAD_PARAMETER, "operator must be a string")
-        eff = c.ts if c.effective_ts is None else c.effective_ts
         if not _is_int(eff) or eff < c.ts:
             raise E.Reject(E.CAP_EFFECTIVE_IN_PAST,
                            "a cap change takes effect at or after the time it is made: "

@@ -108,8 +108,16 @@ def ppm_to_decimal(ppm: int) -> Decimal:
     return Decimal(ppm) / PPM
 
 
+# a percentage as a person writes it: ASCII digits, an optional point and decimals - no sign,
+# exponent, digit separator, other scripts' digits or surrounding whitespace
+_PERCENT_RE = re.compile(r"[0-9]{1,20}(?:\.[0-9]{1,20})?", re.ASCII)
+
+
 def percent_to_bps(value: str | Decimal | int) -> int:
-    """``"10"`` (percent) -> 1000 bps."""
+    """``"10"`` (percent) -> 1000 bps. A string must be plain decimal digits (``"5"``,
+    ``"0.25"``): ``"5_0"``, ``"1e2"``, ``"-0"``, ``"５"``, ``"5\\n"`` are refused."""
+    if isinstance(value, str) and _PERCENT_RE.fullmatch(value) is None:
+        raise UnitError(f"not a percentage (digits, at most one decimal point): {value[:64]!r}")
     d = to_decimal(value, "percentage") * 100
     if d != d.to_integral_value():
         raise UnitError(f"percentage {value!r} is finer than one basis point")
