@@ -142,8 +142,7 @@ async def _load(urls: list[str], rate: float, fault_at: float, after: float, fau
         await c.close()
     return {"sent": i, "acks": acks, "rejects": rejects, "failed": failed,
             "offered_per_s": i / load_s, "acked_per_s": len(acks) / load_s,
-            "failover_s": failover_s,
-            "retries": None}
+            "failover_s": failover_s}
 
 
 async def _resting(url: str) -> dict[str, tuple[str, int]]:
@@ -209,9 +208,11 @@ def one_run(cluster, run: int, a, base: str, config: str, rng: random.Random) ->
 
         fault_at = a.before + rng.uniform(0.0, 1.0)
         load = asyncio.run(_load(urls, a.rate, fault_at, a.after, fault, seed=run))
-        final = pa if a.fault == "nats-node" else pb
-        if a.fault != "nats-node":
-            second.wait_for(r"listening on [\d.]+:(\d+)")
+        if killed_nats is not None:  # verify on a healed cluster: reads need a leader too
+            cluster.start_node(killed_nats)
+            cluster.wait_ready()
+            killed_nats = None
+        final = asyncio.run(_leader_port(url, {"a": pa, "b": pb}))
         if a.fault == "pause":  # the woken leader must step down
             try:
                 rc = first.proc.wait(30)
@@ -249,6 +250,34 @@ def one_run(cluster, run: int, a, base: str, config: str, rng: random.Random) ->
             cluster.start_node(killed_nats)
             cluster.wait_ready()
     return res
+
+
+async def _leader_port(url: str, ports: dict, timeout: float = 60.0) -> int:
+    """The port of the node that holds the lease and answers (a node may have stepped
+    down: a NATS election longer than the lease's ttl makes a leader give it up)."""
+    from exchange.client import ExchangeClient
+    from exchange.journal.lease import LeaderLease
+    lease = LeaderLease(url, node="loadtest")
+    await lease.open()
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    try:
+        while True:
+            h = await lease.holder() or {}
+            port = ports.get(h.get("node", ""))
+            if port:
+                try:
+                    async with ExchangeClient(f"ws://127.0.0.1:{port}/ws", FIRMS[0],
+                                              timeout=5) as c:
+                        await c.ping()
+                    return port
+                except Exception:
+                    pass
+            if loop.time() > end:
+                raise RuntimeError(f"no node leads after {timeout:g} s (lease: {h})")
+            await asyncio.sleep(0.3)
+    finally:
+        await lease.close()
 
 
 async def _stream_leader(url: str) -> str:

@@ -22,7 +22,8 @@
   ``client_order_id`` (and the read-only requests) that was in flight, or is sent while
   the client reconnects, is sent again once it is connected, until its timeout: the
   client_order_id makes the retry return the first order's acknowledgement, never a second
-  order (``failover_retries`` counts them).
+  order (``failover_retries`` counts them). ``SHUTTING_DOWN`` is retried the same way, and
+  a ping every 2 s finds a leader that stalled with its connections open.
 """
 from __future__ import annotations
 
@@ -49,6 +50,8 @@ class ExchangeError(Exception):
 
 
 NOT_LEADER = "NOT_LEADER"
+# the node did not take the request and another will: send it again after a fail-over
+_FAILOVER_CODES = frozenset({NOT_LEADER, "SHUTTING_DOWN"})
 # requests sent again after a fail-over: a retried place_order returns the first one's ack
 # (client_order_id), the others only read
 _RETRYABLE = frozenset({"ping", "open_orders"})
@@ -210,8 +213,11 @@ class ExchangeClient:
             if q:
                 url += ("&" if "?" in url else "?") + "&".join(q)
         try:
-            self._ws = await self._session.ws_connect(url, headers=headers, autoping=True,
-                                                      max_msg_size=64 << 20, compress=0)
+            # with several nodes, a ping every 2 s: a leader that stalls (stopped, cut
+            # off) keeps its TCP connections open, and only a missing pong shows it
+            self._ws = await self._session.ws_connect(
+                url, headers=headers, autoping=True, max_msg_size=64 << 20, compress=0,
+                heartbeat=2.0 if len(self.urls) > 1 else None)
         except aiohttp.WSServerHandshakeError as e:
             if e.status == 401:
                 raise ExchangeError("AUTH_FAILED", "unknown or revoked API key") from None
@@ -269,7 +275,7 @@ class ExchangeClient:
                 return await self._request_once(method, params,
                                                 max(0.01, deadline - loop.time()))
             except (ConnectionError, ExchangeError, asyncio.TimeoutError) as e:
-                if isinstance(e, ExchangeError) and e.code != NOT_LEADER:
+                if isinstance(e, ExchangeError) and e.code not in _FAILOVER_CODES:
                     raise
                 if loop.time() >= deadline:
                     raise

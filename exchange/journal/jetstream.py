@@ -617,6 +617,8 @@ class JetStreamJournal(Journal):
                                                f"snapshot {seq}")).data)
         except NotFoundError:
             return None
+        except JournalError:  # no answer (a leader election): not proof of damage
+            raise
         except Exception as e:  # a digest mismatch: a damaged object
             log.warning("journal %s: snapshot %d unreadable: %r", self.target, seq, e)
             return None
