@@ -298,9 +298,11 @@ def compliance_summary(ex, period: int) -> dict[str, Any]:
             totals[k] += row[k]
         counts[row["status"]] = counts.get(row["status"], 0) + 1
         rows.append(row)
-    cap_bps, subs = m.cap_at(period, p["closed_ts"] if p["closed"] else ex.now)
+    as_of = p["closed_ts"] if p["closed"] else ex.now
+    cap_bps, subs = m.cap_at(period, as_of)
     return {
         "period": period, "start_ts": p["start_ts"], "deadline_ts": p["deadline_ts"],
+        "as_of_ts": as_of,  # the cap in force is the one at this time (ns)
         "closed": p["closed"], "closed_ts": p["closed_ts"],
         "average_price_fen": p["average_price"] if p["closed"] else m.average_price(period),
         "offset_cap_bps": cap_bps, "offset_sub_caps_bps": dict(sorted(subs.items())),

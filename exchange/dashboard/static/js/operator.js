@@ -251,26 +251,42 @@ export class OperatorView {
   async loadCaps() {
     const body = $("#cap-table tbody");
     if (!this.capsAvailable) {
-      setRows(body, [], `Compliance API not available — ${errorText(this.capsError)}`, 5);
+      setRows(body, [], `Compliance API not available — ${errorText(this.capsError)}`, 6);
       $("#cap-form").hidden = true;
       return;
     }
     $("#cap-form").hidden = false;
     const rows = [];
+    const when = (ns) => new Date(Number(BigInt(ns) / 1000000n)).toISOString().slice(0, 16).replace("T", " ") + " UTC";
+    const subsText = (m) => Object.entries(m || {}).map(([t, b]) => `${t} ≤ ${bpsToPct(b)}`).join(", ") || "—";
     for (const p of this.periods) {
       let s;
       try { s = await this.summary(p, true); } catch (e) { showError(null, e, `Compliance summary ${p}`); continue; }
+      // the entry in force is the last one effective by the summary's time; the ones after it
+      // are scheduled changes, each shown with when it takes effect, who made it, its seq
+      const asOf = BigInt(s.as_of_ts ?? 0);
       const hist = s.cap_history || [];
-      const last = hist[hist.length - 1];
-      const subs = Object.entries(s.offset_sub_caps_bps || {}).map(([t, b]) => `${t} ≤ ${bpsToPct(b)}`).join(", ");
-      rows.push(el("tr", { dataset: { period: p, capBps: s.offset_cap_bps } },
+      let cur = -1;
+      hist.forEach((h, i) => { if (BigInt(h.effective_ts) <= asOf) cur = i; });
+      const inForce = cur >= 0 ? hist[cur] : null;
+      rows.push(el("tr", { class: "cap-in-force", dataset: { period: p, capBps: s.offset_cap_bps } },
         el("td", { class: "strong", text: String(p) }),
         el("td", { class: "num cap-value", text: bpsToPct(s.offset_cap_bps) }),
-        el("td", { text: subs || "—" }),
-        el("td", { text: last ? (last.effective_ts ? new Date(Number(BigInt(last.effective_ts) / 1000000n)).toISOString().slice(0, 16).replace("T", " ") : "period start") + (last.seq ? ` · seq ${last.seq}` : "") : "config" }),
-        el("td", { text: last && last.operator ? last.operator : "config" })));
+        el("td", { text: subsText(s.offset_sub_caps_bps) }),
+        el("td", { class: "cap-when", text: inForce && BigInt(inForce.effective_ts) > 0n ? `in force since ${when(inForce.effective_ts)}` : "in force since the period opened" }),
+        el("td", { class: "cap-who", text: inForce && inForce.operator ? inForce.operator : "config" }),
+        el("td", { class: "num cap-seq", text: inForce && inForce.seq ? String(inForce.seq) : "—" })));
+      for (const h of hist.slice(cur + 1)) {
+        rows.push(el("tr", { class: "cap-scheduled", dataset: { schedulePeriod: p, seq: h.seq } },
+          el("td", { class: "muted", text: "scheduled" }),
+          el("td", { class: "num cap-value", text: bpsToPct(h.cap_bps) }),
+          el("td", { text: subsText(h.sub_caps_bps) }),
+          el("td", { class: "cap-when", text: `from ${when(h.effective_ts)}` }),
+          el("td", { class: "cap-who", text: h.operator || "—" }),
+          el("td", { class: "num cap-seq", text: String(h.seq) })));
+      }
     }
-    setRows(body, rows, "No compliance periods", 5);
+    setRows(body, rows, "No compliance periods", 6);
     this.fillOffsetTypes();
     this.fillCapForm();
   }
