@@ -162,3 +162,17 @@ async def test_a_ticker_is_pushed_only_when_something_in_it_changed(tmp_path):
             await c.place_order(I, "buy", 1, bid)
             _, _, t = await c.next_push(f"ticker:{I}")
             assert t["best_bid"] == bid
+
+
+async def test_a_board_has_one_ticker_channel_name(tmp_path):
+    from exchange.client import ExchangeClient, ExchangeError
+
+    async with running_server(tmp_path) as srv:
+        async with ExchangeClient(srv.ws_url, STEEL) as c:
+            for bad in (f"ticker:{I}@main", f"ticker:{I}@", f"ticker:{I}@nope"):
+                with pytest.raises(ExchangeError) as e:
+                    await c.subscribe(bad)
+                assert e.value.code == "UNKNOWN_CHANNEL"
+            r = await c.subscribe(f"ticker:{I}@chain:steel") if (I, "chain:steel") in \
+                srv.st.exchange.books else await c.subscribe(f"ticker:{I}@sme")
+            assert r["snapshot"]["instrument"] == I

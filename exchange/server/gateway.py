@@ -865,7 +865,7 @@ class Gateway:
             return {"channel": channel, "seq": s.subs[channel]}
         if kind == "ticker":
             key = _ticker_board(rest)
-            if key in ex.books:
+            if key in ex.books and channel == ticker_channel(*key):  # one name per board
                 subs = self.ticker_subs.get(key)
                 snap = wire_ticker(ex, *key)
                 if not subs:  # the first subscriber has exactly this: push only a change
