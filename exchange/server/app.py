@@ -130,8 +130,9 @@ def create_app(settings: Settings, data_dir: str | Path | None = None, *,
             creds = ex.modules["credentials"]
             await _submit_all(runner, genesis_commands(settings, demo=demo)
                               + (demo_key_commands(settings, creds.secret) if demo else []))
-        if follower is None:  # a standby journals nothing; its leader keeps the clock
-            st.session_clock = await start_session_clock(runner, ex, settings)
+        # the leader keeps the session clock (a standby that took over, with its follower's
+        # core, too: it is the leader now; a waiting standby has no app)
+        st.session_clock = await start_session_clock(runner, ex, settings)
         st.ready = True
 
     async def on_shutdown(app: web.Application) -> None:
