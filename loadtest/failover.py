@@ -49,10 +49,15 @@ class Node:
     """A ``serve --standby`` process, its output read by a thread."""
 
     def __init__(self, url: str, name: str, data_dir: str, config: str, ttl: float):
+        from .nats_cluster import free_ports
         self.name = name
         self.lines: list[str] = []
+        # a fixed port outside the ephemeral range: after this node dies, no other
+        # process's --port 0 gets its address while clients still try it
+        self.port = free_ports(1)[0]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "exchange", "serve", "--port", "0", "--data-dir", data_dir,
+            [sys.executable, "-m", "exchange", "serve", "--port", str(self.port),
+             "--data-dir", data_dir,
              "--config", config, "--journal", url, "--standby", "--node-id", name,
              "--lease-ttl", str(ttl)], cwd=ROOT, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True,
@@ -101,6 +106,7 @@ async def _load(urls: list[str], rate: float, fault_at: float, after: float, fau
     sent: dict[str, float] = {}
     rejects: dict[str, str] = {}
     failed: dict[str, str] = {}
+    detail: dict[str, tuple] = {}
     tasks: list[asyncio.Task] = []
     loop = asyncio.get_running_loop()
 
@@ -112,6 +118,7 @@ async def _load(urls: list[str], rate: float, fault_at: float, after: float, fau
         try:
             r = await c.place_order(INSTRUMENT, side, 1, price, client_order_id=cid)
             acks[cid] = (key, r["order_id"], loop.time())
+            detail[cid] = (c.url, r.get("seq"), r.get("replayed"), r.get("order_status"))
         except ExchangeError as e:
             rejects[cid] = e.code
         except Exception as e:
@@ -140,7 +147,7 @@ async def _load(urls: list[str], rate: float, fault_at: float, after: float, fau
     failover_s = (min(after_fault) - t_fault) if after_fault else None
     for c in clients:
         await c.close()
-    return {"sent": i, "acks": acks, "rejects": rejects, "failed": failed,
+    return {"sent": i, "acks": acks, "detail": detail, "rejects": rejects, "failed": failed,
             "offered_per_s": i / load_s, "acked_per_s": len(acks) / load_s,
             "failover_s": failover_s}
 
@@ -212,7 +219,17 @@ def one_run(cluster, run: int, a, base: str, config: str, rng: random.Random) ->
             cluster.start_node(killed_nats)
             cluster.wait_ready()
             killed_nats = None
-        final = asyncio.run(_leader_port(url, {"a": pa, "b": pb}))
+        try:
+            final = asyncio.run(_leader_port(url, {"a": pa, "b": pb}))
+        except Exception as e:
+            final = None
+            why = e
+        if final is None:
+            res.update(error=f"no leader after the run: {why!r}",
+                       **{f"node_{n.name}_exit": n.proc.poll() for n in nodes},
+                       **{f"node_{n.name}_tail": "".join(n.lines[-12:]) for n in nodes},
+                       acks=len(load["acks"]), acks_lost=None, state_hash_equal=False)
+            return res
         if a.fault == "pause":  # the woken leader must step down
             try:
                 rc = first.proc.wait(30)
@@ -234,7 +251,9 @@ def one_run(cluster, run: int, a, base: str, config: str, rng: random.Random) ->
         replayed, verify_out = _verify_hash(url)
         res["live_last_seq"], res["verify"] = live_seq, verify_out
         res.update(sent=load["sent"], acks=len(load["acks"]), acks_lost=len(lost),
-                   lost_sample=lost[:10], rejects=len(load["rejects"]),
+                   lost_sample=lost[:10],
+                   lost_detail=[(cid, load["acks"][cid][1], resting.get(cid),
+                                 load["detail"].get(cid)) for cid in lost[:5]], rejects=len(load["rejects"]),
                    reject_codes=sorted(set(load["rejects"].values())),
                    unacknowledged=len(load["failed"]),
                    unacknowledged_sample=list(load["failed"].values())[:3],

@@ -36,13 +36,26 @@ def server_version(binary: str) -> tuple[int, ...]:
     return tuple(int(x) for x in m.groups()) if m else (0, 0, 0)
 
 
-def free_ports(n: int) -> list[int]:
+def free_ports(n: int, lo: int = 20000, hi: int = 32000) -> list[int]:
+    """``n`` free loopback ports below the kernel's ephemeral range (32768 and up on
+    Linux). A port handed out by ``bind(0)`` - or ``serve --port 0`` - is reused by the
+    next process that asks once it is free: a node killed by a test could have its port
+    taken by another test's server, and a client failing over to that address would talk
+    to a stranger (it happened: a demo-market server of another test acknowledged orders
+    meant for a killed leader)."""
+    import random
+    rng = random.SystemRandom()
     socks, ports = [], []
-    for _ in range(n):
+    while len(ports) < n:
+        p = rng.randrange(lo, hi)
         s = socket.socket()
-        s.bind(("127.0.0.1", 0))
+        try:
+            s.bind(("127.0.0.1", p))
+        except OSError:
+            s.close()
+            continue
         socks.append(s)
-        ports.append(s.getsockname()[1])
+        ports.append(p)
     for s in socks:
         s.close()
     return ports

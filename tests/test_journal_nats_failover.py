@@ -18,6 +18,7 @@ import uuid
 import pytest
 
 from exchange.client import ExchangeClient, ExchangeError
+from loadtest.nats_cluster import free_ports
 from test_server_restart import ROOT, state
 
 pytestmark = pytest.mark.slow
@@ -30,8 +31,11 @@ class Node:
     def __init__(self, tmp_path, url: str, name: str, ttl: float = 2.0):
         self.name = name
         self.lines: list[str] = []
+        # not --port 0: a killed node's ephemeral port can go to another test's server
+        # while the failing-over client still tries that address
+        port = free_ports(1)[0]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "exchange", "serve", "--port", "0", "--data-dir",
+            [sys.executable, "-m", "exchange", "serve", "--port", str(port), "--data-dir",
              str(tmp_path / "data"), "--journal", url, "--standby", "--node-id", name,
              "--lease-ttl", str(ttl)], cwd=ROOT, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
