@@ -41,7 +41,7 @@ async def test_total_send_queue_memory_is_bounded_and_released(tmp_path):
                         if not ws.closed:
                             await ws.send_str(frame)
                     await asyncio.sleep(0.01)
-                    seen.append(gw.queued_bytes)
+                    seen.append(gw.queued_bytes + gw.big_bytes)
                     if gw.metrics.send_queue_total_disconnects >= 3:
                         break
                 # the largest queues were closed: each connection alone is far under its own
@@ -57,9 +57,32 @@ async def test_total_send_queue_memory_is_bounded_and_released(tmp_path):
                     await ws.close()
             # released on disconnect: nothing is held for the closed connections
             assert await eventually(lambda: len(gw.sessions) == 1, 5.0)
-            assert await eventually(lambda: gw.queued_bytes == 0 and not gw._backlog, 5.0)
+            assert await eventually(lambda: gw.queued_bytes == 0 and not gw._backlog
+                                    and gw.big_bytes == 0, 5.0)
             status, text = await _get(srv, "/metrics")
             assert "exchange_ws_send_queue_bytes 0" in text
+
+
+async def test_the_total_bound_acts_within_one_turn_of_the_event_loop(tmp_path):
+    """Big replies queued while one frame is answered (a thousand book snapshots, ~3 MB) are
+    counted as they are queued: the connection is closed mid-frame, not after the turn."""
+    limit = 1 << 20
+    async with running_server(tmp_path, send_queue_max=1_000_000,
+                              send_queue_total_max_bytes=limit) as srv:
+        gw = srv.st.gateway
+        async with ExchangeClient(srv.ws_url, POWER) as fast:
+            await _deep_book(fast)
+            before = gw.metrics.messages_in
+            async with aiohttp.ClientSession() as http:
+                ws = await http.ws_connect(srv.ws_url, headers={
+                    "Authorization": f"Bearer {STEEL}"})
+                sub = ('{"req_id":1,"method":"subscribe","params":{"channel":"book:%s:main"}}'
+                       % I)
+                await ws.send_str("[" + ",".join([sub] * 1000) + "]")
+                assert await eventually(lambda: gw.metrics.send_queue_total_disconnects == 1)
+                assert gw.metrics.messages_in - before < 1000  # the rest was not answered
+                assert await eventually(lambda: gw.big_bytes == 0)
+            assert (await fast.ping())["pong"]
 
 
 async def _get(srv, path: str, headers: dict | None = None):

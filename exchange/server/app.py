@@ -271,8 +271,9 @@ async def metrics(request: web.Request) -> web.Response:
                [({}, m.slow_consumer_disconnects)])
         metric("exchange_ws_send_queue_bytes", "gauge",
                "bytes waiting for the sockets of connections whose peers are behind (queued "
-               "messages + transport buffers), measured every 50 ms while any is",
-               [({}, gw.queued_bytes)])
+               "messages + transport buffers, measured every 50 ms while any is) and big "
+               "messages (1 KiB and more) queued and not yet written",
+               [({}, gw.queued_bytes + gw.big_bytes)])
         metric("exchange_ws_send_queue_bytes_limit", "gauge",
                "server.send_queue_total_max_bytes: over it the largest queues are closed",
                [({}, gw.queued_bytes_max)])

@@ -81,6 +81,7 @@ _EXEC_PUSH = b'{"channel":"executions","seq":%d,"data":%s}'
 ER_HEADS_MAX = 200_000  # execution report heads kept (orders working); past it, start over
 WRITE_HIGH = 1 << 20  # bytes buffered in the socket's transport before the writer waits
 LEASE_S = 0.02  # a session's lease of its key's rate limit: this many seconds' worth
+BIG_MESSAGE = 1024  # a message this long (a book snapshot) is counted when it is queued
 MEASURE_S = 0.05  # how often the bytes of backed-up connections are measured (total bound)
 
 
@@ -92,6 +93,10 @@ def _ticker_board(rest: str) -> tuple[str, str]:
 
 def _held(s) -> int:
     return s.held
+
+
+def _qbig(s) -> int:
+    return s.qbig
 
 
 def _text_frame(payload: bytes) -> bytes:
@@ -156,7 +161,8 @@ class Session:
     __slots__ = ("gw", "ws", "cred", "firm_id", "role", "key_id", "batch", "cod", "subs",
                  "out", "wake", "closed", "tokens", "refill_at", "placed", "writer", "peer",
                  "req_id", "transport", "flushing", "backoff", "rx", "idle", "ping_at",
-                 "qmax", "qn", "qbytes", "held", "bucket", "auth_failures", "__weakref__")
+                 "qmax", "qn", "qbytes", "held", "qbig", "bucket", "auth_failures",
+                 "__weakref__")
 
     def __init__(self, gw: "Gateway", ws, peer: str = ""):
         self.gw = gw
@@ -190,6 +196,7 @@ class Session:
         self.qn = 0
         self.qbytes = 0
         self.held = 0
+        self.qbig = 0  # bytes of big messages (BIG_MESSAGE) queued since the last flush
         self.bucket = None  # the API key's shared token bucket, once authenticated
         self.auth_failures = 0
 
@@ -203,6 +210,8 @@ class Session:
         if self.closed:
             return
         self.out.append(data)
+        if len(data) >= BIG_MESSAGE:
+            self.gw.queued_big(self, len(data))
         self._queued()
 
     def send_many(self, msgs: list) -> None:
@@ -258,6 +267,12 @@ class Session:
         out = self.out
         if self.closed or not out or tr is None or tr.is_closing():
             self.flushing = False
+            if out and tr is not None and tr.is_closing():
+                # the connection is going (the peer closed it, or it was aborted) while its
+                # last frames are still being answered: nothing queued can ever be written,
+                # and kept it would grow to send_queue_max - for 200 such connections, GBs
+                self.out = []
+                self.drop_big()
             return
         buffered = tr.get_write_buffer_size()
         if buffered:  # the peer is behind: counted towards the total bound (Gateway._measure)
@@ -271,6 +286,8 @@ class Session:
         self.out = []
         if self.qn:
             self.qn = self.qbytes = 0
+        if self.qbig:
+            self.drop_big()
         m = self.gw.metrics
         m.messages_out += len(out)
         m.writes += 1
@@ -288,6 +305,10 @@ class Session:
                 parts[::2] = map(_FRAME_HEAD.__getitem__, map(len, out))
                 parts[1::2] = out
                 tr.write(b"".join(parts))
+        if not buffered and tr.get_write_buffer_size():
+            # what the socket did not take stays in the transport: measured from now on, also
+            # when nothing more is sent (a last big write is never seen by a later flush)
+            self.gw.backlogged(self)
 
     async def write_loop(self) -> None:
         """Without a usable transport: drain the queue with aiohttp's ``send_frame``."""
@@ -304,6 +325,7 @@ class Session:
                         return
                     continue
                 self.out = []
+                self.drop_big()
                 metrics.messages_out += len(out)
                 metrics.writes += 1 if self.batch else len(out)
                 if self.batch:
@@ -318,6 +340,12 @@ class Session:
         except (ConnectionError, RuntimeError, asyncio.CancelledError):
             return
 
+    def drop_big(self) -> None:
+        """The big messages counted for this session are gone (flushed or dropped)."""
+        if self.qbig:
+            self.gw.big_bytes -= self.qbig
+            self.qbig = 0
+
     def kill(self, code: int, reason: str) -> None:
         """Close now: drop queued output, send a close frame with the reason."""
         if self.closed:
@@ -325,6 +353,7 @@ class Session:
         self.closed = True
         self.out = []
         self.qn = self.qbytes = 0
+        self.drop_big()
         self.wake.set()
         self.gw.detach(self)
         asyncio.get_running_loop().create_task(self._close(code, reason))
@@ -580,6 +609,7 @@ class Gateway:
         self._measuring = False
         self.queued_bytes = 0
         self.queued_bytes_max = cfg.send_queue_total_max_bytes
+        self.big_bytes = 0  # bytes of big messages queued and not yet flushed (Session.send)
         self.key_buckets: dict[str, KeyBucket] = {}  # key_id -> its rate limit
         self.key_sessions: dict[str, int] = {}  # key_id -> open authenticated sessions
         self.failed: str | None = None  # set when the runner refused a command
@@ -665,6 +695,30 @@ class Gateway:
             self._measuring = True
             asyncio.get_running_loop().call_later(MEASURE_S, self._measure)
 
+    def queued_big(self, s: Session, n: int) -> None:
+        """A big message (a book snapshot, a deep book's push: BIG_MESSAGE or more) was
+        queued for ``s``. The timer cannot see queues that grow within one turn of the event
+        loop - a burst of subscribe requests on many connections answered in one long turn
+        queued ~700 MB before anything was flushed - so these are counted as they are queued
+        (small messages, the order path's, are not) and the bound is enforced at once."""
+        s.qbig += n
+        big = self.big_bytes = self.big_bytes + n
+        if big + self.queued_bytes > self.queued_bytes_max:
+            self._shed_big()
+
+    def _shed_big(self) -> None:
+        """Over the total bound by big messages not yet flushed: close the connections that
+        queued the most of them until under it."""
+        limit = self.queued_bytes_max
+        for s in sorted((x for x in self.sessions if x.qbig), key=_qbig, reverse=True):
+            if self.big_bytes + self.queued_bytes <= limit:
+                break
+            self.metrics.send_queue_total_disconnects += 1
+            self.metrics.slow_consumer_disconnects += 1
+            s.kill(CLOSE_SLOW, f"{E.SLOW_CONSUMER}: the server's send queues hold over "
+                               f"{limit} bytes; this connection's ({s.qbig + s.held}) is "
+                               f"among the largest")
+
     def _measure(self) -> None:
         """Every MEASURE_S while any socket is backed up: the bytes each such connection
         holds (its transport's buffer + its queue, counted incrementally: a stalled queue only
@@ -689,22 +743,23 @@ class Gateway:
             if n > s.qn:
                 s.qbytes += sum(map(len, islice(out, s.qn, None)))
                 s.qn = n
-            held = tr.get_write_buffer_size() + s.qbytes
+            held = max(tr.get_write_buffer_size() + s.qbytes, s.qbig)
             s.held = held
             if not held:
                 backlog.discard(s)
-            total += held
-        limit = self.queued_bytes_max
+            total += held - s.qbig  # big messages queued are in big_bytes already
+        limit = self.queued_bytes_max - self.big_bytes
         if total > limit:
             for s in sorted(backlog, key=_held, reverse=True):
                 if total <= limit:
                     break
-                total -= s.held
+                total -= s.held - s.qbig
+                limit += s.qbig  # (its big messages leave big_bytes with it)
                 self.metrics.send_queue_total_disconnects += 1
                 self.metrics.slow_consumer_disconnects += 1
                 s.kill(CLOSE_SLOW, f"{E.SLOW_CONSUMER}: the server's send queues hold over "
-                                   f"{limit} bytes; this connection's ({s.held}) is among "
-                                   f"the largest")
+                                   f"{self.queued_bytes_max} bytes; this connection's "
+                                   f"({s.held}) is among the largest")
                 backlog.discard(s)
                 s.held = 0
         self.queued_bytes = total
@@ -750,6 +805,7 @@ class Gateway:
         self.sessions.discard(s)
         self._hb_sessions.discard(s)
         self._backlog.discard(s)
+        s.drop_big()
         if s.key_id is not None:
             n = self.key_sessions.get(s.key_id, 1) - 1
             if n > 0:
