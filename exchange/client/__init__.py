@@ -115,6 +115,9 @@ class ExchangeClient:
         self.url = self.urls[0]  # the node connected to (or tried last)
         self.leader_url: str | None = None  # where the last NOT_LEADER pointed
         self.failover_retries = 0
+        self.suspect_seconds = 10.0  # how long a node that dropped is tried last
+        self._suspect: dict[str, float] = {}  # url -> loop time until it is tried last
+        self._connect_timeout = min(timeout, 3.0) if len(self.urls) > 1 else None
         self.api_key = api_key
         self.cancel_on_disconnect = cancel_on_disconnect
         self.batch = batch
@@ -161,11 +164,20 @@ class ExchangeClient:
     async def connect(self) -> dict | None:
         """Open the websocket and authenticate (if a key was given). With several URLs,
         try the leader last pointed to, then each URL in turn from the current one,
-        following ``NOT_LEADER`` answers; raise the last failure if none leads."""
+        following ``NOT_LEADER`` answers; raise the last failure if none leads. A node
+        whose connection just dropped is tried last, and a ``NOT_LEADER`` pointing to it
+        is not followed for a while: a stalled leader accepts TCP connections (the kernel
+        does) but answers nothing, and the lease names it until it expires."""
         if len(self.urls) == 1 and self.leader_url is None:
             return await self._connect_once()
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        suspect = {u for u, t in self._suspect.items() if t > now}
         i = self.urls.index(self.url) if self.url in self.urls else 0
-        order = ([self.leader_url] if self.leader_url else []) + self.urls[i:] + self.urls[:i]
+        ring = self.urls[i:] + self.urls[:i]
+        order = ([self.leader_url] if self.leader_url and self.leader_url not in suspect
+                 else []) + [u for u in ring if u not in suspect] + [u for u in ring
+                                                                     if u in suspect]
         tried: set[str] = set()
         last: BaseException | None = None
         while order:
@@ -175,19 +187,21 @@ class ExchangeClient:
             tried.add(u)
             self.url = u
             try:
-                r = await self._connect_once()
+                r = await asyncio.wait_for(self._connect_once(), self._connect_timeout)
                 self.leader_url = None
+                self._suspect.pop(u, None)
                 return r
             except ExchangeError as e:
                 if e.code != NOT_LEADER:
                     raise
                 last = e
                 await self._abandon()
-                if e.leader and e.leader not in tried:
+                if e.leader and e.leader not in tried and e.leader not in suspect:
                     self.leader_url = e.leader
                     order.insert(0, e.leader)
             except (OSError, aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as e:
                 last = e
+                self._suspect[u] = loop.time() + self.suspect_seconds
                 await self._abandon()
         raise last if last is not None else ConnectionError("no URL answered")
 
@@ -453,6 +467,9 @@ class ExchangeClient:
             self._arrived.set()
             if ws is self._ws:  # not a socket abandoned for another node
                 self._connected.clear()
+                if len(self.urls) > 1 and not self._closing:  # dropped: try the others first
+                    self._suspect[self.url] = (asyncio.get_running_loop().time()
+                                               + self.suspect_seconds)
                 if self.reconnect and not self._closing:
                     asyncio.get_running_loop().create_task(self._reconnect_loop())
 
