@@ -189,11 +189,12 @@ def plot_price_bands(cells: list[tuple[str, dict]], path: Path, title: str) -> N
         dx = (k - (len(cells) - 1) / 2) * 0.04 if len(cells) > 1 else 0.0
         _band_plot(ax, years, agg["by_period"], "price", label or "close price", c, dx=dx)
         if len(cells) == 1:
+            # set a little apart sideways: the two coincide when the market clears
             _band_plot(ax, years, agg["by_period"], "least_cost_price", "least-cost price",
-                       "tab:green", ls="--")
+                       "tab:green", ls="--", dx=0.06)
     ax.set_ylim(0, max(ax.get_ylim()[1], 1e-9) * 1.15)
     ax.set_xticks(years)
-    ax.set_xlabel("period" + (" (cells set a little apart sideways)" if len(cells) > 1 else ""))
+    ax.set_xlabel("period (series set a little apart sideways)")
     ax.set_ylabel("CNY / t")
     ax.set_title(title)
     ax.legend(fontsize=7, loc="lower left", ncol=2 if len(cells) > 4 else 1)
@@ -395,6 +396,7 @@ def plot_compare(cells, aggs, rows, figs, path: Path) -> None:
         else:
             ax.axhline(0, color="0.6", lw=0.8)
         ax.set_xticks(x, names, fontsize=7)
+        ax.set_xlim(-0.5, len(cells) - 0.5)
         ax.set_title(f"{label}, {su}", fontsize=9.5)
     for j in range(k, nr * cols):
         axes[j // cols][j % cols].axis("off")
