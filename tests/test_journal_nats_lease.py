@@ -77,3 +77,23 @@ async def test_renewing_task_reports_a_lost_lease(lease_url):
     finally:
         await a.close()
         await b.close()
+
+
+async def test_a_value_the_bucket_does_not_expire_is_taken_over_by_its_revision(lease_url):
+    """The bucket's max age is the holder's ttl; if a value outlives it (seen after the KV
+    stream's own leader died), a standby takes over once the revision stood still for 1.5
+    ttl by its own clock - and the old holder, renewing late, is refused."""
+    a = LeaderLease(lease_url, node="a", ttl=60.0)  # creates the bucket: max age 60 s
+    b = LeaderLease(lease_url, node="b", ttl=1.0)
+    await a.open()
+    await b.open()
+    try:
+        assert await a.acquire()
+        t0 = time.monotonic()
+        assert await asyncio.wait_for(b.wait_for(poll=0.1), 10)
+        assert 1.4 <= time.monotonic() - t0 <= 5.0
+        assert (await a.holder())["node"] == "b"
+        assert not await a.renew()
+    finally:
+        await a.close()
+        await b.close()

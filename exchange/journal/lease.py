@@ -51,6 +51,7 @@ class LeaderLease:
         self.replicas = int(replicas or q.get("replicas", 1))
         self.timeout = timeout
         self.revision = 0  # of the value this node last wrote (0: not held)
+        self._seen: tuple[int, float] | None = None  # (holder's revision, first seen at)
         self.renewed_at = 0.0  # time.monotonic() of the last successful write
         self._nc = None
         self._kv = None
@@ -106,17 +107,37 @@ class LeaderLease:
             return None
 
     async def acquire(self) -> bool:
-        """Take the lease if nobody holds it (KV create); True when this node now does."""
+        """Take the lease if nobody holds it (KV create), or if its holder has not rewritten
+        it for ``1.5 x ttl`` by this node's clock (a compare-and-set on the revision seen):
+        the bucket's max age should have removed it by then, but after the KV stream's own
+        leader died a value was seen to outlive it by a minute. The holder counts itself
+        out after ``ttl`` without a renewal, so the margin keeps two leaders apart. True
+        when this node now holds the lease."""
         from nats.js.errors import KeyWrongLastSequenceError, APIError
         t = time.monotonic()
         try:
             self.revision = await self._kv.create(KEY, self._value())
-        except KeyWrongLastSequenceError:
-            return False
-        except APIError as e:  # "wrong last sequence" as a plain API error on some servers
-            if e.err_code == 10071:
+        except (KeyWrongLastSequenceError, APIError) as e:
+            if isinstance(e, APIError) and not isinstance(e, KeyWrongLastSequenceError) \
+                    and e.err_code != 10071:
+                raise
+            h = await self.holder()
+            rev = (h or {}).get("revision")
+            if rev is None:
                 return False
-            raise
+            seen = self._seen
+            if seen is None or seen[0] != rev:
+                self._seen = (rev, t)
+                return False
+            if t - seen[1] < 1.5 * self.ttl:
+                return False
+            try:  # the holder stopped renewing: take it over by its last revision
+                self.revision = await self._kv.update(KEY, self._value(), last=rev)
+            except (KeyWrongLastSequenceError, APIError):
+                self._seen = None
+                return False
+            log.warning("lease %s: revision %d was not renewed for %.1f s; taken over",
+                        self.target, rev, t - seen[1])
         self.renewed_at = t
         log.warning("lease %s: node %s is leader (revision %d)", self.target, self.node,
                     self.revision)
