@@ -16,6 +16,7 @@ Who may do what:
 """
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
@@ -37,8 +38,10 @@ from .module import MAX_RECORD_QTY, MAX_UNIT, RegistryModule
 from . import serials as S
 
 TAG = "registry"
+# units count from 1 (no leading zero); FIRST <= LAST is the one rule a pattern cannot state
 SERIAL_PATTERN = (r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,63}/[A-Za-z0-9][A-Za-z0-9._:\-]{0,63}/"
-                  r"[0-9]{1,4}/[0-9]{1,16}(-[0-9]{1,16})?$")
+                  r"[0-9]{1,4}/[1-9][0-9]{0,15}(-[1-9][0-9]{0,15})?$")
+_SERIAL_RE = re.compile(SERIAL_PATTERN[1:-1])
 Serial = Matching(SERIAL_PATTERN, "CCER/P-0042/2026/1-500",
                   "a serial ISSUER/PROJECT/VINTAGE/FIRST[-LAST]")
 Unit = Annotated[StrictInt, Field(ge=1, le=MAX_UNIT)]
@@ -50,7 +53,13 @@ Day = Matching(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$", "2026-03-01", "a date YYYY-MM-DD
 
 
 def _serial_parse(text: str) -> str:
-    S.parse(text)  # ValueError -> 422
+    if _SERIAL_RE.fullmatch(text) is None:
+        raise ValueError(f"expected a serial ISSUER/PROJECT/VINTAGE/FIRST[-LAST] "
+                         f"(pattern {SERIAL_PATTERN})")
+    try:
+        S.parse(text)
+    except ValueError as exc:  # matches the document, but LAST < FIRST: not a schema rule
+        raise ProtocolError(E.BAD_PARAMETER, str(exc), 400) from None
     return text
 
 
@@ -273,9 +282,19 @@ async def conversion_table(ctx: ApiContext, _b) -> dict:
                         for at, (u, g, v) in sorted(m.table.items())}}
 
 
-@route("PUT", "/registry/conversion-table/{action_type}", body=ConversionRow, tag=TAG,
+class ConversionBody(ConversionRow):
+    # the config's row, with the factor's range [0, 1000] t and six decimals in its pattern,
+    # so the document states what the validator accepts
+    unit: Text(32, min_length=1) = Field(
+        description="the unit an action is counted in (km, kWh, trip, ...)")
+    t_co2e_per_unit: Matching(r"^(1000(\.0{1,6})?|[0-9]{1,3}(\.[0-9]{1,6})?)$", "0.000120",
+                              "t CO2e per unit in [0, 1000], at most 6 decimals") = Field(
+        description="t CO2e avoided per unit, exact to the gram (6 decimals)")
+
+
+@route("PUT", "/registry/conversion-table/{action_type}", body=ConversionBody, tag=TAG,
        summary="Set one action type's conversion factor (a new table version)")
-async def set_factor(ctx: ApiContext, b: ConversionRow) -> dict:
+async def set_factor(ctx: ApiContext, b: ConversionBody) -> dict:
     return await ctx.command(SetConversionFactor(
         action_type=ctx.params["action_type"], unit=b.unit, g_co2e_per_unit=b.grams(),
         operator=ctx.cred.label or ctx.cred.key_id))
