@@ -63,3 +63,13 @@ async def test_omitted_sub_caps_are_kept_and_an_empty_object_clears_them(tmp_pat
         desc = doc["components"]["schemas"]["CapBody"]["properties"]["sub_caps_pct"][
             "description"]
         assert "Omitted" in desc and "{} clears" in desc
+
+
+async def test_a_cap_out_of_range_is_explained_in_percent(tmp_path):
+    async with running_server(tmp_path) as srv:
+        for path, method in ((CAP + "/what-if", "POST"), (CAP, "PUT")):
+            status, r = await op(srv, method, path, {"cap_pct": "8",
+                                                     "sub_caps_pct": {"PHCER": "9"}})
+            assert status == 400 and r["error"]["code"] == "CAP_OUT_OF_RANGE", r
+            msg = r["error"]["message"]
+            assert "9 %" in msg and "8 %" in msg and "bps" not in msg, msg

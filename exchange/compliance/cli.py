@@ -95,8 +95,11 @@ def _what_if(args) -> int:
         print(f"error: {e.args[0]}", file=sys.stderr)
         return 2
     if args.format == "text":
-        print(f"What if the {args.period} offset cap were {args.cap_pct} % {subs or ''} "
-              f"(now {wi['current_cap_bps']} bps)")
+        from ..core.units import format_percent
+        sub_text = ", ".join(f"{k} {format_percent(v)}" for k, v in sorted(subs.items()))
+        print(f"What if the {args.period} offset cap were {format_percent(wi['proposed_cap_bps'])}"
+              f"{' (sub-caps ' + sub_text + ')' if sub_text else ''} "
+              f"(now {format_percent(wi['current_cap_bps'])})")
         for f in wi["firms"]:
             mark = "EXCEEDS" if f["exceeds"] else "ok"
             print(f"  {f['firm_id']:<10} {mark:<8} obligation {f['obligation']:>9}  cap "

@@ -36,7 +36,7 @@ from ..core.accounts import BANK, CASH, LOT_SUB_QUOTA, RETIRED, post_cash
 from ..core.events import Posting, Trade
 from ..core.exchange import Module
 from ..core.records import record_maker
-from ..core.units import BPS
+from ..core.units import BPS, format_percent
 from . import mrv
 from .commands import (
     ActivityDataSubmitted, ComplianceConfigured, ComplianceDeadlineProcessed,
@@ -359,7 +359,8 @@ class ComplianceModule(Module):
     def _check_caps(self, cap_bps, sub_caps) -> list:
         if not _is_int(cap_bps) or not 0 <= cap_bps <= BPS:
             raise E.Reject(E.CAP_OUT_OF_RANGE,
-                           f"offset cap must be within [0, 100 %] (0..10000 bps), got {cap_bps!r}")
+                           f"the offset cap must be within 0 % .. 100 %, got "
+                           f"{format_percent(cap_bps)}")
         out = {}
         for pair in _pairs(sub_caps, "sub_caps_bps", E.CAP_OUT_OF_RANGE):
             otype, bps = pair[0], pair[1]
@@ -367,7 +368,8 @@ class ComplianceModule(Module):
                 raise E.Reject(E.INELIGIBLE_OFFSET_TYPE, f"unknown offset type {otype!r}")
             if not _is_int(bps) or not 0 <= bps <= cap_bps:
                 raise E.Reject(E.CAP_OUT_OF_RANGE,
-                               f"sub-cap for {otype} must be within [0, cap] bps, got {bps!r}")
+                               f"the {otype} sub-cap must be within 0 % .. the cap "
+                               f"({format_percent(cap_bps)}), got {format_percent(bps)}")
             out[otype] = bps
         return [[k, v] for k, v in sorted(out.items())]
 

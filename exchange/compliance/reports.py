@@ -11,7 +11,7 @@ import csv
 import io
 from typing import Any
 
-from ..core.units import PPM, format_price
+from ..core.units import PPM, format_percent, format_price
 from . import mrv
 from .fund import firm_grants
 from .module import ComplianceModule, STATUS_UNVERIFIED
@@ -329,11 +329,13 @@ def what_if_cap(ex, period: int, cap_bps: int, sub_caps_bps: dict[str, int] | No
     if period not in m.periods:
         raise KeyError(f"no compliance period {period}")
     if type(cap_bps) is not int or not 0 <= cap_bps <= 10_000:
-        raise ValueError("cap must be within [0, 10000] bps")
+        raise ValueError(f"the offset cap must be within 0 % .. 100 %, got "
+                         f"{format_percent(cap_bps)}")
     subs = dict(sub_caps_bps or {})
     for k, v in subs.items():
         if type(v) is not int or not 0 <= v <= cap_bps:
-            raise ValueError(f"sub-cap {k} must be within [0, cap] bps")
+            raise ValueError(f"the {k} sub-cap must be within 0 % .. the cap "
+                             f"({format_percent(cap_bps)}), got {format_percent(v)}")
     p = m.periods[period]
     now = p["closed_ts"] if p["closed"] else ex.now
     cur_bps, cur_subs = m.cap_at(period, now)

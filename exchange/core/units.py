@@ -124,6 +124,16 @@ def percent_to_bps(value: str | Decimal | int) -> int:
     return int(d)
 
 
+def format_percent(bps) -> str:
+    """1000 bps -> ``"10 %"``, 25 -> ``"0.25 %"``, 210 -> ``"2.1 %"``: how a person reads a
+    cap or a rate (anything but an int of bps is shown as given)."""
+    if type(bps) is not int:
+        return repr(bps)
+    whole, frac = divmod(abs(bps), 100)
+    text = f"{whole}.{frac:02d}".rstrip("0").rstrip(".")
+    return f"{'-' if bps < 0 else ''}{text} %"
+
+
 # ------------------------------------------------------------------ rules: exact ratios -> ints
 # The rules module computes factors exactly (fractions.Fraction) and quantizes here, once.
 
