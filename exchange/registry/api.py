@@ -49,7 +49,9 @@ Tonnes = Annotated[StrictInt, Field(ge=0, le=MAX_QTY)]
 Vintage = Annotated[StrictInt, Field(ge=1, le=9999)]
 ActionId = Matching(r"^[0-9a-f]{64}$", "9f" * 32,
                     "64 lowercase hex digits: the platform's HMAC-SHA256 of the action")
-Day = Matching(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$", "2026-03-01", "a date YYYY-MM-DD")
+# a day the calendar does not have (02-30) matches and is refused by the registry (BAD_BATCH)
+Day = Matching(r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$", "2026-03-01",
+               "a date YYYY-MM-DD")
 
 
 def _serial_parse(text: str) -> str:
