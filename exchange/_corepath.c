@@ -31,6 +31,10 @@
  * Numbers: the checks read Python ints as int64 and hand anything else to Python. Inside a
  * fill, amounts are computed in 128 bits from int64 inputs and stored back as Python ints;
  * a balance that does not fit int64 is updated with Python's own arithmetic.
+ *
+ * Only CPython's public API (ADR 0013): objects are allocated and freed by CPython, every
+ * update makes a new int, and ints are read with PyLong_AsLongLongAndOverflow, so the same
+ * source builds for 3.11, 3.12 and 3.13 and none of it depends on an interpreter's layout.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -174,18 +178,6 @@ rd64(PyObject *v, long long *out)
     /* v as int64: 0, or -1 (no error set) when v is not an exact int that fits */
     if (v == NULL || !PyLong_CheckExact(v))
         return -1;
-#if PY_VERSION_HEX < 0x030C0000
-    /* 3.11's int layout: a sign-carrying digit count and 30-bit digits (longintrepr.h) */
-    Py_ssize_t size = Py_SIZE(v);
-    const digit *dg = ((PyLongObject *)v)->ob_digit;
-    if (size >= -2 && size <= 2) {
-        long long x = size == 0                 ? 0
-                      : size == 1 || size == -1 ? (long long)dg[0]
-                      : (long long)dg[0] | (long long)dg[1] << PyLong_SHIFT;
-        *out = size < 0 ? -x : x;
-        return 0;
-    }
-#endif
     int ovf;
     long long x = PyLong_AsLongLongAndOverflow(v, &ovf);
     if (ovf)
@@ -194,15 +186,43 @@ rd64(PyObject *v, long long *out)
     return 0;
 }
 
+static int
+long_sign(PyObject *v)
+{
+    /* the sign of the int v (-1, 0, 1) through the public API: the overflow flag of
+     * PyLong_AsLongLongAndOverflow carries it for an int beyond 64 bits */
+    int ovf;
+    long long x = PyLong_AsLongLongAndOverflow(v, &ovf);
+    if (ovf)
+        return ovf;
+    if (x == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    return (x > 0) - (x < 0);
+}
+
 static PyObject *
 from128(__int128 v)
 {
     if (v >= LLONG_MIN && v <= LLONG_MAX)
         return PyLong_FromLongLong((long long)v);
-    unsigned char b[16];
-    for (int i = 0; i < 16; i++)
-        b[i] = (unsigned char)((unsigned __int128)v >> (8 * i));
-    return _PyLong_FromByteArray(b, 16, 1, 1);
+    /* (hi << 64) | lo from two 64-bit halves: rare (an amount beyond int64), so the
+     * number protocol is fast enough and needs no private byte-array call */
+    PyObject *hi = PyLong_FromLongLong((long long)(v >> 64));
+    PyObject *lo = PyLong_FromUnsignedLongLong((unsigned long long)v);
+    PyObject *sh = PyLong_FromLong(64), *r = NULL;
+    if (hi != NULL && lo != NULL && sh != NULL) {
+        PyObject *t = PyNumber_Lshift(hi, sh);
+        if (t != NULL) {
+            r = PyNumber_Or(t, lo);
+            Py_DECREF(t);
+        }
+    }
+    Py_XDECREF(hi);
+    Py_XDECREF(lo);
+    Py_XDECREF(sh);
+    return r;
 }
 
 static int
@@ -218,18 +238,31 @@ rd128(PyObject *v, __int128 *out)
         PyErr_SetString(PyExc_TypeError, "CorePath: an amount is not an int");
         return -1;
     }
-    unsigned char b[16];
-#if PY_VERSION_HEX >= 0x030D0000 /* 3.13 added with_exceptions */
-    if (_PyLong_AsByteArray((PyLongObject *)v, b, 16, 1, 1, 1) < 0)
-#else
-    if (_PyLong_AsByteArray((PyLongObject *)v, b, 16, 1, 1) < 0)
-#endif
-        return -1;
-    unsigned __int128 u = 0;
-    for (int i = 15; i >= 0; i--)
-        u = (u << 8) | b[i];
-    *out = (__int128)u;
-    return 0;
+    /* beyond int64: split into the high and low 64 bits with the number protocol (v >> 64
+     * must fit a signed 64-bit int, as a 16-byte signed conversion demands: OverflowError
+     * otherwise) */
+    PyObject *sh = PyLong_FromLong(64), *mask = PyLong_FromUnsignedLongLong(~0ULL);
+    PyObject *hi = NULL, *lo = NULL;
+    int rc = -1;
+    if (sh != NULL && mask != NULL && (hi = PyNumber_Rshift(v, sh)) != NULL &&
+        (lo = PyNumber_And(v, mask)) != NULL) {
+        int ovf;
+        long long h = PyLong_AsLongLongAndOverflow(hi, &ovf);
+        if (ovf)
+            PyErr_SetString(PyExc_OverflowError, "int too big to convert");
+        else if (!(h == -1 && PyErr_Occurred())) {
+            unsigned long long l = PyLong_AsUnsignedLongLong(lo);
+            if (!(l == (unsigned long long)-1 && PyErr_Occurred())) {
+                *out = (__int128)(((unsigned __int128)(unsigned long long)h << 64) | l);
+                rc = 0;
+            }
+        }
+    }
+    Py_XDECREF(sh);
+    Py_XDECREF(mask);
+    Py_XDECREF(hi);
+    Py_XDECREF(lo);
+    return rc;
 }
 
 static inline void
@@ -248,40 +281,9 @@ set_ref(PyObject *o, Py_ssize_t off, PyObject *v)
     set_slot(o, off, v);
 }
 
-static inline int
-int_reuse(PyObject *v, __int128 nv)
-{
-    /* Overwrite the int v with the value nv, in place, when nobody can tell: v is an exact
-     * int whose only reference is the caller's slot (a reference count of 1: whoever else
-     * held it, an event, a dict, a local, would count), neither value is one of the
-     * shared small ints (-5..256; theirs is never 1 anyway), and nv has the same sign and
-     * number of 30-bit digits. 1 when done. This is what CPython does for a str or a tuple
-     * that only one reference holds; here it saves an allocation and a free on each of
-     * the several balance and quantity updates of a fill (ADR 0007, "ints updated in
-     * place"). CPython 3.11's int layout only. */
-#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000 && PyLong_SHIFT == 30
-    if (v == NULL || Py_REFCNT(v) != 1 || !PyLong_CheckExact(v) || (nv >= -5 && nv <= 256) ||
-        nv <= -((__int128)1 << 60) || nv >= (__int128)1 << 60)
-        return 0;
-    unsigned long long a = (unsigned long long)(nv < 0 ? -nv : nv);
-    Py_ssize_t n = a >> PyLong_SHIFT ? 2 : 1;
-    if (Py_SIZE(v) != (nv < 0 ? -n : n))
-        return 0;
-    digit *dg = ((PyLongObject *)v)->ob_digit;
-    dg[0] = (digit)(a & PyLong_MASK);
-    if (n == 2)
-        dg[1] = (digit)(a >> PyLong_SHIFT);
-    return 1;
-#else
-    return 0;
-#endif
-}
-
 static int
 set_i(PyObject *o, Py_ssize_t off, __int128 v)
 {
-    if (int_reuse(SLOT(o, off), v))
-        return 0;
     PyObject *x = from128(v);
     if (x == NULL)
         return -1;
@@ -314,11 +316,8 @@ slot_add(PyObject *o, Py_ssize_t off, __int128 delta)
     /* o.<slot> += delta, for an int of any size */
     PyObject *cur = SLOT(o, off), *r;
     long long x;
-    if (rd64(cur, &x) == 0) { /* read once: in place if it may be, else a new int */
-        if (int_reuse(cur, (__int128)x + delta))
-            return 0;
+    if (rd64(cur, &x) == 0)
         r = from128((__int128)x + delta);
-    }
     else
         r = num_add(cur, delta);
     if (r == NULL)
@@ -354,110 +353,6 @@ is_str_noerr(PyObject *v, PyObject *k)
     return r;
 }
 
-/* A free list per class for Order and the events, as CPython keeps for its own tuples,
- * lists and floats: a report lives for one command, so most of the time went to pymalloc,
- * to zeroing a fresh object and to the GC header's bookkeeping (ADR 0007, "a free list for
- * the events"). The classes' tp_dealloc becomes pooled_dealloc (pool_install, from setup),
- * which does what subtype_dealloc does for a slotted class without __dict__, __weakref__
- * or finalizer - untrack, clear the slots, free, drop the class reference - except that up
- * to POOL_MAX objects of each class are kept, with their slots cleared and their class
- * reference held, for alloc to hand out again. Compiled for CPython 3.11 only
- * (_Py_NewReference). */
-#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
-#define POOL 1
-#define POOL_MAX 256
-static PyObject *pool[K_N][POOL_MAX];
-static int pool_n[K_N];
-static PyTypeObject *pooled[K_N]; /* the class pool[k] holds (borrowed: TYPE(k) holds it) */
-
-static void
-pooled_dealloc(PyObject *o)
-{
-    PyTypeObject *t = Py_TYPE(o), *b = t;
-    /* the class whose slots these are: o's own, or the nearest base with this dealloc (a
-     * subclass's subtype_dealloc has cleared its own slots and __dict__ and calls us) */
-    while (b->tp_dealloc != pooled_dealloc)
-        b = b->tp_base;
-    if (PyObject_GC_IsTracked(o))
-        PyObject_GC_UnTrack(o);
-    /* as subtype_dealloc: a long chain of objects freeing each other (orders linked through
-     * prev/next) is freed iteratively, not by recursion as deep as the chain */
-    Py_TRASHCAN_BEGIN(o, pooled_dealloc)
-    for (Py_ssize_t off = sizeof(PyObject); off < b->tp_basicsize; off += sizeof(PyObject *))
-        Py_CLEAR(SLOT(o, off));
-    int kept = 0;
-    if (t == b) {
-        for (int k = 0; k < K_N; k++)
-            if (pooled[k] == t) {
-                if (pool_n[k] < POOL_MAX) {
-                    pool[k][pool_n[k]++] = o; /* keeps its reference to t */
-                    kept = 1;
-                }
-                break;
-            }
-    }
-    if (!kept) {
-        t->tp_free(o);
-        Py_DECREF(t);
-    }
-    Py_TRASHCAN_END
-}
-
-static int
-pool_install(int k)
-{
-    /* pool TYPE(k)'s objects when its layout is what pooled_dealloc clears: a heap class,
-     * GC, no items, no __dict__/__weakref__/finalizer, only object slots (T_OBJECT_EX
-     * members: setup checked the ones it knows), its tp_dealloc still CPython's */
-    PyTypeObject *t = TYPE(k);
-    if (t == pooled[k])
-        return 0;
-    /* a new class for k (setup called again): the old one's objects are freed, and it
-     * keeps pooled_dealloc, which frees its objects from now on */
-    while (pool_n[k] > 0) {
-        PyObject *o = pool[k][--pool_n[k]];
-        PyTypeObject *ot = Py_TYPE(o);
-        ot->tp_free(o);
-        Py_DECREF(ot);
-    }
-    pooled[k] = NULL;
-    if (t == NULL)
-        return 0;
-    if (t->tp_dealloc == pooled_dealloc) {
-        pooled[k] = t;
-        return 0;
-    }
-    static destructor subtype_dealloc;
-    if (subtype_dealloc == NULL) {
-        /* CPython's subtype_dealloc, found on a class made for the purpose */
-        PyObject *probe = PyObject_CallFunction((PyObject *)&PyType_Type, "s(O){}",
-                                                "_probe", (PyObject *)&PyBaseObject_Type);
-        if (probe == NULL)
-            return -1;
-        subtype_dealloc = ((PyTypeObject *)probe)->tp_dealloc;
-        Py_DECREF(probe);
-    }
-    Py_ssize_t n = 0;
-    for (PyTypeObject *b = t; b != &PyBaseObject_Type; b = b->tp_base) {
-        if (b == NULL || !(b->tp_flags & Py_TPFLAGS_HEAPTYPE) ||
-            b->tp_dealloc != subtype_dealloc || b->tp_dictoffset || b->tp_weaklistoffset ||
-            b->tp_itemsize || b->tp_finalize || b->tp_del)
-            return 0;
-        PyMemberDef *m = ((PyHeapTypeObject *)b)->ht_type.tp_members;
-        for (; m != NULL && m->name != NULL; m++) {
-            if (m->type != T_OBJECT_EX)
-                return 0;
-            n++;
-        }
-    }
-    if (!PyType_IS_GC(t) || t->tp_basicsize != (Py_ssize_t)(sizeof(PyObject) + n * sizeof(PyObject *)))
-        return 0;
-    t->tp_dealloc = pooled_dealloc;
-    pooled[k] = t;
-    return 0;
-}
-#endif
-
 static PyObject *
 alloc(int k)
 {
@@ -465,13 +360,6 @@ alloc(int k)
      * tuples of those, so they can never be part of a reference cycle: like CPython's own
      * untracking of such tuples and dicts, they are left out of the cyclic GC, which then
      * does not walk every resting order and every report (it was ~25 % of the time). */
-#ifdef POOL
-    if (pool_n[k] > 0) { /* the pool holds objects of TYPE(k) only: see pool_install */
-        PyObject *o = pool[k][--pool_n[k]];
-        _Py_NewReference(o);
-        return o;
-    }
-#endif
     PyTypeObject *t = TYPE(k);
     PyObject *o = t->tp_alloc(t, 0);
     if (o != NULL && PyObject_GC_IsTracked(o))
@@ -918,79 +806,27 @@ unrest(PyObject *book, PyObject *o, PyObject *okey, PyObject *side_map, PyObject
 /* ------------------------------------------------------------------ the CorePath object */
 
 typedef struct {
-    PyObject *dict, *key, *key2, *value; /* key2: NULL for a dict keyed by one str */
-    uint64_t version;
-} memo_t;
-enum { MEMO_INSTR, MEMO_RULES, MEMO_BOOK, MEMO_N };
-
-typedef struct {
     PyObject_HEAD
     PyObject *ex; /* the Exchange */
-    /* the last instrument, segment rules and book looked up (find, find_book) */
-    memo_t memo[MEMO_N];
 } CorePath;
 
-/* One-entry caches of dict lookups by str keys (memo_t): valid while the dict is the same
- * object at the same ma_version_tag, which changes with every change to the dict, so an
- * entry cannot go stale. Each command carries its own str objects, equal to the dicts' keys
- * but not the same objects: a hit costs one or two string comparisons, a lookup a hash
- * probe and the same comparison (and for the books, a key tuple). On Python 3.12+, where
- * the version tag is deprecated, the caches are compiled out. */
-
-static inline int
-memo_hit(memo_t *m, PyObject *dict, PyObject *k1, PyObject *k2)
-{
-#if PY_VERSION_HEX < 0x030C0000
-    return m->dict == dict && m->version == ((PyDictObject *)dict)->ma_version_tag &&
-           (k1 == m->key || is_str(k1, m->key)) &&
-           (k2 == m->key2 || (k2 != NULL && is_str(k2, m->key2)));
-#else
-    return 0;
-#endif
-}
-
-static void
-memo_set(memo_t *m, PyObject *dict, PyObject *k1, PyObject *k2, PyObject *v)
-{
-    /* remember dict[k1] (or dict[(k1, k2)]) = v, for str keys of an exact dict */
-#if PY_VERSION_HEX < 0x030C0000
-    if (v == NULL || !PyDict_CheckExact(dict) || !PyUnicode_CheckExact(k1) ||
-        (k2 != NULL && !PyUnicode_CheckExact(k2)))
-        return;
-    Py_XSETREF(m->dict, Py_NewRef(dict));
-    Py_XSETREF(m->key, Py_NewRef(k1));
-    Py_XSETREF(m->key2, Py_XNewRef(k2));
-    Py_XSETREF(m->value, Py_NewRef(v));
-    m->version = ((PyDictObject *)dict)->ma_version_tag;
-#endif
-}
-
 static PyObject *
-find(CorePath *self, int which, PyObject *dict, PyObject *key)
+find(PyObject *dict, PyObject *key)
 {
     /* dict.get(key) for instruments[symbol] and _rules[segment], borrowed; NULL (error set
      * or not) when absent */
-    memo_t *m = &self->memo[which];
-    if (memo_hit(m, dict, key, NULL))
-        return m->value;
-    PyObject *v = PyDict_GetItemWithError(dict, key);
-    memo_set(m, dict, key, NULL, v);
-    return v;
+    return PyDict_GetItemWithError(dict, key);
 }
 
 static PyObject *
-find_book(CorePath *self, PyObject *books, PyObject *symbol, PyObject *segment)
+find_book(PyObject *books, PyObject *symbol, PyObject *segment)
 {
     /* books.get((symbol, segment)), borrowed; NULL (error set or not) when absent */
-    memo_t *m = &self->memo[MEMO_BOOK];
-    if (memo_hit(m, books, symbol, segment))
-        return m->value;
     PyObject *key = PyTuple_Pack(2, symbol, segment);
     if (key == NULL)
         return NULL;
     PyObject *book = PyDict_GetItemWithError(books, key);
     Py_DECREF(key);
-    memo_set(m, books, symbol, segment, book);
     return book;
 }
 
@@ -1083,7 +919,7 @@ match(PyObject *book, PyObject *o, int taker_buys, int has_limit, long long limi
         }
         long long kv;
         if (rd64(k, &kv) < 0 || kv == LLONG_MIN) {
-            int beyond = PyLong_CheckExact(k) && _PyLong_Sign(k) > 0; /* a key above int64 */
+            int beyond = PyLong_CheckExact(k) && long_sign(k) > 0; /* a key above int64 */
             if (beyond && has_limit)
                 break; /* above any limit */
             if (!touched)
@@ -1270,7 +1106,7 @@ int_cmp(long long a, PyObject *b)
     long long x;
     if (rd64(b, &x) == 0)
         return a < x ? -1 : a > x;
-    return PyLong_Check(b) && _PyLong_Sign(b) > 0 ? -1 : 1;
+    return PyLong_Check(b) && long_sign(b) > 0 ? -1 : 1;
 }
 
 static int
@@ -1868,11 +1704,11 @@ cp_place(CorePath *self, PyObject *cmd)
     PyObject *symbol = f[P_INSTRUMENT], *segment = f[P_SEGMENT];
     PyObject *instruments = xget(self, X_INSTRUMENTS);
     PyObject *instr = instruments && PyDict_Check(instruments)
-                          ? find(self, MEMO_INSTR, instruments, symbol) : NULL;
+                          ? find(instruments, symbol) : NULL;
     if (instr == NULL || Py_TYPE(instr) != TYPE(K_INSTRUMENT))
         goto python;
     PyObject *books = xget(self, X_BOOKS);
-    PyObject *book = books && PyDict_CheckExact(books) ? find_book(self, books, symbol, segment)
+    PyObject *book = books && PyDict_CheckExact(books) ? find_book(books, symbol, segment)
                                                        : NULL;
     if (book == NULL || Py_TYPE(book) != TYPE(K_BOOK))
         goto python;
@@ -1892,7 +1728,7 @@ cp_place(CorePath *self, PyObject *cmd)
         goto python;
     PyObject *all_rules = xget(self, X_RULES);
     PyObject *rules = all_rules && PyDict_Check(all_rules)
-                          ? find(self, MEMO_RULES, all_rules, segment) : NULL;
+                          ? find(all_rules, segment) : NULL;
     if (rules == NULL || Py_TYPE(rules) != TYPE(K_RULES) ||
         !is_str(SLOT(rules, rules_off[R_ACCESS]), K[S_ACCESS_ALL]))
         goto python;
@@ -2004,7 +1840,7 @@ cp_cancel(CorePath *self, PyObject *cmd)
         goto python;
     PyObject *books = xget(self, X_BOOKS);
     PyObject *book = books && PyDict_CheckExact(books)
-                         ? find_book(self, books, SLOT(o, order_off[O_INSTRUMENT]),
+                         ? find_book(books, SLOT(o, order_off[O_INSTRUMENT]),
                                      SLOT(o, order_off[O_SEGMENT]))
                          : NULL;
     if (book == NULL || Py_TYPE(book) != TYPE(K_BOOK) ||
@@ -2102,11 +1938,11 @@ cp_amend(CorePath *self, PyObject *cmd)
     PyObject *instruments = xget(self, X_INSTRUMENTS), *all_rules = xget(self, X_RULES);
     PyObject *books = xget(self, X_BOOKS);
     PyObject *instr = instruments && symbol && PyDict_Check(instruments)
-                          ? find(self, MEMO_INSTR, instruments, symbol) : NULL;
+                          ? find(instruments, symbol) : NULL;
     PyObject *rules = all_rules && segment && PyDict_Check(all_rules)
-                          ? find(self, MEMO_RULES, all_rules, segment) : NULL;
+                          ? find(all_rules, segment) : NULL;
     PyObject *book = instr && rules && books && PyDict_CheckExact(books)
-                         ? find_book(self, books, symbol, segment) : NULL;
+                         ? find_book(books, symbol, segment) : NULL;
     if (book == NULL || Py_TYPE(book) != TYPE(K_BOOK) || Py_TYPE(instr) != TYPE(K_INSTRUMENT) ||
         Py_TYPE(rules) != TYPE(K_RULES))
         goto python;
@@ -2345,10 +2181,6 @@ static int
 cp_traverse(CorePath *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->ex);
-    for (int i = 0; i < MEMO_N; i++) {
-        Py_VISIT(self->memo[i].dict);
-        Py_VISIT(self->memo[i].value);
-    }
     return 0;
 }
 
@@ -2356,12 +2188,6 @@ static int
 cp_clear(CorePath *self)
 {
     Py_CLEAR(self->ex);
-    for (int i = 0; i < MEMO_N; i++) {
-        Py_CLEAR(self->memo[i].dict);
-        Py_CLEAR(self->memo[i].key);
-        Py_CLEAR(self->memo[i].key2);
-        Py_CLEAR(self->memo[i].value);
-    }
     return 0;
 }
 
@@ -2429,7 +2255,7 @@ setup(PyObject *mod, PyObject *cfg)
             PyObject *name = PyUnicode_InternFromString(classes[k].names[i]);
             if (name == NULL)
                 return NULL;
-            PyObject *dsc = _PyType_Lookup((PyTypeObject *)t, name);
+            PyObject *dsc = type_lookup((PyTypeObject *)t, name);
             Py_DECREF(name);
             if (dsc == NULL || Py_TYPE(dsc) != &PyMemberDescr_Type ||
                 ((PyMemberDescrObject *)dsc)->d_member->type != T_OBJECT_EX)
@@ -2448,12 +2274,6 @@ setup(PyObject *mod, PyObject *cfg)
         have_const |= 1ull << i;
     }
     configured = have_cls == (1ull << K_N) - 1 && have_const == (1ull << S_N) - 1;
-#ifdef POOL
-    static const int pooled_kinds[] = {K_ORDER, K_ER, K_TRADE, K_BU, K_REJECTED};
-    for (size_t i = 0; i < sizeof pooled_kinds / sizeof *pooled_kinds; i++)
-        if (pool_install(pooled_kinds[i]) < 0)
-            return NULL;
-#endif
     Py_RETURN_NONE;
 }
 

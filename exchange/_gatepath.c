@@ -1037,19 +1037,13 @@ static PyObject *
 only_member(PyObject *set)
 {
     /* the member of a one-member set, borrowed (the set holds it) */
-#if PY_VERSION_HEX < 0x030d0000
-    Py_ssize_t pos = 0;
-    Py_hash_t h;
-    PyObject *m;
-    return _PySet_NextEntry(set, &pos, &m, &h) ? m : NULL;
-#else
+    /* through the public iterator protocol: the set holds one member */
     PyObject *it = PyObject_GetIter(set), *m = it ? PyIter_Next(it) : NULL;
     Py_XDECREF(it);
     Py_XDECREF(m); /* still held by the set */
     if (PyErr_Occurred())
         PyErr_Clear();
     return m;
-#endif
 }
 
 static int
@@ -1086,7 +1080,7 @@ fan_report(PyObject *ev, PyObject *exec_subs, PyObject *bal_subs, PyObject *dirt
         return 1;
     Py_INCREF(s); /* a send may close the session */
     int r = -1;
-    PyObject *head = report_head(ev, heads, oid, lv != Py_False && _PyLong_Sign(lv) != 0);
+    PyObject *head = report_head(ev, heads, oid, lv != Py_False && PyObject_IsTrue(lv) == 1);
     PyObject *nseq = NULL, *data = NULL;
     if (head == NULL)
         goto done;

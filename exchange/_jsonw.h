@@ -11,11 +11,42 @@
 #include <structmember.h>
 #include <string.h>
 
+static inline PyObject *
+type_lookup(PyTypeObject *cls, PyObject *name)
+{
+    /* name as the class's MRO defines it, borrowed (a class dict holds it); NULL, with no
+     * error set, when no class on the MRO has it: the MRO walk of attribute lookup,
+     * without its cache: only setup-time code calls it. 3.12 hides the dicts of static
+     * builtin types behind PyType_GetDict, which gives a new reference. */
+    PyObject *mro = cls->tp_mro;
+    if (mro == NULL || !PyTuple_Check(mro))
+        return NULL;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(mro); i++) {
+        PyTypeObject *b = (PyTypeObject *)PyTuple_GET_ITEM(mro, i);
+#if PY_VERSION_HEX >= 0x030C0000
+        PyObject *dict = PyType_GetDict(b);
+#else
+        PyObject *dict = Py_XNewRef(b->tp_dict);
+#endif
+        if (dict == NULL)
+            continue;
+        PyObject *v = PyDict_GetItemWithError(dict, name);
+        Py_DECREF(dict);
+        if (v != NULL)
+            return v;
+        if (PyErr_Occurred()) {
+            PyErr_Clear();
+            return NULL;
+        }
+    }
+    return NULL;
+}
+
 static inline Py_ssize_t
 slot_offset(PyTypeObject *cls, PyObject *name)
 {
     /* the offset of cls's slot called name, or 0 when it is not a plain object slot */
-    PyObject *d = _PyType_Lookup(cls, name); /* borrowed */
+    PyObject *d = type_lookup(cls, name); /* borrowed */
     if (d == NULL || Py_TYPE(d) != &PyMemberDescr_Type)
         return 0;
     PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;

@@ -1,16 +1,12 @@
-"""The compiled core's reuse of memory (``exchange/_corepath.c``; ADR 0007): the free list for
-``Order`` and the events (``pooled_dealloc``, ``pool_install``), and ints updated in place
-(``int_reuse``).
+"""What the compiled core (``exchange/_corepath.c``; ADR 0007, ADR 0013) must keep true about
+memory now that it uses only CPython's public API: ``Order`` and the events are allocated and
+freed by CPython itself (no free list behind a replaced ``tp_dealloc``), and every balance or
+quantity update makes a new int (no int is overwritten in place).
 
-When the extension is set up, those classes are freed by ``pooled_dealloc``, which keeps up to
-256 objects of each class for the C core to hand out again. What must hold whatever the pool
-does: an object's slot values are released when it dies, the class's reference count does not
-drift (every object holds one reference to its class, pooled or not), a subclass (with its own
-slots and ``__dict__``) is freed through the same function without leaking either, and the
-objects the core hands out again are fresh: no value of an earlier object shows through.
-
-An int is overwritten in place only when the slot being updated holds its only reference, so
-no one can see it change: every int someone else holds keeps its value.
+What must hold: an object's slot values are released when it dies, the class's reference count
+does not drift, a subclass (with its own slots and ``__dict__``) is freed without leaking
+either, the objects the core hands out are fresh (no value of an earlier object shows through),
+and every int someone else holds keeps its value.
 """
 from __future__ import annotations
 
@@ -36,7 +32,7 @@ except ImportError:
 POOLED = [book_mod.Order, ExecutionReport, Trade, BookUpdate, CommandRejected]
 pytestmark = pytest.mark.skipif(_hotpath is None, reason="exchange._hotpath is not built")
 
-N = 2_000  # well beyond the pool's 256 per class
+N = 2_000
 
 
 def _blank(cls):
@@ -51,7 +47,7 @@ def _fill(obj, value, cls=None):
 @pytest.mark.parametrize("cls", POOLED, ids=lambda c: c.__name__)
 def test_dealloc_releases_every_slot_value_and_keeps_the_class_count(cls):
     sentinel = object()
-    # warm: fill the pool, so the counts below do not move by what it takes in
+    # warm: allocator caches settle, so the counts below do not move by what they take in
     for _ in range(N):
         _fill(_blank(cls), sentinel)
     gc.collect()
@@ -89,17 +85,13 @@ def _tp_dealloc(cls) -> int:
     return ctypes.c_void_p.from_address(id(cls) + 6 * ctypes.sizeof(ctypes.c_void_p)).value
 
 
-def test_the_classes_are_pooled():
-    """The free list is installed on each class (CPython 3.11): their tp_dealloc is one
-    function, and not CPython's, which a slotted class that is not set up keeps."""
-    if sys.version_info[:2] != (3, 11) or sys.implementation.name != "cpython":
-        pytest.skip("the free list is compiled for CPython 3.11 only")
+def test_the_classes_keep_cpythons_dealloc():
+    """Nothing replaces a class's tp_dealloc: once the extension is set up, Order and the
+    events are freed by the same function as any slotted class."""
+    if sys.implementation.name != "cpython":
+        pytest.skip("reads a CPython type object")
     plain = type("Plain", (), {"__slots__": ("a",)})
-    pooled = {_tp_dealloc(cls) for cls in POOLED}
-    assert len(pooled) == 1
-    assert pooled != {_tp_dealloc(plain)}
-    # a subclass keeps CPython's dealloc, which calls the pooled one for the base's slots
-    assert _tp_dealloc(type("Sub", (ExecutionReport,), {})) == _tp_dealloc(plain)
+    assert {_tp_dealloc(cls) for cls in POOLED} == {_tp_dealloc(plain)}
 
 
 def _market(accelerate: bool) -> Sequencer:
@@ -117,7 +109,7 @@ def _market(accelerate: bool) -> Sequencer:
 
 
 def test_reports_handed_out_again_carry_no_earlier_value():
-    """Objects freed from Python with a marker in every slot fill the pools; the compiled
+    """Objects freed from Python with a marker in every slot come before; the compiled
     core's events afterwards (resting, crossing, cancelled, an unknown order's cancel) equal
     the pure-Python core's, field by field, and none holds the marker."""
     junk = ("junk",)
@@ -191,8 +183,7 @@ def test_an_int_someone_holds_is_never_changed():
 
 
 def test_the_instrument_and_rules_lookups_follow_changes():
-    """The compiled core remembers the last instrument and segment rules it looked up
-    (``find``). Redefining the segment, or halting and re-banding the instrument, between two
+    """The compiled core looks the instrument and segment rules up on every order. Redefining the segment, or halting and re-banding the instrument, between two
     orders must show in the second, exactly as in the pure-Python core."""
     from exchange.core.commands import Halt, Resume, SetPriceBand
     from exchange.core.exchange import AddSegment
@@ -218,8 +209,7 @@ def test_the_instrument_and_rules_lookups_follow_changes():
     assert outcome == [("new", None), ("rejected", "BAD_LOT"), ("new", None),
                        ("rejected", "OUTSIDE_PRICE_BAND"), ("rejected", "HALTED"),
                        ("new", None)]
-    # the same dicts changed in place (as a module or an operator tool might): the cached
-    # entries are checked against the dict's version, not only its identity
+    # the same dicts changed in place (as a module or an operator tool might)
     from exchange.core.exchange import SegmentRules
     for s in (fast, slow):
         s.ex._rules["main"] = SegmentRules("main", 1, 7, 99_999, 5, "all")
@@ -231,8 +221,8 @@ def test_the_instrument_and_rules_lookups_follow_changes():
 
 def test_a_long_chain_of_orders_is_freed_without_deep_recursion():
     """Orders link to each other (prev/next). Freeing the head of a chain of 300,000 frees
-    them all; CPython's subtype_dealloc does it through its "trashcan", iteratively, and so
-    must pooled_dealloc (without it this crashed the interpreter: a C stack overflow)."""
+    them all; CPython's subtype_dealloc does it through its "trashcan", iteratively (a C stack
+    overflow otherwise)."""
     head = None
     for _ in range(300_000):
         o = _blank(book_mod.Order)
