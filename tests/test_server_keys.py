@@ -167,3 +167,28 @@ def test_keys_create_refuses_while_the_server_holds_the_journal(tmp_path):
     # the server's lock went with it
     r = _keys("create", "--role", "operator", "--label", "after", "--data-dir", str(data))
     assert r.returncode == 0, r.stderr
+
+
+def test_a_forked_child_does_not_keep_the_journal_writer_lock(tmp_path):
+    """The runner forks to serialise snapshots; if the server dies while such a child runs,
+    a restart must not find the journal locked by the child."""
+    from exchange.journal import JournalError
+    from exchange.journal import sqlite as S
+
+    path = str(tmp_path / "j.sqlite")
+    fd = S.writer_lock(path)
+    pid = os.fork()
+    if pid == 0:  # the child lives on after the parent lets go
+        import time
+        time.sleep(1.5)
+        os._exit(0)
+    try:
+        with pytest.raises(JournalError):
+            S.writer_lock(path)  # held (by this process)
+        S._LOCK_FDS.discard(fd)
+        os.close(fd)  # the parent's end goes, as when it is killed
+        fd2 = S.writer_lock(path)  # free although the child still runs
+        S._LOCK_FDS.discard(fd2)
+        os.close(fd2)
+    finally:
+        os.waitpid(pid, 0)

@@ -217,6 +217,24 @@ def private_files(path: str) -> None:
             pass
 
 
+_LOCK_FDS: set[int] = set()  # the writer locks this process holds (writer_lock)
+
+
+def _drop_locks_in_child() -> None:
+    """A forked child (the runner's snapshot serialiser) must not hold the writer lock: if
+    the server were killed while the child still ran, a restart would find the journal
+    locked until the child exited. Closing the child's copies leaves the parent's lock."""
+    for fd in _LOCK_FDS:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _LOCK_FDS.clear()
+
+
+os.register_at_fork(after_in_child=_drop_locks_in_child)
+
+
 def writer_lock(path: str) -> int | None:
     """Take the journal's writer lock - an exclusive ``flock`` on ``<journal>.lock``, held
     while the journal is open for writing and dropped by the kernel when the process dies -
@@ -239,6 +257,7 @@ def writer_lock(path: str) -> int | None:
                            f"stop the server (or the other command) first") from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _LOCK_FDS.add(fd)
     return fd
 
 
@@ -442,6 +461,7 @@ class SQLiteJournal(Journal):
             self._con.close()
             self._con = None
         if self._lock_fd is not None:
+            _LOCK_FDS.discard(self._lock_fd)
             os.close(self._lock_fd)  # releases the writer lock
             self._lock_fd = None
 
