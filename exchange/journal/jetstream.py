@@ -381,10 +381,9 @@ class JetStreamJournal(Journal):
         """The stream sequence of the message holding record ``seq`` (0: none)."""
         if seq < 1 or seq > self.last_seq or not self._stream_last:
             return 0
-        lo, hi = 1, self._stream_last
-        # records are at least one per message: message seq - 1 holds record >= ...; the
-        # record seq bounds the stream seq from above
-        hi = min(hi, seq)
+        # every message holds at least one record, so message k starts at record k or
+        # later: the message holding record ``seq`` is at most message ``seq``
+        lo, hi = 1, min(self._stream_last, seq)
         while lo < hi:  # the last message whose first record is <= seq
             mid = (lo + hi + 1) // 2
             if await self._first_of(mid) <= seq:
