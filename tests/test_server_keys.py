@@ -177,11 +177,16 @@ def test_a_forked_child_does_not_keep_the_journal_writer_lock(tmp_path):
 
     path = str(tmp_path / "j.sqlite")
     fd = S.writer_lock(path)
+    r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child lives on after the parent lets go
         import time
+        os.write(w, b"x")  # running (its at-fork handlers have run)
         time.sleep(1.5)
         os._exit(0)
+    os.close(w)
+    assert os.read(r, 1) == b"x"
+    os.close(r)
     try:
         with pytest.raises(JournalError):
             S.writer_lock(path)  # held (by this process)
