@@ -152,6 +152,14 @@ def test_sweep_grid_with_bands_and_the_noise_rule(small, tmp_path):
     assert (out / "compare_price.png").stat().st_size > 0
     assert cli_main(["simulate", str(small), "--vary", "offset_cap=0", "--vary",
                      "offset_cap=1", "--out", str(out), "--quiet"]) == 2
+    # varying the seed itself: each cell starts its ensemble from its own seed
+    out2 = tmp_path / "by_seed"
+    assert cli_main(["simulate", str(small), "--periods", "1", "--workers", "0", "--vary",
+                     "seed=3,4", "--out", str(out2), "--quiet"]) == 0
+    by_seed = json.loads((out2 / "compare.json").read_text())["cells"]
+    assert [json.loads((out2 / "cells" / c["cell"] / "summary.json").read_text())["seeds"]
+            for c in by_seed] == [[3], [4]]
+    assert "no paired differences" in (out2 / "compare.md").read_text()
 
 
 # ---------------------------------------------------------------------- Dask

@@ -176,10 +176,12 @@ def _task_key(raw: dict, periods, seed: int) -> str:
 
 
 def _run_cells(args, cells, seeds, label: str):
+    """``seeds``: one list for every cell, or a list per cell."""
     from .ensemble import run_task
+    per_cell = seeds if seeds and isinstance(seeds[0], list) else [seeds] * len(cells)
     tasks, keys = [], []
-    for c in cells:
-        for s in seeds:
+    for c, cs in zip(cells, per_cell):
+        for s in cs:
             k = _task_key(c.raw, args.periods, s)
             keys.append(k)
             tasks.append((k, run_task, (c.raw, c.source, s, args.periods)))
@@ -191,8 +193,8 @@ def _run_cells(args, cells, seeds, label: str):
     wall = time.perf_counter() - t0
     runs = []
     it = iter(keys)
-    for _ in cells:
-        runs.append([results[next(it)] for _ in seeds])
+    for cs in per_cell:
+        runs.append([results[next(it)] for _ in cs])
     timings = {"where": where, "runs": len(uniq), "wall_s": round(wall, 3),
                "run_s_sum": round(sum(x["runtime_s"] for x in results.values()), 3)}
     return runs, timings
@@ -241,12 +243,21 @@ def run_sweep(args) -> int:
         label = ",".join(f"{k}={v}" for k, v in zip(keys, combo)).replace("/", "_")
         parse_scenario(copy.deepcopy(data), f"{source} with {label}")  # fail before running
         cells.append(Cell(label, dict(zip(keys, combo)), data, f"{source} with {label}"))
-    seeds = ensemble_seeds(_base_seed(args, raw, source), args.seeds or 1)
-    runs, timings = _run_cells(args, cells, seeds, f"{len(cells)} cells x {len(seeds)} seeds")
+    if any(k in ("seed", "scenario.seed") for k in keys):
+        # the seed is what the cells vary: each cell's ensemble starts from its own seed
+        # (no common random numbers between such cells, so no paired differences)
+        if args.seed is not None:
+            raise ScenarioError("--seed and --vary seed=... both set the seed; give one")
+        seeds = [ensemble_seeds(parse_scenario(copy.deepcopy(c.raw), c.source).scenario.seed,
+                                args.seeds or 1) for c in cells]
+    else:
+        seeds = ensemble_seeds(_base_seed(args, raw, source), args.seeds or 1)
+    runs, timings = _run_cells(args, cells, seeds,
+                               f"{len(cells)} cells x {args.seeds or 1} seeds")
     aggs = [aggregate(c, r, base.scenario.name) for c, r in zip(cells, runs)]
     out = Path(args.out)
     write_sweep(cells, aggs, runs, out, keys, _command(), timings)
-    print(f"swept {' x '.join(keys)}: {len(cells)} cells x {len(seeds)} seeds "
+    print(f"swept {' x '.join(keys)}: {len(cells)} cells x {args.seeds or 1} seeds "
           f"({timings['where']}) in {timings['wall_s']:.1f} s; wrote {out}/compare.md, "
           f"compare.csv, compare.json, compare.png")
     return 0

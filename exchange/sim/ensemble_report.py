@@ -319,9 +319,13 @@ def write_sweep(cells: list, aggs: list[dict], runs: list[list[dict]], out: Path
     md = [f"# Sweep: {' × '.join(keys)} ({len(cells)} cells × {n} seeds)", ""]
     if command:
         md += [f"Reproduce: `{command}`", ""]
-    md += [f"Every cell runs the same {n} seeds ({_seed_list(aggs[0]['seeds'])}): common "
-           f"random numbers, so a difference between two cells is the parameter's, seed by "
-           f"seed. Figures: median over seeds [5th – 95th percentile].", "",
+    common = all(a["seeds"] == aggs[0]["seeds"] for a in aggs)
+    md += [(f"Every cell runs the same {n} seeds ({_seed_list(aggs[0]['seeds'])}): common "
+            f"random numbers, so a difference between two cells is the parameter's, seed by "
+            f"seed." if common else
+            f"Each cell runs its own {n} seed(s) (the sweep varies the seed), so cells share "
+            f"no seed and there are no paired differences: compare their bands.")
+           + " Figures: median over seeds [5th – 95th percentile].", "",
            "## Cells", "",
            _table(["cell"] + [f"{lab} ({'%' if u == 'share' else u})" for _, lab, u in figs],
                   [[c.label] + [band_text(a, k, u) for k, _, u in figs]
