@@ -51,6 +51,8 @@ from .base import (
 )
 
 log = logging.getLogger("exchange.journal.jetstream")
+# how long opening the journal waits for the cluster to answer (elections after a node died)
+OPEN_TIMEOUT_S = 60.0
 
 _REC = struct.Struct(">Qq32sI")  # seq, ts, chain hash, payload length
 _REC_SIZE = _REC.size
@@ -237,7 +239,10 @@ class JetStreamJournal(Journal):
         from nats.js.errors import NotFoundError
         js = self._js
         try:
-            info = await self._retrying(lambda: js.stream_info(self.stream), "stream info")
+            # a start may come while the cluster elects a new meta or stream leader (the node
+            # that led them died with the old process): wait for it longer than an append
+            info = await self._retrying(lambda: js.stream_info(self.stream), "stream info",
+                                        max(self.append_timeout, OPEN_TIMEOUT_S))
         except NotFoundError:
             if self.readonly:
                 raise JournalError(f"no journal at {self.target} (no stream "
