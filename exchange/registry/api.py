@@ -82,6 +82,18 @@ def _module(ctx: ApiContext) -> RegistryModule:
     return m
 
 
+def _acting(ctx: ApiContext, role: str, given: str | None, field: str) -> str:
+    """The account a request acts for: a ``role`` key (firm, platform) acts for its own only;
+    an operator names it in ``field``."""
+    if ctx.cred.role == role:
+        if given not in (None, ctx.cred.firm_id):
+            raise ProtocolError(E.FORBIDDEN, f"a {role} key acts for its own {role} only", 403)
+        return ctx.cred.firm_id
+    if not given:
+        raise ProtocolError(E.BAD_PARAMETER, f"{field} is required for an operator key", 400)
+    return given
+
+
 def _verifier(ctx: ApiContext, given: str | None) -> str:
     me = verifier_id(ctx.cred)
     if given not in (None, me):
@@ -162,14 +174,7 @@ class RetireBody(_Body):
 @route("POST", "/registry/retirements", body=RetireBody, tag=TAG,
        roles=(ROLE_FIRM, ROLE_OPERATOR), summary="Retire credits voluntarily")
 async def retire(ctx: ApiContext, b: RetireBody) -> dict:
-    if ctx.cred.role == ROLE_FIRM:
-        if b.firm_id not in (None, ctx.cred.firm_id):
-            raise ProtocolError(E.FORBIDDEN, "a firm key acts for its own firm only", 403)
-        firm = ctx.cred.firm_id
-    elif not b.firm_id:
-        raise ProtocolError(E.BAD_PARAMETER, "firm_id is required for an operator key", 400)
-    else:
-        firm = b.firm_id
+    firm = _acting(ctx, ROLE_FIRM, b.firm_id, "firm_id")
     return await ctx.command(RetireCredits(account=firm, instrument=b.instrument, qty=b.qty,
                                            serials=tuple(b.serials), beneficiary=b.beneficiary,
                                            reason=b.reason))
@@ -319,14 +324,7 @@ class BatchBody(_Body):
        roles=(ROLE_PLATFORM, ROLE_OPERATOR),
        summary="Submit a batch of recorded low-carbon actions for verification")
 async def submit_batch(ctx: ApiContext, b: BatchBody) -> dict:
-    if ctx.cred.role == ROLE_PLATFORM:
-        if b.platform_id not in (None, ctx.cred.firm_id):
-            raise ProtocolError(E.FORBIDDEN, "a platform key submits for its own platform", 403)
-        pid = ctx.cred.firm_id
-    elif not b.platform_id:
-        raise ProtocolError(E.BAD_PARAMETER, "platform_id is required for an operator key", 400)
-    else:
-        pid = b.platform_id
+    pid = _acting(ctx, ROLE_PLATFORM, b.platform_id, "platform_id")
     return await ctx.command(SubmitActionBatch(platform_id=pid, vintage=b.vintage,
                                                records=tuple(tuple(r) for r in b.records)))
 
