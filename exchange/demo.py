@@ -11,7 +11,8 @@ from .market import genesis_commands
 
 def render_book(ex, instrument: str, segment: str = "main", levels: int = 5) -> str:
     d = ex.books[(instrument, segment)].depth(levels)
-    lines = [f"  {instrument} / {segment}", f"  {'bid qty':>9} {'bid':>9} | {'ask':<9} {'ask qty':<9}"]
+    lines = [f"  {instrument} / {segment}",
+             f"  {'bid qty':>9} {'bid':>9} | {'ask':<9} {'ask qty':<9}"]
     for i in range(max(len(d["bids"]), len(d["asks"]), 1)):
         b = d["bids"][i] if i < len(d["bids"]) else None
         a = d["asks"][i] if i < len(d["asks"]) else None

@@ -117,7 +117,6 @@ class NatsCluster:
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Until every running node accepts connections and JetStream has a meta leader
         (an account info request answers)."""
-        import asyncio
         import nats
 
         async def ready() -> bool:

@@ -82,7 +82,8 @@ def main(argv=None) -> int:
     orders = sum(r["orders"] for r in res.rounds)
     fig = {"benchmark": "sim_scale", "firms": s["firms"], "periods": s["periods"],
            "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
-           "load_avg_1m": round(__import__("os").getloadavg()[0], 2), "commands": s["commands"], "orders": orders,
+           "load_avg_1m": round(__import__("os").getloadavg()[0], 2),
+           "commands": s["commands"], "orders": orders,
            "trades": s["trades"], "volume_t": s["volume"],
            "commands_per_s": round(s["commands"] / wall),
            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

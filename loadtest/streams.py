@@ -123,9 +123,9 @@ def generate(commands: int, seed: int = 42, *, mid: int = 8500, depth_ticks: int
         # match against the generator's own book
         left = qty
         if side == BUY:
-            opp, sign = asks, 1
+            opp = asks
         else:
-            opp, sign = bids, -1
+            opp = bids
         while left and opp:
             key, mid_ = opp[0]
             m = live.get(mid_)

@@ -156,7 +156,6 @@ class Worker:
         total = self.total
         rate = self.rate
         acked = self.acked
-        methods = self.methods
         exec_seen = self.exec_seen
         ack_lat = self.ack_lat
         timeline = self.ack_timeline

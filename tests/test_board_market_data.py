@@ -11,10 +11,10 @@ from exchange.core.commands import EndOfDay
 from exchange.core.events import DayEnded
 from exchange.core.exchange import Exchange
 from exchange.dashboard.candles import CandleStore
-from exchange.engine import Sequencer, build_exchange
+from exchange.engine import build_exchange
 
 from helpers import CEA, REF, Market, trades
-from test_server import I, OPERATOR, SME1, STEEL, op, running_server
+from test_server import I, SME1, STEEL, op, running_server
 
 BIG = 10**10
 

@@ -183,7 +183,8 @@ def test_an_int_someone_holds_is_never_changed():
 
 
 def test_the_instrument_and_rules_lookups_follow_changes():
-    """The compiled core looks the instrument and segment rules up on every order. Redefining the segment, or halting and re-banding the instrument, between two
+    """The compiled core looks the instrument and segment rules up on every order. Redefining the
+    segment, or halting and re-banding the instrument, between two
     orders must show in the second, exactly as in the pure-Python core."""
     from exchange.core.commands import Halt, Resume, SetPriceBand
     from exchange.core.exchange import AddSegment

@@ -198,7 +198,8 @@ def page(browser, server):
 
 def shot(pg, name: str) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
-    pg.evaluate("document.getElementById('toasts').replaceChildren()")  # notifications cover the view
+    # notifications would cover the view
+    pg.evaluate("document.getElementById('toasts').replaceChildren()")
     pg.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 

@@ -66,7 +66,8 @@ async def _run(frames: list[list[tuple[int, bytes]]], use_gate: bool, max_in_fli
                use_fanout: bool | None = None, rich_subs: bool = False,
                window: int | None = None, fail_batch_at: int | None = None) -> dict:
     """The frames through a gateway: with the C gate or not, with the C fan-out and durable
-    replies or not (default: as the gate). ``rich_subs``: session 1 subscribes to its firm's balances, the
+    replies or not (default: as the gate). ``rich_subs``: session 1 subscribes to its firm's
+    balances, the
     book, trades and the ticker, and session 3 is authenticated as the second firm with an
     executions subscription of its own (that firm has two subscribers): the cases the
     fan-out hands to Python, and the balances it marks itself. ``window``: the idempotency

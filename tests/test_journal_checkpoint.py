@@ -12,7 +12,7 @@ import pytest
 
 from exchange.engine import build_exchange
 from exchange.journal import CoreRunner, JournalCorruptError, open_journal
-from exchange.journal.base import GENESIS_HASH, record_hash
+from exchange.journal.base import record_hash
 from test_journal import clock_from, stream_commands
 
 

@@ -18,7 +18,7 @@ import pytest
 
 from exchange.engine import build_exchange
 from exchange.journal import CoreRunner, JournalCorruptError, open_journal
-from test_journal import clock_from, full_replay_hash, stream_commands
+from test_journal import clock_from, stream_commands
 from test_server_restart import ROOT, ServerProcess
 
 import asyncio

@@ -269,7 +269,7 @@ def _first_fill_order(m, price=8_400, qty=1):
 
 def test_amend_quantity_decrease_keeps_priority(m):
     first = order_id(m.buy("BUYER", 8_400, 10))
-    second = order_id(m.buy("MAKER", 8_400, 10))
+    m.buy("MAKER", 8_400, 10)  # behind BUYER at the level
     evs = m.apply(AmendOrder(account="BUYER", order_id=first, qty=4))
     (er,) = reports(evs)
     assert (er.exec_type, er.qty, er.leaves_qty, er.cum_qty) == ("replaced", 4, 4, 0)

@@ -82,7 +82,7 @@ async def test_public_feeds_and_own_executions_name_no_other_firm(tmp_path):
 
         # the market-data HTTP routes: public ones without a key, the book with a firm's
         async with aiohttp.ClientSession() as http:
-            for path, key in ((f"/instruments", None), ("/segments", None),
+            for path, key in (("/instruments", None), ("/segments", None),
                               (f"/market/candles/{I}", None), (f"/market/trades/{I}", None),
                               (f"/books/{I}/main", POWER), ("/dashboard/compliance-periods",
                                                               POWER)):

@@ -733,7 +733,7 @@ def test_bank_surplus_stays_with_sme():
     assert m.held("S1") == 250 and m.held("S2") == 250
 
 
-# ============================================================================ rejects change nothing
+# ======================================================================= rejects change nothing
 
 
 def test_rejects_change_nothing():

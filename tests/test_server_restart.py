@@ -31,7 +31,8 @@ class ServerProcess:
         ``kill_group`` reaches it the way Ctrl-C does (the whole foreground group)."""
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "exchange", "serve", "--port", "0", "--data-dir",
-             str(self.data_dir), *self.extra], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+             str(self.data_dir), *self.extra], cwd=ROOT, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
             process_group=0 if new_group else None)
         end = time.monotonic() + timeout

@@ -458,8 +458,8 @@ def statement_text(st: dict) -> str:
         L.append(f"  MRV: submission v{sub['version']} {sub['status']}"
                  + (f" by {sub['verifier']}" if sub["verifier"] else ""))
         for f in sub["fuels"]:
-            L.append(f"    {f['fuel']:<12} {f['tce']:>10} tce x {f['carbon_coefficient_t_c_per_tce']}"
-                     f" t C/tce x 44/12")
+            L.append(f"    {f['fuel']:<12} {f['tce']:>10} tce x "
+                     f"{f['carbon_coefficient_t_c_per_tce']} t C/tce x 44/12")
         if sub["electricity_mwh"]:
             L.append(f"    {'electricity':<12} {sub['electricity_mwh']:>10} MWh x "
                      f"{sub['grid_factor_t_co2_per_mwh']} t CO2/MWh")
@@ -484,8 +484,8 @@ def statement_text(st: dict) -> str:
                  f" ({format_price(t['sell_notional_fen'])} CNY), fees"
                  f" {format_price(t['fees_fen'])}")
     for s in st["surrenders"]:
-        L.append(f"  Surrendered {s['qty']:>8} t {s['instrument']:<12} ({s['kind']}"
-                 f"{', cap ' + str(s['cap_bps_in_effect']) + ' bps' if s['kind'] == 'offset' else ''}"
+        cap = f", cap {s['cap_bps_in_effect']} bps" if s["kind"] == "offset" else ""
+        L.append(f"  Surrendered {s['qty']:>8} t {s['instrument']:<12} ({s['kind']}{cap}"
                  f") by {s['by']}")
     su = st["surrendered"]
     L.append(f"  Surrendered total {su['total']} t = allowances {su['allowances']}"

@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 from . import errors as E
 from .accounts import (
-    BANK, CASH, EXCHANGE_ACCOUNT, ISSUER, LOT_PURCHASE, LOT_SUB_QUOTA, LOT_TRANSFER, RETIRED,
+    BANK, CASH, EXCHANGE_ACCOUNT, ISSUER, LOT_PURCHASE, LOT_SUB_QUOTA, LOT_TRANSFER,
     SYSTEM_ACCOUNTS, Account, Holding, post_cash, put_units, take_units,
 )
 from .book import (BUY, SELL, STP_POLICIES, Order, OrderBook, _dict_setitem, append, new_level,
@@ -51,7 +51,7 @@ from .events import (
     MarketState, Posting, SessionClosed, SessionOpened, SubQuotaCreated, SupplyChainRegistered,
     Trade, TradingCalendarSet,
 )
-from .units import MAX_CASH, MAX_QTY, PPM, fee_ceil, fee_floor
+from .units import MAX_CASH, MAX_QTY, PPM, fee_ceil
 
 _TIFS = (GTC, DAY, IOC, FOK)
 SEGMENT_ACCESS = ("all", "sme_sell_any_buy", "sme_only", "members")

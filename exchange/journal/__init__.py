@@ -18,7 +18,8 @@ from .runner import CoreRunner, RunnerFailed, replay_into
 
 __all__ = [
     "open_journal", "default_target", "default_options", "Journal", "JournalError",
-    "JournalCorruptError", "CoreRunner", "RunnerFailed", "replay_into", "record_hash", "GENESIS_HASH", "VerifyReport",
+    "JournalCorruptError", "CoreRunner", "RunnerFailed", "replay_into", "record_hash",
+    "GENESIS_HASH", "VerifyReport",
 ]
 
 

@@ -47,7 +47,7 @@ from urllib.parse import parse_qsl, unquote
 import orjson
 
 from .base import (
-    GENESIS_HASH, Journal, JournalCorruptError, JournalError, chain_rows, tail_damage,
+    Journal, JournalCorruptError, JournalError, chain_rows, tail_damage,
 )
 
 log = logging.getLogger("exchange.journal.jetstream")

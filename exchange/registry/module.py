@@ -50,8 +50,10 @@ from ..core.units import BPS, MAX_QTY
 from . import serials as S
 from .commands import (
     ActionBatchDecided, ActionBatchSubmitted, ApproveActionBatch, ConfigureRegistry,
-    ConversionFactorSet, CreditsIssued, CreditsRetired, DeclareOffsetClass, ExternalCancellationRecorded,
-    ImportCredits, IssueCredits, OffsetClassDeclared, PlatformRegistered, RecordExternalCancellation,
+    ConversionFactorSet, CreditsIssued, CreditsRetired, DeclareOffsetClass,
+    ExternalCancellationRecorded,
+    ImportCredits, IssueCredits, OffsetClassDeclared, PlatformRegistered,
+    RecordExternalCancellation,
     RegisterPlatform, RegisterRemovalProject, RegistryConfigured, RejectActionBatch,
     RemovalProjectRegistered, RemovalVerified, ReportReversal, RetireCredits, ReversalReported,
     SetConversionFactor, SubmitActionBatch, VerifyRemoval,

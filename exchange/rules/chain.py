@@ -17,7 +17,8 @@ responsibility ``R_f = E_f + sum_i in_fi x beta_i`` (t CO2): what it answers for
 is compared with its product's average (``gap = 1 - I_f / beta_p``, as at the close); a final
 consumer bears the average of what it buys. An input that nobody in the chain makes must be
 declared in ``outside = ["diesel", ...]`` (bought from outside the system: it counts 0 and is
-listed); an undeclared one is an error naming the field, as it is usually a misspelt product. Units and rounding are the engine's: whole
+listed); an undeclared one is an error naming the field, as it is usually a misspelt product. Units
+and rounding are the engine's: whole
 tonnes and units in, beta to the ppm (half even), everything else exact from there.
 """
 from __future__ import annotations

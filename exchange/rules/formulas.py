@@ -197,8 +197,9 @@ class Diverges(ArithmeticError):
         self.products = tuple(products)
 
 
-def responsibility_system(producers: dict[str, list[tuple[int, int, dict[str, int]]]]
-                          ) -> tuple[list[str], dict[str, Fraction], dict[str, dict[str, Fraction]]]:
+def responsibility_system(
+        producers: dict[str, list[tuple[int, int, dict[str, int]]]],
+) -> tuple[list[str], dict[str, Fraction], dict[str, dict[str, Fraction]]]:
     """Build ``beta = c + A beta`` from ``{product: [(emissions, output, {input: qty}), ...]}``:
     ``c_p = sum_f E_f / sum_f Y_f`` and ``A_pi = sum_f in_fi / sum_f Y_f`` (output-weighted
     average over the producers of p). Products used as inputs but not produced here have no

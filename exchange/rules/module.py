@@ -350,7 +350,8 @@ class RulesModule(Module):
     def _phi_of(self, firm_id: str, params: dict) -> int:
         return self.phi.get(firm_id, params["initial_phi_ppm"])
 
-    def _latest(self, firm_id: str, before: int | None = None) -> tuple[int, int, int | None] | None:
+    def _latest(self, firm_id: str,
+                before: int | None = None) -> tuple[int, int, int | None] | None:
         """Latest (period, output, emissions|None): verified data first, then the history."""
         best = None
         for p in sorted(self.verified, reverse=True):

@@ -9,7 +9,8 @@ default (:func:`exchange.config.config_path`); the start-up output says which.
 
 Starts the aiohttp application with its journal: ``--journal`` (or the config's
 ``[journal] url``: ``postgresql://...`` or ``sqlite:///abs/path``), else the SQLite journal in
-the data directory (default: the config's ``journal.data_dir``), builds the market (and the demo market) on the first start,
+the data directory (default: the config's ``journal.data_dir``), builds the market (and the demo
+market) on the first start,
 recovers on every later start, prints the demo API keys (demo market only: ``--no-demo``
 issues and prints none; ``keys create`` makes keys), and on SIGINT/SIGTERM stops
 accepting, flushes the journal and writes a final snapshot.

@@ -39,7 +39,8 @@ from .credentials import ROLE_FIRM, ApiKeyRevoked
 from .protocol import (
     DEFERRED, ER_BODY, JSON_STR, METHODS, OVERLOADED, PX_JSON, AmendOrderParams, AuthParams,
     CancelAllParams, CancelOrderParams, ChannelParams, EmptyParams, PlaceOrderParams,
-    ProtocolError, er_head, er_push, er_tail_args, fmt_px, validate_amend_order, validate_cancel_order, validate_place_order,
+    ProtocolError, er_head, er_push, er_tail_args, fmt_px, validate_amend_order,
+    validate_cancel_order, validate_place_order,
     validation_message, wire_balances, wire_depth, wire_order, wire_ticker, wire_trade,
     ticker_channel,
     ws_method,

@@ -618,10 +618,13 @@ def wire_ticker(ex, symbol: str, segment: str = "main") -> dict:
 
 
 __all__ = [
-    "ProtocolError", "Price", "Int64", "INT64_MIN", "INT64_MAX", "Period", "MAX_PERIOD", "Params", "AuthParams", "PlaceOrderParams", "CancelOrderParams",
+    "ProtocolError", "Price", "Int64", "INT64_MIN", "INT64_MAX", "Period", "MAX_PERIOD", "Params",
+    "AuthParams", "PlaceOrderParams", "CancelOrderParams",
     "AmendOrderParams", "order_ref", "validate_place_order", "validate_cancel_order",
     "validate_amend_order", "CancelAllParams", "ChannelParams", "EmptyParams", "Method", "METHODS",
-    "ws_method", "DEFERRED", "OVERLOADED", "validation_message", "wire_er", "wire_trade", "wire_book_changes",
-    "wire_depth", "wire_balances", "wire_order", "wire_ticker", "ticker_channel", "fmt_px", "JSON_STR", "PX_JSON",
+    "ws_method", "DEFERRED", "OVERLOADED", "validation_message", "wire_er", "wire_trade",
+    "wire_book_changes",
+    "wire_depth", "wire_balances", "wire_order", "wire_ticker", "ticker_channel", "fmt_px",
+    "JSON_STR", "PX_JSON",
     "er_head", "er_tail_args", "er_push_c", "er_push", "er_push_ref", "ER_BODY", "ER_PUSH", "E",
 ]

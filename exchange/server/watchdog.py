@@ -18,7 +18,8 @@ visible to the operator instead of leaving them to be guessed from the clients' 
   (an overloaded server), which the warning says instead of printing that stack.
 
 The thread needs the GIL only to check the heartbeat (four times per ``threshold``, at most
-every 25 ms) and to read the stack; a stalled loop that holds the GIL gives it up within the interpreter's switch
+every 25 ms) and to read the stack; a stalled loop that holds the GIL gives it up within the
+interpreter's switch
 interval (5 ms), so the stack is taken while the stall lasts.
 """
 from __future__ import annotations

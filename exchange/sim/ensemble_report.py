@@ -159,7 +159,8 @@ def sector_md(agg: dict) -> list[str]:
 def _b(b: dict, digits: int = 0) -> str:
     if b["p50"] is None:
         return "—"
-    f = (lambda v: f"{v:,.{digits}f}")
+    def f(v):
+        return f"{v:,.{digits}f}"
     return f"{f(b['p50'])} [{f(b['p05'])} – {f(b['p95'])}]"
 
 
