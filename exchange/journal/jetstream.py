@@ -51,7 +51,8 @@ from .base import (
 )
 
 log = logging.getLogger("exchange.journal.jetstream")
-# how long opening the journal waits for the cluster to answer (elections after a node died)
+# how long a read of the stream or the snapshot store waits for the cluster to answer: a start
+# may come while the nodes left elect new leaders (the node that led them died)
 OPEN_TIMEOUT_S = 60.0
 
 _REC = struct.Struct(">Qq32sI")  # seq, ts, chain hash, payload length
@@ -173,11 +174,14 @@ class JetStreamJournal(Journal):
     async def _retrying(self, fn, what: str, timeout: float | None = None):
         """``await fn()``, retried while the cluster cannot answer - a request timing out,
         no responders, 503 while a stream or meta leader is elected after a server died -
-        for up to ``append_timeout``. "Not found" and other refusals are final."""
+        for up to ``OPEN_TIMEOUT_S`` (or ``append_timeout`` if longer): the journal's own
+        stream and its snapshot store each elect a leader when a node dies, one after the
+        other. "Not found" and other refusals are final. (Appends do not come here: an
+        append waits ``append_timeout`` for its acknowledgement.)"""
         from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
         from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
         loop = asyncio.get_running_loop()
-        limit = self.append_timeout if timeout is None else timeout
+        limit = max(self.append_timeout, OPEN_TIMEOUT_S) if timeout is None else timeout
         deadline = loop.time() + limit
         while True:
             try:
@@ -239,10 +243,7 @@ class JetStreamJournal(Journal):
         from nats.js.errors import NotFoundError
         js = self._js
         try:
-            # a start may come while the cluster elects a new meta or stream leader (the node
-            # that led them died with the old process): wait for it longer than an append
-            info = await self._retrying(lambda: js.stream_info(self.stream), "stream info",
-                                        max(self.append_timeout, OPEN_TIMEOUT_S))
+            info = await self._retrying(lambda: js.stream_info(self.stream), "stream info")
         except NotFoundError:
             if self.readonly:
                 raise JournalError(f"no journal at {self.target} (no stream "
