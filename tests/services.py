@@ -30,6 +30,24 @@ def unavailable(service: str, reason: str):
     pytest.skip(msg + " (set REQUIRE_SERVICES=1 to make this a failure)")
 
 
+def _answers(probe, target: str, what: str) -> str | None:
+    """Run the coroutine function ``probe``: None when it succeeds, else why ``target`` does not
+    answer (refused, timeout, auth, a missing database or JetStream)."""
+    result: list = []
+
+    def run():  # own thread and loop: callers may be inside a running event loop
+        try:
+            asyncio.run(probe())
+            result.append(None)
+        except Exception as e:
+            result.append(f"{target} does not answer{what} ({type(e).__name__}: {e})")
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(10)
+    return result[0] if result else f"{target} does not answer (probe timed out)"
+
+
 @functools.lru_cache(maxsize=None)
 def _probe_postgres(dsn: str) -> str | None:
     """None when ``dsn`` answers ``SELECT 1``, else the reason."""
@@ -45,19 +63,7 @@ def _probe_postgres(dsn: str) -> str | None:
         finally:
             await con.close()
 
-    result: list = []
-
-    def run():  # own thread and loop: callers may be inside a running event loop
-        try:
-            asyncio.run(probe())
-            result.append(None)
-        except Exception as e:  # refused, timeout, auth, missing database
-            result.append(f"{dsn} does not answer ({type(e).__name__}: {e})")
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    t.join(10)
-    return result[0] if result else f"{dsn} does not answer (probe timed out)"
+    return _answers(probe, dsn, "")
 
 
 def postgres_dsn(dsn: str = POSTGRES_DSN) -> str:
@@ -86,19 +92,7 @@ def _probe_nats(url: str) -> str | None:
         finally:
             await nc.close()
 
-    result: list = []
-
-    def run():
-        try:
-            asyncio.run(probe())
-            result.append(None)
-        except Exception as e:  # refused, timeout, JetStream not enabled
-            result.append(f"{url} does not answer with JetStream ({type(e).__name__}: {e})")
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    t.join(10)
-    return result[0] if result else f"{url} does not answer (probe timed out)"
+    return _answers(probe, url, " with JetStream")
 
 
 def nats_url(url: str = NATS_URL) -> str:
