@@ -1,0 +1,314 @@
+"""Units for people: how every value a person or a client reads is written.
+
+The core, the journal and the snapshot keep integers: fen (0.01 CNY), whole tonnes, basis
+points, parts per million and nanoseconds since the epoch. Everything read outside them - the
+HTTP API's JSON, CSV files, the command line, the dashboard - shows
+
+* prices and cash as CNY decimal strings with two decimals (``"85.40"``),
+* rates as percentages with two decimals (``"5.00"`` is 5 %),
+* ratios and factors as decimal strings with six decimals (``"1.000000"``),
+* times as ISO-8601 with the zone's offset, in the market's time zone
+  (``"2027-12-31T00:00:00+08:00"``),
+* exact fractions as decimal strings with six decimals, rounded half to even,
+* quantities as whole tonnes (integers, unchanged).
+
+:func:`present` turns a JSON-able result built from the core's integers into that form, by
+the suffix of each key (docs/PROTOCOL.md, "Units"):
+
+===============  ===============  ==========================================================
+key              becomes          value
+===============  ===============  ==========================================================
+``X_fen``        ``X``            CNY string, two decimals: 8540 -> ``"85.40"``
+``X_bps``        ``X_pct``        percent string, two decimals: 500 -> ``"5.00"``
+``X_ppm``        ``X``            decimal string, six decimals: 1000000 -> ``"1.000000"``
+``X_ts``         ``X_at``         ISO-8601 with offset: ``"2027-12-31T00:00:00+08:00"``
+``X_ns``         ``X_at``         (the same)
+``ts``           ``at``           (the same)
+``X_exact``      ``X``            ``"493416000000/3000000"`` -> ``"164472.000000"``
+===============  ===============  ==========================================================
+
+A value under such a key may be a number, ``None`` (kept), or a list or an object of them
+(``{"PHCER": 500}`` under ``sub_caps_bps`` becomes ``{"PHCER": "5.00"}`` under
+``sub_caps_pct``). A renamed key that would land on a key already in the same object is a bug
+of the result's author: :class:`PresentError`.
+
+Inputs go the other way with :func:`parse_time` (ISO-8601 -> ns) and the core's
+:mod:`exchange.core.units` (``parse_price``, ``percent_to_bps``, ``ratio_to_ppm``): the one place
+where human-facing decimals become the core's integers stays that module.
+
+This module is outside the core because it knows the display time zone: the market calendar's
+(``[market.calendar] tz``, default Asia/Shanghai), set once at start with :func:`set_zone`.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from fractions import Fraction
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from .core.units import PPM, UnitError, format_percent, format_price
+
+__all__ = [
+    "DEFAULT_ZONE", "EXACT_PLACES", "PresentError", "set_zone", "zone", "cny", "pct",
+    "pct_text", "ratio", "time_iso", "parse_time", "exact", "present", "present_key",
+    "present_event", "text", "cap_text",
+]
+
+DEFAULT_ZONE = "Asia/Shanghai"
+EXACT_PLACES = 6
+"""Decimals of an exact fraction shown to people (rounded half to even)."""
+
+_NS = 1_000_000_000
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_zone: ZoneInfo = ZoneInfo(DEFAULT_ZONE)
+
+
+class PresentError(ValueError):
+    """A result that cannot be shown by the rules: two keys that would become one."""
+
+
+def set_zone(name: str) -> None:
+    """The display time zone (the market calendar's ``tz``): set once at start."""
+    global _zone
+    try:
+        _zone = ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {name!r}") from None
+
+
+def zone() -> ZoneInfo:
+    return _zone
+
+
+# ------------------------------------------------------------------------- single values
+
+def cny(fen: int | None) -> str | None:
+    """8540 fen -> ``"85.40"`` (CNY, two decimals); None stays None."""
+    return None if fen is None else format_price(fen)
+
+
+def pct(bps: int | None) -> str | None:
+    """500 bps -> ``"5.00"`` (percent, two decimals, no sign of %): JSON and CSV."""
+    if bps is None:
+        return None
+    whole, frac = divmod(abs(bps), 100)
+    return f"{'-' if bps < 0 else ''}{whole}.{frac:02d}"
+
+
+def pct_text(bps: int) -> str:
+    """500 bps -> ``"5 %"``: a percentage in a sentence (command line, error messages)."""
+    return format_percent(bps)
+
+
+def ratio(ppm: int | None) -> str | None:
+    """1000000 ppm -> ``"1.000000"``; 350000 -> ``"0.350000"`` (six decimals: exact)."""
+    if ppm is None:
+        return None
+    whole, frac = divmod(abs(ppm), PPM)
+    return f"{'-' if ppm < 0 else ''}{whole}.{frac:06d}"
+
+
+def time_iso(ns: int | None, tz: ZoneInfo | None = None) -> str | None:
+    """Nanoseconds since the epoch -> ISO-8601 in the market's zone with its offset:
+    ``"2027-12-31T00:00:00+08:00"``; microseconds are shown when there are any (the
+    nanoseconds below them are dropped: floor)."""
+    if ns is None:
+        return None
+    at = _EPOCH + dt.timedelta(microseconds=ns // 1000)
+    return at.astimezone(tz or _zone).isoformat()
+
+
+_MIN_NS = 0
+_MAX_NS = 2 ** 63 - 1
+
+
+def parse_time(text: str, tz: ZoneInfo | None = None) -> int:
+    """ISO-8601 -> nanoseconds since the epoch. A date and time must carry its offset
+    (``"2027-12-31T00:00:00+08:00"``, ``"2027-12-30T16:00:00Z"``); a date alone
+    (``"2027-12-31"``) is its midnight in the market's zone. Raises UnitError otherwise."""
+    if not isinstance(text, str) or len(text) > 40:
+        raise UnitError(f"not an ISO-8601 time: {str(text)[:64]!r}")
+    s = text.strip()
+    try:
+        if len(s) == 10:
+            day = dt.date.fromisoformat(s)
+            at = dt.datetime.combine(day, dt.time(0), tz or _zone)
+        else:
+            at = dt.datetime.fromisoformat(s)
+            if at.tzinfo is None or at.utcoffset() is None:
+                raise UnitError(f"time {text[:64]!r} has no zone: add its offset, "
+                                "e.g. +08:00 or Z")
+    except ValueError as exc:
+        if isinstance(exc, UnitError):
+            raise
+        raise UnitError(f"not an ISO-8601 time: {text[:64]!r}") from None
+    delta = at - _EPOCH
+    ns = (delta.days * 86_400 + delta.seconds) * _NS + delta.microseconds * 1000
+    if not _MIN_NS <= ns <= _MAX_NS:
+        raise UnitError(f"time {text[:64]!r} outside 1970-2262")
+    return ns
+
+
+def exact(value, places: int = EXACT_PLACES) -> str | None:
+    """An exact fraction (``Fraction``, int, or ``"num/den"``) -> a decimal string with
+    ``places`` decimals, rounded half to even: ``"493416000000/3000000"`` ->
+    ``"164472.000000"``."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        num, sep, den = value.partition("/")
+        value = Fraction(int(num), int(den) if sep else 1)
+    f = Fraction(value)
+    # an exact integer division, so the half-even rule sees the true remainder
+    scale = 10 ** places
+    n, r = divmod(f.numerator * scale, f.denominator)
+    twice = 2 * r
+    if twice > f.denominator or (twice == f.denominator and n & 1):
+        n += 1
+    sign = "-" if n < 0 else ""
+    whole, frac = divmod(abs(n), scale)
+    return f"{sign}{whole}.{frac:0{places}d}" if places else f"{sign}{whole}"
+
+
+# ------------------------------------------------------------------------- the converter
+
+def _each(fn, v):
+    if v is None:
+        return None
+    t = type(v)
+    if t is dict:
+        return {k: _each(fn, x) for k, x in v.items()}
+    if t is list or t is tuple:
+        return [_each(fn, x) for x in v]
+    return fn(v)
+
+
+def _int(fn):
+    def conv(v):
+        if type(v) is int:
+            return fn(v)
+        return v  # already shown (a string), or not a number: as it is
+    return conv
+
+
+_CNY = _int(format_price)
+_PCT = _int(pct)
+_RATIO = _int(ratio)
+
+
+def _time(v):
+    return time_iso(v) if type(v) is int else v
+
+
+def _exact(v):
+    if isinstance(v, (Fraction, int)) and type(v) is not bool:
+        return exact(v)
+    if isinstance(v, str) and v.replace("/", "", 1).lstrip("-").isdigit():
+        return exact(v)
+    return v
+
+
+def present_key(key: str):
+    """``(new key, value converter)`` for a key the rules rename, else None."""
+    if key == "ts":
+        return "at", _time
+    stem, _, suffix = key.rpartition("_")
+    if not stem:
+        return None
+    if suffix == "fen":
+        return stem, _CNY
+    if suffix == "bps":
+        return stem + "_pct", _PCT
+    if suffix == "ppm":
+        return stem, _RATIO
+    if suffix in ("ts", "ns"):
+        return ("at" if stem == "ts" else stem + "_at"), _time
+    if suffix == "exact":
+        return stem, _exact
+    return None
+
+
+def present(value: Any) -> Any:
+    """A JSON-able result in the core's units -> the same result in units for people (module
+    docstring). Lists come out as lists; other values are unchanged."""
+    t = type(value)
+    if t is dict:
+        out: dict = {}
+        renamed: dict = {}
+        for k, v in value.items():
+            rule = present_key(k) if type(k) is str else None
+            if rule is None:
+                if k in renamed:
+                    raise PresentError(f"key {k!r} and {renamed[k]!r} would both be {k!r}")
+                out[k] = present(v)
+                continue
+            new, conv = rule
+            if new in out or new in renamed or (new != k and new in value):
+                raise PresentError(f"key {k!r} would become {new!r}, which the result "
+                                   "already has")
+            renamed[new] = k
+            out[new] = present(_each(conv, v))
+        return out
+    if t is list or t is tuple:
+        return [present(x) for x in value]
+    if t is Fraction:
+        return exact(value)
+    return value
+
+
+# ------------------------------------------------------------------------- core events
+
+# the fields of the core's events that are fen (every other int is tonnes, a count or an id)
+_EVENT_FEN = {
+    "execution_report": ("price", "last_px", "fee"),
+    "trade": ("price", "buyer_fee", "seller_fee"),
+    "market_state": ("reference_price",),
+}
+
+
+def present_event(d: dict) -> dict:
+    """An encoded core event (``encode_event``) -> the same event in units for people: the
+    fen fields of its type as CNY strings (a posting's ``amount`` when its asset is CNY; book
+    changes' and reference prices' prices), then :func:`present` for the suffix rules (``ts``
+    -> ``at``, ``band_bps`` -> ``band_pct``, ...)."""
+    kind = d.get("type")
+    d = dict(d)
+    for f in _EVENT_FEN.get(kind, ()):
+        if type(d.get(f)) is int:
+            d[f] = format_price(d[f])
+    if kind == "execution_report" and not d.get("last_qty"):
+        d["last_px"] = None  # no fill, no fill price (as the websocket writes it)
+    if kind == "posting" and d.get("asset") == "CNY" and type(d.get("amount")) is int:
+        d["amount"] = format_price(d["amount"])
+    elif kind == "trade" and d.get("proceeds_split"):
+        d["proceeds_split"] = [[who, format_price(amt)] for who, amt in d["proceeds_split"]]
+    elif kind == "book_update":
+        d["changes"] = [[c[0], format_price(c[1]), c[2]] for c in d.get("changes", ())]
+    elif kind == "day_ended":
+        d["reference_prices"] = [[sym, cny(px)] for sym, px in d.get("reference_prices", ())]
+    return present(d)
+
+
+# ------------------------------------------------------------------------- text for people
+
+def text(value: Any) -> str:
+    """A value for a line of command-line output: mappings as ``k=v, k=v``, sequences of
+    pairs as ``a: 1, b: 2``, other sequences comma-separated; never a Python repr."""
+    if value is None:
+        return "-"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={text(v)}" for k, v in value.items()) or "-"
+    if isinstance(value, (list, tuple)):
+        if value and all(isinstance(x, (list, tuple)) and len(x) == 2 for x in value):
+            return ", ".join(f"{text(a)}: {text(b)}" for a, b in value)
+        return ", ".join(text(x) for x in value) or "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, Fraction):
+        return exact(value)
+    return str(value)
+
+
+def cap_text(bps: int) -> str:
+    """An offset cap for a sentence: 500 -> ``"5 %"``."""
+    return format_percent(bps)
