@@ -31,6 +31,10 @@ class ConfigureCompliance(Command):
     # appended later, with defaults, so older journals replay unchanged
     grid_factor_ppm: int = DEFAULT_GRID_FACTOR_PPM  # t CO2 per MWh of electricity x 1e6
     covered_categories: tuple = DEFAULT_COVERED  # categories that create obligation
+    # the boards whose allowance trades make the period's average (penalty) price: None (a
+    # record written before this field) counts every board, as the rule was then;
+    # configurations built from [compliance] give ("main",)
+    penalty_price_segments: tuple | None = None
     seq: int = 0
     ts: int = 0
 

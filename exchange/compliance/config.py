@@ -228,7 +228,10 @@ def compliance_commands(cfg: ComplianceConfig | None, verifiers: list[str] = ())
         penalty_multiple_ppm=ratio_to_ppm(p.price_multiple), late_fine=parse_price(p.late_fine),
         penalty_fallback_price=parse_price(p.fallback_price),
         grid_factor_ppm=ratio_to_ppm(cfg.grid_factor_t_per_mwh),
-        covered_categories=tuple(c for c in CATEGORIES if c in cfg.covered_categories))]
+        covered_categories=tuple(c for c in CATEGORIES if c in cfg.covered_categories),
+        # SME and chain boards are bilateral, sub-quota markets: only the main board's
+        # trades price a shortfall (docs/COMPLIANCE.md, "average price")
+        penalty_price_segments=("main",))]
     for per in cfg.periods:
         cap = per.offset_cap_pct if per.offset_cap_pct is not None else cfg.offset_cap_pct
         subs = per.offset_sub_caps_pct if per.offset_sub_caps_pct is not None \

@@ -139,6 +139,8 @@ class ComplianceModule(Module):
         # sub-quota lot id -> what compliance did with it
         self.sub_quota_use: dict[int, dict] = {}
         self._period_starts: list[tuple[int, int]] = []
+        # params["penalty_price_segments"] as a set; None: every board counts (the old rule)
+        self._price_segments: frozenset | None = None
         ex.trade_listeners.append(self._on_trade)
 
     # ================================================================== wiring
@@ -166,14 +168,17 @@ class ComplianceModule(Module):
             return
         notional = t.price * t.qty
         sym = t.instrument
-        per = self.volume.get(period)
-        if per is None:
-            per = self.volume[period] = {}
-        v = per.get(sym)
-        if v is None:
-            v = per[sym] = [0, 0]
-        v[0] += t.qty
-        v[1] += notional
+        boards = self._price_segments
+        if boards is None or t.segment in boards:
+            # the tally of the average (penalty) price: only the boards the rule names
+            per = self.volume.get(period)
+            if per is None:
+                per = self.volume[period] = {}
+            v = per.get(sym)
+            if v is None:
+                v = per[sym] = [0, 0]
+            v[0] += t.qty
+            v[1] += notional
         trades = self.trades
         for firm, buy, fee in ((t.buyer, True, t.buyer_fee), (t.seller, False, t.seller_fee)):
             # get before set: a trade is the commonest event, and setdefault would build
@@ -291,7 +296,10 @@ class ComplianceModule(Module):
 
     def average_price(self, period: int) -> int:
         """Volume-weighted average price of the period's allowance trades (fen); without
-        trades the reference price of the period's vintage, else the configured fallback."""
+        trades the reference price of the period's vintage, else the configured fallback.
+        The trades are those of the boards in the ``penalty_price_segments`` rule (``main``
+        for a configuration made from ``[compliance]``; every board when the configuration
+        command predates the rule): ``volume`` holds only those."""
         q = n = 0
         for sym, (vq, vn) in sorted(self.volume.get(period, {}).items()):
             ins = self.ex.instruments.get(sym)
@@ -345,6 +353,13 @@ class ComplianceModule(Module):
             raise E.Reject(E.BAD_PARAMETER, f"covered_categories: one or more of "
                                             f"{list(mrv.CATEGORIES)}, each once"[:200])
         covered = [x for x in mrv.CATEGORIES if x in covered]  # one canonical order
+        boards = c.penalty_price_segments
+        if boards is not None:
+            boards = _seq(boards, "penalty_price_segments")
+            if not boards or not all(isinstance(b, str) and b for b in boards):
+                raise E.Reject(E.BAD_PARAMETER, "penalty_price_segments: one or more board "
+                                                "names (main, sme, chain:<id>)")
+            boards = sorted(set(boards))
         self.params = {
             "coefficients_ppm": dict(sorted(coef.items())), "co2_per_c": [num, den],
             "offset_types": types, "banking": bool(c.banking),
@@ -353,6 +368,11 @@ class ComplianceModule(Module):
             "penalty_fallback_price": c.penalty_fallback_price,
             "grid_factor_ppm": c.grid_factor_ppm, "covered_categories": covered,
         }
+        if boards is not None:
+            # only when given: a configuration without the rule keeps the state (and its
+            # hash) it always had
+            self.params["penalty_price_segments"] = boards
+        self._price_segments = None if boards is None else frozenset(boards)
         return [ComplianceConfigured(tuple(sorted(coef)), tuple(types), bool(c.banking),
                                      c.grid_factor_ppm, tuple(covered))]
 
@@ -808,6 +828,8 @@ class ComplianceModule(Module):
             # configure_compliance would give
             self.params.setdefault("grid_factor_ppm", mrv.DEFAULT_GRID_FACTOR_PPM)
             self.params.setdefault("covered_categories", list(mrv.DEFAULT_COVERED))
+        boards = (self.params or {}).get("penalty_price_segments")
+        self._price_segments = None if boards is None else frozenset(boards)
         self.periods = {int(k): v for k, v in s["periods"].items()}
         self.verifiers = dict(s["verifiers"])
         self.records = {f: {int(p): _load_record(r) for p, r in ps.items()}
