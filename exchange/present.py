@@ -29,8 +29,10 @@ key              becomes          value
 
 A value under such a key may be a number, ``None`` (kept), or a list or an object of them
 (``{"PHCER": 500}`` under ``sub_caps_bps`` becomes ``{"PHCER": "5.00"}`` under
-``sub_caps_pct``). A renamed key that would land on a key already in the same object is a bug
-of the result's author: :class:`PresentError`.
+``sub_caps_pct``). When the object already has the new key (``revenue_share`` next to
+``revenue_share_ppm``), its author wrote the people's form: that one is kept and the core's is
+left out. Two keys that would become the same new key are a bug of the result's author:
+:class:`PresentError`.
 
 Inputs go the other way with :func:`parse_time` (ISO-8601 -> ns) and the core's
 :mod:`exchange.core.units` (``parse_price``, ``percent_to_bps``, ``ratio_to_ppm``): the one place
@@ -243,9 +245,10 @@ def present(value: Any) -> Any:
                 out[k] = present(v)
                 continue
             new, conv = rule
-            if new in out or new in renamed or (new != k and new in value):
-                raise PresentError(f"key {k!r} would become {new!r}, which the result "
-                                   "already has")
+            if new in value:
+                continue  # the author already wrote the people's form: it stands alone
+            if new in renamed:
+                raise PresentError(f"keys {renamed[new]!r} and {k!r} would both be {new!r}")
             renamed[new] = k
             out[new] = present(_each(conv, v))
         return out
