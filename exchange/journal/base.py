@@ -21,13 +21,19 @@ import logging
 import struct
 from array import array
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Iterable
+from typing import Any, AsyncIterator, Iterable, Iterator, Self, Sequence
 
 import orjson
 
 from .codec import dict_payload, is_payload, payload_dict
 
 log = logging.getLogger("exchange.journal")
+
+#: a record as it is appended: ``(seq, ts, payload)``
+Record = tuple[int, int, "dict[str, Any] | bytes"]
+#: a row as a backend stores and reads it: ``(seq, ts, payload, hash)``; the payload and hash
+#: come back as whatever the driver gives for a blob (bytes, memoryview)
+StoredRow = Sequence[Any]
 
 GENESIS_HASH = bytes(32)
 _ENVELOPE = struct.Struct(">Qq")
@@ -52,7 +58,8 @@ class JournalCorruptError(JournalError):
         self.reason = reason
         super().__init__(f"journal corrupt at seq {seq}: {reason}")
 
-    def __reduce__(self):  # survives the trip back from a checking child process
+    def __reduce__(self) -> tuple[type[JournalCorruptError], tuple[int, str]]:
+        # survives the trip back from a checking child process
         return (type(self), (self.seq, self.reason))
 
 
@@ -81,14 +88,14 @@ class Frames:
         self.first_seq = 0
 
     @classmethod
-    def of(cls, records) -> "Frames":
+    def of(cls, records: Iterable[Record] | Frames) -> "Frames":
         """Frames of ``(seq, ts, payload)`` records (payload: an ``encode_command`` dict or
         its orjson bytes), checked: consecutive seqs, no newline inside a payload."""
-        if records.__class__ is cls:
+        if isinstance(records, Frames):
             return records
         f = cls()
         for seq, ts, d in records:
-            p = d if d.__class__ is bytes else dict_payload(d)
+            p = d if isinstance(d, bytes) else dict_payload(d)
             if b"\n" in p:
                 raise JournalError(f"payload of seq {seq} holds a newline (not orjson output)")
             f.add(seq, ts, p + b"\n")
@@ -118,13 +125,13 @@ class Frames:
     def __len__(self) -> int:
         return len(self.ts) >> 3
 
-    def wire(self) -> tuple:
+    def wire(self) -> tuple[bytes, bytearray, bytearray]:
         """The batch as the SQLite writer process reads it: first seq (8 bytes BE), count
         (4), the timestamps (8 bytes each, native order: both ends are one machine), the
         newline-terminated payloads."""
         return _FRAMES_HEAD.pack(self.first_seq, len(self.ts) >> 3), self.ts, self.lines
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[tuple[int, int, bytes]]:
         payloads = bytes(self.lines).split(b"\n")
         stamps = array("q")
         stamps.frombytes(self.ts)  # a copy: the buffers may still grow while this runs
@@ -149,7 +156,7 @@ def record_hash(prev_hash: bytes, seq: int, ts: int, payload: bytes) -> bytes:
     return _sha256(prev_hash + _pack(seq, ts) + payload).digest()
 
 
-def _row_hash_ok(row, prev_hash: bytes) -> bool:
+def _row_hash_ok(row: StoredRow, prev_hash: bytes) -> bool:
     seq, ts, p, h = row
     try:
         return record_hash(prev_hash, seq, ts, bytes(p)) == bytes(h)
@@ -157,7 +164,7 @@ def _row_hash_ok(row, prev_hash: bytes) -> bool:
         return False
 
 
-def _incomplete(p, h) -> bool:
+def _incomplete(p: Any, h: Any) -> bool:
     """A record cut short by a write that did not finish: its hash is not 32 bytes, or its
     payload does not end its JSON (every complete payload is an array or an object, and
     ends with its closing bracket) and does not parse. A changed byte inside a record that
@@ -177,7 +184,7 @@ def _incomplete(p, h) -> bool:
         return True
 
 
-def tail_damage(rows) -> tuple[str, int, str] | None:
+def tail_damage(rows: Sequence[StoredRow]) -> tuple[str, int, str] | None:
     """``rows``: the last three records ``(seq, ts, payload, hash)``, newest first. None when
     the last record is intact (its hash extends its predecessor's and its payload is a
     command). Else ``("torn", seq, why)`` when it is an incomplete final write on top of an
@@ -193,7 +200,7 @@ def tail_damage(rows) -> tuple[str, int, str] | None:
     prev_row = rows[1] if len(rows) > 1 and rows[1][0] == seq - 1 else None
     if seq != 1 and prev_row is None:
         return None
-    prev = GENESIS_HASH if seq == 1 else bytes(prev_row[3])
+    prev = GENESIS_HASH if seq == 1 or prev_row is None else bytes(prev_row[3])
     if _row_hash_ok(rows[0], prev):
         try:
             if is_payload(loads(bytes(p))):
@@ -225,25 +232,25 @@ def tail_refusal(target: str, seq: int, why: str) -> "JournalCorruptError":
              f"--from {seq}")
 
 
-def chain_rows(records: Iterable[tuple[int, int, dict]], last_seq: int, last_hash: bytes
+def chain_rows(records: Iterable[Record], last_seq: int, last_hash: bytes
                ) -> list[tuple[int, int, bytes, bytes]]:
     """Encode and hash a batch: ``(seq, ts, dict)`` -> ``(seq, ts, payload, hash)`` rows.
     Raises :class:`JournalError` unless the seqs continue ``last_seq`` without a gap."""
-    rows = []
+    rows: list[tuple[int, int, bytes, bytes]] = []
     h = last_hash
     expect = last_seq + 1
     append = rows.append
     for seq, ts, d in records:
         if seq != expect:
             raise JournalError(f"append out of sequence: got seq {seq}, expected {expect}")
-        p = d if d.__class__ is bytes else dict_payload(d)
+        p = d if isinstance(d, bytes) else dict_payload(d)
         h = _sha256(h + _pack(seq, ts) + p).digest()
         append((seq, ts, p, h))
         expect += 1
     return rows
 
 
-def verify_rows(rows, expect_seq: int, prev_hash: bytes) -> bytes:
+def verify_rows(rows: Iterable[StoredRow], expect_seq: int, prev_hash: bytes) -> bytes:
     """Check a run of stored rows ``(seq, ts, payload, hash)`` continues the chain at
     ``expect_seq`` / ``prev_hash``; return the last hash. Raises JournalCorruptError."""
     h = prev_hash
@@ -294,7 +301,7 @@ class Journal:
     """
 
     target: str = ""
-    spec: tuple[str, dict] | None = None  # (target, options) to reopen it elsewhere
+    spec: tuple[str, dict[str, Any]] | None = None  # (target, options) to reopen it elsewhere
 
     def __init__(self) -> None:
         self.check_tail = True  # False: open without judging the last record (truncate)
@@ -310,12 +317,13 @@ class Journal:
     async def close(self) -> None:
         raise NotImplementedError
 
-    async def _append_rows(self, records) -> tuple[int, bytes]:
+    async def _append_rows(self, records: Sequence[Record] | Frames) -> tuple[int, bytes]:
         """Chain, write and make durable ``records`` (a list of ``(seq, ts, payload)`` or a
         :class:`Frames`; iterate, don't index); return the new (last_seq, last_hash)."""
         raise NotImplementedError
 
-    async def _read_rows(self, from_seq: int, limit: int, to_seq: int | None = None) -> list:
+    async def _read_rows(self, from_seq: int, limit: int, to_seq: int | None = None
+                         ) -> list[StoredRow]:
         """Up to ``limit`` stored rows ``(seq, ts, payload, hash)`` with seq >= from_seq
         (and <= to_seq), in seq order."""
         raise NotImplementedError
@@ -323,7 +331,7 @@ class Journal:
     async def _hash_at(self, seq: int) -> bytes | None:
         raise NotImplementedError
 
-    async def _snapshot_rows(self) -> list:
+    async def _snapshot_rows(self) -> list[StoredRow]:
         """``(seq, chain_hash, data_hash)`` for every stored snapshot, newest first."""
         raise NotImplementedError
 
@@ -334,7 +342,7 @@ class Journal:
         raise NotImplementedError
 
     # ---------------------------------------------------------------- the interface
-    async def append(self, records: "list[tuple[int, int, dict]] | Frames") -> None:
+    async def append(self, records: Sequence[Record] | Frames) -> None:
         """Append ``(seq, ts, encode_command(cmd))`` records; they continue ``last_seq``
         without a gap. Durable (fsynced / committed) when this returns. The payload may
         also be given already serialised (orjson bytes of that dict), and the batch as
@@ -353,7 +361,7 @@ class Journal:
         return h
 
     async def read_rows(self, from_seq: int = 1, to_seq: int | None = None,
-                        chunk: int = READ_CHUNK) -> AsyncIterator[list]:
+                        chunk: int = READ_CHUNK) -> AsyncIterator[list[StoredRow]]:
         """Verified stored rows ``(seq, ts, payload_bytes, hash)`` in chunks."""
         from_seq = max(from_seq, 1)
         end = self.last_seq if to_seq is None else min(to_seq, self.last_seq)
@@ -370,7 +378,7 @@ class Journal:
             yield rows
 
     async def read(self, from_seq: int = 1, to_seq: int | None = None
-                   ) -> AsyncIterator[tuple[int, int, dict]]:
+                   ) -> AsyncIterator[tuple[int, int, dict[str, Any]]]:
         """``(seq, ts, encode_command dict)`` from ``from_seq`` on, chain-verified."""
         async for rows in self.read_rows(from_seq, to_seq):
             for seq, ts, p, _h in rows:
@@ -431,9 +439,9 @@ class Journal:
             rep.last_hash = rows[-1][3].hex()
         return rep
 
-    async def __aenter__(self):
+    async def __aenter__(self) -> Self:
         await self.open()
         return self
 
-    async def __aexit__(self, *exc):
+    async def __aexit__(self, *exc: object) -> None:
         await self.close()

@@ -7,12 +7,13 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from typing import Any
 
 from . import open_journal
 from .base import JournalCorruptError
 
 
-async def check(target: str, options: dict, to_seq: int) -> dict:
+async def check(target: str, options: dict[str, Any], to_seq: int) -> dict[str, Any]:
     j = open_journal(target, **dict(options, repair_tail=False, readonly=True))
     try:
         await j.open()

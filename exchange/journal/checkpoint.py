@@ -20,7 +20,7 @@ import json
 import os
 import struct
 
-from .base import JournalCorruptError, JournalError, log
+from .base import Journal, JournalCorruptError, JournalError, log
 
 _DOMAIN = b"exchange-journal-checkpoint"
 
@@ -83,7 +83,7 @@ class Checkpoint:
                                            f"HMAC: forged, or signed with another key")
         return seq, h
 
-    async def check(self, journal) -> int:
+    async def check(self, journal: Journal) -> int:
         """Refuse a journal behind or diverging from the checkpoint; return its seq (0: no
         checkpoint yet - a first start, or one before checkpoints were written)."""
         cp = self.read()

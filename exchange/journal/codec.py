@@ -28,7 +28,12 @@ from typing import Any, Callable
 
 import orjson
 
-from ..core.commands import COMMAND_TYPES, decode_command
+from ..core.commands import COMMAND_TYPES, Command, decode_command
+
+#: a command's encoder: the command -> its payload followed by a newline
+LineEncoder = Callable[[Command], bytes]
+#: a loaded payload's decoder: (payload, seq, ts) -> the command
+Decoder = Callable[[Any, int, int], Command]
 
 _dumps = orjson.dumps
 _NL = orjson.OPT_APPEND_NEWLINE
@@ -36,19 +41,20 @@ _SCALAR = {"str", "int", "bool", "float", "str | None", "int | None", "bool | No
            "float | None", "None | str", "None | int"}
 
 
-def _tup(v):
+def _tup(v: list[Any]) -> tuple[Any, ...]:
     return tuple(tuple(x) if isinstance(x, list) else x for x in v)
 
 
 # --------------------------------------------------------------------------- encoding
 
-def _make_line_encoder(cls) -> Callable:
+def _make_line_encoder(cls: type[Command]) -> LineEncoder:
     if not all(f.isidentifier() for f in cls._FIELDS):
         return lambda c: _dumps((c.TYPE, *(getattr(c, f) for f in c._FIELDS)), option=_NL)
     body = "".join(f" c.{f}," for f in cls._FIELDS)
-    ns: dict = {"dumps": _dumps, "NL": _NL}
+    ns: dict[str, Any] = {"dumps": _dumps, "NL": _NL}
     exec(f"def enc(c):\n    return dumps(({cls.TYPE!r},{body}), option=NL)", ns)
-    return ns["enc"]
+    enc: LineEncoder = ns["enc"]
+    return enc
 
 
 try:  # the same encoder in C (_hotpath.c: append_line, used by its Submitter), built with
@@ -58,8 +64,8 @@ except ImportError:  # pragma: no cover - an install without the extension
     _c_register = None
 
 
-class _LineEncoders(dict):
-    def __missing__(self, cls):
+class _LineEncoders(dict[type[Command], LineEncoder]):
+    def __missing__(self, cls: type[Command]) -> LineEncoder:
         enc = self[cls] = _make_line_encoder(cls)
         if _c_register is not None:
             _c_register(cls, _dumps([cls.TYPE])[:-1], tuple(cls._FIELDS))
@@ -73,21 +79,21 @@ LINE_ENCODERS = _LineEncoders()  # class -> fn(cmd) -> payload + b"\n"
 C_ENCODER = _c_register is not None
 
 
-def payload_line(cmd) -> bytes:
+def payload_line(cmd: Command) -> bytes:
     """``cmd``'s payload followed by a newline (what :class:`~.base.Frames` holds)."""
     return LINE_ENCODERS[cmd.__class__](cmd)
 
 
-def payload_bytes(cmd) -> bytes:
+def payload_bytes(cmd: Command) -> bytes:
     """``cmd``'s payload."""
     return LINE_ENCODERS[cmd.__class__](cmd)[:-1]
 
 
-def dict_payload(d: dict) -> bytes:
+def dict_payload(d: dict[str, Any]) -> bytes:
     """The payload of a command given as its :func:`encode_command` dict. Anything else (a
     type this process has not registered, missing or extra fields) is stored as given, in
     the object form, which every reader takes too."""
-    cls = COMMAND_TYPES.get(d.get("type"))
+    cls: type[Command] | None = COMMAND_TYPES.get(d.get("type", ""))
     if cls is None or set(d) != {"type", *cls._FIELDS}:
         return _dumps(d)
     return _dumps([d["type"], *[d[f] for f in cls._FIELDS]])
@@ -95,17 +101,17 @@ def dict_payload(d: dict) -> bytes:
 
 # --------------------------------------------------------------------------- decoding
 
-def _annotations(cls) -> dict:
-    ann: dict = {}
+def _annotations(cls: type[Command]) -> dict[str, Any]:
+    ann: dict[str, Any] = {}
     for klass in reversed(cls.__mro__):
         ann.update(getattr(klass, "__annotations__", {}))
     return ann
 
 
-def _make_decoder(name: str, positional: bool) -> Callable:
-    cls = COMMAND_TYPES[name]
+def _make_decoder(name: str, positional: bool) -> Decoder:
+    cls: type[Command] = COMMAND_TYPES[name]
     fields = cls._FIELDS
-    slow = _slow_array if positional else decode_command
+    slow: Decoder = _slow_array if positional else decode_command
     if hasattr(cls, "__post_init__") or not all(f.isidentifier() for f in fields):
         return slow
     ann = _annotations(cls)
@@ -121,13 +127,14 @@ def _make_decoder(name: str, positional: bool) -> Callable:
             lines.append(f"    v = {src}")
             lines.append(f"    c.{f} = tup(v) if v.__class__ is list else v")
     lines += ["    c.seq = seq", "    c.ts = ts", "    return c"]
-    ns = {"new": object.__new__, "cls": cls, "slow": slow, "tup": _tup}
+    ns: dict[str, Any] = {"new": object.__new__, "cls": cls, "slow": slow, "tup": _tup}
     exec("\n".join(lines), ns)
-    dec = ns["dec"]
+    dec: Decoder = ns["dec"]
     if positional:
         return dec
 
-    def safe(d, seq, ts):  # a dict without one of the fields: decode_command's defaults
+    def safe(d: dict[str, Any], seq: int, ts: int) -> Command:
+        # a dict without one of the fields: decode_command's defaults
         try:
             return dec(d, seq, ts)
         except KeyError:
@@ -135,16 +142,16 @@ def _make_decoder(name: str, positional: bool) -> Callable:
     return safe
 
 
-def _slow_array(a: list, seq: int, ts: int):
+def _slow_array(a: list[Any], seq: int, ts: int) -> Command:
     return decode_command(payload_dict(a), seq, ts)
 
 
-class _Decoders(dict):
-    def __init__(self, positional: bool):
+class _Decoders(dict[str, Decoder]):
+    def __init__(self, positional: bool) -> None:
         super().__init__()
         self.positional = positional
 
-    def __missing__(self, name):
+    def __missing__(self, name: str) -> Decoder:
         dec = self[name] = _make_decoder(name, self.positional)
         return dec
 
@@ -153,21 +160,21 @@ _ARRAY_DECODERS = _Decoders(True)
 _DICT_DECODERS = _Decoders(False)
 
 
-def decode_payload(obj: list | dict, seq: int, ts: int):
+def decode_payload(obj: list[Any] | dict[str, Any], seq: int, ts: int) -> Command:
     """The command of a loaded payload (``orjson.loads`` of it, either form), stamped
     ``seq``/``ts``. KeyError for a type this process has not registered."""
-    if obj.__class__ is list:
+    if isinstance(obj, list):
         return _ARRAY_DECODERS[obj[0]](obj, seq, ts)
     return _DICT_DECODERS[obj["type"]](obj, seq, ts)
 
 
-def payload_dict(obj: list | dict) -> dict[str, Any]:
+def payload_dict(obj: list[Any] | dict[str, Any]) -> dict[str, Any]:
     """A loaded payload (either form) as the :func:`encode_command` dict. A positional
     record of an unregistered type comes back as ``{"type": ..., "values": [...]}``."""
-    if obj.__class__ is not list:
+    if not isinstance(obj, list):
         return obj
     name, values = obj[0], obj[1:]
-    cls = COMMAND_TYPES.get(name)
+    cls: type[Command] | None = COMMAND_TYPES.get(name)
     if cls is None:
         return {"type": name, "values": values}
     if len(values) > len(cls._FIELDS):
@@ -176,9 +183,9 @@ def payload_dict(obj: list | dict) -> dict[str, Any]:
     return {"type": name, **dict(zip(cls._FIELDS, values))}
 
 
-def is_payload(obj) -> bool:
+def is_payload(obj: object) -> bool:
     """Whether a loaded payload has the shape of one (either form)."""
-    if obj.__class__ is list:
+    if isinstance(obj, list):
         return bool(obj) and isinstance(obj[0], str)
     return isinstance(obj, dict) and "type" in obj
 

@@ -21,7 +21,9 @@ import time
 
 import orjson
 
-from ..core.exchange import SequenceError
+from typing import Any
+
+from ..core.exchange import Exchange, SequenceError
 from .base import Journal, JournalCorruptError
 from .codec import decode_payload
 from .runner import _SEAL_PREFIX, restore_proven_snapshot, state_digest
@@ -34,7 +36,7 @@ class FollowerDiverged(JournalCorruptError):
 
 
 class Follower:
-    def __init__(self, exchange, journal: Journal):
+    def __init__(self, exchange: Exchange, journal: Journal) -> None:
         self.exchange = exchange
         self.journal = journal
         self.head_hash = b""  # chain hash of the last record applied
@@ -88,7 +90,7 @@ class Follower:
         self.lag_seq = max(0, self.journal.last_seq - ex.last_seq)
         return self.applied - n0
 
-    def _check_seal(self, seq: int, d: list) -> None:
+    def _check_seal(self, seq: int, d: list[Any]) -> None:
         of_seq = d[1] if len(d) > 1 else None
         sealed = d[2] if len(d) > 2 else None
         if not of_seq:  # a plain marker: a snapshot taken in a child, sealed later

@@ -24,12 +24,16 @@ import asyncio
 import logging
 import threading
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import orjson
 
 from .base import JournalError
 from .jetstream import _redact, parse_target
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+    from nats.js.kv import KeyValue
 
 log = logging.getLogger("exchange.journal.lease")
 
@@ -53,8 +57,8 @@ class LeaderLease:
         self.revision = 0  # of the value this node last wrote (0: not held)
         self._seen: tuple[int, float] | None = None  # (holder's revision, first seen at)
         self.renewed_at = 0.0  # time.monotonic() of the last successful write
-        self._nc = None
-        self._kv = None
+        self._nc: Client | None = None
+        self._kv: KeyValue | None = None
         self._thread: threading.Thread | None = None
         self._renew_stop: threading.Event | None = None
 
@@ -94,11 +98,18 @@ class LeaderLease:
         """This node holds the lease by its own clock: it wrote it less than ``ttl`` ago."""
         return bool(self.revision) and time.monotonic() - self.renewed_at < self.ttl
 
-    async def holder(self) -> dict | None:
+    @property
+    def _bucket(self) -> KeyValue:
+        """The lease's KV bucket (``open`` made it)."""
+        if self._kv is None:
+            raise JournalError(f"lease {self.target}: not open")
+        return self._kv
+
+    async def holder(self) -> dict[str, Any] | None:
         """The current leader's ``{"node", "address", "since"}``, or None (lease free)."""
         from nats.js.errors import KeyDeletedError, KeyNotFoundError
         try:
-            e = await self._kv.get(KEY)
+            e = await self._bucket.get(KEY)
         except (KeyNotFoundError, KeyDeletedError):
             return None
         try:
@@ -116,7 +127,7 @@ class LeaderLease:
         from nats.js.errors import KeyWrongLastSequenceError, APIError
         t = time.monotonic()
         try:
-            self.revision = await self._kv.create(KEY, self._value())
+            self.revision = await self._bucket.create(KEY, self._value())
         except (KeyWrongLastSequenceError, APIError) as e:
             if isinstance(e, APIError) and not isinstance(e, KeyWrongLastSequenceError) \
                     and e.err_code != 10071:
@@ -132,7 +143,7 @@ class LeaderLease:
             if t - seen[1] < 1.5 * self.ttl:
                 return False
             try:  # the holder stopped renewing: take it over by its last revision
-                self.revision = await self._kv.update(KEY, self._value(), last=rev)
+                self.revision = await self._bucket.update(KEY, self._value(), last=rev)
             except (KeyWrongLastSequenceError, APIError):
                 self._seen = None
                 return False
@@ -143,7 +154,7 @@ class LeaderLease:
                     self.revision)
         return True
 
-    async def renew(self, kv=None) -> bool:
+    async def renew(self, kv: KeyValue | None = None) -> bool:
         """Rewrite the lease naming the revision this node last wrote; False (and the
         lease dropped) when someone else wrote since, or this node's clock says it ran
         out before the write. ``kv``: the bucket handle of the calling thread's loop."""
@@ -155,8 +166,8 @@ class LeaderLease:
             self._lost("not renewed for %.1f s" % (t - self.renewed_at))
             return False
         try:
-            self.revision = await (kv or self._kv).update(KEY, self._value(),
-                                                          last=self.revision)
+            self.revision = await (kv or self._bucket).update(KEY, self._value(),
+                                                              last=self.revision)
         except KeyWrongLastSequenceError:
             self._lost("another node holds it")
             return False

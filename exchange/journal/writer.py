@@ -24,6 +24,7 @@ import hashlib
 import os
 from array import array
 import signal
+from typing import BinaryIO
 import sqlite3
 import struct
 import sys
@@ -60,7 +61,7 @@ def _die_with_parent() -> None:
         pass
 
 
-def _read_exact(f, n: int) -> bytes:
+def _read_exact(f: BinaryIO, n: int) -> bytes:
     b = f.read(n)
     if len(b) != n:
         raise EOFError
@@ -119,7 +120,7 @@ def main(path: str) -> int:
                 if count and first != last_seq + 1:
                     raise ValueError(f"append out of sequence: got seq {first}, "
                                      f"expected {last_seq + 1}")
-                params: list = []  # seq, ts, payload, hash, seq, ts, ...
+                params: list[int | bytes] = []  # seq, ts, payload, hash, seq, ts, ...
                 add = params.extend
                 pack = ENVELOPE.pack
                 h, seq = last_hash, first
