@@ -19,10 +19,11 @@ from __future__ import annotations
 from typing import Annotated
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from ..core import errors as E
 from ..core.units import MAX_QTY, UnitError, percent_to_bps
+from ..present import present_event
 from ..privacy import require_firm_reader, verifier_id
 from ..server.api import IDENT_KEYS, ApiContext, Ident, Matching, Percent, Text, enum_param, route
 from ..server.credentials import ROLE_FIRM, ROLE_OPERATOR, ROLE_VERIFIER
@@ -98,10 +99,6 @@ Effective = Matching(EFFECTIVE_PATTERN, "2027-01-01", "an ISO date/time, 1970..2
 
 
 class CapBody(_Body):
-    # effective and effective_ts are alternatives: the document says "not both" too
-    model_config = ConfigDict(extra="forbid", json_schema_extra={
-        "not": {"required": ["effective", "effective_ts"]}})
-
     cap_pct: Percent = Field(description="offset cap, percent of the obligation, e.g. \"5\"")
     sub_caps_pct: dict[Ident, Percent] = Field(
         default_factory=dict, max_length=64, json_schema_extra=IDENT_KEYS,
@@ -109,18 +106,9 @@ class CapBody(_Body):
                     "sub-caps in force when the change takes effect are kept (each at most "
                     "the new cap); {} clears "
                     "every sub-cap; given: these replace them all")
-    effective_ts: StrictInt | None = Field(
-        None, ge=0, le=INT64_MAX,
-        description="ns since the epoch; default: when the change is journaled")
     effective: Effective | None = Field(
-        None, description="ISO date or timestamp (UTC unless given), instead of effective_ts")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _one_effective(cls, data):
-        if isinstance(data, dict) and "effective" in data and "effective_ts" in data:
-            raise ValueError("give effective or effective_ts, not both")
-        return data
+        None, description="ISO date or date and time (UTC unless an offset is given); "
+                          "default: when the change is journaled")
 
 
 class EmptyBody(_Body):
@@ -163,7 +151,7 @@ def _caps(b: CapBody) -> tuple[int, dict[str, int] | None]:
 
 def _effective(b: CapBody) -> int | None:
     """The body's effective time in ns (None: when journaled)."""
-    eff = b.effective_ts
+    eff = None
     if b.effective is not None:  # the shape is checked (EFFECTIVE_PATTERN); the calendar here
         try:
             eff = to_ns(b.effective)
@@ -342,7 +330,7 @@ async def statement(ctx: ApiContext, _b):
         raise ProtocolError(E.NOT_FOUND, str(e.args[0]), 404) from None
     if ctx.params["format"] == "csv":
         return _csv(R.statement_csv(st), f"statement-{firm_id}-{period}.csv")
-    return st
+    return R.statement_for_people(st)
 
 
 @route("GET", "/compliance/periods/{period}/summary", tag=TAG, query=FORMAT_QUERY,
@@ -381,8 +369,9 @@ class WsPeriodParams(_Body):
 
 
 def _events(events) -> list:
+    # the same units for people as the HTTP API's command results
     from ..core.events import encode_event
-    return [encode_event(ev) for ev in events]
+    return [present_event(encode_event(ev)) for ev in events]
 
 
 @ws_method("submit_activity_data", WsSubmitParams, roles=(ROLE_FIRM,))
@@ -407,7 +396,8 @@ async def ws_surrender(session, p: WsSurrenderParams) -> dict:
 def ws_statement(session, p: WsPeriodParams) -> dict:
     """The session firm's compliance statement for a period (same as the HTTP statement)."""
     try:
-        return R.firm_statement(session.gw.ex, session.firm_id, p.period)
+        return R.statement_for_people(R.firm_statement(session.gw.ex, session.firm_id,
+                                                       p.period))
     except KeyError as e:
         raise ProtocolError(E.NOT_FOUND, str(e.args[0])) from None
 

@@ -8,8 +8,9 @@ which the server loads at start. Who may do what:
 * ``operator``: change the fund's parameters, deposit from the regulator's budget, apply on an
   SME's behalf, approve, reject, disburse, list every application.
 
-Money travels as decimal CNY strings in requests (``"50000.00"``) and as integer fen
-(``*_fen``) in statements and events; shares as percent strings (``"30"``).
+Money travels as decimal CNY strings (``"50000.00"``), shares as percent strings (``"30"`` in,
+``"30.00"`` out) and times as ISO-8601 with offset, requests and answers alike
+(exchange/present.py).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from ..core import errors as E
 from ..core.units import MAX_QTY, UnitError, percent_to_bps
+from ..present import cny
 from ..server.api import ApiContext, CommandResult, Ident, Percent, Text, enum_param, \
     ident_param, int_param, route
 from ..server.credentials import ROLE_FIRM, ROLE_OPERATOR
@@ -81,39 +83,52 @@ class _Out(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# The statement as it leaves the server: in units for people (exchange/present.py), built
+# from the core's fen, bps and ns by the suffix rules (``amount_fen`` -> ``amount``, a CNY
+# string; ``share_bps`` -> ``share_pct``; ``applied_ts`` -> ``applied_at``, ISO-8601).
+CNY = Field(pattern=r"^-?[0-9]+\.[0-9]{2}$", examples=["50000.00"], description="CNY")
+PCT = Field(pattern=r"^-?[0-9]+\.[0-9]{2}$", examples=["30.00"], description="percent")
+
+
+def _cny(description: str = "CNY"):
+    return Field(pattern=r"^-?[0-9]+\.[0-9]{2}$", examples=["50000.00"],
+                 description=description)
+
+
 class FundParams(_Out):
     effective_seq: int = Field(description="applies to commands from this sequence number on")
-    effective_ts: int
-    penalty_to_fund_bps: int
-    auction_to_fund_bps: int
-    sme_period_limit_fen: int | None
-    period_limit_fen: int | None
+    effective_at: str = Field(description="ISO-8601 with offset")
+    penalty_to_fund_pct: str = PCT
+    auction_to_fund_pct: str = PCT
+    sme_period_limit: str | None = _cny("CNY one SME may receive per period; null: no limit")
+    period_limit: str | None = _cny("CNY all SMEs together may receive per period; null: no "
+                                    "limit")
     operator: str
 
 
 class FundInflow(_Out):
     seq: int
-    ts: int
+    at: str = Field(description="ISO-8601 with offset")
     source: str = Field(description="penalty | auction | budget")
     period: int
-    amount_fen: int = Field(description="into the fund")
-    gross_fen: int = Field(description="the penalty / proceeds / deposit it is a share of")
-    share_bps: int
+    amount: str = _cny("into the fund, CNY")
+    gross: str = _cny("the penalty / proceeds / deposit it is a share of, CNY")
+    share_pct: str = PCT
     ref: str = Field(description="the budget line (budget); empty for a penalty: the paying "
                                  "firm is withheld from the public statement")
 
 
 class FundInflowPeriod(_Out):
     period: int
-    total_fen: int
-    penalty: int
-    auction: int
-    budget: int
+    total: str = CNY
+    penalty: str = CNY
+    auction: str = CNY
+    budget: str = CNY
 
 
 class FundInflows(_Out):
-    total_fen: int
-    by_source: dict[str, int]
+    total: str = CNY
+    by_source: dict[str, str] = Field(description="CNY by source")
     by_period: list[FundInflowPeriod]
     entries: list[FundInflow]
 
@@ -122,30 +137,30 @@ class GrantApplication(_Out):
     application_id: int
     sme: str
     period: int
-    amount_fen: int
+    amount: str = CNY
     project: str
     verified_abatement_t: int
     applicant: str = Field(description="the SME, or operator:<label> on its behalf")
     status: str = Field(description=" | ".join(STATUSES))
     applied_seq: int
-    applied_ts: int
+    applied_at: str = Field(description="ISO-8601 with offset")
     decided_by: str | None
     decided_seq: int | None
-    decided_ts: int | None
+    decided_at: str | None
     reason: str | None
     disbursed_seq: int | None
-    disbursed_ts: int | None
+    disbursed_at: str | None
 
 
 class SmeGrantPeriod(_Out):
     period: int
-    amount_fen: int
-    limit_fen: int | None = Field(description="the limit per SME and period now")
+    amount: str = CNY
+    limit: str | None = _cny("the limit per SME and period now, CNY")
 
 
 class SmeGrants(_Out):
     sme: str
-    total_fen: int
+    total: str = CNY
     grants: int
     verified_abatement_t: int
     by_period: list[SmeGrantPeriod]
@@ -153,14 +168,14 @@ class SmeGrants(_Out):
 
 class GrantPeriod(_Out):
     period: int
-    total_fen: int
+    total: str = CNY
     grants: int
     verified_abatement_t: int
-    limit_fen: int | None = Field(description="the limit per period now")
+    limit: str | None = _cny("the limit per period now, CNY")
 
 
 class FundGrants(_Out):
-    total_fen: int
+    total: str = CNY
     count: int
     by_sme: list[SmeGrants]
     by_period: list[GrantPeriod]
@@ -168,23 +183,23 @@ class FundGrants(_Out):
 
 
 class BalanceCheck(_Out):
-    inflows_fen: int
-    grants_fen: int
-    balance_fen: int
+    inflows: str = CNY
+    grants: str = CNY
+    balance: str = CNY
     ok: bool = Field(description="balance = inflows - grants")
 
 
 class FundStatement(_Out):
-    """The SME fund's public statement (integer fen)."""
+    """The SME fund's public statement (CNY strings, ISO-8601 times)."""
 
     account: str
     configured: bool
     period: int | None = Field(description="inflows and grants of this period only, or all")
     as_of_seq: int
-    as_of_ts: int
+    as_of_at: str = Field(description="ISO-8601 with offset")
     params: FundParams | None
     params_history: list[FundParams]
-    balance_fen: int
+    balance: str = CNY
     inflows: FundInflows
     grants: FundGrants
     applications: dict[str, int] = Field(description="applications by status")
@@ -234,6 +249,12 @@ async def statement(ctx: ApiContext, _b) -> dict:
     for e in st["inflows"]["entries"]:
         if e["source"] == "penalty":
             e["ref"] = ""
+    # fen under keys without the suffix, which the suffix rules cannot see: converted here
+    inflows = st["inflows"]
+    inflows["by_source"] = {k: cny(v) for k, v in inflows["by_source"].items()}
+    for row in inflows["by_period"]:
+        for k in ("penalty", "auction", "budget"):
+            row[k] = cny(row[k])
     return st
 
 

@@ -1,9 +1,11 @@
 """Compliance read side: firm statements, the market-wide summary, the offset-cap what-if.
 
 Pure functions of an :class:`~exchange.core.exchange.Exchange` (no I/O, nothing changes), used by
-the CLI (``python -m exchange report ...``), the admin API and the tests. Money is integer fen
-(``*_fen``), quantities whole tonnes, rates basis points (``*_bps``); CSV renderings are
-loss-free flattenings of the same dicts.
+the CLI (``python -m exchange report ...``), the admin API and the tests. The dicts they build
+keep the core's units - money integer fen (``*_fen``), quantities whole tonnes, rates basis
+points (``*_bps``), times ns (``*_ts``) - so tests can add them up; what a person or a client
+reads goes through :func:`statement_for_people` / :func:`exchange.present.present` (CNY
+strings, percent, ISO-8601 times), and the CSV renderings flatten that form.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import io
 from typing import Any
 
 from ..core.units import PPM, format_percent, format_price
+from ..present import present, text
 from . import mrv
 from .fund import firm_grants
 from .module import ComplianceModule, STATUS_UNVERIFIED
@@ -390,6 +393,29 @@ def what_if_cap(ex, period: int, cap_bps: int, sub_caps_bps: dict[str, int] | No
             "firms": firms, "firms_exceeding": [f["firm_id"] for f in firms if f["exceeds"]]}
 
 
+# --------------------------------------------------------------------------- for people
+_SETTLEMENT_FEN = ("penalty", "penalty_paid", "penalty_outstanding", "average_price")
+
+
+def statement_for_people(st: dict) -> dict:
+    """A firm statement as a person or a client reads it: the fields that hold fen or bps
+    without saying so get their suffix, then :func:`exchange.present.present` turns every
+    suffix into units for people (``penalty`` -> a CNY string, ``cap_in_effect_bps`` ->
+    ``cap_in_effect_pct``, ``deadline_ts`` -> ``deadline_at``, ...)."""
+    st = dict(st)
+    if st.get("settlement"):
+        st["settlement"] = {(f"{k}_fen" if k in _SETTLEMENT_FEN else k): v
+                            for k, v in st["settlement"].items()}
+    st["surrenders"] = [{("cap_in_effect_bps" if k == "cap_bps_in_effect" else k): v
+                         for k, v in s.items()} for s in st.get("surrenders", ())]
+    c = st.get("offsets_vs_cap")
+    if c:
+        c = st["offsets_vs_cap"] = dict(c)
+        c["sub_caps"] = {t: {("cap_bps" if k == "bps" else k): v for k, v in sub.items()}
+                         for t, sub in c["sub_caps"].items()}
+    return present(st)
+
+
 # --------------------------------------------------------------------------- CSV / text
 def _flatten(prefix: str, v, out: list) -> None:
     if isinstance(v, dict):
@@ -405,9 +431,10 @@ def _flatten(prefix: str, v, out: list) -> None:
 
 
 def statement_csv(st: dict) -> str:
-    """A statement as two-column CSV (``field,value``), every figure of the JSON."""
+    """A statement as two-column CSV (``field,value``), every figure of the JSON (in units for
+    people, as the JSON answer shows them)."""
     rows: list = []
-    _flatten("", st, rows)
+    _flatten("", statement_for_people(st), rows)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["field", "value"])
@@ -417,12 +444,13 @@ def statement_csv(st: dict) -> str:
 
 SUMMARY_COLUMNS = ("firm_id", "size_class", "submission", "emissions", *CATEGORY_COLUMNS,
                    "obligation",
-                   "surrendered", "allowances", "offsets", "shortfall", "penalty_fen",
-                   "penalty_paid_fen", "deduction", "status")
+                   "surrendered", "allowances", "offsets", "shortfall", "penalty",
+                   "penalty_paid", "deduction", "status")
 
 
 def summary_csv(summary: dict) -> str:
-    """The summary as CSV: one row per firm, then a TOTAL row."""
+    """The summary as CSV: one row per firm, then a TOTAL row (penalties in CNY)."""
+    summary = present(summary)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(SUMMARY_COLUMNS)
@@ -477,14 +505,15 @@ def statement_text(st: dict) -> str:
     if n and n.get("deduction"):
         L.append(f"  Next period ({st['period'] + 1}) allocation deduction: {n['deduction']} t")
     for fh in st["factor_history"]:
-        L.append(f"  Factor: {fh}")
+        L.append(f"  Factor: {text(present(fh))}")
     for t in st["trades"]:
         L.append(f"  Trades {t['instrument']}: bought {t['bought']} t"
                  f" ({format_price(t['buy_notional_fen'])} CNY), sold {t['sold']} t"
                  f" ({format_price(t['sell_notional_fen'])} CNY), fees"
                  f" {format_price(t['fees_fen'])}")
     for s in st["surrenders"]:
-        cap = f", cap {s['cap_bps_in_effect']} bps" if s["kind"] == "offset" else ""
+        cap = (f", cap {format_percent(s['cap_bps_in_effect'])}" if s["kind"] == "offset"
+               else "")
         L.append(f"  Surrendered {s['qty']:>8} t {s['instrument']:<12} ({s['kind']}{cap}"
                  f") by {s['by']}")
     su = st["surrendered"]
@@ -492,10 +521,11 @@ def statement_text(st: dict) -> str:
              f" + offsets {su['offsets']}; outstanding {st['outstanding']} t")
     c = st["offsets_vs_cap"]
     if c:
-        L.append(f"  Offsets vs cap: {c['used']} / {c['cap_qty']} t ({c['cap_bps']} bps)")
+        L.append(f"  Offsets vs cap: {c['used']} / {c['cap_qty']} t "
+                 f"({format_percent(c['cap_bps'])})")
         for k, v in c["sub_caps"].items():
             if v["bps"] is not None:
-                L.append(f"    {k}: {v['used']} / {v['cap_qty']} t ({v['bps']} bps)")
+                L.append(f"    {k}: {v['used']} / {v['cap_qty']} t ({format_percent(v['bps'])})")
     s = st["settlement"]
     if s and s.get("status") not in (None, "not_reported", STATUS_UNVERIFIED):
         L.append(f"  Deadline: shortfall {s['shortfall']} t, penalty"
@@ -523,8 +553,10 @@ def statement_text(st: dict) -> str:
 
 def summary_text(sm: dict) -> str:
     L = [f"Compliance summary  period {sm['period']}  "
-         f"{'closed' if sm['closed'] else 'open'}  offset cap {sm['offset_cap_bps']} bps "
-         f"{sm['offset_sub_caps_bps'] or ''}  average price "
+         f"{'closed' if sm['closed'] else 'open'}  offset cap "
+         f"{format_percent(sm['offset_cap_bps'])}"
+         + "".join(f", {t} {format_percent(b)}" for t, b in sm["offset_sub_caps_bps"].items())
+         + "  average price "
          f"{format_price(sm['average_price_fen'])} CNY",
          f"  {'firm':<10} {'status':<14} {'obligation':>10} {'surrendered':>11} "
          f"{'offsets':>8} {'shortfall':>9} {'penalty CNY':>14}"]
@@ -535,7 +567,7 @@ def summary_text(sm: dict) -> str:
     t = sm["totals"]
     L.append(f"  {'TOTAL':<10} {'':<14} {t['obligation']:>10} {t['surrendered']:>11} "
              f"{t['offsets']:>8} {t['shortfall']:>9} {format_price(t['penalty_fen']):>14}")
-    L.append(f"  counts: {sm['counts']}")
+    L.append(f"  counts: {text(sm['counts'])}")
     cov = sm["covered_categories"]
     L.append(f"  Verified emissions by category (t CO2e; covered: {', '.join(cov)}; "
              f"grid factor {sm['grid_factor_t_co2_per_mwh']} t CO2/MWh)")

@@ -2,7 +2,8 @@
 start: see :mod:`exchange.server.api`).
 
 HTTP (``/api/v1``; ratios travel as decimal strings, e.g. ``"0.7"``, and are converted to the
-core's ppm by :func:`exchange.core.units.ratio_to_ppm`; responses carry both)::
+core's ppm by :func:`exchange.core.units.ratio_to_ppm`; responses carry the decimal, written
+by :mod:`exchange.present` like every answer of the server)::
 
     GET  /rules/params                      parameters now and their schedule by period
     POST /rules/params                      set_rules_params (effective from the next period)
@@ -42,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_
 
 from ..core import errors as E
 from ..core.units import MAX_QTY, ppm_half_even, ppm_to_decimal, ratio_to_ppm
+from ..present import present
 from ..privacy import may_read_firm, min_contributors, require_firm_reader, suppress
 from ..server.api import ApiContext, CommandResult, Ident, Magnitude, Ratio, Ratio100, Text, \
     int_param, route
@@ -464,14 +466,15 @@ class SubQuotaLot(_Out):
     sold: int = Field(description="t of the lot the SME sold")
     revenue_share: str = Field(description="the SME's share of the net sale proceeds, e.g. "
                                            "\"0.7\"; the parent gets the rest")
-    revenue_share_ppm: int
     surplus_rule: Literal["revert", "bank"] = Field(
         description="at the period's end the free rest reverts to the parent, or stays banked "
                     "with the SME")
     shortfall_rule: Literal["sme", "parent"] = Field(
         description="who covers the SME's shortfall at the deadline beyond the lot")
-    sme_proceeds: int = Field(description="fen the SME kept from sales of the lot")
-    parent_proceeds: int = Field(description="fen the parent received from sales of the lot")
+    sme_proceeds: str = Field(pattern=r"^-?[0-9]+\.[0-9]{2}$", examples=["1234.50"],
+                              description="CNY the SME kept from sales of the lot")
+    parent_proceeds: str = Field(pattern=r"^-?[0-9]+\.[0-9]{2}$", examples=["529.07"],
+                                 description="CNY the parent received from sales of the lot")
     created_seq: int
     settlement: SubQuotaSettlement | None = Field(
         description="the period-end settlement, once settle_sub_quotas ran")
@@ -505,9 +508,9 @@ def sub_quota_view(ex, lot_id: int) -> dict:
         "instrument": lot["instrument"], "parent": lot["parent"], "sme": lot["sme"],
         "chain_id": lot.get("chain_id"), "granted": lot["granted"], "held": lot["held"],
         "sold": lot["sold"], "revenue_share": _dec(lot["revenue_share_ppm"]),
-        "revenue_share_ppm": lot["revenue_share_ppm"], "surplus_rule": lot["surplus_rule"],
-        "shortfall_rule": lot["shortfall_rule"], "sme_proceeds": lot["sme_proceeds"],
-        "parent_proceeds": lot["parent_proceeds"], "created_seq": lot["created_seq"],
+        "surplus_rule": lot["surplus_rule"],
+        "shortfall_rule": lot["shortfall_rule"], "sme_proceeds_fen": lot["sme_proceeds"],
+        "parent_proceeds_fen": lot["parent_proceeds"], "created_seq": lot["created_seq"],
         "settlement": dict(settled) if settled is not None else None,
         "compliance": dict(sorted(use.items())),
     }
@@ -602,10 +605,10 @@ class PeriodParams(Body):
 @ws_method("factor_history", NoParams, roles=(ROLE_FIRM,))
 def ws_factor_history(session, p) -> dict:
     """The session firm's allocation factor and every change with its inputs and terms."""
-    return factor_view(_rules(session.gw.ex), session.firm_id)
+    return present(factor_view(_rules(session.gw.ex), session.firm_id))
 
 
 @ws_method("allocation", PeriodParams, roles=(ROLE_FIRM,))
 def ws_allocation(session, p: PeriodParams) -> dict:
     """The session firm's allocation of a period (pre-allocation, true-up, deduction, total)."""
-    return _rules(session.gw.ex).allocation(session.firm_id, p.period)
+    return present(_rules(session.gw.ex).allocation(session.firm_id, p.period))

@@ -71,7 +71,8 @@ from ..core.commands import (
 )
 from ..core.events import CommandRejected, encode_event
 from ..core.exchange import AddSegment
-from ..core.units import format_price
+from ..core.units import format_price, percent_to_bps, ratio_to_ppm
+from ..present import present, present_event
 from .credentials import ROLE_FIRM, ROLE_OPERATOR, ROLE_PLATFORM, ROLE_VERIFIER, ROLES, \
     ROLES_WITH_FIRM, IssueApiKey, \
     RevokeApiKey, new_key
@@ -337,7 +338,7 @@ class ApiContext:
         for ev in events:
             if type(ev) is CommandRejected:
                 raise ProtocolError(ev.code, ev.message, 400)
-        return {"seq": cmd.seq, "events": [encode_event(ev) for ev in events]}
+        return {"seq": cmd.seq, "events": [present_event(encode_event(ev)) for ev in events]}
 
 
 def _bad_int(v, path: str) -> str | None:
@@ -374,7 +375,9 @@ def error_response(code: str, message: str, status: int,
 
 
 def _json(result, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(result), status=status,
+    """Every JSON result leaves in units for people (exchange/present.py: ``*_fen`` as CNY
+    strings, ``*_bps`` as ``*_pct``, ``*_ppm`` as decimals, ``*_ts`` as ISO-8601 ``*_at``)."""
+    return web.Response(body=orjson.dumps(present(result)), status=status,
                         content_type="application/json")
 
 
@@ -544,7 +547,9 @@ class ErrorBody(BaseModel):
 
 class CommandResult(BaseModel):
     seq: int = Field(description="sequence number the command got in the journal")
-    events: list[dict[str, Any]] = Field(description="core events (integer fen, tonnes)")
+    events: list[dict[str, Any]] = Field(description="the core's events in units for people "
+                                                     "(CNY strings, tonnes, percent, ISO-8601 "
+                                                     "times; docs/PROTOCOL.md \"Units\")")
 
 
 def _param_doc(name: str, where: str, p: Param) -> dict:
@@ -627,8 +632,9 @@ def openapi() -> dict:
         "openapi": "3.1.0",
         "info": {"title": "Carbon allowance exchange: operator API", "version": "1",
                  "description": "Prices and cash travel as decimal CNY strings (\"85.50\"); "
-                                "quantities as whole tonnes. Command results carry the core's "
-                                "events in integer fen. Every error has the body ErrorBody. "
+                                "quantities as whole tonnes; rates as percent strings (\"5.00\"), "
+                                "ratios as decimal strings, times as ISO-8601 with offset. "
+                                "Every error has the body ErrorBody. "
                                 "See docs/PROTOCOL.md."},
         "paths": paths,
         "components": {"schemas": schemas, "securitySchemes": {"apiKey": {
@@ -710,7 +716,7 @@ class AddSegmentBody(Body):
     tick: StrictInt = Field(1, gt=0, description="fen")
     lot: StrictInt = Field(1, gt=0, description="tonnes")
     max_order_qty: StrictInt = Field(99_999, gt=0)
-    fee_bps: StrictInt = Field(0, ge=0, le=10_000)
+    fee_pct: Percent = Field("0", description="fee per side, % of notional, e.g. \"0.05\"")
     access: Literal["all", "sme_sell_any_buy", "sme_only", "members"] = "all"
 
 
@@ -735,7 +741,8 @@ class TransferBody(Body):
 
 
 class BandBody(Body):
-    band_bps: StrictInt | None = Field(None, ge=0, le=10_000, description="half-width, bps")
+    band_pct: Percent | None = Field(None, description="half-width, % of the reference price, "
+                                                       "e.g. \"10\"")
     reference_price: Price | None = None
 
 
@@ -756,7 +763,7 @@ class ChainMember(Body):
 class ChainEdge(Body):
     supplier: Ident
     customer: Ident
-    weight_ppm: StrictInt = Field(ge=0, le=INT64_MAX)
+    weight: Magnitude = Field(description="the edge's weight, e.g. \"0.6\" (six decimals)")
 
 
 class SupplyChainBody(Body):
@@ -770,7 +777,7 @@ class SubQuotaBody(Body):
     sme: Ident
     instrument: Ident
     qty: StrictInt = Field(gt=0, le=INT64_MAX)
-    revenue_share_ppm: StrictInt = Field(ge=0, le=1_000_000)
+    revenue_share: Ratio = Field(description="the SME's share of the proceeds, e.g. \"0.3\"")
     surplus_rule: Literal["revert", "bank"] = "revert"
     shortfall_rule: Literal["sme", "parent"] = "sme"
     chain_id: Ident | None = None
@@ -910,13 +917,16 @@ async def list_segments(ctx: ApiContext, body) -> dict:
 @route("POST", "/segments", summary="Add or change a segment's rules", body=AddSegmentBody,
        response=CommandResult, tag="market")
 async def add_segment(ctx: ApiContext, b: AddSegmentBody) -> dict:
-    return await ctx.command(AddSegment(**b.model_dump()))
+    d = b.model_dump()
+    d["fee_bps"] = percent_to_bps(d.pop("fee_pct"))
+    return await ctx.command(AddSegment(**d))
 
 
 @route("PUT", "/instruments/{symbol}/band", summary="Set the price band and/or reference price",
        body=BandBody, response=CommandResult, tag="market")
 async def set_band(ctx: ApiContext, b: BandBody) -> dict:
-    return await ctx.command(SetPriceBand(instrument=ctx.path["symbol"], band_bps=b.band_bps,
+    band = None if b.band_pct is None else percent_to_bps(b.band_pct)
+    return await ctx.command(SetPriceBand(instrument=ctx.path["symbol"], band_bps=band,
                                           reference_price=b.reference_price))
 
 
@@ -967,13 +977,15 @@ async def transfer(ctx: ApiContext, b: TransferBody) -> dict:
 async def supply_chain(ctx: ApiContext, b: SupplyChainBody) -> dict:
     return await ctx.command(RegisterSupplyChain(
         chain_id=b.chain_id, members=tuple((m.firm, m.tier) for m in b.members),
-        edges=tuple((e.supplier, e.customer, e.weight_ppm) for e in b.edges)))
+        edges=tuple((e.supplier, e.customer, ratio_to_ppm(e.weight)) for e in b.edges)))
 
 
 @route("POST", "/sub-quotas", summary="Split a sub-quota to an SME", body=SubQuotaBody,
        response=CommandResult, tag="firms")
 async def sub_quota(ctx: ApiContext, b: SubQuotaBody) -> dict:
-    return await ctx.command(CreateSubQuota(**b.model_dump()))
+    d = b.model_dump()
+    d["revenue_share_ppm"] = ratio_to_ppm(d.pop("revenue_share"))
+    return await ctx.command(CreateSubQuota(**d))
 
 
 @route("GET", "/books/{instrument}/{segment}", summary="Full-depth L2 book", tag="market",
