@@ -9,6 +9,7 @@
     python -m loadtest costs                        # per-message costs of the order path
     python -m loadtest profile --rate 3000          # py-spy the server under load, summarised
     python -m loadtest failover --runs 5 --json out/failover.json   # kill the leader under load
+    python -m loadtest mdsoak --subscribers 10000 --gateways 2 --duration 30 --json out/mdsoak.json
 
 See docs/LOADTEST.md. (The engine micro-benchmarks are ``python -m loadtest.engine``.)
 """
@@ -48,6 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "failover":  # the replicated exchange: its own options
         from .failover import main as failover_main
         return failover_main(argv[1:])
+    if argv and argv[0] == "mdsoak":  # market-data gateways: their own options
+        from .mdsoak import main as mdsoak_main
+        return mdsoak_main(argv[1:])
+    if argv and argv[0] == "_mdsub":
+        from .mdsoak import subscriber_main
+        return subscriber_main()
     from . import ws_costs, ws_echo, ws_profile
     from .ws_cli import cmd_memory, cmd_run, cmd_sweep
 

@@ -11,8 +11,12 @@
 * Book channels keep a :class:`LocalBook`; an update whose ``seq`` is not the next one is a
   gap: the client resubscribes and rebuilds the book from a fresh snapshot (``resyncs``).
 * With ``reconnect=True`` a dropped connection is re-opened with back-off, re-authenticated and
-  every subscription re-made. Requests in flight when it drops raise ``ConnectionError``;
-  retrying ``place_order`` with the same ``client_order_id`` is safe (idempotent).
+  every subscription re-made with the last seq seen on it (``from_seq``): a server that still
+  has the missed messages (a market-data gateway, ``serve --market-data``) resends them and
+  the book carries on (``resumes``); otherwise its reply is a fresh snapshot, loaded as on a
+  first subscribe (``resume_snapshots``). Requests in flight when it drops raise
+  ``ConnectionError``; retrying ``place_order`` with the same ``client_order_id`` is safe
+  (idempotent).
 * ``batch=True`` asks the server for one frame per tick (a JSON array of messages);
   :meth:`send_batch` sends many requests in one frame. Both are for high-rate users.
 * Several URLs (``ExchangeClient(["ws://a/ws", "ws://b/ws"], key, reconnect=True)``): the
@@ -51,7 +55,10 @@ class ExchangeError(Exception):
 
 NOT_LEADER = "NOT_LEADER"
 # the node did not take the request and another will: send it again after a fail-over
-_FAILOVER_CODES = frozenset({NOT_LEADER, "SHUTTING_DOWN"})
+_FAILOVER_CODES = frozenset({NOT_LEADER, "SHUTTING_DOWN", "LEADER_UNAVAILABLE"})
+# ... of those, the codes of a node that cannot take it: reconnect (to the leader) first;
+# LEADER_UNAVAILABLE is a market-data gateway between leaders: ask it again
+_RECONNECT_CODES = frozenset({NOT_LEADER, "SHUTTING_DOWN"})
 # requests sent again after a fail-over: a retried place_order returns the first one's ack
 # (client_order_id), the others only read
 _RETRYABLE = frozenset({"ping", "open_orders"})
@@ -131,6 +138,8 @@ class ExchangeClient:
         self.channels: set[str] = set()
         self.resyncs = 0
         self.reconnects = 0
+        self.resumes = 0  # re-subscribes the server resumed from the last seq seen
+        self.resume_snapshots = 0  # ... that it answered with a fresh snapshot instead
         self.close_code: int | None = None
         self.close_reason: str = ""
         self._ids = itertools.count(1)
@@ -236,7 +245,6 @@ class ExchangeClient:
             if e.status == 401:
                 raise ExchangeError("AUTH_FAILED", "unknown or revoked API key") from None
             raise
-        self._seqs = {}
         self._reader = asyncio.get_running_loop().create_task(self._read_loop(self._ws))
         self._connected.set()
         if self.api_key and not self.header_auth:
@@ -293,7 +301,8 @@ class ExchangeClient:
                     raise
                 if loop.time() >= deadline:
                     raise
-                if isinstance(e, ExchangeError) and self._ws is not None:
+                if (isinstance(e, ExchangeError) and e.code in _RECONNECT_CODES
+                        and self._ws is not None):
                     await self.drop()  # a standby answered: reconnect to the leader
                 self.failover_retries += 1
                 await asyncio.sleep(0.05)
@@ -380,16 +389,35 @@ class ExchangeClient:
     async def open_orders(self) -> list:
         return (await self.request("open_orders"))["orders"]
 
-    async def subscribe(self, channel: str) -> dict:
-        r = await self.request("subscribe", {"channel": channel})
+    async def subscribe(self, channel: str, from_seq: int | None = None) -> dict:
+        """Subscribe; with ``from_seq`` (the last seq seen on the channel), ask the server to
+        resume after it: ``result["resumed"]`` says whether it did (the missed messages
+        follow) or sent a fresh snapshot."""
+        p: dict = {"channel": channel}
+        if from_seq is not None:
+            p["from_seq"] = from_seq
+        r = await self.request("subscribe", p)
         self.channels.add(channel)
         return r
+
+    def last_seq(self, channel: str) -> int | None:
+        """The seq of the last message of ``channel`` this client has (its book's
+        ``book_seq`` for a book), or None."""
+        book = self.books.get(channel)
+        if book is not None and channel not in self._resyncing:
+            return book.book_seq
+        return self._seqs.get(channel)
 
     def _subscribed(self, r: dict) -> None:
         channel = r["channel"]
         if r.get("subscribed") is False:
             return
         self._seqs[channel] = r.get("seq", 0)
+        if r.get("resumed") is True:  # the book carries on from where it was
+            self.resumes += 1
+            return
+        if r.get("resumed") is False:
+            self.resume_snapshots += 1
         if channel.startswith("book:") and "snapshot" in r:
             _, instr, seg = channel.split(":", 2)
             book = self.books.get(channel)
@@ -536,7 +564,7 @@ class ExchangeClient:
             try:
                 await self.connect()
                 for ch in sorted(self.channels):
-                    await self.subscribe(ch)
+                    await self.subscribe(ch, self.last_seq(ch))
                 self.reconnects += 1
                 return
             except ExchangeError as e:

@@ -354,6 +354,11 @@ class ChannelParams(Params):
     channel: str = Field(min_length=1, max_length=128, description=(
         "executions | balances | book:<instrument>:<segment> | trades:<instrument> | "
         "ticker:<instrument>"))
+    from_seq: Annotated[StrictInt, Field(ge=0, le=INT64_MAX)] | None = Field(
+        None, description="subscribe only: the last seq this client saw on the channel "
+                          "(before a reconnect); the reply says whether the server resumed "
+                          "from it (resumed: true, the missed messages follow) or sent a "
+                          "fresh snapshot (resumed: false)")
 
 
 class EmptyParams(Params):
@@ -522,8 +527,8 @@ def _not_in_c(seq, head, ev) -> None:
     return None
 
 
-try:  # the same push formatted in C (exchange/_hotpath.c), built with the package
-    from .._hotpath import er_push as _c_er_push
+try:  # the same push formatted in C (exchange/server/_accel.c), built with the package
+    from ._accel import er_push as _c_er_push
 except ImportError:  # pragma: no cover - an install without the extension
     _c_er_push = None
 
