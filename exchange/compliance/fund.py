@@ -35,7 +35,7 @@ from ..core.accounts import BANK, CASH, Account, post_cash
 from ..core.commands import Command, command
 from ..core.events import Posting, event
 from ..core.exchange import Module
-from ..core.units import BPS, MAX_CASH
+from ..core.units import BPS, MAX_CASH, format_percent
 
 FUND_ACCOUNT = "@sme_fund"
 SOURCES = ("penalty", "auction", "budget")
@@ -197,7 +197,8 @@ def _limit(v, what: str):
 
 def _share(v, what: str) -> int:
     if not _is_int(v) or not 0 <= v <= BPS:
-        raise E.Reject(E.BAD_PARAMETER, f"{what} must be within [0, 10000] bps, got {v!r}")
+        raise E.Reject(E.BAD_PARAMETER, f"{what} must be within [0, 100 %], got "
+                                         f"{format_percent(v)}")
     return v
 
 

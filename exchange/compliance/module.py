@@ -607,7 +607,7 @@ class ComplianceModule(Module):
             if rec["offsets"] + c.qty > cap:
                 raise E.Reject(E.OFFSET_CAP_EXCEEDED,
                                f"offsets would reach {rec['offsets'] + c.qty} t; the cap of "
-                               f"{cap_bps} bps of {obligation} t allows {cap} t "
+                               f"{format_percent(cap_bps)} of {obligation} t allows {cap} t "
                                f"({max(0, cap - rec['offsets'])} t left)")
             sub = subs.get(instr.offset_type)
             if sub is not None:
@@ -616,7 +616,7 @@ class ComplianceModule(Module):
                 if used + c.qty > sub_cap:
                     raise E.Reject(E.OFFSET_SUBCAP_EXCEEDED,
                                    f"{instr.offset_type} would reach {used + c.qty} t; its "
-                                   f"sub-cap of {sub} bps allows {sub_cap} t "
+                                   f"sub-cap of {format_percent(sub)} allows {sub_cap} t "
                                    f"({max(0, sub_cap - used)} t left)")
         # serials named: the registry checks them (held, never retired) before anything moves
         registry = self.ex.modules.get("registry")
