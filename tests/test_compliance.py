@@ -287,11 +287,13 @@ def run_period(rules: bool = True) -> tuple[M, dict]:
     m.rejects(SurrenderUnits(firm_id="A", period=2026, instrument="CEA-2025", qty=601),
               "INSUFFICIENT_HOLDINGS")
     m.ok(SurrenderUnits(firm_id="A", period=2026, instrument="PHCER-2026", qty=500))  # below
-    m.rejects(SurrenderUnits(firm_id="A", period=2026, instrument="PHCER-2026", qty=59),
-              "OFFSET_SUBCAP_EXCEEDED")
+    r = m.rejects(SurrenderUnits(firm_id="A", period=2026, instrument="PHCER-2026", qty=59),
+                  "OFFSET_SUBCAP_EXCEEDED")
+    assert "sub-cap of 2 % allows 558 t" in r.message and "bps" not in r.message
     m.ok(SurrenderUnits(firm_id="A", period=2026, instrument="PHCER-2026", qty=58))  # at sub
-    m.rejects(SurrenderUnits(firm_id="A", period=2026, instrument="CCER-2026", qty=838),
-              "OFFSET_CAP_EXCEEDED")  # over: 558 + 838 = 1,396 > 1,395
+    r = m.rejects(SurrenderUnits(firm_id="A", period=2026, instrument="CCER-2026", qty=838),
+                  "OFFSET_CAP_EXCEEDED")  # over: 558 + 838 = 1,396 > 1,395
+    assert "the cap of 5 % of" in r.message and "bps" not in r.message
     evs = m.ok(SurrenderUnits(firm_id="A", period=2026, instrument="CCER-2026", qty=837))
     assert evs[-1].offsets == 1_395 and evs[-1].cap_bps == 500  # at the cap
     m.rejects(SurrenderUnits(firm_id="A", period=2026, instrument="CCER-2026", qty=1),
