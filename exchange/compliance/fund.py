@@ -197,8 +197,9 @@ def _limit(v, what: str):
 
 def _share(v, what: str) -> int:
     if not _is_int(v) or not 0 <= v <= BPS:
-        raise E.Reject(E.BAD_PARAMETER, f"{what} must be within [0, 100 %], got "
-                                         f"{format_percent(v)}")
+        # a person set it as a percentage: name it without the core's unit
+        raise E.Reject(E.BAD_PARAMETER, f"{what.removesuffix('_bps')} must be within "
+                                         f"[0, 100 %], got {format_percent(v)}")
     return v
 
 
