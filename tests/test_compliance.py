@@ -450,7 +450,8 @@ def test_statement_and_summary(period_run):
     assert s["sub_quotas"][0]["compliance"] == {"covered_by_parent": 600, "settled_period": 2026,
                                                 "surrendered": 2_900}
     csv_text = R.statement_csv(b)
-    assert "settlement.penalty,19254110" in csv_text
+    assert "settlement.penalty,192541.10" in csv_text  # CSV: CNY, as the JSON answer
+    assert "_fen," not in csv_text and "_bps" not in csv_text and "_ts," not in csv_text
     assert R.statement_text(b)
     sm = R.compliance_summary(m.ex, 2026)
     assert sm["counts"] == {"compliant": 3, "late": 1, "non_compliant": 1, "unverified": 1,
@@ -460,6 +461,7 @@ def test_statement_and_summary(period_run):
     assert [c["cap_bps"] for c in sm["cap_history"]] == [500, 100]
     lines = R.summary_csv(sm).splitlines()
     assert lines[0].startswith("firm_id,") and lines[-1].startswith("TOTAL,")
+    assert "penalty,penalty_paid" in lines[0] and ",202541.10," in lines[-1]
     assert R.summary_text(sm)
 
 
