@@ -571,5 +571,5 @@ def test_statement_carries_the_factor_history_with_its_terms(period_run):
     assert h["phi_after_ppm"] == 1_013_812  # 1.0138125 rounded toward the previous value
     assert h["inputs"]["intensity_ppm"] == 777_900 and h["inputs"]["benchmark_ppm"] == 800_000
     assert h["terms"]["gap_ppm"] == 27_625
-    assert "phi_after_ppm,1013812" in R.statement_csv(st).replace("factor_history[0].", "")
+    assert "phi_after,1.013812" in R.statement_csv(st).replace("factor_history[0].", "")
     m.ex.check_invariants()
