@@ -53,6 +53,16 @@ def _status(pid: int) -> dict:
     return out
 
 
+def _cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a process so far."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 1)
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 # ====================================================================== subscriber process
 
 class Sub:
@@ -339,6 +349,8 @@ def run(a) -> dict:
         results = [json.loads(_expect(p, "RESULT", a.drain + 60)[len("RESULT "):])
                    for p in procs]
         gw_rss = {g.name: _status(g.proc.pid).get("VmHWM") for g in gws}
+        gw_cpu = {g.name: _cpu_s(g.proc.pid) for g in gws}
+        leader_cpu = _cpu_s(leader.proc.pid)
         leader_rss = _status(leader.proc.pid).get("VmHWM")
     finally:
         for p in procs:
@@ -359,6 +371,8 @@ def run(a) -> dict:
         "gateway_peak_rss_mib": {k: round(v / 2**20, 1) if v else None
                                  for k, v in gw_rss.items()},
         "leader_peak_rss_mib": round(leader_rss / 2**20, 1) if leader_rss else None,
+        "gateway_cpu_s": gw_cpu, "leader_cpu_s": leader_cpu,
+        "messages_per_s": round(tot["messages"] / max(drive["drive_s"], 1e-9)),
         "client_peak_rss_mib": [round((r["peak_rss"] or 0) / 2**20, 1) for r in results],
         "per_process": results, "md_interval_s": a.md_interval,
         "nats_server": ".".join(map(str, cluster.version)),
