@@ -1,6 +1,7 @@
 """The dashboard's candle read model (exchange/dashboard/candles.py): daily OHLC from the
-committed events, end of day, persistence across a restart, seeding from the core's own day
-statistics. No browser needed (tests/test_dashboard.py drives the page)."""
+committed events, end of day, seeding from the core's own day statistics. Surviving a restart
+is the history read model's (rebuilt from the journal: tests/test_market_history.py). No
+browser needed (tests/test_dashboard.py drives the page)."""
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -8,9 +9,9 @@ from types import SimpleNamespace
 from exchange.core.commands import EndOfDay, PlaceOrder
 from exchange.core.events import DayEnded, Trade
 from exchange.dashboard.candles import CandleStore
-from exchange.engine import Sequencer
-from exchange.market import genesis_commands
-from exchange.config import load_settings
+from exchange.app.engine import Sequencer
+from exchange.app.market import genesis_commands
+from exchange.app.config import load_settings
 
 
 def trade(sym: str, price: int, qty: int, tid: int = 1) -> Trade:
@@ -23,8 +24,8 @@ def cmd(ts: int = 0):
     return SimpleNamespace(ts=ts, seq=0)
 
 
-def test_trades_build_daily_ohlc_and_end_of_day_closes_it(tmp_path):
-    s = CandleStore(tmp_path / "candles.json")
+def test_trades_build_daily_ohlc_and_end_of_day_closes_it():
+    s = CandleStore()
     s.on_commit(cmd(10), [trade("CEA-2026", 8510, 100)])
     s.on_commit(cmd(11), [trade("CEA-2026", 8530, 50), trade("CEA-2026", 8490, 25)])
     s.on_commit(cmd(12), [trade("CEA-2026", 8500, 5)])
@@ -37,13 +38,6 @@ def test_trades_build_daily_ohlc_and_end_of_day_closes_it(tmp_path):
     assert day1["open"] == day1["close"] == "86.00" and day1["closed"] is False
     assert s.series("CCER-2026") == []
     assert s.series("CEA-2026", limit=1) == [day1]
-    # written at the end of day; a new process reads it back
-    assert (tmp_path / "candles.json").exists()
-    s.save()
-    again = CandleStore(tmp_path / "candles.json")
-    again.load()
-    again.day = 1
-    assert again.series("CEA-2026") == [day0, day1]
 
 
 def test_seed_takes_the_current_day_from_the_core(tmp_path):
@@ -54,22 +48,15 @@ def test_seed_takes_the_current_day_from_the_core(tmp_path):
                    qty=300, price=8520))
     seq(PlaceOrder(account="CEMENT1", instrument="CEA-2026", segment="main", side="buy",
                    qty=300, price=8520, tif="IOC"))
-    s = CandleStore(None)
+    s = CandleStore()
     s.seed(ex)
     (c,) = s.series("CEA-2026")
     assert (c["open"], c["high"], c["low"], c["close"], c["volume"]) == (
         "85.20", "85.20", "85.20", "85.20", 300)
     seq(EndOfDay())
-    s2 = CandleStore(None)
+    s2 = CandleStore()
     s2.candles = s.candles
     s2.seed(ex)  # a new day without trades: yesterday's candle stays, no empty candle today
     assert [x["day"] for x in s2.series("CEA-2026")] == [0]
     assert s2.series("CEA-2026")[0]["closed"] is True
 
-
-def test_unreadable_file_is_ignored(tmp_path):
-    p = tmp_path / "candles.json"
-    p.write_text("{not json")
-    s = CandleStore(p)
-    s.load()
-    assert s.candles == {}

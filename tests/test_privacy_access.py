@@ -32,6 +32,9 @@ MATRIX = {
         ("/rules/responsibility/POWER1", (200, 403, 200, 403, 403, 200, 401)),
     "/registry/holdings/{firm_id}":
         ("/registry/holdings/POWER1", (200, 403, 200, 403, 403, 200, 401)),
+    # a firm's blotter (its executions): the firm, its verifier and operators
+    "/firms/{firm_id}/executions":
+        ("/firms/POWER1/executions", (200, 403, 200, 403, 403, 200, 401)),
     # grant applications are the SME's and the fund's business: no verifier reads them
     "/compliance/sme-fund/applications?sme={firm_id}":
         ("/compliance/sme-fund/applications?sme=POWER1", (200, 403, 403, 403, 403, 200, 401)),

@@ -1,19 +1,22 @@
 """The web dashboard: a static console served by the exchange's aiohttp application.
 
     from exchange.dashboard import setup
-    setup(app)          # called once from exchange.server.app.create_app
+    setup(app)          # called once from exchange.app.server.create_app
 
 Routes it adds to the application:
 
 * ``GET /``            the console (``static/index.html``): Market, Operator and Firm views;
 * ``GET /ui/...``      its JavaScript modules, stylesheet and icon (no CDN, no build step);
-* ``GET /api/v1/market/candles/{instrument}`` (registered in :mod:`exchange.dashboard.api`
-  through the operator API's route registry): daily open/high/low/close for the price chart.
+* ``GET /api/v1/market/candles/{instrument}``, ``/market/bars/{instrument}``, ``/trades``,
+  ``/firms/{firm_id}/executions`` (registered in :mod:`exchange.dashboard.api` and
+  :mod:`.history_api` through the operator API's route registry): daily and 1-minute
+  open/high/low/close for the charts, public trades, a firm's blotter.
 
 The browser talks to the same public interfaces as any other client: the websocket protocol
 (``/ws``, docs/PROTOCOL.md) for market data and a firm's orders, and the operator HTTP API
 (``/api/v1``) with ``Authorization: Bearer <key>`` for the operator's actions. The dashboard
-holds no market state of its own except the candle read model (:mod:`.candles`).
+holds no market state of its own except the history read model (:mod:`.history`), rebuilt
+from the journal at each start and fed by the runner's committed commands after that.
 """
 from __future__ import annotations
 
@@ -24,12 +27,12 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .candles import CandleStore
+from .history import MarketHistory
 
 # Read through importlib.resources, not the file system, so an installed wheel, a zip and an
 # editable install all serve the same files (aiohttp's add_static needs a real directory).
 STATIC = resources.files(__package__).joinpath("static")
-CANDLES_KEY = web.AppKey("dashboard_candles", CandleStore)
+HISTORY_KEY = web.AppKey("dashboard_history", MarketHistory)
 
 # The page may load only its own scripts and styles and talk only to its own origin.
 _CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -73,22 +76,20 @@ async def _asset(request: web.Request) -> web.StreamResponse:
 
 
 def setup(app: web.Application) -> None:
-    """Add the dashboard's routes and its candle read model to the server application."""
-    from ..server.app import STATE_KEY
+    """Add the dashboard's routes and its history read model to the server application."""
+    from ..server.appkeys import STATE_KEY
 
     app.router.add_get("/", _index)
     app.router.add_get("/ui/{path:.+}", _asset)
     st = app[STATE_KEY]
-    path = None if st.in_memory or st.data_dir is None else Path(st.data_dir) / "candles.json"
-    store = app[CANDLES_KEY] = CandleStore(path)
+    history = app[HISTORY_KEY] = MarketHistory()
 
     async def on_startup(app: web.Application) -> None:  # after the server's: state is ready
-        store.load()
-        store.seed(st.exchange)
-        st.runner.add_listener(store.on_commit)
+        from ..app.engine import build_exchange
 
-    async def on_cleanup(app: web.Application) -> None:
-        store.save()
+        # listen first (what commits meanwhile waits), then read the journal back from its
+        # first record: the core may have started from a snapshot, which skips those events
+        history.attach(st.runner)
+        await history.rebuild(st.runner, build_exchange)
 
     app.on_startup.append(on_startup)
-    app.on_cleanup.append(on_cleanup)

@@ -1,11 +1,13 @@
-"""The dashboard's HTTP endpoint, registered in the operator API's route registry (imported by
-:func:`exchange.server.api.load_extensions` at start)."""
+"""The dashboard's HTTP endpoints, registered in the operator API's route registry (imported by
+:func:`exchange.server.api.load_extensions` at start; the history routes are in
+:mod:`.history_api`, imported here)."""
 from __future__ import annotations
 
 from ..core import errors as E
 from ..core.units import format_price
 from ..server.api import ApiContext, Param, ident_param, int_param, route
 from ..server.protocol import ProtocolError
+from . import history_api  # noqa: F401  (registers /trades, /firms/{id}/executions, bars)
 
 
 # a segment name is an identifier (main, sme, chain:<id>); main unless given
@@ -22,9 +24,9 @@ async def candles(ctx: ApiContext, body) -> dict:
     """``?limit=N`` (default 120, at most 750) most recent trading days of one board
     (``?segment=``, default ``main``: the board whose prices set the reference price). A
     candle of the current day is still open (``closed: false``). Prices are decimal CNY
-    strings."""
-    from . import CANDLES_KEY
-    from .candles import board_key
+    strings, ``first_at`` the day's first trade (ISO-8601). Rebuilt from the journal at
+    start: a restart keeps them."""
+    from . import HISTORY_KEY
 
     sym = ctx.path["instrument"]
     ins = ctx.ex.instruments.get(sym)
@@ -34,8 +36,8 @@ async def candles(ctx: ApiContext, body) -> dict:
     if (sym, seg) not in ctx.ex.books:
         raise ProtocolError(E.UNKNOWN_INSTRUMENT, f"no board {sym[:64]!r} in {seg[:80]!r}", 404)
     limit = ctx.params["limit"]
-    store = ctx.request.app.get(CANDLES_KEY)
-    series = store.series(board_key(sym, seg), limit) if store is not None else []
+    store = ctx.request.app.get(HISTORY_KEY)
+    series = store.candle_series(sym, seg, limit) if store is not None else []
     return {"instrument": sym, "segment": seg, "day": ctx.ex.day,
             "reference_price": format_price(ins.reference_price) if ins.reference_price
             else None, "candles": series}
@@ -45,17 +47,21 @@ async def candles(ctx: ApiContext, body) -> dict:
        query={"limit": int_param(1, 100, "newest trades", default=50)},
        summary="Latest public trades of an instrument (all segments), newest first")
 async def recent_trades(ctx: ApiContext, body) -> dict:
-    """``?limit=N`` (default 50, at most 100). Trades since the server process started; the
-    live feed is the websocket channel ``trades:<instrument>``. No counterparties."""
-    from . import CANDLES_KEY
+    """``?limit=N`` (default 50, at most 100): the first page of ``GET /trades?instrument=``
+    (journal-backed: it survives a restart), in the ``trades:<instrument>`` push form. No
+    counterparties."""
+    from . import HISTORY_KEY
 
     sym = ctx.path["instrument"]
     if sym not in ctx.ex.instruments:
         raise ProtocolError(E.UNKNOWN_INSTRUMENT, f"no instrument {sym[:64]!r}", 404)
     limit = ctx.params["limit"]
-    store = ctx.request.app.get(CANDLES_KEY)
+    store = ctx.request.app.get(HISTORY_KEY)
+    rows = store.public_trades(sym, limit=limit) if store is not None else []
     return {"instrument": sym,
-            "trades": store.recent_trades(sym, limit) if store is not None else []}
+            "trades": [{"trade_id": r.trade_id, "instrument": r.instrument,
+                        "segment": r.segment, "price": format_price(r.price), "qty": r.qty,
+                        "aggressor": r.aggressor, "ts": r.ts} for r in rows]}
 
 
 @route("GET", "/dashboard/compliance-periods", tag="compliance",

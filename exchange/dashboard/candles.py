@@ -1,31 +1,22 @@
-"""Daily open/high/low/close per board: a read model for the dashboard's price chart.
+"""Daily open/high/low/close per board: the candle part of the dashboard's history read model.
 
 A board is an instrument's book in one segment; its key here is the instrument for the ``main``
 board and ``<instrument>@<segment>`` for the others (as the ticker channels are named), so a
 trade on ``sme`` or ``chain:<id>`` never draws on the main board's candle. The core keeps only
 the current day's statistics (``OrderBook.day_open/high/low/last``); the chart needs past days
-too. :class:`CandleStore` is fed by a runner listener (committed commands
-and their events, in sequence order): every ``Trade`` updates the candle of the current trading
-day, every ``DayEnded`` closes it. It is a *derived* view, not state: nothing in the core depends
-on it, and it is kept in ``<data-dir>/candles.json`` (written at each end of day and at shutdown)
-so the chart survives a restart. On start the current day's candle is taken from the core, which
-is authoritative for it. Prices are integer fen here and decimal strings on the wire.
+too. :class:`CandleStore` is fed by :class:`~exchange.dashboard.history.MarketHistory`, which
+sees every committed command and its events in sequence order - those replayed from the journal
+at start as well as the live ones: every ``Trade`` updates the candle of the current trading
+day, every ``DayEnded`` closes it. It is a *derived* view, not state: nothing in the core
+depends on it, and nothing of it is written anywhere - a restart rebuilds it from the journal.
+Prices are integer fen here and CNY strings on the wire.
 """
 from __future__ import annotations
 
-import json
-import logging
-import os
-from collections import deque
-from pathlib import Path
-
 from ..core.events import DayEnded, Trade
-from ..core.units import format_price
+from ..present import cny
 
-log = logging.getLogger("exchange.dashboard")
-
-MAX_DAYS = 750  # candles kept per instrument (about three trading years)
-RECENT_TRADES = 100  # public trades kept per instrument for a page that has just opened
+MAX_DAYS = 750  # candles kept per board (about three trading years)
 
 
 def board_key(instrument: str, segment: str = "main") -> str:
@@ -34,44 +25,16 @@ def board_key(instrument: str, segment: str = "main") -> str:
 
 
 class CandleStore:
-    def __init__(self, path: Path | None = None, max_days: int = MAX_DAYS):
-        self.path = path
+    def __init__(self, max_days: int = MAX_DAYS):
         self.max_days = max_days
         self.day = 0
-        # instrument -> {day: [open, high, low, close, volume, trades, first_ts]}
+        # board -> {day: [open, high, low, close, volume, trades, first_ts]}
         self.candles: dict[str, dict[int, list[int]]] = {}
-        # instrument -> the latest public trades since this process started (not persisted)
-        self.recent: dict[str, deque] = {}
-        self.dirty = False
-
-    # ------------------------------------------------------------------ persistence
-    def load(self) -> None:
-        if self.path is None or not self.path.exists():
-            return
-        try:
-            raw = json.loads(self.path.read_text())
-            self.candles = {sym: {int(d): [int(x) for x in c] for d, c in days.items()}
-                            for sym, days in raw.get("candles", {}).items()}
-        except (OSError, ValueError, TypeError, AttributeError) as exc:
-            log.warning("ignoring unreadable %s: %s", self.path, exc)
-            self.candles = {}
-
-    def save(self) -> None:
-        if self.path is None or not self.dirty:
-            return
-        tmp = self.path.with_suffix(".json.tmp")
-        try:
-            tmp.write_text(json.dumps({"version": 1, "candles": {
-                sym: {str(d): c for d, c in sorted(days.items())}
-                for sym, days in sorted(self.candles.items())}}))
-            os.replace(tmp, self.path)
-            self.dirty = False
-        except OSError as exc:
-            log.warning("could not write %s: %s", self.path, exc)
 
     # ------------------------------------------------------------------ feeding
     def seed(self, ex) -> None:
-        """Take the current day (and its statistics so far) from the core."""
+        """Take the current day (and its statistics so far) from the core: for a store that
+        did not see the day's trades (the history read model replays them instead)."""
         self.day = ex.day
         for (sym, seg), book in ex.books.items():
             key = board_key(sym, seg)
@@ -84,27 +47,22 @@ class CandleStore:
                                   days.get(self.day, [0] * 7)[6]]
             elif days is not None:
                 days.pop(self.day, None)
-        self.dirty = True
 
     def on_commit(self, cmd, events) -> None:
-        """Runner listener: called once per durable command, in sequence order."""
+        """Called once per durable command, in sequence order."""
         for ev in events:
             t = type(ev)
             if t is Trade:
                 self.add_trade(board_key(ev.instrument, ev.segment), ev.price, ev.qty,
-                               getattr(cmd, "ts", 0))
-                q = self.recent.get(ev.instrument)
-                if q is None:
-                    q = self.recent[ev.instrument] = deque(maxlen=RECENT_TRADES)
-                q.append(ev)
+                               ev.ts or getattr(cmd, "ts", 0))
             elif t is DayEnded:
                 self.day = ev.day
-                self.dirty = True
-                self.save()
 
     def add_trade(self, board: str, price: int, qty: int, ts: int = 0) -> None:
         """``board``: see :func:`board_key`."""
-        days = self.candles.setdefault(board, {})
+        days = self.candles.get(board)
+        if days is None:
+            days = self.candles[board] = {}
         c = days.get(self.day)
         if c is None:
             days[self.day] = [price, price, price, price, qty, 1, ts]
@@ -119,23 +77,17 @@ class CandleStore:
             c[3] = price
             c[4] += qty
             c[5] += 1
-        self.dirty = True
 
     # ------------------------------------------------------------------ reading
     def series(self, board: str, limit: int = 120) -> list[dict]:
-        """``board``: see :func:`board_key`."""
+        """The last ``limit`` days of ``board`` (see :func:`board_key`), oldest first: prices
+        as CNY strings, ``first_ts`` (the day's first trade) in ns for the HTTP layer to
+        present as ``first_at``."""
         days = self.candles.get(board, {})
         out = []
         for d in sorted(days)[-limit:]:
             o, h, lo, c, v, n, ts = days[d]
-            out.append({"day": d, "open": format_price(o), "high": format_price(h),
-                        "low": format_price(lo), "close": format_price(c), "volume": v,
-                        "trades": n, "closed": d < self.day, "first_ts": ts})
+            out.append({"day": d, "open": cny(o), "high": cny(h), "low": cny(lo),
+                        "close": cny(c), "volume": v, "trades": n, "closed": d < self.day,
+                        "first_ts": ts})
         return out
-
-    def recent_trades(self, instrument: str, limit: int = 50) -> list[dict]:
-        """The latest public trades, newest first, in the ``trades:<instrument>`` wire form."""
-        from ..server.protocol import wire_trade
-
-        q = self.recent.get(instrument) or ()
-        return [wire_trade(ev) for ev in list(q)[::-1][:limit]]

@@ -1,0 +1,281 @@
+"""Market history from the journal: public trades per board, each firm's executions, today's
+1-minute bars and the daily candles - the read model behind ``GET /api/v1/trades``,
+``GET /api/v1/firms/{firm_id}/executions``, ``GET /api/v1/market/bars/{instrument}`` and
+``GET /api/v1/market/candles/{instrument}`` (exchange/dashboard/history_api.py, api.py).
+
+It is fed by committed commands and their events, in sequence order, and by nothing else:
+
+* at start, :meth:`MarketHistory.rebuild` reads the journal's records from the first one and
+  applies them to a scratch core (a fresh :func:`~exchange.app.engine.build_exchange`, thrown
+  away afterwards), whose events feed the model. The server's own core may have started from
+  a snapshot, which skips every event before it; reading the records again is what brings
+  those trades back. The cost: a start replays the log a second time (about as long as a
+  recovery from genesis, docs/DASHBOARD.md "History"), and nothing is written beside the
+  journal - no side file to lose, go stale or disagree with it;
+* after that, the runner's committed-event listener (:meth:`on_commit`), the same path as the
+  websocket pushes: a command's trades are here once it is durable.
+
+Memory is bounded (docs/DASHBOARD.md "History"): the public trades of the last ``keep_days``
+trading days of each board, at most ``max_trades`` per board; the executions of the last
+``keep_days`` trading days of each firm, at most ``max_executions`` per firm; the 1-minute bars
+of the current trading day only (at most 1,440 per board); daily candles of the last 750 days
+(:mod:`.candles`). What is older is dropped at each end of day.
+
+Public trades name no firm (docs/PRIVACY.md): the rows kept for them hold no account at all.
+A firm's executions hold its own side, order and fee, never the counterparty.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import Callable, NamedTuple
+
+import orjson
+
+from ..core.events import DayEnded, Trade
+from .candles import CandleStore, board_key
+
+log = logging.getLogger("exchange.dashboard.history")
+
+KEEP_DAYS = 5  # trading days of public trades and of executions kept (today included)
+MAX_TRADES = 20_000  # public trades kept per board
+MAX_EXECUTIONS = 10_000  # executions kept per firm
+MINUTE_NS = 60 * 1_000_000_000
+
+
+class TradeRow(NamedTuple):
+    """A public trade: no account."""
+    trade_id: int
+    ts: int
+    day: int
+    instrument: str
+    segment: str
+    price: int
+    qty: int
+    aggressor: str
+
+
+class ExecRow(NamedTuple):
+    """One side of a trade, as its firm sees it."""
+    trade_id: int
+    ts: int
+    day: int
+    instrument: str
+    segment: str
+    side: str
+    order_id: int
+    price: int
+    qty: int
+    fee: int
+    liquidity: str  # "taker" (the incoming order) or "maker" (the resting one)
+    proceeds: int  # cash the fill moved to the firm (sell) or from it (buy), fee included
+
+
+def _newest_first(rows, before: int | None, t_from: int | None, t_to: int | None,
+                  limit: int, keep: Callable | None = None) -> list:
+    """Up to ``limit`` rows of ``rows`` (ascending trade ids and times), newest first, with
+    trade_id < ``before`` and ``t_from`` <= ts < ``t_to``."""
+    out = []
+    for r in reversed(rows):
+        if before is not None and r.trade_id >= before:
+            continue
+        if t_to is not None and r.ts >= t_to:
+            continue
+        if t_from is not None and r.ts < t_from:
+            break  # ascending times: everything further back is older still
+        if keep is not None and not keep(r):
+            continue
+        out.append(r)
+        if len(out) >= limit:
+            break
+    return out
+
+
+class MarketHistory:
+    def __init__(self, keep_days: int = KEEP_DAYS, max_trades: int = MAX_TRADES,
+                 max_executions: int = MAX_EXECUTIONS):
+        self.keep_days = keep_days
+        self.max_trades = max_trades
+        self.max_executions = max_executions
+        self.day = 0
+        self.last_seq = 0  # the last command fed (replayed or live)
+        self.trades: dict[tuple[str, str], deque[TradeRow]] = {}
+        self.executions: dict[str, deque[ExecRow]] = {}
+        # board -> {minute start ns: [open, high, low, close, volume, trades]}, today only
+        self.bars: dict[tuple[str, str], dict[int, list[int]]] = {}
+        self.candles = CandleStore()
+        self.rebuilt = False  # the journal's records have been read (or there is no journal)
+        self.rebuild_info: dict = {}
+        self._pending: list | None = None  # live commands that came in during the rebuild
+
+    # ------------------------------------------------------------------ feeding
+    def on_commit(self, cmd, events) -> None:
+        """Runner listener: called once per durable command, in sequence order. While the
+        journal is being read back (:meth:`rebuild`), live commands wait their turn."""
+        if self._pending is not None:
+            self._pending.append((cmd, events))
+            return
+        self.feed(cmd, events)
+
+    def feed(self, cmd, events) -> None:
+        seq = getattr(cmd, "seq", 0)
+        if seq and seq <= self.last_seq:
+            return  # already seen (read back from the journal and then heard live)
+        if seq:
+            self.last_seq = seq
+        self.candles.on_commit(cmd, events)
+        for ev in events:
+            t = type(ev)
+            if t is Trade:
+                self._trade(ev, ev.ts or getattr(cmd, "ts", 0))
+            elif t is DayEnded:
+                self._day_ended(ev.day)
+
+    def _trade(self, ev: Trade, ts: int) -> None:
+        board = (ev.instrument, ev.segment)
+        q = self.trades.get(board)
+        if q is None:
+            q = self.trades[board] = deque(maxlen=self.max_trades)
+        day = self.day
+        q.append(TradeRow(ev.trade_id, ts, day, ev.instrument, ev.segment, ev.price, ev.qty,
+                          ev.aggressor))
+        notional = ev.price * ev.qty
+        # what the seller's cash got: the notional less its fee, less what sub-quota parents
+        # were paid out of it (exchange/core/exchange.py, proceeds split)
+        paid_out = sum(a for f, a in ev.proceeds_split if f != ev.seller)
+        for firm, side, oid, fee, taker in (
+                (ev.buyer, "buy", ev.buy_order_id, ev.buyer_fee, ev.aggressor == "buy"),
+                (ev.seller, "sell", ev.sell_order_id, ev.seller_fee, ev.aggressor == "sell")):
+            x = self.executions.get(firm)
+            if x is None:
+                x = self.executions[firm] = deque(maxlen=self.max_executions)
+            proceeds = -(notional + fee) if side == "buy" else notional - fee - paid_out
+            x.append(ExecRow(ev.trade_id, ts, day, ev.instrument, ev.segment, side, oid,
+                             ev.price, ev.qty, fee, "taker" if taker else "maker", proceeds))
+        bars = self.bars.get(board)
+        if bars is None:
+            bars = self.bars[board] = {}
+        m = ts - ts % MINUTE_NS
+        b = bars.get(m)
+        p = ev.price
+        if b is None:
+            bars[m] = [p, p, p, p, ev.qty, 1]
+        else:
+            if p > b[1]:
+                b[1] = p
+            if p < b[2]:
+                b[2] = p
+            b[3] = p
+            b[4] += ev.qty
+            b[5] += 1
+
+    def _day_ended(self, day: int) -> None:
+        self.day = day
+        self.bars.clear()  # the intraday chart is today's
+        oldest = day - self.keep_days + 1
+        for qs in (self.trades, self.executions):
+            for k in list(qs):
+                q = qs[k]
+                while q and q[0].day < oldest:
+                    q.popleft()
+                if not q:
+                    del qs[k]
+
+    # ------------------------------------------------------------------ start
+    def attach(self, runner) -> None:
+        """Listen to ``runner``'s committed commands from now on; they wait while
+        :meth:`rebuild` runs."""
+        if self._pending is None and not self.rebuilt:
+            self._pending = []
+        runner.add_listener(self.on_commit)
+
+    async def rebuild(self, runner, new_core: Callable) -> dict:
+        """Read the journal of ``runner`` from its first record (see the module docstring)
+        into a scratch core made by ``new_core()``; then feed the live commands that came
+        in meanwhile. Without a journal (a server in memory) there is nothing to read: the
+        model starts empty and hears everything live."""
+        from ..core.exchange import SequenceError
+        from ..journal.codec import decode_payload
+
+        journal = getattr(runner, "journal", None)
+        info = {"records": 0, "trades": 0, "seconds": 0.0}
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        try:
+            if journal is not None:
+                scratch = new_core()
+                scratch.emit_book_updates = False  # depth changes: not history
+                apply, loads = scratch.apply, orjson.loads
+                # the log up to the seq the server's core had when we began listening: every
+                # later command is heard live (the listener skips what was read here)
+                target = runner.exchange.last_seq
+                while True:
+                    n0 = info["records"]
+                    async for rows in journal.read_rows(scratch.last_seq + 1, None):
+                        for seq, ts, payload, _h in rows:
+                            cmd = decode_payload(loads(payload), seq, ts)
+                            try:
+                                events = apply(cmd)
+                            except SequenceError:
+                                raise
+                            except Exception:  # the core raised live too: no events
+                                events = []
+                            info["trades"] += sum(1 for e in events if type(e) is Trade)
+                            self.feed(cmd, events)
+                            info["records"] += 1
+                    if scratch.last_seq >= target:
+                        break
+                    if info["records"] == n0:
+                        # a batch applied before we listened and not yet durable: wait
+                        await asyncio.sleep(0.01)
+        finally:
+            pending, self._pending = self._pending or [], None
+            for cmd, events in pending:
+                self.feed(cmd, events)
+            self.rebuilt = True
+        info["seconds"] = round(loop.time() - t0, 3)
+        self.rebuild_info = info
+        log.info("market history: %d journal records read back, %d trades (%.2f s)",
+                 info["records"], info["trades"], info["seconds"])
+        return info
+
+    # ------------------------------------------------------------------ reading
+    def boards(self, instrument: str | None = None) -> list[tuple[str, str]]:
+        return sorted(b for b in self.trades if instrument is None or b[0] == instrument)
+
+    def public_trades(self, instrument: str | None = None, segment: str | None = None, *,
+                      t_from: int | None = None, t_to: int | None = None,
+                      before: int | None = None, limit: int = 100) -> list[TradeRow]:
+        """Public trades, newest first: of one board, of every board of an instrument
+        (``segment`` None), or of every board (``instrument`` None)."""
+        if instrument is not None and segment is not None:
+            q = self.trades.get((instrument, segment))
+            return _newest_first(q, before, t_from, t_to, limit) if q else []
+        rows: list[TradeRow] = []
+        for b, q in self.trades.items():
+            if (instrument is None or b[0] == instrument) and (segment is None
+                                                               or b[1] == segment):
+                rows += _newest_first(q, before, t_from, t_to, limit)
+        rows.sort(key=lambda r: -r.trade_id)
+        return rows[:limit]
+
+    def firm_executions(self, firm_id: str, instrument: str | None = None, *,
+                        t_from: int | None = None, t_to: int | None = None,
+                        before: int | None = None, limit: int = 100) -> list[ExecRow]:
+        q = self.executions.get(firm_id)
+        if not q:
+            return []
+        keep = None if instrument is None else (lambda r: r.instrument == instrument)
+        return _newest_first(q, before, t_from, t_to, limit, keep)
+
+    def minute_bars(self, instrument: str, segment: str = "main") -> list[dict]:
+        """Today's 1-minute bars of one board, oldest first (fen, ns)."""
+        bars = self.bars.get((instrument, segment)) or {}
+        return [{"ts": m, "open_fen": b[0], "high_fen": b[1], "low_fen": b[2],
+                 "close_fen": b[3], "volume": b[4], "trades": b[5]}
+                for m, b in sorted(bars.items())]
+
+    def candle_series(self, instrument: str, segment: str = "main",
+                      limit: int = 120) -> list[dict]:
+        return self.candles.series(board_key(instrument, segment), limit)
