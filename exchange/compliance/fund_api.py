@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from ..core import errors as E
 from ..core.units import MAX_QTY, UnitError, percent_to_bps
-from ..present import cny
+from ..present import cny, present
 from ..server.api import ApiContext, CommandResult, Ident, Percent, Text, enum_param, \
     ident_param, int_param, route
 from ..server.credentials import ROLE_FIRM, ROLE_OPERATOR
@@ -249,13 +249,18 @@ async def statement(ctx: ApiContext, _b) -> dict:
     for e in st["inflows"]["entries"]:
         if e["source"] == "penalty":
             e["ref"] = ""
+    return statement_for_people(st)
+
+
+def statement_for_people(st: dict) -> dict:
+    """The fund statement (:func:`~.fund.fund_statement`, in the core's units) as
+    :class:`FundStatement` describes it: CNY strings, percent, ISO-8601 times."""
     # fen under keys without the suffix, which the suffix rules cannot see: converted here
-    inflows = st["inflows"]
+    inflows = dict(st["inflows"])
     inflows["by_source"] = {k: cny(v) for k, v in inflows["by_source"].items()}
-    for row in inflows["by_period"]:
-        for k in ("penalty", "auction", "budget"):
-            row[k] = cny(row[k])
-    return st
+    inflows["by_period"] = [{k: (cny(v) if k in ("penalty", "auction", "budget") else v)
+                             for k, v in row.items()} for row in inflows["by_period"]]
+    return present({**st, "inflows": inflows})
 
 
 @route("PUT", BASE + "/params", body=FundParamsBody, response=CommandResult, tag=TAG,
