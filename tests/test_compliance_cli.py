@@ -117,7 +117,7 @@ def test_firm_statement_shows_sub_quota_terms_and_grants(capsys):
                 "sub_quotas[0].surplus_rule,revert", "sub_quotas[0].shortfall_rule,parent",
                 "sub_quotas[0].settlement.reserved_left,200",
                 "sme_fund.applications[0].project,waste-heat recovery",
-                "sme_fund.received_fen,8000000"):
+                "sme_fund.received,80000.00"):
         assert row in rows, row
     # the command line (--demo: the same scripted period, without the settlement)
     assert main(["report", "firm", "SME1", "--period", "2026", "--demo"]) == 0

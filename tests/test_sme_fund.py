@@ -197,7 +197,7 @@ def test_worked_example_penalty_share_deposit_grants_limits_statement():
     assert st1["applications"][1]["reason"] == "over the limit per SME"
     assert "SME fund grant #1 disbursed: 80000.00 CNY" in R.statement_text(
         R.firm_statement(m.ex, "S1", 2026))
-    assert "sme_fund.received_fen,8000000" in R.statement_csv(R.firm_statement(m.ex, "S1", 2026))
+    assert "sme_fund.received,80000.00" in R.statement_csv(R.firm_statement(m.ex, "S1", 2026))
     # ---- the ledger, the journal
     m.ex.check_invariants()
     assert sum(a.cash for a in m.ex.accounts.values()) == 0
