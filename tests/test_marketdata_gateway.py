@@ -168,6 +168,8 @@ def test_same_seq_from_both_gateways_and_the_leader(cluster):
             for r in subs[:2]:
                 assert r["snapshot"]["book_seq"] <= book0
             trades0 = [(await c.subscribe(TRADES))["seq"] for c in cs[:2]]
+            for c in cs[:2]:
+                await c.subscribe(f"ticker:{I}")
             await _trade(leader.url, 5, "same")
             last_book = None
 
@@ -178,12 +180,14 @@ def test_same_seq_from_both_gateways_and_the_leader(cluster):
             last_book = lead_book[-1][1]
             books = [await _collect(c, BOOK, upto(last_book)) for c in cs[:2]]
             trades = [await _collect(c, TRADES, lambda ps: len(ps) >= 5) for c in cs[:2]]
-            return book0, trades0, lead_book, books, trades
+            await asyncio.sleep(0.3)
+            tickers = [c.drain(f"ticker:{I}") for c in cs[:2]]
+            return book0, trades0, lead_book, books, trades, tickers
         finally:
             for c in cs:
                 await c.close()
 
-    book0, trades0, lead_book, books, trades = asyncio.run(go())
+    book0, trades0, lead_book, books, trades, tickers = asyncio.run(go())
     # the same updates, the same seqs, the same bodies - on both gateways and the leader
     tail = [p for p in books[0] if p[1] > book0]
     assert tail == [p for p in books[1] if p[1] > book0]
@@ -195,6 +199,9 @@ def test_same_seq_from_both_gateways_and_the_leader(cluster):
     ids = [s for _c, s, _d in trades[0]]
     assert ids == [d["trade_id"] for _c, _s, d in trades[0]]
     assert ids == list(range(trades0[0] + 1, trades0[0] + 6))  # one instrument trading
+    # tickers: numbered by the journal seq of the command that changed them
+    assert tickers[0] and tickers[0] == tickers[1]
+    assert tickers[0][-1][2]["trades"] >= 5
 
 
 def test_an_order_through_a_gateway_reaches_the_leader(cluster):
@@ -292,3 +299,47 @@ def test_readyz_and_metrics(cluster):
     assert status == 200 and body["role"] == "market-data" and body["last_seq"] > 0
     assert re.search(r"^exchange_md_messages_out_total [1-9]", text, re.M)
     assert re.search(r"^exchange_md_forwarded_requests_total \d", text, re.M)
+
+
+def test_the_leader_flags_a_from_seq_subscribe_as_not_resumed(cluster):
+    leader = cluster["leader"]
+
+    async def go():
+        async with ExchangeClient(leader.url, "verifier-demo-key") as c:
+            plain = await c.subscribe(BOOK)
+            await c.unsubscribe(BOOK)
+            again = await c.subscribe(BOOK, from_seq=plain["seq"])
+            return plain, again
+
+    plain, again = asyncio.run(go())
+    assert "resumed" not in plain
+    assert again["resumed"] is False and again["snapshot"]["book_seq"] >= plain["seq"]
+
+
+def test_a_gateway_checks_keys_and_channels(cluster):
+    from exchange.client import ExchangeError
+    g1 = cluster["gateways"][1]
+
+    async def go():
+        codes = []
+        async with ExchangeClient(g1.url) as c:  # no key: nothing but auth and ping
+            assert (await c.ping())["pong"] is True
+            for call in (lambda: c.subscribe(BOOK),
+                         lambda: c.place_order(I, "buy", 1, "85.00"),
+                         lambda: c.request("auth", {"api_key": "not-a-key"})):
+                with pytest.raises(ExchangeError) as e:
+                    await call()
+                codes.append(e.value.code)
+        async with ExchangeClient(g1.url, "verifier-demo-key") as c:
+            for ch in ("book:NOPE:main", "ticker:CEA-2026@main", "trades:NOPE"):
+                with pytest.raises(ExchangeError) as e:
+                    await c.subscribe(ch)
+                codes.append(e.value.code)
+            with pytest.raises(ExchangeError) as e:
+                await c.request("subscribe", {"channel": BOOK, "from_seq": -1})
+            codes.append(e.value.code)
+        return codes
+
+    assert asyncio.run(go()) == ["NOT_AUTHENTICATED", "NOT_AUTHENTICATED", "AUTH_FAILED",
+                                 "UNKNOWN_CHANNEL", "UNKNOWN_CHANNEL", "UNKNOWN_CHANNEL",
+                                 "INVALID_PARAMS"]

@@ -70,8 +70,6 @@ DEFAULT_RING = 4096  # messages kept per channel for resuming subscribers
 DEFAULT_INTERVAL = 0.05  # seconds between follower steps
 WRITE_LIMIT = 4 << 20  # bytes buffered for one subscriber before it is a slow consumer
 PUBLIC = ("book", "trades", "ticker")
-# served here; everything else goes to the leader
-LOCAL_METHODS = frozenset(("auth", "ping", "subscribe", "unsubscribe"))
 MD_KEY = web.AppKey("market_data", object)
 
 _dumps = orjson.dumps
@@ -174,7 +172,7 @@ class MDSession:
     """One downstream websocket connection."""
 
     __slots__ = ("md", "ws", "transport", "cred", "api_key", "cod", "subs", "closed",
-                 "upstream", "up_channels", "peer")
+                 "upstream", "up_channels", "peer", "auth_failures")
 
     def __init__(self, md: "MarketData", ws, transport, peer: str):
         self.md = md
@@ -188,6 +186,7 @@ class MDSession:
         self.upstream: Upstream | None = None
         self.up_channels: set[str] = set()  # channels subscribed at the leader
         self.peer = peer
+        self.auth_failures = 0
 
     def write(self, data: bytes, n: int = 1) -> None:
         """Write framed messages; a subscriber that does not read is closed (4008)."""
@@ -564,6 +563,9 @@ class MarketData:
             raise ProtocolFailure(E.ALREADY_AUTHENTICATED, "this connection is authenticated")
         cred = self.ex.modules["credentials"].lookup(api_key)
         if cred is None:
+            s.auth_failures += 1
+            if s.auth_failures >= getattr(self.cfg, "max_auth_failures", 5):
+                s.kill(4001, f"{E.AUTH_FAILED}: {s.auth_failures} failed authentications")
             raise ProtocolFailure(E.AUTH_FAILED, "unknown or revoked API key")
         cap = getattr(self.cfg, "max_connections_per_key", 0) if self.cfg is not None else 0
         if cap and self.key_sessions.get(cred.key_id, 0) >= cap:
@@ -743,6 +745,8 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     tr = request.transport
     s = MDSession(md, ws, tr, request.remote or "")
     md.attach(s)
+    timer = asyncio.get_running_loop().call_later(
+        getattr(cfg, "auth_timeout_seconds", 10.0), _auth_timeout, s)
     if header_key is not None:
         try:
             md.authenticate(s, header_key,
@@ -767,8 +771,14 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             if s.closed:
                 break
     finally:
+        timer.cancel()
         md.detach(s)
     return ws
+
+
+def _auth_timeout(s: MDSession) -> None:
+    if s.cred is None and not s.closed:
+        s.kill(4001, f"{E.NOT_AUTHENTICATED}: no auth within the time limit")
 
 
 async def readyz(request: web.Request) -> web.Response:
