@@ -21,7 +21,7 @@ import logging
 import struct
 from array import array
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Iterable, Iterator, Self, Sequence
+from typing import Any, AsyncIterator, Iterable, Iterator, Protocol, Self, Sequence
 
 import orjson
 
@@ -30,10 +30,18 @@ from .codec import dict_payload, is_payload, payload_dict
 log = logging.getLogger("exchange.journal")
 
 #: a record as it is appended: ``(seq, ts, payload)``
-Record = tuple[int, int, "dict[str, Any] | bytes"]
-#: a row as a backend stores and reads it: ``(seq, ts, payload, hash)``; the payload and hash
-#: come back as whatever the driver gives for a blob (bytes, memoryview)
-StoredRow = Sequence[Any]
+Record = tuple[int, int, dict[str, Any] | bytes]
+
+
+class StoredRow(Protocol):
+    """A row as a backend stores and reads it: ``(seq, ts, payload, hash)`` (a snapshot's:
+    ``(seq, chain_hash, data_hash)``), a tuple or a driver's record; the blobs come back as
+    whatever the driver gives for one (bytes, memoryview)."""
+
+    def __getitem__(self, i: int, /) -> Any: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
 
 GENESIS_HASH = bytes(32)
 _ENVELOPE = struct.Struct(">Qq")
@@ -323,7 +331,7 @@ class Journal:
         raise NotImplementedError
 
     async def _read_rows(self, from_seq: int, limit: int, to_seq: int | None = None
-                         ) -> list[StoredRow]:
+                         ) -> Sequence[StoredRow]:
         """Up to ``limit`` stored rows ``(seq, ts, payload, hash)`` with seq >= from_seq
         (and <= to_seq), in seq order."""
         raise NotImplementedError
@@ -331,7 +339,7 @@ class Journal:
     async def _hash_at(self, seq: int) -> bytes | None:
         raise NotImplementedError
 
-    async def _snapshot_rows(self) -> list[StoredRow]:
+    async def _snapshot_rows(self) -> Sequence[StoredRow]:
         """``(seq, chain_hash, data_hash)`` for every stored snapshot, newest first."""
         raise NotImplementedError
 
@@ -361,7 +369,7 @@ class Journal:
         return h
 
     async def read_rows(self, from_seq: int = 1, to_seq: int | None = None,
-                        chunk: int = READ_CHUNK) -> AsyncIterator[list[StoredRow]]:
+                        chunk: int = READ_CHUNK) -> AsyncIterator[Sequence[StoredRow]]:
         """Verified stored rows ``(seq, ts, payload_bytes, hash)`` in chunks."""
         from_seq = max(from_seq, 1)
         end = self.last_seq if to_seq is None else min(to_seq, self.last_seq)

@@ -11,10 +11,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import zlib
+from typing import TYPE_CHECKING, Sequence
 
 from .base import (
-    Journal, JournalCorruptError, JournalError, chain_rows, log, tail_damage, tail_refusal,
+    Frames, Journal, JournalCorruptError, JournalError, Record, StoredRow, chain_rows, log,
+    tail_damage, tail_refusal,
 )
+
+if TYPE_CHECKING:
+    import asyncpg
 
 
 def _ident(name: str) -> str:
@@ -44,7 +49,7 @@ class PostgresJournal(Journal):
         s = _ident(schema)
         self._t = f"{s}.journal_commands"
         self._s = f"{s}.journal_snapshots"
-        self._con = None
+        self._con: asyncpg.Connection[asyncpg.Record] | None = None
         self._lock = asyncio.Lock()
 
     async def open(self) -> None:
@@ -73,7 +78,9 @@ class PostgresJournal(Journal):
             else:
                 await self._create()
             await self._drop_torn_tail()
-            n, lo, hi = await con.fetchrow(f"SELECT count(*), min(seq), max(seq) FROM {self._t}")
+            counts = await con.fetchrow(f"SELECT count(*), min(seq), max(seq) FROM {self._t}")
+            assert counts is not None  # an aggregate without GROUP BY: always one row
+            n, lo, hi = counts
             if n:
                 if lo != 1:
                     raise JournalCorruptError(1, f"record missing (log starts at seq {lo})")
@@ -91,7 +98,7 @@ class PostgresJournal(Journal):
             raise
 
     async def _create(self) -> None:
-        await self._con.execute(f"""
+        await self._need().execute(f"""
             CREATE SCHEMA IF NOT EXISTS {_ident(self.schema)};
             CREATE TABLE IF NOT EXISTS {self._t} (
                 seq bigint PRIMARY KEY, ts bigint NOT NULL,
@@ -105,7 +112,8 @@ class PostgresJournal(Journal):
         """As SQLite's: trim only an incomplete final write; refuse on anything else."""
         if not self.check_tail:
             return
-        rows = await self._con.fetch(
+        con = self._need()
+        rows = await con.fetch(
             f"SELECT seq, ts, payload, hash FROM {self._t} ORDER BY seq DESC LIMIT 3")
         found = tail_damage(rows)
         if found is None:
@@ -118,9 +126,9 @@ class PostgresJournal(Journal):
                                            "would truncate it")
         log.warning("journal %s: last record seq %d is torn (incomplete write); truncated",
                     self.target, seq)
-        async with self._con.transaction():
-            await self._con.execute(f"DELETE FROM {self._t} WHERE seq=$1", seq)
-            await self._con.execute(f"DELETE FROM {self._s} WHERE seq>=$1", seq)
+        async with con.transaction():
+            await con.execute(f"DELETE FROM {self._t} WHERE seq=$1", seq)
+            await con.execute(f"DELETE FROM {self._s} WHERE seq>=$1", seq)
         self.truncated.append(seq)
 
     async def _delete_from(self, seq: int) -> tuple[int, int]:
@@ -140,12 +148,12 @@ class PostgresJournal(Journal):
             con, self._con = self._con, None
             await con.close()
 
-    def _need(self):
+    def _need(self) -> asyncpg.Connection[asyncpg.Record]:
         if self._con is None:
             raise JournalError(f"journal {self.target} is not open")
         return self._con
 
-    async def _append_rows(self, records: list) -> tuple[int, bytes]:
+    async def _append_rows(self, records: Sequence[Record] | Frames) -> tuple[int, bytes]:
         con = self._need()
         rows = chain_rows(records, self.last_seq, self.last_hash)
         async with self._lock:
@@ -172,7 +180,8 @@ class PostgresJournal(Journal):
                         f"DELETE FROM {self._s} WHERE seq NOT IN (SELECT seq FROM {self._s} "
                         f"ORDER BY seq DESC LIMIT $1)", self.keep_snapshots)
 
-    async def _read_rows(self, from_seq: int, limit: int, to_seq: int | None = None) -> list:
+    async def _read_rows(self, from_seq: int, limit: int, to_seq: int | None = None
+                         ) -> Sequence[StoredRow]:
         con = self._need()
         async with self._lock:
             return await con.fetch(
@@ -186,7 +195,7 @@ class PostgresJournal(Journal):
             h = await con.fetchval(f"SELECT hash FROM {self._t} WHERE seq=$1", seq)
         return None if h is None else bytes(h)
 
-    async def _snapshot_rows(self) -> list:
+    async def _snapshot_rows(self) -> Sequence[StoredRow]:
         con = self._need()
         async with self._lock:
             return await con.fetch(

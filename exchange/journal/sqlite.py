@@ -20,11 +20,16 @@ import struct
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from typing import IO, Any, Callable, Sequence, TypeVar
 
 from .base import (
-    Frames, Journal, JournalCorruptError, JournalError, chain_rows, log, tail_damage,
-    tail_refusal, widen_pipe,
+    Frames, Journal, JournalCorruptError, JournalError, Record, StoredRow, chain_rows, log,
+    tail_damage, tail_refusal, widen_pipe,
 )
+
+_T = TypeVar("_T")
+#: what goes down the writer's pipe: a header, Frames' buffers, a snapshot
+_Chunk = bytes | bytearray | memoryview
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS journal (
@@ -47,7 +52,7 @@ CREATE TABLE IF NOT EXISTS meta (
 FORMAT_VERSION = "1"
 
 
-def _write_all(f, data: bytes) -> None:
+def _write_all(f: IO[bytes], data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[f.write(view):]
@@ -78,19 +83,20 @@ class _WriterLink:
     is widened to 1 MiB where the kernel allows, so a batch usually goes in one ``writev``.
     One request at a time (the journal's lock)."""
 
-    def __init__(self, proc, path: str):
+    def __init__(self, proc: subprocess.Popen[bytes], path: str) -> None:
         self.proc = proc
         self.path = path
         self.loop = asyncio.get_running_loop()
-        self.wfd = proc.stdin.fileno()
-        self.rfd = proc.stdout.fileno()
+        stdin, stdout = _pipes(proc)
+        self.wfd = stdin.fileno()
+        self.rfd = stdout.fileno()
         os.set_blocking(self.wfd, False)
         os.set_blocking(self.rfd, False)
         widen_pipe(self.wfd)
         self._in = bytearray()
-        self._msgs: collections.deque = collections.deque()
-        self._waiter: asyncio.Future | None = None
-        self._out: list = []  # memoryviews still to write
+        self._msgs: collections.deque[tuple[int, bytes]] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._out: list[memoryview] = []  # memoryviews still to write
         self._error: JournalError | None = None
         self._attached = True
         self.loop.add_reader(self.rfd, self._readable)
@@ -172,7 +178,7 @@ class _WriterLink:
             raise JournalError(f"journal writer: {msg.decode(errors='replace')}")
         return msg
 
-    async def request(self, head: bytes, *parts) -> bytes:
+    async def request(self, head: bytes, *parts: _Chunk) -> bytes:
         if self._error is not None:
             raise self._error
         self._out = [memoryview(x).cast("B") for x in (head, *parts) if len(x)]
@@ -193,6 +199,13 @@ class _WriterLink:
                 os.set_blocking(fd, True)
             except OSError:
                 pass
+
+
+def _pipes(proc: subprocess.Popen[bytes]) -> tuple[IO[bytes], IO[bytes]]:
+    """The writer process's stdin and stdout (it is started with both as pipes)."""
+    if proc.stdin is None or proc.stdout is None:
+        raise JournalError("journal writer process started without its pipes")
+    return proc.stdin, proc.stdout
 
 
 def private_files(path: str) -> None:
@@ -272,7 +285,7 @@ class SQLiteJournal(Journal):
         self.writer = writer or os.environ.get("JOURNAL_WRITER", "process")
         if self.writer not in ("process", "thread"):
             raise ValueError(f"writer must be 'process' or 'thread', not {self.writer!r}")
-        self._proc = None
+        self._proc: subprocess.Popen[bytes] | None = None
         self._link: _WriterLink | None = None
         self.path = path
         self.repair_tail = repair_tail and not readonly
@@ -285,7 +298,7 @@ class SQLiteJournal(Journal):
         self._lock = asyncio.Lock()
 
     # ---------------------------------------------------------------- thread plumbing
-    async def _call(self, fn, *args):
+    async def _call(self, fn: Callable[..., _T], *args: Any) -> _T:
         if self._pool is None:
             raise JournalError(f"journal {self.path} is not open")
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
@@ -301,12 +314,13 @@ class SQLiteJournal(Journal):
                 await self._start_writer()
         except BaseException:
             if self._proc is not None:
-                self._link.detach()
+                if self._link is not None:
+                    self._link.detach()
                 if self._proc.poll() is None:
                     self._proc.kill()
                 self._proc.wait()
-                self._proc.stdin.close()
-                self._proc.stdout.close()
+                for f in _pipes(self._proc):
+                    f.close()
                 self._proc = None
             if self._con is not None or self._lock_fd is not None:
                 await self._call(self._close_sync)
@@ -335,9 +349,18 @@ class SQLiteJournal(Journal):
             raise JournalError(f"journal writer for {self.path} sees a different end of the "
                                f"log (seq {_LAST.unpack_from(hello)[0]}, not {self.last_seq})")
 
-    async def _send(self, kind: bytes, *parts) -> bytes:
+    async def _send(self, kind: bytes, *parts: _Chunk) -> bytes:
         n = sum(memoryview(x).nbytes for x in parts)
+        if self._link is None:
+            raise JournalError(f"journal {self.path}: no writer process")
         return await self._link.request(_HEAD.pack(kind[0], n), *parts)
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        """The open database connection."""
+        if self._con is None:
+            raise JournalError(f"journal {self.path} is not open")
+        return self._con
 
     def _open_sync(self) -> None:
         if self.readonly and not os.path.exists(self.path):
@@ -378,7 +401,7 @@ class SQLiteJournal(Journal):
         trimmed with a warning; any other damage refuses the open, changing nothing."""
         if not self.check_tail:
             return
-        con = self._con
+        con = self._db
         rows = con.execute(
             "SELECT seq, ts, payload, hash FROM journal ORDER BY seq DESC LIMIT 3").fetchall()
         found = tail_damage(rows)
@@ -399,8 +422,8 @@ class SQLiteJournal(Journal):
         self.truncated.append(seq)
 
     async def _delete_from(self, seq: int) -> tuple[int, int]:
-        def run():
-            con = self._con
+        def run() -> tuple[int, int]:
+            con = self._db
             con.execute("BEGIN IMMEDIATE")
             try:
                 n = con.execute("DELETE FROM journal WHERE seq>=?", (seq,)).rowcount
@@ -416,7 +439,7 @@ class SQLiteJournal(Journal):
 
     def _first_gap(self) -> int:
         prev = 0
-        for (s,) in self._con.execute("SELECT seq FROM journal ORDER BY seq"):
+        for (s,) in self._db.execute("SELECT seq FROM journal ORDER BY seq"):
             if s != prev + 1:
                 return prev + 1
             prev = s
@@ -427,7 +450,8 @@ class SQLiteJournal(Journal):
             return
         if self._proc is not None:
             proc = self._proc
-            self._link.detach()
+            if self._link is not None:
+                self._link.detach()
             try:
                 async with self._lock:
                     await self._call(self._quit_sync)
@@ -444,13 +468,16 @@ class SQLiteJournal(Journal):
 
     def _quit_sync(self) -> None:
         proc = self._proc
+        if proc is None:
+            return
+        stdin, stdout = _pipes(proc)
         try:
             if proc.poll() is None:
-                _write_all(proc.stdin, _HEAD.pack(ord("Q"), 0))
-                proc.stdin.close()
+                _write_all(stdin, _HEAD.pack(ord("Q"), 0))
+                stdin.close()
                 proc.wait(30)
         finally:
-            for f in (proc.stdin, proc.stdout):
+            for f in (stdin, stdout):
                 try:
                     f.close()
                 except OSError:
@@ -466,7 +493,7 @@ class SQLiteJournal(Journal):
             self._lock_fd = None
 
     # ---------------------------------------------------------------- writes
-    async def _append_rows(self, records) -> tuple[int, bytes]:
+    async def _append_rows(self, records: Sequence[Record] | Frames) -> tuple[int, bytes]:
         """Process mode: send the batch's Frames to the writer process and wait for its
         reply (chained, INSERTed, COMMITted). Thread mode: chain and INSERT on the calling
         (event-loop) thread - CPU work that holds the GIL wherever it runs, and the INSERT
@@ -476,16 +503,16 @@ class SQLiteJournal(Journal):
         if self._pool is None:
             raise JournalError(f"journal {self.path} is not open")
         if self._proc is not None:
-            records = Frames.of(records)
-            if records.first_seq != self.last_seq + 1:
-                raise JournalError(f"append out of sequence: got seq {records.first_seq}, "
+            frames = Frames.of(records)
+            if frames.first_seq != self.last_seq + 1:
+                raise JournalError(f"append out of sequence: got seq {frames.first_seq}, "
                                    f"expected {self.last_seq + 1}")
             async with self._lock:
-                resp = await self._send(b"A", *records.wire())
+                resp = await self._send(b"A", *frames.wire())
             return _LAST.unpack_from(resp)[0], resp[8:40]
         async with self._lock:
             rows = chain_rows(records, self.last_seq, self.last_hash)
-            con = self._con
+            con = self._db
             con.execute("BEGIN IMMEDIATE")
             try:
                 # multi-row INSERTs in power-of-two chunks (a fixed set of cached statements)
@@ -500,6 +527,13 @@ class SQLiteJournal(Journal):
                 raise
         return rows[-1][0], rows[-1][3]
 
+    def _rollback(self) -> None:
+        """End the append's transaction when its INSERTs or COMMIT failed (or the append
+        was cancelled), so the connection is left as it was."""
+        con = self._con
+        if con is not None and con.in_transaction:
+            con.execute("ROLLBACK")
+
     async def write_snapshot(self, seq: int, data: bytes) -> None:
         if self._proc is not None:
             async with self._lock:
@@ -509,7 +543,7 @@ class SQLiteJournal(Journal):
             await self._call(self._snapshot_sync, seq, bytes(data))
 
     def _snapshot_sync(self, seq: int, data: bytes) -> None:
-        con = self._con
+        con = self._db
         row = con.execute("SELECT hash FROM journal WHERE seq=?", (seq,)).fetchone()
         if row is None:
             raise JournalError(f"snapshot at seq {seq}: no such record in the log")
@@ -528,14 +562,16 @@ class SQLiteJournal(Journal):
             raise
 
     # ---------------------------------------------------------------- reads
-    async def _read_rows(self, from_seq: int, limit: int, to_seq: int | None = None) -> list:
+    async def _read_rows(self, from_seq: int, limit: int, to_seq: int | None = None
+                         ) -> Sequence[StoredRow]:
         async with self._lock:
             return await self._call(self._read_sync, from_seq, limit, to_seq)
 
-    def _read_sync(self, from_seq: int, limit: int, to_seq: int | None) -> list:
+    def _read_sync(self, from_seq: int, limit: int, to_seq: int | None
+                   ) -> list[tuple[int, int, bytes, bytes]]:
         if to_seq is None:
             to_seq = 1 << 62
-        return self._con.execute(
+        return self._db.execute(
             "SELECT seq, ts, payload, hash FROM journal WHERE seq >= ? AND seq <= ? "
             "ORDER BY seq LIMIT ?", (from_seq, to_seq, limit)).fetchall()
 
@@ -544,18 +580,19 @@ class SQLiteJournal(Journal):
             return await self._call(self._hash_sync, seq)
 
     def _hash_sync(self, seq: int) -> bytes | None:
-        row = self._con.execute("SELECT hash FROM journal WHERE seq=?", (seq,)).fetchone()
+        row = self._db.execute("SELECT hash FROM journal WHERE seq=?", (seq,)).fetchone()
         return None if row is None else bytes(row[0])
 
-    async def _snapshot_rows(self) -> list:
-        return await self._call(lambda: self._con.execute(
+    async def _snapshot_rows(self) -> Sequence[StoredRow]:
+        rows: list[tuple[int, bytes, bytes]] = await self._call(lambda: self._db.execute(
             "SELECT seq, chain_hash, data_hash FROM snapshots ORDER BY seq DESC").fetchall())
+        return rows
 
     async def _snapshot_data(self, seq: int) -> bytes | None:
-        row = await self._call(lambda: self._con.execute(
+        row = await self._call(lambda: self._db.execute(
             "SELECT data FROM snapshots WHERE seq=?", (seq,)).fetchone())
         return None if row is None else bytes(row[0])
 
     async def snapshot_seqs(self) -> list[int]:
-        return await self._call(lambda: [r[0] for r in self._con.execute(
+        return await self._call(lambda: [r[0] for r in self._db.execute(
             "SELECT seq FROM snapshots ORDER BY seq")])
