@@ -6,13 +6,16 @@ instead builds the demo market in process and runs one scripted compliance perio
 (:func:`exchange.compliance.scenario.demo_period`), so the reports can be seen without a server.
 
 Output: ``--format text`` (default), ``json`` or ``csv``. The figures are the pure functions of
-:mod:`exchange.compliance.reports`, the same the admin API serves.
+:mod:`exchange.compliance.reports`, the same the admin API serves, in the same units for people
+(CNY strings, percent, ISO-8601 times: :mod:`exchange.present`).
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import sys
+
+from ..present import present
 
 from . import reports as R
 
@@ -46,9 +49,9 @@ def load_exchange(args):
     return asyncio.run(_load_from_journal(args.journal, args.config))
 
 
-def _out(args, data: dict, csv_fn, text_fn) -> None:
+def _out(args, data: dict, csv_fn, text_fn, json_fn) -> None:
     if args.format == "json":
-        print(json.dumps(data, indent=1, sort_keys=True))
+        print(json.dumps(json_fn(data), indent=1, sort_keys=True))
     elif args.format == "csv":
         sys.stdout.write(csv_fn(data))
     else:
@@ -62,7 +65,7 @@ def _firm(args) -> int:
     except KeyError as e:
         print(f"error: {e.args[0]}", file=sys.stderr)
         return 2
-    _out(args, st, R.statement_csv, R.statement_text)
+    _out(args, st, R.statement_csv, R.statement_text, R.statement_for_people)
     return 0
 
 
@@ -73,7 +76,7 @@ def _summary(args) -> int:
     except KeyError as e:
         print(f"error: {e.args[0]}", file=sys.stderr)
         return 2
-    _out(args, sm, R.summary_csv, R.summary_text)
+    _out(args, sm, R.summary_csv, R.summary_text, present)
     return 0
 
 
@@ -107,7 +110,7 @@ def _what_if(args) -> int:
                   f"{f['offsets_surrendered']:>6} (over {f['surrendered_over']})  held "
                   f"{f['offsets_held']:>6} (over {f['holdings_over']})")
     else:
-        print(json.dumps(wi, indent=1, sort_keys=True))
+        print(json.dumps(present(wi), indent=1, sort_keys=True))
     return 0
 
 
