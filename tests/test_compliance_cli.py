@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 
 from exchange.cli import main
+from exchange.present import present
 from exchange.compliance import reports as R
 from exchange.compliance.scenario import demo_period
 from exchange.engine import build_exchange
@@ -35,22 +37,24 @@ def test_reports_from_the_journal_equal_the_live_state(tmp_path, capsys):
     assert main(["report", "compliance", "--period", "2026", "--journal", path,
                  "--format", "json"]) == 0
     got = json.loads(capsys.readouterr().out)
-    want = json.loads(json.dumps(R.compliance_summary(ex, 2026)))
+    want = json.loads(json.dumps(present(R.compliance_summary(ex, 2026))))
     assert got == want
     assert got["counts"] == {"compliant": 3, "non_compliant": 2}
     # STEEL1: 122,900 t, 118,180 surrendered; 50,000.00 + 4,720 x 85.37 x 3 CNY
     steel = {r["firm_id"]: r for r in got["firms"]}["STEEL1"]
-    assert (steel["shortfall"], steel["penalty_fen"]) == (4_720, 125_883_920)
+    assert (steel["shortfall"], steel["penalty"]) == (4_720, "1258839.20")
     assert main(["report", "firm", "STEEL1", "--period", "2026", "--journal", path,
                  "--format", "csv"]) == 0
     out = capsys.readouterr().out
-    assert "settlement.penalty,125883920" in out and "settlement.status,non_compliant" in out
+    assert "settlement.penalty,1258839.20" in out and "settlement.status,non_compliant" in out
     assert main(["report", "firm", "STEEL1", "--period", "2026", "--journal", path]) == 0
     assert "status: non_compliant" in capsys.readouterr().out
     assert main(["report", "what-if", "--period", "2026", "--journal", path,
                  "--cap-pct", "1", "--format", "json"]) == 0
     wi = json.loads(capsys.readouterr().out)
     assert wi["firms_exceeding"] == ["POWER1", "STEEL1"]
+    assert (wi["proposed_cap_pct"], wi["current_cap_pct"]) == ("1.00", "5.00")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?\+08:00", wi["as_of_at"])
     assert main(["report", "firm", "NOPE", "--period", "2026", "--journal", path]) == 2
 
 
