@@ -261,11 +261,20 @@ def present(value: Any) -> Any:
 
 # ------------------------------------------------------------------------- core events
 
-# the fields of the core's events that are fen (every other int is tonnes, a count or an id)
+# the fields of events that are fen without saying so (every other int is tonnes, a count or
+# an id; the suffix rules take the rest)
 _EVENT_FEN = {
     "execution_report": ("price", "last_px", "fee"),
     "trade": ("price", "buyer_fee", "seller_fee"),
     "market_state": ("reference_price",),
+    # the modules' events (compliance, SME fund, rules)
+    "compliance_settled": ("penalty", "penalty_paid"),
+    "compliance_deadline_processed": ("average_price",),
+    "sme_fund_configured": ("sme_period_limit", "period_limit"),
+    "sme_fund_inflow": ("amount", "gross", "balance"),
+    "grant_applied": ("amount",),
+    "grant_disbursed": ("amount", "fund_balance", "sme_period_total", "period_total"),
+    "gain_shared": ("amount", "price"),
 }
 
 
