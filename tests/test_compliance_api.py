@@ -166,16 +166,19 @@ async def test_compliance_period_through_the_served_api(tmp_path):
         assert wi["firms_exceeding"] == ["POWER1", "STEEL1"]
         await ok(srv, "PUT", cap, {"cap_pct": "1", "sub_caps_pct": {"PHCER": "0.5"}})
         c = await ok(srv, "GET", cap, key=STEEL)
-        assert c["cap_bps"] == 100 and [h["cap_bps"] for h in c["history"]] == [500, 100]
+        assert c["cap_pct"] == "1.00" and [h["cap_pct"] for h in c["history"]] == ["5.00",
+                                                                                   "1.00"]
+        assert c["sub_caps_pct"] == {"PHCER": "0.50"}
         await refused(srv, "POST", sur, {"period": 2026, "instrument": "PHCER-2026", "qty": 1},
                       STEEL, 400, "OFFSET_CAP_EXCEEDED")
         # a change scheduled ahead, by date: 2027's cap becomes 8 % from 1 March 2027
         await ok(srv, "PUT", "/compliance/periods/2027/cap", {"cap_pct": "8",
                                                               "effective": "2027-03-01"})
         c27 = await ok(srv, "GET", "/compliance/periods/2027/cap")
-        assert c27["cap_bps"] == 500  # not yet in effect
-        assert [(h["effective_ts"], h["cap_bps"]) for h in c27["history"]][1] == (
-            1_803_859_200_000_000_000, 800)
+        assert c27["cap_pct"] == "5.00"  # not yet in effect
+        # 2027-03-01 00:00 UTC (1,803,859,200 s), shown in the market's zone
+        assert [(h["effective_at"], h["cap_pct"]) for h in c27["history"]][1] == (
+            "2027-03-01T08:00:00+08:00", "8.00")
         # ---- deadline ------------------------------------------------------------------------
         await refused(srv, "POST", "/compliance/periods/2026/deadline", {}, OPERATOR, 400,
                       "DEADLINE_NOT_REACHED")
@@ -185,13 +188,13 @@ async def test_compliance_period_through_the_served_api(tmp_path):
         d = await ok(srv, "POST", "/compliance/periods/2026/deadline", {})
         done = d["events"][-1]
         assert (done["compliant"], done["late"], done["non_compliant"]) == (2, 1, 2)
-        assert done["average_price"] == 8_540
+        assert done["average_price"] == "85.40"
         # ---- statements -----------------------------------------------------------------------
         st = await ok(srv, "GET", "/compliance/statements/CEMENT1/2026", key=CEMENT)
         # 50,000.00 CNY + 558 t x 85.40 x 3 = 50,000.00 + 142,959.60
         assert st["status"] == "non_compliant"
         assert st["settlement"]["shortfall"] == 558
-        assert st["settlement"]["penalty"] == 19_295_960 == st["settlement"]["penalty_paid"]
+        assert st["settlement"]["penalty"] == "192959.60" == st["settlement"]["penalty_paid"]
         assert st["next_period_allocation"]["deduction"] == 558
         assert st["trades"][0]["bought"] == 1_000
         await refused(srv, "GET", "/compliance/statements/POWER1/2026", None, CEMENT, 403,
@@ -200,17 +203,17 @@ async def test_compliance_period_through_the_served_api(tmp_path):
         # 2,000 t sub-quota surrendered for it, 400 t short; 50,000.00 + 400 x 85.40 x 3
         # = 152,480.00 CNY of which its 150,000.00 CNY cash pays 150,000.00
         assert sme2["surrendered"]["total"] == 2_000
-        assert sme2["settlement"]["penalty"] == 15_248_000
-        assert sme2["settlement"]["penalty_outstanding"] == 248_000
+        assert sme2["settlement"]["penalty"] == "152480.00"
+        assert sme2["settlement"]["penalty_outstanding"] == "2480.00"
         steel = await ok(srv, "GET", "/compliance/statements/STEEL1/2026")
-        assert steel["status"] == "late" and steel["settlement"]["penalty"] == 1_000_000
-        assert [(x["qty"], x["cap_bps_in_effect"]) for x in steel["surrenders"]] == [
-            (50, 500), (2_691, 100)]
+        assert steel["status"] == "late" and steel["settlement"]["penalty"] == "10000.00"
+        assert [(x["qty"], x["cap_in_effect_pct"]) for x in steel["surrenders"]] == [
+            (50, "5.00"), (2_691, "1.00")]
         status, ctype, text = await call(srv, "GET",
                                          "/compliance/statements/CEMENT1/2026?format=csv",
                                          key=OPERATOR, raw=True)
         assert status == 200 and ctype.startswith("text/csv")
-        assert "settlement.penalty,19295960" in text
+        assert "settlement.penalty,192959.60" in text
         status, ctype, text = await call(srv, "GET", "/compliance/periods/2026/summary?format=csv",
                                          raw=True)
         rows = [line.split(",") for line in text.strip().splitlines()]
