@@ -41,9 +41,9 @@ async def test_sme_fund_through_the_served_api(tmp_path):
         # ---- the public statement: no key needed; the genesis configured the fund -----------
         sm = await ok(srv, "GET", F, key=None)
         FundStatement.model_validate(sm)
-        assert sm["configured"] and sm["balance_fen"] == 0
-        assert (sm["params"]["penalty_to_fund_bps"], sm["params"]["sme_period_limit_fen"],
-                sm["params"]["period_limit_fen"]) == (3_000, 20_000_000, 100_000_000)
+        assert sm["configured"] and sm["balance"] == "0.00"
+        assert (sm["params"]["penalty_to_fund_pct"], sm["params"]["sme_period_limit"],
+                sm["params"]["period_limit"]) == ("30.00", "200000.00", "1000000.00")
         # ---- the OpenAPI document describes the endpoints and their models -----------------
         doc = await ok(srv, "GET", "/openapi.json", key=None)
         get = doc["paths"]["/api/v1" + F]["get"]
@@ -62,7 +62,8 @@ async def test_sme_fund_through_the_served_api(tmp_path):
             assert "post" in doc["paths"]["/api/v1" + F + "/applications/{application_id}" + path]
         schemas = doc["components"]["schemas"]
         assert {"FundStatement", "GrantApplication", "FundParams"} <= set(schemas)
-        assert "balance_fen" in schemas["FundStatement"]["properties"]
+        assert "balance" in schemas["FundStatement"]["properties"]
+        assert "balance_fen" not in schemas["FundStatement"]["properties"]
         # ---- the regulator's budget ----------------------------------------------------------
         await refused(srv, "POST", F + "/deposits", {"amount": "1.00"}, SME1, 403, "FORBIDDEN")
         await refused(srv, "POST", F + "/deposits", {"amount": "1.001"}, OPERATOR, 422,
@@ -162,22 +163,23 @@ async def test_sme_fund_through_the_served_api(tmp_path):
         sm = await ok(srv, "GET", F + "?period=2026", key=None)
         FundStatement.model_validate(sm)
         # 100,000 + 500,000 + 1,205,187 in; 80,000 out
-        assert sm["inflows"]["by_source"] == {"penalty": 120_518_700, "auction": 0,
-                                              "budget": 60_000_000}
+        assert sm["inflows"]["by_source"] == {"penalty": "1205187.00", "auction": "0.00",
+                                              "budget": "600000.00"}
         assert sm["grants"]["by_sme"][0]["sme"] == "SME1"
         assert sm["grants"]["paid"][0]["project"] == "waste-heat recovery"
-        assert sm["balance_fen"] == 180_518_700 - 8_000_000 == ex.accounts[FUND_ACCOUNT].cash
+        # 1,805,187.00 in less 80,000.00 out
+        assert sm["balance"] == "1725187.00" and ex.accounts[FUND_ACCOUNT].cash == 172_518_700
         assert sm["balance_check"]["ok"]
         assert sm["applications"] == {"pending": 0, "approved": 1, "rejected": 1,
                                       "disbursed": 1}
         await refused(srv, "GET", F + "?period=x", None, None, 422, "INVALID_PARAMS")
         # ---- the firm statements ------------------------------------------------------------
         st1 = await ok(srv, "GET", "/compliance/statements/SME1/2026", key=SME1)
-        assert st1["sme_fund"]["received_fen"] == 8_000_000
+        assert st1["sme_fund"]["received"] == "80000.00"
         assert [a["project"] for a in st1["sme_fund"]["applications"]] == [
             "waste-heat recovery", "heat pump"]
         stc = await ok(srv, "GET", "/compliance/statements/CEMENT1/2026", key=CEMENT)
-        assert stc["sme_fund"]["penalty_to_fund_fen"] == 120_518_700
+        assert stc["sme_fund"]["penalty_to_fund"] == "1205187.00"
         ex.check_invariants()
         want = business_hash(ex)
     finally:
@@ -188,7 +190,7 @@ async def test_sme_fund_through_the_served_api(tmp_path):
         # (the server journals a snapshot marker on stop: the envelope moves on, nothing else)
         assert business_hash(srv.st.exchange) == want
         sm2 = await ok(srv, "GET", F + "?period=2026", key=None)
-        assert (sm2["balance_fen"], sm2["grants"]["total_fen"]) == (172_518_700, 8_000_000)
+        assert (sm2["balance"], sm2["grants"]["total"]) == ("1725187.00", "80000.00")
         status, _ = await call(srv, "GET", F + "/applications", key=None)
         assert status == 401
     finally:
