@@ -73,7 +73,7 @@ async def test_sme_fund_through_the_served_api(tmp_path):
         d = await ok(srv, "POST", F + "/deposits", {"amount": "100000.00", "period": 2026,
                                                     "ref": "MEE budget 2026"})
         assert [e["type"] for e in d["events"]] == ["posting", "sme_fund_inflow"]
-        assert d["events"][1]["balance"] == 10_000_000
+        assert d["events"][1]["balance"] == "100000.00"
         # ---- an SME applies for itself; a large firm may not; nobody for someone else -------
         app = {"period": 2026, "amount": "80000.00", "project": "waste-heat recovery",
                "verified_abatement_t": 120}
@@ -102,7 +102,7 @@ async def test_sme_fund_through_the_served_api(tmp_path):
         r = await ok(srv, "POST", F + "/applications/1/disburse", {})
         assert [e["type"] for e in r["events"]] == ["posting", "grant_disbursed"]
         assert ex.accounts["SME1"].cash == cash0 + 8_000_000
-        assert r["events"][1]["fund_balance"] == 2_000_000  # 100,000.00 - 80,000.00
+        assert r["events"][1]["fund_balance"] == "20000.00"  # 100,000.00 - 80,000.00
         # ---- the fund's balance, then the limit per SME and period (200,000.00) -------------
         await ok(srv, "POST", F + "/applications", {**app, "amount": "150000.00",
                                                     "project": "heat pump"}, SME1)
@@ -132,7 +132,7 @@ async def test_sme_fund_through_the_served_api(tmp_path):
         await refused(srv, "PUT", F + "/params", {**params, "penalty_to_fund_pct": "x"},
                       OPERATOR, 422, "INVALID_PARAMS")
         r = await ok(srv, "PUT", F + "/params", params)
-        assert r["events"][0]["period_limit"] == 10_000_000
+        assert r["events"][0]["period_limit"] == "100000.00"
         await ok(srv, "POST", F + "/applications/3/approve", {})
         await refused(srv, "POST", F + "/applications/3/disburse", {}, OPERATOR, 400,
                       "GRANT_PERIOD_LIMIT_EXCEEDED")  # 80,000 + 30,000 > 100,000
@@ -156,8 +156,8 @@ async def test_sme_fund_through_the_served_api(tmp_path):
         # no trade: the average price is CEA-2026's reference, 85.00; 50,000.00 + 15,558 t x
         # 85.00 x 3 = 4,017,290.00 CNY, paid in full; 30 % = 1,205,187.00 to the fund
         inflow = next(e for e in d["events"] if e["type"] == "sme_fund_inflow")
-        assert (inflow["gross"], inflow["amount"], inflow["ref"]) == (401_729_000, 120_518_700,
-                                                                      "CEMENT1")
+        assert (inflow["gross"], inflow["amount"], inflow["ref"]) == ("4017290.00",
+                                                                      "1205187.00", "CEMENT1")
         assert ex.accounts["@bank"].cash - bank0 == 401_729_000 - 120_518_700
         # ---- the public statement ---------------------------------------------------------------
         sm = await ok(srv, "GET", F + "?period=2026", key=None)
