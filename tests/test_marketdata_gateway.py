@@ -167,7 +167,7 @@ def test_same_seq_from_both_gateways_and_the_leader(cluster):
             # every subscriber starts from the same book state, whichever node it asked
             for r in subs[:2]:
                 assert r["snapshot"]["book_seq"] <= book0
-            trades0 = [(await c.subscribe(TRADES))["seq"] for c in cs[:2]]
+            trades0 = [(await c.subscribe(TRADES))["seq"] for c in cs]
             for c in cs[:2]:
                 await c.subscribe(f"ticker:{I}")
             await _trade(leader.url, 5, "same")
@@ -179,7 +179,7 @@ def test_same_seq_from_both_gateways_and_the_leader(cluster):
             lead_book = await _collect(cs[2], BOOK, lambda ps: len(ps) >= 10)
             last_book = lead_book[-1][1]
             books = [await _collect(c, BOOK, upto(last_book)) for c in cs[:2]]
-            trades = [await _collect(c, TRADES, lambda ps: len(ps) >= 5) for c in cs[:2]]
+            trades = [await _collect(c, TRADES, lambda ps: len(ps) >= 5) for c in cs]
             await asyncio.sleep(0.3)
             tickers = [c.drain(f"ticker:{I}") for c in cs[:2]]
             return book0, trades0, lead_book, books, trades, tickers
@@ -195,7 +195,8 @@ def test_same_seq_from_both_gateways_and_the_leader(cluster):
     # gap-free and in order
     seqs = [s for _c, s, _d in tail]
     assert seqs == list(range(book0 + 1, book0 + 1 + len(seqs)))
-    assert trades[0] == trades[1]
+    assert trades0[0] == trades0[1] == trades0[2]
+    assert trades[0] == trades[1] == trades[2]  # the leader numbers trades alike
     ids = [s for _c, s, _d in trades[0]]
     assert ids == [d["trade_id"] for _c, _s, d in trades[0]]
     assert ids == list(range(trades0[0] + 1, trades0[0] + 6))  # one instrument trading
