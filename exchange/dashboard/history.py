@@ -42,6 +42,7 @@ KEEP_DAYS = 5  # trading days of public trades and of executions kept (today inc
 MAX_TRADES = 20_000  # public trades kept per board
 MAX_EXECUTIONS = 10_000  # executions kept per firm
 MINUTE_NS = 60 * 1_000_000_000
+REBUILD_WAIT_S = 10.0  # how long a start waits for commands applied before it listened
 
 
 class TradeRow(NamedTuple):
@@ -210,6 +211,7 @@ class MarketHistory:
                 # the log up to the seq the server's core had when we began listening: every
                 # later command is heard live (the listener skips what was read here)
                 target = runner.exchange.last_seq
+                idle_since = None
                 while True:
                     n0 = info["records"]
                     async for rows in journal.read_rows(scratch.last_seq + 1, None):
@@ -226,8 +228,17 @@ class MarketHistory:
                             info["records"] += 1
                     if scratch.last_seq >= target:
                         break
-                    if info["records"] == n0:
-                        # a batch applied before we listened and not yet durable: wait
+                    if info["records"] != n0:
+                        idle_since = None
+                    else:
+                        # a batch applied before we listened and not yet durable: wait for
+                        # it, but not for a journal that will not take it any more
+                        idle_since = idle_since or loop.time()
+                        if loop.time() - idle_since > REBUILD_WAIT_S:
+                            log.warning("market history: journal ends at seq %d, the core "
+                                        "is at %d; history may miss the rest",
+                                        scratch.last_seq, target)
+                            break
                         await asyncio.sleep(0.01)
         finally:
             pending, self._pending = self._pending or [], None

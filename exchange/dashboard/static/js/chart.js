@@ -1,12 +1,21 @@
-// Daily OHLC candlestick chart on a <canvas>, with volume bars. No library.
+// OHLC candlestick chart on a <canvas>, with volume bars. No library. One class for both
+// charts of the market view: daily candles (``kind: "daily"``, one per trading day) and
+// today's 1-minute bars (``kind: "intraday"``, one per minute with a trade).
 const C = {
   bg: "#0b1220", grid: "#1c2636", axis: "#7d8aa3", up: "#22c55e", down: "#ef4444",
   vol: "rgba(125,138,163,0.28)", ref: "#eab308", text: "#c7d0e0",
 };
 
+/** Minute number of an ISO-8601 time or of ns since the epoch (the key of a 1-minute bar). */
+export function minuteOf(at, ts) {
+  const ms = at ? Date.parse(at) : ts ? Number(BigInt(ts) / 1000000n) : NaN;
+  return Number.isFinite(ms) ? Math.floor(ms / 60000) : null;
+}
+
 export class CandleChart {
-  constructor(canvas) {
+  constructor(canvas, { kind = "daily" } = {}) {
     this.canvas = canvas;
+    this.kind = kind;
     this.candles = [];
     this.ref = null;
     this.hover = null;
@@ -15,19 +24,31 @@ export class CandleChart {
     canvas.addEventListener("mouseleave", () => { this.hover = null; this.draw(); });
   }
 
-  /** candles: [{day, open, high, low, close, volume}], prices as decimal strings */
+  /** The key of a candle: its trading day, or its minute (intraday). */
+  keyOf(c) { return this.kind === "intraday" ? minuteOf(c.at) : c.day; }
+
+  /** A candle's label under the axis: "D3", or the minute "09:31" in the market's zone. */
+  labelOf(c) {
+    if (this.kind !== "intraday") return `D${c.day}`;
+    return c.at ? c.at.slice(11, 16) : "";
+  }
+
+  /** candles: [{day | at, open, high, low, close, volume}], prices as decimal strings */
   set(candles, ref) {
-    this.candles = candles.map((c) => ({ ...c, o: +c.open, h: +c.high, l: +c.low, c: +c.close }));
+    this.candles = candles.map((c) => ({ ...c, k: this.keyOf(c), o: +c.open, h: +c.high, l: +c.low, c: +c.close }));
     this.ref = ref ? +ref : null;
     this.draw();
   }
 
-  /** A trade of the current day: update (or open) the last candle. */
-  trade(day, price, qty) {
+  /** A live trade: update (or open) the last candle, keyed by ``key`` (the day, or the
+   * minute of ``minuteOf``); ``at``: the trade's time, for a new intraday bar's label. */
+  trade(key, price, qty, at) {
     const p = +price;
     let last = this.candles[this.candles.length - 1];
-    if (!last || last.day !== day) {
-      last = { day, open: price, high: price, low: price, close: price, volume: 0, o: p, h: p, l: p, c: p };
+    if (!last || last.k !== key) {
+      last = { k: key, open: price, high: price, low: price, close: price, volume: 0, o: p, h: p, l: p, c: p };
+      if (this.kind === "intraday") last.at = at || new Date(key * 60000).toISOString();
+      else last.day = key;
       this.candles.push(last);
     }
     if (p > last.h) { last.h = p; last.high = price; }
@@ -48,19 +69,27 @@ export class CandleChart {
     g.setTransform(dpr, 0, 0, dpr, 0, 0);
     g.fillStyle = C.bg; g.fillRect(0, 0, W, H);
     g.font = "11px ui-monospace, SFMono-Regular, Menlo, Consolas, monospace";
-    const cs = this.candles.slice(-90);
+    const cs = this.candles.slice(this.kind === "intraday" ? -240 : -90);  // a session / ~4 months
     const padL = 8, padR = 58, padT = 12, padB = 22;
     const volH = Math.max(24, (H - padT - padB) * 0.18);
     const priceH = H - padT - padB - volH - 6;
     if (!cs.length) {
       g.fillStyle = C.axis; g.textAlign = "center";
-      g.fillText(this.ref ? `No trades yet · reference price ${this.ref.toFixed(2)}` : "No trades yet", W / 2, H / 2);
+      const none = this.kind === "intraday" ? "No trades today" : "No trades yet";
+      g.fillText(this.ref ? `${none} · reference price ${this.ref.toFixed(2)}` : none, W / 2, H / 2);
+      cv.dataset.candles = "0";
+      delete cv.dataset.last;
       return;
     }
     let lo = Math.min(...cs.map((c) => c.l)), hi = Math.max(...cs.map((c) => c.h));
     if (this.ref) { lo = Math.min(lo, this.ref); hi = Math.max(hi, this.ref); }
-    if (hi - lo < 0.02) { hi += 0.5; lo -= 0.5; }
-    const pad = (hi - lo) * 0.08; hi += pad; lo -= pad;
+    // a flat range (a new market's first candle, one price all day): 1 % of the price either
+    // side, never below zero, so the candle sits mid-chart on a readable axis
+    if (hi - lo < 0.02) {
+      const mid = (hi + lo) / 2, d = Math.max(0.05, mid * 0.01);
+      hi = mid + d; lo = Math.max(0, mid - d);
+    }
+    const pad = (hi - lo) * 0.08; hi += pad; lo = Math.max(0, lo - pad);
     const y = (p) => padT + (hi - p) / (hi - lo) * priceH;
     const plotW = W - padL - padR;
     // latest day at the right edge; a short history keeps readable candle widths
@@ -90,12 +119,13 @@ export class CandleChart {
       g.strokeStyle = col; g.fillStyle = col;
       g.beginPath(); g.moveTo(Math.round(xx) + 0.5, y(c.h)); g.lineTo(Math.round(xx) + 0.5, y(c.l)); g.stroke();
       const top = y(Math.max(c.o, c.c)), bot = y(Math.min(c.o, c.c));
-      g.fillRect(xx - bw / 2, top, bw, Math.max(1, bot - top));
+      // open = close (a doji, a single trade): a 2-px bar, visible
+      g.fillRect(xx - bw / 2, bot - top < 2 ? top - 1 : top, bw, Math.max(2, bot - top));
     });
-    // day labels
+    // day / minute labels
     g.fillStyle = C.axis; g.textAlign = "center";
     const every = Math.ceil(cs.length / 8);
-    cs.forEach((c, i) => { if (i % every === 0) g.fillText(`D${c.day}`, x(i), H - 6); });
+    cs.forEach((c, i) => { if (i % every === 0) g.fillText(this.labelOf(c), x(i), H - 6); });
     // hover read-out
     let idx = cs.length - 1;
     if (this.hover !== null) {
@@ -106,6 +136,11 @@ export class CandleChart {
     }
     const c = cs[idx];
     g.textAlign = "left"; g.fillStyle = C.text;
-    g.fillText(`D${c.day}  O ${c.open}  H ${c.high}  L ${c.low}  C ${c.close}  V ${c.volume.toLocaleString("en-US")} t`, padL + 4, padT + 4);
+    g.fillText(`${this.labelOf(c)}  O ${c.open}  H ${c.high}  L ${c.low}  C ${c.close}  V ${c.volume.toLocaleString("en-US")} t`, padL + 4, padT + 4);
+    // what is drawn, for the page's tests and for screen readers
+    cv.dataset.candles = String(cs.length);
+    cv.dataset.axis = `${lo.toFixed(2)}-${hi.toFixed(2)}`;
+    cv.dataset.last = c.close;
+    cv.setAttribute("aria-label", `${this.kind === "intraday" ? "1-minute bars" : "daily candles"}: ${cs.length}, last close ${c.close}`);
   }
 }

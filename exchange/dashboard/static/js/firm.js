@@ -1,9 +1,11 @@
 // Firm view: a firm's balances, open orders and executions; place and cancel orders.
-// Everything goes through the websocket with the firm's own API key.
+// Orders go through the websocket with the firm's own API key; the executions panel is the
+// firm's blotter, GET /firms/{id}/executions (journal-backed: it survives a server restart),
+// reloaded on each fill the websocket reports.
 import { $, el, setRows, qty, money, px, nsToTime, showError, clearMsg, toast, ApiError } from "./util.js";
 import { WsClient } from "./wsclient.js";
 import { HttpApi, publicApi } from "./api.js";
-import { cny, grantRows, renderLots } from "./sme.js";
+import { cny, grantRows, lotSummary, renderLots } from "./sme.js";
 import { categoryCell } from "./emissions.js";
 import { FirmCredits } from "./registry.js";
 
@@ -17,7 +19,7 @@ export class FirmView {
     this.client = null;
     this.firm = null;
     this.orders = new Map(); // order_id -> order
-    this.execs = [];
+    this.execs = []; // the blotter: fills, newest first (GET /firms/{id}/executions)
     this.coidSeq = 0;
     this.placedTif = new Map(); // client_order_id -> tif of orders placed from this page
     this.credits = new FirmCredits(() => (this.http ? { http: this.http, firm: this.firm } : null));
@@ -110,9 +112,31 @@ export class FirmView {
     this.renderQuote();
     this.renderExecs();
     this.http = new HttpApi(key);
+    this.loadExecutions();
     this.loadCompliance();
     this.loadSme();
     this.credits.load();
+  }
+
+  /** The firm's blotter from the server's history (the last trading days, newest first). */
+  async loadExecutions() {
+    const firm = this.firm;
+    if (!firm || !this.http) return;
+    try {
+      const r = await this.http.get(`/firms/${encodeURIComponent(firm)}/executions?limit=200`);
+      if (firm !== this.firm) return;
+      this.execs = r.executions;
+      $("#executions-meta").textContent = `fills of the last ${r.keep_days} trading days, newest first`;
+    } catch (e) {
+      $("#executions-meta").textContent = `executions unavailable — ${e.text || e.message}`;
+    }
+    this.renderExecs();
+  }
+
+  /** A fill was reported: reload the blotter once the burst is over. */
+  scheduleExecutions() {
+    clearTimeout(this.execTimer);
+    this.execTimer = setTimeout(() => this.loadExecutions(), 200);
   }
 
   /** Holdings moved (a surrender, an allocation, a trade): refresh compliance, at most every 5 s. */
@@ -140,6 +164,7 @@ export class FirmView {
       recvBox.hidden = false;
       splitBox.hidden = true;
       renderLots($("#firm-sq-received"), [], "received", `Sub-quotas unavailable — ${e.text || e.message}`);
+      $("#firm-sq-summary").replaceChildren();
     }
     if (firm !== this.firm) return; // signed out or switched firm meanwhile
     const isSme = sq ? sq.size_class === "sme" : false;
@@ -149,6 +174,8 @@ export class FirmView {
       recvBox.hidden = !(isSme || sq.received.length);
       splitBox.hidden = !(!isSme || sq.split_out.length);
       renderLots($("#firm-sq-received"), sq.received, "received", "No sub-quotas received");
+      $("#firm-sq-summary").replaceChildren(...sq.received.map((q) =>
+        el("li", { dataset: { lot: q.lot_id }, text: lotSummary(q) })));
       renderLots($("#firm-sq-split"), sq.split_out, "split_out", "No sub-quotas split out");
       const out = sq.split_out.reduce((n, q) => n + q.granted, 0);
       const got = sq.received.reduce((n, q) => n + q.granted, 0);
@@ -194,7 +221,22 @@ export class FirmView {
       const f = await this.http.get(`/rules/factors/${enc}`);
       const n = (f.history || []).length;
       const [i, d = ""] = String(f.phi).split(".");
-      $("#firm-phi").textContent = `allocation factor φ ${i}.${d.padEnd(4, "0")}${n ? ` · ${n} change(s)` : " · initial"}`;
+      const phi = $("#firm-phi");
+      if (n) {
+        phi.textContent = `allocation factor φ ${i}.${d.padEnd(4, "0").slice(0, 4)} · ${n} change(s)`;
+        phi.dataset.assessed = "true";
+      } else {
+        // never assessed: a covered firm has the configured initial φ until its first
+        // assessment; a firm whose product has no benchmark is not assessed at all, and a
+        // default φ shown for it would read as a finding
+        const [me, bm] = await Promise.all([this.http.get(`/firms/${enc}`), this.http.get("/rules/benchmarks")]);
+        if (firm !== this.firm) return;
+        const covered = me.product && Object.prototype.hasOwnProperty.call(bm, me.product);
+        phi.textContent = covered
+          ? `allocation factor φ ${i}.${d.padEnd(4, "0").slice(0, 4)} · initial`
+          : `allocation factor not assessed · no benchmark for ${me.product || "its product"}`;
+        phi.dataset.assessed = "false";
+      }
     } catch (e) {
       $("#firm-phi").textContent = `allocation factor unavailable — ${e.text || e.message}`;
     }
@@ -263,8 +305,7 @@ export class FirmView {
   }
 
   onExec(er) {
-    this.execs.unshift(er);
-    if (this.execs.length > 200) this.execs.length = 200;
+    if (er.exec_type === "trade") this.scheduleExecutions();
     if (LIVE.has(er.order_status) && er.leaves_qty > 0) {
       const o = this.orders.get(er.order_id) || {};
       this.orders.set(er.order_id, {
@@ -382,16 +423,17 @@ export class FirmView {
   }
 
   renderExecs() {
-    const rows = this.execs.map((e) => el("tr", {},
-      el("td", { text: nsToTime(e.ts) }), el("td", { class: "mono", text: String(e.order_id) }),
+    const rows = this.execs.map((e) => el("tr", { dataset: { tradeId: e.trade_id, orderId: e.order_id } },
+      el("td", { text: e.at ? `${e.at.slice(0, 10)} ${e.at.slice(11, 19)}` : nsToTime(e.ts) }),
+      el("td", { class: "mono", text: String(e.trade_id) }),
+      el("td", { class: "mono", text: String(e.order_id) }),
       el("td", { text: `${e.instrument} · ${e.segment}` }),
       el("td", { class: e.side === "buy" ? "bid" : "ask", text: e.side.toUpperCase() }),
-      el("td", { text: e.exec_type }), el("td", { text: e.order_status.replace("_", " ") }),
-      el("td", { class: "num", text: e.last_qty ? qty(e.last_qty) : "" }),
-      el("td", { class: "num", text: e.last_px || "" }),
-      el("td", { class: "num", text: qty(e.cum_qty) }), el("td", { class: "num", text: qty(e.leaves_qty) }),
-      el("td", { class: "num", text: e.fee && e.fee !== "0.00" ? e.fee : "" }),
-      el("td", { class: "muted", text: e.reason || "" })));
-    setRows($("#executions tbody"), rows, "No executions yet", 12);
+      el("td", { class: "muted", text: e.liquidity }),
+      el("td", { class: "num", text: qty(e.qty) }),
+      el("td", { class: "num", text: e.price }),
+      el("td", { class: "num", text: e.fee && e.fee !== "0.00" ? money(e.fee) : "" }),
+      el("td", { class: `num ${String(e.proceeds).startsWith("-") ? "neg" : "pos"}`, text: money(e.proceeds) })));
+    setRows($("#executions tbody"), rows, "No executions yet", 10);
   }
 }

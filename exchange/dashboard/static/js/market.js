@@ -1,11 +1,19 @@
-// Market view: instruments and segments, live L2 depth, recent trades, tickers, daily OHLC.
+// Market view: instruments and their boards (segments), live L2 depth, recent trades, tickers,
+// daily OHLC and today's 1-minute bars - each of them per board: the selected board's ticker,
+// candles and trades, never a mix of main, sme and chain:<id>.
 import { $, el, setRows, qty, px, nsToTime, toFen, fenToStr, showError, toast, errorText } from "./util.js";
 import { publicApi } from "./api.js";
 import { WsClient } from "./wsclient.js";
-import { CandleChart } from "./chart.js";
+import { CandleChart, minuteOf } from "./chart.js";
 
 const DEPTH_LEVELS = 12;
 const TRADES_KEPT = 60;
+
+/** A board's key, as the ticker channels name it: the instrument for main, else "SYM@seg". */
+export const boardKey = (sym, seg) => (!seg || seg === "main" ? sym : `${sym}@${seg}`);
+
+/** A trade's time of day in the market's zone: from its ISO-8601 "at", else its ns "ts". */
+const timeOf = (t) => (t.at ? t.at.slice(11, 19) : nsToTime(t.ts));
 
 export class MarketView {
   constructor({ keys, setConn }) {
@@ -14,11 +22,12 @@ export class MarketView {
     this.instruments = []; // from /api/v1/instruments
     this.sel = { instrument: null, segment: "main" };
     this.books = new Map(); // "SYM:seg" -> LocalBook
-    this.trades = new Map(); // SYM -> [trade, ...] newest first
-    this.tickers = new Map(); // SYM -> ticker
-    this.days = new Map(); // SYM -> current trading day (from the candle endpoint)
+    this.trades = new Map(); // board key -> [trade, ...] newest first
+    this.tickers = new Map(); // board key -> ticker
+    this.days = new Map(); // board key -> current trading day (from the candle endpoint)
     this.client = null;
     this.chart = new CandleChart($("#chart"));
+    this.intraday = new CandleChart($("#chart-intraday"), { kind: "intraday" });
     this.listeners = new Set(); // other views that want instrument / ticker updates
   }
 
@@ -53,6 +62,8 @@ export class MarketView {
       for (let k = 0; k < ra.length; k++) if (ra[k] !== rb[k]) return ra[k] < rb[k] ? -1 : 1;
       return 0;
     });
+    // the instrument list carries the main board's statistics; the other boards' come with
+    // their ticker channels
     for (const t of r.instruments) if (!this.tickers.has(t.instrument)) this.tickers.set(t.instrument, t);
     if (!this.sel.instrument && this.instruments.length) this.sel.instrument = this.instruments[0].instrument;
     this.renderChips();
@@ -98,10 +109,11 @@ export class MarketView {
     const subs = [];
     for (const ins of this.instruments) {
       const sym = ins.instrument;
-      subs.push(c.subscribe(`ticker:${sym}`, (data) => this.onTicker(data),
-        (r) => { if (r.snapshot) this.onTicker(r.snapshot); }));
       subs.push(c.subscribe(`trades:${sym}`, (data) => this.onTrade(data)));
       for (const seg of ins.segments) {
+        // one ticker per board: ticker:SYM is the main board's, ticker:SYM@seg another's
+        subs.push(c.subscribe(`ticker:${boardKey(sym, seg)}`, (data) => this.onTicker(data, seg),
+          (r) => { if (r.snapshot) this.onTicker(r.snapshot, seg); }));
         subs.push(c.subscribeBook(sym, seg, (book) => this.onBook(book)));
       }
     }
@@ -110,20 +122,22 @@ export class MarketView {
     await this.loadRecentTrades();
   }
 
-  /** Trades from before this page subscribed (the server keeps the latest per instrument). */
+  /** The selected board's trades from before this page subscribed: GET /trades, the
+   * journal-backed history (it survives a server restart), merged with the live ones. */
   async loadRecentTrades() {
-    await Promise.all(this.instruments.map(async (ins) => {
-      const sym = ins.instrument;
-      try {
-        const r = await publicApi.get(`/market/trades/${encodeURIComponent(sym)}?limit=${TRADES_KEPT}`);
-        const byId = new Map((this.trades.get(sym) || []).map((t) => [t.trade_id, t]));
-        for (const t of r.trades) if (!byId.has(t.trade_id)) byId.set(t.trade_id, t);
-        this.trades.set(sym, [...byId.values()].sort((a, b) => b.trade_id - a.trade_id).slice(0, TRADES_KEPT));
-      } catch (e) {
-        showError(null, e, `Recent trades of ${sym}`);
-      }
-    }));
-    this.renderTrades();
+    const { instrument: sym, segment: seg } = this.sel;
+    if (!sym) return;
+    const key = boardKey(sym, seg);
+    try {
+      const q = new URLSearchParams({ instrument: sym, segment: seg, limit: String(TRADES_KEPT) });
+      const r = await publicApi.get(`/trades?${q}`);
+      const byId = new Map((this.trades.get(key) || []).map((t) => [t.trade_id, t]));
+      for (const t of r.trades) if (!byId.has(t.trade_id)) byId.set(t.trade_id, t);
+      this.trades.set(key, [...byId.values()].sort((a, b) => b.trade_id - a.trade_id).slice(0, TRADES_KEPT));
+    } catch (e) {
+      showError(null, e, `Recent trades of ${sym} · ${seg}`);
+    }
+    if (key === boardKey(this.sel.instrument, this.sel.segment)) this.renderTrades();
   }
 
   onBook(book) {
@@ -149,12 +163,16 @@ export class MarketView {
     });
   }
 
-  onTicker(t) {
-    const prev = this.tickers.get(t.instrument);
-    this.tickers.set(t.instrument, t);
-    // a new trading day (end of day resets the day's statistics): reload the candles
-    if (prev && t.instrument === this.sel.instrument && (t.trades ?? 0) < (prev.trades ?? 0)) this.refreshCandles();
-    if (t.instrument === this.sel.instrument) this.renderTicker();
+  /** A board's ticker (``seg``: the board it was subscribed for, when the push omits it). */
+  onTicker(t, seg) {
+    const key = boardKey(t.instrument, t.segment || seg);
+    const prev = this.tickers.get(key);
+    this.tickers.set(key, t);
+    const selected = key === boardKey(this.sel.instrument, this.sel.segment);
+    // a new trading day (end of day resets the day's statistics): reload the charts
+    if (prev && selected && (t.trades ?? 0) < (prev.trades ?? 0)) this.refreshCandles();
+    if (selected) this.renderTicker();
+    if (key !== t.instrument) return; // the rest reads the main boards (market state, chips)
     this.renderMarketState();
     for (const fn of this.listeners) fn("ticker", t);
   }
@@ -168,14 +186,18 @@ export class MarketView {
   }
 
   onTrade(tr) {
-    const list = this.trades.get(tr.instrument) || [];
+    const key = boardKey(tr.instrument, tr.segment);
+    const list = this.trades.get(key) || [];
+    if (list.some((t) => t.trade_id === tr.trade_id)) return;
     list.unshift(tr);
     if (list.length > TRADES_KEPT) list.length = TRADES_KEPT;
-    this.trades.set(tr.instrument, list);
-    if (tr.instrument === this.sel.instrument) {
+    this.trades.set(key, list);
+    if (key === boardKey(this.sel.instrument, this.sel.segment)) {
       this.renderTrades(tr.trade_id);
-      const day = this.days.get(tr.instrument);
+      const day = this.days.get(key);
       if (day !== undefined) this.chart.trade(day, tr.price, tr.qty);
+      const m = minuteOf(tr.at, tr.ts);
+      if (m !== null) this.intraday.trade(m, tr.price, tr.qty, tr.at && `${tr.at.slice(0, 16)}:00${tr.at.slice(19).replace(/^\.\d+/, "")}`);
     }
   }
 
@@ -188,20 +210,35 @@ export class MarketView {
     this.renderTrades();
     this.renderOverview();
     this.refreshCandles();
+    this.loadRecentTrades();
   }
 
+  /** The selected board's daily candles and today's 1-minute bars. */
   async refreshCandles() {
-    const sym = this.sel.instrument;
+    const { instrument: sym, segment: seg } = this.sel;
     if (!sym) return;
+    const key = boardKey(sym, seg);
+    const enc = encodeURIComponent(sym), q = `segment=${encodeURIComponent(seg)}`;
+    const still = () => key === boardKey(this.sel.instrument, this.sel.segment);
     try {
-      const r = await publicApi.get(`/market/candles/${encodeURIComponent(sym)}?limit=90`);
-      this.days.set(sym, r.day);
-      if (sym === this.sel.instrument) {
-        this.chart.set(r.candles, r.reference_price);
-        $("#chart-meta").textContent = `${sym} · all segments · trading day ${r.day}`;
+      const r = await publicApi.get(`/market/candles/${enc}?limit=90&${q}`);
+      this.days.set(key, r.day);
+      if (still()) {
+        // only the main board sets the reference price: the line is drawn on its chart only
+        this.chart.set(r.candles, seg === "main" ? r.reference_price : null);
+        $("#chart-meta").textContent = `${sym} · ${seg} board · trading day ${r.day}`;
       }
     } catch (e) {
-      $("#chart-meta").textContent = `chart unavailable — ${errorText(e)}`;
+      if (still()) $("#chart-meta").textContent = `chart unavailable — ${errorText(e)}`;
+    }
+    try {
+      const r = await publicApi.get(`/market/bars/${enc}?${q}`);
+      if (still()) {
+        this.intraday.set(r.bars, null);
+        $("#chart-intraday-meta").textContent = `${sym} · ${seg} board · today, 1-minute bars`;
+      }
+    } catch (e) {
+      if (still()) $("#chart-intraday-meta").textContent = `bars unavailable — ${errorText(e)}`;
     }
   }
 
@@ -225,8 +262,9 @@ export class MarketView {
   }
 
   renderTicker() {
-    const t = this.tickers.get(this.sel.instrument);
-    if (!t) return;
+    const key = boardKey(this.sel.instrument, this.sel.segment);
+    $("#ticker").dataset.board = key;
+    const t = this.tickers.get(key) || { instrument: this.sel.instrument, segment: this.sel.segment };
     $("#tk-last").textContent = px(t.last);
     const chg = $("#tk-chg");
     const last = toFen(t.last), ref = toFen(t.reference_price);
@@ -283,14 +321,15 @@ export class MarketView {
   }
 
   renderTrades(newId) {
-    const list = (this.trades.get(this.sel.instrument) || []);
-    const rows = list.map((t) => el("tr", { class: t.trade_id === newId ? "flash" : "" },
-      el("td", { text: nsToTime(t.ts) }),
+    const key = boardKey(this.sel.instrument, this.sel.segment);
+    const list = (this.trades.get(key) || []);
+    const rows = list.map((t) => el("tr", { class: t.trade_id === newId ? "flash" : "", dataset: { tradeId: t.trade_id } },
+      el("td", { text: timeOf(t) }),
       el("td", { text: t.segment }),
       el("td", { class: `num ${t.aggressor === "buy" ? "bid" : "ask"}`, text: t.price }),
       el("td", { class: "num", text: qty(t.qty) })));
     setRows($("#trades-body"), rows, "No recent trades", 4);
-    $("#trades-meta").textContent = this.sel.instrument || "";
+    $("#trades-meta").textContent = this.sel.instrument ? `${this.sel.instrument} · ${this.sel.segment} board` : "";
   }
 
   renderOverview() {

@@ -12,6 +12,14 @@ export function ppmPct(ppm) {
   return `${Math.floor(ppm / 10000)}${frac ? "." + frac : ""} %`;
 }
 
+/** A lot's revenue share (the SME's part) in ppm: from "revenue_share" as the API writes it
+ * for people ("0.7"), else from the integer "revenue_share_ppm". */
+export function sharePpm(q) {
+  if (q.revenue_share_ppm !== undefined && q.revenue_share_ppm !== null) return q.revenue_share_ppm;
+  const [i, f = ""] = String(q.revenue_share).split(".");
+  return parseInt(i, 10) * 1000000 + parseInt((f + "000000").slice(0, 6), 10);
+}
+
 const SURPLUS = { revert: "reverts to parent", bank: "banked by SME" };
 const SURPLUS_TITLE = {
   revert: "at the period's end the lot's free rest goes back to the core firm",
@@ -39,6 +47,29 @@ function periodEnd(lot) {
 }
 
 /**
+ * An SME's lot in one sentence: the grant, the parent firm, the revenue-share terms and what
+ * reverts at the period's end (or what did, once the period is settled).
+ */
+export function lotSummary(q) {
+  const share = sharePpm(q);
+  const per = q.period === null || q.period === undefined ? "the period" : String(q.period);
+  const head = `Lot #${q.lot_id}: ${qty(q.granted)} t of ${q.instrument} granted by ${q.parent}`
+    + (q.period === null || q.period === undefined ? "" : ` for ${per}`);
+  const terms = `you keep ${ppmPct(share)} of each sale's net proceeds, ${q.parent} gets ${ppmPct(1000000 - share)}`;
+  let end;
+  if (q.settlement) {
+    end = q.settlement.action === "revert"
+      ? `at the end of ${per} ${qty(q.settlement.surplus)} t reverted to ${q.parent}`
+      : `at the end of ${per} ${qty(q.settlement.surplus)} t stayed with you (banked)`;
+  } else if (q.surplus_rule === "revert") {
+    end = `at the end of ${per} what is left unsold and unsurrendered (${qty(q.held)} t now) reverts to ${q.parent}`;
+  } else {
+    end = `at the end of ${per} what is left (${qty(q.held)} t now) stays with you (banked); nothing reverts`;
+  }
+  return `${head} · ${terms} · ${end}.`;
+}
+
+/**
  * One row per lot. ``side``: "received" (an SME's view: the parent it came from),
  * "split_out" (a core firm's: the SME it went to) or "all" (the operator's: both).
  */
@@ -47,7 +78,7 @@ export function lotRows(lots, side) {
     const who = side === "received" ? [el("td", { class: "strong", text: q.parent })]
       : side === "split_out" ? [el("td", { class: "strong", text: q.sme })]
         : [el("td", { class: "strong", text: q.parent }), el("td", { class: "strong", text: q.sme })];
-    const share = q.revenue_share_ppm;
+    const share = sharePpm(q);
     return el("tr", { dataset: { lot: q.lot_id, parent: q.parent, sme: q.sme } },
       el("td", { class: "mono", text: `#${q.lot_id}` }),
       el("td", { text: q.period === null || q.period === undefined ? "—" : String(q.period) }),
