@@ -47,7 +47,7 @@ def main(argv: list[str]) -> int:
     if verb == "run":
         ensure_venv()
         os.execv(str(PY), [str(PY), "-m", "exchange", "serve", *rest]
-                 if (ROOT / "exchange" / "server" / "cli.py").exists()
+                 if (ROOT / "exchange" / "app" / "serve_cli.py").exists()
                  else [str(PY), "-m", "exchange", "demo", *rest])
     if verb == "test":
         ensure_venv()

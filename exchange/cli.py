@@ -1,8 +1,9 @@
 """``python -m exchange`` and the ``carbon-exchange`` command: one entry point, one subcommand per
 capability.
 
-Each capability's package has a ``cli`` module with ``register(subparsers)`` that adds its
-subcommand and sets ``func`` on it; this file only lists those modules.
+Each capability has a ``cli`` module with ``register(subparsers)`` that adds its subcommand and
+sets ``func`` on it; this file only lists those modules. The ones that load the settings or build
+the exchange live in the composition root, :mod:`exchange.app`.
 """
 from __future__ import annotations
 
@@ -12,13 +13,13 @@ import os
 import sys
 
 CLI_MODULES = [
-    "exchange.demo",
-    "exchange.config_cli",
-    "exchange.journal.cli",
-    "exchange.server.cli",
-    "exchange.server.keys_cli",
-    "exchange.compliance.cli",
-    "exchange.registry.cli",
+    "exchange.app.demo",
+    "exchange.app.config_cli",
+    "exchange.app.journal_cli",
+    "exchange.app.serve_cli",
+    "exchange.app.keys_cli",
+    "exchange.app.compliance_cli",
+    "exchange.app.registry_cli",
     "exchange.rules.cli",
     "exchange.sim.cli",
 ]
@@ -49,7 +50,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .config import ConfigError
+    from .app.config import ConfigError
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

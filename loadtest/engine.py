@@ -97,7 +97,7 @@ def run_full_core(ex, cmds: list):
 
 
 def fresh_core(setup: list):
-    from exchange.engine import Sequencer, build_exchange
+    from exchange.app.engine import Sequencer, build_exchange
 
     seqr = Sequencer(build_exchange())
     seqr.run(setup)

@@ -328,7 +328,7 @@ def main(argv: list[str]) -> int:
     if nats_server_binary() is None:
         print("nats-server not found (apt-get install nats-server)", file=sys.stderr)
         return 2
-    from exchange.config import default_config_text
+    from exchange.app.config import default_config_text
     base = tempfile.mkdtemp(prefix="failover-")
     config = os.path.join(base, "exchange.toml")
     text = default_config_text()

@@ -64,7 +64,7 @@ TARGETS = {"durable_ratio": 0.70, "replay_cmds_per_s": 200_000, "recovery_s_per_
 # --------------------------------------------------------------------------- in memory
 
 def run_in_memory(stream) -> dict:
-    from exchange.engine import build_exchange
+    from exchange.app.engine import build_exchange
     ex = build_exchange()
     setup = market_setup_commands(stream)
     for i, c in enumerate(setup, 1):
@@ -87,7 +87,7 @@ def run_in_memory(stream) -> dict:
 
 async def run_durable(stream, target: str, *, snapshot_every: int, snapshot_seconds: float,
                       clients: int = 0, **opts) -> dict:
-    from exchange.engine import build_exchange
+    from exchange.app.engine import build_exchange
     from exchange.journal import CoreRunner, open_journal
     r = CoreRunner(build_exchange(), open_journal(target, **opts),
                    snapshot_every_commands=snapshot_every,
@@ -128,7 +128,7 @@ async def run_durable(stream, target: str, *, snapshot_every: int, snapshot_seco
 # --------------------------------------------------------------------------- replay
 
 async def run_replay(target: str) -> dict:
-    from exchange.engine import build_exchange
+    from exchange.app.engine import build_exchange
     from exchange.journal import open_journal, replay_into
     from exchange.journal.base import loads
     from exchange.journal.codec import decode_payload
@@ -227,7 +227,7 @@ def run_other_journals(stream, a, every: int, every_s: float, mem: dict, say) ->
 
 
 async def recover(target: str) -> dict:
-    from exchange.engine import build_exchange
+    from exchange.app.engine import build_exchange
     from exchange.journal import CoreRunner, open_journal
     gc.collect()
     t0 = time.perf_counter()
@@ -245,7 +245,7 @@ async def build_recovery_log(target: str, commands: int, seed: int, every: int) 
     ``every - 1`` commands after the last snapshot."""
     from exchange.core.commands import SnapshotMarker
     from exchange.journal.codec import payload_bytes
-    from exchange.engine import build_exchange
+    from exchange.app.engine import build_exchange
     from exchange.journal import open_journal
     from exchange.journal.runner import snapshot_bytes
     stream = generate(commands, seed)
@@ -307,7 +307,7 @@ async def _drop_schema(dsn: str, schema: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from exchange.config import load_settings
+    from exchange.app.config import load_settings
     p = argparse.ArgumentParser(prog="python -m loadtest.journal", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--commands", type=int, default=200_000)

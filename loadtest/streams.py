@@ -161,9 +161,9 @@ def market_setup_commands(stream: Stream, *, cash_fen: int = 10**12,
     """Commands that build a market where every order of ``stream`` is accepted: the default
     market rules from ``config/default.toml`` plus the stream's buyers (cash) and sellers
     (allowances of :data:`INSTRUMENT`)."""
-    from exchange.config import load_settings
+    from exchange.app.config import load_settings
     from exchange.core.commands import DepositCash, IssueUnits, RegisterFirm, SetPriceBand
-    from exchange.market import market_commands
+    from exchange.app.market import market_commands
 
     cmds = market_commands(load_settings())
     cmds.append(SetPriceBand(instrument=INSTRUMENT, reference_price=stream.mid))

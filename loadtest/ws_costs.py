@@ -27,13 +27,13 @@ def _timeit(fn, n: int, repeat: int) -> float:
 
 
 def measure(n: int = 20000, repeat: int = 5) -> dict:
-    from exchange.config import load_settings
+    from exchange.app.config import load_settings
     from exchange.core.commands import CancelOrder, PlaceOrder
     from exchange.core.events import ExecutionReport
     from exchange.journal.base import record_hash
     from exchange.journal.codec import payload_line
-    from exchange.engine import Sequencer
-    from exchange.market import genesis_commands
+    from exchange.app.engine import Sequencer
+    from exchange.app.market import genesis_commands
     from exchange.server.protocol import PlaceOrderParams, wire_er
 
     out: dict[str, float] = {}

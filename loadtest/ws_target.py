@@ -243,7 +243,7 @@ class Target:
     def _write_config(self) -> str:
         """The default config plus a ``[server]`` section whose per-connection limits do not
         throttle the load (the load test measures the server, not its rate limiter)."""
-        from exchange.config import default_config_text
+        from exchange.app.config import default_config_text
         text = Path(self.config).read_text() if self.config else default_config_text()
         if self.config is None and "\n[server]" not in text:
             text += ("\n[server]\nrate_limit_per_second = 1000000\n"

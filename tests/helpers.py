@@ -1,6 +1,6 @@
 """Small shared fixtures for tests that drive the core in process.
 
-``Market`` wraps a :class:`exchange.engine.Sequencer` over a fresh ``build_exchange()`` with a
+``Market`` wraps a :class:`exchange.app.engine.Sequencer` over a fresh ``build_exchange()`` with a
 small explicit market (segments ``main``/``sme``/``chain``, one allowance instrument with a
 reference price), so a test reads like the trade: ``m.firm("A", cash=...)``,
 ``m.buy("A", 8500, 10)``. Everything goes through ordinary commands.
@@ -15,7 +15,7 @@ from exchange.core.commands import (
 )
 from exchange.core.events import ExecutionReport, Trade
 from exchange.core.exchange import AddSegment
-from exchange.engine import Sequencer, build_exchange
+from exchange.app.engine import Sequencer, build_exchange
 
 CEA = "CEA-2026"
 REF = 8_500  # 85.00 CNY, the reference price of CEA in the test market

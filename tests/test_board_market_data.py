@@ -11,7 +11,7 @@ from exchange.core.commands import EndOfDay
 from exchange.core.events import DayEnded
 from exchange.core.exchange import Exchange
 from exchange.dashboard.candles import CandleStore
-from exchange.engine import build_exchange
+from exchange.app.engine import build_exchange
 
 from helpers import CEA, REF, Market, trades
 from test_server import I, SME1, STEEL, op, running_server
@@ -22,7 +22,7 @@ BIG = 10**10
 @pytest.fixture(params=[True, False], ids=["compiled", "python"])
 def m(request, monkeypatch):
     if not request.param:
-        import exchange.engine as engine
+        import exchange.app.engine as engine
         real = engine.build_exchange
         monkeypatch.setattr(engine, "build_exchange",
                             lambda **kw: real(**{**kw, "accelerate": False}))

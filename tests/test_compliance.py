@@ -22,7 +22,7 @@ from exchange.core.commands import (
 )
 from exchange.core.events import CommandRejected, Trade
 from exchange.core.exchange import AddSegment
-from exchange.engine import Sequencer, build_exchange
+from exchange.app.engine import Sequencer, build_exchange
 
 T2026 = to_ns("2026-01-01")
 T2027 = to_ns("2027-01-01")
@@ -175,8 +175,8 @@ def test_config_defaults_become_integer_commands():
 
 
 def test_default_toml_loads_and_genesis_configures_compliance():
-    from exchange.config import load_settings
-    from exchange.market import genesis_commands
+    from exchange.app.config import load_settings
+    from exchange.app.market import genesis_commands
     s = load_settings()
     seq = Sequencer()
     seq.run(genesis_commands(s))

@@ -15,8 +15,8 @@ import aiohttp
 
 from exchange.client import ExchangeClient, ExchangeError
 from exchange.compliance.config import CompliancePeriodConfig
-from exchange.config import load_settings
-from exchange.server.app import STATE_KEY, create_app
+from exchange.app.config import load_settings
+from exchange.app.server import STATE_KEY, create_app
 from aiohttp.test_utils import TestServer
 
 from test_compliance import business_hash

@@ -9,8 +9,8 @@ import re
 from exchange.cli import main
 from exchange.present import present
 from exchange.compliance import reports as R
-from exchange.compliance.scenario import demo_period
-from exchange.engine import build_exchange
+from exchange.app.compliance_demo import demo_period
+from exchange.app.engine import build_exchange
 from exchange.journal import CoreRunner, open_journal
 
 

@@ -11,7 +11,7 @@ from exchange.compliance.commands import (
     SetOffsetCap, SubmitActivityData, SurrenderUnits, VerifyEmissions,
 )
 from exchange.core.events import CommandRejected
-from exchange.engine import build_exchange
+from exchange.app.engine import build_exchange
 
 from test_compliance import DEADLINE, DAY, base_market, business_hash, firm
 

@@ -39,7 +39,7 @@ from exchange.core.commands import (
 )
 from exchange.core.events import ExecutionReport
 from exchange.core.exchange import AddSegment, SequenceError
-from exchange.engine import Sequencer, build_exchange
+from exchange.app.engine import Sequencer, build_exchange
 from helpers import streams_settings
 
 try:

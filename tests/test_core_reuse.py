@@ -22,7 +22,7 @@ import pytest
 from exchange.core import book as book_mod
 from exchange.core.commands import CancelOrder, PlaceOrder
 from exchange.core.events import BookUpdate, CommandRejected, ExecutionReport, Trade
-from exchange.engine import Sequencer, build_exchange
+from exchange.app.engine import Sequencer, build_exchange
 
 try:
     _hotpath = importlib.import_module("exchange._hotpath")
@@ -95,9 +95,9 @@ def test_the_classes_keep_cpythons_dealloc():
 
 
 def _market(accelerate: bool) -> Sequencer:
-    from exchange.config import load_settings
+    from exchange.app.config import load_settings
     from exchange.core.commands import DepositCash, IssueUnits, RegisterFirm, SetPriceBand
-    from exchange.market import market_commands
+    from exchange.app.market import market_commands
 
     seqr = Sequencer(build_exchange(accelerate=accelerate))
     seqr.run(market_commands(load_settings()) + [

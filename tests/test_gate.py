@@ -22,7 +22,7 @@ from hypothesis import given, strategies as st
 
 import exchange.server.gateway as gateway_mod
 import exchange.server.memory as memory_mod
-from exchange.server.bench import _mix_frames, _mix_market, _settings
+from exchange.app.bench import _mix_frames, _mix_market, _settings
 from exchange.server.gateway import Gateway, Session
 from exchange.server.memory import MemoryRunner
 from helpers import streams_settings

@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from exchange.core.commands import PlaceOrder, SnapshotMarker, encode_command
-from exchange.engine import Sequencer, build_exchange
+from exchange.app.engine import Sequencer, build_exchange
 from exchange.journal import (
     CoreRunner, JournalCorruptError, JournalError, RunnerFailed, open_journal, replay_into,
 )

@@ -10,7 +10,7 @@ import sqlite3
 
 import pytest
 
-from exchange.engine import build_exchange
+from exchange.app.engine import build_exchange
 from exchange.journal import CoreRunner, JournalCorruptError, open_journal
 from exchange.journal.base import record_hash
 from test_journal import clock_from, stream_commands

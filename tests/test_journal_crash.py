@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from exchange.engine import build_exchange
+from exchange.app.engine import build_exchange
 from exchange.journal import CoreRunner, open_journal, replay_into
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,7 +24,7 @@ RUNS = int(os.environ.get("JOURNAL_CRASH_RUNS", "10"))
 
 CHILD = r"""
 import asyncio, json, os, sys
-from exchange.engine import build_exchange
+from exchange.app.engine import build_exchange
 from exchange.journal import CoreRunner, open_journal
 from loadtest.streams import core_commands, generate, market_setup_commands
 

@@ -7,7 +7,7 @@ import os
 import signal
 import stat
 
-from exchange.engine import build_exchange
+from exchange.app.engine import build_exchange
 from exchange.journal import CoreRunner, open_journal
 from test_server_restart import ServerProcess
 

@@ -16,7 +16,7 @@ from exchange.core.commands import (
     COMMAND_TYPES, CancelOrder, PlaceOrder, RegisterSupplyChain, SnapshotMarker,
 )
 from exchange.core.exchange import SequenceError
-from exchange.engine import build_exchange
+from exchange.app.engine import build_exchange
 from exchange.journal import CoreRunner, RunnerFailed, open_journal
 from exchange.journal import codec, runner as runner_mod
 from exchange.journal.codec import LINE_ENCODERS, payload_line

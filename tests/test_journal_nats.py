@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from exchange.engine import build_exchange
+from exchange.app.engine import build_exchange
 from exchange.journal import (
     CoreRunner, JournalCorruptError, JournalError, RunnerFailed, open_journal, replay_into,
 )

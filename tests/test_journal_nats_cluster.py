@@ -12,7 +12,7 @@ import signal
 import pytest
 
 from exchange.client import ExchangeClient
-from exchange.engine import build_exchange
+from exchange.app.engine import build_exchange
 from exchange.journal import CoreRunner, open_journal
 from loadtest.nats_cluster import NatsCluster, nats_server_binary
 from services import unavailable

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from exchange.engine import build_exchange
+from exchange.app.engine import build_exchange
 from exchange.journal import CoreRunner, open_journal
 from exchange.journal.follower import Follower, FollowerDiverged
 from test_journal import clock_from, full_replay_hash, stream_commands

@@ -16,7 +16,7 @@ import sys
 import orjson
 import pytest
 
-from exchange.engine import build_exchange
+from exchange.app.engine import build_exchange
 from exchange.journal import CoreRunner, JournalCorruptError, open_journal
 from test_journal import clock_from, stream_commands
 from test_server_restart import ROOT, ServerProcess

@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from exchange.engine import build_exchange
+from exchange.app.engine import build_exchange
 from exchange.journal import CoreRunner, JournalCorruptError, open_journal
 from test_journal import ROOT, run_commands, stream_commands
 

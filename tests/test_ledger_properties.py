@@ -30,7 +30,7 @@ from exchange.core.commands import (
     Resume, SetPriceBand, WithdrawCash, decode_command, encode_command,
 )
 from exchange.core.events import ExecutionReport, Trade
-from exchange.engine import build_exchange
+from exchange.app.engine import build_exchange
 
 from helpers import CEA, Market
 

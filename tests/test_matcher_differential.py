@@ -363,7 +363,7 @@ def test_benchmark_stream_agrees_with_its_generator_and_the_reference():
     same fills on that stream, and the stream must be the same for the same seed."""
     from loadtest.streams import ADD, core_commands, generate, market_setup_commands
 
-    from exchange.engine import Sequencer, build_exchange
+    from exchange.app.engine import Sequencer, build_exchange
 
     stream = generate(3_000, seed=5, depth_ticks=40)
     assert generate(3_000, seed=5, depth_ticks=40).ops == stream.ops

@@ -23,10 +23,10 @@ from exchange.compliance.commands import (
     SubmitActivityData, SurrenderUnits, VerifyEmissions,
 )
 from exchange.compliance.config import ComplianceConfig, compliance_commands
-from exchange.config import load_settings
+from exchange.app.config import load_settings
 from exchange.core.commands import decode_command, encode_command
 from exchange.core.events import EVENT_TYPES, encode_event
-from exchange.engine import build_exchange
+from exchange.app.engine import build_exchange
 from exchange.journal import CoreRunner, open_journal
 
 from test_compliance import DEADLINE, base_market, firm

@@ -61,7 +61,7 @@ def test_version_names_package_and_journal_format(capsys):
 
 
 def test_config_precedence_flag_then_environment_then_packaged(tmp_path, monkeypatch):
-    from exchange.config import CONFIG_ENV, config_origin, config_path, load_settings
+    from exchange.app.config import CONFIG_ENV, config_origin, config_path, load_settings
     monkeypatch.delenv(CONFIG_ENV, raising=False)
     assert config_path(None) is None
     assert "packaged default" in config_origin(None)
@@ -75,7 +75,7 @@ def test_config_precedence_flag_then_environment_then_packaged(tmp_path, monkeyp
 
 def test_init_config_writes_the_commented_default_and_refuses_to_overwrite(tmp_path, capsys):
     from exchange.cli import main
-    from exchange.config import default_config_text, load_settings
+    from exchange.app.config import default_config_text, load_settings
     dest = tmp_path / "etc" / "exchange.toml"
     assert main(["init-config", str(dest)]) == 0
     text = dest.read_text()
@@ -101,7 +101,7 @@ def test_missing_or_bad_settings_file_is_an_error_in_words(tmp_path, capsys):
 
 def test_unknown_scenario_lists_the_shipped_names(tmp_path, capsys):
     from exchange.cli import main
-    from exchange.config import shipped_scenarios
+    from exchange.app.config import shipped_scenarios
     names = list(shipped_scenarios())
     assert {"three_sectors", "supply_chain_smes"} <= set(names)
     assert main(["simulate", "no_such_scenario", "--out", str(tmp_path / "o")]) == 2
@@ -280,7 +280,7 @@ def test_installed_package_reads_its_data_from_a_zip(installed):
             # package exchange.core by its directory entry
             if "__pycache__" not in f.parts and f.suffix != ".so":
                 z.write(f, f.relative_to(site).as_posix())
-    code = ("import exchange, exchange.config as c, exchange.dashboard as dsh; "
+    code = ("import exchange, exchange.app.config as c, exchange.dashboard as dsh; "
             "assert exchange.__file__.startswith(%r), exchange.__file__; "
             "s = c.load_settings(); t = c.shipped_scenarios(); "
             "print(len(s.demo.firms), sorted(t), "

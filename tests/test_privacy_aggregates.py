@@ -8,9 +8,9 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from exchange.config import load_settings
+from exchange.app.config import load_settings
 from exchange.privacy import DEFAULT_MIN_CONTRIBUTORS, min_contributors, suppress
-from exchange.server.app import STATE_KEY, create_app
+from exchange.app.server import STATE_KEY, create_app
 from test_server import CEMENT, OPERATOR, POWER, STEEL
 
 VERIFIER = "verifier-demo-key"

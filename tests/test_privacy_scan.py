@@ -24,8 +24,8 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from exchange.client import ExchangeError, PlatformClient, build_batch, hash_action_id
-from exchange.config import load_settings
-from exchange.server.app import STATE_KEY, create_app
+from exchange.app.config import load_settings
+from exchange.app.server import STATE_KEY, create_app
 
 PLATFORM = "GREENWAY"  # the demo market's platform and its API key
 PLATFORM_API_KEY = "platform-demo-key"

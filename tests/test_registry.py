@@ -25,7 +25,7 @@ from exchange.core.commands import (
 )
 from exchange.core.events import CommandRejected, Posting, Trade
 from exchange.core.exchange import AddSegment
-from exchange.engine import Sequencer, build_exchange
+from exchange.app.engine import Sequencer, build_exchange
 from exchange.registry.commands import (
     ActionBatchDecided, ActionBatchSubmitted, ApproveActionBatch, ConfigureRegistry,
     CreditsIssued, CreditsRetired, DeclareOffsetClass, ImportCredits, IssueCredits,

@@ -9,8 +9,8 @@ from __future__ import annotations
 from aiohttp.test_utils import TestServer
 
 from exchange.client import ExchangeError, PlatformClient, build_batch
-from exchange.config import load_settings
-from exchange.server.app import STATE_KEY, create_app
+from exchange.app.config import load_settings
+from exchange.app.server import STATE_KEY, create_app
 
 from test_compliance import business_hash
 from test_compliance_api import call, ok

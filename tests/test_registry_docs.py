@@ -2,10 +2,10 @@
 the demo market's FOREST-YN1 project, figure for figure."""
 from __future__ import annotations
 
-from exchange.config import load_settings
+from exchange.app.config import load_settings
 from exchange.core.events import CommandRejected
-from exchange.engine import Sequencer
-from exchange.market import genesis_commands
+from exchange.app.engine import Sequencer
+from exchange.app.market import genesis_commands
 from exchange.registry.commands import ReportReversal, ReversalReported
 
 

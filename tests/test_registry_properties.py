@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from exchange.compliance.commands import SurrenderUnits
 from exchange.core.commands import PlaceOrder, TransferUnits, decode_command, encode_command
 from exchange.core.events import CommandRejected, Trade
-from exchange.engine import build_exchange
+from exchange.app.engine import build_exchange
 from exchange.registry.commands import (
     ConfigureRegistry, CreditsRetired, IssueCredits, RegisterRemovalProject, RemovalVerified,
     ReportReversal, RetireCredits, ReversalReported, VerifyRemoval,

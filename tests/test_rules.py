@@ -15,7 +15,7 @@ from exchange.core.commands import (
 from exchange.core.events import CommandRejected, Trade
 from exchange.core.exchange import AddSegment, Exchange
 from exchange.core.units import PPM, floor_int, ppm_half_even, ppm_toward
-from exchange.engine import Sequencer
+from exchange.app.engine import Sequencer
 from exchange.rules import RulesModule
 from exchange.rules import formulas as F
 from exchange.rules.commands import (
@@ -869,7 +869,7 @@ def test_state_written_before_normalisation_loads_as_floating():
 
 
 def test_config_table_to_commands():
-    from exchange.config import load_settings
+    from exchange.app.config import load_settings
     from exchange.rules.config import RulesConfig, rules_commands
     s = load_settings()
     cmds = rules_commands(s.rules)
@@ -895,9 +895,9 @@ def test_config_table_to_commands():
 
 
 def test_genesis_builds_rules_from_config():
-    from exchange.config import load_settings
-    from exchange.engine import build_exchange
-    from exchange.market import genesis_commands
+    from exchange.app.config import load_settings
+    from exchange.app.engine import build_exchange
+    from exchange.app.market import genesis_commands
     seq = Sequencer(build_exchange())
     evs = seq.run(genesis_commands(load_settings()))
     assert not [e for e in evs if isinstance(e, CommandRejected)], \

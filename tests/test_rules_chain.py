@@ -19,7 +19,7 @@ from exchange.core.commands import AddInstrument, RegisterFirm
 from exchange.core.events import CommandRejected
 from exchange.core.exchange import Exchange
 from exchange.core.units import PPM, ppm_half_even
-from exchange.engine import Sequencer
+from exchange.app.engine import Sequencer
 from exchange.rules import RulesModule
 from exchange.rules import formulas as F
 from exchange.rules.api import responsibility_view

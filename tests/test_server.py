@@ -15,8 +15,8 @@ from aiohttp.test_utils import TestServer
 from hypothesis import given, settings, strategies as st
 
 from exchange.client import ExchangeClient, ExchangeError
-from exchange.config import load_settings
-from exchange.server.app import STATE_KEY, create_app
+from exchange.app.config import load_settings
+from exchange.app.server import STATE_KEY, create_app
 
 OPERATOR = "operator-demo-key"
 POWER, CEMENT, STEEL, SME1 = ("demo-key-power1", "demo-key-cement1", "demo-key-steel1",
@@ -618,9 +618,9 @@ async def test_journal_failure_turns_requests_away_and_readyz_red(server):
 
 
 async def test_gateway_bench_loadmix_answers_everything():
-    """The in-process benchmark of the load test's mix (exchange.server.bench, case loadmix)
+    """The in-process benchmark of the load test's mix (exchange.app.bench, case loadmix)
     runs the real gateway path: every request is answered, execution reports are pushed."""
-    from exchange.server import bench
+    from exchange.app import bench
 
     stats: dict = {}
     assert await bench._loadmix(400, warmup=200, stats=stats) > 0

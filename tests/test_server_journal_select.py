@@ -83,7 +83,7 @@ def test_serve_on_postgresql_from_the_command_line(tmp_path, postgres_dsn, schem
 
 
 def test_serve_on_postgresql_from_the_config(tmp_path, postgres_dsn, schema):
-    from exchange.config import default_config_text
+    from exchange.app.config import default_config_text
     text = default_config_text().replace(
         "[journal]\n", f'[journal]\nurl = "{postgres_dsn}"\nschema = "{schema}"\n', 1)
     cfg = tmp_path / "exchange.toml"
@@ -97,7 +97,7 @@ def test_journal_verify_follows_the_configured_url(tmp_path, postgres_dsn, schem
     `[journal] url` and `schema`, not `<data_dir>/journal.sqlite`."""
     import subprocess
     import sys
-    from exchange.config import default_config_text
+    from exchange.app.config import default_config_text
     from exchange.journal import open_journal
     from test_journal import run_commands, stream_commands
     from test_server_restart import ROOT

@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 
 from exchange.client import ExchangeClient, ExchangeError
-from exchange.server.credentials import (SCHEME_HMAC, SCHEME_SHA256, SECRET_FILE,
+from exchange.access.credentials import (SCHEME_HMAC, SCHEME_SHA256, SECRET_FILE,
                                          IssueApiKey, hash_key, key_id_for)
 
 from test_server import op, running_server
@@ -92,7 +92,7 @@ def test_keys_create_refuses_an_empty_journal(tmp_path):
 
 
 def test_demo_config_without_keys_issues_no_operator_key():
-    from exchange.config import DemoConfig
+    from exchange.app.config import DemoConfig
     d = DemoConfig()
     assert d.operator_key is None and d.verifier_key is None
 
@@ -141,7 +141,7 @@ async def test_a_legacy_sha256_record_authenticates_and_is_rehashed(tmp_path):
 
 
 def test_legacy_state_without_scheme_loads_as_sha256():
-    from exchange.server.credentials import Credential
+    from exchange.access.credentials import Credential
     c = Credential("k-1", "operator", None, "ab" * 32, "x", 3, 0)
     assert c.scheme == SCHEME_SHA256 and len(c.to_state()) == 6
 

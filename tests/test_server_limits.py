@@ -254,7 +254,7 @@ def test_idle_and_half_open_connections_cannot_exhaust_descriptors(tmp_path):
     import sys
     import time
 
-    from exchange.config import default_config_text
+    from exchange.app.config import default_config_text
     from test_server_restart import ROOT
 
     cfg = tmp_path / "server.toml"

@@ -13,7 +13,7 @@ from exchange.core import errors as E
 from exchange.core.calendar import TradingCalendar
 from exchange.core.commands import Clock, EndOfDay, Halt, Resume, SetTradingCalendar
 from exchange.core.events import DayEnded, MarketState, SessionClosed, SessionOpened
-from exchange.engine import Sequencer, build_exchange
+from exchange.app.engine import Sequencer, build_exchange
 
 from helpers import CEA, Market, reject_code, reports, trades
 
@@ -163,8 +163,8 @@ async def test_the_server_journals_the_clock_by_itself(tmp_path):
     clock command, so the market's state follows the calendar without an operator."""
     from aiohttp.test_utils import TestServer
 
-    from exchange.config import load_settings
-    from exchange.server.app import STATE_KEY, create_app
+    from exchange.app.config import load_settings
+    from exchange.app.server import STATE_KEY, create_app
 
     s = load_settings()
     cal = s.market.calendar.model_copy(update={"enabled": True, "weekdays": [0, 1, 2, 3, 4, 5, 6],

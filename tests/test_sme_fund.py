@@ -17,13 +17,13 @@ from exchange.compliance.fund import (
     GrantDisbursed, RejectGrant, SmeFundInflow, fund_statement,
 )
 from exchange.compliance.fund_api import FundStatement, statement_for_people
-from exchange.config import load_settings
+from exchange.app.config import load_settings
 from exchange.core.accounts import BANK, CASH
 from exchange.core.commands import (
     AddInstrument, DepositCash, RegisterFirm, WithdrawCash, decode_command, encode_command,
 )
 from exchange.core.events import CommandRejected, Posting
-from exchange.engine import build_exchange
+from exchange.app.engine import build_exchange
 
 from test_compliance import DEADLINE, T2027, base_market, business_hash, firm
 

@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestServer
 
 from exchange.compliance.fund import FUND_ACCOUNT
 from exchange.compliance.fund_api import FundStatement
-from exchange.server.app import STATE_KEY, create_app
+from exchange.app.server import STATE_KEY, create_app
 
 from test_compliance import business_hash
 from test_compliance_api import (

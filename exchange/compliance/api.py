@@ -26,7 +26,7 @@ from ..core.units import MAX_QTY, UnitError, percent_to_bps
 from ..present import present_event
 from ..privacy import require_firm_reader, verifier_id
 from ..server.api import IDENT_KEYS, ApiContext, Ident, Matching, Percent, Text, enum_param, route
-from ..server.credentials import ROLE_FIRM, ROLE_OPERATOR, ROLE_VERIFIER
+from ..access.credentials import ROLE_FIRM, ROLE_OPERATOR, ROLE_VERIFIER
 from ..server.protocol import INT64_MAX, Period, ProtocolError, ws_method
 from . import reports as R
 from ..registry.api import Serial

@@ -21,7 +21,7 @@ from ..core.units import MAX_QTY, UnitError, percent_to_bps
 from ..present import cny, present
 from ..server.api import ApiContext, CommandResult, Ident, Percent, Text, enum_param, \
     ident_param, int_param, route
-from ..server.credentials import ROLE_FIRM, ROLE_OPERATOR
+from ..access.credentials import ROLE_FIRM, ROLE_OPERATOR
 from ..server.protocol import MAX_PERIOD, Period, Price, ProtocolError
 from .fund import (
     STATUSES, ApplyForGrant, ApproveGrant, ConfigureSmeFund, DisburseGrant, FundDeposit,

@@ -28,7 +28,7 @@ def default_target(settings=None) -> str:
     ``<journal.data_dir>/journal.sqlite``."""
     import os
     if settings is None:
-        from ..config import load_settings
+        from ..app.config import load_settings
         settings = load_settings()
     return settings.journal.url or os.path.join(settings.journal.data_dir, "journal.sqlite")
 

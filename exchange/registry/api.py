@@ -25,8 +25,8 @@ from ..core import errors as E
 from ..core.units import MAX_QTY
 from ..privacy import min_contributors, require_firm_reader, suppress, verifier_id
 from ..server.api import ApiContext, Ident, Matching, Param, Text, route
-from ..server.app import STATE_KEY
-from ..server.credentials import ROLE_FIRM, ROLE_OPERATOR, ROLE_PLATFORM, ROLE_VERIFIER
+from ..server.appkeys import STATE_KEY
+from ..access.credentials import ROLE_FIRM, ROLE_OPERATOR, ROLE_PLATFORM, ROLE_VERIFIER
 from ..server.protocol import ProtocolError
 from .commands import (
     ApproveActionBatch, DeclareOffsetClass, ImportCredits, IssueCredits, RecordExternalCancellation,

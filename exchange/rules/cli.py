@@ -4,12 +4,11 @@ beta per product and what each firm answers for (t CO2), for a chain given as a 
 field or the products of a non-productive cycle named when the chain has no answer."""
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
 
-def _responsibility(args: argparse.Namespace) -> int:
+def _responsibility(args) -> int:
     from .chain import ChainError, load_chain, render_text, responsibility
     try:
         result = responsibility(load_chain(args.chain))
@@ -23,7 +22,7 @@ def _responsibility(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub) -> None:
     p = sub.add_parser("rules", help="rules tools: responsibility along a supply chain")
     rsub = p.add_subparsers(dest="rules_command", metavar="{responsibility}")
     r = rsub.add_parser(
@@ -36,7 +35,4 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     r.add_argument("chain", metavar="CHAIN.toml", help="the chain file")
     r.add_argument("--json", action="store_true", help="print JSON instead of a table")
     r.set_defaults(func=_responsibility)
-    def _help(_args: argparse.Namespace) -> int:
-        p.print_help()
-        return 0
-    p.set_defaults(func=_help)
+    p.set_defaults(func=lambda a: (p.print_help(), 0)[1])

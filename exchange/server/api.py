@@ -73,7 +73,7 @@ from ..core.events import CommandRejected, encode_event
 from ..core.exchange import AddSegment
 from ..core.units import format_price, percent_to_bps, ratio_to_ppm
 from ..present import present, present_event
-from .credentials import ROLE_FIRM, ROLE_OPERATOR, ROLE_PLATFORM, ROLE_VERIFIER, ROLES, \
+from ..access.credentials import ROLE_FIRM, ROLE_OPERATOR, ROLE_PLATFORM, ROLE_VERIFIER, ROLES, \
     ROLES_WITH_FIRM, IssueApiKey, \
     RevokeApiKey, new_key
 from .gateway import GATEWAY_KEY

@@ -35,7 +35,7 @@ from ..core.events import (
     EXEC_REJECTED, BookUpdate, CommandRejected, DayEnded, ExecutionReport, MarketState, Posting,
     Trade,
 )
-from .credentials import ROLE_FIRM, ApiKeyRevoked
+from ..access.credentials import ROLE_FIRM, ApiKeyRevoked
 from .protocol import (
     DEFERRED, ER_BODY, JSON_STR, METHODS, OVERLOADED, PX_JSON, AmendOrderParams, AuthParams,
     CancelAllParams, CancelOrderParams, ChannelParams, EmptyParams, PlaceOrderParams,
@@ -1498,7 +1498,7 @@ async def _outcomes_from_journal(journal, wanted: dict, last: int) -> dict:
     ``last``: at most the snapshot interval plus twice the idempotency window of commands,
     once per start, and only when some order of the window is no longer working. The snapshot
     is only read for these answers; the live state was proven by the runner."""
-    from ..engine import build_exchange
+    from ..app.engine import build_exchange
     from ..journal.codec import decode_payload
     from ..journal.runner import restore_bytes
 

@@ -1,6 +1,6 @@
 """Bounds on clients below the websocket protocol: connections and HTTP request rates.
 
-    guard = ConnectionGuard(cfg)              # server.* limits (exchange/config.py)
+    guard = ConnectionGuard(cfg)              # server.* limits (exchange/app/config.py)
     guard.install(runner.server)              # after AppRunner.setup(), before the site starts
     app = web.Application(middlewares=[http_rate_limit(cfg), ...])
 

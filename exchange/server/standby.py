@@ -164,7 +164,7 @@ class Leadership:
 
 
 async def _start_follower(target: str, options: dict):
-    from ..engine import build_exchange
+    from ..app.engine import build_exchange
     from ..journal import open_journal
     from ..journal.follower import Follower
     f = Follower(build_exchange(), open_journal(target, **options))

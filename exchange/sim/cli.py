@@ -13,7 +13,7 @@ Many seeds and sweeps run as tasks on Dask (:mod:`exchange.sim.cluster`); ``--wo
 runs them one after another in this process, with the same output bytes.
 
 A scenario is a TOML file's path, or the name of a shipped scenario (``config/scenarios/`` of
-the repository, installed with the package: :func:`exchange.config.shipped_scenarios`).
+the repository, installed with the package: :func:`exchange.app.config.shipped_scenarios`).
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import time
 import tomllib
 from pathlib import Path
 
-from ..config import shipped_scenarios
+from ..app.config import shipped_scenarios
 from .scenario import SPLIT_STRATEGIES, ScenarioError, apply_override, parse_scenario
 
 

@@ -1,13 +1,13 @@
 """How the simulation reaches the exchange: commands in, events out.
 
-:class:`InProcessGateway` stamps commands with :class:`exchange.engine.Sequencer` and applies
-them to a core built by :func:`exchange.engine.build_exchange` (with every registered rules and
+:class:`InProcessGateway` stamps commands with :class:`exchange.app.engine.Sequencer` and applies
+them to a core built by :func:`exchange.app.engine.build_exchange` (with every registered rules and
 compliance module) — the same path the server's journal takes, without the network. The
 simulation never touches the core's state directly; it reads only the events it gets back.
 """
 from __future__ import annotations
 
-from ..engine import Sequencer, build_exchange
+from ..app.engine import Sequencer, build_exchange
 
 
 class InProcessGateway:

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from .config import add_config_argument, config_path, load_settings
-from .core.commands import PlaceOrder
-from .core.events import Trade
-from .core.units import format_price, parse_price
+from ..core.commands import PlaceOrder
+from ..core.events import Trade
+from ..core.units import format_price, parse_price
 from .engine import Sequencer
 from .market import genesis_commands
 

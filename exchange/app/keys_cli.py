@@ -21,11 +21,11 @@ import asyncio
 import sys
 from pathlib import Path
 
-from ..config import add_config_argument, config_path, load_settings
+from .config import add_config_argument, config_path, load_settings
 
 
 def _open(args):
-    from .app import make_runner
+    from .server import make_runner
     settings = load_settings(config_path(args.config))
     data_dir = Path(args.data_dir or settings.journal.data_dir)
     ex, runner = make_runner(settings, data_dir, False, args.journal)
@@ -34,7 +34,7 @@ def _open(args):
 
 async def _create(args) -> int:
     from ..core.events import CommandRejected
-    from .credentials import ROLES_WITH_FIRM, IssueApiKey, load_secret, new_key
+    from ..access.credentials import ROLES_WITH_FIRM, IssueApiKey, load_secret, new_key
     data_dir, ex, runner = _open(args)
     await runner.start()
     try:
@@ -99,7 +99,7 @@ def _guarded(fn, args) -> int:
 
 
 def register(sub) -> None:
-    from .credentials import ROLES
+    from ..access.credentials import ROLES
     p = sub.add_parser("keys", help="issue or list API keys (with the server stopped)")
     ks = p.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
     for name, helptext in (("create", "issue a new random API key, printed once"),

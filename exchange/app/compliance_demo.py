@@ -1,6 +1,6 @@
 """One scripted compliance period on the demo market (``report ... --demo``, docs examples).
 
-Everything goes through ordinary commands on a :class:`~exchange.engine.Sequencer`, with
+Everything goes through ordinary commands on a :class:`~exchange.app.engine.Sequencer`, with
 timestamps inside the period: the demo market of ``config/default.toml`` trades in 2026, the firms
 submit activity data in February 2027, the verifier verifies, the firms surrender, the
 operator runs deadline processing after the 2026 deadline, and the SME fund (fed by the
@@ -8,14 +8,15 @@ penalties) pays SME1 a grant while SME2's application is still pending.
 """
 from __future__ import annotations
 
-from ..config import load_settings
+from .config import load_settings
 from ..core.commands import EndOfDay, PlaceOrder
 from ..core.events import CommandRejected
-from ..engine import Sequencer
-from ..market import genesis_commands
-from .commands import ProcessComplianceDeadline, SubmitActivityData, SurrenderUnits, VerifyEmissions
-from .config import to_ns
-from .fund import ApplyForGrant, ApproveGrant, DisburseGrant
+from .engine import Sequencer
+from .market import genesis_commands
+from ..compliance.commands import (ProcessComplianceDeadline, SubmitActivityData, SurrenderUnits,
+                                   VerifyEmissions)
+from ..compliance.config import to_ns
+from ..compliance.fund import ApplyForGrant, ApproveGrant, DisburseGrant
 
 # (firm, fuels, process emissions, output, surrenders ((instrument, qty), ...))
 DEMO_SUBMISSIONS = (

@@ -1,6 +1,6 @@
 """Gateway micro-benchmark: CPU per order of the websocket path, without the network.
 
-    python -m exchange.server.bench [--orders 20000] [--json out/gateway_bench.json]
+    python -m exchange.app.bench [--orders 20000] [--json out/gateway_bench.json]
 
 Feeds ``place_order`` frames (50 orders per frame, the load test's order mix of resting and
 IOC orders around one price) straight into :meth:`Session.on_text` of two sessions and lets
@@ -32,16 +32,16 @@ import gc
 import json
 import time
 
-from ..config import load_settings
+from .config import load_settings
 import random
 
 from ..core.commands import DepositCash, IssueUnits, PlaceOrder, RegisterFirm
 from ..core.events import ExecutionReport
-from ..engine import Sequencer, build_exchange
-from ..market import genesis_commands
-from .credentials import ROLE_FIRM, IssueApiKey, demo_key_commands, hash_key, key_id_for
-from .gateway import Gateway, Session
-from .memory import MemoryRunner
+from .engine import Sequencer, build_exchange
+from .market import genesis_commands
+from ..access.credentials import ROLE_FIRM, IssueApiKey, demo_key_commands, hash_key, key_id_for
+from ..server.gateway import Gateway, Session
+from ..server.memory import MemoryRunner
 
 BATCH = 50
 
@@ -277,7 +277,7 @@ async def _loadmix(n: int, warmup: int = 10_000, stats: dict | None = None) -> f
         gw.subscribe(s, "executions")
         sessions.append(s)
     frames = _mix_frames(warmup + n)
-    # the server's GC settings (exchange/server/app.py): start-up heap frozen, thresholds
+    # the server's GC settings (exchange/app/server.py): start-up heap frozen, thresholds
     cfg = settings.server
     old_threshold = gc.get_threshold()
     if cfg.gc_freeze:
@@ -322,7 +322,7 @@ def _run_loop(coro):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m exchange.server.bench", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m exchange.app.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--orders", type=int, default=20_000)
     p.add_argument("--repeat", type=int, default=3, help="best of N runs per case")

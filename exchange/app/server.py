@@ -16,18 +16,18 @@ from pathlib import Path
 
 from aiohttp import web
 
-from ..config import Settings
-from ..engine import build_exchange
-from ..market import genesis_commands
-from .api import add_routes, api_errors, load_extensions
-from .credentials import RehashApiKey, demo_key_commands, demo_keys, load_secret
-from .gateway import GATEWAY_KEY, Gateway, websocket_handler
-from .limits import ConnectionGuard, http_rate_limit
-from .sessions import start_session_clock
+from .config import Settings
+from .engine import build_exchange
+from .market import genesis_commands
+from ..server.api import add_routes, api_errors, load_extensions
+from ..server.appkeys import STATE_KEY
+from ..access.credentials import RehashApiKey, demo_key_commands, demo_keys, load_secret
+from ..server.gateway import GATEWAY_KEY, Gateway, websocket_handler
+from ..server.limits import ConnectionGuard, http_rate_limit
+from ..server.sessions import start_session_clock
 
 log = logging.getLogger("exchange.server")
 
-STATE_KEY = web.AppKey("state", object)  # app[STATE_KEY] -> ServerState
 
 
 class ServerState:
@@ -71,7 +71,7 @@ def make_runner(settings: Settings, data_dir: Path | None, in_memory: bool,
     over - its core and journal are continued, not recovered from a snapshot."""
     ex = build_exchange() if follower is None else follower.exchange
     if in_memory:
-        from .memory import MemoryRunner
+        from ..server.memory import MemoryRunner
         return ex, MemoryRunner(ex)
     from ..journal import CoreRunner, open_journal
 

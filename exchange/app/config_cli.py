@@ -15,7 +15,7 @@ def init_config(path: str, force: bool = False) -> int:
         print(f"error: {dest} exists; not overwritten (--force replaces it)", file=sys.stderr)
         return 1
     dest.parent.mkdir(parents=True, exist_ok=True)
-    from . import __version__
+    from .. import __version__
     header = (f"# Carbon exchange settings, written by `init-config` from carbon-exchange "
               f"{__version__}'s defaults.\n"
               f"# Use it with `carbon-exchange serve --config {dest}` (or set "

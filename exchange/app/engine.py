@@ -1,25 +1,25 @@
 """The one way to build the full state machine: the core plus its rule modules."""
 from __future__ import annotations
 
-from .compliance.module import ComplianceModule
-from .core.exchange import Exchange
+from ..compliance.module import ComplianceModule
+from ..core.exchange import Exchange
 
 # Modules register here (rules, compliance). Order matters only for deterministic iteration.
 MODULES: list[type] = [ComplianceModule]
 
-from .server.credentials import Credentials  # noqa: E402  (hashed API keys)
+from ..access.credentials import Credentials  # noqa: E402  (hashed API keys)
 MODULES.append(Credentials)
 
 
-from .rules.module import RulesModule  # noqa: E402  (the rules module)
+from ..rules.module import RulesModule  # noqa: E402  (the rules module)
 MODULES.append(RulesModule)
 
 
-from .compliance.fund import SmeFundModule  # noqa: E402  (the SME fund: grants to SMEs)
+from ..compliance.fund import SmeFundModule  # noqa: E402  (the SME fund: grants to SMEs)
 MODULES.append(SmeFundModule)
 
 
-from .registry.module import RegistryModule  # noqa: E402  (serials, removals, carbon-inclusive)
+from ..registry.module import RegistryModule  # noqa: E402  (serials, removals, carbon-inclusive)
 MODULES.append(RegistryModule)
 
 

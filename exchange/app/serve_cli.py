@@ -5,7 +5,7 @@
                              [--in-memory] [--no-demo] [--no-uvloop]
 
 The settings come from ``--config FILE``, else ``$CARBON_EXCHANGE_CONFIG``, else the packaged
-default (:func:`exchange.config.config_path`); the start-up output says which.
+default (:func:`exchange.app.config.config_path`); the start-up output says which.
 
 Starts the aiohttp application with its journal: ``--journal`` (or the config's
 ``[journal] url``: ``postgresql://...`` or ``sqlite:///abs/path``), else the SQLite journal in
@@ -24,12 +24,12 @@ import sys
 
 from aiohttp import web
 
-from ..config import add_config_argument, config_origin, config_path, load_settings
+from .config import add_config_argument, config_origin, config_path, load_settings
 from ..journal import JournalCorruptError
 
 
 async def serve(args) -> int:
-    from .app import STATE_KEY, create_app, install_guard, printable_demo_keys, tune_gc
+    from .server import STATE_KEY, create_app, install_guard, printable_demo_keys, tune_gc
 
     settings = load_settings(args.config)
     host = args.host or settings.server.host
@@ -42,8 +42,8 @@ async def serve(args) -> int:
     leadership = None
     if args.standby:  # serve only while holding the journal's leader lease
         from pathlib import Path
-        from .app import journal_target
-        from .standby import take_leadership
+        from .server import journal_target
+        from ..server.standby import take_leadership
         target, options = journal_target(settings, Path(data_dir), args.journal)
         leadership = await take_leadership(
             target, node=args.node_id, ttl=args.lease_ttl, host=host, port=port,
@@ -72,7 +72,7 @@ async def serve(args) -> int:
         await leadership.fence(st.runner)  # a former leader's next append is refused
     tune_gc(settings.server)
     if settings.server.stall_warn_ms > 0:
-        from .watchdog import LoopWatchdog
+        from ..server.watchdog import LoopWatchdog
         st.watchdog = LoopWatchdog(settings.server.stall_warn_ms / 1000)
         st.watchdog.start()
     install_guard(app, runner)  # connection caps and the handshake timeout
@@ -131,7 +131,7 @@ async def serve(args) -> int:
         await leadership.close()
     print(f"stopped at seq {ex.last_seq}", flush=True)
     if lost:
-        from .standby import LOST_LEADERSHIP_EXIT
+        from ..server.standby import LOST_LEADERSHIP_EXIT
         return LOST_LEADERSHIP_EXIT
     return 0
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 from decimal import Decimal
 
 from .config import Settings
-from .core.commands import (
+from ..core.commands import (
     AddInstrument, CreateSubQuota, DepositCash, IssueUnits, PlaceOrder, RegisterFirm,
     RegisterSupplyChain, SetPriceBand,
 )
-from .core.exchange import AddSegment
-from .core.units import PPM, parse_price, ratio_to_ppm
-from .registry.commands import (
+from ..core.exchange import AddSegment
+from ..core.units import PPM, parse_price, ratio_to_ppm
+from ..registry.commands import (
     ImportCredits, IssueCredits, RecordExternalCancellation, RegisterPlatform,
     RegisterRemovalProject, VerifyRemoval,
 )
@@ -111,15 +111,15 @@ def genesis_commands(settings: Settings, demo: bool = True) -> list:
     """Everything a new market starts with."""
     cmds = market_commands(settings)
     # ---- compliance (exchange/compliance): parameters, periods, verifiers --------------
-    from .compliance.config import compliance_commands
+    from ..compliance.config import compliance_commands
     cmds += compliance_commands(settings.compliance,
                                 [settings.demo.verifier_id] if demo else [])
     # ---- end compliance -----------------------------------------------------------------
     # ---- rules (exchange/rules): parameters and benchmarks ------------------------------
-    from .rules.config import rules_commands
+    from ..rules.config import rules_commands
     cmds += rules_commands(settings.rules)
     # ---- end rules ----------------------------------------------------------------------
-    from .registry.config import registry_commands
+    from ..registry.config import registry_commands
     cmds += registry_commands(settings.registry)
     if demo:
         cmds += demo_commands(settings)

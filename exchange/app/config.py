@@ -20,10 +20,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .compliance.config import ComplianceConfig
-from .core.units import parse_price
-from .registry.config import RegistryConfig
-from .rules.config import RulesConfig
+from ..compliance.config import ComplianceConfig
+from ..core.units import parse_price
+from ..registry.config import RegistryConfig
+from ..rules.config import RulesConfig
 
 DEFAULTS_PACKAGE = "exchange.defaults"
 CONFIG_ENV = "CARBON_EXCHANGE_CONFIG"
@@ -127,7 +127,7 @@ class CalendarConfig(Strict):
 
     @model_validator(mode="after")
     def _valid(self):
-        from .core.calendar import TradingCalendar
+        from ..core.calendar import TradingCalendar
 
         if self.enabled:
             TradingCalendar.build(self.sessions, self.tz, self.weekdays, self.holidays)
@@ -135,7 +135,7 @@ class CalendarConfig(Strict):
 
     def calendar(self):
         """The core's calendar, or None when sessions are off."""
-        from .core.calendar import TradingCalendar
+        from ..core.calendar import TradingCalendar
 
         if not self.enabled:
             return None

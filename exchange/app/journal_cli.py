@@ -27,15 +27,15 @@ import json
 import sys
 import time
 
-from .base import JournalCorruptError, JournalError
-from .runner import replay_into, restore_proven_snapshot, snapshot_bytes
+from ..journal.base import JournalCorruptError, JournalError
+from ..journal.runner import replay_into, restore_proven_snapshot, snapshot_bytes
 
 
 def _target(args) -> tuple[str, dict]:
     """The journal to open and its options: the argument, else the settings' journal (its
     ``url`` and ``schema``, or ``<data_dir>/journal.sqlite``); ``--schema`` wins."""
-    from . import default_options, default_target
-    from ..config import config_path, load_settings
+    from ..journal import default_options, default_target
+    from .config import config_path, load_settings
     settings = load_settings(config_path(args.config))
     target = args.target or default_target(settings)
     opts = default_options(settings, target)
@@ -45,13 +45,13 @@ def _target(args) -> tuple[str, dict]:
 
 
 def _open(args):
-    from . import open_journal
+    from ..journal import open_journal
     target, opts = _target(args)
     return target, open_journal(target, readonly=True, **opts)
 
 
 async def _verify(args) -> int:
-    from ..engine import build_exchange
+    from .engine import build_exchange
     target, j = _open(args)
     print(f"journal {j.target}")
     t0 = time.perf_counter()
@@ -96,8 +96,8 @@ async def _verify(args) -> int:
 
 
 async def _replay(args) -> int:
-    from ..demo import render_book
-    from ..engine import build_exchange
+    from .demo import render_book
+    from .engine import build_exchange
     target, j = _open(args)
     try:
         await j.open()
@@ -132,7 +132,7 @@ async def _replay(args) -> int:
 
 
 async def _truncate(args) -> int:
-    from . import open_journal
+    from ..journal import open_journal
     target, opts = _target(args)
     sqlite = "://" not in target or target.startswith("sqlite://")
     j = open_journal(target, **({"writer": "thread"} if sqlite else opts))
@@ -155,7 +155,7 @@ async def _truncate(args) -> int:
 
 
 def register(sub) -> None:
-    from ..config import add_config_argument
+    from .config import add_config_argument
     p = sub.add_parser("journal", help="verify or replay a command journal (audit)")
     jsub = p.add_subparsers(dest="journal_command", metavar="{verify,replay,truncate}")
 

@@ -17,14 +17,14 @@ import sys
 
 from ..present import present
 
-from . import reports as R
+from ..compliance import reports as R
 
 
 async def _load_from_journal(target: str | None, config: str | None):
-    from ..engine import build_exchange
+    from .engine import build_exchange
     from ..journal import default_options, default_target, open_journal
     from ..journal.runner import replay_into, restore_proven_snapshot
-    from ..config import config_path, load_settings
+    from .config import config_path, load_settings
     settings = load_settings(config_path(config))
     if target is None:
         target = default_target(settings)
@@ -43,8 +43,8 @@ async def _load_from_journal(target: str | None, config: str | None):
 
 def load_exchange(args):
     if args.demo:
-        from ..config import config_path
-        from .scenario import demo_period
+        from .config import config_path
+        from .compliance_demo import demo_period
         return demo_period(config_path(args.config))
     return asyncio.run(_load_from_journal(args.journal, args.config))
 
@@ -115,7 +115,7 @@ def _what_if(args) -> int:
 
 
 def register(sub) -> None:
-    from ..config import add_config_argument
+    from .config import add_config_argument
     p = sub.add_parser("report", help="compliance statements and summaries")
     rsub = p.add_subparsers(dest="report_command", metavar="{firm,compliance,what-if}")
 

@@ -16,18 +16,18 @@ import asyncio
 import json
 import sys
 
-from .config import tonnes_text
+from ..registry.config import tonnes_text
 
 
 def _load(args):
     if args.demo:
-        from ..config import config_path, load_settings
-        from ..engine import Sequencer
-        from ..market import genesis_commands
+        from .config import config_path, load_settings
+        from .engine import Sequencer
+        from .market import genesis_commands
         seq = Sequencer()
         seq.run(genesis_commands(load_settings(config_path(args.config))))
         return seq.ex
-    from ..compliance.cli import _load_from_journal
+    from .compliance_cli import _load_from_journal
     return asyncio.run(_load_from_journal(args.journal, args.config))
 
 
@@ -144,7 +144,7 @@ def _batches(args, ex, reg) -> int:
 
 
 def register(sub) -> None:
-    from ..config import add_config_argument
+    from .config import add_config_argument
     p = sub.add_parser("registry", help="credit registry: serials, buffer pool, removal "
                                         "projects, carbon-inclusive batches")
     rsub = p.add_subparsers(dest="registry_command",
