@@ -42,13 +42,26 @@ import asyncio
 import hashlib
 import logging
 import struct
+from typing import (
+    TYPE_CHECKING, Any, AsyncGenerator, Awaitable, Callable, Iterable, Sequence, TypeVar,
+)
 from urllib.parse import parse_qsl, unquote
 
 import orjson
 
 from .base import (
-    Journal, JournalCorruptError, JournalError, chain_rows, tail_damage,
+    Frames, Journal, JournalCorruptError, JournalError, Record, StoredRow, chain_rows,
+    tail_damage,
 )
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+    from nats.aio.msg import Msg
+    from nats.js.api import StreamInfo
+    from nats.js.client import JetStreamContext
+    from nats.js.object_store import ObjectStore
+
+_T = TypeVar("_T")
 
 log = logging.getLogger("exchange.journal.jetstream")
 # how long a read of the stream or the snapshot store waits for the cluster to answer: a start
@@ -66,7 +79,7 @@ class StaleWriterError(JournalError):
     so this one's view of the log is stale. Nothing of the refused batch was appended."""
 
 
-def parse_target(target: str) -> tuple[list[str], str, dict]:
+def parse_target(target: str) -> tuple[list[str], str, dict[str, Any]]:
     """``nats://[user:pass@]h1:4222[,h2:4222...]/STREAM[?replicas=3&timeout=5]`` ->
     (server URLs, stream name, options from the query)."""
     scheme, sep, rest = target.partition("://")
@@ -87,7 +100,7 @@ def parse_target(target: str) -> tuple[list[str], str, dict]:
     servers = [f"{scheme}://{cred}{h}" for h in hosts.split(",") if h]
     if not servers:
         raise ValueError(f"NATS journal URL names no server: {_redact(target)!r}")
-    opts: dict = {}
+    opts: dict[str, Any] = {}
     for k, v in parse_qsl(query):
         if k == "replicas":
             opts["replicas"] = int(v)
@@ -108,7 +121,7 @@ def _redact(url: str) -> str:
     return f"{scheme}{sep}{hosts}{slash}{path}"
 
 
-def encode_batch(rows) -> bytes:
+def encode_batch(rows: Iterable[StoredRow]) -> bytes:
     """Chained rows ``(seq, ts, payload, hash)`` as one message body."""
     pack = _REC.pack
     return b"".join(pack(seq, ts, h, len(p)) + p for seq, ts, p, h in rows)
@@ -117,7 +130,7 @@ def encode_batch(rows) -> bytes:
 def decode_batch(body: bytes, sseq: int = 0) -> list[tuple[int, int, bytes, bytes]]:
     """A message body back into rows ``(seq, ts, payload, hash)``. A body that does not
     parse is a damaged message: JournalCorruptError naming the first seq it holds."""
-    rows = []
+    rows: list[tuple[int, int, bytes, bytes]] = []
     off, n = 0, len(body)
     unpack = _REC.unpack_from
     try:
@@ -141,7 +154,7 @@ class JetStreamJournal(Journal):
     def __init__(self, target: str, *, replicas: int = 1, keep_snapshots: int = 3,
                  readonly: bool = False, repair_tail: bool = True, timeout: float = 5.0,
                  append_timeout: float = 10.0, max_message_bytes: int | None = None,
-                 connect_timeout: float = 5.0):
+                 connect_timeout: float = 5.0) -> None:
         """``replicas``: copies of a stream this creates (an existing stream keeps its own;
         a mismatch is logged). ``append_timeout``: how long an append keeps retrying while
         the cluster elects a stream leader (a server died) before the runner is failed.
@@ -162,16 +175,17 @@ class JetStreamJournal(Journal):
         self.readonly = readonly
         self.max_message_bytes = max_message_bytes
         self.target = _redact(target)
-        self._nc = None
-        self._js = None
-        self._obs = None
+        self._nc: Client | None = None
+        self._js: JetStreamContext | None = None
+        self._obs: ObjectStore | None = None
         self._stream_last = 0  # stream sequence of the last message (the guard's value)
         self._firsts: dict[int, int] = {}  # stream seq -> first record seq it holds
         self._body_cache: tuple[int, bytes] | None = None
         self._lock = asyncio.Lock()
         self._closing = False
 
-    async def _retrying(self, fn, what: str, timeout: float | None = None):
+    async def _retrying(self, fn: Callable[[], Awaitable[_T]], what: str,
+                        timeout: float | None = None) -> _T:
         """``await fn()``, retried while the cluster cannot answer - a request timing out,
         no responders, 503 while a stream or meta leader is elected after a server died -
         for up to ``OPEN_TIMEOUT_S`` (or ``append_timeout`` if longer): the journal's own
@@ -225,7 +239,7 @@ class JetStreamJournal(Journal):
             await self.close()
             raise
 
-    async def _on_error(self, e) -> None:
+    async def _on_error(self, e: Exception) -> None:
         log.warning("journal %s: NATS error %r", self.target, e)
 
     async def _on_disconnect(self) -> None:
@@ -241,7 +255,7 @@ class JetStreamJournal(Journal):
     async def _open_stream(self) -> None:
         from nats.js import api
         from nats.js.errors import NotFoundError
-        js = self._js
+        js = self._need()
         try:
             info = await self._retrying(lambda: js.stream_info(self.stream), "stream info")
         except NotFoundError:
@@ -327,7 +341,7 @@ class JetStreamJournal(Journal):
     async def _open_snapshots(self) -> None:
         from nats.js import api
         from nats.js.errors import NotFoundError
-        js = self._js
+        js = self._need()
         try:
             self._obs = await self._retrying(lambda: js.object_store(self.bucket),
                                              "snapshot bucket")
@@ -351,7 +365,7 @@ class JetStreamJournal(Journal):
             except Exception:
                 pass
 
-    def _need(self):
+    def _need(self) -> JetStreamContext:
         if self._js is None:
             raise JournalError(f"journal {self.target} is not open")
         return self._js
@@ -399,14 +413,17 @@ class JetStreamJournal(Journal):
         return lo
 
     # ---------------------------------------------------------------- append
-    async def _append_rows(self, records) -> tuple[int, bytes]:
+    async def _append_rows(self, records: Sequence[Record] | Frames) -> tuple[int, bytes]:
         js = self._need()
+        nc = self._nc
+        if nc is None:  # set whenever the JetStream context is
+            raise JournalError(f"journal {self.target} is not open")
         if self.readonly:
             raise JournalError(f"journal {self.target} is open read-only")
         rows = chain_rows(records, self.last_seq, self.last_hash)
-        limit = self.max_message_bytes or max(4096, self._nc.max_payload - _HEADER_ROOM)
+        limit = self.max_message_bytes or max(4096, nc.max_payload - _HEADER_ROOM)
         async with self._lock:
-            chunk: list = []
+            chunk: list[tuple[int, int, bytes, bytes]] = []
             size = 0
             for r in rows:
                 n = _REC_SIZE + len(r[2])
@@ -419,7 +436,7 @@ class JetStreamJournal(Journal):
                 await self._publish(js, chunk)
         return rows[-1][0], rows[-1][3]
 
-    async def _publish(self, js, rows) -> None:
+    async def _publish(self, js: JetStreamContext, rows: Sequence[StoredRow]) -> None:
         """Append one message of ``rows`` after stream message ``_stream_last``; on return
         it is acknowledged. Retries through a stream leader election (timeouts, no
         responders) for up to ``append_timeout``; a refusal of the guard is final."""
@@ -473,7 +490,7 @@ class JetStreamJournal(Journal):
         self._firsts[expect + 1] = rows[0][0]
         self._body_cache = None
 
-    async def _ours_at(self, sseq: int, rows) -> bool:
+    async def _ours_at(self, sseq: int, rows: Sequence[StoredRow]) -> bool:
         try:
             self._body_cache = None
             got = decode_batch(await self._body(sseq), sseq)
@@ -482,7 +499,8 @@ class JetStreamJournal(Journal):
         return [(r[0], bytes(r[3])) for r in got] == [(r[0], bytes(r[3])) for r in rows]
 
     # ---------------------------------------------------------------- read
-    async def _read_rows(self, from_seq: int, limit: int, to_seq: int | None = None) -> list:
+    async def _read_rows(self, from_seq: int, limit: int, to_seq: int | None = None
+                         ) -> Sequence[StoredRow]:
         self._need()
         end = self.last_seq if to_seq is None else min(to_seq, self.last_seq)
         end = min(end, from_seq + limit - 1)
@@ -491,7 +509,7 @@ class JetStreamJournal(Journal):
         s0 = await self._locate(from_seq)
         if not s0:
             return []
-        rows: list = []
+        rows: list[tuple[int, int, bytes, bytes]] = []
         msgs = self._messages(s0)
         try:
             async for sseq, body, pending in msgs:
@@ -508,15 +526,15 @@ class JetStreamJournal(Journal):
             await msgs.aclose()
         return rows
 
-    async def _messages(self, start: int):
+    async def _messages(self, start: int) -> AsyncGenerator[tuple[int, bytes, int], None]:
         """``(stream seq, body, messages pending after it)`` from stream message ``start``
         on, through an ordered push consumer (recreated by nats-py from the last sequence
         seen if a message is missed); stops when the caller does."""
         from nats.js import api
         js = self._need()
-        q: asyncio.Queue = asyncio.Queue()
+        q: asyncio.Queue[tuple[int, bytes, int]] = asyncio.Queue()
 
-        async def cb(msg):
+        async def cb(msg: Msg) -> None:
             md = msg.metadata
             await q.put((md.sequence.stream, msg.data, md.num_pending))
 
@@ -582,12 +600,12 @@ class JetStreamJournal(Journal):
             rows = await self._snapshot_rows()
             for s, _c, _d in rows[self.keep_snapshots:]:
                 try:
-                    await self._obs.delete(self._name(s))
+                    await obs.delete(self._name(s))
                 except Exception as e:
                     log.warning("journal %s: old snapshot %d not deleted: %r",
                                 self.target, s, e)
 
-    async def _snapshot_rows(self) -> list:
+    async def _snapshot_rows(self) -> Sequence[StoredRow]:
         from nats.js.errors import NotFoundError
         self._need()
         if self._obs is None:
@@ -598,7 +616,7 @@ class JetStreamJournal(Journal):
                                          "snapshot list")
         except NotFoundError:
             return []
-        rows = []
+        rows: list[tuple[int, bytes, bytes]] = []
         for info in infos:
             if info.deleted or not (info.name or "").startswith("snapshot-"):
                 continue
@@ -618,8 +636,10 @@ class JetStreamJournal(Journal):
             return None
         try:
             obs = self._obs
-            return bytes((await self._retrying(lambda: obs.get(self._name(seq)),
-                                               f"snapshot {seq}")).data)
+            res = await self._retrying(lambda: obs.get(self._name(seq)), f"snapshot {seq}")
+            if res.data is None:
+                raise ValueError("snapshot object without data")
+            return bytes(res.data)
         except NotFoundError:
             return None
         except JournalError:  # no answer (a leader election): not proof of damage
@@ -642,12 +662,14 @@ class JetStreamJournal(Journal):
         """Delete this journal's stream and snapshot bucket (tests, throw-away markets)."""
         from nats.js.errors import NotFoundError
         js = self._need()
-        for f in (lambda: js.delete_stream(self.stream),
-                  lambda: js.delete_object_store(self.bucket)):
+        drops: tuple[Callable[[], Awaitable[bool]], ...] = (
+            lambda: js.delete_stream(self.stream),
+            lambda: js.delete_object_store(self.bucket))
+        for f in drops:
             try:
                 await f()
             except NotFoundError:
                 pass
 
-    async def stream_info(self):
+    async def stream_info(self) -> StreamInfo:
         return await self._need().stream_info(self.stream)

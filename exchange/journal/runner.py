@@ -40,13 +40,18 @@ import time
 from itertools import chain
 
 import orjson
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..core.book import Order
-from ..core.commands import SnapshotMarker
+from ..core.commands import Command, SnapshotMarker
 from ..core.exchange import SequenceError
 from .base import _STAMP, Frames, Journal, JournalCorruptError, JournalError, widen_pipe
 from .codec import decode_payload, payload_line
+
+if TYPE_CHECKING:
+    from ..core.book import OrderBook
+    from ..core.exchange import Exchange
+    from .checkpoint import Checkpoint
 
 try:  # the submit path in C (_hotpath.c), built with the package where a compiler is
     from .._hotpath import Submitter as _CSubmitter, rows_json as _rows_json
@@ -54,6 +59,11 @@ except ImportError:  # pragma: no cover - an install without the extension
     _CSubmitter = _rows_json = None
 
 log = logging.getLogger("exchange.journal.runner")
+
+#: a command's events (``Exchange.apply``), or the exception the core raised on it
+Result = list[Any] | Exception
+#: ``fn(cmd, events)``, told of every durable command
+Listener = Callable[[Command, list[Any]], object]
 
 
 class RunnerFailed(JournalError):
@@ -63,7 +73,7 @@ class RunnerFailed(JournalError):
 _SNAP_OPTS = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
 
 
-def _orders_json(book):
+def _orders_json(book: OrderBook) -> list[Any] | orjson.Fragment:
     """A book's resting orders for the snapshot: the JSON of ``[o.to_state() for o in
     book.iter_orders()]``, written by C straight from the orders' slots (no list per order;
     ~10x faster on a deep book) - or those lists, where C does not take a value."""
@@ -73,7 +83,7 @@ def _orders_json(book):
     return orjson.Fragment(rows)
 
 
-def snapshot_bytes(ex) -> bytes:
+def snapshot_bytes(ex: Exchange) -> bytes:
     """The core's state (``Exchange.to_state``) as canonical JSON, via orjson (several
     times faster than ``Exchange.snapshot``'s json.dumps on a large book), the orders
     encoded by C where the extension is built: the same bytes either way."""
@@ -81,10 +91,11 @@ def snapshot_bytes(ex) -> bytes:
         return orjson.dumps(ex.to_state(encode_orders=_orders_json if _rows_json else None),
                             option=_SNAP_OPTS)
     except TypeError:  # something orjson cannot write: the core's own encoder
-        return ex.snapshot()
+        data: bytes = ex.snapshot()
+        return data
 
 
-def restore_bytes(ex, data: bytes) -> None:
+def restore_bytes(ex: Exchange, data: bytes) -> None:
     """Load a snapshot written by :func:`snapshot_bytes` (or ``Exchange.snapshot``)."""
     ex.load_state(orjson.loads(data))
 
@@ -92,13 +103,14 @@ def restore_bytes(ex, data: bytes) -> None:
 class _Batch:
     __slots__ = ("frames", "applied", "future", "snapshot", "snapshot_written", "t0")
 
-    def __init__(self, loop):
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.frames = Frames()  # the records, appended as they are submitted
         self.t0 = 0.0  # time.monotonic() when its first record came in
-        self.applied: list = []  # (cmd, events)
-        self.future = loop.create_future()
-        self.snapshot: tuple[int, bytes] | None = None
-        self.snapshot_written: asyncio.Future | None = None
+        self.applied: list[tuple[Command, Result]] = []  # (cmd, events)
+        self.future: asyncio.Future[None] = loop.create_future()
+        # (seq, the state's bytes, or a future of them from a forked child)
+        self.snapshot: tuple[int, bytes | asyncio.Future[bytes]] | None = None
+        self.snapshot_written: asyncio.Future[None] | None = None
 
 
 class _PySubmitter:
@@ -113,11 +125,30 @@ class _PySubmitter:
                  "on_error", "refuse", "seq_error", "frames", "lines", "stamps", "future",
                  "applied", "last_ts", "since_snapshot", "snapshot_every", "accepting")
 
+    ex: Exchange
+    apply: Callable[[Command], list[Any]]
+    clock: Callable[[], int]
+    fallback_line: Callable[[Command], bytes]
+    on_first: Callable[[], None]
+    on_snapshot: Callable[[], None]
+    on_error: Callable[[Command, BaseException], None]
+    refuse: Callable[[], None]
+    seq_error: type[Exception]
+    frames: Frames
+    lines: bytearray
+    stamps: bytearray
+    future: asyncio.Future[None]
+    applied: list[tuple[Command, Result]] | None
+    last_ts: int
+    since_snapshot: int
+    snapshot_every: int
+    accepting: bool
+
     def __init__(self) -> None:
         self.last_ts = self.since_snapshot = self.snapshot_every = 0
         self.accepting = False
 
-    def submit(self, cmd) -> tuple:
+    def submit(self, cmd: Command) -> tuple[Result, asyncio.Future[None]]:
         if not self.accepting:
             self.refuse()
             raise RuntimeError("runner not accepting commands")
@@ -131,6 +162,7 @@ class _PySubmitter:
         lines = self.lines
         before = len(lines)
         lines += self.fallback_line(cmd)  # the orjson encoder: this is the reference path
+        result: Result
         try:
             try:
                 result = self.apply(cmd)
@@ -159,19 +191,20 @@ class _PySubmitter:
 C_SUBMITTER = _CSubmitter is not None
 
 
-def _submitter_field(name: str) -> property:
+def _submitter_field(name: str) -> Any:
     """A CoreRunner attribute that is its submitter's ``name``."""
     return property(lambda self: getattr(self._sub, name),
                     lambda self, v: setattr(self._sub, name, v))
 
 
 class CoreRunner:
-    def __init__(self, exchange, journal: Journal, *, snapshot_every_commands: int = 100_000,
+    def __init__(self, exchange: Exchange, journal: Journal, *,
+                 snapshot_every_commands: int = 100_000,
                  snapshot_every_seconds: float = 300.0, clock: Callable[[], int] = time.time_ns,
                  verify: str = "full", gc_freeze: bool = False,
                  fork_snapshots: bool | None = None, c_submitter: bool = True,
-                 use_snapshots: bool = True, checkpoint=None,
-                 adopt_hash: bytes | None = None):
+                 use_snapshots: bool = True, checkpoint: Checkpoint | None = None,
+                 adopt_hash: bytes | None = None) -> None:
         """``verify``: "full" checks the whole hash chain on start (default); "tail" only the
         records replayed after the snapshot (the snapshot is still checked to sit on the
         chain). ``gc_freeze``: move the recovered state - and, after each snapshot, everything
@@ -192,7 +225,9 @@ class CoreRunner:
         self.journal = journal
         # The submit path's state lives in the submitter: the counters below (_last_ts,
         # _since_snapshot, _accepting, snapshot_every_commands) are views of it.
-        sub = self._sub = (_CSubmitter if c_submitter and _CSubmitter else _PySubmitter)()
+        # the C Submitter has _PySubmitter's fields and submit
+        sub: _PySubmitter = (_CSubmitter if c_submitter and _CSubmitter else _PySubmitter)()
+        self._sub = sub
         sub.ex, sub.apply, sub.clock = exchange, exchange.apply, clock
         sub.fallback_line, sub.seq_error = payload_line, SequenceError
         sub.on_first, sub.on_snapshot = self._wake_commit_loop, self._snapshot_now
@@ -200,7 +235,7 @@ class CoreRunner:
         sub.applied = None
         # the instance attribute skips a Python frame per command; the method below is the
         # same call, documented
-        self.submit_nowait = sub.submit
+        self.submit_nowait = sub.submit  # type: ignore[method-assign]  # per instance, on purpose
         self.snapshot_every_commands = snapshot_every_commands
         self.snapshot_every_seconds = snapshot_every_seconds
         self.clock = clock
@@ -212,17 +247,18 @@ class CoreRunner:
         # serialise snapshots in a forked child (Linux): no pause of the event loop
         self.fork_snapshots = (hasattr(os, "fork") and sys.platform.startswith("linux")
                                if fork_snapshots is None else fork_snapshots)
-        self._listeners: list[Callable] = []
+        self._listeners: list[Listener] = []
         self._durable_seq = 0
         self._writing: _Batch | None = None  # the batch the journal is making durable
         self._snapshot_timer: asyncio.TimerHandle | None = None
-        self._snapshot_task: asyncio.Task | None = None  # the latest snapshot being stored
+        self._snapshot_task: asyncio.Task[None] | None = None  # the latest snapshot being stored
         self._batch: _Batch | None = None
         self._wake: asyncio.Event | None = None
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self._failed: BaseException | None = None
         self._stopping = False
-        self.recovery: dict = {}
+        self.recovery: dict[str, Any] = {}
+        self.recovery_skipped: list[int] = []  # unsealed snapshots passed over on start
         self._last_snapshot_size = 0  # bytes of the latest snapshot serialised (or loaded)
         self.snapshots_forked = 0  # snapshots serialised in a forked child since start
         self.snapshots_inline = 0  # ... and inline, on the event loop
@@ -250,12 +286,13 @@ class CoreRunner:
     @property
     def is_empty(self) -> bool:
         """Nothing was ever journaled (or submitted): the caller submits genesis."""
-        return self.exchange.last_seq == 0
+        return bool(self.exchange.last_seq == 0)
 
     @property
     def journal_lag(self) -> int:
         """Commands applied to the core but not yet durable."""
-        return self.exchange.last_seq - self._durable_seq
+        lag: int = self.exchange.last_seq - self._durable_seq
+        return lag
 
     @property
     def journal_lag_seconds(self) -> float:
@@ -272,14 +309,14 @@ class CoreRunner:
     def durable_seq(self) -> int:
         return self._durable_seq
 
-    def add_listener(self, fn: Callable) -> None:
+    def add_listener(self, fn: Listener) -> None:
         """``fn(cmd, events)`` for every command (snapshot markers included) once it is
         durable, in seq order, on the event loop. Exceptions are logged, not raised."""
         self._listeners.append(fn)
         if self._batch is not None and self._sub.applied is None:
             self._sub.applied = self._batch.applied
 
-    def _open_batch(self, loop) -> _Batch:
+    def _open_batch(self, loop: asyncio.AbstractEventLoop) -> _Batch:
         """A new current batch; the submitter frames into it from now on."""
         b = self._batch = _Batch(loop)
         sub = self._sub
@@ -288,17 +325,25 @@ class CoreRunner:
         sub.applied = b.applied if self._listeners else None
         return b
 
+    def _current(self) -> tuple[_Batch, asyncio.Event]:
+        """The batch filling up and the commit loop's wake-up (``start`` made them)."""
+        b, wake = self._batch, self._wake
+        if b is None or wake is None:
+            raise RunnerFailed("runner not started")
+        return b, wake
+
     def _wake_commit_loop(self) -> None:
         """The submitter's ``on_first``: the first record entered the current batch."""
-        self._batch.t0 = time.monotonic()
-        self._wake.set()
+        b, wake = self._current()
+        b.t0 = time.monotonic()
+        wake.set()
 
     def _refuse(self) -> None:
         raise RunnerFailed("runner not accepting commands" + (
             f": journal write failed: {self._failed!r}" if self._failed else ""))
 
     @staticmethod
-    def _core_raised(cmd, exc: BaseException) -> None:
+    def _core_raised(cmd: Command, exc: BaseException) -> None:
         log.error("core raised on seq %d (%s)", cmd.seq, cmd.TYPE, exc_info=exc)
 
     # ---------------------------------------------------------------- start / recovery
@@ -320,7 +365,7 @@ class CoreRunner:
         self._task = asyncio.create_task(self._commit_loop(), name="journal-commit")
         self._arm_snapshot_timer()
 
-    async def _choose_snapshot(self):
+    async def _choose_snapshot(self) -> tuple[int, bytes, int, str] | None:
         """The newest stored snapshot that matches the log *and* has a seal in it:
         ``(seq, data, seal_seq, state_hash)`` or None. A snapshot row proves nothing by
         itself - its data_hash is computed over its own data, which whoever can write the
@@ -328,7 +373,8 @@ class CoreRunner:
         snapshot without a seal (written before seals existed) is not used: the start
         falls back to an older sealed one, or to the log from genesis."""
         j = self.journal
-        skipped = self.recovery_skipped = []
+        skipped: list[int] = []
+        self.recovery_skipped = skipped
         if not self.use_snapshots:
             return None
         async for seq, data in j.snapshots():
@@ -440,7 +486,7 @@ class CoreRunner:
                  self.recovery["seconds"])
 
     # ---------------------------------------------------------------- submit
-    def submit_nowait(self, cmd) -> tuple[list, asyncio.Future]:
+    def submit_nowait(self, cmd: Command) -> tuple[Result, asyncio.Future[None]]:
         """Stamp, encode, apply and enqueue ``cmd``; return ``(events, durable)`` where
         ``durable`` is a future resolved when the command's batch is durable. The events must
         not be acknowledged before that. If the core raises (other than a SequenceError), the
@@ -450,7 +496,7 @@ class CoreRunner:
         ``submit``, which does exactly this without a Python frame: _PySubmitter.)"""
         return self._sub.submit(cmd)
 
-    async def submit(self, cmd) -> list:
+    async def submit(self, cmd: Command) -> list[Any]:
         """Apply ``cmd`` and return its events once it is durable."""
         result, fut = self.submit_nowait(cmd)
         await asyncio.shield(fut)
@@ -464,8 +510,9 @@ class CoreRunner:
         m.seq = ex.last_seq + 1
         m.ts = self._last_ts = self._last_ts + 1
         ex.apply(m)
-        b = self._batch
-        data = self._fork_snapshot(ex) if self._snapshot_in_child(ex) else None
+        b, wake = self._current()
+        data: bytes | asyncio.Future[bytes] | None = (
+            self._fork_snapshot(ex) if self._snapshot_in_child(ex) else None)
         if data is None:
             data = snapshot_bytes(ex)
             self._last_snapshot_size = len(data)
@@ -482,7 +529,7 @@ class CoreRunner:
         if b.snapshot_written is None:
             b.snapshot_written = asyncio.get_running_loop().create_future()
         if first:
-            self._wake.set()
+            wake.set()
         self._since_snapshot = 0
         self._arm_snapshot_timer()
 
@@ -495,7 +542,7 @@ class CoreRunner:
     fork_min_orders = 4_000  # resting orders at which a snapshot is serialised in a child
     fork_min_bytes = 512 << 10  # ... or when the previous snapshot was at least this large
 
-    def _snapshot_in_child(self, ex) -> bool:
+    def _snapshot_in_child(self, ex: Exchange) -> bool:
         if not self.fork_snapshots:
             return False
         if self._last_snapshot_size >= self.fork_min_bytes:
@@ -521,7 +568,7 @@ class CoreRunner:
         else:
             self._arm_snapshot_timer()
 
-    def _fork_snapshot(self, ex):
+    def _fork_snapshot(self, ex: Exchange) -> asyncio.Future[bytes] | None:
         """Serialise the state in a forked child (a copy-on-write image of this instant), so
         the event loop does not pause for it: returns a future of the bytes, or None when
         fork is not possible (then the caller serialises inline)."""
@@ -555,7 +602,8 @@ class CoreRunner:
         if not self._accepting:
             raise RunnerFailed("runner not accepting commands")
         self._snapshot_now()
-        b = self._batch
+        b, _ = self._current()
+        assert b.snapshot is not None and b.snapshot_written is not None  # _snapshot_now's
         await asyncio.shield(b.snapshot_written)
         return b.snapshot[0]
 
@@ -564,14 +612,14 @@ class CoreRunner:
         loop = asyncio.get_running_loop()
         j = self.journal
         while True:
-            b = self._batch
+            b, wake = self._current()
             if not b.frames.count:
                 if self._stopping:
                     return
-                await self._wake.wait()
-                self._wake.clear()
+                await wake.wait()
+                wake.clear()
                 continue
-            self._open_batch(loop)
+            nxt = self._open_batch(loop)
             self._writing = b
             try:
                 await j.append(b.frames)
@@ -580,7 +628,7 @@ class CoreRunner:
                 self._failed = e
                 log.critical("journal write failed; no further commands accepted: %r", e)
                 err = RunnerFailed(f"journal write failed: {e!r}")
-                for fut in (b.future, self._batch.future):
+                for fut in (b.future, nxt.future):
                     if not fut.done():
                         fut.set_exception(err)
                         fut.exception()  # mark retrieved: waiters get it via shield
@@ -608,13 +656,15 @@ class CoreRunner:
                 self._snapshot_task = asyncio.create_task(
                     self._store_snapshot(b, self._snapshot_task), name="journal-snapshot")
 
-    async def _store_snapshot(self, b: _Batch, previous: asyncio.Task | None) -> None:
+    async def _store_snapshot(self, b: _Batch, previous: asyncio.Task[None] | None) -> None:
         """Write ``b``'s snapshot once its batch is durable (it is: the commit loop starts
         this after), in order after ``previous``."""
         if previous is not None:
             await asyncio.wait([previous])
+        snap, written = b.snapshot, b.snapshot_written
+        assert snap is not None and written is not None  # _snapshot_now set both
         try:
-            seq, data = b.snapshot
+            seq, data = snap
             if not isinstance(data, bytes):
                 data = await data  # from the forked child
                 self._last_snapshot_size = len(data)
@@ -627,13 +677,13 @@ class CoreRunner:
                 await asyncio.shield(durable)
             await self.journal.write_snapshot(seq, data)
             await self._write_checkpoint()
-            b.snapshot_written.set_result(None)
+            written.set_result(None)
             if self.gc_freeze:
                 gc.freeze()
         except Exception as e:
-            log.exception("snapshot at seq %d not written", b.snapshot[0])
-            b.snapshot_written.set_exception(e)
-            b.snapshot_written.exception()
+            log.exception("snapshot at seq %d not written", seq)
+            written.set_exception(e)
+            written.exception()
 
     async def _write_checkpoint(self) -> None:
         """Sign the journal's durable end (its last_seq / last_hash are set together when a
@@ -662,7 +712,7 @@ class CoreRunner:
         self._accepting = False
         self._arm_snapshot_timer()  # cancels it
         self._stopping = True
-        self._wake.set()
+        self._current()[1].set()
         try:
             await self._task
         finally:
@@ -677,7 +727,8 @@ class CoreRunner:
                 await self.journal.close()
 
 
-async def _start_chain_check(journal: Journal, to_seq: int, min_records: int):
+async def _start_chain_check(journal: Journal, to_seq: int, min_records: int
+                             ) -> asyncio.subprocess.Process | None:
     """Verify the chain 1..to_seq in a child interpreter (``python -m
     exchange.journal.check``); returns an awaitable process handle, or None."""
     spec = getattr(journal, "spec", None)
@@ -697,7 +748,7 @@ async def _start_chain_check(journal: Journal, to_seq: int, min_records: int):
         return None
 
 
-async def _finish_chain_check(proc) -> None:
+async def _finish_chain_check(proc: asyncio.subprocess.Process) -> None:
     import json
     out, err = await proc.communicate()
     try:
@@ -711,13 +762,13 @@ async def _finish_chain_check(proc) -> None:
         raise JournalError(res["error"])
 
 
-def _collect_child(pid: int, fd: int) -> asyncio.Future:
+def _collect_child(pid: int, fd: int) -> asyncio.Future[bytes]:
     """A future of a forked snapshot child's output: the pipe read to EOF by the event loop
     (``add_reader``; not a thread, which would need the GIL back after every read), then the
     child reaped. Fails with JournalError if the child did not exit cleanly."""
     loop = asyncio.get_running_loop()
-    fut = loop.create_future()
-    chunks: list = []
+    fut: asyncio.Future[bytes] = loop.create_future()
+    chunks: list[bytes] = []
     widen_pipe(fd)
     os.set_blocking(fd, False)
 
@@ -750,7 +801,7 @@ def _collect_child(pid: int, fd: int) -> asyncio.Future:
     return fut
 
 
-def state_digest(ex) -> str:
+def state_digest(ex: Exchange) -> str:
     """SHA-256 (hex) of the state as a snapshot holds it (:func:`snapshot_bytes`): what a
     seal records and what a start recomputes after loading the snapshot."""
     return hashlib.sha256(snapshot_bytes(ex)).hexdigest()
@@ -775,7 +826,8 @@ async def find_seal(journal: Journal, snap_seq: int) -> tuple[int, str] | None:
     return None
 
 
-async def restore_proven_snapshot(ex, journal: Journal, max_seq: int | None = None) -> int:
+async def restore_proven_snapshot(ex: Exchange, journal: Journal, max_seq: int | None = None
+                                  ) -> int:
     """For offline readers (``journal replay``, reports): restore into ``ex`` the newest
     snapshot at or before ``max_seq`` that has a seal in the log and matches it; return its
     seq (0: none usable, replay from genesis). Unsealed snapshots are skipped; one that does
@@ -792,7 +844,8 @@ async def restore_proven_snapshot(ex, journal: Journal, max_seq: int | None = No
     return 0
 
 
-async def replay_into(ex, journal: Journal, from_seq: int = 1, to_seq: int | None = None) -> int:
+async def replay_into(ex: Exchange, journal: Journal, from_seq: int = 1,
+                      to_seq: int | None = None) -> int:
     """Apply the log's records ``from_seq..to_seq`` to ``ex``; return how many. A core
     exception on a record is logged and replay goes on, exactly as it went live."""
     n = 0

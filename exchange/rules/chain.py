@@ -27,6 +27,7 @@ import tomllib
 from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 from ..core.units import PPM, ppm_half_even, ppm_to_decimal
 from . import formulas as F
@@ -39,7 +40,7 @@ class ChainError(ValueError):
     """A malformed chain or one without a solution; the message names the field or products."""
 
 
-def _whole(v, where: str) -> int:
+def _whole(v: object, where: str) -> int:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or (
             isinstance(v, float) and not v.is_integer()):
         raise ChainError(f"{where}: must be a whole number >= 0, got {v!r}")
@@ -48,7 +49,7 @@ def _whole(v, where: str) -> int:
     return int(v)
 
 
-def parse_chain(data: dict) -> list[dict]:
+def parse_chain(data: dict[str, Any]) -> list[dict[str, Any]]:
     """Check a chain (the TOML document as a dict) and return its firms as
     ``[{"id", "product", "direct_emissions", "output", "inputs"}]``; raise
     :class:`ChainError` naming the first bad field, e.g. ``firms[2].output``."""
@@ -58,7 +59,7 @@ def parse_chain(data: dict) -> list[dict]:
     firms = data.get("firms")
     if not isinstance(firms, list) or not firms:
         raise ChainError("firms: needs at least one [[firms]] table")
-    out: list[dict] = []
+    out: list[dict[str, Any]] = []
     seen: set[str] = set()
     for n, f in enumerate(firms):
         at = f"firms[{n}]"
@@ -106,7 +107,7 @@ def parse_chain(data: dict) -> list[dict]:
     return out
 
 
-def load_chain(path: str | Path) -> list[dict]:
+def load_chain(path: str | Path) -> list[dict[str, Any]]:
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -123,12 +124,12 @@ def _dec(ppm: int | None) -> str | None:
     return None if ppm is None else format(ppm_to_decimal(ppm), "f")
 
 
-def responsibility(firms: list[dict]) -> dict:
+def responsibility(firms: list[dict[str, Any]]) -> dict[str, Any]:
     """beta per product and each firm's responsibility for a parsed chain (see module doc).
     Numbers as the engine keeps them: ``*_ppm`` integers (ppm of a tonne, or of a tonne per
     unit) with decimal strings beside them. Raises :class:`ChainError` for a non-productive
     input network, naming its products."""
-    producers: dict[str, list] = {}
+    producers: dict[str, list[tuple[int, int, dict[str, int]]]] = {}
     who: dict[str, list[str]] = {}
     for f in firms:
         if f["output"] > 0:
@@ -203,7 +204,7 @@ def _num(s: str | None, places: int) -> str:
     return f"{Decimal(s):,.{places}f}"
 
 
-def render_text(result: dict, source: str = "") -> str:
+def render_text(result: dict[str, Any], source: str = "") -> str:
     """A readable table of :func:`responsibility`'s result."""
     lines = [f"Responsibility along the chain {source}".rstrip()
              + f" ({result['iterations']} iterations)", ""]

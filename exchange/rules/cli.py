@@ -4,11 +4,12 @@ beta per product and what each firm answers for (t CO2), for a chain given as a 
 field or the products of a non-productive cycle named when the chain has no answer."""
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
 
-def _responsibility(args) -> int:
+def _responsibility(args: argparse.Namespace) -> int:
     from .chain import ChainError, load_chain, render_text, responsibility
     try:
         result = responsibility(load_chain(args.chain))
@@ -22,7 +23,7 @@ def _responsibility(args) -> int:
     return 0
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("rules", help="rules tools: responsibility along a supply chain")
     rsub = p.add_subparsers(dest="rules_command", metavar="{responsibility}")
     r = rsub.add_parser(
@@ -35,4 +36,7 @@ def register(sub) -> None:
     r.add_argument("chain", metavar="CHAIN.toml", help="the chain file")
     r.add_argument("--json", action="store_true", help="print JSON instead of a table")
     r.set_defaults(func=_responsibility)
-    p.set_defaults(func=lambda a: (p.print_help(), 0)[1])
+    def _help(_args: argparse.Namespace) -> int:
+        p.print_help()
+        return 0
+    p.set_defaults(func=_help)

@@ -3,6 +3,8 @@ as integer parts per million (``*_ppm``, 1.0 = 1,000,000), intensities as ppm of
 CO2e per unit of output. :mod:`exchange.rules.config` converts the human-facing decimals."""
 from __future__ import annotations
 
+from typing import Any
+
 from ..core.commands import Command, command
 
 # names of the parameters set by set_rules_params, with their types (see RulesParams)
@@ -79,7 +81,7 @@ class SetOutputHistory(Command):
     pre-allocation and of the split strategies. rows: ((period, output[, emissions]), ...)."""
 
     firm_id: str
-    rows: tuple = ()
+    rows: tuple[Any, ...] = ()
     seq: int = 0
     ts: int = 0
 
@@ -91,7 +93,7 @@ class SetInputUse(Command):
 
     firm_id: str
     period: int
-    inputs: tuple = ()
+    inputs: tuple[Any, ...] = ()
     seq: int = 0
     ts: int = 0
 
@@ -150,7 +152,7 @@ class SplitSubQuotas(Command):
     parent: str
     instrument: str
     amount: int
-    smes: tuple = ()
+    smes: tuple[Any, ...] = ()
     strategy: str = "equal"
     revenue_share_ppm: int = 500_000
     surplus_rule: str = "revert"

@@ -6,11 +6,14 @@ Ratios are decimal strings here (``"0.70"``) and integer ppm in the core; the co
 from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
 from ..core.units import PPM, ratio_to_ppm, to_decimal
+
+if TYPE_CHECKING:
+    from ..core.commands import Command
 
 
 def _ratio(v: str, lo: str = "0", hi: str | None = None) -> str:
@@ -32,7 +35,7 @@ class BenchmarkConfig(BaseModel):
 
     @field_validator("intensity")
     @classmethod
-    def _i(cls, v):
+    def _i(cls, v: str) -> str:
         _ratio(v)
         if Decimal(v) <= 0:
             raise ValueError("intensity must be > 0")
@@ -73,33 +76,33 @@ class RulesConfig(BaseModel):
 
     @field_validator(*_UNIT)
     @classmethod
-    def _unit(cls, v):
+    def _unit(cls, v: str) -> str:
         return _ratio(v, "0", "1")
 
     @field_validator(*_ANY)
     @classmethod
-    def _any(cls, v):
+    def _any(cls, v: str) -> str:
         return _ratio(v, "0", "100")
 
     @field_validator("instrument_pattern")
     @classmethod
-    def _pattern(cls, v):
+    def _pattern(cls, v: str) -> str:
         if "{period}" not in v:
             raise ValueError("instrument_pattern must contain {period}")
         v.format(period=2026)
         return v
 
     @model_validator(mode="after")
-    def _phi(self):
+    def _phi(self) -> RulesConfig:
         if not 0 < Decimal(self.phi_min) <= Decimal(self.initial_phi) <= Decimal(self.phi_max):
             raise ValueError("need 0 < phi_min <= initial_phi <= phi_max")
         if self.allocation_total == "absolute" and self.cap_tonnes <= 0:
             raise ValueError("allocation_total = \"absolute\" needs cap_tonnes > 0")
         return self
 
-    def params(self) -> dict:
+    def params(self) -> dict[str, int | bool | str]:
         """Core parameter names -> values (ppm integers)."""
-        out = {}
+        out: dict[str, int | bool | str] = {}
         for k in _UNIT + _ANY:
             out[f"{k}_ppm"] = ratio_to_ppm(getattr(self, k))
         out["coupling_weights"] = self.coupling_weights
@@ -110,12 +113,12 @@ class RulesConfig(BaseModel):
         return out
 
 
-def rules_commands(cfg: RulesConfig | None) -> list:
+def rules_commands(cfg: RulesConfig | None) -> list[Command]:
     """set_rules_params with every parameter, then set_benchmark per configured product."""
     from .commands import SetBenchmark, SetRulesParams
     if cfg is None:
         return []
-    cmds: list = [SetRulesParams(**cfg.params())]
+    cmds: list[Command] = [SetRulesParams(**cfg.params())]
     for b in cfg.benchmarks:
         cmds.append(SetBenchmark(product=b.product, intensity_ppm=ratio_to_ppm(b.intensity)))
     return cmds

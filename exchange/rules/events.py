@@ -2,13 +2,15 @@
 factor change are the explanation a firm reads (docs/RULES.md lists every key)."""
 from __future__ import annotations
 
+from typing import Any
+
 from ..core.events import event
 
 
 @event("rules_params_set")
 class RulesParamsSet:
     effective_from: int  # first period the parameters apply to (0 = all)
-    params: dict  # the full parameter set from that period on
+    params: dict[str, Any]  # the full parameter set from that period on
 
 
 @event("benchmark_set")
@@ -26,8 +28,8 @@ class BenchmarkUpdated:
     period: int
     before_ppm: int
     after_ppm: int
-    inputs: dict
-    terms: dict
+    inputs: dict[str, Any]
+    terms: dict[str, Any]
 
 
 @event("factor_changed")
@@ -39,21 +41,21 @@ class FactorChanged:
     reason: str
     phi_before_ppm: int
     phi_after_ppm: int
-    inputs: dict
-    terms: dict
+    inputs: dict[str, Any]
+    terms: dict[str, Any]
 
 
 @event("output_history_set")
 class OutputHistorySet:
     firm_id: str
-    periods: tuple
+    periods: tuple[Any, ...]
 
 
 @event("input_use_set")
 class InputUseSet:
     firm_id: str
     period: int
-    inputs: tuple
+    inputs: tuple[Any, ...]
 
 
 @event("verified_recorded")
@@ -77,7 +79,7 @@ class AllocationChanged:
     instrument: str
     issued: int
     to_obligation: int
-    allocation: dict  # the firm's allocation record after the step
+    allocation: dict[str, Any]  # the firm's allocation record after the step
 
 
 @event("allocation_normalised")
@@ -110,8 +112,8 @@ class PeriodClosed:
     period: int
     factors_updated: int
     benchmarks_updated: int
-    unverified: tuple  # covered firms without verified data: phi unchanged
-    responsibility: dict  # product -> responsibility factor (ppm t/unit)
+    unverified: tuple[Any, ...]  # covered firms without verified data: phi unchanged
+    responsibility: dict[str, Any]  # product -> responsibility factor (ppm t/unit)
     responsibility_iterations: int
 
 
@@ -121,7 +123,7 @@ class SubQuotasSplit:
     instrument: str
     strategy: str
     amount: int
-    parts: tuple  # ((sme, qty, weight_text, lot_id), ...); lot_id 0 for a zero part
+    parts: tuple[Any, ...]  # ((sme, qty, weight_text, lot_id), ...); lot_id 0 for a zero part
 
 
 @event("sub_quota_settled")

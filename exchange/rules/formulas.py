@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from decimal import Context, Decimal, ROUND_HALF_EVEN
 from fractions import Fraction
+from typing import Any, Sequence
 
 from ..core.units import PPM, floor_int, ppm_half_even, ppm_toward
 
@@ -61,7 +62,7 @@ def scaled_allocation(benchmark_ppm: int, output: int, phi_ppm: int, scale: Frac
 
 
 def period_allocation(mode: str, rows: list[tuple[int, int, int]], cap_tonnes: int = 0,
-                      ratio_ppm: int = PPM, held_outside: int = 0) -> dict:
+                      ratio_ppm: int = PPM, held_outside: int = 0) -> dict[str, Any]:
     """Allocate a period's total over ``rows = [(benchmark_ppm, output, phi_ppm), ...]``.
 
     * ``intensity``: ``basis = floor(sum B x Y)``; ``absolute``: ``basis = cap_tonnes -
@@ -123,7 +124,7 @@ def coupling_term(partners: list[tuple[Fraction, Fraction]], kappa_ppm: int,
 
 
 def update_phi(phi_ppm: int, own: Fraction, coupling: Fraction, phi_min_ppm: int,
-               phi_max_ppm: int, max_step_ppm: int) -> dict:
+               phi_max_ppm: int, max_step_ppm: int) -> dict[str, Any]:
     """``phi' = phi x (1 + own + coupling)``; limited to ``phi x (1 +- max_step)``; clamped to
     ``[phi_min, phi_max]``; rounded to whole ppm toward the old phi. Returns the new phi and
     every intermediate value (exact Fractions)."""
@@ -141,7 +142,7 @@ def update_phi(phi_ppm: int, own: Fraction, coupling: Fraction, phi_min_ppm: int
 
 def initial_phi(technology_ppm: int, efficiency_ppm: int, hist_intensity_ppm: int,
                 benchmark_ppm: int, w_tech_ppm: int, w_eff_ppm: int, w_hist_ppm: int,
-                base_ppm: int, phi_min_ppm: int, phi_max_ppm: int) -> dict:
+                base_ppm: int, phi_min_ppm: int, phi_max_ppm: int) -> dict[str, Any]:
     """Assessment: ``phi0 = base + w_tech (2 tau - 1) + w_eff (2 eta - 1) + w_hist (1 - H/B)``
     with technology level tau and energy efficiency eta in [0, 1]; clamped to the bounds and
     rounded to whole ppm toward ``base``."""
@@ -160,7 +161,7 @@ def initial_phi(technology_ppm: int, efficiency_ppm: int, hist_intensity_ppm: in
 
 def benchmark_step(benchmark_ppm: int, target: Fraction, step_ppm: int,
                    max_tightening_ppm: int, allow_loosening: bool,
-                   max_loosening_ppm: int) -> dict:
+                   max_loosening_ppm: int) -> dict[str, Any]:
     """Gradient step on ``L(B) = 1/2 (B - I)^2``: ``B' = B - eta (B - I)``, with I the
     output-weighted average verified intensity (t/unit). The move down is at most
     ``max_tightening x B``; a move up is dropped unless loosening is allowed, then at most
@@ -222,7 +223,7 @@ def responsibility_system(
 
 
 def outside_inputs(producers: dict[str, list[tuple[int, int, dict[str, int]]]],
-                   consumers: list[dict[str, int]] = ()) -> list[str]:
+                   consumers: Sequence[dict[str, int]] = ()) -> list[str]:
     """Input products that nobody in the system makes: their factor is 0, so what they embody
     is outside the scheme. Reported, never silently dropped."""
     used = {i for rows in producers.values() for _, _, inputs in rows for i in inputs}
@@ -341,7 +342,7 @@ def responsibility_factors(producers: dict[str, list[tuple[int, int, dict[str, i
         if delta <= tol:
             return {p: ppm_half_even(Fraction(beta[p])) for p in products}, k
     cyc = [p for comp in _components(products, a) for p in comp
-           if len(comp) > 1 or a[p].get(p, 0)]
+           if len(comp) > 1 or a[p].get(p)]
     raise Diverges(f"responsibility factors not settled after {max_iter} iterations: the "
                    f"cycle through {', '.join(cyc)} is barely productive (it takes almost "
                    "one unit of itself per unit made)", tuple(cyc))
@@ -379,7 +380,7 @@ def gap_reference(benchmark_ppm: int, beta_ppm: int | None) -> tuple[str, int] |
 STRATEGIES = ("equal", "output", "baseline_emissions", "responsibility", "abatement")
 
 
-def split_amounts(amount: int, weights: list[Fraction | int]) -> list[int]:
+def split_amounts(amount: int, weights: Sequence[Fraction | int]) -> list[int]:
     """Split ``amount`` tonnes in proportion to ``weights`` by the largest-remainder method:
     each gets ``floor(amount x w / W)``, then the tonnes left go one each to the largest
     fractional remainders, ties to the earlier entry. The parts sum exactly to ``amount``.
