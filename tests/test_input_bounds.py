@@ -42,7 +42,8 @@ HTTP_REQUESTS = [
     ("PUT", "/compliance/periods/2026/cap", {"cap_pct": "1E+20000"}, OPERATOR),
     ("PUT", "/compliance/periods/2026/cap", {"cap_pct": "5", "effective": "0001-01-01"},
      OPERATOR),
-    ("PUT", "/compliance/periods/2026/cap", {"cap_pct": "5", "effective_ts": U64}, OPERATOR),
+    ("PUT", "/compliance/periods/2026/cap", {"cap_pct": "5", "effective": "99999-01-01"},
+     OPERATOR),
     ("PUT", "/compliance/periods/2026/cap", {"cap_pct": "5", "sub_caps_pct": {"CCER": "1E+99"}},
      OPERATOR),
     ("POST", f"/compliance/submissions/POWER1/{BIG}/verify", {}, VERIFIER),
@@ -79,7 +80,7 @@ HTTP_REQUESTS = [
                                             "auction_to_fund_pct": "0"}, OPERATOR),
     ("POST", f"/compliance/sme-fund/applications/{BIG}/approve", {}, OPERATOR),
     ("POST", "/sub-quotas", {"parent": "STEEL1", "sme": "SME1", "instrument": I, "qty": U64,
-                             "revenue_share_ppm": 0}, OPERATOR),
+                             "revenue_share": "0"}, OPERATOR),
 ]
 
 

@@ -111,14 +111,14 @@ async def test_benchmark_inputs_and_product_statistics_suppressed_for_firms(tmp_
         op = await call(srv, "GET", "/rules/benchmarks")
         steps = [h for v in op.values() for h in v["history"] if h.get("inputs")]
         assert steps and all(h["inputs"]["firms"] == 1 for h in steps)
-        assert all("weighted_intensity_ppm" in h["inputs"] for h in steps)
+        assert all("weighted_intensity" in h["inputs"] for h in steps)
         firm = await call(srv, "GET", "/rules/benchmarks", key=CEMENT)
         for p, v in firm.items():
-            assert v["intensity_ppm"] == op[p]["intensity_ppm"]  # the benchmark is public
+            assert v["intensity"] == op[p]["intensity"]  # the benchmark is public
             for h in v["history"]:
                 if h.get("inputs"):
                     assert h["inputs"] == {"suppressed": True} == h["terms"]
-                    assert "weighted_intensity_ppm" not in str(h)
+                    assert "weighted_intensity" not in str(h)
         # a product's responsibility factor is its producers' statistic: one each here
         op_p = (await call(srv, "GET", "/rules/periods"))["periods"][0]
         firm_p = (await call(srv, "GET", "/rules/periods", key=CEMENT))["periods"][0]

@@ -268,8 +268,8 @@ async def test_operator_api_validation_halt_and_openapi(server):
         assert e.value.code == "HALTED"
         await op(server, "POST", "/resume", {"instrument": I})
         assert (await c.place_order(I, "sell", 1, "86.00"))["order_status"] == "new"
-    status, band = await op(server, "PUT", f"/instruments/{I}/band", {"band_bps": 500})
-    assert status == 200
+    status, band = await op(server, "PUT", f"/instruments/{I}/band", {"band_pct": "5"})
+    assert status == 200 and band["events"][0]["band_pct"] == "5.00"
     status, body = await op(server, "POST", "/end-of-day", {})
     assert status == 200 and body["events"][-1]["type"] == "day_ended"
     status, doc = await op(server, "GET", "/openapi.json", key=None)
