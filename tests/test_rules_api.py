@@ -33,7 +33,7 @@ async def test_rules_endpoints_and_factor_history(tmp_path):
                             {"firm_id": "STEEL1", "technology": "0.8", "efficiency": "0.6",
                              "hist_intensity": "1.7"})
         assert st == 200, body
-        assert body["events"][0]["phi_after_ppm"] == 1_067_777
+        assert body["events"][0]["phi_after"] == "1.067777"
         st, body = await op(srv, "POST", "/rules/params", {"kappa": "0.3"})
         assert st == 200 and body["events"][0]["effective_from"] == 0
         st, body = await op(srv, "POST", "/rules/params", {"phi_min": "abc"})
@@ -46,8 +46,8 @@ async def test_rules_endpoints_and_factor_history(tmp_path):
         # only STEEL1 has a last output: T = 1.8 x 10,000 = 18,000, pre = 0.7 x T, all of it
         # its share whatever its phi; k_pre = 18,000 / (18,000 x 1.067777) = 0.936525
         assert st == 200 and a["pre_allocation"] == 12_600
-        assert (a["allocation_total"], a["scale_ppm"], a["raw_allocation"]) == (
-            "intensity", 936_525, 19_219)
+        assert (a["allocation_total"], a["scale"], a["raw_allocation"]) == (
+            "intensity", "0.936525", 19_219)
         # absolute needs a cap; bad values are refused; a valid change applies from 2027
         st, body = await op(srv, "POST", "/rules/params", {"allocation_total": "absolute"})
         assert st == 400 and body["error"]["code"] == "BAD_PARAMETER"
@@ -74,8 +74,8 @@ async def test_rules_endpoints_and_factor_history(tmp_path):
         assert {k: p26[k] for k in ("period", "state", "instrument", "responsibility")} == {
             "period": 2026, "state": "open", "instrument": "CEA-2026", "responsibility": {}}
         assert (p26["allocation"]["allocation_total"], p26["allocation"]["pre_basis"],
-                p26["allocation"]["pre_total"], p26["allocation"]["pre_scale_ppm"],
-                p26["allocation"]["total"]) == ("intensity", 18_000, 12_600, 936_525, None)
+                p26["allocation"]["pre_total"], p26["allocation"]["pre_scale"],
+                p26["allocation"]["total"]) == ("intensity", 18_000, 12_600, "0.936525", None)
 
         st, body = await op(srv, "GET", "/rules/chains")
         chain = [c for c in body["chains"] if c["chain_id"] == "steelchain"][0]
@@ -104,7 +104,7 @@ async def test_rules_endpoints_and_factor_history(tmp_path):
         st, body = await op(srv, "GET", "/rules/factors/STEEL1")
         assert st == 200 and body["history"][0]["reason"] == "assessment"
         st, body = await op(srv, "GET", "/rules/factors/STEEL1", key=STEEL)
-        assert st == 200 and body["phi_ppm"] == 1_067_777
+        assert st == 200 and body["phi"] == "1.067777"
         st, body = await op(srv, "GET", "/rules/factors/STEEL1", key=POWER)
         assert st == 403
         st, body = await op(srv, "POST", "/rules/params", {"kappa": "0.1"}, key=STEEL)
@@ -112,9 +112,9 @@ async def test_rules_endpoints_and_factor_history(tmp_path):
 
         async with ExchangeClient(srv.ws_url, STEEL) as c:
             h = await c.request("factor_history", {})
-            assert h["firm_id"] == "STEEL1" and h["history"][0]["phi_after_ppm"] == 1_067_777
+            assert h["firm_id"] == "STEEL1" and h["history"][0]["phi_after"] == "1.067777"
             a = await c.request("allocation", {"period": 2026})
-            assert a["pre_allocation"] == 12_600 and a["scale_ppm"] == 936_525
+            assert a["pre_allocation"] == 12_600 and a["scale"] == "0.936525"
             try:
                 await c.request("allocation", {"period": "2026"})
                 raise AssertionError("a string period must be refused")
@@ -149,8 +149,8 @@ async def test_firm_sub_quotas_endpoint(tmp_path):
         assert mine["received"][1] == {
             "lot_id": lot_id, "period": 2026, "instrument": "CEA-2026", "parent": "STEEL1",
             "sme": "SME1", "chain_id": "steelchain", "granted": 1234, "held": 1234, "sold": 0,
-            "revenue_share": "0.65", "revenue_share_ppm": 650_000, "surplus_rule": "bank",
-            "shortfall_rule": "parent", "sme_proceeds": 0, "parent_proceeds": 0,
+            "revenue_share": "0.65", "surplus_rule": "bank",
+            "shortfall_rule": "parent", "sme_proceeds": "0.00", "parent_proceeds": "0.00",
             "created_seq": created_seq, "settlement": None, "compliance": {}}
         # the core firm sees what it split out, to whom, with the same terms
         st, steel = await op(srv, "GET", "/rules/sub-quotas/STEEL1", key=STEEL)

@@ -47,8 +47,8 @@ from ..present import present
 from ..privacy import may_read_firm, min_contributors, require_firm_reader, suppress
 from ..server.api import ApiContext, CommandResult, Ident, Magnitude, Ratio, Ratio100, Text, \
     int_param, route
-from ..server.appkeys import STATE_KEY
-from ..access.credentials import ROLE_FIRM, ROLE_OPERATOR, ROLE_VERIFIER
+from ..server.app import STATE_KEY
+from ..server.credentials import ROLE_FIRM, ROLE_OPERATOR, ROLE_VERIFIER
 from ..server.protocol import MAX_PERIOD, Period, ProtocolError, ws_method
 from . import formulas as F
 from .commands import (
@@ -320,13 +320,28 @@ _STEPS = {"pre_allocate": PreAllocate, "close_period": ClosePeriod,
           "settle_allocations": SettleAllocations, "settle_sub_quotas": SettleSubQuotas}
 
 
+def _totals_for_people(t: dict | None) -> dict | None:
+    """A period's totals with each exact scale ``[num, den]`` as ``*_exact``, so the answer
+    shows it once, as a decimal of six places (half to even, exchange/present.py), where the
+    core keeps the pair and a ppm display value."""
+    if t is None:
+        return None
+    out = dict(t)
+    for k in ("pre_scale", "scale"):
+        pair = out.pop(k, None)
+        if pair is not None:
+            out.pop(f"{k}_ppm", None)
+            out[f"{k}_exact"] = f"{pair[0]}/{pair[1]}"
+    return out
+
+
 @route("GET", "/rules/periods", summary="Periods, their state and responsibility factors",
        tag=TAG, roles=READERS)
 async def get_periods(ctx: ApiContext, body) -> dict:
     r = _rules(ctx)
     out = [{"period": p, "state": s, "instrument": r.instrument_for(p),
             "responsibility": {k: _dec(v) for k, v in r.resp.get(p, {}).items()},
-            "allocation": r.period_totals(p)}
+            "allocation": _totals_for_people(r.period_totals(p))}
            for p, s in sorted(r.periods.items())]
     if ctx.cred.role != ROLE_OPERATOR:
         for row in out:
