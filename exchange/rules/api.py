@@ -47,8 +47,8 @@ from ..present import present
 from ..privacy import may_read_firm, min_contributors, require_firm_reader, suppress
 from ..server.api import ApiContext, CommandResult, Ident, Magnitude, Ratio, Ratio100, Text, \
     int_param, route
-from ..server.app import STATE_KEY
-from ..server.credentials import ROLE_FIRM, ROLE_OPERATOR, ROLE_VERIFIER
+from ..server.appkeys import STATE_KEY
+from ..access.credentials import ROLE_FIRM, ROLE_OPERATOR, ROLE_VERIFIER
 from ..server.protocol import MAX_PERIOD, Period, ProtocolError, ws_method
 from . import formulas as F
 from .commands import (
