@@ -106,6 +106,8 @@ def create_app(settings: Settings, data_dir: str | Path | None = None, *,
                recover_from_genesis: bool = False, follower=None) -> web.Application:
     """The whole server as an aiohttp application (start it with AppRunner or TestServer)."""
     load_extensions()
+    from ..present import set_zone
+    set_zone(settings.market.calendar.tz)  # times people read: the market calendar's zone
     st = ServerState(settings, Path(data_dir) if data_dir is not None
                      else Path(settings.journal.data_dir), in_memory, demo)
     app = web.Application(client_max_size=1 << 20,
