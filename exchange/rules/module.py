@@ -35,7 +35,7 @@ its input and raises :class:`~exchange.core.errors.Reject` *before* it changes a
 from __future__ import annotations
 
 from fractions import Fraction
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from ..core import errors as E
 from ..core.accounts import CASH, ISSUER, LOT_SUB_QUOTA, post_cash
@@ -44,6 +44,10 @@ from ..core.events import Posting
 from ..core.exchange import Module
 from ..core.records import record_maker
 from ..core.units import MAX_QTY, PPM, floor_int, ppm_half_even, ratio_ppm
+
+if TYPE_CHECKING:
+    from ..core.accounts import Account
+    from ..core.exchange import Exchange
 from . import formulas as F
 from .commands import (
     PARAM_FIELDS, AssessFirm, ClosePeriod, PreAllocate, RecordVerified, SetBenchmark,
@@ -84,12 +88,12 @@ assert tuple(DEFAULT_PARAMS) == PARAM_FIELDS
 MAX_RATIO_PPM = 100 * PPM  # no ratio parameter may exceed 100
 
 
-def _ppm(v) -> int:
+def _ppm(v: Fraction | int) -> int:
     """An exact ratio -> integer ppm for explanations (nearest, half to even)."""
     return ppm_half_even(v)
 
 
-def validate_params(p: dict) -> None:
+def validate_params(p: dict[str, Any]) -> None:
     """Raise Reject(BAD_PARAMETER) unless ``p`` is a consistent full parameter set."""
     for k, v in p.items():
         if k.endswith("_ppm") and (type(v) is not int or not 0 <= v <= MAX_RATIO_PPM):
@@ -120,7 +124,7 @@ def validate_params(p: dict) -> None:
         raise E.Reject(E.BAD_PARAMETER, "instrument_pattern may only use {period}") from None
 
 
-def _int(v, name: str, code: str = E.BAD_PARAMETER, minimum: int = 0) -> int:
+def _int(v: object, name: str, code: str = E.BAD_PARAMETER, minimum: int = 0) -> int:
     if type(v) is not int or v < minimum:
         raise E.Reject(code, f"{name} must be an integer >= {minimum}")
     return v
@@ -130,14 +134,14 @@ def _int(v, name: str, code: str = E.BAD_PARAMETER, minimum: int = 0) -> int:
 # named values); as dicts that was a kilobyte each, the largest part of a 10,000-firm market's
 # state. Kept as tuples of values whose key tuples are shared, and given out as the same dicts
 # (to_state, factor_history), so the state and its hash are unchanged.
-_SHAPES: dict[tuple, tuple] = {}
+_SHAPES: dict[tuple[str, ...], tuple[str, ...]] = {}
 _allocation_record = record_maker("AllocationRecord", (
     "instrument", "mode", "k_pre_num", "k_pre_den", "k_num", "k_den", "normalised",
     "benchmark_ppm", "phi_ppm", "pre_ratio_ppm", "base_output", "opened", "pre", "verified",
     "verified_output", "final", "deduction", "issued", "clawed_back", "to_obligation"))
 
 
-def _firm_resp(v) -> dict:
+def _firm_resp(v: dict[str, Any] | Sequence[Any]) -> dict[str, Any]:
     """A firm's responsibility record; a state from before final consumers were counted kept
     ``[period, intensity_ppm, output, responsibility_ppm]``."""
     if isinstance(v, dict):
@@ -148,21 +152,21 @@ def _firm_resp(v) -> dict:
             "outside_inputs": []}
 
 
-def _pack(d: dict) -> tuple:
+def _pack(d: dict[str, Any]) -> tuple[Any, ...]:
     keys = tuple(d)
     return _SHAPES.setdefault(keys, keys), tuple(d.values())
 
 
-def _unpack(packed: tuple) -> dict:
+def _unpack(packed: tuple[Any, ...]) -> dict[str, Any]:
     return dict(zip(*packed))
 
 
-def _pack_factor(h: dict) -> tuple:
+def _pack_factor(h: dict[str, Any]) -> tuple[Any, ...]:
     return (h["seq"], h["period"], h["reason"], h["phi_before_ppm"], h["phi_after_ppm"],
             _pack(h["inputs"]), _pack(h["terms"]))
 
 
-def _unpack_factor(t: tuple) -> dict:
+def _unpack_factor(t: tuple[Any, ...]) -> dict[str, Any]:
     return {"seq": t[0], "period": t[1], "reason": t[2], "phi_before_ppm": t[3],
             "phi_after_ppm": t[4], "inputs": _unpack(t[5]), "terms": _unpack(t[6])}
 
@@ -170,28 +174,34 @@ def _unpack_factor(t: tuple) -> dict:
 class RulesModule(Module):
     name = "rules"
 
-    def __init__(self, ex):
+    def __init__(self, ex: Exchange) -> None:
         super().__init__(ex)
         # [(effective_from_period, full params)], ascending; entry 0 applies from period 0
-        self.schedule: list[tuple[int, dict]] = [(0, dict(DEFAULT_PARAMS))]
+        self.schedule: list[tuple[int, dict[str, Any]]] = [(0, dict(DEFAULT_PARAMS))]
         self.benchmarks: dict[str, int] = {}  # product -> ppm t/unit, for the next allocation
         self.phi: dict[str, int] = {}  # firm -> current allocation factor (ppm)
-        self.assessments: dict[str, dict] = {}  # firm -> assessment inputs
-        self.history: dict[str, dict[int, list]] = {}  # firm -> period -> [output, emissions|None]
+        self.assessments: dict[str, dict[str, Any]] = {}  # firm -> assessment inputs
+        # firm -> period -> [output, emissions|None]
+        self.history: dict[str, dict[int, list[Any]]] = {}
         self.inputs: dict[str, dict[int, dict[str, int]]] = {}  # firm -> period -> {product: q}
-        self.verified: dict[int, dict[str, list]] = {}  # period -> firm -> [emissions, output]
-        self.allocs: dict[str, dict[int, dict]] = {}  # firm -> period -> allocation record
+        self.verified: dict[int, dict[str, list[int]]] = {}  # period -> firm -> [emissions, output]
+        # firm -> period -> allocation record
+        self.allocs: dict[str, dict[int, dict[str, Any]]] = {}
         self.periods: dict[int, str] = {}  # period -> "open" | "closed"
-        self.factors: dict[str, list[tuple]] = {}  # firm -> factor history (_pack_factor)
-        self.bench_history: dict[str, list[dict]] = {}  # product -> benchmark history
+        # firm -> factor history (_pack_factor)
+        self.factors: dict[str, list[tuple[Any, ...]]] = {}
+        self.bench_history: dict[str, list[dict[str, Any]]] = {}  # product -> benchmark history
         self.resp: dict[int, dict[str, int]] = {}  # period -> product -> beta (ppm t/unit)
-        self.firm_resp: dict[str, dict] = {}  # firm -> latest responsibility (_close_period)
-        self.settled_lots: dict[int, dict] = {}  # sub-quota lot -> period-end settlement
-        self.gain_shares: dict[int, list] = {}  # period -> [[core, sme, fen, explanation]]
-        self.totals: dict[int, dict] = {}  # period -> its total and scale (see _pre_allocate)
+        # firm -> latest responsibility (_close_period)
+        self.firm_resp: dict[str, dict[str, Any]] = {}
+        # sub-quota lot -> period-end settlement
+        self.settled_lots: dict[int, dict[str, Any]] = {}
+        self.gain_shares: dict[int, list[Any]] = {}  # period -> [[core, sme, fen, explanation]]
+        # period -> its total and scale (see _pre_allocate)
+        self.totals: dict[int, dict[str, Any]] = {}
 
     # ================================================================== plumbing
-    def handlers(self):
+    def handlers(self) -> dict[type, Callable[[Any], list[Any]]]:
         return {
             SetRulesParams: self._set_params, SetBenchmark: self._set_benchmark,
             AssessFirm: self._assess, SetOutputHistory: self._set_history,
@@ -201,8 +211,9 @@ class RulesModule(Module):
             SettleSubQuotas: self._settle_sub_quotas,
         }
 
-    def to_state(self) -> dict:
-        def per(d):  # {int: x} -> [[int, x]] sorted (JSON object keys must be strings)
+    def to_state(self) -> dict[str, Any]:
+        def per(d: dict[int, Any]) -> list[list[Any]]:
+            # {int: x} -> [[int, x]] sorted (JSON object keys must be strings)
             return [[k, d[k]] for k in sorted(d)]
         return {
             "schedule": [[p, dict(sorted(v.items()))] for p, v in self.schedule],
@@ -224,8 +235,8 @@ class RulesModule(Module):
             "gain_shares": per(self.gain_shares),
         }
 
-    def load_state(self, s: dict) -> None:
-        def per(rows):
+    def load_state(self, s: dict[str, Any]) -> None:
+        def per(rows: Iterable[Sequence[Any]]) -> dict[int, Any]:
             return {int(k): v for k, v in rows}
         self.schedule = [(int(p), dict(v)) for p, v in s["schedule"]]
         self.benchmarks = dict(s["benchmarks"])
@@ -252,12 +263,12 @@ class RulesModule(Module):
             v.setdefault("gain_share_ppm", 0)  # no sharing before the parameter existed
         for d in self.allocs.values():
             for rec in d.values():
-                for k, v in (("mode", "floating"), ("k_pre_num", 1), ("k_pre_den", 1),
-                             ("k_num", 1), ("k_den", 1), ("normalised", False)):
-                    rec.setdefault(k, v)
+                for k, dv in (("mode", "floating"), ("k_pre_num", 1), ("k_pre_den", 1),
+                              ("k_num", 1), ("k_den", 1), ("normalised", False)):
+                    rec.setdefault(k, dv)
 
     # ================================================================== read side
-    def params(self, period: int | None = None) -> dict:
+    def params(self, period: int | None = None) -> dict[str, Any]:
         """The parameters that apply to ``period`` (default: the next period to open)."""
         if period is None:
             period = self.next_effective_period()
@@ -272,9 +283,10 @@ class RulesModule(Module):
         return max(self.periods) + 1 if self.periods else 0
 
     def instrument_for(self, period: int) -> str:
-        return self.params(period)["instrument_pattern"].format(period=period)
+        pattern: str = self.params(period)["instrument_pattern"]
+        return pattern.format(period=period)
 
-    def allocation(self, firm_id: str, period: int) -> dict:
+    def allocation(self, firm_id: str, period: int) -> dict[str, Any]:
         rec = self.allocs.get(firm_id, {}).get(period)
         if rec is None:
             return {"firm_id": firm_id, "period": period, "pre_allocation": 0, "true_up": 0,
@@ -282,7 +294,7 @@ class RulesModule(Module):
                     "allocation_total": self.params(period)["allocation_total"]}
         return self._view(firm_id, period, rec)
 
-    def period_totals(self, period: int) -> dict | None:
+    def period_totals(self, period: int) -> dict[str, Any] | None:
         """How a period's total was fixed and shared (None before it is pre-allocated):
         ``allocation_total``; the pre-allocation's ``pre_basis`` (T from Y_last, or the cap),
         ``pre_total`` (pre_ratio x T), ``pre_raw_total`` (sum B x Y_last x phi, floored) and
@@ -298,10 +310,10 @@ class RulesModule(Module):
                 out[f"{k}_ppm"] = _ppm(Fraction(*out[k]))
         return out
 
-    def factor_history(self, firm_id: str) -> list[dict]:
+    def factor_history(self, firm_id: str) -> list[dict[str, Any]]:
         return [_unpack_factor(h) for h in self.factors.get(firm_id, [])]
 
-    def responsibility(self, firm_id: str) -> dict | None:
+    def responsibility(self, firm_id: str) -> dict[str, Any] | None:
         """What the firm answers for at the latest close that had data on it:
         ``responsibility_ppm`` = its emissions + sum of its inputs x their products'
         responsibility factors (ppm t), with ``emissions``, ``embodied_ppm``, ``output``,
@@ -310,7 +322,7 @@ class RulesModule(Module):
         fr = self.firm_resp.get(firm_id)
         return None if fr is None else dict(fr, firm_id=firm_id)
 
-    def benchmark_history(self, product: str) -> list[dict]:
+    def benchmark_history(self, product: str) -> list[dict[str, Any]]:
         return [dict(h) for h in self.bench_history.get(product, [])]
 
     def shortfall_cover(self, sme_id: str, period: int) -> str:
@@ -319,10 +331,11 @@ class RulesModule(Module):
             lot = self.ex.sub_quotas[lot_id]
             if lot["sme"] == sme_id and lot["instrument"] == sym \
                     and lot["shortfall_rule"] == "parent":
-                return lot["parent"]
+                parent: str = lot["parent"]
+                return parent
         return sme_id
 
-    def _view(self, firm_id: str, period: int, rec: dict) -> dict:
+    def _view(self, firm_id: str, period: int, rec: dict[str, Any]) -> dict[str, Any]:
         true_up = rec["final"] - rec["pre"] if rec["verified"] else 0
         out = rec["verified_output"] if rec["verified"] else rec["base_output"]
         return {"firm_id": firm_id, "period": period, "exists": True,
@@ -344,11 +357,12 @@ class RulesModule(Module):
                 "normalised": rec["normalised"]}
 
     # ================================================================== helpers
-    def _covered(self, acct) -> bool:
+    def _covered(self, acct: Account) -> bool:
         return not acct.system and acct.product in self.benchmarks
 
-    def _phi_of(self, firm_id: str, params: dict) -> int:
-        return self.phi.get(firm_id, params["initial_phi_ppm"])
+    def _phi_of(self, firm_id: str, params: dict[str, Any]) -> int:
+        phi: int = self.phi.get(firm_id, params["initial_phi_ppm"])
+        return phi
 
     def _latest(self, firm_id: str,
                 before: int | None = None) -> tuple[int, int, int | None] | None:
@@ -370,7 +384,7 @@ class RulesModule(Module):
             break
         return best
 
-    def _new_record(self, firm_id: str, period: int) -> dict:
+    def _new_record(self, firm_id: str, period: int) -> dict[str, Any]:
         """An allocation record fixes the benchmark and phi used for that period, and the
         scale k of its current allocation: k_pre (the pre-allocation's T / sum B Y phi) until
         the close normalises it (k_num/k_den), 1 in the floating mode."""
@@ -386,7 +400,7 @@ class RulesModule(Module):
             base_output=base[1] if base else 0, opened=False, pre=0, verified=False,
             verified_output=0, final=0, deduction=0, issued=0, clawed_back=0, to_obligation=0)
 
-    def _open_record(self, firm_id: str, period: int, store: bool = True) -> dict:
+    def _open_record(self, firm_id: str, period: int, store: bool = True) -> dict[str, Any]:
         """The record a period opens with. A record made earlier (a deduction recorded before
         the previous period closed, a verification before the pre-allocation) fixed B, phi
         and the base output of that moment; the period takes the values at its opening, so
@@ -403,26 +417,29 @@ class RulesModule(Module):
             recs[period] = rec
         return rec  # the caller sets pre, the scale and (when verified) final
 
-    def _provisional(self, rec: dict, period: int, output: int) -> int:
+    def _provisional(self, rec: dict[str, Any], period: int, output: int) -> int:
         """The allocation a verification gives before the close: B x Y x phi at the
         pre-allocation's scale k_pre (1 when floating)."""
         if rec["mode"] != "floating" and self.periods.get(period) == "closed":
             # the close shared the period's total among the firms verified by then; a firm
             # verified later keeps its pre-allocation (and a re-verified one its share), so
             # that total is not exceeded
-            return rec["final"] if rec["verified"] else rec["pre"]
+            q: int = rec["final"] if rec["verified"] else rec["pre"]
+            return q
         return F.scaled_allocation(rec["benchmark_ppm"], output, rec["phi_ppm"],
                                    Fraction(rec["k_pre_num"], rec["k_pre_den"]))
 
     @staticmethod
-    def _target(rec: dict) -> int:
+    def _target(rec: dict[str, Any]) -> int:
         if rec["verified"]:
-            return max(0, rec["final"] - rec["deduction"])
+            t: int = max(0, rec["final"] - rec["deduction"])
+            return t
         if rec["opened"]:
-            return max(0, rec["pre"] - rec["deduction"])
+            t = max(0, rec["pre"] - rec["deduction"])
+            return t
         return 0
 
-    def _check_settle(self, rec: dict, run: dict | None = None) -> None:
+    def _check_settle(self, rec: dict[str, Any], run: dict[str, Any] | None = None) -> None:
         """What a settlement needs, checked before any change. Its issue must fit under the
         core's MAX_QTY t outstanding of the instrument (as IssueUnits must; the run issues
         through ``ex._issue``, which does not check) - with the issues of the rest of the
@@ -447,10 +464,11 @@ class RulesModule(Module):
                                f"{MAX_QTY} t may be outstanding, {max(room, 0)} t left")
 
     @staticmethod
-    def _position(rec: dict) -> int:
-        return rec["issued"] - rec["clawed_back"] + rec["to_obligation"]
+    def _position(rec: dict[str, Any]) -> int:
+        pos: int = rec["issued"] - rec["clawed_back"] + rec["to_obligation"]
+        return pos
 
-    def _settle(self, firm_id: str, period: int, rec: dict, kind: str) -> list:
+    def _settle(self, firm_id: str, period: int, rec: dict[str, Any], kind: str) -> list[Any]:
         """Issue or claw back the difference between the record's target and what was
         delivered; what cannot be clawed back goes to the compliance obligation."""
         delta = self._target(rec) - self._position(rec)
@@ -459,7 +477,7 @@ class RulesModule(Module):
         ex = self.ex
         sym = rec["instrument"]
         acct = ex.accounts[firm_id]
-        events: list = []
+        events: list[Any] = []
         issued = to_obl = 0
         if delta > 0:
             events.extend(ex._issue(IssueUnits(account=firm_id, instrument=sym, qty=delta,
@@ -487,7 +505,7 @@ class RulesModule(Module):
         return events
 
     # ================================================================== parameters, data
-    def _set_params(self, c: SetRulesParams) -> list:
+    def _set_params(self, c: SetRulesParams) -> list[Any]:
         eff = self.next_effective_period()
         new = self.params(eff)
         changed = False
@@ -502,7 +520,7 @@ class RulesModule(Module):
         self.schedule = [(p, v) for p, v in self.schedule if p < eff] + [(eff, new)]
         return [RulesParamsSet(eff, dict(sorted(new.items())))]
 
-    def _set_benchmark(self, c: SetBenchmark) -> list:
+    def _set_benchmark(self, c: SetBenchmark) -> list[Any]:
         if not c.product or type(c.product) is not str:
             raise E.Reject(E.BAD_PARAMETER, "product must be a non-empty name")
         _int(c.intensity_ppm, "intensity_ppm", minimum=1)
@@ -513,7 +531,7 @@ class RulesModule(Module):
              "after_ppm": c.intensity_ppm})
         return [BenchmarkSet(c.product, c.intensity_ppm, prev)]
 
-    def _assess(self, c: AssessFirm) -> list:
+    def _assess(self, c: AssessFirm) -> list[Any]:
         acct = self.ex.firm(c.firm_id)
         b = self.benchmarks.get(acct.product)
         if b is None:
@@ -541,14 +559,16 @@ class RulesModule(Module):
         return [self._record_factor(c.firm_id, self.next_effective_period(), "assessment",
                                     before, r["phi_ppm"], inputs, terms, c.seq)]
 
-    def _record_factor(self, firm_id, period, reason, before, after, inputs, terms, seq):
+    def _record_factor(self, firm_id: str, period: int, reason: str, before: int, after: int,
+                       inputs: dict[str, Any], terms: dict[str, Any], seq: int
+                       ) -> FactorChanged:
         self.phi[firm_id] = after
         self.factors.setdefault(firm_id, []).append(_pack_factor(
             {"seq": seq, "period": period, "reason": reason, "phi_before_ppm": before,
              "phi_after_ppm": after, "inputs": inputs, "terms": terms}))
         return FactorChanged(firm_id, period, reason, before, after, inputs, terms)
 
-    def _set_history(self, c: SetOutputHistory) -> list:
+    def _set_history(self, c: SetOutputHistory) -> list[Any]:
         self.ex.firm(c.firm_id)
         rows = {}
         for r in c.rows:
@@ -563,7 +583,7 @@ class RulesModule(Module):
         self.history.setdefault(c.firm_id, {}).update(rows)
         return [OutputHistorySet(c.firm_id, tuple(sorted(rows)))]
 
-    def _set_inputs(self, c: SetInputUse) -> list:
+    def _set_inputs(self, c: SetInputUse) -> list[Any]:
         self.ex.firm(c.firm_id)
         _int(c.period, "period")
         inputs = {}
@@ -577,7 +597,7 @@ class RulesModule(Module):
         return [InputUseSet(c.firm_id, c.period, tuple(sorted(inputs.items())))]
 
     # ================================================================== allocation runs
-    def _pre_allocate(self, c: PreAllocate) -> list:
+    def _pre_allocate(self, c: PreAllocate) -> list[Any]:
         period = _int(c.period, "period", minimum=1)
         if period in self.periods:
             raise E.Reject(E.PERIOD_ALREADY_OPEN, f"period {period} was already pre-allocated")
@@ -595,7 +615,7 @@ class RulesModule(Module):
             mode, [(r["benchmark_ppm"], r["base_output"], r["phi_ppm"]) for r in recs],
             params["cap_tonnes"], params["pre_ratio_ppm"])
         k = alloc["scale"]
-        run: dict = {}
+        run: dict[str, Any] = {}
         for rec, pre in zip(recs, alloc["parts"]):
             trial = dict(rec, opened=True, pre=pre, k_pre_num=k.numerator,
                          k_pre_den=k.denominator, k_num=k.numerator, k_den=k.denominator)
@@ -610,7 +630,7 @@ class RulesModule(Module):
             "pre_raw_total": floor_int(alloc["raw"]), "pre_scale": [k.numerator, k.denominator],
             "pre_firms": len(recs), "total": None, "raw_total": None, "scale": None,
             "firms": None, "unverified_pre": None}
-        events: list = []
+        events: list[Any] = []
         total = 0
         for a, rec, pre in zip(firms, recs, alloc["parts"]):
             rec.update(opened=True, pre=pre, k_pre_num=k.numerator, k_pre_den=k.denominator,
@@ -623,7 +643,7 @@ class RulesModule(Module):
         self.periods[period] = "open"
         return [PeriodOpened(period, sym, len(firms), total)] + events
 
-    def on_verified(self, firm_id: str, period: int, emissions: int, output: int) -> list:
+    def on_verified(self, firm_id: str, period: int, emissions: int, output: int) -> list[Any]:
         acct = self.ex.firm(firm_id)
         _int(period, "period", minimum=1)
         _int(emissions, "emissions", E.BAD_VERIFIED_DATA)
@@ -640,7 +660,7 @@ class RulesModule(Module):
             self._check_settle(trial)
         # ---- accepted
         self.verified.setdefault(period, {})[firm_id] = [emissions, output]
-        events: list = [VerifiedRecorded(firm_id, period, emissions, output)]
+        events: list[Any] = [VerifiedRecorded(firm_id, period, emissions, output)]
         if rec is not None:
             if new:
                 self.allocs.setdefault(firm_id, {})[period] = rec
@@ -648,7 +668,7 @@ class RulesModule(Module):
             events.extend(self._settle(firm_id, period, rec, "true_up"))
         return events
 
-    def _record_verified(self, c: RecordVerified) -> list:
+    def _record_verified(self, c: RecordVerified) -> list[Any]:
         if "compliance" in self.ex.modules:
             raise E.Reject(E.BAD_PARAMETER, "verified data comes from the compliance module")
         return self.on_verified(c.firm_id, c.period, c.emissions, c.output)
@@ -663,7 +683,7 @@ class RulesModule(Module):
             rec = recs[period] = self._new_record(firm_id, period)
         rec["deduction"] += qty
 
-    def settle_allocation(self, firm_id: str, period: int) -> list:
+    def settle_allocation(self, firm_id: str, period: int) -> list[Any]:
         """Apply what is pending for one firm and period now (e.g. a fresh deduction)."""
         rec = self.allocs.get(firm_id, {}).get(period)
         if rec is None:
@@ -671,17 +691,17 @@ class RulesModule(Module):
         self._check_settle(rec)
         return self._settle(firm_id, period, rec, "deduction")
 
-    def _settle_period(self, period: int) -> list:
+    def _settle_period(self, period: int) -> list[Any]:
         recs = [(f, d[period]) for f, d in sorted(self.allocs.items()) if period in d]
-        run: dict = {}
+        run: dict[str, Any] = {}
         for _, rec in recs:
             self._check_settle(rec, run)
-        events: list = []
+        events: list[Any] = []
         for f, rec in recs:
             events.extend(self._settle(f, period, rec, "deduction"))
         return events
 
-    def _settle_allocations(self, c: SettleAllocations) -> list:
+    def _settle_allocations(self, c: SettleAllocations) -> list[Any]:
         if c.period not in self.periods:
             raise E.Reject(E.PERIOD_NOT_OPEN, f"period {c.period} was never opened")
         return self._settle_period(c.period)
@@ -709,7 +729,7 @@ class RulesModule(Module):
             weights = {k: v / total for k, v in weights.items()}
         return sorted(weights.items())
 
-    def _close_period(self, c: ClosePeriod) -> list:
+    def _close_period(self, c: ClosePeriod) -> list[Any]:
         period = c.period
         state = self.periods.get(period)
         if state is None:
@@ -722,7 +742,7 @@ class RulesModule(Module):
         # 1. responsibility factors of products (only when input data exists); an empty
         # input-use record is a firm's report that it used no inputs
         used = {f: d[period] for f, d in sorted(self.inputs.items()) if period in d}
-        producers: dict[str, list] = {}
+        producers: dict[str, list[Any]] = {}
         made_by: dict[str, list[str]] = {}
         for f in sorted(verified):
             em, out = verified[f]
@@ -783,7 +803,7 @@ class RulesModule(Module):
         for f in sorted(gaps):
             if not self._covered(ex.accounts[f]) and f not in self.allocs:
                 continue
-            g, b, ref, ref_ppm, i_gap = gaps[f]
+            g, b, ref_kind, ref_ppm, i_gap = gaps[f]
             partners = []
             for j, w in self._partners(f, params["coupling_weights"]):
                 gj = gaps.get(j, (Fraction(0), 0))[0]
@@ -799,7 +819,7 @@ class RulesModule(Module):
                       "intensity_ppm": _ppm(i_gap), "benchmark_ppm": b,
                       # what the gap was measured against: "responsibility" (beta_p, the
                       # product's average with its inputs) or "benchmark" (B)
-                      "reference": ref, "reference_ppm": ref_ppm,
+                      "reference": ref_kind, "reference_ppm": ref_ppm,
                       "partners": [[j, _ppm(w), _ppm(gj)] for j, w, gj in partners],
                       "alpha_up_ppm": params["alpha_up_ppm"],
                       "alpha_down_ppm": params["alpha_down_ppm"],
@@ -815,7 +835,7 @@ class RulesModule(Module):
                 shares_due.append((f, before, b, out, c_cap, partners))
         gain_payments = self._gain_payments(period, sym, params, shares_due, gaps)
         # 4. benchmark gradient step per product
-        by_product: dict[str, list] = {}
+        by_product: dict[str, list[Any]] = {}
         for f, i in inten.items():
             prod = ex.accounts[f].product
             if prod in self.benchmarks:
@@ -848,12 +868,12 @@ class RulesModule(Module):
         shares = dict(zip((f for f, _ in ver), alloc["parts"]))
         k = alloc["scale"]
         # every settlement (the shares, pending deductions) must be possible
-        run: dict = {}
+        run: dict[str, Any] = {}
         for f, r in recs:
             self._check_settle(dict(r, final=shares[f]) if f in shares and mode != "floating"
                                else r, run)
         # ---- accepted
-        events: list = []
+        events: list[Any] = []
         t = self.totals.setdefault(period, {"allocation_total": mode})
         t.update(total=alloc["total"], raw_total=floor_int(alloc["raw"]),
                  scale=[k.numerator, k.denominator], firms=len(ver),
@@ -903,8 +923,8 @@ class RulesModule(Module):
                                       dict(sorted(beta.items())), iters))
         return events
 
-    def _gain_payments(self, period: int, sym: str, params: dict, due: list,
-                       gaps: dict) -> list:
+    def _gain_payments(self, period: int, sym: str, params: dict[str, Any], due: list[Any],
+                       gaps: dict[str, Any]) -> list[Any]:
         """What each core firm owes the SMEs whose verified cuts raised its factor: the
         coupling term c adds c x phi x B x Y tonnes to its raw weight; valued at the period's
         volume-weighted price of its allowance (the reference price on a day without trades),
@@ -935,7 +955,7 @@ class RulesModule(Module):
                                             "weight_ppm": _ppm(w / total_w)}))
         return out
 
-    def gain_share_history(self, firm_id: str | None = None) -> list[dict]:
+    def gain_share_history(self, firm_id: str | None = None) -> list[dict[str, Any]]:
         """Gain-share payments, per period: [{period, core, sme, amount, ...}]."""
         return [{"period": p, "core": core, "sme": sme, "amount": amt, **info}
                 for p, rows in sorted(self.gain_shares.items())
@@ -950,11 +970,12 @@ class RulesModule(Module):
         acct = self.ex.accounts[sme_id]
         latest = self._latest(sme_id)
         out = latest[1] if latest else 0
-        em = latest[2] if latest else None
-        if em is None:
+        known = latest[2] if latest else None
+        if known is None:
             a = self.assessments.get(sme_id)
             em = Fraction(a["hist_intensity_ppm"] * out, PPM) if a else Fraction(0)
-        em = Fraction(em)
+        else:
+            em = Fraction(known)
         if strategy == "output":
             return Fraction(out)
         if strategy == "baseline_emissions":
@@ -971,7 +992,7 @@ class RulesModule(Module):
             return max(Fraction(0), em - Fraction(b * out, PPM))
         raise E.Reject(E.UNKNOWN_STRATEGY, f"unknown split strategy {strategy!r}")
 
-    def _split(self, c: SplitSubQuotas) -> list:
+    def _split(self, c: SplitSubQuotas) -> list[Any]:
         ex = self.ex
         parent = ex.firm(c.parent)
         if c.strategy not in F.STRATEGIES:
@@ -996,7 +1017,7 @@ class RulesModule(Module):
             raise E.Reject(E.NO_SPLIT_BASIS,
                            f"no data for strategy {c.strategy!r}: every weight is zero") from None
         # ---- accepted: each create_sub_quota re-runs the core's checks, which hold
-        events: list = []
+        events: list[Any] = []
         out = []
         for s, q, w in zip(smes, parts, weights):
             lot_id = 0
@@ -1014,13 +1035,13 @@ class RulesModule(Module):
                               surplus_rule=c.surplus_rule, shortfall_rule=c.shortfall_rule,
                               chain_id=c.chain_id, seq=c.seq, ts=c.ts)
 
-    def _settle_sub_quotas(self, c: SettleSubQuotas) -> list:
+    def _settle_sub_quotas(self, c: SettleSubQuotas) -> list[Any]:
         period = _int(c.period, "period", minimum=1)
         if period not in self.periods:
             raise E.Reject(E.PERIOD_NOT_OPEN, f"period {period} was never opened")
         sym = self.instrument_for(period)
         ex = self.ex
-        events: list = []
+        events: list[Any] = []
         for lot_id in sorted(ex.sub_quotas):
             lot = ex.sub_quotas[lot_id]
             if lot["instrument"] != sym or lot_id in self.settled_lots:
