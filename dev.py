@@ -28,10 +28,10 @@ def ensure_venv() -> None:
     if not PY.exists():
         print("[dev] creating .venv", flush=True)
         sh(sys.executable, "-m", "venv", str(VENV))
-    # reinstall when the package definition or a C source changes (the editable install
-    # compiles exchange/_hotpath.c in place)
+    # reinstall when the package definition or a C source or header changes (the editable
+    # install compiles each package's _accel.c in place, ADR 0013)
     h = hashlib.sha256((ROOT / "pyproject.toml").read_bytes())
-    for src in sorted((ROOT / "exchange").rglob("*.c")):
+    for src in sorted([*(ROOT / "exchange").rglob("*.c"), *(ROOT / "exchange").rglob("*.h")]):
         h.update(src.read_bytes())
     digest = h.hexdigest()
     if not STAMP.exists() or STAMP.read_text() != digest:

@@ -1,9 +1,11 @@
-/* exchange/_jsonw.h: writing the plain JSON values the extension writes itself (ints, ASCII
- * strings that need no escape, null/true/false, prices in fen as "12.05"), each exactly as
- * orjson writes it, reading slots by offset, and comparing with a str constant. Shared by
- * _hotpath.c (the journal record, the snapshot's orders, the executions push), _corepath.c
- * and _gatepath.c (the order requests' replies). Everything else is left to orjson by the
- * callers' fallbacks. */
+/* exchange/_jsonw.h: writing the plain JSON values the extensions write themselves (ints,
+ * ASCII strings that need no escape, null/true/false, prices in fen as "12.05"), each exactly
+ * as orjson writes it, reading slots by offset, and comparing with a str constant. Shared by
+ * the three accelerators (ADR 0013): exchange/journal/_accel.c (the journal record, the
+ * snapshot's orders), exchange/server/_accel.c (the order requests' replies, the executions
+ * push) and exchange/core/_accel.c. Only static inline functions and constants: nothing here
+ * is state, so each extension module that includes it keeps its own (module state). Everything
+ * else is left to orjson by the callers' fallbacks. */
 #ifndef EXCHANGE_JSONW_H
 #define EXCHANGE_JSONW_H
 
@@ -56,12 +58,25 @@ slot_offset(PyTypeObject *cls, PyObject *name)
 }
 
 static inline int
+str_like(PyObject *v)
+{
+    /* a str, or an instance of a str subclass that keeps str's comparison (a StrEnum member:
+     * the core's sides and statuses may be one): compared by its characters, as == does, and
+     * written to JSON as its characters, as orjson does */
+    if (PyUnicode_CheckExact(v))
+        return 1;
+    return PyUnicode_Check(v) && PyType_GetSlot(Py_TYPE(v), Py_tp_richcompare) ==
+                                     PyType_GetSlot(&PyUnicode_Type, Py_tp_richcompare);
+}
+
+static inline int
 is_str(PyObject *v, PyObject *k)
 {
-    /* v == k for the str constant k (v may be an equal str that is not the same object) */
+    /* v == k for the str constant k (v may be an equal str that is not the same object, or a
+     * StrEnum member equal to it; k may be one too) */
     if (v == k)
         return 1;
-    return PyUnicode_CheckExact(v) && PyUnicode_GET_LENGTH(v) == PyUnicode_GET_LENGTH(k) &&
+    return str_like(v) && PyUnicode_GET_LENGTH(v) == PyUnicode_GET_LENGTH(k) &&
            PyUnicode_Compare(v, k) == 0;
 }
 
@@ -181,7 +196,7 @@ classify(PyObject *v, item *it)
         it->n = int_len(it->i);
         return 1;
     }
-    if (PyUnicode_CheckExact(v) && PyUnicode_IS_ASCII(v)) {
+    if (str_like(v) && PyUnicode_IS_ASCII(v)) {
         Py_ssize_t n = PyUnicode_GET_LENGTH(v);
         const unsigned char *s = (const unsigned char *)PyUnicode_DATA(v);
         for (Py_ssize_t k = 0; k < n; k++) {
@@ -246,5 +261,37 @@ write_px(char *p, long long fen)
 #define JW_LIT(s) (memcpy(p, s, sizeof(s) - 1), p += sizeof(s) - 1)
 #define JW_INT(x) do { int n_ = int_len(x); write_int((x), p, n_); p += n_; } while (0)
 #define JW_ITEM(it) (write_item(p, &(it)), p += (it).n)
+
+/* A message is written into a scratch buffer sized by an upper bound and copied once into its
+ * bytes object: the public API has no call that shrinks a bytes object (ADR 0013). Most
+ * messages fit the buffer's own array, so the copy is the only cost. */
+typedef struct {
+    char *p;
+    Py_ssize_t cap;
+    char local[512];
+} jw_buf;
+
+static inline char *
+jw_open(jw_buf *b, Py_ssize_t cap)
+{
+    /* where to write at most cap bytes; NULL with MemoryError */
+    b->cap = cap;
+    b->p = cap <= (Py_ssize_t)sizeof b->local ? b->local : PyMem_Malloc(cap);
+    if (b->p == NULL)
+        PyErr_NoMemory();
+    return b->p;
+}
+
+static inline PyObject *
+jw_close(jw_buf *b, const char *end)
+{
+    /* the bytes written, from the start to end, as a new bytes object; the buffer freed */
+    if (end - b->p > b->cap)
+        Py_FatalError("_jsonw: a message outgrew its buffer (the caller's bound)");
+    PyObject *out = PyBytes_FromStringAndSize(b->p, end - b->p);
+    if (b->p != b->local)
+        PyMem_Free(b->p);
+    return out;
+}
 
 #endif

@@ -305,7 +305,7 @@ def test_stp_cancel_both_removes_emptied_level():
 
 
 # ------------------------------------------------------------------ compiled methods
-# exchange/_corepath.c installs OrderBook.add/remove/crosses/match in C where the extension is
+# exchange/core/_accel.c installs OrderBook.add/remove/crosses/match in C where the extension is
 # built; book.PY_METHODS keeps the Python functions (the reference). Same operations, two
 # books, one per implementation: everything observable must agree after every step.
 
@@ -314,7 +314,7 @@ from hypothesis import given, settings, strategies as st  # noqa: E402
 from exchange.core import book as book_mod  # noqa: E402
 
 needs_compiled = pytest.mark.skipif(
-    not book_mod.COMPILED_METHODS, reason="exchange._hotpath is not built (no compiler)")
+    not book_mod.COMPILED_METHODS, reason="exchange.core._accel is not built (no compiler)")
 
 
 def _snapshot(b: OrderBook):

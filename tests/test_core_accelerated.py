@@ -1,4 +1,4 @@
-"""The core's order handling in C (``exchange._hotpath``, installed by
+"""The core's order handling in C (``exchange.core._accel``, installed by
 ``Exchange(accelerate=True)``) against the pure-Python reference (``accelerate=False``):
 command by command, the same events (compared field by field *and type by type*), the same
 trades seen by trade listeners, the same state hash, the same exceptions; at the end the same
@@ -43,16 +43,16 @@ from exchange.app.engine import Sequencer, build_exchange
 from helpers import streams_settings
 
 try:
-    importlib.import_module("exchange._hotpath")
+    importlib.import_module("exchange.core._accel")
     HAVE_C = True
 except ImportError:
     HAVE_C = False
 if not HAVE_C and os.environ.get("REQUIRE_SERVICES") == "1":
     # The extension is built by `pip install -e .` wherever a C compiler is (dev.py test does
     # that); CI requires it, like it requires its services.
-    raise RuntimeError("exchange._hotpath is not built (REQUIRE_SERVICES=1): "
+    raise RuntimeError("exchange.core._accel is not built (REQUIRE_SERVICES=1): "
                        "reinstall with a C compiler: pip install -e .")
-needs_c = pytest.mark.skipif(not HAVE_C, reason="exchange._hotpath is not built (no C "
+needs_c = pytest.mark.skipif(not HAVE_C, reason="exchange.core._accel is not built (no C "
                              "compiler at install time): nothing to compare the reference with")
 
 CEA = "CEA-2026"

@@ -1,4 +1,4 @@
-"""What the compiled core (``exchange/_corepath.c``; ADR 0007, ADR 0013) must keep true about
+"""What the compiled core (``exchange/core/_accel.c``; ADR 0007, ADR 0013) must keep true about
 memory now that it uses only CPython's public API: ``Order`` and the events are allocated and
 freed by CPython itself (no free list behind a replaced ``tp_dealloc``), and every balance or
 quantity update makes a new int (no int is overwritten in place).
@@ -25,12 +25,12 @@ from exchange.core.events import BookUpdate, CommandRejected, ExecutionReport, T
 from exchange.app.engine import Sequencer, build_exchange
 
 try:
-    _hotpath = importlib.import_module("exchange._hotpath")
+    _accel = importlib.import_module("exchange.core._accel")
 except ImportError:
-    _hotpath = None
+    _accel = None
 
 POOLED = [book_mod.Order, ExecutionReport, Trade, BookUpdate, CommandRejected]
-pytestmark = pytest.mark.skipif(_hotpath is None, reason="exchange._hotpath is not built")
+pytestmark = pytest.mark.skipif(_accel is None, reason="exchange.core._accel is not built")
 
 N = 2_000
 

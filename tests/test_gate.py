@@ -1,4 +1,4 @@
-"""The gateway's order requests in C (exchange/_gatepath.c, ``gateway._gate``) against the
+"""The gateway's order requests in C (exchange/server/_accel.c, ``gateway._gate``) against the
 Python path they stand in for (Session.on_request and what it calls).
 
 The same request frames go through two gateways, each over its own copy of the same market:
@@ -29,7 +29,7 @@ from helpers import streams_settings
 
 HAVE_GATE = (gateway_mod._gate is not gateway_mod._gate_off and
              gateway_mod._fanout is not None and gateway_mod._replies is not None)
-needs_gate = pytest.mark.skipif(not HAVE_GATE, reason="exchange._hotpath is not built")
+needs_gate = pytest.mark.skipif(not HAVE_GATE, reason="exchange.server._accel is not built")
 
 
 class _Sink:
@@ -425,7 +425,7 @@ def _fan_pair(frames, **kw) -> tuple[dict, dict]:
 @streams_settings(40)
 @given(frames=ticks())
 def test_the_fan_out_pushes_as_on_commit_does(frames):
-    """Gateway.on_commit against its C stand-in (_gatepath.c: fanout), with a second
+    """Gateway.on_commit against its C stand-in (server/_accel.c: fanout), with a second
     executions subscriber of one firm and subscribers to balances, the book, trades and the
     ticker (see _run's rich_subs)."""
     _same(*_fan_pair(frames, rich_subs=True))

@@ -1,4 +1,4 @@
-"""The runner's submit path in C (exchange/_hotpath.c) against its pure-Python
+"""The runner's submit path in C (exchange/journal/_accel.c) against its pure-Python
 reference: the record encoder (codec.payload_line) byte for byte, and the Submitter
 (runner._PySubmitter) step for step - same journal, same events, same errors."""
 from __future__ import annotations
@@ -26,12 +26,12 @@ HAVE_C = codec.C_ENCODER and runner_mod.C_SUBMITTER
 if not HAVE_C and os.environ.get("REQUIRE_SERVICES") == "1":
     # The extension is built by `pip install -e .` wherever a C compiler is (dev.py test does
     # that); CI requires it, like it requires its services.
-    raise RuntimeError("exchange._hotpath is not built (REQUIRE_SERVICES=1): "
+    raise RuntimeError("exchange.journal._accel is not built (REQUIRE_SERVICES=1): "
                        "reinstall with a C compiler: pip install -e .")
-needs_c = pytest.mark.skipif(not HAVE_C, reason="exchange._hotpath is not built (no "
+needs_c = pytest.mark.skipif(not HAVE_C, reason="exchange.journal._accel is not built (no "
                              "C compiler at install time)")
 if HAVE_C:
-    from exchange._hotpath import append_line as c_append_line, rows_json
+    from exchange.journal._accel import append_line as c_append_line, rows_json
 
 
 def reference_line(cmd) -> bytes:

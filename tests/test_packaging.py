@@ -198,7 +198,8 @@ def test_wheel_holds_the_package_and_its_data_only(installed):
     assert {"exchange/defaults/default.toml", "exchange/defaults/scenarios/three_sectors.toml",
             "exchange/dashboard/static/index.html", "exchange/dashboard/static/js/app.js"} <= data
     assert data <= set(names), sorted(data - set(names))
-    assert any(n.startswith("exchange/_hotpath") and n.endswith(".so") for n in names)
+    for pkg in ("core", "journal", "server"):  # each package's accelerator (ADR 0013)
+        assert any(n.startswith(f"exchange/{pkg}/_accel") and n.endswith(".so") for n in names)
     assert b"carbon-exchange = exchange.cli:main" in entry
 
 

@@ -681,10 +681,10 @@ def test_executions_push_in_c_is_the_reference_bytes(strs, price, ints, rl, seq,
 
 def test_executions_push_in_c_takes_the_usual_reports():
     from exchange.server import protocol
-    if protocol._c_er_push is None:  # the extension (exchange/_hotpath.c) is not built
+    if protocol._c_er_push is None:  # the extension (exchange/server/_accel.c) is not built
         if os.environ.get("REQUIRE_SERVICES") == "1":
-            pytest.fail("exchange._hotpath is not built (REQUIRE_SERVICES=1)")
-        pytest.skip("exchange._hotpath is not built (no C compiler at install time)")
+            pytest.fail("exchange.server._accel is not built (REQUIRE_SERVICES=1)")
+        pytest.skip("exchange.server._accel is not built (no C compiler at install time)")
     from exchange.core.events import ExecutionReport
     from exchange.server.protocol import ER_PUSH, er_head, er_push_c, er_tail_args
 

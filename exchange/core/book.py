@@ -234,7 +234,7 @@ class OrderBook:
 
     def __del__(self):
         """Resting orders link to their neighbours (``prev``/``next``), a reference cycle; the
-        compiled core makes orders outside the cyclic GC (exchange/_corepath.c, ``alloc``), so a
+        compiled core makes orders outside the cyclic GC (exchange/core/_accel.c, ``alloc``), so a
         book that goes away unlinks its orders itself (once per book, not per order)."""
         for side_map in (getattr(self, "bids", None), getattr(self, "asks", None)):
             for lv in (side_map.values() if side_map else ()):
@@ -463,7 +463,7 @@ class OrderBook:
 
 
 # ---------------------------------------------------------------------------- compiled methods
-# exchange/_corepath.c has add, remove, crosses and match step for step as above, on the same
+# exchange/core/_accel.c has add, remove, crosses and match step for step as above, on the same
 # objects; where the extension is built they replace the methods above, which stay the
 # reference (PY_METHODS) and which the compiled ones call for anything unusual (a subclass, a
 # number beyond 64 bits). use_compiled(False) puts the Python methods back (tests compare them).
@@ -472,14 +472,14 @@ PY_METHODS = {name: OrderBook.__dict__[name] for name in ("add", "remove", "cros
 
 def _compiled_methods() -> dict:
     try:
-        from exchange import _hotpath
+        from exchange.core import _accel
     except ImportError:
         return {}
-    _hotpath.setup({"OrderBook": OrderBook, "Order": Order, "Level": Level, "BUY": BUY,
-                    "SELL": SELL, "STP_CANCEL_RESTING": STP_CANCEL_RESTING,
-                    "STP_CANCEL_INCOMING": STP_CANCEL_INCOMING,
-                    "STP_CANCEL_BOTH": STP_CANCEL_BOTH})
-    return _hotpath.book_methods(PY_METHODS)
+    _accel.setup({"OrderBook": OrderBook, "Order": Order, "Level": Level, "BUY": BUY,
+                  "SELL": SELL, "STP_CANCEL_RESTING": STP_CANCEL_RESTING,
+                  "STP_CANCEL_INCOMING": STP_CANCEL_INCOMING,
+                  "STP_CANCEL_BOTH": STP_CANCEL_BOTH})
+    return _accel.book_methods(PY_METHODS)
 
 
 COMPILED_METHODS = _compiled_methods()

@@ -89,13 +89,13 @@ NO_LIVE_ORDER = "no live order with that id on this account"  # UNKNOWN_ORDER's 
 
 
 def _core_path():
-    """The compiled order path (exchange._hotpath.CorePath), told the classes and constants
+    """The compiled order path (exchange.core._accel.CorePath), told the classes and constants
     it works with (book.py has told it the book's); None where the extension is not built."""
     try:
-        from exchange import _hotpath
+        from exchange.core import _accel
     except ImportError:
         return None
-    _hotpath.setup({
+    _accel.setup({
         "Account": Account, "Holding": Holding, "Instrument": Instrument,
         "SegmentRules": SegmentRules, "ExecutionReport": ExecutionReport, "Trade": Trade,
         "BookUpdate": BookUpdate, "PlaceOrder": PlaceOrder, "CancelOrder": CancelOrder,
@@ -112,7 +112,7 @@ def _core_path():
         "CommandRejected": CommandRejected, "UNKNOWN_ORDER": E.UNKNOWN_ORDER,
         "NO_LIVE_ORDER": NO_LIVE_ORDER, "CANCEL_TYPE": CancelOrder.TYPE,
     })
-    return _hotpath.CorePath
+    return _accel.CorePath
 
 
 @command("add_segment")
@@ -296,7 +296,7 @@ class Exchange:
             self.modules[mod.name] = mod
             self._handlers.update(mod.handlers())
         self._eod_hooks: list[Callable[[], list]] = []
-        # The order path in C (exchange/_corepath.c, ADR 0007): apply, _place, _cancel and
+        # The order path in C (exchange/core/_accel.c, ADR 0007): apply, _place, _cancel and
         # _amend done step for step on these same objects, handing everything unusual back to
         # the methods below, which stay the reference. Only where nothing has replaced them.
         self.accelerated = False

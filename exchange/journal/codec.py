@@ -57,9 +57,9 @@ def _make_line_encoder(cls: type[Command]) -> LineEncoder:
     return enc
 
 
-try:  # the same encoder in C (_hotpath.c: append_line, used by its Submitter), built with
+try:  # the same encoder in C (_accel.c: append_line, used by its Submitter), built with
     # the package where a compiler is; it takes the classes registered here
-    from .._hotpath import register as _c_register
+    from ._accel import register as _c_register
 except ImportError:  # pragma: no cover - an install without the extension
     _c_register = None
 

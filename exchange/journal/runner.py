@@ -13,7 +13,7 @@
 ``submit`` stamps ``seq`` (last + 1) and ``ts`` (the clock, strictly increasing), encodes its
 record into the current batch (a command that cannot be encoded is refused here, before the
 core sees it) and applies it to the core at once (so the next command sees its effect). That
-per-command path is the submitter's: ``_hotpath.Submitter`` in C where the extension is built,
+per-command path is the submitter's: ``_accel.Submitter`` in C where the extension is built,
 ``_PySubmitter`` (the reference, the same steps) otherwise. The commit loop writes one batch
 at a time; everything submitted while a batch is being written goes into the next one (group
 commit: at least one batch per event-loop tick, larger under load). A command's events are
@@ -53,8 +53,8 @@ if TYPE_CHECKING:
     from ..core.exchange import Exchange
     from .checkpoint import Checkpoint
 
-try:  # the submit path in C (_hotpath.c), built with the package where a compiler is
-    from .._hotpath import Submitter as _CSubmitter, rows_json as _rows_json
+try:  # the submit path in C (_accel.c), built with the package where a compiler is
+    from ._accel import Submitter as _CSubmitter, rows_json as _rows_json
 except ImportError:  # pragma: no cover - an install without the extension
     _CSubmitter = _rows_json = None
 
@@ -115,7 +115,7 @@ class _Batch:
 
 class _PySubmitter:
     """The submit path: stamp, apply and frame each command. The pure-Python reference of
-    ``_hotpath.Submitter``, which does the same steps in C (tests run both); the runner uses
+    ``_accel.Submitter``, which does the same steps in C (tests run both); the runner uses
     the C one where the extension is built (``C_SUBMITTER``).
 
     The runner sets the callables once and the batch fields whenever it opens a batch; it

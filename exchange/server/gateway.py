@@ -410,7 +410,7 @@ class Session:
             self.on_request(obj)
 
     def on_request(self, obj) -> None:
-        if _gate(self, obj):  # a plain order request, handled in C (exchange/_gatepath.c)
+        if _gate(self, obj):  # a plain order request, handled in C (exchange/server/_accel.c)
             return
         gw = self.gw
         gw.metrics.messages_in += 1
@@ -969,7 +969,7 @@ class Gateway:
     # ---------------------------------------------------------------- fan-out
     def on_commit(self, cmd, events) -> None:
         """Runner listener: after durability, in seq order. The reference of ``_fanout``
-        (exchange/_gatepath.c), which the runner calls instead where the extension is built:
+        (exchange/server/_accel.c), which the runner calls instead where the extension is built:
         it does the usual reports and events itself and calls ``_on_report``/``_on_event``
         for the rest."""
         self.metrics.commands += 1
@@ -1401,7 +1401,7 @@ class Gateway:
     def _batch_durable(self, batch: list, fut) -> None:
         """A journal batch is durable: queue its replies (built at submit time) and remember
         the place_order outcomes for retries. The reference of ``_replies``
-        (exchange/_gatepath.c), which does this where the extension is built and calls this
+        (exchange/server/_accel.c), which does this where the extension is built and calls this
         method for a failed batch."""
         if self._batch_future is fut:
             self._batch_future = None
@@ -1823,12 +1823,12 @@ def _gate_off(session, obj) -> bool:
     return False
 
 
-# Plain place/cancel/amend requests in C (exchange/_gatepath.c): the steps of on_request, the
+# Plain place/cancel/amend requests in C (exchange/server/_accel.c): the steps of on_request, the
 # validators' fast paths, the handlers, Gateway.place/order_command and the replies, for an
 # authenticated firm's well-formed request; False (nothing changed) for anything else, which
 # on_request then handles here. Off where the extension is not built.
 try:
-    from .._hotpath import gate as _gate, gate_setup as _gate_setup
+    from ._accel import gate as _gate, gate_setup as _gate_setup
 except ImportError:  # pragma: no cover - an install without the extension
     _gate = _gate_off
 else:
@@ -1840,11 +1840,11 @@ else:
                  "ROLE_FIRM": ROLE_FIRM, "EXEC_REJECTED": EXEC_REJECTED,
                  "report_reply": _report_reply})
 
-# Gateway.on_commit's usual events in C (exchange/_gatepath.c: fanout; read when a Gateway is
+# Gateway.on_commit's usual events in C (exchange/server/_accel.c: fanout; read when a Gateway is
 # made), and Gateway._batch_durable (replies; read per batch): None where the extension is
 # not built.
 try:
-    from .._hotpath import fanout as _fanout, fanout_setup as _fanout_setup, \
+    from ._accel import fanout as _fanout, fanout_setup as _fanout_setup, \
         replies as _replies
 except ImportError:  # pragma: no cover - an install without the extension
     _fanout = _replies = None

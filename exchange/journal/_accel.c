@@ -1,9 +1,9 @@
-/* exchange._hotpath: the hot paths in C - the journal's record encoder and Submitter, the
- * snapshot's orders (rows_json) and the executions push (er_push). Each has a pure-Python
+/* exchange.journal._accel: the journal's hot paths in C - the record encoder, the Submitter
+ * (CoreRunner's submit path) and the snapshot's orders (rows_json). Each has a pure-Python
  * reference implementation that gives the same results (exchange/journal/codec.py:
- * payload_line; exchange/journal/runner.py: _PySubmitter, Order.to_state;
- * exchange/server/protocol.py: ER_PUSH), used where this extension is not built or a value
- * is not a plain one; tests compare them.
+ * payload_line; exchange/journal/runner.py: _PySubmitter, Order.to_state), used where this
+ * extension is not built or a value is not a plain one; tests/test_journal_hotpath.py
+ * compares them.
  *
  * append_line(buf, cmd) -> bool
  *     Append cmd's journal payload and a newline to the bytearray buf, exactly the bytes
@@ -24,14 +24,19 @@
  * orjson through the fallback, so no JSON rule is re-implemented here beyond those.
  *
  * Submitter: CoreRunner.submit_nowait (stamp, encode the record, apply, frame) - see
- * _PySubmitter in runner.py for what each step does; this is the same, step for step.
+ * _PySubmitter in runner.py for what each step does; this is the same, step for step. It
+ * calls the Exchange's apply (the core's own extension, exchange.core._accel, when that is
+ * built) through Python's call protocol, so the two extensions need no C-level link.
  *
- * rows_json(groups, cls, names) and er_push(seq, head, ev): below, where they are defined.
+ * rows_json(groups, cls, names): below, where it is defined.
+ *
+ * Module: multi-phase initialisation (PEP 489) with everything it keeps - the registry,
+ * interned names, time.time_ns, the Submitter type - in the module's state (ADR 0013), so
+ * each interpreter that imports it has its own.
  *
  * Why it exists: the encoder and the Submitter run once for every command the exchange
  * accepts, on the core's thread, and in Python they cost the core ~0.65 us a command against
- * ~3.7 us for apply itself (ADR 0002, "The submit path in C"); the executions push is the
- * gateway's costliest formatting step (ADR 0003).
+ * ~3.7 us for apply itself (ADR 0002, "The submit path in C").
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -41,14 +46,27 @@
 
 #define MAX_FIELDS 32
 
-#include "_jsonw.h"
+#include "../_jsonw.h"
 
-/* dict: class -> bytes: a struct entry. The fields of a registered class are slots (member
- * descriptors of kind T_OBJECT_EX), read and written at their offsets, as the interpreter's
- * own specialised LOAD_ATTR_SLOT does; the generic attribute API costs ~25 ns a field. */
-static PyObject *registry;
-static PyObject *str_last_seq, *str_seq, *str_ts, *str_first_seq;
-static PyObject *time_ns; /* time.time_ns: a Submitter whose clock it is reads the clock itself */
+/* The module's state: what a process global would otherwise hold. */
+typedef struct {
+    /* dict: class -> bytes: a struct entry. The fields of a registered class are slots
+     * (member descriptors of kind T_OBJECT_EX), read and written at their offsets, as the
+     * interpreter's own specialised LOAD_ATTR_SLOT does; the generic attribute API costs
+     * ~25 ns a field. */
+    PyObject *registry;
+    PyObject *str_last_seq, *str_seq, *str_ts, *str_first_seq;
+    PyObject *time_ns; /* time.time_ns: a Submitter whose clock it is reads the clock itself */
+    PyTypeObject *submitter_type;
+} jstate;
+
+static struct PyModuleDef module_def;
+
+static inline jstate *
+state_of(PyObject *module)
+{
+    return (jstate *)PyModule_GetState(module);
+}
 
 typedef struct {
     Py_ssize_t nfields;
@@ -59,10 +77,10 @@ typedef struct {
 } entry_t;
 
 static const entry_t *
-entry_of(PyObject *cmd)
+entry_of(jstate *st, PyObject *cmd)
 {
     /* the registered entry of cmd's exact class, or NULL (no error set unless one occurred) */
-    PyObject *e = PyDict_GetItemWithError(registry, (PyObject *)Py_TYPE(cmd));
+    PyObject *e = PyDict_GetItemWithError(st->registry, (PyObject *)Py_TYPE(cmd));
     return e == NULL ? NULL : (const entry_t *)PyBytes_AS_STRING(e);
 }
 
@@ -117,9 +135,9 @@ names_offsets(PyTypeObject *cls, PyObject *names, Py_ssize_t *off, const char *w
 
 /* 1: appended; 0: not taken (buf untouched); -1: error set */
 static int
-append_line_impl(PyObject *buf, PyObject *cmd)
+append_line_impl(jstate *st, PyObject *buf, PyObject *cmd)
 {
-    const entry_t *e = entry_of(cmd);
+    const entry_t *e = entry_of(st, cmd);
     if (e == NULL)
         return PyErr_Occurred() ? -1 : 0;
     Py_ssize_t nf = e->nfields;
@@ -145,7 +163,6 @@ append_line_impl(PyObject *buf, PyObject *cmd)
 static PyObject *
 append_line(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    (void)self;
     if (nargs != 2) {
         PyErr_SetString(PyExc_TypeError, "append_line(buf, cmd) takes two arguments");
         return NULL;
@@ -154,7 +171,7 @@ append_line(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "append_line: buf must be a bytearray");
         return NULL;
     }
-    int r = append_line_impl(args[0], args[1]);
+    int r = append_line_impl(state_of(self), args[0], args[1]);
     if (r < 0)
         return NULL;
     return PyBool_FromLong(r);
@@ -163,7 +180,6 @@ append_line(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 reg(PyObject *self, PyObject *args)
 {
-    (void)self;
     PyObject *cls, *head, *names;
     if (!PyArg_ParseTuple(args, "O!SO!:register", &PyType_Type, &cls, &head, &PyTuple_Type,
                           &names))
@@ -182,9 +198,10 @@ reg(PyObject *self, PyObject *args)
             return NULL;
         Py_RETURN_FALSE;
     }
-    e->seq_off = slot_offset((PyTypeObject *)cls, str_seq);
-    e->ts_off = slot_offset((PyTypeObject *)cls, str_ts);
-    int r = PyDict_SetItem(registry, cls, blob);
+    jstate *st = state_of(self);
+    e->seq_off = slot_offset((PyTypeObject *)cls, st->str_seq);
+    e->ts_off = slot_offset((PyTypeObject *)cls, st->str_ts);
+    int r = PyDict_SetItem(st->registry, cls, blob);
     Py_DECREF(blob);
     if (r < 0)
         return NULL;
@@ -301,143 +318,11 @@ error:
     return NULL;
 }
 
-/* ------------------------------------------------------------------------- er_push */
-
-/* The execution report's fields after the order's fixed ones, in the order of
- * exchange.server.protocol.ER_TAIL. */
-enum { ER_EXEC_TYPE, ER_ORDER_STATUS, ER_PRICE, ER_QTY, ER_LAST_QTY, ER_LAST_PX, ER_CUM_QTY,
-       ER_LEAVES_QTY, ER_REASON, ER_TRADE_ID, ER_FEE, ER_LIQUIDITY, ER_TS, ER_N };
-static const char *const er_names[ER_N] = {
-    "exec_type", "order_status", "price", "qty", "last_qty", "last_px", "cum_qty",
-    "leaves_qty", "reason", "trade_id", "fee", "liquidity", "ts"};
-static PyTypeObject *er_cls; /* the class er_off belongs to (a reference held) */
-static Py_ssize_t er_off[ER_N];
-
-static int
-er_offsets(PyTypeObject *cls)
-{
-    /* er_off for cls (cached for the last class seen); 0: not slots (not taken) */
-    if (cls == er_cls)
-        return 1;
-    int r = slot_offsets(cls, er_names, ER_N, er_off);
-    if (r <= 0) {
-        Py_CLEAR(er_cls);
-        return r;
-    }
-    Py_INCREF(cls);
-    Py_XSETREF(er_cls, cls); /* held, so its address cannot be reused by another class */
-    return 1;
-}
-
-static int
-str_or_null(PyObject *v, item *it)
-{
-    /* JSON_STR's bytes: null, or a plain string (classify's rule); 0 when not plain */
-    return (v == Py_None || PyUnicode_CheckExact(v)) && classify(v, it);
-}
-
-
-/* er_push(seq, head, ev) -> bytes | None
- *     ER_PUSH % ((seq,) + er_tail_args(ev, head)) of exchange.server.protocol - the
- *     executions push of one report, head being er_head(ev) - or None when a value is not
- *     a plain one (then the caller formats it in Python, the reference). */
-static PyObject *
-er_push(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    (void)self;
-    long long seq;
-    if (nargs != 3 || !exact_int(args[0], &seq) || !PyBytes_CheckExact(args[1])) {
-        if (PyErr_Occurred())
-            return NULL;
-        Py_RETURN_NONE;
-    }
-    PyObject *head = args[1], *ev = args[2];
-    int r = er_offsets(Py_TYPE(ev));
-    if (r < 0)
-        return NULL;
-    if (r == 0)
-        Py_RETURN_NONE;
-    PyObject *v[ER_N];
-    for (int k = 0; k < ER_N; k++) {
-        v[k] = *(PyObject **)((char *)ev + er_off[k]);
-        if (v[k] == NULL)
-            Py_RETURN_NONE;
-    }
-    item exec_type, status, reason, liquidity;
-    long long price = 0, qty, last_qty, last_px = 0, cum, leaves, tid, fee, ts;
-    int has_price = v[ER_PRICE] != Py_None;
-    if (!str_or_null(v[ER_EXEC_TYPE], &exec_type) || !str_or_null(v[ER_ORDER_STATUS], &status) ||
-        !str_or_null(v[ER_REASON], &reason) || !str_or_null(v[ER_LIQUIDITY], &liquidity) ||
-        (has_price && !exact_int(v[ER_PRICE], &price)) || !exact_int(v[ER_QTY], &qty) ||
-        !exact_int(v[ER_LAST_QTY], &last_qty) || !exact_int(v[ER_CUM_QTY], &cum) ||
-        !exact_int(v[ER_LEAVES_QTY], &leaves) || !exact_int(v[ER_TRADE_ID], &tid) ||
-        !exact_int(v[ER_FEE], &fee) || !exact_int(v[ER_TS], &ts) ||
-        (last_qty && !exact_int(v[ER_LAST_PX], &last_px))) {
-        if (PyErr_Occurred())
-            return NULL;
-        Py_RETURN_NONE;
-    }
-    static const char pre[] = "{\"channel\":\"executions\",\"seq\":";
-    /* an upper bound: the fixed text (~200 bytes), the strings, 9 numbers, 3 prices */
-    Py_ssize_t cap = 256 + PyBytes_GET_SIZE(head) + exec_type.n + status.n + reason.n +
-                     liquidity.n + 9 * 21 + 3 * PX_MAX;
-    PyObject *out = PyBytes_FromStringAndSize(NULL, cap);
-    if (out == NULL)
-        return NULL;
-    char *p = PyBytes_AS_STRING(out);
-    JW_LIT(pre);
-    JW_INT(seq);
-    JW_LIT(",\"data\":");
-    memcpy(p, PyBytes_AS_STRING(head), PyBytes_GET_SIZE(head));
-    p += PyBytes_GET_SIZE(head);
-    JW_LIT("\"exec_type\":");
-    JW_ITEM(exec_type);
-    JW_LIT(",\"order_status\":");
-    JW_ITEM(status);
-    JW_LIT(",\"price\":");
-    if (has_price)
-        p = write_px(p, price);
-    else
-        JW_LIT("null");
-    JW_LIT(",\"qty\":");
-    JW_INT(qty);
-    JW_LIT(",\"last_qty\":");
-    JW_INT(last_qty);
-    JW_LIT(",\"last_px\":");
-    if (last_qty)
-        p = write_px(p, last_px);
-    else
-        JW_LIT("null");
-    JW_LIT(",\"cum_qty\":");
-    JW_INT(cum);
-    JW_LIT(",\"leaves_qty\":");
-    JW_INT(leaves);
-    JW_LIT(",\"reason\":");
-    JW_ITEM(reason);
-    JW_LIT(",\"trade_id\":");
-    if (tid)
-        JW_INT(tid);
-    else
-        JW_LIT("null");
-    JW_LIT(",\"fee\":");
-    if (fee)
-        p = write_px(p, fee);
-    else
-        JW_LIT("\"0.00\"");
-    JW_LIT(",\"liquidity\":");
-    JW_ITEM(liquidity);
-    JW_LIT(",\"ts\":");
-    JW_INT(ts);
-    JW_LIT("}}");
-    if (_PyBytes_Resize(&out, p - PyBytes_AS_STRING(out)) < 0)
-        return NULL;
-    return out;
-}
-
 /* ------------------------------------------------------------------------- Submitter */
 
 typedef struct {
     PyObject_HEAD
+    jstate *st; /* the module's state (the type holds the module, the object its type) */
     /* set once by the runner */
     PyObject *ex;            /* the Exchange: its last_seq is read for every command */
     PyObject *apply;         /* ex.apply */
@@ -465,6 +350,7 @@ typedef struct {
 static int
 sub_traverse(Submitter *s, visitproc visit, void *arg)
 {
+    Py_VISIT(Py_TYPE(s)); /* a heap type: its instances keep it alive */
     Py_VISIT(s->ex);
     Py_VISIT(s->apply);
     Py_VISIT(s->clock);
@@ -505,9 +391,24 @@ sub_clear(Submitter *s)
 static void
 sub_dealloc(Submitter *s)
 {
+    PyTypeObject *tp = Py_TYPE(s);
     PyObject_GC_UnTrack(s);
     sub_clear(s);
-    Py_TYPE(s)->tp_free((PyObject *)s);
+    tp->tp_free((PyObject *)s);
+    Py_DECREF(tp);
+}
+
+static PyObject *
+sub_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    /* the module's state is found once, here, and kept: submit reads it on every command */
+    PyObject *module = PyType_GetModuleByDef(type, &module_def);
+    if (module == NULL)
+        return NULL;
+    Submitter *s = (Submitter *)PyType_GenericNew(type, args, kw);
+    if (s != NULL)
+        s->st = state_of(module);
+    return (PyObject *)s;
 }
 
 static int
@@ -556,8 +457,9 @@ sub_submit(Submitter *s, PyObject *cmd)
     }
     if (!sub_ready(s))
         return NULL;
+    jstate *st = s->st;
     /* seq = cmd.seq = ex.last_seq + 1 */
-    PyObject *last = PyObject_GetAttr(s->ex, str_last_seq);
+    PyObject *last = PyObject_GetAttr(s->ex, st->str_last_seq);
     if (last == NULL)
         return NULL;
     long long last_seq = PyLong_AsLongLong(last);
@@ -567,16 +469,16 @@ sub_submit(Submitter *s, PyObject *cmd)
     PyObject *seq = PyLong_FromLongLong(last_seq + 1);
     if (seq == NULL)
         return NULL;
-    const entry_t *e = entry_of(cmd);
+    const entry_t *e = entry_of(st, cmd);
     if (e == NULL && PyErr_Occurred())
         goto fail_seq;
     Py_ssize_t seq_off = e ? e->seq_off : 0, ts_off = e ? e->ts_off : 0;
-    if (set_slot(cmd, seq_off, str_seq, seq) < 0)
+    if (set_slot(cmd, seq_off, st->str_seq, seq) < 0)
         goto fail_seq;
     /* ts = clock(), strictly after the last one */
     long long ts;
     struct timespec now;
-    if (s->clock == time_ns && clock_gettime(CLOCK_REALTIME, &now) == 0) {
+    if (s->clock == st->time_ns && clock_gettime(CLOCK_REALTIME, &now) == 0) {
         /* time.time_ns, without the call: the same clock_gettime(CLOCK_REALTIME) */
         ts = (long long)now.tv_sec * 1000000000LL + now.tv_nsec;
     }
@@ -595,13 +497,13 @@ sub_submit(Submitter *s, PyObject *cmd)
     PyObject *tso = PyLong_FromLongLong(ts);
     if (tso == NULL)
         goto fail_seq;
-    if (set_slot(cmd, ts_off, str_ts, tso) < 0)
+    if (set_slot(cmd, ts_off, st->str_ts, tso) < 0)
         goto fail_ts;
     /* the record's payload first: a command that cannot be encoded is refused before the
      * core sees it, and the journal holds the command as submitted */
     PyObject *lines = s->lines;
     Py_ssize_t lines_before = PyByteArray_GET_SIZE(lines);
-    int took = append_line_impl(lines, cmd);
+    int took = append_line_impl(st, lines, cmd);
     if (took < 0)
         goto fail_ts;
     if (!took) {
@@ -644,7 +546,7 @@ sub_submit(Submitter *s, PyObject *cmd)
     }
     memcpy(PyByteArray_AS_STRING(stamps) + ns, &ts, 8);
     if (ns == 0) { /* the batch's first record */
-        if (PyObject_SetAttr(s->frames, str_first_seq, seq) < 0)
+        if (PyObject_SetAttr(s->frames, st->str_first_seq, seq) < 0)
             goto fail_result;
         r = PyObject_CallNoArgs(s->on_first);
         if (r == NULL)
@@ -721,36 +623,29 @@ static PyMemberDef sub_members[] = {
     {NULL, 0, 0, 0, NULL},
 };
 
-static PyTypeObject SubmitterType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "exchange._hotpath.Submitter",
-    .tp_doc = "CoreRunner's submit path: stamp, apply and frame each command (see "
-              "runner._PySubmitter, the reference implementation).",
-    .tp_basicsize = sizeof(Submitter),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_new = PyType_GenericNew,
-    .tp_traverse = (traverseproc)sub_traverse,
-    .tp_clear = (inquiry)sub_clear,
-    .tp_dealloc = (destructor)sub_dealloc,
-    .tp_methods = sub_methods,
-    .tp_members = sub_members,
+static PyType_Slot sub_slots[] = {
+    {Py_tp_doc, "CoreRunner's submit path: stamp, apply and frame each command (see "
+                "runner._PySubmitter, the reference implementation)."},
+    {Py_tp_new, sub_new},
+    {Py_tp_traverse, sub_traverse},
+    {Py_tp_clear, sub_clear},
+    {Py_tp_dealloc, sub_dealloc},
+    {Py_tp_methods, sub_methods},
+    {Py_tp_members, sub_members},
+    {0, NULL},
 };
 
-PyObject *
-hp_er_push(PyObject *seq, PyObject *head, PyObject *ev)
-{
-    /* er_push for _gatepath.c's fan-out */
-    PyObject *args[3] = {seq, head, ev};
-    return er_push(NULL, args, 3);
-}
+static PyType_Spec sub_spec = {
+    .name = "exchange.journal._accel.Submitter",
+    .basicsize = sizeof(Submitter),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .slots = sub_slots,
+};
 
 static PyMethodDef methods[] = {
     {"append_line", (PyCFunction)(void (*)(void))append_line, METH_FASTCALL,
      "append_line(buf, cmd) -> bool: append cmd's payload line to buf, or return False "
      "(buf untouched) when the reference encoder must do it."},
-    {"er_push", (PyCFunction)(void (*)(void))er_push, METH_FASTCALL,
-     "er_push(seq, head, ev) -> bytes | None: the executions push of one execution report "
-     "(exchange.server.protocol.ER_PUSH), or None: format it in Python."},
     {"rows_json", rows_json, METH_VARARGS,
      "rows_json(groups, cls, names) -> bytes | None: the JSON list of [obj.<name>, ...] for "
      "every obj of every iterable in groups (None: not plain; build it in Python)."},
@@ -759,44 +654,89 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-int corepath_init(PyObject *m); /* _corepath.c: CorePath, the core's order path */
-int gatepath_init(PyObject *m); /* _gatepath.c: gate, the gateway's order requests */
+static int
+module_exec(PyObject *m)
+{
+    jstate *st = state_of(m);
+    if ((st->registry = PyDict_New()) == NULL ||
+        PyModule_AddObjectRef(m, "registry", st->registry) < 0)
+        return -1;
+    if (!(st->str_last_seq = PyUnicode_InternFromString("last_seq")) ||
+        !(st->str_seq = PyUnicode_InternFromString("seq")) ||
+        !(st->str_ts = PyUnicode_InternFromString("ts")) ||
+        !(st->str_first_seq = PyUnicode_InternFromString("first_seq")))
+        return -1;
+    PyObject *time_mod = PyImport_ImportModule("time");
+    if (time_mod == NULL)
+        return -1;
+    st->time_ns = PyObject_GetAttrString(time_mod, "time_ns");
+    Py_DECREF(time_mod);
+    if (st->time_ns == NULL)
+        return -1;
+    st->submitter_type = (PyTypeObject *)PyType_FromModuleAndSpec(m, &sub_spec, NULL);
+    if (st->submitter_type == NULL)
+        return -1;
+    return PyModule_AddType(m, st->submitter_type);
+}
 
-static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_hotpath",
-    "The hot paths in C: the journal's record encoder and Submitter, the snapshot's orders, "
-    "the executions push.",
-    -1, methods,
+static int
+module_traverse(PyObject *m, visitproc visit, void *arg)
+{
+    jstate *st = state_of(m);
+    Py_VISIT(st->registry);
+    Py_VISIT(st->str_last_seq);
+    Py_VISIT(st->str_seq);
+    Py_VISIT(st->str_ts);
+    Py_VISIT(st->str_first_seq);
+    Py_VISIT(st->time_ns);
+    Py_VISIT(st->submitter_type);
+    return 0;
+}
+
+static int
+module_clear(PyObject *m)
+{
+    jstate *st = state_of(m);
+    Py_CLEAR(st->registry);
+    Py_CLEAR(st->str_last_seq);
+    Py_CLEAR(st->str_seq);
+    Py_CLEAR(st->str_ts);
+    Py_CLEAR(st->str_first_seq);
+    Py_CLEAR(st->time_ns);
+    Py_CLEAR(st->submitter_type);
+    return 0;
+}
+
+static void
+module_free(void *m)
+{
+    module_clear((PyObject *)m);
+}
+
+static PyModuleDef_Slot module_slots[] = {
+    {Py_mod_exec, module_exec},
+#ifdef Py_mod_multiple_interpreters
+    /* nothing is shared between interpreters: every object lives in the module's state */
+    {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
+#endif
+    {0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "exchange.journal._accel",
+    .m_doc = "The journal's hot paths in C: the record encoder, the Submitter and the "
+             "snapshot's orders.",
+    .m_size = sizeof(jstate),
+    .m_methods = methods,
+    .m_slots = module_slots,
+    .m_traverse = module_traverse,
+    .m_clear = module_clear,
+    .m_free = module_free,
 };
 
 PyMODINIT_FUNC
-PyInit__hotpath(void)
+PyInit__accel(void)
 {
-    PyObject *m = PyModule_Create(&module);
-    if (m == NULL)
-        return NULL;
-    registry = PyDict_New();
-    if (registry == NULL || PyModule_AddObjectRef(m, "registry", registry) < 0)
-        goto fail;
-    if (!(str_last_seq = PyUnicode_InternFromString("last_seq")) ||
-        !(str_seq = PyUnicode_InternFromString("seq")) ||
-        !(str_ts = PyUnicode_InternFromString("ts")) ||
-        !(str_first_seq = PyUnicode_InternFromString("first_seq")))
-        goto fail;
-    PyObject *time_mod = PyImport_ImportModule("time");
-    if (time_mod == NULL)
-        goto fail;
-    time_ns = PyObject_GetAttrString(time_mod, "time_ns");
-    Py_DECREF(time_mod);
-    if (time_ns == NULL)
-        goto fail;
-    if (PyType_Ready(&SubmitterType) < 0 ||
-        PyModule_AddObjectRef(m, "Submitter", (PyObject *)&SubmitterType) < 0)
-        goto fail;
-    if (corepath_init(m) < 0 || gatepath_init(m) < 0)
-        goto fail;
-    return m;
-fail:
-    Py_DECREF(m);
-    return NULL;
+    return PyModuleDef_Init(&module_def);
 }

@@ -29,7 +29,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
-#include "_jsonw.h"
+#include "../_jsonw.h"
 
 /* ------------------------------------------------------------------ configuration */
 
@@ -54,16 +54,6 @@ static const char *const er_names[R_N] = {"account", "order_id", "client_order_i
                                           "exec_type", "order_status", "qty", "price",
                                           "cum_qty", "leaves_qty"};
 
-static PyTypeObject *sess_t, *place_t, *cancel_t, *amend_t, *er_t, *rejected_t;
-static Py_ssize_t sess_off[S_N], place_off[PL_N], cancel_off[CA_N], amend_off[AM_N],
-    er_off[R_N];
-static PyObject *prices;     /* protocol._PRICES: price string -> fen */
-static PyObject *role_firm;  /* credentials.ROLE_FIRM */
-static PyObject *exec_rejected; /* events.EXEC_REJECTED */
-static PyObject *report_reply;  /* gateway._report_reply (the reference, for the odd cases) */
-static PyObject *zero;          /* 0: a new command's seq and ts until the runner stamps it */
-static PyObject *one_;          /* 1 */
-static int ready;
 
 /* interned names and constants */
 enum { I_REQ_ID, I_METHOD, I_PARAMS, I_PLACE, I_CANCEL, I_AMEND, I_INSTRUMENT, I_SIDE, I_QTY,
@@ -83,9 +73,66 @@ static const char *const inames[I_N] = {
     "coids", "messages_in", "submit_failed", "error", "code", "message", "_place_reply",
     "_enqueue", "TYPE", "journal_lag_seconds", "_max_lag_s", "overloaded", "overloaded_by",
     "gateway_errors", "rejects"};
-static PyObject *I[I_N];
 
 #define SL(o, off) (*(PyObject **)((char *)(o) + (off)))
+
+/* fanout's names */
+enum { F_EXEC_SUBS, F_BAL_SUBS, F_DIRTY_BAL, F_ER_HEADS, F_BOOK_SUBS, F_TICKER_SUBS,
+       F_TRADE_SUBS, F_DIRTY_TICK, F_METRICS, F_COMMANDS, F_TRADES, F_ORDERS, F_ON_REPORT,
+       F_ON_EVENT, F_ON_COMMIT, F_DIRTY_SOON, F_QUEUED, F_SEND, F_EXECUTIONS,
+       F_PROCEEDS_SPLIT, F_N };
+static const char *const fnames[F_N] = {
+    "exec_subs", "bal_subs", "_dirty_bal", "_er_heads", "book_subs", "ticker_subs",
+    "trade_subs", "_dirty_tick", "metrics", "commands", "trades", "orders", "_on_report",
+    "_on_event", "on_commit", "_dirty_soon", "_queued", "send", "executions",
+    "proceeds_split"};
+/* replies' names (below) */
+enum { D_DONE, D_INFLIGHT, D_RING, D_WINDOW, D_N };
+static const char *const dnames[D_N] = {"done", "inflight", "ring", "window"};
+/* The execution report's fields after the order's fixed ones, in the order of
+ * exchange.server.protocol.ER_TAIL. */
+enum { ER_EXEC_TYPE, ER_ORDER_STATUS, ER_PRICE, ER_QTY, ER_LAST_QTY, ER_LAST_PX, ER_CUM_QTY,
+       ER_LEAVES_QTY, ER_REASON, ER_TRADE_ID, ER_FEE, ER_LIQUIDITY, ER_TS, ER_N };
+static const char *const push_names[ER_N] = {
+    "exec_type", "order_status", "price", "qty", "last_qty", "last_px", "cum_qty",
+    "leaves_qty", "reason", "trade_id", "fee", "liquidity", "ts"};
+
+/* The module's state: everything the functions keep between calls. gate_setup and
+ * fanout_setup fill in the classes and constants; the names and small ints are made when
+ * the module is. */
+typedef struct {
+    /* gate_setup */
+    PyTypeObject *sess_t, *place_t, *cancel_t, *amend_t, *er_t, *rejected_t;
+    Py_ssize_t sess_off[S_N], place_off[PL_N], cancel_off[CA_N], amend_off[AM_N], er_off[R_N];
+    PyObject *prices;        /* protocol._PRICES: price string -> fen */
+    PyObject *role_firm;     /* credentials.ROLE_FIRM */
+    PyObject *exec_rejected; /* events.EXEC_REJECTED */
+    PyObject *report_reply;  /* gateway._report_reply (the reference, for the odd cases) */
+    int ready;
+    /* fanout_setup */
+    PyTypeObject *bu_t, *trade_t;
+    PyObject *er_head_fn, *er_push_fn; /* protocol.er_head, protocol.er_push_ref */
+    Py_ssize_t heads_max;
+    int fan_ready;
+    /* er_push: the class push_off belongs to (a reference held, so its address cannot be
+     * reused by another class) */
+    PyTypeObject *push_cls;
+    Py_ssize_t push_off[ER_N];
+    /* made with the module */
+    PyObject *zero; /* 0: a new command's seq and ts until the runner stamps it */
+    PyObject *one_; /* 1 */
+    PyObject *I[I_N], *F[F_N], *D[D_N];
+    PyObject *s_cancelled, *s_exception, *s_append, *s_popleft, *s_idem, *s_batch_durable;
+} gstate;
+
+static struct PyModuleDef module_def;
+
+static inline gstate *
+state_of(PyObject *module)
+{
+    return (gstate *)PyModule_GetState(module);
+}
+
 
 static int
 offsets(PyTypeObject *t, const char *const *names, int n, Py_ssize_t *off)
@@ -100,7 +147,7 @@ offsets(PyTypeObject *t, const char *const *names, int n, Py_ssize_t *off)
 static PyObject *
 gate_setup(PyObject *self, PyObject *cfg)
 {
-    (void)self;
+    gstate *st = state_of(self);
     static const char *const keys[] = {"Session", "PlaceOrder", "CancelOrder", "AmendOrder",
                                        "ExecutionReport", "CommandRejected", "prices",
                                        "ROLE_FIRM", "EXEC_REJECTED", "report_reply"};
@@ -120,32 +167,22 @@ gate_setup(PyObject *self, PyObject *cfg)
         PyErr_SetString(PyExc_TypeError, "gate_setup: prices is not a dict");
         return NULL;
     }
-    if ((zero == NULL && (zero = PyLong_FromLong(0)) == NULL) ||
-        (one_ == NULL && (one_ = PyLong_FromLong(1)) == NULL))
+    st->ready = 0;
+    if (offsets((PyTypeObject *)v[0], sess_names, S_N, st->sess_off) < 0 ||
+        offsets((PyTypeObject *)v[1], place_names, PL_N, st->place_off) < 0 ||
+        offsets((PyTypeObject *)v[2], cancel_names, CA_N, st->cancel_off) < 0 ||
+        offsets((PyTypeObject *)v[3], amend_names, AM_N, st->amend_off) < 0 ||
+        offsets((PyTypeObject *)v[4], er_names, R_N, st->er_off) < 0)
         return NULL;
-    for (int k = 0; k < I_N; k++) {
-        if (inames[k] == NULL) { /* the enum and the names drifted apart */
-            PyErr_SetString(PyExc_SystemError, "gate_setup: a name is missing");
-            return NULL;
-        }
-        if (I[k] == NULL && (I[k] = PyUnicode_InternFromString(inames[k])) == NULL)
-            return NULL;
-    }
-    ready = 0;
-    if (offsets((PyTypeObject *)v[0], sess_names, S_N, sess_off) < 0 ||
-        offsets((PyTypeObject *)v[1], place_names, PL_N, place_off) < 0 ||
-        offsets((PyTypeObject *)v[2], cancel_names, CA_N, cancel_off) < 0 ||
-        offsets((PyTypeObject *)v[3], amend_names, AM_N, amend_off) < 0 ||
-        offsets((PyTypeObject *)v[4], er_names, R_N, er_off) < 0)
-        return NULL;
-    PyTypeObject **types[] = {&sess_t, &place_t, &cancel_t, &amend_t, &er_t, &rejected_t};
+    PyTypeObject **types[] = {&st->sess_t, &st->place_t, &st->cancel_t, &st->amend_t, &st->er_t,
+                              &st->rejected_t};
     for (int k = 0; k < 6; k++)
         Py_XSETREF(*types[k], (PyTypeObject *)Py_NewRef(v[k]));
-    Py_XSETREF(prices, Py_NewRef(v[6]));
-    Py_XSETREF(role_firm, Py_NewRef(v[7]));
-    Py_XSETREF(exec_rejected, Py_NewRef(v[8]));
-    Py_XSETREF(report_reply, Py_NewRef(v[9]));
-    ready = 1;
+    Py_XSETREF(st->prices, Py_NewRef(v[6]));
+    Py_XSETREF(st->role_firm, Py_NewRef(v[7]));
+    Py_XSETREF(st->exec_rejected, Py_NewRef(v[8]));
+    Py_XSETREF(st->report_reply, Py_NewRef(v[9]));
+    st->ready = 1;
     Py_RETURN_NONE;
 }
 
@@ -160,20 +197,20 @@ short_str(PyObject *v)
 }
 
 static inline PyObject *
-dget(PyObject *d, int name)
+dget(gstate *st, PyObject *d, int name)
 {
     /* d.get(name), borrowed; NULL: absent (an error is cleared: str keys cannot raise) */
-    PyObject *v = PyDict_GetItemWithError(d, I[name]);
+    PyObject *v = PyDict_GetItemWithError(d, st->I[name]);
     if (v == NULL && PyErr_Occurred())
         PyErr_Clear();
     return v;
 }
 
 static PyObject *
-attr(PyObject *o, int name)
+attr(gstate *st, PyObject *o, int name)
 {
     /* o.<name>, a new reference; NULL with no error (an AttributeError cleared) */
-    PyObject *v = PyObject_GetAttr(o, I[name]);
+    PyObject *v = PyObject_GetAttr(o, st->I[name]);
     if (v == NULL)
         PyErr_Clear();
     return v;
@@ -182,19 +219,19 @@ attr(PyObject *o, int name)
 enum { OPT_PRICE, OPT_COID, OPT_INT };
 
 static int
-opt(PyObject *p, int name, int kind, PyObject **out)
+opt(gstate *st, PyObject *p, int name, int kind, PyObject **out)
 {
     /* an optional param of the fast validators - protocol._opt_price (a price string seen
      * before: *out its fen), _opt_coid (a short str), or an int of amend_order - or null:
      * 1 given (*out its value, None for null), 0 absent (*out None), -1 not taken */
-    PyObject *v = dget(p, name);
+    PyObject *v = dget(st, p, name);
     *out = Py_None;
     if (v == NULL)
         return 0;
     if (v == Py_None)
         return 1;
     if (kind == OPT_PRICE) {
-        v = PyUnicode_CheckExact(v) ? PyDict_GetItemWithError(prices, v) : NULL;
+        v = PyUnicode_CheckExact(v) ? PyDict_GetItemWithError(st->prices, v) : NULL;
         if (v == NULL) {
             PyErr_Clear();
             return -1;
@@ -221,33 +258,35 @@ new_cmd(PyTypeObject *t, const Py_ssize_t *off, PyObject *const *vals, int n)
 /* ------------------------------------------------------------------ validation */
 
 static PyObject *
-place_cmd(PyObject *p, PyObject *firm)
+place_cmd(gstate *st, PyObject *p, PyObject *firm)
 {
     /* validate_place_order's fast path (and m_place's account): the PlaceOrder, or NULL
      * with no error when not taken */
-    PyObject *ins = dget(p, I_INSTRUMENT), *side = dget(p, I_SIDE), *qty = dget(p, I_QTY);
+    PyObject *ins = dget(st, p, I_INSTRUMENT), *side = dget(st, p, I_SIDE),
+        *qty = dget(st, p, I_QTY);
     if (ins == NULL || side == NULL || qty == NULL || !short_str(ins) ||
-        !PyLong_CheckExact(qty) || !(is_str(side, I[I_BUY]) || is_str(side, I[I_SELL])))
+        !PyLong_CheckExact(qty) || !(is_str(side, st->I[I_BUY]) || is_str(side, st->I[I_SELL])))
         return NULL;
     Py_ssize_t n = 3;
-    PyObject *seg = dget(p, I_SEGMENT), *ot = dget(p, I_ORDER_TYPE), *tif = dget(p, I_TIF),
-             *po = dget(p, I_POST_ONLY), *price, *coid;
+    PyObject *seg = dget(st, p, I_SEGMENT), *ot = dget(st, p, I_ORDER_TYPE),
+        *tif = dget(st, p, I_TIF),
+             *po = dget(st, p, I_POST_ONLY), *price, *coid;
     if (seg == NULL)
-        seg = I[I_MAIN];
+        seg = st->I[I_MAIN];
     else if (short_str(seg))
         n++;
     else
         return NULL;
     if (ot == NULL)
-        ot = I[I_LIMIT];
-    else if (is_str(ot, I[I_LIMIT]) || is_str(ot, I[I_MARKET]))
+        ot = st->I[I_LIMIT];
+    else if (is_str(ot, st->I[I_LIMIT]) || is_str(ot, st->I[I_MARKET]))
         n++;
     else
         return NULL;
     if (tif == NULL)
-        tif = I[I_GTC];
-    else if (is_str(tif, I[I_GTC]) || is_str(tif, I[I_DAY]) || is_str(tif, I[I_IOC]) ||
-             is_str(tif, I[I_FOK]))
+        tif = st->I[I_GTC];
+    else if (is_str(tif, st->I[I_GTC]) || is_str(tif, st->I[I_DAY]) || is_str(tif, st->I[I_IOC]) ||
+             is_str(tif, st->I[I_FOK]))
         n++;
     else
         return NULL;
@@ -257,63 +296,63 @@ place_cmd(PyObject *p, PyObject *firm)
         n++;
     else
         return NULL;
-    int k1 = opt(p, I_PRICE, OPT_PRICE, &price), k2 = opt(p, I_COID, OPT_COID, &coid);
+    int k1 = opt(st, p, I_PRICE, OPT_PRICE, &price), k2 = opt(st, p, I_COID, OPT_COID, &coid);
     if (k1 < 0 || k2 < 0 || PyDict_GET_SIZE(p) != n + k1 + k2)
         return NULL;
-    PyObject *vals[PL_N] = {firm, ins, seg, side, qty, price, ot, tif, po, coid, zero, zero};
-    PyObject *c = new_cmd(place_t, place_off, vals, PL_N);
+    PyObject *vals[PL_N] = {firm, ins, seg, side, qty, price, ot, tif, po, coid, st->zero,
+                            st->zero};
+    PyObject *c = new_cmd(st->place_t, st->place_off, vals, PL_N);
     return c;
 }
 
 static PyObject *
-cancel_cmd(PyObject *p, PyObject *firm)
+cancel_cmd(gstate *st, PyObject *p, PyObject *firm)
 {
     /* validate_cancel_order's fast path and _own_order_ref */
     if (PyDict_GET_SIZE(p) != 1)
         return NULL;
-    PyObject *coid = dget(p, I_COID), *oid = Py_None;
+    PyObject *coid = dget(st, p, I_COID), *oid = Py_None;
     if (coid == NULL) {
         coid = Py_None;
-        oid = dget(p, I_OID);
+        oid = dget(st, p, I_OID);
         if (oid == NULL || !PyLong_CheckExact(oid))
             return NULL;
     }
     else if (!short_str(coid))
         return NULL;
-    PyObject *vals[CA_N] = {firm, oid, coid, zero, zero};
-    PyObject *c = new_cmd(cancel_t, cancel_off, vals, CA_N);
+    PyObject *vals[CA_N] = {firm, oid, coid, st->zero, st->zero};
+    PyObject *c = new_cmd(st->cancel_t, st->cancel_off, vals, CA_N);
     return c;
 }
 
 static PyObject *
-amend_cmd(PyObject *p, PyObject *firm)
+amend_cmd(gstate *st, PyObject *p, PyObject *firm)
 {
     /* validate_amend_order's fast path and _own_order_ref (an order must be named) */
     PyObject *oid, *coid, *qty, *price;
-    int k1 = opt(p, I_OID, OPT_INT, &oid), k2 = opt(p, I_COID, OPT_COID, &coid),
-        k3 = opt(p, I_QTY, OPT_INT, &qty), k4 = opt(p, I_PRICE, OPT_PRICE, &price);
+    int k1 = opt(st, p, I_OID, OPT_INT, &oid), k2 = opt(st, p, I_COID, OPT_COID, &coid),
+        k3 = opt(st, p, I_QTY, OPT_INT, &qty), k4 = opt(st, p, I_PRICE, OPT_PRICE, &price);
     if (k1 < 0 || k2 < 0 || k3 < 0 || k4 < 0 || PyDict_GET_SIZE(p) != k1 + k2 + k3 + k4 ||
         (oid == Py_None && coid == Py_None))
         return NULL;
-    PyObject *vals[AM_N] = {firm, oid, coid, qty, price, zero, zero};
-    PyObject *c = new_cmd(amend_t, amend_off, vals, AM_N);
+    PyObject *vals[AM_N] = {firm, oid, coid, qty, price, st->zero, st->zero};
+    PyObject *c = new_cmd(st->amend_t, st->amend_off, vals, AM_N);
     return c;
 }
 
 /* ------------------------------------------------------------------ replies */
 
 static char *
-reply_open(PyObject **out, Py_ssize_t more, long long req_id, long long oid, const item *coid)
+reply_open(jw_buf *out, Py_ssize_t more, long long req_id, long long oid, const item *coid)
 {
-    /* *out: new bytes holding the replies' common head,
+    /* out: a buffer holding the replies' common head,
      * '{"req_id":R,"ok":true,"result":{"order_id":O,"client_order_id":C', with room for the
      * rest: every literal of either reply (under 140 bytes with the closing '}}' of
      * reply_close) and ``more``, the caller's bound on its numbers and strings. Returns where
      * to go on writing (NULL: no memory). */
-    *out = PyBytes_FromStringAndSize(NULL, 256 + 2 * 21 + coid->n + more);
-    if (*out == NULL)
+    char *p = jw_open(out, 256 + 2 * 21 + coid->n + more);
+    if (p == NULL)
         return NULL;
-    char *p = PyBytes_AS_STRING(*out);
     JW_LIT("{\"req_id\":");
     JW_INT(req_id);
     JW_LIT(",\"ok\":true,\"result\":{\"order_id\":");
@@ -324,18 +363,14 @@ reply_open(PyObject **out, Py_ssize_t more, long long req_id, long long oid, con
 }
 
 static PyObject *
-reply_close(PyObject *out, char *p)
+reply_close(jw_buf *out, char *p)
 {
     JW_LIT("}}");
-    if (p - PyBytes_AS_STRING(out) > PyBytes_GET_SIZE(out))
-        Py_FatalError("gate: a reply outgrew its buffer (reply_open's bound)");
-    if (_PyBytes_Resize(&out, p - PyBytes_AS_STRING(out)) < 0)
-        return NULL;
-    return out;
+    return jw_close(out, p);
 }
 
 static PyObject *
-place_ok(PyObject *session, PyObject *cmd, long long req_id, PyObject *events)
+place_ok(gstate *st, PyObject *session, PyObject *cmd, long long req_id, PyObject *events)
 {
     /* Gateway._place_reply's usual case: the reply bytes, or NULL with no error when it is
      * not the usual case or a value is not plain (nothing done: the caller calls the Python
@@ -343,12 +378,12 @@ place_ok(PyObject *session, PyObject *cmd, long long req_id, PyObject *events)
     if (!PyList_CheckExact(events) || PyList_GET_SIZE(events) == 0)
         return NULL;
     PyObject *first = PyList_GET_ITEM(events, 0);
-    if (Py_TYPE(first) != er_t || SL(first, er_off[R_ACCOUNT]) == NULL ||
-        !is_str(SL(first, er_off[R_ACCOUNT]), SL(cmd, place_off[PL_ACCOUNT])) ||
-        SL(first, er_off[R_EXEC_TYPE]) == NULL ||
-        is_str(SL(first, er_off[R_EXEC_TYPE]), exec_rejected))
+    if (Py_TYPE(first) != st->er_t || SL(first, st->er_off[R_ACCOUNT]) == NULL ||
+        !is_str(SL(first, st->er_off[R_ACCOUNT]), SL(cmd, st->place_off[PL_ACCOUNT])) ||
+        SL(first, st->er_off[R_EXEC_TYPE]) == NULL ||
+        is_str(SL(first, st->er_off[R_EXEC_TYPE]), st->exec_rejected))
         return NULL;
-    PyObject *oid_o = SL(first, er_off[R_OID]);
+    PyObject *oid_o = SL(first, st->er_off[R_OID]);
     long long oid, cum, leaves, seq;
     if (oid_o == NULL || !exact_int(oid_o, &oid))
         return NULL;
@@ -356,9 +391,9 @@ place_ok(PyObject *session, PyObject *cmd, long long req_id, PyObject *events)
     for (Py_ssize_t i = PyList_GET_SIZE(events) - 1; i > 0; i--) {
         PyObject *ev = PyList_GET_ITEM(events, i);
         long long o;
-        if (Py_TYPE(ev) != er_t)
+        if (Py_TYPE(ev) != st->er_t)
             continue;
-        if (SL(ev, er_off[R_OID]) == NULL || !exact_int(SL(ev, er_off[R_OID]), &o))
+        if (SL(ev, st->er_off[R_OID]) == NULL || !exact_int(SL(ev, st->er_off[R_OID]), &o))
             return NULL;
         if (o == oid) {
             last = ev;
@@ -366,20 +401,20 @@ place_ok(PyObject *session, PyObject *cmd, long long req_id, PyObject *events)
         }
     }
     item coid, status;
-    PyObject *c = SL(first, er_off[R_COID]), *st = SL(last, er_off[R_STATUS]);
-    PyObject *cum_o = SL(last, er_off[R_CUM]), *leaves_o = SL(last, er_off[R_LEAVES]);
-    if (c == NULL || st == NULL || cum_o == NULL || leaves_o == NULL ||
+    PyObject *c = SL(first, st->er_off[R_COID]), *status_o = SL(last, st->er_off[R_STATUS]);
+    PyObject *cum_o = SL(last, st->er_off[R_CUM]), *leaves_o = SL(last, st->er_off[R_LEAVES]);
+    if (c == NULL || status_o == NULL || cum_o == NULL || leaves_o == NULL ||
         !(c == Py_None || PyUnicode_CheckExact(c)) || !classify(c, &coid) ||
-        !PyUnicode_CheckExact(st) || !classify(st, &status) || !exact_int(cum_o, &cum) ||
-        !exact_int(leaves_o, &leaves) || SL(cmd, place_off[PL_SEQ]) == NULL ||
-        !exact_int(SL(cmd, place_off[PL_SEQ]), &seq))
+        !str_like(status_o) || !classify(status_o, &status) || !exact_int(cum_o, &cum) ||
+        !exact_int(leaves_o, &leaves) || SL(cmd, st->place_off[PL_SEQ]) == NULL ||
+        !exact_int(SL(cmd, st->place_off[PL_SEQ]), &seq))
         return NULL;
-    PyObject *cod = SL(session, sess_off[S_COD]), *placed = SL(session, sess_off[S_PLACED]);
+    PyObject *cod = SL(session, st->sess_off[S_COD]), *placed = SL(session, st->sess_off[S_PLACED]);
     if (cod == NULL || placed == NULL || !PyBool_Check(cod) || !PySet_CheckExact(placed))
         return NULL;
     if (cod == Py_True && leaves && PySet_Add(placed, oid_o) < 0)
         return NULL; /* an error (no memory): the caller reports it */
-    PyObject *out;
+    jw_buf out;
     char *p = reply_open(&out, 3 * 21 + status.n, req_id, oid, &coid);
     if (p == NULL)
         return NULL;
@@ -391,7 +426,7 @@ place_ok(PyObject *session, PyObject *cmd, long long req_id, PyObject *events)
     JW_INT(leaves);
     JW_LIT(",\"seq\":");
     JW_INT(seq);
-    return reply_close(out, p);
+    return reply_close(&out, p);
 }
 
 static PyObject *
@@ -400,16 +435,15 @@ err_bytes(long long req_id, PyObject *code, PyObject *message)
     /* gateway._err_bytes(req_id, code, message) for plain strings (new bytes); NULL with no
      * error otherwise */
     item c, m;
-    if (code == NULL || message == NULL || !PyUnicode_CheckExact(code) ||
-        !PyUnicode_CheckExact(message) || !classify(code, &c) || !classify(message, &m))
+    if (code == NULL || message == NULL || !str_like(code) || !str_like(message) ||
+        !classify(code, &c) || !classify(message, &m))
         return NULL;
     static const char a[] = "{\"req_id\":", b[] = ",\"ok\":false,\"error\":{\"code\":",
                       d[] = ",\"message\":";
-    PyObject *out = PyBytes_FromStringAndSize(NULL, sizeof(a) + sizeof(b) + sizeof(d) + 21 +
-                                                        c.n + m.n + 2);
-    if (out == NULL)
+    jw_buf out;
+    char *p = jw_open(&out, sizeof(a) + sizeof(b) + sizeof(d) + 21 + c.n + m.n + 2);
+    if (p == NULL)
         return NULL;
-    char *p = PyBytes_AS_STRING(out);
     JW_LIT(a);
     JW_INT(req_id);
     JW_LIT(b);
@@ -417,13 +451,11 @@ err_bytes(long long req_id, PyObject *code, PyObject *message)
     JW_LIT(d);
     JW_ITEM(m);
     JW_LIT("}}");
-    if (_PyBytes_Resize(&out, p - PyBytes_AS_STRING(out)) < 0)
-        return NULL;
-    return out;
+    return jw_close(&out, p);
 }
 
 static PyObject *
-report_ok(long long req_id, PyObject *events, PyObject *account)
+report_ok(gstate *st, long long req_id, PyObject *events, PyObject *account)
 {
     /* gateway._report_reply's usual case (the order's last report), as place_ok */
     if (!PyList_CheckExact(events))
@@ -432,9 +464,9 @@ report_ok(long long req_id, PyObject *events, PyObject *account)
     long long last_oid = 0;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(events); i++) {
         PyObject *ev = PyList_GET_ITEM(events, i);
-        if (Py_TYPE(ev) == rejected_t) { /* the reject: its error */
-            PyObject *code = PyObject_GetAttr(ev, I[I_CODE]);
-            PyObject *msg = code ? PyObject_GetAttr(ev, I[I_MESSAGE]) : NULL;
+        if (Py_TYPE(ev) == st->rejected_t) { /* the reject: its error */
+            PyObject *code = PyObject_GetAttr(ev, st->I[I_CODE]);
+            PyObject *msg = code ? PyObject_GetAttr(ev, st->I[I_MESSAGE]) : NULL;
             PyObject *data = err_bytes(req_id, code, msg);
             Py_XDECREF(code);
             Py_XDECREF(msg);
@@ -442,9 +474,9 @@ report_ok(long long req_id, PyObject *events, PyObject *account)
                 PyErr_Clear();
             return data;
         }
-        if (Py_TYPE(ev) != er_t)
+        if (Py_TYPE(ev) != st->er_t)
             continue;
-        PyObject *acct = SL(ev, er_off[R_ACCOUNT]), *oid_o = SL(ev, er_off[R_OID]);
+        PyObject *acct = SL(ev, st->er_off[R_ACCOUNT]), *oid_o = SL(ev, st->er_off[R_OID]);
         long long oid;
         if (acct == NULL || oid_o == NULL || !exact_int(oid_o, &oid))
             return NULL;
@@ -457,26 +489,26 @@ report_ok(long long req_id, PyObject *events, PyObject *account)
     }
     if (last == NULL)
         return NULL;
-    item coid, et, st;
+    item coid, et, stat;
     long long qty, cum, leaves, px = 0;
-    PyObject *c = SL(last, er_off[R_COID]), *e_o = SL(last, er_off[R_EXEC_TYPE]),
-             *s_o = SL(last, er_off[R_STATUS]), *q = SL(last, er_off[R_QTY]),
-             *p_o = SL(last, er_off[R_PRICE]), *cu = SL(last, er_off[R_CUM]),
-             *l = SL(last, er_off[R_LEAVES]);
+    PyObject *c = SL(last, st->er_off[R_COID]), *e_o = SL(last, st->er_off[R_EXEC_TYPE]),
+             *s_o = SL(last, st->er_off[R_STATUS]), *q = SL(last, st->er_off[R_QTY]),
+             *p_o = SL(last, st->er_off[R_PRICE]), *cu = SL(last, st->er_off[R_CUM]),
+             *l = SL(last, st->er_off[R_LEAVES]);
     if (c == NULL || e_o == NULL || s_o == NULL || q == NULL || p_o == NULL || cu == NULL ||
         l == NULL || !(c == Py_None || PyUnicode_CheckExact(c)) || !classify(c, &coid) ||
-        !PyUnicode_CheckExact(e_o) || !classify(e_o, &et) || !PyUnicode_CheckExact(s_o) ||
-        !classify(s_o, &st) || !exact_int(q, &qty) || !exact_int(cu, &cum) ||
+        !str_like(e_o) || !classify(e_o, &et) || !str_like(s_o) ||
+        !classify(s_o, &stat) || !exact_int(q, &qty) || !exact_int(cu, &cum) ||
         !exact_int(l, &leaves) || (p_o != Py_None && !exact_int(p_o, &px)))
         return NULL;
-    PyObject *out;
-    char *p = reply_open(&out, 3 * 21 + PX_MAX + et.n + st.n, req_id, last_oid, &coid);
+    jw_buf out;
+    char *p = reply_open(&out, 3 * 21 + PX_MAX + et.n + stat.n, req_id, last_oid, &coid);
     if (p == NULL)
         return NULL;
     JW_LIT(",\"exec_type\":");
     JW_ITEM(et);
     JW_LIT(",\"order_status\":");
-    JW_ITEM(st);
+    JW_ITEM(stat);
     JW_LIT(",\"qty\":");
     JW_INT(qty);
     JW_LIT(",\"price\":");
@@ -488,7 +520,7 @@ report_ok(long long req_id, PyObject *events, PyObject *account)
     JW_INT(cum);
     JW_LIT(",\"leaves_qty\":");
     JW_INT(leaves);
-    return reply_close(out, p);
+    return reply_close(&out, p);
 }
 
 /* ------------------------------------------------------------------ gate */
@@ -497,20 +529,21 @@ enum { ADMIT_OK, ADMIT_IN_FLIGHT, ADMIT_JOURNAL_LAG, ADMIT_SEND_QUEUE };
 static const char *const admit_why[] = {NULL, "in_flight", "journal_lag", "send_queue"};
 
 static int
-admission(PyObject *gw, PyObject *runner, PyObject *session, long long *lag_out)
+admission(gstate *st, PyObject *gw, PyObject *runner, PyObject *session, long long *lag_out)
 {
     /* what Gateway.admit decides: ADMIT_OK, or the bound that refuses (ADMIT_IN_FLIGHT,
      * ADMIT_JOURNAL_LAG, ADMIT_SEND_QUEUE, as in admit's order); -1 (no error) when it
      * cannot tell. *lag_out: runner.journal_lag, as read (for the refusal's message). */
-    PyObject *lag = attr(runner, I_JOURNAL_LAG), *mx = attr(gw, I_MAX_IN_FLIGHT),
-             *oq = attr(gw, I_OVERLOAD_QUEUE), *out = SL(session, sess_off[S_OUT]);
+    PyObject *lag = attr(st, runner, I_JOURNAL_LAG), *mx = attr(st, gw, I_MAX_IN_FLIGHT),
+             *oq = attr(st, gw, I_OVERLOAD_QUEUE), *out = SL(session, st->sess_off[S_OUT]);
     long long l = 0, m, q;
     int r = -1;
     if (lag && mx && oq && out && PyList_CheckExact(out) && exact_int(lag, &l) &&
         exact_int(mx, &m) && exact_int(oq, &q)) {
         r = l && l >= m ? ADMIT_IN_FLIGHT : ADMIT_OK;
         if (r == ADMIT_OK && l) { /* commands in flight: how long the oldest has waited */
-            PyObject *age = attr(runner, I_JOURNAL_LAG_SECONDS), *mx_s = attr(gw, I_MAX_LAG_S);
+            PyObject *age = attr(st, runner, I_JOURNAL_LAG_SECONDS),
+                *mx_s = attr(st, gw, I_MAX_LAG_S);
             if (age && mx_s && PyFloat_CheckExact(age) && PyFloat_CheckExact(mx_s))
                 r = PyFloat_AS_DOUBLE(age) >= PyFloat_AS_DOUBLE(mx_s) ? ADMIT_JOURNAL_LAG
                                                                        : ADMIT_OK;
@@ -532,21 +565,22 @@ admission(PyObject *gw, PyObject *runner, PyObject *session, long long *lag_out)
 }
 
 static int
-seen_coid(PyObject *gw, PyObject *firm, PyObject *coid, PyObject *key)
+seen_coid(gstate *st, PyObject *gw, PyObject *firm, PyObject *coid, PyObject *key)
 {
     /* Gateway.place's idempotency lookups of key, (firm, coid): 1 when it was seen (done, in
      * flight, or coid is a live order of the firm), or when it cannot tell; 0 when new */
-    PyObject *idem = attr(gw, I_IDEM), *ex = attr(gw, I_EX);
-    PyObject *done = idem ? attr(idem, I_DONE) : NULL, *inflight = idem ? attr(idem, I_INFLIGHT)
+    PyObject *idem = attr(st, gw, I_IDEM), *ex = attr(st, gw, I_EX);
+    PyObject *done = idem ? attr(st, idem, I_DONE) : NULL, *inflight = idem ?
+        attr(st, idem, I_INFLIGHT)
                                                                       : NULL;
-    PyObject *accounts = ex ? attr(ex, I_ACCOUNTS) : NULL;
+    PyObject *accounts = ex ? attr(st, ex, I_ACCOUNTS) : NULL;
     int seen = 1;
     if (done && inflight && accounts && PyDict_CheckExact(done) &&
         PyDict_CheckExact(inflight) && PyDict_CheckExact(accounts) &&
         PyDict_GetItemWithError(done, key) == NULL && !PyErr_Occurred() &&
         PyDict_GetItemWithError(inflight, key) == NULL && !PyErr_Occurred()) {
         PyObject *acct = PyDict_GetItemWithError(accounts, firm);
-        PyObject *coids = acct ? attr(acct, I_COIDS) : NULL;
+        PyObject *coids = acct ? attr(st, acct, I_COIDS) : NULL;
         if (acct == NULL && !PyErr_Occurred())
             seen = 0;
         else if (coids && PyDict_CheckExact(coids))
@@ -564,13 +598,13 @@ seen_coid(PyObject *gw, PyObject *firm, PyObject *coid, PyObject *key)
 }
 
 static int
-incr_attr(PyObject *o, PyObject *name)
+incr_attr(gstate *st, PyObject *o, PyObject *name)
 {
     /* o.<name> += 1 */
     PyObject *v = PyObject_GetAttr(o, name);
     if (v == NULL)
         return -1;
-    PyObject *w = PyNumber_Add(v, one_);
+    PyObject *w = PyNumber_Add(v, st->one_);
     Py_DECREF(v);
     if (w == NULL)
         return -1;
@@ -580,26 +614,27 @@ incr_attr(PyObject *o, PyObject *name)
 }
 
 static inline int
-bump(PyObject *o, int name)
+bump(gstate *st, PyObject *o, int name)
 {
-    return incr_attr(o, I[name]);
+    return incr_attr(st, o, st->I[name]);
 }
 
 static int
-enqueue(PyObject *gw, PyObject *durable, PyObject *session, PyObject *req_id, PyObject *data,
+enqueue(gstate *st, PyObject *gw, PyObject *durable, PyObject *session, PyObject *req_id,
+        PyObject *data,
         PyObject *key, PyObject *outcome)
 {
     /* Gateway._enqueue: appended to the open batch when durable is its future; otherwise
      * (once a batch) the Python method opens the batch */
-    PyObject *bf = attr(gw, I_BATCH_FUTURE), *batch = NULL;
+    PyObject *bf = attr(st, gw, I_BATCH_FUTURE), *batch = NULL;
     int r;
-    if (bf == durable && (batch = attr(gw, I_BATCH)) != NULL && PyList_CheckExact(batch)) {
+    if (bf == durable && (batch = attr(st, gw, I_BATCH)) != NULL && PyList_CheckExact(batch)) {
         PyObject *t = PyTuple_Pack(5, session, req_id, data, key, outcome);
         r = t == NULL ? -1 : PyList_Append(batch, t);
         Py_XDECREF(t);
     }
     else {
-        PyObject *res = PyObject_CallMethodObjArgs(gw, I[I_ENQUEUE], durable, session, req_id,
+        PyObject *res = PyObject_CallMethodObjArgs(gw, st->I[I_ENQUEUE], durable, session, req_id,
                                                    data, key, outcome, NULL);
         r = res == NULL ? -1 : 0;
         Py_XDECREF(res);
@@ -609,10 +644,10 @@ enqueue(PyObject *gw, PyObject *durable, PyObject *session, PyObject *req_id, Py
     return r;
 }
 
-static int answer_error(PyObject *pe, PyObject *session, PyObject *req_id);
+static int answer_error(gstate *st, PyObject *pe, PyObject *session, PyObject *req_id);
 
 static int
-refused(PyObject *gw, PyObject *session, PyObject *req_id)
+refused(gstate *st, PyObject *gw, PyObject *session, PyObject *req_id)
 {
     /* the runner raised out of submit_nowait: Gateway.submit_failed(exc) gives the
      * ProtocolError, answered as on_request answers one. An exception that is not an
@@ -624,21 +659,22 @@ refused(PyObject *gw, PyObject *session, PyObject *req_id)
     PyErr_NormalizeException(&type, &value, &tb);
     Py_XDECREF(type);
     Py_XDECREF(tb);
-    PyObject *pe = PyObject_CallMethodOneArg(gw, I[I_SUBMIT_FAILED], value);
+    PyObject *pe = PyObject_CallMethodOneArg(gw, st->I[I_SUBMIT_FAILED], value);
     Py_XDECREF(value);
-    return answer_error(pe, session, req_id);
+    return answer_error(st, pe, session, req_id);
 }
 
 static int
-answer_error(PyObject *pe, PyObject *session, PyObject *req_id)
+answer_error(gstate *st, PyObject *pe, PyObject *session, PyObject *req_id)
 {
     /* on_request's answer to a ProtocolError pe (a new reference, or NULL with an error):
      * session.error(req_id, pe.code, pe.message) */
     if (pe == NULL)
         return -1;
-    PyObject *code = PyObject_GetAttr(pe, I[I_CODE]), *msg = PyObject_GetAttr(pe, I[I_MESSAGE]);
+    PyObject *code = PyObject_GetAttr(pe, st->I[I_CODE]),
+        *msg = PyObject_GetAttr(pe, st->I[I_MESSAGE]);
     Py_DECREF(pe);
-    PyObject *res = code && msg ? PyObject_CallMethodObjArgs(session, I[I_ERROR], req_id, code,
+    PyObject *res = code && msg ? PyObject_CallMethodObjArgs(session, st->I[I_ERROR], req_id, code,
                                                              msg, NULL)
                                 : NULL;
     Py_XDECREF(code);
@@ -647,19 +683,19 @@ answer_error(PyObject *pe, PyObject *session, PyObject *req_id)
     return res == NULL ? -1 : 0;
 }
 
-static int sess_send(PyObject *s, PyObject *data);
+static int sess_send(gstate *st, PyObject *s, PyObject *data);
 
 static int
-dict_count(PyObject *o, int name, PyObject *k)
+dict_count(gstate *st, PyObject *o, int name, PyObject *k)
 {
     /* o.<name>[k] = o.<name>.get(k, 0) + 1 */
-    PyObject *d = PyObject_GetAttr(o, I[name]), *n = NULL;
+    PyObject *d = PyObject_GetAttr(o, st->I[name]), *n = NULL;
     int r = -1;
     if (d != NULL && PyDict_Check(d)) {
         PyObject *v = PyDict_GetItemWithError(d, k);
         if (v == NULL && !PyErr_Occurred())
-            v = zero;
-        if (v != NULL && (n = PyNumber_Add(v, one_)) != NULL)
+            v = st->zero;
+        if (v != NULL && (n = PyNumber_Add(v, st->one_)) != NULL)
             r = PyDict_SetItem(d, k, n);
     }
     else if (d != NULL)
@@ -670,26 +706,26 @@ dict_count(PyObject *o, int name, PyObject *k)
 }
 
 static int
-dict_count_s(PyObject *o, int name, const char *key)
+dict_count_s(gstate *st, PyObject *o, int name, const char *key)
 {
     PyObject *k = PyUnicode_InternFromString(key);
-    int r = k == NULL ? -1 : dict_count(o, name, k);
+    int r = k == NULL ? -1 : dict_count(st, o, name, k);
     Py_XDECREF(k);
     return r;
 }
 
 static int
-overloaded(PyObject *gw, PyObject *metrics, long long lag, PyObject *s, int why,
+overloaded(gstate *st, PyObject *gw, PyObject *metrics, long long lag, PyObject *s, int why,
            long long req_id, PyObject *rid)
 {
     /* Gateway.overloaded(s, why) answered as on_request answers its ProtocolError
      * (Session.error): counted, and the error queued for s; lag: runner.journal_lag */
-    PyObject *out = SL(s, sess_off[S_OUT]);
+    PyObject *out = SL(s, st->sess_off[S_OUT]);
     if (out == NULL || !PyList_CheckExact(out)) { /* the reference */
         PyObject *w = PyUnicode_FromString(admit_why[why]);
-        PyObject *pe = w ? PyObject_CallMethodObjArgs(gw, I[I_OVERLOADED], s, w, NULL) : NULL;
+        PyObject *pe = w ? PyObject_CallMethodObjArgs(gw, st->I[I_OVERLOADED], s, w, NULL) : NULL;
         Py_XDECREF(w);
-        return answer_error(pe, s, rid);
+        return answer_error(st, pe, s, rid);
     }
     char msg[200];
     snprintf(msg, sizeof msg, "server busy (%lld commands not yet durable, %zd messages "
@@ -699,10 +735,10 @@ overloaded(PyObject *gw, PyObject *metrics, long long lag, PyObject *s, int why,
     PyObject *data = code && m ? err_bytes(req_id, code, m) : NULL;
     Py_XDECREF(code);
     Py_XDECREF(m);
-    int r = data != NULL && bump(metrics, I_OVERLOADED) == 0 &&
-                    dict_count_s(metrics, I_OVERLOADED_BY, admit_why[why]) == 0 &&
-                    dict_count_s(metrics, I_GATEWAY_ERRORS, "OVERLOADED") == 0 &&
-                    sess_send(s, data) == 0
+    int r = data != NULL && bump(st, metrics, I_OVERLOADED) == 0 &&
+                    dict_count_s(st, metrics, I_OVERLOADED_BY, admit_why[why]) == 0 &&
+                    dict_count_s(st, metrics, I_GATEWAY_ERRORS, "OVERLOADED") == 0 &&
+                    sess_send(st, s, data) == 0
                 ? 0
                 : -1;
     if (r < 0 && !PyErr_Occurred())
@@ -714,52 +750,55 @@ overloaded(PyObject *gw, PyObject *metrics, long long lag, PyObject *s, int why,
 static PyObject *
 gate(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    (void)self;
+    gstate *st = state_of(self);
     if (nargs != 2)
         Py_RETURN_FALSE;
     PyObject *s = args[0], *obj = args[1];
-    if (!ready || Py_TYPE(s) != sess_t || !PyDict_CheckExact(obj) || PyDict_GET_SIZE(obj) != 3)
+    if (!st->ready || Py_TYPE(s) != st->sess_t || !PyDict_CheckExact(obj) ||
+        PyDict_GET_SIZE(obj) != 3)
         Py_RETURN_FALSE;
     /* the envelope: exactly req_id (a 64-bit int), method and params (a dict) */
-    PyObject *rid = dget(obj, I_REQ_ID), *method = dget(obj, I_METHOD),
-             *params = dget(obj, I_PARAMS);
+    PyObject *rid = dget(st, obj, I_REQ_ID), *method = dget(st, obj, I_METHOD),
+             *params = dget(st, obj, I_PARAMS);
     long long req_id;
     if (rid == NULL || method == NULL || params == NULL || !exact_int(rid, &req_id) ||
         !PyDict_CheckExact(params))
         Py_RETURN_FALSE;
-    int which = is_str(method, I[I_PLACE]) ? I_PLACE : is_str(method, I[I_CANCEL]) ? I_CANCEL
-                : is_str(method, I[I_AMEND]) ? I_AMEND : -1;
+    int which = is_str(method, st->I[I_PLACE]) ? I_PLACE : is_str(method, st->I[I_CANCEL]) ?
+        I_CANCEL
+                : is_str(method, st->I[I_AMEND]) ? I_AMEND : -1;
     if (which < 0)
         Py_RETURN_FALSE;
     /* the session: authenticated as a firm, not closed, a token left */
-    PyObject *firm = SL(s, sess_off[S_FIRM]), *cred = SL(s, sess_off[S_CRED]),
-             *role = SL(s, sess_off[S_ROLE]), *tokens = SL(s, sess_off[S_TOKENS]),
-             *gw = SL(s, sess_off[S_GW]);
+    PyObject *firm = SL(s, st->sess_off[S_FIRM]), *cred = SL(s, st->sess_off[S_CRED]),
+             *role = SL(s, st->sess_off[S_ROLE]), *tokens = SL(s, st->sess_off[S_TOKENS]),
+             *gw = SL(s, st->sess_off[S_GW]);
     if (firm == NULL || !PyUnicode_CheckExact(firm) || cred == NULL || cred == Py_None ||
-        role == NULL || !is_str(role, role_firm) || SL(s, sess_off[S_CLOSED]) != Py_False ||
+        role == NULL || !is_str(role, st->role_firm) || SL(s, st->sess_off[S_CLOSED]) != Py_False ||
         tokens == NULL || !PyFloat_CheckExact(tokens) || PyFloat_AS_DOUBLE(tokens) < 1.0 ||
         gw == NULL)
         Py_RETURN_FALSE;
-    PyObject *cmd = which == I_PLACE    ? place_cmd(params, firm)
-                    : which == I_CANCEL ? cancel_cmd(params, firm)
-                                        : amend_cmd(params, firm);
+    PyObject *cmd = which == I_PLACE    ? place_cmd(st, params, firm)
+                    : which == I_CANCEL ? cancel_cmd(st, params, firm)
+                                        : amend_cmd(st, params, firm);
     if (cmd == NULL) {
         if (PyErr_Occurred())
             return NULL;
         Py_RETURN_FALSE;
     }
     PyObject *runner = NULL, *accepting = NULL, *metrics = NULL, *key = NULL;
-    PyObject *coid = which == I_PLACE ? SL(cmd, place_off[PL_COID]) : Py_None;
+    PyObject *coid = which == I_PLACE ? SL(cmd, st->place_off[PL_COID]) : Py_None;
     int adm = ADMIT_OK; /* cancels are never refused for load */
     long long lag = 0;
-    int take = (runner = attr(gw, I_RUNNER)) != NULL &&
-               (accepting = attr(gw, I_ACCEPTING)) == Py_True &&
-               (metrics = attr(gw, I_METRICS)) != NULL &&
-               (which == I_CANCEL || (adm = admission(gw, runner, s, &lag)) >= 0) &&
+    int take = (runner = attr(st, gw, I_RUNNER)) != NULL &&
+               (accepting = attr(st, gw, I_ACCEPTING)) == Py_True &&
+               (metrics = attr(st, gw, I_METRICS)) != NULL &&
+               (which == I_CANCEL || (adm = admission(st, gw, runner, s, &lag)) >= 0) &&
                (coid == Py_None ||
-                ((key = PyTuple_Pack(2, firm, coid)) != NULL && !seen_coid(gw, firm, coid, key)));
+                ((key = PyTuple_Pack(2, firm, coid)) != NULL &&
+                 !seen_coid(st, gw, firm, coid, key)));
     /* the token read again: the checks above ran properties (journal_lag) */
-    tokens = SL(s, sess_off[S_TOKENS]);
+    tokens = SL(s, st->sess_off[S_TOKENS]);
     take = take && tokens != NULL && PyFloat_CheckExact(tokens) &&
            PyFloat_AS_DOUBLE(tokens) >= 1.0;
     Py_XDECREF(accepting);
@@ -779,19 +818,19 @@ gate(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_INCREF(firm);
     Py_INCREF(gw);
     PyObject *ntokens = PyFloat_FromDouble(PyFloat_AS_DOUBLE(tokens) - 1.0);
-    if (ntokens == NULL || bump(metrics, I_MESSAGES_IN) < 0)
+    if (ntokens == NULL || bump(st, metrics, I_MESSAGES_IN) < 0)
         goto done;
-    Py_SETREF(SL(s, sess_off[S_TOKENS]), ntokens);
+    Py_SETREF(SL(s, st->sess_off[S_TOKENS]), ntokens);
     ntokens = NULL;
-    Py_XSETREF(SL(s, sess_off[S_REQ_ID]), Py_NewRef(rid));
+    Py_XSETREF(SL(s, st->sess_off[S_REQ_ID]), Py_NewRef(rid));
     if (adm != ADMIT_OK) { /* refused by admission control: answered here, as admit's error */
-        if (overloaded(gw, metrics, lag, s, adm, req_id, rid) == 0)
+        if (overloaded(st, gw, metrics, lag, s, adm, req_id, rid) == 0)
             ret = Py_NewRef(Py_True);
         goto done;
     }
-    res = PyObject_CallMethodOneArg(runner, I[I_SUBMIT_NOWAIT], cmd);
+    res = PyObject_CallMethodOneArg(runner, st->I[I_SUBMIT_NOWAIT], cmd);
     if (res == NULL) {
-        if (refused(gw, s, rid) == 0)
+        if (refused(st, gw, s, rid) == 0)
             ret = Py_NewRef(Py_True);
         goto done;
     }
@@ -801,12 +840,12 @@ gate(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
     PyObject *events = PyTuple_GET_ITEM(res, 0), *durable = PyTuple_GET_ITEM(res, 1);
     if (which == I_PLACE) {
-        data = place_ok(s, cmd, req_id, events);
+        data = place_ok(st, s, cmd, req_id, events);
         if (data == NULL && PyErr_Occurred())
             goto done;
         PyObject *outcome;
         if (data == NULL) { /* the reference builds it: (data, outcome) */
-            t = PyObject_CallMethodObjArgs(gw, I[I_PLACE_REPLY], s, cmd, rid, events, NULL);
+            t = PyObject_CallMethodObjArgs(gw, st->I[I_PLACE_REPLY], s, cmd, rid, events, NULL);
             if (t == NULL)
                 goto done;
             if (!PyTuple_CheckExact(t) || PyTuple_GET_SIZE(t) != 2) {
@@ -828,7 +867,8 @@ gate(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             PyList_SET_ITEM(entry, 0, Py_NewRef(outcome));
             PyList_SET_ITEM(entry, 1, Py_NewRef(cmd));
             PyList_SET_ITEM(entry, 2, Py_NewRef(Py_None));
-            PyObject *idem = attr(gw, I_IDEM), *inflight = idem ? attr(idem, I_INFLIGHT) : NULL;
+            PyObject *idem = attr(st, gw, I_IDEM), *inflight = idem ? attr(st, idem, I_INFLIGHT) :
+                NULL;
             PyObject *v = inflight ? PyTuple_Pack(2, entry, durable) : NULL;
             int e = v == NULL || PyObject_SetItem(inflight, key, v) < 0;
             Py_XDECREF(idem);
@@ -841,24 +881,24 @@ gate(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                 goto done;
             }
         }
-        int e = enqueue(gw, durable, s, rid, data, key ? key : Py_None,
+        int e = enqueue(st, gw, durable, s, rid, data, key ? key : Py_None,
                         entry ? entry : Py_None);
         Py_XDECREF(entry);
         if (e < 0)
             goto done;
     }
     else {
-        data = report_ok(req_id, events, firm);
+        data = report_ok(st, req_id, events, firm);
         if (data == NULL) {
-            PyObject *kind = PyObject_GetAttr(cmd, I[I_TYPE]);
-            data = kind ? PyObject_CallFunctionObjArgs(report_reply, rid, events, firm, kind,
+            PyObject *kind = PyObject_GetAttr(cmd, st->I[I_TYPE]);
+            data = kind ? PyObject_CallFunctionObjArgs(st->report_reply, rid, events, firm, kind,
                                                        NULL)
                         : NULL;
             Py_XDECREF(kind);
             if (data == NULL)
                 goto done;
         }
-        if (enqueue(gw, durable, s, rid, data, Py_None, Py_None) < 0)
+        if (enqueue(st, gw, durable, s, rid, data, Py_None, Py_None) < 0)
             goto done;
     }
     ret = Py_NewRef(Py_True);
@@ -876,6 +916,136 @@ done:
     return ret;
 }
 
+/* ------------------------------------------------------------------------- er_push */
+
+
+static int
+push_offsets(gstate *st, PyTypeObject *cls)
+{
+    /* push_off for cls (cached for the last class seen); 0: not slots (not taken) */
+    if (cls == st->push_cls)
+        return 1;
+    int r = slot_offsets(cls, push_names, ER_N, st->push_off);
+    if (r <= 0) {
+        Py_CLEAR(st->push_cls);
+        return r;
+    }
+    Py_INCREF(cls);
+    Py_XSETREF(st->push_cls, cls); /* held, so its address cannot be reused by another class */
+    return 1;
+}
+
+static int
+str_or_null(PyObject *v, item *it)
+{
+    /* JSON_STR's bytes: null, or a plain string (classify's rule); 0 when not plain */
+    return (v == Py_None || str_like(v)) && classify(v, it);
+}
+
+
+/* er_push(seq, head, ev) -> bytes | None
+ *     ER_PUSH % ((seq,) + er_tail_args(ev, head)) of exchange.server.protocol - the
+ *     executions push of one report, head being er_head(ev) - or None when a value is not
+ *     a plain one (then the caller formats it in Python, the reference). */
+static PyObject *
+er_push_impl(gstate *st, PyObject *seq_o, PyObject *head, PyObject *ev)
+{
+    long long seq;
+    if (!exact_int(seq_o, &seq) || !PyBytes_CheckExact(head)) {
+        if (PyErr_Occurred())
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    int r = push_offsets(st, Py_TYPE(ev));
+    if (r < 0)
+        return NULL;
+    if (r == 0)
+        Py_RETURN_NONE;
+    PyObject *v[ER_N];
+    for (int k = 0; k < ER_N; k++) {
+        v[k] = *(PyObject **)((char *)ev + st->push_off[k]);
+        if (v[k] == NULL)
+            Py_RETURN_NONE;
+    }
+    item exec_type, status, reason, liquidity;
+    long long price = 0, qty, last_qty, last_px = 0, cum, leaves, tid, fee, ts;
+    int has_price = v[ER_PRICE] != Py_None;
+    if (!str_or_null(v[ER_EXEC_TYPE], &exec_type) || !str_or_null(v[ER_ORDER_STATUS], &status) ||
+        !str_or_null(v[ER_REASON], &reason) || !str_or_null(v[ER_LIQUIDITY], &liquidity) ||
+        (has_price && !exact_int(v[ER_PRICE], &price)) || !exact_int(v[ER_QTY], &qty) ||
+        !exact_int(v[ER_LAST_QTY], &last_qty) || !exact_int(v[ER_CUM_QTY], &cum) ||
+        !exact_int(v[ER_LEAVES_QTY], &leaves) || !exact_int(v[ER_TRADE_ID], &tid) ||
+        !exact_int(v[ER_FEE], &fee) || !exact_int(v[ER_TS], &ts) ||
+        (last_qty && !exact_int(v[ER_LAST_PX], &last_px))) {
+        if (PyErr_Occurred())
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    static const char pre[] = "{\"channel\":\"executions\",\"seq\":";
+    /* an upper bound: the fixed text (~200 bytes), the strings, 9 numbers, 3 prices */
+    Py_ssize_t cap = 256 + PyBytes_GET_SIZE(head) + exec_type.n + status.n + reason.n +
+                     liquidity.n + 9 * 21 + 3 * PX_MAX;
+    jw_buf out;
+    char *p = jw_open(&out, cap);
+    if (p == NULL)
+        return NULL;
+    JW_LIT(pre);
+    JW_INT(seq);
+    JW_LIT(",\"data\":");
+    memcpy(p, PyBytes_AS_STRING(head), PyBytes_GET_SIZE(head));
+    p += PyBytes_GET_SIZE(head);
+    JW_LIT("\"exec_type\":");
+    JW_ITEM(exec_type);
+    JW_LIT(",\"order_status\":");
+    JW_ITEM(status);
+    JW_LIT(",\"price\":");
+    if (has_price)
+        p = write_px(p, price);
+    else
+        JW_LIT("null");
+    JW_LIT(",\"qty\":");
+    JW_INT(qty);
+    JW_LIT(",\"last_qty\":");
+    JW_INT(last_qty);
+    JW_LIT(",\"last_px\":");
+    if (last_qty)
+        p = write_px(p, last_px);
+    else
+        JW_LIT("null");
+    JW_LIT(",\"cum_qty\":");
+    JW_INT(cum);
+    JW_LIT(",\"leaves_qty\":");
+    JW_INT(leaves);
+    JW_LIT(",\"reason\":");
+    JW_ITEM(reason);
+    JW_LIT(",\"trade_id\":");
+    if (tid)
+        JW_INT(tid);
+    else
+        JW_LIT("null");
+    JW_LIT(",\"fee\":");
+    if (fee)
+        p = write_px(p, fee);
+    else
+        JW_LIT("\"0.00\"");
+    JW_LIT(",\"liquidity\":");
+    JW_ITEM(liquidity);
+    JW_LIT(",\"ts\":");
+    JW_INT(ts);
+    JW_LIT("}}");
+    return jw_close(&out, p);
+}
+
+
+static PyObject *
+er_push(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    gstate *st = state_of(self);
+    if (nargs != 3)
+        Py_RETURN_NONE;
+    return er_push_impl(st, args[0], args[1], args[2]);
+}
+
 /* ------------------------------------------------------------------ the executions fan-out */
 
 /* fanout(gateway, cmd, events)
@@ -890,36 +1060,15 @@ done:
  * Why: after the order requests moved to C (gate), this per-command loop was the gateway's
  * largest piece of Python at saturation (ADR 0003, "The fan-out in C"). */
 
-enum { F_EXEC_SUBS, F_BAL_SUBS, F_DIRTY_BAL, F_ER_HEADS, F_BOOK_SUBS, F_TICKER_SUBS,
-       F_TRADE_SUBS, F_DIRTY_TICK, F_METRICS, F_COMMANDS, F_TRADES, F_ORDERS, F_ON_REPORT,
-       F_ON_EVENT, F_ON_COMMIT, F_DIRTY_SOON, F_QUEUED, F_SEND, F_EXECUTIONS,
-       F_PROCEEDS_SPLIT, F_N };
-static const char *const fnames[F_N] = {
-    "exec_subs", "bal_subs", "_dirty_bal", "_er_heads", "book_subs", "ticker_subs",
-    "trade_subs", "_dirty_tick", "metrics", "commands", "trades", "orders", "_on_report",
-    "_on_event", "on_commit", "_dirty_soon", "_queued", "send", "executions",
-    "proceeds_split"};
-static PyObject *F[F_N];
-static PyTypeObject *bu_t, *trade_t;
-static PyObject *er_head_fn, *er_push_fn; /* protocol.er_head, protocol.er_push_ref */
-static Py_ssize_t heads_max;
-static int fan_ready;
-/* replies' names (below) */
-enum { D_DONE, D_INFLIGHT, D_RING, D_WINDOW, D_N };
-static const char *const dnames[D_N] = {"done", "inflight", "ring", "window"};
-static PyObject *D[D_N], *s_cancelled, *s_exception, *s_append, *s_popleft, *s_idem,
-    *s_batch_durable;
-
-PyObject *hp_er_push(PyObject *seq, PyObject *head, PyObject *ev); /* _hotpath.c */
 
 static PyObject *
 fanout_setup(PyObject *self, PyObject *cfg)
 {
-    (void)self;
+    gstate *st = state_of(self);
     static const char *const keys[] = {"BookUpdate", "Trade", "er_head", "er_push",
                                        "ER_HEADS_MAX"};
     PyObject *v[5];
-    if (!ready) {
+    if (!st->ready) {
         PyErr_SetString(PyExc_RuntimeError, "fanout_setup: gate_setup first");
         return NULL;
     }
@@ -938,68 +1087,55 @@ fanout_setup(PyObject *self, PyObject *cfg)
     Py_ssize_t hm = PyLong_AsSsize_t(v[4]);
     if (hm == -1 && PyErr_Occurred())
         return NULL;
-    for (int k = 0; k < F_N; k++)
-        if (F[k] == NULL && (F[k] = PyUnicode_InternFromString(fnames[k])) == NULL)
-            return NULL;
-    for (int k = 0; k < D_N; k++)
-        if (D[k] == NULL && (D[k] = PyUnicode_InternFromString(dnames[k])) == NULL)
-            return NULL;
-    PyObject **names[] = {&s_cancelled, &s_exception, &s_append, &s_popleft, &s_idem,
-                          &s_batch_durable};
-    const char *strs[] = {"cancelled", "exception", "append", "popleft", "idem",
-                          "_batch_durable"};
-    for (int k = 0; k < 6; k++)
-        if (*names[k] == NULL && (*names[k] = PyUnicode_InternFromString(strs[k])) == NULL)
-            return NULL;
-    Py_XSETREF(bu_t, (PyTypeObject *)Py_NewRef(v[0]));
-    Py_XSETREF(trade_t, (PyTypeObject *)Py_NewRef(v[1]));
-    Py_XSETREF(er_head_fn, Py_NewRef(v[2]));
-    Py_XSETREF(er_push_fn, Py_NewRef(v[3]));
-    heads_max = hm;
-    fan_ready = 1;
+    Py_XSETREF(st->bu_t, (PyTypeObject *)Py_NewRef(v[0]));
+    Py_XSETREF(st->trade_t, (PyTypeObject *)Py_NewRef(v[1]));
+    Py_XSETREF(st->er_head_fn, Py_NewRef(v[2]));
+    Py_XSETREF(st->er_push_fn, Py_NewRef(v[3]));
+    st->heads_max = hm;
+    st->fan_ready = 1;
     Py_RETURN_NONE;
 }
 
 static inline int
-fbump(PyObject *o, int name)
+fbump(gstate *st, PyObject *o, int name)
 {
-    return incr_attr(o, F[name]);
+    return incr_attr(st, o, st->F[name]);
 }
 
 static int
-fcall(PyObject *o, int name, PyObject *a)
+fcall(gstate *st, PyObject *o, int name, PyObject *a)
 {
     /* o.<name>(a) (or o.<name>() when a is NULL), the result dropped */
-    PyObject *r = a ? PyObject_CallMethodOneArg(o, F[name], a)
-                    : PyObject_CallMethodNoArgs(o, F[name]);
+    PyObject *r = a ? PyObject_CallMethodOneArg(o, st->F[name], a)
+                    : PyObject_CallMethodNoArgs(o, st->F[name]);
     Py_XDECREF(r);
     return r == NULL ? -1 : 0;
 }
 
 static int
-sess_send(PyObject *s, PyObject *data)
+sess_send(gstate *st, PyObject *s, PyObject *data)
 {
     /* Session.send(data): queued; Session._queued (the slow-consumer bound, a flush) only
      * when it has something to do. s is a Session. */
-    PyObject *closed = SL(s, sess_off[S_CLOSED]), *out = SL(s, sess_off[S_OUT]);
+    PyObject *closed = SL(s, st->sess_off[S_CLOSED]), *out = SL(s, st->sess_off[S_OUT]);
     if (closed == NULL || out == NULL || !PyBool_Check(closed) || !PyList_CheckExact(out))
-        return fcall(s, F_SEND, data);
+        return fcall(st, s, F_SEND, data);
     if (closed == Py_True)
         return 0;
     if (PyList_Append(out, data) < 0)
         return -1;
-    PyObject *flushing = SL(s, sess_off[S_FLUSHING]), *qmax = SL(s, sess_off[S_QMAX]);
+    PyObject *flushing = SL(s, st->sess_off[S_FLUSHING]), *qmax = SL(s, st->sess_off[S_QMAX]);
     long long qm;
     if (flushing == Py_True && qmax != NULL && PyLong_CheckExact(qmax) &&
         (qm = PyLong_AsLongLong(qmax)) != -1 && PyList_GET_SIZE(out) <= qm)
         return 0;
     if (PyErr_Occurred())
         PyErr_Clear();
-    return fcall(s, F_QUEUED, NULL);
+    return fcall(st, s, F_QUEUED, NULL);
 }
 
 static PyObject *
-report_head(PyObject *ev, PyObject *heads, PyObject *oid, int leaves)
+report_head(gstate *st, PyObject *ev, PyObject *heads, PyObject *oid, int leaves)
 {
     /* _on_report's head: kept in heads while the order works, dropped with its last
      * report; a new reference */
@@ -1009,9 +1145,9 @@ report_head(PyObject *ev, PyObject *heads, PyObject *oid, int leaves)
     if (leaves) {
         if (head != NULL)
             return Py_NewRef(head);
-        if (PyDict_GET_SIZE(heads) >= heads_max)
+        if (PyDict_GET_SIZE(heads) >= st->heads_max)
             PyDict_Clear(heads);
-        head = PyObject_CallOneArg(er_head_fn, ev);
+        head = PyObject_CallOneArg(st->er_head_fn, ev);
         if (head != NULL && PyDict_SetItem(heads, oid, head) < 0)
             Py_CLEAR(head);
         return head;
@@ -1030,7 +1166,7 @@ report_head(PyObject *ev, PyObject *heads, PyObject *oid, int leaves)
         }
         Py_DECREF(head);
     }
-    return PyObject_CallOneArg(er_head_fn, ev);
+    return PyObject_CallOneArg(st->er_head_fn, ev);
 }
 
 static PyObject *
@@ -1047,15 +1183,15 @@ only_member(PyObject *set)
 }
 
 static int
-fan_report(PyObject *ev, PyObject *exec_subs, PyObject *bal_subs, PyObject *dirty_bal,
+fan_report(gstate *st, PyObject *ev, PyObject *exec_subs, PyObject *bal_subs, PyObject *dirty_bal,
            PyObject *heads)
 {
     /* Gateway._on_report(ev) for a report that is not a reject, of an account with at most
      * one executions subscriber: 1 done, 0 not taken (nothing changed), -1 an error */
-    PyObject *acct = SL(ev, er_off[R_ACCOUNT]), *et = SL(ev, er_off[R_EXEC_TYPE]),
-             *oid = SL(ev, er_off[R_OID]), *lv = SL(ev, er_off[R_LEAVES]);
+    PyObject *acct = SL(ev, st->er_off[R_ACCOUNT]), *et = SL(ev, st->er_off[R_EXEC_TYPE]),
+             *oid = SL(ev, st->er_off[R_OID]), *lv = SL(ev, st->er_off[R_LEAVES]);
     if (acct == NULL || et == NULL || oid == NULL || lv == NULL ||
-        !PyUnicode_CheckExact(acct) || !PyUnicode_CheckExact(et) || is_str(et, exec_rejected) ||
+        !PyUnicode_CheckExact(acct) || !str_like(et) || is_str(et, st->exec_rejected) ||
         !PyLong_CheckExact(lv))
         return 0;
     PyObject *subs = PyDict_GetItemWithError(exec_subs, acct), *s = NULL;
@@ -1065,9 +1201,9 @@ fan_report(PyObject *ev, PyObject *exec_subs, PyObject *bal_subs, PyObject *dirt
         if (!PyAnySet_CheckExact(subs) || PySet_GET_SIZE(subs) > 1)
             return 0;
         if (PySet_GET_SIZE(subs) == 1) {
-            if ((s = only_member(subs)) == NULL || Py_TYPE(s) != sess_t)
+            if ((s = only_member(subs)) == NULL || Py_TYPE(s) != st->sess_t)
                 return 0;
-            PyObject *ss = SL(s, sess_off[S_SUBS]);
+            PyObject *ss = SL(s, st->sess_off[S_SUBS]);
             if (ss == NULL || !PyDict_CheckExact(ss))
                 return 0;
         }
@@ -1080,26 +1216,26 @@ fan_report(PyObject *ev, PyObject *exec_subs, PyObject *bal_subs, PyObject *dirt
         return 1;
     Py_INCREF(s); /* a send may close the session */
     int r = -1;
-    PyObject *head = report_head(ev, heads, oid, lv != Py_False && PyObject_IsTrue(lv) == 1);
+    PyObject *head = report_head(st, ev, heads, oid, lv != Py_False && PyObject_IsTrue(lv) == 1);
     PyObject *nseq = NULL, *data = NULL;
     if (head == NULL)
         goto done;
-    PyObject *ss = SL(s, sess_off[S_SUBS]);
-    PyObject *seq = ss ? PyDict_GetItemWithError(ss, F[F_EXECUTIONS]) : NULL;
+    PyObject *ss = SL(s, st->sess_off[S_SUBS]);
+    PyObject *seq = ss ? PyDict_GetItemWithError(ss, st->F[F_EXECUTIONS]) : NULL;
     if (seq == NULL) {
         r = PyErr_Occurred() ? -1 : 1;
         goto done;
     }
-    if ((nseq = PyNumber_Add(seq, one_)) == NULL ||
-        PyDict_SetItem(ss, F[F_EXECUTIONS], nseq) < 0 ||
-        (data = hp_er_push(nseq, head, ev)) == NULL)
+    if ((nseq = PyNumber_Add(seq, st->one_)) == NULL ||
+        PyDict_SetItem(ss, st->F[F_EXECUTIONS], nseq) < 0 ||
+        (data = er_push_impl(st, nseq, head, ev)) == NULL)
         goto done;
     if (data == Py_None) { /* not plain: the reference formats it */
         Py_DECREF(data);
-        if ((data = PyObject_CallFunctionObjArgs(er_push_fn, nseq, head, ev, NULL)) == NULL)
+        if ((data = PyObject_CallFunctionObjArgs(st->er_push_fn, nseq, head, ev, NULL)) == NULL)
             goto done;
     }
-    r = sess_send(s, data) < 0 ? -1 : 1;
+    r = sess_send(st, s, data) < 0 ? -1 : 1;
 done:
     Py_XDECREF(data);
     Py_XDECREF(nseq);
@@ -1111,67 +1247,67 @@ done:
 static PyObject *
 fanout(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    (void)self;
+    gstate *st = state_of(self);
     if (nargs != 3) {
         PyErr_SetString(PyExc_TypeError, "fanout(gateway, cmd, events)");
         return NULL;
     }
     PyObject *gw = args[0], *cmd = args[1], *events = args[2];
-    if (!fan_ready || !PyList_CheckExact(events))
-        return PyObject_CallMethodObjArgs(gw, F[F_ON_COMMIT], cmd, events, NULL);
+    if (!st->fan_ready || !PyList_CheckExact(events))
+        return PyObject_CallMethodObjArgs(gw, st->F[F_ON_COMMIT], cmd, events, NULL);
     PyObject *a[F_METRICS + 1] = {NULL};
     PyObject *ret = NULL;
     for (int k = 0; k <= F_METRICS; k++)
-        if ((a[k] = PyObject_GetAttr(gw, F[k])) == NULL)
+        if ((a[k] = PyObject_GetAttr(gw, st->F[k])) == NULL)
             goto done;
     if (!PyDict_CheckExact(a[F_EXEC_SUBS]) || !PyDict_CheckExact(a[F_BAL_SUBS]) ||
         !PyAnySet_CheckExact(a[F_DIRTY_BAL]) || !PyDict_CheckExact(a[F_ER_HEADS]) ||
         !PyAnySet_CheckExact(a[F_DIRTY_TICK])) {
-        ret = PyObject_CallMethodObjArgs(gw, F[F_ON_COMMIT], cmd, events, NULL);
+        ret = PyObject_CallMethodObjArgs(gw, st->F[F_ON_COMMIT], cmd, events, NULL);
         goto done;
     }
-    if (fbump(a[F_METRICS], F_COMMANDS) < 0)
+    if (fbump(st, a[F_METRICS], F_COMMANDS) < 0)
         goto done;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(events); i++) {
         PyObject *ev = Py_NewRef(PyList_GET_ITEM(events, i));
         PyTypeObject *t = Py_TYPE(ev);
         int r = 0;
-        if (t == er_t) {
-            r = fan_report(ev, a[F_EXEC_SUBS], a[F_BAL_SUBS], a[F_DIRTY_BAL], a[F_ER_HEADS]);
+        if (t == st->er_t) {
+            r = fan_report(st, ev, a[F_EXEC_SUBS], a[F_BAL_SUBS], a[F_DIRTY_BAL], a[F_ER_HEADS]);
             if (r == 0)
-                r = fcall(gw, F_ON_REPORT, ev);
+                r = fcall(st, gw, F_ON_REPORT, ev);
         }
-        else if (t == bu_t && !PyObject_IsTrue(a[F_BOOK_SUBS]) &&
+        else if (t == st->bu_t && !PyObject_IsTrue(a[F_BOOK_SUBS]) &&
                  !PyObject_IsTrue(a[F_TICKER_SUBS])) {
             r = PyErr_Occurred() ? -1 : 0; /* nobody to tell */
         }
-        else if (t == trade_t && !PyObject_IsTrue(a[F_TRADE_SUBS]) &&
+        else if (t == st->trade_t && !PyObject_IsTrue(a[F_TRADE_SUBS]) &&
                  !PyObject_IsTrue(a[F_TICKER_SUBS]) && !PyErr_Occurred()) {
-            PyObject *split = PyObject_GetAttr(ev, F[F_PROCEEDS_SPLIT]);
+            PyObject *split = PyObject_GetAttr(ev, st->F[F_PROCEEDS_SPLIT]);
             int plain = split != NULL && PyTuple_CheckExact(split) &&
                         (PyTuple_GET_SIZE(split) == 0 || PyDict_GET_SIZE(a[F_BAL_SUBS]) == 0);
             Py_XDECREF(split);
             r = split == NULL ? -1
-                : plain       ? fbump(a[F_METRICS], F_TRADES)
-                              : fcall(gw, F_ON_EVENT, ev);
+                : plain       ? fbump(st, a[F_METRICS], F_TRADES)
+                              : fcall(st, gw, F_ON_EVENT, ev);
         }
-        else if (t == rejected_t && !PyErr_Occurred()) { /* a refused command: counted */
-            PyObject *code = PyObject_GetAttr(ev, I[I_CODE]);
+        else if (t == st->rejected_t && !PyErr_Occurred()) { /* a refused command: counted */
+            PyObject *code = PyObject_GetAttr(ev, st->I[I_CODE]);
             r = code == NULL ? -1
-                : PyUnicode_CheckExact(code) ? dict_count(a[F_METRICS], I_REJECTS, code)
-                                             : fcall(gw, F_ON_EVENT, ev);
+                : str_like(code) ? dict_count(st, a[F_METRICS], I_REJECTS, code)
+                                             : fcall(st, gw, F_ON_EVENT, ev);
             Py_XDECREF(code);
         }
         else
-            r = PyErr_Occurred() ? -1 : fcall(gw, F_ON_EVENT, ev);
+            r = PyErr_Occurred() ? -1 : fcall(st, gw, F_ON_EVENT, ev);
         Py_DECREF(ev);
         if (r < 0)
             goto done;
     }
-    if (Py_TYPE(cmd) == place_t && fbump(a[F_METRICS], F_ORDERS) < 0)
+    if (Py_TYPE(cmd) == st->place_t && fbump(st, a[F_METRICS], F_ORDERS) < 0)
         goto done;
     if ((PySet_GET_SIZE(a[F_DIRTY_BAL]) || PySet_GET_SIZE(a[F_DIRTY_TICK])) &&
-        fcall(gw, F_DIRTY_SOON, NULL) < 0)
+        fcall(st, gw, F_DIRTY_SOON, NULL) < 0)
         goto done;
     ret = Py_NewRef(Py_None);
 done:
@@ -1189,7 +1325,8 @@ done:
  *     goes to the Python method, the reference. */
 
 static int
-remember(PyObject *done, PyObject *inflight, PyObject *ring, Py_ssize_t window, PyObject *key,
+remember(gstate *st, PyObject *done, PyObject *inflight, PyObject *ring, Py_ssize_t window,
+         PyObject *key,
          PyObject *outcome)
 {
     /* inflight.pop(key, None); Idempotency.remember(key, outcome) */
@@ -1204,14 +1341,14 @@ remember(PyObject *done, PyObject *inflight, PyObject *ring, Py_ssize_t window, 
     if (known < 0)
         return -1;
     if (!known) {
-        if ((r = PyObject_CallMethodOneArg(ring, s_append, key)) == NULL)
+        if ((r = PyObject_CallMethodOneArg(ring, st->s_append, key)) == NULL)
             return -1;
         Py_DECREF(r);
     }
     if (PyDict_SetItem(done, key, outcome) < 0)
         return -1;
     if (PyDict_GET_SIZE(done) > window) { /* d.pop(ring.popleft(), None) */
-        if ((r = PyObject_CallMethodNoArgs(ring, s_popleft)) == NULL)
+        if ((r = PyObject_CallMethodNoArgs(ring, st->s_popleft)) == NULL)
             return -1;
         int has = PyDict_Contains(done, r);
         int e = has < 0 || (has && PyDict_DelItem(done, r) < 0);
@@ -1223,7 +1360,7 @@ remember(PyObject *done, PyObject *inflight, PyObject *ring, Py_ssize_t window, 
 }
 
 static int
-batch_plain(PyObject *batch)
+batch_plain(gstate *st, PyObject *batch)
 {
     /* a list of (Session, req_id, bytes, key, outcome) */
     if (!PyList_CheckExact(batch))
@@ -1231,7 +1368,8 @@ batch_plain(PyObject *batch)
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(batch); i++) {
         PyObject *t = PyList_GET_ITEM(batch, i);
         if (!PyTuple_CheckExact(t) || PyTuple_GET_SIZE(t) != 5 ||
-            Py_TYPE(PyTuple_GET_ITEM(t, 0)) != sess_t || !PyBytes_CheckExact(PyTuple_GET_ITEM(t, 2)))
+            Py_TYPE(PyTuple_GET_ITEM(t, 0)) != st->sess_t ||
+            !PyBytes_CheckExact(PyTuple_GET_ITEM(t, 2)))
             return 0;
     }
     return 1;
@@ -1240,7 +1378,7 @@ batch_plain(PyObject *batch)
 static PyObject *
 replies(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    (void)self;
+    gstate *st = state_of(self);
     if (nargs != 3) {
         PyErr_SetString(PyExc_TypeError, "replies(gateway, batch, future)");
         return NULL;
@@ -1248,22 +1386,23 @@ replies(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     PyObject *gw = args[0], *batch = args[1], *fut = args[2];
     PyObject *d[D_N] = {NULL}, *idem = NULL, *ret = NULL, *x = NULL;
     Py_ssize_t window = -1;
-    int plain = fan_ready;
+    int plain = st->fan_ready;
     if (plain) { /* a durable batch of the usual shape, and the idempotency memory's parts */
-        PyObject *bf = attr(gw, I_BATCH_FUTURE);
+        PyObject *bf = attr(st, gw, I_BATCH_FUTURE);
         int mine = bf == fut;
         Py_XDECREF(bf);
-        if (mine && PyObject_SetAttr(gw, I[I_BATCH_FUTURE], Py_None) < 0)
+        if (mine && PyObject_SetAttr(gw, st->I[I_BATCH_FUTURE], Py_None) < 0)
             return NULL;
-        plain = (x = PyObject_CallMethodNoArgs(fut, s_cancelled)) == Py_False;
+        plain = (x = PyObject_CallMethodNoArgs(fut, st->s_cancelled)) == Py_False;
         Py_CLEAR(x);
-        plain = plain && (x = PyObject_CallMethodNoArgs(fut, s_exception)) == Py_None;
+        plain = plain && (x = PyObject_CallMethodNoArgs(fut, st->s_exception)) == Py_None;
         Py_CLEAR(x);
         if (PyErr_Occurred())
             return NULL;
-        plain = plain && batch_plain(batch) && (idem = PyObject_GetAttr(gw, s_idem)) != NULL;
+        plain = plain && batch_plain(st, batch) &&
+            (idem = PyObject_GetAttr(gw, st->s_idem)) != NULL;
         for (int k = 0; plain && k < D_N; k++)
-            plain = (d[k] = PyObject_GetAttr(idem, D[k])) != NULL;
+            plain = (d[k] = PyObject_GetAttr(idem, st->D[k])) != NULL;
         plain = plain && PyDict_CheckExact(d[D_DONE]) && PyDict_CheckExact(d[D_INFLIGHT]) &&
                 PyLong_CheckExact(d[D_WINDOW]) &&
                 (window = PyLong_AsSsize_t(d[D_WINDOW])) >= 0;
@@ -1271,15 +1410,15 @@ replies(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             goto done;
     }
     if (!plain) {
-        ret = PyObject_CallMethodObjArgs(gw, s_batch_durable, batch, fut, NULL);
+        ret = PyObject_CallMethodObjArgs(gw, st->s_batch_durable, batch, fut, NULL);
         goto done;
     }
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(batch); i++) {
         PyObject *t = Py_NewRef(PyList_GET_ITEM(batch, i));
         PyObject *key = PyTuple_GET_ITEM(t, 3);
-        int e = (key != Py_None && remember(d[D_DONE], d[D_INFLIGHT], d[D_RING], window, key,
+        int e = (key != Py_None && remember(st, d[D_DONE], d[D_INFLIGHT], d[D_RING], window, key,
                                             PyTuple_GET_ITEM(t, 4)) < 0) ||
-                sess_send(PyTuple_GET_ITEM(t, 0), PyTuple_GET_ITEM(t, 2)) < 0;
+                sess_send(st, PyTuple_GET_ITEM(t, 0), PyTuple_GET_ITEM(t, 2)) < 0;
         Py_DECREF(t);
         if (e)
             goto done;
@@ -1302,12 +1441,113 @@ static PyMethodDef gate_defs[] = {
     {"fanout_setup", fanout_setup, METH_O, "fanout_setup(cfg: dict): what fanout needs."},
     {"replies", (PyCFunction)(void (*)(void))replies, METH_FASTCALL,
      "replies(gateway, batch, future): Gateway._batch_durable."},
+    {"er_push", (PyCFunction)(void (*)(void))er_push, METH_FASTCALL,
+     "er_push(seq, head, ev) -> bytes | None: the executions push of one execution report "
+     "(exchange.server.protocol.ER_PUSH), or None: format it in Python."},
     {NULL, NULL, 0, NULL},
 };
 
-int
-gatepath_init(PyObject *m)
+static int
+module_exec(PyObject *m)
 {
-    /* called from PyInit__hotpath */
-    return PyModule_AddFunctions(m, gate_defs);
+    gstate *st = state_of(m);
+    if ((st->zero = PyLong_FromLong(0)) == NULL || (st->one_ = PyLong_FromLong(1)) == NULL)
+        return -1;
+    for (int k = 0; k < I_N; k++) {
+        if (inames[k] == NULL) { /* the enum and the names drifted apart */
+            PyErr_SetString(PyExc_SystemError, "exchange.server._accel: a name is missing");
+            return -1;
+        }
+        if ((st->I[k] = PyUnicode_InternFromString(inames[k])) == NULL)
+            return -1;
+    }
+    for (int k = 0; k < F_N; k++)
+        if ((st->F[k] = PyUnicode_InternFromString(fnames[k])) == NULL)
+            return -1;
+    for (int k = 0; k < D_N; k++)
+        if ((st->D[k] = PyUnicode_InternFromString(dnames[k])) == NULL)
+            return -1;
+    if (!(st->s_cancelled = PyUnicode_InternFromString("cancelled")) ||
+        !(st->s_exception = PyUnicode_InternFromString("exception")) ||
+        !(st->s_append = PyUnicode_InternFromString("append")) ||
+        !(st->s_popleft = PyUnicode_InternFromString("popleft")) ||
+        !(st->s_idem = PyUnicode_InternFromString("idem")) ||
+        !(st->s_batch_durable = PyUnicode_InternFromString("_batch_durable")))
+        return -1;
+    return 0;
+}
+
+/* every object the state holds, for traverse and clear */
+#define STATE_OBJECTS(X)                                                                       \
+    X(st->sess_t) X(st->place_t) X(st->cancel_t) X(st->amend_t) X(st->er_t) X(st->rejected_t) \
+    X(st->prices) X(st->role_firm) X(st->exec_rejected) X(st->report_reply) X(st->bu_t)       \
+    X(st->trade_t) X(st->er_head_fn) X(st->er_push_fn) X(st->push_cls) X(st->zero)            \
+    X(st->one_) X(st->s_cancelled) X(st->s_exception) X(st->s_append) X(st->s_popleft)        \
+    X(st->s_idem) X(st->s_batch_durable)
+
+static int
+module_traverse(PyObject *m, visitproc visit, void *arg)
+{
+    gstate *st = state_of(m);
+#define VISIT(o) Py_VISIT(o);
+    STATE_OBJECTS(VISIT)
+#undef VISIT
+    for (int k = 0; k < I_N; k++)
+        Py_VISIT(st->I[k]);
+    for (int k = 0; k < F_N; k++)
+        Py_VISIT(st->F[k]);
+    for (int k = 0; k < D_N; k++)
+        Py_VISIT(st->D[k]);
+    return 0;
+}
+
+static int
+module_clear(PyObject *m)
+{
+    gstate *st = state_of(m);
+    st->ready = st->fan_ready = 0;
+#define CLEAR(o) Py_CLEAR(o);
+    STATE_OBJECTS(CLEAR)
+#undef CLEAR
+    for (int k = 0; k < I_N; k++)
+        Py_CLEAR(st->I[k]);
+    for (int k = 0; k < F_N; k++)
+        Py_CLEAR(st->F[k]);
+    for (int k = 0; k < D_N; k++)
+        Py_CLEAR(st->D[k]);
+    return 0;
+}
+
+static void
+module_free(void *m)
+{
+    module_clear((PyObject *)m);
+}
+
+static PyModuleDef_Slot module_slots[] = {
+    {Py_mod_exec, module_exec},
+#ifdef Py_mod_multiple_interpreters
+    /* nothing is shared between interpreters: every object lives in the module's state */
+    {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
+#endif
+    {0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "exchange.server._accel",
+    .m_doc = "The gateway's hot paths in C: the order gate, the executions fan-out and push, "
+             "the durable replies.",
+    .m_size = sizeof(gstate),
+    .m_methods = gate_defs,
+    .m_slots = module_slots,
+    .m_traverse = module_traverse,
+    .m_clear = module_clear,
+    .m_free = module_free,
+};
+
+PyMODINIT_FUNC
+PyInit__accel(void)
+{
+    return PyModuleDef_Init(&module_def);
 }
