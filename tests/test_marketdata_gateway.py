@@ -273,15 +273,28 @@ def test_a_client_resumes_on_the_other_gateway_when_one_dies(cluster):
     g1.wait_for("listening on")
 
     async def again():
-        async with ExchangeClient(g1.url, "verifier-demo-key") as c:
+        async with ExchangeClient(g1.url, "verifier-demo-key") as c, \
+                ExchangeClient(g1.url, "verifier-demo-key") as watch:
             old = await c.subscribe(BOOK, from_seq=1)
             await c.unsubscribe(BOOK)
             now = await c.subscribe(BOOK, from_seq=final["book_seq"])
-            return old, now
+            await c.unsubscribe(BOOK)
+            # updates made while nobody is subscribed here are kept for a client that
+            # resumes from before them
+            await watch.subscribe(BOOK)
+            await _trade(leader.url, 3, "ring")
+            target = final["book_seq"] + 6
+            seen = await _collect(watch, BOOK, lambda ps: bool(ps) and ps[-1][1] >= target)
+            back = await c.subscribe(BOOK, from_seq=final["book_seq"])
+            missed = await _collect(c, BOOK, lambda ps: len(ps) >= 6)
+            return old, now, back, missed, seen
 
-    old, now = asyncio.run(again())
+    old, now, back, missed, seen = asyncio.run(again())
     assert old["resumed"] is False and old["snapshot"]["book_seq"] >= final["book_seq"]
     assert now["resumed"] is True and now["seq"] == final["book_seq"]
+    assert back == {"channel": BOOK, "seq": final["book_seq"], "resumed": True}
+    assert [p[1] for p in missed] == list(range(final["book_seq"] + 1, final["book_seq"] + 7))
+    assert missed == seen[-6:]
 
 
 def test_readyz_and_metrics(cluster):
