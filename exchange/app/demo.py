@@ -45,7 +45,9 @@ def run_demo(config: str | None = None) -> int:
                 trades.append(ev)
     print("\nTrades:")
     for t in trades:
-        split = f"  proceeds split {t.proceeds_split}" if t.proceeds_split else ""
+        split = ("  proceeds split " + ", ".join(f"{who} {format_price(amt)}"
+                                                 for who, amt in t.proceeds_split)
+                 if t.proceeds_split else "")
         print(f"  #{t.trade_id} {t.instrument}/{t.segment} {t.qty} t @ {format_price(t.price)} "
               f"{t.buyer} <- {t.seller} fees {format_price(t.buyer_fee)}+"
               f"{format_price(t.seller_fee)}{split}")

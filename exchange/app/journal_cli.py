@@ -29,6 +29,7 @@ import time
 
 from ..journal.base import JournalCorruptError, JournalError
 from ..journal.runner import replay_into, restore_proven_snapshot, snapshot_bytes
+from ..present import time_iso
 
 
 def _target(args) -> tuple[str, dict]:
@@ -113,7 +114,7 @@ async def _replay(args) -> int:
         if args.json:
             print(json.dumps(ex.to_state(), sort_keys=True, indent=1))
             return 0
-        print(f"state as of seq {ex.last_seq} (ts {ex.now}): snapshot seq {start}, "
+        print(f"state as of seq {ex.last_seq} ({time_iso(ex.now)}): snapshot seq {start}, "
               f"{n} commands replayed")
         books = [tuple(b.split("/", 1)) if "/" in b else (b, "main") for b in args.book] \
             if args.book else sorted(k for k, b in ex.books.items() if len(b.orders))

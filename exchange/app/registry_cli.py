@@ -16,6 +16,7 @@ import asyncio
 import json
 import sys
 
+from ..present import present
 from ..registry.config import tonnes_text
 
 
@@ -46,7 +47,8 @@ def _command(fn):
 
 
 def _json(data) -> None:
-    print(json.dumps(data, indent=1, sort_keys=True, ensure_ascii=False))
+    # the same units for people as the HTTP API (exchange/present.py)
+    print(json.dumps(present(data), indent=1, sort_keys=True, ensure_ascii=False))
 
 
 @_command

@@ -10,6 +10,7 @@ import sys
 
 
 def _responsibility(args: argparse.Namespace) -> int:
+    from ..present import present
     from .chain import ChainError, load_chain, render_text, responsibility
     try:
         result = responsibility(load_chain(args.chain))
@@ -17,7 +18,7 @@ def _responsibility(args: argparse.Namespace) -> int:
         print(f"error: {args.chain}: {e}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps(dict(result, chain=args.chain), indent=1))
+        print(json.dumps(present(dict(result, chain=args.chain)), indent=1))
     else:
         print(render_text(result, args.chain))
     return 0
