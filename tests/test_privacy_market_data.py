@@ -84,6 +84,8 @@ async def test_public_feeds_and_own_executions_name_no_other_firm(tmp_path):
         async with aiohttp.ClientSession() as http:
             for path, key in (("/instruments", None), ("/segments", None),
                               (f"/market/candles/{I}", None), (f"/market/trades/{I}", None),
+                              ("/trades", None), (f"/market/bars/{I}", None),
+                              (f"/market/bars/{I}?segment=sme", None),
                               (f"/books/{I}/main", POWER), ("/dashboard/compliance-periods",
                                                               POWER)):
                 headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -95,4 +97,4 @@ async def test_public_feeds_and_own_executions_name_no_other_firm(tmp_path):
                 recent = (await r.json())["trades"]
             assert len(recent) == 2
             assert all(set(t) == {"trade_id", "instrument", "segment", "price", "qty",
-                                  "aggressor", "ts"} for t in recent)
+                                  "aggressor", "at"} for t in recent)

@@ -3,8 +3,10 @@
 // GET /compliance/sme-fund[/applications] (GrantApplication); money there is integer fen.
 import { el, setRows, qty, money, fenToStr } from "./util.js";
 
-/** Integer fen -> "80,000.00" (grouped, no floats). */
-export const cny = (fen) => (fen === null || fen === undefined ? "—" : money(fenToStr(fen)));
+/** Integer fen, or a CNY string as the API now writes money ("8000.00"), -> "80,000.00"
+ * (grouped, no floats). */
+export const cny = (fen) => (fen === null || fen === undefined ? "—"
+  : money(typeof fen === "string" ? fen : fenToStr(fen)));
 
 /** ppm -> "65 %", "33.3333 %" (exact: integer arithmetic only). */
 export function ppmPct(ppm) {
