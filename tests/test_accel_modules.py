@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import sys
+import textwrap
 
 import pytest
 
@@ -85,6 +87,40 @@ def test_server_state_is_per_module_not_per_process():
     with pytest.raises(RuntimeError, match="gate_setup first"):
         other.fanout_setup({})
     assert other.gate(object(), {}) is False  # not set up: not taken
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="an interpreter's own GIL: 3.12 and later")
+def test_each_accelerator_loads_in_an_interpreter_with_its_own_gil():
+    """The modules declare Py_MOD_PER_INTERPRETER_GIL_SUPPORTED: an isolated interpreter (its
+    own GIL; it refuses an extension that does not declare it) loads each, with a state of its
+    own. Loaded by file, so the packages' Python (and its other extensions) stay out."""
+    interpreters = pytest.importorskip(
+        "_interpreters" if sys.version_info >= (3, 13) else "_xxsubinterpreters")
+    paths = {name: importlib.util.find_spec(name).origin for name in ACCELERATORS
+             if _built(name) is not None}
+    if len(paths) < len(ACCELERATORS):
+        pytest.skip("the accelerators are not built")
+    script = textwrap.dedent(f"""
+        import importlib.util
+        mods = {{}}
+        for name, path in {paths!r}.items():
+            spec = importlib.util.spec_from_file_location(name, path)
+            mods[name] = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(mods[name])
+        assert mods["exchange.journal._accel"].registry == {{}}
+        try:
+            mods["exchange.core._accel"].CorePath(None)
+        except RuntimeError as e:
+            assert "setup" in str(e)
+        else:
+            raise AssertionError("CorePath made without setup")
+        """)
+    iid = interpreters.create()  # isolated by default: its own GIL
+    try:
+        failed = interpreters.run_string(iid, script)  # 3.12 raises; 3.13 returns the error
+    finally:
+        interpreters.destroy(iid)
+    assert failed is None, failed
 
 
 needs_book = pytest.mark.skipif(not book_mod.COMPILED_METHODS,
