@@ -73,15 +73,13 @@ def test_cli_text_is_never_a_python_repr():
     assert P.text((("STEEL1", 766800), ("SME1", 1789200))) == "STEEL1: 766800, SME1: 1789200"
 
 
-def test_a_cap_error_speaks_percent():
-    from exchange.compliance.reports import what_if_cap
+def test_a_share_refusal_speaks_percent():
+    from exchange.compliance.fund import ConfigureSmeFund
+    from test_compliance import base_market
 
-    class _Ex:  # the check of the cap comes before anything is read
-        modules: dict = {}
-
-    with pytest.raises((ValueError, LookupError)) as exc:
-        what_if_cap(_Ex(), 2026, 12_000)
-    assert "bps" not in str(exc.value)
+    m = base_market()
+    r = m.rejects(ConfigureSmeFund(penalty_to_fund_bps=10_001), "BAD_PARAMETER")
+    assert "100.01 %" in r.message and "bps" not in r.message
 
 
 # ------------------------------------------------------------------------- a served market
@@ -241,3 +239,24 @@ def test_statement_csv_has_no_core_units(served):
     status, raw = served.call("GET", "/compliance/periods/2026/summary?format=csv")
     head = raw.decode().splitlines()[0]
     assert "_fen" not in head and "penalty" in head
+
+
+# ------------------------------------------------------------------------- the command line
+def test_cli_output_has_no_reprs_bps_or_ns(capsys):
+    from exchange.cli import main
+
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    assert "proceeds split STEEL1 7668.00, SME1 17892.00" in out
+    for args in (["report", "firm", "STEEL1", "--period", "2026", "--demo"],
+                 ["report", "compliance", "--period", "2026", "--demo"],
+                 ["report", "what-if", "--period", "2026", "--cap-pct", "3", "--demo"]):
+        assert main(args) == 0
+        out += capsys.readouterr().out
+    assert "offset cap 5 %, PHCER 2 %" in out
+    assert "{'" not in out and "((" not in out and "bps" not in out
+    assert not re.search(r"\d{16,}", out)  # no time in ns
+    assert main(["report", "what-if", "--period", "2026", "--cap-pct", "3", "--demo",
+                 "--format", "json"]) == 0
+    wi = json.loads(capsys.readouterr().out)
+    assert _core_units(wi) == [] and ISO.match(wi["as_of_at"])
