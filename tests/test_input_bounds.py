@@ -66,7 +66,7 @@ HTTP_REQUESTS = [
                             "qty": U64}, OPERATOR),
     ("POST", "/instruments", {"symbol": "X-1", "vintage": U64}, OPERATOR),
     ("POST", "/segments", {"name": "big", "max_order_qty": U64}, OPERATOR),
-    ("POST", "/segments", {"name": "big", "tick": U64}, OPERATOR),
+    ("POST", "/segments", {"name": "big", "tick": "9999999999999999.00"}, OPERATOR),
     ("POST", "/supply-chains", {"chain_id": "c9", "members": [{"firm": "SME1", "tier": U64}]},
      OPERATOR),
     ("POST", "/compliance/sme-fund/applications", {"period": 2026, "amount": "10",

@@ -166,7 +166,7 @@ def _times(value, out: list) -> list:
 # commands that fill the read sides before the walk (each must succeed)
 SETUP = [
     ("PUT", "/instruments/CEA-2026/band", {"band_pct": "10"}),
-    ("POST", "/segments", {"name": "pilot", "fee_pct": "0.05"}),
+    ("POST", "/segments", {"name": "pilot", "tick": "0.05", "fee_pct": "0.05"}),
     ("POST", "/deposits", {"account": "SME1", "amount": "1000.00"}),
     ("POST", "/sub-quotas", {"parent": "STEEL1", "sme": "SME1", "instrument": "CEA-2026",
                              "qty": 100, "revenue_share": "0.3"}),
@@ -219,6 +219,9 @@ def test_every_route_answers_in_units_for_people(served):
     assert walked >= 30
     bad = {where: _core_units(r) for where, r in results if _core_units(r)}
     assert bad == {}
+    segments = dict(results)["GET /segments"]["segments"]
+    pilot = next(x for x in segments if x["name"] == "pilot")
+    assert (pilot["tick"], pilot["fee_pct"]) == ("0.05", "0.05")  # in as out
     times = [t for _, r in results for t in _times(r, [])]
     assert times and all(ISO.match(t) for t in times), [t for t in times if not ISO.match(t)]
 

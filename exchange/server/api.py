@@ -713,7 +713,7 @@ class AddInstrumentBody(Body):
 
 class AddSegmentBody(Body):
     name: Ident
-    tick: StrictInt = Field(1, gt=0, description="fen")
+    tick: Price | None = Field(None, description="price step, CNY (default \"0.01\")")
     lot: StrictInt = Field(1, gt=0, description="tonnes")
     max_order_qty: StrictInt = Field(99_999, gt=0)
     fee_pct: Percent = Field("0", description="fee per side, % of notional, e.g. \"0.05\"")
@@ -919,6 +919,7 @@ async def list_segments(ctx: ApiContext, body) -> dict:
 async def add_segment(ctx: ApiContext, b: AddSegmentBody) -> dict:
     d = b.model_dump()
     d["fee_bps"] = percent_to_bps(d.pop("fee_pct"))
+    d["tick"] = 1 if d["tick"] is None else d["tick"]  # fen: 0.01 CNY
     return await ctx.command(AddSegment(**d))
 
 
