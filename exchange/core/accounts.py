@@ -14,6 +14,11 @@ statement: each asset's balances sum to zero.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .book import Order
+
 ISSUER = "@issuer"
 BANK = "@bank"
 RETIRED = "@retired"
@@ -36,7 +41,7 @@ class Holding:
 
     __slots__ = ("total", "reserved", "lots")
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.total = 0
         self.reserved = 0
         self.lots: dict[str, int] = {}
@@ -45,11 +50,11 @@ class Holding:
     def available(self) -> int:
         return self.total - self.reserved
 
-    def to_state(self) -> list:
+    def to_state(self) -> list[Any]:
         return [self.total, self.reserved, [[k, v] for k, v in self.lots.items()]]
 
     @classmethod
-    def from_state(cls, s) -> "Holding":
+    def from_state(cls, s: list[Any]) -> "Holding":
         h = cls()
         h.total, h.reserved = s[0], s[1]
         h.lots = {k: v for k, v in s[2]}
@@ -63,8 +68,9 @@ class Account:
                  "can_trade", "system", "cash", "cash_reserved", "holdings", "chains",
                  "orders", "coids")
 
-    def __init__(self, firm_id, name="", sector="", product="", size_class="large",
-                 stp_policy="cancel_resting", can_trade=True, system=False):
+    def __init__(self, firm_id: str, name: str = "", sector: str = "", product: str = "",
+                 size_class: str = "large", stp_policy: str = "cancel_resting",
+                 can_trade: bool = True, system: bool = False) -> None:
         self.firm_id = firm_id
         self.name = name
         self.sector = sector
@@ -77,7 +83,7 @@ class Account:
         self.cash_reserved = 0
         self.holdings: dict[str, Holding] = {}
         self.chains: dict[str, int] = {}  # chain_id -> tier
-        self.orders: dict = {}  # live order_id -> Order
+        self.orders: dict[int, Order] = {}  # live order_id -> Order
         self.coids: dict[str, int] = {}  # live client_order_id -> order_id
 
     def holding(self, instrument: str) -> Holding:
@@ -90,7 +96,7 @@ class Account:
     def cash_available(self) -> int:
         return self.cash - self.cash_reserved
 
-    def to_state(self) -> dict:
+    def to_state(self) -> dict[str, Any]:
         return {
             "name": self.name, "sector": self.sector, "product": self.product,
             "size_class": self.size_class, "stp_policy": self.stp_policy,
@@ -101,7 +107,7 @@ class Account:
         }
 
     @classmethod
-    def from_state(cls, firm_id: str, s: dict) -> "Account":
+    def from_state(cls, firm_id: str, s: dict[str, Any]) -> "Account":
         a = cls(firm_id, s["name"], s["sector"], s["product"], s["size_class"],
                 s["stp_policy"], s["can_trade"], s["system"])
         a.cash = s["cash"]
@@ -117,7 +123,8 @@ def post_cash(debit: Account, credit: Account, amount: int) -> None:
     credit.cash += amount
 
 
-def take_units(acct: Account, instrument: str, qty: int, prefer: str | None = None) -> list:
+def take_units(acct: Account, instrument: str, qty: int,
+               prefer: str | None = None) -> list[tuple[str, int]]:
     """Remove ``qty`` units from ``acct``'s lots, FIFO (or lots whose key starts with
     ``prefer`` first). Returns ``[(lot_key, qty), ...]``. The caller checked availability."""
     h = acct.holding(instrument)
@@ -133,7 +140,7 @@ def take_units(acct: Account, instrument: str, qty: int, prefer: str | None = No
                 lots[key] = have - qty
                 return [(key, qty)]
             break
-    taken = []
+    taken: list[tuple[str, int]] = []
     left = qty
     keys = list(lots)
     if prefer is not None:

@@ -1,80 +1,98 @@
-"""Price-time priority order book on sortedcontainers.
+"""Price-time priority order book on sortedcontainers: the core's matcher, and a small
+library of its own.
 
-One book per (instrument, segment). Each side is a ``SortedDict`` from a signed key to a
-price level: asks are keyed by ``price``, bids by ``-price``, so the best level of either side is
-the smallest key and "crosses" is the same test ``key <= limit_key`` for both sides. A level is
-a FIFO of its orders, a doubly linked list through the orders' own ``prev``/``next`` slots
-(O(1) append and O(1) removal of any order, found by id in ``OrderBook.orders``, without a scan
-or a per-level index), that also carries the level's total quantity.
+Layout
+------
+One book per (instrument, segment)::
 
-The book knows nothing about cash, holdings or fees: it matches and reports fills. The core
-(:mod:`exchange.core.exchange`) wraps it with risk and settlement; the benchmark also drives it
-alone as the "book-only" matcher.
+    OrderBook
+      bids: SortedDict  -price -> Level     best bid = smallest key
+      asks: SortedDict   price -> Level     best ask = smallest key
+      orders: dict       order_id -> Order  every resting order
+      changes: list      (side, price, level qty) since the last drain (the core's L2 feed)
+
+    Level (one price)
+      qty                the sum of its orders' leaves
+      head <-> ... <-> tail   its orders in arrival order, linked through Order.prev/.next
+
+Asks are keyed by ``price`` and bids by ``-price``, so the best level of either side is the
+smallest key and "crosses" is the same test ``key <= limit_key`` for both sides. A level is a
+FIFO of its orders, a doubly linked list through the orders' own ``prev``/``next`` slots:
+appending is O(1), and any order leaves in O(1), found by id in ``orders`` without a scan or a
+per-level index. A level is never empty while it is in a side.
+
+Operations (n resting orders, L levels on a side, f fills and self-trade cancels, k levels
+emptied by a match)
+
+=====================================  ====================  ================================
+operation                              cost                  notes
+=====================================  ====================  ================================
+best_bid, best_ask, crosses            O(1)                  the first key of a side
+depth_at(side, price), level_qty       O(1)                  a dict lookup
+depth(levels)                          O(levels)
+add (rest an order)                    O(1), O(log L) new    a new level is a sorted insert
+remove / cancel                        O(1), O(log L) last   the last order closes its level
+reduce (smaller qty, same price)       O(1)                  keeps time priority
+match / place                          O(f + k log L)
+fillable (fill-or-kill check)          O(orders scanned)     stops once enough is found
+replace (new price or larger qty)      remove + place        loses time priority
+iter_orders, to_state                  O(n)
+=====================================  ====================  ================================
+
+Two layers
+----------
+``add``, ``remove``, ``reduce``, ``crosses``, ``fillable`` and ``match`` are the primitives the
+exchange core (:mod:`exchange.core.exchange`) drives, with risk and settlement around them.
+The compiled twin (exchange/core/_accel.c) has ``add``, ``remove``, ``crosses`` and ``match``
+step for step and replaces them where it is built; so their contract is fixed: they record L2
+changes in ``changes`` for the core to drain, and ``match`` leaves the incoming order to its
+caller, which settles each fill in turn.
+
+``place``, ``cancel``, ``replace`` and ``depth_at`` make the book usable on its own (the
+benchmark's "book-only" matcher, tests/test_book_library.py): ``place`` updates the incoming
+order and every maker (leaves, cumulative quantity, status along
+:data:`exchange.core.orders.ORDER_TRANSITIONS`) and returns the fills, the orders self-trade
+prevention cancelled and the L2 changes of that one call; self-trade prevention is a
+parameter (``None``: an order may trade with its own account's); an unknown order id is a
+result (``found`` false), not a ``KeyError``.
+
+The book knows nothing about cash, holdings or fees.
 """
 from __future__ import annotations
 
-from bisect import insort
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
 from sortedcontainers import SortedDict
 
-BUY = "buy"
-SELL = "sell"
+from .orders import BUY as BUY, SELL as SELL  # re-exported: the book's callers use them
+from .orders import OrderStatus, StpPolicy, transition
 
-# self-trade prevention policies
-STP_CANCEL_RESTING = "cancel_resting"
-STP_CANCEL_INCOMING = "cancel_incoming"
-STP_CANCEL_BOTH = "cancel_both"
+# self-trade prevention policies, as stored (exact str)
+STP_CANCEL_RESTING = StpPolicy.CANCEL_RESTING.value
+STP_CANCEL_INCOMING = StpPolicy.CANCEL_INCOMING.value
+STP_CANCEL_BOTH = StpPolicy.CANCEL_BOTH.value
 STP_POLICIES = (STP_CANCEL_RESTING, STP_CANCEL_INCOMING, STP_CANCEL_BOTH)
 
 _INF = float("inf")
 
 
-def first_key(side_map: SortedDict):
-    """Smallest key of a non-empty SortedDict.
-
-    ``side_map.keys()[0]`` goes through two Python-level ``__getitem__`` calls and a view
-    object; on the matching hot path that was 40 % of ``match`` (profiled). sortedcontainers
-    keeps its keys in ``_list._lists`` (a list of sorted sublists, stable since 2.0), so the
-    smallest key is ``_lists[0][0]``. tests/test_book.py pins this against ``keys()[0]``.
-    """
-    return side_map._list._lists[0][0]
+def first_key(side_map: SortedDict) -> int:
+    """The smallest key of a non-empty side: the best level's."""
+    k: int = side_map.peekitem(0)[0]
+    return k
 
 
-# Opening and closing a price level. SortedDict.__setitem__/__delitem__ go through three
-# Python-level calls (SortedDict, SortedList.add/_expand or remove/_delete), about 100 bytecodes;
-# a level is opened or closed by about one command in ten. While the keys fit in one sublist
-# (fewer than 2 x load = 2,000 levels a side) and no positional index has been built, the same
-# update is a few list operations, inlined in OrderBook.add, OrderBook.match and Exchange._place
-# (guarded exactly like this; anything else takes the public path). tests/test_book.py and the
-# differential matcher test exercise both paths against the public API.
-_dict_setitem = dict.__setitem__
-_dict_delitem = dict.__delitem__
+def open_level(side_map: SortedDict, k: int, level: Level) -> None:
+    """Put a new level in its side. (The compiled twin edits sortedcontainers' sorted key
+    list in place here; the reference uses the public API.)"""
+    side_map[k] = level
 
 
-def open_level(side_map: SortedDict, k, level) -> None:
-    """``side_map[k] = level`` for a key not yet in ``side_map`` (the inlined fast path)."""
-    sl = side_map._list
-    keys = sl._lists
-    if len(keys) == 1 and not sl._index and len(keys[0]) < sl._load << 1:
-        first = keys[0]
-        insort(first, k)
-        sl._maxes[0] = first[-1]
-        sl._len += 1
-        _dict_setitem(side_map, k, level)
-    else:
-        side_map[k] = level
-
-
-def close_first_level(side_map: SortedDict, k) -> None:
-    """``del side_map[k]`` where ``k`` is the smallest key (the inlined fast path)."""
-    sl = side_map._list
-    keys = sl._lists
-    first = keys[0]
-    if len(keys) == 1 and len(first) > 1 and not sl._index:
-        del first[0]  # the largest key, sl._maxes[0], stays
-        sl._len -= 1
-        _dict_delitem(side_map, k)
-    else:
-        del side_map[k]
+def close_first_level(side_map: SortedDict, k: int) -> None:
+    """Take the best level, now empty, out of its side."""
+    del side_map[k]
 
 
 class Order:
@@ -86,37 +104,38 @@ class Order:
         "prev", "next",  # the neighbours in its price level while it rests (else None)
     )
 
-    def __init__(self, order_id, account, client_order_id, instrument, segment, side, price,
-                 qty, tif, post_only=False, seq=0):
+    def __init__(self, order_id: int, account: str, client_order_id: str | None,
+                 instrument: str, segment: str, side: str, price: int, qty: int, tif: str,
+                 post_only: bool = False, seq: int = 0) -> None:
         self.order_id = order_id
         self.account = account
         self.client_order_id = client_order_id
         self.instrument = instrument
         self.segment = segment
-        self.side = side
+        self.side = side  # orders.Side, stored as its str value (BUY, SELL)
         self.price = price
         self.qty = qty
         self.leaves = qty
         self.cum_qty = 0
-        self.tif = tif
+        self.tif = tif  # orders.TimeInForce value
         self.post_only = post_only
         self.reserved = 0  # cash (buy) or units (sell) still reserved for this order
-        self.status = "new"
+        self.status: str = OrderStatus.NEW.value  # changed only by orders.transition
         self.seq = seq
-        self.prev = None
-        self.next = None
+        self.prev: Order | None = None
+        self.next: Order | None = None
 
     #: the fields of :meth:`to_state`, in its order (a snapshot encoder may read them itself)
     STATE_FIELDS = ("order_id", "account", "client_order_id", "side", "price", "qty",
                     "leaves", "cum_qty", "tif", "post_only", "reserved", "status", "seq")
 
-    def to_state(self) -> list:
+    def to_state(self) -> list[Any]:
         return [self.order_id, self.account, self.client_order_id, self.side, self.price,
                 self.qty, self.leaves, self.cum_qty, self.tif, self.post_only, self.reserved,
                 self.status, self.seq]
 
     @classmethod
-    def from_state(cls, s: list, instrument: str, segment: str) -> "Order":
+    def from_state(cls, s: list[Any], instrument: str, segment: str) -> "Order":
         (oid, acct, coid, side, price, qty, leaves, cum, tif, post_only, reserved, status,
          seq) = s
         o = cls(oid, acct, coid, instrument, segment, side, price, qty, tif, post_only, seq)
@@ -139,8 +158,11 @@ class Level:
     the cost of ``Level()``): create levels with :func:`new_level`."""
 
     __slots__ = ("qty", "head", "tail")
+    qty: int
+    head: Order | None
+    tail: Order | None
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Order]:
         o = self.head
         while o is not None:
             yield o
@@ -194,6 +216,48 @@ def unlink(level: Level, order: Order) -> None:
     order.prev = order.next = None
 
 
+#: one L2 change: (side, price, the level's new total quantity; 0 = the level is gone)
+LevelChange = tuple[str, int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Fill:
+    """``qty`` of the incoming order traded with resting ``maker`` at ``price``."""
+
+    maker: Order
+    qty: int
+    price: int
+
+
+@dataclass(frozen=True, slots=True)
+class PlaceResult:
+    fills: tuple[Fill, ...]
+    stp_canceled: tuple[Order, ...]  # resting orders self-trade prevention took out
+    rested: bool  # what was left of the order now rests
+    changes: tuple[LevelChange, ...]  # this call's L2 changes, in order
+
+
+@dataclass(frozen=True, slots=True)
+class CancelResult:
+    order: Order | None  # None: no resting order had that id
+    changes: tuple[LevelChange, ...]
+
+    @property
+    def found(self) -> bool:
+        return self.order is not None
+
+
+@dataclass(frozen=True, slots=True)
+class ReplaceResult:
+    order: Order | None  # None: no resting order had that id
+    placed: PlaceResult | None  # when the order went back through the matcher
+    changes: tuple[LevelChange, ...]  # every L2 change of the replace, in order
+
+    @property
+    def found(self) -> bool:
+        return self.order is not None
+
+
 class OrderBook:
     # The day statistics are the board's own (a book is one board: instrument x segment): a
     # trade on ``sme`` or ``chain:<id>`` never moves the ``main`` board's figures, and only the
@@ -232,7 +296,7 @@ class OrderBook:
             return None
         return (self.day_notional + self.day_volume // 2) // self.day_volume
 
-    def __del__(self):
+    def __del__(self) -> None:
         """Resting orders link to their neighbours (``prev``/``next``), a reference cycle; the
         compiled core makes orders outside the cyclic GC (exchange/core/_accel.c, ``alloc``), so a
         book that goes away unlinks its orders itself (once per book, not per order)."""
@@ -259,7 +323,7 @@ class OrderBook:
             lv = self.asks.get(price)
         return lv.qty if lv is not None else 0
 
-    def depth(self, levels: int = 10) -> dict:
+    def depth(self, levels: int = 10) -> dict[str, list[list[int]]]:
         """L2 depth: ``{"bids": [[price, qty], ...], "asks": [...]}`` best first."""
         bids = [[-k, lv.qty] for k, lv in self.bids.items()[:levels]]
         asks = [[k, lv.qty] for k, lv in self.asks.items()[:levels]]
@@ -268,14 +332,10 @@ class OrderBook:
     def crosses(self, side: str, price: int | None) -> bool:
         """Would an order on ``side`` at ``price`` (None = any price) trade immediately?"""
         if side == BUY:
-            opp = self.asks
-            if not opp:
-                return False
-            return price is None or opp._list._lists[0][0] <= price  # first_key, inlined
-        opp = self.bids
-        if not opp:
-            return False
-        return price is None or -opp._list._lists[0][0] >= price
+            best = self.best_ask()
+            return best is not None and (price is None or best <= price)
+        best = self.best_bid()
+        return best is not None and (price is None or best >= price)
 
     # ------------------------------------------------------------------ mutations
     def add(self, order: Order) -> None:
@@ -292,16 +352,7 @@ class OrderBook:
         level = side_map.get(k)
         if level is None:
             level = new_level()
-            sl = side_map._list  # open_level(side_map, k, level), inlined
-            keys = sl._lists
-            if len(keys) == 1 and not sl._index and len(keys[0]) < sl._load << 1:
-                first = keys[0]
-                insort(first, k)
-                sl._maxes[0] = first[-1]
-                sl._len += 1
-                _dict_setitem(side_map, k, level)
-            else:
-                side_map[k] = level
+            open_level(side_map, k, level)
         append(level, order)
         lq = level.qty + order.leaves
         level.qty = lq
@@ -344,7 +395,8 @@ class OrderBook:
             opp, klimit = self.bids, (_INF if limit is None else -limit)
         got = 0
         for k in opp.irange(maximum=klimit if klimit != _INF else None):
-            for maker in opp[k]:
+            level: Level = opp[k]
+            for maker in level:
                 if maker.account == account:
                     if stp == STP_CANCEL_RESTING:
                         continue
@@ -354,13 +406,15 @@ class OrderBook:
                     return got
         return got
 
-    def match(self, order: Order, limit: int | None, stp: str, fills: list,
-              stp_cancels: list) -> bool:
+    def match(self, order: Order, limit: int | None, stp: str | None,
+              fills: list[tuple[Order, int, int]], stp_cancels: list[Order]) -> bool:
         """Match ``order`` (not resting) against the opposite side at prices no worse than
         ``limit`` (None = any). Appends ``(maker, qty, price)`` to ``fills`` and each resting
         order cancelled by self-trade prevention to ``stp_cancels``. Updates the makers'
         leaves/cum_qty; the incoming order is left untouched so the caller can account for each
-        fill in turn. Returns True when self-trade prevention cancels the incoming remainder."""
+        fill in turn. Returns True when self-trade prevention cancels the incoming remainder.
+        ``stp`` None (no prevention) is the reference's only: the core always passes the
+        account's policy, and the compiled twin takes any other value as cancel_resting."""
         if order.side == BUY:
             opp, klimit, sign, opp_side = self.asks, (_INF if limit is None else limit), 1, SELL
         else:
@@ -371,7 +425,7 @@ class OrderBook:
         changes = self.changes
         killed = False
         while remaining and opp:
-            k = opp._list._lists[0][0]  # first_key(opp), inlined
+            k = first_key(opp)
             if k > klimit:
                 break
             level = opp[k]
@@ -379,7 +433,7 @@ class OrderBook:
             lq = level.qty  # kept in a local while this level is worked, stored back below
             while True:
                 maker = level.head
-                if maker.account == account:
+                if stp is not None and maker.account == account:
                     if stp == STP_CANCEL_INCOMING:
                         killed = True
                         break
@@ -403,15 +457,7 @@ class OrderBook:
                     remaining -= q
                     fills.append((maker, q, price))
                 if level.head is None:
-                    sl = opp._list  # close_first_level(opp, k), inlined
-                    keys = sl._lists
-                    first = keys[0]
-                    if len(keys) == 1 and len(first) > 1 and not sl._index:
-                        del first[0]
-                        sl._len -= 1
-                        _dict_delitem(opp, k)
-                    else:
-                        del opp[k]
+                    close_first_level(opp, k)
                     break
                 if not remaining or killed:
                     break
@@ -421,7 +467,7 @@ class OrderBook:
                 break
         return killed
 
-    def drain_changes(self) -> tuple:
+    def drain_changes(self) -> tuple[LevelChange, ...]:
         """L2 changes since the last drain as ``((side, price, level_qty), ...)`` in the order
         they happened (a level may repeat; the last entry is its current quantity)."""
         ch = self.changes
@@ -429,27 +475,108 @@ class OrderBook:
         ch.clear()
         return out
 
+    # ------------------------------------------------------------------ the library
+    def depth_at(self, side: str, price: int) -> int:
+        """The quantity resting on ``side`` at ``price`` (0: no such level)."""
+        return self.level_qty(side, price)
+
+    def place(self, order: Order, *, ioc: bool = False,
+              stp: str | None = None) -> PlaceResult:
+        """Match ``order`` (not resting, ``leaves`` > 0) at prices no worse than its own,
+        then rest what is left - or, with ``ioc``, cancel it. ``stp`` is the self-trade
+        prevention policy (a :class:`~exchange.core.orders.StpPolicy` value), or None to let
+        an account's orders trade with each other. The incoming order and every maker are
+        updated (leaves, cum_qty, status)."""
+        mark = len(self.changes)
+        fills: list[tuple[Order, int, int]] = []
+        stp_cancels: list[Order] = []
+        if stp is None:
+            killed = _reference_match(self, order, order.price, None, fills, stp_cancels)
+        else:
+            killed = self.match(order, order.price, stp, fills, stp_cancels)
+        for maker in stp_cancels:
+            transition(maker, OrderStatus.CANCELED)
+        for maker, q, _px in fills:
+            order.leaves -= q
+            order.cum_qty += q
+            transition(maker, OrderStatus.PARTIALLY_FILLED if maker.leaves
+                       else OrderStatus.FILLED)
+            transition(order, OrderStatus.PARTIALLY_FILLED if order.leaves
+                       else OrderStatus.FILLED)
+        rested = False
+        if order.leaves:
+            if killed or ioc:
+                transition(order, OrderStatus.CANCELED)
+            else:
+                self.add(order)
+                rested = True
+        return PlaceResult(tuple(Fill(m, q, px) for m, q, px in fills), tuple(stp_cancels),
+                           rested, self._take_changes(mark))
+
+    def cancel(self, order_id: int) -> CancelResult:
+        """Take a resting order out (its status becomes canceled). An id that is not resting
+        here gives ``found`` false and changes nothing."""
+        order = self.orders.get(order_id)
+        if order is None:
+            return CancelResult(None, ())
+        mark = len(self.changes)
+        self.remove(order_id)
+        transition(order, OrderStatus.CANCELED)
+        return CancelResult(order, self._take_changes(mark))
+
+    def replace(self, order_id: int, *, qty: int | None = None, price: int | None = None,
+                stp: str | None = None) -> ReplaceResult:
+        """Change a resting order's total quantity (``qty``, more than it has filled) and/or
+        price. A smaller quantity at the same price keeps the order's place in its queue;
+        anything else takes it out and places it again (it may trade). An unknown id gives
+        ``found`` false and changes nothing."""
+        order = self.orders.get(order_id)
+        if order is None:
+            return ReplaceResult(None, None, ())
+        new_qty = order.qty if qty is None else qty
+        new_price = order.price if price is None else price
+        if new_qty <= order.cum_qty:
+            raise ValueError(f"order {order_id}: the new quantity {new_qty} does not exceed "
+                             f"the filled {order.cum_qty}")
+        mark = len(self.changes)
+        new_leaves = new_qty - order.cum_qty
+        if new_price == order.price and new_qty <= order.qty:
+            self.reduce(order, new_leaves)
+            order.qty = new_qty
+            return ReplaceResult(order, None, self._take_changes(mark))
+        self.remove(order_id)
+        order.qty, order.price, order.leaves = new_qty, new_price, new_leaves
+        placed = self.place(order, stp=stp)
+        return ReplaceResult(order, placed, self._take_changes(mark) + placed.changes)
+
+    def _take_changes(self, mark: int) -> tuple[LevelChange, ...]:
+        """The L2 changes recorded since ``mark``, taken out of ``changes``."""
+        out = tuple(self.changes[mark:])
+        del self.changes[mark:]
+        return out
+
     # ------------------------------------------------------------------ state
-    def iter_orders(self):
+    def iter_orders(self) -> Iterator[Order]:
         """Resting orders, bids best-first then asks best-first, FIFO within a level."""
         for lv in self.bids.values():
             yield from lv
         for lv in self.asks.values():
             yield from lv
 
-    def to_state(self, encode_orders=None) -> dict:
+    def to_state(self, encode_orders: Callable[[OrderBook], Any] | None = None
+                 ) -> dict[str, Any]:
         """``encode_orders(book)``, when given, stands in for the list of the resting orders'
         ``to_state()`` (in :meth:`iter_orders` order) and must serialise to the same JSON: a
         snapshot writer's faster path (exchange.journal.runner.snapshot_bytes)."""
         if encode_orders is not None:
-            out = {"seq": self.seq, "orders": encode_orders(self)}
+            out: dict[str, Any] = {"seq": self.seq, "orders": encode_orders(self)}
         else:
             out = {"seq": self.seq, "orders": [o.to_state() for o in self.iter_orders()]}
         if self.last or self.day_trades:
             out["day"] = [getattr(self, f) for f in self.DAY_STATE]
         return out
 
-    def load_state(self, s: dict) -> list[Order]:
+    def load_state(self, s: dict[str, Any]) -> list[Order]:
         self.seq = s["seq"]
         for f, v in zip(self.DAY_STATE, s.get("day", ())):
             setattr(self, f, v)
@@ -468,18 +595,21 @@ class OrderBook:
 # reference (PY_METHODS) and which the compiled ones call for anything unusual (a subclass, a
 # number beyond 64 bits). use_compiled(False) puts the Python methods back (tests compare them).
 PY_METHODS = {name: OrderBook.__dict__[name] for name in ("add", "remove", "crosses", "match")}
+# the library's matcher without self-trade prevention (stp=None), which only the reference has
+_reference_match = PY_METHODS["match"]
 
 
-def _compiled_methods() -> dict:
+def _compiled_methods() -> dict[str, Any]:
     try:
-        from exchange.core import _accel
+        _accel = importlib.import_module("exchange.core._accel")
     except ImportError:
         return {}
     _accel.setup({"OrderBook": OrderBook, "Order": Order, "Level": Level, "BUY": BUY,
                   "SELL": SELL, "STP_CANCEL_RESTING": STP_CANCEL_RESTING,
                   "STP_CANCEL_INCOMING": STP_CANCEL_INCOMING,
                   "STP_CANCEL_BOTH": STP_CANCEL_BOTH})
-    return _accel.book_methods(PY_METHODS)
+    methods: dict[str, Any] = _accel.book_methods(PY_METHODS)
+    return methods
 
 
 COMPILED_METHODS = _compiled_methods()

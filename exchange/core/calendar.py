@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
 from zoneinfo import ZoneInfo
 
 DEFAULT_TZ = "Asia/Shanghai"
@@ -41,8 +42,9 @@ class TradingCalendar:
     holidays: tuple[str, ...] = ()  # ISO dates, local
 
     @classmethod
-    def build(cls, sessions, tz: str = DEFAULT_TZ, weekdays=(0, 1, 2, 3, 4),
-              holidays=()) -> "TradingCalendar":
+    def build(cls, sessions: Iterable[Sequence[str]], tz: str = DEFAULT_TZ,
+              weekdays: Iterable[int] = (0, 1, 2, 3, 4),
+              holidays: Iterable[str] = ()) -> "TradingCalendar":
         """From config-like values (``[["09:30", "11:30"], ...]``); raises ValueError with a
         message a person can act on."""
         spans = []
@@ -73,13 +75,13 @@ class TradingCalendar:
             dt.date.fromisoformat(h)
         return cls(tuple(spans), tz, days, hol)
 
-    def to_state(self) -> dict:
+    def to_state(self) -> dict[str, Any]:
         return {"tz": self.tz, "sessions": [[format_hhmm(o), format_hhmm(c)]
                                             for o, c in self.sessions],
                 "weekdays": list(self.weekdays), "holidays": list(self.holidays)}
 
     @classmethod
-    def from_state(cls, s: dict) -> "TradingCalendar":
+    def from_state(cls, s: dict[str, Any]) -> "TradingCalendar":
         return cls.build(s["sessions"], s["tz"], s["weekdays"], s["holidays"])
 
     # ------------------------------------------------------------------ queries

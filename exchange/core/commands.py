@@ -11,20 +11,23 @@ compliance modules register their own commands the same way.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Callable, TypeVar, dataclass_transform
 
-COMMAND_TYPES: dict[str, type] = {}
+COMMAND_TYPES: dict[str, type[Command]] = {}
+_C = TypeVar("_C", bound="Command")
 
 
-def command(name: str):
+@dataclass_transform(kw_only_default=True)
+def command(name: str) -> Callable[[type[_C]], type[_C]]:
     """Class decorator: make ``cls`` a slotted kw-only dataclass command called ``name``."""
 
-    def wrap(cls):
+    def wrap(cls: type[_C]) -> type[_C]:
         cls = dataclass(slots=True, kw_only=True)(cls)
         if name in COMMAND_TYPES and COMMAND_TYPES[name] is not cls:
             raise RuntimeError(f"command name {name!r} registered twice")
         cls.TYPE = name
-        cls._FIELDS = tuple(f.name for f in fields(cls) if f.name not in ("seq", "ts"))
+        cls._FIELDS = tuple(f.name for f in fields(cls)  # type: ignore[arg-type]
+                            if f.name not in ("seq", "ts"))
         COMMAND_TYPES[name] = cls
         return cls
 
@@ -41,7 +44,7 @@ class Command:
     ts: int
 
 
-def encode_command(cmd) -> dict[str, Any]:
+def encode_command(cmd: Command) -> dict[str, Any]:
     """Command -> plain dict (``type`` plus its fields, without the envelope)."""
     d = {"type": cmd.TYPE}
     for f in cmd._FIELDS:
@@ -52,26 +55,24 @@ def encode_command(cmd) -> dict[str, Any]:
     return d
 
 
-def decode_command(d: dict[str, Any], seq: int = 0, ts: int = 0):
+def decode_command(d: dict[str, Any], seq: int = 0, ts: int = 0) -> Command:
     """Plain dict -> command. Raises KeyError for an unknown type, TypeError for bad fields."""
-    cls = COMMAND_TYPES[d["type"]]
+    cls: Any = COMMAND_TYPES[d["type"]]  # a dataclass: its fields are its keywords
     kw = {k: v for k, v in d.items() if k != "type"}
     for k, v in kw.items():
         if isinstance(v, list):
             kw[k] = tuple(tuple(x) if isinstance(x, list) else x for x in v)
-    return cls(seq=seq, ts=ts, **kw)
+    cmd: Command = cls(seq=seq, ts=ts, **kw)
+    return cmd
 
 
 # --------------------------------------------------------------------------- orders
 
-BUY = "buy"
-SELL = "sell"
-LIMIT = "limit"
-MARKET = "market"
-GTC = "GTC"
-DAY = "DAY"
-IOC = "IOC"
-FOK = "FOK"
+# the order vocabulary (Side, TimeInForce, OrderType) lives in orders.py
+from .orders import (  # noqa: E402
+    BUY as BUY, DAY as DAY, FOK as FOK, GTC as GTC, IOC as IOC, LIMIT as LIMIT,
+    MARKET as MARKET, SELL as SELL,
+)
 
 
 @command("place_order")
@@ -162,8 +163,8 @@ class RegisterSupplyChain(Command):
     edges (supplier, customer, weight_ppm). Opens a ``chain:<id>`` book for every allowance."""
 
     chain_id: str
-    members: tuple = ()  # ((firm_id, tier), ...)
-    edges: tuple = ()  # ((supplier_id, customer_id, weight_ppm), ...)
+    members: tuple[tuple[str, int], ...] = ()  # ((firm_id, tier), ...)
+    edges: tuple[tuple[str, str, int], ...] = ()  # ((supplier_id, customer_id, weight_ppm), ...)
     seq: int = 0
     ts: int = 0
 
@@ -268,10 +269,10 @@ class SetTradingCalendar(Command):
     sessions: no calendar, the market trades whenever it is not halted (and the day ends only
     on ``EndOfDay``)."""
 
-    sessions: tuple = ()
+    sessions: tuple[tuple[str, str], ...] = ()
     tz: str = "Asia/Shanghai"
-    weekdays: tuple = (0, 1, 2, 3, 4)
-    holidays: tuple = ()
+    weekdays: tuple[int, ...] = (0, 1, 2, 3, 4)
+    holidays: tuple[str, ...] = ()
     seq: int = 0
     ts: int = 0
 

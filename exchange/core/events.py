@@ -8,44 +8,49 @@ the order quantity while the order works.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Callable, TypeVar, dataclass_transform
+
+from .orders import ExecType, OrderStatus
 
 EVENT_TYPES: dict[str, type] = {}
+_T = TypeVar("_T")
 
 
-def event(name: str):
-    def wrap(cls):
+@dataclass_transform()
+def event(name: str) -> Callable[[type[_T]], type[_T]]:
+    """Class decorator: make ``cls`` a slotted dataclass event called ``name``."""
+
+    def wrap(cls: type[_T]) -> type[_T]:
         cls = dataclass(slots=True)(cls)
-        cls.TYPE = name
-        cls._FIELDS = tuple(f.name for f in fields(cls))
+        setattr(cls, "TYPE", name)
+        setattr(cls, "_FIELDS", tuple(f.name for f in fields(cls)))  # type: ignore[arg-type]
         EVENT_TYPES[name] = cls
         return cls
 
     return wrap
 
 
-def encode_event(ev) -> dict[str, Any]:
-    d = {"type": ev.TYPE}
+def encode_event(ev: Any) -> dict[str, Any]:
+    d: dict[str, Any] = {"type": ev.TYPE}
     for f in ev._FIELDS:
         d[f] = getattr(ev, f)
     return d
 
 
-# exec_type values
-EXEC_NEW = "new"
-EXEC_TRADE = "trade"
-EXEC_CANCELED = "canceled"
-EXEC_REPLACED = "replaced"
-EXEC_REJECTED = "rejected"
-EXEC_EXPIRED = "expired"
+# exec_type and order_status values, as stored (exact str: see exchange/core/orders.py)
+EXEC_NEW = ExecType.NEW.value
+EXEC_TRADE = ExecType.TRADE.value
+EXEC_CANCELED = ExecType.CANCELED.value
+EXEC_REPLACED = ExecType.REPLACED.value
+EXEC_REJECTED = ExecType.REJECTED.value
+EXEC_EXPIRED = ExecType.EXPIRED.value
 
-# order_status values
-ST_NEW = "new"
-ST_PARTIAL = "partially_filled"
-ST_FILLED = "filled"
-ST_CANCELED = "canceled"
-ST_REJECTED = "rejected"
-ST_EXPIRED = "expired"
+ST_NEW = OrderStatus.NEW.value
+ST_PARTIAL = OrderStatus.PARTIALLY_FILLED.value
+ST_FILLED = OrderStatus.FILLED.value
+ST_CANCELED = OrderStatus.CANCELED.value
+ST_REJECTED = OrderStatus.REJECTED.value
+ST_EXPIRED = OrderStatus.EXPIRED.value
 
 
 @event("execution_report")
@@ -86,7 +91,7 @@ class Trade:
     buyer_fee: int
     seller_fee: int
     # sub-quota proceeds splits: ((beneficiary, amount), ...) paid out of the seller's net
-    proceeds_split: tuple = ()
+    proceeds_split: tuple[tuple[str, int], ...] = ()
     ts: int = 0
 
 
@@ -98,7 +103,7 @@ class BookUpdate:
     instrument: str
     segment: str
     book_seq: int
-    changes: tuple
+    changes: tuple[tuple[str, int, int], ...]
 
 
 @event("command_rejected")
@@ -137,7 +142,7 @@ class InstrumentAdded:
 @event("supply_chain_registered")
 class SupplyChainRegistered:
     chain_id: str
-    members: tuple
+    members: tuple[tuple[str, int], ...]
 
 
 @event("sub_quota_created")
@@ -183,17 +188,17 @@ class SessionClosed:
 @event("trading_calendar_set")
 class TradingCalendarSet:
     """``calendar``: ``{tz, sessions, weekdays, holidays}``, or None (no calendar)."""
-    calendar: dict | None
+    calendar: dict[str, Any] | None
 
 
 @event("day_ended")
 class DayEnded:
     day: int
-    reference_prices: tuple  # ((instrument, price), ...)
+    reference_prices: tuple[tuple[str, int], ...]  # ((instrument, price), ...)
     expired_orders: int
     # ((instrument, "up" | "down"), ...): no trade and the main book bid at the upper limit
     # (or offered at the lower one); the reference rolled to that limit price
-    limit_locked: tuple = ()
+    limit_locked: tuple[tuple[str, str], ...] = ()
 
 
 @event("account_updated")

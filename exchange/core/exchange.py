@@ -26,17 +26,16 @@ Rounding (not one fen is created or lost):
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
-from bisect import insort
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 from . import errors as E
 from .accounts import (
     BANK, CASH, EXCHANGE_ACCOUNT, ISSUER, LOT_PURCHASE, LOT_SUB_QUOTA, LOT_TRANSFER,
     SYSTEM_ACCOUNTS, Account, Holding, post_cash, put_units, take_units,
 )
-from .book import (BUY, SELL, STP_POLICIES, Order, OrderBook, _dict_setitem, append, new_level,
-                   unlink)
+from .book import BUY, SELL, STP_POLICIES, Order, OrderBook
 from .commands import (
     DAY, FOK, GTC, IOC, LIMIT, MARKET, AddInstrument, AmendOrder, CancelAll, CancelOrder,
     Clock, CreateSubQuota, DepositCash, EndOfDay, Halt, IssueUnits, PlaceOrder, RegisterFirm,
@@ -46,53 +45,27 @@ from .commands import (
 from .calendar import TradingCalendar
 from .events import (
     EXEC_CANCELED, EXEC_EXPIRED, EXEC_NEW, EXEC_REJECTED, EXEC_REPLACED, EXEC_TRADE,
-    ST_CANCELED, ST_EXPIRED, ST_FILLED, ST_NEW, ST_PARTIAL, ST_REJECTED, AccountUpdated,
+    ST_CANCELED, ST_FILLED, ST_NEW, ST_PARTIAL, ST_REJECTED, AccountUpdated,
     BookUpdate, CommandRejected, DayEnded, ExecutionReport, FirmRegistered, InstrumentAdded,
     MarketState, Posting, SessionClosed, SessionOpened, SubQuotaCreated, SupplyChainRegistered,
     Trade, TradingCalendarSet,
 )
-from .units import MAX_CASH, MAX_QTY, PPM, fee_ceil
+from .orders import ORDER_TRANSITIONS, Liquidity, OrderStatus, transition
+from .units import MAX_CASH, MAX_QTY, PPM, fee_ceil, fee_floor
 
 _TIFS = (GTC, DAY, IOC, FOK)
 SEGMENT_ACCESS = ("all", "sme_sell_any_buy", "sme_only", "members")
-
-_new = object.__new__  # hot-path object construction without a class call (see _place)
-
-
-def _check_fast_construction() -> None:
-    """The hot paths build these objects slot by slot; a field added to one of them must be
-    added there too. Checked at import (not with assert: it must hold under ``python -O``)."""
-    expected = {
-        Order: ("order_id", "account", "client_order_id", "instrument", "segment", "side",
-                "price", "qty", "leaves", "cum_qty", "tif", "post_only", "reserved", "status",
-                "seq", "prev", "next"),
-        ExecutionReport: ("account", "order_id", "client_order_id", "instrument", "segment",
-                          "side", "exec_type", "order_status", "price", "qty", "last_qty",
-                          "last_px", "cum_qty", "leaves_qty", "reason", "trade_id", "fee",
-                          "liquidity", "ts"),
-        Trade: ("trade_id", "instrument", "segment", "price", "qty", "buyer", "seller",
-                "buy_order_id", "sell_order_id", "aggressor", "buyer_fee", "seller_fee",
-                "proceeds_split", "ts"),
-        BookUpdate: ("instrument", "segment", "book_seq", "changes"),
-    }
-    for cls, names in expected.items():
-        have = cls.__slots__ if cls is Order else cls._FIELDS
-        if tuple(have) != names:
-            raise RuntimeError(f"{cls.__name__} fields changed: update the object.__new__ "
-                               f"construction in exchange/core/exchange.py")
-
-
-_check_fast_construction()
-
+LIQ_MAKER = Liquidity.MAKER.value
+LIQ_TAKER = Liquidity.TAKER.value
 
 NO_LIVE_ORDER = "no live order with that id on this account"  # UNKNOWN_ORDER's message
 
 
-def _core_path():
+def _core_path() -> Any:
     """The compiled order path (exchange.core._accel.CorePath), told the classes and constants
     it works with (book.py has told it the book's); None where the extension is not built."""
     try:
-        from exchange.core import _accel
+        _accel = importlib.import_module("exchange.core._accel")
     except ImportError:
         return None
     _accel.setup({
@@ -103,7 +76,7 @@ def _core_path():
         "GTC": GTC, "DAY": DAY, "IOC": IOC, "LIMIT": LIMIT, "ST_NEW": ST_NEW,
         "ST_PARTIAL": ST_PARTIAL, "ST_FILLED": ST_FILLED, "ST_CANCELED": ST_CANCELED,
         "EXEC_NEW": EXEC_NEW, "EXEC_TRADE": EXEC_TRADE, "EXEC_CANCELED": EXEC_CANCELED,
-        "EXEC_REPLACED": EXEC_REPLACED, "MAKER": "maker", "TAKER": "taker",
+        "EXEC_REPLACED": EXEC_REPLACED, "MAKER": LIQ_MAKER, "TAKER": LIQ_TAKER,
         "CANCELED_BY_CLIENT": "CANCELED_BY_CLIENT", "UNFILLED_IOC": "UNFILLED_IOC",
         "SELF_TRADE_PREVENTED": E.SELF_TRADE_PREVENTED, "ACCESS_ALL": "all",
         "LOT_SUB_QUOTA": LOT_SUB_QUOTA, "LOT_PURCHASE": LOT_PURCHASE,
@@ -111,6 +84,9 @@ def _core_path():
         "SequenceError": SequenceError, "Reject": E.Reject,
         "CommandRejected": CommandRejected, "UNKNOWN_ORDER": E.UNKNOWN_ORDER,
         "NO_LIVE_ORDER": NO_LIVE_ORDER, "CANCEL_TYPE": CancelOrder.TYPE,
+        # the order-state machine (orders.py); tests/test_core_transitions.py holds the
+        # compiled path's status changes to it
+        "ORDER_TRANSITIONS": ORDER_TRANSITIONS,
     })
     return _accel.CorePath
 
@@ -134,7 +110,8 @@ class AddSegment(Command):
 class SegmentRules:
     __slots__ = ("name", "tick", "lot", "max_order_qty", "fee_bps", "access")
 
-    def __init__(self, name, tick, lot, max_order_qty, fee_bps, access):
+    def __init__(self, name: str, tick: int, lot: int, max_order_qty: int, fee_bps: int,
+                 access: str) -> None:
         self.name = name
         self.tick = tick
         self.lot = lot
@@ -142,7 +119,7 @@ class SegmentRules:
         self.fee_bps = fee_bps
         self.access = access
 
-    def to_state(self):
+    def to_state(self) -> list[Any]:
         return [self.tick, self.lot, self.max_order_qty, self.fee_bps, self.access]
 
 
@@ -153,7 +130,8 @@ class Instrument:
     __slots__ = ("symbol", "kind", "vintage", "offset_type", "_ref", "_band_bps", "band_lo",
                  "band_hi", "halted")
 
-    def __init__(self, symbol, kind, vintage, offset_type, reference_price, band_bps):
+    def __init__(self, symbol: str, kind: str, vintage: int, offset_type: str | None,
+                 reference_price: int, band_bps: int) -> None:
         self.symbol = symbol
         self.kind = kind
         self.vintage = vintage
@@ -201,11 +179,11 @@ class Instrument:
     _LEGACY_DAY = ("day_open", "day_high", "day_low", "last", "day_volume", "day_notional",
                    "day_trades")
 
-    def to_state(self):
+    def to_state(self) -> list[Any]:
         return [getattr(self, f) for f in self._STATE]
 
     @classmethod
-    def from_state(cls, symbol, s):
+    def from_state(cls, symbol: str, s: list[Any]) -> Instrument:
         i = cls(symbol, s[0], s[1], s[2], s[3], s[4])
         i.halted = s[5]
         return i
@@ -220,7 +198,7 @@ class Module:
     def __init__(self, ex: "Exchange"):
         self.ex = ex
 
-    def handlers(self) -> dict[type, Callable[[Any], list]]:
+    def handlers(self) -> dict[type, Callable[[Any], list[Any]]]:
         return {}
 
     def to_state(self) -> Any:
@@ -245,7 +223,7 @@ class Exchange:
                  "emit_book_updates", "_rules", "instruments", "books", "halted_books",
                  "accounts", "trade_listeners", "_handlers", "__dict__", "__weakref__")
 
-    def __init__(self, modules: tuple = (), emit_book_updates: bool = True,
+    def __init__(self, modules: tuple[type[Module], ...] = (), emit_book_updates: bool = True,
                  accelerate: bool = True):
         self.last_seq = 0
         self.now = 0
@@ -260,7 +238,7 @@ class Exchange:
         self.calendar: TradingCalendar | None = None
         # the calendar's position: the session open now (or None), the trading date of the
         # last session opened, and the last date whose day has ended
-        self.session: dict = {"open": None, "date": None, "closed_date": None}
+        self.session: dict[str, Any] = {"open": None, "date": None, "closed_date": None}
         self.emit_book_updates = emit_book_updates
         self.segments: dict[str, SegmentRules] = {}
         self._rules: dict[str, SegmentRules] = {}  # book segment name -> its rules (derived)
@@ -269,8 +247,8 @@ class Exchange:
         self.halted_books: set[tuple[str, str]] = set()
         self.accounts: dict[str, Account] = {
             a: Account(a, system=True, can_trade=False) for a in SYSTEM_ACCOUNTS}
-        self.chains: dict[str, dict] = {}
-        self.sub_quotas: dict[int, dict] = {}
+        self.chains: dict[str, dict[str, Any]] = {}
+        self.sub_quotas: dict[int, dict[str, Any]] = {}
         # called with each Trade as it settles (modules that observe trades, e.g. compliance):
         # cheaper than wrapping the order handlers, and costs nothing for orders that only rest
         self.trade_listeners: list[Callable[[Trade], None]] = []
@@ -278,7 +256,7 @@ class Exchange:
         # serials with it), and the instrument kinds whose units only a module may issue
         self.unit_listeners: list[Callable[[Account, Account, str, int, str], None]] = []
         self.serialised_kinds: frozenset[str] = frozenset()
-        self._handlers: dict[type, Callable] = {
+        self._handlers: dict[type, Callable[[Any], list[Any]]] = {
             PlaceOrder: self._place, CancelOrder: self._cancel, AmendOrder: self._amend,
             CancelAll: self._cancel_all, AddSegment: self._add_segment,
             AddInstrument: self._add_instrument, RegisterFirm: self._register_firm,
@@ -295,7 +273,7 @@ class Exchange:
             mod = mod_cls(self)
             self.modules[mod.name] = mod
             self._handlers.update(mod.handlers())
-        self._eod_hooks: list[Callable[[], list]] = []
+        self._eod_hooks: list[Callable[[], list[Any]]] = []
         # The order path in C (exchange/core/_accel.c, ADR 0007): apply, _place, _cancel and
         # _amend done step for step on these same objects, handing everything unusual back to
         # the methods below, which stay the reference. Only where nothing has replaced them.
@@ -307,11 +285,12 @@ class Exchange:
             self._handlers[PlaceOrder] = fast.place
             self._handlers[CancelOrder] = fast.cancel
             self._handlers[AmendOrder] = fast.amend
-            self.apply = fast.apply  # the instance attribute shadows Exchange.apply
+            # the instance attribute shadows Exchange.apply
+            self.apply = fast.apply  # type: ignore[method-assign]
             self.accelerated = True
 
     # ================================================================== entry point
-    def apply(self, cmd) -> list:
+    def apply(self, cmd: Command) -> list[Any]:
         seq = cmd.seq
         if seq <= self.last_seq:
             raise SequenceError(f"command seq {seq} after {self.last_seq}")
@@ -321,14 +300,15 @@ class Exchange:
         if handler is None:
             return self._unknown_command(cmd)
         try:
-            return handler(cmd)
+            events: list[Any] = handler(cmd)
         except E.Reject as r:
             return self._rejected(cmd, r)
+        return events
 
-    def _unknown_command(self, cmd) -> list:
+    def _unknown_command(self, cmd: Command) -> list[Any]:
         return [CommandRejected(getattr(cmd, "TYPE", "?"), E.UNKNOWN_COMMAND, "unknown command")]
 
-    def _rejected(self, cmd, r: E.Reject) -> list:
+    def _rejected(self, cmd: Command, r: E.Reject) -> list[Any]:
         """The events of a command a handler refused (raised ``r`` before changing state)."""
         if isinstance(cmd, PlaceOrder):
             return [self._reject_er(cmd, r.code, r.message)]
@@ -378,7 +358,7 @@ class Exchange:
             exec_type, o.status, o.price, o.qty, 0, 0, o.cum_qty, leaves, reason, 0, 0,
             None, self.now)
 
-    def _book_update(self, book: OrderBook, events: list) -> None:
+    def _book_update(self, book: OrderBook, events: list[Any]) -> None:
         if not self.emit_book_updates:
             book.changes.clear()
             return
@@ -387,7 +367,7 @@ class Exchange:
             book.seq += 1
             events.append(BookUpdate(book.instrument, book.segment, book.seq, ch))
 
-    def check_price(self, instr: Instrument, rules: SegmentRules, price) -> None:
+    def check_price(self, instr: Instrument, rules: SegmentRules, price: object) -> None:
         if type(price) is not int or price <= 0:
             raise E.Reject(E.BAD_PRICE, "price must be a positive number of fen")
         if price % rules.tick:
@@ -397,7 +377,7 @@ class Exchange:
             raise E.Reject(E.OUTSIDE_PRICE_BAND,
                            f"price {price} outside the band [{band[0]}, {band[1]}] fen")
 
-    def check_qty(self, rules: SegmentRules, qty) -> None:
+    def check_qty(self, rules: SegmentRules, qty: object) -> None:
         if type(qty) is not int or qty <= 0:
             raise E.Reject(E.BAD_QUANTITY, "quantity must be a positive whole number of tonnes")
         if qty % rules.lot:
@@ -410,7 +390,8 @@ class Exchange:
         return (self.market_halted or self.instruments[instrument].halted
                 or (instrument, segment) in self.halted_books)
 
-    def check_access(self, acct: Account, segment: str, side: str, rules: SegmentRules):
+    def check_access(self, acct: Account, segment: str, side: str,
+                     rules: SegmentRules) -> None:
         access = rules.access
         if access == "all":
             return
@@ -433,397 +414,252 @@ class Exchange:
         return n + fee_ceil(n, fee_bps)
 
     # ================================================================== orders
-    def _place(self, cmd: PlaceOrder) -> list:
-        # The hot path: checks are inlined (each helper call costs ~0.1 us); the order of the
-        # checks fixes which code a bad order gets and is part of the protocol.
+    # Placing an order is five steps, each a method below:
+    #
+    #   _check_order    every check, in the protocol's order (it fixes which code a bad order
+    #                   gets); raises Reject before anything changes
+    #   _hold           the order gets its id and holds what it may spend: cash for a buy
+    #                   (price x qty + the fee, rounded up), units for a sell
+    #   _execute        if it crosses: match against the book and settle each fill
+    #   _rest_or_cancel what is left rests (GTC, DAY) or is cancelled (IOC, market)
+    #   _book_update    the command's L2 changes as one BookUpdate
+    #
+    # The compiled twin (exchange/core/_accel.c, ADR 0007) runs the same steps on the same
+    # objects and hands anything unusual to these methods.
+    def _place(self, cmd: PlaceOrder) -> list[Any]:
+        acct, instr, book, rules, price, tif = self._check_order(cmd)
+        o = self._hold(cmd, acct, price, tif)
+        events: list[Any] = [self._er(o, EXEC_NEW)]
+        if book.crosses(o.side, o.price):
+            self._execute(o, book, instr, rules, acct, events)
+        unfilled = "UNFILLED_MARKET" if cmd.order_type == MARKET else "UNFILLED_IOC"
+        self._rest_or_cancel(o, book, acct, unfilled, events)
+        self._book_update(book, events)
+        return events
+
+    def _check_order(self, cmd: PlaceOrder) -> tuple[
+            Account, Instrument, OrderBook, SegmentRules, int, str]:
+        """Every check of a new order, in the order that decides its reject code. Returns the
+        objects it found, the order's limit price (a market order's is the band's edge or its
+        protection price) and its effective time in force (a market order is IOC unless FOK)."""
         acct = self.accounts.get(cmd.account)
         if acct is None or acct.system:
             raise E.Reject(E.UNKNOWN_ACCOUNT, f"unknown account {cmd.account!r}")
         if not acct.can_trade:
             raise E.Reject(E.TRADING_NOT_PERMITTED, "account may not trade")
-        symbol = cmd.instrument
-        instr = self.instruments.get(symbol)
-        if instr is None:
-            raise E.Reject(E.UNKNOWN_INSTRUMENT, f"unknown instrument {symbol!r}")
-        segment = cmd.segment
-        key = (symbol, segment)
-        book = self.books.get(key)
+        symbol, segment, side = cmd.instrument, cmd.segment, cmd.side
+        instr = self.instrument(symbol)
+        book = self.books.get((symbol, segment))
         if book is None:
             raise E.Reject(E.UNKNOWN_SEGMENT, f"no {segment!r} book for {symbol}")
-        side = cmd.side
         if side != BUY and side != SELL:
             raise E.Reject(E.BAD_ORDER_TYPE, "side must be buy or sell")
-        tif = cmd.tif
-        otype = cmd.order_type
+        tif, otype = cmd.tif, cmd.order_type
         if tif not in _TIFS or (otype != LIMIT and otype != MARKET):
             raise E.Reject(E.BAD_ORDER_TYPE, "unknown order type or time in force")
-        post_only = cmd.post_only
-        if post_only and (otype == MARKET or tif == IOC or tif == FOK):
+        if cmd.post_only and (otype == MARKET or tif == IOC or tif == FOK):
             raise E.Reject(E.BAD_ORDER_TYPE, "post-only orders must be GTC or DAY limits")
-        if self.market_halted or instr.halted or key in self.halted_books:
+        if self.is_halted(symbol, segment):
             self._halted(f"{symbol}/{segment}")
         rules = self._rules[segment]
-        if rules.access != "all":
-            self.check_access(acct, segment, side, rules)
+        self.check_access(acct, segment, side, rules)
         qty = cmd.qty
-        if type(qty) is not int or qty <= 0 or qty % rules.lot or qty > rules.max_order_qty:
-            self.check_qty(rules, qty)  # raises with the precise code
-        price = cmd.price
-        if otype == MARKET:
-            band = instr.band()
-            if price is None:
-                if band is None:
-                    raise E.Reject(E.BAD_PRICE, "a market order needs a protection price "
-                                                "while the instrument has no reference price")
-                price = band[1] if side == BUY else band[0]
-            else:
-                self.check_price(instr, rules, price)
-            if tif != FOK:
-                tif = IOC
-        elif (type(price) is not int or price <= 0 or price % rules.tick
-              or not instr.band_lo <= price <= instr.band_hi):
-            self.check_price(instr, rules, price)  # raises with the precise code
+        self.check_qty(rules, qty)
+        price = self._limit_price(cmd, instr, rules)
+        if otype == MARKET and tif != FOK:
+            tif = IOC
         coid = cmd.client_order_id
         if coid is not None and coid in acct.coids:
             raise E.Reject(E.DUPLICATE_CLIENT_ORDER_ID,
                            f"client_order_id {coid!r} is already used by a live order")
-        if side == BUY:
-            n = price * qty
-            need = n - ((-n * rules.fee_bps) // 10_000)  # price x qty + ceil(fee)
-            if need > acct.cash - acct.cash_reserved:
-                raise E.Reject(E.INSUFFICIENT_FUNDS,
-                               f"needs {need} fen, {acct.cash - acct.cash_reserved} available")
-        else:
-            h = acct.holdings.get(symbol)
-            if h is None or qty > h.total - h.reserved:
-                have = 0 if h is None else h.total - h.reserved
-                raise E.Reject(E.INSUFFICIENT_HOLDINGS,
-                               f"needs {qty} t of {symbol}, {have} available")
-        if post_only and book.crosses(side, price):
+        self._check_can_afford(acct, symbol, side, price, qty, rules)
+        if cmd.post_only and book.crosses(side, price):
             raise E.Reject(E.POST_ONLY_WOULD_CROSS, "post-only order would trade on arrival")
         if tif == FOK and book.fillable(side, price, acct.firm_id, acct.stp_policy, qty) < qty:
             raise E.Reject(E.FOK_NOT_FILLED, "fill-or-kill order cannot be filled in full")
+        return acct, instr, book, rules, price, tif
 
-        # ---- accepted: from here on nothing may raise
-        # Order, ExecutionReport, Trade and BookUpdate objects on the hot paths are made with
-        # object.__new__ and direct slot stores: same class, same attributes, but without the
-        # class call into a Python __init__ (about 40 % of the object's cost, measured).
-        # _check_fast_construction() below pins the field lists these blocks fill in.
+    def _limit_price(self, cmd: PlaceOrder, instr: Instrument, rules: SegmentRules) -> int:
+        """The price an order trades up to: a limit order's own (checked against tick and
+        band); a market order's protection price, or without one the band's edge."""
+        price = cmd.price
+        if cmd.order_type == MARKET and price is None:
+            band = instr.band()
+            if band is None:
+                raise E.Reject(E.BAD_PRICE, "a market order needs a protection price "
+                                            "while the instrument has no reference price")
+            return band[1] if cmd.side == BUY else band[0]
+        self.check_price(instr, rules, price)
+        assert isinstance(price, int)  # check_price refused anything else
+        return price
+
+    def _check_can_afford(self, acct: Account, symbol: str, side: str, price: int, qty: int,
+                          rules: SegmentRules) -> None:
+        """Risk: a buy needs the cash its reservation takes, a sell the units."""
+        if side == BUY:
+            need = self.buy_reserve(price, qty, rules.fee_bps)
+            if need > acct.cash_available:
+                raise E.Reject(E.INSUFFICIENT_FUNDS,
+                               f"needs {need} fen, {acct.cash_available} available")
+            return
+        h = acct.holdings.get(symbol)
+        have = 0 if h is None else h.available
+        if h is None or qty > have:
+            raise E.Reject(E.INSUFFICIENT_HOLDINGS,
+                           f"needs {qty} t of {symbol}, {have} available")
+
+    def _hold(self, cmd: PlaceOrder, acct: Account, price: int, tif: str) -> Order:
+        """The accepted order: its id, its reservation, its place in the account's live
+        orders. Nothing after this may raise."""
         oid = self.next_order_id
         self.next_order_id = oid + 1
-        firm_id = acct.firm_id
-        o = _new(Order)  # Order(oid, firm_id, coid, symbol, segment, side, price, qty, tif, ...)
-        o.order_id = oid
-        o.account = firm_id
-        o.client_order_id = coid
-        o.instrument = symbol
-        o.segment = segment
-        o.side = side
-        o.price = price
-        o.qty = qty
-        o.leaves = qty
-        o.cum_qty = 0
-        o.tif = tif
-        o.post_only = post_only
-        o.status = ST_NEW
-        o.seq = cmd.seq
-        o.prev = o.next = None
-        if side == BUY:
-            o.reserved = need
-            acct.cash_reserved += need
+        o = Order(oid, acct.firm_id, cmd.client_order_id, cmd.instrument, cmd.segment,
+                  cmd.side, price, cmd.qty, tif, cmd.post_only, cmd.seq)
+        if o.side == BUY:
+            o.reserved = self.buy_reserve(price, o.qty, self._rules[o.segment].fee_bps)
+            acct.cash_reserved += o.reserved
         else:
-            o.reserved = qty
-            h.reserved += qty
+            o.reserved = o.qty
+            acct.holdings[o.instrument].reserved += o.qty
         acct.orders[oid] = o
-        if coid is not None:
-            acct.coids[coid] = oid
-        er = _new(ExecutionReport)
-        er.account = firm_id
-        er.order_id = oid
-        er.client_order_id = coid
-        er.instrument = symbol
-        er.segment = segment
-        er.side = side
-        er.exec_type = EXEC_NEW
-        er.order_status = ST_NEW
-        er.price = price
-        er.qty = qty
-        er.last_qty = 0
-        er.last_px = 0
-        er.cum_qty = 0
-        er.leaves_qty = qty
-        er.reason = None
-        er.trade_id = 0
-        er.fee = 0
-        er.liquidity = None
-        er.ts = cmd.ts
-        if side == BUY:  # book.crosses(side, price), inlined
-            opp = book.asks
-            crosses = opp and opp._list._lists[0][0] <= price
+        if o.client_order_id is not None:
+            acct.coids[o.client_order_id] = oid
+        return o
+
+    def _rest_or_cancel(self, o: Order, book: OrderBook, acct: Account, unfilled: str,
+                        events: list[Any]) -> None:
+        """After matching: what is left of a GTC or DAY order rests; the rest of an IOC (or
+        market) order is cancelled with reason ``unfilled``. An order that self-trade
+        prevention cancelled is done."""
+        if not o.leaves or o.status == ST_CANCELED:
+            return
+        if o.tif == GTC or o.tif == DAY:
+            book.add(o)
         else:
-            opp = book.bids
-            crosses = opp and -opp._list._lists[0][0] >= price
-        if not crosses and (tif == GTC or tif == DAY):
-            # The usual case: nothing trades and the whole order rests. book.add(o), inlined.
-            if side == BUY:
-                side_map = book.bids
-                k = -price
-            else:
-                side_map = book.asks
-                k = price
-            level = side_map.get(k)
-            if level is None:
-                level = new_level()
-                sl = side_map._list  # book.open_level(side_map, k, level), inlined
-                keys = sl._lists
-                if len(keys) == 1 and not sl._index and len(keys[0]) < sl._load << 1:
-                    first = keys[0]
-                    insort(first, k)
-                    sl._maxes[0] = first[-1]
-                    sl._len += 1
-                    _dict_setitem(side_map, k, level)
-                else:
-                    side_map[k] = level
-            append(level, o)
-            lq = level.qty + qty
-            level.qty = lq
-            book.orders[oid] = o
-            changes = book.changes
-            if self.emit_book_updates:
-                bseq = book.seq + 1
-                book.seq = bseq
-                bu = _new(BookUpdate)  # BookUpdate(symbol, segment, bseq, book.drain_changes())
-                bu.instrument = symbol
-                bu.segment = segment
-                bu.book_seq = bseq
-                if changes:  # changes left by an earlier mutation go first, as drain_changes()
-                    changes.append((side, price, lq))
-                    bu.changes = tuple(changes)
-                    changes.clear()
-                else:
-                    bu.changes = ((side, price, lq),)
-                return [er, bu]
-            changes.clear()
-            return [er]
-        events = [er]
-        if crosses:
-            self._execute(o, book, instr, rules, acct, events)
-        if o.leaves and o.status != ST_CANCELED:  # not cancelled by self-trade prevention
-            if tif == GTC or tif == DAY:
-                book.add(o)
-            else:
-                o.status = ST_CANCELED
-                self._release(o, acct)
-                self._forget(o, acct)
-                events.append(self._er(o, EXEC_CANCELED,
-                                       "UNFILLED_MARKET" if otype == MARKET else "UNFILLED_IOC"))
-        changes = book.changes
-        if changes:
-            if self.emit_book_updates:
-                bseq = book.seq + 1
-                book.seq = bseq
-                bu = _new(BookUpdate)  # BookUpdate(symbol, segment, bseq, book.drain_changes())
-                bu.instrument = symbol
-                bu.segment = segment
-                bu.book_seq = bseq
-                bu.changes = tuple(changes)
-                events.append(bu)
-            changes.clear()
-        return events
+            self._close(o, acct, OrderStatus.CANCELED, unfilled, events)
 
     def _execute(self, o: Order, book: OrderBook, instr: Instrument, rules: SegmentRules,
-                 acct: Account, events: list) -> None:
-        """Match ``o`` as the aggressor and settle every fill, atomically per fill: units
-        seller->buyer, cash buyer->seller, fees to the exchange, sub-quota proceeds to parents,
-        reservations released; then the two execution reports and the trade."""
-        fills: list = []
-        stp_cancels: list = []
+                 acct: Account, events: list[Any]) -> None:
+        """Match ``o`` as the aggressor, then settle: the resting orders self-trade prevention
+        cancelled, each fill in turn (:meth:`_settle_fill`), the board's day statistics, and
+        ``o``'s own rest when self-trade prevention stopped it."""
+        fills: list[tuple[Order, int, int]] = []
+        stp_cancels: list[Order] = []
         killed = book.match(o, o.price, acct.stp_policy, fills, stp_cancels)
-        accounts = self.accounts
         for maker in stp_cancels:
-            maker.status = ST_CANCELED
-            self._release(maker, accounts[maker.account])
-            self._forget(maker, accounts[maker.account])
-            events.append(self._er(maker, EXEC_CANCELED, E.SELF_TRADE_PREVENTED))
-        if fills:
-            # per-command constants of the settlement loop (formerly _settle, one call per fill)
-            fee_bps = rules.fee_bps
-            symbol = instr.symbol
-            segment = o.segment
-            taker_side = o.side
-            taker_buys = taker_side == BUY
-            if taker_buys:
-                bo, bacct = o, acct
-            else:
-                so, sacct = o, acct
-            # the board's day statistics, kept in locals over the fills and stored back after
-            # the loop
-            day_trades = book.day_trades
-            day_high = book.day_high
-            day_low = book.day_low
-            day_volume = 0
-            day_notional = 0
-            now = self.now
-            listeners = self.trade_listeners
-            append = events.append
-            for maker, q, px in fills:
-                o.leaves -= q
-                o.cum_qty += q
-                macct = accounts[maker.account]
-                if taker_buys:
-                    so = maker
-                    sacct = macct
-                else:
-                    bo = maker
-                    bacct = macct
-                notional = px * q
-                bfee = sfee = notional * fee_bps // 10_000  # same rate both sides: see fee_floor
-                # buyer: pay notional + fee out of the order's reservation
-                bl = bo.leaves
-                if bl:
-                    n = bo.price * bl
-                    new_res = n - ((-n * fee_bps) // 10_000)  # buy_reserve, inlined
-                else:
-                    new_res = 0
-                bacct.cash_reserved -= bo.reserved - new_res
-                bo.reserved = new_res
-                bacct.cash -= notional  # post_cash(bacct, sacct, notional), inlined
-                sacct.cash += notional
-                if bfee:
-                    exch = accounts[EXCHANGE_ACCOUNT]
-                    bacct.cash -= bfee
-                    exch.cash += bfee
-                    sacct.cash -= sfee
-                    exch.cash += sfee
-                # seller: units out of the reservation, FIFO over lots
-                sh = sacct.holdings[symbol]
-                sh.reserved -= q
-                so.reserved -= q
-                lots = sh.lots
-                for lot_key in lots:  # the oldest lot
-                    break
-                else:
-                    lot_key = ""
-                have = lots.get(lot_key, 0)
-                if have > q and not lot_key.startswith(LOT_SUB_QUOTA):
-                    # take_units' fast path, inlined: the oldest lot covers the fill
-                    sh.total -= q
-                    lots[lot_key] = have - q
-                    split = ()
-                else:
-                    taken = take_units(sacct, symbol, q)
-                    split = ()
-                    if len(taken) > 1 or taken[0][0].startswith(LOT_SUB_QUOTA):
-                        split = self._split_proceeds(sacct, taken, q, notional - sfee)
-                # put_units(bacct, symbol, q, LOT_PURCHASE), inlined
-                bh = bacct.holdings.get(symbol)
-                if bh is None:
-                    bh = bacct.holdings[symbol] = Holding()
-                bh.total += q
-                blots = bh.lots
-                blots[LOT_PURCHASE] = blots.get(LOT_PURCHASE, 0) + q
-                # order states and reports
-                tid = self.next_trade_id
-                self.next_trade_id = tid + 1
-                if maker.leaves:
-                    maker.status = ST_PARTIAL
-                else:
-                    maker.status = ST_FILLED
-                    del macct.orders[maker.order_id]
-                    if maker.client_order_id is not None:
-                        del macct.coids[maker.client_order_id]
-                if o.leaves:
-                    o.status = ST_PARTIAL
-                else:
-                    o.status = ST_FILLED
-                    del acct.orders[o.order_id]
-                    if o.client_order_id is not None:
-                        del acct.coids[o.client_order_id]
-                er = _new(ExecutionReport)  # the maker's report
-                er.account = maker.account
-                er.order_id = maker.order_id
-                er.client_order_id = maker.client_order_id
-                er.instrument = maker.instrument
-                er.segment = maker.segment
-                er.side = maker.side
-                er.exec_type = EXEC_TRADE
-                er.order_status = maker.status
-                er.price = maker.price
-                er.qty = maker.qty
-                er.last_qty = q
-                er.last_px = px
-                er.cum_qty = maker.cum_qty
-                er.leaves_qty = maker.leaves
-                er.reason = None
-                er.trade_id = tid
-                er.fee = bfee
-                er.liquidity = "maker"
-                er.ts = now
-                append(er)
-                er = _new(ExecutionReport)  # the taker's report
-                er.account = o.account
-                er.order_id = o.order_id
-                er.client_order_id = o.client_order_id
-                er.instrument = o.instrument
-                er.segment = segment
-                er.side = taker_side
-                er.exec_type = EXEC_TRADE
-                er.order_status = o.status
-                er.price = o.price
-                er.qty = o.qty
-                er.last_qty = q
-                er.last_px = px
-                er.cum_qty = o.cum_qty
-                er.leaves_qty = o.leaves
-                er.reason = None
-                er.trade_id = tid
-                er.fee = bfee
-                er.liquidity = "taker"
-                er.ts = now
-                append(er)
-                t = _new(Trade)
-                t.trade_id = tid
-                t.instrument = symbol
-                t.segment = segment
-                t.price = px
-                t.qty = q
-                t.buyer = bacct.firm_id
-                t.seller = sacct.firm_id
-                t.buy_order_id = bo.order_id
-                t.sell_order_id = so.order_id
-                t.aggressor = taker_side
-                t.buyer_fee = bfee
-                t.seller_fee = sfee
-                t.proceeds_split = split
-                t.ts = now
-                append(t)
-                for listener in listeners:
-                    listener(t)
-                # day statistics
-                if not day_trades:
-                    book.day_open = day_high = day_low = px
-                elif px > day_high:
-                    day_high = px
-                elif px < day_low:
-                    day_low = px
-                day_trades += 1
-                day_volume += q
-                day_notional += notional
-            book.day_high = day_high
-            book.day_low = day_low
-            book.last = px
-            book.day_trades = day_trades
-            book.day_volume += day_volume
-            book.day_notional += day_notional
+            self._close(maker, self.accounts[maker.account], OrderStatus.CANCELED,
+                        E.SELF_TRADE_PREVENTED, events)
+        for maker, q, px in fills:
+            self._settle_fill(o, acct, maker, q, px, instr.symbol, rules.fee_bps, events)
+        # after every fill settled: a listener that raised leaves the statistics untouched
+        self._record_day_stats(book, fills)
         if killed and o.leaves:
-            o.status = ST_CANCELED
-            self._release(o, acct)
-            self._forget(o, acct)
-            events.append(self._er(o, EXEC_CANCELED, E.SELF_TRADE_PREVENTED))
+            self._close(o, acct, OrderStatus.CANCELED, E.SELF_TRADE_PREVENTED, events)
 
-    def _split_proceeds(self, seller: Account, taken: list, q: int, net: int) -> tuple:
+    def _settle_fill(self, taker: Order, tacct: Account, maker: Order, q: int, px: int,
+                     symbol: str, fee_bps: int, events: list[Any]) -> None:
+        """One fill of ``q`` t at ``px``, atomically: cash buyer -> seller and the fees to the
+        exchange (:meth:`_pay`), units seller -> buyer (:meth:`_deliver`), both orders' new
+        status, the two execution reports and the trade, then the trade listeners. The
+        matcher has already taken ``q`` off the maker's leaves."""
+        taker.leaves -= q
+        taker.cum_qty += q
+        macct = self.accounts[maker.account]
+        if taker.side == BUY:
+            buyer, bacct, seller, sacct = taker, tacct, maker, macct
+        else:
+            buyer, bacct, seller, sacct = maker, macct, taker, tacct
+        notional = px * q
+        fee = fee_floor(notional, fee_bps)  # the same rate, so the same fee, on both sides
+        self._pay(buyer, bacct, sacct, notional, fee, fee_bps)
+        split = self._deliver(seller, sacct, bacct, symbol, q, notional - fee)
+        tid = self.next_trade_id
+        self.next_trade_id = tid + 1
+        self._filled(maker, macct)
+        self._filled(taker, tacct)
+        events.append(self._fill_er(maker, q, px, tid, fee, LIQ_MAKER))
+        events.append(self._fill_er(taker, q, px, tid, fee, LIQ_TAKER))
+        trade = Trade(tid, symbol, taker.segment, px, q, bacct.firm_id, sacct.firm_id,
+                      buyer.order_id, seller.order_id, taker.side, fee, fee, split, self.now)
+        events.append(trade)
+        for listener in self.trade_listeners:
+            listener(trade)
+
+    def _pay(self, buyer: Order, bacct: Account, sacct: Account, notional: int, fee: int,
+             fee_bps: int) -> None:
+        """The buyer pays ``notional`` to the seller and ``fee`` to the exchange; the seller
+        pays its ``fee`` too. The buy order's reservation shrinks to what its leaves need:
+        the difference always covers what the fill cost (price improvement and fee rounding
+        only ever free cash)."""
+        new_res = self.buy_reserve(buyer.price, buyer.leaves, fee_bps)
+        bacct.cash_reserved -= buyer.reserved - new_res
+        buyer.reserved = new_res
+        post_cash(bacct, sacct, notional)
+        if fee:
+            exchange = self.accounts[EXCHANGE_ACCOUNT]
+            post_cash(bacct, exchange, fee)
+            post_cash(sacct, exchange, fee)
+
+    def _deliver(self, seller: Order, sacct: Account, bacct: Account, symbol: str, q: int,
+                 net: int) -> tuple[tuple[str, int], ...]:
+        """``q`` units from the seller's reservation, oldest lot first, to the buyer as a
+        purchase lot. Returns the sub-quota proceeds split of the seller's ``net``, or ()."""
+        sacct.holdings[symbol].reserved -= q
+        seller.reserved -= q
+        taken = take_units(sacct, symbol, q)
+        put_units(bacct, symbol, q, LOT_PURCHASE)
+        if len(taken) > 1 or taken[0][0].startswith(LOT_SUB_QUOTA):
+            return self._split_proceeds(sacct, taken, q, net)
+        return ()
+
+    def _filled(self, o: Order, acct: Account) -> None:
+        """The status after a fill; a filled order leaves its account's live orders."""
+        if o.leaves:
+            transition(o, OrderStatus.PARTIALLY_FILLED)
+        else:
+            transition(o, OrderStatus.FILLED)
+            self._forget(o, acct)
+
+    def _fill_er(self, o: Order, q: int, px: int, trade_id: int, fee: int,
+                 liquidity: str) -> ExecutionReport:
+        return ExecutionReport(
+            o.account, o.order_id, o.client_order_id, o.instrument, o.segment, o.side,
+            EXEC_TRADE, o.status, o.price, o.qty, q, px, o.cum_qty, o.leaves, None, trade_id,
+            fee, liquidity, self.now)
+
+    @staticmethod
+    def _record_day_stats(book: OrderBook, fills: list[tuple[Order, int, int]]) -> None:
+        """The board's day statistics (open, high, low, last, volume, notional, trades)."""
+        for _maker, q, px in fills:
+            if not book.day_trades:
+                book.day_open = book.day_high = book.day_low = px
+            elif px > book.day_high:
+                book.day_high = px
+            elif px < book.day_low:
+                book.day_low = px
+            book.day_trades += 1
+            book.day_volume += q
+            book.day_notional += px * q
+            book.last = px
+
+    def _close(self, o: Order, acct: Account, status: OrderStatus, reason: str,
+               events: list[Any], named: int | None = None) -> None:
+        """``o`` stops working (canceled or expired; the caller took it out of its book): its
+        reservation goes back, it leaves the account's live orders, and its report says why
+        (naming the order ``named``, when given, instead of ``o.order_id``)."""
+        transition(o, status)
+        self._release(o, acct)
+        self._forget(o, acct)
+        exec_type = EXEC_EXPIRED if status == OrderStatus.EXPIRED else EXEC_CANCELED
+        er = self._er(o, exec_type, reason)
+        if named is not None:
+            er.order_id = named
+        events.append(er)
+
+    def _split_proceeds(self, seller: Account, taken: list[tuple[str, int]], q: int,
+                        net: int) -> tuple[tuple[str, int], ...]:
         """Pay each sub-quota lot's parent its share of the seller's net proceeds."""
-        out = []
+        out: list[tuple[str, int]] = []
         for key, lq in taken:
             if not key.startswith(LOT_SUB_QUOTA):
                 continue
@@ -855,7 +691,8 @@ class Exchange:
         if o.client_order_id is not None:
             acct.coids.pop(o.client_order_id, None)
 
-    def _find_order(self, acct: Account, order_id, client_order_id) -> Order:
+    def _find_order(self, acct: Account, order_id: int | None,
+                    client_order_id: str | None) -> Order:
         if order_id is None and client_order_id is not None:
             order_id = acct.coids.get(client_order_id)
         o = acct.orders.get(order_id) if order_id is not None else None
@@ -863,101 +700,69 @@ class Exchange:
             raise E.Reject(E.UNKNOWN_ORDER, NO_LIVE_ORDER)
         return o
 
-    def _cancel(self, cmd: CancelOrder) -> list:
-        # hot path: firm(), _find_order(), _release(), _forget() and _er() inlined
-        acct = self.accounts.get(cmd.account)
-        if acct is None or acct.system:
-            acct = self.firm(cmd.account)  # raises with the precise code
-        oid = cmd.order_id
-        if oid is None and cmd.client_order_id is not None:
-            oid = acct.coids.get(cmd.client_order_id)
-        o = acct.orders.pop(oid, None)
-        if o is None:
-            raise E.Reject(E.UNKNOWN_ORDER, NO_LIVE_ORDER)
-        if o.client_order_id is not None:
-            del acct.coids[o.client_order_id]
-        book = self.books[(o.instrument, o.segment)]
-        # book.remove(oid), inlined
-        del book.orders[oid]
-        side = o.side
-        price = o.price
-        if side == BUY:
-            side_map = book.bids
-            k = -price
-        else:
-            side_map = book.asks
-            k = price
-        level = side_map[k]
-        unlink(level, o)
-        lq = level.qty - o.leaves
-        level.qty = lq
-        if level.head is None:
-            del side_map[k]
-        o.status = ST_CANCELED
-        if side == BUY:
-            acct.cash_reserved -= o.reserved
-        else:
-            acct.holdings[o.instrument].reserved -= o.reserved
-        o.reserved = 0
-        er = _new(ExecutionReport)
-        er.account = o.account
-        er.order_id = oid
-        er.client_order_id = o.client_order_id
-        er.instrument = o.instrument
-        er.segment = o.segment
-        er.side = side
-        er.exec_type = EXEC_CANCELED
-        er.order_status = ST_CANCELED
-        er.price = price
-        er.qty = o.qty
-        er.last_qty = 0
-        er.last_px = 0
-        er.cum_qty = o.cum_qty
-        er.leaves_qty = 0
-        er.reason = "CANCELED_BY_CLIENT"
-        er.trade_id = 0
-        er.fee = 0
-        er.liquidity = None
-        er.ts = cmd.ts
-        changes = book.changes
-        if self.emit_book_updates:
-            bseq = book.seq + 1
-            book.seq = bseq
-            bu = _new(BookUpdate)
-            bu.instrument = book.instrument
-            bu.segment = book.segment
-            bu.book_seq = bseq
-            if changes:  # changes left by an earlier mutation go first, as drain_changes() would
-                changes.append((side, price, lq))
-                bu.changes = tuple(changes)
-                changes.clear()
-            else:
-                bu.changes = ((side, price, lq),)
-            return [er, bu]
-        changes.clear()
-        return [er]
-
-    def _cancel_all(self, cmd: CancelAll) -> list:
+    def _cancel(self, cmd: CancelOrder) -> list[Any]:
         acct = self.firm(cmd.account)
-        events: list = []
+        o = self._find_order(acct, cmd.order_id, cmd.client_order_id)
+        book = self.books[(o.instrument, o.segment)]
+        book.remove(o.order_id)
+        events: list[Any] = []
+        # the report names the order as the command did: an equal int (True is order 1)
+        # is echoed as given, by both implementations
+        named = cmd.order_id if cmd.order_id is not None else o.order_id
+        self._close(o, acct, OrderStatus.CANCELED, "CANCELED_BY_CLIENT", events, named)
+        self._book_update(book, events)
+        return events
+
+    def _cancel_all(self, cmd: CancelAll) -> list[Any]:
+        acct = self.firm(cmd.account)
+        events: list[Any] = []
         books = set()
         for o in sorted(acct.orders.values(), key=lambda o: o.order_id):
             if cmd.instrument is not None and o.instrument != cmd.instrument:
                 continue
             if cmd.segment is not None and o.segment != cmd.segment:
                 continue
-            book = self.books[(o.instrument, o.segment)]
-            book.remove(o.order_id)
+            self.books[(o.instrument, o.segment)].remove(o.order_id)
             books.add((o.instrument, o.segment))
-            o.status = ST_CANCELED
-            self._release(o, acct)
-            self._forget(o, acct)
-            events.append(self._er(o, EXEC_CANCELED, "CANCELED_BY_CLIENT"))
+            self._close(o, acct, OrderStatus.CANCELED, "CANCELED_BY_CLIENT", events)
         for key in sorted(books):
             self._book_update(self.books[key], events)
         return events
 
-    def _amend(self, cmd: AmendOrder) -> list:
+    # Amending is the same shape: _check_amend (every check, in order), then either a
+    # reduction in place that keeps time priority, or the order leaves the book and comes
+    # back through _execute and _rest_or_cancel like a new one (keeping its id).
+    def _amend(self, cmd: AmendOrder) -> list[Any]:
+        acct, o, book, instr, rules, new_qty, new_price, new_res = self._check_amend(cmd)
+        extra = new_res - o.reserved
+        if o.side == BUY:
+            acct.cash_reserved += extra
+        else:
+            acct.holdings[o.instrument].reserved += extra
+        o.reserved = new_res
+        new_leaves = new_qty - o.cum_qty
+        events: list[Any] = []
+        if new_price == o.price and new_qty < o.qty:
+            book.reduce(o, new_leaves)  # keeps time priority
+            o.qty = new_qty
+            events.append(self._er(o, EXEC_REPLACED))
+        else:
+            book.remove(o.order_id)  # loses time priority
+            o.qty = new_qty
+            o.price = new_price
+            o.leaves = new_leaves
+            o.seq = cmd.seq
+            events.append(self._er(o, EXEC_REPLACED))
+            self._execute(o, book, instr, rules, acct, events)
+            if o.leaves and o.status != ST_CANCELED:
+                book.add(o)
+        self._book_update(book, events)
+        return events
+
+    def _check_amend(self, cmd: AmendOrder) -> tuple[
+            Account, Order, OrderBook, Instrument, SegmentRules, int, int, int]:
+        """Every check of an amend, in the order that decides its reject code. Returns what
+        it found, the new quantity and price and the reservation the new leaves need."""
         acct = self.firm(cmd.account)
         o = self._find_order(acct, cmd.order_id, cmd.client_order_id)
         if not acct.can_trade:
@@ -991,32 +796,10 @@ class Exchange:
                 raise E.Reject(E.INSUFFICIENT_HOLDINGS, f"amend needs {extra} t more")
         if o.post_only and new_price != o.price and book.crosses(o.side, new_price):
             raise E.Reject(E.POST_ONLY_WOULD_CROSS, "post-only order would trade")
-        # ---- accepted
-        if o.side == BUY:
-            acct.cash_reserved += extra
-        else:
-            acct.holdings[o.instrument].reserved += extra
-        o.reserved = new_res
-        events: list = []
-        if new_price == o.price and new_qty < o.qty:
-            book.reduce(o, new_leaves)  # keeps time priority
-            o.qty = new_qty
-            events.append(self._er(o, EXEC_REPLACED))
-        else:
-            book.remove(o.order_id)  # loses time priority
-            o.qty = new_qty
-            o.price = new_price
-            o.leaves = new_leaves
-            o.seq = cmd.seq
-            events.append(self._er(o, EXEC_REPLACED))
-            self._execute(o, book, instr, rules, acct, events)
-            if o.leaves and o.status != ST_CANCELED:
-                book.add(o)
-        self._book_update(book, events)
-        return events
+        return acct, o, book, instr, rules, new_qty, new_price, new_res
 
     # ================================================================== operator
-    def _add_segment(self, c: AddSegment) -> list:
+    def _add_segment(self, c: AddSegment) -> list[Any]:
         if c.access not in SEGMENT_ACCESS:
             raise E.Reject(E.BAD_PARAMETER, f"access must be one of {SEGMENT_ACCESS}")
         for v in (c.tick, c.lot, c.max_order_qty):
@@ -1039,7 +822,7 @@ class Exchange:
         if (symbol, segment) not in self.books:
             self.books[(symbol, segment)] = OrderBook(symbol, segment)
 
-    def _add_instrument(self, c: AddInstrument) -> list:
+    def _add_instrument(self, c: AddInstrument) -> list[Any]:
         if c.symbol in self.instruments:
             raise E.Reject(E.DUPLICATE_INSTRUMENT, f"instrument {c.symbol!r} exists")
         if c.kind not in ("allowance", "offset"):
@@ -1060,7 +843,7 @@ class Exchange:
                 self._open_book(c.symbol, f"chain:{chain_id}")
         return [InstrumentAdded(c.symbol, c.kind)]
 
-    def _register_firm(self, c: RegisterFirm) -> list:
+    def _register_firm(self, c: RegisterFirm) -> list[Any]:
         if not c.firm_id or c.firm_id in self.accounts or c.firm_id.startswith("@"):
             raise E.Reject(E.DUPLICATE_ACCOUNT, f"account {c.firm_id!r} exists or is reserved")
         if c.size_class not in ("large", "sme"):
@@ -1071,12 +854,12 @@ class Exchange:
                                            c.size_class, c.stp_policy, c.can_trade)
         return [FirmRegistered(c.firm_id, c.size_class)]
 
-    def _set_firm_trading(self, c: SetFirmTrading) -> list:
+    def _set_firm_trading(self, c: SetFirmTrading) -> list[Any]:
         acct = self.firm(c.firm_id)
         acct.can_trade = bool(c.can_trade)
         return [AccountUpdated(c.firm_id, acct.can_trade)]
 
-    def _register_chain(self, c: RegisterSupplyChain) -> list:
+    def _register_chain(self, c: RegisterSupplyChain) -> list[Any]:
         if not c.chain_id or c.chain_id in self.chains or ":" in c.chain_id:
             raise E.Reject(E.DUPLICATE_CHAIN, f"supply chain {c.chain_id!r} exists or is invalid")
         members = {}
@@ -1109,11 +892,11 @@ class Exchange:
         return [SupplyChainRegistered(c.chain_id, tuple(sorted(members.items())))]
 
     @staticmethod
-    def _positive(amount) -> None:
+    def _positive(amount: object) -> None:
         if type(amount) is not int or amount <= 0:
             raise E.Reject(E.BAD_AMOUNT, "amount must be a positive integer")
 
-    def _deposit(self, c: DepositCash) -> list:
+    def _deposit(self, c: DepositCash) -> list[Any]:
         acct = self.firm(c.account)
         self._positive(c.amount)
         # @bank holds minus everything on deposit; cash only moves between accounts after that,
@@ -1125,7 +908,7 @@ class Exchange:
         post_cash(self.accounts[BANK], acct, c.amount)
         return [Posting(CASH, BANK, acct.firm_id, c.amount, "deposit")]
 
-    def _withdraw(self, c: WithdrawCash) -> list:
+    def _withdraw(self, c: WithdrawCash) -> list[Any]:
         acct = self.firm(c.account)
         self._positive(c.amount)
         if c.amount > acct.cash_available:
@@ -1135,7 +918,7 @@ class Exchange:
         return [Posting(CASH, acct.firm_id, BANK, c.amount, "withdrawal")]
 
     def move_units(self, src: Account, dst: Account, instrument: str, qty: int,
-                   lot_key: str, reason: str, prefer: str | None = None) -> list:
+                   lot_key: str, reason: str, prefer: str | None = None) -> list[Any]:
         """The one way units move between accounts (checked by the caller). Returns the lots
         taken from ``src`` and appends nothing: callers emit the Posting."""
         taken = take_units(src, instrument, qty, prefer)
@@ -1144,7 +927,7 @@ class Exchange:
             f(src, dst, instrument, qty, reason)
         return taken
 
-    def _issue_command(self, c: IssueUnits) -> list:
+    def _issue_command(self, c: IssueUnits) -> list[Any]:
         """IssueUnits: at most MAX_QTY t of an instrument outstanding. @issuer holds minus what
         was issued (less clawbacks) and units only move between accounts after that, so this
         bounds every holding and reservation of the instrument."""
@@ -1160,7 +943,7 @@ class Exchange:
                                              f"{c.instrument} outstanding, {max(room, 0)} left")
         return self._issue(c)
 
-    def _issue(self, c: IssueUnits) -> list:
+    def _issue(self, c: IssueUnits) -> list[Any]:
         acct = self.firm(c.account)
         self.instrument(c.instrument)
         self._positive(c.qty)
@@ -1168,7 +951,7 @@ class Exchange:
                         f"{c.source}:{c.ref}", "issue")
         return [Posting(c.instrument, ISSUER, acct.firm_id, c.qty, f"issue:{c.source}:{c.ref}")]
 
-    def _transfer(self, c: TransferUnits) -> list:
+    def _transfer(self, c: TransferUnits) -> list[Any]:
         src = self.firm(c.from_account)
         dst = self.firm(c.to_account)
         self.instrument(c.instrument)
@@ -1210,7 +993,7 @@ class Exchange:
                            f"split of {c.qty} t exceeds the parent's free holding")
         return parent, sme
 
-    def _create_sub_quota(self, c: CreateSubQuota) -> list:
+    def _create_sub_quota(self, c: CreateSubQuota) -> list[Any]:
         parent, sme = self.check_sub_quota(c)
         lot_id = self.next_lot_id
         self.next_lot_id = lot_id + 1
@@ -1226,7 +1009,7 @@ class Exchange:
                 SubQuotaCreated(lot_id, parent.firm_id, sme.firm_id, c.instrument, c.qty,
                                 c.revenue_share_ppm, c.surplus_rule, c.shortfall_rule)]
 
-    def _set_band(self, c: SetPriceBand) -> list:
+    def _set_band(self, c: SetPriceBand) -> list[Any]:
         instr = self.instrument(c.instrument)
         if c.band_bps is not None and (type(c.band_bps) is not int
                                        or not 0 <= c.band_bps <= 10_000):
@@ -1244,7 +1027,7 @@ class Exchange:
         self._cancel_outside_band(instr, events)
         return events
 
-    def _cancel_outside_band(self, instr: Instrument, events: list) -> None:
+    def _cancel_outside_band(self, instr: Instrument, events: list[Any]) -> None:
         """After the band moved, cancel resting orders now outside it (reason
         OUTSIDE_PRICE_BAND), so nothing can ever trade outside the band."""
         lo, hi = instr.band_lo, instr.band_hi
@@ -1253,14 +1036,11 @@ class Exchange:
             out = [o for o in book.iter_orders() if not lo <= o.price <= hi]
             for o in sorted(out, key=lambda o: o.order_id):
                 book.remove(o.order_id)
-                acct = self.accounts[o.account]
-                o.status = ST_CANCELED
-                self._release(o, acct)
-                self._forget(o, acct)
-                events.append(self._er(o, EXEC_CANCELED, E.OUTSIDE_PRICE_BAND))
+                self._close(o, self.accounts[o.account], OrderStatus.CANCELED,
+                            E.OUTSIDE_PRICE_BAND, events)
             self._book_update(book, events)
 
-    def _scope(self, instrument, segment) -> str:
+    def _scope(self, instrument: str | None, segment: str | None) -> str:
         if instrument is None:
             return "*"
         self.instrument(instrument)
@@ -1270,7 +1050,8 @@ class Exchange:
             raise E.Reject(E.UNKNOWN_SEGMENT, f"no {segment!r} book for {instrument}")
         return f"{instrument}:{segment}"
 
-    def _set_halt(self, instrument, segment, halted: bool) -> list:
+    def _set_halt(self, instrument: str | None, segment: str | None,
+                  halted: bool) -> list[Any]:
         scope = self._scope(instrument, segment)
         if instrument is None:
             self.operator_halted = halted
@@ -1283,14 +1064,14 @@ class Exchange:
             self.halted_books.discard((instrument, segment))
         return [MarketState(scope, halted)]
 
-    def _halt(self, c: Halt) -> list:
+    def _halt(self, c: Halt) -> list[Any]:
         return self._set_halt(c.instrument, c.segment, True)
 
-    def _resume(self, c: Resume) -> list:
+    def _resume(self, c: Resume) -> list[Any]:
         return self._set_halt(c.instrument, c.segment, False)
 
     # ================================================================== trading sessions
-    def _halted(self, what: str):
+    def _halted(self, what: str) -> NoReturn:
         """Raise the reject of an order on a halted book: closed between sessions, or halted."""
         instrument, _, segment = what.partition("/")
         if (self.market_halted and not self.operator_halted
@@ -1302,13 +1083,13 @@ class Exchange:
     def _calendar_closed(self) -> bool:
         return self.calendar is not None and self.session["open"] is None
 
-    def _sync_market_halt(self, events: list) -> None:
+    def _sync_market_halt(self, events: list[Any]) -> None:
         halted = self.operator_halted or self._calendar_closed()
         if halted != self.market_halted:
             self.market_halted = halted
             events.append(MarketState("*", halted))
 
-    def _set_calendar(self, c: SetTradingCalendar) -> list:
+    def _set_calendar(self, c: SetTradingCalendar) -> list[Any]:
         if not c.sessions:
             cal = None
         else:
@@ -1317,7 +1098,7 @@ class Exchange:
             except (ValueError, TypeError) as exc:
                 raise E.Reject(E.BAD_PARAMETER, f"trading calendar: {exc}") from None
         self.calendar = cal
-        events: list = [TradingCalendarSet(None if cal is None else cal.to_state())]
+        events: list[Any] = [TradingCalendarSet(None if cal is None else cal.to_state())]
         if cal is None:
             self.session["open"] = None
         # the new calendar applies from now: open or close what it says
@@ -1325,7 +1106,7 @@ class Exchange:
         self._sync_market_halt(events)
         return events
 
-    def _clock(self, c) -> list:
+    def _clock(self, c: Command) -> list[Any]:
         """Open and close sessions as the calendar says at the envelope's time. A session
         whose close passed is closed (the day's last ends the day, also when the clock missed
         the close entirely: a server down over it); a session is opened only on a date whose
@@ -1333,7 +1114,7 @@ class Exchange:
         cal = self.calendar
         if cal is None:
             return []
-        events: list = []
+        events: list[Any] = []
         sess = self.session
         date, idx, after_close = cal.locate(self.now)
         if sess["open"] is not None and (sess["date"] != date or sess["open"] != idx):
@@ -1353,14 +1134,14 @@ class Exchange:
         self._sync_market_halt(events)
         return events
 
-    def _end_of_day_command(self, c: EndOfDay) -> list:
+    def _end_of_day_command(self, c: EndOfDay) -> list[Any]:
         """An operator's end of day. With a calendar it closes the session open now (early),
         and the market stays closed for the rest of the local date: it reopens at the next
         trading date's first session."""
         cal = self.calendar
         if cal is None:
             return self._end_of_day(c)
-        events: list = []
+        events: list[Any] = []
         sess = self.session
         if sess["open"] is not None:
             events.append(SessionClosed(sess["date"], sess["open"], True, True))
@@ -1370,8 +1151,8 @@ class Exchange:
         events.extend(self._end_of_day(c))
         return events
 
-    def _end_of_day(self, c: EndOfDay) -> list:
-        events: list = []
+    def _end_of_day(self, c: Command) -> list[Any]:
+        events: list[Any] = []
         expired = 0
         locked = self._limit_locked()
         for key in sorted(self.books):
@@ -1379,11 +1160,8 @@ class Exchange:
             day_orders = [o for o in book.iter_orders() if o.tif == DAY]
             for o in sorted(day_orders, key=lambda o: o.order_id):
                 book.remove(o.order_id)
-                acct = self.accounts[o.account]
-                o.status = ST_EXPIRED
-                self._release(o, acct)
-                self._forget(o, acct)
-                events.append(self._er(o, EXEC_EXPIRED, "END_OF_DAY"))
+                self._close(o, self.accounts[o.account], OrderStatus.EXPIRED, "END_OF_DAY",
+                            events)
                 expired += 1
             self._book_update(book, events)
         refs = []
@@ -1431,7 +1209,8 @@ class Exchange:
         return out
 
     # ================================================================== state
-    def to_state(self, *, encode_orders=None) -> dict:
+    def to_state(self, *, encode_orders: Callable[[OrderBook], Any] | None = None
+                 ) -> dict[str, Any]:
         """Everything that defines the market, as plain JSON-able data (canonical order).
         ``encode_orders``: see :meth:`OrderBook.to_state`."""
         return {
@@ -1452,7 +1231,7 @@ class Exchange:
             "modules": {k: m.to_state() for k, m in sorted(self.modules.items())},
         }
 
-    def load_state(self, s: dict) -> None:
+    def load_state(self, s: dict[str, Any]) -> None:
         """Replace this exchange's state with ``s`` (from :meth:`to_state`)."""
         self.last_seq, self.now, self.day = s["last_seq"], s["now"], s["day"]
         self.next_order_id = s["next_order_id"]
@@ -1502,7 +1281,7 @@ class Exchange:
         return hashlib.sha256(self.snapshot()).hexdigest()
 
     # ================================================================== read side
-    def balances(self, firm_id: str) -> dict:
+    def balances(self, firm_id: str) -> dict[str, Any]:
         a = self.accounts[firm_id]
         return {
             "cash": a.cash, "cash_reserved": a.cash_reserved,
@@ -1530,7 +1309,7 @@ class Exchange:
         for sym, t in per_instr.items():
             assert t == 0, f"{sym} does not balance: {t}"
         need_cash: dict[str, int] = {}
-        need_units: dict[tuple, int] = {}
+        need_units: dict[tuple[str, str], int] = {}
         for (sym, seg), book in self.books.items():
             bb, ba = book.best_bid(), book.best_ask()
             assert bb is None or ba is None or bb < ba, f"book {sym}/{seg} crossed"

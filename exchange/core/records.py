@@ -10,27 +10,27 @@ outside the shape still works: that one dict becomes an ordinary dict.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 
-def record_maker(name: str, keys: tuple[str, ...]) -> Callable[..., dict]:
+def record_maker(name: str, keys: tuple[str, ...]) -> Callable[..., dict[str, Any]]:
     """``make(**values)`` returns a dict with exactly ``keys``, in that order, sharing its key
     table with every other dict this maker made. Every key must be given."""
     cls = type(name, (), {"__slots__": ("__dict__",)})
     order = tuple(keys)
     known = frozenset(order)
 
-    def make(**values) -> dict:
+    def make(**values: Any) -> dict[str, Any]:
         if values.keys() != known:
             missing = sorted(known - values.keys())
             extra = sorted(values.keys() - known)
             raise TypeError(f"{name}: missing {missing}, unexpected {extra}")
-        d = cls().__dict__
+        d: dict[str, Any] = cls().__dict__
         for k in order:
             d[k] = values[k]
         return d
 
-    def load(d: dict) -> dict:
+    def load(d: dict[str, Any]) -> dict[str, Any]:
         """A record read back from a snapshot, in the shared shape when it has it."""
         return make(**d) if d.keys() == known else d
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from decimal import Decimal, InvalidOperation, ROUND_FLOOR
+from fractions import Fraction
 
 FEN_PER_CNY = 100
 BPS = 10_000
@@ -124,7 +125,7 @@ def percent_to_bps(value: str | Decimal | int) -> int:
     return int(d)
 
 
-def format_percent(bps) -> str:
+def format_percent(bps: object) -> str:
     """1000 bps -> ``"10 %"``, 25 -> ``"0.25 %"``, 210 -> ``"2.1 %"``: how a person reads a
     cap or a rate (anything but an int of bps is shown as given)."""
     if type(bps) is not int:
@@ -137,18 +138,16 @@ def format_percent(bps) -> str:
 # ------------------------------------------------------------------ rules: exact ratios -> ints
 # The rules module computes factors exactly (fractions.Fraction) and quantizes here, once.
 
-def floor_int(value) -> int:
+def floor_int(value: int | Fraction) -> int:
     """Round an exact rational (Fraction/int) down to an integer (allocations: whole tonnes)."""
     if type(value) is int:
         return value
-    from fractions import Fraction
     v = value if type(value) is Fraction else Fraction(value)
     return v.numerator // v.denominator
 
 
-def ppm_half_even(value) -> int:
+def ppm_half_even(value: int | Fraction | Decimal) -> int:
     """An exact ratio (Fraction/Decimal/int) -> integer ppm, nearest, half to even."""
-    from fractions import Fraction
     if type(value) is int:
         return value * PPM
     v = value if type(value) is Fraction else Fraction(value)
@@ -165,10 +164,9 @@ def ratio_ppm(num: int, den: int) -> int:
     return q
 
 
-def ppm_toward(value, anchor_ppm: int) -> int:
+def ppm_toward(value: int | Fraction | Decimal, anchor_ppm: int) -> int:
     """An exact ratio -> integer ppm, rounded toward ``anchor_ppm`` (the previous value), so a
     value that respects a clamp or a step limit still respects it after rounding."""
-    from fractions import Fraction
     v = Fraction(value) * PPM
     lo = v.numerator // v.denominator
     if lo == v:
