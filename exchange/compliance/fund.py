@@ -29,6 +29,7 @@ period (what the SME has received for the period plus this grant) and per period
 from __future__ import annotations
 
 import copy
+from typing import TYPE_CHECKING, Any, Callable, TypeGuard
 
 from ..core import errors as E
 from ..core.accounts import BANK, CASH, Account, post_cash
@@ -36,6 +37,9 @@ from ..core.commands import Command, command
 from ..core.events import Posting, event
 from ..core.exchange import Module
 from ..core.units import BPS, MAX_CASH, format_percent
+
+if TYPE_CHECKING:
+    from ..core.exchange import Exchange
 
 FUND_ACCOUNT = "@sme_fund"
 SOURCES = ("penalty", "auction", "budget")
@@ -178,24 +182,24 @@ class GrantDisbursed:
 
 
 # =========================================================================== module
-def _is_int(v) -> bool:
+def _is_int(v: object) -> TypeGuard[int]:
     return type(v) is int
 
 
-def _text(v, what: str, required: bool, code: str = E.BAD_PARAMETER) -> str:
+def _text(v: object, what: str, required: bool, code: str = E.BAD_PARAMETER) -> str:
     if not isinstance(v, str) or len(v) > MAX_TEXT or (required and not v.strip()):
         raise E.Reject(code, f"{what} must be a{' non-empty' if required else ''} string of at "
                              f"most {MAX_TEXT} characters")
     return v
 
 
-def _limit(v, what: str):
+def _limit(v: object, what: str) -> int | None:
     if v is not None and (not _is_int(v) or v < 0):
         raise E.Reject(E.BAD_PARAMETER, f"{what} is a whole number of fen >= 0, or none")
     return v
 
 
-def _share(v, what: str) -> int:
+def _share(v: object, what: str) -> int:
     if not _is_int(v) or not 0 <= v <= BPS:
         # a person set it as a percentage: name it without the core's unit
         raise E.Reject(E.BAD_PARAMETER, f"{what.removesuffix('_bps')} must be within "
@@ -212,23 +216,23 @@ def fund_part(amount: int, bps: int) -> int:
 class SmeFundModule(Module):
     name = "sme_fund"
 
-    def __init__(self, ex):
+    def __init__(self, ex: Exchange) -> None:
         super().__init__(ex)
         self._reset()
 
     def _reset(self) -> None:
-        self.params: dict | None = None
+        self.params: dict[str, Any] | None = None
         # [seq, ts, penalty_bps, auction_bps, sme_period_limit, period_limit, operator]
-        self.params_history: list[list] = []
+        self.params_history: list[list[Any]] = []
         # [seq, ts, source, period, amount, gross, share_bps, ref]
-        self.inflows: list[list] = []
-        self.applications: dict[int, dict] = {}
+        self.inflows: list[list[Any]] = []
+        self.applications: dict[int, dict[str, Any]] = {}
         self.next_application_id = 1
         self.disbursed: dict[str, dict[int, int]] = {}  # sme -> period -> fen received
         self.period_disbursed: dict[int, int] = {}  # period -> fen received by all SMEs
 
     # ================================================================== wiring
-    def handlers(self):
+    def handlers(self) -> dict[type, Callable[[Any], list[Any]]]:
         return {
             ConfigureSmeFund: self._configure,
             FundDeposit: self._deposit,
@@ -251,15 +255,16 @@ class SmeFundModule(Module):
         """The share of ``source`` ("penalty" | "auction") that goes to the fund now."""
         if self.params is None:
             return 0
-        return self.params[f"{source}_to_fund_bps"]
+        bps: int = self.params[f"{source}_to_fund_bps"]
+        return bps
 
-    def _need(self) -> dict:
+    def _need(self) -> dict[str, Any]:
         if self.params is None:
             raise E.Reject(E.SME_FUND_NOT_CONFIGURED,
                            "the SME fund is not configured (configure_sme_fund)")
         return self.params
 
-    def _check_period(self, period) -> int:
+    def _check_period(self, period: object) -> int:
         """A positive integer; where compliance periods are configured, one of them (a grant
         period outside them would escape the per-period limits)."""
         if not _is_int(period) or period <= 0:
@@ -272,7 +277,7 @@ class SmeFundModule(Module):
                                              f"{sorted(periods)}")
         return period
 
-    def _application(self, app_id) -> dict:
+    def _application(self, app_id: object) -> dict[str, Any]:
         a = self.applications.get(app_id) if _is_int(app_id) else None
         if a is None:
             raise E.Reject(E.UNKNOWN_GRANT_APPLICATION,
@@ -280,7 +285,7 @@ class SmeFundModule(Module):
         return a
 
     # ================================================================== inflows
-    def credit(self, payer: Account, gross: int, source: str, period: int, ref: str) -> list:
+    def credit(self, payer: Account, gross: int, source: str, period: int, ref: str) -> list[Any]:
         """Pay the fund its current share of ``gross`` fen out of ``payer``'s cash (which the
         caller has checked covers ``gross``). Returns the events (none when the share is 0).
         Called by compliance at the deadline for penalties; an auction would call it the same
@@ -292,7 +297,7 @@ class SmeFundModule(Module):
         return self._inflow(payer, amount, gross, bps, source, period, ref)
 
     def _inflow(self, payer: Account, amount: int, gross: int, bps: int, source: str,
-                period: int, ref: str) -> list:
+                period: int, ref: str) -> list[Any]:
         fund = self.ex.accounts[FUND_ACCOUNT]
         post_cash(payer, fund, amount)
         self.inflows.append([self.ex.last_seq, self.ex.now, source, period, amount, gross, bps,
@@ -301,7 +306,7 @@ class SmeFundModule(Module):
                 SmeFundInflow(source, period, amount, gross, bps, ref, fund.cash)]
 
     # ================================================================== configuration
-    def _configure(self, c: ConfigureSmeFund) -> list:
+    def _configure(self, c: ConfigureSmeFund) -> list[Any]:
         p = _share(c.penalty_to_fund_bps, "penalty_to_fund_bps")
         a = _share(c.auction_to_fund_bps, "auction_to_fund_bps")
         sl = _limit(c.sme_period_limit, "sme_period_limit")
@@ -317,14 +322,16 @@ class SmeFundModule(Module):
         self.params_history.append([c.seq, c.ts, p, a, sl, pl, op])
         return [SmeFundConfigured(p, a, sl, pl, op, c.seq)]
 
-    def _deposit(self, c: FundDeposit) -> list:
+    def _deposit(self, c: FundDeposit) -> list[Any]:
         self._need()
         if not _is_int(c.amount) or c.amount <= 0:
             raise E.Reject(E.BAD_AMOUNT, "amount must be a positive whole number of fen")
         period = c.period
         if period is None:
+            from .module import ComplianceModule
             comp = self.ex.modules.get("compliance")
-            period = comp.period_of(c.ts) if getattr(comp, "_period_starts", None) else None
+            period = comp.period_of(c.ts) if isinstance(comp, ComplianceModule) \
+                and getattr(comp, "_period_starts", None) else None
             if period is None:
                 raise E.Reject(E.UNKNOWN_PERIOD, "no compliance period at this time: give the "
                                                  "period the deposit counts to")
@@ -340,7 +347,7 @@ class SmeFundModule(Module):
                             ref)
 
     # ================================================================== grants
-    def _apply(self, c: ApplyForGrant) -> list:
+    def _apply(self, c: ApplyForGrant) -> list[Any]:
         self._need()
         if not isinstance(c.sme, str) or not c.sme:
             raise E.Reject(E.UNKNOWN_ACCOUNT, f"unknown account {c.sme!r}"[:200])
@@ -368,7 +375,7 @@ class SmeFundModule(Module):
         return [GrantApplied(app_id, c.sme, c.period, c.amount, c.project,
                              c.verified_abatement_t, c.applicant or c.sme)]
 
-    def _approve(self, c: ApproveGrant) -> list:
+    def _approve(self, c: ApproveGrant) -> list[Any]:
         self._need()
         a = self._application(c.application_id)
         op = _text(c.operator, "operator", True)
@@ -378,7 +385,7 @@ class SmeFundModule(Module):
         a.update(status=APPROVED, decided_by=op, decided_seq=c.seq, decided_ts=c.ts)
         return [GrantApproved(c.application_id, a["sme"], op)]
 
-    def _reject(self, c: RejectGrant) -> list:
+    def _reject(self, c: RejectGrant) -> list[Any]:
         self._need()
         a = self._application(c.application_id)
         if not isinstance(c.reason, str) or not c.reason.strip():
@@ -392,7 +399,7 @@ class SmeFundModule(Module):
                  reason=reason)
         return [GrantRejected(c.application_id, a["sme"], reason, op)]
 
-    def _disburse(self, c: DisburseGrant) -> list:
+    def _disburse(self, c: DisburseGrant) -> list[Any]:
         params = self._need()
         a = self._application(c.application_id)
         _text(c.operator, "operator", False)
@@ -429,7 +436,7 @@ class SmeFundModule(Module):
                                got + amount, total + amount)]
 
     # ================================================================== state
-    def to_state(self):
+    def to_state(self) -> dict[str, Any] | None:
         if self.params is None and not self.params_history:
             return None  # never used: the market's state is what it was without the fund
         return copy.deepcopy({
@@ -443,7 +450,7 @@ class SmeFundModule(Module):
             "period_disbursed": {str(p): v for p, v in sorted(self.period_disbursed.items())},
         })
 
-    def load_state(self, s) -> None:
+    def load_state(self, s: dict[str, Any] | None) -> None:
         self._reset()
         if s is None:
             return
@@ -458,7 +465,7 @@ class SmeFundModule(Module):
         self.period_disbursed = {int(p): v for p, v in s["period_disbursed"].items()}
 
     # ================================================================== read side
-    def application_view(self, app_id: int) -> dict:
+    def application_view(self, app_id: int) -> dict[str, Any]:
         a = self.applications[app_id]
         return {"application_id": app_id, "sme": a["sme"], "period": a["period"],
                 "amount_fen": a["amount"], "project": a["project"],
@@ -470,27 +477,27 @@ class SmeFundModule(Module):
                 "disbursed_ts": a["disbursed_ts"]}
 
     def applications_of(self, sme: str | None = None, period: int | None = None,
-                        status: str | None = None) -> list[dict]:
+                        status: str | None = None) -> list[dict[str, Any]]:
         return [self.application_view(k) for k, a in sorted(self.applications.items())
                 if (sme is None or a["sme"] == sme) and (period is None or a["period"] == period)
                 and (status is None or a["status"] == status)]
 
 
-def _params_view(row: list) -> dict:
+def _params_view(row: list[Any]) -> dict[str, Any]:
     seq, ts, p, a, sl, pl, op = row
     return {"effective_seq": seq, "effective_ts": ts, "penalty_to_fund_bps": p,
             "auction_to_fund_bps": a, "sme_period_limit_fen": sl, "period_limit_fen": pl,
             "operator": op}
 
 
-def fund_module(ex) -> SmeFundModule:
+def fund_module(ex: Exchange) -> SmeFundModule:
     m = ex.modules.get("sme_fund")
-    if m is None:
+    if not isinstance(m, SmeFundModule):
         raise LookupError("the exchange has no SME fund module")
     return m
 
 
-def fund_statement(ex, period: int | None = None) -> dict:
+def fund_statement(ex: Exchange, period: int | None = None) -> dict[str, Any]:
     """The fund's public statement: balance, inflows by source and by period (each one listed),
     grants paid by SME and by period with their projects, the parameters and their history.
     With ``period``, inflows and grants of that period only (the balance is always the whole
@@ -500,7 +507,7 @@ def fund_statement(ex, period: int | None = None) -> dict:
                 "gross_fen": r[5], "share_bps": r[6], "ref": r[7]}
                for r in m.inflows if period is None or r[3] == period]
     by_source = {s: 0 for s in SOURCES}
-    by_period: dict[int, dict] = {}
+    by_period: dict[int, dict[str, Any]] = {}
     for e in entries:
         by_source[e["source"]] += e["amount_fen"]
         row = by_period.setdefault(e["period"], {"period": e["period"], "total_fen": 0,
@@ -509,8 +516,8 @@ def fund_statement(ex, period: int | None = None) -> dict:
         row["total_fen"] += e["amount_fen"]
     paid = [m.application_view(k) for k, a in sorted(m.applications.items())
             if a["status"] == DISBURSED and (period is None or a["period"] == period)]
-    by_sme: dict[str, dict] = {}
-    g_period: dict[int, dict] = {}
+    by_sme: dict[str, dict[str, Any]] = {}
+    g_period: dict[int, dict[str, Any]] = {}
     lim = m.params or {}
     for g in paid:
         s = by_sme.setdefault(g["sme"], {"sme": g["sme"], "total_fen": 0, "grants": 0,
@@ -556,11 +563,11 @@ def fund_statement(ex, period: int | None = None) -> dict:
     }
 
 
-def firm_grants(ex, firm_id: str, period: int) -> dict | None:
+def firm_grants(ex: Exchange, firm_id: str, period: int) -> dict[str, Any] | None:
     """A firm's grant applications for a period and what the fund paid it (firm statements);
     None when the exchange has no SME fund module."""
     m = ex.modules.get("sme_fund")
-    if m is None:
+    if not isinstance(m, SmeFundModule):
         return None
     apps = m.applications_of(sme=firm_id, period=period)
     return {

@@ -32,6 +32,8 @@ Rounding, chosen once and documented in docs/COMPLIANCE.md:
 """
 from __future__ import annotations
 
+from typing import Iterable
+
 from ..core.units import BPS, MAX_CASH, PPM
 
 
@@ -40,7 +42,8 @@ def round_half_up_div(num: int, den: int) -> int:
     return (2 * num + den) // (2 * den)
 
 
-def fuel_emissions(fuels, coefficients_ppm: dict[str, int], co2_per_c: tuple[int, int]) -> int:
+def fuel_emissions(fuels: Iterable[tuple[str, int]], coefficients_ppm: dict[str, int],
+                   co2_per_c: tuple[int, int]) -> int:
     """t CO2 from fuel use: sum(tce x t C/tce) x 44/12, rounded once, half up."""
     num, den = co2_per_c
     total_c_ppm = 0
@@ -49,7 +52,8 @@ def fuel_emissions(fuels, coefficients_ppm: dict[str, int], co2_per_c: tuple[int
     return round_half_up_div(total_c_ppm * num, den * PPM)
 
 
-def emissions(fuels, process_emissions: int, coefficients_ppm: dict[str, int],
+def emissions(fuels: Iterable[tuple[str, int]], process_emissions: int,
+              coefficients_ppm: dict[str, int],
               co2_per_c: tuple[int, int]) -> tuple[int, int]:
     """(fuel emissions, total emissions) in t CO2."""
     fe = fuel_emissions(fuels, coefficients_ppm, co2_per_c)
@@ -75,7 +79,8 @@ def electricity_emissions(mwh: int, grid_factor_ppm: int) -> int:
     return round_half_up_div(mwh * grid_factor_ppm, PPM)
 
 
-def category_emissions(fuels, electricity_mwh: int, process_emissions: int,
+def category_emissions(fuels: Iterable[tuple[str, int]], electricity_mwh: int,
+                       process_emissions: int,
                        natural_emissions: int, coefficients_ppm: dict[str, int],
                        co2_per_c: tuple[int, int], grid_factor_ppm: int) -> dict[str, int]:
     """Emissions per category in whole tonnes, with energy's two parts:
@@ -89,7 +94,7 @@ def category_emissions(fuels, electricity_mwh: int, process_emissions: int,
             "total": energy + process_emissions + natural_emissions}
 
 
-def covered_emissions(by_category: dict[str, int], covered) -> int:
+def covered_emissions(by_category: dict[str, int], covered: Iterable[str]) -> int:
     """The obligation's base: the sum of the covered categories' emissions."""
     return sum(by_category[c] for c in covered)
 

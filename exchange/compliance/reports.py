@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 from ..core.units import PPM, format_percent, format_price
 from ..present import present, text
@@ -19,16 +19,29 @@ from . import mrv
 from .fund import firm_grants
 from .module import ComplianceModule, STATUS_UNVERIFIED
 
+if TYPE_CHECKING:
+    from ..core.exchange import Exchange
+    from ..rules.module import RulesModule
 
-def module(ex) -> ComplianceModule:
+
+def module(ex: Exchange) -> ComplianceModule:
     m = ex.modules.get("compliance")
-    if m is None:
+    if not isinstance(m, ComplianceModule):
         raise LookupError("the exchange has no compliance module")
     return m
 
 
-def _rules(ex):
-    return ex.modules.get("rules")
+def _rules(ex: Exchange) -> RulesModule | None:
+    from ..rules.module import RulesModule
+    r = ex.modules.get("rules")
+    return r if isinstance(r, RulesModule) else None
+
+
+def _params(m: ComplianceModule) -> dict[str, Any]:
+    """The market's compliance parameters (``configure_compliance``; a period needs them)."""
+    if m.params is None:
+        raise KeyError("compliance is not configured")
+    return m.params
 
 
 def _coef_text(ppm: int) -> str:
@@ -51,7 +64,7 @@ _SHORTFALL_TEXT = {"sme": "shortfall borne by the SME", "parent": "shortfall cov
                    "parent"}
 
 
-def _sub_quota_lines(st: dict) -> list[str]:
+def _sub_quota_lines(st: dict[str, Any]) -> list[str]:
     L = []
     for q in st["sub_quotas"]:
         head = (f"received from {q['parent']}" if q["role"] == "sme"
@@ -79,7 +92,8 @@ def _sub_quota_lines(st: dict) -> list[str]:
     return L
 
 
-def emissions_by_category(rec: dict | None, covered=None) -> dict[str, Any]:
+def emissions_by_category(rec: dict[str, Any] | None, covered: Iterable[str] | None = None
+                          ) -> dict[str, Any]:
     """A record's emissions per category (t CO2e) and whether each is covered, i.e. counts
     toward the obligation: ``energy`` (with its ``fuels`` and ``electricity`` parts),
     ``process``, ``natural``; ``total`` = the three, ``covered_total`` = the covered ones (the
@@ -102,7 +116,8 @@ def emissions_by_category(rec: dict | None, covered=None) -> dict[str, Any]:
     }
 
 
-def _offsets_vs_cap(m: ComplianceModule, rec: dict, period: int, ts: int) -> dict:
+def _offsets_vs_cap(m: ComplianceModule, rec: dict[str, Any], period: int, ts: int
+                    ) -> dict[str, Any]:
     obligation = m.obligation_of(rec)
     cap_bps, subs = m.cap_at(period, ts)
     cap = mrv.cap_qty(obligation, cap_bps)
@@ -121,7 +136,7 @@ def _offsets_vs_cap(m: ComplianceModule, rec: dict, period: int, ts: int) -> dic
     return out
 
 
-def firm_statement(ex, firm_id: str, period: int) -> dict[str, Any]:
+def firm_statement(ex: Exchange, firm_id: str, period: int) -> dict[str, Any]:
     """Everything about one firm's compliance for one period."""
     m = module(ex)
     if period not in m.periods:
@@ -132,14 +147,15 @@ def firm_statement(ex, firm_id: str, period: int) -> dict[str, Any]:
     p = m.periods[period]
     rec = m.record(firm_id, period)
     rules = _rules(ex)
-    coef = m.params["coefficients_ppm"]
-    num, den = m.params["co2_per_c"]
+    params = _params(m)
+    coef = params["coefficients_ppm"]
+    num, den = params["co2_per_c"]
     st: dict[str, Any] = {
         "firm_id": firm_id, "name": acct.name, "sector": acct.sector, "product": acct.product,
         "size_class": acct.size_class, "period": period,
         "deadline_ts": p["deadline_ts"], "period_closed": p["closed"], "as_of_ts": ex.now,
     }
-    covered_now = m.params["covered_categories"]
+    covered_now = params["covered_categories"]
     st["emissions_by_category"] = dict(
         emissions_by_category(rec, covered_now),
         verified=rec is not None and rec["status"] == "verified")
@@ -205,7 +221,7 @@ def firm_statement(ex, firm_id: str, period: int) -> dict[str, Any]:
                       for sym, h in sorted(acct.holdings.items()) if h.total or h.reserved}
     st["cash"] = {"cash_fen": acct.cash, "reserved_fen": acct.cash_reserved}
     # allowances still held that count for this period: with banking they carry forward
-    st["banking"] = m.params["banking"]
+    st["banking"] = params["banking"]
     st["eligible_allowances_held"] = {
         sym: h.total for sym, h in sorted(acct.holdings.items())
         if h.total and ex.instruments[sym].kind == "allowance"
@@ -243,7 +259,7 @@ CATEGORY_COLUMNS = ("energy_fuels", "energy_electricity", "energy", "process", "
                     "covered_emissions")
 
 
-def _category_columns(rec: dict | None) -> dict[str, int]:
+def _category_columns(rec: dict[str, Any] | None) -> dict[str, int]:
     if rec is None:
         return {k: 0 for k in CATEGORY_COLUMNS}
     fe, ee = rec["fuel_emissions"], rec["electricity_emissions"]
@@ -252,7 +268,7 @@ def _category_columns(rec: dict | None) -> dict[str, int]:
             "covered_emissions": rec["covered_emissions"]}
 
 
-def compliance_summary(ex, period: int) -> dict[str, Any]:
+def compliance_summary(ex: Exchange, period: int) -> dict[str, Any]:
     """Market-wide compliance for one period: one row per firm with a record, totals."""
     m = module(ex)
     if period not in m.periods:
@@ -264,8 +280,9 @@ def compliance_summary(ex, period: int) -> dict[str, Any]:
               "penalty_fen": 0, "penalty_paid_fen": 0, "deduction": 0}
     counts: dict[str, int] = {}
     # carbon-inclusive platforms hold credits but are not regulated emitters
+    from ..registry.module import RegistryModule
     reg = ex.modules.get("registry")
-    platforms = reg.platforms if reg is not None else {}
+    platforms = reg.platforms if isinstance(reg, RegistryModule) else {}
     for firm_id in sorted(ex.accounts):
         acct = ex.accounts[firm_id]
         if acct.system:
@@ -275,7 +292,8 @@ def compliance_summary(ex, period: int) -> dict[str, Any]:
             continue
         if rec is None:
             status = "not_reported" if p["closed"] else "none"
-            row = {"firm_id": firm_id, "size_class": acct.size_class, "submission": "none",
+            row: dict[str, Any] = {
+                   "firm_id": firm_id, "size_class": acct.size_class, "submission": "none",
                    "emissions": 0, **{k: 0 for k in CATEGORY_COLUMNS}, "obligation": 0,
                    "surrendered": 0, "allowances": 0,
                    "offsets": 0, "shortfall": 0, "penalty_fen": 0, "penalty_paid_fen": 0,
@@ -312,13 +330,14 @@ def compliance_summary(ex, period: int) -> dict[str, Any]:
         "cap_history": [{"effective_ts": c[0], "seq": c[1], "cap_bps": c[2],
                          "sub_caps_bps": {k: v for k, v in c[3]}, "operator": c[4]}
                         for c in p["caps"]],
-        "covered_categories": list(m.params["covered_categories"]),
-        "grid_factor_t_co2_per_mwh": _coef_text(m.params["grid_factor_ppm"]),
+        "covered_categories": list(_params(m)["covered_categories"]),
+        "grid_factor_t_co2_per_mwh": _coef_text(_params(m)["grid_factor_ppm"]),
         "counts": dict(sorted(counts.items())), "totals": totals, "firms": rows,
     }
 
 
-def what_if_cap(ex, period: int, cap_bps: int, sub_caps_bps: dict[str, int] | None = None
+def what_if_cap(ex: Exchange, period: int, cap_bps: int,
+                sub_caps_bps: dict[str, int] | None = None
                 ) -> dict[str, Any]:
     """Which firms' offsets would exceed a proposed cap, and by how much (nothing changes).
 
@@ -397,7 +416,7 @@ def what_if_cap(ex, period: int, cap_bps: int, sub_caps_bps: dict[str, int] | No
 _SETTLEMENT_FEN = ("penalty", "penalty_paid", "penalty_outstanding", "average_price")
 
 
-def statement_for_people(st: dict) -> dict:
+def statement_for_people(st: dict[str, Any]) -> dict[str, Any]:
     """A firm statement as a person or a client reads it: the fields that hold fen or bps
     without saying so get their suffix, then :func:`exchange.present.present` turns every
     suffix into units for people (``penalty`` -> a CNY string, ``cap_in_effect_bps`` ->
@@ -413,11 +432,12 @@ def statement_for_people(st: dict) -> dict:
         c = st["offsets_vs_cap"] = dict(c)
         c["sub_caps"] = {t: {("cap_bps" if k == "bps" else k): v for k, v in sub.items()}
                          for t, sub in c["sub_caps"].items()}
-    return present(st)
+    out: dict[str, Any] = present(st)
+    return out
 
 
 # --------------------------------------------------------------------------- CSV / text
-def _flatten(prefix: str, v, out: list) -> None:
+def _flatten(prefix: str, v: object, out: list[tuple[str, Any]]) -> None:
     if isinstance(v, dict):
         for k in v:
             _flatten(f"{prefix}.{k}" if prefix else str(k), v[k], out)
@@ -430,10 +450,10 @@ def _flatten(prefix: str, v, out: list) -> None:
         out.append((prefix, "" if v is None else v))
 
 
-def statement_csv(st: dict) -> str:
+def statement_csv(st: dict[str, Any]) -> str:
     """A statement as two-column CSV (``field,value``), every figure of the JSON (in units for
     people, as the JSON answer shows them)."""
-    rows: list = []
+    rows: list[tuple[str, Any]] = []
     _flatten("", statement_for_people(st), rows)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -448,7 +468,7 @@ SUMMARY_COLUMNS = ("firm_id", "size_class", "submission", "emissions", *CATEGORY
                    "penalty_paid", "deduction", "status")
 
 
-def summary_csv(summary: dict) -> str:
+def summary_csv(summary: dict[str, Any]) -> str:
     """The summary as CSV: one row per firm, then a TOTAL row (penalties in CNY)."""
     summary = present(summary)
     buf = io.StringIO()
@@ -461,11 +481,11 @@ def summary_csv(summary: dict) -> str:
     return buf.getvalue()
 
 
-def _cov(c: dict) -> str:
+def _cov(c: dict[str, Any]) -> str:
     return "covered" if c["covered"] else "not covered"
 
 
-def _category_lines(b: dict) -> list[str]:
+def _category_lines(b: dict[str, Any]) -> list[str]:
     """The emissions of a statement by category, in words."""
     e = b["energy"]
     return [
@@ -477,7 +497,7 @@ def _category_lines(b: dict) -> list[str]:
         f"{b['not_covered_total']} t"]
 
 
-def statement_text(st: dict) -> str:
+def statement_text(st: dict[str, Any]) -> str:
     """A human-readable statement for the terminal."""
     L = [f"Compliance statement  {st['firm_id']} ({st['name'] or st['size_class']})  "
          f"period {st['period']}  status: {st['status']}"]
@@ -551,7 +571,7 @@ def statement_text(st: dict) -> str:
     return "\n".join(L)
 
 
-def summary_text(sm: dict) -> str:
+def summary_text(sm: dict[str, Any]) -> str:
     L = [f"Compliance summary  period {sm['period']}  "
          f"{'closed' if sm['closed'] else 'open'}  offset cap "
          f"{format_percent(sm['offset_cap_bps'])}"
