@@ -25,6 +25,7 @@ import sys
 from aiohttp import web
 
 from .config import add_config_argument, config_origin, config_path, load_settings
+from .engine import build_exchange
 from ..journal import JournalCorruptError
 
 
@@ -48,7 +49,8 @@ async def serve(args) -> int:
         leadership = await take_leadership(
             target, node=args.node_id, ttl=args.lease_ttl, host=host, port=port,
             options=options, address=args.advertise or (f"ws://{host}:{port}/ws" if port
-                                                        else ""))
+                                                        else ""),
+            new_exchange=build_exchange)
         if leadership is None:
             return 0
         if leadership.port is not None:  # --port 0: the port the standby listened on

@@ -20,7 +20,7 @@ from .config import Settings
 from .engine import build_exchange
 from .market import genesis_commands
 from ..server.api import add_routes, api_errors, load_extensions
-from ..server.appkeys import STATE_KEY
+from ..server.appkeys import NEW_CORE_KEY, STATE_KEY
 from ..access.credentials import RehashApiKey, demo_key_commands, demo_keys, load_secret
 from ..server.gateway import GATEWAY_KEY, Gateway, websocket_handler
 from ..server.limits import ConnectionGuard, http_rate_limit
@@ -113,12 +113,14 @@ def create_app(settings: Settings, data_dir: str | Path | None = None, *,
     app = web.Application(client_max_size=1 << 20,
                           middlewares=[http_rate_limit(settings.server), api_errors])
     app[STATE_KEY] = st
+    app[NEW_CORE_KEY] = build_exchange
     st.guard = ConnectionGuard(settings.server)
     ex, runner = make_runner(settings, st.data_dir, in_memory, journal,
                              recover_from_genesis, follower)
     st.exchange, st.runner = ex, runner
     # listeners only see live commands (recovery replays without them)
-    gw = st.gateway = app[GATEWAY_KEY] = Gateway(ex, runner, settings.server, log)
+    gw = st.gateway = app[GATEWAY_KEY] = Gateway(ex, runner, settings.server, log,
+                                                 new_exchange=build_exchange)
     _keyed_credentials(ex.modules["credentials"], st, gw)
 
     async def on_startup(app: web.Application) -> None:

@@ -77,7 +77,7 @@ async def _asset(request: web.Request) -> web.StreamResponse:
 
 def setup(app: web.Application) -> None:
     """Add the dashboard's routes and its history read model to the server application."""
-    from ..server.appkeys import STATE_KEY
+    from ..server.appkeys import NEW_CORE_KEY, STATE_KEY
 
     app.router.add_get("/", _index)
     app.router.add_get("/ui/{path:.+}", _asset)
@@ -85,11 +85,9 @@ def setup(app: web.Application) -> None:
     history = app[HISTORY_KEY] = MarketHistory()
 
     async def on_startup(app: web.Application) -> None:  # after the server's: state is ready
-        from ..app.engine import build_exchange
-
         # listen first (what commits meanwhile waits), then read the journal back from its
         # first record: the core may have started from a snapshot, which skips those events
         history.attach(st.runner)
-        await history.rebuild(st.runner, build_exchange)
+        await history.rebuild(st.runner, app[NEW_CORE_KEY])
 
     app.on_startup.append(on_startup)

@@ -6,7 +6,7 @@
 It is fed by committed commands and their events, in sequence order, and by nothing else:
 
 * at start, :meth:`MarketHistory.rebuild` reads the journal's records from the first one and
-  applies them to a scratch core (a fresh :func:`~exchange.app.engine.build_exchange`, thrown
+  applies them to a scratch core (a fresh one from ``app[NEW_CORE_KEY]``, build_exchange, thrown
   away afterwards), whose events feed the model. The server's own core may have started from
   a snapshot, which skips every event before it; reading the records again is what brings
   those trades back. The cost: a start replays the log a second time (about as long as a

@@ -23,13 +23,10 @@ __all__ = [
 ]
 
 
-def default_target(settings=None) -> str:
+def default_target(settings) -> str:
     """The journal of a deployment: the settings' ``[journal] url``, else the embedded
     ``<journal.data_dir>/journal.sqlite``."""
     import os
-    if settings is None:
-        from ..app.config import load_settings
-        settings = load_settings()
     return settings.journal.url or os.path.join(settings.journal.data_dir, "journal.sqlite")
 
 

@@ -6,3 +6,6 @@ from __future__ import annotations
 from aiohttp import web
 
 STATE_KEY = web.AppKey("state", object)  # app[STATE_KEY] -> exchange.app.server.ServerState
+# app[NEW_CORE_KEY]() -> a fresh core of the server's kind (exchange.app.engine.build_exchange),
+# for reading the journal back into a scratch copy
+NEW_CORE_KEY = web.AppKey("new_core", object)

@@ -569,8 +569,12 @@ class KeyBucket:
 class Gateway:
     """Sessions, subscriptions and fan-out over one exchange + runner."""
 
-    def __init__(self, exchange, runner, cfg, logger=None):
+    def __init__(self, exchange, runner, cfg, logger=None, new_exchange=None):
         self.ex = exchange
+        # a fresh core of the live one's kind, for replaying the journal into a scratch copy
+        # (the composition root passes its build_exchange; the server does not import it)
+        self.new_exchange = new_exchange if new_exchange is not None else partial(
+            _same_kind, exchange)
         self.runner = runner
         self.cfg = cfg
         self.log = logger
@@ -1312,7 +1316,8 @@ class Gateway:
                 gone[key] = seq
         if gone:
             done = self.idem.done
-            for key, outcome in (await _outcomes_from_journal(journal, gone, last)).items():
+            for key, outcome in (await _outcomes_from_journal(journal, gone, last,
+                                                              self.new_exchange)).items():
                 entry = done.get(key)
                 if entry is None:
                     continue
@@ -1490,7 +1495,13 @@ def _same_terms(cmd: PlaceOrder, entry) -> None:
                             f"with other terms (side, price, quantity, ...); use a new id")
 
 
-async def _outcomes_from_journal(journal, wanted: dict, last: int) -> dict:
+def _same_kind(ex):
+    """A fresh core with ``ex``'s modules, in their order (what build_exchange() makes for a
+    core it made)."""
+    return type(ex)(modules=tuple(type(m) for m in ex.modules.values()))
+
+
+async def _outcomes_from_journal(journal, wanted: dict, last: int, new_exchange) -> dict:
     """``{(firm, client_order_id): outcome}`` of the place_orders at the journal seqs
     ``wanted`` maps them to: ``(order_id, final status, cum_qty)`` for an order that is done,
     ``("err", code, message)`` for one refused when placed. The log is replayed into a scratch
@@ -1498,12 +1509,11 @@ async def _outcomes_from_journal(journal, wanted: dict, last: int) -> dict:
     ``last``: at most the snapshot interval plus twice the idempotency window of commands,
     once per start, and only when some order of the window is no longer working. The snapshot
     is only read for these answers; the live state was proven by the runner."""
-    from ..app.engine import build_exchange
     from ..journal.codec import decode_payload
     from ..journal.runner import restore_bytes
 
     first = min(wanted.values())
-    scratch = build_exchange()
+    scratch = new_exchange()
     start = 1
     snap = await journal.latest_snapshot(max_seq=first - 1)
     if snap is not None:

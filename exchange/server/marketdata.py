@@ -860,13 +860,14 @@ def add_arguments(p) -> None:
                         f"{DEFAULT_INTERVAL:g})")
 
 
-async def serve_market_data(args, settings, host: str, port: int, data_dir) -> int:
-    """Follow the journal, then serve until SIGINT/SIGTERM."""
+async def serve_market_data(args, settings, host: str, port: int, data_dir,
+                            new_exchange) -> int:
+    """Follow the journal (a core made by ``new_exchange()``, the composition root's
+    build_exchange), then serve until SIGINT/SIGTERM."""
     import signal
     from pathlib import Path
 
     from ..access.credentials import load_secret
-    from ..app.engine import build_exchange
     from ..journal import open_journal
     from ..journal.lease import LeaderLease
 
@@ -875,7 +876,7 @@ async def serve_market_data(args, settings, host: str, port: int, data_dir) -> i
         print("serve --market-data needs a JetStream journal: --journal "
               "nats://HOST:4222[,...]/STREAM", flush=True)
         return 2
-    ex = build_exchange()
+    ex = new_exchange()
     try:
         ex.modules["credentials"].secret = load_secret(Path(data_dir), create=False)
     except FileNotFoundError:

@@ -163,11 +163,10 @@ class Leadership:
         await self.lease.close()
 
 
-async def _start_follower(target: str, options: dict):
-    from ..app.engine import build_exchange
+async def _start_follower(target: str, options: dict, new_exchange):
     from ..journal import open_journal
     from ..journal.follower import Follower
-    f = Follower(build_exchange(), open_journal(target, **options))
+    f = Follower(new_exchange(), open_journal(target, **options))
     try:
         await f.start()
     except Exception as e:
@@ -193,10 +192,11 @@ async def _step(f):
 async def take_leadership(target: str, *, node: str | None, address: str,
                           ttl: float, host: str = "127.0.0.1",
                           port: int | None = None, options: dict | None = None,
-                          follow: bool = True) -> Leadership | None:
+                          follow: bool = True, new_exchange=None) -> Leadership | None:
     """Wait for the lease of ``target``'s stream (SIGINT/SIGTERM give up: None). With
     ``port``, answer ``NOT_LEADER`` on it meanwhile; ``Leadership.port`` is the port bound
-    (for ``--port 0``), for the real server to bind in turn."""
+    (for ``--port 0``), for the real server to bind in turn. With ``follow``, the core is
+    followed meanwhile in ``new_exchange()`` (the composition root's build_exchange)."""
     if not target.startswith(("nats://", "tls://")):
         raise SystemExit("serve --standby needs a JetStream journal: --journal "
                          "nats://HOST:4222[,...]/STREAM")
@@ -215,7 +215,7 @@ async def take_leadership(target: str, *, node: str | None, address: str,
     # follow first, lease second: recovering (snapshot + tail) blocks the event loop, and
     # a leader must not spend its lease's ttl on it - with the core followed, taking over
     # is a short tail replay
-    follower = await _start_follower(target, options or {}) if follow else None
+    follower = await _start_follower(target, options or {}, new_exchange) if follow else None
     try:
         if not await lease.acquire():
             h = await lease.holder() or {}
