@@ -135,6 +135,12 @@ def test_trades_and_blotter_survive_a_restart_and_the_market_view_is_per_board(
     expect(rows.nth(1)).to_contain_text("85.28")
     expect(rows.nth(1)).to_contain_text("BUY")
     expect(page.locator("#executions-meta")).to_contain_text("last 5 trading days")
+    # its order history too: every report, from the first seeded order on (day 0)
+    hist = page.locator("#order-history tbody tr")
+    expect(hist.first).to_contain_text("h-sme-2")
+    expect(hist.first).to_contain_text("trade")
+    expect(page.locator("#order-history td", has_text=re.compile(r"^seed-b-1$"))
+           ).to_have_count(2)  # its "new" and its fill
     # the server's own record agrees
     status, ex = http(server["base"], "GET", "/firms/CEMENT1/executions",
                       key="demo-key-cement1")

@@ -229,6 +229,42 @@ async def test_history_survives_a_restart_from_a_snapshot(tmp_path):
         assert [x["qty"] for x in r["trades"]] == [20, 40, 100]
 
 
+async def test_order_history_survives_a_restart(tmp_path):
+    data = tmp_path / "data"
+    async with served(data) as srv:
+        async with ExchangeClient(srv.ws_url, CEMENT) as c:
+            r = await c.place_order(SYM, "buy", 10, "84.00", client_order_id="h-rest")
+            await c.request("cancel_order", {"order_id": r["order_id"]})
+            with contextlib.suppress(Exception):
+                await c.place_order(SYM, "buy", 10, "200.00", client_order_id="h-band")
+            await c.place_order(SYM, "buy", 5, "85.40", client_order_id="h-fill")
+        st, before = await get(srv, "/firms/CEMENT1/orders", CEMENT)
+        assert st == 200
+        srv.st.runner._snapshot_now()
+        await asyncio.sleep(0.5)
+    async with served(data) as srv:
+        assert srv.st.recovery["snapshot_seq"] > 0
+        st, after = await get(srv, "/firms/CEMENT1/orders", CEMENT)
+        assert st == 200 and after == before
+        mine = [(o["client_order_id"], o["exec_type"], o["order_status"])
+                for o in after["orders"] if (o["client_order_id"] or "").startswith("h-")]
+        assert mine == [("h-fill", "trade", "filled"), ("h-fill", "new", "new"),
+                        ("h-band", "rejected", "rejected"), ("h-rest", "canceled", "canceled"),
+                        ("h-rest", "new", "new")]
+        fill = after["orders"][0]
+        assert (fill["last_px"], fill["last_qty"], fill["price"]) == ("85.40", 5, "85.40")
+        assert fill["at"].endswith("+08:00") and fill["trade_id"]
+        band = after["orders"][2]
+        assert band["reason"] == "OUTSIDE_PRICE_BAND" and band["order_id"] == 0
+        # paging by event id
+        st, p1 = await get(srv, "/firms/CEMENT1/orders?limit=2", CEMENT)
+        st, p2 = await get(srv, f"/firms/CEMENT1/orders?limit=2&before={p1['next_before']}",
+                           CEMENT)
+        assert [o["event_id"] for o in p1["orders"] + p2["orders"]] == \
+            [o["event_id"] for o in after["orders"][:4]]
+        assert (await get(srv, "/firms/CEMENT1/orders", POWER))[0] == 403
+
+
 async def test_trades_time_window_and_bad_parameters(tmp_path):
     async with served(tmp_path / "data") as srv:
         await _fills(srv)

@@ -35,6 +35,7 @@ MATRIX = {
     # a firm's blotter (its executions): the firm, its verifier and operators
     "/firms/{firm_id}/executions":
         ("/firms/POWER1/executions", (200, 403, 200, 403, 403, 200, 401)),
+    "/firms/{firm_id}/orders": ("/firms/POWER1/orders", (200, 403, 200, 403, 403, 200, 401)),
     # grant applications are the SME's and the fund's business: no verifier reads them
     "/compliance/sme-fund/applications?sme={firm_id}":
         ("/compliance/sme-fund/applications?sme=POWER1", (200, 403, 403, 403, 403, 200, 401)),

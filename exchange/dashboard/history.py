@@ -1,6 +1,7 @@
-"""Market history from the journal: public trades per board, each firm's executions, today's
-1-minute bars and the daily candles - the read model behind ``GET /api/v1/trades``,
-``GET /api/v1/firms/{firm_id}/executions``, ``GET /api/v1/market/bars/{instrument}`` and
+"""Market history from the journal: public trades per board, each firm's executions and order
+history, today's 1-minute bars and the daily candles - the read model behind
+``GET /api/v1/trades``, ``GET /api/v1/firms/{firm_id}/executions``,
+``GET /api/v1/firms/{firm_id}/orders``, ``GET /api/v1/market/bars/{instrument}`` and
 ``GET /api/v1/market/candles/{instrument}`` (exchange/dashboard/history_api.py, api.py).
 
 It is fed by committed commands and their events, in sequence order, and by nothing else:
@@ -17,7 +18,9 @@ It is fed by committed commands and their events, in sequence order, and by noth
 
 Memory is bounded (docs/DASHBOARD.md "History"): the public trades of the last ``keep_days``
 trading days of each board, at most ``max_trades`` per board; the executions of the last
-``keep_days`` trading days of each firm, at most ``max_executions`` per firm; the 1-minute bars
+``keep_days`` trading days of each firm, at most ``max_executions`` per firm; its order events
+(execution reports: accepted, replaced, canceled, expired, rejected, filled) of the same days,
+at most ``max_order_events`` per firm; the 1-minute bars
 of the current trading day only (at most 1,440 per board); daily candles of the last 750 days
 (:mod:`.candles`). What is older is dropped at each end of day.
 
@@ -33,7 +36,7 @@ from typing import Callable, NamedTuple
 
 import orjson
 
-from ..core.events import DayEnded, Trade
+from ..core.events import DayEnded, ExecutionReport, Trade
 from .candles import CandleStore, board_key
 
 log = logging.getLogger("exchange.dashboard.history")
@@ -41,6 +44,7 @@ log = logging.getLogger("exchange.dashboard.history")
 KEEP_DAYS = 5  # trading days of public trades and of executions kept (today included)
 MAX_TRADES = 20_000  # public trades kept per board
 MAX_EXECUTIONS = 10_000  # executions kept per firm
+MAX_ORDER_EVENTS = 20_000  # order events (execution reports) kept per firm
 MINUTE_NS = 60 * 1_000_000_000
 REBUILD_WAIT_S = 10.0  # how long a start waits for commands applied before it listened
 
@@ -73,13 +77,37 @@ class ExecRow(NamedTuple):
     proceeds: int  # cash the fill moved to the firm (sell) or from it (buy), fee included
 
 
+class OrderRow(NamedTuple):
+    """An execution report of one of the firm's orders. ``event_id`` numbers the reports in
+    the order the journal made them (the same after a restart: the history is rebuilt from
+    the journal in its order); it is the page cursor."""
+    event_id: int
+    ts: int
+    day: int
+    order_id: int  # 0: refused before it got an id
+    client_order_id: str | None
+    instrument: str
+    segment: str
+    side: str
+    exec_type: str
+    order_status: str
+    price: int | None
+    qty: int
+    last_qty: int
+    last_px: int
+    cum_qty: int
+    leaves_qty: int
+    reason: str | None
+    trade_id: int
+
+
 def _newest_first(rows, before: int | None, t_from: int | None, t_to: int | None,
                   limit: int, keep: Callable | None = None) -> list:
-    """Up to ``limit`` rows of ``rows`` (ascending trade ids and times), newest first, with
-    trade_id < ``before`` and ``t_from`` <= ts < ``t_to``."""
+    """Up to ``limit`` rows of ``rows`` (ascending ids - ``r[0]``, the trade or event id -
+    and times), newest first, with id < ``before`` and ``t_from`` <= ts < ``t_to``."""
     out = []
     for r in reversed(rows):
-        if before is not None and r.trade_id >= before:
+        if before is not None and r[0] >= before:
             continue
         if t_to is not None and r.ts >= t_to:
             continue
@@ -95,14 +123,18 @@ def _newest_first(rows, before: int | None, t_from: int | None, t_to: int | None
 
 class MarketHistory:
     def __init__(self, keep_days: int = KEEP_DAYS, max_trades: int = MAX_TRADES,
-                 max_executions: int = MAX_EXECUTIONS):
+                 max_executions: int = MAX_EXECUTIONS,
+                 max_order_events: int = MAX_ORDER_EVENTS):
         self.keep_days = keep_days
         self.max_trades = max_trades
         self.max_executions = max_executions
+        self.max_order_events = max_order_events
         self.day = 0
         self.last_seq = 0  # the last command fed (replayed or live)
         self.trades: dict[tuple[str, str], deque[TradeRow]] = {}
         self.executions: dict[str, deque[ExecRow]] = {}
+        self.orders: dict[str, deque[OrderRow]] = {}
+        self.events_seen = 0  # execution reports fed: the next one's event_id is this + 1
         # board -> {minute start ns: [open, high, low, close, volume, trades]}, today only
         self.bars: dict[tuple[str, str], dict[int, list[int]]] = {}
         self.candles = CandleStore()
@@ -128,7 +160,9 @@ class MarketHistory:
         self.candles.on_commit(cmd, events)
         for ev in events:
             t = type(ev)
-            if t is Trade:
+            if t is ExecutionReport:
+                self._report(ev, ev.ts or getattr(cmd, "ts", 0))
+            elif t is Trade:
                 self._trade(ev, ev.ts or getattr(cmd, "ts", 0))
             elif t is DayEnded:
                 self._day_ended(ev.day)
@@ -171,11 +205,21 @@ class MarketHistory:
             b[4] += ev.qty
             b[5] += 1
 
+    def _report(self, ev: ExecutionReport, ts: int) -> None:
+        self.events_seen += 1
+        q = self.orders.get(ev.account)
+        if q is None:
+            q = self.orders[ev.account] = deque(maxlen=self.max_order_events)
+        q.append(OrderRow(self.events_seen, ts, self.day, ev.order_id, ev.client_order_id,
+                          ev.instrument, ev.segment, ev.side, ev.exec_type, ev.order_status,
+                          ev.price, ev.qty, ev.last_qty, ev.last_px, ev.cum_qty,
+                          ev.leaves_qty, ev.reason, ev.trade_id))
+
     def _day_ended(self, day: int) -> None:
         self.day = day
         self.bars.clear()  # the intraday chart is today's
         oldest = day - self.keep_days + 1
-        for qs in (self.trades, self.executions):
+        for qs in (self.trades, self.executions, self.orders):
             for k in list(qs):
                 q = qs[k]
                 while q and q[0].day < oldest:
@@ -275,6 +319,15 @@ class MarketHistory:
                         t_from: int | None = None, t_to: int | None = None,
                         before: int | None = None, limit: int = 100) -> list[ExecRow]:
         q = self.executions.get(firm_id)
+        if not q:
+            return []
+        keep = None if instrument is None else (lambda r: r.instrument == instrument)
+        return _newest_first(q, before, t_from, t_to, limit, keep)
+
+    def order_events(self, firm_id: str, instrument: str | None = None, *,
+                     t_from: int | None = None, t_to: int | None = None,
+                     before: int | None = None, limit: int = 100) -> list[OrderRow]:
+        q = self.orders.get(firm_id)
         if not q:
             return []
         keep = None if instrument is None else (lambda r: r.instrument == instrument)

@@ -1,4 +1,5 @@
-"""Market history over HTTP: public trades, a firm's executions, today's 1-minute bars.
+"""Market history over HTTP: public trades, a firm's executions and order history, today's
+1-minute bars.
 
 Registered in the operator API's route registry (imported by :mod:`exchange.dashboard.api`,
 which :func:`exchange.server.api.load_extensions` loads at start). The data come from the
@@ -114,6 +115,34 @@ class ExecutionsPage(BaseModel):
     keep_days: int = Field(description="trading days of executions kept per firm")
 
 
+class OrderEvent(BaseModel):
+    event_id: int = Field(description="numbers the firm's order events in journal order; the "
+                                      "page cursor")
+    order_id: int = Field(description="0 for an order refused before it got an id")
+    client_order_id: str | None
+    instrument: str
+    segment: str
+    side: Literal["buy", "sell"]
+    exec_type: str = Field(description="new, trade, canceled, replaced, expired, rejected")
+    order_status: str
+    price: str | None = Field(description="the order's limit (or protection) price, CNY")
+    qty: int
+    last_qty: int
+    last_px: str | None = Field(description="CNY, on a trade")
+    cum_qty: int
+    leaves_qty: int
+    reason: str | None = Field(description="the reject or cancel code")
+    trade_id: int | None
+    at: str
+
+
+class OrdersPage(BaseModel):
+    firm_id: str
+    orders: list[OrderEvent] = Field(description="newest first")
+    next_before: int | None
+    keep_days: int = Field(description="trading days of order events kept per firm")
+
+
 class Bar(BaseModel):
     at: str = Field(description="the minute's start, ISO-8601")
     open: str
@@ -142,7 +171,8 @@ def _check_board(ctx: ApiContext, sym: str | None, seg: str | None) -> None:
 
 
 def _next(rows, limit: int) -> int | None:
-    return rows[-1].trade_id if len(rows) == limit else None
+    """The cursor of the next (older) page: the id (trade or event) of this page's last row."""
+    return rows[-1][0] if len(rows) == limit else None
 
 
 @route("GET", "/trades", roles=None, tag="market",
@@ -198,6 +228,41 @@ async def executions(ctx: ApiContext, body) -> dict:
             "next_before": _next(rows, limit), "keep_days": h.keep_days}
 
 
+@route("GET", "/firms/{firm_id}/orders", roles=("operator", "verifier", "firm", "platform"),
+       tag="firms", query={"instrument": ident_param("an instrument (default: every one)"),
+                           **_PAGE},
+       response=OrdersPage,
+       summary="A firm's order history (its execution reports) from the journal-backed "
+               "history, paged")
+async def orders(ctx: ApiContext, body) -> dict:
+    """Every execution report of the firm's orders - accepted, replaced, filled, canceled,
+    expired, rejected (with the reason) - newest first, the last ``keep_days`` trading days
+    (at most 20,000 per firm), surviving a restart. ``before`` takes a page's
+    ``next_before`` (an ``event_id``). For the firm, its verifier and operators."""
+    firm_id = ctx.path["firm_id"]
+    require_firm_reader(ctx, firm_id)
+    a = ctx.ex.accounts.get(firm_id)
+    if a is None or a.system:
+        raise ProtocolError(E.UNKNOWN_ACCOUNT, f"no firm {firm_id[:64]!r}", 404)
+    sym = ctx.params.get("instrument")
+    _check_board(ctx, sym, None)
+    t_from, t_to = _window(ctx)
+    h = _history(ctx)
+    limit = ctx.params["limit"]
+    rows = h.order_events(firm_id, sym, t_from=t_from, t_to=t_to,
+                          before=ctx.params.get("before"), limit=limit)
+    return {"firm_id": firm_id,
+            "orders": [{"event_id": r.event_id, "order_id": r.order_id,
+                        "client_order_id": r.client_order_id, "instrument": r.instrument,
+                        "segment": r.segment, "side": r.side, "exec_type": r.exec_type,
+                        "order_status": r.order_status, "price_fen": r.price, "qty": r.qty,
+                        "last_qty": r.last_qty,
+                        "last_px_fen": r.last_px if r.last_qty else None,
+                        "cum_qty": r.cum_qty, "leaves_qty": r.leaves_qty, "reason": r.reason,
+                        "trade_id": r.trade_id or None, "ts": r.ts} for r in rows],
+            "next_before": _next(rows, limit), "keep_days": h.keep_days}
+
+
 @route("GET", "/market/bars/{instrument}", roles=None, tag="market",
        query={"segment": ident_param("the board: main (default), sme or chain:<id>")},
        response=BarsPage,
@@ -212,4 +277,4 @@ async def bars(ctx: ApiContext, body) -> dict:
             "bars": h.minute_bars(sym, seg)}
 
 
-__all__ = ["trades", "executions", "bars", "MAX_TRADES", "MAX_EXECUTIONS", "KEEP_DAYS"]
+__all__ = ["trades", "executions", "orders", "bars", "MAX_TRADES", "MAX_EXECUTIONS", "KEEP_DAYS"]

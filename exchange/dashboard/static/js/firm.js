@@ -20,6 +20,7 @@ export class FirmView {
     this.firm = null;
     this.orders = new Map(); // order_id -> order
     this.execs = []; // the blotter: fills, newest first (GET /firms/{id}/executions)
+    this.orderEvents = []; // order history: reports, newest first (GET /firms/{id}/orders)
     this.coidSeq = 0;
     this.placedTif = new Map(); // client_order_id -> tif of orders placed from this page
     this.credits = new FirmCredits(() => (this.http ? { http: this.http, firm: this.firm } : null));
@@ -96,6 +97,7 @@ export class FirmView {
     this.firm = me.firm_id;
     this.orders.clear();
     this.execs = [];
+    this.orderEvents = [];
     if (remember) this.keys.set("firm", key);
     $("#firm-whoami").textContent = me.firm_id;
     $("#firm-signin").hidden = true;
@@ -113,6 +115,7 @@ export class FirmView {
     this.renderExecs();
     this.http = new HttpApi(key);
     this.loadExecutions();
+    this.loadOrderHistory();
     this.loadCompliance();
     this.loadSme();
     this.credits.load();
@@ -133,10 +136,30 @@ export class FirmView {
     this.renderExecs();
   }
 
-  /** A fill was reported: reload the blotter once the burst is over. */
-  scheduleExecutions() {
+  /** The firm's order history: every execution report, newest first (journal-backed). */
+  async loadOrderHistory() {
+    const firm = this.firm;
+    if (!firm || !this.http) return;
+    try {
+      const r = await this.http.get(`/firms/${encodeURIComponent(firm)}/orders?limit=200`);
+      if (firm !== this.firm) return;
+      this.orderEvents = r.orders;
+      $("#order-history-meta").textContent = `every report on the firm's orders of the last ${r.keep_days} trading days, newest first`;
+    } catch (e) {
+      $("#order-history-meta").textContent = `order history unavailable — ${e.text || e.message}`;
+    }
+    this.renderOrderHistory();
+  }
+
+  /** A report came in: reload the history (and, on a fill, the blotter) once the burst is over. */
+  scheduleExecutions(fill) {
+    this.fillSeen = this.fillSeen || fill;
     clearTimeout(this.execTimer);
-    this.execTimer = setTimeout(() => this.loadExecutions(), 200);
+    this.execTimer = setTimeout(() => {
+      if (this.fillSeen) this.loadExecutions();
+      this.fillSeen = false;
+      this.loadOrderHistory();
+    }, 200);
   }
 
   /** Holdings moved (a surrender, an allocation, a trade): refresh compliance, at most every 5 s. */
@@ -305,7 +328,7 @@ export class FirmView {
   }
 
   onExec(er) {
-    if (er.exec_type === "trade") this.scheduleExecutions();
+    this.scheduleExecutions(er.exec_type === "trade");
     if (LIVE.has(er.order_status) && er.leaves_qty > 0) {
       const o = this.orders.get(er.order_id) || {};
       this.orders.set(er.order_id, {
@@ -420,6 +443,23 @@ export class FirmView {
       el("td", {}, el("button", { class: "btn small ghost", text: "Cancel", "aria-label": `Cancel order ${o.order_id}`,
         onclick: () => this.cancel(o.order_id) }))));
     setRows($("#open-orders tbody"), rows, "No open orders", 11);
+  }
+
+  renderOrderHistory() {
+    const rows = this.orderEvents.map((o) => el("tr", { dataset: { eventId: o.event_id, orderId: o.order_id } },
+      el("td", { text: o.at ? `${o.at.slice(0, 10)} ${o.at.slice(11, 19)}` : nsToTime(o.ts) }),
+      el("td", { class: "mono", text: o.order_id ? String(o.order_id) : "—" }),
+      el("td", { class: "mono", text: o.client_order_id || "" }),
+      el("td", { text: `${o.instrument} · ${o.segment}` }),
+      el("td", { class: o.side === "buy" ? "bid" : "ask", text: o.side.toUpperCase() }),
+      el("td", { text: o.exec_type }),
+      el("td", {}, el("span", { class: `status ${o.order_status}`, text: o.order_status.replace("_", " ") })),
+      el("td", { class: "num", text: o.exec_type === "trade" ? `${o.last_px} (${qty(o.last_qty)} t)` : px(o.price) }),
+      el("td", { class: "num", text: qty(o.qty) }),
+      el("td", { class: "num", text: qty(o.cum_qty) }),
+      el("td", { class: "num", text: qty(o.leaves_qty) }),
+      el("td", { class: "muted", text: o.reason || "" })));
+    setRows($("#order-history tbody"), rows, "No orders yet", 12);
   }
 
   renderExecs() {
