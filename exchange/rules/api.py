@@ -588,7 +588,8 @@ def responsibility_view(rules, firm_id: str) -> dict:
         return {"firm_id": firm_id, "period": None, "responsibility_t": None}
     out = dict(fr)
     for k in ("responsibility", "embodied", "intensity"):
-        out[f"{k}_t" if k != "intensity" else k] = _dec(fr[f"{k}_ppm"])
+        # once, as the decimal: the ppm figure would show the same number a second time
+        out[f"{k}_t" if k != "intensity" else k] = _dec(out.pop(f"{k}_ppm"))
     return out
 
 
