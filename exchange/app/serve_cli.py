@@ -40,6 +40,9 @@ async def serve(args) -> int:
         settings.journal.schema_name = args.journal_schema
     if args.checkpoint_key_file:
         settings.journal.checkpoint_key_file = args.checkpoint_key_file
+    if getattr(args, "market_data", False):  # a gateway following the journal (ADR 0014)
+        from ..server.marketdata import serve_market_data
+        return await serve_market_data(args, settings, host, port, data_dir, build_exchange)
     leadership = None
     if args.standby:  # serve only while holding the journal's leader lease
         from pathlib import Path
@@ -188,6 +191,8 @@ def register(sub) -> None:
                         "ws://HOST:PORT/ws)")
     p.add_argument("--lease-ttl", type=float, default=5.0, metavar="S",
                    help="seconds a leader that stopped renewing keeps the lease (default 5)")
+    from ..server.marketdata import add_arguments as market_data_arguments
+    market_data_arguments(p)  # --market-data, --leader, --md-ring, --md-interval
     p.add_argument("--no-uvloop", action="store_true", help="use the default asyncio loop")
     p.set_defaults(func=run)
 
