@@ -9,6 +9,8 @@ journal's JSON unchanged.
 """
 from __future__ import annotations
 
+from typing import Any
+
 from ..core.commands import Command, command
 from ..core.events import event
 from .mrv import DEFAULT_COVERED, DEFAULT_GRID_FACTOR_PPM
@@ -19,9 +21,9 @@ from .mrv import DEFAULT_COVERED, DEFAULT_GRID_FACTOR_PPM
 class ConfigureCompliance(Command):
     """Market-wide compliance parameters (genesis; a later one replaces them for what follows)."""
 
-    carbon_coefficients_ppm: tuple = ()  # ((fuel, t C per tce x 1e6), ...)
-    co2_per_c: tuple = (44, 12)  # (numerator, denominator): t CO2 per t C
-    offset_types: tuple = ("CCER", "PHCER")
+    carbon_coefficients_ppm: tuple[Any, ...] = ()  # ((fuel, t C per tce x 1e6), ...)
+    co2_per_c: tuple[Any, ...] = (44, 12)  # (numerator, denominator): t CO2 per t C
+    offset_types: tuple[Any, ...] = ("CCER", "PHCER")
     banking: bool = True
     penalty_mode: str = "both"  # fixed | multiple | both | greater
     penalty_fixed_fine: int = 0  # fen per non-compliant firm-period
@@ -30,11 +32,11 @@ class ConfigureCompliance(Command):
     penalty_fallback_price: int = 0  # fen/t when the period had no allowance trade
     # appended later, with defaults, so older journals replay unchanged
     grid_factor_ppm: int = DEFAULT_GRID_FACTOR_PPM  # t CO2 per MWh of electricity x 1e6
-    covered_categories: tuple = DEFAULT_COVERED  # categories that create obligation
+    covered_categories: tuple[Any, ...] = DEFAULT_COVERED  # categories that create obligation
     # the boards whose allowance trades make the period's average (penalty) price: None (a
     # record written before this field) counts every board, as the rule was then;
     # configurations built from [compliance] give ("main",)
-    penalty_price_segments: tuple | None = None
+    penalty_price_segments: tuple[Any, ...] | None = None
     seq: int = 0
     ts: int = 0
 
@@ -47,10 +49,10 @@ class ConfigureCompliancePeriod(Command):
     period: int
     start_ts: int = 0
     deadline_ts: int | None = None  # None: deadline processing whenever the operator runs it
-    eligible_vintages: tuple = ()  # allowance vintages; () = by the banking rule
-    offset_vintages: tuple = ()  # offset vintages; () = any vintage <= period
+    eligible_vintages: tuple[Any, ...] = ()  # allowance vintages; () = by the banking rule
+    offset_vintages: tuple[Any, ...] = ()  # offset vintages; () = any vintage <= period
     offset_cap_bps: int = 500
-    offset_sub_caps_bps: tuple = ()  # ((offset_type, bps), ...), each inside the cap
+    offset_sub_caps_bps: tuple[Any, ...] = ()  # ((offset_type, bps), ...), each inside the cap
     seq: int = 0
     ts: int = 0
 
@@ -72,7 +74,7 @@ class SubmitActivityData(Command):
 
     firm_id: str
     period: int
-    fuels: tuple = ()  # ((fuel, tce), ...)
+    fuels: tuple[Any, ...] = ()  # ((fuel, tce), ...)
     process_emissions: int = 0
     output: int = 0
     # appended later, with defaults, so older journals replay unchanged
@@ -110,7 +112,7 @@ class SurrenderUnits(Command):
     period: int
     instrument: str
     qty: int
-    serials: tuple = ()  # credits: exactly these serials (registry); () = oldest first
+    serials: tuple[Any, ...] = ()  # credits: exactly these serials (registry); () = oldest first
     seq: int = 0
     ts: int = 0
 
@@ -123,7 +125,7 @@ class SetOffsetCap(Command):
     period: int
     cap_bps: int
     # ((offset_type, bps), ...); None keeps the sub-caps in force at effective_ts, () clears
-    sub_caps_bps: tuple | None = ()
+    sub_caps_bps: tuple[Any, ...] | None = ()
     effective_ts: int | None = None
     operator: str = ""
     seq: int = 0
@@ -144,11 +146,11 @@ class ProcessComplianceDeadline(Command):
 # =========================================================================== events
 @event("compliance_configured")
 class ComplianceConfigured:
-    fuels: tuple
-    offset_types: tuple
+    fuels: tuple[Any, ...]
+    offset_types: tuple[Any, ...]
     banking: bool
     grid_factor_ppm: int = 0
-    covered_categories: tuple = ()
+    covered_categories: tuple[Any, ...] = ()
 
 
 @event("compliance_period_configured")
@@ -157,7 +159,7 @@ class CompliancePeriodConfigured:
     start_ts: int
     deadline_ts: int | None
     offset_cap_bps: int
-    offset_sub_caps_bps: tuple
+    offset_sub_caps_bps: tuple[Any, ...]
 
 
 @event("verifier_registered")
@@ -181,7 +183,7 @@ class ActivityDataSubmitted:
     electricity_emissions: int = 0
     energy_emissions: int = 0  # fuel + electricity emissions
     natural_emissions: int = 0
-    covered_categories: tuple = ()
+    covered_categories: tuple[Any, ...] = ()
     covered_emissions: int = 0
 
 
@@ -200,7 +202,7 @@ class EmissionsVerified:
     energy_emissions: int = 0
     process_emissions: int = 0
     natural_emissions: int = 0
-    covered_categories: tuple = ()
+    covered_categories: tuple[Any, ...] = ()
     covered_emissions: int = 0
 
 
@@ -239,7 +241,7 @@ class UnitsSurrendered:
 class OffsetCapChanged:
     period: int
     cap_bps: int
-    sub_caps_bps: tuple
+    sub_caps_bps: tuple[Any, ...]
     effective_ts: int
     operator: str
 

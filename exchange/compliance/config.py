@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import date, datetime, timezone
 from decimal import InvalidOperation
 from fractions import Fraction
+from typing import TYPE_CHECKING, Sequence, overload
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -16,6 +17,9 @@ from ..core.units import PPM, parse_price, percent_to_bps, ratio_to_ppm, to_deci
 from .commands import ConfigureCompliance, ConfigureCompliancePeriod, RegisterVerifier
 from .fund import ConfigureSmeFund
 from .mrv import CATEGORIES, DEFAULT_COVERED, MAX_GRID_FACTOR_PPM, PENALTY_MODES
+
+if TYPE_CHECKING:
+    from ..core.commands import Command
 
 
 class _Strict(BaseModel):
@@ -27,6 +31,14 @@ def _pct_ok(v: str) -> str:
     if not 0 <= bps <= 10_000:
         raise ValueError(f"percentage {v!r} outside [0, 100]")
     return v
+
+
+@overload
+def to_ns(value: str) -> int: ...
+
+
+@overload
+def to_ns(value: None) -> None: ...
 
 
 def to_ns(value: str | None) -> int | None:
@@ -53,21 +65,21 @@ class PenaltyConfig(_Strict):
 
     @field_validator("mode")
     @classmethod
-    def _mode(cls, v):
+    def _mode(cls, v: str) -> str:
         if v not in PENALTY_MODES:
             raise ValueError(f"mode must be one of {PENALTY_MODES}")
         return v
 
     @field_validator("fixed_fine", "late_fine", "fallback_price")
     @classmethod
-    def _money(cls, v):
+    def _money(cls, v: str) -> str:
         if parse_price(v) < 0:
             raise ValueError("amounts are >= 0")
         return v
 
     @field_validator("price_multiple")
     @classmethod
-    def _mult(cls, v):
+    def _mult(cls, v: str) -> str:
         if ratio_to_ppm(v) < 0:
             raise ValueError("price multiple is >= 0")
         return v
@@ -88,12 +100,12 @@ class SmeFundConfig(_Strict):
 
     @field_validator("penalty_to_fund_pct", "auction_to_fund_pct")
     @classmethod
-    def _pct(cls, v):
+    def _pct(cls, v: str) -> str:
         return _pct_ok(v)
 
     @field_validator("sme_period_limit", "period_limit")
     @classmethod
-    def _money(cls, v):
+    def _money(cls, v: str | None) -> str | None:
         if v is not None and parse_price(v) < 0:
             raise ValueError("limits are >= 0")
         return v
@@ -121,14 +133,14 @@ class CompliancePeriodConfig(_Strict):
 
     @field_validator("start", "deadline")
     @classmethod
-    def _date(cls, v):
+    def _date(cls, v: str | None) -> str | None:
         if v is not None:
             to_ns(v)
         return v
 
     @field_validator("offset_cap_pct")
     @classmethod
-    def _cap(cls, v):
+    def _cap(cls, v: str | None) -> str | None:
         return v if v is None else _pct_ok(v)
 
 
@@ -159,7 +171,7 @@ class ComplianceConfig(_Strict):
 
     @field_validator("carbon_coefficients")
     @classmethod
-    def _coef(cls, v):
+    def _coef(cls, v: dict[str, str]) -> dict[str, str]:
         for fuel, c in v.items():
             if ratio_to_ppm(c) < 0:
                 raise ValueError(f"coefficient of {fuel} must be >= 0")
@@ -167,7 +179,7 @@ class ComplianceConfig(_Strict):
 
     @field_validator("grid_factor_t_per_mwh")
     @classmethod
-    def _grid(cls, v):
+    def _grid(cls, v: str) -> str:
         try:  # the units' guarded parser: no huge strings or exponents
             d = to_decimal(v, "grid factor")
         except (InvalidOperation, ValueError):
@@ -181,7 +193,7 @@ class ComplianceConfig(_Strict):
 
     @field_validator("covered_categories")
     @classmethod
-    def _covered(cls, v):
+    def _covered(cls, v: list[str]) -> list[str]:
         bad = [c for c in v if c not in CATEGORIES]
         if bad or not v or len(set(v)) != len(v):
             raise ValueError(f"covered_categories: one or more of {list(CATEGORIES)}, each "
@@ -190,7 +202,7 @@ class ComplianceConfig(_Strict):
 
     @field_validator("co2_per_carbon")
     @classmethod
-    def _frac(cls, v):
+    def _frac(cls, v: str) -> str:
         f = Fraction(v)
         if f <= 0:
             raise ValueError("co2_per_carbon must be > 0")
@@ -198,28 +210,29 @@ class ComplianceConfig(_Strict):
 
     @field_validator("offset_cap_pct")
     @classmethod
-    def _cap(cls, v):
+    def _cap(cls, v: str) -> str:
         return _pct_ok(v)
 
     @field_validator("offset_sub_caps_pct")
     @classmethod
-    def _subs(cls, v):
+    def _subs(cls, v: dict[str, str]) -> dict[str, str]:
         for k, p in v.items():
             _pct_ok(p)
         return v
 
 
-def _sub_caps(d: dict[str, str]) -> tuple:
+def _sub_caps(d: dict[str, str]) -> tuple[tuple[str, int], ...]:
     return tuple((k, percent_to_bps(v)) for k, v in sorted(d.items()))
 
 
-def compliance_commands(cfg: ComplianceConfig | None, verifiers: list[str] = ()) -> list:
+def compliance_commands(cfg: ComplianceConfig | None, verifiers: Sequence[str] = ()
+                        ) -> list[Command]:
     """Genesis commands for compliance: parameters, periods, verifiers."""
     if cfg is None:
         return []
     frac = Fraction(cfg.co2_per_carbon)
     p = cfg.penalty
-    cmds: list = [ConfigureCompliance(
+    cmds: list[Command] = [ConfigureCompliance(
         carbon_coefficients_ppm=tuple((k, ratio_to_ppm(v))
                                       for k, v in sorted(cfg.carbon_coefficients.items())),
         co2_per_c=(frac.numerator, frac.denominator),
