@@ -107,6 +107,16 @@ def test_the_bound_per_board_holds():
     assert [r.trade_id for r in h.firm_executions("S")] == [7, 6]
 
 
+def test_the_bound_over_all_firms_holds():
+    """Many firms do not multiply the per-firm bound: over all of them the oldest go first."""
+    h = MarketHistory(max_executions=10, max_executions_total=6)
+    for i in range(1, 7):  # firms F1..F6 buy from S: 12 executions, 6 kept
+        h.feed(Cmd(i), [_trade(i, 8_500, 1, buyer=f"F{i}")])
+    kept = {f: [r.trade_id for r in q] for f, q in h.executions.items()}
+    assert kept == {"F4": [4], "F5": [5], "F6": [6], "S": [4, 5, 6]}
+    assert sum(len(q) for q in h.executions.values()) == 6
+
+
 def test_the_core_events_feed_it_like_the_journal_does():
     """A real market (genesis of config/default.toml): the scratch-core path of rebuild is
     the same feed as the live one."""

@@ -18,9 +18,10 @@ It is fed by committed commands and their events, in sequence order, and by noth
 
 Memory is bounded (docs/DASHBOARD.md "History"): the public trades of the last ``keep_days``
 trading days of each board, at most ``max_trades`` per board; the executions of the last
-``keep_days`` trading days of each firm, at most ``max_executions`` per firm; its order events
-(execution reports: accepted, replaced, canceled, expired, rejected, filled) of the same days,
-at most ``max_order_events`` per firm; the 1-minute bars
+``keep_days`` trading days of each firm, at most ``max_executions`` per firm and
+``max_executions_total`` over all firms; its order events (execution reports: accepted,
+replaced, canceled, expired, rejected, filled) of the same days, at most ``max_order_events``
+per firm and ``max_order_events_total`` over all; the 1-minute bars
 of the current trading day only (at most 1,440 per board); daily candles of the last 750 days
 (:mod:`.candles`). What is older is dropped at each end of day.
 
@@ -45,6 +46,10 @@ KEEP_DAYS = 5  # trading days of public trades and of executions kept (today inc
 MAX_TRADES = 20_000  # public trades kept per board
 MAX_EXECUTIONS = 10_000  # executions kept per firm
 MAX_ORDER_EVENTS = 20_000  # order events (execution reports) kept per firm
+# ... and over all firms together (a market of many firms must not multiply the per-firm
+# bounds): about 60 MB of rows for each of the two at these figures
+MAX_EXECUTIONS_TOTAL = 200_000
+MAX_ORDER_EVENTS_TOTAL = 200_000
 MINUTE_NS = 60 * 1_000_000_000
 REBUILD_WAIT_S = 10.0  # how long a start waits for commands applied before it listened
 
@@ -124,11 +129,19 @@ def _newest_first(rows, before: int | None, t_from: int | None, t_to: int | None
 class MarketHistory:
     def __init__(self, keep_days: int = KEEP_DAYS, max_trades: int = MAX_TRADES,
                  max_executions: int = MAX_EXECUTIONS,
-                 max_order_events: int = MAX_ORDER_EVENTS):
+                 max_order_events: int = MAX_ORDER_EVENTS,
+                 max_executions_total: int = MAX_EXECUTIONS_TOTAL,
+                 max_order_events_total: int = MAX_ORDER_EVENTS_TOTAL):
         self.keep_days = keep_days
         self.max_trades = max_trades
         self.max_executions = max_executions
         self.max_order_events = max_order_events
+        self.max_executions_total = max_executions_total
+        self.max_order_events_total = max_order_events_total
+        # (firm, id, day) of every execution / order event kept, in arrival order: the
+        # bound over all firms drops from its left
+        self._exec_fifo: deque = deque()
+        self._order_fifo: deque = deque()
         self.day = 0
         self.last_seq = 0  # the last command fed (replayed or live)
         self.trades: dict[tuple[str, str], deque[TradeRow]] = {}
@@ -182,12 +195,11 @@ class MarketHistory:
         for firm, side, oid, fee, taker in (
                 (ev.buyer, "buy", ev.buy_order_id, ev.buyer_fee, ev.aggressor == "buy"),
                 (ev.seller, "sell", ev.sell_order_id, ev.seller_fee, ev.aggressor == "sell")):
-            x = self.executions.get(firm)
-            if x is None:
-                x = self.executions[firm] = deque(maxlen=self.max_executions)
             proceeds = -(notional + fee) if side == "buy" else notional - fee - paid_out
-            x.append(ExecRow(ev.trade_id, ts, day, ev.instrument, ev.segment, side, oid,
-                             ev.price, ev.qty, fee, "taker" if taker else "maker", proceeds))
+            self._keep(self.executions, self._exec_fifo, firm,
+                       ExecRow(ev.trade_id, ts, day, ev.instrument, ev.segment, side, oid,
+                               ev.price, ev.qty, fee, "taker" if taker else "maker",
+                               proceeds), self.max_executions, self.max_executions_total)
         bars = self.bars.get(board)
         if bars is None:
             bars = self.bars[board] = {}
@@ -207,13 +219,31 @@ class MarketHistory:
 
     def _report(self, ev: ExecutionReport, ts: int) -> None:
         self.events_seen += 1
-        q = self.orders.get(ev.account)
+        self._keep(self.orders, self._order_fifo, ev.account,
+                   OrderRow(self.events_seen, ts, self.day, ev.order_id, ev.client_order_id,
+                            ev.instrument, ev.segment, ev.side, ev.exec_type,
+                            ev.order_status, ev.price, ev.qty, ev.last_qty, ev.last_px,
+                            ev.cum_qty, ev.leaves_qty, ev.reason, ev.trade_id),
+                   self.max_order_events, self.max_order_events_total)
+
+    @staticmethod
+    def _keep(qs: dict, fifo: deque, firm: str, row, per_firm: int, total: int) -> None:
+        """Append ``row`` to ``firm``'s rows (at most ``per_firm``: the oldest goes) and to
+        the arrival order of all firms' rows, which drops the oldest row of all once there
+        are more than ``total``."""
+        q = qs.get(firm)
         if q is None:
-            q = self.orders[ev.account] = deque(maxlen=self.max_order_events)
-        q.append(OrderRow(self.events_seen, ts, self.day, ev.order_id, ev.client_order_id,
-                          ev.instrument, ev.segment, ev.side, ev.exec_type, ev.order_status,
-                          ev.price, ev.qty, ev.last_qty, ev.last_px, ev.cum_qty,
-                          ev.leaves_qty, ev.reason, ev.trade_id))
+            q = qs[firm] = deque(maxlen=per_firm)
+        q.append(row)
+        fifo.append((firm, row[0], row.day))
+        if len(fifo) > total:
+            old, rid, _ = fifo.popleft()
+            q = qs.get(old)
+            # gone already when its firm's own bound or an end of day dropped it
+            if q and q[0][0] == rid:
+                q.popleft()
+                if not q:
+                    del qs[old]
 
     def _day_ended(self, day: int) -> None:
         self.day = day
@@ -226,6 +256,9 @@ class MarketHistory:
                     q.popleft()
                 if not q:
                     del qs[k]
+        for fifo in (self._exec_fifo, self._order_fifo):  # arrival order: old days first
+            while fifo and fifo[0][2] < oldest:
+                fifo.popleft()
 
     # ------------------------------------------------------------------ start
     def attach(self, runner) -> None:
