@@ -115,6 +115,11 @@ def test_the_bound_over_all_firms_holds():
     kept = {f: [r.trade_id for r in q] for f, q in h.executions.items()}
     assert kept == {"F4": [4], "F5": [5], "F6": [6], "S": [4, 5, 6]}
     assert sum(len(q) for q in h.executions.values()) == 6
+    h = MarketHistory(max_trades_total=2)
+    for i, seg in enumerate(("main", "sme", "chain:c1"), 1):
+        h.feed(Cmd(i), [_trade(i, 8_500, 1, segment=seg)])
+    assert [r.trade_id for r in h.public_trades(SYM)] == [3, 2]
+    assert h.boards() == [(SYM, "chain:c1"), (SYM, "sme")]
 
 
 def test_the_core_events_feed_it_like_the_journal_does():

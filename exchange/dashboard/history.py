@@ -49,6 +49,7 @@ MAX_ORDER_EVENTS = 20_000  # order events (execution reports) kept per firm
 # ... and over all firms together (a market of many firms must not multiply the per-firm
 # bounds): about 60 MB of rows for each of the two at these figures
 MAX_EXECUTIONS_TOTAL = 200_000
+MAX_TRADES_TOTAL = 500_000  # public trades over all boards (many chain boards: not x 20,000)
 MAX_ORDER_EVENTS_TOTAL = 200_000
 MINUTE_NS = 60 * 1_000_000_000
 REBUILD_WAIT_S = 10.0  # how long a start waits for commands applied before it listened
@@ -131,17 +132,20 @@ class MarketHistory:
                  max_executions: int = MAX_EXECUTIONS,
                  max_order_events: int = MAX_ORDER_EVENTS,
                  max_executions_total: int = MAX_EXECUTIONS_TOTAL,
-                 max_order_events_total: int = MAX_ORDER_EVENTS_TOTAL):
+                 max_order_events_total: int = MAX_ORDER_EVENTS_TOTAL,
+                 max_trades_total: int = MAX_TRADES_TOTAL):
         self.keep_days = keep_days
         self.max_trades = max_trades
         self.max_executions = max_executions
         self.max_order_events = max_order_events
         self.max_executions_total = max_executions_total
         self.max_order_events_total = max_order_events_total
-        # (firm, id, day) of every execution / order event kept, in arrival order: the
-        # bound over all firms drops from its left
+        self.max_trades_total = max_trades_total
+        # (firm or board, id, day) of every execution / order event / trade kept, in
+        # arrival order: the bound over all firms (boards) drops from its left
         self._exec_fifo: deque = deque()
         self._order_fifo: deque = deque()
+        self._trade_fifo: deque = deque()
         self.day = 0
         self.last_seq = 0  # the last command fed (replayed or live)
         self.trades: dict[tuple[str, str], deque[TradeRow]] = {}
@@ -182,12 +186,10 @@ class MarketHistory:
 
     def _trade(self, ev: Trade, ts: int) -> None:
         board = (ev.instrument, ev.segment)
-        q = self.trades.get(board)
-        if q is None:
-            q = self.trades[board] = deque(maxlen=self.max_trades)
         day = self.day
-        q.append(TradeRow(ev.trade_id, ts, day, ev.instrument, ev.segment, ev.price, ev.qty,
-                          ev.aggressor))
+        self._keep(self.trades, self._trade_fifo, board,
+                   TradeRow(ev.trade_id, ts, day, ev.instrument, ev.segment, ev.price, ev.qty,
+                            ev.aggressor), self.max_trades, self.max_trades_total)
         notional = ev.price * ev.qty
         # what the seller's cash got: the notional less its fee, less what sub-quota parents
         # were paid out of it (exchange/core/exchange.py, proceeds split)
@@ -227,15 +229,15 @@ class MarketHistory:
                    self.max_order_events, self.max_order_events_total)
 
     @staticmethod
-    def _keep(qs: dict, fifo: deque, firm: str, row, per_firm: int, total: int) -> None:
-        """Append ``row`` to ``firm``'s rows (at most ``per_firm``: the oldest goes) and to
-        the arrival order of all firms' rows, which drops the oldest row of all once there
-        are more than ``total``."""
-        q = qs.get(firm)
+    def _keep(qs: dict, fifo: deque, key, row, per_key: int, total: int) -> None:
+        """Append ``row`` to the rows of ``key`` (a firm, or a board; at most ``per_key``:
+        the oldest goes) and to the arrival order of all keys' rows, which drops the oldest
+        row of all once there are more than ``total``."""
+        q = qs.get(key)
         if q is None:
-            q = qs[firm] = deque(maxlen=per_firm)
+            q = qs[key] = deque(maxlen=per_key)
         q.append(row)
-        fifo.append((firm, row[0], row.day))
+        fifo.append((key, row[0], row.day))
         if len(fifo) > total:
             old, rid, _ = fifo.popleft()
             q = qs.get(old)
@@ -256,7 +258,8 @@ class MarketHistory:
                     q.popleft()
                 if not q:
                     del qs[k]
-        for fifo in (self._exec_fifo, self._order_fifo):  # arrival order: old days first
+        # arrival order: old days first
+        for fifo in (self._trade_fifo, self._exec_fifo, self._order_fifo):
             while fifo and fifo[0][2] < oldest:
                 fifo.popleft()
 
