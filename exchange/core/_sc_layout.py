@@ -18,6 +18,9 @@ installed release and against a changed one.
 """
 from __future__ import annotations
 
+from types import ModuleType
+from typing import Any
+
 import sortedcontainers
 
 # the SortedDict's SortedList of keys, and that SortedList's parts (instance attributes)
@@ -36,7 +39,8 @@ class LayoutError(RuntimeError):
     """The installed sortedcontainers does not keep the layout the order book relies on."""
 
 
-def parts(sd: sortedcontainers.SortedDict) -> tuple[dict, list, list, list]:
+def parts(sd: sortedcontainers.SortedDict) -> tuple[
+        dict[str, Any], list[list[Any]], list[Any], list[int]]:
     """The parts of ``sd``'s SortedList the compiled book reads and edits in place: its
     instance ``__dict__`` (which holds ``LEN`` and ``LOAD``), its sublists, their maxima and
     its positional index."""
@@ -44,7 +48,7 @@ def parts(sd: sortedcontainers.SortedDict) -> tuple[dict, list, list, list]:
     return vars(sl), getattr(sl, LISTS), getattr(sl, MAXES), getattr(sl, INDEX)
 
 
-def check(module=sortedcontainers) -> None:
+def check(module: ModuleType = sortedcontainers) -> None:
     """Raise :class:`LayoutError`, naming the installed version, when ``module`` (the
     sortedcontainers package) is not a release whose layout is the one above."""
     version = str(getattr(module, "__version__", "unknown"))
@@ -57,7 +61,7 @@ def check(module=sortedcontainers) -> None:
             f"{KNOWN_MAJOR}.x")
 
 
-def _problem(module, version: str) -> str | None:
+def _problem(module: ModuleType, version: str) -> str | None:
     """What is wrong with the layout, or None. Everything is driven through the public API and
     then read through the private names, so a changed meaning fails as a missing name does."""
     if version.split(".")[0] != str(KNOWN_MAJOR):

@@ -5,6 +5,8 @@ these codes. Codes are part of the public protocol (docs/PROTOCOL.md): never ren
 """
 from __future__ import annotations
 
+from enum import StrEnum
+
 
 class Reject(Exception):
     """A business rule refused a command. Raised *before* any state changes."""
@@ -136,3 +138,15 @@ UNKNOWN_ACTION_TYPE = "UNKNOWN_ACTION_TYPE"  # not in the conversion table
 BAD_BATCH = "BAD_BATCH"  # a malformed carbon-inclusive batch (nothing of it is kept)
 UNKNOWN_BATCH = "UNKNOWN_BATCH"
 BATCH_NOT_PENDING = "BATCH_NOT_PENDING"
+
+
+def _reject_code_enum() -> type[StrEnum]:
+    """Every code above as one ``StrEnum`` (built from the constants, so the two cannot drift
+    apart). Events and messages carry the plain ``str`` constants; the enum is for code that
+    wants the closed set (``code in RejectCode``, exhaustive matches, documentation)."""
+    codes = {k: v for k, v in globals().items() if k.isupper() and isinstance(v, str)}
+    enum: type[StrEnum] = StrEnum("RejectCode", codes)  # type: ignore[misc]
+    return enum
+
+
+RejectCode = _reject_code_enum()

@@ -441,7 +441,9 @@ class Exchange:
             Account, Instrument, OrderBook, SegmentRules, int, str]:
         """Every check of a new order, in the order that decides its reject code. Returns the
         objects it found, the order's limit price (a market order's is the band's edge or its
-        protection price) and its effective time in force (a market order is IOC unless FOK)."""
+        protection price) and its effective time in force (a market order is IOC unless FOK).
+        The order keeps the command's own side and time in force objects (a plain ``str`` or
+        an :mod:`~exchange.core.orders` member), as the compiled twin does."""
         acct = self.accounts.get(cmd.account)
         if acct is None or acct.system:
             raise E.Reject(E.UNKNOWN_ACCOUNT, f"unknown account {cmd.account!r}")

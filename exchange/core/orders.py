@@ -5,11 +5,13 @@ prevention policies are :class:`enum.StrEnum` s whose values are the protocol's 
 (docs/PROTOCOL.md), so ``Side.BUY == "buy"`` and a journal, a snapshot or an event written
 with either is the same bytes.
 
-What the core *stores* on its orders, events and books is the plain ``str`` value
-(``Side.BUY.value``, exported as ``BUY`` and friends): the compiled twin and the encoders that
-read these objects take their fast path on exact ``str`` objects and compare statuses by
-identity with the constants they were given (``_core_path()`` in exchange.py). A member and its
-value compare and hash equal, so code may test ``o.status == OrderStatus.FILLED`` either way.
+The values the core sets itself - statuses, exec types, liquidity, the sides of L2 changes -
+are the plain ``str`` values (``OrderStatus.FILLED.value``, exported as ``ST_FILLED``, ``BUY``
+and friends): the compiled twin and the encoders that read these objects take their fast path
+on exact ``str`` objects and compare statuses by identity with the constants they were given
+(``_core_path()`` in exchange.py). A command may carry members or plain strings; an order
+keeps the command's side and time in force as given, on both paths. A member and its value
+compare and hash equal, so ``o.status == OrderStatus.FILLED`` reads the same either way.
 
 The order-state machine
 -----------------------
