@@ -80,6 +80,10 @@ def test_snapshot_round_trip_keeps_the_main_board_rule():
 def test_genesis_from_config_uses_the_main_board_rule():
     cfg = ComplianceConfig(periods=[{"period": 2026, "start": "2026-01-01"}])
     assert compliance_commands(cfg)[0].penalty_price_segments == ("main",)
+    from exchange.app.config import load_settings
+    assert load_settings(None).compliance.penalty.price_boards == ["main"]
+    with pytest.raises(ValueError):
+        ComplianceConfig(penalty={"price_boards": []})
 
 
 @pytest.mark.parametrize("bad", [(), ("",), (5,), "main"])

@@ -62,6 +62,16 @@ class PenaltyConfig(_Strict):
         "3", description="x the period's average allowance price x shortfall tonnes")
     late_fine: str = Field("10000.00", description="CNY when the obligation was met late")
     fallback_price: str = Field("0", description="CNY/t when the period had no price at all")
+    price_boards: list[str] = Field(
+        ["main"], description="the boards whose allowance trades make the average price: "
+                              "main (SME and chain boards are bilateral, sub-quota markets)")
+
+    @field_validator("price_boards")
+    @classmethod
+    def _boards(cls, v: list[str]) -> list[str]:
+        if not v or not all(isinstance(b, str) and b for b in v):
+            raise ValueError("price_boards: one or more board names (main, sme, chain:<id>)")
+        return v
 
     @field_validator("mode")
     @classmethod
@@ -244,7 +254,7 @@ def compliance_commands(cfg: ComplianceConfig | None, verifiers: Sequence[str] =
         covered_categories=tuple(c for c in CATEGORIES if c in cfg.covered_categories),
         # SME and chain boards are bilateral, sub-quota markets: only the main board's
         # trades price a shortfall (docs/COMPLIANCE.md, "average price")
-        penalty_price_segments=("main",))]
+        penalty_price_segments=tuple(p.price_boards))]
     for per in cfg.periods:
         cap = per.offset_cap_pct if per.offset_cap_pct is not None else cfg.offset_cap_pct
         subs = per.offset_sub_caps_pct if per.offset_sub_caps_pct is not None \
