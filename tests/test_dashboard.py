@@ -342,7 +342,7 @@ def test_operator_previews_and_applies_offset_cap(page, server):
 
     expect(page.locator('#cap-table tr[data-period="2026"]')).to_be_visible()
     status, before = http(server["base"], "GET", "/compliance/periods/2026/summary")
-    assert status == 200 and before["offset_cap_bps"] == 500
+    assert status == 200 and before["offset_cap_pct"] == "5.00"
     page.select_option("#cap-period", "2026")
     page.fill("#cap-pct", "8")
     expect(page.locator("#cap-apply-btn")).to_be_disabled()
@@ -359,16 +359,16 @@ def test_operator_previews_and_applies_offset_cap(page, server):
     shot(page, "operator-cap-preview")
     # nothing changed yet
     status, still = http(server["base"], "GET", "/compliance/periods/2026/summary")
-    assert still["offset_cap_bps"] == 500
+    assert still["offset_cap_pct"] == "5.00"
     expect(page.locator("#cap-apply-btn")).to_be_enabled()
     page.once("dialog", lambda d: d.accept())  # "1 firm(s) would exceed the new cap. Apply?"
     page.click("#cap-apply-btn")
     expect(page.locator("#cap-ok")).to_contain_text("set to 8 %")
     expect(page.locator('#cap-table tr[data-period="2026"] .cap-value')).to_have_text("8 %")
     status, after = http(server["base"], "GET", "/compliance/periods/2026/summary")
-    assert status == 200 and after["offset_cap_bps"] == 800
+    assert status == 200 and after["offset_cap_pct"] == "8.00"
     status, cap = http(server["base"], "GET", "/compliance/periods/2026/cap")
-    assert status == 200 and cap["cap_bps"] == 800 and cap["history"][-1]["cap_bps"] == 800
+    assert status == 200 and cap["cap_pct"] == "8.00" and cap["history"][-1]["cap_pct"] == "8.00"
     # a bad cap is refused by the server and explained
     page.fill("#cap-pct", "8")
     sub = page.locator('#cap-subcaps input[data-type="PHCER"]')
@@ -487,7 +487,7 @@ def test_sme_sees_its_sub_quotas_and_grants_and_core_firm_what_it_split(page, se
     assert [(q["lot_id"], q["granted"], q["revenue_share"]) for q in mine["received"]] == [
         (1, 3000, "0.7"), (lot, 1234, "0.65")]
     assert (mine["received"][0]["sme_proceeds"], mine["received"][0]["parent_proceeds"]) == (
-        596_400, 255_600)
+        "5964.00", "2556.00")
     # its grants: one paid, one rejected with the reason
     expect(page.locator("#firm-fund-panel")).to_be_visible()
     expect(page.locator(f'#firm-grants tr[data-application="{paid}"] td')).to_have_text(
@@ -545,7 +545,7 @@ def test_operator_sees_sme_fund_statement_and_sub_quotas(page, server, sme_setup
     expect(page.locator("#operator-main")).to_be_visible()
     # the public statement: 100,000.00 from the budget, 80,000.00 paid, 20,000.00 left
     status, fund = http(server["base"], "GET", "/compliance/sme-fund", key=None)
-    assert status == 200 and fund["balance_fen"] == 2_000_000
+    assert status == 200 and fund["balance"] == "20000.00"
     kpi = page.locator("#fund-kpis")
     expect(kpi.locator('[data-kpi="balance"] span')).to_have_text("20,000.00")
     expect(kpi.locator('[data-kpi="budget"] span')).to_have_text("100,000.00")

@@ -2,7 +2,7 @@
 // Orders go through the websocket with the firm's own API key; the executions panel is the
 // firm's blotter, GET /firms/{id}/executions (journal-backed: it survives a server restart),
 // reloaded on each fill the websocket reports.
-import { $, el, setRows, qty, money, px, nsToTime, showError, clearMsg, toast, ApiError } from "./util.js";
+import { $, el, setRows, qty, money, px, nsToTime, pctText, toFen, showError, clearMsg, toast, ApiError } from "./util.js";
 import { WsClient } from "./wsclient.js";
 import { HttpApi, publicApi } from "./api.js";
 import { cny, grantRows, lotSummary, renderLots } from "./sme.js";
@@ -225,11 +225,11 @@ export class FirmView {
     panel.hidden = !(isSme || apps.length);
     setRows($("#firm-grants tbody"), grantRows(apps), "No grant applications", 8);
     const received = {};
-    for (const a of apps) if (a.status === "disbursed") received[a.period] = (received[a.period] || 0) + a.amount_fen;
+    for (const a of apps) if (a.status === "disbursed") received[a.period] = (received[a.period] || 0) + toFen(a.amount);
     let limit = null;
     try {
       const p = (await publicApi.get("/compliance/sme-fund")).params;
-      limit = p ? p.sme_period_limit_fen : null;
+      limit = p ? p.sme_period_limit : null;
     } catch { /* the limit is a hint only; the applications above are what matters */ }
     const parts = Object.entries(received).sort().map(([per, fen]) =>
       `received ${cny(fen)} CNY for ${per}${limit !== null && limit !== undefined ? ` of ${cny(limit)} per period` : ""}`);
@@ -294,7 +294,7 @@ export class FirmView {
         el("td", { class: "num", text: qty(st.obligation.total) }),
         el("td", { class: "num", text: qty(st.surrendered.total) }),
         el("td", { class: "num", text: qty(st.surrendered.offsets) }),
-        el("td", { class: "num", title: cap ? `cap ${cap.cap_bps / 100} % = ${cap.cap_qty} t` : "", text: cap ? qty(cap.remaining) : "—" }),
+        el("td", { class: "num", title: cap ? `cap ${pctText(cap.cap_pct)} = ${cap.cap_qty} t` : "", text: cap ? qty(cap.remaining) : "—" }),
         el("td", { class: "num", text: qty(st.outstanding) }),
         el("td", { class: "num", text: alloc === null || alloc === undefined ? "—" : qty(alloc) })));
     }

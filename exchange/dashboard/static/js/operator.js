@@ -1,6 +1,6 @@
 // Operator view (operator credential): market control (halt / resume, price bands), firms with
 // allocation factors and compliance status, offset caps with a what-if preview before a change.
-import { $, el, setRows, qty, px, bpsToPct, pctToBps, showError, clearMsg, toast, errorText, ApiError } from "./util.js";
+import { $, el, setRows, qty, px, bpsToPct, pctToBps, pctText, timeMs, showError, clearMsg, toast, errorText, ApiError } from "./util.js";
 import { HttpApi, publicApi } from "./api.js";
 import { cny, paidGrantRows, renderLots } from "./sme.js";
 import { categoryCell, fromSummaryRow } from "./emissions.js";
@@ -25,6 +25,24 @@ export const ENDPOINTS = {
 };
 
 const bpsToPctText = (b) => (b % 100 ? `${Math.floor(b / 100)}.${String(b % 100).padStart(2, "0")}` : String(b / 100));
+
+/** Percent strings by offset type, as the API writes them ({"PHCER": "2.00"}) -> basis points. */
+const bpsOf = (m) => Object.fromEntries(Object.entries(m || {}).map(([t, v]) => [t, pctToBps(v)]));
+
+/** A compliance summary or what-if as the API writes it (percent strings, ISO-8601 times,
+ * docs/PROTOCOL.md "Units") with the basis points and ms this view compares and fills forms
+ * with beside them. */
+function capFigures(s) {
+  return {
+    ...s,
+    offset_cap_bps: pctToBps(s.offset_cap_pct), offset_sub_caps_bps: bpsOf(s.offset_sub_caps_pct),
+    current_cap_bps: pctToBps(s.current_cap_pct), proposed_cap_bps: pctToBps(s.proposed_cap_pct),
+    proposed_sub_caps_bps: bpsOf(s.proposed_sub_caps_pct),
+    as_of_ms: timeMs(s.as_of_at),
+    cap_history: (s.cap_history || []).map((h) => ({
+      ...h, cap_bps: pctToBps(h.cap_pct), sub_caps_bps: bpsOf(h.sub_caps_pct), effective_ms: timeMs(h.effective_at) })),
+  };
+}
 
 /** The compliance API's cap body: percentages as decimal strings. */
 function capBody({ cap_bps, sub_caps_bps }) {
@@ -145,8 +163,8 @@ export class OperatorView {
       el("td", { class: "strong", text: i.instrument }),
       el("td", { text: i.kind === "offset" ? `offset · ${i.offset_type}` : `allowance · ${i.vintage}` }),
       el("td", { class: "num", text: px(i.reference_price) }),
-      el("td", { class: "num", title: `half-width ${bpsToPct(i.band_bps)} around the reference price`,
-        text: i.band ? `±${bpsToPct(i.band_bps).replace(" ", "")} · ${i.band[0]}–${i.band[1]}` : bpsToPct(i.band_bps) }),
+      el("td", { class: "num", title: `half-width ${pctText(i.band_pct)} around the reference price`,
+        text: i.band ? `±${pctText(i.band_pct).replace(" ", "")} · ${i.band[0]}–${i.band[1]}` : pctText(i.band_pct) }),
       el("td", { class: "num", text: px(i.last) }),
       el("td", {}, el("span", { class: "badge", dataset: { state: i.halted ? "halted" : "open" }, text: i.halted ? "HALTED" : "TRADING" })),
       el("td", { class: "actions" }, i.halted
@@ -166,7 +184,7 @@ export class OperatorView {
   fillBandForm() {
     const i = this.instruments.find((x) => x.instrument === $("#band-instrument").value);
     if (!i) return;
-    $("#band-pct").placeholder = (i.band_bps / 100).toString();
+    $("#band-pct").placeholder = (pctToBps(i.band_pct) / 100).toString();
     $("#band-ref").placeholder = i.reference_price || "85.00";
   }
 
@@ -192,7 +210,7 @@ export class OperatorView {
     if (pct) {
       const bps = pctToBps(pct);
       if (bps === null || bps > 10000) { showError(errBox, new ApiError("INVALID_BAND", "band must be a percentage between 0 and 100 with at most two decimals")); return; }
-      body.band_bps = bps;
+      body.band_pct = bpsToPctText(bps);
     }
     if (ref) body.reference_price = ref;
     if (!pct && !ref) { showError(errBox, new ApiError("NOTHING_TO_CHANGE", "give a band width, a reference price, or both")); return; }
@@ -227,7 +245,7 @@ export class OperatorView {
 
   async summary(period, fresh = false) {
     if (!fresh && this.summaries.has(period)) return this.summaries.get(period);
-    const s = await this.api.get(ENDPOINTS.summary(period));
+    const s = capFigures(await this.api.get(ENDPOINTS.summary(period)));
     this.summaries.set(period, s);
     return s;
   }
@@ -257,23 +275,23 @@ export class OperatorView {
     }
     $("#cap-form").hidden = false;
     const rows = [];
-    const when = (ns) => new Date(Number(BigInt(ns) / 1000000n)).toISOString().slice(0, 16).replace("T", " ") + " UTC";
+    const when = (ms) => new Date(ms).toISOString().slice(0, 16).replace("T", " ") + " UTC";
     const subsText = (m) => Object.entries(m || {}).map(([t, b]) => `${t} ≤ ${bpsToPct(b)}`).join(", ") || "—";
     for (const p of this.periods) {
       let s;
       try { s = await this.summary(p, true); } catch (e) { showError(null, e, `Compliance summary ${p}`); continue; }
       // the entry in force is the last one effective by the summary's time; the ones after it
       // are scheduled changes, each shown with when it takes effect, who made it, its seq
-      const asOf = BigInt(s.as_of_ts ?? 0);
+      const asOf = s.as_of_ms ?? 0;
       const hist = s.cap_history || [];
       let cur = -1;
-      hist.forEach((h, i) => { if (BigInt(h.effective_ts) <= asOf) cur = i; });
+      hist.forEach((h, i) => { if (h.effective_ms <= asOf) cur = i; });
       const inForce = cur >= 0 ? hist[cur] : null;
       rows.push(el("tr", { class: "cap-in-force", dataset: { period: p, capBps: s.offset_cap_bps } },
         el("td", { class: "strong", text: String(p) }),
         el("td", { class: "num cap-value", text: bpsToPct(s.offset_cap_bps) }),
         el("td", { text: subsText(s.offset_sub_caps_bps) }),
-        el("td", { class: "cap-when", text: inForce && BigInt(inForce.effective_ts) > 0n ? `in force since ${when(inForce.effective_ts)}` : "in force since the period opened" }),
+        el("td", { class: "cap-when", text: inForce && inForce.effective_ms > 0 ? `in force since ${when(inForce.effective_ms)}` : "in force since the period opened" }),
         el("td", { class: "cap-who", text: inForce && inForce.operator ? inForce.operator : "config" }),
         el("td", { class: "num cap-seq", text: inForce && inForce.seq ? String(inForce.seq) : "—" })));
       for (const h of hist.slice(cur + 1)) {
@@ -281,7 +299,7 @@ export class OperatorView {
           el("td", { class: "muted", text: "scheduled" }),
           el("td", { class: "num cap-value", text: bpsToPct(h.cap_bps) }),
           el("td", { text: subsText(h.sub_caps_bps) }),
-          el("td", { class: "cap-when", text: `from ${when(h.effective_ts)}` }),
+          el("td", { class: "cap-when", text: `from ${when(h.effective_ms)}` }),
           el("td", { class: "cap-who", text: h.operator || "—" }),
           el("td", { class: "num cap-seq", text: String(h.seq) })));
       }
@@ -349,6 +367,7 @@ export class OperatorView {
       $("#cap-apply-btn").disabled = true;
       return;
     }
+    r = capFigures(r);
     this.preview = { ...prop, result: r };
     this.renderPreview(r);
     $("#cap-apply-btn").disabled = false;
@@ -461,33 +480,33 @@ export class OperatorView {
     const kpi = (label, value, opts = {}) => el("div", { class: "kpi", dataset: { kpi: opts.key || label } },
       el("label", { text: label }), el("span", { class: opts.cls || "", title: opts.title || "", text: value }));
     $("#fund-kpis").replaceChildren(
-      kpi("Balance (CNY)", cny(f.balance_fen), { key: "balance", cls: "strong",
+      kpi("Balance (CNY)", cny(f.balance), { key: "balance", cls: "strong",
         title: f.balance_check.ok ? "balance = inflows − grants (checked)" : "balance check FAILED" }),
-      kpi("Inflows", cny(f.inflows.total_fen), { key: "inflows" }),
+      kpi("Inflows", cny(f.inflows.total), { key: "inflows" }),
       kpi("from penalties", cny(src.penalty), { key: "penalty" }),
       kpi("from the budget", cny(src.budget), { key: "budget" }),
       kpi("from auctions", cny(src.auction), { key: "auction" }),
-      kpi("Grants paid", `${cny(f.grants.total_fen)} · ${f.grants.count}`, { key: "grants", title: "total CNY · number of grants" }),
+      kpi("Grants paid", `${cny(f.grants.total)} · ${f.grants.count}`, { key: "grants", title: "total CNY · number of grants" }),
       kpi("Applications", `${apps.pending || 0} pending · ${apps.approved || 0} approved · ${apps.rejected || 0} rejected`, { key: "applications" }));
     const p = f.params;
     const limit = (v) => (v === null || v === undefined ? "no limit" : `${cny(v)} CNY`);
     $("#fund-params").textContent = !f.configured || !p ? "The fund is not configured."
-      : `${bpsToPct(p.penalty_to_fund_bps)} of each penalty · ${bpsToPct(p.auction_to_fund_bps)} of auction proceeds · `
-        + `per SME and period ${limit(p.sme_period_limit_fen)} · per period ${limit(p.period_limit_fen)}`
+      : `${pctText(p.penalty_to_fund_pct)} of each penalty · ${pctText(p.auction_to_fund_pct)} of auction proceeds · `
+        + `per SME and period ${limit(p.sme_period_limit)} · per period ${limit(p.period_limit)}`
         + ` · set ${p.operator ? `by ${p.operator} ` : ""}at seq ${p.effective_seq}`;
     $("#fund-meta").textContent = `public statement · as of seq ${f.as_of_seq}${f.balance_check.ok ? "" : " · BALANCE CHECK FAILED"}`;
     const paidBy = Object.fromEntries(f.grants.by_period.map((g) => [g.period, g]));
     const periods = [...new Set([...f.inflows.by_period.map((r) => r.period), ...Object.keys(paidBy).map(Number)])].sort();
     const inBy = Object.fromEntries(f.inflows.by_period.map((r) => [r.period, r]));
     setRows($("#fund-periods tbody"), periods.map((per) => {
-      const r = inBy[per] || { penalty: 0, budget: 0, auction: 0, total_fen: 0 };
+      const r = inBy[per] || { penalty: "0.00", budget: "0.00", auction: "0.00", total: "0.00" };
       const g = paidBy[per];
       return el("tr", { dataset: { period: per } },
         el("td", { class: "strong", text: String(per) }),
         el("td", { class: "num", text: cny(r.penalty) }), el("td", { class: "num", text: cny(r.budget) }),
-        el("td", { class: "num", text: cny(r.auction) }), el("td", { class: "num", text: cny(r.total_fen) }),
-        el("td", { class: "num", title: g && g.limit_fen !== null ? `limit ${cny(g.limit_fen)} CNY` : "",
-          text: g ? `${cny(g.total_fen)} (${g.grants})` : "—" }));
+        el("td", { class: "num", text: cny(r.auction) }), el("td", { class: "num", text: cny(r.total) }),
+        el("td", { class: "num", title: g && g.limit !== null ? `limit ${cny(g.limit)} CNY` : "",
+          text: g ? `${cny(g.total)} (${g.grants})` : "—" }));
     }), "No inflows yet", 6);
     setRows($("#fund-grants tbody"), paidGrantRows(f.grants.paid), "No grants paid yet", 7);
   }

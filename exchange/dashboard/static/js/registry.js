@@ -5,7 +5,7 @@
 // reporting reversals); the Firm view its credits by serial and a retirement form.
 // Everything on screen is in tonnes, percentages and ISO dates: the API's ns timestamps and
 // grams never show raw.
-import { $, el, setRows, qty, showError, clearMsg, toast, errorText, ApiError } from "./util.js";
+import { $, el, setRows, qty, timeMs, showError, clearMsg, toast, errorText, ApiError } from "./util.js";
 import { publicApi } from "./api.js";
 
 export const REGISTRY = {
@@ -24,9 +24,9 @@ export const REGISTRY = {
 const REMOVAL = { natural: "natural sinks", engineered: "engineered capture and storage" };
 const BUFFER = "@buffer";
 
-/** ns since the epoch (a number or a digit string) -> "2026-12-07". */
-export const isoDate = (ns) => (ns === null || ns === undefined || ns === ""
-  ? "—" : new Date(Number(BigInt(ns) / 1000000n)).toISOString().slice(0, 10));
+/** A time as the API writes it (ISO-8601 with offset; or ns since the epoch) -> its UTC date,
+ * "2026-12-07". */
+export const isoDate = (t) => (timeMs(t) === null ? "—" : new Date(timeMs(t)).toISOString().slice(0, 10));
 
 /** "DEMO/POWER1-CCER-2026/2026/1-5000" -> units in it (5,000); null if not a serial. */
 export function serialUnits(s) {
@@ -142,7 +142,7 @@ export class RegistryPanel {
           el("td", { class: "strong beneficiary", text: who(x.beneficiary) }),
           el("td", { class: "reason", text: reasonText(x.reason, x.period) }),
           el("td", { text: x.period === null || x.period === undefined ? "—" : String(x.period) }),
-          el("td", { class: "small", text: `${isoDate(x.ts)} · seq ${x.seq}` })));
+          el("td", { class: "small", text: `${isoDate(x.at)} · seq ${x.seq}` })));
       }
     }
     setRows($("#reg-serial-table tbody"), rows, "No unit of this serial was ever issued", 8);
@@ -194,7 +194,7 @@ export class RegistryPanel {
       }
       vs.forEach(([vintage, v], i) => {
         rows.push(el("tr", { dataset: { project: pid, vintage } }, ...(i ? [] : head),
-          el("td", { title: `verified ${isoDate(v.ts)} by ${v.verifier} (seq ${v.seq})`, text: vintage }),
+          el("td", { title: `verified ${isoDate(v.at)} by ${v.verifier} (seq ${v.seq})`, text: vintage }),
           num(qty(v.gross_removal)), num(`− ${qty(v.project_emissions)}`), num(`− ${qty(v.baseline_removal)}`),
           el("td", { class: "num strong net", text: qty(v.net_removal) }),
           el("td", { class: "num buffer", text: qty(v.buffer) }),
@@ -263,7 +263,7 @@ export class RegistryPanel {
       return;
     }
     const decision = (b) => (b.status === "pending" ? "awaiting a verifier"
-      : b.status === "rejected" ? `rejected by ${b.verifier}: ${b.reason}` : `approved by ${b.verifier} · ${isoDate(b.decided_ts)}`);
+      : b.status === "rejected" ? `rejected by ${b.verifier}: ${b.reason}` : `approved by ${b.verifier} · ${isoDate(b.decided_at)}`);
     setRows($("#reg-batches tbody"), batches.map((b) => el("tr", { dataset: { batch: b.batch_id, status: b.status } },
       el("td", { class: "mono strong", text: b.batch_id }),
       el("td", { text: b.platform_id }),
@@ -273,7 +273,7 @@ export class RegistryPanel {
       num(qty(b.reduction_t)),
       el("td", {}, el("span", { class: `status ${b.status}`, text: b.status })),
       el("td", { class: "mono", text: b.serial || "—" }),
-      el("td", { class: "small", text: `submitted ${isoDate(b.submitted_ts)} · ${decision(b)}` }))),
+      el("td", { class: "small", text: `submitted ${isoDate(b.submitted_at)} · ${decision(b)}` }))),
     "No batches submitted", 9);
     const n = batches.filter((b) => b.status === "pending").length;
     $("#reg-batches-meta").textContent = `${batches.length} batch(es)${n ? ` · ${n} pending` : ""}`;

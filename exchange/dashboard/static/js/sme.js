@@ -1,7 +1,8 @@
 // SME sub-quotas and SME fund grants: the tables the Firm view (an SME, its core firm) and the
 // Operator view share. Rows come straight from GET /rules/sub-quotas[/{firm}] (SubQuotaLot) and
-// GET /compliance/sme-fund[/applications] (GrantApplication); money there is integer fen.
-import { el, setRows, qty, money, fenToStr } from "./util.js";
+// GET /compliance/sme-fund[/applications] (GrantApplication); money there is CNY strings, times
+// ISO-8601 (docs/PROTOCOL.md "Units").
+import { el, setRows, qty, money, fenToStr, timeMs } from "./util.js";
 
 /** Integer fen, or a CNY string as the API now writes money ("8000.00"), -> "80,000.00"
  * (grouped, no floats). */
@@ -122,10 +123,11 @@ export function renderLots(table, lots, side, emptyText) {
   setRows(table.tBodies[0], lotRows(lots, side), emptyText, lotColumns(side));
 }
 
-const nsDate = (ns) => (ns ? new Date(Number(BigInt(ns) / 1000000n)).toISOString().slice(0, 10) : "—");
+/** A time as the API writes it (ISO-8601 with offset) -> its UTC date, "2026-12-07". */
+const nsDate = (t) => (timeMs(t) ? new Date(timeMs(t)).toISOString().slice(0, 10) : "—");
 
 function decision(a) {
-  if (a.status === "disbursed") return `paid ${nsDate(a.disbursed_ts)} · seq ${a.disbursed_seq}`;
+  if (a.status === "disbursed") return `paid ${nsDate(a.disbursed_at)} · seq ${a.disbursed_seq}`;
   if (a.status === "rejected") return `rejected by ${a.decided_by || "operator"}: ${a.reason}`;
   if (a.status === "approved") return `approved by ${a.decided_by} · awaiting payment`;
   return "awaiting decision";
@@ -138,9 +140,9 @@ export function grantRows(apps) {
     el("td", { text: String(a.period) }),
     el("td", { class: "project", text: a.project }),
     el("td", { class: "num", text: qty(a.verified_abatement_t) }),
-    el("td", { class: "num", text: cny(a.amount_fen) }),
+    el("td", { class: "num", text: cny(a.amount) }),
     el("td", {}, el("span", { class: `status ${a.status}`, text: a.status })),
-    el("td", { class: "small", text: `${nsDate(a.applied_ts)}${a.applicant && a.applicant !== a.sme ? ` by ${a.applicant}` : ""}` }),
+    el("td", { class: "small", text: `${nsDate(a.applied_at)}${a.applicant && a.applicant !== a.sme ? ` by ${a.applicant}` : ""}` }),
     el("td", { class: "small", text: decision(a) })));
 }
 
@@ -152,6 +154,6 @@ export function paidGrantRows(paid) {
     el("td", { text: String(a.period) }),
     el("td", { class: "project", text: a.project }),
     el("td", { class: "num", text: qty(a.verified_abatement_t) }),
-    el("td", { class: "num", text: cny(a.amount_fen) }),
-    el("td", { class: "small", text: `${nsDate(a.disbursed_ts)} · seq ${a.disbursed_seq}` })));
+    el("td", { class: "num", text: cny(a.amount) }),
+    el("td", { class: "small", text: `${nsDate(a.disbursed_at)} · seq ${a.disbursed_seq}` })));
 }

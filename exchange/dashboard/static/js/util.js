@@ -74,10 +74,27 @@ export function money(s) {
 
 export const px = (s) => (s === null || s === undefined ? "—" : s);
 
+/** A time as the server writes it for people (ISO-8601 with its offset,
+ * "2027-12-31T00:00:00+08:00", docs/PROTOCOL.md "Units"), or the websocket's ts (integer ns, a
+ * number or a digit string) -> ms since the epoch; null for none. */
+export function timeMs(t) {
+  if (t === null || t === undefined || t === "") return null;
+  if (typeof t === "string" && !/^\d+$/.test(t)) {
+    const ms = Date.parse(t);
+    return Number.isNaN(ms) ? null : ms;
+  }
+  return Number(BigInt(t) / 1000000n);
+}
+
 export function nsToTime(ns) {
-  if (!ns) return "—";
-  const d = new Date(Number(BigInt(ns) / 1000000n));
-  return d.toISOString().slice(11, 19);
+  const ms = timeMs(ns);
+  if (!ms) return "—";
+  return new Date(ms).toISOString().slice(11, 19);
+}
+
+/** A percent string as the server writes it ("5.00") -> "5 %"; "—" for none. */
+export function pctText(s) {
+  return s === null || s === undefined ? "—" : bpsToPct(pctToBps(s));
 }
 
 export function nowTime() {
