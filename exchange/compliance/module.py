@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import bisect
 import copy
+from typing import TYPE_CHECKING, Any, Callable, TypeGuard
 
 from ..core import errors as E
 from ..core.accounts import BANK, CASH, LOT_SUB_QUOTA, RETIRED, post_cash
@@ -46,7 +47,12 @@ from .commands import (
     RegisterVerifier, RejectSubmission, SetOffsetCap, SubmissionRejected, SubmitActivityData,
     SubQuotaCompliance, SurrenderUnits, UnitsSurrendered, VerifierRegistered, VerifyEmissions,
 )
-from .fund import fund_part
+from .fund import SmeFundModule, fund_part
+
+if TYPE_CHECKING:
+    from ..core.accounts import Account
+    from ..core.exchange import Exchange, Instrument
+    from ..registry.module import RegistryModule
 
 STATUS_COMPLIANT = "compliant"
 STATUS_LATE = "late"
@@ -54,11 +60,11 @@ STATUS_NON_COMPLIANT = "non_compliant"
 STATUS_UNVERIFIED = "unverified"
 
 
-def _is_int(v) -> bool:
+def _is_int(v: object) -> TypeGuard[int]:
     return type(v) is int
 
 
-def _seq(v, what: str, code: str = E.BAD_PARAMETER) -> tuple:
+def _seq(v: object, what: str, code: str = E.BAD_PARAMETER) -> tuple[Any, ...]:
     """A list/tuple field (as decoded from the journal), or a reject: bad input never raises
     anything but a Reject out of a handler."""
     if not isinstance(v, (tuple, list)):
@@ -66,7 +72,7 @@ def _seq(v, what: str, code: str = E.BAD_PARAMETER) -> tuple:
     return tuple(v)
 
 
-def _pairs(v, what: str, code: str = E.BAD_PARAMETER) -> tuple:
+def _pairs(v: object, what: str, code: str = E.BAD_PARAMETER) -> tuple[Any, ...]:
     out = _seq(v, what, code)
     for p in out:
         if not isinstance(p, (tuple, list)) or len(p) != 2 or not isinstance(p[0], str):
@@ -74,7 +80,7 @@ def _pairs(v, what: str, code: str = E.BAD_PARAMETER) -> tuple:
     return out
 
 
-def _ident(v, code: str, what: str) -> str:
+def _ident(v: object, code: str, what: str) -> str:
     if not isinstance(v, str) or not v:
         raise E.Reject(code, f"{what} must be a non-empty string, got {v!r}"[:200])
     return v
@@ -94,7 +100,7 @@ _settlement = record_maker("Settlement", (
 _AFTER_ANY_PERIOD = float("inf")  # sorts after every (start_ts, period) with the same start
 
 
-def _load_record(r: dict) -> dict:
+def _load_record(r: dict[str, Any]) -> dict[str, Any]:
     if "covered_emissions" not in r:
         # a snapshot from before emission categories: its emissions are fuel + process under
         # the rule of the time (energy and process covered), and a journal replayed from the
@@ -107,11 +113,13 @@ def _load_record(r: dict) -> dict:
         r.setdefault("covered_categories", list(mrv.DEFAULT_COVERED) if submitted else [])
         r["covered_emissions"] = r.get("emissions", 0)
     if r.get("settlement") is not None:
-        r["settlement"] = _settlement.load(r["settlement"])
-    return _record.load(r)
+        # record_maker's makers carry their load function (core.records), untyped as such
+        r["settlement"] = _settlement.load(r["settlement"])  # type: ignore[attr-defined]
+    rec: dict[str, Any] = _record.load(r)  # type: ignore[attr-defined]
+    return rec
 
 
-def new_record() -> dict:
+def new_record() -> dict[str, Any]:
     return _record(
         status="none",  # none | pending | rejected | verified
         version=0, fuels=[], process_emissions=0, output=0, fuel_emissions=0, emissions=0,
@@ -125,27 +133,27 @@ def new_record() -> dict:
 class ComplianceModule(Module):
     name = "compliance"
 
-    def __init__(self, ex):
+    def __init__(self, ex: Exchange) -> None:
         super().__init__(ex)
-        self.params: dict | None = None
-        self.periods: dict[int, dict] = {}
+        self.params: dict[str, Any] | None = None
+        self.periods: dict[int, dict[str, Any]] = {}
         self.verifiers: dict[str, str] = {}
-        self.records: dict[str, dict[int, dict]] = {}
+        self.records: dict[str, dict[int, dict[str, Any]]] = {}
         # firm -> period -> instrument -> [buy_qty, buy_notional, sell_qty, sell_notional,
         #                                   trades, fees]
-        self.trades: dict[str, dict[int, dict[str, list]]] = {}
+        self.trades: dict[str, dict[int, dict[str, list[Any]]]] = {}
         # period -> instrument -> [qty, notional]
-        self.volume: dict[int, dict[str, list]] = {}
+        self.volume: dict[int, dict[str, list[Any]]] = {}
         # sub-quota lot id -> what compliance did with it
-        self.sub_quota_use: dict[int, dict] = {}
+        self.sub_quota_use: dict[int, dict[str, Any]] = {}
         self._period_starts: list[tuple[int, int]] = []
         # params["penalty_price_segments"] as a set; None: every board counts (the old rule)
-        self._price_segments: frozenset | None = None
+        self._price_segments: frozenset[Any] | None = None
         ex.trade_listeners.append(self._on_trade)
 
     # ================================================================== wiring
-    def handlers(self):
-        h = {
+    def handlers(self) -> dict[type, Callable[[Any], list[Any]]]:
+        h: dict[type, Callable[[Any], list[Any]]] = {
             ConfigureCompliance: self._configure,
             ConfigureCompliancePeriod: self._configure_period,
             RegisterVerifier: self._register_verifier,
@@ -211,39 +219,46 @@ class ComplianceModule(Module):
     def _reindex(self) -> None:
         self._period_starts = sorted((p["start_ts"], k) for k, p in self.periods.items())
 
-    def _need_params(self) -> dict:
+    def _registry(self) -> RegistryModule | None:
+        """The exchange's registry module, where it has one."""
+        from ..registry.module import RegistryModule
+        r = self.ex.modules.get("registry")
+        return r if isinstance(r, RegistryModule) else None
+
+    def _need_params(self) -> dict[str, Any]:
         if self.params is None:
             raise E.Reject(E.COMPLIANCE_NOT_CONFIGURED, "compliance is not configured")
         return self.params
 
-    def _period(self, period) -> dict:
+    def _period(self, period: object) -> dict[str, Any]:
         self._need_params()
         p = self.periods.get(period) if _is_int(period) else None
         if p is None:
             raise E.Reject(E.UNKNOWN_PERIOD, f"no compliance period {period!r}")
         return p
 
-    def _open_period(self, period) -> dict:
+    def _open_period(self, period: object) -> dict[str, Any]:
         p = self._period(period)
         if p["closed"]:
             raise E.Reject(E.PERIOD_CLOSED, f"compliance period {period} is closed")
         return p
 
-    def record(self, firm_id: str, period: int) -> dict | None:
+    def record(self, firm_id: str, period: int) -> dict[str, Any] | None:
         return self.records.get(firm_id, {}).get(period)
 
-    def _record(self, firm_id: str, period: int) -> dict:
+    def _record(self, firm_id: str, period: int) -> dict[str, Any]:
         r = self.records.setdefault(firm_id, {}).get(period)
         if r is None:
             r = self.records[firm_id][period] = new_record()
         return r
 
     @staticmethod
-    def obligation_of(rec: dict | None) -> int:
+    def obligation_of(rec: dict[str, Any] | None) -> int:
         if rec is None:
             return 0
         base = rec["covered_emissions"] if rec["status"] == "verified" else 0
-        return base + rec["extra_obligation"]
+        extra: int = rec["extra_obligation"]
+        return base + extra
 
     def obligation(self, firm_id: str, period: int) -> int:
         return self.obligation_of(self.record(firm_id, period))
@@ -265,9 +280,9 @@ class ComplianceModule(Module):
         p = self.periods[period]
         if p["eligible_vintages"]:
             return list(p["eligible_vintages"])
-        return None if self.params["banking"] else [period]
+        return None if self._need_params()["banking"] else [period]
 
-    def is_eligible(self, period: int, instr) -> tuple[bool, str, str]:
+    def is_eligible(self, period: int, instr: Instrument) -> tuple[bool, str, str]:
         """(eligible, reject code, message) for surrendering ``instr`` against ``period``."""
         p = self.periods[period]
         if instr.kind == "allowance":
@@ -278,10 +293,10 @@ class ComplianceModule(Module):
                     f"{instr.symbol} (vintage {instr.vintage}) is not eligible for period "
                     f"{period}; eligible: {ev if ev is not None else f'<= {period}'}")
             return True, "", ""
-        if instr.offset_type not in self.params["offset_types"]:
+        if instr.offset_type not in self._need_params()["offset_types"]:
             return False, E.INELIGIBLE_OFFSET_TYPE, (
                 f"offset type {instr.offset_type!r} is not accepted for compliance")
-        registry = self.ex.modules.get("registry")
+        registry = self._registry()
         if registry is not None and not registry.counts_as_offset(instr.offset_type):
             return False, E.INELIGIBLE_OFFSET_TYPE, (
                 f"{instr.offset_type} credits are carbon-inclusive credits not declared "
@@ -312,10 +327,11 @@ class ComplianceModule(Module):
             ins = self.ex.instruments[sym]
             if ins.kind == "allowance" and ins.vintage == period and ins.reference_price:
                 return ins.reference_price
-        return self.params["penalty_fallback_price"]
+        fallback: int = self._need_params()["penalty_fallback_price"]
+        return fallback
 
     # ================================================================== configuration
-    def _configure(self, c: ConfigureCompliance) -> list:
+    def _configure(self, c: ConfigureCompliance) -> list[Any]:
         coef = {}
         for pair in _pairs(c.carbon_coefficients_ppm, "carbon_coefficients_ppm"):
             fuel, ppm = pair[0], pair[1]
@@ -336,10 +352,10 @@ class ComplianceModule(Module):
                   c.penalty_fallback_price):
             if not _is_int(v) or v < 0:
                 raise E.Reject(E.BAD_PARAMETER, "fines, multiples and prices are integers >= 0")
-        types = _seq(c.offset_types, "offset_types")
-        if not all(isinstance(t, str) and t for t in types):
+        given_types = _seq(c.offset_types, "offset_types")
+        if not all(isinstance(t, str) and t for t in given_types):
             raise E.Reject(E.BAD_PARAMETER, "offset types are non-empty strings")
-        types = sorted(set(types))
+        types = sorted(set(given_types))
         if type(c.banking) is not bool:
             raise E.Reject(E.BAD_PARAMETER, "banking is true or false")
         grid = c.grid_factor_ppm
@@ -347,19 +363,19 @@ class ComplianceModule(Module):
             raise E.Reject(E.BAD_PARAMETER, "grid_factor_ppm is an integer within [0, "
                                             f"{mrv.MAX_GRID_FACTOR_PPM}] (t CO2 per MWh x "
                                             "1,000,000)")
-        covered = _seq(c.covered_categories, "covered_categories")
-        if not covered or not all(x in mrv.CATEGORIES for x in covered) \
-                or len(set(covered)) != len(covered):
+        given = _seq(c.covered_categories, "covered_categories")
+        if not given or not all(x in mrv.CATEGORIES for x in given) \
+                or len(set(given)) != len(given):
             raise E.Reject(E.BAD_PARAMETER, f"covered_categories: one or more of "
                                             f"{list(mrv.CATEGORIES)}, each once"[:200])
-        covered = [x for x in mrv.CATEGORIES if x in covered]  # one canonical order
-        boards = c.penalty_price_segments
-        if boards is not None:
-            boards = _seq(boards, "penalty_price_segments")
-            if not boards or not all(isinstance(b, str) and b for b in boards):
+        covered = [x for x in mrv.CATEGORIES if x in given]  # one canonical order
+        boards: list[str] | None = None
+        if c.penalty_price_segments is not None:
+            given_boards = _seq(c.penalty_price_segments, "penalty_price_segments")
+            if not given_boards or not all(isinstance(b, str) and b for b in given_boards):
                 raise E.Reject(E.BAD_PARAMETER, "penalty_price_segments: one or more board "
                                                 "names (main, sme, chain:<id>)")
-            boards = sorted(set(boards))
+            boards = sorted(set(given_boards))
         self.params = {
             "coefficients_ppm": dict(sorted(coef.items())), "co2_per_c": [num, den],
             "offset_types": types, "banking": bool(c.banking),
@@ -376,7 +392,7 @@ class ComplianceModule(Module):
         return [ComplianceConfigured(tuple(sorted(coef)), tuple(types), bool(c.banking),
                                      c.grid_factor_ppm, tuple(covered))]
 
-    def _check_caps(self, cap_bps, sub_caps) -> list:
+    def _check_caps(self, cap_bps: object, sub_caps: object) -> list[Any]:
         if not _is_int(cap_bps) or not 0 <= cap_bps <= BPS:
             raise E.Reject(E.CAP_OUT_OF_RANGE,
                            f"the offset cap must be within 0 % .. 100 %, got "
@@ -384,7 +400,7 @@ class ComplianceModule(Module):
         out = {}
         for pair in _pairs(sub_caps, "sub_caps_bps", E.CAP_OUT_OF_RANGE):
             otype, bps = pair[0], pair[1]
-            if otype not in self.params["offset_types"]:
+            if otype not in self._need_params()["offset_types"]:
                 raise E.Reject(E.INELIGIBLE_OFFSET_TYPE, f"unknown offset type {otype!r}")
             if not _is_int(bps) or not 0 <= bps <= cap_bps:
                 raise E.Reject(E.CAP_OUT_OF_RANGE,
@@ -393,7 +409,7 @@ class ComplianceModule(Module):
             out[otype] = bps
         return [[k, v] for k, v in sorted(out.items())]
 
-    def _configure_period(self, c: ConfigureCompliancePeriod) -> list:
+    def _configure_period(self, c: ConfigureCompliancePeriod) -> list[Any]:
         self._need_params()
         if not _is_int(c.period) or c.period <= 0:
             raise E.Reject(E.BAD_PARAMETER, "period must be a positive integer (e.g. 2026)")
@@ -418,7 +434,7 @@ class ComplianceModule(Module):
         return [CompliancePeriodConfigured(c.period, c.start_ts, c.deadline_ts, c.offset_cap_bps,
                                            tuple(tuple(s) for s in subs))]
 
-    def _register_verifier(self, c: RegisterVerifier) -> list:
+    def _register_verifier(self, c: RegisterVerifier) -> list[Any]:
         _ident(c.verifier, E.BAD_PARAMETER, "verifier id")
         if not isinstance(c.name, str):
             raise E.Reject(E.BAD_PARAMETER, "name must be a string")
@@ -427,7 +443,7 @@ class ComplianceModule(Module):
         self.verifiers[c.verifier] = c.name or ""
         return [VerifierRegistered(c.verifier)]
 
-    def _set_cap(self, c: SetOffsetCap) -> list:
+    def _set_cap(self, c: SetOffsetCap) -> list[Any]:
         p = self._open_period(c.period)
         eff = c.ts if c.effective_ts is None else c.effective_ts
         sub = c.sub_caps_bps
@@ -451,7 +467,7 @@ class ComplianceModule(Module):
                                  c.operator or "")]
 
     # ================================================================== MRV
-    def _submit(self, c: SubmitActivityData) -> list:
+    def _submit(self, c: SubmitActivityData) -> list[Any]:
         params = self._need_params()
         self._open_period(c.period)
         self.ex.firm(_ident(c.firm_id, E.UNKNOWN_ACCOUNT, "firm_id"))
@@ -498,11 +514,11 @@ class ComplianceModule(Module):
             c.output, c.electricity_mwh, by["electricity"], by["energy"], c.natural_emissions,
             tuple(covered), cov)]
 
-    def _check_verifier(self, verifier) -> None:
+    def _check_verifier(self, verifier: object) -> None:
         if not isinstance(verifier, str) or verifier not in self.verifiers:
             raise E.Reject(E.NOT_A_VERIFIER, f"{verifier!r} is not a registered verifier")
 
-    def _pending(self, firm_id, period) -> dict:
+    def _pending(self, firm_id: str, period: int) -> dict[str, Any]:
         _ident(firm_id, E.UNKNOWN_ACCOUNT, "firm_id")
         rec = self.record(firm_id, period)
         if rec is not None and rec["status"] == "verified":
@@ -512,11 +528,11 @@ class ComplianceModule(Module):
                            f"no pending activity data submission from {firm_id} for {period}")
         return rec
 
-    def _verify(self, c: VerifyEmissions) -> list:
+    def _verify(self, c: VerifyEmissions) -> list[Any]:
         self._open_period(c.period)
         self._check_verifier(c.verifier)
         rec = self._pending(c.firm_id, c.period)
-        events: list = []
+        events: list[Any] = []
         rules = self.ex.modules.get("rules")
         hook = getattr(rules, "on_verified", None)
         if hook is not None:  # may raise Reject: nothing of ours has changed yet
@@ -530,7 +546,7 @@ class ComplianceModule(Module):
             tuple(rec["covered_categories"]), rec["covered_emissions"]))
         return events
 
-    def _reject(self, c: RejectSubmission) -> list:
+    def _reject(self, c: RejectSubmission) -> list[Any]:
         self._open_period(c.period)
         self._check_verifier(c.verifier)
         if not isinstance(c.reason, str) or not c.reason.strip():
@@ -540,7 +556,7 @@ class ComplianceModule(Module):
         rec["rejections"].append([c.ts, c.verifier, c.reason, rec["version"]])
         return [SubmissionRejected(c.firm_id, c.period, c.verifier, c.reason)]
 
-    def add_obligation(self, firm_id: str, period: int, qty: int) -> list:
+    def add_obligation(self, firm_id: str, period: int, qty: int) -> list[Any]:
         """Called by the rules module: a negative true-up it could not claw back from holdings
         becomes extra obligation for ``period``. Returns the event (rules appends it)."""
         if not _is_int(qty) or qty <= 0 or not _is_int(period):
@@ -550,8 +566,8 @@ class ComplianceModule(Module):
         return [ObligationAdded(firm_id, period, qty, self.obligation_of(rec))]
 
     # ================================================================== surrender
-    def _retire(self, src, instr, qty: int, period: int, reason: str,
-                prefer: str | None = None) -> tuple[Posting, list]:
+    def _retire(self, src: Account, instr: Instrument, qty: int, period: int, reason: str,
+                prefer: str | None = None) -> tuple[Posting, list[Any]]:
         """Move ``qty`` units to @retired; keep the core's sub-quota bookkeeping right."""
         taken = self.ex.move_units(src, self.ex.accounts[RETIRED], instr.symbol, qty,
                                    f"{reason}:{src.firm_id}", reason, prefer=prefer)
@@ -559,7 +575,7 @@ class ComplianceModule(Module):
                              else reason.split(":")[0])
         return Posting(instr.symbol, src.firm_id, RETIRED, qty, reason), taken
 
-    def _note_sub_quota(self, taken, what: str) -> None:
+    def _note_sub_quota(self, taken: list[Any], what: str) -> None:
         for key, q in taken:
             if key.startswith(LOT_SUB_QUOTA + ":"):
                 lot_id = int(key.split(":", 1)[1])
@@ -569,7 +585,8 @@ class ComplianceModule(Module):
                 use = self.sub_quota_use.setdefault(lot_id, {})
                 use[what] = use.get(what, 0) + q
 
-    def _add_surrender(self, rec, c_seq, ts, instr, qty, by, cap_bps) -> None:
+    def _add_surrender(self, rec: dict[str, Any], c_seq: int, ts: int, instr: Instrument,
+                       qty: int, by: str, cap_bps: int) -> None:
         rec["surrenders"].append([c_seq, ts, instr.symbol, instr.kind, instr.offset_type, qty,
                                   by, cap_bps])
         rec["surrendered"] += qty
@@ -578,7 +595,7 @@ class ComplianceModule(Module):
             obt = rec["offsets_by_type"]
             obt[instr.offset_type] = obt.get(instr.offset_type, 0) + qty
 
-    def _surrender(self, c: SurrenderUnits) -> list:
+    def _surrender(self, c: SurrenderUnits) -> list[Any]:
         p = self._open_period(c.period)
         acct = self.ex.firm(_ident(c.firm_id, E.UNKNOWN_ACCOUNT, "firm_id"))
         instr = self.ex.instrument(_ident(c.instrument, E.UNKNOWN_INSTRUMENT, "instrument"))
@@ -609,7 +626,7 @@ class ComplianceModule(Module):
                                f"offsets would reach {rec['offsets'] + c.qty} t; the cap of "
                                f"{format_percent(cap_bps)} of {obligation} t allows {cap} t "
                                f"({max(0, cap - rec['offsets'])} t left)")
-            sub = subs.get(instr.offset_type)
+            sub = subs.get(instr.offset_type) if instr.offset_type is not None else None
             if sub is not None:
                 used = rec["offsets_by_type"].get(instr.offset_type, 0)
                 sub_cap = mrv.cap_qty(obligation, sub)
@@ -619,7 +636,7 @@ class ComplianceModule(Module):
                                    f"sub-cap of {format_percent(sub)} allows {sub_cap} t "
                                    f"({max(0, sub_cap - used)} t left)")
         # serials named: the registry checks them (held, never retired) before anything moves
-        registry = self.ex.modules.get("registry")
+        registry = self._registry()
         if c.serials:
             if registry is None or instr.kind != "offset" or registry.params is None:
                 raise E.Reject(E.BAD_SERIAL, "only credits registered with serials are "
@@ -638,15 +655,15 @@ class ComplianceModule(Module):
             cap_bps, rec["surrendered"], rec["offsets"], obligation)]
 
     # ================================================================== deadline
-    def _deadline(self, c: ProcessComplianceDeadline) -> list:
+    def _deadline(self, c: ProcessComplianceDeadline) -> list[Any]:
         p = self._open_period(c.period)
         if p["deadline_ts"] is not None and c.ts < p["deadline_ts"]:
             raise E.Reject(E.DEADLINE_NOT_REACHED,
                            f"the {c.period} surrender deadline is at {p['deadline_ts']} ns")
         ex = self.ex
         period = c.period
-        params = self.params
-        events: list = []
+        params = self._need_params()
+        events: list[Any] = []
         cap_bps, _ = self.cap_at(period, c.ts)
         # 1. SME sub-quotas: cover the SME's verified emissions from its sub-quota, then a
         #    remaining shortfall from the parent where the terms say so, then surplus per terms.
@@ -724,6 +741,7 @@ class ComplianceModule(Module):
         rules = ex.modules.get("rules")
         deduct = getattr(rules, "add_allocation_deduction", None)
         fund = ex.modules.get("sme_fund")
+        fund = fund if isinstance(fund, SmeFundModule) else None
         for firm_id in sorted(self.records):
             rec = self.records[firm_id].get(period)
             if rec is None:
@@ -757,7 +775,7 @@ class ComplianceModule(Module):
                         post_cash(acct, ex.accounts[BANK], paid - to_fund)
                         events.append(Posting(CASH, firm_id, BANK, paid - to_fund,
                                               f"penalty:{period}"))
-                    if to_fund:
+                    if to_fund and fund is not None:  # (to_fund is 0 without a fund)
                         events += fund.credit(acct, paid, "penalty", period, firm_id)
             if shortfall and deduct is not None:
                 deduct(firm_id, period + 1, shortfall)
@@ -789,13 +807,14 @@ class ComplianceModule(Module):
             counts[STATUS_NON_COMPLIANT], counts[STATUS_UNVERIFIED]))
         return events
 
-    def _lot_free(self, acct, sym: str, lot_id: int) -> int:
+    def _lot_free(self, acct: Account, sym: str, lot_id: int) -> int:
         """Units of sub-quota lot ``lot_id`` still in ``acct`` and not reserved by orders
         (reservations are per instrument, so the free part of the holding bounds it)."""
         h = acct.holdings.get(sym)
         if h is None:
             return 0
-        return max(0, min(h.lots.get(f"{LOT_SUB_QUOTA}:{lot_id}", 0), h.available))
+        free: int = max(0, min(h.lots.get(f"{LOT_SUB_QUOTA}:{lot_id}", 0), h.available))
+        return free
 
     def _eligible_allowances(self, period: int) -> list[str]:
         """Allowance instruments eligible for ``period``, oldest vintage first."""
@@ -804,7 +823,7 @@ class ComplianceModule(Module):
         return [sym for _, sym in sorted(out)]
 
     # ================================================================== state
-    def to_state(self):
+    def to_state(self) -> dict[str, Any]:
         return copy.deepcopy({
             "params": self.params,
             "periods": {str(k): v for k, v in sorted(self.periods.items())},
@@ -818,7 +837,7 @@ class ComplianceModule(Module):
                               for k, v in sorted(self.sub_quota_use.items())},
         })
 
-    def load_state(self, s) -> None:
+    def load_state(self, s: dict[str, Any] | None) -> None:
         if s is None:
             return
         s = copy.deepcopy(s)
