@@ -374,7 +374,8 @@ def what_if_cap(ex: Exchange, period: int, cap_bps: int,
         held: dict[str, int] = {}
         for sym, h in sorted(acct.holdings.items()) if acct is not None else ():
             ins = ex.instruments.get(sym)
-            if ins is None or ins.kind != "offset" or h.available <= 0:
+            if ins is None or ins.kind != "offset" or h.available <= 0 \
+                    or ins.offset_type is None:  # (an offset always names its type)
                 continue
             if m.is_eligible(period, ins)[0]:
                 held[ins.offset_type] = held.get(ins.offset_type, 0) + h.available

@@ -11,6 +11,8 @@ See :mod:`exchange.journal.base` for the interface and the hash chain, and
 """
 from __future__ import annotations
 
+from typing import Any, Protocol
+
 from .base import (
     GENESIS_HASH, Journal, JournalCorruptError, JournalError, VerifyReport, record_hash,
 )
@@ -23,25 +25,46 @@ __all__ = [
 ]
 
 
-def default_target(settings) -> str:
+class JournalSettings(Protocol):
+    """The ``[journal]`` settings these helpers read (the application's ``JournalConfig``)."""
+
+    @property
+    def url(self) -> str: ...
+
+    @property
+    def data_dir(self) -> str: ...
+
+    @property
+    def schema_name(self) -> str: ...
+
+
+class Settings(Protocol):
+    """Settings with a ``[journal]`` section (the application's ``Settings``)."""
+
+    @property
+    def journal(self) -> JournalSettings: ...
+
+
+def default_target(settings: Settings) -> str:
     """The journal of a deployment: the settings' ``[journal] url``, else the embedded
     ``<journal.data_dir>/journal.sqlite``."""
     import os
     return settings.journal.url or os.path.join(settings.journal.data_dir, "journal.sqlite")
 
 
-def default_options(settings, target: str) -> dict:
+def default_options(settings: Settings, target: str) -> dict[str, Any]:
     """Backend options the settings give ``target`` (PostgreSQL: ``[journal] schema``)."""
     if target.startswith(("postgresql://", "postgres://")):
         return {"schema": settings.journal.schema_name}
     return {}
 
 
-def open_journal(target: str, **options) -> Journal:
+def open_journal(target: str, **options: Any) -> Journal:
     """A journal for ``target`` (not yet opened: ``await journal.open()``, or let
     :meth:`CoreRunner.start` do it). Options go to the backend (e.g. ``keep_snapshots``,
     PostgreSQL ``schema``)."""
     t = str(target)
+    j: Journal
     if t.startswith(("postgresql://", "postgres://")):
         from .postgres import PostgresJournal
         j = PostgresJournal(t, **options)
@@ -61,5 +84,6 @@ def open_journal(target: str, **options) -> Journal:
         from .sqlite import SQLiteJournal
         import os
         j = SQLiteJournal(os.path.abspath(t), **options)
-    j.spec = (t if "://" in t else j.path, dict(options))  # to reopen it in another process
+        t = j.path  # a plain path: reopened by its absolute path
+    j.spec = (t, dict(options))  # to reopen it in another process
     return j

@@ -152,11 +152,13 @@ class _PySubmitter:
         if not self.accepting:
             self.refuse()
             raise RuntimeError("runner not accepting commands")
-        seq = cmd.seq = self.ex.last_seq + 1
+        # Command declares the envelope with empty __slots__; every command class is a
+        # slotted dataclass that has the seq and ts slots (core.commands.command)
+        seq = cmd.seq = self.ex.last_seq + 1  # type: ignore[misc]
         ts = self.clock()
         if ts <= self.last_ts:
             ts = self.last_ts + 1
-        self.last_ts = cmd.ts = ts
+        self.last_ts = cmd.ts = ts  # type: ignore[misc]
         # the payload first: a command that cannot be encoded is refused before the core
         # sees it, and the journal holds the command as submitted
         lines = self.lines

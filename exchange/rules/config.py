@@ -6,7 +6,7 @@ Ratios are decimal strings here (``"0.70"``) and integer ppm in the core; the co
 from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
@@ -100,9 +100,9 @@ class RulesConfig(BaseModel):
             raise ValueError("allocation_total = \"absolute\" needs cap_tonnes > 0")
         return self
 
-    def params(self) -> dict[str, int | bool | str]:
+    def params(self) -> dict[str, Any]:
         """Core parameter names -> values (ppm integers)."""
-        out: dict[str, int | bool | str] = {}
+        out: dict[str, Any] = {}
         for k in _UNIT + _ANY:
             out[f"{k}_ppm"] = ratio_to_ppm(getattr(self, k))
         out["coupling_weights"] = self.coupling_weights

@@ -245,8 +245,9 @@ class RulesModule(Module):
         self.history = {f: per(d) for f, d in s["history"].items()}
         self.inputs = {f: per(d) for f, d in s["inputs"].items()}
         self.verified = per(s["verified"])
-        self.allocs = {f: {int(p): _allocation_record.load(r) for p, r in d}
-                       for f, d in s["allocs"].items()}
+        # record_maker's maker carries its load function (core.records), untyped as such
+        load = _allocation_record.load  # type: ignore[attr-defined]
+        self.allocs = {f: {int(p): load(r) for p, r in d} for f, d in s["allocs"].items()}
         self.periods = per(s["periods"])
         self.factors = {f: [_pack_factor(h) for h in v] for f, v in s["factors"].items()}
         self.bench_history = {p: list(v) for p, v in s["bench_history"].items()}
