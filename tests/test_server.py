@@ -460,7 +460,7 @@ async def test_overload_when_the_connections_queue_is_long(server):
 async def test_text_frames_take_the_direct_path(server, monkeypatch):
     """With this aiohttp the gateway's direct text-frame path is in use (a silent fallback to
     aiohttp's queue would cost CPU per request); the fallback still serves requests."""
-    from exchange.server import gateway as G
+    from exchange.server import framing as G
 
     gw = server.st.gateway
     async with ExchangeClient(server.ws_url, POWER) as c:
