@@ -16,7 +16,9 @@ summary are JSON, or CSV with ``?format=csv``.
 """
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, cast
+
+from pydantic.config import JsonDict
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
@@ -35,8 +37,14 @@ from .commands import (
     ProcessComplianceDeadline, RejectSubmission, SetOffsetCap, SubmitActivityData,
     SurrenderUnits, VerifyEmissions,
 )
+from .module import ComplianceModule
 
 TAG = "compliance"
+# A websocket method's session (exchange.server.gateway.Session): its firm is set once the
+# method's role check has passed, which its type (firm_id: str | None) cannot say
+WsSession = Any
+# server.api's JSON schema fragment for identifier keys, as pydantic's type for one
+_IDENT_KEYS = cast(JsonDict, IDENT_KEYS)
 
 
 class _Body(BaseModel):
@@ -52,7 +60,7 @@ Tonnes = Annotated[StrictInt, Field(ge=-MAX_QTY, le=MAX_QTY)]
 class SubmissionBody(_Body):
     period: Period = Field(description="compliance period, e.g. 2026")
     fuels: dict[Ident, Tonnes] = Field(default_factory=dict, max_length=64,
-                                       json_schema_extra=IDENT_KEYS,
+                                       json_schema_extra=_IDENT_KEYS,
                                        description="fuel -> whole tce, e.g. {\"coal\": 10000}")
     process_emissions: Tonnes = Field(0, description="process emissions, t CO2")
     output: Tonnes = Field(0, description="output in the product's unit")
@@ -101,7 +109,7 @@ Effective = Matching(EFFECTIVE_PATTERN, "2027-01-01", "an ISO date/time, 1970..2
 class CapBody(_Body):
     cap_pct: Percent = Field(description="offset cap, percent of the obligation, e.g. \"5\"")
     sub_caps_pct: dict[Ident, Percent] = Field(
-        default_factory=dict, max_length=64, json_schema_extra=IDENT_KEYS,
+        default_factory=dict, max_length=64, json_schema_extra=_IDENT_KEYS,
         description="sub-caps per offset type, e.g. {\"PHCER\": \"2\"}. Omitted: the "
                     "sub-caps in force when the change takes effect are kept (each at most "
                     "the new cap); {} clears "
@@ -116,7 +124,8 @@ class EmptyBody(_Body):
 
 
 def _period(ctx: ApiContext) -> int:
-    return ctx.params["period"]  # typed and bounded by the route (server.api.PATH_PARAMS)
+    period: int = ctx.params["period"]  # typed and bounded by the route (server.api.PATH_PARAMS)
+    return period
 
 
 def _acting_firm(ctx: ApiContext, firm_id: str | None) -> str:
@@ -124,7 +133,8 @@ def _acting_firm(ctx: ApiContext, firm_id: str | None) -> str:
     if cred.role == ROLE_FIRM:
         if firm_id not in (None, cred.firm_id):
             raise ProtocolError(E.FORBIDDEN, "a firm key acts for its own firm only", 403)
-        return cred.firm_id
+        own: str = cred.firm_id
+        return own
     if not firm_id:
         # not a schema rule (a firm key may leave it out): a rule of the caller's role
         raise ProtocolError(E.BAD_PARAMETER, "firm_id is required for an operator key", 400)
@@ -167,7 +177,7 @@ def _effective(b: CapBody) -> int | None:
 def _verifier(ctx: ApiContext, given: str | None) -> str:
     """The verifier id is bound to the credential: a verifier key acts as the verifier named by
     its label, and may not claim another one in the body."""
-    ident = ctx.cred.label or ctx.cred.key_id
+    ident: str = ctx.cred.label or ctx.cred.key_id
     if given is not None and given != ident:
         raise ProtocolError(E.FORBIDDEN, f"this key acts as verifier {ident!r}, not {given!r}",
                             403)
@@ -182,9 +192,9 @@ def _csv(text: str, name: str) -> web.Response:
                         headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
 
-def _module(ctx: ApiContext):
+def _module(ctx: ApiContext) -> ComplianceModule:
     m = ctx.ex.modules.get("compliance")
-    if m is None:
+    if not isinstance(m, ComplianceModule):
         raise ProtocolError(E.COMPLIANCE_NOT_CONFIGURED, "no compliance module", 400)
     return m
 
@@ -192,7 +202,7 @@ def _module(ctx: ApiContext):
 # ------------------------------------------------------------------------------ MRV
 @route("POST", "/compliance/submissions", body=SubmissionBody, tag=TAG,
        roles=(ROLE_FIRM, ROLE_OPERATOR), summary="Submit activity data for a period")
-async def submit(ctx: ApiContext, b: SubmissionBody) -> dict:
+async def submit(ctx: ApiContext, b: SubmissionBody) -> dict[str, Any]:
     """Emissions by category: energy = sum(fuel tce x carbon coefficient x 44/12) + electricity
     MWh x grid factor; process; natural. The obligation counts the covered categories. Replaces
     a pending or rejected submission; ALREADY_VERIFIED once the period is verified."""
@@ -205,7 +215,7 @@ async def submit(ctx: ApiContext, b: SubmissionBody) -> dict:
 
 @route("GET", "/compliance/periods/{period}/submissions", tag=TAG,
        roles=(ROLE_VERIFIER, ROLE_OPERATOR), summary="Submissions of a period (verifier queue)")
-async def submissions(ctx: ApiContext, _b) -> dict:
+async def submissions(ctx: ApiContext, _b: object) -> dict[str, Any]:
     m = _module(ctx)
     period = _period(ctx)
     # a verifier's queue: what no verifier has taken yet, and what it verified or rejected
@@ -236,14 +246,14 @@ async def submissions(ctx: ApiContext, _b) -> dict:
 
 @route("POST", "/compliance/submissions/{firm_id}/{period}/verify", body=VerifyBody, tag=TAG,
        roles=(ROLE_VERIFIER,), summary="Verify a pending submission (sets the obligation)")
-async def verify(ctx: ApiContext, b: VerifyBody) -> dict:
+async def verify(ctx: ApiContext, b: VerifyBody) -> dict[str, Any]:
     return await ctx.command(VerifyEmissions(firm_id=ctx.path["firm_id"], period=_period(ctx),
                                              verifier=_verifier(ctx, b.verifier)))
 
 
 @route("POST", "/compliance/submissions/{firm_id}/{period}/reject", body=RejectBody, tag=TAG,
        roles=(ROLE_VERIFIER,), summary="Reject a pending submission, with a reason")
-async def reject(ctx: ApiContext, b: RejectBody) -> dict:
+async def reject(ctx: ApiContext, b: RejectBody) -> dict[str, Any]:
     return await ctx.command(RejectSubmission(firm_id=ctx.path["firm_id"], period=_period(ctx),
                                               verifier=_verifier(ctx, b.verifier),
                                               reason=b.reason))
@@ -252,7 +262,7 @@ async def reject(ctx: ApiContext, b: RejectBody) -> dict:
 # ------------------------------------------------------------------------------ surrender
 @route("POST", "/compliance/surrenders", body=SurrenderBody, tag=TAG,
        roles=(ROLE_FIRM, ROLE_OPERATOR), summary="Surrender allowances or offsets")
-async def surrender(ctx: ApiContext, b: SurrenderBody) -> dict:
+async def surrender(ctx: ApiContext, b: SurrenderBody) -> dict[str, Any]:
     """Retires the units against the firm's obligation; offsets count against the cap in
     effect now (OFFSET_CAP_EXCEEDED, OFFSET_SUBCAP_EXCEEDED, INELIGIBLE_VINTAGE, ...)."""
     firm = _acting_firm(ctx, b.firm_id)
@@ -264,7 +274,7 @@ async def surrender(ctx: ApiContext, b: SurrenderBody) -> dict:
 # ------------------------------------------------------------------------------ caps
 @route("GET", "/compliance/periods/{period}/cap", tag=TAG,
        roles=(ROLE_OPERATOR, ROLE_FIRM, ROLE_VERIFIER), summary="Offset cap now and its history")
-async def get_cap(ctx: ApiContext, _b) -> dict:
+async def get_cap(ctx: ApiContext, _b: object) -> dict[str, Any]:
     m = _module(ctx)
     period = _period(ctx)
     if period not in m.periods:
@@ -278,7 +288,7 @@ async def get_cap(ctx: ApiContext, _b) -> dict:
 
 @route("PUT", "/compliance/periods/{period}/cap", body=CapBody, tag=TAG,
        summary="Change the offset cap (journaled; applies to surrenders after it)")
-async def set_cap(ctx: ApiContext, b: CapBody) -> dict:
+async def set_cap(ctx: ApiContext, b: CapBody) -> dict[str, Any]:
     """Never rewrites a surrender already made; CAP_OUT_OF_RANGE outside [0, 100 %]."""
     cap, subs = _caps(b)
     eff = _effective(b)
@@ -290,7 +300,7 @@ async def set_cap(ctx: ApiContext, b: CapBody) -> dict:
 
 @route("POST", "/compliance/periods/{period}/cap/what-if", body=CapBody, tag=TAG,
        summary="Which firms' surrenders and holdings a proposed cap would exceed (no change)")
-async def what_if(ctx: ApiContext, b: CapBody) -> dict:
+async def what_if(ctx: ApiContext, b: CapBody) -> dict[str, Any]:
     cap, subs = _caps(b)
     if subs is None:  # as the change would: keep the sub-caps in force when it takes effect
         m, period = _module(ctx), _period(ctx)
@@ -309,7 +319,7 @@ async def what_if(ctx: ApiContext, b: CapBody) -> dict:
 # ------------------------------------------------------------------------------ deadline
 @route("POST", "/compliance/periods/{period}/deadline", body=EmptyBody, tag=TAG,
        summary="Deadline processing: shortfalls, penalties, deductions, statuses")
-async def deadline(ctx: ApiContext, _b: EmptyBody) -> dict:
+async def deadline(ctx: ApiContext, _b: EmptyBody) -> dict[str, Any]:
     return await ctx.command(ProcessComplianceDeadline(
         period=_period(ctx), operator=ctx.cred.label or ctx.cred.key_id))
 
@@ -319,7 +329,7 @@ async def deadline(ctx: ApiContext, _b: EmptyBody) -> dict:
        roles=(ROLE_OPERATOR, ROLE_FIRM, ROLE_VERIFIER), query=FORMAT_QUERY,
        media_types=("application/json", "text/csv"),
        summary="A firm's compliance statement (JSON, or CSV with ?format=csv)")
-async def statement(ctx: ApiContext, _b):
+async def statement(ctx: ApiContext, _b: object) -> web.Response | dict[str, Any]:
     """For the firm itself, the verifier of its submission of the period, and operators."""
     firm_id = ctx.path["firm_id"]
     period = _period(ctx)
@@ -336,7 +346,7 @@ async def statement(ctx: ApiContext, _b):
 @route("GET", "/compliance/periods/{period}/summary", tag=TAG, query=FORMAT_QUERY,
        media_types=("application/json", "text/csv"),
        summary="Market-wide compliance summary (JSON, or CSV with ?format=csv)")
-async def summary(ctx: ApiContext, _b):
+async def summary(ctx: ApiContext, _b: object) -> web.Response | dict[str, Any]:
     period = _period(ctx)
     try:
         sm = R.compliance_summary(ctx.ex, period)
@@ -368,14 +378,14 @@ class WsPeriodParams(_Body):
     period: Period
 
 
-def _events(events) -> list:
+def _events(events: list[Any]) -> list[Any]:
     # the same units for people as the HTTP API's command results
     from ..core.events import encode_event
     return [present_event(encode_event(ev)) for ev in events]
 
 
 @ws_method("submit_activity_data", WsSubmitParams, roles=(ROLE_FIRM,))
-async def ws_submit(session, p: WsSubmitParams) -> dict:
+async def ws_submit(session: WsSession, p: WsSubmitParams) -> dict[str, Any]:
     """Submit the session firm's activity data for a period (see POST /compliance/submissions)."""
     events = await session.gw.submit_checked(SubmitActivityData(
         firm_id=session.firm_id, period=p.period, fuels=tuple(sorted(p.fuels.items())),
@@ -385,7 +395,7 @@ async def ws_submit(session, p: WsSubmitParams) -> dict:
 
 
 @ws_method("surrender", WsSurrenderParams, roles=(ROLE_FIRM,))
-async def ws_surrender(session, p: WsSurrenderParams) -> dict:
+async def ws_surrender(session: WsSession, p: WsSurrenderParams) -> dict[str, Any]:
     """Surrender the session firm's units against its obligation for a period."""
     events = await session.gw.submit_checked(SurrenderUnits(
         firm_id=session.firm_id, period=p.period, instrument=p.instrument, qty=p.qty))
@@ -393,7 +403,7 @@ async def ws_surrender(session, p: WsSurrenderParams) -> dict:
 
 
 @ws_method("compliance_statement", WsPeriodParams, roles=(ROLE_FIRM,))
-def ws_statement(session, p: WsPeriodParams) -> dict:
+def ws_statement(session: WsSession, p: WsPeriodParams) -> dict[str, Any]:
     """The session firm's compliance statement for a period (same as the HTTP statement)."""
     try:
         return R.statement_for_people(R.firm_statement(session.gw.ex, session.firm_id,

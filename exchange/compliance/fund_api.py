@@ -14,6 +14,8 @@ Money travels as decimal CNY strings (``"50000.00"``), shares as percent strings
 """
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from ..core import errors as E
@@ -25,7 +27,7 @@ from ..access.credentials import ROLE_FIRM, ROLE_OPERATOR
 from ..server.protocol import MAX_PERIOD, Period, Price, ProtocolError
 from .fund import (
     STATUSES, ApplyForGrant, ApproveGrant, ConfigureSmeFund, DisburseGrant, FundDeposit,
-    RejectGrant, fund_module, fund_statement,
+    RejectGrant, SmeFundModule, fund_module, fund_statement,
 )
 
 TAG = "sme-fund"
@@ -90,7 +92,7 @@ CNY = Field(pattern=r"^-?[0-9]+\.[0-9]{2}$", examples=["50000.00"], description=
 PCT = Field(pattern=r"^-?[0-9]+\.[0-9]{2}$", examples=["30.00"], description="percent")
 
 
-def _cny(description: str = "CNY"):
+def _cny(description: str = "CNY") -> Any:  # a pydantic Field (typed Any by pydantic)
     return Field(pattern=r"^-?[0-9]+\.[0-9]{2}$", examples=["50000.00"],
                  description=description)
 
@@ -219,17 +221,19 @@ def _bps(pct: str) -> int:
 
 
 def _app_id(ctx: ApiContext) -> int:
-    return ctx.params["application_id"]  # typed by the route (server.api.PATH_PARAMS)
+    app_id: int = ctx.params["application_id"]  # typed by the route (server.api.PATH_PARAMS)
+    return app_id
 
 
 def _who(ctx: ApiContext) -> str:
-    return ctx.cred.label or ctx.cred.key_id
+    who: str = ctx.cred.label or ctx.cred.key_id
+    return who
 
 
 PERIOD_QUERY = {"period": int_param(0, MAX_PERIOD, "this period only (default: all)")}
 
 
-def _module(ctx: ApiContext):
+def _module(ctx: ApiContext) -> SmeFundModule:
     try:
         return fund_module(ctx.ex)
     except LookupError:
@@ -239,7 +243,7 @@ def _module(ctx: ApiContext):
 # ------------------------------------------------------------------------------ routes
 @route("GET", BASE, tag=TAG, roles=None, response=FundStatement, query=PERIOD_QUERY,
        summary="The SME fund's public statement: balance, inflows, grants (?period=2026)")
-async def statement(ctx: ApiContext, _b) -> dict:
+async def statement(ctx: ApiContext, _b: object) -> dict[str, Any]:
     """Balance; inflows by source (penalty, auction, budget) and by period, each listed; grants
     paid by SME and by period with their projects; parameters and their history."""
     _module(ctx)
@@ -252,7 +256,7 @@ async def statement(ctx: ApiContext, _b) -> dict:
     return statement_for_people(st)
 
 
-def statement_for_people(st: dict) -> dict:
+def statement_for_people(st: dict[str, Any]) -> dict[str, Any]:
     """The fund statement (:func:`~.fund.fund_statement`, in the core's units) as
     :class:`FundStatement` describes it: CNY strings, percent, ISO-8601 times."""
     # fen under keys without the suffix, which the suffix rules cannot see: converted here
@@ -260,12 +264,13 @@ def statement_for_people(st: dict) -> dict:
     inflows["by_source"] = {k: cny(v) for k, v in inflows["by_source"].items()}
     inflows["by_period"] = [{k: (cny(v) if k in ("penalty", "auction", "budget") else v)
                              for k, v in row.items()} for row in inflows["by_period"]]
-    return present({**st, "inflows": inflows})
+    out: dict[str, Any] = present({**st, "inflows": inflows})
+    return out
 
 
 @route("PUT", BASE + "/params", body=FundParamsBody, response=CommandResult, tag=TAG,
        summary="Change the fund's shares and limits (journaled; applies to what follows)")
-async def set_params(ctx: ApiContext, b: FundParamsBody) -> dict:
+async def set_params(ctx: ApiContext, b: FundParamsBody) -> dict[str, Any]:
     """Never retroactive: penalties already collected and grants already paid stay as they
     are. BAD_PARAMETER for a share outside [0, 100 %]."""
     return await ctx.command(ConfigureSmeFund(
@@ -276,7 +281,7 @@ async def set_params(ctx: ApiContext, b: FundParamsBody) -> dict:
 
 @route("POST", BASE + "/deposits", body=FundDepositBody, response=CommandResult, tag=TAG,
        summary="Deposit into the fund from the regulator's budget")
-async def deposit(ctx: ApiContext, b: FundDepositBody) -> dict:
+async def deposit(ctx: ApiContext, b: FundDepositBody) -> dict[str, Any]:
     return await ctx.command(FundDeposit(amount=b.amount, period=b.period, ref=b.ref,
                                          operator=_who(ctx)))
 
@@ -284,7 +289,7 @@ async def deposit(ctx: ApiContext, b: FundDepositBody) -> dict:
 @route("POST", BASE + "/applications", body=GrantApplicationBody, response=CommandResult,
        tag=TAG, roles=(ROLE_FIRM, ROLE_OPERATOR),
        summary="Apply for a grant (an SME for itself, or an operator on its behalf)")
-async def apply(ctx: ApiContext, b: GrantApplicationBody) -> dict:
+async def apply(ctx: ApiContext, b: GrantApplicationBody) -> dict[str, Any]:
     """NOT_AN_SME for a firm whose size class is not sme; the event grant_applied carries the
     application_id the next steps take."""
     if ctx.cred.role == ROLE_FIRM:
@@ -306,7 +311,7 @@ async def apply(ctx: ApiContext, b: GrantApplicationBody) -> dict:
        query={**PERIOD_QUERY, "status": enum_param(STATUSES, "only applications in it"),
               "sme": ident_param("only this SME's (a firm key: its own)")},
        summary="Grant applications (?status=&period=&sme=); a firm sees its own")
-async def applications(ctx: ApiContext, _b) -> dict:
+async def applications(ctx: ApiContext, _b: object) -> dict[str, Any]:
     m = _module(ctx)
     sme = ctx.params["sme"]
     if ctx.cred.role == ROLE_FIRM:
@@ -319,14 +324,14 @@ async def applications(ctx: ApiContext, _b) -> dict:
 
 @route("POST", BASE + "/applications/{application_id}/approve", body=EmptyBody,
        response=CommandResult, tag=TAG, summary="Approve a pending grant application")
-async def approve(ctx: ApiContext, _b: EmptyBody) -> dict:
+async def approve(ctx: ApiContext, _b: EmptyBody) -> dict[str, Any]:
     return await ctx.command(ApproveGrant(application_id=_app_id(ctx), operator=_who(ctx)))
 
 
 @route("POST", BASE + "/applications/{application_id}/reject", body=GrantRejectBody,
        response=CommandResult, tag=TAG,
        summary="Reject a pending or approved (unpaid) grant application, with a reason")
-async def reject(ctx: ApiContext, b: GrantRejectBody) -> dict:
+async def reject(ctx: ApiContext, b: GrantRejectBody) -> dict[str, Any]:
     return await ctx.command(RejectGrant(application_id=_app_id(ctx), reason=b.reason,
                                          operator=_who(ctx)))
 
@@ -334,7 +339,7 @@ async def reject(ctx: ApiContext, b: GrantRejectBody) -> dict:
 @route("POST", BASE + "/applications/{application_id}/disburse", body=EmptyBody,
        response=CommandResult, tag=TAG,
        summary="Pay an approved grant from the fund to the SME (within balance and limits)")
-async def disburse(ctx: ApiContext, _b: EmptyBody) -> dict:
+async def disburse(ctx: ApiContext, _b: EmptyBody) -> dict[str, Any]:
     """SME_FUND_INSUFFICIENT, GRANT_SME_LIMIT_EXCEEDED or GRANT_PERIOD_LIMIT_EXCEEDED when the
     grant would exceed the fund's balance, the limit per SME and period, or the period's."""
     return await ctx.command(DisburseGrant(application_id=_app_id(ctx), operator=_who(ctx)))
