@@ -37,7 +37,7 @@ Websocket methods (role firm, for the session's own firm): ``factor_history`` an
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Iterable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
 
@@ -56,6 +56,14 @@ from .commands import (
     SetRulesParams, SettleAllocations, SettleSubQuotas, SplitSubQuotas,
 )
 from .config import _ratio
+from .module import RulesModule
+
+if TYPE_CHECKING:
+    from ..core.exchange import Exchange
+
+# A websocket method's session (exchange.server.gateway.Session): its firm is set once the
+# method's role check has passed, which its type (firm_id: str | None) cannot say
+WsSession = Any
 
 READERS = (ROLE_OPERATOR, ROLE_VERIFIER, ROLE_FIRM)
 TAG = "rules"
@@ -78,21 +86,22 @@ def _ppm_of(v: str, name: str, hi: str | None = None) -> int:
     return ratio_to_ppm(v)
 
 
-def _rules(ctx_or_ex):
-    ex = getattr(ctx_or_ex, "ex", ctx_or_ex)
+def _rules(ctx_or_ex: ApiContext | Exchange) -> RulesModule:
+    ex = ctx_or_ex.ex if isinstance(ctx_or_ex, ApiContext) else ctx_or_ex
     r = ex.modules.get("rules")
-    if r is None:
+    if not isinstance(r, RulesModule):
         raise ProtocolError(E.NOT_FOUND, "the rules module is not loaded", 404)
     return r
 
 
-def _params_view(p: dict) -> dict:
+def _params_view(p: dict[str, Any]) -> dict[str, Any]:
     return {k[:-4] if k.endswith("_ppm") else k: (_dec(v) if k.endswith("_ppm") else v)
             for k, v in sorted(p.items())}
 
 
 def _int_path(ctx: ApiContext, name: str) -> int:
-    return ctx.params[name]  # typed and bounded by the route (server.api.PATH_PARAMS)
+    v: int = ctx.params[name]  # typed and bounded by the route (server.api.PATH_PARAMS)
+    return v
 
 
 def _own(ctx: ApiContext, firm_id: str) -> None:
@@ -100,7 +109,7 @@ def _own(ctx: ApiContext, firm_id: str) -> None:
     require_firm_reader(ctx, firm_id)
 
 
-def _readable(ctx: ApiContext, firm_ids) -> set:
+def _readable(ctx: ApiContext, firm_ids: Iterable[str]) -> set[str]:
     """The firms of ``firm_ids`` whose rules data the caller may read."""
     return {f for f in firm_ids if may_read_firm(ctx.ex, ctx.cred, f)}
 
@@ -139,7 +148,7 @@ class ParamsBody(Body):
 
 @route("GET", "/rules/params", summary="Rules parameters now and by period", tag=TAG,
        roles=READERS)
-async def get_params(ctx: ApiContext, body) -> dict:
+async def get_params(ctx: ApiContext, body: object) -> dict[str, Any]:
     r = _rules(ctx)
     return {"next_period": r.next_effective_period(), "params": _params_view(r.params()),
             "schedule": [{"effective_from": p, "params": _params_view(v)}
@@ -148,7 +157,7 @@ async def get_params(ctx: ApiContext, body) -> dict:
 
 @route("POST", "/rules/params", summary="Change rules parameters from the next period",
        body=ParamsBody, response=CommandResult, tag=TAG)
-async def set_params(ctx: ApiContext, b: ParamsBody) -> dict:
+async def set_params(ctx: ApiContext, b: ParamsBody) -> dict[str, Any]:
     """Journaled as ``set_rules_params``; applies from the period after the latest
     pre-allocated one, never to a period already open."""
     kw = {}
@@ -170,7 +179,7 @@ class BenchmarkBody(Body):
 
 @route("GET", "/rules/benchmarks", summary="Benchmarks with their history", tag=TAG,
        roles=READERS)
-async def get_benchmarks(ctx: ApiContext, body) -> dict:
+async def get_benchmarks(ctx: ApiContext, body: object) -> dict[str, Any]:
     r = _rules(ctx)
     out = {p: {"intensity": _dec(v), "intensity_ppm": v, "history": r.benchmark_history(p)}
            for p, v in sorted(r.benchmarks.items())}
@@ -179,7 +188,7 @@ async def get_benchmarks(ctx: ApiContext, body) -> dict:
     return out
 
 
-def _suppress_benchmark_inputs(ctx: ApiContext, out: dict) -> None:
+def _suppress_benchmark_inputs(ctx: ApiContext, out: dict[str, Any]) -> None:
     """A gradient step's inputs are a statistic of the product's verified firms (their
     weighted intensity and output): below ``[privacy] min_contributors`` firms, readers other
     than operators get the step (the benchmark is public) without its inputs and terms."""
@@ -197,7 +206,7 @@ def _suppress_benchmark_inputs(ctx: ApiContext, out: dict) -> None:
 
 @route("POST", "/rules/benchmarks", summary="Set a product's benchmark", body=BenchmarkBody,
        response=CommandResult, tag=TAG)
-async def set_benchmark(ctx: ApiContext, b: BenchmarkBody) -> dict:
+async def set_benchmark(ctx: ApiContext, b: BenchmarkBody) -> dict[str, Any]:
     return await ctx.command(SetBenchmark(product=b.product,
                                           intensity_ppm=_ppm_of(b.intensity, "intensity")))
 
@@ -211,7 +220,7 @@ class AssessmentBody(Body):
 
 @route("POST", "/rules/assessments", summary="Assess a firm: initial allocation factor",
        body=AssessmentBody, response=CommandResult, tag=TAG)
-async def assess(ctx: ApiContext, b: AssessmentBody) -> dict:
+async def assess(ctx: ApiContext, b: AssessmentBody) -> dict[str, Any]:
     return await ctx.command(AssessFirm(
         firm_id=b.firm_id, technology_ppm=_ppm_of(b.technology, "technology", "1"),
         efficiency_ppm=_ppm_of(b.efficiency, "efficiency", "1"),
@@ -231,7 +240,7 @@ class OutputHistoryBody(Body):
 
 @route("POST", "/rules/output-history", summary="Set a firm's historical output",
        body=OutputHistoryBody, response=CommandResult, tag=TAG)
-async def output_history(ctx: ApiContext, b: OutputHistoryBody) -> dict:
+async def output_history(ctx: ApiContext, b: OutputHistoryBody) -> dict[str, Any]:
     return await ctx.command(SetOutputHistory(
         firm_id=b.firm_id, rows=tuple((r.period, r.output, r.emissions) for r in b.rows)))
 
@@ -249,14 +258,14 @@ class InputUseBody(Body):
 
 @route("POST", "/rules/input-use", summary="Set a firm's input use (responsibility factors)",
        body=InputUseBody, response=CommandResult, tag=TAG)
-async def input_use(ctx: ApiContext, b: InputUseBody) -> dict:
+async def input_use(ctx: ApiContext, b: InputUseBody) -> dict[str, Any]:
     return await ctx.command(SetInputUse(firm_id=b.firm_id, period=b.period,
                                          inputs=tuple((i.product, i.qty) for i in b.inputs)))
 
 
 # ====================================================================== chains
 
-def _chain_view(ex, rules, chain_id: str) -> dict:
+def _chain_view(ex: Exchange, rules: RulesModule, chain_id: str) -> dict[str, Any]:
     ch = ex.chains[chain_id]
     p = rules.params()
     members = []
@@ -275,7 +284,7 @@ def _chain_view(ex, rules, chain_id: str) -> dict:
 
 @route("GET", "/rules/chains", summary="Supply chains with tiers, factors and weights",
        tag=TAG, roles=READERS)
-async def get_chains(ctx: ApiContext, body) -> dict:
+async def get_chains(ctx: ApiContext, body: object) -> dict[str, Any]:
     """A firm sees the chains it belongs to; a verifier those of the firms it verified."""
     r = _rules(ctx)
     return {"chains": [_members_readable(ctx, _chain_view(ctx.ex, r, c))
@@ -288,7 +297,7 @@ def _chain_reader(ctx: ApiContext, chain_id: str) -> bool:
     return bool(_readable(ctx, ctx.ex.chains[chain_id]["members"]))
 
 
-def _members_readable(ctx: ApiContext, view: dict) -> dict:
+def _members_readable(ctx: ApiContext, view: dict[str, Any]) -> dict[str, Any]:
     """A chain's structure is shared with its readers; a member's allocation factor is that
     firm's record: shown only where the caller may read the firm (exchange/privacy.py)."""
     for m in view["members"]:
@@ -298,7 +307,7 @@ def _members_readable(ctx: ApiContext, view: dict) -> dict:
 
 
 @route("GET", "/rules/chains/{chain_id}", summary="One supply chain", tag=TAG, roles=READERS)
-async def get_chain(ctx: ApiContext, body) -> dict:
+async def get_chain(ctx: ApiContext, body: object) -> dict[str, Any]:
     r = _rules(ctx)
     cid = ctx.path["chain_id"]
     if cid not in ctx.ex.chains:
@@ -320,7 +329,7 @@ _STEPS = {"pre_allocate": PreAllocate, "close_period": ClosePeriod,
           "settle_allocations": SettleAllocations, "settle_sub_quotas": SettleSubQuotas}
 
 
-def _totals_for_people(t: dict | None) -> dict | None:
+def _totals_for_people(t: dict[str, Any] | None) -> dict[str, Any] | None:
     """A period's totals with each exact scale ``[num, den]`` as ``*_exact``, so the answer
     shows it once, as a decimal of six places (half to even, exchange/present.py), where the
     core keeps the pair and a ppm display value."""
@@ -337,7 +346,7 @@ def _totals_for_people(t: dict | None) -> dict | None:
 
 @route("GET", "/rules/periods", summary="Periods, their state and responsibility factors",
        tag=TAG, roles=READERS)
-async def get_periods(ctx: ApiContext, body) -> dict:
+async def get_periods(ctx: ApiContext, body: object) -> dict[str, Any]:
     r = _rules(ctx)
     out = [{"period": p, "state": s, "instrument": r.instrument_for(p),
             "responsibility": {k: _dec(v) for k, v in r.resp.get(p, {}).items()},
@@ -349,7 +358,8 @@ async def get_periods(ctx: ApiContext, body) -> dict:
     return {"periods": out}
 
 
-def _suppress_period_statistics(ctx: ApiContext, r, row: dict) -> None:
+def _suppress_period_statistics(ctx: ApiContext, r: RulesModule, row: dict[str, Any]
+                                ) -> None:
     """A product's responsibility factor is a statistic of its verified producers, and a
     period's totals one of its firms: each is shown to readers other than operators only with
     at least ``[privacy] min_contributors`` contributing firms (exchange/privacy.py)."""
@@ -373,7 +383,7 @@ def _suppress_period_statistics(ctx: ApiContext, r, row: dict) -> None:
 
 @route("POST", "/rules/allocation-runs", summary="Run an allocation step for a period",
        body=AllocationRunBody, response=CommandResult, tag=TAG)
-async def allocation_run(ctx: ApiContext, b: AllocationRunBody) -> dict:
+async def allocation_run(ctx: ApiContext, b: AllocationRunBody) -> dict[str, Any]:
     """``pre_allocate`` opens the period; ``close_period`` (after all verifications) updates
     factors and benchmarks; ``settle_allocations`` applies late deductions;
     ``settle_sub_quotas`` reverts or banks sub-quota surplus (after the compliance deadline)."""
@@ -382,7 +392,7 @@ async def allocation_run(ctx: ApiContext, b: AllocationRunBody) -> dict:
 
 @route("GET", "/rules/allocations/{period}", summary="Every firm's allocation of a period",
        tag=TAG, roles=(ROLE_OPERATOR, ROLE_VERIFIER))
-async def get_allocations(ctx: ApiContext, body) -> dict:
+async def get_allocations(ctx: ApiContext, body: object) -> dict[str, Any]:
     r = _rules(ctx)
     period = _int_path(ctx, "period")
     firms = sorted(_readable(ctx, (f for f, d in r.allocs.items() if period in d)))
@@ -391,7 +401,7 @@ async def get_allocations(ctx: ApiContext, body) -> dict:
 
 @route("GET", "/rules/allocations/{period}/{firm_id}", summary="A firm's allocation",
        tag=TAG, roles=READERS)
-async def get_allocation(ctx: ApiContext, body) -> dict:
+async def get_allocation(ctx: ApiContext, body: object) -> dict[str, Any]:
     r = _rules(ctx)
     firm_id = ctx.path["firm_id"]
     _own(ctx, firm_id)
@@ -416,7 +426,7 @@ class SplitBody(Body):
 
     @field_validator("revenue_share")
     @classmethod
-    def _share(cls, v):
+    def _share(cls, v: str) -> str:
         return _ratio(v, "0", "1")
 
     def command(self) -> SplitSubQuotas:
@@ -430,13 +440,13 @@ class SplitBody(Body):
 
 @route("POST", "/rules/splits", summary="Split sub-quotas to SMEs by a strategy",
        body=SplitBody, response=CommandResult, tag=TAG)
-async def split(ctx: ApiContext, b: SplitBody) -> dict:
+async def split(ctx: ApiContext, b: SplitBody) -> dict[str, Any]:
     return await ctx.command(b.command())
 
 
 @route("POST", "/rules/splits/preview", summary="Amounts a split would give (no change)",
        body=SplitBody, tag=TAG)
-async def split_preview(ctx: ApiContext, b: SplitBody) -> dict:
+async def split_preview(ctx: ApiContext, b: SplitBody) -> dict[str, Any]:
     r = _rules(ctx)
     for s in b.smes:
         if s not in ctx.ex.accounts:
@@ -509,7 +519,7 @@ class FirmSubQuotas(_Out):
     split_out: list[SubQuotaLot] = Field(description="lots this firm split to SMEs")
 
 
-def sub_quota_view(ex, lot_id: int) -> dict:
+def sub_quota_view(ex: Exchange, lot_id: int) -> dict[str, Any]:
     """One lot as :class:`SubQuotaLot`: its figures, its terms, and what the period end
     (rules: settlement; compliance: surrenders, cover by the parent) did with it."""
     lot = ex.sub_quotas[lot_id]
@@ -533,7 +543,7 @@ def sub_quota_view(ex, lot_id: int) -> dict:
 
 @route("GET", "/rules/sub-quotas", summary="Sub-quota lots and their period-end settlement",
        tag=TAG, roles=(ROLE_OPERATOR, ROLE_VERIFIER), response=SubQuotaLots)
-async def get_sub_quotas(ctx: ApiContext, body) -> dict:
+async def get_sub_quotas(ctx: ApiContext, body: object) -> dict[str, Any]:
     _rules(ctx)
     lots = [sub_quota_view(ctx.ex, k) for k in sorted(ctx.ex.sub_quotas)]
     mine = _readable(ctx, {v["sme"] for v in lots} | {v["parent"] for v in lots})
@@ -543,7 +553,7 @@ async def get_sub_quotas(ctx: ApiContext, body) -> dict:
 @route("GET", "/rules/sub-quotas/{firm_id}", tag=TAG, roles=READERS, response=FirmSubQuotas,
        query={"period": int_param(0, MAX_PERIOD, "lots of this period's allowance only")},
        summary="The sub-quotas a firm received (an SME) or split out (a core firm), with terms")
-async def get_firm_sub_quotas(ctx: ApiContext, body) -> dict:
+async def get_firm_sub_quotas(ctx: ApiContext, body: object) -> dict[str, Any]:
     """``?period=P``: lots of period P's allowance only. A firm key reads only its own."""
     firm_id = ctx.path["firm_id"]
     _own(ctx, firm_id)
@@ -562,7 +572,7 @@ async def get_firm_sub_quotas(ctx: ApiContext, body) -> dict:
 
 @route("GET", "/rules/factors/{firm_id}", summary="A firm's allocation-factor history",
        tag=TAG, roles=READERS)
-async def get_factors(ctx: ApiContext, body) -> dict:
+async def get_factors(ctx: ApiContext, body: object) -> dict[str, Any]:
     """Every change of the factor with its inputs and terms (docs/RULES.md lists the keys).
     A firm key reads only its own."""
     firm_id = ctx.path["firm_id"]
@@ -572,7 +582,7 @@ async def get_factors(ctx: ApiContext, body) -> dict:
     return factor_view(_rules(ctx), firm_id)
 
 
-def factor_view(rules, firm_id: str) -> dict:
+def factor_view(rules: RulesModule, firm_id: str) -> dict[str, Any]:
     phi = rules.phi.get(firm_id, rules.params()["initial_phi_ppm"])
     return {"firm_id": firm_id, "phi": _dec(phi), "phi_ppm": phi,
             "history": rules.factor_history(firm_id)}
@@ -580,7 +590,7 @@ def factor_view(rules, firm_id: str) -> dict:
 
 # ====================================================================== responsibility
 
-def responsibility_view(rules, firm_id: str) -> dict:
+def responsibility_view(rules: RulesModule, firm_id: str) -> dict[str, Any]:
     """``responsibility_t`` = emissions + sum of inputs x their products' responsibility factors
     (t CO2, decimal string); a final consumer (no output) bears only the latter."""
     fr = rules.responsibility(firm_id)
@@ -595,14 +605,14 @@ def responsibility_view(rules, firm_id: str) -> dict:
 
 @route("GET", "/rules/responsibility", summary="What every firm answers for (t CO2)",
        tag=TAG, roles=(ROLE_OPERATOR, ROLE_VERIFIER))
-async def get_responsibilities(ctx: ApiContext, body) -> dict:
+async def get_responsibilities(ctx: ApiContext, body: object) -> dict[str, Any]:
     r = _rules(ctx)
     return {"firms": [responsibility_view(r, f) for f in sorted(_readable(ctx, r.firm_resp))]}
 
 
 @route("GET", "/rules/responsibility/{firm_id}", summary="What a firm answers for (t CO2)",
        tag=TAG, roles=READERS)
-async def get_responsibility(ctx: ApiContext, body) -> dict:
+async def get_responsibility(ctx: ApiContext, body: object) -> dict[str, Any]:
     firm_id = ctx.path["firm_id"]
     _own(ctx, firm_id)
     if firm_id not in ctx.ex.accounts:
@@ -619,12 +629,14 @@ class PeriodParams(Body):
 
 
 @ws_method("factor_history", NoParams, roles=(ROLE_FIRM,))
-def ws_factor_history(session, p) -> dict:
+def ws_factor_history(session: WsSession, p: NoParams) -> dict[str, Any]:
     """The session firm's allocation factor and every change with its inputs and terms."""
-    return present(factor_view(_rules(session.gw.ex), session.firm_id))
+    out: dict[str, Any] = present(factor_view(_rules(session.gw.ex), session.firm_id))
+    return out
 
 
 @ws_method("allocation", PeriodParams, roles=(ROLE_FIRM,))
-def ws_allocation(session, p: PeriodParams) -> dict:
+def ws_allocation(session: WsSession, p: PeriodParams) -> dict[str, Any]:
     """The session firm's allocation of a period (pre-allocation, true-up, deduction, total)."""
-    return present(_rules(session.gw.ex).allocation(session.firm_id, p.period))
+    out: dict[str, Any] = present(_rules(session.gw.ex).allocation(session.firm_id, p.period))
+    return out
