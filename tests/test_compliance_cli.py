@@ -40,13 +40,14 @@ def test_reports_from_the_journal_equal_the_live_state(tmp_path, capsys):
     want = json.loads(json.dumps(present(R.compliance_summary(ex, 2026))))
     assert got == want
     assert got["counts"] == {"compliant": 3, "non_compliant": 2}
-    # STEEL1: 122,900 t, 118,180 surrendered; 50,000.00 + 4,720 x 85.37 x 3 CNY
+    # STEEL1: 122,900 t, 118,180 surrendered; 50,000.00 + 4,720 x 85.39 x 3 CNY (the average
+    # of the main board's trades: 1,000 t @ 85.40, 800 @ 85.50, 200 @ 84.90)
     steel = {r["firm_id"]: r for r in got["firms"]}["STEEL1"]
-    assert (steel["shortfall"], steel["penalty"]) == (4_720, "1258839.20")
+    assert (steel["shortfall"], steel["penalty"]) == (4_720, "1259122.40")
     assert main(["report", "firm", "STEEL1", "--period", "2026", "--journal", path,
                  "--format", "csv"]) == 0
     out = capsys.readouterr().out
-    assert "settlement.penalty,1258839.20" in out and "settlement.status,non_compliant" in out
+    assert "settlement.penalty,1259122.40" in out and "settlement.status,non_compliant" in out
     assert main(["report", "firm", "STEEL1", "--period", "2026", "--journal", path]) == 0
     assert "status: non_compliant" in capsys.readouterr().out
     assert main(["report", "what-if", "--period", "2026", "--journal", path,
