@@ -466,7 +466,7 @@ async def test_text_frames_take_the_direct_path(server, monkeypatch):
     async with ExchangeClient(server.ws_url, POWER) as c:
         assert (await c.ping())["pong"]
         assert [s.ws.direct for s in gw.sessions] == [True]
-    monkeypatch.setattr(G, "_DirectReader", None)
+    monkeypatch.setattr(G, "DIRECT", False)
     async with ExchangeClient(server.ws_url, POWER) as c:
         assert (await c.ping())["pong"]
         assert [s.ws.direct for s in gw.sessions] == [False]

@@ -84,8 +84,8 @@ async def serve(args) -> int:
     site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
     await site.start()
     bound = port
-    for s in (site._server.sockets if site._server else []):  # the real port for --port 0
-        bound = s.getsockname()[1]
+    for addr in runner.addresses:  # the real port for --port 0
+        bound = addr[1]
         break
     ex = st.exchange
     rec = st.recovery

@@ -9,8 +9,10 @@ parser hands each text message straight to the session (:class:`_DirectQueue`,
 from __future__ import annotations
 
 import asyncio
+import inspect
 from typing import TYPE_CHECKING
 
+import aiohttp
 import orjson
 from aiohttp import WSMsgType, web
 
@@ -23,24 +25,66 @@ TEXT = WSMsgType.TEXT
 BINARY = WSMsgType.BINARY
 _dumps = orjson.dumps
 
-try:  # aiohttp's frame parser and message queue (C), for _DirectWS
-    import inspect as _inspect
-
-    from aiohttp._websocket.reader import (
-        WebSocketDataQueue,
-    )
-    from aiohttp._websocket.reader import (
-        WebSocketReader as _DirectReader,
-    )
+# ---------------------------------------------------------------- aiohttp's internals
+# The direct text-frame path (_DirectQueue, _DirectWS) is the server's one use of aiohttp's
+# private API: its frame parser and message queue, and WebSocketResponse._post_start with the
+# attributes it sets. It is worth it (a message object, a task wake-up and a receive() per
+# request saved: docs/adr/0003-gateway.md), so it is kept, confined to this section and
+# checked by aiohttp_direct_problem(); where that finds something changed, every connection
+# takes aiohttp's public path (WebSocketResponse with its own heartbeat, ``async for``) and
+# tests/test_aiohttp_internals.py fails naming the aiohttp version.
+try:
+    from aiohttp._websocket.reader import WebSocketDataQueue
+    from aiohttp._websocket.reader import WebSocketReader as _DirectReader
     from aiohttp.helpers import DEFAULT_CHUNK_SIZE as _CHUNK
-    # text frames as bytes: orjson parses UTF-8 bytes directly (no str decode first)
-    _WS_KW = ({"decode_text": False} if "decode_text" in _inspect.signature(
-        web.WebSocketResponse.__init__).parameters else {})
-except ImportError:  # pragma: no cover - an older aiohttp: the plain path
+except ImportError:  # pragma: no cover - an aiohttp without them: the public path
     WebSocketDataQueue = object
     _DirectReader = None
     _CHUNK = 0
-    _WS_KW = {}
+
+# text frames as bytes: orjson parses UTF-8 bytes directly (no str decode first); a public
+# argument of WebSocketResponse since aiohttp 3.11
+_WS_KW = ({"decode_text": False} if "decode_text" in inspect.signature(
+    web.WebSocketResponse.__init__).parameters else {})
+
+# what _DirectWS._post_start sets or reads on the response, as aiohttp's own _post_start does
+_WS_ATTRS = ("_ws_protocol", "_writer", "_reader", "_parser", "_loop", "_max_msg_size",
+             "_compress", "_decode_text", "_heartbeat")
+
+
+def aiohttp_direct_problem() -> str | None:
+    """None when the installed aiohttp has the internals the direct path was written against;
+    else what is missing or changed, naming the aiohttp version (the path is then off)."""
+    why = []
+    if _DirectReader is None or WebSocketDataQueue is object:
+        why.append("aiohttp._websocket.reader has no WebSocketReader/WebSocketDataQueue")
+    elif not callable(getattr(WebSocketDataQueue, "feed_data", None)):
+        why.append("WebSocketDataQueue.feed_data is gone")
+    post = getattr(web.WebSocketResponse, "_post_start", None)
+    if post is None:
+        why.append("WebSocketResponse._post_start is gone")
+    elif list(inspect.signature(post).parameters)[1:] != ["request", "protocol", "writer"]:
+        why.append(f"WebSocketResponse._post_start{inspect.signature(post)} is not "
+                   f"(request, protocol, writer)")
+    if not callable(getattr(web.WebSocketResponse, "_handle_ping_pong_exception", None)):
+        why.append("WebSocketResponse._handle_ping_pong_exception is gone")
+    probe = web.WebSocketResponse()
+    missing = [a for a in _WS_ATTRS if not hasattr(probe, a)]
+    if missing:
+        why.append(f"WebSocketResponse has no {', '.join(missing)}")
+    from aiohttp.web_protocol import RequestHandler
+    for m in ("set_parser", "keep_alive"):
+        if not callable(getattr(RequestHandler, m, None)):
+            why.append(f"RequestHandler.{m} is gone")
+    if not why:
+        return None
+    return (f"aiohttp {aiohttp.__version__}: {'; '.join(why)} - the gateway's direct "
+            f"text-frame path (exchange/server/framing.py) is off and every connection takes "
+            f"aiohttp's public path; update the path to this aiohttp")
+
+
+DIRECT_PROBLEM = aiohttp_direct_problem()
+DIRECT = DIRECT_PROBLEM is None  # read per connection (tests turn it off)
 
 CLOSE_AUTH = 4001  # auth timeout / failed header auth
 CLOSE_REVOKED = 4003  # the API key was revoked
@@ -111,8 +155,9 @@ class _DirectQueue(WebSocketDataQueue):
 
 class _DirectWS(web.WebSocketResponse):
     """A WebSocketResponse whose text frames go straight to ``session.on_text`` (see
-    _DirectQueue). Falls back to aiohttp's own queue when its internals are not what this
-    was written against (``direct`` is then False)."""
+    _DirectQueue). Where the internals are not what this was written against (``DIRECT``
+    false) it is a plain WebSocketResponse with aiohttp's heartbeat (``direct`` is then
+    False)."""
 
     session: Session | None = None
     direct = False
@@ -120,19 +165,22 @@ class _DirectWS(web.WebSocketResponse):
     def __init__(self, *, heartbeat=None, **kw):
         # the gateway's own heartbeat (Gateway._heartbeat: one timer for all sessions) is
         # used on the direct path; aiohttp's - a call_soon and a timer reset per received
-        # chunk - only if we fall back to it
-        super().__init__(heartbeat=None, **kw)
+        # chunk - on the public one
+        super().__init__(heartbeat=None if DIRECT else heartbeat, **kw)
         self.hb = heartbeat
 
     def _aiohttp_heartbeat(self) -> None:
+        """aiohttp's heartbeat after all (what its __init__ sets for ``heartbeat``): only
+        when the direct path failed on a connection although DIRECT held."""
         if self.hb:
             self._heartbeat = self.hb
             self._pong_heartbeat = self.hb / 2.0
 
     def _post_start(self, request, protocol, writer) -> None:
         s = self.session
-        if s is None or _DirectReader is None:
-            self._aiohttp_heartbeat()
+        if not DIRECT or s is None:
+            if DIRECT:  # (constructed for the direct path: heartbeat left to the gateway)
+                self._aiohttp_heartbeat()
             return super()._post_start(request, protocol, writer)
         try:
             self._ws_protocol = protocol
@@ -140,7 +188,7 @@ class _DirectWS(web.WebSocketResponse):
             tr = request.transport
             if tr is not None and hasattr(tr, "get_write_buffer_size"):
                 s.transport = tr  # frames that arrive with the handshake are answered
-            self._reader = _DirectQueue(request._protocol, _CHUNK, loop=self._loop,
+            self._reader = _DirectQueue(request.protocol, _CHUNK, loop=self._loop,
                                         session=s)
             self._parser = _DirectReader(self._reader, self._max_msg_size,
                                          compress=bool(self._compress),

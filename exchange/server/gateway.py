@@ -97,7 +97,7 @@ class Session:
     __slots__ = ("gw", "ws", "cred", "firm_id", "role", "key_id", "batch", "cod", "subs",
                  "out", "wake", "closed", "tokens", "refill_at", "placed", "writer", "peer",
                  "req_id", "transport", "flushing", "backoff", "rx", "idle", "ping_at",
-                 "qmax", "qn", "qbytes", "held", "qbig", "bucket", "auth_failures",
+                 "qmax", "qn", "qbytes", "held", "qbig", "bucket", "auth_failures", "conn",
                  "__weakref__")
 
     def __init__(self, gw: "Gateway", ws, peer: str = ""):
@@ -120,6 +120,7 @@ class Session:
         self.peer = peer
         self.req_id = None  # of the request being handled
         self.transport = None  # set: frames are written straight to it (see flush)
+        self.conn = None  # the connection's transport (the handler's request.transport)
         self.flushing = False  # a flush of this session is scheduled
         self.backoff = 0.0  # retry delay while the socket's buffer is full (2 ms .. 100 ms)
         self.rx = False  # a frame arrived since the last heartbeat round
@@ -312,8 +313,7 @@ class Session:
         except Exception:
             pass
         if not self.ws.closed:
-            tr = getattr(self.ws, "_req", None)
-            tr = tr.transport if tr is not None else None
+            tr = self.conn
             if tr is not None:
                 tr.abort()
 
@@ -763,6 +763,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     ws = _DirectWS(heartbeat=cfg.heartbeat_seconds, max_msg_size=4 * cfg.max_frame_bytes,
                    compress=False, timeout=2.0, **_WS_KW)
     s = Session(gw, ws, request.remote or "")
+    s.conn = request.transport
     ws.session = s
     await ws.prepare(request)
     gw.attach(s)

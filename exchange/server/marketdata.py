@@ -899,8 +899,8 @@ async def serve_market_data(args, settings, host: str, port: int, data_dir,
     site = web.TCPSite(runner, host, port, backlog=4096, reuse_address=True)
     await site.start()
     bound = port
-    for sock in (site._server.sockets if site._server else []):
-        bound = sock.getsockname()[1]
+    for addr in runner.addresses:
+        bound = addr[1]
         break
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -95,8 +95,8 @@ class NotLeaderSite:
         site = web.TCPSite(self.runner, host, port, reuse_address=True)
         await site.start()
         self.port = port
-        for s in (site._server.sockets if site._server else []):
-            self.port = s.getsockname()[1]
+        for addr in self.runner.addresses:
+            self.port = addr[1]
             break
         return self.port
 
