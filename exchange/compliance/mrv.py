@@ -28,7 +28,8 @@ Rounding, chosen once and documented in docs/COMPLIANCE.md:
 * an offset cap or sub-cap in tonnes = floor(obligation x bps / 10,000): a firm may never use
   more offsets than the share allows;
 * the price part of a penalty = floor(shortfall x average price x multiple_ppm / 1,000,000);
-* the period's average price = round-half-up(notional / volume) of the period's allowance trades.
+* the period's average price = round-half-up(notional / volume) of the period's allowance trades
+  on the boards the configuration names (the main board: docs/COMPLIANCE.md).
 """
 from __future__ import annotations
 

@@ -232,7 +232,10 @@ class Simulation:
                 penalty_mode="both", penalty_fixed_fine=_fen(sc.compliance.fixed_fine)
                 if sc.compliance.fixed_fine else 0,
                 penalty_multiple_ppm=_ppm(sc.compliance.penalty_multiple),
-                penalty_fallback_price=_fen(m.initial_price)),
+                penalty_fallback_price=_fen(m.initial_price),
+                # a shortfall is valued at the main board's price, as the exchange's own
+                # configuration does (docs/COMPLIANCE.md)
+                penalty_price_segments=("main",)),
             RegisterVerifier(verifier=VERIFIER, name="simulation verifier"),
             *([ConfigureSmeFund(
                 penalty_to_fund_bps=int(round(sc.sme_fund.penalty_share * 10_000)),
