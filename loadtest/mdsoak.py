@@ -156,6 +156,11 @@ async def _subscriber_main(spec: dict) -> None:
             break
         await asyncio.sleep(0.1)
     closed = sum(1 for s in subs if s.proto is not None and s.proto.closed.done())
+    codes: dict = {}
+    for s in subs:
+        if s.proto is not None and s.proto.closed.done():
+            k = f"{s.proto.close_code} {s.proto.close_reason}".strip()[:80]
+            codes[k] = codes.get(k, 0) + 1
     st = _status(os.getpid())
     res = {
         "subscribers": n, "connect_errors": len(errors), "connect_error_sample": errors[:3],
@@ -163,7 +168,7 @@ async def _subscriber_main(spec: dict) -> None:
         "complete": sum(1 for s in subs if s.book is not None and s.book >= final_book
                         and s.trade is not None and s.trade >= final_trade and not s.gaps),
         "gaps": sum(s.gaps for s in subs), "messages": sum(s.msgs for s in subs),
-        "closed_by_server": closed, "connect_s": round(connect_s, 2),
+        "closed_by_server": closed, "close_codes": codes, "connect_s": round(connect_s, 2),
         "book_first_min": min((s.first_book for s in subs if s.first_book is not None),
                               default=None),
         "book_last_min": min((s.book for s in subs if s.book is not None), default=None),
