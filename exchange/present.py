@@ -44,6 +44,7 @@ This module is outside the core because it knows the display time zone: the mark
 from __future__ import annotations
 
 import datetime as dt
+import re
 from fractions import Fraction
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -324,3 +325,79 @@ def text(value: Any) -> str:
 def cap_text(bps: int) -> str:
     """An offset cap for a sentence: 500 -> ``"5 %"``."""
     return format_percent(bps)
+
+
+# ------------------------------------------------------------------------- and back
+_SIX = re.compile(r"-?[0-9]+\.[0-9]{6}")
+_TWO = re.compile(r"-?[0-9]+\.[0-9]{2}")
+
+
+def _record_from_people(v):
+    """A record of the core (an allocation, in an event) from its people form, by the shapes
+    :func:`present` writes: ``*_pct`` -> ``*_bps``, ``at`` / ``*_at`` -> ``ts`` / ``*_ts``, a
+    six-decimal string -> ``*_ppm``, a two-decimal string -> ``*_fen``. Only for records the
+    core built from integers: a decimal an author wrote for people has no way back."""
+    from .core.units import parse_price, percent_to_bps, ratio_to_ppm
+
+    if type(v) is list:
+        return [_record_from_people(x) for x in v]
+    if type(v) is not dict:
+        return v
+    out: dict = {}
+    for k, x in v.items():
+        if type(x) is str and k.endswith("_pct"):
+            out[k[:-4] + "_bps"] = percent_to_bps(x)
+        elif type(x) is str and (k == "at" or k.endswith("_at")):
+            out["ts" if k == "at" else k[:-3] + "_ts"] = parse_time(x)
+        elif type(x) is str and _SIX.fullmatch(x):
+            out[k + "_ppm"] = ratio_to_ppm(x)
+        elif type(x) is str and _TWO.fullmatch(x):
+            out[k + "_fen"] = parse_price(x)
+        else:
+            out[k] = _record_from_people(x)
+    return out
+
+
+def event_fields_from_people(d: dict, fields) -> dict:
+    """An event as :func:`present_event` wrote it -> its fields in the core's units, for a
+    client that rebuilds the core's event objects (``exchange.sim.networked``): ``at`` ->
+    ``ts``, ``X_at`` -> ``X_ts``, ``X_pct`` -> ``X_bps``, ``X`` -> ``X_ppm`` / ``X_fen``, and the
+    unsuffixed fen fields back to fen. Times come back to the microsecond."""
+    from .core.units import parse_price, percent_to_bps, ratio_to_ppm
+
+    kind = d.get("type")
+    fen = set(_EVENT_FEN.get(kind, ()))
+    out: dict = {}
+    for f in fields:
+        src, conv = f, None
+        if f == "ts":
+            src, conv = "at", parse_time
+        elif f.endswith(("_ts", "_ns")):
+            src, conv = f[:-3] + "_at", parse_time
+        elif f.endswith("_fen"):
+            src, conv = f[:-4], parse_price
+        elif f.endswith("_bps"):
+            src, conv = f[:-4] + "_pct", percent_to_bps
+        elif f.endswith("_ppm"):
+            src, conv = f[:-4], ratio_to_ppm
+        elif f in fen:
+            conv = parse_price
+        if src not in d:
+            continue
+        v = d[src]
+        if conv is None and type(v) is dict:
+            out[f] = _record_from_people(v)  # a record inside the event (an allocation)
+            continue
+        out[f] = v if conv is None or v is None or type(v) is int else conv(v)
+    if kind == "execution_report" and out.get("last_px") is None and "last_px" in fields:
+        out["last_px"] = 0  # the core's "no fill" price
+    if kind == "posting" and d.get("asset") == "CNY" and isinstance(out.get("amount"), str):
+        out["amount"] = parse_price(out["amount"])
+    elif kind == "trade" and out.get("proceeds_split"):
+        out["proceeds_split"] = tuple((who, parse_price(a)) for who, a in out["proceeds_split"])
+    elif kind == "book_update" and "changes" in out:
+        out["changes"] = tuple((c[0], parse_price(c[1]), c[2]) for c in out["changes"])
+    elif kind == "day_ended" and "reference_prices" in out:
+        out["reference_prices"] = tuple((sym, None if px is None else parse_price(px))
+                                        for sym, px in out["reference_prices"])
+    return out

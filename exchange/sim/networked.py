@@ -41,6 +41,7 @@ from ..core.commands import (
 from ..core.events import EVENT_TYPES, CommandRejected, ExecutionReport, Trade
 from ..core.exchange import AddSegment
 from ..core.units import format_price, parse_price
+from ..present import event_fields_from_people, pct, ratio
 from ..rules.commands import (
     ClosePeriod, PreAllocate, SetBenchmark, SetInputUse, SetOutputHistory, SetRulesParams,
     SettleAllocations, SettleSubQuotas, SplitSubQuotas,
@@ -59,7 +60,9 @@ def decode_event(d: dict):
     cls = EVENT_TYPES.get(d.get("type"))
     if cls is None:
         return None
-    kw = {k: v for k, v in d.items() if k != "type"}
+    # the server writes events in units for people (docs/PROTOCOL.md "Units"): back to the
+    # core's fen, bps, ppm and ns
+    kw = event_fields_from_people(d, cls._FIELDS)
     try:
         return cls(**kw)
     except TypeError:
@@ -239,8 +242,9 @@ class NetworkedGateway:
             return evs
         if isinstance(c, AddSegment):
             return await self._http("POST", "/segments", {
-                "name": c.name, "tick": c.tick, "lot": c.lot, "max_order_qty": c.max_order_qty,
-                "fee_bps": c.fee_bps, "access": c.access}, c)
+                "name": c.name, "tick": format_price(c.tick), "lot": c.lot,
+                "max_order_qty": c.max_order_qty, "fee_pct": pct(c.fee_bps),
+                "access": c.access}, c)
         if isinstance(c, AddInstrument):
             return await self._http("POST", "/instruments", {
                 "symbol": c.symbol, "kind": c.kind, "vintage": c.vintage,
@@ -248,7 +252,7 @@ class NetworkedGateway:
                 "reference_price": format_price(c.reference_price)}, c)
         if isinstance(c, SetPriceBand):
             return await self._http("PUT", f"/instruments/{c.instrument}/band", {
-                "band_bps": c.band_bps, "reference_price": None if c.reference_price is None
+                "band_pct": pct(c.band_bps), "reference_price": None if c.reference_price is None
                 else format_price(c.reference_price)}, c)
         if isinstance(c, DepositCash):
             return await self._http("POST", "/deposits", {
@@ -265,12 +269,12 @@ class NetworkedGateway:
             return await self._http("POST", "/supply-chains", {
                 "chain_id": c.chain_id,
                 "members": [{"firm": f, "tier": t} for f, t in c.members],
-                "edges": [{"supplier": s, "customer": u, "weight_ppm": w}
+                "edges": [{"supplier": s, "customer": u, "weight": ratio(w)}
                           for s, u, w in c.edges]}, c)
         if isinstance(c, CreateSubQuota):
             return await self._http("POST", "/sub-quotas", {
                 "parent": c.parent, "sme": c.sme, "instrument": c.instrument, "qty": c.qty,
-                "revenue_share_ppm": c.revenue_share_ppm, "surplus_rule": c.surplus_rule,
+                "revenue_share": ratio(c.revenue_share_ppm), "surplus_rule": c.surplus_rule,
                 "shortfall_rule": c.shortfall_rule, "chain_id": c.chain_id}, c)
         if isinstance(c, EndOfDay):
             return await self._http("POST", "/end-of-day", {}, c)
