@@ -36,7 +36,7 @@ from ..core.accounts import BANK, CASH, Account, post_cash
 from ..core.commands import Command, command
 from ..core.events import Posting, event
 from ..core.exchange import Module
-from ..core.units import BPS, MAX_CASH, format_percent
+from ..core.units import BPS, MAX_CASH, format_percent, format_price
 
 if TYPE_CHECKING:
     from ..core.exchange import Exchange
@@ -325,7 +325,7 @@ class SmeFundModule(Module):
     def _deposit(self, c: FundDeposit) -> list[Any]:
         self._need()
         if not _is_int(c.amount) or c.amount <= 0:
-            raise E.Reject(E.BAD_AMOUNT, "amount must be a positive whole number of fen")
+            raise E.Reject(E.BAD_AMOUNT, "amount must be positive (CNY, at least 0.01)")
         period = c.period
         if period is None:
             from .module import ComplianceModule
@@ -341,8 +341,9 @@ class SmeFundModule(Module):
         # money from outside, like DepositCash: within the core's limit on all cash deposited
         room = MAX_CASH + self.ex.accounts[BANK].cash
         if c.amount > room:
-            raise E.Reject(E.QUANTITY_LIMIT, f"deposit of {c.amount} fen: at most {MAX_CASH} "
-                                             f"fen may be on deposit in all, {max(room, 0)} left")
+            raise E.Reject(E.QUANTITY_LIMIT, f"deposit of {format_price(c.amount)} CNY: at most "
+                                             f"{format_price(MAX_CASH)} CNY may be on deposit in "
+                                             f"all, {format_price(max(room, 0))} left")
         return self._inflow(self.ex.accounts[BANK], c.amount, c.amount, BPS, "budget", period,
                             ref)
 
@@ -357,7 +358,7 @@ class SmeFundModule(Module):
                                          "makes grants to SMEs only")
         self._check_period(c.period)
         if not _is_int(c.amount) or c.amount <= 0:
-            raise E.Reject(E.BAD_AMOUNT, "amount must be a positive whole number of fen")
+            raise E.Reject(E.BAD_AMOUNT, "amount must be positive (CNY, at least 0.01)")
         if not _is_int(c.verified_abatement_t) or c.verified_abatement_t <= 0:
             raise E.Reject(E.BAD_QUANTITY,
                            "verified_abatement_t must be a positive whole number of tonnes")
