@@ -226,6 +226,10 @@ async def test_compliance_period_through_the_served_api(tmp_path):
         # SME1's 2,500 t came out of its sub-quota at the deadline
         assert st1["status"] == "compliant"
         assert [(x["qty"], x["by"]) for x in st1["surrenders"]] == [(2_500, "sub_quota")]
+        # the websocket's statement is the HTTP one: units for people
+        assert st1["deadline_at"].endswith("+08:00") and "deadline_ts" not in st1
+        assert st1["cash"]["cash"] == (await ok(srv, "GET", "/compliance/statements/SME1/2026")
+                                       )["cash"]["cash"]
         sm = await ok(srv, "GET", "/compliance/periods/2026/summary")
         assert sm["totals"]["shortfall"] == 958
         ex.check_invariants()
