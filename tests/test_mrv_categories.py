@@ -17,6 +17,7 @@ import pytest
 
 from exchange.cli import main
 from exchange.compliance import mrv
+from exchange.present import present
 from exchange.compliance import reports as R
 from exchange.compliance.commands import (
     ActivityDataSubmitted, ConfigureCompliance, EmissionsVerified, ProcessComplianceDeadline,
@@ -431,7 +432,8 @@ def test_summary_and_report_show_the_breakdown(capsys, tmp_path):
     _journal(m.seq.log, path, snapshot_at=len(m.seq.log) - 2)
     assert main(["report", "compliance", "--period", "2026", "--journal", path,
                  "--format", "json"]) == 0
-    assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(sm))
+    # (in units for people, as the API answers: penalties in CNY, times ISO-8601)
+    assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(present(sm)))
     assert main(["report", "compliance", "--period", "2026", "--journal", path]) == 0
     assert "Verified emissions by category" in capsys.readouterr().out
     assert main(["report", "firm", "A", "--period", "2026", "--journal", path]) == 0

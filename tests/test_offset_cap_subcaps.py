@@ -10,7 +10,7 @@ from exchange.core.units import UnitError, percent_to_bps
 from test_server import OPERATOR, op, running_server
 
 CAP = "/compliance/periods/2026/cap"
-DEMO_SUBS = {"PHCER": 200, "RME": 300, "RMN": 300}
+DEMO_SUBS = {"PHCER": "2.00", "RME": "3.00", "RMN": "3.00"}  # as the API answers: percent
 BAD_FORMATS = ["5_0", "1e2", "\u0665", "\uff15", "-0", "5\n", " 5", "+5", "5.", ".5", ""]
 
 
@@ -28,31 +28,31 @@ def test_plain_percentages_parse():
 async def test_omitted_sub_caps_are_kept_and_an_empty_object_clears_them(tmp_path):
     async with running_server(tmp_path) as srv:
         status, c = await op(srv, "GET", CAP)
-        assert status == 200 and c["sub_caps_bps"] == DEMO_SUBS
+        assert status == 200 and c["sub_caps_pct"] == DEMO_SUBS
         # the what-if of a cap alone previews the sub-caps as they are
         status, wi = await op(srv, "POST", CAP + "/what-if", {"cap_pct": "6"})
-        assert status == 200 and wi["proposed_sub_caps_bps"] == DEMO_SUBS
+        assert status == 200 and wi["proposed_sub_caps_pct"] == DEMO_SUBS
         status, wi = await op(srv, "POST", CAP + "/what-if", {"cap_pct": "6",
                                                              "sub_caps_pct": {}})
-        assert status == 200 and wi["proposed_sub_caps_bps"] == {}
+        assert status == 200 and wi["proposed_sub_caps_pct"] == {}
         status, r = await op(srv, "PUT", CAP, {"cap_pct": "6"})
         assert status == 200, r
         status, c = await op(srv, "GET", CAP)
-        assert c["cap_bps"] == 600 and c["sub_caps_bps"] == DEMO_SUBS
-        assert c["history"][-1]["sub_caps_bps"] == DEMO_SUBS
+        assert c["cap_pct"] == "6.00" and c["sub_caps_pct"] == DEMO_SUBS
+        assert c["history"][-1]["sub_caps_pct"] == DEMO_SUBS
         # a lower cap keeps the sub-caps, each at most the new cap
         status, r = await op(srv, "PUT", CAP, {"cap_pct": "2.5"})
         assert status == 200, r
         status, c = await op(srv, "GET", CAP)
-        assert c["sub_caps_bps"] == {"PHCER": 200, "RME": 250, "RMN": 250}
+        assert c["sub_caps_pct"] == {"PHCER": "2.00", "RME": "2.50", "RMN": "2.50"}
         status, r = await op(srv, "PUT", CAP, {"cap_pct": "6", "sub_caps_pct": {"PHCER": "1"}})
         assert status == 200, r
         status, c = await op(srv, "GET", CAP)
-        assert c["sub_caps_bps"] == {"PHCER": 100}
+        assert c["sub_caps_pct"] == {"PHCER": "1.00"}
         status, r = await op(srv, "PUT", CAP, {"cap_pct": "6", "sub_caps_pct": {}})
         assert status == 200, r
         status, c = await op(srv, "GET", CAP)
-        assert c["cap_bps"] == 600 and c["sub_caps_bps"] == {}
+        assert c["cap_pct"] == "6.00" and c["sub_caps_pct"] == {}
         for text in BAD_FORMATS:
             for body in ({"cap_pct": text}, {"cap_pct": "5", "sub_caps_pct": {"PHCER": text}}):
                 status, r = await op(srv, "PUT", CAP, body)
