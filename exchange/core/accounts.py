@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .book import Order
+    from .orders import ClientOrderId, OrderId
 
 ISSUER = "@issuer"
 BANK = "@bank"
@@ -83,8 +84,8 @@ class Account:
         self.cash_reserved = 0
         self.holdings: dict[str, Holding] = {}
         self.chains: dict[str, int] = {}  # chain_id -> tier
-        self.orders: dict[int, Order] = {}  # live order_id -> Order
-        self.coids: dict[str, int] = {}  # live client_order_id -> order_id
+        self.orders: dict[OrderId, Order] = {}  # live order_id -> Order
+        self.coids: dict[ClientOrderId, OrderId] = {}  # live client_order_id -> order_id
 
     def holding(self, instrument: str) -> Holding:
         h = self.holdings.get(instrument)

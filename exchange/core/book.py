@@ -67,7 +67,9 @@ from typing import Any, Callable, Iterator
 from sortedcontainers import SortedDict
 
 from .orders import BUY as BUY, SELL as SELL  # re-exported: the book's callers use them
-from .orders import OrderStatus, StpPolicy, transition
+from .orders import (
+    ClientOrderId, FirmId, OrderId, OrderStatus, SegmentName, StpPolicy, Symbol, transition,
+)
 
 # self-trade prevention policies, as stored (exact str)
 STP_CANCEL_RESTING = StpPolicy.CANCEL_RESTING.value
@@ -104,8 +106,9 @@ class Order:
         "prev", "next",  # the neighbours in its price level while it rests (else None)
     )
 
-    def __init__(self, order_id: int, account: str, client_order_id: str | None,
-                 instrument: str, segment: str, side: str, price: int, qty: int, tif: str,
+    def __init__(self, order_id: OrderId, account: FirmId, client_order_id: ClientOrderId | None,
+                 instrument: Symbol, segment: SegmentName, side: str, price: int, qty: int,
+                 tif: str,
                  post_only: bool = False, seq: int = 0) -> None:
         self.order_id = order_id
         self.account = account
@@ -135,7 +138,7 @@ class Order:
                 self.status, self.seq]
 
     @classmethod
-    def from_state(cls, s: list[Any], instrument: str, segment: str) -> "Order":
+    def from_state(cls, s: list[Any], instrument: Symbol, segment: SegmentName) -> "Order":
         (oid, acct, coid, side, price, qty, leaves, cum, tif, post_only, reserved, status,
          seq) = s
         o = cls(oid, acct, coid, instrument, segment, side, price, qty, tif, post_only, seq)
@@ -269,12 +272,13 @@ class OrderBook:
     DAY_STATE = ("day_open", "day_high", "day_low", "last", "day_volume", "day_notional",
                  "day_trades")
 
-    def __init__(self, instrument: str = "", segment: str = "main"):
+    def __init__(self, instrument: Symbol = Symbol(""),
+                 segment: SegmentName = SegmentName("main")) -> None:
         self.instrument = instrument
         self.segment = segment
         self.bids: SortedDict = SortedDict()  # -price -> Level
         self.asks: SortedDict = SortedDict()  # price -> Level
-        self.orders: dict[int, Order] = {}  # resting orders by id
+        self.orders: dict[OrderId, Order] = {}  # resting orders by id
         # L2 changes since the last drain, in order: (side, price, new level qty); a level may
         # appear more than once, the last entry wins (consumers apply them in order)
         self.changes: list[tuple[str, int, int]] = []
@@ -359,7 +363,7 @@ class OrderBook:
         self.orders[oid] = order
         self.changes.append((side, price, lq))
 
-    def remove(self, order_id: int) -> Order:
+    def remove(self, order_id: OrderId) -> Order:
         """Take a resting order out of the book (cancel/expire/replace). KeyError if absent."""
         order = self.orders.pop(order_id)
         side = order.side
@@ -513,7 +517,7 @@ class OrderBook:
         return PlaceResult(tuple(Fill(m, q, px) for m, q, px in fills), tuple(stp_cancels),
                            rested, self._take_changes(mark))
 
-    def cancel(self, order_id: int) -> CancelResult:
+    def cancel(self, order_id: OrderId) -> CancelResult:
         """Take a resting order out (its status becomes canceled). An id that is not resting
         here gives ``found`` false and changes nothing."""
         order = self.orders.get(order_id)
@@ -524,7 +528,7 @@ class OrderBook:
         transition(order, OrderStatus.CANCELED)
         return CancelResult(order, self._take_changes(mark))
 
-    def replace(self, order_id: int, *, qty: int | None = None, price: int | None = None,
+    def replace(self, order_id: OrderId, *, qty: int | None = None, price: int | None = None,
                 stp: str | None = None) -> ReplaceResult:
         """Change a resting order's total quantity (``qty``, more than it has filled) and/or
         price. A smaller quantity at the same price keeps the order's place in its queue;

@@ -50,7 +50,10 @@ from .events import (
     MarketState, Posting, SessionClosed, SessionOpened, SubQuotaCreated, SupplyChainRegistered,
     Trade, TradingCalendarSet,
 )
-from .orders import ORDER_TRANSITIONS, Liquidity, OrderStatus, transition
+from .orders import (
+    ORDER_TRANSITIONS, ClientOrderId, FirmId, Liquidity, OrderId, OrderStatus, SegmentName,
+    Symbol, transition,
+)
 from .units import MAX_CASH, MAX_QTY, PPM, fee_ceil, fee_floor
 
 _TIFS = (GTC, DAY, IOC, FOK)
@@ -462,7 +465,7 @@ class Exchange:
         if cmd.post_only and (otype == MARKET or tif == IOC or tif == FOK):
             raise E.Reject(E.BAD_ORDER_TYPE, "post-only orders must be GTC or DAY limits")
         if self.is_halted(symbol, segment):
-            self._halted(f"{symbol}/{segment}")
+            self._halted(symbol, segment)
         rules = self._rules[segment]
         self.check_access(acct, segment, side, rules)
         qty = cmd.qty
@@ -513,10 +516,12 @@ class Exchange:
     def _hold(self, cmd: PlaceOrder, acct: Account, price: int, tif: str) -> Order:
         """The accepted order: its id, its reservation, its place in the account's live
         orders. Nothing after this may raise."""
-        oid = self.next_order_id
+        oid = OrderId(self.next_order_id)
         self.next_order_id = oid + 1
-        o = Order(oid, acct.firm_id, cmd.client_order_id, cmd.instrument, cmd.segment,
-                  cmd.side, price, cmd.qty, tif, cmd.post_only, cmd.seq)
+        coid = None if cmd.client_order_id is None else ClientOrderId(cmd.client_order_id)
+        o = Order(oid, FirmId(acct.firm_id), coid, Symbol(cmd.instrument),
+                  SegmentName(cmd.segment), cmd.side, price, cmd.qty, tif, cmd.post_only,
+                  cmd.seq)
         if o.side == BUY:
             o.reserved = self.buy_reserve(price, o.qty, self._rules[o.segment].fee_bps)
             acct.cash_reserved += o.reserved
@@ -695,9 +700,10 @@ class Exchange:
 
     def _find_order(self, acct: Account, order_id: int | None,
                     client_order_id: str | None) -> Order:
+        # the ids come from the command as given: looked up, never trusted to exist
         if order_id is None and client_order_id is not None:
-            order_id = acct.coids.get(client_order_id)
-        o = acct.orders.get(order_id) if order_id is not None else None
+            order_id = acct.coids.get(ClientOrderId(client_order_id))
+        o = acct.orders.get(OrderId(order_id)) if order_id is not None else None
         if o is None:
             raise E.Reject(E.UNKNOWN_ORDER, NO_LIVE_ORDER)
         return o
@@ -773,7 +779,7 @@ class Exchange:
         rules = self.segment_rules(o.segment)
         book = self.books[(o.instrument, o.segment)]
         if self.is_halted(o.instrument, o.segment):
-            self._halted(f"{o.instrument}/{o.segment}")
+            self._halted(o.instrument, o.segment)
         new_qty = o.qty if cmd.qty is None else cmd.qty
         new_price = o.price if cmd.price is None else cmd.price
         if new_qty == o.qty and new_price == o.price:
@@ -822,7 +828,7 @@ class Exchange:
 
     def _open_book(self, symbol: str, segment: str) -> None:
         if (symbol, segment) not in self.books:
-            self.books[(symbol, segment)] = OrderBook(symbol, segment)
+            self.books[(symbol, segment)] = OrderBook(Symbol(symbol), SegmentName(segment))
 
     def _add_instrument(self, c: AddInstrument) -> list[Any]:
         if c.symbol in self.instruments:
@@ -1073,14 +1079,14 @@ class Exchange:
         return self._set_halt(c.instrument, c.segment, False)
 
     # ================================================================== trading sessions
-    def _halted(self, what: str) -> NoReturn:
-        """Raise the reject of an order on a halted book: closed between sessions, or halted."""
-        instrument, _, segment = what.partition("/")
+    def _halted(self, instrument: str, segment: str) -> NoReturn:
+        """Raise the reject of an order on a halted book: closed between sessions (only the
+        calendar closed it), or halted."""
         if (self.market_halted and not self.operator_halted
                 and not self.instruments[instrument].halted
                 and (instrument, segment) not in self.halted_books):
             raise E.Reject(E.MARKET_CLOSED, "the market is closed: outside the trading sessions")
-        raise E.Reject(E.HALTED, f"trading in {what} is halted")
+        raise E.Reject(E.HALTED, f"trading in {instrument}/{segment} is halted")
 
     def _calendar_closed(self) -> bool:
         return self.calendar is not None and self.session["open"] is None
