@@ -196,6 +196,14 @@ short_str(PyObject *v)
            PyUnicode_GET_LENGTH(v) <= 64;
 }
 
+static inline int
+int64(PyObject *v)
+{
+    /* type(v) is int and INT64_MIN <= v <= INT64_MAX (protocol.Int64, order_model.INT64) */
+    int over;
+    return PyLong_CheckExact(v) && (PyLong_AsLongLongAndOverflow(v, &over) != -1 || !over);
+}
+
 static inline PyObject *
 dget(gstate *st, PyObject *d, int name)
 {
@@ -237,7 +245,7 @@ opt(gstate *st, PyObject *p, int name, int kind, PyObject **out)
             return -1;
         }
     }
-    else if (kind == OPT_COID ? !short_str(v) : !PyLong_CheckExact(v))
+    else if (kind == OPT_COID ? !short_str(v) : !int64(v))
         return -1;
     *out = v;
     return 1;
@@ -265,7 +273,7 @@ place_cmd(gstate *st, PyObject *p, PyObject *firm)
     PyObject *ins = dget(st, p, I_INSTRUMENT), *side = dget(st, p, I_SIDE),
         *qty = dget(st, p, I_QTY);
     if (ins == NULL || side == NULL || qty == NULL || !short_str(ins) ||
-        !PyLong_CheckExact(qty) || !(is_str(side, st->I[I_BUY]) || is_str(side, st->I[I_SELL])))
+        !int64(qty) || !(is_str(side, st->I[I_BUY]) || is_str(side, st->I[I_SELL])))
         return NULL;
     Py_ssize_t n = 3;
     PyObject *seg = dget(st, p, I_SEGMENT), *ot = dget(st, p, I_ORDER_TYPE),
@@ -315,7 +323,7 @@ cancel_cmd(gstate *st, PyObject *p, PyObject *firm)
     if (coid == NULL) {
         coid = Py_None;
         oid = dget(st, p, I_OID);
-        if (oid == NULL || !PyLong_CheckExact(oid))
+        if (oid == NULL || !int64(oid))
             return NULL;
     }
     else if (!short_str(coid))
