@@ -11,7 +11,9 @@ follows a final status, and the two paths end in the same state.
 """
 from __future__ import annotations
 
+import ast
 import random
+from pathlib import Path
 
 import pytest
 
@@ -64,6 +66,29 @@ def test_the_python_core_refuses_to_cancel_a_filled_order():
     transition(o, OrderStatus.FILLED)
     with pytest.raises(IllegalTransition):
         ex._close(o, ex.accounts["EXCHANGE"], OrderStatus.CANCELED, "CANCELED_BY_CLIENT", [])
+
+
+def test_the_python_core_sets_a_status_only_through_transition():
+    """Apart from an order's birth (``Order.__init__``) and a snapshot's restore
+    (``Order.from_state``), no code in exchange/core assigns ``.status``: it calls
+    ``orders.transition``."""
+    core = Path(orders.__file__).parent
+    allowed_in = {("book.py", "__init__"), ("book.py", "from_state"),
+                  ("orders.py", "transition")}
+    found = []
+    for path in sorted(core.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for fn in ast.walk(tree):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(fn):
+                targets = (node.targets if isinstance(node, ast.Assign) else
+                           [node.target] if isinstance(node, (ast.AnnAssign, ast.AugAssign))
+                           else [])
+                for t in targets:
+                    if isinstance(t, ast.Attribute) and t.attr == "status":
+                        found.append((path.name, fn.name))
+    assert found and set(found) <= allowed_in, sorted(set(found) - allowed_in)
 
 
 # =========================================================================== the streams
