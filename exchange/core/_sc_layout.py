@@ -1,20 +1,19 @@
 """sortedcontainers' private layout, named and checked in one place.
 
-A book side is a ``SortedDict``. For speed the order book reads and updates the ``SortedList``
-of its keys directly instead of through the public API (a Python-level call per step): the
-smallest key is ``sd._list._lists[0][0]``, and while the keys are one sublist a level is
-opened or closed by editing that sublist, ``_maxes[0]`` and ``_len`` in place (book.py's
-``first_key``, ``open_level``, ``close_first_level``, and the same steps in C in
-exchange/core/_accel.c). These attributes are private to sortedcontainers; they have been the
+A book side is a ``SortedDict``. For speed the compiled order book (exchange/core/_accel.c)
+reads and updates the ``SortedList`` of its keys directly instead of through the public API:
+the smallest key is ``sd._list._lists[0][0]``, and while the keys are one sublist a level is
+opened or closed by editing that sublist, ``_maxes[0]`` and ``_len`` in place. (The Python
+book, book.py's ``first_key``, ``open_level`` and ``close_first_level``, is the reference and
+uses the public API.) These attributes are private to sortedcontainers; they have been the
 same throughout the 2.x releases, but nothing promises that.
 
 So their names live here, and :func:`check` verifies, on a small ``SortedDict`` driven through
 the public API only, that the installed release still has them and keeps them as the book
 expects. The compiled book calls it when it is set up (``_accel.setup`` with ``OrderBook``)
-and reads a side's parts only through :func:`parts`; book.py can call :func:`check` at import
-for its own inlined reads. A release that changed the layout fails there, with its version in
-the message, instead of corrupting a book. tests/test_sc_layout.py runs the check against the
-installed release and against a changed one.
+and reads a side's parts only through :func:`parts`. A release that changed the layout fails
+there, with its version in the message, instead of corrupting a book. tests/test_sc_layout.py
+runs the check against the installed release and against a changed one.
 """
 from __future__ import annotations
 
