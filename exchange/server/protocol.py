@@ -164,7 +164,8 @@ AmendOrderParams = typed_dict("AmendOrderParams", AMEND_ORDER)
 
 
 def order_ref(p: dict) -> tuple:
-    """``(order_id, client_order_id)`` of validated OrderRef params; one of them is given."""
+    """``(order_id, client_order_id)`` of validated cancel or amend params; one of them is
+    given."""
     oid = p.get("order_id")
     coid = p.get("client_order_id")
     if oid is None and coid is None:
