@@ -7,10 +7,22 @@ import random
 
 import pytest
 
+from exchange.core import book as book_mod
 from exchange.core.book import Order, OrderBook
 from exchange.core.orders import StpPolicy
 
 SYM = "CEA-2026"
+
+
+@pytest.fixture(autouse=True, params=["python", "compiled"])
+def book_methods(request):
+    """Every test on the Python primitives and, where the extension is built, on the
+    compiled ones the library then calls."""
+    if request.param == "compiled" and not book_mod.COMPILED_METHODS:
+        pytest.skip("the compiled book is not built")
+    was = book_mod.use_compiled(request.param == "compiled")
+    yield
+    book_mod.use_compiled(was)
 
 
 def order(oid: int, side: str, price: int, qty: int, account: str = "A") -> Order:
