@@ -1,6 +1,6 @@
 // Operator view (operator credential): market control (halt / resume, price bands), firms with
 // allocation factors and compliance status, offset caps with a what-if preview before a change.
-import { $, el, setRows, qty, px, bpsToPct, pctToBps, pctText, timeMs, showError, clearMsg, toast, errorText, ApiError } from "./util.js";
+import { $, el, setRows, qty, px, bpsToPct, pctToBps, pctText, timeMs, whenText, showError, clearMsg, toast, errorText, ApiError } from "./util.js";
 import { HttpApi, publicApi } from "./api.js";
 import { cny, paidGrantRows, renderLots } from "./sme.js";
 import { categoryCell, fromSummaryRow } from "./emissions.js";
@@ -275,7 +275,6 @@ export class OperatorView {
     }
     $("#cap-form").hidden = false;
     const rows = [];
-    const when = (ms) => new Date(ms).toISOString().slice(0, 16).replace("T", " ") + " UTC";
     const subsText = (m) => Object.entries(m || {}).map(([t, b]) => `${t} ≤ ${bpsToPct(b)}`).join(", ") || "—";
     for (const p of this.periods) {
       let s;
@@ -291,7 +290,7 @@ export class OperatorView {
         el("td", { class: "strong", text: String(p) }),
         el("td", { class: "num cap-value", text: bpsToPct(s.offset_cap_bps) }),
         el("td", { text: subsText(s.offset_sub_caps_bps) }),
-        el("td", { class: "cap-when", text: inForce && inForce.effective_ms > 0 ? `in force since ${when(inForce.effective_ms)}` : "in force since the period opened" }),
+        el("td", { class: "cap-when", text: inForce && inForce.effective_ms > 0 ? `in force since ${whenText(inForce.effective_at)}` : "in force since the period opened" }),
         el("td", { class: "cap-who", text: inForce && inForce.operator ? inForce.operator : "config" }),
         el("td", { class: "num cap-seq", text: inForce && inForce.seq ? String(inForce.seq) : "—" })));
       for (const h of hist.slice(cur + 1)) {
@@ -299,7 +298,7 @@ export class OperatorView {
           el("td", { class: "muted", text: "scheduled" }),
           el("td", { class: "num cap-value", text: bpsToPct(h.cap_bps) }),
           el("td", { text: subsText(h.sub_caps_bps) }),
-          el("td", { class: "cap-when", text: `from ${when(h.effective_ms)}` }),
+          el("td", { class: "cap-when", text: `from ${whenText(h.effective_at)}` }),
           el("td", { class: "cap-who", text: h.operator || "—" }),
           el("td", { class: "num cap-seq", text: String(h.seq) })));
       }

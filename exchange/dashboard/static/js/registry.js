@@ -5,7 +5,7 @@
 // reporting reversals); the Firm view its credits by serial and a retirement form.
 // Everything on screen is in tonnes, percentages and ISO dates: the API's ns timestamps and
 // grams never show raw.
-import { $, el, setRows, qty, timeMs, showError, clearMsg, toast, errorText, ApiError } from "./util.js";
+import { $, el, setRows, qty, dateText, showError, clearMsg, toast, errorText, ApiError } from "./util.js";
 import { publicApi } from "./api.js";
 
 export const REGISTRY = {
@@ -24,9 +24,9 @@ export const REGISTRY = {
 const REMOVAL = { natural: "natural sinks", engineered: "engineered capture and storage" };
 const BUFFER = "@buffer";
 
-/** A time as the API writes it (ISO-8601 with offset; or ns since the epoch) -> its UTC date,
+/** A time as the API writes it (ISO-8601 with offset) -> its date in the market's zone,
  * "2026-12-07". */
-export const isoDate = (t) => (timeMs(t) === null ? "—" : new Date(timeMs(t)).toISOString().slice(0, 10));
+export const isoDate = (t) => dateText(t);
 
 /** "DEMO/POWER1-CCER-2026/2026/1-5000" -> units in it (5,000); null if not a serial. */
 export function serialUnits(s) {

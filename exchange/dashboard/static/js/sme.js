@@ -2,7 +2,7 @@
 // Operator view share. Rows come straight from GET /rules/sub-quotas[/{firm}] (SubQuotaLot) and
 // GET /compliance/sme-fund[/applications] (GrantApplication); money there is CNY strings, times
 // ISO-8601 (docs/PROTOCOL.md "Units").
-import { el, setRows, qty, money, fenToStr, timeMs } from "./util.js";
+import { el, setRows, qty, money, fenToStr, dateText } from "./util.js";
 
 /** Integer fen, or a CNY string as the API now writes money ("8000.00"), -> "80,000.00"
  * (grouped, no floats). */
@@ -123,8 +123,8 @@ export function renderLots(table, lots, side, emptyText) {
   setRows(table.tBodies[0], lotRows(lots, side), emptyText, lotColumns(side));
 }
 
-/** A time as the API writes it (ISO-8601 with offset) -> its UTC date, "2026-12-07". */
-const nsDate = (t) => (timeMs(t) ? new Date(timeMs(t)).toISOString().slice(0, 10) : "—");
+/** A time as the API writes it (ISO-8601 with offset) -> its date in the market's zone. */
+const nsDate = (t) => (t ? dateText(t) : "—");
 
 function decision(a) {
   if (a.status === "disbursed") return `paid ${nsDate(a.disbursed_at)} · seq ${a.disbursed_seq}`;

@@ -86,6 +86,25 @@ export function timeMs(t) {
   return Number(BigInt(t) / 1000000n);
 }
 
+const ISO = /^(\d{4}-\d\d-\d\d)T(\d\d:\d\d)(?::\d\d(?:\.\d+)?)?(Z|[+-]\d\d:\d\d)$/;
+
+/** An ISO-8601 time as the API writes it -> "2027-06-01 08:00 +08:00": the market's local
+ * time with its offset, as the server wrote it (nothing converted in the browser). */
+export function whenText(iso) {
+  const m = ISO.exec(iso || "");
+  if (!m) return iso ? String(iso) : "—";
+  return `${m[1]} ${m[2]} ${m[3] === "Z" ? "+00:00" : m[3]}`;
+}
+
+/** An ISO-8601 time as the API writes it -> its date in the market's zone, "2027-06-01"; the
+ * websocket's ns (no zone on it) -> the UTC date. */
+export function dateText(t) {
+  const m = ISO.exec(typeof t === "string" ? t : "");
+  if (m) return m[1];
+  const ms = timeMs(t);
+  return ms === null ? "—" : new Date(ms).toISOString().slice(0, 10);
+}
+
 export function nsToTime(ns) {
   const ms = timeMs(ns);
   if (!ms) return "—";
