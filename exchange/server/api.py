@@ -44,7 +44,13 @@ The same ``api.py`` may add websocket methods with :func:`exchange.server.protoc
   429, 503; 401/403 with roles; 413/422 with a body; 422 with parameters; 409 unless GET);
   ``errors={status: "when"}`` adds one. A method the path lacks is 405 with ``Allow``.
 * ``ctx.command(cmd)`` submits a command through the journal and returns
-  ``{"seq": ..., "events": [...]}`` (core events, integer fen), raising on CommandRejected.
+  ``{"seq": ..., "events": [...]}`` (the core's events in units for people,
+  :func:`exchange.present.present_event`), raising on CommandRejected.
+* A result is built in the core's units and leaves through :func:`exchange.present.present`:
+  name a field by its unit (``amount_fen``, ``cap_bps``, ``phi_ppm``, ``deadline_ts``) and it
+  is written for people (``amount`` "85.40", ``cap_pct`` "5.00", ``phi`` "1.000000",
+  ``deadline_at`` ISO-8601); a ``response`` model describes that written form
+  (docs/PROTOCOL.md, "Units").
 
 The OpenAPI 3.1 document at ``/api/v1/openapi.json`` is generated from this registry and the
 pydantic models (:func:`openapi`): nothing in it is written by hand. tests/
