@@ -211,8 +211,15 @@ def _exact(v):
     return v
 
 
+_FIELD = re.compile(r"[a-z][a-z0-9_]*")
+
+
 def present_key(key: str):
-    """``(new key, value converter)`` for a key the rules rename, else None."""
+    """``(new key, value converter)`` for a key the rules rename, else None. Only field names
+    (lower-case snake case) are renamed: a key with a capital, a digit first, a dash or a
+    colon is data - an instrument, a firm, an offset type - and stays as it is."""
+    if _FIELD.fullmatch(key) is None:
+        return None
     if key == "ts":
         return "at", _time
     stem, _, suffix = key.rpartition("_")

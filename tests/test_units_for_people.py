@@ -294,3 +294,9 @@ def test_events_go_to_people_and_back():
         # (JSON has no tuples: compare as JSON)
         assert json.loads(json.dumps(encode_event(back))) == \
             json.loads(json.dumps(encode_event(ev))), (shown, back)
+
+
+def test_data_keys_are_never_renamed():
+    # an instrument, a firm id: data, whatever it ends with
+    assert P.present({"holdings": {"CEA-2026": 5, "FIRM_ts": 3}, "cash_fen": 100}) == {
+        "holdings": {"CEA-2026": 5, "FIRM_ts": 3}, "cash": "1.00"}
