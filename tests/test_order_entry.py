@@ -49,9 +49,8 @@ def test_a_request_outside_the_model_is_refused_before_the_core(method, what, pa
     py = asyncio.run(_run(_frames(method, params), False, 10 ** 6))
     r = _reply(py)
     assert r["ok"] is False and r["error"]["code"] == "INVALID_PARAMS", (what, r)
-    name = what.split(" ")[0]
-    if name not in ("an",):  # (an unknown key is named "extra")
-        assert r["error"]["message"].startswith(f"{name}:"), (what, r)
+    name = "extra" if what == "an unknown key" else what.split(" ")[0]
+    assert r["error"]["message"].startswith(f"{name}:"), (what, r)  # names the param
     assert py["metrics"]["commands"] == 0  # nothing went to the runner and the core
 
 

@@ -2,16 +2,24 @@
 
 Modules
 -------
-``app``          ``create_app(settings, data_dir)``: the aiohttp application — SQLite journal +
-                 CoreRunner, genesis on the first start, ``/ws``, ``/api/v1``, ``/healthz``,
-                 ``/readyz``, ``/metrics``
-``cli``          ``python -m exchange serve``
-``gateway``      sessions, built-in websocket methods, subscriptions, fan-out, idempotency
+``gateway``      ``Session`` and ``Gateway`` (sessions, authentication, heartbeat, journal
+                 batches), the ``/ws`` handler, the C gate's entry points
+``framing``      websocket frames out and in (aiohttp's parser straight to the session)
+``admission``    per-key rate limits, ``OVERLOADED``, ``SHUTTING_DOWN``
+``idempotency``  retries of place_order by client order id
+``fanout``       subscriptions, pushes of durable events, the send-queue bound
+``handlers``     the built-in websocket methods and order entry
 ``protocol``     envelopes, parameter models, wire encoders, the websocket **method table**
+``order_model``  the one model of order-entry params (the parser's and the C gate's)
 ``api``          the operator HTTP **route registry**, built-in routes, the OpenAPI document
-``credentials``  API keys as journaled commands storing SHA-256 hashes (a core Module)
+``appkeys``      the app keys route modules of other packages read (``STATE_KEY``, ...)
 ``memory``       a non-durable runner with the CoreRunner interface (tests, benchmarks)
-``bench``        gateway micro-benchmark
+
+The application itself - the journal, the runner, genesis, ``/ws``, ``/api/v1``,
+``/healthz``, ``/readyz``, ``/metrics``, the dashboard - is put together by the composition
+root, :func:`exchange.app.server.create_app`; ``python -m exchange serve`` is
+:mod:`exchange.app.serve_cli`, the gateway benchmark :mod:`exchange.app.bench`, and the API
+credentials are :mod:`exchange.access.credentials`.
 
 Extending (rules, compliance, dashboard, ...)
 ---------------------------------------------
