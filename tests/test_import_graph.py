@@ -72,6 +72,53 @@ def test_nothing_below_the_composition_root_imports_it(pkg):
     assert _offenders(pkg, lambda t: _in(t, "exchange.app")) == []
 
 
+def _graph() -> dict[str, set[str]]:
+    """``{module: the exchange modules it imports}`` over the whole package, each import
+    narrowed to a module that exists (``from .x import name``: ``.x``, or ``.x.name`` when
+    that is a module)."""
+    paths = {_module_name(p): p for p in PKG.rglob("*.py")}
+    out = {}
+    for mod, path in paths.items():
+        found = set()
+        for t in imports_of(path):
+            while t and t not in paths:
+                t = t.rpartition(".")[0]
+            if t and t != mod:
+                found.add(t)
+        out[mod] = found
+    return out
+
+
+def test_nothing_below_the_composition_root_reaches_it_through_another_module():
+    """Transitively too: a module outside the checked packages (exchange.sim, a top-level
+    helper) that imports the app must not be imported from below it."""
+    assert _chains_to_app() == []
+
+
+def _chains_to_app() -> list[str]:
+    """``app_module <- ... <- module below it`` for every way one reaches the app."""
+    graph = _graph()
+    bad = []
+    for start in graph:
+        if not any(_in(start, f"exchange.{p}") for p in BELOW_APP):
+            continue
+        seen, todo, via = {start}, [start], {start: None}
+        while todo:
+            m = todo.pop()
+            for t in graph.get(m, ()):
+                if t not in seen:
+                    seen.add(t)
+                    via[t] = m
+                    todo.append(t)
+        for t in seen:
+            if _in(t, "exchange.app"):
+                chain = [t]
+                while via[chain[-1]] is not None:
+                    chain.append(via[chain[-1]])
+                bad.append(" <- ".join(chain))
+    return sorted(bad)
+
+
 def test_the_core_imports_only_itself():
     # ``exchange`` alone would be the package's __init__; the core needs none of it
     assert _offenders("core", lambda t: not _in(t, "exchange.core")) == []
@@ -104,3 +151,11 @@ def test_the_checker_sees_lazy_and_relative_imports(tmp_path, monkeypatch):
     assert _offenders("server", lambda t: _in(t, "exchange.app")) == [
         "exchange.server.x imports exchange.app.engine",
         "exchange.server.x imports exchange.app.engine.build_exchange"]
+    # and through a module outside the checked packages
+    (pkg / "x.py").write_text("from .. import helper\n")
+    (pkg.parent / "helper.py").write_text("import exchange.app.engine\n")
+    (pkg.parent / "app").mkdir()
+    (pkg.parent / "app" / "engine.py").write_text("")
+    assert _offenders("server", lambda t: _in(t, "exchange.app")) == []
+    assert _chains_to_app() == [
+        "exchange.app.engine <- exchange.helper <- exchange.server.x"]
