@@ -36,6 +36,13 @@ def test_a_changed_internal_is_named_with_the_aiohttp_version(monkeypatch):
     assert "_handle_ping_pong_exception is gone" in problem
     assert "has no WebSocketReader" in problem
 
+    def broken(*a, **kw):
+        raise TypeError("a changed constructor")
+
+    monkeypatch.setattr(web.WebSocketResponse, "__init__", broken)
+    problem = framing.aiohttp_direct_problem()  # reported, not raised: the server still starts
+    assert f"aiohttp {aiohttp.__version__}: probing its internals raised TypeError" in problem
+
 
 async def test_without_the_direct_path_aiohttps_public_one_serves(monkeypatch, tmp_path):
     """DIRECT off (what a changed aiohttp gives): a plain WebSocketResponse with aiohttp's

@@ -55,6 +55,18 @@ _WS_ATTRS = ("_ws_protocol", "_writer", "_reader", "_parser", "_loop", "_max_msg
 def aiohttp_direct_problem() -> str | None:
     """None when the installed aiohttp has the internals the direct path was written against;
     else what is missing or changed, naming the aiohttp version (the path is then off)."""
+    try:
+        why = _direct_problems()
+    except Exception as e:  # a probe itself failed: as changed, never a failed import
+        why = [f"probing its internals raised {e!r}"]
+    if not why:
+        return None
+    return (f"aiohttp {aiohttp.__version__}: {'; '.join(why)} - the gateway's direct "
+            f"text-frame path (exchange/server/framing.py) is off and every connection takes "
+            f"aiohttp's public path; update the path to this aiohttp")
+
+
+def _direct_problems() -> list[str]:
     why = []
     if _DirectReader is None or WebSocketDataQueue is object:
         why.append("aiohttp._websocket.reader has no WebSocketReader/WebSocketDataQueue")
@@ -76,11 +88,7 @@ def aiohttp_direct_problem() -> str | None:
     for m in ("set_parser", "keep_alive"):
         if not callable(getattr(RequestHandler, m, None)):
             why.append(f"RequestHandler.{m} is gone")
-    if not why:
-        return None
-    return (f"aiohttp {aiohttp.__version__}: {'; '.join(why)} - the gateway's direct "
-            f"text-frame path (exchange/server/framing.py) is off and every connection takes "
-            f"aiohttp's public path; update the path to this aiohttp")
+    return why
 
 
 DIRECT_PROBLEM = aiohttp_direct_problem()
