@@ -179,7 +179,7 @@ typedef struct {
     int configured;                          /* every class and constant given */
     /* the SortedList layout: sortedcontainers' attribute names, checked by
      * exchange.core._sc_layout (setup's "sc_layout") */
-    PyObject *sc_layout;  /* SortedDict -> (SortedList.__dict__, _lists, _maxes, _index) */
+    PyObject *sc_layout;  /* SortedDict -> its SortedList's (__dict__, sublists, maxima, index) */
     PyObject *sc_len, *sc_load; /* the SortedList.__dict__ keys of its length and load */
     /* made with the module */
     PyObject *N[N_N];
@@ -548,8 +548,8 @@ done:
 
 /* ------------------------------------------------------------------ sortedcontainers */
 
-/* A book side is a SortedDict: a dict (key -> Level) plus a SortedList of its keys in
- * _list._lists. These mirror book.first_key, open_level and close_first_level: the same
+/* A book side is a SortedDict: a dict (key -> Level) plus a SortedList of its keys, kept in
+ * sorted sublists. These mirror book.first_key, open_level and close_first_level: the same
  * guarded fast path on the single-sublist case, the public API otherwise. */
 
 /* Each book side's SortedList is found once. Its parts are private to sortedcontainers, so

@@ -1,7 +1,7 @@
 /* exchange.journal._accel: the journal's hot paths in C - the record encoder, the Submitter
  * (CoreRunner's submit path) and the snapshot's orders (rows_json). Each has a pure-Python
  * reference implementation that gives the same results (exchange/journal/codec.py:
- * payload_line; exchange/journal/runner.py: _PySubmitter, Order.to_state), used where this
+ * payload_line; exchange/journal/runner.py: the Python submitter, Order.to_state), used where this
  * extension is not built or a value is not a plain one; tests/test_journal_hotpath.py
  * compares them.
  *
@@ -24,7 +24,7 @@
  * orjson through the fallback, so no JSON rule is re-implemented here beyond those.
  *
  * Submitter: CoreRunner.submit_nowait (stamp, encode the record, apply, frame) - see
- * _PySubmitter in runner.py for what each step does; this is the same, step for step. It
+ * the Python submitter in runner.py for what each step does; this is the same, step for step. It
  * calls the Exchange's apply (the core's own extension, exchange.core._accel, when that is
  * built) through Python's call protocol, so the two extensions need no C-level link.
  *
@@ -441,7 +441,7 @@ set_slot(PyObject *obj, Py_ssize_t off, PyObject *name, PyObject *v)
     return 0;
 }
 
-/* submit(cmd) -> (events, future): the steps of _PySubmitter.submit, in the same order */
+/* submit(cmd) -> (events, future): the steps of the Python submitter's submit, in order */
 static PyObject *
 sub_submit(Submitter *s, PyObject *cmd)
 {
@@ -625,7 +625,7 @@ static PyMemberDef sub_members[] = {
 
 static PyType_Slot sub_slots[] = {
     {Py_tp_doc, "CoreRunner's submit path: stamp, apply and frame each command (see "
-                "runner._PySubmitter, the reference implementation)."},
+                "runner.py's Python submitter, the reference implementation)."},
     {Py_tp_new, sub_new},
     {Py_tp_traverse, sub_traverse},
     {Py_tp_clear, sub_clear},
