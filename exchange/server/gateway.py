@@ -545,11 +545,7 @@ class Gateway(AdmissionMixin, IdempotencyMixin, FanoutMixin, OrderEntryMixin):
         else:
             self._hb_interval = None
 
-    # ---------------------------------------------------------------- output
-
-
-    # ---------------------------------------------------------------- send-queue memory
-
+    # (output scheduling and the send-queue memory bound: fanout.py)
 
     # ---------------------------------------------------------------- commands
     async def submit(self, cmd, *, internal: bool = False) -> list:
@@ -673,13 +669,11 @@ class Gateway(AdmissionMixin, IdempotencyMixin, FanoutMixin, OrderEntryMixin):
                 "heartbeat_seconds": self.cfg.heartbeat_seconds,
                 "rate_limit_per_second": self.cfg.rate_limit_per_second}
 
-    # ---------------------------------------------------------------- subscriptions
-
-
-    # ---------------------------------------------------------------- fan-out
-
+    # (subscriptions and fan-out: fanout.py)
 
     # ---------------------------------------------------------------- orders
+    # (order entry: handlers.py; admission control: admission.py; retries:
+    # idempotency.py)
     def submit_nowait(self, cmd, *, internal: bool = False):
         """Apply ``cmd`` now; return ``(events, durable_future)`` (see CoreRunner)."""
         if not self.accepting and not internal:
@@ -688,7 +682,6 @@ class Gateway(AdmissionMixin, IdempotencyMixin, FanoutMixin, OrderEntryMixin):
             return self.runner.submit_nowait(cmd)
         except Exception as exc:  # RunnerFailed: stopped or journal write failed
             raise self.submit_failed(exc) from None
-
 
     def _enqueue(self, durable, s: Session, req_id, data: bytes, key=None,
                  outcome=None) -> None:
@@ -725,12 +718,7 @@ class Gateway(AdmissionMixin, IdempotencyMixin, FanoutMixin, OrderEntryMixin):
             s.send(data)
 
 
-# replies built from templates (compact JSON, keys in the order the protocol documents);
-# strings from open sets (client order ids) go through orjson, the rest through caches
-
-
-# ====================================================================== built-in methods
-
+# (the built-in methods: handlers.py)
 
 # ====================================================================== the handler
 
