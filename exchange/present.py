@@ -53,7 +53,7 @@ from .core.units import PPM, UnitError, format_percent, format_price
 
 __all__ = [
     "DEFAULT_ZONE", "EXACT_PLACES", "PresentError", "set_zone", "zone", "cny", "pct",
-    "pct_text", "ratio", "time_iso", "parse_time", "exact", "present", "present_key",
+    "pct_text", "ratio", "ratio_text", "time_iso", "parse_time", "exact", "present", "present_key",
     "present_event", "text", "cap_text",
 ]
 
@@ -109,6 +109,17 @@ def ratio(ppm: int | None) -> str | None:
         return None
     whole, frac = divmod(abs(ppm), PPM)
     return f"{'-' if ppm < 0 else ''}{whole}.{frac:06d}"
+
+
+def ratio_text(ppm: int | None) -> str | None:
+    """1067777 ppm -> ``"1.067777"``, 700000 -> ``"0.7"``, 1200000000 -> ``"1200"``: the shortest
+    exact form, for a view that writes a ratio or a quantity in tenths itself (the rules'
+    factors and shares, a fuel's coefficient); :func:`ratio` is the suffix rule's fixed form."""
+    if ppm is None:
+        return None
+    whole, frac = divmod(abs(ppm), PPM)
+    text = f"{whole}.{frac:06d}".rstrip("0").rstrip(".")
+    return f"-{text}" if ppm < 0 else text
 
 
 def time_iso(ns: int | None, tz: ZoneInfo | None = None) -> str | None:

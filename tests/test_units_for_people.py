@@ -59,6 +59,13 @@ def test_exact_fractions_round_half_even_to_six_places():
     assert P.exact("-5/2") == "-2.500000"
 
 
+def test_ratios_fixed_by_the_suffix_rule_shortest_where_a_view_writes_them():
+    assert [P.ratio(p) for p in (1_000_000, 350_000, -500_000)] == [
+        "1.000000", "0.350000", "-0.500000"]
+    assert [P.ratio_text(p) for p in (1_000_000, 700_000, 1_067_777, 1_200 * 10**6, -500_000)] \
+        == ["1", "0.7", "1.067777", "1200", "-0.5"]
+
+
 def test_times_parse_back_and_need_a_zone():
     ns = P.parse_time("2027-12-31T00:00:00+08:00")
     assert P.time_iso(ns) == "2027-12-31T00:00:00+08:00"

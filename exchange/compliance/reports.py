@@ -14,7 +14,7 @@ import io
 from typing import TYPE_CHECKING, Any, Iterable
 
 from ..core.units import PPM, format_percent, format_price
-from ..present import present, text
+from ..present import present, ratio_text, text
 from . import mrv
 from .fund import firm_grants
 from .module import ComplianceModule, STATUS_UNVERIFIED
@@ -45,7 +45,7 @@ def _params(m: ComplianceModule) -> dict[str, Any]:
 
 
 def _coef_text(ppm: int) -> str:
-    return f"{ppm // PPM}.{ppm % PPM:06d}".rstrip("0").rstrip(".")
+    return ratio_text(ppm)
 
 
 def _share_text(ppm: int) -> str:

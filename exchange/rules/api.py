@@ -42,8 +42,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
 
 from ..core import errors as E
-from ..core.units import MAX_QTY, ppm_half_even, ppm_to_decimal, ratio_to_ppm
-from ..present import present
+from ..core.units import MAX_QTY, ppm_half_even, ratio_to_ppm
+from ..present import present, ratio_text
 from ..privacy import may_read_firm, min_contributors, require_firm_reader, suppress
 from ..server.api import ApiContext, CommandResult, Ident, Magnitude, Ratio, Ratio100, Text, \
     int_param, route
@@ -74,8 +74,8 @@ class Body(BaseModel):
 
 
 def _dec(ppm: int | None) -> str | None:
-    # fixed point, never an exponent: 1200 t is "1200", not "1.2E+3"
-    return None if ppm is None else format(ppm_to_decimal(ppm).normalize(), "f")
+    # fixed point, never an exponent: 1200 t is "1200", not "1.2E+3" (exchange.present)
+    return ratio_text(ppm)
 
 
 def _ppm_of(v: str, name: str, hi: str | None = None) -> int:
