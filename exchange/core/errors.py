@@ -75,7 +75,7 @@ SLOW_CONSUMER = "SLOW_CONSUMER"  # send queue over server.send_queue_max: discon
 SHUTTING_DOWN = "SHUTTING_DOWN"
 NOT_FOUND = "NOT_FOUND"  # HTTP: no such resource
 INTERNAL_ERROR = "INTERNAL_ERROR"
-# credentials module (exchange/server/credentials.py)
+# credentials module (exchange/access/credentials.py)
 DUPLICATE_KEY = "DUPLICATE_KEY"
 UNKNOWN_KEY = "UNKNOWN_KEY"
 BAD_ROLE = "BAD_ROLE"

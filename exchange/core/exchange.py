@@ -10,7 +10,7 @@ for orders, ``RequestRejected``-style ``CommandRejected`` for the rest) and chan
 the sequence number.
 
 The rules and compliance modules plug in as :class:`Module` s: they register their own
-commands, handlers and state (see :func:`exchange.engine.build_exchange`).
+commands, handlers and state (see :func:`exchange.app.engine.build_exchange`).
 
 Rounding (not one fen is created or lost):
 
