@@ -45,7 +45,8 @@ def _params(m: ComplianceModule) -> dict[str, Any]:
 
 
 def _coef_text(ppm: int) -> str:
-    return ratio_text(ppm)
+    text = ratio_text(ppm)  # None only for None
+    return text if text is not None else ""
 
 
 def _share_text(ppm: int) -> str:
