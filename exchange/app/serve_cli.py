@@ -31,6 +31,7 @@ from ..journal import JournalCorruptError
 
 async def serve(args) -> int:
     from .server import STATE_KEY, create_app, install_guard, printable_demo_keys, tune_gc
+    from ..server.appkeys import NODE_KEY
 
     settings = load_settings(args.config)
     host = args.host or settings.server.host
@@ -75,6 +76,8 @@ async def serve(args) -> int:
     st = app[STATE_KEY]
     if leadership is not None:
         await leadership.fence(st.runner)  # a former leader's next append is refused
+        node = app[NODE_KEY]
+        node.node_id, node.lease = leadership.lease.node, leadership.lease
     tune_gc(settings.server)
     if settings.server.stall_warn_ms > 0:
         from ..server.watchdog import LoopWatchdog

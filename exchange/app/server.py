@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from pathlib import Path
 
 from aiohttp import web
@@ -20,10 +21,11 @@ from .config import Settings
 from .engine import build_exchange
 from .market import genesis_commands
 from ..server.api import add_routes, api_errors, load_extensions
-from ..server.appkeys import NEW_CORE_KEY, STATE_KEY
+from ..server.appkeys import NEW_CORE_KEY, NODE_KEY, STATE_KEY
 from ..access.credentials import RehashApiKey, demo_key_commands, demo_keys, load_secret
 from ..server.gateway import GATEWAY_KEY, Gateway, websocket_handler
 from ..server.limits import ConnectionGuard, http_rate_limit
+from ..server.node import NodeStatus, journal_kind
 from ..server.sessions import start_session_clock
 
 log = logging.getLogger("exchange.server")
@@ -114,6 +116,8 @@ def create_app(settings: Settings, data_dir: str | Path | None = None, *,
                           middlewares=[http_rate_limit(settings.server), api_errors])
     app[STATE_KEY] = st
     app[NEW_CORE_KEY] = build_exchange
+    app[NODE_KEY] = NodeStatus(socket.gethostname(), journal_kind(
+        ":memory:" if in_memory else journal_target(settings, st.data_dir, journal)[0]))
     st.guard = ConnectionGuard(settings.server)
     ex, runner = make_runner(settings, st.data_dir, in_memory, journal,
                              recover_from_genesis, follower)

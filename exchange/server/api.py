@@ -82,6 +82,7 @@ from ..present import present, present_event
 from ..access.credentials import ROLE_FIRM, ROLE_OPERATOR, ROLE_PLATFORM, ROLE_VERIFIER, ROLES, \
     ROLES_WITH_FIRM, IssueApiKey, \
     RevokeApiKey, new_key
+from .appkeys import NODE_KEY
 from .gateway import GATEWAY_KEY
 from .protocol import INT64_MAX, INT64_MIN, MAX_PERIOD, Period, Price, ProtocolError, \
     validation_message, wire_depth, wire_order, wire_ticker
@@ -1002,6 +1003,31 @@ async def get_book(ctx: ApiContext, body) -> dict:
     if book is None:
         raise ProtocolError(E.UNKNOWN_SEGMENT, "no such book", 404)
     return wire_depth(book)
+
+
+class LeaderInfo(BaseModel):
+    node_id: str
+    address: str = Field(description="the leader's websocket URL, as its lease names it")
+    revision: int = Field(description="the lease's revision in its key-value bucket")
+    renewed_s_ago: float | None = Field(description="seconds since the leader last renewed")
+
+
+class NodeInfo(BaseModel):
+    node_id: str
+    journal: Literal["sqlite", "postgresql", "nats", "memory"]
+    role: Literal["single", "leader", "stepping_down"] = Field(
+        description="single: the only writer of its journal; leader: holds the lease; "
+                    "stepping_down: its lease is lost or held by another node")
+    leader: LeaderInfo | None = Field(description="the lease's holder now (None: no lease)")
+    lease_ttl_s: float | None = None
+    lease_readable: bool | None = Field(
+        None, description="false while the lease bucket does not answer (a NATS election)")
+
+
+@route("GET", "/node", summary="This node's role, and which node leads", response=NodeInfo,
+       tag="meta", roles=None)
+async def node_info(ctx: ApiContext, body) -> dict:
+    return await ctx.request.app[NODE_KEY].describe()
 
 
 @route("GET", "/state", summary="Sequence number and state hash", response=StateInfo,

@@ -3,6 +3,7 @@ import { $, $$, toast, errorText } from "./util.js";
 import { MarketView } from "./market.js";
 import { OperatorView } from "./operator.js";
 import { FirmView } from "./firm.js";
+import { publicApi } from "./api.js";
 
 // Keys live in sessionStorage only (gone when the tab closes), never in the URL.
 export const keys = {
@@ -30,12 +31,45 @@ function startClock() {
   setInterval(tick, 1000);
 }
 
+// Which node serves this page and which node leads (GET /node): a replicated exchange runs a
+// leader and hot standbys (docs/DEPLOYMENT.md); an operator must see at a glance which one
+// this is, and when it has lost the lease.
+export function nodeText(n) {
+  const journal = { sqlite: "SQLite", postgresql: "PostgreSQL", nats: "JetStream", memory: "in memory" }[n.journal] || n.journal;
+  if (n.role === "single") return `node ${n.node_id} · single node · ${journal}`;
+  if (n.role === "leader") return `node ${n.node_id} · leader · ${journal}`;
+  const who = n.leader ? `leader is ${n.leader.node_id}` : "no leader now";
+  return `node ${n.node_id} · stepping down · ${who}`;
+}
+
+function startNodeStatus() {
+  const el = $("#node-role");
+  const poll = async () => {
+    try {
+      const n = await publicApi.get("/node");
+      el.textContent = nodeText(n);
+      el.dataset.role = n.role;
+      el.title = n.leader
+        ? `leader ${n.leader.node_id} at ${n.leader.address} · lease revision ${n.leader.revision}` +
+          (n.leader.renewed_s_ago == null ? "" : ` · renewed ${n.leader.renewed_s_ago} s ago`)
+        : `journal ${n.journal}`;
+    } catch (e) {
+      el.textContent = "node unreachable";
+      el.dataset.role = "unreachable";
+      el.title = errorText(e);
+    }
+  };
+  poll();
+  setInterval(poll, 5000);
+}
+
 window.addEventListener("unhandledrejection", (ev) => {
   toast(`Unexpected error — ${errorText(ev.reason)}`, "error");
 });
 
 document.addEventListener("DOMContentLoaded", () => {
   startClock();
+  startNodeStatus();
   const market = new MarketView({ keys, setConn: (s, d) => setConn($("#conn-status"), s, d) });
   const operator = new OperatorView({ keys, market });
   const firm = new FirmView({ keys, market, setConn: (s, d) => setConn($("#firm-conn"), s, d) });
