@@ -1127,6 +1127,35 @@ def test_a_listener_that_raises_escapes_alike():
     duo.finish()
 
 
+def test_trade_listeners_run_once_the_command_is_applied():
+    """A buy that sweeps two resting sells: each listener call already sees the whole command
+    applied (both trades numbered, the buyer's order done), on both paths alike, in the order
+    the trades settled. Called from inside the settlement loop, the first call saw only the
+    first trade."""
+    duo = new_duo()
+    seen: dict[str, list] = {"ref": [], "acc": []}
+    for name, seqr in (("ref", duo.ref), ("acc", duo.acc)):
+        ex = seqr.ex
+
+        def look(t, ex=ex, out=seen[name]):
+            buyer = ex.accounts[t.buyer]
+            out.append((t.trade_id, t.qty, ex.next_trade_id,
+                        sorted(o.status for o in buyer.orders.values())))
+        ex.trade_listeners.append(look)
+    run_ops(duo, [("place", "A", CEA, "main", "sell", 3, ("rel", 1), "limit", "GTC", False,
+                   None),
+                  ("place", "C", CEA, "main", "sell", 4, ("rel", 2), "limit", "GTC", False,
+                   None),
+                  ("place", "B", CEA, "main", "buy", 7, ("rel", 2), "limit", "GTC", False,
+                   None)])
+    duo.finish()
+    assert seen["ref"] == seen["acc"]
+    (t1, q1, next1, live1), (t2, q2, next2, live2) = seen["ref"]
+    assert (q1, q2) == (3, 4) and t2 == t1 + 1
+    assert next1 == next2 == t2 + 1  # the second trade was settled before the first was heard
+    assert live1 == live2 == []  # the buy order is filled and gone when the first is heard
+
+
 @needs_c
 def test_emit_book_updates_toggled_after_construction():
     duo = new_duo()

@@ -10,10 +10,11 @@
  *
  * What it takes, and what it leaves to Python:
  *   apply(cmd)    the sequence check, the dispatch and the reject events, for every command;
- *                 handlers other than place/cancel/amend are called as they are.
+ *                 handlers other than place/cancel/amend are called as they are; then the
+ *                 trade listeners, once the command has been applied.
  *   place(cmd)    a limit GTC, DAY or IOC order (post-only included) that passes every
  *                 check, in a segment open to all, resting or crossing: matching, self-trade
- *                 prevention, settlement of each fill, the trade listeners. Everything
+ *                 prevention, settlement of each fill. Everything
  *                 else - market and FOK orders, every reject, restricted segments, prices
  *                 or quantities of 2**31 or more, a value of an unexpected type - goes to
  *                 Exchange._place before anything has changed. Rare steps inside a fill
@@ -1102,8 +1103,7 @@ floordiv10k(__int128 m)
 /* the per-command constants of the settlement loop and the day statistics it keeps */
 typedef struct {
     CorePath *self;
-    PyObject *o, *acct, *accounts, *book, *symbol, *segment, *taker_side, *now, *listeners,
-        *events;
+    PyObject *o, *acct, *accounts, *book, *symbol, *segment, *taker_side, *now, *events;
     int taker_buys;
     long long fee_bps;
     /* day statistics as _execute keeps them in locals: the high and the low (references,
@@ -1390,19 +1390,7 @@ settle_fill(settle_t *s, PyObject *maker, long long q, long long px)
         Py_DECREF(t);
         goto done;
     }
-    Py_ssize_t nl = PyList_GET_SIZE(s->listeners);
-    for (Py_ssize_t i = 0; i < nl && i < PyList_GET_SIZE(s->listeners); i++) {
-        PyObject *fn = PyList_GET_ITEM(s->listeners, i);
-        Py_INCREF(fn);
-        PyObject *res = PyObject_CallOneArg(fn, t);
-        Py_DECREF(fn);
-        if (res == NULL) {
-            Py_DECREF(t);
-            goto done;
-        }
-        Py_DECREF(res);
-    }
-    Py_DECREF(t);
+    Py_DECREF(t); /* the trade listeners see it once the command is applied (cp_apply) */
     /* day statistics */
     if (!s->traded) {
         set_ref(s->book, st->book_off[B_DAY_OPEN], pxo);
@@ -1489,15 +1477,9 @@ execute(CorePath *self, PyObject *o, PyObject *book, PyObject *instr, PyObject *
             PyErr_SetString(PyExc_TypeError, "CorePath: fee_bps is not an int");
             goto done;
         }
-        if ((s.now = xget(self, X_NOW)) == NULL || (s.listeners = xget(self, X_TRADE_LISTENERS))
-            == NULL)
+        if ((s.now = xget(self, X_NOW)) == NULL)
             goto done;
-        if (!PyList_Check(s.listeners)) {
-            PyErr_SetString(PyExc_TypeError, "CorePath: trade_listeners is not a list");
-            goto done;
-        }
         Py_INCREF(s.now);
-        Py_INCREF(s.listeners);
         s.traded = PyObject_IsTrue(SLOT(book, st->book_off[B_DAY_TRADES]));
         s.day_high = Py_XNewRef(SLOT(book, st->book_off[B_DAY_HIGH]));
         s.day_low = Py_XNewRef(SLOT(book, st->book_off[B_DAY_LOW]));
@@ -1515,7 +1497,6 @@ execute(CorePath *self, PyObject *o, PyObject *book, PyObject *instr, PyObject *
         Py_XDECREF(s.day_high);
         Py_XDECREF(s.day_low);
         Py_DECREF(s.now);
-        Py_DECREF(s.listeners);
         if (!ok)
             goto done;
     }
@@ -2155,6 +2136,46 @@ is_own(PyObject *h, CorePath *self, PyCFunction fn)
            PyCFunction_GET_FUNCTION(h) == fn;
 }
 
+/* Exchange._notify_trades: the trade listeners, called once the command has been applied,
+ * with its trades in the order they settled (the events list is the queue matching built). */
+static int
+notify_trades(CorePath *self, PyObject *events)
+{
+    cstate *st = self->st;
+    PyObject *listeners = xget(self, X_TRADE_LISTENERS);
+    if (listeners == NULL)
+        return -1;
+    if (!PyList_Check(listeners)) {
+        PyErr_SetString(PyExc_TypeError, "CorePath: trade_listeners is not a list");
+        return -1;
+    }
+    if (PyList_GET_SIZE(listeners) == 0 || !PyList_Check(events))
+        return 0;
+    int r = -1;
+    Py_INCREF(listeners);
+    for (Py_ssize_t k = 0; k < PyList_GET_SIZE(events); k++) {
+        PyObject *t = PyList_GET_ITEM(events, k);
+        if (Py_TYPE(t) != st->types[K_TRADE])
+            continue;
+        Py_INCREF(t);
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(listeners); i++) {
+            PyObject *fn = Py_NewRef(PyList_GET_ITEM(listeners, i));
+            PyObject *res = PyObject_CallOneArg(fn, t);
+            Py_DECREF(fn);
+            if (res == NULL) {
+                Py_DECREF(t);
+                goto done;
+            }
+            Py_DECREF(res);
+        }
+        Py_DECREF(t);
+    }
+    r = 0;
+done:
+    Py_DECREF(listeners);
+    return r;
+}
+
 static PyObject *
 cp_apply(PyObject *self_, PyObject *cmd)
 {
@@ -2224,6 +2245,8 @@ cp_apply(PyObject *self_, PyObject *cmd)
         Py_XDECREF(value);
         Py_XDECREF(tb);
     }
+    else if (res != NULL && notify_trades(self, res) < 0)
+        Py_CLEAR(res);
 done:
     Py_DECREF(seq);
     Py_XDECREF(ts);

@@ -306,7 +306,19 @@ class Exchange:
             events: list[Any] = handler(cmd)
         except E.Reject as r:
             return self._rejected(cmd, r)
+        if self.trade_listeners:
+            self._notify_trades(events)
         return events
+
+    def _notify_trades(self, events: list[Any]) -> None:
+        """The trade listeners (the compliance and registry modules follow every trade), once
+        the command has been applied: its events are the queue matching built, so each
+        listener sees its trades in the order they settled and the state after the whole
+        command, and one that raises cannot leave a command half-settled."""
+        for ev in events:
+            if type(ev) is Trade:
+                for listener in self.trade_listeners:
+                    listener(ev)
 
     def _unknown_command(self, cmd: Command) -> list[Any]:
         return [CommandRejected(getattr(cmd, "TYPE", "?"), E.UNKNOWN_COMMAND, "unknown command")]
@@ -558,7 +570,6 @@ class Exchange:
                         E.SELF_TRADE_PREVENTED, events)
         for maker, q, px in fills:
             self._settle_fill(o, acct, maker, q, px, instr.symbol, rules.fee_bps, events)
-        # after every fill settled: a listener that raised leaves the statistics untouched
         self._record_day_stats(book, fills)
         if killed and o.leaves:
             self._close(o, acct, OrderStatus.CANCELED, E.SELF_TRADE_PREVENTED, events)
@@ -567,8 +578,9 @@ class Exchange:
                      symbol: str, fee_bps: int, events: list[Any]) -> None:
         """One fill of ``q`` t at ``px``, atomically: cash buyer -> seller and the fees to the
         exchange (:meth:`_pay`), units seller -> buyer (:meth:`_deliver`), both orders' new
-        status, the two execution reports and the trade, then the trade listeners. The
-        matcher has already taken ``q`` off the maker's leaves."""
+        status, the two execution reports and the trade (its listeners are called once the
+        whole command is applied: :meth:`_notify_trades`). The matcher has already taken
+        ``q`` off the maker's leaves."""
         taker.leaves -= q
         taker.cum_qty += q
         macct = self.accounts[maker.account]
@@ -588,9 +600,7 @@ class Exchange:
         events.append(self._fill_er(taker, q, px, tid, fee, LIQ_TAKER))
         trade = Trade(tid, symbol, taker.segment, px, q, bacct.firm_id, sacct.firm_id,
                       buyer.order_id, seller.order_id, taker.side, fee, fee, split, self.now)
-        events.append(trade)
-        for listener in self.trade_listeners:
-            listener(trade)
+        events.append(trade)  # the trade listeners see it once the command is applied
 
     def _pay(self, buyer: Order, bacct: Account, sacct: Account, notional: int, fee: int,
              fee_bps: int) -> None:
