@@ -67,6 +67,7 @@ log = logging.getLogger("exchange.journal.jetstream")
 # how long a read of the stream or the snapshot store waits for the cluster to answer: a start
 # may come while the nodes left elect new leaders (the node that led them died)
 OPEN_TIMEOUT_S = 60.0
+SNAPSHOT_READ_ATTEMPTS = 4  # a snapshot whose digest is wrong is read again this often
 
 _REC = struct.Struct(">Qq32sI")  # seq, ts, chain hash, payload length
 _REC_SIZE = _REC.size
@@ -510,21 +511,39 @@ class JetStreamJournal(Journal):
         if not s0:
             return []
         rows: list[tuple[int, int, bytes, bytes]] = []
+        next_sseq = s0
         msgs = self._messages(s0)
         try:
             async for sseq, body, pending in msgs:
-                got = decode_batch(body, sseq)
-                self._firsts[sseq] = got[0][0]
-                for r in got:
-                    if r[0] > end:
-                        return rows
-                    if r[0] >= from_seq:
-                        rows.append(r)
-                if got[-1][0] >= end or not pending:
+                if self._take(rows, decode_batch(body, sseq), sseq, from_seq, end):
                     return rows
+                next_sseq = sseq + 1
+                if not pending:
+                    # The consumer's server has nothing after this, yet the stream's leader
+                    # said the log goes on: an ordered consumer may sit on a replica still
+                    # catching up (a server just restarted). Read the rest from the leader.
+                    break
         finally:
             await msgs.aclose()
+        while next_sseq <= self._stream_last:
+            if self._take(rows, decode_batch(await self._body(next_sseq), next_sseq),
+                          next_sseq, from_seq, end):
+                break
+            next_sseq += 1
         return rows
+
+    def _take(self, rows: list[tuple[int, int, bytes, bytes]],
+              got: list[tuple[int, int, bytes, bytes]],
+              sseq: int, from_seq: int, end: int) -> bool:
+        """Add the records of one batch (stream message ``sseq``) in ``[from_seq, end]`` to
+        ``rows``; True once ``end`` is reached."""
+        self._firsts[sseq] = got[0][0]
+        for r in got:
+            if r[0] > end:
+                return True
+            if r[0] >= from_seq:
+                rows.append(r)
+        return got[-1][0] >= end
 
     async def _messages(self, start: int) -> AsyncGenerator[tuple[int, bytes, int], None]:
         """``(stream seq, body, messages pending after it)`` from stream message ``start``
@@ -634,19 +653,25 @@ class JetStreamJournal(Journal):
         from nats.js.errors import NotFoundError
         if self._obs is None:
             return None
-        try:
-            obs = self._obs
-            res = await self._retrying(lambda: obs.get(self._name(seq)), f"snapshot {seq}")
-            if res.data is None:
-                raise ValueError("snapshot object without data")
-            return bytes(res.data)
-        except NotFoundError:
-            return None
-        except JournalError:  # no answer (a leader election): not proof of damage
-            raise
-        except Exception as e:  # a digest mismatch: a damaged object
-            log.warning("journal %s: snapshot %d unreadable: %r", self.target, seq, e)
-            return None
+        obs = self._obs
+        for attempt in range(SNAPSHOT_READ_ATTEMPTS):
+            try:
+                res = await self._retrying(lambda: obs.get(self._name(seq)), f"snapshot {seq}")
+                if res.data is None:
+                    raise ValueError("snapshot object without data")
+                return bytes(res.data)
+            except NotFoundError:
+                return None
+            except JournalError:  # no answer (a leader election): not proof of damage
+                raise
+            except Exception as e:  # a digest mismatch: damaged, or read from a replica
+                # still catching up (the object store reads through a consumer that may sit
+                # on a server just restarted): read again before calling it damaged
+                if attempt + 1 == SNAPSHOT_READ_ATTEMPTS:
+                    log.warning("journal %s: snapshot %d unreadable: %r", self.target, seq, e)
+                    return None
+                await asyncio.sleep(0.5 * (attempt + 1))
+        return None
 
     async def snapshot_seqs(self) -> list[int]:
         return sorted(r[0] for r in await self._snapshot_rows())
