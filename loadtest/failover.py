@@ -16,6 +16,11 @@ nodes' URLs (``reconnect=True``), placing resting limit orders with unique
   the woken leader must step down (exit 3) without acknowledging anything the new leader
   does not hold.
 
+The nodes run under a supervisor, as docs/DEPLOYMENT.md asks of a deployment (systemd
+``Restart=always``): a node that steps down (exit 3) is restarted as a standby on its port
+(``restarts`` in each run counts them). Without it, a NATS election that outlasts the lease's
+ttl - both nodes fail to renew, so both step down - leaves no node serving.
+
 After the load every acknowledged order must be resting on the final leader with the
 ``order_id`` it was acknowledged with (``acks_lost`` counts those that are not), and the
 leader's live state hash must equal ``journal verify``'s replay of the stream
@@ -55,19 +60,42 @@ class Node:
         # a fixed port outside the ephemeral range: after this node dies, no other
         # process's --port 0 gets its address while clients still try it
         self.port = free_ports(1)[0]
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "exchange", "serve", "--port", str(self.port),
-             "--data-dir", data_dir,
-             "--config", config, "--journal", url, "--standby", "--node-id", name,
-             "--lease-ttl", str(ttl)], cwd=ROOT, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1",
-                 "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")})
-        threading.Thread(target=self._read, daemon=True).start()
+        self.cmd = [sys.executable, "-m", "exchange", "serve", "--port", str(self.port),
+                    "--data-dir", data_dir, "--config", config, "--journal", url, "--standby",
+                    "--node-id", name, "--lease-ttl", str(ttl)]
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1",
+                    "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        self.exits: list[int] = []  # the exit statuses of the incarnations restarted
+        self._spawn()
 
-    def _read(self) -> None:
-        for line in self.proc.stdout:
+    def _spawn(self) -> None:
+        self.proc = subprocess.Popen(self.cmd, cwd=ROOT, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, env=self.env)
+        threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
+
+    def _read(self, proc) -> None:
+        for line in proc.stdout:
             self.lines.append(line)
+
+    def restart_if_stepped_down(self) -> bool:
+        """The supervisor docs/DEPLOYMENT.md asks for (systemd ``Restart=always``): a node
+        that stepped down (exit 3: its lease lapsed, e.g. through a NATS election longer
+        than the ttl) comes back as a standby, on the same port and data directory."""
+        if self.proc.poll() != 3:
+            return False
+        self.exits.append(3)
+        self.lines.append(f"[loadtest] node {self.name} stepped down (exit 3): restarted\n")
+        self._spawn()
+        return True
+
+    def stepped_down(self, timeout: float) -> bool:
+        """Whether this node exited 3 (now or in an incarnation already restarted)."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if 3 in self.exits or self.proc.poll() == 3:
+                return True
+            time.sleep(0.1)
+        return False
 
     def wait_for(self, pattern: str, timeout: float = 90.0):
         end = time.monotonic() + timeout
@@ -190,6 +218,13 @@ def one_run(cluster, run: int, a, base: str, config: str, rng: random.Random) ->
     nodes = []
     res: dict = {"run": run, "fault": a.fault, "stream": stream}
     killed_nats = None
+    stop_supervising = threading.Event()
+
+    def supervise() -> None:
+        while not stop_supervising.wait(0.2):
+            for n in list(nodes):
+                n.restart_if_stepped_down()
+    threading.Thread(target=supervise, name="supervisor", daemon=True).start()
     try:
         first = Node(url, "a", data, config, a.lease_ttl)
         nodes.append(first)
@@ -231,12 +266,9 @@ def one_run(cluster, run: int, a, base: str, config: str, rng: random.Random) ->
                        acks=len(load["acks"]), acks_lost=None, state_hash_equal=False)
             return res
         if a.fault == "pause":  # the woken leader must step down
-            try:
-                rc = first.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                rc = None
-            res["old_leader_exit"] = rc
-            res["old_leader_stepped_down"] = rc == 3
+            down = first.stepped_down(30)
+            res["old_leader_exit"] = 3 if down else first.proc.poll()
+            res["old_leader_stepped_down"] = down
         try:
             resting = asyncio.run(_resting(f"ws://127.0.0.1:{final}/ws"))
         except Exception as e:  # the node that should lead does not answer: say why
@@ -262,8 +294,10 @@ def one_run(cluster, run: int, a, base: str, config: str, rng: random.Random) ->
                    acked_per_s=round(load["acked_per_s"]),
                    failover_s=None if load["failover_s"] is None
                    else round(load["failover_s"], 3),
-                   state_hash_equal=live == replayed, fault_at_s=round(fault_at, 3))
+                   state_hash_equal=live == replayed, fault_at_s=round(fault_at, 3),
+                   restarts={n.name: len(n.exits) for n in nodes})
     finally:
+        stop_supervising.set()
         for n in nodes:
             n.kill()
         if killed_nats is not None:
