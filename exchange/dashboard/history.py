@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import orjson
 
@@ -53,6 +53,23 @@ MAX_TRADES_TOTAL = 500_000  # public trades over all boards (many chain boards: 
 MAX_ORDER_EVENTS_TOTAL = 200_000
 MINUTE_NS = 60 * 1_000_000_000
 REBUILD_WAIT_S = 10.0  # how long a start waits for commands applied before it listened
+
+# What is kept per board or firm is the core's own event objects (Trade, ExecutionReport: fresh
+# objects, which the compiled core leaves untracked by the cyclic GC) in one deque and one int
+# per row in another - (id << 25) | (flag << 24) | day, the flag telling a firm's buy side of
+# a trade from its sell side - and the rows below are made from them when read. The arrival
+# order over all keys is two deques too: the key (one object per board or firm, reused) and
+# the same int. Keeping a row so allocates nothing the GC tracks and costs two appends: row
+# tuples kept at 20,000 orders/s made every young collection examine each of them once
+# (pauses of 40-100 ms on this hardware) and every full collection walk them all.
+_DAY_BITS = 24
+_DAY_MASK = (1 << _DAY_BITS) - 1
+_FLAG = 1 << _DAY_BITS
+_ID_SHIFT = _DAY_BITS + 1
+
+
+def _meta(rid: int, day: int, flag: int = 0) -> int:
+    return rid << _ID_SHIFT | (_FLAG if flag else 0) | day
 
 
 class TradeRow(NamedTuple):
@@ -107,24 +124,75 @@ class OrderRow(NamedTuple):
     trade_id: int
 
 
-def _newest_first(rows, before: int | None, t_from: int | None, t_to: int | None,
-                  limit: int, keep: Callable | None = None) -> list:
-    """Up to ``limit`` rows of ``rows`` (ascending ids - ``r[0]``, the trade or event id -
-    and times), newest first, with id < ``before`` and ``t_from`` <= ts < ``t_to``."""
-    out = []
-    for r in reversed(rows):
-        if before is not None and r[0] >= before:
+def _ts(ev: Any) -> int:
+    return ev.ts  # type: ignore[no-any-return]
+
+
+def _newest_first(kept: tuple[deque, deque] | None, before: int | None, t_from: int | None,
+                  t_to: int | None, limit: int, make: Callable[[Any, int], Any],
+                  keep: Callable[[Any], bool] | None = None,
+                  ts_of: Callable[[Any], int] = _ts) -> list:
+    """Up to ``limit`` rows made by ``make(item, meta)`` from ``kept`` (the items of one key
+    and their ints, in ascending ids and times), newest first, with id < ``before`` and
+    ``t_from`` <= ts < ``t_to``; ``keep(item)`` filters."""
+    out: list = []
+    if not kept:
+        return out
+    for ev, m in zip(reversed(kept[0]), reversed(kept[1])):
+        if before is not None and m >> _ID_SHIFT >= before:
             continue
-        if t_to is not None and r.ts >= t_to:
+        ts = ts_of(ev)
+        if t_to is not None and ts >= t_to:
             continue
-        if t_from is not None and r.ts < t_from:
+        if t_from is not None and ts < t_from:
             break  # ascending times: everything further back is older still
-        if keep is not None and not keep(r):
+        if keep is not None and not keep(ev):
             continue
-        out.append(r)
+        out.append(make(ev, m))
         if len(out) >= limit:
             break
     return out
+
+
+# A public trade is kept as one int - ts, price, qty and the aggressor's side - under its
+# board: the public store holds no account at all, not even inside the core's Trade.
+def _pack_trade(t: Trade) -> int:
+    return t.ts << 112 | t.price << 56 | t.qty << 1 | (t.aggressor == "buy")
+
+
+def _packed_ts(p: int) -> int:
+    return p >> 112
+
+
+def _trade_maker(board: tuple[str, str]) -> Callable[[int, int], TradeRow]:
+    def make(p: int, m: int) -> TradeRow:
+        return TradeRow(m >> _ID_SHIFT, p >> 112, m & _DAY_MASK, board[0], board[1],
+                        p >> 56 & (1 << 56) - 1, p >> 1 & (1 << 55) - 1,
+                        "buy" if p & 1 else "sell")
+    return make
+
+
+def _exec_row(t: Trade, m: int) -> ExecRow:
+    """One side of trade ``t`` as its firm saw it (the flag: the buy side)."""
+    notional = t.price * t.qty
+    if m & _FLAG:
+        side, oid, fee = "buy", t.buy_order_id, t.buyer_fee
+        proceeds = -(notional + fee)
+    else:
+        side, oid, fee = "sell", t.sell_order_id, t.seller_fee
+        # what the seller's cash got: the notional less its fee, less what sub-quota
+        # parents were paid out of it (exchange/core/exchange.py, proceeds split)
+        paid_out = sum(a for f, a in t.proceeds_split if f != t.seller)
+        proceeds = notional - fee - paid_out
+    return ExecRow(t.trade_id, t.ts, m & _DAY_MASK, t.instrument, t.segment, side, oid,
+                   t.price, t.qty, fee, "taker" if t.aggressor == side else "maker", proceeds)
+
+
+def _order_row(e: ExecutionReport, m: int) -> OrderRow:
+    return OrderRow(m >> _ID_SHIFT, e.ts, m & _DAY_MASK, e.order_id, e.client_order_id,
+                    e.instrument, e.segment, e.side, e.exec_type, e.order_status, e.price,
+                    e.qty, e.last_qty, e.last_px, e.cum_qty, e.leaves_qty, e.reason,
+                    e.trade_id)
 
 
 class MarketHistory:
@@ -143,14 +211,16 @@ class MarketHistory:
         self.max_trades_total = max_trades_total
         # (firm or board, id, day) of every execution / order event / trade kept, in
         # arrival order: the bound over all firms (boards) drops from its left
-        self._exec_fifo: deque = deque()
-        self._order_fifo: deque = deque()
-        self._trade_fifo: deque = deque()
+        self._exec_fifo: tuple[deque, deque] = (deque(), deque())
+        self._order_fifo: tuple[deque, deque] = (deque(), deque())
+        self._trade_fifo: tuple[deque, deque] = (deque(), deque())
         self.day = 0
         self.last_seq = 0  # the last command fed (replayed or live)
-        self.trades: dict[tuple[str, str], deque[TradeRow]] = {}
-        self.executions: dict[str, deque[ExecRow]] = {}
-        self.orders: dict[str, deque[OrderRow]] = {}
+        # key -> (the events, their ints): see the comment on _DAY_BITS
+        self.trades: dict[tuple[str, str], tuple[deque, deque]] = {}
+        self._boards: dict[tuple[str, str], tuple[str, str]] = {}
+        self.executions: dict[str, tuple[deque, deque]] = {}
+        self.orders: dict[str, tuple[deque, deque]] = {}
         self.events_seen = 0  # execution reports fed: the next one's event_id is this + 1
         # board -> {minute start ns: [open, high, low, close, volume, trades]}, today only
         self.bars: dict[tuple[str, str], dict[int, list[int]]] = {}
@@ -178,33 +248,29 @@ class MarketHistory:
         for ev in events:
             t = type(ev)
             if t is ExecutionReport:
-                self._report(ev, ev.ts or getattr(cmd, "ts", 0))
+                self._report(ev)
             elif t is Trade:
-                self._trade(ev, ev.ts or getattr(cmd, "ts", 0))
+                self._trade(ev)
             elif t is DayEnded:
                 self._day_ended(ev.day)
 
-    def _trade(self, ev: Trade, ts: int) -> None:
-        board = (ev.instrument, ev.segment)
+    def _trade(self, ev: Trade) -> None:
+        key = (ev.instrument, ev.segment)
+        board = self._boards.get(key)
+        if board is None:
+            board = self._boards[key] = key
         day = self.day
-        self._keep(self.trades, self._trade_fifo, board,
-                   TradeRow(ev.trade_id, ts, day, ev.instrument, ev.segment, ev.price, ev.qty,
-                            ev.aggressor), self.max_trades, self.max_trades_total)
-        notional = ev.price * ev.qty
-        # what the seller's cash got: the notional less its fee, less what sub-quota parents
-        # were paid out of it (exchange/core/exchange.py, proceeds split)
-        paid_out = sum(a for f, a in ev.proceeds_split if f != ev.seller)
-        for firm, side, oid, fee, taker in (
-                (ev.buyer, "buy", ev.buy_order_id, ev.buyer_fee, ev.aggressor == "buy"),
-                (ev.seller, "sell", ev.sell_order_id, ev.seller_fee, ev.aggressor == "sell")):
-            proceeds = -(notional + fee) if side == "buy" else notional - fee - paid_out
-            self._keep(self.executions, self._exec_fifo, firm,
-                       ExecRow(ev.trade_id, ts, day, ev.instrument, ev.segment, side, oid,
-                               ev.price, ev.qty, fee, "taker" if taker else "maker",
-                               proceeds), self.max_executions, self.max_executions_total)
+        tid = ev.trade_id
+        self._keep(self.trades, self._trade_fifo, board, _pack_trade(ev), _meta(tid, day),
+                   self.max_trades, self.max_trades_total)
+        self._keep(self.executions, self._exec_fifo, ev.buyer, ev, _meta(tid, day, 1),
+                   self.max_executions, self.max_executions_total)
+        self._keep(self.executions, self._exec_fifo, ev.seller, ev, _meta(tid, day),
+                   self.max_executions, self.max_executions_total)
         bars = self.bars.get(board)
         if bars is None:
             bars = self.bars[board] = {}
+        ts = ev.ts
         m = ts - ts % MINUTE_NS
         b = bars.get(m)
         p = ev.price
@@ -219,32 +285,34 @@ class MarketHistory:
             b[4] += ev.qty
             b[5] += 1
 
-    def _report(self, ev: ExecutionReport, ts: int) -> None:
+    def _report(self, ev: ExecutionReport) -> None:
         self.events_seen += 1
-        self._keep(self.orders, self._order_fifo, ev.account,
-                   OrderRow(self.events_seen, ts, self.day, ev.order_id, ev.client_order_id,
-                            ev.instrument, ev.segment, ev.side, ev.exec_type,
-                            ev.order_status, ev.price, ev.qty, ev.last_qty, ev.last_px,
-                            ev.cum_qty, ev.leaves_qty, ev.reason, ev.trade_id),
-                   self.max_order_events, self.max_order_events_total)
+        self._keep(self.orders, self._order_fifo, ev.account, ev,
+                   _meta(self.events_seen, self.day), self.max_order_events,
+                   self.max_order_events_total)
 
     @staticmethod
-    def _keep(qs: dict, fifo: deque, key, row, per_key: int, total: int) -> None:
-        """Append ``row`` to the rows of ``key`` (a firm, or a board; at most ``per_key``:
-        the oldest goes) and to the arrival order of all keys' rows, which drops the oldest
-        row of all once there are more than ``total``."""
-        q = qs.get(key)
-        if q is None:
-            q = qs[key] = deque(maxlen=per_key)
-        q.append(row)
-        fifo.append((key, row[0], row.day))
-        if len(fifo) > total:
-            old, rid, _ = fifo.popleft()
-            q = qs.get(old)
-            # gone already when its firm's own bound or an end of day dropped it
-            if q and q[0][0] == rid:
-                q.popleft()
-                if not q:
+    def _keep(qs: dict, fifo: tuple[deque, deque], key: Any, ev: Any, meta: int,
+              per_key: int, total: int) -> None:
+        """Keep event ``ev`` with ``meta`` under ``key`` (a firm, or a board; at most
+        ``per_key``: the oldest goes) and in the arrival order of all keys' rows, which drops
+        the oldest row of all once there are more than ``total``."""
+        kept = qs.get(key)
+        if kept is None:
+            kept = qs[key] = (deque(maxlen=per_key), deque(maxlen=per_key))
+        kept[0].append(ev)
+        kept[1].append(meta)
+        keys, metas = fifo
+        keys.append(key)
+        metas.append(meta)
+        if len(keys) > total:
+            old, m = keys.popleft(), metas.popleft()
+            kept = qs.get(old)
+            # gone already when its key's own bound or an end of day dropped it
+            if kept and kept[1][0] == m:
+                kept[0].popleft()
+                kept[1].popleft()
+                if not kept[1]:
                     del qs[old]
 
     def _day_ended(self, day: int) -> None:
@@ -253,15 +321,17 @@ class MarketHistory:
         oldest = day - self.keep_days + 1
         for qs in (self.trades, self.executions, self.orders):
             for k in list(qs):
-                q = qs[k]
-                while q and q[0].day < oldest:
-                    q.popleft()
-                if not q:
+                evs, metas = qs[k]
+                while metas and metas[0] & _DAY_MASK < oldest:
+                    evs.popleft()
+                    metas.popleft()
+                if not metas:
                     del qs[k]
         # arrival order: old days first
-        for fifo in (self._trade_fifo, self._exec_fifo, self._order_fifo):
-            while fifo and fifo[0][2] < oldest:
-                fifo.popleft()
+        for keys, metas in (self._trade_fifo, self._exec_fifo, self._order_fifo):
+            while metas and metas[0] & _DAY_MASK < oldest:
+                keys.popleft()
+                metas.popleft()
 
     # ------------------------------------------------------------------ start
     def attach(self, runner) -> None:
@@ -341,33 +411,31 @@ class MarketHistory:
         """Public trades, newest first: of one board, of every board of an instrument
         (``segment`` None), or of every board (``instrument`` None)."""
         if instrument is not None and segment is not None:
-            q = self.trades.get((instrument, segment))
-            return _newest_first(q, before, t_from, t_to, limit) if q else []
+            board = (instrument, segment)
+            return _newest_first(self.trades.get(board), before, t_from, t_to, limit,
+                                 _trade_maker(board), ts_of=_packed_ts)
         rows: list[TradeRow] = []
-        for b, q in self.trades.items():
+        for b, kept in self.trades.items():
             if (instrument is None or b[0] == instrument) and (segment is None
                                                                or b[1] == segment):
-                rows += _newest_first(q, before, t_from, t_to, limit)
+                rows += _newest_first(kept, before, t_from, t_to, limit, _trade_maker(b),
+                                      ts_of=_packed_ts)
         rows.sort(key=lambda r: -r.trade_id)
         return rows[:limit]
 
     def firm_executions(self, firm_id: str, instrument: str | None = None, *,
                         t_from: int | None = None, t_to: int | None = None,
                         before: int | None = None, limit: int = 100) -> list[ExecRow]:
-        q = self.executions.get(firm_id)
-        if not q:
-            return []
-        keep = None if instrument is None else (lambda r: r.instrument == instrument)
-        return _newest_first(q, before, t_from, t_to, limit, keep)
+        keep = None if instrument is None else (lambda t: t.instrument == instrument)
+        return _newest_first(self.executions.get(firm_id), before, t_from, t_to, limit,
+                             _exec_row, keep)
 
     def order_events(self, firm_id: str, instrument: str | None = None, *,
                      t_from: int | None = None, t_to: int | None = None,
                      before: int | None = None, limit: int = 100) -> list[OrderRow]:
-        q = self.orders.get(firm_id)
-        if not q:
-            return []
-        keep = None if instrument is None else (lambda r: r.instrument == instrument)
-        return _newest_first(q, before, t_from, t_to, limit, keep)
+        keep = None if instrument is None else (lambda e: e.instrument == instrument)
+        return _newest_first(self.orders.get(firm_id), before, t_from, t_to, limit,
+                             _order_row, keep)
 
     def minute_bars(self, instrument: str, segment: str = "main") -> list[dict]:
         """Today's 1-minute bars of one board, oldest first (fen, ns)."""
