@@ -6,6 +6,7 @@
 
 Anything after the verb is passed on (``python3 dev.py test -k book``).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -46,9 +47,12 @@ def main(argv: list[str]) -> int:
     rest = argv[1:]
     if verb == "run":
         ensure_venv()
-        os.execv(str(PY), [str(PY), "-m", "exchange", "serve", *rest]
-                 if (ROOT / "exchange" / "app" / "serve_cli.py").exists()
-                 else [str(PY), "-m", "exchange", "demo", *rest])
+        os.execv(
+            str(PY),
+            [str(PY), "-m", "exchange", "serve", *rest]
+            if (ROOT / "exchange" / "app" / "serve_cli.py").exists()
+            else [str(PY), "-m", "exchange", "demo", *rest],
+        )
     if verb == "test":
         ensure_venv()
         os.execv(str(PY), [str(PY), "-m", "pytest", *rest])

@@ -4,6 +4,7 @@ makes every import of an accelerator (``exchange.core._accel``, ``exchange.journ
 ``exchange.server._accel``; ADR 0013) raise ImportError, so each module takes its pure-Python
 path and the tests that need an extension skip. Loaded before any test module imports
 ``exchange``."""
+
 import sys
 
 ACCELERATORS = ("exchange.core._accel", "exchange.journal._accel", "exchange.server._accel")

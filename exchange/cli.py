@@ -5,6 +5,7 @@ Each capability has a ``cli`` module with ``register(subparsers)`` that adds its
 sets ``func`` on it; this file only lists those modules. The ones that load the settings or build
 the exchange live in the composition root, :mod:`exchange.app`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,6 +30,7 @@ def version_text() -> str:
     """The package version and the journal format it writes: an operator upgrading needs both."""
     from . import __version__
     from .journal.sqlite import FORMAT_VERSION
+
     return f"carbon-exchange {__version__} (journal format {FORMAT_VERSION})"
 
 
@@ -41,7 +43,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog or _prog(),
         description="Carbon allowance exchange: matching engine, journal, server, rules, "
-                    "compliance and simulation.")
+        "compliance and simulation.",
+    )
     p.add_argument("--version", action="version", version=version_text())
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name in CLI_MODULES:
@@ -51,6 +54,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from .app.config import ConfigError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -41,6 +41,7 @@ where human-facing decimals become the core's integers stays that module.
 This module is outside the core because it knows the display time zone: the market calendar's
 (``[market.calendar] tz``, default Asia/Shanghai), set once at start with :func:`set_zone`.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -52,9 +53,24 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from .core.units import PPM, UnitError, format_percent, format_price
 
 __all__ = [
-    "DEFAULT_ZONE", "EXACT_PLACES", "PresentError", "set_zone", "zone", "cny", "pct",
-    "pct_text", "ratio", "ratio_text", "time_iso", "parse_time", "exact", "present", "present_key",
-    "present_event", "text", "cap_text",
+    "DEFAULT_ZONE",
+    "EXACT_PLACES",
+    "PresentError",
+    "set_zone",
+    "zone",
+    "cny",
+    "pct",
+    "pct_text",
+    "ratio",
+    "ratio_text",
+    "time_iso",
+    "parse_time",
+    "exact",
+    "present",
+    "present_key",
+    "present_event",
+    "text",
+    "cap_text",
 ]
 
 DEFAULT_ZONE = "Asia/Shanghai"
@@ -84,6 +100,7 @@ def zone() -> ZoneInfo:
 
 
 # ------------------------------------------------------------------------- single values
+
 
 def cny(fen: int | None) -> str | None:
     """8540 fen -> ``"85.40"`` (CNY, two decimals); None stays None."""
@@ -133,7 +150,7 @@ def time_iso(ns: int | None, tz: ZoneInfo | None = None) -> str | None:
 
 
 _MIN_NS = 0
-_MAX_NS = 2 ** 63 - 1
+_MAX_NS = 2**63 - 1
 
 
 def parse_time(text: str, tz: ZoneInfo | None = None) -> int:
@@ -150,8 +167,7 @@ def parse_time(text: str, tz: ZoneInfo | None = None) -> int:
         else:
             at = dt.datetime.fromisoformat(s)
             if at.tzinfo is None or at.utcoffset() is None:
-                raise UnitError(f"time {text[:64]!r} has no zone: add its offset, "
-                                "e.g. +08:00 or Z")
+                raise UnitError(f"time {text[:64]!r} has no zone: add its offset, e.g. +08:00 or Z")
     except ValueError as exc:
         if isinstance(exc, UnitError):
             raise
@@ -174,7 +190,7 @@ def exact(value, places: int = EXACT_PLACES) -> str | None:
         value = Fraction(int(num), int(den) if sep else 1)
     f = Fraction(value)
     # an exact integer division, so the half-even rule sees the true remainder
-    scale = 10 ** places
+    scale = 10**places
     n, r = divmod(f.numerator * scale, f.denominator)
     twice = 2 * r
     if twice > f.denominator or (twice == f.denominator and n & 1):
@@ -185,6 +201,7 @@ def exact(value, places: int = EXACT_PLACES) -> str | None:
 
 
 # ------------------------------------------------------------------------- the converter
+
 
 def _each(fn, v):
     if v is None:
@@ -202,6 +219,7 @@ def _int(fn):
         if type(v) is int:
             return fn(v)
         return v  # already shown (a string), or not a number: as it is
+
     return conv
 
 
@@ -322,6 +340,7 @@ def present_event(d: dict) -> dict:
 
 # ------------------------------------------------------------------------- text for people
 
+
 def text(value: Any) -> str:
     """A value for a line of command-line output: mappings as ``k=v, k=v``, sequences of
     pairs as ``a: 1, b: 2``, other sequences comma-separated; never a Python repr."""
@@ -416,6 +435,7 @@ def event_fields_from_people(d: dict, fields) -> dict:
     elif kind == "book_update" and "changes" in out:
         out["changes"] = tuple((c[0], parse_price(c[1]), c[2]) for c in out["changes"])
     elif kind == "day_ended" and "reference_prices" in out:
-        out["reference_prices"] = tuple((sym, None if px is None else parse_price(px))
-                                        for sym, px in out["reference_prices"])
+        out["reference_prices"] = tuple(
+            (sym, None if px is None else parse_price(px)) for sym, px in out["reference_prices"]
+        )
     return out

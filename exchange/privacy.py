@@ -18,17 +18,27 @@ carbon-inclusive totals per action type) are suppressed where fewer than
 ``{"suppressed": true}`` and none of its figures. :func:`suppress` is the one helper every such
 aggregate goes through.
 """
+
 from __future__ import annotations
 
 from typing import Any, Hashable, Mapping
 
 DEFAULT_MIN_CONTRIBUTORS = 3
 
-__all__ = ["DEFAULT_MIN_CONTRIBUTORS", "suppress", "min_contributors", "verifier_id",
-           "verifiers_of", "firms_of_verifier", "may_read_firm", "require_firm_reader"]
+__all__ = [
+    "DEFAULT_MIN_CONTRIBUTORS",
+    "suppress",
+    "min_contributors",
+    "verifier_id",
+    "verifiers_of",
+    "firms_of_verifier",
+    "may_read_firm",
+    "require_firm_reader",
+]
 
 
 # ------------------------------------------------------------------ suppressed aggregates
+
 
 def _count(v: Any) -> int:
     if isinstance(v, bool):
@@ -38,9 +48,13 @@ def _count(v: Any) -> int:
     return len(set(v))
 
 
-def suppress(groups: Mapping[Hashable, Mapping[str, Any]], min_contributors: int, *,
-             contributors: str = "contributors",
-             complementary: bool = True) -> dict[Hashable, dict[str, Any]]:
+def suppress(
+    groups: Mapping[Hashable, Mapping[str, Any]],
+    min_contributors: int,
+    *,
+    contributors: str = "contributors",
+    complementary: bool = True,
+) -> dict[Hashable, dict[str, Any]]:
     """Publishable copy of an aggregate: ``groups`` maps a group (a product, an action type,
     a sector) to its figures, one of which, ``contributors``, is either the number of distinct
     contributing firms/platforms or a collection of their ids.
@@ -74,6 +88,7 @@ def min_contributors(settings: Any) -> int:
 
 
 # ------------------------------------------------------------------ who reads a firm's records
+
 
 def verifier_id(cred) -> str:
     """The verifier a verifier credential acts as: its label (else its key id), as in the
@@ -130,5 +145,8 @@ def require_firm_reader(ctx, firm_id: str, period: int | None = None) -> None:
         from .server.protocol import ProtocolError
 
         who = "a firm" if ctx.cred is not None and ctx.cred.role == "firm" else "this key"
-        raise ProtocolError(E.FORBIDDEN, f"{who} may not read another firm's records "
-                                         f"(the firm, its verifier and operators may)", 403)
+        raise ProtocolError(
+            E.FORBIDDEN,
+            f"{who} may not read another firm's records (the firm, its verifier and operators may)",
+            403,
+        )

@@ -23,6 +23,7 @@ change list (market data, not matching); the peers do no L2 work either, except 
 depth book. Figures: the median, the best run (least disturbed by other processes) and the
 median over this process's CPU time (the machine is shared: wall time counts other load).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,15 @@ import statistics
 import sys
 import time
 
-from .streams import ADD, INSTRUMENT, SEGMENT, Stream, core_commands, generate, \
-    market_setup_commands
+from .streams import (
+    ADD,
+    INSTRUMENT,
+    SEGMENT,
+    Stream,
+    core_commands,
+    generate,
+    market_setup_commands,
+)
 
 
 def _timed(fn, *args):
@@ -50,6 +58,7 @@ def _timed(fn, *args):
 
 
 # --------------------------------------------------------------------------- (a) book only
+
 
 def run_book_only(ops: list):
     from exchange.core.book import STP_CANCEL_RESTING, Order, OrderBook
@@ -82,6 +91,7 @@ def run_book_only(ops: list):
 
 # --------------------------------------------------------------------------- (b) full core
 
+
 def run_full_core(ex, cmds: list):
     from exchange.core.events import Trade
 
@@ -105,6 +115,7 @@ def fresh_core(setup: list):
 
 
 # --------------------------------------------------------------------------- (c) peers
+
 
 def run_lightmatchingengine(ops: list):
     from lightmatchingengine.lightmatchingengine import LightMatchingEngine, Side
@@ -193,6 +204,7 @@ def run_liquibook(ops: list, listen: bool):
 
 # --------------------------------------------------------------------------- driver
 
+
 def _median_rate(n: int, times: list[float]) -> float:
     return n / statistics.median(times)
 
@@ -203,10 +215,12 @@ def bench(commands: int, seed: int, repeat: int, peers: bool = True, log=print) 
     stream: Stream = generate(commands, seed)
     ops = stream.ops
     expect = (stream.expected_fills, stream.expected_traded_qty, stream.expected_resting)
-    log(f"stream: {len(ops)} commands, seed {seed}: {stream.counts}, "
+    log(
+        f"stream: {len(ops)} commands, seed {seed}: {stream.counts}, "
         f"{stream.expected_fills} fills, {stream.expected_traded_qty} t traded, "
         f"{stream.expected_resting} orders resting at the end "
-        f"(generated in {time.perf_counter() - t0:.2f} s, not timed)")
+        f"(generated in {time.perf_counter() - t0:.2f} s, not timed)"
+    )
     setup = market_setup_commands(stream)
     n = len(ops)
     results: dict = {}
@@ -220,8 +234,10 @@ def bench(commands: int, seed: int, repeat: int, peers: bool = True, log=print) 
     # machine hits all of them alike; each figure is the median over the repetitions.
     engines = ["book_only", "full_core"]
     if peers:
-        for mod, names in (("lightmatchingengine", ["lightmatchingengine"]),
-                           ("liquibook", ["liquibook", "liquibook+listener"])):
+        for mod, names in (
+            ("lightmatchingengine", ["lightmatchingengine"]),
+            ("liquibook", ["liquibook", "liquibook+listener"]),
+        ):
             try:
                 __import__(mod)
                 engines += names
@@ -250,8 +266,10 @@ def bench(commands: int, seed: int, repeat: int, peers: bool = True, log=print) 
             check(eng, got)
             times[eng].append(dt)
             cpu[eng].append(ct)
-        log(f"  repetition {rep + 1}/{repeat}: " + ", ".join(
-            f"{e} {n / times[e][-1]:,.0f}" for e in engines))
+        log(
+            f"  repetition {rep + 1}/{repeat}: "
+            + ", ".join(f"{e} {n / times[e][-1]:,.0f}" for e in engines)
+        )
     rates = {e: _median_rate(n, times[e]) for e in engines}
     cpu_rates = {e: _median_rate(n, cpu[e]) for e in engines}
     best_rates = {e: n / min(times[e]) for e in engines}  # timeit's estimator: least disturbed
@@ -260,8 +278,10 @@ def bench(commands: int, seed: int, repeat: int, peers: bool = True, log=print) 
     peer_rates = {e: r for e, r in rates.items() if e not in ("book_only", "full_core")}
     log(f"  {'engine':<20} {'cmds/s median':>14} {'best run':>10} {'per CPU-s':>10}   wall runs")
     for e in engines:
-        log(f"  {e:<20} {rates[e]:>14,.0f} {best_rates[e]:>10,.0f} {cpu_rates[e]:>10,.0f}   "
-            f"{', '.join(f'{t:.3f}s' for t in times[e])}")
+        log(
+            f"  {e:<20} {rates[e]:>14,.0f} {best_rates[e]:>10,.0f} {cpu_rates[e]:>10,.0f}   "
+            f"{', '.join(f'{t:.3f}s' for t in times[e])}"
+        )
     return {
         "commands": n,
         "seed": seed,
@@ -272,19 +292,25 @@ def bench(commands: int, seed: int, repeat: int, peers: bool = True, log=print) 
         # the same medians over CPU time of this process (robust to other load on the machine)
         "book_only_cmds_per_cpu_s": round(cpu_rates["book_only"]),
         "full_core_cmds_per_cpu_s": round(cpu_rates["full_core"]),
-        "peers_cmds_per_cpu_s": {k: round(v) for k, v in cpu_rates.items()
-                                 if k not in ("book_only", "full_core")},
+        "peers_cmds_per_cpu_s": {
+            k: round(v) for k, v in cpu_rates.items() if k not in ("book_only", "full_core")
+        },
         # the fastest wall-clock run of each engine (least disturbed by other processes)
         "best_cmds_per_s": {k: round(v) for k, v in best_rates.items()},
         "state_hash": state_hash,
-        "stream": {**stream.counts, "fills": stream.expected_fills,
-                   "traded_qty": stream.expected_traded_qty,
-                   "resting_at_end": stream.expected_resting},
-        "machine": {"nproc": os.cpu_count(), "python": platform.python_version(),
-                    "implementation": platform.python_implementation(),
-                    "platform": platform.platform(),
-                    "loadavg_1m_before_after": [round(load_before[0], 2),
-                                                round(os.getloadavg()[0], 2)]},
+        "stream": {
+            **stream.counts,
+            "fills": stream.expected_fills,
+            "traded_qty": stream.expected_traded_qty,
+            "resting_at_end": stream.expected_resting,
+        },
+        "machine": {
+            "nproc": os.cpu_count(),
+            "python": platform.python_version(),
+            "implementation": platform.python_implementation(),
+            "platform": platform.platform(),
+            "loadavg_1m_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
+        },
     }
 
 
@@ -305,8 +331,11 @@ def peer_verdict(v: float, peers: dict, ran: bool = True) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m loadtest.engine", description=__doc__.split(
-        "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m loadtest.engine",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--commands", type=int, default=200_000)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--repeat", type=int, default=5, help="runs per engine; the median counts")
@@ -323,13 +352,14 @@ def main(argv=None) -> int:
             key = f"{name}_cmds_per_{suffix}"
             v = out[key]
             vs = peer_verdict(v, peers, ran=not a.no_peers)
-            print(f"{key}: {v:,} (target {target:,}: {'met' if v >= target else 'NOT met'}; "
-                  f"{vs})")
+            print(f"{key}: {v:,} (target {target:,}: {'met' if v >= target else 'NOT met'}; {vs})")
         if peers:  # the book alone against the fastest peer book, on this interpreter
             best, r = max(peers.items(), key=lambda kv: kv[1])
             ratio = out[f"book_only_cmds_per_{suffix}"] / r
-            print(f"book_only_vs_{best}_per_{suffix}: {ratio:.2f}x (target "
-                  f"{PEER_RATIO:g}x: {'met' if ratio >= PEER_RATIO else 'NOT met'})")
+            print(
+                f"book_only_vs_{best}_per_{suffix}: {ratio:.2f}x (target "
+                f"{PEER_RATIO:g}x: {'met' if ratio >= PEER_RATIO else 'NOT met'})"
+            )
     print(f"load average (1 min) before/after: {out['machine']['loadavg_1m_before_after']}")
     print(f"state_hash {out['state_hash']}")
     return 0

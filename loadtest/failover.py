@@ -27,6 +27,7 @@ leader's live state hash must equal ``journal verify``'s replay of the stream
 (``state_hash_equal``). ``failover_s``: from the fault to the first acknowledgement of an
 order sent after it. The JSON holds every run and the summary.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -45,8 +46,7 @@ import time
 import uuid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIRMS = ["demo-key-power1", "demo-key-cement1", "demo-key-steel1", "demo-key-sme1",
-         "demo-key-sme2"]
+FIRMS = ["demo-key-power1", "demo-key-cement1", "demo-key-steel1", "demo-key-sme1", "demo-key-sme2"]
 INSTRUMENT = "CEA-2026"
 
 
@@ -55,22 +55,48 @@ class Node:
 
     def __init__(self, url: str, name: str, data_dir: str, config: str, ttl: float):
         from .nats_cluster import free_ports
+
         self.name = name
         self.lines: list[str] = []
         # a fixed port outside the ephemeral range: after this node dies, no other
         # process's --port 0 gets its address while clients still try it
         self.port = free_ports(1)[0]
-        self.cmd = [sys.executable, "-m", "exchange", "serve", "--port", str(self.port),
-                    "--data-dir", data_dir, "--config", config, "--journal", url, "--standby",
-                    "--node-id", name, "--lease-ttl", str(ttl)]
-        self.env = {**os.environ, "PYTHONUNBUFFERED": "1",
-                    "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        self.cmd = [
+            sys.executable,
+            "-m",
+            "exchange",
+            "serve",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            data_dir,
+            "--config",
+            config,
+            "--journal",
+            url,
+            "--standby",
+            "--node-id",
+            name,
+            "--lease-ttl",
+            str(ttl),
+        ]
+        self.env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        }
         self.exits: list[int] = []  # the exit statuses of the incarnations restarted
         self._spawn()
 
     def _spawn(self) -> None:
-        self.proc = subprocess.Popen(self.cmd, cwd=ROOT, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, env=self.env)
+        self.proc = subprocess.Popen(
+            self.cmd,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=self.env,
+        )
         threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
 
     def _read(self, proc) -> None:
@@ -121,9 +147,11 @@ class Node:
             self.proc.wait(10)
 
 
-async def _load(urls: list[str], rate: float, fault_at: float, after: float, fault,
-                seed: int) -> dict:
+async def _load(
+    urls: list[str], rate: float, fault_at: float, after: float, fault, seed: int
+) -> dict:
     from exchange.client import ExchangeClient, ExchangeError
+
     rng = random.Random(seed)
     clients = []
     for key in FIRMS:
@@ -175,13 +203,21 @@ async def _load(urls: list[str], rate: float, fault_at: float, after: float, fau
     failover_s = (min(after_fault) - t_fault) if after_fault else None
     for c in clients:
         await c.close()
-    return {"sent": i, "acks": acks, "detail": detail, "rejects": rejects, "failed": failed,
-            "offered_per_s": i / load_s, "acked_per_s": len(acks) / load_s,
-            "failover_s": failover_s}
+    return {
+        "sent": i,
+        "acks": acks,
+        "detail": detail,
+        "rejects": rejects,
+        "failed": failed,
+        "offered_per_s": i / load_s,
+        "acked_per_s": len(acks) / load_s,
+        "failover_s": failover_s,
+    }
 
 
 async def _resting(url: str) -> dict[str, tuple[str, int]]:
     from exchange.client import ExchangeClient
+
     out = {}
     for key in FIRMS:
         async with ExchangeClient(url, key, timeout=30) as c:
@@ -193,25 +229,36 @@ async def _resting(url: str) -> dict[str, tuple[str, int]]:
 
 async def _state_hash(port: int) -> tuple[str, int]:
     import aiohttp
+
     async with aiohttp.ClientSession() as s:
-        async with s.get(f"http://127.0.0.1:{port}/api/v1/state",
-                         headers={"Authorization": "Bearer operator-demo-key"}) as r:
+        async with s.get(
+            f"http://127.0.0.1:{port}/api/v1/state",
+            headers={"Authorization": "Bearer operator-demo-key"},
+        ) as r:
             st = await r.json()
             return st["state_hash"], st.get("last_seq")
 
 
 def _verify_hash(url: str) -> tuple[str | None, str]:
-    out = subprocess.run([sys.executable, "-m", "exchange", "journal", "verify", url], cwd=ROOT,
-                         capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "PYTHONPATH": ROOT})
+    out = subprocess.run(
+        [sys.executable, "-m", "exchange", "journal", "verify", url],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": ROOT},
+    )
     lines = out.stdout.strip().splitlines() or [""]
     last = lines[-1]
-    return (last.split()[1] if last.startswith("state_hash ") else None,
-            " | ".join(x for x in lines if x.startswith(("records", "FAILED"))) + out.stderr[-300:])
+    return (
+        last.split()[1] if last.startswith("state_hash ") else None,
+        " | ".join(x for x in lines if x.startswith(("records", "FAILED"))) + out.stderr[-300:],
+    )
 
 
 def one_run(cluster, run: int, a, base: str, config: str, rng: random.Random) -> dict:
     from exchange.journal.jetstream import JetStreamJournal  # noqa: F401 (the extra is there)
+
     stream = f"FO{run}_{uuid.uuid4().hex[:6]}"
     url = cluster.journal_url(stream, replicas=3)
     data = os.path.join(base, f"data-{run}")
@@ -224,6 +271,7 @@ def one_run(cluster, run: int, a, base: str, config: str, rng: random.Random) ->
         while not stop_supervising.wait(0.2):
             for n in list(nodes):
                 n.restart_if_stepped_down()
+
     threading.Thread(target=supervise, name="supervisor", daemon=True).start()
     try:
         first = Node(url, "a", data, config, a.lease_ttl)
@@ -241,8 +289,9 @@ def one_run(cluster, run: int, a, base: str, config: str, rng: random.Random) ->
                 first.proc.send_signal(signal.SIGKILL)
             elif a.fault == "pause":
                 first.proc.send_signal(signal.SIGSTOP)
-                threading.Timer(a.lease_ttl + 2.0,
-                                lambda: first.proc.send_signal(signal.SIGCONT)).start()
+                threading.Timer(
+                    a.lease_ttl + 2.0, lambda: first.proc.send_signal(signal.SIGCONT)
+                ).start()
             else:
                 leader = asyncio.run(_stream_leader(url))
                 killed_nats = int(leader[1:])
@@ -260,10 +309,14 @@ def one_run(cluster, run: int, a, base: str, config: str, rng: random.Random) ->
             final = None
             why = e
         if final is None:
-            res.update(error=f"no leader after the run: {why!r}",
-                       **{f"node_{n.name}_exit": n.proc.poll() for n in nodes},
-                       **{f"node_{n.name}_tail": "".join(n.lines[-12:]) for n in nodes},
-                       acks=len(load["acks"]), acks_lost=None, state_hash_equal=False)
+            res.update(
+                error=f"no leader after the run: {why!r}",
+                **{f"node_{n.name}_exit": n.proc.poll() for n in nodes},
+                **{f"node_{n.name}_tail": "".join(n.lines[-12:]) for n in nodes},
+                acks=len(load["acks"]),
+                acks_lost=None,
+                state_hash_equal=False,
+            )
             return res
         if a.fault == "pause":  # the woken leader must step down
             down = first.stepped_down(30)
@@ -272,30 +325,41 @@ def one_run(cluster, run: int, a, base: str, config: str, rng: random.Random) ->
         try:
             resting = asyncio.run(_resting(f"ws://127.0.0.1:{final}/ws"))
         except Exception as e:  # the node that should lead does not answer: say why
-            res.update(error=f"final leader {final} unreachable: {e!r}",
-                       **{f"node_{n.name}_exit": n.proc.poll() for n in nodes},
-                       **{f"node_{n.name}_tail": "".join(n.lines[-8:]) for n in nodes},
-                       acks=len(load["acks"]), acks_lost=None, state_hash_equal=False)
+            res.update(
+                error=f"final leader {final} unreachable: {e!r}",
+                **{f"node_{n.name}_exit": n.proc.poll() for n in nodes},
+                **{f"node_{n.name}_tail": "".join(n.lines[-8:]) for n in nodes},
+                acks=len(load["acks"]),
+                acks_lost=None,
+                state_hash_equal=False,
+            )
             return res
-        lost = [cid for cid, (key, oid, _t) in load["acks"].items()
-                if resting.get(cid) != (key, oid)]
+        lost = [
+            cid for cid, (key, oid, _t) in load["acks"].items() if resting.get(cid) != (key, oid)
+        ]
         live, live_seq = asyncio.run(_state_hash(final))
         replayed, verify_out = _verify_hash(url)
         res["live_last_seq"], res["verify"] = live_seq, verify_out
-        res.update(sent=load["sent"], acks=len(load["acks"]), acks_lost=len(lost),
-                   lost_sample=lost[:10],
-                   lost_detail=[(cid, load["acks"][cid][1], resting.get(cid),
-                                 load["detail"].get(cid)) for cid in lost[:5]],
-                   rejects=len(load["rejects"]),
-                   reject_codes=sorted(set(load["rejects"].values())),
-                   unacknowledged=len(load["failed"]),
-                   unacknowledged_sample=list(load["failed"].values())[:3],
-                   offered_per_s=round(load["offered_per_s"]),
-                   acked_per_s=round(load["acked_per_s"]),
-                   failover_s=None if load["failover_s"] is None
-                   else round(load["failover_s"], 3),
-                   state_hash_equal=live == replayed, fault_at_s=round(fault_at, 3),
-                   restarts={n.name: len(n.exits) for n in nodes})
+        res.update(
+            sent=load["sent"],
+            acks=len(load["acks"]),
+            acks_lost=len(lost),
+            lost_sample=lost[:10],
+            lost_detail=[
+                (cid, load["acks"][cid][1], resting.get(cid), load["detail"].get(cid))
+                for cid in lost[:5]
+            ],
+            rejects=len(load["rejects"]),
+            reject_codes=sorted(set(load["rejects"].values())),
+            unacknowledged=len(load["failed"]),
+            unacknowledged_sample=list(load["failed"].values())[:3],
+            offered_per_s=round(load["offered_per_s"]),
+            acked_per_s=round(load["acked_per_s"]),
+            failover_s=None if load["failover_s"] is None else round(load["failover_s"], 3),
+            state_hash_equal=live == replayed,
+            fault_at_s=round(fault_at, 3),
+            restarts={n.name: len(n.exits) for n in nodes},
+        )
     finally:
         stop_supervising.set()
         for n in nodes:
@@ -311,6 +375,7 @@ async def _leader_port(url: str, ports: dict, timeout: float = 60.0) -> int:
     down: a NATS election longer than the lease's ttl makes a leader give it up)."""
     from exchange.client import ExchangeClient
     from exchange.journal.lease import LeaderLease
+
     lease = LeaderLease(url, node="loadtest")
     await lease.open()
     loop = asyncio.get_running_loop()
@@ -321,8 +386,9 @@ async def _leader_port(url: str, ports: dict, timeout: float = 60.0) -> int:
             port = ports.get(h.get("node", ""))
             if port:
                 try:
-                    async with ExchangeClient(f"ws://127.0.0.1:{port}/ws", FIRMS[0],
-                                              timeout=5) as c:
+                    async with ExchangeClient(
+                        f"ws://127.0.0.1:{port}/ws", FIRMS[0], timeout=5
+                    ) as c:
                         await c.ping()
                     return port
                 except Exception:
@@ -336,6 +402,7 @@ async def _leader_port(url: str, ports: dict, timeout: float = 60.0) -> int:
 
 async def _stream_leader(url: str) -> str:
     from exchange.journal import open_journal
+
     j = open_journal(url)
     await j.open()
     try:
@@ -347,13 +414,21 @@ async def _stream_leader(url: str) -> str:
 def main(argv: list[str]) -> int:
     import argparse
     from .nats_cluster import NatsCluster, nats_server_binary
-    p = argparse.ArgumentParser(prog="python -m loadtest failover", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    p = argparse.ArgumentParser(
+        prog="python -m loadtest failover",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--fault", choices=("leader", "nats-node", "pause"), default="leader")
     p.add_argument("--rate", type=float, default=2000.0, help="offered orders per second")
-    p.add_argument("--before", type=float, default=2.0,
-                   help="seconds of load before the fault (plus up to 1 s at random)")
+    p.add_argument(
+        "--before",
+        type=float,
+        default=2.0,
+        help="seconds of load before the fault (plus up to 1 s at random)",
+    )
     p.add_argument("--after", type=float, default=6.0, help="seconds of load after it")
     p.add_argument("--lease-ttl", type=float, default=2.0)
     p.add_argument("--seed", type=int, default=1)
@@ -363,13 +438,17 @@ def main(argv: list[str]) -> int:
         print("nats-server not found (apt-get install nats-server)", file=sys.stderr)
         return 2
     from exchange.app.config import default_config_text
+
     base = tempfile.mkdtemp(prefix="failover-")
     config = os.path.join(base, "exchange.toml")
     text = default_config_text()
     if "\n[server]" not in text:
         text += "\n[server]\n"
-    text = text.replace("\n[server]\n", "\n[server]\nrate_limit_per_second = 1000000\n"
-                                        "rate_limit_burst = 1000000\n", 1)
+    text = text.replace(
+        "\n[server]\n",
+        "\n[server]\nrate_limit_per_second = 1000000\nrate_limit_burst = 1000000\n",
+        1,
+    )
     with open(config, "w") as f:
         f.write(text)
     rng = random.Random(a.seed)
@@ -385,27 +464,30 @@ def main(argv: list[str]) -> int:
         shutil.rmtree(base, ignore_errors=True)
     fo = [r["failover_s"] for r in runs if r.get("failover_s") is not None]
     summary = {
-        "fault": a.fault, "runs": len(runs), "rate_offered": a.rate,
+        "fault": a.fault,
+        "runs": len(runs),
+        "rate_offered": a.rate,
         "acks": sum(r["acks"] for r in runs),
         "acks_lost": sum(r["acks_lost"] or 0 for r in runs),
         "runs_failed": sum(r.get("error") is not None for r in runs),
-        "failover_s": fo, "failover_s_median": statistics.median(fo) if fo else None,
+        "failover_s": fo,
+        "failover_s_median": statistics.median(fo) if fo else None,
         "state_hash_equal": all(r["state_hash_equal"] for r in runs),
         "acked_per_s_median": statistics.median(r.get("acked_per_s", 0) for r in runs),
         "nats_server": ".".join(map(str, cluster.version)),
-        "sync_interval_always": cluster.sync_always, "lease_ttl_s": a.lease_ttl,
-        "load_average": os.getloadavg(), "cpus": os.cpu_count(),
+        "sync_interval_always": cluster.sync_always,
+        "lease_ttl_s": a.lease_ttl,
+        "load_average": os.getloadavg(),
+        "cpus": os.cpu_count(),
     }
     if a.fault == "pause":
-        summary["old_leader_stepped_down"] = all(r.get("old_leader_stepped_down")
-                                                 for r in runs)
+        summary["old_leader_stepped_down"] = all(r.get("old_leader_stepped_down") for r in runs)
     print(json.dumps(summary, indent=1))
     if a.json:
         os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
         with open(a.json, "w") as f:
             json.dump({"summary": summary, "runs": runs}, f, indent=1)
-    ok = (summary["acks_lost"] == 0 and summary["state_hash_equal"]
-          and not summary["runs_failed"])
+    ok = summary["acks_lost"] == 0 and summary["state_hash_equal"] and not summary["runs_failed"]
     return 0 if ok else 1
 
 

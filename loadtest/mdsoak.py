@@ -20,6 +20,7 @@ and trade id the leader reports. ``complete`` counts the subscribers that got th
 the subscribers it held; per client process: its peak RSS and messages. The JSON holds
 all of it; the exit status is 0 when every subscriber is complete without a gap.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -65,9 +66,19 @@ def _cpu_s(pid: int) -> float | None:
 
 # ====================================================================== subscriber process
 
+
 class Sub:
-    __slots__ = ("proto", "book", "trade", "gaps", "msgs", "subscribed", "first_book",
-                 "first_trade", "closed")
+    __slots__ = (
+        "proto",
+        "book",
+        "trade",
+        "gaps",
+        "msgs",
+        "subscribed",
+        "first_book",
+        "first_trade",
+        "closed",
+    )
 
     def __init__(self):
         self.proto = None
@@ -106,6 +117,7 @@ def _on_message(sub: Sub, loads):
             if sub.trade is not None and seq != sub.trade + 1:
                 sub.gaps += 1
             sub.trade = seq
+
     return on_message
 
 
@@ -113,13 +125,18 @@ async def _subscriber_main(spec: dict) -> None:
     import orjson
 
     from .ws_proto import text_frame, ws_connect
+
     urls = spec["urls"]
     n = spec["count"]
     subs = [Sub() for _ in range(n)]
-    hello = b"".join(text_frame(orjson.dumps(x)) for x in (
-        {"req_id": 1, "method": "auth", "params": {"api_key": KEY}},
-        {"req_id": 2, "method": "subscribe", "params": {"channel": BOOK}},
-        {"req_id": 3, "method": "subscribe", "params": {"channel": TRADES}}))
+    hello = b"".join(
+        text_frame(orjson.dumps(x))
+        for x in (
+            {"req_id": 1, "method": "auth", "params": {"api_key": KEY}},
+            {"req_id": 2, "method": "subscribe", "params": {"channel": BOOK}},
+            {"req_id": 3, "method": "subscribe", "params": {"channel": TRADES}},
+        )
+    )
     sem = asyncio.Semaphore(100)
     errors: list[str] = []
     t0 = time.monotonic()
@@ -129,8 +146,7 @@ async def _subscriber_main(spec: dict) -> None:
         async with sem:
             for attempt in range(5):
                 try:
-                    sub.proto = await ws_connect(url, _on_message(sub, orjson.loads),
-                                                 timeout=30)
+                    sub.proto = await ws_connect(url, _on_message(sub, orjson.loads), timeout=30)
                     break
                 except Exception as e:
                     if attempt == 4:
@@ -151,8 +167,14 @@ async def _subscriber_main(spec: dict) -> None:
     final_book, final_trade = int(final_book), int(final_trade)
     end = time.monotonic() + spec.get("drain", 60)
     while time.monotonic() < end:
-        if all(s.book is not None and s.book >= final_book and s.trade is not None
-               and s.trade >= final_trade for s in subs if s.proto is not None):
+        if all(
+            s.book is not None
+            and s.book >= final_book
+            and s.trade is not None
+            and s.trade >= final_trade
+            for s in subs
+            if s.proto is not None
+        ):
             break
         await asyncio.sleep(0.1)
     closed = sum(1 for s in subs if s.proto is not None and s.proto.closed.done())
@@ -163,14 +185,27 @@ async def _subscriber_main(spec: dict) -> None:
             codes[k] = codes.get(k, 0) + 1
     st = _status(os.getpid())
     res = {
-        "subscribers": n, "connect_errors": len(errors), "connect_error_sample": errors[:3],
+        "subscribers": n,
+        "connect_errors": len(errors),
+        "connect_error_sample": errors[:3],
         "subscribed": sum(s.subscribed == 2 for s in subs),
-        "complete": sum(1 for s in subs if s.book is not None and s.book >= final_book
-                        and s.trade is not None and s.trade >= final_trade and not s.gaps),
-        "gaps": sum(s.gaps for s in subs), "messages": sum(s.msgs for s in subs),
-        "closed_by_server": closed, "close_codes": codes, "connect_s": round(connect_s, 2),
-        "book_first_min": min((s.first_book for s in subs if s.first_book is not None),
-                              default=None),
+        "complete": sum(
+            1
+            for s in subs
+            if s.book is not None
+            and s.book >= final_book
+            and s.trade is not None
+            and s.trade >= final_trade
+            and not s.gaps
+        ),
+        "gaps": sum(s.gaps for s in subs),
+        "messages": sum(s.msgs for s in subs),
+        "closed_by_server": closed,
+        "close_codes": codes,
+        "connect_s": round(connect_s, 2),
+        "book_first_min": min(
+            (s.first_book for s in subs if s.first_book is not None), default=None
+        ),
         "book_last_min": min((s.book for s in subs if s.book is not None), default=None),
         "trade_last_min": min((s.trade for s in subs if s.trade is not None), default=None),
         "peak_rss": st.get("VmHWM"),
@@ -185,6 +220,7 @@ def subscriber_main() -> int:
     spec = json.loads(sys.stdin.readline())
     try:
         import uvloop
+
         uvloop.run(_subscriber_main(spec))
     except ImportError:
         asyncio.run(_subscriber_main(spec))
@@ -193,19 +229,28 @@ def subscriber_main() -> int:
 
 # ====================================================================== orchestration
 
+
 class Server:
     """A ``python -m exchange serve ...`` process whose output a thread collects."""
 
     def __init__(self, name: str, args: list[str]):
         from .nats_cluster import free_ports
+
         self.name = name
         self.port = free_ports(1)[0]
         self.lines: list[str] = []
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "exchange", "serve", "--port", str(self.port), *args],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1",
-                 "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")})
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={
+                **os.environ,
+                "PYTHONUNBUFFERED": "1",
+                "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+            },
+        )
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
@@ -233,10 +278,14 @@ class Server:
 
 
 def _spawn_subscribers(spec: dict) -> subprocess.Popen:
-    p = subprocess.Popen([sys.executable, "-m", "loadtest", "_mdsub"], cwd=ROOT,
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                         env={**os.environ, "PYTHONPATH": ROOT + os.pathsep
-                              + os.environ.get("PYTHONPATH", "")})
+    p = subprocess.Popen(
+        [sys.executable, "-m", "loadtest", "_mdsub"],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")},
+    )
     p.stdin.write(json.dumps(spec) + "\n")
     p.stdin.flush()
     return p
@@ -255,8 +304,9 @@ def _expect(p: subprocess.Popen, prefix: str, timeout: float) -> str:
     t.start()
     t.join(timeout)
     if not box:
-        raise RuntimeError(f"subscriber process: no {prefix} within {timeout:g} s "
-                           f"(exit {p.poll()})")
+        raise RuntimeError(
+            f"subscriber process: no {prefix} within {timeout:g} s (exit {p.poll()})"
+        )
     return box[0]
 
 
@@ -264,6 +314,7 @@ async def _drive(leader_url: str, rate: float, duration: float) -> dict:
     """Resting sells and buys crossing them at ``rate`` orders/s; then the leader's final
     book seq and the last trade id."""
     from exchange.client import ExchangeClient
+
     s = ExchangeClient(leader_url, "demo-key-power1", timeout=30)
     b = ExchangeClient(leader_url, "demo-key-cement1", timeout=30)
     watch = ExchangeClient(leader_url, KEY, timeout=30)
@@ -297,23 +348,33 @@ async def _drive(leader_url: str, rate: float, duration: float) -> dict:
     final = (await watch.subscribe(BOOK))["snapshot"]["book_seq"]
     for c in (s, b, watch):
         await c.close()
-    return {"orders_sent": sent, "orders_acked": acked, "drive_s": round(elapsed, 2),
-            "final_book_seq": final, "last_trade_id": max(trade_ids) if trade_ids else None,
-            "trades": len(trade_ids)}
+    return {
+        "orders_sent": sent,
+        "orders_acked": acked,
+        "drive_s": round(elapsed, 2),
+        "final_book_seq": final,
+        "last_trade_id": max(trade_ids) if trade_ids else None,
+        "trades": len(trade_ids),
+    }
 
 
 def run(a) -> dict:
     from exchange.app.config import default_config_text
 
     from .nats_cluster import NatsCluster
+
     base = tempfile.mkdtemp(prefix="mdsoak-")
     config = os.path.join(base, "exchange.toml")
     text = default_config_text()
     if "\n[server]" not in text:
         text += "\n[server]\n"
-    text = text.replace("\n[server]\n", "\n[server]\nrate_limit_per_second = 1000000\n"
-                                        "rate_limit_burst = 1000000\n"
-                                        "max_connections_per_key = 0\n", 1)
+    text = text.replace(
+        "\n[server]\n",
+        "\n[server]\nrate_limit_per_second = 1000000\n"
+        "rate_limit_burst = 1000000\n"
+        "max_connections_per_key = 0\n",
+        1,
+    )
     with open(config, "w") as f:
         f.write(text)
     cluster = NatsCluster(os.path.join(base, "nats"), nodes=3).start()
@@ -322,37 +383,69 @@ def run(a) -> dict:
     data = os.path.join(base, "data")
     url = cluster.journal_url(f"MD_{uuid.uuid4().hex[:6]}", replicas=3)
     try:
-        leader = Server("leader", ["--data-dir", data, "--config", config, "--journal", url,
-                                   "--standby", "--node-id", "lead"])
+        leader = Server(
+            "leader",
+            [
+                "--data-dir",
+                data,
+                "--config",
+                config,
+                "--journal",
+                url,
+                "--standby",
+                "--node-id",
+                "lead",
+            ],
+        )
         servers.append(leader)
         leader.wait_for("listening on")
-        gws = [Server(f"g{i}", ["--data-dir", data, "--config", config, "--journal", url,
-                                "--market-data", "--node-id", f"g{i}",
-                                "--md-interval", str(a.md_interval)])
-               for i in range(a.gateways)]
+        gws = [
+            Server(
+                f"g{i}",
+                [
+                    "--data-dir",
+                    data,
+                    "--config",
+                    config,
+                    "--journal",
+                    url,
+                    "--market-data",
+                    "--node-id",
+                    f"g{i}",
+                    "--md-interval",
+                    str(a.md_interval),
+                ],
+            )
+            for i in range(a.gateways)
+        ]
         servers.extend(gws)
         for g in gws:
             g.wait_for("listening on")
         urls = [g.url for g in gws]
-        per = [a.subscribers // a.client_procs + (i < a.subscribers % a.client_procs)
-               for i in range(a.client_procs)]
+        per = [
+            a.subscribers // a.client_procs + (i < a.subscribers % a.client_procs)
+            for i in range(a.client_procs)
+        ]
         t0 = time.monotonic()
         off = 0
         for n in per:
-            procs.append(_spawn_subscribers({"urls": urls, "count": n, "offset": off,
-                                             "drain": a.drain}))
+            procs.append(
+                _spawn_subscribers({"urls": urls, "count": n, "offset": off, "drain": a.drain})
+            )
             off += n
         for p in procs:
             _expect(p, "READY", 300)
         connect_s = time.monotonic() - t0
-        print(f"{a.subscribers} subscribers on {a.gateways} gateways in {connect_s:.1f} s; "
-              f"driving {a.rate:g} orders/s for {a.duration:g} s", flush=True)
+        print(
+            f"{a.subscribers} subscribers on {a.gateways} gateways in {connect_s:.1f} s; "
+            f"driving {a.rate:g} orders/s for {a.duration:g} s",
+            flush=True,
+        )
         drive = asyncio.run(_drive(leader.url, a.rate, a.duration))
         for p in procs:
             p.stdin.write(f"FINAL {drive['final_book_seq']} {drive['last_trade_id'] or 0}\n")
             p.stdin.flush()
-        results = [json.loads(_expect(p, "RESULT", a.drain + 60)[len("RESULT "):])
-                   for p in procs]
+        results = [json.loads(_expect(p, "RESULT", a.drain + 60)[len("RESULT ") :]) for p in procs]
         gw_rss = {g.name: _status(g.proc.pid).get("VmHWM") for g in gws}
         gw_cpu = {g.name: _cpu_s(g.proc.pid) for g in gws}
         leader_cpu = _cpu_s(leader.proc.pid)
@@ -365,40 +458,68 @@ def run(a) -> dict:
             srv.stop()
         cluster.stop()
         shutil.rmtree(base, ignore_errors=True)
-    tot = {k: sum(r[k] for r in results) for k in ("subscribers", "subscribed", "complete",
-                                                   "gaps", "messages", "connect_errors",
-                                                   "closed_by_server")}
+    tot = {
+        k: sum(r[k] for r in results)
+        for k in (
+            "subscribers",
+            "subscribed",
+            "complete",
+            "gaps",
+            "messages",
+            "connect_errors",
+            "closed_by_server",
+        )
+    }
     return {
-        "subscribers": a.subscribers, "gateways": a.gateways, "client_procs": a.client_procs,
-        "duration_s": a.duration, "rate_offered": a.rate, **drive, **tot,
+        "subscribers": a.subscribers,
+        "gateways": a.gateways,
+        "client_procs": a.client_procs,
+        "duration_s": a.duration,
+        "rate_offered": a.rate,
+        **drive,
+        **tot,
         "ok": tot["complete"] == a.subscribers and tot["gaps"] == 0,
         "connect_s": round(connect_s, 1),
-        "gateway_peak_rss_mib": {k: round(v / 2**20, 1) if v else None
-                                 for k, v in gw_rss.items()},
+        "gateway_peak_rss_mib": {k: round(v / 2**20, 1) if v else None for k, v in gw_rss.items()},
         "leader_peak_rss_mib": round(leader_rss / 2**20, 1) if leader_rss else None,
-        "gateway_cpu_s": gw_cpu, "leader_cpu_s": leader_cpu,
+        "gateway_cpu_s": gw_cpu,
+        "leader_cpu_s": leader_cpu,
         "messages_per_s": round(tot["messages"] / max(drive["drive_s"], 1e-9)),
         "client_peak_rss_mib": [round((r["peak_rss"] or 0) / 2**20, 1) for r in results],
-        "per_process": results, "md_interval_s": a.md_interval,
+        "per_process": results,
+        "md_interval_s": a.md_interval,
         "nats_server": ".".join(map(str, cluster.version)),
-        "load_average": os.getloadavg(), "cpus": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "cpus": os.cpu_count(),
     }
 
 
 def main(argv: list[str]) -> int:
     import argparse
     from .nats_cluster import nats_server_binary
-    p = argparse.ArgumentParser(prog="python -m loadtest mdsoak", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    p = argparse.ArgumentParser(
+        prog="python -m loadtest mdsoak",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--subscribers", type=int, default=10000)
     p.add_argument("--gateways", type=int, default=2)
     p.add_argument("--duration", type=float, default=30.0, help="seconds of order flow")
     p.add_argument("--rate", type=float, default=10.0, help="orders per second")
     p.add_argument("--client-procs", type=int, default=2, help="subscriber processes")
-    p.add_argument("--md-interval", type=float, default=0.05,
-                   help="the gateways' --md-interval (seconds between journal reads)")
-    p.add_argument("--drain", type=float, default=60.0,
-                   help="seconds the subscribers may take to receive the last update")
+    p.add_argument(
+        "--md-interval",
+        type=float,
+        default=0.05,
+        help="the gateways' --md-interval (seconds between journal reads)",
+    )
+    p.add_argument(
+        "--drain",
+        type=float,
+        default=60.0,
+        help="seconds the subscribers may take to receive the last update",
+    )
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     if nats_server_binary() is None:

@@ -11,6 +11,7 @@ Each node is configured so that an acknowledged append is durable on a majority:
 2.10 and later); older servers refuse the option, and then run without it
 (``NatsCluster.sync_always`` says which).
 """
+
 from __future__ import annotations
 
 import os
@@ -26,12 +27,12 @@ from pathlib import Path
 def nats_server_binary() -> str | None:
     return shutil.which("nats-server") or next(
         (p for p in ("/usr/sbin/nats-server", "/usr/bin/nats-server") if os.access(p, os.X_OK)),
-        None)
+        None,
+    )
 
 
 def server_version(binary: str) -> tuple[int, ...]:
-    out = subprocess.run([binary, "--version"], capture_output=True, text=True,
-                         timeout=10).stdout
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout
     m = re.search(r"v?(\d+)\.(\d+)\.(\d+)", out)
     return tuple(int(x) for x in m.groups()) if m else (0, 0, 0)
 
@@ -44,6 +45,7 @@ def free_ports(n: int, lo: int = 20000, hi: int = 32000) -> list[int]:
     to a stranger (it happened: a demo-market server of another test acknowledged orders
     meant for a killed leader)."""
     import random
+
     rng = random.SystemRandom()
     socks, ports = [], []
     while len(ports) < n:
@@ -65,6 +67,7 @@ def _run_in_thread(coro_fn):
     """``asyncio.run(coro_fn())`` in a thread of its own: callers may be on a running loop."""
     import asyncio
     import threading
+
     out: list = []
     t = threading.Thread(target=lambda: out.append(asyncio.run(coro_fn())), daemon=True)
     t.start()
@@ -87,16 +90,21 @@ class NatsCluster:
         self.procs: list[subprocess.Popen | None] = [None] * nodes
 
     def config(self, i: int) -> Path:
-        routes = ", ".join(f"nats-route://127.0.0.1:{p}" for j, p in enumerate(self.route_ports)
-                           if j != i)
+        routes = ", ".join(
+            f"nats-route://127.0.0.1:{p}" for j, p in enumerate(self.route_ports) if j != i
+        )
         store = self.base / f"n{i}" / "store"
         store.mkdir(parents=True, exist_ok=True)
         sync = "  sync_interval: always\n" if self.sync_always else ""
-        text = (f'server_name: n{i}\nlisten: 127.0.0.1:{self.client_ports[i]}\n'
-                f'jetstream {{\n  store_dir: "{store}"\n{sync}}}\n')
+        text = (
+            f"server_name: n{i}\nlisten: 127.0.0.1:{self.client_ports[i]}\n"
+            f'jetstream {{\n  store_dir: "{store}"\n{sync}}}\n'
+        )
         if self.n > 1:
-            text += (f'cluster {{\n  name: {self.name}\n'
-                     f'  listen: 127.0.0.1:{self.route_ports[i]}\n  routes: [{routes}]\n}}\n')
+            text += (
+                f"cluster {{\n  name: {self.name}\n"
+                f"  listen: 127.0.0.1:{self.route_ports[i]}\n  routes: [{routes}]\n}}\n"
+            )
         path = self.base / f"n{i}" / "nats.conf"
         path.write_text(text)
         return path
@@ -104,8 +112,9 @@ class NatsCluster:
     def start_node(self, i: int) -> None:
         conf = self.config(i)
         log = open(self.base / f"n{i}" / "server.log", "ab")
-        self.procs[i] = subprocess.Popen([self.binary, "-c", str(conf)],
-                                         stdout=log, stderr=subprocess.STDOUT)
+        self.procs[i] = subprocess.Popen(
+            [self.binary, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT
+        )
         log.close()
 
     def start(self, timeout: float = 30.0) -> "NatsCluster":
@@ -121,8 +130,9 @@ class NatsCluster:
 
         async def ready() -> bool:
             try:
-                nc = await nats.connect(self.urls(), connect_timeout=1,
-                                        allow_reconnect=False, max_reconnect_attempts=0)
+                nc = await nats.connect(
+                    self.urls(), connect_timeout=1, allow_reconnect=False, max_reconnect_attempts=0
+                )
             except Exception:
                 return False
             try:
@@ -137,8 +147,9 @@ class NatsCluster:
         while time.monotonic() < end:
             for i, p in enumerate(self.procs):
                 if p is not None and p.poll() is not None:
-                    raise RuntimeError(f"nats-server n{i} exited ({p.returncode}):\n"
-                                       + self.log(i)[-2000:])
+                    raise RuntimeError(
+                        f"nats-server n{i} exited ({p.returncode}):\n" + self.log(i)[-2000:]
+                    )
             if _run_in_thread(ready):
                 return
             time.sleep(0.3)
@@ -151,8 +162,11 @@ class NatsCluster:
             return ""
 
     def urls(self, only: list[int] | None = None) -> list[str]:
-        return [f"nats://127.0.0.1:{p}" for i, p in enumerate(self.client_ports)
-                if only is None or i in only]
+        return [
+            f"nats://127.0.0.1:{p}"
+            for i, p in enumerate(self.client_ports)
+            if only is None or i in only
+        ]
 
     def journal_url(self, stream: str, replicas: int | None = None) -> str:
         hosts = ",".join(f"127.0.0.1:{p}" for p in self.client_ports)

@@ -22,6 +22,7 @@ the LocalCluster's scheduler lives in this process) and the most tasks the sched
 
 Figures, not timed tests: docs/BENCHMARKS.md (Simulation).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,6 +55,7 @@ def _timed(client, tasks) -> tuple[float, dict]:
 
 def speedup(a) -> dict:
     from dask.distributed import Client
+
     raw, source = _load_raw(a.scenario)
     seeds = ensemble_seeds(11, a.seeds)
     tasks = [(_task_key(raw, None, s), run_task, (raw, source, s, None)) for s in seeds]
@@ -63,9 +65,14 @@ def speedup(a) -> dict:
         cl = Client(c)
         wait_workers(cl, w)
         # warm-up: every worker imports the simulation and runs one short task
-        cl.gather([cl.submit(run_task, raw, source, 1, 1, key=f"warm-{w}-{i}", pure=False,
-                             workers=[addr])
-                   for i, addr in enumerate(cl.nthreads())])
+        cl.gather(
+            [
+                cl.submit(
+                    run_task, raw, source, 1, 1, key=f"warm-{w}-{i}", pure=False, workers=[addr]
+                )
+                for i, addr in enumerate(cl.nthreads())
+            ]
+        )
         clusters[w] = (c, cl)
     rows = []
     same = True
@@ -76,22 +83,43 @@ def speedup(a) -> dict:
         t1, r1 = _timed(clusters[1][1], [(f"r{r}-{k}", f, x) for k, f, x in tasks])
         t2, r2 = _timed(clusters[2][1], [(f"r{r}-{k}", f, x) for k, f, x in tasks])
         # the same figures from both clusters, seed by seed
-        same = same and all(r1[f"r{r}-{k}"] | {"runtime_s": 0} == r2[f"r{r}-{k}"]
-                            | {"runtime_s": 0} for k, _, _ in tasks)
-        rows.append({"repeat": r + 1, "one_worker_s": round(t1, 2), "two_workers_s": round(t2, 2),
-                     "ratio": round(t1 / t2, 3), "run_s_sum_one": round(sum(
-                         v["runtime_s"] for v in r1.values()), 2),
-                     "run_s_sum_two": round(sum(v["runtime_s"] for v in r2.values()), 2),
-                     "client_cpu_s": round(time.process_time() - c0, 2),
-                     "load_before": load0, "load_after": _load()})
+        same = same and all(
+            r1[f"r{r}-{k}"] | {"runtime_s": 0} == r2[f"r{r}-{k}"] | {"runtime_s": 0}
+            for k, _, _ in tasks
+        )
+        rows.append(
+            {
+                "repeat": r + 1,
+                "one_worker_s": round(t1, 2),
+                "two_workers_s": round(t2, 2),
+                "ratio": round(t1 / t2, 3),
+                "run_s_sum_one": round(sum(v["runtime_s"] for v in r1.values()), 2),
+                "run_s_sum_two": round(sum(v["runtime_s"] for v in r2.values()), 2),
+                "client_cpu_s": round(time.process_time() - c0, 2),
+                "load_before": load0,
+                "load_after": _load(),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
         if bands is None:
-            agg = aggregate(Cell("", {}, raw, source),
-                            [r1[f"r{r}-{k}"] for k, _, _ in tasks], a.scenario)
-            bands = {k: agg[k] for k in agg if k.endswith(("_p05", "_p50", "_p95")) and
-                     k.startswith(("final_price", "final_least_cost_price",
-                                   "total_compliance_cost", "offset_share_used",
-                                   "sme_benefit_vs_direct", "sme_winners"))}
+            agg = aggregate(
+                Cell("", {}, raw, source), [r1[f"r{r}-{k}"] for k, _, _ in tasks], a.scenario
+            )
+            bands = {
+                k: agg[k]
+                for k in agg
+                if k.endswith(("_p05", "_p50", "_p95"))
+                and k.startswith(
+                    (
+                        "final_price",
+                        "final_least_cost_price",
+                        "total_compliance_cost",
+                        "offset_share_used",
+                        "sme_benefit_vs_direct",
+                        "sme_winners",
+                    )
+                )
+            }
     for c, cl in clusters.values():
         cl.close()
         c.close()
@@ -99,13 +127,20 @@ def speedup(a) -> dict:
     for _, f, x in tasks[: a.serial]:
         f(*x)
     serial = (time.perf_counter() - t0) / max(a.serial, 1) * len(tasks) if a.serial else None
-    return {"benchmark": "sim_seeds_speedup", "scenario": a.scenario, "seeds": a.seeds,
-            "repeats": rows, "median_ratio": statistics.median(r["ratio"] for r in rows),
-            "median_one_worker_s": statistics.median(r["one_worker_s"] for r in rows),
-            "median_two_workers_s": statistics.median(r["two_workers_s"] for r in rows),
-            "serial_in_process_s_estimate": round(serial, 2) if serial else None,
-            "same_results_both_clusters": same, "bands": bands,
-            "cpus": os.cpu_count(), "python": platform.python_version()}
+    return {
+        "benchmark": "sim_seeds_speedup",
+        "scenario": a.scenario,
+        "seeds": a.seeds,
+        "repeats": rows,
+        "median_ratio": statistics.median(r["ratio"] for r in rows),
+        "median_one_worker_s": statistics.median(r["one_worker_s"] for r in rows),
+        "median_two_workers_s": statistics.median(r["two_workers_s"] for r in rows),
+        "serial_in_process_s_estimate": round(serial, 2) if serial else None,
+        "same_results_both_clusters": same,
+        "bands": bands,
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+    }
 
 
 def sweep(a) -> dict:
@@ -114,6 +149,7 @@ def sweep(a) -> dict:
     import psutil
 
     from loadtest.sim_scale import scale_scenario
+
     caps = [round(0.01 * k, 2) for k in range(10)]
     per_cap = max(1, a.runs // len(caps))
     seeds = ensemble_seeds(1, per_cap)
@@ -156,30 +192,48 @@ def sweep(a) -> dict:
             return
         w = sorted(busy)[0]
         pid = client.run(os.getpid, workers=[w])[w]
-        killed.update(worker=w, pid=pid, keys=list(busy[w]), after_results=done["n"],
-                      at_s=round(time.perf_counter() - t0, 1))
+        killed.update(
+            worker=w,
+            pid=pid,
+            keys=list(busy[w]),
+            after_results=done["n"],
+            at_s=round(time.perf_counter() - t0, 1),
+        )
         os.kill(pid, signal.SIGKILL)
-        print(f"killed worker {w} (pid {pid}) running {busy[w]} after {done['n']} results",
-              flush=True)
+        print(
+            f"killed worker {w} (pid {pid}) running {busy[w]} after {done['n']} results", flush=True
+        )
 
     rss0 = me.memory_info().rss
     t0 = time.perf_counter()
-    results = Runner(client=client).run(tasks, progress=not a.quiet, label="sweep",
-                                        on_result=on_result)
+    results = Runner(client=client).run(
+        tasks, progress=not a.quiet, label="sweep", on_result=on_result
+    )
     wall = time.perf_counter() - t0
     stop.set()
     th.join()
     client.close()
     cluster.close()
     lost = [k for k, _, _ in tasks if k not in results]
-    return {"benchmark": "sim_seeds_sweep", "runs": len(tasks), "completed": len(results),
-            "lost": len(lost), "firms": a.firms, "periods": a.periods,
-            "cells": len(caps), "seeds_per_cell": per_cap, "wall_s": round(wall, 1),
-            "runs_per_s": round(len(results) / wall, 2), "killed": killed,
-            "scheduler_process_rss_start_mb": round(rss0 / 2**20, 1),
-            "scheduler_process_rss_peak_mb": round(peak["rss"] / 2**20, 1),
-            "scheduler_tasks_peak": peak["tasks"], "load_after": _load(),
-            "cpus": os.cpu_count(), "python": platform.python_version()}
+    return {
+        "benchmark": "sim_seeds_sweep",
+        "runs": len(tasks),
+        "completed": len(results),
+        "lost": len(lost),
+        "firms": a.firms,
+        "periods": a.periods,
+        "cells": len(caps),
+        "seeds_per_cell": per_cap,
+        "wall_s": round(wall, 1),
+        "runs_per_s": round(len(results) / wall, 2),
+        "killed": killed,
+        "scheduler_process_rss_start_mb": round(rss0 / 2**20, 1),
+        "scheduler_process_rss_peak_mb": round(peak["rss"] / 2**20, 1),
+        "scheduler_tasks_peak": peak["tasks"],
+        "load_after": _load(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+    }
 
 
 def main(argv=None) -> int:

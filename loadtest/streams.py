@@ -20,6 +20,7 @@ The generator tracks which orders are live with its own small heap matcher (pric
 self-trade possible), independent of :mod:`exchange.core.book`, so a bug in the book cannot hide
 in the stream.
 """
+
 from __future__ import annotations
 
 import heapq
@@ -60,9 +61,18 @@ class Stream:
         return [f"S{i:03d}" for i in range(self.n_sellers)]
 
 
-def generate(commands: int, seed: int = 42, *, mid: int = 8500, depth_ticks: int = 300,
-             cancel_ratio: float = 0.25, cross_ratio: float = 0.10, max_qty: int = 100,
-             n_buyers: int = 50, n_sellers: int = 50) -> Stream:
+def generate(
+    commands: int,
+    seed: int = 42,
+    *,
+    mid: int = 8500,
+    depth_ticks: int = 300,
+    cancel_ratio: float = 0.25,
+    cross_ratio: float = 0.10,
+    max_qty: int = 100,
+    n_buyers: int = 50,
+    n_sellers: int = 50,
+) -> Stream:
     """A seeded stream of ``commands`` adds and cancels (see the module docstring)."""
     rng = random.Random(seed)
     rand = rng.random
@@ -117,8 +127,9 @@ def generate(commands: int, seed: int = 42, *, mid: int = 8500, depth_ticks: int
             off = 1 + int(depth_ticks * rand() ** 2)
             qty = randint(1, max_qty)
             price = cur - off if side == BUY else cur + off
-        acct = buyers[randint(0, n_buyers - 1)] if side == BUY else \
-            sellers[randint(0, n_sellers - 1)]
+        acct = (
+            buyers[randint(0, n_buyers - 1)] if side == BUY else sellers[randint(0, n_sellers - 1)]
+        )
         ops.append((ADD, oid, side, price, qty, acct))
         # match against the generator's own book
         left = qty
@@ -150,14 +161,23 @@ def generate(commands: int, seed: int = 42, *, mid: int = 8500, depth_ticks: int
                 heapq.heappush(bids, (-price, oid))
             else:
                 heapq.heappush(asks, (price, oid))
-    return Stream(ops, seed, n_buyers, n_sellers, mid, fills, traded, len(live),
-                  {"add": n_add, "cancel": n_cancel, "crossing_add": n_cross})
+    return Stream(
+        ops,
+        seed,
+        n_buyers,
+        n_sellers,
+        mid,
+        fills,
+        traded,
+        len(live),
+        {"add": n_add, "cancel": n_cancel, "crossing_add": n_cross},
+    )
 
 
 # --------------------------------------------------------------------------- the core
 
-def market_setup_commands(stream: Stream, *, cash_fen: int = 10**12,
-                          units: int = 10**7) -> list:
+
+def market_setup_commands(stream: Stream, *, cash_fen: int = 10**12, units: int = 10**7) -> list:
     """Commands that build a market where every order of ``stream`` is accepted: the default
     market rules from ``config/default.toml`` plus the stream's buyers (cash) and sellers
     (allowances of :data:`INSTRUMENT`)."""
@@ -176,8 +196,9 @@ def market_setup_commands(stream: Stream, *, cash_fen: int = 10**12,
     return cmds
 
 
-def iter_core_commands(stream: Stream, first_seq: int = 1,
-                       first_ts: int = 1_767_225_600 * 10**9, ts_step: int = 1_000):
+def iter_core_commands(
+    stream: Stream, first_seq: int = 1, first_ts: int = 1_767_225_600 * 10**9, ts_step: int = 1_000
+):
     """The stream as core commands (``PlaceOrder`` / ``CancelOrder``) stamped with ``seq`` from
     ``first_seq`` and ``ts`` every ``ts_step`` ns, ready for ``Exchange.apply``; made lazily
     (a million at once is a lot of RAM)."""
@@ -187,15 +208,24 @@ def iter_core_commands(stream: Stream, first_seq: int = 1,
     for op in stream.ops:
         if op[0] == ADD:
             _, _oid, side, price, qty, acct = op
-            yield PlaceOrder(account=acct, instrument=INSTRUMENT, segment=SEGMENT, side=side,
-                             price=price, qty=qty, seq=seq, ts=ts)
+            yield PlaceOrder(
+                account=acct,
+                instrument=INSTRUMENT,
+                segment=SEGMENT,
+                side=side,
+                price=price,
+                qty=qty,
+                seq=seq,
+                ts=ts,
+            )
         else:
             yield CancelOrder(account=op[2], order_id=op[1], seq=seq, ts=ts)
         seq += 1
         ts += ts_step
 
 
-def core_commands(stream: Stream, first_seq: int = 1, first_ts: int = 1_767_225_600 * 10**9,
-                  ts_step: int = 1_000) -> list:
+def core_commands(
+    stream: Stream, first_seq: int = 1, first_ts: int = 1_767_225_600 * 10**9, ts_step: int = 1_000
+) -> list:
     """:func:`iter_core_commands` as a list."""
     return list(iter_core_commands(stream, first_seq, first_ts, ts_step))

@@ -9,6 +9,7 @@ It runs the way the exchange runs: one process, aiohttp, uvloop when installed, 
 
     python -m loadtest echo --port 8765
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,11 @@ async def ws_handler(request: web.Request) -> web.WebSocketResponse:
                 rid = req["req_id"]
                 reply = {"req_id": rid, "ok": True, "result": {}}
             except Exception:
-                reply = {"req_id": None, "ok": False,
-                         "error": {"code": "BAD_JSON", "message": "not a JSON envelope"}}
+                reply = {
+                    "req_id": None,
+                    "ok": False,
+                    "error": {"code": "BAD_JSON", "message": "not a JSON envelope"},
+                }
             await send(_dumps(reply).decode())
         elif msg.type == WSMsgType.ERROR:
             break
@@ -58,6 +62,7 @@ def serve(host: str, port: int, use_uvloop: bool = True) -> None:
     if use_uvloop:
         try:
             import uvloop
+
             uvloop.install()
         except ImportError:
             pass

@@ -1,4 +1,5 @@
 """HdrHistogram helpers: latencies in microseconds, summaries in milliseconds."""
+
 from __future__ import annotations
 
 from array import array
@@ -19,8 +20,11 @@ def from_samples(samples: array) -> HdrHistogram:
     """Record ``samples`` (us) grouped by value: same histogram as one record per sample."""
     h = new_hist()
     if len(samples):
-        a = np.frombuffer(samples, dtype=np.int64) if samples.itemsize == 8 else \
-            np.asarray(samples, dtype=np.int64)
+        a = (
+            np.frombuffer(samples, dtype=np.int64)
+            if samples.itemsize == 8
+            else np.asarray(samples, dtype=np.int64)
+        )
         a = np.clip(a, LOWEST_US, HIGHEST_US)
         vals, counts = np.unique(a, return_counts=True)
         for v, c in zip(vals.tolist(), counts.tolist()):
@@ -40,8 +44,15 @@ def summary_ms(h: HdrHistogram) -> dict:
     """``{p50, p90, p99, p999, max, mean, count}``; latencies in ms (None when empty)."""
     n = h.get_total_count()
     if not n:
-        return {"p50": None, "p90": None, "p99": None, "p999": None, "max": None,
-                "mean": None, "count": 0}
+        return {
+            "p50": None,
+            "p90": None,
+            "p99": None,
+            "p999": None,
+            "max": None,
+            "mean": None,
+            "count": 0,
+        }
 
     def ms(us):
         return round(us / 1000.0, 3)

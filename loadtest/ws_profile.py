@@ -10,6 +10,7 @@ on-CPU: *self* (the frame was running) and *inclusive* (the frame was on the sta
 code (syscalls, orjson, the uvloop loop) is attributed to the Python line that called it.
 py-spy is installed with ``.venv/bin/pip install py-spy`` (it is in the ``dev`` extra).
 """
+
 from __future__ import annotations
 
 import collections
@@ -42,7 +43,7 @@ def summarise(path: str, top: int = 25) -> dict:
             label = frames[pi]
             m = re.match(r'process \d+:"(.*)"', label)
             label = m.group(1) if m else label
-            fr = [x for x in frames[pi + 1:] if not x.startswith("thread ")]
+            fr = [x for x in frames[pi + 1 :] if not x.startswith("thread ")]
             procs[label] += n
             if not fr:
                 continue
@@ -59,28 +60,41 @@ def summarise(path: str, top: int = 25) -> dict:
         out[label] = {
             "samples": tot,
             "self_pct": [(k, round(100 * v / tot, 1)) for k, v in self_c[label].most_common(top)],
-            "self_line_pct": [(k, round(100 * v / tot, 1))
-                              for k, v in self_line[label].most_common(top)],
-            "inclusive_pct": [(k, round(100 * v / tot, 1))
-                              for k, v in incl[label].most_common(top + 15)],
+            "self_line_pct": [
+                (k, round(100 * v / tot, 1)) for k, v in self_line[label].most_common(top)
+            ],
+            "inclusive_pct": [
+                (k, round(100 * v / tot, 1)) for k, v in incl[label].most_common(top + 15)
+            ],
         }
     return out
 
 
-STARTUP_MARKERS = ("_find_and_load", "build_parser", "load_default_certs", "_make_ssl_context",
-                   "_compile_bytecode")
+STARTUP_MARKERS = (
+    "_find_and_load",
+    "build_parser",
+    "load_default_certs",
+    "_make_ssl_context",
+    "_compile_bytecode",
+)
 IDLE_LEAVES = ("_worker (concurrent/futures/thread.py", "_read_exact (")
 CATEGORIES = (  # (label, frame substrings: a sample counts where the first match is found)
     ("core: Exchange.apply", ("Exchange.apply (",)),
     ("params validation (pydantic)", ("model_validate", "validate_python")),
     ("gateway: socket writes (Session.flush / write loop)", ("Session.flush", "write_loop")),
-    ("gateway: fan-out after durability (on_commit: encode, queue per subscriber; replies)",
-     ("Gateway.on_commit", "_batch_durable")),
-    ("journal (runner commit loop, writer thread)", ("CoreRunner._commit_loop",
-                                                     "_worker (concurrent")),
+    (
+        "gateway: fan-out after durability (on_commit: encode, queue per subscriber; replies)",
+        ("Gateway.on_commit", "_batch_durable"),
+    ),
+    (
+        "journal (runner commit loop, writer thread)",
+        ("CoreRunner._commit_loop", "_worker (concurrent"),
+    ),
     ("gateway: request handling (rest of on_text)", ("Session.on_text",)),
-    ("aiohttp: frame reading and dispatch", ("RequestHandler.data_received",
-                                              "WebSocketResponse.receive", "__anext__")),
+    (
+        "aiohttp: frame reading and dispatch",
+        ("RequestHandler.data_received", "WebSocketResponse.receive", "__anext__"),
+    ),
 )
 
 
@@ -109,15 +123,20 @@ def steady_state_breakdown(path: str, process_substr: str = "exchange serve") ->
                     break
             else:
                 cats["event loop and other (uvloop run, syscalls, timers)"] += n
-    return {"samples": total,
-            "pct": {k: round(100 * v / max(total, 1), 1) for k, v in cats.most_common()}}
+    return {
+        "samples": total,
+        "pct": {k: round(100 * v / max(total, 1), 1) for k, v in cats.most_common()},
+    }
 
 
 def print_summary(s: dict, top: int = 25) -> None:
     for label, d in s.items():
         print(f"\n=== {label[:110]}\n    samples {d['samples']}")
-        for title, key in (("self", "self_pct"), ("self, by line", "self_line_pct"),
-                           ("inclusive", "inclusive_pct")):
+        for title, key in (
+            ("self", "self_pct"),
+            ("self, by line", "self_line_pct"),
+            ("inclusive", "inclusive_pct"),
+        ):
             print(f"  -- {title}")
             for k, v in d[key][:top]:
                 print(f"    {v:5.1f}%  {k}")
@@ -127,15 +146,25 @@ def register(sub) -> None:
     p = sub.add_parser("profile", help="py-spy the server and generator under load; summarise")
     p.add_argument("--rate", type=float, default=3000)
     p.add_argument("--duration", type=float, default=10)
-    p.add_argument("--memory", action="store_true",
-                   help="profile the memory test (--clients subscribers) instead of a run")
+    p.add_argument(
+        "--memory",
+        action="store_true",
+        help="profile the memory test (--clients subscribers) instead of a run",
+    )
     p.add_argument("--clients", type=int, default=1000)
     p.add_argument("--batch", action="store_true")
     p.add_argument("--sample-rate", type=int, default=250, help="py-spy samples per second")
-    p.add_argument("--out", default="loadtest-profile",
-                   help="prefix: writes PREFIX.txt (raw), PREFIX.json (summary, run report)")
-    p.add_argument("--summarise", default=None, metavar="RAW",
-                   help="only summarise an existing py-spy raw file")
+    p.add_argument(
+        "--out",
+        default="loadtest-profile",
+        help="prefix: writes PREFIX.txt (raw), PREFIX.json (summary, run report)",
+    )
+    p.add_argument(
+        "--summarise",
+        default=None,
+        metavar="RAW",
+        help="only summarise an existing py-spy raw file",
+    )
     p.add_argument("--top", type=int, default=25)
 
     def run(a):
@@ -155,15 +184,36 @@ def register(sub) -> None:
         report = a.out + ".run.json"
         inner = [sys.executable, "-m", "loadtest"]
         if a.memory:
-            inner += ["memory", "--clients", str(a.clients), "--client-procs", "2",
-                      "--rate", str(a.rate), "--duration", str(a.duration), "--firms", "5"]
+            inner += [
+                "memory",
+                "--clients",
+                str(a.clients),
+                "--client-procs",
+                "2",
+                "--rate",
+                str(a.rate),
+                "--duration",
+                str(a.duration),
+                "--firms",
+                "5",
+            ]
         else:
             inner += ["run", "--rate", str(a.rate), "--duration", str(a.duration)]
         if a.batch:
             inner.append("--batch")
         inner += ["--json", report]
-        cmd = [spy, "record", "--subprocesses", "-r", str(a.sample_rate), "--format", "raw",
-               "-o", raw, "--"] + inner
+        cmd = [
+            spy,
+            "record",
+            "--subprocesses",
+            "-r",
+            str(a.sample_rate),
+            "--format",
+            "raw",
+            "-o",
+            raw,
+            "--",
+        ] + inner
         print("$ " + " ".join(cmd), file=sys.stderr, flush=True)
         subprocess.run(cmd, check=True)
         s = summarise(raw, a.top)
@@ -173,8 +223,15 @@ def register(sub) -> None:
         for k, v in b["pct"].items():
             print(f"    {v:5.1f}%  {k}")
         with open(a.out + ".json", "w") as f:
-            json.dump({"command": "python -m loadtest " + " ".join(sys.argv[1:]),
-                       "summary": s, "server_steady_state": b}, f, indent=1)
+            json.dump(
+                {
+                    "command": "python -m loadtest " + " ".join(sys.argv[1:]),
+                    "summary": s,
+                    "server_steady_state": b,
+                },
+                f,
+                indent=1,
+            )
         return 0
 
     p.set_defaults(func=run)

@@ -13,6 +13,7 @@ a 6- or 8-byte header plus the JSON text, with no per-byte masking work.
 The protocol is only what the load test needs: text frames, ping/pong, close; no extensions
 (no ``permessage-deflate``: it is never offered), no fragmentation on send.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -46,8 +47,14 @@ class WSClientProtocol(asyncio.Protocol):
     """One websocket connection. ``on_message(payload: bytes)`` is called for every complete
     text or binary message, in order, from ``data_received``."""
 
-    def __init__(self, host: str, port: int, path: str, on_message: Callable[[bytes], None],
-                 headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        path: str,
+        on_message: Callable[[bytes], None],
+        headers: dict[str, str] | None = None,
+    ):
         self.on_message = on_message
         self.transport: asyncio.Transport | None = None
         self.handshake_done = asyncio.get_running_loop().create_future()
@@ -61,10 +68,12 @@ class WSClientProtocol(asyncio.Protocol):
         self.frames_in = 0
         key = base64.b64encode(os.urandom(16)).decode()
         extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
-        self._request = (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
-                         f"Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                         f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-                         f"{extra}\r\n").encode()
+        self._request = (
+            f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            f"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+            f"{extra}\r\n"
+        ).encode()
 
     # ------------------------------------------------------------------ asyncio callbacks
     def connection_made(self, transport):
@@ -97,7 +106,7 @@ class WSClientProtocol(asyncio.Protocol):
             self._buf = b""
             if not self.handshake_done.done():
                 self.handshake_done.set_result(head)
-            data = data[end + 4:]
+            data = data[end + 4 :]
             if not data:
                 return
         elif self._buf:
@@ -119,7 +128,7 @@ class WSClientProtocol(asyncio.Protocol):
             elif ln == 127:
                 if n - pos < 10:
                     break
-                ln = int.from_bytes(data[pos + 2:pos + 10], "big")
+                ln = int.from_bytes(data[pos + 2 : pos + 10], "big")
                 hl = 10
             masked = b1 & 0x80
             if masked:
@@ -127,9 +136,9 @@ class WSClientProtocol(asyncio.Protocol):
             end = pos + hl + ln
             if end > n:
                 break
-            payload = data[pos + hl:end]
+            payload = data[pos + hl : end]
             if masked:  # servers do not mask; handle it anyway
-                key = data[pos + hl - 4:pos + hl]
+                key = data[pos + hl - 4 : pos + hl]
                 payload = bytes(b ^ key[i & 3] for i, b in enumerate(payload))
             pos = end
             frames += 1
@@ -179,9 +188,12 @@ class WSClientProtocol(asyncio.Protocol):
             self.transport.close()
 
 
-async def ws_connect(url: str, on_message: Callable[[bytes], None],
-                     headers: dict[str, str] | None = None,
-                     timeout: float = 10.0) -> WSClientProtocol:
+async def ws_connect(
+    url: str,
+    on_message: Callable[[bytes], None],
+    headers: dict[str, str] | None = None,
+    timeout: float = 10.0,
+) -> WSClientProtocol:
     """Open ``ws://host:port/path`` and complete the upgrade handshake."""
     if not url.startswith("ws://"):
         raise ValueError("only ws:// URLs are supported by the load generator")
@@ -190,8 +202,12 @@ async def ws_connect(url: str, on_message: Callable[[bytes], None],
     host, _, port = hostport.rpartition(":")
     loop = asyncio.get_running_loop()
     _, proto = await asyncio.wait_for(
-        loop.create_connection(lambda: WSClientProtocol(host, int(port), "/" + path,
-                                                        on_message, headers),
-                               host, int(port)), timeout)
+        loop.create_connection(
+            lambda: WSClientProtocol(host, int(port), "/" + path, on_message, headers),
+            host,
+            int(port),
+        ),
+        timeout,
+    )
     await asyncio.wait_for(proto.handshake_done, timeout)
     return proto

@@ -1,4 +1,5 @@
 """The sweep's markdown report and its latency-versus-rate plot."""
+
 from __future__ import annotations
 
 import os
@@ -13,9 +14,11 @@ def _fmt(v, nd=2):
 
 
 def table(steps: list[dict], exec_cols: bool = True) -> str:
-    head = ("| offered /s | achieved /s | served /s | ack p50 | p90 | p99 | p99.9 | max (ms) |"
-            + (" exec p50 | exec p99 (ms) |" if exec_cols else "")
-            + " errors | rejects | server CPU | server us/msg | gen. CPU us/msg | sustained |")
+    head = (
+        "| offered /s | achieved /s | served /s | ack p50 | p90 | p99 | p99.9 | max (ms) |"
+        + (" exec p50 | exec p99 (ms) |" if exec_cols else "")
+        + " errors | rejects | server CPU | server us/msg | gen. CPU us/msg | sustained |"
+    )
     sep = "|" + "---|" * (head.count("|") - 1)
     rows = [head, sep]
     for s in steps:
@@ -29,35 +32,50 @@ def table(steps: list[dict], exec_cols: bool = True) -> str:
             + f" {s['errors']} | {s['rejects']} | "
             f"{_fmt(s.get('server_cpu_util'))} | {_fmt(s.get('server_cpu_us_per_order'), 1)} | "
             f"{_fmt(s['generator_cpu_us_per_order'], 1)} | "
-            f"{'yes' if s.get('sustained') else 'no'} |")
+            f"{'yes' if s.get('sustained') else 'no'} |"
+        )
     return "\n".join(rows)
 
 
 def plot(out: dict, path: str) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 5), dpi=100,
-                                  gridspec_kw={"width_ratios": [3, 2]})
+    fig, (ax, ax2) = plt.subplots(
+        1, 2, figsize=(13, 5), dpi=100, gridspec_kw={"width_ratios": [3, 2]}
+    )
     top = 0.0
-    for steps, name, color in ((out["steps"], "exchange", "tab:blue"),
-                               (out.get("echo_steps") or [], "echo baseline", "tab:gray")):
+    for steps, name, color in (
+        (out["steps"], "exchange", "tab:blue"),
+        (out.get("echo_steps") or [], "echo baseline", "tab:gray"),
+    ):
         pts = [s for s in steps if s["ack_latency_ms"]["p50"] is not None]
         if not pts:
             continue
         x = [s["offered_rate"] for s in pts]
         top = max(top, max(x))
-        ax.plot(x, [s["ack_latency_ms"]["p50"] for s in pts], "o-", color=color,
-                label=f"{name} ack p50")
-        ax.plot(x, [s["ack_latency_ms"]["p99"] for s in pts], "s--", color=color,
-                label=f"{name} ack p99")
+        ax.plot(
+            x, [s["ack_latency_ms"]["p50"] for s in pts], "o-", color=color, label=f"{name} ack p50"
+        )
+        ax.plot(
+            x,
+            [s["ack_latency_ms"]["p99"] for s in pts],
+            "s--",
+            color=color,
+            label=f"{name} ack p99",
+        )
         if name == "exchange":
             ex = [s for s in pts if s["exec_latency_ms"]["p99"] is not None]
             if ex:
-                ax.plot([s["offered_rate"] for s in ex],
-                        [s["exec_latency_ms"]["p99"] for s in ex], "^:", color="tab:orange",
-                        label="exchange exec report p99")
+                ax.plot(
+                    [s["offered_rate"] for s in ex],
+                    [s["exec_latency_ms"]["p99"] for s in ex],
+                    "^:",
+                    color="tab:orange",
+                    label="exchange exec report p99",
+                )
         ax2.plot(x, [s["achieved_rate"] for s in pts], "o-", color=color, label=name)
     ax.axhline(10, color="tab:red", lw=0.8, ls=":", label="10 ms target")
     ax.set_yscale("log")

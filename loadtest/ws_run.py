@@ -4,6 +4,7 @@ Each step starts ``procs`` generator processes (``python -m loadtest _worker``),
 firms' connections and the rate between them, releases them at one start time, and merges
 their HdrHistograms. The server's CPU seconds and RSS are read from /proc for the step.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,7 +16,12 @@ import time
 
 from .ws_hist import merge, summary_ms
 from .ws_target import (
-    REPO, Target, child_env, proc_cpu_seconds, proc_descendants, proc_status,
+    REPO,
+    Target,
+    child_env,
+    proc_cpu_seconds,
+    proc_descendants,
+    proc_status,
     proc_tree_cpu_seconds,
 )
 
@@ -25,9 +31,15 @@ def log(*a):
 
 
 def _spawn_worker(spec: dict) -> subprocess.Popen:
-    p = subprocess.Popen([sys.executable, "-m", "loadtest", "_worker"], cwd=str(REPO),
-                         env=child_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         text=True, bufsize=1)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "loadtest", "_worker"],
+        cwd=str(REPO),
+        env=child_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        bufsize=1,
+    )
     p.stdin.write(json.dumps(spec) + "\n")
     p.stdin.flush()
     return p
@@ -47,8 +59,9 @@ def _read_line(p: subprocess.Popen, prefix: str, timeout: float) -> str:
     t.start()
     t.join(timeout)
     if not result:
-        raise RuntimeError(f"worker gave no {prefix!r} line within {timeout:.0f}s "
-                           f"(exit code {p.poll()})")
+        raise RuntimeError(
+            f"worker gave no {prefix!r} line within {timeout:.0f}s (exit code {p.poll()})"
+        )
     return result[0]
 
 
@@ -75,22 +88,41 @@ class RssSampler(threading.Thread):
         self.join(5)
 
 
-def run_step(target: Target, keys: list[str], rate: float, duration: float, procs: int = 1,
-             mix: dict | None = None, subscribe: list[str] | None = None, batch: bool = False,
-             drain: float = 5.0, seed: int = 1, extra_workers: list[dict] | None = None,
-             sample_rss: bool = False) -> dict:
+def run_step(
+    target: Target,
+    keys: list[str],
+    rate: float,
+    duration: float,
+    procs: int = 1,
+    mix: dict | None = None,
+    subscribe: list[str] | None = None,
+    batch: bool = False,
+    drain: float = 5.0,
+    seed: int = 1,
+    extra_workers: list[dict] | None = None,
+    sample_rss: bool = False,
+) -> dict:
     """Offer ``rate`` orders/s for ``duration`` s from ``len(keys)`` connections."""
     procs = max(1, min(procs, len(keys)))
     run_tag = os.urandom(3).hex()  # unique client_order_ids per step (see ws_worker)
     per = [keys[w::procs] for w in range(procs)]
     specs = []
     for w in range(procs):
-        specs.append({
-            "url": target.ws_url, "api_keys": per[w], "rate": rate / procs,
-            "duration": duration, "worker_id": w, "seed": seed, "mix": mix or {},
-            "subscribe": subscribe if subscribe is not None else ["executions"],
-            "batch": batch, "drain": drain, "run_tag": run_tag,
-        })
+        specs.append(
+            {
+                "url": target.ws_url,
+                "api_keys": per[w],
+                "rate": rate / procs,
+                "duration": duration,
+                "worker_id": w,
+                "seed": seed,
+                "mix": mix or {},
+                "subscribe": subscribe if subscribe is not None else ["executions"],
+                "batch": batch,
+                "drain": drain,
+                "run_tag": run_tag,
+            }
+        )
     workers = [_spawn_worker(s) for s in specs]
     passive = [_spawn_worker(s) for s in (extra_workers or [])]
     try:
@@ -114,7 +146,7 @@ def run_step(target: Target, keys: list[str], rate: float, duration: float, proc
         results = []
         for p in workers:
             line = _read_line(p, "RESULT ", duration + drain + 120)
-            results.append(json.loads(line[len("RESULT "):]))
+            results.append(json.loads(line[len("RESULT ") :]))
         cpu1 = proc_cpu_seconds(target.pid) if target.pid else None
         tree1 = proc_tree_cpu_seconds(target.pid) if target.pid else None
         kids = proc_descendants(target.pid) if target.pid else []
@@ -122,7 +154,7 @@ def run_step(target: Target, keys: list[str], rate: float, duration: float, proc
         passive_results = []
         for p in passive:
             line = _read_line(p, "RESULT ", duration + drain + 120)
-            passive_results.append(json.loads(line[len("RESULT "):]))
+            passive_results.append(json.loads(line[len("RESULT ") :]))
         if sampler:
             sampler.stop()
         rss1 = proc_status(target.pid) if target.pid else {}
@@ -151,26 +183,39 @@ def run_step(target: Target, keys: list[str], rate: float, duration: float, proc
             # with its child processes (the SQLite journal's writer process)
             out["server_tree_cpu_util"] = round((tree1 - tree0) / span, 3)
             out["server_tree_cpu_us_per_order"] = round(
-                (tree1 - tree0) / max(out["acked"], 1) * 1e6, 1)
+                (tree1 - tree0) / max(out["acked"], 1) * 1e6, 1
+            )
             out["server_children_rss_mb"] = {
-                str(k): round(v.get("VmHWM", 0) / 1024, 1) for k, v in kids_rss.items()}
+                str(k): round(v.get("VmHWM", 0) / 1024, 1) for k, v in kids_rss.items()
+            }
     if rss1:
-        out["server_rss_mb"] = {"before": round(rss0.get("VmRSS", 0) / 1024, 1),
-                                "after": round(rss1.get("VmRSS", 0) / 1024, 1),
-                                "peak_hwm": round(rss1.get("VmHWM", 0) / 1024, 1)}
+        out["server_rss_mb"] = {
+            "before": round(rss0.get("VmRSS", 0) / 1024, 1),
+            "after": round(rss1.get("VmRSS", 0) / 1024, 1),
+            "peak_hwm": round(rss1.get("VmHWM", 0) / 1024, 1),
+        }
     if sampler:
         out["server_rss_samples_kb"] = sampler.samples
     if m0 and m1:
-        keep = ("exchange_ws_messages_in_total", "exchange_ws_messages_out_total",
-                "exchange_ws_frames_out_total", "exchange_ws_writes_total",
-                "exchange_ws_slow_consumer_disconnects_total",
-                "exchange_commands_total", "exchange_orders_total", "exchange_trades_total",
-                "exchange_rejects_total", "exchange_overloaded_total",
-                "exchange_snapshots_total", "exchange_loop_stalls_total")
+        keep = (
+            "exchange_ws_messages_in_total",
+            "exchange_ws_messages_out_total",
+            "exchange_ws_frames_out_total",
+            "exchange_ws_writes_total",
+            "exchange_ws_slow_consumer_disconnects_total",
+            "exchange_commands_total",
+            "exchange_orders_total",
+            "exchange_trades_total",
+            "exchange_rejects_total",
+            "exchange_overloaded_total",
+            "exchange_snapshots_total",
+            "exchange_loop_stalls_total",
+        )
         # OVERLOADED by the bound that refused it (journal_lag, in_flight, send_queue)
         keep += tuple(k for k in m1 if k.startswith("exchange_overloaded_total{"))
-        out["server_metrics_delta"] = {k.replace("exchange_", ""): m1[k] - m0.get(k, 0)
-                                       for k in keep if k in m1}
+        out["server_metrics_delta"] = {
+            k.replace("exchange_", ""): m1[k] - m0.get(k, 0) for k in keep if k in m1
+        }
     if passive_results:
         out["passive"] = passive_results
     return out
@@ -184,8 +229,11 @@ def aggregate(rate: float, duration: float, results: list[dict]) -> dict:
     rejects: dict[str, int] = {}
     by_method: dict[str, int] = {}
     for r in results:
-        for src, dst in ((r["errors"], errors), (r["rejects"], rejects),
-                         (r["by_method"], by_method)):
+        for src, dst in (
+            (r["errors"], errors),
+            (r["rejects"], rejects),
+            (r["by_method"], by_method),
+        ):
             for k, v in src.items():
                 dst[k] = dst.get(k, 0) + v
     acked = tot("acked")
@@ -236,9 +284,11 @@ def aggregate(rate: float, duration: float, results: list[dict]) -> dict:
 def sustained(step: dict, p99_ms: float | None = None) -> bool:
     """The step carried its offered rate: >= 95 % achieved, no unanswered requests and (when
     ``p99_ms`` is given) p99 acknowledgement latency within it."""
-    ok = (step["achieved_rate"] >= 0.95 * step["offered_rate"]
-          and step["errors_by_code"].get("NO_REPLY", 0) == 0
-          and step["errors"] <= 0.001 * max(step["scheduled"], 1))
+    ok = (
+        step["achieved_rate"] >= 0.95 * step["offered_rate"]
+        and step["errors_by_code"].get("NO_REPLY", 0) == 0
+        and step["errors"] <= 0.001 * max(step["scheduled"], 1)
+    )
     if ok and p99_ms is not None:
         p99 = step["ack_latency_ms"]["p99"]
         ok = p99 is not None and p99 <= p99_ms
@@ -247,15 +297,18 @@ def sustained(step: dict, p99_ms: float | None = None) -> bool:
 
 def one_line(s: dict) -> str:
     a = s["ack_latency_ms"]
-    return (f"offered {s['offered_rate']:>8.0f}/s achieved {s['achieved_rate']:>8.0f}/s "
-            f"ack p50 {a['p50']} p99 {a['p99']} p99.9 {a['p999']} max {a['max']} ms "
-            f"errors {s['errors']} rejects {s['rejects']} "
-            f"srv cpu {s.get('server_cpu_util', '-')} gen cpu {s['generator_cpu_us_per_order']}"
-            f" us/order")
+    return (
+        f"offered {s['offered_rate']:>8.0f}/s achieved {s['achieved_rate']:>8.0f}/s "
+        f"ack p50 {a['p50']} p99 {a['p99']} p99.9 {a['p999']} max {a['max']} ms "
+        f"errors {s['errors']} rejects {s['rejects']} "
+        f"srv cpu {s.get('server_cpu_util', '-')} gen cpu {s['generator_cpu_us_per_order']}"
+        f" us/order"
+    )
 
 
-def wait_idle(pid: int | None, below: float = 0.15, window: float = 0.5,
-              timeout: float = 60.0) -> float:
+def wait_idle(
+    pid: int | None, below: float = 0.15, window: float = 0.5, timeout: float = 60.0
+) -> float:
     """Wait until the server's CPU use over ``window`` s drops below ``below`` cores (an
     overloaded step leaves a backlog the server works off after the generator stops), at most
     ``timeout`` s. Returns the seconds waited."""
@@ -271,9 +324,16 @@ def wait_idle(pid: int | None, below: float = 0.15, window: float = 0.5,
     return round(time.monotonic() - t0, 1)
 
 
-def ladder_run(target: Target, keys: list[str], rates: list[float], duration: float,
-               stop_after: int = 2, climb: float = 0.0, max_rate: float = 1e6,
-               **kw) -> list[dict]:
+def ladder_run(
+    target: Target,
+    keys: list[str],
+    rates: list[float],
+    duration: float,
+    stop_after: int = 2,
+    climb: float = 0.0,
+    max_rate: float = 1e6,
+    **kw,
+) -> list[dict]:
     """Run the rates in order; stop after ``stop_after`` consecutive unsustained steps. With
     ``climb`` > 1, a ladder whose last step was still sustained goes on, each step ``climb``
     times the one before (up to ``max_rate``), until that happens: the top of a fixed ladder

@@ -4,6 +4,7 @@ A target is started as a subprocess on a free loopback port (or an already runni
 targeted with ``--url``), and firms are provisioned for the load through the operator HTTP API
 (firm, cash deposit, allowance issuance, API key), exactly as an operator would.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,6 +33,7 @@ def free_port() -> int:
 def raise_nofile(n: int = 65536) -> int:
     """Raise this process's open-file limit (children inherit it) as far as allowed."""
     import resource
+
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = min(max(soft, n), hard) if hard != resource.RLIM_INFINITY else max(soft, n)
     if want > soft:
@@ -41,14 +43,16 @@ def raise_nofile(n: int = 65536) -> int:
 
 def child_env() -> dict:
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"]
-                                     if env.get("PYTHONPATH") else "")
+    env["PYTHONPATH"] = str(REPO) + (
+        os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""
+    )
     env.setdefault("PYTHONHASHSEED", "0")
     return env
 
 
-def http_json(method: str, url: str, body: dict | None = None, token: str | None = None,
-              timeout: float = 10.0) -> tuple[int, dict | list | None]:
+def http_json(
+    method: str, url: str, body: dict | None = None, token: str | None = None, timeout: float = 10.0
+) -> tuple[int, dict | list | None]:
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, method=method)
     if data is not None:
@@ -67,8 +71,9 @@ def http_json(method: str, url: str, body: dict | None = None, token: str | None
             return e.code, {"raw": raw.decode("utf-8", "replace")}
 
 
-def wait_ready(http_base: str, proc: subprocess.Popen | None, timeout: float = 60.0,
-               path: str = "/readyz") -> None:
+def wait_ready(
+    http_base: str, proc: subprocess.Popen | None, timeout: float = 60.0, path: str = "/readyz"
+) -> None:
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
@@ -143,9 +148,16 @@ def proc_tree_cpu_seconds(pid: int) -> float | None:
 class Target:
     """A server to load: ``kind`` is ``exchange`` or ``echo``. Use as a context manager."""
 
-    def __init__(self, kind: str, url: str | None = None, config: str | None = None,
-                 operator_key: str = OPERATOR_KEY, server_args: list[str] | None = None,
-                 keep_dir: bool = False, log=None):
+    def __init__(
+        self,
+        kind: str,
+        url: str | None = None,
+        config: str | None = None,
+        operator_key: str = OPERATOR_KEY,
+        server_args: list[str] | None = None,
+        keep_dir: bool = False,
+        log=None,
+    ):
         self.kind = kind
         self.given_url = url
         self.config = config
@@ -177,12 +189,29 @@ class Target:
             cmd = [sys.executable, "-m", "loadtest", "echo", "--port", str(self.port)]
         else:
             cfg = self._write_config()
-            cmd = [sys.executable, "-m", "exchange", "serve", "--host", "127.0.0.1",
-                   "--port", str(self.port), "--data-dir", os.path.join(self.tmp, "data"),
-                   "--config", cfg] + self.server_args
+            cmd = [
+                sys.executable,
+                "-m",
+                "exchange",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--data-dir",
+                os.path.join(self.tmp, "data"),
+                "--config",
+                cfg,
+            ] + self.server_args
         self.log(f"starting {self.kind}: {' '.join(cmd)}")
-        self.proc = subprocess.Popen(cmd, cwd=str(REPO), env=child_env(), stdout=logf,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=str(REPO),
+            env=child_env(),
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
         self.pid = self.proc.pid
         self.ws_url = f"ws://127.0.0.1:{self.port}/ws"
         self.http_base = f"http://127.0.0.1:{self.port}"
@@ -244,21 +273,27 @@ class Target:
         """The default config plus a ``[server]`` section whose per-connection limits do not
         throttle the load (the load test measures the server, not its rate limiter)."""
         from exchange.app.config import default_config_text
+
         text = Path(self.config).read_text() if self.config else default_config_text()
         if self.config is None and "\n[server]" not in text:
-            text += ("\n[server]\nrate_limit_per_second = 1000000\n"
-                     "rate_limit_burst = 1000000\n")
+            text += "\n[server]\nrate_limit_per_second = 1000000\nrate_limit_burst = 1000000\n"
         path = os.path.join(self.tmp, "loadtest.toml")
         with open(path, "w") as f:
             f.write(text)
         return path
 
     # ------------------------------------------------------------------ firms
-    def provision(self, n: int, cash: str = "100000000.00", units: int = 10_000_000,
-                  instrument: str = "CEA-2026") -> list[str]:
+    def provision(
+        self,
+        n: int,
+        cash: str = "100000000.00",
+        units: int = 10_000_000,
+        instrument: str = "CEA-2026",
+    ) -> list[str]:
         """``n`` funded firms with API keys; returns their keys."""
         if self.kind == "echo":
             return [f"echo-key-{i}" for i in range(n)]
         from .ws_provision import provision_firms
+
         keys = provision_firms(self, n, cash=cash, units=units, instrument=instrument)
         return keys

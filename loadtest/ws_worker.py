@@ -37,6 +37,7 @@ Execution-report latency: from the intended send time of a ``place_order`` to th
 the first execution report (``new``, ``trade``, ``rejected``, ``expired``) that carries its
 ``client_order_id``.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -54,18 +55,36 @@ from .ws_proto import text_frame, ws_connect
 
 # method codes stored per scheduled message (bytearray, one byte each)
 M_PLACE, M_CROSS, M_CANCEL, M_AMEND = 1, 2, 3, 4
-METHOD_NAMES = {M_PLACE: "place_order", M_CROSS: "place_order_crossing",
-                M_CANCEL: "cancel_order", M_AMEND: "amend_order"}
+METHOD_NAMES = {
+    M_PLACE: "place_order",
+    M_CROSS: "place_order_crossing",
+    M_CANCEL: "cancel_order",
+    M_AMEND: "amend_order",
+}
 TIMELINE_S = 0.1  # bucket of the acknowledgement-latency timeline, seconds
 CTRL_BASE = 1_000_000_000  # req_ids of control messages (auth, subscribe, cancel_all)
 
 # Reply error codes that are the exchange refusing the business request (the request was
 # well-formed and handled); everything else, and every unanswered request, is an error.
 GATEWAY_CODES = {
-    "BAD_JSON", "BAD_REQUEST", "BINARY_NOT_SUPPORTED", "FRAME_TOO_LARGE", "UNKNOWN_METHOD",
-    "INVALID_PARAMS", "NOT_AUTHENTICATED", "AUTH_FAILED", "ALREADY_AUTHENTICATED",
-    "FORBIDDEN", "RATE_LIMITED", "UNKNOWN_CHANNEL", "NOT_SUBSCRIBED", "SLOW_CONSUMER",
-    "SHUTTING_DOWN", "NOT_FOUND", "INTERNAL_ERROR", "OVERLOADED",
+    "BAD_JSON",
+    "BAD_REQUEST",
+    "BINARY_NOT_SUPPORTED",
+    "FRAME_TOO_LARGE",
+    "UNKNOWN_METHOD",
+    "INVALID_PARAMS",
+    "NOT_AUTHENTICATED",
+    "AUTH_FAILED",
+    "ALREADY_AUTHENTICATED",
+    "FORBIDDEN",
+    "RATE_LIMITED",
+    "UNKNOWN_CHANNEL",
+    "NOT_SUBSCRIBED",
+    "SLOW_CONSUMER",
+    "SHUTTING_DOWN",
+    "NOT_FOUND",
+    "INTERNAL_ERROR",
+    "OVERLOADED",
 }
 
 
@@ -145,8 +164,13 @@ class Worker:
         self.coid_prefix = f"{tag}w{self.wid}-".encode()
         # pre-encoded fragments
         ins, seg = self.instrument, self.segment
-        self._place_head = (b',"method":"place_order","params":{"instrument":"' + ins
-                            + b'","segment":"' + seg + b'","side":"')
+        self._place_head = (
+            b',"method":"place_order","params":{"instrument":"'
+            + ins
+            + b'","segment":"'
+            + seg
+            + b'","side":"'
+        )
         self._px = {p: fmt_px(p) for p in range(max(1, self.mid - 200), self.mid + 201)}
 
     # ------------------------------------------------------------------ receiving
@@ -244,7 +268,7 @@ class Worker:
         def on_message(payload: bytes):
             if conn.ctrl:
                 m = loads(payload)
-                for x in (m if type(m) is list else (m,)):
+                for x in m if type(m) is list else (m,):
                     rid = x.get("req_id")
                     if rid is None:
                         self.n_pushes += 1
@@ -261,8 +285,9 @@ class Worker:
         async with sem:
             factory = self.passive_factory if self.passive else self.on_message_factory
             conn.proto = await ws_connect(self.url, factory(conn))
-            r = await self.ctrl(conn, "auth", {"api_key": conn.api_key, **(
-                {"batch": True} if self.batch else {})})
+            r = await self.ctrl(
+                conn, "auth", {"api_key": conn.api_key, **({"batch": True} if self.batch else {})}
+            )
             if not r.get("ok"):
                 raise RuntimeError(f"auth failed: {r}")
             for ch in self.subscribe:
@@ -296,26 +321,34 @@ class Worker:
         if kind == M_CANCEL:
             coid = next(iter(live))
             del live[coid]
-            return text_frame(b'{"req_id":%d,"method":"cancel_order","params":'
-                              b'{"client_order_id":"%s"}}' % (i, coid))
+            return text_frame(
+                b'{"req_id":%d,"method":"cancel_order","params":'
+                b'{"client_order_id":"%s"}}' % (i, coid)
+            )
         if kind == M_AMEND:
             coid = next(reversed(live))
             side, price, qty = live[coid]
             if qty > 1 and rng.random() < 0.5:
                 qty -= 1
                 live[coid] = (side, price, qty)
-                return text_frame(b'{"req_id":%d,"method":"amend_order","params":'
-                                  b'{"client_order_id":"%s","qty":%d}}' % (i, coid, qty))
+                return text_frame(
+                    b'{"req_id":%d,"method":"amend_order","params":'
+                    b'{"client_order_id":"%s","qty":%d}}' % (i, coid, qty)
+                )
             off = int(rng.random() * self.depth_ticks) + 1
             new_price = self.mid - off if side == "buy" else self.mid + off
             if new_price == price:  # an amend that changes nothing is refused (NO_CHANGE)
-                new_price = new_price + 1 if off > 1 and side == "buy" or \
-                    off == 1 and side == "sell" else new_price - 1
+                new_price = (
+                    new_price + 1
+                    if off > 1 and side == "buy" or off == 1 and side == "sell"
+                    else new_price - 1
+                )
             price = new_price
             live[coid] = (side, price, qty)
-            return text_frame(b'{"req_id":%d,"method":"amend_order","params":'
-                              b'{"client_order_id":"%s","price":"%s"}}'
-                              % (i, coid, self._px[price]))
+            return text_frame(
+                b'{"req_id":%d,"method":"amend_order","params":'
+                b'{"client_order_id":"%s","price":"%s"}}' % (i, coid, self._px[price])
+            )
         coid = self.coid_prefix + str(i).encode()
         r2 = rng.random()
         buy = r2 < 0.5
@@ -323,16 +356,19 @@ class Worker:
         if kind == M_CROSS:
             # crossing IOC: priced through the mid, trades with another firm's resting order
             price = self.mid + self.cross_ticks if buy else self.mid - self.cross_ticks
-            return text_frame(b'{"req_id":%d%s%s","qty":%d,"price":"%s","tif":"IOC",'
-                              b'"client_order_id":"%s"}}'
-                              % (i, self._place_head, b"buy" if buy else b"sell", qty,
-                                 self._px[price], coid))
+            return text_frame(
+                b'{"req_id":%d%s%s","qty":%d,"price":"%s","tif":"IOC",'
+                b'"client_order_id":"%s"}}'
+                % (i, self._place_head, b"buy" if buy else b"sell", qty, self._px[price], coid)
+            )
         off = int(rng.random() * self.depth_ticks) + 1
         price = self.mid - off if buy else self.mid + off
         side = "buy" if buy else "sell"
         live[coid] = (side, price, qty)
-        return text_frame(b'{"req_id":%d%s%s","qty":%d,"price":"%s","client_order_id":"%s"}}'
-                          % (i, self._place_head, side.encode(), qty, self._px[price], coid))
+        return text_frame(
+            b'{"req_id":%d%s%s","qty":%d,"price":"%s","client_order_id":"%s"}}'
+            % (i, self._place_head, side.encode(), qty, self._px[price], coid)
+        )
 
     async def sender(self):
         loop_sleep = asyncio.sleep
@@ -369,13 +405,15 @@ class Worker:
                     if t.is_closing():
                         c.closed_early = True
                         self.n_dropped += len(c.out)
-                        self.errors["DISCONNECTED"] = self.errors.get("DISCONNECTED", 0) \
-                            + len(c.out)
+                        self.errors["DISCONNECTED"] = self.errors.get("DISCONNECTED", 0) + len(
+                            c.out
+                        )
                     elif t.get_write_buffer_size() > limit:
                         # the server stopped reading: do not buffer without bound
                         self.n_dropped += len(c.out)
-                        self.errors["CLIENT_BACKLOG"] = self.errors.get("CLIENT_BACKLOG", 0) \
-                            + len(c.out)
+                        self.errors["CLIENT_BACKLOG"] = self.errors.get("CLIENT_BACKLOG", 0) + len(
+                            c.out
+                        )
                     else:
                         t.write(b"".join(c.out))
                         self.n_sent += len(c.out)
@@ -454,27 +492,34 @@ class Worker:
             "ack_timeline_max_us": self.ack_timeline.tolist(),
             "exec_lat_us": encode_samples(self.exec_lat),
             "send_lag_us": encode_samples(self.send_lag),
-            "closed": sum(1 for c in self.conns if c.proto is None
-                          or c.proto.close_code is not None),
-            "close_codes": sorted({c.proto.close_code for c in self.conns
-                                   if c.proto is not None and c.proto.close_code}),
+            "closed": sum(
+                1 for c in self.conns if c.proto is None or c.proto.close_code is not None
+            ),
+            "close_codes": sorted(
+                {
+                    c.proto.close_code
+                    for c in self.conns
+                    if c.proto is not None and c.proto.close_code
+                }
+            ),
         }
-
 
     async def passive_run(self, ru0, connect_s: float) -> dict:
         await loop_sleep_until(self.t0 + self.duration + 0.5)
         ru1 = resource.getrusage(resource.RUSAGE_SELF)
         res = {
-            "worker_id": self.wid, "passive": True, "connections": len(self.conns),
+            "worker_id": self.wid,
+            "passive": True,
+            "connections": len(self.conns),
             "connect_seconds": round(connect_s, 3),
             "frames": sum(c.proto.frames_in for c in self.conns),
             "bytes": sum(c.proto.bytes_in for c in self.conns),
             "pushes": self.n_pushes,
             "closed": sum(1 for c in self.conns if c.proto.transport.is_closing()),
-            "close_codes": sorted({c.proto.close_code for c in self.conns
-                                   if c.proto.close_code}),
-            "close_reasons": sorted({c.proto.close_reason for c in self.conns
-                                     if c.proto.close_reason})[:5],
+            "close_codes": sorted({c.proto.close_code for c in self.conns if c.proto.close_code}),
+            "close_reasons": sorted(
+                {c.proto.close_reason for c in self.conns if c.proto.close_reason}
+            )[:5],
             "cpu_seconds": (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime),
         }
         for c in self.conns:
@@ -494,12 +539,14 @@ async def loop_sleep_until(t: float):
 def encode_samples(a: array) -> str:
     """Latency samples (us) -> base64 of an encoded HdrHistogram."""
     from .ws_hist import from_samples
+
     return from_samples(a).encode().decode("ascii")
 
 
 def worker_main() -> int:
     try:
         import uvloop
+
         uvloop.install()
     except ImportError:
         pass
@@ -508,8 +555,7 @@ def worker_main() -> int:
     try:
         res = asyncio.run(w.main())
     except Exception as e:  # report, do not hang the orchestrator
-        print("RESULT " + orjson.dumps({"error": f"{type(e).__name__}: {e}"}).decode(),
-              flush=True)
+        print("RESULT " + orjson.dumps({"error": f"{type(e).__name__}: {e}"}).decode(), flush=True)
         return 1
     print("RESULT " + orjson.dumps(res).decode(), flush=True)
     return 0

@@ -1,4 +1,5 @@
 """Shared fixtures. Service helpers (skip, or fail with REQUIRE_SERVICES=1) are in services.py."""
+
 from __future__ import annotations
 
 import os
@@ -45,4 +46,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         terminalreporter.write_line(
             f"{n} browser test(s) skipped: {' and '.join(sorted(why))} missing - install with "
             f"`apt-get install -y chromium` and `.venv/bin/pip install playwright` "
-            f"(REQUIRE_SERVICES=1 makes this a failure)", yellow=True, bold=True)
+            f"(REQUIRE_SERVICES=1 makes this a failure)",
+            yellow=True,
+            bold=True,
+        )

@@ -5,12 +5,18 @@ small explicit market (segments ``main``/``sme``/``chain``, one allowance instru
 reference price), so a test reads like the trade: ``m.firm("A", cash=...)``,
 ``m.buy("A", 8500, 10)``. Everything goes through ordinary commands.
 """
+
 from __future__ import annotations
 
 from hypothesis import HealthCheck, settings
 
 from exchange.core.commands import (
-    AddInstrument, CancelOrder, DepositCash, IssueUnits, PlaceOrder, RegisterFirm,
+    AddInstrument,
+    CancelOrder,
+    DepositCash,
+    IssueUnits,
+    PlaceOrder,
+    RegisterFirm,
     RegisterSupplyChain,
 )
 from exchange.core.events import ExecutionReport, Trade
@@ -25,29 +31,63 @@ BAND_LO, BAND_HI = 7_650, 9_350  # +-10 %
 def streams_settings(examples: int):
     """hypothesis settings for long command streams: no deadline, no too-slow or
     too-much-data health checks (a stream is long on purpose)."""
-    return settings(max_examples=examples, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    return settings(
+        max_examples=examples,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
 
 
 class Market:
-    def __init__(self, *, main_fee_bps: int = 5, sme_fee_bps: int = 0, chain_fee_bps: int = 2,
-                 tick: int = 1, lot: int = 1, sme_lot: int = 1, max_order_qty: int = 99_999,
-                 sme_access: str = "sme_sell_any_buy", reference_price: int = REF,
-                 instruments: tuple = (CEA,)):
+    def __init__(
+        self,
+        *,
+        main_fee_bps: int = 5,
+        sme_fee_bps: int = 0,
+        chain_fee_bps: int = 2,
+        tick: int = 1,
+        lot: int = 1,
+        sme_lot: int = 1,
+        max_order_qty: int = 99_999,
+        sme_access: str = "sme_sell_any_buy",
+        reference_price: int = REF,
+        instruments: tuple = (CEA,),
+    ):
         self.seq = Sequencer(build_exchange())
         self.ex = self.seq.ex
         self.events: list = []
         self.run(
-            AddSegment(name="main", tick=tick, lot=lot, max_order_qty=max_order_qty,
-                       fee_bps=main_fee_bps, access="all"),
-            AddSegment(name="sme", tick=tick, lot=sme_lot, max_order_qty=20_000,
-                       fee_bps=sme_fee_bps, access=sme_access),
-            AddSegment(name="chain", tick=tick, lot=lot, max_order_qty=max_order_qty,
-                       fee_bps=chain_fee_bps, access="members"),
+            AddSegment(
+                name="main",
+                tick=tick,
+                lot=lot,
+                max_order_qty=max_order_qty,
+                fee_bps=main_fee_bps,
+                access="all",
+            ),
+            AddSegment(
+                name="sme",
+                tick=tick,
+                lot=sme_lot,
+                max_order_qty=20_000,
+                fee_bps=sme_fee_bps,
+                access=sme_access,
+            ),
+            AddSegment(
+                name="chain",
+                tick=tick,
+                lot=lot,
+                max_order_qty=max_order_qty,
+                fee_bps=chain_fee_bps,
+                access="members",
+            ),
         )
         for sym in instruments:
-            self.run(AddInstrument(symbol=sym, kind="allowance", vintage=2026,
-                                   reference_price=reference_price))
+            self.run(
+                AddInstrument(
+                    symbol=sym, kind="allowance", vintage=2026, reference_price=reference_price
+                )
+            )
 
     # ------------------------------------------------------------------ commands
     def apply(self, cmd) -> list:
@@ -61,14 +101,21 @@ class Market:
             out.extend(self.apply(c))
         return out
 
-    def firm(self, firm_id: str, *, cash: int = 0, units: int = 0, instrument: str = CEA,
-             size_class: str = "large", stp: str = "cancel_resting") -> str:
+    def firm(
+        self,
+        firm_id: str,
+        *,
+        cash: int = 0,
+        units: int = 0,
+        instrument: str = CEA,
+        size_class: str = "large",
+        stp: str = "cancel_resting",
+    ) -> str:
         self.apply(RegisterFirm(firm_id=firm_id, size_class=size_class, stp_policy=stp))
         if cash:
             self.apply(DepositCash(account=firm_id, amount=cash))
         if units:
-            self.apply(IssueUnits(account=firm_id, instrument=instrument, qty=units,
-                                  ref="test"))
+            self.apply(IssueUnits(account=firm_id, instrument=instrument, qty=units, ref="test"))
         return firm_id
 
     def chain(self, chain_id: str, core: str, *suppliers: str) -> None:
@@ -87,8 +134,9 @@ class Market:
         return self.place(account, "sell", price, qty, **kw)
 
     def cancel(self, account: str, order_id=None, client_order_id=None) -> list:
-        return self.apply(CancelOrder(account=account, order_id=order_id,
-                                      client_order_id=client_order_id))
+        return self.apply(
+            CancelOrder(account=account, order_id=order_id, client_order_id=client_order_id)
+        )
 
     # ------------------------------------------------------------------ reading
     def book(self, segment: str = "main", instrument: str = CEA):
@@ -110,9 +158,13 @@ class Market:
 
 
 def reports(events, account: str | None = None, exec_type: str | None = None) -> list:
-    return [e for e in events if isinstance(e, ExecutionReport)
-            and (account is None or e.account == account)
-            and (exec_type is None or e.exec_type == exec_type)]
+    return [
+        e
+        for e in events
+        if isinstance(e, ExecutionReport)
+        and (account is None or e.account == account)
+        and (exec_type is None or e.exec_type == exec_type)
+    ]
 
 
 def trades(events) -> list:

@@ -6,6 +6,7 @@ answer, fail instead when ``REQUIRE_SERVICES=1`` (set by ``.ci/run``).
 
 or use the ``postgres_dsn`` fixture from ``conftest.py``.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -85,8 +86,9 @@ def _probe_nats(url: str) -> str | None:
         return f"nats-py not installed ({e})"
 
     async def probe():
-        nc = await nats.connect(url, connect_timeout=3, allow_reconnect=False,
-                                max_reconnect_attempts=0)
+        nc = await nats.connect(
+            url, connect_timeout=3, allow_reconnect=False, max_reconnect_attempts=0
+        )
         try:
             await nc.jetstream().account_info()
         finally:

@@ -7,6 +7,7 @@ and stay independent of the first, which the process-global version could not do
 "instance" shared the first's registry, classes and constants). The book methods, installed
 on the Python class OrderBook, reach the state through their own descriptor type; the last
 tests check it binds and falls back like the function it stands in for."""
+
 from __future__ import annotations
 
 import importlib
@@ -57,9 +58,20 @@ def test_journal_state_is_per_module_not_per_process():
 
     _accel = pytest.importorskip("exchange.journal._accel")
 
-    cmd = PlaceOrder(account="A", instrument="CEA-2026", segment="main", side="buy", qty=1,
-                     price=100, order_type="limit", tif="GTC", post_only=False,
-                     client_order_id=None, seq=1, ts=2)
+    cmd = PlaceOrder(
+        account="A",
+        instrument="CEA-2026",
+        segment="main",
+        side="buy",
+        qty=1,
+        price=100,
+        order_type="limit",
+        tif="GTC",
+        post_only=False,
+        client_order_id=None,
+        seq=1,
+        ts=2,
+    )
     codec.payload_line(cmd)  # registers PlaceOrder with the C encoder
     other = fresh("exchange.journal._accel")
     assert PlaceOrder in _accel.registry
@@ -96,9 +108,13 @@ def test_each_accelerator_loads_in_an_interpreter_with_its_own_gil():
     own GIL; it refuses an extension that does not declare it) loads each, with a state of its
     own. Loaded by file, so the packages' Python (and its other extensions) stay out."""
     interpreters = pytest.importorskip(
-        "_interpreters" if sys.version_info >= (3, 13) else "_xxsubinterpreters")
-    paths = {name: importlib.util.find_spec(name).origin for name in ACCELERATORS
-             if _built(name) is not None}
+        "_interpreters" if sys.version_info >= (3, 13) else "_xxsubinterpreters"
+    )
+    paths = {
+        name: importlib.util.find_spec(name).origin
+        for name in ACCELERATORS
+        if _built(name) is not None
+    }
     if len(paths) < len(ACCELERATORS):
         pytest.skip("the accelerators are not built")
     script = textwrap.dedent(f"""
@@ -124,8 +140,9 @@ def test_each_accelerator_loads_in_an_interpreter_with_its_own_gil():
     assert failed is None, failed
 
 
-needs_book = pytest.mark.skipif(not book_mod.COMPILED_METHODS,
-                                reason="exchange.core._accel is not built")
+needs_book = pytest.mark.skipif(
+    not book_mod.COMPILED_METHODS, reason="exchange.core._accel is not built"
+)
 
 
 @needs_book

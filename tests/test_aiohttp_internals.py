@@ -2,6 +2,7 @@
 (exchange/server/framing.py), is checked against the installed aiohttp: an upgrade that
 changes it fails here, by name and version, instead of silently costing the order path its
 speed. Without the path every connection takes aiohttp's public one, which must serve."""
+
 from __future__ import annotations
 
 import aiohttp
@@ -23,8 +24,7 @@ def test_the_direct_paths_aiohttp_internals_are_there():
 def test_a_changed_internal_is_named_with_the_aiohttp_version(monkeypatch):
     """What the check reports when aiohttp changes under it (so the failure above says what
     to update)."""
-    monkeypatch.setattr(web.WebSocketResponse, "_post_start",
-                        lambda self, req, proto, writer: None)
+    monkeypatch.setattr(web.WebSocketResponse, "_post_start", lambda self, req, proto, writer: None)
     problem = framing.aiohttp_direct_problem()
     assert problem is not None
     assert f"aiohttp {aiohttp.__version__}" in problem

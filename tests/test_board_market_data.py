@@ -1,6 +1,7 @@
 """Market data per board (instrument x segment): a trade on the ``sme`` board or a
 ``chain:<id>`` book moves only its own board's day statistics, ticker and candles, and only the
 ``main`` board's VWAP sets the instrument's reference price and band at the end of the day."""
+
 from __future__ import annotations
 
 import asyncio
@@ -23,12 +24,16 @@ BIG = 10**10
 def m(request, monkeypatch):
     if not request.param:
         import exchange.app.engine as engine
+
         real = engine.build_exchange
-        monkeypatch.setattr(engine, "build_exchange",
-                            lambda **kw: real(**{**kw, "accelerate": False}))
+        monkeypatch.setattr(
+            engine, "build_exchange", lambda **kw: real(**{**kw, "accelerate": False})
+        )
         import helpers
-        monkeypatch.setattr(helpers, "build_exchange",
-                            lambda **kw: real(**{**kw, "accelerate": False}))
+
+        monkeypatch.setattr(
+            helpers, "build_exchange", lambda **kw: real(**{**kw, "accelerate": False})
+        )
     mk = Market()
     assert mk.ex.accelerated is (request.param and build_exchange().accelerated)
     mk.firm("BUYER", cash=BIG)
@@ -50,8 +55,13 @@ def test_an_sme_trade_does_not_move_the_main_board(m):
     _trade(m, "SME", 8_520, 100, segment="sme")
     _trade(m, "SUPP", 8_000, 50, segment="chain:steel", buyer="CORE")
     main, sme, chain = m.book("main"), m.book("sme"), m.book("chain:steel")
-    assert (main.last, main.day_low, main.day_high, main.day_volume, main.day_trades) == \
-        (8_510, 8_510, 8_510, 10, 1)
+    assert (main.last, main.day_low, main.day_high, main.day_volume, main.day_trades) == (
+        8_510,
+        8_510,
+        8_510,
+        10,
+        1,
+    )
     assert (sme.last, sme.day_open, sme.day_volume, sme.vwap()) == (8_520, 8_520, 100, 8_520)
     assert (chain.last, chain.day_low, chain.day_volume) == (8_000, 8_000, 50)
     m.ex.check_invariants()
@@ -110,13 +120,16 @@ def test_candles_are_per_board(m):
 
 # ------------------------------------------------------------------------------ server
 
+
 async def test_the_main_ticker_ignores_an_sme_trade_and_each_board_has_its_own(tmp_path):
     from exchange.client import ExchangeClient
 
     async with running_server(tmp_path) as srv:
-        async with ExchangeClient(srv.ws_url, SME1) as sme, \
-                ExchangeClient(srv.ws_url, STEEL) as buyer, \
-                ExchangeClient(srv.ws_url, STEEL) as watcher:
+        async with (
+            ExchangeClient(srv.ws_url, SME1) as sme,
+            ExchangeClient(srv.ws_url, STEEL) as buyer,
+            ExchangeClient(srv.ws_url, STEEL) as watcher,
+        ):
             main0 = (await watcher.subscribe(f"ticker:{I}"))["snapshot"]
             snap = (await watcher.subscribe(f"ticker:{I}@sme"))["snapshot"]
             assert snap["segment"] == "sme" and snap["last"] is None
@@ -139,8 +152,9 @@ async def test_the_main_ticker_ignores_an_sme_trade_and_each_board_has_its_own(t
             status, body = await op(srv, "GET", f"/market/candles/{I}?segment=sme", key=None)
             assert status == 200 and body["candles"][-1]["close"] == "85.20"
             status, body = await op(srv, "GET", f"/market/candles/{I}", key=None)
-            assert status == 200 and all(c["close"] != "85.20" or c["closed"]
-                                         for c in body["candles"])
+            assert status == 200 and all(
+                c["close"] != "85.20" or c["closed"] for c in body["candles"]
+            )
             status, body = await op(srv, "POST", "/end-of-day", {})
             assert status == 200, body
             assert srv.st.exchange.instruments[I].reference_price != 8_520
@@ -173,6 +187,9 @@ async def test_a_board_has_one_ticker_channel_name(tmp_path):
                 with pytest.raises(ExchangeError) as e:
                     await c.subscribe(bad)
                 assert e.value.code == "UNKNOWN_CHANNEL"
-            r = await c.subscribe(f"ticker:{I}@chain:steel") if (I, "chain:steel") in \
-                srv.st.exchange.books else await c.subscribe(f"ticker:{I}@sme")
+            r = (
+                await c.subscribe(f"ticker:{I}@chain:steel")
+                if (I, "chain:steel") in srv.st.exchange.books
+                else await c.subscribe(f"ticker:{I}@sme")
+            )
             assert r["snapshot"]["instrument"] == I

@@ -1,11 +1,18 @@
 """Unit tests of the order book alone (exchange.core.book): price-time priority, levels,
 cancel by id, reduce in place, self-trade prevention inside the matcher, L2 changes, state."""
+
 from __future__ import annotations
 
 import pytest
 
 from exchange.core.book import (
-    BUY, SELL, STP_CANCEL_BOTH, STP_CANCEL_INCOMING, STP_CANCEL_RESTING, Order, OrderBook,
+    BUY,
+    SELL,
+    STP_CANCEL_BOTH,
+    STP_CANCEL_INCOMING,
+    STP_CANCEL_RESTING,
+    Order,
+    OrderBook,
 )
 
 _next = iter(range(1, 10**9))
@@ -48,8 +55,10 @@ def test_best_prices_and_depth_sorted_best_first():
     for p in (105, 103, 104, 103):
         rest(b, SELL, p, 2)
     assert b.best_bid() == 102 and b.best_ask() == 103
-    assert b.depth() == {"bids": [[102, 5], [101, 5], [100, 5]],
-                         "asks": [[103, 4], [104, 2], [105, 2]]}
+    assert b.depth() == {
+        "bids": [[102, 5], [101, 5], [100, 5]],
+        "asks": [[103, 4], [104, 2], [105, 2]],
+    }
     assert b.depth(1) == {"bids": [[102, 5]], "asks": [[103, 4]]}
     assert b.level_qty(SELL, 103) == 4 and b.level_qty(BUY, 999) == 0
 
@@ -71,7 +80,10 @@ def test_price_priority_then_time_priority():
     _, fills, _, _ = take(b, BUY, 101, 8)
     # best price first (100), FIFO within it (a2 before a3), then 101
     assert [(m.order_id, q, p) for m, q, p in fills] == [
-        (a2.order_id, 3, 100), (a3.order_id, 3, 100), (a1.order_id, 2, 101)]
+        (a2.order_id, 3, 100),
+        (a3.order_id, 3, 100),
+        (a1.order_id, 2, 101),
+    ]
     assert a1.leaves == 1 and a1.cum_qty == 2
     assert b.depth() == {"bids": [], "asks": [[101, 1]]}
     assert set(b.orders) == {a1.order_id}
@@ -115,8 +127,7 @@ def test_remove_from_middle_of_level_keeps_fifo_of_the_rest():
     assert removed is os_[1]
     assert b.level_qty(BUY, 100) == 1 + 3 + 4
     _, fills, _, _ = take(b, SELL, 100, 100)
-    assert [m.order_id for m, _, _ in fills] == [os_[0].order_id, os_[2].order_id,
-                                                os_[3].order_id]
+    assert [m.order_id for m, _, _ in fills] == [os_[0].order_id, os_[2].order_id, os_[3].order_id]
     with pytest.raises(KeyError):
         b.remove(os_[1].order_id)
 
@@ -200,11 +211,14 @@ def test_stp_cancel_both():
     assert own.order_id not in b.orders and b.level_qty(SELL, 100) == 5
 
 
-@pytest.mark.parametrize("stp,expect", [
-    (STP_CANCEL_RESTING, 7),  # own order skipped
-    (STP_CANCEL_INCOMING, 2),  # counting stops at the own order
-    (STP_CANCEL_BOTH, 2),
-])
+@pytest.mark.parametrize(
+    "stp,expect",
+    [
+        (STP_CANCEL_RESTING, 7),  # own order skipped
+        (STP_CANCEL_INCOMING, 2),  # counting stops at the own order
+        (STP_CANCEL_BOTH, 2),
+    ],
+)
 def test_fillable_matches_stp_policy(stp, expect):
     b = OrderBook()
     rest(b, SELL, 100, 2, "M")
@@ -257,8 +271,13 @@ def test_iter_orders_bids_then_asks_best_first_fifo():
     d = rest(b, BUY, 100, 1)
     e = rest(b, SELL, 103, 1)
     f = rest(b, SELL, 101, 1)
-    assert [o.order_id for o in b.iter_orders()] == [c.order_id, d.order_id, a.order_id,
-                                                    f.order_id, e.order_id]
+    assert [o.order_id for o in b.iter_orders()] == [
+        c.order_id,
+        d.order_id,
+        a.order_id,
+        f.order_id,
+        e.order_id,
+    ]
 
 
 def test_first_key_pins_sortedcontainers_internals():
@@ -314,12 +333,16 @@ from hypothesis import given, settings, strategies as st  # noqa: E402
 from exchange.core import book as book_mod  # noqa: E402
 
 needs_compiled = pytest.mark.skipif(
-    not book_mod.COMPILED_METHODS, reason="exchange.core._accel is not built (no compiler)")
+    not book_mod.COMPILED_METHODS, reason="exchange.core._accel is not built (no compiler)"
+)
 
 
 def _snapshot(b: OrderBook):
-    levels = [(k, lv.qty, [(o.order_id, o.leaves, o.cum_qty) for o in lv])
-              for side in (b.bids, b.asks) for k, lv in side.items()]
+    levels = [
+        (k, lv.qty, [(o.order_id, o.leaves, o.cum_qty) for o in lv])
+        for side in (b.bids, b.asks)
+        for k, lv in side.items()
+    ]
     for side in (b.bids, b.asks):  # the queue's links agree both ways
         for lv in side.values():
             back = []
@@ -349,8 +372,10 @@ class _Pair:
     def both(self, name, *args_for):
         """Call ``name`` on both books; args_for(book) gives each one its own arguments."""
         out = []
-        for b, fn in ((self.c, getattr(self.c, name)),
-                      (self.p, lambda *a, b=None, _n=name: book_mod.PY_METHODS[_n](self.p, *a))):
+        for b, fn in (
+            (self.c, getattr(self.c, name)),
+            (self.p, lambda *a, b=None, _n=name: book_mod.PY_METHODS[_n](self.p, *a)),
+        ):
             args = args_for[0](b) if args_for else ()
             try:
                 out.append(("ok", fn(*args)))
@@ -366,17 +391,32 @@ def _order(oid, side, price, qty, account):
     return Order(oid, account, None, "CEA-2026", "main", side, price, qty, "GTC", seq=oid)
 
 
-ops = st.lists(st.one_of(
-    st.tuples(st.just("add"), st.sampled_from([BUY, SELL]), st.integers(95, 105),
-              st.sampled_from([1, 2, 5, 10, 2**40, 2**70]), st.sampled_from("ABC")),
-    st.tuples(st.just("match"), st.sampled_from([BUY, SELL]),
-              st.one_of(st.none(), st.integers(90, 110)), st.integers(1, 40),
-              st.sampled_from("ABCT"),
-              st.sampled_from([STP_CANCEL_RESTING, STP_CANCEL_INCOMING, STP_CANCEL_BOTH])),
-    st.tuples(st.just("remove"), st.integers(0, 60)),
-    st.tuples(st.just("crosses"), st.sampled_from([BUY, SELL]),
-              st.one_of(st.none(), st.integers(90, 110), st.just(2**70))),
-), max_size=60)
+ops = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("add"),
+            st.sampled_from([BUY, SELL]),
+            st.integers(95, 105),
+            st.sampled_from([1, 2, 5, 10, 2**40, 2**70]),
+            st.sampled_from("ABC"),
+        ),
+        st.tuples(
+            st.just("match"),
+            st.sampled_from([BUY, SELL]),
+            st.one_of(st.none(), st.integers(90, 110)),
+            st.integers(1, 40),
+            st.sampled_from("ABCT"),
+            st.sampled_from([STP_CANCEL_RESTING, STP_CANCEL_INCOMING, STP_CANCEL_BOTH]),
+        ),
+        st.tuples(st.just("remove"), st.integers(0, 60)),
+        st.tuples(
+            st.just("crosses"),
+            st.sampled_from([BUY, SELL]),
+            st.one_of(st.none(), st.integers(90, 110), st.just(2**70)),
+        ),
+    ),
+    max_size=60,
+)
 
 
 @needs_compiled
@@ -406,8 +446,9 @@ def test_compiled_book_methods_agree_with_the_python_ones(ops, load):
             r = pr.both("match", args)
             assert r[0] == r[1]
             (fc, cc), (fp, cp) = seen
-            assert [(m.order_id, q, px) for m, q, px in fc] == \
-                [(m.order_id, q, px) for m, q, px in fp]
+            assert [(m.order_id, q, px) for m, q, px in fc] == [
+                (m.order_id, q, px) for m, q, px in fp
+            ]
             assert [m.order_id for m in cc] == [m.order_id for m in cp]
         elif op[0] == "remove":
             i = op[1]

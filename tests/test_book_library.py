@@ -1,6 +1,7 @@
 """exchange.core.book used on its own, as a small order-book library: place (limit, IOC),
 cancel, replace, best bid/ask, depth at a price, self-trade prevention as a parameter, and an
 unknown id as a result. No exchange, no accounts: only the book."""
+
 from __future__ import annotations
 
 import random
@@ -48,14 +49,20 @@ def test_place_rests_a_limit_order_and_reports_its_level():
 
 def test_place_matches_at_the_makers_price_in_time_priority_and_updates_both_sides():
     b = OrderBook(SYM)
-    m1, m2, m3 = order(1, "sell", 101, 4, "M"), order(2, "sell", 101, 4, "N"), \
-        order(3, "sell", 102, 10, "M")
+    m1, m2, m3 = (
+        order(1, "sell", 101, 4, "M"),
+        order(2, "sell", 101, 4, "N"),
+        order(3, "sell", 102, 10, "M"),
+    )
     for m in (m1, m2, m3):
         b.place(m)
     taker = order(4, "buy", 102, 10, "T")
     r = b.place(taker)
-    assert [(f.maker.order_id, f.qty, f.price) for f in r.fills] == [(1, 4, 101), (2, 4, 101),
-                                                                   (3, 2, 102)]
+    assert [(f.maker.order_id, f.qty, f.price) for f in r.fills] == [
+        (1, 4, 101),
+        (2, 4, 101),
+        (3, 2, 102),
+    ]
     assert r.changes == (("sell", 101, 0), ("sell", 102, 8))
     assert not r.rested
     assert (taker.leaves, taker.cum_qty, taker.status) == (0, 10, "filled")
@@ -87,11 +94,14 @@ def test_without_self_trade_prevention_an_account_trades_with_itself():
     assert [(f.maker.order_id, f.qty) for f in r.fills] == [(1, 5)]
 
 
-@pytest.mark.parametrize("stp, fills, canceled, rested, taker_status", [
-    (StpPolicy.CANCEL_RESTING, [(2, 3)], [1], False, "filled"),
-    (StpPolicy.CANCEL_INCOMING, [], [], False, "canceled"),
-    (StpPolicy.CANCEL_BOTH, [], [1], False, "canceled"),
-])
+@pytest.mark.parametrize(
+    "stp, fills, canceled, rested, taker_status",
+    [
+        (StpPolicy.CANCEL_RESTING, [(2, 3)], [1], False, "filled"),
+        (StpPolicy.CANCEL_INCOMING, [], [], False, "canceled"),
+        (StpPolicy.CANCEL_BOTH, [], [1], False, "canceled"),
+    ],
+)
 def test_self_trade_prevention_is_a_parameter(stp, fills, canceled, rested, taker_status):
     b = OrderBook(SYM)
     b.place(order(1, "sell", 100, 5, "A"))
@@ -132,8 +142,7 @@ def test_replace_down_in_place_keeps_priority_and_a_new_price_loses_it():
     assert r.changes == (("buy", 100, 10), ("buy", 100, 18))
     b.place(order(3, "sell", 105, 4, "C"))
     r = b.replace(2, price=105)  # re-priced through the matcher: it trades
-    assert r.placed is not None and [(f.maker.order_id, f.qty) for f in r.placed.fills] == \
-        [(3, 4)]
+    assert r.placed is not None and [(f.maker.order_id, f.qty) for f in r.placed.fills] == [(3, 4)]
     assert second.status == "partially_filled" and second.leaves == 6 and b.best_bid() == 105
     assert not b.replace(99, qty=1).found
 
@@ -161,13 +170,22 @@ def test_a_random_stream_keeps_the_book_consistent_with_its_results():
             changes = b.cancel(rng.choice(list(live))).changes
         elif live and roll < 0.3:
             victim = live[rng.choice(list(live))]
-            changes = b.replace(victim.order_id, qty=victim.cum_qty + rng.randint(1, 20),
-                                price=rng.choice([None, rng.randint(95, 105)])).changes
+            changes = b.replace(
+                victim.order_id,
+                qty=victim.cum_qty + rng.randint(1, 20),
+                price=rng.choice([None, rng.randint(95, 105)]),
+            ).changes
         else:
-            o = order(oid, rng.choice(["buy", "sell"]), rng.randint(95, 105),
-                      rng.randint(1, 20), rng.choice("ABC"))
-            changes = b.place(o, ioc=rng.random() < 0.1,
-                              stp=rng.choice([None, "cancel_resting", "cancel_both"])).changes
+            o = order(
+                oid,
+                rng.choice(["buy", "sell"]),
+                rng.randint(95, 105),
+                rng.randint(1, 20),
+                rng.choice("ABC"),
+            )
+            changes = b.place(
+                o, ioc=rng.random() < 0.1, stp=rng.choice([None, "cancel_resting", "cancel_both"])
+            ).changes
         for side, price, qty in changes:
             depth[(side, price)] = qty
         live = {o.order_id: o for o in b.orders.values()}

@@ -1,4 +1,5 @@
 """The Python client against the real server: local books, gap resync, reconnect."""
+
 from __future__ import annotations
 
 import pytest
@@ -32,14 +33,21 @@ def server_book(srv, segment="main"):
 
 
 async def test_gap_triggers_resubscribe_and_fresh_snapshot(server):
-    async with ExchangeClient(server.ws_url, STEEL) as watcher, \
-            ExchangeClient(server.ws_url, POWER) as trader:
+    async with (
+        ExchangeClient(server.ws_url, STEEL) as watcher,
+        ExchangeClient(server.ws_url, POWER) as trader,
+    ):
         book = await watcher.subscribe_book(I)
         await trader.place_order(I, "sell", 5, "86.00")
         assert await eventually(lambda: book.book_seq == server_book(server)[0])
         # a push that skips sequence numbers (as if one were lost)
-        watcher._dispatch({"channel": f"book:{I}:main", "seq": book.book_seq + 3,
-                           "data": {"changes": [["buy", "1.00", 1]]}})
+        watcher._dispatch(
+            {
+                "channel": f"book:{I}:main",
+                "seq": book.book_seq + 3,
+                "data": {"changes": [["buy", "1.00", 1]]},
+            }
+        )
         assert watcher.resyncs == 1
         await trader.place_order(I, "sell", 7, "86.20")
         seq, bids, asks = server_book(server)

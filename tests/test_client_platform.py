@@ -1,4 +1,5 @@
 """The platform-side client library: keyed action ids and batches without personal data."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -16,16 +17,45 @@ KEY_A = b"platform-A-secret-key-0123456789"
 KEY_B = b"platform-B-secret-key-0123456789"
 
 ROWS = [
-    {"name": "张伟", "phone": "+86 138 0013 8000", "email": "wei.zhang@example.com",
-     "user_id": "u-1001", "action_type": "bus_ride", "quantity": 12, "date": "2026-03-01"},
-    {"name": "李娜", "phone": "+86 139 1111 2222", "email": "na.li@example.com",
-     "user_id": "u-1002", "action_type": "bike_trip", "quantity": 3,
-     "date": dt.date(2026, 3, 2)},
-    {"name": "张伟", "phone": "+86 138 0013 8000", "email": "wei.zhang@example.com",
-     "user_id": "u-1001", "action_type": "recycling", "quantity": 5, "date": "2026-03-03"},
+    {
+        "name": "张伟",
+        "phone": "+86 138 0013 8000",
+        "email": "wei.zhang@example.com",
+        "user_id": "u-1001",
+        "action_type": "bus_ride",
+        "quantity": 12,
+        "date": "2026-03-01",
+    },
+    {
+        "name": "李娜",
+        "phone": "+86 139 1111 2222",
+        "email": "na.li@example.com",
+        "user_id": "u-1002",
+        "action_type": "bike_trip",
+        "quantity": 3,
+        "date": dt.date(2026, 3, 2),
+    },
+    {
+        "name": "张伟",
+        "phone": "+86 138 0013 8000",
+        "email": "wei.zhang@example.com",
+        "user_id": "u-1001",
+        "action_type": "recycling",
+        "quantity": 5,
+        "date": "2026-03-03",
+    },
 ]
-PERSONAL = ["张伟", "李娜", "+86 138 0013 8000", "8613800138000", "13800138000",
-            "wei.zhang@example.com", "na.li@example.com", "u-1001", "u-1002"]
+PERSONAL = [
+    "张伟",
+    "李娜",
+    "+86 138 0013 8000",
+    "8613800138000",
+    "13800138000",
+    "wei.zhang@example.com",
+    "na.li@example.com",
+    "u-1001",
+    "u-1002",
+]
 
 
 def test_action_id_is_hmac_sha256_of_prefix_and_nfc_identifier():
@@ -67,10 +97,19 @@ def test_rows_of_one_action_are_one_record_with_the_quantities_summed():
     rows = [dict(ROWS[0]), dict(ROWS[0], quantity=8), dict(ROWS[0], action_ref="T-2")]
     recs = build_batch(KEY_A, rows, 2026)["records"]
     assert recs == [
-        [hash_action_id(KEY_A, ident("u-1001", "bus_ride", "2026-03-01")), "bus_ride", 20,
-         "2026-03-01"],
-        [hash_action_id(KEY_A, ident("u-1001", "bus_ride", "2026-03-01", "T-2")), "bus_ride",
-         12, "2026-03-01"]]
+        [
+            hash_action_id(KEY_A, ident("u-1001", "bus_ride", "2026-03-01")),
+            "bus_ride",
+            20,
+            "2026-03-01",
+        ],
+        [
+            hash_action_id(KEY_A, ident("u-1001", "bus_ride", "2026-03-01", "T-2")),
+            "bus_ride",
+            12,
+            "2026-03-01",
+        ],
+    ]
 
 
 def test_build_batch_keeps_only_the_hashed_id_type_quantity_and_date():
@@ -78,12 +117,24 @@ def test_build_batch_keeps_only_the_hashed_id_type_quantity_and_date():
     assert list(body) == ["platform_id", "vintage", "records"]
     assert body["platform_id"] == "GREENAPP" and body["vintage"] == 2026
     assert body["records"] == [
-        [hash_action_id(KEY_A, ident("u-1001", "bus_ride", "2026-03-01")), "bus_ride", 12,
-         "2026-03-01"],
-        [hash_action_id(KEY_A, ident("u-1002", "bike_trip", "2026-03-02")), "bike_trip", 3,
-         "2026-03-02"],
-        [hash_action_id(KEY_A, ident("u-1001", "recycling", "2026-03-03")), "recycling", 5,
-         "2026-03-03"],
+        [
+            hash_action_id(KEY_A, ident("u-1001", "bus_ride", "2026-03-01")),
+            "bus_ride",
+            12,
+            "2026-03-01",
+        ],
+        [
+            hash_action_id(KEY_A, ident("u-1002", "bike_trip", "2026-03-02")),
+            "bike_trip",
+            3,
+            "2026-03-02",
+        ],
+        [
+            hash_action_id(KEY_A, ident("u-1001", "recycling", "2026-03-03")),
+            "recycling",
+            5,
+            "2026-03-03",
+        ],
     ]
     text = json.dumps(body, ensure_ascii=False)
     for raw in PERSONAL:
@@ -94,20 +145,32 @@ def test_build_batch_keeps_only_the_hashed_id_type_quantity_and_date():
 def test_build_batch_can_hash_another_identifier_field():
     body = build_batch(KEY_A, ROWS[:1], 2026, id_field="phone")
     assert body["records"][0][0] == hash_action_id(
-        KEY_A, ident("+86 138 0013 8000", "bus_ride", "2026-03-01"))
+        KEY_A, ident("+86 138 0013 8000", "bus_ride", "2026-03-01")
+    )
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({"action_type": "bus_ride", "quantity": 1, "date": "2026-01-01"}, "no field 'user_id'"),
-    ({"user_id": "", "action_type": "bus_ride", "quantity": 1, "date": "2026-01-01"},
-     "not a non-empty string"),
-    ({"user_id": "x", "action_type": "bus_ride", "quantity": 1.5, "date": "2026-01-01"},
-     "not a whole number"),
-    ({"user_id": "x", "action_type": "bus_ride", "quantity": 1, "date": "2026-02-30"},
-     "not a date"),
-    ({"user_id": "x", "action_type": "", "quantity": 1, "date": "2026-01-01"},
-     "not a non-empty string"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"action_type": "bus_ride", "quantity": 1, "date": "2026-01-01"}, "no field 'user_id'"),
+        (
+            {"user_id": "", "action_type": "bus_ride", "quantity": 1, "date": "2026-01-01"},
+            "not a non-empty string",
+        ),
+        (
+            {"user_id": "x", "action_type": "bus_ride", "quantity": 1.5, "date": "2026-01-01"},
+            "not a whole number",
+        ),
+        (
+            {"user_id": "x", "action_type": "bus_ride", "quantity": 1, "date": "2026-02-30"},
+            "not a date",
+        ),
+        (
+            {"user_id": "x", "action_type": "", "quantity": 1, "date": "2026-01-01"},
+            "not a non-empty string",
+        ),
+    ],
+)
 def test_malformed_rows_are_refused_by_index_without_their_content(bad, message):
     bad = {"name": "张伟", "phone": "+86 138 0013 8000", **bad}
     with pytest.raises(ValueError) as e:
@@ -137,9 +200,10 @@ async def test_platform_client_posts_the_batch_with_its_key():
         return web.json_response({"seq": 7, "events": []})
 
     async def refuse(request):
-        return web.json_response({"ok": False, "error": {"code": "UNKNOWN_ACTION_TYPE",
-                                                         "message": "no such type"}},
-                                 status=400)
+        return web.json_response(
+            {"ok": False, "error": {"code": "UNKNOWN_ACTION_TYPE", "message": "no such type"}},
+            status=400,
+        )
 
     app = web.Application()
     app.router.add_post("/api/v1/registry/batches", batches)
@@ -151,6 +215,7 @@ async def test_platform_client_posts_the_batch_with_its_key():
         async with PlatformClient(f"http://127.0.0.1:{srv.port}", "plat-key") as pc:
             assert await pc.submit_batch(body) == {"seq": 7, "events": []}
             from exchange.client import ExchangeError
+
             with pytest.raises(ExchangeError) as e:
                 await pc.request("POST", "/registry/refuse", {})
             assert e.value.code == "UNKNOWN_ACTION_TYPE" and e.value.status == 400

@@ -1,6 +1,7 @@
 """The penalty's average price counts the main board only (docs/COMPLIANCE.md, "average
 price"); a configuration command written before that rule keeps the old one (every board)
 and the state it always had, so an old journal replays to the same state hash."""
+
 from __future__ import annotations
 
 import pytest
@@ -19,20 +20,42 @@ def _market(rule):
     (None: the command as it was before the rule), then three allowance trades: two on the
     main board, one on the SME board."""
     m = base_market(rules=False)
-    m.ok(ConfigureCompliance(
-        carbon_coefficients_ppm=(("coal", 747_600),), co2_per_c=(44, 12),
-        offset_types=("CCER", "PHCER"), penalty_mode="both", penalty_fixed_fine=5_000_000,
-        penalty_multiple_ppm=3_000_000, late_fine=1_000_000, penalty_price_segments=rule))
+    m.ok(
+        ConfigureCompliance(
+            carbon_coefficients_ppm=(("coal", 747_600),),
+            co2_per_c=(44, 12),
+            offset_types=("CCER", "PHCER"),
+            penalty_mode="both",
+            penalty_fixed_fine=5_000_000,
+            penalty_multiple_ppm=3_000_000,
+            late_fine=1_000_000,
+            penalty_price_segments=rule,
+        )
+    )
     firm(m, "A", cash=50_000_000)
     firm(m, "B", cash=1_000_000, CEA_2026=2_000)
     firm(m, "S", cash=1_000_000, size_class="sme", CEA_2026=500)
     m.at(T2026 + 10 * DAY)
-    for seller, seg, price, qty in (("B", "main", 8_500, 1_000), ("B", "main", 8_600, 200),
-                                    ("S", "sme", 7_800, 100)):
-        m.ok(PlaceOrder(account=seller, instrument="CEA-2026", segment=seg, side="sell",
-                        price=price, qty=qty))
-        evs = m.ok(PlaceOrder(account="A", instrument="CEA-2026", segment=seg, side="buy",
-                              price=price, qty=qty))
+    for seller, seg, price, qty in (
+        ("B", "main", 8_500, 1_000),
+        ("B", "main", 8_600, 200),
+        ("S", "sme", 7_800, 100),
+    ):
+        m.ok(
+            PlaceOrder(
+                account=seller,
+                instrument="CEA-2026",
+                segment=seg,
+                side="sell",
+                price=price,
+                qty=qty,
+            )
+        )
+        evs = m.ok(
+            PlaceOrder(
+                account="A", instrument="CEA-2026", segment=seg, side="buy", price=price, qty=qty
+            )
+        )
         assert [(t.segment, t.qty) for t in evs if isinstance(t, Trade)] == [(seg, qty)]
     return m
 
@@ -81,6 +104,7 @@ def test_genesis_from_config_uses_the_main_board_rule():
     cfg = ComplianceConfig(periods=[{"period": 2026, "start": "2026-01-01"}])
     assert compliance_commands(cfg)[0].penalty_price_segments == ("main",)
     from exchange.app.config import load_settings
+
     assert load_settings(None).compliance.penalty.price_boards == ["main"]
     with pytest.raises(ValueError):
         ComplianceConfig(penalty={"price_boards": []})
@@ -89,5 +113,9 @@ def test_genesis_from_config_uses_the_main_board_rule():
 @pytest.mark.parametrize("bad", [(), ("",), (5,), "main"])
 def test_a_bad_rule_is_rejected(bad):
     m = base_market(rules=False)
-    m.rejects(ConfigureCompliance(carbon_coefficients_ppm=(("coal", 747_600),),
-                                  penalty_price_segments=bad), "BAD_PARAMETER")
+    m.rejects(
+        ConfigureCompliance(
+            carbon_coefficients_ppm=(("coal", 747_600),), penalty_price_segments=bad
+        ),
+        "BAD_PARAMETER",
+    )

@@ -18,6 +18,7 @@ around each of its steps), the accelerated exchange on the compiled ones, so not
 is on both sides. Outside the tests of odd inputs the reference must not raise at all (two
 identical exceptions are not agreement).
 """
+
 from __future__ import annotations
 
 import copy
@@ -33,9 +34,24 @@ from hypothesis import strategies as st
 from exchange.core import book as book_mod
 from exchange.compliance.commands import ConfigureCompliance, ConfigureCompliancePeriod
 from exchange.core.commands import (
-    AddInstrument, AmendOrder, CancelAll, CancelOrder, CreateSubQuota, DepositCash, EndOfDay,
-    Halt, IssueUnits, PlaceOrder, RegisterFirm, RegisterSupplyChain, Resume, SetFirmTrading,
-    SetPriceBand, SnapshotMarker, TransferUnits, WithdrawCash,
+    AddInstrument,
+    AmendOrder,
+    CancelAll,
+    CancelOrder,
+    CreateSubQuota,
+    DepositCash,
+    EndOfDay,
+    Halt,
+    IssueUnits,
+    PlaceOrder,
+    RegisterFirm,
+    RegisterSupplyChain,
+    Resume,
+    SetFirmTrading,
+    SetPriceBand,
+    SnapshotMarker,
+    TransferUnits,
+    WithdrawCash,
 )
 from exchange.core.events import ExecutionReport
 from exchange.core.exchange import AddSegment, SequenceError
@@ -50,18 +66,29 @@ except ImportError:
 if not HAVE_C and os.environ.get("REQUIRE_SERVICES") == "1":
     # The extension is built by `pip install -e .` wherever a C compiler is (dev.py test does
     # that); CI requires it, like it requires its services.
-    raise RuntimeError("exchange.core._accel is not built (REQUIRE_SERVICES=1): "
-                       "reinstall with a C compiler: pip install -e .")
-needs_c = pytest.mark.skipif(not HAVE_C, reason="exchange.core._accel is not built (no C "
-                             "compiler at install time): nothing to compare the reference with")
+    raise RuntimeError(
+        "exchange.core._accel is not built (REQUIRE_SERVICES=1): "
+        "reinstall with a C compiler: pip install -e ."
+    )
+needs_c = pytest.mark.skipif(
+    not HAVE_C,
+    reason="exchange.core._accel is not built (no C "
+    "compiler at install time): nothing to compare the reference with",
+)
 
 CEA = "CEA-2026"
 CEA27 = "CEA-2027"
 CCER = "CCER-2026"
 T0 = 1_767_225_600_000_000_000  # the Sequencer's default start
 FIRMS = ["A", "B", "C", "S", "T", "D"]
-STP = {"A": "cancel_resting", "B": "cancel_incoming", "C": "cancel_both",
-       "S": "cancel_resting", "T": "cancel_both", "D": "cancel_incoming"}
+STP = {
+    "A": "cancel_resting",
+    "B": "cancel_incoming",
+    "C": "cancel_both",
+    "S": "cancel_resting",
+    "T": "cancel_both",
+    "D": "cancel_incoming",
+}
 SME = {"S", "T"}
 # accounts that may not place orders: system accounts, unknown ones, a firm that may not trade
 BAD_ACCOUNTS = ["EXCHANGE", "@bank", "@issuer", "@retired", "nobody", "", None, "Z"]
@@ -75,6 +102,7 @@ class MyInt(int):
 
 
 # =========================================================================== the harness
+
 
 def make(accelerate: bool, **kw):
     ex = build_exchange(accelerate=accelerate, **kw)
@@ -147,7 +175,7 @@ class Duo:
         self.n_setup = 0  # commands of the market setup (left out of failure reports)
 
     def trace(self) -> str:
-        rows = self.history[self.n_setup:]
+        rows = self.history[self.n_setup :]
         head = f"  ({self.n_setup} setup commands)\n" if self.n_setup else ""
         return head + "\n".join(f"  seq {s}: {r}" for s, r in rows)
 
@@ -167,10 +195,12 @@ class Duo:
         else:
             assert type(a[1]) is list, f"accelerated apply returned {type(a[1])}{where}"
             assert r[1] == a[1] and same(r[1], a[1]), (
-                f"events differ\nreference:   {r[1]!r}\naccelerated: {a[1]!r}{where}")
+                f"events differ\nreference:   {r[1]!r}\naccelerated: {a[1]!r}{where}"
+            )
         heard_r, heard_a = self.heard["ref"][n_ref:], self.heard["acc"][n_acc:]
         assert same(heard_r, heard_a), (
-            f"trade listeners heard\nreference:   {heard_r!r}\naccelerated: {heard_a!r}{where}")
+            f"trade listeners heard\nreference:   {heard_r!r}\naccelerated: {heard_a!r}{where}"
+        )
         if len(self.history) % self.hash_every == 0:
             self.check_state(where)
         events = r[1] if r[0] == "ok" else []
@@ -182,7 +212,8 @@ class Duo:
 
     def check_state(self, where: str = "") -> None:
         assert self.ref.ex.state_hash() == self.acc.ex.state_hash(), (
-            f"state differs after the last command{where}\n{state_diff(self.ref.ex, self.acc.ex)}")
+            f"state differs after the last command{where}\n{state_diff(self.ref.ex, self.acc.ex)}"
+        )
         assert self.ref.ex.accounts["EXCHANGE"].cash == self.acc.ex.accounts["EXCHANGE"].cash
 
     def run(self, *cmds) -> list:
@@ -203,9 +234,13 @@ def _repr(c) -> str:
         return repr(c)
     except AttributeError:  # a command with a field deleted
         fields = getattr(c, "_FIELDS", ()) + ("seq", "ts")
-        return f"{type(c).__name__}(" + ", ".join(
-            f"{f}={getattr(c, f)!r}" if hasattr(c, f) else f"{f}=<unset>"
-            for f in fields) + ")"
+        return (
+            f"{type(c).__name__}("
+            + ", ".join(
+                f"{f}={getattr(c, f)!r}" if hasattr(c, f) else f"{f}=<unset>" for f in fields
+            )
+            + ")"
+        )
 
 
 def _copier(c):
@@ -216,6 +251,7 @@ def _copier(c):
             first[0] = False
             return c
         return copy.copy(c)
+
     return build
 
 
@@ -233,22 +269,23 @@ def setup_market(duo: Duo) -> None:
     a compliance period (so the compliance module's trade listener records every trade)."""
     cmds = [
         AddSegment(name="main", tick=5, lot=1, max_order_qty=1_000, fee_bps=5, access="all"),
-        AddSegment(name="lots", tick=1, lot=10, max_order_qty=100_000, fee_bps=30,
-                   access="all"),
-        AddSegment(name="sme", tick=1, lot=1, max_order_qty=20_000, fee_bps=0,
-                   access="sme_sell_any_buy"),
-        AddSegment(name="chain", tick=1, lot=1, max_order_qty=99_999, fee_bps=2,
-                   access="members"),
+        AddSegment(name="lots", tick=1, lot=10, max_order_qty=100_000, fee_bps=30, access="all"),
+        AddSegment(
+            name="sme", tick=1, lot=1, max_order_qty=20_000, fee_bps=0, access="sme_sell_any_buy"
+        ),
+        AddSegment(name="chain", tick=1, lot=1, max_order_qty=99_999, fee_bps=2, access="members"),
         AddInstrument(symbol=CEA, kind="allowance", vintage=2026, reference_price=8_500),
         AddInstrument(symbol=CEA27, kind="allowance", vintage=2027, reference_price=9_003),
-        AddInstrument(symbol=CCER, kind="offset", vintage=2026, offset_type="CCER",
-                      reference_price=0),  # no reference price: no band
+        AddInstrument(
+            symbol=CCER, kind="offset", vintage=2026, offset_type="CCER", reference_price=0
+        ),  # no reference price: no band
         ConfigureCompliance(carbon_coefficients_ppm=(("coal", 747_600),)),
         ConfigureCompliancePeriod(period=2026, start_ts=0, offset_cap_bps=500),
     ]
     for f in FIRMS:
-        cmds.append(RegisterFirm(firm_id=f, size_class="sme" if f in SME else "large",
-                                 stp_policy=STP[f]))
+        cmds.append(
+            RegisterFirm(firm_id=f, size_class="sme" if f in SME else "large", stp_policy=STP[f])
+        )
     cmds.append(RegisterFirm(firm_id="Z", stp_policy="cancel_both", can_trade=False))
     for f in FIRMS + ["Z"]:
         cmds.append(DepositCash(account=f, amount=200_000_000))
@@ -256,30 +293,49 @@ def setup_market(duo: Duo) -> None:
             if f != "T":  # T's CEA units are all sub-quota
                 cmds.append(IssueUnits(account=f, instrument=sym, qty=3_000, ref="2026"))
     cmds += [
-        RegisterSupplyChain(chain_id="sc", members=(("D", 0), ("S", 1), ("A", 1), ("T", 1)),
-                            edges=(("S", "D", 400_000), ("A", "D", 300_000),
-                                   ("T", "D", 300_000))),
+        RegisterSupplyChain(
+            chain_id="sc",
+            members=(("D", 0), ("S", 1), ("A", 1), ("T", 1)),
+            edges=(("S", "D", 400_000), ("A", "D", 300_000), ("T", "D", 300_000)),
+        ),
         # S: an allocation lot first, then sub-quota lots of two parents; T: sub-quota only
-        CreateSubQuota(parent="D", sme="S", instrument=CEA, qty=150, revenue_share_ppm=600_000,
-                       chain_id="sc"),
-        CreateSubQuota(parent="A", sme="S", instrument=CEA, qty=70, revenue_share_ppm=333_333,
-                       chain_id="sc"),
-        CreateSubQuota(parent="D", sme="T", instrument=CEA, qty=400, revenue_share_ppm=0,
-                       chain_id="sc"),
-        CreateSubQuota(parent="A", sme="T", instrument=CEA, qty=90,
-                       revenue_share_ppm=1_000_000, chain_id="sc"),
-        CreateSubQuota(parent="D", sme="S", instrument=CEA27, qty=500,
-                       revenue_share_ppm=250_000, chain_id="sc"),
+        CreateSubQuota(
+            parent="D", sme="S", instrument=CEA, qty=150, revenue_share_ppm=600_000, chain_id="sc"
+        ),
+        CreateSubQuota(
+            parent="A", sme="S", instrument=CEA, qty=70, revenue_share_ppm=333_333, chain_id="sc"
+        ),
+        CreateSubQuota(
+            parent="D", sme="T", instrument=CEA, qty=400, revenue_share_ppm=0, chain_id="sc"
+        ),
+        CreateSubQuota(
+            parent="A", sme="T", instrument=CEA, qty=90, revenue_share_ppm=1_000_000, chain_id="sc"
+        ),
+        CreateSubQuota(
+            parent="D", sme="S", instrument=CEA27, qty=500, revenue_share_ppm=250_000, chain_id="sc"
+        ),
     ]
     # order 1 rests for good (C's far bid in CCER): CancelOrder(order_id=True) names it
     cmds.append(PlaceOrder(account="C", instrument=CCER, side="buy", qty=1, price=5))
     # S sells its 3,000 allocation tonnes of CEA first: a resting bid takes them, so later
     # sales by S take sub-quota lots
     cmds += [
-        PlaceOrder(account="B", instrument=CEA, side="buy", qty=2_990 // 10 * 10,
-                   price=8_500, segment="lots"),
-        PlaceOrder(account="S", instrument=CEA, side="sell", qty=2_990 // 10 * 10,
-                   price=8_500, segment="lots"),
+        PlaceOrder(
+            account="B",
+            instrument=CEA,
+            side="buy",
+            qty=2_990 // 10 * 10,
+            price=8_500,
+            segment="lots",
+        ),
+        PlaceOrder(
+            account="S",
+            instrument=CEA,
+            side="sell",
+            qty=2_990 // 10 * 10,
+            price=8_500,
+            segment="lots",
+        ),
     ]
     duo.run(*cmds)
     duo.n_setup = len(duo.history)
@@ -296,13 +352,35 @@ def new_duo(**kw) -> Duo:
 acct_s = st.sampled_from(FIRMS * 5 + BAD_ACCOUNTS)
 firm_s = st.sampled_from(FIRMS)
 instr_s = st.sampled_from([CEA] * 8 + [CEA27] * 3 + [CCER, "NOPE", None])
-seg_s = st.sampled_from(["main"] * 10 + ["lots"] * 3 + ["sme", "sme", "chain:sc", "chain:sc",
-                                                         "chain:nope", "nosuch", None])
+seg_s = st.sampled_from(
+    ["main"] * 10
+    + ["lots"] * 3
+    + ["sme", "sme", "chain:sc", "chain:sc", "chain:nope", "nosuch", None]
+)
 side_s = st.sampled_from(["buy", "sell"] * 8 + ["BUY", "hold", None])
-BAD_QTY = [0, -5, 1_001, 15, 2**31, 2**31 - 1, 2**62, 2**63, 2**63 - 1, 2**64, -2**63, True,
-           False, 5.0, "5", None, MyInt(5)]
+BAD_QTY = [
+    0,
+    -5,
+    1_001,
+    15,
+    2**31,
+    2**31 - 1,
+    2**62,
+    2**63,
+    2**63 - 1,
+    2**64,
+    -(2**63),
+    True,
+    False,
+    5.0,
+    "5",
+    None,
+    MyInt(5),
+]
 qty_s = st.one_of(
-    st.integers(1, 40), st.integers(1, 40), st.integers(1, 40),
+    st.integers(1, 40),
+    st.integers(1, 40),
+    st.integers(1, 40),
     st.integers(1, 30).map(lambda q: q * 10),  # good in "lots"
     st.integers(40, 1_000),
     st.sampled_from(BAD_QTY),
@@ -315,8 +393,12 @@ price_s = st.one_of(
     st.tuples(st.just("rel"), st.integers(-6, 6)),
     st.tuples(st.just("off"), st.integers(-6, 6)),  # rel + 1: off the tick of main
     st.tuples(st.just("edge"), st.sampled_from(["lo", "hi", "lo-1", "hi+1"])),
-    st.tuples(st.just("abs"), st.sampled_from(
-        [None, 0, -5, 8_500.0, "8500", True, 2**31, 2**62, 2**63, 2**64, MyInt(8_500)])),
+    st.tuples(
+        st.just("abs"),
+        st.sampled_from(
+            [None, 0, -5, 8_500.0, "8500", True, 2**31, 2**62, 2**63, 2**64, MyInt(8_500)]
+        ),
+    ),
 )
 otype_s = st.sampled_from(["limit"] * 8 + ["market"] * 2 + ["stop"])
 tif_s = st.sampled_from(["GTC"] * 6 + ["DAY"] * 2 + ["IOC", "FOK", "gtc", None])
@@ -325,64 +407,139 @@ coid_s = st.sampled_from([None] * 8 + ["c1", "c2", "c3", "c4", "c5", 7])
 
 # mostly orders that pass every check (so books fill up, cross and self-trade), some wild ones
 good_place = st.tuples(
-    st.just("place"), st.sampled_from(["A", "B", "C", "S", "T", "D"]),
+    st.just("place"),
+    st.sampled_from(["A", "B", "C", "S", "T", "D"]),
     st.sampled_from([CEA] * 5 + [CEA27]),
     st.sampled_from(["main"] * 10 + ["lots"] * 2 + ["sme", "chain:sc"]),
     st.sampled_from(["buy", "sell"]),
-    st.one_of(st.tuples(st.just("lots"), st.integers(1, 30)),
-              st.tuples(st.just("lots"), st.integers(1, 30)),
-              st.tuples(st.just("lots"), st.integers(30, 300))),
+    st.one_of(
+        st.tuples(st.just("lots"), st.integers(1, 30)),
+        st.tuples(st.just("lots"), st.integers(1, 30)),
+        st.tuples(st.just("lots"), st.integers(30, 300)),
+    ),
     st.tuples(st.just("rel"), st.integers(-5, 5)),
     st.sampled_from(["limit"] * 10 + ["market"]),
     st.sampled_from(["GTC"] * 6 + ["DAY"] * 2 + ["IOC", "FOK"]),
     st.sampled_from([False] * 8 + [True]),
-    st.sampled_from([None] * 8 + ["c1", "c2", "c3", "c4", "c5", 7]))
-wild_place = st.tuples(st.just("place"), acct_s, instr_s, seg_s, side_s, qty_s, price_s,
-                       otype_s, tif_s, post_s, coid_s)
+    st.sampled_from([None] * 8 + ["c1", "c2", "c3", "c4", "c5", 7]),
+)
+wild_place = st.tuples(
+    st.just("place"), acct_s, instr_s, seg_s, side_s, qty_s, price_s, otype_s, tif_s, post_s, coid_s
+)
 place_op = st.one_of(good_place, good_place, good_place, wild_place)
 # order ids: an index into the ids seen so far (most recent first is index 0)
 id_index = st.one_of(st.integers(0, 3), st.integers(0, 10**6))  # recent ids more often
 cancel_op = st.tuples(
-    st.just("cancel"), id_index,
+    st.just("cancel"),
+    id_index,
     st.sampled_from(["owner"] * 6 + ["other", "bad"]),
-    st.sampled_from(["id"] * 6 + ["coid"] * 3 + ["unknown", "none", "both", "true", "str",
-                                                 "float", "huge", "neg"]),
-    coid_s)
+    st.sampled_from(
+        ["id"] * 6
+        + ["coid"] * 3
+        + ["unknown", "none", "both", "true", "str", "float", "huge", "neg"]
+    ),
+    coid_s,
+)
 amend_op = st.tuples(
-    st.just("amend"), id_index, st.sampled_from(["owner"] * 6 + ["other"]),
+    st.just("amend"),
+    id_index,
+    st.sampled_from(["owner"] * 6 + ["other"]),
     st.booleans(),  # by client order id
     st.sampled_from([None, None, -5, -1, 0, 1, 7, 40, 2_000, "x"]),
-    st.sampled_from([None, None, -10, -5, 0, 5, 10, 1, 2_000, "x"]))
+    st.sampled_from([None, None, -10, -5, 0, 5, 10, 1, 2_000, "x"]),
+)
 other_ops = [
-    (6, st.tuples(st.just("cancel_all"), acct_s, st.sampled_from([None, None, CEA, CEA27,
-                                                                   "NOPE"]),
-                  st.sampled_from([None, None, "main", "lots", "sme"]))),
-    (1, st.tuples(st.just("halt"), st.sampled_from(["market", "instr", "book", "book2",
-                                                    "bad"]))),
-    (3, st.tuples(st.just("resume"), st.sampled_from(["market", "instr", "book", "book2",
-                                                      "bad"]))),
-    (3, st.tuples(st.just("band"), st.sampled_from([CEA, CEA27, CCER, "NOPE"]),
-                  st.sampled_from([None, 8_480, 8_500, 8_520, 9_003, 0, -1]),
-                  st.sampled_from([None, 10, 50, 1_000, 0, 10_001]))),
+    (
+        6,
+        st.tuples(
+            st.just("cancel_all"),
+            acct_s,
+            st.sampled_from([None, None, CEA, CEA27, "NOPE"]),
+            st.sampled_from([None, None, "main", "lots", "sme"]),
+        ),
+    ),
+    (1, st.tuples(st.just("halt"), st.sampled_from(["market", "instr", "book", "book2", "bad"]))),
+    (3, st.tuples(st.just("resume"), st.sampled_from(["market", "instr", "book", "book2", "bad"]))),
+    (
+        3,
+        st.tuples(
+            st.just("band"),
+            st.sampled_from([CEA, CEA27, CCER, "NOPE"]),
+            st.sampled_from([None, 8_480, 8_500, 8_520, 9_003, 0, -1]),
+            st.sampled_from([None, 10, 50, 1_000, 0, 10_001]),
+        ),
+    ),
     (2, st.tuples(st.just("eod"))),
-    (4, st.tuples(st.just("deposit"), acct_s,
-                  st.one_of(st.integers(1, 10**8),
-                            st.sampled_from([0, -1, 2**63, 2**63 - 1, 2**64 + 3, 5.0, None])))),
-    (4, st.tuples(st.just("withdraw"), acct_s,
-                  st.one_of(st.integers(1, 10**8), st.integers(10**8, 3 * 10**8),
-                            st.sampled_from([0, -1, 2**64, 5.0])))),
+    (
+        4,
+        st.tuples(
+            st.just("deposit"),
+            acct_s,
+            st.one_of(
+                st.integers(1, 10**8),
+                st.sampled_from([0, -1, 2**63, 2**63 - 1, 2**64 + 3, 5.0, None]),
+            ),
+        ),
+    ),
+    (
+        4,
+        st.tuples(
+            st.just("withdraw"),
+            acct_s,
+            st.one_of(
+                st.integers(1, 10**8),
+                st.integers(10**8, 3 * 10**8),
+                st.sampled_from([0, -1, 2**64, 5.0]),
+            ),
+        ),
+    ),
     (2, st.tuples(st.just("trading"), st.sampled_from(FIRMS + ["Z"]), st.booleans())),
-    (2, st.tuples(st.just("transfer"), firm_s, firm_s, st.sampled_from([CEA, CEA27]),
-                  st.sampled_from([1, 10, 500, 10**6, 0]))),
-    (2, st.tuples(st.just("issue"), acct_s, st.sampled_from([CEA, CEA27, CCER]),
-                  st.sampled_from([1, 100, 2**40]))),
-    (2, st.tuples(st.just("subquota"), st.sampled_from(["A", "D", "B"]),
-                  st.sampled_from(["S", "T", "C"]), st.sampled_from([CEA, CEA27]),
-                  st.sampled_from([1, 5, 40]), st.sampled_from([0, 500_000, 1_000_000]))),
-    (1, st.tuples(st.just("segment"), st.sampled_from(["main", "lots"]),
-                  st.sampled_from([0, 5, 30, 10_000]))),
-    (1, st.tuples(st.just("firm"), st.sampled_from(["N1", "N2", "A"]),
-                  st.sampled_from(["cancel_resting", "cancel_incoming", "cancel_both"]))),
+    (
+        2,
+        st.tuples(
+            st.just("transfer"),
+            firm_s,
+            firm_s,
+            st.sampled_from([CEA, CEA27]),
+            st.sampled_from([1, 10, 500, 10**6, 0]),
+        ),
+    ),
+    (
+        2,
+        st.tuples(
+            st.just("issue"),
+            acct_s,
+            st.sampled_from([CEA, CEA27, CCER]),
+            st.sampled_from([1, 100, 2**40]),
+        ),
+    ),
+    (
+        2,
+        st.tuples(
+            st.just("subquota"),
+            st.sampled_from(["A", "D", "B"]),
+            st.sampled_from(["S", "T", "C"]),
+            st.sampled_from([CEA, CEA27]),
+            st.sampled_from([1, 5, 40]),
+            st.sampled_from([0, 500_000, 1_000_000]),
+        ),
+    ),
+    (
+        1,
+        st.tuples(
+            st.just("segment"),
+            st.sampled_from(["main", "lots"]),
+            st.sampled_from([0, 5, 30, 10_000]),
+        ),
+    ),
+    (
+        1,
+        st.tuples(
+            st.just("firm"),
+            st.sampled_from(["N1", "N2", "A"]),
+            st.sampled_from(["cancel_resting", "cancel_incoming", "cancel_both"]),
+        ),
+    ),
     (1, st.tuples(st.just("instrument"), st.sampled_from(["NEW-1", "NEW-2", CEA]))),
     (1, st.tuples(st.just("chain"), st.sampled_from(["c2", "sc"]))),
     (1, st.tuples(st.just("marker"))),
@@ -410,15 +567,17 @@ def _pick(r: int):
     return place_op
 
 
-op_s = st.integers(0, PLACE_WEIGHT + CANCEL_WEIGHT + AMEND_WEIGHT
-                   + sum(w for w, _ in other_ops) - 1).flatmap(_pick)
+op_s = st.integers(
+    0, PLACE_WEIGHT + CANCEL_WEIGHT + AMEND_WEIGHT + sum(w for w, _ in other_ops) - 1
+).flatmap(_pick)
 
 
 def streams(op, chunks: int = 10, per_chunk: int = 30):
     """Lists of ``op``, about 30 long on average (a flat st.lists averages ~5 unless given a
     min_size, and a min_size stops shrinking a failure to its few commands that matter)."""
-    return st.lists(st.lists(op, min_size=1, max_size=per_chunk),
-                    max_size=chunks).map(lambda ls: [o for chunk in ls for o in chunk])
+    return st.lists(st.lists(op, min_size=1, max_size=per_chunk), max_size=chunks).map(
+        lambda ls: [o for chunk in ls for o in chunk]
+    )
 
 
 class Unknown:
@@ -468,9 +627,18 @@ def command_for(duo: Duo, o: tuple):
         _, acct, instr, seg, side, qty, price, otype, tif, post_only, coid = o
         px = _resolve_price(ex, instr, price)  # None: a market order without protection
         qty = _resolve_qty(ex, seg, qty)
-        return lambda: PlaceOrder(account=acct, instrument=instr, segment=seg, side=side,
-                                  qty=qty, price=px, order_type=otype, tif=tif,
-                                  post_only=post_only, client_order_id=coid)
+        return lambda: PlaceOrder(
+            account=acct,
+            instrument=instr,
+            segment=seg,
+            side=side,
+            qty=qty,
+            price=px,
+            order_type=otype,
+            tif=tif,
+            post_only=post_only,
+            client_order_id=coid,
+        )
     if kind == "cancel":
         _, idx, who, how, coid = o
         if duo.ids:
@@ -480,12 +648,18 @@ def command_for(duo: Duo, o: tuple):
         if how == "true":  # True == 1: order 1, C's (see setup_market)
             oid, owner = 1, "C"
         acct = {"owner": owner, "other": _other_firm(owner), "bad": "@bank"}[who]
-        kw = {"id": dict(order_id=oid), "coid": dict(client_order_id=coid),
-              "unknown": dict(order_id=10**6 + idx), "none": {},
-              "both": dict(order_id=oid, client_order_id=coid),
-              "true": dict(order_id=True), "str": dict(order_id=str(oid)),
-              "float": dict(order_id=float(oid)), "huge": dict(order_id=2**64 + oid),
-              "neg": dict(order_id=-oid)}[how]
+        kw = {
+            "id": dict(order_id=oid),
+            "coid": dict(client_order_id=coid),
+            "unknown": dict(order_id=10**6 + idx),
+            "none": {},
+            "both": dict(order_id=oid, client_order_id=coid),
+            "true": dict(order_id=True),
+            "str": dict(order_id=str(oid)),
+            "float": dict(order_id=float(oid)),
+            "huge": dict(order_id=2**64 + oid),
+            "neg": dict(order_id=-oid),
+        }[how]
         return lambda: CancelOrder(account=acct, **kw)
     if kind == "amend":
         _, idx, who, by_coid, dq, dp = o
@@ -509,10 +683,13 @@ def command_for(duo: Duo, o: tuple):
         return lambda: CancelAll(account=acct, instrument=instr, segment=seg)
     if kind in ("halt", "resume"):
         cls = Halt if kind == "halt" else Resume
-        scope = {"market": {}, "instr": dict(instrument=CEA),
-                 "book": dict(instrument=CEA, segment="main"),
-                 "book2": dict(instrument=CEA27, segment="lots"),
-                 "bad": dict(instrument=CEA, segment="nosuch")}[o[1]]
+        scope = {
+            "market": {},
+            "instr": dict(instrument=CEA),
+            "book": dict(instrument=CEA, segment="main"),
+            "book2": dict(instrument=CEA27, segment="lots"),
+            "bad": dict(instrument=CEA, segment="nosuch"),
+        }[o[1]]
         return lambda: cls(**scope)
     if kind == "band":
         _, instr, ref, bps = o
@@ -526,28 +703,32 @@ def command_for(duo: Duo, o: tuple):
     if kind == "trading":
         return lambda: SetFirmTrading(firm_id=o[1], can_trade=o[2])
     if kind == "transfer":
-        return lambda: TransferUnits(from_account=o[1], to_account=o[2], instrument=o[3],
-                                     qty=o[4])
+        return lambda: TransferUnits(from_account=o[1], to_account=o[2], instrument=o[3], qty=o[4])
     if kind == "issue":
         return lambda: IssueUnits(account=o[1], instrument=o[2], qty=o[3], ref="x")
     if kind == "subquota":
-        return lambda: CreateSubQuota(parent=o[1], sme=o[2], instrument=o[3], qty=o[4],
-                                      revenue_share_ppm=o[5], chain_id="sc")
+        return lambda: CreateSubQuota(
+            parent=o[1], sme=o[2], instrument=o[3], qty=o[4], revenue_share_ppm=o[5], chain_id="sc"
+        )
     if kind == "segment":
         name, fee = o[1], o[2]
         if name == "main":
-            return lambda: AddSegment(name="main", tick=5, lot=1, max_order_qty=1_000,
-                                      fee_bps=fee, access="all")
-        return lambda: AddSegment(name="lots", tick=1, lot=10, max_order_qty=100_000,
-                                  fee_bps=fee, access="all")
+            return lambda: AddSegment(
+                name="main", tick=5, lot=1, max_order_qty=1_000, fee_bps=fee, access="all"
+            )
+        return lambda: AddSegment(
+            name="lots", tick=1, lot=10, max_order_qty=100_000, fee_bps=fee, access="all"
+        )
     if kind == "firm":
         return lambda: RegisterFirm(firm_id=o[1], stp_policy=o[2])
     if kind == "instrument":
-        return lambda: AddInstrument(symbol=o[1], kind="allowance", vintage=2026,
-                                     reference_price=8_500)
+        return lambda: AddInstrument(
+            symbol=o[1], kind="allowance", vintage=2026, reference_price=8_500
+        )
     if kind == "chain":
-        return lambda: RegisterSupplyChain(chain_id=o[1], members=(("B", 0), ("C", 1)),
-                                           edges=(("C", "B", 1_000_000),))
+        return lambda: RegisterSupplyChain(
+            chain_id=o[1], members=(("B", 0), ("C", 1)), edges=(("C", "B", 1_000_000),)
+        )
     if kind == "marker":
         return SnapshotMarker
     if kind == "unknown":
@@ -576,6 +757,7 @@ def replay_accelerated(duo: Duo, **kw) -> None:
 
 
 # =========================================================================== the flag
+
 
 def test_accelerate_false_is_the_python_reference():
     ex = build_exchange(accelerate=False)
@@ -615,6 +797,7 @@ def test_resting_orders_made_in_c_are_freed_with_their_exchange():
 
 # =========================================================================== random streams
 
+
 @needs_c
 @streams_settings(120)
 @given(ops=streams(op_s))
@@ -637,14 +820,18 @@ def test_random_streams_agree_without_book_updates(ops):
 
 # orders only, few prices, three firms: deep books, sweeps, partial fills, self-trades
 dense_place = st.tuples(
-    st.just("place"), st.sampled_from(["A", "B", "C", "S", "T"]), st.just(CEA),
-    st.sampled_from(["main"] * 4 + ["lots"]), st.sampled_from(["buy", "sell"]),
-    st.one_of(st.integers(1, 25), st.integers(1, 10).map(lambda q: q * 10),
-              st.integers(50, 300)),
+    st.just("place"),
+    st.sampled_from(["A", "B", "C", "S", "T"]),
+    st.just(CEA),
+    st.sampled_from(["main"] * 4 + ["lots"]),
+    st.sampled_from(["buy", "sell"]),
+    st.one_of(st.integers(1, 25), st.integers(1, 10).map(lambda q: q * 10), st.integers(50, 300)),
     st.tuples(st.just("rel"), st.integers(-3, 3)),
     st.sampled_from(["limit"] * 9 + ["market"]),
     st.sampled_from(["GTC"] * 5 + ["DAY", "IOC", "FOK"]),
-    st.sampled_from([False] * 6 + [True]), st.sampled_from([None] * 4 + ["c1", "c2"]))
+    st.sampled_from([False] * 6 + [True]),
+    st.sampled_from([None] * 4 + ["c1", "c2"]),
+)
 dense_op = st.one_of(dense_place, dense_place, dense_place, cancel_op, amend_op)
 
 
@@ -689,22 +876,22 @@ def test_restore_mid_stream_then_continue_agrees(ops, split):
 
 # =========================================================================== the envelope
 
+
 @needs_c
 def test_stale_sequence_numbers_raise_and_change_nothing():
     duo = new_duo()
-    run_ops(duo, [("place", "A", CEA, "main", "buy", 5, ("rel", 0), "limit", "GTC", False,
-                   "c1")])
+    run_ops(duo, [("place", "A", CEA, "main", "buy", 5, ("rel", 0), "limit", "GTC", False, "c1")])
     last = duo.ref.ex.last_seq
     before = duo.ref.ex.state_hash()
     assert duo.acc.ex.state_hash() == before
     for seq in (last, last - 1, 0, -1):
         for make_cmd in (
-                lambda: PlaceOrder(account="B", instrument=CEA, side="sell", qty=5, price=8_500),
-                lambda: PlaceOrder(account="nobody", instrument=CEA, side="sell", qty=5,
-                                   price=8_500),
-                lambda: CancelOrder(account="A", client_order_id="c1"),
-                lambda: DepositCash(account="A", amount=5),
-                Unknown):
+            lambda: PlaceOrder(account="B", instrument=CEA, side="sell", qty=5, price=8_500),
+            lambda: PlaceOrder(account="nobody", instrument=CEA, side="sell", qty=5, price=8_500),
+            lambda: CancelOrder(account="A", client_order_id="c1"),
+            lambda: DepositCash(account="A", amount=5),
+            Unknown,
+        ):
             results = []
             for ex in (duo.ref.ex, duo.acc.ex):
                 c = make_cmd()
@@ -716,8 +903,7 @@ def test_stale_sequence_numbers_raise_and_change_nothing():
                 assert ex.last_seq == last
                 assert ex.state_hash() == before
     # and the stream goes on normally afterwards
-    run_ops(duo, [("place", "B", CEA, "main", "sell", 5, ("rel", 0), "limit", "GTC", False,
-                   None)])
+    run_ops(duo, [("place", "B", CEA, "main", "sell", 5, ("rel", 0), "limit", "GTC", False, None)])
     duo.finish()
 
 
@@ -727,9 +913,10 @@ def test_huge_sequence_numbers_and_timestamps(seq):
     duo = new_duo()
     for ts in (T0 + 1, 2**63 - 1, 2**63, 2**64 + 7):
         for make_cmd in (
-                lambda: PlaceOrder(account="A", instrument=CEA, side="buy", qty=5, price=8_500),
-                lambda: PlaceOrder(account="B", instrument=CEA, side="sell", qty=3, price=8_500),
-                lambda: CancelOrder(account="A", order_id=duo.ids[-1][0] if duo.ids else 1)):
+            lambda: PlaceOrder(account="A", instrument=CEA, side="buy", qty=5, price=8_500),
+            lambda: PlaceOrder(account="B", instrument=CEA, side="sell", qty=3, price=8_500),
+            lambda: CancelOrder(account="A", order_id=duo.ids[-1][0] if duo.ids else 1),
+        ):
             seq += 1
             results = []
             for ex in (duo.ref.ex, duo.acc.ex):
@@ -747,18 +934,26 @@ def test_huge_sequence_numbers_and_timestamps(seq):
 
 
 @needs_c
-@pytest.mark.parametrize("seq_fn", [lambda last: last + 0.5, lambda last: float(last + 1),
-                                    lambda last: True, lambda last: None,
-                                    lambda last: str(last + 1),
-                                    lambda last: MyInt(last + 1)],
-                         ids=["float-half", "float-whole", "bool", "none", "str", "int-subclass"])
+@pytest.mark.parametrize(
+    "seq_fn",
+    [
+        lambda last: last + 0.5,
+        lambda last: float(last + 1),
+        lambda last: True,
+        lambda last: None,
+        lambda last: str(last + 1),
+        lambda last: MyInt(last + 1),
+    ],
+    ids=["float-half", "float-whole", "bool", "none", "str", "int-subclass"],
+)
 def test_sequence_numbers_of_other_types(seq_fn):
     """Not what a sequencer sends, but apply must behave as the reference does (accept what it
     accepts, raise the same exception otherwise)."""
     duo = new_duo()
     for make_cmd in (
-            lambda: PlaceOrder(account="A", instrument=CEA, side="buy", qty=5, price=8_500),
-            lambda: CancelOrder(account="A", order_id=1)):
+        lambda: PlaceOrder(account="A", instrument=CEA, side="buy", qty=5, price=8_500),
+        lambda: CancelOrder(account="A", order_id=1),
+    ):
         last = duo.ref.ex.last_seq
         results = []
         for ex in (duo.ref.ex, duo.acc.ex):
@@ -789,14 +984,15 @@ def test_unknown_commands_are_rejected_alike():
         pass
 
     duo = new_duo()
-    run_ops(duo, [("place", "A", CEA, "main", "buy", 5, ("rel", 0), "limit", "GTC", False,
-                   "c1")])
+    run_ops(duo, [("place", "A", CEA, "main", "buy", 5, ("rel", 0), "limit", "GTC", False, "c1")])
     oid = duo.ids[-1][0]
     for build in (
-            Unknown, Mystery,
-            lambda: MyPlace(account="B", instrument=CEA, side="sell", qty=5, price=8_500),
-            lambda: MyPlace(account="nobody", instrument=CEA, side="sell", qty=5, price=8_500),
-            lambda: MyCancel(account="A", order_id=oid)):
+        Unknown,
+        Mystery,
+        lambda: MyPlace(account="B", instrument=CEA, side="sell", qty=5, price=8_500),
+        lambda: MyPlace(account="nobody", instrument=CEA, side="sell", qty=5, price=8_500),
+        lambda: MyCancel(account="A", order_id=oid),
+    ):
         evs = duo.apply(build)
         assert len(evs) == 1 and evs[0].TYPE == "command_rejected"
         assert evs[0].code == "UNKNOWN_COMMAND"
@@ -806,8 +1002,7 @@ def test_unknown_commands_are_rejected_alike():
 
 # =========================================================================== big numbers
 
-BIG_SYMS = {"H31": 2**31, "H32": 2**32, "H62": 2**62, "H63": 2**63, "H64": 2**64,
-            "NOREF": 0}
+BIG_SYMS = {"H31": 2**31, "H32": 2**32, "H62": 2**62, "H63": 2**63, "H64": 2**64, "NOREF": 0}
 # a price each instrument accepts that the C path takes (< 2**31, inside the band)
 C_PRICE = {"H31": 2_000_000_000, "NOREF": 100, CEA: 8_500}
 HUGE_FIRMS = ("X", "Y", "W")  # balances far beyond 64 bits: their orders go to Python
@@ -815,22 +1010,27 @@ PLAIN_FIRMS = ("M", "N")  # int64 balances: their plain limit orders take the C 
 
 
 def setup_big(duo: Duo) -> None:
-    cmds = [AddSegment(name="main", tick=1, lot=1, max_order_qty=2**80, fee_bps=7,
-                       access="all"),
-            AddSegment(name="nofee", tick=1, lot=1, max_order_qty=2**200, fee_bps=0,
-                       access="all")]
+    cmds = [
+        AddSegment(name="main", tick=1, lot=1, max_order_qty=2**80, fee_bps=7, access="all"),
+        AddSegment(name="nofee", tick=1, lot=1, max_order_qty=2**200, fee_bps=0, access="all"),
+    ]
     for sym, ref in BIG_SYMS.items():
-        cmds.append(AddInstrument(symbol=sym, kind="allowance", vintage=2026,
-                                  reference_price=ref))
+        cmds.append(AddInstrument(symbol=sym, kind="allowance", vintage=2026, reference_price=ref))
     cmds.append(AddInstrument(symbol=CEA, kind="allowance", vintage=2026, reference_price=8_500))
-    for f, stp in (("X", "cancel_resting"), ("Y", "cancel_incoming"), ("W", "cancel_both"),
-                   ("M", "cancel_resting"), ("N", "cancel_both")):
+    for f, stp in (
+        ("X", "cancel_resting"),
+        ("Y", "cancel_incoming"),
+        ("W", "cancel_both"),
+        ("M", "cancel_resting"),
+        ("N", "cancel_both"),
+    ):
         huge = f in HUGE_FIRMS
         cmds.append(RegisterFirm(firm_id=f, stp_policy=stp))
         cmds.append(DepositCash(account=f, amount=2**300 if huge else 10**15))
         for sym in list(BIG_SYMS) + [CEA]:
-            cmds.append(IssueUnits(account=f, instrument=sym, qty=2**200 if huge else 10**9,
-                                   ref="big"))
+            cmds.append(
+                IssueUnits(account=f, instrument=sym, qty=2**200 if huge else 10**9, ref="big")
+            )
     duo.run(*cmds)
     duo.n_setup = len(duo.history)
 
@@ -839,36 +1039,76 @@ def _near(v):
     return st.sampled_from([v - 1, v, v + 1, v - 1000, v + 1000]) if v else st.integers(1, 9)
 
 
-big_price = st.one_of(*[_near(v) for v in (2**31, 2**32, 2**62, 2**63, 2**64)],
-                      st.integers(1, 10**4), st.sampled_from([None, 2**100]))
-big_qty = st.one_of(st.integers(1, 50),
-                    st.sampled_from([2**31 - 1, 2**31, 2**32, 2**53 + 1, 2**62, 2**63 - 1,
-                                     2**63, 2**64, 2**70]))
+big_price = st.one_of(
+    *[_near(v) for v in (2**31, 2**32, 2**62, 2**63, 2**64)],
+    st.integers(1, 10**4),
+    st.sampled_from([None, 2**100]),
+)
+big_qty = st.one_of(
+    st.integers(1, 50),
+    st.sampled_from([2**31 - 1, 2**31, 2**32, 2**53 + 1, 2**62, 2**63 - 1, 2**63, 2**64, 2**70]),
+)
 big_op = st.one_of(
-    st.tuples(st.just("place"), st.sampled_from(HUGE_FIRMS),
-              st.sampled_from(list(BIG_SYMS) + [CEA]), st.sampled_from(["main", "nofee"]),
-              st.sampled_from(["buy", "sell"]), big_qty, big_price,
-              st.sampled_from(["limit"] * 4 + ["market"]),
-              st.sampled_from(["GTC", "GTC", "DAY", "IOC", "FOK"]), st.booleans(),
-              st.sampled_from([None, "k"])),
+    st.tuples(
+        st.just("place"),
+        st.sampled_from(HUGE_FIRMS),
+        st.sampled_from(list(BIG_SYMS) + [CEA]),
+        st.sampled_from(["main", "nofee"]),
+        st.sampled_from(["buy", "sell"]),
+        big_qty,
+        big_price,
+        st.sampled_from(["limit"] * 4 + ["market"]),
+        st.sampled_from(["GTC", "GTC", "DAY", "IOC", "FOK"]),
+        st.booleans(),
+        st.sampled_from([None, "k"]),
+    ),
     # plain orders (the C path) in the same books, next to the huge ones
-    st.tuples(st.just("place"), st.sampled_from(PLAIN_FIRMS), st.sampled_from(list(C_PRICE)),
-              st.sampled_from(["main", "nofee"]), st.sampled_from(["buy", "sell"]),
-              st.integers(1, 50), st.tuples(st.just("c"), st.integers(-3, 3)),
-              st.just("limit"), st.sampled_from(["GTC", "DAY"]), st.booleans(),
-              st.sampled_from([None, "k"])),
-    st.tuples(st.just("place"), st.sampled_from(HUGE_FIRMS), st.sampled_from(list(C_PRICE)),
-              st.sampled_from(["main", "nofee"]), st.sampled_from(["buy", "sell"]), big_qty,
-              st.tuples(st.just("c"), st.integers(-3, 3)), st.just("limit"),
-              st.sampled_from(["GTC", "DAY", "IOC"]), st.just(False), st.just(None)),
+    st.tuples(
+        st.just("place"),
+        st.sampled_from(PLAIN_FIRMS),
+        st.sampled_from(list(C_PRICE)),
+        st.sampled_from(["main", "nofee"]),
+        st.sampled_from(["buy", "sell"]),
+        st.integers(1, 50),
+        st.tuples(st.just("c"), st.integers(-3, 3)),
+        st.just("limit"),
+        st.sampled_from(["GTC", "DAY"]),
+        st.booleans(),
+        st.sampled_from([None, "k"]),
+    ),
+    st.tuples(
+        st.just("place"),
+        st.sampled_from(HUGE_FIRMS),
+        st.sampled_from(list(C_PRICE)),
+        st.sampled_from(["main", "nofee"]),
+        st.sampled_from(["buy", "sell"]),
+        big_qty,
+        st.tuples(st.just("c"), st.integers(-3, 3)),
+        st.just("limit"),
+        st.sampled_from(["GTC", "DAY", "IOC"]),
+        st.just(False),
+        st.just(None),
+    ),
     st.tuples(st.just("cancel"), id_index, st.just("owner"), st.just("id"), st.none()),
-    st.tuples(st.just("amend"), id_index, st.just("owner"), st.just(False),
-              st.sampled_from([None, 1, 2**63, -1]), st.sampled_from([None, 1, 2**62, -1])),
-    st.tuples(st.just("bigband"), st.sampled_from(list(BIG_SYMS)),
-              st.sampled_from([None, 0, 2**31, 2**62, 2**63, 2**64 + 1]),
-              st.sampled_from([None, 0, 1, 1_000, 10_000])),
-    st.tuples(st.just("withdraw"), st.sampled_from(HUGE_FIRMS + PLAIN_FIRMS),
-              st.sampled_from([1, 2**63, 2**99, 2**100 - 1, 10**14])),
+    st.tuples(
+        st.just("amend"),
+        id_index,
+        st.just("owner"),
+        st.just(False),
+        st.sampled_from([None, 1, 2**63, -1]),
+        st.sampled_from([None, 1, 2**62, -1]),
+    ),
+    st.tuples(
+        st.just("bigband"),
+        st.sampled_from(list(BIG_SYMS)),
+        st.sampled_from([None, 0, 2**31, 2**62, 2**63, 2**64 + 1]),
+        st.sampled_from([None, 0, 1, 1_000, 10_000]),
+    ),
+    st.tuples(
+        st.just("withdraw"),
+        st.sampled_from(HUGE_FIRMS + PLAIN_FIRMS),
+        st.sampled_from([1, 2**63, 2**99, 2**100 - 1, 10**14]),
+    ),
     st.tuples(st.just("eod")),
 )
 
@@ -881,9 +1121,20 @@ def run_big(duo: Duo, ops) -> None:
                 price = None
             if isinstance(price, tuple):
                 price = C_PRICE[sym] + price[1]
-            duo.apply(lambda: PlaceOrder(account=acct, instrument=sym, segment=seg, side=side,
-                                         qty=qty, price=price, order_type=otype, tif=tif,
-                                         post_only=post, client_order_id=coid))
+            duo.apply(
+                lambda: PlaceOrder(
+                    account=acct,
+                    instrument=sym,
+                    segment=seg,
+                    side=side,
+                    qty=qty,
+                    price=price,
+                    order_type=otype,
+                    tif=tif,
+                    post_only=post,
+                    client_order_id=coid,
+                )
+            )
         elif o[0] == "bigband":
             _, sym, ref, bps = o
             duo.apply(lambda: SetPriceBand(instrument=sym, reference_price=ref, band_bps=bps))
@@ -904,37 +1155,73 @@ def test_prices_quantities_and_cash_beyond_64_bits_agree(ops):
 
 
 @needs_c
-@pytest.mark.parametrize("sym,price", [("H31", 2**31), ("H31", 2**31 - 1), ("H32", 2**32),
-                                       ("H62", 2**62), ("H62", 2**62 + 1), ("H63", 2**63 - 1),
-                                       ("H63", 2**63), ("H64", 2**64), ("NOREF", 2**62 + 1),
-                                       ("NOREF", 2**63 + 5)])
+@pytest.mark.parametrize(
+    "sym,price",
+    [
+        ("H31", 2**31),
+        ("H31", 2**31 - 1),
+        ("H32", 2**32),
+        ("H62", 2**62),
+        ("H62", 2**62 + 1),
+        ("H63", 2**63 - 1),
+        ("H63", 2**63),
+        ("H64", 2**64),
+        ("NOREF", 2**62 + 1),
+        ("NOREF", 2**63 + 5),
+    ],
+)
 @pytest.mark.parametrize("qty", [1, 3, 2**31, 2**33])
 def test_big_crossing_trades_agree(sym, price, qty):
     """Deterministic: rest, cross (partial then full), cancel, at huge prices/quantities."""
     duo = Duo()
     setup_big(duo)
     for seg in ("main", "nofee"):
-        duo.run(PlaceOrder(account="X", instrument=sym, segment=seg, side="sell", qty=qty,
-                           price=price),
-                PlaceOrder(account="X", instrument=sym, segment=seg, side="sell", qty=qty,
-                           price=price + 1),
-                PlaceOrder(account="Y", instrument=sym, segment=seg, side="buy", qty=qty + 1,
-                           price=price + 1),
-                PlaceOrder(account="W", instrument=sym, segment=seg, side="buy", qty=2 * qty,
-                           price=price + 1, tif="IOC"),
-                PlaceOrder(account="Y", instrument=sym, segment=seg, side="buy", qty=qty,
-                           price=price),
-                PlaceOrder(account="X", instrument=sym, segment=seg, side="sell", qty=2 * qty,
-                           price=price, tif="FOK"),
-                PlaceOrder(account="X", instrument=sym, segment=seg, side="sell", qty=qty,
-                           price=None, order_type="market"),
-                CancelAll(account="Y"), CancelAll(account="X"))
+        duo.run(
+            PlaceOrder(account="X", instrument=sym, segment=seg, side="sell", qty=qty, price=price),
+            PlaceOrder(
+                account="X", instrument=sym, segment=seg, side="sell", qty=qty, price=price + 1
+            ),
+            PlaceOrder(
+                account="Y", instrument=sym, segment=seg, side="buy", qty=qty + 1, price=price + 1
+            ),
+            PlaceOrder(
+                account="W",
+                instrument=sym,
+                segment=seg,
+                side="buy",
+                qty=2 * qty,
+                price=price + 1,
+                tif="IOC",
+            ),
+            PlaceOrder(account="Y", instrument=sym, segment=seg, side="buy", qty=qty, price=price),
+            PlaceOrder(
+                account="X",
+                instrument=sym,
+                segment=seg,
+                side="sell",
+                qty=2 * qty,
+                price=price,
+                tif="FOK",
+            ),
+            PlaceOrder(
+                account="X",
+                instrument=sym,
+                segment=seg,
+                side="sell",
+                qty=qty,
+                price=None,
+                order_type="market",
+            ),
+            CancelAll(account="Y"),
+            CancelAll(account="X"),
+        )
     duo.finish()
 
 
 def _po(account, side, qty, price, sym=CEA, seg="nofee", **kw):
-    return PlaceOrder(account=account, instrument=sym, segment=seg, side=side, qty=qty,
-                      price=price, **kw)
+    return PlaceOrder(
+        account=account, instrument=sym, segment=seg, side=side, qty=qty, price=price, **kw
+    )
 
 
 # Plain orders (int64 balances, prices and quantities under 2**31: the C path takes them)
@@ -944,46 +1231,65 @@ HUGE_NEIGHBOURS = {
     # a plain order rests at a level whose quantity is 2**63 or more
     "rest-at-level-over-int64": [_po("X", "sell", 2**63, 9_000), _po("M", "sell", 5, 9_000)],
     # ... or just under it: the new level quantity does not fit int64
-    "rest-at-level-near-int64-max": [_po("X", "sell", 2**63 - 1, 9_000),
-                                     _po("M", "sell", 5, 9_000)],
-    "rest-bid-at-level-near-int64-max": [_po("X", "buy", 2**63 - 3, 8_000),
-                                         _po("M", "buy", 5, 8_000)],
+    "rest-at-level-near-int64-max": [
+        _po("X", "sell", 2**63 - 1, 9_000),
+        _po("M", "sell", 5, 9_000),
+    ],
+    "rest-bid-at-level-near-int64-max": [
+        _po("X", "buy", 2**63 - 3, 8_000),
+        _po("M", "buy", 5, 8_000),
+    ],
     # a plain order crosses a resting order of 2**63 or more
     "cross-maker-over-int64": [_po("X", "sell", 2**64, 9_000), _po("M", "buy", 5, 9_000)],
-    "cross-bid-maker-over-int64": [_po("X", "buy", 2**63 + 1, 8_000),
-                                   _po("M", "sell", 5, 8_000)],
+    "cross-bid-maker-over-int64": [_po("X", "buy", 2**63 + 1, 8_000), _po("M", "sell", 5, 8_000)],
     # ... a level of two makers that sums to 2**63
-    "cross-level-over-int64": [_po("X", "sell", 2**62, 9_000), _po("Y", "sell", 2**62, 9_000),
-                               _po("M", "buy", 5, 9_000)],
+    "cross-level-over-int64": [
+        _po("X", "sell", 2**62, 9_000),
+        _po("Y", "sell", 2**62, 9_000),
+        _po("M", "buy", 5, 9_000),
+    ],
     # ... a maker just under 2**63 (fits): partial fill, then self-trade prevention on it
-    "cross-maker-near-int64-max": [_po("X", "sell", 2**63 - 1, 9_000),
-                                   _po("M", "buy", 5, 9_000), _po("M", "sell", 7, 9_001),
-                                   _po("M", "buy", 9, 9_001)],
+    "cross-maker-near-int64-max": [
+        _po("X", "sell", 2**63 - 1, 9_000),
+        _po("M", "buy", 5, 9_000),
+        _po("M", "sell", 7, 9_001),
+        _po("M", "buy", 9, 9_001),
+    ],
     # ... a maker whose reservation is over 2**94 (a bid of 2**63 - 1 at 8,000)
-    "cross-maker-with-huge-reservation": [_po("X", "buy", 2**63 - 1, 8_000, seg="main"),
-                                          _po("M", "sell", 5, 8_000, seg="main")],
+    "cross-maker-with-huge-reservation": [
+        _po("X", "buy", 2**63 - 1, 8_000, seg="main"),
+        _po("M", "sell", 5, 8_000, seg="main"),
+    ],
     # the day's notional / high of the instrument are over 2**127 (a trade at 2**128 with
     # no price band), then a plain trade the same day
-    "day-stats-over-int128": [_po("X", "sell", 1, 2**128, sym="NOREF"),
-                              _po("Y", "buy", 1, 2**128, sym="NOREF"),
-                              _po("M", "sell", 5, 100, sym="NOREF"),
-                              _po("N", "buy", 5, 100, sym="NOREF")],
+    "day-stats-over-int128": [
+        _po("X", "sell", 1, 2**128, sym="NOREF"),
+        _po("Y", "buy", 1, 2**128, sym="NOREF"),
+        _po("M", "sell", 5, 100, sym="NOREF"),
+        _po("N", "buy", 5, 100, sym="NOREF"),
+    ],
     # ... just under 2**127: the plain trade's notional takes the sum over it
-    "day-notional-near-int128-max": [_po("X", "sell", 1, 2**127 - 100, sym="NOREF"),
-                                     _po("Y", "buy", 1, 2**127 - 100, sym="NOREF"),
-                                     _po("M", "sell", 5, 100, sym="NOREF"),
-                                     _po("N", "buy", 5, 100, sym="NOREF")],
+    "day-notional-near-int128-max": [
+        _po("X", "sell", 1, 2**127 - 100, sym="NOREF"),
+        _po("Y", "buy", 1, 2**127 - 100, sym="NOREF"),
+        _po("M", "sell", 5, 100, sym="NOREF"),
+        _po("N", "buy", 5, 100, sym="NOREF"),
+    ],
     # the buyer's purchase lot is 2**127 (bought through Python), then it buys plainly
-    "purchase-lot-over-int127": [DepositCash(account="N", amount=2**127),
-                                 _po("X", "sell", 2**127, 1, sym="NOREF"),
-                                 _po("N", "buy", 2**127, 1, sym="NOREF"),
-                                 _po("X", "sell", 5, 1, sym="NOREF"),
-                                 _po("N", "buy", 5, 1, sym="NOREF")],
+    "purchase-lot-over-int127": [
+        DepositCash(account="N", amount=2**127),
+        _po("X", "sell", 2**127, 1, sym="NOREF"),
+        _po("N", "buy", 2**127, 1, sym="NOREF"),
+        _po("X", "sell", 5, 1, sym="NOREF"),
+        _po("N", "buy", 5, 1, sym="NOREF"),
+    ],
     # the seller's and the exchange's cash, the seller's units over int64 (slot arithmetic)
-    "counterparties-over-int64": [_po("X", "sell", 5, 9_000, seg="main"),
-                                  _po("M", "buy", 5, 9_000, seg="main"),
-                                  _po("Y", "buy", 5, 9_000, seg="main"),
-                                  _po("M", "sell", 5, 9_000, seg="main")],
+    "counterparties-over-int64": [
+        _po("X", "sell", 5, 9_000, seg="main"),
+        _po("M", "buy", 5, 9_000, seg="main"),
+        _po("Y", "buy", 5, 9_000, seg="main"),
+        _po("M", "sell", 5, 9_000, seg="main"),
+    ],
 }
 
 
@@ -994,8 +1300,14 @@ def test_plain_orders_next_to_numbers_beyond_int64(name):
     setup_big(duo)
     duo.run(*HUGE_NEIGHBOURS[name])
     # and the market goes on: the plain firms trade and cancel in the same book
-    duo.run(_po("M", "sell", 3, 9_002), _po("N", "buy", 4, 9_002), CancelAll(account="M"),
-            CancelAll(account="N"), CancelAll(account="X"), EndOfDay())
+    duo.run(
+        _po("M", "sell", 3, 9_002),
+        _po("N", "buy", 4, 9_002),
+        CancelAll(account="M"),
+        CancelAll(account="N"),
+        CancelAll(account="X"),
+        EndOfDay(),
+    )
     duo.finish()
 
 
@@ -1009,8 +1321,15 @@ def test_thousands_of_price_levels():
     cmds = []
     for i in range(2_300):
         seller = "ABC"[i % 3]
-        cmds.append(PlaceOrder(account=seller, instrument=CCER, side="sell", qty=1,
-                               price=5 * (rnd.randrange(40, 6_000))))
+        cmds.append(
+            PlaceOrder(
+                account=seller,
+                instrument=CCER,
+                side="sell",
+                qty=1,
+                price=5 * (rnd.randrange(40, 6_000)),
+            )
+        )
     duo.run(*cmds)
     duo.check_state()
     for _ in range(400):
@@ -1019,12 +1338,25 @@ def test_thousands_of_price_levels():
             oid, owner = duo.ids[-1 - rnd.randrange(min(len(duo.ids), 2_000))]
             duo.run(CancelOrder(account=owner, order_id=oid))
         elif r < 0.7:
-            duo.run(PlaceOrder(account=rnd.choice("ABCD"), instrument=CCER,
-                               side=rnd.choice(["buy", "sell"]), qty=rnd.randint(1, 3),
-                               price=5 * rnd.randrange(40, 6_000)))
+            duo.run(
+                PlaceOrder(
+                    account=rnd.choice("ABCD"),
+                    instrument=CCER,
+                    side=rnd.choice(["buy", "sell"]),
+                    qty=rnd.randint(1, 3),
+                    price=5 * rnd.randrange(40, 6_000),
+                )
+            )
         else:  # a sweep through many levels
-            duo.run(PlaceOrder(account=rnd.choice("ABD"), instrument=CCER, side="buy",
-                               qty=rnd.randint(5, 60), price=5 * rnd.randrange(200, 3_000)))
+            duo.run(
+                PlaceOrder(
+                    account=rnd.choice("ABD"),
+                    instrument=CCER,
+                    side="buy",
+                    qty=rnd.randint(5, 60),
+                    price=5 * rnd.randrange(200, 3_000),
+                )
+            )
     duo.check_state()
     duo.finish()
 
@@ -1055,6 +1387,7 @@ def test_cash_above_64_bits_then_trading_agrees(amount):
 
 # =========================================================================== listeners
 
+
 @needs_c
 def test_trade_listeners_hear_the_same_trades_in_the_same_order():
     duo = new_duo()  # a listener on each since construction (plus compliance's)
@@ -1067,20 +1400,21 @@ def test_trade_listeners_hear_the_same_trades_in_the_same_order():
     late = {"ref": [], "acc": []}
     duo.ref.ex.trade_listeners.append(late["ref"].append)  # appended after orders rested
     duo.acc.ex.trade_listeners.append(late["acc"].append)
-    run_ops(duo, [("place", "C", CEA, "main", "buy", 45, ("rel", 3), "limit", "GTC", False,
-                   None),
-                  ("place", "T", CEA, "main", "sell", 25, ("rel", 0), "limit", "GTC", False,
-                   None)])
+    run_ops(
+        duo,
+        [
+            ("place", "C", CEA, "main", "buy", 45, ("rel", 3), "limit", "GTC", False, None),
+            ("place", "T", CEA, "main", "sell", 25, ("rel", 0), "limit", "GTC", False, None),
+        ],
+    )
     assert late["ref"] and same(late["ref"], late["acc"])
-    assert [t.trade_id for t in duo.heard["ref"]] == sorted(t.trade_id
-                                                            for t in duo.heard["ref"])
+    assert [t.trade_id for t in duo.heard["ref"]] == sorted(t.trade_id for t in duo.heard["ref"])
     assert any(t.proceeds_split for t in duo.heard["acc"])  # sub-quota lots were sold
     # removed listeners hear nothing more; compliance's record is in the state hash
     duo.ref.ex.trade_listeners.remove(late["ref"].append)
     duo.acc.ex.trade_listeners.remove(late["acc"].append)
     n = len(late["ref"])
-    run_ops(duo, [("place", "A", CEA, "main", "buy", 5, ("rel", 6), "limit", "GTC", False,
-                   None)])
+    run_ops(duo, [("place", "A", CEA, "main", "buy", 5, ("rel", 6), "limit", "GTC", False, None)])
     assert len(late["ref"]) == n and len(late["acc"]) == n
     assert duo.ref.ex.modules["compliance"].trades == duo.acc.ex.modules["compliance"].trades
     assert duo.ref.ex.modules["compliance"].trades
@@ -1094,10 +1428,13 @@ def test_trade_listener_list_replaced():
     got = {"ref": [], "acc": []}
     duo.ref.ex.trade_listeners = [got["ref"].append]
     duo.acc.ex.trade_listeners = [got["acc"].append]
-    run_ops(duo, [("place", "A", CEA, "main", "sell", 10, ("rel", 1), "limit", "GTC", False,
-                   None),
-                  ("place", "B", CEA, "main", "buy", 10, ("rel", 1), "limit", "GTC", False,
-                   None)])
+    run_ops(
+        duo,
+        [
+            ("place", "A", CEA, "main", "sell", 10, ("rel", 1), "limit", "GTC", False, None),
+            ("place", "B", CEA, "main", "buy", 10, ("rel", 1), "limit", "GTC", False, None),
+        ],
+    )
     assert got["ref"] and same(got["ref"], got["acc"])
     duo.finish()
 
@@ -1112,18 +1449,24 @@ def test_a_listener_that_raises_escapes_alike():
     duo.ref.ex.trade_listeners.append(boom)
     duo.acc.ex.trade_listeners.append(boom)
     duo.may_raise = True
-    run_ops(duo, [("place", "A", CEA, "main", "sell", 10, ("rel", 1), "limit", "GTC", False,
-                   None),
-                  ("place", "B", CEA, "main", "buy", 4, ("rel", 1), "limit", "GTC", False,
-                   None)])  # Duo.apply: the same exception from both, the same state after
+    run_ops(
+        duo,
+        [
+            ("place", "A", CEA, "main", "sell", 10, ("rel", 1), "limit", "GTC", False, None),
+            ("place", "B", CEA, "main", "buy", 4, ("rel", 1), "limit", "GTC", False, None),
+        ],
+    )  # Duo.apply: the same exception from both, the same state after
     # the book keeps the L2 changes of the interrupted command: the next update carries them
     duo.ref.ex.trade_listeners.remove(boom)
     duo.acc.ex.trade_listeners.remove(boom)
-    run_ops(duo, [("place", "C", CEA, "main", "sell", 3, ("rel", 4), "limit", "GTC", False,
-                   None),
-                  ("place", "B", CEA, "main", "buy", 2, ("rel", 1), "limit", "GTC", False,
-                   None),
-                  ("cancel", 0, "owner", "id", None)])
+    run_ops(
+        duo,
+        [
+            ("place", "C", CEA, "main", "sell", 3, ("rel", 4), "limit", "GTC", False, None),
+            ("place", "B", CEA, "main", "buy", 2, ("rel", 1), "limit", "GTC", False, None),
+            ("cancel", 0, "owner", "id", None),
+        ],
+    )
     duo.finish()
 
 
@@ -1139,15 +1482,24 @@ def test_trade_listeners_run_once_the_command_is_applied():
 
         def look(t, ex=ex, out=seen[name]):
             buyer = ex.accounts[t.buyer]
-            out.append((t.trade_id, t.qty, ex.next_trade_id,
-                        sorted(o.status for o in buyer.orders.values())))
+            out.append(
+                (
+                    t.trade_id,
+                    t.qty,
+                    ex.next_trade_id,
+                    sorted(o.status for o in buyer.orders.values()),
+                )
+            )
+
         ex.trade_listeners.append(look)
-    run_ops(duo, [("place", "A", CEA, "main", "sell", 3, ("rel", 1), "limit", "GTC", False,
-                   None),
-                  ("place", "C", CEA, "main", "sell", 4, ("rel", 2), "limit", "GTC", False,
-                   None),
-                  ("place", "B", CEA, "main", "buy", 7, ("rel", 2), "limit", "GTC", False,
-                   None)])
+    run_ops(
+        duo,
+        [
+            ("place", "A", CEA, "main", "sell", 3, ("rel", 1), "limit", "GTC", False, None),
+            ("place", "C", CEA, "main", "sell", 4, ("rel", 2), "limit", "GTC", False, None),
+            ("place", "B", CEA, "main", "buy", 7, ("rel", 2), "limit", "GTC", False, None),
+        ],
+    )
     duo.finish()
     assert seen["ref"] == seen["acc"]
     (t1, q1, next1, live1), (t2, q2, next2, live2) = seen["ref"]
@@ -1159,9 +1511,11 @@ def test_trade_listeners_run_once_the_command_is_applied():
 @needs_c
 def test_emit_book_updates_toggled_after_construction():
     duo = new_duo()
-    ops = [("place", "A", CEA, "main", "sell", 10, ("rel", 1), "limit", "GTC", False, None),
-           ("place", "B", CEA, "main", "buy", 4, ("rel", 1), "limit", "GTC", False, None),
-           ("cancel", 1, "owner", "id", None)]
+    ops = [
+        ("place", "A", CEA, "main", "sell", 10, ("rel", 1), "limit", "GTC", False, None),
+        ("place", "B", CEA, "main", "buy", 4, ("rel", 1), "limit", "GTC", False, None),
+        ("cancel", 1, "owner", "id", None),
+    ]
     duo.ref.ex.emit_book_updates = duo.acc.ex.emit_book_updates = False
     run_ops(duo, ops)
     duo.ref.ex.emit_book_updates = duo.acc.ex.emit_book_updates = True
@@ -1171,22 +1525,41 @@ def test_emit_book_updates_toggled_after_construction():
 
 # =========================================================================== odd inputs
 
+
 @needs_c
-@pytest.mark.parametrize("field,value", [
-    ("account", {"x": 1}), ("account", ["A"]), ("account", ("A",)),
-    ("client_order_id", {"x": 1}), ("client_order_id", ["c"]), ("instrument", {"x": 1}),
-    ("segment", ["main"]), ("side", ["buy"]), ("tif", {"GTC": 1}), ("order_type", ["limit"]),
-    ("post_only", [1]), ("price", [8_500]), ("qty", [5]),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("account", {"x": 1}),
+        ("account", ["A"]),
+        ("account", ("A",)),
+        ("client_order_id", {"x": 1}),
+        ("client_order_id", ["c"]),
+        ("instrument", {"x": 1}),
+        ("segment", ["main"]),
+        ("side", ["buy"]),
+        ("tif", {"GTC": 1}),
+        ("order_type", ["limit"]),
+        ("post_only", [1]),
+        ("price", [8_500]),
+        ("qty", [5]),
+    ],
+)
 def test_unhashable_or_odd_order_fields_behave_alike(field, value):
     """Values a JSON decoder can produce (a dict, a list, a tuple): a reject or the same
     exception out of apply, and the same state after it."""
     duo = new_duo()
     duo.may_raise = True
-    run_ops(duo, [("place", "B", CEA, "main", "sell", 10, ("rel", 0), "limit", "GTC", False,
-                   None)])
-    kw = dict(account="A", instrument=CEA, segment="main", side="buy", qty=5, price=8_500,
-              client_order_id="q")
+    run_ops(duo, [("place", "B", CEA, "main", "sell", 10, ("rel", 0), "limit", "GTC", False, None)])
+    kw = dict(
+        account="A",
+        instrument=CEA,
+        segment="main",
+        side="buy",
+        qty=5,
+        price=8_500,
+        client_order_id="q",
+    )
     kw[field] = value
     duo.apply(lambda: PlaceOrder(**kw))
     kw2 = dict(account="A", order_id=duo.ids[-1][0], client_order_id=None)
@@ -1199,8 +1572,22 @@ def test_unhashable_or_odd_order_fields_behave_alike(field, value):
 
 
 @needs_c
-@pytest.mark.parametrize("field", ["account", "instrument", "segment", "side", "qty", "price",
-                                   "order_type", "tif", "post_only", "client_order_id", "ts"])
+@pytest.mark.parametrize(
+    "field",
+    [
+        "account",
+        "instrument",
+        "segment",
+        "side",
+        "qty",
+        "price",
+        "order_type",
+        "tif",
+        "post_only",
+        "client_order_id",
+        "ts",
+    ],
+)
 def test_a_command_missing_a_field_behaves_alike(field):
     """A slot left unset (AttributeError in the reference) is handed over, not misread."""
     duo = new_duo()
@@ -1216,8 +1603,7 @@ def test_a_command_missing_a_field_behaves_alike(field):
             delattr(c, field)
         return c
 
-    run_ops(duo, [("place", "A", CEA, "main", "buy", 5, ("rel", 0), "limit", "GTC", False,
-                   None)])
+    run_ops(duo, [("place", "A", CEA, "main", "buy", 5, ("rel", 0), "limit", "GTC", False, None)])
     duo.may_raise = True
     duo.apply(place)
     duo.apply(cancel)

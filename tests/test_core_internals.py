@@ -1,4 +1,5 @@
 """Pins the sortedcontainers internals the book's hot path relies on (see book.first_key)."""
+
 import random
 
 from sortedcontainers import SortedDict

@@ -8,6 +8,7 @@ does not drift, a subclass (with its own slots and ``__dict__``) is freed withou
 either, the objects the core hands out are fresh (no value of an earlier object shows through),
 and every int someone else holds keeps its value.
 """
+
 from __future__ import annotations
 
 import copy
@@ -100,11 +101,17 @@ def _market(accelerate: bool) -> Sequencer:
     from exchange.app.market import market_commands
 
     seqr = Sequencer(build_exchange(accelerate=accelerate))
-    seqr.run(market_commands(load_settings()) + [
-        SetPriceBand(instrument="CEA-2026", reference_price=5000),
-        RegisterFirm(firm_id="A"), RegisterFirm(firm_id="B"),
-        DepositCash(account="A", amount=10**12), DepositCash(account="B", amount=10**12),
-        IssueUnits(account="B", instrument="CEA-2026", qty=10**6)])
+    seqr.run(
+        market_commands(load_settings())
+        + [
+            SetPriceBand(instrument="CEA-2026", reference_price=5000),
+            RegisterFirm(firm_id="A"),
+            RegisterFirm(firm_id="B"),
+            DepositCash(account="A", amount=10**12),
+            DepositCash(account="B", amount=10**12),
+            IssueUnits(account="B", instrument="CEA-2026", qty=10**6),
+        ]
+    )
     return seqr
 
 
@@ -123,10 +130,14 @@ def test_reports_handed_out_again_carry_no_earlier_value():
             del objs
         cmds = []
         for i in range(40):
-            cmds.append(PlaceOrder(account="B", instrument="CEA-2026", side="sell",
-                                   price=5000 + i % 5, qty=10))
-            cmds.append(PlaceOrder(account="A", instrument="CEA-2026", side="buy", price=5002,
-                                   qty=7))
+            cmds.append(
+                PlaceOrder(
+                    account="B", instrument="CEA-2026", side="sell", price=5000 + i % 5, qty=10
+                )
+            )
+            cmds.append(
+                PlaceOrder(account="A", instrument="CEA-2026", side="buy", price=5002, qty=7)
+            )
         got = [fast.run(cmds), slow.run(cmds)]
         live = sorted(fast.ex.accounts["A"].orders)[:5] + [10**9]
         for k, s in enumerate((fast, slow)):
@@ -152,9 +163,11 @@ def _ints(ex) -> list:
         out.append(b.seq)
         for side in (b.bids, b.asks):
             out += [lv.qty for lv in side.values()]
-        out += [v for v in (b.day_volume, b.day_notional, b.day_trades, b.last, b.day_high,
-                            b.day_low)
-                if type(v) is int]
+        out += [
+            v
+            for v in (b.day_volume, b.day_notional, b.day_trades, b.last, b.day_high, b.day_low)
+            if type(v) is int
+        ]
     return out
 
 
@@ -168,8 +181,13 @@ def test_an_int_someone_holds_is_never_changed():
         r = rng.random()
         acct = rng.choice("AB")
         if r < 0.75:
-            cmd = PlaceOrder(account=acct, instrument="CEA-2026", side="buy" if acct == "A"
-                             else "sell", price=rng.randint(4990, 5010), qty=rng.randint(1, 40))
+            cmd = PlaceOrder(
+                account=acct,
+                instrument="CEA-2026",
+                side="buy" if acct == "A" else "sell",
+                price=rng.randint(4990, 5010),
+                qty=rng.randint(1, 40),
+            )
         else:
             live = sorted(fast.ex.accounts[acct].orders)
             cmd = CancelOrder(account=acct, order_id=rng.choice(live) if live else 1)
@@ -193,11 +211,15 @@ def test_the_instrument_and_rules_lookups_follow_changes():
     order = dict(account="A", instrument="CEA-2026", side="buy", price=5000, qty=15)
     steps = [
         [PlaceOrder(**order)],  # accepted: lot 1
-        [AddSegment(name="main", tick=1, lot=10, max_order_qty=99_999, fee_bps=5),
-         PlaceOrder(**order)],  # BAD_LOT now
+        [
+            AddSegment(name="main", tick=1, lot=10, max_order_qty=99_999, fee_bps=5),
+            PlaceOrder(**order),
+        ],  # BAD_LOT now
         [PlaceOrder(**{**order, "qty": 20})],  # accepted with the new rules
-        [SetPriceBand(instrument="CEA-2026", reference_price=9000),
-         PlaceOrder(**{**order, "qty": 20})],  # outside the new band
+        [
+            SetPriceBand(instrument="CEA-2026", reference_price=9000),
+            PlaceOrder(**{**order, "qty": 20}),
+        ],  # outside the new band
         [Halt(instrument="CEA-2026"), PlaceOrder(**{**order, "qty": 20, "price": 9000})],
         [Resume(instrument="CEA-2026"), PlaceOrder(**{**order, "qty": 20, "price": 9000})],
     ]
@@ -207,11 +229,17 @@ def test_the_instrument_and_rules_lookups_follow_changes():
         assert got == slow.run([copy.copy(c) for c in cmds])
         er = [ev for ev in got if isinstance(ev, ExecutionReport)][-1]
         outcome.append((er.exec_type, er.reason))
-    assert outcome == [("new", None), ("rejected", "BAD_LOT"), ("new", None),
-                       ("rejected", "OUTSIDE_PRICE_BAND"), ("rejected", "HALTED"),
-                       ("new", None)]
+    assert outcome == [
+        ("new", None),
+        ("rejected", "BAD_LOT"),
+        ("new", None),
+        ("rejected", "OUTSIDE_PRICE_BAND"),
+        ("rejected", "HALTED"),
+        ("new", None),
+    ]
     # the same dicts changed in place (as a module or an operator tool might)
     from exchange.core.exchange import SegmentRules
+
     for s in (fast, slow):
         s.ex._rules["main"] = SegmentRules("main", 1, 7, 99_999, 5, "all")
     got = fast.run([PlaceOrder(**{**order, "qty": 20, "price": 9000})])

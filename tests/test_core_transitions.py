@@ -9,6 +9,7 @@ are followed: the first says ``new`` (or ``rejected``, for an order that never g
 each later one is a move the table allows (a replace report keeps the status), nothing
 follows a final status, and the two paths end in the same state.
 """
+
 from __future__ import annotations
 
 import ast
@@ -21,27 +22,43 @@ from exchange.core import book as book_mod
 from exchange.core import orders
 from exchange.core.book import Order
 from exchange.core.commands import (
-    AddInstrument, AmendOrder, CancelAll, CancelOrder, DepositCash, EndOfDay, IssueUnits,
-    PlaceOrder, RegisterFirm, SetPriceBand,
+    AddInstrument,
+    AmendOrder,
+    CancelAll,
+    CancelOrder,
+    DepositCash,
+    EndOfDay,
+    IssueUnits,
+    PlaceOrder,
+    RegisterFirm,
+    SetPriceBand,
 )
 from exchange.core.events import ExecutionReport
 from exchange.core.exchange import AddSegment, Exchange
 from exchange.core.orders import (
-    INITIAL_STATUSES, ORDER_TRANSITIONS, IllegalTransition, OrderStatus, transition,
+    INITIAL_STATUSES,
+    ORDER_TRANSITIONS,
+    IllegalTransition,
+    OrderStatus,
+    transition,
 )
 
 SYM = "CEA-2026"
-FIRMS = {"A": "cancel_resting", "B": "cancel_incoming", "C": "cancel_both",
-         "D": "cancel_resting"}
+FIRMS = {"A": "cancel_resting", "B": "cancel_incoming", "C": "cancel_both", "D": "cancel_resting"}
 
 
 # =========================================================================== the table
 
+
 def test_every_status_has_a_row_and_final_ones_lead_nowhere():
     assert set(ORDER_TRANSITIONS) == set(OrderStatus)
     finals = {s for s, nxt in ORDER_TRANSITIONS.items() if not nxt}
-    assert finals == {OrderStatus.FILLED, OrderStatus.CANCELED, OrderStatus.EXPIRED,
-                      OrderStatus.REJECTED}
+    assert finals == {
+        OrderStatus.FILLED,
+        OrderStatus.CANCELED,
+        OrderStatus.EXPIRED,
+        OrderStatus.REJECTED,
+    }
     for nxt in ORDER_TRANSITIONS.values():
         assert OrderStatus.NEW not in nxt and OrderStatus.REJECTED not in nxt
 
@@ -73,8 +90,7 @@ def test_the_python_core_sets_a_status_only_through_transition():
     (``Order.from_state``), no code in exchange/core assigns ``.status``: it calls
     ``orders.transition``."""
     core = Path(orders.__file__).parent
-    allowed_in = {("book.py", "__init__"), ("book.py", "from_state"),
-                  ("orders.py", "transition")}
+    allowed_in = {("book.py", "__init__"), ("book.py", "from_state"), ("orders.py", "transition")}
     found = []
     for path in sorted(core.glob("*.py")):
         tree = ast.parse(path.read_text())
@@ -82,9 +98,13 @@ def test_the_python_core_sets_a_status_only_through_transition():
             if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 continue
             for node in ast.walk(fn):
-                targets = (node.targets if isinstance(node, ast.Assign) else
-                           [node.target] if isinstance(node, (ast.AnnAssign, ast.AugAssign))
-                           else [])
+                targets = (
+                    node.targets
+                    if isinstance(node, ast.Assign)
+                    else [node.target]
+                    if isinstance(node, (ast.AnnAssign, ast.AugAssign))
+                    else []
+                )
                 for t in targets:
                     if isinstance(t, ast.Attribute) and t.attr == "status":
                         found.append((path.name, fn.name))
@@ -92,6 +112,7 @@ def test_the_python_core_sets_a_status_only_through_transition():
 
 
 # =========================================================================== the streams
+
 
 class Core:
     def __init__(self, accelerate: bool):
@@ -127,9 +148,12 @@ def random_command(rng: random.Random, live: list[tuple[int, str]]):
         return CancelOrder(account=owner, order_id=oid)
     if live and r < 0.30:
         oid, owner = rng.choice(live)
-        return AmendOrder(account=owner, order_id=oid,
-                          qty=rng.choice([None, rng.randint(1, 60)]),
-                          price=rng.choice([None, rng.randint(960, 1_040)]))
+        return AmendOrder(
+            account=owner,
+            order_id=oid,
+            qty=rng.choice([None, rng.randint(1, 60)]),
+            price=rng.choice([None, rng.randint(960, 1_040)]),
+        )
     if r < 0.31:
         return EndOfDay()
     if r < 0.32:
@@ -139,9 +163,16 @@ def random_command(rng: random.Random, live: list[tuple[int, str]]):
     otype = rng.choice(["limit"] * 9 + ["market"])
     tif = rng.choice(["GTC", "GTC", "GTC", "DAY", "IOC", "FOK"])
     post_only = otype == "limit" and tif in ("GTC", "DAY") and rng.random() < 0.1
-    return PlaceOrder(account=firm, instrument=SYM, side=rng.choice(["buy", "sell"]),
-                      qty=rng.randint(1, 60), price=rng.randint(970, 1_030),
-                      order_type=otype, tif=tif, post_only=post_only)
+    return PlaceOrder(
+        account=firm,
+        instrument=SYM,
+        side=rng.choice(["buy", "sell"]),
+        qty=rng.randint(1, 60),
+        price=rng.randint(970, 1_030),
+        order_type=otype,
+        tif=tif,
+        post_only=post_only,
+    )
 
 
 def check_reports(status: dict[int, str], events: list, seen: set[tuple[str, str]]) -> None:
@@ -179,8 +210,9 @@ def test_seeded_streams_change_statuses_only_along_the_table(seed, accelerate):
     seen: set[tuple[str, str]] = set()
     for _ in range(4_000):
         check_reports(status, core(random_command(rng, live)), seen)
-        live = [(o.order_id, o.account) for a in core.ex.accounts.values()
-                for o in a.orders.values()]
+        live = [
+            (o.order_id, o.account) for a in core.ex.accounts.values() for o in a.orders.values()
+        ]
         for oid, _owner in live:  # a live order's status is one that still works
             assert not orders.is_final(status[oid])
     core.ex.check_invariants()
@@ -203,6 +235,7 @@ def test_compiled_and_python_paths_end_in_the_same_state(seed):
         r = ref(cmd)
         a = acc(type(cmd)(**{f: getattr(cmd, f) for f in cmd._FIELDS}))
         assert r == a
-        live = [(o.order_id, o.account) for a_ in ref.ex.accounts.values()
-                for o in a_.orders.values()]
+        live = [
+            (o.order_id, o.account) for a_ in ref.ex.accounts.values() for o in a_.orders.values()
+        ]
     assert ref.ex.state_hash() == acc.ex.state_hash()

@@ -1,6 +1,7 @@
 """The order vocabulary (exchange/core/orders.py): StrEnums whose values are the protocol's
 strings. A command may carry enum members or plain strings: the journal bytes, the events and
 the state hash are the same on either path, and every status the core sets is a plain ``str``."""
+
 from __future__ import annotations
 
 import pytest
@@ -8,7 +9,11 @@ import pytest
 from exchange.core import errors as E
 from exchange.core import orders
 from exchange.core.commands import (
-    AddInstrument, DepositCash, IssueUnits, PlaceOrder, RegisterFirm,
+    AddInstrument,
+    DepositCash,
+    IssueUnits,
+    PlaceOrder,
+    RegisterFirm,
 )
 from exchange.core.events import ExecutionReport
 from exchange.core.exchange import AddSegment, Exchange
@@ -24,14 +29,34 @@ def test_the_enum_values_are_the_protocol_strings():
     assert [s.value for s in Side] == ["buy", "sell"]
     assert [t.value for t in TimeInForce] == ["GTC", "DAY", "IOC", "FOK"]
     assert [t.value for t in OrderType] == ["limit", "market"]
-    assert [s.value for s in OrderStatus] == ["new", "partially_filled", "filled", "canceled",
-                                              "rejected", "expired"]
-    assert [e.value for e in ExecType] == ["new", "trade", "canceled", "replaced", "rejected",
-                                           "expired"]
+    assert [s.value for s in OrderStatus] == [
+        "new",
+        "partially_filled",
+        "filled",
+        "canceled",
+        "rejected",
+        "expired",
+    ]
+    assert [e.value for e in ExecType] == [
+        "new",
+        "trade",
+        "canceled",
+        "replaced",
+        "rejected",
+        "expired",
+    ]
     assert [p.value for p in StpPolicy] == ["cancel_resting", "cancel_incoming", "cancel_both"]
     # the stored forms are exact str objects
-    for v in (orders.BUY, orders.SELL, orders.GTC, orders.DAY, orders.IOC, orders.FOK,
-              orders.LIMIT, orders.MARKET):
+    for v in (
+        orders.BUY,
+        orders.SELL,
+        orders.GTC,
+        orders.DAY,
+        orders.IOC,
+        orders.FOK,
+        orders.LIMIT,
+        orders.MARKET,
+    ):
         assert type(v) is str
 
 
@@ -46,23 +71,62 @@ def _commands(enums: bool) -> list:
     side = (lambda s: Side(s)) if enums else (lambda s: s)
     tif = (lambda t: TimeInForce(t)) if enums else (lambda t: t)
     otype = (lambda t: OrderType(t)) if enums else (lambda t: t)
-    cmds = [AddSegment(name="main", tick=1, lot=1, max_order_qty=500, fee_bps=5),
-            AddInstrument(symbol=SYM, kind="allowance", vintage=2026, reference_price=1_000)]
+    cmds = [
+        AddSegment(name="main", tick=1, lot=1, max_order_qty=500, fee_bps=5),
+        AddInstrument(symbol=SYM, kind="allowance", vintage=2026, reference_price=1_000),
+    ]
     for firm in ("A", "B"):
-        cmds += [RegisterFirm(firm_id=firm, stp_policy=StpPolicy.CANCEL_BOTH.value),
-                 DepositCash(account=firm, amount=10_000_000),
-                 IssueUnits(account=firm, instrument=SYM, qty=1_000, ref="2026")]
+        cmds += [
+            RegisterFirm(firm_id=firm, stp_policy=StpPolicy.CANCEL_BOTH.value),
+            DepositCash(account=firm, amount=10_000_000),
+            IssueUnits(account=firm, instrument=SYM, qty=1_000, ref="2026"),
+        ]
     cmds += [
-        PlaceOrder(account="A", instrument=SYM, side=side("sell"), qty=10, price=1_000,
-                   tif=tif("GTC"), order_type=otype("limit")),
-        PlaceOrder(account="A", instrument=SYM, side=side("sell"), qty=5, price=1_010,
-                   tif=tif("DAY"), order_type=otype("limit")),
-        PlaceOrder(account="B", instrument=SYM, side=side("buy"), qty=12, price=1_010,
-                   tif=tif("IOC"), order_type=otype("limit")),
-        PlaceOrder(account="B", instrument=SYM, side=side("buy"), qty=2, price=None,
-                   tif=tif("GTC"), order_type=otype("market")),
-        PlaceOrder(account="B", instrument=SYM, side=side("buy"), qty=4, price=990,
-                   tif=tif("GTC"), order_type=otype("limit")),
+        PlaceOrder(
+            account="A",
+            instrument=SYM,
+            side=side("sell"),
+            qty=10,
+            price=1_000,
+            tif=tif("GTC"),
+            order_type=otype("limit"),
+        ),
+        PlaceOrder(
+            account="A",
+            instrument=SYM,
+            side=side("sell"),
+            qty=5,
+            price=1_010,
+            tif=tif("DAY"),
+            order_type=otype("limit"),
+        ),
+        PlaceOrder(
+            account="B",
+            instrument=SYM,
+            side=side("buy"),
+            qty=12,
+            price=1_010,
+            tif=tif("IOC"),
+            order_type=otype("limit"),
+        ),
+        PlaceOrder(
+            account="B",
+            instrument=SYM,
+            side=side("buy"),
+            qty=2,
+            price=None,
+            tif=tif("GTC"),
+            order_type=otype("market"),
+        ),
+        PlaceOrder(
+            account="B",
+            instrument=SYM,
+            side=side("buy"),
+            qty=4,
+            price=990,
+            tif=tif("GTC"),
+            order_type=otype("limit"),
+        ),
     ]
     return cmds
 
@@ -99,5 +163,6 @@ def test_enum_commands_agree_across_the_two_paths():
     ev_py, hash_py, _, _ = _run(True, False)
     ev_c, hash_c, _, _ = _run(True, True)
     assert ev_c == ev_py and hash_c == hash_py
-    assert [type(e.side) for e in ev_c if isinstance(e, ExecutionReport)] == \
-        [type(e.side) for e in ev_py if isinstance(e, ExecutionReport)]
+    assert [type(e.side) for e in ev_c if isinstance(e, ExecutionReport)] == [
+        type(e.side) for e in ev_py if isinstance(e, ExecutionReport)
+    ]

@@ -10,6 +10,7 @@ The checks go through the server's own state (operator API), not only the DOM:
 * a server error (a price outside the band) is shown in words;
 * an operator previews an offset cap change, applies it, and the new cap is in force.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -33,8 +34,14 @@ ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "artifacts" / "screenshots"
 OPERATOR_KEY = "operator-demo-key"
 VERIFIER_KEY = "verifier-demo-key"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
 TIMEOUT_MS = 10_000
 
 pytestmark = pytest.mark.slow
@@ -42,8 +49,11 @@ pytestmark = pytest.mark.slow
 
 # ------------------------------------------------------------------ helpers
 def http(base: str, method: str, path: str, body=None, key: str | None = OPERATOR_KEY):
-    req = urllib.request.Request(base + "/api/v1" + path, method=method,
-                                 data=None if body is None else json.dumps(body).encode())
+    req = urllib.request.Request(
+        base + "/api/v1" + path,
+        method=method,
+        data=None if body is None else json.dumps(body).encode(),
+    )
     if body is not None:
         req.add_header("Content-Type", "application/json")
     if key:
@@ -93,8 +103,22 @@ def chromium_path() -> str:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     data = tmp_path_factory.mktemp("dashboard-data")
-    info = start_server([sys.executable, "-m", "exchange", "serve", "--host", "127.0.0.1",
-                         "--port", "0", "--data-dir", str(data)], cwd=ROOT, data=data)
+    info = start_server(
+        [
+            sys.executable,
+            "-m",
+            "exchange",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--data-dir",
+            str(data),
+        ],
+        cwd=ROOT,
+        data=data,
+    )
     yield info
     stop_server(info)
 
@@ -104,8 +128,9 @@ def start_server(cmd: list[str], cwd, data, env: dict | None = None) -> dict:
     history (:func:`_seed_history`) and return what the tests use. Also used on an installed
     wheel by tests/test_packaging.py."""
     env = dict(os.environ if env is None else env, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     port = None
     lines = []
     deadline = time.monotonic() + 30
@@ -123,10 +148,16 @@ def start_server(cmd: list[str], cwd, data, env: dict | None = None) -> dict:
         pytest.fail("server did not start:\n" + "".join(lines)[-3000:])
     # keep draining the server's output so it never blocks on a full pipe
     import threading
+
     threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
     base = f"http://127.0.0.1:{port}"
-    info = {"base": base, "ws": f"ws://127.0.0.1:{port}/ws", "proc": proc, "data": data,
-            "output": lines}
+    info = {
+        "base": base,
+        "ws": f"ws://127.0.0.1:{port}/ws",
+        "proc": proc,
+        "data": data,
+        "output": lines,
+    }
     _seed_history(info)
     return info
 
@@ -145,31 +176,60 @@ def stop_server(info: dict) -> int | None:
 def _seed_history(server) -> None:
     """A few trading days of CEA-2026 so the chart has candles: STEEL1 sells, CEMENT1 buys IOC
     at the same price (inside the demo book's 84.90 / 85.40 spread), then end of day."""
-    days = [["85.10", "85.30", "85.00", "85.20"], ["85.20", "85.35", "85.05", "85.30"],
-            ["85.25", "85.10", "85.38", "85.15"], ["85.15", "85.32", "84.96", "85.28"]]
+    days = [
+        ["85.10", "85.30", "85.00", "85.20"],
+        ["85.20", "85.35", "85.05", "85.30"],
+        ["85.25", "85.10", "85.38", "85.15"],
+        ["85.15", "85.32", "84.96", "85.28"],
+    ]
     n = 0
     for d, prices in enumerate(days):
         for p in prices:
             n += 1
             qty = 100 + 37 * n
-            place(server, "demo-key-steel1",
-                  dict(instrument="CEA-2026", side="sell", qty=qty, price=p,
-                       client_order_id=f"seed-s-{n}"))
-            place(server, "demo-key-cement1",
-                  dict(instrument="CEA-2026", side="buy", qty=qty, price=p, tif="IOC",
-                       client_order_id=f"seed-b-{n}"))
+            place(
+                server,
+                "demo-key-steel1",
+                dict(
+                    instrument="CEA-2026",
+                    side="sell",
+                    qty=qty,
+                    price=p,
+                    client_order_id=f"seed-s-{n}",
+                ),
+            )
+            place(
+                server,
+                "demo-key-cement1",
+                dict(
+                    instrument="CEA-2026",
+                    side="buy",
+                    qty=qty,
+                    price=p,
+                    tif="IOC",
+                    client_order_id=f"seed-b-{n}",
+                ),
+            )
         if d < len(days) - 1:
             status, r = http(server["base"], "POST", "/end-of-day", {})
             assert status == 200, r
     # verified emissions for 2026, so the offset-cap what-if has obligations to weigh:
     # POWER1 50,000 t (holds 5,000 t CCER, 6,560 t RMN), CEMENT1 30,000 t (no offsets)
     for firm, emissions, output in (("POWER1", 50_000, 60_000), ("CEMENT1", 30_000, 35_000)):
-        status, r = http(server["base"], "POST", "/compliance/submissions",
-                         {"period": 2026, "firm_id": firm, "process_emissions": emissions,
-                          "output": output})
+        status, r = http(
+            server["base"],
+            "POST",
+            "/compliance/submissions",
+            {"period": 2026, "firm_id": firm, "process_emissions": emissions, "output": output},
+        )
         assert status == 200, r
-        status, r = http(server["base"], "POST", f"/compliance/submissions/{firm}/2026/verify",
-                         {"verifier": "VERIFIER1"}, key=VERIFIER_KEY)
+        status, r = http(
+            server["base"],
+            "POST",
+            f"/compliance/submissions/{firm}/2026/verify",
+            {"verifier": "VERIFIER1"},
+            key=VERIFIER_KEY,
+        )
         assert status == 200, r
 
 
@@ -235,15 +295,22 @@ def test_market_view_shows_client_orders_in_depth(page, server):
     # trades from before the page opened are listed (the seeded history: 16 trades)
     expect(page.locator("#trades-body tr")).to_have_count(16)
     # orders placed through exchange.client appear in the depth view, live
-    place(server, "demo-key-steel1",
-          dict(instrument="CEA-2026", side="buy", qty=777, price="84.20", client_order_id="d-1"),
-          dict(instrument="CEA-2026", side="buy", qty=223, price="84.20", client_order_id="d-2"))
-    place(server, "demo-key-power1",
-          dict(instrument="CEA-2026", side="sell", qty=450, price="86.10", client_order_id="d-3"))
+    place(
+        server,
+        "demo-key-steel1",
+        dict(instrument="CEA-2026", side="buy", qty=777, price="84.20", client_order_id="d-1"),
+        dict(instrument="CEA-2026", side="buy", qty=223, price="84.20", client_order_id="d-2"),
+    )
+    place(
+        server,
+        "demo-key-power1",
+        dict(instrument="CEA-2026", side="sell", qty=450, price="86.10", client_order_id="d-3"),
+    )
     bid = page.locator('#depth-body td[data-side="bid"][data-price="84.20"]')
     expect(bid).to_have_attribute("data-qty", "1000")
     expect(page.locator('#depth-body td[data-side="ask"][data-price="86.10"]')).to_have_attribute(
-        "data-qty", "450")
+        "data-qty", "450"
+    )
     # ... consistent with the server's book
     status, book = http(server["base"], "GET", "/books/CEA-2026/main")
     assert status == 200 and ["84.20", 1000] in book["bids"] and ["86.10", 450] in book["asks"]
@@ -257,9 +324,18 @@ def test_market_view_shows_client_orders_in_depth(page, server):
     expect(page.locator('#depth-body td[data-price="10.00"]')).to_have_count(0)
     expect(bid).to_have_attribute("data-qty", "1000")
     # a trade shows in recent trades and the other books are listed
-    place(server, "demo-key-cement1",
-          dict(instrument="CEA-2026", side="buy", qty=50, price="85.40", tif="IOC",
-               client_order_id="d-4"))
+    place(
+        server,
+        "demo-key-cement1",
+        dict(
+            instrument="CEA-2026",
+            side="buy",
+            qty=50,
+            price="85.40",
+            tif="IOC",
+            client_order_id="d-4",
+        ),
+    )
     expect(page.locator("#trades-body tr").first).to_contain_text("85.40")
     expect(page.locator('#books-body tr[data-book="CCER-2026:main"]')).to_be_visible()
     expect(page.locator("#chart-meta")).to_contain_text("trading day 3")
@@ -281,12 +357,14 @@ def test_firm_places_and_cancels_order_from_page(page, server):
     expect(page.locator('#holdings tr[data-instrument="CCER-2026"]')).to_contain_text("5,000")
     expect(page.locator("#ticket-quote .q.ask")).to_contain_text("85.40")
     expect(page.locator('#firm-compliance tr[data-period="2026"] td')).to_have_text(
-        ["2026", "open", "E 0 · P 50,000 · N 0*", "50,000", "0", "0", "2,500", "50,000",
-         "48,000"])
+        ["2026", "open", "E 0 · P 50,000 · N 0*", "50,000", "0", "0", "2,500", "50,000", "48,000"]
+    )
     # the emissions by category: natural is reported, not covered (marked, muted)
-    expect(page.locator('#firm-compliance tr[data-period="2026"] td.categories '
-                        'span[data-category="natural"]')).to_have_attribute("data-covered",
-                                                                             "false")
+    expect(
+        page.locator(
+            '#firm-compliance tr[data-period="2026"] td.categories span[data-category="natural"]'
+        )
+    ).to_have_attribute("data-covered", "false")
     expect(page.locator("#firm-phi")).to_contain_text("allocation factor φ 1.0000")
 
     page.select_option("#ord-instrument", "CEA-2026")
@@ -338,7 +416,8 @@ def test_operator_previews_and_applies_offset_cap(page, server):
     expect(page.locator('#op-instruments tr[data-instrument="CEA-2026"]')).to_be_visible()
     expect(page.locator('#op-firms tr[data-firm="POWER1"]')).to_be_visible()
     expect(page.locator('#op-firms tr[data-firm="POWER1"] td.categories')).to_have_text(
-        "E 0 · P 50,000 · N 0*")
+        "E 0 · P 50,000 · N 0*"
+    )
 
     expect(page.locator('#cap-table tr[data-period="2026"]')).to_be_visible()
     status, before = http(server["base"], "GET", "/compliance/periods/2026/summary")
@@ -354,7 +433,8 @@ def test_operator_previews_and_applies_offset_cap(page, server):
     # (1,500 t) by 5,060 t
     power = page.locator('#cap-preview-table tr[data-firm="POWER1"]')
     expect(power.locator("td")).to_have_text(
-        ["POWER1", "50,000", "2,500", "4,000", "0", "11,560", "7,560", "RMN over by 5,060 t"])
+        ["POWER1", "50,000", "2,500", "4,000", "0", "11,560", "7,560", "RMN over by 5,060 t"]
+    )
     expect(page.locator("#cap-preview-head")).to_contain_text("1 firm(s) would exceed: POWER1")
     shot(page, "operator-cap-preview")
     # nothing changed yet
@@ -380,20 +460,26 @@ def test_operator_previews_and_applies_offset_cap(page, server):
     page.once("dialog", lambda d: d.accept())
     page.click('#op-instruments tr[data-instrument="CCER-2026"] button')
     expect(page.locator('#op-instruments tr[data-instrument="CCER-2026"] .badge')).to_have_text(
-        "HALTED")
+        "HALTED"
+    )
     status, inst = http(server["base"], "GET", "/instruments", key=None)
     assert [i for i in inst["instruments"] if i["instrument"] == "CCER-2026"][0]["halted"]
     shot(page, "operator")
     page.click('#op-instruments tr[data-instrument="CCER-2026"] button')
     expect(page.locator('#op-instruments tr[data-instrument="CCER-2026"] .badge')).to_have_text(
-        "TRADING")
+        "TRADING"
+    )
 
 
 def test_revoked_key_is_reported_in_words(page, server):
     from playwright.sync_api import expect
 
-    status, issued = http(server["base"], "POST", "/api-keys",
-                          {"role": "firm", "firm_id": "SME2", "label": "dashboard test"})
+    status, issued = http(
+        server["base"],
+        "POST",
+        "/api-keys",
+        {"role": "firm", "firm_id": "SME2", "label": "dashboard test"},
+    )
     assert status == 201, issued
     page.click("#tab-firm")
     page.fill("#firm-key", issued["api_key"])
@@ -409,9 +495,17 @@ def test_revoked_key_is_reported_in_words(page, server):
 
 
 # ------------------------------------------------------------------ SME sub-quotas and the fund
-SME_SPLIT = {"parent": "STEEL1", "instrument": "CEA-2026", "amount": 1234, "smes": ["SME1"],
-             "strategy": "equal", "revenue_share": "0.65", "surplus_rule": "bank",
-             "shortfall_rule": "parent", "chain_id": "steelchain"}
+SME_SPLIT = {
+    "parent": "STEEL1",
+    "instrument": "CEA-2026",
+    "amount": 1234,
+    "smes": ["SME1"],
+    "strategy": "equal",
+    "revenue_share": "0.65",
+    "surplus_rule": "bank",
+    "shortfall_rule": "parent",
+    "chain_id": "steelchain",
+}
 
 
 @pytest.fixture(scope="module")
@@ -426,28 +520,49 @@ def sme_setup(server):
     assert status == 200, r
     lot = [e for e in r["events"] if e["type"] == "sub_quota_created"][0]["lot_id"]
     f = "/compliance/sme-fund"
-    status, r = http(base, "POST", f + "/deposits",
-                     {"amount": "100000.00", "period": 2026, "ref": "MEE budget 2026"})
+    status, r = http(
+        base,
+        "POST",
+        f + "/deposits",
+        {"amount": "100000.00", "period": 2026, "ref": "MEE budget 2026"},
+    )
     assert status == 200, r
     ids = []
-    for amount, project, tonnes in (("80000.00", "waste-heat recovery", 120),
-                                    ("30000.00", "kiln insulation", 45)):
-        status, r = http(base, "POST", f + "/applications",
-                         {"period": 2026, "amount": amount, "project": project,
-                          "verified_abatement_t": tonnes}, key="demo-key-sme1")
+    for amount, project, tonnes in (
+        ("80000.00", "waste-heat recovery", 120),
+        ("30000.00", "kiln insulation", 45),
+    ):
+        status, r = http(
+            base,
+            "POST",
+            f + "/applications",
+            {"period": 2026, "amount": amount, "project": project, "verified_abatement_t": tonnes},
+            key="demo-key-sme1",
+        )
         assert status == 200, r
         ids.append(r["events"][0]["application_id"])
     paid, refused = ids
     # POWER1 buys 100 t of the demo's resting SME-board offer (SME1, 85.20, from its genesis
     # lot #1, no fee): of 8,520.00 the SME keeps 70 % = 5,964.00, STEEL1 gets 2,556.00
-    (fill,) = place(server, "demo-key-power1",
-                    dict(instrument="CEA-2026", segment="sme", side="buy", qty=100,
-                         price="85.20", tif="IOC", client_order_id="sme-buy-1"))
+    (fill,) = place(
+        server,
+        "demo-key-power1",
+        dict(
+            instrument="CEA-2026",
+            segment="sme",
+            side="buy",
+            qty=100,
+            price="85.20",
+            tif="IOC",
+            client_order_id="sme-buy-1",
+        ),
+    )
     assert fill["cum_qty"] == 100, fill
-    for path, body in ((f"/applications/{paid}/approve", {}),
-                       (f"/applications/{paid}/disburse", {}),
-                       (f"/applications/{refused}/reject",
-                        {"reason": "no verification report attached"})):
+    for path, body in (
+        (f"/applications/{paid}/approve", {}),
+        (f"/applications/{paid}/disburse", {}),
+        (f"/applications/{refused}/reject", {"reason": "no verification report attached"}),
+    ):
         status, r = http(base, "POST", f + path, body)
         assert status == 200, r
     return {"lot": lot, "paid": paid, "refused": refused}
@@ -460,8 +575,7 @@ def shot_of(locator, name: str) -> None:
     locator.screenshot(path=str(SHOTS / f"{name}.png"))
 
 
-def test_sme_sees_its_sub_quotas_and_grants_and_core_firm_what_it_split(page, server,
-                                                                          sme_setup):
+def test_sme_sees_its_sub_quotas_and_grants_and_core_firm_what_it_split(page, server, sme_setup):
     from playwright.sync_api import expect
 
     lot, paid, refused = sme_setup["lot"], sme_setup["paid"], sme_setup["refused"]
@@ -471,47 +585,108 @@ def test_sme_sees_its_sub_quotas_and_grants_and_core_firm_what_it_split(page, se
     expect(page.locator("#firm-whoami")).to_have_text("SME1")
     # the sub-quota the operator just split, from STEEL1, with its terms in words
     row = page.locator(f'#firm-sq-received tr[data-lot="{lot}"] td')
-    expect(row).to_have_text([f"#{lot}", "2026", "CEA-2026", "STEEL1", "steelchain", "1,234",
-                              "1,234", "0", "SME 65 % · parent 35 %", "banked by SME",
-                              "parent covers", "—", "open"])
+    expect(row).to_have_text(
+        [
+            f"#{lot}",
+            "2026",
+            "CEA-2026",
+            "STEEL1",
+            "steelchain",
+            "1,234",
+            "1,234",
+            "0",
+            "SME 65 % · parent 35 %",
+            "banked by SME",
+            "parent covers",
+            "—",
+            "open",
+        ]
+    )
     # the demo's genesis lot: 3,000 t, 70 %, reverts; 100 t of it sold, the proceeds split
     expect(page.locator('#firm-sq-received tr[data-lot="1"] td')).to_have_text(
-        ["#1", "2026", "CEA-2026", "STEEL1", "steelchain", "3,000", "2,900", "100",
-         "SME 70 % · parent 30 %", "reverts to parent", "parent covers", "5,964.00 / 2,556.00",
-         "open"])
+        [
+            "#1",
+            "2026",
+            "CEA-2026",
+            "STEEL1",
+            "steelchain",
+            "3,000",
+            "2,900",
+            "100",
+            "SME 70 % · parent 30 %",
+            "reverts to parent",
+            "parent covers",
+            "5,964.00 / 2,556.00",
+            "open",
+        ]
+    )
     expect(page.locator("#firm-sq-meta")).to_have_text("received 4,234 t in 2 lot(s)")
     expect(page.locator("#firm-sq-split-box")).to_be_hidden()  # an SME split nothing out
     # the same figures on the server
     status, mine = http(server["base"], "GET", "/rules/sub-quotas/SME1", key="demo-key-sme1")
     assert status == 200
     assert [(q["lot_id"], q["granted"], q["revenue_share"]) for q in mine["received"]] == [
-        (1, 3000, "0.7"), (lot, 1234, "0.65")]
+        (1, 3000, "0.7"),
+        (lot, 1234, "0.65"),
+    ]
     assert (mine["received"][0]["sme_proceeds"], mine["received"][0]["parent_proceeds"]) == (
-        "5964.00", "2556.00")
+        "5964.00",
+        "2556.00",
+    )
     # its grants: one paid, one rejected with the reason
     expect(page.locator("#firm-fund-panel")).to_be_visible()
     expect(page.locator(f'#firm-grants tr[data-application="{paid}"] td')).to_have_text(
-        [f"#{paid}", "2026", "waste-heat recovery", "120", "80,000.00", "disbursed",
-         re.compile(r"^\d{4}-\d\d-\d\d$"), re.compile(r"^paid \d{4}-\d\d-\d\d · seq \d+$")])
+        [
+            f"#{paid}",
+            "2026",
+            "waste-heat recovery",
+            "120",
+            "80,000.00",
+            "disbursed",
+            re.compile(r"^\d{4}-\d\d-\d\d$"),
+            re.compile(r"^paid \d{4}-\d\d-\d\d · seq \d+$"),
+        ]
+    )
     expect(page.locator(f'#firm-grants tr[data-application="{refused}"] td')).to_have_text(
-        [f"#{refused}", "2026", "kiln insulation", "45", "30,000.00", "rejected",
-         re.compile(r"^\d{4}-\d\d-\d\d$"),
-         "rejected by demo operator: no verification report attached"])
+        [
+            f"#{refused}",
+            "2026",
+            "kiln insulation",
+            "45",
+            "30,000.00",
+            "rejected",
+            re.compile(r"^\d{4}-\d\d-\d\d$"),
+            "rejected by demo operator: no verification report attached",
+        ]
+    )
     expect(page.locator("#firm-fund-meta")).to_have_text(
-        "received 80,000.00 CNY for 2026 of 200,000.00 per period")
-    status, apps = http(server["base"], "GET", "/compliance/sme-fund/applications",
-                        key="demo-key-sme1")
-    assert status == 200 and [(a["application_id"], a["status"]) for a in
-                              apps["applications"]] == [(paid, "disbursed"),
-                                                        (refused, "rejected")]
+        "received 80,000.00 CNY for 2026 of 200,000.00 per period"
+    )
+    status, apps = http(
+        server["base"], "GET", "/compliance/sme-fund/applications", key="demo-key-sme1"
+    )
+    assert status == 200 and [(a["application_id"], a["status"]) for a in apps["applications"]] == [
+        (paid, "disbursed"),
+        (refused, "rejected"),
+    ]
     page.wait_for_timeout(150)
     shot(page, "firm-sme")
     shot_of(page.locator("#firm-sq-panel"), "firm-sme-sub-quotas")
     shot_of(page.locator("#firm-fund-panel"), "firm-sme-grants")
     # a sale while the page is open moves the holdings: the panel follows (refresh <= 5 s)
-    place(server, "demo-key-power1",
-          dict(instrument="CEA-2026", segment="sme", side="buy", qty=50, price="85.20",
-               tif="IOC", client_order_id="sme-buy-2"))
+    place(
+        server,
+        "demo-key-power1",
+        dict(
+            instrument="CEA-2026",
+            segment="sme",
+            side="buy",
+            qty=50,
+            price="85.20",
+            tif="IOC",
+            client_order_id="sme-buy-2",
+        ),
+    )
     cells = page.locator('#firm-sq-received tr[data-lot="1"] td')
     expect(cells.nth(7)).to_have_text("150", timeout=15_000)
     expect(cells.nth(11)).to_have_text("8,946.00 / 3,834.00")
@@ -522,12 +697,39 @@ def test_sme_sees_its_sub_quotas_and_grants_and_core_firm_what_it_split(page, se
     page.click("#firm-key-form button[type=submit]")
     expect(page.locator("#firm-whoami")).to_have_text("STEEL1")
     expect(page.locator(f'#firm-sq-split tr[data-lot="{lot}"] td')).to_have_text(
-        [f"#{lot}", "2026", "CEA-2026", "SME1", "steelchain", "1,234", "1,234", "0",
-         "SME 65 % · parent 35 %", "banked by SME", "parent covers", "—", "open"])
+        [
+            f"#{lot}",
+            "2026",
+            "CEA-2026",
+            "SME1",
+            "steelchain",
+            "1,234",
+            "1,234",
+            "0",
+            "SME 65 % · parent 35 %",
+            "banked by SME",
+            "parent covers",
+            "—",
+            "open",
+        ]
+    )
     expect(page.locator('#firm-sq-split tr[data-lot="1"] td')).to_have_text(
-        ["#1", "2026", "CEA-2026", "SME1", "steelchain", "3,000", "2,850", "150",
-         "SME 70 % · parent 30 %", "reverts to parent", "parent covers", "8,946.00 / 3,834.00",
-         "open"])
+        [
+            "#1",
+            "2026",
+            "CEA-2026",
+            "SME1",
+            "steelchain",
+            "3,000",
+            "2,850",
+            "150",
+            "SME 70 % · parent 30 %",
+            "reverts to parent",
+            "parent covers",
+            "8,946.00 / 3,834.00",
+            "open",
+        ]
+    )
     expect(page.locator("#firm-sq-split tbody tr")).to_have_count(2)  # not CEMENT1's lot
     expect(page.locator("#firm-sq-received-box")).to_be_hidden()
     expect(page.locator("#firm-fund-panel")).to_be_hidden()
@@ -552,20 +754,46 @@ def test_operator_sees_sme_fund_statement_and_sub_quotas(page, server, sme_setup
     expect(kpi.locator('[data-kpi="penalty"] span')).to_have_text("0.00")
     expect(kpi.locator('[data-kpi="grants"] span')).to_have_text("80,000.00 · 1")
     expect(kpi.locator('[data-kpi="applications"] span')).to_have_text(
-        "0 pending · 0 approved · 1 rejected")
+        "0 pending · 0 approved · 1 rejected"
+    )
     expect(page.locator("#fund-params")).to_contain_text(
         "30 % of each penalty · 10 % of auction proceeds · per SME and period 200,000.00 CNY"
-        " · per period 1,000,000.00 CNY")
+        " · per period 1,000,000.00 CNY"
+    )
     expect(page.locator('#fund-periods tr[data-period="2026"] td')).to_have_text(
-        ["2026", "0.00", "100,000.00", "0.00", "100,000.00", "80,000.00 (1)"])
+        ["2026", "0.00", "100,000.00", "0.00", "100,000.00", "80,000.00 (1)"]
+    )
     expect(page.locator(f'#fund-grants tr[data-application="{paid}"] td')).to_have_text(
-        [f"#{paid}", "SME1", "2026", "waste-heat recovery", "120", "80,000.00",
-         re.compile(r"^\d{4}-\d\d-\d\d · seq \d+$")])
+        [
+            f"#{paid}",
+            "SME1",
+            "2026",
+            "waste-heat recovery",
+            "120",
+            "80,000.00",
+            re.compile(r"^\d{4}-\d\d-\d\d · seq \d+$"),
+        ]
+    )
     expect(page.locator("#fund-grants tbody tr")).to_have_count(1)  # paid grants only
     # every lot, both sides and the terms
     expect(page.locator(f'#op-sq tr[data-lot="{lot}"] td')).to_have_text(
-        [f"#{lot}", "2026", "CEA-2026", "STEEL1", "SME1", "steelchain", "1,234", "1,234", "0",
-         "SME 65 % · parent 35 %", "banked by SME", "parent covers", "—", "open"])
+        [
+            f"#{lot}",
+            "2026",
+            "CEA-2026",
+            "STEEL1",
+            "SME1",
+            "steelchain",
+            "1,234",
+            "1,234",
+            "0",
+            "SME 65 % · parent 35 %",
+            "banked by SME",
+            "parent covers",
+            "—",
+            "open",
+        ]
+    )
     expect(page.locator('#op-sq tr[data-lot="2"] td').nth(4)).to_have_text("SME2")
     status, lots = http(server["base"], "GET", "/rules/sub-quotas")
     expect(page.locator("#op-sq tbody tr")).to_have_count(len(lots["sub_quotas"]))

@@ -2,6 +2,7 @@
 committed events, end of day, seeding from the core's own day statistics. Surviving a restart
 is the history read model's (rebuilt from the journal: tests/test_market_history.py). No
 browser needed (tests/test_dashboard.py drives the page)."""
+
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -15,9 +16,20 @@ from exchange.app.config import load_settings
 
 
 def trade(sym: str, price: int, qty: int, tid: int = 1) -> Trade:
-    return Trade(trade_id=tid, instrument=sym, segment="main", price=price, qty=qty,
-                 buyer="B", seller="S", buy_order_id=1, sell_order_id=2, aggressor="buy",
-                 buyer_fee=0, seller_fee=0)
+    return Trade(
+        trade_id=tid,
+        instrument=sym,
+        segment="main",
+        price=price,
+        qty=qty,
+        buyer="B",
+        seller="S",
+        buy_order_id=1,
+        sell_order_id=2,
+        aggressor="buy",
+        buyer_fee=0,
+        seller_fee=0,
+    )
 
 
 def cmd(ts: int = 0):
@@ -32,9 +44,17 @@ def test_trades_build_daily_ohlc_and_end_of_day_closes_it():
     s.on_commit(cmd(13), [DayEnded(1, (("CEA-2026", 8506),), 0)])
     s.on_commit(cmd(14), [trade("CEA-2026", 8600, 7)])
     day0, day1 = s.series("CEA-2026")
-    assert day0 == {"day": 0, "open": "85.10", "high": "85.30", "low": "84.90",
-                    "close": "85.00", "volume": 180, "trades": 4, "closed": True,
-                    "first_ts": 10}
+    assert day0 == {
+        "day": 0,
+        "open": "85.10",
+        "high": "85.30",
+        "low": "84.90",
+        "close": "85.00",
+        "volume": 180,
+        "trades": 4,
+        "closed": True,
+        "first_ts": 10,
+    }
     assert day1["open"] == day1["close"] == "86.00" and day1["closed"] is False
     assert s.series("CCER-2026") == []
     assert s.series("CEA-2026", limit=1) == [day1]
@@ -44,19 +64,40 @@ def test_seed_takes_the_current_day_from_the_core(tmp_path):
     seq = Sequencer()
     seq.run(genesis_commands(load_settings(None), demo=True))
     ex = seq.ex
-    seq(PlaceOrder(account="STEEL1", instrument="CEA-2026", segment="main", side="sell",
-                   qty=300, price=8520))
-    seq(PlaceOrder(account="CEMENT1", instrument="CEA-2026", segment="main", side="buy",
-                   qty=300, price=8520, tif="IOC"))
+    seq(
+        PlaceOrder(
+            account="STEEL1",
+            instrument="CEA-2026",
+            segment="main",
+            side="sell",
+            qty=300,
+            price=8520,
+        )
+    )
+    seq(
+        PlaceOrder(
+            account="CEMENT1",
+            instrument="CEA-2026",
+            segment="main",
+            side="buy",
+            qty=300,
+            price=8520,
+            tif="IOC",
+        )
+    )
     s = CandleStore()
     s.seed(ex)
     (c,) = s.series("CEA-2026")
     assert (c["open"], c["high"], c["low"], c["close"], c["volume"]) == (
-        "85.20", "85.20", "85.20", "85.20", 300)
+        "85.20",
+        "85.20",
+        "85.20",
+        "85.20",
+        300,
+    )
     seq(EndOfDay())
     s2 = CandleStore()
     s2.candles = s.candles
     s2.seed(ex)  # a new day without trades: yesterday's candle stays, no empty candle today
     assert [x["day"] for x in s2.series("CEA-2026")] == [0]
     assert s2.series("CEA-2026")[0]["closed"] is True
-

@@ -1,10 +1,16 @@
 """The operator view's offset-cap table in a real browser (Playwright, as tests/test_dashboard.py):
 the cap in force, and each scheduled change with its effective time, who made it and its
 journal seq - not today's cap beside the date of a pending change."""
+
 from __future__ import annotations
 
 from test_dashboard import (  # noqa: F401 - fixtures
-    OPERATOR_KEY, browser, chromium_path, http, page, server,
+    OPERATOR_KEY,
+    browser,
+    chromium_path,
+    http,
+    page,
+    server,
 )
 
 
@@ -14,8 +20,12 @@ def test_operator_sees_the_cap_in_force_and_each_scheduled_change(page, server):
     # two changes of 2027's cap ahead: 3 % from 1 June 2027, then 7 % from 1 July 2027
     seqs = []
     for pct, day in (("3", "2027-06-01"), ("7", "2027-07-01")):
-        status, r = http(server["base"], "PUT", "/compliance/periods/2027/cap",
-                         {"cap_pct": pct, "effective": day})
+        status, r = http(
+            server["base"],
+            "PUT",
+            "/compliance/periods/2027/cap",
+            {"cap_pct": pct, "effective": day},
+        )
         assert status == 200, r
         seqs.append(r["seq"])
     page.click("#tab-operator")

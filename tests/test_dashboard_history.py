@@ -10,6 +10,7 @@ browser fixtures of tests/test_dashboard.py):
 * an SME's view says what its sub-quota is (grant, parent, revenue share, what reverts); a firm
   whose product has no benchmark shows its factor as not assessed.
 """
+
 from __future__ import annotations
 
 import re
@@ -21,7 +22,15 @@ import subprocess
 import pytest
 
 from test_dashboard import (  # noqa: F401  (browser, chromium_path, page: fixtures)
-    ROOT, browser, chromium_path, http, page, place, shot, start_server, stop_server,
+    ROOT,
+    browser,
+    chromium_path,
+    http,
+    page,
+    place,
+    shot,
+    start_server,
+    stop_server,
 )
 
 pytestmark = pytest.mark.slow
@@ -30,10 +39,25 @@ SYM = "CEA-2026"
 
 def _launch(data) -> dict:
     """``serve`` on a data directory that has a market already: no seeding."""
-    proc = subprocess.Popen([sys.executable, "-m", "exchange", "serve", "--host", "127.0.0.1",
-                             "--port", "0", "--data-dir", str(data)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**__import__("os").environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "exchange",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--data-dir",
+            str(data),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**__import__("os").environ, "PYTHONUNBUFFERED": "1"},
+    )
     lines, port = [], None
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -49,8 +73,13 @@ def _launch(data) -> dict:
         proc.kill()
         pytest.fail("server did not restart:\n" + "".join(lines)[-3000:])
     threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
-    return {"base": f"http://127.0.0.1:{port}", "ws": f"ws://127.0.0.1:{port}/ws",
-            "proc": proc, "data": data, "output": lines}
+    return {
+        "base": f"http://127.0.0.1:{port}",
+        "ws": f"ws://127.0.0.1:{port}/ws",
+        "proc": proc,
+        "data": data,
+        "output": lines,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -58,12 +87,36 @@ def server(tmp_path_factory):
     """A served market with history (test_dashboard's four seeded days of CEA-2026 on main),
     a trade on the SME board, then stopped and started again on the same data directory."""
     data = tmp_path_factory.mktemp("history-data")
-    first = start_server([sys.executable, "-m", "exchange", "serve", "--host", "127.0.0.1",
-                          "--port", "0", "--data-dir", str(data)], cwd=ROOT, data=data)
+    first = start_server(
+        [
+            sys.executable,
+            "-m",
+            "exchange",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--data-dir",
+            str(data),
+        ],
+        cwd=ROOT,
+        data=data,
+    )
     # POWER1 buys 30 t of SME1's resting offer on the SME board (the demo book: 85.20)
-    (fill,) = place(first, "demo-key-power1",
-                    dict(instrument=SYM, segment="sme", side="buy", qty=30, price="85.20",
-                         tif="IOC", client_order_id="h-sme-1"))
+    (fill,) = place(
+        first,
+        "demo-key-power1",
+        dict(
+            instrument=SYM,
+            segment="sme",
+            side="buy",
+            qty=30,
+            price="85.20",
+            tif="IOC",
+            client_order_id="h-sme-1",
+        ),
+    )
     assert fill["cum_qty"] == 30, fill
     status, before = http(first["base"], "GET", f"/trades?instrument={SYM}", key=None)
     assert status == 200 and len(before["trades"]) == 17, before
@@ -81,8 +134,7 @@ def _board(pg, sym: str, seg: str) -> None:
     pg.click(f'#segment-chips button[data-segment="{seg}"]')
 
 
-def test_trades_and_blotter_survive_a_restart_and_the_market_view_is_per_board(
-        page, server):  # noqa: F811  (page: test_dashboard's fixture)
+def test_trades_and_blotter_survive_a_restart_and_the_market_view_is_per_board(page, server):  # noqa: F811  (page: test_dashboard's fixture)
     from playwright.sync_api import expect
 
     # main board (the default): the 16 seeded trades, from before the restart; not the SME one
@@ -113,9 +165,19 @@ def test_trades_and_blotter_survive_a_restart_and_the_market_view_is_per_board(
     expect(page.locator("#chart")).to_have_attribute("data-last", "85.20")
     expect(page.locator("#chart-intraday")).to_have_attribute("data-last", "85.20")
     # a live trade on the SME board shows there and not on main
-    place(server, "demo-key-cement1",
-          dict(instrument=SYM, segment="sme", side="buy", qty=5, price="85.20", tif="IOC",
-               client_order_id="h-sme-2"))
+    place(
+        server,
+        "demo-key-cement1",
+        dict(
+            instrument=SYM,
+            segment="sme",
+            side="buy",
+            qty=5,
+            price="85.20",
+            tif="IOC",
+            client_order_id="h-sme-2",
+        ),
+    )
     expect(page.locator("#trades-body tr")).to_have_count(2)
     expect(page.locator("#tk-vol")).to_have_text("35")
     _board(page, SYM, "main")
@@ -139,11 +201,11 @@ def test_trades_and_blotter_survive_a_restart_and_the_market_view_is_per_board(
     hist = page.locator("#order-history tbody tr")
     expect(hist.first).to_contain_text("h-sme-2")
     expect(hist.first).to_contain_text("trade")
-    expect(page.locator("#order-history td", has_text=re.compile(r"^seed-b-1$"))
-           ).to_have_count(2)  # its "new" and its fill
+    expect(page.locator("#order-history td", has_text=re.compile(r"^seed-b-1$"))).to_have_count(
+        2
+    )  # its "new" and its fill
     # the server's own record agrees
-    status, ex = http(server["base"], "GET", "/firms/CEMENT1/executions",
-                      key="demo-key-cement1")
+    status, ex = http(server["base"], "GET", "/firms/CEMENT1/executions", key="demo-key-cement1")
     assert status == 200 and len(ex["executions"]) == 17
     assert all("counterparty" not in e and "STEEL1" not in str(e) for e in ex["executions"])
     shot(page, "firm-blotter")
@@ -156,12 +218,25 @@ def test_a_new_markets_first_candle(page, server):  # noqa: F811
     expect(page.locator("#chart-meta")).to_contain_text("CCER-2026 · main board")
     expect(page.locator("#chart")).to_have_attribute("data-candles", "0")
     expect(page.locator("#chart-intraday")).to_have_attribute("data-candles", "0")
-    place(server, "demo-key-power1",
-          dict(instrument="CCER-2026", side="sell", qty=10, price="60.10",
-               client_order_id="h-ccer-s"))
-    place(server, "demo-key-cement1",
-          dict(instrument="CCER-2026", side="buy", qty=10, price="60.10", tif="IOC",
-               client_order_id="h-ccer-b"))
+    place(
+        server,
+        "demo-key-power1",
+        dict(
+            instrument="CCER-2026", side="sell", qty=10, price="60.10", client_order_id="h-ccer-s"
+        ),
+    )
+    place(
+        server,
+        "demo-key-cement1",
+        dict(
+            instrument="CCER-2026",
+            side="buy",
+            qty=10,
+            price="60.10",
+            tif="IOC",
+            client_order_id="h-ccer-b",
+        ),
+    )
     # the page is not signed in: the chart follows at its next refresh; reselect to reload
     _board(page, "CCER-2026", "main")
     for chart in ("#chart", "#chart-intraday"):
@@ -171,8 +246,9 @@ def test_a_new_markets_first_candle(page, server):  # noqa: F811
     # never below zero, so the candle sits inside it
     lo, hi = (float(x) for x in page.locator("#chart").get_attribute("data-axis").split("-"))
     assert 0 <= lo < 60.00 and 60.10 < hi and hi - lo < 3, (lo, hi)
-    lo, hi = (float(x) for x in
-              page.locator("#chart-intraday").get_attribute("data-axis").split("-"))
+    lo, hi = (
+        float(x) for x in page.locator("#chart-intraday").get_attribute("data-axis").split("-")
+    )
     assert 0 <= lo < 60.10 < hi and hi - lo < 3, (lo, hi)
 
 
@@ -197,7 +273,8 @@ def test_sme_sees_its_sub_quota_and_an_unassessed_factor(page, server):  # noqa:
     expect(lot).to_have_text(
         "Lot #1: 3,000 t of CEA-2026 granted by STEEL1 for 2026 · you keep 70 % of each "
         "sale's net proceeds, STEEL1 gets 30 % · at the end of 2026 what is left unsold and "
-        f"unsurrendered ({held:,} t now) reverts to STEEL1.")
+        f"unsurrendered ({held:,} t now) reverts to STEEL1."
+    )
     # a covered firm never assessed keeps the initial factor, said as such
     page.click("#firm-signout")
     page.fill("#firm-key", "demo-key-power1")

@@ -5,6 +5,7 @@ leader names itself, and after it is SIGKILLed the standby that took the lease d
 lease's view of a node that lost it (``stepping_down``) is checked against a real lease
 bucket. Real processes, a real NATS server, Debian's chromium (test_dashboard's fixtures).
 """
+
 from __future__ import annotations
 
 import signal
@@ -13,7 +14,12 @@ import uuid
 import pytest
 
 from test_dashboard import (  # noqa: F401  (browser, chromium_path, page, server: fixtures)
-    browser, chromium_path, http, page, run_async, server,
+    browser,
+    chromium_path,
+    http,
+    page,
+    run_async,
+    server,
 )
 from test_journal_nats_failover import Node, _drop
 
@@ -22,6 +28,7 @@ pytestmark = pytest.mark.slow
 
 def _top_bar(browser, port: int) -> str:  # noqa: F811
     from playwright.sync_api import expect
+
     ctx = browser.new_context()
     try:
         pg = ctx.new_page()
@@ -38,16 +45,17 @@ def _top_bar(browser, port: int) -> str:  # noqa: F811
 
 def test_a_single_node_says_so(page, server):  # noqa: F811
     from playwright.sync_api import expect
+
     status, body = http(server["base"], "GET", "/node", key=None)  # public: no firm data
     assert status == 200, body
     assert body["role"] == "single" and body["journal"] == "sqlite" and body["leader"] is None
     expect(page.locator("#node-role")).to_have_text(
-        f"node {body['node_id']} · single node · SQLite")
+        f"node {body['node_id']} · single node · SQLite"
+    )
     assert page.locator("#node-role").get_attribute("data-role") == "single"
 
 
-def test_the_leader_and_then_its_successor_name_themselves(tmp_path, nats_url,
-                                                         browser):  # noqa: F811
+def test_the_leader_and_then_its_successor_name_themselves(tmp_path, nats_url, browser):  # noqa: F811
     url = f"{nats_url}/node_{uuid.uuid4().hex[:12]}"
     nodes: list[Node] = []
     try:
@@ -110,8 +118,7 @@ def test_a_node_whose_lease_another_holds_is_stepping_down(nats_url):
 
     seen, mine, single = run_async(run())  # the module's browser holds this thread's loop
     assert seen["role"] == "stepping_down"
-    assert seen["leader"]["node_id"] == "x" and seen["leader"]["address"] == \
-        "ws://10.0.0.1:8765/ws"
+    assert seen["leader"]["node_id"] == "x" and seen["leader"]["address"] == "ws://10.0.0.1:8765/ws"
     assert mine["role"] == "leader" and mine["leader"]["node_id"] == "x"
     assert 0 <= mine["leader"]["renewed_s_ago"] < 5
     assert single == {"node_id": "z", "journal": "sqlite", "role": "single", "leader": None}

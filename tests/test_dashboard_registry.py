@@ -14,6 +14,7 @@ part of them, and neither should depend on which runs first.
   serial again is refused as DOUBLE_COUNTED, in words; a serial it does not hold is
   SERIAL_NOT_HELD.
 """
+
 from __future__ import annotations
 
 import re
@@ -22,8 +23,17 @@ import sys
 import pytest
 
 from test_dashboard import (  # noqa: F401  (fixtures: pytest finds them by name)
-    OPERATOR_KEY, ROOT, VERIFIER_KEY, browser, chromium_path, http, page, shot, shot_of,
-    start_server, stop_server,
+    OPERATOR_KEY,
+    ROOT,
+    VERIFIER_KEY,
+    browser,
+    chromium_path,
+    http,
+    page,
+    shot,
+    shot_of,
+    start_server,
+    stop_server,
 )
 
 pytestmark = pytest.mark.slow
@@ -38,8 +48,22 @@ def server(tmp_path):
     """A fresh served exchange per test (overrides test_dashboard's module-wide one)."""
     data = tmp_path / "data"
     data.mkdir()
-    info = start_server([sys.executable, "-m", "exchange", "serve", "--host", "127.0.0.1",
-                         "--port", "0", "--data-dir", str(data)], cwd=ROOT, data=data)
+    info = start_server(
+        [
+            sys.executable,
+            "-m",
+            "exchange",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--data-dir",
+            str(data),
+        ],
+        cwd=ROOT,
+        data=data,
+    )
     yield info
     stop_server(info)
 
@@ -68,17 +92,38 @@ def test_operator_sees_projects_pools_batches_and_reports_a_reversal(page, serve
     base = server["base"]
     # set up through the public interfaces: a retirement to look up, a platform batch
     # (12,000 metro km x 72 g + 4,000 bike km x 90 g + 1,000 kWh x 310 g = 1.534 t -> 1 t)
-    status, r = http(base, "POST", "/registry/retirements",
-                     {"instrument": "CCER-2026", "qty": 10,
-                      "serials": ["DEMO/POWER1-CCER-2026/2026/4991-5000"],
-                      "beneficiary": "Yunnan Air passengers", "reason": "2026 flights"},
-                     key=POWER_KEY)
+    status, r = http(
+        base,
+        "POST",
+        "/registry/retirements",
+        {
+            "instrument": "CCER-2026",
+            "qty": 10,
+            "serials": ["DEMO/POWER1-CCER-2026/2026/4991-5000"],
+            "beneficiary": "Yunnan Air passengers",
+            "reason": "2026 flights",
+        },
+        key=POWER_KEY,
+    )
     assert status == 200, r
-    records = [[f"{i:02x}" * 32, at, q, d] for i, (at, q, d) in enumerate(
-        [("metro_trip_km", 12_000, "2026-03-01"), ("bike_share_km", 4_000, "2026-03-02"),
-         ("ev_charging_kwh", 1_000, "2026-03-02")], start=1)]
-    status, r = http(base, "POST", "/registry/batches", {"vintage": 2026, "records": records},
-                     key="platform-demo-key")
+    records = [
+        [f"{i:02x}" * 32, at, q, d]
+        for i, (at, q, d) in enumerate(
+            [
+                ("metro_trip_km", 12_000, "2026-03-01"),
+                ("bike_share_km", 4_000, "2026-03-02"),
+                ("ev_charging_kwh", 1_000, "2026-03-02"),
+            ],
+            start=1,
+        )
+    ]
+    status, r = http(
+        base,
+        "POST",
+        "/registry/batches",
+        {"vintage": 2026, "records": records},
+        key="platform-demo-key",
+    )
     assert status == 200, r
     batch = r["events"][0]["batch_id"]
     status, r = http(base, "POST", f"/registry/batches/{batch}/approve", {}, key=VERIFIER_KEY)
@@ -89,22 +134,53 @@ def test_operator_sees_projects_pools_batches_and_reports_a_reversal(page, serve
     # FOREST-YN1 as verified at genesis, in tonnes
     forest = page.locator('#reg-projects tr[data-project="FOREST-YN1"][data-vintage="2026"] td')
     expect(forest).to_have_text(
-        ["FOREST-YN1", "natural sinks", "POWER1", "2026", "12,000", "− 800", "− 3,000", "8,200",
-         "1,640", "6,560", "CEX/FOREST-YN1/2026/1-8200", "0", "0", "0", "0"])
+        [
+            "FOREST-YN1",
+            "natural sinks",
+            "POWER1",
+            "2026",
+            "12,000",
+            "− 800",
+            "− 3,000",
+            "8,200",
+            "1,640",
+            "6,560",
+            "CEX/FOREST-YN1/2026/1-8200",
+            "0",
+            "0",
+            "0",
+            "0",
+        ]
+    )
     expect(forest.nth(3)).to_have_attribute(
-        "title", re.compile(r"^verified \d{4}-\d\d-\d\d by VERIFIER1 \(seq \d+\)$"))
+        "title", re.compile(r"^verified \d{4}-\d\d-\d\d by VERIFIER1 \(seq \d+\)$")
+    )
     expect(page.locator('#reg-buffer tr[data-type="natural"] td')).to_have_text(
-        ["natural sinks", "RMN", "1,640", "0", "1,640"])
+        ["natural sinks", "RMN", "1,640", "0", "1,640"]
+    )
     expect(page.locator('#reg-buffer tr[data-type="engineered"] td')).to_have_text(
-        ["engineered capture and storage", "RME", "0", "0", "0"])
+        ["engineered capture and storage", "RME", "0", "0", "0"]
+    )
     expect(page.locator("#reg-buffer-meta")).to_have_text(
-        "20 % of every removal issuance goes to the pool")
+        "20 % of every removal issuance goes to the pool"
+    )
     # the conversion table, the batch, and its totals suppressed (one platform of at least 3)
     expect(page.locator('#reg-table tr[data-action="metro_trip_km"] td')).to_have_text(
-        ["metro_trip_km", "km", "0.000072", re.compile(r"^\d+$")])
+        ["metro_trip_km", "km", "0.000072", re.compile(r"^\d+$")]
+    )
     expect(page.locator(f'#reg-batches tr[data-batch="{batch}"] td')).to_have_text(
-        [batch, "GREENWAY", "2026", "3", "1.534", "1", "approved", f"GREENWAY/{batch}/2026/1",
-         re.compile(r"^submitted \d{4}-\d\d-\d\d · approved by VERIFIER1 · \d{4}-\d\d-\d\d$")])
+        [
+            batch,
+            "GREENWAY",
+            "2026",
+            "3",
+            "1.534",
+            "1",
+            "approved",
+            f"GREENWAY/{batch}/2026/1",
+            re.compile(r"^submitted \d{4}-\d\d-\d\d · approved by VERIFIER1 · \d{4}-\d\d-\d\d$"),
+        ]
+    )
     for at in ("metro_trip_km", "bike_share_km", "ev_charging_kwh"):
         row = page.locator(f'#reg-totals tr[data-action="{at}"]')
         expect(row).to_have_attribute("data-suppressed", "true")
@@ -118,10 +194,19 @@ def test_operator_sees_projects_pools_batches_and_reports_a_reversal(page, serve
     page.click("#reg-serial-form button[type=submit]")
     expect(page.locator("#reg-serial-head")).to_contain_text("retired")
     expect(page.locator("#reg-serial-head")).to_contain_text("10 issued · 10 retired · 0 live")
-    ret = page.locator('#reg-serial-table tr.retirement td')
-    expect(ret).to_have_text([re.compile("DEMO/POWER1-CCER-2026/2026/4991-5000$"), "retired", "",
-                              "10", "Yunnan Air passengers", "voluntary retirement: 2026 flights",
-                              "—", re.compile(r"^\d{4}-\d\d-\d\d · seq \d+$")])
+    ret = page.locator("#reg-serial-table tr.retirement td")
+    expect(ret).to_have_text(
+        [
+            re.compile("DEMO/POWER1-CCER-2026/2026/4991-5000$"),
+            "retired",
+            "",
+            "10",
+            "Yunnan Air passengers",
+            "voluntary retirement: 2026 flights",
+            "—",
+            re.compile(r"^\d{4}-\d\d-\d\d · seq \d+$"),
+        ]
+    )
     panel_shot(page.locator("#registry-panel"), "operator-registry-lookup")
     # a live serial, one never issued, and one that is not a serial: each said in words
     page.fill("#reg-serial", "DEMO/POWER1-CCER-2026/2026/1-100")
@@ -133,7 +218,8 @@ def test_operator_sees_projects_pools_batches_and_reports_a_reversal(page, serve
     page.fill("#reg-serial", "not-a-serial")
     page.click("#reg-serial-form button[type=submit]")
     expect(page.locator("#reg-serial-error")).to_contain_text(
-        "Lookup of not-a-serial failed — INVALID_PARAMS")
+        "Lookup of not-a-serial failed — INVALID_PARAMS"
+    )
 
     # a fire at FOREST-YN1: 2,000 t reversed, the pool's 1,640 t first, then 360 t of POWER1's
     page.select_option("#reg-rev-project", "FOREST-YN1")
@@ -142,9 +228,11 @@ def test_operator_sees_projects_pools_batches_and_reports_a_reversal(page, serve
     page.click("#reg-reversal-form button[type=submit]")
     expect(page.locator("#reg-rev-ok")).to_contain_text(
         "Reversal of 2,000 t at FOREST-YN1: 1,640 t cancelled from the buffer pool, 360 t from "
-        "the project's own credits, 0 t uncovered")
+        "the project's own credits, 0 t uncovered"
+    )
     expect(page.locator('#reg-buffer tr[data-type="natural"] td')).to_have_text(
-        ["natural sinks", "RMN", "1,640", "1,640", "0"])
+        ["natural sinks", "RMN", "1,640", "1,640", "0"]
+    )
     cells = page.locator('#reg-projects tr[data-project="FOREST-YN1"][data-vintage="2026"]')
     expect(cells.locator("td.reversed")).to_have_text("2,000")
     expect(cells.locator("td.from-pool")).to_have_text("1,640")
@@ -152,19 +240,26 @@ def test_operator_sees_projects_pools_batches_and_reports_a_reversal(page, serve
     expect(cells.locator("td.uncovered")).to_have_text("0")
     # ... and so says the server
     status, buf = http(base, "GET", "/registry/buffer", key=None)
-    assert buf["pools"]["natural"] == {"offset_type": "RMN", "contributed": 1640,
-                                       "cancelled": 1640, "held": 0}
+    assert buf["pools"]["natural"] == {
+        "offset_type": "RMN",
+        "contributed": 1640,
+        "cancelled": 1640,
+        "held": 0,
+    }
     status, mine = http(base, "GET", "/registry/holdings/POWER1", key=POWER_KEY)
     assert mine["serials"]["RMN-2026"] == ["CEX/FOREST-YN1/2026/2001-8200"]
     status, proj = http(base, "GET", "/registry/removal-projects")
-    assert (proj["projects"]["FOREST-YN1"]["reversed"],
-            proj["projects"]["FOREST-YN1"]["uncovered"]) == (2000, 0)
+    assert (
+        proj["projects"]["FOREST-YN1"]["reversed"],
+        proj["projects"]["FOREST-YN1"]["uncovered"],
+    ) == (2000, 0)
     # the cancelled serials are public: the project's own ones, for the reversal
     page.fill("#reg-serial", "CEX/FOREST-YN1/2026/1641-2000")
     page.click("#reg-serial-form button[type=submit]")
-    expect(page.locator('#reg-serial-table tr.retirement td.beneficiary')).to_have_text("POWER1")
-    expect(page.locator('#reg-serial-table tr.retirement td.reason')).to_have_text(
-        "cancelled for a reversal at FOREST-YN1 (forest fire)")
+    expect(page.locator("#reg-serial-table tr.retirement td.beneficiary")).to_have_text("POWER1")
+    expect(page.locator("#reg-serial-table tr.retirement td.reason")).to_have_text(
+        "cancelled for a reversal at FOREST-YN1 (forest fire)"
+    )
 
     # operator actions the server refuses are explained; the one it accepts is confirmed
     page.fill("#reg-rev-qty", "10")
@@ -174,12 +269,14 @@ def test_operator_sees_projects_pools_batches_and_reports_a_reversal(page, serve
     page.fill("#reg-class-type", "CCER")
     page.click("#reg-class-form button[type=submit]")
     expect(page.locator("#reg-class-error")).to_contain_text(
-        "Declaring CCER refused — BAD_PARAMETER: only carbon-inclusive credits (PHCER)")
+        "Declaring CCER refused — BAD_PARAMETER: only carbon-inclusive credits (PHCER)"
+    )
     page.fill("#reg-class-type", "PHCER")
     page.select_option("#reg-class-value", "true")
     page.click("#reg-class-form button[type=submit]")
     expect(page.locator("#reg-class-ok")).to_contain_text(
-        "PHCER declared CCER-equivalent: it counts for compliance within its sub-cap")
+        "PHCER declared CCER-equivalent: it counts for compliance within its sub-cap"
+    )
     page.wait_for_timeout(150)
     panel_shot(page.locator("#registry-panel"), "operator-registry")
     page.evaluate("window.scrollTo(0, 0)")  # the sticky top bar stays on top
@@ -198,13 +295,17 @@ def test_firm_sees_its_serials_and_retires_by_serial(page, server):
     expect(page.locator("#firm-credits-panel")).to_be_visible()
     # its credits by serial, oldest first, in tonnes
     expect(page.locator(f'#firm-credits tr[data-serial="{CCER}"] td')).to_have_text(
-        ["CCER-2026", CCER, "DEMO · POWER1-CCER-2026", "2026", "5,000", "Use"])
+        ["CCER-2026", CCER, "DEMO · POWER1-CCER-2026", "2026", "5,000", "Use"]
+    )
     expect(page.locator(f'#firm-credits tr[data-serial="{FOREST}"] td')).to_have_text(
-        ["RMN-2026", FOREST, "CEX · FOREST-YN1", "2026", "6,560", "Use"])
+        ["RMN-2026", FOREST, "CEX · FOREST-YN1", "2026", "6,560", "Use"]
+    )
     assert page.locator("#firm-credits tbody tr").evaluate_all(
-        "rs => rs.map(r => r.dataset.serial)") == [CCER, FOREST]
+        "rs => rs.map(r => r.dataset.serial)"
+    ) == [CCER, FOREST]
     expect(page.locator("#firm-credits-meta")).to_have_text(
-        "11,560 t in 2 serial block(s), oldest first")
+        "11,560 t in 2 serial block(s), oldest first"
+    )
     panel_shot(page.locator("#firm-credits-panel"), "firm-credits")
 
     # retire 10 t by serial: naming the serial fills in the quantity
@@ -215,14 +316,15 @@ def test_firm_sees_its_serials_and_retires_by_serial(page, server):
     page.fill("#retire-reason", "2026 business travel")
     page.click("#retire-submit")
     expect(page.locator("#retire-ok")).to_contain_text(
-        "Retired 10 t of CCER-2026: DEMO/POWER1-CCER-2026/2026/1-10 for Demo Air passengers")
+        "Retired 10 t of CCER-2026: DEMO/POWER1-CCER-2026/2026/1-10 for Demo Air passengers"
+    )
     rest = "DEMO/POWER1-CCER-2026/2026/11-5000"
-    expect(page.locator(f'#firm-credits tr[data-serial="{rest}"] td').nth(4)).to_have_text(
-        "4,990")
+    expect(page.locator(f'#firm-credits tr[data-serial="{rest}"] td').nth(4)).to_have_text("4,990")
     status, mine = http(base, "GET", "/registry/holdings/POWER1", key=POWER_KEY)
     assert mine["serials"]["CCER-2026"] == [rest]
-    status, look = http(base, "GET", "/registry/serials?serial=DEMO/POWER1-CCER-2026/2026/1-10",
-                        key=None)
+    status, look = http(
+        base, "GET", "/registry/serials?serial=DEMO/POWER1-CCER-2026/2026/1-10", key=None
+    )
     assert look["retired_units"] == 10
     assert look["blocks"][0]["retirements"][0]["beneficiary"] == "Demo Air passengers"
 
@@ -230,11 +332,14 @@ def test_firm_sees_its_serials_and_retires_by_serial(page, server):
     page.fill("#retire-serials", "DEMO/POWER1-CCER-2026/2026/1-10")
     page.click("#retire-submit")
     err = page.locator("#retire-error")
-    expect(err).to_contain_text("Retirement refused — DOUBLE_COUNTED: "
-                                "DEMO/POWER1-CCER-2026/2026/1-10 is already retired "
-                                "(for Demo Air passengers")
+    expect(err).to_contain_text(
+        "Retirement refused — DOUBLE_COUNTED: "
+        "DEMO/POWER1-CCER-2026/2026/1-10 is already retired "
+        "(for Demo Air passengers"
+    )
     expect(err.locator(".hint")).to_have_text(
-        "Already retired or issued: a credit unit counts once, so it cannot be retired again.")
+        "Already retired or issued: a credit unit counts once, so it cannot be retired again."
+    )
     expect(page.locator(".toast.error").first).to_contain_text("DOUBLE_COUNTED")
     panel_shot(page.locator("#firm-credits-panel"), "firm-credits-double-counted")
     # the buffer pool's serials are not POWER1's to retire

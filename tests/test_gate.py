@@ -10,6 +10,7 @@ from well-formed and malformed requests alike (every parameter's odd values, ext
 keys, reused client order ids, unknown orders, batches, an unauthenticated session, admission
 control refusing orders), so both what C takes and what it hands back to Python are covered.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -27,8 +28,11 @@ from exchange.server.gateway import Gateway, Session
 from exchange.server.memory import MemoryRunner
 from helpers import streams_settings
 
-HAVE_GATE = (gateway_mod._gate is not gateway_mod._gate_off and
-             gateway_mod._fanout is not None and gateway_mod._replies is not None)
+HAVE_GATE = (
+    gateway_mod._gate is not gateway_mod._gate_off
+    and gateway_mod._fanout is not None
+    and gateway_mod._replies is not None
+)
 needs_gate = pytest.mark.skipif(not HAVE_GATE, reason="exchange.server._accel is not built")
 
 
@@ -61,10 +65,17 @@ class _Recorder:
 N_SESSIONS = 4
 
 
-async def _run(frames: list[list[tuple[int, bytes]]], use_gate: bool, max_in_flight: int,
-               fail_submit_at: int | None = None, slow_journal: bool = False,
-               use_fanout: bool | None = None, rich_subs: bool = False,
-               window: int | None = None, fail_batch_at: int | None = None) -> dict:
+async def _run(
+    frames: list[list[tuple[int, bytes]]],
+    use_gate: bool,
+    max_in_flight: int,
+    fail_submit_at: int | None = None,
+    slow_journal: bool = False,
+    use_fanout: bool | None = None,
+    rich_subs: bool = False,
+    window: int | None = None,
+    fail_batch_at: int | None = None,
+) -> dict:
     """The frames through a gateway: with the C gate or not, with the C fan-out and durable
     replies or not (default: as the gate). ``rich_subs``: session 1 subscribes to its firm's
     balances, the
@@ -79,7 +90,8 @@ async def _run(frames: list[list[tuple[int, bytes]]], use_gate: bool, max_in_fli
     # at every look (so an order finding commands in flight is refused)
     memory_mod.time = types.SimpleNamespace(
         time_ns=lambda: next(clock),
-        monotonic=(lambda: float(next(seconds))) if slow_journal else (lambda: 0.0))
+        monotonic=(lambda: float(next(seconds))) if slow_journal else (lambda: 0.0),
+    )
     gate_before = gateway_mod._gate
     fanout_before, replies_before = gateway_mod._fanout, gateway_mod._replies
     gateway_mod._gate = gate_before if use_gate else gateway_mod._gate_off
@@ -124,8 +136,12 @@ async def _run(frames: list[list[tuple[int, bytes]]], use_gate: bool, max_in_fli
                 if i != 1:
                     gw.subscribe(s, "executions")
                 elif rich_subs:
-                    for ch in ("balances", "book:CEA-2026:main", "trades:CEA-2026",
-                               "ticker:CEA-2026"):
+                    for ch in (
+                        "balances",
+                        "book:CEA-2026:main",
+                        "trades:CEA-2026",
+                        "ticker:CEA-2026",
+                    ):
                         gw.subscribe(s, ch)
             sessions.append(s)
         for tick in frames:
@@ -137,7 +153,8 @@ async def _run(frames: list[list[tuple[int, bytes]]], use_gate: bool, max_in_fli
         return {
             "written": [s.transport.chunks for s in sessions],
             "metrics": {k: v for k, v in vars(m).items()},
-            "idem_done": dict(gw.idem.done), "idem_inflight": sorted(gw.idem.inflight),
+            "idem_done": dict(gw.idem.done),
+            "idem_inflight": sorted(gw.idem.inflight),
             "tokens": [s.tokens for s in sessions],
             "placed": [sorted(s.placed) for s in sessions],
             "failed": getattr(gw, "failed", None),
@@ -149,12 +166,12 @@ async def _run(frames: list[list[tuple[int, bytes]]], use_gate: bool, max_in_fli
         gateway_mod._fanout, gateway_mod._replies = fanout_before, replies_before
 
 
-def _both(frames, max_in_flight=10 ** 6, fail_submit_at=None) -> tuple[dict, dict]:
+def _both(frames, max_in_flight=10**6, fail_submit_at=None) -> tuple[dict, dict]:
     got = [asyncio.run(_run(frames, g, max_in_flight, fail_submit_at)) for g in (True, False)]
     return got[0], got[1]
 
 
-def _run_counting(frames, max_in_flight: int = 10 ** 6) -> tuple[dict, list[bool]]:
+def _run_counting(frames, max_in_flight: int = 10**6) -> tuple[dict, list[bool]]:
     """_run with the gate, and what the gate answered for each request (True: taken)."""
     calls = []
     real = gateway_mod._gate
@@ -189,10 +206,14 @@ ODD_PRICES = ["85.001", "1e2", 8500, None, "abc", "-1.00", "0.00", "999999999999
 def _field(key, good, odd, present=0.5, good_share=0.93):
     """{key: value} or {}: present with probability ``present``, the value mostly from
     ``good`` (what a client sends) and otherwise from ``odd`` (what it should not)."""
-    value = st.sampled_from(good) if not odd else \
-        st.floats(0, 1).flatmap(lambda r: st.sampled_from(good if r < good_share else odd))
+    value = (
+        st.sampled_from(good)
+        if not odd
+        else st.floats(0, 1).flatmap(lambda r: st.sampled_from(good if r < good_share else odd))
+    )
     return st.floats(0, 1).flatmap(
-        lambda r: value.map(lambda v: {key: v}) if r < present else st.just({}))
+        lambda r: value.map(lambda v: {key: v}) if r < present else st.just({})
+    )
 
 
 def _merge(*parts):
@@ -202,7 +223,7 @@ def _merge(*parts):
 place_params = _merge(
     _field("instrument", ["CEA-2026"], ["NOPE", "", "x" * 65, 5], present=0.97),
     _field("side", ["buy", "sell"], ["BUY", None, 1], present=0.97),
-    _field("qty", [1, 2, 3, 5, 8, 10], [0, -1, 2 ** 70, 1.5, "3", True], present=0.97),
+    _field("qty", [1, 2, 3, 5, 8, 10], [0, -1, 2**70, 1.5, "3", True], present=0.97),
     _field("segment", ["main"], ["sme", "nosuch", "", None, 3]),
     _field("price", GOOD_PRICES, ODD_PRICES, present=0.9),
     _field("order_type", ["limit"], ["market", "stop", None], present=0.3),
@@ -212,26 +233,40 @@ place_params = _merge(
     _field("extra", [1], [], present=0.02),
 )
 ref_params = _merge(
-    _field("order_id", [41, 42, 43, 44, 45, 46, 47, 48, 10 ** 6], [2 ** 70, None, "5", True],
-           present=0.4),
+    _field(
+        "order_id", [41, 42, 43, 44, 45, 46, 47, 48, 10**6], [2**70, None, "5", True], present=0.4
+    ),
     _field("client_order_id", GOOD_COIDS, ODD_COIDS, present=0.7),
-    _field("qty", [1, 2, 4, 9, 20, None], [0, -3, 2 ** 70, "2"], present=0.4),
+    _field("qty", [1, 2, 4, 9, 20, None], [0, -3, 2**70, "2"], present=0.4),
     _field("price", GOOD_PRICES, ODD_PRICES, present=0.3),
     _field("extra", [1], [], present=0.02),
 )
-req_ids = st.floats(0, 1).flatmap(lambda r: st.integers(0, 10 ** 6) if r < 0.9 else
-                                 st.sampled_from([2 ** 63 - 1, 2 ** 63, -(2 ** 63),
-                                                  -(2 ** 63) - 1, True, "1", None, 1.0]))
+req_ids = st.floats(0, 1).flatmap(
+    lambda r: (
+        st.integers(0, 10**6)
+        if r < 0.9
+        else st.sampled_from([2**63 - 1, 2**63, -(2**63), -(2**63) - 1, True, "1", None, 1.0])
+    )
+)
 
 
 @st.composite
 def requests(draw):
-    method = draw(st.sampled_from(["place_order"] * 16 + ["cancel_order"] * 6 +
-                                  ["amend_order"] * 6 + ["open_orders", "nope", 5]))
+    method = draw(
+        st.sampled_from(
+            ["place_order"] * 16
+            + ["cancel_order"] * 6
+            + ["amend_order"] * 6
+            + ["open_orders", "nope", 5]
+        )
+    )
     params = draw(place_params if method == "place_order" else ref_params)
     req = {"req_id": draw(req_ids), "method": method, "params": params}
-    tweak = draw(st.sampled_from([None] * 40 + ["no_req_id", "no_params", "null_params",
-                                                "list_params", "extra_key"]))
+    tweak = draw(
+        st.sampled_from(
+            [None] * 40 + ["no_req_id", "no_params", "null_params", "list_params", "extra_key"]
+        )
+    )
     if tweak == "no_req_id":
         del req["req_id"]
     elif tweak == "no_params":
@@ -264,6 +299,7 @@ def ticks(draw):
 
 # ----------------------------------------------------------------------------- the tests
 
+
 @needs_gate
 @streams_settings(80)
 @given(frames=ticks())
@@ -286,9 +322,9 @@ def test_the_load_tests_mix_is_answered_alike():
     amends by client order id; bench.py's loadmix), 20 a tick over three sessions: nearly
     all taken by C, every byte the same."""
     mix = _mix_frames(4_000)
-    frames = [[(f % 3, data) for f, data in mix[k:k + 20]] for k in range(0, len(mix), 20)]
+    frames = [[(f % 3, data) for f, data in mix[k : k + 20]] for k in range(0, len(mix), 20)]
     c, calls = _run_counting(frames)
-    py = asyncio.run(_run(frames, False, 10 ** 6))
+    py = asyncio.run(_run(frames, False, 10**6))
     _same(c, py)
     assert calls.count(True) > 0.95 * len(mix)
     assert c["metrics"]["trades"] > 100
@@ -299,13 +335,32 @@ def test_orders_are_refused_while_the_journal_lags_in_time_from_c_as_from_python
     """max_journal_lag_ms: with commands in flight for longer than that, place_order and
     amend_order get OVERLOADED (cancels pass); the first order of a tick finds nothing in
     flight and is taken."""
-    frames = [[(0, _place(1, "a1")), (0, _place(2, "a2")),
-               (0, json.dumps({"req_id": 3, "method": "cancel_order",
-                               "params": {"client_order_id": "a1"}}))],
-              [(0, _place(4, "a3")), (0, json.dumps({"req_id": 5, "method": "amend_order",
-                                                     "params": {"client_order_id": "a3",
-                                                                "qty": 1}}))]]
-    got = [asyncio.run(_run(frames, g, 10 ** 6, slow_journal=True)) for g in (True, False)]
+    frames = [
+        [
+            (0, _place(1, "a1")),
+            (0, _place(2, "a2")),
+            (
+                0,
+                json.dumps(
+                    {"req_id": 3, "method": "cancel_order", "params": {"client_order_id": "a1"}}
+                ),
+            ),
+        ],
+        [
+            (0, _place(4, "a3")),
+            (
+                0,
+                json.dumps(
+                    {
+                        "req_id": 5,
+                        "method": "amend_order",
+                        "params": {"client_order_id": "a3", "qty": 1},
+                    }
+                ),
+            ),
+        ],
+    ]
+    got = [asyncio.run(_run(frames, g, 10**6, slow_journal=True)) for g in (True, False)]
     _same(*got)
     out = b"".join(got[0]["written"][0])
     assert out.count(b"OVERLOADED") == 2 and got[0]["metrics"]["overloaded"] == 2
@@ -331,8 +386,13 @@ def test_the_gate_answers_refusals_by_admission_control_itself():
 
 
 def _place(rid, coid, side="buy", price="85.00", qty=3, tif=None):
-    p = {"instrument": "CEA-2026", "side": side, "qty": qty, "price": price,
-         "client_order_id": coid}
+    p = {
+        "instrument": "CEA-2026",
+        "side": side,
+        "qty": qty,
+        "price": price,
+        "client_order_id": coid,
+    }
     if tif:
         p["tif"] = tif
     return json.dumps({"req_id": rid, "method": "place_order", "params": p})
@@ -344,23 +404,61 @@ def test_the_usual_orders_are_taken_by_the_gate_and_answered_alike():
     known client order id, an unknown order: the C path takes the plain ones (messages_in
     moves only through C when the Python on_request is not reached) and the bytes match."""
     frames = [
-        [(0, _place(1, "a1")), (0, _place(2, "a2", price="85.05")), (2, _place(3, "b1",
-                                                                               "sell", "85.10"))],
+        [
+            (0, _place(1, "a1")),
+            (0, _place(2, "a2", price="85.05")),
+            (2, _place(3, "b1", "sell", "85.10")),
+        ],
         [(2, _place(4, "b2", "sell", "85.00", qty=2, tif="IOC"))],
-        [(0, json.dumps({"req_id": 5, "method": "cancel_order",
-                         "params": {"client_order_id": "a2"}}))],
-        [(0, json.dumps({"req_id": 6, "method": "amend_order",
-                         "params": {"client_order_id": "a1", "qty": 0}})),
-         (0, json.dumps({"req_id": 7, "method": "amend_order",
-                         "params": {"client_order_id": "nope", "qty": 2}}))],
+        [
+            (
+                0,
+                json.dumps(
+                    {"req_id": 5, "method": "cancel_order", "params": {"client_order_id": "a2"}}
+                ),
+            )
+        ],
+        [
+            (
+                0,
+                json.dumps(
+                    {
+                        "req_id": 6,
+                        "method": "amend_order",
+                        "params": {"client_order_id": "a1", "qty": 0},
+                    }
+                ),
+            ),
+            (
+                0,
+                json.dumps(
+                    {
+                        "req_id": 7,
+                        "method": "amend_order",
+                        "params": {"client_order_id": "nope", "qty": 2},
+                    }
+                ),
+            ),
+        ],
         [(0, _place(8, "a1")), (1, _place(9, "cod-1", price="84.90"))],
-        [(1, json.dumps([{"req_id": 10, "method": "cancel_order",
-                          "params": {"client_order_id": "cod-1"}},
-                         {"req_id": 11, "method": "cancel_order",
-                          "params": {"order_id": 10 ** 6}}]))],
+        [
+            (
+                1,
+                json.dumps(
+                    [
+                        {
+                            "req_id": 10,
+                            "method": "cancel_order",
+                            "params": {"client_order_id": "cod-1"},
+                        },
+                        {"req_id": 11, "method": "cancel_order", "params": {"order_id": 10**6}},
+                    ]
+                ),
+            )
+        ],
     ]
     c, calls = _run_counting(frames)
-    py = asyncio.run(_run(frames, False, 10 ** 6))
+    py = asyncio.run(_run(frames, False, 10**6))
     _same(c, py)
     # taken: 4 new orders, a cancel, 2 amends, the cod order, 2 cancels; declined: the retry
     # of a1 (idempotency is Python's), and nothing else
@@ -372,9 +470,17 @@ def test_the_usual_orders_are_taken_by_the_gate_and_answered_alike():
 def test_a_refused_submit_is_answered_as_in_python():
     """The runner refuses (a journal write failed): SHUTTING_DOWN to the request, /readyz's
     reason set - from C as from Python."""
-    frames = [[(0, _place(1, "a1")), (0, _place(2, "a2"))],
-              [(0, json.dumps({"req_id": 3, "method": "cancel_order",
-                               "params": {"client_order_id": "a1"}}))]]
+    frames = [
+        [(0, _place(1, "a1")), (0, _place(2, "a2"))],
+        [
+            (
+                0,
+                json.dumps(
+                    {"req_id": 3, "method": "cancel_order", "params": {"client_order_id": "a1"}}
+                ),
+            )
+        ],
+    ]
     c, py = _both(frames, fail_submit_at=1)
     _same(c, py)
     assert c["failed"] and b"SHUTTING_DOWN" in b"".join(c["written"][0])
@@ -384,6 +490,7 @@ def test_a_refused_submit_is_answered_as_in_python():
 def test_the_gate_declines_without_touching_anything():
     """What C does not take (over the rate limit, not a firm, a closed session, another
     method) leaves the session and the gateway as they were."""
+
     async def go():
         cfg = _settings()
         ex, keys = _mix_market(cfg)
@@ -391,8 +498,11 @@ def test_the_gate_declines_without_touching_anything():
         s = Session(gw, _Sink())
         gw.attach(s)
         s.transport = _Recorder()
-        req = {"req_id": 1, "method": "place_order",
-               "params": {"instrument": "CEA-2026", "side": "buy", "qty": 1, "price": "85.00"}}
+        req = {
+            "req_id": 1,
+            "method": "place_order",
+            "params": {"instrument": "CEA-2026", "side": "buy", "qty": 1, "price": "85.00"},
+        }
         assert gateway_mod._gate(s, req) is False  # not authenticated
         gw.authenticate(s, keys[0])
         s.tokens = 0.5
@@ -414,10 +524,11 @@ def test_the_gate_declines_without_touching_anything():
 
 # ----------------------------------------------------------------------------- the fan-out
 
+
 def _fan_pair(frames, **kw) -> tuple[dict, dict]:
     """The frames with the C fan-out and without it (the gate off in both: the requests take
     the Python path, so the fan-out is all that differs)."""
-    got = [asyncio.run(_run(frames, False, 10 ** 6, use_fanout=f, **kw)) for f in (True, False)]
+    got = [asyncio.run(_run(frames, False, 10**6, use_fanout=f, **kw)) for f in (True, False)]
     return got[0], got[1]
 
 
@@ -435,7 +546,7 @@ def test_the_fan_out_pushes_as_on_commit_does(frames):
 @streams_settings(40)
 @given(frames=ticks())
 def test_gate_and_fan_out_together_answer_as_python_does(frames):
-    c, py = (asyncio.run(_run(frames, g, 10 ** 6, rich_subs=True)) for g in (True, False))
+    c, py = (asyncio.run(_run(frames, g, 10**6, rich_subs=True)) for g in (True, False))
     _same(c, py)
 
 
@@ -445,7 +556,7 @@ def test_the_fan_out_takes_the_usual_reports_itself(monkeypatch):
     report but rejects itself (Gateway._on_report is called only for those), every byte
     as on_commit's; with a second subscriber of the firm, the firm's reports go to Python."""
     mix = _mix_frames(2_000)
-    frames = [[(f % 3, data) for f, data in mix[k:k + 20]] for k in range(0, len(mix), 20)]
+    frames = [[(f % 3, data) for f, data in mix[k : k + 20]] for k in range(0, len(mix), 20)]
     handed = []
     real = Gateway._on_report
 
@@ -458,7 +569,7 @@ def test_the_fan_out_takes_the_usual_reports_itself(monkeypatch):
     _same(c, py)
     assert c["metrics"]["commands"] > 1_000 and c["metrics"]["trades"] > 50
     handed.clear()
-    asyncio.run(_run(frames, False, 10 ** 6, use_fanout=True))
+    asyncio.run(_run(frames, False, 10**6, use_fanout=True))
     assert set(handed) <= {"rejected"}, set(handed)
     handed.clear()
     c2, py2 = _fan_pair(frames, rich_subs=True)
@@ -473,9 +584,9 @@ def test_durable_replies_remember_and_fail_as_python_does():
     idempotency memory of 50 (the C evicts as remember does) and a batch whose journal write
     fails (its orders answered SHUTTING_DOWN, by the Python method the C hands it to)."""
     mix = _mix_frames(1_500)
-    frames = [[(f % 3, data) for f, data in mix[k:k + 20]] for k in range(0, len(mix), 20)]
+    frames = [[(f % 3, data) for f, data in mix[k : k + 20]] for k in range(0, len(mix), 20)]
     for kw in ({"window": 50}, {"window": 50, "fail_batch_at": 3}):
-        c, py = (asyncio.run(_run(frames, g, 10 ** 6, **kw)) for g in (True, False))
+        c, py = (asyncio.run(_run(frames, g, 10**6, **kw)) for g in (True, False))
         _same(c, py)
         assert len(c["idem_done"]) == 50
     assert b"SHUTTING_DOWN" in b"".join(c["written"][0])

@@ -6,6 +6,7 @@ Every ``import`` statement counts, at the top of a module or inside a function (
 still a dependency), read from the source with :mod:`ast` so a module that is not imported by
 the test run is checked too.
 """
+
 from __future__ import annotations
 
 import ast
@@ -38,7 +39,7 @@ def imports_of(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")
-                base = base[:len(base) - (node.level - 1)]
+                base = base[: len(base) - (node.level - 1)]
                 mod = ".".join(base + ([node.module] if node.module else []))
             else:
                 mod = node.module or ""
@@ -51,15 +52,19 @@ def package_imports(pkg: str) -> dict[str, set[str]]:
     """``{module: the exchange modules it imports}`` for every module of ``exchange.<pkg>``."""
     out = {}
     for path in sorted((PKG / pkg).rglob("*.py")):
-        out[_module_name(path)] = {m for m in imports_of(path)
-                                   if m == "exchange" or m.startswith("exchange.")}
+        out[_module_name(path)] = {
+            m for m in imports_of(path) if m == "exchange" or m.startswith("exchange.")
+        }
     return out
 
 
 def _offenders(pkg: str, bad) -> list[str]:
-    return [f"{mod} imports {target}"
-            for mod, targets in package_imports(pkg).items()
-            for target in sorted(targets) if bad(target)]
+    return [
+        f"{mod} imports {target}"
+        for mod, targets in package_imports(pkg).items()
+        for target in sorted(targets)
+        if bad(target)
+    ]
 
 
 def _in(target: str, pkg: str) -> bool:
@@ -128,15 +133,20 @@ def test_the_server_does_not_import_the_dashboard():
     """The dashboard registers routes with the server's route machinery and reads the app's
     keys (exchange/server/appkeys.py); the app package wires both."""
     assert _offenders("server", lambda t: _in(t, "exchange.dashboard")) == []
-    dashboard_uses_server = [m for m, ts in package_imports("dashboard").items()
-                             if any(_in(t, "exchange.server") for t in ts)]
+    dashboard_uses_server = [
+        m
+        for m, ts in package_imports("dashboard").items()
+        if any(_in(t, "exchange.server") for t in ts)
+    ]
     assert dashboard_uses_server  # the one direction that remains, so the check above is real
 
 
 def test_credentials_live_beside_the_core_not_in_the_server():
     # journaled core state: the core's modules may be built without the server
-    assert _offenders("access", lambda t: not (_in(t, "exchange.core")
-                                               or _in(t, "exchange.access"))) == []
+    assert (
+        _offenders("access", lambda t: not (_in(t, "exchange.core") or _in(t, "exchange.access")))
+        == []
+    )
 
 
 def test_the_checker_sees_lazy_and_relative_imports(tmp_path, monkeypatch):
@@ -144,18 +154,19 @@ def test_the_checker_sees_lazy_and_relative_imports(tmp_path, monkeypatch):
     pkg = tmp_path / "exchange" / "server"
     pkg.mkdir(parents=True)
     (pkg / "__init__.py").write_text("")
-    (pkg / "x.py").write_text("def f():\n    from ..app.engine import build_exchange\n"
-                              "    from . import gateway\n")
+    (pkg / "x.py").write_text(
+        "def f():\n    from ..app.engine import build_exchange\n    from . import gateway\n"
+    )
     monkeypatch.setattr(f"{__name__}.PKG", tmp_path / "exchange")
     assert {"exchange.app.engine", "exchange.server.gateway"} <= imports_of(pkg / "x.py")
     assert _offenders("server", lambda t: _in(t, "exchange.app")) == [
         "exchange.server.x imports exchange.app.engine",
-        "exchange.server.x imports exchange.app.engine.build_exchange"]
+        "exchange.server.x imports exchange.app.engine.build_exchange",
+    ]
     # and through a module outside the checked packages
     (pkg / "x.py").write_text("from .. import helper\n")
     (pkg.parent / "helper.py").write_text("import exchange.app.engine\n")
     (pkg.parent / "app").mkdir()
     (pkg.parent / "app" / "engine.py").write_text("")
     assert _offenders("server", lambda t: _in(t, "exchange.app")) == []
-    assert _chains_to_app() == [
-        "exchange.app.engine <- exchange.helper <- exchange.server.x"]
+    assert _chains_to_app() == ["exchange.app.engine <- exchange.helper <- exchange.server.x"]

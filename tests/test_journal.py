@@ -1,5 +1,6 @@
 """The durable command journal: SQLite and PostgreSQL backends, CoreRunner group commit,
 snapshots + replay, corruption handling and the verify/replay CLI."""
+
 from __future__ import annotations
 
 import asyncio
@@ -17,11 +18,20 @@ import pytest
 from exchange.core.commands import PlaceOrder, SnapshotMarker, encode_command
 from exchange.app.engine import Sequencer, build_exchange
 from exchange.journal import (
-    CoreRunner, JournalCorruptError, JournalError, RunnerFailed, open_journal, replay_into,
+    CoreRunner,
+    JournalCorruptError,
+    JournalError,
+    RunnerFailed,
+    open_journal,
+    replay_into,
 )
 from exchange.journal.base import GENESIS_HASH, Journal
 from exchange.journal.codec import (
-    decode_payload, dict_payload, payload_bytes, payload_dict, payload_line,
+    decode_payload,
+    dict_payload,
+    payload_bytes,
+    payload_dict,
+    payload_line,
 )
 from exchange.journal.runner import snapshot_bytes
 from exchange.core.commands import decode_command
@@ -41,13 +51,16 @@ def clock_from(start: int = 1_767_225_600_000_000_000, step: int = 1000):
     def clock():
         t[0] += step
         return t[0]
+
     return clock
 
 
-async def run_commands(journal, cmds, *, snapshot_every=100_000, stop_snapshot=True,
-                       concurrent=False):
-    r = CoreRunner(build_exchange(), journal, snapshot_every_commands=snapshot_every,
-                   clock=clock_from())
+async def run_commands(
+    journal, cmds, *, snapshot_every=100_000, stop_snapshot=True, concurrent=False
+):
+    r = CoreRunner(
+        build_exchange(), journal, snapshot_every_commands=snapshot_every, clock=clock_from()
+    )
     await r.start()
     if concurrent:
         futs = []
@@ -81,14 +94,24 @@ def sqlite_path(tmp_path):
 
 # ------------------------------------------------------------------- unit: the chain
 
+
 def _codec_samples():
     from exchange.core.commands import RegisterSupplyChain
+
     return stream_commands(300)[:200] + [
-        RegisterSupplyChain(chain_id="c1", members=(("A", 0), ("B", 1)),
-                            edges=(("B", "A", 1_000_000),)),
+        RegisterSupplyChain(
+            chain_id="c1", members=(("A", 0), ("B", 1)), edges=(("B", "A", 1_000_000),)
+        ),
         SnapshotMarker(),
-        PlaceOrder(account="A\nB \"q\" \u00e9", instrument="CEA-2026", side="buy", qty=1,
-                   price=100, client_order_id="x\ny")]
+        PlaceOrder(
+            account='A\nB "q" \u00e9',
+            instrument="CEA-2026",
+            side="buy",
+            qty=1,
+            price=100,
+            client_order_id="x\ny",
+        ),
+    ]
 
 
 def test_payload_codec_round_trip_and_old_object_records():
@@ -107,8 +130,9 @@ def test_payload_codec_round_trip_and_old_object_records():
 
 
 def test_payload_of_an_older_shorter_record_takes_the_new_fields_defaults():
-    c = PlaceOrder(account="A", instrument="CEA-2026", side="sell", qty=3, price=100,
-                   client_order_id="k1")
+    c = PlaceOrder(
+        account="A", instrument="CEA-2026", side="sell", qty=3, price=100, client_order_id="k1"
+    )
     old = orjson.loads(payload_bytes(c))[:-1]  # as if client_order_id came later
     got = decode_payload(old, 7, 8)
     assert got.client_order_id is None and got.qty == 3 and (got.seq, got.ts) == (7, 8)
@@ -120,106 +144,191 @@ def test_payload_of_an_older_shorter_record_takes_the_new_fields_defaults():
 # added at the end, with a default. Reordering, renaming or removing one would misread every
 # record already written - this list makes such a change fail here first.
 COMMAND_FIELDS = {
-    'add_instrument': ('symbol', 'kind', 'vintage', 'offset_type', 'reference_price'),
-    'add_segment': ('name', 'tick', 'lot', 'max_order_qty', 'fee_bps', 'access'),
-    'amend_order': ('account', 'order_id', 'client_order_id', 'qty', 'price'),
-    'apply_for_grant': (
-        'sme', 'period', 'amount', 'project', 'verified_abatement_t', 'applicant'),
-    'approve_grant': ('application_id', 'operator'),
-    'assess_firm': ('firm_id', 'technology_ppm', 'efficiency_ppm', 'hist_intensity_ppm'),
-    'cancel_all': ('account', 'instrument', 'segment'),
-    'cancel_order': ('account', 'order_id', 'client_order_id'),
-    'close_period': ('period',),
-    'configure_compliance': (
-        'carbon_coefficients_ppm', 'co2_per_c', 'offset_types', 'banking', 'penalty_mode',
-        'penalty_fixed_fine', 'penalty_multiple_ppm', 'late_fine', 'penalty_fallback_price'),
-    'configure_compliance_period': (
-        'period', 'start_ts', 'deadline_ts', 'eligible_vintages', 'offset_vintages',
-        'offset_cap_bps', 'offset_sub_caps_bps'),
-    'configure_sme_fund': (
-        'penalty_to_fund_bps', 'auction_to_fund_bps', 'sme_period_limit', 'period_limit',
-        'operator'),
-    'create_sub_quota': (
-        'parent', 'sme', 'instrument', 'qty', 'revenue_share_ppm', 'surplus_rule',
-        'shortfall_rule', 'chain_id'),
-    'deposit_cash': ('account', 'amount'),
-    'disburse_grant': ('application_id', 'operator'),
-    'end_of_day': (),
-    'clock': (),
-    'set_trading_calendar': ('sessions', 'tz', 'weekdays', 'holidays'),
-    'fund_deposit': ('amount', 'period', 'ref', 'operator'),
-    'halt': ('instrument', 'segment'),
-    'issue_api_key': ('key_id', 'role', 'key_hash', 'firm_id', 'label', 'scheme'),
-    'issue_units': ('account', 'instrument', 'qty', 'source', 'ref'),
-    'place_order': (
-        'account', 'instrument', 'segment', 'side', 'qty', 'price', 'order_type', 'tif',
-        'post_only', 'client_order_id'),
-    'pre_allocate': ('period',),
-    'process_compliance_deadline': ('period', 'operator'),
-    'record_verified': ('firm_id', 'period', 'emissions', 'output'),
-    'register_firm': (
-        'firm_id', 'name', 'sector', 'product', 'size_class', 'stp_policy', 'can_trade'),
-    'register_supply_chain': ('chain_id', 'members', 'edges'),
-    'rehash_api_key': ('key_id', 'key_hash', 'scheme'),
-    'register_verifier': ('verifier', 'name'),
-    'reject_grant': ('application_id', 'reason', 'operator'),
-    'reject_submission': ('firm_id', 'period', 'verifier', 'reason'),
-    'resume': ('instrument', 'segment'),
-    'revoke_api_key': ('key_id',),
-    'set_benchmark': ('product', 'intensity_ppm'),
-    'set_firm_trading': ('firm_id', 'can_trade'),
-    'set_input_use': ('firm_id', 'period', 'inputs'),
-    'set_offset_cap': ('period', 'cap_bps', 'sub_caps_bps', 'effective_ts', 'operator'),
-    'set_output_history': ('firm_id', 'rows'),
-    'set_price_band': ('instrument', 'band_bps', 'reference_price'),
-    'set_rules_params': (
-        'pre_ratio_ppm', 'initial_phi_ppm', 'phi_min_ppm', 'phi_max_ppm', 'max_step_ppm',
-        'alpha_up_ppm', 'alpha_down_ppm', 'kappa_ppm', 'kappa_max_ppm', 'coupling_weights',
-        'w_tech_ppm', 'w_eff_ppm', 'w_hist_ppm', 'benchmark_step_ppm', 'max_tightening_ppm',
-        'allow_loosening', 'max_loosening_ppm', 'instrument_pattern', 'allocation_total',
-        'cap_tonnes'),
-    'settle_allocations': ('period',),
-    'settle_sub_quotas': ('period',),
-    'snapshot_marker': (),
-    'split_sub_quotas': (
-        'parent', 'instrument', 'amount', 'smes', 'strategy', 'revenue_share_ppm', 'surplus_rule',
-        'shortfall_rule', 'chain_id'),
-    'submit_activity_data': ('firm_id', 'period', 'fuels', 'process_emissions', 'output'),
-    'surrender_units': ('firm_id', 'period', 'instrument', 'qty'),
-    'transfer_units': ('from_account', 'to_account', 'instrument', 'qty'),
-    'verify_emissions': ('firm_id', 'period', 'verifier'),
-    'withdraw_cash': ('account', 'amount'),
+    "add_instrument": ("symbol", "kind", "vintage", "offset_type", "reference_price"),
+    "add_segment": ("name", "tick", "lot", "max_order_qty", "fee_bps", "access"),
+    "amend_order": ("account", "order_id", "client_order_id", "qty", "price"),
+    "apply_for_grant": ("sme", "period", "amount", "project", "verified_abatement_t", "applicant"),
+    "approve_grant": ("application_id", "operator"),
+    "assess_firm": ("firm_id", "technology_ppm", "efficiency_ppm", "hist_intensity_ppm"),
+    "cancel_all": ("account", "instrument", "segment"),
+    "cancel_order": ("account", "order_id", "client_order_id"),
+    "close_period": ("period",),
+    "configure_compliance": (
+        "carbon_coefficients_ppm",
+        "co2_per_c",
+        "offset_types",
+        "banking",
+        "penalty_mode",
+        "penalty_fixed_fine",
+        "penalty_multiple_ppm",
+        "late_fine",
+        "penalty_fallback_price",
+    ),
+    "configure_compliance_period": (
+        "period",
+        "start_ts",
+        "deadline_ts",
+        "eligible_vintages",
+        "offset_vintages",
+        "offset_cap_bps",
+        "offset_sub_caps_bps",
+    ),
+    "configure_sme_fund": (
+        "penalty_to_fund_bps",
+        "auction_to_fund_bps",
+        "sme_period_limit",
+        "period_limit",
+        "operator",
+    ),
+    "create_sub_quota": (
+        "parent",
+        "sme",
+        "instrument",
+        "qty",
+        "revenue_share_ppm",
+        "surplus_rule",
+        "shortfall_rule",
+        "chain_id",
+    ),
+    "deposit_cash": ("account", "amount"),
+    "disburse_grant": ("application_id", "operator"),
+    "end_of_day": (),
+    "clock": (),
+    "set_trading_calendar": ("sessions", "tz", "weekdays", "holidays"),
+    "fund_deposit": ("amount", "period", "ref", "operator"),
+    "halt": ("instrument", "segment"),
+    "issue_api_key": ("key_id", "role", "key_hash", "firm_id", "label", "scheme"),
+    "issue_units": ("account", "instrument", "qty", "source", "ref"),
+    "place_order": (
+        "account",
+        "instrument",
+        "segment",
+        "side",
+        "qty",
+        "price",
+        "order_type",
+        "tif",
+        "post_only",
+        "client_order_id",
+    ),
+    "pre_allocate": ("period",),
+    "process_compliance_deadline": ("period", "operator"),
+    "record_verified": ("firm_id", "period", "emissions", "output"),
+    "register_firm": (
+        "firm_id",
+        "name",
+        "sector",
+        "product",
+        "size_class",
+        "stp_policy",
+        "can_trade",
+    ),
+    "register_supply_chain": ("chain_id", "members", "edges"),
+    "rehash_api_key": ("key_id", "key_hash", "scheme"),
+    "register_verifier": ("verifier", "name"),
+    "reject_grant": ("application_id", "reason", "operator"),
+    "reject_submission": ("firm_id", "period", "verifier", "reason"),
+    "resume": ("instrument", "segment"),
+    "revoke_api_key": ("key_id",),
+    "set_benchmark": ("product", "intensity_ppm"),
+    "set_firm_trading": ("firm_id", "can_trade"),
+    "set_input_use": ("firm_id", "period", "inputs"),
+    "set_offset_cap": ("period", "cap_bps", "sub_caps_bps", "effective_ts", "operator"),
+    "set_output_history": ("firm_id", "rows"),
+    "set_price_band": ("instrument", "band_bps", "reference_price"),
+    "set_rules_params": (
+        "pre_ratio_ppm",
+        "initial_phi_ppm",
+        "phi_min_ppm",
+        "phi_max_ppm",
+        "max_step_ppm",
+        "alpha_up_ppm",
+        "alpha_down_ppm",
+        "kappa_ppm",
+        "kappa_max_ppm",
+        "coupling_weights",
+        "w_tech_ppm",
+        "w_eff_ppm",
+        "w_hist_ppm",
+        "benchmark_step_ppm",
+        "max_tightening_ppm",
+        "allow_loosening",
+        "max_loosening_ppm",
+        "instrument_pattern",
+        "allocation_total",
+        "cap_tonnes",
+    ),
+    "settle_allocations": ("period",),
+    "settle_sub_quotas": ("period",),
+    "snapshot_marker": (),
+    "split_sub_quotas": (
+        "parent",
+        "instrument",
+        "amount",
+        "smes",
+        "strategy",
+        "revenue_share_ppm",
+        "surplus_rule",
+        "shortfall_rule",
+        "chain_id",
+    ),
+    "submit_activity_data": ("firm_id", "period", "fuels", "process_emissions", "output"),
+    "surrender_units": ("firm_id", "period", "instrument", "qty"),
+    "transfer_units": ("from_account", "to_account", "instrument", "qty"),
+    "verify_emissions": ("firm_id", "period", "verifier"),
+    "withdraw_cash": ("account", "amount"),
     # the credit registry (exchange/registry)
-    'approve_action_batch': ('batch_id', 'verifier'),
-    'configure_registry': ('issuer', 'buffer_bps', 'removal_types', 'carbon_inclusive_type',
-                           'max_batch_records'),
-    'declare_offset_class': ('offset_type', 'ccer_equivalent', 'operator'),
-    'import_credits': ('registry', 'account', 'instrument', 'issuer', 'project', 'first', 'last'),
-    'issue_credits': ('account', 'instrument', 'issuer', 'project', 'first', 'last'),
-    'record_external_cancellation': ('registry', 'issuer', 'project', 'vintage', 'first',
-                                     'last', 'reference'),
-    'register_platform': ('platform_id', 'name'),
-    'register_removal_project': ('project_id', 'removal_type', 'owner', 'name'),
-    'reject_action_batch': ('batch_id', 'verifier', 'reason'),
-    'report_reversal': ('project_id', 'qty', 'cause', 'reporter'),
-    'retire_credits': ('account', 'instrument', 'qty', 'serials', 'beneficiary', 'reason'),
-    'set_conversion_factor': ('action_type', 'unit', 'g_co2e_per_unit', 'operator'),
-    'submit_action_batch': ('platform_id', 'vintage', 'records'),
-    'verify_removal': ('project_id', 'vintage', 'verifier', 'gross_removal',
-                       'project_emissions', 'baseline_removal'),
+    "approve_action_batch": ("batch_id", "verifier"),
+    "configure_registry": (
+        "issuer",
+        "buffer_bps",
+        "removal_types",
+        "carbon_inclusive_type",
+        "max_batch_records",
+    ),
+    "declare_offset_class": ("offset_type", "ccer_equivalent", "operator"),
+    "import_credits": ("registry", "account", "instrument", "issuer", "project", "first", "last"),
+    "issue_credits": ("account", "instrument", "issuer", "project", "first", "last"),
+    "record_external_cancellation": (
+        "registry",
+        "issuer",
+        "project",
+        "vintage",
+        "first",
+        "last",
+        "reference",
+    ),
+    "register_platform": ("platform_id", "name"),
+    "register_removal_project": ("project_id", "removal_type", "owner", "name"),
+    "reject_action_batch": ("batch_id", "verifier", "reason"),
+    "report_reversal": ("project_id", "qty", "cause", "reporter"),
+    "retire_credits": ("account", "instrument", "qty", "serials", "beneficiary", "reason"),
+    "set_conversion_factor": ("action_type", "unit", "g_co2e_per_unit", "operator"),
+    "submit_action_batch": ("platform_id", "vintage", "records"),
+    "verify_removal": (
+        "project_id",
+        "vintage",
+        "verifier",
+        "gross_removal",
+        "project_emissions",
+        "baseline_removal",
+    ),
 }
 
 
 def test_command_fields_are_append_only():
     build_exchange()  # registers the modules' commands
     from exchange.core.commands import COMMAND_TYPES
+
     for name, fields in COMMAND_FIELDS.items():
         now = COMMAND_TYPES[name]._FIELDS
-        assert now[:len(fields)] == fields, f"{name}: fields {now}, journal records {fields}"
-        extra = now[len(fields):]
-        defaults = {f.name for f in dataclasses.fields(COMMAND_TYPES[name])
-                    if f.default is not dataclasses.MISSING
-                    or f.default_factory is not dataclasses.MISSING}
+        assert now[: len(fields)] == fields, f"{name}: fields {now}, journal records {fields}"
+        extra = now[len(fields) :]
+        defaults = {
+            f.name
+            for f in dataclasses.fields(COMMAND_TYPES[name])
+            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+        }
         assert set(extra) <= defaults, f"{name}: new fields {extra} need defaults"
     missing = set(COMMAND_TYPES) - set(COMMAND_FIELDS)
     assert not missing, f"add the new command types to COMMAND_FIELDS: {sorted(missing)}"
@@ -234,7 +343,7 @@ async def test_wal_stays_bounded_with_blocking_checkpoints(sqlite_path, monkeypa
     await r.start()
     sizes = []
     for k in range(0, len(cmds), 500):
-        await asyncio.gather(*(r.submit(c) for c in cmds[k:k + 500]))
+        await asyncio.gather(*(r.submit(c) for c in cmds[k : k + 500]))
         sizes.append(os.path.getsize(sqlite_path + "-wal"))
     want = r.exchange.state_hash()
     await r.stop(snapshot=False)
@@ -273,6 +382,7 @@ async def test_log_with_older_object_records_recovers(sqlite_path):
 
 def test_open_journal_targets(tmp_path):
     from exchange.journal.sqlite import SQLiteJournal
+
     assert isinstance(open_journal(str(tmp_path / "x.sqlite")), SQLiteJournal)
     j = open_journal(f"sqlite://{tmp_path}/y.sqlite")
     assert isinstance(j, SQLiteJournal) and j.path == f"{tmp_path}/y.sqlite"
@@ -304,6 +414,7 @@ async def test_sqlite_append_read_reopen(sqlite_path):
 
 # ------------------------------------------------------------------- runner
 
+
 async def test_runner_journal_lag_in_commands_and_in_time(sqlite_path):
     """journal_lag counts the commands applied but not durable, journal_lag_seconds is how
     long the oldest of them has waited (admission control refuses orders on either): both
@@ -315,6 +426,7 @@ async def test_runner_journal_lag_in_commands_and_in_time(sqlite_path):
     async def slow(records):
         await gate.wait()
         return await real_append(records)
+
     j._append_rows = slow
     r = CoreRunner(build_exchange(), j, clock=clock_from())
     await r.start()
@@ -345,6 +457,7 @@ async def test_runner_group_commit_and_durability(sqlite_path):
         out = await real_append(records)
         appended.append([r[0] for r in records])
         return out
+
     j._append_rows = spy
     r = CoreRunner(build_exchange(), j, clock=clock_from())
     await r.start()
@@ -361,6 +474,7 @@ async def test_runner_group_commit_and_durability(sqlite_path):
         ev = await r.submit(c)
         assert r.durable_seq >= c.seq  # acknowledged only when durable
         return ev
+
     results = await asyncio.gather(*(client(c) for c in orders))
     assert all(isinstance(ev, list) for ev in results)
     assert r.journal_lag == 0
@@ -380,8 +494,9 @@ async def test_runner_group_commit_and_durability(sqlite_path):
 
 async def test_runner_restart_recovers_same_state(sqlite_path):
     cmds = stream_commands(1500)
-    r = await run_commands(open_journal(sqlite_path), cmds, snapshot_every=400,
-                           stop_snapshot=False, concurrent=True)
+    r = await run_commands(
+        open_journal(sqlite_path), cmds, snapshot_every=400, stop_snapshot=False, concurrent=True
+    )
     live_hash, last = r.exchange.state_hash(), r.exchange.last_seq
     r2 = CoreRunner(build_exchange(), open_journal(sqlite_path), snapshot_every_commands=400)
     await r2.start()
@@ -390,20 +505,21 @@ async def test_runner_restart_recovers_same_state(sqlite_path):
     assert not r2.is_empty
     r2.exchange.check_invariants()
     # it goes on from where it stopped: seq continues, ts never goes back
-    ev = await r2.submit(PlaceOrder(account="B000", instrument="CEA-2026", side="buy",
-                                    price=8400, qty=1))
+    ev = await r2.submit(
+        PlaceOrder(account="B000", instrument="CEA-2026", side="buy", price=8400, qty=1)
+    )
     assert r2.exchange.last_seq == last + 1 and ev
     await r2.stop()
 
 
 @pytest.mark.parametrize("serialise", ["forked child", "inline"])
 @pytest.mark.parametrize("backend", ["sqlite", "postgres", "nats"])
-async def test_snapshot_plus_replay_equals_full_replay(backend, serialise, tmp_path, request,
-                                                        monkeypatch):
+async def test_snapshot_plus_replay_equals_full_replay(
+    backend, serialise, tmp_path, request, monkeypatch
+):
     # the runner serialises a small state inline and a large one in a forked child
     # (CoreRunner.fork_min_orders); both paths must store the same bytes
-    monkeypatch.setattr(CoreRunner, "fork_min_orders", 0 if serialise == "forked child"
-                        else 10**9)
+    monkeypatch.setattr(CoreRunner, "fork_min_orders", 0 if serialise == "forked child" else 10**9)
     if backend == "sqlite":
         target, opts = str(tmp_path / "j.sqlite"), {}
     elif backend == "nats":
@@ -413,8 +529,13 @@ async def test_snapshot_plus_replay_equals_full_replay(backend, serialise, tmp_p
         opts = {"schema": "t_" + uuid.uuid4().hex[:12]}
     cmds = stream_commands(2500, seed=11)
     try:
-        r = await run_commands(open_journal(target, **opts), cmds, snapshot_every=700,
-                               stop_snapshot=False, concurrent=True)
+        r = await run_commands(
+            open_journal(target, **opts),
+            cmds,
+            snapshot_every=700,
+            stop_snapshot=False,
+            concurrent=True,
+        )
         live = r.exchange.state_hash()
         forked = serialise == "forked child"
         assert (r.snapshots_forked > 0) == forked and (r.snapshots_inline > 0) != forked
@@ -442,6 +563,7 @@ async def test_snapshot_plus_replay_equals_full_replay(backend, serialise, tmp_p
     finally:
         if backend == "postgres":
             import asyncpg
+
             con = await asyncpg.connect(target)
             await con.execute(f'DROP SCHEMA IF EXISTS "{opts["schema"]}" CASCADE')
             await con.close()
@@ -472,8 +594,13 @@ def test_snapshot_serialised_in_a_child_only_when_the_state_is_large(sqlite_path
 
 
 async def test_time_based_snapshot(sqlite_path):
-    r = CoreRunner(build_exchange(), open_journal(sqlite_path), snapshot_every_commands=10**9,
-                   snapshot_every_seconds=0.05, clock=clock_from())
+    r = CoreRunner(
+        build_exchange(),
+        open_journal(sqlite_path),
+        snapshot_every_commands=10**9,
+        snapshot_every_seconds=0.05,
+        clock=clock_from(),
+    )
     await r.start()
     cmds = stream_commands(300)
     for c in cmds[:50]:
@@ -532,6 +659,7 @@ async def test_journal_failure_stops_accepting():
 
 # ------------------------------------------------------------------- corruption
 
+
 async def _small_log(path, n=300):
     cmds = stream_commands(n)
     r = await run_commands(open_journal(path), cmds, stop_snapshot=False)
@@ -560,8 +688,9 @@ async def test_middle_record_damage_is_refused(sqlite_path, damage):
     con = sqlite3.connect(sqlite_path)
     if damage == "modify":
         # one more byte: still valid JSON, a different record
-        con.execute("UPDATE journal SET payload = CAST(payload || ' ' AS BLOB) "
-                    "WHERE seq = ?", (bad,))
+        con.execute(
+            "UPDATE journal SET payload = CAST(payload || ' ' AS BLOB) WHERE seq = ?", (bad,)
+        )
     else:
         con.execute("DELETE FROM journal WHERE seq = ?", (bad,))
     con.commit()
@@ -575,14 +704,17 @@ async def test_middle_record_damage_is_refused(sqlite_path, damage):
 async def test_rehashed_tamper_is_caught_at_the_next_record(sqlite_path):
     """Modifying a record and recomputing its own hash still breaks the chain after it."""
     from exchange.journal.base import record_hash
+
     last, _ = await _small_log(sqlite_path)
     bad = last // 2
     con = sqlite3.connect(sqlite_path)
     (prev,) = con.execute("SELECT hash FROM journal WHERE seq=?", (bad - 1,)).fetchone()
     ts, p = con.execute("SELECT ts, payload FROM journal WHERE seq=?", (bad,)).fetchone()
     p2 = p.replace(b",", b", ", 1)  # still valid JSON, a different record
-    con.execute("UPDATE journal SET payload=?, hash=? WHERE seq=?",
-                (p2, record_hash(prev, bad, ts, p2), bad))
+    con.execute(
+        "UPDATE journal SET payload=?, hash=? WHERE seq=?",
+        (p2, record_hash(prev, bad, ts, p2), bad),
+    )
     con.commit()
     con.close()
     j = open_journal(sqlite_path)
@@ -595,9 +727,15 @@ async def test_rehashed_tamper_is_caught_at_the_next_record(sqlite_path):
 
 # ------------------------------------------------------------------- CLI
 
+
 def cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "exchange", "journal", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "exchange", "journal", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 async def test_cli_verify_and_tamper_detection(sqlite_path):
@@ -610,8 +748,10 @@ async def test_cli_verify_and_tamper_detection(sqlite_path):
     assert "equals the replayed state" in out.stdout
     bad = r.exchange.last_seq // 2
     con = sqlite3.connect(sqlite_path)
-    con.execute("UPDATE journal SET payload = replace(payload, '\"qty\":', '\"qty\":1') "
-                "WHERE seq = ?", (bad,))
+    con.execute(
+        "UPDATE journal SET payload = replace(payload, '\"qty\":', '\"qty\":1') WHERE seq = ?",
+        (bad,),
+    )
     con.commit()
     con.close()
     out = cli("verify", sqlite_path)
@@ -638,6 +778,7 @@ async def test_cli_replay_to_seq(sqlite_path):
 
 # ------------------------------------------------------------------- PostgreSQL
 
+
 async def test_postgres_roundtrip_and_tamper(postgres_dsn):
     schema = "t_" + uuid.uuid4().hex[:12]
     j = open_journal(postgres_dsn, schema=schema)
@@ -650,15 +791,20 @@ async def test_postgres_roundtrip_and_tamper(postgres_dsn):
         assert out.returncode == 0, out.stdout + out.stderr
         assert out.stdout.strip().splitlines()[-1] == f"state_hash {full}"
         import asyncpg
+
         con = await asyncpg.connect(postgres_dsn)
         bad = n // 2
-        await con.execute(f'UPDATE "{schema}".journal_commands SET payload = '
-                          f"payload || '\\x20'::bytea WHERE seq = $1", bad)
+        await con.execute(
+            f'UPDATE "{schema}".journal_commands SET payload = '
+            f"payload || '\\x20'::bytea WHERE seq = $1",
+            bad,
+        )
         await con.close()
         out = cli("verify", postgres_dsn, "--schema", schema)
         assert out.returncode == 1 and f"seq {bad}:" in out.stdout
     finally:
         import asyncpg
+
         con = await asyncpg.connect(postgres_dsn)
         await con.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         await con.close()
@@ -667,16 +813,16 @@ async def test_postgres_roundtrip_and_tamper(postgres_dsn):
 async def test_chain_check_in_child_process_refuses_damage_before_the_snapshot(sqlite_path):
     """Records the snapshot stands for are still checked on start (here by the child)."""
     cmds = stream_commands(600)
-    await run_commands(open_journal(sqlite_path), cmds, snapshot_every=500,
-                       stop_snapshot=False)
+    await run_commands(open_journal(sqlite_path), cmds, snapshot_every=500, stop_snapshot=False)
     r = CoreRunner(build_exchange(), open_journal(sqlite_path))
     r.child_check_min = 0
     await r.start()
     assert r.recovery["chain_check"] == "child process" and r.recovery["snapshot_seq"] > 200
     await r.stop(snapshot=False)
     con = sqlite3.connect(sqlite_path)
-    con.execute("UPDATE journal SET payload = replace(payload, '\"qty\":', '\"qty\":1') "
-                "WHERE seq = 200")
+    con.execute(
+        "UPDATE journal SET payload = replace(payload, '\"qty\":', '\"qty\":1') WHERE seq = 200"
+    )
     con.commit()
     con.close()
     r = CoreRunner(build_exchange(), open_journal(sqlite_path))
@@ -690,14 +836,39 @@ def test_journal_benchmark_smoke(tmp_path):
     """`python -m loadtest.journal` runs end to end on a small stream and writes every key
     (no timing is asserted)."""
     out = tmp_path / "journal.json"
-    subprocess.run([sys.executable, "-m", "loadtest.journal", "--commands", "3000",
-                    "--repeat", "2", "--no-postgres", "--recovery-commands", "0",
-                    "--dir", str(tmp_path), "--json", str(out)],
-                   cwd=ROOT, check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "loadtest.journal",
+            "--commands",
+            "3000",
+            "--repeat",
+            "2",
+            "--no-postgres",
+            "--recovery-commands",
+            "0",
+            "--dir",
+            str(tmp_path),
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     import json
+
     res = json.loads(out.read_text())
-    for key in ("in_memory_cmds_per_s", "durable_cmds_per_s", "durable_ratio",
-                "durable_ratio_pairs", "replay_cmds_per_s", "recovery_s_per_million"):
+    for key in (
+        "in_memory_cmds_per_s",
+        "durable_cmds_per_s",
+        "durable_ratio",
+        "durable_ratio_pairs",
+        "replay_cmds_per_s",
+        "recovery_s_per_million",
+    ):
         assert key in res, key
     assert len(res["durable_ratio_pairs"]) == 2
     assert len(res["durable_no_snapshots_ratio_pairs"]) == 2

@@ -3,6 +3,7 @@ with a key that is not in the journal) written at every snapshot and on shutdown
 that finds the journal behind the checkpoint (its tail cut off) or diverging from it (the
 chain rewritten from some record on, every hash recomputed) refuses; so does a checkpoint
 whose HMAC is wrong."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,14 @@ from test_journal import clock_from, stream_commands
 
 def _runner(path, cp, key, **kw):
     from exchange.journal.checkpoint import Checkpoint
-    return CoreRunner(build_exchange(), open_journal(path), clock=clock_from(),
-                      checkpoint=Checkpoint(cp, key), **kw)
+
+    return CoreRunner(
+        build_exchange(),
+        open_journal(path),
+        clock=clock_from(),
+        checkpoint=Checkpoint(cp, key),
+        **kw,
+    )
 
 
 async def _log(tmp_path, key=b"k" * 32):
@@ -61,8 +68,9 @@ async def test_rewritten_chain_diverges_from_the_checkpoint(tmp_path):
     path, cp, last = await _log(tmp_path)
     bad = last - 50
     con = sqlite3.connect(path)
-    rows = con.execute("SELECT seq, ts, payload FROM journal WHERE seq >= ? ORDER BY seq",
-                       (bad,)).fetchall()
+    rows = con.execute(
+        "SELECT seq, ts, payload FROM journal WHERE seq >= ? ORDER BY seq", (bad,)
+    ).fetchall()
     (prev,) = con.execute("SELECT hash FROM journal WHERE seq=?", (bad - 1,)).fetchone()
     for seq, ts, p in rows:  # change one record and rehash everything after it: a valid chain
         if seq == bad:
@@ -96,6 +104,7 @@ def test_server_refuses_a_journal_cut_behind_its_checkpoint(tmp_path):
     import sys
     from exchange.client import ExchangeClient
     from test_server_restart import ROOT, ServerProcess
+
     key = tmp_path / "secret" / "checkpoint.key"
     key.parent.mkdir()
     key.write_bytes(b"s" * 32)
@@ -106,6 +115,7 @@ def test_server_refuses_a_journal_cut_behind_its_checkpoint(tmp_path):
     async def order():
         async with ExchangeClient(srv.ws_url, "demo-key-power1") as a:
             return await a.place_order("CEA-2026", "sell", 1, "86.20", client_order_id="c-1")
+
     ack = asyncio.run(order())
     assert srv.kill(signal.SIGTERM) == 0
     d = json.loads((data / "journal.checkpoint").read_text())
@@ -115,9 +125,24 @@ def test_server_refuses_a_journal_cut_behind_its_checkpoint(tmp_path):
     con.execute("DELETE FROM snapshots WHERE seq >= ?", (ack["seq"],))
     con.commit()
     con.close()
-    out = subprocess.run([sys.executable, "-m", "exchange", "serve", "--port", "0",
-                          "--data-dir", str(data), "--checkpoint-key-file", str(key)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "exchange",
+            "serve",
+            "--port",
+            "0",
+            "--data-dir",
+            str(data),
+            "--checkpoint-key-file",
+            str(key),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 2, out.stdout + out.stderr
     assert "behind its signed checkpoint" in out.stderr
 
@@ -127,6 +152,7 @@ async def test_missing_checkpoint_with_a_journal_is_warned(tmp_path, caplog):
     accepts the journal, but says so (the ADR's documented limit)."""
     import logging
     import os
+
     path, cp, last = await _log(tmp_path)
     os.remove(cp)
     with caplog.at_level(logging.WARNING, logger="exchange.journal"):

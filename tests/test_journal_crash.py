@@ -3,6 +3,7 @@ with the SQLite journal and prints every acknowledged seq; it is SIGKILLed at a 
 (during start-up recovery, mid-batch, mid-snapshot, ...), again and again on the same journal.
 After every kill: each acknowledged command is in the log, the recovered state (snapshot +
 replay) equals a fresh full replay of the log, and the core's invariants hold."""
+
 from __future__ import annotations
 
 import asyncio
@@ -72,9 +73,11 @@ async def test_sigkill_at_random_moments_loses_nothing_acknowledged(tmp_path, ba
     opts: dict = {}
     if backend == "nats":  # the replicated log: a killed writer's batch is stored whole or not
         import uuid
+
         path = f"{request.getfixturevalue('nats_url')}/crash_{uuid.uuid4().hex[:12]}"
     elif backend == "postgres":  # the production store: a killed client's transaction rolls back
         import uuid
+
         path = request.getfixturevalue("postgres_dsn")
         opts = {"schema": "crash_" + uuid.uuid4().hex[:12]}
     else:
@@ -88,6 +91,7 @@ async def test_sigkill_at_random_moments_loses_nothing_acknowledged(tmp_path, ba
     finally:
         if backend == "postgres":
             import asyncpg
+
             con = await asyncpg.connect(path)
             await con.execute('DROP SCHEMA IF EXISTS "%s" CASCADE' % opts["schema"])
             await con.close()
@@ -100,6 +104,7 @@ async def test_sigkill_at_random_moments_loses_nothing_acknowledged(tmp_path, ba
 
 def _first_line(child: subprocess.Popen, timeout: float) -> bytes:
     import select
+
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if select.select([child.stdout], [], [], 0.05)[0]:
@@ -109,13 +114,17 @@ def _first_line(child: subprocess.Popen, timeout: float) -> bytes:
 
 async def _crash_runs(path: str, opts: dict, after_first_line: bool = False) -> None:
     import json
+
     rng = random.Random(20261122)
     acked: dict[int, str] = {}
     kills_after_ready = 0
     for run in range(RUNS):
-        child = subprocess.Popen([sys.executable, "-c", CHILD, path, str(run),
-                                  json.dumps(opts)], cwd=ROOT,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        child = subprocess.Popen(
+            [sys.executable, "-c", CHILD, path, str(run), json.dumps(opts)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         first = b""
         if after_first_line and run % 2 == 0:
             first = _first_line(child, 20.0)
@@ -137,9 +146,11 @@ async def _crash_runs(path: str, opts: dict, after_first_line: bool = False) -> 
         last = r.exchange.last_seq
         r.exchange.check_invariants()
         await r.stop(snapshot=False)
-        print(f"run {run}: {len(_acks(text))} acks, log {last}, recovered from snapshot "
-              f"{r.recovery['snapshot_seq']} + {r.recovery['replayed']}, "
-              f"truncated {r.recovery['truncated']}")
+        print(
+            f"run {run}: {len(_acks(text))} acks, log {last}, recovered from snapshot "
+            f"{r.recovery['snapshot_seq']} + {r.recovery['replayed']}, "
+            f"truncated {r.recovery['truncated']}"
+        )
 
         j = open_journal(path, **opts)
         await j.open()
@@ -167,6 +178,7 @@ async def test_postgres_restart_waits_for_a_killed_writers_lock(postgres_dsn):
     import zlib
     import asyncpg
     from exchange.journal import JournalError
+
     schema = "crash_" + uuid.uuid4().hex[:12]
     key = zlib.crc32(f"exchange.journal:{schema}".encode())
     holder = await asyncpg.connect(postgres_dsn)

@@ -1,6 +1,7 @@
 """The journal's files are private: the data directory 0700, the database, its WAL and shared
 memory file 0600 (snapshots live inside the database), whatever the umask, and files left
 0644 by an older version are tightened on the next open."""
+
 from __future__ import annotations
 
 import os

@@ -1,6 +1,7 @@
 """The runner's submit path in C (exchange/journal/_accel.c) against its pure-Python
 reference: the record encoder (codec.payload_line) byte for byte, and the Submitter
 (runner._PySubmitter) step for step - same journal, same events, same errors."""
+
 from __future__ import annotations
 
 import asyncio
@@ -13,7 +14,11 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from exchange.core.commands import (
-    COMMAND_TYPES, CancelOrder, PlaceOrder, RegisterSupplyChain, SnapshotMarker,
+    COMMAND_TYPES,
+    CancelOrder,
+    PlaceOrder,
+    RegisterSupplyChain,
+    SnapshotMarker,
 )
 from exchange.core.exchange import SequenceError
 from exchange.app.engine import build_exchange
@@ -26,10 +31,13 @@ HAVE_C = codec.C_ENCODER and runner_mod.C_SUBMITTER
 if not HAVE_C and os.environ.get("REQUIRE_SERVICES") == "1":
     # The extension is built by `pip install -e .` wherever a C compiler is (dev.py test does
     # that); CI requires it, like it requires its services.
-    raise RuntimeError("exchange.journal._accel is not built (REQUIRE_SERVICES=1): "
-                       "reinstall with a C compiler: pip install -e .")
-needs_c = pytest.mark.skipif(not HAVE_C, reason="exchange.journal._accel is not built (no "
-                             "C compiler at install time)")
+    raise RuntimeError(
+        "exchange.journal._accel is not built (REQUIRE_SERVICES=1): "
+        "reinstall with a C compiler: pip install -e ."
+    )
+needs_c = pytest.mark.skipif(
+    not HAVE_C, reason="exchange.journal._accel is not built (no C compiler at install time)"
+)
 if HAVE_C:
     from exchange.journal._accel import append_line as c_append_line, rows_json
 
@@ -51,6 +59,7 @@ def c_line(cmd) -> bytes | None:
 
 
 # ------------------------------------------------------------------- the encoder
+
 
 @needs_c
 def test_c_encoder_writes_orjsons_bytes_for_the_order_flow():
@@ -76,8 +85,9 @@ def test_c_encoder_leaves_what_it_does_not_write_plainly_to_orjson():
         PlaceOrder(account="del\x7f", instrument="CEA-2026", side="buy", qty=1, price=1),
         PlaceOrder(account="A", instrument="CEA-2026", side="buy", qty=2**63, price=1),
         PlaceOrder(account="A", instrument="CEA-2026", side="buy", qty=1.5, price=1),
-        RegisterSupplyChain(chain_id="c1", members=(("A", 0), ("B", 1)),
-                            edges=(("B", "A", 1_000_000),)),
+        RegisterSupplyChain(
+            chain_id="c1", members=(("A", 0), ("B", 1)), edges=(("B", "A", 1_000_000),)
+        ),
     ]
     for c in odd:
         assert c_line(c) is None, c
@@ -91,11 +101,35 @@ def test_c_encoder_leaves_what_it_does_not_write_plainly_to_orjson():
 @needs_c
 def test_c_encoder_edge_values():
     for qty in (0, 1, -1, 9, 10, 2**63 - 1, -(2**63), 123456789012345678):
-        c = PlaceOrder(account="A", instrument="CEA-2026", side="sell", qty=qty, price=None,
-                       post_only=True, client_order_id="")
-        assert c_line(c) == reference_line(c) == orjson.dumps(
-            ["place_order", "A", "CEA-2026", "main", "sell", qty, None, "limit", "GTC", True,
-             ""]) + b"\n"
+        c = PlaceOrder(
+            account="A",
+            instrument="CEA-2026",
+            side="sell",
+            qty=qty,
+            price=None,
+            post_only=True,
+            client_order_id="",
+        )
+        assert (
+            c_line(c)
+            == reference_line(c)
+            == orjson.dumps(
+                [
+                    "place_order",
+                    "A",
+                    "CEA-2026",
+                    "main",
+                    "sell",
+                    qty,
+                    None,
+                    "limit",
+                    "GTC",
+                    True,
+                    "",
+                ]
+            )
+            + b"\n"
+        )
     m = SnapshotMarker()
     assert c_line(m) == reference_line(m)
 
@@ -111,15 +145,22 @@ def test_c_encoder_refuses_an_unset_field_and_a_subclass():
 
     class Sub:  # a class never registered
         pass
+
     assert c_append_line(buf, Sub()) is False and buf == b""
     with pytest.raises(TypeError):
-        c_append_line(b"not a bytearray", PlaceOrder(account="A", instrument="I", side="buy",
-                                                     qty=1))
+        c_append_line(
+            b"not a bytearray", PlaceOrder(account="A", instrument="I", side="buy", qty=1)
+        )
 
 
 _text = st.text(max_size=12)
-_scalar = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
-                    _text, st.floats(allow_nan=False, allow_infinity=False))
+_scalar = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    _text,
+    st.floats(allow_nan=False, allow_infinity=False),
+)
 
 
 @needs_c
@@ -141,18 +182,25 @@ def test_c_encoder_matches_orjson_on_any_values(name, data):
 
 # ------------------------------------------------------------------- the submitter
 
+
 def _clock():
     t = [1_767_225_600_000_000_000]
 
     def clock():
         t[0] += 7  # a clock that repeats itself would be corrected to last + 1
         return t[0] - (t[0] % 3 == 0) * 10
+
     return clock
 
 
 async def _run(path: str, cmds: list, c: bool) -> tuple[list, list, str]:
-    r = CoreRunner(build_exchange(), open_journal(path), snapshot_every_commands=250,
-                   clock=_clock(), c_submitter=c)
+    r = CoreRunner(
+        build_exchange(),
+        open_journal(path),
+        snapshot_every_commands=250,
+        clock=_clock(),
+        c_submitter=c,
+    )
     seen: list = []
     r.add_listener(lambda cmd, events: seen.append((cmd.seq, cmd.ts, len(events))))
     await r.start()
@@ -185,8 +233,7 @@ def test_c_and_python_submitters_write_the_same_journal(tmp_path):
         path = str(tmp_path / f"j-{c}.sqlite")
         results, seen, h = asyncio.run(_run(path, cmds, c))
         out[c] = (results, seen, h, _rows(path))
-    assert type(CoreRunner(build_exchange(), None).submit_nowait.__self__).__name__ == \
-        "Submitter"
+    assert type(CoreRunner(build_exchange(), None).submit_nowait.__self__).__name__ == "Submitter"
     assert out[True][0] == out[False][0]  # the same events, command by command
     assert out[True][1] == out[False][1]  # the listeners saw the same seq, ts, events
     assert out[True][2] == out[False][2]  # state hash
@@ -194,12 +241,15 @@ def test_c_and_python_submitters_write_the_same_journal(tmp_path):
     assert any(r[2].startswith(b'["snapshot_marker"') for r in out[True][3])
 
 
-@pytest.mark.parametrize("c", [pytest.param(True, marks=needs_c), False],
-                         ids=["c", "python"])
+@pytest.mark.parametrize("c", [pytest.param(True, marks=needs_c), False], ids=["c", "python"])
 def test_submitter_journals_a_core_error_and_reraises_a_sequence_error(tmp_path, caplog, c):
     async def go():
-        r = CoreRunner(build_exchange(), open_journal(str(tmp_path / "j.sqlite")),
-                       clock=_clock(), c_submitter=c)
+        r = CoreRunner(
+            build_exchange(),
+            open_journal(str(tmp_path / "j.sqlite")),
+            clock=_clock(),
+            c_submitter=c,
+        )
         with pytest.raises(RunnerFailed):
             r.submit_nowait(SnapshotMarker())  # not started: refused
         await r.start()
@@ -214,6 +264,7 @@ def test_submitter_journals_a_core_error_and_reraises_a_sequence_error(tmp_path,
             if len(calls) == 2:
                 raise SequenceError("out of order")
             return apply(cmd)
+
         r._sub.apply = flaky
         with caplog.at_level(logging.ERROR, logger="exchange.journal.runner"):
             events, fut = r.submit_nowait(SnapshotMarker())
@@ -227,8 +278,7 @@ def test_submitter_journals_a_core_error_and_reraises_a_sequence_error(tmp_path,
         assert calls == [1, 2] and r.durable_seq == 2  # the refused seq 2 was not journaled
         # a command the journal cannot encode is refused before the core sees it
         before = r.exchange.state_hash()
-        big = PlaceOrder(account="POWER1", instrument="CEA-2026", side="buy", qty=2**64,
-                         price=1)
+        big = PlaceOrder(account="POWER1", instrument="CEA-2026", side="buy", qty=2**64, price=1)
         with pytest.raises(TypeError):
             r.submit_nowait(big)
         assert r.exchange.last_seq == 2 and r.exchange.state_hash() == before
@@ -244,6 +294,7 @@ def test_submitter_journals_a_core_error_and_reraises_a_sequence_error(tmp_path,
         assert all(p == b'["snapshot_marker",0,null]' for _, p in rows)
         with pytest.raises(RunnerFailed):
             r.submit_nowait(SnapshotMarker())
+
     asyncio.run(go())
 
 
@@ -251,8 +302,9 @@ def test_submitter_reads_time_ns_itself_and_keeps_the_stamps_increasing(tmp_path
     import time
 
     async def go():
-        r = CoreRunner(build_exchange(), open_journal(str(tmp_path / "j.sqlite")),
-                       clock=time.time_ns)
+        r = CoreRunner(
+            build_exchange(), open_journal(str(tmp_path / "j.sqlite")), clock=time.time_ns
+        )
         await r.start()
         before = time.time_ns()
         stamps = []
@@ -265,10 +317,12 @@ def test_submitter_reads_time_ns_itself_and_keeps_the_stamps_increasing(tmp_path
         await r.stop(snapshot=False)
         assert before <= stamps[0] and stamps[-1] <= after + 500
         assert all(b > a for a, b in zip(stamps, stamps[1:]))  # strictly increasing
+
     asyncio.run(go())
 
 
 # ------------------------------------------------------------------- the snapshot's orders
+
 
 def _market(n: int = 3000, seed: int = 5):
     ex = build_exchange()
@@ -296,17 +350,16 @@ def test_snapshot_orders_in_c_are_the_python_bytes(monkeypatch):
 @needs_c
 def test_snapshot_orders_fall_back_to_python_for_a_value_c_does_not_write():
     from exchange.core.book import Order
+
     ex = _market()
     book = next(b for b in ex.books.values() if b.orders)
     o = next(iter(book.orders.values()))
-    o.client_order_id = "caf\u00e9 \"1\""  # written by orjson, not by C
+    o.client_order_id = 'caf\u00e9 "1"'  # written by orjson, not by C
     got = runner_mod._orders_json(book)
     assert isinstance(got, list) and got[0] == next(book.iter_orders()).to_state()
-    assert orjson.loads(runner_mod.snapshot_bytes(ex)) == orjson.loads(
-        orjson.dumps(ex.to_state()))
+    assert orjson.loads(runner_mod.snapshot_bytes(ex)) == orjson.loads(orjson.dumps(ex.to_state()))
     assert rows_json([[o]], Order, ("order_id", "no_such_slot")) is None
     assert rows_json([], Order, Order.STATE_FIELDS) == b"[]"
-    assert rows_json([[], [o]], Order, ("order_id", "seq")) == orjson.dumps(
-        [[o.order_id, o.seq]])
+    assert rows_json([[], [o]], Order, ("order_id", "seq")) == orjson.dumps([[o.order_id, o.seq]])
     assert rows_json([[o, o]], Order, ()) == b"[[],[]]"
     assert rows_json([[o, "not an order"]], Order, ("order_id",)) is None

@@ -2,6 +2,7 @@
 same records, chain, snapshots and audit commands as SQLite and PostgreSQL, one message per
 batch behind the expected-last-sequence guard. Each test uses a stream of its own and
 deletes it (and its snapshot bucket) afterwards: CI shares the server."""
+
 from __future__ import annotations
 
 import asyncio
@@ -11,11 +12,20 @@ import pytest
 
 from exchange.app.engine import build_exchange
 from exchange.journal import (
-    CoreRunner, JournalCorruptError, JournalError, RunnerFailed, open_journal, replay_into,
+    CoreRunner,
+    JournalCorruptError,
+    JournalError,
+    RunnerFailed,
+    open_journal,
+    replay_into,
 )
 from exchange.journal.base import chain_rows
 from exchange.journal.jetstream import (
-    JetStreamJournal, StaleWriterError, decode_batch, encode_batch, parse_target,
+    JetStreamJournal,
+    StaleWriterError,
+    decode_batch,
+    encode_batch,
+    parse_target,
 )
 from test_journal import cli, full_replay_hash, run_commands, stream_commands
 
@@ -45,9 +55,11 @@ def js_url(nats_url):
 
 # ------------------------------------------------------------------- no server needed
 
+
 def test_target_parsing_and_selection():
     servers, stream, opts = parse_target(
-        "nats://u:pw@10.0.0.1:4222,10.0.0.2:4222/MARKET?replicas=3&append_timeout=4")
+        "nats://u:pw@10.0.0.1:4222,10.0.0.2:4222/MARKET?replicas=3&append_timeout=4"
+    )
     assert servers == ["nats://u:pw@10.0.0.1:4222", "nats://u:pw@10.0.0.2:4222"]
     assert stream == "MARKET" and opts == {"replicas": 3, "append_timeout": 4.0}
     j = open_journal("nats://u:pw@h:4222/MARKET?replicas=3")
@@ -68,10 +80,12 @@ def test_batch_framing_round_trip_and_damage():
 
 # ------------------------------------------------------------------- the local server
 
+
 async def test_roundtrip_snapshots_and_recovery(js_url):
     cmds = stream_commands(1500, seed=5)
-    r = await run_commands(open_journal(js_url), cmds, snapshot_every=400,
-                           stop_snapshot=False, concurrent=True)
+    r = await run_commands(
+        open_journal(js_url), cmds, snapshot_every=400, stop_snapshot=False, concurrent=True
+    )
     live = r.exchange.state_hash()
     r2 = CoreRunner(build_exchange(), open_journal(js_url))
     await r2.start()
@@ -130,8 +144,9 @@ async def test_cli_verify_replay_and_a_forged_record(js_url):
     last, h = j.last_seq, j.last_hash
     async for rows in j.read_rows(last, last):
         _s, ts, p, _h = rows[0]
-    forged = chain_rows([(last + 1, ts + 1, bytes(p).replace(b"snapshot", b"snapshoT"))],
-                        last, bytes(32))  # not chained on the real head
+    forged = chain_rows(
+        [(last + 1, ts + 1, bytes(p).replace(b"snapshot", b"snapshoT"))], last, bytes(32)
+    )  # not chained on the real head
     on_top = chain_rows([(last + 2, ts + 2, bytes(p))], last + 1, forged[0][3])
     await j._publish(j._js, forged)
     await j._publish(j._js, on_top)

@@ -4,6 +4,7 @@ knows it): an R3 stream keeps every acknowledged command through the death of it
 leader, and a real ``serve --journal nats://...`` loses no acknowledged order to SIGKILL,
 restarted on the two surviving nodes. Skipped when the nats-server binary is missing
 (``.ci/run`` installs Debian's package)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -50,8 +51,9 @@ async def _leader(url: str) -> str:
 async def test_r3_stream_keeps_acknowledged_commands_when_its_leader_dies(cluster):
     url = cluster.journal_url("CLUSTERED", replicas=3)
     cmds = stream_commands(900, seed=21)
-    r = CoreRunner(build_exchange(), open_journal(url), snapshot_every_commands=300,
-                   clock=clock_from())
+    r = CoreRunner(
+        build_exchange(), open_journal(url), snapshot_every_commands=300, clock=clock_from()
+    )
     await r.start()
     info = await r.journal.stream_info()
     assert info.config.num_replicas == 3 and len(info.cluster.replicas) == 2

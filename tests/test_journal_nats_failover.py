@@ -3,6 +3,7 @@ and its leader lease. The leader is SIGKILLed: the standby takes the lease after
 recovers and serves every acknowledged order. A leader that is SIGSTOPped past its lease
 and then resumed steps down (exit 3) - the new leader's first append moved the stream, so
 the old one could not append even if it tried - and nothing is lost."""
+
 from __future__ import annotations
 
 import asyncio
@@ -35,10 +36,29 @@ class Node:
         # while the failing-over client still tries that address
         port = free_ports(1)[0]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "exchange", "serve", "--port", str(port), "--data-dir",
-             str(tmp_path / "data"), "--journal", url, "--standby", "--node-id", name,
-             "--lease-ttl", str(ttl)], cwd=ROOT, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            [
+                sys.executable,
+                "-m",
+                "exchange",
+                "serve",
+                "--port",
+                str(port),
+                "--data-dir",
+                str(tmp_path / "data"),
+                "--journal",
+                url,
+                "--standby",
+                "--node-id",
+                name,
+                "--lease-ttl",
+                str(ttl),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
@@ -52,8 +72,7 @@ class Node:
                 m = re.search(pattern, line)
                 if m:
                     return m
-            if self.proc.poll() is not None and not any(re.search(pattern, x)
-                                                        for x in self.lines):
+            if self.proc.poll() is not None and not any(re.search(pattern, x) for x in self.lines):
                 time.sleep(0.2)  # the reader may still be draining
                 if not any(re.search(pattern, x) for x in self.lines):
                     break
@@ -87,6 +106,7 @@ async def _orders(port: int) -> dict:
 async def _drop(url: str) -> None:
     from exchange.journal import open_journal
     from exchange.journal.lease import LeaderLease
+
     j = open_journal(url)
     await j.open()
     try:
@@ -108,8 +128,10 @@ def test_standby_takes_over_and_a_resumed_leader_steps_down(tmp_path, nats_url):
         pa = a.port
         b = Node(tmp_path, url, "b")
         nodes.append(b)
-        m = b.wait_for(r"waiting for the leader lease.*leader now: a (\S+); answering "
-                       r"NOT_LEADER on [\d.]+:(\d+)")
+        m = b.wait_for(
+            r"waiting for the leader lease.*leader now: a (\S+); answering "
+            r"NOT_LEADER on [\d.]+:(\d+)"
+        )
         assert m.group(1) == f"ws://127.0.0.1:{pa}/ws"  # the lease names the leader
         pb_standby = int(m.group(2))
         ack1 = asyncio.run(_place(pa, "fo-1", "88.80"))
@@ -119,6 +141,7 @@ def test_standby_takes_over_and_a_resumed_leader_steps_down(tmp_path, nats_url):
             with pytest.raises(ExchangeError) as e:
                 await _place(pb_standby, "fo-x", "88.70")
             return e.value
+
         e = asyncio.run(ask_standby())
         assert e.code == "NOT_LEADER" and e.leader == f"ws://127.0.0.1:{pa}/ws"
 
@@ -128,15 +151,13 @@ def test_standby_takes_over_and_a_resumed_leader_steps_down(tmp_path, nats_url):
         acks: dict = {}
 
         async def trade_through_failover():
-            async with ExchangeClient(urls, "demo-key-power1", reconnect=True,
-                                      timeout=30) as c:
+            async with ExchangeClient(urls, "demo-key-power1", reconnect=True, timeout=30) as c:
                 assert c.url.endswith(f":{pa}/ws")  # followed NOT_LEADER to the leader
                 for i in range(40):
                     if i == 10:
                         a.signal(signal.SIGKILL)
                     cid = f"fo-c{i}"
-                    acks[cid] = await c.place_order(I, "sell", 1, "89.00",
-                                                    client_order_id=cid)
+                    acks[cid] = await c.place_order(I, "sell", 1, "89.00", client_order_id=cid)
                 return c.failover_retries, c.url
 
         t0 = time.monotonic()
@@ -146,16 +167,19 @@ def test_standby_takes_over_and_a_resumed_leader_steps_down(tmp_path, nats_url):
         failover_s = time.monotonic() - t0
         live = asyncio.run(_orders(pb))
         assert live["fo-1"]["order_id"] == ack1["order_id"]
-        lost = [cid for cid, ack in acks.items() if live.get(cid, {}).get("order_id")
-                != ack["order_id"]]
+        lost = [
+            cid for cid, ack in acks.items() if live.get(cid, {}).get("order_id") != ack["order_id"]
+        ]
         assert len(acks) == 40 and not lost, lost
         assert asyncio.run(state(pb))["last_seq"] > st1["last_seq"]
         # the standby had followed the stream: it continued that core, no snapshot loaded
         took = b.wait_for(r"took the leader lease.*continuing the followed core at seq (\d+)")
         assert int(took.group(1)) >= st1["last_seq"]
         assert "Recovered from nats://" in "".join(b.lines)
-        print(f"failover after SIGKILL: 40 orders acknowledged in {failover_s:.1f} s, "
-              f"{retries} retries, none lost")
+        print(
+            f"failover after SIGKILL: 40 orders acknowledged in {failover_s:.1f} s, "
+            f"{retries} retries, none lost"
+        )
         assert retries > 0 and failover_s < 30
 
         # the new leader is stopped past its lease; a new standby takes over

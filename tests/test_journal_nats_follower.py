@@ -1,6 +1,7 @@
 """A hot standby's core: a Follower applies what another process appends to a JetStream
 journal, checks its state against every snapshot seal the leader journals, and a
 CoreRunner takes it over without recovering from a snapshot."""
+
 from __future__ import annotations
 
 import asyncio
@@ -26,8 +27,9 @@ def js_url(nats_url):
 async def test_follower_keeps_the_leaders_state_and_takes_over(js_url, forked, monkeypatch):
     monkeypatch.setattr(CoreRunner, "fork_min_orders", 0 if forked else 10**9)
     cmds = stream_commands(1500, seed=9)
-    leader = CoreRunner(build_exchange(), open_journal(js_url), snapshot_every_commands=250,
-                        clock=clock_from())
+    leader = CoreRunner(
+        build_exchange(), open_journal(js_url), snapshot_every_commands=250, clock=clock_from()
+    )
     await leader.start()
     for c in cmds[:300]:
         await leader.submit(c)
@@ -41,7 +43,7 @@ async def test_follower_keeps_the_leaders_state_and_takes_over(js_url, forked, m
         await asyncio.sleep(0.1)
     assert f.exchange.state_hash() == leader.exchange.state_hash()
     for i in range(300, 1200, 100):
-        for c in cmds[i:i + 100]:
+        for c in cmds[i : i + 100]:
             await leader.submit(c)
         await f.step()
         assert f.exchange.last_seq <= leader.exchange.last_seq
@@ -70,8 +72,9 @@ async def test_follower_keeps_the_leaders_state_and_takes_over(js_url, forked, m
 async def test_a_diverged_follower_is_caught_at_the_next_seal(js_url, monkeypatch):
     monkeypatch.setattr(CoreRunner, "fork_min_orders", 10**9)
     cmds = stream_commands(400, seed=4)
-    leader = CoreRunner(build_exchange(), open_journal(js_url), snapshot_every_commands=10**9,
-                        clock=clock_from())
+    leader = CoreRunner(
+        build_exchange(), open_journal(js_url), snapshot_every_commands=10**9, clock=clock_from()
+    )
     await leader.start()
     for c in cmds[:200]:
         await leader.submit(c)

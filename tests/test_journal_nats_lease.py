@@ -1,5 +1,6 @@
 """The leader lease in a JetStream key-value bucket: taken by compare-and-set, kept by
 renewals naming the last revision, freed by the bucket's ttl when its holder stops."""
+
 from __future__ import annotations
 
 import asyncio

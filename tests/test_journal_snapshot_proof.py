@@ -3,6 +3,7 @@ marker, the hash of the state the snapshot was taken of; after loading, the reco
 must equal it or the start refuses, naming the snapshot. A forged snapshot (balance changed,
 data_hash recomputed, so the row's own check passes) is caught; ``--recover-from-genesis``
 replays the log without snapshots and serves the true balances."""
+
 from __future__ import annotations
 
 import hashlib
@@ -38,16 +39,23 @@ def forge_newest_snapshot(path: str, firm: str | None = None) -> tuple[int, str]
     accounts[firm]["cash"] += FORGED
     accounts[system]["cash"] -= FORGED
     forged = orjson.dumps(st, option=orjson.OPT_SORT_KEYS)
-    con.execute("UPDATE snapshots SET data=?, data_hash=? WHERE seq=?",
-                (forged, hashlib.sha256(forged).digest(), seq))
+    con.execute(
+        "UPDATE snapshots SET data=?, data_hash=? WHERE seq=?",
+        (forged, hashlib.sha256(forged).digest(), seq),
+    )
     con.commit()
     con.close()
     return seq, firm
 
 
 async def _journal_with_snapshots(path: str, forked: bool = False) -> str:
-    r = CoreRunner(build_exchange(), open_journal(path), snapshot_every_commands=250,
-                   clock=clock_from(), fork_snapshots=forked)
+    r = CoreRunner(
+        build_exchange(),
+        open_journal(path),
+        snapshot_every_commands=250,
+        clock=clock_from(),
+        fork_snapshots=forked,
+    )
     if forked:  # every snapshot serialised by a forked child: sealed by a later record
         r.fork_min_orders = 0
     await r.start()
@@ -111,14 +119,15 @@ async def test_unsealed_snapshot_of_an_older_version_is_not_trusted(tmp_path):
     newest = con.execute("SELECT max(seq) FROM snapshots").fetchone()[0]
     # make the newest snapshot look like one an older version wrote: a row at a record with
     # no seal after it (the last record of the log)
-    last, = con.execute("SELECT max(seq) FROM journal").fetchone()
-    data, = con.execute("SELECT data FROM snapshots WHERE seq=?", (newest,)).fetchone()
-    h, = con.execute("SELECT hash FROM journal WHERE seq=?", (last,)).fetchone()
+    (last,) = con.execute("SELECT max(seq) FROM journal").fetchone()
+    (data,) = con.execute("SELECT data FROM snapshots WHERE seq=?", (newest,)).fetchone()
+    (h,) = con.execute("SELECT hash FROM journal WHERE seq=?", (last,)).fetchone()
     st = orjson.loads(data)
     st["last_seq"] = last
     data = orjson.dumps(st, option=orjson.OPT_SORT_KEYS)
-    con.execute("INSERT INTO snapshots VALUES (?,?,?,?)",
-                (last, h, hashlib.sha256(data).digest(), data))
+    con.execute(
+        "INSERT INTO snapshots VALUES (?,?,?,?)", (last, h, hashlib.sha256(data).digest(), data)
+    )
     con.commit()
     con.close()
     r = CoreRunner(build_exchange(), open_journal(path))
@@ -130,16 +139,33 @@ async def test_unsealed_snapshot_of_an_older_version_is_not_trusted(tmp_path):
 
 def _serve(data_dir, *extra) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "exchange", "serve", "--port", "0", "--data-dir", str(data_dir),
-         *extra], cwd=ROOT, capture_output=True, text=True, timeout=60,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        [
+            sys.executable,
+            "-m",
+            "exchange",
+            "serve",
+            "--port",
+            "0",
+            "--data-dir",
+            str(data_dir),
+            *extra,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
 
 
 async def _firm(port: int, firm: str) -> dict:
     import aiohttp
+
     async with aiohttp.ClientSession() as s:
-        async with s.get(f"http://127.0.0.1:{port}/api/v1/firms/{firm}",
-                         headers={"Authorization": "Bearer operator-demo-key"}) as r:
+        async with s.get(
+            f"http://127.0.0.1:{port}/api/v1/firms/{firm}",
+            headers={"Authorization": "Bearer operator-demo-key"},
+        ) as r:
             assert r.status == 200, await r.text()
             b = (await r.json())["balances"]
             b.pop("as_of_seq", None)  # the final snapshot's marker and seal came after
@@ -174,38 +200,49 @@ def test_journal_replay_refuses_a_forged_snapshot(tmp_path):
     cmd = [sys.executable, "-m", "exchange", "journal", "replay", path]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and f"snapshot at seq {seq}" in out.stdout + out.stderr
-    out = subprocess.run(cmd + ["--no-snapshot"], cwd=ROOT, capture_output=True, text=True,
-                         timeout=60)
+    out = subprocess.run(
+        cmd + ["--no-snapshot"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
 
 
 async def test_postgres_forged_snapshot_is_refused(postgres_dsn):
     import uuid
     import asyncpg
+
     schema = "t_" + uuid.uuid4().hex[:12]
     try:
-        r = CoreRunner(build_exchange(), open_journal(postgres_dsn, schema=schema),
-                       snapshot_every_commands=250, clock=clock_from())
+        r = CoreRunner(
+            build_exchange(),
+            open_journal(postgres_dsn, schema=schema),
+            snapshot_every_commands=250,
+            clock=clock_from(),
+        )
         await r.start()
         for c in stream_commands(400):
             await r.submit(c)
         await r.stop()
         true_hash = r.exchange.state_hash()
         con = await asyncpg.connect(postgres_dsn)
-        seq, data = await con.fetchrow(f'SELECT seq, data FROM "{schema}".journal_snapshots '
-                                       f"ORDER BY seq DESC LIMIT 1")
+        seq, data = await con.fetchrow(
+            f'SELECT seq, data FROM "{schema}".journal_snapshots ORDER BY seq DESC LIMIT 1'
+        )
         st = orjson.loads(data)
         firm = next(k for k, a in st["accounts"].items() if not a["system"])
         st["accounts"][firm]["cash"] += FORGED
         forged = orjson.dumps(st, option=orjson.OPT_SORT_KEYS)
-        await con.execute(f'UPDATE "{schema}".journal_snapshots SET data=$1, data_hash=$2 '
-                          f"WHERE seq=$3", forged, hashlib.sha256(forged).digest(), seq)
+        await con.execute(
+            f'UPDATE "{schema}".journal_snapshots SET data=$1, data_hash=$2 WHERE seq=$3',
+            forged,
+            hashlib.sha256(forged).digest(),
+            seq,
+        )
         await con.close()
         with pytest.raises(JournalCorruptError, match=f"snapshot at seq {seq}"):
-            await CoreRunner(build_exchange(),
-                             open_journal(postgres_dsn, schema=schema)).start()
-        r = CoreRunner(build_exchange(), open_journal(postgres_dsn, schema=schema),
-                       use_snapshots=False)
+            await CoreRunner(build_exchange(), open_journal(postgres_dsn, schema=schema)).start()
+        r = CoreRunner(
+            build_exchange(), open_journal(postgres_dsn, schema=schema), use_snapshots=False
+        )
         await r.start()
         assert r.exchange.state_hash() == true_hash
         await r.stop(snapshot=False)
@@ -220,8 +257,7 @@ async def test_forked_snapshot_in_flight_at_stop_is_sealed_and_stored(tmp_path):
     also when that snapshot's batch is the one being written, not the current one."""
     path = str(tmp_path / "j.sqlite")
     cmds = stream_commands(300)
-    r = CoreRunner(build_exchange(), open_journal(path), clock=clock_from(),
-                   fork_snapshots=True)
+    r = CoreRunner(build_exchange(), open_journal(path), clock=clock_from(), fork_snapshots=True)
     r.fork_min_orders = 0
     await r.start()
     for c in cmds[:200]:

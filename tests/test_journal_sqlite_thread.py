@@ -1,6 +1,7 @@
 """The SQLite journal's thread writer (``writer="thread"``): an append that fails or is
 cancelled while its COMMIT is on the worker thread ends its transaction and raises what
 happened, not an error of its own clean-up."""
+
 from __future__ import annotations
 
 import asyncio
@@ -12,9 +13,16 @@ from exchange.journal.sqlite import SQLiteJournal
 
 
 def _records(first: int, n: int) -> list[tuple[int, int, dict]]:
-    return [(s, 1_000 + s, encode_command(PlaceOrder(
-        account="A", instrument="CEA-2026", side="buy", qty=1, price=100 + s)))
-        for s in range(first, first + n)]
+    return [
+        (
+            s,
+            1_000 + s,
+            encode_command(
+                PlaceOrder(account="A", instrument="CEA-2026", side="buy", qty=1, price=100 + s)
+            ),
+        )
+        for s in range(first, first + n)
+    ]
 
 
 async def test_cancelled_append_raises_cancelled_and_leaves_no_transaction(tmp_path):

@@ -3,6 +3,7 @@ Only an incomplete final write (its payload cut short) is trimmed on start; any 
 at the end of the log - a changed byte in the last (acknowledged) record, a flipped bit in
 the hash of the record before it - makes the start refuse, naming the record, with nothing
 changed on disk; ``journal truncate`` is the operator's explicit way to drop records."""
+
 from __future__ import annotations
 
 import hashlib
@@ -21,7 +22,7 @@ from test_journal import ROOT, run_commands, stream_commands
 async def _log_ending_in_an_order(path: str) -> int:
     cmds = stream_commands(300)
     last = max(i for i, c in enumerate(cmds) if c.TYPE == "place_order")
-    r = await run_commands(open_journal(path), cmds[:last + 1], stop_snapshot=False)
+    r = await run_commands(open_journal(path), cmds[: last + 1], stop_snapshot=False)
     return r.exchange.last_seq
 
 
@@ -37,8 +38,13 @@ def _dump(path: str) -> str:
 
 
 def _journal_cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "exchange", "journal", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "exchange", "journal", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 async def test_changed_byte_in_the_last_acknowledged_record_refuses(tmp_path):
@@ -48,7 +54,7 @@ async def test_changed_byte_in_the_last_acknowledged_record_refuses(tmp_path):
     (p,) = con.execute("SELECT payload FROM journal WHERE seq=?", (last,)).fetchone()
     assert p.startswith(b'["place_order"')
     i = p.index(b",") + 2  # a byte inside the record, which still ends its JSON
-    p2 = p[:i] + bytes([p[i] ^ 0x01]) + p[i + 1:]
+    p2 = p[:i] + bytes([p[i] ^ 0x01]) + p[i + 1 :]
     con.execute("UPDATE journal SET payload=? WHERE seq=?", (p2, last))
     con.commit()
     con.close()
@@ -73,8 +79,7 @@ async def test_flipped_bit_in_the_previous_hash_deletes_nothing(tmp_path):
     last = await _log_ending_in_an_order(path)
     con = sqlite3.connect(path)
     (h,) = con.execute("SELECT hash FROM journal WHERE seq=?", (last - 1,)).fetchone()
-    con.execute("UPDATE journal SET hash=? WHERE seq=?",
-                (bytes([h[0] ^ 0x80]) + h[1:], last - 1))
+    con.execute("UPDATE journal SET hash=? WHERE seq=?", (bytes([h[0] ^ 0x80]) + h[1:], last - 1))
     con.commit()
     con.close()
     before = _dump(path)
@@ -101,15 +106,20 @@ async def test_incomplete_final_write_is_still_trimmed(tmp_path):
 
 async def test_postgres_changed_last_record_refuses(postgres_dsn):
     import asyncpg
+
     schema = "t_" + uuid.uuid4().hex[:12]
     try:
-        r = await run_commands(open_journal(postgres_dsn, schema=schema), stream_commands(100),
-                               stop_snapshot=False)
+        r = await run_commands(
+            open_journal(postgres_dsn, schema=schema), stream_commands(100), stop_snapshot=False
+        )
         last = r.exchange.last_seq
         con = await asyncpg.connect(postgres_dsn)
-        await con.execute(f'UPDATE "{schema}".journal_commands SET payload = '
-                          f"overlay(payload placing '\\x20'::bytea from 3 for 1) "
-                          f"WHERE seq = $1", last)
+        await con.execute(
+            f'UPDATE "{schema}".journal_commands SET payload = '
+            f"overlay(payload placing '\\x20'::bytea from 3 for 1) "
+            f"WHERE seq = $1",
+            last,
+        )
         await con.close()
         r = CoreRunner(build_exchange(), open_journal(postgres_dsn, schema=schema))
         with pytest.raises(JournalCorruptError) as ei:

@@ -17,6 +17,7 @@ core emits, and checks it against the core's state:
 * replaying the same commands gives the same state hash, and snapshot()/restore() mid-stream
   then continuing gives the same events and the same final hash.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,19 @@ from hypothesis import strategies as st
 
 from exchange.core.accounts import RETIRED
 from exchange.core.commands import (
-    AmendOrder, CancelAll, CancelOrder, CreateSubQuota, DepositCash, EndOfDay, Halt, PlaceOrder,
-    Resume, SetPriceBand, WithdrawCash, decode_command, encode_command,
+    AmendOrder,
+    CancelAll,
+    CancelOrder,
+    CreateSubQuota,
+    DepositCash,
+    EndOfDay,
+    Halt,
+    PlaceOrder,
+    Resume,
+    SetPriceBand,
+    WithdrawCash,
+    decode_command,
+    encode_command,
 )
 from exchange.core.events import ExecutionReport, Trade
 from exchange.app.engine import build_exchange
@@ -39,35 +51,55 @@ ACCTS = ["A", "B", "C", "D"]
 
 
 # one firm per self-trade prevention policy (D shares A's)
-POLICIES = {"A": "cancel_resting", "B": "cancel_incoming", "C": "cancel_both",
-            "D": "cancel_resting"}
+POLICIES = {
+    "A": "cancel_resting",
+    "B": "cancel_incoming",
+    "C": "cancel_both",
+    "D": "cancel_resting",
+}
 
 
 def build_market() -> Market:
-    m = Market(main_fee_bps=FEES["main"], sme_fee_bps=FEES["sme"],
-               chain_fee_bps=FEES["chain:sc"])
+    m = Market(main_fee_bps=FEES["main"], sme_fee_bps=FEES["sme"], chain_fee_bps=FEES["chain:sc"])
     m.firm("A", cash=2_000_000, units=300, stp=POLICIES["A"])
     m.firm("B", cash=500_000, units=100, stp=POLICIES["B"])
     m.firm("C", cash=300_000, size_class="sme", stp=POLICIES["C"])
     m.firm("D", cash=5_000_000, units=500, stp=POLICIES["D"])
     m.chain("sc", "D", "C")
-    m.apply(CreateSubQuota(parent="D", sme="C", instrument=CEA, qty=150,
-                           revenue_share_ppm=600_000, chain_id="sc"))
+    m.apply(
+        CreateSubQuota(
+            parent="D", sme="C", instrument=CEA, qty=150, revenue_share_ppm=600_000, chain_id="sc"
+        )
+    )
     return m
 
 
 acct = st.sampled_from(ACCTS)
 place = st.tuples(
-    st.just("place"), acct, st.sampled_from(["buy", "sell"]), st.integers(8_490, 8_510),
-    st.integers(1, 40), st.sampled_from(["GTC", "GTC", "GTC", "DAY", "IOC", "FOK", "MKT"]),
+    st.just("place"),
+    acct,
+    st.sampled_from(["buy", "sell"]),
+    st.integers(8_490, 8_510),
+    st.integers(1, 40),
+    st.sampled_from(["GTC", "GTC", "GTC", "DAY", "IOC", "FOK", "MKT"]),
     st.sampled_from([False, False, False, False, True]),
     st.sampled_from(["main", "main", "main", "sme", "chain:sc"]),
-    st.sampled_from([None, None, None, "x", "y"]))
+    st.sampled_from([None, None, None, "x", "y"]),
+)
 _others = [
-    (15, st.tuples(st.just("cancel"), st.integers(0, 10**6),
-                   st.sampled_from([True] * 5 + [False]))),  # False: another firm tries
-    (8, st.tuples(st.just("amend"), st.integers(0, 10**6), st.sampled_from([None, -5, -1, 1, 7]),
-                  st.sampled_from([None, -3, 0, 2]))),
+    (
+        15,
+        st.tuples(st.just("cancel"), st.integers(0, 10**6), st.sampled_from([True] * 5 + [False])),
+    ),  # False: another firm tries
+    (
+        8,
+        st.tuples(
+            st.just("amend"),
+            st.integers(0, 10**6),
+            st.sampled_from([None, -5, -1, 1, 7]),
+            st.sampled_from([None, -3, 0, 2]),
+        ),
+    ),
     (2, st.tuples(st.just("cancel_all"), acct)),
     (3, st.tuples(st.just("eod"))),
     (4, st.tuples(st.just("deposit"), acct, st.integers(1, 10**6))),
@@ -122,9 +154,17 @@ class Model:
             if ev.exec_type == "new":
                 assert oid not in self.orders, "order id reused"
                 self.orders[oid] = dict(
-                    state="live", account=ev.account, side=ev.side, price=ev.price,
-                    qty=ev.qty, cum=0, leaves=ev.qty, segment=ev.segment, prio=seq,
-                    coid=ev.client_order_id)
+                    state="live",
+                    account=ev.account,
+                    side=ev.side,
+                    price=ev.price,
+                    qty=ev.qty,
+                    cum=0,
+                    leaves=ev.qty,
+                    segment=ev.segment,
+                    prio=seq,
+                    coid=ev.client_order_id,
+                )
                 assert ev.cum_qty == 0 and ev.leaves_qty == ev.qty
                 continue
             o = self.orders[oid]
@@ -167,8 +207,15 @@ def to_command(m: Market, model: Model, o: tuple):
     kind = o[0]
     if kind == "place":
         _, a, side, price, qty, tif, post_only, seg, coid = o
-        kw = dict(account=a, instrument=CEA, segment=seg, side=side, qty=qty,
-                  post_only=post_only, client_order_id=coid)
+        kw = dict(
+            account=a,
+            instrument=CEA,
+            segment=seg,
+            side=side,
+            qty=qty,
+            post_only=post_only,
+            client_order_id=coid,
+        )
         if tif == "MKT":
             return PlaceOrder(price=None, order_type="market", **kw)
         return PlaceOrder(price=price, tif=tif, **kw)
@@ -224,11 +271,17 @@ def check(m: Market, model: Model) -> None:
         for oid, o in book.orders.items():
             resting[oid] = o
     # every accepted order is exactly one of resting / filled / cancelled / expired
-    assert set(resting) == set(live), (set(resting) ^ set(live))
+    assert set(resting) == set(live), set(resting) ^ set(live)
     for oid, o in resting.items():
         mo = live[oid]
-        assert (o.price, o.leaves, o.cum_qty, o.qty, o.account, o.side) == \
-            (mo["price"], mo["leaves"], mo["cum"], mo["qty"], mo["account"], mo["side"])
+        assert (o.price, o.leaves, o.cum_qty, o.qty, o.account, o.side) == (
+            mo["price"],
+            mo["leaves"],
+            mo["cum"],
+            mo["qty"],
+            mo["account"],
+            mo["side"],
+        )
     for oid, mo in model.orders.items():
         assert mo["state"] in ("live", "filled", "cancelled", "expired")
     # reservations equal what the resting orders need, from the model

@@ -2,6 +2,7 @@
 three-node NATS cluster, a leader, two market-data gateways, 200 subscribers in two client
 processes, 5 s of orders. Every subscriber must receive every book update and trade in
 order; the report must carry the per-gateway peak RSS. No timing is asserted."""
+
 from __future__ import annotations
 
 import json
@@ -24,12 +25,32 @@ def test_mdsoak_smoke(tmp_path):
         unavailable("nats-server", "the binary is not installed (apt-get install nats-server)")
     out = tmp_path / "mdsoak.json"
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"]
-                                     if env.get("PYTHONPATH") else "")
-    p = subprocess.run([sys.executable, "-m", "loadtest", "mdsoak", "--subscribers", "200",
-                        "--gateways", "2", "--duration", "5", "--drain", "30",
-                        "--json", str(out)], cwd=str(ROOT), env=env, capture_output=True,
-                       text=True, timeout=300)
+    env["PYTHONPATH"] = str(ROOT) + (
+        os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""
+    )
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "loadtest",
+            "mdsoak",
+            "--subscribers",
+            "200",
+            "--gateways",
+            "2",
+            "--duration",
+            "5",
+            "--drain",
+            "30",
+            "--json",
+            str(out),
+        ],
+        cwd=str(ROOT),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, f"exit {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
     r = json.loads(out.read_text())
     assert r["ok"] is True

@@ -1,6 +1,7 @@
 """Smoke runs of the websocket load test against a real server (a subprocess on a free loopback
 port, durable SQLite journal in a temp dir). They check that the load test runs end to end and
 writes well-formed reports; they assert no timing."""
+
 from __future__ import annotations
 
 import json
@@ -18,17 +19,33 @@ LAT_KEYS = {"p50", "p90", "p99", "p999", "max"}
 
 def _run(args: list[str], timeout: float = 150) -> subprocess.CompletedProcess:
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"]
-                                     if env.get("PYTHONPATH") else "")
-    p = subprocess.run([sys.executable, "-m", "loadtest", *args], cwd=str(ROOT), env=env,
-                       capture_output=True, text=True, timeout=timeout)
+    env["PYTHONPATH"] = str(ROOT) + (
+        os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""
+    )
+    p = subprocess.run(
+        [sys.executable, "-m", "loadtest", *args],
+        cwd=str(ROOT),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert p.returncode == 0, f"exit {p.returncode}\nstdout:\n{p.stdout}\nstderr:\n{p.stderr}"
     return p
 
 
 def _check_step(s: dict, exchange: bool) -> None:
-    for k in ("offered_rate", "achieved_rate", "ack_latency_ms", "exec_latency_ms", "errors",
-              "rejects", "sent", "acked", "errors_by_code"):
+    for k in (
+        "offered_rate",
+        "achieved_rate",
+        "ack_latency_ms",
+        "exec_latency_ms",
+        "errors",
+        "rejects",
+        "sent",
+        "acked",
+        "errors_by_code",
+    ):
         assert k in s, k
     assert LAT_KEYS <= set(s["ack_latency_ms"])
     assert LAT_KEYS <= set(s["exec_latency_ms"])
@@ -54,8 +71,21 @@ def _check_step(s: dict, exchange: bool) -> None:
 @pytest.mark.slow
 def test_run_against_served_exchange(tmp_path):
     out = tmp_path / "run.json"
-    _run(["run", "--rate", "300", "--duration", "3", "--firms", "4", "--drain", "10",
-          "--json", str(out)])
+    _run(
+        [
+            "run",
+            "--rate",
+            "300",
+            "--duration",
+            "3",
+            "--firms",
+            "4",
+            "--drain",
+            "10",
+            "--json",
+            str(out),
+        ]
+    )
     s = json.loads(out.read_text())
     _check_step(s, exchange=True)
     assert s["offered_rate"] == 300
@@ -72,8 +102,27 @@ def test_run_against_served_exchange(tmp_path):
 def test_sweep_writes_report_and_plot(tmp_path):
     out = tmp_path / "sweep.json"
     # one listed rate, then the climb (x1.5) while sustained, up to --max-rate
-    _run(["sweep", "--rates", "200", "--echo-rates", "200", "--climb", "1.5", "--max-rate", "300",
-          "--duration", "2", "--firms", "3", "--drain", "10", "--json", str(out)])
+    _run(
+        [
+            "sweep",
+            "--rates",
+            "200",
+            "--echo-rates",
+            "200",
+            "--climb",
+            "1.5",
+            "--max-rate",
+            "300",
+            "--duration",
+            "2",
+            "--firms",
+            "3",
+            "--drain",
+            "10",
+            "--json",
+            str(out),
+        ]
+    )
     r = json.loads(out.read_text())
     for k in ("saturation_rate", "echo_ceiling_rate", "ratio_to_echo", "steps", "echo_steps"):
         assert k in r, k
@@ -96,6 +145,7 @@ def test_engine_benchmark_engines_do_the_generators_work():
     must produce the fills, traded quantity and resting orders of the generator's own matcher
     (``bench`` exits otherwise), and the core's state hash is the same in every repetition."""
     from loadtest.engine import bench
+
     out = bench(3000, seed=5, repeat=2, peers=False, log=lambda *a: None)
     assert out["commands"] == 3000
     assert out["book_only_cmds_per_s"] > 0 and out["full_core_cmds_per_s"] > 0

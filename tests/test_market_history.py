@@ -3,6 +3,7 @@ trades per board, a firm's executions, today's 1-minute bars and the daily candl
 from the journal at start - from genesis even when the core starts from a snapshot - and
 paged over HTTP in units for people. Privacy: public trades name no firm; a firm's blotter is
 for the firm, its verifier and operators (tests/test_privacy_access.py has the route too)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -25,12 +26,25 @@ SYM = "CEA-2026"
 T0 = 1_800_000_000 * 1_000_000_000  # 2027-01-15T16:00:00+08:00, a minute's start
 
 
-def _trade(tid, price, qty, segment="main", buyer="B", seller="S", aggressor="buy", ts=T0,
-           split=()):
-    return Trade(trade_id=tid, instrument=SYM, segment=segment, price=price, qty=qty,
-                 buyer=buyer, seller=seller, buy_order_id=10 + tid, sell_order_id=20 + tid,
-                 aggressor=aggressor, buyer_fee=price * qty // 2000,
-                 seller_fee=price * qty // 2000, proceeds_split=split, ts=ts)
+def _trade(
+    tid, price, qty, segment="main", buyer="B", seller="S", aggressor="buy", ts=T0, split=()
+):
+    return Trade(
+        trade_id=tid,
+        instrument=SYM,
+        segment=segment,
+        price=price,
+        qty=qty,
+        buyer=buyer,
+        seller=seller,
+        buy_order_id=10 + tid,
+        sell_order_id=20 + tid,
+        aggressor=aggressor,
+        buyer_fee=price * qty // 2000,
+        seller_fee=price * qty // 2000,
+        proceeds_split=split,
+        ts=ts,
+    )
 
 
 class Cmd:
@@ -40,6 +54,7 @@ class Cmd:
 
 # ------------------------------------------------------------------------------ read model
 
+
 def test_kept_rows_cost_the_garbage_collector_nothing():
     """What the history keeps (up to hundreds of thousands of rows) must not be examined by
     the cyclic GC: at 20,000 orders/s kept row tuples made every young collection examine
@@ -47,6 +62,7 @@ def test_kept_rows_cost_the_garbage_collector_nothing():
     The history keeps the core's events themselves (which the compiled core makes untracked;
     these, made in Python, are tracked) and ints: nothing of its own per row."""
     import gc
+
     h = MarketHistory()
     h.feed(Cmd(1), [_trade(1, 8_501, 1, buyer="F1")])  # the board's and firms' keys exist
     for i in range(2, 9):
@@ -69,20 +85,45 @@ def test_kept_rows_cost_the_garbage_collector_nothing():
 def test_trades_executions_and_minute_bars_by_hand():
     h = MarketHistory()
     h.feed(Cmd(1), [_trade(1, 8_510, 100)])
-    h.feed(Cmd(2), [_trade(2, 8_530, 50, ts=T0 + 30 * 10**9),
-                    _trade(3, 8_490, 25, ts=T0 + 59 * 10**9)])
+    h.feed(
+        Cmd(2), [_trade(2, 8_530, 50, ts=T0 + 30 * 10**9), _trade(3, 8_490, 25, ts=T0 + 59 * 10**9)]
+    )
     h.feed(Cmd(3), [_trade(4, 8_500, 5, ts=T0 + MINUTE_NS)])
-    h.feed(Cmd(4), [_trade(5, 8_800, 10, segment="sme", buyer="B", seller="SME1",
-                           aggressor="sell", ts=T0 + MINUTE_NS,
-                           split=(("P", 26_400), ("SME1", 61_600)))])
+    h.feed(
+        Cmd(4),
+        [
+            _trade(
+                5,
+                8_800,
+                10,
+                segment="sme",
+                buyer="B",
+                seller="SME1",
+                aggressor="sell",
+                ts=T0 + MINUTE_NS,
+                split=(("P", 26_400), ("SME1", 61_600)),
+            )
+        ],
+    )
     # a command heard twice (read back, then live) counts once
     h.feed(Cmd(4), [_trade(5, 8_800, 10, segment="sme")])
     # minute bars of the main board: 8,510 / 8,530 / 8,490 in the first minute, 8,500 next
     b = h.minute_bars(SYM)
-    assert [(x["ts"], x["open_fen"], x["high_fen"], x["low_fen"], x["close_fen"],
-             x["volume"], x["trades"]) for x in b] == [
-        (T0, 8_510, 8_530, 8_490, 8_490, 175, 3), (T0 + MINUTE_NS, 8_500, 8_500, 8_500, 8_500,
-                                                   5, 1)]
+    assert [
+        (
+            x["ts"],
+            x["open_fen"],
+            x["high_fen"],
+            x["low_fen"],
+            x["close_fen"],
+            x["volume"],
+            x["trades"],
+        )
+        for x in b
+    ] == [
+        (T0, 8_510, 8_530, 8_490, 8_490, 175, 3),
+        (T0 + MINUTE_NS, 8_500, 8_500, 8_500, 8_500, 5, 1),
+    ]
     # the SME board's trade draws only on its own bars and candle
     assert [x["close_fen"] for x in h.minute_bars(SYM, "sme")] == [8_800]
     assert [c["close"] for c in h.candle_series(SYM)] == ["85.00"]
@@ -91,15 +132,22 @@ def test_trades_executions_and_minute_bars_by_hand():
     assert [r.trade_id for r in h.public_trades(SYM)] == [5, 4, 3, 2, 1]
     assert [r.trade_id for r in h.public_trades(SYM, "main", limit=2)] == [4, 3]
     assert [r.trade_id for r in h.public_trades(SYM, "main", before=3)] == [2, 1]
-    assert [r.trade_id for r in h.public_trades(SYM, t_from=T0 + 30 * 10**9,
-                                                t_to=T0 + MINUTE_NS)] == [3, 2]
+    assert [
+        r.trade_id for r in h.public_trades(SYM, t_from=T0 + 30 * 10**9, t_to=T0 + MINUTE_NS)
+    ] == [3, 2]
     assert "SME1" not in repr(h.trades) and "'B'" not in repr(h.trades)
     # executions: the buyer took 100 t @ 85.10 as the aggressor: paid 851,000 + fee 425
     x = h.firm_executions("B")
     assert [r.trade_id for r in x] == [5, 4, 3, 2, 1]
     first = x[-1]
-    assert (first.side, first.liquidity, first.price, first.qty, first.fee, first.proceeds) \
-        == ("buy", "taker", 8_510, 100, 425, -851_425)
+    assert (first.side, first.liquidity, first.price, first.qty, first.fee, first.proceeds) == (
+        "buy",
+        "taker",
+        8_510,
+        100,
+        425,
+        -851_425,
+    )
     # the SME sold 10 t @ 88.00 = 88,000, fee 44: 87,956 net, of which the parent P got
     # 26,400 -> 61,556 to the SME (the split's own line is what it keeps before the fee)
     (s,) = h.firm_executions("SME1")
@@ -158,11 +206,13 @@ def test_the_core_events_feed_it_like_the_journal_does():
     h = MarketHistory()
     for c in genesis_commands(load_settings(None), demo=True):
         h.feed(c, seq(c))
-    for c in (PlaceOrder(account="STEEL1", instrument=SYM, side="sell", qty=300, price=8_520),
-              PlaceOrder(account="CEMENT1", instrument=SYM, side="buy", qty=300, price=8_520),
-              EndOfDay(),
-              PlaceOrder(account="STEEL1", instrument=SYM, side="sell", qty=10, price=8_530),
-              PlaceOrder(account="CEMENT1", instrument=SYM, side="buy", qty=10, price=8_530)):
+    for c in (
+        PlaceOrder(account="STEEL1", instrument=SYM, side="sell", qty=300, price=8_520),
+        PlaceOrder(account="CEMENT1", instrument=SYM, side="buy", qty=300, price=8_520),
+        EndOfDay(),
+        PlaceOrder(account="STEEL1", instrument=SYM, side="sell", qty=10, price=8_530),
+        PlaceOrder(account="CEMENT1", instrument=SYM, side="buy", qty=10, price=8_530),
+    ):
         h.feed(c, seq(c))
     assert [r.qty for r in h.public_trades(SYM)] == [10, 300]
     assert [c["close"] for c in h.candle_series(SYM)] == ["85.20", "85.30"]
@@ -172,6 +222,7 @@ def test_the_core_events_feed_it_like_the_journal_does():
 
 
 # ------------------------------------------------------------------------------ server
+
 
 @contextlib.asynccontextmanager
 async def served(data_dir, **journal):
@@ -198,8 +249,10 @@ async def get(srv, path, key=None):
 
 
 async def _fills(srv):
-    async with ExchangeClient(srv.ws_url, CEMENT) as buyer, \
-            ExchangeClient(srv.ws_url, STEEL) as steel:
+    async with (
+        ExchangeClient(srv.ws_url, CEMENT) as buyer,
+        ExchangeClient(srv.ws_url, STEEL) as steel,
+    ):
         # the demo book: POWER1 sells 1,000 t at 85.40 on main, SME1 500 t at 85.20 on sme
         r = await buyer.place_order(SYM, "buy", 100, "85.40")
         assert r["order_status"] == "filled"
@@ -224,33 +277,38 @@ async def test_history_survives_a_restart_from_a_snapshot(tmp_path):
         assert st == 200 and after == before
         t = after["trades"][-1]
         # units for people, no firm
-        assert set(t) == {"trade_id", "instrument", "segment", "price", "qty", "aggressor",
-                          "at"}
+        assert set(t) == {"trade_id", "instrument", "segment", "price", "qty", "aggressor", "at"}
         assert t["price"] == "85.40" and t["segment"] == "main" and t["at"].endswith("+08:00")
         assert "POWER1" not in str(after) and "CEMENT1" not in str(after)
         # one board; paging with the cursor
         st, main = await get(srv, f"/trades?instrument={SYM}&segment=main&limit=1")
         assert [x["qty"] for x in main["trades"]] == [40], before
-        st, older = await get(srv, f"/trades?instrument={SYM}&segment=main&limit=1"
-                                   f"&before={main['next_before']}")
+        st, older = await get(
+            srv, f"/trades?instrument={SYM}&segment=main&limit=1&before={main['next_before']}"
+        )
         assert [x["qty"] for x in older["trades"]] == [100] and older["next_before"]
-        st, last = await get(srv, f"/trades?instrument={SYM}&segment=main&limit=1"
-                                  f"&before={older['next_before']}")
+        st, last = await get(
+            srv, f"/trades?instrument={SYM}&segment=main&limit=1&before={older['next_before']}"
+        )
         assert last["trades"] == [] and last["next_before"] is None
         st, sme = await get(srv, f"/trades?instrument={SYM}&segment=sme")
         assert [x["price"] for x in sme["trades"]] == ["85.20"]
         # the buyer's blotter, after the restart
         st, ex = await get(srv, "/firms/CEMENT1/executions", CEMENT)
         assert st == 200
-        assert [(e["side"], e["price"], e["qty"], e["liquidity"]) for e in ex["executions"]] \
-            == [("buy", "85.40", 40, "taker"), ("buy", "85.40", 100, "taker")]
+        assert [(e["side"], e["price"], e["qty"], e["liquidity"]) for e in ex["executions"]] == [
+            ("buy", "85.40", 40, "taker"),
+            ("buy", "85.40", 100, "taker"),
+        ]
         # main board fee 0.05 %: 100 x 85.40 = 8,540.00, fee 4.27 -> paid 8,544.27
         assert ex["executions"][1]["fee"] == "4.27"
         assert ex["executions"][1]["proceeds"] == "-8544.27"
         assert "POWER1" not in str(ex)
         st, ex = await get(srv, "/firms/POWER1/executions", OPERATOR)
         assert [(e["side"], e["liquidity"]) for e in ex["executions"]] == [
-            ("sell", "maker"), ("sell", "maker")]
+            ("sell", "maker"),
+            ("sell", "maker"),
+        ]
         # the SME sold on its board; its parent's share is not its cash
         st, ex = await get(srv, "/firms/SME1/executions", SME1)
         (e,) = ex["executions"]
@@ -287,11 +345,18 @@ async def test_order_history_survives_a_restart(tmp_path):
         assert srv.st.recovery["snapshot_seq"] > 0
         st, after = await get(srv, "/firms/CEMENT1/orders", CEMENT)
         assert st == 200 and after == before
-        mine = [(o["client_order_id"], o["exec_type"], o["order_status"])
-                for o in after["orders"] if (o["client_order_id"] or "").startswith("h-")]
-        assert mine == [("h-fill", "trade", "filled"), ("h-fill", "new", "new"),
-                        ("h-band", "rejected", "rejected"), ("h-rest", "canceled", "canceled"),
-                        ("h-rest", "new", "new")]
+        mine = [
+            (o["client_order_id"], o["exec_type"], o["order_status"])
+            for o in after["orders"]
+            if (o["client_order_id"] or "").startswith("h-")
+        ]
+        assert mine == [
+            ("h-fill", "trade", "filled"),
+            ("h-fill", "new", "new"),
+            ("h-band", "rejected", "rejected"),
+            ("h-rest", "canceled", "canceled"),
+            ("h-rest", "new", "new"),
+        ]
         fill = after["orders"][0]
         assert (fill["last_px"], fill["last_qty"], fill["price"]) == ("85.40", 5, "85.40")
         assert fill["at"].endswith("+08:00") and fill["trade_id"]
@@ -299,10 +364,10 @@ async def test_order_history_survives_a_restart(tmp_path):
         assert band["reason"] == "OUTSIDE_PRICE_BAND" and band["order_id"] == 0
         # paging by event id
         st, p1 = await get(srv, "/firms/CEMENT1/orders?limit=2", CEMENT)
-        st, p2 = await get(srv, f"/firms/CEMENT1/orders?limit=2&before={p1['next_before']}",
-                           CEMENT)
-        assert [o["event_id"] for o in p1["orders"] + p2["orders"]] == \
-            [o["event_id"] for o in after["orders"][:4]]
+        st, p2 = await get(srv, f"/firms/CEMENT1/orders?limit=2&before={p1['next_before']}", CEMENT)
+        assert [o["event_id"] for o in p1["orders"] + p2["orders"]] == [
+            o["event_id"] for o in after["orders"][:4]
+        ]
         assert (await get(srv, "/firms/CEMENT1/orders", POWER))[0] == 403
 
 

@@ -11,6 +11,7 @@ and real websocket clients.
   seq it saw and is resumed without a gap; a restarted gateway answers a from_seq older
   than its start with a snapshot flagged ``resumed: false``.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -49,8 +50,12 @@ class Proc:
         self.lines = []
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "exchange", "serve", "--port", str(self.port), *self.args],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
         threading.Thread(target=self._read, args=(self.proc, self.lines), daemon=True).start()
 
     @staticmethod
@@ -93,6 +98,7 @@ class Proc:
 async def _drop(url: str) -> None:
     from exchange.journal import open_journal
     from exchange.journal.lease import LeaderLease
+
     j = open_journal(url)
     await j.open()
     try:
@@ -112,14 +118,38 @@ def cluster(tmp_path_factory, nats_url):
     data = str(tmp / "data")  # one data directory: the nodes share the key-hashing secret
     procs: list[Proc] = []
     try:
-        leader = Proc("leader", ["--data-dir", data, "--journal", url, "--standby",
-                                 "--node-id", "lead", "--lease-ttl", "3"])
+        leader = Proc(
+            "leader",
+            [
+                "--data-dir",
+                data,
+                "--journal",
+                url,
+                "--standby",
+                "--node-id",
+                "lead",
+                "--lease-ttl",
+                "3",
+            ],
+        )
         procs.append(leader)
         leader.wait_for(r"listening on")
         gws = []
         for n in ("g1", "g2"):
-            g = Proc(n, ["--data-dir", data, "--journal", url, "--market-data",
-                         "--node-id", n, "--md-interval", "0.02"])
+            g = Proc(
+                n,
+                [
+                    "--data-dir",
+                    data,
+                    "--journal",
+                    url,
+                    "--market-data",
+                    "--node-id",
+                    n,
+                    "--md-interval",
+                    "0.02",
+                ],
+            )
             procs.append(g)
             gws.append(g)
         for g in gws:
@@ -134,8 +164,10 @@ def cluster(tmp_path_factory, nats_url):
 async def _trade(leader_url: str, n: int, tag: str, pause: float = 0.0) -> None:
     """``n`` resting sells and ``n`` buys crossing them (book updates and trades), with
     ``pause`` seconds between pairs."""
-    async with ExchangeClient(leader_url, "demo-key-power1") as s, \
-            ExchangeClient(leader_url, "demo-key-cement1") as b:
+    async with (
+        ExchangeClient(leader_url, "demo-key-power1") as s,
+        ExchangeClient(leader_url, "demo-key-cement1") as b,
+    ):
         for i in range(n):
             await s.place_order(I, "sell", 2, "86.00", client_order_id=f"{tag}-s{i}")
             await b.place_order(I, "buy", 1, "86.00", client_order_id=f"{tag}-b{i}")
@@ -253,8 +285,16 @@ def test_a_client_resumes_on_the_other_gateway_when_one_dies(cluster):
                 assert asyncio.get_running_loop().time() < end, (book.book_seq, final)
                 await asyncio.sleep(0.05)
             assert c.connected
-            return (c.url, c.resumes, c.resume_snapshots, c.resyncs, book.depth(),
-                    final, c.drain(BOOK), c.drain(TRADES))
+            return (
+                c.url,
+                c.resumes,
+                c.resume_snapshots,
+                c.resyncs,
+                book.depth(),
+                final,
+                c.drain(BOOK),
+                c.drain(TRADES),
+            )
         finally:
             await c.close()
 
@@ -273,8 +313,10 @@ def test_a_client_resumes_on_the_other_gateway_when_one_dies(cluster):
     g1.wait_for("listening on")
 
     async def again():
-        async with ExchangeClient(g1.url, "verifier-demo-key") as c, \
-                ExchangeClient(g1.url, "verifier-demo-key") as watch:
+        async with (
+            ExchangeClient(g1.url, "verifier-demo-key") as c,
+            ExchangeClient(g1.url, "verifier-demo-key") as watch,
+        ):
             old = await c.subscribe(BOOK, from_seq=1)
             await c.unsubscribe(BOOK)
             now = await c.subscribe(BOOK, from_seq=final["book_seq"])
@@ -299,6 +341,7 @@ def test_a_client_resumes_on_the_other_gateway_when_one_dies(cluster):
 
 def test_readyz_and_metrics(cluster):
     import aiohttp
+
     g2 = cluster["gateways"][1]
 
     async def go():
@@ -332,15 +375,18 @@ def test_the_leader_flags_a_from_seq_subscribe_as_not_resumed(cluster):
 
 def test_a_gateway_checks_keys_and_channels(cluster):
     from exchange.client import ExchangeError
+
     g1 = cluster["gateways"][1]
 
     async def go():
         codes = []
         async with ExchangeClient(g1.url) as c:  # no key: nothing but auth and ping
             assert (await c.ping())["pong"] is True
-            for call in (lambda: c.subscribe(BOOK),
-                         lambda: c.place_order(I, "buy", 1, "85.00"),
-                         lambda: c.request("auth", {"api_key": "not-a-key"})):
+            for call in (
+                lambda: c.subscribe(BOOK),
+                lambda: c.place_order(I, "buy", 1, "85.00"),
+                lambda: c.request("auth", {"api_key": "not-a-key"}),
+            ):
                 with pytest.raises(ExchangeError) as e:
                     await call()
                 codes.append(e.value.code)
@@ -354,6 +400,12 @@ def test_a_gateway_checks_keys_and_channels(cluster):
             codes.append(e.value.code)
         return codes
 
-    assert asyncio.run(go()) == ["NOT_AUTHENTICATED", "NOT_AUTHENTICATED", "AUTH_FAILED",
-                                 "UNKNOWN_CHANNEL", "UNKNOWN_CHANNEL", "UNKNOWN_CHANNEL",
-                                 "INVALID_PARAMS"]
+    assert asyncio.run(go()) == [
+        "NOT_AUTHENTICATED",
+        "NOT_AUTHENTICATED",
+        "AUTH_FAILED",
+        "UNKNOWN_CHANNEL",
+        "UNKNOWN_CHANNEL",
+        "UNKNOWN_CHANNEL",
+        "INVALID_PARAMS",
+    ]

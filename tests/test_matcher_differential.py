@@ -11,6 +11,7 @@ Random streams run through both, compared fill by fill (maker order id, quantity
 the self-trade cancels, and the whole book (every order in priority order with its leaves)
 after every command: first against ``OrderBook`` alone, then against the full ``Exchange``.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -29,6 +30,7 @@ from helpers import CEA, Market
 
 
 # =========================================================================== the reference
+
 
 class RefOrder:
     def __init__(self, oid, account, side, price, qty, prio):
@@ -117,10 +119,12 @@ class RefBook:
 
     def view(self):
         """Every resting order in priority order: bids best first, then asks best first."""
-        bids = sorted((o for o in self.resting if o.side == "buy"),
-                      key=lambda o: (-o.price, o.prio))
-        asks = sorted((o for o in self.resting if o.side == "sell"),
-                      key=lambda o: (o.price, o.prio))
+        bids = sorted(
+            (o for o in self.resting if o.side == "buy"), key=lambda o: (-o.price, o.prio)
+        )
+        asks = sorted(
+            (o for o in self.resting if o.side == "sell"), key=lambda o: (o.price, o.prio)
+        )
         return [(o.oid, o.side, o.price, o.leaves) for o in bids + asks]
 
 
@@ -128,6 +132,7 @@ POLICIES = ["cancel_resting", "cancel_incoming", "cancel_both"]
 
 
 # =========================================================================== book alone
+
 
 def book_view(b: OrderBook):
     return [(o.order_id, o.side, o.price, o.leaves) for o in b.iter_orders()]
@@ -180,17 +185,24 @@ def run_book_stream(ops):
         levels = {}
         for oid, side, price, leaves in ref.view():
             levels[(side, price)] = levels.get((side, price), 0) + leaves
-        assert {("buy", p): q for p, q in d["bids"]} | {("sell", p): q for p, q in d["asks"]} \
-            == levels
+        assert {("buy", p): q for p, q in d["bids"]} | {
+            ("sell", p): q for p, q in d["asks"]
+        } == levels
         bb, ba = book.best_bid(), book.best_ask()
         assert bb is None or ba is None or bb < ba
     return book, ref
 
 
 book_op = st.one_of(
-    st.tuples(st.just("add"), st.sampled_from(["A", "B", "C"]), st.sampled_from(["buy", "sell"]),
-              st.integers(95, 105), st.integers(1, 12), st.sampled_from([False] * 9 + [True]),
-              st.sampled_from(POLICIES)),
+    st.tuples(
+        st.just("add"),
+        st.sampled_from(["A", "B", "C"]),
+        st.sampled_from(["buy", "sell"]),
+        st.integers(95, 105),
+        st.integers(1, 12),
+        st.sampled_from([False] * 9 + [True]),
+        st.sampled_from(POLICIES),
+    ),
     st.tuples(st.just("cancel"), st.integers(0, 10**6)),
     st.tuples(st.just("reduce"), st.integers(0, 10**6), st.integers(0, 10**6)),
 )
@@ -217,8 +229,17 @@ def test_book_matches_reference_long_stream(seed):
             side = rng.choice(["buy", "sell"])
             # mostly passive (the book grows deep), about one in six crosses the spread
             price = rng.randint(88, 101) if side == "buy" else rng.randint(99, 112)
-            ops.append(("add", rng.choice("ABCDE"), side, price, rng.randint(1, 30),
-                        rng.random() < 0.02, rng.choice(POLICIES)))
+            ops.append(
+                (
+                    "add",
+                    rng.choice("ABCDE"),
+                    side,
+                    price,
+                    rng.randint(1, 30),
+                    rng.random() < 0.02,
+                    rng.choice(POLICIES),
+                )
+            )
     book, ref = run_book_stream(ops)
     assert len(book.orders) == len(ref.resting) > 50
 
@@ -244,11 +265,16 @@ def run_core_stream(policies, ops):
         if kind == "place":
             _, acct, side, price, qty, tif, post_only = op
             market = tif == "MKT"
-            cmd = PlaceOrder(account=acct, instrument=CEA, side=side, qty=qty,
-                             price=None if market else price,
-                             order_type="market" if market else "limit",
-                             tif="IOC" if market else tif, post_only=post_only and not market
-                             and tif in ("GTC", "DAY"))
+            cmd = PlaceOrder(
+                account=acct,
+                instrument=CEA,
+                side=side,
+                qty=qty,
+                price=None if market else price,
+                order_type="market" if market else "limit",
+                tif="IOC" if market else tif,
+                post_only=post_only and not market and tif in ("GTC", "DAY"),
+            )
             evs = m.apply(cmd)
             limit = (hi if side == "buy" else lo) if market else price
             # the reference decides acceptance by its own rules
@@ -265,8 +291,11 @@ def run_core_stream(policies, ops):
             oid = ers[0].order_id
             assert ers[0].exec_type == "new"
             fills, cancels, killed, left = ref.match(side, limit, qty, acct, stp[acct])
-            got = [((t.sell_order_id if side == "buy" else t.buy_order_id), t.qty, t.price)
-                   for t in evs if isinstance(t, Trade)]
+            got = [
+                ((t.sell_order_id if side == "buy" else t.buy_order_id), t.qty, t.price)
+                for t in evs
+                if isinstance(t, Trade)
+            ]
             assert got == fills, f"fills differ on {op}"
             got_cx = [e.order_id for e in ers if e.exec_type == "canceled" and e.order_id != oid]
             assert got_cx == cancels, op
@@ -290,8 +319,9 @@ def run_core_stream(policies, ops):
             if new_qty == o.qty and new_price == o.price:
                 continue
             cum_before = core_o.cum_qty  # the core updates its order in place
-            evs = m.apply(AmendOrder(account=o.account, order_id=o.oid, qty=new_qty,
-                                     price=new_price))
+            evs = m.apply(
+                AmendOrder(account=o.account, order_id=o.oid, qty=new_qty, price=new_price)
+            )
             if core_o.post_only and new_price != o.price and ref.crosses(o.side, new_price):
                 assert [getattr(e, "code", None) for e in evs] == ["POST_ONLY_WOULD_CROSS"], op
                 assert book_view(m.book()) == ref.view()
@@ -303,10 +333,14 @@ def run_core_stream(policies, ops):
                 assert not [e for e in evs if isinstance(e, Trade)]
             else:
                 ref.resting.remove(o)
-                fills, cancels, killed, left = ref.match(o.side, new_price, new_leaves,
-                                                        o.account, stp[o.account])
-                got = [((t.sell_order_id if o.side == "buy" else t.buy_order_id), t.qty,
-                        t.price) for t in evs if isinstance(t, Trade)]
+                fills, cancels, killed, left = ref.match(
+                    o.side, new_price, new_leaves, o.account, stp[o.account]
+                )
+                got = [
+                    ((t.sell_order_id if o.side == "buy" else t.buy_order_id), t.qty, t.price)
+                    for t in evs
+                    if isinstance(t, Trade)
+                ]
                 assert got == fills, f"amend fills differ on {op}"
                 if left and not killed:
                     ref.rest(o.oid, o.account, o.side, new_price, new_qty, leaves=left)
@@ -317,19 +351,30 @@ def run_core_stream(policies, ops):
 
 
 core_op = st.one_of(
-    st.tuples(st.just("place"), st.sampled_from(FIRMS), st.sampled_from(["buy", "sell"]),
-              st.integers(8_495, 8_505), st.integers(1, 15),
-              st.sampled_from(["GTC"] * 5 + ["DAY", "IOC", "FOK", "MKT"]),
-              st.sampled_from([False] * 6 + [True])),
+    st.tuples(
+        st.just("place"),
+        st.sampled_from(FIRMS),
+        st.sampled_from(["buy", "sell"]),
+        st.integers(8_495, 8_505),
+        st.integers(1, 15),
+        st.sampled_from(["GTC"] * 5 + ["DAY", "IOC", "FOK", "MKT"]),
+        st.sampled_from([False] * 6 + [True]),
+    ),
     st.tuples(st.just("cancel"), st.integers(0, 10**6)),
-    st.tuples(st.just("amend"), st.integers(0, 10**6), st.sampled_from([-3, -1, 0, 2]),
-              st.sampled_from([0, 0, -1, 1])),
+    st.tuples(
+        st.just("amend"),
+        st.integers(0, 10**6),
+        st.sampled_from([-3, -1, 0, 2]),
+        st.sampled_from([0, 0, -1, 1]),
+    ),
 )
 
 
 @settings(max_examples=100, deadline=None)
-@given(policies=st.lists(st.sampled_from(POLICIES), min_size=4, max_size=4),
-       ops=st.lists(core_op, min_size=1, max_size=80))
+@given(
+    policies=st.lists(st.sampled_from(POLICIES), min_size=4, max_size=4),
+    ops=st.lists(core_op, min_size=1, max_size=80),
+)
 def test_core_matches_reference(policies, ops):
     run_core_stream(policies, ops)
 
@@ -342,20 +387,35 @@ def test_core_matches_reference_long_stream():
         if r < 0.2:
             ops.append(("cancel", rng.randrange(10**6)))
         elif r < 0.3:
-            ops.append(("amend", rng.randrange(10**6), rng.choice([-3, -1, 0, 2]),
-                        rng.choice([0, 0, -1, 1])))
+            ops.append(
+                (
+                    "amend",
+                    rng.randrange(10**6),
+                    rng.choice([-3, -1, 0, 2]),
+                    rng.choice([0, 0, -1, 1]),
+                )
+            )
         else:
             side = rng.choice(["buy", "sell"])
             price = rng.randint(8_480, 8_503) if side == "buy" else rng.randint(8_497, 8_520)
-            ops.append(("place", rng.choice(FIRMS), side, price, rng.randint(1, 40),
-                        rng.choice(["GTC"] * 6 + ["DAY", "IOC", "FOK", "MKT"]),
-                        rng.random() < 0.1))
+            ops.append(
+                (
+                    "place",
+                    rng.choice(FIRMS),
+                    side,
+                    price,
+                    rng.randint(1, 40),
+                    rng.choice(["GTC"] * 6 + ["DAY", "IOC", "FOK", "MKT"]),
+                    rng.random() < 0.1,
+                )
+            )
     policies = [POLICIES[i % len(POLICIES)] for i in range(len(FIRMS))]
     m, ref = run_core_stream(policies, ops)
     assert len(ref.resting) > 30
 
 
 # =========================================================================== benchmark stream
+
 
 def test_benchmark_stream_agrees_with_its_generator_and_the_reference():
     """loadtest.streams tracks live orders with its own heap matcher: the full core (every
@@ -404,6 +464,7 @@ def test_benchmark_stream_agrees_with_its_generator_and_the_reference():
 
 # =========================================================================== thousands of levels
 
+
 class BisectRef:
     """A second plain reference for books far too deep for linear scans: each side one sorted
     Python list of (price key, priority, order id), kept with bisect; best = element 0."""
@@ -445,8 +506,11 @@ class BisectRef:
         lst.pop(bisect.bisect_left(lst, (self.key(side, price), prio, oid)))
 
     def view(self):
-        return [(oid, s, self.orders[oid][1], self.orders[oid][2])
-                for s in ("buy", "sell") for _k, _p, oid in self.side[s]]
+        return [
+            (oid, s, self.orders[oid][1], self.orders[oid][2])
+            for s in ("buy", "sell")
+            for _k, _p, oid in self.side[s]
+        ]
 
 
 def test_book_with_thousands_of_levels_matches_reference():

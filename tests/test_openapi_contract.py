@@ -10,6 +10,7 @@ The command each run uses is the one docs/PROTOCOL.md gives for a run by hand; t
 are the repository's schemathesis.toml. ``CONTRACT_SEED`` / ``CONTRACT_EXAMPLES`` override the
 seed (fixed, so CI is repeatable) and the examples per operation.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
-ROLES = {"operator": "operator-demo-key", "firm": "demo-key-power1",
-         "verifier": "verifier-demo-key"}
+ROLES = {
+    "operator": "operator-demo-key",
+    "firm": "demo-key-power1",
+    "verifier": "verifier-demo-key",
+}
 SEED = os.environ.get("CONTRACT_SEED", "20261207")
 EXAMPLES = os.environ.get("CONTRACT_EXAMPLES", "10")
 RUN_TIMEOUT = 420  # seconds for all three runs together
@@ -44,9 +48,23 @@ class Served:
         self.log = data_dir.parent / "server.log"
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "exchange", "serve", "--host", "127.0.0.1", "--port", "0",
-                 "--data-dir", str(data_dir)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                [
+                    sys.executable,
+                    "-m",
+                    "exchange",
+                    "serve",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    "0",
+                    "--data-dir",
+                    str(data_dir),
+                ],
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
         self.port = 0
         end = time.monotonic() + 60
         while time.monotonic() < end and self.proc.poll() is None:
@@ -94,11 +112,30 @@ def role_operations(base: str, role: str) -> list[str]:
 
 
 def schemathesis_command(base: str, key: str, report_dir: Path) -> list[str]:
-    return [str(SCHEMATHESIS), "--config-file", str(ROOT / "schemathesis.toml"), "run",
-            f"{base}/api/v1/openapi.json", "--url", base, "--checks", "all",
-            "-H", f"Authorization: Bearer {key}", "--max-examples", EXAMPLES, "--seed", SEED,
-            "--generation-database", "none", "--no-color",
-            "--report", "har", "--report-dir", str(report_dir)]
+    return [
+        str(SCHEMATHESIS),
+        "--config-file",
+        str(ROOT / "schemathesis.toml"),
+        "run",
+        f"{base}/api/v1/openapi.json",
+        "--url",
+        base,
+        "--checks",
+        "all",
+        "-H",
+        f"Authorization: Bearer {key}",
+        "--max-examples",
+        EXAMPLES,
+        "--seed",
+        SEED,
+        "--generation-database",
+        "none",
+        "--no-color",
+        "--report",
+        "har",
+        "--report-dir",
+        str(report_dir),
+    ]
 
 
 def server_errors(report_dir: Path) -> list[str]:
@@ -107,15 +144,15 @@ def server_errors(report_dir: Path) -> list[str]:
     for har in report_dir.glob("*"):
         for e in json.loads(har.read_text())["log"]["entries"]:
             if e["response"]["status"] >= 500:
-                bad.append(f'{e["response"]["status"]} {e["request"]["method"]} '
-                           f'{e["request"]["url"]}')
+                bad.append(
+                    f"{e['response']['status']} {e['request']['method']} {e['request']['url']}"
+                )
     return bad
 
 
 def test_schemathesis_all_checks_pass_for_every_role(tmp_path):
     if not SCHEMATHESIS.exists():
-        pytest.fail(f"{SCHEMATHESIS} is missing: install the dev extra "
-                    f"(python3 dev.py test does)")
+        pytest.fail(f"{SCHEMATHESIS} is missing: install the dev extra (python3 dev.py test does)")
     servers, runs = {}, {}
     try:
         for role in ROLES:
@@ -126,7 +163,10 @@ def test_schemathesis_all_checks_pass_for_every_role(tmp_path):
             runs[role] = subprocess.Popen(
                 schemathesis_command(base, key, tmp_path / role / "report") + only,
                 cwd=tmp_path / role,
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
         end = time.monotonic() + RUN_TIMEOUT
         out = {}
         for role, p in runs.items():
@@ -140,8 +180,9 @@ def test_schemathesis_all_checks_pass_for_every_role(tmp_path):
             summary = out[role].rstrip().splitlines()[-1] if out[role].strip() else ""
             print(f"[{role}] {summary}")
             if p.returncode != 0:
-                problems.append(f"--- schemathesis as {role} exited {p.returncode}:\n"
-                                f"{out[role][-12000:]}")
+                problems.append(
+                    f"--- schemathesis as {role} exited {p.returncode}:\n{out[role][-12000:]}"
+                )
             errors = server_errors(tmp_path / role / "report")
             if errors:
                 problems.append(f"--- as {role}, 5xx answers:\n" + "\n".join(errors[:20]))

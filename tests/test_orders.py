@@ -1,14 +1,26 @@
 """Unit tests of the core's order handling: every order type, cancel, amend, cancel-all,
 client order ids, self-trade prevention, segment access, every reject reason the core
 produces, settlement figures checked by hand, end of day, FIX fields."""
+
 from __future__ import annotations
 
 import pytest
 
 from exchange.core import errors as E
 from exchange.core.commands import (
-    AmendOrder, CancelAll, CreateSubQuota, DepositCash, EndOfDay, Halt,
-    IssueUnits, PlaceOrder, RegisterFirm, Resume, SetFirmTrading, SetPriceBand, TransferUnits,
+    AmendOrder,
+    CancelAll,
+    CreateSubQuota,
+    DepositCash,
+    EndOfDay,
+    Halt,
+    IssueUnits,
+    PlaceOrder,
+    RegisterFirm,
+    Resume,
+    SetFirmTrading,
+    SetPriceBand,
+    TransferUnits,
     WithdrawCash,
 )
 from exchange.core.events import DayEnded, ExecutionReport
@@ -42,11 +54,17 @@ def state_without_clock(m) -> dict:
 
 # =========================================================================== order types
 
+
 def test_limit_gtc_rests_and_reserves(m):
     evs = m.buy("BUYER", 8_400, 10, client_order_id="b1")
     (er,) = reports(evs)
-    assert (er.exec_type, er.order_status, er.cum_qty, er.leaves_qty, er.qty) == \
-        ("new", "new", 0, 10, 10)
+    assert (er.exec_type, er.order_status, er.cum_qty, er.leaves_qty, er.qty) == (
+        "new",
+        "new",
+        0,
+        10,
+        10,
+    )
     assert m.book().depth() == {"bids": [[8_400, 10]], "asks": []}
     # price x qty + ceil(fee): 84,000 + ceil(42.0) with 5 bps
     assert m.cash_reserved("BUYER") == 84_000 + 42
@@ -60,8 +78,7 @@ def test_limit_day_expires_at_end_of_day_gtc_survives(m):
     gtc = order_id(m.buy("BUYER", 8_300, 10, tif="GTC"))
     evs = m.apply(EndOfDay())
     exp = reports(evs, exec_type="expired")
-    assert [(e.order_id, e.order_status, e.reason) for e in exp] == \
-        [(day, "expired", "END_OF_DAY")]
+    assert [(e.order_id, e.order_status, e.reason) for e in exp] == [(day, "expired", "END_OF_DAY")]
     (de,) = [e for e in evs if isinstance(e, DayEnded)]
     assert de.expired_orders == 1
     assert set(m.book().orders) == {gtc}
@@ -140,7 +157,9 @@ def test_band_change_cancels_resting_orders_outside_the_new_band(m):
     evs = m.apply(SetPriceBand(instrument=CEA, reference_price=8_000))  # [7,200, 8,800]
     cx = reports(evs, exec_type="canceled")
     assert sorted((e.order_id, e.reason) for e in cx) == [
-        (outside, E.OUTSIDE_PRICE_BAND), (ask, E.OUTSIDE_PRICE_BAND)]
+        (outside, E.OUTSIDE_PRICE_BAND),
+        (ask, E.OUTSIDE_PRICE_BAND),
+    ]
     assert set(m.book().orders) == {inside}
     assert m.cash_reserved("BUYER") == Exchange.buy_reserve(8_400, 5, 5)
     assert m.units_reserved("SELLER") == 0
@@ -151,8 +170,9 @@ def test_end_of_day_vwap_band_cancels_orders_outside_it(m):
     low = order_id(m.buy("BUYER", 7_700, 5, tif="GTC"))
     _trade(m, 9_000, 10)  # VWAP 9,000: tomorrow's band is [8,100, 9,900]
     evs = m.apply(EndOfDay())
-    assert [(e.order_id, e.reason) for e in reports(evs, exec_type="canceled")] == \
-        [(low, E.OUTSIDE_PRICE_BAND)]
+    assert [(e.order_id, e.reason) for e in reports(evs, exec_type="canceled")] == [
+        (low, E.OUTSIDE_PRICE_BAND)
+    ]
     assert not m.book().orders and m.cash_reserved("BUYER") == 0
     check_invariants(m)
 
@@ -162,7 +182,7 @@ def _ref(m):
 
 
 def test_limit_locked_up_day_rolls_the_reference_to_the_upper_limit(m):
-    m.buy("BUYER", BAND_HI, 10, tif="DAY")      # buyers at the limit, nobody sells in band
+    m.buy("BUYER", BAND_HI, 10, tif="DAY")  # buyers at the limit, nobody sells in band
     (de,) = [e for e in m.apply(EndOfDay()) if isinstance(e, DayEnded)]
     assert de.limit_locked == ((CEA, "up"),)
     assert _ref(m) == BAND_HI and dict(de.reference_prices)[CEA] == BAND_HI
@@ -179,7 +199,7 @@ def test_limit_locked_down_day_rolls_the_reference_to_the_lower_limit(m):
 
 
 def test_quiet_day_inside_the_band_or_a_traded_day_is_not_locked(m):
-    m.buy("BUYER", BAND_HI - 1, 10, tif="DAY")   # one fen inside the limit: not locked
+    m.buy("BUYER", BAND_HI - 1, 10, tif="DAY")  # one fen inside the limit: not locked
     (de,) = [e for e in m.apply(EndOfDay()) if isinstance(e, DayEnded)]
     assert de.limit_locked == () and _ref(m) == REF
     # a day that traded (even at the limit) keeps the VWAP rule
@@ -197,14 +217,12 @@ def test_market_with_explicit_protection_price(m):
     assert [t.price for t in trades(evs)] == [8_500, 8_510]
     assert m.book().depth()["asks"] == [[8_520, 5]]
     # a protection price outside the band is refused
-    assert reject_code(m.buy("BUYER", BAND_HI + 1, 1, order_type="market")) == \
-        E.OUTSIDE_PRICE_BAND
+    assert reject_code(m.buy("BUYER", BAND_HI + 1, 1, order_type="market")) == E.OUTSIDE_PRICE_BAND
 
 
 def test_market_fok_all_or_nothing(m):
     m.sell("SELLER", 8_500, 5)
-    assert reject_code(m.buy("BUYER", None, 6, order_type="market", tif="FOK")) == \
-        E.FOK_NOT_FILLED
+    assert reject_code(m.buy("BUYER", None, 6, order_type="market", tif="FOK")) == E.FOK_NOT_FILLED
     evs = m.buy("BUYER", None, 5, order_type="market", tif="FOK")
     assert sum(t.qty for t in trades(evs)) == 5
 
@@ -228,21 +246,24 @@ def test_post_only_that_would_cross_is_rejected(m):
     assert m.book().best_bid() is None and m.cash_reserved("BUYER") == 0
 
 
-@pytest.mark.parametrize("kw", [dict(tif="IOC"), dict(tif="FOK"),
-                                dict(order_type="market")])
+@pytest.mark.parametrize("kw", [dict(tif="IOC"), dict(tif="FOK"), dict(order_type="market")])
 def test_post_only_must_be_a_resting_limit(m, kw):
     assert reject_code(m.buy("BUYER", 8_500, 5, post_only=True, **kw)) == E.BAD_ORDER_TYPE
 
 
 # =========================================================================== cancel
 
+
 def test_cancel_by_order_id_and_client_order_id_releases(m):
     a = order_id(m.buy("BUYER", 8_400, 10))
     m.sell("SELLER", 8_600, 10, client_order_id="s-1")
     evs = m.cancel("BUYER", order_id=a)
     (er,) = reports(evs)
-    assert (er.exec_type, er.order_status, er.reason) == ("canceled", "canceled",
-                                                          "CANCELED_BY_CLIENT")
+    assert (er.exec_type, er.order_status, er.reason) == (
+        "canceled",
+        "canceled",
+        "CANCELED_BY_CLIENT",
+    )
     evs = m.cancel("SELLER", client_order_id="s-1")
     assert reports(evs)[0].exec_type == "canceled"
     assert not m.book().orders
@@ -261,6 +282,7 @@ def test_cancel_unknown_filled_or_foreign_order(m):
 
 
 # =========================================================================== amend
+
 
 def _first_fill_order(m, price=8_400, qty=1):
     evs = m.sell("SELLER", price, qty)
@@ -312,8 +334,9 @@ def test_amend_of_partially_filled_order_sets_total_quantity(m):
     evs = m.apply(AmendOrder(account="BUYER", order_id=b, qty=6))
     (er,) = reports(evs)
     assert (er.qty, er.cum_qty, er.leaves_qty) == (6, 4, 2)
-    assert reject_code(m.apply(AmendOrder(account="BUYER", order_id=b, qty=4))) == \
-        E.BAD_QUANTITY  # not above what is already filled
+    assert (
+        reject_code(m.apply(AmendOrder(account="BUYER", order_id=b, qty=4))) == E.BAD_QUANTITY
+    )  # not above what is already filled
     check_invariants(m)
 
 
@@ -338,12 +361,15 @@ def test_amend_rejects(m):
 def test_amend_post_only_into_cross_rejected(m):
     m.sell("SELLER", 8_500, 3)
     b = order_id(m.buy("BUYER", 8_400, 10, post_only=True))
-    assert reject_code(m.apply(AmendOrder(account="BUYER", order_id=b, price=8_500))) == \
-        E.POST_ONLY_WOULD_CROSS
+    assert (
+        reject_code(m.apply(AmendOrder(account="BUYER", order_id=b, price=8_500)))
+        == E.POST_ONLY_WOULD_CROSS
+    )
     assert m.book().best_bid() == 8_400
 
 
 # =========================================================================== cancel-all
+
 
 def test_cancel_all_for_an_account_with_filters():
     m = Market(instruments=(CEA, "CEA-2025"))
@@ -369,10 +395,10 @@ def test_cancel_all_for_an_account_with_filters():
 
 # =========================================================================== client order ids
 
+
 def test_client_order_id_unique_among_live_orders_only(m):
     m.buy("BUYER", 8_400, 1, client_order_id="c")
-    assert reject_code(m.buy("BUYER", 8_300, 1, client_order_id="c")) == \
-        E.DUPLICATE_CLIENT_ORDER_ID
+    assert reject_code(m.buy("BUYER", 8_300, 1, client_order_id="c")) == E.DUPLICATE_CLIENT_ORDER_ID
     # another account may use the same id
     assert reports(m.sell("SELLER", 8_600, 1, client_order_id="c"))[0].exec_type == "new"
     m.cancel("BUYER", client_order_id="c")
@@ -385,6 +411,7 @@ def test_client_order_id_unique_among_live_orders_only(m):
 
 
 # =========================================================================== STP
+
 
 def _stp_market(policy):
     m = Market()
@@ -413,8 +440,11 @@ def test_stp_cancel_incoming(tif):
     evs = m.buy("F", 8_500, 10, tif=tif)
     assert [(t.sell_order_id, t.qty) for t in trades(evs)] == [(other, 2)]
     cx = reports(evs, "F", exec_type="canceled")
-    assert (cx[0].reason, cx[0].cum_qty, cx[0].order_status) == \
-        (E.SELF_TRADE_PREVENTED, 2, "canceled")
+    assert (cx[0].reason, cx[0].cum_qty, cx[0].order_status) == (
+        E.SELF_TRADE_PREVENTED,
+        2,
+        "canceled",
+    )
     assert own in m.book().orders  # the resting own order stays
     assert m.book().depth()["asks"] == [[8_500, 5]]
     assert m.cash_reserved("F") == 0 and m.units_reserved("F") == 5
@@ -461,6 +491,7 @@ def test_stp_applies_to_the_firm_whatever_the_orders(m):
 
 # =========================================================================== segments
 
+
 def test_chain_book_only_for_members():
     m = Market()
     m.firm("CORE", cash=BIG)
@@ -469,10 +500,8 @@ def test_chain_book_only_for_members():
     m.chain("c1", "CORE", "SUP")
     assert ("CEA-2026", "chain:c1") in m.ex.books
     assert reports(m.sell("SUP", 8_500, 10, segment="chain:c1"))[0].exec_type == "new"
-    assert reject_code(m.buy("OUT", 8_500, 10, segment="chain:c1")) == \
-        E.NOT_PERMITTED_IN_SEGMENT
-    assert reject_code(m.sell("OUT", 8_500, 10, segment="chain:c1")) == \
-        E.NOT_PERMITTED_IN_SEGMENT
+    assert reject_code(m.buy("OUT", 8_500, 10, segment="chain:c1")) == E.NOT_PERMITTED_IN_SEGMENT
+    assert reject_code(m.sell("OUT", 8_500, 10, segment="chain:c1")) == E.NOT_PERMITTED_IN_SEGMENT
     evs = m.buy("CORE", 8_500, 10, segment="chain:c1")
     (t,) = trades(evs)
     assert (t.segment, t.buyer, t.seller, t.qty) == ("chain:c1", "CORE", "SUP", 10)
@@ -511,6 +540,7 @@ def test_sme_lot_comes_from_config():
 
 # =========================================================================== reject codes
 
+
 def test_order_reject_codes(m):
     m.firm("POOR", cash=100)
     m.firm("BLOCKED", cash=BIG)
@@ -533,14 +563,17 @@ def test_order_reject_codes(m):
         (dict(account="BLOCKED", side="buy", price=8_500, qty=1), E.TRADING_NOT_PERMITTED),
         (dict(account="NOBODY", side="buy", price=8_500, qty=1), E.UNKNOWN_ACCOUNT),
         (dict(account="EXCHANGE", side="buy", price=8_500, qty=1), E.UNKNOWN_ACCOUNT),
-        (dict(account="BUYER", side="buy", price=8_500, qty=1, instrument="XXX"),
-         E.UNKNOWN_INSTRUMENT),
-        (dict(account="BUYER", side="buy", price=8_500, qty=1, segment="dark"),
-         E.UNKNOWN_SEGMENT),
+        (
+            dict(account="BUYER", side="buy", price=8_500, qty=1, instrument="XXX"),
+            E.UNKNOWN_INSTRUMENT,
+        ),
+        (dict(account="BUYER", side="buy", price=8_500, qty=1, segment="dark"), E.UNKNOWN_SEGMENT),
         (dict(account="BUYER", side="hold", price=8_500, qty=1), E.BAD_ORDER_TYPE),
         (dict(account="BUYER", side="buy", price=8_500, qty=1, tif="GTD"), E.BAD_ORDER_TYPE),
-        (dict(account="BUYER", side="buy", price=8_500, qty=1, order_type="stop"),
-         E.BAD_ORDER_TYPE),
+        (
+            dict(account="BUYER", side="buy", price=8_500, qty=1, order_type="stop"),
+            E.BAD_ORDER_TYPE,
+        ),
     ]
     for kw, code in cases:
         kw.setdefault("instrument", CEA)
@@ -571,8 +604,9 @@ def test_bad_lot():
     assert reports(m.buy("B", 8_500, 30))[0].exec_type == "new"
 
 
-@pytest.mark.parametrize("scope", [dict(), dict(instrument=CEA),
-                                   dict(instrument=CEA, segment="main")])
+@pytest.mark.parametrize(
+    "scope", [dict(), dict(instrument=CEA), dict(instrument=CEA, segment="main")]
+)
 def test_halted_then_resumed(m, scope):
     b = order_id(m.buy("BUYER", 8_400, 10))
     m.apply(Halt(**scope))
@@ -601,10 +635,16 @@ def test_operator_reject_codes(m):
         (DepositCash(account="EXCHANGE", amount=1), E.SYSTEM_ACCOUNT),
         (WithdrawCash(account="SELLER", amount=1), E.INSUFFICIENT_FUNDS),
         (IssueUnits(account="BUYER", instrument="XXX", qty=1), E.UNKNOWN_INSTRUMENT),
-        (TransferUnits(from_account="BUYER", to_account="SELLER", instrument=CEA, qty=1),
-         E.INSUFFICIENT_HOLDINGS),
-        (CreateSubQuota(parent="MAKER", sme="SELLER", instrument=CEA, qty=1,
-                        revenue_share_ppm=1), E.NOT_AN_SME),
+        (
+            TransferUnits(from_account="BUYER", to_account="SELLER", instrument=CEA, qty=1),
+            E.INSUFFICIENT_HOLDINGS,
+        ),
+        (
+            CreateSubQuota(
+                parent="MAKER", sme="SELLER", instrument=CEA, qty=1, revenue_share_ppm=1
+            ),
+            E.NOT_AN_SME,
+        ),
         (Halt(instrument="XXX"), E.UNKNOWN_INSTRUMENT),
         (Halt(instrument=CEA, segment="dark"), E.UNKNOWN_SEGMENT),
         (SetPriceBand(instrument=CEA, band_bps=20_000), E.BAD_PARAMETER),
@@ -619,16 +659,24 @@ def test_operator_reject_codes(m):
 def test_withdraw_cannot_touch_reserved_cash(m):
     m.firm("W", cash=100_000)
     m.buy("W", 8_500, 10)  # reserves 85,000 + 43
-    assert reject_code(m.apply(WithdrawCash(account="W", amount=100_000 - 85_043 + 1))) == \
-        E.INSUFFICIENT_FUNDS
+    assert (
+        reject_code(m.apply(WithdrawCash(account="W", amount=100_000 - 85_043 + 1)))
+        == E.INSUFFICIENT_FUNDS
+    )
     m.apply(WithdrawCash(account="W", amount=100_000 - 85_043))
     assert m.cash("W") == 85_043 == m.cash_reserved("W")
-    assert reject_code(m.apply(TransferUnits(from_account="SELLER", to_account="W",
-                                             instrument=CEA, qty=10_001))) == \
-        E.INSUFFICIENT_HOLDINGS
+    assert (
+        reject_code(
+            m.apply(
+                TransferUnits(from_account="SELLER", to_account="W", instrument=CEA, qty=10_001)
+            )
+        )
+        == E.INSUFFICIENT_HOLDINGS
+    )
 
 
 # =========================================================================== settlement
+
 
 def test_settlement_fee_floor_and_release_by_hand():
     m = Market(main_fee_bps=5)
@@ -648,8 +696,14 @@ def test_settlement_fee_floor_and_release_by_hand():
     assert m.cash_reserved("B") == 25_813
     assert m.units("B") == 7 and m.units("S") == 93 and m.units_reserved("S") == 0
     er_b = reports(evs, "B")[0]
-    assert (er_b.last_qty, er_b.last_px, er_b.cum_qty, er_b.leaves_qty, er_b.fee,
-            er_b.liquidity) == (7, 8_600, 7, 3, 30, "maker")
+    assert (
+        er_b.last_qty,
+        er_b.last_px,
+        er_b.cum_qty,
+        er_b.leaves_qty,
+        er_b.fee,
+        er_b.liquidity,
+    ) == (7, 8_600, 7, 3, 30, "maker")
     m.cancel("B", order_id=b)
     assert m.cash_reserved("B") == 0
     m.ex.check_invariants()
@@ -687,8 +741,16 @@ def _sub_quota_market(share_ppm=700_000, fee_bps=3):
     m.firm("BUYER", cash=BIG)
     m.firm("OTHER", units=1_000)
     m.chain("sc", "PARENT", "SME")
-    m.apply(CreateSubQuota(parent="PARENT", sme="SME", instrument=CEA, qty=100,
-                           revenue_share_ppm=share_ppm, chain_id="sc"))
+    m.apply(
+        CreateSubQuota(
+            parent="PARENT",
+            sme="SME",
+            instrument=CEA,
+            qty=100,
+            revenue_share_ppm=share_ppm,
+            chain_id="sc",
+        )
+    )
     return m
 
 
@@ -707,8 +769,12 @@ def test_sub_quota_proceeds_split_by_hand():
     assert m.cash("PARENT") - parent0 == 84_195
     assert m.cash("EXCHANGE") == 168
     lot = m.ex.sub_quotas[1]
-    assert (lot["sold"], lot["held"], lot["sme_proceeds"], lot["parent_proceeds"]) == \
-        (33, 67, 196_452, 84_195)
+    assert (lot["sold"], lot["held"], lot["sme_proceeds"], lot["parent_proceeds"]) == (
+        33,
+        67,
+        196_452,
+        84_195,
+    )
     m.ex.check_invariants()
 
 
@@ -747,6 +813,7 @@ def test_sub_quota_split_rounding_loses_no_fen():
 
 
 # =========================================================================== end of day
+
 
 def _trade(m, px, qty):
     m.sell("SELLER", px, qty)
@@ -790,8 +857,9 @@ def test_end_of_day_expires_day_orders_in_every_book():
     m = Market()
     m.firm("SME", cash=BIG, units=100, size_class="sme")
     m.chain("c", "SME")
-    ids = [order_id(m.buy("SME", 8_400, 1, tif="DAY", segment=s))
-           for s in ("main", "sme", "chain:c")]
+    ids = [
+        order_id(m.buy("SME", 8_400, 1, tif="DAY", segment=s)) for s in ("main", "sme", "chain:c")
+    ]
     ids.append(order_id(m.sell("SME", 8_600, 5, tif="DAY")))
     evs = m.apply(EndOfDay())
     assert sorted(e.order_id for e in reports(evs, exec_type="expired")) == sorted(ids)
@@ -801,6 +869,7 @@ def test_end_of_day_expires_day_orders_in_every_book():
 
 
 # =========================================================================== FIX fields
+
 
 def test_fix_fields_through_a_sweep(m):
     for p, q in ((8_500, 3), (8_501, 4), (8_502, 5)):
@@ -841,6 +910,7 @@ def test_fix_terminal_reports_have_zero_leaves(m):
 
 def test_fix_cum_plus_leaves_in_every_report_of_a_busy_session(m):
     import random
+
     rng = random.Random(7)
     m.firm("X", cash=BIG, units=10_000)
     m.firm("Y", cash=BIG, units=10_000)
@@ -861,6 +931,7 @@ def test_fix_cum_plus_leaves_in_every_report_of_a_busy_session(m):
 
 
 # =========================================================================== regressions
+
 
 def test_market_order_never_trades_outside_band_against_stale_resting_order(m):
     """Regression: a bid left above the band by a reference price change used to trade."""
@@ -902,8 +973,10 @@ def test_no_band_cancels_nothing_and_allows_any_price(m):
     a = order_id(m.buy("BUYER", 8_400, 5))
     b = order_id(m.sell("SELLER", 9_300, 5))
     resting = {a, b}
-    for cmd in (SetPriceBand(instrument=CEA, band_bps=0),
-                SetPriceBand(instrument=CEA, band_bps=1000, reference_price=0)):
+    for cmd in (
+        SetPriceBand(instrument=CEA, band_bps=0),
+        SetPriceBand(instrument=CEA, band_bps=1000, reference_price=0),
+    ):
         evs = m.apply(cmd)
         assert not reports(evs)  # nothing cancelled
         assert set(m.book().orders) == resting
@@ -920,11 +993,14 @@ def test_cancel_all_frees_client_order_ids(m):
     assert reports(m.buy("BUYER", 8_400, 1, client_order_id="b"))[0].exec_type == "new"
 
 
-@pytest.mark.parametrize("kw,code", [
-    (dict(price=8_500, qty=True), E.BAD_QUANTITY),
-    (dict(price=True, qty=1), E.BAD_PRICE),
-    (dict(price=8_500, qty=10**30), E.OVER_MAX_ORDER_SIZE),
-])
+@pytest.mark.parametrize(
+    "kw,code",
+    [
+        (dict(price=8_500, qty=True), E.BAD_QUANTITY),
+        (dict(price=True, qty=1), E.BAD_PRICE),
+        (dict(price=8_500, qty=10**30), E.OVER_MAX_ORDER_SIZE),
+    ],
+)
 def test_odd_values_are_rejected_cleanly(m, kw, code):
     assert reject_code(m.buy("BUYER", **kw)) == code
 
@@ -934,8 +1010,7 @@ def test_amend_respects_the_lot():
     m.firm("S", size_class="sme", cash=BIG)
     b = order_id(m.buy("S", 8_400, 20, segment="sme"))
     assert reject_code(m.apply(AmendOrder(account="S", order_id=b, qty=15))) == E.BAD_LOT
-    assert reports(m.apply(AmendOrder(account="S", order_id=b, qty=10)))[0].exec_type == \
-        "replaced"
+    assert reports(m.apply(AmendOrder(account="S", order_id=b, qty=10)))[0].exec_type == "replaced"
 
 
 def test_sub_quota_split_two_parents_by_hand():
@@ -948,10 +1023,16 @@ def test_sub_quota_split_two_parents_by_hand():
     m.firm("BUYER", cash=BIG)
     m.chain("c1", "P1", "SME")
     m.chain("c2", "P2", "SME")
-    m.apply(CreateSubQuota(parent="P1", sme="SME", instrument=CEA, qty=6,
-                           revenue_share_ppm=500_000, chain_id="c1"))
-    m.apply(CreateSubQuota(parent="P2", sme="SME", instrument=CEA, qty=4,
-                           revenue_share_ppm=250_000, chain_id="c2"))
+    m.apply(
+        CreateSubQuota(
+            parent="P1", sme="SME", instrument=CEA, qty=6, revenue_share_ppm=500_000, chain_id="c1"
+        )
+    )
+    m.apply(
+        CreateSubQuota(
+            parent="P2", sme="SME", instrument=CEA, qty=4, revenue_share_ppm=250_000, chain_id="c2"
+        )
+    )
     m.sell("SME", 8_003, 7, segment="sme")
     (t,) = trades(m.buy("BUYER", 8_003, 7, segment="sme"))
     # notional 56,021; fee floor(16.8063) = 16; net 56,005

@@ -8,6 +8,7 @@ one browser test of tests/test_dashboard.py against it), ``simulate`` of a shipp
 name, ``journal verify``, ``init-config`` with ``$CARBON_EXCHANGE_CONFIG``, and the package
 read from a zip. The fast part checks the same rules on the checkout's install.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,8 +45,10 @@ def test_wheel_package_list_covers_every_directory():
         for d in [top, *(p for p in top.rglob("*") if p.is_dir())]:
             if "__pycache__" not in d.parts and any(d.glob("*.py")):
                 found.add(".".join([name, *d.relative_to(top).parts]))
-    assert found == listed, f"missing from pyproject.toml: {sorted(found - listed)}; " \
-                            f"listed but not in the tree: {sorted(listed - found)}"
+    assert found == listed, (
+        f"missing from pyproject.toml: {sorted(found - listed)}; "
+        f"listed but not in the tree: {sorted(listed - found)}"
+    )
     assert not any(p.startswith("loadtest") for p in listed)
 
 
@@ -53,6 +56,7 @@ def test_version_names_package_and_journal_format(capsys):
     from exchange import __version__
     from exchange.cli import main
     from exchange.journal.sqlite import FORMAT_VERSION
+
     with pytest.raises(SystemExit) as e:
         main(["--version"])
     assert e.value.code == 0
@@ -62,6 +66,7 @@ def test_version_names_package_and_journal_format(capsys):
 
 def test_config_precedence_flag_then_environment_then_packaged(tmp_path, monkeypatch):
     from exchange.app.config import CONFIG_ENV, config_origin, config_path, load_settings
+
     monkeypatch.delenv(CONFIG_ENV, raising=False)
     assert config_path(None) is None
     assert "packaged default" in config_origin(None)
@@ -76,6 +81,7 @@ def test_config_precedence_flag_then_environment_then_packaged(tmp_path, monkeyp
 def test_init_config_writes_the_commented_default_and_refuses_to_overwrite(tmp_path, capsys):
     from exchange.cli import main
     from exchange.app.config import default_config_text, load_settings
+
     dest = tmp_path / "etc" / "exchange.toml"
     assert main(["init-config", str(dest)]) == 0
     text = dest.read_text()
@@ -91,6 +97,7 @@ def test_init_config_writes_the_commented_default_and_refuses_to_overwrite(tmp_p
 
 def test_missing_or_bad_settings_file_is_an_error_in_words(tmp_path, capsys):
     from exchange.cli import main
+
     assert main(["demo", "--config", str(tmp_path / "none.toml")]) == 2
     assert "settings file not found" in capsys.readouterr().err
     bad = tmp_path / "bad.toml"
@@ -102,28 +109,58 @@ def test_missing_or_bad_settings_file_is_an_error_in_words(tmp_path, capsys):
 def test_unknown_scenario_lists_the_shipped_names(tmp_path, capsys):
     from exchange.cli import main
     from exchange.app.config import shipped_scenarios
+
     names = list(shipped_scenarios())
     assert {"three_sectors", "supply_chain_smes"} <= set(names)
     assert main(["simulate", "no_such_scenario", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "neither a file nor a shipped scenario" in err and ", ".join(names) in err
-    assert main(["simulate", "--compare", "nope.toml", "--vary", "offset_cap=0,0.1",
-                 "--out", str(tmp_path / "c")]) == 2
+    assert (
+        main(
+            [
+                "simulate",
+                "--compare",
+                "nope.toml",
+                "--vary",
+                "offset_cap=0,0.1",
+                "--out",
+                str(tmp_path / "c"),
+            ]
+        )
+        == 2
+    )
     assert "three_sectors" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------ slow: the installed wheel
 _COPY_IGNORE = shutil.ignore_patterns(
-    ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", "*.so", "*.pyc", "data",
-    "artifacts", "out", ".pytest_cache", ".hypothesis", "docs", "tests")
+    ".git",
+    ".venv",
+    "build",
+    "dist",
+    "*.egg-info",
+    "__pycache__",
+    "*.so",
+    "*.pyc",
+    "data",
+    "artifacts",
+    "out",
+    ".pytest_cache",
+    ".hypothesis",
+    "docs",
+    "tests",
+)
 
 
 def _run(cmd, cwd, env, timeout=300, check=True) -> subprocess.CompletedProcess:
-    p = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True,
-                       timeout=timeout)
+    p = subprocess.run(
+        [str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
     if check and p.returncode != 0:
-        pytest.fail(f"{' '.join(map(str, cmd))} exited {p.returncode}:\n"
-                    f"{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+        pytest.fail(
+            f"{' '.join(map(str, cmd))} exited {p.returncode}:\n"
+            f"{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+        )
     return p
 
 
@@ -138,8 +175,11 @@ def installed(tmp_path_factory):
     """One wheel, one fresh virtualenv with it installed, and an environment that knows nothing
     of the checkout."""
     base = tmp_path_factory.mktemp("packaging")
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME", "CARBON_EXCHANGE_CONFIG")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME", "CARBON_EXCHANGE_CONFIG")
+    }
     env["PYTHONUNBUFFERED"] = "1"
     t0 = time.monotonic()
     # a copy: the build writes build/ and *.egg-info beside the sources, and the checkout's
@@ -154,11 +194,17 @@ def installed(tmp_path_factory):
     venv = base / "venv"
     _run([sys.executable, "-m", "venv", venv], base, env)
     py, cli = venv / "bin" / "python", venv / "bin" / "carbon-exchange"
-    _run([py, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", wheels[0]],
-         base, env, timeout=600)
+    _run(
+        [py, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", wheels[0]],
+        base,
+        env,
+        timeout=600,
+    )
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
-    print(f"[packaging] wheel built in {t_build:.1f} s, installed in "
-          f"{time.monotonic() - t0 - t_build:.1f} s")
+    print(
+        f"[packaging] wheel built in {t_build:.1f} s, installed in "
+        f"{time.monotonic() - t0 - t_build:.1f} s"
+    )
     return {"base": base, "wheel": wheels[0], "py": py, "cli": cli, "env": env}
 
 
@@ -175,7 +221,10 @@ def server(installed):
     run = _empty_dir(installed, "run")
     info = dashboard.start_server(
         [str(installed["cli"]), "serve", "--port", str(_free_port()), "--data-dir", "d"],
-        cwd=run, data=run / "d", env=installed["env"])
+        cwd=run,
+        data=run / "d",
+        env=installed["env"],
+    )
     info["run"] = run
     yield info
     dashboard.stop_server(info)
@@ -191,12 +240,21 @@ def test_wheel_holds_the_package_and_its_data_only(installed):
     assert tops == {"exchange"}, tops  # no loadtest, no config at the top of site-packages
     assert top.split() == ["exchange"]
     # every shipped file of the tree is in the wheel, where importlib.resources finds it
-    data = {f"exchange/defaults/{f.relative_to(ROOT / 'config').as_posix()}"
-            for f in (ROOT / "config").rglob("*.toml")}
-    data |= {f"exchange/dashboard/{f.relative_to(ROOT / 'exchange' / 'dashboard').as_posix()}"
-             for f in (ROOT / "exchange" / "dashboard" / "static").rglob("*") if f.is_file()}
-    assert {"exchange/defaults/default.toml", "exchange/defaults/scenarios/three_sectors.toml",
-            "exchange/dashboard/static/index.html", "exchange/dashboard/static/js/app.js"} <= data
+    data = {
+        f"exchange/defaults/{f.relative_to(ROOT / 'config').as_posix()}"
+        for f in (ROOT / "config").rglob("*.toml")
+    }
+    data |= {
+        f"exchange/dashboard/{f.relative_to(ROOT / 'exchange' / 'dashboard').as_posix()}"
+        for f in (ROOT / "exchange" / "dashboard" / "static").rglob("*")
+        if f.is_file()
+    }
+    assert {
+        "exchange/defaults/default.toml",
+        "exchange/defaults/scenarios/three_sectors.toml",
+        "exchange/dashboard/static/index.html",
+        "exchange/dashboard/static/js/app.js",
+    } <= data
     assert data <= set(names), sorted(data - set(names))
     for pkg in ("core", "journal", "server"):  # each package's accelerator (ADR 0013)
         assert any(n.startswith(f"exchange/{pkg}/_accel") and n.endswith(".so") for n in names)
@@ -206,15 +264,23 @@ def test_wheel_holds_the_package_and_its_data_only(installed):
 @pytest.mark.slow
 def test_installed_command_imports_from_site_packages(installed):
     d = _empty_dir(installed, "where")
-    p = _run([installed["py"], "-c",
-              "import exchange, importlib.util; print(exchange.__file__); "
-              "print(importlib.util.find_spec('loadtest'))"], d, installed["env"])
+    p = _run(
+        [
+            installed["py"],
+            "-c",
+            "import exchange, importlib.util; print(exchange.__file__); "
+            "print(importlib.util.find_spec('loadtest'))",
+        ],
+        d,
+        installed["env"],
+    )
     where, loadtest = p.stdout.split()
     assert Path(where).is_relative_to(installed["base"] / "venv"), where
     assert loadtest == "None"
     v = _run([installed["cli"], "--version"], d, installed["env"]).stdout
     from exchange import __version__
     from exchange.journal.sqlite import FORMAT_VERSION
+
     assert v.strip() == f"carbon-exchange {__version__} (journal format {FORMAT_VERSION})"
 
 
@@ -237,8 +303,11 @@ def test_installed_dashboard_in_a_browser(page, server):  # noqa: F811 (page: th
 @pytest.mark.slow
 def test_installed_simulate_shipped_scenario_by_name(installed):
     d = _empty_dir(installed, "sim")
-    _run([installed["cli"], "simulate", "three_sectors", "--out", "o", "--quiet"], d,
-         installed["env"])
+    _run(
+        [installed["cli"], "simulate", "three_sectors", "--out", "o", "--quiet"],
+        d,
+        installed["env"],
+    )
     report = (d / "o" / "report.md").read_text()
     assert report.startswith("#") and (d / "o" / "summary.json").is_file()
 
@@ -252,8 +321,14 @@ def test_installed_init_config_and_environment(installed):
     assert again.returncode == 1 and "exists" in again.stderr
     # the operator's file, found through the environment, is the one the server says it uses
     env = dict(env, CARBON_EXCHANGE_CONFIG=str(d / "site.toml"))
-    proc = subprocess.Popen([str(cli), "serve", "--in-memory", "--port", "0"], cwd=d, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [str(cli), "serve", "--in-memory", "--port", "0"],
+        cwd=d,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines = []
     try:
         for line in proc.stdout:
@@ -271,9 +346,17 @@ def test_installed_package_reads_its_data_from_a_zip(installed):
     """The shipped files are read through importlib.resources: the package zipped (the pure
     Python code runs; the compiled extension cannot load from a zip) still finds them."""
     d = _empty_dir(installed, "zip")
-    site = Path(_run([installed["py"], "-c", "import exchange, os; "
-                      "print(os.path.dirname(os.path.dirname(exchange.__file__)))"],
-                     d, installed["env"]).stdout.strip())
+    site = Path(
+        _run(
+            [
+                installed["py"],
+                "-c",
+                "import exchange, os; print(os.path.dirname(os.path.dirname(exchange.__file__)))",
+            ],
+            d,
+            installed["env"],
+        ).stdout.strip()
+    )
     archive = d / "exchange.zip"
     with zipfile.ZipFile(archive, "w") as z:
         for f in sorted([site / "exchange", *(site / "exchange").rglob("*")]):
@@ -281,11 +364,13 @@ def test_installed_package_reads_its_data_from_a_zip(installed):
             # package exchange.core by its directory entry
             if "__pycache__" not in f.parts and f.suffix != ".so":
                 z.write(f, f.relative_to(site).as_posix())
-    code = ("import exchange, exchange.app.config as c, exchange.dashboard as dsh; "
-            "assert exchange.__file__.startswith(%r), exchange.__file__; "
-            "s = c.load_settings(); t = c.shipped_scenarios(); "
-            "print(len(s.demo.firms), sorted(t), "
-            "len(dsh.STATIC.joinpath('js', 'app.js').read_bytes()) > 0)" % str(archive))
+    code = (
+        "import exchange, exchange.app.config as c, exchange.dashboard as dsh; "
+        "assert exchange.__file__.startswith(%r), exchange.__file__; "
+        "s = c.load_settings(); t = c.shipped_scenarios(); "
+        "print(len(s.demo.firms), sorted(t), "
+        "len(dsh.STATIC.joinpath('js', 'app.js').read_bytes()) > 0)" % str(archive)
+    )
     p = _run([installed["py"], "-c", code], d, dict(installed["env"], PYTHONPATH=str(archive)))
     assert "three_sectors" in p.stdout and p.stdout.strip().endswith("True"), p.stdout
 
@@ -294,6 +379,7 @@ def test_installed_package_reads_its_data_from_a_zip(installed):
 def test_installed_journal_verify(installed, server):
     # after the graceful stop (final snapshot), from the server's directory, as an auditor would
     assert dashboard.stop_server(server) == 0
-    p = _run([installed["cli"], "journal", "verify", "d/journal.sqlite"], server["run"],
-             installed["env"])
+    p = _run(
+        [installed["cli"], "journal", "verify", "d/journal.sqlite"], server["run"], installed["env"]
+    )
     assert "hash chain: ok" in p.stdout and "state_hash " in p.stdout, p.stdout

@@ -3,6 +3,7 @@ counterparty (docs/PRIVACY.md). One firm listens on a real websocket on loopback
 channel it may subscribe to while other firms trade with it and with each other; every frame
 it receives, and every market-data HTTP answer, is scanned for another firm's id, name or key.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -14,11 +15,30 @@ from exchange.client import ExchangeClient
 from test_server import CEMENT, POWER, STEEL, I, running_server
 
 # everything that names a firm other than the listener, POWER1
-OTHERS = ["CEMENT1", "STEEL1", "SME1", "SME2", "Conch Demo Cement", "Baowu Demo Steel",
-          "Demo Castings SME", "Demo Packaging SME", "demo-key-cement1", "demo-key-steel1",
-          "demo-key-sme1", "demo-key-sme2"]
-CHANNELS = ["executions", "balances", f"book:{I}:main", f"book:{I}:sme", f"trades:{I}",
-            f"ticker:{I}", "trades:CCER-2026", "ticker:PHCER-2026"]
+OTHERS = [
+    "CEMENT1",
+    "STEEL1",
+    "SME1",
+    "SME2",
+    "Conch Demo Cement",
+    "Baowu Demo Steel",
+    "Demo Castings SME",
+    "Demo Packaging SME",
+    "demo-key-cement1",
+    "demo-key-steel1",
+    "demo-key-sme1",
+    "demo-key-sme2",
+]
+CHANNELS = [
+    "executions",
+    "balances",
+    f"book:{I}:main",
+    f"book:{I}:sme",
+    f"trades:{I}",
+    f"ticker:{I}",
+    "trades:CCER-2026",
+    "ticker:PHCER-2026",
+]
 
 
 def leaks(text: str) -> list[str]:
@@ -31,8 +51,11 @@ async def test_public_feeds_and_own_executions_name_no_other_firm(tmp_path):
         async with aiohttp.ClientSession() as http, http.ws_connect(srv.ws_url) as ws:
 
             async def request(req_id, method, params=None):
-                await ws.send_str(orjson.dumps({"req_id": req_id, "method": method,
-                                                "params": params or {}}).decode())
+                await ws.send_str(
+                    orjson.dumps(
+                        {"req_id": req_id, "method": method, "params": params or {}}
+                    ).decode()
+                )
                 while True:
                     msg = await asyncio.wait_for(ws.receive(), 5)
                     frames.append(msg.data)
@@ -47,8 +70,10 @@ async def test_public_feeds_and_own_executions_name_no_other_firm(tmp_path):
 
             # CEMENT1 lifts POWER1's resting 1,000 t ask (demo order) and STEEL1 hits
             # CEMENT1's bid: one trade with POWER1 as counterparty, one between others
-            async with ExchangeClient(srv.ws_url, CEMENT) as cement, \
-                    ExchangeClient(srv.ws_url, STEEL) as steel:
+            async with (
+                ExchangeClient(srv.ws_url, CEMENT) as cement,
+                ExchangeClient(srv.ws_url, STEEL) as steel,
+            ):
                 await cement.place_order(I, "buy", 1_000, "85.40", client_order_id="c-1")
                 await steel.place_order(I, "sell", 100, "84.90", client_order_id="s-1")
                 await cement.place_order(I, "buy", 10, "84.00", client_order_id="c-2")
@@ -82,12 +107,17 @@ async def test_public_feeds_and_own_executions_name_no_other_firm(tmp_path):
 
         # the market-data HTTP routes: public ones without a key, the book with a firm's
         async with aiohttp.ClientSession() as http:
-            for path, key in (("/instruments", None), ("/segments", None),
-                              (f"/market/candles/{I}", None), (f"/market/trades/{I}", None),
-                              ("/trades", None), (f"/market/bars/{I}", None),
-                              (f"/market/bars/{I}?segment=sme", None),
-                              (f"/books/{I}/main", POWER), ("/dashboard/compliance-periods",
-                                                              POWER)):
+            for path, key in (
+                ("/instruments", None),
+                ("/segments", None),
+                (f"/market/candles/{I}", None),
+                (f"/market/trades/{I}", None),
+                ("/trades", None),
+                (f"/market/bars/{I}", None),
+                (f"/market/bars/{I}?segment=sme", None),
+                (f"/books/{I}/main", POWER),
+                ("/dashboard/compliance-periods", POWER),
+            ):
                 headers = {"Authorization": f"Bearer {key}"} if key else {}
                 async with http.get(srv.http + "/api/v1" + path, headers=headers) as r:
                     body = await r.text()
@@ -96,5 +126,7 @@ async def test_public_feeds_and_own_executions_name_no_other_firm(tmp_path):
             async with http.get(srv.http + f"/api/v1/market/trades/{I}") as r:
                 recent = (await r.json())["trades"]
             assert len(recent) == 2
-            assert all(set(t) == {"trade_id", "instrument", "segment", "price", "qty",
-                                  "aggressor", "at"} for t in recent)
+            assert all(
+                set(t) == {"trade_id", "instrument", "segment", "price", "qty", "aggressor", "at"}
+                for t in recent
+            )

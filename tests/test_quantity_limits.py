@@ -2,6 +2,7 @@
 more than MAX_CASH fen is ever deposited, so every balance, reservation and system account stays
 far inside 64 bits (the journal's, the snapshot's and the compiled core's integers). A command
 that would cross a limit is rejected with QUANTITY_LIMIT and changes nothing."""
+
 from __future__ import annotations
 
 import hashlib
@@ -14,7 +15,12 @@ from hypothesis import strategies as st
 from exchange.core import errors as E
 from exchange.core.accounts import BANK, ISSUER
 from exchange.core.commands import (
-    CreateSubQuota, DepositCash, IssueUnits, PlaceOrder, TransferUnits, WithdrawCash,
+    CreateSubQuota,
+    DepositCash,
+    IssueUnits,
+    PlaceOrder,
+    TransferUnits,
+    WithdrawCash,
 )
 from exchange.core.events import CommandRejected, ExecutionReport
 from exchange.core.exchange import AddSegment
@@ -23,7 +29,7 @@ from exchange.server.protocol import wire_balances
 
 from helpers import CEA, Market
 
-INT64_MAX = 2 ** 63 - 1
+INT64_MAX = 2**63 - 1
 
 
 def business_hash(ex) -> str:
@@ -58,8 +64,10 @@ def test_issuing_2_pow_63_twice_is_refused():
     m.firm("SME1", size_class="sme")
     before = business_hash(m.ex)
     for _ in range(2):
-        assert rejected(m.apply(IssueUnits(account="SME1", instrument=CEA, qty=2 ** 63))) == \
-            E.QUANTITY_LIMIT
+        assert (
+            rejected(m.apply(IssueUnits(account="SME1", instrument=CEA, qty=2**63)))
+            == E.QUANTITY_LIMIT
+        )
     assert business_hash(m.ex) == before
     check_bounds(m.ex)
 
@@ -74,39 +82,61 @@ def test_limits_are_exact():
     assert rejected(m.apply(DepositCash(account="B", amount=1))) == E.QUANTITY_LIMIT
     assert rejected(m.apply(WithdrawCash(account="A", amount=5))) is None
     assert rejected(m.apply(DepositCash(account="B", amount=5))) is None
-    assert rejected(m.apply(AddSegment(name="main", tick=1, lot=1, max_order_qty=MAX_QTY + 1,
-                                       fee_bps=5, access="all"))) == E.QUANTITY_LIMIT
+    assert (
+        rejected(
+            m.apply(
+                AddSegment(
+                    name="main", tick=1, lot=1, max_order_qty=MAX_QTY + 1, fee_bps=5, access="all"
+                )
+            )
+        )
+        == E.QUANTITY_LIMIT
+    )
     check_bounds(m.ex)
 
 
 # ------------------------------------------------------------------ property: at the edge
 def _near(limit: int):
     """Amounts that probe a limit: just under, at and over it, and far over it."""
-    return st.one_of(st.integers(1, 1000), st.integers(limit - 1000, limit + 1000),
-                     st.sampled_from([limit, limit + 1, 2 ** 62, 2 ** 63 - 1, 2 ** 63,
-                                      2 ** 64, 10 ** 30]))
+    return st.one_of(
+        st.integers(1, 1000),
+        st.integers(limit - 1000, limit + 1000),
+        st.sampled_from([limit, limit + 1, 2**62, 2**63 - 1, 2**63, 2**64, 10**30]),
+    )
 
 
 firms = st.sampled_from(["A", "B", "C"])
 commands = st.one_of(
     st.builds(lambda f, q: IssueUnits(account=f, instrument=CEA, qty=q), firms, _near(MAX_QTY)),
-    st.builds(lambda f, q: IssueUnits(account=f, instrument=CEA, qty=q), firms,
-              st.integers(1, MAX_QTY)),
+    st.builds(
+        lambda f, q: IssueUnits(account=f, instrument=CEA, qty=q), firms, st.integers(1, MAX_QTY)
+    ),
     st.builds(lambda f, a: DepositCash(account=f, amount=a), firms, _near(MAX_CASH)),
     st.builds(lambda f, a: DepositCash(account=f, amount=a), firms, st.integers(1, MAX_CASH)),
     st.builds(lambda f, a: WithdrawCash(account=f, amount=a), firms, _near(MAX_CASH)),
-    st.builds(lambda f, t, q: TransferUnits(from_account=f, to_account=t, instrument=CEA,
-                                            qty=q), firms, firms, _near(MAX_QTY)),
-    st.builds(lambda q: CreateSubQuota(parent="A", sme="C", instrument=CEA, qty=q,
-                                       revenue_share_ppm=500_000, chain_id="sc"),
-              _near(MAX_QTY)),
-    st.builds(lambda f, side, p, q: PlaceOrder(account=f, instrument=CEA, side=side, price=p,
-                                               qty=q),
-              firms, st.sampled_from(["buy", "sell"]),
-              st.sampled_from([8_500, 8_400, 8_600, 10 ** 17, 2 ** 63]),
-              st.one_of(st.integers(1, 99_999), _near(MAX_QTY))),
-    st.builds(lambda m: AddSegment(name="main", tick=1, lot=1, max_order_qty=m, fee_bps=5,
-                                   access="all"), _near(MAX_QTY)),
+    st.builds(
+        lambda f, t, q: TransferUnits(from_account=f, to_account=t, instrument=CEA, qty=q),
+        firms,
+        firms,
+        _near(MAX_QTY),
+    ),
+    st.builds(
+        lambda q: CreateSubQuota(
+            parent="A", sme="C", instrument=CEA, qty=q, revenue_share_ppm=500_000, chain_id="sc"
+        ),
+        _near(MAX_QTY),
+    ),
+    st.builds(
+        lambda f, side, p, q: PlaceOrder(account=f, instrument=CEA, side=side, price=p, qty=q),
+        firms,
+        st.sampled_from(["buy", "sell"]),
+        st.sampled_from([8_500, 8_400, 8_600, 10**17, 2**63]),
+        st.one_of(st.integers(1, 99_999), _near(MAX_QTY)),
+    ),
+    st.builds(
+        lambda m: AddSegment(name="main", tick=1, lot=1, max_order_qty=m, fee_bps=5, access="all"),
+        _near(MAX_QTY),
+    ),
 )
 
 
@@ -155,13 +185,15 @@ def test_a_penalty_at_an_absurd_price_stays_within_the_cash_limit():
     """A shortfall x an average price x the multiple can pass 64 bits even with every input
     within its limit (reference prices up to MAX_CASH): the penalty is capped at MAX_CASH."""
     from exchange.compliance.commands import (
-        ProcessComplianceDeadline, SubmitActivityData, VerifyEmissions,
+        ProcessComplianceDeadline,
+        SubmitActivityData,
+        VerifyEmissions,
     )
     from exchange.core.commands import SetPriceBand
     from test_compliance import DEADLINE, base_market, firm
 
     m = base_market()
-    m.ok(SetPriceBand(instrument="CEA-2026", reference_price=10 ** 17))
+    m.ok(SetPriceBand(instrument="CEA-2026", reference_price=10**17))
     firm(m, "L", cash=1_000)
     m.ok(SubmitActivityData(firm_id="L", period=2026, fuels=(("coal", 1_000),)))
     m.ok(VerifyEmissions(firm_id="L", period=2026, verifier="V1"))

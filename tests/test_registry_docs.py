@@ -1,5 +1,6 @@
 """The worked removal example of docs/COMPLIANCE.md ("Emission categories and removals"), on
 the demo market's FOREST-YN1 project, figure for figure."""
+
 from __future__ import annotations
 
 from exchange.app.config import load_settings
@@ -30,8 +31,12 @@ def test_the_documented_reversals_of_forest_yn1():
     [rep] = [e for e in evs if type(e) is ReversalReported]
     assert (rep.from_buffer, rep.from_project, rep.uncovered) == (0, 6_200, 800)
     proj = reg.projects["FOREST-YN1"]
-    assert (proj["reversed"], proj["from_buffer"], proj["from_project"], proj["uncovered"]) == \
-        (9_000, 1_640, 6_560, 800)
+    assert (proj["reversed"], proj["from_buffer"], proj["from_project"], proj["uncovered"]) == (
+        9_000,
+        1_640,
+        6_560,
+        800,
+    )
     assert reg.buffer["natural"] == [1_640, 1_640]
     reg.check()
     ex.check_invariants()

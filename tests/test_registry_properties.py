@@ -11,6 +11,7 @@ same ``state_hash``, and so does a snapshot round trip, which still passes ``che
 Two more against models of their own: serials unit by unit (issuance, retirement by serial,
 oldest-first moves), and carbon-inclusive batches (claimed action ids, reductions, approvals).
 """
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,15 @@ from exchange.core.commands import PlaceOrder, TransferUnits, decode_command, en
 from exchange.core.events import CommandRejected, Trade
 from exchange.app.engine import build_exchange
 from exchange.registry.commands import (
-    ConfigureRegistry, CreditsRetired, IssueCredits, RegisterRemovalProject, RemovalVerified,
-    ReportReversal, RetireCredits, ReversalReported, VerifyRemoval,
+    ConfigureRegistry,
+    CreditsRetired,
+    IssueCredits,
+    RegisterRemovalProject,
+    RemovalVerified,
+    ReportReversal,
+    RetireCredits,
+    ReversalReported,
+    VerifyRemoval,
 )
 from exchange.registry import serials as S
 from exchange.registry.module import BUFFER
@@ -33,24 +41,44 @@ from test_registry import PRICE, Reg, of, stable_hash
 
 FIRMS = ("A", "B", "C")
 # project -> (removal type, owner)
-PROJECTS = {"N1": ("natural", "A"), "N2": ("natural", "B"), "E1": ("engineered", "A"),
-            "E2": ("engineered", "C")}
+PROJECTS = {
+    "N1": ("natural", "A"),
+    "N2": ("natural", "B"),
+    "E1": ("engineered", "A"),
+    "E2": ("engineered", "C"),
+}
 OTYPE = {"natural": "RMN", "engineered": "RME"}
 VINTAGES = (2026, 2027)
 SYMS = tuple(f"{o}-{v}" for o in ("RMN", "RME") for v in VINTAGES)
 
 tonnes = st.integers(0, 3_000)
 ops = st.one_of(
-    st.tuples(st.just("verify"), st.sampled_from(sorted(PROJECTS)), st.sampled_from(VINTAGES),
-              tonnes, st.integers(0, 500), st.integers(0, 1_500)),
-    st.tuples(st.just("trade"), st.sampled_from(SYMS), st.sampled_from(FIRMS),
-              st.sampled_from(FIRMS), st.integers(1, 2_000)),
-    st.tuples(st.just("transfer"), st.sampled_from(SYMS), st.sampled_from(FIRMS),
-              st.sampled_from(FIRMS), st.integers(1, 2_000)),
-    st.tuples(st.just("rest"), st.sampled_from(SYMS), st.sampled_from(FIRMS),
-              st.integers(1, 500)),
-    st.tuples(st.just("retire"), st.sampled_from(SYMS), st.sampled_from(FIRMS),
-              st.integers(1, 300)),
+    st.tuples(
+        st.just("verify"),
+        st.sampled_from(sorted(PROJECTS)),
+        st.sampled_from(VINTAGES),
+        tonnes,
+        st.integers(0, 500),
+        st.integers(0, 1_500),
+    ),
+    st.tuples(
+        st.just("trade"),
+        st.sampled_from(SYMS),
+        st.sampled_from(FIRMS),
+        st.sampled_from(FIRMS),
+        st.integers(1, 2_000),
+    ),
+    st.tuples(
+        st.just("transfer"),
+        st.sampled_from(SYMS),
+        st.sampled_from(FIRMS),
+        st.sampled_from(FIRMS),
+        st.integers(1, 2_000),
+    ),
+    st.tuples(st.just("rest"), st.sampled_from(SYMS), st.sampled_from(FIRMS), st.integers(1, 500)),
+    st.tuples(
+        st.just("retire"), st.sampled_from(SYMS), st.sampled_from(FIRMS), st.integers(1, 300)
+    ),
     st.tuples(st.just("reverse"), st.sampled_from(sorted(PROJECTS)), st.integers(1, 3_000)),
 )
 
@@ -96,20 +124,36 @@ def free(m: Reg, firm: str, sym: str) -> int:
 def project_units(m: Reg, project: str, firm: str, syms=SYMS) -> int:
     """Units of ``project``'s serials ``firm`` holds (in orders or not)."""
     reg = m.reg
-    return sum(hi - lo + 1 for sym in syms
-               for b, lo, hi in reg.owned.get(firm, {}).get(sym, [])
-               if reg.blocks[b][1] == project and reg.blocks[b][0] == reg.params["issuer"])
+    return sum(
+        hi - lo + 1
+        for sym in syms
+        for b, lo, hi in reg.owned.get(firm, {}).get(sym, [])
+        if reg.blocks[b][1] == project and reg.blocks[b][0] == reg.params["issuer"]
+    )
 
 
 # every project's first vintage verified up front, so most sequences have credits to move
 first_verifications = st.lists(
-    st.tuples(st.just("verify"), st.sampled_from(sorted(PROJECTS)), st.just(2026), tonnes,
-              st.integers(0, 500), st.integers(0, 1_500)), min_size=4, max_size=4)
+    st.tuples(
+        st.just("verify"),
+        st.sampled_from(sorted(PROJECTS)),
+        st.just(2026),
+        tonnes,
+        st.integers(0, 500),
+        st.integers(0, 1_500),
+    ),
+    min_size=4,
+    max_size=4,
+)
 
 
 @streams_settings(70)
-@given(bps=st.integers(0, 10_000), first=first_verifications,
-       rest=st.lists(ops, min_size=1, max_size=30), split=st.integers(0, 10**6))
+@given(
+    bps=st.integers(0, 10_000),
+    first=first_verifications,
+    rest=st.lists(ops, min_size=1, max_size=30),
+    split=st.integers(0, 10**6),
+)
 def test_buffer_accounting_under_any_sequence(bps, first, rest, split):
     steps = [(op[0], pid) + op[2:] for op, pid in zip(first, sorted(PROJECTS))] + rest
     m = Reg(configure=False, mrv=False)
@@ -124,9 +168,16 @@ def test_buffer_accounting_under_any_sequence(bps, first, rest, split):
         if kind == "verify":
             _, pid, vintage, gross, own, base = op
             before = stable_hash(m.ex)
-            evs = m.seq(VerifyRemoval(project_id=pid, vintage=vintage, verifier="V1",
-                                      gross_removal=gross, project_emissions=own,
-                                      baseline_removal=base))
+            evs = m.seq(
+                VerifyRemoval(
+                    project_id=pid,
+                    vintage=vintage,
+                    verifier="V1",
+                    gross_removal=gross,
+                    project_emissions=own,
+                    baseline_removal=base,
+                )
+            )
             if (pid, vintage) in verified:
                 assert [e.code for e in of(evs, CommandRejected)] == ["DOUBLE_COUNTED"]
                 assert stable_hash(m.ex) == before, "a refused command changed the market"
@@ -147,16 +198,20 @@ def test_buffer_accounting_under_any_sequence(bps, first, rest, split):
                 m.ok(TransferUnits(from_account=src, to_account=dst, instrument=sym, qty=qty))
             else:
                 m.ok(PlaceOrder(account=src, instrument=sym, side="sell", price=PRICE, qty=qty))
-                evs = m.ok(PlaceOrder(account=dst, instrument=sym, side="buy", price=PRICE,
-                                      qty=qty))
+                evs = m.ok(
+                    PlaceOrder(account=dst, instrument=sym, side="buy", price=PRICE, qty=qty)
+                )
                 assert sum(t.qty for t in of(evs, Trade)) == qty
                 event("trade")
         elif kind == "rest":  # a sell order resting above every bid: reserves units
             _, sym, firm, qty = op
             qty = min(qty, free(m, firm, sym))
             if qty:
-                m.ok(PlaceOrder(account=firm, instrument=sym, side="sell",
-                                price=PRICE + 200, qty=qty))
+                m.ok(
+                    PlaceOrder(
+                        account=firm, instrument=sym, side="sell", price=PRICE + 200, qty=qty
+                    )
+                )
         elif kind == "retire":
             _, sym, firm, qty = op
             qty = min(qty, free(m, firm, sym))
@@ -190,8 +245,10 @@ def test_buffer_accounting_under_any_sequence(bps, first, rest, split):
             # never the credits the owner sold or gave away
             assert others == {f: project_units(m, pid, f) for f in FIRMS if f != owner}
             cancelled[rtype] += rr.from_buffer
-            event(f"reversal: buffer {bool(rr.from_buffer)}, project {bool(rr.from_project)}, "
-                  f"uncovered {bool(rr.uncovered)}")
+            event(
+                f"reversal: buffer {bool(rr.from_buffer)}, project {bool(rr.from_project)}, "
+                f"uncovered {bool(rr.uncovered)}"
+            )
         for rtype in ("natural", "engineered"):
             assert pool(m, rtype) == contributed[rtype] - cancelled[rtype] >= 0
             assert m.reg.buffer[rtype] == [contributed[rtype], cancelled[rtype]]
@@ -204,21 +261,50 @@ KEYS = (("CCER", "P1"), ("CCER", "P2"), ("VCS", "P1"))
 CREDITS = ("CCER-2026", "CCER-2027")
 unit = st.integers(1, 60)
 serial_ops = st.one_of(
-    st.tuples(st.just("issue"), st.sampled_from(KEYS), st.sampled_from(CREDITS), unit,
-              st.integers(1, 20), st.sampled_from(FIRMS)),
+    st.tuples(
+        st.just("issue"),
+        st.sampled_from(KEYS),
+        st.sampled_from(CREDITS),
+        unit,
+        st.integers(1, 20),
+        st.sampled_from(FIRMS),
+    ),
     # a range starting at an issued unit (the idx-th), by its holder or another firm: most
     # such ranges are retirable, some run into units retired, held elsewhere or never issued
-    st.tuples(st.just("retire"), st.integers(0, 10**6), st.integers(1, 10),
-              st.sampled_from((None, None, None) + FIRMS), st.booleans(),
-              st.sampled_from((False,) * 5 + (True,))),
-    st.tuples(st.just("retire_any"), st.sampled_from(KEYS), st.sampled_from(CREDITS), unit,
-              st.integers(1, 10), st.sampled_from(FIRMS), st.booleans()),
-    st.tuples(st.just("trade"), st.sampled_from(CREDITS), st.sampled_from(FIRMS),
-              st.sampled_from(FIRMS), st.integers(1, 40)),
-    st.tuples(st.just("transfer"), st.sampled_from(CREDITS), st.sampled_from(FIRMS),
-              st.sampled_from(FIRMS), st.integers(1, 40)),
-    st.tuples(st.just("surrender"), st.sampled_from(CREDITS), st.sampled_from(FIRMS),
-              st.integers(1, 20)),
+    st.tuples(
+        st.just("retire"),
+        st.integers(0, 10**6),
+        st.integers(1, 10),
+        st.sampled_from((None, None, None) + FIRMS),
+        st.booleans(),
+        st.sampled_from((False,) * 5 + (True,)),
+    ),
+    st.tuples(
+        st.just("retire_any"),
+        st.sampled_from(KEYS),
+        st.sampled_from(CREDITS),
+        unit,
+        st.integers(1, 10),
+        st.sampled_from(FIRMS),
+        st.booleans(),
+    ),
+    st.tuples(
+        st.just("trade"),
+        st.sampled_from(CREDITS),
+        st.sampled_from(FIRMS),
+        st.sampled_from(FIRMS),
+        st.integers(1, 40),
+    ),
+    st.tuples(
+        st.just("transfer"),
+        st.sampled_from(CREDITS),
+        st.sampled_from(FIRMS),
+        st.sampled_from(FIRMS),
+        st.integers(1, 40),
+    ),
+    st.tuples(
+        st.just("surrender"), st.sampled_from(CREDITS), st.sampled_from(FIRMS), st.integers(1, 20)
+    ),
 )
 
 
@@ -232,9 +318,10 @@ class UnitModel:
 
     def held(self, firm: str, sym: str) -> list[tuple]:
         """``firm``'s units of ``sym``, oldest first (block, then unit number)."""
-        return sorted((u for u, (b, h, _) in self.units.items()
-                       if h == firm and self.blocks[b][5] == sym),
-                      key=lambda u: (self.units[u][0], u[3]))
+        return sorted(
+            (u for u, (b, h, _) in self.units.items() if h == firm and self.blocks[b][5] == sym),
+            key=lambda u: (self.units[u][0], u[3]),
+        )
 
     def move_oldest(self, src: str, dst: str | None, sym: str, qty: int, why=None) -> None:
         for u in self.held(src, sym)[:qty]:
@@ -270,8 +357,16 @@ def test_serials_unit_by_unit_against_a_model(steps, split):
         if kind == "issue":
             _, (issuer, project), sym, first, n, firm = op
             us = [(issuer, project, vint[sym], k) for k in range(first, first + n)]
-            evs = m.seq(IssueCredits(account=firm, instrument=sym, issuer=issuer,
-                                     project=project, first=first, last=first + n - 1))
+            evs = m.seq(
+                IssueCredits(
+                    account=firm,
+                    instrument=sym,
+                    issuer=issuer,
+                    project=project,
+                    first=first,
+                    last=first + n - 1,
+                )
+            )
             event(f"issue: {'overlap' if any(u in model.units for u in us) else 'new'}")
             if any(u in model.units for u in us):
                 assert [e.code for e in of(evs, CommandRejected)] == ["DOUBLE_COUNTED"]
@@ -298,9 +393,11 @@ def test_serials_unit_by_unit_against_a_model(steps, split):
                 _, (issuer, project), sym, first, n, firm, surrender = op
             us = [(issuer, project, vint[sym], k) for k in range(first, first + n)]
             serial = f"{issuer}/{project}/{vint[sym]}/{first}-{first + n - 1}"
-            cmd = (SurrenderUnits(firm_id=firm, period=2026, instrument=sym, qty=n,
-                                  serials=(serial,)) if surrender and sym == "CCER-2026"
-                   else RetireCredits(account=firm, instrument=sym, qty=n, serials=(serial,)))
+            cmd = (
+                SurrenderUnits(firm_id=firm, period=2026, instrument=sym, qty=n, serials=(serial,))
+                if surrender and sym == "CCER-2026"
+                else RetireCredits(account=firm, instrument=sym, qty=n, serials=(serial,))
+            )
             n_free = free(m, firm, sym)
             evs = m.seq(cmd)
             # the registry reads a serial block by block (oldest first): the first block
@@ -355,7 +452,7 @@ def test_serials_unit_by_unit_against_a_model(steps, split):
                 assert expand(m.serials(firm, sym)) == model.serials(firm, sym), (firm, sym)
         m.check()
     # the public lookup agrees unit by unit on what is retired, and why
-    for (issuer, project) in KEYS:
+    for issuer, project in KEYS:
         for sym in CREDITS:
             look = m.reg.lookup(f"{issuer}/{project}/{vint[sym]}/1-80")
             got = {}
@@ -363,31 +460,43 @@ def test_serials_unit_by_unit_against_a_model(steps, split):
                 for r in b["retirements"]:
                     for u in expand([r["serial"]]):
                         got[u] = r["reason"]
-            want = {u: r for u, (_, _, r) in model.units.items()
-                    if r is not None and u[:3] == (issuer, project, vint[sym])}
+            want = {
+                u: r
+                for u, (_, _, r) in model.units.items()
+                if r is not None and u[:3] == (issuer, project, vint[sym])
+            }
             assert got == want
-            assert look["issued_units"] == sum(1 for u in model.units
-                                               if u[:3] == (issuer, project, vint[sym]))
+            assert look["issued_units"] == sum(
+                1 for u in model.units if u[:3] == (issuer, project, vint[sym])
+            )
     assert_replay_and_restart(m, split)
 
 
 # ==================================================================== carbon-inclusive batches
 ACTION_TYPES = ("metro", "bike", "bus")
 PLATFORMS = ("PLAT1", "PLAT2")
-record = st.tuples(st.integers(0, 11), st.sampled_from(ACTION_TYPES * 5 + ("teleport",)),
-                   st.integers(1, 5_000), st.integers(1, 365))
+record = st.tuples(
+    st.integers(0, 11),
+    st.sampled_from(ACTION_TYPES * 5 + ("teleport",)),
+    st.integers(1, 5_000),
+    st.integers(1, 365),
+)
 batch_ops = st.one_of(
     st.tuples(st.just("factor"), st.sampled_from(ACTION_TYPES), st.integers(0, 2_000_000)),
-    st.tuples(st.just("submit"), st.sampled_from(PLATFORMS),
-              st.lists(record, min_size=1, max_size=6)),
+    st.tuples(
+        st.just("submit"), st.sampled_from(PLATFORMS), st.lists(record, min_size=1, max_size=6)
+    ),
     st.tuples(st.just("approve"), st.integers(0, 10**6), st.sampled_from(("V1", "V1", "A"))),
     st.tuples(st.just("reject"), st.integers(0, 10**6)),
 )
 
 
 @streams_settings(50)
-@given(factors=st.lists(st.integers(0, 2_000_000), min_size=3, max_size=3),
-       steps=st.lists(batch_ops, min_size=1, max_size=30), split=st.integers(0, 10**6))
+@given(
+    factors=st.lists(st.integers(0, 2_000_000), min_size=3, max_size=3),
+    steps=st.lists(batch_ops, min_size=1, max_size=30),
+    split=st.integers(0, 10**6),
+)
 def test_batches_against_a_model(factors, steps, split):
     """An action id is claimed by at most one pending or approved batch, across platforms;
     a batch is refused exactly when it names an id claimed (or twice) or an action type not
@@ -397,9 +506,15 @@ def test_batches_against_a_model(factors, steps, split):
     import datetime
 
     from exchange.registry.commands import (
-        ActionBatchDecided, ActionBatchSubmitted, ApproveActionBatch, RegisterPlatform,
-        RejectActionBatch, SetConversionFactor, SubmitActionBatch,
+        ActionBatchDecided,
+        ActionBatchSubmitted,
+        ApproveActionBatch,
+        RegisterPlatform,
+        RejectActionBatch,
+        SetConversionFactor,
+        SubmitActionBatch,
     )
+
     m = Reg(mrv=False)
     for p in PLATFORMS:
         m.ok(RegisterPlatform(platform_id=p))
@@ -422,8 +537,9 @@ def test_batches_against_a_model(factors, steps, split):
             assert evs[0].version == version
         elif kind == "submit":
             _, pid, recs = op
-            records = tuple((f"{i:064x}", at, q, str(day0 + datetime.timedelta(d - 1)))
-                            for i, at, q, d in recs)
+            records = tuple(
+                (f"{i:064x}", at, q, str(day0 + datetime.timedelta(d - 1))) for i, at, q, d in recs
+            )
             want = None
             seen: set = set()
             for aid_, at, _, _ in records:
@@ -443,10 +559,18 @@ def test_batches_against_a_model(factors, steps, split):
             counts[pid] += 1
             bid = f"{pid}-{counts[pid]:06d}"
             grams = sum(q * table[at] for _, at, q, _ in records)
-            assert of(evs, ActionBatchSubmitted) == [ActionBatchSubmitted(
-                bid, pid, 2026, len(records), grams // 10**6, version)]
-            batches.append({"id": bid, "pid": pid, "t": grams // 10**6, "status": "pending",
-                            "ids": [r[0] for r in records]})
+            assert of(evs, ActionBatchSubmitted) == [
+                ActionBatchSubmitted(bid, pid, 2026, len(records), grams // 10**6, version)
+            ]
+            batches.append(
+                {
+                    "id": bid,
+                    "pid": pid,
+                    "t": grams // 10**6,
+                    "status": "pending",
+                    "ids": [r[0] for r in records],
+                }
+            )
             for r in records:
                 claimed[r[0]] = bid
         else:
@@ -458,8 +582,13 @@ def test_batches_against_a_model(factors, steps, split):
             else:
                 cmd = RejectActionBatch(batch_id=b["id"], verifier="V1", reason="no evidence")
             evs = m.seq(cmd)
-            want = ("BATCH_NOT_PENDING" if b["status"] != "pending"
-                    else "NOT_A_VERIFIER" if kind == "approve" and op[2] != "V1" else None)
+            want = (
+                "BATCH_NOT_PENDING"
+                if b["status"] != "pending"
+                else "NOT_A_VERIFIER"
+                if kind == "approve" and op[2] != "V1"
+                else None
+            )
             event(f"{kind}: {want or 'accepted'}")
             if want:
                 assert [e.code for e in of(evs, CommandRejected)] == [want], (want, evs)
@@ -480,7 +609,9 @@ def test_batches_against_a_model(factors, steps, split):
         for p in PLATFORMS:
             assert m.units(p, "PHCER-2026") == issued[p]
             assert set(m.serials(p, "PHCER-2026")) == {
-                S.fmt(p, b["id"], 2026, 1, b["t"]) for b in batches
-                if b["pid"] == p and b["status"] == "approved" and b["t"]}
+                S.fmt(p, b["id"], 2026, 1, b["t"])
+                for b in batches
+                if b["pid"] == p and b["status"] == "approved" and b["t"]
+            }
         m.check()
     assert_replay_and_restart(m, split)

@@ -2,6 +2,7 @@
 claw-back, parameter scheduling, sub-quota splits and period-end settlement, and rejects that
 change nothing. Property tests: test_rules_props.py; responsibility factors vs numpy:
 test_rules_responsibility.py."""
+
 from __future__ import annotations
 
 from fractions import Fraction as Fr
@@ -10,7 +11,11 @@ import pytest
 
 from exchange.core import errors as E
 from exchange.core.commands import (
-    AddInstrument, DepositCash, PlaceOrder, RegisterFirm, RegisterSupplyChain,
+    AddInstrument,
+    DepositCash,
+    PlaceOrder,
+    RegisterFirm,
+    RegisterSupplyChain,
 )
 from exchange.core.events import CommandRejected, Trade
 from exchange.core.exchange import AddSegment, Exchange
@@ -19,11 +24,24 @@ from exchange.app.engine import Sequencer
 from exchange.rules import RulesModule
 from exchange.rules import formulas as F
 from exchange.rules.commands import (
-    AssessFirm, ClosePeriod, PreAllocate, RecordVerified, SetBenchmark, SetInputUse,
-    SetOutputHistory, SetRulesParams, SettleAllocations, SettleSubQuotas, SplitSubQuotas,
+    AssessFirm,
+    ClosePeriod,
+    PreAllocate,
+    RecordVerified,
+    SetBenchmark,
+    SetInputUse,
+    SetOutputHistory,
+    SetRulesParams,
+    SettleAllocations,
+    SettleSubQuotas,
+    SplitSubQuotas,
 )
 from exchange.rules.events import (
-    AllocationChanged, AllocationNormalised, BenchmarkUpdated, FactorChanged, PeriodClosed,
+    AllocationChanged,
+    AllocationNormalised,
+    BenchmarkUpdated,
+    FactorChanged,
+    PeriodClosed,
     SubQuotaSettled,
 )
 
@@ -37,21 +55,27 @@ class Market:
         self.ex = Exchange(modules=modules)
         self.seq = Sequencer(self.ex)
         self.rules: RulesModule = self.ex.modules["rules"]
-        self.run(AddSegment(name="main", fee_bps=5), AddSegment(name="sme", fee_bps=0,
-                                                               access="sme_sell_any_buy"),
-                 AddSegment(name="chain", access="members"),
-                 AddInstrument(symbol=CEA26, vintage=2026, reference_price=8500),
-                 AddInstrument(symbol=CEA27, vintage=2027, reference_price=8500),
-                 SetBenchmark(product="steel", intensity_ppm=1_800_000),
-                 RegisterFirm(firm_id="A", product="steel"),
-                 RegisterFirm(firm_id="B", product="steel"),
-                 RegisterFirm(firm_id="S1", product="parts", size_class="sme"),
-                 RegisterFirm(firm_id="S2", product="parts", size_class="sme"),
-                 RegisterFirm(firm_id="X", product="parts", size_class="sme"))
+        self.run(
+            AddSegment(name="main", fee_bps=5),
+            AddSegment(name="sme", fee_bps=0, access="sme_sell_any_buy"),
+            AddSegment(name="chain", access="members"),
+            AddInstrument(symbol=CEA26, vintage=2026, reference_price=8500),
+            AddInstrument(symbol=CEA27, vintage=2027, reference_price=8500),
+            SetBenchmark(product="steel", intensity_ppm=1_800_000),
+            RegisterFirm(firm_id="A", product="steel"),
+            RegisterFirm(firm_id="B", product="steel"),
+            RegisterFirm(firm_id="S1", product="parts", size_class="sme"),
+            RegisterFirm(firm_id="S2", product="parts", size_class="sme"),
+            RegisterFirm(firm_id="X", product="parts", size_class="sme"),
+        )
         if chain:
-            self.run(RegisterSupplyChain(
-                chain_id="c1", members=(("A", 0), ("B", 1), ("S1", 1), ("S2", 2)),
-                edges=(("B", "A", 600_000), ("S1", "A", 400_000), ("S2", "S1", 1_000_000))))
+            self.run(
+                RegisterSupplyChain(
+                    chain_id="c1",
+                    members=(("A", 0), ("B", 1), ("S1", 1), ("S2", 2)),
+                    edges=(("B", "A", 600_000), ("S1", "A", 400_000), ("S2", "S1", 1_000_000)),
+                )
+            )
 
     def run(self, *cmds) -> list:
         out = []
@@ -87,8 +111,14 @@ def assert_rejected_unchanged(m: Market, cmd, code: str) -> None:
 
 def cycle_2026(m: Market) -> None:
     """The worked example of docs/RULES.md."""
-    m.ok(AssessFirm(firm_id="A", technology_ppm=800_000, efficiency_ppm=600_000,
-                    hist_intensity_ppm=1_700_000))
+    m.ok(
+        AssessFirm(
+            firm_id="A",
+            technology_ppm=800_000,
+            efficiency_ppm=600_000,
+            hist_intensity_ppm=1_700_000,
+        )
+    )
     m.ok(SetOutputHistory(firm_id="A", rows=((2025, 100_000, 170_000),)))
     m.ok(SetOutputHistory(firm_id="B", rows=((2025, 50_000),)))
     m.ok(SetOutputHistory(firm_id="S1", rows=((2025, 1_000, 900),)))
@@ -128,8 +158,7 @@ def test_gap_and_own_term_hand_computed():
 
 def test_coupling_term_and_cap():
     # kappa 0.2 x (0.6 x 1/9 + 0.4 x max(0, -0.3)) = 0.2 x 0.0667 = 0.01333
-    raw, cap = F.coupling_term([(Fr(6, 10), Fr(1, 9)), (Fr(4, 10), Fr(-3, 10))],
-                               200_000, 50_000)
+    raw, cap = F.coupling_term([(Fr(6, 10), Fr(1, 9)), (Fr(4, 10), Fr(-3, 10))], 200_000, 50_000)
     assert raw == cap == Fr(2, 10) * Fr(6, 10) * Fr(1, 9)
     raw, cap = F.coupling_term([(Fr(1), Fr(1, 2))], 200_000, 50_000)  # 0.1 capped at 0.05
     assert raw == Fr(1, 10) and cap == Fr(5, 100)
@@ -140,8 +169,9 @@ def test_phi_update_hand_computed_rounding_toward_old():
     r = F.update_phi(1_067_777, Fr(1, 18), Fr(0), 500_000, 1_500_000, 100_000)
     assert r["phi_ppm"] == 1_127_097 and not r["step_limited"] and not r["bound_limited"]
     # 1.0 x (1 - 1/9 + 0.2 x 0.6 x 1/9) = 0.902222... -> toward 1.0: 902,223
-    r = F.update_phi(1_000_000, Fr(-1, 9), Fr(2, 10) * Fr(6, 10) * Fr(1, 9), 500_000,
-                     1_500_000, 100_000)
+    r = F.update_phi(
+        1_000_000, Fr(-1, 9), Fr(2, 10) * Fr(6, 10) * Fr(1, 9), 500_000, 1_500_000, 100_000
+    )
     assert r["phi_ppm"] == 902_223
 
 
@@ -159,14 +189,25 @@ def test_phi_update_step_and_bounds():
 
 def test_initial_phi_hand_computed():
     # 1 + 0.05 (1.6 - 1) + 0.05 (1.2 - 1) + 0.5 (1 - 1.7/1.8) = 1.0677777... -> 1,067,777
-    r = F.initial_phi(800_000, 600_000, 1_700_000, 1_800_000, 50_000, 50_000, 500_000,
-                      1_000_000, 500_000, 1_500_000)
+    r = F.initial_phi(
+        800_000,
+        600_000,
+        1_700_000,
+        1_800_000,
+        50_000,
+        50_000,
+        500_000,
+        1_000_000,
+        500_000,
+        1_500_000,
+    )
     assert r["tech"] == Fr(3, 100) and r["eff"] == Fr(1, 100)
     assert r["hist"] == Fr(1, 2) * Fr(1, 18)
     assert r["phi_ppm"] == 1_067_777 and not r["bound_limited"]
     # very poor: 1 - 0.05 - 0.05 + 0.5 (1 - 3.6/1.8) = 0.4 -> phi_min 0.5
-    r = F.initial_phi(0, 0, 3_600_000, 1_800_000, 50_000, 50_000, 500_000, 1_000_000,
-                      500_000, 1_500_000)
+    r = F.initial_phi(
+        0, 0, 3_600_000, 1_800_000, 50_000, 50_000, 500_000, 1_000_000, 500_000, 1_500_000
+    )
     assert r["phi_ppm"] == 500_000 and r["bound_limited"]
 
 
@@ -198,13 +239,15 @@ def test_split_amounts_largest_remainder():
 
 def test_responsibility_hand_computed():
     # iron: 1,000 t CO2 for 1,000 t -> 1.0; steel: (500 + 1,500 t iron x 1.0) / 1,000 = 2.0
-    beta, _ = F.responsibility_factors({"iron": [(1_000, 1_000, {})],
-                                        "steel": [(500, 1_000, {"iron": 1_500})]})
+    beta, _ = F.responsibility_factors(
+        {"iron": [(1_000, 1_000, {})], "steel": [(500, 1_000, {"iron": 1_500})]}
+    )
     assert beta == {"iron": 1_000_000, "steel": 2_000_000}
     # a cycle: power uses 0.1 t coal... e = (E + A e): power = 0.5 + 0.2 x steel,
     # steel = 1 + 0.5 x power -> power = 0.5 + 0.2 + 0.1 power -> 0.7/0.9 = 0.777778
-    beta, _ = F.responsibility_factors({"power": [(500, 1_000, {"steel": 200})],
-                                        "steel": [(1_000, 1_000, {"power": 500})]})
+    beta, _ = F.responsibility_factors(
+        {"power": [(500, 1_000, {"steel": 200})], "steel": [(1_000, 1_000, {"power": 500})]}
+    )
     assert beta["power"] == 777_778 and beta["steel"] == 1_388_889
     with pytest.raises(F.Diverges):
         F.responsibility_factors({"a": [(1, 1, {"b": 2})], "b": [(1, 1, {"a": 2})]})
@@ -227,9 +270,16 @@ def test_full_cycle_matches_hand_computation():
     # k_pre = 270,000 / 282,199.86 = 1,500,000 / 1,567,777 = 0.956769
     a = r.allocation("A", 2026)
     assert (a["scale_num"], a["scale_den"], a["scale_ppm"], a["pre_scale_ppm"]) == (
-        1_500_000, 1_567_777, 956_769, 956_769)
+        1_500_000,
+        1_567_777,
+        956_769,
+        956_769,
+    )
     assert (a["allocation_total"], a["raw_allocation"], a["normalised"]) == (
-        "intensity", 192_199, False)
+        "intensity",
+        192_199,
+        False,
+    )
     assert r.period_totals(2026)["pre_total"] == 189_000
     evs = m.ok(RecordVerified(firm_id="A", period=2026, emissions=160_000, output=100_000))
     a = r.allocation("A", 2026)
@@ -242,14 +292,21 @@ def test_full_cycle_matches_hand_computation():
     # the close shares T = 1.8 x 150,000 = 270,000 exactly: A 183,890.81, B 86,109.19 ->
     # 183,890 + 86,109 = 269,999, the last tonne to A's larger remainder
     an = [e for e in evs if isinstance(e, AllocationNormalised)]
-    assert len(an) == 1 and (an[0].mode, an[0].total, an[0].raw_total, an[0].scale_ppm,
-                             an[0].firms) == ("intensity", 270_000, 282_199, 956_769, 2)
+    assert len(an) == 1 and (
+        an[0].mode,
+        an[0].total,
+        an[0].raw_total,
+        an[0].scale_ppm,
+        an[0].firms,
+    ) == ("intensity", 270_000, 282_199, 956_769, 2)
     norm = [e for e in evs if isinstance(e, AllocationChanged) and e.kind == "normalisation"]
     assert [(e.firm_id, e.issued) for e in norm] == [("A", 1)]  # B's share did not move
-    assert evs.index(an[0]) < evs.index(norm[0]) < min(
-        evs.index(e) for e in evs if isinstance(e, FactorChanged))
-    assert (r.allocation("A", 2026)["total"], r.allocation("B", 2026)["total"]) == (
-        183_891, 86_109)
+    assert (
+        evs.index(an[0])
+        < evs.index(norm[0])
+        < min(evs.index(e) for e in evs if isinstance(e, FactorChanged))
+    )
+    assert (r.allocation("A", 2026)["total"], r.allocation("B", 2026)["total"]) == (183_891, 86_109)
     assert m.held("A") + m.held("B") == 270_000
     assert r.allocation("A", 2026)["normalised"] and r.period_totals(2026)["total"] == 270_000
     fc = {e.firm_id: e for e in evs if isinstance(e, FactorChanged)}
@@ -270,7 +327,10 @@ def test_full_cycle_matches_hand_computation():
     m.ok(PreAllocate(period=2027))
     a27 = r.allocation("A", 2027)
     assert (a27["phi_ppm"], a27["benchmark_ppm"], a27["base_output"]) == (
-        1_127_097, 1_766_667, 100_000)
+        1_127_097,
+        1_766_667,
+        100_000,
+    )
     assert a27["pre_allocation"] == 132_477
     assert r.allocation("B", 2027)["pre_allocation"] == 53_023
     assert m.held("A", CEA27) + m.held("B", CEA27) == 185_500
@@ -295,8 +355,11 @@ def three_firms(mode: str | None = None, cap: int | None = None) -> Market:
     # phi0 = 1 + 0.5 x (1 - H / 1.8) at average technology and efficiency:
     # H = 1.08 -> 1.2, H = 2.16 -> 0.9
     for f, h in (("A", 1_080_000), ("B", 2_160_000), ("C", 2_160_000)):
-        m.ok(AssessFirm(firm_id=f, technology_ppm=500_000, efficiency_ppm=500_000,
-                        hist_intensity_ppm=h))
+        m.ok(
+            AssessFirm(
+                firm_id=f, technology_ppm=500_000, efficiency_ppm=500_000, hist_intensity_ppm=h
+            )
+        )
     assert m.rules.phi == {"A": 1_200_000, "B": 900_000, "C": 900_000}
     for f, y in (("A", 100_000), ("B", 50_000), ("C", 50_000)):
         m.ok(SetOutputHistory(firm_id=f, rows=((2025, y),)))
@@ -313,12 +376,16 @@ def test_worked_example_three_firms():
     r = m.rules
     # T_last = 1.8 x 200,000 = 360,000; w = 216,000 / 81,000 / 81,000 (sum 378,000);
     # k_pre = 360,000 / 378,000 = 20/21; pre total 0.7 x 360,000 = 252,000 -> exact shares
-    assert [r.allocation(f, 2026)["pre_allocation"] for f in FIRMS3] == [144_000, 54_000,
-                                                                         54_000]
+    assert [r.allocation(f, 2026)["pre_allocation"] for f in FIRMS3] == [144_000, 54_000, 54_000]
     assert [m.held(f) for f in FIRMS3] == [144_000, 54_000, 54_000]
     t = r.period_totals(2026)
-    assert (t["pre_basis"], t["pre_total"], t["pre_raw_total"], t["pre_scale"],
-            t["pre_scale_ppm"]) == (360_000, 252_000, 378_000, [20, 21], 952_381)
+    assert (
+        t["pre_basis"],
+        t["pre_total"],
+        t["pre_raw_total"],
+        t["pre_scale"],
+        t["pre_scale_ppm"],
+    ) == (360_000, 252_000, 378_000, [20, 21], 952_381)
     # verified outputs 110,000 / 50,000 / 30,000: provisional floor(B Y phi x 20/21)
     for f, y in (("A", 110_000), ("B", 50_000), ("C", 30_000)):
         m.ok(RecordVerified(firm_id=f, period=2026, emissions=y, output=y))
@@ -333,12 +400,21 @@ def test_worked_example_three_firms():
     assert (an.total, an.raw_total, an.scale_ppm, an.firms) == (342_000, 367_200, 931_373, 3)
     assert [r.allocation(f, 2026)["total"] for f in FIRMS3] == [221_294, 75_441, 45_265]
     assert [m.held(f) for f in FIRMS3] == [221_294, 75_441, 45_265]
-    norm = {e.firm_id: e.issued for e in evs
-            if isinstance(e, AllocationChanged) and e.kind == "normalisation"}
+    norm = {
+        e.firm_id: e.issued
+        for e in evs
+        if isinstance(e, AllocationChanged) and e.kind == "normalisation"
+    }
     assert norm == {"A": -4_991, "B": -1_701, "C": -1_020}
     a = r.allocation("A", 2026)
-    assert (a["raw_allocation"], a["scale_num"], a["scale_den"], a["scale_ppm"],
-            a["pre_scale_ppm"], a["normalised"]) == (237_600, 95, 102, 931_373, 952_381, True)
+    assert (
+        a["raw_allocation"],
+        a["scale_num"],
+        a["scale_den"],
+        a["scale_ppm"],
+        a["pre_scale_ppm"],
+        a["normalised"],
+    ) == (237_600, 95, 102, 931_373, 952_381, True)
     # against B x Y_verified (198,000 / 90,000 / 54,000): A gains exactly what B and C lose
     gains = [m.held(f) - by for f, by in zip(FIRMS3, (198_000, 90_000, 54_000))]
     assert gains == [23_294, -14_559, -8_735] and sum(gains) == 0
@@ -356,7 +432,11 @@ def test_floating_mode_reproduces_the_old_formula():
     m.ok(RecordVerified(firm_id="A", period=2026, emissions=160_000, output=100_000))
     a = r.allocation("A", 2026)
     assert (a["true_up"], a["total"], a["allocation_total"], a["scale_ppm"]) == (
-        57_660, 192_199, "floating", PPM)
+        57_660,
+        192_199,
+        "floating",
+        PPM,
+    )
     m.ok(RecordVerified(firm_id="B", period=2026, emissions=100_000, output=50_000))
     evs = m.ok(ClosePeriod(period=2026))
     assert not [e for e in evs if isinstance(e, AllocationNormalised)]
@@ -441,25 +521,31 @@ def test_mean_phi_drifting_to_1_2_leaves_the_total_unchanged():
     the step limit 0.2), B 10 % below (phi x 1.05 a period -> 1.1025); in 2028 the mean phi
     is 1.27. Every period's total is still sum B x Y_verified and A's gain is B's loss;
     the floating mode's total grows with phi."""
+
     def run(mode: str) -> Market:
         m = Market(chain=False)
         m.ok(SetRulesParams(allocation_total=mode, max_step_ppm=200_000))
         m.ok(AddInstrument(symbol="CEA-2028", vintage=2028, reference_price=8500))
         m.ok(SetOutputHistory(firm_id="A", rows=((2025, 100_000),)))
         m.ok(SetOutputHistory(firm_id="B", rows=((2025, 60_000),)))
-        for period, (ya, yb) in zip((2026, 2027, 2028), ((100_000, 60_000), (90_000, 70_000),
-                                                         (120_000, 50_000))):
+        for period, (ya, yb) in zip(
+            (2026, 2027, 2028), ((100_000, 60_000), (90_000, 70_000), (120_000, 50_000))
+        ):
             m.ok(PreAllocate(period=period))
             b = m.rules.allocation("A", period)["benchmark_ppm"]
             m.ok(RecordVerified(firm_id="A", period=period, emissions=ya, output=ya))
-            m.ok(RecordVerified(firm_id="B", period=period, output=yb,
-                                emissions=b * yb * 9 // (10 * PPM)))  # gap 0.1
+            m.ok(
+                RecordVerified(
+                    firm_id="B", period=period, output=yb, emissions=b * yb * 9 // (10 * PPM)
+                )
+            )  # gap 0.1
             m.ok(ClosePeriod(period=period))
             sym = f"CEA-{period}"
             m.last = (sym, b, floor_int(Fr(b * (ya + yb), PPM)))
             if mode == "intensity":
                 assert m.held("A", sym) + m.held("B", sym) == m.last[2], period
         return m
+
     m = run("intensity")
     phi = [m.rules.allocation(f, 2028)["phi_ppm"] for f in ("A", "B")]
     assert phi == [1_440_000, 1_102_500] and sum(phi) / 2 >= 1_200_000
@@ -480,8 +566,7 @@ def test_allocation_total_parameters_are_checked():
     assert_rejected_unchanged(m, SetRulesParams(cap_tonnes=-1), E.BAD_PARAMETER)
     assert_rejected_unchanged(m, SetRulesParams(cap_tonnes=True), E.BAD_PARAMETER)
     evs = m.ok(SetRulesParams(allocation_total="absolute", cap_tonnes=1_000))
-    assert (evs[0].params["allocation_total"], evs[0].params["cap_tonnes"]) == ("absolute",
-                                                                                1_000)
+    assert (evs[0].params["allocation_total"], evs[0].params["cap_tonnes"]) == ("absolute", 1_000)
     assert_rejected_unchanged(m, SetRulesParams(cap_tonnes=0), E.BAD_PARAMETER)
     assert m.rules.params()["allocation_total"] == "absolute"
     assert m.rules.allocation("A", 2026)["allocation_total"] == "absolute"
@@ -492,8 +577,13 @@ def test_period_allocation_formula():
     r = F.period_allocation("intensity", [(1_800_000, 3, 1_500_000), (800_000, 2, PPM)])
     assert (r["basis"], r["total"], r["raw"]) == (7, 7, Fr(81, 10) + Fr(16, 10))
     assert r["parts"] == [6, 1] and r["scale"] == Fr(7) / Fr(97, 10)  # 5.85 / 1.15
-    r = F.period_allocation("absolute", [(1_800_000, 3, 1_500_000), (800_000, 2, PPM)],
-                            cap_tonnes=100, ratio_ppm=500_000, held_outside=10)
+    r = F.period_allocation(
+        "absolute",
+        [(1_800_000, 3, 1_500_000), (800_000, 2, PPM)],
+        cap_tonnes=100,
+        ratio_ppm=500_000,
+        held_outside=10,
+    )
     assert (r["basis"], r["total"], sum(r["parts"])) == (90, 45, 45)
     r = F.period_allocation("floating", [(1_800_000, 3, 1_500_000), (800_000, 2, PPM)])
     assert r["parts"] == [8, 1] and r["scale"] == 1
@@ -508,6 +598,7 @@ def test_record_made_before_the_period_opens_takes_the_values_at_opening():
     """A deduction for 2027 recorded before 2026 closes creates the 2027 record early; the
     period must still be allocated with the phi and benchmark it opens with (after the
     close), exactly as when the deduction arrives after the close."""
+
     def run(early: bool) -> Market:
         m = Market()
         cycle_2026(m)
@@ -520,6 +611,7 @@ def test_record_made_before_the_period_opens_takes_the_values_at_opening():
             m.rules.add_allocation_deduction("B", 2027, 10)
         m.ok(PreAllocate(period=2027))
         return m
+
     early, late = run(True), run(False)
     b = early.rules.allocation("B", 2027)
     assert (b["phi_ppm"], b["benchmark_ppm"], b["deduction"]) == (902_223, 1_766_667, 10)
@@ -542,6 +634,7 @@ def test_negative_true_up_claws_back_then_adds_to_obligation():
     # B got 60,276; it gives 57,276 away, keeps 3,000 free
     m.ok(RegisterFirm(firm_id="C", product="none"))
     from exchange.core.commands import TransferUnits
+
     m.ok(TransferUnits(from_account="B", to_account="C", instrument=CEA26, qty=57_276))
     # verified output 10,000 -> floor(1.8 x 10,000 x k_pre 0.956769) = floor(17,221.84) =
     # 17,221; true-up -43,055: claw back 3,000, 40,055 owed
@@ -560,8 +653,9 @@ def test_record_verified_command_refused_when_compliance_is_loaded():
         name = "compliance"
 
     m = Market(modules=(RulesModule, FakeCompliance))
-    assert_rejected_unchanged(m, RecordVerified(firm_id="A", period=2026, emissions=1,
-                                                output=1), E.BAD_PARAMETER)
+    assert_rejected_unchanged(
+        m, RecordVerified(firm_id="A", period=2026, emissions=1, output=1), E.BAD_PARAMETER
+    )
 
 
 def test_deduction_before_and_after_verification():
@@ -626,8 +720,11 @@ def test_tier_weights_and_coupling_gain():
     evs = m.ok(ClosePeriod(period=2026))
     fa = [e for e in evs if isinstance(e, FactorChanged) and e.firm_id == "A"][0]
     # A (tier 0): partners B (tier 1, 1/2), S1 (tier 1, 1/2), S2 (tier 2, 1/3); normalized by 4/3
-    assert fa.inputs["partners"] == [["B", 375_000, 200_000], ["S1", 375_000, 0],
-                                     ["S2", 250_000, 0]]
+    assert fa.inputs["partners"] == [
+        ["B", 375_000, 200_000],
+        ["S1", 375_000, 0],
+        ["S2", 250_000, 0],
+    ]
     # coupling = 0.3 x 0.375 x 0.2 = 0.0225; own = 0.5 x 0.1 = 0.05; phi = 1.067777 x 1.0725
     assert fa.terms["coupling_ppm"] == 22_500 and fa.terms["own_ppm"] == 50_000
     assert fa.phi_after_ppm == ppm_toward(Fr(1_067_777, PPM) * Fr(10725, 10000), 1_067_777)
@@ -662,16 +759,34 @@ def test_split_strategies_amounts():
     cycle_2026(m)
     # S1: output 1,000, emissions 900; S2: output 3,000, emissions 1,200
     w = {s: m.rules.split_weight("S1", s) for s in F.STRATEGIES}
-    assert w == {"equal": 1, "output": 1_000, "baseline_emissions": 900,
-                 "responsibility": 900, "abatement": 900 - 300}
+    assert w == {
+        "equal": 1,
+        "output": 1_000,
+        "baseline_emissions": 900,
+        "responsibility": 900,
+        "abatement": 900 - 300,
+    }
     assert m.rules.split_weight("S2", "abatement") == 1_200 - 900
-    cases = {"equal": (500, 500), "output": (250, 750), "baseline_emissions": (429, 571),
-             "abatement": (667, 333)}
+    cases = {
+        "equal": (500, 500),
+        "output": (250, 750),
+        "baseline_emissions": (429, 571),
+        "abatement": (667, 333),
+    }
     for strategy, (q1, q2) in cases.items():
         before = m.held("A")
         s1, s2 = m.held("S1"), m.held("S2")
-        m.ok(SplitSubQuotas(parent="A", instrument=CEA26, amount=1_000, smes=("S1", "S2"),
-                            strategy=strategy, revenue_share_ppm=700_000, chain_id="c1"))
+        m.ok(
+            SplitSubQuotas(
+                parent="A",
+                instrument=CEA26,
+                amount=1_000,
+                smes=("S1", "S2"),
+                strategy=strategy,
+                revenue_share_ppm=700_000,
+                chain_id="c1",
+            )
+        )
         assert (m.held("S1") - s1, m.held("S2") - s2) == (q1, q2), strategy
         assert m.held("A") == before - 1_000
     m.ex.check_invariants()
@@ -695,14 +810,26 @@ def test_proceeds_split_on_sale_and_period_end_settlement():
     m = Market()
     cycle_2026(m)
     m.ok(DepositCash(account="B", amount=10_000_000))
-    m.ok(SplitSubQuotas(parent="A", instrument=CEA26, amount=1_000, smes=("S1",),
-                        strategy="equal", revenue_share_ppm=700_000, surplus_rule="revert",
-                        shortfall_rule="parent", chain_id="c1"))
+    m.ok(
+        SplitSubQuotas(
+            parent="A",
+            instrument=CEA26,
+            amount=1_000,
+            smes=("S1",),
+            strategy="equal",
+            revenue_share_ppm=700_000,
+            surplus_rule="revert",
+            shortfall_rule="parent",
+            chain_id="c1",
+        )
+    )
     cash_a = m.ex.accounts["A"].cash
-    evs = m.run(PlaceOrder(account="S1", instrument=CEA26, segment="sme", side="sell",
-                           price=8_501, qty=300),
-                PlaceOrder(account="B", instrument=CEA26, segment="sme", side="buy",
-                           price=8_501, qty=300))
+    evs = m.run(
+        PlaceOrder(
+            account="S1", instrument=CEA26, segment="sme", side="sell", price=8_501, qty=300
+        ),
+        PlaceOrder(account="B", instrument=CEA26, segment="sme", side="buy", price=8_501, qty=300),
+    )
     t = [e for e in evs if isinstance(e, Trade)][0]
     net = 8_501 * 300 - t.seller_fee
     parts = dict(t.proceeds_split)
@@ -711,8 +838,9 @@ def test_proceeds_split_on_sale_and_period_end_settlement():
     assert m.rules.shortfall_cover("S1", 2026) == "A"
     assert m.rules.shortfall_cover("S2", 2026) == "S2"
     # period end: 700 unsold revert to A, 100 of them resting in a sell order stay
-    m.run(PlaceOrder(account="S1", instrument=CEA26, segment="sme", side="sell",
-                     price=8_600, qty=100))
+    m.run(
+        PlaceOrder(account="S1", instrument=CEA26, segment="sme", side="sell", price=8_600, qty=100)
+    )
     a_before = m.held("A")
     evs = m.ok(SettleSubQuotas(period=2026))
     st = [e for e in evs if isinstance(e, SubQuotaSettled)][0]
@@ -726,8 +854,11 @@ def test_proceeds_split_on_sale_and_period_end_settlement():
 def test_bank_surplus_stays_with_sme():
     m = Market()
     cycle_2026(m)
-    m.ok(SplitSubQuotas(parent="A", instrument=CEA26, amount=500, smes=("S1", "S2"),
-                        surplus_rule="bank"))
+    m.ok(
+        SplitSubQuotas(
+            parent="A", instrument=CEA26, amount=500, smes=("S1", "S2"), surplus_rule="bank"
+        )
+    )
     evs = m.ok(SettleSubQuotas(period=2026))
     assert [(e.action, e.moved, e.surplus) for e in evs] == [("bank", 0, 250)] * 2
     assert m.held("S1") == 250 and m.held("S2") == 250
@@ -740,31 +871,44 @@ def test_rejects_change_nothing():
     m = Market()
     cycle_2026(m)
     split = dict(parent="A", instrument=CEA26, amount=100, smes=("S1",), chain_id="c1")
-    assert_rejected_unchanged(m, SplitSubQuotas(**dict(split, amount=10**9)),
-                              E.INSUFFICIENT_HOLDINGS)
+    assert_rejected_unchanged(
+        m, SplitSubQuotas(**dict(split, amount=10**9)), E.INSUFFICIENT_HOLDINGS
+    )
     assert_rejected_unchanged(m, SplitSubQuotas(**dict(split, smes=("S1", "X"))), E.NOT_IN_CHAIN)
-    assert_rejected_unchanged(m, SplitSubQuotas(**dict(split, smes=("S1", "NOPE"))),
-                              E.UNKNOWN_ACCOUNT)
+    assert_rejected_unchanged(
+        m, SplitSubQuotas(**dict(split, smes=("S1", "NOPE"))), E.UNKNOWN_ACCOUNT
+    )
     assert_rejected_unchanged(m, SplitSubQuotas(**dict(split, smes=("B",))), E.NOT_AN_SME)
-    assert_rejected_unchanged(m, SplitSubQuotas(**dict(split, revenue_share_ppm=1_000_001)),
-                              E.BAD_REVENUE_SHARE)
-    assert_rejected_unchanged(m, SplitSubQuotas(**dict(split, revenue_share_ppm=-1)),
-                              E.BAD_REVENUE_SHARE)
-    assert_rejected_unchanged(m, SplitSubQuotas(**dict(split, strategy="lottery")),
-                              E.UNKNOWN_STRATEGY)
-    assert_rejected_unchanged(m, SplitSubQuotas(**dict(split, strategy="abatement")),
-                              E.NO_SPLIT_BASIS)  # parts has no benchmark
+    assert_rejected_unchanged(
+        m, SplitSubQuotas(**dict(split, revenue_share_ppm=1_000_001)), E.BAD_REVENUE_SHARE
+    )
+    assert_rejected_unchanged(
+        m, SplitSubQuotas(**dict(split, revenue_share_ppm=-1)), E.BAD_REVENUE_SHARE
+    )
+    assert_rejected_unchanged(
+        m, SplitSubQuotas(**dict(split, strategy="lottery")), E.UNKNOWN_STRATEGY
+    )
+    assert_rejected_unchanged(
+        m, SplitSubQuotas(**dict(split, strategy="abatement")), E.NO_SPLIT_BASIS
+    )  # parts has no benchmark
     assert_rejected_unchanged(m, SplitSubQuotas(**dict(split, parent="NOPE")), E.UNKNOWN_ACCOUNT)
     assert_rejected_unchanged(m, SplitSubQuotas(**dict(split, amount=0)), E.BAD_AMOUNT)
-    assert_rejected_unchanged(m, SplitSubQuotas(**dict(split, smes=("S1", "S1"))),
-                              E.BAD_PARAMETER)
-    assert_rejected_unchanged(m, AssessFirm(firm_id="NOPE", technology_ppm=0, efficiency_ppm=0,
-                                            hist_intensity_ppm=1), E.UNKNOWN_ACCOUNT)
-    assert_rejected_unchanged(m, AssessFirm(firm_id="S1", technology_ppm=0, efficiency_ppm=0,
-                                            hist_intensity_ppm=1), E.NO_BENCHMARK)
-    assert_rejected_unchanged(m, AssessFirm(firm_id="A", technology_ppm=2 * PPM,
-                                            efficiency_ppm=0, hist_intensity_ppm=1),
-                              E.BAD_PARAMETER)
+    assert_rejected_unchanged(m, SplitSubQuotas(**dict(split, smes=("S1", "S1"))), E.BAD_PARAMETER)
+    assert_rejected_unchanged(
+        m,
+        AssessFirm(firm_id="NOPE", technology_ppm=0, efficiency_ppm=0, hist_intensity_ppm=1),
+        E.UNKNOWN_ACCOUNT,
+    )
+    assert_rejected_unchanged(
+        m,
+        AssessFirm(firm_id="S1", technology_ppm=0, efficiency_ppm=0, hist_intensity_ppm=1),
+        E.NO_BENCHMARK,
+    )
+    assert_rejected_unchanged(
+        m,
+        AssessFirm(firm_id="A", technology_ppm=2 * PPM, efficiency_ppm=0, hist_intensity_ppm=1),
+        E.BAD_PARAMETER,
+    )
     assert_rejected_unchanged(m, PreAllocate(period=2026), E.PERIOD_ALREADY_OPEN)
     assert_rejected_unchanged(m, PreAllocate(period=2030), E.UNKNOWN_INSTRUMENT)
     assert_rejected_unchanged(m, ClosePeriod(period=2030), E.PERIOD_NOT_OPEN)
@@ -773,13 +917,16 @@ def test_rejects_change_nothing():
     assert_rejected_unchanged(m, SetRulesParams(instrument_pattern="CEA"), E.BAD_PARAMETER)
     assert_rejected_unchanged(m, SetRulesParams(), E.NO_CHANGE)
     assert_rejected_unchanged(m, SetBenchmark(product="steel", intensity_ppm=0), E.BAD_PARAMETER)
-    assert_rejected_unchanged(m, RecordVerified(firm_id="NOPE", period=2026, emissions=1,
-                                                output=1), E.UNKNOWN_ACCOUNT)
-    assert_rejected_unchanged(m, RecordVerified(firm_id="A", period=2026, emissions=-1,
-                                                output=1), E.BAD_VERIFIED_DATA)
+    assert_rejected_unchanged(
+        m, RecordVerified(firm_id="NOPE", period=2026, emissions=1, output=1), E.UNKNOWN_ACCOUNT
+    )
+    assert_rejected_unchanged(
+        m, RecordVerified(firm_id="A", period=2026, emissions=-1, output=1), E.BAD_VERIFIED_DATA
+    )
     assert_rejected_unchanged(m, SetOutputHistory(firm_id="A", rows=((2025,),)), E.BAD_PARAMETER)
-    assert_rejected_unchanged(m, SetInputUse(firm_id="A", period=2026, inputs=(("x", -1),)),
-                              E.BAD_PARAMETER)
+    assert_rejected_unchanged(
+        m, SetInputUse(firm_id="A", period=2026, inputs=(("x", -1),)), E.BAD_PARAMETER
+    )
     m.ok(RecordVerified(firm_id="A", period=2026, emissions=160_000, output=100_000))
     m.ok(ClosePeriod(period=2026))
     assert_rejected_unchanged(m, ClosePeriod(period=2026), E.PERIOD_ALREADY_CLOSED)
@@ -817,8 +964,16 @@ def test_snapshot_round_trip_and_replay():
     assert mid.modules["rules"].allocation("B", 2026) == m.rules.allocation("B", 2026)
     assert mid.modules["rules"].period_totals(2026)["pre_scale"] == [1_500_000, 1_567_777]
     m.ok(RecordVerified(firm_id="B", period=2026, emissions=100_000, output=50_000))
-    mid.apply(RecordVerified(firm_id="B", period=2026, emissions=100_000, output=50_000,
-                             seq=m.ex.last_seq, ts=m.ex.now))
+    mid.apply(
+        RecordVerified(
+            firm_id="B",
+            period=2026,
+            emissions=100_000,
+            output=50_000,
+            seq=m.ex.last_seq,
+            ts=m.ex.now,
+        )
+    )
     assert mid.state_hash() == m.ex.state_hash()
     m.ok(ClosePeriod(period=2026))
     m.ok(SplitSubQuotas(parent="A", instrument=CEA26, amount=100, smes=("S1", "S2")))
@@ -829,6 +984,7 @@ def test_snapshot_round_trip_and_replay():
     # replay of the log, through the journal's JSON encoding, gives the same bytes
     import json
     from exchange.core.commands import decode_command, encode_command
+
     ex3 = Exchange(modules=(RulesModule,))
     for c in m.seq.log:
         ex3.apply(decode_command(json.loads(json.dumps(encode_command(c))), c.seq, c.ts))
@@ -844,6 +1000,7 @@ def test_state_written_before_normalisation_loads_as_floating():
     """A snapshot from before allocation_total existed: its periods were issued as
     B x Y x phi per firm, and they go on that way after the upgrade."""
     import json
+
     m = Market()
     m.ok(SetRulesParams(allocation_total="floating"))
     cycle_2026(m)
@@ -861,8 +1018,16 @@ def test_state_written_before_normalisation_loads_as_floating():
     r = ex.modules["rules"]
     assert r.params(2026)["allocation_total"] == "floating"
     assert r.allocation("A", 2026)["allocation_total"] == "floating"
-    ex.apply(RecordVerified(firm_id="A", period=2026, emissions=160_000, output=100_000,
-                            seq=m.ex.last_seq + 1, ts=m.ex.now))
+    ex.apply(
+        RecordVerified(
+            firm_id="A",
+            period=2026,
+            emissions=160_000,
+            output=100_000,
+            seq=m.ex.last_seq + 1,
+            ts=m.ex.now,
+        )
+    )
     ex.apply(ClosePeriod(period=2026, seq=m.ex.last_seq + 2, ts=m.ex.now))
     assert r.allocation("A", 2026)["total"] == 192_199  # floor(1.8 x 100,000 x 1.067777)
     ex.check_invariants()
@@ -871,12 +1036,17 @@ def test_state_written_before_normalisation_loads_as_floating():
 def test_config_table_to_commands():
     from exchange.app.config import load_settings
     from exchange.rules.config import RulesConfig, rules_commands
+
     s = load_settings()
     cmds = rules_commands(s.rules)
     assert cmds[0].TYPE == "set_rules_params" and cmds[0].pre_ratio_ppm == 700_000
     assert {c.product: c.intensity_ppm for c in cmds[1:]} == {
-        "electricity": 800_000, "clinker": 860_000, "crude_steel": 1_800_000}
+        "electricity": 800_000,
+        "clinker": 860_000,
+        "crude_steel": 1_800_000,
+    }
     from exchange.rules.module import DEFAULT_PARAMS
+
     assert RulesConfig().params() == DEFAULT_PARAMS
     assert (DEFAULT_PARAMS["allocation_total"], DEFAULT_PARAMS["cap_tonnes"]) == ("intensity", 0)
     assert (s.rules.allocation_total, s.rules.cap_tonnes) == ("intensity", 0)
@@ -898,10 +1068,12 @@ def test_genesis_builds_rules_from_config():
     from exchange.app.config import load_settings
     from exchange.app.engine import build_exchange
     from exchange.app.market import genesis_commands
+
     seq = Sequencer(build_exchange())
     evs = seq.run(genesis_commands(load_settings()))
-    assert not [e for e in evs if isinstance(e, CommandRejected)], \
-        [e for e in evs if isinstance(e, CommandRejected)]
+    assert not [e for e in evs if isinstance(e, CommandRejected)], [
+        e for e in evs if isinstance(e, CommandRejected)
+    ]
     rules = seq.ex.modules["rules"]
     assert rules.benchmarks["crude_steel"] == 1_800_000
     assert rules.params(2026)["kappa_ppm"] == 200_000
@@ -931,9 +1103,19 @@ def test_core_firm_shares_its_coupling_gain_with_the_sme_that_cut():
     cycle_2026(m)
     m.ok(DepositCash(account="A", amount=10**9))
     for sme in ("S1", "S2"):
-        m.ok(SplitSubQuotas(parent="A", instrument=CEA26, amount=1_000, smes=(sme,),
-                            strategy="equal", revenue_share_ppm=PPM, surplus_rule="revert",
-                            shortfall_rule="parent", chain_id="c1"))
+        m.ok(
+            SplitSubQuotas(
+                parent="A",
+                instrument=CEA26,
+                amount=1_000,
+                smes=(sme,),
+                strategy="equal",
+                revenue_share_ppm=PPM,
+                surplus_rule="revert",
+                shortfall_rule="parent",
+                chain_id="c1",
+            )
+        )
     m.ok(RecordVerified(firm_id="A", period=2026, emissions=170_000, output=100_000))
     m.ok(RecordVerified(firm_id="B", period=2026, emissions=95_000, output=50_000))  # above B
     m.ok(RecordVerified(firm_id="S1", period=2026, emissions=600, output=1_000))
@@ -965,9 +1147,19 @@ def test_no_gain_share_by_default_and_none_without_cash(share):
     m = Market()
     m.ok(SetRulesParams(kappa_ppm=200_000, gain_share_ppm=share))
     cycle_2026(m)
-    m.ok(SplitSubQuotas(parent="A", instrument=CEA26, amount=1_000, smes=("S1",),
-                        strategy="equal", revenue_share_ppm=PPM, surplus_rule="revert",
-                        shortfall_rule="parent", chain_id="c1"))
+    m.ok(
+        SplitSubQuotas(
+            parent="A",
+            instrument=CEA26,
+            amount=1_000,
+            smes=("S1",),
+            strategy="equal",
+            revenue_share_ppm=PPM,
+            surplus_rule="revert",
+            shortfall_rule="parent",
+            chain_id="c1",
+        )
+    )
     for f, e, y in (("A", 170_000, 100_000), ("S1", 600, 1_000)):
         m.ok(RecordVerified(firm_id=f, period=2026, emissions=e, output=y))
     evs = m.ok(ClosePeriod(period=2026))
@@ -996,7 +1188,10 @@ def test_allocation_runs_stay_under_the_cores_max_qty():
     issued = -m.ex.accounts["@issuer"].holdings[CEA26].total
     assert 0 < issued <= MAX_QTY
     # a true-up past the limit: refused, nothing changed; one within it goes through
-    assert_rejected_unchanged(m, RecordVerified(firm_id="A", period=2026, emissions=1,
-                                                output=MAX_QTY * 6 // 10), E.QUANTITY_LIMIT)
+    assert_rejected_unchanged(
+        m,
+        RecordVerified(firm_id="A", period=2026, emissions=1, output=MAX_QTY * 6 // 10),
+        E.QUANTITY_LIMIT,
+    )
     m.ok(RecordVerified(firm_id="A", period=2026, emissions=1, output=MAX_QTY // 4 + 10))
     assert -m.ex.accounts["@issuer"].holdings[CEA26].total <= MAX_QTY

@@ -3,6 +3,7 @@ responsibility against an independent linear-algebra solution on random chains w
 the gap against beta_p (a producer below its product's average gains, one above loses), final
 consumers bearing the average of what they buy, the exact non-productivity check, malformed
 chain files, the CLI, and the worked example of docs/RULES.md §5."""
+
 from __future__ import annotations
 
 import json
@@ -25,7 +26,11 @@ from exchange.rules import formulas as F
 from exchange.rules.api import responsibility_view
 from exchange.rules.chain import ChainError, parse_chain, render_text, responsibility
 from exchange.rules.commands import (
-    ClosePeriod, PreAllocate, RecordVerified, SetBenchmark, SetInputUse,
+    ClosePeriod,
+    PreAllocate,
+    RecordVerified,
+    SetBenchmark,
+    SetInputUse,
 )
 from exchange.rules.events import FactorChanged, PeriodClosed
 
@@ -46,17 +51,29 @@ def random_chain(rng: np.random.Generator) -> list[dict]:
     for p in names:
         for k in range(int(rng.integers(1, 4))):
             out = int(rng.integers(100, 100_000))
-            inputs = {i: int(rng.integers(0, int(out * 0.9 / n) + 1))
-                      for i in names if rng.random() < 0.5}
+            inputs = {
+                i: int(rng.integers(0, int(out * 0.9 / n) + 1)) for i in names if rng.random() < 0.5
+            }
             if rng.random() < 0.2:
                 inputs["imported"] = int(rng.integers(1, 1_000))
-            firms.append({"id": f"{p}-{k}", "product": p, "output": out,
-                          "direct_emissions": int(rng.integers(0, 3 * out)), "inputs": inputs})
+            firms.append(
+                {
+                    "id": f"{p}-{k}",
+                    "product": p,
+                    "output": out,
+                    "direct_emissions": int(rng.integers(0, 3 * out)),
+                    "inputs": inputs,
+                }
+            )
     for k in range(int(rng.integers(0, 3))):
-        firms.append({"id": f"consumer-{k}", "output": 0,
-                      "direct_emissions": int(rng.integers(0, 1_000)),
-                      "inputs": {i: int(rng.integers(1, 5_000)) for i in names
-                                 if rng.random() < 0.6}})
+        firms.append(
+            {
+                "id": f"consumer-{k}",
+                "output": 0,
+                "direct_emissions": int(rng.integers(0, 1_000)),
+                "inputs": {i: int(rng.integers(1, 5_000)) for i in names if rng.random() < 0.6},
+            }
+        )
     return firms
 
 
@@ -80,9 +97,10 @@ def numpy_solution(firms: list[dict]) -> tuple[dict[str, float], dict[str, float
     a = use / y[:, None]
     beta = np.linalg.solve(np.eye(n) - a, e / y)
     b = {p: float(beta[idx[p]]) for p in products}
-    resp = {f["id"]: f["direct_emissions"] + sum(q * b.get(i, 0.0)
-                                                 for i, q in f["inputs"].items())
-            for f in firms}
+    resp = {
+        f["id"]: f["direct_emissions"] + sum(q * b.get(i, 0.0) for i, q in f["inputs"].items())
+        for f in firms
+    }
     return b, resp
 
 
@@ -107,7 +125,7 @@ def test_beta_and_responsibility_equal_numpy_solve(seed):
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.integers(0, 2 ** 32 - 1))
+@given(st.integers(0, 2**32 - 1))
 def test_engine_close_equals_the_chain_tool_and_numpy(seed):
     """The rules module at a close and the chain tool give the same betas and responsibilities
     (one set of formulas), and both equal numpy's solution."""
@@ -117,10 +135,17 @@ def test_engine_close_equals_the_chain_tool_and_numpy(seed):
     seq = Sequencer(ex)
     run = [AddInstrument(symbol="CEA-2026", vintage=2026, reference_price=8500)]
     run += [RegisterFirm(firm_id=f["id"], product=f.get("product", "")) for f in firms]
-    run += [SetInputUse(firm_id=f["id"], period=2026, inputs=tuple(f["inputs"].items()))
-            for f in firms if f["inputs"]]
-    run += [RecordVerified(firm_id=f["id"], period=2026, emissions=f["direct_emissions"],
-                           output=f["output"]) for f in firms]
+    run += [
+        SetInputUse(firm_id=f["id"], period=2026, inputs=tuple(f["inputs"].items()))
+        for f in firms
+        if f["inputs"]
+    ]
+    run += [
+        RecordVerified(
+            firm_id=f["id"], period=2026, emissions=f["direct_emissions"], output=f["output"]
+        )
+        for f in firms
+    ]
     evs = []
     for c in run + [PreAllocate(period=2026), ClosePeriod(period=2026)]:
         evs.extend(seq(c))
@@ -141,7 +166,7 @@ def test_engine_close_equals_the_chain_tool_and_numpy(seed):
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.integers(0, 2 ** 32 - 1))
+@given(st.integers(0, 2**32 - 1))
 def test_below_the_product_average_gains_above_loses(seed):
     """Random chains, every producer reporting (an empty record when it used nothing): each
     producer's gap is against beta_p, its sign is that of beta_p - I_f, phi moves that way, and
@@ -154,10 +179,15 @@ def test_below_the_product_average_gains_above_loses(seed):
     run += [SetBenchmark(product=p, intensity_ppm=1_000_000) for p in products]
     run += [RegisterFirm(firm_id=f["id"], product=f["product"]) for f in firms]
     run += [PreAllocate(period=2026)]
-    run += [SetInputUse(firm_id=f["id"], period=2026, inputs=tuple(f["inputs"].items()))
-            for f in firms]
-    run += [RecordVerified(firm_id=f["id"], period=2026, emissions=f["direct_emissions"],
-                           output=f["output"]) for f in firms]
+    run += [
+        SetInputUse(firm_id=f["id"], period=2026, inputs=tuple(f["inputs"].items())) for f in firms
+    ]
+    run += [
+        RecordVerified(
+            firm_id=f["id"], period=2026, emissions=f["direct_emissions"], output=f["output"]
+        )
+        for f in firms
+    ]
     evs = []
     for c in run + [ClosePeriod(period=2026)]:
         evs.extend(seq(c))
@@ -177,8 +207,9 @@ def test_below_the_product_average_gains_above_loses(seed):
         b = Fr(beta[p], PPM)
         if abs(i - b) > 3 * b / PPM + Fr(1, PPM):  # clear of the ppm roundings
             assert (g > 0) == (i < b)
-            assert (e.phi_after_ppm > e.phi_before_ppm) == (g > 0) or e.phi_after_ppm == \
-                e.phi_before_ppm
+            assert (e.phi_after_ppm > e.phi_before_ppm) == (
+                g > 0
+            ) or e.phi_after_ppm == e.phi_before_ppm
         weighted[p] = weighted.get(p, 0) + f["output"] * g
     for p, w in weighted.items():
         y = sum(f["output"] for f in firms if f["product"] == p)
@@ -206,8 +237,20 @@ def test_non_productive_check_agrees_with_the_spectral_radius(seed):
     n = int(rng.integers(1, 7))
     names = [f"p{k}" for k in range(n)]
     scale = float(rng.choice([0.3, 0.8, 1.2, 2.0]))
-    producers = {p: [(1, 100, {i: int(rng.integers(0, int(100 * scale / n) + 2))
-                               for i in names if rng.random() < 0.5})] for p in names}
+    producers = {
+        p: [
+            (
+                1,
+                100,
+                {
+                    i: int(rng.integers(0, int(100 * scale / n) + 2))
+                    for i in names
+                    if rng.random() < 0.5
+                },
+            )
+        ]
+        for p in names
+    }
     products, _, a = F.responsibility_system(producers)
     rho = _spectral_radius(products, a)
     if abs(rho - 1) < 1e-9:
@@ -224,8 +267,12 @@ def test_non_productive_check_agrees_with_the_spectral_radius(seed):
 
 def test_non_productive_names_only_the_cycle():
     # a <-> b take 1.2 units of each other per unit: no finite beta; c only uses a; d is fine
-    producers = {"a": [(1, 10, {"b": 12})], "b": [(1, 10, {"a": 12})],
-                 "c": [(1, 10, {"a": 1})], "d": [(5, 10, {"d": 5})]}
+    producers = {
+        "a": [(1, 10, {"b": 12})],
+        "b": [(1, 10, {"a": 12})],
+        "c": [(1, 10, {"a": 1})],
+        "d": [(5, 10, {"d": 5})],
+    }
     with pytest.raises(F.Diverges) as exc:
         F.responsibility_factors(producers)
     assert exc.value.products == ("a", "b")
@@ -247,19 +294,22 @@ def test_singular_system_is_non_productive():
 GOOD = {"id": "M", "product": "steel", "direct_emissions": 10, "output": 10, "inputs": {}}
 
 
-@pytest.mark.parametrize("firm, field", [
-    (dict(GOOD, output=-5), "firms[0] (M).output: must be a whole number >= 0, got -5"),
-    (dict(GOOD, direct_emissions=-1), "firms[0] (M).direct_emissions"),
-    (dict(GOOD, output=1.5), "firms[0] (M).output"),
-    (dict(GOOD, output=True), "firms[0] (M).output"),
-    (dict(GOOD, output="10"), "firms[0] (M).output"),
-    ({k: v for k, v in GOOD.items() if k != "output"}, "firms[0] (M).output: missing"),
-    (dict(GOOD, inputs={"ore": -3}), "firms[0] (M).inputs.ore"),
-    (dict(GOOD, inputs=[1, 2]), "firms[0] (M).inputs"),
-    (dict(GOOD, product=""), "firms[0] (M).product: needed when output > 0"),
-    (dict(GOOD, outptu=3), "firms[0] (M).outptu: unknown field"),
-    (dict(GOOD, id=""), "firms[0].id"),
-])
+@pytest.mark.parametrize(
+    "firm, field",
+    [
+        (dict(GOOD, output=-5), "firms[0] (M).output: must be a whole number >= 0, got -5"),
+        (dict(GOOD, direct_emissions=-1), "firms[0] (M).direct_emissions"),
+        (dict(GOOD, output=1.5), "firms[0] (M).output"),
+        (dict(GOOD, output=True), "firms[0] (M).output"),
+        (dict(GOOD, output="10"), "firms[0] (M).output"),
+        ({k: v for k, v in GOOD.items() if k != "output"}, "firms[0] (M).output: missing"),
+        (dict(GOOD, inputs={"ore": -3}), "firms[0] (M).inputs.ore"),
+        (dict(GOOD, inputs=[1, 2]), "firms[0] (M).inputs"),
+        (dict(GOOD, product=""), "firms[0] (M).product: needed when output > 0"),
+        (dict(GOOD, outptu=3), "firms[0] (M).outptu: unknown field"),
+        (dict(GOOD, id=""), "firms[0].id"),
+    ],
+)
 def test_malformed_chain_names_the_field(firm, field):
     with pytest.raises(ChainError) as exc:
         parse_chain({"firms": [firm]})
@@ -276,15 +326,19 @@ def test_malformed_chain_top_level_and_duplicates():
 
 
 def test_non_productive_chain_is_an_error_naming_the_products():
-    firms = [dict(GOOD, id="A", product="a", inputs={"b": 12}),
-             dict(GOOD, id="B", product="b", inputs={"a": 12})]
+    firms = [
+        dict(GOOD, id="A", product="a", inputs={"b": 12}),
+        dict(GOOD, id="B", product="b", inputs={"a": 12}),
+    ]
     with pytest.raises(ChainError, match="non-productive network: a, b"):
         responsibility(parse_chain({"firms": firms}))
 
 
 def test_input_nobody_makes_counts_zero_and_is_reported():
-    firms = [dict(GOOD, inputs={"diesel": 7, "steel": 1}),
-             {"id": "C", "direct_emissions": 0, "output": 0, "inputs": {"diesel": 3}}]
+    firms = [
+        dict(GOOD, inputs={"diesel": 7, "steel": 1}),
+        {"id": "C", "direct_emissions": 0, "output": 0, "inputs": {"diesel": 3}},
+    ]
     # undeclared, a product nobody makes is an error naming the field (usually a typo)
     with pytest.raises(ChainError, match=r"firms\[0\] \(M\)\.inputs\.diesel: nobody in "):
         parse_chain({"firms": firms})
@@ -300,14 +354,33 @@ def test_input_nobody_makes_counts_zero_and_is_reported():
 # docs/RULES.md §5: power P1; steel S1 (below the average), S2 (above it); a final consumer C
 
 WORKED = [
-    {"id": "P1", "product": "power", "direct_emissions": 500, "output": 1_000,
-     "inputs": {"steel": 200}},
-    {"id": "S1", "product": "steel", "direct_emissions": 800, "output": 500,
-     "inputs": {"power": 200}},
-    {"id": "S2", "product": "steel", "direct_emissions": 1_200, "output": 500,
-     "inputs": {"power": 300}},
-    {"id": "C", "direct_emissions": 100, "output": 0,
-     "inputs": {"steel": 400, "power": 100, "cement": 50}},
+    {
+        "id": "P1",
+        "product": "power",
+        "direct_emissions": 500,
+        "output": 1_000,
+        "inputs": {"steel": 200},
+    },
+    {
+        "id": "S1",
+        "product": "steel",
+        "direct_emissions": 800,
+        "output": 500,
+        "inputs": {"power": 200},
+    },
+    {
+        "id": "S2",
+        "product": "steel",
+        "direct_emissions": 1_200,
+        "output": 500,
+        "inputs": {"power": 300},
+    },
+    {
+        "id": "C",
+        "direct_emissions": 100,
+        "output": 0,
+        "inputs": {"steel": 400, "power": 100, "cement": 50},
+    },
 ]
 
 
@@ -317,12 +390,20 @@ def test_worked_example_chain_tool():
     assert {p["product"]: p["beta"] for p in res["products"]} == {"power": "1", "steel": "2.5"}
     rows = {r["id"]: r for r in res["firms"]}
     assert {k: r["responsibility_t"] for k, r in rows.items()} == {
-        "P1": "1000", "S1": "1000", "S2": "1500", "C": "1200"}
+        "P1": "1000",
+        "S1": "1000",
+        "S2": "1500",
+        "C": "1200",
+    }
     assert (rows["S1"]["gap"], rows["S2"]["gap"]) == ("0.2", "-0.2")
     assert (rows["S1"]["excess_t"], rows["S2"]["excess_t"]) == ("-250", "250")
     assert rows["C"]["role"] == "final consumer" and rows["C"]["outside_inputs"] == ["cement"]
-    assert res["balance"] == {"direct_emissions_t": "2600", "final_consumers_t": "1200",
-                              "not_used_in_chain_t": "1400", "rounding_t": "0"}
+    assert res["balance"] == {
+        "direct_emissions_t": "2600",
+        "final_consumers_t": "1200",
+        "not_used_in_chain_t": "1400",
+        "rounding_t": "0",
+    }
 
 
 class Market:
@@ -330,11 +411,13 @@ class Market:
         self.ex = Exchange(modules=(RulesModule,))
         self.seq = Sequencer(self.ex)
         self.rules: RulesModule = self.ex.modules["rules"]
-        self.ok(AddInstrument(symbol="CEA-2026", vintage=2026, reference_price=8500),
-                SetBenchmark(product="steel", intensity_ppm=2_200_000),
-                SetBenchmark(product="power", intensity_ppm=600_000),
-                *[RegisterFirm(firm_id=f["id"], product=f.get("product", "")) for f in WORKED],
-                PreAllocate(period=2026))
+        self.ok(
+            AddInstrument(symbol="CEA-2026", vintage=2026, reference_price=8500),
+            SetBenchmark(product="steel", intensity_ppm=2_200_000),
+            SetBenchmark(product="power", intensity_ppm=600_000),
+            *[RegisterFirm(firm_id=f["id"], product=f.get("product", "")) for f in WORKED],
+            PreAllocate(period=2026),
+        )
 
     def ok(self, *cmds) -> list:
         out = []
@@ -345,11 +428,17 @@ class Market:
         return out
 
     def close(self, with_inputs: bool = True) -> dict:
-        cmds = [RecordVerified(firm_id=f["id"], period=2026, emissions=f["direct_emissions"],
-                               output=f["output"]) for f in WORKED]
+        cmds = [
+            RecordVerified(
+                firm_id=f["id"], period=2026, emissions=f["direct_emissions"], output=f["output"]
+            )
+            for f in WORKED
+        ]
         if with_inputs:
-            cmds += [SetInputUse(firm_id=f["id"], period=2026,
-                                 inputs=tuple(f["inputs"].items())) for f in WORKED]
+            cmds += [
+                SetInputUse(firm_id=f["id"], period=2026, inputs=tuple(f["inputs"].items()))
+                for f in WORKED
+            ]
         evs = self.ok(*cmds, ClosePeriod(period=2026))
         return {e.firm_id: e for e in evs if isinstance(e, FactorChanged)}
 
@@ -373,7 +462,10 @@ def test_worked_example_gap_against_beta_p():
     assert "C" not in fc
     view = responsibility_view(m.rules, "C")
     assert (view["responsibility_t"], view["embodied_t"], view["intensity"]) == (
-        "1200", "1100", None)
+        "1200",
+        "1100",
+        None,
+    )
     assert view["outside_inputs"] == ["cement"] and view["verified"] is True
     assert responsibility_view(m.rules, "S2")["responsibility_t"] == "1500"
 
@@ -393,11 +485,20 @@ def test_partial_input_data_compares_direct_intensity_with_the_benchmark():
     (none), and reward not declaring. Steel then falls back to direct intensity against B;
     power (every producer reported) stays on beta_power."""
     m = Market()
-    evs = m.ok(*[RecordVerified(firm_id=f["id"], period=2026, emissions=f["direct_emissions"],
-                                output=f["output"]) for f in WORKED],
-               *[SetInputUse(firm_id=f["id"], period=2026, inputs=tuple(f["inputs"].items()))
-                 for f in WORKED if f["id"] != "S2"],
-               ClosePeriod(period=2026))
+    evs = m.ok(
+        *[
+            RecordVerified(
+                firm_id=f["id"], period=2026, emissions=f["direct_emissions"], output=f["output"]
+            )
+            for f in WORKED
+        ],
+        *[
+            SetInputUse(firm_id=f["id"], period=2026, inputs=tuple(f["inputs"].items()))
+            for f in WORKED
+            if f["id"] != "S2"
+        ],
+        ClosePeriod(period=2026),
+    )
     fc = {e.firm_id: e for e in evs if isinstance(e, FactorChanged)}
     s1 = fc["S1"]
     assert (s1.inputs["reference"], s1.inputs["reference_ppm"]) == ("benchmark", 2_200_000)
@@ -406,24 +507,43 @@ def test_partial_input_data_compares_direct_intensity_with_the_benchmark():
     assert fc["P1"].inputs["reference"] == "responsibility"
     # S2 then declares it used nothing it reports: an empty record is a report, steel is whole
     m = Market()
-    evs = m.ok(*[RecordVerified(firm_id=f["id"], period=2026, emissions=f["direct_emissions"],
-                                output=f["output"]) for f in WORKED],
-               *[SetInputUse(firm_id=f["id"], period=2026,
-                             inputs=() if f["id"] == "S2" else tuple(f["inputs"].items()))
-                 for f in WORKED],
-               ClosePeriod(period=2026))
+    evs = m.ok(
+        *[
+            RecordVerified(
+                firm_id=f["id"], period=2026, emissions=f["direct_emissions"], output=f["output"]
+            )
+            for f in WORKED
+        ],
+        *[
+            SetInputUse(
+                firm_id=f["id"],
+                period=2026,
+                inputs=() if f["id"] == "S2" else tuple(f["inputs"].items()),
+            )
+            for f in WORKED
+        ],
+        ClosePeriod(period=2026),
+    )
     fc = {e.firm_id: e for e in evs if isinstance(e, FactorChanged)}
     assert fc["S1"].inputs["reference"] == fc["S2"].inputs["reference"] == "responsibility"
 
 
 def test_consumer_with_input_use_but_no_verification_bears_its_inputs():
     m = Market()
-    m.ok(SetInputUse(firm_id="C", period=2026, inputs=(("steel", 400), ("power", 100))),
-         *[SetInputUse(firm_id=f["id"], period=2026, inputs=tuple(f["inputs"].items()))
-           for f in WORKED[:3]],
-         *[RecordVerified(firm_id=f["id"], period=2026, emissions=f["direct_emissions"],
-                          output=f["output"]) for f in WORKED[:3]],
-         ClosePeriod(period=2026))
+    m.ok(
+        SetInputUse(firm_id="C", period=2026, inputs=(("steel", 400), ("power", 100))),
+        *[
+            SetInputUse(firm_id=f["id"], period=2026, inputs=tuple(f["inputs"].items()))
+            for f in WORKED[:3]
+        ],
+        *[
+            RecordVerified(
+                firm_id=f["id"], period=2026, emissions=f["direct_emissions"], output=f["output"]
+            )
+            for f in WORKED[:3]
+        ],
+        ClosePeriod(period=2026),
+    )
     fr = m.rules.responsibility("C")
     assert (fr["verified"], fr["emissions"], fr["responsibility_ppm"]) == (False, 0, 1_100 * PPM)
 
@@ -441,8 +561,13 @@ def test_state_from_before_keeps_its_responsibility_records():
 
 
 def _cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "exchange", "rules", "responsibility", *args],
-                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "exchange", "rules", "responsibility", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
 
 
 def test_cli_json_on_the_example_chain():
@@ -455,6 +580,7 @@ def test_cli_json_on_the_example_chain():
     assert [o["product"] for o in out["outside_inputs"]] == ["diesel"]
     # the same numbers as the library, which the numpy tests hold to linear algebra
     import tomllib
+
     firms = tomllib.loads(EXAMPLE.read_text())["firms"]
     beta, resp = numpy_solution([dict(f, inputs=f.get("inputs", {})) for f in firms])
     for p in out["products"]:
@@ -475,9 +601,11 @@ def test_cli_table_and_errors(tmp_path):
     r = _cli(str(bad), "--json")
     assert r.returncode == 2 and "firms[0] (X).output" in r.stderr and not r.stdout
     loop = tmp_path / "loop.toml"
-    loop.write_text('[[firms]]\nid = "A"\nproduct = "a"\ndirect_emissions = 1\noutput = 1\n'
-                    'inputs = { b = 2 }\n[[firms]]\nid = "B"\nproduct = "b"\n'
-                    'direct_emissions = 1\noutput = 1\ninputs = { a = 1 }\n')
+    loop.write_text(
+        '[[firms]]\nid = "A"\nproduct = "a"\ndirect_emissions = 1\noutput = 1\n'
+        'inputs = { b = 2 }\n[[firms]]\nid = "B"\nproduct = "b"\n'
+        "direct_emissions = 1\noutput = 1\ninputs = { a = 1 }\n"
+    )
     r = _cli(str(loop))
     assert r.returncode == 2 and "non-productive network: a, b" in r.stderr
     r = _cli(str(tmp_path / "missing.toml"))
@@ -489,15 +617,19 @@ def test_cli_table_and_errors(tmp_path):
 
 async def test_responsibility_endpoints(tmp_path):
     from test_server import POWER, STEEL, op, running_server
+
     async with running_server(tmp_path) as srv:
-        st, body = await op(srv, "POST", "/rules/input-use", {
-            "firm_id": "STEEL1", "period": 2026, "inputs": [{"product": "power", "qty": 10}]})
+        st, body = await op(
+            srv,
+            "POST",
+            "/rules/input-use",
+            {"firm_id": "STEEL1", "period": 2026, "inputs": [{"product": "power", "qty": 10}]},
+        )
         assert st == 200, body
         st, body = await op(srv, "GET", "/rules/responsibility")
         assert st == 200 and body == {"firms": []}  # nothing closed yet
         st, body = await op(srv, "GET", "/rules/responsibility/STEEL1", key=STEEL)
-        assert st == 200 and body == {"firm_id": "STEEL1", "period": None,
-                                      "responsibility_t": None}
+        assert st == 200 and body == {"firm_id": "STEEL1", "period": None, "responsibility_t": None}
         st, body = await op(srv, "GET", "/rules/responsibility/STEEL1", key=POWER)
         assert st == 403
         st, body = await op(srv, "GET", "/rules/responsibility/NOPE")

@@ -1,5 +1,6 @@
 """The responsibility-factor iteration converges to the direct solution of the same linear
 system, ``(I - A) beta = c``, solved with numpy on random supply networks (cycles included)."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -2,6 +2,7 @@
 in one place (exchange/core/_sc_layout.py; ADR 0013). The check must pass on the installed
 release and fail loudly, naming the version, on one that changed the layout; the compiled book
 runs it when it is set up."""
+
 from __future__ import annotations
 
 import importlib
@@ -35,8 +36,9 @@ def test_another_major_version_is_refused_with_its_version(monkeypatch):
 def test_a_renamed_private_attribute_is_refused_with_the_version(monkeypatch):
     # what a release that renamed SortedList._lists looks like to the check
     monkeypatch.setattr(_sc_layout, "LISTS", "_sublists")
-    with pytest.raises(_sc_layout.LayoutError,
-                       match=rf"sortedcontainers {sortedcontainers.__version__}: .*missing"):
+    with pytest.raises(
+        _sc_layout.LayoutError, match=rf"sortedcontainers {sortedcontainers.__version__}: .*missing"
+    ):
         _sc_layout.check()
 
 
@@ -56,8 +58,9 @@ def test_a_changed_meaning_is_refused():
             super().__init__(*a, **k)
             self._list = CopyingList(self._list)
 
-    fake = types.SimpleNamespace(__version__="2.9.0", SortedDict=CopyingDict,
-                                 SortedList=sortedcontainers.SortedList)
+    fake = types.SimpleNamespace(
+        __version__="2.9.0", SortedDict=CopyingDict, SortedList=sortedcontainers.SortedList
+    )
     with pytest.raises(_sc_layout.LayoutError, match=r"sortedcontainers 2\.9\.0: "):
         _sc_layout.check(fake)
 
@@ -71,5 +74,6 @@ def test_the_compiled_book_checks_the_layout_when_it_is_set_up(monkeypatch):
     spec.loader.exec_module(accel)
     monkeypatch.setattr(sortedcontainers, "__version__", "3.0.0")
     with pytest.raises(_sc_layout.LayoutError, match=r"3\.0\.0"):
-        accel.setup({"OrderBook": book_mod.OrderBook, "Order": book_mod.Order,
-                     "Level": book_mod.Level})
+        accel.setup(
+            {"OrderBook": book_mod.OrderBook, "Order": book_mod.Order, "Level": book_mod.Level}
+        )

@@ -1,5 +1,6 @@
 """Integration tests: the real server (SQLite journal) on a free loopback port, real websocket
 clients. The helpers here (``running_server``, ``op``) are reused by tests/test_server_*.py."""
+
 from __future__ import annotations
 
 import asyncio
@@ -19,8 +20,12 @@ from exchange.app.config import load_settings
 from exchange.app.server import STATE_KEY, create_app
 
 OPERATOR = "operator-demo-key"
-POWER, CEMENT, STEEL, SME1 = ("demo-key-power1", "demo-key-cement1", "demo-key-steel1",
-                              "demo-key-sme1")
+POWER, CEMENT, STEEL, SME1 = (
+    "demo-key-power1",
+    "demo-key-cement1",
+    "demo-key-steel1",
+    "demo-key-sme1",
+)
 I = "CEA-2026"
 
 
@@ -47,8 +52,7 @@ async def op(srv, method, path, body=None, key=OPERATOR):
     """An operator HTTP call: (status, json)."""
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     async with aiohttp.ClientSession() as s:
-        async with s.request(method, srv.http + "/api/v1" + path, json=body,
-                             headers=headers) as r:
+        async with s.request(method, srv.http + "/api/v1" + path, json=body, headers=headers) as r:
             return r.status, await r.json(content_type=None)
 
 
@@ -70,10 +74,14 @@ async def server(tmp_path):
 
 # ------------------------------------------------------------------------------ trading
 
+
 async def test_two_firms_trade_and_see_reports_and_balances(server):
     url = server.ws_url
-    async with ExchangeClient(url, POWER) as seller, ExchangeClient(url, CEMENT) as buyer, \
-            ExchangeClient(url, STEEL) as watcher:
+    async with (
+        ExchangeClient(url, POWER) as seller,
+        ExchangeClient(url, CEMENT) as buyer,
+        ExchangeClient(url, STEEL) as watcher,
+    ):
         for c in (seller, buyer):
             await c.subscribe("executions")
             await c.subscribe("balances")
@@ -90,8 +98,7 @@ async def test_two_firms_trade_and_see_reports_and_balances(server):
         # seller: new, then a maker fill at its own price
         _, _, new = await seller.next_push("executions")
         _, seq, fill = await seller.next_push("executions")
-        assert (new["exec_type"], fill["exec_type"], fill["liquidity"]) == ("new", "trade",
-                                                                            "maker")
+        assert (new["exec_type"], fill["exec_type"], fill["liquidity"]) == ("new", "trade", "maker")
         assert fill["last_qty"] == 200 and fill["last_px"] == "85.30" and seq == 2
         assert fill["account"] == "POWER1" and fill["order_status"] == "partially_filled"
         # buyer: new then taker fill
@@ -128,9 +135,21 @@ async def test_place_order_is_idempotent_by_client_order_id(server):
         again = await c.place_order(I, "sell", 10, "86.00", client_order_id="idem-1")
         assert again["order_id"] == first["order_id"] and again["replayed"] is True
         # concurrent duplicates in one frame: one order
-        res = await c.send_batch([("place_order", {"instrument": I, "side": "sell", "qty": 5,
-                                                   "price": "86.10",
-                                                   "client_order_id": "idem-2"})] * 3)
+        res = await c.send_batch(
+            [
+                (
+                    "place_order",
+                    {
+                        "instrument": I,
+                        "side": "sell",
+                        "qty": 5,
+                        "price": "86.10",
+                        "client_order_id": "idem-2",
+                    },
+                )
+            ]
+            * 3
+        )
         assert len({r["order_id"] for r in res}) == 1
         # a rejected order's retry gets the same reject, not a second attempt
         for _ in range(2):
@@ -167,8 +186,10 @@ async def test_cancel_amend_cancel_all(server):
 
 
 async def test_firm_cannot_see_or_cancel_another_firms_order(server):
-    async with ExchangeClient(server.ws_url, POWER) as a, \
-            ExchangeClient(server.ws_url, CEMENT) as b:
+    async with (
+        ExchangeClient(server.ws_url, POWER) as a,
+        ExchangeClient(server.ws_url, CEMENT) as b,
+    ):
         await a.subscribe("executions")
         r = await b.place_order(I, "buy", 10, "84.00", client_order_id="mine")
         with pytest.raises(ExchangeError) as e:
@@ -187,12 +208,15 @@ async def test_firm_cannot_see_or_cancel_another_firms_order(server):
         assert all(d["account"] == "POWER1" for _, _, d in a.drain("executions"))
         # there is no parameter to name another account
         with pytest.raises(ExchangeError) as e:
-            await a.request("place_order", {"instrument": I, "side": "buy", "qty": 1,
-                                            "price": "84.00", "account": "CEMENT1"})
+            await a.request(
+                "place_order",
+                {"instrument": I, "side": "buy", "qty": 1, "price": "84.00", "account": "CEMENT1"},
+            )
         assert e.value.code == "INVALID_PARAMS"
 
 
 # ------------------------------------------------------------------------------ auth
+
 
 async def test_auth_failures_and_roles(server):
     async with ExchangeClient(server.ws_url) as anon:
@@ -229,8 +253,9 @@ async def test_auth_failures_and_roles(server):
 async def test_issue_and_revoke_api_key_over_http(server):
     status, firm = await op(server, "POST", "/firms", {"firm_id": "NEWCO", "name": "New Co"})
     assert status == 200, firm
-    assert (await op(server, "POST", "/deposits", {"account": "NEWCO",
-                                                   "amount": "1000.00"}))[0] == 200
+    assert (await op(server, "POST", "/deposits", {"account": "NEWCO", "amount": "1000.00"}))[
+        0
+    ] == 200
     status, k = await op(server, "POST", "/api-keys", {"role": "firm", "firm_id": "NEWCO"})
     assert status == 201 and k["api_key"]
     _, keys = await op(server, "GET", "/api-keys")
@@ -254,11 +279,11 @@ async def test_issue_and_revoke_api_key_over_http(server):
 async def test_operator_api_validation_halt_and_openapi(server):
     status, body = await op(server, "POST", "/deposits", {"account": "POWER1", "amount": 5})
     assert status == 422 and body["error"]["code"] == "INVALID_PARAMS"
-    status, body = await op(server, "POST", "/deposits", {"account": "NOBODY",
-                                                          "amount": "5.00"})
+    status, body = await op(server, "POST", "/deposits", {"account": "NOBODY", "amount": "5.00"})
     assert status == 404 and body["error"]["code"] == "UNKNOWN_ACCOUNT"
-    status, body = await op(server, "POST", "/issuance", {"account": "SME1", "instrument": I,
-                                                          "qty": 100})
+    status, body = await op(
+        server, "POST", "/issuance", {"account": "SME1", "instrument": I, "qty": 100}
+    )
     assert status == 200 and body["events"][0]["type"] == "posting"
     status, _ = await op(server, "POST", "/halt", {"instrument": I})
     assert status == 200
@@ -275,8 +300,9 @@ async def test_operator_api_validation_halt_and_openapi(server):
     status, doc = await op(server, "GET", "/openapi.json", key=None)
     assert status == 200 and doc["openapi"].startswith("3.")
     assert "/api/v1/api-keys" in doc["paths"] and "/api/v1/deposits" in doc["paths"]
-    schema = doc["paths"]["/api/v1/deposits"]["post"]["requestBody"]["content"][
-        "application/json"]["schema"]
+    schema = doc["paths"]["/api/v1/deposits"]["post"]["requestBody"]["content"]["application/json"][
+        "schema"
+    ]
     assert schema["$ref"].split("/")[-1] in doc["components"]["schemas"]
     assert "ErrorBody" in doc["components"]["schemas"]
     status, st = await op(server, "GET", "/state")
@@ -298,8 +324,13 @@ async def test_health_ready_metrics(server):
                 await c.place_order(I, "sell", 10**6, "85.00")
             async with s.get(server.http + "/metrics") as r:
                 text = await r.text()
-    for name in ("exchange_orders_total", "exchange_trades_total", "exchange_journal_lag",
-                 "exchange_ws_connections", "exchange_rejects_total"):
+    for name in (
+        "exchange_orders_total",
+        "exchange_trades_total",
+        "exchange_journal_lag",
+        "exchange_ws_connections",
+        "exchange_rejects_total",
+    ):
         assert f"# TYPE {name} " in text
     assert 'exchange_rejects_total{reason="OVER_MAX_ORDER_SIZE",source="core"} 1' in text
     assert "# TYPE exchange_snapshots_total counter" in text
@@ -311,6 +342,7 @@ def _hold_the_loop(seconds: float) -> None:
 
 async def test_loop_watchdog_logs_a_stall_with_the_stack_holding_the_loop(caplog):
     from exchange.server.watchdog import LoopWatchdog
+
     wd = LoopWatchdog(threshold=0.05)
     wd.start()
     try:
@@ -332,6 +364,7 @@ async def test_loop_watchdog_logs_a_stall_with_the_stack_holding_the_loop(caplog
 
 async def test_loop_watchdog_warns_at_most_once_per_interval(caplog):
     from exchange.server.watchdog import LoopWatchdog
+
     wd = LoopWatchdog(threshold=0.03)
     wd.start()
     try:
@@ -347,6 +380,7 @@ async def test_loop_watchdog_warns_at_most_once_per_interval(caplog):
 
 
 # ------------------------------------------------------------------------------ session options
+
 
 async def test_cancel_on_disconnect(server):
     c = ExchangeClient(server.ws_url, POWER, cancel_on_disconnect=True)
@@ -379,15 +413,25 @@ async def test_overload_refuses_new_orders_with_one_reply_each(tmp_path):
     async with running_server(tmp_path, max_commands_in_flight=3) as srv:
         ex = srv.st.exchange
         async with ExchangeClient(srv.ws_url, POWER) as c:
-            live = await c.place_order(instrument=I, side="sell", qty=1, price="86.50",
-                                       client_order_id="keep")
+            live = await c.place_order(
+                instrument=I, side="sell", qty=1, price="86.50", client_order_id="keep"
+            )
             seq = ex.last_seq
             # one frame: all of it is handled in one go, before any journal batch is durable
-            reqs = [("place_order", {"instrument": I, "side": "sell", "qty": 1,
-                                     "price": "86.00", "client_order_id": f"o{i}"})
-                    for i in range(6)]
-            reqs.append(("amend_order", {"order_id": live["order_id"], "qty": 1,
-                                         "price": "86.40"}))
+            reqs = [
+                (
+                    "place_order",
+                    {
+                        "instrument": I,
+                        "side": "sell",
+                        "qty": 1,
+                        "price": "86.00",
+                        "client_order_id": f"o{i}",
+                    },
+                )
+                for i in range(6)
+            ]
+            reqs.append(("amend_order", {"order_id": live["order_id"], "qty": 1, "price": "86.40"}))
             reqs.append(("cancel_order", {"order_id": live["order_id"]}))
             res = await c.send_batch(reqs)
             assert len(res) == len(reqs)
@@ -399,8 +443,9 @@ async def test_overload_refuses_new_orders_with_one_reply_each(tmp_path):
             assert srv.st.gateway.metrics.overloaded == 4
             assert srv.st.gateway.metrics.overloaded_by == {"in_flight": 4}
             # a refused client_order_id was not remembered: the retry is a new order
-            again = await c.place_order(instrument=I, side="sell", qty=1, price="86.00",
-                                        client_order_id="o4")
+            again = await c.place_order(
+                instrument=I, side="sell", qty=1, price="86.00", client_order_id="o4"
+            )
             assert again["client_order_id"] == "o4" and "replayed" not in again
         async with aiohttp.ClientSession() as http:
             async with http.get(srv.http + "/metrics") as r:
@@ -414,22 +459,36 @@ async def test_book_updates_are_grouped_per_interval_and_complete(tmp_path):
     async with running_server(tmp_path, book_push_interval_ms=300) as srv:
         ch = f"book:{I}:main"
         ex = srv.st.exchange
-        async with ExchangeClient(srv.ws_url, POWER) as trader, \
-                ExchangeClient(srv.ws_url, STEEL) as early, \
-                ExchangeClient(srv.ws_url, CEMENT) as late:
+        async with (
+            ExchangeClient(srv.ws_url, POWER) as trader,
+            ExchangeClient(srv.ws_url, STEEL) as early,
+            ExchangeClient(srv.ws_url, CEMENT) as late,
+        ):
             snap_early = (await early.subscribe(ch))["seq"]
             loop = asyncio.get_running_loop()
             t0 = loop.time()
-            res = await trader.send_batch([("place_order", {
-                "instrument": I, "side": "sell", "qty": 1, "price": f"{87 + i / 100:.2f}"})
-                for i in range(5)])
+            res = await trader.send_batch(
+                [
+                    (
+                        "place_order",
+                        {"instrument": I, "side": "sell", "qty": 1, "price": f"{87 + i / 100:.2f}"},
+                    )
+                    for i in range(5)
+                ]
+            )
             assert all(isinstance(r, dict) for r in res)
             assert loop.time() - t0 < 0.25  # replies are not held back with the book
             assert ex.books[(I, "main")].seq == snap_early + 5
             snap_late = (await late.subscribe(ch))["seq"]  # while the 5 are held back
-            res = await trader.send_batch([("place_order", {
-                "instrument": I, "side": "sell", "qty": 1, "price": f"{88 + i / 100:.2f}"})
-                for i in range(3)])
+            res = await trader.send_batch(
+                [
+                    (
+                        "place_order",
+                        {"instrument": I, "side": "sell", "qty": 1, "price": f"{88 + i / 100:.2f}"},
+                    )
+                    for i in range(3)
+                ]
+            )
             last = ex.books[(I, "main")].seq
             for client, first in ((early, snap_early), (late, snap_late)):
                 seqs = []
@@ -478,14 +537,19 @@ async def test_slow_consumer_is_disconnected(tmp_path):
     async with running_server(tmp_path, send_queue_max=200) as srv:
         async with ExchangeClient(srv.ws_url, POWER) as fast:
             # a deep book, so that each book snapshot is a few kB
-            res = await fast.send_batch([("place_order", {
-                "instrument": I, "side": "sell", "qty": 1, "price": f"{86 + i / 100:.2f}"})
-                for i in range(150)])
+            res = await fast.send_batch(
+                [
+                    (
+                        "place_order",
+                        {"instrument": I, "side": "sell", "qty": 1, "price": f"{86 + i / 100:.2f}"},
+                    )
+                    for i in range(150)
+                ]
+            )
             assert all(isinstance(r, dict) for r in res)
             # a client that sends requests but never reads its socket
             async with aiohttp.ClientSession() as http:
-                ws = await http.ws_connect(srv.ws_url, headers={
-                    "Authorization": f"Bearer {STEEL}"})
+                ws = await http.ws_connect(srv.ws_url, headers={"Authorization": f"Bearer {STEEL}"})
                 sub = '{"req_id":1,"method":"subscribe","params":{"channel":"book:%s:main"}}' % I
                 gw = srv.st.gateway
                 for _ in range(60):
@@ -502,8 +566,9 @@ async def test_slow_consumer_is_disconnected(tmp_path):
 async def test_batch_mode_frames(server):
     async with ExchangeClient(server.ws_url, POWER, batch=True) as c:
         await c.subscribe("executions")
-        res = await c.send_batch([("place_order", {"instrument": I, "side": "sell", "qty": 1,
-                                                   "price": "86.00"})] * 10)
+        res = await c.send_batch(
+            [("place_order", {"instrument": I, "side": "sell", "qty": 1, "price": "86.00"})] * 10
+        )
         assert len({r["order_id"] for r in res}) == 10
         assert server.st.gateway.metrics.frames_out < server.st.gateway.metrics.messages_out
 
@@ -523,8 +588,17 @@ def test_protocol_doc_lists_every_method_and_gateway_code():
     assert len(codes) >= 20
     missing = [c for c in codes if f"`{c}`" not in doc]
     assert not missing, missing
-    builtin = ("auth", "ping", "place_order", "cancel_order", "amend_order", "cancel_all",
-               "open_orders", "subscribe", "unsubscribe")
+    builtin = (
+        "auth",
+        "ping",
+        "place_order",
+        "cancel_order",
+        "amend_order",
+        "cancel_all",
+        "open_orders",
+        "subscribe",
+        "unsubscribe",
+    )
     assert set(builtin) <= set(METHODS)
     assert [m for m in builtin if f"`{m}`" not in doc] == []
 
@@ -539,8 +613,11 @@ async def test_heartbeat_closes_a_silent_peer(tmp_path):
             while loop.time() < end:
                 msg = await silent.receive(timeout=3)
                 kinds.append(msg.type)
-                if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
-                                aiohttp.WSMsgType.ERROR):
+                if msg.type in (
+                    aiohttp.WSMsgType.CLOSE,
+                    aiohttp.WSMsgType.CLOSED,
+                    aiohttp.WSMsgType.ERROR,
+                ):
                     break
             assert aiohttp.WSMsgType.PING in kinds and kinds[-1] != aiohttp.WSMsgType.PING
             assert alive.connected and (await alive.ping())["pong"]  # it answers pings
@@ -606,8 +683,9 @@ async def test_journal_failure_turns_requests_away_and_readyz_red(server):
             with pytest.raises(ExchangeError) as e:
                 await c.place_order(I, "sell", 1, "86.00")
             assert e.value.code == "SHUTTING_DOWN"
-            status, body = await op(server, "POST", "/deposits", {"account": "POWER1",
-                                                                  "amount": "1.00"})
+            status, body = await op(
+                server, "POST", "/deposits", {"account": "POWER1", "amount": "1.00"}
+            )
             assert status == 503 and body["error"]["code"] == "SHUTTING_DOWN"
             async with aiohttp.ClientSession() as s:
                 async with s.get(server.http + "/readyz") as r:
@@ -639,12 +717,65 @@ def test_execution_report_bytes_are_wire_er():
 
     evs = [
         ExecutionReport("F1", 7, "c-1", I, "main", "buy", "new", "new", 8540, 10, 0, 0, 0, 10),
-        ExecutionReport("F1", 7, "c-1", I, "main", "buy", "trade", "partially_filled", 8540,
-                        10, 4, 8530, 4, 6, None, 12, 1706, "maker", 1795378000000000001),
-        ExecutionReport("F\"2", 0, 'q"\\\u00e9\u2028\x01', "X", "sme", "sell", "rejected",
-                        "rejected", None, 5, 0, 0, 0, 0, "INSUFFICIENT_FUNDS"),
-        ExecutionReport("F1", 8, None, I, "main", "sell", "canceled", "canceled", 1, 3, 0, 0,
-                        0, 0, "CANCELED_BY_CLIENT", 0, 0, None, 5),
+        ExecutionReport(
+            "F1",
+            7,
+            "c-1",
+            I,
+            "main",
+            "buy",
+            "trade",
+            "partially_filled",
+            8540,
+            10,
+            4,
+            8530,
+            4,
+            6,
+            None,
+            12,
+            1706,
+            "maker",
+            1795378000000000001,
+        ),
+        ExecutionReport(
+            'F"2',
+            0,
+            'q"\\\u00e9\u2028\x01',
+            "X",
+            "sme",
+            "sell",
+            "rejected",
+            "rejected",
+            None,
+            5,
+            0,
+            0,
+            0,
+            0,
+            "INSUFFICIENT_FUNDS",
+        ),
+        ExecutionReport(
+            "F1",
+            8,
+            None,
+            I,
+            "main",
+            "sell",
+            "canceled",
+            "canceled",
+            1,
+            3,
+            0,
+            0,
+            0,
+            0,
+            "CANCELED_BY_CLIENT",
+            0,
+            0,
+            None,
+            5,
+        ),
     ]
     for ev in evs:
         args = er_tail_args(ev, er_head(ev))
@@ -653,16 +784,24 @@ def test_execution_report_bytes_are_wire_er():
         assert push == {"channel": "executions", "seq": 3, "data": wire_er(ev)}
 
 
-_ER_TEXT = st.one_of(st.none(), st.text(max_size=8), st.sampled_from(["new", "trade",
-                                                                          "maker", "filled"]))
-_ER_INT = st.one_of(st.integers(min_value=-(2**63), max_value=2**63 - 1),
-                    st.integers(min_value=-99999, max_value=99999))
+_ER_TEXT = st.one_of(
+    st.none(), st.text(max_size=8), st.sampled_from(["new", "trade", "maker", "filled"])
+)
+_ER_INT = st.one_of(
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.integers(min_value=-99999, max_value=99999),
+)
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.tuples(_ER_TEXT, _ER_TEXT), st.one_of(st.none(), _ER_INT),
-       st.lists(_ER_INT, min_size=8, max_size=8), st.tuples(_ER_TEXT, _ER_TEXT),
-       st.integers(min_value=0, max_value=2**40), st.sampled_from([None, "c-1", 'q"\u00e9']))
+@given(
+    st.tuples(_ER_TEXT, _ER_TEXT),
+    st.one_of(st.none(), _ER_INT),
+    st.lists(_ER_INT, min_size=8, max_size=8),
+    st.tuples(_ER_TEXT, _ER_TEXT),
+    st.integers(min_value=0, max_value=2**40),
+    st.sampled_from([None, "c-1", 'q"\u00e9']),
+)
 def test_executions_push_in_c_is_the_reference_bytes(strs, price, ints, rl, seq, coid):
     """er_push_c writes ER_PUSH's bytes from the report's slots, or leaves the report to the
     reference format (None) - never different bytes."""
@@ -670,8 +809,27 @@ def test_executions_push_in_c_is_the_reference_bytes(strs, price, ints, rl, seq,
     from exchange.server.protocol import ER_PUSH, er_head, er_push_c, er_tail_args
 
     qty, last_qty, last_px, cum, leaves, tid, fee, ts = ints
-    ev = ExecutionReport("F1", 7, coid, I, "main", "buy", strs[0], strs[1], price, qty,
-                         last_qty, last_px, cum, leaves, rl[0], tid, fee, rl[1], ts)
+    ev = ExecutionReport(
+        "F1",
+        7,
+        coid,
+        I,
+        "main",
+        "buy",
+        strs[0],
+        strs[1],
+        price,
+        qty,
+        last_qty,
+        last_px,
+        cum,
+        leaves,
+        rl[0],
+        tid,
+        fee,
+        rl[1],
+        ts,
+    )
     head = er_head(ev)
     want = ER_PUSH % ((seq,) + er_tail_args(ev, head))
     got = er_push_c(seq, head, ev)
@@ -681,6 +839,7 @@ def test_executions_push_in_c_is_the_reference_bytes(strs, price, ints, rl, seq,
 
 def test_executions_push_in_c_takes_the_usual_reports():
     from exchange.server import protocol
+
     if protocol._c_er_push is None:  # the extension (exchange/server/_accel.c) is not built
         if os.environ.get("REQUIRE_SERVICES") == "1":
             pytest.fail("exchange.server._accel is not built (REQUIRE_SERVICES=1)")
@@ -690,25 +849,82 @@ def test_executions_push_in_c_takes_the_usual_reports():
 
     evs = [
         ExecutionReport("F1", 7, "c-1", I, "main", "buy", "new", "new", 8540, 10, 0, 0, 0, 10),
-        ExecutionReport("F1", 7, "c-1", I, "main", "buy", "trade", "partially_filled", 8540,
-                        10, 4, 8530, 4, 6, None, 12, 1706, "maker", 1795378000000000001),
-        ExecutionReport("F1", 8, None, I, "main", "sell", "canceled", "canceled", 1, 3, 0, 0,
-                        0, 0, "CANCELED_BY_CLIENT", 0, 0, None, 5),
-        ExecutionReport("F1", 0, None, I, "main", "sell", "rejected", "rejected", -5, 3, 0, 0,
-                        0, 0, "OUTSIDE_BAND", 0, 0, None, 5),
+        ExecutionReport(
+            "F1",
+            7,
+            "c-1",
+            I,
+            "main",
+            "buy",
+            "trade",
+            "partially_filled",
+            8540,
+            10,
+            4,
+            8530,
+            4,
+            6,
+            None,
+            12,
+            1706,
+            "maker",
+            1795378000000000001,
+        ),
+        ExecutionReport(
+            "F1",
+            8,
+            None,
+            I,
+            "main",
+            "sell",
+            "canceled",
+            "canceled",
+            1,
+            3,
+            0,
+            0,
+            0,
+            0,
+            "CANCELED_BY_CLIENT",
+            0,
+            0,
+            None,
+            5,
+        ),
+        ExecutionReport(
+            "F1",
+            0,
+            None,
+            I,
+            "main",
+            "sell",
+            "rejected",
+            "rejected",
+            -5,
+            3,
+            0,
+            0,
+            0,
+            0,
+            "OUTSIDE_BAND",
+            0,
+            0,
+            None,
+            5,
+        ),
     ]
     for ev in evs:
         head = er_head(ev)
         assert er_push_c(41, head, ev) == ER_PUSH % ((41,) + er_tail_args(ev, head))
-    odd = ExecutionReport("F1", 7, None, I, "main", "buy", "new", "new", 8540, 10, 0, 0, 0,
-                          10, "caf\u00e9")
+    odd = ExecutionReport(
+        "F1", 7, None, I, "main", "buy", "new", "new", 8540, 10, 0, 0, 0, 10, "caf\u00e9"
+    )
     assert er_push_c(1, er_head(odd), odd) is None  # not plain: the reference formats it
     assert er_push_c(1, b"x", object()) is None
 
 
 async def test_two_sessions_of_a_firm_get_the_same_execution_reports(server):
-    async with ExchangeClient(server.ws_url, POWER) as a, \
-            ExchangeClient(server.ws_url, POWER) as b:
+    async with ExchangeClient(server.ws_url, POWER) as a, ExchangeClient(server.ws_url, POWER) as b:
         await a.subscribe("executions")
         await b.subscribe("executions")
         await a.place_order(I, "sell", 2, "86.10", client_order_id="two-1")

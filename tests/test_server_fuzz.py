@@ -1,5 +1,6 @@
 """Hypothesis-generated bad frames: every one gets an error reply, the connection stays open,
 the server stays up and the core's state hash does not move."""
+
 from __future__ import annotations
 
 import asyncio
@@ -18,15 +19,23 @@ MAX_FRAME = 2048
 # -------------------------------------------------------------------------- strategies
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=10), kids,
-                                                             max_size=4),
-    max_leaves=12)
-not_str = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | \
-    st.lists(st.integers(), max_size=2) | st.dictionaries(st.text(max_size=3), st.integers(),
-                                                          max_size=2)
+    lambda kids: (
+        st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=10), kids, max_size=4)
+    ),
+    max_leaves=12,
+)
+not_str = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False)
+    | st.lists(st.integers(), max_size=2)
+    | st.dictionaries(st.text(max_size=3), st.integers(), max_size=2)
+)
 not_int = st.text(max_size=8) | st.floats() | st.booleans() | st.lists(st.integers(), max_size=2)
 not_price = not_str.filter(lambda v: v is not None) | st.sampled_from(
-    ["", "abc", "1.234", "-", "NaN", "Infinity", "1e400", "85,50", " "])
+    ["", "abc", "1.234", "-", "NaN", "Infinity", "1e400", "85,50", " "]
+)
 
 VALID_ORDER = {"instrument": "CEA-2026", "side": "sell", "qty": 1, "price": "86.00"}
 
@@ -34,54 +43,93 @@ VALID_ORDER = {"instrument": "CEA-2026", "side": "sell", "qty": 1, "price": "86.
 @st.composite
 def corrupted_order(draw):
     p = dict(VALID_ORDER)
-    field = draw(st.sampled_from(["instrument", "side", "qty", "price", "extra", "tif",
-                                  "post_only", "client_order_id"]))
+    field = draw(
+        st.sampled_from(
+            ["instrument", "side", "qty", "price", "extra", "tif", "post_only", "client_order_id"]
+        )
+    )
     if field == "instrument":
         p["instrument"] = draw(not_str.filter(lambda v: v is not None))
     elif field == "side":
-        p["side"] = draw(st.text(max_size=6).filter(lambda s: s not in ("buy", "sell"))
-                         | not_str.filter(lambda v: v is not None))
+        p["side"] = draw(
+            st.text(max_size=6).filter(lambda s: s not in ("buy", "sell"))
+            | not_str.filter(lambda v: v is not None)
+        )
     elif field == "qty":
         p["qty"] = draw(not_int | st.none())
     elif field == "price":
         p["price"] = draw(not_price)
     elif field == "tif":
-        p["tif"] = draw(st.text(max_size=4).filter(lambda s: s not in ("GTC", "DAY", "IOC",
-                                                                       "FOK")))
+        p["tif"] = draw(st.text(max_size=4).filter(lambda s: s not in ("GTC", "DAY", "IOC", "FOK")))
     elif field == "post_only":
         p["post_only"] = draw(st.text(max_size=3) | st.integers() | st.none())
     elif field == "client_order_id":
-        p["client_order_id"] = draw(st.integers() | st.just("") | st.text(min_size=65,
-                                                                          max_size=70))
+        p["client_order_id"] = draw(st.integers() | st.just("") | st.text(min_size=65, max_size=70))
     else:
-        p[draw(st.text(min_size=1, max_size=8).filter(lambda k: k not in VALID_ORDER and k not in (
-            "segment", "order_type", "tif", "post_only", "client_order_id")))] = 1
+        p[
+            draw(
+                st.text(min_size=1, max_size=8).filter(
+                    lambda k: (
+                        k not in VALID_ORDER
+                        and k
+                        not in ("segment", "order_type", "tif", "post_only", "client_order_id")
+                    )
+                )
+            )
+        ] = 1
     return p
 
 
 @st.composite
 def bad_request(draw):
     kind = draw(st.sampled_from(["order", "cancel", "amend", "method", "envelope", "sub"]))
-    req_id = draw(st.integers(min_value=1, max_value=2 ** 40))
+    req_id = draw(st.integers(min_value=1, max_value=2**40))
     if kind == "order":
         return {"req_id": req_id, "method": "place_order", "params": draw(corrupted_order())}
     if kind == "cancel":
-        return {"req_id": req_id, "method": "cancel_order",
-                "params": draw(st.just({}) | st.fixed_dictionaries({"order_id": not_int})
-                               | st.fixed_dictionaries({"client_order_id": not_str}))}
+        return {
+            "req_id": req_id,
+            "method": "cancel_order",
+            "params": draw(
+                st.just({})
+                | st.fixed_dictionaries({"order_id": not_int})
+                | st.fixed_dictionaries({"client_order_id": not_str})
+            ),
+        }
     if kind == "amend":
-        return {"req_id": req_id, "method": "amend_order",
-                "params": {"order_id": 1, "qty": draw(not_int.filter(lambda v: v is not None))}}
+        return {
+            "req_id": req_id,
+            "method": "amend_order",
+            "params": {"order_id": 1, "qty": draw(not_int.filter(lambda v: v is not None))},
+        }
     if kind == "method":
-        return {"req_id": req_id, "method": draw(st.text(max_size=12).filter(
-            lambda m: m not in ("ping", "auth", "open_orders", "subscribe")))}
+        return {
+            "req_id": req_id,
+            "method": draw(
+                st.text(max_size=12).filter(
+                    lambda m: m not in ("ping", "auth", "open_orders", "subscribe")
+                )
+            ),
+        }
     if kind == "sub":
-        return {"req_id": req_id, "method": "subscribe",
-                "params": {"channel": draw(st.text(min_size=1, max_size=20).filter(
-                    lambda c: c not in ("executions", "balances")))}}
+        return {
+            "req_id": req_id,
+            "method": "subscribe",
+            "params": {
+                "channel": draw(
+                    st.text(min_size=1, max_size=20).filter(
+                        lambda c: c not in ("executions", "balances")
+                    )
+                )
+            },
+        }
     env = draw(json_values)
-    if isinstance(env, dict) and env.get("method") in ("place_order", "cancel_order",
-                                                      "amend_order", "cancel_all"):
+    if isinstance(env, dict) and env.get("method") in (
+        "place_order",
+        "cancel_order",
+        "amend_order",
+        "cancel_all",
+    ):
         env["method"] = "nope"
     return env
 
@@ -90,13 +138,13 @@ frames = st.one_of(
     st.text(max_size=200).map(lambda t: ("text", t)),
     st.binary(max_size=100).map(lambda b: ("binary", b)),
     bad_request().map(lambda r: ("text", json.dumps(r))),
-    st.lists(bad_request(), min_size=1, max_size=5).map(
-        lambda rs: ("text", json.dumps(rs))),
+    st.lists(bad_request(), min_size=1, max_size=5).map(lambda rs: ("text", json.dumps(rs))),
     st.integers(MAX_FRAME + 1, 2 * MAX_FRAME).map(lambda n: ("text", "[" + " " * n + "]")),
 )
 
 
 # -------------------------------------------------------------------------- server in a thread
+
 
 class ThreadServer:
     def __init__(self, tmp_path):
@@ -107,8 +155,7 @@ class ThreadServer:
         self.srv = asyncio.run_coroutine_threadsafe(self._cm.__aenter__(), self.loop).result(30)
 
     def close(self):
-        asyncio.run_coroutine_threadsafe(self._cm.__aexit__(None, None, None),
-                                         self.loop).result(30)
+        asyncio.run_coroutine_threadsafe(self._cm.__aexit__(None, None, None), self.loop).result(30)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
 
@@ -122,8 +169,9 @@ def thread_server(tmp_path_factory):
 
 async def state_hash(srv) -> str:
     async with aiohttp.ClientSession() as s:
-        async with s.get(srv.http + "/api/v1/state",
-                         headers={"Authorization": f"Bearer {OPERATOR}"}) as r:
+        async with s.get(
+            srv.http + "/api/v1/state", headers={"Authorization": f"Bearer {OPERATOR}"}
+        ) as r:
             return (await r.json())["state_hash"]
 
 
@@ -142,8 +190,9 @@ class FuzzClient:
 
     async def _open(self):
         self.http = aiohttp.ClientSession()
-        self.ws = await self.http.ws_connect(self.srv.ws_url,
-                                             headers={"Authorization": f"Bearer {POWER}"})
+        self.ws = await self.http.ws_connect(
+            self.srv.ws_url, headers={"Authorization": f"Bearer {POWER}"}
+        )
 
     async def _close(self):
         await self.ws.close()
@@ -183,8 +232,11 @@ def fuzz(thread_server):
     assert asyncio.run(state_hash(thread_server)) == before
 
 
-@settings(max_examples=150, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(batch=st.lists(frames, min_size=1, max_size=6))
 def test_bad_frames_leave_server_up_and_state_unchanged(thread_server, fuzz, batch):
     ex = thread_server.st.exchange
@@ -206,14 +258,18 @@ def test_limits_that_close_the_connection(thread_server):
     async def run():
         before = await state_hash(thread_server)
         async with aiohttp.ClientSession() as s:
-            for payload, opcode in ((b"[" + b" " * (5 * MAX_FRAME) + b"]",
-                                     aiohttp.WSMsgType.TEXT),
-                                    (b'{"req_id": 1, "method": "\xff"}', aiohttp.WSMsgType.TEXT)):
+            for payload, opcode in (
+                (b"[" + b" " * (5 * MAX_FRAME) + b"]", aiohttp.WSMsgType.TEXT),
+                (b'{"req_id": 1, "method": "\xff"}', aiohttp.WSMsgType.TEXT),
+            ):
                 ws = await s.ws_connect(thread_server.ws_url)
                 await ws.send_frame(payload, opcode)
                 msg = await asyncio.wait_for(ws.receive(), 5)
-                assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
-                                    aiohttp.WSMsgType.CLOSING), msg
+                assert msg.type in (
+                    aiohttp.WSMsgType.CLOSE,
+                    aiohttp.WSMsgType.CLOSED,
+                    aiohttp.WSMsgType.CLOSING,
+                ), msg
                 assert ws.close_code in (1007, 1009)
                 await ws.close()
             ws = await s.ws_connect(thread_server.ws_url)
@@ -247,18 +303,27 @@ def order_params(draw, fields):
     return p
 
 
-_PLACE_FIELDS = {"instrument": ["CEA-2026", "", "x" * 64, "x" * 65], "side": ["buy", "sell", "BUY"],
-                 "qty": [1, 0, -5, 10 ** 12, True, 1.0], "segment": ["main", "sme", ""],
-                 "price": _PRICES_OK, "order_type": ["limit", "market", "stop"],
-                 "tif": ["GTC", "DAY", "IOC", "FOK", "gtc"], "post_only": [True, False, 0],
-                 "client_order_id": ["c-1", "", "x" * 64, "x" * 65, None]}
-_REF_FIELDS = {"order_id": [1, 0, None, True, "1"],
-               "client_order_id": ["c-1", "", "x" * 64, "x" * 65, None]}
+_PLACE_FIELDS = {
+    "instrument": ["CEA-2026", "", "x" * 64, "x" * 65],
+    "side": ["buy", "sell", "BUY"],
+    "qty": [1, 0, -5, 10**12, True, 1.0],
+    "segment": ["main", "sme", ""],
+    "price": _PRICES_OK,
+    "order_type": ["limit", "market", "stop"],
+    "tif": ["GTC", "DAY", "IOC", "FOK", "gtc"],
+    "post_only": [True, False, 0],
+    "client_order_id": ["c-1", "", "x" * 64, "x" * 65, None],
+}
+_REF_FIELDS = {
+    "order_id": [1, 0, None, True, "1"],
+    "client_order_id": ["c-1", "", "x" * 64, "x" * 65, None],
+}
 _AMEND_FIELDS = dict(_REF_FIELDS, qty=[1, 0, None, True, 2.5], price=_PRICES_OK)
 
 
 def _outcome(fn, p):
     from pydantic import ValidationError
+
     try:
         return fn(p)
     except (ValidationError, TypeError, ValueError) as e:
@@ -267,6 +332,7 @@ def _outcome(fn, p):
 
 def _check_fast_equals_pydantic(p, fast, model, cls):
     from pydantic import TypeAdapter
+
     slow = TypeAdapter(model).validator.validate_python
     want = _outcome(lambda q: cls(account=None, **slow(q)), p)  # (parses and caches prices)
     got = _outcome(fast, p)
@@ -278,6 +344,7 @@ def _check_fast_equals_pydantic(p, fast, model, cls):
 def test_place_order_fast_validator_agrees_with_the_model(p):
     from exchange.core.commands import PlaceOrder
     from exchange.server.protocol import PlaceOrderParams, validate_place_order
+
     _check_fast_equals_pydantic(p, validate_place_order, PlaceOrderParams, PlaceOrder)
 
 
@@ -286,6 +353,7 @@ def test_place_order_fast_validator_agrees_with_the_model(p):
 def test_cancel_order_fast_validator_agrees_with_the_model(p):
     from exchange.core.commands import CancelOrder
     from exchange.server.protocol import CancelOrderParams, validate_cancel_order
+
     _check_fast_equals_pydantic(p, validate_cancel_order, CancelOrderParams, CancelOrder)
 
 
@@ -294,6 +362,7 @@ def test_cancel_order_fast_validator_agrees_with_the_model(p):
 def test_amend_order_fast_validator_agrees_with_the_model(p):
     from exchange.core.commands import AmendOrder
     from exchange.server.protocol import AmendOrderParams, validate_amend_order
+
     _check_fast_equals_pydantic(p, validate_amend_order, AmendOrderParams, AmendOrder)
 
 
@@ -302,15 +371,32 @@ def test_order_entry_fast_paths_are_taken(monkeypatch):
     pass vacuously if everything fell through to pydantic)."""
     from exchange.server import protocol as P
 
-    P.validate_place_order({"instrument": "CEA-2026", "side": "buy", "qty": 1,
-                            "price": "85.55"})  # parses and caches the price
+    P.validate_place_order(
+        {"instrument": "CEA-2026", "side": "buy", "qty": 1, "price": "85.55"}
+    )  # parses and caches the price
     for name in ("_place_slow", "_cancel_slow", "_amend_slow"):
         monkeypatch.setattr(P, name, None)  # calling it would fail
-    c = P.validate_place_order({"instrument": "CEA-2026", "segment": "main", "side": "buy",
-                                "qty": 3, "price": "85.55", "tif": "IOC",
-                                "client_order_id": "w0-1"})
-    assert (c.instrument, c.side, c.qty, c.price, c.tif, c.client_order_id, c.order_type,
-            c.post_only) == ("CEA-2026", "buy", 3, 8555, "IOC", "w0-1", "limit", False)
+    c = P.validate_place_order(
+        {
+            "instrument": "CEA-2026",
+            "segment": "main",
+            "side": "buy",
+            "qty": 3,
+            "price": "85.55",
+            "tif": "IOC",
+            "client_order_id": "w0-1",
+        }
+    )
+    assert (
+        c.instrument,
+        c.side,
+        c.qty,
+        c.price,
+        c.tif,
+        c.client_order_id,
+        c.order_type,
+        c.post_only,
+    ) == ("CEA-2026", "buy", 3, 8555, "IOC", "w0-1", "limit", False)
     c = P.validate_cancel_order({"client_order_id": "w0-1"})
     assert (c.order_id, c.client_order_id) == (None, "w0-1")
     assert P.validate_cancel_order({"order_id": 7}).order_id == 7

@@ -1,6 +1,7 @@
 """place_order's idempotency by client_order_id over a real websocket on loopback: a retry
 must name the same order, a replay shows the order as it is now, and the window survives a
 restart (rebuilt from the journal)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -36,8 +37,11 @@ async def test_a_retry_with_other_terms_is_refused_not_replayed(server):
     async with ExchangeClient(server.ws_url, POWER) as c:
         first = await c.place_order(I, "sell", 10, "86.00", client_order_id="terms-1")
         seq = server.st.exchange.last_seq
-        for side, qty, price in (("buy", 10, "86.00"), ("sell", 11, "86.00"),
-                                 ("sell", 10, "86.10")):
+        for side, qty, price in (
+            ("buy", 10, "86.00"),
+            ("sell", 11, "86.00"),
+            ("sell", 10, "86.10"),
+        ):
             with pytest.raises(ExchangeError) as e:
                 await c.place_order(I, side, qty, price, client_order_id="terms-1")
             assert e.value.code == DUP, (side, qty, price)
@@ -45,11 +49,30 @@ async def test_a_retry_with_other_terms_is_refused_not_replayed(server):
         again = await c.place_order(I, "sell", 10, "86.00", client_order_id="terms-1")
         assert again["order_id"] == first["order_id"] and again["replayed"] is True
         # a retry in the same frame as the first (not durable yet) with other terms, too
-        res = await c.send_batch([
-            ("place_order", {"instrument": I, "side": "sell", "qty": 5, "price": "86.20",
-                             "client_order_id": "terms-2"}),
-            ("place_order", {"instrument": I, "side": "sell", "qty": 6, "price": "86.20",
-                             "client_order_id": "terms-2"})])
+        res = await c.send_batch(
+            [
+                (
+                    "place_order",
+                    {
+                        "instrument": I,
+                        "side": "sell",
+                        "qty": 5,
+                        "price": "86.20",
+                        "client_order_id": "terms-2",
+                    },
+                ),
+                (
+                    "place_order",
+                    {
+                        "instrument": I,
+                        "side": "sell",
+                        "qty": 6,
+                        "price": "86.20",
+                        "client_order_id": "terms-2",
+                    },
+                ),
+            ]
+        )
         assert isinstance(res[0], dict)
         assert isinstance(res[1], ExchangeError) and res[1].code == DUP
         # a rejected first attempt: a retry with other terms is refused as a duplicate too
@@ -62,16 +85,21 @@ async def test_a_retry_with_other_terms_is_refused_not_replayed(server):
 
 
 async def test_a_replay_shows_the_orders_current_status(server):
-    async with ExchangeClient(server.ws_url, POWER) as s, \
-            ExchangeClient(server.ws_url, CEMENT) as b:
+    async with (
+        ExchangeClient(server.ws_url, POWER) as s,
+        ExchangeClient(server.ws_url, CEMENT) as b,
+    ):
         # 85.00: under the demo market's best ask (85.20), over its best bid (84.90)
         first = await s.place_order(I, "sell", 10, "85.00", client_order_id="now-1")
         assert first["order_status"] == "new" and first["leaves_qty"] == 10
         await b.place_order(I, "buy", 4, "85.00")
         part = await s.place_order(I, "sell", 10, "85.00", client_order_id="now-1")
         assert part["replayed"] and part["order_id"] == first["order_id"]
-        assert (part["order_status"], part["cum_qty"], part["leaves_qty"]) == \
-            ("partially_filled", 4, 6)
+        assert (part["order_status"], part["cum_qty"], part["leaves_qty"]) == (
+            "partially_filled",
+            4,
+            6,
+        )
         await b.place_order(I, "buy", 6, "85.00")
         done = await s.place_order(I, "sell", 10, "85.00", client_order_id="now-1")
         assert (done["order_status"], done["cum_qty"], done["leaves_qty"]) == ("filled", 10, 0)
@@ -89,8 +117,7 @@ def test_the_window_is_rebuilt_from_the_journal_after_a_restart(tmp_path):
     srv.start()
 
     async def trade():
-        async with ExchangeClient(srv.ws_url, POWER) as s, \
-                ExchangeClient(srv.ws_url, CEMENT) as b:
+        async with ExchangeClient(srv.ws_url, POWER) as s, ExchangeClient(srv.ws_url, CEMENT) as b:
             await s.place_order(I, "sell", 10, "85.00", client_order_id="rs-sell")
             f = await b.place_order(I, "buy", 10, "85.00", client_order_id="rs-buy")
             assert f["order_status"] == "filled"
@@ -100,16 +127,23 @@ def test_the_window_is_rebuilt_from_the_journal_after_a_restart(tmp_path):
     assert srv.kill(signal.SIGKILL) == -signal.SIGKILL
     srv.start()
     try:
+
         async def retry():
-            async with ExchangeClient(srv.ws_url, CEMENT) as b, \
-                    ExchangeClient(srv.ws_url, POWER) as s:
+            async with (
+                ExchangeClient(srv.ws_url, CEMENT) as b,
+                ExchangeClient(srv.ws_url, POWER) as s,
+            ):
                 # the filled orders' retries are not executed again: they are answered as
                 # replays, with the state the orders ended in before the restart
                 r = await b.place_order(I, "buy", 10, "85.00", client_order_id="rs-buy")
                 assert r == {**filled, "replayed": True}
                 r = await s.place_order(I, "sell", 10, "85.00", client_order_id="rs-sell")
                 assert (r["order_status"], r["cum_qty"], r["leaves_qty"], r["replayed"]) == (
-                    "filled", 10, 0, True)
+                    "filled",
+                    10,
+                    0,
+                    True,
+                )
                 # other terms under a remembered id: refused too
                 with pytest.raises(ExchangeError) as e:
                     await b.place_order(I, "buy", 1, "85.00", client_order_id="rs-buy")
@@ -120,6 +154,7 @@ def test_the_window_is_rebuilt_from_the_journal_after_a_restart(tmp_path):
                 # a new id still trades
                 r = await s.place_order(I, "sell", 1, "86.00", client_order_id="rs-new")
                 assert r["order_status"] == "new" and "replayed" not in r
+
         asyncio.run(retry())
     finally:
         assert srv.kill(signal.SIGTERM) == 0
@@ -133,15 +168,12 @@ def test_orders_done_before_a_restart_replay_their_final_state(tmp_path):
     srv.start()
 
     async def trade():
-        async with ExchangeClient(srv.ws_url, POWER) as s, \
-                ExchangeClient(srv.ws_url, CEMENT) as b:
+        async with ExchangeClient(srv.ws_url, POWER) as s, ExchangeClient(srv.ws_url, CEMENT) as b:
             first = {}
             first["c-cxl"] = await s.place_order(I, "sell", 5, "89.00", client_order_id="c-cxl")
             await s.cancel_order(client_order_id="c-cxl")
-            first["c-part"] = await s.place_order(I, "sell", 10, "85.10",
-                                                  client_order_id="c-part")
-            first["c-fill"] = await b.place_order(I, "buy", 4, "85.10",
-                                                  client_order_id="c-fill")
+            first["c-part"] = await s.place_order(I, "sell", 10, "85.10", client_order_id="c-part")
+            first["c-fill"] = await b.place_order(I, "buy", 4, "85.10", client_order_id="c-fill")
             await s.cancel_order(client_order_id="c-part")
             with pytest.raises(ExchangeError) as e:
                 await b.place_order(I, "buy", 1, "50.00", client_order_id="c-band")
@@ -154,22 +186,36 @@ def test_orders_done_before_a_restart_replay_their_final_state(tmp_path):
         srv.start()
 
         async def retry():
-            async with ExchangeClient(srv.ws_url, POWER) as s, \
-                    ExchangeClient(srv.ws_url, CEMENT) as b:
+            async with (
+                ExchangeClient(srv.ws_url, POWER) as s,
+                ExchangeClient(srv.ws_url, CEMENT) as b,
+            ):
                 before = await state(srv.port)  # (a clean stop journals its snapshot's seal)
                 r = await s.place_order(I, "sell", 5, "89.00", client_order_id="c-cxl")
-                assert r == {**first["c-cxl"], "order_status": "canceled", "leaves_qty": 0,
-                             "replayed": True}
+                assert r == {
+                    **first["c-cxl"],
+                    "order_status": "canceled",
+                    "leaves_qty": 0,
+                    "replayed": True,
+                }
                 r = await s.place_order(I, "sell", 10, "85.10", client_order_id="c-part")
-                assert r == {**first["c-part"], "order_status": "canceled", "cum_qty": 4,
-                             "leaves_qty": 0, "replayed": True}
+                assert r == {
+                    **first["c-part"],
+                    "order_status": "canceled",
+                    "cum_qty": 4,
+                    "leaves_qty": 0,
+                    "replayed": True,
+                }
                 r = await b.place_order(I, "buy", 4, "85.10", client_order_id="c-fill")
                 assert r == {**first["c-fill"], "replayed": True}
                 with pytest.raises(ExchangeError) as e:
                     await b.place_order(I, "buy", 1, "50.00", client_order_id="c-band")
                 assert e.value.code == "OUTSIDE_PRICE_BAND"
                 after = await state(srv.port)
-                assert (after["last_seq"], after["state_hash"]) == (before["last_seq"],
-                                                                    before["state_hash"])
+                assert (after["last_seq"], after["state_hash"]) == (
+                    before["last_seq"],
+                    before["state_hash"],
+                )
+
         asyncio.run(retry())
     assert srv.kill(signal.SIGTERM) == 0

@@ -1,5 +1,6 @@
 """``serve`` on the PostgreSQL journal: selected by ``--journal postgresql://...`` or by the
 config's ``[journal] url``; an acknowledged order survives a SIGKILL and a restart."""
+
 from __future__ import annotations
 
 import asyncio
@@ -77,15 +78,18 @@ def _place_kill_restart(srv: ServerProcess, dsn: str, schema: str, tmp_path) -> 
 
 
 def test_serve_on_postgresql_from_the_command_line(tmp_path, postgres_dsn, schema):
-    srv = ServerProcess(tmp_path / "data",
-                        extra=["--journal", postgres_dsn, "--journal-schema", schema])
+    srv = ServerProcess(
+        tmp_path / "data", extra=["--journal", postgres_dsn, "--journal-schema", schema]
+    )
     _order_survives_restart(srv, postgres_dsn, schema, tmp_path)
 
 
 def test_serve_on_postgresql_from_the_config(tmp_path, postgres_dsn, schema):
     from exchange.app.config import default_config_text
+
     text = default_config_text().replace(
-        "[journal]\n", f'[journal]\nurl = "{postgres_dsn}"\nschema = "{schema}"\n', 1)
+        "[journal]\n", f'[journal]\nurl = "{postgres_dsn}"\nschema = "{schema}"\n', 1
+    )
     cfg = tmp_path / "exchange.toml"
     cfg.write_text(text)
     srv = ServerProcess(tmp_path / "data", extra=["--config", str(cfg)])
@@ -101,15 +105,22 @@ def test_journal_verify_follows_the_configured_url(tmp_path, postgres_dsn, schem
     from exchange.journal import open_journal
     from test_journal import run_commands, stream_commands
     from test_server_restart import ROOT
-    r = asyncio.run(run_commands(open_journal(postgres_dsn, schema=schema),
-                                 stream_commands(100)))
+
+    r = asyncio.run(run_commands(open_journal(postgres_dsn, schema=schema), stream_commands(100)))
     cfg = tmp_path / "exchange.toml"
-    cfg.write_text(default_config_text().replace(
-        "[journal]\n", f'[journal]\nurl = "{postgres_dsn}"\nschema = "{schema}"\n', 1))
-    out = subprocess.run([sys.executable, "-m", "exchange", "journal", "verify",
-                          "--config", str(cfg)], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=60, env={**__import__("os").environ,
-                                                     "PYTHONPATH": str(ROOT)})
+    cfg.write_text(
+        default_config_text().replace(
+            "[journal]\n", f'[journal]\nurl = "{postgres_dsn}"\nschema = "{schema}"\n', 1
+        )
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "exchange", "journal", "verify", "--config", str(cfg)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**__import__("os").environ, "PYTHONPATH": str(ROOT)},
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert f"schema {schema}" in out.stdout
     assert out.stdout.strip().splitlines()[-1] == f"state_hash {r.exchange.state_hash()}"

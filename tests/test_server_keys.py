@@ -1,6 +1,7 @@
 """API keys in production: ``serve --no-demo`` issues and prints no known key, ``keys create``
 makes one (printed once, stored as a keyed hash, journaled), and records written as plain
 SHA-256 before the keyed hash still work once and are rehashed (docs/adr/0008)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -16,26 +17,45 @@ import aiohttp
 import pytest
 
 from exchange.client import ExchangeClient, ExchangeError
-from exchange.access.credentials import (SCHEME_HMAC, SCHEME_SHA256, SECRET_FILE,
-                                         IssueApiKey, hash_key, key_id_for)
+from exchange.access.credentials import (
+    SCHEME_HMAC,
+    SCHEME_SHA256,
+    SECRET_FILE,
+    IssueApiKey,
+    hash_key,
+    key_id_for,
+)
 
 from test_server import op, running_server
 from test_server_restart import ROOT, ServerProcess
 
-DEMO_KEYS = ("operator-demo-key", "verifier-demo-key", "demo-key-power1", "demo-key-cement1",
-             "demo-key-steel1", "demo-key-sme1", "demo-key-sme2")
+DEMO_KEYS = (
+    "operator-demo-key",
+    "verifier-demo-key",
+    "demo-key-power1",
+    "demo-key-cement1",
+    "demo-key-steel1",
+    "demo-key-sme1",
+    "demo-key-sme2",
+)
 
 
 async def _status(port: int, key: str) -> int:
     async with aiohttp.ClientSession() as s:
-        async with s.get(f"http://127.0.0.1:{port}/api/v1/state",
-                         headers={"Authorization": f"Bearer {key}"}) as r:
+        async with s.get(
+            f"http://127.0.0.1:{port}/api/v1/state", headers={"Authorization": f"Bearer {key}"}
+        ) as r:
             return r.status
 
 
 def _keys(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "exchange", "keys", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "exchange", "keys", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_no_demo_start_has_no_known_key_and_keys_create_makes_one(tmp_path):
@@ -54,6 +74,7 @@ def test_no_demo_start_has_no_known_key_and_keys_create_makes_one(tmp_path):
             with pytest.raises(ExchangeError):
                 async with ExchangeClient(srv.ws_url, "demo-key-power1"):
                     pass
+
         asyncio.run(refused())
     finally:
         assert srv.kill(signal.SIGTERM) == 0
@@ -80,19 +101,20 @@ def test_no_demo_start_has_no_known_key_and_keys_create_makes_one(tmp_path):
         async def works():
             assert await _status(srv2.port, key) == 200
             assert await _status(srv2.port, "operator-demo-key") == 401
+
         asyncio.run(works())
     finally:
         assert srv2.kill(signal.SIGTERM) == 0
 
 
 def test_keys_create_refuses_an_empty_journal(tmp_path):
-    r = _keys("create", "--role", "operator", "--label", "x", "--data-dir",
-              str(tmp_path / "none"))
+    r = _keys("create", "--role", "operator", "--label", "x", "--data-dir", str(tmp_path / "none"))
     assert r.returncode == 2 and "start the server once" in r.stderr
 
 
 def test_demo_config_without_keys_issues_no_operator_key():
     from exchange.app.config import DemoConfig
+
     d = DemoConfig()
     assert d.operator_key is None and d.verifier_key is None
 
@@ -121,8 +143,9 @@ async def test_a_legacy_sha256_record_authenticates_and_is_rehashed(tmp_path):
         creds = srv.st.exchange.modules["credentials"]
         kid = key_id_for(h)
         # a record as the old code wrote it: no scheme field (the default is sha256)
-        await srv.st.runner.submit(IssueApiKey(key_id=kid, role="operator", key_hash=h,
-                                               label="old"))
+        await srv.st.runner.submit(
+            IssueApiKey(key_id=kid, role="operator", key_hash=h, label="old")
+        )
         assert creds.keys[kid].scheme == SCHEME_SHA256
         assert (await op(srv, "GET", "/state", key=legacy))[0] == 200
         await asyncio.sleep(0.05)
@@ -142,6 +165,7 @@ async def test_a_legacy_sha256_record_authenticates_and_is_rehashed(tmp_path):
 
 def test_legacy_state_without_scheme_loads_as_sha256():
     from exchange.access.credentials import Credential
+
     c = Credential("k-1", "operator", None, "ab" * 32, "x", 3, 0)
     assert c.scheme == SCHEME_SHA256 and len(c.to_state()) == 6
 
@@ -160,8 +184,7 @@ def test_keys_create_refuses_while_the_server_holds_the_journal(tmp_path):
         assert "in use by another process" in r.stderr and "Traceback" not in r.stderr
         assert f"pid {srv.proc.pid}" in r.stderr
         assert r.stdout == ""  # no key printed: none was made
-        assert (journal.stat().st_size,
-                (data / "journal.sqlite-wal").stat().st_size) == before
+        assert (journal.stat().st_size, (data / "journal.sqlite-wal").stat().st_size) == before
     finally:
         assert srv.kill(signal.SIGTERM) == 0
     # the server's lock went with it
@@ -181,6 +204,7 @@ def test_a_forked_child_does_not_keep_the_journal_writer_lock(tmp_path):
     pid = os.fork()
     if pid == 0:  # the child lives on after the parent lets go
         import time
+
         os.write(w, b"x")  # running (its at-fork handlers have run)
         time.sleep(1.5)
         os._exit(0)

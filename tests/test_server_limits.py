@@ -1,6 +1,7 @@
 """Bounded clients: the server's memory and descriptors stay bounded whatever its clients do -
 clients that never read, idle or half-open connections, floods of requests or failed logins.
 Real servers on loopback, real sockets."""
+
 from __future__ import annotations
 
 import asyncio
@@ -16,16 +17,23 @@ from test_server import I, OPERATOR, POWER, STEEL, eventually, running_server
 
 async def _deep_book(c: ExchangeClient, levels: int = 150) -> None:
     """Resting sells on many levels, so that a book snapshot is a few kB."""
-    res = await c.send_batch([("place_order", {
-        "instrument": I, "side": "sell", "qty": 1, "price": f"{86 + i / 100:.2f}"})
-        for i in range(levels)])
+    res = await c.send_batch(
+        [
+            (
+                "place_order",
+                {"instrument": I, "side": "sell", "qty": 1, "price": f"{86 + i / 100:.2f}"},
+            )
+            for i in range(levels)
+        ]
+    )
     assert all(isinstance(r, dict) for r in res)
 
 
 async def test_total_send_queue_memory_is_bounded_and_released(tmp_path):
     limit = 3 << 20
-    async with running_server(tmp_path, send_queue_max=1_000_000,
-                              send_queue_total_max_bytes=limit) as srv:
+    async with running_server(
+        tmp_path, send_queue_max=1_000_000, send_queue_total_max_bytes=limit
+    ) as srv:
         gw = srv.st.gateway
         async with ExchangeClient(srv.ws_url, POWER) as fast:
             await _deep_book(fast)
@@ -33,8 +41,10 @@ async def test_total_send_queue_memory_is_bounded_and_released(tmp_path):
             frame = "[" + ",".join([sub] * 100) + "]"  # ~300 kB of replies
             async with aiohttp.ClientSession() as http:
                 # clients that send requests but never read their sockets
-                readers = [await http.ws_connect(srv.ws_url, headers={
-                    "Authorization": f"Bearer {STEEL}"}) for _ in range(8)]
+                readers = [
+                    await http.ws_connect(srv.ws_url, headers={"Authorization": f"Bearer {STEEL}"})
+                    for _ in range(8)
+                ]
                 seen = []
                 for _ in range(200):
                     for ws in readers:
@@ -57,8 +67,9 @@ async def test_total_send_queue_memory_is_bounded_and_released(tmp_path):
                     await ws.close()
             # released on disconnect: nothing is held for the closed connections
             assert await eventually(lambda: len(gw.sessions) == 1, 5.0)
-            assert await eventually(lambda: gw.queued_bytes == 0 and not gw._backlog
-                                    and gw.big_bytes == 0, 5.0)
+            assert await eventually(
+                lambda: gw.queued_bytes == 0 and not gw._backlog and gw.big_bytes == 0, 5.0
+            )
             status, text = await _get(srv, "/metrics")
             assert "exchange_ws_send_queue_bytes 0" in text
 
@@ -67,17 +78,16 @@ async def test_the_total_bound_acts_within_one_turn_of_the_event_loop(tmp_path):
     """Big replies queued while one frame is answered (a thousand book snapshots, ~3 MB) are
     counted as they are queued: the connection is closed mid-frame, not after the turn."""
     limit = 1 << 20
-    async with running_server(tmp_path, send_queue_max=1_000_000,
-                              send_queue_total_max_bytes=limit) as srv:
+    async with running_server(
+        tmp_path, send_queue_max=1_000_000, send_queue_total_max_bytes=limit
+    ) as srv:
         gw = srv.st.gateway
         async with ExchangeClient(srv.ws_url, POWER) as fast:
             await _deep_book(fast)
             before = gw.metrics.messages_in
             async with aiohttp.ClientSession() as http:
-                ws = await http.ws_connect(srv.ws_url, headers={
-                    "Authorization": f"Bearer {STEEL}"})
-                sub = ('{"req_id":1,"method":"subscribe","params":{"channel":"book:%s:main"}}'
-                       % I)
+                ws = await http.ws_connect(srv.ws_url, headers={"Authorization": f"Bearer {STEEL}"})
+                sub = '{"req_id":1,"method":"subscribe","params":{"channel":"book:%s:main"}}' % I
                 await ws.send_str("[" + ",".join([sub] * 1000) + "]")
                 assert await eventually(lambda: gw.metrics.send_queue_total_disconnects == 1)
                 assert gw.metrics.messages_in - before < 1000  # the rest was not answered
@@ -93,15 +103,22 @@ async def _get(srv, path: str, headers: dict | None = None):
 
 # ------------------------------------------------------------------ websocket clients
 
+
 async def _closed_with(ws, timeout: float = 3.0):
     """The close code and reason the server sent, reading past any replies."""
     replies = []
     while True:
         msg = await asyncio.wait_for(ws.receive(), timeout)
-        if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
-                        aiohttp.WSMsgType.CLOSING):
-            return (msg.data if msg.type == aiohttp.WSMsgType.CLOSE else ws.close_code,
-                    msg.extra, replies)
+        if msg.type in (
+            aiohttp.WSMsgType.CLOSE,
+            aiohttp.WSMsgType.CLOSED,
+            aiohttp.WSMsgType.CLOSING,
+        ):
+            return (
+                msg.data if msg.type == aiohttp.WSMsgType.CLOSE else ws.close_code,
+                msg.extra,
+                replies,
+            )
         if msg.type == aiohttp.WSMsgType.TEXT:
             replies.append(json.loads(msg.data))
 
@@ -121,9 +138,14 @@ async def test_failed_authentications_close_the_connection(tmp_path):
         async with aiohttp.ClientSession() as http:
             ws = await http.ws_connect(srv.ws_url)
             # guessing keys, many per frame: three answers, then the connection is closed
-            await ws.send_str(json.dumps([{"req_id": i, "method": "auth",
-                                           "params": {"api_key": f"guess-{i}"}}
-                                          for i in range(1000)]))
+            await ws.send_str(
+                json.dumps(
+                    [
+                        {"req_id": i, "method": "auth", "params": {"api_key": f"guess-{i}"}}
+                        for i in range(1000)
+                    ]
+                )
+            )
             code, reason, replies = await _closed_with(ws)
             assert code == 4001 and "AUTH_FAILED" in reason and "3 failed" in reason
             assert [r["error"]["code"] for r in replies] == ["AUTH_FAILED"] * 3
@@ -143,13 +165,21 @@ async def test_connections_per_api_key_are_capped(tmp_path):
                 assert e.value.status == 429
                 # the auth method: the error, then close 4029
                 ws = await http.ws_connect(srv.ws_url)
-                await ws.send_str(json.dumps({"req_id": 7, "method": "auth",
-                                              "params": {"api_key": POWER}}))
+                await ws.send_str(
+                    json.dumps({"req_id": 7, "method": "auth", "params": {"api_key": POWER}})
+                )
                 code, reason, replies = await _closed_with(ws)
                 assert code == 4029 and "TOO_MANY_CONNECTIONS" in reason
-                assert replies == [{"req_id": 7, "ok": False, "error": {
-                    "code": "TOO_MANY_CONNECTIONS",
-                    "message": "the API key has 2 connections open"}}]
+                assert replies == [
+                    {
+                        "req_id": 7,
+                        "ok": False,
+                        "error": {
+                            "code": "TOO_MANY_CONNECTIONS",
+                            "message": "the API key has 2 connections open",
+                        },
+                    }
+                ]
             async with ExchangeClient(srv.ws_url, STEEL) as other:  # another key: fine
                 assert (await other.ping())["pong"]
         assert await eventually(lambda: not gw.key_sessions)
@@ -166,14 +196,21 @@ async def test_the_rate_limit_is_per_key_across_its_connections(tmp_path):
         try:
             res = await asyncio.gather(*(c.send_batch([("ping", None)] * 40) for c in clients))
             ok = sum(1 for rs in res for r in rs if isinstance(r, dict))
-            limited = sum(1 for rs in res for r in rs
-                          if getattr(r, "code", None) == "RATE_LIMITED")
+            limited = sum(1 for rs in res for r in rs if getattr(r, "code", None) == "RATE_LIMITED")
             assert ok + limited == 8 * 40
             # the key's burst, and what refilled meanwhile (at 50/s), no more
             assert 50 <= ok <= 50 + 8 + 50 * 1.0, ok
             async with ExchangeClient(srv.ws_url, STEEL) as other:  # other keys unaffected
-                assert len([r for r in await other.send_batch([("ping", None)] * 40)
-                            if isinstance(r, dict)]) == 40
+                assert (
+                    len(
+                        [
+                            r
+                            for r in await other.send_batch([("ping", None)] * 40)
+                            if isinstance(r, dict)
+                        ]
+                    )
+                    == 40
+                )
         finally:
             for c in clients:
                 await c.close()
@@ -181,9 +218,11 @@ async def test_the_rate_limit_is_per_key_across_its_connections(tmp_path):
 
 # ------------------------------------------------------------------ HTTP rate limits
 
+
 async def test_operator_api_is_rate_limited_per_key_and_per_ip(tmp_path):
-    async with running_server(tmp_path, http_rate_limit_per_key=2, http_rate_limit_burst=5,
-                              http_rate_limit_per_ip=3) as srv:
+    async with running_server(
+        tmp_path, http_rate_limit_per_key=2, http_rate_limit_burst=5, http_rate_limit_per_ip=3
+    ) as srv:
         url = srv.http + "/api/v1/state"
         auth = {"Authorization": f"Bearer {OPERATOR}"}
         async with aiohttp.ClientSession() as http:  # from 127.0.0.1: exempt by address
@@ -212,6 +251,7 @@ async def test_operator_api_is_rate_limited_per_key_and_per_ip(tmp_path):
 
 
 # ------------------------------------------------------------------ connections
+
 
 async def _raw(host_from: str, port: int):
     return await asyncio.open_connection("127.0.0.1", port, local_addr=(host_from, 0))
@@ -264,10 +304,25 @@ def test_idle_and_half_open_connections_cannot_exhaust_descriptors(tmp_path):
         resource.setrlimit(resource.RLIMIT_NOFILE, (160, 160))
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "exchange", "serve", "--port", "0", "--data-dir",
-         str(tmp_path / "data"), "--config", str(cfg)], cwd=ROOT, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        preexec_fn=limit_fds)
+        [
+            sys.executable,
+            "-m",
+            "exchange",
+            "serve",
+            "--port",
+            "0",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--config",
+            str(cfg),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        preexec_fn=limit_fds,
+    )
     try:
         port, out = 0, []
         end = time.monotonic() + 30
@@ -300,8 +355,13 @@ def test_idle_and_half_open_connections_cannot_exhaust_descriptors(tmp_path):
             async with aiohttp.ClientSession() as http:
                 async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
                     metrics = await resp.text()
-            evicted = int(re.search(r'exchange_connections_refused_total\{reason="evicted"\} '
-                                    r'(\d+)', metrics).group(1))
+            evicted = int(
+                re.search(
+                    r'exchange_connections_refused_total\{reason="evicted"\} '
+                    r"(\d+)",
+                    metrics,
+                ).group(1)
+            )
             assert evicted >= 200 - 96 - 20, metrics  # the descriptor limit less the reserve
             # the handshake timeout takes the rest: every idle connection is closed
             closed = 0

@@ -1,4 +1,5 @@
 """Readiness and order entry agree: while /readyz answers 503, no order is taken."""
+
 from __future__ import annotations
 
 import asyncio

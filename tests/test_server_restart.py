@@ -1,4 +1,5 @@
 """A real server process, killed with SIGKILL and restarted: every acknowledged order is back."""
+
 from __future__ import annotations
 
 import asyncio
@@ -30,11 +31,24 @@ class ServerProcess:
         """``new_group``: in a process group of its own, as a terminal runs a command, so that
         ``kill_group`` reaches it the way Ctrl-C does (the whole foreground group)."""
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "exchange", "serve", "--port", "0", "--data-dir",
-             str(self.data_dir), *self.extra], cwd=ROOT, stdout=subprocess.PIPE,
+            [
+                sys.executable,
+                "-m",
+                "exchange",
+                "serve",
+                "--port",
+                "0",
+                "--data-dir",
+                str(self.data_dir),
+                *self.extra,
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            process_group=0 if new_group else None)
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            process_group=0 if new_group else None,
+        )
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             line = self.proc.stdout.readline()
@@ -66,8 +80,10 @@ class ServerProcess:
 
 async def state(port: int) -> dict:
     async with aiohttp.ClientSession() as s:
-        async with s.get(f"http://127.0.0.1:{port}/api/v1/state",
-                         headers={"Authorization": "Bearer operator-demo-key"}) as r:
+        async with s.get(
+            f"http://127.0.0.1:{port}/api/v1/state",
+            headers={"Authorization": "Bearer operator-demo-key"},
+        ) as r:
             return await r.json()
 
 
@@ -78,16 +94,40 @@ def test_restart_keeps_every_acknowledged_order(tmp_path):
     assert "demo-key-power1" in out and "operator-demo-key" in out  # keys printed on start-up
 
     async def trade():
-        async with ExchangeClient(srv.ws_url, "demo-key-power1") as a, \
-                ExchangeClient(srv.ws_url, "demo-key-cement1") as b:
+        async with (
+            ExchangeClient(srv.ws_url, "demo-key-power1") as a,
+            ExchangeClient(srv.ws_url, "demo-key-cement1") as b,
+        ):
             acks = []
-            calls = [("place_order", {"instrument": I, "side": "sell", "qty": 2,
-                                      "price": f"{86 + (i % 50) / 100:.2f}",
-                                      "client_order_id": f"r-{i}"}) for i in range(300)]
+            calls = [
+                (
+                    "place_order",
+                    {
+                        "instrument": I,
+                        "side": "sell",
+                        "qty": 2,
+                        "price": f"{86 + (i % 50) / 100:.2f}",
+                        "client_order_id": f"r-{i}",
+                    },
+                )
+                for i in range(300)
+            ]
             acks += await a.send_batch(calls)
-            acks += await b.send_batch([("place_order", {
-                "instrument": I, "side": "buy", "qty": 3, "price": "86.10",
-                "client_order_id": f"t-{i}"}) for i in range(40)])
+            acks += await b.send_batch(
+                [
+                    (
+                        "place_order",
+                        {
+                            "instrument": I,
+                            "side": "buy",
+                            "qty": 3,
+                            "price": "86.10",
+                            "client_order_id": f"t-{i}",
+                        },
+                    )
+                    for i in range(40)
+                ]
+            )
             assert all(isinstance(x, dict) for x in acks), acks[:3]
             live = {o["order_id"]: o for o in await a.open_orders()}
             live.update({o["order_id"]: o for o in await b.open_orders()})
@@ -103,8 +143,10 @@ def test_restart_keeps_every_acknowledged_order(tmp_path):
         st_after = await state(srv.port)
         assert st_after["last_seq"] == st_before["last_seq"]
         assert st_after["state_hash"] == st_before["state_hash"]
-        async with ExchangeClient(srv.ws_url, "demo-key-power1") as a, \
-                ExchangeClient(srv.ws_url, "demo-key-cement1") as b:
+        async with (
+            ExchangeClient(srv.ws_url, "demo-key-power1") as a,
+            ExchangeClient(srv.ws_url, "demo-key-cement1") as b,
+        ):
             live = {o["order_id"]: o for o in await a.open_orders()}
             live.update({o["order_id"]: o for o in await b.open_orders()})
             assert live == live_before
@@ -113,8 +155,9 @@ def test_restart_keeps_every_acknowledged_order(tmp_path):
                     assert ack["order_id"] in live or ack["client_order_id"].startswith("r-")
             # a retry of a still-working order after the restart is not a second order
             resting = next(o for o in live.values() if o["client_order_id"].startswith("r-"))
-            again = await a.place_order(I, "sell", 2, resting["price"],
-                                        client_order_id=resting["client_order_id"])
+            again = await a.place_order(
+                I, "sell", 2, resting["price"], client_order_id=resting["client_order_id"]
+            )
             assert again["order_id"] == resting["order_id"] and again["replayed"]
             # and the market keeps trading
             r = await b.place_order(I, "buy", 1, "86.49")

@@ -2,6 +2,7 @@
 market on ``Clock`` commands, expires DAY orders and rolls the reference at the day's last
 close; an operator can still halt or close early; a replay of the same commands gives the same
 state; the server journals the clock by itself."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -36,8 +37,12 @@ def m():
     mk = Market()
     mk.firm("BUYER", cash=BIG)
     mk.firm("SELLER", units=10_000)
-    mk.seq(SetTradingCalendar(sessions=(("09:30", "11:30"), ("13:00", "15:00")),
-                              holidays=("2027-03-03",)), ts=at(MON, "08:00"))
+    mk.seq(
+        SetTradingCalendar(
+            sessions=(("09:30", "11:30"), ("13:00", "15:00")), holidays=("2027-03-03",)
+        ),
+        ts=at(MON, "08:00"),
+    )
     return mk
 
 
@@ -90,9 +95,9 @@ def test_weekends_and_holidays_stay_closed(m):
 def test_a_missed_close_still_ends_the_day(m):
     tick(m, MON, "14:00")
     evs = tick(m, TUE, "09:45")  # the server was down over Monday's close
-    assert [type(e).__name__ for e in evs if type(e) in (SessionClosed, DayEnded,
-                                                         SessionOpened)] == \
-        ["SessionClosed", "DayEnded", "SessionOpened"]
+    assert [
+        type(e).__name__ for e in evs if type(e) in (SessionClosed, DayEnded, SessionOpened)
+    ] == ["SessionClosed", "DayEnded", "SessionOpened"]
     assert kinds(evs, SessionOpened) == [SessionOpened(TUE, 0)]
 
 
@@ -122,10 +127,13 @@ def test_without_a_calendar_the_market_is_always_open():
 
 def test_a_bad_calendar_is_refused():
     mk = Market()
-    for bad in [dict(sessions=(("11:30", "09:30"),)), dict(sessions=(("9:30", "11:30"),)),
-                dict(sessions=(("09:30", "11:30"),), tz="Mars/Olympus"),
-                dict(sessions=(("09:30", "11:30"), ("11:00", "15:00"))),
-                dict(sessions=(("09:30", "11:30"),), holidays=("2027-13-01",))]:
+    for bad in [
+        dict(sessions=(("11:30", "09:30"),)),
+        dict(sessions=(("9:30", "11:30"),)),
+        dict(sessions=(("09:30", "11:30"),), tz="Mars/Olympus"),
+        dict(sessions=(("09:30", "11:30"), ("11:00", "15:00"))),
+        dict(sessions=(("09:30", "11:30"),), holidays=("2027-13-01",)),
+    ]:
         (ev,) = mk.seq(SetTradingCalendar(**bad))
         assert ev.code == E.BAD_PARAMETER, bad
     assert mk.ex.calendar is None
@@ -149,8 +157,7 @@ def test_replay_and_snapshot_give_the_same_state(m, accelerate):
 
 
 def test_next_change_walks_sessions_weekends_and_holidays():
-    cal = TradingCalendar.build((("09:30", "11:30"), ("13:00", "15:00")),
-                                holidays=("2027-03-03",))
+    cal = TradingCalendar.build((("09:30", "11:30"), ("13:00", "15:00")), holidays=("2027-03-03",))
     assert cal.next_change(at(MON, "08:00")) == at(MON, "09:30")
     assert cal.next_change(at(MON, "09:30")) == at(MON, "11:30")
     assert cal.next_change(at(MON, "12:00")) == at(MON, "13:00")
@@ -167,8 +174,13 @@ async def test_the_server_journals_the_clock_by_itself(tmp_path):
     from exchange.app.server import STATE_KEY, create_app
 
     s = load_settings()
-    cal = s.market.calendar.model_copy(update={"enabled": True, "weekdays": [0, 1, 2, 3, 4, 5, 6],
-                                               "sessions": [("00:00", "24:00")]})
+    cal = s.market.calendar.model_copy(
+        update={
+            "enabled": True,
+            "weekdays": [0, 1, 2, 3, 4, 5, 6],
+            "sessions": [("00:00", "24:00")],
+        }
+    )
     s = s.model_copy(update={"market": s.market.model_copy(update={"calendar": cal})})
     app = create_app(s, tmp_path / "data")
     srv = TestServer(app, host="127.0.0.1", port=0)

@@ -1,4 +1,5 @@
 """Simulation: analytic equilibrium, conservation, reproducibility, scenario validation, outputs."""
+
 from __future__ import annotations
 
 import csv
@@ -70,12 +71,12 @@ def test_analytic_price_and_cost_match_the_closed_form(analytic):
         # independent of the simulation's own bookkeeping: c_i from each firm's cost and
         # abatement (C = c a^2 / 2), R from baseline minus allocation
         a = rec["abatement"][t]
-        c = 2 * rec["abatement_cost"][t] / a ** 2
+        c = 2 * rec["abatement_cost"][t] / a**2
         R = rec["baseline_emissions"][t].sum() - rec["allocation"][t].sum()
         p_star = R / np.sum(1 / c)
         assert row["analytic_price"] == pytest.approx(p_star, rel=1e-6)
         assert abs(row["close_price"] / p_star - 1) < 0.05
-        least = np.sum(p_star ** 2 / (2 * c))  # sum c_i (p*/c_i)^2 / 2
+        least = np.sum(p_star**2 / (2 * c))  # sum c_i (p*/c_i)^2 / 2
         assert abs(rec["abatement_cost"][t].sum() / least - 1) < 0.05
         assert rec["abatement_cost"][t].sum() < rec["no_trade_abatement_cost"][t].sum()
         # every firm abates to (nearly) the same marginal cost: the least-cost condition
@@ -106,6 +107,7 @@ def test_positions_read_from_events_match_the_ledger():
     """The simulation tracks holdings only from the events it gets back (Posting, Trade);
     at the end they equal the core's ledger for every firm and instrument."""
     from exchange.sim.runner import Simulation
+
     sim = Simulation(parse_scenario(_toml(SMALL)), periods=2)
     sim.run()
     ex = sim.gw.exchange
@@ -121,24 +123,33 @@ def test_same_seed_same_run_and_other_seed_differs():
     b = run_scenario(sc, seed=9, periods=2)
     c = run_scenario(sc, seed=10, periods=2)
     assert a.state_hash == b.state_hash
-    strip = lambda s: {k: v for k, v in s.items()  # noqa: E731
-                       if k not in ("runtime_s", "phase_seconds")}
+
+    def strip(s):
+        return {k: v for k, v in s.items() if k not in ("runtime_s", "phase_seconds")}
+
     assert strip(a.summary) == strip(b.summary)
     for k in a.records:
         np.testing.assert_array_equal(a.records[k], b.records[k])
     assert a.state_hash != c.state_hash
 
 
-@pytest.mark.parametrize("text, expect", [
-    ("[scenario]\nname='x'\n", "sectors: Field required"),
-    (SMALL.replace('intensity = 2.0', 'intensity = -2.0'), "sectors[0].intensity"),
-    (SMALL.replace('core_sector = "steel"', 'core_sector = "stele"'), "unknown sector 'stele'"),
-    (SMALL.replace('[market]', '[market]\nrounds = 3'), "market.rounds: unknown key"),
-    (SMALL.replace('split_strategy = "by_output"', 'split_strategy = "random"'),
-     "chains[0].split_strategy"),
-    (SMALL.replace('[0.05, 40.0], [0.2, 300.0]', '[0.05, 40.0], [0.04, 300.0]'),
-     "shares must strictly increase"),
-])
+@pytest.mark.parametrize(
+    "text, expect",
+    [
+        ("[scenario]\nname='x'\n", "sectors: Field required"),
+        (SMALL.replace("intensity = 2.0", "intensity = -2.0"), "sectors[0].intensity"),
+        (SMALL.replace('core_sector = "steel"', 'core_sector = "stele"'), "unknown sector 'stele'"),
+        (SMALL.replace("[market]", "[market]\nrounds = 3"), "market.rounds: unknown key"),
+        (
+            SMALL.replace('split_strategy = "by_output"', 'split_strategy = "random"'),
+            "chains[0].split_strategy",
+        ),
+        (
+            SMALL.replace("[0.05, 40.0], [0.2, 300.0]", "[0.05, 40.0], [0.04, 300.0]"),
+            "shares must strictly increase",
+        ),
+    ],
+)
 def test_bad_scenario_gives_a_clear_error(tmp_path, text, expect):
     p = tmp_path / "bad.toml"
     p.write_text(text)
@@ -160,15 +171,37 @@ def test_small_run_writes_all_outputs(tmp_path):
     scen = tmp_path / "small.toml"
     scen.write_text(SMALL)
     out = tmp_path / "out"
-    assert cli_main(["simulate", str(scen), "--out", str(out), "--seed", "4", "--periods", "1",
-                     "--quiet"]) == 0
-    for f in ("report.md", "summary.json", "firms.csv", "periods.csv", "rounds.csv",
-              "price_path.png", "emissions_vs_allocation.png", "intensity_by_sector.png",
-              "allocation_factors.png", "sme_revenue_by_strategy.png", "smes.csv"):
+    assert (
+        cli_main(
+            ["simulate", str(scen), "--out", str(out), "--seed", "4", "--periods", "1", "--quiet"]
+        )
+        == 0
+    )
+    for f in (
+        "report.md",
+        "summary.json",
+        "firms.csv",
+        "periods.csv",
+        "rounds.csv",
+        "price_path.png",
+        "emissions_vs_allocation.png",
+        "intensity_by_sector.png",
+        "allocation_factors.png",
+        "sme_revenue_by_strategy.png",
+        "smes.csv",
+    ):
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f
     s = json.loads((out / "summary.json").read_text())
-    for k in ("periods", "mean_price", "final_price", "total_emissions", "total_allocation",
-              "total_abatement_cost", "no_trade_abatement_cost", "offset_share_used"):
+    for k in (
+        "periods",
+        "mean_price",
+        "final_price",
+        "total_emissions",
+        "total_allocation",
+        "total_abatement_cost",
+        "no_trade_abatement_cost",
+        "offset_share_used",
+    ):
         assert k in s
     assert s["periods"] == 1 and s["seed"] == 4
     rows = list(csv.DictReader(open(out / "firms.csv")))
@@ -187,14 +220,42 @@ def test_compare_mode(tmp_path):
     scen = tmp_path / "small.toml"
     scen.write_text(SMALL)
     out = tmp_path / "cmp"
-    assert cli_main(["simulate", "--compare", str(scen), "--vary", "offset_cap=0,0.1",
-                     "--periods", "1", "--out", str(out), "--quiet"]) == 0
+    assert (
+        cli_main(
+            [
+                "simulate",
+                "--compare",
+                str(scen),
+                "--vary",
+                "offset_cap=0,0.1",
+                "--periods",
+                "1",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     rows = json.loads((out / "compare.json").read_text())
     assert [r["variant"] for r in rows] == ["offset_cap=0", "offset_cap=0.1"]
     assert rows[0]["offset_share_used"] == 0
     assert (out / "compare.png").stat().st_size > 0 and (out / "compare.md").is_file()
-    assert cli_main(["simulate", "--compare", str(scen), "--vary", "offsets.cap=2",
-                     "--out", str(out), "--quiet"]) == 2
+    assert (
+        cli_main(
+            [
+                "simulate",
+                "--compare",
+                str(scen),
+                "--vary",
+                "offsets.cap=2",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
 
 
 def test_mac_curves_inverse_and_integral():
@@ -227,6 +288,7 @@ def test_mac_curves_inverse_and_integral():
 
 def _toml(text: str) -> dict:
     import tomllib
+
     return tomllib.loads(text)
 
 
@@ -241,21 +303,47 @@ def test_networked_mode_matches_in_process(tmp_path):
     # a production start (--no-demo) has no API key: the first start builds the market, then
     # `keys create` makes the operator and verifier keys the simulation drives it with
     data = tmp_path / "data"
-    serve = [sys.executable, "-m", "exchange", "serve", "--port", "0", "--no-demo",
-             "--data-dir", str(data)]
+    serve = [
+        sys.executable,
+        "-m",
+        "exchange",
+        "serve",
+        "--port",
+        "0",
+        "--no-demo",
+        "--data-dir",
+        str(data),
+    ]
     keys = {}
     for role, label in (("operator", "sim"), ("verifier", "VERIFIER1")):
         if role == "operator":  # the first start (genesis) must come before any key
-            first = subprocess.Popen(serve, cwd=ROOT, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True)
+            first = subprocess.Popen(
+                serve, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
             for line in first.stdout:
                 if line.startswith("listening on"):
                     break
             first.terminate()
             assert first.wait(timeout=20) == 0
-        r = subprocess.run([sys.executable, "-m", "exchange", "keys", "create", "--role", role,
-                            "--label", label, "--data-dir", str(data)], cwd=ROOT,
-                           capture_output=True, text=True, timeout=60)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "exchange",
+                "keys",
+                "create",
+                "--role",
+                role,
+                "--label",
+                label,
+                "--data-dir",
+                str(data),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert r.returncode == 0, r.stderr
         keys[role] = r.stdout.strip().splitlines()[-1]
     log = tmp_path / "serve.log"
@@ -272,16 +360,26 @@ def test_networked_mode_matches_in_process(tmp_path):
             time.sleep(0.1)
         assert port, log.read_text()
         from exchange.sim.networked import NetworkedGateway
+
         sc = parse_scenario(_toml(SMALL.replace("use_sme_board = true", "")))
-        gw = NetworkedGateway(f"http://127.0.0.1:{port}", operator_key=keys["operator"],
-                              verifier_key=keys["verifier"])
+        gw = NetworkedGateway(
+            f"http://127.0.0.1:{port}", operator_key=keys["operator"], verifier_key=keys["verifier"]
+        )
         try:
             net = run_scenario(sc, periods=1, gateway=gw)
         finally:
             gw.close()
         local = run_scenario(sc, periods=1)
-        for k in ("final_price", "mean_price", "volume", "trades", "total_emissions",
-                  "total_allocation", "total_abatement_cost", "conservation_ok"):
+        for k in (
+            "final_price",
+            "mean_price",
+            "volume",
+            "trades",
+            "total_emissions",
+            "total_allocation",
+            "total_abatement_cost",
+            "conservation_ok",
+        ):
             assert net.summary[k] == local.summary[k], k
         assert net.summary["gateway"] == "networked"
         assert "configure_compliance_period" in net.summary["skipped_commands"]
@@ -299,8 +397,11 @@ def test_mac_functions_properties():
     seg = st.tuples(st.floats(0.01, 0.3), st.floats(0.0, 200.0))
 
     @settings(max_examples=60, deadline=None)
-    @given(st.lists(st.lists(seg, min_size=1, max_size=4), min_size=1, max_size=6),
-           st.floats(0.0, 900.0), st.floats(0.0, 900.0))
+    @given(
+        st.lists(st.lists(seg, min_size=1, max_size=4), min_size=1, max_size=6),
+        st.floats(0.0, 900.0),
+        st.floats(0.0, 900.0),
+    )
     def check(curves, p1, p2):
         K = max(len(c) for c in curves) + 1
         a = np.zeros((len(curves), K))

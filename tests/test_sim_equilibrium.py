@@ -11,6 +11,7 @@ from the scenario's inputs alone, independently of the simulation's own solver:
   m* = (1 - s) p* + s p_o; offsets used = s (E0 - m* sum 1/c));
 * offsets dearer than the no-offset price: unused, p* as without offsets.
 """
+
 from __future__ import annotations
 
 import copy
@@ -29,14 +30,20 @@ def firms(n: int, seed: int, f_lo: float = 100.0, f_hi: float = 10_000.0) -> lis
     rng = np.random.default_rng(seed)
     e0 = rng.uniform(5_000, 50_000, n)
     full = np.exp(rng.uniform(np.log(f_lo), np.log(f_hi), n))  # MAC at 100 % abatement
-    return [dict(id=f"F{i:04d}", sector="ind", baseline_emissions=float(e0[i]),
-                 mac=dict(kind="linear", full_abatement_cost=float(full[i]),
-                          max_abatement_share=0.9))
-            for i in range(n)]
+    return [
+        dict(
+            id=f"F{i:04d}",
+            sector="ind",
+            baseline_emissions=float(e0[i]),
+            mac=dict(kind="linear", full_abatement_cost=float(full[i]), max_abatement_share=0.9),
+        )
+        for i in range(n)
+    ]
 
 
-def expected(fs: list[dict], reduction: float, cap: float = 0.0,
-             p_off: float | None = None) -> dict:
+def expected(
+    fs: list[dict], reduction: float, cap: float = 0.0, p_off: float | None = None
+) -> dict:
     e0 = np.array([f["baseline_emissions"] for f in fs])
     c = np.array([f["mac"]["full_abatement_cost"] for f in fs]) / e0
     inv = np.sum(1 / c)
@@ -50,23 +57,37 @@ def expected(fs: list[dict], reduction: float, cap: float = 0.0,
     p = (mac - cap * p_off) / (1 - cap)
     assert p > p_off, "the test scenario must leave offsets cheaper than allowances"
     offsets = cap * (E0 - mac * inv)
-    return dict(price=p, mac=mac, offsets=offsets,
-                cost=np.sum(c * (mac / c) ** 2 / 2) + p_off * offsets)
+    return dict(
+        price=p, mac=mac, offsets=offsets, cost=np.sum(c * (mac / c) ** 2 / 2) + p_off * offsets
+    )
 
 
 def scenario(fs, reduction=0.10, offsets=None, initial_price=None, periods=3, seed=1):
-    exp = expected(fs, reduction, **({} if not offsets or not offsets.get("enabled") else
-                                     dict(cap=offsets["cap"], p_off=offsets["price"])))
-    return parse_scenario({
-        "scenario": {"name": "closed_form", "periods": periods, "seed": seed},
-        "market": {"initial_price": initial_price or round(exp["price"] * 0.9, 2),
-                   "fee_bps": 0, "rounds_per_period": 20, "settlement_rounds": 1,
-                   "levels": 7},
-        "allocation": {"mode": "fixed", "pre_ratio": 1.0, "reduction": reduction},
-        "offsets": offsets or {"enabled": False},
-        "sectors": [{"name": "ind", "intensity": 1.0,
-                     "mac": {"kind": "linear", "slope": 1.0}}],
-        "firms": fs}), exp
+    exp = expected(
+        fs,
+        reduction,
+        **(
+            {}
+            if not offsets or not offsets.get("enabled")
+            else dict(cap=offsets["cap"], p_off=offsets["price"])
+        ),
+    )
+    return parse_scenario(
+        {
+            "scenario": {"name": "closed_form", "periods": periods, "seed": seed},
+            "market": {
+                "initial_price": initial_price or round(exp["price"] * 0.9, 2),
+                "fee_bps": 0,
+                "rounds_per_period": 20,
+                "settlement_rounds": 1,
+                "levels": 7,
+            },
+            "allocation": {"mode": "fixed", "pre_ratio": 1.0, "reduction": reduction},
+            "offsets": offsets or {"enabled": False},
+            "sectors": [{"name": "ind", "intensity": 1.0, "mac": {"kind": "linear", "slope": 1.0}}],
+            "firms": fs,
+        }
+    ), exp
 
 
 def check(res, exp, *, band_walk: bool = False) -> None:
@@ -77,8 +98,7 @@ def check(res, exp, *, band_walk: bool = False) -> None:
         assert row["analytic_price"] == pytest.approx(exp["price"], rel=0.005)
         assert row["least_cost_price"] == pytest.approx(exp["price"], rel=0.005)
         assert row["least_cost_compliance_cost"] == pytest.approx(exp["cost"], rel=0.01)
-        assert row["least_cost_offsets_used"] == pytest.approx(exp["offsets"], rel=0.001,
-                                                               abs=1)
+        assert row["least_cost_offsets_used"] == pytest.approx(exp["offsets"], rel=0.001, abs=1)
         # the market: within 2 % once the band has reached the equilibrium
         reached = reached or row["cleared"]
         if reached:
@@ -105,8 +125,7 @@ def test_a_no_offsets_slopes_spread_100x():
 
 def test_b_cheap_offsets_binding_cap():
     fs = firms(40, seed=12)
-    sc, exp = scenario(fs, reduction=0.12,
-                       offsets={"enabled": True, "cap": 0.05, "price": 20.0})
+    sc, exp = scenario(fs, reduction=0.12, offsets={"enabled": True, "cap": 0.05, "price": 20.0})
     assert exp["offsets"] > 0 and exp["price"] > 20.0
     res = run_scenario(sc)
     check(res, exp)
@@ -148,9 +167,14 @@ def test_least_cost_solver_corner_at_the_offset_price():
     e0 = np.array([f["baseline_emissions"] for f in fs])
     c = np.array([f["mac"]["full_abatement_cost"] for f in fs]) / e0
     p_off = 0.5 * expected(fs, 0.08)["price"]
-    sc = parse_scenario({"scenario": {"name": "x"}, "sectors": [
-        {"name": "ind", "intensity": 1.0, "mac": {"kind": "linear", "slope": 1.0}}],
-        "firms": fs, "allocation": {"mode": "fixed"}})
+    sc = parse_scenario(
+        {
+            "scenario": {"name": "x"},
+            "sectors": [{"name": "ind", "intensity": 1.0, "mac": {"kind": "linear", "slope": 1.0}}],
+            "firms": fs,
+            "allocation": {"mode": "fixed"},
+        }
+    )
     pop = build_population(sc, np.random.default_rng(0))
     cv = Curves.for_period(pop, e0)
     A = float(np.floor(e0 * 0.92).sum())
@@ -164,21 +188,50 @@ def test_least_cost_solver_corner_at_the_offset_price():
 
 
 def _intensity_scenario(kappa: float, total: str = "intensity"):
-    return parse_scenario({
-        "scenario": {"name": "cap", "periods": 4, "seed": 21, "sme_strategy_comparison": False},
-        "market": {"initial_price": 50.0, "benchmark_stringency": 0.1},
-        "rules": {"kappa": kappa, "kappa_max": 0.2, "max_step": 0.1, "alpha_up": 2.0,
-                  "allocation_total": total},
-        "offsets": {"enabled": True, "cap": 0.05, "price": 20.0},
-        "sectors": [
-            {"name": "steel", "intensity": 2.0, "firms": 12, "intensity_dispersion": 0.3,
-             "mac": {"kind": "linear", "full_abatement_cost": 600.0,
-                     "max_abatement_share": 0.6}},
-            {"name": "parts", "intensity": 0.5, "firms": 6,
-             "mac": {"kind": "linear", "full_abatement_cost": 900.0,
-                     "max_abatement_share": 0.6}}],
-        "chains": [{"id": "C", "core_sector": "steel",
-                    "tiers": [{"tier": 1, "firms": 3, "sector": "parts"}]}]})
+    return parse_scenario(
+        {
+            "scenario": {"name": "cap", "periods": 4, "seed": 21, "sme_strategy_comparison": False},
+            "market": {"initial_price": 50.0, "benchmark_stringency": 0.1},
+            "rules": {
+                "kappa": kappa,
+                "kappa_max": 0.2,
+                "max_step": 0.1,
+                "alpha_up": 2.0,
+                "allocation_total": total,
+            },
+            "offsets": {"enabled": True, "cap": 0.05, "price": 20.0},
+            "sectors": [
+                {
+                    "name": "steel",
+                    "intensity": 2.0,
+                    "firms": 12,
+                    "intensity_dispersion": 0.3,
+                    "mac": {
+                        "kind": "linear",
+                        "full_abatement_cost": 600.0,
+                        "max_abatement_share": 0.6,
+                    },
+                },
+                {
+                    "name": "parts",
+                    "intensity": 0.5,
+                    "firms": 6,
+                    "mac": {
+                        "kind": "linear",
+                        "full_abatement_cost": 900.0,
+                        "max_abatement_share": 0.6,
+                    },
+                },
+            ],
+            "chains": [
+                {
+                    "id": "C",
+                    "core_sector": "steel",
+                    "tiers": [{"tier": 1, "firms": 3, "sector": "parts"}],
+                }
+            ],
+        }
+    )
 
 
 def test_phi_and_coupling_move_allowances_never_create_them():
@@ -213,45 +266,55 @@ def test_sub_quotas_are_carved_from_the_core_firm_inside_the_cap(tmp_path):
     from exchange.sim.report import sme_rows, write_report
 
     data = _intensity_scenario(0.2).model_dump(mode="json")
-    data["chains"][0]["tiers"].append({"tier": 2, "firms": 4, "sector": "parts",
-                                       "size_class": "sme", "output_scale": 0.3})
+    data["chains"][0]["tiers"].append(
+        {"tier": 2, "firms": 4, "sector": "parts", "size_class": "sme", "output_scale": 0.3}
+    )
     data["chains"][0]["split_strategy"] = "equal"
     res = run_scenario(parse_scenario(data))
     rec = res.records
     for t, row in enumerate(res.period_rows):
-        assert row["allocation"] == row["allocation_target"]   # nothing issued on top
+        assert row["allocation"] == row["allocation_target"]  # nothing issued on top
         assert rec["sub_quota_in"][t].sum() > 0
         assert rec["sub_quota_in"][t].sum() == rec["sub_quota_out"][t].sum()
         sme = np.array([s == "sme" for s in res.size_class])
-        assert rec["allocation"][t][sme].sum() == 0             # SMEs get no allocation
+        assert rec["allocation"][t][sme].sum() == 0  # SMEs get no allocation
     write_report(res, tmp_path)
     rows = sme_rows(res)
-    assert (tmp_path / "smes.csv").read_text().splitlines()[0].split(",")[:4] == \
-        ["period", "year", "sme", "chain"]
+    assert (tmp_path / "smes.csv").read_text().splitlines()[0].split(",")[:4] == [
+        "period",
+        "year",
+        "sme",
+        "chain",
+    ]
     assert len(rows) == 4 * res.periods
     for r in rows:  # the scheme's and the direct allocation's net cost side by side
-        assert r["benefit_vs_direct"] == pytest.approx(r["direct_net_cost"] - r["net_cost"],
-                                                       abs=0.02)
+        assert r["benefit_vs_direct"] == pytest.approx(
+            r["direct_net_cost"] - r["net_cost"], abs=0.02
+        )
 
 
 def test_sme_fund_grants_lower_smes_net_cost_by_what_they_received():
     """A regulator's budget in the SME fund: SMEs that abated apply per tonne, grants are paid
     while the fund lasts, and each SME's net cost falls by exactly its grants."""
     data = _intensity_scenario(0.2).model_dump(mode="json")
-    data["chains"][0]["tiers"].append({"tier": 2, "firms": 4, "sector": "parts",
-                                       "size_class": "sme", "output_scale": 0.3})
+    data["chains"][0]["tiers"].append(
+        {"tier": 2, "firms": 4, "sector": "parts", "size_class": "sme", "output_scale": 0.3}
+    )
     runs = {}
     for budget in (0.0, 5_000.0):
         d = copy.deepcopy(data)
-        d["sme_fund"] = {"budget_per_period": budget, "grant_per_tonne": 40.0,
-                         "sme_period_limit": 2_000.0}
+        d["sme_fund"] = {
+            "budget_per_period": budget,
+            "grant_per_tonne": 40.0,
+            "sme_period_limit": 2_000.0,
+        }
         runs[budget] = run_scenario(parse_scenario(d))
     without, with_fund = runs[0.0].records, runs[5_000.0].records
     sme = np.array([s == "sme" for s in runs[0.0].size_class])
     grants = with_fund["fund_grants"]
     assert without["fund_grants"].sum() == 0
     assert grants[:, sme].sum() > 0 and grants[:, ~sme].sum() == 0
-    assert (grants[:, sme] <= 2_000.0).all()                      # the per-SME limit
+    assert (grants[:, sme] <= 2_000.0).all()  # the per-SME limit
     # never more than the fund holds: what is not granted stays in it for later periods
     paid = np.cumsum(grants.sum(axis=1))
     assert (paid <= 5_000.0 * np.arange(1, len(paid) + 1) + 1e-9).all()
@@ -266,10 +329,11 @@ def test_shipped_supply_chain_smes_has_smes_better_off_than_direct_allocation():
     from exchange.sim.report import sme_stats
     from exchange.sim.scenario import load_scenario
 
-    path = Path(__file__).resolve().parent.parent / "config" / "scenarios" / \
-        "supply_chain_smes.toml"
-    res = run_scenario(load_scenario(path))   # shipped strategy
+    path = (
+        Path(__file__).resolve().parent.parent / "config" / "scenarios" / "supply_chain_smes.toml"
+    )
+    res = run_scenario(load_scenario(path))  # shipped strategy
     st = sme_stats(res)
     assert st["sme_winners_with_surplus"] > 0
-    assert st["sme_gain_share"] > 0          # the core firms shared their coupling gain
+    assert st["sme_gain_share"] > 0  # the core firms shared their coupling gain
     assert all(r["allocation"] == r["allocation_target"] for r in res.period_rows)

@@ -1,6 +1,7 @@
 """The power sector supplies the other sectors' electricity: clean generation by its merit
 order against fossil's cost with carbon, the balance each period, and the generators'
 emissions counted where generated and shown as the consumers' indirect emissions."""
+
 from __future__ import annotations
 
 import copy
@@ -41,15 +42,20 @@ def test_demand_supply_and_the_clean_share_by_merit_order(runs):
         # is fossil_cost + p x EF, and clean runs where it is cheaper
         p = res.extra["expected_price"][t]
         cap = cfg.clean_capacity * (1 + cfg.clean_capacity_growth) ** t
-        frac = np.clip((cfg.fossil_cost + p * ef - cfg.clean_cost_min)
-                       / (cfg.clean_cost_max - cfg.clean_cost_min), 0, 1)
+        frac = np.clip(
+            (cfg.fossil_cost + p * ef - cfg.clean_cost_min)
+            / (cfg.clean_cost_max - cfg.clean_cost_min),
+            0,
+            1,
+        )
         assert row["clean_mwh"] == pytest.approx(min(demand, cap * frac), abs=0.1)
         # fossil generation is the generators' output; supply meets demand up to rounding
         fossil = rec["output"][t, gen].sum() * 1e4 / cfg.tariff
         assert row["fossil_mwh"] == pytest.approx(fossil, abs=0.1)
         assert abs(row["power_balance_mwh"]) <= gen.sum() * 0.5 * 1e4 / cfg.tariff
         assert row["clean_share"] == pytest.approx(
-            row["clean_mwh"] / (row["clean_mwh"] + fossil), abs=1e-6)
+            row["clean_mwh"] / (row["clean_mwh"] + fossil), abs=1e-6
+        )
         # the generators' emissions, counted once, reappear as the consumers' indirect ones
         ind = res.extra["indirect_emissions"][t]
         assert ind[gen].sum() == 0
@@ -68,11 +74,14 @@ def test_a_tighter_cap_raises_the_price_and_the_clean_share(runs):
     assert e["clean_share_last"] > e["clean_share_first"]
 
 
-@pytest.mark.parametrize("change, expect", [
-    (lambda d: d["power"].update(sector="nuclear"), "unknown sector 'nuclear'"),
-    (lambda d: d["sectors"][0].update(margin=0.1), "its output follows demand"),
-    (lambda d: d["power"].update(clean_cost_max=100.0), "clean_cost_max must exceed"),
-])
+@pytest.mark.parametrize(
+    "change, expect",
+    [
+        (lambda d: d["power"].update(sector="nuclear"), "unknown sector 'nuclear'"),
+        (lambda d: d["sectors"][0].update(margin=0.1), "its output follows demand"),
+        (lambda d: d["power"].update(clean_cost_max=100.0), "clean_cost_max must exceed"),
+    ],
+)
 def test_bad_power_sections_fail_before_running(change, expect):
     data = copy.deepcopy(GRID)
     change(data)

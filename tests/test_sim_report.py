@@ -1,5 +1,6 @@
 """report.md says what an analyst must not take at face value: warnings at the top, costs on
 the same allocation path, trends against the policy's goal; and it is reproducible."""
+
 from __future__ import annotations
 
 import copy
@@ -20,33 +21,65 @@ def _healthy() -> dict:
     allowance price: the market finds the least-cost price and clears every period."""
     return {
         "scenario": {"name": "healthy", "periods": 2, "seed": 3},
-        "market": {"initial_price": 50.0, "rounds_per_period": 10, "settlement_rounds": 1,
-                   "levels": 7},
+        "market": {
+            "initial_price": 50.0,
+            "rounds_per_period": 10,
+            "settlement_rounds": 1,
+            "levels": 7,
+        },
         "allocation": {"mode": "fixed", "pre_ratio": 1.0, "reduction": 0.1},
         "offsets": {"enabled": True, "cap": 0.05, "price": 30.0},
         "rules": {"update_factors": False, "update_benchmarks": False},
-        "sectors": [{"name": "industry", "intensity": 2.0, "firms": 12, "output_mean": 5000,
-                     "output_growth": 0.0, "output_growth_sd": 0.0,
-                     "mac": {"kind": "linear", "full_abatement_cost": 800.0,
-                             "max_abatement_share": 0.9, "dispersion": 0.5}}],
+        "sectors": [
+            {
+                "name": "industry",
+                "intensity": 2.0,
+                "firms": 12,
+                "output_mean": 5000,
+                "output_growth": 0.0,
+                "output_growth_sd": 0.0,
+                "mac": {
+                    "kind": "linear",
+                    "full_abatement_cost": 800.0,
+                    "max_abatement_share": 0.9,
+                    "dispersion": 0.5,
+                },
+            }
+        ],
     }
 
 
 def _over_allocated() -> dict:
     """Listed firms whose fixed allocation exceeds their baseline emissions."""
-    firms = [{"id": f"F{i}", "sector": "industry", "baseline_emissions": 10_000 + 2_000 * i,
-              "allocation": 10_500 + 2_000 * i,
-              "mac": {"kind": "linear", "slope": 0.002 * (i + 1), "max_abatement_share": 0.9,
-                      "dispersion": 0.0}} for i in range(6)]
+    firms = [
+        {
+            "id": f"F{i}",
+            "sector": "industry",
+            "baseline_emissions": 10_000 + 2_000 * i,
+            "allocation": 10_500 + 2_000 * i,
+            "mac": {
+                "kind": "linear",
+                "slope": 0.002 * (i + 1),
+                "max_abatement_share": 0.9,
+                "dispersion": 0.0,
+            },
+        }
+        for i in range(6)
+    ]
     return {
-        "scenario": {"name": "over", "periods": 2, "seed": 1,
-                     "description": "Every firm is given more than it emits."},
+        "scenario": {
+            "name": "over",
+            "periods": 2,
+            "seed": 1,
+            "description": "Every firm is given more than it emits.",
+        },
         "market": {"initial_price": 40.0, "rounds_per_period": 6, "settlement_rounds": 1},
         "allocation": {"mode": "fixed", "pre_ratio": 1.0},
         "offsets": {"enabled": False},
         "rules": {"update_factors": False, "update_benchmarks": False},
-        "sectors": [{"name": "industry", "intensity": 2.0,
-                     "mac": {"kind": "linear", "slope": 0.01}}],
+        "sectors": [
+            {"name": "industry", "intensity": 2.0, "mac": {"kind": "linear", "slope": 0.01}}
+        ],
         "firms": firms,
     }
 
@@ -77,9 +110,11 @@ def test_over_allocation_gets_the_bau_warning(tmp_path):
     head = _head(md)
     # the warnings come first, right under the title and description, before anything else
     assert head[0] == "Every firm is given more than it emits."
-    assert head[1].startswith("**Warning:** allocation at or above business-as-usual "
-                              "emissions in 2026, 2027: nothing needs abating, the price "
-                              "collapses")
+    assert head[1].startswith(
+        "**Warning:** allocation at or above business-as-usual "
+        "emissions in 2026, 2027: nothing needs abating, the price "
+        "collapses"
+    )
     assert "No warnings" not in md
     # nothing is traded, the price falls limit-down day after day and never clears
     warnings = [p for p in head if p.startswith("**Warning:**")]
@@ -94,8 +129,9 @@ def test_healthy_run_has_no_warnings(healthy, healthy_md):
     assert all(p["cleared"] and not p["limit_locked_days"] for p in rows)
     assert abs(rows[-1]["close_price"] / rows[-1]["least_cost_price"] - 1) < 0.05
     head = _head(healthy_md)
-    assert head[0].startswith("No warnings: checked allocation and allowances available vs "
-                              "business-as-usual emissions")
+    assert head[0].startswith(
+        "No warnings: checked allocation and allowances available vs business-as-usual emissions"
+    )
     assert "**Warning:**" not in healthy_md
     assert findings(healthy)[0] == []
     assert "No trend against the policy's goal" in healthy_md
@@ -112,20 +148,26 @@ def test_saving_is_on_compliance_cost_and_the_cost_columns_are_shown(healthy, he
     assert m and m.group(1) == f"{saving:.1f}"
     assert f"| {SAVING} | {saving:.1f} % |" in healthy_md
     # the summary table: abatement, offsets and total for market, least-cost and no trade
-    assert "| CNY, all periods | market | least-cost | no trade (same allocation path) |" \
-        in healthy_md
+    assert (
+        "| CNY, all periods | market | least-cost | no trade (same allocation path) |" in healthy_md
+    )
     lc_o = sum(p["least_cost_offset_cost"] for p in healthy.period_rows)
     nt_o = sum(p["no_trade_offset_cost"] for p in healthy.period_rows)
-    assert (f"| offset spending | {s['total_offset_cost']:,.0f} | {lc_o:,.0f} | "
-            f"{nt_o:,.0f} |") in healthy_md
-    assert (f"| **total compliance cost** (abatement + offsets) | "
-            f"{s['total_compliance_cost']:,.0f} | {s['least_cost_compliance_cost']:,.0f} | "
-            f"{s['no_trade_compliance_cost']:,.0f} |") in healthy_md
+    assert (
+        f"| offset spending | {s['total_offset_cost']:,.0f} | {lc_o:,.0f} | {nt_o:,.0f} |"
+    ) in healthy_md
+    assert (
+        f"| **total compliance cost** (abatement + offsets) | "
+        f"{s['total_compliance_cost']:,.0f} | {s['least_cost_compliance_cost']:,.0f} | "
+        f"{s['no_trade_compliance_cost']:,.0f} |"
+    ) in healthy_md
     assert "| abatement cost | " in healthy_md and "| total vs least-cost | " in healthy_md
     # per period: close, least-cost and analytic price, trading and limit-locked days,
     # compliance cost against least-cost
-    assert ("| period | close | least-cost p | analytic p* | close vs least-cost | VWAP | "
-            "volume t | trading days | limit-locked days | cleared |") in healthy_md
+    assert (
+        "| period | close | least-cost p | analytic p* | close vs least-cost | VWAP | "
+        "volume t | trading days | limit-locked days | cleared |"
+    ) in healthy_md
     assert "| compliance cost | least-cost compliance | vs least-cost |" in healthy_md
 
 
@@ -135,17 +177,24 @@ def test_floating_allocation_total_is_flagged(tmp_path):
         "market": {"initial_price": 40.0, "rounds_per_period": 4, "settlement_rounds": 1},
         "rules": {"allocation_total": "floating"},
         "offsets": {"enabled": False},
-        "sectors": [{"name": "steel", "intensity": 2.0, "firms": 10, "output_mean": 5000,
-                     "mac": {"kind": "linear", "full_abatement_cost": 800.0,
-                             "max_abatement_share": 0.5}}],
+        "sectors": [
+            {
+                "name": "steel",
+                "intensity": 2.0,
+                "firms": 10,
+                "output_mean": 5000,
+                "mac": {"kind": "linear", "full_abatement_cost": 800.0, "max_abatement_share": 0.5},
+            }
+        ],
     }
     res = run_scenario(parse_scenario(d))
     assert res.summary["allocation_total"] == "floating"
     write_report(res, tmp_path)
     head = _head((tmp_path / "report.md").read_text())
     line = next(p for p in head if "allocation total moves with φ" in p)
-    assert line.startswith("**Warning:** the allocation total moves with φ (opt-in): "
-                           "allocation was ")
+    assert line.startswith(
+        "**Warning:** the allocation total moves with φ (opt-in): allocation was "
+    )
     assert "t vs the benchmark total " in line
 
 
@@ -172,8 +221,10 @@ def test_trends_against_the_policy_goal(healthy):
     # a sector's verified intensity rises
     r = _tweaked(healthy)
     r.records["emissions"][-1] *= 1.02
-    assert any(t.startswith("intensity of industry rose 2.0 %") and "against the policy's goal"
-               in t for t in trends(r)[0])
+    assert any(
+        t.startswith("intensity of industry rose 2.0 %") and "against the policy's goal" in t
+        for t in trends(r)[0]
+    )
     # allocation factors at their bounds: 3 of 12 firms (25 %)
     r = _tweaked(healthy)
     rules = healthy.scenario.rules
@@ -182,15 +233,14 @@ def test_trends_against_the_policy_goal(healthy):
     line = next(t for t in trends(r)[0] if "bounds" in t)
     assert "2 of 12 firms at φ_max" in line and "1 at φ_min" in line
     r.records["phi"][-1, :] = 1.0
-    r.records["phi"][-1, 0] = rules.phi_max   # 1 of 12: under 10 %
+    r.records["phi"][-1, 0] = rules.phi_max  # 1 of 12: under 10 %
     assert not any("bounds" in t for t in trends(r)[0])
 
 
 def test_close_price_far_from_least_cost_and_price_cap_are_flagged(healthy):
     lc = healthy.period_rows[-1]["least_cost_price"]
     r = _tweaked(healthy, close_price=[healthy.period_rows[0]["close_price"], lc * 1.08])
-    assert any(w.startswith("the final close price") and "+8.00 %" in w
-               for w in findings(r)[0])
+    assert any(w.startswith("the final close price") and "+8.00 %" in w for w in findings(r)[0])
     r = _tweaked(healthy, price_at_cap=[False, True])
     assert any("reached the cap" in w for w in findings(r)[0])
 
@@ -205,4 +255,5 @@ def test_report_is_reproducible(healthy, tmp_path):
     for png in ("price_path.png", "emissions_vs_allocation.png", "compliance_cost.png"):
         assert np.array_equal(
             np.frombuffer((tmp_path / "a" / png).read_bytes(), dtype=np.uint8),
-            np.frombuffer((tmp_path / "b" / png).read_bytes(), dtype=np.uint8)), png
+            np.frombuffer((tmp_path / "b" / png).read_bytes(), dtype=np.uint8),
+        ), png

@@ -2,6 +2,7 @@
 responsibility factors from it, and the ``by_responsibility`` split (the rules' strategy)
 weighs an SME by what it answers for, which differs from its own emissions when it has
 suppliers."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,19 +19,48 @@ def _scenario(strategy: str) -> dict:
     parts_mac = {"kind": "linear", "full_abatement_cost": 800.0, "max_abatement_share": 0.5}
     return {
         "scenario": {"name": "resp", "periods": 3, "seed": 5},
-        "market": {"initial_price": 50.0, "rounds_per_period": 4, "settlement_rounds": 1,
-                   "use_sme_board": True},
+        "market": {
+            "initial_price": 50.0,
+            "rounds_per_period": 4,
+            "settlement_rounds": 1,
+            "use_sme_board": True,
+        },
         "sectors": [
-            {"name": "steel", "intensity": 2.0, "firms": 4, "output_mean": 5000,
-             "mac": {"kind": "piecewise", "points": [[0.0, 0.0], [0.05, 40.0], [0.2, 300.0]]}},
-            {"name": "parts", "intensity": 0.5, "output_mean": 2000, "mac": parts_mac}],
-        "chains": [{"id": "C", "core_sector": "steel", "split_strategy": strategy,
-                    "shortfall_rule": "parent",
-                    "tiers": [{"tier": 1, "firms": 2, "sector": "parts"},
-                              {"tier": 2, "firms": 3, "sector": "parts", "size_class": "sme",
-                               "output_scale": 0.3},
-                              {"tier": 3, "firms": 3, "sector": "parts", "size_class": "sme",
-                               "output_scale": 0.2}]}]}
+            {
+                "name": "steel",
+                "intensity": 2.0,
+                "firms": 4,
+                "output_mean": 5000,
+                "mac": {"kind": "piecewise", "points": [[0.0, 0.0], [0.05, 40.0], [0.2, 300.0]]},
+            },
+            {"name": "parts", "intensity": 0.5, "output_mean": 2000, "mac": parts_mac},
+        ],
+        "chains": [
+            {
+                "id": "C",
+                "core_sector": "steel",
+                "split_strategy": strategy,
+                "shortfall_rule": "parent",
+                "tiers": [
+                    {"tier": 1, "firms": 2, "sector": "parts"},
+                    {
+                        "tier": 2,
+                        "firms": 3,
+                        "sector": "parts",
+                        "size_class": "sme",
+                        "output_scale": 0.3,
+                    },
+                    {
+                        "tier": 3,
+                        "firms": 3,
+                        "sector": "parts",
+                        "size_class": "sme",
+                        "output_scale": 0.2,
+                    },
+                ],
+            }
+        ],
+    }
 
 
 @pytest.fixture(scope="module")
@@ -96,5 +126,13 @@ def test_by_responsibility_differs_from_baseline_where_inputs_differ(runs):
 
 def test_split_py_no_longer_computes_responsibility():
     with pytest.raises(ValueError, match="rules module"):
-        split_weights("by_responsibility", np.arange(2), None, output=None, baseline=None,
-                      curves=None, price=0.0, chain=0)
+        split_weights(
+            "by_responsibility",
+            np.arange(2),
+            None,
+            output=None,
+            baseline=None,
+            curves=None,
+            price=0.0,
+            chain=0,
+        )

@@ -1,5 +1,6 @@
 """The economy responds: output answers the carbon price where it exceeds the margin, and a
 fixed cap can be cut proportionally or by the same intensity percentage in every sector."""
+
 from __future__ import annotations
 
 import copy
@@ -23,19 +24,41 @@ def _identical(margin: float, cut: str = "proportional") -> dict:
     return {
         "scenario": {"name": "identical", "periods": 2, "seed": 1},
         "market": {"initial_price": 60.0, "rounds_per_period": 8, "settlement_rounds": 1},
-        "allocation": {"mode": "fixed", "pre_ratio": 1.0, "reduction": 0.15,
-                       "sector_cut": cut},
+        "allocation": {"mode": "fixed", "pre_ratio": 1.0, "reduction": 0.15, "sector_cut": cut},
         "offsets": {"enabled": False},
         "sectors": [
-            {"name": "heavy", "intensity": 10.0, "firms": 6, "output_mean": 2000,
-             "output_growth": 0.0, "margin": margin, "supply_elasticity": 0.8,
-             "max_output_cut": 0.6, **same,
-             "mac": {"kind": "linear", "full_abatement_cost": 400.0,
-                     "max_abatement_share": 0.9, "dispersion": 0.0}},
-            {"name": "light", "intensity": 0.5, "firms": 6, "output_mean": 20000,
-             "output_growth": 0.05, **same,
-             "mac": {"kind": "linear", "full_abatement_cost": 300.0,
-                     "max_abatement_share": 0.9, "dispersion": 0.0}}],
+            {
+                "name": "heavy",
+                "intensity": 10.0,
+                "firms": 6,
+                "output_mean": 2000,
+                "output_growth": 0.0,
+                "margin": margin,
+                "supply_elasticity": 0.8,
+                "max_output_cut": 0.6,
+                **same,
+                "mac": {
+                    "kind": "linear",
+                    "full_abatement_cost": 400.0,
+                    "max_abatement_share": 0.9,
+                    "dispersion": 0.0,
+                },
+            },
+            {
+                "name": "light",
+                "intensity": 0.5,
+                "firms": 6,
+                "output_mean": 20000,
+                "output_growth": 0.05,
+                **same,
+                "mac": {
+                    "kind": "linear",
+                    "full_abatement_cost": 300.0,
+                    "max_abatement_share": 0.9,
+                    "dispersion": 0.0,
+                },
+            },
+        ],
     }
 
 
@@ -54,8 +77,9 @@ def test_carbon_cost_per_output_and_the_cut_have_their_closed_form():
         np.testing.assert_allclose(cc[t, heavy], c, rtol=1e-9)
         cut = min(0.6, 0.8 * max(0.0, c[0] - 400.0) / 400.0)
         assert cut > 0.01, "the margin binds in this scenario"
-        np.testing.assert_array_equal(rec["output"][t, heavy],
-                                      np.round(trend[t, heavy] * (1 - cut)))
+        np.testing.assert_array_equal(
+            rec["output"][t, heavy], np.round(trend[t, heavy] * (1 - cut))
+        )
         # the light sector has no margin: no response
         assert np.all(np.isnan(cc[t, ~heavy]))
         np.testing.assert_array_equal(rec["output"][t, ~heavy], trend[t, ~heavy])
@@ -90,7 +114,7 @@ def test_equal_intensity_cut_divides_the_same_total_by_intensity_times_output(cu
     prop, eq = cuts["proportional"], cuts["equal_intensity"]
     for t in range(prop.periods):
         a_p, a_e = prop.records["allocation"][t], eq.records["allocation"][t]
-        assert a_p.sum() == a_e.sum()   # the same cap
+        assert a_p.sum() == a_e.sum()  # the same cap
         # every firm's allowed intensity is its period-1 intensity cut by the same share
         i1 = eq.records["baseline_emissions"][0] / eq.records["output"][0]
         allowed = a_e / (i1 * eq.records["output"][t])

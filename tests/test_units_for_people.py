@@ -6,6 +6,7 @@ journal. These tests walk every HTTP route's JSON over a served demo market on l
 commands that fill the compliance, rules, registry and fund read sides), and read the CLI's
 output and the cap error.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,22 +29,36 @@ ROOT = Path(__file__).resolve().parent.parent
 OP = "operator-demo-key"
 VERIFIER = "verifier-demo-key"
 BAD_SUFFIXES = ("_fen", "_bps", "_ppm", "_ts", "_ns", "_exact")
-NS_SIZED = 10 ** 15  # no count, quantity or id of the demo market comes near: a time in ns
+NS_SIZED = 10**15  # no count, quantity or id of the demo market comes near: a time in ns
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?[+-]\d\d:\d\d$")
 
 
 # ------------------------------------------------------------------------- the module
 def test_present_renames_by_suffix_and_converts():
-    out = P.present({"average_price_fen": 8540, "cash_fen": 997436719,
-                     "deadline_ts": 1830211200000000000, "cap_bps": 500,
-                     "sub_caps_bps": {"PHCER": 250}, "phi_ppm": 1_000_000,
-                     "emissions_t_co2_exact": "493416000000/3000000", "qty": 1500,
-                     "rows": [{"ts": 0, "limit_fen": None}]})
-    assert out == {"average_price": "85.40", "cash": "9974367.19",
-                   "deadline_at": "2027-12-31T08:00:00+08:00", "cap_pct": "5.00",
-                   "sub_caps_pct": {"PHCER": "2.50"}, "phi": "1.000000",
-                   "emissions_t_co2": "164472.000000", "qty": 1500,
-                   "rows": [{"at": "1970-01-01T08:00:00+08:00", "limit": None}]}
+    out = P.present(
+        {
+            "average_price_fen": 8540,
+            "cash_fen": 997436719,
+            "deadline_ts": 1830211200000000000,
+            "cap_bps": 500,
+            "sub_caps_bps": {"PHCER": 250},
+            "phi_ppm": 1_000_000,
+            "emissions_t_co2_exact": "493416000000/3000000",
+            "qty": 1500,
+            "rows": [{"ts": 0, "limit_fen": None}],
+        }
+    )
+    assert out == {
+        "average_price": "85.40",
+        "cash": "9974367.19",
+        "deadline_at": "2027-12-31T08:00:00+08:00",
+        "cap_pct": "5.00",
+        "sub_caps_pct": {"PHCER": "2.50"},
+        "phi": "1.000000",
+        "emissions_t_co2": "164472.000000",
+        "qty": 1500,
+        "rows": [{"at": "1970-01-01T08:00:00+08:00", "limit": None}],
+    }
 
 
 def test_present_keeps_the_authors_form_and_refuses_two_keys_that_would_be_one():
@@ -61,9 +76,17 @@ def test_exact_fractions_round_half_even_to_six_places():
 
 def test_ratios_fixed_by_the_suffix_rule_shortest_where_a_view_writes_them():
     assert [P.ratio(p) for p in (1_000_000, 350_000, -500_000)] == [
-        "1.000000", "0.350000", "-0.500000"]
-    assert [P.ratio_text(p) for p in (1_000_000, 700_000, 1_067_777, 1_200 * 10**6, -500_000)] \
-        == ["1", "0.7", "1.067777", "1200", "-0.5"]
+        "1.000000",
+        "0.350000",
+        "-0.500000",
+    ]
+    assert [P.ratio_text(p) for p in (1_000_000, 700_000, 1_067_777, 1_200 * 10**6, -500_000)] == [
+        "1",
+        "0.7",
+        "1.067777",
+        "1200",
+        "-0.5",
+    ]
 
 
 def test_times_parse_back_and_need_a_zone():
@@ -98,9 +121,23 @@ class Served:
         self.log = data_dir.parent / "server.log"
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "exchange", "serve", "--host", "127.0.0.1", "--port", "0",
-                 "--data-dir", str(data_dir)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                [
+                    sys.executable,
+                    "-m",
+                    "exchange",
+                    "serve",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    "0",
+                    "--data-dir",
+                    str(data_dir),
+                ],
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
         self.port = 0
         end = time.monotonic() + 60
         while time.monotonic() < end and self.proc.poll() is None:
@@ -116,8 +153,12 @@ class Served:
 
     def call(self, method: str, path: str, body=None, key: str = OP):
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.base + path, data=data, method=method, headers={
-            "Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+        req = urllib.request.Request(
+            self.base + path,
+            data=data,
+            method=method,
+            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        )
         try:
             with urllib.request.urlopen(req, timeout=30) as r:
                 return r.status, r.read()
@@ -175,25 +216,58 @@ SETUP = [
     ("PUT", "/instruments/CEA-2026/band", {"band_pct": "10"}),
     ("POST", "/segments", {"name": "pilot", "tick": "0.05", "fee_pct": "0.05"}),
     ("POST", "/deposits", {"account": "SME1", "amount": "1000.00"}),
-    ("POST", "/sub-quotas", {"parent": "STEEL1", "sme": "SME1", "instrument": "CEA-2026",
-                             "qty": 100, "revenue_share": "0.3"}),
-    ("PUT", "/compliance/periods/2026/cap", {"cap_pct": "5", "sub_caps_pct": {"PHCER": "2"},
-                                             "effective": "2099-01-01"}),
-    ("PUT", "/compliance/sme-fund/params", {"penalty_to_fund_pct": "30",
-                                            "auction_to_fund_pct": "0",
-                                            "sme_period_limit": "50000.00",
-                                            "period_limit": None}),
+    (
+        "POST",
+        "/sub-quotas",
+        {
+            "parent": "STEEL1",
+            "sme": "SME1",
+            "instrument": "CEA-2026",
+            "qty": 100,
+            "revenue_share": "0.3",
+        },
+    ),
+    (
+        "PUT",
+        "/compliance/periods/2026/cap",
+        {"cap_pct": "5", "sub_caps_pct": {"PHCER": "2"}, "effective": "2099-01-01"},
+    ),
+    (
+        "PUT",
+        "/compliance/sme-fund/params",
+        {
+            "penalty_to_fund_pct": "30",
+            "auction_to_fund_pct": "0",
+            "sme_period_limit": "50000.00",
+            "period_limit": None,
+        },
+    ),
     ("POST", "/compliance/sme-fund/deposits", {"amount": "100000.00", "ref": "budget"}),
-    ("POST", "/compliance/sme-fund/applications", {"period": 2026, "amount": "1000.00",
-                                                   "project": "kiln", "sme": "SME1",
-                                                   "verified_abatement_t": 10}),
+    (
+        "POST",
+        "/compliance/sme-fund/applications",
+        {
+            "period": 2026,
+            "amount": "1000.00",
+            "project": "kiln",
+            "sme": "SME1",
+            "verified_abatement_t": 10,
+        },
+    ),
     ("POST", "/compliance/periods/2026/cap/what-if", {"cap_pct": "8"}),
 ]
 
 # values for the path parameters of the GET routes
-PATH_VALUES = {"firm_id": "STEEL1", "period": "2026", "instrument": "CEA-2026",
-               "segment": "main", "symbol": "CEA-2026", "chain_id": "steel",
-               "application_id": "1", "offset_type": "PHCER"}
+PATH_VALUES = {
+    "firm_id": "STEEL1",
+    "period": "2026",
+    "instrument": "CEA-2026",
+    "segment": "main",
+    "symbol": "CEA-2026",
+    "chain_id": "steel",
+    "application_id": "1",
+    "offset_type": "PHCER",
+}
 
 
 def test_every_route_answers_in_units_for_people(served):
@@ -215,7 +289,7 @@ def test_every_route_answers_in_units_for_people(served):
     for path, ops in doc["paths"].items():
         if "get" not in ops or path.endswith("/openapi.json"):
             continue
-        rel = path[len("/api/v1"):]
+        rel = path[len("/api/v1") :]
         names = re.findall(r"\{(\w+)\}", rel)
         if any(n not in values for n in names):
             # an id the walk cannot know (a key, a batch, a project): its list route is walked
@@ -265,16 +339,32 @@ def test_cli_output_has_no_reprs_bps_or_ns(capsys):
     assert main(["demo"]) == 0
     out = capsys.readouterr().out
     assert "proceeds split STEEL1 7668.00, SME1 17892.00" in out
-    for args in (["report", "firm", "STEEL1", "--period", "2026", "--demo"],
-                 ["report", "compliance", "--period", "2026", "--demo"],
-                 ["report", "what-if", "--period", "2026", "--cap-pct", "3", "--demo"]):
+    for args in (
+        ["report", "firm", "STEEL1", "--period", "2026", "--demo"],
+        ["report", "compliance", "--period", "2026", "--demo"],
+        ["report", "what-if", "--period", "2026", "--cap-pct", "3", "--demo"],
+    ):
         assert main(args) == 0
         out += capsys.readouterr().out
     assert "offset cap 5 %, PHCER 2 %" in out
     assert "{'" not in out and "((" not in out and "bps" not in out
     assert not re.search(r"\d{16,}", out)  # no time in ns
-    assert main(["report", "what-if", "--period", "2026", "--cap-pct", "3", "--demo",
-                 "--format", "json"]) == 0
+    assert (
+        main(
+            [
+                "report",
+                "what-if",
+                "--period",
+                "2026",
+                "--cap-pct",
+                "3",
+                "--demo",
+                "--format",
+                "json",
+            ]
+        )
+        == 0
+    )
     wi = json.loads(capsys.readouterr().out)
     assert _core_units(wi) == [] and ISO.match(wi["as_of_at"])
 
@@ -283,17 +373,55 @@ def test_events_go_to_people_and_back():
     """A client that rebuilds the core's events from command results (the networked
     simulation) gets them back exactly, times to the microsecond."""
     from exchange.core.events import (
-        BookUpdate, DayEnded, ExecutionReport, MarketState, Posting, SubQuotaCreated, Trade,
+        BookUpdate,
+        DayEnded,
+        ExecutionReport,
+        MarketState,
+        Posting,
+        SubQuotaCreated,
+        Trade,
         encode_event,
     )
 
     ts = 1_795_378_000_123_456_000
     evs = [
-        ExecutionReport("CEMENT1", 6, "c-1", "CEA-2026", "main", "buy", "trade",
-                        "partially_filled", 8540, 1500, 1000, 8540, 1000, 500, None, 1, 4270,
-                        "taker", ts),
-        Trade(1, "CEA-2026", "sme", 8520, 300, "POWER1", "SME1", 7, 8, "buy", 0, 0,
-              (("STEEL1", 766800), ("SME1", 1789200)), ts),
+        ExecutionReport(
+            "CEMENT1",
+            6,
+            "c-1",
+            "CEA-2026",
+            "main",
+            "buy",
+            "trade",
+            "partially_filled",
+            8540,
+            1500,
+            1000,
+            8540,
+            1000,
+            500,
+            None,
+            1,
+            4270,
+            "taker",
+            ts,
+        ),
+        Trade(
+            1,
+            "CEA-2026",
+            "sme",
+            8520,
+            300,
+            "POWER1",
+            "SME1",
+            7,
+            8,
+            "buy",
+            0,
+            0,
+            (("STEEL1", 766800), ("SME1", 1789200)),
+            ts,
+        ),
         Posting("CNY", "@bank", "SME1", 1234, "deposit"),
         Posting("CEA-2026", "STEEL1", "SME1", 501, "sub_quota:3"),
         MarketState("CEA-2026", False, 8500, 500),
@@ -306,11 +434,14 @@ def test_events_go_to_people_and_back():
         assert _core_units(shown) == [], shown
         back = type(ev)(**P.event_fields_from_people(shown, ev._FIELDS))
         # (JSON has no tuples: compare as JSON)
-        assert json.loads(json.dumps(encode_event(back))) == \
-            json.loads(json.dumps(encode_event(ev))), (shown, back)
+        assert json.loads(json.dumps(encode_event(back))) == json.loads(
+            json.dumps(encode_event(ev))
+        ), (shown, back)
 
 
 def test_data_keys_are_never_renamed():
     # an instrument, a firm id: data, whatever it ends with
     assert P.present({"holdings": {"CEA-2026": 5, "FIRM_ts": 3}, "cash_fen": 100}) == {
-        "holdings": {"CEA-2026": 5, "FIRM_ts": 3}, "cash": "1.00"}
+        "holdings": {"CEA-2026": 5, "FIRM_ts": 3},
+        "cash": "1.00",
+    }

@@ -1,5 +1,6 @@
 """What a user reads: no issue numbers in help text or code comments; the engine benchmark
 makes no claim about peers that were not run; the test runner says why browser tests skipped."""
+
 from __future__ import annotations
 
 import re
@@ -24,8 +25,13 @@ def test_no_issue_numbers_in_the_code_or_its_help():
 
 
 def test_help_says_no_issue_numbers():
-    out = subprocess.run([sys.executable, "-m", "exchange", "--help"], capture_output=True,
-                         text=True, cwd=ROOT, timeout=60).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "exchange", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    ).stdout
     assert out and not ISSUE.search(out), out
 
 
@@ -49,9 +55,24 @@ def test_the_test_run_says_in_one_line_that_browser_tests_skipped_without_chromi
     bin_dir.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "REQUIRE_SERVICES"}
     env["PATH"] = str(bin_dir)  # no chromium on it
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                        "tests/test_dashboard.py", "-k", "market_view"],
-                       capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests/test_dashboard.py",
+            "-k",
+            "market_view",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
+    )
     lines = [ln for ln in r.stdout.splitlines() if "browser test(s) skipped" in ln]
     assert len(lines) == 1, r.stdout[-3000:]
     assert "chromium missing" in lines[0] and "apt-get install -y chromium" in lines[0]

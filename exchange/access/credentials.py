@@ -20,6 +20,7 @@ Each credential has a role:
 * ``platform``  — a carbon-inclusive platform (``firm_id``: its account) submits batches of
   recorded actions to the credit registry (exchange/registry/api.py).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -113,6 +114,7 @@ class IssueApiKey(Command):
 class RehashApiKey(Command):
     """A legacy (plain SHA-256) record's digest replaced by the keyed one, issued by the
     server the first time the key is presented (only then is the key itself at hand)."""
+
     key_id: str
     key_hash: str
     scheme: str = SCHEME_HMAC
@@ -142,11 +144,28 @@ class ApiKeyRevoked:
 
 
 class Credential:
-    __slots__ = ("key_id", "role", "firm_id", "key_hash", "label", "issued_seq", "revoked_seq",
-                 "scheme")
+    __slots__ = (
+        "key_id",
+        "role",
+        "firm_id",
+        "key_hash",
+        "label",
+        "issued_seq",
+        "revoked_seq",
+        "scheme",
+    )
 
-    def __init__(self, key_id, role, firm_id, key_hash, label="", issued_seq=0, revoked_seq=0,
-                 scheme=SCHEME_SHA256):
+    def __init__(
+        self,
+        key_id,
+        role,
+        firm_id,
+        key_hash,
+        label="",
+        issued_seq=0,
+        revoked_seq=0,
+        scheme=SCHEME_SHA256,
+    ):
         self.key_id = key_id
         self.role = role
         self.firm_id = firm_id
@@ -161,16 +180,20 @@ class Credential:
         return not self.revoked_seq
 
     def to_state(self) -> list:
-        s = [self.role, self.firm_id, self.key_hash, self.label, self.issued_seq,
-             self.revoked_seq]
+        s = [self.role, self.firm_id, self.key_hash, self.label, self.issued_seq, self.revoked_seq]
         if self.scheme != SCHEME_SHA256:  # legacy records keep their old state (and hash)
             s.append(self.scheme)
         return s
 
     def public(self) -> dict:
-        return {"key_id": self.key_id, "role": self.role, "firm_id": self.firm_id,
-                "label": self.label, "issued_seq": self.issued_seq,
-                "revoked": not self.active}
+        return {
+            "key_id": self.key_id,
+            "role": self.role,
+            "firm_id": self.firm_id,
+            "label": self.label,
+            "issued_seq": self.issued_seq,
+            "revoked": not self.active,
+        }
 
 
 def _is_hex_digest(s) -> bool:
@@ -198,8 +221,7 @@ class Credentials(Module):
         self.on_legacy = None  # fn(cred, new_hash), called by lookup
 
     def handlers(self):
-        return {IssueApiKey: self._issue, RevokeApiKey: self._revoke,
-                RehashApiKey: self._rehash}
+        return {IssueApiKey: self._issue, RevokeApiKey: self._revoke, RehashApiKey: self._rehash}
 
     def digest(self, api_key: str) -> tuple[str, str]:
         """``(key_hash, scheme)`` for a new record of ``api_key``."""
@@ -227,8 +249,7 @@ class Credentials(Module):
             self.ex.firm(firm_id)  # UNKNOWN_ACCOUNT / SYSTEM_ACCOUNT
         elif firm_id is not None:
             raise E.Reject(E.BAD_PARAMETER, f"a {c.role} key has no firm_id")
-        cred = Credential(c.key_id, c.role, firm_id, c.key_hash, str(c.label), c.seq, 0,
-                          c.scheme)
+        cred = Credential(c.key_id, c.role, firm_id, c.key_hash, str(c.label), c.seq, 0, c.scheme)
         self.keys[c.key_id] = cred
         self.by_hash[c.key_hash] = cred
         return [ApiKeyIssued(c.key_id, c.role, firm_id)]
@@ -305,23 +326,43 @@ def demo_key_commands(settings, secret: bytes | None = None) -> list:
         if f.api_key:
             h = hash_key(f.api_key, secret)
             # the key id from the public SHA-256: the same demo key has the same id everywhere
-            cmds.append(IssueApiKey(key_id=key_id_for(hash_key(f.api_key)), role=ROLE_FIRM,
-                                    key_hash=h, firm_id=f.firm_id, label=f"demo {f.firm_id}",
-                                    scheme=scheme))
+            cmds.append(
+                IssueApiKey(
+                    key_id=key_id_for(hash_key(f.api_key)),
+                    role=ROLE_FIRM,
+                    key_hash=h,
+                    firm_id=f.firm_id,
+                    label=f"demo {f.firm_id}",
+                    scheme=scheme,
+                )
+            )
     if settings.registry is not None:
         for p in d.platforms:
             if p.api_key:
-                cmds.append(IssueApiKey(key_id=key_id_for(hash_key(p.api_key)),
-                                        role=ROLE_PLATFORM, key_hash=hash_key(p.api_key, secret),
-                                        firm_id=p.platform_id, label=f"demo {p.platform_id}",
-                                        scheme=scheme))
+                cmds.append(
+                    IssueApiKey(
+                        key_id=key_id_for(hash_key(p.api_key)),
+                        role=ROLE_PLATFORM,
+                        key_hash=hash_key(p.api_key, secret),
+                        firm_id=p.platform_id,
+                        label=f"demo {p.platform_id}",
+                        scheme=scheme,
+                    )
+                )
     for role, key in ((ROLE_OPERATOR, d.operator_key), (ROLE_VERIFIER, d.verifier_key)):
         if key:
             h = hash_key(key, secret)
             # a verifier key's label is the verifier id it acts as (see compliance/api.py)
             label = d.verifier_id if role == ROLE_VERIFIER else f"demo {role}"
-            cmds.append(IssueApiKey(key_id=key_id_for(hash_key(key)), role=role, key_hash=h,
-                                    label=label, scheme=scheme))
+            cmds.append(
+                IssueApiKey(
+                    key_id=key_id_for(hash_key(key)),
+                    role=role,
+                    key_hash=h,
+                    label=label,
+                    scheme=scheme,
+                )
+            )
     return cmds
 
 

@@ -24,6 +24,7 @@ machine shared with other jobs, unlike wall time). Cases:
 
 The figures are per order; ``gateway_overhead_us`` is ``gateway_memory - core``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,25 +63,39 @@ def _orders(side: str, n: int, start: int) -> list[str]:
         rid = start + k
         px = 8500 + (rid % 20) - (10 if side == "buy" else 5)
         tif = ',"tif":"IOC"' if rid % 2 else ""
-        out.append('{"req_id":%d,"method":"place_order","params":{"instrument":"CEA-2026",'
-                   '"side":"%s","qty":1,"price":"%d.%02d"%s}}'
-                   % (rid, side, px // 100, px % 100, tif))
+        out.append(
+            '{"req_id":%d,"method":"place_order","params":{"instrument":"CEA-2026",'
+            '"side":"%s","qty":1,"price":"%d.%02d"%s}}' % (rid, side, px // 100, px % 100, tif)
+        )
     return out
 
 
 def _market(settings):
     seq = Sequencer(build_exchange())
-    seq.run(genesis_commands(settings) + demo_key_commands(settings) + [
-        DepositCash(account="CEMENT1", amount=10 ** 11),
-        IssueUnits(account="POWER1", instrument="CEA-2026", qty=10 ** 6)])
+    seq.run(
+        genesis_commands(settings)
+        + demo_key_commands(settings)
+        + [
+            DepositCash(account="CEMENT1", amount=10**11),
+            IssueUnits(account="POWER1", instrument="CEA-2026", qty=10**6),
+        ]
+    )
     return seq.ex
 
 
 def _settings():
     s = load_settings()
-    return s.model_copy(update={"server": s.server.model_copy(update={
-        "rate_limit_per_second": 1e9, "rate_limit_burst": 10 ** 9,
-        "send_queue_max": 10 ** 7})})
+    return s.model_copy(
+        update={
+            "server": s.server.model_copy(
+                update={
+                    "rate_limit_per_second": 1e9,
+                    "rate_limit_burst": 10**9,
+                    "send_queue_max": 10**7,
+                }
+            )
+        }
+    )
 
 
 def bench_core(n: int) -> float:
@@ -89,9 +104,16 @@ def bench_core(n: int) -> float:
     for i in range(n):
         side = "sell" if i % 2 else "buy"
         px = 8500 + ((i // 2) % 20) - (10 if side == "buy" else 5)
-        cmds.append(PlaceOrder(account="POWER1" if side == "sell" else "CEMENT1",
-                               instrument="CEA-2026", side=side, qty=1, price=px,
-                               tif="IOC" if (i // 2) % 2 else "GTC"))
+        cmds.append(
+            PlaceOrder(
+                account="POWER1" if side == "sell" else "CEMENT1",
+                instrument="CEA-2026",
+                side=side,
+                qty=1,
+                price=px,
+                tif="IOC" if (i // 2) % 2 else "GTC",
+            )
+        )
     t0 = time.process_time()
     ts = ex.now
     for c in cmds:
@@ -122,9 +144,24 @@ class _StubRunner:
             loop.call_soon(self._commit)
         self._seq += 1
         cmd.seq = self._seq
-        return [ExecutionReport(cmd.account, self._seq, cmd.client_order_id, cmd.instrument,
-                                cmd.segment, cmd.side, "new", "new", cmd.price, cmd.qty, 0, 0,
-                                0, cmd.qty)], self._fut
+        return [
+            ExecutionReport(
+                cmd.account,
+                self._seq,
+                cmd.client_order_id,
+                cmd.instrument,
+                cmd.segment,
+                cmd.side,
+                "new",
+                "new",
+                cmd.price,
+                cmd.qty,
+                0,
+                0,
+                0,
+                cmd.qty,
+            )
+        ], self._fut
 
     def _commit(self) -> None:
         fut, self._fut = self._fut, None
@@ -200,12 +237,16 @@ def _mix_market(settings):
         fid = f"LTBENCH{i:04d}"
         key = f"bench-key-{i}"
         h = hash_key(key)
-        cmds += [RegisterFirm(firm_id=fid, name=fid, sector="power", size_class="large"),
-                 DepositCash(account=fid, amount=10 ** 10),
-                 IssueUnits(account=fid, instrument="CEA-2026", qty=10 ** 7,
-                            source="allocation", ref="bench"),
-                 IssueApiKey(key_id=key_id_for(h), role=ROLE_FIRM, key_hash=h, firm_id=fid,
-                             label="bench")]
+        cmds += [
+            RegisterFirm(firm_id=fid, name=fid, sector="power", size_class="large"),
+            DepositCash(account=fid, amount=10**10),
+            IssueUnits(
+                account=fid, instrument="CEA-2026", qty=10**7, source="allocation", ref="bench"
+            ),
+            IssueApiKey(
+                key_id=key_id_for(h), role=ROLE_FIRM, key_hash=h, firm_id=fid, label="bench"
+            ),
+        ]
         keys.append(key)
     seq.run(cmds)
     return seq.ex, keys
@@ -229,38 +270,63 @@ def _mix_frames(n: int, seed: int = 1) -> list[tuple[int, bytes]]:
         if kind == 2:
             coid = next(iter(lv))
             del lv[coid]
-            out.append((f, b'{"req_id":%d,"method":"cancel_order","params":'
-                            b'{"client_order_id":"%s"}}' % (i, coid)))
+            out.append(
+                (
+                    f,
+                    b'{"req_id":%d,"method":"cancel_order","params":'
+                    b'{"client_order_id":"%s"}}' % (i, coid),
+                )
+            )
             continue
         if kind == 3:
             coid = next(reversed(lv))
             side, price, qty = lv[coid]
             if qty > 1 and rng.random() < 0.5:
                 lv[coid] = (side, price, qty - 1)
-                out.append((f, b'{"req_id":%d,"method":"amend_order","params":'
-                                b'{"client_order_id":"%s","qty":%d}}' % (i, coid, qty - 1)))
+                out.append(
+                    (
+                        f,
+                        b'{"req_id":%d,"method":"amend_order","params":'
+                        b'{"client_order_id":"%s","qty":%d}}' % (i, coid, qty - 1),
+                    )
+                )
                 continue
             off = int(rng.random() * 20) + 1
             price = MID - off if side == b"buy" else MID + off
             lv[coid] = (side, price, qty)
-            out.append((f, b'{"req_id":%d,"method":"amend_order","params":'
-                            b'{"client_order_id":"%s","price":"%d.%02d"}}'
-                            % (i, coid, price // 100, price % 100)))
+            out.append(
+                (
+                    f,
+                    b'{"req_id":%d,"method":"amend_order","params":'
+                    b'{"client_order_id":"%s","price":"%d.%02d"}}'
+                    % (i, coid, price // 100, price % 100),
+                )
+            )
             continue
         coid = b"bench-%d" % i
         side = b"buy" if rng.random() < 0.5 else b"sell"
         qty = int(rng.random() * 10) + 1
         if kind == 1:
             price = MID + 5 if side == b"buy" else MID - 5
-            out.append((f, b'{"req_id":%d%s%s","qty":%d,"price":"%d.%02d","tif":"IOC",'
-                            b'"client_order_id":"%s"}}'
-                            % (i, head, side, qty, price // 100, price % 100, coid)))
+            out.append(
+                (
+                    f,
+                    b'{"req_id":%d%s%s","qty":%d,"price":"%d.%02d","tif":"IOC",'
+                    b'"client_order_id":"%s"}}'
+                    % (i, head, side, qty, price // 100, price % 100, coid),
+                )
+            )
             continue
         off = int(rng.random() * 20) + 1
         price = MID - off if side == b"buy" else MID + off
         lv[coid] = (side, price, qty)
-        out.append((f, b'{"req_id":%d%s%s","qty":%d,"price":"%d.%02d","client_order_id":"%s"}}'
-                        % (i, head, side, qty, price // 100, price % 100, coid)))
+        out.append(
+            (
+                f,
+                b'{"req_id":%d%s%s","qty":%d,"price":"%d.%02d","client_order_id":"%s"}}'
+                % (i, head, side, qty, price // 100, price % 100, coid),
+            )
+        )
     return out
 
 
@@ -287,7 +353,7 @@ async def _loadmix(n: int, warmup: int = 10_000, stats: dict | None = None) -> f
 
     async def feed(part) -> None:
         for k in range(0, len(part), MIX_PER_TICK):
-            for f, data in part[k:k + MIX_PER_TICK]:
+            for f, data in part[k : k + MIX_PER_TICK]:
                 sessions[f].on_text(data)
             for _ in range(3):  # commit, replies, flush
                 await asyncio.sleep(0)
@@ -298,10 +364,15 @@ async def _loadmix(n: int, warmup: int = 10_000, stats: dict | None = None) -> f
     el = time.process_time() - t0
     if stats is not None:
         m = gw.metrics
-        stats.update(messages_in=m.messages_in, messages_out=m.messages_out,
-                     orders=m.orders, trades=m.trades, gateway_errors=dict(m.gateway_errors),
-                     queued=sum(len(s.out) for s in sessions),
-                     bytes_written=sum(s.transport.written for s in sessions))
+        stats.update(
+            messages_in=m.messages_in,
+            messages_out=m.messages_out,
+            orders=m.orders,
+            trades=m.trades,
+            gateway_errors=dict(m.gateway_errors),
+            queued=sum(len(s.out) for s in sessions),
+            bytes_written=sum(s.transport.written for s in sessions),
+        )
     for s in sessions:
         s.closed = True
     gc.set_threshold(*old_threshold)
@@ -322,13 +393,20 @@ def _run_loop(coro):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m exchange.app.bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m exchange.app.bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--orders", type=int, default=20_000)
     p.add_argument("--repeat", type=int, default=3, help="best of N runs per case")
-    p.add_argument("--case", action="append", default=None,
-                   help="run only this case (repeatable): core, gateway_stub_core, "
-                        "gateway_memory, gateway_memory_subscribed, loadmix")
+    p.add_argument(
+        "--case",
+        action="append",
+        default=None,
+        help="run only this case (repeatable): core, gateway_stub_core, "
+        "gateway_memory, gateway_memory_subscribed, loadmix",
+    )
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     n = a.orders - a.orders % (2 * BATCH)

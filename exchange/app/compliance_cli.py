@@ -9,6 +9,7 @@ Output: ``--format text`` (default), ``json`` or ``csv``. The figures are the pu
 :mod:`exchange.compliance.reports`, the same the admin API serves, in the same units for people
 (CNY strings, percent, ISO-8601 times: :mod:`exchange.present`).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -25,6 +26,7 @@ async def _load_from_journal(target: str | None, config: str | None):
     from ..journal import default_options, default_target, open_journal
     from ..journal.runner import replay_into, restore_proven_snapshot
     from .config import config_path, load_settings
+
     settings = load_settings(config_path(config))
     if target is None:
         target = default_target(settings)
@@ -45,6 +47,7 @@ def load_exchange(args):
     if args.demo:
         from .config import config_path
         from .compliance_demo import demo_period
+
         return demo_period(config_path(args.config))
     return asyncio.run(_load_from_journal(args.journal, args.config))
 
@@ -82,6 +85,7 @@ def _summary(args) -> int:
 
 def _what_if(args) -> int:
     from ..core.units import percent_to_bps
+
     ex = load_exchange(args)
     subs = {}
     try:
@@ -99,16 +103,21 @@ def _what_if(args) -> int:
         return 2
     if args.format == "text":
         from ..core.units import format_percent
+
         sub_text = ", ".join(f"{k} {format_percent(v)}" for k, v in sorted(subs.items()))
-        print(f"What if the {args.period} offset cap were {format_percent(wi['proposed_cap_bps'])}"
-              f"{' (sub-caps ' + sub_text + ')' if sub_text else ''} "
-              f"(now {format_percent(wi['current_cap_bps'])})")
+        print(
+            f"What if the {args.period} offset cap were {format_percent(wi['proposed_cap_bps'])}"
+            f"{' (sub-caps ' + sub_text + ')' if sub_text else ''} "
+            f"(now {format_percent(wi['current_cap_bps'])})"
+        )
         for f in wi["firms"]:
             mark = "EXCEEDS" if f["exceeds"] else "ok"
-            print(f"  {f['firm_id']:<10} {mark:<8} obligation {f['obligation']:>9}  cap "
-                  f"{f['current_cap_qty']:>7} -> {f['proposed_cap_qty']:>7} t  surrendered "
-                  f"{f['offsets_surrendered']:>6} (over {f['surrendered_over']})  held "
-                  f"{f['offsets_held']:>6} (over {f['holdings_over']})")
+            print(
+                f"  {f['firm_id']:<10} {mark:<8} obligation {f['obligation']:>9}  cap "
+                f"{f['current_cap_qty']:>7} -> {f['proposed_cap_qty']:>7} t  surrendered "
+                f"{f['offsets_surrendered']:>6} (over {f['surrendered_over']})  held "
+                f"{f['offsets_held']:>6} (over {f['holdings_over']})"
+            )
     else:
         print(json.dumps(present(wi), indent=1, sort_keys=True))
     return 0
@@ -116,16 +125,23 @@ def _what_if(args) -> int:
 
 def register(sub) -> None:
     from .config import add_config_argument
+
     p = sub.add_parser("report", help="compliance statements and summaries")
     rsub = p.add_subparsers(dest="report_command", metavar="{firm,compliance,what-if}")
 
     def common(q, formats=("text", "json", "csv")):
         q.add_argument("--period", type=int, required=True, help="compliance period, e.g. 2026")
-        q.add_argument("--journal", default=None,
-                       help="journal path or DSN (default: <journal.data_dir>/journal.sqlite)")
+        q.add_argument(
+            "--journal",
+            default=None,
+            help="journal path or DSN (default: <journal.data_dir>/journal.sqlite)",
+        )
         add_config_argument(q)
-        q.add_argument("--demo", action="store_true",
-                       help="no journal: build the demo market and run a scripted period")
+        q.add_argument(
+            "--demo",
+            action="store_true",
+            help="no journal: build the demo market and run a scripted period",
+        )
         q.add_argument("--format", choices=formats, default="text")
 
     f = rsub.add_parser("firm", help="one firm's statement for a period")

@@ -9,6 +9,7 @@ nowhere else, so a wheel, a zip and an editable install behave alike.
 Human-facing values (prices in CNY as decimal strings, percentages) are converted to the core's
 integers (fen, basis points) by :mod:`exchange.core.units` and nowhere else.
 """
+
 from __future__ import annotations
 
 import os
@@ -49,7 +50,7 @@ def shipped_scenarios() -> dict[str, Traversable]:
     found = {}
     for f in defaults().joinpath("scenarios").iterdir():
         if f.name.endswith(".toml") and f.is_file():
-            found[f.name[:-len(".toml")]] = f
+            found[f.name[: -len(".toml")]] = f
     return dict(sorted(found.items()))
 
 
@@ -72,9 +73,12 @@ def config_origin(path: str | os.PathLike | None) -> str:
 def add_config_argument(parser) -> None:
     """``--config FILE`` as every command that reads settings spells it."""
     parser.add_argument(
-        "--config", metavar="FILE", default=None,
+        "--config",
+        metavar="FILE",
+        default=None,
         help=f"settings file (default: ${CONFIG_ENV} if set, else the packaged default; "
-             "`init-config FILE` writes a commented copy to edit)")
+        "`init-config FILE` writes a commented copy to edit)",
+    )
 
 
 class Strict(BaseModel):
@@ -95,7 +99,7 @@ class InstrumentConfig(Strict):
     kind: Literal["allowance", "offset"] = "allowance"
     vintage: int = 0
     offset_type: str | None = None
-    reference_price: str = Field("0", description="previous close in CNY, e.g. \"85.00\"")
+    reference_price: str = Field("0", description='previous close in CNY, e.g. "85.00"')
 
     @field_validator("reference_price")
     @classmethod
@@ -112,18 +116,26 @@ class CalendarConfig(Strict):
     """Trading sessions (exchange/core/calendar.py): the exchange opens and closes by itself,
     expires DAY orders and rolls the reference price at the day's last close."""
 
-    enabled: bool = Field(False, description="trade only in sessions; off: the market is open "
-                                             "unless halted and the day ends on POST /end-of-day")
+    enabled: bool = Field(
+        False,
+        description="trade only in sessions; off: the market is open "
+        "unless halted and the day ends on POST /end-of-day",
+    )
     tz: str = Field("Asia/Shanghai", description="the time zone of the sessions and holidays")
     sessions: list[tuple[str, str]] = Field(
         [("09:30", "11:30"), ("13:00", "15:00")],
-        description="[open, close] local times HH:MM, in order, with a break between them")
+        description="[open, close] local times HH:MM, in order, with a break between them",
+    )
     weekdays: list[int] = Field([0, 1, 2, 3, 4], description="trading weekdays, 0 = Monday")
     holidays: list[str] = Field([], description="local dates YYYY-MM-DD without trading")
-    clock_check_s: float = Field(30.0, gt=0, le=3600,
-                                 description="the server looks at the wall clock at least this "
-                                             "often; it journals a clock command only when a "
-                                             "session opens or closes")
+    clock_check_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="the server looks at the wall clock at least this "
+        "often; it journals a clock command only when a "
+        "session opens or closes",
+    )
 
     @model_validator(mode="after")
     def _valid(self):
@@ -234,22 +246,30 @@ class DemoConfig(Strict):
     # market does), and even then only a demo start issues it (serve --no-demo issues none)
     operator_key: str | None = None
     verifier_key: str | None = None
-    verifier_id: str = Field("VERIFIER1", description="the verification body the demo "
-                             "verifier key acts as (its credential label)")
+    verifier_id: str = Field(
+        "VERIFIER1",
+        description="the verification body the demo verifier key acts as (its credential label)",
+    )
 
 
 class JournalConfig(Strict):
     data_dir: str = "data"
-    url: str = Field("", description="journal target: empty for <data_dir>/journal.sqlite, "
-                     "else sqlite:///abs/path or postgresql://user@host/db")
-    schema_name: str = Field("public", alias="schema",
-                             description="PostgreSQL schema of the journal's tables")
+    url: str = Field(
+        "",
+        description="journal target: empty for <data_dir>/journal.sqlite, "
+        "else sqlite:///abs/path or postgresql://user@host/db",
+    )
+    schema_name: str = Field(
+        "public", alias="schema", description="PostgreSQL schema of the journal's tables"
+    )
     checkpoint_key_file: str = Field(
-        "", description="key for the signed checkpoint of the chain head (keep it away from "
-                        "the journal); empty: no checkpoint")
+        "",
+        description="key for the signed checkpoint of the chain head (keep it away from "
+        "the journal); empty: no checkpoint",
+    )
     checkpoint_file: str = Field(
-        "", description="where the signed checkpoint goes (default "
-                        "<data_dir>/journal.checkpoint)")
+        "", description="where the signed checkpoint goes (default <data_dir>/journal.checkpoint)"
+    )
     snapshot_every_commands: int = Field(200_000, gt=0)
     snapshot_every_seconds: float = Field(300.0, gt=0)
 
@@ -260,91 +280,151 @@ class ServerConfig(Strict):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     rate_limit_per_second: float = Field(
-        10000.0, gt=0, description="websocket requests per second per API key, shared by all "
-                                   "its connections (token bucket refill); before auth, per "
-                                   "connection")
-    rate_limit_burst: int = Field(20000, gt=0, description="token bucket size per API key "
-                                                           "(before auth: per connection)")
+        10000.0,
+        gt=0,
+        description="websocket requests per second per API key, shared by all "
+        "its connections (token bucket refill); before auth, per "
+        "connection",
+    )
+    rate_limit_burst: int = Field(
+        20000, gt=0, description="token bucket size per API key (before auth: per connection)"
+    )
     max_connections_per_key: int = Field(
-        64, ge=0, description="open websocket connections per API key; one more is refused "
-                              "(TOO_MANY_CONNECTIONS: HTTP 429 on a header auth, close 4029 "
-                              "on the auth method); 0: no cap")
+        64,
+        ge=0,
+        description="open websocket connections per API key; one more is refused "
+        "(TOO_MANY_CONNECTIONS: HTTP 429 on a header auth, close 4029 "
+        "on the auth method); 0: no cap",
+    )
     max_auth_failures: int = Field(
-        5, gt=0, description="failed authentications on one websocket connection before it "
-                             "is closed (4001)")
+        5,
+        gt=0,
+        description="failed authentications on one websocket connection before it is closed (4001)",
+    )
     handshake_timeout_seconds: float = Field(
-        10.0, gt=0, description="a connection whose first HTTP request head (or websocket "
-                                "upgrade) is not complete by then is aborted")
+        10.0,
+        gt=0,
+        description="a connection whose first HTTP request head (or websocket "
+        "upgrade) is not complete by then is aborted",
+    )
     max_connections: int = Field(
-        0, ge=0, description="open TCP connections; past it the oldest one still waiting for "
-                             "its first request head is aborted, or the new one refused "
-                             "(503); 0: the descriptor limit (ulimit -n) less 64")
+        0,
+        ge=0,
+        description="open TCP connections; past it the oldest one still waiting for "
+        "its first request head is aborted, or the new one refused "
+        "(503); 0: the descriptor limit (ulimit -n) less 64",
+    )
     max_connections_per_ip: int = Field(
-        256, ge=0, description="open TCP connections per client address; one more gets 429 "
-                               "TOO_MANY_CONNECTIONS; 0: no cap")
+        256,
+        ge=0,
+        description="open TCP connections per client address; one more gets 429 "
+        "TOO_MANY_CONNECTIONS; 0: no cap",
+    )
     connection_limit_exempt: list[str] = Field(
-        ["127.0.0.1", "::1"], description="addresses the per-IP limits (connections, HTTP "
-                                          "rate) do not apply to: a local reverse proxy, the "
-                                          "load test")
+        ["127.0.0.1", "::1"],
+        description="addresses the per-IP limits (connections, HTTP "
+        "rate) do not apply to: a local reverse proxy, the "
+        "load test",
+    )
     http_rate_limit_per_key: float = Field(
-        500.0, ge=0, description="operator API requests per second per API key (429 "
-                                 "RATE_LIMITED with Retry-After past it); 0: no limit")
-    http_rate_limit_burst: int = Field(1000, gt=0, description="token bucket size per API key "
-                                                               "(operator API)")
+        500.0,
+        ge=0,
+        description="operator API requests per second per API key (429 "
+        "RATE_LIMITED with Retry-After past it); 0: no limit",
+    )
+    http_rate_limit_burst: int = Field(
+        1000, gt=0, description="token bucket size per API key (operator API)"
+    )
     http_rate_limit_per_ip: float = Field(
-        1000.0, ge=0, description="operator API requests per second per client address "
-                                  "(burst twice that); 0: no limit")
+        1000.0,
+        ge=0,
+        description="operator API requests per second per client address "
+        "(burst twice that); 0: no limit",
+    )
     send_queue_max: int = Field(
-        10000, gt=0, description="queued outgoing messages per connection before the "
-                                 "connection is closed as a slow consumer")
+        10000,
+        gt=0,
+        description="queued outgoing messages per connection before the "
+        "connection is closed as a slow consumer",
+    )
     send_queue_total_max_bytes: int = Field(
-        128 << 20, gt=0, description="bytes waiting for all connections' sockets together "
-                                     "(queued messages + transport buffers of peers that are "
-                                     "behind); past it the connections holding the most are "
-                                     "closed as slow consumers")
+        128 << 20,
+        gt=0,
+        description="bytes waiting for all connections' sockets together "
+        "(queued messages + transport buffers of peers that are "
+        "behind); past it the connections holding the most are "
+        "closed as slow consumers",
+    )
     max_frame_bytes: int = Field(
-        262144, gt=0, description="larger frames get FRAME_TOO_LARGE; 4x this closes the socket")
+        262144, gt=0, description="larger frames get FRAME_TOO_LARGE; 4x this closes the socket"
+    )
     heartbeat_seconds: float = Field(
-        15.0, gt=0, description="websocket ping interval; no pong within half of it closes")
+        15.0, gt=0, description="websocket ping interval; no pong within half of it closes"
+    )
     auth_timeout_seconds: float = Field(10.0, gt=0, description="close if not authenticated")
     idempotency_window: int = Field(
-        20000, gt=0, description="(firm, client_order_id) results remembered for retries "
-        "(~0.4 KB of memory each, measured)")
+        20000,
+        gt=0,
+        description="(firm, client_order_id) results remembered for retries "
+        "(~0.4 KB of memory each, measured)",
+    )
     uvloop: bool = Field(True, description="run on uvloop when it is installed")
     max_commands_in_flight: int = Field(
-        50000, gt=0, description="place_order/amend_order are refused with OVERLOADED while "
-                                 "this many commands are applied but not yet durable (a bound "
-                                 "on the backlog's memory)")
+        50000,
+        gt=0,
+        description="place_order/amend_order are refused with OVERLOADED while "
+        "this many commands are applied but not yet durable (a bound "
+        "on the backlog's memory)",
+    )
     max_journal_lag_ms: float = Field(
-        250.0, gt=0, description="place_order/amend_order are refused with OVERLOADED while "
-                                 "the oldest command applied but not yet durable has waited "
-                                 "this long (a bound on how late acknowledgements get)")
+        250.0,
+        gt=0,
+        description="place_order/amend_order are refused with OVERLOADED while "
+        "the oldest command applied but not yet durable has waited "
+        "this long (a bound on how late acknowledgements get)",
+    )
     overload_send_queue: int = Field(
-        1000, gt=0, description="place_order/amend_order of a connection are refused with "
-                                "OVERLOADED while this many messages wait for its socket")
+        1000,
+        gt=0,
+        description="place_order/amend_order of a connection are refused with "
+        "OVERLOADED while this many messages wait for its socket",
+    )
     book_push_interval_ms: float = Field(
-        50.0, ge=0, description="book updates are sent to subscribers in one go at most this "
-                                "often (every update, in order; one socket write per "
-                                "subscriber per interval); 0 sends each update at once")
+        50.0,
+        ge=0,
+        description="book updates are sent to subscribers in one go at most this "
+        "often (every update, in order; one socket write per "
+        "subscriber per interval); 0 sends each update at once",
+    )
     gc_freeze: bool = Field(
-        True, description="after start-up (recovery, genesis) move every live object out of "
-                          "the cyclic GC's reach (gc.freeze), so collections do not walk them")
+        True,
+        description="after start-up (recovery, genesis) move every live object out of "
+        "the cyclic GC's reach (gc.freeze), so collections do not walk them",
+    )
     stall_warn_ms: float = Field(
-        100.0, ge=0, description="log a warning, with the stack of the code holding it, when "
-                                 "the event loop does not turn for this long (every firm "
-                                 "waits meanwhile); counted in /metrics; 0 turns it off")
+        100.0,
+        ge=0,
+        description="log a warning, with the stack of the code holding it, when "
+        "the event loop does not turn for this long (every firm "
+        "waits meanwhile); counted in /metrics; 0 turns it off",
+    )
     gc_threshold: tuple[int, int, int] = Field(
-        (50000, 20, 100), description="gc.set_threshold for the server process: allocations "
-                                      "before a young collection, then the older generations")
+        (50000, 20, 100),
+        description="gc.set_threshold for the server process: allocations "
+        "before a young collection, then the older generations",
+    )
 
 
 class PrivacyConfig(Strict):
     """What the exchange publishes about firms and platforms (exchange/privacy.py)."""
 
     min_contributors: int = Field(
-        3, ge=1, description="a published aggregate (a statistic per product, sector or action "
-                             "type) shows a group only when at least this many firms or "
-                             "platforms contribute to it; fewer: the group is suppressed")
+        3,
+        ge=1,
+        description="a published aggregate (a statistic per product, sector or action "
+        "type) shows a group only when at least this many firms or "
+        "platforms contribute to it; fewer: the group is suppressed",
+    )
 
 
 class Settings(BaseModel):
@@ -372,8 +452,9 @@ def load_settings(path: str | Path | None = None) -> Settings:
         try:
             text = Path(path).read_text(encoding="utf-8")
         except FileNotFoundError:
-            raise ConfigError(f"settings file not found: {where} (write one with "
-                              "`init-config FILE`)") from None
+            raise ConfigError(
+                f"settings file not found: {where} (write one with `init-config FILE`)"
+            ) from None
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"cannot read settings file {where}: {e}") from None
     try:

@@ -1,4 +1,5 @@
 """The one way to build the full state machine: the core plus its rule modules."""
+
 from __future__ import annotations
 
 from ..compliance.module import ComplianceModule
@@ -8,18 +9,22 @@ from ..core.exchange import Exchange
 MODULES: list[type] = [ComplianceModule]
 
 from ..access.credentials import Credentials  # noqa: E402  (hashed API keys)
+
 MODULES.append(Credentials)
 
 
 from ..rules.module import RulesModule  # noqa: E402  (the rules module)
+
 MODULES.append(RulesModule)
 
 
 from ..compliance.fund import SmeFundModule  # noqa: E402  (the SME fund: grants to SMEs)
+
 MODULES.append(SmeFundModule)
 
 
 from ..registry.module import RegistryModule  # noqa: E402  (serials, removals, carbon-inclusive)
+
 MODULES.append(RegistryModule)
 
 
@@ -31,8 +36,12 @@ class Sequencer:
     """Stamps commands with the next sequence number and a timestamp, then applies them.
     In-process users (demo, simulation, tests) use it where the server uses the journal."""
 
-    def __init__(self, ex: Exchange | None = None, ts_step_ns: int = 1_000_000,
-                 start_ts: int = 1_767_225_600_000_000_000):
+    def __init__(
+        self,
+        ex: Exchange | None = None,
+        ts_step_ns: int = 1_000_000,
+        start_ts: int = 1_767_225_600_000_000_000,
+    ):
         self.ex = ex if ex is not None else build_exchange()
         self.ts = max(start_ts, self.ex.now)
         self.step = ts_step_ns

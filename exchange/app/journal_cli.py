@@ -20,6 +20,7 @@ PATH_OR_DSN defaults to ``<journal.data_dir>/journal.sqlite`` from the settings 
 ``verify`` and ``replay`` do not write to the journal (a torn last record is reported, not
 truncated).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -37,6 +38,7 @@ def _target(args) -> tuple[str, dict]:
     ``url`` and ``schema``, or ``<data_dir>/journal.sqlite``); ``--schema`` wins."""
     from ..journal import default_options, default_target
     from .config import config_path, load_settings
+
     settings = load_settings(config_path(args.config))
     target = args.target or default_target(settings)
     opts = default_options(settings, target)
@@ -47,12 +49,14 @@ def _target(args) -> tuple[str, dict]:
 
 def _open(args):
     from ..journal import open_journal
+
     target, opts = _target(args)
     return target, open_journal(target, readonly=True, **opts)
 
 
 async def _verify(args) -> int:
     from .engine import build_exchange
+
     target, j = _open(args)
     print(f"journal {j.target}")
     t0 = time.perf_counter()
@@ -99,6 +103,7 @@ async def _verify(args) -> int:
 async def _replay(args) -> int:
     from .demo import render_book
     from .engine import build_exchange
+
     target, j = _open(args)
     try:
         await j.open()
@@ -114,10 +119,15 @@ async def _replay(args) -> int:
         if args.json:
             print(json.dumps(ex.to_state(), sort_keys=True, indent=1))
             return 0
-        print(f"state as of seq {ex.last_seq} ({time_iso(ex.now)}): snapshot seq {start}, "
-              f"{n} commands replayed")
-        books = [tuple(b.split("/", 1)) if "/" in b else (b, "main") for b in args.book] \
-            if args.book else sorted(k for k, b in ex.books.items() if len(b.orders))
+        print(
+            f"state as of seq {ex.last_seq} ({time_iso(ex.now)}): snapshot seq {start}, "
+            f"{n} commands replayed"
+        )
+        books = (
+            [tuple(b.split("/", 1)) if "/" in b else (b, "main") for b in args.book]
+            if args.book
+            else sorted(k for k, b in ex.books.items() if len(b.orders))
+        )
         for sym, seg in books:
             if (sym, seg) not in ex.books:
                 print(f"  no book {sym}/{seg}")
@@ -134,6 +144,7 @@ async def _replay(args) -> int:
 
 async def _truncate(args) -> int:
     from ..journal import open_journal
+
     target, opts = _target(args)
     sqlite = "://" not in target or target.startswith("sqlite://")
     j = open_journal(target, **({"writer": "thread"} if sqlite else opts))
@@ -145,8 +156,10 @@ async def _truncate(args) -> int:
             print(f"nothing to drop: the log ends at seq {end}")
             return 0
         n, k = await j.truncate_from(args.from_seq)
-        print(f"journal {j.target}: dropped records {args.from_seq}..{end} ({n} records) and "
-              f"{k} snapshots; the log now ends at seq {j.last_seq}")
+        print(
+            f"journal {j.target}: dropped records {args.from_seq}..{end} ({n} records) and "
+            f"{k} snapshots; the log now ends at seq {j.last_seq}"
+        )
         return 0
     except JournalError as e:
         print(f"FAILED: {e}", file=sys.stderr)
@@ -157,17 +170,25 @@ async def _truncate(args) -> int:
 
 def register(sub) -> None:
     from .config import add_config_argument
+
     p = sub.add_parser("journal", help="verify or replay a command journal (audit)")
     jsub = p.add_subparsers(dest="journal_command", metavar="{verify,replay,truncate}")
 
     def common(q):
-        q.add_argument("target", nargs="?", default=None,
-                       help="SQLite path, sqlite:///abs/path, postgresql://... or "
-                            "nats://HOST:4222/STREAM "
-                            "(default: <journal.data_dir>/journal.sqlite)")
+        q.add_argument(
+            "target",
+            nargs="?",
+            default=None,
+            help="SQLite path, sqlite:///abs/path, postgresql://... or "
+            "nats://HOST:4222/STREAM "
+            "(default: <journal.data_dir>/journal.sqlite)",
+        )
         add_config_argument(q)
-        q.add_argument("--schema", default=None,
-                       help="PostgreSQL schema of the journal (default journal.schema)")
+        q.add_argument(
+            "--schema",
+            default=None,
+            help="PostgreSQL schema of the journal (default journal.schema)",
+        )
 
     v = jsub.add_parser("verify", help="check the hash chain, replay, print state_hash")
     common(v)
@@ -175,16 +196,24 @@ def register(sub) -> None:
     r = jsub.add_parser("replay", help="rebuild the state as of a sequence number")
     common(r)
     r.add_argument("--to", type=int, default=None, help="last seq to apply (default: all)")
-    r.add_argument("--book", action="append", default=[],
-                   help="book to print, INSTRUMENT[/SEGMENT] (repeatable; default: all "
-                        "non-empty books)")
+    r.add_argument(
+        "--book",
+        action="append",
+        default=[],
+        help="book to print, INSTRUMENT[/SEGMENT] (repeatable; default: all non-empty books)",
+    )
     r.add_argument("--levels", type=int, default=5)
     r.add_argument("--json", action="store_true", help="print the whole state as JSON")
     r.add_argument("--no-snapshot", action="store_true", help="replay from seq 1")
     r.set_defaults(func=lambda a: asyncio.run(_replay(a)))
     t = jsub.add_parser("truncate", help="drop records from SEQ on (explicit repair)")
     common(t)
-    t.add_argument("--from", dest="from_seq", type=int, required=True,
-                   help="first record to drop; every record after it goes too")
+    t.add_argument(
+        "--from",
+        dest="from_seq",
+        type=int,
+        required=True,
+        help="first record to drop; every record after it goes too",
+    )
     t.set_defaults(func=lambda a: asyncio.run(_truncate(a)))
     p.set_defaults(func=lambda a: (p.print_help(), 0)[1])

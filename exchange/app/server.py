@@ -8,6 +8,7 @@
 Routes: ``/ws`` (firms), ``/api/v1/...`` (operators, see :mod:`exchange.server.api`),
 ``/healthz``, ``/readyz``, ``/metrics`` (Prometheus text format 0.0.4).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -31,7 +32,6 @@ from ..server.sessions import start_session_clock
 log = logging.getLogger("exchange.server")
 
 
-
 class ServerState:
     """What the app holds besides the gateway (for the CLI and tests)."""
 
@@ -53,8 +53,9 @@ class ServerState:
         self.session_clock = None  # the trading calendar's clock task (server/sessions.py)
 
 
-def journal_target(settings: Settings, data_dir: Path | None,
-                   journal: str | None = None) -> tuple[str, dict]:
+def journal_target(
+    settings: Settings, data_dir: Path | None, journal: str | None = None
+) -> tuple[str, dict]:
     """Which journal the server runs on, and its options: ``journal`` (``serve --journal``),
     else the config's ``[journal] url``, else ``<data_dir>/journal.sqlite``. PostgreSQL
     takes the schema from ``[journal] schema``."""
@@ -66,14 +67,20 @@ def journal_target(settings: Settings, data_dir: Path | None,
     return target, {}
 
 
-def make_runner(settings: Settings, data_dir: Path | None, in_memory: bool,
-                journal: str | None = None, recover_from_genesis: bool = False,
-                follower=None):
+def make_runner(
+    settings: Settings,
+    data_dir: Path | None,
+    in_memory: bool,
+    journal: str | None = None,
+    recover_from_genesis: bool = False,
+    follower=None,
+):
     """``follower``: a hot standby's :class:`~exchange.journal.follower.Follower` taking
     over - its core and journal are continued, not recovered from a snapshot."""
     ex = build_exchange() if follower is None else follower.exchange
     if in_memory:
         from ..server.memory import MemoryRunner
+
         return ex, MemoryRunner(ex)
     from ..journal import CoreRunner, open_journal
 
@@ -86,14 +93,20 @@ def make_runner(settings: Settings, data_dir: Path | None, in_memory: bool,
     checkpoint = None
     if settings.journal.checkpoint_key_file:  # the signed chain head, outside the journal
         from ..journal.checkpoint import Checkpoint
+
         checkpoint = Checkpoint.from_key_file(
             settings.journal.checkpoint_file or str(Path(data_dir) / "journal.checkpoint"),
-            settings.journal.checkpoint_key_file)
-    runner = CoreRunner(ex, journal, checkpoint=checkpoint,
-                        snapshot_every_commands=settings.journal.snapshot_every_commands,
-                        snapshot_every_seconds=settings.journal.snapshot_every_seconds,
-                        use_snapshots=not recover_from_genesis,
-                        adopt_hash=None if follower is None else follower.head_hash)
+            settings.journal.checkpoint_key_file,
+        )
+    runner = CoreRunner(
+        ex,
+        journal,
+        checkpoint=checkpoint,
+        snapshot_every_commands=settings.journal.snapshot_every_commands,
+        snapshot_every_seconds=settings.journal.snapshot_every_seconds,
+        use_snapshots=not recover_from_genesis,
+        adopt_hash=None if follower is None else follower.head_hash,
+    )
     return ex, runner
 
 
@@ -102,29 +115,47 @@ async def _submit_all(runner, cmds) -> None:
     await asyncio.gather(*futs)
 
 
-def create_app(settings: Settings, data_dir: str | Path | None = None, *,
-               in_memory: bool = False, demo: bool = True,
-               journal: str | None = None,
-               recover_from_genesis: bool = False, follower=None) -> web.Application:
+def create_app(
+    settings: Settings,
+    data_dir: str | Path | None = None,
+    *,
+    in_memory: bool = False,
+    demo: bool = True,
+    journal: str | None = None,
+    recover_from_genesis: bool = False,
+    follower=None,
+) -> web.Application:
     """The whole server as an aiohttp application (start it with AppRunner or TestServer)."""
     load_extensions()
     from ..present import set_zone
+
     set_zone(settings.market.calendar.tz)  # times people read: the market calendar's zone
-    st = ServerState(settings, Path(data_dir) if data_dir is not None
-                     else Path(settings.journal.data_dir), in_memory, demo)
-    app = web.Application(client_max_size=1 << 20,
-                          middlewares=[http_rate_limit(settings.server), api_errors])
+    st = ServerState(
+        settings,
+        Path(data_dir) if data_dir is not None else Path(settings.journal.data_dir),
+        in_memory,
+        demo,
+    )
+    app = web.Application(
+        client_max_size=1 << 20, middlewares=[http_rate_limit(settings.server), api_errors]
+    )
     app[STATE_KEY] = st
     app[NEW_CORE_KEY] = build_exchange
-    app[NODE_KEY] = NodeStatus(socket.gethostname(), journal_kind(
-        ":memory:" if in_memory else journal_target(settings, st.data_dir, journal)[0]))
+    app[NODE_KEY] = NodeStatus(
+        socket.gethostname(),
+        journal_kind(
+            ":memory:" if in_memory else journal_target(settings, st.data_dir, journal)[0]
+        ),
+    )
     st.guard = ConnectionGuard(settings.server)
-    ex, runner = make_runner(settings, st.data_dir, in_memory, journal,
-                             recover_from_genesis, follower)
+    ex, runner = make_runner(
+        settings, st.data_dir, in_memory, journal, recover_from_genesis, follower
+    )
     st.exchange, st.runner = ex, runner
     # listeners only see live commands (recovery replays without them)
-    gw = st.gateway = app[GATEWAY_KEY] = Gateway(ex, runner, settings.server, log,
-                                                 new_exchange=build_exchange)
+    gw = st.gateway = app[GATEWAY_KEY] = Gateway(
+        ex, runner, settings.server, log, new_exchange=build_exchange
+    )
     _keyed_credentials(ex.modules["credentials"], st, gw)
 
     async def on_startup(app: web.Application) -> None:
@@ -136,8 +167,11 @@ def create_app(settings: Settings, data_dir: str | Path | None = None, *,
             st.first_start = True
             # the demo keys are public: only the demo market has them, never --no-demo
             creds = ex.modules["credentials"]
-            await _submit_all(runner, genesis_commands(settings, demo=demo)
-                              + (demo_key_commands(settings, creds.secret) if demo else []))
+            await _submit_all(
+                runner,
+                genesis_commands(settings, demo=demo)
+                + (demo_key_commands(settings, creds.secret) if demo else []),
+            )
         # the leader keeps the session clock (a standby that took over, with its follower's
         # core, too: it is the leader now; a waiting standby has no app)
         st.session_clock = await start_session_clock(runner, ex, settings)
@@ -164,6 +198,7 @@ def create_app(settings: Settings, data_dir: str | Path | None = None, *,
     add_routes(app)
     # ---- dashboard: the console at / and its candle read model -----------------------------
     from ..dashboard import setup as setup_dashboard
+
     setup_dashboard(app)
     # ---- end dashboard -----------------------------------------------------------------------
     return app
@@ -182,6 +217,7 @@ def tune_gc(cfg) -> None:
     event loop up to ~200 ms (docs/BENCHMARKS.md). Process-wide: called by ``serve``, not
     by ``create_app`` (tests build many apps in one process)."""
     import gc
+
     if cfg.gc_freeze:
         gc.collect()
         gc.freeze()
@@ -193,11 +229,11 @@ def _keyed_credentials(creds, st: ServerState, gw: Gateway) -> None:
     start; a server in memory keeps nothing, so a fresh one each run. A legacy (SHA-256)
     record presented with its key is rehashed by a journaled command."""
     import secrets
-    creds.secret = (secrets.token_bytes(32) if st.in_memory else load_secret(st.data_dir))
+
+    creds.secret = secrets.token_bytes(32) if st.in_memory else load_secret(st.data_dir)
 
     def rehash(cred, key_hash: str) -> None:
-        _events, durable = gw.submit_nowait(RehashApiKey(key_id=cred.key_id,
-                                                         key_hash=key_hash))
+        _events, durable = gw.submit_nowait(RehashApiKey(key_id=cred.key_id, key_hash=key_hash))
         durable.add_done_callback(_quiet)
 
     creds.on_legacy = rehash
@@ -224,8 +260,11 @@ async def readyz(request: web.Request) -> web.Response:
     st: ServerState = request.app[STATE_KEY]
     gw = st.gateway
     ok = st.ready and gw is not None and gw.accepting and gw.failed is None
-    body = {"ok": ok, "last_seq": st.exchange.last_seq if st.exchange else 0,
-            "journal_lag": int(getattr(st.runner, "journal_lag", 0) or 0)}
+    body = {
+        "ok": ok,
+        "last_seq": st.exchange.last_seq if st.exchange else 0,
+        "journal_lag": int(getattr(st.runner, "journal_lag", 0) or 0),
+    }
     if gw is not None and gw.failed is not None:
         body["error"] = {"code": "SHUTTING_DOWN", "message": gw.failed}
     return web.json_response(body, status=200 if ok else 503)
@@ -245,88 +284,175 @@ async def metrics(request: web.Request) -> web.Response:
         out.append(f"# HELP {name} {help_}")
         out.append(f"# TYPE {name} {kind}")
         for labels, v in samples:
-            lab = ("{" + ",".join(f'{k}="{_esc(str(x))}"' for k, x in labels.items()) + "}"
-                   if labels else "")
+            lab = (
+                "{" + ",".join(f'{k}="{_esc(str(x))}"' for k, x in labels.items()) + "}"
+                if labels
+                else ""
+            )
             out.append(f"{name}{lab} {v}")
 
     if gw is not None:
         m = gw.metrics
-        metric("exchange_orders_total", "counter", "place_order commands journaled",
-               [({}, m.orders)])
-        metric("exchange_orders_rejected_total", "counter", "orders rejected by the core",
-               [({}, m.orders_rejected)])
+        metric(
+            "exchange_orders_total", "counter", "place_order commands journaled", [({}, m.orders)]
+        )
+        metric(
+            "exchange_orders_rejected_total",
+            "counter",
+            "orders rejected by the core",
+            [({}, m.orders_rejected)],
+        )
         metric("exchange_trades_total", "counter", "trades", [({}, m.trades)])
-        metric("exchange_commands_total", "counter", "commands made durable since start",
-               [({}, m.commands)])
-        metric("exchange_rejects_total", "counter", "rejects by reason code and source",
-               [({"reason": k, "source": "core"}, v) for k, v in sorted(m.rejects.items())]
-               + [({"reason": k, "source": "gateway"}, v)
-                  for k, v in sorted(m.gateway_errors.items())])
-        metric("exchange_ws_connections", "gauge", "open websocket connections",
-               [({}, m.connections)])
-        metric("exchange_ws_connections_total", "counter", "websocket connections accepted",
-               [({}, m.connections_total)])
-        metric("exchange_ws_messages_in_total", "counter", "requests received",
-               [({}, m.messages_in)])
-        metric("exchange_ws_messages_out_total", "counter", "replies and pushes sent",
-               [({}, m.messages_out)])
-        metric("exchange_ws_frames_out_total", "counter", "websocket frames sent",
-               [({}, m.frames_out)])
-        metric("exchange_ws_writes_total", "counter", "socket writes (frames of a connection "
-               "are written together)", [({}, m.writes)])
-        metric("exchange_ws_slow_consumer_disconnects_total", "counter",
-               "connections closed for a full send queue",
-               [({}, m.slow_consumer_disconnects)])
-        metric("exchange_ws_send_queue_bytes", "gauge",
-               "bytes waiting for the sockets of connections whose peers are behind (queued "
-               "messages + transport buffers, measured every 50 ms while any is) and big "
-               "messages (1 KiB and more) queued and not yet written",
-               [({}, gw.queued_bytes + gw.big_bytes)])
-        metric("exchange_ws_send_queue_bytes_limit", "gauge",
-               "server.send_queue_total_max_bytes: over it the largest queues are closed",
-               [({}, gw.queued_bytes_max)])
-        metric("exchange_ws_send_queue_total_disconnects_total", "counter",
-               "connections closed as slow consumers because all send queues together were "
-               "over the limit (also counted in exchange_ws_slow_consumer_disconnects_total)",
-               [({}, m.send_queue_total_disconnects)])
-        metric("exchange_overloaded_total", "counter",
-               "place_order/amend_order refused with OVERLOADED (server behind), by the bound "
-               "that refused them: journal_lag, in_flight, send_queue",
-               [({"reason": k}, v) for k, v in sorted(m.overloaded_by.items())] or
-               [({"reason": "journal_lag"}, 0)])
-        metric("exchange_idempotent_replays_total", "counter",
-               "place_order retries answered from the first result",
-               [({}, m.idempotent_replays)])
+        metric(
+            "exchange_commands_total",
+            "counter",
+            "commands made durable since start",
+            [({}, m.commands)],
+        )
+        metric(
+            "exchange_rejects_total",
+            "counter",
+            "rejects by reason code and source",
+            [({"reason": k, "source": "core"}, v) for k, v in sorted(m.rejects.items())]
+            + [
+                ({"reason": k, "source": "gateway"}, v) for k, v in sorted(m.gateway_errors.items())
+            ],
+        )
+        metric(
+            "exchange_ws_connections", "gauge", "open websocket connections", [({}, m.connections)]
+        )
+        metric(
+            "exchange_ws_connections_total",
+            "counter",
+            "websocket connections accepted",
+            [({}, m.connections_total)],
+        )
+        metric(
+            "exchange_ws_messages_in_total", "counter", "requests received", [({}, m.messages_in)]
+        )
+        metric(
+            "exchange_ws_messages_out_total",
+            "counter",
+            "replies and pushes sent",
+            [({}, m.messages_out)],
+        )
+        metric(
+            "exchange_ws_frames_out_total", "counter", "websocket frames sent", [({}, m.frames_out)]
+        )
+        metric(
+            "exchange_ws_writes_total",
+            "counter",
+            "socket writes (frames of a connection are written together)",
+            [({}, m.writes)],
+        )
+        metric(
+            "exchange_ws_slow_consumer_disconnects_total",
+            "counter",
+            "connections closed for a full send queue",
+            [({}, m.slow_consumer_disconnects)],
+        )
+        metric(
+            "exchange_ws_send_queue_bytes",
+            "gauge",
+            "bytes waiting for the sockets of connections whose peers are behind (queued "
+            "messages + transport buffers, measured every 50 ms while any is) and big "
+            "messages (1 KiB and more) queued and not yet written",
+            [({}, gw.queued_bytes + gw.big_bytes)],
+        )
+        metric(
+            "exchange_ws_send_queue_bytes_limit",
+            "gauge",
+            "server.send_queue_total_max_bytes: over it the largest queues are closed",
+            [({}, gw.queued_bytes_max)],
+        )
+        metric(
+            "exchange_ws_send_queue_total_disconnects_total",
+            "counter",
+            "connections closed as slow consumers because all send queues together were "
+            "over the limit (also counted in exchange_ws_slow_consumer_disconnects_total)",
+            [({}, m.send_queue_total_disconnects)],
+        )
+        metric(
+            "exchange_overloaded_total",
+            "counter",
+            "place_order/amend_order refused with OVERLOADED (server behind), by the bound "
+            "that refused them: journal_lag, in_flight, send_queue",
+            [({"reason": k}, v) for k, v in sorted(m.overloaded_by.items())]
+            or [({"reason": "journal_lag"}, 0)],
+        )
+        metric(
+            "exchange_idempotent_replays_total",
+            "counter",
+            "place_order retries answered from the first result",
+            [({}, m.idempotent_replays)],
+        )
     g = st.guard
     if g is not None:
-        metric("exchange_connections", "gauge", "open TCP connections (HTTP and websocket)",
-               [({}, g.open)])
-        metric("exchange_connections_limit", "gauge", "server.max_connections (or the "
-               "descriptor limit less a reserve)", [({}, g.max_open)])
-        metric("exchange_connections_refused_total", "counter",
-               "connections refused or aborted by the connection limits, by the limit: "
-               "per_ip (429), full (503: no idle connection to make room), evicted (the "
-               "oldest not yet past its handshake, to make room), handshake_timeout",
-               [({"reason": "per_ip"}, g.refused_per_ip), ({"reason": "full"}, g.refused_full),
+        metric(
+            "exchange_connections",
+            "gauge",
+            "open TCP connections (HTTP and websocket)",
+            [({}, g.open)],
+        )
+        metric(
+            "exchange_connections_limit",
+            "gauge",
+            "server.max_connections (or the descriptor limit less a reserve)",
+            [({}, g.max_open)],
+        )
+        metric(
+            "exchange_connections_refused_total",
+            "counter",
+            "connections refused or aborted by the connection limits, by the limit: "
+            "per_ip (429), full (503: no idle connection to make room), evicted (the "
+            "oldest not yet past its handshake, to make room), handshake_timeout",
+            [
+                ({"reason": "per_ip"}, g.refused_per_ip),
+                ({"reason": "full"}, g.refused_full),
                 ({"reason": "evicted"}, g.evicted),
-                ({"reason": "handshake_timeout"}, g.handshake_timeouts)])
+                ({"reason": "handshake_timeout"}, g.handshake_timeouts),
+            ],
+        )
     if st.exchange is not None:
-        metric("exchange_last_seq", "gauge", "last applied command sequence number",
-               [({}, st.exchange.last_seq)])
-    metric("exchange_journal_lag", "gauge", "commands applied but not yet durable",
-           [({}, int(getattr(st.runner, "journal_lag", 0) or 0))])
+        metric(
+            "exchange_last_seq",
+            "gauge",
+            "last applied command sequence number",
+            [({}, st.exchange.last_seq)],
+        )
+    metric(
+        "exchange_journal_lag",
+        "gauge",
+        "commands applied but not yet durable",
+        [({}, int(getattr(st.runner, "journal_lag", 0) or 0))],
+    )
     if st.runner is not None:
-        metric("exchange_snapshots_total", "counter", "snapshots taken since start, by where "
-               "the state was serialised", [({"serialised": "forked child"},
-                                             st.runner.snapshots_forked),
-                                            ({"serialised": "inline"},
-                                             st.runner.snapshots_inline)])
+        metric(
+            "exchange_snapshots_total",
+            "counter",
+            "snapshots taken since start, by where the state was serialised",
+            [
+                ({"serialised": "forked child"}, st.runner.snapshots_forked),
+                ({"serialised": "inline"}, st.runner.snapshots_inline),
+            ],
+        )
     wd = st.watchdog
     if wd is not None:
-        metric("exchange_loop_stalls_total", "counter", "event-loop stalls of at least "
-               "server.stall_warn_ms (each logged with its stack)", [({}, wd.stalls)])
-        metric("exchange_loop_stall_seconds_max", "gauge", "longest event-loop stall since "
-               "start", [({}, round(wd.stall_seconds_max, 4))])
-    return web.Response(text="\n".join(out) + "\n",
-                        content_type="text/plain", charset="utf-8",
-                        headers={"X-Content-Type-Options": "nosniff"})
+        metric(
+            "exchange_loop_stalls_total",
+            "counter",
+            "event-loop stalls of at least server.stall_warn_ms (each logged with its stack)",
+            [({}, wd.stalls)],
+        )
+        metric(
+            "exchange_loop_stall_seconds_max",
+            "gauge",
+            "longest event-loop stall since start",
+            [({}, round(wd.stall_seconds_max, 4))],
+        )
+    return web.Response(
+        text="\n".join(out) + "\n",
+        content_type="text/plain",
+        charset="utf-8",
+        headers={"X-Content-Type-Options": "nosniff"},
+    )

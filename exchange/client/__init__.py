@@ -29,6 +29,7 @@
   order (``failover_retries`` counts them). ``SHUTTING_DOWN`` is retried the same way, and
   a ping every 2 s finds a leader that stalled with its connections open.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -39,8 +40,14 @@ from typing import Any, Callable
 import aiohttp
 import orjson
 
-__all__ = ["ExchangeClient", "ExchangeError", "LocalBook", "PlatformClient", "build_batch",
-           "hash_action_id"]
+__all__ = [
+    "ExchangeClient",
+    "ExchangeError",
+    "LocalBook",
+    "PlatformClient",
+    "build_batch",
+    "hash_action_id",
+]
 
 
 class ExchangeError(Exception):
@@ -98,6 +105,7 @@ class LocalBook:
     @staticmethod
     def _key(p: str):
         from decimal import Decimal
+
         return Decimal(p)
 
     def bids(self) -> list:
@@ -111,11 +119,19 @@ class LocalBook:
 
 
 class ExchangeClient:
-    def __init__(self, url: "str | list[str]", api_key: str | None = None, *,
-                 cancel_on_disconnect: bool = False, batch: bool = False,
-                 reconnect: bool = False, on_push: Callable | None = None,
-                 timeout: float = 10.0, header_auth: bool = False,
-                 max_queue: int = 100_000):
+    def __init__(
+        self,
+        url: "str | list[str]",
+        api_key: str | None = None,
+        *,
+        cancel_on_disconnect: bool = False,
+        batch: bool = False,
+        reconnect: bool = False,
+        on_push: Callable | None = None,
+        timeout: float = 10.0,
+        header_auth: bool = False,
+        max_queue: int = 100_000,
+    ):
         self.urls = [url] if isinstance(url, str) else list(url)
         if not self.urls:
             raise ValueError("no URL")
@@ -184,9 +200,11 @@ class ExchangeClient:
         suspect = {u for u, t in self._suspect.items() if t > now}
         i = self.urls.index(self.url) if self.url in self.urls else 0
         ring = self.urls[i:] + self.urls[:i]
-        order = ([self.leader_url] if self.leader_url and self.leader_url not in suspect
-                 else []) + [u for u in ring if u not in suspect] + [u for u in ring
-                                                                     if u in suspect]
+        order = (
+            ([self.leader_url] if self.leader_url and self.leader_url not in suspect else [])
+            + [u for u in ring if u not in suspect]
+            + [u for u in ring if u in suspect]
+        )
         tried: set[str] = set()
         last: BaseException | None = None
         while order:
@@ -239,8 +257,13 @@ class ExchangeClient:
             # with several nodes, a ping every 2 s: a leader that stalls (stopped, cut
             # off) keeps its TCP connections open, and only a missing pong shows it
             self._ws = await self._session.ws_connect(
-                url, headers=headers, autoping=True, max_msg_size=64 << 20, compress=0,
-                heartbeat=2.0 if len(self.urls) > 1 else None)
+                url,
+                headers=headers,
+                autoping=True,
+                max_msg_size=64 << 20,
+                compress=0,
+                heartbeat=2.0 if len(self.urls) > 1 else None,
+            )
         except aiohttp.WSServerHandshakeError as e:
             if e.status == 401:
                 raise ExchangeError("AUTH_FAILED", "unknown or revoked API key") from None
@@ -248,9 +271,14 @@ class ExchangeClient:
         self._reader = asyncio.get_running_loop().create_task(self._read_loop(self._ws))
         self._connected.set()
         if self.api_key and not self.header_auth:
-            self.auth_result = await self.request("auth", {
-                "api_key": self.api_key, "cancel_on_disconnect": self.cancel_on_disconnect,
-                "batch": self.batch})
+            self.auth_result = await self.request(
+                "auth",
+                {
+                    "api_key": self.api_key,
+                    "cancel_on_disconnect": self.cancel_on_disconnect,
+                    "batch": self.batch,
+                },
+            )
         return self.auth_result
 
     async def close(self) -> None:
@@ -281,10 +309,16 @@ class ExchangeClient:
             msg["params"] = params
         return req_id, orjson.dumps(msg), fut
 
-    async def request(self, method: str, params: dict | None = None,
-                      timeout: float | None = None) -> Any:
-        if not (self.reconnect and (method in _RETRYABLE or (
-                method == "place_order" and params and params.get("client_order_id")))):
+    async def request(
+        self, method: str, params: dict | None = None, timeout: float | None = None
+    ) -> Any:
+        if not (
+            self.reconnect
+            and (
+                method in _RETRYABLE
+                or (method == "place_order" and params and params.get("client_order_id"))
+            )
+        ):
             return await self._request_once(method, params, timeout)
         # fail-over: send again once reconnected (to the new leader) until the timeout
         loop = asyncio.get_running_loop()
@@ -292,23 +326,25 @@ class ExchangeClient:
         while True:
             try:
                 if self._ws is None or self._ws.closed:
-                    await asyncio.wait_for(self._connected.wait(),
-                                           max(0.01, deadline - loop.time()))
-                return await self._request_once(method, params,
-                                                max(0.01, deadline - loop.time()))
+                    await asyncio.wait_for(
+                        self._connected.wait(), max(0.01, deadline - loop.time())
+                    )
+                return await self._request_once(method, params, max(0.01, deadline - loop.time()))
             except (ConnectionError, ExchangeError, asyncio.TimeoutError) as e:
                 if isinstance(e, ExchangeError) and e.code not in _FAILOVER_CODES:
                     raise
                 if loop.time() >= deadline:
                     raise
-                if (isinstance(e, ExchangeError) and e.code in _RECONNECT_CODES
-                        and self._ws is not None):
+                if (
+                    isinstance(e, ExchangeError)
+                    and e.code in _RECONNECT_CODES
+                    and self._ws is not None
+                ):
                     await self.drop()  # a standby answered: reconnect to the leader
                 self.failover_retries += 1
                 await asyncio.sleep(0.05)
 
-    async def _request_once(self, method: str, params: dict | None,
-                            timeout: float | None) -> Any:
+    async def _request_once(self, method: str, params: dict | None, timeout: float | None) -> Any:
         if self._ws is None or self._ws.closed:
             raise ConnectionError("not connected")
         req_id, data, fut = self._frame(method, params)
@@ -336,8 +372,9 @@ class ExchangeClient:
         asyncio.get_running_loop().create_task(self._ws.send_str(frame.decode()))
         return futs
 
-    async def send_batch(self, calls: list[tuple[str, dict | None]],
-                         return_exceptions: bool = True) -> list:
+    async def send_batch(
+        self, calls: list[tuple[str, dict | None]], return_exceptions: bool = True
+    ) -> list:
         futs = self.send_batch_nowait(calls)
         return await asyncio.gather(*futs, return_exceptions=return_exceptions)
 
@@ -345,12 +382,27 @@ class ExchangeClient:
     async def ping(self) -> dict:
         return await self.request("ping")
 
-    async def place_order(self, instrument: str, side: str, qty: int, price: str | None = None,
-                          *, segment: str = "main", order_type: str = "limit",
-                          tif: str = "GTC", post_only: bool = False,
-                          client_order_id: str | None = None) -> dict:
-        p: dict = {"instrument": instrument, "segment": segment, "side": side, "qty": qty,
-                   "order_type": order_type, "tif": tif}
+    async def place_order(
+        self,
+        instrument: str,
+        side: str,
+        qty: int,
+        price: str | None = None,
+        *,
+        segment: str = "main",
+        order_type: str = "limit",
+        tif: str = "GTC",
+        post_only: bool = False,
+        client_order_id: str | None = None,
+    ) -> dict:
+        p: dict = {
+            "instrument": instrument,
+            "segment": segment,
+            "side": side,
+            "qty": qty,
+            "order_type": order_type,
+            "tif": tif,
+        }
         if price is not None:
             p["price"] = str(price)
         if post_only:
@@ -359,8 +411,9 @@ class ExchangeClient:
             p["client_order_id"] = client_order_id
         return await self.request("place_order", p)
 
-    async def cancel_order(self, order_id: int | None = None,
-                           client_order_id: str | None = None) -> dict:
+    async def cancel_order(
+        self, order_id: int | None = None, client_order_id: str | None = None
+    ) -> dict:
         p: dict = {}
         if order_id is not None:
             p["order_id"] = order_id
@@ -368,8 +421,14 @@ class ExchangeClient:
             p["client_order_id"] = client_order_id
         return await self.request("cancel_order", p)
 
-    async def amend_order(self, order_id: int | None = None, client_order_id: str | None = None,
-                          *, qty: int | None = None, price: str | None = None) -> dict:
+    async def amend_order(
+        self,
+        order_id: int | None = None,
+        client_order_id: str | None = None,
+        *,
+        qty: int | None = None,
+        price: str | None = None,
+    ) -> dict:
         p: dict = {}
         if order_id is not None:
             p["order_id"] = order_id
@@ -381,8 +440,7 @@ class ExchangeClient:
             p["price"] = str(price)
         return await self.request("amend_order", p)
 
-    async def cancel_all(self, instrument: str | None = None,
-                         segment: str | None = None) -> dict:
+    async def cancel_all(self, instrument: str | None = None, segment: str | None = None) -> dict:
         p = {k: v for k, v in (("instrument", instrument), ("segment", segment)) if v}
         return await self.request("cancel_all", p)
 
@@ -496,8 +554,9 @@ class ExchangeClient:
             if ws is self._ws:  # not a socket abandoned for another node
                 self._connected.clear()
                 if len(self.urls) > 1 and not self._closing:  # dropped: try the others first
-                    self._suspect[self.url] = (asyncio.get_running_loop().time()
-                                               + self.suspect_seconds)
+                    self._suspect[self.url] = (
+                        asyncio.get_running_loop().time() + self.suspect_seconds
+                    )
                 if self.reconnect and not self._closing:
                     asyncio.get_running_loop().create_task(self._reconnect_loop())
 
@@ -516,8 +575,9 @@ class ExchangeClient:
                 fut.set_result(r)
             else:
                 e = m.get("error") or {}
-                fut.set_exception(ExchangeError(e.get("code", "?"), e.get("message", ""),
-                                                e.get("leader")))
+                fut.set_exception(
+                    ExchangeError(e.get("code", "?"), e.get("message", ""), e.get("leader"))
+                )
             return
         ch = m.get("channel")
         if ch is None:

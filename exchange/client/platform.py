@@ -36,6 +36,7 @@ never by its content. :class:`PlatformClient` posts a batch to
 
 docs/PRIVACY.md describes what the exchange stores and who may read it.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -47,8 +48,14 @@ from typing import Any, Iterable, Mapping
 
 import aiohttp
 
-__all__ = ["ACTION_ID_PREFIX", "MIN_KEY_BYTES", "hash_action_id", "build_batch",
-           "PlatformClient", "BATCHES_PATH"]
+__all__ = [
+    "ACTION_ID_PREFIX",
+    "MIN_KEY_BYTES",
+    "hash_action_id",
+    "build_batch",
+    "PlatformClient",
+    "BATCHES_PATH",
+]
 
 #: Domain separation: the bytes hashed are this prefix followed by the NFC-normalised UTF-8
 #: raw identifier. Versioned, so a later scheme gives different ids on purpose.
@@ -96,10 +103,18 @@ def _date_text(v: Any, i: int) -> str:
     raise ValueError(f"row {i}: date is not a date or a YYYY-MM-DD string")
 
 
-def build_batch(key: bytes, rows: Iterable[Mapping[str, Any]], vintage: int, *,
-                platform_id: str | None = None, id_field: str = "user_id",
-                action_type_field: str = "action_type", quantity_field: str = "quantity",
-                date_field: str = "date", ref_field: str | None = "action_ref") -> dict:
+def build_batch(
+    key: bytes,
+    rows: Iterable[Mapping[str, Any]],
+    vintage: int,
+    *,
+    platform_id: str | None = None,
+    id_field: str = "user_id",
+    action_type_field: str = "action_type",
+    quantity_field: str = "quantity",
+    date_field: str = "date",
+    ref_field: str | None = "action_ref",
+) -> dict:
     """The registry's batch body from the platform's own rows.
 
     Each row is a mapping holding at least ``id_field`` (the person's raw identifier, e.g. the
@@ -188,13 +203,13 @@ class PlatformClient:
         session = self._session or aiohttp.ClientSession(timeout=self.timeout)
         try:
             url = self.base_url + (path if path.startswith("/api/") else "/api/v1" + path)
-            async with session.request(method, url, json=body, headers={
-                    "Authorization": f"Bearer {self.api_key}"}) as r:
+            async with session.request(
+                method, url, json=body, headers={"Authorization": f"Bearer {self.api_key}"}
+            ) as r:
                 data = await r.json(content_type=None)
                 if r.status >= 400:
                     err = (data or {}).get("error") or {} if isinstance(data, dict) else {}
-                    e = ExchangeError(err.get("code", f"HTTP_{r.status}"),
-                                      err.get("message", ""))
+                    e = ExchangeError(err.get("code", f"HTTP_{r.status}"), err.get("message", ""))
                     e.status = r.status
                     raise e
                 return data

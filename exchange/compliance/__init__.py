@@ -3,6 +3,7 @@ allowances and capped offsets, operator-tuned offset caps, deadline processing, 
 
 See docs/COMPLIANCE.md and docs/adr/0005-compliance.md.
 """
+
 from .module import ComplianceModule
 
 __all__ = ["ComplianceModule"]

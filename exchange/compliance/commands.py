@@ -7,6 +7,7 @@ human-facing config and API happen in :mod:`exchange.core.units` only.
 Pairs travel as tuples of tuples (``((fuel, tce), ...)``) so a command round-trips through the
 journal's JSON unchanged.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -4,6 +4,7 @@ Human-facing values (decimal coefficients, percentages, CNY amounts, dates) are 
 core's integers by :mod:`exchange.core.units` (and dates to integer ns here); the commands that
 result go through the journal like any other.
 """
+
 from __future__ import annotations
 
 from datetime import date, datetime, timezone
@@ -59,12 +60,15 @@ class PenaltyConfig(_Strict):
     mode: str = Field("both", description="fixed | multiple | both | greater")
     fixed_fine: str = Field("50000.00", description="CNY per non-compliant firm and period")
     price_multiple: str = Field(
-        "3", description="x the period's average allowance price x shortfall tonnes")
+        "3", description="x the period's average allowance price x shortfall tonnes"
+    )
     late_fine: str = Field("10000.00", description="CNY when the obligation was met late")
     fallback_price: str = Field("0", description="CNY/t when the period had no price at all")
     price_boards: list[str] = Field(
-        ["main"], description="the boards whose allowance trades make the average price: "
-                              "main (SME and chain boards are bilateral, sub-quota markets)")
+        ["main"],
+        description="the boards whose allowance trades make the average price: "
+        "main (SME and chain boards are bilateral, sub-quota markets)",
+    )
 
     @field_validator("price_boards")
     @classmethod
@@ -100,13 +104,17 @@ class SmeFundConfig(_Strict):
     these at runtime with configure_sme_fund (PUT /compliance/sme-fund/params)."""
 
     penalty_to_fund_pct: str = Field(
-        "0", description="% of each penalty collected at the deadline paid to the fund")
+        "0", description="% of each penalty collected at the deadline paid to the fund"
+    )
     auction_to_fund_pct: str = Field(
-        "0", description="% of allowance auction proceeds, once the exchange holds auctions")
+        "0", description="% of allowance auction proceeds, once the exchange holds auctions"
+    )
     sme_period_limit: str | None = Field(
-        None, description="CNY one SME may receive per period; none = no limit")
+        None, description="CNY one SME may receive per period; none = no limit"
+    )
     period_limit: str | None = Field(
-        None, description="CNY all SMEs together may receive per period; none = no limit")
+        None, description="CNY all SMEs together may receive per period; none = no limit"
+    )
 
     @field_validator("penalty_to_fund_pct", "auction_to_fund_pct")
     @classmethod
@@ -124,10 +132,12 @@ class SmeFundConfig(_Strict):
         return ConfigureSmeFund(
             penalty_to_fund_bps=percent_to_bps(self.penalty_to_fund_pct),
             auction_to_fund_bps=percent_to_bps(self.auction_to_fund_pct),
-            sme_period_limit=None if self.sme_period_limit is None
+            sme_period_limit=None
+            if self.sme_period_limit is None
             else parse_price(self.sme_period_limit),
             period_limit=None if self.period_limit is None else parse_price(self.period_limit),
-            operator="config")
+            operator="config",
+        )
 
 
 class CompliancePeriodConfig(_Strict):
@@ -135,9 +145,11 @@ class CompliancePeriodConfig(_Strict):
     start: str = Field(description="date trades start counting to this period (UTC)")
     deadline: str | None = Field(None, description="surrender deadline (UTC); none = any time")
     eligible_vintages: list[int] = Field(
-        default_factory=list, description="allowance vintages; empty = the banking rule")
+        default_factory=list, description="allowance vintages; empty = the banking rule"
+    )
     offset_vintages: list[int] = Field(
-        default_factory=list, description="offset vintages; empty = any vintage <= period")
+        default_factory=list, description="offset vintages; empty = any vintage <= period"
+    )
     offset_cap_pct: str | None = Field(None, description="overrides the default cap")
     offset_sub_caps_pct: dict[str, str] | None = None
 
@@ -159,25 +171,31 @@ class ComplianceConfig(_Strict):
 
     carbon_coefficients: dict[str, str] = Field(
         default_factory=lambda: {"coal": "0.7476", "oil": "0.5825", "natural_gas": "0.4435"},
-        description="t C per tce of each fuel")
+        description="t C per tce of each fuel",
+    )
     co2_per_carbon: str = Field("44/12", description="t CO2 per t C, an exact fraction")
     grid_factor_t_per_mwh: str = Field(
-        "0.5703", description="grid emission factor: t CO2 per MWh of electricity bought "
-                              "(exact to the millionth)")
+        "0.5703",
+        description="grid emission factor: t CO2 per MWh of electricity bought "
+        "(exact to the millionth)",
+    )
     covered_categories: list[str] = Field(
         default_factory=lambda: list(DEFAULT_COVERED),
         description=f"emission categories that create obligation, of {list(CATEGORIES)}; "
-                    "the others are verified and reported only")
+        "the others are verified and reported only",
+    )
     offset_types: list[str] = Field(default_factory=lambda: ["CCER", "PHCER"])
     offset_cap_pct: str = Field("5", description="offsets may cover this % of the obligation")
     offset_sub_caps_pct: dict[str, str] = Field(
-        default_factory=dict, description="per offset type, inside the cap")
+        default_factory=dict, description="per offset type, inside the cap"
+    )
     banking: bool = Field(True, description="earlier vintages count later; surplus is kept")
     penalty: PenaltyConfig = Field(default_factory=PenaltyConfig)
     verifiers: list[str] = Field(default_factory=list, description="registered verifier ids")
     periods: list[CompliancePeriodConfig] = Field(default_factory=list)
     sme_fund: SmeFundConfig | None = Field(
-        None, description="the SME fund; absent = no fund (penalties all go to the bank)")
+        None, description="the SME fund; absent = no fund (penalties all go to the bank)"
+    )
 
     @field_validator("carbon_coefficients")
     @classmethod
@@ -195,8 +213,9 @@ class ComplianceConfig(_Strict):
         except (InvalidOperation, ValueError):
             raise ValueError(f"not a decimal: {str(v)[:64]!r}") from None
         if not 0 <= d * PPM <= MAX_GRID_FACTOR_PPM:
-            raise ValueError(f"the grid emission factor is within [0, "
-                             f"{MAX_GRID_FACTOR_PPM // PPM}] t CO2/MWh")
+            raise ValueError(
+                f"the grid emission factor is within [0, {MAX_GRID_FACTOR_PPM // PPM}] t CO2/MWh"
+            )
         if d * PPM != (d * PPM).to_integral_value():
             raise ValueError(f"{v!r} is finer than one part per million")
         return v
@@ -206,8 +225,9 @@ class ComplianceConfig(_Strict):
     def _covered(cls, v: list[str]) -> list[str]:
         bad = [c for c in v if c not in CATEGORIES]
         if bad or not v or len(set(v)) != len(v):
-            raise ValueError(f"covered_categories: one or more of {list(CATEGORIES)}, each "
-                             f"once; got {v!r}")
+            raise ValueError(
+                f"covered_categories: one or more of {list(CATEGORIES)}, each once; got {v!r}"
+            )
         return v
 
     @field_validator("co2_per_carbon")
@@ -235,35 +255,52 @@ def _sub_caps(d: dict[str, str]) -> tuple[tuple[str, int], ...]:
     return tuple((k, percent_to_bps(v)) for k, v in sorted(d.items()))
 
 
-def compliance_commands(cfg: ComplianceConfig | None, verifiers: Sequence[str] = ()
-                        ) -> list[Command]:
+def compliance_commands(
+    cfg: ComplianceConfig | None, verifiers: Sequence[str] = ()
+) -> list[Command]:
     """Genesis commands for compliance: parameters, periods, verifiers."""
     if cfg is None:
         return []
     frac = Fraction(cfg.co2_per_carbon)
     p = cfg.penalty
-    cmds: list[Command] = [ConfigureCompliance(
-        carbon_coefficients_ppm=tuple((k, ratio_to_ppm(v))
-                                      for k, v in sorted(cfg.carbon_coefficients.items())),
-        co2_per_c=(frac.numerator, frac.denominator),
-        offset_types=tuple(cfg.offset_types), banking=cfg.banking, penalty_mode=p.mode,
-        penalty_fixed_fine=parse_price(p.fixed_fine),
-        penalty_multiple_ppm=ratio_to_ppm(p.price_multiple), late_fine=parse_price(p.late_fine),
-        penalty_fallback_price=parse_price(p.fallback_price),
-        grid_factor_ppm=ratio_to_ppm(cfg.grid_factor_t_per_mwh),
-        covered_categories=tuple(c for c in CATEGORIES if c in cfg.covered_categories),
-        # SME and chain boards are bilateral, sub-quota markets: only the main board's
-        # trades price a shortfall (docs/COMPLIANCE.md, "average price")
-        penalty_price_segments=tuple(p.price_boards))]
+    cmds: list[Command] = [
+        ConfigureCompliance(
+            carbon_coefficients_ppm=tuple(
+                (k, ratio_to_ppm(v)) for k, v in sorted(cfg.carbon_coefficients.items())
+            ),
+            co2_per_c=(frac.numerator, frac.denominator),
+            offset_types=tuple(cfg.offset_types),
+            banking=cfg.banking,
+            penalty_mode=p.mode,
+            penalty_fixed_fine=parse_price(p.fixed_fine),
+            penalty_multiple_ppm=ratio_to_ppm(p.price_multiple),
+            late_fine=parse_price(p.late_fine),
+            penalty_fallback_price=parse_price(p.fallback_price),
+            grid_factor_ppm=ratio_to_ppm(cfg.grid_factor_t_per_mwh),
+            covered_categories=tuple(c for c in CATEGORIES if c in cfg.covered_categories),
+            # SME and chain boards are bilateral, sub-quota markets: only the main board's
+            # trades price a shortfall (docs/COMPLIANCE.md, "average price")
+            penalty_price_segments=tuple(p.price_boards),
+        )
+    ]
     for per in cfg.periods:
         cap = per.offset_cap_pct if per.offset_cap_pct is not None else cfg.offset_cap_pct
-        subs = per.offset_sub_caps_pct if per.offset_sub_caps_pct is not None \
+        subs = (
+            per.offset_sub_caps_pct
+            if per.offset_sub_caps_pct is not None
             else cfg.offset_sub_caps_pct
-        cmds.append(ConfigureCompliancePeriod(
-            period=per.period, start_ts=to_ns(per.start), deadline_ts=to_ns(per.deadline),
-            eligible_vintages=tuple(per.eligible_vintages),
-            offset_vintages=tuple(per.offset_vintages), offset_cap_bps=percent_to_bps(cap),
-            offset_sub_caps_bps=_sub_caps(subs)))
+        )
+        cmds.append(
+            ConfigureCompliancePeriod(
+                period=per.period,
+                start_ts=to_ns(per.start),
+                deadline_ts=to_ns(per.deadline),
+                eligible_vintages=tuple(per.eligible_vintages),
+                offset_vintages=tuple(per.offset_vintages),
+                offset_cap_bps=percent_to_bps(cap),
+                offset_sub_caps_bps=_sub_caps(subs),
+            )
+        )
     if cfg.sme_fund is not None:
         cmds.append(cfg.sme_fund.command())
     seen = set()

@@ -26,6 +26,7 @@ Grant flow, one command and one event per step::
 Limits and the fund's balance are checked when money moves (``disburse_grant``): per SME and
 period (what the SME has received for the period plus this grant) and per period (all SMEs).
 """
+
 from __future__ import annotations
 
 import copy
@@ -188,8 +189,11 @@ def _is_int(v: object) -> TypeGuard[int]:
 
 def _text(v: object, what: str, required: bool, code: str = E.BAD_PARAMETER) -> str:
     if not isinstance(v, str) or len(v) > MAX_TEXT or (required and not v.strip()):
-        raise E.Reject(code, f"{what} must be a{' non-empty' if required else ''} string of at "
-                             f"most {MAX_TEXT} characters")
+        raise E.Reject(
+            code,
+            f"{what} must be a{' non-empty' if required else ''} string of at "
+            f"most {MAX_TEXT} characters",
+        )
     return v
 
 
@@ -202,8 +206,10 @@ def _limit(v: object, what: str) -> int | None:
 def _share(v: object, what: str) -> int:
     if not _is_int(v) or not 0 <= v <= BPS:
         # a person set it as a percentage: name it without the core's unit
-        raise E.Reject(E.BAD_PARAMETER, f"{what.removesuffix('_bps')} must be within "
-                                         f"[0, 100 %], got {format_percent(v)}")
+        raise E.Reject(
+            E.BAD_PARAMETER,
+            f"{what.removesuffix('_bps')} must be within [0, 100 %], got {format_percent(v)}",
+        )
     return v
 
 
@@ -260,28 +266,30 @@ class SmeFundModule(Module):
 
     def _need(self) -> dict[str, Any]:
         if self.params is None:
-            raise E.Reject(E.SME_FUND_NOT_CONFIGURED,
-                           "the SME fund is not configured (configure_sme_fund)")
+            raise E.Reject(
+                E.SME_FUND_NOT_CONFIGURED, "the SME fund is not configured (configure_sme_fund)"
+            )
         return self.params
 
     def _check_period(self, period: object) -> int:
         """A positive integer; where compliance periods are configured, one of them (a grant
         period outside them would escape the per-period limits)."""
         if not _is_int(period) or period <= 0:
-            raise E.Reject(E.UNKNOWN_PERIOD, f"period must be a positive integer, got {period!r}"
-                           [:200])
+            raise E.Reject(
+                E.UNKNOWN_PERIOD, f"period must be a positive integer, got {period!r}"[:200]
+            )
         comp = self.ex.modules.get("compliance")
         periods = getattr(comp, "periods", None)
         if periods and period not in periods:
-            raise E.Reject(E.UNKNOWN_PERIOD, f"no compliance period {period}; known: "
-                                             f"{sorted(periods)}")
+            raise E.Reject(
+                E.UNKNOWN_PERIOD, f"no compliance period {period}; known: {sorted(periods)}"
+            )
         return period
 
     def _application(self, app_id: object) -> dict[str, Any]:
         a = self.applications.get(app_id) if _is_int(app_id) else None
         if a is None:
-            raise E.Reject(E.UNKNOWN_GRANT_APPLICATION,
-                           f"no grant application {app_id!r}"[:200])
+            raise E.Reject(E.UNKNOWN_GRANT_APPLICATION, f"no grant application {app_id!r}"[:200])
         return a
 
     # ================================================================== inflows
@@ -296,14 +304,18 @@ class SmeFundModule(Module):
             return []
         return self._inflow(payer, amount, gross, bps, source, period, ref)
 
-    def _inflow(self, payer: Account, amount: int, gross: int, bps: int, source: str,
-                period: int, ref: str) -> list[Any]:
+    def _inflow(
+        self, payer: Account, amount: int, gross: int, bps: int, source: str, period: int, ref: str
+    ) -> list[Any]:
         fund = self.ex.accounts[FUND_ACCOUNT]
         post_cash(payer, fund, amount)
-        self.inflows.append([self.ex.last_seq, self.ex.now, source, period, amount, gross, bps,
-                             ref])
-        return [Posting(CASH, payer.firm_id, FUND_ACCOUNT, amount, f"sme_fund:{source}:{period}"),
-                SmeFundInflow(source, period, amount, gross, bps, ref, fund.cash)]
+        self.inflows.append(
+            [self.ex.last_seq, self.ex.now, source, period, amount, gross, bps, ref]
+        )
+        return [
+            Posting(CASH, payer.firm_id, FUND_ACCOUNT, amount, f"sme_fund:{source}:{period}"),
+            SmeFundInflow(source, period, amount, gross, bps, ref, fund.cash),
+        ]
 
     # ================================================================== configuration
     def _configure(self, c: ConfigureSmeFund) -> list[Any]:
@@ -314,11 +326,18 @@ class SmeFundModule(Module):
         op = _text(c.operator, "operator", False)
         # ---- accepted
         if FUND_ACCOUNT not in self.ex.accounts:
-            self.ex.accounts[FUND_ACCOUNT] = Account(FUND_ACCOUNT, "SME fund", system=True,
-                                                     can_trade=False)
-        self.params = {"penalty_to_fund_bps": p, "auction_to_fund_bps": a,
-                       "sme_period_limit": sl, "period_limit": pl, "operator": op,
-                       "effective_seq": c.seq, "effective_ts": c.ts}
+            self.ex.accounts[FUND_ACCOUNT] = Account(
+                FUND_ACCOUNT, "SME fund", system=True, can_trade=False
+            )
+        self.params = {
+            "penalty_to_fund_bps": p,
+            "auction_to_fund_bps": a,
+            "sme_period_limit": sl,
+            "period_limit": pl,
+            "operator": op,
+            "effective_seq": c.seq,
+            "effective_ts": c.ts,
+        }
         self.params_history.append([c.seq, c.ts, p, a, sl, pl, op])
         return [SmeFundConfigured(p, a, sl, pl, op, c.seq)]
 
@@ -329,23 +348,31 @@ class SmeFundModule(Module):
         period = c.period
         if period is None:
             from .module import ComplianceModule
+
             comp = self.ex.modules.get("compliance")
-            period = comp.period_of(c.ts) if isinstance(comp, ComplianceModule) \
-                and getattr(comp, "_period_starts", None) else None
+            period = (
+                comp.period_of(c.ts)
+                if isinstance(comp, ComplianceModule) and getattr(comp, "_period_starts", None)
+                else None
+            )
             if period is None:
-                raise E.Reject(E.UNKNOWN_PERIOD, "no compliance period at this time: give the "
-                                                 "period the deposit counts to")
+                raise E.Reject(
+                    E.UNKNOWN_PERIOD,
+                    "no compliance period at this time: give the period the deposit counts to",
+                )
         self._check_period(period)
         ref = _text(c.ref, "ref", False)
         _text(c.operator, "operator", False)
         # money from outside, like DepositCash: within the core's limit on all cash deposited
         room = MAX_CASH + self.ex.accounts[BANK].cash
         if c.amount > room:
-            raise E.Reject(E.QUANTITY_LIMIT, f"deposit of {format_price(c.amount)} CNY: at most "
-                                             f"{format_price(MAX_CASH)} CNY may be on deposit in "
-                                             f"all, {format_price(max(room, 0))} left")
-        return self._inflow(self.ex.accounts[BANK], c.amount, c.amount, BPS, "budget", period,
-                            ref)
+            raise E.Reject(
+                E.QUANTITY_LIMIT,
+                f"deposit of {format_price(c.amount)} CNY: at most "
+                f"{format_price(MAX_CASH)} CNY may be on deposit in "
+                f"all, {format_price(max(room, 0))} left",
+            )
+        return self._inflow(self.ex.accounts[BANK], c.amount, c.amount, BPS, "budget", period, ref)
 
     # ================================================================== grants
     def _apply(self, c: ApplyForGrant) -> list[Any]:
@@ -354,35 +381,59 @@ class SmeFundModule(Module):
             raise E.Reject(E.UNKNOWN_ACCOUNT, f"unknown account {c.sme!r}"[:200])
         sme = self.ex.firm(c.sme)
         if sme.size_class != "sme":
-            raise E.Reject(E.NOT_AN_SME, f"{c.sme!r} is a {sme.size_class} firm: the fund "
-                                         "makes grants to SMEs only")
+            raise E.Reject(
+                E.NOT_AN_SME,
+                f"{c.sme!r} is a {sme.size_class} firm: the fund makes grants to SMEs only",
+            )
         self._check_period(c.period)
         if not _is_int(c.amount) or c.amount <= 0:
             raise E.Reject(E.BAD_AMOUNT, "amount must be positive (CNY, at least 0.01)")
         if not _is_int(c.verified_abatement_t) or c.verified_abatement_t <= 0:
-            raise E.Reject(E.BAD_QUANTITY,
-                           "verified_abatement_t must be a positive whole number of tonnes")
+            raise E.Reject(
+                E.BAD_QUANTITY, "verified_abatement_t must be a positive whole number of tonnes"
+            )
         _text(c.project, "project", True)
         _text(c.applicant, "applicant", False)
         # ---- accepted
         app_id = self.next_application_id
         self.next_application_id = app_id + 1
         self.applications[app_id] = {
-            "sme": c.sme, "period": c.period, "amount": c.amount, "project": c.project,
+            "sme": c.sme,
+            "period": c.period,
+            "amount": c.amount,
+            "project": c.project,
             "verified_abatement_t": c.verified_abatement_t,
-            "applicant": c.applicant or c.sme, "status": PENDING,
-            "applied_seq": c.seq, "applied_ts": c.ts, "decided_by": None, "decided_seq": None,
-            "decided_ts": None, "reason": None, "disbursed_seq": None, "disbursed_ts": None}
-        return [GrantApplied(app_id, c.sme, c.period, c.amount, c.project,
-                             c.verified_abatement_t, c.applicant or c.sme)]
+            "applicant": c.applicant or c.sme,
+            "status": PENDING,
+            "applied_seq": c.seq,
+            "applied_ts": c.ts,
+            "decided_by": None,
+            "decided_seq": None,
+            "decided_ts": None,
+            "reason": None,
+            "disbursed_seq": None,
+            "disbursed_ts": None,
+        }
+        return [
+            GrantApplied(
+                app_id,
+                c.sme,
+                c.period,
+                c.amount,
+                c.project,
+                c.verified_abatement_t,
+                c.applicant or c.sme,
+            )
+        ]
 
     def _approve(self, c: ApproveGrant) -> list[Any]:
         self._need()
         a = self._application(c.application_id)
         op = _text(c.operator, "operator", True)
         if a["status"] != PENDING:
-            raise E.Reject(E.GRANT_NOT_PENDING,
-                           f"application {c.application_id} is {a['status']}, not pending")
+            raise E.Reject(
+                E.GRANT_NOT_PENDING, f"application {c.application_id} is {a['status']}, not pending"
+            )
         a.update(status=APPROVED, decided_by=op, decided_seq=c.seq, decided_ts=c.ts)
         return [GrantApproved(c.application_id, a["sme"], op)]
 
@@ -394,10 +445,10 @@ class SmeFundModule(Module):
         reason = _text(c.reason, "reason", True)
         op = _text(c.operator, "operator", False)
         if a["status"] not in (PENDING, APPROVED):
-            raise E.Reject(E.GRANT_CLOSED,
-                           f"application {c.application_id} is already {a['status']}")
-        a.update(status=REJECTED, decided_by=op, decided_seq=c.seq, decided_ts=c.ts,
-                 reason=reason)
+            raise E.Reject(
+                E.GRANT_CLOSED, f"application {c.application_id} is already {a['status']}"
+            )
+        a.update(status=REJECTED, decided_by=op, decided_seq=c.seq, decided_ts=c.ts, reason=reason)
         return [GrantRejected(c.application_id, a["sme"], reason, op)]
 
     def _disburse(self, c: DisburseGrant) -> list[Any]:
@@ -405,26 +456,33 @@ class SmeFundModule(Module):
         a = self._application(c.application_id)
         _text(c.operator, "operator", False)
         if a["status"] != APPROVED:
-            raise E.Reject(E.GRANT_NOT_APPROVED,
-                           f"application {c.application_id} is {a['status']}: only an "
-                           "approved application is paid")
+            raise E.Reject(
+                E.GRANT_NOT_APPROVED,
+                f"application {c.application_id} is {a['status']}: only an "
+                "approved application is paid",
+            )
         amount, sme_id, period = a["amount"], a["sme"], a["period"]
         bal = self.balance()
         if amount > bal:
-            raise E.Reject(E.SME_FUND_INSUFFICIENT,
-                           f"grant of {amount} fen, the fund holds {bal} fen")
+            raise E.Reject(
+                E.SME_FUND_INSUFFICIENT, f"grant of {amount} fen, the fund holds {bal} fen"
+            )
         got = self.disbursed.get(sme_id, {}).get(period, 0)
         lim = params["sme_period_limit"]
         if lim is not None and got + amount > lim:
-            raise E.Reject(E.GRANT_SME_LIMIT_EXCEEDED,
-                           f"{sme_id} would receive {got + amount} fen for {period}; the limit "
-                           f"per SME and period is {lim} fen ({max(0, lim - got)} fen left)")
+            raise E.Reject(
+                E.GRANT_SME_LIMIT_EXCEEDED,
+                f"{sme_id} would receive {got + amount} fen for {period}; the limit "
+                f"per SME and period is {lim} fen ({max(0, lim - got)} fen left)",
+            )
         total = self.period_disbursed.get(period, 0)
         lim = params["period_limit"]
         if lim is not None and total + amount > lim:
-            raise E.Reject(E.GRANT_PERIOD_LIMIT_EXCEEDED,
-                           f"grants for {period} would reach {total + amount} fen; the period "
-                           f"limit is {lim} fen ({max(0, lim - total)} fen left)")
+            raise E.Reject(
+                E.GRANT_PERIOD_LIMIT_EXCEEDED,
+                f"grants for {period} would reach {total + amount} fen; the period "
+                f"limit is {lim} fen ({max(0, lim - total)} fen left)",
+            )
         # ---- accepted
         fund = self.ex.accounts[FUND_ACCOUNT]
         sme = self.ex.accounts[sme_id]
@@ -432,24 +490,38 @@ class SmeFundModule(Module):
         self.disbursed.setdefault(sme_id, {})[period] = got + amount
         self.period_disbursed[period] = total + amount
         a.update(status=DISBURSED, disbursed_seq=c.seq, disbursed_ts=c.ts)
-        return [Posting(CASH, FUND_ACCOUNT, sme_id, amount, f"sme_grant:{c.application_id}"),
-                GrantDisbursed(c.application_id, sme_id, period, amount, a["project"], fund.cash,
-                               got + amount, total + amount)]
+        return [
+            Posting(CASH, FUND_ACCOUNT, sme_id, amount, f"sme_grant:{c.application_id}"),
+            GrantDisbursed(
+                c.application_id,
+                sme_id,
+                period,
+                amount,
+                a["project"],
+                fund.cash,
+                got + amount,
+                total + amount,
+            ),
+        ]
 
     # ================================================================== state
     def to_state(self) -> dict[str, Any] | None:
         if self.params is None and not self.params_history:
             return None  # never used: the market's state is what it was without the fund
-        return copy.deepcopy({
-            "params": self.params,
-            "params_history": self.params_history,
-            "inflows": self.inflows,
-            "applications": [[k, v] for k, v in sorted(self.applications.items())],
-            "next_application_id": self.next_application_id,
-            "disbursed": {s: {str(p): v for p, v in sorted(ps.items())}
-                          for s, ps in sorted(self.disbursed.items())},
-            "period_disbursed": {str(p): v for p, v in sorted(self.period_disbursed.items())},
-        })
+        return copy.deepcopy(
+            {
+                "params": self.params,
+                "params_history": self.params_history,
+                "inflows": self.inflows,
+                "applications": [[k, v] for k, v in sorted(self.applications.items())],
+                "next_application_id": self.next_application_id,
+                "disbursed": {
+                    s: {str(p): v for p, v in sorted(ps.items())}
+                    for s, ps in sorted(self.disbursed.items())
+                },
+                "period_disbursed": {str(p): v for p, v in sorted(self.period_disbursed.items())},
+            }
+        )
 
     def load_state(self, s: dict[str, Any] | None) -> None:
         self._reset()
@@ -461,34 +533,56 @@ class SmeFundModule(Module):
         self.inflows = s["inflows"]
         self.applications = {int(k): v for k, v in s["applications"]}
         self.next_application_id = s["next_application_id"]
-        self.disbursed = {sme: {int(p): v for p, v in ps.items()}
-                          for sme, ps in s["disbursed"].items()}
+        self.disbursed = {
+            sme: {int(p): v for p, v in ps.items()} for sme, ps in s["disbursed"].items()
+        }
         self.period_disbursed = {int(p): v for p, v in s["period_disbursed"].items()}
 
     # ================================================================== read side
     def application_view(self, app_id: int) -> dict[str, Any]:
         a = self.applications[app_id]
-        return {"application_id": app_id, "sme": a["sme"], "period": a["period"],
-                "amount_fen": a["amount"], "project": a["project"],
-                "verified_abatement_t": a["verified_abatement_t"], "applicant": a["applicant"],
-                "status": a["status"], "applied_seq": a["applied_seq"],
-                "applied_ts": a["applied_ts"], "decided_by": a["decided_by"],
-                "decided_seq": a["decided_seq"], "decided_ts": a["decided_ts"],
-                "reason": a["reason"], "disbursed_seq": a["disbursed_seq"],
-                "disbursed_ts": a["disbursed_ts"]}
+        return {
+            "application_id": app_id,
+            "sme": a["sme"],
+            "period": a["period"],
+            "amount_fen": a["amount"],
+            "project": a["project"],
+            "verified_abatement_t": a["verified_abatement_t"],
+            "applicant": a["applicant"],
+            "status": a["status"],
+            "applied_seq": a["applied_seq"],
+            "applied_ts": a["applied_ts"],
+            "decided_by": a["decided_by"],
+            "decided_seq": a["decided_seq"],
+            "decided_ts": a["decided_ts"],
+            "reason": a["reason"],
+            "disbursed_seq": a["disbursed_seq"],
+            "disbursed_ts": a["disbursed_ts"],
+        }
 
-    def applications_of(self, sme: str | None = None, period: int | None = None,
-                        status: str | None = None) -> list[dict[str, Any]]:
-        return [self.application_view(k) for k, a in sorted(self.applications.items())
-                if (sme is None or a["sme"] == sme) and (period is None or a["period"] == period)
-                and (status is None or a["status"] == status)]
+    def applications_of(
+        self, sme: str | None = None, period: int | None = None, status: str | None = None
+    ) -> list[dict[str, Any]]:
+        return [
+            self.application_view(k)
+            for k, a in sorted(self.applications.items())
+            if (sme is None or a["sme"] == sme)
+            and (period is None or a["period"] == period)
+            and (status is None or a["status"] == status)
+        ]
 
 
 def _params_view(row: list[Any]) -> dict[str, Any]:
     seq, ts, p, a, sl, pl, op = row
-    return {"effective_seq": seq, "effective_ts": ts, "penalty_to_fund_bps": p,
-            "auction_to_fund_bps": a, "sme_period_limit_fen": sl, "period_limit_fen": pl,
-            "operator": op}
+    return {
+        "effective_seq": seq,
+        "effective_ts": ts,
+        "penalty_to_fund_bps": p,
+        "auction_to_fund_bps": a,
+        "sme_period_limit_fen": sl,
+        "period_limit_fen": pl,
+        "operator": op,
+    }
 
 
 def fund_module(ex: Exchange) -> SmeFundModule:
@@ -504,38 +598,70 @@ def fund_statement(ex: Exchange, period: int | None = None) -> dict[str, Any]:
     With ``period``, inflows and grants of that period only (the balance is always the whole
     fund's). ``balance_check`` restates the ledger identity balance = inflows - grants."""
     m = fund_module(ex)
-    entries = [{"seq": r[0], "ts": r[1], "source": r[2], "period": r[3], "amount_fen": r[4],
-                "gross_fen": r[5], "share_bps": r[6], "ref": r[7]}
-               for r in m.inflows if period is None or r[3] == period]
+    entries = [
+        {
+            "seq": r[0],
+            "ts": r[1],
+            "source": r[2],
+            "period": r[3],
+            "amount_fen": r[4],
+            "gross_fen": r[5],
+            "share_bps": r[6],
+            "ref": r[7],
+        }
+        for r in m.inflows
+        if period is None or r[3] == period
+    ]
     by_source = {s: 0 for s in SOURCES}
     by_period: dict[int, dict[str, Any]] = {}
     for e in entries:
         by_source[e["source"]] += e["amount_fen"]
-        row = by_period.setdefault(e["period"], {"period": e["period"], "total_fen": 0,
-                                                 **{s: 0 for s in SOURCES}})
+        row = by_period.setdefault(
+            e["period"], {"period": e["period"], "total_fen": 0, **{s: 0 for s in SOURCES}}
+        )
         row[e["source"]] += e["amount_fen"]
         row["total_fen"] += e["amount_fen"]
-    paid = [m.application_view(k) for k, a in sorted(m.applications.items())
-            if a["status"] == DISBURSED and (period is None or a["period"] == period)]
+    paid = [
+        m.application_view(k)
+        for k, a in sorted(m.applications.items())
+        if a["status"] == DISBURSED and (period is None or a["period"] == period)
+    ]
     by_sme: dict[str, dict[str, Any]] = {}
     g_period: dict[int, dict[str, Any]] = {}
     lim = m.params or {}
     for g in paid:
-        s = by_sme.setdefault(g["sme"], {"sme": g["sme"], "total_fen": 0, "grants": 0,
-                                         "verified_abatement_t": 0, "by_period": {}})
+        s = by_sme.setdefault(
+            g["sme"],
+            {
+                "sme": g["sme"],
+                "total_fen": 0,
+                "grants": 0,
+                "verified_abatement_t": 0,
+                "by_period": {},
+            },
+        )
         s["total_fen"] += g["amount_fen"]
         s["grants"] += 1
         s["verified_abatement_t"] += g["verified_abatement_t"]
         s["by_period"][g["period"]] = s["by_period"].get(g["period"], 0) + g["amount_fen"]
-        p = g_period.setdefault(g["period"], {
-            "period": g["period"], "total_fen": 0, "grants": 0, "verified_abatement_t": 0,
-            "limit_fen": lim.get("period_limit")})
+        p = g_period.setdefault(
+            g["period"],
+            {
+                "period": g["period"],
+                "total_fen": 0,
+                "grants": 0,
+                "verified_abatement_t": 0,
+                "limit_fen": lim.get("period_limit"),
+            },
+        )
         p["total_fen"] += g["amount_fen"]
         p["grants"] += 1
         p["verified_abatement_t"] += g["verified_abatement_t"]
     for s in by_sme.values():
-        s["by_period"] = [{"period": k, "amount_fen": v, "limit_fen": lim.get("sme_period_limit")}
-                          for k, v in sorted(s["by_period"].items())]
+        s["by_period"] = [
+            {"period": k, "amount_fen": v, "limit_fen": lim.get("sme_period_limit")}
+            for k, v in sorted(s["by_period"].items())
+        ]
     counts = {s: 0 for s in STATUSES}
     for a in m.applications.values():
         if period is None or a["period"] == period:
@@ -546,21 +672,34 @@ def fund_statement(ex: Exchange, period: int | None = None) -> dict[str, Any]:
     all_out = sum(m.period_disbursed.values())
     bal = m.balance()
     return {
-        "account": FUND_ACCOUNT, "configured": m.configured, "period": period,
-        "as_of_seq": ex.last_seq, "as_of_ts": ex.now,
+        "account": FUND_ACCOUNT,
+        "configured": m.configured,
+        "period": period,
+        "as_of_seq": ex.last_seq,
+        "as_of_ts": ex.now,
         "params": _params_view(m.params_history[-1]) if m.params_history else None,
         "params_history": [_params_view(r) for r in m.params_history],
         "balance_fen": bal,
-        "inflows": {"total_fen": inflow_total, "by_source": by_source,
-                    "by_period": [by_period[k] for k in sorted(by_period)],
-                    "entries": entries},
-        "grants": {"total_fen": grant_total, "count": len(paid),
-                   "by_sme": [by_sme[k] for k in sorted(by_sme)],
-                   "by_period": [g_period[k] for k in sorted(g_period)],
-                   "paid": paid},
+        "inflows": {
+            "total_fen": inflow_total,
+            "by_source": by_source,
+            "by_period": [by_period[k] for k in sorted(by_period)],
+            "entries": entries,
+        },
+        "grants": {
+            "total_fen": grant_total,
+            "count": len(paid),
+            "by_sme": [by_sme[k] for k in sorted(by_sme)],
+            "by_period": [g_period[k] for k in sorted(g_period)],
+            "paid": paid,
+        },
         "applications": counts,
-        "balance_check": {"inflows_fen": all_in, "grants_fen": all_out, "balance_fen": bal,
-                          "ok": bal == all_in - all_out},
+        "balance_check": {
+            "inflows_fen": all_in,
+            "grants_fen": all_out,
+            "balance_fen": bal,
+            "ok": bal == all_in - all_out,
+        },
     }
 
 
@@ -574,6 +713,7 @@ def firm_grants(ex: Exchange, firm_id: str, period: int) -> dict[str, Any] | Non
     return {
         "applications": apps,
         "received_fen": m.disbursed.get(firm_id, {}).get(period, 0),
-        "penalty_to_fund_fen": sum(r[4] for r in m.inflows
-                                   if r[2] == "penalty" and r[3] == period and r[7] == firm_id),
+        "penalty_to_fund_fen": sum(
+            r[4] for r in m.inflows if r[2] == "penalty" and r[3] == period and r[7] == firm_id
+        ),
     }

@@ -12,6 +12,7 @@ Money travels as decimal CNY strings (``"50000.00"``), shares as percent strings
 ``"30.00"`` out) and times as ISO-8601 with offset, requests and answers alike
 (exchange/present.py).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -21,13 +22,30 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from ..core import errors as E
 from ..core.units import MAX_QTY, UnitError, percent_to_bps
 from ..present import cny, present
-from ..server.api import ApiContext, CommandResult, Ident, Percent, Text, enum_param, \
-    ident_param, int_param, route
+from ..server.api import (
+    ApiContext,
+    CommandResult,
+    Ident,
+    Percent,
+    Text,
+    enum_param,
+    ident_param,
+    int_param,
+    route,
+)
 from ..access.credentials import ROLE_FIRM, ROLE_OPERATOR
 from ..server.protocol import MAX_PERIOD, Period, Price, ProtocolError
 from .fund import (
-    STATUSES, ApplyForGrant, ApproveGrant, ConfigureSmeFund, DisburseGrant, FundDeposit,
-    RejectGrant, SmeFundModule, fund_module, fund_statement,
+    STATUSES,
+    ApplyForGrant,
+    ApproveGrant,
+    ConfigureSmeFund,
+    DisburseGrant,
+    FundDeposit,
+    RejectGrant,
+    SmeFundModule,
+    fund_module,
+    fund_statement,
 )
 
 TAG = "sme-fund"
@@ -44,19 +62,24 @@ class FundParamsBody(_Body):
     become no limit)."""
 
     penalty_to_fund_pct: Percent = Field(
-        description="% of each penalty paid to the fund, e.g. \"30\"")
+        description='% of each penalty paid to the fund, e.g. "30"'
+    )
     auction_to_fund_pct: Percent = Field(
-        description="% of allowance auction proceeds (applies once the exchange has auctions)")
+        description="% of allowance auction proceeds (applies once the exchange has auctions)"
+    )
     sme_period_limit: Price | None = Field(
-        description="CNY one SME may receive per period; null = no limit")
+        description="CNY one SME may receive per period; null = no limit"
+    )
     period_limit: Price | None = Field(
-        description="CNY all SMEs together may receive per period; null = no limit")
+        description="CNY all SMEs together may receive per period; null = no limit"
+    )
 
 
 class FundDepositBody(_Body):
     amount: Price = Field(description="CNY from the regulator's budget")
     period: Period | None = Field(
-        None, description="period the inflow counts to; default: the current compliance period")
+        None, description="period the inflow counts to; default: the current compliance period"
+    )
     ref: Text(500) = Field("", description="e.g. the budget line")
 
 
@@ -65,10 +88,12 @@ class GrantApplicationBody(_Body):
     amount: Price = Field(description="CNY requested")
     project: Text(500, min_length=1) = Field(description="the abatement project")
     # within the core's quantity limit: abatement is summed per SME and period in statements
-    verified_abatement_t: StrictInt = Field(gt=0, le=MAX_QTY,
-                                            description="verified abatement, t CO2e")
-    sme: Ident | None = Field(None, description="operators only (and required for them): "
-                                                "the SME applied for")
+    verified_abatement_t: StrictInt = Field(
+        gt=0, le=MAX_QTY, description="verified abatement, t CO2e"
+    )
+    sme: Ident | None = Field(
+        None, description="operators only (and required for them): the SME applied for"
+    )
 
 
 class GrantRejectBody(_Body):
@@ -93,8 +118,7 @@ PCT = Field(pattern=r"^-?[0-9]+\.[0-9]{2}$", examples=["30.00"], description="pe
 
 
 def _cny(description: str = "CNY") -> Any:  # a pydantic Field (typed Any by pydantic)
-    return Field(pattern=r"^-?[0-9]+\.[0-9]{2}$", examples=["50000.00"],
-                 description=description)
+    return Field(pattern=r"^-?[0-9]+\.[0-9]{2}$", examples=["50000.00"], description=description)
 
 
 class FundParams(_Out):
@@ -103,8 +127,7 @@ class FundParams(_Out):
     penalty_to_fund_pct: str = PCT
     auction_to_fund_pct: str = PCT
     sme_period_limit: str | None = _cny("CNY one SME may receive per period; null: no limit")
-    period_limit: str | None = _cny("CNY all SMEs together may receive per period; null: no "
-                                    "limit")
+    period_limit: str | None = _cny("CNY all SMEs together may receive per period; null: no limit")
     operator: str
 
 
@@ -116,8 +139,10 @@ class FundInflow(_Out):
     amount: str = _cny("into the fund, CNY")
     gross: str = _cny("the penalty / proceeds / deposit it is a share of, CNY")
     share_pct: str = PCT
-    ref: str = Field(description="the budget line (budget); empty for a penalty: the paying "
-                                 "firm is withheld from the public statement")
+    ref: str = Field(
+        description="the budget line (budget); empty for a penalty: the paying "
+        "firm is withheld from the public statement"
+    )
 
 
 class FundInflowPeriod(_Out):
@@ -241,8 +266,15 @@ def _module(ctx: ApiContext) -> SmeFundModule:
 
 
 # ------------------------------------------------------------------------------ routes
-@route("GET", BASE, tag=TAG, roles=None, response=FundStatement, query=PERIOD_QUERY,
-       summary="The SME fund's public statement: balance, inflows, grants (?period=2026)")
+@route(
+    "GET",
+    BASE,
+    tag=TAG,
+    roles=None,
+    response=FundStatement,
+    query=PERIOD_QUERY,
+    summary="The SME fund's public statement: balance, inflows, grants (?period=2026)",
+)
 async def statement(ctx: ApiContext, _b: object) -> dict[str, Any]:
     """Balance; inflows by source (penalty, auction, budget) and by period, each listed; grants
     paid by SME and by period with their projects; parameters and their history."""
@@ -262,33 +294,59 @@ def statement_for_people(st: dict[str, Any]) -> dict[str, Any]:
     # fen under keys without the suffix, which the suffix rules cannot see: converted here
     inflows = dict(st["inflows"])
     inflows["by_source"] = {k: cny(v) for k, v in inflows["by_source"].items()}
-    inflows["by_period"] = [{k: (cny(v) if k in ("penalty", "auction", "budget") else v)
-                             for k, v in row.items()} for row in inflows["by_period"]]
+    inflows["by_period"] = [
+        {k: (cny(v) if k in ("penalty", "auction", "budget") else v) for k, v in row.items()}
+        for row in inflows["by_period"]
+    ]
     out: dict[str, Any] = present({**st, "inflows": inflows})
     return out
 
 
-@route("PUT", BASE + "/params", body=FundParamsBody, response=CommandResult, tag=TAG,
-       summary="Change the fund's shares and limits (journaled; applies to what follows)")
+@route(
+    "PUT",
+    BASE + "/params",
+    body=FundParamsBody,
+    response=CommandResult,
+    tag=TAG,
+    summary="Change the fund's shares and limits (journaled; applies to what follows)",
+)
 async def set_params(ctx: ApiContext, b: FundParamsBody) -> dict[str, Any]:
     """Never retroactive: penalties already collected and grants already paid stay as they
     are. BAD_PARAMETER for a share outside [0, 100 %]."""
-    return await ctx.command(ConfigureSmeFund(
-        penalty_to_fund_bps=_bps(b.penalty_to_fund_pct),
-        auction_to_fund_bps=_bps(b.auction_to_fund_pct), sme_period_limit=b.sme_period_limit,
-        period_limit=b.period_limit, operator=_who(ctx)))
+    return await ctx.command(
+        ConfigureSmeFund(
+            penalty_to_fund_bps=_bps(b.penalty_to_fund_pct),
+            auction_to_fund_bps=_bps(b.auction_to_fund_pct),
+            sme_period_limit=b.sme_period_limit,
+            period_limit=b.period_limit,
+            operator=_who(ctx),
+        )
+    )
 
 
-@route("POST", BASE + "/deposits", body=FundDepositBody, response=CommandResult, tag=TAG,
-       summary="Deposit into the fund from the regulator's budget")
+@route(
+    "POST",
+    BASE + "/deposits",
+    body=FundDepositBody,
+    response=CommandResult,
+    tag=TAG,
+    summary="Deposit into the fund from the regulator's budget",
+)
 async def deposit(ctx: ApiContext, b: FundDepositBody) -> dict[str, Any]:
-    return await ctx.command(FundDeposit(amount=b.amount, period=b.period, ref=b.ref,
-                                         operator=_who(ctx)))
+    return await ctx.command(
+        FundDeposit(amount=b.amount, period=b.period, ref=b.ref, operator=_who(ctx))
+    )
 
 
-@route("POST", BASE + "/applications", body=GrantApplicationBody, response=CommandResult,
-       tag=TAG, roles=(ROLE_FIRM, ROLE_OPERATOR),
-       summary="Apply for a grant (an SME for itself, or an operator on its behalf)")
+@route(
+    "POST",
+    BASE + "/applications",
+    body=GrantApplicationBody,
+    response=CommandResult,
+    tag=TAG,
+    roles=(ROLE_FIRM, ROLE_OPERATOR),
+    summary="Apply for a grant (an SME for itself, or an operator on its behalf)",
+)
 async def apply(ctx: ApiContext, b: GrantApplicationBody) -> dict[str, Any]:
     """NOT_AN_SME for a firm whose size class is not sme; the event grant_applied carries the
     application_id the next steps take."""
@@ -301,16 +359,31 @@ async def apply(ctx: ApiContext, b: GrantApplicationBody) -> dict[str, Any]:
             # a rule of the caller's role, not of the body's shape
             raise ProtocolError(E.BAD_PARAMETER, "sme is required for an operator key", 400)
         sme, applicant = b.sme, f"operator:{_who(ctx)}"
-    return await ctx.command(ApplyForGrant(
-        sme=sme, period=b.period, amount=b.amount, project=b.project,
-        verified_abatement_t=b.verified_abatement_t, applicant=applicant))
+    return await ctx.command(
+        ApplyForGrant(
+            sme=sme,
+            period=b.period,
+            amount=b.amount,
+            project=b.project,
+            verified_abatement_t=b.verified_abatement_t,
+            applicant=applicant,
+        )
+    )
 
 
-@route("GET", BASE + "/applications", response=GrantApplications, tag=TAG,
-       roles=(ROLE_FIRM, ROLE_OPERATOR),
-       query={**PERIOD_QUERY, "status": enum_param(STATUSES, "only applications in it"),
-              "sme": ident_param("only this SME's (a firm key: its own)")},
-       summary="Grant applications (?status=&period=&sme=); a firm sees its own")
+@route(
+    "GET",
+    BASE + "/applications",
+    response=GrantApplications,
+    tag=TAG,
+    roles=(ROLE_FIRM, ROLE_OPERATOR),
+    query={
+        **PERIOD_QUERY,
+        "status": enum_param(STATUSES, "only applications in it"),
+        "sme": ident_param("only this SME's (a firm key: its own)"),
+    },
+    summary="Grant applications (?status=&period=&sme=); a firm sees its own",
+)
 async def applications(ctx: ApiContext, _b: object) -> dict[str, Any]:
     m = _module(ctx)
     sme = ctx.params["sme"]
@@ -322,23 +395,40 @@ async def applications(ctx: ApiContext, _b: object) -> dict[str, Any]:
     return {"applications": m.applications_of(sme, ctx.params["period"], status)}
 
 
-@route("POST", BASE + "/applications/{application_id}/approve", body=EmptyBody,
-       response=CommandResult, tag=TAG, summary="Approve a pending grant application")
+@route(
+    "POST",
+    BASE + "/applications/{application_id}/approve",
+    body=EmptyBody,
+    response=CommandResult,
+    tag=TAG,
+    summary="Approve a pending grant application",
+)
 async def approve(ctx: ApiContext, _b: EmptyBody) -> dict[str, Any]:
     return await ctx.command(ApproveGrant(application_id=_app_id(ctx), operator=_who(ctx)))
 
 
-@route("POST", BASE + "/applications/{application_id}/reject", body=GrantRejectBody,
-       response=CommandResult, tag=TAG,
-       summary="Reject a pending or approved (unpaid) grant application, with a reason")
+@route(
+    "POST",
+    BASE + "/applications/{application_id}/reject",
+    body=GrantRejectBody,
+    response=CommandResult,
+    tag=TAG,
+    summary="Reject a pending or approved (unpaid) grant application, with a reason",
+)
 async def reject(ctx: ApiContext, b: GrantRejectBody) -> dict[str, Any]:
-    return await ctx.command(RejectGrant(application_id=_app_id(ctx), reason=b.reason,
-                                         operator=_who(ctx)))
+    return await ctx.command(
+        RejectGrant(application_id=_app_id(ctx), reason=b.reason, operator=_who(ctx))
+    )
 
 
-@route("POST", BASE + "/applications/{application_id}/disburse", body=EmptyBody,
-       response=CommandResult, tag=TAG,
-       summary="Pay an approved grant from the fund to the SME (within balance and limits)")
+@route(
+    "POST",
+    BASE + "/applications/{application_id}/disburse",
+    body=EmptyBody,
+    response=CommandResult,
+    tag=TAG,
+    summary="Pay an approved grant from the fund to the SME (within balance and limits)",
+)
 async def disburse(ctx: ApiContext, _b: EmptyBody) -> dict[str, Any]:
     """SME_FUND_INSUFFICIENT, GRANT_SME_LIMIT_EXCEEDED or GRANT_PERIOD_LIMIT_EXCEEDED when the
     grant would exceed the fund's balance, the limit per SME and period, or the period's."""

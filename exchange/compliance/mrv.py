@@ -31,6 +31,7 @@ Rounding, chosen once and documented in docs/COMPLIANCE.md:
 * the period's average price = round-half-up(notional / volume) of the period's allowance trades
   on the boards the configuration names (the main board: docs/COMPLIANCE.md).
 """
+
 from __future__ import annotations
 
 from typing import Iterable
@@ -43,8 +44,9 @@ def round_half_up_div(num: int, den: int) -> int:
     return (2 * num + den) // (2 * den)
 
 
-def fuel_emissions(fuels: Iterable[tuple[str, int]], coefficients_ppm: dict[str, int],
-                   co2_per_c: tuple[int, int]) -> int:
+def fuel_emissions(
+    fuels: Iterable[tuple[str, int]], coefficients_ppm: dict[str, int], co2_per_c: tuple[int, int]
+) -> int:
     """t CO2 from fuel use: sum(tce x t C/tce) x 44/12, rounded once, half up."""
     num, den = co2_per_c
     total_c_ppm = 0
@@ -53,9 +55,12 @@ def fuel_emissions(fuels: Iterable[tuple[str, int]], coefficients_ppm: dict[str,
     return round_half_up_div(total_c_ppm * num, den * PPM)
 
 
-def emissions(fuels: Iterable[tuple[str, int]], process_emissions: int,
-              coefficients_ppm: dict[str, int],
-              co2_per_c: tuple[int, int]) -> tuple[int, int]:
+def emissions(
+    fuels: Iterable[tuple[str, int]],
+    process_emissions: int,
+    coefficients_ppm: dict[str, int],
+    co2_per_c: tuple[int, int],
+) -> tuple[int, int]:
     """(fuel emissions, total emissions) in t CO2."""
     fe = fuel_emissions(fuels, coefficients_ppm, co2_per_c)
     return fe, fe + process_emissions
@@ -80,19 +85,29 @@ def electricity_emissions(mwh: int, grid_factor_ppm: int) -> int:
     return round_half_up_div(mwh * grid_factor_ppm, PPM)
 
 
-def category_emissions(fuels: Iterable[tuple[str, int]], electricity_mwh: int,
-                       process_emissions: int,
-                       natural_emissions: int, coefficients_ppm: dict[str, int],
-                       co2_per_c: tuple[int, int], grid_factor_ppm: int) -> dict[str, int]:
+def category_emissions(
+    fuels: Iterable[tuple[str, int]],
+    electricity_mwh: int,
+    process_emissions: int,
+    natural_emissions: int,
+    coefficients_ppm: dict[str, int],
+    co2_per_c: tuple[int, int],
+    grid_factor_ppm: int,
+) -> dict[str, int]:
     """Emissions per category in whole tonnes, with energy's two parts:
     ``{"fuels", "electricity", "energy", "process", "natural", "total"}``;
     energy = fuels + electricity and total = energy + process + natural, exactly."""
     fe = fuel_emissions(fuels, coefficients_ppm, co2_per_c)
     ee = electricity_emissions(electricity_mwh, grid_factor_ppm)
     energy = fe + ee
-    return {"fuels": fe, "electricity": ee, CATEGORY_ENERGY: energy,
-            CATEGORY_PROCESS: process_emissions, CATEGORY_NATURAL: natural_emissions,
-            "total": energy + process_emissions + natural_emissions}
+    return {
+        "fuels": fe,
+        "electricity": ee,
+        CATEGORY_ENERGY: energy,
+        CATEGORY_PROCESS: process_emissions,
+        CATEGORY_NATURAL: natural_emissions,
+        "total": energy + process_emissions + natural_emissions,
+    }
 
 
 def covered_emissions(by_category: dict[str, int], covered: Iterable[str]) -> int:
@@ -105,8 +120,9 @@ def cap_qty(obligation: int, bps: int) -> int:
     return obligation * bps // BPS
 
 
-def penalty(mode: str, shortfall: int, fixed_fine: int, multiple_ppm: int,
-            average_price: int) -> int:
+def penalty(
+    mode: str, shortfall: int, fixed_fine: int, multiple_ppm: int, average_price: int
+) -> int:
     """Penalty in fen for a shortfall: a fixed fine and/or a multiple of the average price,
     at most MAX_CASH (the product of a shortfall and a price, each within its limit, can pass
     64 bits, and the penalty is kept in the state; no firm can hold more cash anyway)."""

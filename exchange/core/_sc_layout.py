@@ -15,6 +15,7 @@ and reads a side's parts only through :func:`parts`. A release that changed the 
 there, with its version in the message, instead of corrupting a book. tests/test_sc_layout.py
 runs the check against the installed release and against a changed one.
 """
+
 from __future__ import annotations
 
 from types import ModuleType
@@ -23,12 +24,12 @@ from typing import Any
 import sortedcontainers
 
 # the SortedDict's SortedList of keys, and that SortedList's parts (instance attributes)
-LIST = "_list"    # SortedDict -> SortedList
+LIST = "_list"  # SortedDict -> SortedList
 LISTS = "_lists"  # list of sorted sublists of keys
 MAXES = "_maxes"  # list: the largest key of each sublist
 INDEX = "_index"  # list: the positional index tree, empty until a positional lookup
-LEN = "_len"      # int: the number of keys
-LOAD = "_load"    # int: the sublist size the list splits at (twice this)
+LEN = "_len"  # int: the number of keys
+LOAD = "_load"  # int: the sublist size the list splits at (twice this)
 
 #: the release series whose layout this module knows
 KNOWN_MAJOR = 2
@@ -38,8 +39,9 @@ class LayoutError(RuntimeError):
     """The installed sortedcontainers does not keep the layout the order book relies on."""
 
 
-def parts(sd: sortedcontainers.SortedDict) -> tuple[
-        dict[str, Any], list[list[Any]], list[Any], list[int]]:
+def parts(
+    sd: sortedcontainers.SortedDict,
+) -> tuple[dict[str, Any], list[list[Any]], list[Any], list[int]]:
     """The parts of ``sd``'s SortedList the compiled book reads and edits in place: its
     instance ``__dict__`` (which holds ``LEN`` and ``LOAD``), its sublists, their maxima and
     its positional index."""
@@ -57,7 +59,8 @@ def check(module: ModuleType = sortedcontainers) -> None:
             f"sortedcontainers {version}: {problem}; the order book reads its private layout "
             f"(exchange/core/_sc_layout.py knows the {KNOWN_MAJOR}.x one): check the new "
             f"release's SortedList and update that module, or install sortedcontainers "
-            f"{KNOWN_MAJOR}.x")
+            f"{KNOWN_MAJOR}.x"
+        )
 
 
 def _problem(module: ModuleType, version: str) -> str | None:

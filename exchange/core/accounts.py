@@ -12,6 +12,7 @@ accounts whose balance goes negative:
 So "holdings plus retired equal issued" and "cash sums to what was deposited" are the same
 statement: each asset's balances sum to zero.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
@@ -65,13 +66,34 @@ class Holding:
 class Account:
     """A firm (or a system account). Cash with a reserved part; holdings per instrument."""
 
-    __slots__ = ("firm_id", "name", "sector", "product", "size_class", "stp_policy",
-                 "can_trade", "system", "cash", "cash_reserved", "holdings", "chains",
-                 "orders", "coids")
+    __slots__ = (
+        "firm_id",
+        "name",
+        "sector",
+        "product",
+        "size_class",
+        "stp_policy",
+        "can_trade",
+        "system",
+        "cash",
+        "cash_reserved",
+        "holdings",
+        "chains",
+        "orders",
+        "coids",
+    )
 
-    def __init__(self, firm_id: str, name: str = "", sector: str = "", product: str = "",
-                 size_class: str = "large", stp_policy: str = "cancel_resting",
-                 can_trade: bool = True, system: bool = False) -> None:
+    def __init__(
+        self,
+        firm_id: str,
+        name: str = "",
+        sector: str = "",
+        product: str = "",
+        size_class: str = "large",
+        stp_policy: str = "cancel_resting",
+        can_trade: bool = True,
+        system: bool = False,
+    ) -> None:
         self.firm_id = firm_id
         self.name = name
         self.sector = sector
@@ -99,9 +121,14 @@ class Account:
 
     def to_state(self) -> dict[str, Any]:
         return {
-            "name": self.name, "sector": self.sector, "product": self.product,
-            "size_class": self.size_class, "stp_policy": self.stp_policy,
-            "can_trade": self.can_trade, "system": self.system, "cash": self.cash,
+            "name": self.name,
+            "sector": self.sector,
+            "product": self.product,
+            "size_class": self.size_class,
+            "stp_policy": self.stp_policy,
+            "can_trade": self.can_trade,
+            "system": self.system,
+            "cash": self.cash,
             "cash_reserved": self.cash_reserved,
             "holdings": {k: h.to_state() for k, h in sorted(self.holdings.items())},
             "chains": dict(sorted(self.chains.items())),
@@ -109,8 +136,16 @@ class Account:
 
     @classmethod
     def from_state(cls, firm_id: str, s: dict[str, Any]) -> "Account":
-        a = cls(firm_id, s["name"], s["sector"], s["product"], s["size_class"],
-                s["stp_policy"], s["can_trade"], s["system"])
+        a = cls(
+            firm_id,
+            s["name"],
+            s["sector"],
+            s["product"],
+            s["size_class"],
+            s["stp_policy"],
+            s["can_trade"],
+            s["system"],
+        )
         a.cash = s["cash"]
         a.cash_reserved = s["cash_reserved"]
         a.holdings = {k: Holding.from_state(v) for k, v in s["holdings"].items()}
@@ -124,8 +159,9 @@ def post_cash(debit: Account, credit: Account, amount: int) -> None:
     credit.cash += amount
 
 
-def take_units(acct: Account, instrument: str, qty: int,
-               prefer: str | None = None) -> list[tuple[str, int]]:
+def take_units(
+    acct: Account, instrument: str, qty: int, prefer: str | None = None
+) -> list[tuple[str, int]]:
     """Remove ``qty`` units from ``acct``'s lots, FIFO (or lots whose key starts with
     ``prefer`` first). Returns ``[(lot_key, qty), ...]``. The caller checked availability."""
     h = acct.holding(instrument)

@@ -58,6 +58,7 @@ result (``found`` false), not a ``KeyError``.
 
 The book knows nothing about cash, holdings or fees.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -68,7 +69,14 @@ from sortedcontainers import SortedDict
 
 from .orders import BUY as BUY, SELL as SELL  # re-exported: the book's callers use them
 from .orders import (
-    ClientOrderId, FirmId, OrderId, OrderStatus, SegmentName, StpPolicy, Symbol, transition,
+    ClientOrderId,
+    FirmId,
+    OrderId,
+    OrderStatus,
+    SegmentName,
+    StpPolicy,
+    Symbol,
+    transition,
 )
 
 # self-trade prevention policies, as stored (exact str)
@@ -101,15 +109,39 @@ class Order:
     """A working order. ``leaves`` is what still rests or may still trade."""
 
     __slots__ = (
-        "order_id", "account", "client_order_id", "instrument", "segment", "side", "price",
-        "qty", "leaves", "cum_qty", "tif", "post_only", "reserved", "status", "seq",
-        "prev", "next",  # the neighbours in its price level while it rests (else None)
+        "order_id",
+        "account",
+        "client_order_id",
+        "instrument",
+        "segment",
+        "side",
+        "price",
+        "qty",
+        "leaves",
+        "cum_qty",
+        "tif",
+        "post_only",
+        "reserved",
+        "status",
+        "seq",
+        "prev",
+        "next",  # the neighbours in its price level while it rests (else None)
     )
 
-    def __init__(self, order_id: OrderId, account: FirmId, client_order_id: ClientOrderId | None,
-                 instrument: Symbol, segment: SegmentName, side: str, price: int, qty: int,
-                 tif: str,
-                 post_only: bool = False, seq: int = 0) -> None:
+    def __init__(
+        self,
+        order_id: OrderId,
+        account: FirmId,
+        client_order_id: ClientOrderId | None,
+        instrument: Symbol,
+        segment: SegmentName,
+        side: str,
+        price: int,
+        qty: int,
+        tif: str,
+        post_only: bool = False,
+        seq: int = 0,
+    ) -> None:
         self.order_id = order_id
         self.account = account
         self.client_order_id = client_order_id
@@ -129,18 +161,42 @@ class Order:
         self.next: Order | None = None
 
     #: the fields of :meth:`to_state`, in its order (a snapshot encoder may read them itself)
-    STATE_FIELDS = ("order_id", "account", "client_order_id", "side", "price", "qty",
-                    "leaves", "cum_qty", "tif", "post_only", "reserved", "status", "seq")
+    STATE_FIELDS = (
+        "order_id",
+        "account",
+        "client_order_id",
+        "side",
+        "price",
+        "qty",
+        "leaves",
+        "cum_qty",
+        "tif",
+        "post_only",
+        "reserved",
+        "status",
+        "seq",
+    )
 
     def to_state(self) -> list[Any]:
-        return [self.order_id, self.account, self.client_order_id, self.side, self.price,
-                self.qty, self.leaves, self.cum_qty, self.tif, self.post_only, self.reserved,
-                self.status, self.seq]
+        return [
+            self.order_id,
+            self.account,
+            self.client_order_id,
+            self.side,
+            self.price,
+            self.qty,
+            self.leaves,
+            self.cum_qty,
+            self.tif,
+            self.post_only,
+            self.reserved,
+            self.status,
+            self.seq,
+        ]
 
     @classmethod
     def from_state(cls, s: list[Any], instrument: Symbol, segment: SegmentName) -> "Order":
-        (oid, acct, coid, side, price, qty, leaves, cum, tif, post_only, reserved, status,
-         seq) = s
+        (oid, acct, coid, side, price, qty, leaves, cum, tif, post_only, reserved, status, seq) = s
         o = cls(oid, acct, coid, instrument, segment, side, price, qty, tif, post_only, seq)
         o.leaves = leaves
         o.cum_qty = cum
@@ -265,15 +321,36 @@ class OrderBook:
     # The day statistics are the board's own (a book is one board: instrument x segment): a
     # trade on ``sme`` or ``chain:<id>`` never moves the ``main`` board's figures, and only the
     # main board's VWAP sets the instrument's reference price at the end of the day.
-    __slots__ = ("instrument", "segment", "bids", "asks", "orders", "changes", "seq",
-                 "day_open", "day_high", "day_low", "last", "day_volume", "day_notional",
-                 "day_trades")
+    __slots__ = (
+        "instrument",
+        "segment",
+        "bids",
+        "asks",
+        "orders",
+        "changes",
+        "seq",
+        "day_open",
+        "day_high",
+        "day_low",
+        "last",
+        "day_volume",
+        "day_notional",
+        "day_trades",
+    )
 
-    DAY_STATE = ("day_open", "day_high", "day_low", "last", "day_volume", "day_notional",
-                 "day_trades")
+    DAY_STATE = (
+        "day_open",
+        "day_high",
+        "day_low",
+        "last",
+        "day_volume",
+        "day_notional",
+        "day_trades",
+    )
 
-    def __init__(self, instrument: Symbol = Symbol(""),
-                 segment: SegmentName = SegmentName("main")) -> None:
+    def __init__(
+        self, instrument: Symbol = Symbol(""), segment: SegmentName = SegmentName("main")
+    ) -> None:
         self.instrument = instrument
         self.segment = segment
         self.bids: SortedDict = SortedDict()  # -price -> Level
@@ -305,7 +382,7 @@ class OrderBook:
         compiled core makes orders outside the cyclic GC (exchange/core/_accel.c, ``alloc``), so a
         book that goes away unlinks its orders itself (once per book, not per order)."""
         for side_map in (getattr(self, "bids", None), getattr(self, "asks", None)):
-            for lv in (side_map.values() if side_map else ()):
+            for lv in side_map.values() if side_map else ():
                 o = lv.head
                 while o is not None:
                     o.prev, o.next, o = None, None, o.next
@@ -410,8 +487,14 @@ class OrderBook:
                     return got
         return got
 
-    def match(self, order: Order, limit: int | None, stp: str | None,
-              fills: list[tuple[Order, int, int]], stp_cancels: list[Order]) -> bool:
+    def match(
+        self,
+        order: Order,
+        limit: int | None,
+        stp: str | None,
+        fills: list[tuple[Order, int, int]],
+        stp_cancels: list[Order],
+    ) -> bool:
         """Match ``order`` (not resting) against the opposite side at prices no worse than
         ``limit`` (None = any). Appends ``(maker, qty, price)`` to ``fills`` and each resting
         order cancelled by self-trade prevention to ``stp_cancels``. Updates the makers'
@@ -484,8 +567,7 @@ class OrderBook:
         """The quantity resting on ``side`` at ``price`` (0: no such level)."""
         return self.level_qty(side, price)
 
-    def place(self, order: Order, *, ioc: bool = False,
-              stp: str | None = None) -> PlaceResult:
+    def place(self, order: Order, *, ioc: bool = False, stp: str | None = None) -> PlaceResult:
         """Match ``order`` (not resting, ``leaves`` > 0) at prices no worse than its own,
         then rest what is left - or, with ``ioc``, cancel it. ``stp`` is the self-trade
         prevention policy (a :class:`~exchange.core.orders.StpPolicy` value), or None to let
@@ -503,10 +585,8 @@ class OrderBook:
         for maker, q, _px in fills:
             order.leaves -= q
             order.cum_qty += q
-            transition(maker, OrderStatus.PARTIALLY_FILLED if maker.leaves
-                       else OrderStatus.FILLED)
-            transition(order, OrderStatus.PARTIALLY_FILLED if order.leaves
-                       else OrderStatus.FILLED)
+            transition(maker, OrderStatus.PARTIALLY_FILLED if maker.leaves else OrderStatus.FILLED)
+            transition(order, OrderStatus.PARTIALLY_FILLED if order.leaves else OrderStatus.FILLED)
         rested = False
         if order.leaves:
             if killed or ioc:
@@ -514,8 +594,12 @@ class OrderBook:
             else:
                 self.add(order)
                 rested = True
-        return PlaceResult(tuple(Fill(m, q, px) for m, q, px in fills), tuple(stp_cancels),
-                           rested, self._take_changes(mark))
+        return PlaceResult(
+            tuple(Fill(m, q, px) for m, q, px in fills),
+            tuple(stp_cancels),
+            rested,
+            self._take_changes(mark),
+        )
 
     def cancel(self, order_id: OrderId) -> CancelResult:
         """Take a resting order out (its status becomes canceled). An id that is not resting
@@ -528,8 +612,14 @@ class OrderBook:
         transition(order, OrderStatus.CANCELED)
         return CancelResult(order, self._take_changes(mark))
 
-    def replace(self, order_id: OrderId, *, qty: int | None = None, price: int | None = None,
-                stp: str | None = None) -> ReplaceResult:
+    def replace(
+        self,
+        order_id: OrderId,
+        *,
+        qty: int | None = None,
+        price: int | None = None,
+        stp: str | None = None,
+    ) -> ReplaceResult:
         """Change a resting order's total quantity (``qty``, more than it has filled) and/or
         price. A smaller quantity at the same price keeps the order's place in its queue;
         anything else takes it out and places it again (it may trade). An unknown id gives
@@ -540,8 +630,10 @@ class OrderBook:
         new_qty = order.qty if qty is None else qty
         new_price = order.price if price is None else price
         if new_qty <= order.cum_qty:
-            raise ValueError(f"order {order_id}: the new quantity {new_qty} does not exceed "
-                             f"the filled {order.cum_qty}")
+            raise ValueError(
+                f"order {order_id}: the new quantity {new_qty} does not exceed "
+                f"the filled {order.cum_qty}"
+            )
         mark = len(self.changes)
         new_leaves = new_qty - order.cum_qty
         if new_price == order.price and new_qty <= order.qty:
@@ -567,8 +659,7 @@ class OrderBook:
         for lv in self.asks.values():
             yield from lv
 
-    def to_state(self, encode_orders: Callable[[OrderBook], Any] | None = None
-                 ) -> dict[str, Any]:
+    def to_state(self, encode_orders: Callable[[OrderBook], Any] | None = None) -> dict[str, Any]:
         """``encode_orders(book)``, when given, stands in for the list of the resting orders'
         ``to_state()`` (in :meth:`iter_orders` order) and must serialise to the same JSON: a
         snapshot writer's faster path (exchange.journal.runner.snapshot_bytes)."""
@@ -608,10 +699,18 @@ def _compiled_methods() -> dict[str, Any]:
         _accel = importlib.import_module("exchange.core._accel")
     except ImportError:
         return {}
-    _accel.setup({"OrderBook": OrderBook, "Order": Order, "Level": Level, "BUY": BUY,
-                  "SELL": SELL, "STP_CANCEL_RESTING": STP_CANCEL_RESTING,
-                  "STP_CANCEL_INCOMING": STP_CANCEL_INCOMING,
-                  "STP_CANCEL_BOTH": STP_CANCEL_BOTH})
+    _accel.setup(
+        {
+            "OrderBook": OrderBook,
+            "Order": Order,
+            "Level": Level,
+            "BUY": BUY,
+            "SELL": SELL,
+            "STP_CANCEL_RESTING": STP_CANCEL_RESTING,
+            "STP_CANCEL_INCOMING": STP_CANCEL_INCOMING,
+            "STP_CANCEL_BOTH": STP_CANCEL_BOTH,
+        }
+    )
     methods: dict[str, Any] = _accel.book_methods(PY_METHODS)
     return methods
 

@@ -7,6 +7,7 @@ command, whether the envelope's time lies inside a session, so the same journal 
 same opens and closes whatever the wall clock says when it is replayed. The server asks it when
 the next open or close is due, to journal a ``Clock`` command then.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -42,9 +43,13 @@ class TradingCalendar:
     holidays: tuple[str, ...] = ()  # ISO dates, local
 
     @classmethod
-    def build(cls, sessions: Iterable[Sequence[str]], tz: str = DEFAULT_TZ,
-              weekdays: Iterable[int] = (0, 1, 2, 3, 4),
-              holidays: Iterable[str] = ()) -> "TradingCalendar":
+    def build(
+        cls,
+        sessions: Iterable[Sequence[str]],
+        tz: str = DEFAULT_TZ,
+        weekdays: Iterable[int] = (0, 1, 2, 3, 4),
+        holidays: Iterable[str] = (),
+    ) -> "TradingCalendar":
         """From config-like values (``[["09:30", "11:30"], ...]``); raises ValueError with a
         message a person can act on."""
         spans = []
@@ -54,10 +59,11 @@ class TradingCalendar:
             spans.append((parse_hhmm(s[0]), parse_hhmm(s[1])))
         if not spans:
             raise ValueError("a trading calendar needs at least one session")
-        for (o, c) in spans:
+        for o, c in spans:
             if not o < c:
-                raise ValueError(f"session {format_hhmm(o)}-{format_hhmm(c)} closes before it "
-                                 f"opens")
+                raise ValueError(
+                    f"session {format_hhmm(o)}-{format_hhmm(c)} closes before it opens"
+                )
         for (_, c), (o, _) in zip(spans, spans[1:]):
             if not c < o:
                 raise ValueError("sessions must be in order, with a break between them")
@@ -76,9 +82,12 @@ class TradingCalendar:
         return cls(tuple(spans), tz, days, hol)
 
     def to_state(self) -> dict[str, Any]:
-        return {"tz": self.tz, "sessions": [[format_hhmm(o), format_hhmm(c)]
-                                            for o, c in self.sessions],
-                "weekdays": list(self.weekdays), "holidays": list(self.holidays)}
+        return {
+            "tz": self.tz,
+            "sessions": [[format_hhmm(o), format_hhmm(c)] for o, c in self.sessions],
+            "weekdays": list(self.weekdays),
+            "holidays": list(self.holidays),
+        }
 
     @classmethod
     def from_state(cls, s: dict[str, Any]) -> "TradingCalendar":
@@ -87,7 +96,8 @@ class TradingCalendar:
     # ------------------------------------------------------------------ queries
     def local(self, ts_ns: int) -> dt.datetime:
         return dt.datetime.fromtimestamp(ts_ns // 1_000_000_000, dt.timezone.utc).astimezone(
-            ZoneInfo(self.tz))
+            ZoneInfo(self.tz)
+        )
 
     def is_trading_day(self, date: dt.date) -> bool:
         return date.weekday() in self.weekdays and date.isoformat() not in self.holidays

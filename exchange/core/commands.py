@@ -8,6 +8,7 @@ Commands are registered by name with :func:`command`; :func:`encode_command` and
 :func:`decode_command` turn them into plain JSON-able dicts for the journal. The rules and
 compliance modules register their own commands the same way.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
@@ -26,8 +27,11 @@ def command(name: str) -> Callable[[type[_C]], type[_C]]:
         if name in COMMAND_TYPES and COMMAND_TYPES[name] is not cls:
             raise RuntimeError(f"command name {name!r} registered twice")
         cls.TYPE = name
-        cls._FIELDS = tuple(f.name for f in fields(cls)  # type: ignore[arg-type]
-                            if f.name not in ("seq", "ts"))
+        cls._FIELDS = tuple(
+            f.name
+            for f in fields(cls)  # type: ignore[arg-type]
+            if f.name not in ("seq", "ts")
+        )
         COMMAND_TYPES[name] = cls
         return cls
 
@@ -70,8 +74,14 @@ def decode_command(d: dict[str, Any], seq: int = 0, ts: int = 0) -> Command:
 
 # the order vocabulary (Side, TimeInForce, OrderType) lives in orders.py
 from .orders import (  # noqa: E402
-    BUY as BUY, DAY as DAY, FOK as FOK, GTC as GTC, IOC as IOC, LIMIT as LIMIT,
-    MARKET as MARKET, SELL as SELL,
+    BUY as BUY,
+    DAY as DAY,
+    FOK as FOK,
+    GTC as GTC,
+    IOC as IOC,
+    LIMIT as LIMIT,
+    MARKET as MARKET,
+    SELL as SELL,
 )
 
 
@@ -124,6 +134,7 @@ class CancelAll(Command):
 
 
 # --------------------------------------------------------------------------- operator
+
 
 @command("register_firm")
 class RegisterFirm(Command):

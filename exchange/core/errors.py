@@ -3,6 +3,7 @@
 Every reject, whether it comes from the core, the gateway or the admin API, carries one of
 these codes. Codes are part of the public protocol (docs/PROTOCOL.md): never rename one.
 """
+
 from __future__ import annotations
 
 from enum import StrEnum

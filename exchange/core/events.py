@@ -5,6 +5,7 @@ canceled, replaced, rejected, expired); ``order_status`` is the order's state af
 (new, partially_filled, filled, canceled, rejected, expired); ``cum_qty + leaves_qty`` equals
 the order quantity while the order works.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
@@ -171,6 +172,7 @@ class MarketState:
 class SessionOpened:
     """The trading calendar opened session ``session`` (0 = the first of the day) of the local
     trading date ``date``."""
+
     date: str
     session: int
 
@@ -179,6 +181,7 @@ class SessionOpened:
 class SessionClosed:
     """A session ended: at its scheduled close, or ``early`` by an operator's end of day.
     ``end_of_day``: it was the day's last, and the day's close (``DayEnded``) follows."""
+
     date: str
     session: int
     end_of_day: bool
@@ -188,6 +191,7 @@ class SessionClosed:
 @event("trading_calendar_set")
 class TradingCalendarSet:
     """``calendar``: ``{tz, sessions, weekdays, holidays}``, or None (no calendar)."""
+
     calendar: dict[str, Any] | None
 
 

@@ -23,6 +23,7 @@ Rounding (not one fen is created or lost):
   floor(portion x revenue_share_ppm / 1,000,000) and the parent gets the rest; the seller (SME)
   receives the net minus what the parents get, so the parts sum exactly to the net.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -32,27 +33,90 @@ from typing import Any, Callable, NoReturn
 
 from . import errors as E
 from .accounts import (
-    BANK, CASH, EXCHANGE_ACCOUNT, ISSUER, LOT_PURCHASE, LOT_SUB_QUOTA, LOT_TRANSFER,
-    SYSTEM_ACCOUNTS, Account, Holding, post_cash, put_units, take_units,
+    BANK,
+    CASH,
+    EXCHANGE_ACCOUNT,
+    ISSUER,
+    LOT_PURCHASE,
+    LOT_SUB_QUOTA,
+    LOT_TRANSFER,
+    SYSTEM_ACCOUNTS,
+    Account,
+    Holding,
+    post_cash,
+    put_units,
+    take_units,
 )
 from .book import BUY, SELL, STP_POLICIES, Order, OrderBook
 from .commands import (
-    DAY, FOK, GTC, IOC, LIMIT, MARKET, AddInstrument, AmendOrder, CancelAll, CancelOrder,
-    Clock, CreateSubQuota, DepositCash, EndOfDay, Halt, IssueUnits, PlaceOrder, RegisterFirm,
-    RegisterSupplyChain, Resume, SetFirmTrading, SetPriceBand, SetTradingCalendar,
-    SnapshotMarker, TransferUnits, WithdrawCash, command, Command,
+    DAY,
+    FOK,
+    GTC,
+    IOC,
+    LIMIT,
+    MARKET,
+    AddInstrument,
+    AmendOrder,
+    CancelAll,
+    CancelOrder,
+    Clock,
+    CreateSubQuota,
+    DepositCash,
+    EndOfDay,
+    Halt,
+    IssueUnits,
+    PlaceOrder,
+    RegisterFirm,
+    RegisterSupplyChain,
+    Resume,
+    SetFirmTrading,
+    SetPriceBand,
+    SetTradingCalendar,
+    SnapshotMarker,
+    TransferUnits,
+    WithdrawCash,
+    command,
+    Command,
 )
 from .calendar import TradingCalendar
 from .events import (
-    EXEC_CANCELED, EXEC_EXPIRED, EXEC_NEW, EXEC_REJECTED, EXEC_REPLACED, EXEC_TRADE,
-    ST_CANCELED, ST_FILLED, ST_NEW, ST_PARTIAL, ST_REJECTED, AccountUpdated,
-    BookUpdate, CommandRejected, DayEnded, ExecutionReport, FirmRegistered, InstrumentAdded,
-    MarketState, Posting, SessionClosed, SessionOpened, SubQuotaCreated, SupplyChainRegistered,
-    Trade, TradingCalendarSet,
+    EXEC_CANCELED,
+    EXEC_EXPIRED,
+    EXEC_NEW,
+    EXEC_REJECTED,
+    EXEC_REPLACED,
+    EXEC_TRADE,
+    ST_CANCELED,
+    ST_FILLED,
+    ST_NEW,
+    ST_PARTIAL,
+    ST_REJECTED,
+    AccountUpdated,
+    BookUpdate,
+    CommandRejected,
+    DayEnded,
+    ExecutionReport,
+    FirmRegistered,
+    InstrumentAdded,
+    MarketState,
+    Posting,
+    SessionClosed,
+    SessionOpened,
+    SubQuotaCreated,
+    SupplyChainRegistered,
+    Trade,
+    TradingCalendarSet,
 )
 from .orders import (
-    ORDER_TRANSITIONS, ClientOrderId, FirmId, Liquidity, OrderId, OrderStatus, SegmentName,
-    Symbol, transition,
+    ORDER_TRANSITIONS,
+    ClientOrderId,
+    FirmId,
+    Liquidity,
+    OrderId,
+    OrderStatus,
+    SegmentName,
+    Symbol,
+    transition,
 )
 from .units import MAX_CASH, MAX_QTY, PPM, fee_ceil, fee_floor
 
@@ -71,26 +135,52 @@ def _core_path() -> Any:
         _accel = importlib.import_module("exchange.core._accel")
     except ImportError:
         return None
-    _accel.setup({
-        "Account": Account, "Holding": Holding, "Instrument": Instrument,
-        "SegmentRules": SegmentRules, "ExecutionReport": ExecutionReport, "Trade": Trade,
-        "BookUpdate": BookUpdate, "PlaceOrder": PlaceOrder, "CancelOrder": CancelOrder,
-        "AmendOrder": AmendOrder, "Exchange": Exchange,
-        "GTC": GTC, "DAY": DAY, "IOC": IOC, "LIMIT": LIMIT, "ST_NEW": ST_NEW,
-        "ST_PARTIAL": ST_PARTIAL, "ST_FILLED": ST_FILLED, "ST_CANCELED": ST_CANCELED,
-        "EXEC_NEW": EXEC_NEW, "EXEC_TRADE": EXEC_TRADE, "EXEC_CANCELED": EXEC_CANCELED,
-        "EXEC_REPLACED": EXEC_REPLACED, "MAKER": LIQ_MAKER, "TAKER": LIQ_TAKER,
-        "CANCELED_BY_CLIENT": "CANCELED_BY_CLIENT", "UNFILLED_IOC": "UNFILLED_IOC",
-        "SELF_TRADE_PREVENTED": E.SELF_TRADE_PREVENTED, "ACCESS_ALL": "all",
-        "LOT_SUB_QUOTA": LOT_SUB_QUOTA, "LOT_PURCHASE": LOT_PURCHASE,
-        "EXCHANGE_ACCOUNT": EXCHANGE_ACCOUNT, "take_units": take_units,
-        "SequenceError": SequenceError, "Reject": E.Reject,
-        "CommandRejected": CommandRejected, "UNKNOWN_ORDER": E.UNKNOWN_ORDER,
-        "NO_LIVE_ORDER": NO_LIVE_ORDER, "CANCEL_TYPE": CancelOrder.TYPE,
-        # the order-state machine (orders.py); tests/test_core_transitions.py holds the
-        # compiled path's status changes to it
-        "ORDER_TRANSITIONS": ORDER_TRANSITIONS,
-    })
+    _accel.setup(
+        {
+            "Account": Account,
+            "Holding": Holding,
+            "Instrument": Instrument,
+            "SegmentRules": SegmentRules,
+            "ExecutionReport": ExecutionReport,
+            "Trade": Trade,
+            "BookUpdate": BookUpdate,
+            "PlaceOrder": PlaceOrder,
+            "CancelOrder": CancelOrder,
+            "AmendOrder": AmendOrder,
+            "Exchange": Exchange,
+            "GTC": GTC,
+            "DAY": DAY,
+            "IOC": IOC,
+            "LIMIT": LIMIT,
+            "ST_NEW": ST_NEW,
+            "ST_PARTIAL": ST_PARTIAL,
+            "ST_FILLED": ST_FILLED,
+            "ST_CANCELED": ST_CANCELED,
+            "EXEC_NEW": EXEC_NEW,
+            "EXEC_TRADE": EXEC_TRADE,
+            "EXEC_CANCELED": EXEC_CANCELED,
+            "EXEC_REPLACED": EXEC_REPLACED,
+            "MAKER": LIQ_MAKER,
+            "TAKER": LIQ_TAKER,
+            "CANCELED_BY_CLIENT": "CANCELED_BY_CLIENT",
+            "UNFILLED_IOC": "UNFILLED_IOC",
+            "SELF_TRADE_PREVENTED": E.SELF_TRADE_PREVENTED,
+            "ACCESS_ALL": "all",
+            "LOT_SUB_QUOTA": LOT_SUB_QUOTA,
+            "LOT_PURCHASE": LOT_PURCHASE,
+            "EXCHANGE_ACCOUNT": EXCHANGE_ACCOUNT,
+            "take_units": take_units,
+            "SequenceError": SequenceError,
+            "Reject": E.Reject,
+            "CommandRejected": CommandRejected,
+            "UNKNOWN_ORDER": E.UNKNOWN_ORDER,
+            "NO_LIVE_ORDER": NO_LIVE_ORDER,
+            "CANCEL_TYPE": CancelOrder.TYPE,
+            # the order-state machine (orders.py); tests/test_core_transitions.py holds the
+            # compiled path's status changes to it
+            "ORDER_TRANSITIONS": ORDER_TRANSITIONS,
+        }
+    )
     return _accel.CorePath
 
 
@@ -113,8 +203,9 @@ class AddSegment(Command):
 class SegmentRules:
     __slots__ = ("name", "tick", "lot", "max_order_qty", "fee_bps", "access")
 
-    def __init__(self, name: str, tick: int, lot: int, max_order_qty: int, fee_bps: int,
-                 access: str) -> None:
+    def __init__(
+        self, name: str, tick: int, lot: int, max_order_qty: int, fee_bps: int, access: str
+    ) -> None:
         self.name = name
         self.tick = tick
         self.lot = lot
@@ -130,11 +221,28 @@ class Instrument:
     """A tradable unit kind and its price band. The day statistics (open, high, low, last,
     volume, VWAP) belong to each board, on its :class:`OrderBook`; the reference price is the
     instrument's and only its ``main`` board's VWAP sets it."""
-    __slots__ = ("symbol", "kind", "vintage", "offset_type", "_ref", "_band_bps", "band_lo",
-                 "band_hi", "halted")
 
-    def __init__(self, symbol: str, kind: str, vintage: int, offset_type: str | None,
-                 reference_price: int, band_bps: int) -> None:
+    __slots__ = (
+        "symbol",
+        "kind",
+        "vintage",
+        "offset_type",
+        "_ref",
+        "_band_bps",
+        "band_lo",
+        "band_hi",
+        "halted",
+    )
+
+    def __init__(
+        self,
+        symbol: str,
+        kind: str,
+        vintage: int,
+        offset_type: str | None,
+        reference_price: int,
+        band_bps: int,
+    ) -> None:
         self.symbol = symbol
         self.kind = kind
         self.vintage = vintage
@@ -179,8 +287,15 @@ class Instrument:
 
     _STATE = ("kind", "vintage", "offset_type", "reference_price", "band_bps", "halted")
     # the day statistics an instrument's state carried before they were per board
-    _LEGACY_DAY = ("day_open", "day_high", "day_low", "last", "day_volume", "day_notional",
-                   "day_trades")
+    _LEGACY_DAY = (
+        "day_open",
+        "day_high",
+        "day_low",
+        "last",
+        "day_volume",
+        "day_notional",
+        "day_trades",
+    )
 
     def to_state(self) -> list[Any]:
         return [getattr(self, f) for f in self._STATE]
@@ -222,12 +337,30 @@ class Exchange:
 
     # The attributes every order reads are slots (a fixed offset for the compiled order path
     # and the interpreter alike, no dict lookup); everything else lives in __dict__.
-    __slots__ = ("last_seq", "now", "next_order_id", "next_trade_id", "market_halted",
-                 "emit_book_updates", "_rules", "instruments", "books", "halted_books",
-                 "accounts", "trade_listeners", "_handlers", "__dict__", "__weakref__")
+    __slots__ = (
+        "last_seq",
+        "now",
+        "next_order_id",
+        "next_trade_id",
+        "market_halted",
+        "emit_book_updates",
+        "_rules",
+        "instruments",
+        "books",
+        "halted_books",
+        "accounts",
+        "trade_listeners",
+        "_handlers",
+        "__dict__",
+        "__weakref__",
+    )
 
-    def __init__(self, modules: tuple[type[Module], ...] = (), emit_book_updates: bool = True,
-                 accelerate: bool = True):
+    def __init__(
+        self,
+        modules: tuple[type[Module], ...] = (),
+        emit_book_updates: bool = True,
+        accelerate: bool = True,
+    ):
         self.last_seq = 0
         self.now = 0
         self.day = 0
@@ -249,7 +382,8 @@ class Exchange:
         self.books: dict[tuple[str, str], OrderBook] = {}
         self.halted_books: set[tuple[str, str]] = set()
         self.accounts: dict[str, Account] = {
-            a: Account(a, system=True, can_trade=False) for a in SYSTEM_ACCOUNTS}
+            a: Account(a, system=True, can_trade=False) for a in SYSTEM_ACCOUNTS
+        }
         self.chains: dict[str, dict[str, Any]] = {}
         self.sub_quotas: dict[int, dict[str, Any]] = {}
         # called with each Trade as it settles (modules that observe trades, e.g. compliance):
@@ -260,16 +394,27 @@ class Exchange:
         self.unit_listeners: list[Callable[[Account, Account, str, int, str], None]] = []
         self.serialised_kinds: frozenset[str] = frozenset()
         self._handlers: dict[type, Callable[[Any], list[Any]]] = {
-            PlaceOrder: self._place, CancelOrder: self._cancel, AmendOrder: self._amend,
-            CancelAll: self._cancel_all, AddSegment: self._add_segment,
-            AddInstrument: self._add_instrument, RegisterFirm: self._register_firm,
+            PlaceOrder: self._place,
+            CancelOrder: self._cancel,
+            AmendOrder: self._amend,
+            CancelAll: self._cancel_all,
+            AddSegment: self._add_segment,
+            AddInstrument: self._add_instrument,
+            RegisterFirm: self._register_firm,
             SetFirmTrading: self._set_firm_trading,
-            RegisterSupplyChain: self._register_chain, DepositCash: self._deposit,
-            WithdrawCash: self._withdraw, IssueUnits: self._issue_command,
-            TransferUnits: self._transfer, CreateSubQuota: self._create_sub_quota,
-            SetPriceBand: self._set_band, Halt: self._halt, Resume: self._resume,
-            EndOfDay: self._end_of_day_command, SnapshotMarker: lambda c: [],
-            SetTradingCalendar: self._set_calendar, Clock: self._clock,
+            RegisterSupplyChain: self._register_chain,
+            DepositCash: self._deposit,
+            WithdrawCash: self._withdraw,
+            IssueUnits: self._issue_command,
+            TransferUnits: self._transfer,
+            CreateSubQuota: self._create_sub_quota,
+            SetPriceBand: self._set_band,
+            Halt: self._halt,
+            Resume: self._resume,
+            EndOfDay: self._end_of_day_command,
+            SnapshotMarker: lambda c: [],
+            SetTradingCalendar: self._set_calendar,
+            Clock: self._clock,
         }
         self.modules: dict[str, Module] = {}
         for mod_cls in modules:
@@ -281,9 +426,13 @@ class Exchange:
         # _amend done step for step on these same objects, handing everything unusual back to
         # the methods below, which stay the reference. Only where nothing has replaced them.
         self.accelerated = False
-        if (accelerate and _CorePath is not None and self._handlers[PlaceOrder] == self._place
-                and self._handlers[CancelOrder] == self._cancel
-                and self._handlers[AmendOrder] == self._amend):
+        if (
+            accelerate
+            and _CorePath is not None
+            and self._handlers[PlaceOrder] == self._place
+            and self._handlers[CancelOrder] == self._cancel
+            and self._handlers[AmendOrder] == self._amend
+        ):
             fast = _CorePath(self)
             self._handlers[PlaceOrder] = fast.place
             self._handlers[CancelOrder] = fast.cancel
@@ -360,18 +509,52 @@ class Exchange:
 
     def _reject_er(self, cmd: PlaceOrder, code: str, message: str = "") -> ExecutionReport:
         return ExecutionReport(
-            cmd.account, 0, cmd.client_order_id, cmd.instrument, cmd.segment, cmd.side,
-            EXEC_REJECTED, ST_REJECTED, cmd.price, cmd.qty if isinstance(cmd.qty, int) else 0,
-            0, 0, 0, 0, code, 0, 0, None, cmd.ts)
+            cmd.account,
+            0,
+            cmd.client_order_id,
+            cmd.instrument,
+            cmd.segment,
+            cmd.side,
+            EXEC_REJECTED,
+            ST_REJECTED,
+            cmd.price,
+            cmd.qty if isinstance(cmd.qty, int) else 0,
+            0,
+            0,
+            0,
+            0,
+            code,
+            0,
+            0,
+            None,
+            cmd.ts,
+        )
 
     def _er(self, o: Order, exec_type: str, reason: str | None = None) -> ExecutionReport:
         """A report on ``o``. Once an order stops working (canceled, expired) its leaves_qty
         is 0, as in FIX; while it works cum_qty + leaves_qty = qty."""
         leaves = 0 if exec_type == EXEC_CANCELED or exec_type == EXEC_EXPIRED else o.leaves
         return ExecutionReport(
-            o.account, o.order_id, o.client_order_id, o.instrument, o.segment, o.side,
-            exec_type, o.status, o.price, o.qty, 0, 0, o.cum_qty, leaves, reason, 0, 0,
-            None, self.now)
+            o.account,
+            o.order_id,
+            o.client_order_id,
+            o.instrument,
+            o.segment,
+            o.side,
+            exec_type,
+            o.status,
+            o.price,
+            o.qty,
+            0,
+            0,
+            o.cum_qty,
+            leaves,
+            reason,
+            0,
+            0,
+            None,
+            self.now,
+        )
 
     def _book_update(self, book: OrderBook, events: list[Any]) -> None:
         if not self.emit_book_updates:
@@ -389,8 +572,9 @@ class Exchange:
             raise E.Reject(E.BAD_TICK, f"price must be a multiple of the tick ({rules.tick} fen)")
         band = instr.band()
         if band is not None and not band[0] <= price <= band[1]:
-            raise E.Reject(E.OUTSIDE_PRICE_BAND,
-                           f"price {price} outside the band [{band[0]}, {band[1]}] fen")
+            raise E.Reject(
+                E.OUTSIDE_PRICE_BAND, f"price {price} outside the band [{band[0]}, {band[1]}] fen"
+            )
 
     def check_qty(self, rules: SegmentRules, qty: object) -> None:
         if type(qty) is not int or qty <= 0:
@@ -398,30 +582,37 @@ class Exchange:
         if qty % rules.lot:
             raise E.Reject(E.BAD_LOT, f"quantity must be a multiple of the lot ({rules.lot} t)")
         if qty > rules.max_order_qty:
-            raise E.Reject(E.OVER_MAX_ORDER_SIZE,
-                           f"quantity over the maximum order size ({rules.max_order_qty} t)")
+            raise E.Reject(
+                E.OVER_MAX_ORDER_SIZE,
+                f"quantity over the maximum order size ({rules.max_order_qty} t)",
+            )
 
     def is_halted(self, instrument: str, segment: str) -> bool:
-        return (self.market_halted or self.instruments[instrument].halted
-                or (instrument, segment) in self.halted_books)
+        return (
+            self.market_halted
+            or self.instruments[instrument].halted
+            or (instrument, segment) in self.halted_books
+        )
 
-    def check_access(self, acct: Account, segment: str, side: str,
-                     rules: SegmentRules) -> None:
+    def check_access(self, acct: Account, segment: str, side: str, rules: SegmentRules) -> None:
         access = rules.access
         if access == "all":
             return
         if access == "members":
             chain_id = segment[6:]
             if chain_id not in acct.chains:
-                raise E.Reject(E.NOT_PERMITTED_IN_SEGMENT,
-                               f"only members of supply chain {chain_id!r} trade in {segment}")
+                raise E.Reject(
+                    E.NOT_PERMITTED_IN_SEGMENT,
+                    f"only members of supply chain {chain_id!r} trade in {segment}",
+                )
             return
         is_sme = acct.size_class == "sme"
         if access == "sme_only" and not is_sme:
             raise E.Reject(E.NOT_PERMITTED_IN_SEGMENT, f"only SMEs trade in {segment}")
         if access == "sme_sell_any_buy" and side == SELL and not is_sme:
-            raise E.Reject(E.NOT_PERMITTED_IN_SEGMENT,
-                           f"only SMEs sell in {segment}; anyone may buy from them")
+            raise E.Reject(
+                E.NOT_PERMITTED_IN_SEGMENT, f"only SMEs sell in {segment}; anyone may buy from them"
+            )
 
     @staticmethod
     def buy_reserve(price: int, qty: int, fee_bps: int) -> int:
@@ -452,8 +643,9 @@ class Exchange:
         self._book_update(book, events)
         return events
 
-    def _check_order(self, cmd: PlaceOrder) -> tuple[
-            Account, Instrument, OrderBook, SegmentRules, int, str]:
+    def _check_order(
+        self, cmd: PlaceOrder
+    ) -> tuple[Account, Instrument, OrderBook, SegmentRules, int, str]:
         """Every check of a new order, in the order that decides its reject code. Returns the
         objects it found, the order's limit price (a market order's is the band's edge or its
         protection price) and its effective time in force (a market order is IOC unless FOK).
@@ -487,8 +679,10 @@ class Exchange:
             tif = IOC
         coid = cmd.client_order_id
         if coid is not None and coid in acct.coids:
-            raise E.Reject(E.DUPLICATE_CLIENT_ORDER_ID,
-                           f"client_order_id {coid!r} is already used by a live order")
+            raise E.Reject(
+                E.DUPLICATE_CLIENT_ORDER_ID,
+                f"client_order_id {coid!r} is already used by a live order",
+            )
         self._check_can_afford(acct, symbol, side, price, qty, rules)
         if cmd.post_only and book.crosses(side, price):
             raise E.Reject(E.POST_ONLY_WOULD_CROSS, "post-only order would trade on arrival")
@@ -503,27 +697,31 @@ class Exchange:
         if cmd.order_type == MARKET and price is None:
             band = instr.band()
             if band is None:
-                raise E.Reject(E.BAD_PRICE, "a market order needs a protection price "
-                                            "while the instrument has no reference price")
+                raise E.Reject(
+                    E.BAD_PRICE,
+                    "a market order needs a protection price "
+                    "while the instrument has no reference price",
+                )
             return band[1] if cmd.side == BUY else band[0]
         self.check_price(instr, rules, price)
         assert isinstance(price, int)  # check_price refused anything else
         return price
 
-    def _check_can_afford(self, acct: Account, symbol: str, side: str, price: int, qty: int,
-                          rules: SegmentRules) -> None:
+    def _check_can_afford(
+        self, acct: Account, symbol: str, side: str, price: int, qty: int, rules: SegmentRules
+    ) -> None:
         """Risk: a buy needs the cash its reservation takes, a sell the units."""
         if side == BUY:
             need = self.buy_reserve(price, qty, rules.fee_bps)
             if need > acct.cash_available:
-                raise E.Reject(E.INSUFFICIENT_FUNDS,
-                               f"needs {need} fen, {acct.cash_available} available")
+                raise E.Reject(
+                    E.INSUFFICIENT_FUNDS, f"needs {need} fen, {acct.cash_available} available"
+                )
             return
         h = acct.holdings.get(symbol)
         have = 0 if h is None else h.available
         if h is None or qty > have:
-            raise E.Reject(E.INSUFFICIENT_HOLDINGS,
-                           f"needs {qty} t of {symbol}, {have} available")
+            raise E.Reject(E.INSUFFICIENT_HOLDINGS, f"needs {qty} t of {symbol}, {have} available")
 
     def _hold(self, cmd: PlaceOrder, acct: Account, price: int, tif: str) -> Order:
         """The accepted order: its id, its reservation, its place in the account's live
@@ -531,9 +729,19 @@ class Exchange:
         oid = OrderId(self.next_order_id)
         self.next_order_id = oid + 1
         coid = None if cmd.client_order_id is None else ClientOrderId(cmd.client_order_id)
-        o = Order(oid, FirmId(acct.firm_id), coid, Symbol(cmd.instrument),
-                  SegmentName(cmd.segment), cmd.side, price, cmd.qty, tif, cmd.post_only,
-                  cmd.seq)
+        o = Order(
+            oid,
+            FirmId(acct.firm_id),
+            coid,
+            Symbol(cmd.instrument),
+            SegmentName(cmd.segment),
+            cmd.side,
+            price,
+            cmd.qty,
+            tif,
+            cmd.post_only,
+            cmd.seq,
+        )
         if o.side == BUY:
             o.reserved = self.buy_reserve(price, o.qty, self._rules[o.segment].fee_bps)
             acct.cash_reserved += o.reserved
@@ -545,8 +753,9 @@ class Exchange:
             acct.coids[o.client_order_id] = oid
         return o
 
-    def _rest_or_cancel(self, o: Order, book: OrderBook, acct: Account, unfilled: str,
-                        events: list[Any]) -> None:
+    def _rest_or_cancel(
+        self, o: Order, book: OrderBook, acct: Account, unfilled: str, events: list[Any]
+    ) -> None:
         """After matching: what is left of a GTC or DAY order rests; the rest of an IOC (or
         market) order is cancelled with reason ``unfilled``. An order that self-trade
         prevention cancelled is done."""
@@ -557,8 +766,15 @@ class Exchange:
         else:
             self._close(o, acct, OrderStatus.CANCELED, unfilled, events)
 
-    def _execute(self, o: Order, book: OrderBook, instr: Instrument, rules: SegmentRules,
-                 acct: Account, events: list[Any]) -> None:
+    def _execute(
+        self,
+        o: Order,
+        book: OrderBook,
+        instr: Instrument,
+        rules: SegmentRules,
+        acct: Account,
+        events: list[Any],
+    ) -> None:
         """Match ``o`` as the aggressor, then settle: the resting orders self-trade prevention
         cancelled, each fill in turn (:meth:`_settle_fill`), the board's day statistics, and
         ``o``'s own rest when self-trade prevention stopped it."""
@@ -566,16 +782,30 @@ class Exchange:
         stp_cancels: list[Order] = []
         killed = book.match(o, o.price, acct.stp_policy, fills, stp_cancels)
         for maker in stp_cancels:
-            self._close(maker, self.accounts[maker.account], OrderStatus.CANCELED,
-                        E.SELF_TRADE_PREVENTED, events)
+            self._close(
+                maker,
+                self.accounts[maker.account],
+                OrderStatus.CANCELED,
+                E.SELF_TRADE_PREVENTED,
+                events,
+            )
         for maker, q, px in fills:
             self._settle_fill(o, acct, maker, q, px, instr.symbol, rules.fee_bps, events)
         self._record_day_stats(book, fills)
         if killed and o.leaves:
             self._close(o, acct, OrderStatus.CANCELED, E.SELF_TRADE_PREVENTED, events)
 
-    def _settle_fill(self, taker: Order, tacct: Account, maker: Order, q: int, px: int,
-                     symbol: str, fee_bps: int, events: list[Any]) -> None:
+    def _settle_fill(
+        self,
+        taker: Order,
+        tacct: Account,
+        maker: Order,
+        q: int,
+        px: int,
+        symbol: str,
+        fee_bps: int,
+        events: list[Any],
+    ) -> None:
         """One fill of ``q`` t at ``px``, atomically: cash buyer -> seller and the fees to the
         exchange (:meth:`_pay`), units seller -> buyer (:meth:`_deliver`), both orders' new
         status, the two execution reports and the trade (its listeners are called once the
@@ -598,12 +828,27 @@ class Exchange:
         self._filled(taker, tacct)
         events.append(self._fill_er(maker, q, px, tid, fee, LIQ_MAKER))
         events.append(self._fill_er(taker, q, px, tid, fee, LIQ_TAKER))
-        trade = Trade(tid, symbol, taker.segment, px, q, bacct.firm_id, sacct.firm_id,
-                      buyer.order_id, seller.order_id, taker.side, fee, fee, split, self.now)
+        trade = Trade(
+            tid,
+            symbol,
+            taker.segment,
+            px,
+            q,
+            bacct.firm_id,
+            sacct.firm_id,
+            buyer.order_id,
+            seller.order_id,
+            taker.side,
+            fee,
+            fee,
+            split,
+            self.now,
+        )
         events.append(trade)  # the trade listeners see it once the command is applied
 
-    def _pay(self, buyer: Order, bacct: Account, sacct: Account, notional: int, fee: int,
-             fee_bps: int) -> None:
+    def _pay(
+        self, buyer: Order, bacct: Account, sacct: Account, notional: int, fee: int, fee_bps: int
+    ) -> None:
         """The buyer pays ``notional`` to the seller and ``fee`` to the exchange; the seller
         pays its ``fee`` too. The buy order's reservation shrinks to what its leaves need:
         the difference always covers what the fill cost (price improvement and fee rounding
@@ -617,8 +862,9 @@ class Exchange:
             post_cash(bacct, exchange, fee)
             post_cash(sacct, exchange, fee)
 
-    def _deliver(self, seller: Order, sacct: Account, bacct: Account, symbol: str, q: int,
-                 net: int) -> tuple[tuple[str, int], ...]:
+    def _deliver(
+        self, seller: Order, sacct: Account, bacct: Account, symbol: str, q: int, net: int
+    ) -> tuple[tuple[str, int], ...]:
         """``q`` units from the seller's reservation, oldest lot first, to the buyer as a
         purchase lot. Returns the sub-quota proceeds split of the seller's ``net``, or ()."""
         sacct.holdings[symbol].reserved -= q
@@ -637,12 +883,30 @@ class Exchange:
             transition(o, OrderStatus.FILLED)
             self._forget(o, acct)
 
-    def _fill_er(self, o: Order, q: int, px: int, trade_id: int, fee: int,
-                 liquidity: str) -> ExecutionReport:
+    def _fill_er(
+        self, o: Order, q: int, px: int, trade_id: int, fee: int, liquidity: str
+    ) -> ExecutionReport:
         return ExecutionReport(
-            o.account, o.order_id, o.client_order_id, o.instrument, o.segment, o.side,
-            EXEC_TRADE, o.status, o.price, o.qty, q, px, o.cum_qty, o.leaves, None, trade_id,
-            fee, liquidity, self.now)
+            o.account,
+            o.order_id,
+            o.client_order_id,
+            o.instrument,
+            o.segment,
+            o.side,
+            EXEC_TRADE,
+            o.status,
+            o.price,
+            o.qty,
+            q,
+            px,
+            o.cum_qty,
+            o.leaves,
+            None,
+            trade_id,
+            fee,
+            liquidity,
+            self.now,
+        )
 
     @staticmethod
     def _record_day_stats(book: OrderBook, fills: list[tuple[Order, int, int]]) -> None:
@@ -659,8 +923,15 @@ class Exchange:
             book.day_notional += px * q
             book.last = px
 
-    def _close(self, o: Order, acct: Account, status: OrderStatus, reason: str,
-               events: list[Any], named: int | None = None) -> None:
+    def _close(
+        self,
+        o: Order,
+        acct: Account,
+        status: OrderStatus,
+        reason: str,
+        events: list[Any],
+        named: int | None = None,
+    ) -> None:
         """``o`` stops working (canceled or expired; the caller took it out of its book): its
         reservation goes back, it leaves the account's live orders, and its report says why
         (naming the order ``named``, when given, instead of ``o.order_id``)."""
@@ -673,8 +944,9 @@ class Exchange:
             er.order_id = named
         events.append(er)
 
-    def _split_proceeds(self, seller: Account, taken: list[tuple[str, int]], q: int,
-                        net: int) -> tuple[tuple[str, int], ...]:
+    def _split_proceeds(
+        self, seller: Account, taken: list[tuple[str, int]], q: int, net: int
+    ) -> tuple[tuple[str, int], ...]:
         """Pay each sub-quota lot's parent its share of the seller's net proceeds."""
         out: list[tuple[str, int]] = []
         for key, lq in taken:
@@ -708,8 +980,9 @@ class Exchange:
         if o.client_order_id is not None:
             acct.coids.pop(o.client_order_id, None)
 
-    def _find_order(self, acct: Account, order_id: int | None,
-                    client_order_id: str | None) -> Order:
+    def _find_order(
+        self, acct: Account, order_id: int | None, client_order_id: str | None
+    ) -> Order:
         # the ids come from the command as given: looked up, never trusted to exist
         if order_id is None and client_order_id is not None:
             order_id = acct.coids.get(ClientOrderId(client_order_id))
@@ -777,8 +1050,9 @@ class Exchange:
         self._book_update(book, events)
         return events
 
-    def _check_amend(self, cmd: AmendOrder) -> tuple[
-            Account, Order, OrderBook, Instrument, SegmentRules, int, int, int]:
+    def _check_amend(
+        self, cmd: AmendOrder
+    ) -> tuple[Account, Order, OrderBook, Instrument, SegmentRules, int, int, int]:
         """Every check of an amend, in the order that decides its reject code. Returns what
         it found, the new quantity and price and the reservation the new leaves need."""
         acct = self.firm(cmd.account)
@@ -796,8 +1070,9 @@ class Exchange:
             raise E.Reject(E.NO_CHANGE, "amend changes neither price nor quantity")
         self.check_qty(rules, new_qty)
         if new_qty <= o.cum_qty:
-            raise E.Reject(E.BAD_QUANTITY,
-                           f"new quantity must exceed the filled quantity ({o.cum_qty} t)")
+            raise E.Reject(
+                E.BAD_QUANTITY, f"new quantity must exceed the filled quantity ({o.cum_qty} t)"
+            )
         if new_price != o.price:
             self.check_price(instr, rules, new_price)
         new_leaves = new_qty - o.cum_qty
@@ -824,12 +1099,15 @@ class Exchange:
             if type(v) is not int or v <= 0:
                 raise E.Reject(E.BAD_PARAMETER, "tick, lot and max_order_qty must be positive")
         if c.lot > MAX_QTY or c.max_order_qty > MAX_QTY or c.tick > MAX_CASH:
-            raise E.Reject(E.QUANTITY_LIMIT, f"lot and max_order_qty are at most {MAX_QTY} t, "
-                                             f"tick at most {MAX_CASH} fen")
+            raise E.Reject(
+                E.QUANTITY_LIMIT,
+                f"lot and max_order_qty are at most {MAX_QTY} t, tick at most {MAX_CASH} fen",
+            )
         if type(c.fee_bps) is not int or not 0 <= c.fee_bps <= 10_000:
             raise E.Reject(E.BAD_PARAMETER, "fee_bps must be in [0, 10000]")
-        self.segments[c.name] = SegmentRules(c.name, c.tick, c.lot, c.max_order_qty, c.fee_bps,
-                                             c.access)
+        self.segments[c.name] = SegmentRules(
+            c.name, c.tick, c.lot, c.max_order_qty, c.fee_bps, c.access
+        )
         self._index_rules()
         if c.name != "chain":
             for sym in self.instruments:
@@ -851,8 +1129,9 @@ class Exchange:
             raise E.Reject(E.BAD_PARAMETER, "reference_price must be >= 0 fen")
         if c.reference_price > MAX_CASH:
             raise E.Reject(E.QUANTITY_LIMIT, f"reference_price is at most {MAX_CASH} fen")
-        self.instruments[c.symbol] = Instrument(c.symbol, c.kind, c.vintage, c.offset_type,
-                                                c.reference_price, self.DEFAULT_BAND_BPS)
+        self.instruments[c.symbol] = Instrument(
+            c.symbol, c.kind, c.vintage, c.offset_type, c.reference_price, self.DEFAULT_BAND_BPS
+        )
         for seg in self.segments:
             if seg != "chain":
                 self._open_book(c.symbol, seg)
@@ -868,8 +1147,9 @@ class Exchange:
             raise E.Reject(E.BAD_PARAMETER, "size_class must be large or sme")
         if c.stp_policy not in STP_POLICIES:
             raise E.Reject(E.BAD_PARAMETER, f"stp_policy must be one of {STP_POLICIES}")
-        self.accounts[c.firm_id] = Account(c.firm_id, c.name, c.sector, c.product,
-                                           c.size_class, c.stp_policy, c.can_trade)
+        self.accounts[c.firm_id] = Account(
+            c.firm_id, c.name, c.sector, c.product, c.size_class, c.stp_policy, c.can_trade
+        )
         return [FirmRegistered(c.firm_id, c.size_class)]
 
     def _set_firm_trading(self, c: SetFirmTrading) -> list[Any]:
@@ -899,7 +1179,9 @@ class Exchange:
             edges.append([sup, cust, w])
         self.chains[c.chain_id] = {
             "core_firm": next(f for f, t in members.items() if t == 0),
-            "members": members, "edges": edges}
+            "members": members,
+            "edges": edges,
+        }
         for firm_id, tier in members.items():
             self.accounts[firm_id].chains[c.chain_id] = tier
         self._index_rules()
@@ -921,8 +1203,11 @@ class Exchange:
         # so bounding the total bounds every balance and reservation
         room = MAX_CASH + self.accounts[BANK].cash
         if c.amount > room:
-            raise E.Reject(E.QUANTITY_LIMIT, f"deposit of {c.amount} fen: at most {MAX_CASH} fen "
-                                             f"may be on deposit in all, {max(room, 0)} left")
+            raise E.Reject(
+                E.QUANTITY_LIMIT,
+                f"deposit of {c.amount} fen: at most {MAX_CASH} fen "
+                f"may be on deposit in all, {max(room, 0)} left",
+            )
         post_cash(self.accounts[BANK], acct, c.amount)
         return [Posting(CASH, BANK, acct.firm_id, c.amount, "deposit")]
 
@@ -930,13 +1215,23 @@ class Exchange:
         acct = self.firm(c.account)
         self._positive(c.amount)
         if c.amount > acct.cash_available:
-            raise E.Reject(E.INSUFFICIENT_FUNDS,
-                           f"withdrawal of {c.amount} fen, {acct.cash_available} available")
+            raise E.Reject(
+                E.INSUFFICIENT_FUNDS,
+                f"withdrawal of {c.amount} fen, {acct.cash_available} available",
+            )
         post_cash(acct, self.accounts[BANK], c.amount)
         return [Posting(CASH, acct.firm_id, BANK, c.amount, "withdrawal")]
 
-    def move_units(self, src: Account, dst: Account, instrument: str, qty: int,
-                   lot_key: str, reason: str, prefer: str | None = None) -> list[Any]:
+    def move_units(
+        self,
+        src: Account,
+        dst: Account,
+        instrument: str,
+        qty: int,
+        lot_key: str,
+        reason: str,
+        prefer: str | None = None,
+    ) -> list[Any]:
         """The one way units move between accounts (checked by the caller). Returns the lots
         taken from ``src`` and appends nothing: callers emit the Posting."""
         taken = take_units(src, instrument, qty, prefer)
@@ -951,22 +1246,29 @@ class Exchange:
         bounds every holding and reservation of the instrument."""
         self.firm(c.account)
         if self.instrument(c.instrument).kind in self.serialised_kinds:
-            raise E.Reject(E.SERIALS_REQUIRED, f"{c.instrument} units carry serials: issue "
-                                               "them through the registry (issue_credits)")
+            raise E.Reject(
+                E.SERIALS_REQUIRED,
+                f"{c.instrument} units carry serials: issue "
+                "them through the registry (issue_credits)",
+            )
         self._positive(c.qty)
         h = self.accounts[ISSUER].holdings.get(c.instrument)
         room = MAX_QTY + (h.total if h is not None else 0)
         if c.qty > room:
-            raise E.Reject(E.QUANTITY_LIMIT, f"issuance of {c.qty} t: at most {MAX_QTY} t of "
-                                             f"{c.instrument} outstanding, {max(room, 0)} left")
+            raise E.Reject(
+                E.QUANTITY_LIMIT,
+                f"issuance of {c.qty} t: at most {MAX_QTY} t of "
+                f"{c.instrument} outstanding, {max(room, 0)} left",
+            )
         return self._issue(c)
 
     def _issue(self, c: IssueUnits) -> list[Any]:
         acct = self.firm(c.account)
         self.instrument(c.instrument)
         self._positive(c.qty)
-        self.move_units(self.accounts[ISSUER], acct, c.instrument, c.qty,
-                        f"{c.source}:{c.ref}", "issue")
+        self.move_units(
+            self.accounts[ISSUER], acct, c.instrument, c.qty, f"{c.source}:{c.ref}", "issue"
+        )
         return [Posting(c.instrument, ISSUER, acct.firm_id, c.qty, f"issue:{c.source}:{c.ref}")]
 
     def _transfer(self, c: TransferUnits) -> list[Any]:
@@ -977,8 +1279,7 @@ class Exchange:
         h = src.holdings.get(c.instrument)
         if h is None or c.qty > h.available:
             raise E.Reject(E.INSUFFICIENT_HOLDINGS, "transfer exceeds the free holding")
-        self.move_units(src, dst, c.instrument, c.qty, f"{LOT_TRANSFER}:{src.firm_id}",
-                        "transfer")
+        self.move_units(src, dst, c.instrument, c.qty, f"{LOT_TRANSFER}:{src.firm_id}", "transfer")
         return [Posting(c.instrument, src.firm_id, dst.firm_id, c.qty, "transfer")]
 
     def check_sub_quota(self, c: CreateSubQuota) -> tuple[Account, Account]:
@@ -995,8 +1296,9 @@ class Exchange:
         if type(c.revenue_share_ppm) is not int or not 0 <= c.revenue_share_ppm <= PPM:
             raise E.Reject(E.BAD_REVENUE_SHARE, "revenue share must be within [0, 1]")
         if c.surplus_rule not in ("revert", "bank") or c.shortfall_rule not in ("sme", "parent"):
-            raise E.Reject(E.BAD_PARAMETER,
-                           "surplus_rule is revert|bank, shortfall_rule is sme|parent")
+            raise E.Reject(
+                E.BAD_PARAMETER, "surplus_rule is revert|bank, shortfall_rule is sme|parent"
+            )
         if c.chain_id is not None:
             if c.chain_id not in self.chains:
                 raise E.Reject(E.UNKNOWN_CHAIN, f"unknown supply chain {c.chain_id!r}")
@@ -1007,8 +1309,9 @@ class Exchange:
             raise E.Reject(E.NOT_IN_CHAIN, f"{c.sme!r} is not in a supply chain of {c.parent!r}")
         h = parent.holdings.get(c.instrument)
         if h is None or c.qty > h.available:
-            raise E.Reject(E.INSUFFICIENT_HOLDINGS,
-                           f"split of {c.qty} t exceeds the parent's free holding")
+            raise E.Reject(
+                E.INSUFFICIENT_HOLDINGS, f"split of {c.qty} t exceeds the parent's free holding"
+            )
         return parent, sme
 
     def _create_sub_quota(self, c: CreateSubQuota) -> list[Any]:
@@ -1016,24 +1319,44 @@ class Exchange:
         lot_id = self.next_lot_id
         self.next_lot_id = lot_id + 1
         self.sub_quotas[lot_id] = {
-            "parent": parent.firm_id, "sme": sme.firm_id, "instrument": c.instrument,
-            "granted": c.qty, "held": c.qty, "sold": 0, "revenue_share_ppm": c.revenue_share_ppm,
-            "surplus_rule": c.surplus_rule, "shortfall_rule": c.shortfall_rule,
-            "chain_id": c.chain_id, "sme_proceeds": 0, "parent_proceeds": 0,
-            "created_seq": c.seq}
-        self.move_units(parent, sme, c.instrument, c.qty, f"{LOT_SUB_QUOTA}:{lot_id}",
-                        "sub_quota")
-        return [Posting(c.instrument, parent.firm_id, sme.firm_id, c.qty, f"sub_quota:{lot_id}"),
-                SubQuotaCreated(lot_id, parent.firm_id, sme.firm_id, c.instrument, c.qty,
-                                c.revenue_share_ppm, c.surplus_rule, c.shortfall_rule)]
+            "parent": parent.firm_id,
+            "sme": sme.firm_id,
+            "instrument": c.instrument,
+            "granted": c.qty,
+            "held": c.qty,
+            "sold": 0,
+            "revenue_share_ppm": c.revenue_share_ppm,
+            "surplus_rule": c.surplus_rule,
+            "shortfall_rule": c.shortfall_rule,
+            "chain_id": c.chain_id,
+            "sme_proceeds": 0,
+            "parent_proceeds": 0,
+            "created_seq": c.seq,
+        }
+        self.move_units(parent, sme, c.instrument, c.qty, f"{LOT_SUB_QUOTA}:{lot_id}", "sub_quota")
+        return [
+            Posting(c.instrument, parent.firm_id, sme.firm_id, c.qty, f"sub_quota:{lot_id}"),
+            SubQuotaCreated(
+                lot_id,
+                parent.firm_id,
+                sme.firm_id,
+                c.instrument,
+                c.qty,
+                c.revenue_share_ppm,
+                c.surplus_rule,
+                c.shortfall_rule,
+            ),
+        ]
 
     def _set_band(self, c: SetPriceBand) -> list[Any]:
         instr = self.instrument(c.instrument)
-        if c.band_bps is not None and (type(c.band_bps) is not int
-                                       or not 0 <= c.band_bps <= 10_000):
+        if c.band_bps is not None and (
+            type(c.band_bps) is not int or not 0 <= c.band_bps <= 10_000
+        ):
             raise E.Reject(E.BAD_PARAMETER, "band_bps must be in [0, 10000] (0 = no band)")
-        if c.reference_price is not None and (type(c.reference_price) is not int
-                                              or c.reference_price < 0):
+        if c.reference_price is not None and (
+            type(c.reference_price) is not int or c.reference_price < 0
+        ):
             raise E.Reject(E.BAD_PARAMETER, "reference_price must be >= 0 fen")
         if c.reference_price is not None and c.reference_price > MAX_CASH:
             raise E.Reject(E.QUANTITY_LIMIT, f"reference_price is at most {MAX_CASH} fen")
@@ -1054,8 +1377,9 @@ class Exchange:
             out = [o for o in book.iter_orders() if not lo <= o.price <= hi]
             for o in sorted(out, key=lambda o: o.order_id):
                 book.remove(o.order_id)
-                self._close(o, self.accounts[o.account], OrderStatus.CANCELED,
-                            E.OUTSIDE_PRICE_BAND, events)
+                self._close(
+                    o, self.accounts[o.account], OrderStatus.CANCELED, E.OUTSIDE_PRICE_BAND, events
+                )
             self._book_update(book, events)
 
     def _scope(self, instrument: str | None, segment: str | None) -> str:
@@ -1068,8 +1392,7 @@ class Exchange:
             raise E.Reject(E.UNKNOWN_SEGMENT, f"no {segment!r} book for {instrument}")
         return f"{instrument}:{segment}"
 
-    def _set_halt(self, instrument: str | None, segment: str | None,
-                  halted: bool) -> list[Any]:
+    def _set_halt(self, instrument: str | None, segment: str | None, halted: bool) -> list[Any]:
         scope = self._scope(instrument, segment)
         if instrument is None:
             self.operator_halted = halted
@@ -1092,9 +1415,12 @@ class Exchange:
     def _halted(self, instrument: str, segment: str) -> NoReturn:
         """Raise the reject of an order on a halted book: closed between sessions (only the
         calendar closed it), or halted."""
-        if (self.market_halted and not self.operator_halted
-                and not self.instruments[instrument].halted
-                and (instrument, segment) not in self.halted_books):
+        if (
+            self.market_halted
+            and not self.operator_halted
+            and not self.instruments[instrument].halted
+            and (instrument, segment) not in self.halted_books
+        ):
             raise E.Reject(E.MARKET_CLOSED, "the market is closed: outside the trading sessions")
         raise E.Reject(E.HALTED, f"trading in {instrument}/{segment} is halted")
 
@@ -1178,8 +1504,7 @@ class Exchange:
             day_orders = [o for o in book.iter_orders() if o.tif == DAY]
             for o in sorted(day_orders, key=lambda o: o.order_id):
                 book.remove(o.order_id)
-                self._close(o, self.accounts[o.account], OrderStatus.EXPIRED, "END_OF_DAY",
-                            events)
+                self._close(o, self.accounts[o.account], OrderStatus.EXPIRED, "END_OF_DAY", events)
                 expired += 1
             self._book_update(book, events)
         refs = []
@@ -1200,8 +1525,14 @@ class Exchange:
         for key in sorted(self.books):
             self.books[key].reset_day()
         self.day += 1
-        events.append(DayEnded(self.day, tuple(refs), expired,
-                               tuple((sym, d) for sym, (d, _) in sorted(locked.items()))))
+        events.append(
+            DayEnded(
+                self.day,
+                tuple(refs),
+                expired,
+                tuple((sym, d) for sym, (d, _) in sorted(locked.items())),
+            )
+        )
         for hook in self._eod_hooks:
             events.extend(hook())
         return events
@@ -1227,21 +1558,27 @@ class Exchange:
         return out
 
     # ================================================================== state
-    def to_state(self, *, encode_orders: Callable[[OrderBook], Any] | None = None
-                 ) -> dict[str, Any]:
+    def to_state(
+        self, *, encode_orders: Callable[[OrderBook], Any] | None = None
+    ) -> dict[str, Any]:
         """Everything that defines the market, as plain JSON-able data (canonical order).
         ``encode_orders``: see :meth:`OrderBook.to_state`."""
         return {
-            "last_seq": self.last_seq, "now": self.now, "day": self.day,
-            "next_order_id": self.next_order_id, "next_trade_id": self.next_trade_id,
-            "next_lot_id": self.next_lot_id, "market_halted": self.market_halted,
+            "last_seq": self.last_seq,
+            "now": self.now,
+            "day": self.day,
+            "next_order_id": self.next_order_id,
+            "next_trade_id": self.next_trade_id,
+            "next_lot_id": self.next_lot_id,
+            "market_halted": self.market_halted,
             "operator_halted": self.operator_halted,
             "calendar": None if self.calendar is None else self.calendar.to_state(),
             "session": dict(self.session),
             "segments": {k: v.to_state() for k, v in sorted(self.segments.items())},
             "instruments": {k: v.to_state() for k, v in sorted(self.instruments.items())},
-            "books": [[k[0], k[1], b.to_state(encode_orders)]
-                      for k, b in sorted(self.books.items())],
+            "books": [
+                [k[0], k[1], b.to_state(encode_orders)] for k, b in sorted(self.books.items())
+            ],
             "halted_books": sorted([list(k) for k in self.halted_books]),
             "accounts": {k: a.to_state() for k, a in sorted(self.accounts.items())},
             "chains": {k: v for k, v in sorted(self.chains.items())},
@@ -1259,14 +1596,16 @@ class Exchange:
         self.operator_halted = s.get("operator_halted", self.market_halted)
         cal = s.get("calendar")
         self.calendar = None if cal is None else TradingCalendar.from_state(cal)
-        self.session = dict(s.get("session") or {"open": None, "date": None,
-                                                 "closed_date": None})
+        self.session = dict(s.get("session") or {"open": None, "date": None, "closed_date": None})
         self.segments = {k: SegmentRules(k, *v) for k, v in s["segments"].items()}
         self.instruments = {k: Instrument.from_state(k, v) for k, v in s["instruments"].items()}
         # a state written when the day statistics were the instrument's: they go to its main
         # board (which is where the reference price comes from)
-        legacy = {k: dict(zip(Instrument._LEGACY_DAY, v[6:])) for k, v in
-                  s["instruments"].items() if len(v) > 6}
+        legacy = {
+            k: dict(zip(Instrument._LEGACY_DAY, v[6:]))
+            for k, v in s["instruments"].items()
+            if len(v) > 6
+        }
         self.accounts = {k: Account.from_state(k, v) for k, v in s["accounts"].items()}
         self.books = {}
         for sym, seg, bs in s["books"]:
@@ -1302,9 +1641,12 @@ class Exchange:
     def balances(self, firm_id: str) -> dict[str, Any]:
         a = self.accounts[firm_id]
         return {
-            "cash": a.cash, "cash_reserved": a.cash_reserved,
-            "holdings": {k: {"total": h.total, "reserved": h.reserved,
-                             "lots": dict(h.lots)} for k, h in sorted(a.holdings.items())},
+            "cash": a.cash,
+            "cash_reserved": a.cash_reserved,
+            "holdings": {
+                k: {"total": h.total, "reserved": h.reserved, "lots": dict(h.lots)}
+                for k, h in sorted(a.holdings.items())
+            },
         }
 
     def open_orders(self, firm_id: str) -> list[Order]:
@@ -1359,8 +1701,12 @@ class Exchange:
             for sym, h in a.holdings.items():
                 assert h.reserved == need_units.get((a.firm_id, sym), 0), f"{a.firm_id} units"
             live = {o.order_id for o in a.orders.values()}
-            resting = {o.order_id for b in self.books.values() for o in b.orders.values()
-                       if o.account == a.firm_id}
+            resting = {
+                o.order_id
+                for b in self.books.values()
+                for o in b.orders.values()
+                if o.account == a.firm_id
+            }
             assert live == resting, f"{a.firm_id} live orders != resting orders"
 
 

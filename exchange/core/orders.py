@@ -29,6 +29,7 @@ compiled twin is told the same table (``setup({"ORDER_TRANSITIONS": ...})``); it
 changes are checked against it by tests/test_core_transitions.py, which replays seeded streams
 through the compiled path and follows every order's reports.
 """
+
 from __future__ import annotations
 
 from enum import StrEnum
@@ -109,10 +110,22 @@ MARKET: Final = OrderType.MARKET.value
 
 # ------------------------------------------------------------------ the state machine
 ORDER_TRANSITIONS: Final[dict[OrderStatus, frozenset[OrderStatus]]] = {
-    OrderStatus.NEW: frozenset({OrderStatus.PARTIALLY_FILLED, OrderStatus.FILLED,
-                                OrderStatus.CANCELED, OrderStatus.EXPIRED}),
-    OrderStatus.PARTIALLY_FILLED: frozenset({OrderStatus.PARTIALLY_FILLED, OrderStatus.FILLED,
-                                             OrderStatus.CANCELED, OrderStatus.EXPIRED}),
+    OrderStatus.NEW: frozenset(
+        {
+            OrderStatus.PARTIALLY_FILLED,
+            OrderStatus.FILLED,
+            OrderStatus.CANCELED,
+            OrderStatus.EXPIRED,
+        }
+    ),
+    OrderStatus.PARTIALLY_FILLED: frozenset(
+        {
+            OrderStatus.PARTIALLY_FILLED,
+            OrderStatus.FILLED,
+            OrderStatus.CANCELED,
+            OrderStatus.EXPIRED,
+        }
+    ),
     OrderStatus.FILLED: frozenset(),
     OrderStatus.CANCELED: frozenset(),
     OrderStatus.EXPIRED: frozenset(),

@@ -8,6 +8,7 @@ order; :func:`record_maker` makes such dicts directly. They are ordinary ``dict`
 (``rec["key"]``, ``json.dumps``, equality, ``to_state``) and about half the size. Adding a key
 outside the shape still works: that one dict becomes an ordinary dict.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable

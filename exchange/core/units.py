@@ -4,6 +4,7 @@ Quantities are whole tonnes of CO2e (``int``). Prices and cash are integer fen
 (0.01 CNY). Rates are integer basis points (1 bp = 0.01 %) or parts per million.
 Nothing in the ledger, the book or settlement is ever a ``float``.
 """
+
 from __future__ import annotations
 
 import re
@@ -19,8 +20,8 @@ PPM = 1_000_000
 # balance, reservation or system account can come near 2**63 - the journal's, the snapshot's
 # and the compiled core's integers - whatever the commands. Both are far above any real market
 # (world emissions are about 4 * 10**10 t a year).
-MAX_QTY = 10 ** 15  # tonnes
-MAX_CASH = 10 ** 18  # fen (10**16 CNY)
+MAX_QTY = 10**15  # tonnes
+MAX_CASH = 10**18  # fen (10**16 CNY)
 
 
 class UnitError(ValueError):
@@ -63,7 +64,7 @@ def to_decimal(value: str | int | Decimal, what: str = "number") -> Decimal:
 def parse_price(text: str | int | Decimal) -> int:
     """``"85.50"`` -> ``8550`` fen. Rejects more than two decimals, floats and junk."""
     if isinstance(text, bool) or isinstance(text, float):
-        raise UnitError("prices travel as decimal strings, e.g. \"85.50\"")
+        raise UnitError('prices travel as decimal strings, e.g. "85.50"')
     try:
         d = to_decimal(text, "price")
     except InvalidOperation:
@@ -137,6 +138,7 @@ def format_percent(bps: object) -> str:
 
 # ------------------------------------------------------------------ rules: exact ratios -> ints
 # The rules module computes factors exactly (fractions.Fraction) and quantizes here, once.
+
 
 def floor_int(value: int | Fraction) -> int:
     """Round an exact rational (Fraction/int) down to an integer (allocations: whole tonnes)."""

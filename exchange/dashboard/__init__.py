@@ -18,6 +18,7 @@ The browser talks to the same public interfaces as any other client: the websock
 holds no market state of its own except the history read model (:mod:`.history`), rebuilt
 from the journal at each start and fed by the runner's committed commands after that.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -35,14 +36,22 @@ STATIC = resources.files(__package__).joinpath("static")
 HISTORY_KEY = web.AppKey("dashboard_history", MarketHistory)
 
 # The page may load only its own scripts and styles and talk only to its own origin.
-_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-        "connect-src 'self' ws: wss:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self' ws: wss:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
 
 
 # Module scripts must come with a JavaScript type; the platform's mime.types is not relied on.
-_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css",
-          ".svg": "image/svg+xml", ".png": "image/png", ".ico": "image/x-icon",
-          ".json": "application/json"}
+_TYPES = {
+    ".html": "text/html",
+    ".js": "text/javascript",
+    ".css": "text/css",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".ico": "image/x-icon",
+    ".json": "application/json",
+}
 
 
 def _static_response(request: web.Request, parts: list[str], headers: dict) -> web.Response:
@@ -55,20 +64,28 @@ def _static_response(request: web.Request, parts: list[str], headers: dict) -> w
     etag = hashlib.sha1(body).hexdigest()[:20]
     # no-cache: the browser revalidates (a 304 while the file is unchanged), so an upgraded
     # package is picked up on the next load
-    headers = {**headers, "ETag": f'"{etag}"', "Cache-Control": "no-cache",
-               "X-Content-Type-Options": "nosniff"}
+    headers = {
+        **headers,
+        "ETag": f'"{etag}"',
+        "Cache-Control": "no-cache",
+        "X-Content-Type-Options": "nosniff",
+    }
     if etag in request.headers.get("If-None-Match", ""):
         return web.Response(status=304, headers=headers)
     suffix = Path(parts[-1]).suffix.lower()
     ctype = _TYPES.get(suffix) or mimetypes.guess_type(parts[-1])[0] or "application/octet-stream"
-    charset = "utf-8" if ctype.startswith("text/") or ctype in (
-        "image/svg+xml", "application/json") else None
+    charset = (
+        "utf-8"
+        if ctype.startswith("text/") or ctype in ("image/svg+xml", "application/json")
+        else None
+    )
     return web.Response(body=body, content_type=ctype, charset=charset, headers=headers)
 
 
 async def _index(request: web.Request) -> web.StreamResponse:
-    return _static_response(request, ["index.html"], {
-        "Content-Security-Policy": _CSP, "Referrer-Policy": "no-referrer"})
+    return _static_response(
+        request, ["index.html"], {"Content-Security-Policy": _CSP, "Referrer-Policy": "no-referrer"}
+    )
 
 
 async def _asset(request: web.Request) -> web.StreamResponse:

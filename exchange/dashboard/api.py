@@ -1,6 +1,7 @@
 """The dashboard's HTTP endpoints, registered in the operator API's route registry (imported by
 :func:`exchange.server.api.load_extensions` at start; the history routes are in
 :mod:`.history_api`, imported here)."""
+
 from __future__ import annotations
 
 from ..core import errors as E
@@ -12,14 +13,26 @@ from . import history_api  # noqa: F401  (registers /trades, /firms/{id}/executi
 
 # a segment name is an identifier (main, sme, chain:<id>); main unless given
 SEGMENT_PARAM = ident_param("the board: main (default), sme or chain:<id>")
-SEGMENT_PARAM = Param({**SEGMENT_PARAM.schema, "default": "main"}, SEGMENT_PARAM.parse,
-                      SEGMENT_PARAM.description, False, "main")
+SEGMENT_PARAM = Param(
+    {**SEGMENT_PARAM.schema, "default": "main"},
+    SEGMENT_PARAM.parse,
+    SEGMENT_PARAM.description,
+    False,
+    "main",
+)
 
 
-@route("GET", "/market/candles/{instrument}", roles=None, tag="market",
-       query={"limit": int_param(1, 750, "most recent trading days", default=120),
-              "segment": SEGMENT_PARAM},
-       summary="Daily open/high/low/close of one board of an instrument, oldest first")
+@route(
+    "GET",
+    "/market/candles/{instrument}",
+    roles=None,
+    tag="market",
+    query={
+        "limit": int_param(1, 750, "most recent trading days", default=120),
+        "segment": SEGMENT_PARAM,
+    },
+    summary="Daily open/high/low/close of one board of an instrument, oldest first",
+)
 async def candles(ctx: ApiContext, body) -> dict:
     """``?limit=N`` (default 120, at most 750) most recent trading days of one board
     (``?segment=``, default ``main``: the board whose prices set the reference price). A
@@ -38,14 +51,23 @@ async def candles(ctx: ApiContext, body) -> dict:
     limit = ctx.params["limit"]
     store = ctx.request.app.get(HISTORY_KEY)
     series = store.candle_series(sym, seg, limit) if store is not None else []
-    return {"instrument": sym, "segment": seg, "day": ctx.ex.day,
-            "reference_price": format_price(ins.reference_price) if ins.reference_price
-            else None, "candles": series}
+    return {
+        "instrument": sym,
+        "segment": seg,
+        "day": ctx.ex.day,
+        "reference_price": format_price(ins.reference_price) if ins.reference_price else None,
+        "candles": series,
+    }
 
 
-@route("GET", "/market/trades/{instrument}", roles=None, tag="market",
-       query={"limit": int_param(1, 100, "newest trades", default=50)},
-       summary="Latest public trades of an instrument (all segments), newest first")
+@route(
+    "GET",
+    "/market/trades/{instrument}",
+    roles=None,
+    tag="market",
+    query={"limit": int_param(1, 100, "newest trades", default=50)},
+    summary="Latest public trades of an instrument (all segments), newest first",
+)
 async def recent_trades(ctx: ApiContext, body) -> dict:
     """``?limit=N`` (default 50, at most 100): the first page of ``GET /trades?instrument=``
     (journal-backed: it survives a restart), in the ``trades:<instrument>`` push form. No
@@ -58,15 +80,30 @@ async def recent_trades(ctx: ApiContext, body) -> dict:
     limit = ctx.params["limit"]
     store = ctx.request.app.get(HISTORY_KEY)
     rows = store.public_trades(sym, limit=limit) if store is not None else []
-    return {"instrument": sym,
-            "trades": [{"trade_id": r.trade_id, "instrument": r.instrument,
-                        "segment": r.segment, "price": format_price(r.price), "qty": r.qty,
-                        "aggressor": r.aggressor, "ts": r.ts} for r in rows]}
+    return {
+        "instrument": sym,
+        "trades": [
+            {
+                "trade_id": r.trade_id,
+                "instrument": r.instrument,
+                "segment": r.segment,
+                "price": format_price(r.price),
+                "qty": r.qty,
+                "aggressor": r.aggressor,
+                "ts": r.ts,
+            }
+            for r in rows
+        ],
+    }
 
 
-@route("GET", "/dashboard/compliance-periods", tag="compliance",
-       roles=("operator", "verifier", "firm"),
-       summary="Compliance periods known to the compliance module (for the console's selectors)")
+@route(
+    "GET",
+    "/dashboard/compliance-periods",
+    tag="compliance",
+    roles=("operator", "verifier", "firm"),
+    summary="Compliance periods known to the compliance module (for the console's selectors)",
+)
 async def compliance_periods(ctx: ApiContext, body) -> dict:
     """With the emission categories and the ones covered now, for the console's labels: an
     uncovered category is shown, marked as creating no obligation."""
@@ -75,7 +112,10 @@ async def compliance_periods(ctx: ApiContext, body) -> dict:
     m = ctx.ex.modules.get("compliance")
     periods = getattr(m, "periods", None) or {}
     params = getattr(m, "params", None) or {}
-    return {"periods": [{"period": p, "closed": bool(v.get("closed"))}
-                        for p, v in sorted(periods.items())],
-            "emission_categories": list(CATEGORIES),
-            "covered_categories": list(params.get("covered_categories", ()))}
+    return {
+        "periods": [
+            {"period": p, "closed": bool(v.get("closed"))} for p, v in sorted(periods.items())
+        ],
+        "emission_categories": list(CATEGORIES),
+        "covered_categories": list(params.get("covered_categories", ())),
+    }

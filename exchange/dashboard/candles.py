@@ -11,6 +11,7 @@ day, every ``DayEnded`` closes it. It is a *derived* view, not state: nothing in
 depends on it, and nothing of it is written anywhere - a restart rebuilds it from the journal.
 Prices are integer fen here and CNY strings on the wire.
 """
+
 from __future__ import annotations
 
 from ..core.events import DayEnded, Trade
@@ -42,9 +43,15 @@ class CandleStore:
             if book.day_trades:
                 if days is None:
                     days = self.candles[key] = {}
-                days[self.day] = [book.day_open, book.day_high, book.day_low, book.last,
-                                  book.day_volume, book.day_trades,
-                                  days.get(self.day, [0] * 7)[6]]
+                days[self.day] = [
+                    book.day_open,
+                    book.day_high,
+                    book.day_low,
+                    book.last,
+                    book.day_volume,
+                    book.day_trades,
+                    days.get(self.day, [0] * 7)[6],
+                ]
             elif days is not None:
                 days.pop(self.day, None)
 
@@ -53,8 +60,12 @@ class CandleStore:
         for ev in events:
             t = type(ev)
             if t is Trade:
-                self.add_trade(board_key(ev.instrument, ev.segment), ev.price, ev.qty,
-                               ev.ts or getattr(cmd, "ts", 0))
+                self.add_trade(
+                    board_key(ev.instrument, ev.segment),
+                    ev.price,
+                    ev.qty,
+                    ev.ts or getattr(cmd, "ts", 0),
+                )
             elif t is DayEnded:
                 self.day = ev.day
 
@@ -67,7 +78,7 @@ class CandleStore:
         if c is None:
             days[self.day] = [price, price, price, price, qty, 1, ts]
             if len(days) > self.max_days:
-                for d in sorted(days)[:len(days) - self.max_days]:
+                for d in sorted(days)[: len(days) - self.max_days]:
                     del days[d]
         else:
             if price > c[1]:
@@ -87,7 +98,17 @@ class CandleStore:
         out = []
         for d in sorted(days)[-limit:]:
             o, h, lo, c, v, n, ts = days[d]
-            out.append({"day": d, "open": cny(o), "high": cny(h), "low": cny(lo),
-                        "close": cny(c), "volume": v, "trades": n, "closed": d < self.day,
-                        "first_ts": ts})
+            out.append(
+                {
+                    "day": d,
+                    "open": cny(o),
+                    "high": cny(h),
+                    "low": cny(lo),
+                    "close": cny(c),
+                    "volume": v,
+                    "trades": n,
+                    "closed": d < self.day,
+                    "first_ts": ts,
+                }
+            )
         return out

@@ -28,6 +28,7 @@ of the current trading day only (at most 1,440 per board); daily candles of the 
 Public trades name no firm (docs/PRIVACY.md): the rows kept for them hold no account at all.
 A firm's executions hold its own side, order and fee, never the counterparty.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -74,6 +75,7 @@ def _meta(rid: int, day: int, flag: int = 0) -> int:
 
 class TradeRow(NamedTuple):
     """A public trade: no account."""
+
     trade_id: int
     ts: int
     day: int
@@ -86,6 +88,7 @@ class TradeRow(NamedTuple):
 
 class ExecRow(NamedTuple):
     """One side of a trade, as its firm sees it."""
+
     trade_id: int
     ts: int
     day: int
@@ -104,6 +107,7 @@ class OrderRow(NamedTuple):
     """An execution report of one of the firm's orders. ``event_id`` numbers the reports in
     the order the journal made them (the same after a restart: the history is rebuilt from
     the journal in its order); it is the page cursor."""
+
     event_id: int
     ts: int
     day: int
@@ -128,10 +132,16 @@ def _ts(ev: Any) -> int:
     return ev.ts  # type: ignore[no-any-return]
 
 
-def _newest_first(kept: tuple[deque, deque] | None, before: int | None, t_from: int | None,
-                  t_to: int | None, limit: int, make: Callable[[Any, int], Any],
-                  keep: Callable[[Any], bool] | None = None,
-                  ts_of: Callable[[Any], int] = _ts) -> list:
+def _newest_first(
+    kept: tuple[deque, deque] | None,
+    before: int | None,
+    t_from: int | None,
+    t_to: int | None,
+    limit: int,
+    make: Callable[[Any, int], Any],
+    keep: Callable[[Any], bool] | None = None,
+    ts_of: Callable[[Any], int] = _ts,
+) -> list:
     """Up to ``limit`` rows made by ``make(item, meta)`` from ``kept`` (the items of one key
     and their ints, in ascending ids and times), newest first, with id < ``before`` and
     ``t_from`` <= ts < ``t_to``; ``keep(item)`` filters."""
@@ -166,9 +176,17 @@ def _packed_ts(p: int) -> int:
 
 def _trade_maker(board: tuple[str, str]) -> Callable[[int, int], TradeRow]:
     def make(p: int, m: int) -> TradeRow:
-        return TradeRow(m >> _ID_SHIFT, p >> 112, m & _DAY_MASK, board[0], board[1],
-                        p >> 56 & (1 << 56) - 1, p >> 1 & (1 << 55) - 1,
-                        "buy" if p & 1 else "sell")
+        return TradeRow(
+            m >> _ID_SHIFT,
+            p >> 112,
+            m & _DAY_MASK,
+            board[0],
+            board[1],
+            p >> 56 & (1 << 56) - 1,
+            p >> 1 & (1 << 55) - 1,
+            "buy" if p & 1 else "sell",
+        )
+
     return make
 
 
@@ -184,24 +202,56 @@ def _exec_row(t: Trade, m: int) -> ExecRow:
         # parents were paid out of it (exchange/core/exchange.py, proceeds split)
         paid_out = sum(a for f, a in t.proceeds_split if f != t.seller)
         proceeds = notional - fee - paid_out
-    return ExecRow(t.trade_id, t.ts, m & _DAY_MASK, t.instrument, t.segment, side, oid,
-                   t.price, t.qty, fee, "taker" if t.aggressor == side else "maker", proceeds)
+    return ExecRow(
+        t.trade_id,
+        t.ts,
+        m & _DAY_MASK,
+        t.instrument,
+        t.segment,
+        side,
+        oid,
+        t.price,
+        t.qty,
+        fee,
+        "taker" if t.aggressor == side else "maker",
+        proceeds,
+    )
 
 
 def _order_row(e: ExecutionReport, m: int) -> OrderRow:
-    return OrderRow(m >> _ID_SHIFT, e.ts, m & _DAY_MASK, e.order_id, e.client_order_id,
-                    e.instrument, e.segment, e.side, e.exec_type, e.order_status, e.price,
-                    e.qty, e.last_qty, e.last_px, e.cum_qty, e.leaves_qty, e.reason,
-                    e.trade_id)
+    return OrderRow(
+        m >> _ID_SHIFT,
+        e.ts,
+        m & _DAY_MASK,
+        e.order_id,
+        e.client_order_id,
+        e.instrument,
+        e.segment,
+        e.side,
+        e.exec_type,
+        e.order_status,
+        e.price,
+        e.qty,
+        e.last_qty,
+        e.last_px,
+        e.cum_qty,
+        e.leaves_qty,
+        e.reason,
+        e.trade_id,
+    )
 
 
 class MarketHistory:
-    def __init__(self, keep_days: int = KEEP_DAYS, max_trades: int = MAX_TRADES,
-                 max_executions: int = MAX_EXECUTIONS,
-                 max_order_events: int = MAX_ORDER_EVENTS,
-                 max_executions_total: int = MAX_EXECUTIONS_TOTAL,
-                 max_order_events_total: int = MAX_ORDER_EVENTS_TOTAL,
-                 max_trades_total: int = MAX_TRADES_TOTAL):
+    def __init__(
+        self,
+        keep_days: int = KEEP_DAYS,
+        max_trades: int = MAX_TRADES,
+        max_executions: int = MAX_EXECUTIONS,
+        max_order_events: int = MAX_ORDER_EVENTS,
+        max_executions_total: int = MAX_EXECUTIONS_TOTAL,
+        max_order_events_total: int = MAX_ORDER_EVENTS_TOTAL,
+        max_trades_total: int = MAX_TRADES_TOTAL,
+    ):
         self.keep_days = keep_days
         self.max_trades = max_trades
         self.max_executions = max_executions
@@ -261,12 +311,33 @@ class MarketHistory:
             board = self._boards[key] = key
         day = self.day
         tid = ev.trade_id
-        self._keep(self.trades, self._trade_fifo, board, _pack_trade(ev), _meta(tid, day),
-                   self.max_trades, self.max_trades_total)
-        self._keep(self.executions, self._exec_fifo, ev.buyer, ev, _meta(tid, day, 1),
-                   self.max_executions, self.max_executions_total)
-        self._keep(self.executions, self._exec_fifo, ev.seller, ev, _meta(tid, day),
-                   self.max_executions, self.max_executions_total)
+        self._keep(
+            self.trades,
+            self._trade_fifo,
+            board,
+            _pack_trade(ev),
+            _meta(tid, day),
+            self.max_trades,
+            self.max_trades_total,
+        )
+        self._keep(
+            self.executions,
+            self._exec_fifo,
+            ev.buyer,
+            ev,
+            _meta(tid, day, 1),
+            self.max_executions,
+            self.max_executions_total,
+        )
+        self._keep(
+            self.executions,
+            self._exec_fifo,
+            ev.seller,
+            ev,
+            _meta(tid, day),
+            self.max_executions,
+            self.max_executions_total,
+        )
         bars = self.bars.get(board)
         if bars is None:
             bars = self.bars[board] = {}
@@ -287,13 +358,20 @@ class MarketHistory:
 
     def _report(self, ev: ExecutionReport) -> None:
         self.events_seen += 1
-        self._keep(self.orders, self._order_fifo, ev.account, ev,
-                   _meta(self.events_seen, self.day), self.max_order_events,
-                   self.max_order_events_total)
+        self._keep(
+            self.orders,
+            self._order_fifo,
+            ev.account,
+            ev,
+            _meta(self.events_seen, self.day),
+            self.max_order_events,
+            self.max_order_events_total,
+        )
 
     @staticmethod
-    def _keep(qs: dict, fifo: tuple[deque, deque], key: Any, ev: Any, meta: int,
-              per_key: int, total: int) -> None:
+    def _keep(
+        qs: dict, fifo: tuple[deque, deque], key: Any, ev: Any, meta: int, per_key: int, total: int
+    ) -> None:
         """Keep event ``ev`` with ``meta`` under ``key`` (a firm, or a board; at most
         ``per_key``: the oldest goes) and in the arrival order of all keys' rows, which drops
         the oldest row of all once there are more than ``total``."""
@@ -385,9 +463,12 @@ class MarketHistory:
                         # it, but not for a journal that will not take it any more
                         idle_since = idle_since or loop.time()
                         if loop.time() - idle_since > REBUILD_WAIT_S:
-                            log.warning("market history: journal ends at seq %d, the core "
-                                        "is at %d; history may miss the rest",
-                                        scratch.last_seq, target)
+                            log.warning(
+                                "market history: journal ends at seq %d, the core "
+                                "is at %d; history may miss the rest",
+                                scratch.last_seq,
+                                target,
+                            )
                             break
                         await asyncio.sleep(0.01)
         finally:
@@ -397,53 +478,95 @@ class MarketHistory:
             self.rebuilt = True
         info["seconds"] = round(loop.time() - t0, 3)
         self.rebuild_info = info
-        log.info("market history: %d journal records read back, %d trades (%.2f s)",
-                 info["records"], info["trades"], info["seconds"])
+        log.info(
+            "market history: %d journal records read back, %d trades (%.2f s)",
+            info["records"],
+            info["trades"],
+            info["seconds"],
+        )
         return info
 
     # ------------------------------------------------------------------ reading
     def boards(self, instrument: str | None = None) -> list[tuple[str, str]]:
         return sorted(b for b in self.trades if instrument is None or b[0] == instrument)
 
-    def public_trades(self, instrument: str | None = None, segment: str | None = None, *,
-                      t_from: int | None = None, t_to: int | None = None,
-                      before: int | None = None, limit: int = 100) -> list[TradeRow]:
+    def public_trades(
+        self,
+        instrument: str | None = None,
+        segment: str | None = None,
+        *,
+        t_from: int | None = None,
+        t_to: int | None = None,
+        before: int | None = None,
+        limit: int = 100,
+    ) -> list[TradeRow]:
         """Public trades, newest first: of one board, of every board of an instrument
         (``segment`` None), or of every board (``instrument`` None)."""
         if instrument is not None and segment is not None:
             board = (instrument, segment)
-            return _newest_first(self.trades.get(board), before, t_from, t_to, limit,
-                                 _trade_maker(board), ts_of=_packed_ts)
+            return _newest_first(
+                self.trades.get(board),
+                before,
+                t_from,
+                t_to,
+                limit,
+                _trade_maker(board),
+                ts_of=_packed_ts,
+            )
         rows: list[TradeRow] = []
         for b, kept in self.trades.items():
-            if (instrument is None or b[0] == instrument) and (segment is None
-                                                               or b[1] == segment):
-                rows += _newest_first(kept, before, t_from, t_to, limit, _trade_maker(b),
-                                      ts_of=_packed_ts)
+            if (instrument is None or b[0] == instrument) and (segment is None or b[1] == segment):
+                rows += _newest_first(
+                    kept, before, t_from, t_to, limit, _trade_maker(b), ts_of=_packed_ts
+                )
         rows.sort(key=lambda r: -r.trade_id)
         return rows[:limit]
 
-    def firm_executions(self, firm_id: str, instrument: str | None = None, *,
-                        t_from: int | None = None, t_to: int | None = None,
-                        before: int | None = None, limit: int = 100) -> list[ExecRow]:
+    def firm_executions(
+        self,
+        firm_id: str,
+        instrument: str | None = None,
+        *,
+        t_from: int | None = None,
+        t_to: int | None = None,
+        before: int | None = None,
+        limit: int = 100,
+    ) -> list[ExecRow]:
         keep = None if instrument is None else (lambda t: t.instrument == instrument)
-        return _newest_first(self.executions.get(firm_id), before, t_from, t_to, limit,
-                             _exec_row, keep)
+        return _newest_first(
+            self.executions.get(firm_id), before, t_from, t_to, limit, _exec_row, keep
+        )
 
-    def order_events(self, firm_id: str, instrument: str | None = None, *,
-                     t_from: int | None = None, t_to: int | None = None,
-                     before: int | None = None, limit: int = 100) -> list[OrderRow]:
+    def order_events(
+        self,
+        firm_id: str,
+        instrument: str | None = None,
+        *,
+        t_from: int | None = None,
+        t_to: int | None = None,
+        before: int | None = None,
+        limit: int = 100,
+    ) -> list[OrderRow]:
         keep = None if instrument is None else (lambda e: e.instrument == instrument)
-        return _newest_first(self.orders.get(firm_id), before, t_from, t_to, limit,
-                             _order_row, keep)
+        return _newest_first(
+            self.orders.get(firm_id), before, t_from, t_to, limit, _order_row, keep
+        )
 
     def minute_bars(self, instrument: str, segment: str = "main") -> list[dict]:
         """Today's 1-minute bars of one board, oldest first (fen, ns)."""
         bars = self.bars.get((instrument, segment)) or {}
-        return [{"ts": m, "open_fen": b[0], "high_fen": b[1], "low_fen": b[2],
-                 "close_fen": b[3], "volume": b[4], "trades": b[5]}
-                for m, b in sorted(bars.items())]
+        return [
+            {
+                "ts": m,
+                "open_fen": b[0],
+                "high_fen": b[1],
+                "low_fen": b[2],
+                "close_fen": b[3],
+                "volume": b[4],
+                "trades": b[5],
+            }
+            for m, b in sorted(bars.items())
+        ]
 
-    def candle_series(self, instrument: str, segment: str = "main",
-                      limit: int = 120) -> list[dict]:
+    def candle_series(self, instrument: str, segment: str = "main", limit: int = 120) -> list[dict]:
         return self.candles.series(board_key(instrument, segment), limit)

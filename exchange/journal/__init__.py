@@ -9,19 +9,34 @@
 See :mod:`exchange.journal.base` for the interface and the hash chain, and
 ``docs/adr/0002-journal.md`` for the design.
 """
+
 from __future__ import annotations
 
 from typing import Any, Protocol
 
 from .base import (
-    GENESIS_HASH, Journal, JournalCorruptError, JournalError, VerifyReport, record_hash,
+    GENESIS_HASH,
+    Journal,
+    JournalCorruptError,
+    JournalError,
+    VerifyReport,
+    record_hash,
 )
 from .runner import CoreRunner, RunnerFailed, replay_into
 
 __all__ = [
-    "open_journal", "default_target", "default_options", "Journal", "JournalError",
-    "JournalCorruptError", "CoreRunner", "RunnerFailed", "replay_into", "record_hash",
-    "GENESIS_HASH", "VerifyReport",
+    "open_journal",
+    "default_target",
+    "default_options",
+    "Journal",
+    "JournalError",
+    "JournalCorruptError",
+    "CoreRunner",
+    "RunnerFailed",
+    "replay_into",
+    "record_hash",
+    "GENESIS_HASH",
+    "VerifyReport",
 ]
 
 
@@ -49,6 +64,7 @@ def default_target(settings: Settings) -> str:
     """The journal of a deployment: the settings' ``[journal] url``, else the embedded
     ``<journal.data_dir>/journal.sqlite``."""
     import os
+
     return settings.journal.url or os.path.join(settings.journal.data_dir, "journal.sqlite")
 
 
@@ -67,22 +83,28 @@ def open_journal(target: str, **options: Any) -> Journal:
     j: Journal
     if t.startswith(("postgresql://", "postgres://")):
         from .postgres import PostgresJournal
+
         j = PostgresJournal(t, **options)
     elif t.startswith("sqlite://"):
-        path = t[len("sqlite://"):]
+        path = t[len("sqlite://") :]
         if not path.startswith("/"):
             raise ValueError(f"sqlite URL needs an absolute path (sqlite:///abs/path): {t!r}")
         from .sqlite import SQLiteJournal
+
         j = SQLiteJournal(path, **options)
     elif t.startswith(("nats://", "tls://")):
         from .jetstream import JetStreamJournal
+
         j = JetStreamJournal(t, **options)
     elif "://" in t:
-        raise ValueError(f"unknown journal target {t!r}: use a .sqlite path, sqlite:///path, "
-                         "postgresql://... or nats://HOST:4222/STREAM")
+        raise ValueError(
+            f"unknown journal target {t!r}: use a .sqlite path, sqlite:///path, "
+            "postgresql://... or nats://HOST:4222/STREAM"
+        )
     else:
         from .sqlite import SQLiteJournal
         import os
+
         j = SQLiteJournal(os.path.abspath(t), **options)
         t = j.path  # a plain path: reopened by its absolute path
     j.spec = (t, dict(options))  # to reopen it in another process

@@ -14,6 +14,7 @@ which binds it to the log.
 Backends implement a few primitive coroutines (``_append_rows``, ``_read_rows``, ...); the
 chain arithmetic, verification and decoding live here, once.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -116,8 +117,9 @@ class Frames:
         if not n:
             self.first_seq = seq
         elif seq != self.first_seq + n:
-            raise JournalError(f"append out of sequence: got seq {seq}, expected "
-                               f"{self.first_seq + n}")
+            raise JournalError(
+                f"append out of sequence: got seq {seq}, expected {self.first_seq + n}"
+            )
         self.lines += line
         self.ts += _STAMP.pack(ts)
         return n + 1
@@ -154,6 +156,7 @@ def widen_pipe(fd: int, size: int = 1 << 20) -> None:
     a snapshot goes through in few system calls. Where that is refused (not Linux, or over
     /proc/sys/fs/pipe-max-size) the pipe keeps its default 64 KiB."""
     import fcntl
+
     try:
         fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), size)
     except OSError:
@@ -215,33 +218,50 @@ def tail_damage(rows: Sequence[StoredRow]) -> tuple[str, int, str] | None:
                 return None
         except Exception:
             pass
-        return ("corrupt", seq, "last record's payload is not a command, though its hash "
-                                "matches (written wrong)")
+        return (
+            "corrupt",
+            seq,
+            "last record's payload is not a command, though its hash matches (written wrong)",
+        )
     if prev_row is not None:  # is the predecessor itself intact? (then the last is at fault)
-        before = GENESIS_HASH if seq - 1 == 1 else (
-            bytes(rows[2][3]) if len(rows) > 2 and rows[2][0] == seq - 2 else None)
+        before = (
+            GENESIS_HASH
+            if seq - 1 == 1
+            else (bytes(rows[2][3]) if len(rows) > 2 and rows[2][0] == seq - 2 else None)
+        )
         if before is not None and not _row_hash_ok(prev_row, before):
-            return ("corrupt", seq - 1, f"hash chain broken at the record before the last: "
-                                        f"record {seq - 1} does not match its stored hash "
-                                        f"(record {seq} after it is not to blame)")
+            return (
+                "corrupt",
+                seq - 1,
+                f"hash chain broken at the record before the last: "
+                f"record {seq - 1} does not match its stored hash "
+                f"(record {seq} after it is not to blame)",
+            )
     if _incomplete(p, h):
         return ("torn", seq, "last record is an incomplete write (cut short)")
-    return ("corrupt", seq, "last record does not match its hash: changed after it was "
-                            "written (it is complete, so not a torn write)")
+    return (
+        "corrupt",
+        seq,
+        "last record does not match its hash: changed after it was "
+        "written (it is complete, so not a torn write)",
+    )
 
 
 def tail_refusal(target: str, seq: int, why: str) -> "JournalCorruptError":
     """The start's refusal: what is wrong, that nothing was changed, what the operator can
     do about it."""
     return JournalCorruptError(
-        seq, f"{why}; refusing to start, nothing was changed on disk. Restore the journal "
-             f"from a copy, or drop record {seq} and every record after it (acknowledged "
-             f"commands are lost) with: python -m exchange journal truncate {target} "
-             f"--from {seq}")
+        seq,
+        f"{why}; refusing to start, nothing was changed on disk. Restore the journal "
+        f"from a copy, or drop record {seq} and every record after it (acknowledged "
+        f"commands are lost) with: python -m exchange journal truncate {target} "
+        f"--from {seq}",
+    )
 
 
-def chain_rows(records: Iterable[Record], last_seq: int, last_hash: bytes
-               ) -> list[tuple[int, int, bytes, bytes]]:
+def chain_rows(
+    records: Iterable[Record], last_seq: int, last_hash: bytes
+) -> list[tuple[int, int, bytes, bytes]]:
     """Encode and hash a batch: ``(seq, ts, dict)`` -> ``(seq, ts, payload, hash)`` rows.
     Raises :class:`JournalError` unless the seqs continue ``last_seq`` without a gap."""
     rows: list[tuple[int, int, bytes, bytes]] = []
@@ -266,15 +286,17 @@ def verify_rows(rows: Iterable[StoredRow], expect_seq: int, prev_hash: bytes) ->
         if seq != expect_seq:
             if seq > expect_seq:
                 raise JournalCorruptError(
-                    expect_seq, f"record missing (next record present is seq {seq})")
+                    expect_seq, f"record missing (next record present is seq {seq})"
+                )
             raise JournalCorruptError(seq, f"record out of order (expected seq {expect_seq})")
         try:
             h = _sha256(h + _pack(seq, ts) + p).digest()
         except (TypeError, struct.error):
             raise JournalCorruptError(seq, "record damaged (wrong field types)") from None
         if h != stored:
-            raise JournalCorruptError(seq, "hash chain broken: record modified, or an "
-                                           "earlier record changed")
+            raise JournalCorruptError(
+                seq, "hash chain broken: record modified, or an earlier record changed"
+            )
         expect_seq += 1
     return h
 
@@ -330,8 +352,9 @@ class Journal:
         :class:`Frames`; iterate, don't index); return the new (last_seq, last_hash)."""
         raise NotImplementedError
 
-    async def _read_rows(self, from_seq: int, limit: int, to_seq: int | None = None
-                         ) -> Sequence[StoredRow]:
+    async def _read_rows(
+        self, from_seq: int, limit: int, to_seq: int | None = None
+    ) -> Sequence[StoredRow]:
         """Up to ``limit`` stored rows ``(seq, ts, payload, hash)`` with seq >= from_seq
         (and <= to_seq), in seq order."""
         raise NotImplementedError
@@ -368,8 +391,9 @@ class Journal:
             raise JournalCorruptError(seq - 1, "record missing")
         return h
 
-    async def read_rows(self, from_seq: int = 1, to_seq: int | None = None,
-                        chunk: int = READ_CHUNK) -> AsyncIterator[Sequence[StoredRow]]:
+    async def read_rows(
+        self, from_seq: int = 1, to_seq: int | None = None, chunk: int = READ_CHUNK
+    ) -> AsyncIterator[Sequence[StoredRow]]:
         """Verified stored rows ``(seq, ts, payload_bytes, hash)`` in chunks."""
         from_seq = max(from_seq, 1)
         end = self.last_seq if to_seq is None else min(to_seq, self.last_seq)
@@ -385,8 +409,9 @@ class Journal:
             expect = rows[-1][0] + 1
             yield rows
 
-    async def read(self, from_seq: int = 1, to_seq: int | None = None
-                   ) -> AsyncIterator[tuple[int, int, dict[str, Any]]]:
+    async def read(
+        self, from_seq: int = 1, to_seq: int | None = None
+    ) -> AsyncIterator[tuple[int, int, dict[str, Any]]]:
         """``(seq, ts, encode_command dict)`` from ``from_seq`` on, chain-verified."""
         async for rows in self.read_rows(from_seq, to_seq):
             for seq, ts, p, _h in rows:
@@ -408,13 +433,16 @@ class Journal:
             if max_seq is not None and seq > max_seq:
                 continue
             if seq > self.last_seq:
-                log.warning("journal %s: snapshot at seq %d is past the end of the log (%d); "
-                            "ignored", self.target, seq, self.last_seq)
+                log.warning(
+                    "journal %s: snapshot at seq %d is past the end of the log (%d); ignored",
+                    self.target,
+                    seq,
+                    self.last_seq,
+                )
                 continue
             data = await self._snapshot_data(seq)
             if data is None or _sha256(data).digest() != bytes(data_hash):
-                log.warning("journal %s: snapshot at seq %d is damaged; ignored",
-                            self.target, seq)
+                log.warning("journal %s: snapshot at seq %d is damaged; ignored", self.target, seq)
                 continue
             if await self._hash_at(seq) != bytes(chain_hash):
                 raise JournalCorruptError(seq, "snapshot does not match the log's hash chain")

@@ -2,6 +2,7 @@
 records 1..TO_SEQ read-only and print one JSON line (``{"records": n}``, or
 ``{"corrupt_seq": s, "reason": ...}``, or ``{"error": ...}``). CoreRunner runs it in a child
 process so the check of a long log uses the other core while recovery replays the tail."""
+
 from __future__ import annotations
 
 import asyncio

@@ -12,6 +12,7 @@ has another chain hash was rewritten (every later hash recomputed - the chain al
 show that). Both refuse, as does a checkpoint whose HMAC does not match. The key must not
 live with the journal: whoever can rewrite the log and read the key can sign a new head.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -42,15 +43,17 @@ class Checkpoint:
         return cls(path, key)
 
     def _mac(self, seq: int, chain_hash: bytes) -> str:
-        return hmac.new(self._key, _DOMAIN + struct.pack(">Q", seq) + chain_hash,
-                        hashlib.sha256).hexdigest()
+        return hmac.new(
+            self._key, _DOMAIN + struct.pack(">Q", seq) + chain_hash, hashlib.sha256
+        ).hexdigest()
 
     def write(self, seq: int, chain_hash: bytes) -> None:
         """Atomically replace the checkpoint (blocking: call it off the event loop)."""
         d = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(d, mode=0o700, exist_ok=True)
-        body = json.dumps({"seq": seq, "hash": chain_hash.hex(),
-                           "mac": self._mac(seq, chain_hash)}).encode()
+        body = json.dumps(
+            {"seq": seq, "hash": chain_hash.hex(), "mac": self._mac(seq, chain_hash)}
+        ).encode()
         tmp = f"{self.path}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
@@ -79,8 +82,11 @@ class Checkpoint:
         except Exception:
             raise JournalCorruptError(0, f"checkpoint {self.path} is unreadable") from None
         if not hmac.compare_digest(self._mac(seq, h), mac):
-            raise JournalCorruptError(seq, f"checkpoint {self.path} does not carry a valid "
-                                           f"HMAC: forged, or signed with another key")
+            raise JournalCorruptError(
+                seq,
+                f"checkpoint {self.path} does not carry a valid "
+                f"HMAC: forged, or signed with another key",
+            )
         return seq, h
 
     async def check(self, journal: Journal) -> int:
@@ -89,9 +95,13 @@ class Checkpoint:
         cp = self.read()
         if cp is None:
             if journal.last_seq:  # a first start with a key, or a deleted checkpoint file
-                log.warning("journal %s: no signed checkpoint at %s; the log (to seq %d) is "
-                            "accepted unchecked against one, and signed from now on",
-                            journal.target, self.path, journal.last_seq)
+                log.warning(
+                    "journal %s: no signed checkpoint at %s; the log (to seq %d) is "
+                    "accepted unchecked against one, and signed from now on",
+                    journal.target,
+                    self.path,
+                    journal.last_seq,
+                )
             return 0
         seq, h = cp
         if journal.last_seq < seq:
@@ -99,10 +109,13 @@ class Checkpoint:
                 journal.last_seq + 1,
                 f"journal behind its signed checkpoint: records up to seq {seq} were durable, "
                 f"the log ends at seq {journal.last_seq} (records {journal.last_seq + 1}.."
-                f"{seq} removed); refusing to start, nothing was changed")
+                f"{seq} removed); refusing to start, nothing was changed",
+            )
         if seq and await journal._hash_at(seq) != h:
             raise JournalCorruptError(
-                seq, f"journal diverges from its signed checkpoint at seq {seq}: its chain "
-                     f"hash there differs, so records at or before it were rewritten; "
-                     f"refusing to start, nothing was changed")
+                seq,
+                f"journal diverges from its signed checkpoint at seq {seq}: its chain "
+                f"hash there differs, so records at or before it were rewritten; "
+                f"refusing to start, nothing was changed",
+            )
         return seq

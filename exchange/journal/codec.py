@@ -22,6 +22,7 @@ faster); lists become tuples, as in :func:`decode_command`, for every field not 
 scalar; anything unusual (missing or extra fields, a ``__post_init__``) takes the slow path
 (``decode_command``).
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -37,8 +38,18 @@ Decoder = Callable[[Any, int, int], Command]
 
 _dumps = orjson.dumps
 _NL = orjson.OPT_APPEND_NEWLINE
-_SCALAR = {"str", "int", "bool", "float", "str | None", "int | None", "bool | None",
-           "float | None", "None | str", "None | int"}
+_SCALAR = {
+    "str",
+    "int",
+    "bool",
+    "float",
+    "str | None",
+    "int | None",
+    "bool | None",
+    "float | None",
+    "None | str",
+    "None | int",
+}
 
 
 def _tup(v: list[Any]) -> tuple[Any, ...]:
@@ -46,6 +57,7 @@ def _tup(v: list[Any]) -> tuple[Any, ...]:
 
 
 # --------------------------------------------------------------------------- encoding
+
 
 def _make_line_encoder(cls: type[Command]) -> LineEncoder:
     if not all(f.isidentifier() for f in cls._FIELDS):
@@ -101,6 +113,7 @@ def dict_payload(d: dict[str, Any]) -> bytes:
 
 # --------------------------------------------------------------------------- decoding
 
+
 def _annotations(cls: type[Command]) -> dict[str, Any]:
     ann: dict[str, Any] = {}
     for klass in reversed(cls.__mro__):
@@ -115,10 +128,12 @@ def _make_decoder(name: str, positional: bool) -> Decoder:
     if hasattr(cls, "__post_init__") or not all(f.isidentifier() for f in fields):
         return slow
     ann = _annotations(cls)
-    lines = ["def dec(d, seq, ts):",
-             f"    if len(d) != {len(fields) + 1}:",
-             "        return slow(d, seq, ts)",
-             "    c = new(cls)"]
+    lines = [
+        "def dec(d, seq, ts):",
+        f"    if len(d) != {len(fields) + 1}:",
+        "        return slow(d, seq, ts)",
+        "    c = new(cls)",
+    ]
     for i, f in enumerate(fields, 1):
         src = f"d[{i}]" if positional else f"d[{f!r}]"
         if str(ann.get(f, "")).strip() in _SCALAR:
@@ -139,6 +154,7 @@ def _make_decoder(name: str, positional: bool) -> Decoder:
             return dec(d, seq, ts)
         except KeyError:
             return decode_command(d, seq, ts)
+
     return safe
 
 
@@ -178,8 +194,10 @@ def payload_dict(obj: list[Any] | dict[str, Any]) -> dict[str, Any]:
     if cls is None:
         return {"type": name, "values": values}
     if len(values) > len(cls._FIELDS):
-        raise ValueError(f"{name} record has {len(values)} fields; this version of the "
-                         f"command has {len(cls._FIELDS)}")
+        raise ValueError(
+            f"{name} record has {len(values)} fields; this version of the "
+            f"command has {len(cls._FIELDS)}"
+        )
     return {"type": name, **dict(zip(cls._FIELDS, values))}
 
 
@@ -190,5 +208,11 @@ def is_payload(obj: object) -> bool:
     return isinstance(obj, dict) and "type" in obj
 
 
-__all__ = ["payload_line", "payload_bytes", "dict_payload", "decode_payload",
-           "payload_dict", "is_payload"]
+__all__ = [
+    "payload_line",
+    "payload_bytes",
+    "dict_payload",
+    "decode_payload",
+    "payload_dict",
+    "is_payload",
+]

@@ -13,6 +13,7 @@ follower hashes its state at the marker and compares when the seal arrives. A mi
 :class:`FollowerDiverged`: the standby must not take over from that state (a fresh
 recovery from the log is the way back).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -53,8 +54,12 @@ class Follower:
         await restore_proven_snapshot(self.exchange, j)
         self.head_hash = await j.prev_hash(self.exchange.last_seq + 1)
         await self._apply(j.last_seq)
-        log.info("follower of %s at seq %d (%.2f s)", j.target, self.exchange.last_seq,
-                 time.perf_counter() - t0)
+        log.info(
+            "follower of %s at seq %d (%.2f s)",
+            j.target,
+            self.exchange.last_seq,
+            time.perf_counter() - t0,
+        )
 
     async def step(self) -> int:
         """Apply the records appended since the last step; return how many."""
@@ -81,9 +86,10 @@ class Follower:
                 except SequenceError:
                     raise
                 except Exception:  # as it did live (and on replay)
-                    log.warning("core raised on seq %d (%s), as it did live", seq, cmd.TYPE,
-                                exc_info=True)
-                if bytes(p[:len(_SEAL_PREFIX)]) == _SEAL_PREFIX:
+                    log.warning(
+                        "core raised on seq %d (%s), as it did live", seq, cmd.TYPE, exc_info=True
+                    )
+                if bytes(p[: len(_SEAL_PREFIX)]) == _SEAL_PREFIX:
                     self._check_seal(seq, d)
                 self.head_hash = bytes(h)
                 self.applied += 1
@@ -100,9 +106,12 @@ class Follower:
         if mine is None:  # the marker was before this follower started
             return
         if mine != sealed:
-            raise FollowerDiverged(of_seq, f"the followed state at seq {of_seq} hashes to "
-                                           f"{mine[:16]}..., the leader sealed {str(sealed)[:16]}"
-                                           f"... (seal at seq {seq}): this standby diverged")
+            raise FollowerDiverged(
+                of_seq,
+                f"the followed state at seq {of_seq} hashes to "
+                f"{mine[:16]}..., the leader sealed {str(sealed)[:16]}"
+                f"... (seal at seq {seq}): this standby diverged",
+            )
         self.seals_checked += 1
 
     async def run(self, stop: asyncio.Event, interval: float = 0.1) -> None:

@@ -18,6 +18,7 @@ liveness and an address to send clients to; the safety of the log does not rest 
 former leader's appends are refused by the stream's expected-last-sequence guard once the
 new leader has appended (the new leader journals a marker as soon as it takes over).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -41,9 +42,17 @@ KEY = "leader"
 
 
 class LeaderLease:
-    def __init__(self, target: str, *, node: str, address: str = "", ttl: float = 5.0,
-                 renew_every: float = 1.0, replicas: int | None = None,
-                 timeout: float = 2.0):
+    def __init__(
+        self,
+        target: str,
+        *,
+        node: str,
+        address: str = "",
+        ttl: float = 5.0,
+        renew_every: float = 1.0,
+        replicas: int | None = None,
+        timeout: float = 2.0,
+    ):
         servers, stream, q = parse_target(target)
         self.servers = servers
         self.bucket = f"{stream}_leader"
@@ -66,19 +75,32 @@ class LeaderLease:
         import nats
         from nats.js import api
         from nats.js.errors import BucketNotFoundError, NotFoundError
+
         try:
-            self._nc = await nats.connect(servers=self.servers, name=f"exchange-lease-{self.node}",
-                                          allow_reconnect=True, max_reconnect_attempts=-1,
-                                          reconnect_time_wait=0.25, connect_timeout=self.timeout)
+            self._nc = await nats.connect(
+                servers=self.servers,
+                name=f"exchange-lease-{self.node}",
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.25,
+                connect_timeout=self.timeout,
+            )
         except Exception as e:
             raise JournalError(f"lease {self.target}: cannot connect: {e!r}") from e
         js = self._nc.jetstream(timeout=self.timeout)
         try:
             self._kv = await js.key_value(self.bucket)
         except (BucketNotFoundError, NotFoundError):
-            self._kv = await js.create_key_value(api.KeyValueConfig(
-                bucket=self.bucket, history=1, ttl=self.ttl, replicas=self.replicas,
-                storage=api.StorageType.FILE, description="exchange leader lease"))
+            self._kv = await js.create_key_value(
+                api.KeyValueConfig(
+                    bucket=self.bucket,
+                    history=1,
+                    ttl=self.ttl,
+                    replicas=self.replicas,
+                    storage=api.StorageType.FILE,
+                    description="exchange leader lease",
+                )
+            )
 
     async def close(self) -> None:
         self.stop_renewing()
@@ -90,8 +112,7 @@ class LeaderLease:
                 pass
 
     def _value(self) -> bytes:
-        return orjson.dumps({"node": self.node, "address": self.address,
-                             "since": time.time()})
+        return orjson.dumps({"node": self.node, "address": self.address, "since": time.time()})
 
     @property
     def held(self) -> bool:
@@ -108,6 +129,7 @@ class LeaderLease:
     async def holder(self) -> dict[str, Any] | None:
         """The current leader's ``{"node", "address", "since"}``, or None (lease free)."""
         from nats.js.errors import KeyDeletedError, KeyNotFoundError
+
         try:
             e = await self._bucket.get(KEY)
         except (KeyNotFoundError, KeyDeletedError):
@@ -125,12 +147,16 @@ class LeaderLease:
         out after ``ttl`` without a renewal, so the margin keeps two leaders apart. True
         when this node now holds the lease."""
         from nats.js.errors import KeyWrongLastSequenceError, APIError
+
         t = time.monotonic()
         try:
             self.revision = await self._bucket.create(KEY, self._value())
         except (KeyWrongLastSequenceError, APIError) as e:
-            if isinstance(e, APIError) and not isinstance(e, KeyWrongLastSequenceError) \
-                    and e.err_code != 10071:
+            if (
+                isinstance(e, APIError)
+                and not isinstance(e, KeyWrongLastSequenceError)
+                and e.err_code != 10071
+            ):
                 raise
             h = await self.holder()
             rev = (h or {}).get("revision")
@@ -147,11 +173,16 @@ class LeaderLease:
             except (KeyWrongLastSequenceError, APIError):
                 self._seen = None
                 return False
-            log.warning("lease %s: revision %d was not renewed for %.1f s; taken over",
-                        self.target, rev, t - seen[1])
+            log.warning(
+                "lease %s: revision %d was not renewed for %.1f s; taken over",
+                self.target,
+                rev,
+                t - seen[1],
+            )
         self.renewed_at = t
-        log.warning("lease %s: node %s is leader (revision %d)", self.target, self.node,
-                    self.revision)
+        log.warning(
+            "lease %s: node %s is leader (revision %d)", self.target, self.node, self.revision
+        )
         return True
 
     async def renew(self, kv: KeyValue | None = None) -> bool:
@@ -159,6 +190,7 @@ class LeaderLease:
         lease dropped) when someone else wrote since, or this node's clock says it ran
         out before the write. ``kv``: the bucket handle of the calling thread's loop."""
         from nats.js.errors import KeyWrongLastSequenceError, APIError
+
         if not self.revision:
             return False
         t = time.monotonic()
@@ -166,8 +198,9 @@ class LeaderLease:
             self._lost("not renewed for %.1f s" % (t - self.renewed_at))
             return False
         try:
-            self.revision = await (kv or self._bucket).update(KEY, self._value(),
-                                                              last=self.revision)
+            self.revision = await (kv or self._bucket).update(
+                KEY, self._value(), last=self.revision
+            )
         except KeyWrongLastSequenceError:
             self._lost("another node holds it")
             return False
@@ -209,9 +242,15 @@ class LeaderLease:
 
         async def renew_loop() -> None:
             import nats
-            nc = await nats.connect(servers=self.servers, name=f"exchange-lease-{self.node}",
-                                    allow_reconnect=True, max_reconnect_attempts=-1,
-                                    reconnect_time_wait=0.25, connect_timeout=self.timeout)
+
+            nc = await nats.connect(
+                servers=self.servers,
+                name=f"exchange-lease-{self.node}",
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.25,
+                connect_timeout=self.timeout,
+            )
             try:
                 kv = await nc.jetstream(timeout=self.timeout).key_value(self.bucket)
                 while not done.is_set():
@@ -221,8 +260,9 @@ class LeaderLease:
                             return
                         await asyncio.sleep(0.05)
                     try:
-                        ok = await asyncio.wait_for(self.renew(kv),
-                                                    max(0.1, self.ttl - self.renew_every))
+                        ok = await asyncio.wait_for(
+                            self.renew(kv), max(0.1, self.ttl - self.renew_every)
+                        )
                     except Exception as e:  # no answer: keep trying until the ttl is out
                         ok = self.held
                         if not ok:

@@ -6,6 +6,7 @@ written with ``COPY`` (``copy_records_to_table``), committed with ``synchronous_
 it is in the server's fsynced WAL when :meth:`append` returns. A session advisory lock keeps a
 second writer off the same log.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -14,8 +15,16 @@ import zlib
 from typing import TYPE_CHECKING, Sequence
 
 from .base import (
-    Frames, Journal, JournalCorruptError, JournalError, Record, StoredRow, chain_rows, log,
-    tail_damage, tail_refusal,
+    Frames,
+    Journal,
+    JournalCorruptError,
+    JournalError,
+    Record,
+    StoredRow,
+    chain_rows,
+    log,
+    tail_damage,
+    tail_refusal,
 )
 
 if TYPE_CHECKING:
@@ -29,9 +38,17 @@ def _ident(name: str) -> str:
 
 
 class PostgresJournal(Journal):
-    def __init__(self, dsn: str, *, schema: str = "public", keep_snapshots: int = 3,
-                 repair_tail: bool = True, connect_timeout: float = 10.0,
-                 readonly: bool = False, lock_wait: float = 10.0):
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str = "public",
+        keep_snapshots: int = 3,
+        repair_tail: bool = True,
+        connect_timeout: float = 10.0,
+        readonly: bool = False,
+        lock_wait: float = 10.0,
+    ):
         """``lock_wait``: seconds to wait for the writer's advisory lock. A writer restarted
         right after a crash can find the killed one's session - and its lock - still
         alive for a moment (the crash test hit it within 20 SIGKILLs); only a lock held
@@ -56,6 +73,7 @@ class PostgresJournal(Journal):
         if self._con is not None:
             return
         import asyncpg
+
         try:
             self._con = con = await asyncpg.connect(self.dsn, timeout=self.connect_timeout)
         except Exception as e:
@@ -68,8 +86,10 @@ class PostgresJournal(Journal):
                 deadline = loop.time() + self.lock_wait
                 while not await con.fetchval("SELECT pg_try_advisory_lock($1)", lock_key):
                     if loop.time() >= deadline:
-                        raise JournalError(f"journal {self.target} is open by another writer "
-                                           f"(its lock held for {self.lock_wait:g} s)")
+                        raise JournalError(
+                            f"journal {self.target} is open by another writer "
+                            f"(its lock held for {self.lock_wait:g} s)"
+                        )
                     await asyncio.sleep(0.1)
             if self.readonly:
                 name = f"{_ident(self.schema)}.journal_commands"
@@ -87,11 +107,14 @@ class PostgresJournal(Journal):
                 if hi - lo + 1 != n:
                     gap = await con.fetchval(
                         f"SELECT min(seq) + 1 FROM {self._t} t WHERE seq < $1 AND NOT EXISTS "
-                        f"(SELECT 1 FROM {self._t} u WHERE u.seq = t.seq + 1)", hi)
+                        f"(SELECT 1 FROM {self._t} u WHERE u.seq = t.seq + 1)",
+                        hi,
+                    )
                     raise JournalCorruptError(gap, "record missing from the middle of the log")
                 self.last_seq = hi
-                self.last_hash = bytes(await con.fetchval(
-                    f"SELECT hash FROM {self._t} WHERE seq=$1", hi))
+                self.last_hash = bytes(
+                    await con.fetchval(f"SELECT hash FROM {self._t} WHERE seq=$1", hi)
+                )
         except BaseException:
             await con.close()
             self._con = None
@@ -114,7 +137,8 @@ class PostgresJournal(Journal):
             return
         con = self._need()
         rows = await con.fetch(
-            f"SELECT seq, ts, payload, hash FROM {self._t} ORDER BY seq DESC LIMIT 3")
+            f"SELECT seq, ts, payload, hash FROM {self._t} ORDER BY seq DESC LIMIT 3"
+        )
         found = tail_damage(rows)
         if found is None:
             return
@@ -122,10 +146,12 @@ class PostgresJournal(Journal):
         if kind != "torn":
             raise tail_refusal(f"{_redact(self.dsn)} --schema {self.schema}", seq, why)
         if not self.repair_tail:
-            raise JournalCorruptError(seq, "last record torn (incomplete write); a start "
-                                           "would truncate it")
-        log.warning("journal %s: last record seq %d is torn (incomplete write); truncated",
-                    self.target, seq)
+            raise JournalCorruptError(
+                seq, "last record torn (incomplete write); a start would truncate it"
+            )
+        log.warning(
+            "journal %s: last record seq %d is torn (incomplete write); truncated", self.target, seq
+        )
         async with con.transaction():
             await con.execute(f"DELETE FROM {self._t} WHERE seq=$1", seq)
             await con.execute(f"DELETE FROM {self._s} WHERE seq>=$1", seq)
@@ -137,10 +163,14 @@ class PostgresJournal(Journal):
             async with con.transaction():
                 n = await con.fetchval(
                     f"WITH d AS (DELETE FROM {self._t} WHERE seq >= $1 RETURNING 1) "
-                    f"SELECT count(*) FROM d", seq)
+                    f"SELECT count(*) FROM d",
+                    seq,
+                )
                 k = await con.fetchval(
                     f"WITH d AS (DELETE FROM {self._s} WHERE seq >= $1 RETURNING 1) "
-                    f"SELECT count(*) FROM d", seq)
+                    f"SELECT count(*) FROM d",
+                    seq,
+                )
         return n, k
 
     async def close(self) -> None:
@@ -159,8 +189,11 @@ class PostgresJournal(Journal):
         async with self._lock:
             async with con.transaction():
                 await con.copy_records_to_table(
-                    "journal_commands", schema_name=self.schema, records=rows,
-                    columns=("seq", "ts", "payload", "hash"))
+                    "journal_commands",
+                    schema_name=self.schema,
+                    records=rows,
+                    columns=("seq", "ts", "payload", "hash"),
+                )
         return rows[-1][0], rows[-1][3]
 
     async def write_snapshot(self, seq: int, data: bytes) -> None:
@@ -174,20 +207,31 @@ class PostgresJournal(Journal):
                 await con.execute(
                     f"INSERT INTO {self._s} VALUES ($1,$2,$3,$4) ON CONFLICT (seq) DO UPDATE "
                     f"SET chain_hash=EXCLUDED.chain_hash, data_hash=EXCLUDED.data_hash, "
-                    f"data=EXCLUDED.data", seq, h, hashlib.sha256(data).digest(), data)
+                    f"data=EXCLUDED.data",
+                    seq,
+                    h,
+                    hashlib.sha256(data).digest(),
+                    data,
+                )
                 if self.keep_snapshots > 0:
                     await con.execute(
                         f"DELETE FROM {self._s} WHERE seq NOT IN (SELECT seq FROM {self._s} "
-                        f"ORDER BY seq DESC LIMIT $1)", self.keep_snapshots)
+                        f"ORDER BY seq DESC LIMIT $1)",
+                        self.keep_snapshots,
+                    )
 
-    async def _read_rows(self, from_seq: int, limit: int, to_seq: int | None = None
-                         ) -> Sequence[StoredRow]:
+    async def _read_rows(
+        self, from_seq: int, limit: int, to_seq: int | None = None
+    ) -> Sequence[StoredRow]:
         con = self._need()
         async with self._lock:
             return await con.fetch(
                 f"SELECT seq, ts, payload, hash FROM {self._t} WHERE seq >= $1 AND seq <= $2 "
-                f"ORDER BY seq LIMIT $3", from_seq, to_seq if to_seq is not None else 1 << 62,
-                limit)
+                f"ORDER BY seq LIMIT $3",
+                from_seq,
+                to_seq if to_seq is not None else 1 << 62,
+                limit,
+            )
 
     async def _hash_at(self, seq: int) -> bytes | None:
         con = self._need()
@@ -199,7 +243,8 @@ class PostgresJournal(Journal):
         con = self._need()
         async with self._lock:
             return await con.fetch(
-                f"SELECT seq, chain_hash, data_hash FROM {self._s} ORDER BY seq DESC")
+                f"SELECT seq, chain_hash, data_hash FROM {self._s} ORDER BY seq DESC"
+            )
 
     async def _snapshot_data(self, seq: int) -> bytes | None:
         con = self._need()

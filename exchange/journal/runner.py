@@ -28,6 +28,7 @@ submit. Do not mutate a command after submitting it. Snapshots are serialised in
 child on Linux (``fork_snapshots``); ``snapshot_bytes``/``restore_bytes`` are the snapshot
 format (orjson of ``Exchange.to_state()``; ``Exchange.restore`` reads it too).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -88,8 +89,9 @@ def snapshot_bytes(ex: Exchange) -> bytes:
     times faster than ``Exchange.snapshot``'s json.dumps on a large book), the orders
     encoded by C where the extension is built: the same bytes either way."""
     try:
-        return orjson.dumps(ex.to_state(encode_orders=_orders_json if _rows_json else None),
-                            option=_SNAP_OPTS)
+        return orjson.dumps(
+            ex.to_state(encode_orders=_orders_json if _rows_json else None), option=_SNAP_OPTS
+        )
     except TypeError:  # something orjson cannot write: the core's own encoder
         data: bytes = ex.snapshot()
         return data
@@ -121,9 +123,26 @@ class _PySubmitter:
     The runner sets the callables once and the batch fields whenever it opens a batch; it
     reads and writes the counters (``last_ts``, ``since_snapshot``, ``accepting``)."""
 
-    __slots__ = ("ex", "apply", "clock", "fallback_line", "on_first", "on_snapshot",
-                 "on_error", "refuse", "seq_error", "frames", "lines", "stamps", "future",
-                 "applied", "last_ts", "since_snapshot", "snapshot_every", "accepting")
+    __slots__ = (
+        "ex",
+        "apply",
+        "clock",
+        "fallback_line",
+        "on_first",
+        "on_snapshot",
+        "on_error",
+        "refuse",
+        "seq_error",
+        "frames",
+        "lines",
+        "stamps",
+        "future",
+        "applied",
+        "last_ts",
+        "since_snapshot",
+        "snapshot_every",
+        "accepting",
+    )
 
     ex: Exchange
     apply: Callable[[Command], list[Any]]
@@ -195,18 +214,28 @@ C_SUBMITTER = _CSubmitter is not None
 
 def _submitter_field(name: str) -> Any:
     """A CoreRunner attribute that is its submitter's ``name``."""
-    return property(lambda self: getattr(self._sub, name),
-                    lambda self, v: setattr(self._sub, name, v))
+    return property(
+        lambda self: getattr(self._sub, name), lambda self, v: setattr(self._sub, name, v)
+    )
 
 
 class CoreRunner:
-    def __init__(self, exchange: Exchange, journal: Journal, *,
-                 snapshot_every_commands: int = 100_000,
-                 snapshot_every_seconds: float = 300.0, clock: Callable[[], int] = time.time_ns,
-                 verify: str = "full", gc_freeze: bool = False,
-                 fork_snapshots: bool | None = None, c_submitter: bool = True,
-                 use_snapshots: bool = True, checkpoint: Checkpoint | None = None,
-                 adopt_hash: bytes | None = None) -> None:
+    def __init__(
+        self,
+        exchange: Exchange,
+        journal: Journal,
+        *,
+        snapshot_every_commands: int = 100_000,
+        snapshot_every_seconds: float = 300.0,
+        clock: Callable[[], int] = time.time_ns,
+        verify: str = "full",
+        gc_freeze: bool = False,
+        fork_snapshots: bool | None = None,
+        c_submitter: bool = True,
+        use_snapshots: bool = True,
+        checkpoint: Checkpoint | None = None,
+        adopt_hash: bytes | None = None,
+    ) -> None:
         """``verify``: "full" checks the whole hash chain on start (default); "tail" only the
         records replayed after the snapshot (the snapshot is still checked to sit on the
         chain). ``gc_freeze``: move the recovered state - and, after each snapshot, everything
@@ -247,8 +276,11 @@ class CoreRunner:
         self.adopt_hash = adopt_hash
         self.gc_freeze = gc_freeze
         # serialise snapshots in a forked child (Linux): no pause of the event loop
-        self.fork_snapshots = (hasattr(os, "fork") and sys.platform.startswith("linux")
-                               if fork_snapshots is None else fork_snapshots)
+        self.fork_snapshots = (
+            hasattr(os, "fork") and sys.platform.startswith("linux")
+            if fork_snapshots is None
+            else fork_snapshots
+        )
         self._listeners: list[Listener] = []
         self._durable_seq = 0
         self._writing: _Batch | None = None  # the batch the journal is making durable
@@ -341,8 +373,10 @@ class CoreRunner:
         wake.set()
 
     def _refuse(self) -> None:
-        raise RunnerFailed("runner not accepting commands" + (
-            f": journal write failed: {self._failed!r}" if self._failed else ""))
+        raise RunnerFailed(
+            "runner not accepting commands"
+            + (f": journal write failed: {self._failed!r}" if self._failed else "")
+        )
 
     @staticmethod
     def _core_raised(cmd: Command, exc: BaseException) -> None:
@@ -383,8 +417,12 @@ class CoreRunner:
             seal = await find_seal(j, seq)
             if seal is not None:
                 return seq, data, seal[0], seal[1]
-            log.warning("journal %s: snapshot at seq %d has no seal in the log (written by an "
-                        "older version, or not by this exchange); not used", j.target, seq)
+            log.warning(
+                "journal %s: snapshot at seq %d has no seal in the log (written by an "
+                "older version, or not by this exchange); not used",
+                j.target,
+                seq,
+            )
             skipped.append(seq)
         return None
 
@@ -397,22 +435,36 @@ class CoreRunner:
         if refresh is not None:
             await refresh()
         if await j.prev_hash(ex.last_seq + 1) != self.adopt_hash:
-            raise JournalCorruptError(ex.last_seq, "the followed state is not on this "
-                                                   "journal's hash chain")
+            raise JournalCorruptError(
+                ex.last_seq, "the followed state is not on this journal's hash chain"
+            )
         replayed = await replay_into(ex, j, ex.last_seq + 1)
         self._durable_seq = ex.last_seq
         self._last_ts = ex.now
         self._since_snapshot = replayed
         self.recovery_skipped = []
-        self.recovery = {"snapshot_seq": 0, "replayed": replayed, "last_seq": ex.last_seq,
-                         "truncated": [], "adopted": True,
-                         "snapshot_proof": "followed (state hashes checked at every seal)",
-                         "unsealed_snapshots_skipped": [], "checkpoint_seq": None,
-                         "snapshot_load_s": 0.0, "replay_s": time.perf_counter() - t0,
-                         "chain_check_wait_s": 0.0, "chain_check": "followed",
-                         "seconds": time.perf_counter() - t0}
-        log.info("journal %s: took over a followed core at seq %d (%d replayed, %.2f s)",
-                 j.target, ex.last_seq, replayed, self.recovery["seconds"])
+        self.recovery = {
+            "snapshot_seq": 0,
+            "replayed": replayed,
+            "last_seq": ex.last_seq,
+            "truncated": [],
+            "adopted": True,
+            "snapshot_proof": "followed (state hashes checked at every seal)",
+            "unsealed_snapshots_skipped": [],
+            "checkpoint_seq": None,
+            "snapshot_load_s": 0.0,
+            "replay_s": time.perf_counter() - t0,
+            "chain_check_wait_s": 0.0,
+            "chain_check": "followed",
+            "seconds": time.perf_counter() - t0,
+        }
+        log.info(
+            "journal %s: took over a followed core at seq %d (%d replayed, %.2f s)",
+            j.target,
+            ex.last_seq,
+            replayed,
+            self.recovery["seconds"],
+        )
 
     async def _recover(self) -> None:
         if self.adopt_hash is not None:
@@ -447,13 +499,16 @@ class CoreRunner:
                 # in the chain recorded (one more serialisation, ~0.3 s at 50,000 orders)
                 if state_digest(ex) != sealed_hash:
                     raise JournalCorruptError(
-                        snap_seq, f"snapshot at seq {snap_seq} does not match the state hash "
+                        snap_seq,
+                        f"snapshot at seq {snap_seq} does not match the state hash "
                         f"its seal (seq {seal_seq}) records: the snapshot was altered; refusing "
                         f"to start from it. Restart with --recover-from-genesis to rebuild the "
-                        f"state from the log alone (and run `journal verify`)")
+                        f"state from the log alone (and run `journal verify`)",
+                    )
                 if ex.last_seq != snap_seq:
-                    raise JournalError(f"snapshot at seq {snap_seq} holds state of seq "
-                                       f"{ex.last_seq}")
+                    raise JournalError(
+                        f"snapshot at seq {snap_seq} holds state of seq {ex.last_seq}"
+                    )
             t1 = time.perf_counter()
             replayed = await replay_into(ex, j, snap_seq + 1)
             failed = False
@@ -471,21 +526,32 @@ class CoreRunner:
         self._durable_seq = ex.last_seq
         self._last_ts = ex.now
         self._since_snapshot = replayed
-        self.recovery = {"snapshot_seq": snap_seq, "replayed": replayed,
-                         "last_seq": ex.last_seq, "truncated": list(j.truncated),
-                         "snapshot_proof": "sealed" if snap_seq else (
-                             "not used (--recover-from-genesis)" if not self.use_snapshots
-                             else "none"),
-                         "unsealed_snapshots_skipped": list(self.recovery_skipped),
-                         "checkpoint_seq": cp_seq,
-                         "snapshot_load_s": t1 - t0, "replay_s": time.perf_counter() - t1,
-                         "chain_check_wait_s": t_verify,
-                         "chain_check": ("child process" if checker else "inline")
-                         if self.verify == "full" and snap_seq else "replayed records only",
-                         "seconds": time.perf_counter() - t0}
-        log.info("journal %s recovered: snapshot seq %d, %d commands replayed, last seq %d "
-                 "(%.2f s)", j.target, snap_seq, replayed, ex.last_seq,
-                 self.recovery["seconds"])
+        self.recovery = {
+            "snapshot_seq": snap_seq,
+            "replayed": replayed,
+            "last_seq": ex.last_seq,
+            "truncated": list(j.truncated),
+            "snapshot_proof": "sealed"
+            if snap_seq
+            else ("not used (--recover-from-genesis)" if not self.use_snapshots else "none"),
+            "unsealed_snapshots_skipped": list(self.recovery_skipped),
+            "checkpoint_seq": cp_seq,
+            "snapshot_load_s": t1 - t0,
+            "replay_s": time.perf_counter() - t1,
+            "chain_check_wait_s": t_verify,
+            "chain_check": ("child process" if checker else "inline")
+            if self.verify == "full" and snap_seq
+            else "replayed records only",
+            "seconds": time.perf_counter() - t0,
+        }
+        log.info(
+            "journal %s recovered: snapshot seq %d, %d commands replayed, last seq %d (%.2f s)",
+            j.target,
+            snap_seq,
+            replayed,
+            ex.last_seq,
+            self.recovery["seconds"],
+        )
 
     # ---------------------------------------------------------------- submit
     def submit_nowait(self, cmd: Command) -> tuple[Result, asyncio.Future[None]]:
@@ -514,7 +580,8 @@ class CoreRunner:
         ex.apply(m)
         b, wake = self._current()
         data: bytes | asyncio.Future[bytes] | None = (
-            self._fork_snapshot(ex) if self._snapshot_in_child(ex) else None)
+            self._fork_snapshot(ex) if self._snapshot_in_child(ex) else None
+        )
         if data is None:
             data = snapshot_bytes(ex)
             self._last_snapshot_size = len(data)
@@ -561,7 +628,8 @@ class CoreRunner:
         secs = self.snapshot_every_seconds
         if self._accepting and secs and 0 < secs < float("inf"):
             self._snapshot_timer = asyncio.get_running_loop().call_later(
-                secs, self._snapshot_timer_fired)
+                secs, self._snapshot_timer_fired
+            )
 
     def _snapshot_timer_fired(self) -> None:
         self._snapshot_timer = None
@@ -592,7 +660,7 @@ class CoreRunner:
                 gc.disable()
                 view = memoryview(snapshot_bytes(ex))
                 while view:
-                    view = view[os.write(w, view):]
+                    view = view[os.write(w, view) :]
                 code = 0
             finally:
                 os._exit(code)
@@ -656,7 +724,8 @@ class CoreRunner:
                 # stored beside the commit loop, not in it: the next batches need not wait
                 # for the forked child to serialise the state
                 self._snapshot_task = asyncio.create_task(
-                    self._store_snapshot(b, self._snapshot_task), name="journal-snapshot")
+                    self._store_snapshot(b, self._snapshot_task), name="journal-snapshot"
+                )
 
     async def _store_snapshot(self, b: _Batch, previous: asyncio.Task[None] | None) -> None:
         """Write ``b``'s snapshot once its batch is durable (it is: the commit loop starts
@@ -707,8 +776,14 @@ class CoreRunner:
         # a snapshot being stored still needs its seal journaled: keep accepting until then
         # (the newest one: the current batch's, the one being written, or the stored task's;
         # they are stored in order, so the newest done means all done)
-        pending = next((b.snapshot_written for b in (self._batch, self._writing)
-                        if b is not None and b.snapshot is not None), self._snapshot_task)
+        pending = next(
+            (
+                b.snapshot_written
+                for b in (self._batch, self._writing)
+                if b is not None and b.snapshot is not None
+            ),
+            self._snapshot_task,
+        )
         if pending is not None:  # (or until the commit loop fails: then there is no seal)
             await asyncio.wait([pending, self._task], return_when=asyncio.FIRST_COMPLETED)
         self._accepting = False
@@ -729,8 +804,9 @@ class CoreRunner:
                 await self.journal.close()
 
 
-async def _start_chain_check(journal: Journal, to_seq: int, min_records: int
-                             ) -> asyncio.subprocess.Process | None:
+async def _start_chain_check(
+    journal: Journal, to_seq: int, min_records: int
+) -> asyncio.subprocess.Process | None:
     """Verify the chain 1..to_seq in a child interpreter (``python -m
     exchange.journal.check``); returns an awaitable process handle, or None."""
     spec = getattr(journal, "spec", None)
@@ -739,12 +815,20 @@ async def _start_chain_check(journal: Journal, to_seq: int, min_records: int
     import json
     import os
     import sys
+
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     try:
         return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "exchange.journal.check", spec[0], json.dumps(spec[1]),
-            str(to_seq), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            env=env)
+            sys.executable,
+            "-m",
+            "exchange.journal.check",
+            spec[0],
+            json.dumps(spec[1]),
+            str(to_seq),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+        )
     except Exception as e:  # no processes here: check inline
         log.warning("chain check in a child process unavailable (%r); checking inline", e)
         return None
@@ -752,12 +836,14 @@ async def _start_chain_check(journal: Journal, to_seq: int, min_records: int
 
 async def _finish_chain_check(proc: asyncio.subprocess.Process) -> None:
     import json
+
     out, err = await proc.communicate()
     try:
         res = json.loads(out.decode().strip().splitlines()[-1])
     except Exception:
-        raise JournalError(f"chain check process failed (exit {proc.returncode}): "
-                           f"{err.decode()[-500:]}") from None
+        raise JournalError(
+            f"chain check process failed (exit {proc.returncode}): {err.decode()[-500:]}"
+        ) from None
     if "corrupt_seq" in res:
         raise JournalCorruptError(res["corrupt_seq"], res["reason"])
     if "error" in res:
@@ -821,15 +907,16 @@ async def find_seal(journal: Journal, snap_seq: int) -> tuple[int, str] | None:
     the whole tail (once, after an upgrade)."""
     async for rows in journal.read_rows(snap_seq):
         for seq, _ts, p, _h in rows:
-            if bytes(p[:len(_SEAL_PREFIX)]) == _SEAL_PREFIX:
+            if bytes(p[: len(_SEAL_PREFIX)]) == _SEAL_PREFIX:
                 d = orjson.loads(p)
                 if len(d) >= 3 and d[1] == snap_seq and isinstance(d[2], str):
                     return seq, d[2]
     return None
 
 
-async def restore_proven_snapshot(ex: Exchange, journal: Journal, max_seq: int | None = None
-                                  ) -> int:
+async def restore_proven_snapshot(
+    ex: Exchange, journal: Journal, max_seq: int | None = None
+) -> int:
     """For offline readers (``journal replay``, reports): restore into ``ex`` the newest
     snapshot at or before ``max_seq`` that has a seal in the log and matches it; return its
     seq (0: none usable, replay from genesis). Unsealed snapshots are skipped; one that does
@@ -840,14 +927,18 @@ async def restore_proven_snapshot(ex: Exchange, journal: Journal, max_seq: int |
             continue
         restore_bytes(ex, data)
         if state_digest(ex) != seal[1]:
-            raise JournalCorruptError(seq, f"snapshot at seq {seq} does not match the state "
-                                           f"hash its seal (seq {seal[0]}) records")
+            raise JournalCorruptError(
+                seq,
+                f"snapshot at seq {seq} does not match the state "
+                f"hash its seal (seq {seal[0]}) records",
+            )
         return seq
     return 0
 
 
-async def replay_into(ex: Exchange, journal: Journal, from_seq: int = 1,
-                      to_seq: int | None = None) -> int:
+async def replay_into(
+    ex: Exchange, journal: Journal, from_seq: int = 1, to_seq: int | None = None
+) -> int:
     """Apply the log's records ``from_seq..to_seq`` to ``ex``; return how many. A core
     exception on a record is logged and replay goes on, exactly as it went live."""
     n = 0
@@ -861,7 +952,11 @@ async def replay_into(ex: Exchange, journal: Journal, from_seq: int = 1,
             except SequenceError:
                 raise
             except Exception:
-                log.warning("core raised on replay of seq %d (%s), as it did live", seq,
-                            cmd.TYPE, exc_info=True)
+                log.warning(
+                    "core raised on replay of seq %d (%s), as it did live",
+                    seq,
+                    cmd.TYPE,
+                    exc_info=True,
+                )
         n += len(rows)
     return n

@@ -7,6 +7,7 @@ batch goes as one :class:`~.base.Frames` buffer over a pipe, driven by the event
 ``writer="thread"`` chains and INSERTs on the event loop and COMMITs on a worker thread. Reads
 (replay, snapshots) use this process's own connection on one dedicated worker thread.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -23,8 +24,17 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any, Callable, Sequence, TypeVar
 
 from .base import (
-    Frames, Journal, JournalCorruptError, JournalError, Record, StoredRow, chain_rows, log,
-    tail_damage, tail_refusal, widen_pipe,
+    Frames,
+    Journal,
+    JournalCorruptError,
+    JournalError,
+    Record,
+    StoredRow,
+    chain_rows,
+    log,
+    tail_damage,
+    tail_refusal,
+    widen_pipe,
 )
 
 _T = TypeVar("_T")
@@ -55,7 +65,7 @@ FORMAT_VERSION = "1"
 def _write_all(f: IO[bytes], data: bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[f.write(view):]
+        view = view[f.write(view) :]
 
 
 _WRITER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "writer.py")
@@ -69,8 +79,9 @@ _flatten = itertools.chain.from_iterable
 def _insert_sql(k: int) -> str:
     sql = _SQL.get(k)
     if sql is None:
-        sql = _SQL[k] = ("INSERT INTO journal (seq, ts, payload, hash) VALUES "
-                         + ",".join(["(?,?,?,?)"] * k))
+        sql = _SQL[k] = "INSERT INTO journal (seq, ts, payload, hash) VALUES " + ",".join(
+            ["(?,?,?,?)"] * k
+        )
     return sql
 
 
@@ -102,8 +113,9 @@ class _WriterLink:
         self.loop.add_reader(self.rfd, self._readable)
 
     def _died(self, why: str = "") -> JournalError:
-        return JournalError(f"journal writer process for {self.path} died "
-                            f"(exit {self.proc.poll()}){why}")
+        return JournalError(
+            f"journal writer process for {self.path} died (exit {self.proc.poll()}){why}"
+        )
 
     def _fail(self, err: JournalError) -> None:
         if self._error is None:
@@ -137,8 +149,8 @@ class _WriterLink:
             k, n = _HEAD.unpack_from(buf)
             if len(buf) < _HEAD.size + n:
                 break
-            msg = bytes(buf[_HEAD.size:_HEAD.size + n])
-            del buf[:_HEAD.size + n]
+            msg = bytes(buf[_HEAD.size : _HEAD.size + n])
+            del buf[: _HEAD.size + n]
             self._msgs.append((k, msg))
         w = self._waiter
         if self._msgs and w is not None:
@@ -187,8 +199,9 @@ class _WriterLink:
             return await self.receive()
         except asyncio.CancelledError:
             # its reply may still come and would answer the next request: no next request
-            self._fail(JournalError(f"journal writer link for {self.path}: a request was "
-                                    f"cancelled"))
+            self._fail(
+                JournalError(f"journal writer link for {self.path}: a request was cancelled")
+            )
             raise
 
     def detach(self) -> None:
@@ -266,8 +279,10 @@ def writer_lock(path: str) -> int | None:
             holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
         finally:
             os.close(fd)
-        raise JournalError(f"journal {path} is in use by another process (pid {holder}): "
-                           f"stop the server (or the other command) first") from None
+        raise JournalError(
+            f"journal {path} is in use by another process (pid {holder}): "
+            f"stop the server (or the other command) first"
+        ) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     _LOCK_FDS.add(fd)
@@ -275,8 +290,15 @@ def writer_lock(path: str) -> int | None:
 
 
 class SQLiteJournal(Journal):
-    def __init__(self, path: str, *, keep_snapshots: int = 3, repair_tail: bool = True,
-                 readonly: bool = False, writer: str | None = None):
+    def __init__(
+        self,
+        path: str,
+        *,
+        keep_snapshots: int = 3,
+        repair_tail: bool = True,
+        readonly: bool = False,
+        writer: str | None = None,
+    ):
         """``writer``: "process" (default) - hashing, INSERT and COMMIT in a writer process
         on the other core, see :mod:`exchange.journal.writer`; "thread" - chain and INSERT
         on the event loop, COMMIT on a worker thread (env ``JOURNAL_WRITER`` sets the
@@ -336,18 +358,27 @@ class SQLiteJournal(Journal):
         # snapshot through this writer - they must not kill the writer first. It still dies
         # with the server (PR_SET_PDEATHSIG, writer.py) and exits when its pipe closes.
         env = dict(os.environ, JOURNAL_KEEP_SNAPSHOTS=str(self.keep_snapshots))
-        self._proc = subprocess.Popen([sys.executable, _WRITER_SCRIPT, self.path],
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      bufsize=0, env=env, close_fds=True, process_group=0)
+        self._proc = subprocess.Popen(
+            [sys.executable, _WRITER_SCRIPT, self.path],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            bufsize=0,
+            env=env,
+            close_fds=True,
+            process_group=0,
+        )
         self._link = _WriterLink(self._proc, self.path)
         try:
             hello = await self._link.receive()
         except JournalError as e:
-            raise JournalError(f"journal writer process for {self.path} did not start: "
-                               f"{e}") from None
+            raise JournalError(
+                f"journal writer process for {self.path} did not start: {e}"
+            ) from None
         if (_LAST.unpack_from(hello)[0], hello[8:40]) != (self.last_seq, self.last_hash):
-            raise JournalError(f"journal writer for {self.path} sees a different end of the "
-                               f"log (seq {_LAST.unpack_from(hello)[0]}, not {self.last_seq})")
+            raise JournalError(
+                f"journal writer for {self.path} sees a different end of the "
+                f"log (seq {_LAST.unpack_from(hello)[0]}, not {self.last_seq})"
+            )
 
     async def _send(self, kind: bytes, *parts: _Chunk) -> bytes:
         n = sum(memoryview(x).nbytes for x in parts)
@@ -393,8 +424,9 @@ class SQLiteJournal(Journal):
                 missing = self._first_gap()
                 raise JournalCorruptError(missing, "record missing from the middle of the log")
             self.last_seq = hi
-            self.last_hash = bytes(con.execute(
-                "SELECT hash FROM journal WHERE seq=?", (hi,)).fetchone()[0])
+            self.last_hash = bytes(
+                con.execute("SELECT hash FROM journal WHERE seq=?", (hi,)).fetchone()[0]
+            )
 
     def _drop_torn_tail(self) -> None:
         """Judge the last record (:func:`~.base.tail_damage`): an incomplete final write is
@@ -403,7 +435,8 @@ class SQLiteJournal(Journal):
             return
         con = self._db
         rows = con.execute(
-            "SELECT seq, ts, payload, hash FROM journal ORDER BY seq DESC LIMIT 3").fetchall()
+            "SELECT seq, ts, payload, hash FROM journal ORDER BY seq DESC LIMIT 3"
+        ).fetchall()
         found = tail_damage(rows)
         if found is None:
             return
@@ -411,10 +444,12 @@ class SQLiteJournal(Journal):
         if kind != "torn":
             raise tail_refusal(self.path, seq, why)
         if not self.repair_tail:
-            raise JournalCorruptError(seq, "last record torn (incomplete write); a start "
-                                           "would truncate it")
-        log.warning("journal %s: last record seq %d is torn (incomplete write); truncated",
-                    self.path, seq)
+            raise JournalCorruptError(
+                seq, "last record torn (incomplete write); a start would truncate it"
+            )
+        log.warning(
+            "journal %s: last record seq %d is torn (incomplete write); truncated", self.path, seq
+        )
         con.execute("BEGIN IMMEDIATE")
         con.execute("DELETE FROM journal WHERE seq=?", (seq,))
         con.execute("DELETE FROM snapshots WHERE seq>=?", (seq,))
@@ -434,6 +469,7 @@ class SQLiteJournal(Journal):
                     con.execute("ROLLBACK")
                 raise
             return n, k
+
         async with self._lock:
             return await self._call(run)
 
@@ -505,8 +541,10 @@ class SQLiteJournal(Journal):
         if self._proc is not None:
             frames = Frames.of(records)
             if frames.first_seq != self.last_seq + 1:
-                raise JournalError(f"append out of sequence: got seq {frames.first_seq}, "
-                                   f"expected {self.last_seq + 1}")
+                raise JournalError(
+                    f"append out of sequence: got seq {frames.first_seq}, "
+                    f"expected {self.last_seq + 1}"
+                )
             async with self._lock:
                 resp = await self._send(b"A", *frames.wire())
             return _LAST.unpack_from(resp)[0], resp[8:40]
@@ -519,7 +557,7 @@ class SQLiteJournal(Journal):
                 i, n = 0, len(rows)
                 while i < n:
                     k = min(_MAX_CHUNK, 1 << ((n - i).bit_length() - 1))
-                    con.execute(_insert_sql(k), tuple(_flatten(rows[i:i + k])))
+                    con.execute(_insert_sql(k), tuple(_flatten(rows[i : i + k])))
                     i += k
                 await self._call(con.execute, "COMMIT")
             except BaseException:
@@ -549,12 +587,16 @@ class SQLiteJournal(Journal):
             raise JournalError(f"snapshot at seq {seq}: no such record in the log")
         con.execute("BEGIN IMMEDIATE")
         try:
-            con.execute("INSERT OR REPLACE INTO snapshots VALUES (?,?,?,?)",
-                        (seq, row[0], hashlib.sha256(data).digest(), data))
+            con.execute(
+                "INSERT OR REPLACE INTO snapshots VALUES (?,?,?,?)",
+                (seq, row[0], hashlib.sha256(data).digest(), data),
+            )
             if self.keep_snapshots > 0:
-                con.execute("DELETE FROM snapshots WHERE seq NOT IN "
-                            "(SELECT seq FROM snapshots ORDER BY seq DESC LIMIT ?)",
-                            (self.keep_snapshots,))
+                con.execute(
+                    "DELETE FROM snapshots WHERE seq NOT IN "
+                    "(SELECT seq FROM snapshots ORDER BY seq DESC LIMIT ?)",
+                    (self.keep_snapshots,),
+                )
             con.execute("COMMIT")
         except BaseException:
             if con.in_transaction:
@@ -562,18 +604,22 @@ class SQLiteJournal(Journal):
             raise
 
     # ---------------------------------------------------------------- reads
-    async def _read_rows(self, from_seq: int, limit: int, to_seq: int | None = None
-                         ) -> Sequence[StoredRow]:
+    async def _read_rows(
+        self, from_seq: int, limit: int, to_seq: int | None = None
+    ) -> Sequence[StoredRow]:
         async with self._lock:
             return await self._call(self._read_sync, from_seq, limit, to_seq)
 
-    def _read_sync(self, from_seq: int, limit: int, to_seq: int | None
-                   ) -> list[tuple[int, int, bytes, bytes]]:
+    def _read_sync(
+        self, from_seq: int, limit: int, to_seq: int | None
+    ) -> list[tuple[int, int, bytes, bytes]]:
         if to_seq is None:
             to_seq = 1 << 62
         return self._db.execute(
             "SELECT seq, ts, payload, hash FROM journal WHERE seq >= ? AND seq <= ? "
-            "ORDER BY seq LIMIT ?", (from_seq, to_seq, limit)).fetchall()
+            "ORDER BY seq LIMIT ?",
+            (from_seq, to_seq, limit),
+        ).fetchall()
 
     async def _hash_at(self, seq: int) -> bytes | None:
         async with self._lock:
@@ -584,15 +630,20 @@ class SQLiteJournal(Journal):
         return None if row is None else bytes(row[0])
 
     async def _snapshot_rows(self) -> Sequence[StoredRow]:
-        rows: list[tuple[int, bytes, bytes]] = await self._call(lambda: self._db.execute(
-            "SELECT seq, chain_hash, data_hash FROM snapshots ORDER BY seq DESC").fetchall())
+        rows: list[tuple[int, bytes, bytes]] = await self._call(
+            lambda: self._db.execute(
+                "SELECT seq, chain_hash, data_hash FROM snapshots ORDER BY seq DESC"
+            ).fetchall()
+        )
         return rows
 
     async def _snapshot_data(self, seq: int) -> bytes | None:
-        row = await self._call(lambda: self._db.execute(
-            "SELECT data FROM snapshots WHERE seq=?", (seq,)).fetchone())
+        row = await self._call(
+            lambda: self._db.execute("SELECT data FROM snapshots WHERE seq=?", (seq,)).fetchone()
+        )
         return None if row is None else bytes(row[0])
 
     async def snapshot_seqs(self) -> list[int]:
-        return await self._call(lambda: [r[0] for r in self._db.execute(
-            "SELECT seq FROM snapshots ORDER BY seq")])
+        return await self._call(
+            lambda: [r[0] for r in self._db.execute("SELECT seq FROM snapshots ORDER BY seq")]
+        )

@@ -18,6 +18,7 @@ The writer dies with its parent (PR_SET_PDEATHSIG on Linux), so an unacknowledge
 committing when the core was killed is either committed whole or rolled back - never half -
 and a restarted core never races a stale writer.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -53,6 +54,7 @@ def _size(path: str) -> int:
 def _die_with_parent() -> None:
     try:
         import ctypes
+
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
         if os.getppid() == 1:  # the parent is already gone
@@ -112,14 +114,16 @@ def main(path: str) -> int:
                 first, count = FRAMES_HEAD.unpack_from(body)
                 i = FRAMES_HEAD.size + 8 * count
                 tss = array("q")
-                tss.frombytes(body[FRAMES_HEAD.size:i])
+                tss.frombytes(body[FRAMES_HEAD.size : i])
                 payloads = body[i:].split(b"\n")
                 if len(payloads) != count + 1 or payloads[-1]:
-                    raise ValueError(f"batch of {count} records holds {len(payloads) - 1} "
-                                     f"payload lines")
+                    raise ValueError(
+                        f"batch of {count} records holds {len(payloads) - 1} payload lines"
+                    )
                 if count and first != last_seq + 1:
-                    raise ValueError(f"append out of sequence: got seq {first}, "
-                                     f"expected {last_seq + 1}")
+                    raise ValueError(
+                        f"append out of sequence: got seq {first}, expected {last_seq + 1}"
+                    )
                 params: list[int | bytes] = []  # seq, ts, payload, hash, seq, ts, ...
                 add = params.extend
                 pack = ENVELOPE.pack
@@ -137,9 +141,11 @@ def main(path: str) -> int:
                         k = min(MAX_CHUNK, 1 << ((count - j).bit_length() - 1))
                         s = sql.get(k)
                         if s is None:
-                            s = sql[k] = ("INSERT INTO journal (seq, ts, payload, hash) VALUES "
-                                          + ",".join(["(?,?,?,?)"] * k))
-                        con.execute(s, params[4 * j:4 * (j + k)])
+                            s = sql[k] = (
+                                "INSERT INTO journal (seq, ts, payload, hash) VALUES "
+                                + ",".join(["(?,?,?,?)"] * k)
+                            )
+                        con.execute(s, params[4 * j : 4 * (j + k)])
                         j += k
                     con.execute("COMMIT")
                 except BaseException:
@@ -164,12 +170,16 @@ def main(path: str) -> int:
                 keep = int(os.environ.get("JOURNAL_KEEP_SNAPSHOTS", "3"))
                 con.execute("BEGIN IMMEDIATE")
                 try:
-                    con.execute("INSERT OR REPLACE INTO snapshots VALUES (?,?,?,?)",
-                                (seq, r[0], sha(data).digest(), data))
+                    con.execute(
+                        "INSERT OR REPLACE INTO snapshots VALUES (?,?,?,?)",
+                        (seq, r[0], sha(data).digest(), data),
+                    )
                     if keep > 0:
-                        con.execute("DELETE FROM snapshots WHERE seq NOT IN "
-                                    "(SELECT seq FROM snapshots ORDER BY seq DESC LIMIT ?)",
-                                    (keep,))
+                        con.execute(
+                            "DELETE FROM snapshots WHERE seq NOT IN "
+                            "(SELECT seq FROM snapshots ORDER BY seq DESC LIMIT ?)",
+                            (keep,),
+                        )
                     con.execute("COMMIT")
                 except BaseException:
                     if con.in_transaction:
@@ -193,6 +203,7 @@ class _Checkpointer:
 
     def __init__(self, path: str):
         import threading
+
         self._path = path
         self._due = threading.Event()
         self._quit = False

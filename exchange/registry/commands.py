@@ -5,6 +5,7 @@ Quantities are whole tonnes (t CO2e); conversion factors are grams CO2e per unit
 (an integer: 1 g = 10^-6 t); shares are basis points. Serials travel as strings
 ``ISSUER/PROJECT/VINTAGE/FIRST-LAST`` (:mod:`exchange.registry.serials`).
 """
+
 from __future__ import annotations
 
 from ..core.commands import Command, command

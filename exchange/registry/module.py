@@ -35,6 +35,7 @@ of every issuance goes to the buffer pool ``@buffer``; a reversal cancels from t
 (the same removal type), then from the project's own credits still with its owner; what
 neither covers is recorded as the project's uncovered reversal.
 """
+
 from __future__ import annotations
 
 import copy
@@ -49,22 +50,40 @@ from ..core.exchange import Module
 from ..core.units import BPS, MAX_QTY
 from . import serials as S
 from .commands import (
-    ActionBatchDecided, ActionBatchSubmitted, ApproveActionBatch, ConfigureRegistry,
-    ConversionFactorSet, CreditsIssued, CreditsRetired, DeclareOffsetClass,
+    ActionBatchDecided,
+    ActionBatchSubmitted,
+    ApproveActionBatch,
+    ConfigureRegistry,
+    ConversionFactorSet,
+    CreditsIssued,
+    CreditsRetired,
+    DeclareOffsetClass,
     ExternalCancellationRecorded,
-    ImportCredits, IssueCredits, OffsetClassDeclared, PlatformRegistered,
+    ImportCredits,
+    IssueCredits,
+    OffsetClassDeclared,
+    PlatformRegistered,
     RecordExternalCancellation,
-    RegisterPlatform, RegisterRemovalProject, RegistryConfigured, RejectActionBatch,
-    RemovalProjectRegistered, RemovalVerified, ReportReversal, RetireCredits, ReversalReported,
-    SetConversionFactor, SubmitActionBatch, VerifyRemoval,
+    RegisterPlatform,
+    RegisterRemovalProject,
+    RegistryConfigured,
+    RejectActionBatch,
+    RemovalProjectRegistered,
+    RemovalVerified,
+    ReportReversal,
+    RetireCredits,
+    ReversalReported,
+    SetConversionFactor,
+    SubmitActionBatch,
+    VerifyRemoval,
 )
 
 BUFFER = "@buffer"
 LEGACY = "LEGACY"
 REMOVAL_TYPES = ("natural", "engineered")
-MAX_UNIT = 10 ** 15  # unit numbers in a serial; no block is larger than MAX_QTY
-MAX_RECORD_QTY = 10 ** 9  # units of one recorded action
-MAX_FACTOR_G = 10 ** 9  # g CO2e per unit of an action (1,000 t)
+MAX_UNIT = 10**15  # unit numbers in a serial; no block is larger than MAX_QTY
+MAX_RECORD_QTY = 10**9  # units of one recorded action
+MAX_FACTOR_G = 10**9  # g CO2e per unit of an action (1,000 t)
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _IDENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 # block fields
@@ -81,15 +100,19 @@ def _ident(v, what: str) -> str:
     """Registry identifiers (issuers, projects, platforms, action types): printable ASCII
     without ``/`` so serials split one way."""
     if not isinstance(v, str) or not _IDENT.fullmatch(v):
-        raise E.Reject(E.BAD_PARAMETER, f"{what} must be 1-64 characters of A-Z a-z 0-9 . _ : - "
-                                        f"(starting with a letter or digit), got {v!r}"[:200])
+        raise E.Reject(
+            E.BAD_PARAMETER,
+            f"{what} must be 1-64 characters of A-Z a-z 0-9 . _ : - "
+            f"(starting with a letter or digit), got {v!r}"[:200],
+        )
     return v
 
 
 def _text(v, what: str, limit: int = 500) -> str:
     if not isinstance(v, str) or len(v) > limit or not v.isprintable():
-        raise E.Reject(E.BAD_PARAMETER, f"{what} must be printable text of at most {limit} "
-                                        "characters")
+        raise E.Reject(
+            E.BAD_PARAMETER, f"{what} must be printable text of at most {limit} characters"
+        )
     return v
 
 
@@ -121,14 +144,20 @@ class RegistryModule(Module):
 
     def handlers(self):
         return {
-            ConfigureRegistry: self._configure, IssueCredits: self._issue_credits,
+            ConfigureRegistry: self._configure,
+            IssueCredits: self._issue_credits,
             RecordExternalCancellation: self._record_cancellation,
-            ImportCredits: self._import, RetireCredits: self._retire_credits,
+            ImportCredits: self._import,
+            RetireCredits: self._retire_credits,
             DeclareOffsetClass: self._declare_class,
-            RegisterRemovalProject: self._register_project, VerifyRemoval: self._verify_removal,
-            ReportReversal: self._reversal, RegisterPlatform: self._register_platform,
-            SetConversionFactor: self._set_factor, SubmitActionBatch: self._submit_batch,
-            ApproveActionBatch: self._approve_batch, RejectActionBatch: self._reject_batch,
+            RegisterRemovalProject: self._register_project,
+            VerifyRemoval: self._verify_removal,
+            ReportReversal: self._reversal,
+            RegisterPlatform: self._register_platform,
+            SetConversionFactor: self._set_factor,
+            SubmitActionBatch: self._submit_batch,
+            ApproveActionBatch: self._approve_batch,
+            RejectActionBatch: self._reject_batch,
         }
 
     # ================================================================== following the core
@@ -155,8 +184,7 @@ class RegistryModule(Module):
         taken = S.take_oldest(self._pieces(t.seller, t.instrument), t.qty)
         S.add(self._pieces(t.buyer, t.instrument), taken)
 
-    def _on_move(self, src: Account, dst: Account, instrument: str, qty: int,
-                 reason: str) -> None:
+    def _on_move(self, src: Account, dst: Account, instrument: str, qty: int, reason: str) -> None:
         if self.ex.instruments[instrument].kind != "offset":
             return
         pick, self._pick = self._pick, None
@@ -173,8 +201,7 @@ class RegistryModule(Module):
         else:
             S.add(self._pieces(dst.firm_id, instrument), pick)
 
-    def _record_retirement(self, account: str, instrument: str, pieces: list,
-                           reason: str) -> None:
+    def _record_retirement(self, account: str, instrument: str, pieces: list, reason: str) -> None:
         info, self._retire_as = self._retire_as, None
         if info is not None:
             beneficiary, why = info
@@ -191,10 +218,20 @@ class RegistryModule(Module):
             period = int(parts[1])
         for b, lo, hi in pieces:
             self.retired.setdefault(b, []).append(
-                [lo, hi, account, beneficiary, why, period, self.ex.last_seq, self.ex.now])
+                [lo, hi, account, beneficiary, why, period, self.ex.last_seq, self.ex.now]
+            )
             self.retired[b].sort()
-            self._events.append(CreditsRetired(self.serial_of(b, lo, hi), instrument, account,
-                                               beneficiary, hi - lo + 1, why, period))
+            self._events.append(
+                CreditsRetired(
+                    self.serial_of(b, lo, hi),
+                    instrument,
+                    account,
+                    beneficiary,
+                    hi - lo + 1,
+                    why,
+                    period,
+                )
+            )
 
     def drain(self) -> list:
         """The registry events of moves made by another module's command (a surrender)."""
@@ -209,9 +246,11 @@ class RegistryModule(Module):
     def holdings(self, account: str, instrument: str | None = None) -> dict[str, list[str]]:
         """{instrument: [serial, ...]} an account holds, oldest first."""
         by = self.owned.get(account, {})
-        return {sym: [self.serial_of(*p) for p in pieces]
-                for sym, pieces in sorted(by.items())
-                if pieces and (instrument is None or sym == instrument)}
+        return {
+            sym: [self.serial_of(*p) for p in pieces]
+            for sym, pieces in sorted(by.items())
+            if pieces and (instrument is None or sym == instrument)
+        }
 
     def counts_as_offset(self, offset_type: str | None) -> bool:
         """Carbon-inclusive credits count for compliance only once declared CCER-equivalent."""
@@ -241,14 +280,34 @@ class RegistryModule(Module):
                 rlo, rhi = max(r[0], lo), min(r[1], hi)
                 if rlo <= rhi:
                     n_ret += rhi - rlo + 1
-                    rets.append({"serial": self.serial_of(b, rlo, rhi), "units": rhi - rlo + 1,
-                                 "beneficiary": r[3], "reason": r[4], "period": r[5],
-                                 "seq": r[6], "ts": r[7]})
-            parts.append({"serial": self.serial_of(b, lo, hi), "instrument": blk[B_INSTRUMENT],
-                          "origin": blk[B_ORIGIN], "units": hi - lo + 1, "retired_units": n_ret,
-                          "retirements": rets})
-        return {"serial": serial, "units": last - first + 1, "issued_units": issued,
-                "retired_units": sum(p["retired_units"] for p in parts), "blocks": parts}
+                    rets.append(
+                        {
+                            "serial": self.serial_of(b, rlo, rhi),
+                            "units": rhi - rlo + 1,
+                            "beneficiary": r[3],
+                            "reason": r[4],
+                            "period": r[5],
+                            "seq": r[6],
+                            "ts": r[7],
+                        }
+                    )
+            parts.append(
+                {
+                    "serial": self.serial_of(b, lo, hi),
+                    "instrument": blk[B_INSTRUMENT],
+                    "origin": blk[B_ORIGIN],
+                    "units": hi - lo + 1,
+                    "retired_units": n_ret,
+                    "retirements": rets,
+                }
+            )
+        return {
+            "serial": serial,
+            "units": last - first + 1,
+            "issued_units": issued,
+            "retired_units": sum(p["retired_units"] for p in parts),
+            "blocks": parts,
+        }
 
     def _retired_in(self, b: int, lo: int, hi: int) -> list:
         return [r for r in self.retired.get(b, ()) if r[0] <= hi and lo <= r[1]]
@@ -270,8 +329,9 @@ class RegistryModule(Module):
             i = self.ex.instruments[sym]
             if i.kind == "offset" and i.offset_type == offset_type and i.vintage == vintage:
                 return i
-        raise E.Reject(E.UNKNOWN_INSTRUMENT,
-                       f"no {offset_type} instrument of vintage {vintage}: add it first")
+        raise E.Reject(
+            E.UNKNOWN_INSTRUMENT, f"no {offset_type} instrument of vintage {vintage}: add it first"
+        )
 
     def _own_types(self) -> dict[str, str]:
         """Offset types this registry issues itself -> by what."""
@@ -289,22 +349,28 @@ class RegistryModule(Module):
         h = self.ex.accounts[ISSUER].holdings.get(instrument)
         room = MAX_QTY + (h.total if h is not None else 0)
         if qty > room:
-            raise E.Reject(E.QUANTITY_LIMIT, f"issuance of {qty} t: at most {MAX_QTY} t of "
-                                             f"{instrument} outstanding, {max(room, 0)} left")
+            raise E.Reject(
+                E.QUANTITY_LIMIT,
+                f"issuance of {qty} t: at most {MAX_QTY} t of "
+                f"{instrument} outstanding, {max(room, 0)} left",
+            )
 
     def _check_new_block(self, issuer, project, vintage, first, last) -> None:
         clash = self._blocks_of(issuer, project, vintage, first, last)
         if clash:
             names = ", ".join(self.serial_of(b, f, la) for f, la, b in clash[:5])
-            raise E.Reject(E.DOUBLE_COUNTED,
-                           f"{S.fmt(issuer, project, vintage, first, last)} overlaps serials "
-                           f"already issued: {names}")
+            raise E.Reject(
+                E.DOUBLE_COUNTED,
+                f"{S.fmt(issuer, project, vintage, first, last)} overlaps serials "
+                f"already issued: {names}",
+            )
 
     # ================================================================== issuance
     def _new_block(self, issuer, project, vintage, first, last, instrument, origin) -> int:
         b = len(self.blocks)
-        self.blocks.append([issuer, project, vintage, first, last, instrument, origin,
-                            self.ex.last_seq])
+        self.blocks.append(
+            [issuer, project, vintage, first, last, instrument, origin, self.ex.last_seq]
+        )
         lst = self.by_key.setdefault(S.key(issuer, project, vintage), [])
         lst.append([first, last, b])
         lst.sort()
@@ -315,11 +381,20 @@ class RegistryModule(Module):
         blk = self.blocks[b]
         qty = hi - lo + 1
         self._pick = [[b, lo, hi]]
-        self.ex.move_units(self.ex.accounts[ISSUER], dst, blk[B_INSTRUMENT], qty,
-                           f"{tag}:{blk[B_PROJECT]}", "issue")
-        return [Posting(blk[B_INSTRUMENT], ISSUER, dst.firm_id, qty, f"issue:{tag}"),
-                CreditsIssued(self.serial_of(b, lo, hi), blk[B_INSTRUMENT], dst.firm_id, qty,
-                              blk[B_ORIGIN])]
+        self.ex.move_units(
+            self.ex.accounts[ISSUER],
+            dst,
+            blk[B_INSTRUMENT],
+            qty,
+            f"{tag}:{blk[B_PROJECT]}",
+            "issue",
+        )
+        return [
+            Posting(blk[B_INSTRUMENT], ISSUER, dst.firm_id, qty, f"issue:{tag}"),
+            CreditsIssued(
+                self.serial_of(b, lo, hi), blk[B_INSTRUMENT], dst.firm_id, qty, blk[B_ORIGIN]
+            ),
+        ]
 
     def _configure(self, c: ConfigureRegistry) -> list:
         if self.params is not None:
@@ -330,24 +405,34 @@ class RegistryModule(Module):
         _ident(c.carbon_inclusive_type, "carbon_inclusive_type")
         types = {}
         for pair in c.removal_types if isinstance(c.removal_types, (tuple, list)) else [None]:
-            if (not isinstance(pair, (tuple, list)) or len(pair) != 2
-                    or pair[0] not in REMOVAL_TYPES):
-                raise E.Reject(E.BAD_PARAMETER, f"removal_types are (type, offset_type) pairs, "
-                                                f"type one of {REMOVAL_TYPES}")
+            if (
+                not isinstance(pair, (tuple, list))
+                or len(pair) != 2
+                or pair[0] not in REMOVAL_TYPES
+            ):
+                raise E.Reject(
+                    E.BAD_PARAMETER,
+                    f"removal_types are (type, offset_type) pairs, type one of {REMOVAL_TYPES}",
+                )
             otype = _ident(pair[1], "removal offset type")
             # one pool per removal type, each of its own instruments: a shared offset type
             # would count one pool's credits in the other's and let a reversal of one type
             # cancel the other's buffer
-            if (pair[0] in types or otype in types.values()
-                    or otype == c.carbon_inclusive_type):
-                raise E.Reject(E.BAD_PARAMETER, f"removal_types: {pair[0]} -> {otype} repeats a "
-                                                "type or an offset type (each removal type has "
-                                                "its own, not the carbon-inclusive one)")
+            if pair[0] in types or otype in types.values() or otype == c.carbon_inclusive_type:
+                raise E.Reject(
+                    E.BAD_PARAMETER,
+                    f"removal_types: {pair[0]} -> {otype} repeats a "
+                    "type or an offset type (each removal type has "
+                    "its own, not the carbon-inclusive one)",
+                )
             types[pair[0]] = otype
-        self.params = {"issuer": c.issuer, "buffer_bps": c.buffer_bps,
-                       "removal_types": dict(sorted(types.items())),
-                       "carbon_inclusive_type": c.carbon_inclusive_type,
-                       "max_batch_records": c.max_batch_records}
+        self.params = {
+            "issuer": c.issuer,
+            "buffer_bps": c.buffer_bps,
+            "removal_types": dict(sorted(types.items())),
+            "carbon_inclusive_type": c.carbon_inclusive_type,
+            "max_batch_records": c.max_batch_records,
+        }
         ex = self.ex
         ex.accounts.setdefault(BUFFER, Account(BUFFER, system=True, can_trade=False))
         self.buffer = {t: [0, 0] for t in types}
@@ -360,9 +445,13 @@ class RegistryModule(Module):
             instr = ex.instruments[sym]
             if instr.kind != "offset":
                 continue
-            holders = [(a, ex.accounts[a].holdings[sym].total) for a in sorted(ex.accounts)
-                       if not ex.accounts[a].system and sym in ex.accounts[a].holdings
-                       and ex.accounts[a].holdings[sym].total > 0]
+            holders = [
+                (a, ex.accounts[a].holdings[sym].total)
+                for a in sorted(ex.accounts)
+                if not ex.accounts[a].system
+                and sym in ex.accounts[a].holdings
+                and ex.accounts[a].holdings[sym].total > 0
+            ]
             total = sum(q for _, q in holders)
             if not total:
                 continue
@@ -371,8 +460,7 @@ class RegistryModule(Module):
             at = 1
             for a, q in holders:
                 S.add(self._pieces(a, sym), [[b, at, at + q - 1]])
-                events.append(CreditsIssued(self.serial_of(b, at, at + q - 1), sym, a, q,
-                                            "legacy"))
+                events.append(CreditsIssued(self.serial_of(b, at, at + q - 1), sym, a, q, "legacy"))
                 at += q
         return [RegistryConfigured(c.issuer, c.buffer_bps, n)] + events
 
@@ -385,10 +473,14 @@ class RegistryModule(Module):
             # removal credits come from a verification (net of the baseline, with the buffer
             # share), carbon-inclusive ones from an approved batch; the same credits issued
             # elsewhere come in by import, against the other registry's cancellation
-            raise E.Reject(E.BAD_PARAMETER, (
-                f"{instr.symbol} ({instr.offset_type}) credits are issued by "
-                f"{own[instr.offset_type]} only; units from another registry come in with "
-                "import_credits"))
+            raise E.Reject(
+                E.BAD_PARAMETER,
+                (
+                    f"{instr.symbol} ({instr.offset_type}) credits are issued by "
+                    f"{own[instr.offset_type]} only; units from another registry come in with "
+                    "import_credits"
+                ),
+            )
         issuer, project = _ident(c.issuer, "issuer"), _ident(c.project, "project")
         if issuer == LEGACY:
             raise E.Reject(E.BAD_PARAMETER, f"issuer {LEGACY} is reserved")
@@ -401,8 +493,11 @@ class RegistryModule(Module):
         # platform's id) are issued by verification and approval only: issued here first, the
         # same units would be issued twice, or the verified ones could not be issued at all
         if issuer == self.params["issuer"] or issuer in self.platforms:
-            raise E.Reject(E.BAD_PARAMETER, f"issuer {issuer} is this registry's own (removals, "
-                                            "carbon-inclusive batches): not issued by hand")
+            raise E.Reject(
+                E.BAD_PARAMETER,
+                f"issuer {issuer} is this registry's own (removals, "
+                "carbon-inclusive batches): not issued by hand",
+            )
         b = self._new_block(issuer, project, instr.vintage, first, last, instr.symbol, "ccer")
         return self._deliver(b, first, last, acct, "ccer")
 
@@ -419,8 +514,11 @@ class RegistryModule(Module):
         lst = self.cancellations.setdefault(registry, {}).setdefault(k, [])
         lst.append([first, last, c.reference, c.seq])
         lst.sort()
-        return [ExternalCancellationRecorded(registry, S.fmt(issuer, project, vintage, first,
-                                                             last), c.reference)]
+        return [
+            ExternalCancellationRecorded(
+                registry, S.fmt(issuer, project, vintage, first, last), c.reference
+            )
+        ]
 
     def _import(self, c: ImportCredits) -> list:
         self._need()
@@ -435,11 +533,14 @@ class RegistryModule(Module):
             raise E.Reject(E.BAD_PARAMETER, "last must be >= first")
         serial = S.fmt(issuer, project, instr.vintage, first, last)
         cancelled = self.cancellations.get(registry, {}).get(
-            S.key(issuer, project, instr.vintage), [])
+            S.key(issuer, project, instr.vintage), []
+        )
         if not S.covered(cancelled, first, last):
-            raise E.Reject(E.DOUBLE_COUNTED,
-                           f"registry {registry} has not reported {serial} cancelled: units "
-                           "still live there cannot be imported")
+            raise E.Reject(
+                E.DOUBLE_COUNTED,
+                f"registry {registry} has not reported {serial} cancelled: units "
+                "still live there cannot be imported",
+            )
         self._room(instr.symbol, last - first + 1)
         self._check_new_block(issuer, project, instr.vintage, first, last)
         b = self._new_block(issuer, project, instr.vintage, first, last, instr.symbol, "import")
@@ -465,24 +566,32 @@ class RegistryModule(Module):
             for f, la, b in blocks:
                 lo, hi = max(f, first), min(la, last)
                 if self.blocks[b][B_INSTRUMENT] != instrument:
-                    raise E.Reject(E.UNKNOWN_SERIAL,
-                                   f"{self.serial_of(b, lo, hi)} is {self.blocks[b][B_INSTRUMENT]}"
-                                   f", not {instrument}")
+                    raise E.Reject(
+                        E.UNKNOWN_SERIAL,
+                        f"{self.serial_of(b, lo, hi)} is {self.blocks[b][B_INSTRUMENT]}"
+                        f", not {instrument}",
+                    )
                 done = self._retired_in(b, lo, hi)
                 if done:
                     r = done[0]
-                    raise E.Reject(E.DOUBLE_COUNTED, (
-                        f"{self.serial_of(b, max(r[0], lo), min(r[1], hi))} is already retired "
-                        f"(for {r[3]}, {r[4]}, seq {r[6]}); a unit is retired once"))
+                    raise E.Reject(
+                        E.DOUBLE_COUNTED,
+                        (
+                            f"{self.serial_of(b, max(r[0], lo), min(r[1], hi))} is already retired "
+                            f"(for {r[3]}, {r[4]}, seq {r[6]}); a unit is retired once"
+                        ),
+                    )
                 if any(p[0] == b and p[1] <= hi and lo <= p[2] for p in out):
                     raise E.Reject(E.DOUBLE_COUNTED, f"{text} is named twice")
                 if S.find(held, b, lo, hi) < 0:
-                    raise E.Reject(E.SERIAL_NOT_HELD,
-                                   f"{account} does not hold {self.serial_of(b, lo, hi)}")
+                    raise E.Reject(
+                        E.SERIAL_NOT_HELD, f"{account} does not hold {self.serial_of(b, lo, hi)}"
+                    )
                 out.append([b, lo, hi])
         if S.size(out) != qty:
-            raise E.Reject(E.BAD_QUANTITY,
-                           f"the serials name {S.size(out)} t, the quantity is {qty} t")
+            raise E.Reject(
+                E.BAD_QUANTITY, f"the serials name {S.size(out)} t, the quantity is {qty} t"
+            )
         return sorted(out)
 
     def set_pick(self, pieces: list | None) -> None:
@@ -500,20 +609,22 @@ class RegistryModule(Module):
         have = h.available if h is not None else 0
         pieces = self.pick(acct.firm_id, instr.symbol, c.serials, qty) if c.serials else None
         if qty > have:
-            raise E.Reject(E.INSUFFICIENT_HOLDINGS,
-                           f"retirement of {qty} t {instr.symbol}, {have} t free")
+            raise E.Reject(
+                E.INSUFFICIENT_HOLDINGS, f"retirement of {qty} t {instr.symbol}, {have} t free"
+            )
         self._pick = pieces
         self._retire_as = (beneficiary, f"voluntary:{reason}" if reason else "voluntary")
-        self.ex.move_units(acct, self.ex.accounts[RETIRED], instr.symbol, qty, "retire",
-                           "retire")
+        self.ex.move_units(acct, self.ex.accounts[RETIRED], instr.symbol, qty, "retire", "retire")
         return [Posting(instr.symbol, acct.firm_id, RETIRED, qty, "retire")] + self.drain()
 
     def _declare_class(self, c: DeclareOffsetClass) -> list:
         p = self._need()
         if c.offset_type != p["carbon_inclusive_type"]:
-            raise E.Reject(E.BAD_PARAMETER,
-                           f"only carbon-inclusive credits ({p['carbon_inclusive_type']}) are "
-                           "declared; other offset types are accepted by the compliance config")
+            raise E.Reject(
+                E.BAD_PARAMETER,
+                f"only carbon-inclusive credits ({p['carbon_inclusive_type']}) are "
+                "declared; other offset types are accepted by the compliance config",
+            )
         if type(c.ccer_equivalent) is not bool:
             raise E.Reject(E.BAD_PARAMETER, "ccer_equivalent is true or false")
         if c.ccer_equivalent:
@@ -539,10 +650,16 @@ class RegistryModule(Module):
         if c.removal_type not in self.params["removal_types"]:
             raise E.Reject(E.BAD_PARAMETER, f"removal type {c.removal_type} is not configured")
         owner = self.ex.firm(c.owner if isinstance(c.owner, str) else "")
-        self.projects[pid] = {"removal_type": c.removal_type, "owner": owner.firm_id,
-                              "name": _text(c.name, "name", 200), "vintages": {},
-                              "reversed": 0, "from_buffer": 0, "from_project": 0,
-                              "uncovered": 0}
+        self.projects[pid] = {
+            "removal_type": c.removal_type,
+            "owner": owner.firm_id,
+            "name": _text(c.name, "name", 200),
+            "vintages": {},
+            "reversed": 0,
+            "from_buffer": 0,
+            "from_project": 0,
+            "uncovered": 0,
+        }
         return [RemovalProjectRegistered(pid, c.removal_type, owner.firm_id)]
 
     def _verify_removal(self, c: VerifyRemoval) -> list:
@@ -555,10 +672,14 @@ class RegistryModule(Module):
         base = _int(c.baseline_removal, 0, MAX_QTY, "baseline_removal")
         done = proj["vintages"].get(str(vintage))
         if done is not None:
-            raise E.Reject(E.DOUBLE_COUNTED, (
-                f"{c.project_id}'s {vintage} removal was verified at seq {done['seq']}"
-                + (f" and issued as {done['serial']}" if done["serial"] else "")
-                + "; a vintage is issued once"))
+            raise E.Reject(
+                E.DOUBLE_COUNTED,
+                (
+                    f"{c.project_id}'s {vintage} removal was verified at seq {done['seq']}"
+                    + (f" and issued as {done['serial']}" if done["serial"] else "")
+                    + "; a vintage is issued once"
+                ),
+            )
         rtype = proj["removal_type"]
         instr = self._instrument_for(p["removal_types"][rtype], vintage)
         net = max(0, gross - own - base)
@@ -569,21 +690,30 @@ class RegistryModule(Module):
         if net:
             self._room(instr.symbol, net)
             self._check_new_block(p["issuer"], c.project_id, vintage, 1, net)
-            b = self._new_block(p["issuer"], c.project_id, vintage, 1, net, instr.symbol,
-                                "removal")
+            b = self._new_block(p["issuer"], c.project_id, vintage, 1, net, instr.symbol, "removal")
             serial = self.serial_of(b, 1, net)
             if buffer:
                 events += self._deliver(b, 1, buffer, self.ex.accounts[BUFFER], "removal")
             if net > buffer:
-                events += self._deliver(b, buffer + 1, net, self.ex.accounts[proj["owner"]],
-                                        "removal")
+                events += self._deliver(
+                    b, buffer + 1, net, self.ex.accounts[proj["owner"]], "removal"
+                )
             self.buffer[rtype][0] += buffer
         proj["vintages"][str(vintage)] = {
-            "seq": c.seq, "ts": c.ts, "verifier": c.verifier, "gross_removal": gross,
-            "project_emissions": own, "baseline_removal": base, "net_removal": net,
-            "buffer": buffer, "serial": serial, "instrument": instr.symbol}
-        return [RemovalVerified(c.project_id, vintage, gross, own, base, net, buffer,
-                                net - buffer)] + events
+            "seq": c.seq,
+            "ts": c.ts,
+            "verifier": c.verifier,
+            "gross_removal": gross,
+            "project_emissions": own,
+            "baseline_removal": base,
+            "net_removal": net,
+            "buffer": buffer,
+            "serial": serial,
+            "instrument": instr.symbol,
+        }
+        return [
+            RemovalVerified(c.project_id, vintage, gross, own, base, net, buffer, net - buffer)
+        ] + events
 
     def _reversal(self, c: ReportReversal) -> list:
         p = self._need()
@@ -595,8 +725,11 @@ class RegistryModule(Module):
         _text(c.reporter, "reporter", 100)
         ex = self.ex
         otype = p["removal_types"][proj["removal_type"]]
-        syms = sorted((i.vintage, s) for s, i in ex.instruments.items()
-                      if i.kind == "offset" and i.offset_type == otype)
+        syms = sorted(
+            (i.vintage, s)
+            for s, i in ex.instruments.items()
+            if i.kind == "offset" and i.offset_type == otype
+        )
         # plan the whole cancellation before moving anything
         plan: list = []  # (account, symbol, pieces)
         left = qty
@@ -605,8 +738,9 @@ class RegistryModule(Module):
             h = buf.holdings.get(sym)
             q = min(left, h.total if h is not None else 0)
             if q:
-                plan.append((BUFFER, sym, S.take_oldest(list(map(list, self._pieces(BUFFER, sym))),
-                                                        q)))
+                plan.append(
+                    (BUFFER, sym, S.take_oldest(list(map(list, self._pieces(BUFFER, sym))), q))
+                )
                 left -= q
         from_buffer = qty - left
         owner = ex.accounts[proj["owner"]]
@@ -632,16 +766,20 @@ class RegistryModule(Module):
             n = S.size(pieces)
             self._pick = pieces
             self._retire_as = (acct_id, f"reversal:{c.project_id}:{cause}")
-            ex.move_units(ex.accounts[acct_id], ex.accounts[RETIRED], sym, n, "reversal",
-                          "reversal")
+            ex.move_units(
+                ex.accounts[acct_id], ex.accounts[RETIRED], sym, n, "reversal", "reversal"
+            )
             events.append(Posting(sym, acct_id, RETIRED, n, f"reversal:{c.project_id}"))
         self.buffer[proj["removal_type"]][1] += from_buffer
         proj["reversed"] += qty
         proj["from_buffer"] += from_buffer
         proj["from_project"] += from_project
         proj["uncovered"] += left
-        return [ReversalReported(c.project_id, qty, cause, from_buffer, from_project, left)] \
-            + events + self.drain()
+        return (
+            [ReversalReported(c.project_id, qty, cause, from_buffer, from_project, left)]
+            + events
+            + self.drain()
+        )
 
     # ================================================================== carbon-inclusive
     def _register_platform(self, c: RegisterPlatform) -> list:
@@ -649,17 +787,21 @@ class RegistryModule(Module):
         pid = _ident(c.platform_id, "platform_id")
         if pid in self.platforms:
             raise E.Reject(E.BAD_PARAMETER, f"platform {pid} is registered")
-        if pid in (self.params["issuer"], LEGACY) or any(blk[B_ISSUER] == pid
-                                                         for blk in self.blocks):
+        if pid in (self.params["issuer"], LEGACY) or any(
+            blk[B_ISSUER] == pid for blk in self.blocks
+        ):
             # its batches' serials would share a namespace with credits already issued
-            raise E.Reject(E.BAD_PARAMETER, f"{pid} is an issuer of credits already: a platform "
-                                            "id names its own serials")
+            raise E.Reject(
+                E.BAD_PARAMETER,
+                f"{pid} is an issuer of credits already: a platform id names its own serials",
+            )
         name = _text(c.name, "name", 200)
         events: list = []
         acct = self.ex.accounts.get(pid)
         if acct is None:
-            events += self.ex._register_firm(RegisterFirm(firm_id=pid, name=name,
-                                                          sector="carbon_inclusive"))
+            events += self.ex._register_firm(
+                RegisterFirm(firm_id=pid, name=name, sector="carbon_inclusive")
+            )
         elif acct.system:
             raise E.Reject(E.SYSTEM_ACCOUNT, f"{pid!r} is a system account")
         self.platforms[pid] = {"name": name, "batches": 0}
@@ -687,8 +829,10 @@ class RegistryModule(Module):
         if not isinstance(records, (tuple, list)) or not records:
             raise E.Reject(E.BAD_BATCH, "a batch holds at least one record")
         if len(records) > limit:
-            raise E.Reject(E.BAD_BATCH, f"a batch holds at most {limit:,} records, this one "
-                                        f"{len(records):,}: split it")
+            raise E.Reject(
+                E.BAD_BATCH,
+                f"a batch holds at most {limit:,} records, this one {len(records):,}: split it",
+            )
         instr = self._instrument_for(p["carbon_inclusive_type"], vintage)
         table = self.table
         claimed = self.claimed
@@ -699,23 +843,36 @@ class RegistryModule(Module):
         grams = 0
         for n, r in enumerate(records):
             if not isinstance(r, (tuple, list)) or len(r) != 4:
-                raise E.Reject(E.BAD_BATCH, f"record {n}: [action_id, action_type, quantity, "
-                                            "date] expected")
+                raise E.Reject(
+                    E.BAD_BATCH, f"record {n}: [action_id, action_type, quantity, date] expected"
+                )
             aid, at, q, d = r
             if not isinstance(aid, str) or not _HEX64.fullmatch(aid):
-                raise E.Reject(E.BAD_BATCH, f"record {n}: action_id must be 64 lowercase hex "
-                                            "digits (the platform's HMAC-SHA256 of the action)")
+                raise E.Reject(
+                    E.BAD_BATCH,
+                    f"record {n}: action_id must be 64 lowercase hex "
+                    "digits (the platform's HMAC-SHA256 of the action)",
+                )
             row = table.get(at) if isinstance(at, str) else None
             if row is None:
-                raise E.Reject(E.UNKNOWN_ACTION_TYPE,
-                               f"record {n}: action type {at!r} is not in the conversion table; "
-                               f"known: {sorted(table)[:20]}"[:300])
+                raise E.Reject(
+                    E.UNKNOWN_ACTION_TYPE,
+                    f"record {n}: action type {at!r} is not in the conversion table; "
+                    f"known: {sorted(table)[:20]}"[:300],
+                )
             if type(q) is not int or not 1 <= q <= MAX_RECORD_QTY:
-                raise E.Reject(E.BAD_BATCH, f"record {n}: quantity must be a whole number in "
-                                            f"[1, {MAX_RECORD_QTY}] {row[0]}, got {q!r}"[:200])
+                raise E.Reject(
+                    E.BAD_BATCH,
+                    f"record {n}: quantity must be a whole number in "
+                    f"[1, {MAX_RECORD_QTY}] {row[0]}, got {q!r}"[:200],
+                )
             if not isinstance(d, str) or len(d) != 10 or not d.startswith(prefix):
-                raise E.Reject(E.BAD_BATCH, f"record {n}: date {d!r} is not a YYYY-MM-DD day "
-                                            f"of the vintage {vintage}"[:200])
+                raise E.Reject(
+                    E.BAD_BATCH,
+                    f"record {n}: date {d!r} is not a YYYY-MM-DD day of the vintage {vintage}"[
+                        :200
+                    ],
+                )
             # ASCII digits only: int() and isdigit() also take other scripts' digits
             md = d[5:7] + d[8:10]
             if d[7] != "-" or not (md.isascii() and md.isdigit()):
@@ -731,15 +888,24 @@ class RegistryModule(Module):
                     # every platform holds the scheme key, so naming the other platform would
                     # tell a prober which app a guessed person used; the operator sees both
                     # batches (GET /registry/batches)
-                    raise E.Reject(E.DOUBLE_COUNTED, (
-                        f"record {n}: action {aid[:12]}... is already claimed by another "
-                        "platform (the registry's operator sees which batch)"))
-                raise E.Reject(E.DOUBLE_COUNTED, (
-                    f"record {n}: action {aid[:12]}... is already claimed in your batch {other}"
-                    + (f" (serials {ob['serial']})" if ob["serial"] else " (pending)")))
+                    raise E.Reject(
+                        E.DOUBLE_COUNTED,
+                        (
+                            f"record {n}: action {aid[:12]}... is already claimed by another "
+                            "platform (the registry's operator sees which batch)"
+                        ),
+                    )
+                raise E.Reject(
+                    E.DOUBLE_COUNTED,
+                    (
+                        f"record {n}: action {aid[:12]}... is already claimed in your batch {other}"
+                        + (f" (serials {ob['serial']})" if ob["serial"] else " (pending)")
+                    ),
+                )
             if aid in seen:
-                raise E.Reject(E.DOUBLE_COUNTED, f"record {n}: action {aid[:12]}... is in this "
-                                                 "batch twice")
+                raise E.Reject(
+                    E.DOUBLE_COUNTED, f"record {n}: action {aid[:12]}... is in this batch twice"
+                )
             seen.add(aid)
             ids.append(aid)
             g = q * row[1]
@@ -756,11 +922,23 @@ class RegistryModule(Module):
         plat["batches"] += 1
         bid = f"{pid}-{plat['batches']:06d}"
         self.batches[bid] = {
-            "platform_id": pid, "vintage": vintage, "instrument": instr.symbol,
-            "status": "pending", "records": len(ids), "totals": dict(sorted(totals.items())),
-            "reduction_g": grams, "reduction_t": tonnes, "table_version": self.table_version,
-            "submitted_seq": c.seq, "submitted_ts": c.ts, "verifier": None, "decided_ts": None,
-            "reason": "", "serial": "", "action_ids": ids}
+            "platform_id": pid,
+            "vintage": vintage,
+            "instrument": instr.symbol,
+            "status": "pending",
+            "records": len(ids),
+            "totals": dict(sorted(totals.items())),
+            "reduction_g": grams,
+            "reduction_t": tonnes,
+            "table_version": self.table_version,
+            "submitted_seq": c.seq,
+            "submitted_ts": c.ts,
+            "verifier": None,
+            "decided_ts": None,
+            "reason": "",
+            "serial": "",
+            "action_ids": ids,
+        }
         for aid in ids:
             claimed[aid] = bid
         return [ActionBatchSubmitted(bid, pid, vintage, len(ids), tonnes, self.table_version)]
@@ -782,14 +960,21 @@ class RegistryModule(Module):
         if t:
             self._room(batch["instrument"], t)
             self._check_new_block(batch["platform_id"], c.batch_id, batch["vintage"], 1, t)
-            b = self._new_block(batch["platform_id"], c.batch_id, batch["vintage"], 1, t,
-                                batch["instrument"], "carbon_inclusive")
+            b = self._new_block(
+                batch["platform_id"],
+                c.batch_id,
+                batch["vintage"],
+                1,
+                t,
+                batch["instrument"],
+                "carbon_inclusive",
+            )
             batch["serial"] = self.serial_of(b, 1, t)
-            events = self._deliver(b, 1, t, self.ex.accounts[batch["platform_id"]],
-                                   "carbon_inclusive")
+            events = self._deliver(
+                b, 1, t, self.ex.accounts[batch["platform_id"]], "carbon_inclusive"
+            )
         batch.update(status="approved", verifier=c.verifier, decided_ts=c.ts)
-        return [ActionBatchDecided(c.batch_id, "approved", c.verifier, t, batch["serial"])] \
-            + events
+        return [ActionBatchDecided(c.batch_id, "approved", c.verifier, t, batch["serial"])] + events
 
     def _reject_batch(self, c: RejectActionBatch) -> list:
         self._need()
@@ -801,8 +986,9 @@ class RegistryModule(Module):
         for aid in batch["action_ids"]:
             del self.claimed[aid]
         # the actions are free to be claimed again (corrected), so the batch forgets them
-        batch.update(status="rejected", verifier=c.verifier, decided_ts=c.ts, reason=reason,
-                     action_ids=[])
+        batch.update(
+            status="rejected", verifier=c.verifier, decided_ts=c.ts, reason=reason, action_ids=[]
+        )
         return [ActionBatchDecided(c.batch_id, "rejected", c.verifier, 0, "")]
 
     def totals_by_action_type(self) -> dict[str, dict]:
@@ -814,8 +1000,9 @@ class RegistryModule(Module):
             if b["status"] != "approved":
                 continue
             for at, (n, q, g) in b["totals"].items():
-                o = out.setdefault(at, {"records": 0, "quantity": 0, "g_co2e": 0,
-                                        "platforms": set()})
+                o = out.setdefault(
+                    at, {"records": 0, "quantity": 0, "g_co2e": 0, "platforms": set()}
+                )
                 o["records"] += n
                 o["quantity"] += q
                 o["g_co2e"] += g
@@ -830,8 +1017,9 @@ class RegistryModule(Module):
             return
         issued: dict[str, int] = {}
         for blk in self.blocks:
-            issued[blk[B_INSTRUMENT]] = issued.get(blk[B_INSTRUMENT], 0) + blk[B_LAST] \
-                - blk[B_FIRST] + 1
+            issued[blk[B_INSTRUMENT]] = (
+                issued.get(blk[B_INSTRUMENT], 0) + blk[B_LAST] - blk[B_FIRST] + 1
+            )
         retired: dict[str, int] = {}
         for b, rs in self.retired.items():
             for r in rs:
@@ -847,33 +1035,45 @@ class RegistryModule(Module):
                 mine = S.size(self.owned.get(aid, {}).get(sym, []))
                 assert core == mine, f"{aid} {sym}: core {core} t, serials {mine} t"
                 held += mine
-            assert held + retired.get(sym, 0) == issued.get(sym, 0), \
+            assert held + retired.get(sym, 0) == issued.get(sym, 0), (
                 f"{sym}: held {held} + retired {retired.get(sym, 0)} != issued"
+            )
         for rtype, (contributed, cancelled) in self.buffer.items():
             otype = self.params["removal_types"][rtype]
-            pool = sum(h.total for s, h in ex.accounts[BUFFER].holdings.items()
-                       if ex.instruments[s].offset_type == otype)
-            assert pool == contributed - cancelled >= 0, \
+            pool = sum(
+                h.total
+                for s, h in ex.accounts[BUFFER].holdings.items()
+                if ex.instruments[s].offset_type == otype
+            )
+            assert pool == contributed - cancelled >= 0, (
                 f"buffer {rtype}: pool {pool} != {contributed} - {cancelled}"
+            )
 
     # ================================================================== state
     def to_state(self):
         if self.params is None:
             return None
-        return copy.deepcopy({
-            "params": self.params, "blocks": self.blocks,
-            "owned": {a: {s: p for s, p in sorted(by.items()) if p}
-                      for a, by in sorted(self.owned.items())},
-            "retired": {str(b): rs for b, rs in sorted(self.retired.items())},
-            "cancellations": {r: dict(sorted(ks.items()))
-                              for r, ks in sorted(self.cancellations.items())},
-            "ccer_equivalent": sorted(self.ccer_equivalent),
-            "projects": dict(sorted(self.projects.items())),
-            "buffer": dict(sorted(self.buffer.items())),
-            "platforms": dict(sorted(self.platforms.items())),
-            "table": dict(sorted(self.table.items())), "table_version": self.table_version,
-            "batches": dict(sorted(self.batches.items())),
-        })
+        return copy.deepcopy(
+            {
+                "params": self.params,
+                "blocks": self.blocks,
+                "owned": {
+                    a: {s: p for s, p in sorted(by.items()) if p}
+                    for a, by in sorted(self.owned.items())
+                },
+                "retired": {str(b): rs for b, rs in sorted(self.retired.items())},
+                "cancellations": {
+                    r: dict(sorted(ks.items())) for r, ks in sorted(self.cancellations.items())
+                },
+                "ccer_equivalent": sorted(self.ccer_equivalent),
+                "projects": dict(sorted(self.projects.items())),
+                "buffer": dict(sorted(self.buffer.items())),
+                "platforms": dict(sorted(self.platforms.items())),
+                "table": dict(sorted(self.table.items())),
+                "table_version": self.table_version,
+                "batches": dict(sorted(self.batches.items())),
+            }
+        )
 
     def load_state(self, s) -> None:
         if s is None:
@@ -883,8 +1083,9 @@ class RegistryModule(Module):
         self.blocks = s["blocks"]
         self.by_key = {}
         for b, blk in enumerate(self.blocks):
-            self.by_key.setdefault(S.key(blk[B_ISSUER], blk[B_PROJECT], blk[B_VINTAGE]),
-                                   []).append([blk[B_FIRST], blk[B_LAST], b])
+            self.by_key.setdefault(S.key(blk[B_ISSUER], blk[B_PROJECT], blk[B_VINTAGE]), []).append(
+                [blk[B_FIRST], blk[B_LAST], b]
+            )
         for lst in self.by_key.values():
             lst.sort()
         self.owned = s["owned"]

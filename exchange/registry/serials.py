@@ -14,6 +14,7 @@ by ``(block_no, lo)``: block numbers are given in issuance order, so the front o
 the oldest serial — "oldest first" is taking from the front. Adjacent pieces of the same block
 are merged, so a list is as short as the holder's serials are fragmented.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -139,4 +140,4 @@ def take_exact(pieces: list, b: int, lo: int, hi: int) -> None:
         rest.append([b, plo, lo - 1])
     if hi < phi:
         rest.append([b, hi + 1, phi])
-    pieces[k:k + 1] = rest
+    pieces[k : k + 1] = rest

@@ -34,6 +34,7 @@ by :mod:`exchange.present` like every answer of the server)::
 Websocket methods (role firm, for the session's own firm): ``factor_history`` and
 ``allocation`` (``{"period": 2026}``).
 """
+
 from __future__ import annotations
 
 from decimal import Decimal
@@ -45,15 +46,32 @@ from ..core import errors as E
 from ..core.units import MAX_QTY, ppm_half_even, ratio_to_ppm
 from ..present import present, ratio_text
 from ..privacy import may_read_firm, min_contributors, require_firm_reader, suppress
-from ..server.api import ApiContext, CommandResult, Ident, Magnitude, Ratio, Ratio100, Text, \
-    int_param, route
+from ..server.api import (
+    ApiContext,
+    CommandResult,
+    Ident,
+    Magnitude,
+    Ratio,
+    Ratio100,
+    Text,
+    int_param,
+    route,
+)
 from ..server.appkeys import STATE_KEY
 from ..access.credentials import ROLE_FIRM, ROLE_OPERATOR, ROLE_VERIFIER
 from ..server.protocol import MAX_PERIOD, Period, ProtocolError, ws_method
 from . import formulas as F
 from .commands import (
-    AssessFirm, ClosePeriod, PreAllocate, SetBenchmark, SetInputUse, SetOutputHistory,
-    SetRulesParams, SettleAllocations, SettleSubQuotas, SplitSubQuotas,
+    AssessFirm,
+    ClosePeriod,
+    PreAllocate,
+    SetBenchmark,
+    SetInputUse,
+    SetOutputHistory,
+    SetRulesParams,
+    SettleAllocations,
+    SettleSubQuotas,
+    SplitSubQuotas,
 )
 from .config import _ratio
 from .module import RulesModule
@@ -95,8 +113,10 @@ def _rules(ctx_or_ex: ApiContext | Exchange) -> RulesModule:
 
 
 def _params_view(p: dict[str, Any]) -> dict[str, Any]:
-    return {k[:-4] if k.endswith("_ppm") else k: (_dec(v) if k.endswith("_ppm") else v)
-            for k, v in sorted(p.items())}
+    return {
+        k[:-4] if k.endswith("_ppm") else k: (_dec(v) if k.endswith("_ppm") else v)
+        for k, v in sorted(p.items())
+    }
 
 
 def _int_path(ctx: ApiContext, name: str) -> int:
@@ -115,6 +135,7 @@ def _readable(ctx: ApiContext, firm_ids: Iterable[str]) -> set[str]:
 
 
 # ====================================================================== parameters
+
 
 class ParamsBody(Body):
     pre_ratio: Ratio100 | None = None
@@ -136,34 +157,51 @@ class ParamsBody(Body):
     max_loosening: Ratio100 | None = None
     instrument_pattern: Text(64) | None = None
     allocation_total: Literal["intensity", "absolute", "floating"] | None = Field(
-        None, description="how the period's total is fixed: intensity (sum of benchmark x "
+        None,
+        description="how the period's total is fixed: intensity (sum of benchmark x "
         "verified output), absolute (cap_tonnes) or floating (B x Y x phi per firm, the "
-        "total moves with phi)")
-    cap_tonnes: StrictInt | None = Field(None, ge=0, le=MAX_QTY,
-                                         description="the absolute cap, tonnes per period")
+        "total moves with phi)",
+    )
+    cap_tonnes: StrictInt | None = Field(
+        None, ge=0, le=MAX_QTY, description="the absolute cap, tonnes per period"
+    )
     gain_share: Ratio | None = Field(
-        None, description="share, in [0, 1], of the value of a core firm's coupling gain it "
-        "pays the SMEs whose verified cuts made it, at the period close")
+        None,
+        description="share, in [0, 1], of the value of a core firm's coupling gain it "
+        "pays the SMEs whose verified cuts made it, at the period close",
+    )
 
 
-@route("GET", "/rules/params", summary="Rules parameters now and by period", tag=TAG,
-       roles=READERS)
+@route("GET", "/rules/params", summary="Rules parameters now and by period", tag=TAG, roles=READERS)
 async def get_params(ctx: ApiContext, body: object) -> dict[str, Any]:
     r = _rules(ctx)
-    return {"next_period": r.next_effective_period(), "params": _params_view(r.params()),
-            "schedule": [{"effective_from": p, "params": _params_view(v)}
-                         for p, v in r.schedule]}
+    return {
+        "next_period": r.next_effective_period(),
+        "params": _params_view(r.params()),
+        "schedule": [{"effective_from": p, "params": _params_view(v)} for p, v in r.schedule],
+    }
 
 
-@route("POST", "/rules/params", summary="Change rules parameters from the next period",
-       body=ParamsBody, response=CommandResult, tag=TAG)
+@route(
+    "POST",
+    "/rules/params",
+    summary="Change rules parameters from the next period",
+    body=ParamsBody,
+    response=CommandResult,
+    tag=TAG,
+)
 async def set_params(ctx: ApiContext, b: ParamsBody) -> dict[str, Any]:
     """Journaled as ``set_rules_params``; applies from the period after the latest
     pre-allocated one, never to a period already open."""
     kw = {}
     for k, v in b.model_dump(exclude_none=True).items():
-        if k in ("coupling_weights", "allow_loosening", "instrument_pattern",
-                 "allocation_total", "cap_tonnes"):
+        if k in (
+            "coupling_weights",
+            "allow_loosening",
+            "instrument_pattern",
+            "allocation_total",
+            "cap_tonnes",
+        ):
             kw[k] = v
         else:
             kw[f"{k}_ppm"] = _ppm_of(v, k, "100")
@@ -172,17 +210,19 @@ async def set_params(ctx: ApiContext, b: ParamsBody) -> dict[str, Any]:
 
 # ====================================================================== benchmarks, firm data
 
+
 class BenchmarkBody(Body):
     product: Ident
     intensity: Magnitude = Field(description="t CO2e per unit of output, decimal string")
 
 
-@route("GET", "/rules/benchmarks", summary="Benchmarks with their history", tag=TAG,
-       roles=READERS)
+@route("GET", "/rules/benchmarks", summary="Benchmarks with their history", tag=TAG, roles=READERS)
 async def get_benchmarks(ctx: ApiContext, body: object) -> dict[str, Any]:
     r = _rules(ctx)
-    out = {p: {"intensity": _dec(v), "intensity_ppm": v, "history": r.benchmark_history(p)}
-           for p, v in sorted(r.benchmarks.items())}
+    out = {
+        p: {"intensity": _dec(v), "intensity_ppm": v, "history": r.benchmark_history(p)}
+        for p, v in sorted(r.benchmarks.items())
+    }
     if ctx.cred.role != ROLE_OPERATOR:
         _suppress_benchmark_inputs(ctx, out)
     return out
@@ -198,17 +238,25 @@ def _suppress_benchmark_inputs(ctx: ApiContext, out: dict[str, Any]) -> None:
             inputs = h.get("inputs")
             if not inputs:
                 continue
-            g = suppress({0: {"contributors": int(inputs.get("firms", 0))}}, k,
-                         complementary=False)[0]
+            g = suppress(
+                {0: {"contributors": int(inputs.get("firms", 0))}}, k, complementary=False
+            )[0]
             if g["suppressed"]:
                 h["inputs"] = h["terms"] = {"suppressed": True}
 
 
-@route("POST", "/rules/benchmarks", summary="Set a product's benchmark", body=BenchmarkBody,
-       response=CommandResult, tag=TAG)
+@route(
+    "POST",
+    "/rules/benchmarks",
+    summary="Set a product's benchmark",
+    body=BenchmarkBody,
+    response=CommandResult,
+    tag=TAG,
+)
 async def set_benchmark(ctx: ApiContext, b: BenchmarkBody) -> dict[str, Any]:
-    return await ctx.command(SetBenchmark(product=b.product,
-                                          intensity_ppm=_ppm_of(b.intensity, "intensity")))
+    return await ctx.command(
+        SetBenchmark(product=b.product, intensity_ppm=_ppm_of(b.intensity, "intensity"))
+    )
 
 
 class AssessmentBody(Body):
@@ -218,13 +266,23 @@ class AssessmentBody(Body):
     hist_intensity: Magnitude = Field(description="historical t CO2e per unit of output")
 
 
-@route("POST", "/rules/assessments", summary="Assess a firm: initial allocation factor",
-       body=AssessmentBody, response=CommandResult, tag=TAG)
+@route(
+    "POST",
+    "/rules/assessments",
+    summary="Assess a firm: initial allocation factor",
+    body=AssessmentBody,
+    response=CommandResult,
+    tag=TAG,
+)
 async def assess(ctx: ApiContext, b: AssessmentBody) -> dict[str, Any]:
-    return await ctx.command(AssessFirm(
-        firm_id=b.firm_id, technology_ppm=_ppm_of(b.technology, "technology", "1"),
-        efficiency_ppm=_ppm_of(b.efficiency, "efficiency", "1"),
-        hist_intensity_ppm=_ppm_of(b.hist_intensity, "hist_intensity")))
+    return await ctx.command(
+        AssessFirm(
+            firm_id=b.firm_id,
+            technology_ppm=_ppm_of(b.technology, "technology", "1"),
+            efficiency_ppm=_ppm_of(b.efficiency, "efficiency", "1"),
+            hist_intensity_ppm=_ppm_of(b.hist_intensity, "hist_intensity"),
+        )
+    )
 
 
 class HistoryRow(Body):
@@ -238,11 +296,20 @@ class OutputHistoryBody(Body):
     rows: list[HistoryRow] = Field(min_length=1)
 
 
-@route("POST", "/rules/output-history", summary="Set a firm's historical output",
-       body=OutputHistoryBody, response=CommandResult, tag=TAG)
+@route(
+    "POST",
+    "/rules/output-history",
+    summary="Set a firm's historical output",
+    body=OutputHistoryBody,
+    response=CommandResult,
+    tag=TAG,
+)
 async def output_history(ctx: ApiContext, b: OutputHistoryBody) -> dict[str, Any]:
-    return await ctx.command(SetOutputHistory(
-        firm_id=b.firm_id, rows=tuple((r.period, r.output, r.emissions) for r in b.rows)))
+    return await ctx.command(
+        SetOutputHistory(
+            firm_id=b.firm_id, rows=tuple((r.period, r.output, r.emissions) for r in b.rows)
+        )
+    )
 
 
 class InputRow(Body):
@@ -256,14 +323,24 @@ class InputUseBody(Body):
     inputs: list[InputRow]
 
 
-@route("POST", "/rules/input-use", summary="Set a firm's input use (responsibility factors)",
-       body=InputUseBody, response=CommandResult, tag=TAG)
+@route(
+    "POST",
+    "/rules/input-use",
+    summary="Set a firm's input use (responsibility factors)",
+    body=InputUseBody,
+    response=CommandResult,
+    tag=TAG,
+)
 async def input_use(ctx: ApiContext, b: InputUseBody) -> dict[str, Any]:
-    return await ctx.command(SetInputUse(firm_id=b.firm_id, period=b.period,
-                                         inputs=tuple((i.product, i.qty) for i in b.inputs)))
+    return await ctx.command(
+        SetInputUse(
+            firm_id=b.firm_id, period=b.period, inputs=tuple((i.product, i.qty) for i in b.inputs)
+        )
+    )
 
 
 # ====================================================================== chains
+
 
 def _chain_view(ex: Exchange, rules: RulesModule, chain_id: str) -> dict[str, Any]:
     ch = ex.chains[chain_id]
@@ -271,24 +348,49 @@ def _chain_view(ex: Exchange, rules: RulesModule, chain_id: str) -> dict[str, An
     members = []
     for firm_id, tier in sorted(ch["members"].items(), key=lambda x: (x[1], x[0])):
         phi = rules.phi.get(firm_id, p["initial_phi_ppm"])
-        members.append({
-            "firm_id": firm_id, "tier": tier, "size_class": ex.accounts[firm_id].size_class,
-            "product": ex.accounts[firm_id].product, "phi": _dec(phi), "phi_ppm": phi,
-            "coupling_weights": {j: _dec(ppm_half_even(w))
-                                 for j, w in rules._partners(firm_id, p["coupling_weights"])}})
-    return {"chain_id": chain_id, "core_firm": ch["core_firm"], "members": members,
-            "edges": [{"supplier": s, "customer": c, "weight": _dec(w), "weight_ppm": w}
-                      for s, c, w in ch["edges"]],
-            "coupling_weights_mode": p["coupling_weights"]}
+        members.append(
+            {
+                "firm_id": firm_id,
+                "tier": tier,
+                "size_class": ex.accounts[firm_id].size_class,
+                "product": ex.accounts[firm_id].product,
+                "phi": _dec(phi),
+                "phi_ppm": phi,
+                "coupling_weights": {
+                    j: _dec(ppm_half_even(w))
+                    for j, w in rules._partners(firm_id, p["coupling_weights"])
+                },
+            }
+        )
+    return {
+        "chain_id": chain_id,
+        "core_firm": ch["core_firm"],
+        "members": members,
+        "edges": [
+            {"supplier": s, "customer": c, "weight": _dec(w), "weight_ppm": w}
+            for s, c, w in ch["edges"]
+        ],
+        "coupling_weights_mode": p["coupling_weights"],
+    }
 
 
-@route("GET", "/rules/chains", summary="Supply chains with tiers, factors and weights",
-       tag=TAG, roles=READERS)
+@route(
+    "GET",
+    "/rules/chains",
+    summary="Supply chains with tiers, factors and weights",
+    tag=TAG,
+    roles=READERS,
+)
 async def get_chains(ctx: ApiContext, body: object) -> dict[str, Any]:
     """A firm sees the chains it belongs to; a verifier those of the firms it verified."""
     r = _rules(ctx)
-    return {"chains": [_members_readable(ctx, _chain_view(ctx.ex, r, c))
-                       for c in sorted(ctx.ex.chains) if _chain_reader(ctx, c)]}
+    return {
+        "chains": [
+            _members_readable(ctx, _chain_view(ctx.ex, r, c))
+            for c in sorted(ctx.ex.chains)
+            if _chain_reader(ctx, c)
+        ]
+    }
 
 
 def _chain_reader(ctx: ApiContext, chain_id: str) -> bool:
@@ -313,20 +415,26 @@ async def get_chain(ctx: ApiContext, body: object) -> dict[str, Any]:
     if cid not in ctx.ex.chains:
         raise ProtocolError(E.UNKNOWN_CHAIN, f"unknown supply chain {cid!r}", 404)
     if not _chain_reader(ctx, cid):
-        raise ProtocolError(E.FORBIDDEN, "a supply chain is for its members, their verifiers "
-                                         "and operators", 403)
+        raise ProtocolError(
+            E.FORBIDDEN, "a supply chain is for its members, their verifiers and operators", 403
+        )
     return _members_readable(ctx, _chain_view(ctx.ex, r, cid))
 
 
 # ====================================================================== periods, allocation runs
+
 
 class AllocationRunBody(Body):
     period: Period
     step: Literal["pre_allocate", "close_period", "settle_allocations", "settle_sub_quotas"]
 
 
-_STEPS = {"pre_allocate": PreAllocate, "close_period": ClosePeriod,
-          "settle_allocations": SettleAllocations, "settle_sub_quotas": SettleSubQuotas}
+_STEPS = {
+    "pre_allocate": PreAllocate,
+    "close_period": ClosePeriod,
+    "settle_allocations": SettleAllocations,
+    "settle_sub_quotas": SettleSubQuotas,
+}
 
 
 def _totals_for_people(t: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -344,22 +452,32 @@ def _totals_for_people(t: dict[str, Any] | None) -> dict[str, Any] | None:
     return out
 
 
-@route("GET", "/rules/periods", summary="Periods, their state and responsibility factors",
-       tag=TAG, roles=READERS)
+@route(
+    "GET",
+    "/rules/periods",
+    summary="Periods, their state and responsibility factors",
+    tag=TAG,
+    roles=READERS,
+)
 async def get_periods(ctx: ApiContext, body: object) -> dict[str, Any]:
     r = _rules(ctx)
-    out = [{"period": p, "state": s, "instrument": r.instrument_for(p),
+    out = [
+        {
+            "period": p,
+            "state": s,
+            "instrument": r.instrument_for(p),
             "responsibility": {k: _dec(v) for k, v in r.resp.get(p, {}).items()},
-            "allocation": _totals_for_people(r.period_totals(p))}
-           for p, s in sorted(r.periods.items())]
+            "allocation": _totals_for_people(r.period_totals(p)),
+        }
+        for p, s in sorted(r.periods.items())
+    ]
     if ctx.cred.role != ROLE_OPERATOR:
         for row in out:
             _suppress_period_statistics(ctx, r, row)
     return {"periods": out}
 
 
-def _suppress_period_statistics(ctx: ApiContext, r: RulesModule, row: dict[str, Any]
-                                ) -> None:
+def _suppress_period_statistics(ctx: ApiContext, r: RulesModule, row: dict[str, Any]) -> None:
     """A product's responsibility factor is a statistic of its verified producers, and a
     period's totals one of its firms: each is shown to readers other than operators only with
     at least ``[privacy] min_contributors`` contributing firms (exchange/privacy.py)."""
@@ -368,21 +486,32 @@ def _suppress_period_statistics(ctx: ApiContext, r: RulesModule, row: dict[str, 
     accounts = ctx.ex.accounts
     in_period = [f for f, d in r.allocs.items() if p in d]
     verified = [f for f in in_period if r.allocs[f][p].get("verified")]
-    groups = {prod: {"value": v, "contributors": [f for f in verified
-                                                  if accounts[f].product == prod]}
-              for prod, v in row["responsibility"].items()}
-    row["responsibility"] = {prod: g["value"] if not g["suppressed"] else {"suppressed": True}
-                             for prod, g in suppress(groups, k).items()}
+    groups = {
+        prod: {"value": v, "contributors": [f for f in verified if accounts[f].product == prod]}
+        for prod, v in row["responsibility"].items()
+    }
+    row["responsibility"] = {
+        prod: g["value"] if not g["suppressed"] else {"suppressed": True}
+        for prod, g in suppress(groups, k).items()
+    }
     totals = row["allocation"]
     if totals is not None:
         n = totals.get("firms", len(in_period))
         if suppress({0: {"contributors": int(n)}}, k, complementary=False)[0]["suppressed"]:
-            row["allocation"] = {"allocation_total": totals.get("allocation_total"),
-                                 "suppressed": True}
+            row["allocation"] = {
+                "allocation_total": totals.get("allocation_total"),
+                "suppressed": True,
+            }
 
 
-@route("POST", "/rules/allocation-runs", summary="Run an allocation step for a period",
-       body=AllocationRunBody, response=CommandResult, tag=TAG)
+@route(
+    "POST",
+    "/rules/allocation-runs",
+    summary="Run an allocation step for a period",
+    body=AllocationRunBody,
+    response=CommandResult,
+    tag=TAG,
+)
 async def allocation_run(ctx: ApiContext, b: AllocationRunBody) -> dict[str, Any]:
     """``pre_allocate`` opens the period; ``close_period`` (after all verifications) updates
     factors and benchmarks; ``settle_allocations`` applies late deductions;
@@ -390,8 +519,13 @@ async def allocation_run(ctx: ApiContext, b: AllocationRunBody) -> dict[str, Any
     return await ctx.command(_STEPS[b.step](period=b.period))
 
 
-@route("GET", "/rules/allocations/{period}", summary="Every firm's allocation of a period",
-       tag=TAG, roles=(ROLE_OPERATOR, ROLE_VERIFIER))
+@route(
+    "GET",
+    "/rules/allocations/{period}",
+    summary="Every firm's allocation of a period",
+    tag=TAG,
+    roles=(ROLE_OPERATOR, ROLE_VERIFIER),
+)
 async def get_allocations(ctx: ApiContext, body: object) -> dict[str, Any]:
     r = _rules(ctx)
     period = _int_path(ctx, "period")
@@ -399,8 +533,13 @@ async def get_allocations(ctx: ApiContext, body: object) -> dict[str, Any]:
     return {"period": period, "allocations": [r.allocation(f, period) for f in firms]}
 
 
-@route("GET", "/rules/allocations/{period}/{firm_id}", summary="A firm's allocation",
-       tag=TAG, roles=READERS)
+@route(
+    "GET",
+    "/rules/allocations/{period}/{firm_id}",
+    summary="A firm's allocation",
+    tag=TAG,
+    roles=READERS,
+)
 async def get_allocation(ctx: ApiContext, body: object) -> dict[str, Any]:
     r = _rules(ctx)
     firm_id = ctx.path["firm_id"]
@@ -412,13 +551,15 @@ async def get_allocation(ctx: ApiContext, body: object) -> dict[str, Any]:
 
 # ====================================================================== splits, sub-quotas
 
+
 class SplitBody(Body):
     parent: Ident
     instrument: Ident
     amount: StrictInt = Field(gt=0, le=MAX_QTY)
     smes: list[Ident] = Field(min_length=1, max_length=1_000)
-    strategy: Literal["equal", "output", "baseline_emissions", "responsibility",
-                      "abatement"] = "equal"
+    strategy: Literal["equal", "output", "baseline_emissions", "responsibility", "abatement"] = (
+        "equal"
+    )
     revenue_share: Ratio = Field("0.5", description="SME's share of sale proceeds, [0, 1]")
     surplus_rule: Literal["revert", "bank"] = "revert"
     shortfall_rule: Literal["sme", "parent"] = "sme"
@@ -430,22 +571,38 @@ class SplitBody(Body):
         return _ratio(v, "0", "1")
 
     def command(self) -> SplitSubQuotas:
-        return SplitSubQuotas(parent=self.parent, instrument=self.instrument,
-                              amount=self.amount, smes=tuple(self.smes),
-                              strategy=self.strategy,
-                              revenue_share_ppm=ratio_to_ppm(self.revenue_share),
-                              surplus_rule=self.surplus_rule,
-                              shortfall_rule=self.shortfall_rule, chain_id=self.chain_id)
+        return SplitSubQuotas(
+            parent=self.parent,
+            instrument=self.instrument,
+            amount=self.amount,
+            smes=tuple(self.smes),
+            strategy=self.strategy,
+            revenue_share_ppm=ratio_to_ppm(self.revenue_share),
+            surplus_rule=self.surplus_rule,
+            shortfall_rule=self.shortfall_rule,
+            chain_id=self.chain_id,
+        )
 
 
-@route("POST", "/rules/splits", summary="Split sub-quotas to SMEs by a strategy",
-       body=SplitBody, response=CommandResult, tag=TAG)
+@route(
+    "POST",
+    "/rules/splits",
+    summary="Split sub-quotas to SMEs by a strategy",
+    body=SplitBody,
+    response=CommandResult,
+    tag=TAG,
+)
 async def split(ctx: ApiContext, b: SplitBody) -> dict[str, Any]:
     return await ctx.command(b.command())
 
 
-@route("POST", "/rules/splits/preview", summary="Amounts a split would give (no change)",
-       body=SplitBody, tag=TAG)
+@route(
+    "POST",
+    "/rules/splits/preview",
+    summary="Amounts a split would give (no change)",
+    body=SplitBody,
+    tag=TAG,
+)
 async def split_preview(ctx: ApiContext, b: SplitBody) -> dict[str, Any]:
     r = _rules(ctx)
     for s in b.smes:
@@ -456,9 +613,14 @@ async def split_preview(ctx: ApiContext, b: SplitBody) -> dict[str, Any]:
         parts = F.split_amounts(b.amount, weights)
     except ZeroDivisionError:
         raise ProtocolError(E.NO_SPLIT_BASIS, "every weight is zero") from None
-    return {"strategy": b.strategy, "amount": b.amount,
-            "parts": [{"sme": s, "qty": q, "weight": str(Decimal(w.numerator) / w.denominator)}
-                      for s, q, w in zip(b.smes, parts, weights)]}
+    return {
+        "strategy": b.strategy,
+        "amount": b.amount,
+        "parts": [
+            {"sme": s, "qty": q, "weight": str(Decimal(w.numerator) / w.denominator)}
+            for s, q, w in zip(b.smes, parts, weights)
+        ],
+    }
 
 
 class _Out(BaseModel):
@@ -486,26 +648,40 @@ class SubQuotaLot(_Out):
     sme: str = Field(description="the SME it was split to")
     chain_id: str | None = Field(description="the supply chain the split was made in")
     granted: int = Field(description="t split to the SME")
-    held: int = Field(description="t of the lot the SME still holds (sales, surrenders and a "
-                                  "reverted surplus leave it)")
+    held: int = Field(
+        description="t of the lot the SME still holds (sales, surrenders and a "
+        "reverted surplus leave it)"
+    )
     sold: int = Field(description="t of the lot the SME sold")
-    revenue_share: str = Field(description="the SME's share of the net sale proceeds, e.g. "
-                                           "\"0.7\"; the parent gets the rest")
+    revenue_share: str = Field(
+        description="the SME's share of the net sale proceeds, e.g. "
+        '"0.7"; the parent gets the rest'
+    )
     surplus_rule: Literal["revert", "bank"] = Field(
         description="at the period's end the free rest reverts to the parent, or stays banked "
-                    "with the SME")
+        "with the SME"
+    )
     shortfall_rule: Literal["sme", "parent"] = Field(
-        description="who covers the SME's shortfall at the deadline beyond the lot")
-    sme_proceeds: str = Field(pattern=r"^-?[0-9]+\.[0-9]{2}$", examples=["1234.50"],
-                              description="CNY the SME kept from sales of the lot")
-    parent_proceeds: str = Field(pattern=r"^-?[0-9]+\.[0-9]{2}$", examples=["529.07"],
-                                 description="CNY the parent received from sales of the lot")
+        description="who covers the SME's shortfall at the deadline beyond the lot"
+    )
+    sme_proceeds: str = Field(
+        pattern=r"^-?[0-9]+\.[0-9]{2}$",
+        examples=["1234.50"],
+        description="CNY the SME kept from sales of the lot",
+    )
+    parent_proceeds: str = Field(
+        pattern=r"^-?[0-9]+\.[0-9]{2}$",
+        examples=["529.07"],
+        description="CNY the parent received from sales of the lot",
+    )
     created_seq: int
     settlement: SubQuotaSettlement | None = Field(
-        description="the period-end settlement, once settle_sub_quotas ran")
+        description="the period-end settlement, once settle_sub_quotas ran"
+    )
     compliance: dict[str, int] = Field(
         description="what compliance did with the lot: surrendered, covered_by_parent, "
-                    "reverted, banked (t), settled_period")
+        "reverted, banked (t), settled_period"
+    )
 
 
 class SubQuotaLots(_Out):
@@ -529,20 +705,34 @@ def sub_quota_view(ex: Exchange, lot_id: int) -> dict[str, Any]:
     settled = getattr(rules, "settled_lots", {}).get(lot_id)
     use = getattr(comp, "sub_quota_use", {}).get(lot_id, {})
     return {
-        "lot_id": lot_id, "period": getattr(ins, "vintage", None),
-        "instrument": lot["instrument"], "parent": lot["parent"], "sme": lot["sme"],
-        "chain_id": lot.get("chain_id"), "granted": lot["granted"], "held": lot["held"],
-        "sold": lot["sold"], "revenue_share": _dec(lot["revenue_share_ppm"]),
+        "lot_id": lot_id,
+        "period": getattr(ins, "vintage", None),
+        "instrument": lot["instrument"],
+        "parent": lot["parent"],
+        "sme": lot["sme"],
+        "chain_id": lot.get("chain_id"),
+        "granted": lot["granted"],
+        "held": lot["held"],
+        "sold": lot["sold"],
+        "revenue_share": _dec(lot["revenue_share_ppm"]),
         "surplus_rule": lot["surplus_rule"],
-        "shortfall_rule": lot["shortfall_rule"], "sme_proceeds_fen": lot["sme_proceeds"],
-        "parent_proceeds_fen": lot["parent_proceeds"], "created_seq": lot["created_seq"],
+        "shortfall_rule": lot["shortfall_rule"],
+        "sme_proceeds_fen": lot["sme_proceeds"],
+        "parent_proceeds_fen": lot["parent_proceeds"],
+        "created_seq": lot["created_seq"],
         "settlement": dict(settled) if settled is not None else None,
         "compliance": dict(sorted(use.items())),
     }
 
 
-@route("GET", "/rules/sub-quotas", summary="Sub-quota lots and their period-end settlement",
-       tag=TAG, roles=(ROLE_OPERATOR, ROLE_VERIFIER), response=SubQuotaLots)
+@route(
+    "GET",
+    "/rules/sub-quotas",
+    summary="Sub-quota lots and their period-end settlement",
+    tag=TAG,
+    roles=(ROLE_OPERATOR, ROLE_VERIFIER),
+    response=SubQuotaLots,
+)
 async def get_sub_quotas(ctx: ApiContext, body: object) -> dict[str, Any]:
     _rules(ctx)
     lots = [sub_quota_view(ctx.ex, k) for k in sorted(ctx.ex.sub_quotas)]
@@ -550,9 +740,15 @@ async def get_sub_quotas(ctx: ApiContext, body: object) -> dict[str, Any]:
     return {"sub_quotas": [v for v in lots if v["sme"] in mine or v["parent"] in mine]}
 
 
-@route("GET", "/rules/sub-quotas/{firm_id}", tag=TAG, roles=READERS, response=FirmSubQuotas,
-       query={"period": int_param(0, MAX_PERIOD, "lots of this period's allowance only")},
-       summary="The sub-quotas a firm received (an SME) or split out (a core firm), with terms")
+@route(
+    "GET",
+    "/rules/sub-quotas/{firm_id}",
+    tag=TAG,
+    roles=READERS,
+    response=FirmSubQuotas,
+    query={"period": int_param(0, MAX_PERIOD, "lots of this period's allowance only")},
+    summary="The sub-quotas a firm received (an SME) or split out (a core firm), with terms",
+)
 async def get_firm_sub_quotas(ctx: ApiContext, body: object) -> dict[str, Any]:
     """``?period=P``: lots of period P's allowance only. A firm key reads only its own."""
     firm_id = ctx.path["firm_id"]
@@ -563,15 +759,24 @@ async def get_firm_sub_quotas(ctx: ApiContext, body: object) -> dict[str, Any]:
     period = ctx.params["period"]
     lots = [sub_quota_view(ctx.ex, k) for k in sorted(ctx.ex.sub_quotas)]
     lots = [v for v in lots if period is None or v["period"] == period]
-    return {"firm_id": firm_id, "size_class": acct.size_class,
-            "received": [v for v in lots if v["sme"] == firm_id],
-            "split_out": [v for v in lots if v["parent"] == firm_id]}
+    return {
+        "firm_id": firm_id,
+        "size_class": acct.size_class,
+        "received": [v for v in lots if v["sme"] == firm_id],
+        "split_out": [v for v in lots if v["parent"] == firm_id],
+    }
 
 
 # ====================================================================== factor history
 
-@route("GET", "/rules/factors/{firm_id}", summary="A firm's allocation-factor history",
-       tag=TAG, roles=READERS)
+
+@route(
+    "GET",
+    "/rules/factors/{firm_id}",
+    summary="A firm's allocation-factor history",
+    tag=TAG,
+    roles=READERS,
+)
 async def get_factors(ctx: ApiContext, body: object) -> dict[str, Any]:
     """Every change of the factor with its inputs and terms (docs/RULES.md lists the keys).
     A firm key reads only its own."""
@@ -584,11 +789,16 @@ async def get_factors(ctx: ApiContext, body: object) -> dict[str, Any]:
 
 def factor_view(rules: RulesModule, firm_id: str) -> dict[str, Any]:
     phi = rules.phi.get(firm_id, rules.params()["initial_phi_ppm"])
-    return {"firm_id": firm_id, "phi": _dec(phi), "phi_ppm": phi,
-            "history": rules.factor_history(firm_id)}
+    return {
+        "firm_id": firm_id,
+        "phi": _dec(phi),
+        "phi_ppm": phi,
+        "history": rules.factor_history(firm_id),
+    }
 
 
 # ====================================================================== responsibility
+
 
 def responsibility_view(rules: RulesModule, firm_id: str) -> dict[str, Any]:
     """``responsibility_t`` = emissions + sum of inputs x their products' responsibility factors
@@ -603,15 +813,25 @@ def responsibility_view(rules: RulesModule, firm_id: str) -> dict[str, Any]:
     return out
 
 
-@route("GET", "/rules/responsibility", summary="What every firm answers for (t CO2)",
-       tag=TAG, roles=(ROLE_OPERATOR, ROLE_VERIFIER))
+@route(
+    "GET",
+    "/rules/responsibility",
+    summary="What every firm answers for (t CO2)",
+    tag=TAG,
+    roles=(ROLE_OPERATOR, ROLE_VERIFIER),
+)
 async def get_responsibilities(ctx: ApiContext, body: object) -> dict[str, Any]:
     r = _rules(ctx)
     return {"firms": [responsibility_view(r, f) for f in sorted(_readable(ctx, r.firm_resp))]}
 
 
-@route("GET", "/rules/responsibility/{firm_id}", summary="What a firm answers for (t CO2)",
-       tag=TAG, roles=READERS)
+@route(
+    "GET",
+    "/rules/responsibility/{firm_id}",
+    summary="What a firm answers for (t CO2)",
+    tag=TAG,
+    roles=READERS,
+)
 async def get_responsibility(ctx: ApiContext, body: object) -> dict[str, Any]:
     firm_id = ctx.path["firm_id"]
     _own(ctx, firm_id)

@@ -21,6 +21,7 @@ listed); an undeclared one is an error naming the field, as it is usually a miss
 and rounding are the engine's: whole
 tonnes and units in, beta to the ppm (half even), everything else exact from there.
 """
+
 from __future__ import annotations
 
 import tomllib
@@ -41,8 +42,11 @@ class ChainError(ValueError):
 
 
 def _whole(v: object, where: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or (
-            isinstance(v, float) and not v.is_integer()):
+    if (
+        isinstance(v, bool)
+        or not isinstance(v, (int, float))
+        or (isinstance(v, float) and not v.is_integer())
+    ):
         raise ChainError(f"{where}: must be a whole number >= 0, got {v!r}")
     if v < 0:
         raise ChainError(f"{where}: must be a whole number >= 0, got {v!r} (negative)")
@@ -74,8 +78,7 @@ def parse_chain(data: dict[str, Any]) -> list[dict[str, Any]]:
         seen.add(fid)
         for k in f:
             if k not in FIRM_FIELDS:
-                raise ChainError(f"{at}.{k}: unknown field (a firm has "
-                                 f"{', '.join(FIRM_FIELDS)})")
+                raise ChainError(f"{at}.{k}: unknown field (a firm has {', '.join(FIRM_FIELDS)})")
         for k in ("direct_emissions", "output"):
             if k not in f:
                 raise ChainError(f"{at}.{k}: missing")
@@ -92,8 +95,15 @@ def parse_chain(data: dict[str, Any]) -> list[dict[str, Any]]:
         q = {}
         for i, v in inputs.items():
             q[i] = _whole(v, f"{at}.inputs.{i}")
-        out.append({"id": fid, "product": prod, "direct_emissions": em, "output": y,
-                    "inputs": dict(sorted(q.items()))})
+        out.append(
+            {
+                "id": fid,
+                "product": prod,
+                "direct_emissions": em,
+                "output": y,
+                "inputs": dict(sorted(q.items())),
+            }
+        )
     outside = data.get("outside", [])
     if not isinstance(outside, list) or not all(isinstance(x, str) for x in outside):
         raise ChainError("outside: must be a list of product names")
@@ -103,7 +113,8 @@ def parse_chain(data: dict[str, Any]) -> list[dict[str, Any]]:
             if i not in made and i not in outside:
                 raise ChainError(
                     f"firms[{n}] ({f['id']}).inputs.{i}: nobody in the chain makes {i!r}; "
-                    f"declare it in outside = [...] if it is bought from outside the chain")
+                    f"declare it in outside = [...] if it is bought from outside the chain"
+                )
     return out
 
 
@@ -134,7 +145,8 @@ def responsibility(firms: list[dict[str, Any]]) -> dict[str, Any]:
     for f in firms:
         if f["output"] > 0:
             producers.setdefault(f["product"], []).append(
-                (f["direct_emissions"], f["output"], f["inputs"]))
+                (f["direct_emissions"], f["output"], f["inputs"])
+            )
             who.setdefault(f["product"], []).append(f["id"])
     beta: dict[str, int] = {}
     iters = 0
@@ -152,50 +164,82 @@ def responsibility(firms: list[dict[str, Any]]) -> dict[str, Any]:
     products = []
     for p in sorted(beta):
         y = sum(r[1] for r in producers[p])
-        products.append({"product": p, "beta_ppm": beta[p], "beta": _dec(beta[p]),
-                         "producers": who[p], "output": y, "used_in_chain": used.get(p, 0),
-                         "not_used_in_chain": y - used.get(p, 0)})
+        products.append(
+            {
+                "product": p,
+                "beta_ppm": beta[p],
+                "beta": _dec(beta[p]),
+                "producers": who[p],
+                "output": y,
+                "used_in_chain": used.get(p, 0),
+                "not_used_in_chain": y - used.get(p, 0),
+            }
+        )
     rows = []
     direct = final = Fraction(0)
     for f in firms:
         emb = F.embodied(f["inputs"], beta)
         resp = F.responsibility_tonnes(f["direct_emissions"], f["inputs"], beta)
         direct += f["direct_emissions"]
-        row = {"id": f["id"], "product": f["product"] or None,
-               "role": "producer" if f["output"] > 0 else "final consumer",
-               "direct_emissions": f["direct_emissions"], "output": f["output"],
-               "inputs": f["inputs"],
-               "embodied_ppm": ppm_half_even(emb), "embodied_t": _dec(ppm_half_even(emb)),
-               "responsibility_ppm": ppm_half_even(resp),
-               "responsibility_t": _dec(ppm_half_even(resp)),
-               "intensity_ppm": None, "intensity": None, "gap_ppm": None, "gap": None,
-               "excess_ppm": None, "excess_t": None,
-               "outside_inputs": [i for i in f["inputs"] if i in outside]}
+        row = {
+            "id": f["id"],
+            "product": f["product"] or None,
+            "role": "producer" if f["output"] > 0 else "final consumer",
+            "direct_emissions": f["direct_emissions"],
+            "output": f["output"],
+            "inputs": f["inputs"],
+            "embodied_ppm": ppm_half_even(emb),
+            "embodied_t": _dec(ppm_half_even(emb)),
+            "responsibility_ppm": ppm_half_even(resp),
+            "responsibility_t": _dec(ppm_half_even(resp)),
+            "intensity_ppm": None,
+            "intensity": None,
+            "gap_ppm": None,
+            "gap": None,
+            "excess_ppm": None,
+            "excess_t": None,
+            "outside_inputs": [i for i in f["inputs"] if i in outside],
+        }
         if f["output"] > 0:
             b = beta[f["product"]]
             inten = F.intensity(resp, f["output"])
             # what it answers for above its product's average (negative: below it)
             excess = resp - Fraction(b * f["output"], PPM)
-            row.update(intensity_ppm=ppm_half_even(inten), intensity=_dec(ppm_half_even(inten)),
-                       excess_ppm=ppm_half_even(excess), excess_t=_dec(ppm_half_even(excess)))
+            row.update(
+                intensity_ppm=ppm_half_even(inten),
+                intensity=_dec(ppm_half_even(inten)),
+                excess_ppm=ppm_half_even(excess),
+                excess_t=_dec(ppm_half_even(excess)),
+            )
             if b > 0:
                 g = F.gap(inten, b)
                 row.update(gap_ppm=ppm_half_even(g), gap=_dec(ppm_half_even(g)))
         else:
             final += resp
         rows.append(row)
-    outside_rows = [{"product": i, "quantity": used[i],
-                     "used_by": [f["id"] for f in firms if i in f["inputs"]]} for i in outside]
+    outside_rows = [
+        {"product": i, "quantity": used[i], "used_by": [f["id"] for f in firms if i in f["inputs"]]}
+        for i in outside
+    ]
     # every tonne emitted in the chain is borne by a final consumer or leaves the chain
     # embodied in output nobody inside uses (up to beta's rounding to the ppm)
-    sold = sum((Fraction(beta[p] * (sum(r[1] for r in producers[p]) - used.get(p, 0)), PPM)
-                for p in beta), Fraction(0))
-    balance = {"direct_emissions_t": _dec(ppm_half_even(direct)),
-               "final_consumers_t": _dec(ppm_half_even(final)),
-               "not_used_in_chain_t": _dec(ppm_half_even(sold)),
-               "rounding_t": _dec(ppm_half_even(direct - final - sold))}
-    return {"products": products, "firms": rows, "outside_inputs": outside_rows,
-            "iterations": iters, "balance": balance}
+    sold = sum(
+        (Fraction(beta[p] * (sum(r[1] for r in producers[p]) - used.get(p, 0)), PPM) for p in beta),
+        Fraction(0),
+    )
+    balance = {
+        "direct_emissions_t": _dec(ppm_half_even(direct)),
+        "final_consumers_t": _dec(ppm_half_even(final)),
+        "not_used_in_chain_t": _dec(ppm_half_even(sold)),
+        "rounding_t": _dec(ppm_half_even(direct - final - sold)),
+    }
+    return {
+        "products": products,
+        "firms": rows,
+        "outside_inputs": outside_rows,
+        "iterations": iters,
+        "balance": balance,
+    }
 
 
 def _num(s: str | None, places: int) -> str:
@@ -206,19 +250,27 @@ def _num(s: str | None, places: int) -> str:
 
 def render_text(result: dict[str, Any], source: str = "") -> str:
     """A readable table of :func:`responsibility`'s result."""
-    lines = [f"Responsibility along the chain {source}".rstrip()
-             + f" ({result['iterations']} iterations)", ""]
+    lines = [
+        f"Responsibility along the chain {source}".rstrip()
+        + f" ({result['iterations']} iterations)",
+        "",
+    ]
     pw = max([len("product")] + [len(p["product"]) for p in result["products"]])
-    lines.append(f"{'product':<{pw}}  {'beta t/unit':>12}  {'output':>12}  "
-                 f"{'used in chain':>13}  producers")
+    lines.append(
+        f"{'product':<{pw}}  {'beta t/unit':>12}  {'output':>12}  {'used in chain':>13}  producers"
+    )
     for p in result["products"]:
-        lines.append(f"{p['product']:<{pw}}  {_num(p['beta'], 6):>12}  {p['output']:>12,}  "
-                     f"{p['used_in_chain']:>13,}  {', '.join(p['producers'])}")
+        lines.append(
+            f"{p['product']:<{pw}}  {_num(p['beta'], 6):>12}  {p['output']:>12,}  "
+            f"{p['used_in_chain']:>13,}  {', '.join(p['producers'])}"
+        )
     lines.append("")
     fw = max([len("firm")] + [len(f["id"]) for f in result["firms"]])
     qw = max([len("product")] + [len(f["product"] or "-") for f in result["firms"]])
-    lines.append(f"{'firm':<{fw}}  {'product':<{qw}}  {'role':<14}  {'direct t':>10}  "
-                 f"{'embodied t':>12}  {'answers for t':>14}  {'t/unit':>9}  {'vs beta_p':>9}")
+    lines.append(
+        f"{'firm':<{fw}}  {'product':<{qw}}  {'role':<14}  {'direct t':>10}  "
+        f"{'embodied t':>12}  {'answers for t':>14}  {'t/unit':>9}  {'vs beta_p':>9}"
+    )
     for f in result["firms"]:
         gap = "-"
         if f["gap"] is not None:
@@ -227,17 +279,27 @@ def render_text(result: dict[str, Any], source: str = "") -> str:
         lines.append(
             f"{f['id']:<{fw}}  {(f['product'] or '-'):<{qw}}  {f['role']:<14}  "
             f"{f['direct_emissions']:>10,}  {_num(f['embodied_t'], 3):>12}  "
-            f"{_num(f['responsibility_t'], 3):>14}  {_num(f['intensity'], 4):>9}  {gap:>9}")
+            f"{_num(f['responsibility_t'], 3):>14}  {_num(f['intensity'], 4):>9}  {gap:>9}"
+        )
     lines.append("")
-    lines.append("answers for = direct emissions + inputs x their products' beta; vs beta_p = "
-                 "its intensity above (+) or below (-) its product's average")
+    lines.append(
+        "answers for = direct emissions + inputs x their products' beta; vs beta_p = "
+        "its intensity above (+) or below (-) its product's average"
+    )
     for o in result["outside_inputs"]:
-        lines.append(f"outside the chain (nobody in it makes it, counted 0): {o['product']}, "
-                     f"{o['quantity']:,} units used by {', '.join(o['used_by'])}")
+        lines.append(
+            f"outside the chain (nobody in it makes it, counted 0): {o['product']}, "
+            f"{o['quantity']:,} units used by {', '.join(o['used_by'])}"
+        )
     b = result["balance"]
-    lines.append(f"balance: direct emissions {_num(b['direct_emissions_t'], 3)} t = final "
-                 f"consumers {_num(b['final_consumers_t'], 3)} t + embodied in output not "
-                 f"used in the chain {_num(b['not_used_in_chain_t'], 3)} t"
-                 + ("" if Fraction(b["rounding_t"]) == 0 else
-                    f" (beta's rounding to the ppm: {_num(b['rounding_t'], 6)} t)"))
+    lines.append(
+        f"balance: direct emissions {_num(b['direct_emissions_t'], 3)} t = final "
+        f"consumers {_num(b['final_consumers_t'], 3)} t + embodied in output not "
+        f"used in the chain {_num(b['not_used_in_chain_t'], 3)} t"
+        + (
+            ""
+            if Fraction(b["rounding_t"]) == 0
+            else f" (beta's rounding to the ppm: {_num(b['rounding_t'], 6)} t)"
+        )
+    )
     return "\n".join(lines)

@@ -1,6 +1,7 @@
 """Commands of the rules module. Like every command they go through the journal; ratios travel
 as integer parts per million (``*_ppm``, 1.0 = 1,000,000), intensities as ppm of a tonne of
 CO2e per unit of output. :mod:`exchange.rules.config` converts the human-facing decimals."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -9,11 +10,27 @@ from ..core.commands import Command, command
 
 # names of the parameters set by set_rules_params, with their types (see RulesParams)
 PARAM_FIELDS = (
-    "pre_ratio_ppm", "initial_phi_ppm", "phi_min_ppm", "phi_max_ppm", "max_step_ppm",
-    "alpha_up_ppm", "alpha_down_ppm", "kappa_ppm", "kappa_max_ppm", "coupling_weights",
-    "w_tech_ppm", "w_eff_ppm", "w_hist_ppm", "benchmark_step_ppm", "max_tightening_ppm",
-    "allow_loosening", "max_loosening_ppm", "instrument_pattern", "allocation_total",
-    "cap_tonnes", "gain_share_ppm",
+    "pre_ratio_ppm",
+    "initial_phi_ppm",
+    "phi_min_ppm",
+    "phi_max_ppm",
+    "max_step_ppm",
+    "alpha_up_ppm",
+    "alpha_down_ppm",
+    "kappa_ppm",
+    "kappa_max_ppm",
+    "coupling_weights",
+    "w_tech_ppm",
+    "w_eff_ppm",
+    "w_hist_ppm",
+    "benchmark_step_ppm",
+    "max_tightening_ppm",
+    "allow_loosening",
+    "max_loosening_ppm",
+    "instrument_pattern",
+    "allocation_total",
+    "cap_tonnes",
+    "gain_share_ppm",
 )
 
 

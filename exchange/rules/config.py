@@ -3,6 +3,7 @@
 Ratios are decimal strings here (``"0.70"``) and integer ppm in the core; the conversion is
 :func:`exchange.core.units.ratio_to_ppm` (exact to the ppm, else rejected at load).
 """
+
 from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
@@ -42,8 +43,18 @@ class BenchmarkConfig(BaseModel):
         return v
 
 
-_UNIT = ("pre_ratio", "max_step", "w_tech", "w_eff", "w_hist", "benchmark_step",
-         "max_tightening", "max_loosening", "kappa_max", "gain_share")
+_UNIT = (
+    "pre_ratio",
+    "max_step",
+    "w_tech",
+    "w_eff",
+    "w_hist",
+    "benchmark_step",
+    "max_tightening",
+    "max_loosening",
+    "kappa_max",
+    "gain_share",
+)
 _ANY = ("initial_phi", "phi_min", "phi_max", "alpha_up", "alpha_down", "kappa")
 
 
@@ -97,7 +108,7 @@ class RulesConfig(BaseModel):
         if not 0 < Decimal(self.phi_min) <= Decimal(self.initial_phi) <= Decimal(self.phi_max):
             raise ValueError("need 0 < phi_min <= initial_phi <= phi_max")
         if self.allocation_total == "absolute" and self.cap_tonnes <= 0:
-            raise ValueError("allocation_total = \"absolute\" needs cap_tonnes > 0")
+            raise ValueError('allocation_total = "absolute" needs cap_tonnes > 0')
         return self
 
     def params(self) -> dict[str, Any]:
@@ -116,6 +127,7 @@ class RulesConfig(BaseModel):
 def rules_commands(cfg: RulesConfig | None) -> list[Command]:
     """set_rules_params with every parameter, then set_benchmark per configured product."""
     from .commands import SetBenchmark, SetRulesParams
+
     if cfg is None:
         return []
     cmds: list[Command] = [SetRulesParams(**cfg.params())]

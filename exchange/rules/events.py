@@ -1,5 +1,6 @@
 """Events of the rules module. Ratios are integer ppm; the ``terms``/``inputs`` dicts of a
 factor change are the explanation a firm reads (docs/RULES.md lists every key)."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -18,6 +18,7 @@ Arithmetic and rounding — one policy, applied in one place:
 
 Same integers in, same integers out, on every replay.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,16 +37,15 @@ ONE = Fraction(1)
 ALLOCATION_TOTALS = ("intensity", "absolute", "floating")
 
 
-def allocation_tonnes(benchmark_ppm: int, output: int, phi_ppm: int,
-                      ratio_ppm: int = PPM) -> int:
+def allocation_tonnes(benchmark_ppm: int, output: int, phi_ppm: int, ratio_ppm: int = PPM) -> int:
     """``A = ratio x B x Y x phi``, floored to whole tonnes (the ``floating`` mode)."""
-    return floor_int(Fraction(ratio_ppm * benchmark_ppm * output * phi_ppm, PPM ** 3))
+    return floor_int(Fraction(ratio_ppm * benchmark_ppm * output * phi_ppm, PPM**3))
 
 
 def raw_weight(benchmark_ppm: int, output: int, phi_ppm: int) -> Fraction:
     """A firm's raw weight ``w = B x Y x phi`` in tonnes, exact: the share of the period's
     total it is entitled to is ``w / sum(w)``."""
-    return Fraction(benchmark_ppm * output * phi_ppm, PPM ** 2)
+    return Fraction(benchmark_ppm * output * phi_ppm, PPM**2)
 
 
 def intensity_total(rows: list[tuple[int, int]]) -> int:
@@ -58,11 +58,16 @@ def scaled_allocation(benchmark_ppm: int, output: int, phi_ppm: int, scale: Frac
     """``floor(B x Y x phi x k)``: a firm's allocation at a known scale k, before the other
     firms' data is in (the provisional true-up)."""
     scale = Fraction(scale)  # in integers: one call per firm at each verification
-    return (benchmark_ppm * output * phi_ppm * scale.numerator) // (PPM ** 2 * scale.denominator)
+    return (benchmark_ppm * output * phi_ppm * scale.numerator) // (PPM**2 * scale.denominator)
 
 
-def period_allocation(mode: str, rows: list[tuple[int, int, int]], cap_tonnes: int = 0,
-                      ratio_ppm: int = PPM, held_outside: int = 0) -> dict[str, Any]:
+def period_allocation(
+    mode: str,
+    rows: list[tuple[int, int, int]],
+    cap_tonnes: int = 0,
+    ratio_ppm: int = PPM,
+    held_outside: int = 0,
+) -> dict[str, Any]:
     """Allocate a period's total over ``rows = [(benchmark_ppm, output, phi_ppm), ...]``.
 
     * ``intensity``: ``basis = floor(sum B x Y)``; ``absolute``: ``basis = cap_tonnes -
@@ -81,8 +86,13 @@ def period_allocation(mode: str, rows: list[tuple[int, int, int]], cap_tonnes: i
     raw = sum(weights, Fraction(0))
     if mode == "floating":
         parts = [allocation_tonnes(b, y, phi, ratio_ppm) for b, y, phi in rows]
-        return {"basis": floor_int(raw), "total": sum(parts), "raw": raw, "scale": ONE,
-                "parts": parts}
+        return {
+            "basis": floor_int(raw),
+            "total": sum(parts),
+            "raw": raw,
+            "scale": ONE,
+            "parts": parts,
+        }
     if mode == "intensity":
         basis = intensity_total([(b, y) for b, y, _ in rows])
     else:
@@ -90,8 +100,13 @@ def period_allocation(mode: str, rows: list[tuple[int, int, int]], cap_tonnes: i
     total = floor_int(Fraction(ratio_ppm * basis, PPM))
     if raw == 0:
         return {"basis": basis, "total": 0, "raw": raw, "scale": ONE, "parts": [0] * len(rows)}
-    return {"basis": basis, "total": total, "raw": raw, "scale": Fraction(basis) / raw,
-            "parts": split_amounts(total, weights)}
+    return {
+        "basis": basis,
+        "total": total,
+        "raw": raw,
+        "scale": Fraction(basis) / raw,
+        "parts": split_amounts(total, weights),
+    }
 
 
 # ---------------------------------------------------------------------------------- gap, phi
@@ -114,17 +129,25 @@ def own_term(g: Fraction, alpha_up_ppm: int, alpha_down_ppm: int) -> Fraction:
     return Fraction(alpha_down_ppm, PPM) * g
 
 
-def coupling_term(partners: list[tuple[Fraction, Fraction]], kappa_ppm: int,
-                  kappa_max_ppm: int) -> tuple[Fraction, Fraction]:
+def coupling_term(
+    partners: list[tuple[Fraction, Fraction]], kappa_ppm: int, kappa_max_ppm: int
+) -> tuple[Fraction, Fraction]:
     """``min(kappa x sum_j w_fj x max(0, g_j), kappa_max)`` over ``[(w_fj, g_j), ...]``.
     Returns ``(uncapped, capped)``."""
-    raw = Fraction(kappa_ppm, PPM) * sum((w * max(g, Fraction(0)) for w, g in partners),
-                                         Fraction(0))
+    raw = Fraction(kappa_ppm, PPM) * sum(
+        (w * max(g, Fraction(0)) for w, g in partners), Fraction(0)
+    )
     return raw, min(raw, Fraction(kappa_max_ppm, PPM))
 
 
-def update_phi(phi_ppm: int, own: Fraction, coupling: Fraction, phi_min_ppm: int,
-               phi_max_ppm: int, max_step_ppm: int) -> dict[str, Any]:
+def update_phi(
+    phi_ppm: int,
+    own: Fraction,
+    coupling: Fraction,
+    phi_min_ppm: int,
+    phi_max_ppm: int,
+    max_step_ppm: int,
+) -> dict[str, Any]:
     """``phi' = phi x (1 + own + coupling)``; limited to ``phi x (1 +- max_step)``; clamped to
     ``[phi_min, phi_max]``; rounded to whole ppm toward the old phi. Returns the new phi and
     every intermediate value (exact Fractions)."""
@@ -136,13 +159,27 @@ def update_phi(phi_ppm: int, own: Fraction, coupling: Fraction, phi_min_ppm: int
     stepped = min(max(raw, lo), hi)
     bounded = min(max(stepped, Fraction(phi_min_ppm, PPM)), Fraction(phi_max_ppm, PPM))
     new = ppm_toward(bounded, phi_ppm)
-    return {"multiplier": mult, "raw": raw, "step_limited": stepped != raw,
-            "bound_limited": bounded != stepped, "phi_ppm": new}
+    return {
+        "multiplier": mult,
+        "raw": raw,
+        "step_limited": stepped != raw,
+        "bound_limited": bounded != stepped,
+        "phi_ppm": new,
+    }
 
 
-def initial_phi(technology_ppm: int, efficiency_ppm: int, hist_intensity_ppm: int,
-                benchmark_ppm: int, w_tech_ppm: int, w_eff_ppm: int, w_hist_ppm: int,
-                base_ppm: int, phi_min_ppm: int, phi_max_ppm: int) -> dict[str, Any]:
+def initial_phi(
+    technology_ppm: int,
+    efficiency_ppm: int,
+    hist_intensity_ppm: int,
+    benchmark_ppm: int,
+    w_tech_ppm: int,
+    w_eff_ppm: int,
+    w_hist_ppm: int,
+    base_ppm: int,
+    phi_min_ppm: int,
+    phi_max_ppm: int,
+) -> dict[str, Any]:
     """Assessment: ``phi0 = base + w_tech (2 tau - 1) + w_eff (2 eta - 1) + w_hist (1 - H/B)``
     with technology level tau and energy efficiency eta in [0, 1]; clamped to the bounds and
     rounded to whole ppm toward ``base``."""
@@ -152,16 +189,28 @@ def initial_phi(technology_ppm: int, efficiency_ppm: int, hist_intensity_ppm: in
     hist = Fraction(w_hist_ppm, PPM) * hist_gap
     raw = Fraction(base_ppm, PPM) + tech + eff + hist
     bounded = min(max(raw, Fraction(phi_min_ppm, PPM)), Fraction(phi_max_ppm, PPM))
-    return {"tech": tech, "eff": eff, "hist_gap": hist_gap, "hist": hist, "raw": raw,
-            "bound_limited": bounded != raw, "phi_ppm": ppm_toward(bounded, base_ppm)}
+    return {
+        "tech": tech,
+        "eff": eff,
+        "hist_gap": hist_gap,
+        "hist": hist,
+        "raw": raw,
+        "bound_limited": bounded != raw,
+        "phi_ppm": ppm_toward(bounded, base_ppm),
+    }
 
 
 # ---------------------------------------------------------------------------------- benchmarks
 
 
-def benchmark_step(benchmark_ppm: int, target: Fraction, step_ppm: int,
-                   max_tightening_ppm: int, allow_loosening: bool,
-                   max_loosening_ppm: int) -> dict[str, Any]:
+def benchmark_step(
+    benchmark_ppm: int,
+    target: Fraction,
+    step_ppm: int,
+    max_tightening_ppm: int,
+    allow_loosening: bool,
+    max_loosening_ppm: int,
+) -> dict[str, Any]:
     """Gradient step on ``L(B) = 1/2 (B - I)^2``: ``B' = B - eta (B - I)``, with I the
     output-weighted average verified intensity (t/unit). The move down is at most
     ``max_tightening x B``; a move up is dropped unless loosening is allowed, then at most
@@ -172,8 +221,12 @@ def benchmark_step(benchmark_ppm: int, target: Fraction, step_ppm: int,
     lo = b * (ONE - Fraction(max_tightening_ppm, PPM))
     hi = b * (ONE + Fraction(max_loosening_ppm, PPM)) if allow_loosening else b
     new = min(max(raw, lo), hi)
-    return {"gradient": grad, "raw": raw, "limited": new != raw,
-            "benchmark_ppm": ppm_toward(new, benchmark_ppm)}
+    return {
+        "gradient": grad,
+        "raw": raw,
+        "limited": new != raw,
+        "benchmark_ppm": ppm_toward(new, benchmark_ppm),
+    }
 
 
 def weighted_intensity(rows: list[tuple[Fraction, int]]) -> Fraction:
@@ -199,7 +252,7 @@ class Diverges(ArithmeticError):
 
 
 def responsibility_system(
-        producers: dict[str, list[tuple[int, int, dict[str, int]]]],
+    producers: dict[str, list[tuple[int, int, dict[str, int]]]],
 ) -> tuple[list[str], dict[str, Fraction], dict[str, dict[str, Fraction]]]:
     """Build ``beta = c + A beta`` from ``{product: [(emissions, output, {input: qty}), ...]}``:
     ``c_p = sum_f E_f / sum_f Y_f`` and ``A_pi = sum_f in_fi / sum_f Y_f`` (output-weighted
@@ -222,8 +275,10 @@ def responsibility_system(
     return products, c, a
 
 
-def outside_inputs(producers: dict[str, list[tuple[int, int, dict[str, int]]]],
-                   consumers: Sequence[dict[str, int]] = ()) -> list[str]:
+def outside_inputs(
+    producers: dict[str, list[tuple[int, int, dict[str, int]]]],
+    consumers: Sequence[dict[str, int]] = (),
+) -> list[str]:
     """Input products that nobody in the system makes: their factor is 0, so what they embody
     is outside the scheme. Reported, never silently dropped."""
     used = {i for rows in producers.values() for _, _, inputs in rows for i in inputs}
@@ -308,9 +363,11 @@ def non_productive(products: list[str], a: dict[str, dict[str, Fraction]]) -> li
     return sorted(bad)
 
 
-def responsibility_factors(producers: dict[str, list[tuple[int, int, dict[str, int]]]],
-                           tol: Decimal = RESP_TOLERANCE, max_iter: int = RESP_MAX_ITER
-                           ) -> tuple[dict[str, int], int]:
+def responsibility_factors(
+    producers: dict[str, list[tuple[int, int, dict[str, int]]]],
+    tol: Decimal = RESP_TOLERANCE,
+    max_iter: int = RESP_MAX_ITER,
+) -> tuple[dict[str, int], int]:
     """Solve ``beta_p = (sum_i in_pi x beta_i + E_p) / Y_p`` for every product by the Jacobi
     iteration ``beta^(k+1) = c + A beta^(k)``, ``beta^(0) = c``, in :data:`RESP_CONTEXT`.
     Returns ``({product: beta_ppm}, iterations)``; raises :class:`Diverges` naming the
@@ -319,13 +376,18 @@ def responsibility_factors(producers: dict[str, list[tuple[int, int, dict[str, i
     products, c, a = responsibility_system(producers)
     bad = non_productive(products, a)
     if bad:
-        raise Diverges("the inputs per unit of output form a non-productive network: "
-                       f"{', '.join(bad)} take, directly and through their inputs, at least "
-                       "one unit of themselves per unit made", tuple(bad))
+        raise Diverges(
+            "the inputs per unit of output form a non-productive network: "
+            f"{', '.join(bad)} take, directly and through their inputs, at least "
+            "one unit of themselves per unit made",
+            tuple(bad),
+        )
     ctx = RESP_CONTEXT
     cd = {p: ctx.divide(Decimal(v.numerator), Decimal(v.denominator)) for p, v in c.items()}
-    ad = {p: [(i, ctx.divide(Decimal(v.numerator), Decimal(v.denominator)))
-              for i, v in row.items()] for p, row in a.items()}
+    ad = {
+        p: [(i, ctx.divide(Decimal(v.numerator), Decimal(v.denominator))) for i, v in row.items()]
+        for p, row in a.items()
+    }
     beta = dict(cd)
     for k in range(1, max_iter + 1):
         new = {}
@@ -341,22 +403,27 @@ def responsibility_factors(producers: dict[str, list[tuple[int, int, dict[str, i
         beta = new
         if delta <= tol:
             return {p: ppm_half_even(Fraction(beta[p])) for p in products}, k
-    cyc = [p for comp in _components(products, a) for p in comp
-           if len(comp) > 1 or a[p].get(p)]
-    raise Diverges(f"responsibility factors not settled after {max_iter} iterations: the "
-                   f"cycle through {', '.join(cyc)} is barely productive (it takes almost "
-                   "one unit of itself per unit made)", tuple(cyc))
+    cyc = [p for comp in _components(products, a) for p in comp if len(comp) > 1 or a[p].get(p)]
+    raise Diverges(
+        f"responsibility factors not settled after {max_iter} iterations: the "
+        f"cycle through {', '.join(cyc)} is barely productive (it takes almost "
+        "one unit of itself per unit made)",
+        tuple(cyc),
+    )
 
 
 def embodied(inputs: dict[str, int], beta_ppm: dict[str, int]) -> Fraction:
     """``sum_i in_i x beta_i`` in tonnes, exact: what a firm's inputs embody. Inputs without a
     factor (made outside the system) count 0."""
-    return sum((Fraction(q * beta_ppm[i], PPM) for i, q in sorted(inputs.items())
-                if i in beta_ppm), Fraction(0))
+    return sum(
+        (Fraction(q * beta_ppm[i], PPM) for i, q in sorted(inputs.items()) if i in beta_ppm),
+        Fraction(0),
+    )
 
 
-def responsibility_tonnes(emissions: int, inputs: dict[str, int],
-                          beta_ppm: dict[str, int]) -> Fraction:
+def responsibility_tonnes(
+    emissions: int, inputs: dict[str, int], beta_ppm: dict[str, int]
+) -> Fraction:
     """A firm's responsibility ``R_f = E_f + sum_i in_fi x beta_i`` (t CO2, exact): its own
     emissions plus the average of what it buys. A final consumer (no output) bears exactly
     the average of the products it uses."""

@@ -32,6 +32,7 @@ its input and raises :class:`~exchange.core.errors.Reject` *before* it changes a
     Who covers an SME's shortfall for ``period``: the parent's firm id when the SME holds a
     sub-quota of that period's allowance whose ``shortfall_rule`` is ``parent``, else the SME.
 """
+
 from __future__ import annotations
 
 from fractions import Fraction
@@ -50,14 +51,34 @@ if TYPE_CHECKING:
     from ..core.exchange import Exchange
 from . import formulas as F
 from .commands import (
-    PARAM_FIELDS, AssessFirm, ClosePeriod, PreAllocate, RecordVerified, SetBenchmark,
-    SetInputUse, SetOutputHistory, SetRulesParams, SettleAllocations, SettleSubQuotas,
+    PARAM_FIELDS,
+    AssessFirm,
+    ClosePeriod,
+    PreAllocate,
+    RecordVerified,
+    SetBenchmark,
+    SetInputUse,
+    SetOutputHistory,
+    SetRulesParams,
+    SettleAllocations,
+    SettleSubQuotas,
     SplitSubQuotas,
 )
 from .events import (
-    AllocationChanged, AllocationNormalised, BenchmarkSet, BenchmarkUpdated, FactorChanged,
-    GainShared, InputUseSet, OutputHistorySet, PeriodClosed, PeriodOpened, RulesParamsSet,
-    SubQuotaSettled, SubQuotasSplit, VerifiedRecorded,
+    AllocationChanged,
+    AllocationNormalised,
+    BenchmarkSet,
+    BenchmarkUpdated,
+    FactorChanged,
+    GainShared,
+    InputUseSet,
+    OutputHistorySet,
+    PeriodClosed,
+    PeriodOpened,
+    RulesParamsSet,
+    SubQuotaSettled,
+    SubQuotasSplit,
+    VerifiedRecorded,
 )
 
 DEFAULT_PARAMS: dict[str, Any] = {
@@ -98,8 +119,17 @@ def validate_params(p: dict[str, Any]) -> None:
     for k, v in p.items():
         if k.endswith("_ppm") and (type(v) is not int or not 0 <= v <= MAX_RATIO_PPM):
             raise E.Reject(E.BAD_PARAMETER, f"{k} must be an integer in [0, {MAX_RATIO_PPM}]")
-    for k in ("pre_ratio_ppm", "max_step_ppm", "max_tightening_ppm", "benchmark_step_ppm",
-              "w_tech_ppm", "w_eff_ppm", "w_hist_ppm", "kappa_max_ppm", "gain_share_ppm"):
+    for k in (
+        "pre_ratio_ppm",
+        "max_step_ppm",
+        "max_tightening_ppm",
+        "benchmark_step_ppm",
+        "w_tech_ppm",
+        "w_eff_ppm",
+        "w_hist_ppm",
+        "kappa_max_ppm",
+        "gain_share_ppm",
+    ):
         if p[k] > PPM:
             raise E.Reject(E.BAD_PARAMETER, f"{k} must be within [0, 1] (ppm <= 1000000)")
     if not 0 < p["phi_min_ppm"] <= p["initial_phi_ppm"] <= p["phi_max_ppm"]:
@@ -109,8 +139,9 @@ def validate_params(p: dict[str, Any]) -> None:
     if type(p["allow_loosening"]) is not bool:
         raise E.Reject(E.BAD_PARAMETER, "allow_loosening is true or false")
     if p["allocation_total"] not in F.ALLOCATION_TOTALS:
-        raise E.Reject(E.BAD_PARAMETER,
-                       f"allocation_total is one of {', '.join(F.ALLOCATION_TOTALS)}")
+        raise E.Reject(
+            E.BAD_PARAMETER, f"allocation_total is one of {', '.join(F.ALLOCATION_TOTALS)}"
+        )
     if type(p["cap_tonnes"]) is not int or p["cap_tonnes"] < 0:
         raise E.Reject(E.BAD_PARAMETER, "cap_tonnes must be an integer >= 0")
     if p["allocation_total"] == "absolute" and p["cap_tonnes"] <= 0:
@@ -135,10 +166,31 @@ def _int(v: object, name: str, code: str = E.BAD_PARAMETER, minimum: int = 0) ->
 # state. Kept as tuples of values whose key tuples are shared, and given out as the same dicts
 # (to_state, factor_history), so the state and its hash are unchanged.
 _SHAPES: dict[tuple[str, ...], tuple[str, ...]] = {}
-_allocation_record = record_maker("AllocationRecord", (
-    "instrument", "mode", "k_pre_num", "k_pre_den", "k_num", "k_den", "normalised",
-    "benchmark_ppm", "phi_ppm", "pre_ratio_ppm", "base_output", "opened", "pre", "verified",
-    "verified_output", "final", "deduction", "issued", "clawed_back", "to_obligation"))
+_allocation_record = record_maker(
+    "AllocationRecord",
+    (
+        "instrument",
+        "mode",
+        "k_pre_num",
+        "k_pre_den",
+        "k_num",
+        "k_den",
+        "normalised",
+        "benchmark_ppm",
+        "phi_ppm",
+        "pre_ratio_ppm",
+        "base_output",
+        "opened",
+        "pre",
+        "verified",
+        "verified_output",
+        "final",
+        "deduction",
+        "issued",
+        "clawed_back",
+        "to_obligation",
+    ),
+)
 
 
 def _firm_resp(v: dict[str, Any] | Sequence[Any]) -> dict[str, Any]:
@@ -147,9 +199,16 @@ def _firm_resp(v: dict[str, Any] | Sequence[Any]) -> dict[str, Any]:
     if isinstance(v, dict):
         return dict(v)
     period, inten, out, resp = v
-    return {"period": period, "verified": True, "emissions": None, "output": out,
-            "embodied_ppm": None, "responsibility_ppm": resp, "intensity_ppm": inten,
-            "outside_inputs": []}
+    return {
+        "period": period,
+        "verified": True,
+        "emissions": None,
+        "output": out,
+        "embodied_ppm": None,
+        "responsibility_ppm": resp,
+        "intensity_ppm": inten,
+        "outside_inputs": [],
+    }
 
 
 def _pack(d: dict[str, Any]) -> tuple[Any, ...]:
@@ -162,13 +221,27 @@ def _unpack(packed: tuple[Any, ...]) -> dict[str, Any]:
 
 
 def _pack_factor(h: dict[str, Any]) -> tuple[Any, ...]:
-    return (h["seq"], h["period"], h["reason"], h["phi_before_ppm"], h["phi_after_ppm"],
-            _pack(h["inputs"]), _pack(h["terms"]))
+    return (
+        h["seq"],
+        h["period"],
+        h["reason"],
+        h["phi_before_ppm"],
+        h["phi_after_ppm"],
+        _pack(h["inputs"]),
+        _pack(h["terms"]),
+    )
 
 
 def _unpack_factor(t: tuple[Any, ...]) -> dict[str, Any]:
-    return {"seq": t[0], "period": t[1], "reason": t[2], "phi_before_ppm": t[3],
-            "phi_after_ppm": t[4], "inputs": _unpack(t[5]), "terms": _unpack(t[6])}
+    return {
+        "seq": t[0],
+        "period": t[1],
+        "reason": t[2],
+        "phi_before_ppm": t[3],
+        "phi_after_ppm": t[4],
+        "inputs": _unpack(t[5]),
+        "terms": _unpack(t[6]),
+    }
 
 
 class RulesModule(Module):
@@ -203,11 +276,16 @@ class RulesModule(Module):
     # ================================================================== plumbing
     def handlers(self) -> dict[type, Callable[[Any], list[Any]]]:
         return {
-            SetRulesParams: self._set_params, SetBenchmark: self._set_benchmark,
-            AssessFirm: self._assess, SetOutputHistory: self._set_history,
-            SetInputUse: self._set_inputs, PreAllocate: self._pre_allocate,
-            RecordVerified: self._record_verified, ClosePeriod: self._close_period,
-            SettleAllocations: self._settle_allocations, SplitSubQuotas: self._split,
+            SetRulesParams: self._set_params,
+            SetBenchmark: self._set_benchmark,
+            AssessFirm: self._assess,
+            SetOutputHistory: self._set_history,
+            SetInputUse: self._set_inputs,
+            PreAllocate: self._pre_allocate,
+            RecordVerified: self._record_verified,
+            ClosePeriod: self._close_period,
+            SettleAllocations: self._settle_allocations,
+            SplitSubQuotas: self._split,
             SettleSubQuotas: self._settle_sub_quotas,
         }
 
@@ -215,14 +293,17 @@ class RulesModule(Module):
         def per(d: dict[int, Any]) -> list[list[Any]]:
             # {int: x} -> [[int, x]] sorted (JSON object keys must be strings)
             return [[k, d[k]] for k in sorted(d)]
+
         return {
             "schedule": [[p, dict(sorted(v.items()))] for p, v in self.schedule],
             "benchmarks": dict(sorted(self.benchmarks.items())),
             "phi": dict(sorted(self.phi.items())),
             "assessments": dict(sorted(self.assessments.items())),
             "history": {f: per(d) for f, d in sorted(self.history.items())},
-            "inputs": {f: per({p: dict(sorted(q.items())) for p, q in d.items()})
-                       for f, d in sorted(self.inputs.items())},
+            "inputs": {
+                f: per({p: dict(sorted(q.items())) for p, q in d.items()})
+                for f, d in sorted(self.inputs.items())
+            },
             "verified": per({p: dict(sorted(d.items())) for p, d in self.verified.items()}),
             "allocs": {f: per(d) for f, d in sorted(self.allocs.items())},
             "periods": per(self.periods),
@@ -238,6 +319,7 @@ class RulesModule(Module):
     def load_state(self, s: dict[str, Any]) -> None:
         def per(rows: Iterable[Sequence[Any]]) -> dict[int, Any]:
             return {int(k): v for k, v in rows}
+
         self.schedule = [(int(p), dict(v)) for p, v in s["schedule"]]
         self.benchmarks = dict(s["benchmarks"])
         self.phi = dict(s["phi"])
@@ -264,8 +346,14 @@ class RulesModule(Module):
             v.setdefault("gain_share_ppm", 0)  # no sharing before the parameter existed
         for d in self.allocs.values():
             for rec in d.values():
-                for k, dv in (("mode", "floating"), ("k_pre_num", 1), ("k_pre_den", 1),
-                              ("k_num", 1), ("k_den", 1), ("normalised", False)):
+                for k, dv in (
+                    ("mode", "floating"),
+                    ("k_pre_num", 1),
+                    ("k_pre_den", 1),
+                    ("k_num", 1),
+                    ("k_den", 1),
+                    ("normalised", False),
+                ):
                     rec.setdefault(k, dv)
 
     # ================================================================== read side
@@ -290,9 +378,16 @@ class RulesModule(Module):
     def allocation(self, firm_id: str, period: int) -> dict[str, Any]:
         rec = self.allocs.get(firm_id, {}).get(period)
         if rec is None:
-            return {"firm_id": firm_id, "period": period, "pre_allocation": 0, "true_up": 0,
-                    "deduction": 0, "total": 0, "exists": False,
-                    "allocation_total": self.params(period)["allocation_total"]}
+            return {
+                "firm_id": firm_id,
+                "period": period,
+                "pre_allocation": 0,
+                "true_up": 0,
+                "deduction": 0,
+                "total": 0,
+                "exists": False,
+                "allocation_total": self.params(period)["allocation_total"],
+            }
         return self._view(firm_id, period, rec)
 
     def period_totals(self, period: int) -> dict[str, Any] | None:
@@ -330,8 +425,11 @@ class RulesModule(Module):
         sym = self.instrument_for(period)
         for lot_id in sorted(self.ex.sub_quotas):
             lot = self.ex.sub_quotas[lot_id]
-            if lot["sme"] == sme_id and lot["instrument"] == sym \
-                    and lot["shortfall_rule"] == "parent":
+            if (
+                lot["sme"] == sme_id
+                and lot["instrument"] == sym
+                and lot["shortfall_rule"] == "parent"
+            ):
                 parent: str = lot["parent"]
                 return parent
         return sme_id
@@ -339,23 +437,34 @@ class RulesModule(Module):
     def _view(self, firm_id: str, period: int, rec: dict[str, Any]) -> dict[str, Any]:
         true_up = rec["final"] - rec["pre"] if rec["verified"] else 0
         out = rec["verified_output"] if rec["verified"] else rec["base_output"]
-        return {"firm_id": firm_id, "period": period, "exists": True,
-                "instrument": rec["instrument"], "pre_allocation": rec["pre"],
-                "true_up": true_up, "deduction": rec["deduction"],
-                "total": max(0, rec["pre"] + true_up - rec["deduction"]),
-                "deduction_unapplied": max(0, rec["deduction"] - rec["pre"] - true_up),
-                "benchmark_ppm": rec["benchmark_ppm"], "phi_ppm": rec["phi_ppm"],
-                "base_output": rec["base_output"], "verified_output": rec["verified_output"],
-                "verified": rec["verified"], "opened": rec["opened"],
-                "issued": rec["issued"], "clawed_back": rec["clawed_back"],
-                "to_obligation": rec["to_obligation"],
-                # why the allocation is what it is: B x Y x phi, times the period's scale
-                "allocation_total": rec["mode"],
-                "raw_allocation": rec["benchmark_ppm"] * out * rec["phi_ppm"] // PPM ** 2,
-                "scale_num": rec["k_num"], "scale_den": rec["k_den"],
-                "scale_ppm": ratio_ppm(rec["k_num"], rec["k_den"]),
-                "pre_scale_ppm": ratio_ppm(rec["k_pre_num"], rec["k_pre_den"]),
-                "normalised": rec["normalised"]}
+        return {
+            "firm_id": firm_id,
+            "period": period,
+            "exists": True,
+            "instrument": rec["instrument"],
+            "pre_allocation": rec["pre"],
+            "true_up": true_up,
+            "deduction": rec["deduction"],
+            "total": max(0, rec["pre"] + true_up - rec["deduction"]),
+            "deduction_unapplied": max(0, rec["deduction"] - rec["pre"] - true_up),
+            "benchmark_ppm": rec["benchmark_ppm"],
+            "phi_ppm": rec["phi_ppm"],
+            "base_output": rec["base_output"],
+            "verified_output": rec["verified_output"],
+            "verified": rec["verified"],
+            "opened": rec["opened"],
+            "issued": rec["issued"],
+            "clawed_back": rec["clawed_back"],
+            "to_obligation": rec["to_obligation"],
+            # why the allocation is what it is: B x Y x phi, times the period's scale
+            "allocation_total": rec["mode"],
+            "raw_allocation": rec["benchmark_ppm"] * out * rec["phi_ppm"] // PPM**2,
+            "scale_num": rec["k_num"],
+            "scale_den": rec["k_den"],
+            "scale_ppm": ratio_ppm(rec["k_num"], rec["k_den"]),
+            "pre_scale_ppm": ratio_ppm(rec["k_pre_num"], rec["k_pre_den"]),
+            "normalised": rec["normalised"],
+        }
 
     # ================================================================== helpers
     def _covered(self, acct: Account) -> bool:
@@ -365,8 +474,9 @@ class RulesModule(Module):
         phi: int = self.phi.get(firm_id, params["initial_phi_ppm"])
         return phi
 
-    def _latest(self, firm_id: str,
-                before: int | None = None) -> tuple[int, int, int | None] | None:
+    def _latest(
+        self, firm_id: str, before: int | None = None
+    ) -> tuple[int, int, int | None] | None:
         """Latest (period, output, emissions|None): verified data first, then the history."""
         best = None
         for p in sorted(self.verified, reverse=True):
@@ -394,12 +504,27 @@ class RulesModule(Module):
         base = self._latest(firm_id, before=period)
         k_pre = self.totals.get(period, {}).get("pre_scale", [1, 1])
         return _allocation_record(
-            instrument=self.instrument_for(period), mode=params["allocation_total"],
-            k_pre_num=k_pre[0], k_pre_den=k_pre[1], k_num=k_pre[0], k_den=k_pre[1],
-            normalised=False, benchmark_ppm=self.benchmarks.get(acct.product, 0),
-            phi_ppm=self._phi_of(firm_id, params), pre_ratio_ppm=params["pre_ratio_ppm"],
-            base_output=base[1] if base else 0, opened=False, pre=0, verified=False,
-            verified_output=0, final=0, deduction=0, issued=0, clawed_back=0, to_obligation=0)
+            instrument=self.instrument_for(period),
+            mode=params["allocation_total"],
+            k_pre_num=k_pre[0],
+            k_pre_den=k_pre[1],
+            k_num=k_pre[0],
+            k_den=k_pre[1],
+            normalised=False,
+            benchmark_ppm=self.benchmarks.get(acct.product, 0),
+            phi_ppm=self._phi_of(firm_id, params),
+            pre_ratio_ppm=params["pre_ratio_ppm"],
+            base_output=base[1] if base else 0,
+            opened=False,
+            pre=0,
+            verified=False,
+            verified_output=0,
+            final=0,
+            deduction=0,
+            issued=0,
+            clawed_back=0,
+            to_obligation=0,
+        )
 
     def _open_record(self, firm_id: str, period: int, store: bool = True) -> dict[str, Any]:
         """The record a period opens with. A record made earlier (a deduction recorded before
@@ -411,8 +536,14 @@ class RulesModule(Module):
         old = recs.get(period)
         rec = self._new_record(firm_id, period)
         if old is not None:
-            for k in ("deduction", "verified", "verified_output", "issued", "clawed_back",
-                      "to_obligation"):
+            for k in (
+                "deduction",
+                "verified",
+                "verified_output",
+                "issued",
+                "clawed_back",
+                "to_obligation",
+            ):
                 rec[k] = old[k]
         if store:
             recs[period] = rec
@@ -427,8 +558,12 @@ class RulesModule(Module):
             # that total is not exceeded
             q: int = rec["final"] if rec["verified"] else rec["pre"]
             return q
-        return F.scaled_allocation(rec["benchmark_ppm"], output, rec["phi_ppm"],
-                                   Fraction(rec["k_pre_num"], rec["k_pre_den"]))
+        return F.scaled_allocation(
+            rec["benchmark_ppm"],
+            output,
+            rec["phi_ppm"],
+            Fraction(rec["k_pre_num"], rec["k_pre_den"]),
+        )
 
     @staticmethod
     def _target(rec: dict[str, Any]) -> int:
@@ -451,8 +586,7 @@ class RulesModule(Module):
         delta = self._target(rec) - self._position(rec)
         sym = rec["instrument"]
         if delta and sym not in self.ex.instruments:
-            raise E.Reject(E.UNKNOWN_INSTRUMENT,
-                           f"allowance instrument {sym!r} does not exist")
+            raise E.Reject(E.UNKNOWN_INSTRUMENT, f"allowance instrument {sym!r} does not exist")
         if delta > 0:
             total = delta + (run.get(sym, 0) if run is not None else 0)
             if run is not None:
@@ -460,9 +594,11 @@ class RulesModule(Module):
             h = self.ex.accounts[ISSUER].holdings.get(sym)
             room = MAX_QTY + (h.total if h is not None else 0)  # @issuer holds minus it
             if total > room:
-                raise E.Reject(E.QUANTITY_LIMIT,
-                               f"the allocation run would issue {total} t of {sym}: at most "
-                               f"{MAX_QTY} t may be outstanding, {max(room, 0)} t left")
+                raise E.Reject(
+                    E.QUANTITY_LIMIT,
+                    f"the allocation run would issue {total} t of {sym}: at most "
+                    f"{MAX_QTY} t may be outstanding, {max(room, 0)} t left",
+                )
 
     @staticmethod
     def _position(rec: dict[str, Any]) -> int:
@@ -481,8 +617,17 @@ class RulesModule(Module):
         events: list[Any] = []
         issued = to_obl = 0
         if delta > 0:
-            events.extend(ex._issue(IssueUnits(account=firm_id, instrument=sym, qty=delta,
-                                               source="allocation", ref=str(period))))
+            events.extend(
+                ex._issue(
+                    IssueUnits(
+                        account=firm_id,
+                        instrument=sym,
+                        qty=delta,
+                        source="allocation",
+                        ref=str(period),
+                    )
+                )
+            )
             rec["issued"] += delta
             issued = delta
         else:
@@ -490,8 +635,15 @@ class RulesModule(Module):
             h = acct.holdings.get(sym)
             take = min(want, h.available if h is not None else 0)
             if take:
-                ex.move_units(acct, ex.accounts[ISSUER], sym, take, "", "clawback",
-                              prefer=f"allocation:{period}")
+                ex.move_units(
+                    acct,
+                    ex.accounts[ISSUER],
+                    sym,
+                    take,
+                    "",
+                    "clawback",
+                    prefer=f"allocation:{period}",
+                )
                 events.append(Posting(sym, firm_id, ISSUER, take, f"clawback:allocation:{period}"))
                 rec["clawed_back"] += take
             to_obl = want - take
@@ -501,8 +653,11 @@ class RulesModule(Module):
                 if comp is not None and hasattr(comp, "add_obligation"):
                     events.extend(comp.add_obligation(firm_id, period, to_obl) or [])
             issued = -take
-        events.append(AllocationChanged(firm_id, period, kind, sym, issued, to_obl,
-                                        self._view(firm_id, period, rec)))
+        events.append(
+            AllocationChanged(
+                firm_id, period, kind, sym, issued, to_obl, self._view(firm_id, period, rec)
+            )
+        )
         return events
 
     # ================================================================== parameters, data
@@ -528,8 +683,14 @@ class RulesModule(Module):
         prev = self.benchmarks.get(c.product)
         self.benchmarks[c.product] = c.intensity_ppm
         self.bench_history.setdefault(c.product, []).append(
-            {"seq": c.seq, "period": None, "reason": "set", "before_ppm": prev,
-             "after_ppm": c.intensity_ppm})
+            {
+                "seq": c.seq,
+                "period": None,
+                "reason": "set",
+                "before_ppm": prev,
+                "after_ppm": c.intensity_ppm,
+            }
+        )
         return [BenchmarkSet(c.product, c.intensity_ppm, prev)]
 
     def _assess(self, c: AssessFirm) -> list[Any]:
@@ -542,31 +703,82 @@ class RulesModule(Module):
                 raise E.Reject(E.BAD_PARAMETER, f"{name} must be within [0, 1]")
         _int(c.hist_intensity_ppm, "hist_intensity_ppm")
         p = self.params()
-        r = F.initial_phi(c.technology_ppm, c.efficiency_ppm, c.hist_intensity_ppm, b,
-                          p["w_tech_ppm"], p["w_eff_ppm"], p["w_hist_ppm"],
-                          p["initial_phi_ppm"], p["phi_min_ppm"], p["phi_max_ppm"])
+        r = F.initial_phi(
+            c.technology_ppm,
+            c.efficiency_ppm,
+            c.hist_intensity_ppm,
+            b,
+            p["w_tech_ppm"],
+            p["w_eff_ppm"],
+            p["w_hist_ppm"],
+            p["initial_phi_ppm"],
+            p["phi_min_ppm"],
+            p["phi_max_ppm"],
+        )
         before = self._phi_of(c.firm_id, p)
-        inputs = {"technology_ppm": c.technology_ppm, "efficiency_ppm": c.efficiency_ppm,
-                  "hist_intensity_ppm": c.hist_intensity_ppm, "benchmark_ppm": b,
-                  "w_tech_ppm": p["w_tech_ppm"], "w_eff_ppm": p["w_eff_ppm"],
-                  "w_hist_ppm": p["w_hist_ppm"], "base_ppm": p["initial_phi_ppm"],
-                  "phi_min_ppm": p["phi_min_ppm"], "phi_max_ppm": p["phi_max_ppm"]}
-        terms = {"tech_ppm": _ppm(r["tech"]), "eff_ppm": _ppm(r["eff"]),
-                 "hist_gap_ppm": _ppm(r["hist_gap"]), "hist_ppm": _ppm(r["hist"]),
-                 "raw_ppm": _ppm(r["raw"]), "bound_limited": r["bound_limited"]}
-        self.assessments[c.firm_id] = {"technology_ppm": c.technology_ppm,
-                                       "efficiency_ppm": c.efficiency_ppm,
-                                       "hist_intensity_ppm": c.hist_intensity_ppm}
-        return [self._record_factor(c.firm_id, self.next_effective_period(), "assessment",
-                                    before, r["phi_ppm"], inputs, terms, c.seq)]
+        inputs = {
+            "technology_ppm": c.technology_ppm,
+            "efficiency_ppm": c.efficiency_ppm,
+            "hist_intensity_ppm": c.hist_intensity_ppm,
+            "benchmark_ppm": b,
+            "w_tech_ppm": p["w_tech_ppm"],
+            "w_eff_ppm": p["w_eff_ppm"],
+            "w_hist_ppm": p["w_hist_ppm"],
+            "base_ppm": p["initial_phi_ppm"],
+            "phi_min_ppm": p["phi_min_ppm"],
+            "phi_max_ppm": p["phi_max_ppm"],
+        }
+        terms = {
+            "tech_ppm": _ppm(r["tech"]),
+            "eff_ppm": _ppm(r["eff"]),
+            "hist_gap_ppm": _ppm(r["hist_gap"]),
+            "hist_ppm": _ppm(r["hist"]),
+            "raw_ppm": _ppm(r["raw"]),
+            "bound_limited": r["bound_limited"],
+        }
+        self.assessments[c.firm_id] = {
+            "technology_ppm": c.technology_ppm,
+            "efficiency_ppm": c.efficiency_ppm,
+            "hist_intensity_ppm": c.hist_intensity_ppm,
+        }
+        return [
+            self._record_factor(
+                c.firm_id,
+                self.next_effective_period(),
+                "assessment",
+                before,
+                r["phi_ppm"],
+                inputs,
+                terms,
+                c.seq,
+            )
+        ]
 
-    def _record_factor(self, firm_id: str, period: int, reason: str, before: int, after: int,
-                       inputs: dict[str, Any], terms: dict[str, Any], seq: int
-                       ) -> FactorChanged:
+    def _record_factor(
+        self,
+        firm_id: str,
+        period: int,
+        reason: str,
+        before: int,
+        after: int,
+        inputs: dict[str, Any],
+        terms: dict[str, Any],
+        seq: int,
+    ) -> FactorChanged:
         self.phi[firm_id] = after
-        self.factors.setdefault(firm_id, []).append(_pack_factor(
-            {"seq": seq, "period": period, "reason": reason, "phi_before_ppm": before,
-             "phi_after_ppm": after, "inputs": inputs, "terms": terms}))
+        self.factors.setdefault(firm_id, []).append(
+            _pack_factor(
+                {
+                    "seq": seq,
+                    "period": period,
+                    "reason": reason,
+                    "phi_before_ppm": before,
+                    "phi_after_ppm": after,
+                    "inputs": inputs,
+                    "terms": terms,
+                }
+            )
+        )
         return FactorChanged(firm_id, period, reason, before, after, inputs, terms)
 
     def _set_history(self, c: SetOutputHistory) -> list[Any]:
@@ -613,13 +825,23 @@ class RulesModule(Module):
         # the expected total from last outputs, shared by B x Y_last x phi; its scale k_pre
         # carries the provisional true-ups until the close knows every verified output
         alloc = F.period_allocation(
-            mode, [(r["benchmark_ppm"], r["base_output"], r["phi_ppm"]) for r in recs],
-            params["cap_tonnes"], params["pre_ratio_ppm"])
+            mode,
+            [(r["benchmark_ppm"], r["base_output"], r["phi_ppm"]) for r in recs],
+            params["cap_tonnes"],
+            params["pre_ratio_ppm"],
+        )
         k = alloc["scale"]
         run: dict[str, Any] = {}
         for rec, pre in zip(recs, alloc["parts"]):
-            trial = dict(rec, opened=True, pre=pre, k_pre_num=k.numerator,
-                         k_pre_den=k.denominator, k_num=k.numerator, k_den=k.denominator)
+            trial = dict(
+                rec,
+                opened=True,
+                pre=pre,
+                k_pre_num=k.numerator,
+                k_pre_den=k.denominator,
+                k_num=k.numerator,
+                k_den=k.denominator,
+            )
             if trial["verified"]:
                 trial["final"] = self._provisional(trial, period, trial["verified_output"])
             self._check_settle(trial, run)
@@ -627,15 +849,29 @@ class RulesModule(Module):
         for a, rec in zip(firms, recs):
             self.allocs.setdefault(a.firm_id, {})[period] = rec
         self.totals[period] = {
-            "allocation_total": mode, "pre_basis": alloc["basis"], "pre_total": alloc["total"],
-            "pre_raw_total": floor_int(alloc["raw"]), "pre_scale": [k.numerator, k.denominator],
-            "pre_firms": len(recs), "total": None, "raw_total": None, "scale": None,
-            "firms": None, "unverified_pre": None}
+            "allocation_total": mode,
+            "pre_basis": alloc["basis"],
+            "pre_total": alloc["total"],
+            "pre_raw_total": floor_int(alloc["raw"]),
+            "pre_scale": [k.numerator, k.denominator],
+            "pre_firms": len(recs),
+            "total": None,
+            "raw_total": None,
+            "scale": None,
+            "firms": None,
+            "unverified_pre": None,
+        }
         events: list[Any] = []
         total = 0
         for a, rec, pre in zip(firms, recs, alloc["parts"]):
-            rec.update(opened=True, pre=pre, k_pre_num=k.numerator, k_pre_den=k.denominator,
-                       k_num=k.numerator, k_den=k.denominator)
+            rec.update(
+                opened=True,
+                pre=pre,
+                k_pre_num=k.numerator,
+                k_pre_den=k.denominator,
+                k_num=k.numerator,
+                k_den=k.denominator,
+            )
             if rec["verified"]:
                 rec["final"] = self._provisional(rec, period, rec["verified_output"])
             before = rec["issued"] - rec["clawed_back"]
@@ -656,8 +892,12 @@ class RulesModule(Module):
         else:
             new = False
         if rec is not None:
-            trial = dict(rec, verified=True, verified_output=output,
-                         final=self._provisional(rec, period, output))
+            trial = dict(
+                rec,
+                verified=True,
+                verified_output=output,
+                final=self._provisional(rec, period, output),
+            )
             self._check_settle(trial)
         # ---- accepted
         self.verified.setdefault(period, {})[firm_id] = [emissions, output]
@@ -764,8 +1004,11 @@ class RulesModule(Module):
         # With part of the producers reporting, beta_p would set firms that declared what
         # they buy against firms that did not (and reward not declaring): those products,
         # like products without input data, compare direct intensity with the direct B.
-        chained = {p for p, fs in made_by.items()
-                   if all(f in used for f in fs) and any(used[f] for f in fs)}
+        chained = {
+            p
+            for p, fs in made_by.items()
+            if all(f in used for f in fs) and any(used[f] for f in fs)
+        }
         # 2. each verified firm's intensity (direct + embodied in inputs) and gap
         inten: dict[str, Fraction] = {}
         embodied: dict[str, Fraction] = {}
@@ -783,8 +1026,7 @@ class RulesModule(Module):
             if ref is None:
                 continue
             # like with like: beta_p includes embodied emissions, B is a direct intensity
-            i_gap = i if ref[0] == "responsibility" else F.intensity(verified[f][0],
-                                                                       verified[f][1])
+            i_gap = i if ref[0] == "responsibility" else F.intensity(verified[f][0], verified[f][1])
             gaps[f] = (F.gap(i_gap, ref[1]), b, ref[0], ref[1], i_gap)
         # an SME has no benchmark: its sub-quota is its indicator (seed 000's sub-indicator),
         # so its verified cut is g = 1 - E / sub-quota granted, and counts as a partner's cut
@@ -796,8 +1038,7 @@ class RulesModule(Module):
         for f in sorted(verified):
             if f not in gaps and granted.get(f, 0) > 0:
                 em = verified[f][0]
-                gaps[f] = (1 - Fraction(em, granted[f]), 0, "sub_quota", granted[f],
-                           Fraction(em))
+                gaps[f] = (1 - Fraction(em, granted[f]), 0, "sub_quota", granted[f], Fraction(em))
         # 3. new allocation factors (covered firms with a gap)
         updates = []
         shares_due = []  # core firms whose partners' cuts raised their factor
@@ -810,27 +1051,48 @@ class RulesModule(Module):
                 gj = gaps.get(j, (Fraction(0), 0))[0]
                 partners.append((j, w, gj))
             own = F.own_term(g, params["alpha_up_ppm"], params["alpha_down_ppm"])
-            c_raw, c_cap = F.coupling_term([(w, gj) for _, w, gj in partners],
-                                           params["kappa_ppm"], params["kappa_max_ppm"])
+            c_raw, c_cap = F.coupling_term(
+                [(w, gj) for _, w, gj in partners], params["kappa_ppm"], params["kappa_max_ppm"]
+            )
             before = self._phi_of(f, params)
-            r = F.update_phi(before, own, c_cap, params["phi_min_ppm"], params["phi_max_ppm"],
-                             params["max_step_ppm"])
+            r = F.update_phi(
+                before,
+                own,
+                c_cap,
+                params["phi_min_ppm"],
+                params["phi_max_ppm"],
+                params["max_step_ppm"],
+            )
             em, out = verified[f]
-            inputs = {"emissions": em, "output": out, "embodied_ppm": _ppm(embodied[f]),
-                      "intensity_ppm": _ppm(i_gap), "benchmark_ppm": b,
-                      # what the gap was measured against: "responsibility" (beta_p, the
-                      # product's average with its inputs) or "benchmark" (B)
-                      "reference": ref_kind, "reference_ppm": ref_ppm,
-                      "partners": [[j, _ppm(w), _ppm(gj)] for j, w, gj in partners],
-                      "alpha_up_ppm": params["alpha_up_ppm"],
-                      "alpha_down_ppm": params["alpha_down_ppm"],
-                      "kappa_ppm": params["kappa_ppm"], "kappa_max_ppm": params["kappa_max_ppm"],
-                      "phi_min_ppm": params["phi_min_ppm"], "phi_max_ppm": params["phi_max_ppm"],
-                      "max_step_ppm": params["max_step_ppm"]}
-            terms = {"gap_ppm": _ppm(g), "own_ppm": _ppm(own), "coupling_raw_ppm": _ppm(c_raw),
-                     "coupling_ppm": _ppm(c_cap), "multiplier_ppm": _ppm(r["multiplier"]),
-                     "phi_raw_ppm": _ppm(r["raw"]), "step_limited": r["step_limited"],
-                     "bound_limited": r["bound_limited"]}
+            inputs = {
+                "emissions": em,
+                "output": out,
+                "embodied_ppm": _ppm(embodied[f]),
+                "intensity_ppm": _ppm(i_gap),
+                "benchmark_ppm": b,
+                # what the gap was measured against: "responsibility" (beta_p, the
+                # product's average with its inputs) or "benchmark" (B)
+                "reference": ref_kind,
+                "reference_ppm": ref_ppm,
+                "partners": [[j, _ppm(w), _ppm(gj)] for j, w, gj in partners],
+                "alpha_up_ppm": params["alpha_up_ppm"],
+                "alpha_down_ppm": params["alpha_down_ppm"],
+                "kappa_ppm": params["kappa_ppm"],
+                "kappa_max_ppm": params["kappa_max_ppm"],
+                "phi_min_ppm": params["phi_min_ppm"],
+                "phi_max_ppm": params["phi_max_ppm"],
+                "max_step_ppm": params["max_step_ppm"],
+            }
+            terms = {
+                "gap_ppm": _ppm(g),
+                "own_ppm": _ppm(own),
+                "coupling_raw_ppm": _ppm(c_raw),
+                "coupling_ppm": _ppm(c_cap),
+                "multiplier_ppm": _ppm(r["multiplier"]),
+                "phi_raw_ppm": _ppm(r["raw"]),
+                "step_limited": r["step_limited"],
+                "bound_limited": r["bound_limited"],
+            }
             updates.append((f, before, r["phi_ppm"], inputs, terms))
             if c_cap > 0 and params["gain_share_ppm"]:
                 shares_due.append((f, before, b, out, c_cap, partners))
@@ -845,17 +1107,28 @@ class RulesModule(Module):
         for prod in sorted(by_product):
             target = F.weighted_intensity(by_product[prod])
             b = self.benchmarks[prod]
-            r = F.benchmark_step(b, target, params["benchmark_step_ppm"],
-                                 params["max_tightening_ppm"], params["allow_loosening"],
-                                 params["max_loosening_ppm"])
-            inputs = {"weighted_intensity_ppm": _ppm(target), "firms": len(by_product[prod]),
-                      "output": sum(y for _, y in by_product[prod]),
-                      "step_ppm": params["benchmark_step_ppm"],
-                      "max_tightening_ppm": params["max_tightening_ppm"],
-                      "allow_loosening": params["allow_loosening"],
-                      "max_loosening_ppm": params["max_loosening_ppm"]}
-            terms = {"gradient_ppm": _ppm(r["gradient"]), "raw_ppm": _ppm(r["raw"]),
-                     "limited": r["limited"]}
+            r = F.benchmark_step(
+                b,
+                target,
+                params["benchmark_step_ppm"],
+                params["max_tightening_ppm"],
+                params["allow_loosening"],
+                params["max_loosening_ppm"],
+            )
+            inputs = {
+                "weighted_intensity_ppm": _ppm(target),
+                "firms": len(by_product[prod]),
+                "output": sum(y for _, y in by_product[prod]),
+                "step_ppm": params["benchmark_step_ppm"],
+                "max_tightening_ppm": params["max_tightening_ppm"],
+                "allow_loosening": params["allow_loosening"],
+                "max_loosening_ppm": params["max_loosening_ppm"],
+            }
+            terms = {
+                "gradient_ppm": _ppm(r["gradient"]),
+                "raw_ppm": _ppm(r["raw"]),
+                "limited": r["limited"],
+            }
             bench_updates.append((prod, b, r["benchmark_ppm"], inputs, terms))
         # 5. the verified firms share the period's total by B x Y_verified x phi, with the phi
         # fixed in their records (the period's, not the one computed above for the next)
@@ -864,42 +1137,72 @@ class RulesModule(Module):
         ver = [(f, r) for f, r in recs if r["verified"]]
         unverified_pre = sum(r["pre"] for _, r in recs if not r["verified"])
         alloc = F.period_allocation(
-            mode, [(r["benchmark_ppm"], r["verified_output"], r["phi_ppm"]) for _, r in ver],
-            params["cap_tonnes"], PPM, unverified_pre)
+            mode,
+            [(r["benchmark_ppm"], r["verified_output"], r["phi_ppm"]) for _, r in ver],
+            params["cap_tonnes"],
+            PPM,
+            unverified_pre,
+        )
         shares = dict(zip((f for f, _ in ver), alloc["parts"]))
         k = alloc["scale"]
         # every settlement (the shares, pending deductions) must be possible
         run: dict[str, Any] = {}
         for f, r in recs:
-            self._check_settle(dict(r, final=shares[f]) if f in shares and mode != "floating"
-                               else r, run)
+            self._check_settle(
+                dict(r, final=shares[f]) if f in shares and mode != "floating" else r, run
+            )
         # ---- accepted
         events: list[Any] = []
         t = self.totals.setdefault(period, {"allocation_total": mode})
-        t.update(total=alloc["total"], raw_total=floor_int(alloc["raw"]),
-                 scale=[k.numerator, k.denominator], firms=len(ver),
-                 unverified_pre=unverified_pre)
+        t.update(
+            total=alloc["total"],
+            raw_total=floor_int(alloc["raw"]),
+            scale=[k.numerator, k.denominator],
+            firms=len(ver),
+            unverified_pre=unverified_pre,
+        )
         if mode != "floating":  # floating: nothing to share, each firm keeps B x Y x phi
-            events.append(AllocationNormalised(period, mode, alloc["total"],
-                                               floor_int(alloc["raw"]), _ppm(k), len(ver)))
+            events.append(
+                AllocationNormalised(
+                    period, mode, alloc["total"], floor_int(alloc["raw"]), _ppm(k), len(ver)
+                )
+            )
             for f, r in ver:
-                r.update(final=shares[f], k_num=k.numerator, k_den=k.denominator,
-                         normalised=True)
+                r.update(final=shares[f], k_num=k.numerator, k_den=k.denominator, normalised=True)
                 events.extend(self._settle(f, period, r, "normalisation"))
         for f, before, after, inputs, terms in updates:
-            events.append(self._record_factor(f, period, "verification", before, after,
-                                              inputs, terms, c.seq))
+            events.append(
+                self._record_factor(f, period, "verification", before, after, inputs, terms, c.seq)
+            )
         for core, sme, amount, info in gain_payments:
             post_cash(ex.accounts[core], ex.accounts[sme], amount)
             self.gain_shares.setdefault(period, []).append([core, sme, amount, info])
             events.append(Posting(CASH, core, sme, amount, f"gain_share:{period}"))
-            events.append(GainShared(period, core, sme, amount, info["gain_t_ppm"],
-                                     info["price"], info["share_ppm"], info["weight_ppm"]))
+            events.append(
+                GainShared(
+                    period,
+                    core,
+                    sme,
+                    amount,
+                    info["gain_t_ppm"],
+                    info["price"],
+                    info["share_ppm"],
+                    info["weight_ppm"],
+                )
+            )
         for prod, before, after, inputs, terms in bench_updates:
             self.benchmarks[prod] = after
             self.bench_history.setdefault(prod, []).append(
-                {"seq": c.seq, "period": period, "reason": "gradient_step",
-                 "before_ppm": before, "after_ppm": after, "inputs": inputs, "terms": terms})
+                {
+                    "seq": c.seq,
+                    "period": period,
+                    "reason": "gradient_step",
+                    "before_ppm": before,
+                    "after_ppm": after,
+                    "inputs": inputs,
+                    "terms": terms,
+                }
+            )
             events.append(BenchmarkUpdated(prod, period, before, after, inputs, terms))
         if beta:
             self.resp[period] = dict(sorted(beta.items()))
@@ -911,21 +1214,40 @@ class RulesModule(Module):
             q = used.get(f, {})
             emb = embodied[f] if f in embodied else F.embodied(q, beta)
             self.firm_resp[f] = {
-                "period": period, "verified": f in verified, "emissions": em, "output": out,
-                "embodied_ppm": _ppm(emb), "responsibility_ppm": _ppm(em + emb),
+                "period": period,
+                "verified": f in verified,
+                "emissions": em,
+                "output": out,
+                "embodied_ppm": _ppm(emb),
+                "responsibility_ppm": _ppm(em + emb),
                 "intensity_ppm": _ppm(inten[f]) if f in inten else None,
-                "outside_inputs": [i for i in sorted(q) if i in outside]}
-        unverified = tuple(sorted(f for f, d in self.allocs.items()
-                                  if period in d and d[period]["opened"]
-                                  and f not in verified))
+                "outside_inputs": [i for i in sorted(q) if i in outside],
+            }
+        unverified = tuple(
+            sorted(
+                f
+                for f, d in self.allocs.items()
+                if period in d and d[period]["opened"] and f not in verified
+            )
+        )
         self.periods[period] = "closed"
         events.extend(self._settle_period(period))
-        events.insert(0, PeriodClosed(period, len(updates), len(bench_updates), unverified,
-                                      dict(sorted(beta.items())), iters))
+        events.insert(
+            0,
+            PeriodClosed(
+                period,
+                len(updates),
+                len(bench_updates),
+                unverified,
+                dict(sorted(beta.items())),
+                iters,
+            ),
+        )
         return events
 
-    def _gain_payments(self, period: int, sym: str, params: dict[str, Any], due: list[Any],
-                       gaps: dict[str, Any]) -> list[Any]:
+    def _gain_payments(
+        self, period: int, sym: str, params: dict[str, Any], due: list[Any], gaps: dict[str, Any]
+    ) -> list[Any]:
         """What each core firm owes the SMEs whose verified cuts raised its factor: the
         coupling term c adds c x phi x B x Y tonnes to its raw weight; valued at the period's
         volume-weighted price of its allowance (the reference price on a day without trades),
@@ -942,26 +1264,43 @@ class RulesModule(Module):
             gain_t = Fraction(c) * F.raw_weight(b, y, phi)
             owed = floor_int(gain_t * price * Fraction(params["gain_share_ppm"], PPM))
             # SMEs whose cut was measured against their sub-quota (gaps[j][2] is the reference)
-            smes = [(j, w * gj) for j, w, gj in partners
-                    if gj > 0 and ex.accounts[j].size_class == "sme"
-                    and j in gaps and gaps[j][2] == "sub_quota"]
+            smes = [
+                (j, w * gj)
+                for j, w, gj in partners
+                if gj > 0
+                and ex.accounts[j].size_class == "sme"
+                and j in gaps
+                and gaps[j][2] == "sub_quota"
+            ]
             owed = min(owed, max(0, ex.accounts[f].cash_available))
             if owed <= 0 or not smes:
                 continue
             total_w = sum(w for _, w in smes)
             for (j, w), amt in zip(smes, F.split_amounts(owed, [w for _, w in smes])):
                 if amt > 0:
-                    out.append((f, j, amt, {"gain_t_ppm": _ppm(gain_t), "price": price,
-                                            "share_ppm": params["gain_share_ppm"],
-                                            "weight_ppm": _ppm(w / total_w)}))
+                    out.append(
+                        (
+                            f,
+                            j,
+                            amt,
+                            {
+                                "gain_t_ppm": _ppm(gain_t),
+                                "price": price,
+                                "share_ppm": params["gain_share_ppm"],
+                                "weight_ppm": _ppm(w / total_w),
+                            },
+                        )
+                    )
         return out
 
     def gain_share_history(self, firm_id: str | None = None) -> list[dict[str, Any]]:
         """Gain-share payments, per period: [{period, core, sme, amount, ...}]."""
-        return [{"period": p, "core": core, "sme": sme, "amount": amt, **info}
-                for p, rows in sorted(self.gain_shares.items())
-                for core, sme, amt, info in rows
-                if firm_id is None or firm_id in (core, sme)]
+        return [
+            {"period": p, "core": core, "sme": sme, "amount": amt, **info}
+            for p, rows in sorted(self.gain_shares.items())
+            for core, sme, amt, info in rows
+            if firm_id is None or firm_id in (core, sme)
+        ]
 
     # ================================================================== sub-quotas
     def split_weight(self, sme_id: str, strategy: str) -> Fraction:
@@ -997,8 +1336,7 @@ class RulesModule(Module):
         ex = self.ex
         parent = ex.firm(c.parent)
         if c.strategy not in F.STRATEGIES:
-            raise E.Reject(E.UNKNOWN_STRATEGY,
-                           f"strategy must be one of {', '.join(F.STRATEGIES)}")
+            raise E.Reject(E.UNKNOWN_STRATEGY, f"strategy must be one of {', '.join(F.STRATEGIES)}")
         ex._positive(c.amount)
         smes = list(c.smes)
         if not smes or len(set(smes)) != len(smes) or not all(type(s) is str for s in smes):
@@ -1006,17 +1344,20 @@ class RulesModule(Module):
         h = parent.holdings.get(c.instrument)
         ex.instrument(c.instrument)
         if h is None or c.amount > h.available:
-            raise E.Reject(E.INSUFFICIENT_HOLDINGS,
-                           f"split of {c.amount} t exceeds the parent's free holding "
-                           f"({0 if h is None else h.available} t)")
+            raise E.Reject(
+                E.INSUFFICIENT_HOLDINGS,
+                f"split of {c.amount} t exceeds the parent's free holding "
+                f"({0 if h is None else h.available} t)",
+            )
         for s in smes:  # every per-SME check, with one tonne, before any weight is computed
             ex.check_sub_quota(self._cmd(c, s, 1))
         weights = [self.split_weight(s, c.strategy) for s in smes]
         try:
             parts = F.split_amounts(c.amount, weights)
         except ZeroDivisionError:
-            raise E.Reject(E.NO_SPLIT_BASIS,
-                           f"no data for strategy {c.strategy!r}: every weight is zero") from None
+            raise E.Reject(
+                E.NO_SPLIT_BASIS, f"no data for strategy {c.strategy!r}: every weight is zero"
+            ) from None
         # ---- accepted: each create_sub_quota re-runs the core's checks, which hold
         events: list[Any] = []
         out = []
@@ -1026,15 +1367,24 @@ class RulesModule(Module):
                 lot_id = ex.next_lot_id
                 events.extend(ex._create_sub_quota(self._cmd(c, s, q)))
             out.append((s, q, str(w), lot_id))
-        return [SubQuotasSplit(parent.firm_id, c.instrument, c.strategy, c.amount,
-                               tuple(out))] + events
+        return [
+            SubQuotasSplit(parent.firm_id, c.instrument, c.strategy, c.amount, tuple(out))
+        ] + events
 
     @staticmethod
     def _cmd(c: SplitSubQuotas, sme: str, qty: int) -> CreateSubQuota:
-        return CreateSubQuota(parent=c.parent, sme=sme, instrument=c.instrument, qty=qty,
-                              revenue_share_ppm=c.revenue_share_ppm,
-                              surplus_rule=c.surplus_rule, shortfall_rule=c.shortfall_rule,
-                              chain_id=c.chain_id, seq=c.seq, ts=c.ts)
+        return CreateSubQuota(
+            parent=c.parent,
+            sme=sme,
+            instrument=c.instrument,
+            qty=qty,
+            revenue_share_ppm=c.revenue_share_ppm,
+            surplus_rule=c.surplus_rule,
+            shortfall_rule=c.shortfall_rule,
+            chain_id=c.chain_id,
+            seq=c.seq,
+            ts=c.ts,
+        )
 
     def _settle_sub_quotas(self, c: SettleSubQuotas) -> list[Any]:
         period = _int(c.period, "period", minimum=1)
@@ -1057,16 +1407,38 @@ class RulesModule(Module):
                 parent = ex.accounts[lot["parent"]]
                 # the lot was created before any later sub-quota lot of this holding, so the
                 # prefix-preferred FIFO takes exactly from it (checked)
-                taken = ex.move_units(sme, parent, sym, free, f"sub_quota_return:{lot_id}",
-                                      "sub_quota_return", prefer=key)
+                taken = ex.move_units(
+                    sme,
+                    parent,
+                    sym,
+                    free,
+                    f"sub_quota_return:{lot_id}",
+                    "sub_quota_return",
+                    prefer=key,
+                )
                 assert taken == [(key, free)], taken
-                events.append(Posting(sym, sme.firm_id, parent.firm_id, free,
-                                      f"sub_quota_return:{lot_id}"))
+                events.append(
+                    Posting(sym, sme.firm_id, parent.firm_id, free, f"sub_quota_return:{lot_id}")
+                )
                 lot["held"] = max(0, lot["held"] - free)
                 moved = free
-            self.settled_lots[lot_id] = {"period": period, "surplus": free,
-                                         "action": lot["surplus_rule"], "moved": moved,
-                                         "reserved_left": in_lot - free}
-            events.append(SubQuotaSettled(lot_id, period, sme.firm_id, lot["parent"], free,
-                                          lot["surplus_rule"], moved, in_lot - free))
+            self.settled_lots[lot_id] = {
+                "period": period,
+                "surplus": free,
+                "action": lot["surplus_rule"],
+                "moved": moved,
+                "reserved_left": in_lot - free,
+            }
+            events.append(
+                SubQuotaSettled(
+                    lot_id,
+                    period,
+                    sme.firm_id,
+                    lot["parent"],
+                    free,
+                    lot["surplus_rule"],
+                    moved,
+                    in_lot - free,
+                )
+            )
         return events

@@ -5,6 +5,7 @@ risk (place_order, amend_order), ``OVERLOADED`` while the server is behind
 (:meth:`AdmissionMixin.admit`); for everything that would change state, ``SHUTTING_DOWN``
 once the runner has refused a command or the server is stopping.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -92,9 +93,13 @@ class AdmissionMixin:
         m = self.metrics
         m.overloaded += 1
         m.overloaded_by[why] = m.overloaded_by.get(why, 0) + 1
-        return ProtocolError(OVERLOADED, f"server busy ({self.runner.journal_lag} commands not "
-                                         f"yet durable, {len(s.out)} messages queued for this "
-                                         f"connection); not applied, retry later", 503)
+        return ProtocolError(
+            OVERLOADED,
+            f"server busy ({self.runner.journal_lag} commands not "
+            f"yet durable, {len(s.out)} messages queued for this "
+            f"connection); not applied, retry later",
+            503,
+        )
 
     def not_accepting(self) -> ProtocolError:
         """The error of a request that would change state while the server is not ready."""

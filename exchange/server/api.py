@@ -56,6 +56,7 @@ The OpenAPI 3.1 document at ``/api/v1/openapi.json`` is generated from this regi
 pydantic models (:func:`openapi`): nothing in it is written by hand. tests/
 test_openapi_contract.py holds the server to it with schemathesis (docs/PROTOCOL.md 8.1).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -66,26 +67,63 @@ from typing import Annotated, Any, Callable, Literal
 
 import orjson
 from aiohttp import web
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, \
-    ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    model_validator,
+)
 from pydantic.json_schema import models_json_schema
 
 from ..core import errors as E
 from ..core.commands import (
-    AddInstrument, CreateSubQuota, DepositCash, EndOfDay, Halt, IssueUnits, RegisterFirm,
-    RegisterSupplyChain, Resume, SetFirmTrading, SetPriceBand, TransferUnits, WithdrawCash,
+    AddInstrument,
+    CreateSubQuota,
+    DepositCash,
+    EndOfDay,
+    Halt,
+    IssueUnits,
+    RegisterFirm,
+    RegisterSupplyChain,
+    Resume,
+    SetFirmTrading,
+    SetPriceBand,
+    TransferUnits,
+    WithdrawCash,
 )
 from ..core.events import CommandRejected, encode_event
 from ..core.exchange import AddSegment
 from ..core.units import format_price, percent_to_bps, ratio_to_ppm
 from ..present import present, present_event
-from ..access.credentials import ROLE_FIRM, ROLE_OPERATOR, ROLE_PLATFORM, ROLE_VERIFIER, ROLES, \
-    ROLES_WITH_FIRM, IssueApiKey, \
-    RevokeApiKey, new_key
+from ..access.credentials import (
+    ROLE_FIRM,
+    ROLE_OPERATOR,
+    ROLE_PLATFORM,
+    ROLE_VERIFIER,
+    ROLES,
+    ROLES_WITH_FIRM,
+    IssueApiKey,
+    RevokeApiKey,
+    new_key,
+)
 from .appkeys import NODE_KEY
 from .gateway import GATEWAY_KEY
-from .protocol import INT64_MAX, INT64_MIN, MAX_PERIOD, Period, Price, ProtocolError, \
-    validation_message, wire_depth, wire_order, wire_ticker
+from .protocol import (
+    INT64_MAX,
+    INT64_MIN,
+    MAX_PERIOD,
+    Period,
+    Price,
+    ProtocolError,
+    validation_message,
+    wire_depth,
+    wire_order,
+    wire_ticker,
+)
 
 PREFIX = "/api/v1"
 
@@ -108,8 +146,7 @@ _IDENT_RE = re.compile(IDENT_PATTERN[1:-1])
 
 
 def _pattern_check(pattern: str, what: str):
-    rx = re.compile(pattern[1:-1] if pattern.startswith("^") and pattern.endswith("$")
-                    else pattern)
+    rx = re.compile(pattern[1:-1] if pattern.startswith("^") and pattern.endswith("$") else pattern)
 
     def check(v: str) -> str:
         if rx.fullmatch(v) is None:
@@ -119,9 +156,15 @@ def _pattern_check(pattern: str, what: str):
     return check
 
 
-Ident = Annotated[str, Field(min_length=1, max_length=IDENT_MAX, json_schema_extra={
-    "pattern": IDENT_PATTERN, "examples": ["CEA-2026"]}),
-    AfterValidator(_pattern_check(IDENT_PATTERN, "an identifier"))]
+Ident = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=IDENT_MAX,
+        json_schema_extra={"pattern": IDENT_PATTERN, "examples": ["CEA-2026"]},
+    ),
+    AfterValidator(_pattern_check(IDENT_PATTERN, "an identifier")),
+]
 """An identifier in a request body (see ``IDENT_PATTERN``)."""
 
 IDENT_KEYS = {"propertyNames": {"minLength": 1, "maxLength": IDENT_MAX, "pattern": IDENT_PATTERN}}
@@ -130,7 +173,7 @@ IDENT_KEYS = {"propertyNames": {"minLength": 1, "maxLength": IDENT_MAX, "pattern
 # JSON Schema's integer is a number with no fraction, so 24.0 is 24: a whole float within
 # the range where floats spell integers exactly is taken as the integer (anything past 2**53,
 # or with a fraction, stays a float and fails an integer field)
-_EXACT_FLOAT_INT = 2 ** 53
+_EXACT_FLOAT_INT = 2**53
 
 
 def _whole_floats(v):
@@ -147,16 +190,21 @@ def _whole_floats(v):
 def Text(max_length: int, *, min_length: int = 0) -> Any:  # noqa: N802 - a type factory
     """Free text of at most ``max_length`` printable characters."""
     pattern = f"^{TEXT_CHARS}*$"
-    return Annotated[str, Field(min_length=min_length, max_length=max_length,
-                                json_schema_extra={"pattern": pattern}),
-                     AfterValidator(_pattern_check(pattern, "text (printable characters)"))]
+    return Annotated[
+        str,
+        Field(min_length=min_length, max_length=max_length, json_schema_extra={"pattern": pattern}),
+        AfterValidator(_pattern_check(pattern, "text (printable characters)")),
+    ]
 
 
 def Matching(pattern: str, example: str, what: str) -> Any:  # noqa: N802 - a type factory
     """A string of the shape ``pattern`` states (for a decimal: its digits and range, no
     exponent, no sign unless the pattern has one): what it matches, the server parses."""
-    return Annotated[str, Field(json_schema_extra={"pattern": pattern, "examples": [example]}),
-                     AfterValidator(_pattern_check(pattern, what))]
+    return Annotated[
+        str,
+        Field(json_schema_extra={"pattern": pattern, "examples": [example]}),
+        AfterValidator(_pattern_check(pattern, what)),
+    ]
 
 
 # percentages in [0, 100] to the basis point; ratios in [0, 1] and [0, 100] to the ppm
@@ -167,8 +215,9 @@ Ratio = Matching(RATIO_PATTERN, "0.7", "a ratio in [0, 1], at most six decimals"
 RATIO100_PATTERN = r"^(100(\.0{1,6})?|[0-9]{1,2}(\.[0-9]{1,6})?)$"
 Ratio100 = Matching(RATIO100_PATTERN, "1.05", "a number in [0, 100], at most six decimals")
 MAGNITUDE_PATTERN = r"^[0-9]{1,9}(\.[0-9]{1,6})?$"
-Magnitude = Matching(MAGNITUDE_PATTERN, "2.35",
-                     "a number in [0, 10^9), at most six decimals (e.g. t CO2e per unit)")
+Magnitude = Matching(
+    MAGNITUDE_PATTERN, "2.35", "a number in [0, 10^9), at most six decimals (e.g. t CO2e per unit)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,8 +232,9 @@ class Param:
     default: Any = None
 
 
-def int_param(lo: int, hi: int, description: str = "", *, required: bool = False,
-              default: int | None = None) -> Param:
+def int_param(
+    lo: int, hi: int, description: str = "", *, required: bool = False, default: int | None = None
+) -> Param:
     """A whole number in [lo, hi] written in plain digits (``-`` allowed when lo < 0)."""
     rx = re.compile(r"-?[0-9]{1,19}" if lo < 0 else r"[0-9]{1,19}")
 
@@ -199,8 +249,13 @@ def int_param(lo: int, hi: int, description: str = "", *, required: bool = False
     return Param(schema, parse, description, required, default)
 
 
-def enum_param(values: tuple[str, ...], description: str = "", *, required: bool = False,
-               default: str | None = None) -> Param:
+def enum_param(
+    values: tuple[str, ...],
+    description: str = "",
+    *,
+    required: bool = False,
+    default: str | None = None,
+) -> Param:
     def parse(text: str) -> str:
         if text not in values:
             raise ValueError(f"must be one of {', '.join(values)}")
@@ -218,8 +273,12 @@ def ident_param(description: str = "", *, required: bool = False) -> Param:
             raise ValueError(f"must be an identifier ({IDENT_PATTERN})")
         return text
 
-    return Param({"type": "string", "minLength": 1, "maxLength": IDENT_MAX,
-                  "pattern": IDENT_PATTERN}, parse, description, required)
+    return Param(
+        {"type": "string", "minLength": 1, "maxLength": IDENT_MAX, "pattern": IDENT_PATTERN},
+        parse,
+        description,
+        required,
+    )
 
 
 PERIOD_PARAM = int_param(0, MAX_PERIOD, "compliance / allocation period, e.g. 2026")
@@ -261,7 +320,7 @@ ROUTES: list[Route] = []
 # What each error status means; a route declares those it can answer (see _error_statuses).
 ERROR_STATUSES = {
     400: "malformed JSON, or a well-formed request the exchange's rules refuse (the code says "
-         "which rule: INSUFFICIENT_FUNDS, OFFSET_CAP_EXCEEDED, ...)",
+    "which rule: INSUFFICIENT_FUNDS, OFFSET_CAP_EXCEEDED, ...)",
     401: "missing, unknown or revoked API key",
     403: "the key's role (or firm) may not do this",
     404: "no such resource (firm, instrument, book, key, period, ...)",
@@ -286,11 +345,21 @@ def _error_statuses(method: str, params, query, body, roles) -> dict[int, str]:
     return {c: ERROR_STATUSES[c] for c in sorted(codes)}
 
 
-def route(method: str, path: str, *, summary: str, body: type[BaseModel] | None = None,
-          response: Any = None, roles: tuple[str, ...] | None = (ROLE_OPERATOR,),
-          tag: str = "operator", status: int = 200, params: dict[str, Param] | None = None,
-          query: dict[str, Param] | None = None, errors: dict[int, str] | None = None,
-          media_types: tuple[str, ...] = ("application/json",)):
+def route(
+    method: str,
+    path: str,
+    *,
+    summary: str,
+    body: type[BaseModel] | None = None,
+    response: Any = None,
+    roles: tuple[str, ...] | None = (ROLE_OPERATOR,),
+    tag: str = "operator",
+    status: int = 200,
+    params: dict[str, Param] | None = None,
+    query: dict[str, Param] | None = None,
+    errors: dict[int, str] | None = None,
+    media_types: tuple[str, ...] = ("application/json",),
+):
     """Register ``handler(ctx, body) -> result`` for ``METHOD /api/v1<path>``.
 
     Path parameters are typed by name (:data:`PATH_PARAMS`, identifiers by default) or by
@@ -313,9 +382,24 @@ def route(method: str, path: str, *, summary: str, body: type[BaseModel] | None 
                 if r.handler is fn:
                     return fn
                 raise RuntimeError(f"route {method} {path} registered twice")
-        ROUTES.append(Route(method, path, fn, summary, body, response, roles, tag,
-                            status, (fn.__doc__ or "").strip(), typed, query, declared,
-                            media_types))
+        ROUTES.append(
+            Route(
+                method,
+                path,
+                fn,
+                summary,
+                body,
+                response,
+                roles,
+                tag,
+                status,
+                (fn.__doc__ or "").strip(),
+                typed,
+                query,
+                declared,
+                media_types,
+            )
+        )
         return fn
 
     return deco
@@ -374,24 +458,38 @@ def check_command_ints(cmd) -> None:
             raise ProtocolError(E.INVALID_PARAMS, f"{bad}: out of range (64-bit integer)", 422)
 
 
-def error_response(code: str, message: str, status: int,
-                   headers: dict | None = None) -> web.Response:
-    return web.Response(body=orjson.dumps({"ok": False, "error": {"code": code,
-                                                                   "message": message}}),
-                        status=status, content_type="application/json", headers=headers)
+def error_response(
+    code: str, message: str, status: int, headers: dict | None = None
+) -> web.Response:
+    return web.Response(
+        body=orjson.dumps({"ok": False, "error": {"code": code, "message": message}}),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
 
 
 def _json(result, status: int = 200) -> web.Response:
     """Every JSON result leaves in units for people (exchange/present.py: ``*_fen`` as CNY
     strings, ``*_bps`` as ``*_pct``, ``*_ppm`` as decimals, ``*_ts`` as ISO-8601 ``*_at``)."""
-    return web.Response(body=orjson.dumps(present(result)), status=status,
-                        content_type="application/json")
+    return web.Response(
+        body=orjson.dumps(present(result)), status=status, content_type="application/json"
+    )
 
 
-_REJECT_STATUS = {E.UNKNOWN_ACCOUNT: 404, E.UNKNOWN_INSTRUMENT: 404, E.UNKNOWN_KEY: 404,
-                  E.UNKNOWN_SEGMENT: 404, E.UNKNOWN_CHAIN: 404, E.NOT_FOUND: 404,
-                  E.DUPLICATE_ACCOUNT: 409, E.DUPLICATE_INSTRUMENT: 409, E.DUPLICATE_KEY: 409,
-                  E.DUPLICATE_CHAIN: 409, E.SHUTTING_DOWN: 503}
+_REJECT_STATUS = {
+    E.UNKNOWN_ACCOUNT: 404,
+    E.UNKNOWN_INSTRUMENT: 404,
+    E.UNKNOWN_KEY: 404,
+    E.UNKNOWN_SEGMENT: 404,
+    E.UNKNOWN_CHAIN: 404,
+    E.NOT_FOUND: 404,
+    E.DUPLICATE_ACCOUNT: 409,
+    E.DUPLICATE_INSTRUMENT: 409,
+    E.DUPLICATE_KEY: 409,
+    E.DUPLICATE_CHAIN: 409,
+    E.SHUTTING_DOWN: 503,
+}
 
 METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
 
@@ -431,11 +529,13 @@ def _make_handler(r: Route):
         if roles is not None:
             auth = request.headers.get("Authorization", "")
             scheme, _, token = auth.partition(" ")
-            cred = (gw.credentials.lookup(token.strip())
-                    if scheme.lower() == "bearer" else None)
+            cred = gw.credentials.lookup(token.strip()) if scheme.lower() == "bearer" else None
             if cred is None:
-                return error_response(E.AUTH_FAILED, "missing, unknown or revoked API key "
-                                                      "(Authorization: Bearer <key>)", 401)
+                return error_response(
+                    E.AUTH_FAILED,
+                    "missing, unknown or revoked API key (Authorization: Bearer <key>)",
+                    401,
+                )
             if cred.role not in roles:
                 return error_response(E.FORBIDDEN, f"needs role {' or '.join(roles)}", 403)
         try:
@@ -451,8 +551,11 @@ def _make_handler(r: Route):
             except web.HTTPRequestEntityTooLarge:
                 return error_response(E.INVALID_PARAMS, "body over 1 MiB", 413)
             if not raw.strip():
-                return error_response(E.INVALID_PARAMS, "a JSON object body is required "
-                                                        "({} when no field is needed)", 422)
+                return error_response(
+                    E.INVALID_PARAMS,
+                    "a JSON object body is required ({} when no field is needed)",
+                    422,
+                )
             try:
                 data = orjson.loads(raw)
             except orjson.JSONDecodeError:
@@ -460,8 +563,9 @@ def _make_handler(r: Route):
             data = _whole_floats(data)
             bad = _bad_int(data, "")
             if bad is not None:
-                return error_response(E.INVALID_PARAMS,
-                                      f"{bad or 'body'}: out of range (64-bit integer)", 422)
+                return error_response(
+                    E.INVALID_PARAMS, f"{bad or 'body'}: out of range (64-bit integer)", 422
+                )
             try:
                 body = body_model.model_validate(data)
             except ValidationError as exc:
@@ -494,10 +598,12 @@ async def api_errors(request: web.Request, handler):
         if not request.path.startswith("/api/"):
             raise
         allowed = sorted(exc.allowed_methods)
-        return error_response(METHOD_NOT_ALLOWED, f"{request.method} is not allowed on "
-                                                  f"{request.path} (allowed: "
-                                                  f"{', '.join(allowed)})", 405,
-                              headers={"Allow": ", ".join(allowed)})
+        return error_response(
+            METHOD_NOT_ALLOWED,
+            f"{request.method} is not allowed on {request.path} (allowed: {', '.join(allowed)})",
+            405,
+            headers={"Allow": ", ".join(allowed)},
+        )
     except web.HTTPNotFound:
         if not request.path.startswith("/api/"):
             raise
@@ -542,6 +648,7 @@ def load_extensions() -> list[str]:
 
 # ====================================================================== OpenAPI
 
+
 class ErrorDetail(BaseModel):
     code: str = Field(description="stable error code (docs/PROTOCOL.md)")
     message: str
@@ -554,14 +661,15 @@ class ErrorBody(BaseModel):
 
 class CommandResult(BaseModel):
     seq: int = Field(description="sequence number the command got in the journal")
-    events: list[dict[str, Any]] = Field(description="the core's events in units for people "
-                                                     "(CNY strings, tonnes, percent, ISO-8601 "
-                                                     "times; docs/PROTOCOL.md \"Units\")")
+    events: list[dict[str, Any]] = Field(
+        description="the core's events in units for people "
+        "(CNY strings, tonnes, percent, ISO-8601 "
+        'times; docs/PROTOCOL.md "Units")'
+    )
 
 
 def _param_doc(name: str, where: str, p: Param) -> dict:
-    d = {"name": name, "in": where, "required": where == "path" or p.required,
-         "schema": p.schema}
+    d = {"name": name, "in": where, "required": where == "path" or p.required, "schema": p.schema}
     if p.description:
         d["description"] = p.description
     return d
@@ -588,8 +696,9 @@ def openapi() -> dict:
         for m in (r.body, r.response):
             if isinstance(m, type) and issubclass(m, BaseModel) and m not in models:
                 models.append(m)
-    _, top = models_json_schema([(m, "validation") for m in models],
-                                ref_template="#/components/schemas/{model}")
+    _, top = models_json_schema(
+        [(m, "validation") for m in models], ref_template="#/components/schemas/{model}"
+    )
     schemas = top.get("$defs", {})
     _int64_bounds(schemas)
 
@@ -605,8 +714,11 @@ def openapi() -> dict:
     paths: dict = {}
     for r in ROUTES:
         slug = re.sub(r"[^a-z0-9]+", "_", r.path.lower()).strip("_")
-        op: dict = {"summary": r.summary, "tags": [r.tag],
-                    "operationId": f"{r.method.lower()}_{slug}"}
+        op: dict = {
+            "summary": r.summary,
+            "tags": [r.tag],
+            "operationId": f"{r.method.lower()}_{slug}",
+        }
         if r.description:
             op["description"] = r.description
         params = [_param_doc(n, "path", p) for n, p in r.params.items()]
@@ -614,43 +726,72 @@ def openapi() -> dict:
         if params:
             op["parameters"] = params
         if r.body is not None:
-            op["requestBody"] = {"required": True, "content": {
-                "application/json": {"schema": ref(r.body)}}}
+            op["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": ref(r.body)}},
+            }
         ok = {"description": "OK", "content": {}}
         for mt in r.media_types:
-            ok["content"][mt] = {"schema": ref(r.response) if mt == "application/json"
-                                 else {"type": "string"}}
+            ok["content"][mt] = {
+                "schema": ref(r.response) if mt == "application/json" else {"type": "string"}
+            }
         op["responses"] = {str(r.status): ok}
         for code, when in r.errors.items():
-            op["responses"][str(code)] = {"description": when, "content": {
-                "application/json": {"schema": ref(ErrorBody)}}}
+            op["responses"][str(code)] = {
+                "description": when,
+                "content": {"application/json": {"schema": ref(ErrorBody)}},
+            }
         if r.roles is not None:
             op["security"] = [{"apiKey": []}]
             op["x-roles"] = list(r.roles)
         paths.setdefault(PREFIX + r.path, {})[r.method.lower()] = op
-    paths[PREFIX + "/openapi.json"] = {"get": {
-        "summary": "This document", "tags": ["meta"], "operationId": "get_openapi",
-        "responses": {"200": {"description": "OpenAPI 3.1 document",
-                              "content": {"application/json": {"schema": {"type": "object"}}}},
-                      **{str(c): {"description": ERROR_STATUSES[c], "content": {
-                          "application/json": {"schema": ref(ErrorBody)}}}
-                         for c in (429, 503)}}}}
+    paths[PREFIX + "/openapi.json"] = {
+        "get": {
+            "summary": "This document",
+            "tags": ["meta"],
+            "operationId": "get_openapi",
+            "responses": {
+                "200": {
+                    "description": "OpenAPI 3.1 document",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                },
+                **{
+                    str(c): {
+                        "description": ERROR_STATUSES[c],
+                        "content": {"application/json": {"schema": ref(ErrorBody)}},
+                    }
+                    for c in (429, 503)
+                },
+            },
+        }
+    }
     return {
         "openapi": "3.1.0",
-        "info": {"title": "Carbon allowance exchange: operator API", "version": "1",
-                 "description": "Prices and cash travel as decimal CNY strings (\"85.50\"); "
-                                "quantities as whole tonnes; rates as percent strings (\"5.00\"), "
-                                "ratios as decimal strings, times as ISO-8601 with offset. "
-                                "Every error has the body ErrorBody. "
-                                "See docs/PROTOCOL.md."},
+        "info": {
+            "title": "Carbon allowance exchange: operator API",
+            "version": "1",
+            "description": 'Prices and cash travel as decimal CNY strings ("85.50"); '
+            'quantities as whole tonnes; rates as percent strings ("5.00"), '
+            "ratios as decimal strings, times as ISO-8601 with offset. "
+            "Every error has the body ErrorBody. "
+            "See docs/PROTOCOL.md.",
+        },
         "paths": paths,
-        "components": {"schemas": schemas, "securitySchemes": {"apiKey": {
-            "type": "http", "scheme": "bearer",
-            "description": "API key; roles: " + ", ".join(ROLES)}}},
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "apiKey": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "API key; roles: " + ", ".join(ROLES),
+                }
+            },
+        },
     }
 
 
 # ====================================================================== request bodies
+
 
 class Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -673,18 +814,26 @@ class FirmTradingBody(Body):
 class IssueKeyBody(Body):
     # firm_id goes with roles firm and platform and only with them: the document says so with
     # if/then/else, the validator below checks the same, so a generated client sees the rule
-    model_config = ConfigDict(extra="forbid", json_schema_extra={
-        "if": {"properties": {"role": {"enum": list(ROLES_WITH_FIRM)}}, "required": ["role"]},
-        "then": {"required": ["firm_id"], "properties": {"firm_id": {"type": "string"}}},
-        "else": {"properties": {"firm_id": {"type": "null"}}}})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "if": {"properties": {"role": {"enum": list(ROLES_WITH_FIRM)}}, "required": ["role"]},
+            "then": {"required": ["firm_id"], "properties": {"firm_id": {"type": "string"}}},
+            "else": {"properties": {"firm_id": {"type": "null"}}},
+        },
+    )
 
     role: Literal["firm", "operator", "verifier", "platform"]
-    firm_id: Ident | None = Field(None, description="the firm a firm key trades for, or the "
-                                                    "carbon-inclusive platform a platform key "
-                                                    "acts for: required for those roles, null "
-                                                    "(absent) otherwise")
-    label: Text(128) = Field("", description="free text; a verifier key's label is the "
-                                              "verifier id it acts as")
+    firm_id: Ident | None = Field(
+        None,
+        description="the firm a firm key trades for, or the "
+        "carbon-inclusive platform a platform key "
+        "acts for: required for those roles, null "
+        "(absent) otherwise",
+    )
+    label: Text(128) = Field(
+        "", description="free text; a verifier key's label is the verifier id it acts as"
+    )
 
     @model_validator(mode="after")
     def _firm_id_with_role(self):
@@ -720,10 +869,10 @@ class AddInstrumentBody(Body):
 
 class AddSegmentBody(Body):
     name: Ident
-    tick: Price | None = Field(None, description="price step, CNY (default \"0.01\")")
+    tick: Price | None = Field(None, description='price step, CNY (default "0.01")')
     lot: StrictInt = Field(1, gt=0, description="tonnes")
     max_order_qty: StrictInt = Field(99_999, gt=0)
-    fee_pct: Percent = Field("0", description="fee per side, % of notional, e.g. \"0.05\"")
+    fee_pct: Percent = Field("0", description='fee per side, % of notional, e.g. "0.05"')
     access: Literal["all", "sme_sell_any_buy", "sme_only", "members"] = "all"
 
 
@@ -748,8 +897,9 @@ class TransferBody(Body):
 
 
 class BandBody(Body):
-    band_pct: Percent | None = Field(None, description="half-width, % of the reference price, "
-                                                       "e.g. \"10\"")
+    band_pct: Percent | None = Field(
+        None, description='half-width, % of the reference price, e.g. "10"'
+    )
     reference_price: Price | None = None
 
 
@@ -770,7 +920,7 @@ class ChainMember(Body):
 class ChainEdge(Body):
     supplier: Ident
     customer: Ident
-    weight: Magnitude = Field(description="the edge's weight, e.g. \"0.6\" (six decimals)")
+    weight: Magnitude = Field(description='the edge\'s weight, e.g. "0.6" (six decimals)')
 
 
 class SupplyChainBody(Body):
@@ -784,7 +934,7 @@ class SubQuotaBody(Body):
     sme: Ident
     instrument: Ident
     qty: StrictInt = Field(gt=0, le=INT64_MAX)
-    revenue_share: Ratio = Field(description="the SME's share of the proceeds, e.g. \"0.3\"")
+    revenue_share: Ratio = Field(description='the SME\'s share of the proceeds, e.g. "0.3"')
     surplus_rule: Literal["revert", "bank"] = "revert"
     shortfall_rule: Literal["sme", "parent"] = "sme"
     chain_id: Ident | None = None
@@ -799,26 +949,43 @@ class StateInfo(BaseModel):
 
 # ====================================================================== built-in routes
 
+
 def _firm_info(a) -> dict:
-    return {"firm_id": a.firm_id, "name": a.name, "sector": a.sector, "product": a.product,
-            "size_class": a.size_class, "can_trade": a.can_trade,
-            "chains": dict(sorted(a.chains.items()))}
+    return {
+        "firm_id": a.firm_id,
+        "name": a.name,
+        "sector": a.sector,
+        "product": a.product,
+        "size_class": a.size_class,
+        "can_trade": a.can_trade,
+        "chains": dict(sorted(a.chains.items())),
+    }
 
 
 @route("GET", "/firms", summary="List firms", tag="firms")
 async def list_firms(ctx: ApiContext, body) -> dict:
-    return {"firms": [_firm_info(a) for _, a in sorted(ctx.ex.accounts.items())
-                      if not a.system]}
+    return {"firms": [_firm_info(a) for _, a in sorted(ctx.ex.accounts.items()) if not a.system]}
 
 
-@route("POST", "/firms", summary="Register a firm", body=RegisterFirmBody,
-       response=CommandResult, tag="firms")
+@route(
+    "POST",
+    "/firms",
+    summary="Register a firm",
+    body=RegisterFirmBody,
+    response=CommandResult,
+    tag="firms",
+)
 async def register_firm(ctx: ApiContext, b: RegisterFirmBody) -> dict:
     return await ctx.command(RegisterFirm(**b.model_dump()))
 
 
-@route("GET", "/firms/{firm_id}", summary="A firm with balances and live orders", tag="firms",
-       roles=(ROLE_OPERATOR, ROLE_VERIFIER, ROLE_FIRM))
+@route(
+    "GET",
+    "/firms/{firm_id}",
+    summary="A firm with balances and live orders",
+    tag="firms",
+    roles=(ROLE_OPERATOR, ROLE_VERIFIER, ROLE_FIRM),
+)
 async def get_firm(ctx: ApiContext, body) -> dict:
     """For the firm itself, its verifier and operators (exchange/privacy.py)."""
     from ..privacy import require_firm_reader
@@ -834,23 +1001,44 @@ async def get_firm(ctx: ApiContext, body) -> dict:
     return out
 
 
-@route("POST", "/firms/{firm_id}/trading", summary="Allow or stop a firm's trading",
-       body=FirmTradingBody, response=CommandResult, tag="firms")
+@route(
+    "POST",
+    "/firms/{firm_id}/trading",
+    summary="Allow or stop a firm's trading",
+    body=FirmTradingBody,
+    response=CommandResult,
+    tag="firms",
+)
 async def firm_trading(ctx: ApiContext, b: FirmTradingBody) -> dict:
     return await ctx.command(SetFirmTrading(firm_id=ctx.path["firm_id"], can_trade=b.can_trade))
 
 
-@route("GET", "/api-keys", summary="List API keys, revoked ones too (never the keys)",
-       tag="keys",
-       response={"type": "object", "properties": {"keys": {
-           "type": "array", "items": {"$ref": "#/components/schemas/KeyInfo"}}}})
+@route(
+    "GET",
+    "/api-keys",
+    summary="List API keys, revoked ones too (never the keys)",
+    tag="keys",
+    response={
+        "type": "object",
+        "properties": {
+            "keys": {"type": "array", "items": {"$ref": "#/components/schemas/KeyInfo"}}
+        },
+    },
+)
 async def list_keys(ctx: ApiContext, body) -> dict:
     creds = ctx.gateway.credentials
     return {"keys": [c.public() for _, c in sorted(creds.keys.items())]}
 
 
-@route("POST", "/api-keys", summary="Issue an API key (returned once; stored hashed)",
-       body=IssueKeyBody, response=IssuedKey, tag="keys", status=201)
+@route(
+    "POST",
+    "/api-keys",
+    summary="Issue an API key (returned once; stored hashed)",
+    body=IssueKeyBody,
+    response=IssuedKey,
+    tag="keys",
+    status=201,
+)
 async def issue_key(ctx: ApiContext, b: IssueKeyBody) -> dict:
     """A firm key needs a registered firm, a platform key a registered carbon-inclusive
     platform (404 UNKNOWN_ACCOUNT / UNKNOWN_PLATFORM otherwise)."""
@@ -861,29 +1049,48 @@ async def issue_key(ctx: ApiContext, b: IssueKeyBody) -> dict:
     if b.role == ROLE_PLATFORM:
         reg = ctx.ex.modules.get("registry")
         if reg is None or b.firm_id not in reg.platforms:
-            raise ProtocolError(E.UNKNOWN_PLATFORM, f"{b.firm_id!r} is not a registered "
-                                                    "carbon-inclusive platform", 404)
+            raise ProtocolError(
+                E.UNKNOWN_PLATFORM,
+                f"{b.firm_id!r} is not a registered carbon-inclusive platform",
+                404,
+            )
     key = new_key()
     h, scheme = ctx.gateway.credentials.digest(key)  # keyed under the server secret
     key_id = "k-" + new_key()[:16]
-    cmd = IssueApiKey(key_id=key_id, role=b.role, key_hash=h,
-                      firm_id=b.firm_id if b.role in ROLES_WITH_FIRM else None, label=b.label,
-                      scheme=scheme)
+    cmd = IssueApiKey(
+        key_id=key_id,
+        role=b.role,
+        key_hash=h,
+        firm_id=b.firm_id if b.role in ROLES_WITH_FIRM else None,
+        label=b.label,
+        scheme=scheme,
+    )
     await ctx.command(cmd)
-    return {"key_id": key_id, "api_key": key, "role": b.role, "firm_id": cmd.firm_id,
-            "seq": cmd.seq}
+    return {
+        "key_id": key_id,
+        "api_key": key,
+        "role": b.role,
+        "firm_id": cmd.firm_id,
+        "seq": cmd.seq,
+    }
 
 
-@route("DELETE", "/api-keys/{key_id}", summary="Revoke an API key (its sessions are closed)",
-       response=CommandResult, tag="keys")
+@route(
+    "DELETE",
+    "/api-keys/{key_id}",
+    summary="Revoke an API key (its sessions are closed)",
+    response=CommandResult,
+    tag="keys",
+)
 async def revoke_key(ctx: ApiContext, body) -> dict:
     """After it, ``GET /api-keys/{key_id}`` and a second ``DELETE`` answer 404 UNKNOWN_KEY;
     the revoked record stays in ``GET /api-keys`` (``revoked: true``) and in the journal."""
     return await ctx.command(RevokeApiKey(key_id=ctx.path["key_id"]))
 
 
-@route("GET", "/api-keys/{key_id}", summary="One active API key's record", response=KeyInfo,
-       tag="keys")
+@route(
+    "GET", "/api-keys/{key_id}", summary="One active API key's record", response=KeyInfo, tag="keys"
+)
 async def get_key(ctx: ApiContext, body) -> dict:
     """404 UNKNOWN_KEY for a key never issued or revoked (see ``GET /api-keys`` for the
     revoked ones)."""
@@ -893,36 +1100,64 @@ async def get_key(ctx: ApiContext, body) -> dict:
     return c.public()
 
 
-@route("GET", "/instruments", summary="Instruments with their day statistics",
-       tag="market", roles=None)
+@route(
+    "GET", "/instruments", summary="Instruments with their day statistics", tag="market", roles=None
+)
 async def list_instruments(ctx: ApiContext, body) -> dict:
     ex = ctx.ex
     out = []
     for sym, ins in sorted(ex.instruments.items()):
         t = wire_ticker(ex, sym)
-        t.update({"kind": ins.kind, "vintage": ins.vintage, "offset_type": ins.offset_type,
-                  "band_bps": ins.band_bps,
-                  "segments": sorted(seg for (s, seg) in ex.books if s == sym)})
+        t.update(
+            {
+                "kind": ins.kind,
+                "vintage": ins.vintage,
+                "offset_type": ins.offset_type,
+                "band_bps": ins.band_bps,
+                "segments": sorted(seg for (s, seg) in ex.books if s == sym),
+            }
+        )
         out.append(t)
     return {"instruments": out}
 
 
-@route("POST", "/instruments", summary="Add an instrument", body=AddInstrumentBody,
-       response=CommandResult, tag="market")
+@route(
+    "POST",
+    "/instruments",
+    summary="Add an instrument",
+    body=AddInstrumentBody,
+    response=CommandResult,
+    tag="market",
+)
 async def add_instrument(ctx: ApiContext, b: AddInstrumentBody) -> dict:
     return await ctx.command(AddInstrument(**b.model_dump()))
 
 
 @route("GET", "/segments", summary="Segments and their rules", tag="market", roles=None)
 async def list_segments(ctx: ApiContext, body) -> dict:
-    return {"segments": [
-        {"name": s.name, "tick": format_price(s.tick), "lot": s.lot,
-         "max_order_qty": s.max_order_qty, "fee_bps": s.fee_bps, "access": s.access}
-        for _, s in sorted(ctx.ex.segments.items())]}
+    return {
+        "segments": [
+            {
+                "name": s.name,
+                "tick": format_price(s.tick),
+                "lot": s.lot,
+                "max_order_qty": s.max_order_qty,
+                "fee_bps": s.fee_bps,
+                "access": s.access,
+            }
+            for _, s in sorted(ctx.ex.segments.items())
+        ]
+    }
 
 
-@route("POST", "/segments", summary="Add or change a segment's rules", body=AddSegmentBody,
-       response=CommandResult, tag="market")
+@route(
+    "POST",
+    "/segments",
+    summary="Add or change a segment's rules",
+    body=AddSegmentBody,
+    response=CommandResult,
+    tag="market",
+)
 async def add_segment(ctx: ApiContext, b: AddSegmentBody) -> dict:
     d = b.model_dump()
     d["fee_bps"] = percent_to_bps(d.pop("fee_pct"))
@@ -930,74 +1165,146 @@ async def add_segment(ctx: ApiContext, b: AddSegmentBody) -> dict:
     return await ctx.command(AddSegment(**d))
 
 
-@route("PUT", "/instruments/{symbol}/band", summary="Set the price band and/or reference price",
-       body=BandBody, response=CommandResult, tag="market")
+@route(
+    "PUT",
+    "/instruments/{symbol}/band",
+    summary="Set the price band and/or reference price",
+    body=BandBody,
+    response=CommandResult,
+    tag="market",
+)
 async def set_band(ctx: ApiContext, b: BandBody) -> dict:
     band = None if b.band_pct is None else percent_to_bps(b.band_pct)
-    return await ctx.command(SetPriceBand(instrument=ctx.path["symbol"], band_bps=band,
-                                          reference_price=b.reference_price))
+    return await ctx.command(
+        SetPriceBand(
+            instrument=ctx.path["symbol"], band_bps=band, reference_price=b.reference_price
+        )
+    )
 
 
-@route("POST", "/halt", summary="Halt the market, an instrument or one book", body=ScopeBody,
-       response=CommandResult, tag="market")
+@route(
+    "POST",
+    "/halt",
+    summary="Halt the market, an instrument or one book",
+    body=ScopeBody,
+    response=CommandResult,
+    tag="market",
+)
 async def halt(ctx: ApiContext, b: ScopeBody) -> dict:
     return await ctx.command(Halt(instrument=b.instrument, segment=b.segment))
 
 
-@route("POST", "/resume", summary="Resume trading", body=ScopeBody, response=CommandResult,
-       tag="market")
+@route(
+    "POST",
+    "/resume",
+    summary="Resume trading",
+    body=ScopeBody,
+    response=CommandResult,
+    tag="market",
+)
 async def resume(ctx: ApiContext, b: ScopeBody) -> dict:
     return await ctx.command(Resume(instrument=b.instrument, segment=b.segment))
 
 
-@route("POST", "/end-of-day", summary="Close the trading day", body=EmptyBody,
-       response=CommandResult, tag="market")
+@route(
+    "POST",
+    "/end-of-day",
+    summary="Close the trading day",
+    body=EmptyBody,
+    response=CommandResult,
+    tag="market",
+)
 async def end_of_day(ctx: ApiContext, b) -> dict:
     return await ctx.command(EndOfDay())
 
 
-@route("POST", "/deposits", summary="Deposit cash into a firm's account", body=CashBody,
-       response=CommandResult, tag="ledger")
+@route(
+    "POST",
+    "/deposits",
+    summary="Deposit cash into a firm's account",
+    body=CashBody,
+    response=CommandResult,
+    tag="ledger",
+)
 async def deposit(ctx: ApiContext, b: CashBody) -> dict:
     return await ctx.command(DepositCash(account=b.account, amount=b.amount))
 
 
-@route("POST", "/withdrawals", summary="Withdraw free cash from a firm's account",
-       body=CashBody, response=CommandResult, tag="ledger")
+@route(
+    "POST",
+    "/withdrawals",
+    summary="Withdraw free cash from a firm's account",
+    body=CashBody,
+    response=CommandResult,
+    tag="ledger",
+)
 async def withdraw(ctx: ApiContext, b: CashBody) -> dict:
     return await ctx.command(WithdrawCash(account=b.account, amount=b.amount))
 
 
-@route("POST", "/issuance", summary="Issue allowances or offset credits", body=IssueUnitsBody,
-       response=CommandResult, tag="ledger")
+@route(
+    "POST",
+    "/issuance",
+    summary="Issue allowances or offset credits",
+    body=IssueUnitsBody,
+    response=CommandResult,
+    tag="ledger",
+)
 async def issue_units(ctx: ApiContext, b: IssueUnitsBody) -> dict:
     return await ctx.command(IssueUnits(**b.model_dump()))
 
 
-@route("POST", "/transfers", summary="Transfer units between firms", body=TransferBody,
-       response=CommandResult, tag="ledger")
+@route(
+    "POST",
+    "/transfers",
+    summary="Transfer units between firms",
+    body=TransferBody,
+    response=CommandResult,
+    tag="ledger",
+)
 async def transfer(ctx: ApiContext, b: TransferBody) -> dict:
     return await ctx.command(TransferUnits(**b.model_dump()))
 
 
-@route("POST", "/supply-chains", summary="Register a supply chain", body=SupplyChainBody,
-       response=CommandResult, tag="firms")
+@route(
+    "POST",
+    "/supply-chains",
+    summary="Register a supply chain",
+    body=SupplyChainBody,
+    response=CommandResult,
+    tag="firms",
+)
 async def supply_chain(ctx: ApiContext, b: SupplyChainBody) -> dict:
-    return await ctx.command(RegisterSupplyChain(
-        chain_id=b.chain_id, members=tuple((m.firm, m.tier) for m in b.members),
-        edges=tuple((e.supplier, e.customer, ratio_to_ppm(e.weight)) for e in b.edges)))
+    return await ctx.command(
+        RegisterSupplyChain(
+            chain_id=b.chain_id,
+            members=tuple((m.firm, m.tier) for m in b.members),
+            edges=tuple((e.supplier, e.customer, ratio_to_ppm(e.weight)) for e in b.edges),
+        )
+    )
 
 
-@route("POST", "/sub-quotas", summary="Split a sub-quota to an SME", body=SubQuotaBody,
-       response=CommandResult, tag="firms")
+@route(
+    "POST",
+    "/sub-quotas",
+    summary="Split a sub-quota to an SME",
+    body=SubQuotaBody,
+    response=CommandResult,
+    tag="firms",
+)
 async def sub_quota(ctx: ApiContext, b: SubQuotaBody) -> dict:
     d = b.model_dump()
     d["revenue_share_ppm"] = ratio_to_ppm(d.pop("revenue_share"))
     return await ctx.command(CreateSubQuota(**d))
 
 
-@route("GET", "/books/{instrument}/{segment}", summary="Full-depth L2 book", tag="market",
-       roles=(ROLE_OPERATOR, ROLE_VERIFIER, ROLE_FIRM))
+@route(
+    "GET",
+    "/books/{instrument}/{segment}",
+    summary="Full-depth L2 book",
+    tag="market",
+    roles=(ROLE_OPERATOR, ROLE_VERIFIER, ROLE_FIRM),
+)
 async def get_book(ctx: ApiContext, body) -> dict:
     book = ctx.ex.books.get((ctx.path["instrument"], ctx.path["segment"]))
     if book is None:
@@ -1017,22 +1324,40 @@ class NodeInfo(BaseModel):
     journal: Literal["sqlite", "postgresql", "nats", "memory"]
     role: Literal["single", "leader", "stepping_down"] = Field(
         description="single: the only writer of its journal; leader: holds the lease; "
-                    "stepping_down: its lease is lost or held by another node")
+        "stepping_down: its lease is lost or held by another node"
+    )
     leader: LeaderInfo | None = Field(description="the lease's holder now (None: no lease)")
     lease_ttl_s: float | None = None
     lease_readable: bool | None = Field(
-        None, description="false while the lease bucket does not answer (a NATS election)")
+        None, description="false while the lease bucket does not answer (a NATS election)"
+    )
 
 
-@route("GET", "/node", summary="This node's role, and which node leads", response=NodeInfo,
-       tag="meta", roles=None)
+@route(
+    "GET",
+    "/node",
+    summary="This node's role, and which node leads",
+    response=NodeInfo,
+    tag="meta",
+    roles=None,
+)
 async def node_info(ctx: ApiContext, body) -> dict:
     return await ctx.request.app[NODE_KEY].describe()
 
 
-@route("GET", "/state", summary="Sequence number and state hash", response=StateInfo,
-       tag="meta", roles=(ROLE_OPERATOR, ROLE_VERIFIER))
+@route(
+    "GET",
+    "/state",
+    summary="Sequence number and state hash",
+    response=StateInfo,
+    tag="meta",
+    roles=(ROLE_OPERATOR, ROLE_VERIFIER),
+)
 async def state(ctx: ApiContext, body) -> dict:
     ex = ctx.ex
-    return {"last_seq": ex.last_seq, "state_hash": ex.state_hash(), "day": ex.day,
-            "journal_lag": int(getattr(ctx.gateway.runner, "journal_lag", 0) or 0)}
+    return {
+        "last_seq": ex.last_seq,
+        "state_hash": ex.state_hash(),
+        "day": ex.day,
+        "journal_lag": int(getattr(ctx.gateway.runner, "journal_lag", 0) or 0),
+    }

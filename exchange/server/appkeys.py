@@ -1,6 +1,7 @@
 """The keys under which the composition root (:mod:`exchange.app.server`) puts shared objects on
 the aiohttp application, for route modules of other packages (dashboard, rules, registry) to read
 without importing the module that builds the app."""
+
 from __future__ import annotations
 
 from aiohttp import web

@@ -7,6 +7,7 @@ once per round of commits. Queued output is flushed late in the tick, one write 
 connection, and the bytes held for peers that do not read are bounded in total
 (``server.send_queue_total_max_bytes``): past it the largest holders are closed.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -119,9 +120,12 @@ class FanoutMixin:
                 break
             self.metrics.send_queue_total_disconnects += 1
             self.metrics.slow_consumer_disconnects += 1
-            s.kill(CLOSE_SLOW, f"{E.SLOW_CONSUMER}: the server's send queues hold over "
-                               f"{limit} bytes; this connection's ({s.qbig + s.held}) is "
-                               f"among the largest")
+            s.kill(
+                CLOSE_SLOW,
+                f"{E.SLOW_CONSUMER}: the server's send queues hold over "
+                f"{limit} bytes; this connection's ({s.qbig + s.held}) is "
+                f"among the largest",
+            )
 
     def _measure(self) -> None:
         """Every MEASURE_S while any socket is backed up: the bytes each such connection
@@ -161,9 +165,12 @@ class FanoutMixin:
                 limit += s.qbig  # (its big messages leave big_bytes with it)
                 self.metrics.send_queue_total_disconnects += 1
                 self.metrics.slow_consumer_disconnects += 1
-                s.kill(CLOSE_SLOW, f"{E.SLOW_CONSUMER}: the server's send queues hold over "
-                                   f"{self.queued_bytes_max} bytes; this connection's "
-                                   f"({s.held}) is among the largest")
+                s.kill(
+                    CLOSE_SLOW,
+                    f"{E.SLOW_CONSUMER}: the server's send queues hold over "
+                    f"{self.queued_bytes_max} bytes; this connection's "
+                    f"({s.held}) is among the largest",
+                )
                 backlog.discard(s)
                 s.held = 0
         self.queued_bytes = total
@@ -191,8 +198,9 @@ class FanoutMixin:
             instr, _, seg = rest.partition(":")
             book = ex.books.get((instr, seg))
             if book is None:
-                raise ProtocolError(E.UNKNOWN_CHANNEL, f"no book {rest!r} (book:<instrument>:"
-                                                       f"<segment>)")
+                raise ProtocolError(
+                    E.UNKNOWN_CHANNEL, f"no book {rest!r} (book:<instrument>:<segment>)"
+                )
             self.book_subs.setdefault((instr, seg), set()).add(s)
             s.subs[channel] = book.seq
             return {"channel": channel, "seq": book.seq, "snapshot": wire_depth(book)}
@@ -214,8 +222,9 @@ class FanoutMixin:
                 s.subs.setdefault(channel, 0)
                 return {"channel": channel, "seq": s.subs[channel], "snapshot": snap}
             if key[0] in ex.instruments:
-                raise ProtocolError(E.UNKNOWN_CHANNEL, f"no board {rest[:80]!r} (ticker:"
-                                                       f"<instrument>[@<segment>])")
+                raise ProtocolError(
+                    E.UNKNOWN_CHANNEL, f"no board {rest[:80]!r} (ticker:<instrument>[@<segment>])"
+                )
         raise ProtocolError(E.UNKNOWN_CHANNEL, f"unknown channel {channel[:80]!r}")
 
     def _unsub(self, s: Session, channel: str) -> bool:
@@ -317,9 +326,18 @@ class FanoutMixin:
             if subs:
                 ch = f"book:{ev.instrument}:{ev.segment}"
                 bs = ev.book_seq
-                msg = _dumps({"channel": ch, "seq": bs, "data": {
-                    "instrument": ev.instrument, "segment": ev.segment, "book_seq": bs,
-                    "changes": [[c[0], fmt_px(c[1]), c[2]] for c in ev.changes]}})
+                msg = _dumps(
+                    {
+                        "channel": ch,
+                        "seq": bs,
+                        "data": {
+                            "instrument": ev.instrument,
+                            "segment": ev.segment,
+                            "book_seq": bs,
+                            "changes": [[c[0], fmt_px(c[1]), c[2]] for c in ev.changes],
+                        },
+                    }
+                )
                 if self._book_interval > 0:  # held back, sent to all in one go
                     pend = self._book_pending.get(key)
                     if pend is None:
@@ -327,8 +345,7 @@ class FanoutMixin:
                     pend[1].append((bs, msg))
                     if not self._book_timer:
                         self._book_timer = True
-                        asyncio.get_running_loop().call_later(self._book_interval,
-                                                              self._push_books)
+                        asyncio.get_running_loop().call_later(self._book_interval, self._push_books)
                 else:
                     for s in tuple(subs):
                         if s.subs.get(ch, bs) < bs:
@@ -342,8 +359,11 @@ class FanoutMixin:
             if subs:
                 ch = f"trades:{ev.instrument}"
                 tid = ev.trade_id
-                msg = b'{"channel":%s,"seq":%d,"data":%s}' % (_dumps(ch), tid,
-                                                              _dumps(wire_trade(ev)))
+                msg = b'{"channel":%s,"seq":%d,"data":%s}' % (
+                    _dumps(ch),
+                    tid,
+                    _dumps(wire_trade(ev)),
+                )
                 for s in tuple(subs):
                     if s.subs.get(ch, tid) < tid:  # not one made before it subscribed
                         s.subs[ch] = tid

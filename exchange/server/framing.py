@@ -6,6 +6,7 @@ prebuilt head (:data:`_HEADS`), error replies are :func:`_err_bytes`. In: aiohtt
 parser hands each text message straight to the session (:class:`_DirectQueue`,
 :class:`_DirectWS`), without a message object or a task wake-up per message.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -44,12 +45,24 @@ except ImportError:  # pragma: no cover - an aiohttp without them: the public pa
 
 # text frames as bytes: orjson parses UTF-8 bytes directly (no str decode first); a public
 # argument of WebSocketResponse since aiohttp 3.11
-_WS_KW = ({"decode_text": False} if "decode_text" in inspect.signature(
-    web.WebSocketResponse.__init__).parameters else {})
+_WS_KW = (
+    {"decode_text": False}
+    if "decode_text" in inspect.signature(web.WebSocketResponse.__init__).parameters
+    else {}
+)
 
 # what _DirectWS._post_start sets or reads on the response, as aiohttp's own _post_start does
-_WS_ATTRS = ("_ws_protocol", "_writer", "_reader", "_parser", "_loop", "_max_msg_size",
-             "_compress", "_decode_text", "_heartbeat")
+_WS_ATTRS = (
+    "_ws_protocol",
+    "_writer",
+    "_reader",
+    "_parser",
+    "_loop",
+    "_max_msg_size",
+    "_compress",
+    "_decode_text",
+    "_heartbeat",
+)
 
 
 def aiohttp_direct_problem() -> str | None:
@@ -61,9 +74,11 @@ def aiohttp_direct_problem() -> str | None:
         why = [f"probing its internals raised {e!r}"]
     if not why:
         return None
-    return (f"aiohttp {aiohttp.__version__}: {'; '.join(why)} - the gateway's direct "
-            f"text-frame path (exchange/server/framing.py) is off and every connection takes "
-            f"aiohttp's public path; update the path to this aiohttp")
+    return (
+        f"aiohttp {aiohttp.__version__}: {'; '.join(why)} - the gateway's direct "
+        f"text-frame path (exchange/server/framing.py) is off and every connection takes "
+        f"aiohttp's public path; update the path to this aiohttp"
+    )
 
 
 def _direct_problems() -> list[str]:
@@ -76,8 +91,10 @@ def _direct_problems() -> list[str]:
     if post is None:
         why.append("WebSocketResponse._post_start is gone")
     elif list(inspect.signature(post).parameters)[1:] != ["request", "protocol", "writer"]:
-        why.append(f"WebSocketResponse._post_start{inspect.signature(post)} is not "
-                   f"(request, protocol, writer)")
+        why.append(
+            f"WebSocketResponse._post_start{inspect.signature(post)} is not "
+            f"(request, protocol, writer)"
+        )
     if not callable(getattr(web.WebSocketResponse, "_handle_ping_pong_exception", None)):
         why.append("WebSocketResponse._handle_ping_pong_exception is gone")
     probe = web.WebSocketResponse()
@@ -85,6 +102,7 @@ def _direct_problems() -> list[str]:
     if missing:
         why.append(f"WebSocketResponse has no {', '.join(missing)}")
     from aiohttp.web_protocol import RequestHandler
+
     for m in ("set_parser", "keep_alive"):
         if not callable(getattr(RequestHandler, m, None)):
             why.append(f"RequestHandler.{m} is gone")
@@ -153,8 +171,11 @@ class _DirectQueue(WebSocketDataQueue):
                     if t is TEXT:
                         s.on_text(data[1])
                     else:
-                        s.error(None, E.BINARY_NOT_SUPPORTED,
-                                "binary frames are not supported; send JSON text frames")
+                        s.error(
+                            None,
+                            E.BINARY_NOT_SUPPORTED,
+                            "binary frames are not supported; send JSON text frames",
+                        )
                 except Exception as exc:  # on_text answers errors itself; a bug must not
                     s.gw.log_exception(exc)  # reach the frame parser
             return
@@ -196,11 +217,13 @@ class _DirectWS(web.WebSocketResponse):
             tr = request.transport
             if tr is not None and hasattr(tr, "get_write_buffer_size"):
                 s.transport = tr  # frames that arrive with the handshake are answered
-            self._reader = _DirectQueue(request.protocol, _CHUNK, loop=self._loop,
-                                        session=s)
-            self._parser = _DirectReader(self._reader, self._max_msg_size,
-                                         compress=bool(self._compress),
-                                         decode_text=self._decode_text)
+            self._reader = _DirectQueue(request.protocol, _CHUNK, loop=self._loop, session=s)
+            self._parser = _DirectReader(
+                self._reader,
+                self._max_msg_size,
+                compress=bool(self._compress),
+                decode_text=self._decode_text,
+            )
         except Exception:  # not the aiohttp this was written for
             s.transport = None
             self._reader = self._parser = None
@@ -216,7 +239,8 @@ class _DirectWS(web.WebSocketResponse):
         """No pong in time: close the connection as aiohttp's own heartbeat does."""
         try:
             self._handle_ping_pong_exception(
-                asyncio.TimeoutError("no PONG received within the heartbeat"))
+                asyncio.TimeoutError("no PONG received within the heartbeat")
+            )
         except Exception:
             tr = self.session.transport if self.session is not None else None
             if tr is not None:

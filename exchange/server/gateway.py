@@ -28,6 +28,7 @@ passes ``server.send_queue_max`` is closed (code 4008, ``SLOW_CONSUMER``) and it
 dropped, so memory stays bounded; place_order/amend_order get ``OVERLOADED`` while the server
 is behind (``Gateway.admit``).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -42,13 +43,27 @@ from ..access.credentials import ROLE_FIRM
 from ..core import errors as E
 from ..core.commands import AmendOrder, CancelOrder, PlaceOrder
 from ..core.events import (
-    EXEC_REJECTED, BookUpdate, CommandRejected, ExecutionReport, Trade,
+    EXEC_REJECTED,
+    BookUpdate,
+    CommandRejected,
+    ExecutionReport,
+    Trade,
 )
 from .admission import AdmissionMixin, KeyBucket
 from .fanout import ER_HEADS_MAX, FanoutMixin
 from .framing import (
-    _FRAME_HEAD, _HEADS, _WS_KW, BINARY, CLOSE_AUTH, CLOSE_SLOW, CLOSE_TOO_MANY, TEXT, WRITE_HIGH,
-    _DirectWS, _err_bytes, _text_frame,
+    _FRAME_HEAD,
+    _HEADS,
+    _WS_KW,
+    BINARY,
+    CLOSE_AUTH,
+    CLOSE_SLOW,
+    CLOSE_TOO_MANY,
+    TEXT,
+    WRITE_HIGH,
+    _DirectWS,
+    _err_bytes,
+    _text_frame,
 )
 from .handlers import OrderEntryMixin, _report_reply
 from .idempotency import _NOT_DURABLE, Idempotency, IdempotencyMixin, _same_kind
@@ -94,11 +109,41 @@ class Metrics:
 class Session:
     """One websocket connection."""
 
-    __slots__ = ("gw", "ws", "cred", "firm_id", "role", "key_id", "batch", "cod", "subs",
-                 "out", "wake", "closed", "tokens", "refill_at", "placed", "writer", "peer",
-                 "req_id", "transport", "flushing", "backoff", "rx", "idle", "ping_at",
-                 "qmax", "qn", "qbytes", "held", "qbig", "bucket", "auth_failures", "conn",
-                 "__weakref__")
+    __slots__ = (
+        "gw",
+        "ws",
+        "cred",
+        "firm_id",
+        "role",
+        "key_id",
+        "batch",
+        "cod",
+        "subs",
+        "out",
+        "wake",
+        "closed",
+        "tokens",
+        "refill_at",
+        "placed",
+        "writer",
+        "peer",
+        "req_id",
+        "transport",
+        "flushing",
+        "backoff",
+        "rx",
+        "idle",
+        "ping_at",
+        "qmax",
+        "qn",
+        "qbytes",
+        "held",
+        "qbig",
+        "bucket",
+        "auth_failures",
+        "conn",
+        "__weakref__",
+    )
 
     def __init__(self, gw: "Gateway", ws, peer: str = ""):
         self.gw = gw
@@ -185,7 +230,7 @@ class Session:
         head = _HEADS.get(channel)
         if head is None:
             head = _HEADS[channel] = b'{"channel":' + _dumps(channel) + b',"seq":'
-        self.send(b"%s%d,\"data\":%s}" % (head, seq, data))
+        self.send(b'%s%d,"data":%s}' % (head, seq, data))
 
     def reply(self, req_id, result) -> None:
         self.send(_dumps({"req_id": req_id, "ok": True, "result": result}))
@@ -320,8 +365,7 @@ class Session:
     # ---------------------------------------------------------------- input
     def on_text(self, data: str) -> None:
         if len(data) > self.gw.max_frame:
-            self.error(None, E.FRAME_TOO_LARGE,
-                       f"frame over {self.gw.max_frame} bytes")
+            self.error(None, E.FRAME_TOO_LARGE, f"frame over {self.gw.max_frame} bytes")
             return
         try:
             obj = _loads(data)
@@ -365,16 +409,21 @@ class Session:
             if bucket is not None:
                 tokens += bucket.lease(now)
             else:
-                tokens = min(tokens + (now - self.refill_at) * gw.cfg.rate_limit_per_second,
-                             float(gw.cfg.rate_limit_burst))
+                tokens = min(
+                    tokens + (now - self.refill_at) * gw.cfg.rate_limit_per_second,
+                    float(gw.cfg.rate_limit_burst),
+                )
                 self.refill_at = now
             if tokens < 1.0:
                 self.tokens = tokens
-                self.error(req_id, E.RATE_LIMITED,
-                           f"over {gw.cfg.rate_limit_per_second:g} requests/s "
-                           f"(burst {gw.cfg.rate_limit_burst}) for this "
-                           f"{'API key' if bucket is not None else 'connection'}; "
-                           f"request dropped")
+                self.error(
+                    req_id,
+                    E.RATE_LIMITED,
+                    f"over {gw.cfg.rate_limit_per_second:g} requests/s "
+                    f"(burst {gw.cfg.rate_limit_burst}) for this "
+                    f"{'API key' if bucket is not None else 'connection'}; "
+                    f"request dropped",
+                )
                 return
         self.tokens = tokens - 1.0
         method = obj.get("method")
@@ -437,8 +486,9 @@ class Session:
             self.error(req_id, exc.code, exc.message)
         else:
             self.gw.log_exception(exc)
-            self.error(req_id, E.INTERNAL_ERROR, "internal error; the request may not "
-                                                 "have been applied")
+            self.error(
+                req_id, E.INTERNAL_ERROR, "internal error; the request may not have been applied"
+            )
 
 
 class Gateway(AdmissionMixin, IdempotencyMixin, FanoutMixin, OrderEntryMixin):
@@ -448,8 +498,9 @@ class Gateway(AdmissionMixin, IdempotencyMixin, FanoutMixin, OrderEntryMixin):
         self.ex = exchange
         # a fresh core of the live one's kind, for replaying the journal into a scratch copy
         # (the composition root passes its build_exchange; the server does not import it)
-        self.new_exchange = new_exchange if new_exchange is not None else partial(
-            _same_kind, exchange)
+        self.new_exchange = (
+            new_exchange if new_exchange is not None else partial(_same_kind, exchange)
+        )
         self.runner = runner
         self.cfg = cfg
         self.log = logger
@@ -557,11 +608,11 @@ class Gateway(AdmissionMixin, IdempotencyMixin, FanoutMixin, OrderEntryMixin):
             await asyncio.shield(durable)
         except Exception as exc:
             self.not_ready(str(exc)[:200])
-            raise ProtocolError(E.SHUTTING_DOWN, "the journal could not make the command "
-                                                 "durable", 503) from None
+            raise ProtocolError(
+                E.SHUTTING_DOWN, "the journal could not make the command durable", 503
+            ) from None
         if isinstance(events, Exception):
-            raise ProtocolError(E.INTERNAL_ERROR, "internal error (the command is journaled)",
-                                500)
+            raise ProtocolError(E.INTERNAL_ERROR, "internal error (the command is journaled)", 500)
         return events
 
     async def submit_checked(self, cmd) -> list:
@@ -625,13 +676,18 @@ class Gateway(AdmissionMixin, IdempotencyMixin, FanoutMixin, OrderEntryMixin):
 
     async def _cancel_orders(self, firm_id: str, order_ids: list[int]) -> None:
         try:
-            await asyncio.gather(*(self.submit(CancelOrder(account=firm_id, order_id=oid),
-                                               internal=True) for oid in order_ids))
+            await asyncio.gather(
+                *(
+                    self.submit(CancelOrder(account=firm_id, order_id=oid), internal=True)
+                    for oid in order_ids
+                )
+            )
         except Exception as exc:  # shutting down
             self.log_exception(exc)
 
-    def authenticate(self, s: Session, api_key: str, cod: bool = False,
-                     batch: bool = False) -> dict:
+    def authenticate(
+        self, s: Session, api_key: str, cod: bool = False, batch: bool = False
+    ) -> dict:
         if s.cred is not None:
             raise ProtocolError(E.ALREADY_AUTHENTICATED, "this connection is authenticated")
         cred = self.credentials.lookup(api_key)
@@ -655,7 +711,8 @@ class Gateway(AdmissionMixin, IdempotencyMixin, FanoutMixin, OrderEntryMixin):
         bucket = self.key_buckets.get(cred.key_id)
         if bucket is None:
             bucket = self.key_buckets[cred.key_id] = KeyBucket(
-                self.cfg.rate_limit_per_second, self.cfg.rate_limit_burst, now)
+                self.cfg.rate_limit_per_second, self.cfg.rate_limit_burst, now
+            )
         s.bucket = bucket
         s.tokens = bucket.lease(now)  # from now on the key's, not the connection's
         s.cred = cred
@@ -664,10 +721,15 @@ class Gateway(AdmissionMixin, IdempotencyMixin, FanoutMixin, OrderEntryMixin):
         s.key_id = cred.key_id
         s.cod = bool(cod) and cred.role == ROLE_FIRM
         s.batch = bool(batch)
-        return {"key_id": cred.key_id, "role": cred.role, "firm_id": cred.firm_id,
-                "cancel_on_disconnect": s.cod, "batch": s.batch,
-                "heartbeat_seconds": self.cfg.heartbeat_seconds,
-                "rate_limit_per_second": self.cfg.rate_limit_per_second}
+        return {
+            "key_id": cred.key_id,
+            "role": cred.role,
+            "firm_id": cred.firm_id,
+            "cancel_on_disconnect": s.cod,
+            "batch": s.batch,
+            "heartbeat_seconds": self.cfg.heartbeat_seconds,
+            "rate_limit_per_second": self.cfg.rate_limit_per_second,
+        }
 
     # (subscriptions and fan-out: fanout.py)
 
@@ -683,16 +745,17 @@ class Gateway(AdmissionMixin, IdempotencyMixin, FanoutMixin, OrderEntryMixin):
         except Exception as exc:  # RunnerFailed: stopped or journal write failed
             raise self.submit_failed(exc) from None
 
-    def _enqueue(self, durable, s: Session, req_id, data: bytes, key=None,
-                 outcome=None) -> None:
+    def _enqueue(self, durable, s: Session, req_id, data: bytes, key=None, outcome=None) -> None:
         """Queue ``data`` (the reply, built now) for ``s`` once ``durable`` - the command's
         journal batch - is done: one done-callback per batch, not per command."""
         if durable is not self._batch_future:
             self._batch_future = durable
             self._batch = []
-            durable.add_done_callback(partial(self._batch_durable, self._batch)
-                                      if _replies is None else
-                                      partial(_replies, self, self._batch))
+            durable.add_done_callback(
+                partial(self._batch_durable, self._batch)
+                if _replies is None
+                else partial(_replies, self, self._batch)
+            )
         self._batch.append((s, req_id, data, key, outcome))
 
     def _batch_durable(self, batch: list, fut) -> None:
@@ -722,6 +785,7 @@ class Gateway(AdmissionMixin, IdempotencyMixin, FanoutMixin, OrderEntryMixin):
 
 # ====================================================================== the handler
 
+
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
     gw: Gateway = request.app[GATEWAY_KEY]
     cfg = gw.cfg
@@ -731,34 +795,60 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         scheme, _, token = auth.partition(" ")
         if scheme.lower() != "bearer" or gw.credentials.lookup(token.strip()) is None:
             gw.metrics.gateway_errors[E.AUTH_FAILED] = (
-                gw.metrics.gateway_errors.get(E.AUTH_FAILED, 0) + 1)
+                gw.metrics.gateway_errors.get(E.AUTH_FAILED, 0) + 1
+            )
             return web.json_response(
-                {"ok": False, "error": {"code": E.AUTH_FAILED,
-                                        "message": "unknown or revoked API key"}}, status=401)
+                {
+                    "ok": False,
+                    "error": {"code": E.AUTH_FAILED, "message": "unknown or revoked API key"},
+                },
+                status=401,
+            )
         header_key = token.strip()
         cap = cfg.max_connections_per_key
         cred = gw.credentials.lookup(header_key)
         if cap and gw.key_sessions.get(cred.key_id, 0) >= cap:
             gw.metrics.gateway_errors[E.TOO_MANY_CONNECTIONS] = (
-                gw.metrics.gateway_errors.get(E.TOO_MANY_CONNECTIONS, 0) + 1)
+                gw.metrics.gateway_errors.get(E.TOO_MANY_CONNECTIONS, 0) + 1
+            )
             return web.json_response(
-                {"ok": False, "error": {"code": E.TOO_MANY_CONNECTIONS,
-                                        "message": f"the API key has {cap} connections open"}},
-                status=429, headers={"Retry-After": "1"})
+                {
+                    "ok": False,
+                    "error": {
+                        "code": E.TOO_MANY_CONNECTIONS,
+                        "message": f"the API key has {cap} connections open",
+                    },
+                },
+                status=429,
+                headers={"Retry-After": "1"},
+            )
     if not gw.accepting:
-        return web.json_response({"ok": False, "error": {
-            "code": E.SHUTTING_DOWN, "message": "the server is shutting down"}}, status=503)
-    ws = _DirectWS(heartbeat=cfg.heartbeat_seconds, max_msg_size=4 * cfg.max_frame_bytes,
-                   compress=False, timeout=2.0, **_WS_KW)
+        return web.json_response(
+            {
+                "ok": False,
+                "error": {"code": E.SHUTTING_DOWN, "message": "the server is shutting down"},
+            },
+            status=503,
+        )
+    ws = _DirectWS(
+        heartbeat=cfg.heartbeat_seconds,
+        max_msg_size=4 * cfg.max_frame_bytes,
+        compress=False,
+        timeout=2.0,
+        **_WS_KW,
+    )
     s = Session(gw, ws, request.remote or "")
     s.conn = request.transport
     ws.session = s
     await ws.prepare(request)
     gw.attach(s)
     if header_key is not None:
-        gw.authenticate(s, header_key,
-                        request.query.get("cancel_on_disconnect", "") in ("1", "true"),
-                        request.query.get("batch", "") in ("1", "true"))
+        gw.authenticate(
+            s,
+            header_key,
+            request.query.get("cancel_on_disconnect", "") in ("1", "true"),
+            request.query.get("batch", "") in ("1", "true"),
+        )
     # write frames straight to the transport when the websocket is uncompressed (it is:
     # compress=False) and the transport is a plain asyncio one; else a writer task
     tr = request.transport
@@ -780,8 +870,11 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             if t is TEXT:
                 s.on_text(msg.data)
             elif t is BINARY:
-                s.error(None, E.BINARY_NOT_SUPPORTED,
-                        "binary frames are not supported; send JSON text frames")
+                s.error(
+                    None,
+                    E.BINARY_NOT_SUPPORTED,
+                    "binary frames are not supported; send JSON text frames",
+                )
             elif t is WSMsgType.ERROR:
                 break
             if s.closed:
@@ -822,22 +915,37 @@ except ImportError:  # pragma: no cover - an install without the extension
 else:
     from .protocol import _PRICES
 
-    _gate_setup({"Session": Session, "PlaceOrder": PlaceOrder, "CancelOrder": CancelOrder,
-                 "AmendOrder": AmendOrder, "ExecutionReport": ExecutionReport,
-                 "CommandRejected": CommandRejected, "prices": _PRICES,
-                 "ROLE_FIRM": ROLE_FIRM, "EXEC_REJECTED": EXEC_REJECTED,
-                 "report_reply": _report_reply})
+    _gate_setup(
+        {
+            "Session": Session,
+            "PlaceOrder": PlaceOrder,
+            "CancelOrder": CancelOrder,
+            "AmendOrder": AmendOrder,
+            "ExecutionReport": ExecutionReport,
+            "CommandRejected": CommandRejected,
+            "prices": _PRICES,
+            "ROLE_FIRM": ROLE_FIRM,
+            "EXEC_REJECTED": EXEC_REJECTED,
+            "report_reply": _report_reply,
+        }
+    )
 
 # Gateway.on_commit's usual events in C (exchange/server/_accel.c: fanout; read when a Gateway is
 # made), and Gateway._batch_durable (replies; read per batch): None where the extension is
 # not built.
 try:
-    from ._accel import fanout as _fanout, fanout_setup as _fanout_setup, \
-        replies as _replies
+    from ._accel import fanout as _fanout, fanout_setup as _fanout_setup, replies as _replies
 except ImportError:  # pragma: no cover - an install without the extension
     _fanout = _replies = None
 else:
     from .protocol import er_push_ref
 
-    _fanout_setup({"BookUpdate": BookUpdate, "Trade": Trade, "er_head": er_head,
-                   "er_push": er_push_ref, "ER_HEADS_MAX": ER_HEADS_MAX})
+    _fanout_setup(
+        {
+            "BookUpdate": BookUpdate,
+            "Trade": Trade,
+            "er_head": er_head,
+            "er_push": er_push_ref,
+            "ER_HEADS_MAX": ER_HEADS_MAX,
+        }
+    )

@@ -6,6 +6,7 @@ replies now as bytes, and queues them once the journal batch is durable. The C g
 (``_accel.gate``) does the same for well-formed plain orders and calls back into these for
 the rest.
 """
+
 from __future__ import annotations
 
 import time
@@ -46,11 +47,15 @@ _dumps = orjson.dumps
 
 # replies built from templates (compact JSON, keys in the order the protocol documents);
 # strings from open sets (client order ids) go through orjson, the rest through caches
-_PLACE_OK = (b'{"req_id":%d,"ok":true,"result":{"order_id":%d,"client_order_id":%s,'
-             b'"order_status":%s,"cum_qty":%d,"leaves_qty":%d,"seq":%d}}')
-_REPORT_OK = (b'{"req_id":%d,"ok":true,"result":{"order_id":%d,"client_order_id":%s,'
-              b'"exec_type":%s,"order_status":%s,"qty":%d,"price":%s,"cum_qty":%d,'
-              b'"leaves_qty":%d}}')
+_PLACE_OK = (
+    b'{"req_id":%d,"ok":true,"result":{"order_id":%d,"client_order_id":%s,'
+    b'"order_status":%s,"cum_qty":%d,"leaves_qty":%d,"seq":%d}}'
+)
+_REPORT_OK = (
+    b'{"req_id":%d,"ok":true,"result":{"order_id":%d,"client_order_id":%s,'
+    b'"exec_type":%s,"order_status":%s,"qty":%d,"price":%s,"cum_qty":%d,'
+    b'"leaves_qty":%d}}'
+)
 
 
 class OrderEntryMixin:
@@ -82,8 +87,14 @@ class OrderEntryMixin:
                 # placed before a restart (so durable) and still working: its current state
                 self.metrics.idempotent_replays += 1
                 o = acct.orders[oid]
-                return {"order_id": oid, "client_order_id": coid, "order_status": o.status,
-                        "cum_qty": o.cum_qty, "leaves_qty": o.leaves, "replayed": True}
+                return {
+                    "order_id": oid,
+                    "client_order_id": coid,
+                    "order_status": o.status,
+                    "cum_qty": o.cum_qty,
+                    "leaves_qty": o.leaves,
+                    "replayed": True,
+                }
         self.admit(s)
         events, durable = self.submit_nowait(cmd)
         data, outcome = self._place_reply(s, cmd, req_id, events)
@@ -128,8 +139,10 @@ class OrderEntryMixin:
         first = events[0] if events else None
         if type(first) is not ExecutionReport or first.account != cmd.account:
             # a module put something first: take the first report of this account
-            first = next((ev for ev in events if type(ev) is ExecutionReport
-                          and ev.account == cmd.account), None)
+            first = next(
+                (ev for ev in events if type(ev) is ExecutionReport and ev.account == cmd.account),
+                None,
+            )
             if first is None:
                 outcome = ("err", E.INTERNAL_ERROR, "no execution report")
                 return _err_bytes(req_id, outcome[1], outcome[2]), outcome
@@ -146,9 +159,15 @@ class OrderEntryMixin:
         if s.cod and last.leaves_qty:
             s.placed.add(oid)
         coid = first.client_order_id
-        data = _PLACE_OK % (req_id, oid, b"null" if coid is None else _dumps(coid),
-                            JSON_STR[last.order_status], last.cum_qty, last.leaves_qty,
-                            cmd.seq)
+        data = _PLACE_OK % (
+            req_id,
+            oid,
+            b"null" if coid is None else _dumps(coid),
+            JSON_STR[last.order_status],
+            last.cum_qty,
+            last.leaves_qty,
+            cmd.seq,
+        )
         return data, data
 
 
@@ -168,9 +187,17 @@ def _report_reply(req_id, events, account: str, kind: str) -> bytes:
         return _err_bytes(req_id, E.UNKNOWN_ORDER, f"{kind}: no report")
     coid = last.client_order_id
     p = last.price
-    return _REPORT_OK % (req_id, last.order_id, b"null" if coid is None else _dumps(coid),
-                         JSON_STR[last.exec_type], JSON_STR[last.order_status], last.qty,
-                         b"null" if p is None else PX_JSON[p], last.cum_qty, last.leaves_qty)
+    return _REPORT_OK % (
+        req_id,
+        last.order_id,
+        b"null" if coid is None else _dumps(coid),
+        JSON_STR[last.exec_type],
+        JSON_STR[last.order_status],
+        last.qty,
+        b"null" if p is None else PX_JSON[p],
+        last.cum_qty,
+        last.leaves_qty,
+    )
 
 
 @ws_method("auth", AuthParams, auth=False)
@@ -192,15 +219,13 @@ def m_place(s: Session, cmd: PlaceOrder):
     return s.gw.place(s, cmd, s.req_id)
 
 
-@ws_method("cancel_order", CancelOrderParams, roles=(ROLE_FIRM,),
-           validate=validate_cancel_order)
+@ws_method("cancel_order", CancelOrderParams, roles=(ROLE_FIRM,), validate=validate_cancel_order)
 def m_cancel(s: Session, cmd: CancelOrder):
     """Cancel one of the firm's live orders by order_id or client_order_id."""
     return s.gw.order_command(s, s.req_id, _own_order_ref(s, cmd))
 
 
-@ws_method("amend_order", AmendOrderParams, roles=(ROLE_FIRM,),
-           validate=validate_amend_order)
+@ws_method("amend_order", AmendOrderParams, roles=(ROLE_FIRM,), validate=validate_amend_order)
 def m_amend(s: Session, cmd: AmendOrder):
     """Change a live order's total quantity and/or price."""
     return s.gw.order_command(s, s.req_id, _own_order_ref(s, cmd), admit=True)
@@ -229,17 +254,19 @@ def _canceled(events: list, firm: str) -> dict:
 def m_cancel_all(s: Session, p: CancelAllParams):
     """Cancel all the firm's live orders (optionally of one instrument and/or segment)."""
     firm = s.firm_id
-    return s.gw.command(s, s.req_id, CancelAll(account=firm, instrument=p.instrument,
-                                               segment=p.segment),
-                        lambda events: _canceled(events, firm))
+    return s.gw.command(
+        s,
+        s.req_id,
+        CancelAll(account=firm, instrument=p.instrument, segment=p.segment),
+        lambda events: _canceled(events, firm),
+    )
 
 
 @ws_method("open_orders", EmptyParams, roles=(ROLE_FIRM,))
 def m_open_orders(s: Session, p) -> dict:
     """The firm's live orders (state as of the last applied command)."""
     ex = s.gw.ex
-    return {"as_of_seq": ex.last_seq, "orders": [wire_order(o) for o in
-                                                 ex.open_orders(s.firm_id)]}
+    return {"as_of_seq": ex.last_seq, "orders": [wire_order(o) for o in ex.open_orders(s.firm_id)]}
 
 
 @ws_method("subscribe", ChannelParams)

@@ -6,6 +6,7 @@ order id; :class:`IdempotencyMixin` (part of :class:`~exchange.server.gateway.Ga
 answers retries from it, keeps each entry's final state as the order finishes, and rebuilds
 the window from the journal after a restart.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -57,14 +58,25 @@ _NOT_DURABLE = "the journal could not make the order durable; it may be lost"
 
 
 _TERMS = ("instrument", "segment", "side", "qty", "price", "order_type", "tif", "post_only")
-_TERM_DEFAULTS = {f.name: f.default for f in dataclasses.fields(PlaceOrder) if f.name in _TERMS
-                  and f.default is not dataclasses.MISSING}
+_TERM_DEFAULTS = {
+    f.name: f.default
+    for f in dataclasses.fields(PlaceOrder)
+    if f.name in _TERMS and f.default is not dataclasses.MISSING
+}
 
 
 def _terms(cmd) -> tuple:
     """What a retry of a place_order must repeat: everything but the ids and stamps."""
-    return (cmd.instrument, cmd.segment, cmd.side, cmd.qty, cmd.price, cmd.order_type, cmd.tif,
-            cmd.post_only)
+    return (
+        cmd.instrument,
+        cmd.segment,
+        cmd.side,
+        cmd.qty,
+        cmd.price,
+        cmd.order_type,
+        cmd.tif,
+        cmd.post_only,
+    )
 
 
 def _dict_terms(d: dict) -> tuple:
@@ -77,9 +89,11 @@ def _same_terms(cmd: PlaceOrder, entry) -> None:
     the first order's reply to it would tell the client an order it never sent was placed."""
     first = entry[1]
     if _terms(cmd) != (first if type(first) is tuple else _terms(first)):
-        raise ProtocolError(E.DUPLICATE_CLIENT_ORDER_ID,
-                            f"client_order_id {cmd.client_order_id!r} was used for an order "
-                            f"with other terms (side, price, quantity, ...); use a new id")
+        raise ProtocolError(
+            E.DUPLICATE_CLIENT_ORDER_ID,
+            f"client_order_id {cmd.client_order_id!r} was used for an order "
+            f"with other terms (side, price, quantity, ...); use a new id",
+        )
 
 
 def _same_kind(ex):
@@ -121,8 +135,11 @@ async def _outcomes_from_journal(journal, wanted: dict, last: int, new_exchange)
                 for ev in events:
                     if type(ev) is ExecutionReport and ev.account == key[0]:
                         if ev.exec_type == EXEC_REJECTED:
-                            out[key] = ("err", ev.reason or E.BAD_PARAMETER,
-                                        _reason_text(ev.reason))
+                            out[key] = (
+                                "err",
+                                ev.reason or E.BAD_PARAMETER,
+                                _reason_text(ev.reason),
+                            )
                         else:
                             working[ev.order_id] = key
                         break
@@ -172,17 +189,31 @@ class IdempotencyMixin:
         oid = acct.coids.get(cmd.client_order_id) if acct is not None else None
         if oid is not None:  # the id's latest use (the window keeps the latest) still works
             o = acct.orders[oid]
-            return {"order_id": oid, "client_order_id": cmd.client_order_id,
-                    "order_status": o.status, "cum_qty": o.cum_qty, "leaves_qty": o.leaves,
-                    "seq": seq, "replayed": True}
+            return {
+                "order_id": oid,
+                "client_order_id": cmd.client_order_id,
+                "order_status": o.status,
+                "cum_qty": o.cum_qty,
+                "leaves_qty": o.leaves,
+                "seq": seq,
+                "replayed": True,
+            }
         if final is not None:
-            return {"order_id": final[0], "client_order_id": cmd.client_order_id,
-                    "order_status": final[1], "cum_qty": final[2], "leaves_qty": 0,
-                    "seq": seq, "replayed": True}
-        raise ProtocolError(E.DUPLICATE_CLIENT_ORDER_ID,
-                            f"client_order_id {cmd.client_order_id!r} was used by the order of "
-                            f"seq {seq}, placed before a restart and no longer working; not "
-                            f"placed again")
+            return {
+                "order_id": final[0],
+                "client_order_id": cmd.client_order_id,
+                "order_status": final[1],
+                "cum_qty": final[2],
+                "leaves_qty": 0,
+                "seq": seq,
+                "replayed": True,
+            }
+        raise ProtocolError(
+            E.DUPLICATE_CLIENT_ORDER_ID,
+            f"client_order_id {cmd.client_order_id!r} was used by the order of "
+            f"seq {seq}, placed before a restart and no longer working; not "
+            f"placed again",
+        )
 
     def _send_replayed(self, s: Session, req_id, cmd, entry, durable) -> None:
         """Answer a retry that arrived while the first place_order was not yet durable."""
@@ -203,8 +234,7 @@ class IdempotencyMixin:
         if not done and not idem.inflight:
             return
         for ev in events:
-            if (type(ev) is ExecutionReport and not ev.leaves_qty
-                    and ev.client_order_id is not None):
+            if type(ev) is ExecutionReport and not ev.leaves_qty and ev.client_order_id is not None:
                 key = (ev.account, ev.client_order_id)
                 entry = done.get(key)
                 if entry is None:
@@ -242,8 +272,9 @@ class IdempotencyMixin:
                 gone[key] = seq
         if gone:
             done = self.idem.done
-            for key, outcome in (await _outcomes_from_journal(journal, gone, last,
-                                                              self.new_exchange)).items():
+            for key, outcome in (
+                await _outcomes_from_journal(journal, gone, last, self.new_exchange)
+            ).items():
                 entry = done.get(key)
                 if entry is None:
                     continue

@@ -29,6 +29,7 @@ key (the bearer token) and per client address; over either, ``429 RATE_LIMITED``
 ``Retry-After``. Buckets idle long enough to be full again are dropped (keeping them would
 change nothing), so a flood of made-up keys cannot grow the table without bound.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -45,11 +46,14 @@ FD_RESERVE = 64  # descriptors kept for the journal, snapshots, the writer proce
 BUCKETS_MAX = 10_000  # token buckets kept per table before idle (full) ones are dropped
 
 
-def _raw_response(status: int, reason: str, code: str, message: str,
-                  retry_after: int | None = None) -> bytes:
+def _raw_response(
+    status: int, reason: str, code: str, message: str, retry_after: int | None = None
+) -> bytes:
     body = orjson.dumps({"ok": False, "error": {"code": code, "message": message}})
-    head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n")
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n"
+    )
     if retry_after is not None:
         head += f"Retry-After: {retry_after}\r\n"
     return head.encode() + b"\r\n" + body
@@ -91,8 +95,7 @@ class ConnectionGuard:
     def install(self, server: web.Server) -> None:
         """Wrap ``server``'s connection hooks and request factory (aiohttp's ``Server``:
         ``AppRunner.server`` after ``setup()``)."""
-        made, lost, factory = server.connection_made, server.connection_lost, \
-            server.request_factory
+        made, lost, factory = server.connection_made, server.connection_lost, server.request_factory
 
         def connection_made(handler, transport):
             made(handler, transport)
@@ -120,8 +123,13 @@ class ConnectionGuard:
         self.by_ip[ip] = n
         if self.per_ip and n > self.per_ip and ip not in self.exempt:
             self.refused_per_ip += 1
-            self._refuse(handler, transport, 429, "Too Many Requests",
-                         f"more than {self.per_ip} connections from {ip}")
+            self._refuse(
+                handler,
+                transport,
+                429,
+                "Too Many Requests",
+                f"more than {self.per_ip} connections from {ip}",
+            )
             return
         if len(self.conns) > self.max_open:
             # room first: the oldest connection that has not sent its first request head
@@ -134,15 +142,22 @@ class ConnectionGuard:
                     entry[1].abort()
             else:
                 self.refused_full += 1
-                self._refuse(handler, transport, 503, "Service Unavailable",
-                             f"the server has {self.max_open} connections open")
+                self._refuse(
+                    handler,
+                    transport,
+                    503,
+                    "Service Unavailable",
+                    f"the server has {self.max_open} connections open",
+                )
                 return
         self.pending[handler] = asyncio.get_running_loop().call_later(
-            self.timeout, self._timed_out, handler)
+            self.timeout, self._timed_out, handler
+        )
 
     def _refuse(self, handler, transport, status, reason, message) -> None:
-        transport.write(_raw_response(status, reason, E.TOO_MANY_CONNECTIONS, message,
-                                      retry_after=1))
+        transport.write(
+            _raw_response(status, reason, E.TOO_MANY_CONNECTIONS, message, retry_after=1)
+        )
         transport.close()
 
     def _timed_out(self, handler) -> None:
@@ -211,10 +226,16 @@ def http_rate_limit(cfg):
     address ``http_rate_limit_per_ip`` (burst twice that; addresses in
     ``connection_limit_exempt`` are not limited by address). Over either: 429 RATE_LIMITED
     with Retry-After (whole seconds)."""
-    per_key = (TokenBuckets(cfg.http_rate_limit_per_key, cfg.http_rate_limit_burst)
-               if cfg.http_rate_limit_per_key > 0 else None)
-    per_ip = (TokenBuckets(cfg.http_rate_limit_per_ip, int(2 * cfg.http_rate_limit_per_ip) or 1)
-              if cfg.http_rate_limit_per_ip > 0 else None)
+    per_key = (
+        TokenBuckets(cfg.http_rate_limit_per_key, cfg.http_rate_limit_burst)
+        if cfg.http_rate_limit_per_key > 0
+        else None
+    )
+    per_ip = (
+        TokenBuckets(cfg.http_rate_limit_per_ip, int(2 * cfg.http_rate_limit_per_ip) or 1)
+        if cfg.http_rate_limit_per_ip > 0
+        else None
+    )
     exempt = frozenset(cfg.connection_limit_exempt)
     clock = time.monotonic
 
@@ -232,15 +253,23 @@ def http_rate_limit(cfg):
             auth = request.headers.get("Authorization")
             if auth:
                 wait = per_key.take(auth, now)
-                what = (f"requests with this API key: {cfg.http_rate_limit_per_key:g}/s "
-                        f"(burst {cfg.http_rate_limit_burst})")
+                what = (
+                    f"requests with this API key: {cfg.http_rate_limit_per_key:g}/s "
+                    f"(burst {cfg.http_rate_limit_burst})"
+                )
         if wait:
             retry = max(1, math.ceil(wait))
             return web.json_response(
-                {"ok": False, "error": {"code": E.RATE_LIMITED,
-                                        "message": f"over the limit of {what}; retry in "
-                                                   f"{retry} s"}},
-                status=429, headers={"Retry-After": str(retry)})
+                {
+                    "ok": False,
+                    "error": {
+                        "code": E.RATE_LIMITED,
+                        "message": f"over the limit of {what}; retry in {retry} s",
+                    },
+                },
+                status=429,
+                headers={"Retry-After": str(retry)},
+            )
         return await handler(request)
 
     return rate_limit

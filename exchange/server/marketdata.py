@@ -39,6 +39,7 @@ that websocket drops, the requests in flight are answered ``LEADER_UNAVAILABLE``
 retries a ``place_order`` with its ``client_order_id``), and a session with a channel
 subscribed at the leader is closed (1012) so that its client re-subscribes.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -87,8 +88,9 @@ def frame(payload: bytes) -> bytes:
 
 
 def _err(req_id, code: str, message: str, **extra) -> bytes:
-    return _dumps({"req_id": req_id, "ok": False,
-                   "error": dict({"code": code, "message": message}, **extra)})
+    return _dumps(
+        {"req_id": req_id, "ok": False, "error": dict({"code": code, "message": message}, **extra)}
+    )
 
 
 class ProtocolFailure(Exception):
@@ -99,6 +101,7 @@ class ProtocolFailure(Exception):
 
 
 # ====================================================================== following
+
 
 class EmittingFollower(Follower):
     """A follower that hands every command it applies after its start, with the events the
@@ -123,10 +126,11 @@ class EmittingFollower(Follower):
                 except SequenceError:
                     raise
                 except Exception:  # as it did live (and on replay)
-                    follower_log.warning("core raised on seq %d (%s), as it did live", seq,
-                                         cmd.TYPE, exc_info=True)
+                    follower_log.warning(
+                        "core raised on seq %d (%s), as it did live", seq, cmd.TYPE, exc_info=True
+                    )
                     events = ()
-                if bytes(p[:len(_SEAL_PREFIX)]) == _SEAL_PREFIX:
+                if bytes(p[: len(_SEAL_PREFIX)]) == _SEAL_PREFIX:
                     self._check_seal(seq, d)
                 self.head_hash = bytes(h)
                 self.applied += 1
@@ -171,8 +175,20 @@ class Channel:
 class MDSession:
     """One downstream websocket connection."""
 
-    __slots__ = ("md", "ws", "transport", "cred", "api_key", "cod", "subs", "closed",
-                 "upstream", "up_channels", "peer", "auth_failures")
+    __slots__ = (
+        "md",
+        "ws",
+        "transport",
+        "cred",
+        "api_key",
+        "cod",
+        "subs",
+        "closed",
+        "upstream",
+        "up_channels",
+        "peer",
+        "auth_failures",
+    )
 
     def __init__(self, md: "MarketData", ws, transport, peer: str):
         self.md = md
@@ -195,8 +211,9 @@ class MDSession:
             return
         if tr.get_write_buffer_size() > self.md.write_limit:
             self.md.metrics["slow_consumer_disconnects"] += 1
-            self.kill(CLOSE_SLOW, f"{E.SLOW_CONSUMER}: more than {self.md.write_limit} bytes "
-                                  f"waiting")
+            self.kill(
+                CLOSE_SLOW, f"{E.SLOW_CONSUMER}: more than {self.md.write_limit} bytes waiting"
+            )
             return
         tr.write(data)
         m = self.md.metrics
@@ -228,6 +245,7 @@ class MDSession:
 
 
 # ====================================================================== forwarding
+
 
 class Upstream:
     """One session's websocket to the leader, authenticated with the session's key."""
@@ -267,7 +285,7 @@ class Upstream:
     def _relay(self, data) -> None:
         s = self.s
         obj = _loads(data)
-        for m in (obj if type(obj) is list else (obj,)):
+        for m in obj if type(obj) is list else (obj,):
             if "req_id" in m:
                 rid = m["req_id"]
                 if rid in self.pending:
@@ -282,8 +300,9 @@ class Upstream:
         try:
             await self.ready
         except Exception as e:
-            self.s.error(req_id, LEADER_UNAVAILABLE, f"the leader cannot be reached from this "
-                                                     f"gateway: {e}")
+            self.s.error(
+                req_id, LEADER_UNAVAILABLE, f"the leader cannot be reached from this gateway: {e}"
+            )
             return
         ws = self.ws
         if ws is None or ws.closed:
@@ -306,12 +325,16 @@ class Upstream:
         if s.upstream is self:
             s.upstream = None
         for rid in list(self.pending.values()):
-            s.error(rid, LEADER_UNAVAILABLE, "the connection to the leader dropped; the "
-                                             "request's outcome is unknown")
+            s.error(
+                rid,
+                LEADER_UNAVAILABLE,
+                "the connection to the leader dropped; the request's outcome is unknown",
+            )
         self.pending.clear()
         if s.up_channels and not s.closed:
-            s.kill(WSCloseCode.SERVICE_RESTART, "the connection to the leader dropped; "
-                                                "subscribe again")
+            s.kill(
+                WSCloseCode.SERVICE_RESTART, "the connection to the leader dropped; subscribe again"
+            )
 
     async def close(self) -> None:
         ws = self.ws
@@ -325,12 +348,21 @@ class Upstream:
 
 # ====================================================================== the gateway
 
+
 class MarketData:
     """The follower, the public channels and the downstream sessions."""
 
-    def __init__(self, follower: EmittingFollower, *, ring: int = DEFAULT_RING,
-                 interval: float = DEFAULT_INTERVAL, leader: str | None = None,
-                 lease=None, cfg=None, node: str = ""):
+    def __init__(
+        self,
+        follower: EmittingFollower,
+        *,
+        ring: int = DEFAULT_RING,
+        interval: float = DEFAULT_INTERVAL,
+        leader: str | None = None,
+        lease=None,
+        cfg=None,
+        node: str = "",
+    ):
         self.follower = follower
         self.ex = follower.exchange
         self.ring = max(1, int(ring))
@@ -346,10 +378,18 @@ class MarketData:
         self._tick_last: dict[tuple, bytes] = {}
         self.sessions: set[MDSession] = set()
         self.key_sessions: dict[str, int] = {}
-        self.metrics = {"messages_out": 0, "writes": 0, "connections_total": 0,
-                        "slow_consumer_disconnects": 0, "forwarded_requests": 0,
-                        "forwarded_replies": 0, "resumed": 0, "resume_snapshots": 0,
-                        "steps": 0, "step_errors": 0}
+        self.metrics = {
+            "messages_out": 0,
+            "writes": 0,
+            "connections_total": 0,
+            "slow_consumer_disconnects": 0,
+            "forwarded_requests": 0,
+            "forwarded_replies": 0,
+            "resumed": 0,
+            "resume_snapshots": 0,
+            "steps": 0,
+            "step_errors": 0,
+        }
         self.ready = False
         self.stepped_at = 0.0
         self.error: str | None = None
@@ -385,7 +425,7 @@ class MarketData:
         """Every book and trades channel from the followed state: their rings fill from the
         first command applied, subscribed or not (a resuming client may come from another
         gateway)."""
-        for (instr, seg) in self.ex.books:
+        for instr, seg in self.ex.books:
             self.channel(f"book:{instr}:{seg}")
         for instr in self.ex.instruments:
             self.channel(f"trades:{instr}")
@@ -402,9 +442,22 @@ class MarketData:
                 ch = channels.get(name) or self.channel(name)
                 if ch is not None:
                     bs = ev.book_seq
-                    ch.add(bs, _dumps({"channel": name, "seq": bs, "data": {
-                        "instrument": ev.instrument, "segment": ev.segment, "book_seq": bs,
-                        "changes": wire_book_changes(ev.changes)}}), ring)
+                    ch.add(
+                        bs,
+                        _dumps(
+                            {
+                                "channel": name,
+                                "seq": bs,
+                                "data": {
+                                    "instrument": ev.instrument,
+                                    "segment": ev.segment,
+                                    "book_seq": bs,
+                                    "changes": wire_book_changes(ev.changes),
+                                },
+                            }
+                        ),
+                        ring,
+                    )
                 if self.tickers:
                     boards = boards or set()
                     boards.add((ev.instrument, ev.segment))
@@ -412,8 +465,11 @@ class MarketData:
                 name = f"trades:{ev.instrument}"
                 ch = channels.get(name) or self.channel(name)
                 if ch is not None:
-                    ch.add(ev.trade_id, _dumps({"channel": name, "seq": ev.trade_id,
-                                                "data": wire_trade(ev)}), ring)
+                    ch.add(
+                        ev.trade_id,
+                        _dumps({"channel": name, "seq": ev.trade_id, "data": wire_trade(ev)}),
+                        ring,
+                    )
                 if self.tickers:
                     boards = boards or set()
                     boards.add((ev.instrument, ev.segment))
@@ -421,8 +477,9 @@ class MarketData:
                 if self.tickers:
                     boards = set(self.tickers)
             elif t is ApiKeyRevoked:
-                for s in [s for s in self.sessions
-                          if s.cred is not None and s.cred.key_id == ev.key_id]:
+                for s in [
+                    s for s in self.sessions if s.cred is not None and s.cred.key_id == ev.key_id
+                ]:
                     s.kill(CLOSE_REVOKED, "KEY_REVOKED: the API key was revoked")
         if boards:
             for key in boards:
@@ -434,8 +491,7 @@ class MarketData:
                     continue
                 self._tick_last[key] = data
                 seq = cmd.seq
-                ch.add(seq, b'{"channel":%s,"seq":%d,"data":%s}' % (
-                    _dumps(ch.name), seq, data), 1)
+                ch.add(seq, b'{"channel":%s,"seq":%d,"data":%s}' % (_dumps(ch.name), seq, data), 1)
 
     def flush(self) -> None:
         """Send each channel's new messages to its subscribers, only those after the seq a
@@ -569,16 +625,21 @@ class MarketData:
             raise ProtocolFailure(E.AUTH_FAILED, "unknown or revoked API key")
         cap = getattr(self.cfg, "max_connections_per_key", 0) if self.cfg is not None else 0
         if cap and self.key_sessions.get(cred.key_id, 0) >= cap:
-            raise ProtocolFailure(E.TOO_MANY_CONNECTIONS,
-                                  f"the API key has {cap} connections open")
+            raise ProtocolFailure(E.TOO_MANY_CONNECTIONS, f"the API key has {cap} connections open")
         self.key_sessions[cred.key_id] = self.key_sessions.get(cred.key_id, 0) + 1
         s.cred = cred
         s.api_key = api_key
         s.cod = bool(cod)
-        return {"key_id": cred.key_id, "role": cred.role, "firm_id": cred.firm_id,
-                "cancel_on_disconnect": s.cod, "batch": False,
-                "heartbeat_seconds": getattr(self.cfg, "heartbeat_seconds", 15.0),
-                "market_data": True, "node": self.node}
+        return {
+            "key_id": cred.key_id,
+            "role": cred.role,
+            "firm_id": cred.firm_id,
+            "cancel_on_disconnect": s.cod,
+            "batch": False,
+            "heartbeat_seconds": getattr(self.cfg, "heartbeat_seconds", 15.0),
+            "market_data": True,
+            "node": self.node,
+        }
 
     def on_request(self, s: MDSession, m) -> None:
         if type(m) is not dict:
@@ -596,8 +657,10 @@ class MarketData:
         p = params or {}
         try:
             if method == "auth":
-                s.reply(req_id, self.authenticate(s, p.get("api_key"),
-                                                  p.get("cancel_on_disconnect") is True))
+                s.reply(
+                    req_id,
+                    self.authenticate(s, p.get("api_key"), p.get("cancel_on_disconnect") is True),
+                )
                 return
             if method == "ping":
                 s.reply(req_id, {"pong": True, "ts": time.time_ns(), "seq": self.ex.last_seq})
@@ -646,14 +709,21 @@ class MarketData:
         """A websocket to the leader, authenticated with ``api_key``; follows one
         ``NOT_LEADER`` to the address it names."""
         import aiohttp
+
         if self._http is None:
             self._http = aiohttp.ClientSession()
         url = await self.leader_url()
         for _ in range(2):
-            ws = await self._http.ws_connect(url, compress=0, max_msg_size=64 << 20,
-                                             heartbeat=10.0)
-            await ws.send_str(_dumps({"req_id": 0, "method": "auth", "params": {
-                "api_key": api_key, "cancel_on_disconnect": cod}}).decode())
+            ws = await self._http.ws_connect(url, compress=0, max_msg_size=64 << 20, heartbeat=10.0)
+            await ws.send_str(
+                _dumps(
+                    {
+                        "req_id": 0,
+                        "method": "auth",
+                        "params": {"api_key": api_key, "cancel_on_disconnect": cod},
+                    }
+                ).decode()
+            )
             msg = await asyncio.wait_for(ws.receive(), 10.0)
             r = _loads(msg.data) if msg.type == WSMsgType.TEXT else {}
             if r.get("ok"):
@@ -723,6 +793,7 @@ class MarketData:
 
 # ====================================================================== HTTP
 
+
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
     md: MarketData = request.app[MD_KEY]
     cfg = md.cfg
@@ -731,26 +802,40 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     if auth is not None:
         scheme, _, token = auth.partition(" ")
         header_key = token.strip()
-        if scheme.lower() != "bearer" or md.ex.modules["credentials"].lookup(
-                header_key) is None:
-            return web.json_response({"ok": False, "error": {
-                "code": E.AUTH_FAILED, "message": "unknown or revoked API key"}}, status=401)
+        if scheme.lower() != "bearer" or md.ex.modules["credentials"].lookup(header_key) is None:
+            return web.json_response(
+                {
+                    "ok": False,
+                    "error": {"code": E.AUTH_FAILED, "message": "unknown or revoked API key"},
+                },
+                status=401,
+            )
     if not md.ready:
-        return web.json_response({"ok": False, "error": {
-            "code": E.SHUTTING_DOWN, "message": "the gateway is not serving"}}, status=503)
+        return web.json_response(
+            {
+                "ok": False,
+                "error": {"code": E.SHUTTING_DOWN, "message": "the gateway is not serving"},
+            },
+            status=503,
+        )
     hb = getattr(cfg, "heartbeat_seconds", 15.0)
-    ws = web.WebSocketResponse(heartbeat=hb or None, compress=False,
-                               max_msg_size=4 * getattr(cfg, "max_frame_bytes", 65536))
+    ws = web.WebSocketResponse(
+        heartbeat=hb or None,
+        compress=False,
+        max_msg_size=4 * getattr(cfg, "max_frame_bytes", 65536),
+    )
     await ws.prepare(request)
     tr = request.transport
     s = MDSession(md, ws, tr, request.remote or "")
     md.attach(s)
     timer = asyncio.get_running_loop().call_later(
-        getattr(cfg, "auth_timeout_seconds", 10.0), _auth_timeout, s)
+        getattr(cfg, "auth_timeout_seconds", 10.0), _auth_timeout, s
+    )
     if header_key is not None:
         try:
-            md.authenticate(s, header_key,
-                            request.query.get("cancel_on_disconnect", "") in ("1", "true"))
+            md.authenticate(
+                s, header_key, request.query.get("cancel_on_disconnect", "") in ("1", "true")
+            )
         except ProtocolFailure as e:
             s.error(None, e.code, e.message)
             s.kill(4029 if e.code == E.TOO_MANY_CONNECTIONS else 4001, e.code)
@@ -762,7 +847,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
                 except orjson.JSONDecodeError:
                     s.error(None, E.BAD_JSON, "frame is not valid JSON")
                     continue
-                for m in (obj if type(obj) is list else (obj,)):
+                for m in obj if type(obj) is list else (obj,):
                     md.on_request(s, m)
             elif msg.type == WSMsgType.BINARY:
                 s.error(None, E.BINARY_NOT_SUPPORTED, "send JSON text frames")
@@ -786,8 +871,13 @@ async def readyz(request: web.Request) -> web.Response:
     f = md.follower
     fresh = time.monotonic() - md.stepped_at < max(5.0, 20 * md.interval)
     ok = md.ready and fresh
-    body = {"ok": ok, "role": "market-data", "last_seq": md.ex.last_seq,
-            "journal_lag": f.lag_seq, "leader": md.leader_address}
+    body = {
+        "ok": ok,
+        "role": "market-data",
+        "last_seq": md.ex.last_seq,
+        "journal_lag": f.lag_seq,
+        "leader": md.leader_address,
+    }
     if md.error:
         body["error"] = md.error
     return web.json_response(body, status=200 if ok else 503)
@@ -801,35 +891,62 @@ async def metrics(request: web.Request) -> web.Response:
     md: MarketData = request.app[MD_KEY]
     m = md.metrics
     subs = sum(len(ch.subs) for ch in md.channels.values()) + sum(
-        len(ch.subs) for ch in md.tickers.values())
+        len(ch.subs) for ch in md.tickers.values()
+    )
     rows = [
         ("exchange_md_connections", "gauge", "open websocket connections", len(md.sessions)),
-        ("exchange_md_connections_total", "counter", "websocket connections accepted",
-         m["connections_total"]),
+        (
+            "exchange_md_connections_total",
+            "counter",
+            "websocket connections accepted",
+            m["connections_total"],
+        ),
         ("exchange_md_subscriptions", "gauge", "public channel subscriptions", subs),
-        ("exchange_md_messages_out_total", "counter", "market-data messages written",
-         m["messages_out"]),
+        (
+            "exchange_md_messages_out_total",
+            "counter",
+            "market-data messages written",
+            m["messages_out"],
+        ),
         ("exchange_md_writes_total", "counter", "socket writes", m["writes"]),
-        ("exchange_md_slow_consumer_disconnects_total", "counter",
-         "subscribers closed for not reading", m["slow_consumer_disconnects"]),
-        ("exchange_md_resumed_total", "counter", "subscribes resumed from from_seq",
-         m["resumed"]),
-        ("exchange_md_resume_snapshots_total", "counter",
-         "subscribes with from_seq answered with a snapshot", m["resume_snapshots"]),
-        ("exchange_md_forwarded_requests_total", "counter", "requests forwarded to the leader",
-         m["forwarded_requests"]),
+        (
+            "exchange_md_slow_consumer_disconnects_total",
+            "counter",
+            "subscribers closed for not reading",
+            m["slow_consumer_disconnects"],
+        ),
+        ("exchange_md_resumed_total", "counter", "subscribes resumed from from_seq", m["resumed"]),
+        (
+            "exchange_md_resume_snapshots_total",
+            "counter",
+            "subscribes with from_seq answered with a snapshot",
+            m["resume_snapshots"],
+        ),
+        (
+            "exchange_md_forwarded_requests_total",
+            "counter",
+            "requests forwarded to the leader",
+            m["forwarded_requests"],
+        ),
         ("exchange_md_follower_steps_total", "counter", "journal follower steps", m["steps"]),
-        ("exchange_md_follower_errors_total", "counter", "failed follower steps",
-         m["step_errors"]),
+        ("exchange_md_follower_errors_total", "counter", "failed follower steps", m["step_errors"]),
         ("exchange_last_seq", "gauge", "last journal seq applied", md.ex.last_seq),
-        ("exchange_md_journal_lag", "gauge", "records behind the journal's end at the last "
-                                             "step", md.follower.lag_seq),
+        (
+            "exchange_md_journal_lag",
+            "gauge",
+            "records behind the journal's end at the last step",
+            md.follower.lag_seq,
+        ),
     ]
     out = []
     for name, kind, help_, v in rows:
         out.append(f"# HELP {name} {help_}\n# TYPE {name} {kind}\n{name} {v}\n")
-    return web.Response(text="".join(out), content_type="text/plain", charset="utf-8",
-                        headers={"X-Content-Type-Options": "nosniff"})
+    return web.Response(
+        text="".join(out),
+        content_type="text/plain",
+        charset="utf-8",
+        headers={"X-Content-Type-Options": "nosniff"},
+    )
 
 
 def make_app(md: MarketData) -> web.Application:
@@ -844,24 +961,40 @@ def make_app(md: MarketData) -> web.Application:
 
 # ====================================================================== serve --market-data
 
+
 def add_arguments(p) -> None:
     """The ``serve`` options of a market-data gateway."""
-    p.add_argument("--market-data", action="store_true",
-                   help="run a market-data gateway: follow the JetStream journal, serve the "
-                        "public channels, forward orders to the leader (docs/DEPLOYMENT.md)")
-    p.add_argument("--leader", default=None, metavar="URL",
-                   help="market data: the leader's websocket URL (default: the address in "
-                        "the journal's leader lease)")
-    p.add_argument("--md-ring", type=int, default=DEFAULT_RING, metavar="N",
-                   help=f"market data: messages kept per channel for resuming subscribers "
-                        f"(default {DEFAULT_RING})")
-    p.add_argument("--md-interval", type=float, default=DEFAULT_INTERVAL, metavar="S",
-                   help=f"market data: seconds between journal reads (default "
-                        f"{DEFAULT_INTERVAL:g})")
+    p.add_argument(
+        "--market-data",
+        action="store_true",
+        help="run a market-data gateway: follow the JetStream journal, serve the "
+        "public channels, forward orders to the leader (docs/DEPLOYMENT.md)",
+    )
+    p.add_argument(
+        "--leader",
+        default=None,
+        metavar="URL",
+        help="market data: the leader's websocket URL (default: the address in "
+        "the journal's leader lease)",
+    )
+    p.add_argument(
+        "--md-ring",
+        type=int,
+        default=DEFAULT_RING,
+        metavar="N",
+        help=f"market data: messages kept per channel for resuming subscribers "
+        f"(default {DEFAULT_RING})",
+    )
+    p.add_argument(
+        "--md-interval",
+        type=float,
+        default=DEFAULT_INTERVAL,
+        metavar="S",
+        help=f"market data: seconds between journal reads (default {DEFAULT_INTERVAL:g})",
+    )
 
 
-async def serve_market_data(args, settings, host: str, port: int, data_dir,
-                            new_exchange) -> int:
+async def serve_market_data(args, settings, host: str, port: int, data_dir, new_exchange) -> int:
     """Follow the journal (a core made by ``new_exchange()``, the composition root's
     build_exchange), then serve until SIGINT/SIGTERM."""
     import signal
@@ -873,15 +1006,21 @@ async def serve_market_data(args, settings, host: str, port: int, data_dir,
 
     target = args.journal or settings.journal.url
     if not target or not target.startswith(("nats://", "tls://")):
-        print("serve --market-data needs a JetStream journal: --journal "
-              "nats://HOST:4222[,...]/STREAM", flush=True)
+        print(
+            "serve --market-data needs a JetStream journal: --journal "
+            "nats://HOST:4222[,...]/STREAM",
+            flush=True,
+        )
         return 2
     ex = new_exchange()
     try:
         ex.modules["credentials"].secret = load_secret(Path(data_dir), create=False)
     except FileNotFoundError:
-        print(f"serve --market-data: no api-key-secret in {data_dir}: copy the leader's "
-              f"(every node needs the same one, ADR 0008)", flush=True)
+        print(
+            f"serve --market-data: no api-key-secret in {data_dir}: copy the leader's "
+            f"(every node needs the same one, ADR 0008)",
+            flush=True,
+        )
         return 2
     follower = EmittingFollower(ex, open_journal(target))
     await follower.start()
@@ -890,8 +1029,15 @@ async def serve_market_data(args, settings, host: str, port: int, data_dir,
     if not args.leader:
         lease = LeaderLease(target, node=f"md-{node}")
         await lease.open()
-    md = MarketData(follower, ring=args.md_ring, interval=args.md_interval,
-                    leader=args.leader, lease=lease, cfg=settings.server, node=node)
+    md = MarketData(
+        follower,
+        ring=args.md_ring,
+        interval=args.md_interval,
+        leader=args.leader,
+        lease=lease,
+        cfg=settings.server,
+        node=node,
+    )
     md.start()
     app = make_app(md)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
@@ -909,8 +1055,11 @@ async def serve_market_data(args, settings, host: str, port: int, data_dir,
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):
             pass
-    print(f"market-data gateway {node} following {follower.journal.target} at seq "
-          f"{ex.last_seq}; leader {args.leader or 'from the lease'}", flush=True)
+    print(
+        f"market-data gateway {node} following {follower.journal.target} at seq "
+        f"{ex.last_seq}; leader {args.leader or 'from the lease'}",
+        flush=True,
+    )
     print(f"listening on {host}:{bound}", flush=True)
     done = asyncio.ensure_future(stop.wait())
     await asyncio.wait([done, md._task], return_when=asyncio.FIRST_COMPLETED)

@@ -5,6 +5,7 @@ benchmarks). It keeps the journal's timing contract: commands submitted in one e
 are applied at once (seq/ts stamped), then "committed" together on the next tick, when the
 listeners run in seq order and the submitters' futures resolve. Nothing survives a restart.
 """
+
 from __future__ import annotations
 
 import asyncio

@@ -8,6 +8,7 @@ who opens the dashboard on a node sees whether that node still leads, and which 
 if not (a standby answers every HTTP request 503 ``NOT_LEADER`` with the leader's address,
 so the dashboard is only ever served by a leader or a single node).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -33,8 +34,12 @@ class NodeStatus:
         self.lease = lease  # exchange.journal.lease.LeaderLease while this node leads
 
     async def describe(self, timeout: float = 1.0) -> dict[str, Any]:
-        out: dict[str, Any] = {"node_id": self.node_id, "journal": self.journal,
-                               "role": "single", "leader": None}
+        out: dict[str, Any] = {
+            "node_id": self.node_id,
+            "journal": self.journal,
+            "role": "single",
+            "leader": None,
+        }
         lease = self.lease
         if lease is None:
             return out
@@ -55,7 +60,8 @@ class NodeStatus:
                 "revision": int(holder.get("revision", 0)),
                 # the holder's clock at its last renewal: seconds, for people
                 "renewed_s_ago": round(max(0.0, time.time() - float(since)), 1)
-                if isinstance(since, (int, float)) else None,
+                if isinstance(since, (int, float))
+                else None,
             }
             if out["leader"]["node_id"] != self.node_id:
                 out["role"] = "stepping_down"

@@ -18,6 +18,7 @@ order request follows it:
 The enums are the core's (:mod:`exchange.core.orders`): a value the wire admits is one the
 core knows.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from typing import Any
 from ..core.orders import OrderType, Side, TimeInForce
 
 NAME_MAX = 64  # instrument, segment, client_order_id: 1 .. 64 characters
-INT64_MIN, INT64_MAX = -2 ** 63, 2 ** 63 - 1  # every integer a client sends (the journal's)
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # every integer a client sends (the journal's)
 
 SIDES: tuple[str, ...] = tuple(s.value for s in Side)
 ORDER_TYPES: tuple[str, ...] = tuple(t.value for t in OrderType)
@@ -61,13 +62,23 @@ PLACE_ORDER: tuple[Param, ...] = (
     Param("segment", NAME, "main"),
     Param("side", ENUM, values=SIDES),
     Param("qty", INT64, doc="whole tonnes"),
-    Param("price", PRICE, None, nullable=True,
-          doc="limit (or market protection) price, CNY decimal string"),
+    Param(
+        "price",
+        PRICE,
+        None,
+        nullable=True,
+        doc="limit (or market protection) price, CNY decimal string",
+    ),
     Param("order_type", ENUM, "limit", values=ORDER_TYPES),
     Param("tif", ENUM, "GTC", values=TIFS),
     Param("post_only", BOOL, False),
-    Param("client_order_id", NAME, None, nullable=True,
-          doc="makes place_order idempotent: a retry returns the first result"),
+    Param(
+        "client_order_id",
+        NAME,
+        None,
+        nullable=True,
+        doc="makes place_order idempotent: a retry returns the first result",
+    ),
 )
 
 # cancel and amend name one of the firm's orders by either id; a request with neither is
@@ -83,7 +94,9 @@ AMEND_ORDER: tuple[Param, ...] = ORDER_REF + (
 )
 
 ORDER_ENTRY: dict[str, tuple[Param, ...]] = {
-    "place_order": PLACE_ORDER, "cancel_order": CANCEL_ORDER, "amend_order": AMEND_ORDER,
+    "place_order": PLACE_ORDER,
+    "cancel_order": CANCEL_ORDER,
+    "amend_order": AMEND_ORDER,
 }
 
 
@@ -108,8 +121,14 @@ def violations(params: tuple[Param, ...], valid: dict) -> list[tuple[str, dict]]
             out.append((f"{p.name} missing", {k: v for k, v in valid.items() if k != p.name}))
         if not p.nullable:
             put(f"{p.name} null", p.name, None)
-        wrong_types = {"a list": [1], "an object": {"a": 1}, "a float": 1.5, "true": True,
-                       "a number": 7, "a string": "7"}
+        wrong_types = {
+            "a list": [1],
+            "an object": {"a": 1},
+            "a float": 1.5,
+            "true": True,
+            "a number": 7,
+            "a string": "7",
+        }
         if p.kind == NAME:
             del wrong_types["a string"]
             put(f"{p.name} empty", p.name, "")
@@ -118,7 +137,7 @@ def violations(params: tuple[Param, ...], valid: dict) -> list[tuple[str, dict]]
             del wrong_types["a number"]
             put(f"{p.name} 2^63", p.name, INT64_MAX + 1)
             put(f"{p.name} -2^63-1", p.name, INT64_MIN - 1)
-            put(f"{p.name} 2^64", p.name, 2 ** 64)
+            put(f"{p.name} 2^64", p.name, 2**64)
         elif p.kind == PRICE:
             del wrong_types["a string"]  # "7" is a price
             for bad in ("85.001", "1e2", "-1.00", "85,00", " 85.00", "1" * 16 + ".00"):

@@ -31,6 +31,7 @@ A handler gets the :class:`~exchange.server.gateway.Session` and the validated p
 returns the ``result`` dict (sync or async). Raising :class:`ProtocolError` (or a core
 :class:`~exchange.core.errors.Reject`) becomes an error reply with its code.
 """
+
 from __future__ import annotations
 
 import re
@@ -46,8 +47,21 @@ from ..core import errors as E
 from ..core.commands import AmendOrder, CancelOrder, PlaceOrder
 from ..core.units import UnitError, format_price, parse_price
 from .order_model import (
-    AMEND_ORDER, BOOL, CANCEL_ORDER, INT64, INT64_MAX, INT64_MIN, NAME, NAME_MAX,
-    ORDER_TYPES, PLACE_ORDER, PRICE, SIDES, TIFS, Param, defaults,
+    AMEND_ORDER,
+    BOOL,
+    CANCEL_ORDER,
+    INT64,
+    INT64_MAX,
+    INT64_MIN,
+    NAME,
+    NAME_MAX,
+    ORDER_TYPES,
+    PLACE_ORDER,
+    PRICE,
+    SIDES,
+    TIFS,
+    Param,
+    defaults,
 )
 
 
@@ -80,8 +94,10 @@ def _price(v: Any) -> int:
     # plain digits first (no sign, exponent - "1e400000" would make a huge int - or "_"),
     # then parse_price's own checks (at most two decimals, ...)
     if _PRICE_RE.fullmatch(v) is None:
-        raise ValueError('a price is a decimal string of digits, under 10^15, with at most '
-                         'two decimals, e.g. "85.50"')
+        raise ValueError(
+            "a price is a decimal string of digits, under 10^15, with at most "
+            'two decimals, e.g. "85.50"'
+        )
     try:
         fen = parse_price(v)
     except UnitError as e:
@@ -94,9 +110,17 @@ def _price(v: Any) -> int:
 
 # the pattern is exactly what _price accepts (the OpenAPI document shows it): at most 15
 # integer digits, and decimals that are zero after the second ("85.500" is 85.50)
-Price = Annotated[int, BeforeValidator(_price), Field(json_schema_extra={
-    "type": "string", "pattern": r"^[0-9]{1,15}(\.[0-9]{1,2}0{0,14})?$",
-    "examples": ["85.50"]})]
+Price = Annotated[
+    int,
+    BeforeValidator(_price),
+    Field(
+        json_schema_extra={
+            "type": "string",
+            "pattern": r"^[0-9]{1,15}(\.[0-9]{1,2}0{0,14})?$",
+            "examples": ["85.50"],
+        }
+    ),
+]
 """A price on the wire: a decimal string in CNY with at most two decimals -> int fen."""
 
 # Every integer a client sends fits in 64 signed bits (the journal's integers: INT64_MIN,
@@ -122,9 +146,11 @@ class Params(BaseModel):
 class AuthParams(Params):
     api_key: str = Field(min_length=1, max_length=512)
     cancel_on_disconnect: StrictBool = Field(
-        False, description="cancel the orders placed on this connection when it closes")
+        False, description="cancel the orders placed on this connection when it closes"
+    )
     batch: StrictBool = Field(
-        False, description="send replies and pushes as JSON arrays, one frame per tick")
+        False, description="send replies and pushes as JSON arrays, one frame per tick"
+    )
 
 
 # ------------------------------------------------------------------ order entry params
@@ -132,6 +158,7 @@ class AuthParams(Params):
 # TypeAdapter) rather than models: they are the hot path and validate in about half the time
 # (a fifth for cancels and amends). They are built from the one model of order entry,
 # exchange/server/order_model.py, which the C gate is checked against too.
+
 
 def _annotation(p: Param) -> Any:
     t: Any = {NAME: Name, INT64: Int64, PRICE: Price, BOOL: StrictBool}.get(p.kind)
@@ -193,11 +220,23 @@ _POST_ONLY = _PLACE_DEFAULTS["post_only"]
 _new = object.__new__
 # the fast paths set every field themselves; if the commands gain a field, use their
 # constructors instead
-_FAST_PLACE = PlaceOrder._FIELDS == ("account", "instrument", "segment", "side", "qty",
-                                     "price", "order_type", "tif", "post_only",
-                                     "client_order_id")
-_FAST_REF = (CancelOrder._FIELDS == ("account", "order_id", "client_order_id") and
-             AmendOrder._FIELDS == ("account", "order_id", "client_order_id", "qty", "price"))
+_FAST_PLACE = PlaceOrder._FIELDS == (
+    "account",
+    "instrument",
+    "segment",
+    "side",
+    "qty",
+    "price",
+    "order_type",
+    "tif",
+    "post_only",
+    "client_order_id",
+)
+_FAST_REF = CancelOrder._FIELDS == (
+    "account",
+    "order_id",
+    "client_order_id",
+) and AmendOrder._FIELDS == ("account", "order_id", "client_order_id", "qty", "price")
 
 
 def _adapter(td) -> Callable:
@@ -239,8 +278,14 @@ def validate_place_order(p) -> PlaceOrder:
         ins = get("instrument")
         side = get("side")
         qty = get("qty")
-        if (type(ins) is str and 0 < len(ins) <= NAME_MAX and type(qty) is int
-                and INT64_MIN <= qty <= INT64_MAX and type(side) is str and side in _SIDES):
+        if (
+            type(ins) is str
+            and 0 < len(ins) <= NAME_MAX
+            and type(qty) is int
+            and INT64_MIN <= qty <= INT64_MAX
+            and type(side) is str
+            and side in _SIDES
+        ):
             n = 3
             seg = get("segment", _MISSING)
             if seg is _MISSING:
@@ -360,14 +405,21 @@ class CancelAllParams(Params):
 
 
 class ChannelParams(Params):
-    channel: str = Field(min_length=1, max_length=128, description=(
-        "executions | balances | book:<instrument>:<segment> | trades:<instrument> | "
-        "ticker:<instrument>"))
+    channel: str = Field(
+        min_length=1,
+        max_length=128,
+        description=(
+            "executions | balances | book:<instrument>:<segment> | trades:<instrument> | "
+            "ticker:<instrument>"
+        ),
+    )
     from_seq: Annotated[StrictInt, Field(ge=0, le=INT64_MAX)] | None = Field(
-        None, description="subscribe only: the last seq this client saw on the channel "
-                          "(before a reconnect); the reply says whether the server resumed "
-                          "from it (resumed: true, the missed messages follow) or sent a "
-                          "fresh snapshot (resumed: false)")
+        None,
+        description="subscribe only: the last seq this client saw on the channel "
+        "(before a reconnect); the reply says whether the server resumed "
+        "from it (resumed: true, the missed messages follow) or sent a "
+        "fresh snapshot (resumed: false)",
+    )
 
 
 class EmptyParams(Params):
@@ -375,6 +427,7 @@ class EmptyParams(Params):
 
 
 # ------------------------------------------------------------------ the method table
+
 
 @dataclass(slots=True)
 class Method:
@@ -398,9 +451,14 @@ DEFERRED = object()
 """A handler may return this after arranging to send the reply itself (place_order)."""
 
 
-def ws_method(name: str, params: Any = EmptyParams, *,
-              roles: tuple[str, ...] | None = None, auth: bool = True,
-              validate: Callable | None = None):
+def ws_method(
+    name: str,
+    params: Any = EmptyParams,
+    *,
+    roles: tuple[str, ...] | None = None,
+    auth: bool = True,
+    validate: Callable | None = None,
+):
     """Register a websocket method handler ``fn(session, params) -> dict | awaitable``.
     ``params``: a pydantic model (or a TypedDict, validated with a TypeAdapter); it documents
     the method. ``validate``: instead of validating with ``params``, this callable turns the
@@ -434,6 +492,7 @@ def validation_message(exc) -> str:
 
 
 # ------------------------------------------------------------------ wire encoders
+
 
 class _PxTextCache(dict):
     """fen -> ``format_price(fen)`` ("85.50"): the hot encoders format the same prices over
@@ -487,15 +546,25 @@ def wire_er(ev) -> dict:
     lq = ev.last_qty
     fee = ev.fee
     return {
-        "account": ev.account, "order_id": ev.order_id, "client_order_id": ev.client_order_id,
-        "instrument": ev.instrument, "segment": ev.segment, "side": ev.side,
-        "exec_type": ev.exec_type, "order_status": ev.order_status,
+        "account": ev.account,
+        "order_id": ev.order_id,
+        "client_order_id": ev.client_order_id,
+        "instrument": ev.instrument,
+        "segment": ev.segment,
+        "side": ev.side,
+        "exec_type": ev.exec_type,
+        "order_status": ev.order_status,
         "price": None if p is None else _PX_TEXT[p],
-        "qty": ev.qty, "last_qty": lq,
+        "qty": ev.qty,
+        "last_qty": lq,
         "last_px": _PX_TEXT[ev.last_px] if lq else None,
-        "cum_qty": ev.cum_qty, "leaves_qty": ev.leaves_qty, "reason": ev.reason,
-        "trade_id": ev.trade_id or None, "fee": _PX_TEXT[fee] if fee else "0.00",
-        "liquidity": ev.liquidity, "ts": ev.ts,
+        "cum_qty": ev.cum_qty,
+        "leaves_qty": ev.leaves_qty,
+        "reason": ev.reason,
+        "trade_id": ev.trade_id or None,
+        "fee": _PX_TEXT[fee] if fee else "0.00",
+        "liquidity": ev.liquidity,
+        "ts": ev.ts,
     }
 
 
@@ -503,20 +572,28 @@ def wire_er(ev) -> dict:
 # ids, instrument, segment, side) are formatted once per order (er_head; the gateway keeps
 # them while the order works), the rest per report. Same JSON as orjson.dumps(wire_er(ev)),
 # at about two thirds of its cost.
-_ER_HEAD = (b'{"account":%s,"order_id":%d,"client_order_id":%s,"instrument":%s,"segment":%s,'
-            b'"side":%s,')
-ER_TAIL = (b'"exec_type":%s,"order_status":%s,"price":%s,"qty":%d,"last_qty":%d,"last_px":%s,'
-           b'"cum_qty":%d,"leaves_qty":%d,"reason":%s,"trade_id":%s,"fee":%s,"liquidity":%s,'
-           b'"ts":%d}')
+_ER_HEAD = (
+    b'{"account":%s,"order_id":%d,"client_order_id":%s,"instrument":%s,"segment":%s,"side":%s,'
+)
+ER_TAIL = (
+    b'"exec_type":%s,"order_status":%s,"price":%s,"qty":%d,"last_qty":%d,"last_px":%s,'
+    b'"cum_qty":%d,"leaves_qty":%d,"reason":%s,"trade_id":%s,"fee":%s,"liquidity":%s,'
+    b'"ts":%d}'
+)
 ER_BODY = b"%s" + ER_TAIL  # (head, tail fields...) -> the report
 ER_PUSH = b'{"channel":"executions","seq":%d,"data":%s' + ER_TAIL + b"}"  # (seq, head, ...)
 
 
 def er_head(ev) -> bytes:
     c = ev.client_order_id
-    return _ER_HEAD % (JSON_STR[ev.account], ev.order_id,
-                       b"null" if c is None else orjson.dumps(c), JSON_STR[ev.instrument],
-                       JSON_STR[ev.segment], JSON_STR[ev.side])
+    return _ER_HEAD % (
+        JSON_STR[ev.account],
+        ev.order_id,
+        b"null" if c is None else orjson.dumps(c),
+        JSON_STR[ev.instrument],
+        JSON_STR[ev.segment],
+        JSON_STR[ev.side],
+    )
 
 
 def er_tail_args(ev, head: bytes) -> tuple:
@@ -525,11 +602,22 @@ def er_tail_args(ev, head: bytes) -> tuple:
     lq = ev.last_qty
     tid = ev.trade_id
     fee = ev.fee
-    return (head, JSON_STR[ev.exec_type], JSON_STR[ev.order_status],
-            b"null" if p is None else PX_JSON[p], ev.qty, lq,
-            PX_JSON[ev.last_px] if lq else b"null", ev.cum_qty, ev.leaves_qty,
-            JSON_STR[ev.reason], b"%d" % tid if tid else b"null",
-            PX_JSON[fee] if fee else b'"0.00"', JSON_STR[ev.liquidity], ev.ts)
+    return (
+        head,
+        JSON_STR[ev.exec_type],
+        JSON_STR[ev.order_status],
+        b"null" if p is None else PX_JSON[p],
+        ev.qty,
+        lq,
+        PX_JSON[ev.last_px] if lq else b"null",
+        ev.cum_qty,
+        ev.leaves_qty,
+        JSON_STR[ev.reason],
+        b"%d" % tid if tid else b"null",
+        PX_JSON[fee] if fee else b'"0.00"',
+        JSON_STR[ev.liquidity],
+        ev.ts,
+    )
 
 
 def _not_in_c(seq, head, ev) -> None:
@@ -561,9 +649,15 @@ def er_push(seq: int, head: bytes, ev) -> bytes:
 
 def wire_trade(ev) -> dict:
     """Public trade: no counterparties."""
-    return {"trade_id": ev.trade_id, "instrument": ev.instrument, "segment": ev.segment,
-            "price": fmt_px(ev.price), "qty": ev.qty, "aggressor": ev.aggressor,
-            "ts": ev.ts}
+    return {
+        "trade_id": ev.trade_id,
+        "instrument": ev.instrument,
+        "segment": ev.segment,
+        "price": fmt_px(ev.price),
+        "qty": ev.qty,
+        "aggressor": ev.aggressor,
+        "ts": ev.ts,
+    }
 
 
 def wire_book_changes(changes) -> list:
@@ -574,27 +668,45 @@ def wire_depth(book) -> dict:
     """Full-depth L2 snapshot of an OrderBook (consistent with its ``seq``)."""
     bids = [[format_price(-k), lv.qty] for k, lv in book.bids.items()]
     asks = [[format_price(k), lv.qty] for k, lv in book.asks.items()]
-    return {"instrument": book.instrument, "segment": book.segment, "book_seq": book.seq,
-            "bids": bids, "asks": asks}
+    return {
+        "instrument": book.instrument,
+        "segment": book.segment,
+        "book_seq": book.seq,
+        "bids": bids,
+        "asks": asks,
+    }
 
 
 def wire_balances(ex, firm_id: str) -> dict:
     a = ex.accounts[firm_id]
     return {
-        "account": firm_id, "as_of_seq": ex.last_seq,
-        "cash": format_price(a.cash), "cash_reserved": format_price(a.cash_reserved),
+        "account": firm_id,
+        "as_of_seq": ex.last_seq,
+        "cash": format_price(a.cash),
+        "cash_reserved": format_price(a.cash_reserved),
         "cash_available": format_price(a.cash - a.cash_reserved),
-        "holdings": {k: {"total": h.total, "reserved": h.reserved,
-                         "available": h.total - h.reserved}
-                     for k, h in sorted(a.holdings.items())},
+        "holdings": {
+            k: {"total": h.total, "reserved": h.reserved, "available": h.total - h.reserved}
+            for k, h in sorted(a.holdings.items())
+        },
     }
 
 
 def wire_order(o) -> dict:
-    return {"order_id": o.order_id, "client_order_id": o.client_order_id,
-            "instrument": o.instrument, "segment": o.segment, "side": o.side,
-            "price": px(o.price), "qty": o.qty, "cum_qty": o.cum_qty, "leaves_qty": o.leaves,
-            "tif": o.tif, "post_only": o.post_only, "order_status": o.status}
+    return {
+        "order_id": o.order_id,
+        "client_order_id": o.client_order_id,
+        "instrument": o.instrument,
+        "segment": o.segment,
+        "side": o.side,
+        "price": px(o.price),
+        "qty": o.qty,
+        "cum_qty": o.cum_qty,
+        "leaves_qty": o.leaves,
+        "tif": o.tif,
+        "post_only": o.post_only,
+        "order_status": o.status,
+    }
 
 
 def ticker_channel(symbol: str, segment: str = "main") -> str:
@@ -620,11 +732,17 @@ def wire_ticker(ex, symbol: str, segment: str = "main") -> dict:
         day_high, day_low, vwap = book.day_high or None, book.day_low or None, book.vwap()
         volume, trades = book.day_volume, book.day_trades
     return {
-        "instrument": symbol, "segment": segment, "last": px(last),
-        "best_bid": px(bb), "best_ask": px(ba),
-        "day_open": px(day_open), "day_high": px(day_high),
-        "day_low": px(day_low), "vwap": px(vwap),
-        "volume": volume, "trades": trades,
+        "instrument": symbol,
+        "segment": segment,
+        "last": px(last),
+        "best_bid": px(bb),
+        "best_ask": px(ba),
+        "day_open": px(day_open),
+        "day_high": px(day_high),
+        "day_low": px(day_low),
+        "vwap": px(vwap),
+        "volume": volume,
+        "trades": trades,
         "reference_price": px(ins.reference_price or None),
         "band": None if band is None else [format_price(band[0]), format_price(band[1])],
         "halted": ex.is_halted(symbol, segment) if book is not None else ins.halted,
@@ -632,13 +750,48 @@ def wire_ticker(ex, symbol: str, segment: str = "main") -> dict:
 
 
 __all__ = [
-    "ProtocolError", "Price", "Int64", "INT64_MIN", "INT64_MAX", "Period", "MAX_PERIOD", "Params",
-    "AuthParams", "PlaceOrderParams", "CancelOrderParams",
-    "AmendOrderParams", "order_ref", "validate_place_order", "validate_cancel_order",
-    "validate_amend_order", "CancelAllParams", "ChannelParams", "EmptyParams", "Method", "METHODS",
-    "ws_method", "DEFERRED", "OVERLOADED", "validation_message", "wire_er", "wire_trade",
+    "ProtocolError",
+    "Price",
+    "Int64",
+    "INT64_MIN",
+    "INT64_MAX",
+    "Period",
+    "MAX_PERIOD",
+    "Params",
+    "AuthParams",
+    "PlaceOrderParams",
+    "CancelOrderParams",
+    "AmendOrderParams",
+    "order_ref",
+    "validate_place_order",
+    "validate_cancel_order",
+    "validate_amend_order",
+    "CancelAllParams",
+    "ChannelParams",
+    "EmptyParams",
+    "Method",
+    "METHODS",
+    "ws_method",
+    "DEFERRED",
+    "OVERLOADED",
+    "validation_message",
+    "wire_er",
+    "wire_trade",
     "wire_book_changes",
-    "wire_depth", "wire_balances", "wire_order", "wire_ticker", "ticker_channel", "fmt_px",
-    "JSON_STR", "PX_JSON",
-    "er_head", "er_tail_args", "er_push_c", "er_push", "er_push_ref", "ER_BODY", "ER_PUSH", "E",
+    "wire_depth",
+    "wire_balances",
+    "wire_order",
+    "wire_ticker",
+    "ticker_channel",
+    "fmt_px",
+    "JSON_STR",
+    "PX_JSON",
+    "er_head",
+    "er_tail_args",
+    "er_push_c",
+    "er_push",
+    "er_push_ref",
+    "ER_BODY",
+    "ER_PUSH",
+    "E",
 ]

@@ -6,6 +6,7 @@ up after a restart), so a replay of the journal opens and closes the market at e
 commands. At start it also journals ``SetTradingCalendar`` when the configured calendar differs
 from the one in the core's state.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -27,8 +28,12 @@ def calendar_command(settings, ex) -> SetTradingCalendar | None:
         return None
     if cal is None:
         return SetTradingCalendar(sessions=())
-    return SetTradingCalendar(sessions=tuple(tuple(s) for s in want["sessions"]), tz=cal.tz,
-                              weekdays=tuple(cal.weekdays), holidays=tuple(cal.holidays))
+    return SetTradingCalendar(
+        sessions=tuple(tuple(s) for s in want["sessions"]),
+        tz=cal.tz,
+        weekdays=tuple(cal.weekdays),
+        holidays=tuple(cal.holidays),
+    )
 
 
 async def run_session_clock(runner, ex, settings, *, clock=time.time_ns) -> None:
@@ -59,5 +64,6 @@ async def start_session_clock(runner, ex, settings) -> asyncio.Task | None:
         await runner.submit(cmd)
     if ex.calendar is None:
         return None
-    return asyncio.get_running_loop().create_task(run_session_clock(runner, ex, settings),
-                                                  name="session-clock")
+    return asyncio.get_running_loop().create_task(
+        run_session_clock(runner, ex, settings), name="session-clock"
+    )

@@ -22,6 +22,7 @@ was appended since the last step) instead of recovering from a snapshot. A follo
 diverges or fails is dropped with a warning, and the take-over recovers from the log as a
 cold start does.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -50,9 +51,12 @@ class NotLeaderSite:
         self.sockets: set = set()
 
     def error(self) -> dict:
-        return {"code": NOT_LEADER, "leader": self.leader,
-                "message": f"this node is a standby; the leader is {self.node or '?'} at "
-                           f"{self.leader or 'an address it did not advertise'}"}
+        return {
+            "code": NOT_LEADER,
+            "leader": self.leader,
+            "message": f"this node is a standby; the leader is {self.node or '?'} at "
+            f"{self.leader or 'an address it did not advertise'}",
+        }
 
     async def start(self, host: str, port: int) -> int:
         import orjson
@@ -79,10 +83,17 @@ class NotLeaderSite:
                 except Exception:
                     obj = {}
                 reqs = obj if isinstance(obj, list) else [obj]
-                replies = [{"req_id": r.get("req_id") if isinstance(r, dict) else None,
-                            "ok": False, "error": self.error()} for r in reqs]
-                await sock.send_str(orjson.dumps(
-                    replies if isinstance(obj, list) else replies[0]).decode())
+                replies = [
+                    {
+                        "req_id": r.get("req_id") if isinstance(r, dict) else None,
+                        "ok": False,
+                        "error": self.error(),
+                    }
+                    for r in reqs
+                ]
+                await sock.send_str(
+                    orjson.dumps(replies if isinstance(obj, list) else replies[0]).decode()
+                )
 
         async def other(request):
             return web.json_response({"ok": False, "error": self.error()}, status=503)
@@ -104,10 +115,12 @@ class NotLeaderSite:
         """Close every client socket (1012: service restart - they reconnect and find this
         node leading), then the listener: an open socket would hold the cleanup up."""
         from aiohttp import WSCloseCode
+
         for sock in list(self.sockets):
             try:
-                await asyncio.wait_for(sock.close(code=WSCloseCode.SERVICE_RESTART,
-                                                  message=b"taking over"), 1.0)
+                await asyncio.wait_for(
+                    sock.close(code=WSCloseCode.SERVICE_RESTART, message=b"taking over"), 1.0
+                )
             except Exception:
                 pass
         if self.runner is not None:
@@ -143,9 +156,11 @@ class Leadership:
             while not self.lost.is_set():
                 failed = getattr(runner, "_failed", None)
                 if failed is not None:
-                    self._lose("the journal refused an append as stale (another node is "
-                               "leader)" if isinstance(failed, StaleWriterError)
-                               else f"the journal failed: {failed!r}")
+                    self._lose(
+                        "the journal refused an append as stale (another node is leader)"
+                        if isinstance(failed, StaleWriterError)
+                        else f"the journal failed: {failed!r}"
+                    )
                     break
                 try:
                     await asyncio.wait_for(self.lost.wait(), 0.25)
@@ -166,12 +181,14 @@ class Leadership:
 async def _start_follower(target: str, options: dict, new_exchange):
     from ..journal import open_journal
     from ..journal.follower import Follower
+
     f = Follower(new_exchange(), open_journal(target, **options))
     try:
         await f.start()
     except Exception as e:
-        log.warning("standby: not following %s (%r); a take-over will recover from the log",
-                    target, e)
+        log.warning(
+            "standby: not following %s (%r); a take-over will recover from the log", target, e
+        )
         await f.journal.close()
         return None
     return f
@@ -183,25 +200,38 @@ async def _step(f):
         await f.step()
         return f
     except Exception as e:
-        log.error("standby: follower dropped at seq %d (%s); a take-over will recover from "
-                  "the log", f.exchange.last_seq, e)
+        log.error(
+            "standby: follower dropped at seq %d (%s); a take-over will recover from the log",
+            f.exchange.last_seq,
+            e,
+        )
         await f.journal.close()
         return None
 
 
-async def take_leadership(target: str, *, node: str | None, address: str,
-                          ttl: float, host: str = "127.0.0.1",
-                          port: int | None = None, options: dict | None = None,
-                          follow: bool = True, new_exchange=None) -> Leadership | None:
+async def take_leadership(
+    target: str,
+    *,
+    node: str | None,
+    address: str,
+    ttl: float,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    options: dict | None = None,
+    follow: bool = True,
+    new_exchange=None,
+) -> Leadership | None:
     """Wait for the lease of ``target``'s stream (SIGINT/SIGTERM give up: None). With
     ``port``, answer ``NOT_LEADER`` on it meanwhile; ``Leadership.port`` is the port bound
     (for ``--port 0``), for the real server to bind in turn. With ``follow``, the core is
     followed meanwhile in ``new_exchange()`` (the composition root's build_exchange)."""
     if not target.startswith(("nats://", "tls://")):
-        raise SystemExit("serve --standby needs a JetStream journal: --journal "
-                         "nats://HOST:4222[,...]/STREAM")
-    lease = LeaderLease(target, node=node or f"{socket.gethostname()}-{os.getpid()}",
-                        address=address, ttl=ttl)
+        raise SystemExit(
+            "serve --standby needs a JetStream journal: --journal nats://HOST:4222[,...]/STREAM"
+        )
+    lease = LeaderLease(
+        target, node=node or f"{socket.gethostname()}-{os.getpid()}", address=address, ttl=ttl
+    )
     await lease.open()
     site = NotLeaderSite()
     stop = asyncio.Event()
@@ -224,10 +254,12 @@ async def take_leadership(target: str, *, node: str | None, address: str,
                 bound = await site.start(host, port)
                 if not address:  # --port 0: the lease names the port bound
                     lease.address = f"ws://{host}:{bound}/ws"
-            print(f"standby {lease.node}: waiting for the leader lease of {lease.target}; "
-                  f"leader now: {site.node or '?'} {site.leader}".rstrip()
-                  + (f"; answering NOT_LEADER on {host}:{bound}" if port is not None else ""),
-                  flush=True)
+            print(
+                f"standby {lease.node}: waiting for the leader lease of {lease.target}; "
+                f"leader now: {site.node or '?'} {site.leader}".rstrip()
+                + (f"; answering NOT_LEADER on {host}:{bound}" if port is not None else ""),
+                flush=True,
+            )
             polls = 0
             while not await _try(lease):
                 if stop.is_set():
@@ -248,10 +280,16 @@ async def take_leadership(target: str, *, node: str | None, address: str,
                 except asyncio.TimeoutError:
                     pass
             await site.stop()
-        print(f"node {lease.node} took the leader lease of {lease.target} (ttl {ttl:g} s)"
-              + (f"; continuing the followed core at seq {follower.exchange.last_seq} "
-                 f"({follower.seals_checked} snapshot seals checked)" if follower else ""),
-              flush=True)
+        print(
+            f"node {lease.node} took the leader lease of {lease.target} (ttl {ttl:g} s)"
+            + (
+                f"; continuing the followed core at seq {follower.exchange.last_seq} "
+                f"({follower.seals_checked} snapshot seals checked)"
+                if follower
+                else ""
+            ),
+            flush=True,
+        )
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
@@ -271,6 +309,7 @@ async def _try(lease: LeaderLease) -> bool:
         return await lease.acquire()
     except Exception as e:  # the cluster is electing a leader: try again
         import logging
+
         logging.getLogger("exchange.server.standby").warning("lease: %r", e)
         return False
 

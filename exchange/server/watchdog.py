@@ -22,6 +22,7 @@ every 25 ms) and to read the stack; a stalled loop that holds the GIL gives it u
 interpreter's switch
 interval (5 ms), so the stack is taken while the stall lasts.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -104,22 +105,31 @@ class LoopWatchdog:
         self.last_stall = {"seconds": round(late, 4), "stack": stack}
         now = time.monotonic()
         if now < self._quiet_until:  # an overloaded server stalls often: one warning per
-            self._unlogged += 1      # log_every seconds, with the count of the others
+            self._unlogged += 1  # log_every seconds, with the count of the others
             return
         self._quiet_until = now + self.log_every
-        more = (f" ({self._unlogged} more since the last warning)" if self._unlogged else "")
+        more = f" ({self._unlogged} more since the last warning)" if self._unlogged else ""
         self._unlogged = 0
         if stack is None:
-            detail = (" (no stack: the stall ended before the watchdog looked, or the whole "
-                      "process was not running - CPU contention, a fork, a page-fault storm)")
+            detail = (
+                " (no stack: the stall ended before the watchdog looked, or the whole "
+                "process was not running - CPU contention, a fork, a page-fault storm)"
+            )
         elif where in _LOOP_FRAMES:
-            detail = ("; the thread was in the event loop itself, between callbacks (a long "
-                      "iteration: many ready sockets and callbacks - load, not one long call)")
+            detail = (
+                "; the thread was in the event loop itself, between callbacks (a long "
+                "iteration: many ready sockets and callbacks - load, not one long call)"
+            )
         else:
             detail = f"; the loop's thread was at {at}"
         # one line: an operator reads the figure and the place, not a 12-line traceback
-        log.warning("event loop stalled for %.0f ms (threshold %.0f ms)%s%s", late * 1000,
-                    self.threshold * 1000, more, detail)
+        log.warning(
+            "event loop stalled for %.0f ms (threshold %.0f ms)%s%s",
+            late * 1000,
+            self.threshold * 1000,
+            more,
+            detail,
+        )
         if stack is not None and where not in _LOOP_FRAMES:
             log.debug("the stalled loop's stack:\n%s", stack)
 

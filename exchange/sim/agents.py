@@ -9,6 +9,7 @@ functions below evaluate them for all firms at once:
 * :func:`mac_at`         MAC_i(a);
 * :func:`abatement_cost` C_i(a) = integral of MAC_i from 0 to a.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -21,23 +22,23 @@ from .scenario import MacConfig, Scenario
 @dataclass
 class Population:
     ids: list[str]
-    sector: np.ndarray            # int index into sector_names
+    sector: np.ndarray  # int index into sector_names
     sector_names: list[str]
-    sme: np.ndarray               # bool
-    chain: np.ndarray             # int index into chain_ids, -1 = none
+    sme: np.ndarray  # bool
+    chain: np.ndarray  # int index into chain_ids, -1 = none
     chain_ids: list[str]
-    chain_spec: list[int]         # chain index -> index into scenario.chains
-    tier: np.ndarray              # int, -1 = none
-    core_of_chain: np.ndarray     # chain index -> firm index of its core firm
+    chain_spec: list[int]  # chain index -> index into scenario.chains
+    tier: np.ndarray  # int, -1 = none
+    core_of_chain: np.ndarray  # chain index -> firm index of its core firm
     edges: list[list[tuple[int, int]]]  # per chain: (supplier, customer) firm indices
-    output: np.ndarray            # 10,000 CNY, current period
-    growth: np.ndarray            # mean growth per period
-    intensity: np.ndarray         # baseline intensity, t per 10,000 CNY
-    fixed_emissions: np.ndarray   # baseline emissions given directly (nan = from output)
+    output: np.ndarray  # 10,000 CNY, current period
+    growth: np.ndarray  # mean growth per period
+    intensity: np.ndarray  # baseline intensity, t per 10,000 CNY
+    fixed_emissions: np.ndarray  # baseline emissions given directly (nan = from output)
     fixed_allocation: np.ndarray  # nan = by rule
-    share_pts: np.ndarray         # (n, K) abatement as share of baseline emissions
-    cost_pts: np.ndarray          # (n, K) CNY/t at those points
-    slope_abs: np.ndarray         # linear absolute slope CNY/t per t (nan = share-based)
+    share_pts: np.ndarray  # (n, K) abatement as share of baseline emissions
+    cost_pts: np.ndarray  # (n, K) CNY/t at those points
+    slope_abs: np.ndarray  # linear absolute slope CNY/t per t (nan = share-based)
     max_share: np.ndarray
     covered: np.ndarray = field(default=None)  # bool: gets its own allocation
 
@@ -69,9 +70,16 @@ def build_population(sc: Scenario, rng: np.random.Generator) -> Population:
     sectors = {s.name: i for i, s in enumerate(sc.sectors)}
     rows: list[dict] = []
 
-    def gen(sector_name: str, n: int, prefix: str, sme_share: float = 0.0,
-            size_class: str | None = None, scale: float = 1.0, chain: int = -1,
-            tier: int = -1) -> list[int]:
+    def gen(
+        sector_name: str,
+        n: int,
+        prefix: str,
+        sme_share: float = 0.0,
+        size_class: str | None = None,
+        scale: float = 1.0,
+        chain: int = -1,
+        tier: int = -1,
+    ) -> list[int]:
         s = sc.sectors[sectors[sector_name]]
         out = s.output_mean * scale * _lognormal_unit(rng, s.output_dispersion, n)
         inten = s.intensity * _lognormal_unit(rng, s.intensity_dispersion, n)
@@ -83,11 +91,22 @@ def build_population(sc: Scenario, rng: np.random.Generator) -> Population:
             smes = np.full(n, size_class == "sme")
         first = len(rows)
         for k in range(n):
-            rows.append(dict(id=f"{prefix}{k + 1:05d}" if n > 1 or chain < 0 else prefix,
-                             sector=sectors[sector_name], sme=bool(smes[k]),
-                             chain=chain, tier=tier, output=float(out[k]),
-                             growth=float(growth[k]), intensity=float(inten[k]),
-                             fixed_e=np.nan, fixed_a=np.nan, mac=s.mac, mult=float(mult[k])))
+            rows.append(
+                dict(
+                    id=f"{prefix}{k + 1:05d}" if n > 1 or chain < 0 else prefix,
+                    sector=sectors[sector_name],
+                    sme=bool(smes[k]),
+                    chain=chain,
+                    tier=tier,
+                    output=float(out[k]),
+                    growth=float(growth[k]),
+                    intensity=float(inten[k]),
+                    fixed_e=np.nan,
+                    fixed_a=np.nan,
+                    mac=s.mac,
+                    mult=float(mult[k]),
+                )
+            )
         return list(range(first, len(rows)))
 
     for s in sc.sectors:
@@ -99,12 +118,22 @@ def build_population(sc: Scenario, rng: np.random.Generator) -> Population:
         e0 = f.baseline_emissions
         out = f.output if f.output is not None else e0 / s.intensity
         inten = e0 / out if e0 is not None else s.intensity
-        rows.append(dict(id=f.id, sector=sectors[f.sector], sme=f.size_class == "sme",
-                         chain=-1, tier=-1, output=float(out), growth=0.0 if e0 else
-                         s.output_growth, intensity=float(inten),
-                         fixed_e=float(e0) if e0 is not None else np.nan,
-                         fixed_a=float(f.allocation) if f.allocation is not None else np.nan,
-                         mac=mac, mult=1.0))
+        rows.append(
+            dict(
+                id=f.id,
+                sector=sectors[f.sector],
+                sme=f.size_class == "sme",
+                chain=-1,
+                tier=-1,
+                output=float(out),
+                growth=0.0 if e0 else s.output_growth,
+                intensity=float(inten),
+                fixed_e=float(e0) if e0 is not None else np.nan,
+                fixed_a=float(f.allocation) if f.allocation is not None else np.nan,
+                mac=mac,
+                mult=1.0,
+            )
+        )
     chain_ids: list[str] = []
     chain_spec: list[int] = []
     cores: list[int] = []
@@ -115,14 +144,28 @@ def build_population(sc: Scenario, rng: np.random.Generator) -> Population:
             idx = len(chain_ids)
             chain_ids.append(cid)
             chain_spec.append(ci)
-            core = gen(c.core_sector, 1, f"{cid}-CORE", size_class="large",
-                       scale=c.core_output_scale, chain=idx, tier=0)
+            core = gen(
+                c.core_sector,
+                1,
+                f"{cid}-CORE",
+                size_class="large",
+                scale=c.core_output_scale,
+                chain=idx,
+                tier=0,
+            )
             cores.append(core[0])
             prev = core
             es: list[tuple[int, int]] = []
             for t in sorted(c.tiers, key=lambda t: t.tier):
-                members = gen(t.sector, t.firms, f"{cid}-T{t.tier}-", size_class=t.size_class,
-                              scale=t.output_scale, chain=idx, tier=t.tier)
+                members = gen(
+                    t.sector,
+                    t.firms,
+                    f"{cid}-T{t.tier}-",
+                    size_class=t.size_class,
+                    scale=t.output_scale,
+                    chain=idx,
+                    tier=t.tier,
+                )
                 for j, m in enumerate(members):
                     es.append((m, prev[j % len(prev)]))
                 prev = members
@@ -146,18 +189,26 @@ def build_population(sc: Scenario, rng: np.random.Generator) -> Population:
     if len(set(ids)) != n:
         raise ValueError("generated firm ids collide; rename sectors or chains")
     pop = Population(
-        ids=ids, sector=np.array([r["sector"] for r in rows], dtype=np.int64),
+        ids=ids,
+        sector=np.array([r["sector"] for r in rows], dtype=np.int64),
         sector_names=[s.name for s in sc.sectors],
         sme=np.array([r["sme"] for r in rows], dtype=bool),
-        chain=np.array([r["chain"] for r in rows], dtype=np.int64), chain_ids=chain_ids,
-        chain_spec=chain_spec, tier=np.array([r["tier"] for r in rows], dtype=np.int64),
-        core_of_chain=np.array(cores, dtype=np.int64), edges=edges,
+        chain=np.array([r["chain"] for r in rows], dtype=np.int64),
+        chain_ids=chain_ids,
+        chain_spec=chain_spec,
+        tier=np.array([r["tier"] for r in rows], dtype=np.int64),
+        core_of_chain=np.array(cores, dtype=np.int64),
+        edges=edges,
         output=np.array([r["output"] for r in rows]),
         growth=np.array([r["growth"] for r in rows]),
         intensity=np.array([r["intensity"] for r in rows]),
         fixed_emissions=np.array([r["fixed_e"] for r in rows]),
         fixed_allocation=np.array([r["fixed_a"] for r in rows]),
-        share_pts=share_pts, cost_pts=cost_pts, slope_abs=slope_abs, max_share=max_share)
+        share_pts=share_pts,
+        cost_pts=cost_pts,
+        slope_abs=slope_abs,
+        max_share=max_share,
+    )
     # SMEs inside a chain are covered through sub-quotas, not a direct allocation
     pop.covered = ~(pop.sme & (pop.chain >= 0))
     return pop

@@ -17,6 +17,7 @@ per task, before the task is reported as failed). Results stream back as they fi
 (``as_completed``) and are released at once; at most ``window`` tasks are submitted ahead of
 the results, so the scheduler's memory stays bounded however many runs a sweep has.
 """
+
 from __future__ import annotations
 
 import logging
@@ -36,10 +37,11 @@ class _Bar:
             return
         try:
             from tqdm import tqdm
-            self.t = tqdm(total=total, desc=label, unit="run", file=sys.stderr,
-                          dynamic_ncols=True)
+
+            self.t = tqdm(total=total, desc=label, unit="run", file=sys.stderr, dynamic_ncols=True)
         except ImportError:
             from .progress import Progress
+
             self.p = Progress(total, label)
 
     def update(self, note: str = "") -> None:
@@ -63,6 +65,7 @@ def default_workers() -> int:
 
 def have_dask() -> bool:
     import importlib.util
+
     return importlib.util.find_spec("distributed") is not None
 
 
@@ -70,15 +73,20 @@ def local_cluster(workers: int):
     """A LocalCluster of ``workers`` single-threaded worker processes; its HTTP endpoints on
     a free port (never a clash with another cluster on 8787)."""
     from dask.distributed import LocalCluster
-    return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                        dashboard_address=":0", silence_logs=logging.ERROR)
+
+    return LocalCluster(
+        n_workers=workers,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=":0",
+        silence_logs=logging.ERROR,
+    )
 
 
 class Runner:
     """Where the tasks run. Use as a context manager; ``client`` is None in process."""
 
-    def __init__(self, workers: int | None = None, scheduler: str | None = None,
-                 client=None):
+    def __init__(self, workers: int | None = None, scheduler: str | None = None, client=None):
         self.workers = default_workers() if workers is None else workers
         self.scheduler = scheduler
         self.client = client
@@ -91,6 +99,7 @@ class Runner:
             return self
         if self.scheduler:
             from dask.distributed import Client
+
             self.client = Client(self.scheduler, timeout="20s")
             self._own.append(self.client)
             self.where = f"dask {self.scheduler}"
@@ -99,6 +108,7 @@ class Runner:
             self.client = cluster.get_client() if hasattr(cluster, "get_client") else None
             if self.client is None:
                 from dask.distributed import Client
+
                 self.client = Client(cluster)
             self._own += [self.client, cluster]
             self.where = f"dask LocalCluster, {self.workers} worker(s)"
@@ -117,15 +127,21 @@ class Runner:
             return 1
         return max(1, len(self.client.nthreads()))
 
-    def run(self, tasks: list[tuple[str, Callable, tuple]], progress: bool = True,
-            label: str = "runs", window: int | None = None,
-            on_result: Callable[[str, object], None] | None = None) -> dict[str, object]:
+    def run(
+        self,
+        tasks: list[tuple[str, Callable, tuple]],
+        progress: bool = True,
+        label: str = "runs",
+        window: int | None = None,
+        on_result: Callable[[str, object], None] | None = None,
+    ) -> dict[str, object]:
         bar = _Bar(len(tasks), label, progress)
         try:
             if self.client is None:
                 return _serial(tasks, bar, on_result)
-            return _dask(self.client, tasks, bar, window or max(16, 4 * self.n_workers()),
-                         on_result)
+            return _dask(
+                self.client, tasks, bar, window or max(16, 4 * self.n_workers()), on_result
+            )
         finally:
             bar.close()
 
@@ -142,6 +158,7 @@ def _serial(tasks, bar, on_result) -> dict:
 
 def _dask(client, tasks, bar, window: int, on_result) -> dict:
     from dask.distributed import as_completed
+
     todo: Iterable = iter(tasks)
     out: dict = {}
 

@@ -15,6 +15,7 @@ numpy's default (linear interpolation between order statistics, Hyndman & Fan ty
 (no trades: no mean price) is left out of that seed's sample; ``<figure>_n`` then says how
 many seeds it rests on.
 """
+
 from __future__ import annotations
 
 import copy
@@ -81,8 +82,13 @@ def ensemble_seeds(base: int, n: int) -> list[int]:
     used: set[int] = set()
     k = 0
     while len(seeds) < n:
-        s = base if k == 0 else int(np.random.SeedSequence(
-            entropy=base, spawn_key=(k,)).generate_state(1, np.uint32)[0])
+        s = (
+            base
+            if k == 0
+            else int(
+                np.random.SeedSequence(entropy=base, spawn_key=(k,)).generate_state(1, np.uint32)[0]
+            )
+        )
         k += 1
         streams = {s, s + 7, s + 1_000_003}
         if streams & used:
@@ -99,6 +105,7 @@ def run_task(raw: dict, source: str, seed: int, periods: int | None = None) -> d
     from .report import findings, sme_stats
     from .runner import run_scenario
     from .scenario import parse_scenario
+
     sc = parse_scenario(copy.deepcopy(raw), source)
     res = run_scenario(sc, seed=seed, periods=periods)
     return reduce_run(res, sme_stats(res), findings(res)[0])
@@ -115,7 +122,8 @@ def reduce_run(res, sme: dict, warnings: list[str]) -> dict:
         scalars["output_vs_trend"] = sr["output_vs_trend"]
         scalars.update({f"output_vs_trend_{k}": v for k, v in sr["by_sector"].items()})
     sme_mask = np.array([z == "sme" for z in res.size_class]) & np.array(
-        [c != "" for c in res.chain])
+        [c != "" for c in res.chain]
+    )
     periods = {
         "price": [p["close_price"] for p in rows],
         "least_cost_price": [p["least_cost_price"] for p in rows],
@@ -124,21 +132,30 @@ def reduce_run(res, sme: dict, warnings: list[str]) -> dict:
         "allocation": [p["allocation"] for p in rows],
         "abatement_cost": [p["abatement_cost"] for p in rows],
         "compliance_cost": [p["compliance_cost"] for p in rows],
-        "offset_share": [p["offsets_used"] / p["emissions"] if p["emissions"] else 0.0
-                         for p in rows],
+        "offset_share": [
+            p["offsets_used"] / p["emissions"] if p["emissions"] else 0.0 for p in rows
+        ],
     }
     if has_smes:
-        periods["sme_net_cost"] = [float(rec["net_cost"][t, sme_mask].sum())
-                                   for t in range(res.periods)]
+        periods["sme_net_cost"] = [
+            float(rec["net_cost"][t, sme_mask].sum()) for t in range(res.periods)
+        ]
     if "electricity" in s:
         periods["clean_share"] = [p["clean_share"] for p in rows]
         scalars["clean_share_last"] = s["electricity"]["clean_share_last"]
         scalars["power_emissions"] = s["electricity"]["power_emissions"]
-    return {"seed": res.seed, "firms": s["firms"], "years": [p["year"] for p in rows],
-            "scalars": _clean(scalars), "periods": _clean(periods),
-            "sectors": _clean(sector_table(res)), "warnings": list(warnings),
-            "state_hash": s.get("state_hash", ""), "conservation_ok": s["conservation_ok"],
-            "runtime_s": s["runtime_s"]}
+    return {
+        "seed": res.seed,
+        "firms": s["firms"],
+        "years": [p["year"] for p in rows],
+        "scalars": _clean(scalars),
+        "periods": _clean(periods),
+        "sectors": _clean(sector_table(res)),
+        "warnings": list(warnings),
+        "state_hash": s.get("state_hash", ""),
+        "conservation_ok": s["conservation_ok"],
+        "runtime_s": s["runtime_s"],
+    }
 
 
 def sector_table(res) -> dict[str, dict[str, list[float]]]:
@@ -154,14 +171,18 @@ def sector_table(res) -> dict[str, dict[str, list[float]]]:
         sel = sec == name
         y = rec["output"][:, sel].sum(axis=1)
         e = rec["emissions"][:, sel].sum(axis=1)
-        out[name] = {"output": y.tolist(), "trend_output": trend[:, sel].sum(axis=1).tolist(),
-                     "emissions": e.tolist(),
-                     "intensity": (e / np.maximum(y, 1e-12)).tolist(),
-                     "allocation": alloc[:, sel].sum(axis=1).tolist(),
-                     "net_cost": rec["net_cost"][:, sel].sum(axis=1).tolist()}
+        out[name] = {
+            "output": y.tolist(),
+            "trend_output": trend[:, sel].sum(axis=1).tolist(),
+            "emissions": e.tolist(),
+            "intensity": (e / np.maximum(y, 1e-12)).tolist(),
+            "allocation": alloc[:, sel].sum(axis=1).tolist(),
+            "net_cost": rec["net_cost"][:, sel].sum(axis=1).tolist(),
+        }
         if "indirect_emissions" in res.extra:
-            out[name]["indirect_emissions"] = \
+            out[name]["indirect_emissions"] = (
                 res.extra["indirect_emissions"][:, sel].sum(axis=1).tolist()
+            )
     return out
 
 
@@ -204,20 +225,31 @@ def _warning_kind(text: str) -> str:
 def supply_headline(keys) -> list[tuple[str, str, str]]:
     """Figures of the supply response present in a result (scalars or an aggregate's keys):
     output against trend over all sectors and per sector."""
-    names = sorted({k[:-4] if k.endswith(("_p05", "_p50", "_p95")) else k for k in keys
-                    if k.startswith("output_vs_trend")})
-    return [(k, "output vs trend" + (f", {k[len('output_vs_trend_'):]}" if k !=
-                                     "output_vs_trend" else " (all sectors)"), "share")
-            for k in names]
+    names = sorted(
+        {
+            k[:-4] if k.endswith(("_p05", "_p50", "_p95")) else k
+            for k in keys
+            if k.startswith("output_vs_trend")
+        }
+    )
+    return [
+        (
+            k,
+            "output vs trend"
+            + (f", {k[len('output_vs_trend_') :]}" if k != "output_vs_trend" else " (all sectors)"),
+            "share",
+        )
+        for k in names
+    ]
 
 
 @dataclass
 class Cell:
     """One cell of a sweep (or the single cell of a many-seed run)."""
 
-    label: str                       # "offset_cap=0.05,split_strategy=equal" ("" = base)
-    params: dict                     # the --vary values of this cell
-    raw: dict                        # the scenario's data with those values applied
+    label: str  # "offset_cap=0.05,split_strategy=equal" ("" = base)
+    params: dict  # the --vary values of this cell
+    raw: dict  # the scenario's data with those values applied
     source: str
 
 
@@ -226,11 +258,17 @@ def aggregate(cell: Cell, runs: list[dict], scenario_name: str) -> dict:
     runs = sorted(runs, key=lambda r: r["seed"])
     first = runs[0]
     years = first["years"]
-    out: dict = {"scenario": scenario_name, "cell": cell.label, "params": cell.params,
-                 "runs": len(runs), "seeds": [r["seed"] for r in runs],
-                 "periods": len(years), "years": years, "firms": first["firms"],
-                 "percentiles": "p05/p50/p95 over seeds, numpy linear interpolation "
-                                "(Hyndman-Fan type 7)"}
+    out: dict = {
+        "scenario": scenario_name,
+        "cell": cell.label,
+        "params": cell.params,
+        "runs": len(runs),
+        "seeds": [r["seed"] for r in runs],
+        "periods": len(years),
+        "years": years,
+        "firms": first["firms"],
+        "percentiles": "p05/p50/p95 over seeds, numpy linear interpolation (Hyndman-Fan type 7)",
+    }
     for key in first["scalars"]:
         b = band(r["scalars"].get(key) for r in runs)
         for q in ("p05", "p50", "p95"):
@@ -264,9 +302,15 @@ def aggregate(cell: Cell, runs: list[dict], scenario_name: str) -> dict:
                 kinds[k] = {"seeds": [], "example": w, "example_seed": r["seed"]}
             if r["seed"] not in kinds[k]["seeds"]:
                 kinds[k]["seeds"].append(r["seed"])
-    out["warnings"] = [{"runs": len(v["seeds"]), "seeds": v["seeds"],
-                        "example_seed": v["example_seed"], "example": v["example"]}
-                       for v in kinds.values()]
+    out["warnings"] = [
+        {
+            "runs": len(v["seeds"]),
+            "seeds": v["seeds"],
+            "example_seed": v["example_seed"],
+            "example": v["example"],
+        }
+        for v in kinds.values()
+    ]
     out["conservation_ok"] = all(r["conservation_ok"] for r in runs)
     out["state_hashes"] = {str(r["seed"]): r["state_hash"] for r in runs}
     return out
@@ -290,16 +334,23 @@ def paired_difference(ref: list[dict], other: list[dict], key: str) -> dict:
     seeds: common random numbers), and its band. The difference is larger than the seed
     noise when its p05-p95 band lies entirely on one side of zero."""
     a = {r["seed"]: r["scalars"].get(key) for r in ref}
-    d = [o["scalars"].get(key) - a[o["seed"]] for o in other
-         if o["scalars"].get(key) is not None and a.get(o["seed"]) is not None]
+    d = [
+        o["scalars"].get(key) - a[o["seed"]]
+        for o in other
+        if o["scalars"].get(key) is not None and a.get(o["seed"]) is not None
+    ]
     b = band(d)
     b["exceeds_noise"] = bool(b["n"] and (b["p05"] > 0 or b["p95"] < 0))
     return b
 
 
 def bands_overlap(x: dict, y: dict, key: str) -> bool | None:
-    lo1, hi1, lo2, hi2 = (x.get(f"{key}_p05"), x.get(f"{key}_p95"), y.get(f"{key}_p05"),
-                          y.get(f"{key}_p95"))
+    lo1, hi1, lo2, hi2 = (
+        x.get(f"{key}_p05"),
+        x.get(f"{key}_p95"),
+        y.get(f"{key}_p05"),
+        y.get(f"{key}_p95"),
+    )
     if None in (lo1, hi1, lo2, hi2):
         return None
     return not (hi1 < lo2 or hi2 < lo1)

@@ -34,6 +34,7 @@ offset price with offsets partly used (a corner): ``p* = p_o``.
 
 Everything here is vectorised over firms (numpy); prices are CNY/t, quantities tonnes.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -46,9 +47,9 @@ from .agents import Curves, abatement_cost, abatement_at
 @dataclass(frozen=True)
 class OffsetType:
     name: str
-    price: float            # CNY/t
-    sub_cap: float          # share of the verified obligation this type may cover
-    supply: float = 0.0     # t per period; 0 = unlimited
+    price: float  # CNY/t
+    sub_cap: float  # share of the verified obligation this type may cover
+    supply: float = 0.0  # t per period; 0 = unlimited
 
 
 @dataclass
@@ -93,12 +94,12 @@ class Plan:
     """What every firm does at one allowance price."""
 
     price: float
-    sigma: np.ndarray        # (K,) offset shares by type
-    effective: float         # e(p), CNY/t: the MAC every firm abates to
-    abatement: np.ndarray    # (n,) technical abatement
-    emissions: np.ndarray    # (n,) B - a
-    allowances: np.ndarray   # (n,) allowances needed: (1 - S) E
-    offsets: np.ndarray      # (n, K) offsets used by type
+    sigma: np.ndarray  # (K,) offset shares by type
+    effective: float  # e(p), CNY/t: the MAC every firm abates to
+    abatement: np.ndarray  # (n,) technical abatement
+    emissions: np.ndarray  # (n,) B - a
+    allowances: np.ndarray  # (n,) allowances needed: (1 - S) E
+    offsets: np.ndarray  # (n, K) offsets used by type
 
     @property
     def allowance_demand(self) -> float:
@@ -129,13 +130,13 @@ def plan(cv: Curves, rule: OffsetRule, base: np.ndarray, p: float) -> Plan:
 
 @dataclass
 class Equilibrium:
-    price: float             # allowance price, CNY/t
-    mac: float               # marginal abatement cost every unconstrained firm abates to
-    abatement: np.ndarray    # (n,) t
-    offsets: np.ndarray      # (n, K) t by type
-    abatement_cost: float    # CNY, technical abatement
-    offset_cost: float       # CNY spent on offsets
-    corner: str = ""         # "offset_price" when the price sits at an offset type's price
+    price: float  # allowance price, CNY/t
+    mac: float  # marginal abatement cost every unconstrained firm abates to
+    abatement: np.ndarray  # (n,) t
+    offsets: np.ndarray  # (n, K) t by type
+    abatement_cost: float  # CNY, technical abatement
+    offset_cost: float  # CNY spent on offsets
+    corner: str = ""  # "offset_price" when the price sits at an offset type's price
 
     @property
     def total_cost(self) -> float:
@@ -146,8 +147,9 @@ class Equilibrium:
         return float(self.offsets.sum())
 
 
-def least_cost(cv: Curves, rule: OffsetRule, base: np.ndarray, allowances: float,
-               price_cap: float) -> Equilibrium:
+def least_cost(
+    cv: Curves, rule: OffsetRule, base: np.ndarray, allowances: float, price_cap: float
+) -> Equilibrium:
     """The allowance price at which firms' allowance demand equals ``allowances`` (bisection
     on the monotone excess demand), with the least-cost abatement and offset use there.
     Excess demand jumps down at each offset type's price; when the root sits on such a jump
@@ -173,9 +175,9 @@ def least_cost(cv: Curves, rule: OffsetRule, base: np.ndarray, allowances: float
         # a root on the jump at an offset price: below it the type is unused, above it used
         # in full; at the corner firms use just enough of it to clear the market
         if abs(p - t.price) < 1e-6 * max(1.0, t.price):
-            below = plan(cv, rule, base, t.price)              # type k not used (p_k < p fails)
+            below = plan(cv, rule, base, t.price)  # type k not used (p_k < p fails)
             above = plan(cv, rule, base, np.nextafter(t.price, np.inf))
-            gap = below.allowance_demand - allowances          # what type k must cover
+            gap = below.allowance_demand - allowances  # what type k must cover
             full = above.offsets.sum(axis=0) - below.offsets.sum(axis=0)
             k = rule.types.index(t)
             frac = min(max(gap / full[k], 0.0), 1.0) if full[k] > 0 else 0.0
@@ -190,14 +192,17 @@ def least_cost(cv: Curves, rule: OffsetRule, base: np.ndarray, allowances: float
 def _equilibrium(cv, rule, pl: Plan, offsets: np.ndarray | None = None) -> Equilibrium:
     offs = pl.offsets if offsets is None else offsets
     oc = float((offs * rule.prices()[None, :]).sum()) if offs.size else 0.0
-    return Equilibrium(price=float(pl.price), mac=float(pl.effective),
-                       abatement=pl.abatement, offsets=offs,
-                       abatement_cost=float(abatement_cost(cv, pl.abatement).sum()),
-                       offset_cost=oc)
+    return Equilibrium(
+        price=float(pl.price),
+        mac=float(pl.effective),
+        abatement=pl.abatement,
+        offsets=offs,
+        abatement_cost=float(abatement_cost(cv, pl.abatement).sum()),
+        offset_cost=oc,
+    )
 
 
-def closed_form(cv: Curves, rule: OffsetRule, base: np.ndarray, allowances: float
-                ) -> dict | None:
+def closed_form(cv: Curves, rule: OffsetRule, base: np.ndarray, allowances: float) -> dict | None:
     """The closed form for linear MACs (two points from the origin) that nobody abates to
     its maximum, with no offsets or one unlimited offset type: ``{"price", "mac",
     "offsets_used"}``; None when the curves or the offset rule do not fit the formula."""
@@ -234,8 +239,9 @@ def closed_form(cv: Curves, rule: OffsetRule, base: np.ndarray, allowances: floa
     return res
 
 
-def cover(cv: Curves, rule: OffsetRule, base: np.ndarray, held: np.ndarray
-          ) -> tuple[np.ndarray, np.ndarray]:
+def cover(
+    cv: Curves, rule: OffsetRule, base: np.ndarray, held: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """How each firm covers its emissions with the ``held`` allowances (held, still to be
     issued, banked) at least cost once its allowance trading is done: abate while the MAC is
     below the cheapest offset type, use that type up to its room, abate up to the next type's

@@ -5,6 +5,7 @@ them to a core built by :func:`exchange.app.engine.build_exchange` (with every r
 compliance module) — the same path the server's journal takes, without the network. The
 simulation never touches the core's state directly; it reads only the events it gets back.
 """
+
 from __future__ import annotations
 
 from ..app.engine import Sequencer, build_exchange

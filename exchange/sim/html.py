@@ -7,6 +7,7 @@ line, **bold**, *italic* and `code`. Warnings are the report's first paragraphs;
 are set in a box so they cannot be missed. Deterministic: the same report.md and plots give
 the same bytes.
 """
+
 from __future__ import annotations
 
 import base64
@@ -39,8 +40,11 @@ def _cells(line: str) -> list[str]:
 
 
 def markdown_to_html(md: str, images: Path, title: str = "report") -> str:
-    out = ["<!DOCTYPE html>", "<html lang=\"en\"><head><meta charset=\"utf-8\">",
-           f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"]
+    out = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
+    ]
     lines = md.split("\n")
     i = 0
     para: list[str] = []
@@ -65,20 +69,27 @@ def markdown_to_html(md: str, images: Path, title: str = "report") -> str:
             p = images / img.group(2)
             if p.is_file():
                 data = base64.b64encode(p.read_bytes()).decode("ascii")
-                out.append(f'<p><img alt="{html.escape(img.group(1))}" '
-                           f'src="data:image/png;base64,{data}"></p>')
+                out.append(
+                    f'<p><img alt="{html.escape(img.group(1))}" '
+                    f'src="data:image/png;base64,{data}"></p>'
+                )
             else:
                 out.append(f"<p><em>(plot {html.escape(img.group(2))} not written)</em></p>")
-        elif ln.startswith("|") and i + 1 < len(lines) and re.match(r"^\|(-+\|)+\s*$",
-                                                                   lines[i + 1]):
+        elif (
+            ln.startswith("|") and i + 1 < len(lines) and re.match(r"^\|(-+\|)+\s*$", lines[i + 1])
+        ):
             flush()
             head = _cells(ln)
-            out.append("<table><thead><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in head)
-                       + "</tr></thead><tbody>")
+            out.append(
+                "<table><thead><tr>"
+                + "".join(f"<th>{_inline(c)}</th>" for c in head)
+                + "</tr></thead><tbody>"
+            )
             i += 2
             while i < len(lines) and lines[i].startswith("|"):
-                out.append("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in _cells(lines[i]))
-                           + "</tr>")
+                out.append(
+                    "<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in _cells(lines[i])) + "</tr>"
+                )
                 i += 1
             out.append("</tbody></table>")
             continue

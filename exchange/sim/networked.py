@@ -21,6 +21,7 @@ only for the periods that file configures; rejects with a code in :attr:`tolerat
 instrument or firm that already exists, a period the server does not know, a deadline not
 reached yet) are reported to the simulation as rejections it may ignore.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -31,25 +32,50 @@ from decimal import Decimal
 import aiohttp
 
 from ..compliance.commands import (
-    ConfigureCompliance, ConfigureCompliancePeriod, ProcessComplianceDeadline,
-    RegisterVerifier, SubmitActivityData, SurrenderUnits, VerifyEmissions,
+    ConfigureCompliance,
+    ConfigureCompliancePeriod,
+    ProcessComplianceDeadline,
+    RegisterVerifier,
+    SubmitActivityData,
+    SurrenderUnits,
+    VerifyEmissions,
 )
 from ..core.commands import (
-    AddInstrument, CancelAll, CreateSubQuota, DepositCash, EndOfDay, IssueUnits, PlaceOrder,
-    RegisterFirm, RegisterSupplyChain, SetPriceBand, TransferUnits,
+    AddInstrument,
+    CancelAll,
+    CreateSubQuota,
+    DepositCash,
+    EndOfDay,
+    IssueUnits,
+    PlaceOrder,
+    RegisterFirm,
+    RegisterSupplyChain,
+    SetPriceBand,
+    TransferUnits,
 )
 from ..core.events import EVENT_TYPES, CommandRejected, ExecutionReport, Trade
 from ..core.exchange import AddSegment
 from ..core.units import format_price, parse_price
 from ..present import event_fields_from_people, pct, ratio
 from ..rules.commands import (
-    ClosePeriod, PreAllocate, SetBenchmark, SetInputUse, SetOutputHistory, SetRulesParams,
-    SettleAllocations, SettleSubQuotas, SplitSubQuotas,
+    ClosePeriod,
+    PreAllocate,
+    SetBenchmark,
+    SetInputUse,
+    SetOutputHistory,
+    SetRulesParams,
+    SettleAllocations,
+    SettleSubQuotas,
+    SplitSubQuotas,
 )
 
 GENESIS_ONLY = (ConfigureCompliance, ConfigureCompliancePeriod, RegisterVerifier)
-STEPS = {PreAllocate: "pre_allocate", ClosePeriod: "close_period",
-         SettleAllocations: "settle_allocations", SettleSubQuotas: "settle_sub_quotas"}
+STEPS = {
+    PreAllocate: "pre_allocate",
+    ClosePeriod: "close_period",
+    SettleAllocations: "settle_allocations",
+    SettleSubQuotas: "settle_sub_quotas",
+}
 
 
 def _ratio(ppm: int) -> str:
@@ -71,14 +97,29 @@ def decode_event(d: dict):
 
 class NetworkedGateway:
     name = "networked"
-    tolerated = frozenset({"DUPLICATE_INSTRUMENT", "DUPLICATE_ACCOUNT", "DUPLICATE_CHAIN",
-                           "UNKNOWN_PERIOD", "PERIOD_CLOSED", "DEADLINE_NOT_REACHED",
-                           "PERIOD_ALREADY_OPEN", "NO_OBLIGATION", "NOT_FOUND"})
+    tolerated = frozenset(
+        {
+            "DUPLICATE_INSTRUMENT",
+            "DUPLICATE_ACCOUNT",
+            "DUPLICATE_CHAIN",
+            "UNKNOWN_PERIOD",
+            "PERIOD_CLOSED",
+            "DEADLINE_NOT_REACHED",
+            "PERIOD_ALREADY_OPEN",
+            "NO_OBLIGATION",
+            "NOT_FOUND",
+        }
+    )
     exchange = None
 
-    def __init__(self, url: str, operator_key: str = "operator-demo-key",
-                 verifier_key: str = "verifier-demo-key", verifier_id: str | None = "VERIFIER1",
-                 timeout: float = 30.0):
+    def __init__(
+        self,
+        url: str,
+        operator_key: str = "operator-demo-key",
+        verifier_key: str = "verifier-demo-key",
+        verifier_id: str | None = "VERIFIER1",
+        timeout: float = 30.0,
+    ):
         base = url.rstrip("/")
         if base.endswith("/api/v1"):
             base = base[: -len("/api/v1")]
@@ -94,8 +135,9 @@ class NetworkedGateway:
         self.rejected: Counter = Counter()
         self.clients: dict = {}
         self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True,
-                                        name="sim-networked")
+        self._thread = threading.Thread(
+            target=self.loop.run_forever, daemon=True, name="sim-networked"
+        )
         self._thread.start()
         try:
             self.session = self._run(self._open())
@@ -111,21 +153,23 @@ class NetworkedGateway:
     async def _open(self):
         s = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
         try:
-            async with s.get(self.api + "/state",
-                             headers={"Authorization": f"Bearer {self.operator_key}"}) as r:
+            async with s.get(
+                self.api + "/state", headers={"Authorization": f"Bearer {self.operator_key}"}
+            ) as r:
                 if r.status != 200:
-                    raise ConnectionError(f"{self.api}/state answered {r.status}: "
-                                          f"{(await r.text())[:200]}")
+                    raise ConnectionError(
+                        f"{self.api}/state answered {r.status}: {(await r.text())[:200]}"
+                    )
         except BaseException:
             await s.close()
             raise
         return s
 
-    async def _http(self, method: str, path: str, body: dict | None, cmd,
-                    key: str | None = None) -> list:
+    async def _http(
+        self, method: str, path: str, body: dict | None, cmd, key: str | None = None
+    ) -> list:
         hdr = {"Authorization": f"Bearer {key or self.operator_key}"}
-        async with self.session.request(method, self.api + path, json=body or {},
-                                        headers=hdr) as r:
+        async with self.session.request(method, self.api + path, json=body or {}, headers=hdr) as r:
             data = await r.json(content_type=None)
         if r.status >= 300 or (isinstance(data, dict) and data.get("ok") is False):
             err = (data or {}).get("error", {}) if isinstance(data, dict) else {}
@@ -146,9 +190,10 @@ class NetworkedGateway:
     def state_hash(self) -> str:
         async def get():
             async with self.session.get(
-                    self.api + "/state",
-                    headers={"Authorization": f"Bearer {self.operator_key}"}) as r:
+                self.api + "/state", headers={"Authorization": f"Bearer {self.operator_key}"}
+            ) as r:
                 return (await r.json()).get("state_hash", "")
+
         return self._run(get())
 
     def close(self) -> None:
@@ -156,6 +201,7 @@ class NetworkedGateway:
             for c in self.clients.values():
                 await c.close()
             await self.session.close()
+
         try:
             self._run(shut())
         finally:
@@ -188,19 +234,40 @@ class NetworkedGateway:
                 if isinstance(c, CancelAll):
                     await cl.cancel_all(c.instrument, c.segment)
                 else:
-                    await cl.place_order(c.instrument, c.side, c.qty,
-                                         format_price(c.price) if c.price else None,
-                                         segment=c.segment, order_type=c.order_type,
-                                         tif=c.tif, client_order_id=c.client_order_id)
+                    await cl.place_order(
+                        c.instrument,
+                        c.side,
+                        c.qty,
+                        format_price(c.price) if c.price else None,
+                        segment=c.segment,
+                        order_type=c.order_type,
+                        tif=c.tif,
+                        client_order_id=c.client_order_id,
+                    )
                 out[i] = []
             except Exception as e:  # ExchangeError: a business reject
                 code = getattr(e, "code", type(e).__name__)
                 self.rejected[code] += 1
-                out[i] = [ExecutionReport(c.account, 0, getattr(c, "client_order_id", None),
-                                          getattr(c, "instrument", ""), getattr(c, "segment", ""),
-                                          getattr(c, "side", ""), "rejected", "rejected",
-                                          getattr(c, "price", None), getattr(c, "qty", 0),
-                                          0, 0, 0, 0, code)]
+                out[i] = [
+                    ExecutionReport(
+                        c.account,
+                        0,
+                        getattr(c, "client_order_id", None),
+                        getattr(c, "instrument", ""),
+                        getattr(c, "segment", ""),
+                        getattr(c, "side", ""),
+                        "rejected",
+                        "rejected",
+                        getattr(c, "price", None),
+                        getattr(c, "qty", 0),
+                        0,
+                        0,
+                        0,
+                        0,
+                        code,
+                    )
+                ]
+
         await asyncio.gather(*(one(i, c) for i, c in orders))
         out[orders[-1][0]].extend(await self._fills())
 
@@ -220,12 +287,23 @@ class NetworkedGateway:
             t = sides[tid]
             b, s = t.get("buy"), t.get("sell")
             any_side = b or s
-            trades.append(Trade(
-                tid, any_side["instrument"], any_side["segment"],
-                parse_price(any_side["last_px"]), any_side["last_qty"],
-                b["account"] if b else "?", s["account"] if s else "?", 0, 0,
-                "buy" if (b and b.get("liquidity") == "taker") else "sell",
-                parse_price(b["fee"]) if b else 0, parse_price(s["fee"]) if s else 0, ()))
+            trades.append(
+                Trade(
+                    tid,
+                    any_side["instrument"],
+                    any_side["segment"],
+                    parse_price(any_side["last_px"]),
+                    any_side["last_qty"],
+                    b["account"] if b else "?",
+                    s["account"] if s else "?",
+                    0,
+                    0,
+                    "buy" if (b and b.get("liquidity") == "taker") else "sell",
+                    parse_price(b["fee"]) if b else 0,
+                    parse_price(s["fee"]) if s else 0,
+                    (),
+                )
+            )
         return trades
 
     async def _one(self, c) -> list:
@@ -233,49 +311,120 @@ class NetworkedGateway:
             self.skipped[c.TYPE] += 1
             return []
         if isinstance(c, RegisterFirm):
-            evs = await self._http("POST", "/firms", {
-                "firm_id": c.firm_id, "name": c.name, "sector": c.sector, "product": c.product,
-                "size_class": c.size_class, "stp_policy": c.stp_policy,
-                "can_trade": c.can_trade}, c)
+            evs = await self._http(
+                "POST",
+                "/firms",
+                {
+                    "firm_id": c.firm_id,
+                    "name": c.name,
+                    "sector": c.sector,
+                    "product": c.product,
+                    "size_class": c.size_class,
+                    "stp_policy": c.stp_policy,
+                    "can_trade": c.can_trade,
+                },
+                c,
+            )
             if not any(isinstance(e, CommandRejected) for e in evs):
                 await self._session_for(c.firm_id)
             return evs
         if isinstance(c, AddSegment):
-            return await self._http("POST", "/segments", {
-                "name": c.name, "tick": format_price(c.tick), "lot": c.lot,
-                "max_order_qty": c.max_order_qty, "fee_pct": pct(c.fee_bps),
-                "access": c.access}, c)
+            return await self._http(
+                "POST",
+                "/segments",
+                {
+                    "name": c.name,
+                    "tick": format_price(c.tick),
+                    "lot": c.lot,
+                    "max_order_qty": c.max_order_qty,
+                    "fee_pct": pct(c.fee_bps),
+                    "access": c.access,
+                },
+                c,
+            )
         if isinstance(c, AddInstrument):
-            return await self._http("POST", "/instruments", {
-                "symbol": c.symbol, "kind": c.kind, "vintage": c.vintage,
-                "offset_type": c.offset_type,
-                "reference_price": format_price(c.reference_price)}, c)
+            return await self._http(
+                "POST",
+                "/instruments",
+                {
+                    "symbol": c.symbol,
+                    "kind": c.kind,
+                    "vintage": c.vintage,
+                    "offset_type": c.offset_type,
+                    "reference_price": format_price(c.reference_price),
+                },
+                c,
+            )
         if isinstance(c, SetPriceBand):
-            return await self._http("PUT", f"/instruments/{c.instrument}/band", {
-                "band_pct": pct(c.band_bps), "reference_price": None if c.reference_price is None
-                else format_price(c.reference_price)}, c)
+            return await self._http(
+                "PUT",
+                f"/instruments/{c.instrument}/band",
+                {
+                    "band_pct": pct(c.band_bps),
+                    "reference_price": None
+                    if c.reference_price is None
+                    else format_price(c.reference_price),
+                },
+                c,
+            )
         if isinstance(c, DepositCash):
-            return await self._http("POST", "/deposits", {
-                "account": c.account, "amount": format_price(c.amount)}, c)
+            return await self._http(
+                "POST", "/deposits", {"account": c.account, "amount": format_price(c.amount)}, c
+            )
         if isinstance(c, IssueUnits):
-            return await self._http("POST", "/issuance", {
-                "account": c.account, "instrument": c.instrument, "qty": c.qty,
-                "source": c.source, "ref": c.ref}, c)
+            return await self._http(
+                "POST",
+                "/issuance",
+                {
+                    "account": c.account,
+                    "instrument": c.instrument,
+                    "qty": c.qty,
+                    "source": c.source,
+                    "ref": c.ref,
+                },
+                c,
+            )
         if isinstance(c, TransferUnits):
-            return await self._http("POST", "/transfers", {
-                "from_account": c.from_account, "to_account": c.to_account,
-                "instrument": c.instrument, "qty": c.qty}, c)
+            return await self._http(
+                "POST",
+                "/transfers",
+                {
+                    "from_account": c.from_account,
+                    "to_account": c.to_account,
+                    "instrument": c.instrument,
+                    "qty": c.qty,
+                },
+                c,
+            )
         if isinstance(c, RegisterSupplyChain):
-            return await self._http("POST", "/supply-chains", {
-                "chain_id": c.chain_id,
-                "members": [{"firm": f, "tier": t} for f, t in c.members],
-                "edges": [{"supplier": s, "customer": u, "weight": ratio(w)}
-                          for s, u, w in c.edges]}, c)
+            return await self._http(
+                "POST",
+                "/supply-chains",
+                {
+                    "chain_id": c.chain_id,
+                    "members": [{"firm": f, "tier": t} for f, t in c.members],
+                    "edges": [
+                        {"supplier": s, "customer": u, "weight": ratio(w)} for s, u, w in c.edges
+                    ],
+                },
+                c,
+            )
         if isinstance(c, CreateSubQuota):
-            return await self._http("POST", "/sub-quotas", {
-                "parent": c.parent, "sme": c.sme, "instrument": c.instrument, "qty": c.qty,
-                "revenue_share": ratio(c.revenue_share_ppm), "surplus_rule": c.surplus_rule,
-                "shortfall_rule": c.shortfall_rule, "chain_id": c.chain_id}, c)
+            return await self._http(
+                "POST",
+                "/sub-quotas",
+                {
+                    "parent": c.parent,
+                    "sme": c.sme,
+                    "instrument": c.instrument,
+                    "qty": c.qty,
+                    "revenue_share": ratio(c.revenue_share_ppm),
+                    "surplus_rule": c.surplus_rule,
+                    "shortfall_rule": c.shortfall_rule,
+                    "chain_id": c.chain_id,
+                },
+                c,
+            )
         if isinstance(c, EndOfDay):
             return await self._http("POST", "/end-of-day", {}, c)
         if isinstance(c, SetRulesParams):
@@ -284,45 +433,95 @@ class NetworkedGateway:
                 v = getattr(c, f)
                 if v is None:
                     continue
-                body[f[:-4] if f.endswith("_ppm") else f] = _ratio(v) if f.endswith("_ppm") \
-                    else v
+                body[f[:-4] if f.endswith("_ppm") else f] = _ratio(v) if f.endswith("_ppm") else v
             return await self._http("POST", "/rules/params", body, c)
         if isinstance(c, SetBenchmark):
-            return await self._http("POST", "/rules/benchmarks", {
-                "product": c.product, "intensity": _ratio(c.intensity_ppm)}, c)
+            return await self._http(
+                "POST",
+                "/rules/benchmarks",
+                {"product": c.product, "intensity": _ratio(c.intensity_ppm)},
+                c,
+            )
         if isinstance(c, SetOutputHistory):
-            return await self._http("POST", "/rules/output-history", {
-                "firm_id": c.firm_id, "rows": [
-                    {"period": r[0], "output": r[1],
-                     "emissions": r[2] if len(r) > 2 else None} for r in c.rows]}, c)
+            return await self._http(
+                "POST",
+                "/rules/output-history",
+                {
+                    "firm_id": c.firm_id,
+                    "rows": [
+                        {"period": r[0], "output": r[1], "emissions": r[2] if len(r) > 2 else None}
+                        for r in c.rows
+                    ],
+                },
+                c,
+            )
         if isinstance(c, SetInputUse):
-            return await self._http("POST", "/rules/input-use", {
-                "firm_id": c.firm_id, "period": c.period,
-                "inputs": [{"product": p, "qty": q} for p, q in c.inputs]}, c)
+            return await self._http(
+                "POST",
+                "/rules/input-use",
+                {
+                    "firm_id": c.firm_id,
+                    "period": c.period,
+                    "inputs": [{"product": p, "qty": q} for p, q in c.inputs],
+                },
+                c,
+            )
         if type(c) in STEPS:
-            return await self._http("POST", "/rules/allocation-runs",
-                                    {"period": c.period, "step": STEPS[type(c)]}, c)
+            return await self._http(
+                "POST", "/rules/allocation-runs", {"period": c.period, "step": STEPS[type(c)]}, c
+            )
         if isinstance(c, SplitSubQuotas):
-            return await self._http("POST", "/rules/splits", {
-                "parent": c.parent, "instrument": c.instrument, "amount": c.amount,
-                "smes": list(c.smes), "strategy": c.strategy,
-                "revenue_share": _ratio(c.revenue_share_ppm), "surplus_rule": c.surplus_rule,
-                "shortfall_rule": c.shortfall_rule, "chain_id": c.chain_id}, c)
+            return await self._http(
+                "POST",
+                "/rules/splits",
+                {
+                    "parent": c.parent,
+                    "instrument": c.instrument,
+                    "amount": c.amount,
+                    "smes": list(c.smes),
+                    "strategy": c.strategy,
+                    "revenue_share": _ratio(c.revenue_share_ppm),
+                    "surplus_rule": c.surplus_rule,
+                    "shortfall_rule": c.shortfall_rule,
+                    "chain_id": c.chain_id,
+                },
+                c,
+            )
         if isinstance(c, SubmitActivityData):
-            return await self._http("POST", "/compliance/submissions", {
-                "period": c.period, "fuels": {f: q for f, q in c.fuels},
-                "process_emissions": c.process_emissions, "output": c.output,
-                "electricity_mwh": c.electricity_mwh, "natural_emissions": c.natural_emissions,
-                "firm_id": c.firm_id}, c)
+            return await self._http(
+                "POST",
+                "/compliance/submissions",
+                {
+                    "period": c.period,
+                    "fuels": {f: q for f, q in c.fuels},
+                    "process_emissions": c.process_emissions,
+                    "output": c.output,
+                    "electricity_mwh": c.electricity_mwh,
+                    "natural_emissions": c.natural_emissions,
+                    "firm_id": c.firm_id,
+                },
+                c,
+            )
         if isinstance(c, VerifyEmissions):
             return await self._http(
-                "POST", f"/compliance/submissions/{c.firm_id}/{c.period}/verify",
-                {"verifier": self.verifier_id} if self.verifier_id else {}, c,
-                key=self.verifier_key)
+                "POST",
+                f"/compliance/submissions/{c.firm_id}/{c.period}/verify",
+                {"verifier": self.verifier_id} if self.verifier_id else {},
+                c,
+                key=self.verifier_key,
+            )
         if isinstance(c, SurrenderUnits):
-            return await self._http("POST", "/compliance/surrenders", {
-                "period": c.period, "instrument": c.instrument, "qty": c.qty,
-                "firm_id": c.firm_id}, c)
+            return await self._http(
+                "POST",
+                "/compliance/surrenders",
+                {
+                    "period": c.period,
+                    "instrument": c.instrument,
+                    "qty": c.qty,
+                    "firm_id": c.firm_id,
+                },
+                c,
+            )
         if isinstance(c, ProcessComplianceDeadline):
             return await self._http("POST", f"/compliance/periods/{c.period}/deadline", {}, c)
         self.skipped[c.TYPE] += 1
@@ -330,9 +529,13 @@ class NetworkedGateway:
 
     async def _session_for(self, firm_id: str) -> None:
         from ..client import ExchangeClient
+
         hdr = {"Authorization": f"Bearer {self.operator_key}"}
-        async with self.session.post(self.api + "/api-keys", headers=hdr, json={
-                "role": "firm", "firm_id": firm_id, "label": "simulation"}) as r:
+        async with self.session.post(
+            self.api + "/api-keys",
+            headers=hdr,
+            json={"role": "firm", "firm_id": firm_id, "label": "simulation"},
+        ) as r:
             data = await r.json(content_type=None)
             if r.status >= 300:
                 raise ConnectionError(f"cannot issue an API key for {firm_id}: {data}")

@@ -1,4 +1,5 @@
 """A dependency-free progress bar on stderr."""
+
 from __future__ import annotations
 
 import sys
@@ -6,8 +7,14 @@ import time
 
 
 class Progress:
-    def __init__(self, total: int, label: str = "simulate", enabled: bool = True,
-                 stream=None, width: int = 30):
+    def __init__(
+        self,
+        total: int,
+        label: str = "simulate",
+        enabled: bool = True,
+        stream=None,
+        width: int = 30,
+    ):
         self.total = max(1, total)
         self.done = 0
         self.label = label
@@ -29,8 +36,10 @@ class Progress:
         fill = int(frac * self.width)
         el = now - self.t0
         eta = el / frac - el if frac > 0 else 0.0
-        self.stream.write(f"\r{self.label} [{'#' * fill}{'.' * (self.width - fill)}] "
-                          f"{frac * 100:5.1f}% {el:6.1f}s eta {eta:5.1f}s {note}\033[K")
+        self.stream.write(
+            f"\r{self.label} [{'#' * fill}{'.' * (self.width - fill)}] "
+            f"{frac * 100:5.1f}% {el:6.1f}s eta {eta:5.1f}s {note}\033[K"
+        )
         self.stream.flush()
 
     def close(self) -> None:

@@ -1,4 +1,5 @@
 """Outputs of a run: summary.json, firms.csv, periods.csv, rounds.csv, PNG plots, report.md."""
+
 from __future__ import annotations
 
 import csv
@@ -12,8 +13,10 @@ from .runner import RECORD_FIELDS, RunResult
 
 def _plt():
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -22,7 +25,7 @@ def _num(v):
         return int(v)
     if isinstance(v, (np.floating, float)):
         f = float(v)
-        return int(f) if f.is_integer() and abs(f) < 2 ** 53 else round(f, 6)
+        return int(f) if f.is_integer() and abs(f) < 2**53 else round(f, 6)
     return v
 
 
@@ -36,16 +39,29 @@ def write_firms_csv(res: RunResult, out: Path) -> None:
     year0 = res.scenario.scenario.start_year
     with open(out / "firms.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(("period", "year", "firm_id", "sector", "size_class", "chain", "tier")
-                   + RECORD_FIELDS)
+        w.writerow(
+            ("period", "year", "firm_id", "sector", "size_class", "chain", "tier") + RECORD_FIELDS
+        )
         for t in range(res.periods):
             rows = np.stack([c[t] for c in cols], axis=1)
             ints = np.all(rows == np.round(rows), axis=0)
             for i, fid in enumerate(res.ids):
-                vals = [int(v) if ints[j] else ("" if v != v else round(float(v), 4))
-                        for j, v in enumerate(rows[i])]
-                w.writerow([t + 1, year0 + t, fid, res.sector[i], res.size_class[i],
-                            res.chain[i], res.tier[i] if res.tier[i] >= 0 else ""] + vals)
+                vals = [
+                    int(v) if ints[j] else ("" if v != v else round(float(v), 4))
+                    for j, v in enumerate(rows[i])
+                ]
+                w.writerow(
+                    [
+                        t + 1,
+                        year0 + t,
+                        fid,
+                        res.sector[i],
+                        res.size_class[i],
+                        res.chain[i],
+                        res.tier[i] if res.tier[i] >= 0 else "",
+                    ]
+                    + vals
+                )
 
 
 def _write_dicts(path: Path, rows: list[dict]) -> None:
@@ -67,11 +83,11 @@ def _write_dicts(path: Path, rows: list[dict]) -> None:
 # ---------------------------------------------------------------------- checks
 # Thresholds of the warnings and trends: a report that says "no warnings" must say what it
 # checked against, so they live here by name.
-PRICE_GAP = 0.05          # close price vs least-cost price
-PRICE_FALL = 0.30         # price fall over the run that, with rising emissions, is a trend
-BOUND_SHARE = 0.10        # share of firms at phi_min / phi_max that counts as piling up
-TOTAL_TOL = 0.001         # rules' allocation vs the intensity total, beyond per-firm rounding
-INTENSITY_NOISE = 0.001   # whole-tonne emissions and offset lots move intensity by less
+PRICE_GAP = 0.05  # close price vs least-cost price
+PRICE_FALL = 0.30  # price fall over the run that, with rising emissions, is a trend
+BOUND_SHARE = 0.10  # share of firms at phi_min / phi_max that counts as piling up
+TOTAL_TOL = 0.001  # rules' allocation vs the intensity total, beyond per-firm rounding
+INTENSITY_NOISE = 0.001  # whole-tonne emissions and offset lots move intensity by less
 
 
 def _years(rows: list[dict]) -> str:
@@ -107,8 +123,9 @@ def locked_days(res: RunResult) -> dict[int, list[tuple[int, str]]]:
 
 
 def _last_day_locked(res: RunResult, period: int) -> str:
-    days = [r for r in res.rounds
-            if r["period"] == period and r.get("phase", "trading") == "trading"]
+    days = [
+        r for r in res.rounds if r["period"] == period and r.get("phase", "trading") == "trading"
+    ]
     return str(days[-1].get("limit_locked") or "") if days else ""
 
 
@@ -134,21 +151,27 @@ def findings(res: RunResult) -> tuple[list[str], list[str]]:
 
     # (a) nothing to abate: the price has nothing to find but zero
     checked.append("allocation and allowances available vs business-as-usual emissions")
-    over = [p for p in rows if p["allocation"] >= p["baseline_emissions"]
-            or p["allowances_available"] >= p["baseline_emissions"]]
+    over = [
+        p
+        for p in rows
+        if p["allocation"] >= p["baseline_emissions"]
+        or p["allowances_available"] >= p["baseline_emissions"]
+    ]
     if over:
         worst_a = max(p["allocation"] / max(p["baseline_emissions"], 1e-9) for p in over)
-        worst_h = max(p["allowances_available"] / max(p["baseline_emissions"], 1e-9)
-                      for p in over)
-        line = (f"allocation at or above business-as-usual emissions in {_years(over)}: "
-                f"nothing needs abating, the price collapses (allocation up to "
-                f"{(worst_a - 1) * 100:+.1f} % vs BAU, allowances available incl. bank up to "
-                f"{(worst_h - 1) * 100:+.1f} %).")
-        neg = [p for p in over if p.get("analytic_price") is not None
-               and p["analytic_price"] < 0]
+        worst_h = max(p["allowances_available"] / max(p["baseline_emissions"], 1e-9) for p in over)
+        line = (
+            f"allocation at or above business-as-usual emissions in {_years(over)}: "
+            f"nothing needs abating, the price collapses (allocation up to "
+            f"{(worst_a - 1) * 100:+.1f} % vs BAU, allowances available incl. bank up to "
+            f"{(worst_h - 1) * 100:+.1f} %)."
+        )
+        neg = [p for p in over if p.get("analytic_price") is not None and p["analytic_price"] < 0]
         if neg:
-            line += (f" The closed form p* = R / Σ(1/c) is negative there ({_years(neg)}: "
-                     f"R < 0) and does not apply; the least-cost price is 0.")
+            line += (
+                f" The closed form p* = R / Σ(1/c) is negative there ({_years(neg)}: "
+                f"R < 0) and does not apply; the least-cost price is 0."
+            )
         warn.append(line)
 
     # (b) prices that are not clearing prices
@@ -161,13 +184,17 @@ def findings(res: RunResult) -> tuple[list[str], list[str]]:
             why.append(f"limit-locked {last_lock} on its last trading day")
         if not last["cleared"]:
             why.append("not cleared")
-        warn.append(f"the last period ({last['year']}) ended {' and '.join(why)}: its close "
-                    f"price {last['close_price']:.2f} CNY/t is the edge of the band or of "
-                    f"the bid grid, not a market-clearing price.")
+        warn.append(
+            f"the last period ({last['year']}) ended {' and '.join(why)}: its close "
+            f"price {last['close_price']:.2f} CNY/t is the edge of the band or of "
+            f"the bid grid, not a market-clearing price."
+        )
     earlier = [p for p in rows[:-1] if not p["cleared"]]
     if earlier:
-        warn.append(f"the market had not cleared by the last trading day of "
-                    f"{_years(earlier)}: those close prices are not clearing prices.")
+        warn.append(
+            f"the market had not cleared by the last trading day of "
+            f"{_years(earlier)}: those close prices are not clearing prices."
+        )
     locks = locked_days(res)
     if any(locks.values()) or any(p["limit_locked_days"] for p in rows):
         parts = []
@@ -175,12 +202,17 @@ def findings(res: RunResult) -> tuple[list[str], list[str]]:
             d = locks.get(p["period"], [])
             if d:
                 dirs = "/".join(sorted({x for _, x in d}))
-                parts.append(f"{p['year']}: day{'s' if len(d) > 1 else ''} "
-                             f"{_ranges([k for k, _ in d])} ({dirs}) of {p['trading_days']}")
+                parts.append(
+                    f"{p['year']}: day{'s' if len(d) > 1 else ''} "
+                    f"{_ranges([k for k, _ in d])} ({dirs}) of {p['trading_days']}"
+                )
             elif p["limit_locked_days"]:
                 parts.append(f"{p['year']}: {p['limit_locked_days']} day(s)")
-        warn.append(f"limit-locked trading days ({s.get('limit_locked_days', 0)} in all): "
-                    + "; ".join(parts) + ".")
+        warn.append(
+            f"limit-locked trading days ({s.get('limit_locked_days', 0)} in all): "
+            + "; ".join(parts)
+            + "."
+        )
 
     # (c) the allocation total: an explicit opt-in, or a promise the rules did not keep
     mode = s.get("allocation_total", "fixed")
@@ -190,16 +222,20 @@ def findings(res: RunResult) -> tuple[list[str], list[str]]:
         target = np.array([p["allocation_target"] for p in rows], dtype=float)
         tot_i, tot_t = float(issued.sum()), float(target.sum())
         if mode == "floating":
-            warn.append(f"the allocation total moves with φ (opt-in): allocation was "
-                        f"{tot_i:,.0f} t vs the benchmark total {tot_t:,.0f} t "
-                        f"({_pct(tot_i, tot_t)}) over the run, {_pct(issued[-1], target[-1])} "
-                        f"in {rows[-1]['year']}.")
+            warn.append(
+                f"the allocation total moves with φ (opt-in): allocation was "
+                f"{tot_i:,.0f} t vs the benchmark total {tot_t:,.0f} t "
+                f"({_pct(tot_i, tot_t)}) over the run, {_pct(issued[-1], target[-1])} "
+                f"in {rows[-1]['year']}."
+            )
         else:
             slack = np.maximum(TOTAL_TOL * target, float(_covered(res).sum()))
             off = [p for p, i, t, sl in zip(rows, issued, target, slack) if abs(i - t) > sl]
             if off:
-                worst = max(off, key=lambda p: abs(issued[p["period"] - 1]
-                                                  / max(p["allocation_target"], 1) - 1))
+                worst = max(
+                    off,
+                    key=lambda p: abs(issued[p["period"] - 1] / max(p["allocation_target"], 1) - 1),
+                )
                 k = worst["period"] - 1
                 warn.append(
                     f"the rules did not hold the intensity total Σ benchmark × output in "
@@ -207,7 +243,8 @@ def findings(res: RunResult) -> tuple[list[str], list[str]]:
                     f"({_pct(issued[k], target[k])}) in {worst['year']}, {tot_i:,.0f} t vs "
                     f"{tot_t:,.0f} t over the run. Firms planned their abatement, and "
                     f"the least-cost and no-trade figures were computed, on the total: the "
-                    f"difference ends up banked or short.")
+                    f"difference ends up banked or short."
+                )
 
     # (d) the market's price against the least-cost price
     checked.append(f"close vs least-cost price (± {PRICE_GAP * 100:.0f} %)")
@@ -215,47 +252,61 @@ def findings(res: RunResult) -> tuple[list[str], list[str]]:
     for p in rows:
         lc = p["least_cost_price"]
         if (lc > 0 and abs(p["close_price"] / lc - 1) > PRICE_GAP) or (
-                lc <= 0 and p["close_price"] > 0.01):
+            lc <= 0 and p["close_price"] > 0.01
+        ):
             gaps.append(p)
     if gaps and gaps[-1] is last:
         lc = last["least_cost_price"]
         more = [p for p in gaps if p is not last]
-        warn.append(f"the final close price {last['close_price']:.2f} CNY/t differs from the "
-                    f"least-cost price {lc:.2f} CNY/t "
-                    + (f"by {_pct(last['close_price'], lc)}" if lc > 0 else
-                       "(at a least-cost price of 0 any positive price is too high)")
-                    + (f"; also more than {PRICE_GAP * 100:.0f} % apart in {_years(more)}"
-                       if more else "") + ".")
+        warn.append(
+            f"the final close price {last['close_price']:.2f} CNY/t differs from the "
+            f"least-cost price {lc:.2f} CNY/t "
+            + (
+                f"by {_pct(last['close_price'], lc)}"
+                if lc > 0
+                else "(at a least-cost price of 0 any positive price is too high)"
+            )
+            + (f"; also more than {PRICE_GAP * 100:.0f} % apart in {_years(more)}" if more else "")
+            + "."
+        )
     elif gaps:
-        warn.append(f"the close price was more than {PRICE_GAP * 100:.0f} % from the "
-                    f"least-cost price in {_years(gaps)} (the final period is within).")
+        warn.append(
+            f"the close price was more than {PRICE_GAP * 100:.0f} % from the "
+            f"least-cost price in {_years(gaps)} (the final period is within)."
+        )
 
     # (e) the cap: agents bid no higher, so the price says nothing above it
     checked.append(f"the price cap ({sc.market.price_cap:,.0f} CNY/t)")
     cap = [p for p in rows if p.get("price_at_cap")]
     if cap:
-        warn.append(f"the price reached the cap of {sc.market.price_cap:,.2f} CNY/t in "
-                    f"{_years(cap)}: demand above the cap is not priced.")
+        warn.append(
+            f"the price reached the cap of {sc.market.price_cap:,.2f} CNY/t in "
+            f"{_years(cap)}: demand above the cap is not priced."
+        )
 
     # (f) firms that ended short, and what it cost them
     checked.append("shortfalls and penalties")
     short = [p for p in rows if p["shortfall"] > 0]
     if short:
         mx = int(res.records["shortfall"].max())
-        warn.append(f"{sum(p['non_compliant'] for p in short):,} firm-periods ended short of "
-                    f"allowances in {_years(short)}: {s['total_shortfall']:,} t in all "
-                    f"(largest single shortfall {mx:,} t), penalties "
-                    f"{s['total_penalties']:,.0f} CNY (not part of the compliance cost).")
+        warn.append(
+            f"{sum(p['non_compliant'] for p in short):,} firm-periods ended short of "
+            f"allowances in {_years(short)}: {s['total_shortfall']:,} t in all "
+            f"(largest single shortfall {mx:,} t), penalties "
+            f"{s['total_penalties']:,.0f} CNY (not part of the compliance cost)."
+        )
 
     checked.append("Σ ΔQ = 0")
     if not s.get("conservation_ok", True):
-        warn.append("bought ≠ sold in some period (Σ ΔQ ≠ 0): the trade records are "
-                    "inconsistent.")
+        warn.append("bought ≠ sold in some period (Σ ΔQ ≠ 0): the trade records are inconsistent.")
     if s.get("skipped_commands") or s.get("tolerated_rejects"):
         n = sum(s.get("skipped_commands", {}).values()) + sum(
-            s.get("tolerated_rejects", {}).values())
-        warn.append(f"{n:,} commands were skipped or refused by the server and tolerated "
-                    f"(see summary.json): the run is not the in-process run.")
+            s.get("tolerated_rejects", {}).values()
+        )
+        warn.append(
+            f"{n:,} commands were skipped or refused by the server and tolerated "
+            f"(see summary.json): the run is not the in-process run."
+        )
     return warn, checked
 
 
@@ -268,21 +319,28 @@ def trends(res: RunResult) -> tuple[list[str], list[str]]:
         return out, ["nothing: a single period has no trend"]
     y0, y1 = rows[0]["year"], rows[-1]["year"]
 
-    checked.append(f"output-weighted verified intensity by sector (rise > "
-                   f"{INTENSITY_NOISE * 100:g} %)")
+    checked.append(
+        f"output-weighted verified intensity by sector (rise > {INTENSITY_NOISE * 100:g} %)"
+    )
     sec = np.array(res.sector)
     for s_name, vals in sector_intensity(res).items():
         a, b = vals[0], vals[-1]
         if a > 0 and b > a * (1 + INTENSITY_NOISE):
             sel = sec == s_name
-            bau = [float(rec["baseline_emissions"][t, sel].sum()
-                         / max(rec["output"][t, sel].sum(), 1e-12)) for t in (0, -1)]
-            out.append(f"intensity of {s_name} rose {(b / a - 1) * 100:.1f} % from {y0} to {y1} "
-                       f"({a:.4f} → {b:.4f} t CO2e per 10,000 CNY), against the policy's "
-                       f"goal (its business-as-usual intensity moved {_pct(bau[1], bau[0])}).")
+            bau = [
+                float(
+                    rec["baseline_emissions"][t, sel].sum()
+                    / max(rec["output"][t, sel].sum(), 1e-12)
+                )
+                for t in (0, -1)
+            ]
+            out.append(
+                f"intensity of {s_name} rose {(b / a - 1) * 100:.1f} % from {y0} to {y1} "
+                f"({a:.4f} → {b:.4f} t CO2e per 10,000 CNY), against the policy's "
+                f"goal (its business-as-usual intensity moved {_pct(bau[1], bau[0])})."
+            )
 
-    checked.append(f"allocation factors at φ_min / φ_max (> {BOUND_SHARE * 100:.0f} % of "
-                   f"firms)")
+    checked.append(f"allocation factors at φ_min / φ_max (> {BOUND_SHARE * 100:.0f} % of firms)")
     cov = _covered(res)
     phi = rec["phi"][-1, cov] if cov.any() else rec["phi"][-1]
     r = sc.rules
@@ -291,14 +349,20 @@ def trends(res: RunResult) -> tuple[list[str], list[str]]:
     if phi.size and (n_lo + n_hi) / phi.size > BOUND_SHARE:
         # firms one step from a bound reach it next period unless their gap turns
         step = max(r.max_step, 1e-6)
-        near = int(np.sum(((phi < r.phi_min * (1 + step)) | (phi > r.phi_max * (1 - step)))
-                          & (np.abs(phi - r.phi_min) >= 1e-6)
-                          & (np.abs(phi - r.phi_max) >= 1e-6)))
-        out.append(f"allocation factors pile at their bounds in {y1}: {n_hi} of {phi.size} "
-                   f"firms at φ_max {r.phi_max:g} and {n_lo} at φ_min {r.phi_min:g} "
-                   f"({(n_lo + n_hi) / phi.size * 100:.0f} %), {near} more within one step "
-                   f"({r.max_step:g}) of a bound; the bounds, not the benchmark gap, set "
-                   f"their allocation.")
+        near = int(
+            np.sum(
+                ((phi < r.phi_min * (1 + step)) | (phi > r.phi_max * (1 - step)))
+                & (np.abs(phi - r.phi_min) >= 1e-6)
+                & (np.abs(phi - r.phi_max) >= 1e-6)
+            )
+        )
+        out.append(
+            f"allocation factors pile at their bounds in {y1}: {n_hi} of {phi.size} "
+            f"firms at φ_max {r.phi_max:g} and {n_lo} at φ_min {r.phi_min:g} "
+            f"({(n_lo + n_hi) / phi.size * 100:.0f} %), {near} more within one step "
+            f"({r.max_step:g}) of a bound; the bounds, not the benchmark gap, set "
+            f"their allocation."
+        )
 
     checked.append(f"price falling > {PRICE_FALL * 100:.0f} % while emissions rise")
     p0, p1 = rows[0]["close_price"], rows[-1]["close_price"]
@@ -306,12 +370,14 @@ def trends(res: RunResult) -> tuple[list[str], list[str]]:
     if p0 > 0 and p1 < p0 * (1 - PRICE_FALL) and e1 > e0:
         lc0, lc1 = rows[0]["least_cost_price"], rows[-1]["least_cost_price"]
         r0, r1 = rows[0]["required_reduction"], rows[-1]["required_reduction"]
-        out.append(f"the price fell {(1 - p1 / p0) * 100:.1f} % ({p0:.2f} → {p1:.2f} CNY/t) "
-                   f"from {y0} to {y1} while verified emissions rose "
-                   f"{(e1 / e0 - 1) * 100:.1f} %; the least-cost price "
-                   f"moved {lc0:.2f} → {lc1:.2f} CNY/t as the required reduction (BAU − "
-                   f"allowances) went from {r0:,.0f} to {r1:,.0f} t: the allocation loosens "
-                   f"against business-as-usual, against the policy's goal.")
+        out.append(
+            f"the price fell {(1 - p1 / p0) * 100:.1f} % ({p0:.2f} → {p1:.2f} CNY/t) "
+            f"from {y0} to {y1} while verified emissions rose "
+            f"{(e1 / e0 - 1) * 100:.1f} %; the least-cost price "
+            f"moved {lc0:.2f} → {lc1:.2f} CNY/t as the required reduction (BAU − "
+            f"allowances) went from {r0:,.0f} to {r1:,.0f} t: the allocation loosens "
+            f"against business-as-usual, against the policy's goal."
+        )
     return out, checked
 
 
@@ -352,34 +418,59 @@ def plot_price_path(res: RunResult, path: Path) -> None:
     vw = [r["vwap"] if r["vwap"] is not None else np.nan for r in res.rounds]
     spans = _period_spans(res)
     for p, a, b in spans:
-        settle = [k for k in range(a, b + 1)
-                  if res.rounds[k - 1].get("phase") == "settlement"]
+        settle = [k for k in range(a, b + 1) if res.rounds[k - 1].get("phase") == "settlement"]
         if settle:
-            ax.axvspan(settle[0] - 0.5, settle[-1] + 0.5, color="0.93", lw=0,
-                       label="settlement rounds" if p is spans[0][0] else None)
+            ax.axvspan(
+                settle[0] - 0.5,
+                settle[-1] + 0.5,
+                color="0.93",
+                lw=0,
+                label="settlement rounds" if p is spans[0][0] else None,
+            )
         ax.axvline(b + 0.5, color="0.8", lw=0.8)
     ax.plot(x, ind, "-", color="tab:blue", lw=1.4, label="indicative clearing price (call)")
     ax.plot(x, vw, "o", ms=3, color="tab:orange", label="VWAP of the round's trades")
     xs, ys = _step(spans, "least_cost_price")
-    ax.step(xs, ys, where="post", color="tab:green", lw=2.2, alpha=0.85,
-            label="least-cost price (same allocation path)")
+    ax.step(
+        xs,
+        ys,
+        where="post",
+        color="tab:green",
+        lw=2.2,
+        alpha=0.85,
+        label="least-cost price (same allocation path)",
+    )
     if all(p.get("analytic_price") is not None for p in res.period_rows):
         xs, ys = _step(spans, "analytic_price")
-        ax.step(xs, ys, where="post", color="black", lw=1.2, ls=":",
-                label="analytic p* = R / Σ(1/c)")
+        ax.step(
+            xs, ys, where="post", color="black", lw=1.2, ls=":", label="analytic p* = R / Σ(1/c)"
+        )
     close_x = []
     for p, a, b in spans:
         days = [k for k in range(a, b + 1) if res.rounds[k - 1].get("phase") != "settlement"]
         close_x.append(days[-1] if days else b)
-    ax.plot(close_x, [p["close_price"] for p, _, _ in spans], "D", ms=6, mfc="none",
-            color="tab:red", label="period close")
+    ax.plot(
+        close_x,
+        [p["close_price"] for p, _, _ in spans],
+        "D",
+        ms=6,
+        mfc="none",
+        color="tab:red",
+        label="period close",
+    )
     lk = [k for k in x if res.rounds[k - 1].get("limit_locked")]
     if lk:
-        ax.plot(lk, ind[np.array(lk) - 1], "x", ms=7, color="crimson",
-                label="limit-locked day")
+        ax.plot(lk, ind[np.array(lk) - 1], "x", ms=7, color="crimson", label="limit-locked day")
     for p, a, b in spans:
-        ax.text((a + b) / 2, 0.02, str(p["year"]), transform=ax.get_xaxis_transform(),
-                ha="center", fontsize=8, color="0.4")
+        ax.text(
+            (a + b) / 2,
+            0.02,
+            str(p["year"]),
+            transform=ax.get_xaxis_transform(),
+            ha="center",
+            fontsize=8,
+            color="0.4",
+        )
     # from zero, with headroom above the prices for the legend
     ax.set_ylim(0, max(ax.get_ylim()[1], 1e-9) * 1.3)
     ax.set_xlim(0.5, len(res.rounds) + 0.5)
@@ -399,19 +490,39 @@ def plot_emissions_vs_allocation(res: RunResult, path: Path) -> None:
     # each series its own dash and marker, the markers a little apart sideways: series that
     # coincide by construction (emissions = holdings, allocation = target) stay visible
     series = [
-        ("business-as-usual (no abatement)", [p["baseline_emissions"] for p in rows], 0.0,
-         dict(color="0.45", ls="--", lw=1.6, marker="")),
-        ("verified emissions", [p["emissions"] for p in rows], -0.09,
-         dict(color="tab:blue", ls="-", lw=2.2, marker="o", ms=8, mfc="none", mew=1.6)),
-        ("allocation target (period total)", [p["allocation_target"] for p in rows], -0.03,
-         dict(color="tab:purple", ls=":", lw=2.0, marker="s", ms=7, mfc="none", mew=1.4)),
-        ("allocation issued", [p["allocation"] for p in rows], 0.03,
-         dict(color="tab:orange", ls="-", lw=1.0, marker="x", ms=7, mew=1.6)),
-        ("allocation + offsets used", list(rec["allocation"].sum(axis=1)
-                                           + rec["offsets_used"].sum(axis=1)), 0.09,
-         dict(color="tab:green", ls="-.", lw=1.0, marker="+", ms=9, mew=1.4)),
+        (
+            "business-as-usual (no abatement)",
+            [p["baseline_emissions"] for p in rows],
+            0.0,
+            dict(color="0.45", ls="--", lw=1.6, marker=""),
+        ),
+        (
+            "verified emissions",
+            [p["emissions"] for p in rows],
+            -0.09,
+            dict(color="tab:blue", ls="-", lw=2.2, marker="o", ms=8, mfc="none", mew=1.6),
+        ),
+        (
+            "allocation target (period total)",
+            [p["allocation_target"] for p in rows],
+            -0.03,
+            dict(color="tab:purple", ls=":", lw=2.0, marker="s", ms=7, mfc="none", mew=1.4),
+        ),
+        (
+            "allocation issued",
+            [p["allocation"] for p in rows],
+            0.03,
+            dict(color="tab:orange", ls="-", lw=1.0, marker="x", ms=7, mew=1.6),
+        ),
+        (
+            "allocation + offsets used",
+            list(rec["allocation"].sum(axis=1) + rec["offsets_used"].sum(axis=1)),
+            0.09,
+            dict(color="tab:green", ls="-.", lw=1.0, marker="+", ms=9, mew=1.4),
+        ),
     ]
     from matplotlib.lines import Line2D
+
     x = np.asarray(years, dtype=float)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
     for k, ax in enumerate(axes):
@@ -420,8 +531,12 @@ def plot_emissions_vs_allocation(res: RunResult, path: Path) -> None:
             line = {kk: vv for kk, vv in st.items() if kk in ("color", "ls", "lw")}
             ax.plot(x, v, **line)
             if st["marker"]:
-                ax.plot(x + dx, v, ls="none", **{kk: vv for kk, vv in st.items()
-                                                  if kk not in ("ls", "lw")})
+                ax.plot(
+                    x + dx,
+                    v,
+                    ls="none",
+                    **{kk: vv for kk, vv in st.items() if kk not in ("ls", "lw")},
+                )
         ax.set_xticks(years)
         ax.set_xlabel("period (markers set a little apart sideways)")
         if k == 0:
@@ -432,8 +547,7 @@ def plot_emissions_vs_allocation(res: RunResult, path: Path) -> None:
             ax.set_ylabel("kt CO2e (zoomed)")
             ax.set_title("the same, zoomed (axis does not start at zero)")
     handles = [Line2D([], [], **st) for _, _, _, st in series]
-    axes[0].legend(handles, [s[0] for s in series], fontsize=7.5, loc="lower left",
-                   framealpha=0.9)
+    axes[0].legend(handles, [s[0] for s in series], fontsize=7.5, loc="lower left", framealpha=0.9)
     _save(fig, path)
 
 
@@ -444,19 +558,28 @@ def plot_compliance_cost(res: RunResult, path: Path) -> None:
     x = np.arange(len(rows))
     w = 0.27
     fig, ax = plt.subplots(figsize=(9, 4.4))
-    for dx, pre, label, color in ((-w, "", "market", "tab:blue"),
-                                  (0.0, "least_cost_", "least-cost", "tab:green"),
-                                  (w, "no_trade_", "no trade (same allocation path)", "0.55")):
+    for dx, pre, label, color in (
+        (-w, "", "market", "tab:blue"),
+        (0.0, "least_cost_", "least-cost", "tab:green"),
+        (w, "no_trade_", "no trade (same allocation path)", "0.55"),
+    ):
         ab = np.array([p[f"{pre}abatement_cost"] for p in rows]) / 1e6
         of = np.array([p[f"{pre}offset_cost"] for p in rows]) / 1e6
         ax.bar(x + dx, ab, w, color=color, label=f"{label}: abatement")
-        ax.bar(x + dx, of, w, bottom=ab, color=color, alpha=0.45, hatch="//",
-               label=f"{label}: offsets")
+        ax.bar(
+            x + dx, of, w, bottom=ab, color=color, alpha=0.45, hatch="//", label=f"{label}: offsets"
+        )
     ax.set_xticks(x, [str(y) for y in years])
     _zero_floor(ax)
     if not any(p["no_trade_compliance_cost"] or p["compliance_cost"] for p in rows):
-        ax.text(0.5, 0.5, "no compliance cost in any period: nothing needed abating",
-                transform=ax.transAxes, ha="center", color="0.4")
+        ax.text(
+            0.5,
+            0.5,
+            "no compliance cost in any period: nothing needed abating",
+            transform=ax.transAxes,
+            ha="center",
+            color="0.4",
+        )
     ax.set_ylabel("million CNY")
     ax.set_title("Compliance cost (abatement + offsets) by period")
     ax.legend(fontsize=7, ncol=3)
@@ -471,8 +594,10 @@ def sector_intensity(res: RunResult) -> dict[str, list[float]]:
     out = {}
     for s in sectors:
         sel = sec == s
-        out[s] = [float(rec["emissions"][t, sel].sum() / max(rec["output"][t, sel].sum(), 1e-12))
-                  for t in range(res.periods)]
+        out[s] = [
+            float(rec["emissions"][t, sel].sum() / max(rec["output"][t, sel].sum(), 1e-12))
+            for t in range(res.periods)
+        ]
     return out
 
 
@@ -485,13 +610,17 @@ def plot_intensity(res: RunResult, path: Path) -> None:
     fig, axes = plt.subplots(2, len(inten), figsize=(3.8 * len(inten), 6.6), squeeze=False)
     for k, (s, vals) in enumerate(inten.items()):
         sel = sec == s
-        bau = [float(rec["baseline_emissions"][t, sel].sum()
-                     / max(rec["output"][t, sel].sum(), 1e-12)) for t in range(res.periods)]
+        bau = [
+            float(rec["baseline_emissions"][t, sel].sum() / max(rec["output"][t, sel].sum(), 1e-12))
+            for t in range(res.periods)
+        ]
         b = rec["benchmark"][:, sel]
         bench = np.nanmean(b, axis=1) if b.size and not np.all(np.isnan(b)) else None
         top, bot = axes[0][k], axes[1][k]
-        for ax, f in ((top, lambda v: np.asarray(v, dtype=float)),
-                      (bot, lambda v: (np.asarray(v, dtype=float) / v[0] - 1) * 100)):
+        for ax, f in (
+            (top, lambda v: np.asarray(v, dtype=float)),
+            (bot, lambda v: (np.asarray(v, dtype=float) / v[0] - 1) * 100),
+        ):
             ax.plot(years, f(vals), "o-", label="verified (output-weighted)")
             ax.plot(years, f(bau), "--", color="0.5", label="business-as-usual")
             if bench is not None:
@@ -522,8 +651,16 @@ def plot_factors(res: RunResult, path: Path) -> None:
     ax.hist(last, bins=bins, alpha=0.5, label=f"period {res.periods}")
     for v, name, ha in ((r.phi_min, "φ_min", "left"), (r.phi_max, "φ_max", "right")):
         ax.axvline(v, color="crimson", ls="--", lw=1)
-        ax.text(v, 0.97, f" {name} {v:g} ", transform=ax.get_xaxis_transform(), fontsize=8,
-                color="crimson", va="top", ha=ha)
+        ax.text(
+            v,
+            0.97,
+            f" {name} {v:g} ",
+            transform=ax.get_xaxis_transform(),
+            fontsize=8,
+            color="crimson",
+            va="top",
+            ha=ha,
+        )
     ax.set_xlabel("allocation factor φ")
     ax.set_ylabel("firms")
     ax.set_title("Distribution of allocation factors")
@@ -538,10 +675,18 @@ def plot_sme_strategies(strategies: dict[str, dict], path: Path) -> None:
     names = list(strategies)
     x = np.arange(len(names))
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.4))
-    ax.bar(x - 0.2, [strategies[k]["sme_net_cost"] / 1e3 for k in names], 0.4,
-           label="net cost with sub-quotas")
-    ax.bar(x + 0.2, [strategies[k]["sme_direct_net_cost"] / 1e3 for k in names], 0.4,
-           label="net cost if allocated directly")
+    ax.bar(
+        x - 0.2,
+        [strategies[k]["sme_net_cost"] / 1e3 for k in names],
+        0.4,
+        label="net cost with sub-quotas",
+    )
+    ax.bar(
+        x + 0.2,
+        [strategies[k]["sme_direct_net_cost"] / 1e3 for k in names],
+        0.4,
+        label="net cost if allocated directly",
+    )
     ax.set_xticks(x, names, rotation=15, fontsize=8)
     ax.axhline(0, color="black", lw=0.8)
     ax.set_ylabel("thousand CNY (all SMEs, all periods)")
@@ -551,10 +696,10 @@ def plot_sme_strategies(strategies: dict[str, dict], path: Path) -> None:
     for k, name in enumerate(names):
         b = np.asarray(strategies[name]["sme_benefits"]) / 1e3
         jit = k + rng.uniform(-0.15, 0.15, len(b))
-        bx.scatter(jit[b > 0], b[b > 0], s=14, color="tab:green", label="winner" if k == 0
-                   else None)
-        bx.scatter(jit[b <= 0], b[b <= 0], s=14, color="tab:red", label="loser" if k == 0
-                   else None)
+        bx.scatter(
+            jit[b > 0], b[b > 0], s=14, color="tab:green", label="winner" if k == 0 else None
+        )
+        bx.scatter(jit[b <= 0], b[b <= 0], s=14, color="tab:red", label="loser" if k == 0 else None)
     bx.axhline(0, color="black", lw=0.8)
     bx.set_xticks(x, names, rotation=15, fontsize=8)
     bx.set_ylabel("thousand CNY, direct minus scheme")
@@ -571,6 +716,7 @@ def _table(headers: list[str], rows: list[list]) -> str:
         if isinstance(v, (int, np.integer)):
             return f"{int(v):,}"
         return str(v)
+
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(f(v) for v in r) + " |" for r in rows]
     return "\n".join(lines)
@@ -593,21 +739,28 @@ def sme_rows(res: RunResult) -> list[dict]:
             chain = res.chain[i]
             spec = next((v for k, v in strategy.items() if chain.startswith(k)), "")
             net, direct = float(rec["net_cost"][t, i]), float(rec["direct_net_cost"][t, i])
-            out.append({"period": p["period"], "year": p["year"], "sme": res.ids[i],
-                        "chain": chain, "strategy": spec,
-                        "sub_quota": int(rec["sub_quota_in"][t, i]),
-                        "emissions": int(rec["emissions"][t, i]),
-                        "surplus": int(rec["sub_quota_in"][t, i] - rec["emissions"][t, i]),
-                        "abatement_cost": round(float(rec["abatement_cost"][t, i]), 2),
-                        "offset_cost": round(float(rec["offset_cost"][t, i]), 2),
-                        "trading_cash": round(float(rec["trade_cash"][t, i]), 2),
-                        "penalty": round(float(rec["penalty"][t, i]), 2),
-                        "gain_share": round(float(rec["gain_share"][t, i]), 2),
-                        "fund_grants": round(float(rec["fund_grants"][t, i]), 2),
-                        "net_cost": round(net, 2),
-                        "direct_allocation": int(rec["direct_allocation"][t, i]),
-                        "direct_net_cost": round(direct, 2),
-                        "benefit_vs_direct": round(direct - net, 2)})
+            out.append(
+                {
+                    "period": p["period"],
+                    "year": p["year"],
+                    "sme": res.ids[i],
+                    "chain": chain,
+                    "strategy": spec,
+                    "sub_quota": int(rec["sub_quota_in"][t, i]),
+                    "emissions": int(rec["emissions"][t, i]),
+                    "surplus": int(rec["sub_quota_in"][t, i] - rec["emissions"][t, i]),
+                    "abatement_cost": round(float(rec["abatement_cost"][t, i]), 2),
+                    "offset_cost": round(float(rec["offset_cost"][t, i]), 2),
+                    "trading_cash": round(float(rec["trade_cash"][t, i]), 2),
+                    "penalty": round(float(rec["penalty"][t, i]), 2),
+                    "gain_share": round(float(rec["gain_share"][t, i]), 2),
+                    "fund_grants": round(float(rec["fund_grants"][t, i]), 2),
+                    "net_cost": round(net, 2),
+                    "direct_allocation": int(rec["direct_allocation"][t, i]),
+                    "direct_net_cost": round(direct, 2),
+                    "benefit_vs_direct": round(direct - net, 2),
+                }
+            )
     return out
 
 
@@ -618,52 +771,89 @@ def sme_stats(res: RunResult) -> dict:
     direct = rec["direct_net_cost"][:, sme].sum(axis=0) if sme.any() else np.zeros(0)
     benefit = direct - net  # per SME over the run
     surplus = (rec["sub_quota_in"][:, sme] > rec["emissions"][:, sme]).any(axis=0)
-    return {"sme_revenue": float(rec["sme_revenue"][:, sme].sum()),
-            "sme_penalties": float(rec["penalty"][:, sme].sum()),
-            "sme_shortfall": int(rec["shortfall"][:, sme].sum()),
-            "sme_sub_quota": int(rec["sub_quota_in"][:, sme].sum()),
-            "sme_direct_allocation": int(np.nan_to_num(rec["direct_allocation"][:, sme]).sum()),
-            "sme_abatement_cost": float(rec["abatement_cost"][:, sme].sum()),
-            "sme_fund_grants": float(rec["fund_grants"][:, sme].sum()),
-            "sme_gain_share": float(rec["gain_share"][:, sme].sum()),
-            "sme_net_cost": float(net.sum()),
-            "sme_direct_net_cost": float(direct.sum()),
-            "sme_benefit_vs_direct": float(benefit.sum()),
-            "sme_winners": int((benefit > 0).sum()),
-            "sme_winners_with_surplus": int(((benefit > 0) & surplus).sum()),
-            "sme_benefits": [round(float(b), 2) for b in benefit],
-            "smes": int(sme.sum())}
+    return {
+        "sme_revenue": float(rec["sme_revenue"][:, sme].sum()),
+        "sme_penalties": float(rec["penalty"][:, sme].sum()),
+        "sme_shortfall": int(rec["shortfall"][:, sme].sum()),
+        "sme_sub_quota": int(rec["sub_quota_in"][:, sme].sum()),
+        "sme_direct_allocation": int(np.nan_to_num(rec["direct_allocation"][:, sme]).sum()),
+        "sme_abatement_cost": float(rec["abatement_cost"][:, sme].sum()),
+        "sme_fund_grants": float(rec["fund_grants"][:, sme].sum()),
+        "sme_gain_share": float(rec["gain_share"][:, sme].sum()),
+        "sme_net_cost": float(net.sum()),
+        "sme_direct_net_cost": float(direct.sum()),
+        "sme_benefit_vs_direct": float(benefit.sum()),
+        "sme_winners": int((benefit > 0).sum()),
+        "sme_winners_with_surplus": int(((benefit > 0) & surplus).sum()),
+        "sme_benefits": [round(float(b), 2) for b in benefit],
+        "smes": int(sme.sum()),
+    }
 
 
 def _sme_section(res: RunResult, strategies: dict[str, dict] | None) -> list[str]:
     st = sme_stats(res)
-    md = ["## SMEs", "",
-          "Each chain's core firm carves the SMEs' sub-quotas out of its own allocation (no new "
-          "issuance). An SME's *net cost* is abatement + offsets + penalties − cash from "
-          "trading − SME fund grants; *direct* is the same SME allocated its sector's "
-          "benchmark × output and trading at the same price. Benefit = direct − scheme "
-          "(`smes.csv` per SME and period).",
-          "",
-          _table(["", "this run"], [
-              ["SMEs", st["smes"]],
-              ["sub-quota received (t)", st["sme_sub_quota"]],
-              ["direct allocation instead (t)", st["sme_direct_allocation"]],
-              ["gain share received from core firms (CNY)", st["sme_gain_share"]],
-              ["SME fund grants received (CNY)", st["sme_fund_grants"]],
-              ["net cost with sub-quotas (CNY)", st["sme_net_cost"]],
-              ["net cost if allocated directly (CNY)", st["sme_direct_net_cost"]],
-              ["SMEs better off than direct", f"{st['sme_winners']} of {st['smes']}"]]), ""]
+    md = [
+        "## SMEs",
+        "",
+        "Each chain's core firm carves the SMEs' sub-quotas out of its own allocation (no new "
+        "issuance). An SME's *net cost* is abatement + offsets + penalties − cash from "
+        "trading − SME fund grants; *direct* is the same SME allocated its sector's "
+        "benchmark × output and trading at the same price. Benefit = direct − scheme "
+        "(`smes.csv` per SME and period).",
+        "",
+        _table(
+            ["", "this run"],
+            [
+                ["SMEs", st["smes"]],
+                ["sub-quota received (t)", st["sme_sub_quota"]],
+                ["direct allocation instead (t)", st["sme_direct_allocation"]],
+                ["gain share received from core firms (CNY)", st["sme_gain_share"]],
+                ["SME fund grants received (CNY)", st["sme_fund_grants"]],
+                ["net cost with sub-quotas (CNY)", st["sme_net_cost"]],
+                ["net cost if allocated directly (CNY)", st["sme_direct_net_cost"]],
+                ["SMEs better off than direct", f"{st['sme_winners']} of {st['smes']}"],
+            ],
+        ),
+        "",
+    ]
     if strategies:
         ranked = sorted(strategies.items(), key=lambda kv: -kv[1]["sme_benefit_vs_direct"])
-        md += ["### By split strategy", "",
-               "The scenario rerun once per strategy (same seed), best for SMEs first:", "",
-               _table(["strategy", "sub-quota (t)", "direct allocation (t)", "net cost (CNY)",
-                       "direct net cost (CNY)", "benefit (CNY)", "winners", "sales (CNY)",
-                       "penalties (CNY)", "final price"],
-                      [[k, v["sme_sub_quota"], v["sme_direct_allocation"], v["sme_net_cost"],
-                        v["sme_direct_net_cost"], v["sme_benefit_vs_direct"],
-                        f"{v['sme_winners']} of {v['smes']}", v["sme_revenue"],
-                        v["sme_penalties"], v["final_price"]] for k, v in ranked]), ""]
+        md += [
+            "### By split strategy",
+            "",
+            "The scenario rerun once per strategy (same seed), best for SMEs first:",
+            "",
+            _table(
+                [
+                    "strategy",
+                    "sub-quota (t)",
+                    "direct allocation (t)",
+                    "net cost (CNY)",
+                    "direct net cost (CNY)",
+                    "benefit (CNY)",
+                    "winners",
+                    "sales (CNY)",
+                    "penalties (CNY)",
+                    "final price",
+                ],
+                [
+                    [
+                        k,
+                        v["sme_sub_quota"],
+                        v["sme_direct_allocation"],
+                        v["sme_net_cost"],
+                        v["sme_direct_net_cost"],
+                        v["sme_benefit_vs_direct"],
+                        f"{v['sme_winners']} of {v['smes']}",
+                        v["sme_revenue"],
+                        v["sme_penalties"],
+                        v["final_price"],
+                    ]
+                    for k, v in ranked
+                ],
+            ),
+            "",
+        ]
         why = []
         for k, v in ranked:
             gap = v["sme_sub_quota"] - v["sme_direct_allocation"]
@@ -672,14 +862,21 @@ def _sme_section(res: RunResult, strategies: dict[str, dict] | None) -> list[str
                 f"{v['sme_direct_allocation']:,} t of direct allocation ({gap:+,} t); "
                 f"{v['sme_winners']} of "
                 f"{v['smes']} SMEs end better off, {v['sme_winners_with_surplus']} of them "
-                f"with a surplus they could sell.")
-        md += ["Why they rank so: the pool is about the same size under every strategy (the "
-               "core firm carves the same share out of its allocation), so a strategy decides "
-               "*which* SMEs get it. An SME whose share covers its emissions after abating to "
-               "the price keeps and sells the rest and gains; one whose share falls short "
-               "buys at the price; surplus left unsold reverts to the core firm when the "
-               "terms say so.", ""] + why + [
-               "", "![SMEs by strategy](sme_revenue_by_strategy.png)", ""]
+                f"with a surplus they could sell."
+            )
+        md += (
+            [
+                "Why they rank so: the pool is about the same size under every strategy (the "
+                "core firm carves the same share out of its allocation), so a strategy decides "
+                "*which* SMEs get it. An SME whose share covers its emissions after abating to "
+                "the price keeps and sells the rest and gains; one whose share falls short "
+                "buys at the price; surplus left unsold reverts to the core firm when the "
+                "terms say so.",
+                "",
+            ]
+            + why
+            + ["", "![SMEs by strategy](sme_revenue_by_strategy.png)", ""]
+        )
     return md
 
 
@@ -687,6 +884,7 @@ def _sector_section(res: RunResult) -> list[str]:
     """Output, intensity and emissions by sector and period; with a supply response, output
     against its trend and the price firms decided output at."""
     from .ensemble import sector_table
+
     years = [p["year"] for p in res.period_rows]
     tab = sector_table(res)
     responds = "supply_response" in res.summary
@@ -702,41 +900,68 @@ def _sector_section(res: RunResult) -> list[str]:
                 r.append(_t(d["indirect_emissions"][t]))
             r += [f"{d['intensity'][t]:.4f}", _t(d["allocation"][t]), _t(d["net_cost"][t])]
             rows.append(r)
-    md = ["## Output, intensity and emissions by sector", "",
-          "Sums over each sector's firms: output in 10,000 CNY, verified emissions in t, "
-          "intensity = Σ emissions / Σ output (t CO2e per 10,000 CNY), allocation received "
-          "(sub-quotas included), net compliance cost (abatement + offsets + penalties − "
-          "trading cash − gain share − grants, CNY).", "",
-          _table(["sector", "period", "output"]
-                 + (["output vs trend"] if responds or power else []) + ["emissions t"]
-                 + (["indirect (electricity) t"] if power else [])
-                 + ["intensity", "allocation t", "net cost CNY"], rows), ""]
+    md = [
+        "## Output, intensity and emissions by sector",
+        "",
+        "Sums over each sector's firms: output in 10,000 CNY, verified emissions in t, "
+        "intensity = Σ emissions / Σ output (t CO2e per 10,000 CNY), allocation received "
+        "(sub-quotas included), net compliance cost (abatement + offsets + penalties − "
+        "trading cash − gain share − grants, CNY).",
+        "",
+        _table(
+            ["sector", "period", "output"]
+            + (["output vs trend"] if responds or power else [])
+            + ["emissions t"]
+            + (["indirect (electricity) t"] if power else [])
+            + ["intensity", "allocation t", "net cost CNY"],
+            rows,
+        ),
+        "",
+    ]
     if power:
         md += _electricity_section(res)
     if responds:
         sr = res.summary["supply_response"]
         sc = res.scenario
-        params = "; ".join(f"{s.name}: margin {s.margin:g}, elasticity {s.supply_elasticity:g}, "
-                           f"largest cut {s.max_output_cut:g}" for s in sc.sectors
-                           if s.margin is not None)
-        md += [f"**Supply response** ({params}): each firm decides its output at the price "
-               "the period is expected to clear at (p̂: "
-               + ", ".join(f"{p['year']} {p['expected_price']:.2f}" for p in res.period_rows)
-               + " CNY/t), cutting it where its carbon cost per unit of output exceeds its "
-               "margin. Output against trend over the run: "
-               + ", ".join(f"{k} {v * 100:+.2f} %" for k, v in sr["by_sector"].items())
-               + " (docs/SIMULATION.md, 'Supply response').", ""]
+        params = "; ".join(
+            f"{s.name}: margin {s.margin:g}, elasticity {s.supply_elasticity:g}, "
+            f"largest cut {s.max_output_cut:g}"
+            for s in sc.sectors
+            if s.margin is not None
+        )
+        md += [
+            f"**Supply response** ({params}): each firm decides its output at the price "
+            "the period is expected to clear at (p̂: "
+            + ", ".join(f"{p['year']} {p['expected_price']:.2f}" for p in res.period_rows)
+            + " CNY/t), cutting it where its carbon cost per unit of output exceeds its "
+            "margin. Output against trend over the run: "
+            + ", ".join(f"{k} {v * 100:+.2f} %" for k, v in sr["by_sector"].items())
+            + " (docs/SIMULATION.md, 'Supply response').",
+            "",
+        ]
     return md
 
 
 def _electricity_section(res: RunResult) -> list[str]:
     cfg = res.scenario.power
-    rows = [[str(p["year"]), _t(p["power_demand_mwh"]), _t(p["clean_mwh"]), _t(p["fossil_mwh"]),
-             f"{p['clean_share'] * 100:.2f} %", f"{p['power_balance_mwh']:+,.1f}",
-             f"{p['expected_price']:.2f}", f"{p['fossil_cost_with_carbon']:.2f}",
-             _t(p["power_emissions"]), f"{p['grid_factor']:.4f}"] for p in res.period_rows]
+    rows = [
+        [
+            str(p["year"]),
+            _t(p["power_demand_mwh"]),
+            _t(p["clean_mwh"]),
+            _t(p["fossil_mwh"]),
+            f"{p['clean_share'] * 100:.2f} %",
+            f"{p['power_balance_mwh']:+,.1f}",
+            f"{p['expected_price']:.2f}",
+            f"{p['fossil_cost_with_carbon']:.2f}",
+            _t(p["power_emissions"]),
+            f"{p['grid_factor']:.4f}",
+        ]
+        for p in res.period_rows
+    ]
     return [
-        "## Electricity", "",
+        "## Electricity",
+        "",
         f"The `{cfg.sector}` sector generates the other sectors' electricity (MWh = electricity "
         f"use × output). Clean generation runs every MWh cheaper than fossil generation's "
         f"marginal cost with carbon, {cfg.fossil_cost:g} CNY/MWh + p̂ × (emission factor − "
@@ -747,10 +972,25 @@ def _electricity_section(res: RunResult) -> list[str]:
         f"`{cfg.sector}` row above) and shown as each consumer's *indirect* emissions (its MWh × "
         f"the grid factor, the generators' verified emissions per MWh consumed); the totals "
         f"count them once. Balance = clean + fossil − demand: the rounding of generation to "
-        f"whole units of output.", "",
-        _table(["period", "demand MWh", "clean MWh", "fossil MWh", "clean share",
-                "balance MWh", "p̂ CNY/t", "fossil cost with carbon CNY/MWh",
-                "generators' emissions t", "grid factor t/MWh"], rows), ""]
+        f"whole units of output.",
+        "",
+        _table(
+            [
+                "period",
+                "demand MWh",
+                "clean MWh",
+                "fossil MWh",
+                "clean share",
+                "balance MWh",
+                "p̂ CNY/t",
+                "fossil cost with carbon CNY/MWh",
+                "generators' emissions t",
+                "grid factor t/MWh",
+            ],
+            rows,
+        ),
+        "",
+    ]
 
 
 def _t(v: float) -> str:
@@ -772,31 +1012,46 @@ def _cost_section(res: RunResult) -> list[str]:
     lc_o = float(sum(p["least_cost_offset_cost"] for p in rows))
     nt_a = s["no_trade_abatement_cost"]
     nt_o = float(sum(p["no_trade_offset_cost"] for p in rows))
-    mk, lc, nt = s["total_compliance_cost"], s["least_cost_compliance_cost"], \
-        s["no_trade_compliance_cost"]
-    saving = (f"{_saving(mk, nt)} ({_t(nt - mk)} CNY)" if nt
-              else "n/a (no-trade compliance cost is 0)")
+    mk, lc, nt = (
+        s["total_compliance_cost"],
+        s["least_cost_compliance_cost"],
+        s["no_trade_compliance_cost"],
+    )
+    saving = (
+        f"{_saving(mk, nt)} ({_t(nt - mk)} CNY)" if nt else "n/a (no-trade compliance cost is 0)"
+    )
     table = _table(
         ["CNY, all periods", "market", "least-cost", "no trade (same allocation path)"],
-        [["abatement cost", _t(mk_a), _t(lc_a), _t(nt_a)],
-         ["offset spending", _t(mk_o), _t(lc_o), _t(nt_o)],
-         ["**total compliance cost** (abatement + offsets)", _t(mk), _t(lc), _t(nt)],
-         ["total vs least-cost", _pct(mk, lc), "—", _pct(nt, lc)]])
-    return ["## Compliance cost", "",
-            "Compliance cost is abatement cost plus offset spending. Both counterfactuals "
-            "keep the run's allocation path — every firm's allocation, sub-quotas and bank in "
-            "each period — and the offset rule: *least-cost* is the cheapest way the firms "
-            "together could have met it, *no trade* has each firm meet its own holdings "
-            "alone. Penalties are transfers, not counted here "
-            f"({s['total_penalties']:,.0f} CNY in this run).", "",
-            table, "",
-            f"- **{SAVING_LABEL}: {saving}**",
-            f"- market total vs least-cost: {_pct(mk, lc)}", "",
-            "![compliance cost](compliance_cost.png)", ""]
+        [
+            ["abatement cost", _t(mk_a), _t(lc_a), _t(nt_a)],
+            ["offset spending", _t(mk_o), _t(lc_o), _t(nt_o)],
+            ["**total compliance cost** (abatement + offsets)", _t(mk), _t(lc), _t(nt)],
+            ["total vs least-cost", _pct(mk, lc), "—", _pct(nt, lc)],
+        ],
+    )
+    return [
+        "## Compliance cost",
+        "",
+        "Compliance cost is abatement cost plus offset spending. Both counterfactuals "
+        "keep the run's allocation path — every firm's allocation, sub-quotas and bank in "
+        "each period — and the offset rule: *least-cost* is the cheapest way the firms "
+        "together could have met it, *no trade* has each firm meet its own holdings "
+        "alone. Penalties are transfers, not counted here "
+        f"({s['total_penalties']:,.0f} CNY in this run).",
+        "",
+        table,
+        "",
+        f"- **{SAVING_LABEL}: {saving}**",
+        f"- market total vs least-cost: {_pct(mk, lc)}",
+        "",
+        "![compliance cost](compliance_cost.png)",
+        "",
+    ]
 
 
-def write_report(res: RunResult, out: Path, strategies: dict[str, dict] | None = None,
-                 command: str = "") -> None:
+def write_report(
+    res: RunResult, out: Path, strategies: dict[str, dict] | None = None, command: str = ""
+) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_summary(res, out)
     write_firms_csv(res, out)
@@ -826,38 +1081,51 @@ def write_report(res: RunResult, out: Path, strategies: dict[str, dict] | None =
         md += [f"No warnings: checked {', '.join(checked)}.", ""]
     # no run time or clock here: the same command gives the same report.md (the timings
     # are in summary.json)
-    md += [f"{s['firms']:,} firms, {s['periods']} periods, seed {s['seed']}; "
-           f"{s['commands']:,} commands through the exchange core, {s['trades']:,} trades, "
-           f"{s['volume']:,} t traded; allocation total: {s.get('allocation_total', '?')}"
-           + (f"; state hash `{s['state_hash'][:16]}`" if s.get("state_hash") else "") + ".",
-           ] + ([f"Reproduce: `{command}`"] if command else []) + ["", "## Summary", ""]
-    srows = [["mean price (CNY/t, volume-weighted)",
-              s["mean_price"] if s["mean_price"] is not None else "— (no trades)"],
-             ["final close price (CNY/t, last call)", s["final_price"]],
-             ["final least-cost price (CNY/t)", s["final_least_cost_price"]],
-             ["final close vs least-cost price", _pct(s["final_price"],
-                                                      s["final_least_cost_price"])]]
+    md += (
+        [
+            f"{s['firms']:,} firms, {s['periods']} periods, seed {s['seed']}; "
+            f"{s['commands']:,} commands through the exchange core, {s['trades']:,} trades, "
+            f"{s['volume']:,} t traded; allocation total: {s.get('allocation_total', '?')}"
+            + (f"; state hash `{s['state_hash'][:16]}`" if s.get("state_hash") else "")
+            + ".",
+        ]
+        + ([f"Reproduce: `{command}`"] if command else [])
+        + ["", "## Summary", ""]
+    )
+    srows = [
+        [
+            "mean price (CNY/t, volume-weighted)",
+            s["mean_price"] if s["mean_price"] is not None else "— (no trades)",
+        ],
+        ["final close price (CNY/t, last call)", s["final_price"]],
+        ["final least-cost price (CNY/t)", s["final_least_cost_price"]],
+        ["final close vs least-cost price", _pct(s["final_price"], s["final_least_cost_price"])],
+    ]
     if s.get("analytic_price") is not None:
         ap = s["analytic_price"]
-        srows += [["analytic price p* = R / Σ(1/c_i) (CNY/t)", ap],
-                  ["final close vs p*", _pct(s["final_price"], ap) if ap > 0 else
-                   "n/a (p* ≤ 0: nothing to abate)"]]
-    srows += [["business-as-usual emissions (t)", _t(s["total_baseline_emissions"])],
-              ["total verified emissions (t)", s["total_emissions"]],
-              ["total allocation (t)", s["total_allocation"]],
-              ["total abatement (t)", _t(s["total_abatement"])],
-              ["total compliance cost (CNY, abatement + offsets)",
-               _t(s["total_compliance_cost"])],
-              ["least-cost compliance cost (CNY)", _t(s["least_cost_compliance_cost"])],
-              ["market vs least-cost", _pct(s["total_compliance_cost"],
-                                            s["least_cost_compliance_cost"])],
-              [SAVING_LABEL, _saving(s["total_compliance_cost"], s["no_trade_compliance_cost"])],
-              ["offset share of obligations", f"{s['offset_share_used'] * 100:.2f} %"],
-              ["penalties (CNY)", _t(s["total_penalties"])],
-              ["shortfall (t)", s["total_shortfall"]],
-              ["limit-locked trading days", s.get("limit_locked_days", 0)],
-              ["SME sales revenue (CNY)", _t(s["sme_revenue"])],
-              ["Σ ΔQ = 0 every period (bought = sold)", "yes" if s["conservation_ok"] else "NO"]]
+        srows += [
+            ["analytic price p* = R / Σ(1/c_i) (CNY/t)", ap],
+            [
+                "final close vs p*",
+                _pct(s["final_price"], ap) if ap > 0 else "n/a (p* ≤ 0: nothing to abate)",
+            ],
+        ]
+    srows += [
+        ["business-as-usual emissions (t)", _t(s["total_baseline_emissions"])],
+        ["total verified emissions (t)", s["total_emissions"]],
+        ["total allocation (t)", s["total_allocation"]],
+        ["total abatement (t)", _t(s["total_abatement"])],
+        ["total compliance cost (CNY, abatement + offsets)", _t(s["total_compliance_cost"])],
+        ["least-cost compliance cost (CNY)", _t(s["least_cost_compliance_cost"])],
+        ["market vs least-cost", _pct(s["total_compliance_cost"], s["least_cost_compliance_cost"])],
+        [SAVING_LABEL, _saving(s["total_compliance_cost"], s["no_trade_compliance_cost"])],
+        ["offset share of obligations", f"{s['offset_share_used'] * 100:.2f} %"],
+        ["penalties (CNY)", _t(s["total_penalties"])],
+        ["shortfall (t)", s["total_shortfall"]],
+        ["limit-locked trading days", s.get("limit_locked_days", 0)],
+        ["SME sales revenue (CNY)", _t(s["sme_revenue"])],
+        ["Σ ΔQ = 0 every period (bought = sold)", "yes" if s["conservation_ok"] else "NO"],
+    ]
     md += [_table(["measure", "value"], srows), ""]
 
     tr, tr_checked = trends(res)
@@ -875,62 +1143,155 @@ def write_report(res: RunResult, out: Path, strategies: dict[str, dict] | None =
     prow = []
     for p in rows:
         lc = p["least_cost_price"]
-        r = [str(p["year"]), f"{p['close_price']:.2f}",
-             f"{lc:.2f}" + ("*" if p.get("least_cost_corner") else "")]
+        r = [
+            str(p["year"]),
+            f"{p['close_price']:.2f}",
+            f"{lc:.2f}" + ("*" if p.get("least_cost_corner") else ""),
+        ]
         if has_ap:
             ap = p.get("analytic_price")
             r.append("—" if ap is None else f"{ap:.2f}")
-        r += [_pct(p["close_price"], lc) if lc > 0 else "n/a (least-cost 0)",
-              f"{p['vwap']:.2f}" if p["volume"] else "— (no trades)", p["volume"],
-              p["trading_days"], p["limit_locked_days"], "yes" if p["cleared"] else "**no**"]
+        r += [
+            _pct(p["close_price"], lc) if lc > 0 else "n/a (least-cost 0)",
+            f"{p['vwap']:.2f}" if p["volume"] else "— (no trades)",
+            p["volume"],
+            p["trading_days"],
+            p["limit_locked_days"],
+            "yes" if p["cleared"] else "**no**",
+        ]
         prow.append(r)
-    md += ["## By period", "", "### Prices and trading", "",
-           _table(["period", "close", "least-cost p"] + (["analytic p*"] if has_ap else [])
-                  + ["close vs least-cost", "VWAP", "volume t", "trading days",
-                     "limit-locked days", "cleared"], prow), ""]
+    md += [
+        "## By period",
+        "",
+        "### Prices and trading",
+        "",
+        _table(
+            ["period", "close", "least-cost p"]
+            + (["analytic p*"] if has_ap else [])
+            + [
+                "close vs least-cost",
+                "VWAP",
+                "volume t",
+                "trading days",
+                "limit-locked days",
+                "cleared",
+            ],
+            prow,
+        ),
+        "",
+    ]
     if corner:
-        md += ["\\* the least-cost price sits at an offset price (a corner: offsets partly "
-               "used).", ""]
-    qrow = [[str(p["year"]), _t(p["baseline_emissions"]), p["allocation_target"],
-             p["allocation"], _t(p["allowances_available"]), p["emissions"],
-             _t(p["abatement"]), p["offsets_used"], p["shortfall"], p["non_compliant"],
-             p["net_bought_sum"]] for p in rows]
-    md += ["### Quantities", "",
-           _table(["period", "BAU t", "allocation target t", "allocation t",
-                   "allowances available t", "emissions t", "abatement t", "offsets t",
-                   "shortfall t", "non-compliant", "Σ ΔQ"], qrow), "",
-           "Allowances available: the allocation the firms planned on, with sub-quotas and "
-           "the bank — the quantity both counterfactuals use.", ""]
-    crow = [[str(p["year"]), _t(p["abatement_cost"]), _t(p["offset_cost"]),
-             _t(p["compliance_cost"]), _t(p["least_cost_compliance_cost"]),
-             _pct(p["compliance_cost"], p["least_cost_compliance_cost"]),
-             _t(p["no_trade_compliance_cost"]),
-             _saving(p["compliance_cost"], p["no_trade_compliance_cost"]),
-             _t(p["penalties"])] for p in rows]
-    md += ["### Costs (CNY)", "",
-           _table(["period", "abatement", "offsets", "compliance cost",
-                   "least-cost compliance", "vs least-cost", "no-trade compliance",
-                   "saving vs no trade", "penalties"], crow), "",
-           "![price path](price_path.png)", "",
-           "The least-cost price (green steps) is the price at which the period's allowances "
-           "would clear at least cost; the market's call price should meet it by the period "
-           "close (red diamond). Price axis from zero.", "",
-           "![emissions vs allocation](emissions_vs_allocation.png)", "",
-           "Business-as-usual (grey dashes), verified emissions (blue rings), the allocation "
-           "target (purple dotted squares) and the allocation issued (orange crosses). Some "
-           "coincide by construction — verified emissions equal the allowances held when every "
-           "firm abates exactly to its holdings; the allocation equals its target under a "
-           "fixed cap — so each has its own dash and marker, and the markers of a period are "
-           "set a little apart sideways: markers at one height are series with the same "
-           "value. Left from zero; right zoomed (its axis does not start at zero).", ""]
+        md += [
+            "\\* the least-cost price sits at an offset price (a corner: offsets partly used).",
+            "",
+        ]
+    qrow = [
+        [
+            str(p["year"]),
+            _t(p["baseline_emissions"]),
+            p["allocation_target"],
+            p["allocation"],
+            _t(p["allowances_available"]),
+            p["emissions"],
+            _t(p["abatement"]),
+            p["offsets_used"],
+            p["shortfall"],
+            p["non_compliant"],
+            p["net_bought_sum"],
+        ]
+        for p in rows
+    ]
+    md += [
+        "### Quantities",
+        "",
+        _table(
+            [
+                "period",
+                "BAU t",
+                "allocation target t",
+                "allocation t",
+                "allowances available t",
+                "emissions t",
+                "abatement t",
+                "offsets t",
+                "shortfall t",
+                "non-compliant",
+                "Σ ΔQ",
+            ],
+            qrow,
+        ),
+        "",
+        "Allowances available: the allocation the firms planned on, with sub-quotas and "
+        "the bank — the quantity both counterfactuals use.",
+        "",
+    ]
+    crow = [
+        [
+            str(p["year"]),
+            _t(p["abatement_cost"]),
+            _t(p["offset_cost"]),
+            _t(p["compliance_cost"]),
+            _t(p["least_cost_compliance_cost"]),
+            _pct(p["compliance_cost"], p["least_cost_compliance_cost"]),
+            _t(p["no_trade_compliance_cost"]),
+            _saving(p["compliance_cost"], p["no_trade_compliance_cost"]),
+            _t(p["penalties"]),
+        ]
+        for p in rows
+    ]
+    md += [
+        "### Costs (CNY)",
+        "",
+        _table(
+            [
+                "period",
+                "abatement",
+                "offsets",
+                "compliance cost",
+                "least-cost compliance",
+                "vs least-cost",
+                "no-trade compliance",
+                "saving vs no trade",
+                "penalties",
+            ],
+            crow,
+        ),
+        "",
+        "![price path](price_path.png)",
+        "",
+        "The least-cost price (green steps) is the price at which the period's allowances "
+        "would clear at least cost; the market's call price should meet it by the period "
+        "close (red diamond). Price axis from zero.",
+        "",
+        "![emissions vs allocation](emissions_vs_allocation.png)",
+        "",
+        "Business-as-usual (grey dashes), verified emissions (blue rings), the allocation "
+        "target (purple dotted squares) and the allocation issued (orange crosses). Some "
+        "coincide by construction — verified emissions equal the allowances held when every "
+        "firm abates exactly to its holdings; the allocation equals its target under a "
+        "fixed cap — so each has its own dash and marker, and the markers of a period are "
+        "set a little apart sideways: markers at one height are series with the same "
+        "value. Left from zero; right zoomed (its axis does not start at zero).",
+        "",
+    ]
     inten = sector_intensity(res)
     years = [p["year"] for p in rows]
-    md += ["## Intensity by sector", "",
-           "Output-weighted verified intensity (t CO2e per 10,000 CNY):", "",
-           _table(["sector"] + [str(y) for y in years] + [f"{years[0]}→{years[-1]}"],
-                  [[k] + [f"{v:.4f}" for v in vals] + [_pct(vals[-1], vals[0])]
-                   for k, vals in inten.items()]), "",
-           "![intensity by sector](intensity_by_sector.png)", ""]
+    md += [
+        "## Intensity by sector",
+        "",
+        "Output-weighted verified intensity (t CO2e per 10,000 CNY):",
+        "",
+        _table(
+            ["sector"] + [str(y) for y in years] + [f"{years[0]}→{years[-1]}"],
+            [
+                [k] + [f"{v:.4f}" for v in vals] + [_pct(vals[-1], vals[0])]
+                for k, vals in inten.items()
+            ],
+        ),
+        "",
+        "![intensity by sector](intensity_by_sector.png)",
+        "",
+    ]
     md += _sector_section(res)
     md += ["## Allocation factors", ""]
     rec = res.records
@@ -939,26 +1300,56 @@ def write_report(res: RunResult, out: Path, strategies: dict[str, dict] | None =
     frows = []
     for t, p in enumerate(rows):
         ph = rec["phi"][t, covered] if covered.any() else rec["phi"][t]
-        frows.append([str(p["year"]), f"{ph.mean():.4f}", f"{ph.min():.4f}",
-                      f"{ph.max():.4f}", int((ph > 1).sum()), int((ph < 1).sum()),
-                      int(np.sum(np.abs(ph - r.phi_min) < 1e-6)),
-                      int(np.sum(np.abs(ph - r.phi_max) < 1e-6))])
-    md += ["φ of firms allocated by the rules, at the start of each period (it changes at "
-           "ClosePeriod from the verified gap to the benchmark and the supply-chain coupling):",
-           "", _table(["period", "mean φ", "min", "max", "φ > 1", "φ < 1",
-                       f"at φ_min {r.phi_min:g}", f"at φ_max {r.phi_max:g}"], frows), "",
-           "![allocation factors](allocation_factors.png)", ""]
+        frows.append(
+            [
+                str(p["year"]),
+                f"{ph.mean():.4f}",
+                f"{ph.min():.4f}",
+                f"{ph.max():.4f}",
+                int((ph > 1).sum()),
+                int((ph < 1).sum()),
+                int(np.sum(np.abs(ph - r.phi_min) < 1e-6)),
+                int(np.sum(np.abs(ph - r.phi_max) < 1e-6)),
+            ]
+        )
+    md += [
+        "φ of firms allocated by the rules, at the start of each period (it changes at "
+        "ClosePeriod from the verified gap to the benchmark and the supply-chain coupling):",
+        "",
+        _table(
+            [
+                "period",
+                "mean φ",
+                "min",
+                "max",
+                "φ > 1",
+                "φ < 1",
+                f"at φ_min {r.phi_min:g}",
+                f"at φ_max {r.phi_max:g}",
+            ],
+            frows,
+        ),
+        "",
+        "![allocation factors](allocation_factors.png)",
+        "",
+    ]
     if smes:
         md += _sme_section(res, strategies)
-    md += ["## Files", "",
-           "- `summary.json` — headline figures, a per-period breakdown and the run's timings",
-           "- `firms.csv` — one row per firm and period",
-           "- `smes.csv` — one row per chain SME and period: sub-quota, emissions, costs, "
-           "trading cash, net cost and the same SME's net cost under direct allocation"
-           if smes else "",
-           "- `periods.csv`, `rounds.csv` — per period and per trading round",
-           "- PNG plots referenced above",
-           "- `report.html` — this report as one self-contained page (plots embedded)", ""]
+    md += [
+        "## Files",
+        "",
+        "- `summary.json` — headline figures, a per-period breakdown and the run's timings",
+        "- `firms.csv` — one row per firm and period",
+        "- `smes.csv` — one row per chain SME and period: sub-quota, emissions, costs, "
+        "trading cash, net cost and the same SME's net cost under direct allocation"
+        if smes
+        else "",
+        "- `periods.csv`, `rounds.csv` — per period and per trading round",
+        "- PNG plots referenced above",
+        "- `report.html` — this report as one self-contained page (plots embedded)",
+        "",
+    ]
     (out / "report.md").write_text("\n".join(md))
     from .html import write_html
+
     write_html(out)

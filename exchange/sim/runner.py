@@ -24,6 +24,7 @@ through the gateway — the same commands an operator, a verifier or a firm send
 Positions, allocations, factors, benchmarks, obligations and penalties are read back from the
 events the core returns — never from its internal state.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,24 +35,46 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..compliance.commands import (
-    ComplianceSettled, ConfigureCompliance, ConfigureCompliancePeriod, EmissionsVerified,
-    ProcessComplianceDeadline, RegisterVerifier, SubmitActivityData, SurrenderUnits,
+    ComplianceSettled,
+    ConfigureCompliance,
+    ConfigureCompliancePeriod,
+    EmissionsVerified,
+    ProcessComplianceDeadline,
+    RegisterVerifier,
+    SubmitActivityData,
+    SurrenderUnits,
     VerifyEmissions,
 )
 from ..compliance.fund import (
-    ApplyForGrant, ApproveGrant, ConfigureSmeFund, DisburseGrant, FundDeposit, GrantApplied,
+    ApplyForGrant,
+    ApproveGrant,
+    ConfigureSmeFund,
+    DisburseGrant,
+    FundDeposit,
+    GrantApplied,
     GrantDisbursed,
 )
 from ..compliance.mrv import fuel_emissions
 from ..core.commands import (
-    AddInstrument, CreateSubQuota, DepositCash, IssueUnits, RegisterFirm, RegisterSupplyChain,
+    AddInstrument,
+    CreateSubQuota,
+    DepositCash,
+    IssueUnits,
+    RegisterFirm,
+    RegisterSupplyChain,
     SetPriceBand,
 )
 from ..core.events import CommandRejected, ExecutionReport
 from ..core.exchange import AddSegment
 from ..rules.commands import (
-    ClosePeriod, PreAllocate, SetBenchmark, SetInputUse, SetOutputHistory, SetRulesParams,
-    SettleSubQuotas, SplitSubQuotas,
+    ClosePeriod,
+    PreAllocate,
+    SetBenchmark,
+    SetInputUse,
+    SetOutputHistory,
+    SetRulesParams,
+    SettleSubQuotas,
+    SplitSubQuotas,
 )
 from ..rules.events import AllocationChanged, BenchmarkUpdated, FactorChanged, GainShared
 from ..rules.formulas import intensity_total, period_allocation
@@ -71,20 +94,49 @@ VERIFIER = "SIM-VERIFIER"
 FEN = 100
 PPM = 1_000_000
 COAL_PPM = 747_600  # t C per tce (seed 004)
-RULES_STRATEGY = {"equal": "equal", "by_output": "output",
-                  "by_baseline_emissions": "baseline_emissions",
-                  "by_responsibility": "responsibility"}  # by_abatement_potential: see split.py
+RULES_STRATEGY = {
+    "equal": "equal",
+    "by_output": "output",
+    "by_baseline_emissions": "baseline_emissions",
+    "by_responsibility": "responsibility",
+}  # by_abatement_potential: see split.py
 
 # per firm x period records written to firms.csv (in this order)
 RECORD_FIELDS = (
-    "output", "baseline_emissions", "benchmark", "phi", "pre_allocation", "true_up",
-    "allocation", "deduction", "sub_quota_in", "sub_quota_out", "bought", "sold",
-    "net_bought", "abatement", "emissions", "obligation", "verified_intensity",
-    "offsets_bought", "offsets_used", "allowances_surrendered", "shortfall", "penalty",
-    "banked", "abatement_cost", "offset_cost", "no_trade_abatement_cost",
-    "no_trade_offset_cost", "trade_cash", "sme_revenue", "fund_grants", "gain_share",
+    "output",
+    "baseline_emissions",
+    "benchmark",
+    "phi",
+    "pre_allocation",
+    "true_up",
+    "allocation",
+    "deduction",
+    "sub_quota_in",
+    "sub_quota_out",
+    "bought",
+    "sold",
+    "net_bought",
+    "abatement",
+    "emissions",
+    "obligation",
+    "verified_intensity",
+    "offsets_bought",
+    "offsets_used",
+    "allowances_surrendered",
+    "shortfall",
+    "penalty",
+    "banked",
+    "abatement_cost",
+    "offset_cost",
+    "no_trade_abatement_cost",
+    "no_trade_offset_cost",
+    "trade_cash",
+    "sme_revenue",
+    "fund_grants",
+    "gain_share",
     "net_cost",
-    "direct_allocation", "direct_net_cost",
+    "direct_allocation",
+    "direct_net_cost",
 )
 
 
@@ -102,7 +154,7 @@ class RunResult:
     size_class: list[str]
     chain: list[str]
     tier: list[int]
-    records: dict[str, np.ndarray]   # name -> (periods, n)
+    records: dict[str, np.ndarray]  # name -> (periods, n)
     rounds: list[dict]
     period_rows: list[dict]
     summary: dict
@@ -119,8 +171,15 @@ def _ppm(x: float) -> int:
 
 
 class Simulation:
-    def __init__(self, sc: Scenario, seed: int | None = None, periods: int | None = None,
-                 gateway=None, progress: bool = False, label: str = "simulate"):
+    def __init__(
+        self,
+        sc: Scenario,
+        seed: int | None = None,
+        periods: int | None = None,
+        gateway=None,
+        progress: bool = False,
+        label: str = "simulate",
+    ):
         self.sc = sc
         self.seed = sc.scenario.seed if seed is None else int(seed)
         self.T = periods or sc.scenario.periods
@@ -137,9 +196,13 @@ class Simulation:
         off = sc.offsets
         self.offset_rule = OffsetRule(
             cap=off.cap if off.enabled else 0.0,
-            types=[OffsetType(name, price, sub, float(supply))
-                   for name, price, sub, supply in off.all_types()]
-            if off.enabled and off.cap > 0 else [])
+            types=[
+                OffsetType(name, price, sub, float(supply))
+                for name, price, sub, supply in off.all_types()
+            ]
+            if off.enabled and off.cap > 0
+            else [],
+        )
         self.alloc_rec: dict[int, dict] = {}
         self.bench: dict[str, float] = {}
         self._ev: dict[str, np.ndarray] = {}
@@ -169,10 +232,12 @@ class Simulation:
                     if isinstance(ev, CommandRejected) and ev.code in tolerated:
                         self.tolerated[f"{cmd.TYPE}:{ev.code}"] += 1
                     elif isinstance(ev, CommandRejected) or (
-                            isinstance(ev, ExecutionReport) and ev.exec_type == "rejected"):
+                        isinstance(ev, ExecutionReport) and ev.exec_type == "rejected"
+                    ):
                         raise SimulationError(
                             f"{cmd.TYPE} refused: {getattr(ev, 'code', None) or ev.reason} "
-                            f"{getattr(ev, 'message', '')} ({cmd})")
+                            f"{getattr(ev, 'message', '')} ({cmd})"
+                        )
         return out
 
     def send(self, cmd, strict: bool = True) -> list:
@@ -225,56 +290,104 @@ class Simulation:
             AddSegment(name="main", max_order_qty=99_999, fee_bps=m.fee_bps, access="all"),
             AddSegment(name="sme", max_order_qty=99_999, fee_bps=0, access="sme_sell_any_buy"),
             ConfigureCompliance(
-                carbon_coefficients_ppm=(("coal", COAL_PPM), ("natural_gas", 443_500),
-                                         ("oil", 582_500)),
-                offset_types=tuple(t.name for t in self.offset_rule.types) or (
-                    sc.offsets.offset_type,), banking=sc.compliance.banking,
-                penalty_mode="both", penalty_fixed_fine=_fen(sc.compliance.fixed_fine)
-                if sc.compliance.fixed_fine else 0,
+                carbon_coefficients_ppm=(
+                    ("coal", COAL_PPM),
+                    ("natural_gas", 443_500),
+                    ("oil", 582_500),
+                ),
+                offset_types=tuple(t.name for t in self.offset_rule.types)
+                or (sc.offsets.offset_type,),
+                banking=sc.compliance.banking,
+                penalty_mode="both",
+                penalty_fixed_fine=_fen(sc.compliance.fixed_fine)
+                if sc.compliance.fixed_fine
+                else 0,
                 penalty_multiple_ppm=_ppm(sc.compliance.penalty_multiple),
                 penalty_fallback_price=_fen(m.initial_price),
                 # a shortfall is valued at the main board's price, as the exchange's own
                 # configuration does (docs/COMPLIANCE.md)
-                penalty_price_segments=("main",)),
+                penalty_price_segments=("main",),
+            ),
             RegisterVerifier(verifier=VERIFIER, name="simulation verifier"),
-            *([ConfigureSmeFund(
-                penalty_to_fund_bps=int(round(sc.sme_fund.penalty_share * 10_000)),
-                sme_period_limit=_fen(sc.sme_fund.sme_period_limit)
-                if sc.sme_fund.sme_period_limit else None,
-                period_limit=_fen(sc.sme_fund.period_limit) if sc.sme_fund.period_limit
-                else None, operator=OPERATOR)] if sc.sme_fund.enabled else []),
+            *(
+                [
+                    ConfigureSmeFund(
+                        penalty_to_fund_bps=int(round(sc.sme_fund.penalty_share * 10_000)),
+                        sme_period_limit=_fen(sc.sme_fund.sme_period_limit)
+                        if sc.sme_fund.sme_period_limit
+                        else None,
+                        period_limit=_fen(sc.sme_fund.period_limit)
+                        if sc.sme_fund.period_limit
+                        else None,
+                        operator=OPERATOR,
+                    )
+                ]
+                if sc.sme_fund.enabled
+                else []
+            ),
             SetRulesParams(
-                pre_ratio_ppm=_ppm(sc.allocation.pre_ratio), initial_phi_ppm=_ppm(r.phi_initial),
-                phi_min_ppm=_ppm(r.phi_min), phi_max_ppm=_ppm(r.phi_max),
+                pre_ratio_ppm=_ppm(sc.allocation.pre_ratio),
+                initial_phi_ppm=_ppm(r.phi_initial),
+                phi_min_ppm=_ppm(r.phi_min),
+                phi_max_ppm=_ppm(r.phi_max),
                 max_step_ppm=_ppm(r.max_step) if r.update_factors else 0,
-                alpha_up_ppm=_ppm(r.alpha_up), alpha_down_ppm=_ppm(r.alpha_down),
-                kappa_ppm=_ppm(r.kappa), kappa_max_ppm=_ppm(r.kappa_max),
+                alpha_up_ppm=_ppm(r.alpha_up),
+                alpha_down_ppm=_ppm(r.alpha_down),
+                kappa_ppm=_ppm(r.kappa),
+                kappa_max_ppm=_ppm(r.kappa_max),
                 benchmark_step_ppm=_ppm(r.benchmark_step) if r.update_benchmarks else 0,
                 max_tightening_ppm=_ppm(r.max_tightening),
-                instrument_pattern="CEA-{period}", gain_share_ppm=_ppm(r.gain_share),
+                instrument_pattern="CEA-{period}",
+                gain_share_ppm=_ppm(r.gain_share),
                 # intensity mode holds the total at sum B x Y; floating is an explicit opt-in
-                allocation_total=sc.rules.allocation_total),
+                allocation_total=sc.rules.allocation_total,
+            ),
         ]
         if sc.allocation.mode == "intensity":
             for s in sc.sectors:
-                b = s.benchmark if s.benchmark is not None else \
-                    s.intensity * (1 - m.benchmark_stringency)
+                b = (
+                    s.benchmark
+                    if s.benchmark is not None
+                    else s.intensity * (1 - m.benchmark_stringency)
+                )
                 self.bench[s.name] = b
                 cmds.append(SetBenchmark(product=s.name, intensity_ppm=max(1, _ppm(b))))
         for i, fid in enumerate(pop.ids):
             sec = pop.sector_names[pop.sector[i]]
-            cmds.append(RegisterFirm(firm_id=fid, name=fid, sector=sec, product=self._product(i),
-                                     size_class="sme" if pop.sme[i] else "large"))
+            cmds.append(
+                RegisterFirm(
+                    firm_id=fid,
+                    name=fid,
+                    sector=sec,
+                    product=self._product(i),
+                    size_class="sme" if pop.sme[i] else "large",
+                )
+            )
         if self.offset_rule.types:
-            cmds.append(RegisterFirm(firm_id=OFFSET_SUPPLIER, name="offset project developer",
-                                     sector="offsets", size_class="large"))
+            cmds.append(
+                RegisterFirm(
+                    firm_id=OFFSET_SUPPLIER,
+                    name="offset project developer",
+                    sector="offsets",
+                    size_class="large",
+                )
+            )
         per_t = m.cash_per_tonne or 2.0 * m.price_cap
         e_hist = self._baseline(pop.output, 0)
         for i, fid in enumerate(pop.ids):
             cmds.append(DepositCash(account=fid, amount=_fen(per_t * max(e_hist[i], 1.0) * 1.5)))
-            cmds.append(SetOutputHistory(firm_id=fid, rows=(
-                (sc.scenario.start_year - 1, max(1, int(round(pop.output[i]))),
-                 int(round(e_hist[i]))),)))
+            cmds.append(
+                SetOutputHistory(
+                    firm_id=fid,
+                    rows=(
+                        (
+                            sc.scenario.start_year - 1,
+                            max(1, int(round(pop.output[i]))),
+                            int(round(e_hist[i])),
+                        ),
+                    ),
+                )
+            )
         for c, cid in enumerate(pop.chain_ids):
             members = tuple((pop.ids[i], int(pop.tier[i])) for i in np.nonzero(pop.chain == c)[0])
             outdeg: dict[int, int] = {}
@@ -299,8 +412,10 @@ class Simulation:
                 q = used.setdefault(c, {})
                 prod = self._product(s)
                 q[prod] = q.get(prod, 0) + int(output[s]) // outdeg[s]
-        return [SetInputUse(firm_id=pop.ids[c], period=year, inputs=tuple(sorted(q.items())))
-                for c, q in sorted(used.items())]
+        return [
+            SetInputUse(firm_id=pop.ids[c], period=year, inputs=tuple(sorted(q.items())))
+            for c, q in sorted(used.items())
+        ]
 
     def _baseline(self, output: np.ndarray, t: int) -> np.ndarray:
         pop = self.pop
@@ -348,14 +463,16 @@ class Simulation:
             year = sc.scenario.start_year + t
             instr = f"CEA-{year}"
             off_instrs = [f"{ot.name}-{year}" for ot in rule.types]
-            ev = self._ev = {k: np.zeros(n, dtype=np.int64) for k in (
-                "pre_allocation", "true_up", "obligation", "shortfall", "deduction_next")}
+            ev = self._ev = {
+                k: np.zeros(n, dtype=np.int64)
+                for k in ("pre_allocation", "true_up", "obligation", "shortfall", "deduction_next")
+            }
             ev["penalty"] = np.zeros(n)
             ev["gain_share"] = np.zeros(n)
             # 1. output, baseline emissions, MAC curves
-            g = pop.growth + np.where(np.isnan(pop.fixed_emissions), 1.0, 0.0) * \
-                growth_draw.normal(0.0, 1.0, n) * np.array(
-                    [sc.sectors[s].output_growth_sd for s in pop.sector])
+            g = pop.growth + np.where(np.isnan(pop.fixed_emissions), 1.0, 0.0) * growth_draw.normal(
+                0.0, 1.0, n
+            ) * np.array([sc.sectors[s].output_growth_sd for s in pop.sector])
             output_f = np.where(np.isnan(pop.fixed_emissions), last_trend * (1 + g), pop.output)
             trend = np.maximum(1, np.round(output_f)).astype(np.int64)
             if pw is not None:
@@ -375,34 +492,56 @@ class Simulation:
             output = trend
             if respond is not None or pw is not None:
                 free = self._free_allocation_per_output(t, trend, fixed_alloc, base0, out0)
-                avail = self._allowances_for(t, fixed_alloc, deduction_next, market.bank(
-                    vintage_of, year).sum() if sc.compliance.banking else 0)
+                avail = self._allowances_for(
+                    t,
+                    fixed_alloc,
+                    deduction_next,
+                    market.bank(vintage_of, year).sum() if sc.compliance.banking else 0,
+                )
                 p_exp = self._expected_price(t, trend, free, respond, avail)
                 exp_rec[t] = p_exp
-                output, cc_rec[t], power_info = self._outputs_at(t, trend, p_exp, free,
-                                                                 respond)
+                output, cc_rec[t], power_info = self._outputs_at(t, trend, p_exp, free, respond)
             trend_rec[t] = trend
             base = self._baseline(output.astype(float), t + 1)
             cv = Curves.for_period(pop, base)
             rec["output"][t] = output
             rec["baseline_emissions"][t] = base
-            rec["benchmark"][t] = [self.bench.get(self._product(i).split(":")[0], np.nan)
-                                   for i in range(n)] if self.bench else np.nan
+            rec["benchmark"][t] = (
+                [self.bench.get(self._product(i).split(":")[0], np.nan) for i in range(n)]
+                if self.bench
+                else np.nan
+            )
             rec["phi"][t] = self.phi
             band = m.price_band_bps
-            cmds = [AddInstrument(symbol=instr, kind="allowance", vintage=year,
-                                  reference_price=_fen(price)),
-                    SetPriceBand(instrument=instr, band_bps=band, reference_price=_fen(price))]
+            cmds = [
+                AddInstrument(
+                    symbol=instr, kind="allowance", vintage=year, reference_price=_fen(price)
+                ),
+                SetPriceBand(instrument=instr, band_bps=band, reference_price=_fen(price)),
+            ]
             vintage_of[instr] = year
             for ot, sym in zip(rule.types, off_instrs):
-                cmds += [AddInstrument(symbol=sym, kind="offset", vintage=year,
-                                       offset_type=ot.name, reference_price=_fen(ot.price)),
-                         SetPriceBand(instrument=sym, band_bps=band)]
+                cmds += [
+                    AddInstrument(
+                        symbol=sym,
+                        kind="offset",
+                        vintage=year,
+                        offset_type=ot.name,
+                        reference_price=_fen(ot.price),
+                    ),
+                    SetPriceBand(instrument=sym, band_bps=band),
+                ]
             market.new_period(instr, off_instrs, _fen(price))
-            cmds.append(ConfigureCompliancePeriod(
-                period=year, start_ts=self._now() + 1, offset_cap_bps=cap_bps,
-                offset_sub_caps_bps=tuple((ot.name, b) for ot, b in zip(rule.types, sub_bps)
-                                          if b < cap_bps)))
+            cmds.append(
+                ConfigureCompliancePeriod(
+                    period=year,
+                    start_ts=self._now() + 1,
+                    offset_cap_bps=cap_bps,
+                    offset_sub_caps_bps=tuple(
+                        (ot.name, b) for ot, b in zip(rule.types, sub_bps) if b < cap_bps
+                    ),
+                )
+            )
             self.send_all(cmds)
 
             # 2. allocation
@@ -415,26 +554,41 @@ class Simulation:
                     # intensity cut by the same percentage
                     # (the proportional cut's issue, whole tonnes per firm, so the two
                     # cuts issue exactly the same total)
-                    cap_t = int(np.floor(np.where(pop.covered, fixed_alloc, 0.0)
-                                         * (1 - sc.allocation.cap_decline) ** t).sum())
+                    cap_t = int(
+                        np.floor(
+                            np.where(pop.covered, fixed_alloc, 0.0)
+                            * (1 - sc.allocation.cap_decline) ** t
+                        ).sum()
+                    )
                     final = _largest_remainder(
-                        cap_t, np.where(pop.covered, base0 / out0 * output, 0.0))
+                        cap_t, np.where(pop.covered, base0 / out0 * output, 0.0)
+                    )
                 else:
-                    final = np.floor(np.where(pop.covered, fixed_alloc * (
-                        1 - sc.allocation.cap_decline) ** t, 0.0)).astype(np.int64)
+                    final = np.floor(
+                        np.where(
+                            pop.covered, fixed_alloc * (1 - sc.allocation.cap_decline) ** t, 0.0
+                        )
+                    ).astype(np.int64)
                 final = np.maximum(final - deduction_next, 0)
-                pre = np.minimum(np.floor(final * sc.allocation.pre_ratio).astype(np.int64),
-                                 final)
-                self.send_all([IssueUnits(account=pop.ids[i], instrument=instr, qty=int(pre[i]),
-                                          source="allocation", ref=f"{year}:pre")
-                               for i in np.nonzero(pre > 0)[0]])
+                pre = np.minimum(np.floor(final * sc.allocation.pre_ratio).astype(np.int64), final)
+                self.send_all(
+                    [
+                        IssueUnits(
+                            account=pop.ids[i],
+                            instrument=instr,
+                            qty=int(pre[i]),
+                            source="allocation",
+                            ref=f"{year}:pre",
+                        )
+                        for i in np.nonzero(pre > 0)[0]
+                    ]
+                )
                 ev["pre_allocation"] += pre
                 target = int(final.sum())
             else:
                 final, target = self._forecast_allocation(output)
             pre_issued = ev["pre_allocation"].copy()
-            sq_in, sq_out = self._sme_pools(t, year, instr, cv, price, last_output,
-                                            last_emissions)
+            sq_in, sq_out = self._sme_pools(t, year, instr, cv, price, last_output, last_emissions)
             rec["pre_allocation"][t] = ev["pre_allocation"]
             rec["sub_quota_in"][t] = sq_in
             rec["sub_quota_out"][t] = sq_out
@@ -460,8 +614,12 @@ class Simulation:
                 cleared = info["cleared"] and not info["limit_locked"]
                 if r == 0:
                     first_volume = max(info["volume"], 1)
-                elif (m.early_stop and cleared and moved
-                        and info["volume"] <= m.stop_volume_share * first_volume):
+                elif (
+                    m.early_stop
+                    and cleared
+                    and moved
+                    and info["volume"] <= m.stop_volume_share * first_volume
+                ):
                     self.progress.update(m.rounds_per_period - r - 1)
                     break
             close_price = price
@@ -475,12 +633,21 @@ class Simulation:
                 wk = want[:, k].astype(np.int64)
                 if wk.sum() > 0:
                     supply = int(ot.supply) or int(wk.sum())
-                    self.send(IssueUnits(account=OFFSET_SUPPLIER, instrument=sym, qty=supply,
-                                         source="offset_project", ref=f"{year}"))
-                    o_held += market.buy_offsets(sym, _fen(ot.price), supply, wk,
-                                                 OFFSET_SUPPLIER)
-            offset_cost = sum(market.hold[sym] * ot.price
-                              for ot, sym in zip(rule.types, off_instrs)) if rule.types else 0.0
+                    self.send(
+                        IssueUnits(
+                            account=OFFSET_SUPPLIER,
+                            instrument=sym,
+                            qty=supply,
+                            source="offset_project",
+                            ref=f"{year}",
+                        )
+                    )
+                    o_held += market.buy_offsets(sym, _fen(ot.price), supply, wk, OFFSET_SUPPLIER)
+            offset_cost = (
+                sum(market.hold[sym] * ot.price for ot, sym in zip(rule.types, off_instrs))
+                if rule.types
+                else 0.0
+            )
             rec["offsets_bought"][t] = o_held
             abate = np.clip(base - held - o_held, 0.0, cv.a_max)
             verified = np.round(np.maximum(base - abate, 0.0)).astype(np.int64)
@@ -497,16 +664,32 @@ class Simulation:
             mrv = []
             for i in range(n):
                 fuels, process = _activity_data(int(verified[i]))
-                mrv.append(SubmitActivityData(firm_id=pop.ids[i], period=year, fuels=fuels,
-                                              process_emissions=process, output=int(output[i])))
+                mrv.append(
+                    SubmitActivityData(
+                        firm_id=pop.ids[i],
+                        period=year,
+                        fuels=fuels,
+                        process_emissions=process,
+                        output=int(output[i]),
+                    )
+                )
                 mrv.append(VerifyEmissions(firm_id=pop.ids[i], period=year, verifier=VERIFIER))
             self.send_all(mrv)
             self.send_all(self._input_use(year, output))  # chain data for the close
             if sc.allocation.mode == "fixed":
                 tu = final - pre
-                self.send_all([IssueUnits(account=pop.ids[i], instrument=instr,
-                                          qty=int(tu[i]), source="allocation",
-                                          ref=f"{year}:true-up") for i in np.nonzero(tu > 0)[0]])
+                self.send_all(
+                    [
+                        IssueUnits(
+                            account=pop.ids[i],
+                            instrument=instr,
+                            qty=int(tu[i]),
+                            source="allocation",
+                            ref=f"{year}:true-up",
+                        )
+                        for i in np.nonzero(tu > 0)[0]
+                    ]
+                )
                 ev["true_up"] += np.maximum(tu, 0)
             self._lap("offsets_abatement_mrv")
             self.send(ClosePeriod(period=year))
@@ -528,8 +711,13 @@ class Simulation:
                 bank = market.bank(vintage_of, year) if sc.compliance.banking else 0
                 need = (obligation - market.h - bank - offsets_usable()).astype(float)
                 info = market.settle_round(need, price)
-                info.update(period=t + 1, round=m.rounds_per_period + r + 1, phase="settlement",
-                            cleared=True, limit_locked="")
+                info.update(
+                    period=t + 1,
+                    round=m.rounds_per_period + r + 1,
+                    phase="settlement",
+                    cleared=True,
+                    limit_locked="",
+                )
                 rounds.append(info)
                 self.progress.update(1, f"period {t + 1}/{T} price {price:8.2f}")
             self._lap("settlement_trading")
@@ -541,20 +729,31 @@ class Simulation:
             room = obligation * cap_bps // 10_000
             o_use = np.zeros(n, dtype=np.int64)
             for sym, b in zip(off_instrs, sub_bps):
-                q = np.minimum(np.minimum(np.maximum(market.hold[sym], 0),
-                                          obligation * b // 10_000), room - o_use)
+                q = np.minimum(
+                    np.minimum(np.maximum(market.hold[sym], 0), obligation * b // 10_000),
+                    room - o_use,
+                )
                 for i in np.nonzero(q > 0)[0]:
-                    sur.append(SurrenderUnits(firm_id=pop.ids[i], period=year, instrument=sym,
-                                              qty=int(q[i])))
+                    sur.append(
+                        SurrenderUnits(
+                            firm_id=pop.ids[i], period=year, instrument=sym, qty=int(q[i])
+                        )
+                    )
                 o_use += q
             left = obligation - o_use
-            eligible = sorted((v, s) for s, v in vintage_of.items()
-                              if v == year or (sc.compliance.banking and v < year))
+            eligible = sorted(
+                (v, s)
+                for s, v in vintage_of.items()
+                if v == year or (sc.compliance.banking and v < year)
+            )
             for _, sym in eligible:
                 q = np.minimum(np.maximum(market.hold[sym], 0), left)
                 for i in np.nonzero(q > 0)[0]:
-                    sur.append(SurrenderUnits(firm_id=pop.ids[i], period=year, instrument=sym,
-                                              qty=int(q[i])))
+                    sur.append(
+                        SurrenderUnits(
+                            firm_id=pop.ids[i], period=year, instrument=sym, qty=int(q[i])
+                        )
+                    )
                 left = left - q
             self.send_all(sur)
             surrendered_allow = sum(held_before[s] - market.hold[s] for _, s in eligible)
@@ -581,9 +780,14 @@ class Simulation:
             # penalties - cash from trading (sales minus purchases)
             rec["fund_grants"][t] = grants
             rec["gain_share"][t] = ev["gain_share"]
-            rec["net_cost"][t] = (rec["abatement_cost"][t] + rec["offset_cost"][t]
-                                  + rec["penalty"][t] - rec["trade_cash"][t] - grants
-                                  - ev["gain_share"])
+            rec["net_cost"][t] = (
+                rec["abatement_cost"][t]
+                + rec["offset_cost"][t]
+                + rec["penalty"][t]
+                - rec["trade_cash"][t]
+                - grants
+                - ev["gain_share"]
+            )
             self._direct_counterfactual(t, rec, cv, rule, base, output, close_price)
 
             # counterfactuals on the same allocation path: no trade (each firm alone), and
@@ -592,14 +796,35 @@ class Simulation:
             held_no_trade = (final + sq_in - sq_out + bank).astype(float)
             nt_a, nt_o = cover(cv, rule, base, held_no_trade)
             rec["no_trade_abatement_cost"][t] = abatement_cost(cv, nt_a)
-            rec["no_trade_offset_cost"][t] = (nt_o * rule.prices()[None, :]).sum(axis=1) \
-                if rule.types else 0.0
+            rec["no_trade_offset_cost"][t] = (
+                (nt_o * rule.prices()[None, :]).sum(axis=1) if rule.types else 0.0
+            )
             allowances = float(held_no_trade.sum())
             lc = least_cost(cv, rule, base, allowances, m.price_cap)
             cf = closed_form(cv, rule, base, allowances)
-            period_rows.append(self._period_row(
-                t, year, rec, rounds, close_price, avg_price, vol, base, verified, abate,
-                allowances, target, lc, cf, o_use, ev, locked_days, cleared, market))
+            period_rows.append(
+                self._period_row(
+                    t,
+                    year,
+                    rec,
+                    rounds,
+                    close_price,
+                    avg_price,
+                    vol,
+                    base,
+                    verified,
+                    abate,
+                    allowances,
+                    target,
+                    lc,
+                    cf,
+                    o_use,
+                    ev,
+                    locked_days,
+                    cleared,
+                    market,
+                )
+            )
             last_output = output
             last_trend = trend
             last_emissions = verified.astype(float)
@@ -621,17 +846,25 @@ class Simulation:
                 "fossil_mwh": round(sum(r["fossil_mwh"] for r in power_rows), 1),
                 "clean_share_first": power_rows[0]["clean_share"],
                 "clean_share_last": power_rows[-1]["clean_share"],
-                "power_emissions": int(sum(r["power_emissions"] for r in power_rows))}
+                "power_emissions": int(sum(r["power_emissions"] for r in power_rows)),
+            }
         if respond is not None:
             res.extra["carbon_cost_per_output"] = cc_rec
             res.summary["supply_response"] = {
                 "output_vs_trend": round(float(rec["output"].sum() / trend_rec.sum() - 1), 6),
                 "by_sector": {
-                    name: round(float(rec["output"][:, sel].sum()
-                                      / max(trend_rec[:, sel].sum(), 1e-12) - 1), 6)
-                    for name, sel in ((nm, pop.sector == k)
-                                      for k, nm in enumerate(pop.sector_names))
-                    if sel.any()}}
+                    name: round(
+                        float(
+                            rec["output"][:, sel].sum() / max(trend_rec[:, sel].sum(), 1e-12) - 1
+                        ),
+                        6,
+                    )
+                    for name, sel in (
+                        (nm, pop.sector == k) for k, nm in enumerate(pop.sector_names)
+                    )
+                    if sel.any()
+                },
+            }
         self._lap("final_checks")
         res.summary["phase_seconds"] = {k: round(v, 3) for k, v in self.timers.items()}
         return res
@@ -647,9 +880,12 @@ class Simulation:
         k = self.pop.sector
         margin = np.array([s.margin or 0.0 for s in secs])[k]
         active = (margin > 0) & np.isnan(self.pop.fixed_emissions)
-        return (np.where(active, margin, 1.0),
-                np.array([s.supply_elasticity for s in secs])[k],
-                np.array([s.max_output_cut for s in secs])[k], active)
+        return (
+            np.where(active, margin, 1.0),
+            np.array([s.supply_elasticity for s in secs])[k],
+            np.array([s.max_output_cut for s in secs])[k],
+            active,
+        )
 
     def _free_allocation_per_output(self, t, trend, fixed_alloc, base0, out0) -> np.ndarray:
         """Allowances one more unit of output brings the firm for free (t per 10,000 CNY):
@@ -660,13 +896,13 @@ class Simulation:
         sc, pop = self.sc, self.pop
         n = pop.n
         if sc.allocation.mode == "intensity":
-            b = np.array([self.bench.get(pop.sector_names[pop.sector[i]], 0.0)
-                          for i in range(n)])
+            b = np.array([self.bench.get(pop.sector_names[pop.sector[i]], 0.0) for i in range(n)])
             return np.where(pop.covered, b * self.phi, 0.0)
         if sc.allocation.sector_cut == "equal_intensity":
             i0 = base0 / out0
-            cap_t = (np.where(pop.covered, fixed_alloc, 0.0)
-                     * (1 - sc.allocation.cap_decline) ** t).sum()
+            cap_t = (
+                np.where(pop.covered, fixed_alloc, 0.0) * (1 - sc.allocation.cap_decline) ** t
+            ).sum()
             need = float(np.where(pop.covered, i0 * trend, 0.0).sum())
             return np.where(pop.covered, i0 * cap_t / need if need else 0.0, 0.0)
         return np.zeros(n)
@@ -677,12 +913,14 @@ class Simulation:
         sum B x Y over covered firms. Plus what is banked."""
         sc, pop = self.sc, self.pop
         if sc.allocation.mode == "fixed":
-            cap = float(np.floor(np.where(pop.covered, fixed_alloc, 0.0)
-                                 * (1 - sc.allocation.cap_decline) ** t).sum())
+            cap = float(
+                np.floor(
+                    np.where(pop.covered, fixed_alloc, 0.0) * (1 - sc.allocation.cap_decline) ** t
+                ).sum()
+            )
             total = cap - float(deduction.sum()) + float(bank)
             return lambda y: total
-        b = np.array([self.bench.get(pop.sector_names[pop.sector[i]], 0.0)
-                      for i in range(pop.n)])
+        b = np.array([self.bench.get(pop.sector_names[pop.sector[i]], 0.0) for i in range(pop.n)])
         b = np.where(pop.covered, b, 0.0)
         return lambda y: float((b * y).sum()) - float(deduction.sum()) + float(bank)
 
@@ -702,8 +940,13 @@ class Simulation:
         mask = pop.sector == k
         share = pop.output[mask] / pop.output[mask].sum()
         use = np.array([s.electricity_use for s in self.sc.sectors])[pop.sector]
-        return {"cfg": cfg, "mask": mask, "share": share, "use": np.where(mask, 0.0, use),
-                "sector": self.sc.sectors[k]}
+        return {
+            "cfg": cfg,
+            "mask": mask,
+            "share": share,
+            "use": np.where(mask, 0.0, use),
+            "sector": self.sc.sectors[k],
+        }
 
     def _dispatch(self, t, output, p, free):
         """Generation for the period at carbon price p: demand D = sum of electricity use x
@@ -720,14 +963,20 @@ class Simulation:
         ef = sec.intensity * (1 - sec.autonomous_improvement) ** (t + 1) * cfg.tariff / 1e4
         f_mwh = float((free[pw["mask"]] * pw["share"]).sum()) * cfg.tariff / 1e4
         mf = cfg.fossil_cost + p * (ef - f_mwh)
-        frac = min(1.0, max(0.0, (mf - cfg.clean_cost_min)
-                            / (cfg.clean_cost_max - cfg.clean_cost_min)))
+        frac = min(
+            1.0, max(0.0, (mf - cfg.clean_cost_min) / (cfg.clean_cost_max - cfg.clean_cost_min))
+        )
         clean = min(demand, cap * frac)
         fossil = demand - clean
         y = np.maximum(1, np.round(fossil * pw["share"] * cfg.tariff / 1e4)).astype(np.int64)
-        return y, {"power_demand_mwh": demand, "clean_mwh": clean, "fossil_target_mwh": fossil,
-                   "fossil_cost_with_carbon": mf, "emission_factor": ef,
-                   "free_per_mwh": f_mwh}
+        return y, {
+            "power_demand_mwh": demand,
+            "clean_mwh": clean,
+            "fossil_target_mwh": fossil,
+            "fossil_cost_with_carbon": mf,
+            "emission_factor": ef,
+            "free_per_mwh": f_mwh,
+        }
 
     def _outputs_at(self, t, trend, p, free, respond):
         """Every firm's output at carbon price p: the supply response where a sector has a
@@ -750,15 +999,18 @@ class Simulation:
         demand, clean = info["power_demand_mwh"], info["clean_mwh"]
         supplied = clean + fossil
         e_pw = int(verified[pw["mask"]].sum())
-        return {"power_demand_mwh": round(demand, 1), "clean_mwh": round(clean, 1),
-                "fossil_mwh": round(fossil, 1),
-                "clean_share": round(clean / supplied, 6) if supplied else 0.0,
-                "power_balance_mwh": round(supplied - demand, 1),
-                "fossil_cost_with_carbon": round(info["fossil_cost_with_carbon"], 4),
-                "power_emissions": e_pw,
-                # per MWh consumed: the consumers' indirect emissions add up to exactly what
-                # the generators emitted
-                "grid_factor": e_pw / demand if demand else 0.0}
+        return {
+            "power_demand_mwh": round(demand, 1),
+            "clean_mwh": round(clean, 1),
+            "fossil_mwh": round(fossil, 1),
+            "clean_share": round(clean / supplied, 6) if supplied else 0.0,
+            "power_balance_mwh": round(supplied - demand, 1),
+            "fossil_cost_with_carbon": round(info["fossil_cost_with_carbon"], 4),
+            "power_emissions": e_pw,
+            # per MWh consumed: the consumers' indirect emissions add up to exactly what
+            # the generators emitted
+            "grid_factor": e_pw / demand if demand else 0.0,
+        }
 
     def _expected_price(self, t, trend, free, params, allowances) -> float:
         """The price firms expect the period to clear at, output decisions included: the p
@@ -844,19 +1096,38 @@ class Simulation:
         if not cfg.enabled:
             return got
         if cfg.budget_per_period > 0:
-            self.send(FundDeposit(amount=_fen(cfg.budget_per_period), period=year,
-                                  ref=f"budget:{year}", operator=OPERATOR))
-        smes = [i for i in np.nonzero(pop.sme & (pop.chain >= 0))[0]
-                if cfg.grant_per_tonne > 0 and abated[i] >= 1]
+            self.send(
+                FundDeposit(
+                    amount=_fen(cfg.budget_per_period),
+                    period=year,
+                    ref=f"budget:{year}",
+                    operator=OPERATOR,
+                )
+            )
+        smes = [
+            i
+            for i in np.nonzero(pop.sme & (pop.chain >= 0))[0]
+            if cfg.grant_per_tonne > 0 and abated[i] >= 1
+        ]
         cap = cfg.sme_period_limit or float("inf")  # nobody applies for more than the limit
-        apps = self.send_all([ApplyForGrant(
-            sme=pop.ids[i], period=year, amount=_fen(min(cfg.grant_per_tonne * abated[i], cap)),
-            project=f"abatement {year}", verified_abatement_t=int(abated[i]),
-            applicant=pop.ids[i]) for i in smes])
+        apps = self.send_all(
+            [
+                ApplyForGrant(
+                    sme=pop.ids[i],
+                    period=year,
+                    amount=_fen(min(cfg.grant_per_tonne * abated[i], cap)),
+                    project=f"abatement {year}",
+                    verified_abatement_t=int(abated[i]),
+                    applicant=pop.ids[i],
+                )
+                for i in smes
+            ]
+        )
         ids = [e.application_id for evs in apps for e in evs if type(e) is GrantApplied]
         self.send_all([ApproveGrant(application_id=a, operator=OPERATOR) for a in ids])
-        for evs in self.send_all([DisburseGrant(application_id=a, operator=OPERATOR)
-                                  for a in ids], strict=False):
+        for evs in self.send_all(
+            [DisburseGrant(application_id=a, operator=OPERATOR) for a in ids], strict=False
+        ):
             for e in evs:
                 if type(e) is GrantDisbursed:
                     got[self.idx[e.sme]] += e.amount / FEN
@@ -880,8 +1151,9 @@ class Simulation:
         pl = plan(cv, rule, base, price)
         off = (pl.offsets[smes] * rule.prices()[None, :]).sum(axis=1) if rule.types else 0.0
         rec["direct_allocation"][t, smes] = alloc
-        rec["direct_net_cost"][t, smes] = (abatement_cost(cv, pl.abatement)[smes] + off
-                                           + price * (pl.allowances[smes] - alloc))
+        rec["direct_net_cost"][t, smes] = (
+            abatement_cost(cv, pl.abatement)[smes] + off + price * (pl.allowances[smes] - alloc)
+        )
 
     def _sme_pools(self, t, year, instr, cv, price, last_output, last_emissions):
         """Sub-quotas carved out of each chain's core firm: the core firm splits part of its
@@ -898,72 +1170,140 @@ class Simulation:
             if len(smes) == 0 or spec.sub_quota_share <= 0:
                 continue
             core = int(pop.core_of_chain[c])
-            bm = np.array([self.bench.get(pop.sector_names[pop.sector[i]], 0.0)
-                           if self.bench else last_emissions[i] / max(last_output[i], 1)
-                           * (1 - sc.allocation.reduction) for i in smes])
+            bm = np.array(
+                [
+                    self.bench.get(pop.sector_names[pop.sector[i]], 0.0)
+                    if self.bench
+                    else last_emissions[i] / max(last_output[i], 1) * (1 - sc.allocation.reduction)
+                    for i in smes
+                ]
+            )
             pool = int(math.floor(spec.sub_quota_share * (bm * last_output[smes]).sum()))
             pool = min(pool, int(self.market.h[core]))
             if pool <= 0:
                 continue
-            terms = dict(revenue_share_ppm=_ppm(spec.revenue_share),
-                         surplus_rule=spec.surplus_rule, shortfall_rule=spec.shortfall_rule,
-                         chain_id=cid)
+            terms = dict(
+                revenue_share_ppm=_ppm(spec.revenue_share),
+                surplus_rule=spec.surplus_rule,
+                shortfall_rule=spec.shortfall_rule,
+                chain_id=cid,
+            )
             if spec.split_strategy in RULES_STRATEGY:
-                evs = self.send(SplitSubQuotas(
-                    parent=pop.ids[core], instrument=instr, amount=pool,
-                    smes=tuple(pop.ids[i] for i in smes),
-                    strategy=RULES_STRATEGY[spec.split_strategy], **terms))
-                parts = {p[0]: p[1] for e in evs if type(e).__name__ == "SubQuotasSplit"
-                         for p in e.parts}
+                evs = self.send(
+                    SplitSubQuotas(
+                        parent=pop.ids[core],
+                        instrument=instr,
+                        amount=pool,
+                        smes=tuple(pop.ids[i] for i in smes),
+                        strategy=RULES_STRATEGY[spec.split_strategy],
+                        **terms,
+                    )
+                )
+                parts = {
+                    p[0]: p[1] for e in evs if type(e).__name__ == "SubQuotasSplit" for p in e.parts
+                }
                 amounts = np.array([parts.get(pop.ids[i], 0) for i in smes])
             else:
-                w = split_weights(spec.split_strategy, smes, pop, output=last_output,
-                                  baseline=last_emissions, curves=cv, price=price, chain=c)
+                w = split_weights(
+                    spec.split_strategy,
+                    smes,
+                    pop,
+                    output=last_output,
+                    baseline=last_emissions,
+                    curves=cv,
+                    price=price,
+                    chain=c,
+                )
                 amounts = _largest_remainder(pool, w)
-                self.send_all([CreateSubQuota(parent=pop.ids[core], sme=pop.ids[i],
-                                              instrument=instr, qty=int(q), **terms)
-                               for i, q in zip(smes, amounts) if q > 0])
+                self.send_all(
+                    [
+                        CreateSubQuota(
+                            parent=pop.ids[core],
+                            sme=pop.ids[i],
+                            instrument=instr,
+                            qty=int(q),
+                            **terms,
+                        )
+                        for i, q in zip(smes, amounts)
+                        if q > 0
+                    ]
+                )
             sq_in[smes] += amounts
             sq_out[core] += int(amounts.sum())
         return sq_in, sq_out
 
-    def _period_row(self, t, year, rec, rounds, close_price, avg_price, vol, base, verified,
-                    abate, allowances, target, lc, cf, o_use, ev, locked_days, cleared,
-                    market) -> dict:
+    def _period_row(
+        self,
+        t,
+        year,
+        rec,
+        rounds,
+        close_price,
+        avg_price,
+        vol,
+        base,
+        verified,
+        abate,
+        allowances,
+        target,
+        lc,
+        cf,
+        o_use,
+        ev,
+        locked_days,
+        cleared,
+        market,
+    ) -> dict:
         m = self.sc.market
         bau = float(base.sum())
         ac = float(rec["abatement_cost"][t].sum())
         oc = float(rec["offset_cost"][t].sum())
         nt_ac = float(rec["no_trade_abatement_cost"][t].sum())
         nt_oc = float(rec["no_trade_offset_cost"][t].sum())
-        row = dict(period=t + 1, year=year, close_price=round(close_price, 4),
-                   vwap=round(avg_price, 4), volume=int(vol),
-                   trades=sum(x["trades"] for x in rounds if x["period"] == t + 1),
-                   trading_days=sum(1 for x in rounds
-                                    if x["period"] == t + 1 and x["phase"] == "trading"),
-                   limit_locked_days=len(locked_days), cleared=bool(cleared),
-                   baseline_emissions=bau, emissions=int(verified.sum()),
-                   allocation=int(rec["allocation"][t].sum()), allocation_target=int(target),
-                   allowances_available=allowances, required_reduction=bau - allowances,
-                   abatement=float(abate.sum()),
-                   abatement_cost=ac, offset_cost=oc, compliance_cost=ac + oc,
-                   no_trade_abatement_cost=nt_ac, no_trade_offset_cost=nt_oc,
-                   no_trade_compliance_cost=nt_ac + nt_oc,
-                   least_cost_price=round(lc.price, 4), least_cost_mac=round(lc.mac, 4),
-                   least_cost_corner=lc.corner,
-                   least_cost_abatement_cost=lc.abatement_cost,
-                   least_cost_offset_cost=lc.offset_cost,
-                   least_cost_compliance_cost=lc.total_cost,
-                   least_cost_offsets_used=round(lc.offsets_used, 2),
-                   offsets_used=int(o_use.sum()), shortfall=int(ev["shortfall"].sum()),
-                   penalties=float(ev["penalty"].sum()),
-                   non_compliant=int((ev["shortfall"] > 0).sum()),
-                   net_bought_sum=int((market.bought - market.sold).sum()),
-                   sme_revenue=float(market.sme_revenue.sum() / FEN),
-                   price_at_cap=bool(close_price >= m.price_cap * 0.999))
+        row = dict(
+            period=t + 1,
+            year=year,
+            close_price=round(close_price, 4),
+            vwap=round(avg_price, 4),
+            volume=int(vol),
+            trades=sum(x["trades"] for x in rounds if x["period"] == t + 1),
+            trading_days=sum(1 for x in rounds if x["period"] == t + 1 and x["phase"] == "trading"),
+            limit_locked_days=len(locked_days),
+            cleared=bool(cleared),
+            baseline_emissions=bau,
+            emissions=int(verified.sum()),
+            allocation=int(rec["allocation"][t].sum()),
+            allocation_target=int(target),
+            allowances_available=allowances,
+            required_reduction=bau - allowances,
+            abatement=float(abate.sum()),
+            abatement_cost=ac,
+            offset_cost=oc,
+            compliance_cost=ac + oc,
+            no_trade_abatement_cost=nt_ac,
+            no_trade_offset_cost=nt_oc,
+            no_trade_compliance_cost=nt_ac + nt_oc,
+            least_cost_price=round(lc.price, 4),
+            least_cost_mac=round(lc.mac, 4),
+            least_cost_corner=lc.corner,
+            least_cost_abatement_cost=lc.abatement_cost,
+            least_cost_offset_cost=lc.offset_cost,
+            least_cost_compliance_cost=lc.total_cost,
+            least_cost_offsets_used=round(lc.offsets_used, 2),
+            offsets_used=int(o_use.sum()),
+            shortfall=int(ev["shortfall"].sum()),
+            penalties=float(ev["penalty"].sum()),
+            non_compliant=int((ev["shortfall"] > 0).sum()),
+            net_bought_sum=int((market.bought - market.sold).sum()),
+            sme_revenue=float(market.sme_revenue.sum() / FEN),
+            price_at_cap=bool(close_price >= m.price_cap * 0.999),
+        )
         if cf is not None:
-            row.update(analytic_price=round(cf["price"], 4), analytic_mac=round(cf["mac"], 4),
-                       analytic_offsets_used=round(cf["offsets_used"], 2))
+            row.update(
+                analytic_price=round(cf["price"], 4),
+                analytic_mac=round(cf["mac"], 4),
+                analytic_offsets_used=round(cf["offsets_used"], 2),
+            )
         return row
 
     def _now(self) -> int:
@@ -988,21 +1328,25 @@ class Simulation:
             "total_abatement": float(rec["abatement"].sum()),
             "total_abatement_cost": float(rec["abatement_cost"].sum()),
             "total_offset_cost": float(rec["offset_cost"].sum()),
-            "total_compliance_cost": float(rec["abatement_cost"].sum()
-                                           + rec["offset_cost"].sum()),
+            "total_compliance_cost": float(rec["abatement_cost"].sum() + rec["offset_cost"].sum()),
             "no_trade_abatement_cost": float(rec["no_trade_abatement_cost"].sum()),
-            "no_trade_compliance_cost": float(rec["no_trade_abatement_cost"].sum()
-                                              + rec["no_trade_offset_cost"].sum()),
+            "no_trade_compliance_cost": float(
+                rec["no_trade_abatement_cost"].sum() + rec["no_trade_offset_cost"].sum()
+            ),
             "least_cost_abatement_cost": float(
-                sum(p["least_cost_abatement_cost"] for p in period_rows)),
+                sum(p["least_cost_abatement_cost"] for p in period_rows)
+            ),
             "least_cost_compliance_cost": float(
-                sum(p["least_cost_compliance_cost"] for p in period_rows)),
+                sum(p["least_cost_compliance_cost"] for p in period_rows)
+            ),
             "final_least_cost_price": period_rows[-1]["least_cost_price"],
             "offset_share_used": float(rec["offsets_used"].sum() / obligation)
-            if obligation else 0.0,
+            if obligation
+            else 0.0,
             "limit_locked_days": int(sum(p["limit_locked_days"] for p in period_rows)),
             "allocation_total": sc.rules.allocation_total
-            if sc.allocation.mode == "intensity" else "fixed",
+            if sc.allocation.mode == "intensity"
+            else "fixed",
             "total_penalties": float(rec["penalty"].sum()),
             "total_shortfall": int(rec["shortfall"].sum()),
             "sme_revenue": float(rec["sme_revenue"].sum()),
@@ -1031,11 +1375,20 @@ class Simulation:
             summary["skipped_commands"] = dict(sorted(self.gw.skipped.items()))
         chain_names = [pop.chain_ids[c] if c >= 0 else "" for c in pop.chain]
         return RunResult(
-            scenario=sc, seed=self.seed, periods=self.T, ids=pop.ids,
+            scenario=sc,
+            seed=self.seed,
+            periods=self.T,
+            ids=pop.ids,
             sector=[pop.sector_names[s] for s in pop.sector],
-            size_class=["sme" if s else "large" for s in pop.sme], chain=chain_names,
-            tier=[int(x) for x in pop.tier], records=rec, rounds=rounds,
-            period_rows=period_rows, summary=summary, state_hash=state_hash)
+            size_class=["sme" if s else "large" for s in pop.sme],
+            chain=chain_names,
+            tier=[int(x) for x in pop.tier],
+            records=rec,
+            rounds=rounds,
+            period_rows=period_rows,
+            summary=summary,
+            state_hash=state_hash,
+        )
 
 
 def _activity_data(emissions: int) -> tuple[tuple, int]:
@@ -1063,12 +1416,19 @@ def _largest_remainder(total: int, weights: np.ndarray) -> np.ndarray:
     return base
 
 
-def run_scenario(sc: Scenario, seed: int | None = None, periods: int | None = None,
-                 gateway=None, progress: bool = False, label: str = "simulate",
-                 verify_state: bool = True) -> RunResult:
+def run_scenario(
+    sc: Scenario,
+    seed: int | None = None,
+    periods: int | None = None,
+    gateway=None,
+    progress: bool = False,
+    label: str = "simulate",
+    verify_state: bool = True,
+) -> RunResult:
     """Run a scenario. ``verify_state`` checks the core's ledger and book invariants and
     records its state hash at the end (seconds on very large runs)."""
-    sim = Simulation(sc, seed=seed, periods=periods, gateway=gateway, progress=progress,
-                     label=label)
+    sim = Simulation(
+        sc, seed=seed, periods=periods, gateway=gateway, progress=progress, label=label
+    )
     sim.verify_state = verify_state
     return sim.run()

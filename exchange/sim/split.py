@@ -12,6 +12,7 @@ What the rules module cannot know is here:
                               curve (the rules' ``abatement`` strategy weighs emissions above a
                               product benchmark, and SMEs' products have none).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,10 +22,13 @@ from .agents import abatement_at
 SIM_STRATEGIES = ("by_abatement_potential",)
 
 
-def split_weights(strategy: str, smes: np.ndarray, pop, *, output, baseline, curves, price,
-                  chain: int) -> np.ndarray:
+def split_weights(
+    strategy: str, smes: np.ndarray, pop, *, output, baseline, curves, price, chain: int
+) -> np.ndarray:
     """Weights of ``smes`` for a strategy the simulation computes (``SIM_STRATEGIES``)."""
     if strategy == "by_abatement_potential":
         return abatement_at(curves, price)[smes]
-    raise ValueError(f"split strategy {strategy!r} is computed by the rules module "
-                     "(SplitSubQuotas), not by the simulation")
+    raise ValueError(
+        f"split strategy {strategy!r} is computed by the rules module "
+        "(SplitSubQuotas), not by the simulation"
+    )

@@ -34,6 +34,7 @@ is a few fen wide around p*, every firm's effective cost is within one grid step
 and total compliance cost is within a hundredth of a percent of the least-cost total
 (tests/test_sim_equilibrium.py holds the price to 1 % of the closed form).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -143,7 +144,7 @@ class Market:
     def band(self) -> tuple[int, int]:
         bps = self.m.price_band_bps
         if bps <= 0 or self.ref <= 0:
-            return 1, 10 ** 12
+            return 1, 10**12
         half = self.ref * bps // 10_000
         return max(1, self.ref - half), self.ref + half
 
@@ -169,8 +170,17 @@ class Market:
             seg = segment_of(i)
             while q > 0:
                 c = min(q, MAX_ORDER)
-                out.append(PlaceOrder(account=ids[i], instrument=instr, segment=seg, side=side,
-                                      qty=c, price=px, tif="DAY"))
+                out.append(
+                    PlaceOrder(
+                        account=ids[i],
+                        instrument=instr,
+                        segment=seg,
+                        side=side,
+                        qty=c,
+                        price=px,
+                        tif="DAY",
+                    )
+                )
                 q -= c
         return out
 
@@ -178,7 +188,7 @@ class Market:
         # in chunks: a day's orders for 10,000 firms return millions of event objects, and
         # holding them all at once set the run's peak memory
         for k in range(0, len(cmds), chunk):
-            for evs in self.gw.send_all(cmds[k:k + chunk]):
+            for evs in self.gw.send_all(cmds[k : k + chunk]):
                 self._events(evs, acc)
 
     def _send_buys(self, cmds, acc) -> None:
@@ -188,8 +198,15 @@ class Market:
             self._send(cmds, acc)
             return
         for c in cmds:
-            ioc = PlaceOrder(account=c.account, instrument=c.instrument, segment="sme",
-                             side="buy", qty=c.qty, price=c.price, tif="IOC")
+            ioc = PlaceOrder(
+                account=c.account,
+                instrument=c.instrument,
+                segment="sme",
+                side="buy",
+                qty=c.qty,
+                price=c.price,
+                tif="IOC",
+            )
             got = self._events(self.gw.send_all([ioc])[0], acc)
             if got < c.qty:
                 c.qty -= got
@@ -206,8 +223,15 @@ class Market:
         return lambda i: "main"
 
     # ------------------------------------------------------------------ rounds
-    def call_round(self, cv: Curves, rule: OffsetRule, base: np.ndarray, held: np.ndarray,
-                   price: float, width: float) -> dict:
+    def call_round(
+        self,
+        cv: Curves,
+        rule: OffsetRule,
+        base: np.ndarray,
+        held: np.ndarray,
+        price: float,
+        width: float,
+    ) -> dict:
         """One trading day. ``held``: allowances each firm holds, is still to be issued and
         has banked; at level L a firm wants ``x(L) = (1 - S(L)) (B - a(e(L))) - held``
         (:func:`exchange.sim.equilibrium.plan`: offsets cheaper than L cover their share of
@@ -215,8 +239,10 @@ class Market:
         levels = self._grid(price, width)
         nl = len(levels)
         lv_cny = levels / 100.0
-        x = np.stack([plan(cv, rule, base, float(p)).allowances for p in lv_cny],
-                     axis=1) - held[:, None]  # (n, nl)
+        x = (
+            np.stack([plan(cv, rule, base, float(p)).allowances for p in lv_cny], axis=1)
+            - held[:, None]
+        )  # (n, nl)
         B = np.floor(np.clip(x, 0, None)).astype(np.int64)
         avail = np.maximum(self.h, 0)[:, None]
         S = np.minimum(np.floor(np.clip(-x, 0, None)).astype(np.int64), avail)
@@ -256,16 +282,25 @@ class Market:
         # cleared: the excess demand changes sign on the grid, so the call price is a
         # clearing price and not just the edge of the grid or of the band
         cleared = bool(not D.any() or (D[-1] <= 0 <= D[0]))
-        return dict(center=round(price, 4), width=round(width, 5), levels=nl,
-                    lowest=float(lv_cny[0]), highest=float(lv_cny[-1]),
-                    cleared=cleared, limit_locked=acc.get("limit_locked", ""),
-                    orders=len(buys) + int(ask_inc.astype(bool).sum()),
-                    volume=acc["volume"], notional=acc["notional"] / 100.0,
-                    trades=acc["trades"], rejects=acc["rejects"],
-                    vwap=round(acc["notional"] / acc["volume"] / 100.0, 4)
-                    if acc["volume"] else None,
-                    indicative=round(float(nxt), 4), next_price=float(nxt), next_width=w,
-                    reference=self.ref / 100.0)
+        return dict(
+            center=round(price, 4),
+            width=round(width, 5),
+            levels=nl,
+            lowest=float(lv_cny[0]),
+            highest=float(lv_cny[-1]),
+            cleared=cleared,
+            limit_locked=acc.get("limit_locked", ""),
+            orders=len(buys) + int(ask_inc.astype(bool).sum()),
+            volume=acc["volume"],
+            notional=acc["notional"] / 100.0,
+            trades=acc["trades"],
+            rejects=acc["rejects"],
+            vwap=round(acc["notional"] / acc["volume"] / 100.0, 4) if acc["volume"] else None,
+            indicative=round(float(nxt), 4),
+            next_price=float(nxt),
+            next_width=w,
+            reference=self.ref / 100.0,
+        )
 
     def settle_round(self, need: np.ndarray, price: float, spread: float = 0.02) -> dict:
         """After the true-up: firms buy what they still lack and sell what is spare, at most
@@ -280,23 +315,53 @@ class Market:
         perm = self.rng.permutation(self.n)
         s_rows = perm[sell[perm] > 0]
         b_rows = perm[buy[perm] > 0]
-        self._send(self._orders("sell", s_rows, np.zeros(len(s_rows), np.int64),
-                                sell[s_rows], np.array([ask]), self._seg_sell()), acc)
-        buys = self._orders("buy", b_rows, np.zeros(len(b_rows), np.int64), buy[b_rows],
-                            np.array([bid]), lambda i: "main")
+        self._send(
+            self._orders(
+                "sell",
+                s_rows,
+                np.zeros(len(s_rows), np.int64),
+                sell[s_rows],
+                np.array([ask]),
+                self._seg_sell(),
+            ),
+            acc,
+        )
+        buys = self._orders(
+            "buy",
+            b_rows,
+            np.zeros(len(b_rows), np.int64),
+            buy[b_rows],
+            np.array([bid]),
+            lambda i: "main",
+        )
         self._send_buys(buys, acc)
         self._end_day(acc)
-        return dict(center=round(price, 4), width=spread, levels=1, lowest=ask / 100.0,
-                    highest=bid / 100.0, orders=len(buys) + len(s_rows),
-                    volume=acc["volume"], notional=acc["notional"] / 100.0,
-                    trades=acc["trades"], rejects=acc["rejects"],
-                    vwap=round(acc["notional"] / acc["volume"] / 100.0, 4)
-                    if acc["volume"] else None,
-                    indicative=round(price, 4), next_price=price, next_width=spread,
-                    reference=self.ref / 100.0)
+        return dict(
+            center=round(price, 4),
+            width=spread,
+            levels=1,
+            lowest=ask / 100.0,
+            highest=bid / 100.0,
+            orders=len(buys) + len(s_rows),
+            volume=acc["volume"],
+            notional=acc["notional"] / 100.0,
+            trades=acc["trades"],
+            rejects=acc["rejects"],
+            vwap=round(acc["notional"] / acc["volume"] / 100.0, 4) if acc["volume"] else None,
+            indicative=round(price, 4),
+            next_price=price,
+            next_width=spread,
+            reference=self.ref / 100.0,
+        )
 
-    def buy_offsets(self, off_instr: str, price_fen: int, supply: int, want: np.ndarray,
-                    supplier: str = "OFFSET-SUPPLY") -> np.ndarray:
+    def buy_offsets(
+        self,
+        off_instr: str,
+        price_fen: int,
+        supply: int,
+        want: np.ndarray,
+        supplier: str = "OFFSET-SUPPLY",
+    ) -> np.ndarray:
         """The offset supplier offers ``supply`` t at the offset price; firms buy up to
         ``want`` (IOC) in a seeded random order; the rest of the offer is withdrawn."""
         acc = dict(volume=0, notional=0, trades=0, rejects=0)
@@ -304,8 +369,16 @@ class Market:
         q = supply
         while q > 0:
             c = min(q, MAX_ORDER)
-            asks.append(PlaceOrder(account=supplier, instrument=off_instr, side="sell", qty=c,
-                                   price=price_fen, tif="GTC"))
+            asks.append(
+                PlaceOrder(
+                    account=supplier,
+                    instrument=off_instr,
+                    side="sell",
+                    qty=c,
+                    price=price_fen,
+                    tif="GTC",
+                )
+            )
             q -= c
         self._send(asks, acc)
         perm = self.rng.permutation(self.n)
@@ -316,8 +389,16 @@ class Market:
             q = int(want[i])
             while q > 0:
                 c = min(q, MAX_ORDER)
-                buys.append(PlaceOrder(account=ids[i], instrument=off_instr, side="buy", qty=c,
-                                       price=price_fen, tif="IOC"))
+                buys.append(
+                    PlaceOrder(
+                        account=ids[i],
+                        instrument=off_instr,
+                        side="buy",
+                        qty=c,
+                        price=price_fen,
+                        tif="IOC",
+                    )
+                )
                 q -= c
         self._send(buys, acc)
         self._send([CancelAll(account=supplier, instrument=off_instr)], acc)
