@@ -36,6 +36,7 @@ flushes to disk only every two minutes; run the servers with ``sync_interval: al
 (nats-server >= 2.10) so that acknowledged means fsynced on a majority (docs/DEPLOYMENT.md,
 ADR 0010).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -43,14 +44,27 @@ import hashlib
 import logging
 import struct
 from typing import (
-    TYPE_CHECKING, Any, AsyncGenerator, Awaitable, Callable, Iterable, Sequence, TypeVar,
+    TYPE_CHECKING,
+    Any,
+    AsyncGenerator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Sequence,
+    TypeVar,
 )
 from urllib.parse import parse_qsl, unquote
 
 import orjson
 
 from .base import (
-    Frames, Journal, JournalCorruptError, JournalError, Record, StoredRow, chain_rows,
+    Frames,
+    Journal,
+    JournalCorruptError,
+    JournalError,
+    Record,
+    StoredRow,
+    chain_rows,
     tail_damage,
 )
 
@@ -67,6 +81,7 @@ log = logging.getLogger("exchange.journal.jetstream")
 # how long a read of the stream or the snapshot store waits for the cluster to answer: a start
 # may come while the nodes left elect new leaders (the node that led them died)
 OPEN_TIMEOUT_S = 60.0
+NO_PLACEMENT = 10005  # JetStream's "no suitable peers for placement": retried, not final
 SNAPSHOT_READ_ATTEMPTS = 4  # a snapshot whose digest is wrong is read again this often
 
 _REC = struct.Struct(">Qq32sI")  # seq, ts, chain hash, payload length
@@ -90,8 +105,9 @@ def parse_target(target: str) -> tuple[list[str], str, dict[str, Any]]:
     stream, _, query = path.partition("?")
     stream = unquote(stream)
     if not slash or not stream:
-        raise ValueError(f"NATS journal URL needs a stream name: nats://HOST:4222/STREAM "
-                         f"({_redact(target)!r})")
+        raise ValueError(
+            f"NATS journal URL needs a stream name: nats://HOST:4222/STREAM ({_redact(target)!r})"
+        )
     if not all(c.isalnum() or c in "_-" for c in stream):
         raise ValueError(f"bad stream name {stream!r}: letters, digits, '_' and '-' only")
     cred = ""
@@ -108,8 +124,9 @@ def parse_target(target: str) -> tuple[list[str], str, dict[str, Any]]:
         elif k in ("timeout", "append_timeout"):
             opts[k] = float(v)
         else:
-            raise ValueError(f"unknown NATS journal option {k!r} (replicas, timeout, "
-                             f"append_timeout)")
+            raise ValueError(
+                f"unknown NATS journal option {k!r} (replicas, timeout, append_timeout)"
+            )
     return servers, stream, opts
 
 
@@ -140,22 +157,32 @@ def decode_batch(body: bytes, sseq: int = 0) -> list[tuple[int, int, bytes, byte
             off += _REC_SIZE
             if off + ln > n:
                 raise ValueError("record runs past the message")
-            rows.append((seq, ts, body[off:off + ln], h))
+            rows.append((seq, ts, body[off : off + ln], h))
             off += ln
     except (struct.error, ValueError) as e:
         first = rows[0][0] if rows else 0
-        raise JournalCorruptError(first + len(rows),
-                                  f"stream message {sseq} is not a journal batch ({e})") from None
+        raise JournalCorruptError(
+            first + len(rows), f"stream message {sseq} is not a journal batch ({e})"
+        ) from None
     if not rows:
         raise JournalCorruptError(0, f"stream message {sseq} holds no record")
     return rows
 
 
 class JetStreamJournal(Journal):
-    def __init__(self, target: str, *, replicas: int = 1, keep_snapshots: int = 3,
-                 readonly: bool = False, repair_tail: bool = True, timeout: float = 5.0,
-                 append_timeout: float = 10.0, max_message_bytes: int | None = None,
-                 connect_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        target: str,
+        *,
+        replicas: int = 1,
+        keep_snapshots: int = 3,
+        readonly: bool = False,
+        repair_tail: bool = True,
+        timeout: float = 5.0,
+        append_timeout: float = 10.0,
+        max_message_bytes: int | None = None,
+        connect_timeout: float = 5.0,
+    ) -> None:
         """``replicas``: copies of a stream this creates (an existing stream keeps its own;
         a mismatch is logged). ``append_timeout``: how long an append keeps retrying while
         the cluster elects a stream leader (a server died) before the runner is failed.
@@ -185,16 +212,19 @@ class JetStreamJournal(Journal):
         self._lock = asyncio.Lock()
         self._closing = False
 
-    async def _retrying(self, fn: Callable[[], Awaitable[_T]], what: str,
-                        timeout: float | None = None) -> _T:
+    async def _retrying(
+        self, fn: Callable[[], Awaitable[_T]], what: str, timeout: float | None = None
+    ) -> _T:
         """``await fn()``, retried while the cluster cannot answer - a request timing out,
         no responders, 503 while a stream or meta leader is elected after a server died -
         for up to ``OPEN_TIMEOUT_S`` (or ``append_timeout`` if longer): the journal's own
         stream and its snapshot store each elect a leader when a node dies, one after the
-        other. "Not found" and other refusals are final. (Appends do not come here: an
+        other; and "no suitable peers for placement" while a cluster forms. "Not found" and
+        other refusals are final. (Appends do not come here: an
         append waits ``append_timeout`` for its acknowledgement.)"""
         from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
         from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
+
         loop = asyncio.get_running_loop()
         limit = max(self.append_timeout, OPEN_TIMEOUT_S) if timeout is None else timeout
         deadline = loop.time() + limit
@@ -203,13 +233,25 @@ class JetStreamJournal(Journal):
                 return await fn()
             except NotFoundError:
                 raise
-            except (NatsTimeout, NoRespondersError, NoStreamResponseError,
-                    asyncio.TimeoutError, APIError) as e:
-                if isinstance(e, APIError) and not (e.code and e.code >= 500):
+            except (
+                NatsTimeout,
+                NoRespondersError,
+                NoStreamResponseError,
+                asyncio.TimeoutError,
+                APIError,
+            ) as e:
+                # 10005 "no suitable peers for placement": a cluster still forming (or a
+                # node just restarted) does not know enough peers for the replicas yet
+                if (
+                    isinstance(e, APIError)
+                    and not (e.code and e.code >= 500)
+                    and e.err_code != NO_PLACEMENT
+                ):
                     raise
                 if loop.time() >= deadline:
-                    raise JournalError(f"journal {self.target}: {what}: no answer within "
-                                       f"{limit:g} s ({e!r})") from e
+                    raise JournalError(
+                        f"journal {self.target}: {what}: no answer within {limit:g} s ({e!r})"
+                    ) from e
                 await asyncio.sleep(0.25)
 
     # ---------------------------------------------------------------- open / close
@@ -220,15 +262,21 @@ class JetStreamJournal(Journal):
         try:
             import nats
         except ImportError as e:  # pragma: no cover - the extra is not installed
-            raise JournalError("the NATS journal needs nats-py: pip install "
-                               "'carbon-exchange[nats]'") from e
+            raise JournalError(
+                "the NATS journal needs nats-py: pip install 'carbon-exchange[nats]'"
+            ) from e
         try:
             self._nc = await nats.connect(
-                servers=self.servers, name="exchange-journal",
-                connect_timeout=self.connect_timeout, allow_reconnect=True,
-                max_reconnect_attempts=-1, reconnect_time_wait=0.25,
-                error_cb=self._on_error, disconnected_cb=self._on_disconnect,
-                reconnected_cb=self._on_reconnect)
+                servers=self.servers,
+                name="exchange-journal",
+                connect_timeout=self.connect_timeout,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.25,
+                error_cb=self._on_error,
+                disconnected_cb=self._on_disconnect,
+                reconnected_cb=self._on_reconnect,
+            )
         except Exception as e:
             self._nc = None
             raise JournalError(f"cannot connect to {self.target}: {e!r}") from e
@@ -249,52 +297,79 @@ class JetStreamJournal(Journal):
         log.warning("journal %s: disconnected from NATS; reconnecting", self.target)
 
     async def _on_reconnect(self) -> None:
-        log.warning("journal %s: reconnected to %s", self.target,
-                    self._nc.connected_url.netloc if self._nc and self._nc.connected_url
-                    else "?")
+        log.warning(
+            "journal %s: reconnected to %s",
+            self.target,
+            self._nc.connected_url.netloc if self._nc and self._nc.connected_url else "?",
+        )
 
     async def _open_stream(self) -> None:
         from nats.js import api
         from nats.js.errors import NotFoundError
+
         js = self._need()
         try:
             info = await self._retrying(lambda: js.stream_info(self.stream), "stream info")
         except NotFoundError:
             if self.readonly:
-                raise JournalError(f"no journal at {self.target} (no stream "
-                                   f"{self.stream})") from None
-            info = await self._retrying(lambda: js.add_stream(api.StreamConfig(
-                name=self.stream, subjects=[self.subject],
-                description="exchange command journal (hash-chained batches)",
-                storage=api.StorageType.FILE, num_replicas=self.replicas,
-                retention=api.RetentionPolicy.LIMITS, discard=api.DiscardPolicy.NEW,
-                max_msgs=-1, max_bytes=-1, max_age=0, max_msg_size=-1,
-                deny_delete=True, deny_purge=True, allow_rollup_hdrs=False,
-                duplicate_window=0)), "create stream")
+                raise JournalError(
+                    f"no journal at {self.target} (no stream {self.stream})"
+                ) from None
+            info = await self._retrying(
+                lambda: js.add_stream(
+                    api.StreamConfig(
+                        name=self.stream,
+                        subjects=[self.subject],
+                        description="exchange command journal (hash-chained batches)",
+                        storage=api.StorageType.FILE,
+                        num_replicas=self.replicas,
+                        retention=api.RetentionPolicy.LIMITS,
+                        discard=api.DiscardPolicy.NEW,
+                        max_msgs=-1,
+                        max_bytes=-1,
+                        max_age=0,
+                        max_msg_size=-1,
+                        deny_delete=True,
+                        deny_purge=True,
+                        allow_rollup_hdrs=False,
+                        duplicate_window=0,
+                    )
+                ),
+                "create stream",
+            )
         except JournalError:
             raise
         except Exception as e:
             raise JournalError(f"journal {self.target}: stream {self.stream}: {e!r}") from e
         cfg = info.config
         if cfg.num_replicas and cfg.num_replicas != self.replicas:
-            log.warning("journal %s: stream %s has %d replicas (asked for %d); kept as it is",
-                        self.target, self.stream, cfg.num_replicas, self.replicas)
+            log.warning(
+                "journal %s: stream %s has %d replicas (asked for %d); kept as it is",
+                self.target,
+                self.stream,
+                cfg.num_replicas,
+                self.replicas,
+            )
         st = info.state
         msgs, first, last = st.messages or 0, st.first_seq or 0, st.last_seq or 0
         self._stream_last = last
         if not msgs:
             if last:  # every message gone, but the stream had some: not a fresh log
-                raise JournalCorruptError(1, f"record missing (stream {self.stream} is "
-                                             f"empty after {last} messages)")
+                raise JournalCorruptError(
+                    1, f"record missing (stream {self.stream} is empty after {last} messages)"
+                )
             return
         if first != 1:
-            raise JournalCorruptError(1, f"record missing (stream {self.stream} starts at "
-                                         f"message {first})")
+            raise JournalCorruptError(
+                1, f"record missing (stream {self.stream} starts at message {first})"
+            )
         if msgs != last - first + 1:
             gap = await self._first_gap(first, last)
             raise JournalCorruptError(
-                gap, f"record missing from the middle of the log (stream {self.stream} "
-                     f"holds {msgs} of messages {first}..{last})")
+                gap,
+                f"record missing from the middle of the log (stream {self.stream} "
+                f"holds {msgs} of messages {first}..{last})",
+            )
         rows = decode_batch(await self._body(last), last)
         self._firsts[last] = rows[0][0]
         if len(rows) < 3 and last > 1:  # the tail check looks at the last three records
@@ -305,9 +380,11 @@ class JetStreamJournal(Journal):
             if found is not None:
                 _kind, seq, why = found
                 raise JournalCorruptError(
-                    seq, f"{why}; refusing to start, nothing was changed. A JetStream "
-                         f"stream cannot drop its tail: restore the journal from a copy "
-                         f"(a mirror of stream {self.stream})")
+                    seq,
+                    f"{why}; refusing to start, nothing was changed. A JetStream "
+                    f"stream cannot drop its tail: restore the journal from a copy "
+                    f"(a mirror of stream {self.stream})",
+                )
 
     async def refresh(self) -> int:
         """Re-read the end of the stream (a follower: another process appends); return
@@ -317,9 +394,10 @@ class JetStreamJournal(Journal):
         last = info.state.last_seq or 0
         if last != self._stream_last:
             if last < self._stream_last:
-                raise JournalCorruptError(self.last_seq, f"stream {self.stream} went back "
-                                                         f"from message {self._stream_last} "
-                                                         f"to {last}")
+                raise JournalCorruptError(
+                    self.last_seq,
+                    f"stream {self.stream} went back from message {self._stream_last} to {last}",
+                )
             self._body_cache = None
             rows = decode_batch(await self._body(last), last)
             self._firsts[last] = rows[0][0]
@@ -330,6 +408,7 @@ class JetStreamJournal(Journal):
     async def _first_gap(self, first: int, last: int) -> int:
         """The first record seq of the first missing stream message (for the message)."""
         from nats.js.errors import NotFoundError
+
         prev = None
         for s in range(first, last + 1):
             try:
@@ -342,18 +421,27 @@ class JetStreamJournal(Journal):
     async def _open_snapshots(self) -> None:
         from nats.js import api
         from nats.js.errors import NotFoundError
+
         js = self._need()
         try:
-            self._obs = await self._retrying(lambda: js.object_store(self.bucket),
-                                             "snapshot bucket")
+            self._obs = await self._retrying(
+                lambda: js.object_store(self.bucket), "snapshot bucket"
+            )
         except NotFoundError:
             if self.readonly:
                 self._obs = None
                 return
-            self._obs = await self._retrying(lambda: js.create_object_store(
-                self.bucket, config=api.ObjectStoreConfig(
-                    description="exchange journal snapshots", storage=api.StorageType.FILE,
-                    replicas=self.replicas)), "create snapshot bucket")
+            self._obs = await self._retrying(
+                lambda: js.create_object_store(
+                    self.bucket,
+                    config=api.ObjectStoreConfig(
+                        description="exchange journal snapshots",
+                        storage=api.StorageType.FILE,
+                        replicas=self.replicas,
+                    ),
+                ),
+                "create snapshot bucket",
+            )
 
     async def close(self) -> None:
         nc, self._nc = self._nc, None
@@ -382,8 +470,9 @@ class JetStreamJournal(Journal):
         body = m.data or b""
         self._body_cache = (sseq, body)
         if m.subject and m.subject != self.subject:
-            raise JournalCorruptError(0, f"stream message {sseq} is not a journal batch "
-                                         f"(subject {m.subject})")
+            raise JournalCorruptError(
+                0, f"stream message {sseq} is not a journal batch (subject {m.subject})"
+            )
         return body
 
     async def _first_of(self, sseq: int) -> int:
@@ -442,20 +531,30 @@ class JetStreamJournal(Journal):
         it is acknowledged. Retries through a stream leader election (timeouts, no
         responders) for up to ``append_timeout``; a refusal of the guard is final."""
         from nats.js.errors import APIError
+
         body = encode_batch(rows)
         expect = self._stream_last
-        headers = {"Nats-Expected-Last-Sequence": str(expect),
-                   "Exchange-Seqs": f"{rows[0][0]}-{rows[-1][0]}"}
+        headers = {
+            "Nats-Expected-Last-Sequence": str(expect),
+            "Exchange-Seqs": f"{rows[0][0]}-{rows[-1][0]}",
+        }
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.append_timeout
         last_err: BaseException | None = None
         while True:
             try:
-                ack = await js.publish(self.subject, body, timeout=self.timeout,
-                                       stream=self.stream, headers=dict(headers))
+                ack = await js.publish(
+                    self.subject,
+                    body,
+                    timeout=self.timeout,
+                    stream=self.stream,
+                    headers=dict(headers),
+                )
                 if ack.seq != expect + 1:
-                    raise JournalError(f"journal {self.target}: batch stored as stream "
-                                       f"message {ack.seq}, expected {expect + 1}")
+                    raise JournalError(
+                        f"journal {self.target}: batch stored as stream "
+                        f"message {ack.seq}, expected {expect + 1}"
+                    )
                 break
             except APIError as e:
                 if e.err_code != WRONG_LAST_SEQUENCE:
@@ -472,21 +571,29 @@ class JetStreamJournal(Journal):
                     f"journal {self.target}: stream {self.stream} was appended to by "
                     f"another writer after message {expect} (this writer's view ends at "
                     f"seq {self.last_seq}); nothing of seq {rows[0][0]}..{rows[-1][0]} "
-                    f"was appended") from e
+                    f"was appended"
+                ) from e
             except JournalError:
                 raise
             except Exception as e:  # timeout, no responders, connection lost
                 last_err = e
                 if loop.time() >= deadline:
-                    raise JournalError(f"journal {self.target}: append of seq "
-                                       f"{rows[0][0]}..{rows[-1][0]} not acknowledged within "
-                                       f"{self.append_timeout:g} s: {e!r}") from e
+                    raise JournalError(
+                        f"journal {self.target}: append of seq "
+                        f"{rows[0][0]}..{rows[-1][0]} not acknowledged within "
+                        f"{self.append_timeout:g} s: {e!r}"
+                    ) from e
                 await asyncio.sleep(0.2)
                 # the message may have been stored though its ack was lost: the retry's
                 # guard then refuses, and _ours_at finds it
         if last_err is not None:
-            log.warning("journal %s: batch %d..%d acknowledged after retrying (%r)",
-                        self.target, rows[0][0], rows[-1][0], last_err)
+            log.warning(
+                "journal %s: batch %d..%d acknowledged after retrying (%r)",
+                self.target,
+                rows[0][0],
+                rows[-1][0],
+                last_err,
+            )
         self._stream_last = expect + 1
         self._firsts[expect + 1] = rows[0][0]
         self._body_cache = None
@@ -500,8 +607,9 @@ class JetStreamJournal(Journal):
         return [(r[0], bytes(r[3])) for r in got] == [(r[0], bytes(r[3])) for r in rows]
 
     # ---------------------------------------------------------------- read
-    async def _read_rows(self, from_seq: int, limit: int, to_seq: int | None = None
-                         ) -> Sequence[StoredRow]:
+    async def _read_rows(
+        self, from_seq: int, limit: int, to_seq: int | None = None
+    ) -> Sequence[StoredRow]:
         self._need()
         end = self.last_seq if to_seq is None else min(to_seq, self.last_seq)
         end = min(end, from_seq + limit - 1)
@@ -526,15 +634,21 @@ class JetStreamJournal(Journal):
         finally:
             await msgs.aclose()
         while next_sseq <= self._stream_last:
-            if self._take(rows, decode_batch(await self._body(next_sseq), next_sseq),
-                          next_sseq, from_seq, end):
+            if self._take(
+                rows, decode_batch(await self._body(next_sseq), next_sseq), next_sseq, from_seq, end
+            ):
                 break
             next_sseq += 1
         return rows
 
-    def _take(self, rows: list[tuple[int, int, bytes, bytes]],
-              got: list[tuple[int, int, bytes, bytes]],
-              sseq: int, from_seq: int, end: int) -> bool:
+    def _take(
+        self,
+        rows: list[tuple[int, int, bytes, bytes]],
+        got: list[tuple[int, int, bytes, bytes]],
+        sseq: int,
+        from_seq: int,
+        end: int,
+    ) -> bool:
         """Add the records of one batch (stream message ``sseq``) in ``[from_seq, end]`` to
         ``rows``; True once ``end`` is reached."""
         self._firsts[sseq] = got[0][0]
@@ -550,6 +664,7 @@ class JetStreamJournal(Journal):
         on, through an ordered push consumer (recreated by nats-py from the last sequence
         seen if a message is missed); stops when the caller does."""
         from nats.js import api
+
         js = self._need()
         q: asyncio.Queue[tuple[int, bytes, int]] = asyncio.Queue()
 
@@ -558,12 +673,20 @@ class JetStreamJournal(Journal):
             await q.put((md.sequence.stream, msg.data, md.num_pending))
 
         try:
-            sub = await self._retrying(lambda: js.subscribe(
-                self.subject, stream=self.stream, cb=cb, ordered_consumer=True,
-                deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
-                config=api.ConsumerConfig(opt_start_seq=start, ack_policy=api.AckPolicy.NONE),
-                pending_msgs_limit=4096, pending_bytes_limit=256 << 20), "ordered consumer",
-                timeout=self.timeout)
+            sub = await self._retrying(
+                lambda: js.subscribe(
+                    self.subject,
+                    stream=self.stream,
+                    cb=cb,
+                    ordered_consumer=True,
+                    deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+                    config=api.ConsumerConfig(opt_start_seq=start, ack_policy=api.AckPolicy.NONE),
+                    pending_msgs_limit=4096,
+                    pending_bytes_limit=256 << 20,
+                ),
+                "ordered consumer",
+                timeout=self.timeout,
+            )
         except JournalError as e:
             # Right after a server died the meta leader may still place a new consumer on
             # it, and the creation times out until the server is declared offline: read
@@ -577,8 +700,10 @@ class JetStreamJournal(Journal):
                 try:
                     item = await asyncio.wait_for(q.get(), self.timeout * 2)
                 except asyncio.TimeoutError:
-                    raise JournalError(f"journal {self.target}: no message from stream "
-                                       f"{self.stream} within {self.timeout * 2:g} s") from None
+                    raise JournalError(
+                        f"journal {self.target}: no message from stream "
+                        f"{self.stream} within {self.timeout * 2:g} s"
+                    ) from None
                 yield item
         finally:
             try:
@@ -605,34 +730,38 @@ class JetStreamJournal(Journal):
         if self._obs is None or self.readonly:
             raise JournalError(f"journal {self.target} is open read-only")
         from nats.js import api
+
         data = bytes(data)
         h = await self._hash_at(seq)
         if h is None:
             raise JournalError(f"snapshot at seq {seq}: no such record in the log")
-        desc = orjson.dumps({"seq": seq, "chain_hash": h.hex(),
-                             "data_hash": hashlib.sha256(data).hexdigest()}).decode()
+        desc = orjson.dumps(
+            {"seq": seq, "chain_hash": h.hex(), "data_hash": hashlib.sha256(data).hexdigest()}
+        ).decode()
         obs = self._obs
-        await self._retrying(lambda: obs.put(
-            self._name(seq), data, meta=api.ObjectMeta(name=self._name(seq), description=desc)),
-            f"snapshot {seq}")
+        await self._retrying(
+            lambda: obs.put(
+                self._name(seq), data, meta=api.ObjectMeta(name=self._name(seq), description=desc)
+            ),
+            f"snapshot {seq}",
+        )
         if self.keep_snapshots > 0:
             rows = await self._snapshot_rows()
-            for s, _c, _d in rows[self.keep_snapshots:]:
+            for s, _c, _d in rows[self.keep_snapshots :]:
                 try:
                     await obs.delete(self._name(s))
                 except Exception as e:
-                    log.warning("journal %s: old snapshot %d not deleted: %r",
-                                self.target, s, e)
+                    log.warning("journal %s: old snapshot %d not deleted: %r", self.target, s, e)
 
     async def _snapshot_rows(self) -> Sequence[StoredRow]:
         from nats.js.errors import NotFoundError
+
         self._need()
         if self._obs is None:
             return []
         try:
             obs = self._obs
-            infos = await self._retrying(lambda: obs.list(ignore_deletes=True),
-                                         "snapshot list")
+            infos = await self._retrying(lambda: obs.list(ignore_deletes=True), "snapshot list")
         except NotFoundError:
             return []
         rows: list[tuple[int, bytes, bytes]] = []
@@ -641,16 +770,21 @@ class JetStreamJournal(Journal):
                 continue
             try:
                 d = orjson.loads(info.description or "")
-                rows.append((int(d["seq"]), bytes.fromhex(d["chain_hash"]),
-                             bytes.fromhex(d["data_hash"])))
+                rows.append(
+                    (int(d["seq"]), bytes.fromhex(d["chain_hash"]), bytes.fromhex(d["data_hash"]))
+                )
             except Exception:
-                log.warning("journal %s: snapshot object %s has no readable description; "
-                            "ignored", self.target, info.name)
+                log.warning(
+                    "journal %s: snapshot object %s has no readable description; ignored",
+                    self.target,
+                    info.name,
+                )
         rows.sort(reverse=True)
         return rows
 
     async def _snapshot_data(self, seq: int) -> bytes | None:
         from nats.js.errors import NotFoundError
+
         if self._obs is None:
             return None
         obs = self._obs
@@ -681,15 +815,18 @@ class JetStreamJournal(Journal):
         raise JournalError(
             f"journal {self.target}: a JetStream stream cannot drop its tail (deletes are "
             f"denied, and a deleted message would leave a gap); restore the stream from a "
-            f"copy instead")
+            f"copy instead"
+        )
 
     async def drop(self) -> None:
         """Delete this journal's stream and snapshot bucket (tests, throw-away markets)."""
         from nats.js.errors import NotFoundError
+
         js = self._need()
         drops: tuple[Callable[[], Awaitable[bool]], ...] = (
             lambda: js.delete_stream(self.stream),
-            lambda: js.delete_object_store(self.bucket))
+            lambda: js.delete_object_store(self.bucket),
+        )
         for f in drops:
             try:
                 await f()
