@@ -1470,6 +1470,7 @@ def test_a_listener_that_raises_escapes_alike():
     duo.finish()
 
 
+@needs_c  # the duo: the reference path beside the compiled one
 def test_trade_listeners_run_once_the_command_is_applied():
     """A buy that sweeps two resting sells: each listener call already sees the whole command
     applied (both trades numbered, the buyer's order done), on both paths alike, in the order
