@@ -73,6 +73,7 @@ async def recent_trades(ctx: ApiContext, body) -> dict:
     (journal-backed: it survives a restart), in the ``trades:<instrument>`` push form. No
     counterparties."""
     from . import HISTORY_KEY
+    from .history_api import trade_json
 
     sym = ctx.path["instrument"]
     if sym not in ctx.ex.instruments:
@@ -82,18 +83,7 @@ async def recent_trades(ctx: ApiContext, body) -> dict:
     rows = store.public_trades(sym, limit=limit) if store is not None else []
     return {
         "instrument": sym,
-        "trades": [
-            {
-                "trade_id": r.trade_id,
-                "instrument": r.instrument,
-                "segment": r.segment,
-                "price": format_price(r.price),
-                "qty": r.qty,
-                "aggressor": r.aggressor,
-                "ts": r.ts,
-            }
-            for r in rows
-        ],
+        "trades": [trade_json(r) for r in rows],
     }
 
 

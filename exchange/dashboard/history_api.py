@@ -29,7 +29,7 @@ from ..server.api import (
     route,
 )
 from ..server.protocol import ProtocolError
-from .history import KEEP_DAYS, MAX_EXECUTIONS, MAX_TRADES
+from .history import KEEP_DAYS, MAX_EXECUTIONS, MAX_TRADES, MarketHistory
 
 # An ISO-8601 date, or date and time with its offset. The pattern is the shape; a date that
 # does not exist (2026-02-30) is a 400 BAD_PARAMETER from the handler.
@@ -196,6 +196,40 @@ def _check_board(ctx: ApiContext, sym: str | None, seg: str | None) -> None:
             raise ProtocolError(E.UNKNOWN_SEGMENT, f"no board {seg[:80]!r}", 404)
 
 
+def trade_json(r) -> dict:
+    """A public trade (a ``TradeRow``) as the routes answer it: no counterparty."""
+    return {
+        "trade_id": r.trade_id,
+        "instrument": r.instrument,
+        "segment": r.segment,
+        "price_fen": r.price,
+        "qty": r.qty,
+        "aggressor": r.aggressor,
+        "ts": r.ts,
+    }
+
+
+def _firm_rows(ctx: ApiContext, read) -> tuple[str, list, int, MarketHistory]:
+    """The common part of a firm's history pages: the caller may read the firm (the firm,
+    its verifier, operators), the firm and the instrument filter exist, then
+    ``read(history, firm_id, instrument, t_from=, t_to=, before=, limit=)``. Returns the
+    firm, the rows, the page's limit and the history."""
+    firm_id = ctx.path["firm_id"]
+    require_firm_reader(ctx, firm_id)
+    a = ctx.ex.accounts.get(firm_id)
+    if a is None or a.system:
+        raise ProtocolError(E.UNKNOWN_ACCOUNT, f"no firm {firm_id[:64]!r}", 404)
+    sym = ctx.params.get("instrument")
+    _check_board(ctx, sym, None)
+    t_from, t_to = _window(ctx)
+    h = _history(ctx)
+    limit = ctx.params["limit"]
+    rows = read(
+        h, firm_id, sym, t_from=t_from, t_to=t_to, before=ctx.params.get("before"), limit=limit
+    )
+    return firm_id, rows, limit, h
+
+
 def _next(rows, limit: int) -> int | None:
     """The cursor of the next (older) page: the id (trade or event) of this page's last row."""
     return rows[-1][0] if len(rows) == limit else None
@@ -227,18 +261,7 @@ async def trades(ctx: ApiContext, body) -> dict:
         sym, seg, t_from=t_from, t_to=t_to, before=ctx.params.get("before"), limit=limit
     )
     return {
-        "trades": [
-            {
-                "trade_id": r.trade_id,
-                "instrument": r.instrument,
-                "segment": r.segment,
-                "price_fen": r.price,
-                "qty": r.qty,
-                "aggressor": r.aggressor,
-                "ts": r.ts,
-            }
-            for r in rows
-        ],
+        "trades": [trade_json(r) for r in rows],
         "next_before": _next(rows, limit),
         "keep_days": h.keep_days,
     }
@@ -258,19 +281,7 @@ async def executions(ctx: ApiContext, body) -> dict:
     and the cash it moved; newest first, the last ``keep_days`` trading days (at most
     10,000 per firm), surviving a restart. For the firm, its verifier and operators
     (docs/PRIVACY.md); the counterparty is never shown."""
-    firm_id = ctx.path["firm_id"]
-    require_firm_reader(ctx, firm_id)
-    a = ctx.ex.accounts.get(firm_id)
-    if a is None or a.system:
-        raise ProtocolError(E.UNKNOWN_ACCOUNT, f"no firm {firm_id[:64]!r}", 404)
-    sym = ctx.params.get("instrument")
-    _check_board(ctx, sym, None)
-    t_from, t_to = _window(ctx)
-    h = _history(ctx)
-    limit = ctx.params["limit"]
-    rows = h.firm_executions(
-        firm_id, sym, t_from=t_from, t_to=t_to, before=ctx.params.get("before"), limit=limit
-    )
+    firm_id, rows, limit, h = _firm_rows(ctx, MarketHistory.firm_executions)
     return {
         "firm_id": firm_id,
         "executions": [
@@ -308,19 +319,7 @@ async def orders(ctx: ApiContext, body) -> dict:
     expired, rejected (with the reason) - newest first, the last ``keep_days`` trading days
     (at most 20,000 per firm), surviving a restart. ``before`` takes a page's
     ``next_before`` (an ``event_id``). For the firm, its verifier and operators."""
-    firm_id = ctx.path["firm_id"]
-    require_firm_reader(ctx, firm_id)
-    a = ctx.ex.accounts.get(firm_id)
-    if a is None or a.system:
-        raise ProtocolError(E.UNKNOWN_ACCOUNT, f"no firm {firm_id[:64]!r}", 404)
-    sym = ctx.params.get("instrument")
-    _check_board(ctx, sym, None)
-    t_from, t_to = _window(ctx)
-    h = _history(ctx)
-    limit = ctx.params["limit"]
-    rows = h.order_events(
-        firm_id, sym, t_from=t_from, t_to=t_to, before=ctx.params.get("before"), limit=limit
-    )
+    firm_id, rows, limit, h = _firm_rows(ctx, MarketHistory.order_events)
     return {
         "firm_id": firm_id,
         "orders": [
