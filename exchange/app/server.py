@@ -21,6 +21,7 @@ from aiohttp import web
 from .config import Settings
 from .engine import build_exchange
 from .market import genesis_commands
+from ..journal import default_options
 from ..server.api import add_routes, api_errors, load_extensions
 from ..server.appkeys import NEW_CORE_KEY, NODE_KEY, STATE_KEY
 from ..access.credentials import RehashApiKey, demo_key_commands, demo_keys, load_secret
@@ -62,9 +63,7 @@ def journal_target(
     target = journal or settings.journal.url
     if not target:
         return str(Path(data_dir) / "journal.sqlite"), {}
-    if target.startswith(("postgresql://", "postgres://")):
-        return target, {"schema": settings.journal.schema_name}
-    return target, {}
+    return target, default_options(settings, target)
 
 
 def make_runner(

@@ -70,9 +70,25 @@ def default_target(settings: Settings) -> str:
 
 def default_options(settings: Settings, target: str) -> dict[str, Any]:
     """Backend options the settings give ``target`` (PostgreSQL: ``[journal] schema``)."""
-    if target.startswith(("postgresql://", "postgres://")):
+    if journal_kind(target) == "postgresql":
         return {"schema": settings.journal.schema_name}
     return {}
+
+
+def journal_kind(target: str) -> str:
+    """``postgresql``, ``sqlite`` or ``nats``: which backend ``target`` opens (ValueError for
+    a URL of no backend). The one place a target's form is read."""
+    t = str(target)
+    if t.startswith(("postgresql://", "postgres://")):
+        return "postgresql"
+    if t.startswith(("nats://", "tls://")):
+        return "nats"
+    if t.startswith("sqlite://") or "://" not in t:
+        return "sqlite"
+    raise ValueError(
+        f"unknown journal target {t!r}: use a .sqlite path, sqlite:///path, "
+        "postgresql://... or nats://HOST:4222/STREAM"
+    )
 
 
 def open_journal(target: str, **options: Any) -> Journal:
@@ -81,10 +97,15 @@ def open_journal(target: str, **options: Any) -> Journal:
     PostgreSQL ``schema``)."""
     t = str(target)
     j: Journal
-    if t.startswith(("postgresql://", "postgres://")):
+    kind = journal_kind(t)
+    if kind == "postgresql":
         from .postgres import PostgresJournal
 
         j = PostgresJournal(t, **options)
+    elif kind == "nats":
+        from .jetstream import JetStreamJournal
+
+        j = JetStreamJournal(t, **options)
     elif t.startswith("sqlite://"):
         path = t[len("sqlite://") :]
         if not path.startswith("/"):
@@ -92,15 +113,6 @@ def open_journal(target: str, **options: Any) -> Journal:
         from .sqlite import SQLiteJournal
 
         j = SQLiteJournal(path, **options)
-    elif t.startswith(("nats://", "tls://")):
-        from .jetstream import JetStreamJournal
-
-        j = JetStreamJournal(t, **options)
-    elif "://" in t:
-        raise ValueError(
-            f"unknown journal target {t!r}: use a .sqlite path, sqlite:///path, "
-            "postgresql://... or nats://HOST:4222/STREAM"
-        )
     else:
         from .sqlite import SQLiteJournal
         import os

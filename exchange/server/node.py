@@ -15,14 +15,13 @@ import asyncio
 import time
 from typing import Any
 
+from ..journal import journal_kind as _backend
+
 
 def journal_kind(target: str) -> str:
-    """``sqlite``, ``postgresql``, ``nats`` or ``memory`` for a journal target."""
-    if target.startswith("nats://"):
-        return "nats"
-    if target.startswith(("postgresql://", "postgres://")):
-        return "postgresql"
-    return "memory" if target == ":memory:" else "sqlite"
+    """``sqlite``, ``postgresql``, ``nats`` (:func:`exchange.journal.journal_kind`), or
+    ``memory`` for a server that keeps no journal (``:memory:``)."""
+    return "memory" if target == ":memory:" else _backend(target)
 
 
 class NodeStatus:
