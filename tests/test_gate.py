@@ -94,9 +94,10 @@ async def _run(
     )
     gate_before = gateway_mod._gate
     fanout_before, replies_before = gateway_mod._fanout, gateway_mod._replies
+    idem_before = gateway_mod._idem_listen
     gateway_mod._gate = gate_before if use_gate else gateway_mod._gate_off
     if not (use_gate if use_fanout is None else use_fanout):
-        gateway_mod._fanout = gateway_mod._replies = None
+        gateway_mod._fanout = gateway_mod._replies = gateway_mod._idem_listen = None
     try:
         cfg = _settings()
         ex, keys = _mix_market(cfg)
@@ -164,6 +165,7 @@ async def _run(
         memory_mod.time = memory_mod_time
         gateway_mod._gate = gate_before
         gateway_mod._fanout, gateway_mod._replies = fanout_before, replies_before
+        gateway_mod._idem_listen = idem_before
 
 
 def _both(frames, max_in_flight=10**6, fail_submit_at=None) -> tuple[dict, dict]:
@@ -589,4 +591,6 @@ def test_durable_replies_remember_and_fail_as_python_does():
         c, py = (asyncio.run(_run(frames, g, 10**6, **kw)) for g in (True, False))
         _same(c, py)
         assert len(c["idem_done"]) == 50
+        # orders that finished after they were remembered (Gateway._idem_listen, idem_listen)
+        assert [e for e in c["idem_done"].values() if e[2] and e[2][1] == "canceled"]
     assert b"SHUTTING_DOWN" in b"".join(c["written"][0])

@@ -572,6 +572,22 @@ admission(gstate *st, PyObject *gw, PyObject *runner, PyObject *session, long lo
     return r;
 }
 
+/* Out of the cyclic GC's reach: a tuple whose items the GC does not track (strings, ints,
+ * bytes, None, such tuples) can be in no reference cycle. The collector would untrack it
+ * itself, but only after examining it in a young collection; the idempotency window keeps
+ * 20,000 of them per second at full load, which made each young collection walk them all. */
+static PyObject *
+untracked(PyObject *t)
+{
+    if (t != NULL) {
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(t); i++)
+            if (PyObject_GC_IsTracked(PyTuple_GET_ITEM(t, i)))
+                return t;
+        PyObject_GC_UnTrack(t);
+    }
+    return t;
+}
+
 static int
 seen_coid(gstate *st, PyObject *gw, PyObject *firm, PyObject *coid, PyObject *key)
 {
@@ -803,7 +819,7 @@ gate(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                (metrics = attr(st, gw, I_METRICS)) != NULL &&
                (which == I_CANCEL || (adm = admission(st, gw, runner, s, &lag)) >= 0) &&
                (coid == Py_None ||
-                ((key = PyTuple_Pack(2, firm, coid)) != NULL &&
+                ((key = untracked(PyTuple_Pack(2, firm, coid))) != NULL &&
                  !seen_coid(st, gw, firm, coid, key)));
     /* the token read again: the checks above ran properties (journal_lag) */
     tokens = SL(s, st->sess_off[S_TOKENS]);
@@ -1332,6 +1348,31 @@ done:
  *     (Idempotency.remember). A failed or cancelled batch, or a batch of an unusual shape,
  *     goes to the Python method, the reference. */
 
+/* Idempotency.remember's (outcome, terms, final) of an in-flight entry [outcome, cmd,
+ * final] (batch_plain checked its shape): the terms are _terms(cmd), read from its slots */
+static PyObject *
+kept_entry(gstate *st, PyObject *entry)
+{
+    PyObject *cmd = PyList_GET_ITEM(entry, 1);
+    PyObject *terms = PyTuple_New(PL_POST_ONLY - PL_INSTRUMENT + 1);
+    if (terms == NULL)
+        return NULL;
+    for (int i = PL_INSTRUMENT; i <= PL_POST_ONLY; i++) {
+        PyObject *v = SL(cmd, st->place_off[i]);
+        PyTuple_SET_ITEM(terms, i - PL_INSTRUMENT, Py_NewRef(v ? v : Py_None));
+    }
+    untracked(terms);
+    /* the outcome of a refusal and the final state are tuples made in Python */
+    PyObject *outcome = PyList_GET_ITEM(entry, 0), *final = PyList_GET_ITEM(entry, 2);
+    if (PyTuple_CheckExact(outcome))
+        untracked(outcome);
+    if (PyTuple_CheckExact(final))
+        untracked(final);
+    PyObject *kept = PyTuple_Pack(3, outcome, terms, final);
+    Py_DECREF(terms);
+    return untracked(kept);
+}
+
 static int
 remember(gstate *st, PyObject *done, PyObject *inflight, PyObject *ring, Py_ssize_t window,
          PyObject *key,
@@ -1345,6 +1386,7 @@ remember(gstate *st, PyObject *done, PyObject *inflight, PyObject *ring, Py_ssiz
     }
     else if (PyErr_Occurred())
         return -1;
+    untracked(key); /* made in Python where the gate did not take the order */
     int known = PyDict_Contains(done, key);
     if (known < 0)
         return -1;
@@ -1353,7 +1395,10 @@ remember(gstate *st, PyObject *done, PyObject *inflight, PyObject *ring, Py_ssiz
             return -1;
         Py_DECREF(r);
     }
-    if (PyDict_SetItem(done, key, outcome) < 0)
+    PyObject *kept = kept_entry(st, outcome);
+    int e = kept == NULL || PyDict_SetItem(done, key, kept) < 0;
+    Py_XDECREF(kept);
+    if (e)
         return -1;
     if (PyDict_GET_SIZE(done) > window) { /* d.pop(ring.popleft(), None) */
         if ((r = PyObject_CallMethodNoArgs(ring, st->s_popleft)) == NULL)
@@ -1370,7 +1415,8 @@ remember(gstate *st, PyObject *done, PyObject *inflight, PyObject *ring, Py_ssiz
 static int
 batch_plain(gstate *st, PyObject *batch)
 {
-    /* a list of (Session, req_id, bytes, key, outcome) */
+    /* a list of (Session, req_id, bytes, key, entry): a key None or a tuple, its entry
+     * Gateway.place's [outcome, PlaceOrder, final] */
     if (!PyList_CheckExact(batch))
         return 0;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(batch); i++) {
@@ -1378,6 +1424,11 @@ batch_plain(gstate *st, PyObject *batch)
         if (!PyTuple_CheckExact(t) || PyTuple_GET_SIZE(t) != 5 ||
             Py_TYPE(PyTuple_GET_ITEM(t, 0)) != st->sess_t ||
             !PyBytes_CheckExact(PyTuple_GET_ITEM(t, 2)))
+            return 0;
+        PyObject *key = PyTuple_GET_ITEM(t, 3), *entry = PyTuple_GET_ITEM(t, 4);
+        if (key != Py_None &&
+            (!PyTuple_CheckExact(key) || !PyList_CheckExact(entry) ||
+             PyList_GET_SIZE(entry) != 3 || Py_TYPE(PyList_GET_ITEM(entry, 1)) != st->place_t))
             return 0;
     }
     return 1;
@@ -1439,6 +1490,84 @@ done:
     return ret;
 }
 
+/* idem_listen(idem, cmd, events)
+ *     Gateway._idem_listen: an order remembered for retries that is now done (nothing left
+ *     to fill) gets its final state: in its in-flight entry, or in a new kept entry, made
+ *     untracked as remember() makes them. */
+static PyObject *
+idem_listen(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    gstate *st = state_of(self);
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "idem_listen(idem, cmd, events)");
+        return NULL;
+    }
+    if (!st->ready) {
+        PyErr_SetString(PyExc_RuntimeError, "idem_listen: gate_setup was not called");
+        return NULL;
+    }
+    PyObject *done = PyObject_GetAttr(args[0], st->D[D_DONE]);
+    PyObject *inflight = done ? PyObject_GetAttr(args[0], st->D[D_INFLIGHT]) : NULL;
+    PyObject *events = inflight ? PySequence_Fast(args[2], "idem_listen: events") : NULL;
+    PyObject *ret = NULL;
+    if (events == NULL)
+        goto done;
+    if (!PyDict_CheckExact(done) || !PyDict_CheckExact(inflight)) {
+        PyErr_SetString(PyExc_TypeError, "idem_listen: done and inflight are not dicts");
+        goto done;
+    }
+    for (Py_ssize_t i = 0; (PyDict_GET_SIZE(done) || PyDict_GET_SIZE(inflight)) &&
+                           i < PySequence_Fast_GET_SIZE(events);
+         i++) {
+        PyObject *ev = PySequence_Fast_GET_ITEM(events, i);
+        if (Py_TYPE(ev) != st->er_t)
+            continue;
+        PyObject *leaves = SL(ev, st->er_off[R_LEAVES]), *coid = SL(ev, st->er_off[R_COID]),
+                 *acct = SL(ev, st->er_off[R_ACCOUNT]), *oid = SL(ev, st->er_off[R_OID]),
+                 *status = SL(ev, st->er_off[R_STATUS]), *cum = SL(ev, st->er_off[R_CUM]);
+        if (leaves == NULL || coid == NULL || coid == Py_None || acct == NULL || oid == NULL ||
+            status == NULL || cum == NULL)
+            continue;
+        int some = PyObject_IsTrue(leaves);
+        if (some < 0)
+            goto done;
+        if (some)
+            continue;
+        PyObject *key = untracked(PyTuple_Pack(2, acct, coid));
+        PyObject *final = key ? untracked(PyTuple_Pack(3, oid, status, cum)) : NULL;
+        int e = final == NULL;
+        PyObject *x = e ? NULL : PyDict_GetItemWithError(inflight, key);
+        if (x != NULL) { /* not durable yet: its batch remembers the entry (x[0][2] = final) */
+            PyObject *entry = PySequence_GetItem(x, 0);
+            e = entry == NULL || PySequence_SetItem(entry, 2, final) < 0;
+            Py_XDECREF(entry);
+        }
+        else if (!e && !PyErr_Occurred()) {
+            PyObject *kept = PyDict_GetItemWithError(done, key);
+            if (kept != NULL) { /* done[key] = (kept[0], kept[1], final) */
+                PyObject *a = PySequence_GetItem(kept, 0);
+                PyObject *b = a ? PySequence_GetItem(kept, 1) : NULL;
+                PyObject *n = b ? untracked(PyTuple_Pack(3, a, b, final)) : NULL;
+                e = n == NULL || PyDict_SetItem(done, key, n) < 0;
+                Py_XDECREF(a);
+                Py_XDECREF(b);
+                Py_XDECREF(n);
+            }
+        }
+        e = e || PyErr_Occurred();
+        Py_XDECREF(key);
+        Py_XDECREF(final);
+        if (e)
+            goto done;
+    }
+    ret = Py_NewRef(Py_None);
+done:
+    Py_XDECREF(done);
+    Py_XDECREF(inflight);
+    Py_XDECREF(events);
+    return ret;
+}
+
 static PyMethodDef gate_defs[] = {
     {"gate", (PyCFunction)(void (*)(void))gate, METH_FASTCALL,
      "gate(session, request) -> bool: a plain place/cancel/amend order request handled as "
@@ -1449,6 +1578,8 @@ static PyMethodDef gate_defs[] = {
     {"fanout_setup", fanout_setup, METH_O, "fanout_setup(cfg: dict): what fanout needs."},
     {"replies", (PyCFunction)(void (*)(void))replies, METH_FASTCALL,
      "replies(gateway, batch, future): Gateway._batch_durable."},
+    {"idem_listen", (PyCFunction)(void (*)(void))idem_listen, METH_FASTCALL,
+     "idem_listen(idem, cmd, events): Gateway._idem_listen."},
     {"er_push", (PyCFunction)(void (*)(void))er_push, METH_FASTCALL,
      "er_push(seq, head, ev) -> bytes | None: the executions push of one execution report "
      "(exchange.server.protocol.ER_PUSH), or None: format it in Python."},

@@ -547,7 +547,9 @@ class Gateway(AdmissionMixin, IdempotencyMixin, FanoutMixin, OrderEntryMixin):
         self.accepting = True
         # the fan-out in C where the extension is built (on_commit is its reference)
         runner.add_listener(self.on_commit if _fanout is None else partial(_fanout, self))
-        runner.add_listener(self._idem_listen)
+        runner.add_listener(
+            self._idem_listen if _idem_listen is None else partial(_idem_listen, self.idem)
+        )
 
     @property
     def credentials(self):
@@ -931,12 +933,17 @@ else:
     )
 
 # Gateway.on_commit's usual events in C (exchange/server/_accel.c: fanout; read when a Gateway is
-# made), and Gateway._batch_durable (replies; read per batch): None where the extension is
-# not built.
+# made), Gateway._batch_durable (replies; read per batch) and Gateway._idem_listen
+# (idem_listen; read when a Gateway is made): None where the extension is not built.
 try:
-    from ._accel import fanout as _fanout, fanout_setup as _fanout_setup, replies as _replies
+    from ._accel import (
+        fanout as _fanout,
+        fanout_setup as _fanout_setup,
+        idem_listen as _idem_listen,
+        replies as _replies,
+    )
 except ImportError:  # pragma: no cover - an install without the extension
-    _fanout = _replies = None
+    _fanout = _replies = _idem_listen = None
 else:
     from .protocol import er_push_ref
 
