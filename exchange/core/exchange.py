@@ -527,7 +527,7 @@ class Exchange:
             0,
             0,
             None,
-            cmd.ts,
+            self.now,
         )
 
     def _er(self, o: Order, exec_type: str, reason: str | None = None) -> ExecutionReport:
@@ -740,7 +740,7 @@ class Exchange:
             cmd.qty,
             tif,
             cmd.post_only,
-            cmd.seq,
+            self.last_seq,
         )
         if o.side == BUY:
             o.reserved = self.buy_reserve(price, o.qty, self._rules[o.segment].fee_bps)
@@ -1042,7 +1042,7 @@ class Exchange:
             o.qty = new_qty
             o.price = new_price
             o.leaves = new_leaves
-            o.seq = cmd.seq
+            o.seq = self.last_seq
             events.append(self._er(o, EXEC_REPLACED))
             self._execute(o, book, instr, rules, acct, events)
             if o.leaves and o.status != ST_CANCELED:
@@ -1331,7 +1331,7 @@ class Exchange:
             "chain_id": c.chain_id,
             "sme_proceeds": 0,
             "parent_proceeds": 0,
-            "created_seq": c.seq,
+            "created_seq": self.last_seq,
         }
         self.move_units(parent, sme, c.instrument, c.qty, f"{LOT_SUB_QUOTA}:{lot_id}", "sub_quota")
         return [
