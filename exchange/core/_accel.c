@@ -1788,6 +1788,10 @@ cp_place(CorePath *self, PyObject *cmd)
     long long oidv;
     if (oid == NULL || rd64(oid, &oidv) < 0 || oidv >= LLONG_MAX)
         goto python;
+    /* the envelope of the command being applied: apply put it on the exchange */
+    PyObject *seq = xget(self, X_LAST_SEQ), *now = xget(self, X_NOW);
+    if (seq == NULL || now == NULL)
+        return NULL;
 
     /* ---- accepted: from here on an error is an error, as in the reference */
     Py_INCREF(oid);
@@ -1801,8 +1805,7 @@ cp_place(CorePath *self, PyObject *cmd)
     PyObject *firm_id = SLOT(acct, st->acct_off[A_FIRM]);
     PyObject *ov[O_N] = {oid, firm_id, coid, symbol, segment, side, f[P_PRICE], f[P_QTY],
                          f[P_QTY], st->zero, tif, f[P_POST_ONLY], st->zero, st->K[S_ST_NEW],
-                         f[P_SEQ],
-                         Py_None, Py_None};
+                         seq, Py_None, Py_None};
     for (int i = 0; i < O_N; i++) {
         Py_INCREF(ov[i]);
         SLOT(o, st->order_off[i]) = ov[i];
@@ -1822,8 +1825,7 @@ cp_place(CorePath *self, PyObject *cmd)
         goto fail;
     er = new_er(st, firm_id, oid, coid, symbol, segment, side, st->K[S_EXEC_NEW], st->K[S_ST_NEW],
                 f[P_PRICE], f[P_QTY], st->zero, st->zero, st->zero, f[P_QTY], Py_None, st->zero,
-                st->zero, Py_None,
-                f[P_TS]);
+                st->zero, Py_None, now);
     if (er == NULL || (events = PyList_New(crosses || ioc ? 1 : 2)) == NULL)
         goto fail;
     PyList_SET_ITEM(events, 0, er);
@@ -1916,6 +1918,12 @@ cp_cancel(CorePath *self, PyObject *cmd)
             goto python;
     }
 
+    PyObject *now = xget(self, X_NOW); /* the applying command's time (apply set it) */
+    if (now == NULL) {
+        Py_DECREF(k);
+        return NULL;
+    }
+
     /* ---- accepted: as in the reference, an inconsistent book raises KeyError from here */
     PyObject *events = NULL, *er = NULL, *lq = NULL;
     Py_INCREF(o);
@@ -1935,7 +1943,7 @@ cp_cancel(CorePath *self, PyObject *cmd)
                 st->K[S_EXEC_CANCELED], st->K[S_ST_CANCELED], SLOT(o, st->order_off[O_PRICE]),
                 SLOT(o, st->order_off[O_QTY]), st->zero, st->zero, SLOT(o, st->order_off[O_CUM]),
                 st->zero,
-                st->K[S_CANCELED_BY_CLIENT], st->zero, st->zero, Py_None, f[C_TS]);
+                st->K[S_CANCELED_BY_CLIENT], st->zero, st->zero, Py_None, now);
     if (er == NULL || (events = PyList_New(2)) == NULL)
         goto fail;
     PyList_SET_ITEM(events, 0, er);
@@ -2070,7 +2078,10 @@ cp_amend(CorePath *self, PyObject *cmd)
         set_ref(o, st->order_off[O_PRICE], price_o);
         if (set_i(o, st->order_off[O_LEAVES], new_leaves) < 0)
             goto fail;
-        set_ref(o, st->order_off[O_SEQ], f[M_SEQ]);
+        PyObject *seq = xget(self, X_LAST_SEQ); /* the amend's own seq (apply set it) */
+        if (seq == NULL)
+            goto fail;
+        set_ref(o, st->order_off[O_SEQ], seq);
     }
     if (list_append_new(events, new_er(st, 
             SLOT(o, st->order_off[O_ACCOUNT]), SLOT(o, st->order_off[O_ID]),
