@@ -106,8 +106,6 @@ class IssueApiKey(Command):
     label: str = ""
     # how key_hash was made; records journaled before the keyed hash have none: sha256
     scheme: str = SCHEME_SHA256
-    seq: int = 0
-    ts: int = 0
 
 
 @command("rehash_api_key")
@@ -118,15 +116,11 @@ class RehashApiKey(Command):
     key_id: str
     key_hash: str
     scheme: str = SCHEME_HMAC
-    seq: int = 0
-    ts: int = 0
 
 
 @command("revoke_api_key")
 class RevokeApiKey(Command):
     key_id: str
-    seq: int = 0
-    ts: int = 0
 
 
 @event("api_key_issued")

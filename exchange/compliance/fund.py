@@ -60,8 +60,6 @@ class ConfigureSmeFund(Command):
     sme_period_limit: int | None = None  # fen one SME may receive per period; None: no limit
     period_limit: int | None = None  # fen all SMEs together may receive per period; None: none
     operator: str = ""
-    seq: int = 0
-    ts: int = 0
 
 
 @command("fund_deposit")
@@ -74,8 +72,6 @@ class FundDeposit(Command):
     period: int | None = None
     ref: str = ""  # e.g. the budget line
     operator: str = ""
-    seq: int = 0
-    ts: int = 0
 
 
 @command("apply_for_grant")
@@ -89,16 +85,12 @@ class ApplyForGrant(Command):
     project: str
     verified_abatement_t: int
     applicant: str = ""  # who filed it: the SME's id, or "operator:<label>"
-    seq: int = 0
-    ts: int = 0
 
 
 @command("approve_grant")
 class ApproveGrant(Command):
     application_id: int
     operator: str
-    seq: int = 0
-    ts: int = 0
 
 
 @command("reject_grant")
@@ -108,8 +100,6 @@ class RejectGrant(Command):
     application_id: int
     reason: str
     operator: str = ""
-    seq: int = 0
-    ts: int = 0
 
 
 @command("disburse_grant")
@@ -118,8 +108,6 @@ class DisburseGrant(Command):
 
     application_id: int
     operator: str = ""
-    seq: int = 0
-    ts: int = 0
 
 
 # =========================================================================== events

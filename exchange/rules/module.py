@@ -1384,8 +1384,6 @@ class RulesModule(Module):
             surplus_rule=c.surplus_rule,
             shortfall_rule=c.shortfall_rule,
             chain_id=c.chain_id,
-            seq=c.seq,
-            ts=c.ts,
         )
 
     def _settle_sub_quotas(self, c: SettleSubQuotas) -> list[Any]:
