@@ -7,14 +7,14 @@
 One seeded stream (:mod:`loadtest.streams`: limit orders and cancels against funded accounts)
 is run, each time on a fresh ``build_exchange()``:
 
-* ``in_memory_cmds_per_s``: ``Exchange.apply`` over pre-stamped commands, no journal (the
-  core's own speed, the baseline);
+* ``in_memory_cmds_per_s``: ``Exchange.apply`` over commands with envelopes made beforehand,
+  no journal (the core's own speed, the baseline);
 * ``durable_cmds_per_s``: the same commands through :class:`CoreRunner` with the SQLite
-  journal (WAL, synchronous=FULL, group commit), stamped by the runner's production clock
-  (``time.time_ns``). The driver is pipelined like a gateway with
-  many connections: it submits with ``submit_nowait`` and yields to the event loop every 256
-  commands; the clock stops when the last command is durable. Every command is stamped,
-  applied, encoded, hashed and fsynced in a batch; snapshots are taken at the configured
+  journal (WAL, synchronous=FULL, group commit), their ``ts`` from the runner's production
+  clock (``time.time_ns``). The driver is pipelined like a gateway with many connections: it
+  submits with ``submit_nowait`` and yields to the event loop every 256 commands; the clock
+  stops when the last command is durable. Every command gets its envelope, is applied,
+  encoded, hashed and fsynced in a batch; snapshots are taken at the configured
   interval (``[journal]`` in config/default.toml) inside the timing. ``durable_ratio`` =
   durable / in-memory;
 * ``durable_no_snapshots_*``: the same durable run with no snapshots, interleaved with the

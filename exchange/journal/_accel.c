@@ -23,7 +23,7 @@
  * tuple, a float, a non-ASCII or escaped string, an int subclass, a big int) is left to
  * orjson through the fallback, so no JSON rule is re-implemented here beyond those.
  *
- * Submitter: CoreRunner.submit_nowait (stamp, encode the record, apply, frame) - see
+ * Submitter: CoreRunner.submit_nowait (envelope, encode the record, apply, frame) - see
  * the Python submitter in runner.py for what each step does; this is the same, step for step. It
  * calls the Exchange's apply (the core's own extension, exchange.core._accel, when that is
  * built) through Python's call protocol, so the two extensions need no C-level link.
@@ -600,7 +600,7 @@ static PyMemberDef sub_members[] = {
 };
 
 static PyType_Slot sub_slots[] = {
-    {Py_tp_doc, "CoreRunner's submit path: stamp, apply and frame each command (see "
+    {Py_tp_doc, "CoreRunner's submit path: envelope, apply and frame each command (see "
                 "runner.py's Python submitter, the reference implementation)."},
     {Py_tp_new, sub_new},
     {Py_tp_traverse, sub_traverse},

@@ -120,7 +120,7 @@ class _Batch:
 
 
 class _PySubmitter:
-    """The submit path: stamp, apply and frame each command. The pure-Python reference of
+    """The submit path: envelope, apply and frame each command. The pure-Python reference of
     ``_accel.Submitter``, which does the same steps in C (tests run both); the runner uses
     the C one where the extension is built (``C_SUBMITTER``).
 
@@ -559,7 +559,7 @@ class CoreRunner:
 
     # ---------------------------------------------------------------- submit
     def submit_nowait(self, cmd: Command) -> tuple[Result, asyncio.Future[None]]:
-        """Stamp, encode, apply and enqueue ``cmd``; return ``(events, durable)`` where
+        """Envelope, encode, apply and enqueue ``cmd``; return ``(events, durable)`` where
         ``durable`` is a future resolved when the command's batch is durable. The events must
         not be acknowledged before that. If the core raises (other than a SequenceError), the
         command is journaled anyway (replay reproduces it), the error is logged and returned
