@@ -93,12 +93,13 @@ def run_book_only(ops: list):
 
 
 def run_full_core(ex, cmds: list):
+    """``cmds``: ``(cmd, seq, ts)`` (:func:`~.streams.core_commands`)."""
     from exchange.core.events import Trade
 
     apply = ex.apply
     fills_n = traded = 0
-    for c in cmds:
-        for ev in apply(c):
+    for c, seq, ts in cmds:
+        for ev in apply(c, seq, ts):
             if type(ev) is Trade:
                 fills_n += 1
                 traded += ev.qty

@@ -7,14 +7,14 @@
 One seeded stream (:mod:`loadtest.streams`: limit orders and cancels against funded accounts)
 is run, each time on a fresh ``build_exchange()``:
 
-* ``in_memory_cmds_per_s``: ``Exchange.apply`` over pre-stamped commands, no journal (the
-  core's own speed, the baseline);
+* ``in_memory_cmds_per_s``: ``Exchange.apply`` over commands with envelopes made beforehand,
+  no journal (the core's own speed, the baseline);
 * ``durable_cmds_per_s``: the same commands through :class:`CoreRunner` with the SQLite
-  journal (WAL, synchronous=FULL, group commit), stamped by the runner's production clock
-  (``time.time_ns``). The driver is pipelined like a gateway with
-  many connections: it submits with ``submit_nowait`` and yields to the event loop every 256
-  commands; the clock stops when the last command is durable. Every command is stamped,
-  applied, encoded, hashed and fsynced in a batch; snapshots are taken at the configured
+  journal (WAL, synchronous=FULL, group commit), their ``ts`` from the runner's production
+  clock (``time.time_ns``). The driver is pipelined like a gateway with many connections: it
+  submits with ``submit_nowait`` and yields to the event loop every 256 commands; the clock
+  stops when the last command is durable. Every command gets its envelope, is applied,
+  encoded, hashed and fsynced in a batch; snapshots are taken at the configured
   interval (``[journal]`` in config/default.toml) inside the timing. ``durable_ratio`` =
   durable / in-memory;
 * ``durable_no_snapshots_*``: the same durable run with no snapshots, interleaved with the
@@ -71,15 +71,14 @@ def run_in_memory(stream) -> dict:
     ex = build_exchange()
     setup = market_setup_commands(stream)
     for i, c in enumerate(setup, 1):
-        c.seq, c.ts = i, i
-        ex.apply(c)
+        ex.apply(c, i, i)
     cmds = list(iter_core_commands(stream, first_seq=len(setup) + 1, first_ts=len(setup) + 1))
     apply = ex.apply
     gc.collect()
     c0 = time.process_time()
     t0 = time.perf_counter()
-    for c in cmds:
-        apply(c)
+    for c, seq, ts in cmds:
+        apply(c, seq, ts)
     dt = time.perf_counter() - t0
     cpu = time.process_time() - c0
     return {
@@ -109,7 +108,7 @@ async def run_durable(
     await r.start()
     for c in market_setup_commands(stream):
         await r.submit(c)
-    cmds = list(iter_core_commands(stream))
+    cmds = [c for c, _seq, _ts in iter_core_commands(stream)]  # the runner gives envelopes
     b0, n0 = r.batches, r.batched_records
     gc.collect()
     c0 = time.process_time()
@@ -163,8 +162,8 @@ async def run_replay(target: str) -> dict:
         t0 = time.perf_counter()
         n = 0
         async for rows in j.read_rows(1):
-            for seq, ts, p, _h in rows:
-                decode_payload(loads(p), seq, ts)
+            for _seq, _ts, p, _h in rows:
+                decode_payload(loads(p))
             n += len(rows)
         t_dec = time.perf_counter() - t0
         c_dec = time.process_time() - c0
@@ -312,9 +311,9 @@ async def build_recovery_log(target: str, commands: int, seed: int, every: int) 
     async def put(cmd, snapshot=False):
         nonlocal seq
         seq += 1
-        cmd.seq, cmd.ts = seq, 1_767_225_600 * 10**9 + seq * 1000
-        ex.apply(cmd)
-        batch.append((seq, cmd.ts, payload_bytes(cmd)))
+        ts = 1_767_225_600 * 10**9 + seq * 1000
+        ex.apply(cmd, seq, ts)
+        batch.append((seq, ts, payload_bytes(cmd)))
         if snapshot or len(batch) >= 20_000:
             await j.append(batch)
             batch.clear()
@@ -323,7 +322,7 @@ async def build_recovery_log(target: str, commands: int, seed: int, every: int) 
 
     for c in market_setup_commands(stream):
         await put(c)
-    for c in iter_core_commands(stream):
+    for c, _seq, _ts in iter_core_commands(stream):  # put gives the envelopes
         if seq + 1 >= commands:
             break
         if (seq + 1) % every == 0:

@@ -199,27 +199,30 @@ def market_setup_commands(stream: Stream, *, cash_fen: int = 10**12, units: int 
 def iter_core_commands(
     stream: Stream, first_seq: int = 1, first_ts: int = 1_767_225_600 * 10**9, ts_step: int = 1_000
 ):
-    """The stream as core commands (``PlaceOrder`` / ``CancelOrder``) stamped with ``seq`` from
-    ``first_seq`` and ``ts`` every ``ts_step`` ns, ready for ``Exchange.apply``; made lazily
-    (a million at once is a lot of RAM)."""
+    """The stream as core commands (``PlaceOrder`` / ``CancelOrder``), each with its envelope
+    beside it: ``(cmd, seq, ts)``, ``seq`` from ``first_seq`` and ``ts`` every ``ts_step`` ns,
+    ready for ``Exchange.apply(cmd, seq, ts)``; made lazily (a million at once is a lot of
+    RAM)."""
     from exchange.core.commands import CancelOrder, PlaceOrder
 
     seq, ts = first_seq, first_ts
     for op in stream.ops:
         if op[0] == ADD:
             _, _oid, side, price, qty, acct = op
-            yield PlaceOrder(
-                account=acct,
-                instrument=INSTRUMENT,
-                segment=SEGMENT,
-                side=side,
-                price=price,
-                qty=qty,
-                seq=seq,
-                ts=ts,
+            yield (
+                PlaceOrder(
+                    account=acct,
+                    instrument=INSTRUMENT,
+                    segment=SEGMENT,
+                    side=side,
+                    price=price,
+                    qty=qty,
+                ),
+                seq,
+                ts,
             )
         else:
-            yield CancelOrder(account=op[2], order_id=op[1], seq=seq, ts=ts)
+            yield CancelOrder(account=op[2], order_id=op[1]), seq, ts
         seq += 1
         ts += ts_step
 
@@ -227,5 +230,5 @@ def iter_core_commands(
 def core_commands(
     stream: Stream, first_seq: int = 1, first_ts: int = 1_767_225_600 * 10**9, ts_step: int = 1_000
 ) -> list:
-    """:func:`iter_core_commands` as a list."""
+    """:func:`iter_core_commands` as a list of ``(cmd, seq, ts)``."""
     return list(iter_core_commands(stream, first_seq, first_ts, ts_step))

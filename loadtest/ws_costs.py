@@ -111,8 +111,6 @@ def measure(n: int = 20000, repeat: int = 5) -> dict:
         price=8450,
         qty=5,
         client_order_id="w0-1",
-        seq=1,
-        ts=1,
     )
 
     def f_journal(k):  # the runner encodes in the server, the writer process hashes

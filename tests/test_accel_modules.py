@@ -69,8 +69,6 @@ def test_journal_state_is_per_module_not_per_process():
         tif="GTC",
         post_only=False,
         client_order_id=None,
-        seq=1,
-        ts=2,
     )
     codec.payload_line(cmd)  # registers PlaceOrder with the C encoder
     other = fresh("exchange.journal._accel")

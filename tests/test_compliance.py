@@ -621,8 +621,8 @@ def test_statement_and_summary(period_run):
 def test_replay_gives_the_same_state(period_run):
     m, _ = period_run
     ex2 = build_exchange()
-    for cmd in m.seq.log:
-        ex2.apply(cmd)
+    for cmd, seq, ts in m.seq.log:
+        ex2.apply(cmd, seq, ts)
     assert ex2.state_hash() == m.ex.state_hash()
     ex3 = build_exchange()
     ex3.restore(m.ex.snapshot())

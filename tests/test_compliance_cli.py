@@ -22,8 +22,8 @@ def _journal_of(seq, path: str, snapshot_at: int) -> None:
         box = [0]
         runner = CoreRunner(build_exchange(), open_journal(path), clock=lambda: box[0])
         await runner.start()
-        for i, cmd in enumerate(seq.log, 1):
-            box[0] = cmd.ts
+        for i, (cmd, _seq, ts) in enumerate(seq.log, 1):
+            box[0] = ts
             await runner.submit(cmd)
             if i == snapshot_at:
                 await runner.snapshot()

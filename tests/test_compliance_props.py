@@ -132,9 +132,8 @@ def test_arbitrary_compliance_commands(cmds, late):
     for cmd, after_deadline in zip(cmds, late):
         seq += 1
         ts = max(ts + 1, DEADLINE + DAY) if after_deadline else ts + 1
-        cmd.seq, cmd.ts = seq, ts
         before = business_hash(ex)
-        evs = ex.apply(cmd)  # never raises
+        evs = ex.apply(cmd, seq, ts)  # never raises
         if len(evs) == 1 and isinstance(evs[0], CommandRejected):
             assert evs[0].code and evs[0].message
             assert business_hash(ex) == before, (cmd, evs)

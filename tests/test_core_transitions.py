@@ -122,11 +122,9 @@ class Core:
 
     def __call__(self, cmd) -> list:
         self.seq += 1
-        cmd.seq = self.seq
-        cmd.ts = 1_000_000 * self.seq
         was = book_mod.use_compiled(self.ex.accelerated)
         try:
-            return self.ex.apply(cmd)
+            return self.ex.apply(cmd, self.seq, 1_000_000 * self.seq)
         finally:
             book_mod.use_compiled(was)
 

@@ -32,17 +32,16 @@ def trade(sym: str, price: int, qty: int, tid: int = 1) -> Trade:
     )
 
 
-def cmd(ts: int = 0):
-    return SimpleNamespace(ts=ts, seq=0)
+CMD = SimpleNamespace()  # the command itself is not read: its events and envelope are
 
 
 def test_trades_build_daily_ohlc_and_end_of_day_closes_it():
     s = CandleStore()
-    s.on_commit(cmd(10), [trade("CEA-2026", 8510, 100)])
-    s.on_commit(cmd(11), [trade("CEA-2026", 8530, 50), trade("CEA-2026", 8490, 25)])
-    s.on_commit(cmd(12), [trade("CEA-2026", 8500, 5)])
-    s.on_commit(cmd(13), [DayEnded(1, (("CEA-2026", 8506),), 0)])
-    s.on_commit(cmd(14), [trade("CEA-2026", 8600, 7)])
+    s.on_commit(CMD, 0, 10, [trade("CEA-2026", 8510, 100)])
+    s.on_commit(CMD, 0, 11, [trade("CEA-2026", 8530, 50), trade("CEA-2026", 8490, 25)])
+    s.on_commit(CMD, 0, 12, [trade("CEA-2026", 8500, 5)])
+    s.on_commit(CMD, 0, 13, [DayEnded(1, (("CEA-2026", 8506),), 0)])
+    s.on_commit(CMD, 0, 14, [trade("CEA-2026", 8600, 7)])
     day0, day1 = s.series("CEA-2026")
     assert day0 == {
         "day": 0,

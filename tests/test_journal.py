@@ -41,8 +41,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def stream_commands(n: int = 2000, seed: int = 7) -> list:
+    """The commands alone: whoever applies them gives the envelopes (a runner its own)."""
     st = generate(n, seed)
-    return market_setup_commands(st) + core_commands(st)
+    return market_setup_commands(st) + [c for c, _seq, _ts in core_commands(st)]
 
 
 def clock_from(start: int = 1_767_225_600_000_000_000, step: int = 1000):
@@ -117,15 +118,15 @@ def _codec_samples():
 def test_payload_codec_round_trip_and_old_object_records():
     for c in _codec_samples():
         wire = orjson.loads(orjson.dumps(encode_command(c)))  # what JSON gives back
-        want = decode_command(wire, 5, 6)
+        want = decode_command(wire)
         p = payload_bytes(c)
         assert payload_line(c) == p + b"\n" and b"\n" not in p
         assert orjson.loads(p)[0] == c.TYPE  # positional: [type, fields...]
-        assert decode_payload(orjson.loads(p), 5, 6) == want
+        assert decode_payload(orjson.loads(p)) == want
         assert payload_dict(orjson.loads(p)) == wire
         assert dict_payload(encode_command(c)) == p
         # records written before the positional format: the encode_command object
-        assert decode_payload(dict(wire), 5, 6) == want
+        assert decode_payload(dict(wire)) == want
         assert payload_dict(dict(wire)) == wire
 
 
@@ -134,10 +135,11 @@ def test_payload_of_an_older_shorter_record_takes_the_new_fields_defaults():
         account="A", instrument="CEA-2026", side="sell", qty=3, price=100, client_order_id="k1"
     )
     old = orjson.loads(payload_bytes(c))[:-1]  # as if client_order_id came later
-    got = decode_payload(old, 7, 8)
-    assert got.client_order_id is None and got.qty == 3 and (got.seq, got.ts) == (7, 8)
+    got = decode_payload(old)
+    assert got.client_order_id is None and got.qty == 3
+    assert not hasattr(got, "seq") and not hasattr(got, "ts")  # the envelope is the record's
     with pytest.raises(ValueError, match="fields"):
-        decode_payload(orjson.loads(payload_bytes(c)) + [1], 7, 8)
+        decode_payload(orjson.loads(payload_bytes(c)) + [1])
 
 
 # Journal records are positional (exchange/journal/codec.py): a command's fields may only be
@@ -362,16 +364,18 @@ async def test_log_with_older_object_records_recovers(sqlite_path):
     j = open_journal(sqlite_path)
     await j.open()
     for i, c in enumerate(cmds[:200], 1):
-        c.seq, c.ts = i, 1000 + i
-        ex.apply(c)
-    await j.append([(c.seq, c.ts, orjson.dumps(encode_command(c))) for c in cmds[:200]])
+        ex.apply(c, i, 1000 + i)
+    await j.append(
+        [(i, 1000 + i, orjson.dumps(encode_command(c))) for i, c in enumerate(cmds[:200], 1)]
+    )
     await j.close()
     r = CoreRunner(build_exchange(), open_journal(sqlite_path), clock=clock_from(10**6))
     await r.start()
     assert r.exchange.state_hash() == ex.state_hash()
     for c in cmds[200:]:
         await r.submit(c)
-        ex.apply(c)
+        # the envelope the runner gave it: its core's last, one command at a time
+        ex.apply(c, r.exchange.last_seq, r.exchange.now)
     await r.stop(snapshot=False)
     assert r.exchange.state_hash() == ex.state_hash()
     r2 = CoreRunner(build_exchange(), open_journal(sqlite_path))
@@ -463,7 +467,13 @@ async def test_runner_group_commit_and_durability(sqlite_path):
     await r.start()
     assert r.is_empty
     seen = []
-    r.add_listener(lambda cmd, events: seen.append((cmd.seq, r.durable_seq >= cmd.seq)))
+    seq_of = {}  # id(cmd) -> the seq the listener heard it with
+
+    def listen(cmd, seq, ts, events):
+        seen.append((seq, r.durable_seq >= seq))
+        seq_of[id(cmd)] = seq
+
+    r.add_listener(listen)
     cmds = stream_commands(600)
     setup, orders = cmds[:210], cmds[210:]
     for c in setup:
@@ -472,7 +482,7 @@ async def test_runner_group_commit_and_durability(sqlite_path):
 
     async def client(c):
         ev = await r.submit(c)
-        assert r.durable_seq >= c.seq  # acknowledged only when durable
+        assert r.durable_seq >= seq_of[id(c)]  # acknowledged only when durable
         return ev
 
     results = await asyncio.gather(*(client(c) for c in orders))
@@ -578,8 +588,7 @@ def test_snapshot_serialised_in_a_child_only_when_the_state_is_large(sqlite_path
     r = CoreRunner(build_exchange(), open_journal(sqlite_path), fork_snapshots=True)
     ex = build_exchange()
     for i, c in enumerate(stream_commands(600, seed=3), 1):
-        c.seq, c.ts = i, i
-        ex.apply(c)
+        ex.apply(c, i, i)
     resting = sum(len(b.orders) for b in ex.books.values())
     assert resting > 0
     r.fork_min_orders = resting + 1
@@ -767,7 +776,7 @@ async def test_cli_replay_to_seq(sqlite_path):
     j = open_journal(sqlite_path)
     await j.open()
     async for seq, ts, d in j.read(1, to):
-        ref.ex.apply(decode_command(d, seq, ts))
+        ref.ex.apply(decode_command(d), seq, ts)
     await j.close()
     out = cli("replay", sqlite_path, "--to", str(to), "--book", "CEA-2026/main")
     assert out.returncode == 0, out.stderr

@@ -36,19 +36,21 @@ def out(line):
 
 async def main():
     r = CoreRunner(build_exchange(), open_journal(path, **opts), snapshot_every_commands=700)
+    seq_of = {}  # id(cmd) -> its seq, heard (once durable) before submit returns
+    r.add_listener(lambda cmd, seq, ts, events: seq_of.__setitem__(id(cmd), seq))
     await r.start()
     st = generate(3000, seed=1000 + run)
     if r.is_empty:
         for c in market_setup_commands(st):
             await r.submit(c)
-            out(f"ack {c.seq} {c.TYPE}")
+            out(f"ack {seq_of[id(c)]} {c.TYPE}")
     out(f"ready {r.exchange.last_seq}")
-    cmds = core_commands(st)
+    cmds = [c for c, _seq, _ts in core_commands(st)]
 
     async def client(k):
         for c in cmds[k::16]:
             await r.submit(c)
-            out(f"ack {c.seq} {c.TYPE}")
+            out(f"ack {seq_of[id(c)]} {c.TYPE}")
     await asyncio.gather(*(client(k) for k in range(16)))
     out("done")
     await asyncio.sleep(3600)

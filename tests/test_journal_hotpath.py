@@ -64,7 +64,7 @@ def c_line(cmd) -> bytes | None:
 @needs_c
 def test_c_encoder_writes_orjsons_bytes_for_the_order_flow():
     st_ = generate(2000, 3)
-    cmds = market_setup_commands(st_) + core_commands(st_)
+    cmds = market_setup_commands(st_) + [c for c, _seq, _ts in core_commands(st_)]
     taken = 0
     for c in cmds:
         got = c_line(c)
@@ -202,7 +202,7 @@ async def _run(path: str, cmds: list, c: bool) -> tuple[list, list, str]:
         c_submitter=c,
     )
     seen: list = []
-    r.add_listener(lambda cmd, events: seen.append((cmd.seq, cmd.ts, len(events))))
+    r.add_listener(lambda cmd, seq, ts, events: seen.append((seq, ts, len(events))))
     await r.start()
     results = []
     for i, cmd in enumerate(cmds):
@@ -229,7 +229,8 @@ def test_c_and_python_submitters_write_the_same_journal(tmp_path):
     st_ = generate(1500, 11)
     out = {}
     for c in (True, False):
-        cmds = market_setup_commands(st_) + core_commands(st_)  # fresh objects each run
+        # fresh objects each run; the runner gives the envelopes
+        cmds = market_setup_commands(st_) + [c for c, _seq, _ts in core_commands(st_)]
         path = str(tmp_path / f"j-{c}.sqlite")
         results, seen, h = asyncio.run(_run(path, cmds, c))
         out[c] = (results, seen, h, _rows(path))
@@ -256,14 +257,14 @@ def test_submitter_journals_a_core_error_and_reraises_a_sequence_error(tmp_path,
         apply = r.exchange.apply
         calls = []
 
-        def flaky(cmd):
-            calls.append(cmd.seq)
+        def flaky(cmd, seq, ts):
+            calls.append(seq)
             if len(calls) == 1:
-                r.exchange.last_seq = cmd.seq  # the core moved on, then a handler failed
+                r.exchange.last_seq = seq  # the core moved on, then a handler failed
                 raise ValueError("a core bug")
             if len(calls) == 2:
                 raise SequenceError("out of order")
-            return apply(cmd)
+            return apply(cmd, seq, ts)
 
         r._sub.apply = flaky
         with caplog.at_level(logging.ERROR, logger="exchange.journal.runner"):
@@ -309,9 +310,8 @@ def test_submitter_reads_time_ns_itself_and_keeps_the_stamps_increasing(tmp_path
         before = time.time_ns()
         stamps = []
         for _ in range(500):
-            m = SnapshotMarker()
-            _events, fut = r.submit_nowait(m)
-            stamps.append(m.ts)
+            _events, fut = r.submit_nowait(SnapshotMarker())
+            stamps.append(r.exchange.now)  # its ts: the runner has just applied it
         after = time.time_ns()
         await fut
         await r.stop(snapshot=False)
@@ -327,9 +327,9 @@ def test_submitter_reads_time_ns_itself_and_keeps_the_stamps_increasing(tmp_path
 def _market(n: int = 3000, seed: int = 5):
     ex = build_exchange()
     st_ = generate(n, seed)
-    for i, c in enumerate(market_setup_commands(st_) + core_commands(st_), 1):
-        c.seq, c.ts = i, i
-        ex.apply(c)
+    cmds = market_setup_commands(st_) + [c for c, _seq, _ts in core_commands(st_)]
+    for i, c in enumerate(cmds, 1):
+        ex.apply(c, i, i)
     return ex
 
 

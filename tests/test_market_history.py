@@ -48,8 +48,7 @@ def _trade(
 
 
 class Cmd:
-    def __init__(self, seq, ts=T0):
-        self.seq, self.ts = seq, ts
+    """A command as the history reads it: only its events and envelope matter."""
 
 
 # ------------------------------------------------------------------------------ read model
@@ -64,16 +63,16 @@ def test_kept_rows_cost_the_garbage_collector_nothing():
     import gc
 
     h = MarketHistory()
-    h.feed(Cmd(1), [_trade(1, 8_501, 1, buyer="F1")])  # the board's and firms' keys exist
+    h.feed(Cmd(), 1, T0, [_trade(1, 8_501, 1, buyer="F1")])  # the board's and firms' keys exist
     for i in range(2, 9):
-        h.feed(Cmd(i), [_trade(i, 8_501, 1, buyer=f"F{i % 7}")])
+        h.feed(Cmd(), i, T0, [_trade(i, 8_501, 1, buyer=f"F{i % 7}")])
     gc.collect()
     before = len(gc.get_objects())
     trades = [_trade(i, 8_500 + i % 50, 1, buyer=f"F{i % 7}") for i in range(9, 2009)]
     gc.collect()
     made = len(gc.get_objects()) - before  # the events and the test's own list
     for i, t in enumerate(trades, 9):
-        h.feed(Cmd(i), [t])
+        h.feed(Cmd(), i, T0, [t])
     del trades
     gc.collect()
     assert len(gc.get_objects()) - before <= made  # kept 6,000 rows, allocated none
@@ -84,13 +83,18 @@ def test_kept_rows_cost_the_garbage_collector_nothing():
 
 def test_trades_executions_and_minute_bars_by_hand():
     h = MarketHistory()
-    h.feed(Cmd(1), [_trade(1, 8_510, 100)])
+    h.feed(Cmd(), 1, T0, [_trade(1, 8_510, 100)])
     h.feed(
-        Cmd(2), [_trade(2, 8_530, 50, ts=T0 + 30 * 10**9), _trade(3, 8_490, 25, ts=T0 + 59 * 10**9)]
+        Cmd(),
+        2,
+        T0,
+        [_trade(2, 8_530, 50, ts=T0 + 30 * 10**9), _trade(3, 8_490, 25, ts=T0 + 59 * 10**9)],
     )
-    h.feed(Cmd(3), [_trade(4, 8_500, 5, ts=T0 + MINUTE_NS)])
+    h.feed(Cmd(), 3, T0, [_trade(4, 8_500, 5, ts=T0 + MINUTE_NS)])
     h.feed(
-        Cmd(4),
+        Cmd(),
+        4,
+        T0,
         [
             _trade(
                 5,
@@ -106,7 +110,7 @@ def test_trades_executions_and_minute_bars_by_hand():
         ],
     )
     # a command heard twice (read back, then live) counts once
-    h.feed(Cmd(4), [_trade(5, 8_800, 10, segment="sme")])
+    h.feed(Cmd(), 4, T0, [_trade(5, 8_800, 10, segment="sme")])
     # minute bars of the main board: 8,510 / 8,530 / 8,490 in the first minute, 8,500 next
     b = h.minute_bars(SYM)
     assert [
@@ -159,24 +163,24 @@ def test_end_of_day_resets_bars_and_drops_trades_past_the_kept_days():
     from exchange.core.events import DayEnded
 
     h = MarketHistory(keep_days=2)
-    h.feed(Cmd(1), [_trade(1, 8_500, 1)])
-    h.feed(Cmd(2), [DayEnded(1, ((SYM, 8_500),), 0)])
+    h.feed(Cmd(), 1, T0, [_trade(1, 8_500, 1)])
+    h.feed(Cmd(), 2, T0, [DayEnded(1, ((SYM, 8_500),), 0)])
     assert h.minute_bars(SYM) == []  # today's bars only
     assert [r.trade_id for r in h.public_trades(SYM)] == [1]  # day 0 is within 2 days of day 1
-    h.feed(Cmd(3), [_trade(2, 8_600, 1, ts=T0 + 86_400 * 10**9)])
-    h.feed(Cmd(4), [DayEnded(2, ((SYM, 8_600),), 0)])
+    h.feed(Cmd(), 3, T0, [_trade(2, 8_600, 1, ts=T0 + 86_400 * 10**9)])
+    h.feed(Cmd(), 4, T0, [DayEnded(2, ((SYM, 8_600),), 0)])
     assert [r.trade_id for r in h.public_trades(SYM)] == [2]
     assert [r.trade_id for r in h.firm_executions("B")] == [2]
     assert [c["day"] for c in h.candle_series(SYM)] == [0, 1]  # candles go back further
-    h.feed(Cmd(5), [DayEnded(3, (), 0)])
-    h.feed(Cmd(6), [DayEnded(4, (), 0)])
+    h.feed(Cmd(), 5, T0, [DayEnded(3, (), 0)])
+    h.feed(Cmd(), 6, T0, [DayEnded(4, (), 0)])
     assert h.trades == {} and h.executions == {}
 
 
 def test_the_bound_per_board_holds():
     h = MarketHistory(max_trades=3, max_executions=2)
     for i in range(1, 8):
-        h.feed(Cmd(i), [_trade(i, 8_500, 1)])
+        h.feed(Cmd(), i, T0, [_trade(i, 8_500, 1)])
     assert [r.trade_id for r in h.public_trades(SYM)] == [7, 6, 5]
     assert [r.trade_id for r in h.firm_executions("S")] == [7, 6]
 
@@ -185,13 +189,13 @@ def test_the_bound_over_all_firms_holds():
     """Many firms do not multiply the per-firm bound: over all of them the oldest go first."""
     h = MarketHistory(max_executions=10, max_executions_total=6)
     for i in range(1, 7):  # firms F1..F6 buy from S: 12 executions, 6 kept
-        h.feed(Cmd(i), [_trade(i, 8_500, 1, buyer=f"F{i}")])
+        h.feed(Cmd(), i, T0, [_trade(i, 8_500, 1, buyer=f"F{i}")])
     kept = {f: [r.trade_id for r in reversed(h.firm_executions(f))] for f in h.executions}
     assert kept == {"F4": [4], "F5": [5], "F6": [6], "S": [4, 5, 6]}
     assert sum(len(metas) for _evs, metas in h.executions.values()) == 6
     h = MarketHistory(max_trades_total=2)
     for i, seg in enumerate(("main", "sme", "chain:c1"), 1):
-        h.feed(Cmd(i), [_trade(i, 8_500, 1, segment=seg)])
+        h.feed(Cmd(), i, T0, [_trade(i, 8_500, 1, segment=seg)])
     assert [r.trade_id for r in h.public_trades(SYM)] == [3, 2]
     assert h.boards() == [(SYM, "chain:c1"), (SYM, "sme")]
 
@@ -205,7 +209,8 @@ def test_the_core_events_feed_it_like_the_journal_does():
     seq = Sequencer()
     h = MarketHistory()
     for c in genesis_commands(load_settings(None), demo=True):
-        h.feed(c, seq(c))
+        evs = seq(c)
+        h.feed(c, seq.ex.last_seq, seq.ts, evs)
     for c in (
         PlaceOrder(account="STEEL1", instrument=SYM, side="sell", qty=300, price=8_520),
         PlaceOrder(account="CEMENT1", instrument=SYM, side="buy", qty=300, price=8_520),
@@ -213,7 +218,8 @@ def test_the_core_events_feed_it_like_the_journal_does():
         PlaceOrder(account="STEEL1", instrument=SYM, side="sell", qty=10, price=8_530),
         PlaceOrder(account="CEMENT1", instrument=SYM, side="buy", qty=10, price=8_530),
     ):
-        h.feed(c, seq(c))
+        evs = seq(c)
+        h.feed(c, seq.ex.last_seq, seq.ts, evs)
     assert [r.qty for r in h.public_trades(SYM)] == [10, 300]
     assert [c["close"] for c in h.candle_series(SYM)] == ["85.20", "85.30"]
     assert [c["closed"] for c in h.candle_series(SYM)] == [True, False]

@@ -432,8 +432,8 @@ def test_benchmark_stream_agrees_with_its_generator_and_the_reference():
     seqr.run(market_setup_commands(stream))
     ex = seqr.ex
     fills = traded = 0
-    for cmd in core_commands(stream, first_seq=ex.last_seq + 1, first_ts=ex.now + 1):
-        for ev in ex.apply(cmd):
+    for cmd, seq, ts in core_commands(stream, first_seq=ex.last_seq + 1, first_ts=ex.now + 1):
+        for ev in ex.apply(cmd, seq, ts):
             assert not (isinstance(ev, ExecutionReport) and ev.exec_type == "rejected"), ev
             assert getattr(ev, "TYPE", "") != "command_rejected", ev
             if isinstance(ev, Trade):

@@ -371,7 +371,7 @@ def _strip_new_fields(cmd):
     d = encode_command(cmd)
     for f in NEW_COMMAND_FIELDS.get(d["type"], ()):
         d.pop(f)
-    return decode_command(d, seq=cmd.seq, ts=cmd.ts)
+    return decode_command(d)
 
 
 def _old_snapshot(state: dict) -> dict:
@@ -424,8 +424,8 @@ def test_old_journal_and_old_snapshot_give_the_same_state():
     assert (m.comp.obligation("A", 2026), m.comp.obligation("B", 2026)) == (27_912, 15_558)
     # an old journal (commands without the new fields) replays to the same state
     old = build_exchange()
-    for cmd in log:
-        old.apply(_strip_new_fields(cmd))
+    for cmd, seq, ts in log:
+        old.apply(_strip_new_fields(cmd), seq, ts)
     old.modules["compliance"].add_obligation("C", 2027, 5)
     assert old.state_hash() == m.ex.state_hash()
     # an old snapshot (records and parameters without the new keys) loads to the same state
@@ -433,9 +433,10 @@ def test_old_journal_and_old_snapshot_give_the_same_state():
     snap.load_state(json.loads(json.dumps(_old_snapshot(m.ex.to_state()))))
     assert snap.state_hash() == m.ex.state_hash()
     # ... and the market goes on from it the same way: the deadline, on both
-    later = ProcessComplianceDeadline(period=2026, seq=m.ex.last_seq + 1, ts=DEADLINE)
-    assert [encode_event(e) for e in snap.apply(copy.copy(later))] == [
-        encode_event(e) for e in m.ex.apply(copy.copy(later))
+    later = ProcessComplianceDeadline(period=2026)
+    seq = m.ex.last_seq + 1
+    assert [encode_event(e) for e in snap.apply(later, seq, DEADLINE)] == [
+        encode_event(e) for e in m.ex.apply(later, seq, DEADLINE)
     ]
     assert snap.state_hash() == m.ex.state_hash()
 
@@ -464,12 +465,12 @@ def test_snapshot_and_replay_round_trip_with_categories():
     assert m.comp.obligation("B", 2026) == 2_741 + 2_852 + 7
     ex = build_exchange()
     ex.restore(half)
-    for cmd in m.seq.log[cut:]:
-        ex.apply(decode_command(json.loads(json.dumps(encode_command(cmd))), cmd.seq, cmd.ts))
+    for cmd, seq, ts in m.seq.log[cut:]:
+        ex.apply(decode_command(json.loads(json.dumps(encode_command(cmd)))), seq, ts)
     assert ex.state_hash() == m.ex.state_hash()
     full = build_exchange()
-    for cmd in m.seq.log:
-        full.apply(decode_command(json.loads(json.dumps(encode_command(cmd))), cmd.seq, cmd.ts))
+    for cmd, seq, ts in m.seq.log:
+        full.apply(decode_command(json.loads(json.dumps(encode_command(cmd)))), seq, ts)
     assert full.state_hash() == m.ex.state_hash()
 
 
@@ -609,8 +610,8 @@ def _journal(log, path: str, snapshot_at: int) -> None:
         box = [0]
         runner = CoreRunner(build_exchange(), open_journal(path), clock=lambda: box[0])
         await runner.start()
-        for i, cmd in enumerate(log, 1):
-            box[0] = cmd.ts
+        for i, (cmd, _seq, ts) in enumerate(log, 1):
+            box[0] = ts
             await runner.submit(cmd)
             if i == snapshot_at:
                 await runner.snapshot()

@@ -824,8 +824,8 @@ def test_serials_follow_trades_transfers_surrenders():
     assert rec["offsets"] == 30 and m.comp.record("C", 2026)["offsets"] == 25
     # replay and a snapshot round trip reproduce the registry
     ex2 = build_exchange()
-    for c in m.seq.log:
-        ex2.apply(c)
+    for c, seq, ts in m.seq.log:
+        ex2.apply(c, seq, ts)
     assert ex2.state_hash() == m.ex.state_hash()
     ex3 = build_exchange()
     ex3.restore(m.ex.snapshot())

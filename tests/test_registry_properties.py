@@ -92,8 +92,8 @@ def assert_replay_and_restart(m: Reg, split: int) -> None:
     log = m.seq.log
     want = m.ex.state_hash()
     ex2 = build_exchange()
-    for c in log:  # as the journal keeps them: JSON, tuples become lists and back
-        ex2.apply(decode_command(json.loads(json.dumps(encode_command(c))), c.seq, c.ts))
+    for c, seq, ts in log:  # as the journal keeps them: JSON, tuples become lists and back
+        ex2.apply(decode_command(json.loads(json.dumps(encode_command(c)))), seq, ts)
     assert ex2.state_hash() == want
     ex3 = build_exchange()
     ex3.restore(m.ex.snapshot())
@@ -102,12 +102,12 @@ def assert_replay_and_restart(m: Reg, split: int) -> None:
     ex3.check_invariants()
     k = split % (len(log) + 1)
     ex4 = build_exchange()
-    for c in log[:k]:
-        ex4.apply(c)
+    for c, seq, ts in log[:k]:
+        ex4.apply(c, seq, ts)
     ex5 = build_exchange()
     ex5.restore(ex4.snapshot())
-    for c in log[k:]:
-        ex5.apply(c)
+    for c, seq, ts in log[k:]:
+        ex5.apply(c, seq, ts)
     assert ex5.state_hash() == want
     ex5.modules["registry"].check()
 

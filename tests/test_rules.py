@@ -965,14 +965,9 @@ def test_snapshot_round_trip_and_replay():
     assert mid.modules["rules"].period_totals(2026)["pre_scale"] == [1_500_000, 1_567_777]
     m.ok(RecordVerified(firm_id="B", period=2026, emissions=100_000, output=50_000))
     mid.apply(
-        RecordVerified(
-            firm_id="B",
-            period=2026,
-            emissions=100_000,
-            output=50_000,
-            seq=m.ex.last_seq,
-            ts=m.ex.now,
-        )
+        RecordVerified(firm_id="B", period=2026, emissions=100_000, output=50_000),
+        m.ex.last_seq,
+        m.ex.now,
     )
     assert mid.state_hash() == m.ex.state_hash()
     m.ok(ClosePeriod(period=2026))
@@ -986,13 +981,15 @@ def test_snapshot_round_trip_and_replay():
     from exchange.core.commands import decode_command, encode_command
 
     ex3 = Exchange(modules=(RulesModule,))
-    for c in m.seq.log:
-        ex3.apply(decode_command(json.loads(json.dumps(encode_command(c))), c.seq, c.ts))
+    for c, seq, ts in m.seq.log:
+        ex3.apply(decode_command(json.loads(json.dumps(encode_command(c)))), seq, ts)
     assert ex3.state_hash() == m.ex.state_hash()
     # and both continue identically
+    # one command object, three envelopes alike: the envelope is not written onto it
+    pre = PreAllocate(period=2027)
     for ex in (ex2, ex3):
-        ex.apply(PreAllocate(period=2027, seq=m.ex.last_seq + 1, ts=m.ex.now + 1))
-    m.ex.apply(PreAllocate(period=2027, seq=m.ex.last_seq + 1, ts=m.ex.now + 1))
+        ex.apply(pre, m.ex.last_seq + 1, m.ex.now + 1)
+    m.ex.apply(pre, m.ex.last_seq + 1, m.ex.now + 1)
     assert ex2.state_hash() == ex3.state_hash() == m.ex.state_hash()
 
 
@@ -1019,16 +1016,11 @@ def test_state_written_before_normalisation_loads_as_floating():
     assert r.params(2026)["allocation_total"] == "floating"
     assert r.allocation("A", 2026)["allocation_total"] == "floating"
     ex.apply(
-        RecordVerified(
-            firm_id="A",
-            period=2026,
-            emissions=160_000,
-            output=100_000,
-            seq=m.ex.last_seq + 1,
-            ts=m.ex.now,
-        )
+        RecordVerified(firm_id="A", period=2026, emissions=160_000, output=100_000),
+        m.ex.last_seq + 1,
+        m.ex.now,
     )
-    ex.apply(ClosePeriod(period=2026, seq=m.ex.last_seq + 2, ts=m.ex.now))
+    ex.apply(ClosePeriod(period=2026), m.ex.last_seq + 2, m.ex.now)
     assert r.allocation("A", 2026)["total"] == 192_199  # floor(1.8 x 100,000 x 1.067777)
     ex.check_invariants()
 

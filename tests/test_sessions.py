@@ -147,8 +147,8 @@ def test_replay_and_snapshot_give_the_same_state(m, accelerate):
     m.buy("BUYER", 8_600, 4, tif="DAY")
     tick(m, MON, "11:30")
     again = Sequencer(build_exchange(accelerate=accelerate))
-    for c in m.seq.log:
-        again.ex.apply(c)
+    for c, seq, ts in m.seq.log:
+        again.ex.apply(c, seq, ts)
     assert again.ex.snapshot() == m.ex.snapshot()
     restored = build_exchange()
     restored.restore(m.ex.snapshot())

@@ -106,8 +106,6 @@ class IssueApiKey(Command):
     label: str = ""
     # how key_hash was made; records journaled before the keyed hash have none: sha256
     scheme: str = SCHEME_SHA256
-    seq: int = 0
-    ts: int = 0
 
 
 @command("rehash_api_key")
@@ -118,15 +116,11 @@ class RehashApiKey(Command):
     key_id: str
     key_hash: str
     scheme: str = SCHEME_HMAC
-    seq: int = 0
-    ts: int = 0
 
 
 @command("revoke_api_key")
 class RevokeApiKey(Command):
     key_id: str
-    seq: int = 0
-    ts: int = 0
 
 
 @event("api_key_issued")
@@ -249,7 +243,9 @@ class Credentials(Module):
             self.ex.firm(firm_id)  # UNKNOWN_ACCOUNT / SYSTEM_ACCOUNT
         elif firm_id is not None:
             raise E.Reject(E.BAD_PARAMETER, f"a {c.role} key has no firm_id")
-        cred = Credential(c.key_id, c.role, firm_id, c.key_hash, str(c.label), c.seq, 0, c.scheme)
+        cred = Credential(
+            c.key_id, c.role, firm_id, c.key_hash, str(c.label), self.ex.last_seq, 0, c.scheme
+        )
         self.keys[c.key_id] = cred
         self.by_hash[c.key_hash] = cred
         return [ApiKeyIssued(c.key_id, c.role, firm_id)]
@@ -258,7 +254,7 @@ class Credentials(Module):
         cred = self.keys.get(c.key_id)
         if cred is None or not cred.active:
             raise E.Reject(E.UNKNOWN_KEY, f"no active key {c.key_id!r}")
-        cred.revoked_seq = c.seq
+        cred.revoked_seq = self.ex.last_seq
         self.by_hash.pop(cred.key_hash, None)
         return [ApiKeyRevoked(cred.key_id, cred.role, cred.firm_id)]
 

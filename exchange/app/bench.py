@@ -118,19 +118,20 @@ def bench_core(n: int) -> float:
     ts = ex.now
     for c in cmds:
         ts += 1
-        c.seq = ex.last_seq + 1
-        c.ts = ts
-        ex.apply(c)
+        ex.apply(c, ex.last_seq + 1, ts)
     return (time.process_time() - t0) / n * 1e6
 
 
 class _StubRunner:
-    """Answers every command with one 'new' execution report; commits once per tick."""
+    """Answers every command with one 'new' execution report; commits once per tick. It
+    moves ``ex.last_seq`` on as a runner would (the gateway reads a command's seq there),
+    and applies nothing."""
 
     journal_lag = 0
     journal_lag_seconds = 0.0
 
-    def __init__(self):
+    def __init__(self, ex):
+        self.exchange = ex
         self._fut = None
         self._seq = 0
 
@@ -143,7 +144,7 @@ class _StubRunner:
             self._fut = loop.create_future()
             loop.call_soon(self._commit)
         self._seq += 1
-        cmd.seq = self._seq
+        self.exchange.last_seq += 1
         return [
             ExecutionReport(
                 cmd.account,
@@ -203,7 +204,7 @@ async def _drive(gw: Gateway, n: int, subscribe: bool) -> float:
 async def _gateway(n: int, stub: bool, subscribe: bool) -> float:
     settings = _settings()
     ex = _market(settings)
-    runner = _StubRunner() if stub else MemoryRunner(ex)
+    runner = _StubRunner(ex) if stub else MemoryRunner(ex)
     gw = Gateway(ex, runner, settings.server)
     return await _drive(gw, n, subscribe)
 

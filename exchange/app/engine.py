@@ -33,8 +33,10 @@ def build_exchange(**kw) -> Exchange:
 
 
 class Sequencer:
-    """Stamps commands with the next sequence number and a timestamp, then applies them.
-    In-process users (demo, simulation, tests) use it where the server uses the journal."""
+    """Gives each command its envelope - the next sequence number and a timestamp - and
+    applies it, ``ex.apply(cmd, seq, ts)``. In-process users (demo, simulation, tests) use it
+    where the server uses the journal. ``log`` keeps ``(cmd, seq, ts)`` of every command, in
+    order: what a journal would hold."""
 
     def __init__(
         self,
@@ -48,11 +50,10 @@ class Sequencer:
         self.log: list = []
 
     def __call__(self, cmd, ts: int | None = None) -> list:
-        cmd.seq = self.ex.last_seq + 1
+        seq = self.ex.last_seq + 1
         self.ts = ts if ts is not None else self.ts + self.step
-        cmd.ts = self.ts
-        self.log.append(cmd)
-        return self.ex.apply(cmd)
+        self.log.append((cmd, seq, self.ts))
+        return self.ex.apply(cmd, seq, self.ts)
 
     def run(self, cmds) -> list:
         out = []

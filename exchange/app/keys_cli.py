@@ -66,12 +66,13 @@ async def _create(args) -> int:
             if type(ev) is CommandRejected:
                 print(f"error: {ev.code}: {ev.message}", file=sys.stderr)
                 return 1
+        seq = creds.keys[key_id].issued_seq  # the envelope's, as the core recorded it
     finally:
         await runner.stop()
     print(
         f"key_id {key_id}  role {args.role}"
         + (f"  firm {args.firm}" if args.firm else "")
-        + f"  label {args.label!r}  seq {cmd.seq}"
+        + f"  label {args.label!r}  seq {seq}"
     )
     print("API key (shown only this once; stored hashed):")
     print(key, flush=True)

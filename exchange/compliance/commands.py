@@ -38,8 +38,6 @@ class ConfigureCompliance(Command):
     # record written before this field) counts every board, as the rule was then;
     # configurations built from [compliance] give ("main",)
     penalty_price_segments: tuple[Any, ...] | None = None
-    seq: int = 0
-    ts: int = 0
 
 
 @command("configure_compliance_period")
@@ -54,16 +52,12 @@ class ConfigureCompliancePeriod(Command):
     offset_vintages: tuple[Any, ...] = ()  # offset vintages; () = any vintage <= period
     offset_cap_bps: int = 500
     offset_sub_caps_bps: tuple[Any, ...] = ()  # ((offset_type, bps), ...), each inside the cap
-    seq: int = 0
-    ts: int = 0
 
 
 @command("register_verifier")
 class RegisterVerifier(Command):
     verifier: str
     name: str = ""
-    seq: int = 0
-    ts: int = 0
 
 
 @command("submit_activity_data")
@@ -81,8 +75,6 @@ class SubmitActivityData(Command):
     # appended later, with defaults, so older journals replay unchanged
     electricity_mwh: int = 0
     natural_emissions: int = 0
-    seq: int = 0
-    ts: int = 0
 
 
 @command("verify_emissions")
@@ -90,8 +82,6 @@ class VerifyEmissions(Command):
     firm_id: str
     period: int
     verifier: str
-    seq: int = 0
-    ts: int = 0
 
 
 @command("reject_submission")
@@ -100,8 +90,6 @@ class RejectSubmission(Command):
     period: int
     verifier: str
     reason: str = ""
-    seq: int = 0
-    ts: int = 0
 
 
 @command("surrender_units")
@@ -114,8 +102,6 @@ class SurrenderUnits(Command):
     instrument: str
     qty: int
     serials: tuple[Any, ...] = ()  # credits: exactly these serials (registry); () = oldest first
-    seq: int = 0
-    ts: int = 0
 
 
 @command("set_offset_cap")
@@ -129,8 +115,6 @@ class SetOffsetCap(Command):
     sub_caps_bps: tuple[Any, ...] | None = ()
     effective_ts: int | None = None
     operator: str = ""
-    seq: int = 0
-    ts: int = 0
 
 
 @command("process_compliance_deadline")
@@ -140,8 +124,6 @@ class ProcessComplianceDeadline(Command):
 
     period: int
     operator: str = ""
-    seq: int = 0
-    ts: int = 0
 
 
 # =========================================================================== events

@@ -60,8 +60,6 @@ class ConfigureSmeFund(Command):
     sme_period_limit: int | None = None  # fen one SME may receive per period; None: no limit
     period_limit: int | None = None  # fen all SMEs together may receive per period; None: none
     operator: str = ""
-    seq: int = 0
-    ts: int = 0
 
 
 @command("fund_deposit")
@@ -74,8 +72,6 @@ class FundDeposit(Command):
     period: int | None = None
     ref: str = ""  # e.g. the budget line
     operator: str = ""
-    seq: int = 0
-    ts: int = 0
 
 
 @command("apply_for_grant")
@@ -89,16 +85,12 @@ class ApplyForGrant(Command):
     project: str
     verified_abatement_t: int
     applicant: str = ""  # who filed it: the SME's id, or "operator:<label>"
-    seq: int = 0
-    ts: int = 0
 
 
 @command("approve_grant")
 class ApproveGrant(Command):
     application_id: int
     operator: str
-    seq: int = 0
-    ts: int = 0
 
 
 @command("reject_grant")
@@ -108,8 +100,6 @@ class RejectGrant(Command):
     application_id: int
     reason: str
     operator: str = ""
-    seq: int = 0
-    ts: int = 0
 
 
 @command("disburse_grant")
@@ -118,8 +108,6 @@ class DisburseGrant(Command):
 
     application_id: int
     operator: str = ""
-    seq: int = 0
-    ts: int = 0
 
 
 # =========================================================================== events
@@ -335,11 +323,11 @@ class SmeFundModule(Module):
             "sme_period_limit": sl,
             "period_limit": pl,
             "operator": op,
-            "effective_seq": c.seq,
-            "effective_ts": c.ts,
+            "effective_seq": self.ex.last_seq,
+            "effective_ts": self.ex.now,
         }
-        self.params_history.append([c.seq, c.ts, p, a, sl, pl, op])
-        return [SmeFundConfigured(p, a, sl, pl, op, c.seq)]
+        self.params_history.append([self.ex.last_seq, self.ex.now, p, a, sl, pl, op])
+        return [SmeFundConfigured(p, a, sl, pl, op, self.ex.last_seq)]
 
     def _deposit(self, c: FundDeposit) -> list[Any]:
         self._need()
@@ -351,7 +339,7 @@ class SmeFundModule(Module):
 
             comp = self.ex.modules.get("compliance")
             period = (
-                comp.period_of(c.ts)
+                comp.period_of(self.ex.now)
                 if isinstance(comp, ComplianceModule) and getattr(comp, "_period_starts", None)
                 else None
             )
@@ -405,8 +393,8 @@ class SmeFundModule(Module):
             "verified_abatement_t": c.verified_abatement_t,
             "applicant": c.applicant or c.sme,
             "status": PENDING,
-            "applied_seq": c.seq,
-            "applied_ts": c.ts,
+            "applied_seq": self.ex.last_seq,
+            "applied_ts": self.ex.now,
             "decided_by": None,
             "decided_seq": None,
             "decided_ts": None,
@@ -434,7 +422,9 @@ class SmeFundModule(Module):
             raise E.Reject(
                 E.GRANT_NOT_PENDING, f"application {c.application_id} is {a['status']}, not pending"
             )
-        a.update(status=APPROVED, decided_by=op, decided_seq=c.seq, decided_ts=c.ts)
+        a.update(
+            status=APPROVED, decided_by=op, decided_seq=self.ex.last_seq, decided_ts=self.ex.now
+        )
         return [GrantApproved(c.application_id, a["sme"], op)]
 
     def _reject(self, c: RejectGrant) -> list[Any]:
@@ -448,7 +438,13 @@ class SmeFundModule(Module):
             raise E.Reject(
                 E.GRANT_CLOSED, f"application {c.application_id} is already {a['status']}"
             )
-        a.update(status=REJECTED, decided_by=op, decided_seq=c.seq, decided_ts=c.ts, reason=reason)
+        a.update(
+            status=REJECTED,
+            decided_by=op,
+            decided_seq=self.ex.last_seq,
+            decided_ts=self.ex.now,
+            reason=reason,
+        )
         return [GrantRejected(c.application_id, a["sme"], reason, op)]
 
     def _disburse(self, c: DisburseGrant) -> list[Any]:
@@ -489,7 +485,7 @@ class SmeFundModule(Module):
         post_cash(fund, sme, amount)
         self.disbursed.setdefault(sme_id, {})[period] = got + amount
         self.period_disbursed[period] = total + amount
-        a.update(status=DISBURSED, disbursed_seq=c.seq, disbursed_ts=c.ts)
+        a.update(status=DISBURSED, disbursed_seq=self.ex.last_seq, disbursed_ts=self.ex.now)
         return [
             Posting(CASH, FUND_ACCOUNT, sme_id, amount, f"sme_grant:{c.application_id}"),
             GrantDisbursed(

@@ -545,7 +545,7 @@ class ComplianceModule(Module):
             "deadline_ts": c.deadline_ts,
             "eligible_vintages": sorted(set(c.eligible_vintages)),
             "offset_vintages": sorted(set(c.offset_vintages)),
-            "caps": [[0, c.seq, c.offset_cap_bps, subs, ""]],
+            "caps": [[0, self.ex.last_seq, c.offset_cap_bps, subs, ""]],
             "closed": False,
             "closed_ts": None,
             "average_price": None,
@@ -568,7 +568,7 @@ class ComplianceModule(Module):
 
     def _set_cap(self, c: SetOffsetCap) -> list[Any]:
         p = self._open_period(c.period)
-        eff = c.ts if c.effective_ts is None else c.effective_ts
+        eff = self.ex.now if c.effective_ts is None else c.effective_ts
         sub = c.sub_caps_bps
         if sub is None and _is_int(eff):
             # no sub-caps given: keep those in force when the change takes effect (an empty
@@ -579,13 +579,13 @@ class ComplianceModule(Module):
         subs = self._check_caps(c.cap_bps, sub if sub is not None else ())
         if not isinstance(c.operator, str):
             raise E.Reject(E.BAD_PARAMETER, "operator must be a string")
-        if not _is_int(eff) or eff < c.ts:
+        if not _is_int(eff) or eff < self.ex.now:
             raise E.Reject(
                 E.CAP_EFFECTIVE_IN_PAST,
                 "a cap change takes effect at or after the time it is made: "
                 "surrenders already made are never rewritten",
             )
-        p["caps"].append([eff, c.seq, c.cap_bps, subs, c.operator or ""])
+        p["caps"].append([eff, self.ex.last_seq, c.cap_bps, subs, c.operator or ""])
         p["caps"].sort(key=lambda e: (e[0], e[1]))
         return [
             OffsetCapChanged(
@@ -657,7 +657,7 @@ class ComplianceModule(Module):
             natural_emissions=c.natural_emissions,
             covered_categories=list(covered),
             covered_emissions=cov,
-            submitted_ts=c.ts,
+            submitted_ts=self.ex.now,
         )
         return [
             ActivityDataSubmitted(
@@ -701,7 +701,7 @@ class ComplianceModule(Module):
         hook = getattr(rules, "on_verified", None)
         if hook is not None:  # may raise Reject: nothing of ours has changed yet
             events.extend(hook(c.firm_id, c.period, rec["covered_emissions"], rec["output"]) or ())
-        rec.update(status="verified", verifier=c.verifier, verified_ts=c.ts)
+        rec.update(status="verified", verifier=c.verifier, verified_ts=self.ex.now)
         fe, ee = rec["fuel_emissions"], rec["electricity_emissions"]
         events.insert(
             0,
@@ -729,7 +729,7 @@ class ComplianceModule(Module):
             raise E.Reject(E.REASON_REQUIRED, "a rejected submission needs a reason")
         rec = self._pending(c.firm_id, c.period)
         rec["status"] = "rejected"
-        rec["rejections"].append([c.ts, c.verifier, c.reason, rec["version"]])
+        rec["rejections"].append([self.ex.now, c.verifier, c.reason, rec["version"]])
         return [SubmissionRejected(c.firm_id, c.period, c.verifier, c.reason)]
 
     def add_obligation(self, firm_id: str, period: int, qty: int) -> list[Any]:
@@ -823,7 +823,7 @@ class ComplianceModule(Module):
                 f"surrender of {c.qty} t would exceed the obligation: "
                 f"{obligation - rec['surrendered']} t outstanding",
             )
-        cap_bps, subs = self.cap_at(c.period, c.ts)
+        cap_bps, subs = self.cap_at(c.period, self.ex.now)
         if instr.kind == "offset":
             cap = mrv.cap_qty(obligation, cap_bps)
             if rec["offsets"] + c.qty > cap:
@@ -855,8 +855,8 @@ class ComplianceModule(Module):
         # ---- accepted
         prefer = LOT_SUB_QUOTA + ":" if acct.size_class == "sme" else None
         posting, _ = self._retire(acct, instr, c.qty, c.period, f"surrender:{c.period}", prefer)
-        self._add_surrender(rec, c.seq, c.ts, instr, c.qty, c.firm_id, cap_bps)
-        if p["deadline_ts"] is not None and c.ts > p["deadline_ts"]:
+        self._add_surrender(rec, self.ex.last_seq, self.ex.now, instr, c.qty, c.firm_id, cap_bps)
+        if p["deadline_ts"] is not None and self.ex.now > p["deadline_ts"]:
             rec["late_surrender"] = True
         # the registry's retirements (which serials, for whom) between the posting and the
         # surrender's own event, which stays last
@@ -883,7 +883,7 @@ class ComplianceModule(Module):
     # ================================================================== deadline
     def _deadline(self, c: ProcessComplianceDeadline) -> list[Any]:
         p = self._open_period(c.period)
-        if p["deadline_ts"] is not None and c.ts < p["deadline_ts"]:
+        if p["deadline_ts"] is not None and self.ex.now < p["deadline_ts"]:
             raise E.Reject(
                 E.DEADLINE_NOT_REACHED,
                 f"the {c.period} surrender deadline is at {p['deadline_ts']} ns",
@@ -892,7 +892,7 @@ class ComplianceModule(Module):
         period = c.period
         params = self._need_params()
         events: list[Any] = []
-        cap_bps, _ = self.cap_at(period, c.ts)
+        cap_bps, _ = self.cap_at(period, self.ex.now)
         # 1. SME sub-quotas: cover the SME's verified emissions from its sub-quota, then a
         #    remaining shortfall from the parent where the terms say so, then surplus per terms.
         lots = [
@@ -913,7 +913,9 @@ class ComplianceModule(Module):
                 posting, _ = self._retire(
                     sme, instr, q, period, f"surrender:{period}", f"{LOT_SUB_QUOTA}:{lid}"
                 )
-                self._add_surrender(rec, c.seq, c.ts, instr, q, "sub_quota", cap_bps)
+                self._add_surrender(
+                    rec, self.ex.last_seq, self.ex.now, instr, q, "sub_quota", cap_bps
+                )
                 events += [
                     posting,
                     SubQuotaCompliance(lid, sme.firm_id, lot["parent"], "surrendered", q),
@@ -938,7 +940,15 @@ class ComplianceModule(Module):
                 posting, _ = self._retire(
                     parent, instr, q, period, f"surrender:{period}:for:{sme_id}"
                 )
-                self._add_surrender(rec, c.seq, c.ts, instr, q, f"parent:{parent.firm_id}", cap_bps)
+                self._add_surrender(
+                    rec,
+                    self.ex.last_seq,
+                    self.ex.now,
+                    instr,
+                    q,
+                    f"parent:{parent.firm_id}",
+                    cap_bps,
+                )
                 use = self.sub_quota_use.setdefault(lid, {})
                 use["covered_by_parent"] = use.get("covered_by_parent", 0) + q
                 events += [
@@ -997,7 +1007,7 @@ class ComplianceModule(Module):
                 counts[STATUS_UNVERIFIED] += 1
                 rec["settlement"] = _settlement(
                     status=STATUS_UNVERIFIED,
-                    ts=c.ts,
+                    ts=self.ex.now,
                     shortfall=0,
                     penalty=0,
                     penalty_paid=0,
@@ -1041,7 +1051,7 @@ class ComplianceModule(Module):
             counts[status] += 1
             rec["settlement"] = _settlement(
                 status=status,
-                ts=c.ts,
+                ts=self.ex.now,
                 shortfall=shortfall,
                 penalty=pen,
                 penalty_paid=paid,
@@ -1076,7 +1086,7 @@ class ComplianceModule(Module):
                     posting, _ = self._retire(acct, ins, h.available, period, f"expired:{period}")
                     events.append(posting)
         p["closed"] = True
-        p["closed_ts"] = c.ts
+        p["closed_ts"] = self.ex.now
         p["average_price"] = avg
         events.append(
             ComplianceDeadlineProcessed(

@@ -90,17 +90,17 @@ static const char *const trade_names[T_N] = {
     "sell_order_id", "aggressor", "buyer_fee", "seller_fee", "proceeds_split", "ts"};
 enum { U_INSTRUMENT, U_SEGMENT, U_BOOK_SEQ, U_CHANGES, U_N };
 static const char *const bu_names[U_N] = {"instrument", "segment", "book_seq", "changes"};
+/* the commands' own fields; their envelope (seq, ts) is apply's arguments, not a slot */
 enum { P_ACCOUNT, P_INSTRUMENT, P_SEGMENT, P_SIDE, P_QTY, P_PRICE, P_TYPE, P_TIF, P_POST_ONLY,
-       P_COID, P_SEQ, P_TS, P_N };
+       P_COID, P_N };
 static const char *const place_names[P_N] = {
     "account", "instrument", "segment", "side", "qty", "price", "order_type", "tif",
-    "post_only", "client_order_id", "seq", "ts"};
-enum { C_ACCOUNT, C_ORDER_ID, C_COID, C_SEQ, C_TS, C_N };
-static const char *const cancel_names[C_N] = {"account", "order_id", "client_order_id", "seq",
-                                              "ts"};
-enum { M_ACCOUNT, M_ORDER_ID, M_COID, M_QTY, M_PRICE, M_SEQ, M_TS, M_N };
+    "post_only", "client_order_id"};
+enum { C_ACCOUNT, C_ORDER_ID, C_COID, C_N };
+static const char *const cancel_names[C_N] = {"account", "order_id", "client_order_id"};
+enum { M_ACCOUNT, M_ORDER_ID, M_COID, M_QTY, M_PRICE, M_N };
 static const char *const amend_names[M_N] = {"account", "order_id", "client_order_id", "qty",
-                                             "price", "seq", "ts"};
+                                             "price"};
 enum { L_QTY, L_HEAD, L_TAIL, L_N };
 static const char *const level_names[L_N] = {"qty", "head", "tail"};
 enum { J_COMMAND, J_CODE, J_MESSAGE, J_N };
@@ -149,11 +149,11 @@ static const char *const const_keys[S_N] = {
 
 /* names of attributes and methods */
 enum { N_PLACE, N_CANCEL, N_REJECTED,
-       N_UNKNOWN, N_RELEASE, N_FORGET, N_ER, N_SPLIT, N_STARTSWITH, N_AMEND, N_SEQ, N_TS, N_N };
+       N_UNKNOWN, N_RELEASE, N_FORGET, N_ER, N_SPLIT, N_STARTSWITH, N_AMEND, N_N };
 static const char *const name_strs[N_N] = {
     "_place", "_cancel", "_rejected",
     "_unknown_command", "_release", "_forget", "_er", "_split_proceeds", "startswith",
-    "_amend", "seq", "ts"};
+    "_amend"};
 
 #define I31 (1LL << 31)
 
@@ -1788,6 +1788,10 @@ cp_place(CorePath *self, PyObject *cmd)
     long long oidv;
     if (oid == NULL || rd64(oid, &oidv) < 0 || oidv >= LLONG_MAX)
         goto python;
+    /* the envelope of the command being applied: apply put it on the exchange */
+    PyObject *seq = xget(self, X_LAST_SEQ), *now = xget(self, X_NOW);
+    if (seq == NULL || now == NULL)
+        return NULL;
 
     /* ---- accepted: from here on an error is an error, as in the reference */
     Py_INCREF(oid);
@@ -1801,8 +1805,7 @@ cp_place(CorePath *self, PyObject *cmd)
     PyObject *firm_id = SLOT(acct, st->acct_off[A_FIRM]);
     PyObject *ov[O_N] = {oid, firm_id, coid, symbol, segment, side, f[P_PRICE], f[P_QTY],
                          f[P_QTY], st->zero, tif, f[P_POST_ONLY], st->zero, st->K[S_ST_NEW],
-                         f[P_SEQ],
-                         Py_None, Py_None};
+                         seq, Py_None, Py_None};
     for (int i = 0; i < O_N; i++) {
         Py_INCREF(ov[i]);
         SLOT(o, st->order_off[i]) = ov[i];
@@ -1822,8 +1825,7 @@ cp_place(CorePath *self, PyObject *cmd)
         goto fail;
     er = new_er(st, firm_id, oid, coid, symbol, segment, side, st->K[S_EXEC_NEW], st->K[S_ST_NEW],
                 f[P_PRICE], f[P_QTY], st->zero, st->zero, st->zero, f[P_QTY], Py_None, st->zero,
-                st->zero, Py_None,
-                f[P_TS]);
+                st->zero, Py_None, now);
     if (er == NULL || (events = PyList_New(crosses || ioc ? 1 : 2)) == NULL)
         goto fail;
     PyList_SET_ITEM(events, 0, er);
@@ -1916,6 +1918,12 @@ cp_cancel(CorePath *self, PyObject *cmd)
             goto python;
     }
 
+    PyObject *now = xget(self, X_NOW); /* the applying command's time (apply set it) */
+    if (now == NULL) {
+        Py_DECREF(k);
+        return NULL;
+    }
+
     /* ---- accepted: as in the reference, an inconsistent book raises KeyError from here */
     PyObject *events = NULL, *er = NULL, *lq = NULL;
     Py_INCREF(o);
@@ -1935,7 +1943,7 @@ cp_cancel(CorePath *self, PyObject *cmd)
                 st->K[S_EXEC_CANCELED], st->K[S_ST_CANCELED], SLOT(o, st->order_off[O_PRICE]),
                 SLOT(o, st->order_off[O_QTY]), st->zero, st->zero, SLOT(o, st->order_off[O_CUM]),
                 st->zero,
-                st->K[S_CANCELED_BY_CLIENT], st->zero, st->zero, Py_None, f[C_TS]);
+                st->K[S_CANCELED_BY_CLIENT], st->zero, st->zero, Py_None, now);
     if (er == NULL || (events = PyList_New(2)) == NULL)
         goto fail;
     PyList_SET_ITEM(events, 0, er);
@@ -2070,7 +2078,10 @@ cp_amend(CorePath *self, PyObject *cmd)
         set_ref(o, st->order_off[O_PRICE], price_o);
         if (set_i(o, st->order_off[O_LEAVES], new_leaves) < 0)
             goto fail;
-        set_ref(o, st->order_off[O_SEQ], f[M_SEQ]);
+        PyObject *seq = xget(self, X_LAST_SEQ); /* the amend's own seq (apply set it) */
+        if (seq == NULL)
+            goto fail;
+        set_ref(o, st->order_off[O_SEQ], seq);
     }
     if (list_append_new(events, new_er(st, 
             SLOT(o, st->order_off[O_ACCOUNT]), SLOT(o, st->order_off[O_ID]),
@@ -2177,28 +2188,13 @@ done:
 }
 
 static PyObject *
-cp_apply(PyObject *self_, PyObject *cmd)
+cp_apply(PyObject *self_, PyObject *cmd, PyObject *seq, PyObject *ts)
 {
     cstate *st = ((CorePath *)self_)->st;
-    /* Exchange.apply, step for step */
+    /* Exchange.apply(cmd, seq, ts), step for step: the envelope goes onto the exchange
+     * (last_seq, now), never onto the command */
     CorePath *self = (CorePath *)self_;
     PyTypeObject *tp = Py_TYPE(cmd);
-    PyObject *seq, *ts;
-    if (st->configured && tp == st->types[K_PLACE] && SLOT(cmd, st->place_off[P_SEQ]) &&
-        SLOT(cmd, st->place_off[P_TS])) {
-        seq = Py_NewRef(SLOT(cmd, st->place_off[P_SEQ]));
-        ts = Py_NewRef(SLOT(cmd, st->place_off[P_TS]));
-    }
-    else if (st->configured && tp == st->types[K_CANCEL] && SLOT(cmd, st->cancel_off[C_SEQ]) &&
-             SLOT(cmd, st->cancel_off[C_TS])) {
-        seq = Py_NewRef(SLOT(cmd, st->cancel_off[C_SEQ]));
-        ts = Py_NewRef(SLOT(cmd, st->cancel_off[C_TS]));
-    }
-    else {
-        if ((seq = PyObject_GetAttr(cmd, st->N[N_SEQ])) == NULL)
-            return NULL;
-        ts = NULL;
-    }
     PyObject *res = NULL;
     PyObject *last = xget(self, X_LAST_SEQ);
     long long sv, lv;
@@ -2211,8 +2207,6 @@ cp_apply(PyObject *self_, PyObject *cmd)
         goto done;
     }
     xset(self, X_LAST_SEQ, Py_NewRef(seq));
-    if (ts == NULL && (ts = PyObject_GetAttr(cmd, st->N[N_TS])) == NULL)
-        goto done;
     xset(self, X_NOW, Py_NewRef(ts));
     PyObject *handlers = xget(self, X_HANDLERS);
     if (handlers == NULL)
@@ -2248,8 +2242,6 @@ cp_apply(PyObject *self_, PyObject *cmd)
     else if (res != NULL && notify_trades(self, res) < 0)
         Py_CLEAR(res);
 done:
-    Py_DECREF(seq);
-    Py_XDECREF(ts);
     return res;
 }
 
@@ -2310,17 +2302,23 @@ cp_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     return (PyObject *)self;
 }
 
-static PyObject *cp_apply_m(PyObject *self, PyObject *cmd)
+static PyObject *cp_apply_m(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError, "apply(cmd, seq, ts) takes 3 positional arguments "
+                     "(%zd given)", nargs);
+        return NULL;
+    }
     if (((CorePath *)self)->ex == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "CorePath: not initialised");
         return NULL;
     }
-    return cp_apply(self, cmd);
+    return cp_apply(self, args[0], args[1], args[2]);
 }
 
 static PyMethodDef cp_methods[] = {
-    {"apply", (PyCFunction)cp_apply_m, METH_O, "apply(cmd) -> events: Exchange.apply."},
+    {"apply", (PyCFunction)(void (*)(void))cp_apply_m, METH_FASTCALL,
+     "apply(cmd, seq, ts) -> events: Exchange.apply."},
     {"place", (PyCFunction)cp_place_m, METH_O, "place(cmd) -> events: Exchange._place."},
     {"cancel", (PyCFunction)cp_cancel_m, METH_O, "cancel(cmd) -> events: Exchange._cancel."},
     {"amend", (PyCFunction)cp_amend_m, METH_O, "amend(cmd) -> events: Exchange._amend."},

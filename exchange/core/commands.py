@@ -1,8 +1,12 @@
 """Commands: the only way state changes.
 
-A command is a small slotted dataclass. The envelope fields ``seq`` (strictly increasing
-sequence number assigned by the sequencer/journal) and ``ts`` (integer nanoseconds since the
-epoch, assigned by the gateway) travel on every command, so the core never reads a clock.
+A command is a small slotted dataclass that carries only its own fields. The *envelope* - the
+strictly increasing sequence number ``seq`` the journal (or any sequencer) assigns and ``ts``,
+integer nanoseconds since the epoch - travels beside it: ``Exchange.apply(cmd, seq, ts)``
+takes both, and the journal stores them in their own columns of the command's record. While a
+command is applied the exchange holds its envelope (``ex.last_seq``, ``ex.now``), so the core
+never reads a clock and a command object is never written to: the same object can be applied,
+journaled or retried under any envelope.
 
 Commands are registered by name with :func:`command`; :func:`encode_command` and
 :func:`decode_command` turn them into plain JSON-able dicts for the journal. The rules and
@@ -27,11 +31,7 @@ def command(name: str) -> Callable[[type[_C]], type[_C]]:
         if name in COMMAND_TYPES and COMMAND_TYPES[name] is not cls:
             raise RuntimeError(f"command name {name!r} registered twice")
         cls.TYPE = name
-        cls._FIELDS = tuple(
-            f.name
-            for f in fields(cls)  # type: ignore[arg-type]
-            if f.name not in ("seq", "ts")
-        )
+        cls._FIELDS = tuple(f.name for f in fields(cls))  # type: ignore[arg-type]
         COMMAND_TYPES[name] = cls
         return cls
 
@@ -39,17 +39,16 @@ def command(name: str) -> Callable[[type[_C]], type[_C]]:
 
 
 class Command:
-    """Base of every command. ``seq`` and ``ts`` form the envelope."""
+    """Base of every command: its fields, and no envelope (``seq`` and ``ts`` are passed
+    beside it, to ``Exchange.apply(cmd, seq, ts)``)."""
 
     __slots__ = ()
     TYPE = "command"
     _FIELDS: tuple[str, ...] = ()
-    seq: int
-    ts: int
 
 
 def encode_command(cmd: Command) -> dict[str, Any]:
-    """Command -> plain dict (``type`` plus its fields, without the envelope)."""
+    """Command -> plain dict (``type`` plus its fields; the envelope is the record's)."""
     d = {"type": cmd.TYPE}
     for f in cmd._FIELDS:
         v = getattr(cmd, f)
@@ -59,14 +58,14 @@ def encode_command(cmd: Command) -> dict[str, Any]:
     return d
 
 
-def decode_command(d: dict[str, Any], seq: int = 0, ts: int = 0) -> Command:
+def decode_command(d: dict[str, Any]) -> Command:
     """Plain dict -> command. Raises KeyError for an unknown type, TypeError for bad fields."""
     cls: Any = COMMAND_TYPES[d["type"]]  # a dataclass: its fields are its keywords
     kw = {k: v for k, v in d.items() if k != "type"}
     for k, v in kw.items():
         if isinstance(v, list):
             kw[k] = tuple(tuple(x) if isinstance(x, list) else x for x in v)
-    cmd: Command = cls(seq=seq, ts=ts, **kw)
+    cmd: Command = cls(**kw)
     return cmd
 
 
@@ -97,8 +96,6 @@ class PlaceOrder(Command):
     tif: str = GTC  # GTC | DAY | IOC | FOK
     post_only: bool = False
     client_order_id: str | None = None
-    seq: int = 0
-    ts: int = 0
 
 
 @command("cancel_order")
@@ -106,8 +103,6 @@ class CancelOrder(Command):
     account: str
     order_id: int | None = None
     client_order_id: str | None = None
-    seq: int = 0
-    ts: int = 0
 
 
 @command("amend_order")
@@ -120,8 +115,6 @@ class AmendOrder(Command):
     client_order_id: str | None = None
     qty: int | None = None  # new total order quantity (cum_qty + new leaves)
     price: int | None = None
-    seq: int = 0
-    ts: int = 0
 
 
 @command("cancel_all")
@@ -129,8 +122,6 @@ class CancelAll(Command):
     account: str
     instrument: str | None = None
     segment: str | None = None
-    seq: int = 0
-    ts: int = 0
 
 
 # --------------------------------------------------------------------------- operator
@@ -145,16 +136,12 @@ class RegisterFirm(Command):
     size_class: str = "large"  # "large" | "sme"
     stp_policy: str = "cancel_resting"  # cancel_resting | cancel_incoming | cancel_both
     can_trade: bool = True
-    seq: int = 0
-    ts: int = 0
 
 
 @command("set_firm_trading")
 class SetFirmTrading(Command):
     firm_id: str
     can_trade: bool
-    seq: int = 0
-    ts: int = 0
 
 
 @command("add_instrument")
@@ -164,8 +151,6 @@ class AddInstrument(Command):
     vintage: int = 0
     offset_type: str | None = None  # e.g. "CCER", "PHCER" for offsets
     reference_price: int = 0  # fen
-    seq: int = 0
-    ts: int = 0
 
 
 @command("register_supply_chain")
@@ -176,24 +161,18 @@ class RegisterSupplyChain(Command):
     chain_id: str
     members: tuple[tuple[str, int], ...] = ()  # ((firm_id, tier), ...)
     edges: tuple[tuple[str, str, int], ...] = ()  # ((supplier_id, customer_id, weight_ppm), ...)
-    seq: int = 0
-    ts: int = 0
 
 
 @command("deposit_cash")
 class DepositCash(Command):
     account: str
     amount: int
-    seq: int = 0
-    ts: int = 0
 
 
 @command("withdraw_cash")
 class WithdrawCash(Command):
     account: str
     amount: int
-    seq: int = 0
-    ts: int = 0
 
 
 @command("issue_units")
@@ -205,8 +184,6 @@ class IssueUnits(Command):
     qty: int
     source: str = "allocation"  # allocation | offset_project | ...
     ref: str = ""  # e.g. period "2026" or offset project id
-    seq: int = 0
-    ts: int = 0
 
 
 @command("transfer_units")
@@ -215,8 +192,6 @@ class TransferUnits(Command):
     to_account: str
     instrument: str
     qty: int
-    seq: int = 0
-    ts: int = 0
 
 
 @command("create_sub_quota")
@@ -233,8 +208,6 @@ class CreateSubQuota(Command):
     surplus_rule: str = "revert"  # "revert" to parent | "bank" with the SME
     shortfall_rule: str = "sme"  # who covers a shortfall: "sme" | "parent"
     chain_id: str | None = None
-    seq: int = 0
-    ts: int = 0
 
 
 @command("set_price_band")
@@ -242,8 +215,6 @@ class SetPriceBand(Command):
     instrument: str
     band_bps: int | None = None  # half-width, e.g. 1000 = +-10 %
     reference_price: int | None = None
-    seq: int = 0
-    ts: int = 0
 
 
 @command("halt")
@@ -252,25 +223,18 @@ class Halt(Command):
 
     instrument: str | None = None
     segment: str | None = None
-    seq: int = 0
-    ts: int = 0
 
 
 @command("resume")
 class Resume(Command):
     instrument: str | None = None
     segment: str | None = None
-    seq: int = 0
-    ts: int = 0
 
 
 @command("end_of_day")
 class EndOfDay(Command):
     """Close the trading day: expire DAY orders, set each instrument's reference price to the
     day's VWAP (unchanged when nothing traded), reset the day's statistics."""
-
-    seq: int = 0
-    ts: int = 0
 
 
 @command("set_trading_calendar")
@@ -284,19 +248,14 @@ class SetTradingCalendar(Command):
     tz: str = "Asia/Shanghai"
     weekdays: tuple[int, ...] = (0, 1, 2, 3, 4)
     holidays: tuple[str, ...] = ()
-    seq: int = 0
-    ts: int = 0
 
 
 @command("clock")
 class Clock(Command):
-    """The time is now ``ts`` (the envelope's): with a trading calendar, open or close the
-    session that starts or ends by then (a close after the day's last session ends the day).
-    The server journals one at each open and close, so a replay opens and closes the market at
-    the same commands."""
-
-    seq: int = 0
-    ts: int = 0
+    """The time is now: the envelope's ``ts`` (``ex.now`` while it applies). With a trading
+    calendar, open or close the session that starts or ends by then (a close after the day's
+    last session ends the day). The server journals one at each open and close, so a replay
+    opens and closes the market at the same commands."""
 
 
 @command("snapshot_marker")
@@ -309,7 +268,5 @@ class SnapshotMarker(Command):
     snapshot holds it. The seal is in the hash chain, the snapshot row is not, so a start
     proves a snapshot against its seal (docs/adr/0009-recovery-trust.md)."""
 
-    seq: int = 0
-    ts: int = 0
     of_seq: int = 0
     state_hash: str | None = None

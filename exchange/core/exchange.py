@@ -1,7 +1,8 @@
 """The exchange core: a deterministic state machine.
 
-``Exchange.apply(command) -> list[event]``. No I/O, no wall clock, no randomness: the command
-envelope (``seq``, ``ts``) is the only notion of order and time. The same command log always
+``Exchange.apply(command, seq, ts) -> list[event]``. No I/O, no wall clock, no randomness: the
+envelope passed beside the command (``seq``, ``ts``; while it applies ``last_seq`` and
+``now``) is the only notion of order and time. The same command log always
 gives the same state, and :meth:`Exchange.state_hash` proves it.
 
 Business rejects never raise out of ``apply``: every check runs *before* the first mutation,
@@ -196,8 +197,6 @@ class AddSegment(Command):
     max_order_qty: int = 99_999  # listed trading: under 100,000 t
     fee_bps: int = 0
     access: str = "all"
-    seq: int = 0
-    ts: int = 0
 
 
 class SegmentRules:
@@ -442,12 +441,14 @@ class Exchange:
             self.accelerated = True
 
     # ================================================================== entry point
-    def apply(self, cmd: Command) -> list[Any]:
-        seq = cmd.seq
+    def apply(self, cmd: Command, seq: int, ts: int) -> list[Any]:
+        """Apply ``cmd`` under its envelope: ``seq`` (after ``last_seq``, else
+        :class:`SequenceError`) and ``ts``. Handlers read them as ``last_seq`` and ``now``;
+        the command object is not written to."""
         if seq <= self.last_seq:
             raise SequenceError(f"command seq {seq} after {self.last_seq}")
         self.last_seq = seq
-        self.now = cmd.ts
+        self.now = ts
         handler = self._handlers.get(type(cmd))
         if handler is None:
             return self._unknown_command(cmd)
@@ -527,7 +528,7 @@ class Exchange:
             0,
             0,
             None,
-            cmd.ts,
+            self.now,
         )
 
     def _er(self, o: Order, exec_type: str, reason: str | None = None) -> ExecutionReport:
@@ -740,7 +741,7 @@ class Exchange:
             cmd.qty,
             tif,
             cmd.post_only,
-            cmd.seq,
+            self.last_seq,
         )
         if o.side == BUY:
             o.reserved = self.buy_reserve(price, o.qty, self._rules[o.segment].fee_bps)
@@ -1042,7 +1043,7 @@ class Exchange:
             o.qty = new_qty
             o.price = new_price
             o.leaves = new_leaves
-            o.seq = cmd.seq
+            o.seq = self.last_seq
             events.append(self._er(o, EXEC_REPLACED))
             self._execute(o, book, instr, rules, acct, events)
             if o.leaves and o.status != ST_CANCELED:
@@ -1331,7 +1332,7 @@ class Exchange:
             "chain_id": c.chain_id,
             "sme_proceeds": 0,
             "parent_proceeds": 0,
-            "created_seq": c.seq,
+            "created_seq": self.last_seq,
         }
         self.move_units(parent, sme, c.instrument, c.qty, f"{LOT_SUB_QUOTA}:{lot_id}", "sub_quota")
         return [

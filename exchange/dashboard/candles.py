@@ -55,8 +55,8 @@ class CandleStore:
             elif days is not None:
                 days.pop(self.day, None)
 
-    def on_commit(self, cmd, events) -> None:
-        """Called once per durable command, in sequence order."""
+    def on_commit(self, cmd, seq, ts, events) -> None:
+        """Called once per durable command with its envelope, in sequence order."""
         for ev in events:
             t = type(ev)
             if t is Trade:
@@ -64,7 +64,7 @@ class CandleStore:
                     board_key(ev.instrument, ev.segment),
                     ev.price,
                     ev.qty,
-                    ev.ts or getattr(cmd, "ts", 0),
+                    ev.ts or ts,
                 )
             elif t is DayEnded:
                 self.day = ev.day

@@ -280,21 +280,23 @@ class MarketHistory:
         self._pending: list | None = None  # live commands that came in during the rebuild
 
     # ------------------------------------------------------------------ feeding
-    def on_commit(self, cmd, events) -> None:
-        """Runner listener: called once per durable command, in sequence order. While the
-        journal is being read back (:meth:`rebuild`), live commands wait their turn."""
+    def on_commit(self, cmd, seq, ts, events) -> None:
+        """Runner listener: called once per durable command with its envelope, in sequence
+        order. While the journal is being read back (:meth:`rebuild`), live commands wait
+        their turn."""
         if self._pending is not None:
-            self._pending.append((cmd, events))
+            self._pending.append((cmd, seq, ts, events))
             return
-        self.feed(cmd, events)
+        self.feed(cmd, seq, ts, events)
 
-    def feed(self, cmd, events) -> None:
-        seq = getattr(cmd, "seq", 0)
+    def feed(self, cmd, seq, ts, events) -> None:
+        """One applied command's events; ``seq``/``ts`` its envelope (seq 0: not sequenced,
+        never skipped)."""
         if seq and seq <= self.last_seq:
             return  # already seen (read back from the journal and then heard live)
         if seq:
             self.last_seq = seq
-        self.candles.on_commit(cmd, events)
+        self.candles.on_commit(cmd, seq, ts, events)
         for ev in events:
             t = type(ev)
             if t is ExecutionReport:
@@ -444,15 +446,15 @@ class MarketHistory:
                     n0 = info["records"]
                     async for rows in journal.read_rows(scratch.last_seq + 1, None):
                         for seq, ts, payload, _h in rows:
-                            cmd = decode_payload(loads(payload), seq, ts)
+                            cmd = decode_payload(loads(payload))
                             try:
-                                events = apply(cmd)
+                                events = apply(cmd, seq, ts)
                             except SequenceError:
                                 raise
                             except Exception:  # the core raised live too: no events
                                 events = []
                             info["trades"] += sum(1 for e in events if type(e) is Trade)
-                            self.feed(cmd, events)
+                            self.feed(cmd, seq, ts, events)
                             info["records"] += 1
                     if scratch.last_seq >= target:
                         break
@@ -473,8 +475,8 @@ class MarketHistory:
                         await asyncio.sleep(0.01)
         finally:
             pending, self._pending = self._pending or [], None
-            for cmd, events in pending:
-                self.feed(cmd, events)
+            for cmd, seq, ts, events in pending:
+                self.feed(cmd, seq, ts, events)
             self.rebuilt = True
         info["seconds"] = round(loop.time() - t0, 3)
         self.rebuild_info = info

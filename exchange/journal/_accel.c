@@ -23,7 +23,7 @@
  * tuple, a float, a non-ASCII or escaped string, an int subclass, a big int) is left to
  * orjson through the fallback, so no JSON rule is re-implemented here beyond those.
  *
- * Submitter: CoreRunner.submit_nowait (stamp, encode the record, apply, frame) - see
+ * Submitter: CoreRunner.submit_nowait (envelope, encode the record, apply, frame) - see
  * the Python submitter in runner.py for what each step does; this is the same, step for step. It
  * calls the Exchange's apply (the core's own extension, exchange.core._accel, when that is
  * built) through Python's call protocol, so the two extensions need no C-level link.
@@ -55,7 +55,7 @@ typedef struct {
      * interpreter's own specialised LOAD_ATTR_SLOT does; the generic attribute API costs
      * ~25 ns a field. */
     PyObject *registry;
-    PyObject *str_last_seq, *str_seq, *str_ts, *str_first_seq;
+    PyObject *str_last_seq, *str_first_seq;
     PyObject *time_ns; /* time.time_ns: a Submitter whose clock it is reads the clock itself */
     PyTypeObject *submitter_type;
 } jstate;
@@ -70,7 +70,6 @@ state_of(PyObject *module)
 
 typedef struct {
     Py_ssize_t nfields;
-    Py_ssize_t seq_off, ts_off; /* 0: not a slot; the generic attribute API then */
     Py_ssize_t head_len;
     Py_ssize_t off[MAX_FIELDS];
     char head[]; /* '["<type>"' */
@@ -199,8 +198,6 @@ reg(PyObject *self, PyObject *args)
         Py_RETURN_FALSE;
     }
     jstate *st = state_of(self);
-    e->seq_off = slot_offset((PyTypeObject *)cls, st->str_seq);
-    e->ts_off = slot_offset((PyTypeObject *)cls, st->str_ts);
     int r = PyDict_SetItem(st->registry, cls, blob);
     Py_DECREF(blob);
     if (r < 0)
@@ -330,7 +327,7 @@ typedef struct {
     PyObject *fallback_line; /* cmd -> bytes: the reference encoder (codec.payload_line) */
     PyObject *on_first;      /* () : the first record entered the batch (wakes the commit loop) */
     PyObject *on_snapshot;   /* () : since_snapshot reached snapshot_every */
-    PyObject *on_error;      /* (cmd, exc) : apply raised an Exception (logged; journaled anyway) */
+    PyObject *on_error;      /* (cmd, seq, exc) : apply raised an Exception (logged; journaled) */
     PyObject *refuse;        /* () : raises RunnerFailed (not accepting) */
     PyObject *seq_error;     /* SequenceError: re-raised, not journaled */
     /* the current batch, set by the runner each time it opens one */
@@ -338,7 +335,7 @@ typedef struct {
     PyObject *lines;         /* frames.lines (bytearray) */
     PyObject *stamps;        /* frames.ts (a bytearray of native int64s) */
     PyObject *future;        /* the batch's durability future */
-    PyObject *applied;       /* list of (cmd, events) for the listeners, or None */
+    PyObject *applied;       /* list of (cmd, seq, ts, events) for the listeners, or None */
     /* counters */
     long long last_ts;
     long long since_snapshot;
@@ -427,20 +424,6 @@ sub_ready(Submitter *s)
     return 1;
 }
 
-static int
-set_slot(PyObject *obj, Py_ssize_t off, PyObject *name, PyObject *v)
-{
-    /* obj.<name> = v, at the slot's offset when known */
-    if (off == 0)
-        return PyObject_SetAttr(obj, name, v);
-    PyObject **slot = (PyObject **)((char *)obj + off);
-    PyObject *old = *slot;
-    Py_INCREF(v);
-    *slot = v;
-    Py_XDECREF(old);
-    return 0;
-}
-
 /* submit(cmd) -> (events, future): the steps of the Python submitter's submit, in order */
 static PyObject *
 sub_submit(Submitter *s, PyObject *cmd)
@@ -458,7 +441,7 @@ sub_submit(Submitter *s, PyObject *cmd)
     if (!sub_ready(s))
         return NULL;
     jstate *st = s->st;
-    /* seq = cmd.seq = ex.last_seq + 1 */
+    /* the envelope, kept beside the command (never written onto it): seq = ex.last_seq + 1 */
     PyObject *last = PyObject_GetAttr(s->ex, st->str_last_seq);
     if (last == NULL)
         return NULL;
@@ -469,12 +452,6 @@ sub_submit(Submitter *s, PyObject *cmd)
     PyObject *seq = PyLong_FromLongLong(last_seq + 1);
     if (seq == NULL)
         return NULL;
-    const entry_t *e = entry_of(st, cmd);
-    if (e == NULL && PyErr_Occurred())
-        goto fail_seq;
-    Py_ssize_t seq_off = e ? e->seq_off : 0, ts_off = e ? e->ts_off : 0;
-    if (set_slot(cmd, seq_off, st->str_seq, seq) < 0)
-        goto fail_seq;
     /* ts = clock(), strictly after the last one */
     long long ts;
     struct timespec now;
@@ -497,8 +474,6 @@ sub_submit(Submitter *s, PyObject *cmd)
     PyObject *tso = PyLong_FromLongLong(ts);
     if (tso == NULL)
         goto fail_seq;
-    if (set_slot(cmd, ts_off, st->str_ts, tso) < 0)
-        goto fail_ts;
     /* the record's payload first: a command that cannot be encoded is refused before the
      * core sees it, and the journal holds the command as submitted */
     PyObject *lines = s->lines;
@@ -516,9 +491,10 @@ sub_submit(Submitter *s, PyObject *cmd)
             goto fail_ts;
         Py_DECREF(grown);
     }
-    /* result = apply(cmd); an Exception other than SequenceError is logged and journaled;
+    /* result = apply(cmd, seq, ts); an Exception other than SequenceError is logged and journaled;
      * a SequenceError (or a BaseException) takes the payload back out and propagates */
-    PyObject *result = PyObject_CallOneArg(s->apply, cmd);
+    PyObject *argv[3] = {cmd, seq, tso};
+    PyObject *result = PyObject_Vectorcall(s->apply, argv, 3, NULL);
     if (result == NULL) {
         if (PyErr_ExceptionMatches(s->seq_error) || !PyErr_ExceptionMatches(PyExc_Exception))
             goto fail_unframe;
@@ -530,7 +506,7 @@ sub_submit(Submitter *s, PyObject *cmd)
         Py_XDECREF(type);
         Py_XDECREF(tb);
         result = value; /* the exception stands in for the events */
-        PyObject *r = PyObject_CallFunctionObjArgs(s->on_error, cmd, result, NULL);
+        PyObject *r = PyObject_CallFunctionObjArgs(s->on_error, cmd, seq, result, NULL);
         if (r == NULL) {
             Py_DECREF(result);
             goto fail_unframe;
@@ -554,7 +530,7 @@ sub_submit(Submitter *s, PyObject *cmd)
         Py_DECREF(r);
     }
     if (s->applied != Py_None) {
-        PyObject *pair = PyTuple_Pack(2, cmd, result);
+        PyObject *pair = PyTuple_Pack(4, cmd, seq, tso, result);
         if (pair == NULL)
             goto fail_result;
         int a = PyList_Append(s->applied, pair);
@@ -606,7 +582,7 @@ fail_seq:
 
 static PyMethodDef sub_methods[] = {
     {"submit", (PyCFunction)sub_submit, METH_O,
-     "submit(cmd) -> (events, durable_future): stamp, apply and frame cmd."},
+     "submit(cmd) -> (events, durable_future): give cmd its envelope, apply and frame it."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -624,7 +600,7 @@ static PyMemberDef sub_members[] = {
 };
 
 static PyType_Slot sub_slots[] = {
-    {Py_tp_doc, "CoreRunner's submit path: stamp, apply and frame each command (see "
+    {Py_tp_doc, "CoreRunner's submit path: envelope, apply and frame each command (see "
                 "runner.py's Python submitter, the reference implementation)."},
     {Py_tp_new, sub_new},
     {Py_tp_traverse, sub_traverse},
@@ -662,8 +638,6 @@ module_exec(PyObject *m)
         PyModule_AddObjectRef(m, "registry", st->registry) < 0)
         return -1;
     if (!(st->str_last_seq = PyUnicode_InternFromString("last_seq")) ||
-        !(st->str_seq = PyUnicode_InternFromString("seq")) ||
-        !(st->str_ts = PyUnicode_InternFromString("ts")) ||
         !(st->str_first_seq = PyUnicode_InternFromString("first_seq")))
         return -1;
     PyObject *time_mod = PyImport_ImportModule("time");
@@ -685,8 +659,6 @@ module_traverse(PyObject *m, visitproc visit, void *arg)
     jstate *st = state_of(m);
     Py_VISIT(st->registry);
     Py_VISIT(st->str_last_seq);
-    Py_VISIT(st->str_seq);
-    Py_VISIT(st->str_ts);
     Py_VISIT(st->str_first_seq);
     Py_VISIT(st->time_ns);
     Py_VISIT(st->submitter_type);
@@ -699,8 +671,6 @@ module_clear(PyObject *m)
     jstate *st = state_of(m);
     Py_CLEAR(st->registry);
     Py_CLEAR(st->str_last_seq);
-    Py_CLEAR(st->str_seq);
-    Py_CLEAR(st->str_ts);
     Py_CLEAR(st->str_first_seq);
     Py_CLEAR(st->time_ns);
     Py_CLEAR(st->submitter_type);

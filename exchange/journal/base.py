@@ -319,7 +319,7 @@ class Journal:
         await j.open()
         await j.append([(seq, ts, encode_command(cmd)), ...])   # durable on return
         async for seq, ts, d in j.read(from_seq):                # async iterator
-            cmd = decode_command(d, seq, ts)
+            ex.apply(decode_command(d), seq, ts)
         await j.write_snapshot(seq, ex.snapshot())
         snap = await j.latest_snapshot()                          # (seq, bytes) | None
         await j.close()

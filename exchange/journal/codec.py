@@ -33,8 +33,8 @@ from ..core.commands import COMMAND_TYPES, Command, decode_command
 
 #: a command's encoder: the command -> its payload followed by a newline
 LineEncoder = Callable[[Command], bytes]
-#: a loaded payload's decoder: (payload, seq, ts) -> the command
-Decoder = Callable[[Any, int, int], Command]
+#: a loaded payload's decoder: payload -> the command (its envelope is the record's seq/ts)
+Decoder = Callable[[Any], Command]
 
 _dumps = orjson.dumps
 _NL = orjson.OPT_APPEND_NEWLINE
@@ -129,9 +129,9 @@ def _make_decoder(name: str, positional: bool) -> Decoder:
         return slow
     ann = _annotations(cls)
     lines = [
-        "def dec(d, seq, ts):",
+        "def dec(d):",
         f"    if len(d) != {len(fields) + 1}:",
-        "        return slow(d, seq, ts)",
+        "        return slow(d)",
         "    c = new(cls)",
     ]
     for i, f in enumerate(fields, 1):
@@ -141,25 +141,25 @@ def _make_decoder(name: str, positional: bool) -> Decoder:
         else:
             lines.append(f"    v = {src}")
             lines.append(f"    c.{f} = tup(v) if v.__class__ is list else v")
-    lines += ["    c.seq = seq", "    c.ts = ts", "    return c"]
+    lines.append("    return c")
     ns: dict[str, Any] = {"new": object.__new__, "cls": cls, "slow": slow, "tup": _tup}
     exec("\n".join(lines), ns)
     dec: Decoder = ns["dec"]
     if positional:
         return dec
 
-    def safe(d: dict[str, Any], seq: int, ts: int) -> Command:
+    def safe(d: dict[str, Any]) -> Command:
         # a dict without one of the fields: decode_command's defaults
         try:
-            return dec(d, seq, ts)
+            return dec(d)
         except KeyError:
-            return decode_command(d, seq, ts)
+            return decode_command(d)
 
     return safe
 
 
-def _slow_array(a: list[Any], seq: int, ts: int) -> Command:
-    return decode_command(payload_dict(a), seq, ts)
+def _slow_array(a: list[Any]) -> Command:
+    return decode_command(payload_dict(a))
 
 
 class _Decoders(dict[str, Decoder]):
@@ -176,12 +176,13 @@ _ARRAY_DECODERS = _Decoders(True)
 _DICT_DECODERS = _Decoders(False)
 
 
-def decode_payload(obj: list[Any] | dict[str, Any], seq: int, ts: int) -> Command:
-    """The command of a loaded payload (``orjson.loads`` of it, either form), stamped
-    ``seq``/``ts``. KeyError for a type this process has not registered."""
+def decode_payload(obj: list[Any] | dict[str, Any]) -> Command:
+    """The command of a loaded payload (``orjson.loads`` of it, either form); its envelope
+    is the record's ``seq``/``ts``, which the reader passes to ``apply`` beside it. KeyError
+    for a type this process has not registered."""
     if isinstance(obj, list):
-        return _ARRAY_DECODERS[obj[0]](obj, seq, ts)
-    return _DICT_DECODERS[obj["type"]](obj, seq, ts)
+        return _ARRAY_DECODERS[obj[0]](obj)
+    return _DICT_DECODERS[obj["type"]](obj)
 
 
 def payload_dict(obj: list[Any] | dict[str, Any]) -> dict[str, Any]:

@@ -80,9 +80,9 @@ class Follower:
         async for rows in self.journal.read_rows(ex.last_seq + 1, to_seq):
             for seq, ts, p, h in rows:
                 d = loads(p)
-                cmd = decode_payload(d, seq, ts)
+                cmd = decode_payload(d)
                 try:
-                    apply(cmd)
+                    apply(cmd, seq, ts)
                 except SequenceError:
                     raise
                 except Exception:  # as it did live (and on replay)

@@ -10,9 +10,11 @@
     events = await runner.submit(PlaceOrder(...))   # returns once the command is durable
     await runner.stop()                  # flush, final snapshot, close
 
-``submit`` stamps ``seq`` (last + 1) and ``ts`` (the clock, strictly increasing), encodes its
-record into the current batch (a command that cannot be encoded is refused here, before the
-core sees it) and applies it to the core at once (so the next command sees its effect). That
+``submit`` gives a command its envelope - ``seq`` (last + 1) and ``ts`` (the clock, strictly
+increasing), kept beside the command, never written onto it - encodes its record into the
+current batch (a command that cannot be encoded is refused here, before the
+core sees it) and applies it to the core at once, ``apply(cmd, seq, ts)`` (so the next
+command sees its effect). That
 per-command path is the submitter's: ``_accel.Submitter`` in C where the extension is built,
 ``_PySubmitter`` (the reference, the same steps) otherwise. The commit loop writes one batch
 at a time; everything submitted while a batch is being written goes into the next one (group
@@ -63,8 +65,10 @@ log = logging.getLogger("exchange.journal.runner")
 
 #: a command's events (``Exchange.apply``), or the exception the core raised on it
 Result = list[Any] | Exception
-#: ``fn(cmd, events)``, told of every durable command
-Listener = Callable[[Command, list[Any]], object]
+#: ``fn(cmd, seq, ts, events)``, told of every durable command with its envelope
+Listener = Callable[[Command, int, int, list[Any]], object]
+#: what a batch keeps of each command for the listeners: (cmd, seq, ts, events)
+Applied = tuple[Command, int, int, Result]
 
 
 class RunnerFailed(JournalError):
@@ -108,7 +112,7 @@ class _Batch:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.frames = Frames()  # the records, appended as they are submitted
         self.t0 = 0.0  # time.monotonic() when its first record came in
-        self.applied: list[tuple[Command, Result]] = []  # (cmd, events)
+        self.applied: list[Applied] = []  # (cmd, seq, ts, events)
         self.future: asyncio.Future[None] = loop.create_future()
         # (seq, the state's bytes, or a future of them from a forked child)
         self.snapshot: tuple[int, bytes | asyncio.Future[bytes]] | None = None
@@ -116,7 +120,7 @@ class _Batch:
 
 
 class _PySubmitter:
-    """The submit path: stamp, apply and frame each command. The pure-Python reference of
+    """The submit path: envelope, apply and frame each command. The pure-Python reference of
     ``_accel.Submitter``, which does the same steps in C (tests run both); the runner uses
     the C one where the extension is built (``C_SUBMITTER``).
 
@@ -145,19 +149,19 @@ class _PySubmitter:
     )
 
     ex: Exchange
-    apply: Callable[[Command], list[Any]]
+    apply: Callable[[Command, int, int], list[Any]]
     clock: Callable[[], int]
     fallback_line: Callable[[Command], bytes]
     on_first: Callable[[], None]
     on_snapshot: Callable[[], None]
-    on_error: Callable[[Command, BaseException], None]
+    on_error: Callable[[Command, int, BaseException], None]
     refuse: Callable[[], None]
     seq_error: type[Exception]
     frames: Frames
     lines: bytearray
     stamps: bytearray
     future: asyncio.Future[None]
-    applied: list[tuple[Command, Result]] | None
+    applied: list[Applied] | None
     last_ts: int
     since_snapshot: int
     snapshot_every: int
@@ -171,13 +175,12 @@ class _PySubmitter:
         if not self.accepting:
             self.refuse()
             raise RuntimeError("runner not accepting commands")
-        # Command declares the envelope with empty __slots__; every command class is a
-        # slotted dataclass that has the seq and ts slots (core.commands.command)
-        seq = cmd.seq = self.ex.last_seq + 1  # type: ignore[misc]
+        # the envelope, beside the command: the command object is not written to
+        seq = self.ex.last_seq + 1
         ts = self.clock()
         if ts <= self.last_ts:
             ts = self.last_ts + 1
-        self.last_ts = cmd.ts = ts  # type: ignore[misc]
+        self.last_ts = ts
         # the payload first: a command that cannot be encoded is refused before the core
         # sees it, and the journal holds the command as submitted
         lines = self.lines
@@ -186,11 +189,11 @@ class _PySubmitter:
         result: Result
         try:
             try:
-                result = self.apply(cmd)
+                result = self.apply(cmd, seq, ts)
             except self.seq_error:
                 raise
             except Exception as e:  # a core bug: journal it anyway, replay reproduces it
-                self.on_error(cmd, e)
+                self.on_error(cmd, seq, e)
                 result = e
         except BaseException:  # not journaled: keep the batch's payloads and stamps in step
             del lines[before:]
@@ -201,7 +204,7 @@ class _PySubmitter:
             self.frames.first_seq = seq
             self.on_first()
         if self.applied is not None:
-            self.applied.append((cmd, result))
+            self.applied.append((cmd, seq, ts, result))
         future = self.future
         self.since_snapshot += 1
         if self.since_snapshot >= self.snapshot_every:
@@ -344,8 +347,9 @@ class CoreRunner:
         return self._durable_seq
 
     def add_listener(self, fn: Listener) -> None:
-        """``fn(cmd, events)`` for every command (snapshot markers included) once it is
-        durable, in seq order, on the event loop. Exceptions are logged, not raised."""
+        """``fn(cmd, seq, ts, events)`` for every command (snapshot markers included) once it
+        is durable, in seq order, on the event loop; ``seq``/``ts`` are its envelope.
+        Exceptions are logged, not raised."""
         self._listeners.append(fn)
         if self._batch is not None and self._sub.applied is None:
             self._sub.applied = self._batch.applied
@@ -379,8 +383,8 @@ class CoreRunner:
         )
 
     @staticmethod
-    def _core_raised(cmd: Command, exc: BaseException) -> None:
-        log.error("core raised on seq %d (%s)", cmd.seq, cmd.TYPE, exc_info=exc)
+    def _core_raised(cmd: Command, seq: int, exc: BaseException) -> None:
+        log.error("core raised on seq %d (%s)", seq, cmd.TYPE, exc_info=exc)
 
     # ---------------------------------------------------------------- start / recovery
     async def start(self) -> None:
@@ -555,7 +559,7 @@ class CoreRunner:
 
     # ---------------------------------------------------------------- submit
     def submit_nowait(self, cmd: Command) -> tuple[Result, asyncio.Future[None]]:
-        """Stamp, encode, apply and enqueue ``cmd``; return ``(events, durable)`` where
+        """Envelope, encode, apply and enqueue ``cmd``; return ``(events, durable)`` where
         ``durable`` is a future resolved when the command's batch is durable. The events must
         not be acknowledged before that. If the core raises (other than a SequenceError), the
         command is journaled anyway (replay reproduces it), the error is logged and returned
@@ -575,9 +579,9 @@ class CoreRunner:
     def _snapshot_now(self) -> None:
         ex = self.exchange
         m = SnapshotMarker()
-        m.seq = ex.last_seq + 1
-        m.ts = self._last_ts = self._last_ts + 1
-        ex.apply(m)
+        seq = ex.last_seq + 1
+        ts = self._last_ts = self._last_ts + 1
+        ex.apply(m, seq, ts)
         b, wake = self._current()
         data: bytes | asyncio.Future[bytes] | None = (
             self._fork_snapshot(ex) if self._snapshot_in_child(ex) else None
@@ -588,13 +592,13 @@ class CoreRunner:
             self.snapshots_inline += 1
             # serialised already: the marker's own record seals the snapshot (the record is
             # encoded after apply, and sealing changes nothing the core holds)
-            m.of_seq, m.state_hash = m.seq, hashlib.sha256(data).hexdigest()
+            m.of_seq, m.state_hash = seq, hashlib.sha256(data).hexdigest()
         else:
             self.snapshots_forked += 1
-        first = b.frames.add(m.seq, m.ts, payload_line(m)) == 1
+        first = b.frames.add(seq, ts, payload_line(m)) == 1
         if self._listeners:
-            b.applied.append((m, []))
-        b.snapshot = (m.seq, data)
+            b.applied.append((m, seq, ts, []))
+        b.snapshot = (seq, data)
         if b.snapshot_written is None:
             b.snapshot_written = asyncio.get_running_loop().create_future()
         if first:
@@ -711,14 +715,14 @@ class CoreRunner:
             self.batched_records += b.frames.count
             listeners = self._listeners
             if listeners:
-                for cmd, events in b.applied:
+                for cmd, seq, ts, events in b.applied:
                     if isinstance(events, Exception):
                         events = []
                     for fn in listeners:
                         try:
-                            fn(cmd, events)
+                            fn(cmd, seq, ts, events)
                         except Exception:
-                            log.exception("journal listener %r failed on seq %d", fn, cmd.seq)
+                            log.exception("journal listener %r failed on seq %d", fn, seq)
             b.future.set_result(None)
             if b.snapshot is not None:
                 # stored beside the commit loop, not in it: the next batches need not wait
@@ -946,9 +950,9 @@ async def replay_into(
     loads = orjson.loads
     async for rows in journal.read_rows(from_seq, to_seq):
         for seq, ts, p, _h in rows:
-            cmd = decode_payload(loads(p), seq, ts)
+            cmd = decode_payload(loads(p))
             try:
-                apply(cmd)
+                apply(cmd, seq, ts)
             except SequenceError:
                 raise
             except Exception:

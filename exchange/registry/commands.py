@@ -23,8 +23,6 @@ class ConfigureRegistry(Command):
     removal_types: tuple = (("natural", "RMN"), ("engineered", "RME"))  # (type, offset_type)
     carbon_inclusive_type: str = "PHCER"  # offset type issued from platforms' batches
     max_batch_records: int = 1_000_000
-    seq: int = 0
-    ts: int = 0
 
 
 @command("issue_credits")
@@ -38,8 +36,6 @@ class IssueCredits(Command):
     project: str
     first: int
     last: int
-    seq: int = 0
-    ts: int = 0
 
 
 @command("record_external_cancellation")
@@ -54,8 +50,6 @@ class RecordExternalCancellation(Command):
     first: int
     last: int
     reference: str = ""
-    seq: int = 0
-    ts: int = 0
 
 
 @command("import_credits")
@@ -69,8 +63,6 @@ class ImportCredits(Command):
     project: str
     first: int
     last: int
-    seq: int = 0
-    ts: int = 0
 
 
 @command("retire_credits")
@@ -84,8 +76,6 @@ class RetireCredits(Command):
     serials: tuple = ()
     beneficiary: str = ""
     reason: str = ""
-    seq: int = 0
-    ts: int = 0
 
 
 @command("declare_offset_class")
@@ -96,8 +86,6 @@ class DeclareOffsetClass(Command):
     offset_type: str
     ccer_equivalent: bool = True
     operator: str = ""
-    seq: int = 0
-    ts: int = 0
 
 
 # ---- removals
@@ -107,8 +95,6 @@ class RegisterRemovalProject(Command):
     removal_type: str  # natural | engineered
     owner: str  # the firm account that receives the credits
     name: str = ""
-    seq: int = 0
-    ts: int = 0
 
 
 @command("verify_removal")
@@ -122,8 +108,6 @@ class VerifyRemoval(Command):
     gross_removal: int
     project_emissions: int = 0
     baseline_removal: int = 0
-    seq: int = 0
-    ts: int = 0
 
 
 @command("report_reversal")
@@ -134,8 +118,6 @@ class ReportReversal(Command):
     qty: int
     cause: str
     reporter: str = ""
-    seq: int = 0
-    ts: int = 0
 
 
 # ---- carbon-inclusive
@@ -145,8 +127,6 @@ class RegisterPlatform(Command):
 
     platform_id: str
     name: str = ""
-    seq: int = 0
-    ts: int = 0
 
 
 @command("set_conversion_factor")
@@ -157,8 +137,6 @@ class SetConversionFactor(Command):
     unit: str
     g_co2e_per_unit: int  # grams CO2e avoided per unit of the action
     operator: str = ""
-    seq: int = 0
-    ts: int = 0
 
 
 @command("submit_action_batch")
@@ -170,16 +148,12 @@ class SubmitActionBatch(Command):
     platform_id: str
     vintage: int
     records: tuple = ()
-    seq: int = 0
-    ts: int = 0
 
 
 @command("approve_action_batch")
 class ApproveActionBatch(Command):
     batch_id: str
     verifier: str
-    seq: int = 0
-    ts: int = 0
 
 
 @command("reject_action_batch")
@@ -187,8 +161,6 @@ class RejectActionBatch(Command):
     batch_id: str
     verifier: str
     reason: str
-    seq: int = 0
-    ts: int = 0
 
 
 # =========================================================================== events

@@ -512,7 +512,7 @@ class RegistryModule(Module):
         _text(c.reference, "reference")
         k = S.key(issuer, project, vintage)
         lst = self.cancellations.setdefault(registry, {}).setdefault(k, [])
-        lst.append([first, last, c.reference, c.seq])
+        lst.append([first, last, c.reference, self.ex.last_seq])
         lst.sort()
         return [
             ExternalCancellationRecorded(
@@ -700,8 +700,8 @@ class RegistryModule(Module):
                 )
             self.buffer[rtype][0] += buffer
         proj["vintages"][str(vintage)] = {
-            "seq": c.seq,
-            "ts": c.ts,
+            "seq": self.ex.last_seq,
+            "ts": self.ex.now,
             "verifier": c.verifier,
             "gross_removal": gross,
             "project_emissions": own,
@@ -931,8 +931,8 @@ class RegistryModule(Module):
             "reduction_g": grams,
             "reduction_t": tonnes,
             "table_version": self.table_version,
-            "submitted_seq": c.seq,
-            "submitted_ts": c.ts,
+            "submitted_seq": self.ex.last_seq,
+            "submitted_ts": self.ex.now,
             "verifier": None,
             "decided_ts": None,
             "reason": "",
@@ -973,7 +973,7 @@ class RegistryModule(Module):
             events = self._deliver(
                 b, 1, t, self.ex.accounts[batch["platform_id"]], "carbon_inclusive"
             )
-        batch.update(status="approved", verifier=c.verifier, decided_ts=c.ts)
+        batch.update(status="approved", verifier=c.verifier, decided_ts=self.ex.now)
         return [ActionBatchDecided(c.batch_id, "approved", c.verifier, t, batch["serial"])] + events
 
     def _reject_batch(self, c: RejectActionBatch) -> list:
@@ -987,7 +987,11 @@ class RegistryModule(Module):
             del self.claimed[aid]
         # the actions are free to be claimed again (corrected), so the batch forgets them
         batch.update(
-            status="rejected", verifier=c.verifier, decided_ts=c.ts, reason=reason, action_ids=[]
+            status="rejected",
+            verifier=c.verifier,
+            decided_ts=self.ex.now,
+            reason=reason,
+            action_ids=[],
         )
         return [ActionBatchDecided(c.batch_id, "rejected", c.verifier, 0, "")]
 

@@ -64,8 +64,6 @@ class SetRulesParams(Command):
     # share of the value of a core firm's coupling gain it pays to the SMEs whose verified
     # cuts made it, at the period close (docs/RULES.md, "Gains shared along the chain")
     gain_share_ppm: int | None = None
-    seq: int = 0
-    ts: int = 0
 
 
 @command("set_benchmark")
@@ -75,8 +73,6 @@ class SetBenchmark(Command):
 
     product: str
     intensity_ppm: int
-    seq: int = 0
-    ts: int = 0
 
 
 @command("assess_firm")
@@ -88,8 +84,6 @@ class AssessFirm(Command):
     technology_ppm: int
     efficiency_ppm: int
     hist_intensity_ppm: int
-    seq: int = 0
-    ts: int = 0
 
 
 @command("set_output_history")
@@ -99,8 +93,6 @@ class SetOutputHistory(Command):
 
     firm_id: str
     rows: tuple[Any, ...] = ()
-    seq: int = 0
-    ts: int = 0
 
 
 @command("set_input_use")
@@ -111,8 +103,6 @@ class SetInputUse(Command):
     firm_id: str
     period: int
     inputs: tuple[Any, ...] = ()
-    seq: int = 0
-    ts: int = 0
 
 
 @command("pre_allocate")
@@ -121,8 +111,6 @@ class PreAllocate(Command):
     ``B x last verified output x phi``) of ``pre_ratio`` x the period's expected total."""
 
     period: int
-    seq: int = 0
-    ts: int = 0
 
 
 @command("record_verified")
@@ -135,8 +123,6 @@ class RecordVerified(Command):
     period: int
     emissions: int
     output: int
-    seq: int = 0
-    ts: int = 0
 
 
 @command("close_period")
@@ -146,8 +132,6 @@ class ClosePeriod(Command):
     updates with supply-chain coupling, benchmark gradient step, pending deductions settled."""
 
     period: int
-    seq: int = 0
-    ts: int = 0
 
 
 @command("settle_allocations")
@@ -156,8 +140,6 @@ class SettleAllocations(Command):
     deductions recorded after the period was closed)."""
 
     period: int
-    seq: int = 0
-    ts: int = 0
 
 
 @command("split_sub_quotas")
@@ -175,8 +157,6 @@ class SplitSubQuotas(Command):
     surplus_rule: str = "revert"
     shortfall_rule: str = "sme"
     chain_id: str | None = None
-    seq: int = 0
-    ts: int = 0
 
 
 @command("settle_sub_quotas")
@@ -186,5 +166,3 @@ class SettleSubQuotas(Command):
     per each sub-quota's terms."""
 
     period: int
-    seq: int = 0
-    ts: int = 0

@@ -684,7 +684,7 @@ class RulesModule(Module):
         self.benchmarks[c.product] = c.intensity_ppm
         self.bench_history.setdefault(c.product, []).append(
             {
-                "seq": c.seq,
+                "seq": self.ex.last_seq,
                 "period": None,
                 "reason": "set",
                 "before_ppm": prev,
@@ -750,7 +750,7 @@ class RulesModule(Module):
                 r["phi_ppm"],
                 inputs,
                 terms,
-                c.seq,
+                self.ex.last_seq,
             )
         ]
 
@@ -1172,7 +1172,9 @@ class RulesModule(Module):
                 events.extend(self._settle(f, period, r, "normalisation"))
         for f, before, after, inputs, terms in updates:
             events.append(
-                self._record_factor(f, period, "verification", before, after, inputs, terms, c.seq)
+                self._record_factor(
+                    f, period, "verification", before, after, inputs, terms, self.ex.last_seq
+                )
             )
         for core, sme, amount, info in gain_payments:
             post_cash(ex.accounts[core], ex.accounts[sme], amount)
@@ -1194,7 +1196,7 @@ class RulesModule(Module):
             self.benchmarks[prod] = after
             self.bench_history.setdefault(prod, []).append(
                 {
-                    "seq": c.seq,
+                    "seq": self.ex.last_seq,
                     "period": period,
                     "reason": "gradient_step",
                     "before_ppm": before,
@@ -1382,8 +1384,6 @@ class RulesModule(Module):
             surplus_rule=c.surplus_rule,
             shortfall_rule=c.shortfall_rule,
             chain_id=c.chain_id,
-            seq=c.seq,
-            ts=c.ts,
         )
 
     def _settle_sub_quotas(self, c: SettleSubQuotas) -> list[Any]:

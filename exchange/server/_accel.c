@@ -38,17 +38,17 @@ enum { S_CRED, S_FIRM, S_ROLE, S_COD, S_OUT, S_CLOSED, S_TOKENS, S_PLACED, S_REQ
 static const char *const sess_names[S_N] = {"cred", "firm_id", "role", "cod", "out", "closed",
                                             "tokens", "placed", "req_id", "gw", "subs",
                                             "flushing", "qmax"};
+/* the commands' fields (their envelope, seq and ts, is the runner's, not the command's) */
 enum { PL_ACCOUNT, PL_INSTRUMENT, PL_SEGMENT, PL_SIDE, PL_QTY, PL_PRICE, PL_TYPE, PL_TIF,
-       PL_POST_ONLY, PL_COID, PL_SEQ, PL_TS, PL_N };
+       PL_POST_ONLY, PL_COID, PL_N };
 static const char *const place_names[PL_N] = {
     "account", "instrument", "segment", "side", "qty", "price", "order_type", "tif",
-    "post_only", "client_order_id", "seq", "ts"};
-enum { CA_ACCOUNT, CA_OID, CA_COID, CA_SEQ, CA_TS, CA_N };
-static const char *const cancel_names[CA_N] = {"account", "order_id", "client_order_id", "seq",
-                                               "ts"};
-enum { AM_ACCOUNT, AM_OID, AM_COID, AM_QTY, AM_PRICE, AM_SEQ, AM_TS, AM_N };
+    "post_only", "client_order_id"};
+enum { CA_ACCOUNT, CA_OID, CA_COID, CA_N };
+static const char *const cancel_names[CA_N] = {"account", "order_id", "client_order_id"};
+enum { AM_ACCOUNT, AM_OID, AM_COID, AM_QTY, AM_PRICE, AM_N };
 static const char *const amend_names[AM_N] = {"account", "order_id", "client_order_id", "qty",
-                                              "price", "seq", "ts"};
+                                              "price"};
 enum { R_ACCOUNT, R_OID, R_COID, R_EXEC_TYPE, R_STATUS, R_QTY, R_PRICE, R_CUM, R_LEAVES, R_N };
 static const char *const er_names[R_N] = {"account", "order_id", "client_order_id",
                                           "exec_type", "order_status", "qty", "price",
@@ -63,7 +63,7 @@ enum { I_REQ_ID, I_METHOD, I_PARAMS, I_PLACE, I_CANCEL, I_AMEND, I_INSTRUMENT, I
        I_JOURNAL_LAG, I_SUBMIT_NOWAIT, I_DONE, I_INFLIGHT, I_ACCOUNTS, I_COIDS,
        I_MESSAGES_IN, I_SUBMIT_FAILED, I_ERROR, I_CODE, I_MESSAGE, I_PLACE_REPLY, I_ENQUEUE,
        I_TYPE, I_JOURNAL_LAG_SECONDS, I_MAX_LAG_S, I_OVERLOADED, I_OVERLOADED_BY,
-       I_GATEWAY_ERRORS, I_REJECTS, I_N };
+       I_GATEWAY_ERRORS, I_REJECTS, I_LAST_SEQ, I_N };
 static const char *const inames[I_N] = {
     "req_id", "method", "params", "place_order", "cancel_order", "amend_order", "instrument",
     "side", "qty", "segment", "price", "order_type", "tif", "post_only", "client_order_id",
@@ -72,7 +72,7 @@ static const char *const inames[I_N] = {
     "_batch_future", "_batch", "journal_lag", "submit_nowait", "done", "inflight", "accounts",
     "coids", "messages_in", "submit_failed", "error", "code", "message", "_place_reply",
     "_enqueue", "TYPE", "journal_lag_seconds", "_max_lag_s", "overloaded", "overloaded_by",
-    "gateway_errors", "rejects"};
+    "gateway_errors", "rejects", "last_seq"};
 
 #define SL(o, off) (*(PyObject **)((char *)(o) + (off)))
 
@@ -119,7 +119,7 @@ typedef struct {
     PyTypeObject *push_cls;
     Py_ssize_t push_off[ER_N];
     /* made with the module */
-    PyObject *zero; /* 0: a new command's seq and ts until the runner stamps it */
+    PyObject *zero; /* 0 */
     PyObject *one_; /* 1 */
     PyObject *I[I_N], *F[F_N], *D[D_N];
     PyObject *s_cancelled, *s_exception, *s_append, *s_popleft, *s_idem, *s_batch_durable;
@@ -307,8 +307,7 @@ place_cmd(gstate *st, PyObject *p, PyObject *firm)
     int k1 = opt(st, p, I_PRICE, OPT_PRICE, &price), k2 = opt(st, p, I_COID, OPT_COID, &coid);
     if (k1 < 0 || k2 < 0 || PyDict_GET_SIZE(p) != n + k1 + k2)
         return NULL;
-    PyObject *vals[PL_N] = {firm, ins, seg, side, qty, price, ot, tif, po, coid, st->zero,
-                            st->zero};
+    PyObject *vals[PL_N] = {firm, ins, seg, side, qty, price, ot, tif, po, coid};
     PyObject *c = new_cmd(st->place_t, st->place_off, vals, PL_N);
     return c;
 }
@@ -328,7 +327,7 @@ cancel_cmd(gstate *st, PyObject *p, PyObject *firm)
     }
     else if (!short_str(coid))
         return NULL;
-    PyObject *vals[CA_N] = {firm, oid, coid, st->zero, st->zero};
+    PyObject *vals[CA_N] = {firm, oid, coid};
     PyObject *c = new_cmd(st->cancel_t, st->cancel_off, vals, CA_N);
     return c;
 }
@@ -343,7 +342,7 @@ amend_cmd(gstate *st, PyObject *p, PyObject *firm)
     if (k1 < 0 || k2 < 0 || k3 < 0 || k4 < 0 || PyDict_GET_SIZE(p) != k1 + k2 + k3 + k4 ||
         (oid == Py_None && coid == Py_None))
         return NULL;
-    PyObject *vals[AM_N] = {firm, oid, coid, qty, price, st->zero, st->zero};
+    PyObject *vals[AM_N] = {firm, oid, coid, qty, price};
     PyObject *c = new_cmd(st->amend_t, st->amend_off, vals, AM_N);
     return c;
 }
@@ -378,7 +377,8 @@ reply_close(jw_buf *out, char *p)
 }
 
 static PyObject *
-place_ok(gstate *st, PyObject *session, PyObject *cmd, long long req_id, PyObject *events)
+place_ok(gstate *st, PyObject *session, PyObject *cmd, long long req_id, PyObject *events,
+         PyObject *seq_o)
 {
     /* Gateway._place_reply's usual case: the reply bytes, or NULL with no error when it is
      * not the usual case or a value is not plain (nothing done: the caller calls the Python
@@ -414,8 +414,7 @@ place_ok(gstate *st, PyObject *session, PyObject *cmd, long long req_id, PyObjec
     if (c == NULL || status_o == NULL || cum_o == NULL || leaves_o == NULL ||
         !(c == Py_None || PyUnicode_CheckExact(c)) || !classify(c, &coid) ||
         !str_like(status_o) || !classify(status_o, &status) || !exact_int(cum_o, &cum) ||
-        !exact_int(leaves_o, &leaves) || SL(cmd, st->place_off[PL_SEQ]) == NULL ||
-        !exact_int(SL(cmd, st->place_off[PL_SEQ]), &seq))
+        !exact_int(leaves_o, &leaves) || seq_o == NULL || !exact_int(seq_o, &seq))
         return NULL;
     PyObject *cod = SL(session, st->sess_off[S_COD]), *placed = SL(session, st->sess_off[S_PLACED]);
     if (cod == NULL || placed == NULL || !PyBool_Check(cod) || !PySet_CheckExact(placed))
@@ -864,7 +863,11 @@ gate(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
     PyObject *events = PyTuple_GET_ITEM(res, 0), *durable = PyTuple_GET_ITEM(res, 1);
     if (which == I_PLACE) {
-        data = place_ok(st, s, cmd, req_id, events);
+        /* the order's seq: the exchange's last, right after the runner applied it */
+        PyObject *ex = attr(st, gw, I_EX), *seq = ex ? attr(st, ex, I_LAST_SEQ) : NULL;
+        data = place_ok(st, s, cmd, req_id, events, seq);
+        Py_XDECREF(ex);
+        Py_XDECREF(seq);
         if (data == NULL && PyErr_Occurred())
             goto done;
         PyObject *outcome;
@@ -1072,9 +1075,9 @@ er_push(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 
 /* ------------------------------------------------------------------ the executions fan-out */
 
-/* fanout(gateway, cmd, events)
- *     Gateway.on_commit(cmd, events) - the runner's listener, after durability - for the
- *     usual events: an execution report of an account with at most one executions
+/* fanout(gateway, cmd, seq, ts, events)
+ *     Gateway.on_commit(cmd, seq, ts, events) - the runner's listener, after durability - for
+ *     the usual events: an execution report of an account with at most one executions
  *     subscriber (its push written by er_push), a book update or a trade nobody subscribed
  *     to. Any other event goes to the Python method for it (Gateway._on_report /
  *     _on_event), in its turn, so the order of the pushes is the reference's.
@@ -1272,13 +1275,14 @@ static PyObject *
 fanout(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     gstate *st = state_of(self);
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "fanout(gateway, cmd, events)");
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "fanout(gateway, cmd, seq, ts, events)");
         return NULL;
     }
-    PyObject *gw = args[0], *cmd = args[1], *events = args[2];
+    PyObject *gw = args[0], *cmd = args[1], *events = args[4];
     if (!st->fan_ready || !PyList_CheckExact(events))
-        return PyObject_CallMethodObjArgs(gw, st->F[F_ON_COMMIT], cmd, events, NULL);
+        return PyObject_CallMethodObjArgs(gw, st->F[F_ON_COMMIT], cmd, args[2], args[3], events,
+                                          NULL);
     PyObject *a[F_METRICS + 1] = {NULL};
     PyObject *ret = NULL;
     for (int k = 0; k <= F_METRICS; k++)
@@ -1287,7 +1291,8 @@ fanout(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (!PyDict_CheckExact(a[F_EXEC_SUBS]) || !PyDict_CheckExact(a[F_BAL_SUBS]) ||
         !PyAnySet_CheckExact(a[F_DIRTY_BAL]) || !PyDict_CheckExact(a[F_ER_HEADS]) ||
         !PyAnySet_CheckExact(a[F_DIRTY_TICK])) {
-        ret = PyObject_CallMethodObjArgs(gw, st->F[F_ON_COMMIT], cmd, events, NULL);
+        ret = PyObject_CallMethodObjArgs(gw, st->F[F_ON_COMMIT], cmd, args[2], args[3], events,
+                                         NULL);
         goto done;
     }
     if (fbump(st, a[F_METRICS], F_COMMANDS) < 0)
@@ -1574,7 +1579,7 @@ static PyMethodDef gate_defs[] = {
      "Session.on_request would (False: not taken, nothing changed)."},
     {"gate_setup", gate_setup, METH_O, "gate_setup(cfg: dict): the classes and constants."},
     {"fanout", (PyCFunction)(void (*)(void))fanout, METH_FASTCALL,
-     "fanout(gateway, cmd, events): Gateway.on_commit, the usual events in C."},
+     "fanout(gateway, cmd, seq, ts, events): Gateway.on_commit, the usual events in C."},
     {"fanout_setup", fanout_setup, METH_O, "fanout_setup(cfg: dict): what fanout needs."},
     {"replies", (PyCFunction)(void (*)(void))replies, METH_FASTCALL,
      "replies(gateway, batch, future): Gateway._batch_durable."},

@@ -425,11 +425,11 @@ class ApiContext:
 
     async def command(self, cmd) -> dict:
         check_command_ints(cmd)
-        events = await self.gateway.submit(cmd)
+        seq, events = await self.gateway.submit_seq(cmd)
         for ev in events:
             if type(ev) is CommandRejected:
                 raise ProtocolError(ev.code, ev.message, 400)
-        return {"seq": cmd.seq, "events": [present_event(encode_event(ev)) for ev in events]}
+        return {"seq": seq, "events": [present_event(encode_event(ev)) for ev in events]}
 
 
 def _bad_int(v, path: str) -> str | None:
@@ -1065,13 +1065,13 @@ async def issue_key(ctx: ApiContext, b: IssueKeyBody) -> dict:
         label=b.label,
         scheme=scheme,
     )
-    await ctx.command(cmd)
+    done = await ctx.command(cmd)
     return {
         "key_id": key_id,
         "api_key": key,
         "role": b.role,
         "firm_id": cmd.firm_id,
-        "seq": cmd.seq,
+        "seq": done["seq"],
     }
 
 

@@ -257,7 +257,7 @@ class FanoutMixin:
             raise ProtocolError(E.NOT_SUBSCRIBED, f"not subscribed to {channel[:80]!r}")
         return {"channel": channel, "subscribed": False}
 
-    def on_commit(self, cmd, events) -> None:
+    def on_commit(self, cmd, seq, ts, events) -> None:
         """Runner listener: after durability, in seq order. The reference of ``_fanout``
         (exchange/server/_accel.c), which the runner calls instead where the extension is built:
         it does the usual reports and events itself and calls ``_on_report``/``_on_event``

@@ -605,7 +605,13 @@ class Gateway(AdmissionMixin, IdempotencyMixin, FanoutMixin, OrderEntryMixin):
         """Apply ``cmd``; return its events once durable. Journal trouble and core bugs become
         ProtocolErrors (SHUTTING_DOWN 503 / INTERNAL_ERROR 500). ``internal``: the server's
         own command (a cancel-on-disconnect at shutdown), taken while clients' are not."""
+        return (await self.submit_seq(cmd, internal=internal))[1]
+
+    async def submit_seq(self, cmd, *, internal: bool = False) -> tuple[int, list]:
+        """:meth:`submit`, with the seq ``cmd`` was applied at (its envelope is the runner's,
+        not the command's: read right after the runner applied it)."""
         events, durable = self.submit_nowait(cmd, internal=internal)
+        seq = self.ex.last_seq
         try:
             await asyncio.shield(durable)
         except Exception as exc:
@@ -615,7 +621,7 @@ class Gateway(AdmissionMixin, IdempotencyMixin, FanoutMixin, OrderEntryMixin):
             ) from None
         if isinstance(events, Exception):
             raise ProtocolError(E.INTERNAL_ERROR, "internal error (the command is journaled)", 500)
-        return events
+        return seq, events
 
     async def submit_checked(self, cmd) -> list:
         """Submit; a CommandRejected becomes a ProtocolError with its code."""

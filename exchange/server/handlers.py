@@ -166,7 +166,7 @@ class OrderEntryMixin:
             JSON_STR[last.order_status],
             last.cum_qty,
             last.leaves_qty,
-            cmd.seq,
+            self.ex.last_seq,  # the order's seq: built right after the runner applied it
         )
         return data, data
 

@@ -140,7 +140,7 @@ async def _outcomes_from_journal(journal, wanted: dict, last: int, new_exchange)
     async for rows in journal.read_rows(start, last):
         for seq, ts, p, _h in rows:
             try:
-                events = apply(decode_payload(_loads(p), seq, ts))
+                events = apply(decode_payload(_loads(p)), seq, ts)
             except Exception:  # as it did live (replay_into); the outcome stays unknown
                 continue
             key = by_seq.get(seq)
@@ -241,7 +241,7 @@ class IdempotencyMixin:
         except ProtocolError as exc:
             s.send(_err_bytes(req_id, exc.code, exc.message))
 
-    def _idem_listen(self, cmd, events) -> None:
+    def _idem_listen(self, cmd, seq, ts, events) -> None:
         """A durable command's reports: an order remembered for retries that is now done
         (nothing left to fill) gets its final state in its entry, so that a replay shows it
         after the order has left the book. Only orders with a client order id are looked up."""

@@ -105,7 +105,7 @@ class ProtocolFailure(Exception):
 
 class EmittingFollower(Follower):
     """A follower that hands every command it applies after its start, with the events the
-    core made of it, to ``on_command(cmd, events)``."""
+    core made of it, to ``on_command(cmd, seq, ts, events)``."""
 
     on_command = None
 
@@ -120,9 +120,9 @@ class EmittingFollower(Follower):
         async for rows in self.journal.read_rows(ex.last_seq + 1, to_seq):
             for seq, ts, p, h in rows:
                 d = _loads(p)
-                cmd = decode_payload(d, seq, ts)
+                cmd = decode_payload(d)
                 try:
-                    events = apply(cmd)
+                    events = apply(cmd, seq, ts)
                 except SequenceError:
                     raise
                 except Exception:  # as it did live (and on replay)
@@ -135,7 +135,7 @@ class EmittingFollower(Follower):
                 self.head_hash = bytes(h)
                 self.applied += 1
                 if emit is not None and events:
-                    emit(cmd, events)
+                    emit(cmd, seq, ts, events)
         self.lag_seq = max(0, self.journal.last_seq - ex.last_seq)
         return self.applied - n0
 
@@ -430,7 +430,7 @@ class MarketData:
         for instr in self.ex.instruments:
             self.channel(f"trades:{instr}")
 
-    def on_command(self, cmd, events) -> None:
+    def on_command(self, cmd, seq, ts, events) -> None:
         """Follower hook: the market-data messages of one applied command, in its order."""
         boards = None
         ring = self.ring
@@ -490,7 +490,6 @@ class MarketData:
                 if self._tick_last.get(key) == data:
                     continue
                 self._tick_last[key] = data
-                seq = cmd.seq
                 ch.add(seq, b'{"channel":%s,"seq":%d,"data":%s}' % (_dumps(ch.name), seq, data), 1)
 
     def flush(self) -> None:

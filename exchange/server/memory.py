@@ -2,8 +2,9 @@
 
 Used by gateway unit tests and ``serve --in-memory`` (throw-away markets, gateway-only
 benchmarks). It keeps the journal's timing contract: commands submitted in one event-loop tick
-are applied at once (seq/ts stamped), then "committed" together on the next tick, when the
-listeners run in seq order and the submitters' futures resolve. Nothing survives a restart.
+are applied at once (under their envelope: seq and ts, kept beside each command), then
+"committed" together on the next tick, when the listeners run in seq order and the
+submitters' futures resolve. Nothing survives a restart.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ class MemoryRunner:
     def __init__(self, exchange, **_ignored):
         self.exchange = exchange
         self._listeners: list = []
-        self._pending: list = []  # (cmd, events, future)
+        self._pending: list = []  # (cmd, seq, ts, events)
         self._future = None
         self._last_ts = 0
         self.is_empty = True
@@ -36,19 +37,18 @@ class MemoryRunner:
 
     def submit_nowait(self, cmd):
         ex = self.exchange
-        cmd.seq = ex.last_seq + 1
+        seq = ex.last_seq + 1
         ts = time.time_ns()
         if ts <= self._last_ts:
             ts = self._last_ts + 1
         self._last_ts = ts
-        cmd.ts = ts
-        events = ex.apply(cmd)
+        events = ex.apply(cmd, seq, ts)
         loop = asyncio.get_running_loop()
         if self._future is None:
             self._future = loop.create_future()
             loop.call_soon(self._commit)
             self._t0 = time.monotonic()
-        self._pending.append((cmd, events))
+        self._pending.append((cmd, seq, ts, events))
         self.journal_lag = len(self._pending)
         return events, self._future
 
@@ -60,9 +60,9 @@ class MemoryRunner:
         batch, self._pending = self._pending, []
         fut, self._future = self._future, None
         self.journal_lag = 0
-        for cmd, events in batch:
+        for cmd, seq, ts, events in batch:
             for fn in self._listeners:
-                fn(cmd, events)
+                fn(cmd, seq, ts, events)
         if fut is not None and not fut.done():
             fut.set_result(None)
 

@@ -333,8 +333,6 @@ def validate_place_order(p) -> PlaceOrder:
                 cmd.tif = tif
                 cmd.post_only = po
                 cmd.client_order_id = coid
-                cmd.seq = 0
-                cmd.ts = 0
                 return cmd
     return PlaceOrder(account=None, **_place_slow(p))
 
@@ -356,8 +354,6 @@ def validate_cancel_order(p) -> CancelOrder:
             cmd.account = None
             cmd.order_id = oid
             cmd.client_order_id = coid
-            cmd.seq = 0
-            cmd.ts = 0
             return cmd
     return CancelOrder(account=None, **_cancel_slow(p))
 
@@ -393,8 +389,6 @@ def validate_amend_order(p) -> AmendOrder:
             cmd.client_order_id = coid
             cmd.qty = qty
             cmd.price = price
-            cmd.seq = 0
-            cmd.ts = 0
             return cmd
     return AmendOrder(account=None, **_amend_slow(p))
 
