@@ -35,10 +35,10 @@ FRAMES_HEAD = struct.Struct(">QI")  # as exchange.journal.base.Frames.wire
 ENVELOPE = struct.Struct(">Qq")  # seq, ts: hashed before the payload
 MAX_CHUNK = 4096
 # journal_size_limit: -1, the WAL file is never cut back when it restarts. Cutting it (to 64
-# MiB, until 2026-12-06) ran inside the COMMIT that restarted the WAL, in this process's main
-# thread: an ftruncate that dropped tens of MB of page cache stalled every acknowledgement
-# for 90-120 ms, about every 21 s at 20,000 orders/s (docs/BENCHMARKS.md, run 12). The file's
-# size stays bounded by WAL_MAX_BYTES (plus a batch), the high-water mark it is reused from.
+# MiB, say) runs inside the COMMIT that restarts the WAL, in this process's main thread: an
+# ftruncate that drops tens of MB of page cache stalled every acknowledgement for 90-120 ms,
+# about every 21 s at 20,000 orders/s. The file's size stays bounded by WAL_MAX_BYTES (plus
+# a batch), the high-water mark it is reused from.
 WAL_KEEP_BYTES = -1
 # a WAL grown past this gets a blocking checkpoint between batches
 WAL_MAX_BYTES = int(os.environ.get("JOURNAL_WAL_MAX_BYTES", 256 << 20))

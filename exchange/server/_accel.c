@@ -1495,7 +1495,7 @@ done:
     return ret;
 }
 
-/* idem_listen(idem, cmd, events)
+/* idem_listen(idem, cmd, seq, ts, events)
  *     Gateway._idem_listen: an order remembered for retries that is now done (nothing left
  *     to fill) gets its final state: in its in-flight entry, or in a new kept entry, made
  *     untracked as remember() makes them. */
@@ -1503,8 +1503,8 @@ static PyObject *
 idem_listen(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     gstate *st = state_of(self);
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "idem_listen(idem, cmd, events)");
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "idem_listen(idem, cmd, seq, ts, events)");
         return NULL;
     }
     if (!st->ready) {
@@ -1513,7 +1513,7 @@ idem_listen(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
     PyObject *done = PyObject_GetAttr(args[0], st->D[D_DONE]);
     PyObject *inflight = done ? PyObject_GetAttr(args[0], st->D[D_INFLIGHT]) : NULL;
-    PyObject *events = inflight ? PySequence_Fast(args[2], "idem_listen: events") : NULL;
+    PyObject *events = inflight ? PySequence_Fast(args[4], "idem_listen: events") : NULL;
     PyObject *ret = NULL;
     if (events == NULL)
         goto done;
@@ -1584,7 +1584,7 @@ static PyMethodDef gate_defs[] = {
     {"replies", (PyCFunction)(void (*)(void))replies, METH_FASTCALL,
      "replies(gateway, batch, future): Gateway._batch_durable."},
     {"idem_listen", (PyCFunction)(void (*)(void))idem_listen, METH_FASTCALL,
-     "idem_listen(idem, cmd, events): Gateway._idem_listen."},
+     "idem_listen(idem, cmd, seq, ts, events): Gateway._idem_listen."},
     {"er_push", (PyCFunction)(void (*)(void))er_push, METH_FASTCALL,
      "er_push(seq, head, ev) -> bytes | None: the executions push of one execution report "
      "(exchange.server.protocol.ER_PUSH), or None: format it in Python."},

@@ -69,9 +69,8 @@ class AdmissionMixin:
         for load: a firm can always take risk off. Returns when admitted.
 
         The bound on time is what keeps acknowledgements prompt whatever the rate; a bound on
-        the count alone (5,000 until 2026-12-06) refused orders the server had the CPU for
-        once it got faster: the same ~100 ms of journal lag holds more commands at a higher
-        rate (docs/BENCHMARKS.md, run 11)."""
+        the count alone refuses orders the server has the CPU for once it gets faster: the
+        same ~100 ms of journal lag holds more commands at a higher rate."""
         runner = self.runner
         lag = runner.journal_lag
         if lag and lag >= self._max_in_flight:
@@ -88,8 +87,8 @@ class AdmissionMixin:
         """A refusal by admission control (``why``: the bound), counted; the error to answer.
         Also called by the C gate, which answers well-formed orders' refusals itself: a
         refusal must cost less than an order, or past saturation the server falls further
-        behind with every refusal and serves ever fewer orders (it did: 27,000/s at
-        84,000/s offered, docs/BENCHMARKS.md run 12)."""
+        behind with every refusal and serves ever fewer orders (27,000/s at 84,000/s
+        offered when refusals were built in Python)."""
         m = self.metrics
         m.overloaded += 1
         m.overloaded_by[why] = m.overloaded_by.get(why, 0) + 1
