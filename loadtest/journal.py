@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import gc
 import json
 import os
@@ -313,12 +314,18 @@ async def build_recovery_log(target: str, commands: int, seed: int, every: int) 
         seq += 1
         ts = 1_767_225_600 * 10**9 + seq * 1000
         ex.apply(cmd, seq, ts)
+        data = None
+        if snapshot:
+            # sealed as the runner seals a snapshot serialised inline: the marker's own
+            # record carries the state's hash, without which a start does not use it
+            data = snapshot_bytes(ex)
+            cmd.of_seq, cmd.state_hash = seq, hashlib.sha256(data).hexdigest()
         batch.append((seq, ts, payload_bytes(cmd)))
         if snapshot or len(batch) >= 20_000:
             await j.append(batch)
             batch.clear()
-        if snapshot:
-            await j.write_snapshot(seq, snapshot_bytes(ex))
+        if data is not None:
+            await j.write_snapshot(seq, data)
 
     for c in market_setup_commands(stream):
         await put(c)
