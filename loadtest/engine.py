@@ -7,7 +7,8 @@ the peer engines, in one run.
     settlement, no events): create the order, match it, rest the remainder; cancel by id.
 (b) ``full_core``: ``build_exchange()`` applying ``PlaceOrder``/``CancelOrder`` commands, with
     pre-trade risk, settlement of every fill, execution reports and L2 book updates.
-(c) peers, book-only: ``lightmatchingengine`` (pure Python) and ``liquibook`` (C++ via SWIG),
+(c) peers: ``matching-engine`` (pure Python, 3.12+; validates and returns events), and
+    book-only ``lightmatchingengine`` (pure Python) and ``liquibook`` (C++ via SWIG),
     the latter twice: with no listener (matching stays in C++, fills are not surfaced to
     Python) and with an order listener that receives every accept/fill/cancel in Python (the
     same work our engines do when they hand fills back).
@@ -143,6 +144,34 @@ def run_lightmatchingengine(ops: list):
     return fills_n, traded, resting
 
 
+def run_matching_engine(ops: list, accounts: dict):
+    """``matching-engine`` (PyPI; pure Python, 3.12+): its ``MatchingEngine.process`` on
+    sequenced commands, each built inside the timing as the other engines build theirs. Its
+    accounts are integers: ``accounts`` maps the stream's firm ids to them (made outside the
+    timing). Its engine also validates every command and returns events, as our core does;
+    it does not check risk or settle."""
+    from matching_engine.domain import CancelOrder, NewOrder, SequencedCommand, Side
+    from matching_engine.engine import MatchingEngine
+    from matching_engine.events import Trade
+
+    eng = MatchingEngine()
+    process = eng.process
+    buy, sell = Side.BUY, Side.SELL
+    fills_n = traded = 0
+    ts = 1_767_225_600 * 10**9
+    for seq, op in enumerate(ops, 1):
+        if op[0] == ADD:
+            _, oid, side, price, qty, acct = op
+            cmd = NewOrder(oid, accounts[acct], buy if side == "buy" else sell, price, qty)
+        else:
+            cmd = CancelOrder(op[1], accounts[op[2]])
+        for ev in process(SequencedCommand(seq, ts + seq, cmd)):
+            if type(ev) is Trade:
+                fills_n += 1
+                traded += ev.qty
+    return fills_n, traded, len(eng.book)
+
+
 def _liquibook_listener():
     import liquibook
 
@@ -236,6 +265,7 @@ def bench(commands: int, seed: int, repeat: int, peers: bool = True, log=print) 
     engines = ["book_only", "full_core"]
     if peers:
         for mod, names in (
+            ("matching_engine", ["matching-engine"]),
             ("lightmatchingengine", ["lightmatchingengine"]),
             ("liquibook", ["liquibook", "liquibook+listener"]),
         ):
@@ -244,6 +274,7 @@ def bench(commands: int, seed: int, repeat: int, peers: bool = True, log=print) 
                 engines += names
             except ImportError:
                 log(f"  {mod} not installed: skipped")
+    accounts = {a: i for i, a in enumerate(sorted({*stream.buyers, *stream.sellers}), 1)}
     times: dict = {e: [] for e in engines}
     cpu: dict = {e: [] for e in engines}
     state_hash = None
@@ -260,6 +291,8 @@ def bench(commands: int, seed: int, repeat: int, peers: bool = True, log=print) 
                     raise SystemExit("full_core: state hash differs between repetitions")
                 state_hash = h
                 del ex, cmds
+            elif eng == "matching-engine":
+                dt, ct, got = _timed(run_matching_engine, ops, accounts)
             elif eng == "lightmatchingengine":
                 dt, ct, got = _timed(run_lightmatchingengine, ops)
             else:
@@ -315,10 +348,11 @@ def bench(commands: int, seed: int, repeat: int, peers: bool = True, log=print) 
     }
 
 
-# docs/BENCHMARKS.md, "Targets": commands/s of each engine, and the book alone against the
-# fastest peer matching engine measured on the same interpreter
+# docs/BENCHMARKS.md, "Targets": commands/s of each engine, and the book alone against
+# matching-engine, a pure-Python engine like ours, measured on the same interpreter (it needs
+# Python 3.12+); the other peers are reported beside it, without a target
 TARGETS = {"book_only": 250_000, "full_core": 250_000}
-PEER_RATIO = 1.5
+PEER, PEER_RATIO = "matching-engine", 1.5
 
 
 def peer_verdict(v: float, peers: dict, ran: bool = True) -> str:
@@ -344,6 +378,11 @@ def main(argv=None) -> int:
     p.add_argument("--json", metavar="FILE", help="write the figures as JSON here")
     a = p.parse_args(argv)
     out = bench(a.commands, a.seed, max(1, a.repeat), peers=not a.no_peers)
+    out["book_only_vs_peers"] = {
+        suffix: {k: round(out[f"book_only_cmds_per_{suffix}"] / v, 3) for k, v in peers.items()}
+        for suffix, peers in (("s", out["peers"]), ("cpu_s", out["peers_cmds_per_cpu_s"]))
+    }
+    out["peer_target"] = {"peer": PEER, "ratio": PEER_RATIO, "measured": PEER in out["peers"]}
     if a.json:
         with open(a.json, "w") as f:
             json.dump(out, f, indent=2, sort_keys=True)
@@ -354,13 +393,16 @@ def main(argv=None) -> int:
             v = out[key]
             vs = peer_verdict(v, peers, ran=not a.no_peers)
             print(f"{key}: {v:,} (target {target:,}: {'met' if v >= target else 'NOT met'}; {vs})")
-        if peers:  # the book alone against the fastest peer book, on this interpreter
-            best, r = max(peers.items(), key=lambda kv: kv[1])
-            ratio = out[f"book_only_cmds_per_{suffix}"] / r
-            print(
-                f"book_only_vs_{best}_per_{suffix}: {ratio:.2f}x (target "
-                f"{PEER_RATIO:g}x: {'met' if ratio >= PEER_RATIO else 'NOT met'})"
-            )
+        for name, ratio in sorted(out["book_only_vs_peers"][suffix].items(), key=lambda kv: kv[1]):
+            target = ""
+            if name == PEER:
+                target = f" (target {PEER_RATIO:g}x: {'met' if ratio >= PEER_RATIO else 'NOT met'})"
+            print(f"book_only_vs_{name}_per_{suffix}: {ratio:.2f}x{target}")
+    if not a.no_peers and PEER not in out["peers"]:
+        print(
+            f"{PEER} not installed (Python 3.12 or later: pip install -e '.[bench]'): "
+            f"the {PEER_RATIO:g}x target was not measured"
+        )
     print(f"load average (1 min) before/after: {out['machine']['loadavg_1m_before_after']}")
     print(f"state_hash {out['state_hash']}")
     return 0
