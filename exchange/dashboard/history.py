@@ -291,26 +291,47 @@ class MarketHistory:
 
     def feed(self, cmd, seq, ts, events) -> None:
         """One applied command's events; ``seq``/``ts`` its envelope (seq 0: not sequenced,
-        never skipped)."""
-        if seq and seq <= self.last_seq:
-            return  # already seen (read back from the journal and then heard live)
+        never skipped).
+
+        Called for every durable command, on the event loop, before the batch's replies go
+        out: the order events' keeping (:meth:`_keep`, for the most frequent row) is written
+        out here, and the candles are fed from :meth:`_trade`, not from a second loop over
+        the events - about 40 % of this method's time at 20,000 orders/s."""
         if seq:
+            if seq <= self.last_seq:
+                return  # already seen (read back from the journal and then heard live)
             self.last_seq = seq
-        self.candles.on_commit(cmd, seq, ts, events)
+        orders = None
         for ev in events:
             t = type(ev)
             if t is ExecutionReport:
-                self._report(ev)
+                if orders is None:
+                    orders, (fkeys, fmetas) = self.orders, self._order_fifo
+                    per_key, day = self.max_order_events, self.day
+                n = self.events_seen = self.events_seen + 1
+                acct = ev.account
+                kept = orders.get(acct)
+                if kept is None:
+                    kept = orders[acct] = (deque(maxlen=per_key), deque(maxlen=per_key))
+                meta = n << _ID_SHIFT | day
+                kept[0].append(ev)
+                kept[1].append(meta)
+                fkeys.append(acct)
+                fmetas.append(meta)
+                if len(fkeys) > self.max_order_events_total:
+                    self._drop_oldest(orders, self._order_fifo)
             elif t is Trade:
-                self._trade(ev)
+                self._trade(ev, ts)
             elif t is DayEnded:
                 self._day_ended(ev.day)
+                orders = None  # the rows after it are the new day's
 
-    def _trade(self, ev: Trade) -> None:
+    def _trade(self, ev: Trade, ts: int = 0) -> None:
         key = (ev.instrument, ev.segment)
         board = self._boards.get(key)
         if board is None:
             board = self._boards[key] = key
+        self.candles.add_trade(board_key(*key), ev.price, ev.qty, ev.ts or ts)
         day = self.day
         tid = ev.trade_id
         self._keep(
@@ -358,21 +379,16 @@ class MarketHistory:
             b[4] += ev.qty
             b[5] += 1
 
-    def _report(self, ev: ExecutionReport) -> None:
-        self.events_seen += 1
-        self._keep(
-            self.orders,
-            self._order_fifo,
-            ev.account,
-            ev,
-            _meta(self.events_seen, self.day),
-            self.max_order_events,
-            self.max_order_events_total,
-        )
-
-    @staticmethod
+    @classmethod
     def _keep(
-        qs: dict, fifo: tuple[deque, deque], key: Any, ev: Any, meta: int, per_key: int, total: int
+        cls,
+        qs: dict,
+        fifo: tuple[deque, deque],
+        key: Any,
+        ev: Any,
+        meta: int,
+        per_key: int,
+        total: int,
     ) -> None:
         """Keep event ``ev`` with ``meta`` under ``key`` (a firm, or a board; at most
         ``per_key``: the oldest goes) and in the arrival order of all keys' rows, which drops
@@ -386,17 +402,23 @@ class MarketHistory:
         keys.append(key)
         metas.append(meta)
         if len(keys) > total:
-            old, m = keys.popleft(), metas.popleft()
-            kept = qs.get(old)
-            # gone already when its key's own bound or an end of day dropped it
-            if kept and kept[1][0] == m:
-                kept[0].popleft()
-                kept[1].popleft()
-                if not kept[1]:
-                    del qs[old]
+            cls._drop_oldest(qs, fifo)
+
+    @staticmethod
+    def _drop_oldest(qs: dict, fifo: tuple[deque, deque]) -> None:
+        """Drop the oldest row of all keys (the arrival order's first) from its key."""
+        keys, metas = fifo
+        old, m = keys.popleft(), metas.popleft()
+        kept = qs.get(old)
+        # gone already when its key's own bound or an end of day dropped it
+        if kept and kept[1][0] == m:
+            kept[0].popleft()
+            kept[1].popleft()
+            if not kept[1]:
+                del qs[old]
 
     def _day_ended(self, day: int) -> None:
-        self.day = day
+        self.day = self.candles.day = day
         self.bars.clear()  # the intraday chart is today's
         oldest = day - self.keep_days + 1
         for qs in (self.trades, self.executions, self.orders):
