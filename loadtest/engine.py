@@ -5,6 +5,8 @@ the peer engines, in one run.
 
 (a) ``book_only``: :class:`exchange.core.book.OrderBook` driven directly (no risk, no
     settlement, no events): create the order, match it, rest the remainder; cancel by id.
+    ``book_library``: the same book through its library calls (``place``/``cancel``), which
+    also keep each order's status and return fills and L2 changes per call.
 (b) ``full_core``: ``build_exchange()`` applying ``PlaceOrder``/``CancelOrder`` commands, with
     pre-trade risk, settlement of every fill, execution reports and L2 book updates.
 (c) peers: ``matching-engine`` (pure Python, 3.12+; validates and returns events), and
@@ -87,6 +89,28 @@ def run_book_only(ops: list):
         else:
             remove(op[1])
         changes.clear()
+    return fills_n, traded, len(book.orders)
+
+
+def run_book_library(ops: list):
+    """The book as a library (``OrderBook.place``/``cancel``): each call updates the
+    incoming order and its makers (leaves, cumulative quantity, status) and returns the
+    fills and that call's L2 changes - the work a library user gets, where ``book_only``
+    drives the primitives the core uses."""
+    from exchange.core.book import STP_CANCEL_RESTING, Order, OrderBook
+
+    book = OrderBook(INSTRUMENT, SEGMENT)
+    place, cancel = book.place, book.cancel
+    fills_n = traded = 0
+    for op in ops:
+        if op[0] == ADD:
+            _, oid, side, price, qty, acct = op
+            o = Order(oid, acct, None, INSTRUMENT, SEGMENT, side, price, qty, "GTC")
+            for f in place(o, stp=STP_CANCEL_RESTING).fills:
+                fills_n += 1
+                traded += f.qty
+        else:
+            cancel(op[1])
     return fills_n, traded, len(book.orders)
 
 
@@ -262,7 +286,7 @@ def bench(commands: int, seed: int, repeat: int, peers: bool = True, log=print) 
 
     # One repetition runs every engine once, in turn, so that load from other processes on the
     # machine hits all of them alike; each figure is the median over the repetitions.
-    engines = ["book_only", "full_core"]
+    engines = ["book_only", "book_library", "full_core"]
     if peers:
         for mod, names in (
             ("matching_engine", ["matching-engine"]),
@@ -282,6 +306,8 @@ def bench(commands: int, seed: int, repeat: int, peers: bool = True, log=print) 
         for eng in engines:
             if eng == "book_only":
                 dt, ct, got = _timed(run_book_only, ops)
+            elif eng == "book_library":
+                dt, ct, got = _timed(run_book_library, ops)
             elif eng == "full_core":
                 ex = fresh_core(setup)
                 cmds = core_commands(stream, first_seq=ex.last_seq + 1, first_ts=ex.now + 1_000)
@@ -309,7 +335,8 @@ def bench(commands: int, seed: int, repeat: int, peers: bool = True, log=print) 
     best_rates = {e: n / min(times[e]) for e in engines}  # timeit's estimator: least disturbed
     results["book_only"] = rates["book_only"]
     results["full_core"] = rates["full_core"]
-    peer_rates = {e: r for e, r in rates.items() if e not in ("book_only", "full_core")}
+    ours = ("book_only", "book_library", "full_core")
+    peer_rates = {e: r for e, r in rates.items() if e not in ours}
     log(f"  {'engine':<20} {'cmds/s median':>14} {'best run':>10} {'per CPU-s':>10}   wall runs")
     for e in engines:
         log(
@@ -322,13 +349,13 @@ def bench(commands: int, seed: int, repeat: int, peers: bool = True, log=print) 
         "repeat": repeat,
         "book_only_cmds_per_s": round(results["book_only"]),
         "full_core_cmds_per_s": round(results["full_core"]),
+        "book_library_cmds_per_s": round(rates["book_library"]),
+        "book_library_cmds_per_cpu_s": round(cpu_rates["book_library"]),
         "peers": {k: round(v) for k, v in peer_rates.items()},
         # the same medians over CPU time of this process (robust to other load on the machine)
         "book_only_cmds_per_cpu_s": round(cpu_rates["book_only"]),
         "full_core_cmds_per_cpu_s": round(cpu_rates["full_core"]),
-        "peers_cmds_per_cpu_s": {
-            k: round(v) for k, v in cpu_rates.items() if k not in ("book_only", "full_core")
-        },
+        "peers_cmds_per_cpu_s": {k: round(v) for k, v in cpu_rates.items() if k not in ours},
         # the fastest wall-clock run of each engine (least disturbed by other processes)
         "best_cmds_per_s": {k: round(v) for k, v in best_rates.items()},
         "state_hash": state_hash,
@@ -398,6 +425,9 @@ def main(argv=None) -> int:
             if name == PEER:
                 target = f" (target {PEER_RATIO:g}x: {'met' if ratio >= PEER_RATIO else 'NOT met'})"
             print(f"book_only_vs_{name}_per_{suffix}: {ratio:.2f}x{target}")
+        if PEER in peers:  # the book as a library user drives it, for information
+            lib = out["book_library_cmds_per_s" if suffix == "s" else "book_library_cmds_per_cpu_s"]
+            print(f"book_library_vs_{PEER}_per_{suffix}: {lib / peers[PEER]:.2f}x")
     if not a.no_peers and PEER not in out["peers"]:
         print(
             f"{PEER} not installed (Python 3.12 or later: pip install -e '.[bench]'): "

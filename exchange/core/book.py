@@ -62,8 +62,7 @@ The book knows nothing about cash, holdings or fees.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 from sortedcontainers import SortedDict
 
@@ -155,7 +154,7 @@ class Order:
         self.tif = tif  # orders.TimeInForce value
         self.post_only = post_only
         self.reserved = 0  # cash (buy) or units (sell) still reserved for this order
-        self.status: str = OrderStatus.NEW.value  # changed only by orders.transition
+        self.status: str = _NEW  # changed only by orders.transition
         self.seq = seq
         self.prev: Order | None = None
         self.next: Order | None = None
@@ -275,12 +274,16 @@ def unlink(level: Level, order: Order) -> None:
     order.prev = order.next = None
 
 
+_NEW = OrderStatus.NEW.value  # a new order's stored status
+
 #: one L2 change: (side, price, the level's new total quantity; 0 = the level is gone)
 LevelChange = tuple[str, int, int]
 
+# The library's results are named tuples: made at C speed (a frozen dataclass sets each
+# field through object.__setattr__), one per call and one per fill.
 
-@dataclass(frozen=True, slots=True)
-class Fill:
+
+class Fill(NamedTuple):
     """``qty`` of the incoming order traded with resting ``maker`` at ``price``."""
 
     maker: Order
@@ -288,16 +291,14 @@ class Fill:
     price: int
 
 
-@dataclass(frozen=True, slots=True)
-class PlaceResult:
+class PlaceResult(NamedTuple):
     fills: tuple[Fill, ...]
     stp_canceled: tuple[Order, ...]  # resting orders self-trade prevention took out
     rested: bool  # what was left of the order now rests
     changes: tuple[LevelChange, ...]  # this call's L2 changes, in order
 
 
-@dataclass(frozen=True, slots=True)
-class CancelResult:
+class CancelResult(NamedTuple):
     order: Order | None  # None: no resting order had that id
     changes: tuple[LevelChange, ...]
 
@@ -306,8 +307,7 @@ class CancelResult:
         return self.order is not None
 
 
-@dataclass(frozen=True, slots=True)
-class ReplaceResult:
+class ReplaceResult(NamedTuple):
     order: Order | None  # None: no resting order had that id
     placed: PlaceResult | None  # when the order went back through the matcher
     changes: tuple[LevelChange, ...]  # every L2 change of the replace, in order
@@ -576,17 +576,23 @@ class OrderBook:
         mark = len(self.changes)
         fills: list[tuple[Order, int, int]] = []
         stp_cancels: list[Order] = []
-        if stp is None:
-            killed = _reference_match(self, order, order.price, None, fills, stp_cancels)
-        else:
-            killed = self.match(order, order.price, stp, fills, stp_cancels)
-        for maker in stp_cancels:
-            transition(maker, OrderStatus.CANCELED)
-        for maker, q, _px in fills:
-            order.leaves -= q
-            order.cum_qty += q
-            transition(maker, OrderStatus.PARTIALLY_FILLED if maker.leaves else OrderStatus.FILLED)
-            transition(order, OrderStatus.PARTIALLY_FILLED if order.leaves else OrderStatus.FILLED)
+        killed = False
+        if self.crosses(order.side, order.price):  # else nothing to match: it rests
+            if stp is None:
+                killed = _reference_match(self, order, order.price, None, fills, stp_cancels)
+            else:
+                killed = self.match(order, order.price, stp, fills, stp_cancels)
+            for maker in stp_cancels:
+                transition(maker, OrderStatus.CANCELED)
+            for maker, q, _px in fills:
+                order.leaves -= q
+                order.cum_qty += q
+                transition(
+                    maker, OrderStatus.PARTIALLY_FILLED if maker.leaves else OrderStatus.FILLED
+                )
+                transition(
+                    order, OrderStatus.PARTIALLY_FILLED if order.leaves else OrderStatus.FILLED
+                )
         rested = False
         if order.leaves:
             if killed or ioc:
@@ -595,7 +601,7 @@ class OrderBook:
                 self.add(order)
                 rested = True
         return PlaceResult(
-            tuple(Fill(m, q, px) for m, q, px in fills),
+            tuple([Fill(m, q, px) for m, q, px in fills]) if fills else (),
             tuple(stp_cancels),
             rested,
             self._take_changes(mark),
