@@ -908,3 +908,26 @@ async def test_writer_process_death_stops_the_runner(sqlite_path):
     await r2.start()
     assert r2.exchange.last_seq == acked
     await r2.stop(snapshot=False)
+
+
+def test_a_journal_targets_kind_is_read_in_one_place():
+    """journal_kind is the one reading of a target's form: open_journal, the node status,
+    serve --standby and --market-data (is_replicated) all go by it, TLS URLs included."""
+    from exchange.journal import is_replicated, journal_kind
+
+    cases = {
+        "data/journal.sqlite": "sqlite",
+        "sqlite:///var/lib/x.sqlite": "sqlite",
+        "postgresql://u@h/db": "postgresql",
+        "postgres://u@h/db": "postgresql",
+        "nats://127.0.0.1:4222/MARKET": "nats",
+        "nats://a:4222,b:4222/MARKET": "nats",
+        "tls://nats.example:4222/MARKET": "nats",
+    }
+    for target, kind in cases.items():
+        assert journal_kind(target) == kind, target
+        assert is_replicated(target) is (kind == "nats"), target
+    with pytest.raises(ValueError, match="unknown journal target"):
+        journal_kind("kafka://broker/topic")
+    assert not is_replicated("kafka://broker/topic")
+    assert not is_replicated(None) and not is_replicated("")

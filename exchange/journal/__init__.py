@@ -91,6 +91,15 @@ def journal_kind(target: str) -> str:
     )
 
 
+def is_replicated(target: str | None) -> bool:
+    """Is ``target`` a JetStream journal (what a standby and a market-data gateway follow)?
+    False for any other form, a URL of no backend included."""
+    try:
+        return bool(target) and journal_kind(str(target)) == "nats"
+    except ValueError:
+        return False
+
+
 def open_journal(target: str, **options: Any) -> Journal:
     """A journal for ``target`` (not yet opened: ``await journal.open()``, or let
     :meth:`CoreRunner.start` do it). Options go to the backend (e.g. ``keep_snapshots``,

@@ -1000,11 +1000,11 @@ async def serve_market_data(args, settings, host: str, port: int, data_dir, new_
     from pathlib import Path
 
     from ..access.credentials import load_secret
-    from ..journal import open_journal
+    from ..journal import is_replicated, open_journal
     from ..journal.lease import LeaderLease
 
     target = args.journal or settings.journal.url
-    if not target or not target.startswith(("nats://", "tls://")):
+    if not is_replicated(target):
         print(
             "serve --market-data needs a JetStream journal: --journal "
             "nats://HOST:4222[,...]/STREAM",

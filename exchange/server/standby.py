@@ -31,6 +31,7 @@ import os
 import signal
 import socket
 
+from ..journal import is_replicated
 from ..journal.jetstream import StaleWriterError
 from ..journal.lease import LeaderLease
 
@@ -225,7 +226,7 @@ async def take_leadership(
     ``port``, answer ``NOT_LEADER`` on it meanwhile; ``Leadership.port`` is the port bound
     (for ``--port 0``), for the real server to bind in turn. With ``follow``, the core is
     followed meanwhile in ``new_exchange()`` (the composition root's build_exchange)."""
-    if not target.startswith(("nats://", "tls://")):
+    if not is_replicated(target):
         raise SystemExit(
             "serve --standby needs a JetStream journal: --journal nats://HOST:4222[,...]/STREAM"
         )
