@@ -294,9 +294,10 @@ class MarketHistory:
         never skipped).
 
         Called for every durable command, on the event loop, before the batch's replies go
-        out: the order events' keeping (:meth:`_keep`, for the most frequent row) is written
-        out here, and the candles are fed from :meth:`_trade`, not from a second loop over
-        the events - about 40 % of this method's time at 20,000 orders/s."""
+        out, so its cost is the exchange's: the order events' keeping (:meth:`_keep`, for the
+        most frequent row) is written out here, and the candles are fed from :meth:`_trade`,
+        not from a second loop over the events (1.82 -> 1.53 µs a command on the engine
+        benchmark's stream)."""
         if seq:
             if seq <= self.last_seq:
                 return  # already seen (read back from the journal and then heard live)
