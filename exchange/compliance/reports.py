@@ -425,16 +425,7 @@ def compliance_summary(ex: Exchange, period: int) -> dict[str, Any]:
                 "firm_id": firm_id,
                 "size_class": acct.size_class,
                 "submission": "none",
-                "emissions": 0,
-                **{k: 0 for k in CATEGORY_COLUMNS},
-                "obligation": 0,
-                "surrendered": 0,
-                "allowances": 0,
-                "offsets": 0,
-                "shortfall": 0,
-                "penalty_fen": 0,
-                "penalty_paid_fen": 0,
-                "deduction": 0,
+                **dict.fromkeys(totals, 0),  # every summed column, nothing to sum
                 "status": status,
             }
         else:

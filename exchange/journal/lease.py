@@ -72,19 +72,11 @@ class LeaderLease:
         self._renew_stop: threading.Event | None = None
 
     async def open(self) -> None:
-        import nats
         from nats.js import api
         from nats.js.errors import BucketNotFoundError, NotFoundError
 
         try:
-            self._nc = await nats.connect(
-                servers=self.servers,
-                name=f"exchange-lease-{self.node}",
-                allow_reconnect=True,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.25,
-                connect_timeout=self.timeout,
-            )
+            self._nc = await self._connect()
         except Exception as e:
             raise JournalError(f"lease {self.target}: cannot connect: {e!r}") from e
         js = self._nc.jetstream(timeout=self.timeout)
@@ -101,6 +93,19 @@ class LeaderLease:
                     description="exchange leader lease",
                 )
             )
+
+    async def _connect(self) -> Any:
+        """A connection for the lease (the open one, and the renewing thread's own)."""
+        import nats
+
+        return await nats.connect(
+            servers=self.servers,
+            name=f"exchange-lease-{self.node}",
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.25,
+            connect_timeout=self.timeout,
+        )
 
     async def close(self) -> None:
         self.stop_renewing()
@@ -241,16 +246,7 @@ class LeaderLease:
                 loop.call_soon_threadsafe(on_lost)
 
         async def renew_loop() -> None:
-            import nats
-
-            nc = await nats.connect(
-                servers=self.servers,
-                name=f"exchange-lease-{self.node}",
-                allow_reconnect=True,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.25,
-                connect_timeout=self.timeout,
-            )
+            nc = await self._connect()
             try:
                 kv = await nc.jetstream(timeout=self.timeout).key_value(self.bucket)
                 while not done.is_set():
